@@ -1,0 +1,1 @@
+"""HIS Mesh: a hospital information system as gRPC microservices."""

@@ -1,0 +1,86 @@
+"""The `his` command: run the hospital locally, run one service, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from his.runtime.catalog import CATALOG, implemented, lookup
+from his.runtime.config import load
+from his.runtime.server import ServiceSpec
+
+
+def service_spec(name: str) -> ServiceSpec:
+    """The ServiceSpec of an implemented service (`his.<name>.spec.SPEC`)."""
+    entry = lookup(name)
+    if not entry.implemented:
+        raise SystemExit(f"his: service {name!r} has a contract but no implementation yet")
+    spec: ServiceSpec = importlib.import_module(f"{entry.module}.spec").SPEC
+    return spec
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from his.runtime.server import run  # noqa: PLC0415
+
+    run(service_spec(args.service), load(args.service))
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from his.local import up  # noqa: PLC0415
+
+    return up(demo=args.demo)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from his.local import migrate_all  # noqa: PLC0415
+
+    names = args.services or [entry.name for entry in implemented()]
+    for name in names:
+        service_spec(name)  # rejects unknown and unimplemented names before touching the database
+    migrate_all(names)
+    return 0
+
+
+def _services(_: argparse.Namespace) -> int:
+    print(f"{'service':<12} {'grpc':>6} {'metrics':>8}  status")
+    for entry in CATALOG:
+        status = "implemented" if entry.implemented else "contract only"
+        print(f"{entry.name:<12} {entry.port:>6} {entry.metrics_port:>8}  {status}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `his`."""
+    parser = argparse.ArgumentParser(prog="his", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser(
+        "up", help="start embedded PostgreSQL and every implemented service until Ctrl-C"
+    )
+    up.add_argument("--demo", action="store_true", help="load the demo data set once started")
+    up.set_defaults(run=_up)
+
+    serve = commands.add_parser("serve", help="run one service in the foreground (containers)")
+    serve.add_argument("service", choices=[entry.name for entry in CATALOG])
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="migrate service schemas to the latest revision")
+    migrate.add_argument("services", nargs="*", help="default: every implemented service")
+    migrate.set_defaults(run=_migrate)
+
+    services = commands.add_parser("services", help="list services and their local ports")
+    services.set_defaults(run=_services)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `his` console script."""
+    args = build_parser().parse_args(argv)
+    sys.exit(args.run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""`his up`: the whole hospital on one machine — embedded PostgreSQL plus one process per service.
+
+Each service runs as its own process exactly as in a container (`his serve <name>`), so what works
+here works in Kubernetes. This process supervises them: health-waits, prints where everything
+listens, and on Ctrl-C stops them gracefully and then stops PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from his.runtime.catalog import ServiceEntry, implemented
+from his.runtime.config import DatabaseConfig, TelemetryConfig
+from his.runtime.embedded_pg import EmbeddedPostgres
+from his.runtime.logs import configure_logging
+from his.runtime.migrations import upgrade
+
+log = logging.getLogger("his.up")
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+
+def _database_url(config: DatabaseConfig) -> tuple[str, EmbeddedPostgres | None]:
+    if config.url:
+        return config.url, None
+    embedded = EmbeddedPostgres(config.data_dir / "pgdata")
+    return embedded.start(), embedded
+
+
+def migrate_all(services: list[str]) -> None:
+    """Migrate the named services' schemas (embedded PostgreSQL unless HIS_DATABASE_URL is set)."""
+    url, embedded = _database_url(DatabaseConfig.from_env(os.environ))
+    try:
+        for name in services:
+            upgrade(name, url)
+            print(f"migrated {name}")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if `his up` itself dies, so no service outlives it."""
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _spawn(entry: ServiceEntry, url: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, HIS_DATABASE_URL=url, HIS_MIGRATE="0", HIS_LOG_FORMAT="text")
+    return subprocess.Popen(
+        [sys.executable, "-m", "his.cli", "serve", entry.name],
+        env=env,
+        # Own process group: Ctrl-C reaches only `his up`, which then stops services in order.
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+    )
+
+
+async def _wait_serving(entry: ServiceEntry, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    async with grpc.aio.insecure_channel(f"localhost:{entry.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{entry.name} exited with code {process.returncode}")
+            try:
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=entry.grpc_service), timeout=1.0
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{entry.name} did not become SERVING within {START_TIMEOUT_S:.0f} s")
+
+
+def _load_demo(entries: tuple[ServiceEntry, ...]) -> None:
+    for entry in entries:
+        try:
+            demo = importlib.import_module(f"{entry.module}.demo")
+        except ModuleNotFoundError:
+            continue
+        summary = asyncio.run(demo.load())
+        print(f"demo data: {summary}")
+
+
+def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for name, process in processes.items():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "service did not stop in time; killing", extra={"fields": {"service": name}}
+            )
+            process.kill()
+            process.wait()
+
+
+def up(*, demo: bool) -> int:
+    """Run until Ctrl-C (or SIGTERM); returns the exit code."""
+    configure_logging(TelemetryConfig(service_name="his-up", log_format="text"))
+    config = DatabaseConfig.from_env(os.environ)
+    entries = implemented()
+    stop_requested = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    url, embedded = _database_url(config)
+    where = embedded.data_dir if embedded else "HIS_DATABASE_URL"
+    print(f"postgresql    {'embedded, data in ' + str(where) if embedded else where}")
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    code = 0
+    try:
+        for entry in entries:
+            upgrade(entry.name, url)
+        for entry in entries:
+            processes[entry.name] = _spawn(entry, url)
+        for entry in entries:
+            asyncio.run(_wait_serving(entry, processes[entry.name]))
+        if demo:
+            _load_demo(entries)
+        _print_table(entries)
+        print("\nHIS Mesh is up. Press Ctrl-C to stop.", flush=True)
+        while not stop_requested:
+            exited = [name for name, p in processes.items() if p.poll() is not None]
+            if exited:
+                print(f"his up: {', '.join(exited)} exited unexpectedly; stopping", file=sys.stderr)
+                code = 1
+                break
+            time.sleep(0.2)
+    except RuntimeError as error:
+        print(f"his up: {error}", file=sys.stderr)
+        code = 1
+    finally:
+        print("\nstopping services ...", flush=True)
+        _stop(processes)
+        if embedded is not None:
+            with contextlib.suppress(Exception):
+                embedded.stop()
+        print("stopped.", flush=True)
+    return code
+
+
+def _print_table(entries: tuple[ServiceEntry, ...]) -> None:
+    print(f"\n{'service':<12} {'gRPC (health SERVING)':<24} {'metrics':<30} service name")
+    for entry in entries:
+        print(
+            f"{entry.name:<12} {'localhost:' + str(entry.port):<24} "
+            f"{'http://localhost:' + str(entry.metrics_port) + '/metrics':<30} {entry.grpc_service}"
+        )

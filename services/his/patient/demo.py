@@ -1,0 +1,131 @@
+"""A small, realistic demo data set for `his up --demo`, loaded through the public API.
+
+Every call carries a fixed request id, so loading twice changes nothing. All people are fictional.
+"""
+
+from __future__ import annotations
+
+from his.common.v1 import types_pb2
+from his.patient.v1 import patient_service_pb2 as pb
+from his_client import PatientClient
+
+RESIDENT_ID = "urn:oid:2.16.156.10011.1.1"  # PRC resident identity card
+G = pb.AdministrativeGender
+
+# (family, given, gender, birth date, national id, phone, city)
+PEOPLE: tuple[tuple[str, str, int, tuple[int, int, int], str, str, str], ...] = (
+    (
+        "Wang",
+        "Fang",
+        G.ADMINISTRATIVE_GENDER_FEMALE,
+        (1984, 3, 12),
+        "110101198403120023",
+        "+8613800000001",
+        "Beijing",
+    ),
+    (
+        "Li",
+        "Wei",
+        G.ADMINISTRATIVE_GENDER_MALE,
+        (1975, 11, 2),
+        "310104197511020036",
+        "+8613800000002",
+        "Shanghai",
+    ),
+    (
+        "Zhang",
+        "Min",
+        G.ADMINISTRATIVE_GENDER_FEMALE,
+        (1992, 7, 30),
+        "440106199207300041",
+        "+8613800000003",
+        "Guangzhou",
+    ),
+    (
+        "Liu",
+        "Yang",
+        G.ADMINISTRATIVE_GENDER_MALE,
+        (2016, 1, 18),
+        "510107201601180057",
+        "+8613800000004",
+        "Chengdu",
+    ),
+    (
+        "Chen",
+        "Jing",
+        G.ADMINISTRATIVE_GENDER_FEMALE,
+        (1958, 9, 5),
+        "330106195809050068",
+        "+8613800000005",
+        "Hangzhou",
+    ),
+    (
+        "Yang",
+        "Lei",
+        G.ADMINISTRATIVE_GENDER_MALE,
+        (1988, 5, 21),
+        "420102198805210079",
+        "+8613800000006",
+        "Wuhan",
+    ),
+    (
+        "Huang",
+        "Xiu Ying",
+        G.ADMINISTRATIVE_GENDER_FEMALE,
+        (1941, 12, 24),
+        "320102194112240085",
+        "+8613800000007",
+        "Nanjing",
+    ),
+    (
+        "Zhao",
+        "Qiang",
+        G.ADMINISTRATIVE_GENDER_MALE,
+        (2001, 4, 9),
+        "610103200104090091",
+        "+8613800000008",
+        "Xi'an",
+    ),
+    (
+        "Müller",
+        "Anna",
+        G.ADMINISTRATIVE_GENDER_FEMALE,
+        (1979, 6, 14),
+        "",
+        "+4915100000009",
+        "Berlin",
+    ),
+    ("O'Brien", "Sean", G.ADMINISTRATIVE_GENDER_MALE, (1966, 2, 28), "", "+35380000010", "Dublin"),
+)
+
+
+async def load(address: str | None = None) -> str:
+    """Register the demo patients and their treatment consents; returns a one-line summary."""
+    async with PatientClient(address) as client:
+        for index, (family, given, gender, born, national, phone, city) in enumerate(PEOPLE, 1):
+            patient = pb.Patient(
+                family_name=family,
+                given_names=given.split(),
+                gender=gender,  # type: ignore[arg-type]
+                birth_date=types_pb2.Date(year=born[0], month=born[1], day=born[2]),
+                phone=phone,
+                address=pb.Address(city=city, country="CN" if national else "DE"),
+            )
+            if national:
+                patient.national_id.CopyFrom(
+                    types_pb2.Identifier(system=RESIDENT_ID, value=national)
+                )
+            created = await client.create(patient, request_id=f"demo-patient-{index:02d}")
+            await client.stub.GrantConsent(
+                pb.GrantConsentRequest(
+                    parent=created.name,
+                    consent=pb.Consent(
+                        scope=pb.CONSENT_SCOPE_TREATMENT,
+                        purpose=pb.PURPOSE_OF_USE_TREATMENT,
+                        note="signed admission form",
+                    ),
+                    request_id=f"demo-consent-{index:02d}",
+                ),
+                timeout=5.0,
+            )
+    return f"{len(PEOPLE)} patients with treatment consent"

@@ -1,0 +1,240 @@
+"""The PatientService servicer: validate → store in one transaction → respond.
+
+(Authorization and auditing hook in here when the security core lands; see the issue list.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import grpc
+from sqlalchemy.exc import IntegrityError
+
+from his.patient import store
+from his.patient.mapping import consent_to_proto, patient_to_proto
+from his.patient.v1 import patient_service_pb2 as pb
+from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
+from his.patient.validation import (
+    MAX_NAME,
+    MAX_NOTE,
+    UPDATABLE,
+    consent_fields,
+    national_id,
+    patient_fields,
+    phone,
+)
+from his.runtime.database import Database
+from his.runtime.errors import FailedPrecondition, InvalidArgument
+from his.runtime.pagination import PageTokens
+from his.runtime.server import ServiceResources
+from his.runtime.validation import Violations, require_paths
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_ALL_FIELDS = UPDATABLE
+
+
+class PatientService(pb_grpc.PatientServiceServicer):
+    """Master patient index and consents over the `patient` schema."""
+
+    def __init__(self, resources: ServiceResources) -> None:
+        self._db: Database = resources.database
+        self._pages = PageTokens(resources.config.page_token_key)
+
+    async def GetPatient(self, request: pb.GetPatientRequest, context: Context) -> pb.Patient:
+        v = Violations()
+        patient_id = v.resource_id("name", request.name, collection="patients")
+        v.raise_if_any()
+        assert patient_id is not None
+        async with self._db.transaction() as session:
+            row = await store.get_patient(session, patient_id)
+        return patient_to_proto(row)
+
+    async def ListPatients(
+        self, request: pb.ListPatientsRequest, context: Context
+    ) -> pb.ListPatientsResponse:
+        v = Violations()
+        limit = v.page_size("page_size", request.page_size)
+        prefix = v.text("name_prefix", request.name_prefix, max_len=MAX_NAME)
+        birth_date = None
+        if request.HasField("birth_date"):
+            d = request.birth_date
+            birth_date = v.date("birth_date", d.year, d.month, d.day)
+        where = store.PatientFilter(
+            name_prefix=prefix,
+            birth_date=birth_date,
+            national_id=national_id(v, request.national_id, "national_id"),
+            phone=phone(v, "phone", request.phone),
+            include_merged=request.include_merged,
+        )
+        v.raise_if_any()
+        cursor = self._pages.decode(request.page_token, query=where.fingerprint())
+        after = None
+        if cursor is not None:
+            after = (str(cursor["f"]), str(cursor["g"]), uuid.UUID(str(cursor["i"])))
+        async with self._db.transaction() as session:
+            rows = await store.list_patients(session, where, after=after, limit=limit + 1)
+        response = pb.ListPatientsResponse(patients=[patient_to_proto(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = self._pages.encode(
+                {"f": last.family_key, "g": last.given_key, "i": str(last.id)},
+                query=where.fingerprint(),
+            )
+        return response
+
+    async def CreatePatient(self, request: pb.CreatePatientRequest, context: Context) -> pb.Patient:
+        v = Violations()
+        if not request.HasField("patient"):
+            raise InvalidArgument.field("patient", "is required")
+        values = patient_fields(v, request.patient, "patient", _ALL_FIELDS)
+        request_id = v.request_id("request_id", request.request_id)
+        v.raise_if_any()
+        try:
+            async with self._db.transaction() as session:
+                row = await store.insert_patient(session, values, request_id)
+                if row is None:
+                    assert request_id is not None
+                    row = await store.patient_by_request(session, request_id)
+        except IntegrityError as error:
+            # A concurrent replay may lose on the national-id index before the request-id one:
+            # the first registration is then the answer, not a conflict.
+            if request_id is not None:
+                async with self._db.transaction() as session:
+                    row = await store.patient_by_request(session, request_id)
+                if row is not None:
+                    return patient_to_proto(row)
+            if store.unique_violation(error) == "national_id_unique":
+                raise store.national_id_taken() from None
+            raise
+        assert row is not None
+        return patient_to_proto(row)
+
+    async def UpdatePatient(self, request: pb.UpdatePatientRequest, context: Context) -> pb.Patient:
+        v = Violations()
+        patient_id = v.resource_id("patient.name", request.patient.name, collection="patients")
+        paths = require_paths(v, "update_mask", request.update_mask.paths, UPDATABLE)
+        values = patient_fields(v, request.patient, "patient", frozenset(paths))
+        v.raise_if_any()
+        assert patient_id is not None
+        try:
+            async with self._db.transaction() as session:
+                row = await store.update_patient(session, patient_id, values, request.patient.etag)
+        except IntegrityError as error:
+            if store.unique_violation(error) == "national_id_unique":
+                raise store.national_id_taken() from None
+            raise
+        return patient_to_proto(row)
+
+    async def DeactivatePatient(
+        self, request: pb.DeactivatePatientRequest, context: Context
+    ) -> pb.Patient:
+        return await self._set_state(request.name, request.etag, "inactive")
+
+    async def ReactivatePatient(
+        self, request: pb.ReactivatePatientRequest, context: Context
+    ) -> pb.Patient:
+        return await self._set_state(request.name, request.etag, "active")
+
+    async def _set_state(self, name: str, etag: str, state: str) -> pb.Patient:
+        v = Violations()
+        patient_id = v.resource_id("name", name, collection="patients")
+        v.raise_if_any()
+        assert patient_id is not None
+        async with self._db.transaction() as session:
+            row = await store.set_state(session, patient_id, to=state, etag=etag)
+        return patient_to_proto(row)
+
+    async def MergePatients(self, request: pb.MergePatientsRequest, context: Context) -> pb.Patient:
+        v = Violations()
+        duplicate_id = v.resource_id("name", request.name, collection="patients")
+        survivor_id = v.resource_id("survivor", request.survivor, collection="patients")
+        reason = v.text("reason", request.reason, max_len=MAX_NOTE) or ""
+        if duplicate_id is not None and duplicate_id == survivor_id:
+            v.add("survivor", "must be a different patient than name")
+        v.raise_if_any()
+        assert duplicate_id is not None and survivor_id is not None
+        async with self._db.transaction() as session:
+            row = await store.merge(session, duplicate_id, survivor_id, reason)
+        return patient_to_proto(row)
+
+    async def UnmergePatient(
+        self, request: pb.UnmergePatientRequest, context: Context
+    ) -> pb.Patient:
+        v = Violations()
+        patient_id = v.resource_id("name", request.name, collection="patients")
+        reason = v.text("reason", request.reason, max_len=MAX_NOTE) or ""
+        v.raise_if_any()
+        assert patient_id is not None
+        async with self._db.transaction() as session:
+            row = await store.unmerge(session, patient_id, reason)
+        return patient_to_proto(row)
+
+    async def GrantConsent(self, request: pb.GrantConsentRequest, context: Context) -> pb.Consent:
+        v = Violations()
+        patient_id = v.resource_id("parent", request.parent, collection="patients")
+        if not request.HasField("consent"):
+            v.add("consent", "is required")
+        values = consent_fields(v, request.consent, dt.datetime.now(dt.UTC))
+        request_id = v.request_id("request_id", request.request_id)
+        v.raise_if_any()
+        assert patient_id is not None
+        async with self._db.transaction() as session:
+            patient = await store.get_patient(session, patient_id, lock=True)
+            if patient.state == "merged":
+                raise FailedPrecondition(
+                    "consent must be recorded on the surviving patient record",
+                    reason="PATIENT_MERGED",
+                )
+            row = await store.insert_consent(session, patient_id, values, request_id)
+            if row is None:
+                assert request_id is not None
+                row = await store.consent_by_request(session, patient_id, request_id)
+        return consent_to_proto(row)
+
+    async def RevokeConsent(self, request: pb.RevokeConsentRequest, context: Context) -> pb.Consent:
+        patient_id, consent_id = self._consent_name(request.name)
+        async with self._db.transaction() as session:
+            row = await store.revoke_consent(session, patient_id, consent_id)
+        return consent_to_proto(row)
+
+    async def GetConsent(self, request: pb.GetConsentRequest, context: Context) -> pb.Consent:
+        patient_id, consent_id = self._consent_name(request.name)
+        async with self._db.transaction() as session:
+            row = await store.get_consent(session, patient_id, consent_id)
+        return consent_to_proto(row)
+
+    async def ListConsents(
+        self, request: pb.ListConsentsRequest, context: Context
+    ) -> pb.ListConsentsResponse:
+        v = Violations()
+        patient_id = v.resource_id("parent", request.parent, collection="patients")
+        limit = v.page_size("page_size", request.page_size)
+        v.raise_if_any()
+        assert patient_id is not None
+        query = f"consents {patient_id} {request.active_only}"
+        cursor = self._pages.decode(request.page_token, query=query)
+        after = None
+        if cursor is not None:
+            after = (dt.datetime.fromisoformat(str(cursor["t"])), uuid.UUID(str(cursor["i"])))
+        async with self._db.transaction() as session:
+            await store.get_patient(session, patient_id)
+            rows = await store.list_consents(
+                session, patient_id, active_only=request.active_only, after=after, limit=limit + 1
+            )
+        response = pb.ListConsentsResponse(consents=[consent_to_proto(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = self._pages.encode(
+                {"t": last.create_time.isoformat(), "i": str(last.id)}, query=query
+            )
+        return response
+
+    @staticmethod
+    def _consent_name(name: str) -> tuple[uuid.UUID, uuid.UUID]:
+        v = Violations()
+        ids = v.child_id("name", name, parent="patients", collection="consents")
+        v.raise_if_any()
+        assert ids is not None
+        return ids

@@ -1,0 +1,14 @@
+"""How the runtime runs the patient service."""
+
+from __future__ import annotations
+
+from his.patient.service import PatientService
+from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
+from his.runtime.server import ServiceSpec
+
+SPEC = ServiceSpec(
+    name="patient",
+    grpc_service="his.patient.v1.PatientService",
+    add_to_server=pb_grpc.add_PatientServiceServicer_to_server,
+    make_servicer=PatientService,
+)

@@ -1,0 +1,349 @@
+"""Queries of the patient schema. Each function runs inside the caller's transaction.
+
+Invariants are the database's job: unique national identifier, one patient per create request id,
+one open merge per duplicate. Functions here translate their violations into domain errors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, and_, func, literal, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from his.patient.tables import consents, patient_merges, patients
+from his.runtime.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+
+_RETURNING = tuple(patients.c)
+
+
+def unique_violation(error: IntegrityError) -> str | None:
+    """The constraint name of a unique violation, None for any other integrity error."""
+    cause = getattr(error.orig, "__cause__", None)
+    if getattr(cause, "sqlstate", None) == "23505":
+        return str(getattr(cause, "constraint_name", "") or "")
+    return None
+
+
+def national_id_taken() -> AlreadyExists:
+    """The error for a second patient with the same national identifier."""
+    return AlreadyExists(
+        "another patient has this national identifier",
+        reason="NATIONAL_ID_EXISTS",
+        metadata={"field": "national_id"},
+    )
+
+
+async def get_patient(
+    session: AsyncSession, patient_id: uuid.UUID, *, lock: bool = False
+) -> Row[Any]:
+    """One patient row, or NOT_FOUND."""
+    query = select(*_RETURNING).where(patients.c.id == patient_id)
+    if lock:
+        query = query.with_for_update()
+    row = (await session.execute(query)).first()
+    if row is None:
+        raise NotFound(
+            f"patients/{patient_id} not found", metadata={"name": f"patients/{patient_id}"}
+        )
+    return row
+
+
+async def insert_patient(
+    session: AsyncSession, values: dict[str, Any], request_id: str | None
+) -> Row[Any] | None:
+    """Insert a new patient; None when `request_id` was already used (the caller re-reads it)."""
+    statement = insert(patients).values(id=uuid.uuid4(), create_request_id=request_id, **values)
+    if request_id is not None:
+        statement = statement.on_conflict_do_nothing(index_elements=[patients.c.create_request_id])
+    return (await session.execute(statement.returning(*_RETURNING))).first()
+
+
+async def patient_by_request(session: AsyncSession, request_id: str) -> Row[Any] | None:
+    """The patient created by the CreatePatient call with this request id."""
+    query = select(*_RETURNING).where(patients.c.create_request_id == request_id)
+    return (await session.execute(query)).first()
+
+
+async def update_patient(
+    session: AsyncSession, patient_id: uuid.UUID, values: dict[str, Any], etag: str
+) -> Row[Any]:
+    """Apply `values` to a non-merged patient whose version matches `etag` (when given)."""
+    current = await get_patient(session, patient_id, lock=True)
+    check_etag(current, etag)
+    if current.state == "merged":
+        raise _merged(patient_id)
+    statement = (
+        update(patients)
+        .where(patients.c.id == patient_id)
+        .values(**values, version=patients.c.version + 1, update_time=func.now())
+        .returning(*_RETURNING)
+    )
+    return (await session.execute(statement)).one()
+
+
+async def set_state(
+    session: AsyncSession, patient_id: uuid.UUID, *, to: str, etag: str
+) -> Row[Any]:
+    """Deactivate or reactivate; already in the target state is a no-op success."""
+    current = await get_patient(session, patient_id, lock=True)
+    check_etag(current, etag)
+    if current.state == "merged":
+        raise _merged(patient_id)
+    if current.state == to:
+        return current
+    statement = (
+        update(patients)
+        .where(patients.c.id == patient_id)
+        .values(state=to, version=patients.c.version + 1, update_time=func.now())
+        .returning(*_RETURNING)
+    )
+    return (await session.execute(statement)).one()
+
+
+def check_etag(row: Row[Any], etag: str) -> None:
+    """ABORTED when a given etag is not the row's current version."""
+    if etag and etag != str(row.version):
+        raise Aborted(
+            "the patient was changed since it was read; read it again and retry",
+            reason="ETAG_MISMATCH",
+            metadata={"etag": str(row.version)},
+        )
+
+
+def _merged(patient_id: uuid.UUID) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"patients/{patient_id} is merged into another record; change the survivor instead",
+        reason="PATIENT_MERGED",
+    )
+
+
+async def merge(
+    session: AsyncSession, duplicate_id: uuid.UUID, survivor_id: uuid.UUID, reason: str
+) -> Row[Any]:
+    """Mark the duplicate merged into the survivor, recording the merge for undo."""
+    # Lock both rows in id order so two merges of the same pair cannot deadlock.
+    locked = (
+        await session.execute(
+            select(*_RETURNING)
+            .where(patients.c.id.in_([duplicate_id, survivor_id]))
+            .order_by(patients.c.id)
+            .with_for_update()
+        )
+    ).all()
+    rows = {row.id: row for row in locked}
+    if duplicate_id not in rows:
+        raise NotFound(f"patients/{duplicate_id} not found", metadata={"field": "name"})
+    if survivor_id not in rows:
+        raise NotFound(f"patients/{survivor_id} not found", metadata={"field": "survivor"})
+    duplicate, survivor = rows[duplicate_id], rows[survivor_id]
+    if duplicate.state == "merged":
+        if duplicate.merged_into == survivor_id:
+            return duplicate  # the same merge again: nothing to do
+        raise FailedPrecondition(
+            "the duplicate is already merged into another patient; undo that merge first",
+            reason="ALREADY_MERGED",
+        )
+    if survivor.state != "active":
+        raise FailedPrecondition(
+            "the surviving patient must be active", reason="SURVIVOR_NOT_ACTIVE"
+        )
+    await session.execute(
+        insert(patient_merges).values(
+            id=uuid.uuid4(),
+            duplicate_id=duplicate_id,
+            survivor_id=survivor_id,
+            previous_state=duplicate.state,
+            reason=reason,
+        )
+    )
+    statement = (
+        update(patients)
+        .where(patients.c.id == duplicate_id)
+        .values(
+            state="merged",
+            merged_into=survivor_id,
+            version=patients.c.version + 1,
+            update_time=func.now(),
+        )
+        .returning(*_RETURNING)
+    )
+    return (await session.execute(statement)).one()
+
+
+async def unmerge(session: AsyncSession, duplicate_id: uuid.UUID, reason: str) -> Row[Any]:
+    """Restore a merged duplicate to its state before the merge; the history row is closed."""
+    current = await get_patient(session, duplicate_id, lock=True)
+    if current.state != "merged":
+        raise FailedPrecondition("the patient is not merged", reason="NOT_MERGED")
+    closed = (
+        await session.execute(
+            update(patient_merges)
+            .where(
+                patient_merges.c.duplicate_id == duplicate_id,
+                patient_merges.c.unmerge_time.is_(None),
+            )
+            .values(unmerge_time=func.now(), unmerge_reason=reason)
+            .returning(patient_merges.c.previous_state)
+        )
+    ).one()
+    statement = (
+        update(patients)
+        .where(patients.c.id == duplicate_id)
+        .values(
+            state=closed.previous_state,
+            merged_into=None,
+            version=patients.c.version + 1,
+            update_time=func.now(),
+        )
+        .returning(*_RETURNING)
+    )
+    return (await session.execute(statement)).one()
+
+
+@dataclass(frozen=True)
+class PatientFilter:
+    """The filters of ListPatients, already validated."""
+
+    name_prefix: str | None = None
+    birth_date: dt.date | None = None
+    national_id: tuple[str, str] | None = None
+    phone: str | None = None
+    include_merged: bool = False
+
+    def fingerprint(self) -> str:
+        """A stable text of the filters, binding page tokens to them."""
+        return repr(
+            (self.name_prefix, self.birth_date, self.national_id, self.phone, self.include_merged)
+        )
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def list_patients(
+    session: AsyncSession,
+    where: PatientFilter,
+    *,
+    after: tuple[str, str, uuid.UUID] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """Up to `limit` patients after the keyset cursor, ordered by (family, first given name, id)."""
+    conditions = []
+    if where.name_prefix:
+        pattern = _escape_like(where.name_prefix.lower()) + "%"
+        conditions.append(
+            or_(
+                patients.c.family_key.like(pattern, escape="\\"),
+                patients.c.given_key.like(pattern, escape="\\"),
+            )
+        )
+    if where.birth_date is not None:
+        conditions.append(patients.c.birth_date == where.birth_date)
+    if where.national_id is not None:
+        conditions.append(patients.c.national_id_system == where.national_id[0])
+        conditions.append(patients.c.national_id_value == where.national_id[1])
+    if where.phone is not None:
+        conditions.append(patients.c.phone == where.phone)
+    if not where.include_merged:
+        conditions.append(patients.c.state != "merged")
+    order = (patients.c.family_key, patients.c.given_key, patients.c.id)
+    if after is not None:
+        conditions.append(
+            tuple_(*order) > tuple_(literal(after[0]), literal(after[1]), literal(after[2]))
+        )
+    query = select(*_RETURNING).where(and_(True, *conditions)).order_by(*order).limit(limit)
+    return list((await session.execute(query)).all())
+
+
+async def insert_consent(
+    session: AsyncSession, patient_id: uuid.UUID, values: dict[str, Any], request_id: str | None
+) -> Row[Any] | None:
+    """Insert a consent; None when this patient's `request_id` was already used."""
+    statement = insert(consents).values(
+        id=uuid.uuid4(), patient_id=patient_id, create_request_id=request_id, **values
+    )
+    if request_id is not None:
+        statement = statement.on_conflict_do_nothing(
+            index_elements=[consents.c.patient_id, consents.c.create_request_id]
+        )
+    return (await session.execute(statement.returning(*consents.c))).first()
+
+
+async def consent_by_request(
+    session: AsyncSession, patient_id: uuid.UUID, request_id: str
+) -> Row[Any]:
+    """The consent created by the GrantConsent call with this request id."""
+    query = select(*consents.c).where(
+        consents.c.patient_id == patient_id, consents.c.create_request_id == request_id
+    )
+    return (await session.execute(query)).one()
+
+
+async def get_consent(
+    session: AsyncSession, patient_id: uuid.UUID, consent_id: uuid.UUID
+) -> Row[Any]:
+    """One consent of one patient, or NOT_FOUND."""
+    query = select(*consents.c).where(
+        consents.c.id == consent_id, consents.c.patient_id == patient_id
+    )
+    row = (await session.execute(query)).first()
+    if row is None:
+        name = f"patients/{patient_id}/consents/{consent_id}"
+        raise NotFound(f"{name} not found", metadata={"name": name})
+    return row
+
+
+async def revoke_consent(
+    session: AsyncSession, patient_id: uuid.UUID, consent_id: uuid.UUID
+) -> Row[Any]:
+    """Mark a consent inactive now; an inactive consent is returned unchanged."""
+    statement = (
+        update(consents)
+        .where(
+            consents.c.id == consent_id,
+            consents.c.patient_id == patient_id,
+            consents.c.status == "active",
+        )
+        .values(status="inactive", revoke_time=func.now())
+        .returning(*consents.c)
+    )
+    row = (await session.execute(statement)).first()
+    return row if row is not None else await get_consent(session, patient_id, consent_id)
+
+
+async def list_consents(
+    session: AsyncSession,
+    patient_id: uuid.UUID,
+    *,
+    active_only: bool,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """A patient's consents, newest first, after the keyset cursor."""
+    conditions: list[Any] = [consents.c.patient_id == patient_id]
+    if active_only:
+        now = func.now()
+        conditions += [
+            consents.c.status == "active",
+            consents.c.period_start <= now,
+            or_(consents.c.period_end.is_(None), consents.c.period_end > now),
+        ]
+    if after is not None:
+        conditions.append(
+            tuple_(consents.c.create_time, consents.c.id)
+            < tuple_(literal(after[0]), literal(after[1]))
+        )
+    query = (
+        select(*consents.c)
+        .where(*conditions)
+        .order_by(consents.c.create_time.desc(), consents.c.id.desc())
+        .limit(limit)
+    )
+    return list((await session.execute(query)).all())

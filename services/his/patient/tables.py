@@ -1,0 +1,133 @@
+"""The patient schema: patients, their merge history and their consents."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Computed,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Sequence,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+
+SCHEMA = "patient"
+metadata = MetaData(schema=SCHEMA)
+
+# Medical record numbers: a sequence, never reused, shown with a Luhn check digit (see mapping.py).
+mrn_sequence = Sequence("mrn_seq", start=1000000, metadata=metadata, schema=SCHEMA)
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "mrn_number",
+        BigInteger,
+        mrn_sequence,
+        nullable=False,
+        unique=True,
+        server_default=mrn_sequence.next_value(),
+    ),
+    Column("state", Text, nullable=False, server_default="active"),
+    Column("family_name", Text, nullable=False),
+    Column("given_names", ARRAY(Text), nullable=False),
+    # Search keys, computed by PostgreSQL so they can never disagree with the names.
+    Column("family_key", Text, Computed("lower(family_name)", persisted=True), nullable=False),
+    Column(
+        "given_key",
+        Text,
+        Computed("lower(coalesce(given_names[1], ''))", persisted=True),
+        nullable=False,
+    ),
+    Column("gender", Text, nullable=False),
+    Column("birth_date", Date, nullable=False),
+    Column("national_id_system", Text),
+    Column("national_id_value", Text),
+    Column("phone", Text),
+    Column("address", JSONB),
+    Column("merged_into", UUID(as_uuid=True), ForeignKey("patients.id")),
+    # The idempotency key of the CreatePatient call that made this row: a replay finds it here.
+    Column("create_request_id", Text, unique=True),
+    Column("version", Integer, nullable=False, server_default="1"),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("state IN ('active', 'inactive', 'merged')", name="state_known"),
+    CheckConstraint("gender IN ('male', 'female', 'other', 'unknown')", name="gender_known"),
+    CheckConstraint("(state = 'merged') = (merged_into IS NOT NULL)", name="merged_has_survivor"),
+    CheckConstraint("merged_into IS DISTINCT FROM id", name="not_merged_into_self"),
+    CheckConstraint(
+        "(national_id_system IS NULL) = (national_id_value IS NULL)", name="national_id_complete"
+    ),
+    CheckConstraint("cardinality(given_names) >= 1", name="has_given_name"),
+    UniqueConstraint("national_id_system", "national_id_value", name="national_id_unique"),
+)
+
+# Prefix search on either name, and the list order (family, first given name, id) for keyset pages.
+Index(
+    "patients_family_prefix",
+    patients.c.family_key,
+    postgresql_ops={"family_key": "text_pattern_ops"},
+)
+Index(
+    "patients_given_prefix", patients.c.given_key, postgresql_ops={"given_key": "text_pattern_ops"}
+)
+Index("patients_list_order", patients.c.family_key, patients.c.given_key, patients.c.id)
+Index("patients_birth_date", patients.c.birth_date)
+Index("patients_phone", patients.c.phone)
+
+patient_merges = Table(
+    "patient_merges",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("duplicate_id", UUID(as_uuid=True), ForeignKey("patients.id"), nullable=False),
+    Column("survivor_id", UUID(as_uuid=True), ForeignKey("patients.id"), nullable=False),
+    # The state the duplicate had before the merge, restored by an unmerge.
+    Column("previous_state", Text, nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("merge_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("unmerge_time", DateTime(timezone=True)),
+    Column("unmerge_reason", Text),
+    CheckConstraint("previous_state IN ('active', 'inactive')", name="previous_state_known"),
+)
+
+# At most one merge in force per duplicate; history rows (unmerged) may be many.
+Index(
+    "patient_merges_one_open",
+    patient_merges.c.duplicate_id,
+    unique=True,
+    postgresql_where=text("unmerge_time IS NULL"),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("patient_id", UUID(as_uuid=True), ForeignKey("patients.id"), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="active"),
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("period_end", DateTime(timezone=True)),
+    Column("note", Text, nullable=False, server_default=""),
+    Column("create_request_id", Text),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoke_time", DateTime(timezone=True)),
+    CheckConstraint("status IN ('active', 'inactive')", name="consent_status_known"),
+    CheckConstraint("period_end IS NULL OR period_end > period_start", name="period_ordered"),
+    CheckConstraint("(status = 'inactive') = (revoke_time IS NOT NULL)", name="revoked_has_time"),
+    UniqueConstraint("patient_id", "create_request_id", name="consent_request_unique"),
+)
+
+Index("consents_by_patient", consents.c.patient_id, consents.c.create_time.desc(), consents.c.id)

@@ -1,0 +1,62 @@
+"""The services of HIS Mesh: their names, ports and whether they are implemented yet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """One service of the house: where it listens locally and where its code lives."""
+
+    name: str
+    grpc_service: str
+    port: int
+    metrics_port: int
+    implemented: bool
+
+    @property
+    def module(self) -> str:
+        """The Python package holding the servicer (`his.<name>`)."""
+        return f"his.{self.name}"
+
+
+def _entry(name: str, index: int, *, implemented: bool) -> ServiceEntry:
+    return ServiceEntry(
+        name=name,
+        grpc_service=f"his.{name}.v1.{name.capitalize()}Service",
+        port=50050 + index,
+        metrics_port=9050 + index,
+        implemented=implemented,
+    )
+
+
+# The local port table of the README. In Kubernetes every service listens on 50051 inside its pod;
+# these distinct ports only matter when `his up` runs them side by side on one machine.
+CATALOG: tuple[ServiceEntry, ...] = (
+    _entry("patient", 1, implemented=True),
+    _entry("scheduling", 2, implemented=False),
+    _entry("emr", 3, implemented=False),
+    _entry("orders", 4, implemented=False),
+    _entry("lab", 5, implemented=False),
+    _entry("pharmacy", 6, implemented=False),
+    _entry("billing", 7, implemented=False),
+    _entry("iam", 8, implemented=False),
+    _entry("audit", 9, implemented=False),
+)
+
+BY_NAME: dict[str, ServiceEntry] = {entry.name: entry for entry in CATALOG}
+
+
+def implemented() -> tuple[ServiceEntry, ...]:
+    """The services `his up` starts."""
+    return tuple(entry for entry in CATALOG if entry.implemented)
+
+
+def lookup(name: str) -> ServiceEntry:
+    """The catalog entry of a service, or a ValueError listing the known names."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        known = ", ".join(BY_NAME)
+        raise ValueError(f"unknown service {name!r}; known services: {known}") from None

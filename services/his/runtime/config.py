@@ -1,0 +1,159 @@
+"""Configuration from `HIS_*` environment variables into frozen dataclasses, loaded once at start-up.
+
+Every setting has a default that works on a developer machine; containers override through the
+environment (ConfigMaps and Secrets in Kubernetes). Nothing else in the code reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from his.runtime.catalog import lookup
+
+
+class ConfigError(ValueError):
+    """A `HIS_*` variable holds a value the service cannot use."""
+
+
+def _int(env: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{key} must not be negative, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(key) or default
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where the service's PostgreSQL is and how many connections it may hold."""
+
+    # Any PostgreSQL: postgresql://user:pass@host:5432/db. Unset means embedded PostgreSQL.
+    url: str | None = None
+    # Where embedded PostgreSQL keeps its data between runs (HIS_DATA_DIR/pgdata).
+    data_dir: Path = Path(".his")
+    pool_size: int = 10
+    max_overflow: int = 10
+    # How often the health watcher pings the database, and how long one ping may take.
+    health_interval_s: float = 1.0
+    health_timeout_s: float = 2.0
+    # Per-statement limit so a stuck query cannot hold a call past any sane deadline.
+    statement_timeout_ms: int = 5000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DatabaseConfig:
+        """Read HIS_DATABASE_URL, HIS_DATA_DIR and the HIS_DB_* pool settings."""
+        return cls(
+            url=env.get("HIS_DATABASE_URL") or None,
+            data_dir=Path(env.get("HIS_DATA_DIR") or ".his"),
+            pool_size=_int(env, "HIS_DB_POOL_SIZE", 10, minimum=1),
+            max_overflow=_int(env, "HIS_DB_MAX_OVERFLOW", 10),
+            health_interval_s=_float(env, "HIS_DB_HEALTH_INTERVAL_S", 1.0),
+            health_timeout_s=_float(env, "HIS_DB_HEALTH_TIMEOUT_S", 2.0),
+            statement_timeout_ms=_int(env, "HIS_DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1),
+        )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the gRPC server listens and shuts down."""
+
+    host: str = "[::]"
+    port: int = 50051
+    # Prometheus metrics over HTTP; 0 picks a free port, -1 turns the endpoint off.
+    metrics_port: int = 9051
+    # SIGTERM: how long in-flight calls may take to finish before they are cancelled.
+    grace_s: float = 10.0
+    # SIGTERM: how long to report NOT_SERVING before refusing calls, so load balancers move away.
+    drain_delay_s: float = 0.0
+    # Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED instead of queueing.
+    max_concurrent_rpcs: int = 1000
+    # Run the service's migrations before serving (under an advisory lock, so replicas can race).
+    migrate: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, port: int, metrics_port: int) -> ServerConfig:
+        """Read HIS_HOST, HIS_PORT, HIS_METRICS_PORT, HIS_GRACE_S, HIS_DRAIN_DELAY_S, ..."""
+        return cls(
+            host=env.get("HIS_HOST") or "[::]",
+            port=_int(env, "HIS_PORT", port),
+            metrics_port=_int(env, "HIS_METRICS_PORT", metrics_port, minimum=-1),
+            grace_s=_float(env, "HIS_GRACE_S", 10.0),
+            drain_delay_s=_float(env, "HIS_DRAIN_DELAY_S", 0.0),
+            max_concurrent_rpcs=_int(env, "HIS_MAX_CONCURRENT_RPCS", 1000, minimum=1),
+            migrate=(env.get("HIS_MIGRATE", "1") not in ("0", "false", "no")),
+        )
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Logs, traces and the names they carry."""
+
+    service_name: str = "his"
+    # "json" for containers, "text" for a terminal; "auto" picks by whether stderr is a TTY.
+    log_format: str = "auto"
+    log_level: str = "INFO"
+    # OTLP/gRPC collector, e.g. http://otel-collector:4317. Unset means no exporter (ids still made).
+    otlp_endpoint: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, service_name: str) -> TelemetryConfig:
+        """Read HIS_LOG_FORMAT, HIS_LOG_LEVEL and HIS_OTLP_ENDPOINT."""
+        return cls(
+            service_name=service_name,
+            log_format=_choice(env, "HIS_LOG_FORMAT", "auto", ("auto", "json", "text")),
+            log_level=_choice(env, "HIS_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            otlp_endpoint=env.get("HIS_OTLP_ENDPOINT") or None,
+        )
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything one service process needs, built once in `load`."""
+
+    name: str
+    server: ServerConfig
+    database: DatabaseConfig
+    telemetry: TelemetryConfig
+    # Key for opaque page tokens, so a client cannot forge a cursor into someone else's filter.
+    page_token_key: bytes = field(default=b"his-local-page-token-key", repr=False)
+
+
+def load(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Build the configuration of `service` from the environment (or a given mapping)."""
+    source = os.environ if env is None else env
+    entry = lookup(service)
+    return ServiceConfig(
+        name=service,
+        server=ServerConfig.from_env(source, port=entry.port, metrics_port=entry.metrics_port),
+        database=DatabaseConfig.from_env(source),
+        telemetry=TelemetryConfig.from_env(source, service_name=f"his-{service}"),
+        page_token_key=(source.get("HIS_PAGE_TOKEN_KEY") or "his-local-page-token-key").encode(),
+    )

@@ -1,0 +1,95 @@
+"""PostgreSQL through SQLAlchemy 2 async + asyncpg: one engine per service, one transaction per call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from his.runtime.config import DatabaseConfig
+from his.runtime.errors import HisError, Unavailable
+
+
+def async_url(url: str) -> str:
+    """Any `postgresql://` URL (also pgserver's unix-socket form) as an asyncpg SQLAlchemy URL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError("HIS_DATABASE_URL must be a postgresql:// URL")
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+class Database:
+    """The engine of one service and the session-per-call helper its store uses."""
+
+    def __init__(self, url: str, config: DatabaseConfig, *, application_name: str) -> None:
+        self.config = config
+        self.engine: AsyncEngine = create_async_engine(
+            async_url(url),
+            pool_size=config.pool_size,
+            max_overflow=config.max_overflow,
+            # A connection the server dropped (restart, failover) is noticed before use, not mid-call.
+            pool_pre_ping=True,
+            connect_args={
+                "server_settings": {
+                    "application_name": application_name,
+                    "statement_timeout": str(config.statement_timeout_ms),
+                    "timezone": "UTC",
+                },
+                "timeout": config.health_timeout_s,
+            },
+        )
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One session in one transaction: committed when the block ends, rolled back on error."""
+        async with self._sessions.begin() as session:
+            yield session
+
+    async def ping(self) -> bool:
+        """True when the database answers `SELECT 1` within the health timeout."""
+        try:
+            async with asyncio.timeout(self.config.health_timeout_s):
+                async with self.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.QueryCanceledError,
+)
+
+
+def translate_error(error: BaseException) -> HisError | None:
+    """Database outages become UNAVAILABLE (retryable) instead of INTERNAL."""
+    cause: BaseException | None = error
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
+        cause = error.orig.__cause__ if error.orig is not None else None
+        cause = cause or error.orig
+    if isinstance(cause, _UNREACHABLE):
+        return Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
+    return None

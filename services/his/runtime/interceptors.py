@@ -1,0 +1,160 @@
+"""Server interceptors, outermost first: tracing → metrics + access log → error mapping.
+
+Only unary-unary handlers are wrapped; streaming handlers (health Watch, reflection) pass through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc.aio import AbortError
+
+from his.runtime.errors import HisError, internal_status, to_status
+from his.runtime.metrics import ServerMetrics
+from his.runtime.telemetry import current_trace_id
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Translate = Callable[[BaseException], HisError | None]
+
+access_log = logging.getLogger("his.access")
+error_log = logging.getLogger("his.errors")
+
+
+def _wrap_unary(
+    handler: grpc.RpcMethodHandler | None, wrap: Callable[[Behavior], Behavior]
+) -> grpc.RpcMethodHandler | None:
+    if handler is None or handler.request_streaming or handler.response_streaming:
+        return handler
+    return grpc.unary_unary_rpc_method_handler(
+        wrap(handler.unary_unary),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    """`/his.patient.v1.PatientService/GetPatient` → (`his.patient.v1.PatientService`, `GetPatient`)."""
+    _, _, rest = full_method.partition("/")
+    service, _, method = rest.partition("/")
+    return service, method
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    """RED metrics and exactly one access-log line per call, with its trace id and no payload."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        service, method = _split_method(handler_call_details.method)
+        metrics = self._metrics
+
+        def wrap(inner: Behavior) -> Behavior:
+            async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                labels = ("unary", service, method)
+                metrics.started.labels(*labels).inc()
+                metrics.in_flight.inc()
+                started = time.perf_counter()
+                code = grpc.StatusCode.OK
+                try:
+                    response = await inner(request, context)
+                    code = context.code() or grpc.StatusCode.OK
+                    return response
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except BaseException:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    elapsed = time.perf_counter() - started
+                    metrics.in_flight.dec()
+                    code = _as_status_code(code)
+                    metrics.handled.labels(*labels, code.name).inc()
+                    metrics.handling_seconds.labels(*labels).observe(elapsed)
+                    access_log.info(
+                        "rpc",
+                        extra={
+                            "fields": {
+                                "method": f"{service}/{method}",
+                                "code": code.name,
+                                "duration_ms": round(elapsed * 1000, 3),
+                            }
+                        },
+                    )
+
+            return observed
+
+        return _wrap_unary(handler, wrap)  # type: ignore[return-value]
+
+
+def _as_status_code(code: Any) -> grpc.StatusCode:
+    """`context.code()` may hold a StatusCode or, after abort, its integer value."""
+    if isinstance(code, grpc.StatusCode):
+        return code
+    for candidate in grpc.StatusCode:
+        if candidate.value[0] == code:
+            return candidate
+    return grpc.StatusCode.UNKNOWN
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns HisError into a rich `google.rpc.Status`; anything unexpected into a bare INTERNAL."""
+
+    def __init__(self, domain: str, translate: Translate | None = None) -> None:
+        self._domain = domain
+        self._translate = translate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        domain = self._domain
+        translate = self._translate
+        method = handler_call_details.method
+
+        def wrap(inner: Behavior) -> Behavior:
+            async def mapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    return await inner(request, context)
+                except (AbortError, asyncio.CancelledError):
+                    raise
+                except HisError as error:
+                    status = to_status(error, domain=domain)
+                except Exception as error:
+                    known = translate(error) if translate else None
+                    if known is not None:
+                        status = to_status(known, domain=domain)
+                    else:
+                        trace_id = current_trace_id()
+                        # Frames and type only: an exception message may quote patient data
+                        # (a database error repeats the conflicting key, for example).
+                        error_log.error(
+                            "unexpected error",
+                            extra={
+                                "fields": {
+                                    "method": method,
+                                    "exc_type": type(error).__name__,
+                                    "stack": "".join(traceback.format_tb(error.__traceback__)),
+                                }
+                            },
+                        )
+                        status = internal_status(domain=domain, trace_id=trace_id)
+                await context.abort(status.code, status.details, status.trailing_metadata)
+
+            return mapped
+
+        return _wrap_unary(handler, wrap)  # type: ignore[return-value]

@@ -1,0 +1,183 @@
+"""The one server bootstrap every service uses: grpc.aio on [::]:port with health, reflection,
+interceptors, metrics and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from his.runtime.config import ServiceConfig
+from his.runtime.database import Database, translate_error
+from his.runtime.embedded_pg import EmbeddedPostgres
+from his.runtime.health import DatabaseHealth
+from his.runtime.interceptors import ErrorInterceptor, ObservingInterceptor
+from his.runtime.logs import configure_logging
+from his.runtime.metrics import MetricsEndpoint, ServerMetrics
+from his.runtime.migrations import upgrade
+from his.runtime.telemetry import make_tracer_provider
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a service contributes to the runtime: its name, its gRPC service and its servicer."""
+
+    # Short name, as in the catalog and the database schema ("patient").
+    name: str
+    # Full gRPC service name ("his.patient.v1.PatientService"), used for health and reflection.
+    grpc_service: str
+    # The generated `add_<Service>Servicer_to_server` function.
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    # Builds the servicer from the running service's shared pieces.
+    make_servicer: Callable[[ServiceResources], Any]
+
+
+@dataclass(frozen=True)
+class ServiceResources:
+    """Shared pieces a servicer is built from."""
+
+    config: ServiceConfig
+    database: Database
+
+
+@dataclass
+class RunningService:
+    """A started server: where it listens and how to stop it."""
+
+    spec: ServiceSpec
+    config: ServiceConfig
+    server: grpc.aio.Server
+    port: int
+    database: Database
+    health: HealthServicer
+    database_health: DatabaseHealth
+    metrics: ServerMetrics
+    metrics_endpoint: MetricsEndpoint | None
+
+    @property
+    def address(self) -> str:
+        """`localhost:<port>`, for clients on this machine."""
+        return f"localhost:{self.port}"
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING → wait the drain delay → refuse new calls, let in-flight ones finish → stop."""
+        grace = self.config.server.grace_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        if self.config.server.drain_delay_s:
+            await asyncio.sleep(self.config.server.drain_delay_s)
+        await self.server.stop(grace)
+        await self.database_health.stop()
+        await self.database.dispose()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+
+
+async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> RunningService:
+    """Build and start one service on its configured port (0 = any free port)."""
+    database = Database(database_url, config.database, application_name=f"his-{spec.name}")
+    metrics = ServerMetrics.create()
+    tracer_provider = make_tracer_provider(config.telemetry)
+    domain = f"{spec.name}.his"
+    server = grpc.aio.server(
+        interceptors=[
+            aio_server_interceptor(tracer_provider=tracer_provider),
+            ObservingInterceptor(metrics),
+            ErrorInterceptor(domain, translate_error),
+        ],
+        maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
+        options=[
+            ("grpc.so_reuseport", 0),
+            # Keepalive so idle connections through proxies and the mesh are not silently dropped.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
+    spec.add_to_server(spec.make_servicer(ServiceResources(config, database)), server)
+
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", spec.grpc_service):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (
+            spec.grpc_service,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
+
+    database_health = DatabaseHealth(database, health, (spec.grpc_service,), metrics)
+    await database_health.check_once()
+    database_health.start()
+    metrics_endpoint = (
+        metrics.serve(config.server.metrics_port) if config.server.metrics_port >= 0 else None
+    )
+    await server.start()
+    return RunningService(
+        spec=spec,
+        config=config,
+        server=server,
+        port=port,
+        database=database,
+        health=health,
+        database_health=database_health,
+        metrics=metrics,
+        metrics_endpoint=metrics_endpoint,
+    )
+
+
+def run(spec: ServiceSpec, config: ServiceConfig) -> None:
+    """The life of a service process (`his serve <service>`): until SIGTERM or SIGINT."""
+    configure_logging(config.telemetry)
+    embedded: EmbeddedPostgres | None = None
+    url = config.database.url
+    if url is None:
+        embedded = EmbeddedPostgres(config.database.data_dir / "pgdata")
+        url = embedded.start()
+    try:
+        if config.server.migrate:
+            upgrade(spec.name, url)
+        asyncio.run(_serve_until_signalled(spec, config, url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _serve_until_signalled(spec: ServiceSpec, config: ServiceConfig, url: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    running = await start(spec, config, url)
+    log.info(
+        "serving",
+        extra={
+            "fields": {
+                "service": spec.grpc_service,
+                "port": running.port,
+                "metrics_port": running.metrics_endpoint.port if running.metrics_endpoint else None,
+                "database": "up" if running.database_health.up else "down",
+            }
+        },
+    )
+    await stop.wait()
+    log.info("shutting down", extra={"fields": {"grace_s": config.server.grace_s}})
+    await running.stop()
+    log.info("stopped")

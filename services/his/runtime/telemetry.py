@@ -1,0 +1,49 @@
+"""OpenTelemetry tracing: a tracer provider per process, an exporter only when configured.
+
+Trace ids are made even with no exporter, so every log line can carry one. A broken or missing
+exporter logs a warning and the service starts anyway: telemetry must never stop patient care.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from his.runtime.config import TelemetryConfig
+
+log = logging.getLogger(__name__)
+
+
+def make_tracer_provider(config: TelemetryConfig) -> TracerProvider:
+    """A tracer provider for this service; exports over OTLP only if an endpoint is configured."""
+    provider = TracerProvider(resource=Resource.create({"service.name": config.service_name}))
+    if config.otlp_endpoint:
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+                OTLPSpanExporter,
+            )
+
+            provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=config.otlp_endpoint))
+            )
+        except Exception as error:  # any failure here must not stop start-up
+            log.warning(
+                "tracing exporter disabled", extra={"fields": {"error": type(error).__name__}}
+            )
+    return provider
+
+
+def current_trace_id() -> str:
+    """The trace id of the active span as 32 hex digits, or '' outside any span."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+def current_span_id() -> str:
+    """The span id of the active span as 16 hex digits, or '' outside any span."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.span_id, "016x") if context.is_valid else ""

@@ -1,0 +1,158 @@
+"""Request validation shared by all servicers: collect every bad field, then fail once.
+
+Each check records a FieldViolation with the field's path as the client wrote it
+(`patient.birth_date.month`), so INVALID_ARGUMENT always names what to fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+
+from google.protobuf.descriptor import EnumDescriptor
+
+from his.runtime.errors import FieldViolation, InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+MAX_REQUEST_ID = 64
+
+
+class Violations:
+    """Accumulates field violations of one request."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        """Record one bad field."""
+        self.items.append(FieldViolation(field, description))
+
+    def raise_if_any(self) -> None:
+        """Raise INVALID_ARGUMENT naming every recorded field, if any."""
+        if self.items:
+            raise InvalidArgument(self.items)
+
+    def text(
+        self, field: str, value: str, *, max_len: int, required: bool = False, min_len: int = 1
+    ) -> str | None:
+        """A trimmed text field within length limits; None when optional and empty."""
+        stripped = value.strip()
+        if not stripped:
+            if required:
+                self.add(field, "is required")
+            return None
+        if len(stripped) < min_len:
+            self.add(field, f"must be at least {min_len} characters")
+        if len(stripped) > max_len:
+            self.add(field, f"must be at most {max_len} characters")
+        if any(ord(ch) < 32 for ch in stripped):
+            self.add(field, "must not contain control characters")
+        return stripped
+
+    def enum(
+        self, field: str, value: int, descriptor: EnumDescriptor, *, required: bool = True
+    ) -> int | None:
+        """A known, non-zero enum value (proto3 lets unknown numbers through the wire)."""
+        if value == 0:
+            if required:
+                self.add(field, f"is required (one of {_enum_names(descriptor)})")
+            return None
+        if value not in descriptor.values_by_number:
+            self.add(field, f"unknown value {value} (one of {_enum_names(descriptor)})")
+            return None
+        return value
+
+    def date(
+        self,
+        field: str,
+        year: int,
+        month: int,
+        day: int,
+        *,
+        earliest: dt.date | None = None,
+        latest: dt.date | None = None,
+    ) -> dt.date | None:
+        """A real calendar date within optional bounds."""
+        try:
+            value = dt.date(year, month, day)
+        except ValueError as error:
+            self.add(field, f"is not a valid date ({error})")
+            return None
+        if earliest is not None and value < earliest:
+            self.add(field, f"must not be before {earliest.isoformat()}")
+        if latest is not None and value > latest:
+            self.add(field, f"must not be after {latest.isoformat()}")
+        return value
+
+    def request_id(self, field: str, value: str) -> str | None:
+        """An optional idempotency key: printable, at most 64 characters."""
+        if not value:
+            return None
+        if len(value) > MAX_REQUEST_ID or not value.isprintable() or value != value.strip():
+            self.add(field, f"must be 1 to {MAX_REQUEST_ID} printable characters without padding")
+            return None
+        return value
+
+    def page_size(self, field: str, value: int) -> int:
+        """AIP-158: 0 → default, above the maximum → the maximum, negative → rejected."""
+        if value < 0:
+            self.add(field, "must not be negative")
+            return DEFAULT_PAGE_SIZE
+        if value == 0:
+            return DEFAULT_PAGE_SIZE
+        return min(value, MAX_PAGE_SIZE)
+
+    def resource_id(self, field: str, name: str, *, collection: str) -> uuid.UUID | None:
+        """The id of `<collection>/<id>`; ids are UUIDs, anything else is a malformed name."""
+        return self._id(field, name, prefix=f"{collection}/", pattern=f"{collection}/{{id}}")
+
+    def child_id(
+        self, field: str, name: str, *, parent: str, collection: str
+    ) -> tuple[uuid.UUID, uuid.UUID] | None:
+        """The two ids of `<parent>/<id>/<collection>/<id>`."""
+        pattern = f"{parent}/{{id}}/{collection}/{{id}}"
+        parts = name.split("/")
+        if len(parts) != 4 or parts[0] != parent or parts[2] != collection:
+            self.add(field, f"must be of the form {pattern}")
+            return None
+        try:
+            return uuid.UUID(parts[1]), uuid.UUID(parts[3])
+        except ValueError:
+            self.add(field, f"must be of the form {pattern} with valid ids")
+            return None
+
+    def _id(self, field: str, name: str, *, prefix: str, pattern: str) -> uuid.UUID | None:
+        if not name:
+            self.add(field, f"is required ({pattern})")
+            return None
+        if not name.startswith(prefix) or "/" in name[len(prefix) :]:
+            self.add(field, f"must be of the form {pattern}")
+            return None
+        try:
+            return uuid.UUID(name[len(prefix) :])
+        except ValueError:
+            self.add(field, f"must be of the form {pattern} with a valid id")
+            return None
+
+
+def _enum_names(descriptor: EnumDescriptor) -> str:
+    return ", ".join(v.name for v in descriptor.values if v.number != 0)
+
+
+def require_paths(
+    violations: Violations, field: str, paths: Iterable[str], allowed: frozenset[str]
+) -> list[str]:
+    """Update-mask paths: non-empty, each one allowed, no duplicates."""
+    result: list[str] = []
+    for path in paths:
+        if path not in allowed:
+            violations.add(
+                field, f"path {path!r} cannot be updated (allowed: {', '.join(sorted(allowed))})"
+            )
+        elif path not in result:
+            result.append(path)
+    if not result and not violations.items:
+        violations.add(field, "must name at least one field")
+    return result

@@ -1,0 +1,63 @@
+"""Session fixtures: one real embedded PostgreSQL and real servers on free ports.
+
+Nothing here is a mock: tests talk gRPC over TCP to the same servers `his serve` runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from his.patient.spec import SPEC as PATIENT
+from his.patient.v1 import patient_service_pb2_grpc
+from his.runtime.config import ServiceConfig, load
+from his.runtime.embedded_pg import EmbeddedPostgres
+from his.runtime.migrations import upgrade
+from his.runtime.server import RunningService, start
+
+TEST_ENV = {"HIS_PORT": "0", "HIS_METRICS_PORT": "-1", "HIS_GRACE_S": "2"}
+
+
+def service_config(service: str, **overrides: str) -> ServiceConfig:
+    """A service's config for tests: any free port, no metrics endpoint, short grace."""
+    return load(service, {**TEST_ENV, **overrides})
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """Embedded PostgreSQL 16 for the whole session, in a fresh data directory."""
+    server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "pgdata")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres: EmbeddedPostgres) -> str:
+    """The URL of the session database, with every implemented schema migrated."""
+    upgrade("patient", postgres.url)
+    return postgres.url
+
+
+@pytest.fixture(scope="session")
+async def patient_service(database_url: str) -> AsyncIterator[RunningService]:
+    """The patient service on a free port."""
+    running = await start(PATIENT, service_config("patient"), database_url)
+    yield running
+    await running.stop(grace_s=1)
+
+
+@pytest.fixture(scope="session")
+async def patient_channel(patient_service: RunningService) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the patient service."""
+    async with grpc.aio.insecure_channel(patient_service.address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def patients(patient_channel: grpc.aio.Channel) -> patient_service_pb2_grpc.PatientServiceStub:
+    """The patient service stub."""
+    return patient_service_pb2_grpc.PatientServiceStub(patient_channel)
