@@ -10,7 +10,7 @@ BUF    := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
 GEN_DIRS := $(patsubst protos/%,services/%,$(sort $(dir $(PROTOS))))
 
-.PHONY: help install run test lint fmt proto proto-check buf-lint buf-breaking pytest bench clean
+.PHONY: help install run test lint fmt proto proto-check gen-into buf-lint buf-breaking pytest bench clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,20 +33,20 @@ run: $(VENV)/.installed ## Start the whole hospital locally on embedded PostgreS
 test: install buf-lint buf-breaking lint proto-check pytest ## Everything CI runs.
 
 # Generated code: services/his/<domain>/v1/*_pb2.py, *_pb2_grpc.py and their .pyi stubs.
-define protoc
-	mkdir -p $(1)
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
-	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTOS)
-	for dir in $(GEN_DIRS); do touch $(1)/$${dir#services/}__init__.py; done
-endef
+gen-into: # internal: generate every stub into $(OUT)
+	@mkdir -p $(OUT)
+	@PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
+	  --python_out=$(OUT) --grpc_python_out=$(OUT) --mypy_out=quiet:$(OUT) --mypy_grpc_out=quiet:$(OUT) $(PROTOS)
+	@for dir in $(GEN_DIRS); do touch $(OUT)/$${dir#services/}__init__.py; done
 
 proto: $(VENV)/.installed ## Regenerate the Python stubs from protos/ (never edit them by hand).
 	rm -f $(addsuffix *_pb2*.py*,$(GEN_DIRS))
-	$(call protoc,services)
+	$(MAKE) --no-print-directory gen-into OUT=services
+	@echo "generated stubs for $(words $(PROTOS)) proto files"
 
 proto-check: $(VENV)/.installed ## Fail when the committed stubs differ from what the protos generate.
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
-	$(call protoc,$$tmp) && \
+	$(MAKE) --no-print-directory gen-into OUT=$$tmp || exit 1; \
 	stale=0; for dir in $(GEN_DIRS); do \
 	  rel=$${dir#services/}; \
 	  diff -r -q -x __pycache__ $$tmp/$$rel $$dir || stale=1; \

@@ -19,11 +19,11 @@ import sys
 import time
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from his.runtime.catalog import ServiceEntry, implemented
 from his.runtime.config import DatabaseConfig, TelemetryConfig
 from his.runtime.embedded_pg import EmbeddedPostgres
+from his.runtime.health import SERVING, probe
 from his.runtime.logs import configure_logging
 from his.runtime.migrations import upgrade
 
@@ -61,7 +61,7 @@ def _die_with_parent() -> None:
 
 def _spawn(entry: ServiceEntry, url: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, HIS_DATABASE_URL=url, HIS_MIGRATE="0", HIS_LOG_FORMAT="text")
-    return subprocess.Popen(
+    return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
         [sys.executable, "-m", "his.cli", "serve", entry.name],
         env=env,
         # Own process group: Ctrl-C reaches only `his up`, which then stops services in order.
@@ -73,15 +73,11 @@ def _spawn(entry: ServiceEntry, url: str) -> subprocess.Popen[bytes]:
 async def _wait_serving(entry: ServiceEntry, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     async with grpc.aio.insecure_channel(f"localhost:{entry.port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"{entry.name} exited with code {process.returncode}")
             try:
-                reply = await stub.Check(
-                    health_pb2.HealthCheckRequest(service=entry.grpc_service), timeout=1.0
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                if await probe(channel, entry.grpc_service) == SERVING:
                     return
             except grpc.aio.AioRpcError:
                 pass

@@ -1,4 +1,4 @@
-"""Configuration from `HIS_*` environment variables into frozen dataclasses, loaded once at start-up.
+"""Configuration from `HIS_*` environment variables into frozen dataclasses, loaded once.
 
 Every setting has a default that works on a developer machine; containers override through the
 environment (ConfigMaps and Secrets in Kubernetes). Nothing else in the code reads the environment.
@@ -120,7 +120,7 @@ class TelemetryConfig:
     # "json" for containers, "text" for a terminal; "auto" picks by whether stderr is a TTY.
     log_format: str = "auto"
     log_level: str = "INFO"
-    # OTLP/gRPC collector, e.g. http://otel-collector:4317. Unset means no exporter (ids still made).
+    # OTLP/gRPC collector, e.g. http://otel-collector:4317. Unset: no exporter (ids still made).
     otlp_endpoint: str | None = None
 
     @classmethod

@@ -1,4 +1,4 @@
-"""PostgreSQL through SQLAlchemy 2 async + asyncpg: one engine per service, one transaction per call."""
+"""PostgreSQL via SQLAlchemy 2 async + asyncpg: an engine per service, a transaction per call."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class Database:
             async_url(url),
             pool_size=config.pool_size,
             max_overflow=config.max_overflow,
-            # A connection the server dropped (restart, failover) is noticed before use, not mid-call.
+            # A connection the server dropped (restart, failover) is noticed before use.
             pool_pre_ping=True,
             connect_args={
                 "server_settings": {

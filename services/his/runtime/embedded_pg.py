@@ -37,7 +37,7 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             import pgserver  # noqa: PLC0415
         # cleanup_mode="stop": the server stops when the last process holding a handle exits.
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         log.info("embedded postgresql ready", extra={"fields": {"data_dir": str(self.data_dir)}})
         return self.url
 
@@ -51,7 +51,7 @@ class EmbeddedPostgres:
     # while services keep running.
     def kill(self) -> None:
         """Stop the server immediately (fast shutdown), whoever else holds a handle."""
-        from pgserver._commands import pg_ctl  # noqa: PLC0415
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # noqa: PLC0415
 
         server = self._require()
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=server.system_user)

@@ -7,9 +7,11 @@ only the service's own database does. Recovery needs no restart: the next good p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
+import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
@@ -18,6 +20,7 @@ from his.runtime.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -67,13 +70,24 @@ class DatabaseHealth:
         """Stop the background checks."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self._database.config.health_interval_s)
             await self.check_once()
+
+
+async def probe(channel: grpc.aio.Channel, service: str, *, timeout_s: float = 1.0) -> int:
+    """The `grpc.health.v1` status a server reports for `service` ('' = the whole server)."""
+    check = channel.unary_unary(
+        HEALTH_CHECK,
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+    reply: health_pb2.HealthCheckResponse = await check(
+        health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+    )
+    return int(reply.status)

@@ -10,7 +10,7 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 from grpc.aio import AbortError
@@ -26,20 +26,24 @@ access_log = logging.getLogger("his.access")
 error_log = logging.getLogger("his.errors")
 
 
-def _wrap_unary(
-    handler: grpc.RpcMethodHandler | None, wrap: Callable[[Behavior], Behavior]
-) -> grpc.RpcMethodHandler | None:
+# Subscripted only for the type checker: grpc's runtime classes are not generic.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
+
+
+def _wrap_unary(handler: Handler | None, wrap: Callable[[Behavior], Behavior]) -> Handler | None:
     if handler is None or handler.request_streaming or handler.response_streaming:
         return handler
+    behavior = cast(Behavior, handler.unary_unary)
     return grpc.unary_unary_rpc_method_handler(
-        wrap(handler.unary_unary),
+        wrap(behavior),
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
 
 
 def _split_method(full_method: str) -> tuple[str, str]:
-    """`/his.patient.v1.PatientService/GetPatient` → (`his.patient.v1.PatientService`, `GetPatient`)."""
+    """`/pkg.Service/Method` → (`pkg.Service`, `Method`)."""
     _, _, rest = full_method.partition("/")
     service, _, method = rest.partition("/")
     return service, method
@@ -53,9 +57,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         service, method = _split_method(handler_call_details.method)
         metrics = self._metrics
@@ -96,7 +100,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
             return observed
 
-        return _wrap_unary(handler, wrap)  # type: ignore[return-value]
+        return _wrap_unary(handler, wrap)
 
 
 def _as_status_code(code: Any) -> grpc.StatusCode:
@@ -118,9 +122,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         domain = self._domain
         translate = self._translate
@@ -157,4 +161,4 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return mapped
 
-        return _wrap_unary(handler, wrap)  # type: ignore[return-value]
+        return _wrap_unary(handler, wrap)

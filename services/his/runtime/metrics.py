@@ -26,7 +26,7 @@ class ServerMetrics:
 
     @classmethod
     def create(cls) -> ServerMetrics:
-        """Fresh metric families in a registry of their own (several servers may share a process)."""
+        """Fresh metric families in their own registry (several servers may share a process)."""
         registry = CollectorRegistry()
         labels = ("grpc_type", "grpc_service", "grpc_method")
         return cls(

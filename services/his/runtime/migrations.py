@@ -31,7 +31,7 @@ def alembic_config(service: str, url: str) -> Config:
 
 
 def upgrade(service: str, url: str, revision: str = "head") -> None:
-    """Migrate one service's schema to `revision` (blocking; call via asyncio.to_thread in a loop)."""
+    """Migrate one service's schema to `revision` (blocking: use asyncio.to_thread in a loop)."""
     command.upgrade(alembic_config(service, url), revision)
 
 

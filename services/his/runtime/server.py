@@ -71,7 +71,7 @@ class RunningService:
         return f"localhost:{self.port}"
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """NOT_SERVING → wait the drain delay → refuse new calls, let in-flight ones finish → stop."""
+        """NOT_SERVING → drain delay → refuse new calls, let in-flight ones finish → stop."""
         grace = self.config.server.grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         if self.config.server.drain_delay_s:
@@ -91,7 +91,7 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
     domain = f"{spec.name}.his"
     server = grpc.aio.server(
         interceptors=[
-            aio_server_interceptor(tracer_provider=tracer_provider),
+            aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
             ObservingInterceptor(metrics),
             ErrorInterceptor(domain, translate_error),
         ],

@@ -193,9 +193,9 @@ class PatientServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeConsent(self, request, context):
-        """Revokes a consent: its status becomes inactive and its period ends now. Revoking a revoked consent
-        succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such
-        consent.
+        """Revokes a consent: its status becomes inactive and it no longer applies from now on. Revoking a
+        revoked consent succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND
+        if no such consent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -90,9 +90,9 @@ class PatientServiceStub:
     does not exist; FAILED_PRECONDITION if the patient is merged.
     """
     RevokeConsent: _grpc.UnaryUnaryMultiCallable[_patient_service_pb2.RevokeConsentRequest, _patient_service_pb2.Consent]
-    """Revokes a consent: its status becomes inactive and its period ends now. Revoking a revoked consent
-    succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such
-    consent.
+    """Revokes a consent: its status becomes inactive and it no longer applies from now on. Revoking a
+    revoked consent succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND
+    if no such consent.
     """
     GetConsent: _grpc.UnaryUnaryMultiCallable[_patient_service_pb2.GetConsentRequest, _patient_service_pb2.Consent]
     """Returns one consent. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such consent."""
@@ -161,9 +161,9 @@ class PatientServiceAsyncStub(PatientServiceStub):
     does not exist; FAILED_PRECONDITION if the patient is merged.
     """
     RevokeConsent: _aio.UnaryUnaryMultiCallable[_patient_service_pb2.RevokeConsentRequest, _patient_service_pb2.Consent]  # type: ignore[assignment]
-    """Revokes a consent: its status becomes inactive and its period ends now. Revoking a revoked consent
-    succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such
-    consent.
+    """Revokes a consent: its status becomes inactive and it no longer applies from now on. Revoking a
+    revoked consent succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND
+    if no such consent.
     """
     GetConsent: _aio.UnaryUnaryMultiCallable[_patient_service_pb2.GetConsentRequest, _patient_service_pb2.Consent]  # type: ignore[assignment]
     """Returns one consent. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such consent."""
@@ -289,9 +289,9 @@ class PatientServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _patient_service_pb2.RevokeConsentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_patient_service_pb2.Consent, _abc.Awaitable[_patient_service_pb2.Consent]]:
-        """Revokes a consent: its status becomes inactive and its period ends now. Revoking a revoked consent
-        succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such
-        consent.
+        """Revokes a consent: its status becomes inactive and it no longer applies from now on. Revoking a
+        revoked consent succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND
+        if no such consent.
         """
 
     @_abc_1.abstractmethod

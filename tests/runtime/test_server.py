@@ -1,0 +1,166 @@
+"""The server runtime: error mapping, metrics, reflection, access log, health following the DB."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from his.patient.service import PatientService
+from his.patient.spec import SPEC as PATIENT
+from his.patient.v1 import patient_service_pb2 as pb
+from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
+from his.runtime.embedded_pg import EmbeddedPostgres
+from his.runtime.health import NOT_SERVING, SERVING
+from his.runtime.migrations import upgrade
+from his.runtime.server import RunningService, ServiceResources, ServiceSpec, start
+from tests.conftest import service_config
+from tests.support import error_info, field_violations, wait_for_health
+
+PHI = "Wang Fang 110101198403120023"
+
+
+class _ExplodingPatientService(PatientService):
+    """A servicer that fails the way a bug would, with patient data in the exception message."""
+
+    async def GetPatient(self, request: pb.GetPatientRequest, context: Any) -> pb.Patient:
+        raise RuntimeError(f"bug while reading {PHI}")
+
+
+def _exploding_spec() -> ServiceSpec:
+    return ServiceSpec(
+        name=PATIENT.name,
+        grpc_service=PATIENT.grpc_service,
+        add_to_server=PATIENT.add_to_server,
+        make_servicer=lambda resources: _ExplodingPatientService(resources),
+    )
+
+
+@pytest.fixture(scope="module")
+async def exploding(database_url: str) -> AsyncIterator[RunningService]:
+    running = await start(_exploding_spec(), service_config("patient"), database_url)
+    yield running
+    await running.stop(grace_s=0)
+
+
+async def test_unexpected_exception_is_internal_with_trace_id_and_no_patient_data(
+    exploding: RunningService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with grpc.aio.insecure_channel(exploding.address) as channel:
+        stub = pb_grpc.PatientServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetPatient(
+                pb.GetPatientRequest(name="patients/7b0e6b1e-9a7e-4c4e-9a3e-0f6f1d2c3b4a")
+            )
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "Wang" not in (error.details() or "")
+    info = error_info(error)
+    assert info.reason == "INTERNAL"
+    assert info.domain == "patient.his"
+    trace_id = info.metadata["trace_id"]
+    assert len(trace_id) == 32 and trace_id in (error.details() or "")
+    logged = [r for r in caplog.records if r.name == "his.errors"]
+    assert len(logged) == 1
+    assert logged[0].fields["exc_type"] == "RuntimeError"  # type: ignore[attr-defined]
+    everything = "\n".join(str(r.__dict__) for r in caplog.records)
+    assert "Wang" not in everything and "110101198403120023" not in everything
+
+
+async def test_each_call_logs_one_access_line_without_payload(
+    patients: pb_grpc.PatientServiceStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="his.access")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await patients.GetPatient(pb.GetPatientRequest(name="patients/Wang-Fang"))
+    lines = [r for r in caplog.records if r.name == "his.access"]
+    assert len(lines) == 1
+    fields = lines[0].fields  # type: ignore[attr-defined]
+    assert fields["method"] == "his.patient.v1.PatientService/GetPatient"
+    assert fields["code"] == "INVALID_ARGUMENT"
+    assert fields["duration_ms"] >= 0
+    assert "Wang" not in str(lines[0].__dict__)
+
+
+async def test_bad_input_carries_bad_request_field_violations(
+    patients: pb_grpc.PatientServiceStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await patients.GetPatient(pb.GetPatientRequest(name="doctors/1"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "name" in field_violations(caught.value)
+    assert error_info(caught.value).reason == "INVALID_ARGUMENT"
+
+
+async def test_metrics_endpoint_counts_calls_by_method_and_code(database_url: str) -> None:
+    running = await start(PATIENT, service_config("patient", HIS_METRICS_PORT="0"), database_url)
+    try:
+        assert running.metrics_endpoint is not None
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = pb_grpc.PatientServiceStub(channel)
+            for _ in range(3):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.GetPatient(pb.GetPatientRequest(name="bad"))
+        url = f"http://localhost:{running.metrics_endpoint.port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())  # noqa: S310
+        text = body.decode()
+        assert (
+            'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="GetPatient",'
+            'grpc_service="his.patient.v1.PatientService",grpc_type="unary"} 3.0'
+        ) in text
+        assert "his_database_up 1.0" in text
+        assert 'grpc_server_handling_seconds_bucket{grpc_method="GetPatient"' in text
+    finally:
+        await running.stop(grace_s=0)
+
+
+async def test_reflection_lists_the_service_for_grpcurl(patient_service: RunningService) -> None:
+    def services() -> list[str]:
+        with grpc.insecure_channel(patient_service.address) as channel:
+            return list(ProtoReflectionDescriptorDatabase(channel).get_services())
+
+    listed = await asyncio.to_thread(services)
+    assert "his.patient.v1.PatientService" in listed
+    assert "grpc.health.v1.Health" in listed
+
+
+async def test_health_follows_the_database_and_recovers_without_restart(
+    tmp_path: Path,
+) -> None:
+    own = EmbeddedPostgres(tmp_path / "pgdata")
+    url = await asyncio.to_thread(own.start)
+    await asyncio.to_thread(upgrade, "patient", url)
+    config = service_config("patient", HIS_DB_HEALTH_INTERVAL_S="0.2", HIS_DB_HEALTH_TIMEOUT_S="1")
+    running = await start(PATIENT, config, url)
+    try:
+        service = PATIENT.grpc_service
+        await wait_for_health(running.address, service, SERVING)
+        await wait_for_health(running.address, "", SERVING)
+
+        await asyncio.to_thread(own.kill)
+        await wait_for_health(running.address, service, NOT_SERVING)
+        await wait_for_health(running.address, "", NOT_SERVING)
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = pb_grpc.PatientServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ListPatients(pb.ListPatientsRequest(), timeout=10)
+            # A database outage is retryable, never INTERNAL.
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+            await asyncio.to_thread(own.restart)
+            await wait_for_health(running.address, service, SERVING)
+            reply = await stub.ListPatients(pb.ListPatientsRequest(page_size=1), timeout=10)
+            assert reply is not None
+    finally:
+        await running.stop(grace_s=0)
+        own.stop()

@@ -1,0 +1,62 @@
+"""Small helpers the tests share: free ports, waiting for a health status, reading rich errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from his.runtime.health import probe
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.bind(("::", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_for_health(
+    address: str, service: str, want: int, *, timeout_s: float = 20.0
+) -> None:
+    """Poll the health service until it reports `want` (bounded; fails the test otherwise)."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    async with grpc.aio.insecure_channel(address) as channel:
+        while time.monotonic() < deadline:
+            try:
+                last = await probe(channel, service, timeout_s=1.0)
+                if last == want:
+                    return
+            except grpc.aio.AioRpcError as error:
+                last = error.code()
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"health of {service!r} at {address} stayed {last}, wanted {want}")
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo detail of a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "no google.rpc.Status in the trailers"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    raise AssertionError("no ErrorInfo in the status details")
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """Field → description of the BadRequest detail of a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "no google.rpc.Status in the trailers"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return {v.field: v.description for v in bad.field_violations}
+    raise AssertionError("no BadRequest in the status details")
