@@ -58,6 +58,8 @@ async def patient_channel(patient_service: RunningService) -> AsyncIterator[grpc
 
 
 @pytest.fixture(scope="session")
-def patients(patient_channel: grpc.aio.Channel) -> patient_service_pb2_grpc.PatientServiceStub:
+def patients(
+    patient_channel: grpc.aio.Channel,
+) -> patient_service_pb2_grpc.PatientServiceAsyncStub:
     """The patient service stub."""
     return patient_service_pb2_grpc.PatientServiceStub(patient_channel)

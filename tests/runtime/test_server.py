@@ -22,7 +22,7 @@ from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import NOT_SERVING, SERVING
 from his.runtime.migrations import upgrade
-from his.runtime.server import RunningService, ServiceResources, ServiceSpec, start
+from his.runtime.server import RunningService, ServiceSpec, start
 from tests.conftest import service_config
 from tests.support import error_info, field_violations, wait_for_health
 
@@ -41,7 +41,7 @@ def _exploding_spec() -> ServiceSpec:
         name=PATIENT.name,
         grpc_service=PATIENT.grpc_service,
         add_to_server=PATIENT.add_to_server,
-        make_servicer=lambda resources: _ExplodingPatientService(resources),
+        make_servicer=_ExplodingPatientService,
     )
 
 
@@ -78,7 +78,7 @@ async def test_unexpected_exception_is_internal_with_trace_id_and_no_patient_dat
 
 
 async def test_each_call_logs_one_access_line_without_payload(
-    patients: pb_grpc.PatientServiceStub, caplog: pytest.LogCaptureFixture
+    patients: pb_grpc.PatientServiceAsyncStub, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="his.access")
     with pytest.raises(grpc.aio.AioRpcError):
@@ -93,7 +93,7 @@ async def test_each_call_logs_one_access_line_without_payload(
 
 
 async def test_bad_input_carries_bad_request_field_violations(
-    patients: pb_grpc.PatientServiceStub,
+    patients: pb_grpc.PatientServiceAsyncStub,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await patients.GetPatient(pb.GetPatientRequest(name="doctors/1"))
@@ -112,7 +112,7 @@ async def test_metrics_endpoint_counts_calls_by_method_and_code(database_url: st
                 with pytest.raises(grpc.aio.AioRpcError):
                     await stub.GetPatient(pb.GetPatientRequest(name="bad"))
         url = f"http://localhost:{running.metrics_endpoint.port}/metrics"
-        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())  # noqa: S310
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
         text = body.decode()
         assert (
             'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="GetPatient",'

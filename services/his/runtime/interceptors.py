@@ -23,6 +23,7 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 Translate = Callable[[BaseException], HisError | None]
 
 access_log = logging.getLogger("his.access")
+_HEALTH = "grpc.health.v1.Health"
 error_log = logging.getLogger("his.errors")
 
 
@@ -87,7 +88,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                     code = _as_status_code(code)
                     metrics.handled.labels(*labels, code.name).inc()
                     metrics.handling_seconds.labels(*labels).observe(elapsed)
-                    access_log.info(
+                    access_log.log(
+                        # Probes hit health every few seconds; they would drown the real calls.
+                        logging.DEBUG if service == _HEALTH else logging.INFO,
                         "rpc",
                         extra={
                             "fields": {
