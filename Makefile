@@ -66,7 +66,7 @@ buf-breaking: $(BUF)
 lint: $(VENV)/.installed ## ruff and mypy on hand-written code.
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy services clients tests
+	$(VENV)/bin/mypy services clients tests bench
 
 fmt: $(VENV)/.installed ## Format and autofix.
 	$(VENV)/bin/ruff format .
@@ -74,6 +74,10 @@ fmt: $(VENV)/.installed ## Format and autofix.
 
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest
+
+bench: $(VENV)/.installed ## Load benchmark of the patient service (own PostgreSQL and server process).
+	$(PY) bench/patient_load.py --concurrency 1 --calls 1000 --seed 500
+	$(PY) bench/patient_load.py --concurrency 32 --calls 4000 --seed 2000
 
 clean: ## Remove the virtualenv and tools (keeps .his/, the local database).
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from his.runtime.health import probe
+from his.runtime.health import wait_for_status
 
 
 def free_port() -> int:
@@ -24,18 +22,10 @@ async def wait_for_health(
     address: str, service: str, want: int, *, timeout_s: float = 20.0
 ) -> None:
     """Poll the health service until it reports `want` (bounded; fails the test otherwise)."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    async with grpc.aio.insecure_channel(address) as channel:
-        while time.monotonic() < deadline:
-            try:
-                last = await probe(channel, service, timeout_s=1.0)
-                if last == want:
-                    return
-            except grpc.aio.AioRpcError as error:
-                last = error.code()
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"health of {service!r} at {address} stayed {last}, wanted {want}")
+    try:
+        await wait_for_status(address, service, want, timeout_s=timeout_s)
+    except TimeoutError as error:
+        raise AssertionError(str(error)) from None
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:

@@ -18,12 +18,10 @@ import subprocess
 import sys
 import time
 
-import grpc
-
 from his.runtime.catalog import ServiceEntry, implemented
 from his.runtime.config import DatabaseConfig, TelemetryConfig
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.health import SERVING, probe
+from his.runtime.health import SERVING, wait_for_status
 from his.runtime.logs import configure_logging
 from his.runtime.migrations import upgrade
 
@@ -71,18 +69,20 @@ def _spawn(entry: ServiceEntry, url: str) -> subprocess.Popen[bytes]:
 
 
 async def _wait_serving(entry: ServiceEntry, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    async with grpc.aio.insecure_channel(f"localhost:{entry.port}") as channel:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{entry.name} exited with code {process.returncode}")
-            try:
-                if await probe(channel, entry.grpc_service) == SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{entry.name} did not become SERVING within {START_TIMEOUT_S:.0f} s")
+    def exited() -> str | None:
+        code = process.poll()
+        return None if code is None else f"{entry.name} exited with code {code}"
+
+    try:
+        await wait_for_status(
+            f"localhost:{entry.port}",
+            entry.grpc_service,
+            SERVING,
+            timeout_s=START_TIMEOUT_S,
+            gave_up=exited,
+        )
+    except TimeoutError as error:
+        raise RuntimeError(str(error)) from None
 
 
 def _load_demo(entries: tuple[ServiceEntry, ...]) -> None:

@@ -1,1 +1,1 @@
-"""The audit service: its contract (his.audit.v1) is defined; the implementation comes in a later issue."""
+"""The audit service: contract his.audit.v1 only; implemented in a later issue."""

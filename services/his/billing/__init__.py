@@ -1,1 +1,1 @@
-"""The billing service: its contract (his.billing.v1) is defined; the implementation comes in a later issue."""
+"""The billing service: contract his.billing.v1 only; implemented in a later issue."""

@@ -1,1 +1,1 @@
-"""The emr service: its contract (his.emr.v1) is defined; the implementation comes in a later issue."""
+"""The emr service: contract his.emr.v1 only; implemented in a later issue."""

@@ -1,1 +1,1 @@
-"""The iam service: its contract (his.iam.v1) is defined; the implementation comes in a later issue."""
+"""The iam service: contract his.iam.v1 only; implemented in a later issue."""

@@ -1,1 +1,1 @@
-"""The lab service: its contract (his.lab.v1) is defined; the implementation comes in a later issue."""
+"""The lab service: contract his.lab.v1 only; implemented in a later issue."""

@@ -1,1 +1,1 @@
-"""The orders service: its contract (his.orders.v1) is defined; the implementation comes in a later issue."""
+"""The orders service: contract his.orders.v1 only; implemented in a later issue."""

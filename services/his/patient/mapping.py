@@ -30,7 +30,7 @@ def consent_name(patient_id: uuid.UUID, consent_id: uuid.UUID) -> str:
 
 
 def format_mrn(number: int) -> str:
-    """The printed MRN: the sequence number and a Luhn check digit, so typos are caught at the desk."""
+    """The printed MRN: sequence number plus a Luhn check digit, so desk typos are caught."""
     digits = str(number)
     total = 0
     for index, char in enumerate(reversed(digits)):

@@ -47,7 +47,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         patient_id = v.resource_id("name", request.name, collection="patients")
         v.raise_if_any()
         assert patient_id is not None
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             row = await store.get_patient(session, patient_id)
         return patient_to_proto(row)
 
@@ -73,7 +73,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         after = None
         if cursor is not None:
             after = (str(cursor["f"]), str(cursor["g"]), uuid.UUID(str(cursor["i"])))
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             rows = await store.list_patients(session, where, after=after, limit=limit + 1)
         response = pb.ListPatientsResponse(patients=[patient_to_proto(r) for r in rows[:limit]])
         if len(rows) > limit:
@@ -201,7 +201,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
 
     async def GetConsent(self, request: pb.GetConsentRequest, context: Context) -> pb.Consent:
         patient_id, consent_id = self._consent_name(request.name)
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             row = await store.get_consent(session, patient_id, consent_id)
         return consent_to_proto(row)
 
@@ -218,7 +218,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         after = None
         if cursor is not None:
             after = (dt.datetime.fromisoformat(str(cursor["t"])), uuid.UUID(str(cursor["i"])))
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             await store.get_patient(session, patient_id)
             rows = await store.list_consents(
                 session, patient_id, active_only=request.active_only, after=after, limit=limit + 1

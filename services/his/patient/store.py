@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, and_, func, literal, or_, select, tuple_, update
+from sqlalchemy import Row, Text, and_, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -224,7 +224,7 @@ class PatientFilter:
 
 
 def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return text
 
 
 async def list_patients(
@@ -237,7 +237,9 @@ async def list_patients(
     """Up to `limit` patients after the keyset cursor, ordered by (family, first given name, id)."""
     conditions = []
     if where.name_prefix:
-        pattern = _escape_like(where.name_prefix.lower()) + "%"
+        # Lower-case in PostgreSQL, like the stored keys: Python's str.lower() differs for some
+        # letters (Greek final sigma, dotted capital I), and the exact spelling would not match.
+        pattern = func.lower(literal(_escape_like(where.name_prefix), Text), type_=Text) + "%"
         conditions.append(
             or_(
                 patients.c.family_key.like(pattern, escape="\\"),

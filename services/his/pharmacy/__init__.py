@@ -1,1 +1,1 @@
-"""The pharmacy service: its contract (his.pharmacy.v1) is defined; the implementation comes in a later issue."""
+"""The pharmacy service: contract his.pharmacy.v1 only; implemented in a later issue."""

@@ -38,8 +38,10 @@ class Database:
             async_url(url),
             pool_size=config.pool_size,
             max_overflow=config.max_overflow,
-            # A connection the server dropped (restart, failover) is noticed before use.
-            pool_pre_ping=True,
+            # No pre-ping: it costs a round trip per call. A connection the server dropped is
+            # noticed on first use (UNAVAILABLE, retryable) and SQLAlchemy then recycles the whole
+            # pool; the health watcher's next ping usually notices first.
+            pool_pre_ping=False,
             connect_args={
                 "server_settings": {
                     "application_name": application_name,
@@ -50,11 +52,24 @@ class Database:
             },
         )
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Autocommit: no BEGIN/COMMIT round trips, for reads that need no multi-statement snapshot.
+        self._reads = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One session in one transaction: committed when the block ends, rolled back on error."""
         async with self._sessions.begin() as session:
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session outside any transaction, for reads: each statement sees the latest commits.
+
+        Use `transaction()` instead whenever statements must agree with each other or write.
+        """
+        async with self._reads() as session:
             yield session
 
     async def ping(self) -> bool:

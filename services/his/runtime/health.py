@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -91,3 +92,33 @@ async def probe(channel: grpc.aio.Channel, service: str, *, timeout_s: float = 1
         health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
     )
     return int(reply.status)
+
+
+async def wait_for_status(
+    address: str,
+    service: str,
+    want: int,
+    *,
+    timeout_s: float = 30.0,
+    gave_up: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Poll `address` until `service` reports `want`; TimeoutError after `timeout_s`.
+
+    `gave_up` is asked between polls; a non-None answer (e.g. "process exited") stops the wait with
+    RuntimeError(answer).
+    """
+    deadline = time.monotonic() + timeout_s
+    last: object = "no answer"
+    async with grpc.aio.insecure_channel(address) as channel:
+        while time.monotonic() < deadline:
+            reason = gave_up()
+            if reason is not None:
+                raise RuntimeError(reason)
+            try:
+                last = await probe(channel, service)
+                if last == want:
+                    return
+            except grpc.aio.AioRpcError as error:
+                last = error.code().name
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{service or 'server'} at {address} reported {last}, not {want}")

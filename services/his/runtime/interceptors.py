@@ -160,7 +160,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                             },
                         )
                         status = internal_status(domain=domain, trace_id=trace_id)
-                await context.abort(status.code, status.details, status.trailing_metadata)
+                # Set the status and return instead of `abort()`: abort raises, and the tracing
+                # layer then formats a traceback for every NOT_FOUND (measured: ~1 ms a call).
+                # grpc discards the (absent) response of a call whose code is not OK.
+                context.set_code(status.code)
+                context.set_details(status.details)
+                context.set_trailing_metadata(status.trailing_metadata)
+                return None
 
             return mapped
 

@@ -1,1 +1,1 @@
-"""The scheduling service: its contract (his.scheduling.v1) is defined; the implementation comes in a later issue."""
+"""The scheduling service: contract his.scheduling.v1 only; implemented in a later issue."""
