@@ -224,7 +224,7 @@ class PatientFilter:
 
 
 def _escape_like(text: str) -> str:
-    return text
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def list_patients(

@@ -7,6 +7,7 @@ Each check records a FieldViolation with the field's path as the client wrote it
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 import uuid
 from collections.abc import Iterable
 
@@ -47,8 +48,8 @@ class Violations:
             self.add(field, f"must be at least {min_len} characters")
         if len(stripped) > max_len:
             self.add(field, f"must be at most {max_len} characters")
-        if any(ord(ch) < 32 for ch in stripped):
-            self.add(field, "must not contain control characters")
+        if any(_invisible(ch) for ch in stripped):
+            self.add(field, "must not contain control or invisible characters")
         return stripped
 
     def enum(
@@ -117,11 +118,11 @@ class Violations:
         if len(parts) != 4 or parts[0] != parent or parts[2] != collection:
             self.add(field, f"must be of the form {pattern}")
             return None
-        try:
-            return uuid.UUID(parts[1]), uuid.UUID(parts[3])
-        except ValueError:
+        parent_id, child_id = _canonical_uuid(parts[1]), _canonical_uuid(parts[3])
+        if parent_id is None or child_id is None:
             self.add(field, f"must be of the form {pattern} with valid ids")
             return None
+        return parent_id, child_id
 
     def _id(self, field: str, name: str, *, prefix: str, pattern: str) -> uuid.UUID | None:
         if not name:
@@ -130,11 +131,29 @@ class Violations:
         if not name.startswith(prefix) or "/" in name[len(prefix) :]:
             self.add(field, f"must be of the form {pattern}")
             return None
-        try:
-            return uuid.UUID(name[len(prefix) :])
-        except ValueError:
+        parsed = _canonical_uuid(name[len(prefix) :])
+        if parsed is None:
             self.add(field, f"must be of the form {pattern} with a valid id")
-            return None
+        return parsed
+
+
+# Zero-width (non-)joiners are part of correct spelling in several scripts; other format
+# characters (zero-width space, bidi overrides) only hide what a name really says.
+_ALLOWED_FORMAT = frozenset("\u200c\u200d")
+
+
+def _invisible(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    return category in ("Cc", "Zl", "Zp") or (category == "Cf" and ch not in _ALLOWED_FORMAT)
+
+
+def _canonical_uuid(text: str) -> uuid.UUID | None:
+    """A UUID written exactly as we write it (lower-case, hyphenated): one spelling per name."""
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        return None
+    return parsed if str(parsed) == text else None
 
 
 def _enum_names(descriptor: EnumDescriptor) -> str:
