@@ -1,10 +1,9 @@
-"""The HIS Mesh Python client SDK: channels and typed stubs for every service.
+"""The HIS Mesh Python client SDK: typed async stubs for every service, with deadlines derived
+from the call being served, retries only where the proto says a method is safe to repeat, and one
+circuit breaker per upstream."""
 
-Resilience (derived deadlines, idempotent-only retries, circuit breakers) is built on these
-channels; see `channels.py`.
-"""
-
-from his_client.channels import ServiceAddresses, open_channel
+from his_client.clients import HisClients
+from his_client.errors import UpstreamError
 from his_client.patient import PatientClient
 
-__all__ = ["PatientClient", "ServiceAddresses", "open_channel"]
+__all__ = ["HisClients", "PatientClient", "UpstreamError"]

@@ -1,28 +1,26 @@
-"""A typed client of the patient service."""
+"""Conveniences over the patient stub, for scripts and the walk-through."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from types import TracebackType
 
-import grpc
-
 from his.patient.v1 import patient_service_pb2 as pb
-from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
-from his_client.channels import ServiceAddresses, open_channel
-
-DEFAULT_TIMEOUT_S = 5.0
+from his.runtime.config import ClientConfig
+from his_client.clients import HisClients
 
 
 class PatientClient:
-    """The patient service's stub on its own channel; use as `async with PatientClient() as c:`.
-
-    `client.stub` exposes every rpc with full types, e.g. `await client.stub.GetPatient(...)`.
-    """
+    """`async with PatientClient() as c:` then `c.create`, `c.get`, `c.search`; `c.stub` has
+    every rpc, with the SDK's deadlines, safe retries and breaker."""
 
     def __init__(self, address: str | None = None) -> None:
-        self.address = address or ServiceAddresses.from_env().of("patient")
-        self._channel: grpc.aio.Channel = open_channel(self.address)
-        self.stub = pb_grpc.PatientServiceStub(self._channel)
+        config = ClientConfig.from_env(os.environ)
+        if address is not None:
+            config = dataclasses.replace(config, addresses={**config.addresses, "patient": address})
+        self._clients = HisClients(config)
+        self.stub = self._clients.patient
 
     async def __aenter__(self) -> PatientClient:
         return self
@@ -37,27 +35,24 @@ class PatientClient:
 
     async def close(self) -> None:
         """Close the channel."""
-        await self._channel.close()
+        await self._clients.close()
 
     async def create(self, patient: pb.Patient, *, request_id: str = "") -> pb.Patient:
-        """Register a patient (CreatePatient)."""
+        """Register a patient (CreatePatient); with a request id it is safe to retry."""
         return await self.stub.CreatePatient(
-            pb.CreatePatientRequest(patient=patient, request_id=request_id),
-            timeout=DEFAULT_TIMEOUT_S,
+            pb.CreatePatientRequest(patient=patient, request_id=request_id)
         )
 
     async def get(self, name: str) -> pb.Patient:
         """One patient by resource name (GetPatient)."""
-        return await self.stub.GetPatient(
-            pb.GetPatientRequest(name=name), timeout=DEFAULT_TIMEOUT_S
-        )
+        return await self.stub.GetPatient(pb.GetPatientRequest(name=name))
 
     async def search(self, **filters: object) -> list[pb.Patient]:
         """All patients matching ListPatients filters, following page tokens."""
         found: list[pb.Patient] = []
         request = pb.ListPatientsRequest(**filters)  # type: ignore[arg-type]
         while True:
-            page = await self.stub.ListPatients(request, timeout=DEFAULT_TIMEOUT_S)
+            page = await self.stub.ListPatients(request)
             found.extend(page.patients)
             if not page.next_page_token:
                 return found

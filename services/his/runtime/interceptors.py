@@ -15,6 +15,7 @@ from typing import Any, TypeAlias, cast
 import grpc
 from grpc.aio import AbortError
 
+from his.runtime import deadline
 from his.runtime.errors import HisError, internal_status, to_status
 from his.runtime.metrics import ServerMetrics
 from his.runtime.telemetry import current_trace_id
@@ -72,6 +73,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 metrics.in_flight.inc()
                 started = time.perf_counter()
                 code = grpc.StatusCode.OK
+                # Outbound calls made while serving this one inherit its deadline (his_client).
+                token = deadline.enter(context.time_remaining())
                 try:
                     response = await inner(request, context)
                     code = context.code() or grpc.StatusCode.OK
@@ -83,6 +86,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                     code = context.code() or grpc.StatusCode.UNKNOWN
                     raise
                 finally:
+                    deadline.leave(token)
                     elapsed = time.perf_counter() - started
                     metrics.in_flight.dec()
                     code = _as_status_code(code)
@@ -119,9 +123,9 @@ def _as_status_code(code: Any) -> grpc.StatusCode:
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns HisError into a rich `google.rpc.Status`; anything unexpected into a bare INTERNAL."""
 
-    def __init__(self, domain: str, translate: Translate | None = None) -> None:
+    def __init__(self, domain: str, translators: tuple[Translate, ...] = ()) -> None:
         self._domain = domain
-        self._translate = translate
+        self._translators = translators
 
     async def intercept_service(
         self,
@@ -130,7 +134,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
         domain = self._domain
-        translate = self._translate
+        translators = self._translators
         method = handler_call_details.method
 
         def wrap(inner: Behavior) -> Behavior:
@@ -142,7 +146,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except HisError as error:
                     status = to_status(error, domain=domain)
                 except Exception as error:
-                    known = translate(error) if translate else None
+                    known = next(
+                        (found for t in translators if (found := t(error)) is not None), None
+                    )
                     if known is not None:
                         status = to_status(known, domain=domain)
                     else:

@@ -17,7 +17,8 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from his.runtime.config import ServiceConfig
-from his.runtime.database import Database, translate_error
+from his.runtime.database import Database
+from his.runtime.database import translate_error as translate_database_error
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import DatabaseHealth
 from his.runtime.interceptors import ErrorInterceptor, ObservingInterceptor
@@ -25,6 +26,8 @@ from his.runtime.logs import configure_logging
 from his.runtime.metrics import MetricsEndpoint, ServerMetrics
 from his.runtime.migrations import upgrade
 from his.runtime.telemetry import make_tracer_provider
+from his_client.clients import HisClients
+from his_client.errors import translate_error as translate_upstream_error
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ class ServiceResources:
 
     config: ServiceConfig
     database: Database
+    # Typed stubs of the other services, with deadlines, safe retries and breakers.
+    clients: HisClients
 
 
 @dataclass
@@ -64,6 +69,7 @@ class RunningService:
     database_health: DatabaseHealth
     metrics: ServerMetrics
     metrics_endpoint: MetricsEndpoint | None
+    clients: HisClients
 
     @property
     def address(self) -> str:
@@ -78,6 +84,7 @@ class RunningService:
             await asyncio.sleep(self.config.server.drain_delay_s)
         await self.server.stop(grace)
         await self.database_health.stop()
+        await self.clients.close()
         await self.database.dispose()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
@@ -93,7 +100,7 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
         interceptors=[
             aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
             ObservingInterceptor(metrics),
-            ErrorInterceptor(domain, translate_error),
+            ErrorInterceptor(domain, (translate_database_error, translate_upstream_error)),
         ],
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         options=[
@@ -105,7 +112,8 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    spec.add_to_server(spec.make_servicer(ServiceResources(config, database)), server)
+    clients = HisClients(config.clients, registry=metrics.registry)
+    spec.add_to_server(spec.make_servicer(ServiceResources(config, database, clients)), server)
 
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -140,6 +148,7 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
         database_health=database_health,
         metrics=metrics,
         metrics_endpoint=metrics_endpoint,
+        clients=clients,
     )
 
 

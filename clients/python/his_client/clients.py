@@ -1,0 +1,111 @@
+"""`HisClients`: one resilient, typed client per HIS service, opened on first use."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from types import TracebackType
+
+import grpc
+import pybreaker
+from prometheus_client import CollectorRegistry
+
+from his.audit.v1 import audit_service_pb2_grpc as audit
+from his.billing.v1 import billing_service_pb2_grpc as billing
+from his.emr.v1 import emr_service_pb2_grpc as emr
+from his.iam.v1 import iam_service_pb2_grpc as iam
+from his.lab.v1 import lab_service_pb2_grpc as lab
+from his.orders.v1 import orders_service_pb2_grpc as orders
+from his.patient.v1 import patient_service_pb2_grpc as patient
+from his.pharmacy.v1 import pharmacy_service_pb2_grpc as pharmacy
+from his.runtime.config import ClientConfig
+from his.scheduling.v1 import scheduling_service_pb2_grpc as scheduling
+from his_client.channels import open_channel
+from his_client.resilience import ClientMetrics, ResilienceInterceptor, make_breaker
+
+
+class HisClients:
+    """Typed async stubs for every service, each behind its own deadline/retry/breaker channel.
+
+    `async with HisClients() as his: await his.patient.GetPatient(...)`. Inside a server, build one
+    per process with the server's metrics registry so breaker states show on its /metrics.
+    """
+
+    def __init__(
+        self, config: ClientConfig | None = None, *, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.config = config or ClientConfig.from_env(os.environ)
+        self.metrics = ClientMetrics(registry)
+        self.breakers: dict[str, pybreaker.CircuitBreaker] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """The channel to `service`, created with its interceptor on first use."""
+        if service not in self._channels:
+            breaker = make_breaker(service, self.config, self.metrics)
+            self.breakers[service] = breaker
+            interceptor = ResilienceInterceptor(service, self.config, breaker, self.metrics)
+            self._channels[service] = open_channel(self.config.address(service), [interceptor])
+        return self._channels[service]
+
+    @cached_property
+    def patient(self) -> patient.PatientServiceAsyncStub:
+        """The patient service."""
+        return patient.PatientServiceStub(self.channel("patient"))
+
+    @cached_property
+    def scheduling(self) -> scheduling.SchedulingServiceAsyncStub:
+        """The scheduling service."""
+        return scheduling.SchedulingServiceStub(self.channel("scheduling"))
+
+    @cached_property
+    def emr(self) -> emr.EmrServiceAsyncStub:
+        """The EMR service."""
+        return emr.EmrServiceStub(self.channel("emr"))
+
+    @cached_property
+    def orders(self) -> orders.OrdersServiceAsyncStub:
+        """The orders service."""
+        return orders.OrdersServiceStub(self.channel("orders"))
+
+    @cached_property
+    def lab(self) -> lab.LabServiceAsyncStub:
+        """The lab service."""
+        return lab.LabServiceStub(self.channel("lab"))
+
+    @cached_property
+    def pharmacy(self) -> pharmacy.PharmacyServiceAsyncStub:
+        """The pharmacy service."""
+        return pharmacy.PharmacyServiceStub(self.channel("pharmacy"))
+
+    @cached_property
+    def billing(self) -> billing.BillingServiceAsyncStub:
+        """The billing service."""
+        return billing.BillingServiceStub(self.channel("billing"))
+
+    @cached_property
+    def iam(self) -> iam.IamServiceAsyncStub:
+        """The identity service."""
+        return iam.IamServiceStub(self.channel("iam"))
+
+    @cached_property
+    def audit(self) -> audit.AuditServiceAsyncStub:
+        """The audit service."""
+        return audit.AuditServiceStub(self.channel("audit"))
+
+    async def close(self) -> None:
+        """Close every channel opened so far."""
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+    async def __aenter__(self) -> HisClients:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
