@@ -5,6 +5,7 @@ Nothing here is a mock: tests talk gRPC over TCP to the same servers `his serve`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from his.runtime.config import ServiceConfig, load
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.migrations import upgrade
 from his.runtime.server import RunningService, start
+from his.scheduling.spec import SPEC as SCHEDULING
+from his.scheduling.v1 import scheduling_service_pb2_grpc
 
 TEST_ENV = {"HIS_PORT": "0", "HIS_METRICS_PORT": "-1", "HIS_GRACE_S": "2"}
 
@@ -38,7 +41,8 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 @pytest.fixture(scope="session")
 def database_url(postgres: EmbeddedPostgres) -> str:
     """The URL of the session database, with every implemented schema migrated."""
-    upgrade("patient", postgres.url)
+    for service in ("patient", "scheduling"):
+        upgrade(service, postgres.url)
     return postgres.url
 
 
@@ -63,3 +67,32 @@ def patients(
 ) -> patient_service_pb2_grpc.PatientServiceAsyncStub:
     """The patient service stub."""
     return patient_service_pb2_grpc.PatientServiceStub(patient_channel)
+
+
+@pytest.fixture(scope="session")
+async def scheduling_service(
+    database_url: str, patient_service: RunningService
+) -> AsyncIterator[RunningService]:
+    """The scheduling service on a free port, calling the session's patient service."""
+    config = service_config("scheduling")
+    clients = dataclasses.replace(
+        config.clients, addresses={**config.clients.addresses, "patient": patient_service.address}
+    )
+    running = await start(SCHEDULING, dataclasses.replace(config, clients=clients), database_url)
+    yield running
+    await running.stop(grace_s=1)
+
+
+@pytest.fixture(scope="session")
+async def scheduling_channel(scheduling_service: RunningService) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the scheduling service."""
+    async with grpc.aio.insecure_channel(scheduling_service.address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def scheduling(
+    scheduling_channel: grpc.aio.Channel,
+) -> scheduling_service_pb2_grpc.SchedulingServiceAsyncStub:
+    """The scheduling service stub."""
+    return scheduling_service_pb2_grpc.SchedulingServiceStub(scheduling_channel)

@@ -13,6 +13,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
     # Retries are ours (or the mesh's): gRPC's own transparent retry policy stays out of it.
     ("grpc.enable_retries", 0),
+    # Reconnect soon after an upstream comes back (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 )
 
 

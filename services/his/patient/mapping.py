@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from his.common.v1 import types_pb2
 from his.patient.v1 import patient_service_pb2 as pb
+from his.runtime import wire
 from his.runtime.enums import EnumText
 
 STATE = EnumText(pb.PatientState.DESCRIPTOR)
@@ -43,15 +40,6 @@ def format_mrn(number: int) -> str:
     return f"{digits}{(10 - total % 10) % 10}"
 
 
-def timestamp(value: dt.datetime | None) -> Timestamp | None:
-    """A proto Timestamp of an aware datetime (None stays unset)."""
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def patient_to_proto(row: Any) -> pb.Patient:
     """A `patient.patients` row as a Patient."""
     patient = pb.Patient(
@@ -61,13 +49,11 @@ def patient_to_proto(row: Any) -> pb.Patient:
         family_name=row.family_name,
         given_names=list(row.given_names),
         gender=GENDER.number(row.gender),  # type: ignore[arg-type]
-        birth_date=types_pb2.Date(
-            year=row.birth_date.year, month=row.birth_date.month, day=row.birth_date.day
-        ),
+        birth_date=wire.date(row.birth_date),
         phone=row.phone or "",
         merged_into=patient_name(row.merged_into) if row.merged_into else "",
-        create_time=timestamp(row.create_time),
-        update_time=timestamp(row.update_time),
+        create_time=wire.timestamp(row.create_time),
+        update_time=wire.timestamp(row.update_time),
         etag=str(row.version),
     )
     if row.national_id_value is not None:
@@ -86,8 +72,8 @@ def consent_to_proto(row: Any) -> pb.Consent:
         purpose=PURPOSE.number(row.purpose),  # type: ignore[arg-type]
         status=CONSENT_STATUS.number(row.status),  # type: ignore[arg-type]
         note=row.note,
-        create_time=timestamp(row.create_time),
-        revoke_time=timestamp(row.revoke_time),
+        create_time=wire.timestamp(row.create_time),
+        revoke_time=wire.timestamp(row.revoke_time),
     )
     consent.period.start_time.FromDatetime(row.period_start)
     if row.period_end is not None:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.patient.tables import consents, patient_merges, patients
+from his.runtime.database import UNIQUE_VIOLATION, integrity_violation
 from his.runtime.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
 _RETURNING = tuple(patients.c)
@@ -24,10 +25,8 @@ _RETURNING = tuple(patients.c)
 
 def unique_violation(error: IntegrityError) -> str | None:
     """The constraint name of a unique violation, None for any other integrity error."""
-    cause = getattr(error.orig, "__cause__", None)
-    if getattr(cause, "sqlstate", None) == "23505":
-        return str(getattr(cause, "constraint_name", "") or "")
-    return None
+    violation = integrity_violation(error)
+    return violation[1] if violation and violation[0] == UNIQUE_VIOLATION else None
 
 
 def national_id_taken() -> AlreadyExists:

@@ -6,8 +6,6 @@ import datetime as dt
 import re
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from his.patient.mapping import GENDER, PURPOSE, SCOPE
 from his.patient.v1 import patient_service_pb2 as pb
 from his.runtime.validation import Violations
@@ -136,9 +134,9 @@ def consent_fields(v: Violations, consent: pb.Consent, now: dt.datetime) -> dict
     end: dt.datetime | None = None
     if consent.HasField("period"):
         if consent.period.HasField("start_time"):
-            start = _instant(v, "consent.period.start_time", consent.period.start_time) or now
+            start = v.instant("consent.period.start_time", consent.period.start_time) or now
         if consent.period.HasField("end_time"):
-            end = _instant(v, "consent.period.end_time", consent.period.end_time)
+            end = v.instant("consent.period.end_time", consent.period.end_time)
     if end is not None and end <= start:
         v.add("consent.period.end_time", "must be after the start of the period")
     note = v.text("consent.note", consent.note, max_len=MAX_NOTE) or ""
@@ -149,19 +147,3 @@ def consent_fields(v: Violations, consent: pb.Consent, now: dt.datetime) -> dict
         "period_end": end,
         "note": note,
     }
-
-
-def _instant(v: Violations, field: str, stamp: Timestamp) -> dt.datetime | None:
-    try:
-        value = stamp.ToDatetime(tzinfo=dt.UTC)
-    except (ValueError, OverflowError):
-        v.add(field, "is not a valid timestamp")
-        return None
-    if (
-        not dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
-        <= value
-        <= dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
-    ):
-        v.add(field, "is out of range")
-        return None
-    return value

@@ -35,7 +35,7 @@ def _entry(name: str, index: int, *, implemented: bool) -> ServiceEntry:
 # these distinct ports only matter when `his up` runs them side by side on one machine.
 CATALOG: tuple[ServiceEntry, ...] = (
     _entry("patient", 1, implemented=True),
-    _entry("scheduling", 2, implemented=False),
+    _entry("scheduling", 2, implemented=True),
     _entry("emr", 3, implemented=False),
     _entry("orders", 4, implemented=False),
     _entry("lab", 5, implemented=False),

@@ -87,6 +87,19 @@ class Database:
         await self.engine.dispose()
 
 
+def integrity_violation(error: sa_exc.IntegrityError) -> tuple[str, str] | None:
+    """(SQLSTATE, constraint name) of a violated constraint, e.g. ('23505', 'national_id_unique')."""
+    cause = getattr(error.orig, "__cause__", None)
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate is None:
+        return None
+    return str(sqlstate), str(getattr(cause, "constraint_name", "") or "")
+
+
+UNIQUE_VIOLATION = "23505"
+CHECK_VIOLATION = "23514"
+EXCLUSION_VIOLATION = "23P01"
+
 _UNREACHABLE = (
     OSError,
     TimeoutError,

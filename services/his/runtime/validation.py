@@ -12,8 +12,12 @@ import uuid
 from collections.abc import Iterable
 
 from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from his.runtime.errors import FieldViolation, InvalidArgument
+
+_EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+_LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -85,6 +89,18 @@ class Violations:
             self.add(field, f"must not be before {earliest.isoformat()}")
         if latest is not None and value > latest:
             self.add(field, f"must not be after {latest.isoformat()}")
+        return value
+
+    def instant(self, field: str, stamp: Timestamp) -> dt.datetime | None:
+        """An aware UTC datetime from a Timestamp within a sane range (1900 to 9000)."""
+        try:
+            value = stamp.ToDatetime(tzinfo=dt.UTC)
+        except (ValueError, OverflowError):
+            self.add(field, "is not a valid timestamp")
+            return None
+        if not _EARLIEST <= value <= _LATEST:
+            self.add(field, "is out of range (1900 to 9000)")
+            return None
         return value
 
     def request_id(self, field: str, value: str) -> str | None:

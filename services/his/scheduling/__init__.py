@@ -1,1 +1,1 @@
-"""The scheduling service: contract his.scheduling.v1 only; implemented in a later issue."""
+"""The scheduling service: schedules, slots, appointments (his.scheduling.v1)."""

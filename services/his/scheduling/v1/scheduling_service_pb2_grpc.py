@@ -141,7 +141,7 @@ class SchedulingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSchedules(self, request, context):
-        """Lists schedules matching all given filters, ordered by department, practitioner and name.
+        """Lists schedules matching all given filters, ordered by department and then name.
         Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a
         `page_token` that was not returned by a previous call with the same filters.
         """

@@ -50,7 +50,7 @@ class SchedulingServiceStub:
     NOT_FOUND if no such schedule.
     """
     ListSchedules: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.ListSchedulesRequest, _scheduling_service_pb2.ListSchedulesResponse]
-    """Lists schedules matching all given filters, ordered by department, practitioner and name.
+    """Lists schedules matching all given filters, ordered by department and then name.
     Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a
     `page_token` that was not returned by a previous call with the same filters.
     """
@@ -154,7 +154,7 @@ class SchedulingServiceAsyncStub(SchedulingServiceStub):
     NOT_FOUND if no such schedule.
     """
     ListSchedules: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.ListSchedulesRequest, _scheduling_service_pb2.ListSchedulesResponse]  # type: ignore[assignment]
-    """Lists schedules matching all given filters, ordered by department, practitioner and name.
+    """Lists schedules matching all given filters, ordered by department and then name.
     Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a
     `page_token` that was not returned by a previous call with the same filters.
     """
@@ -273,7 +273,7 @@ class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduling_service_pb2.ListSchedulesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduling_service_pb2.ListSchedulesResponse, _abc.Awaitable[_scheduling_service_pb2.ListSchedulesResponse]]:
-        """Lists schedules matching all given filters, ordered by department, practitioner and name.
+        """Lists schedules matching all given filters, ordered by department and then name.
         Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a
         `page_token` that was not returned by a previous call with the same filters.
         """

@@ -1,0 +1,355 @@
+"""The SchedulingService servicer: validate → (ask patient service) → one transaction → respond."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import grpc
+from sqlalchemy.exc import IntegrityError
+
+from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.runtime.database import (
+    CHECK_VIOLATION,
+    EXCLUSION_VIOLATION,
+    Database,
+    integrity_violation,
+)
+from his.runtime.errors import FailedPrecondition
+from his.runtime.pagination import PageTokens
+from his.runtime.server import ServiceResources
+from his.runtime.validation import Violations
+from his.scheduling import store
+from his.scheduling.mapping import (
+    APPOINTMENT_STATUS,
+    appointment_to_proto,
+    schedule_to_proto,
+    slot_to_proto,
+)
+from his.scheduling.v1 import scheduling_service_pb2 as pb
+from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
+from his.scheduling.validation import MAX_REASON, day_window, plan_slots, reference
+from his_client import HisClients, UpstreamError
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class SchedulingService(pb_grpc.SchedulingServiceServicer):
+    """Schedules, slots and appointments over the `scheduling` schema."""
+
+    def __init__(self, resources: ServiceResources) -> None:
+        self._db: Database = resources.database
+        self._clients: HisClients = resources.clients
+        self._pages = PageTokens(resources.config.page_token_key)
+
+    # --- schedules ---------------------------------------------------------------------------
+
+    async def CreateSchedule(
+        self, request: pb.CreateScheduleRequest, context: Context
+    ) -> pb.Schedule:
+        v = Violations()
+        schedule = request.schedule
+        if not request.HasField("schedule"):
+            v.add("schedule", "is required")
+        department_id = v.resource_id(
+            "schedule.department", schedule.department, collection="departments"
+        )
+        practitioner_id = reference(v, "schedule.practitioner", schedule.practitioner, "staff")
+        system = v.text(
+            "schedule.service_type.system", schedule.service_type.system, max_len=200, required=True
+        )
+        code = v.text(
+            "schedule.service_type.code", schedule.service_type.code, max_len=200, required=True
+        )
+        display = v.text(
+            "schedule.service_type.display", schedule.service_type.display, max_len=200
+        )
+        horizon = schedule.planning_horizon
+        start = end = None
+        if not horizon.HasField("start_time"):
+            v.add("schedule.planning_horizon.start_time", "is required")
+        else:
+            start = v.instant("schedule.planning_horizon.start_time", horizon.start_time)
+        if horizon.HasField("end_time"):
+            end = v.instant("schedule.planning_horizon.end_time", horizon.end_time)
+            if start and end and end <= start:
+                v.add("schedule.planning_horizon.end_time", "must be after the start")
+        request_id = v.request_id("request_id", request.request_id)
+        v.raise_if_any()
+        values = {
+            "department_id": department_id,
+            "practitioner_id": practitioner_id,
+            "service_type_system": system,
+            "service_type_code": code,
+            "service_type_display": display or "",
+            "horizon_start": start,
+            "horizon_end": end,
+        }
+        async with self._db.transaction() as session:
+            row = await store.insert_schedule(session, values, request_id)
+            if row is None:
+                assert request_id is not None
+                row = await store.schedule_by_request(session, request_id)
+        return schedule_to_proto(row)
+
+    async def GetSchedule(self, request: pb.GetScheduleRequest, context: Context) -> pb.Schedule:
+        schedule_id = _id("name", request.name, "schedules")
+        async with self._db.read() as session:
+            return schedule_to_proto(await store.get_schedule(session, schedule_id))
+
+    async def ListSchedules(
+        self, request: pb.ListSchedulesRequest, context: Context
+    ) -> pb.ListSchedulesResponse:
+        v = Violations()
+        limit = v.page_size("page_size", request.page_size)
+        department_id = reference(v, "department", request.department, "departments")
+        practitioner_id = reference(v, "practitioner", request.practitioner, "staff")
+        v.raise_if_any()
+        query = repr(("schedules", department_id, practitioner_id))
+        cursor = self._pages.decode(request.page_token, query=query)
+        after = (uuid.UUID(cursor["d"]), uuid.UUID(cursor["i"])) if cursor else None
+        async with self._db.read() as session:
+            rows = await store.list_schedules(
+                session,
+                department_id=department_id,
+                practitioner_id=practitioner_id,
+                after=after,
+                limit=limit + 1,
+            )
+        response = pb.ListSchedulesResponse(schedules=[schedule_to_proto(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = self._pages.encode(
+                {"d": str(last.department_id), "i": str(last.id)}, query=query
+            )
+        return response
+
+    # --- slots -------------------------------------------------------------------------------
+
+    async def GenerateSlots(
+        self, request: pb.GenerateSlotsRequest, context: Context
+    ) -> pb.GenerateSlotsResponse:
+        v = Violations()
+        schedule_id = v.resource_id("parent", request.parent, collection="schedules")
+        plan = plan_slots(v, request)
+        request_id = v.request_id("request_id", request.request_id)
+        v.raise_if_any()
+        assert schedule_id is not None and plan is not None
+        async with self._db.transaction() as session:
+            # The schedule's row lock serialises generations (and their replays) per schedule.
+            schedule = await store.get_schedule(session, schedule_id, lock=True)
+            rows = None
+            if request_id is not None:
+                rows = await store.generation_slots(session, schedule_id, request_id)
+            if rows is None:
+                rows = await store.create_slots(
+                    session, schedule, plan.slots, plan.capacity, request_id
+                )
+        return pb.GenerateSlotsResponse(slots=[slot_to_proto(r) for r in rows])
+
+    async def GetSlot(self, request: pb.GetSlotRequest, context: Context) -> pb.Slot:
+        slot_id = _id("name", request.name, "slots")
+        async with self._db.read() as session:
+            return slot_to_proto(await store.get_slot(session, slot_id))
+
+    async def ListSlots(
+        self, request: pb.ListSlotsRequest, context: Context
+    ) -> pb.ListSlotsResponse:
+        v = Violations()
+        limit = v.page_size("page_size", request.page_size)
+        where = store.SlotFilter(
+            schedule_id=reference(v, "schedule", request.schedule, "schedules"),
+            department_id=reference(v, "department", request.department, "departments"),
+            practitioner_id=reference(v, "practitioner", request.practitioner, "staff"),
+            window=day_window(v, request),
+            only_free=request.only_free,
+        )
+        v.raise_if_any()
+        after = self._time_cursor(request.page_token, where.fingerprint())
+        async with self._db.read() as session:
+            rows = await store.list_slots(session, where, after=after, limit=limit + 1)
+        response = pb.ListSlotsResponse(slots=[slot_to_proto(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            response.next_page_token = self._next_token(rows[limit - 1], where.fingerprint())
+        return response
+
+    async def BlockSlot(self, request: pb.BlockSlotRequest, context: Context) -> pb.Slot:
+        v = Violations()
+        slot_id = v.resource_id("name", request.name, collection="slots")
+        reason = v.text("reason", request.reason, max_len=MAX_REASON, required=True)
+        v.raise_if_any()
+        assert slot_id is not None
+        async with self._db.transaction() as session:
+            return slot_to_proto(await store.set_block(session, slot_id, reason))
+
+    async def UnblockSlot(self, request: pb.UnblockSlotRequest, context: Context) -> pb.Slot:
+        slot_id = _id("name", request.name, "slots")
+        async with self._db.transaction() as session:
+            return slot_to_proto(await store.set_block(session, slot_id, None))
+
+    # --- appointments ------------------------------------------------------------------------
+
+    async def BookAppointment(
+        self, request: pb.BookAppointmentRequest, context: Context
+    ) -> pb.Appointment:
+        v = Violations()
+        patient_id = v.resource_id("patient", request.patient, collection="patients")
+        slot_id = v.resource_id("slot", request.slot, collection="slots")
+        request_id = v.request_id("request_id", request.request_id)
+        v.raise_if_any()
+        assert patient_id is not None and slot_id is not None
+        # A replay returns the first booking, even once the slot has filled up since.
+        replay = await self._booked_by(request_id)
+        if replay is not None:
+            return replay
+        await self._require_bookable_patient(request.patient)
+        try:
+            async with self._db.transaction() as session:
+                slot = await store.take_place(session, slot_id)
+                row = await store.insert_appointment(session, patient_id, slot, request_id)
+        except (FailedPrecondition, IntegrityError) as error:
+            # A concurrent replay of this request may have taken the place first: it is the answer.
+            replay = await self._booked_by(request_id)
+            if replay is not None:
+                return replay
+            if isinstance(error, IntegrityError):
+                raise _booking_conflict(error) from None
+            raise
+        return appointment_to_proto(row)
+
+    async def _booked_by(self, request_id: str | None) -> pb.Appointment | None:
+        if request_id is None:
+            return None
+        async with self._db.read() as session:
+            row = await store.appointment_by_request(session, request_id)
+        return appointment_to_proto(row) if row is not None else None
+
+    async def _require_bookable_patient(self, name: str) -> None:
+        """Ask the patient service; its outage surfaces as UNAVAILABLE naming it (runtime)."""
+        try:
+            patient = await self._clients.patient.GetPatient(
+                patient_pb.GetPatientRequest(name=name)
+            )
+        except UpstreamError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise FailedPrecondition(
+                    "the patient does not exist",
+                    reason="PATIENT_NOT_FOUND",
+                    metadata={"patient": name},
+                ) from None
+            raise
+        if patient.state == patient_pb.PATIENT_STATE_MERGED:
+            raise FailedPrecondition(
+                "the patient record was merged; book the surviving record",
+                reason="PATIENT_MERGED",
+                metadata={"merged_into": patient.merged_into},
+            )
+        if patient.state != patient_pb.PATIENT_STATE_ACTIVE:
+            raise FailedPrecondition("the patient is not active", reason="PATIENT_INACTIVE")
+
+    async def GetAppointment(
+        self, request: pb.GetAppointmentRequest, context: Context
+    ) -> pb.Appointment:
+        appointment_id = _id("name", request.name, "appointments")
+        async with self._db.read() as session:
+            return appointment_to_proto(await store.get_appointment(session, appointment_id))
+
+    async def ListAppointments(
+        self, request: pb.ListAppointmentsRequest, context: Context
+    ) -> pb.ListAppointmentsResponse:
+        v = Violations()
+        limit = v.page_size("page_size", request.page_size)
+        if not (request.patient or request.practitioner or request.department):
+            v.add("patient", "one of patient, practitioner or department is required")
+        statuses = []
+        for index, status in enumerate(request.statuses):
+            number = v.enum(f"statuses[{index}]", status, pb.AppointmentStatus.DESCRIPTOR)
+            if number:
+                statuses.append(APPOINTMENT_STATUS.text(number))
+        where = store.AppointmentFilter(
+            patient_id=reference(v, "patient", request.patient, "patients"),
+            practitioner_id=reference(v, "practitioner", request.practitioner, "staff"),
+            department_id=reference(v, "department", request.department, "departments"),
+            window=day_window(v, request),
+            statuses=tuple(sorted(set(statuses))),
+        )
+        v.raise_if_any()
+        after = self._time_cursor(request.page_token, where.fingerprint())
+        async with self._db.read() as session:
+            rows = await store.list_appointments(session, where, after=after, limit=limit + 1)
+        response = pb.ListAppointmentsResponse(
+            appointments=[appointment_to_proto(r) for r in rows[:limit]]
+        )
+        if len(rows) > limit:
+            response.next_page_token = self._next_token(rows[limit - 1], where.fingerprint())
+        return response
+
+    async def CancelAppointment(
+        self, request: pb.CancelAppointmentRequest, context: Context
+    ) -> pb.Appointment:
+        v = Violations()
+        appointment_id = v.resource_id("name", request.name, collection="appointments")
+        reason = v.text("reason", request.reason, max_len=MAX_REASON, required=True)
+        v.raise_if_any()
+        assert appointment_id is not None
+        return await self._transition(appointment_id, "cancelled", request.etag, reason)
+
+    async def CheckInAppointment(
+        self, request: pb.CheckInAppointmentRequest, context: Context
+    ) -> pb.Appointment:
+        return await self._transition(
+            _id("name", request.name, "appointments"), "arrived", request.etag
+        )
+
+    async def MarkNoShow(self, request: pb.MarkNoShowRequest, context: Context) -> pb.Appointment:
+        return await self._transition(
+            _id("name", request.name, "appointments"), "noshow", request.etag
+        )
+
+    async def CompleteAppointment(
+        self, request: pb.CompleteAppointmentRequest, context: Context
+    ) -> pb.Appointment:
+        return await self._transition(
+            _id("name", request.name, "appointments"), "fulfilled", request.etag
+        )
+
+    async def _transition(
+        self, appointment_id: uuid.UUID, to: str, etag: str, reason: str | None = None
+    ) -> pb.Appointment:
+        async with self._db.transaction() as session:
+            row = await store.transition(session, appointment_id, to, etag=etag, reason=reason)
+        return appointment_to_proto(row)
+
+    # --- paging ------------------------------------------------------------------------------
+
+    def _time_cursor(self, token: str, query: str) -> tuple[dt.datetime, uuid.UUID] | None:
+        cursor = self._pages.decode(token, query=query)
+        if cursor is None:
+            return None
+        return dt.datetime.fromisoformat(cursor["t"]), uuid.UUID(cursor["i"])
+
+    def _next_token(self, last: Any, query: str) -> str:
+        return self._pages.encode(
+            {"t": last.start_time.isoformat(), "i": str(last.id)}, query=query
+        )
+
+
+def _id(field: str, name: str, collection: str) -> uuid.UUID:
+    v = Violations()
+    value = v.resource_id(field, name, collection=collection)
+    v.raise_if_any()
+    assert value is not None
+    return value
+
+
+def _booking_conflict(error: IntegrityError) -> FailedPrecondition | IntegrityError:
+    violation = integrity_violation(error)
+    if violation and violation[0] == EXCLUSION_VIOLATION:
+        return FailedPrecondition(
+            "the patient already has an appointment at an overlapping time",
+            reason="PATIENT_DOUBLE_BOOKED",
+        )
+    if violation and violation[0] == CHECK_VIOLATION:
+        return FailedPrecondition("the slot is fully booked", reason="SLOT_FULL")
+    return error

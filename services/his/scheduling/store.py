@@ -1,0 +1,464 @@
+"""Queries of the scheduling schema. Each function runs inside the caller's transaction.
+
+Booking never reads-then-writes: a place is taken by one conditional UPDATE of the slot row
+(`booked_count < capacity`), which PostgreSQL serialises on the row lock, and the CHECK
+`booked_count <= capacity` backs it up. A patient's overlapping bookings are refused by a trigger.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, and_, func, literal, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from his.runtime.errors import Aborted, FailedPrecondition, NotFound
+from his.scheduling.tables import appointments, schedules, slot_generations, slots
+
+
+def _missing(name: str) -> NotFound:
+    return NotFound(f"{name} not found", metadata={"name": name})
+
+
+# --- schedules -------------------------------------------------------------------------------
+
+
+async def insert_schedule(
+    session: AsyncSession, values: dict[str, Any], request_id: str | None
+) -> Row[Any] | None:
+    """A new schedule; None when `request_id` was used before (read it with schedule_by_request)."""
+    statement = insert(schedules).values(id=uuid.uuid4(), create_request_id=request_id, **values)
+    if request_id is not None:
+        statement = statement.on_conflict_do_nothing(index_elements=[schedules.c.create_request_id])
+    return (await session.execute(statement.returning(*schedules.c))).first()
+
+
+async def schedule_by_request(session: AsyncSession, request_id: str) -> Row[Any]:
+    """The schedule created by the CreateSchedule call with this request id."""
+    query = select(*schedules.c).where(schedules.c.create_request_id == request_id)
+    return (await session.execute(query)).one()
+
+
+async def get_schedule(
+    session: AsyncSession, schedule_id: uuid.UUID, *, lock: bool = False
+) -> Row[Any]:
+    """One schedule, or NOT_FOUND."""
+    query = select(*schedules.c).where(schedules.c.id == schedule_id)
+    if lock:
+        query = query.with_for_update()
+    row = (await session.execute(query)).first()
+    if row is None:
+        raise _missing(f"schedules/{schedule_id}")
+    return row
+
+
+async def list_schedules(
+    session: AsyncSession,
+    *,
+    department_id: uuid.UUID | None,
+    practitioner_id: uuid.UUID | None,
+    after: tuple[uuid.UUID, uuid.UUID] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """Schedules in (department, id) order after the keyset cursor."""
+    conditions: list[Any] = []
+    if department_id is not None:
+        conditions.append(schedules.c.department_id == department_id)
+    if practitioner_id is not None:
+        conditions.append(schedules.c.practitioner_id == practitioner_id)
+    if after is not None:
+        conditions.append(
+            tuple_(schedules.c.department_id, schedules.c.id)
+            > tuple_(literal(after[0]), literal(after[1]))
+        )
+    query = (
+        select(*schedules.c)
+        .where(and_(True, *conditions))
+        .order_by(schedules.c.department_id, schedules.c.id)
+    )
+    return list((await session.execute(query.limit(limit))).all())
+
+
+# --- slots -----------------------------------------------------------------------------------
+
+
+async def generation_slots(
+    session: AsyncSession, schedule_id: uuid.UUID, request_id: str
+) -> list[Row[Any]] | None:
+    """The slots made by an earlier GenerateSlots call with this request id, if there was one."""
+    generation = (
+        await session.execute(
+            select(slot_generations.c.id).where(
+                slot_generations.c.schedule_id == schedule_id,
+                slot_generations.c.request_id == request_id,
+            )
+        )
+    ).first()
+    if generation is None:
+        return None
+    query = (
+        select(*slots.c)
+        .where(slots.c.generation_id == generation.id)
+        .order_by(slots.c.start_time, slots.c.id)
+    )
+    return list((await session.execute(query)).all())
+
+
+async def create_slots(
+    session: AsyncSession,
+    schedule: Row[Any],
+    planned: Sequence[tuple[dt.datetime, dt.datetime]],
+    capacity: int,
+    request_id: str | None,
+) -> list[Row[Any]]:
+    """Insert the planned slots of a schedule (locked by the caller), all or none."""
+    if not planned:
+        return []
+    first, last = planned[0][0], planned[-1][1]
+    if first < schedule.horizon_start or (
+        schedule.horizon_end is not None and last > schedule.horizon_end
+    ):
+        raise FailedPrecondition(
+            "the slots would fall outside the schedule's planning horizon",
+            reason="OUTSIDE_PLANNING_HORIZON",
+        )
+    # The schedule row is locked, so no other generation can add slots while this check runs.
+    existing = (
+        await session.execute(
+            select(slots.c.start_time, slots.c.end_time)
+            .where(
+                slots.c.schedule_id == schedule.id,
+                slots.c.start_time < last,
+                slots.c.end_time > first,
+            )
+            .order_by(slots.c.start_time)
+        )
+    ).all()
+    if _overlaps(planned, [(r.start_time, r.end_time) for r in existing]):
+        raise FailedPrecondition(
+            "a new slot would overlap an existing slot of the schedule", reason="SLOT_OVERLAP"
+        )
+    generation_id = None
+    if request_id is not None:
+        generation_id = uuid.uuid4()
+        await session.execute(
+            insert(slot_generations).values(
+                id=generation_id, schedule_id=schedule.id, request_id=request_id
+            )
+        )
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "schedule_id": schedule.id,
+            "generation_id": generation_id,
+            "department_id": schedule.department_id,
+            "practitioner_id": schedule.practitioner_id,
+            "service_type_system": schedule.service_type_system,
+            "service_type_code": schedule.service_type_code,
+            "service_type_display": schedule.service_type_display,
+            "start_time": start,
+            "end_time": end,
+            "capacity": capacity,
+        }
+        for start, end in planned
+    ]
+    result = await session.execute(insert(slots).values(rows).returning(*slots.c))
+    return sorted(result.all(), key=lambda row: (row.start_time, row.id))
+
+
+def _overlaps(
+    new: Sequence[tuple[dt.datetime, dt.datetime]], old: Sequence[tuple[dt.datetime, dt.datetime]]
+) -> bool:
+    """Whether any new interval meets an old one (both sorted by start; half-open intervals)."""
+    j = 0
+    for start, end in new:
+        while j < len(old) and old[j][1] <= start:
+            j += 1
+        if j < len(old) and old[j][0] < end:
+            return True
+    return False
+
+
+async def get_slot(session: AsyncSession, slot_id: uuid.UUID, *, lock: bool = False) -> Row[Any]:
+    """One slot, or NOT_FOUND."""
+    query = select(*slots.c).where(slots.c.id == slot_id)
+    if lock:
+        query = query.with_for_update()
+    row = (await session.execute(query)).first()
+    if row is None:
+        raise _missing(f"slots/{slot_id}")
+    return row
+
+
+@dataclass(frozen=True)
+class SlotFilter:
+    """The filters of ListSlots, validated."""
+
+    schedule_id: uuid.UUID | None = None
+    department_id: uuid.UUID | None = None
+    practitioner_id: uuid.UUID | None = None
+    window: tuple[dt.datetime, dt.datetime] | None = None
+    only_free: bool = False
+
+    def fingerprint(self) -> str:
+        """A stable text of the filters, binding page tokens to them."""
+        return repr(
+            (
+                "slots",
+                self.schedule_id,
+                self.department_id,
+                self.practitioner_id,
+                self.window,
+                self.only_free,
+            )
+        )
+
+
+async def list_slots(
+    session: AsyncSession,
+    where: SlotFilter,
+    *,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """Slots in (start time, id) order after the keyset cursor."""
+    conditions: list[Any] = []
+    if where.schedule_id is not None:
+        conditions.append(slots.c.schedule_id == where.schedule_id)
+    if where.department_id is not None:
+        conditions.append(slots.c.department_id == where.department_id)
+    if where.practitioner_id is not None:
+        conditions.append(slots.c.practitioner_id == where.practitioner_id)
+    if where.window is not None:
+        conditions += [slots.c.start_time >= where.window[0], slots.c.start_time < where.window[1]]
+    if where.only_free:
+        conditions += [
+            slots.c.block_reason.is_(None),
+            slots.c.booked_count < slots.c.capacity,
+            slots.c.end_time > func.now(),
+        ]
+    if after is not None:
+        conditions.append(
+            tuple_(slots.c.start_time, slots.c.id) > tuple_(literal(after[0]), literal(after[1]))
+        )
+    query = (
+        select(*slots.c)
+        .where(and_(True, *conditions))
+        .order_by(slots.c.start_time, slots.c.id)
+        .limit(limit)
+    )
+    return list((await session.execute(query)).all())
+
+
+async def set_block(session: AsyncSession, slot_id: uuid.UUID, reason: str | None) -> Row[Any]:
+    """Block (reason) or unblock (None) a slot that has not ended; no change is a no-op."""
+    current = await get_slot(session, slot_id, lock=True)
+    now = (await session.execute(select(func.now()))).scalar_one()
+    if current.end_time <= now:
+        raise FailedPrecondition("the slot has already ended", reason="SLOT_ENDED")
+    if (current.block_reason is None) == (reason is None):
+        return current  # already blocked (first reason kept) or already open
+    statement = (
+        update(slots)
+        .where(slots.c.id == slot_id)
+        .values(block_reason=reason, update_time=func.now())
+        .returning(*slots.c)
+    )
+    return (await session.execute(statement)).one()
+
+
+# --- appointments ----------------------------------------------------------------------------
+
+
+async def appointment_by_request(session: AsyncSession, request_id: str) -> Row[Any] | None:
+    """The appointment booked by the BookAppointment call with this request id."""
+    query = select(*appointments.c).where(appointments.c.create_request_id == request_id)
+    return (await session.execute(query)).first()
+
+
+async def take_place(session: AsyncSession, slot_id: uuid.UUID) -> Row[Any]:
+    """Take one place of a bookable slot, atomically, or say why not."""
+    taken = (
+        await session.execute(
+            update(slots)
+            .where(
+                slots.c.id == slot_id,
+                slots.c.block_reason.is_(None),
+                slots.c.booked_count < slots.c.capacity,
+                slots.c.end_time > func.now(),
+            )
+            .values(booked_count=slots.c.booked_count + 1, update_time=func.now())
+            .returning(*slots.c)
+        )
+    ).first()
+    if taken is not None:
+        return taken
+    slot = await get_slot(session, slot_id)
+    if slot.block_reason is not None:
+        raise FailedPrecondition("the slot is blocked", reason="SLOT_BLOCKED")
+    if slot.booked_count >= slot.capacity:
+        raise FailedPrecondition("the slot is fully booked", reason="SLOT_FULL")
+    raise FailedPrecondition("the slot has already ended", reason="SLOT_ENDED")
+
+
+async def insert_appointment(
+    session: AsyncSession, patient_id: uuid.UUID, slot: Row[Any], request_id: str | None
+) -> Row[Any]:
+    """The appointment of a patient in a slot whose place the caller has just taken."""
+    statement = insert(appointments).values(
+        id=uuid.uuid4(),
+        patient_id=patient_id,
+        slot_id=slot.id,
+        department_id=slot.department_id,
+        practitioner_id=slot.practitioner_id,
+        service_type_system=slot.service_type_system,
+        service_type_code=slot.service_type_code,
+        service_type_display=slot.service_type_display,
+        start_time=slot.start_time,
+        end_time=slot.end_time,
+        create_request_id=request_id,
+    )
+    return (await session.execute(statement.returning(*appointments.c))).one()
+
+
+async def get_appointment(
+    session: AsyncSession, appointment_id: uuid.UUID, *, lock: bool = False
+) -> Row[Any]:
+    """One appointment, or NOT_FOUND."""
+    query = select(*appointments.c).where(appointments.c.id == appointment_id)
+    if lock:
+        query = query.with_for_update()
+    row = (await session.execute(query)).first()
+    if row is None:
+        raise _missing(f"appointments/{appointment_id}")
+    return row
+
+
+# FHIR Appointment: booked → arrived → fulfilled; booked → noshow; booked | arrived → cancelled.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "arrived": frozenset({"booked"}),
+    "fulfilled": frozenset({"arrived"}),
+    "noshow": frozenset({"booked"}),
+    "cancelled": frozenset({"booked", "arrived"}),
+}
+
+
+async def transition(
+    session: AsyncSession,
+    appointment_id: uuid.UUID,
+    to: str,
+    *,
+    etag: str,
+    reason: str | None = None,
+) -> Row[Any]:
+    """Move an appointment to `to`. Already there: a no-op whatever the etag (safe retries)."""
+    current = await get_appointment(session, appointment_id, lock=True)
+    if current.status == to:
+        return current
+    if etag and etag != str(current.version):
+        raise Aborted(
+            "the appointment was changed since it was read; read it again and retry",
+            reason="ETAG_MISMATCH",
+            metadata={"etag": str(current.version)},
+        )
+    if current.status not in TRANSITIONS[to]:
+        raise FailedPrecondition(
+            f"an appointment that is {current.status} cannot become {to}",
+            reason="ILLEGAL_TRANSITION",
+            metadata={"status": current.status, "requested": to},
+        )
+    values: dict[str, Any] = {"status": to, "version": appointments.c.version + 1}
+    now = func.now()
+    if to == "noshow":
+        started = (
+            await session.execute(
+                select(slots.c.start_time <= now).where(slots.c.id == current.slot_id)
+            )
+        ).scalar_one()
+        if not started:
+            raise FailedPrecondition(
+                "a no-show can only be recorded once the slot has started",
+                reason="SLOT_NOT_STARTED",
+            )
+    if to == "arrived":
+        values["arrive_time"] = now
+    if to == "cancelled":
+        values.update(cancel_time=now, cancel_reason=reason)
+        # Give the place back in the same transaction as the status change.
+        await session.execute(
+            update(slots)
+            .where(slots.c.id == current.slot_id)
+            .values(booked_count=slots.c.booked_count - 1, update_time=now)
+        )
+    statement = (
+        update(appointments)
+        .where(appointments.c.id == appointment_id)
+        .values(**values, update_time=now)
+        .returning(*appointments.c)
+    )
+    return (await session.execute(statement)).one()
+
+
+@dataclass(frozen=True)
+class AppointmentFilter:
+    """The filters of ListAppointments, validated."""
+
+    patient_id: uuid.UUID | None = None
+    practitioner_id: uuid.UUID | None = None
+    department_id: uuid.UUID | None = None
+    window: tuple[dt.datetime, dt.datetime] | None = None
+    statuses: tuple[str, ...] = ()
+
+    def fingerprint(self) -> str:
+        """A stable text of the filters, binding page tokens to them."""
+        return repr(
+            (
+                "appointments",
+                self.patient_id,
+                self.practitioner_id,
+                self.department_id,
+                self.window,
+                self.statuses,
+            )
+        )
+
+
+async def list_appointments(
+    session: AsyncSession,
+    where: AppointmentFilter,
+    *,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """Appointments in (start time, id) order after the keyset cursor."""
+    conditions: list[Any] = []
+    if where.patient_id is not None:
+        conditions.append(appointments.c.patient_id == where.patient_id)
+    if where.practitioner_id is not None:
+        conditions.append(appointments.c.practitioner_id == where.practitioner_id)
+    if where.department_id is not None:
+        conditions.append(appointments.c.department_id == where.department_id)
+    if where.window is not None:
+        conditions += [
+            appointments.c.start_time >= where.window[0],
+            appointments.c.start_time < where.window[1],
+        ]
+    if where.statuses:
+        conditions.append(appointments.c.status.in_(where.statuses))
+    if after is not None:
+        conditions.append(
+            tuple_(appointments.c.start_time, appointments.c.id)
+            > tuple_(literal(after[0]), literal(after[1]))
+        )
+    query = (
+        select(*appointments.c)
+        .where(and_(True, *conditions))
+        .order_by(appointments.c.start_time, appointments.c.id)
+        .limit(limit)
+    )
+    return list((await session.execute(query)).all())
