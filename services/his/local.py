@@ -24,6 +24,7 @@ from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import SERVING, wait_for_status
 from his.runtime.logs import configure_logging
 from his.runtime.migrations import upgrade
+from his_client import HisClients
 
 log = logging.getLogger("his.up")
 
@@ -85,14 +86,15 @@ async def _wait_serving(entry: ServiceEntry, process: subprocess.Popen[bytes]) -
         raise RuntimeError(str(error)) from None
 
 
-def _load_demo(entries: tuple[ServiceEntry, ...]) -> None:
-    for entry in entries:
-        try:
-            demo = importlib.import_module(f"{entry.module}.demo")
-        except ModuleNotFoundError:
-            continue
-        summary = asyncio.run(demo.load())
-        print(f"demo data: {summary}")
+async def _load_demo(entries: tuple[ServiceEntry, ...]) -> None:
+    """Each implemented service's `demo.load`, in catalog order (patients before bookings)."""
+    async with HisClients() as his:
+        for entry in entries:
+            try:
+                demo = importlib.import_module(f"{entry.module}.demo")
+            except ModuleNotFoundError:
+                continue
+            print(f"demo data: {await demo.load(his)}", flush=True)
 
 
 def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -138,7 +140,7 @@ def up(*, demo: bool) -> int:
         for entry in entries:
             asyncio.run(_wait_serving(entry, processes[entry.name]))
         if demo:
-            _load_demo(entries)
+            asyncio.run(_load_demo(entries))
         _print_table(entries)
         print("\nHIS Mesh is up. Press Ctrl-C to stop.", flush=True)
         while not stop_requested:

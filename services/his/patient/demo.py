@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from his.common.v1 import types_pb2
 from his.patient.v1 import patient_service_pb2 as pb
-from his_client import PatientClient
+from his_client import HisClients
 
 RESIDENT_ID = "urn:oid:2.16.156.10011.1.1"  # PRC resident identity card
 G = pb.AdministrativeGender
@@ -99,33 +99,31 @@ PEOPLE: tuple[tuple[str, str, int, tuple[int, int, int], str, str, str], ...] = 
 )
 
 
-async def load(address: str | None = None) -> str:
+async def load(his: HisClients) -> str:
     """Register the demo patients and their treatment consents; returns a one-line summary."""
-    async with PatientClient(address) as client:
-        for index, (family, given, gender, born, national, phone, city) in enumerate(PEOPLE, 1):
-            patient = pb.Patient(
-                family_name=family,
-                given_names=given.split(),
-                gender=gender,  # type: ignore[arg-type]
-                birth_date=types_pb2.Date(year=born[0], month=born[1], day=born[2]),
-                phone=phone,
-                address=pb.Address(city=city, country="CN" if national else "DE"),
-            )
-            if national:
-                patient.national_id.CopyFrom(
-                    types_pb2.Identifier(system=RESIDENT_ID, value=national)
-                )
-            created = await client.create(patient, request_id=f"demo-patient-{index:02d}")
-            await client.stub.GrantConsent(
-                pb.GrantConsentRequest(
-                    parent=created.name,
-                    consent=pb.Consent(
-                        scope=pb.CONSENT_SCOPE_TREATMENT,
-                        purpose=pb.PURPOSE_OF_USE_TREATMENT,
-                        note="signed admission form",
-                    ),
-                    request_id=f"demo-consent-{index:02d}",
+    for index, (family, given, gender, born, national, phone, city) in enumerate(PEOPLE, 1):
+        patient = pb.Patient(
+            family_name=family,
+            given_names=given.split(),
+            gender=gender,  # type: ignore[arg-type]
+            birth_date=types_pb2.Date(year=born[0], month=born[1], day=born[2]),
+            phone=phone,
+            address=pb.Address(city=city, country="CN" if national else "DE"),
+        )
+        if national:
+            patient.national_id.CopyFrom(types_pb2.Identifier(system=RESIDENT_ID, value=national))
+        created = await his.patient.CreatePatient(
+            pb.CreatePatientRequest(patient=patient, request_id=f"demo-patient-{index:02d}")
+        )
+        await his.patient.GrantConsent(
+            pb.GrantConsentRequest(
+                parent=created.name,
+                consent=pb.Consent(
+                    scope=pb.CONSENT_SCOPE_TREATMENT,
+                    purpose=pb.PURPOSE_OF_USE_TREATMENT,
+                    note="signed admission form",
                 ),
-                timeout=5.0,
+                request_id=f"demo-consent-{index:02d}",
             )
+        )
     return f"{len(PEOPLE)} patients with treatment consent"

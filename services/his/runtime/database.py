@@ -88,7 +88,7 @@ class Database:
 
 
 def integrity_violation(error: sa_exc.IntegrityError) -> tuple[str, str] | None:
-    """(SQLSTATE, constraint name) of a violated constraint, e.g. ('23505', 'national_id_unique')."""
+    """(SQLSTATE, constraint name) of a violated constraint, e.g. ('23505', 'x_unique')."""
     cause = getattr(error.orig, "__cause__", None)
     sqlstate = getattr(cause, "sqlstate", None)
     if sqlstate is None:
