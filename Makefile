@@ -75,9 +75,10 @@ fmt: $(VENV)/.installed ## Format and autofix.
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest
 
-bench: $(VENV)/.installed ## Load benchmark of the patient service (own PostgreSQL and server process).
-	$(PY) bench/patient_load.py --concurrency 1 --calls 1000 --seed 500
-	$(PY) bench/patient_load.py --concurrency 32 --calls 4000 --seed 2000
+bench: $(VENV)/.installed ## Load benchmarks: patient rpcs, booking and the morning rush (own PostgreSQL).
+	$(PY) -m bench.patient_load --concurrency 1 --calls 1000 --seed 500
+	$(PY) -m bench.patient_load --concurrency 32 --calls 4000 --seed 2000
+	$(PY) -m bench.scheduling_load --bookings 2000 --concurrency 32 --rush 1000
 
 clean: ## Remove the virtualenv and tools (keeps .his/, the local database).
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
