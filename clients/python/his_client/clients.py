@@ -23,6 +23,8 @@ from his.scheduling.v1 import scheduling_service_pb2_grpc as scheduling
 from his_client.channels import open_channel
 from his_client.resilience import ClientMetrics, ResilienceInterceptor, make_breaker
 
+_SERVICES = ("patient", "scheduling", "emr", "orders", "lab", "pharmacy", "billing", "iam", "audit")
+
 
 class HisClients:
     """Typed async stubs for every service, each behind its own deadline/retry/breaker channel.
@@ -98,6 +100,8 @@ class HisClients:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        for service in _SERVICES:  # cached stubs are bound to the closed channels
+            self.__dict__.pop(service, None)
 
     async def __aenter__(self) -> HisClients:
         return self
