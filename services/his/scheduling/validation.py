@@ -15,6 +15,9 @@ from his.scheduling.v1 import scheduling_service_pb2 as pb
 MAX_SLOTS_PER_REQUEST = 2000
 MAX_DAYS = 92
 MAX_REASON = 500
+# Dates outside the range of the timestamps the service accepts would overflow date arithmetic.
+EARLIEST_DATE = dt.date(1900, 1, 1)
+LATEST_DATE = dt.date(9000, 1, 1)
 
 
 def time_zone(v: Violations, field: str, name: str, *, required: bool) -> ZoneInfo | None:
@@ -31,11 +34,16 @@ def time_zone(v: Violations, field: str, name: str, *, required: bool) -> ZoneIn
 
 
 def full_date(v: Violations, field: str, date: types_pb2.Date, *, present: bool) -> dt.date | None:
-    """A required, real calendar date."""
+    """A required, real calendar date from 1900 to 9000."""
     if not present:
         v.add(field, "is required")
         return None
-    return v.date(field, date.year, date.month, date.day)
+    value = v.date(
+        field, date.year, date.month, date.day, earliest=EARLIEST_DATE, latest=LATEST_DATE
+    )
+    if value is None or not EARLIEST_DATE <= value <= LATEST_DATE:
+        return None
+    return value
 
 
 def day_window(
@@ -136,14 +144,16 @@ def _day_slots(
     day: dt.date, opens: dt.time, closes: dt.time, length: dt.timedelta, zone: ZoneInfo
 ) -> list[tuple[dt.datetime, dt.datetime]]:
     """Back-to-back slots of one local day; a start that does not exist (DST gap) is skipped."""
-    result = []
+    result: list[tuple[dt.datetime, dt.datetime]] = []
     wall = dt.datetime.combine(day, opens)
     day_end = dt.datetime.combine(day, closes)
     while wall + length <= day_end:
         local = wall.replace(tzinfo=zone)
         start = local.astimezone(dt.UTC)
-        # A wall time in a spring-forward gap does not survive the round trip.
-        if start.astimezone(zone).replace(tzinfo=None) == wall:
+        # A wall time in a spring-forward gap does not survive the round trip. A slot spanning the
+        # gap ends an hour later on the wall clock, so the next start may fall inside it: skipped.
+        exists = start.astimezone(zone).replace(tzinfo=None) == wall
+        if exists and (not result or result[-1][1] <= start):
             result.append((start, start + length))
         wall += length
     return result

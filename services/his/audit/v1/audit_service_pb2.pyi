@@ -479,7 +479,7 @@ class ListAuditEventsRequest(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     EMERGENCY_ACCESS_ONLY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of events to return. 0 means the default of 50; at most 500."""
+    """The maximum number of events to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     patient: _builtins.str

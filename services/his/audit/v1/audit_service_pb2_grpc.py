@@ -91,7 +91,7 @@ class AuditServiceServicer:
     def ListAuditEvents(self, request, context):
         """Lists events matching all given filters in sequence-number order, oldest first. Errors:
         INVALID_ARGUMENT for a malformed filter (for example a time range that ends before it starts),
-        a negative or too large `page_size`, or a `page_token` that was not returned by a previous call
+        a negative `page_size`, or a `page_token` that was not returned by a previous call
         with the same filters; PERMISSION_DENIED if the caller does not have the AUDITOR role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

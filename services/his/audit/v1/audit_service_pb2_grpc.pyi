@@ -55,7 +55,7 @@ class AuditServiceStub:
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ListAuditEventsRequest, _audit_service_pb2.ListAuditEventsResponse]
     """Lists events matching all given filters in sequence-number order, oldest first. Errors:
     INVALID_ARGUMENT for a malformed filter (for example a time range that ends before it starts),
-    a negative or too large `page_size`, or a `page_token` that was not returned by a previous call
+    a negative `page_size`, or a `page_token` that was not returned by a previous call
     with the same filters; PERMISSION_DENIED if the caller does not have the AUDITOR role.
     """
     VerifyChain: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.VerifyChainRequest, _audit_service_pb2.VerifyChainResponse]
@@ -92,7 +92,7 @@ class AuditServiceAsyncStub(AuditServiceStub):
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.ListAuditEventsRequest, _audit_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists events matching all given filters in sequence-number order, oldest first. Errors:
     INVALID_ARGUMENT for a malformed filter (for example a time range that ends before it starts),
-    a negative or too large `page_size`, or a `page_token` that was not returned by a previous call
+    a negative `page_size`, or a `page_token` that was not returned by a previous call
     with the same filters; PERMISSION_DENIED if the caller does not have the AUDITOR role.
     """
     VerifyChain: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.VerifyChainRequest, _audit_service_pb2.VerifyChainResponse]  # type: ignore[assignment]
@@ -144,7 +144,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_audit_service_pb2.ListAuditEventsResponse]]:
         """Lists events matching all given filters in sequence-number order, oldest first. Errors:
         INVALID_ARGUMENT for a malformed filter (for example a time range that ends before it starts),
-        a negative or too large `page_size`, or a `page_token` that was not returned by a previous call
+        a negative `page_size`, or a `page_token` that was not returned by a previous call
         with the same filters; PERMISSION_DENIED if the caller does not have the AUDITOR role.
         """
 

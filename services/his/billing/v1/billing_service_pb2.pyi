@@ -498,7 +498,9 @@ class ListChargeItemsRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of charge items to return. 0 means the default of 50; at most 500."""
+    """The maximum number of charge items to return.
+    0 means the default of 50; more than 500 means 500.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     patient: _builtins.str
@@ -653,7 +655,7 @@ class ListInvoicesRequest(_message.Message):
     ENCOUNTER_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of invoices to return. 0 means the default of 50; at most 500."""
+    """The maximum number of invoices to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     patient: _builtins.str
@@ -815,7 +817,7 @@ class ListPaymentsRequest(_message.Message):
     parent: _builtins.str
     """The invoice, `invoices/{invoice}`, or `invoices/-` for all invoices."""
     page_size: _builtins.int
-    """The maximum number of payments to return. 0 means the default of 50; at most 500."""
+    """The maximum number of payments to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same parent and filters."""
     method: Global___PaymentMethod.ValueType

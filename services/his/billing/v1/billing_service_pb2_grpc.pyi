@@ -52,7 +52,7 @@ class BillingServiceStub:
     """
     ListChargeItems: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListChargeItemsRequest, _billing_service_pb2.ListChargeItemsResponse]
     """Lists charge items matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     CancelChargeItem: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.CancelChargeItemRequest, _billing_service_pb2.ChargeItem]
@@ -78,7 +78,7 @@ class BillingServiceStub:
     """
     ListInvoices: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListInvoicesRequest, _billing_service_pb2.ListInvoicesResponse]
     """Lists invoices matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     IssueInvoice: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.IssueInvoiceRequest, _billing_service_pb2.Invoice]
@@ -142,7 +142,7 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """
     ListChargeItems: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListChargeItemsRequest, _billing_service_pb2.ListChargeItemsResponse]  # type: ignore[assignment]
     """Lists charge items matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     CancelChargeItem: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.CancelChargeItemRequest, _billing_service_pb2.ChargeItem]  # type: ignore[assignment]
@@ -168,7 +168,7 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """
     ListInvoices: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListInvoicesRequest, _billing_service_pb2.ListInvoicesResponse]  # type: ignore[assignment]
     """Lists invoices matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     IssueInvoice: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.IssueInvoiceRequest, _billing_service_pb2.Invoice]  # type: ignore[assignment]
@@ -247,7 +247,7 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ListChargeItemsResponse, _abc.Awaitable[_billing_service_pb2.ListChargeItemsResponse]]:
         """Lists charge items matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+        malformed filter, a negative `page_size`, or a `page_token` that was not returned
         by a previous call with the same filters.
         """
 
@@ -297,7 +297,7 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ListInvoicesResponse, _abc.Awaitable[_billing_service_pb2.ListInvoicesResponse]]:
         """Lists invoices matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+        malformed filter, a negative `page_size`, or a `page_token` that was not returned
         by a previous call with the same filters.
         """
 

@@ -519,7 +519,7 @@ class ListEncountersRequest(_message.Message):
     ATTENDING_PRACTITIONER_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of encounters to return. 0 means the default of 50; at most 500."""
+    """The maximum number of encounters to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     patient: _builtins.str
@@ -763,7 +763,7 @@ class ListNotesRequest(_message.Message):
     parent: _builtins.str
     """The encounter, `encounters/{encounter}`."""
     page_size: _builtins.int
-    """The maximum number of notes to return. 0 means the default of 50; at most 500."""
+    """The maximum number of notes to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same parent and filters."""
     include_superseded: _builtins.bool
@@ -977,7 +977,7 @@ class ListDiagnosesRequest(_message.Message):
     parent: _builtins.str
     """The encounter, `encounters/{encounter}`."""
     page_size: _builtins.int
-    """The maximum number of diagnoses to return. 0 means the default of 50; at most 500."""
+    """The maximum number of diagnoses to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same parent and filters."""
     include_entered_in_error: _builtins.bool

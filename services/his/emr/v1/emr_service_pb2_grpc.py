@@ -162,7 +162,7 @@ class EmrServiceServicer:
 
     def ListEncounters(self, request, context):
         """Lists encounters matching all given filters, newest first, leaving out sensitive encounters the
-        caller may not see. Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large
+        caller may not see. Errors: INVALID_ARGUMENT for a malformed filter, a negative
         `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

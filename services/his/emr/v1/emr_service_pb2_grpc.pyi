@@ -58,7 +58,7 @@ class EmrServiceStub:
     """
     ListEncounters: _grpc.UnaryUnaryMultiCallable[_emr_service_pb2.ListEncountersRequest, _emr_service_pb2.ListEncountersResponse]
     """Lists encounters matching all given filters, newest first, leaving out sensitive encounters the
-    caller may not see. Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large
+    caller may not see. Errors: INVALID_ARGUMENT for a malformed filter, a negative
     `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
     """
     UpdateEncounter: _grpc.UnaryUnaryMultiCallable[_emr_service_pb2.UpdateEncounterRequest, _emr_service_pb2.Encounter]
@@ -193,7 +193,7 @@ class EmrServiceAsyncStub(EmrServiceStub):
     """
     ListEncounters: _aio.UnaryUnaryMultiCallable[_emr_service_pb2.ListEncountersRequest, _emr_service_pb2.ListEncountersResponse]  # type: ignore[assignment]
     """Lists encounters matching all given filters, newest first, leaving out sensitive encounters the
-    caller may not see. Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large
+    caller may not see. Errors: INVALID_ARGUMENT for a malformed filter, a negative
     `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
     """
     UpdateEncounter: _aio.UnaryUnaryMultiCallable[_emr_service_pb2.UpdateEncounterRequest, _emr_service_pb2.Encounter]  # type: ignore[assignment]
@@ -343,7 +343,7 @@ class EmrServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_emr_service_pb2.ListEncountersResponse, _abc.Awaitable[_emr_service_pb2.ListEncountersResponse]]:
         """Lists encounters matching all given filters, newest first, leaving out sensitive encounters the
-        caller may not see. Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large
+        caller may not see. Errors: INVALID_ARGUMENT for a malformed filter, a negative
         `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
         """
 

@@ -412,7 +412,9 @@ class ListDepartmentsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of departments to return. 0 means the default of 50; at most 500."""
+    """The maximum number of departments to return.
+    0 means the default of 50; more than 500 means 500.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     kind: Global___DepartmentKind.ValueType
@@ -525,7 +527,9 @@ class ListStaffMembersRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     INCLUDE_INACTIVE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of staff members to return. 0 means the default of 50; at most 500."""
+    """The maximum number of staff members to return.
+    0 means the default of 50; more than 500 means 500.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     username: _builtins.str
@@ -714,7 +718,9 @@ class ListMembershipsRequest(_message.Message):
     parent: _builtins.str
     """The staff member, `staff/{staff}`, or `staff/-` for all staff members."""
     page_size: _builtins.int
-    """The maximum number of memberships to return. 0 means the default of 50; at most 500."""
+    """The maximum number of memberships to return.
+    0 means the default of 50; more than 500 means 500.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same parent and filters."""
     department: _builtins.str
@@ -970,7 +976,7 @@ class ListEmergencyAccessGrantsRequest(_message.Message):
     PATIENT_FIELD_NUMBER: _builtins.int
     ACTIVE_ONLY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of grants to return. 0 means the default of 50; at most 500."""
+    """The maximum number of grants to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     staff: _builtins.str

@@ -151,7 +151,7 @@ class IamServiceServicer:
 
     def ListDepartments(self, request, context):
         """Lists departments matching all given filters, ordered by code. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+        malformed filter, a negative `page_size`, or a `page_token` that was not returned
         by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -179,7 +179,7 @@ class IamServiceServicer:
 
     def ListStaffMembers(self, request, context):
         """Lists staff members matching all given filters, ordered by username. Errors: INVALID_ARGUMENT
-        for a malformed filter, a negative or too large `page_size`, or a `page_token` that was not
+        for a malformed filter, a negative `page_size`, or a `page_token` that was not
         returned by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -286,7 +286,7 @@ class IamServiceServicer:
     def ListEmergencyAccessGrants(self, request, context):
         """Lists emergency access grants matching all given filters, newest first. Callers with the
         AUDITOR or ADMINISTRATOR role, and HIS services, may list any grants; other staff may only list
-        their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large
+        their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative
         `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
         PERMISSION_DENIED if a staff caller without the AUDITOR or ADMINISTRATOR role does not set
         `staff` to themselves.

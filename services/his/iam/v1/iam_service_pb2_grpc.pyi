@@ -54,7 +54,7 @@ class IamServiceStub:
     """
     ListDepartments: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ListDepartmentsRequest, _iam_service_pb2.ListDepartmentsResponse]
     """Lists departments matching all given filters, ordered by code. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     CreateStaffMember: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffMemberRequest, _iam_service_pb2.StaffMember]
@@ -70,7 +70,7 @@ class IamServiceStub:
     """
     ListStaffMembers: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ListStaffMembersRequest, _iam_service_pb2.ListStaffMembersResponse]
     """Lists staff members matching all given filters, ordered by username. Errors: INVALID_ARGUMENT
-    for a malformed filter, a negative or too large `page_size`, or a `page_token` that was not
+    for a malformed filter, a negative `page_size`, or a `page_token` that was not
     returned by a previous call with the same filters.
     """
     UpdateStaffMember: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.UpdateStaffMemberRequest, _iam_service_pb2.StaffMember]
@@ -141,7 +141,7 @@ class IamServiceStub:
     ListEmergencyAccessGrants: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ListEmergencyAccessGrantsRequest, _iam_service_pb2.ListEmergencyAccessGrantsResponse]
     """Lists emergency access grants matching all given filters, newest first. Callers with the
     AUDITOR or ADMINISTRATOR role, and HIS services, may list any grants; other staff may only list
-    their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large
+    their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative
     `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
     PERMISSION_DENIED if a staff caller without the AUDITOR or ADMINISTRATOR role does not set
     `staff` to themselves.
@@ -176,7 +176,7 @@ class IamServiceAsyncStub(IamServiceStub):
     """
     ListDepartments: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ListDepartmentsRequest, _iam_service_pb2.ListDepartmentsResponse]  # type: ignore[assignment]
     """Lists departments matching all given filters, ordered by code. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     CreateStaffMember: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffMemberRequest, _iam_service_pb2.StaffMember]  # type: ignore[assignment]
@@ -192,7 +192,7 @@ class IamServiceAsyncStub(IamServiceStub):
     """
     ListStaffMembers: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ListStaffMembersRequest, _iam_service_pb2.ListStaffMembersResponse]  # type: ignore[assignment]
     """Lists staff members matching all given filters, ordered by username. Errors: INVALID_ARGUMENT
-    for a malformed filter, a negative or too large `page_size`, or a `page_token` that was not
+    for a malformed filter, a negative `page_size`, or a `page_token` that was not
     returned by a previous call with the same filters.
     """
     UpdateStaffMember: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.UpdateStaffMemberRequest, _iam_service_pb2.StaffMember]  # type: ignore[assignment]
@@ -263,7 +263,7 @@ class IamServiceAsyncStub(IamServiceStub):
     ListEmergencyAccessGrants: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ListEmergencyAccessGrantsRequest, _iam_service_pb2.ListEmergencyAccessGrantsResponse]  # type: ignore[assignment]
     """Lists emergency access grants matching all given filters, newest first. Callers with the
     AUDITOR or ADMINISTRATOR role, and HIS services, may list any grants; other staff may only list
-    their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large
+    their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative
     `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
     PERMISSION_DENIED if a staff caller without the AUDITOR or ADMINISTRATOR role does not set
     `staff` to themselves.
@@ -313,7 +313,7 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_iam_service_pb2.ListDepartmentsResponse, _abc.Awaitable[_iam_service_pb2.ListDepartmentsResponse]]:
         """Lists departments matching all given filters, ordered by code. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+        malformed filter, a negative `page_size`, or a `page_token` that was not returned
         by a previous call with the same filters.
         """
 
@@ -347,7 +347,7 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_iam_service_pb2.ListStaffMembersResponse, _abc.Awaitable[_iam_service_pb2.ListStaffMembersResponse]]:
         """Lists staff members matching all given filters, ordered by username. Errors: INVALID_ARGUMENT
-        for a malformed filter, a negative or too large `page_size`, or a `page_token` that was not
+        for a malformed filter, a negative `page_size`, or a `page_token` that was not
         returned by a previous call with the same filters.
         """
 
@@ -472,7 +472,7 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_iam_service_pb2.ListEmergencyAccessGrantsResponse, _abc.Awaitable[_iam_service_pb2.ListEmergencyAccessGrantsResponse]]:
         """Lists emergency access grants matching all given filters, newest first. Callers with the
         AUDITOR or ADMINISTRATOR role, and HIS services, may list any grants; other staff may only list
-        their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large
+        their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative
         `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
         PERMISSION_DENIED if a staff caller without the AUDITOR or ADMINISTRATOR role does not set
         `staff` to themselves.

@@ -523,7 +523,7 @@ class ListSpecimensRequest(_message.Message):
     ACCESSION_ID_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of specimens to return. 0 means the default of 50; at most 500."""
+    """The maximum number of specimens to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     patient: _builtins.str
@@ -674,7 +674,7 @@ class ListDiagnosticReportsRequest(_message.Message):
     SERVICE_REQUEST_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of reports to return. 0 means the default of 50; at most 500."""
+    """The maximum number of reports to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     patient: _builtins.str

@@ -121,7 +121,7 @@ class LabServiceServicer:
 
     def ListSpecimens(self, request, context):
         """Lists specimens matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+        malformed filter, a negative `page_size`, or a `page_token` that was not returned
         by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -162,7 +162,7 @@ class LabServiceServicer:
 
     def ListDiagnosticReports(self, request, context):
         """Lists reports with all their results matching all given filters, newest first. Errors:
-        INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a `page_token`
+        INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
         that was not returned by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

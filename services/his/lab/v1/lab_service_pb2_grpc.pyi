@@ -54,7 +54,7 @@ class LabServiceStub:
     """
     ListSpecimens: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.ListSpecimensRequest, _lab_service_pb2.ListSpecimensResponse]
     """Lists specimens matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     RejectSpecimen: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.RejectSpecimenRequest, _lab_service_pb2.Specimen]
@@ -79,7 +79,7 @@ class LabServiceStub:
     """
     ListDiagnosticReports: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.ListDiagnosticReportsRequest, _lab_service_pb2.ListDiagnosticReportsResponse]
     """Lists reports with all their results matching all given filters, newest first. Errors:
-    INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a `page_token`
+    INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
     that was not returned by a previous call with the same filters.
     """
     RecordObservations: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.RecordObservationsRequest, _lab_service_pb2.DiagnosticReport]
@@ -140,7 +140,7 @@ class LabServiceAsyncStub(LabServiceStub):
     """
     ListSpecimens: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.ListSpecimensRequest, _lab_service_pb2.ListSpecimensResponse]  # type: ignore[assignment]
     """Lists specimens matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     RejectSpecimen: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.RejectSpecimenRequest, _lab_service_pb2.Specimen]  # type: ignore[assignment]
@@ -165,7 +165,7 @@ class LabServiceAsyncStub(LabServiceStub):
     """
     ListDiagnosticReports: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.ListDiagnosticReportsRequest, _lab_service_pb2.ListDiagnosticReportsResponse]  # type: ignore[assignment]
     """Lists reports with all their results matching all given filters, newest first. Errors:
-    INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a `page_token`
+    INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
     that was not returned by a previous call with the same filters.
     """
     RecordObservations: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.RecordObservationsRequest, _lab_service_pb2.DiagnosticReport]  # type: ignore[assignment]
@@ -241,7 +241,7 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.ListSpecimensResponse, _abc.Awaitable[_lab_service_pb2.ListSpecimensResponse]]:
         """Lists specimens matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+        malformed filter, a negative `page_size`, or a `page_token` that was not returned
         by a previous call with the same filters.
         """
 
@@ -290,7 +290,7 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.ListDiagnosticReportsResponse, _abc.Awaitable[_lab_service_pb2.ListDiagnosticReportsResponse]]:
         """Lists reports with all their results matching all given filters, newest first. Errors:
-        INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a `page_token`
+        INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
         that was not returned by a previous call with the same filters.
         """
 

@@ -419,7 +419,9 @@ class ListServiceRequestsRequest(_message.Message):
     ENCOUNTER_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of service requests to return. 0 means the default of 50; at most 500."""
+    """The maximum number of service requests to return.
+    0 means the default of 50; more than 500 means 500.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     patient: _builtins.str
@@ -589,7 +591,9 @@ class ListMedicationRequestsRequest(_message.Message):
     ENCOUNTER_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of medication requests to return. 0 means the default of 50; at most 500."""
+    """The maximum number of medication requests to return.
+    0 means the default of 50; more than 500 means 500.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     patient: _builtins.str

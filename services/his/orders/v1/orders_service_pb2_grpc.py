@@ -130,7 +130,7 @@ class OrdersServiceServicer:
 
     def ListServiceRequests(self, request, context):
         """Lists service requests matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+        malformed filter, a negative `page_size`, or a `page_token` that was not returned
         by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -181,7 +181,7 @@ class OrdersServiceServicer:
 
     def ListMedicationRequests(self, request, context):
         """Lists medication requests matching all given filters, newest first. Errors: INVALID_ARGUMENT
-        for a malformed filter, a negative or too large `page_size`, or a `page_token` that was not
+        for a malformed filter, a negative `page_size`, or a `page_token` that was not
         returned by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -56,7 +56,7 @@ class OrdersServiceStub:
     """
     ListServiceRequests: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.ListServiceRequestsRequest, _orders_service_pb2.ListServiceRequestsResponse]
     """Lists service requests matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     RevokeServiceRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.RevokeServiceRequestRequest, _orders_service_pb2.ServiceRequest]
@@ -87,7 +87,7 @@ class OrdersServiceStub:
     """
     ListMedicationRequests: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.ListMedicationRequestsRequest, _orders_service_pb2.ListMedicationRequestsResponse]
     """Lists medication requests matching all given filters, newest first. Errors: INVALID_ARGUMENT
-    for a malformed filter, a negative or too large `page_size`, or a `page_token` that was not
+    for a malformed filter, a negative `page_size`, or a `page_token` that was not
     returned by a previous call with the same filters.
     """
     UpdateMedicationRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.UpdateMedicationRequestRequest, _orders_service_pb2.MedicationRequest]
@@ -140,7 +140,7 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     """
     ListServiceRequests: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.ListServiceRequestsRequest, _orders_service_pb2.ListServiceRequestsResponse]  # type: ignore[assignment]
     """Lists service requests matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     RevokeServiceRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.RevokeServiceRequestRequest, _orders_service_pb2.ServiceRequest]  # type: ignore[assignment]
@@ -171,7 +171,7 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     """
     ListMedicationRequests: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.ListMedicationRequestsRequest, _orders_service_pb2.ListMedicationRequestsResponse]  # type: ignore[assignment]
     """Lists medication requests matching all given filters, newest first. Errors: INVALID_ARGUMENT
-    for a malformed filter, a negative or too large `page_size`, or a `page_token` that was not
+    for a malformed filter, a negative `page_size`, or a `page_token` that was not
     returned by a previous call with the same filters.
     """
     UpdateMedicationRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.UpdateMedicationRequestRequest, _orders_service_pb2.MedicationRequest]  # type: ignore[assignment]
@@ -239,7 +239,7 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orders_service_pb2.ListServiceRequestsResponse, _abc.Awaitable[_orders_service_pb2.ListServiceRequestsResponse]]:
         """Lists service requests matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+        malformed filter, a negative `page_size`, or a `page_token` that was not returned
         by a previous call with the same filters.
         """
 
@@ -300,7 +300,7 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orders_service_pb2.ListMedicationRequestsResponse, _abc.Awaitable[_orders_service_pb2.ListMedicationRequestsResponse]]:
         """Lists medication requests matching all given filters, newest first. Errors: INVALID_ARGUMENT
-        for a malformed filter, a negative or too large `page_size`, or a `page_token` that was not
+        for a malformed filter, a negative `page_size`, or a `page_token` that was not
         returned by a previous call with the same filters.
         """
 

@@ -413,7 +413,9 @@ class ListMedicationsRequest(_message.Message):
     ATC_CODE_PREFIX_FIELD_NUMBER: _builtins.int
     INCLUDE_INACTIVE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of medications to return. 0 means the default of 50; at most 500."""
+    """The maximum number of medications to return.
+    0 means the default of 50; more than 500 means 500.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     display_name_prefix: _builtins.str
@@ -564,7 +566,9 @@ class ListStockItemsRequest(_message.Message):
     parent: _builtins.str
     """The medication, `medications/{medication}`, or `medications/-` for all medications."""
     page_size: _builtins.int
-    """The maximum number of stock items to return. 0 means the default of 50; at most 500."""
+    """The maximum number of stock items to return.
+    0 means the default of 50; more than 500 means 500.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same parent and filters."""
     location: _builtins.str
@@ -755,7 +759,7 @@ class ListMedicationDispensesRequest(_message.Message):
     MEDICATION_REQUEST_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of dispenses to return. 0 means the default of 50; at most 500."""
+    """The maximum number of dispenses to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     patient: _builtins.str

@@ -129,7 +129,7 @@ class PharmacyServiceServicer:
 
     def ListMedications(self, request, context):
         """Lists medications matching all given filters, ordered by display name and then resource name.
-        Errors: INVALID_ARGUMENT for a negative or too large `page_size`, a malformed filter, or a
+        Errors: INVALID_ARGUMENT for a negative `page_size`, a malformed filter, or a
         `page_token` that was not returned by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -219,7 +219,7 @@ class PharmacyServiceServicer:
 
     def ListMedicationDispenses(self, request, context):
         """Lists dispenses matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+        malformed filter, a negative `page_size`, or a `page_token` that was not returned
         by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

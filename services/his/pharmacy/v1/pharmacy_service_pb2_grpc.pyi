@@ -52,7 +52,7 @@ class PharmacyServiceStub:
     """
     ListMedications: _grpc.UnaryUnaryMultiCallable[_pharmacy_service_pb2.ListMedicationsRequest, _pharmacy_service_pb2.ListMedicationsResponse]
     """Lists medications matching all given filters, ordered by display name and then resource name.
-    Errors: INVALID_ARGUMENT for a negative or too large `page_size`, a malformed filter, or a
+    Errors: INVALID_ARGUMENT for a negative `page_size`, a malformed filter, or a
     `page_token` that was not returned by a previous call with the same filters.
     """
     UpdateMedication: _grpc.UnaryUnaryMultiCallable[_pharmacy_service_pb2.UpdateMedicationRequest, _pharmacy_service_pb2.Medication]
@@ -110,7 +110,7 @@ class PharmacyServiceStub:
     """
     ListMedicationDispenses: _grpc.UnaryUnaryMultiCallable[_pharmacy_service_pb2.ListMedicationDispensesRequest, _pharmacy_service_pb2.ListMedicationDispensesResponse]
     """Lists dispenses matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     CancelMedicationDispense: _grpc.UnaryUnaryMultiCallable[_pharmacy_service_pb2.CancelMedicationDispenseRequest, _pharmacy_service_pb2.MedicationDispense]
@@ -145,7 +145,7 @@ class PharmacyServiceAsyncStub(PharmacyServiceStub):
     """
     ListMedications: _aio.UnaryUnaryMultiCallable[_pharmacy_service_pb2.ListMedicationsRequest, _pharmacy_service_pb2.ListMedicationsResponse]  # type: ignore[assignment]
     """Lists medications matching all given filters, ordered by display name and then resource name.
-    Errors: INVALID_ARGUMENT for a negative or too large `page_size`, a malformed filter, or a
+    Errors: INVALID_ARGUMENT for a negative `page_size`, a malformed filter, or a
     `page_token` that was not returned by a previous call with the same filters.
     """
     UpdateMedication: _aio.UnaryUnaryMultiCallable[_pharmacy_service_pb2.UpdateMedicationRequest, _pharmacy_service_pb2.Medication]  # type: ignore[assignment]
@@ -203,7 +203,7 @@ class PharmacyServiceAsyncStub(PharmacyServiceStub):
     """
     ListMedicationDispenses: _aio.UnaryUnaryMultiCallable[_pharmacy_service_pb2.ListMedicationDispensesRequest, _pharmacy_service_pb2.ListMedicationDispensesResponse]  # type: ignore[assignment]
     """Lists dispenses matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+    malformed filter, a negative `page_size`, or a `page_token` that was not returned
     by a previous call with the same filters.
     """
     CancelMedicationDispense: _aio.UnaryUnaryMultiCallable[_pharmacy_service_pb2.CancelMedicationDispenseRequest, _pharmacy_service_pb2.MedicationDispense]  # type: ignore[assignment]
@@ -253,7 +253,7 @@ class PharmacyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pharmacy_service_pb2.ListMedicationsResponse, _abc.Awaitable[_pharmacy_service_pb2.ListMedicationsResponse]]:
         """Lists medications matching all given filters, ordered by display name and then resource name.
-        Errors: INVALID_ARGUMENT for a negative or too large `page_size`, a malformed filter, or a
+        Errors: INVALID_ARGUMENT for a negative `page_size`, a malformed filter, or a
         `page_token` that was not returned by a previous call with the same filters.
         """
 
@@ -359,7 +359,7 @@ class PharmacyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pharmacy_service_pb2.ListMedicationDispensesResponse, _abc.Awaitable[_pharmacy_service_pb2.ListMedicationDispensesResponse]]:
         """Lists dispenses matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative or too large `page_size`, or a `page_token` that was not returned
+        malformed filter, a negative `page_size`, or a `page_token` that was not returned
         by a previous call with the same filters.
         """
 

@@ -471,7 +471,7 @@ class ListSchedulesRequest(_message.Message):
     DEPARTMENT_FIELD_NUMBER: _builtins.int
     PRACTITIONER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of schedules to return. 0 means the default of 50; at most 500."""
+    """The maximum number of schedules to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     department: _builtins.str
@@ -661,7 +661,7 @@ class ListSlotsRequest(_message.Message):
     TIME_ZONE_FIELD_NUMBER: _builtins.int
     ONLY_FREE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of slots to return. 0 means the default of 50; at most 500."""
+    """The maximum number of slots to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     schedule: _builtins.str
@@ -847,7 +847,9 @@ class ListAppointmentsRequest(_message.Message):
     TIME_ZONE_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """The maximum number of appointments to return. 0 means the default of 50; at most 500."""
+    """The maximum number of appointments to return.
+    0 means the default of 50; more than 500 means 500.
+    """
     page_token: _builtins.str
     """The `next_page_token` of a previous call with the same filters, to get the next page."""
     patient: _builtins.str

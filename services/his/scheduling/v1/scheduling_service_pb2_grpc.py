@@ -142,7 +142,7 @@ class SchedulingServiceServicer:
 
     def ListSchedules(self, request, context):
         """Lists schedules matching all given filters, ordered by department and then name.
-        Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a
+        Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a
         `page_token` that was not returned by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -173,7 +173,7 @@ class SchedulingServiceServicer:
     def ListSlots(self, request, context):
         """Lists slots matching all given filters, ordered by start time and then name. With `only_free`
         this is the search for bookable slots. Errors: INVALID_ARGUMENT for a malformed filter, a `day`
-        without a `time_zone`, a negative or too large `page_size`, or a `page_token` that was not
+        without a `time_zone`, a negative `page_size`, or a `page_token` that was not
         returned by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -227,7 +227,7 @@ class SchedulingServiceServicer:
         """Lists appointments matching all given filters, ordered by start time and then name: a patient's
         appointments, or a practitioner's or department's day list. Errors: INVALID_ARGUMENT if none of
         `patient`, `practitioner` and `department` is set, for a malformed filter, a `day` without a
-        `time_zone`, a negative or too large `page_size`, or a `page_token` that was not returned by a
+        `time_zone`, a negative `page_size`, or a `page_token` that was not returned by a
         previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -51,7 +51,7 @@ class SchedulingServiceStub:
     """
     ListSchedules: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.ListSchedulesRequest, _scheduling_service_pb2.ListSchedulesResponse]
     """Lists schedules matching all given filters, ordered by department and then name.
-    Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a
+    Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a
     `page_token` that was not returned by a previous call with the same filters.
     """
     GenerateSlots: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.GenerateSlotsRequest, _scheduling_service_pb2.GenerateSlotsResponse]
@@ -70,7 +70,7 @@ class SchedulingServiceStub:
     ListSlots: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.ListSlotsRequest, _scheduling_service_pb2.ListSlotsResponse]
     """Lists slots matching all given filters, ordered by start time and then name. With `only_free`
     this is the search for bookable slots. Errors: INVALID_ARGUMENT for a malformed filter, a `day`
-    without a `time_zone`, a negative or too large `page_size`, or a `page_token` that was not
+    without a `time_zone`, a negative `page_size`, or a `page_token` that was not
     returned by a previous call with the same filters.
     """
     BlockSlot: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.BlockSlotRequest, _scheduling_service_pb2.Slot]
@@ -104,7 +104,7 @@ class SchedulingServiceStub:
     """Lists appointments matching all given filters, ordered by start time and then name: a patient's
     appointments, or a practitioner's or department's day list. Errors: INVALID_ARGUMENT if none of
     `patient`, `practitioner` and `department` is set, for a malformed filter, a `day` without a
-    `time_zone`, a negative or too large `page_size`, or a `page_token` that was not returned by a
+    `time_zone`, a negative `page_size`, or a `page_token` that was not returned by a
     previous call with the same filters.
     """
     CancelAppointment: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.CancelAppointmentRequest, _scheduling_service_pb2.Appointment]
@@ -155,7 +155,7 @@ class SchedulingServiceAsyncStub(SchedulingServiceStub):
     """
     ListSchedules: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.ListSchedulesRequest, _scheduling_service_pb2.ListSchedulesResponse]  # type: ignore[assignment]
     """Lists schedules matching all given filters, ordered by department and then name.
-    Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a
+    Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a
     `page_token` that was not returned by a previous call with the same filters.
     """
     GenerateSlots: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.GenerateSlotsRequest, _scheduling_service_pb2.GenerateSlotsResponse]  # type: ignore[assignment]
@@ -174,7 +174,7 @@ class SchedulingServiceAsyncStub(SchedulingServiceStub):
     ListSlots: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.ListSlotsRequest, _scheduling_service_pb2.ListSlotsResponse]  # type: ignore[assignment]
     """Lists slots matching all given filters, ordered by start time and then name. With `only_free`
     this is the search for bookable slots. Errors: INVALID_ARGUMENT for a malformed filter, a `day`
-    without a `time_zone`, a negative or too large `page_size`, or a `page_token` that was not
+    without a `time_zone`, a negative `page_size`, or a `page_token` that was not
     returned by a previous call with the same filters.
     """
     BlockSlot: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.BlockSlotRequest, _scheduling_service_pb2.Slot]  # type: ignore[assignment]
@@ -208,7 +208,7 @@ class SchedulingServiceAsyncStub(SchedulingServiceStub):
     """Lists appointments matching all given filters, ordered by start time and then name: a patient's
     appointments, or a practitioner's or department's day list. Errors: INVALID_ARGUMENT if none of
     `patient`, `practitioner` and `department` is set, for a malformed filter, a `day` without a
-    `time_zone`, a negative or too large `page_size`, or a `page_token` that was not returned by a
+    `time_zone`, a negative `page_size`, or a `page_token` that was not returned by a
     previous call with the same filters.
     """
     CancelAppointment: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.CancelAppointmentRequest, _scheduling_service_pb2.Appointment]  # type: ignore[assignment]
@@ -274,7 +274,7 @@ class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduling_service_pb2.ListSchedulesResponse, _abc.Awaitable[_scheduling_service_pb2.ListSchedulesResponse]]:
         """Lists schedules matching all given filters, ordered by department and then name.
-        Errors: INVALID_ARGUMENT for a malformed filter, a negative or too large `page_size`, or a
+        Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a
         `page_token` that was not returned by a previous call with the same filters.
         """
 
@@ -311,7 +311,7 @@ class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduling_service_pb2.ListSlotsResponse, _abc.Awaitable[_scheduling_service_pb2.ListSlotsResponse]]:
         """Lists slots matching all given filters, ordered by start time and then name. With `only_free`
         this is the search for bookable slots. Errors: INVALID_ARGUMENT for a malformed filter, a `day`
-        without a `time_zone`, a negative or too large `page_size`, or a `page_token` that was not
+        without a `time_zone`, a negative `page_size`, or a `page_token` that was not
         returned by a previous call with the same filters.
         """
 
@@ -375,7 +375,7 @@ class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists appointments matching all given filters, ordered by start time and then name: a patient's
         appointments, or a practitioner's or department's day list. Errors: INVALID_ARGUMENT if none of
         `patient`, `practitioner` and `department` is set, for a malformed filter, a `day` without a
-        `time_zone`, a negative or too large `page_size`, or a `page_token` that was not returned by a
+        `time_zone`, a negative `page_size`, or a `page_token` that was not returned by a
         previous call with the same filters.
         """
 
