@@ -94,11 +94,22 @@ async def test_replayed_grant_returns_the_first_consent(patients: Stub) -> None:
     key = request_id()
     first = await _grant(patients, patient.name, request_id=key)
 
-    replay = await _grant(
-        patients, patient.name, request_id=key, scope=pb.CONSENT_SCOPE_RESEARCH, note="other"
-    )
+    replay = await _grant(patients, patient.name, request_id=key)
 
     assert replay == first
+    assert await _list(patients, patient.name) == [first.name]
+
+
+async def test_a_request_id_reused_for_a_different_grant_is_rejected(patients: Stub) -> None:
+    patient = await create(patients)
+    key = request_id()
+    first = await _grant(patients, patient.name, request_id=key)
+
+    fields = await invalid(
+        _grant(patients, patient.name, request_id=key, scope=pb.CONSENT_SCOPE_RESEARCH, note="x")
+    )
+
+    assert fields == ["request_id"]
     assert await _list(patients, patient.name) == [first.name]
 
 

@@ -167,16 +167,32 @@ async def test_patients_without_national_id_do_not_conflict(patients: Stub) -> N
 
 async def test_replayed_request_id_returns_the_first_patient(patients: Stub) -> None:
     key = request_id()
+    sent = make_patient(with_national_id=False)
+    first = await patients.CreatePatient(pb.CreatePatientRequest(patient=sent, request_id=key))
+
+    replay = await patients.CreatePatient(pb.CreatePatientRequest(patient=sent, request_id=key))
+
+    assert replay == first
+
+
+async def test_a_request_id_reused_for_another_registration_is_rejected(
+    patients: Stub,
+) -> None:
+    key = request_id()
     first = await patients.CreatePatient(
         pb.CreatePatientRequest(patient=make_patient(), request_id=key)
     )
+    other = make_patient()
 
-    # The replay carries a different body: still the first registration is the answer.
-    replay = await patients.CreatePatient(
-        pb.CreatePatientRequest(patient=make_patient(), request_id=key)
+    fields = await invalid(
+        patients.CreatePatient(pb.CreatePatientRequest(patient=other, request_id=key))
     )
 
-    assert replay == first
+    # Never someone else's registration in answer to a reused key, and nothing new stored.
+    assert fields == ["request_id"]
+    found = await patients.ListPatients(pb.ListPatientsRequest(national_id=other.national_id))
+    assert list(found.patients) == []
+    assert (await patients.GetPatient(pb.GetPatientRequest(name=first.name))) == first
 
 
 async def test_replay_of_a_registration_with_national_id_is_not_a_conflict(

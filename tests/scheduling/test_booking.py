@@ -130,6 +130,28 @@ async def test_a_replayed_booking_returns_the_first_appointment_and_books_once(
     assert (await get_slot(scheduling, slot.name)).booked_count == 1
 
 
+async def test_a_request_id_reused_for_another_patient_is_rejected(
+    scheduling: Stub, patients: Patients
+) -> None:
+    slot = (await future_slots(scheduling, capacity=2)).slot
+    first_patient = await active_patient(patients)
+    other_patient = await active_patient(patients)
+    key = request_id()
+    first = await book(scheduling, first_patient, slot, request_id=key)
+
+    fields = await invalid(
+        scheduling.BookAppointment(
+            pb.BookAppointmentRequest(patient=other_patient, slot=slot.name, request_id=key)
+        )
+    )
+
+    # The other patient is neither booked nor shown the first patient's appointment.
+    assert fields == ["request_id"]
+    assert await _patient_appointments(scheduling, other_patient) == []
+    assert (await get_slot(scheduling, slot.name)).booked_count == 1
+    assert await _patient_appointments(scheduling, first_patient) == [first]
+
+
 async def test_a_replay_is_answered_even_once_the_slot_is_full(
     scheduling: Stub, patients: Patients
 ) -> None:

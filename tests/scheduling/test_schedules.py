@@ -77,12 +77,12 @@ async def test_repeating_a_create_with_its_request_id_returns_the_first_schedule
 
     again = await scheduling.CreateSchedule(pb.CreateScheduleRequest(schedule=sent, request_id=key))
     other = make_schedule(department_name=sent.department)
-    changed = await scheduling.CreateSchedule(
-        pb.CreateScheduleRequest(schedule=other, request_id=key)
+    reused = await invalid(
+        scheduling.CreateSchedule(pb.CreateScheduleRequest(schedule=other, request_id=key))
     )
 
     assert again == first
-    assert changed == first
+    assert reused == ["request_id"]  # a reused key for another schedule is refused
     listed = await scheduling.ListSchedules(pb.ListSchedulesRequest(department=sent.department))
     assert list(listed.schedules) == [first]
 

@@ -27,6 +27,7 @@ from his.patient.validation import (
 )
 from his.runtime.database import Database
 from his.runtime.errors import FailedPrecondition, InvalidArgument
+from his.runtime.idempotency import check_replay, fingerprint
 from his.runtime.pagination import PageTokens
 from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations, require_paths
@@ -91,12 +92,15 @@ class PatientService(pb_grpc.PatientServiceServicer):
         values = patient_fields(v, request.patient, "patient", _ALL_FIELDS)
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
+        values["create_request_fingerprint"] = fingerprint(request) if request_id else None
         try:
             async with self._db.transaction() as session:
                 row = await store.insert_patient(session, values, request_id)
                 if row is None:
                     assert request_id is not None
                     row = await store.patient_by_request(session, request_id)
+                    assert row is not None
+                    check_replay(row.create_request_fingerprint, request)
         except IntegrityError as error:
             # A concurrent replay may lose on the national-id index before the request-id one:
             # the first registration is then the answer, not a conflict.
@@ -104,6 +108,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
                 async with self._db.transaction() as session:
                     row = await store.patient_by_request(session, request_id)
                 if row is not None:
+                    check_replay(row.create_request_fingerprint, request)
                     return patient_to_proto(row)
             if store.unique_violation(error) == "national_id_unique":
                 raise store.national_id_taken() from None
@@ -180,6 +185,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         assert patient_id is not None
+        values["create_request_fingerprint"] = fingerprint(request) if request_id else None
         async with self._db.transaction() as session:
             patient = await store.get_patient(session, patient_id, lock=True)
             if patient.state == "merged":
@@ -191,6 +197,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
             if row is None:
                 assert request_id is not None
                 row = await store.consent_by_request(session, patient_id, request_id)
+                check_replay(row.create_request_fingerprint, request)
         return consent_to_proto(row)
 
     async def RevokeConsent(self, request: pb.RevokeConsentRequest, context: Context) -> pb.Consent:

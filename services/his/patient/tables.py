@@ -60,6 +60,7 @@ patients = Table(
     Column("merged_into", UUID(as_uuid=True), ForeignKey("patients.id")),
     # The idempotency key of the CreatePatient call that made this row: a replay finds it here.
     Column("create_request_id", Text, unique=True),
+    Column("create_request_fingerprint", Text),
     Column("version", Integer, nullable=False, server_default="1"),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -71,6 +72,10 @@ patients = Table(
         "(national_id_system IS NULL) = (national_id_value IS NULL)", name="national_id_complete"
     ),
     CheckConstraint("cardinality(given_names) >= 1", name="has_given_name"),
+    CheckConstraint(
+        "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
+        name="patient_request_fingerprinted",
+    ),
     UniqueConstraint("national_id_system", "national_id_value", name="national_id_unique"),
 )
 
@@ -122,12 +127,17 @@ consents = Table(
     Column("period_end", DateTime(timezone=True)),
     Column("note", Text, nullable=False, server_default=""),
     Column("create_request_id", Text),
+    Column("create_request_fingerprint", Text),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoke_time", DateTime(timezone=True)),
     CheckConstraint("status IN ('active', 'inactive')", name="consent_status_known"),
     CheckConstraint("period_end IS NULL OR period_end > period_start", name="period_ordered"),
     CheckConstraint("(status = 'inactive') = (revoke_time IS NOT NULL)", name="revoked_has_time"),
     UniqueConstraint("patient_id", "create_request_id", name="consent_request_unique"),
+    CheckConstraint(
+        "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
+        name="consent_request_fingerprinted",
+    ),
 )
 
 Index("consents_by_patient", consents.c.patient_id, consents.c.create_time.desc(), consents.c.id)

@@ -17,6 +17,7 @@ from his.runtime.database import (
     integrity_violation,
 )
 from his.runtime.errors import FailedPrecondition
+from his.runtime.idempotency import check_replay, fingerprint
 from his.runtime.pagination import PageTokens
 from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations
@@ -78,6 +79,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         values = {
+            "create_request_fingerprint": fingerprint(request) if request_id else None,
             "department_id": department_id,
             "practitioner_id": practitioner_id,
             "service_type_system": system,
@@ -91,6 +93,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             if row is None:
                 assert request_id is not None
                 row = await store.schedule_by_request(session, request_id)
+                check_replay(row.create_request_fingerprint, request)
         return schedule_to_proto(row)
 
     async def GetSchedule(self, request: pb.GetScheduleRequest, context: Context) -> pb.Schedule:
@@ -139,13 +142,15 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         async with self._db.transaction() as session:
             # The schedule's row lock serialises generations (and their replays) per schedule.
             schedule = await store.get_schedule(session, schedule_id, lock=True)
-            rows = None
+            earlier = None
             if request_id is not None:
-                rows = await store.generation_slots(session, schedule_id, request_id)
-            if rows is None:
-                rows = await store.create_slots(
-                    session, schedule, plan.slots, plan.capacity, request_id
-                )
+                earlier = await store.generation(session, schedule_id, request_id)
+            if earlier is not None:
+                check_replay(earlier.request_fingerprint, request)
+                rows = await store.generation_slots(session, earlier)
+            else:
+                keyed = (request_id, fingerprint(request)) if request_id else None
+                rows = await store.create_slots(session, schedule, plan.slots, plan.capacity, keyed)
         return pb.GenerateSlotsResponse(slots=[slot_to_proto(r) for r in rows])
 
     async def GetSlot(self, request: pb.GetSlotRequest, context: Context) -> pb.Slot:
@@ -200,17 +205,18 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         v.raise_if_any()
         assert patient_id is not None and slot_id is not None
         # A replay returns the first booking, even once the slot has filled up since.
-        replay = await self._booked_by(request_id)
+        replay = await self._booked_by(request_id, request)
         if replay is not None:
             return replay
         await self._require_bookable_patient(request.patient)
+        keyed = (request_id, fingerprint(request)) if request_id else None
         try:
             async with self._db.transaction() as session:
                 slot = await store.take_place(session, slot_id)
-                row = await store.insert_appointment(session, patient_id, slot, request_id)
+                row = await store.insert_appointment(session, patient_id, slot, keyed)
         except (FailedPrecondition, IntegrityError) as error:
             # A concurrent replay of this request may have taken the place first: it is the answer.
-            replay = await self._booked_by(request_id)
+            replay = await self._booked_by(request_id, request)
             if replay is not None:
                 return replay
             if isinstance(error, IntegrityError):
@@ -218,12 +224,18 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             raise
         return appointment_to_proto(row)
 
-    async def _booked_by(self, request_id: str | None) -> pb.Appointment | None:
+    async def _booked_by(
+        self, request_id: str | None, request: pb.BookAppointmentRequest
+    ) -> pb.Appointment | None:
+        """The booking an earlier call with this request id made (same request only)."""
         if request_id is None:
             return None
         async with self._db.read() as session:
             row = await store.appointment_by_request(session, request_id)
-        return appointment_to_proto(row) if row is not None else None
+        if row is None:
+            return None
+        check_replay(row.create_request_fingerprint, request)
+        return appointment_to_proto(row)
 
     async def _require_bookable_patient(self, name: str) -> None:
         """Ask the patient service; its outage surfaces as UNAVAILABLE naming it (runtime)."""

@@ -87,20 +87,19 @@ async def list_schedules(
 # --- slots -----------------------------------------------------------------------------------
 
 
-async def generation_slots(
+async def generation(
     session: AsyncSession, schedule_id: uuid.UUID, request_id: str
-) -> list[Row[Any]] | None:
-    """The slots made by an earlier GenerateSlots call with this request id, if there was one."""
-    generation = (
-        await session.execute(
-            select(slot_generations.c.id).where(
-                slot_generations.c.schedule_id == schedule_id,
-                slot_generations.c.request_id == request_id,
-            )
-        )
-    ).first()
-    if generation is None:
-        return None
+) -> Row[Any] | None:
+    """The earlier GenerateSlots call on this schedule with this request id, if there was one."""
+    query = select(*slot_generations.c).where(
+        slot_generations.c.schedule_id == schedule_id,
+        slot_generations.c.request_id == request_id,
+    )
+    return (await session.execute(query)).first()
+
+
+async def generation_slots(session: AsyncSession, generation: Row[Any]) -> list[Row[Any]]:
+    """The slots one generation made, in time order."""
     query = (
         select(*slots.c)
         .where(slots.c.generation_id == generation.id)
@@ -114,9 +113,12 @@ async def create_slots(
     schedule: Row[Any],
     planned: Sequence[tuple[dt.datetime, dt.datetime]],
     capacity: int,
-    request_id: str | None,
+    request: tuple[str, str] | None,
 ) -> list[Row[Any]]:
-    """Insert the planned slots of a schedule (locked by the caller), all or none."""
+    """Insert the planned slots of a schedule (locked by the caller), all or none.
+
+    `request` is (request id, request fingerprint) when the call carried a request id.
+    """
     if not planned:
         return []
     first, last = planned[0][0], planned[-1][1]
@@ -144,11 +146,14 @@ async def create_slots(
             "a new slot would overlap an existing slot of the schedule", reason="SLOT_OVERLAP"
         )
     generation_id = None
-    if request_id is not None:
+    if request is not None:
         generation_id = uuid.uuid4()
         await session.execute(
             insert(slot_generations).values(
-                id=generation_id, schedule_id=schedule.id, request_id=request_id
+                id=generation_id,
+                schedule_id=schedule.id,
+                request_id=request[0],
+                request_fingerprint=request[1],
             )
         )
     rows = [
@@ -307,9 +312,15 @@ async def take_place(session: AsyncSession, slot_id: uuid.UUID) -> Row[Any]:
 
 
 async def insert_appointment(
-    session: AsyncSession, patient_id: uuid.UUID, slot: Row[Any], request_id: str | None
+    session: AsyncSession,
+    patient_id: uuid.UUID,
+    slot: Row[Any],
+    request: tuple[str, str] | None,
 ) -> Row[Any]:
-    """The appointment of a patient in a slot whose place the caller has just taken."""
+    """The appointment of a patient in a slot whose place the caller has just taken.
+
+    `request` is (request id, request fingerprint) when the call carried a request id.
+    """
     statement = insert(appointments).values(
         id=uuid.uuid4(),
         patient_id=patient_id,
@@ -321,7 +332,8 @@ async def insert_appointment(
         service_type_display=slot.service_type_display,
         start_time=slot.start_time,
         end_time=slot.end_time,
-        create_request_id=request_id,
+        create_request_id=request[0] if request else None,
+        create_request_fingerprint=request[1] if request else None,
     )
     return (await session.execute(statement.returning(*appointments.c))).one()
 

@@ -33,6 +33,7 @@ schedules = Table(
     Column("horizon_start", DateTime(timezone=True), nullable=False),
     Column("horizon_end", DateTime(timezone=True)),
     Column("create_request_id", Text, unique=True),
+    Column("create_request_fingerprint", Text),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("horizon_end IS NULL OR horizon_end > horizon_start", name="horizon_ordered"),
 )
@@ -50,6 +51,7 @@ slot_generations = Table(
     Column("id", UUID(as_uuid=True), primary_key=True),
     Column("schedule_id", UUID(as_uuid=True), ForeignKey("schedules.id"), nullable=False),
     Column("request_id", Text, nullable=False),
+    Column("request_fingerprint", Text, nullable=False),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("schedule_id", "request_id", name="generation_request_unique"),
 )
@@ -104,6 +106,7 @@ appointments = Table(
     Column("cancel_time", DateTime(timezone=True)),
     Column("cancel_reason", Text),
     Column("create_request_id", Text, unique=True),
+    Column("create_request_fingerprint", Text),
     Column("version", Integer, nullable=False, server_default="1"),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),

@@ -442,6 +442,7 @@ class CreateChargeItemRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of charging twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def charge_item(self) -> Global___ChargeItem:
@@ -600,6 +601,7 @@ class CreateInvoiceRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of invoicing twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def invoice(self) -> Global___Invoice:
@@ -780,6 +782,7 @@ class RecordPaymentRequest(_message.Message):
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of recording the payment
     twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def payment(self) -> Global___Payment:

@@ -465,6 +465,7 @@ class CreateEncounterRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of creating twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def encounter(self) -> Global___Encounter:
@@ -708,6 +709,7 @@ class CreateNoteRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of creating twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def note(self) -> Global___ClinicalNote:
@@ -891,6 +893,7 @@ class AmendNoteRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of amending twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     def __init__(
         self,
@@ -922,6 +925,7 @@ class AddDiagnosisRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of adding twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def diagnosis(self) -> Global___Diagnosis:

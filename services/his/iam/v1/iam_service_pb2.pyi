@@ -361,6 +361,7 @@ class CreateDepartmentRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of creating twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def department(self) -> Global___Department:
@@ -473,6 +474,7 @@ class CreateStaffMemberRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of creating twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def staff_member(self) -> Global___StaffMember:
@@ -660,6 +662,7 @@ class AddMembershipRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of adding twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def membership(self) -> Global___DepartmentMembership:
@@ -935,6 +938,7 @@ class CreateEmergencyAccessGrantRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of granting twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def emergency_access_grant(self) -> Global___EmergencyAccessGrant:

@@ -364,6 +364,7 @@ class CreateServiceRequestRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of ordering twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def service_request(self) -> Global___ServiceRequest:
@@ -536,6 +537,7 @@ class CreateMedicationRequestRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of prescribing twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def medication_request(self) -> Global___MedicationRequest:

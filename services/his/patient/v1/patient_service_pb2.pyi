@@ -479,6 +479,7 @@ class CreatePatientRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of registering twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def patient(self) -> Global___Patient:
@@ -652,7 +653,9 @@ class GrantConsentRequest(_message.Message):
     parent: _builtins.str
     """The patient giving consent, `patients/{patient}`."""
     request_id: _builtins.str
-    """An optional client-chosen id (up to 64 characters) that makes the request safe to retry."""
+    """An optional client-chosen id (up to 64 characters) that makes the request safe to retry.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
+    """
     @_builtins.property
     def consent(self) -> Global___Consent:
         """The consent. `name`, `status` and times are assigned by the service."""

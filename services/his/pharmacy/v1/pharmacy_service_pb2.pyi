@@ -360,6 +360,7 @@ class CreateMedicationRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of creating twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def medication(self) -> Global___Medication:
@@ -528,6 +529,7 @@ class ReceiveStockRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of adding the stock twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def expiry_date(self) -> _types_pb2.Date:
@@ -678,6 +680,7 @@ class DispenseMedicationRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first dispense instead of taking stock twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def medication_dispense(self) -> Global___MedicationDispense:

@@ -419,6 +419,7 @@ class CreateScheduleRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of creating twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def schedule(self) -> Global___Schedule:
@@ -549,6 +550,7 @@ class GenerateSlotsRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of creating twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     @_builtins.property
     def start_date(self) -> _types_pb2.Date:
@@ -792,6 +794,7 @@ class BookAppointmentRequest(_message.Message):
     request_id: _builtins.str
     """An optional client-chosen id (up to 64 characters) that makes the request safe to retry: a
     repeated request with the same id returns the first result instead of booking twice.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
     """
     def __init__(
         self,

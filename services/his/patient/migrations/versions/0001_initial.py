@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("address", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.Column("merged_into", sa.UUID(), nullable=True),
         sa.Column("create_request_id", sa.Text(), nullable=True),
+        sa.Column("create_request_fingerprint", sa.Text(), nullable=True),
         sa.Column("version", sa.Integer(), server_default="1", nullable=False),
         sa.Column(
             "create_time",
@@ -74,6 +75,10 @@ def upgrade() -> None:
             name="national_id_complete",
         ),
         sa.CheckConstraint("cardinality(given_names) >= 1", name="has_given_name"),
+        sa.CheckConstraint(
+            "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
+            name="patient_request_fingerprinted",
+        ),
         sa.CheckConstraint("merged_into IS DISTINCT FROM id", name="not_merged_into_self"),
         sa.ForeignKeyConstraint(
             ["merged_into"],
@@ -123,6 +128,7 @@ def upgrade() -> None:
         sa.Column("period_end", sa.DateTime(timezone=True), nullable=True),
         sa.Column("note", sa.Text(), server_default="", nullable=False),
         sa.Column("create_request_id", sa.Text(), nullable=True),
+        sa.Column("create_request_fingerprint", sa.Text(), nullable=True),
         sa.Column(
             "create_time",
             sa.DateTime(timezone=True),
@@ -143,6 +149,10 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("patient_id", "create_request_id", name="consent_request_unique"),
+        sa.CheckConstraint(
+            "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
+            name="consent_request_fingerprinted",
+        ),
         schema="patient",
     )
     op.create_index(

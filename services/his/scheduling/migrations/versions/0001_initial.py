@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("horizon_start", sa.DateTime(timezone=True), nullable=False),
         sa.Column("horizon_end", sa.DateTime(timezone=True), nullable=True),
         sa.Column("create_request_id", sa.Text(), nullable=True),
+        sa.Column("create_request_fingerprint", sa.Text(), nullable=True),
         sa.Column(
             "create_time",
             sa.DateTime(timezone=True),
@@ -83,6 +84,7 @@ def upgrade() -> None:
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("schedule_id", sa.UUID(), nullable=False),
         sa.Column("request_id", sa.Text(), nullable=False),
+        sa.Column("request_fingerprint", sa.Text(), nullable=False),
         sa.Column(
             "create_time",
             sa.DateTime(timezone=True),
@@ -182,6 +184,7 @@ def upgrade() -> None:
         sa.Column("cancel_time", sa.DateTime(timezone=True), nullable=True),
         sa.Column("cancel_reason", sa.Text(), nullable=True),
         sa.Column("create_request_id", sa.Text(), nullable=True),
+        sa.Column("create_request_fingerprint", sa.Text(), nullable=True),
         sa.Column("version", sa.Integer(), server_default="1", nullable=False),
         sa.Column(
             "create_time",
