@@ -29,6 +29,7 @@ from his_client import HisClients
 log = logging.getLogger("his.up")
 
 START_TIMEOUT_S = 60.0
+_PER_SERVICE = frozenset({"HIS_PORT", "HIS_HOST", "HIS_METRICS_PORT"})
 STOP_TIMEOUT_S = 15.0
 
 
@@ -59,7 +60,10 @@ def _die_with_parent() -> None:
 
 
 def _spawn(entry: ServiceEntry, url: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, HIS_DATABASE_URL=url, HIS_MIGRATE="0", HIS_LOG_FORMAT="text")
+    # Per-process settings of the caller's shell must not reach every service (two would bind
+    # one port); each service takes its own from the catalog.
+    inherited = {k: v for k, v in os.environ.items() if k not in _PER_SERVICE}
+    env = dict(inherited, HIS_DATABASE_URL=url, HIS_MIGRATE="0", HIS_LOG_FORMAT="text")
     return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
         [sys.executable, "-m", "his.cli", "serve", entry.name],
         env=env,
@@ -98,13 +102,13 @@ async def _load_demo(entries: tuple[ServiceEntry, ...]) -> None:
 
 
 def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    for process in processes.values():
+    """Stop services in reverse start order, each drained before the next: callers (scheduling)
+    stop before what they call (patient), so their in-flight calls can still finish."""
+    for name, process in reversed(processes.items()):
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for name, process in processes.items():
         try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             log.warning(
                 "service did not stop in time; killing", extra={"fields": {"service": name}}

@@ -83,7 +83,20 @@ async def test_reactivation_with_stale_etag_is_aborted(patients: Stub) -> None:
     assert await patients.GetPatient(pb.GetPatientRequest(name=before.name)) == inactive
 
 
-async def test_stale_etag_is_aborted_even_when_the_state_already_matches(patients: Stub) -> None:
+async def test_a_retried_deactivation_succeeds_even_with_its_now_stale_etag(
+    patients: Stub,
+) -> None:
+    # The first attempt committed but its reply was lost; the SDK retries (IDEMPOTENT).
+    before = await create(patients)
+    first = await _deactivate(patients, before.name, before.etag)
+
+    retried = await _deactivate(patients, before.name, before.etag)
+
+    assert retried == first
+    assert retried.state == pb.PATIENT_STATE_INACTIVE
+
+
+async def test_stale_etag_is_aborted_when_the_state_would_change(patients: Stub) -> None:
     before = await create(patients)
     await patients.UpdatePatient(
         pb.UpdatePatientRequest(
@@ -92,7 +105,7 @@ async def test_stale_etag_is_aborted_even_when_the_state_already_matches(patient
         )
     )
 
-    failure = await fails(_reactivate(patients, before.name, before.etag))
+    failure = await fails(_deactivate(patients, before.name, before.etag))
 
     assert failure.code == grpc.StatusCode.ABORTED
 

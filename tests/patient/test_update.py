@@ -320,3 +320,20 @@ async def test_update_with_malformed_name_is_rejected(patients: Stub, name: str)
     fields = await invalid(patients.UpdatePatient(_update(_change(name, phone=""), "phone")))
 
     assert fields == ["patient.name"]
+
+
+async def test_a_retried_update_with_its_now_stale_etag_succeeds_and_changes_nothing(
+    patients: Stub,
+) -> None:
+    # UpdatePatient is IDEMPOTENT: a retry whose first attempt committed must not fail.
+    before = await create(patients)
+    request = pb.UpdatePatientRequest(
+        patient=pb.Patient(name=before.name, phone="+8613966666666", etag=before.etag),
+        update_mask=FieldMask(paths=["phone"]),
+    )
+    first = await patients.UpdatePatient(request)
+
+    retried = await patients.UpdatePatient(request)
+
+    assert retried == first
+    assert retried.etag != before.etag

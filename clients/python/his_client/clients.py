@@ -8,6 +8,8 @@ from types import TracebackType
 
 import grpc
 import pybreaker
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from his.audit.v1 import audit_service_pb2_grpc as audit
@@ -34,9 +36,18 @@ class HisClients:
     """
 
     def __init__(
-        self, config: ClientConfig | None = None, *, registry: CollectorRegistry | None = None
+        self,
+        config: ClientConfig | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = config or ClientConfig.from_env(os.environ)
+        # Outbound calls carry the current trace (W3C traceparent), so one booking is one trace
+        # across scheduling and patient.
+        self._tracing: list[grpc.aio.ClientInterceptor] = list(
+            aio_client_interceptors(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
+        )
         self.metrics = ClientMetrics(registry)
         self.breakers: dict[str, pybreaker.CircuitBreaker] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -47,7 +58,9 @@ class HisClients:
             breaker = make_breaker(service, self.config, self.metrics)
             self.breakers[service] = breaker
             interceptor = ResilienceInterceptor(service, self.config, breaker, self.metrics)
-            self._channels[service] = open_channel(self.config.address(service), [interceptor])
+            self._channels[service] = open_channel(
+                self.config.address(service), [*self._tracing, interceptor]
+            )
         return self._channels[service]
 
     @cached_property

@@ -187,17 +187,21 @@ class PatientService(pb_grpc.PatientServiceServicer):
         assert patient_id is not None
         values["create_request_fingerprint"] = fingerprint(request) if request_id else None
         async with self._db.transaction() as session:
+            # The patient's row lock serialises grants (and their replays) per patient.
             patient = await store.get_patient(session, patient_id, lock=True)
+            if request_id is not None:
+                # A replay is answered even if the patient was merged since the first grant.
+                earlier = await store.consent_by_request(session, patient_id, request_id)
+                if earlier is not None:
+                    check_replay(earlier.create_request_fingerprint, request)
+                    return consent_to_proto(earlier)
             if patient.state == "merged":
                 raise FailedPrecondition(
                     "consent must be recorded on the surviving patient record",
                     reason="PATIENT_MERGED",
                 )
             row = await store.insert_consent(session, patient_id, values, request_id)
-            if row is None:
-                assert request_id is not None
-                row = await store.consent_by_request(session, patient_id, request_id)
-                check_replay(row.create_request_fingerprint, request)
+        assert row is not None  # the patient lock rules out a concurrent insert of the same id
         return consent_to_proto(row)
 
     async def RevokeConsent(self, request: pb.RevokeConsentRequest, context: Context) -> pb.Consent:

@@ -72,11 +72,17 @@ async def patient_by_request(session: AsyncSession, request_id: str) -> Row[Any]
 async def update_patient(
     session: AsyncSession, patient_id: uuid.UUID, values: dict[str, Any], etag: str
 ) -> Row[Any]:
-    """Apply `values` to a non-merged patient whose version matches `etag` (when given)."""
+    """Apply `values` to a non-merged patient whose version matches `etag` (when given).
+
+    UpdatePatient is IDEMPOTENT: when the row already holds exactly these values (a retry whose
+    first attempt committed but whose reply was lost), it is returned as it is, whatever the etag.
+    """
     current = await get_patient(session, patient_id, lock=True)
-    check_etag(current, etag)
     if current.state == "merged":
         raise _merged(patient_id)
+    if all(getattr(current, column) == value for column, value in values.items()):
+        return current
+    check_etag(current, etag)
     statement = (
         update(patients)
         .where(patients.c.id == patient_id)
@@ -89,13 +95,14 @@ async def update_patient(
 async def set_state(
     session: AsyncSession, patient_id: uuid.UUID, *, to: str, etag: str
 ) -> Row[Any]:
-    """Deactivate or reactivate; already in the target state is a no-op success."""
+    """Deactivate or reactivate; already in the target state is a no-op success, whatever the
+    etag, so that a retried call whose first attempt committed does not fail."""
     current = await get_patient(session, patient_id, lock=True)
-    check_etag(current, etag)
     if current.state == "merged":
         raise _merged(patient_id)
     if current.state == to:
         return current
+    check_etag(current, etag)
     statement = (
         update(patients)
         .where(patients.c.id == patient_id)
@@ -265,26 +272,22 @@ async def list_patients(
 
 async def insert_consent(
     session: AsyncSession, patient_id: uuid.UUID, values: dict[str, Any], request_id: str | None
-) -> Row[Any] | None:
-    """Insert a consent; None when this patient's `request_id` was already used."""
+) -> Row[Any]:
+    """Insert a consent (the caller holds the patient's row lock and checked the request id)."""
     statement = insert(consents).values(
         id=uuid.uuid4(), patient_id=patient_id, create_request_id=request_id, **values
     )
-    if request_id is not None:
-        statement = statement.on_conflict_do_nothing(
-            index_elements=[consents.c.patient_id, consents.c.create_request_id]
-        )
-    return (await session.execute(statement.returning(*consents.c))).first()
+    return (await session.execute(statement.returning(*consents.c))).one()
 
 
 async def consent_by_request(
     session: AsyncSession, patient_id: uuid.UUID, request_id: str
-) -> Row[Any]:
-    """The consent created by the GrantConsent call with this request id."""
+) -> Row[Any] | None:
+    """The consent created by the GrantConsent call with this request id, if any."""
     query = select(*consents.c).where(
         consents.c.patient_id == patient_id, consents.c.create_request_id == request_id
     )
-    return (await session.execute(query)).one()
+    return (await session.execute(query)).first()
 
 
 async def get_consent(

@@ -61,6 +61,7 @@ class DatabaseConfig:
     data_dir: Path = Path(".his")
     pool_size: int = 10
     max_overflow: int = 10
+    pool_timeout_s: float = 3.0
     # How often the health watcher pings the database, and how long one ping may take.
     health_interval_s: float = 1.0
     health_timeout_s: float = 2.0
@@ -75,6 +76,7 @@ class DatabaseConfig:
             data_dir=Path(env.get("HIS_DATA_DIR") or ".his"),
             pool_size=_int(env, "HIS_DB_POOL_SIZE", 10, minimum=1),
             max_overflow=_int(env, "HIS_DB_MAX_OVERFLOW", 10),
+            pool_timeout_s=_float(env, "HIS_DB_POOL_TIMEOUT_S", 3.0),
             health_interval_s=_float(env, "HIS_DB_HEALTH_INTERVAL_S", 1.0),
             health_timeout_s=_float(env, "HIS_DB_HEALTH_TIMEOUT_S", 2.0),
             statement_timeout_ms=_int(env, "HIS_DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1),

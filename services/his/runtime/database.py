@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
 from his.runtime.config import DatabaseConfig
-from his.runtime.errors import HisError, Unavailable
+from his.runtime.errors import DeadlineExceeded, HisError, ResourceExhausted, Unavailable
 
 
 def async_url(url: str) -> str:
@@ -38,10 +39,12 @@ class Database:
             async_url(url),
             pool_size=config.pool_size,
             max_overflow=config.max_overflow,
-            # No pre-ping: it costs a round trip per call. A connection the server dropped is
-            # noticed on first use (UNAVAILABLE, retryable) and SQLAlchemy then recycles the whole
-            # pool; the health watcher's next ping usually notices first.
+            # No pre-ping: it costs a round trip per call. A connection the server dropped fails
+            # its next use (UNAVAILABLE) and SQLAlchemy then invalidates the pool.
             pool_pre_ping=False,
+            # Waiting for a pooled connection longer than this means the process is overloaded:
+            # RESOURCE_EXHAUSTED, instead of a call hanging until its deadline.
+            pool_timeout=config.pool_timeout_s,
             connect_args={
                 "server_settings": {
                     "application_name": application_name,
@@ -50,6 +53,12 @@ class Database:
                 },
                 "timeout": config.health_timeout_s,
             },
+        )
+        # Health pings get their own short-lived connection: a busy pool is not a dead database.
+        self._probe = create_async_engine(
+            async_url(url),
+            poolclass=NullPool,
+            connect_args={"timeout": config.health_timeout_s},
         )
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # Autocommit: no BEGIN/COMMIT round trips, for reads that need no multi-statement snapshot.
@@ -76,7 +85,7 @@ class Database:
         """True when the database answers `SELECT 1` within the health timeout."""
         try:
             async with asyncio.timeout(self.config.health_timeout_s):
-                async with self.engine.connect() as connection:
+                async with self._probe.connect() as connection:
                     await connection.execute(text("SELECT 1"))
             return True
         except Exception:
@@ -85,6 +94,7 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+        await self._probe.dispose()
 
 
 def integrity_violation(error: sa_exc.IntegrityError) -> tuple[str, str] | None:
@@ -106,18 +116,25 @@ _UNREACHABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
-    asyncpg.QueryCanceledError,
 )
 
 
 def translate_error(error: BaseException) -> HisError | None:
-    """Database outages become UNAVAILABLE (retryable) instead of INTERNAL."""
+    """Database trouble as a status: outage UNAVAILABLE (retryable), full pool RESOURCE_EXHAUSTED,
+    statement timeout DEADLINE_EXCEEDED (retrying the same hot row would not help)."""
+    if isinstance(error, sa_exc.TimeoutError):
+        return ResourceExhausted(
+            "no database connection free in time; the server is overloaded",
+            reason="DATABASE_POOL_EXHAUSTED",
+        )
     cause: BaseException | None = error
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated:
             return Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
         cause = error.orig.__cause__ if error.orig is not None else None
         cause = cause or error.orig
+    if isinstance(cause, asyncpg.QueryCanceledError):
+        return DeadlineExceeded("a database statement ran out of time", reason="STATEMENT_TIMEOUT")
     if isinstance(cause, _UNREACHABLE):
         return Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
     return None

@@ -135,6 +135,13 @@ class Unavailable(HisError):
     default_reason = "UNAVAILABLE"
 
 
+class DeadlineExceeded(HisError):
+    """The work did not finish in the time it was allowed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
 class ResourceExhausted(HisError):
     """The server is at its limit of concurrent work."""
 

@@ -110,6 +110,43 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         return _wrap_unary(handler, wrap)
 
 
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls beyond `limit` in flight with RESOURCE_EXHAUSTED, instead of queueing them.
+
+    Health checks are always admitted: a busy server is not a dead one, and probes that fail at
+    peak load would take every replica out of rotation exactly when all are needed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._in_flight = 0
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if _split_method(handler_call_details.method)[0] == _HEALTH:
+            return handler
+
+        def wrap(inner: Behavior) -> Behavior:
+            async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                if self._in_flight >= self._limit:
+                    context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+                    context.set_details("server at its limit of concurrent calls; retry later")
+                    return None
+                self._in_flight += 1
+                try:
+                    return await inner(request, context)
+                finally:
+                    self._in_flight -= 1
+
+            return admitted
+
+        return _wrap_unary(handler, wrap)
+
+
 def _as_status_code(code: Any) -> grpc.StatusCode:
     """`context.code()` may hold a StatusCode or, after abort, its integer value."""
     if isinstance(code, grpc.StatusCode):

@@ -21,7 +21,7 @@ from his.runtime.database import Database
 from his.runtime.database import translate_error as translate_database_error
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import DatabaseHealth
-from his.runtime.interceptors import ErrorInterceptor, ObservingInterceptor
+from his.runtime.interceptors import AdmissionInterceptor, ErrorInterceptor, ObservingInterceptor
 from his.runtime.logs import configure_logging
 from his.runtime.metrics import MetricsEndpoint, ServerMetrics
 from his.runtime.migrations import upgrade
@@ -91,18 +91,23 @@ class RunningService:
 
 
 async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> RunningService:
-    """Build and start one service on its configured port (0 = any free port)."""
+    """Build and start one service on its configured port (0 = any free port).
+
+    Whatever was set up before a failure (a port in use, say) is torn down again.
+    """
     database = Database(database_url, config.database, application_name=f"his-{spec.name}")
     metrics = ServerMetrics.create()
     tracer_provider = make_tracer_provider(config.telemetry)
-    domain = f"{spec.name}.his"
+    clients = HisClients(config.clients, registry=metrics.registry, tracer_provider=tracer_provider)
     server = grpc.aio.server(
         interceptors=[
             aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
             ObservingInterceptor(metrics),
-            ErrorInterceptor(domain, (translate_database_error, translate_upstream_error)),
+            AdmissionInterceptor(config.server.max_concurrent_rpcs),
+            ErrorInterceptor(
+                f"{spec.name}.his", (translate_database_error, translate_upstream_error)
+            ),
         ],
-        maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         options=[
             ("grpc.so_reuseport", 0),
             # Keepalive so idle connections through proxies and the mesh are not silently dropped.
@@ -112,32 +117,35 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    clients = HisClients(config.clients, registry=metrics.registry)
-    spec.add_to_server(spec.make_servicer(ServiceResources(config, database, clients)), server)
-
     health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    for name in ("", spec.grpc_service):
-        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (
-            spec.grpc_service,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
-    if port == 0:
-        raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
-
     database_health = DatabaseHealth(database, health, (spec.grpc_service,), metrics)
-    await database_health.check_once()
-    database_health.start()
-    metrics_endpoint = (
-        metrics.serve(config.server.metrics_port) if config.server.metrics_port >= 0 else None
-    )
-    await server.start()
+    metrics_endpoint: MetricsEndpoint | None = None
+    try:
+        spec.add_to_server(spec.make_servicer(ServiceResources(config, database, clients)), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        for name in ("", spec.grpc_service):
+            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        reflection.enable_server_reflection(
+            (
+                spec.grpc_service,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        # Raises RuntimeError when the port is taken.
+        port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+        await database_health.check_once()
+        database_health.start()
+        if config.server.metrics_port >= 0:
+            metrics_endpoint = metrics.serve(config.server.metrics_port)
+        await server.start()
+    except BaseException:
+        await server.stop(0)
+        await database_health.stop()
+        await clients.close()
+        await database.dispose()
+        raise
     return RunningService(
         spec=spec,
         config=config,

@@ -136,7 +136,8 @@ class PatientServiceServicer:
 
     def UpdatePatient(self, request, context):
         """Changes the demographic fields named in `update_mask`. When `patient.etag` is set it must match
-        the stored record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
+        the stored record, unless the record already holds exactly the requested values (a repeated
+        update succeeds and changes nothing). Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
         NOT_FOUND if no such patient; ABORTED if the etag is stale; FAILED_PRECONDITION if the patient
         is merged; ALREADY_EXISTS if the new national identifier belongs to another patient.
         """
@@ -146,7 +147,7 @@ class PatientServiceServicer:
 
     def DeactivatePatient(self, request, context):
         """Marks a patient inactive (no longer in use, for example registered in error). Deactivating an
-        inactive patient succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name;
+        inactive patient succeeds and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name;
         NOT_FOUND; ABORTED if a given etag is stale; FAILED_PRECONDITION if the patient is merged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -155,7 +156,7 @@ class PatientServiceServicer:
 
     def ReactivatePatient(self, request, context):
         """Marks an inactive patient active again. Reactivating an active patient succeeds and changes
-        nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND; ABORTED if a given etag is stale;
+        nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND; ABORTED if a given etag is stale;
         FAILED_PRECONDITION if the patient is merged (undo the merge instead).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

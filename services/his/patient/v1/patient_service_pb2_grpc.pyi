@@ -57,18 +57,19 @@ class PatientServiceStub:
     """
     UpdatePatient: _grpc.UnaryUnaryMultiCallable[_patient_service_pb2.UpdatePatientRequest, _patient_service_pb2.Patient]
     """Changes the demographic fields named in `update_mask`. When `patient.etag` is set it must match
-    the stored record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
+    the stored record, unless the record already holds exactly the requested values (a repeated
+    update succeeds and changes nothing). Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
     NOT_FOUND if no such patient; ABORTED if the etag is stale; FAILED_PRECONDITION if the patient
     is merged; ALREADY_EXISTS if the new national identifier belongs to another patient.
     """
     DeactivatePatient: _grpc.UnaryUnaryMultiCallable[_patient_service_pb2.DeactivatePatientRequest, _patient_service_pb2.Patient]
     """Marks a patient inactive (no longer in use, for example registered in error). Deactivating an
-    inactive patient succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name;
+    inactive patient succeeds and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name;
     NOT_FOUND; ABORTED if a given etag is stale; FAILED_PRECONDITION if the patient is merged.
     """
     ReactivatePatient: _grpc.UnaryUnaryMultiCallable[_patient_service_pb2.ReactivatePatientRequest, _patient_service_pb2.Patient]
     """Marks an inactive patient active again. Reactivating an active patient succeeds and changes
-    nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND; ABORTED if a given etag is stale;
+    nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND; ABORTED if a given etag is stale;
     FAILED_PRECONDITION if the patient is merged (undo the merge instead).
     """
     MergePatients: _grpc.UnaryUnaryMultiCallable[_patient_service_pb2.MergePatientsRequest, _patient_service_pb2.Patient]
@@ -128,18 +129,19 @@ class PatientServiceAsyncStub(PatientServiceStub):
     """
     UpdatePatient: _aio.UnaryUnaryMultiCallable[_patient_service_pb2.UpdatePatientRequest, _patient_service_pb2.Patient]  # type: ignore[assignment]
     """Changes the demographic fields named in `update_mask`. When `patient.etag` is set it must match
-    the stored record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
+    the stored record, unless the record already holds exactly the requested values (a repeated
+    update succeeds and changes nothing). Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
     NOT_FOUND if no such patient; ABORTED if the etag is stale; FAILED_PRECONDITION if the patient
     is merged; ALREADY_EXISTS if the new national identifier belongs to another patient.
     """
     DeactivatePatient: _aio.UnaryUnaryMultiCallable[_patient_service_pb2.DeactivatePatientRequest, _patient_service_pb2.Patient]  # type: ignore[assignment]
     """Marks a patient inactive (no longer in use, for example registered in error). Deactivating an
-    inactive patient succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name;
+    inactive patient succeeds and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name;
     NOT_FOUND; ABORTED if a given etag is stale; FAILED_PRECONDITION if the patient is merged.
     """
     ReactivatePatient: _aio.UnaryUnaryMultiCallable[_patient_service_pb2.ReactivatePatientRequest, _patient_service_pb2.Patient]  # type: ignore[assignment]
     """Marks an inactive patient active again. Reactivating an active patient succeeds and changes
-    nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND; ABORTED if a given etag is stale;
+    nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND; ABORTED if a given etag is stale;
     FAILED_PRECONDITION if the patient is merged (undo the merge instead).
     """
     MergePatients: _aio.UnaryUnaryMultiCallable[_patient_service_pb2.MergePatientsRequest, _patient_service_pb2.Patient]  # type: ignore[assignment]
@@ -220,7 +222,8 @@ class PatientServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_patient_service_pb2.Patient, _abc.Awaitable[_patient_service_pb2.Patient]]:
         """Changes the demographic fields named in `update_mask`. When `patient.etag` is set it must match
-        the stored record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
+        the stored record, unless the record already holds exactly the requested values (a repeated
+        update succeeds and changes nothing). Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
         NOT_FOUND if no such patient; ABORTED if the etag is stale; FAILED_PRECONDITION if the patient
         is merged; ALREADY_EXISTS if the new national identifier belongs to another patient.
         """
@@ -232,7 +235,7 @@ class PatientServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_patient_service_pb2.Patient, _abc.Awaitable[_patient_service_pb2.Patient]]:
         """Marks a patient inactive (no longer in use, for example registered in error). Deactivating an
-        inactive patient succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name;
+        inactive patient succeeds and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name;
         NOT_FOUND; ABORTED if a given etag is stale; FAILED_PRECONDITION if the patient is merged.
         """
 
@@ -243,7 +246,7 @@ class PatientServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_patient_service_pb2.Patient, _abc.Awaitable[_patient_service_pb2.Patient]]:
         """Marks an inactive patient active again. Reactivating an active patient succeeds and changes
-        nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND; ABORTED if a given etag is stale;
+        nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND; ABORTED if a given etag is stale;
         FAILED_PRECONDITION if the patient is merged (undo the merge instead).
         """
 
