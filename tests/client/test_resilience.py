@@ -11,10 +11,12 @@ from google.protobuf.message import Message
 
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
+from his.runtime import deadline
 from his_client import HisClients, UpstreamError
+from his_client.errors import translate_error
 from his_client.idempotency import retryable_methods
 from tests.client.conftest import MakeClients
-from tests.client.upstream import OK, UNAVAILABLE, Upstream, fail, sleep
+from tests.client.upstream import OK, UNAVAILABLE, Answer, Upstream, fail, sleep
 from tests.support import error_info
 
 NAME = "patients/7b0e6b1e-9a7e-4c4e-9a3e-0f6f1d2c3b4a"
@@ -326,20 +328,48 @@ async def test_failed_trial_call_opens_the_breaker_again(
     assert upstream.service.attempts["GetPatient"] == 4
 
 
-async def test_call_whose_retries_trip_the_breaker_stops_retrying(
+async def test_the_breaker_counts_a_retried_call_as_one_failure(
     upstream: Upstream, make_clients: MakeClients
 ) -> None:
     upstream.service.script("GetPatient", UNAVAILABLE)
-    clients = make_clients(max_attempts=10, breaker_fail_max=3, breaker_reset_s=10.0)
+    clients = make_clients(max_attempts=4, breaker_fail_max=2, breaker_reset_s=10.0)
 
-    with pytest.raises(UpstreamError) as caught:
+    with pytest.raises(UpstreamError) as first:
         await _call(clients, "GetPatient")
 
-    # Three attempts reach the server and open the breaker; the fourth fails fast and ends it.
-    assert caught.value.circuit_open
-    assert upstream.service.attempts["GetPatient"] == 3
-    assert _retries(clients, "GetPatient") == 3
+    # Four attempts, but one logical call: one failure, the breaker stays closed.
+    assert not first.value.circuit_open
+    assert upstream.service.attempts["GetPatient"] == 4
+    assert _breaker_state(clients) == 0
+
+    with pytest.raises(UpstreamError):
+        await _call(clients, "GetPatient")
+    assert _breaker_state(clients) == 2  # the second failed call opens it
+    with pytest.raises(UpstreamError) as third:
+        await _call(clients, "GetPatient")
+    assert third.value.circuit_open
+    assert upstream.service.attempts["GetPatient"] == 8
+
+
+async def test_half_open_lets_exactly_one_trial_call_through(
+    upstream: Upstream, make_clients: MakeClients
+) -> None:
+    upstream.service.script("GetPatient", UNAVAILABLE)
+    clients = make_clients(max_attempts=1, breaker_fail_max=1, breaker_reset_s=0.2)
+    with pytest.raises(UpstreamError):
+        await _call(clients, "GetPatient")
     assert _breaker_state(clients) == 2
+    upstream.service.script("GetPatient", sleep(0.3))
+    await asyncio.sleep(0.25)  # past the reset time: the next call is the trial
+
+    results = await asyncio.gather(
+        *(_call(clients, "GetPatient") for _ in range(10)), return_exceptions=True
+    )
+
+    fast = [r for r in results if isinstance(r, UpstreamError) and r.circuit_open]
+    assert len(fast) == 9
+    assert upstream.service.attempts["GetPatient"] == 2
+    assert _breaker_state(clients) == 0
 
 
 async def test_answers_like_not_found_never_open_the_breaker(
@@ -415,3 +445,64 @@ def test_retryable_methods_are_read_from_the_proto_idempotency_levels() -> None:
     assert "/his.patient.v1.PatientService/CreatePatient" not in methods
     assert "/his.patient.v1.PatientService/UnmergePatient" not in methods
     assert "/his.scheduling.v1.SchedulingService/BookAppointment" not in methods
+
+
+async def test_an_outage_relayed_from_further_upstream_is_not_retried_again(
+    upstream: Upstream, make_clients: MakeClients
+) -> None:
+    # The upstream already retried its own dependency; retrying here would multiply the load.
+    relayed = Answer(grpc.StatusCode.UNAVAILABLE, reason="DEPENDENCY_UNAVAILABLE")
+    upstream.service.script("GetPatient", relayed, OK)
+    clients = make_clients(max_attempts=3)
+
+    with pytest.raises(UpstreamError) as caught:
+        await _call(clients, "GetPatient")
+
+    assert caught.value.relayed_outage
+    assert upstream.service.attempts["GetPatient"] == 1
+
+
+async def test_a_deadline_cut_short_by_the_caller_does_not_open_the_breaker(
+    upstream: Upstream, make_clients: MakeClients
+) -> None:
+    upstream.service.script("GetPatient", sleep(1.0))
+    clients = make_clients(max_attempts=1, breaker_fail_max=1, default_timeout_s=5.0)
+    token = deadline.enter(0.2)  # as if serving a call with 0.2 s left
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await _call(clients, "GetPatient")
+    finally:
+        deadline.leave(token)
+
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert caught.value.budget_limited
+    assert _breaker_state(clients) == 0
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "reason"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
+        (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "DEPENDENCY_DEADLINE_EXCEEDED",
+        ),
+        (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.PERMISSION_DENIED,
+            "DEPENDENCY_PERMISSION_DENIED",
+        ),
+        (grpc.StatusCode.ABORTED, grpc.StatusCode.FAILED_PRECONDITION, "DEPENDENCY_REFUSED"),
+        (grpc.StatusCode.INTERNAL, grpc.StatusCode.FAILED_PRECONDITION, "DEPENDENCY_REFUSED"),
+    ],
+)
+def test_an_unhandled_upstream_answer_becomes_a_status_naming_the_dependency(
+    code: grpc.StatusCode, status: grpc.StatusCode, reason: str
+) -> None:
+    translated = translate_error(UpstreamError("patient", code, "from upstream"))
+
+    assert translated is not None
+    assert (translated.code, translated.reason) == (status, reason)
+    assert translated.metadata == {"dependency": "patient", "code": code.name}

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
+from his.runtime.errors import HisError, to_status
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -27,6 +28,8 @@ class Answer:
 
     code: grpc.StatusCode | None = None
     sleep_s: float = 0.0
+    # An ErrorInfo reason to send with the failure, as a real HIS server would.
+    reason: str | None = None
 
 
 OK = Answer()
@@ -68,6 +71,11 @@ class ScriptedPatientService(pb_grpc.PatientServiceServicer):
         self._played[method] += 1
         if answer.sleep_s:
             await asyncio.sleep(answer.sleep_s)
+        if answer.code is not None and answer.reason is not None:
+            error = HisError("scripted failure with a reason", reason=answer.reason)
+            error.code = answer.code
+            status = to_status(error, domain="fake.his")
+            await context.abort(status.code, status.details, status.trailing_metadata)
         if answer.code is not None:
             await context.abort(answer.code, f"scripted {answer.code.name} from the fake upstream")
 

@@ -109,7 +109,7 @@ async def _unavailable(call: Awaitable[pb.Appointment]) -> str:
         raise AssertionError(f"expected UNAVAILABLE, the booking returned {reply!r}")
     assert failure.code == grpc.StatusCode.UNAVAILABLE, failure
     assert (failure.reason, failure.domain) == ("DEPENDENCY_UNAVAILABLE", DOMAIN)
-    assert failure.metadata == {"dependency": "patient"}
+    assert failure.metadata["dependency"] == "patient"
     return failure.message
 
 

@@ -23,7 +23,7 @@ from his.pharmacy.v1 import pharmacy_service_pb2_grpc as pharmacy
 from his.runtime.config import ClientConfig
 from his.scheduling.v1 import scheduling_service_pb2_grpc as scheduling
 from his_client.channels import open_channel
-from his_client.resilience import ClientMetrics, ResilienceInterceptor, make_breaker
+from his_client.resilience import ClientMetrics, ResilienceInterceptor
 
 _SERVICES = ("patient", "scheduling", "emr", "orders", "lab", "pharmacy", "billing", "iam", "audit")
 
@@ -55,9 +55,8 @@ class HisClients:
     def channel(self, service: str) -> grpc.aio.Channel:
         """The channel to `service`, created with its interceptor on first use."""
         if service not in self._channels:
-            breaker = make_breaker(service, self.config, self.metrics)
-            self.breakers[service] = breaker
-            interceptor = ResilienceInterceptor(service, self.config, breaker, self.metrics)
+            interceptor = ResilienceInterceptor(service, self.config, self.metrics)
+            self.breakers[service] = interceptor.breaker
             self._channels[service] = open_channel(
                 self.config.address(service), [*self._tracing, interceptor]
             )

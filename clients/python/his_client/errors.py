@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from his.runtime.errors import HisError, Unavailable
+from his.runtime.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    HisError,
+    PermissionDenied,
+    Unavailable,
+)
 
 # Codes that say the upstream (or the way to it) is in trouble, as opposed to answering "no".
-FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+FAILURE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+# ErrorInfo reasons by which a server says "my own dependency failed", not "I failed".
+RELAYED_REASONS = frozenset({"DEPENDENCY_UNAVAILABLE", "DEPENDENCY_DEADLINE_EXCEEDED"})
 
 
 class UpstreamError(grpc.aio.AioRpcError):
@@ -22,6 +38,7 @@ class UpstreamError(grpc.aio.AioRpcError):
         initial_metadata: grpc.aio.Metadata | None = None,
         trailing_metadata: grpc.aio.Metadata | None = None,
         circuit_open: bool = False,
+        budget_limited: bool = False,
     ) -> None:
         super().__init__(
             code,
@@ -30,10 +47,18 @@ class UpstreamError(grpc.aio.AioRpcError):
             details,
         )
         self.upstream = upstream
+        # Refused without trying: the upstream's breaker is open.
         self.circuit_open = circuit_open
+        # The deadline was cut short by the caller's own remaining time.
+        self.budget_limited = budget_limited
+        self.reason = _reason(self)
+        # The upstream relays an outage of its own dependency (already retried there).
+        self.relayed_outage = self.reason in RELAYED_REASONS
 
     @classmethod
-    def wrap(cls, upstream: str, error: grpc.aio.AioRpcError) -> UpstreamError:
+    def wrap(
+        cls, upstream: str, error: grpc.aio.AioRpcError, budget_limited: bool = False
+    ) -> UpstreamError:
         """The same error, labelled with the upstream it came from."""
         if isinstance(error, UpstreamError):
             return error
@@ -43,17 +68,52 @@ class UpstreamError(grpc.aio.AioRpcError):
             error.details() or "",
             initial_metadata=error.initial_metadata(),
             trailing_metadata=error.trailing_metadata(),
+            budget_limited=budget_limited,
         )
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason in a failed call's rich status, or ''."""
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        return ""
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
 
 
 def translate_error(error: BaseException) -> HisError | None:
-    """For servers: an upstream outage that a servicer did not handle becomes UNAVAILABLE naming
-    the dependency, never INTERNAL. Other upstream answers stay the servicer's business."""
-    if isinstance(error, UpstreamError) and error.code() in FAILURE_CODES:
-        why = "circuit open" if error.circuit_open else error.code().name.lower()
+    """For servers: an upstream failure that a servicer did not handle itself becomes a status
+    naming the dependency — never INTERNAL."""
+    if not isinstance(error, UpstreamError):
+        return None
+    metadata = {"dependency": error.upstream, "code": error.code().name}
+    code = error.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(
+            f"dependency {error.upstream} did not answer in time",
+            reason="DEPENDENCY_DEADLINE_EXCEEDED",
+            metadata=metadata,
+        )
+    if code in FAILURE_CODES:
+        why = "circuit open" if error.circuit_open else code.name.lower()
         return Unavailable(
             f"dependency {error.upstream} is unavailable ({why}); retry later",
             reason="DEPENDENCY_UNAVAILABLE",
-            metadata={"dependency": error.upstream},
+            metadata=metadata,
         )
-    return None
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return PermissionDenied(
+            f"dependency {error.upstream} refused the call",
+            reason="DEPENDENCY_PERMISSION_DENIED",
+            metadata=metadata,
+        )
+    return FailedPrecondition(
+        f"dependency {error.upstream} refused the call ({code.name})",
+        reason="DEPENDENCY_REFUSED",
+        metadata=metadata,
+    )

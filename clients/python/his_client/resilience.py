@@ -74,46 +74,55 @@ class _BreakerGauge(pybreaker.CircuitBreakerListener):
 
 
 def make_breaker(
-    upstream: str, config: ClientConfig, metrics: ClientMetrics
+    upstream: str,
+    config: ClientConfig,
+    metrics: ClientMetrics,
+    not_a_failure: Callable[[Any], bool],
 ) -> pybreaker.CircuitBreaker:
-    """One breaker per upstream; only outages count as failures, not answers like NOT_FOUND."""
+    """One breaker per upstream; `not_a_failure` says which errors leave it alone."""
     gauge = metrics.breaker_state.labels(upstream)
     gauge.set(0)
     return pybreaker.CircuitBreaker(
         fail_max=config.breaker_fail_max,
         reset_timeout=config.breaker_reset_s,
         name=upstream,
-        exclude=[_not_an_outage],
+        exclude=[not_a_failure],
         listeners=[_BreakerGauge(gauge)],
         throw_new_error_on_trip=False,
     )
-
-
-def _not_an_outage(error: Any) -> bool:
-    """Cancellations and answers (NOT_FOUND, INVALID_ARGUMENT, ...) say nothing about health."""
-    if isinstance(error, asyncio.CancelledError):
-        return True
-    return not (isinstance(error, grpc.aio.AioRpcError) and error.code() in FAILURE_CODES)
 
 
 Continuation = Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]]
 
 
 class ResilienceInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Deadline, breaker and safe retries for every unary call on one upstream's channel."""
+    """Deadline, breaker and safe retries for every unary call on one upstream's channel.
+
+    The breaker judges logical calls, not attempts: one call that tried three times is one
+    failure. While it is half-open exactly one trial call goes through; the others fail fast.
+    """
 
     def __init__(
         self,
         upstream: str,
         config: ClientConfig,
-        breaker: pybreaker.CircuitBreaker,
         metrics: ClientMetrics,
     ) -> None:
         self._upstream = upstream
         self._config = config
-        self._breaker = breaker
         self._metrics = metrics
         self._retryable = retryable_methods()
+        self._trial_in_flight = False
+        self.breaker = make_breaker(upstream, config, metrics, self._not_an_outage)
+
+    def _not_an_outage(self, error: Any) -> bool:
+        """What must not open the breaker: answers (NOT_FOUND, ...), deadlines the caller cut
+        short, and cancellations — except that a cancelled trial does not close it either."""
+        if isinstance(error, asyncio.CancelledError):
+            return not self._trial_in_flight
+        if isinstance(error, UpstreamError) and error.budget_limited:
+            return True
+        return not (isinstance(error, grpc.aio.AioRpcError) and error.code() in FAILURE_CODES)
 
     def _timeout(self, requested: float | None) -> float:
         timeout = requested if requested is not None else self._config.default_timeout_s
@@ -121,6 +130,15 @@ class ResilienceInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         if left is not None:
             timeout = min(timeout, left - REPLY_MARGIN_S)
         return timeout
+
+    def _fast_failure(self) -> UpstreamError:
+        self._metrics.fast_failures.labels(self._upstream).inc()
+        return UpstreamError(
+            self._upstream,
+            grpc.StatusCode.UNAVAILABLE,
+            f"{self._upstream}: circuit breaker open, failing fast",
+            circuit_open=True,
+        )
 
     async def intercept_unary_unary(
         self,
@@ -130,17 +148,20 @@ class ResilienceInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     ) -> Any:
         method = client_call_details.method
         method = method.decode() if isinstance(method, bytes) else method
-        timeout = self._timeout(client_call_details.timeout)
+        requested = client_call_details.timeout
+        timeout = self._timeout(requested)
+        # The caller's own budget, not the upstream's health, set this deadline.
+        budget_limited = timeout < (requested or self._config.default_timeout_s)
         if timeout <= 0:
             raise UpstreamError(
                 self._upstream,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "no time left of the incoming call's deadline",
+                budget_limited=True,
             )
         may_retry = self._config.retries_enabled and (
             method in self._retryable or carries_request_id(request)
         )
-        attempts = self._config.max_attempts if may_retry else 1
         end = time.monotonic() + timeout
 
         async def attempt() -> Any:
@@ -152,26 +173,18 @@ class ResilienceInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 wait_for_ready=client_call_details.wait_for_ready,
             )
             try:
-                with self._breaker.calling():
-                    call = await continuation(details, request)
-                    return await call
-            except pybreaker.CircuitBreakerError:
-                self._metrics.fast_failures.labels(self._upstream).inc()
-                raise UpstreamError(
-                    self._upstream,
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"{self._upstream}: circuit breaker open, failing fast",
-                    circuit_open=True,
-                ) from None
+                call = await continuation(details, request)
+                return await call
             except grpc.aio.AioRpcError as error:
-                raise UpstreamError.wrap(self._upstream, error) from None
+                raise UpstreamError.wrap(self._upstream, error, budget_limited) from None
 
         def before_sleep(state: RetryCallState) -> None:
             self._metrics.retries.labels(self._upstream, method.rsplit("/", 1)[-1]).inc()
 
         retrying = AsyncRetrying(
             # Stop after the attempt budget, or when the next backoff would pass the deadline.
-            stop=stop_after_attempt(attempts) | stop_before_delay(timeout),
+            stop=stop_after_attempt(self._config.max_attempts if may_retry else 1)
+            | stop_before_delay(timeout),
             wait=wait_random_exponential(
                 multiplier=self._config.backoff_base_s, max=self._config.backoff_max_s
             ),
@@ -179,12 +192,27 @@ class ResilienceInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             before_sleep=before_sleep,
             reraise=True,
         )
-        return await retrying(attempt)
+        if self._trial_in_flight:
+            raise self._fast_failure()
+        try:
+            with self.breaker.calling():
+                trial = self.breaker.current_state == pybreaker.STATE_HALF_OPEN
+                self._trial_in_flight = trial
+                try:
+                    return await retrying(attempt)
+                finally:
+                    if trial:
+                        self._trial_in_flight = False
+        except pybreaker.CircuitBreakerError:
+            raise self._fast_failure() from None
 
 
 def _is_retryable(error: BaseException) -> bool:
+    """UNAVAILABLE from the upstream itself; not when it only relays its own dependency's outage
+    (that layer has retried already — retrying here too would multiply the load)."""
     return (
         isinstance(error, UpstreamError)
         and not error.circuit_open
         and error.code() == grpc.StatusCode.UNAVAILABLE
+        and not error.relayed_outage
     )
