@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -50,3 +53,54 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
             detail.Unpack(bad)
             return {v.field: v.description for v in bad.field_violations}
     raise AssertionError("no BadRequest in the status details")
+
+
+@dataclass
+class RpcFailure:
+    """What a failed call told the caller: code, ErrorInfo and BadRequest field violations."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str | None = None
+    domain: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    fields: list[str] = field(default_factory=list)
+
+
+def failure_of(error: grpc.aio.AioRpcError) -> RpcFailure:
+    """Decode the rich `google.rpc.Status` details of a failed call."""
+    result = RpcFailure(code=error.code(), message=error.details() or "")
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return result
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            result.reason = info.reason
+            result.domain = info.domain
+            result.metadata = dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            result.fields.extend(v.field for v in bad.field_violations)
+    return result
+
+
+async def fails(call: Awaitable[Any]) -> RpcFailure:
+    """Await a call that must fail and return what it said; a success fails the test."""
+    try:
+        reply = await call
+    except grpc.aio.AioRpcError as error:
+        return failure_of(error)
+    raise AssertionError(f"expected the call to fail, it returned {reply!r}")
+
+
+async def invalid_in(domain: str, call: Awaitable[Any]) -> list[str]:
+    """Await a call that must be INVALID_ARGUMENT from `domain`; the fields it names."""
+    failure = await fails(call)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
+    assert failure.reason == "INVALID_ARGUMENT"
+    assert failure.domain == domain
+    assert failure.fields, "INVALID_ARGUMENT must name at least one field"
+    return failure.fields

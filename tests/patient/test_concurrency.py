@@ -17,13 +17,13 @@ from his.runtime.server import RunningService
 from tests.patient.helpers import (
     Stub,
     create,
-    failure_of,
     grant_request,
     make_patient,
     patient_id,
     request_id,
     unique_national_id,
 )
+from tests.support import failure_of
 
 
 async def _count(engine: AsyncEngine, sql: str, **params: Any) -> int:

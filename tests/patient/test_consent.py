@@ -14,11 +14,11 @@ from tests.patient.helpers import (
     DOMAIN,
     Stub,
     create,
-    fails,
     grant_request,
     invalid,
     request_id,
 )
+from tests.support import fails
 
 DAY = dt.timedelta(days=1)
 

@@ -9,7 +9,13 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from his.patient.v1 import patient_service_pb2 as pb
-from tests.patient.helpers import DOMAIN, Stub, create, fails, invalid
+from tests.patient.helpers import (
+    DOMAIN,
+    Stub,
+    create,
+    invalid,
+)
+from tests.support import fails
 
 
 async def _deactivate(stub: Stub, name: str, etag: str = "") -> pb.Patient:

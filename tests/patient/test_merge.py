@@ -8,7 +8,13 @@ import grpc
 import pytest
 
 from his.patient.v1 import patient_service_pb2 as pb
-from tests.patient.helpers import DOMAIN, Stub, create, fails, invalid
+from tests.patient.helpers import (
+    DOMAIN,
+    Stub,
+    create,
+    invalid,
+)
+from tests.support import fails
 
 
 async def _merge(stub: Stub, duplicate: str, survivor: str, reason: str = "") -> pb.Patient:

@@ -16,7 +16,6 @@ from tests.patient.helpers import (
     NATIONAL_ID_SYSTEM,
     Stub,
     create,
-    fails,
     invalid,
     luhn_valid,
     make_patient,
@@ -25,6 +24,7 @@ from tests.patient.helpers import (
     unique_national_id,
     unique_word,
 )
+from tests.support import fails
 
 
 def _date(value: dt.date) -> tuple[int, int, int]:

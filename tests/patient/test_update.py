@@ -15,12 +15,12 @@ from tests.patient.helpers import (
     DOMAIN,
     Stub,
     create,
-    fails,
     invalid,
     make_patient,
     unique_national_id,
     unique_word,
 )
+from tests.support import fails
 
 
 def _update(patient: pb.Patient, *paths: str) -> pb.UpdatePatientRequest:

@@ -12,19 +12,18 @@ import random
 import string
 import uuid
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 from zoneinfo import ZoneInfo
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from his.common.v1 import types_pb2
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.scheduling.v1 import scheduling_service_pb2 as pb
+from tests.support import RpcFailure, fails, invalid_in
 
 if TYPE_CHECKING:
     from his.patient.v1.patient_service_pb2_grpc import PatientServiceAsyncStub
@@ -350,47 +349,6 @@ async def booked(stub: Stub, patients: Patients, **kwargs: Any) -> tuple[pb.Appo
 # --- failures ----------------------------------------------------------------------------------
 
 
-@dataclass
-class RpcFailure:
-    """What a failed call told the caller: code, ErrorInfo and BadRequest field violations."""
-
-    code: grpc.StatusCode
-    message: str
-    reason: str | None = None
-    domain: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    fields: list[str] = field(default_factory=list)
-
-
-def failure_of(error: grpc.aio.AioRpcError) -> RpcFailure:
-    """Decode the rich `google.rpc.Status` details of a failed call."""
-    result = RpcFailure(code=error.code(), message=error.details() or "")
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    if status is None:
-        return result
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            result.reason = info.reason
-            result.domain = info.domain
-            result.metadata = dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            result.fields.extend(v.field for v in bad.field_violations)
-    return result
-
-
-async def fails(call: Awaitable[Any]) -> RpcFailure:
-    """Await a call that must fail and return what it said; a success fails the test."""
-    try:
-        reply = await call
-    except grpc.aio.AioRpcError as error:
-        return failure_of(error)
-    raise AssertionError(f"expected the call to fail, it returned {reply!r}")
-
-
 async def refused(call: Awaitable[Any], code: grpc.StatusCode, reason: str) -> RpcFailure:
     """Await a call that must fail with `code` and ErrorInfo `reason` from this service."""
     failure = await fails(call)
@@ -411,9 +369,4 @@ async def not_found(call: Awaitable[Any]) -> RpcFailure:
 
 async def invalid(call: Awaitable[Any]) -> list[str]:
     """Await a call that must be INVALID_ARGUMENT; the field paths its BadRequest names."""
-    failure = await fails(call)
-    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
-    assert failure.reason == "INVALID_ARGUMENT"
-    assert failure.domain == DOMAIN
-    assert failure.fields, "INVALID_ARGUMENT must name at least one field"
-    return failure.fields
+    return await invalid_in(DOMAIN, call)

@@ -23,13 +23,13 @@ from tests.scheduling.helpers import (
     active_patient,
     book,
     create_schedule,
-    failure_of,
     future_slots,
     generate_request,
     get_slot,
     make_schedule,
     request_id,
 )
+from tests.support import failure_of
 
 ATTEMPTS = 1000
 # The attempts are spread over a few channels (HTTP/2 connections), all in flight together.

@@ -29,12 +29,11 @@ from tests.scheduling.helpers import (
     Stub,
     active_patient,
     book,
-    failure_of,
     future_slots,
     get_appointment,
     request_id,
 )
-from tests.support import free_port
+from tests.support import failure_of, free_port
 
 BREAKER_FAIL_MAX = 2
 BREAKER_RESET_S = 2.0
