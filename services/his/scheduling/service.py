@@ -208,6 +208,14 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         replay = await self._booked_by(request_id, request)
         if replay is not None:
             return replay
+        # At the morning rush most attempts find the slot already full: refuse those from one
+        # read, before asking the patient service. The UPDATE below stays the real guard.
+        async with self._db.read() as session:
+            problem = store.unbookable(
+                await store.get_slot(session, slot_id), dt.datetime.now(dt.UTC)
+            )
+        if problem is not None:
+            raise problem
         await self._require_bookable_patient(request.patient)
         keyed = (request_id, fingerprint(request)) if request_id else None
         try:

@@ -304,11 +304,20 @@ async def take_place(session: AsyncSession, slot_id: uuid.UUID) -> Row[Any]:
     if taken is not None:
         return taken
     slot = await get_slot(session, slot_id)
+    raise unbookable(slot, dt.datetime.now(dt.UTC)) or FailedPrecondition(
+        "the slot has already ended", reason="SLOT_ENDED"
+    )
+
+
+def unbookable(slot: Row[Any], now: dt.datetime) -> FailedPrecondition | None:
+    """Why a slot cannot take another booking now, or None if it can."""
     if slot.block_reason is not None:
-        raise FailedPrecondition("the slot is blocked", reason="SLOT_BLOCKED")
+        return FailedPrecondition("the slot is blocked", reason="SLOT_BLOCKED")
     if slot.booked_count >= slot.capacity:
-        raise FailedPrecondition("the slot is fully booked", reason="SLOT_FULL")
-    raise FailedPrecondition("the slot has already ended", reason="SLOT_ENDED")
+        return FailedPrecondition("the slot is fully booked", reason="SLOT_FULL")
+    if slot.end_time <= now:
+        return FailedPrecondition("the slot has already ended", reason="SLOT_ENDED")
+    return None
 
 
 async def insert_appointment(
