@@ -17,7 +17,7 @@ from his_client.errors import translate_error
 from his_client.idempotency import retryable_methods
 from tests.client.conftest import MakeClients
 from tests.client.upstream import OK, UNAVAILABLE, Answer, Upstream, fail, sleep
-from tests.support import error_info
+from tests.support import failure_of
 
 NAME = "patients/7b0e6b1e-9a7e-4c4e-9a3e-0f6f1d2c3b4a"
 
@@ -231,7 +231,7 @@ async def test_unhandled_upstream_outage_is_dependency_unavailable_not_internal(
 
     error = caught.value
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    info = error_info(error)
+    info = failure_of(error)
     assert info.reason == "DEPENDENCY_UNAVAILABLE"
     assert info.metadata["dependency"] == "patient"
     assert info.domain == "patient.his"

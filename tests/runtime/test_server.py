@@ -24,7 +24,7 @@ from his.runtime.health import NOT_SERVING, SERVING
 from his.runtime.migrations import upgrade
 from his.runtime.server import RunningService, ServiceSpec, start
 from tests.conftest import service_config
-from tests.support import error_info, field_violations, wait_for_health
+from tests.support import failure_of, wait_for_health
 
 PHI = "Wang Fang 110101198403120023"
 
@@ -65,7 +65,7 @@ async def test_unexpected_exception_is_internal_with_trace_id_and_no_patient_dat
     error = caught.value
     assert error.code() == grpc.StatusCode.INTERNAL
     assert "Wang" not in (error.details() or "")
-    info = error_info(error)
+    info = failure_of(error)
     assert info.reason == "INTERNAL"
     assert info.domain == "patient.his"
     trace_id = info.metadata["trace_id"]
@@ -98,8 +98,8 @@ async def test_bad_input_carries_bad_request_field_violations(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await patients.GetPatient(pb.GetPatientRequest(name="doctors/1"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "name" in field_violations(caught.value)
-    assert error_info(caught.value).reason == "INVALID_ARGUMENT"
+    assert failure_of(caught.value).fields == ["name"]
+    assert failure_of(caught.value).reason == "INVALID_ARGUMENT"
 
 
 async def test_metrics_endpoint_counts_calls_by_method_and_code(database_url: str) -> None:

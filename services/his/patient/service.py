@@ -30,7 +30,12 @@ from his.runtime.errors import FailedPrecondition, InvalidArgument
 from his.runtime.idempotency import check_replay, fingerprint
 from his.runtime.pagination import PageTokens
 from his.runtime.server import ServiceResources
-from his.runtime.validation import Violations, require_paths
+from his.runtime.validation import (
+    Violations,
+    require_paths,
+    required_child_id,
+    required_id,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _ALL_FIELDS = UPDATABLE
@@ -44,10 +49,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         self._pages = PageTokens(resources.config.page_token_key)
 
     async def GetPatient(self, request: pb.GetPatientRequest, context: Context) -> pb.Patient:
-        v = Violations()
-        patient_id = v.resource_id("name", request.name, collection="patients")
-        v.raise_if_any()
-        assert patient_id is not None
+        patient_id = required_id("name", request.name, collection="patients")
         async with self._db.read() as session:
             row = await store.get_patient(session, patient_id)
         return patient_to_proto(row)
@@ -143,10 +145,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         return await self._set_state(request.name, request.etag, "active")
 
     async def _set_state(self, name: str, etag: str, state: str) -> pb.Patient:
-        v = Violations()
-        patient_id = v.resource_id("name", name, collection="patients")
-        v.raise_if_any()
-        assert patient_id is not None
+        patient_id = required_id("name", name, collection="patients")
         async with self._db.transaction() as session:
             row = await store.set_state(session, patient_id, to=state, etag=etag)
         return patient_to_proto(row)
@@ -205,13 +204,17 @@ class PatientService(pb_grpc.PatientServiceServicer):
         return consent_to_proto(row)
 
     async def RevokeConsent(self, request: pb.RevokeConsentRequest, context: Context) -> pb.Consent:
-        patient_id, consent_id = self._consent_name(request.name)
+        patient_id, consent_id = required_child_id(
+            "name", request.name, parent="patients", collection="consents"
+        )
         async with self._db.transaction() as session:
             row = await store.revoke_consent(session, patient_id, consent_id)
         return consent_to_proto(row)
 
     async def GetConsent(self, request: pb.GetConsentRequest, context: Context) -> pb.Consent:
-        patient_id, consent_id = self._consent_name(request.name)
+        patient_id, consent_id = required_child_id(
+            "name", request.name, parent="patients", collection="consents"
+        )
         async with self._db.read() as session:
             row = await store.get_consent(session, patient_id, consent_id)
         return consent_to_proto(row)
@@ -241,11 +244,3 @@ class PatientService(pb_grpc.PatientServiceServicer):
                 {"t": last.create_time.isoformat(), "i": str(last.id)}, query=query
             )
         return response
-
-    @staticmethod
-    def _consent_name(name: str) -> tuple[uuid.UUID, uuid.UUID]:
-        v = Violations()
-        ids = v.child_id("name", name, parent="patients", collection="consents")
-        v.raise_if_any()
-        assert ids is not None
-        return ids

@@ -16,8 +16,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from his.runtime.errors import FieldViolation, InvalidArgument
 
-_EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
-_LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
+# The range of instants and dates any service accepts: wider would overflow date arithmetic.
+EARLIEST_DATE = dt.date(1900, 1, 1)
+LATEST_DATE = dt.date(9000, 1, 1)
+_EARLIEST = dt.datetime.combine(EARLIEST_DATE, dt.time(), tzinfo=dt.UTC)
+_LATEST = dt.datetime.combine(LATEST_DATE, dt.time(), tzinfo=dt.UTC)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -170,6 +173,26 @@ def _canonical_uuid(text: str) -> uuid.UUID | None:
     except ValueError:
         return None
     return parsed if str(parsed) == text else None
+
+
+def required_id(field: str, name: str, *, collection: str) -> uuid.UUID:
+    """The id of one `<collection>/<id>` name, or INVALID_ARGUMENT naming `field` at once."""
+    v = Violations()
+    value = v.resource_id(field, name, collection=collection)
+    v.raise_if_any()
+    assert value is not None  # raise_if_any raised otherwise
+    return value
+
+
+def required_child_id(
+    field: str, name: str, *, parent: str, collection: str
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """The ids of one `<parent>/<id>/<collection>/<id>` name, or INVALID_ARGUMENT at once."""
+    v = Violations()
+    ids = v.child_id(field, name, parent=parent, collection=collection)
+    v.raise_if_any()
+    assert ids is not None  # raise_if_any raised otherwise
+    return ids
 
 
 def _enum_names(descriptor: EnumDescriptor) -> str:

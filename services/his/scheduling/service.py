@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.database import (
@@ -20,7 +21,7 @@ from his.runtime.errors import FailedPrecondition
 from his.runtime.idempotency import check_replay, fingerprint
 from his.runtime.pagination import PageTokens
 from his.runtime.server import ServiceResources
-from his.runtime.validation import Violations
+from his.runtime.validation import Violations, required_id
 from his.scheduling import store
 from his.scheduling.mapping import (
     APPOINTMENT_STATUS,
@@ -97,7 +98,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         return schedule_to_proto(row)
 
     async def GetSchedule(self, request: pb.GetScheduleRequest, context: Context) -> pb.Schedule:
-        schedule_id = _id("name", request.name, "schedules")
+        schedule_id = required_id("name", request.name, collection="schedules")
         async with self._db.read() as session:
             return schedule_to_proto(await store.get_schedule(session, schedule_id))
 
@@ -154,7 +155,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         return pb.GenerateSlotsResponse(slots=[slot_to_proto(r) for r in rows])
 
     async def GetSlot(self, request: pb.GetSlotRequest, context: Context) -> pb.Slot:
-        slot_id = _id("name", request.name, "slots")
+        slot_id = required_id("name", request.name, collection="slots")
         async with self._db.read() as session:
             return slot_to_proto(await store.get_slot(session, slot_id))
 
@@ -189,7 +190,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             return slot_to_proto(await store.set_block(session, slot_id, reason))
 
     async def UnblockSlot(self, request: pb.UnblockSlotRequest, context: Context) -> pb.Slot:
-        slot_id = _id("name", request.name, "slots")
+        slot_id = required_id("name", request.name, collection="slots")
         async with self._db.transaction() as session:
             return slot_to_proto(await store.set_block(session, slot_id, None))
 
@@ -204,16 +205,15 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         assert patient_id is not None and slot_id is not None
-        # A replay returns the first booking, even once the slot has filled up since.
-        replay = await self._booked_by(request_id, request)
-        if replay is not None:
-            return replay
-        # At the morning rush most attempts find the slot already full: refuse those from one
-        # read, before asking the patient service. The UPDATE below stays the real guard.
         async with self._db.read() as session:
-            problem = store.unbookable(
-                await store.get_slot(session, slot_id), dt.datetime.now(dt.UTC)
-            )
+            # A replay returns the first booking, even once the slot has filled up since.
+            replay = await self._booked_by(session, request_id, request)
+            if replay is not None:
+                return replay
+            # At the morning rush most attempts find the slot already full: refuse those here,
+            # before asking the patient service. The UPDATE below stays the real guard.
+            slot = await store.get_slot(session, slot_id)
+        problem = store.unbookable(slot, dt.datetime.now(dt.UTC))
         if problem is not None:
             raise problem
         await self._require_bookable_patient(request.patient)
@@ -224,7 +224,8 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
                 row = await store.insert_appointment(session, patient_id, slot, keyed)
         except (FailedPrecondition, IntegrityError) as error:
             # A concurrent replay of this request may have taken the place first: it is the answer.
-            replay = await self._booked_by(request_id, request)
+            async with self._db.read() as session:
+                replay = await self._booked_by(session, request_id, request)
             if replay is not None:
                 return replay
             if isinstance(error, IntegrityError):
@@ -232,14 +233,14 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             raise
         return appointment_to_proto(row)
 
+    @staticmethod
     async def _booked_by(
-        self, request_id: str | None, request: pb.BookAppointmentRequest
+        session: AsyncSession, request_id: str | None, request: pb.BookAppointmentRequest
     ) -> pb.Appointment | None:
         """The booking an earlier call with this request id made (same request only)."""
         if request_id is None:
             return None
-        async with self._db.read() as session:
-            row = await store.appointment_by_request(session, request_id)
+        row = await store.appointment_by_request(session, request_id)
         if row is None:
             return None
         check_replay(row.create_request_fingerprint, request)
@@ -271,7 +272,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
     async def GetAppointment(
         self, request: pb.GetAppointmentRequest, context: Context
     ) -> pb.Appointment:
-        appointment_id = _id("name", request.name, "appointments")
+        appointment_id = required_id("name", request.name, collection="appointments")
         async with self._db.read() as session:
             return appointment_to_proto(await store.get_appointment(session, appointment_id))
 
@@ -319,19 +320,19 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         self, request: pb.CheckInAppointmentRequest, context: Context
     ) -> pb.Appointment:
         return await self._transition(
-            _id("name", request.name, "appointments"), "arrived", request.etag
+            required_id("name", request.name, collection="appointments"), "arrived", request.etag
         )
 
     async def MarkNoShow(self, request: pb.MarkNoShowRequest, context: Context) -> pb.Appointment:
         return await self._transition(
-            _id("name", request.name, "appointments"), "noshow", request.etag
+            required_id("name", request.name, collection="appointments"), "noshow", request.etag
         )
 
     async def CompleteAppointment(
         self, request: pb.CompleteAppointmentRequest, context: Context
     ) -> pb.Appointment:
         return await self._transition(
-            _id("name", request.name, "appointments"), "fulfilled", request.etag
+            required_id("name", request.name, collection="appointments"), "fulfilled", request.etag
         )
 
     async def _transition(
@@ -353,14 +354,6 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         return self._pages.encode(
             {"t": last.start_time.isoformat(), "i": str(last.id)}, query=query
         )
-
-
-def _id(field: str, name: str, collection: str) -> uuid.UUID:
-    v = Violations()
-    value = v.resource_id(field, name, collection=collection)
-    v.raise_if_any()
-    assert value is not None
-    return value
 
 
 def _booking_conflict(error: IntegrityError) -> FailedPrecondition | IntegrityError:

@@ -9,15 +9,12 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from his.common.v1 import types_pb2
-from his.runtime.validation import Violations
+from his.runtime.validation import EARLIEST_DATE, LATEST_DATE, Violations
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 
 MAX_SLOTS_PER_REQUEST = 2000
 MAX_DAYS = 92
 MAX_REASON = 500
-# Dates outside the range of the timestamps the service accepts would overflow date arithmetic.
-EARLIEST_DATE = dt.date(1900, 1, 1)
-LATEST_DATE = dt.date(9000, 1, 1)
 
 
 def time_zone(v: Violations, field: str, name: str, *, required: bool) -> ZoneInfo | None:
@@ -41,9 +38,8 @@ def full_date(v: Violations, field: str, date: types_pb2.Date, *, present: bool)
     value = v.date(
         field, date.year, date.month, date.day, earliest=EARLIEST_DATE, latest=LATEST_DATE
     )
-    if value is None or not EARLIEST_DATE <= value <= LATEST_DATE:
-        return None
-    return value
+    # v.date records an out-of-range date but still returns it; arithmetic must not see it.
+    return value if value is not None and EARLIEST_DATE <= value <= LATEST_DATE else None
 
 
 def day_window(
