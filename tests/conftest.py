@@ -20,13 +20,27 @@ from his.runtime.migrations import upgrade
 from his.runtime.server import RunningService, start
 from his.scheduling.spec import SPEC as SCHEDULING
 from his.scheduling.v1 import scheduling_service_pb2_grpc
+from tests.identity import ISSUER, REGISTRAR, Issuer, channel_as
 
 TEST_ENV = {"HIS_PORT": "0", "HIS_METRICS_PORT": "-1", "HIS_GRACE_S": "2"}
 
 
 def service_config(service: str, **overrides: str) -> ServiceConfig:
-    """A service's config for tests: any free port, no metrics endpoint, short grace."""
-    return load(service, {**TEST_ENV, **overrides})
+    """A service's config for tests: any free port, no metrics endpoint, short grace, trusting
+    the session's test issuer and speaking with its own service token."""
+    return load(service, {**TEST_ENV, **ISSUER.service_env(service), **overrides})
+
+
+@pytest.fixture(scope="session")
+def issuer() -> Issuer:
+    """The test identity provider every server of the session trusts."""
+    return ISSUER
+
+
+@pytest.fixture(scope="session")
+def registrar_token() -> str:
+    """The token session channels send by default: a registrar (demographics and scheduling)."""
+    return REGISTRAR
 
 
 @pytest.fixture(scope="session")
@@ -55,9 +69,11 @@ async def patient_service(database_url: str) -> AsyncIterator[RunningService]:
 
 
 @pytest.fixture(scope="session")
-async def patient_channel(patient_service: RunningService) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to the patient service."""
-    async with grpc.aio.insecure_channel(patient_service.address) as channel:
+async def patient_channel(
+    patient_service: RunningService, registrar_token: str
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the patient service, calling as a registrar unless a call says otherwise."""
+    async with channel_as(patient_service.address, registrar_token) as channel:
         yield channel
 
 
@@ -84,9 +100,11 @@ async def scheduling_service(
 
 
 @pytest.fixture(scope="session")
-async def scheduling_channel(scheduling_service: RunningService) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to the scheduling service."""
-    async with grpc.aio.insecure_channel(scheduling_service.address) as channel:
+async def scheduling_channel(
+    scheduling_service: RunningService, registrar_token: str
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the scheduling service, calling as a registrar unless a call says otherwise."""
+    async with channel_as(scheduling_service.address, registrar_token) as channel:
         yield channel
 
 

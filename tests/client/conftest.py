@@ -20,6 +20,7 @@ from his.runtime.server import RunningService, ServiceResources, ServiceSpec, st
 from his_client import HisClients
 from tests.client.upstream import Upstream, serve_upstream
 from tests.conftest import service_config
+from tests.identity import registrar_channel
 
 # Fast backoff and a breaker that stays out of the way, unless a test says otherwise.
 FAST = ClientConfig(
@@ -95,5 +96,5 @@ async def front_stub(
     front: RunningService,
 ) -> AsyncIterator[pb_grpc.PatientServiceAsyncStub]:
     """A plain (SDK-less) stub of the front server."""
-    async with grpc.aio.insecure_channel(front.address) as channel:
+    async with registrar_channel(front.address) as channel:
         yield pb_grpc.PatientServiceStub(channel)

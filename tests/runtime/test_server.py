@@ -24,6 +24,7 @@ from his.runtime.health import NOT_SERVING, SERVING
 from his.runtime.migrations import upgrade
 from his.runtime.server import RunningService, ServiceSpec, start
 from tests.conftest import service_config
+from tests.identity import registrar_channel
 from tests.support import failure_of, wait_for_health
 
 PHI = "Wang Fang 110101198403120023"
@@ -56,7 +57,7 @@ async def test_unexpected_exception_is_internal_with_trace_id_and_no_patient_dat
     exploding: RunningService, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    async with grpc.aio.insecure_channel(exploding.address) as channel:
+    async with registrar_channel(exploding.address) as channel:
         stub = pb_grpc.PatientServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.GetPatient(
@@ -106,7 +107,7 @@ async def test_metrics_endpoint_counts_calls_by_method_and_code(database_url: st
     running = await start(PATIENT, service_config("patient", HIS_METRICS_PORT="0"), database_url)
     try:
         assert running.metrics_endpoint is not None
-        async with grpc.aio.insecure_channel(running.address) as channel:
+        async with registrar_channel(running.address) as channel:
             stub = pb_grpc.PatientServiceStub(channel)
             for _ in range(3):
                 with pytest.raises(grpc.aio.AioRpcError):
@@ -150,7 +151,7 @@ async def test_health_follows_the_database_and_recovers_without_restart(
         await asyncio.to_thread(own.kill)
         await wait_for_health(running.address, service, NOT_SERVING)
         await wait_for_health(running.address, "", NOT_SERVING)
-        async with grpc.aio.insecure_channel(running.address) as channel:
+        async with registrar_channel(running.address) as channel:
             stub = pb_grpc.PatientServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.ListPatients(pb.ListPatientsRequest(), timeout=10)

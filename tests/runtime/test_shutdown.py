@@ -20,6 +20,7 @@ from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
 from his.runtime.database import async_url
 from his.runtime.health import NOT_SERVING, SERVING
+from tests.identity import ISSUER, registrar_channel
 from tests.support import free_port, wait_for_health
 
 SERVICE = "his.patient.v1.PatientService"
@@ -50,6 +51,7 @@ async def test_sigterm_drains_in_flight_calls_then_exits(database_url: str) -> N
     port = free_port()
     env = dict(
         os.environ,
+        **ISSUER.service_env("patient"),
         HIS_DATABASE_URL=database_url,
         HIS_PORT=str(port),
         HIS_METRICS_PORT="-1",
@@ -68,7 +70,7 @@ async def test_sigterm_drains_in_flight_calls_then_exits(database_url: str) -> N
     engine = create_async_engine(async_url(database_url))
     try:
         await wait_for_health(address, SERVICE, SERVING)
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with registrar_channel(address) as channel:
             stub = pb_grpc.PatientServiceStub(channel)
             created = await stub.CreatePatient(
                 pb.CreatePatientRequest(
@@ -106,7 +108,7 @@ async def test_sigterm_drains_in_flight_calls_then_exits(database_url: str) -> N
         exit_code = await asyncio.to_thread(process.wait, 20)
         assert exit_code == 0
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with registrar_channel(address) as channel:
                 await pb_grpc.PatientServiceStub(channel).GetPatient(
                     pb.GetPatientRequest(name=created.name), timeout=2
                 )

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
+from tests.identity import registrar_channel
 from tests.scheduling.helpers import (
     Patients,
     Stub,
@@ -57,7 +58,7 @@ async def crowd(patients: Patients) -> list[str]:
 async def stubs(scheduling_service: RunningService) -> AsyncIterator[list[Stub]]:
     """Stubs of the scheduling service over CHANNELS separate channels."""
     channels = [
-        grpc.aio.insecure_channel(
+        registrar_channel(
             scheduling_service.address, options=[("grpc.use_local_subchannel_pool", 1)]
         )
         for _ in range(CHANNELS)

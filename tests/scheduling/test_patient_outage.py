@@ -23,6 +23,7 @@ from his.scheduling.spec import SPEC as SCHEDULING
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
 from tests.conftest import service_config
+from tests.identity import registrar_channel
 from tests.scheduling.helpers import (
     DOMAIN,
     Patients,
@@ -94,7 +95,7 @@ async def servers(database_url: str) -> AsyncIterator[Servers]:
 @pytest.fixture
 async def stub(servers: Servers) -> AsyncIterator[Stub]:
     """A stub of this test's scheduling server."""
-    async with grpc.aio.insecure_channel(servers.scheduling.address) as channel:
+    async with registrar_channel(servers.scheduling.address) as channel:
         yield pb_grpc.SchedulingServiceStub(channel)
 
 
@@ -150,7 +151,7 @@ async def test_bookings_fail_fast_during_a_patient_outage_and_recover_without_re
     slot = await stub.GetSlot(pb.GetSlotRequest(name=slots[1].name))
     assert slot.booked_count == 0
     # A dependency outage is not the scheduling service's failure: it keeps serving.
-    async with grpc.aio.insecure_channel(servers.scheduling.address) as channel:
+    async with registrar_channel(servers.scheduling.address) as channel:
         assert await probe(channel, "") == SERVING
         assert await probe(channel, "his.scheduling.v1.SchedulingService") == SERVING
 

@@ -23,6 +23,7 @@ from his.pharmacy.v1 import pharmacy_service_pb2_grpc as pharmacy
 from his.runtime.config import ClientConfig
 from his.scheduling.v1 import scheduling_service_pb2_grpc as scheduling
 from his_client.channels import open_channel
+from his_client.credentials import IdentityInterceptor, TokenSource
 from his_client.resilience import ClientMetrics, ResilienceInterceptor
 
 _SERVICES = ("patient", "scheduling", "emr", "orders", "lab", "pharmacy", "billing", "iam", "audit")
@@ -31,8 +32,9 @@ _SERVICES = ("patient", "scheduling", "emr", "orders", "lab", "pharmacy", "billi
 class HisClients:
     """Typed async stubs for every service, each behind its own deadline/retry/breaker channel.
 
-    `async with HisClients() as his: await his.patient.GetPatient(...)`. Inside a server, build one
-    per process with the server's metrics registry so breaker states show on its /metrics.
+    `async with HisClients(token=static_token(t)) as his: await his.patient.GetPatient(...)`.
+    Inside a server, build one per process with the server's metrics registry (breaker states on
+    its /metrics) and its own token source; relayed calls carry the person being served.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class HisClients:
         *,
         registry: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
+        token: TokenSource | None = None,
     ) -> None:
         self.config = config or ClientConfig.from_env(os.environ)
         # Outbound calls carry the current trace (W3C traceparent), so one booking is one trace
@@ -51,6 +54,8 @@ class HisClients:
         self.metrics = ClientMetrics(registry)
         self.breakers: dict[str, pybreaker.CircuitBreaker] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # Who this process is when no person's call is being relayed (see credentials.py).
+        self._identity = IdentityInterceptor(token)
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """The channel to `service`, created with its interceptor on first use."""
@@ -58,7 +63,7 @@ class HisClients:
             interceptor = ResilienceInterceptor(service, self.config, self.metrics)
             self.breakers[service] = interceptor.breaker
             self._channels[service] = open_channel(
-                self.config.address(service), [*self._tracing, interceptor]
+                self.config.address(service), [*self._tracing, self._identity, interceptor]
             )
         return self._channels[service]
 

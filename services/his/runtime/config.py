@@ -185,6 +185,50 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """How callers prove who they are (bearer JWTs) and how this service proves who it is."""
+
+    # Off only for benchmarks that measure what security costs; refused inside the mesh.
+    enabled: bool = True
+    issuer: str = "https://iam.his.local"
+    audience: str = "his"
+    # Where the token-signing public keys come from: a JWKS file, a JWKS URL (an external identity
+    # provider), or, when neither is set, the local iam service's GetJwks.
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    # How often the key set may be fetched again when a token names an unknown key id.
+    jwks_refresh_s: float = 30.0
+    # Clock skew tolerated on `exp`/`iat`/`nbf`.
+    leeway_s: float = 30.0
+    # This service's own token: a file kept fresh by the platform (Kubernetes projected token)...
+    service_token_file: Path | None = None
+    # ... or, locally, a login at iam with a credential derived from this shared key.
+    service_credential_key: bytes = field(default=b"", repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AuthConfig:
+        """Read HIS_SECURITY, HIS_AUTH_* and HIS_SERVICE_* settings."""
+        enabled = _choice(env, "HIS_SECURITY", "on", ("on", "off")) == "on"
+        if not enabled and env.get("HIS_MESH") == "istio":
+            raise ConfigError(
+                "HIS_SECURITY=off is for benchmarks; refused with HIS_MESH=istio"
+            )
+        jwks_file = env.get("HIS_AUTH_JWKS_FILE")
+        token_file = env.get("HIS_SERVICE_TOKEN_FILE")
+        return cls(
+            enabled=enabled,
+            issuer=env.get("HIS_AUTH_ISSUER") or "https://iam.his.local",
+            audience=env.get("HIS_AUTH_AUDIENCE") or "his",
+            jwks_file=Path(jwks_file) if jwks_file else None,
+            jwks_url=env.get("HIS_AUTH_JWKS_URL") or None,
+            jwks_refresh_s=_float(env, "HIS_AUTH_JWKS_REFRESH_S", 30.0),
+            leeway_s=_float(env, "HIS_AUTH_LEEWAY_S", 30.0),
+            service_token_file=Path(token_file) if token_file else None,
+            service_credential_key=(env.get("HIS_SERVICE_CREDENTIAL_KEY") or "").encode(),
+        )
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Everything one service process needs, built once in `load`."""
 
@@ -193,6 +237,7 @@ class ServiceConfig:
     database: DatabaseConfig
     telemetry: TelemetryConfig
     clients: ClientConfig = field(default_factory=ClientConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     # Key for opaque page tokens, so a client cannot forge a cursor into someone else's filter.
     page_token_key: bytes = field(default=b"his-local-page-token-key", repr=False)
 
@@ -207,5 +252,6 @@ def load(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
         database=DatabaseConfig.from_env(source),
         telemetry=TelemetryConfig.from_env(source, service_name=f"his-{service}"),
         clients=ClientConfig.from_env(source),
+        auth=AuthConfig.from_env(source),
         page_token_key=(source.get("HIS_PAGE_TOKEN_KEY") or "his-local-page-token-key").encode(),
     )

@@ -33,7 +33,7 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
 
 
-def _wrap_unary(handler: Handler | None, wrap: Callable[[Behavior], Behavior]) -> Handler | None:
+def wrap_unary(handler: Handler | None, wrap: Callable[[Behavior], Behavior]) -> Handler | None:
     if handler is None or handler.request_streaming or handler.response_streaming:
         return handler
     behavior = cast(Behavior, handler.unary_unary)
@@ -107,7 +107,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
             return observed
 
-        return _wrap_unary(handler, wrap)
+        return wrap_unary(handler, wrap)
 
 
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
@@ -144,7 +144,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
             return admitted
 
-        return _wrap_unary(handler, wrap)
+        return wrap_unary(handler, wrap)
 
 
 def _as_status_code(code: Any) -> grpc.StatusCode:
@@ -213,4 +213,4 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return mapped
 
-        return _wrap_unary(handler, wrap)
+        return wrap_unary(handler, wrap)

@@ -16,6 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from his.runtime.authn import AuthenticationInterceptor
 from his.runtime.config import ServiceConfig
 from his.runtime.database import Database
 from his.runtime.database import translate_error as translate_database_error
@@ -25,7 +26,9 @@ from his.runtime.interceptors import AdmissionInterceptor, ErrorInterceptor, Obs
 from his.runtime.logs import configure_logging
 from his.runtime.metrics import MetricsEndpoint, ServerMetrics
 from his.runtime.migrations import upgrade
+from his.runtime.security import jwks_source, own_token_source
 from his.runtime.telemetry import make_tracer_provider
+from his.runtime.tokens import TokenVerifier
 from his_client.clients import HisClients
 from his_client.errors import translate_error as translate_upstream_error
 
@@ -98,16 +101,24 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
     database = Database(database_url, config.database, application_name=f"his-{spec.name}")
     metrics = ServerMetrics.create()
     tracer_provider = make_tracer_provider(config.telemetry)
-    clients = HisClients(config.clients, registry=metrics.registry, tracer_provider=tracer_provider)
+    clients = HisClients(
+        config.clients,
+        registry=metrics.registry,
+        tracer_provider=tracer_provider,
+        token=own_token_source(config.auth, spec.name, lambda: clients.iam),
+    )
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
+        ObservingInterceptor(metrics),
+        AdmissionInterceptor(config.server.max_concurrent_rpcs),
+        # Inside error mapping, so a refused token becomes a proper UNAUTHENTICATED status.
+        ErrorInterceptor(f"{spec.name}.his", (translate_database_error, translate_upstream_error)),
+    ]
+    if config.auth.enabled:
+        verifier = TokenVerifier(config.auth, jwks_source(config.auth, lambda: clients.iam))
+        interceptors.append(AuthenticationInterceptor(verifier))
     server = grpc.aio.server(
-        interceptors=[
-            aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
-            ObservingInterceptor(metrics),
-            AdmissionInterceptor(config.server.max_concurrent_rpcs),
-            ErrorInterceptor(
-                f"{spec.name}.his", (translate_database_error, translate_upstream_error)
-            ),
-        ],
+        interceptors=interceptors,
         options=[
             ("grpc.so_reuseport", 0),
             # Keepalive so idle connections through proxies and the mesh are not silently dropped.

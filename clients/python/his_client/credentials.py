@@ -1,0 +1,133 @@
+"""Who an outbound call speaks for: the person being served, or this process itself.
+
+Inside a server, a call made while serving a staff member's call carries that person's token as
+`authorization` and this service's own token as `x-his-caller`, so the next service authorizes
+the person and audits both. Otherwise (background work, audit batches, a CLI) the call carries
+this process's own token. A token source is any `async () -> str`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from his.iam.v1 import iam_service_pb2 as iam_pb
+from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
+from his.runtime import identity
+
+AUTHORIZATION = "authorization"
+CALLER = "x-his-caller"
+
+TokenSource = Callable[[], Awaitable[str]]
+
+# Renew a service token this long before it expires, so no call leaves with a dying token.
+RENEW_BEFORE_S = 60.0
+
+
+def static_token(token: str) -> TokenSource:
+    """A fixed token: a person's token in a CLI or test, or one handed in by the platform."""
+
+    async def source() -> str:
+        return token
+
+    return source
+
+
+def token_file(path: Path) -> TokenSource:
+    """A token file the platform keeps fresh (a Kubernetes projected token); re-read on change."""
+    state: dict[str, Any] = {"mtime": None, "token": ""}
+
+    async def source() -> str:
+        mtime = (await asyncio.to_thread(os.stat, path)).st_mtime_ns
+        if mtime != state["mtime"]:
+            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+            state["mtime"], state["token"] = mtime, text.strip()
+        return str(state["token"])
+
+    return source
+
+
+def service_credential(key: bytes, service: str) -> str:
+    """The local identity provider's credential for `service`: HMAC-SHA256(key, name), hex."""
+    return hmac.new(key, service.encode(), hashlib.sha256).hexdigest()
+
+
+def iam_login(
+    service: str, key: bytes, iam: Callable[[], iam_grpc.IamServiceAsyncStub]
+) -> TokenSource:
+    """This service's token from the local iam (`IssueToken` as `service:<name>`), kept fresh."""
+    lock = asyncio.Lock()
+    state: dict[str, Any] = {"token": "", "renew_at": 0.0}
+
+    async def source() -> str:
+        if time.time() < state["renew_at"]:
+            return str(state["token"])
+        async with lock:
+            if time.time() >= state["renew_at"]:
+                reply = await iam().IssueToken(
+                    iam_pb.IssueTokenRequest(
+                        username=f"service:{service}", credential=service_credential(key, service)
+                    ),
+                    timeout=5.0,
+                )
+                expires = reply.expire_time.ToSeconds()
+                state["token"] = reply.access_token
+                state["renew_at"] = max(time.time(), expires - RENEW_BEFORE_S)
+            return str(state["token"])
+
+    return source
+
+
+def _metadata_without(metadata: Any, keys: tuple[str, ...]) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in (metadata or ()) if k not in keys]
+
+
+class IdentityInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds `authorization` (and `x-his-caller` when relaying a person) to every outbound call."""
+
+    def __init__(self, own_token: TokenSource | None) -> None:
+        self._own_token = own_token
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        # IssueToken and GetJwks are public; asking for a token must not need one.
+        if client_call_details.method in _PUBLIC:
+            return await continuation(client_call_details, request)
+        metadata = _metadata_without(client_call_details.metadata, (AUTHORIZATION, CALLER))
+        person = identity.current_or_none()
+        if person is not None and person.is_staff and person.token:
+            metadata.append((AUTHORIZATION, f"Bearer {person.token}"))
+            if self._own_token is not None:
+                metadata.append((CALLER, f"Bearer {await self._own_token()}"))
+        elif self._own_token is not None:
+            metadata.append((AUTHORIZATION, f"Bearer {await self._own_token()}"))
+        details = grpc.aio.ClientCallDetails(
+            method=client_call_details.method,
+            timeout=client_call_details.timeout,
+            metadata=grpc.aio.Metadata(*metadata),
+            credentials=client_call_details.credentials,
+            wait_for_ready=client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)
+
+
+_PUBLIC = frozenset(
+    {
+        "/his.iam.v1.IamService/IssueToken",
+        "/his.iam.v1.IamService/GetJwks",
+        b"/his.iam.v1.IamService/IssueToken",
+        b"/his.iam.v1.IamService/GetJwks",
+    }
+)

@@ -1,0 +1,90 @@
+"""The authentication interceptor: every call names its caller with a verified bearer token.
+
+`authorization: Bearer <token>` is the person (or a service acting on its own). A service that
+relays a person's call adds its own token as `x-his-caller: Bearer <token>`, so the next service
+knows both who asks and through whom. The verified `Principal` is put in context for the call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grpc
+
+from his.runtime import identity
+from his.runtime.errors import Unauthenticated
+from his.runtime.interceptors import Behavior, Continuation, Handler, wrap_unary
+from his.runtime.tokens import TokenVerifier
+from his_client.credentials import AUTHORIZATION, CALLER
+
+# Calls anyone may make: probes, reflection, and the local identity provider's own door.
+PUBLIC_METHODS = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/his.iam.v1.IamService/IssueToken",
+        "/his.iam.v1.IamService/GetJwks",
+    }
+)
+
+
+def bearer(metadata: Any, key: str) -> str | None:
+    """The token of a `Bearer` header in call metadata, None when the header is absent."""
+    for name, value in metadata or ():
+        if name == key:
+            scheme, _, token = str(value).partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated(
+                    f"{key} metadata must be 'Bearer <token>'", reason="INVALID_TOKEN"
+                )
+            return token.strip()
+    return None
+
+
+class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
+    """Verifies the bearer token(s) of each unary call and sets `identity.current()`."""
+
+    def __init__(self, verifier: TokenVerifier, public: frozenset[str] = PUBLIC_METHODS) -> None:
+        self._verifier = verifier
+        self._public = public
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler_call_details.method in self._public:
+            return handler
+        verifier = self._verifier
+
+        def wrap(inner: Behavior) -> Behavior:
+            async def authenticated(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
+                metadata = context.invocation_metadata()
+                token = bearer(metadata, AUTHORIZATION)
+                if token is None:
+                    raise Unauthenticated(
+                        "this call needs 'authorization: Bearer <token>' metadata",
+                        reason="MISSING_CREDENTIALS",
+                    )
+                principal = await verifier.verify(token)
+                relay_token = bearer(metadata, CALLER)
+                if relay_token is not None:
+                    relay = await verifier.verify(relay_token)
+                    if not relay.is_service:
+                        raise Unauthenticated(
+                            f"{CALLER} must carry a service token", reason="INVALID_TOKEN"
+                        )
+                    principal = dataclasses.replace(principal, via_service=relay.service_name)
+                entered = identity.enter(principal)
+                try:
+                    return await inner(request, context)
+                finally:
+                    identity.leave(entered)
+
+            return authenticated
+
+        return wrap_unary(handler, wrap)

@@ -1,0 +1,92 @@
+"""Who is calling: the verified principal of the call being served.
+
+The authentication interceptor verifies the bearer token(s) of each call and puts a `Principal`
+in a context variable; servicers read it with `current()`. Outbound calls made while serving
+carry the end user's token onward (his_client), so the next service sees the same person.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+from his.runtime.errors import Unauthenticated
+
+# The role every HIS service's own token carries (never a staff role).
+SERVICE_ROLE = "SERVICE"
+
+# Staff roles, as they appear in the `roles` claim (StaffRole names without `STAFF_ROLE_`).
+STAFF_ROLES = (
+    "REGISTRAR",
+    "DOCTOR",
+    "NURSE",
+    "PHARMACIST",
+    "LAB_TECHNICIAN",
+    "BILLING_CLERK",
+    "AUDITOR",
+    "ADMINISTRATOR",
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A verified caller: a staff member (possibly reached through a service) or a service."""
+
+    # `staff/{id}` for a person, `services/{name}` for a service acting on its own.
+    subject: str
+    # Staff username or service name; for display and audit, never for decisions.
+    username: str
+    # Role names as in the token (`DOCTOR`, ...; `SERVICE` for a service).
+    roles: frozenset[str]
+    # `departments/{id}` of the staff member's current memberships.
+    departments: frozenset[str] = frozenset()
+    # The service that relayed this caller's call (`scheduling`), empty when called directly.
+    via_service: str = ""
+    # The token's `jti` and `exp` (seconds since the epoch).
+    token_id: str = ""
+    expires_at: float = 0.0
+    # The raw bearer token, to carry the same identity onward on outbound calls.
+    token: str = field(default="", repr=False, compare=False)
+
+    @property
+    def is_service(self) -> bool:
+        """True when a service calls on its own behalf (no person behind the call)."""
+        return self.subject.startswith("services/")
+
+    @property
+    def is_staff(self) -> bool:
+        """True when a person (a staff member) is behind the call."""
+        return self.subject.startswith("staff/")
+
+    @property
+    def service_name(self) -> str:
+        """`scheduling` for `services/scheduling`; empty for staff."""
+        return self.subject.removeprefix("services/") if self.is_service else ""
+
+
+_current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "his_principal", default=None
+)
+
+
+def current() -> Principal:
+    """The principal of the call being served; UNAUTHENTICATED when there is none."""
+    principal = _current.get()
+    if principal is None:
+        raise Unauthenticated("this call needs a bearer token", reason="MISSING_CREDENTIALS")
+    return principal
+
+
+def current_or_none() -> Principal | None:
+    """The principal of the call being served, if any (outbound calls use it to forward)."""
+    return _current.get()
+
+
+def enter(principal: Principal | None) -> contextvars.Token[Principal | None]:
+    """Make `principal` the caller of the code that runs until `leave`."""
+    return _current.set(principal)
+
+
+def leave(token: contextvars.Token[Principal | None]) -> None:
+    """Restore the caller that was current before `enter`."""
+    _current.reset(token)
