@@ -1,0 +1,90 @@
+# DOCTOR and NURSE access to a patient's records: the care relation, consent, break-the-glass.
+#
+#   normal access     the record's department is one of the clinician's (department_match) or the
+#                     patient is under the clinician's care (under_care), and consent is not
+#                     revoked, and the record is not an inpatient surgical record of another
+#                     department (care alone does not open those: an outpatient clinician who
+#                     follows the patient does not see the ward's surgical record).
+#   break-the-glass   input.emergency (an active grant for this patient) opens all of the above;
+#                     the decision then says emergency: true and the access is audited as such.
+package his.authz
+
+import rego.v1
+
+# What clinicians may do to patient records once the relation checks pass. Both read every
+# clinical class (ADR 0002 lists billing and pharmacy among them) and appointments; doctors write
+# the record and the orders; nurses write notes and check patients in (update appointments).
+care_permissions := {
+	"DOCTOR": object.union({class: {"read"} | some class in clinical_classes}, {
+		"scheduling.appointment": {"read"},
+		"emr.encounter": {"read", "create", "update"},
+		"emr.note": {"read", "create", "update"},
+		"emr.diagnosis": {"read", "create", "update"},
+		"orders.lab_order": {"read", "create", "update"},
+		"orders.medication_order": {"read", "create", "update"},
+	}),
+	"NURSE": object.union({class: {"read"} | some class in clinical_classes}, {
+		"scheduling.appointment": {"read", "update"},
+		"emr.note": {"read", "create"},
+	}),
+}
+
+# Break-the-glass grants: a clinician reads and revokes (updates) only their own.
+own_permissions := {
+	"DOCTOR": {"iam.emergency_access": {"read", "update"}},
+	"NURSE": {"iam.emergency_access": {"read", "update"}},
+}
+
+care_request if {
+	some role in input.roles
+	input.action in care_permissions[role][input.resource]
+}
+
+related if input.department_match == true
+
+related if input.under_care == true
+
+surgical_elsewhere if {
+	input.encounter_class == "inpatient"
+	input.surgical == true
+	not input.department_match == true
+}
+
+# "none" (nothing recorded) allows normal care; "revoked" and anything unexpected do not.
+consent_allows if input.consent in {"active", "none"}
+
+# The first reason that stops normal access. The care relation is checked before consent so a
+# clinician with no relation to the patient does not learn the patient's consent status.
+care_refusal := "DEPARTMENT_MISMATCH" if {
+	not related
+} else := "INPATIENT_SURGICAL_OTHER_DEPARTMENT" if {
+	surgical_elsewhere
+} else := "CONSENT_REVOKED" if {
+	not consent_allows
+}
+
+grants contains {"role": role, "emergency": false} if {
+	some role in input.roles
+	input.action in care_permissions[role][input.resource]
+	not care_refusal
+}
+
+grants contains {"role": role, "emergency": true} if {
+	some role in input.roles
+	input.action in care_permissions[role][input.resource]
+	input.emergency == true
+}
+
+refusals contains care_refusal if care_request
+
+grants contains {"role": role, "emergency": false} if {
+	some role in input.roles
+	input.action in own_permissions[role][input.resource]
+	input.own == true
+}
+
+refusals contains "NOT_OWN" if {
+	some role in input.roles
+	input.action in own_permissions[role][input.resource]
+	not input.own == true
+}
