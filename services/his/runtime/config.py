@@ -10,8 +10,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from his.runtime.catalog import CATALOG, lookup
+
+if TYPE_CHECKING:
+    from his.runtime.fieldcrypt import CryptoConfig
 
 
 class ConfigError(ValueError):
@@ -240,6 +244,8 @@ class ServiceConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     # Key for opaque page tokens, so a client cannot forge a cursor into someone else's filter.
     page_token_key: bytes = field(default=b"his-local-page-token-key", repr=False)
+    # Keys of encrypted identifiers and their blind indexes (HIS_CRYPTO_*).
+    crypto: CryptoConfig = field(default_factory=lambda: _crypto({}))
 
 
 def load(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -254,4 +260,11 @@ def load(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
         clients=ClientConfig.from_env(source),
         auth=AuthConfig.from_env(source),
         page_token_key=(source.get("HIS_PAGE_TOKEN_KEY") or "his-local-page-token-key").encode(),
+        crypto=_crypto(source),
     )
+
+
+def _crypto(env: Mapping[str, str]) -> CryptoConfig:
+    from his.runtime.fieldcrypt import CryptoConfig  # noqa: PLC0415  (fieldcrypt imports config)
+
+    return CryptoConfig.from_env(env)
