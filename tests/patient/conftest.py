@@ -9,6 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from his.runtime.database import async_url
+from his.runtime.fieldcrypt import FieldCipher
+from tests.conftest import service_config
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +19,9 @@ async def patient_db(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(async_url(database_url), poolclass=NullPool)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def patient_cipher() -> FieldCipher:
+    """The patient schema's cipher with the session service's keys (blind indexes, decryption)."""
+    return FieldCipher.from_config(service_config("patient").crypto, "patient")

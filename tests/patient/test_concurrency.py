@@ -12,7 +12,9 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from his.patient.mapping import national_id_index
 from his.patient.v1 import patient_service_pb2 as pb
+from his.runtime.fieldcrypt import FieldCipher
 from his.runtime.server import RunningService
 from tests.patient.helpers import (
     Stub,
@@ -142,7 +144,7 @@ async def test_parallel_registrations_without_national_id_and_one_request_id_cre
 
 
 async def test_parallel_registrations_of_one_national_id_let_exactly_one_win(
-    patients: Stub, patient_db: AsyncEngine
+    patients: Stub, patient_db: AsyncEngine, patient_cipher: FieldCipher
 ) -> None:
     national_id = unique_national_id()
 
@@ -167,8 +169,8 @@ async def test_parallel_registrations_of_one_national_id_let_exactly_one_win(
     }
     rows = await _count(
         patient_db,
-        "SELECT count(*) FROM patient.patients WHERE national_id_value = :value",
-        value=national_id.value,
+        "SELECT count(*) FROM patient.patients WHERE national_id_bidx = :index",
+        index=national_id_index(patient_cipher, national_id.system, national_id.value),
     )
     assert rows == 1
 

@@ -1,13 +1,18 @@
-"""Database rows of the patient schema as proto messages."""
+"""Database rows of the patient schema as proto messages, and identifiers in and out of their
+encrypted columns."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import uuid
+from dataclasses import dataclass, fields
 from typing import Any
 
 from his.patient.v1 import patient_service_pb2 as pb
 from his.runtime import wire
 from his.runtime.enums import EnumText
+from his.runtime.fieldcrypt import FieldCipher
 
 STATE = EnumText(pb.PatientState.DESCRIPTOR)
 GENDER = EnumText(pb.AdministrativeGender.DESCRIPTOR)
@@ -40,8 +45,105 @@ def format_mrn(number: int) -> str:
     return f"{digits}{(10 - total % 10) % 10}"
 
 
-def patient_to_proto(row: Any) -> pb.Patient:
-    """A `patient.patients` row as a Patient."""
+# Plain values (what validation produces) → their encrypted column in `patients`.
+ENCRYPTED = {
+    "national_id_system": "national_id_system_enc",
+    "national_id_value": "national_id_value_enc",
+    "phone": "phone_enc",
+    "address": "address_enc",
+}
+# Blind-index kinds; the cipher prefixes its schema, so they cannot match another service's.
+NATIONAL_ID_INDEX = "national_id"
+PHONE_INDEX = "phone"
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    """A `patient.patients` row with its identifiers decrypted."""
+
+    id: uuid.UUID
+    mrn_number: int
+    state: str
+    family_name: str
+    given_names: list[str]
+    family_key: str
+    given_key: str
+    gender: str
+    birth_date: dt.date
+    national_id_system: str | None
+    national_id_value: str | None
+    phone: str | None
+    address: dict[str, Any] | None
+    merged_into: uuid.UUID | None
+    create_request_id: str | None
+    create_request_fingerprint: str | None
+    version: int
+    create_time: dt.datetime
+    update_time: dt.datetime
+
+
+_PLAIN_COLUMNS = tuple(f.name for f in fields(PatientRecord) if f.name not in ENCRYPTED)
+
+
+def national_id_index(cipher: FieldCipher, system: str, value: str) -> bytes:
+    """The blind index of a national identifier (validated, trimmed; matched exactly)."""
+    return cipher.blind_index(NATIONAL_ID_INDEX, system, value)
+
+
+def phone_index(cipher: FieldCipher, phone: str) -> bytes:
+    """The blind index of a validated phone number (matched exactly)."""
+    return cipher.blind_index(PHONE_INDEX, phone)
+
+
+def encrypt_identifiers(cipher: FieldCipher, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with plain identifiers replaced by their encrypted and blind-index columns.
+
+    The cipher must be ready (`await cipher.ready(session)`).
+    """
+    out = {name: value for name, value in values.items() if name not in ENCRYPTED}
+    for name, column in ENCRYPTED.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if value is not None and name == "address":
+            value = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        out[column] = None if value is None else cipher.encrypt(f"patients.{column}", value)
+    if "national_id_value" in values:
+        system, value = values.get("national_id_system"), values["national_id_value"]
+        out["national_id_bidx"] = (
+            None if system is None or value is None else national_id_index(cipher, system, value)
+        )
+    if "phone" in values:
+        phone = values["phone"]
+        out["phone_bidx"] = None if phone is None else phone_index(cipher, phone)
+    return out
+
+
+def encrypted_values(row: Any) -> list[bytes | None]:
+    """The encrypted values of a `patients` row (to load their data keys before decrypting)."""
+    return [getattr(row, column) for column in ENCRYPTED.values()]
+
+
+def decrypt_patient(cipher: FieldCipher, row: Any) -> PatientRecord:
+    """A `patients` row with its identifiers decrypted (their data keys must be loaded)."""
+
+    def plain(name: str) -> str | None:
+        column = ENCRYPTED[name]
+        value = getattr(row, column)
+        return None if value is None else cipher.decrypt(f"patients.{column}", value)
+
+    address = plain("address")
+    return PatientRecord(
+        **{name: getattr(row, name) for name in _PLAIN_COLUMNS},
+        national_id_system=plain("national_id_system"),
+        national_id_value=plain("national_id_value"),
+        phone=plain("phone"),
+        address=None if address is None else json.loads(address),
+    )
+
+
+def patient_to_proto(row: PatientRecord) -> pb.Patient:
+    """A decrypted `patient.patients` row as a Patient."""
     patient = pb.Patient(
         name=patient_name(row.id),
         mrn=format_mrn(row.mrn_number),
@@ -56,7 +158,7 @@ def patient_to_proto(row: Any) -> pb.Patient:
         update_time=wire.timestamp(row.update_time),
         etag=str(row.version),
     )
-    if row.national_id_value is not None:
+    if row.national_id_system is not None and row.national_id_value is not None:
         patient.national_id.system = row.national_id_system
         patient.national_id.value = row.national_id_value
     if row.address:

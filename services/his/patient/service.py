@@ -27,6 +27,7 @@ from his.patient.validation import (
 )
 from his.runtime.database import Database
 from his.runtime.errors import FailedPrecondition, InvalidArgument
+from his.runtime.fieldcrypt import FieldCipher
 from his.runtime.idempotency import check_replay, fingerprint
 from his.runtime.pagination import PageTokens
 from his.runtime.server import ServiceResources
@@ -47,11 +48,14 @@ class PatientService(pb_grpc.PatientServiceServicer):
     def __init__(self, resources: ServiceResources) -> None:
         self._db: Database = resources.database
         self._pages = PageTokens(resources.config.page_token_key)
+        self._cipher = FieldCipher.from_config(
+            resources.config.crypto, "patient", resources.database.engine
+        )
 
     async def GetPatient(self, request: pb.GetPatientRequest, context: Context) -> pb.Patient:
         patient_id = required_id("name", request.name, collection="patients")
         async with self._db.read() as session:
-            row = await store.get_patient(session, patient_id)
+            row = await store.get_patient(session, self._cipher, patient_id)
         return patient_to_proto(row)
 
     async def ListPatients(
@@ -77,7 +81,9 @@ class PatientService(pb_grpc.PatientServiceServicer):
         if cursor is not None:
             after = (str(cursor["f"]), str(cursor["g"]), uuid.UUID(str(cursor["i"])))
         async with self._db.read() as session:
-            rows = await store.list_patients(session, where, after=after, limit=limit + 1)
+            rows = await store.list_patients(
+                session, self._cipher, where, after=after, limit=limit + 1
+            )
         response = pb.ListPatientsResponse(patients=[patient_to_proto(r) for r in rows[:limit]])
         if len(rows) > limit:
             last = rows[limit - 1]
@@ -97,10 +103,10 @@ class PatientService(pb_grpc.PatientServiceServicer):
         values["create_request_fingerprint"] = fingerprint(request) if request_id else None
         try:
             async with self._db.transaction() as session:
-                row = await store.insert_patient(session, values, request_id)
+                row = await store.insert_patient(session, self._cipher, values, request_id)
                 if row is None:
                     assert request_id is not None
-                    row = await store.patient_by_request(session, request_id)
+                    row = await store.patient_by_request(session, self._cipher, request_id)
                     assert row is not None
                     check_replay(row.create_request_fingerprint, request)
         except IntegrityError as error:
@@ -108,7 +114,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
             # the first registration is then the answer, not a conflict.
             if request_id is not None:
                 async with self._db.transaction() as session:
-                    row = await store.patient_by_request(session, request_id)
+                    row = await store.patient_by_request(session, self._cipher, request_id)
                 if row is not None:
                     check_replay(row.create_request_fingerprint, request)
                     return patient_to_proto(row)
@@ -127,7 +133,9 @@ class PatientService(pb_grpc.PatientServiceServicer):
         assert patient_id is not None
         try:
             async with self._db.transaction() as session:
-                row = await store.update_patient(session, patient_id, values, request.patient.etag)
+                row = await store.update_patient(
+                    session, self._cipher, patient_id, values, request.patient.etag
+                )
         except IntegrityError as error:
             if store.unique_violation(error) == "national_id_unique":
                 raise store.national_id_taken() from None
@@ -147,7 +155,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
     async def _set_state(self, name: str, etag: str, state: str) -> pb.Patient:
         patient_id = required_id("name", name, collection="patients")
         async with self._db.transaction() as session:
-            row = await store.set_state(session, patient_id, to=state, etag=etag)
+            row = await store.set_state(session, self._cipher, patient_id, to=state, etag=etag)
         return patient_to_proto(row)
 
     async def MergePatients(self, request: pb.MergePatientsRequest, context: Context) -> pb.Patient:
@@ -160,7 +168,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         v.raise_if_any()
         assert duplicate_id is not None and survivor_id is not None
         async with self._db.transaction() as session:
-            row = await store.merge(session, duplicate_id, survivor_id, reason)
+            row = await store.merge(session, self._cipher, duplicate_id, survivor_id, reason)
         return patient_to_proto(row)
 
     async def UnmergePatient(
@@ -172,7 +180,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         v.raise_if_any()
         assert patient_id is not None
         async with self._db.transaction() as session:
-            row = await store.unmerge(session, patient_id, reason)
+            row = await store.unmerge(session, self._cipher, patient_id, reason)
         return patient_to_proto(row)
 
     async def GrantConsent(self, request: pb.GrantConsentRequest, context: Context) -> pb.Consent:
@@ -187,7 +195,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         values["create_request_fingerprint"] = fingerprint(request) if request_id else None
         async with self._db.transaction() as session:
             # The patient's row lock serialises grants (and their replays) per patient.
-            patient = await store.get_patient(session, patient_id, lock=True)
+            patient = await store.get_patient(session, self._cipher, patient_id, lock=True)
             if request_id is not None:
                 # A replay is answered even if the patient was merged since the first grant.
                 earlier = await store.consent_by_request(session, patient_id, request_id)
@@ -233,7 +241,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         if cursor is not None:
             after = (dt.datetime.fromisoformat(str(cursor["t"])), uuid.UUID(str(cursor["i"])))
         async with self._db.read() as session:
-            await store.get_patient(session, patient_id)
+            await store.get_patient(session, self._cipher, patient_id)
             rows = await store.list_consents(
                 session, patient_id, active_only=request.active_only, after=after, limit=limit + 1
             )

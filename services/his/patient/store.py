@@ -2,6 +2,10 @@
 
 Invariants are the database's job: unique national identifier, one patient per create request id,
 one open merge per duplicate. Functions here translate their violations into domain errors.
+
+Identifiers are encrypted on the way in and decrypted on the way out (his.patient.mapping), so every
+function returning a patient takes the schema's FieldCipher and returns a PatientRecord; searches
+and the national-identifier unique index use blind indexes.
 """
 
 from __future__ import annotations
@@ -16,9 +20,18 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.patient.mapping import (
+    PatientRecord,
+    decrypt_patient,
+    encrypt_identifiers,
+    encrypted_values,
+    national_id_index,
+    phone_index,
+)
 from his.patient.tables import consents, patient_merges, patients
 from his.runtime.database import UNIQUE_VIOLATION, integrity_violation
 from his.runtime.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from his.runtime.fieldcrypt import FieldCipher
 
 _RETURNING = tuple(patients.c)
 
@@ -38,10 +51,22 @@ def national_id_taken() -> AlreadyExists:
     )
 
 
+async def _decrypted(session: AsyncSession, cipher: FieldCipher, row: Row[Any]) -> PatientRecord:
+    await cipher.load(session, encrypted_values(row))
+    return decrypt_patient(cipher, row)
+
+
+async def _all_decrypted(
+    session: AsyncSession, cipher: FieldCipher, rows: list[Row[Any]]
+) -> list[PatientRecord]:
+    await cipher.load(session, (value for row in rows for value in encrypted_values(row)))
+    return [decrypt_patient(cipher, row) for row in rows]
+
+
 async def get_patient(
-    session: AsyncSession, patient_id: uuid.UUID, *, lock: bool = False
-) -> Row[Any]:
-    """One patient row, or NOT_FOUND."""
+    session: AsyncSession, cipher: FieldCipher, patient_id: uuid.UUID, *, lock: bool = False
+) -> PatientRecord:
+    """One patient, or NOT_FOUND."""
     query = select(*_RETURNING).where(patients.c.id == patient_id)
     if lock:
         query = query.with_for_update()
@@ -50,54 +75,71 @@ async def get_patient(
         raise NotFound(
             f"patients/{patient_id} not found", metadata={"name": f"patients/{patient_id}"}
         )
-    return row
+    return await _decrypted(session, cipher, row)
 
 
 async def insert_patient(
-    session: AsyncSession, values: dict[str, Any], request_id: str | None
-) -> Row[Any] | None:
+    session: AsyncSession, cipher: FieldCipher, values: dict[str, Any], request_id: str | None
+) -> PatientRecord | None:
     """Insert a new patient; None when `request_id` was already used (the caller re-reads it)."""
-    statement = insert(patients).values(id=uuid.uuid4(), create_request_id=request_id, **values)
+    await cipher.ready(session)
+    statement = insert(patients).values(
+        id=uuid.uuid4(), create_request_id=request_id, **encrypt_identifiers(cipher, values)
+    )
     if request_id is not None:
         statement = statement.on_conflict_do_nothing(index_elements=[patients.c.create_request_id])
-    return (await session.execute(statement.returning(*_RETURNING))).first()
+    row = (await session.execute(statement.returning(*_RETURNING))).first()
+    return None if row is None else await _decrypted(session, cipher, row)
 
 
-async def patient_by_request(session: AsyncSession, request_id: str) -> Row[Any] | None:
+async def patient_by_request(
+    session: AsyncSession, cipher: FieldCipher, request_id: str
+) -> PatientRecord | None:
     """The patient created by the CreatePatient call with this request id."""
     query = select(*_RETURNING).where(patients.c.create_request_id == request_id)
-    return (await session.execute(query)).first()
+    row = (await session.execute(query)).first()
+    return None if row is None else await _decrypted(session, cipher, row)
 
 
 async def update_patient(
-    session: AsyncSession, patient_id: uuid.UUID, values: dict[str, Any], etag: str
-) -> Row[Any]:
+    session: AsyncSession,
+    cipher: FieldCipher,
+    patient_id: uuid.UUID,
+    values: dict[str, Any],
+    etag: str,
+) -> PatientRecord:
     """Apply `values` to a non-merged patient whose version matches `etag` (when given).
 
     UpdatePatient is IDEMPOTENT: when the row already holds exactly these values (a retry whose
     first attempt committed but whose reply was lost), it is returned as it is, whatever the etag.
     """
-    current = await get_patient(session, patient_id, lock=True)
+    current = await get_patient(session, cipher, patient_id, lock=True)
     if current.state == "merged":
         raise _merged(patient_id)
+    # Compared in plain text: the same value encrypts differently each time.
     if all(getattr(current, column) == value for column, value in values.items()):
         return current
     check_etag(current, etag)
+    await cipher.ready(session)
     statement = (
         update(patients)
         .where(patients.c.id == patient_id)
-        .values(**values, version=patients.c.version + 1, update_time=func.now())
+        .values(
+            **encrypt_identifiers(cipher, values),
+            version=patients.c.version + 1,
+            update_time=func.now(),
+        )
         .returning(*_RETURNING)
     )
-    return (await session.execute(statement)).one()
+    return await _decrypted(session, cipher, (await session.execute(statement)).one())
 
 
 async def set_state(
-    session: AsyncSession, patient_id: uuid.UUID, *, to: str, etag: str
-) -> Row[Any]:
+    session: AsyncSession, cipher: FieldCipher, patient_id: uuid.UUID, *, to: str, etag: str
+) -> PatientRecord:
     """Deactivate or reactivate; already in the target state is a no-op success, whatever the
     etag, so that a retried call whose first attempt committed does not fail."""
-    current = await get_patient(session, patient_id, lock=True)
+    current = await get_patient(session, cipher, patient_id, lock=True)
     if current.state == "merged":
         raise _merged(patient_id)
     if current.state == to:
@@ -109,10 +151,10 @@ async def set_state(
         .values(state=to, version=patients.c.version + 1, update_time=func.now())
         .returning(*_RETURNING)
     )
-    return (await session.execute(statement)).one()
+    return await _decrypted(session, cipher, (await session.execute(statement)).one())
 
 
-def check_etag(row: Row[Any], etag: str) -> None:
+def check_etag(row: PatientRecord, etag: str) -> None:
     """ABORTED when a given etag is not the row's current version."""
     if etag and etag != str(row.version):
         raise Aborted(
@@ -130,8 +172,12 @@ def _merged(patient_id: uuid.UUID) -> FailedPrecondition:
 
 
 async def merge(
-    session: AsyncSession, duplicate_id: uuid.UUID, survivor_id: uuid.UUID, reason: str
-) -> Row[Any]:
+    session: AsyncSession,
+    cipher: FieldCipher,
+    duplicate_id: uuid.UUID,
+    survivor_id: uuid.UUID,
+    reason: str,
+) -> PatientRecord:
     """Mark the duplicate merged into the survivor, recording the merge for undo."""
     # Lock both rows in id order so two merges of the same pair cannot deadlock.
     locked = (
@@ -150,7 +196,7 @@ async def merge(
     duplicate, survivor = rows[duplicate_id], rows[survivor_id]
     if duplicate.state == "merged":
         if duplicate.merged_into == survivor_id:
-            return duplicate  # the same merge again: nothing to do
+            return await _decrypted(session, cipher, duplicate)  # the same merge again
         raise FailedPrecondition(
             "the duplicate is already merged into another patient; undo that merge first",
             reason="ALREADY_MERGED",
@@ -179,12 +225,14 @@ async def merge(
         )
         .returning(*_RETURNING)
     )
-    return (await session.execute(statement)).one()
+    return await _decrypted(session, cipher, (await session.execute(statement)).one())
 
 
-async def unmerge(session: AsyncSession, duplicate_id: uuid.UUID, reason: str) -> Row[Any]:
+async def unmerge(
+    session: AsyncSession, cipher: FieldCipher, duplicate_id: uuid.UUID, reason: str
+) -> PatientRecord:
     """Restore a merged duplicate to its state before the merge; the history row is closed."""
-    current = await get_patient(session, duplicate_id, lock=True)
+    current = await get_patient(session, cipher, duplicate_id, lock=True)
     if current.state != "merged":
         raise FailedPrecondition("the patient is not merged", reason="NOT_MERGED")
     closed = (
@@ -209,7 +257,7 @@ async def unmerge(session: AsyncSession, duplicate_id: uuid.UUID, reason: str) -
         )
         .returning(*_RETURNING)
     )
-    return (await session.execute(statement)).one()
+    return await _decrypted(session, cipher, (await session.execute(statement)).one())
 
 
 @dataclass(frozen=True)
@@ -235,11 +283,12 @@ def _escape_like(text: str) -> str:
 
 async def list_patients(
     session: AsyncSession,
+    cipher: FieldCipher,
     where: PatientFilter,
     *,
     after: tuple[str, str, uuid.UUID] | None,
     limit: int,
-) -> list[Row[Any]]:
+) -> list[PatientRecord]:
     """Up to `limit` patients after the keyset cursor, ordered by (family, first given name, id)."""
     conditions = []
     if where.name_prefix:
@@ -255,10 +304,10 @@ async def list_patients(
     if where.birth_date is not None:
         conditions.append(patients.c.birth_date == where.birth_date)
     if where.national_id is not None:
-        conditions.append(patients.c.national_id_system == where.national_id[0])
-        conditions.append(patients.c.national_id_value == where.national_id[1])
+        system, value = where.national_id
+        conditions.append(patients.c.national_id_bidx == national_id_index(cipher, system, value))
     if where.phone is not None:
-        conditions.append(patients.c.phone == where.phone)
+        conditions.append(patients.c.phone_bidx == phone_index(cipher, where.phone))
     if not where.include_merged:
         conditions.append(patients.c.state != "merged")
     order = (patients.c.family_key, patients.c.given_key, patients.c.id)
@@ -267,7 +316,7 @@ async def list_patients(
             tuple_(*order) > tuple_(literal(after[0]), literal(after[1]), literal(after[2]))
         )
     query = select(*_RETURNING).where(and_(True, *conditions)).order_by(*order).limit(limit)
-    return list((await session.execute(query)).all())
+    return await _all_decrypted(session, cipher, list((await session.execute(query)).all()))
 
 
 async def insert_consent(

@@ -1,4 +1,9 @@
-"""The patient schema: patients, their merge history and their consents."""
+"""The patient schema: patients, their merge history and their consents.
+
+National identifier, phone and address are stored encrypted (`*_enc`, his.runtime.fieldcrypt) under
+the data keys in `data_keys`; exact-match search and uniqueness go through keyed blind indexes
+(`*_bidx`), so the database never holds these values in plain text.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Sequence,
     Table,
@@ -20,7 +26,9 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+
+from his.runtime.fieldcrypt import data_keys_table
 
 SCHEMA = "patient"
 metadata = MetaData(schema=SCHEMA)
@@ -53,10 +61,16 @@ patients = Table(
     ),
     Column("gender", Text, nullable=False),
     Column("birth_date", Date, nullable=False),
-    Column("national_id_system", Text),
-    Column("national_id_value", Text),
-    Column("phone", Text),
-    Column("address", JSONB),
+    # Encrypted (fieldcrypt format, AAD "patient.patients.<column>"). The issuing system is
+    # encrypted too: a foreign passport's issuer tells the patient's nationality.
+    Column("national_id_system_enc", LargeBinary),
+    Column("national_id_value_enc", LargeBinary),
+    # HMAC of (system, value) under the index key: the unique lookup key of a national identifier.
+    Column("national_id_bidx", LargeBinary),
+    Column("phone_enc", LargeBinary),
+    Column("phone_bidx", LargeBinary),
+    # The address as encrypted JSON text.
+    Column("address_enc", LargeBinary),
     Column("merged_into", UUID(as_uuid=True), ForeignKey("patients.id")),
     # The idempotency key of the CreatePatient call that made this row: a replay finds it here.
     Column("create_request_id", Text, unique=True),
@@ -69,14 +83,19 @@ patients = Table(
     CheckConstraint("(state = 'merged') = (merged_into IS NOT NULL)", name="merged_has_survivor"),
     CheckConstraint("merged_into IS DISTINCT FROM id", name="not_merged_into_self"),
     CheckConstraint(
-        "(national_id_system IS NULL) = (national_id_value IS NULL)", name="national_id_complete"
+        "(national_id_system_enc IS NULL) = (national_id_value_enc IS NULL)",
+        name="national_id_complete",
     ),
+    CheckConstraint(
+        "(national_id_value_enc IS NULL) = (national_id_bidx IS NULL)", name="national_id_indexed"
+    ),
+    CheckConstraint("(phone_enc IS NULL) = (phone_bidx IS NULL)", name="phone_indexed"),
     CheckConstraint("cardinality(given_names) >= 1", name="has_given_name"),
     CheckConstraint(
         "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
         name="patient_request_fingerprinted",
     ),
-    UniqueConstraint("national_id_system", "national_id_value", name="national_id_unique"),
+    UniqueConstraint("national_id_bidx", name="national_id_unique"),
 )
 
 # Prefix search on either name, and the list order (family, first given name, id) for keyset pages.
@@ -90,7 +109,10 @@ Index(
 )
 Index("patients_list_order", patients.c.family_key, patients.c.given_key, patients.c.id)
 Index("patients_birth_date", patients.c.birth_date)
-Index("patients_phone", patients.c.phone)
+Index("patients_phone", patients.c.phone_bidx)
+
+# Wrapped data keys of this schema (his.runtime.fieldcrypt).
+data_keys = data_keys_table(metadata)
 
 patient_merges = Table(
     "patient_merges",
