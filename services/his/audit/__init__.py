@@ -1,1 +1,1 @@
-"""The audit service: contract his.audit.v1 only; implemented in a later issue."""
+"""The audit service: the append-only, hash-chained audit trail (his.audit.v1.AuditService)."""

@@ -1,0 +1,173 @@
+"""The AuditService servicer: validate → authorize → append (group commit) or read → respond.
+
+Only HIS services write (the writer is the authenticated calling service, never a name in the
+request); only auditors read and verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import grpc
+
+from his.audit import store
+from his.audit.chain import GENESIS_HASH, ChainCheck
+from his.audit.mapping import ACTION, COLLECTION, event_from_columns
+from his.audit.v1 import audit_service_pb2 as pb
+from his.audit.v1 import audit_service_pb2_grpc as pb_grpc
+from his.audit.validation import MAX_VERIFY_RANGE, batch_violations, name_of
+from his.audit.writer import GroupCommitWriter
+from his.runtime import identity
+from his.runtime.database import Database
+from his.runtime.errors import InvalidArgument, PermissionDenied
+from his.runtime.identity import Principal
+from his.runtime.pagination import PageTokens
+from his.runtime.policy import PolicyEngine, Request
+from his.runtime.server import ServiceResources
+from his.runtime.validation import Violations, required_id
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+RESOURCE = "audit.event"
+# Rows VerifyChain reads and hashes at a time: memory stays flat however long the range.
+VERIFY_CHUNK = 2000
+# Who wrote events when security is off (benchmarks only): no caller is known.
+_ANONYMOUS_WRITER = "unauthenticated"
+
+
+class AuditService(pb_grpc.AuditServiceServicer):
+    """The append-only, hash-chained audit trail over the `audit` schema."""
+
+    def __init__(self, resources: ServiceResources) -> None:
+        self._db: Database = resources.database
+        self._pages = PageTokens(resources.config.page_token_key)
+        self._security = resources.config.auth.enabled
+        # Until ServiceResources carries the process's shared engine, the servicer loads its own.
+        self._policy = PolicyEngine.load()
+        self.writer = GroupCommitWriter(self._db)
+
+    def _authorize(self, action: str) -> Principal | None:
+        """The caller, if allowed to `action` audit events; PERMISSION_DENIED otherwise."""
+        if not self._security:
+            return None
+        principal = identity.current()
+        self._policy.require(
+            Request(roles=tuple(sorted(principal.roles)), action=action, resource=RESOURCE)
+        )
+        return principal
+
+    async def WriteAuditEvents(
+        self, request: pb.WriteAuditEventsRequest, context: Context
+    ) -> pb.WriteAuditEventsResponse:
+        v = Violations()
+        batch_violations(v, request.audit_events, now=dt.datetime.now(dt.UTC))
+        v.raise_if_any()
+        if self._security and not identity.current().is_service:
+            raise PermissionDenied("only HIS services write audit events", reason="NOT_A_SERVICE")
+        principal = self._authorize("create")
+        writer = principal.service_name if principal is not None else _ANONYMOUS_WRITER
+        service_account = principal.subject if principal is not None else ""
+        stored = await self.writer.write(
+            request.audit_events, writer=writer, service_account=service_account
+        )
+        return pb.WriteAuditEventsResponse(audit_events=stored)
+
+    async def GetAuditEvent(
+        self, request: pb.GetAuditEventRequest, context: Context
+    ) -> pb.AuditEvent:
+        event_id = required_id("name", request.name, collection=COLLECTION)
+        self._authorize("read")
+        async with self._db.read() as session:
+            row = await store.get_event(session, str(event_id))
+        return event_from_columns(row._mapping)
+
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Context
+    ) -> pb.ListAuditEventsResponse:
+        v = Violations()
+        limit = v.page_size("page_size", request.page_size)
+        name_of(v, "patient", request.patient, collection="patients")
+        name_of(v, "agent_staff", request.agent_staff, collection="staff")
+        period = request.event_period
+        start = end = None
+        if period.HasField("start_time"):
+            start = v.instant("event_period.start_time", period.start_time)
+        if period.HasField("end_time"):
+            end = v.instant("event_period.end_time", period.end_time)
+            if start is not None and end is not None and end <= start:
+                v.add("event_period.end_time", "must be after the start")
+        action = v.enum("action", request.action, pb.AuditEventAction.DESCRIPTOR, required=False)
+        v.raise_if_any()
+        self._authorize("read")
+        where = store.EventFilter(
+            patient=request.patient,
+            agent_staff=request.agent_staff,
+            start=start,
+            end=end,
+            action=ACTION.text(action) if action else None,
+            emergency_only=request.emergency_access_only,
+        )
+        cursor = self._pages.decode(request.page_token, query=where.fingerprint())
+        after = int(cursor["s"]) if cursor is not None else 0
+        async with self._db.read() as session:
+            rows = await store.list_events(session, where, after=after, limit=limit + 1)
+        response = pb.ListAuditEventsResponse(
+            audit_events=[event_from_columns(row._mapping) for row in rows[:limit]]
+        )
+        if len(rows) > limit:
+            response.next_page_token = self._pages.encode(
+                {"s": rows[limit - 1].sequence_number}, query=where.fingerprint()
+            )
+        return response
+
+    async def VerifyChain(
+        self, request: pb.VerifyChainRequest, context: Context
+    ) -> pb.VerifyChainResponse:
+        v = Violations()
+        start, end = request.start_sequence_number, request.end_sequence_number
+        if start < 0:
+            v.add("start_sequence_number", "must not be negative")
+        if end < 0:
+            v.add("end_sequence_number", "must not be negative")
+        first = max(start, 1)
+        if end > 0 and end < first:
+            v.add("end_sequence_number", "must not be before start_sequence_number")
+        elif end > 0 and end - first + 1 > MAX_VERIFY_RANGE:
+            v.add("end_sequence_number", f"the range must hold at most {MAX_VERIFY_RANGE} events")
+        v.raise_if_any()
+        self._authorize("read")
+        async with self._db.read() as session:
+            head = await store.read_head(session)
+            if end == 0 and head.sequence_number - first + 1 > MAX_VERIFY_RANGE:
+                raise InvalidArgument.field(
+                    "end_sequence_number",
+                    f"the chain from start_sequence_number holds more than {MAX_VERIFY_RANGE}"
+                    " events; give an end",
+                )
+            # Nothing exists after the head: a range reaching past it ends at the head.
+            last = min(end or head.sequence_number, head.sequence_number)
+            previous = GENESIS_HASH if first == 1 else await store.hash_of(session, first - 1)
+            check = ChainCheck(expected=first, previous=previous)
+            position = first
+            while not check.broken and position <= last:
+                rows = await store.chain_chunk(
+                    session, start=position, end=last, limit=VERIFY_CHUNK
+                )
+                if not rows:
+                    break
+                # Hashing a chunk is CPU work: off the event loop, so other calls keep flowing.
+                await asyncio.to_thread(check.check, [row._mapping for row in rows])
+                position = int(rows[-1].sequence_number) + 1
+            check.finish(last)
+        response = pb.VerifyChainResponse(
+            intact=not check.broken,
+            start_sequence_number=first,
+            end_sequence_number=last,
+            end_hash=check.last_hash,
+        )
+        if check.broken:
+            response.first_break.sequence_number = check.break_at
+            response.first_break.reason = check.reason  # type: ignore[assignment]
+        return response

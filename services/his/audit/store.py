@@ -1,0 +1,147 @@
+"""Queries of the audit schema. Each function runs inside the caller's session.
+
+Events are only inserted, always by the group-commit writer while it holds the chain head's row
+lock (`lock_head`), so sequence numbers are assigned by one writer at a time across replicas.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from his.audit.mapping import event_name
+from his.audit.tables import chain_head, events
+from his.runtime.errors import NotFound
+
+_HEAD = 1
+
+
+@dataclass(frozen=True)
+class Head:
+    """The end of the chain: last sequence number (0 when empty) and its hash."""
+
+    sequence_number: int
+    hash: bytes
+
+
+async def lock_head(session: AsyncSession) -> Head:
+    """The chain head, locked until the transaction ends (serialises appends across replicas)."""
+    query = (
+        select(chain_head.c.last_sequence_number, chain_head.c.last_hash)
+        .where(chain_head.c.id == _HEAD)
+        .with_for_update()
+    )
+    row = (await session.execute(query)).one()
+    return Head(int(row.last_sequence_number), bytes(row.last_hash))
+
+
+async def read_head(session: AsyncSession) -> Head:
+    """The chain head as last committed, without locking it."""
+    query = select(chain_head.c.last_sequence_number, chain_head.c.last_hash).where(
+        chain_head.c.id == _HEAD
+    )
+    row = (await session.execute(query)).one()
+    return Head(int(row.last_sequence_number), bytes(row.last_hash))
+
+
+async def set_head(session: AsyncSession, head: Head) -> None:
+    """Move the (locked) head to the last appended event."""
+    await session.execute(
+        update(chain_head)
+        .where(chain_head.c.id == _HEAD)
+        .values(last_sequence_number=head.sequence_number, last_hash=head.hash)
+    )
+
+
+async def events_by_id(session: AsyncSession, event_ids: Collection[str]) -> dict[str, Row[Any]]:
+    """The stored events among `event_ids`, by id."""
+    if not event_ids:
+        return {}
+    query = select(*events.c).where(events.c.event_id.in_(list(event_ids)))
+    return {str(row.event_id): row for row in await session.execute(query)}
+
+
+async def append(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert complete event rows (numbered and hashed by the writer)."""
+    if rows:
+        await session.execute(insert(events), list(rows))
+
+
+async def get_event(session: AsyncSession, event_id: str) -> Row[Any]:
+    """One stored event, or NOT_FOUND."""
+    row = (await session.execute(select(*events.c).where(events.c.event_id == event_id))).first()
+    if row is None:
+        name = event_name(event_id)
+        raise NotFound(f"{name} not found", metadata={"name": name})
+    return row
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """The filters of ListAuditEvents (all must match)."""
+
+    patient: str = ""
+    agent_staff: str = ""
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    action: str | None = None
+    emergency_only: bool = False
+
+    def fingerprint(self) -> str:
+        """What a page token is bound to: exactly these filters."""
+        parts = (
+            self.patient,
+            self.agent_staff,
+            self.start.isoformat() if self.start else "",
+            self.end.isoformat() if self.end else "",
+            self.action or "",
+            str(self.emergency_only),
+        )
+        return "audit-events " + hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+async def list_events(
+    session: AsyncSession, where: EventFilter, *, after: int, limit: int
+) -> Sequence[Row[Any]]:
+    """Matching events with sequence numbers above `after`, in sequence order."""
+    query = select(*events.c).where(events.c.sequence_number > after)
+    if where.patient:
+        query = query.where(events.c.patient == where.patient)
+    if where.agent_staff:
+        query = query.where(events.c.agent_staff == where.agent_staff)
+    if where.start is not None:
+        query = query.where(events.c.event_time >= where.start)
+    if where.end is not None:
+        query = query.where(events.c.event_time < where.end)
+    if where.action is not None:
+        query = query.where(events.c.action == where.action)
+    if where.emergency_only:
+        query = query.where(events.c.emergency_access)
+    query = query.order_by(events.c.sequence_number).limit(limit)
+    return (await session.execute(query)).all()
+
+
+async def hash_of(session: AsyncSession, sequence_number: int) -> bytes | None:
+    """The stored hash of one event, None when there is no such row."""
+    query = select(events.c.hash).where(events.c.sequence_number == sequence_number)
+    value = (await session.execute(query)).scalar_one_or_none()
+    return None if value is None else bytes(value)
+
+
+async def chain_chunk(
+    session: AsyncSession, *, start: int, end: int, limit: int
+) -> Sequence[Row[Any]]:
+    """Up to `limit` events with sequence numbers in [start, end], in order (for VerifyChain)."""
+    query = (
+        select(*events.c)
+        .where(events.c.sequence_number >= start, events.c.sequence_number <= end)
+        .order_by(events.c.sequence_number)
+        .limit(limit)
+    )
+    return (await session.execute(query)).all()

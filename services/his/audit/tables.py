@@ -1,0 +1,100 @@
+"""The audit schema: the append-only, hash-chained events and the one-row head of the chain.
+
+Every AuditEvent field is a column holding exactly what was hashed, so a row rebuilt from its
+columns hashes the same (see chain.py). Names are kept as the text that was written (`patients/…`,
+`staff/…`) rather than parsed ids: the hash covers the text, and the text is what an auditor reads.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+
+SCHEMA = "audit"
+metadata = MetaData(schema=SCHEMA)
+
+events = Table(
+    "events",
+    metadata,
+    # The position in the chain: 1, 2, 3, ... without gaps, assigned under the chain head's lock.
+    Column("sequence_number", BigInteger, primary_key=True, autoincrement=False),
+    # The writer's id of the event (canonical UUID); a retried write carries the same one.
+    Column("event_id", UUID(as_uuid=False), nullable=False, unique=True),
+    Column("event_time", DateTime(timezone=True), nullable=False),
+    Column("record_time", DateTime(timezone=True), nullable=False),
+    Column("action", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("outcome_description", Text, nullable=False),
+    Column("operation", Text, nullable=False),
+    Column("agent_staff", Text, nullable=False),
+    Column("agent_roles", ARRAY(Text), nullable=False),
+    Column("agent_on_behalf_of", Text, nullable=False),
+    Column("agent_service_account", Text, nullable=False),
+    Column("agent_network_address", Text, nullable=False),
+    Column("patient", Text, nullable=False),
+    # Both empty when the event names no entity.
+    Column("entity_resource_name", Text, nullable=False),
+    Column("entity_resource_type", Text, nullable=False),
+    # NULL for PURPOSE_OF_USE_UNSPECIFIED (allowed only without a patient).
+    Column("purpose_of_use", Text),
+    Column("emergency_access", Boolean, nullable=False),
+    Column("emergency_access_grant", Text, nullable=False),
+    Column("trace_id", Text, nullable=False),
+    Column("previous_hash", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    # The authenticated service that wrote the event (`pharmacy`); replays must come from it.
+    Column("writer_service", Text, nullable=False),
+    CheckConstraint("sequence_number >= 1", name="sequence_positive"),
+    CheckConstraint("octet_length(hash) = 32", name="hash_sha256"),
+    CheckConstraint("octet_length(previous_hash) = 32", name="previous_hash_sha256"),
+    CheckConstraint(
+        "emergency_access = (emergency_access_grant <> '')", name="emergency_has_grant"
+    ),
+    CheckConstraint("patient = '' OR purpose_of_use IS NOT NULL", name="patient_has_purpose"),
+)
+
+# Auditors' questions: everything about a patient, everything a staff member did, a time window,
+# every break-the-glass access; each answered in sequence order from an index.
+Index(
+    "events_by_patient",
+    events.c.patient,
+    events.c.sequence_number,
+    postgresql_where=text("patient <> ''"),
+)
+Index(
+    "events_by_agent_staff",
+    events.c.agent_staff,
+    events.c.sequence_number,
+    postgresql_where=text("agent_staff <> ''"),
+)
+Index("events_by_event_time", events.c.event_time)
+Index(
+    "events_emergency",
+    events.c.sequence_number,
+    postgresql_where=text("emergency_access"),
+)
+
+# Exactly one row (id = 1): the last sequence number and hash. Appends lock it FOR UPDATE, which
+# serialises them across every replica of the service.
+chain_head = Table(
+    "chain_head",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("last_sequence_number", BigInteger, nullable=False),
+    Column("last_hash", LargeBinary, nullable=False),
+    CheckConstraint("id = 1", name="one_head"),
+    CheckConstraint("last_sequence_number >= 0", name="head_sequence_not_negative"),
+    CheckConstraint("octet_length(last_hash) = 32", name="head_hash_sha256"),
+)
