@@ -1,1 +1,2 @@
-"""The iam service: contract his.iam.v1 only; implemented in a later issue."""
+"""The iam service: departments, staff, memberships, the local identity provider and
+break-the-glass grants (his.iam.v1.IamService)."""

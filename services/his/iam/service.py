@@ -1,0 +1,676 @@
+"""The IamService servicer: validate → authorize → store in one transaction (→ audit) → respond."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from sqlalchemy.exc import IntegrityError
+
+from his.audit.v1 import audit_service_pb2 as audit_pb
+from his.iam import store
+from his.iam.config import IamConfig
+from his.iam.mapping import (
+    KIND,
+    department_to_proto,
+    grant_name,
+    grant_to_proto,
+    jwks_to_proto,
+    membership_to_proto,
+    role_name,
+    staff_to_proto,
+)
+from his.iam.tokens import IssuedToken, TokenIssuer, signing_keys
+from his.iam.v1 import iam_service_pb2 as pb
+from his.iam.v1 import iam_service_pb2_grpc as pb_grpc
+from his.iam.validation import (
+    MAX_CREDENTIAL,
+    MAX_LOGIN_NAME,
+    MAX_PREFIX,
+    MAX_REASON,
+    MIN_REASON,
+    STAFF_UPDATABLE,
+    department_fields,
+    duration_s,
+    membership_fields,
+    parent_staff,
+    staff_fields,
+    username,
+)
+from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.runtime import identity
+from his.runtime.audit_trail import AuditTrail
+from his.runtime.catalog import BY_NAME
+from his.runtime.database import Database
+from his.runtime.errors import (
+    FailedPrecondition,
+    HisError,
+    PermissionDenied,
+    Unauthenticated,
+)
+from his.runtime.idempotency import check_replay, fingerprint
+from his.runtime.identity import SERVICE_ROLE, Principal
+from his.runtime.pagination import PageTokens
+from his.runtime.policy import PolicyEngine, Request
+from his.runtime.server import ServiceResources
+from his.runtime.validation import (
+    Violations,
+    require_paths,
+    required_child_id,
+    required_id,
+)
+from his_client import HisClients, UpstreamError
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_CREATE_PATHS = frozenset({"username", "display_name", "roles", "practitioner_identifier"})
+_SERVICE_PREFIX = "service:"
+_GRANT_OPERATION = "his.iam.v1.IamService/CreateEmergencyAccessGrant"
+_GRANT_TYPE = "his.iam.v1.EmergencyAccessGrant"
+_CLINICIANS = frozenset({"DOCTOR", "NURSE"})
+# The token type of every issued token (RFC 6750), not a secret.
+_BEARER = "Bearer"
+
+
+class Unimplemented(HisError):
+    """The rpc is switched off in this deployment."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
+
+
+def _refused() -> Unauthenticated:
+    # One answer for unknown user, wrong credential and inactive staff: it reveals nothing.
+    return Unauthenticated("unknown username or wrong credential", reason="INVALID_CREDENTIALS")
+
+
+def _service_credential(key: bytes, service: str) -> str:
+    return hmac.new(key, service.encode(), hashlib.sha256).hexdigest()
+
+
+def _same_secret(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+class IamService(pb_grpc.IamServiceServicer):
+    """Departments, staff, memberships, tokens and break-the-glass grants over the `iam` schema."""
+
+    def __init__(self, resources: ServiceResources, config: IamConfig) -> None:
+        self._db: Database = resources.database
+        self._clients: HisClients = resources.clients
+        self._pages = PageTokens(resources.config.page_token_key)
+        self._config = config
+        self._secure = resources.config.auth.enabled
+        # One engine per process; the runtime will hand a shared one in (ServiceResources).
+        self._policy = PolicyEngine.load()
+        self._audit = AuditTrail(resources.clients, "iam")
+        self._issuer: TokenIssuer | None = None
+        self._jwks: pb.JsonWebKeySet | None = None
+        if config.local_provider:
+            keys = signing_keys(config.signing_key_paths, config.generated_key_path)
+            self._issuer = TokenIssuer(
+                keys, issuer=config.issuer, audience=config.audience, ttl_s=config.token_ttl_s
+            )
+            self._jwks = jwks_to_proto(self._issuer.jwks())
+        self._bootstrapped = not config.bootstrap_admin
+        self._bootstrap_lock = asyncio.Lock()
+        # Created now, waited for by IssueToken (the first administrator must be able to log in).
+        self._bootstrap_task: asyncio.Task[None] | None = None
+        if not self._bootstrapped:
+            self._bootstrap_task = asyncio.get_running_loop().create_task(self._bootstrap_quietly())
+
+    # --- authorization ---------------------------------------------------------------------
+
+    def _request(
+        self, principal: Principal, action: str, resource: str, *, own: bool, fields: Sequence[str]
+    ) -> Request:
+        return Request(
+            roles=tuple(sorted(principal.roles)),
+            action=action,
+            resource=resource,
+            own=own,
+            fields=tuple(fields),
+        )
+
+    def _require(
+        self, action: str, resource: str, *, own: bool = False, fields: Sequence[str] = ()
+    ) -> None:
+        """PERMISSION_DENIED unless the policy lets the caller do `action` on `resource`."""
+        if not self._secure:
+            return
+        principal = identity.current()
+        self._policy.require(self._request(principal, action, resource, own=own, fields=fields))
+
+    def _allows(self, principal: Principal, action: str, resource: str, *, own: bool) -> bool:
+        return self._policy.decide(
+            self._request(principal, action, resource, own=own, fields=())
+        ).allow
+
+    # --- departments -----------------------------------------------------------------------
+
+    async def CreateDepartment(
+        self, request: pb.CreateDepartmentRequest, context: Context
+    ) -> pb.Department:
+        v = Violations()
+        if not request.HasField("department"):
+            v.add("department", "is required")
+        values = department_fields(v, request.department)
+        request_id = v.request_id("request_id", request.request_id)
+        v.raise_if_any()
+        self._require("create", "iam.department")
+        values["create_request_fingerprint"] = fingerprint(request) if request_id else None
+        try:
+            async with self._db.transaction() as session:
+                row = await store.insert_department(session, values, request_id)
+                if row is None:
+                    assert request_id is not None
+                    row = await store.department_by_request(session, request_id)
+                    assert row is not None
+                    check_replay(row.create_request_fingerprint, request)
+        except IntegrityError as error:
+            # A concurrent replay may lose on the code's index before the request id's.
+            if request_id is not None:
+                async with self._db.read() as session:
+                    row = await store.department_by_request(session, request_id)
+                if row is not None:
+                    check_replay(row.create_request_fingerprint, request)
+                    return department_to_proto(row)
+            raise store.conflict(error) or error from None
+        return department_to_proto(row)
+
+    async def GetDepartment(
+        self, request: pb.GetDepartmentRequest, context: Context
+    ) -> pb.Department:
+        department_id = required_id("name", request.name, collection="departments")
+        self._require("read", "iam.department")
+        async with self._db.read() as session:
+            return department_to_proto(await store.get_department(session, department_id))
+
+    async def ListDepartments(
+        self, request: pb.ListDepartmentsRequest, context: Context
+    ) -> pb.ListDepartmentsResponse:
+        v = Violations()
+        limit = v.page_size("page_size", request.page_size)
+        kind = v.enum("kind", request.kind, pb.DepartmentKind.DESCRIPTOR, required=False)
+        v.raise_if_any()
+        self._require("read", "iam.department")
+        kind_text = KIND.text(kind) if kind else None
+        query = f"departments {kind_text}"
+        cursor = self._pages.decode(request.page_token, query=query)
+        after = str(cursor["c"]) if cursor is not None else None
+        async with self._db.read() as session:
+            rows = await store.list_departments(
+                session, kind=kind_text, after=after, limit=limit + 1
+            )
+        response = pb.ListDepartmentsResponse(
+            departments=[department_to_proto(row) for row in rows[:limit]]
+        )
+        if len(rows) > limit:
+            response.next_page_token = self._pages.encode({"c": rows[limit - 1].code}, query=query)
+        return response
+
+    # --- staff -----------------------------------------------------------------------------
+
+    async def CreateStaffMember(
+        self, request: pb.CreateStaffMemberRequest, context: Context
+    ) -> pb.StaffMember:
+        v = Violations()
+        if not request.HasField("staff_member"):
+            v.add("staff_member", "is required")
+        values = staff_fields(v, request.staff_member, "staff_member", _CREATE_PATHS)
+        request_id = v.request_id("request_id", request.request_id)
+        v.raise_if_any()
+        self._require("create", "iam.staff")
+        values["create_request_fingerprint"] = fingerprint(request) if request_id else None
+        try:
+            async with self._db.transaction() as session:
+                row = await store.insert_staff(session, values, request_id)
+                if row is None:
+                    assert request_id is not None
+                    row = await store.staff_by_request(session, request_id)
+                    assert row is not None
+                    check_replay(row.create_request_fingerprint, request)
+        except IntegrityError as error:
+            # A concurrent replay may lose on the username's index before the request id's:
+            # the first creation is then the answer, not a conflict.
+            if request_id is not None:
+                async with self._db.read() as session:
+                    row = await store.staff_by_request(session, request_id)
+                if row is not None:
+                    check_replay(row.create_request_fingerprint, request)
+                    return staff_to_proto(row)
+            raise store.conflict(error) or error from None
+        return staff_to_proto(row)
+
+    async def GetStaffMember(
+        self, request: pb.GetStaffMemberRequest, context: Context
+    ) -> pb.StaffMember:
+        staff_id = required_id("name", request.name, collection="staff")
+        self._require("read", "iam.staff", own=self._is_caller(staff_id))
+        async with self._db.read() as session:
+            return staff_to_proto(await store.get_staff(session, staff_id))
+
+    async def ListStaffMembers(
+        self, request: pb.ListStaffMembersRequest, context: Context
+    ) -> pb.ListStaffMembersResponse:
+        v = Violations()
+        limit = v.page_size("page_size", request.page_size)
+        exact = username(v, "username", request.username) if request.username else None
+        prefix = v.text("display_name_prefix", request.display_name_prefix, max_len=MAX_PREFIX)
+        role = v.enum("role", request.role, pb.StaffRole.DESCRIPTOR, required=False)
+        v.raise_if_any()
+        self._require("read", "iam.staff")
+        where = store.StaffFilter(
+            username=exact,
+            display_name_prefix=prefix,
+            role=role_name(role) if role else None,
+            include_inactive=request.include_inactive,
+        )
+        cursor = self._pages.decode(request.page_token, query=where.fingerprint())
+        after = str(cursor["u"]) if cursor is not None else None
+        async with self._db.read() as session:
+            rows = await store.list_staff(session, where, after=after, limit=limit + 1)
+        response = pb.ListStaffMembersResponse(
+            staff_members=[staff_to_proto(row) for row in rows[:limit]]
+        )
+        if len(rows) > limit:
+            response.next_page_token = self._pages.encode(
+                {"u": rows[limit - 1].username}, query=where.fingerprint()
+            )
+        return response
+
+    async def UpdateStaffMember(
+        self, request: pb.UpdateStaffMemberRequest, context: Context
+    ) -> pb.StaffMember:
+        v = Violations()
+        member = request.staff_member
+        staff_id = v.resource_id("staff_member.name", member.name, collection="staff")
+        paths = require_paths(v, "update_mask", request.update_mask.paths, STAFF_UPDATABLE)
+        values = staff_fields(v, member, "staff_member", frozenset(paths))
+        v.raise_if_any()
+        assert staff_id is not None
+        self._require("update", "iam.staff", own=self._is_caller(staff_id), fields=paths)
+        try:
+            async with self._db.transaction() as session:
+                row = await store.update_staff(session, staff_id, values, member.etag)
+        except IntegrityError as error:
+            raise store.conflict(error) or error from None
+        return staff_to_proto(row)
+
+    async def DeactivateStaffMember(
+        self, request: pb.DeactivateStaffMemberRequest, context: Context
+    ) -> pb.StaffMember:
+        staff_id = required_id("name", request.name, collection="staff")
+        self._require("update", "iam.staff", own=self._is_caller(staff_id), fields=("active",))
+        async with self._db.transaction() as session:
+            row = await store.deactivate_staff(session, staff_id, request.etag)
+        return staff_to_proto(row)
+
+    def _is_caller(self, staff_id: uuid.UUID) -> bool:
+        principal = identity.current_or_none()
+        return principal is not None and principal.subject == f"staff/{staff_id}"
+
+    # --- memberships -----------------------------------------------------------------------
+
+    async def AddMembership(
+        self, request: pb.AddMembershipRequest, context: Context
+    ) -> pb.DepartmentMembership:
+        v = Violations()
+        staff_id = v.resource_id("parent", request.parent, collection="staff")
+        if not request.HasField("membership"):
+            v.add("membership", "is required")
+        values = membership_fields(v, request.membership, dt.datetime.now(dt.UTC))
+        request_id = v.request_id("request_id", request.request_id)
+        v.raise_if_any()
+        assert staff_id is not None
+        self._require("create", "iam.membership", own=self._is_caller(staff_id))
+        values["create_request_fingerprint"] = fingerprint(request) if request_id else None
+        try:
+            async with self._db.transaction() as session:
+                # The staff row lock serialises this staff member's changes (and deactivation).
+                member = await store.get_staff(session, staff_id, lock="share")
+                if request_id is not None:
+                    # A replay is answered even if the staff member was deactivated since.
+                    earlier = await store.membership_by_request(session, request_id)
+                    if earlier is not None:
+                        check_replay(earlier.create_request_fingerprint, request)
+                        return membership_to_proto(earlier)
+                if not member.active:
+                    raise FailedPrecondition(
+                        f"{request.parent} is inactive", reason="STAFF_INACTIVE"
+                    )
+                if not await store.department_exists(session, values["department_id"]):
+                    raise FailedPrecondition(
+                        "the department does not exist",
+                        reason="DEPARTMENT_NOT_FOUND",
+                        metadata={"department": request.membership.department},
+                    )
+                row = await store.insert_membership(session, staff_id, values, request_id)
+                if row is None:
+                    # The id was used concurrently (or for another staff member).
+                    assert request_id is not None
+                    earlier = await store.membership_by_request(session, request_id)
+                    assert earlier is not None
+                    check_replay(earlier.create_request_fingerprint, request)
+                    row = earlier
+        except IntegrityError as error:
+            raise store.conflict(error) or error from None
+        return membership_to_proto(row)
+
+    async def RemoveMembership(
+        self, request: pb.RemoveMembershipRequest, context: Context
+    ) -> pb.DepartmentMembership:
+        staff_id, membership_id = required_child_id(
+            "name", request.name, parent="staff", collection="memberships"
+        )
+        self._require("delete", "iam.membership", own=self._is_caller(staff_id))
+        async with self._db.transaction() as session:
+            row = await store.end_membership(session, staff_id, membership_id)
+        return membership_to_proto(row)
+
+    async def ListMemberships(
+        self, request: pb.ListMembershipsRequest, context: Context
+    ) -> pb.ListMembershipsResponse:
+        v = Violations()
+        staff_id = parent_staff(v, "parent", request.parent)
+        limit = v.page_size("page_size", request.page_size)
+        department_id = None
+        if request.department:
+            department_id = v.resource_id(
+                "department", request.department, collection="departments"
+            )
+        v.raise_if_any()
+        own = staff_id is not None and self._is_caller(staff_id)
+        self._require("read", "iam.membership", own=own)
+        where = store.MembershipFilter(
+            staff_id=staff_id, department_id=department_id, current_only=request.current_only
+        )
+        cursor = self._pages.decode(request.page_token, query=where.fingerprint())
+        after = None
+        if cursor is not None:
+            after = (dt.datetime.fromisoformat(str(cursor["t"])), uuid.UUID(str(cursor["i"])))
+        async with self._db.read() as session:
+            if staff_id is not None:
+                await store.get_staff(session, staff_id)
+            rows = await store.list_memberships(session, where, after=after, limit=limit + 1)
+        response = pb.ListMembershipsResponse(
+            memberships=[membership_to_proto(row) for row in rows[:limit]]
+        )
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = self._pages.encode(
+                {"t": last.period_start.isoformat(), "i": str(last.id)}, query=where.fingerprint()
+            )
+        return response
+
+    # --- local identity provider -----------------------------------------------------------
+
+    async def IssueToken(
+        self, request: pb.IssueTokenRequest, context: Context
+    ) -> pb.IssueTokenResponse:
+        if self._issuer is None:
+            raise Unimplemented(
+                "the local identity provider is switched off; use the hospital identity provider",
+                reason="LOCAL_PROVIDER_OFF",
+            )
+        v = Violations()
+        if not request.username:
+            v.add("username", "is required")
+        elif len(request.username) > MAX_LOGIN_NAME:
+            v.add("username", f"must be at most {MAX_LOGIN_NAME} characters")
+        if not request.credential:
+            v.add("credential", "is required")
+        elif len(request.credential) > MAX_CREDENTIAL:
+            v.add("credential", f"must be at most {MAX_CREDENTIAL} characters")
+        v.raise_if_any()
+        if request.username.startswith(_SERVICE_PREFIX):
+            issued = self._service_token(
+                self._issuer, request.username[len(_SERVICE_PREFIX) :], request.credential
+            )
+        else:
+            issued = await self._staff_token(self._issuer, request.username, request.credential)
+        response = pb.IssueTokenResponse(access_token=issued.token, token_type=_BEARER)
+        response.expire_time.FromSeconds(issued.expires_at)
+        return response
+
+    def _service_token(self, issuer: TokenIssuer, service: str, credential: str) -> IssuedToken:
+        key = self._config.service_credential_key
+        known = service in BY_NAME
+        # Compared even for an unknown name, so the answer takes as long either way.
+        expected = _service_credential(key or b"-", service)
+        if not (_same_secret(credential, expected) and known and key):
+            raise _refused()
+        return issuer.sign(f"services/{service}", username=service, roles=[SERVICE_ROLE])
+
+    async def _staff_token(self, issuer: TokenIssuer, login: str, credential: str) -> IssuedToken:
+        await self._bootstrap()
+        secret = self._config.dev_credential
+        matches = _same_secret(credential, secret or "\0no development credential\0")
+        async with self._db.read() as session:
+            row = await store.staff_by_username(session, login)
+            if row is None or not row.active or not matches or not secret:
+                raise _refused()
+            departments = await store.current_department_ids(session, row.id)
+        return issuer.sign(
+            f"staff/{row.id}",
+            username=row.username,
+            roles=list(row.roles),
+            departments=[f"departments/{department}" for department in departments],
+        )
+
+    async def GetJwks(self, request: pb.GetJwksRequest, context: Context) -> pb.JsonWebKeySet:
+        if self._jwks is None:
+            raise Unimplemented(
+                "the local identity provider is switched off; its key set is not published",
+                reason="LOCAL_PROVIDER_OFF",
+            )
+        return self._jwks
+
+    async def _bootstrap(self) -> None:
+        """Create the bootstrap ADMINISTRATOR if there is no staff member at all (once)."""
+        if self._bootstrapped:
+            return
+        async with self._bootstrap_lock:
+            if self._bootstrapped:
+                return
+            async with self._db.transaction() as session:
+                row = await store.bootstrap_administrator(session, self._config.bootstrap_admin)
+            self._bootstrapped = True
+            if row is not None:
+                log.info(
+                    "bootstrap administrator created",
+                    extra={"fields": {"staff": f"staff/{row.id}", "username": row.username}},
+                )
+
+    async def _bootstrap_quietly(self) -> None:
+        try:
+            await self._bootstrap()
+        except Exception as error:  # the database may not be up yet; IssueToken tries again
+            log.warning(
+                "bootstrap administrator not checked yet",
+                extra={"fields": {"error": type(error).__name__}},
+            )
+
+    # --- break the glass -------------------------------------------------------------------
+
+    async def CreateEmergencyAccessGrant(
+        self, request: pb.CreateEmergencyAccessGrantRequest, context: Context
+    ) -> pb.EmergencyAccessGrant:
+        v = Violations()
+        grant = request.emergency_access_grant
+        if not request.HasField("emergency_access_grant"):
+            v.add("emergency_access_grant", "is required")
+        patient_id = v.resource_id(
+            "emergency_access_grant.patient", grant.patient, collection="patients"
+        )
+        reason = v.text(
+            "emergency_access_grant.reason",
+            grant.reason,
+            min_len=MIN_REASON,
+            max_len=MAX_REASON,
+            required=True,
+        )
+        config = self._config
+        seconds = duration_s(
+            v,
+            request,
+            default=config.emergency_default_s,
+            low=config.emergency_min_s,
+            high=config.emergency_max_s,
+        )
+        request_id = v.request_id("request_id", request.request_id)
+        v.raise_if_any()
+        assert patient_id is not None and reason is not None
+        principal = identity.current()
+        staff_id = self._clinician(principal)
+        self._require("create", "iam.emergency_access", own=True)
+        async with self._db.read() as session:
+            await self._require_active_caller(session, staff_id)
+            if request_id is not None:
+                earlier = await store.grant_by_request(session, staff_id, request_id)
+                if earlier is not None:
+                    check_replay(earlier.create_request_fingerprint, request)
+                    return grant_to_proto(earlier)
+        await self._require_active_patient(grant.patient)
+        async with self._db.transaction() as session:
+            # Shares the lock DeactivateStaffMember takes: no grant slips past a deactivation.
+            await self._require_active_caller(session, staff_id, lock=True)
+            row = await store.insert_grant(
+                session,
+                staff_id=staff_id,
+                patient_id=patient_id,
+                reason=reason,
+                duration=dt.timedelta(seconds=seconds),
+                request_id=request_id,
+                fingerprint=fingerprint(request) if request_id else None,
+            )
+            if row is None:
+                # A concurrent replay of the same request committed first.
+                assert request_id is not None
+                earlier = await store.grant_by_request(session, staff_id, request_id)
+                assert earlier is not None
+                check_replay(earlier.create_request_fingerprint, request)
+                return grant_to_proto(earlier)
+            name = grant_name(row.id)
+            # Audited before it takes effect: an audit outage rolls the grant back (UNAVAILABLE).
+            await self._audit.record(
+                action=audit_pb.AUDIT_EVENT_ACTION_EXECUTE,
+                operation=_GRANT_OPERATION,
+                patient=grant.patient,
+                resource_name=name,
+                resource_type=_GRANT_TYPE,
+                purpose_of_use=audit_pb.PURPOSE_OF_USE_EMERGENCY_TREATMENT,
+                emergency_access_grant=name,
+            )
+        return grant_to_proto(row)
+
+    def _clinician(self, principal: Principal) -> uuid.UUID:
+        """The staff id of a DOCTOR or NURSE caller; PERMISSION_DENIED for anyone else."""
+        if not principal.is_staff or not principal.roles & _CLINICIANS:
+            raise PermissionDenied(
+                "only doctors and nurses may break the glass", reason="ROLE_NOT_PERMITTED"
+            )
+        try:
+            return uuid.UUID(principal.subject.removeprefix("staff/"))
+        except ValueError:
+            raise PermissionDenied(
+                "the caller is not a staff member of this hospital", reason="STAFF_NOT_ACTIVE"
+            ) from None
+
+    async def _require_active_caller(
+        self, session: Any, staff_id: uuid.UUID, *, lock: bool = False
+    ) -> None:
+        row = await store.find_staff(session, staff_id, lock="share" if lock else None)
+        if row is None or not row.active:
+            raise PermissionDenied(
+                "the caller is not an active staff member", reason="STAFF_NOT_ACTIVE"
+            )
+
+    async def _require_active_patient(self, name: str) -> None:
+        """Ask the patient service; its outage surfaces as UNAVAILABLE naming it (runtime)."""
+        try:
+            patient = await self._clients.patient.GetPatient(
+                patient_pb.GetPatientRequest(name=name)
+            )
+        except UpstreamError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise FailedPrecondition(
+                    "the patient does not exist",
+                    reason="PATIENT_NOT_FOUND",
+                    metadata={"patient": name},
+                ) from None
+            raise
+        if patient.state == patient_pb.PATIENT_STATE_MERGED:
+            raise FailedPrecondition(
+                "the patient record was merged; ask for access to the surviving record",
+                reason="PATIENT_MERGED",
+                metadata={"merged_into": patient.merged_into},
+            )
+        if patient.state != patient_pb.PATIENT_STATE_ACTIVE:
+            raise FailedPrecondition("the patient is not active", reason="PATIENT_INACTIVE")
+
+    async def ListEmergencyAccessGrants(
+        self, request: pb.ListEmergencyAccessGrantsRequest, context: Context
+    ) -> pb.ListEmergencyAccessGrantsResponse:
+        v = Violations()
+        limit = v.page_size("page_size", request.page_size)
+        staff_id = patient_id = None
+        if request.staff:
+            staff_id = v.resource_id("staff", request.staff, collection="staff")
+        if request.patient:
+            patient_id = v.resource_id("patient", request.patient, collection="patients")
+        v.raise_if_any()
+        own = staff_id is not None and self._is_caller(staff_id)
+        self._require("read", "iam.emergency_access", own=own)
+        where = store.GrantFilter(
+            staff_id=staff_id, patient_id=patient_id, active_only=request.active_only
+        )
+        cursor = self._pages.decode(request.page_token, query=where.fingerprint())
+        after = None
+        if cursor is not None:
+            after = (dt.datetime.fromisoformat(str(cursor["t"])), uuid.UUID(str(cursor["i"])))
+        async with self._db.read() as session:
+            rows = await store.list_grants(session, where, after=after, limit=limit + 1)
+        response = pb.ListEmergencyAccessGrantsResponse(
+            emergency_access_grants=[grant_to_proto(row) for row in rows[:limit]]
+        )
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = self._pages.encode(
+                {"t": last.grant_time.isoformat(), "i": str(last.id)}, query=where.fingerprint()
+            )
+        return response
+
+    async def RevokeEmergencyAccessGrant(
+        self, request: pb.RevokeEmergencyAccessGrantRequest, context: Context
+    ) -> pb.EmergencyAccessGrant:
+        grant_id = required_id("name", request.name, collection="emergencyAccessGrants")
+        if self._secure:
+            await self._authorize_revoke(identity.current(), grant_id)
+        async with self._db.transaction() as session:
+            row = await store.revoke_grant(session, grant_id)
+        return grant_to_proto(row)
+
+    async def _authorize_revoke(self, principal: Principal, grant_id: uuid.UUID) -> None:
+        """Anyone the policy lets revoke any grant; otherwise only the holder of this one.
+
+        A missing grant is judged as someone else's (PERMISSION_DENIED), so the answer never
+        tells a holder-only caller whether a grant exists.
+        """
+        if self._allows(principal, "update", "iam.emergency_access", own=False):
+            return
+        own = False
+        if self._allows(principal, "update", "iam.emergency_access", own=True):
+            async with self._db.read() as session:
+                row = await store.find_grant(session, grant_id)
+            own = row is not None and principal.subject == f"staff/{row.staff_id}"
+        self._require("update", "iam.emergency_access", own=own)

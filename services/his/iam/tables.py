@@ -1,0 +1,175 @@
+"""The iam schema: departments, staff, their department memberships, emergency access grants."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    Computed,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+
+from his.runtime.identity import STAFF_ROLES
+
+SCHEMA = "iam"
+metadata = MetaData(schema=SCHEMA)
+
+DEPARTMENT_KINDS = ("outpatient", "inpatient", "emergency", "surgery", "lab", "pharmacy", "admin")
+
+
+def _quoted(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+departments = Table(
+    "departments",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("code", Text, nullable=False),
+    Column("display_name", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("create_request_id", Text, unique=True),
+    Column("create_request_fingerprint", Text),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("code", name="department_code_unique"),
+    CheckConstraint(f"kind IN ({_quoted(DEPARTMENT_KINDS)})", name="department_kind_known"),
+    CheckConstraint("code ~ '^[A-Z0-9-]{1,20}$'", name="department_code_format"),
+    CheckConstraint(
+        "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
+        name="department_request_fingerprinted",
+    ),
+)
+
+staff = Table(
+    "staff",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("username", Text, nullable=False),
+    Column("display_name", Text, nullable=False),
+    # Lower-cased by PostgreSQL, so prefix search and stored key can never disagree.
+    Column("display_key", Text, Computed("lower(display_name)", persisted=True), nullable=False),
+    # Role names exactly as the `roles` token claim carries them (`DOCTOR`, ...).
+    Column("roles", ARRAY(Text), nullable=False),
+    Column("practitioner_id_system", Text),
+    Column("practitioner_id_value", Text),
+    Column("active", Boolean, nullable=False, server_default=text("true")),
+    Column("create_request_id", Text, unique=True),
+    Column("create_request_fingerprint", Text),
+    Column("version", Integer, nullable=False, server_default="1"),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("username", name="staff_username_unique"),
+    UniqueConstraint(
+        "practitioner_id_system", "practitioner_id_value", name="staff_practitioner_unique"
+    ),
+    CheckConstraint("username ~ '^[a-z][a-z0-9._-]{2,63}$'", name="staff_username_format"),
+    CheckConstraint(
+        f"cardinality(roles) >= 1 AND roles <@ ARRAY[{_quoted(STAFF_ROLES)}]::text[]",
+        name="staff_roles_known",
+    ),
+    CheckConstraint(
+        "(practitioner_id_system IS NULL) = (practitioner_id_value IS NULL)",
+        name="staff_practitioner_complete",
+    ),
+    CheckConstraint(
+        "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
+        name="staff_request_fingerprinted",
+    ),
+)
+Index(
+    "staff_display_prefix", staff.c.display_key, postgresql_ops={"display_key": "text_pattern_ops"}
+)
+Index("staff_roles", staff.c.roles, postgresql_using="gin")
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("staff_id", UUID(as_uuid=True), ForeignKey("staff.id"), nullable=False),
+    Column("department_id", UUID(as_uuid=True), ForeignKey("departments.id"), nullable=False),
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    # NULL: until removed. Equal to the start: removed before it began (an empty period).
+    Column("period_end", DateTime(timezone=True)),
+    Column("is_primary", Boolean, nullable=False, server_default=text("false")),
+    Column("create_request_id", Text, unique=True),
+    Column("create_request_fingerprint", Text),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        "period_end IS NULL OR period_end >= period_start", name="membership_period_ordered"
+    ),
+    CheckConstraint(
+        "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
+        name="membership_request_fingerprinted",
+    ),
+)
+Index(
+    "memberships_by_staff",
+    memberships.c.staff_id,
+    memberships.c.period_start.desc(),
+    memberships.c.id.desc(),
+)
+Index(
+    "memberships_by_department",
+    memberships.c.department_id,
+    memberships.c.period_start.desc(),
+    memberships.c.id.desc(),
+)
+Index("memberships_list_order", memberships.c.period_start.desc(), memberships.c.id.desc())
+
+# Two memberships of one staff member in the same department, or two primary ones, never overlap
+# in time: enforced by the trigger `memberships_no_overlap` (migration 0001), which raises an
+# exclusion violation naming one of these constraints. An exclusion constraint would need
+# btree_gist, which embedded PostgreSQL lacks (the same choice as scheduling's appointments).
+DEPARTMENT_OVERLAP = "memberships_department_no_overlap"
+PRIMARY_OVERLAP = "memberships_primary_no_overlap"
+
+emergency_access_grants = Table(
+    "emergency_access_grants",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("staff_id", UUID(as_uuid=True), ForeignKey("staff.id"), nullable=False),
+    # A patient of the patient service (another schema: a reference by id, no foreign key).
+    Column("patient_id", UUID(as_uuid=True), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("grant_time", DateTime(timezone=True), nullable=False),
+    Column("expire_time", DateTime(timezone=True), nullable=False),
+    Column("revoke_time", DateTime(timezone=True)),
+    # Request ids are per staff member: the caller is part of what a request means.
+    Column("create_request_id", Text),
+    Column("create_request_fingerprint", Text),
+    CheckConstraint("expire_time > grant_time", name="grant_period_ordered"),
+    CheckConstraint(
+        "revoke_time IS NULL OR revoke_time >= grant_time", name="grant_revoked_after_grant"
+    ),
+    CheckConstraint("char_length(reason) BETWEEN 20 AND 1000", name="grant_reason_length"),
+    CheckConstraint(
+        "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
+        name="grant_request_fingerprinted",
+    ),
+    UniqueConstraint("staff_id", "create_request_id", name="grant_request_unique"),
+)
+Index(
+    "grants_list_order",
+    emergency_access_grants.c.grant_time.desc(),
+    emergency_access_grants.c.id.desc(),
+)
+Index(
+    "grants_by_staff_patient",
+    emergency_access_grants.c.staff_id,
+    emergency_access_grants.c.patient_id,
+    emergency_access_grants.c.expire_time,
+)
+Index(
+    "grants_by_patient", emergency_access_grants.c.patient_id, emergency_access_grants.c.grant_time
+)
