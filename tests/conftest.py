@@ -5,13 +5,13 @@ Nothing here is a mock: tests talk gRPC over TCP to the same servers `his serve`
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from his.audit.spec import SPEC as AUDIT
 from his.patient.spec import SPEC as PATIENT
 from his.patient.v1 import patient_service_pb2_grpc
 from his.runtime.config import ServiceConfig, load
@@ -55,15 +55,31 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 @pytest.fixture(scope="session")
 def database_url(postgres: EmbeddedPostgres) -> str:
     """The URL of the session database, with every implemented schema migrated."""
-    for service in ("patient", "scheduling"):
+    for service in ("patient", "scheduling", "audit"):
         upgrade(service, postgres.url)
     return postgres.url
 
 
+def addresses(*running: RunningService) -> dict[str, str]:
+    """HIS_<SERVICE>_ADDR settings pointing a service's clients at session servers."""
+    return {f"HIS_{r.spec.name.upper()}_ADDR": r.address for r in running}
+
+
 @pytest.fixture(scope="session")
-async def patient_service(database_url: str) -> AsyncIterator[RunningService]:
-    """The patient service on a free port."""
-    running = await start(PATIENT, service_config("patient"), database_url)
+async def audit_service(database_url: str) -> AsyncIterator[RunningService]:
+    """The audit service on a free port: every other session service audits through it."""
+    running = await start(AUDIT, service_config("audit"), database_url)
+    yield running
+    await running.stop(grace_s=1)
+
+
+@pytest.fixture(scope="session")
+async def patient_service(
+    database_url: str, audit_service: RunningService
+) -> AsyncIterator[RunningService]:
+    """The patient service on a free port, auditing through the session's audit service."""
+    config = service_config("patient", **addresses(audit_service))
+    running = await start(PATIENT, config, database_url)
     yield running
     await running.stop(grace_s=1)
 
@@ -87,14 +103,11 @@ def patients(
 
 @pytest.fixture(scope="session")
 async def scheduling_service(
-    database_url: str, patient_service: RunningService
+    database_url: str, patient_service: RunningService, audit_service: RunningService
 ) -> AsyncIterator[RunningService]:
-    """The scheduling service on a free port, calling the session's patient service."""
-    config = service_config("scheduling")
-    clients = dataclasses.replace(
-        config.clients, addresses={**config.clients.addresses, "patient": patient_service.address}
-    )
-    running = await start(SCHEDULING, dataclasses.replace(config, clients=clients), database_url)
+    """The scheduling service on a free port, calling the session's patient and audit services."""
+    config = service_config("scheduling", **addresses(patient_service, audit_service))
+    running = await start(SCHEDULING, config, database_url)
     yield running
     await running.stop(grace_s=1)
 

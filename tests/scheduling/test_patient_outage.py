@@ -22,7 +22,7 @@ from his.runtime.server import RunningService, start
 from his.scheduling.spec import SPEC as SCHEDULING
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
-from tests.conftest import service_config
+from tests.conftest import addresses, service_config
 from tests.identity import registrar_channel
 from tests.scheduling.helpers import (
     DOMAIN,
@@ -69,12 +69,12 @@ class Servers:
 
 
 @pytest.fixture
-async def servers(database_url: str) -> AsyncIterator[Servers]:
+async def servers(database_url: str, audit_service: RunningService) -> AsyncIterator[Servers]:
     """A patient server on a fixed free port and a scheduling server calling it."""
     port = free_port()
-    patient_config = service_config("patient", HIS_PORT=str(port))
+    patient_config = service_config("patient", HIS_PORT=str(port), **addresses(audit_service))
     patient = await start(PATIENT, patient_config, database_url)
-    config = service_config("scheduling")
+    config = service_config("scheduling", **addresses(audit_service))
     clients = dataclasses.replace(
         config.clients,
         addresses={**config.clients.addresses, "patient": f"localhost:{port}"},

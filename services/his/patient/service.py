@@ -1,6 +1,7 @@
-"""The PatientService servicer: validate → store in one transaction → respond.
+"""The PatientService servicer: validate → authorize → store in one transaction → audit → respond.
 
-(Authorization and auditing hook in here when the security core lands; see the issue list.)
+Writes are audited inside their transaction, so an audit outage rolls the write back; reads are
+audited before the data leaves, so an audit outage means no data (UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from his.patient.validation import (
     patient_fields,
     phone,
 )
+from his.runtime.access import Permit
 from his.runtime.database import Database
 from his.runtime.errors import FailedPrecondition, InvalidArgument
 from his.runtime.fieldcrypt import FieldCipher
@@ -39,6 +41,8 @@ from his.runtime.validation import (
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_PATIENT = pb.Patient.DESCRIPTOR.full_name
+_CONSENT = pb.Consent.DESCRIPTOR.full_name
 _ALL_FIELDS = UPDATABLE
 
 
@@ -48,14 +52,28 @@ class PatientService(pb_grpc.PatientServiceServicer):
     def __init__(self, resources: ServiceResources) -> None:
         self._db: Database = resources.database
         self._pages = PageTokens(resources.config.page_token_key)
+        self._access = resources.access
         self._cipher = FieldCipher.from_config(
             resources.config.crypto, "patient", resources.database.engine
         )
 
+    async def _audit(self, action: str, permit: Permit, patient_id: uuid.UUID, **name: str) -> None:
+        """Record one access to a patient's record (or to its consents)."""
+        patient = f"patients/{patient_id}"
+        await self._access.record(
+            action,
+            permit,
+            patient=patient,
+            resource_name=name.get("consent", patient),
+            resource_type=_CONSENT if "consent" in name else _PATIENT,
+        )
+
     async def GetPatient(self, request: pb.GetPatientRequest, context: Context) -> pb.Patient:
         patient_id = required_id("name", request.name, collection="patients")
+        permit = await self._access.require("read", "patient.demographics")
         async with self._db.read() as session:
             row = await store.get_patient(session, self._cipher, patient_id)
+        await self._audit("read", permit, row.id)
         return patient_to_proto(row)
 
     async def ListPatients(
@@ -76,6 +94,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
             include_merged=request.include_merged,
         )
         v.raise_if_any()
+        permit = await self._access.require("read", "patient.demographics")
         cursor = self._pages.decode(request.page_token, query=where.fingerprint())
         after = None
         if cursor is not None:
@@ -84,6 +103,11 @@ class PatientService(pb_grpc.PatientServiceServicer):
             rows = await store.list_patients(
                 session, self._cipher, where, after=after, limit=limit + 1
             )
+        await self._access.record_each(
+            "read",
+            [(permit, f"patients/{r.id}", f"patients/{r.id}") for r in rows[:limit]],
+            _PATIENT,
+        )
         response = pb.ListPatientsResponse(patients=[patient_to_proto(r) for r in rows[:limit]])
         if len(rows) > limit:
             last = rows[limit - 1]
@@ -101,6 +125,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         values["create_request_fingerprint"] = fingerprint(request) if request_id else None
+        permit = await self._access.require("create", "patient.demographics")
         try:
             async with self._db.transaction() as session:
                 row = await store.insert_patient(session, self._cipher, values, request_id)
@@ -109,6 +134,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
                     row = await store.patient_by_request(session, self._cipher, request_id)
                     assert row is not None
                     check_replay(row.create_request_fingerprint, request)
+                await self._audit("create", permit, row.id)
         except IntegrityError as error:
             # A concurrent replay may lose on the national-id index before the request-id one:
             # the first registration is then the answer, not a conflict.
@@ -117,6 +143,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
                     row = await store.patient_by_request(session, self._cipher, request_id)
                 if row is not None:
                     check_replay(row.create_request_fingerprint, request)
+                    await self._audit("create", permit, row.id)
                     return patient_to_proto(row)
             if store.unique_violation(error) == "national_id_unique":
                 raise store.national_id_taken() from None
@@ -131,11 +158,13 @@ class PatientService(pb_grpc.PatientServiceServicer):
         values = patient_fields(v, request.patient, "patient", frozenset(paths))
         v.raise_if_any()
         assert patient_id is not None
+        permit = await self._access.require("update", "patient.demographics", fields=paths)
         try:
             async with self._db.transaction() as session:
                 row = await store.update_patient(
                     session, self._cipher, patient_id, values, request.patient.etag
                 )
+                await self._audit("update", permit, row.id)
         except IntegrityError as error:
             if store.unique_violation(error) == "national_id_unique":
                 raise store.national_id_taken() from None
@@ -154,8 +183,10 @@ class PatientService(pb_grpc.PatientServiceServicer):
 
     async def _set_state(self, name: str, etag: str, state: str) -> pb.Patient:
         patient_id = required_id("name", name, collection="patients")
+        permit = await self._access.require("update", "patient.demographics", fields=("state",))
         async with self._db.transaction() as session:
             row = await store.set_state(session, self._cipher, patient_id, to=state, etag=etag)
+            await self._audit("update", permit, row.id)
         return patient_to_proto(row)
 
     async def MergePatients(self, request: pb.MergePatientsRequest, context: Context) -> pb.Patient:
@@ -167,8 +198,11 @@ class PatientService(pb_grpc.PatientServiceServicer):
             v.add("survivor", "must be a different patient than name")
         v.raise_if_any()
         assert duplicate_id is not None and survivor_id is not None
+        permit = await self._access.require("merge", "patient.demographics")
         async with self._db.transaction() as session:
             row = await store.merge(session, self._cipher, duplicate_id, survivor_id, reason)
+            await self._audit("merge", permit, duplicate_id)
+            await self._audit("merge", permit, survivor_id)
         return patient_to_proto(row)
 
     async def UnmergePatient(
@@ -179,8 +213,10 @@ class PatientService(pb_grpc.PatientServiceServicer):
         reason = v.text("reason", request.reason, max_len=MAX_NOTE) or ""
         v.raise_if_any()
         assert patient_id is not None
+        permit = await self._access.require("merge", "patient.demographics")
         async with self._db.transaction() as session:
             row = await store.unmerge(session, self._cipher, patient_id, reason)
+            await self._audit("merge", permit, patient_id)
         return patient_to_proto(row)
 
     async def GrantConsent(self, request: pb.GrantConsentRequest, context: Context) -> pb.Consent:
@@ -193,6 +229,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         v.raise_if_any()
         assert patient_id is not None
         values["create_request_fingerprint"] = fingerprint(request) if request_id else None
+        permit = await self._access.require("create", "patient.consent")
         async with self._db.transaction() as session:
             # The patient's row lock serialises grants (and their replays) per patient.
             patient = await store.get_patient(session, self._cipher, patient_id, lock=True)
@@ -201,6 +238,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
                 earlier = await store.consent_by_request(session, patient_id, request_id)
                 if earlier is not None:
                     check_replay(earlier.create_request_fingerprint, request)
+                    await self._audit("create", permit, patient_id, consent=_name(earlier))
                     return consent_to_proto(earlier)
             if patient.state == "merged":
                 raise FailedPrecondition(
@@ -208,23 +246,28 @@ class PatientService(pb_grpc.PatientServiceServicer):
                     reason="PATIENT_MERGED",
                 )
             row = await store.insert_consent(session, patient_id, values, request_id)
-        assert row is not None  # the patient lock rules out a concurrent insert of the same id
+            assert row is not None  # the patient lock rules out a concurrent insert of the same id
+            await self._audit("create", permit, patient_id, consent=_name(row))
         return consent_to_proto(row)
 
     async def RevokeConsent(self, request: pb.RevokeConsentRequest, context: Context) -> pb.Consent:
         patient_id, consent_id = required_child_id(
             "name", request.name, parent="patients", collection="consents"
         )
+        permit = await self._access.require("update", "patient.consent", fields=("status",))
         async with self._db.transaction() as session:
             row = await store.revoke_consent(session, patient_id, consent_id)
+            await self._audit("update", permit, patient_id, consent=_name(row))
         return consent_to_proto(row)
 
     async def GetConsent(self, request: pb.GetConsentRequest, context: Context) -> pb.Consent:
         patient_id, consent_id = required_child_id(
             "name", request.name, parent="patients", collection="consents"
         )
+        permit = await self._access.require("read", "patient.consent")
         async with self._db.read() as session:
             row = await store.get_consent(session, patient_id, consent_id)
+        await self._audit("read", permit, patient_id, consent=_name(row))
         return consent_to_proto(row)
 
     async def ListConsents(
@@ -235,6 +278,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         limit = v.page_size("page_size", request.page_size)
         v.raise_if_any()
         assert patient_id is not None
+        permit = await self._access.require("read", "patient.consent")
         query = f"consents {patient_id} {request.active_only}"
         cursor = self._pages.decode(request.page_token, query=query)
         after = None
@@ -245,6 +289,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
             rows = await store.list_consents(
                 session, patient_id, active_only=request.active_only, after=after, limit=limit + 1
             )
+        await self._audit("read", permit, patient_id, consent=f"patients/{patient_id}/consents")
         response = pb.ListConsentsResponse(consents=[consent_to_proto(r) for r in rows[:limit]])
         if len(rows) > limit:
             last = rows[limit - 1]
@@ -252,3 +297,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
                 {"t": last.create_time.isoformat(), "i": str(last.id)}, query=query
             )
         return response
+
+
+def _name(consent: Any) -> str:
+    return f"patients/{consent.patient_id}/consents/{consent.id}"

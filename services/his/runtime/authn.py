@@ -58,6 +58,7 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
         if handler_call_details.method in self._public:
             return handler
         verifier = self._verifier
+        method = handler_call_details.method
 
         def wrap(inner: Behavior) -> Behavior:
             async def authenticated(
@@ -79,7 +80,7 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
                             f"{CALLER} must carry a service token", reason="INVALID_TOKEN"
                         )
                     principal = dataclasses.replace(principal, via_service=relay.service_name)
-                entered = identity.enter(principal)
+                entered = identity.enter(principal, method)
                 try:
                     return await inner(request, context)
                 finally:

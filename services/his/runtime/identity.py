@@ -82,11 +82,22 @@ def current_or_none() -> Principal | None:
     return _current.get()
 
 
-def enter(principal: Principal | None) -> contextvars.Token[Principal | None]:
-    """Make `principal` the caller of the code that runs until `leave`."""
-    return _current.set(principal)
+_method: contextvars.ContextVar[str] = contextvars.ContextVar("his_method", default="")
+
+Entered = tuple[contextvars.Token[Principal | None], contextvars.Token[str]]
 
 
-def leave(token: contextvars.Token[Principal | None]) -> None:
+def current_method() -> str:
+    """The full gRPC method being served (`his.patient.v1.PatientService/GetPatient`)."""
+    return _method.get()
+
+
+def enter(principal: Principal | None, method: str = "") -> Entered:
+    """Make `principal` the caller (of `method`) for the code that runs until `leave`."""
+    return _current.set(principal), _method.set(method.lstrip("/"))
+
+
+def leave(entered: Entered) -> None:
     """Restore the caller that was current before `enter`."""
-    _current.reset(token)
+    _current.reset(entered[0])
+    _method.reset(entered[1])

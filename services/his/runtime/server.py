@@ -4,6 +4,7 @@ interceptors, metrics and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from his.runtime.access import Access
+from his.runtime.audit_trail import AuditTrail
 from his.runtime.authn import AuthenticationInterceptor
 from his.runtime.config import ServiceConfig
 from his.runtime.database import Database
@@ -26,6 +29,7 @@ from his.runtime.interceptors import AdmissionInterceptor, ErrorInterceptor, Obs
 from his.runtime.logs import configure_logging
 from his.runtime.metrics import MetricsEndpoint, ServerMetrics
 from his.runtime.migrations import upgrade
+from his.runtime.policy import PolicyEngine
 from his.runtime.security import jwks_source, own_token_source
 from his.runtime.telemetry import make_tracer_provider
 from his.runtime.tokens import TokenVerifier
@@ -57,6 +61,8 @@ class ServiceResources:
     database: Database
     # Typed stubs of the other services, with deadlines, safe retries and breakers.
     clients: HisClients
+    # Authorization (policy as code), break-the-glass grants and the audit trail.
+    access: Access
 
 
 @dataclass
@@ -73,6 +79,7 @@ class RunningService:
     metrics: ServerMetrics
     metrics_endpoint: MetricsEndpoint | None
     clients: HisClients
+    audit: AuditTrail | None = None
 
     @property
     def address(self) -> str:
@@ -86,6 +93,8 @@ class RunningService:
         if self.config.server.drain_delay_s:
             await asyncio.sleep(self.config.server.drain_delay_s)
         await self.server.stop(grace)
+        if self.audit is not None:
+            await self.audit.close()
         await self.database_health.stop()
         await self.clients.close()
         await self.database.dispose()
@@ -128,11 +137,20 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
+    # The audit service does not audit through itself; every other service does, unless security
+    # is off for a benchmark.
+    audit = (
+        AuditTrail(clients, spec.name, registry=metrics.registry)
+        if config.auth.enabled and spec.name != "audit"
+        else None
+    )
+    access = Access(enabled=config.auth.enabled, policy=_policy(), audit=audit, clients=clients)
     health = HealthServicer()
     database_health = DatabaseHealth(database, health, (spec.grpc_service,), metrics)
     metrics_endpoint: MetricsEndpoint | None = None
     try:
-        spec.add_to_server(spec.make_servicer(ServiceResources(config, database, clients)), server)
+        resources = ServiceResources(config, database, clients, access)
+        spec.add_to_server(spec.make_servicer(resources), server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         for name in ("", spec.grpc_service):
             await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -153,6 +171,8 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
         await server.start()
     except BaseException:
         await server.stop(0)
+        if audit is not None:
+            await audit.close()
         await database_health.stop()
         await clients.close()
         await database.dispose()
@@ -168,7 +188,14 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
         metrics=metrics,
         metrics_endpoint=metrics_endpoint,
         clients=clients,
+        audit=audit,
     )
+
+
+@functools.cache
+def _policy() -> PolicyEngine:
+    """The policies, compiled once per process and shared by every service it runs."""
+    return PolicyEngine.load()
 
 
 def run(spec: ServiceSpec, config: ServiceConfig) -> None:

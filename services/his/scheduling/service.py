@@ -1,4 +1,10 @@
-"""The SchedulingService servicer: validate → (ask patient service) → one transaction → respond."""
+"""The SchedulingService servicer: validate → authorize → (ask patient service) → one transaction
+→ audit → respond.
+
+Schedules and slots hold no patient data: they are authorized, not audited. Appointments are
+patient data: clinicians see those of their own departments (or their own patients), and only
+while the patient's privacy consent stands, unless they hold a break-the-glass grant.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.runtime import identity
+from his.runtime.access import Facts, Permit
 from his.runtime.database import (
     CHECK_VIOLATION,
     EXCLUSION_VIOLATION,
     Database,
     integrity_violation,
 )
-from his.runtime.errors import FailedPrecondition
+from his.runtime.errors import FailedPrecondition, NotFound
 from his.runtime.idempotency import check_replay, fingerprint
 from his.runtime.pagination import PageTokens
 from his.runtime.server import ServiceResources
@@ -35,6 +43,7 @@ from his.scheduling.validation import MAX_REASON, day_window, plan_slots, refere
 from his_client import HisClients, UpstreamError
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_APPOINTMENT = pb.Appointment.DESCRIPTOR.full_name
 
 
 class SchedulingService(pb_grpc.SchedulingServiceServicer):
@@ -44,6 +53,50 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         self._db: Database = resources.database
         self._clients: HisClients = resources.clients
         self._pages = PageTokens(resources.config.page_token_key)
+        self._access = resources.access
+
+    # --- access ------------------------------------------------------------------------------
+
+    def _facts(self, patient: str, department_id: uuid.UUID, practitioner_id: Any) -> Facts:
+        """What the policy needs about an appointment (or a booking into a slot)."""
+        caller = identity.current_or_none()
+        return Facts(
+            patient=patient,
+            department=f"departments/{department_id}",
+            under_care=bool(
+                caller and practitioner_id and caller.subject == f"staff/{practitioner_id}"
+            ),
+            consent=lambda: self._privacy_consent(patient),
+        )
+
+    def _appointment_facts(self, row: Any) -> Facts:
+        return self._facts(f"patients/{row.patient_id}", row.department_id, row.practitioner_id)
+
+    async def _privacy_consent(self, patient: str) -> str:
+        """The patient's privacy consent: active, revoked (none left in force) or none given."""
+        reply = await self._clients.patient.ListConsents(
+            patient_pb.ListConsentsRequest(parent=patient, page_size=500)
+        )
+        privacy = [c for c in reply.consents if c.scope == patient_pb.CONSENT_SCOPE_PATIENT_PRIVACY]
+        if any(c.status == patient_pb.CONSENT_STATUS_ACTIVE for c in privacy):
+            return "active"
+        return "revoked" if privacy else "none"
+
+    async def _find_appointment(self, appointment_id: uuid.UUID) -> Any:
+        async with self._db.read() as session:
+            try:
+                return await store.get_appointment(session, appointment_id)
+            except NotFound:
+                return None
+
+    async def _audit(self, action: str, permit: Permit, row: Any) -> None:
+        await self._access.record(
+            action,
+            permit,
+            patient=f"patients/{row.patient_id}",
+            resource_name=f"appointments/{row.id}",
+            resource_type=_APPOINTMENT,
+        )
 
     # --- schedules ---------------------------------------------------------------------------
 
@@ -79,6 +132,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
                 v.add("schedule.planning_horizon.end_time", "must be after the start")
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
+        await self._access.require("create", "scheduling.schedule")
         values = {
             "create_request_fingerprint": fingerprint(request) if request_id else None,
             "department_id": department_id,
@@ -99,6 +153,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
 
     async def GetSchedule(self, request: pb.GetScheduleRequest, context: Context) -> pb.Schedule:
         schedule_id = required_id("name", request.name, collection="schedules")
+        await self._access.require("read", "scheduling.schedule")
         async with self._db.read() as session:
             return schedule_to_proto(await store.get_schedule(session, schedule_id))
 
@@ -110,6 +165,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         department_id = reference(v, "department", request.department, "departments")
         practitioner_id = reference(v, "practitioner", request.practitioner, "staff")
         v.raise_if_any()
+        await self._access.require("read", "scheduling.schedule")
         query = repr(("schedules", department_id, practitioner_id))
         cursor = self._pages.decode(request.page_token, query=query)
         after = (uuid.UUID(cursor["d"]), uuid.UUID(cursor["i"])) if cursor else None
@@ -140,6 +196,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         assert schedule_id is not None and plan is not None
+        await self._access.require("create", "scheduling.slot")
         async with self._db.transaction() as session:
             # The schedule's row lock serialises generations (and their replays) per schedule.
             schedule = await store.get_schedule(session, schedule_id, lock=True)
@@ -156,6 +213,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
 
     async def GetSlot(self, request: pb.GetSlotRequest, context: Context) -> pb.Slot:
         slot_id = required_id("name", request.name, collection="slots")
+        await self._access.require("read", "scheduling.slot")
         async with self._db.read() as session:
             return slot_to_proto(await store.get_slot(session, slot_id))
 
@@ -172,6 +230,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             only_free=request.only_free,
         )
         v.raise_if_any()
+        await self._access.require("read", "scheduling.slot")
         after = self._time_cursor(request.page_token, where.fingerprint())
         async with self._db.read() as session:
             rows = await store.list_slots(session, where, after=after, limit=limit + 1)
@@ -186,11 +245,13 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         reason = v.text("reason", request.reason, max_len=MAX_REASON, required=True)
         v.raise_if_any()
         assert slot_id is not None
+        await self._access.require("update", "scheduling.slot", fields=("block_reason",))
         async with self._db.transaction() as session:
             return slot_to_proto(await store.set_block(session, slot_id, reason))
 
     async def UnblockSlot(self, request: pb.UnblockSlotRequest, context: Context) -> pb.Slot:
         slot_id = required_id("name", request.name, collection="slots")
+        await self._access.require("update", "scheduling.slot", fields=("block_reason",))
         async with self._db.transaction() as session:
             return slot_to_proto(await store.set_block(session, slot_id, None))
 
@@ -205,14 +266,34 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         assert patient_id is not None and slot_id is not None
+
+        async def find_slot() -> Any:  # the slot row, None when there is none
+            async with self._db.read() as session:
+                try:
+                    return await store.get_slot(session, slot_id)
+                except NotFound:
+                    return None
+
+        def slot_facts(found: Any) -> Facts:
+            return self._facts(request.patient, found.department_id, found.practitioner_id)
+
+        # Whether the caller may book into this slot's department decides before anything else.
+        permit, slot = await self._access.authorize(
+            "create",
+            "scheduling.appointment",
+            find_slot,
+            slot_facts,
+        )
         async with self._db.read() as session:
             # A replay returns the first booking, even once the slot has filled up since.
             replay = await self._booked_by(session, request_id, request)
-            if replay is not None:
-                return replay
-            # At the morning rush most attempts find the slot already full: refuse those here,
-            # before asking the patient service. The UPDATE below stays the real guard.
-            slot = await store.get_slot(session, slot_id)
+        if replay is not None:
+            await self._audit("create", permit, replay)
+            return appointment_to_proto(replay)
+        if slot is None:
+            raise store.not_found(f"slots/{slot_id}")
+        # At the morning rush most attempts find the slot already full: refuse those here,
+        # before asking the patient service. The UPDATE below stays the real guard.
         problem = store.unbookable(slot, dt.datetime.now(dt.UTC))
         if problem is not None:
             raise problem
@@ -222,12 +303,14 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             async with self._db.transaction() as session:
                 slot = await store.take_place(session, slot_id)
                 row = await store.insert_appointment(session, patient_id, slot, keyed)
+                await self._audit("create", permit, row)
         except (FailedPrecondition, IntegrityError) as error:
             # A concurrent replay of this request may have taken the place first: it is the answer.
             async with self._db.read() as session:
                 replay = await self._booked_by(session, request_id, request)
             if replay is not None:
-                return replay
+                await self._audit("create", permit, replay)
+                return appointment_to_proto(replay)
             if isinstance(error, IntegrityError):
                 raise _booking_conflict(error) from None
             raise
@@ -236,7 +319,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
     @staticmethod
     async def _booked_by(
         session: AsyncSession, request_id: str | None, request: pb.BookAppointmentRequest
-    ) -> pb.Appointment | None:
+    ) -> Any:
         """The booking an earlier call with this request id made (same request only)."""
         if request_id is None:
             return None
@@ -244,7 +327,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         if row is None:
             return None
         check_replay(row.create_request_fingerprint, request)
-        return appointment_to_proto(row)
+        return row
 
     async def _require_bookable_patient(self, name: str) -> None:
         """Ask the patient service; its outage surfaces as UNAVAILABLE naming it (runtime)."""
@@ -273,8 +356,16 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         self, request: pb.GetAppointmentRequest, context: Context
     ) -> pb.Appointment:
         appointment_id = required_id("name", request.name, collection="appointments")
-        async with self._db.read() as session:
-            return appointment_to_proto(await store.get_appointment(session, appointment_id))
+        permit, row = await self._access.authorize(
+            "read",
+            "scheduling.appointment",
+            lambda: self._find_appointment(appointment_id),
+            self._appointment_facts,
+        )
+        if row is None:
+            raise store.not_found(f"appointments/{appointment_id}")
+        await self._audit("read", permit, row)
+        return appointment_to_proto(row)
 
     async def ListAppointments(
         self, request: pb.ListAppointmentsRequest, context: Context
@@ -299,8 +390,17 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         after = self._time_cursor(request.page_token, where.fingerprint())
         async with self._db.read() as session:
             rows = await store.list_appointments(session, where, after=after, limit=limit + 1)
+        # Appointments the caller may not see are left out of the page (the page may be short).
+        visible = await self._access.filter(
+            "read", "scheduling.appointment", rows[:limit], self._appointment_facts
+        )
+        await self._access.record_each(
+            "read",
+            [(p, f"patients/{r.patient_id}", f"appointments/{r.id}") for r, p in visible],
+            _APPOINTMENT,
+        )
         response = pb.ListAppointmentsResponse(
-            appointments=[appointment_to_proto(r) for r in rows[:limit]]
+            appointments=[appointment_to_proto(r) for r, _ in visible]
         )
         if len(rows) > limit:
             response.next_page_token = self._next_token(rows[limit - 1], where.fingerprint())
@@ -338,8 +438,18 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
     async def _transition(
         self, appointment_id: uuid.UUID, to: str, etag: str, reason: str | None = None
     ) -> pb.Appointment:
+        permit, found = await self._access.authorize(
+            "update",
+            "scheduling.appointment",
+            lambda: self._find_appointment(appointment_id),
+            self._appointment_facts,
+            fields=("status",),
+        )
+        if found is None:
+            raise store.not_found(f"appointments/{appointment_id}")
         async with self._db.transaction() as session:
             row = await store.transition(session, appointment_id, to, etag=etag, reason=reason)
+            await self._audit("update", permit, row)
         return appointment_to_proto(row)
 
     # --- paging ------------------------------------------------------------------------------

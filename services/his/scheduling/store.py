@@ -21,7 +21,7 @@ from his.runtime.errors import Aborted, FailedPrecondition, NotFound
 from his.scheduling.tables import appointments, schedules, slot_generations, slots
 
 
-def _missing(name: str) -> NotFound:
+def not_found(name: str) -> NotFound:
     return NotFound(f"{name} not found", metadata={"name": name})
 
 
@@ -53,7 +53,7 @@ async def get_schedule(
         query = query.with_for_update()
     row = (await session.execute(query)).first()
     if row is None:
-        raise _missing(f"schedules/{schedule_id}")
+        raise not_found(f"schedules/{schedule_id}")
     return row
 
 
@@ -196,7 +196,7 @@ async def get_slot(session: AsyncSession, slot_id: uuid.UUID, *, lock: bool = Fa
         query = query.with_for_update()
     row = (await session.execute(query)).first()
     if row is None:
-        raise _missing(f"slots/{slot_id}")
+        raise not_found(f"slots/{slot_id}")
     return row
 
 
@@ -356,7 +356,7 @@ async def get_appointment(
         query = query.with_for_update()
     row = (await session.execute(query)).first()
     if row is None:
-        raise _missing(f"appointments/{appointment_id}")
+        raise not_found(f"appointments/{appointment_id}")
     return row
 
 

@@ -1,0 +1,287 @@
+"""Authorization and audit for servicers: ask the policy, find break-the-glass grants, record.
+
+Order inside an rpc (ADR 0002): authorize before existence, then read or write, then audit, and
+only then answer. `authorize` decides from the caller alone when it can; when the answer depends
+on the record it loads the record, and a missing record is decided with the least favourable
+facts, so PERMISSION_DENIED never tells whether a record exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from his.audit.v1 import audit_service_pb2 as audit_pb
+from his.iam.v1 import iam_service_pb2 as iam_pb
+from his.runtime import identity
+from his.runtime.audit_trail import AuditTrail
+from his.runtime.errors import HisError, PermissionDenied
+from his.runtime.identity import Principal
+from his.runtime.policy import Decision, PolicyEngine, Request
+from his_client.clients import HisClients
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Audit action codes of each policy action (FHIR AuditEvent.action: C R U D E).
+AUDIT_ACTION = {
+    "read": audit_pb.AUDIT_EVENT_ACTION_READ,
+    "create": audit_pb.AUDIT_EVENT_ACTION_CREATE,
+    "update": audit_pb.AUDIT_EVENT_ACTION_UPDATE,
+    "merge": audit_pb.AUDIT_EVENT_ACTION_UPDATE,
+    "delete": audit_pb.AUDIT_EVENT_ACTION_DELETE,
+    "dispense": audit_pb.AUDIT_EVENT_ACTION_EXECUTE,
+    "execute": audit_pb.AUDIT_EVENT_ACTION_EXECUTE,
+}
+
+ALLOWED = Decision(allow=True, reason="ALLOWED", emergency=False)
+# A break-the-glass grant found at iam is trusted for at most this long before asking again,
+# so a revoked grant stops working within this time even if iam is not asked for every call.
+GRANT_CACHE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the policy may need to know about one record (see policy.Request)."""
+
+    # `patients/{id}` the record belongs to; empty for records about no patient.
+    patient: str = ""
+    # `departments/{id}` the record belongs to, compared with the caller's departments.
+    department: str = ""
+    encounter_class: str = ""
+    surgical: bool = False
+    under_care: bool = False
+    own: bool = False
+    # The patient's privacy consent state, asked only when the decision depends on it.
+    consent: Callable[[], Awaitable[str]] | None = None
+
+
+# Least favourable facts: used when the record does not exist, so the answer reveals nothing.
+NOWHERE = Facts()
+
+
+@dataclass(frozen=True)
+class Permit:
+    """An allowed access: the decision, and the grant that allowed it in an emergency."""
+
+    decision: Decision
+    patient: str = ""
+    emergency_grant: str = ""
+
+
+def purpose_of_use(principal: Principal | None, permit: Permit) -> audit_pb.PurposeOfUse.ValueType:
+    """Why the caller accesses the record, for the audit trail."""
+    if permit.emergency_grant:
+        return audit_pb.PURPOSE_OF_USE_EMERGENCY_TREATMENT
+    roles = principal.roles if principal else frozenset()
+    if roles & {"DOCTOR", "NURSE", "PHARMACIST", "LAB_TECHNICIAN"}:
+        return audit_pb.PURPOSE_OF_USE_TREATMENT
+    if "BILLING_CLERK" in roles:
+        return audit_pb.PURPOSE_OF_USE_PAYMENT
+    return audit_pb.PURPOSE_OF_USE_OPERATIONS
+
+
+class Access:
+    """One servicer's gate: policy decisions, emergency grants and the audit trail."""
+
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        policy: PolicyEngine,
+        audit: AuditTrail | None,
+        clients: HisClients,
+    ) -> None:
+        self.enabled = enabled
+        self.policy = policy
+        self._audit = audit
+        self._clients = clients
+        self._grants: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def _request(
+        self, principal: Principal, action: str, resource: str, **facts: object
+    ) -> Request:
+        return Request(roles=tuple(principal.roles), action=action, resource=resource, **facts)  # type: ignore[arg-type]
+
+    async def require(
+        self, action: str, resource: str, *, own: bool = False, fields: Sequence[str] = ()
+    ) -> Permit:
+        """Allow or refuse from the caller alone (when the class decides, as for demographics)."""
+        if not self.enabled:
+            return Permit(ALLOWED)
+        principal = identity.current()
+        decision = self.policy.decide(
+            self._request(principal, action, resource, own=own, fields=tuple(fields))
+        )
+        if not decision.allow:
+            await self._refuse(principal, action, resource, decision.reason, patient="")
+        return Permit(decision)
+
+    async def authorize(
+        self,
+        action: str,
+        resource: str,
+        load: Callable[[], Awaitable[T | None]],
+        facts: Callable[[T], Facts],
+        *,
+        fields: Sequence[str] = (),
+    ) -> tuple[Permit, T | None]:
+        """Allow or refuse one record, loading it only when the answer depends on it.
+
+        Returns the permit and the loaded record (None when it does not exist and the caller
+        would have been allowed to see it: the servicer then answers NOT_FOUND).
+        """
+        if not self.enabled:
+            return Permit(ALLOWED), await load()
+        principal = identity.current()
+        ask = self._request(principal, action, resource, fields=tuple(fields), consent="revoked")
+        if self.policy.decide(ask).allow:
+            record = await load()
+            return Permit(ALLOWED, patient=facts(record).patient if record else ""), record
+        best = replace(
+            ask, department_match=True, under_care=True, consent="active", emergency=True, own=True
+        )
+        if not self.policy.decide(best).allow:
+            reason = self.policy.decide(ask).reason
+            await self._refuse(principal, action, resource, reason, patient="")
+        record = await load()
+        if record is None:
+            await self._refuse(principal, action, resource, self.policy.decide(ask).reason, "")
+            raise AssertionError("unreachable")  # _refuse always raises
+        permit = await self.permit(principal, ask, facts(record))
+        return permit, record
+
+    async def permit(self, principal: Principal, ask: Request, facts: Facts) -> Permit:
+        """The decision for one record's facts, with consent and emergency grants looked up."""
+        request = replace(
+            ask,
+            department_match=bool(facts.department) and facts.department in principal.departments,
+            under_care=facts.under_care,
+            encounter_class=facts.encounter_class,
+            surgical=facts.surgical,
+            own=facts.own,
+            consent="active",
+        )
+        decision = self.policy.decide(request)
+        if decision.allow and not self.policy.decide(replace(request, consent="revoked")).allow:
+            # Consent matters for this answer: ask what it is.
+            state = await facts.consent() if facts.consent is not None else "none"
+            request = replace(request, consent=state)
+            decision = self.policy.decide(request)
+        if decision.allow:
+            return Permit(decision, patient=facts.patient)
+        emergency = self.policy.decide(replace(request, emergency=True))
+        if emergency.allow and facts.patient and principal.is_staff:
+            grant = await self._emergency_grant(principal, facts.patient)
+            if grant:
+                return Permit(emergency, patient=facts.patient, emergency_grant=grant)
+        await self._refuse(
+            principal, ask.action, ask.resource, decision.reason, patient=facts.patient
+        )
+        raise AssertionError("unreachable")
+
+    async def filter(
+        self, action: str, resource: str, records: Sequence[T], facts: Callable[[T], Facts]
+    ) -> list[tuple[T, Permit]]:
+        """The records of a list the caller may see, each with its permit (others left out)."""
+        if not self.enabled:
+            return [(record, Permit(ALLOWED)) for record in records]
+        principal = identity.current()
+        ask = self._request(principal, action, resource, consent="revoked")
+        kept: list[tuple[T, Permit]] = []
+        for record in records:
+            try:
+                kept.append((record, await self.permit(principal, ask, facts(record))))
+            except PermissionDenied:
+                continue
+        return kept
+
+    async def _emergency_grant(self, principal: Principal, patient: str) -> str:
+        key = (principal.subject, patient)
+        cached = self._grants.get(key)
+        now = time.time()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        reply = await self._clients.iam.ListEmergencyAccessGrants(
+            iam_pb.ListEmergencyAccessGrantsRequest(
+                staff=principal.subject, patient=patient, active_only=True, page_size=1
+            )
+        )
+        if not reply.emergency_access_grants:
+            self._grants.pop(key, None)
+            return ""
+        grant = reply.emergency_access_grants[0]
+        until = min(grant.expire_time.ToMicroseconds() / 1e6, now + GRANT_CACHE_S)
+        self._grants[key] = (grant.name, until)
+        return grant.name
+
+    async def _refuse(
+        self, principal: Principal, action: str, resource: str, reason: str, patient: str
+    ) -> None:
+        """Audit the refusal (best effort: the caller is refused either way) and raise."""
+        if self._audit is not None:
+            try:
+                await self._audit.record(
+                    action=AUDIT_ACTION.get(action, audit_pb.AUDIT_EVENT_ACTION_EXECUTE),
+                    operation=identity.current_method(),
+                    patient=patient,
+                    resource_type=resource,
+                    outcome=audit_pb.AUDIT_EVENT_OUTCOME_MINOR_FAILURE,
+                    outcome_description=f"denied: {reason}",
+                    purpose_of_use=purpose_of_use(principal, Permit(ALLOWED)),
+                )
+            except HisError:
+                log.warning("refusal not audited", extra={"fields": {"reason": reason}})
+        raise PermissionDenied(f"{action} on {resource} is not permitted", reason=reason)
+
+    async def record(
+        self,
+        action: str,
+        permit: Permit,
+        *,
+        resource_name: str,
+        resource_type: str,
+        patient: str | None = None,
+    ) -> None:
+        """Audit one access to patient data; raises UNAVAILABLE (fail closed) if it cannot."""
+        if not self.enabled or self._audit is None:
+            return
+        await self._audit.record(
+            action=AUDIT_ACTION[action],
+            operation=identity.current_method(),
+            patient=permit.patient if patient is None else patient,
+            resource_name=resource_name,
+            resource_type=resource_type,
+            purpose_of_use=purpose_of_use(identity.current_or_none(), permit),
+            emergency_access_grant=permit.emergency_grant,
+        )
+
+    async def record_each(
+        self,
+        action: str,
+        items: Sequence[tuple[Permit, str, str]],
+        resource_type: str,
+    ) -> None:
+        """Audit many accesses in one batch: (permit, patient, resource name) per item."""
+        if not self.enabled or self._audit is None or not items:
+            return
+        principal = identity.current_or_none()
+        operation = identity.current_method()
+        await self._audit.record_many(
+            [
+                self._audit.event(
+                    action=AUDIT_ACTION[action],
+                    operation=operation,
+                    patient=patient,
+                    resource_name=name,
+                    resource_type=resource_type,
+                    purpose_of_use=purpose_of_use(principal, permit),
+                    emergency_access_grant=permit.emergency_grant,
+                )
+                for permit, patient, name in items
+            ]
+        )
