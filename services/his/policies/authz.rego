@@ -2,50 +2,41 @@
 #
 # Query: data.his.authz.decision  ->  {"allow": bool, "reason": "UPPER_SNAKE", "emergency": bool}
 # Input: his.runtime.policy.Request as JSON:
-#   roles (list of role names), action, resource (class, see resources.rego), department_match,
+#   roles (list of role names), action, resource (class, see catalogue.rego), department_match,
 #   under_care, encounter_class, surgical, consent ("active" | "none" | "revoked"), emergency,
 #   own, fields (names of the fields an update changes; empty = the whole resource, as in AIP-134).
 #
-# How the files fit together (all in package his.authz):
-#   resources.rego  the catalogue of resource classes and actions
-#   roles.rego      what each role may do without conditions (a table), plus the conditional rules
-#                   of SERVICE, PHARMACIST, AUDITOR, ADMINISTRATOR and the audit-trail rules
-#   clinical.rego   DOCTOR and NURSE: department, care relation, consent, break-the-glass
-#   authz.rego      (this file) how the roles' answers combine into one decision
+# The files:
+#   catalogue.rego    resource classes and actions                (package his.authz.tables)
+#   permissions.rego  who may do what, as tables                  (package his.authz.tables)
+#   roles.rego        table look-ups, pharmacist fields, refusals (package his.authz)
+#   clinical.rego     DOCTOR/NURSE: department, care, consent,    (package his.authz)
+#                     inpatient surgical records, break-the-glass
+#   authz.rego        how the roles' answers combine (this file)  (package his.authz)
+# To change who may do what, edit the tables; the rules rarely need to change. Then update the
+# matrix in tests/runtime/test_policy_matrix.py, which states the ADR independently of this code.
 #
 # Each role's rules add to two sets:
 #   grants    {"role": ..., "emergency": false}  the role allows the request as it stands
 #             {"role": ..., "emergency": true}   the role allows it only because input.emergency
 #   refusals  "REASON"                           why a role that might have allowed it did not
-# A staff member may hold several roles: the request is allowed if ANY role grants it. Deny is
-# the default; the reason is the most useful refusal (see reason_priority), ROLE_NOT_PERMITTED
-# when no role had anything to say.
+# A staff member may hold several roles: the request is allowed if ANY role grants it, and it is
+# an emergency access only if no role grants it without the emergency. Deny is the default; the
+# reason is the first refusal in tables.reason_priority, ROLE_NOT_PERMITTED when no role had
+# anything to say.
 #
 # Booleans are compared with `== true` on purpose: in Rego a bare `input.x` is also true for
 # strings and numbers, and a malformed input must never open anything.
 package his.authz
 
+import data.his.authz.tables
 import rego.v1
-
-# Refusals in the order they are reported when roles disagree: the reasons that tell the caller
-# what would change the answer come first, the blanket "this role never does that" last.
-reason_priority := [
-	"AUDIT_IMMUTABLE",
-	"AUDIT_WRITE_SERVICE_ONLY",
-	"DEPARTMENT_MISMATCH",
-	"INPATIENT_SURGICAL_OTHER_DEPARTMENT",
-	"CONSENT_REVOKED",
-	"PRESCRIPTION_FIELDS_LOCKED",
-	"NOT_OWN",
-	"NO_CLINICAL_ACCESS",
-	"ROLE_NOT_PERMITTED",
-]
 
 # Problems with the request itself, decided before any role is asked.
 input_problem := "UNKNOWN_RESOURCE" if {
-	not input.resource in resource_classes
+	not input.resource in tables.resource_classes
 } else := "UNKNOWN_ACTION" if {
-	not input.action in actions
+	not input.action in tables.actions
 } else := "SERVICE_ROLE_MIXED" if {
 	# A service token carries exactly ["SERVICE"] (ADR 0002). A token mixing it with staff roles
 	# is forged or misissued; refusing it keeps "staff never write audit events" true.
@@ -65,7 +56,7 @@ allowed_in_emergency if {
 }
 
 ranked_refusals := [reason |
-	some reason in reason_priority
+	some reason in tables.reason_priority
 	reason in (refusals | {"ROLE_NOT_PERMITTED"})
 ]
 

@@ -7,37 +7,15 @@
 #                     follows the patient does not see the ward's surgical record).
 #   break-the-glass   input.emergency (an active grant for this patient) opens all of the above;
 #                     the decision then says emergency: true and the access is audited as such.
+# What each clinician may do under these conditions is tables.care_permissions.
 package his.authz
 
+import data.his.authz.tables
 import rego.v1
-
-# What clinicians may do to patient records once the relation checks pass. Both read every
-# clinical class (ADR 0002 lists billing and pharmacy among them) and appointments; doctors write
-# the record and the orders; nurses write notes and check patients in (update appointments).
-care_permissions := {
-	"DOCTOR": object.union({class: {"read"} | some class in clinical_classes}, {
-		"scheduling.appointment": {"read"},
-		"emr.encounter": {"read", "create", "update"},
-		"emr.note": {"read", "create", "update"},
-		"emr.diagnosis": {"read", "create", "update"},
-		"orders.lab_order": {"read", "create", "update"},
-		"orders.medication_order": {"read", "create", "update"},
-	}),
-	"NURSE": object.union({class: {"read"} | some class in clinical_classes}, {
-		"scheduling.appointment": {"read", "update"},
-		"emr.note": {"read", "create"},
-	}),
-}
-
-# Break-the-glass grants: a clinician reads and revokes (updates) only their own.
-own_permissions := {
-	"DOCTOR": {"iam.emergency_access": {"read", "update"}},
-	"NURSE": {"iam.emergency_access": {"read", "update"}},
-}
 
 care_request if {
 	some role in input.roles
-	input.action in care_permissions[role][input.resource]
+	input.action in tables.care_permissions[role][input.resource]
 }
 
 related if input.department_match == true
@@ -65,26 +43,27 @@ care_refusal := "DEPARTMENT_MISMATCH" if {
 
 grants contains {"role": role, "emergency": false} if {
 	some role in input.roles
-	input.action in care_permissions[role][input.resource]
+	input.action in tables.care_permissions[role][input.resource]
 	not care_refusal
 }
 
 grants contains {"role": role, "emergency": true} if {
 	some role in input.roles
-	input.action in care_permissions[role][input.resource]
+	input.action in tables.care_permissions[role][input.resource]
 	input.emergency == true
 }
 
 refusals contains care_refusal if care_request
 
+# Break-the-glass grants: a clinician reads and revokes only their own.
 grants contains {"role": role, "emergency": false} if {
 	some role in input.roles
-	input.action in own_permissions[role][input.resource]
+	input.action in tables.own_permissions[role][input.resource]
 	input.own == true
 }
 
 refusals contains "NOT_OWN" if {
 	some role in input.roles
-	input.action in own_permissions[role][input.resource]
+	input.action in tables.own_permissions[role][input.resource]
 	not input.own == true
 }

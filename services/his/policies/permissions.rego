@@ -1,0 +1,136 @@
+# Who may do what: the tables the rules in roles.rego and clinical.rego look things up in.
+#
+# Constants only, never `input` (see catalogue.rego). `actions` means every action: what the
+# ADR calls "all".
+package his.authz.tables
+
+import rego.v1
+
+# Unconditional permissions: role -> resource class -> actions. Anything not listed is refused.
+permissions := {
+	# Services acting on their own (no person behind the call): write the audit trail, look up
+	# staff and departments, check that a patient exists and what they consented to. Nothing
+	# clinical: a service relaying a person's call is authorized as that person.
+	"SERVICE": {
+		"audit.event": {"create"},
+		"iam.department": {"read"},
+		"iam.staff": {"read"},
+		"iam.membership": {"read"},
+		"iam.emergency_access": {"read"},
+		"patient.demographics": {"read"},
+		"patient.consent": {"read"},
+	},
+	# Registration desk: who the patient is, what they consented to, and all of scheduling in
+	# every department. No clinical content.
+	"REGISTRAR": {
+		"patient.demographics": {"read", "create", "update", "merge"},
+		"patient.consent": {"read", "create", "update"},
+		"scheduling.schedule": actions,
+		"scheduling.slot": actions,
+		"scheduling.appointment": actions,
+	},
+	# Clinicians, the parts that do not depend on the patient (the rest is care_permissions).
+	# Creating a break-the-glass grant is always allowed (it is audited as EMERGENCY); reading
+	# or updating one needs `own` (own_permissions).
+	"DOCTOR": {
+		"patient.demographics": {"read"},
+		"patient.consent": {"read", "create", "update"},
+		"scheduling.schedule": {"read"},
+		"scheduling.slot": {"read"},
+		"iam.emergency_access": {"create"},
+	},
+	"NURSE": {
+		"patient.demographics": {"read"},
+		"patient.consent": {"read", "create", "update"},
+		"scheduling.schedule": {"read"},
+		"scheduling.slot": {"read"},
+		"iam.emergency_access": {"create"},
+	},
+	# Pharmacy: reads and dispenses prescriptions, runs the pharmacy. Updating a prescription
+	# depends on the fields changed (prescription_locked_fields).
+	"PHARMACIST": {
+		"patient.demographics": {"read"},
+		"orders.medication_order": {"read", "dispense"},
+		"pharmacy.stock": actions,
+		"pharmacy.dispense": actions,
+	},
+	"LAB_TECHNICIAN": {
+		"patient.demographics": {"read"},
+		"orders.lab_order": {"read"},
+		"lab.specimen": {"read", "create", "update"},
+		"lab.result": {"read", "create", "update"},
+	},
+	# Billing sees appointments in every department (to bill them), not their clinical content.
+	"BILLING_CLERK": {
+		"patient.demographics": {"read"},
+		"scheduling.appointment": {"read"},
+		"billing.charge": actions,
+		"billing.invoice": actions,
+		"billing.payment": actions,
+	},
+	# Auditors read the trail and the break-the-glass grants it refers to; no patient data.
+	"AUDITOR": {
+		"audit.event": {"read"},
+		"iam.emergency_access": {"read"},
+	},
+	# Administrators run staff, departments and schedules and start research exports; no
+	# patient data. They read and revoke (update) break-the-glass grants but never create one:
+	# grants are for clinicians (ADR 0002, "Break-the-glass").
+	"ADMINISTRATOR": {
+		"iam.department": actions,
+		"iam.staff": actions,
+		"iam.membership": actions,
+		"iam.emergency_access": actions - {"create"},
+		"scheduling.schedule": {"read", "create", "update"},
+		"scheduling.slot": {"read", "create", "update"},
+		"research.export": {"execute"},
+	},
+}
+
+# What clinicians may do to a patient's records once the care checks of clinical.rego pass.
+# Both read every clinical class (ADR 0002 counts billing and pharmacy among them) and
+# appointments; doctors write the record and the orders; nurses write notes and check patients
+# in (update appointments). Nobody deletes a clinical record.
+care_permissions := {
+	"DOCTOR": object.union({class: {"read"} | some class in clinical_classes}, {
+		"scheduling.appointment": {"read"},
+		"emr.encounter": {"read", "create", "update"},
+		"emr.note": {"read", "create", "update"},
+		"emr.diagnosis": {"read", "create", "update"},
+		"orders.lab_order": {"read", "create", "update"},
+		"orders.medication_order": {"read", "create", "update"},
+	}),
+	"NURSE": object.union({class: {"read"} | some class in clinical_classes}, {
+		"scheduling.appointment": {"read", "update"},
+		"emr.note": {"read", "create"},
+	}),
+}
+
+# Allowed only on the caller's own resource: a clinician reads and revokes their own grants.
+own_permissions := {
+	"DOCTOR": {"iam.emergency_access": {"read", "update"}},
+	"NURSE": {"iam.emergency_access": {"read", "update"}},
+}
+
+# What a pharmacist may never change in a prescription (nor any part of, e.g. "dose.unit").
+prescription_locked_fields := {"drug", "dose", "quantity", "price"}
+
+# Roles that never see clinical content, and those that see no patient data at all: refused
+# with NO_CLINICAL_ACCESS rather than ROLE_NOT_PERMITTED.
+no_clinical_roles := {"SERVICE", "REGISTRAR", "AUDITOR", "ADMINISTRATOR"}
+
+no_patient_data_roles := {"AUDITOR", "ADMINISTRATOR"}
+
+# Refusals in the order they are reported when roles disagree: the reasons that tell the caller
+# what would change the answer come first, the blanket "this role never does that" last.
+reason_priority := [
+	"AUDIT_IMMUTABLE",
+	"AUDIT_WRITE_SERVICE_ONLY",
+	"DEPARTMENT_MISMATCH",
+	"INPATIENT_SURGICAL_OTHER_DEPARTMENT",
+	"CONSENT_REVOKED",
+	"PRESCRIPTION_FIELDS_LOCKED",
+	"NOT_OWN",
+	"NO_CLINICAL_ACCESS",
+	"ROLE_NOT_PERMITTED",
+]
