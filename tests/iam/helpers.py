@@ -1,0 +1,154 @@
+"""Shared helpers of the iam tests: unique valid resources, local tokens, rich errors."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import string
+import uuid
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import jwt
+
+from his.common.v1 import types_pb2
+from his.iam.v1 import iam_service_pb2 as pb
+from tests.identity import metadata
+from tests.support import invalid_in
+
+if TYPE_CHECKING:
+    from his.iam.v1.iam_service_pb2_grpc import IamServiceAsyncStub
+
+    # The async stub exists only in the type stubs; at run time the fixture's stub is used as is.
+    Stub: TypeAlias = IamServiceAsyncStub
+else:
+    Stub = Any
+
+DOMAIN = "iam.his"
+# The iam server under test signs with this issuer; its callers use the session test issuer's.
+LOCAL_ISSUER = "https://iam.his.local-test"
+DEV_CREDENTIAL = "correct horse battery staple"
+SERVICE_KEY = b"test-service-credential-key"
+LICENCE_SYSTEM = "urn:his:test:practising-certificate"
+
+
+def word(length: int = 10) -> str:
+    """Random lower-case letters."""
+    return "".join(random.choices(string.ascii_lowercase, k=length))
+
+
+def unique_username(prefix: str = "t") -> str:
+    """A valid username no other test uses."""
+    return f"{prefix}.{word(12)}"
+
+
+def unique_code() -> str:
+    """A valid department code no other test uses."""
+    return f"T-{uuid.uuid4().hex[:16].upper()}"
+
+
+def request_id() -> str:
+    """A fresh idempotency key."""
+    return f"req-{uuid.uuid4().hex}"
+
+
+def make_department(
+    kind: pb.DepartmentKind.ValueType = pb.DEPARTMENT_KIND_OUTPATIENT, *, code: str | None = None
+) -> pb.Department:
+    """A valid Department with a unique code."""
+    return pb.Department(code=code or unique_code(), display_name=f"Clinic {word(6)}", kind=kind)
+
+
+def make_staff(
+    *roles: pb.StaffRole.ValueType,
+    username: str | None = None,
+    display_name: str | None = None,
+    licence: str | None = None,
+) -> pb.StaffMember:
+    """A valid StaffMember (a doctor unless roles are given) with a unique username."""
+    member = pb.StaffMember(
+        username=username or unique_username(),
+        display_name=display_name or f"Dr. {word(8).capitalize()}",
+        roles=list(roles) or [pb.STAFF_ROLE_DOCTOR],
+    )
+    if licence is not None:
+        member.practitioner_identifier.CopyFrom(
+            types_pb2.Identifier(system=LICENCE_SYSTEM, value=licence)
+        )
+    return member
+
+
+async def create_department(stub: Stub, department: pb.Department | None = None) -> pb.Department:
+    """Create a department (a fresh valid one unless given)."""
+    return await stub.CreateDepartment(
+        pb.CreateDepartmentRequest(department=department or make_department())
+    )
+
+
+async def create_staff(stub: Stub, *roles: pb.StaffRole.ValueType, **kwargs: Any) -> pb.StaffMember:
+    """Create a staff member (a doctor unless roles are given)."""
+    return await stub.CreateStaffMember(
+        pb.CreateStaffMemberRequest(staff_member=make_staff(*roles, **kwargs))
+    )
+
+
+async def add_membership(
+    stub: Stub, staff: str, department: str, *, primary: bool = False, **kwargs: Any
+) -> pb.DepartmentMembership:
+    """Make `staff` a member of `department` from now on."""
+    return await stub.AddMembership(
+        pb.AddMembershipRequest(
+            parent=staff,
+            membership=pb.DepartmentMembership(department=department, primary=primary, **kwargs),
+        )
+    )
+
+
+def staff_id(name: str) -> str:
+    """The id part of `staff/{id}`."""
+    collection, _, raw = name.partition("/")
+    assert collection == "staff"
+    return str(uuid.UUID(raw))
+
+
+def service_credential(service: str, key: bytes = SERVICE_KEY) -> str:
+    """The credential of `service:{name}` at the iam under test."""
+    return hmac.new(key, service.encode(), hashlib.sha256).hexdigest()
+
+
+async def login(
+    stub: Stub, username: str, credential: str = DEV_CREDENTIAL
+) -> pb.IssueTokenResponse:
+    """IssueToken for a username."""
+    return await stub.IssueToken(pb.IssueTokenRequest(username=username, credential=credential))
+
+
+def verify(token: str, jwks: pb.JsonWebKeySet, *, audience: str = "his") -> dict[str, Any]:
+    """The claims of an iam token, verified with PyJWT against the published key its kid names."""
+    kid = jwt.get_unverified_header(token)["kid"]
+    matching = [key for key in jwks.keys if key.kid == kid]
+    assert len(matching) == 1, f"no published key has kid {kid}"
+    key = matching[0]
+    jwk = jwt.PyJWK(
+        {"kty": key.kty, "kid": key.kid, "use": key.use, "alg": key.alg, "n": key.n, "e": key.e}
+    )
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        key=jwk,
+        algorithms=["RS256"],
+        audience=audience,
+        issuer=LOCAL_ISSUER,
+        options={"require": ["exp", "iat", "sub", "iss", "aud", "jti"]},
+    )
+    return claims
+
+
+def as_(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata that makes a call as the holder of `token`."""
+    return metadata(token)
+
+
+async def invalid(call: Awaitable[Any]) -> list[str]:
+    """Await a call that must be INVALID_ARGUMENT from iam; the fields it names."""
+    return await invalid_in(DOMAIN, call)
