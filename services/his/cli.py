@@ -1,4 +1,4 @@
-"""The `his` command: run the hospital locally, run one service, migrate."""
+"""The `his` command: run the hospital locally, run one service, migrate, get a token."""
 
 from __future__ import annotations
 
@@ -44,6 +44,21 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    import grpc  # noqa: PLC0415
+
+    from his.login import issue_token  # noqa: PLC0415
+
+    try:
+        print(asyncio.run(issue_token(args.user)))
+    except grpc.aio.AioRpcError as error:
+        print(f"his token: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _services(_: argparse.Namespace) -> int:
     print(f"{'service':<12} {'grpc':>6} {'metrics':>8}  status")
     for entry in CATALOG:
@@ -70,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="migrate service schemas to the latest revision")
     migrate.add_argument("services", nargs="*", help="default: every implemented service")
     migrate.set_defaults(run=_migrate)
+
+    token = commands.add_parser(
+        "token", help="print a bearer token for a staff member from the local iam (his up)"
+    )
+    token.add_argument("--user", required=True, help="username, for example reg.amina")
+    token.set_defaults(run=_token)
 
     services = commands.add_parser("services", help="list services and their local ports")
     services.set_defaults(run=_services)

@@ -17,14 +17,17 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from his.local_secrets import LocalSecrets, local_secrets
+from his.login import issue_token
 from his.runtime.catalog import ServiceEntry, implemented
 from his.runtime.config import DatabaseConfig, TelemetryConfig
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import SERVING, wait_for_status
 from his.runtime.logs import configure_logging
 from his.runtime.migrations import upgrade
-from his_client import HisClients
+from his_client import HisClients, static_token
 
 log = logging.getLogger("his.up")
 
@@ -59,11 +62,17 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _spawn(entry: ServiceEntry, url: str) -> subprocess.Popen[bytes]:
+def _spawn(entry: ServiceEntry, url: str, secrets: LocalSecrets) -> subprocess.Popen[bytes]:
     # Per-process settings of the caller's shell must not reach every service (two would bind
     # one port); each service takes its own from the catalog.
     inherited = {k: v for k, v in os.environ.items() if k not in _PER_SERVICE}
-    env = dict(inherited, HIS_DATABASE_URL=url, HIS_MIGRATE="0", HIS_LOG_FORMAT="text")
+    env = dict(
+        inherited,
+        **secrets.env(),
+        HIS_DATABASE_URL=url,
+        HIS_MIGRATE="0",
+        HIS_LOG_FORMAT="text",
+    )
     return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
         [sys.executable, "-m", "his.cli", "serve", entry.name],
         env=env,
@@ -90,14 +99,20 @@ async def _wait_serving(entry: ServiceEntry, process: subprocess.Popen[bytes]) -
         raise RuntimeError(str(error)) from None
 
 
-async def _load_demo(entries: tuple[ServiceEntry, ...]) -> None:
-    """Each implemented service's `demo.load`, in catalog order (patients before bookings)."""
-    async with HisClients() as his:
-        for entry in entries:
-            try:
-                demo = importlib.import_module(f"{entry.module}.demo")
-            except ModuleNotFoundError:
-                continue
+# Demo data sets in dependency order: staff and departments, then patients, then bookings.
+DEMO_ORDER = ("iam", "patient", "scheduling")
+
+
+async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> None:
+    """Each implemented service's `demo.load`, as the staff member its module names (`USER`)."""
+    names = {entry.name for entry in entries}
+    for name in [n for n in DEMO_ORDER if n in names] + sorted(names - set(DEMO_ORDER)):
+        try:
+            demo = importlib.import_module(f"his.{name}.demo")
+        except ModuleNotFoundError:
+            continue
+        token = await issue_token(demo.USER, data_dir=data_dir)
+        async with HisClients(token=static_token(token)) as his:
             print(f"demo data: {await demo.load(his)}", flush=True)
 
 
@@ -131,6 +146,7 @@ def up(*, demo: bool) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
+    secrets = local_secrets(config.data_dir)
     url, embedded = _database_url(config)
     where = embedded.data_dir if embedded else "HIS_DATABASE_URL"
     print(f"postgresql    {'embedded, data in ' + str(where) if embedded else where}")
@@ -140,11 +156,11 @@ def up(*, demo: bool) -> int:
         for entry in entries:
             upgrade(entry.name, url)
         for entry in entries:
-            processes[entry.name] = _spawn(entry, url)
+            processes[entry.name] = _spawn(entry, url, secrets)
         for entry in entries:
             asyncio.run(_wait_serving(entry, processes[entry.name]))
         if demo:
-            asyncio.run(_load_demo(entries))
+            asyncio.run(_load_demo(entries, config.data_dir))
         _print_table(entries)
         print("\nHIS Mesh is up. Press Ctrl-C to stop.", flush=True)
         while not stop_requested:

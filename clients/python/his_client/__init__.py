@@ -3,7 +3,8 @@ from the call being served, retries only where the proto says a method is safe t
 circuit breaker per upstream."""
 
 from his_client.clients import HisClients
+from his_client.credentials import static_token
 from his_client.errors import UpstreamError
 from his_client.patient import PatientClient
 
-__all__ = ["HisClients", "PatientClient", "UpstreamError"]
+__all__ = ["HisClients", "PatientClient", "UpstreamError", "static_token"]

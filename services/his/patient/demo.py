@@ -9,6 +9,9 @@ from his.common.v1 import types_pb2
 from his.patient.v1 import patient_service_pb2 as pb
 from his_client import HisClients
 
+# Loaded as this demo staff member (a registrar registers patients and books).
+USER = "reg.amina"
+
 RESIDENT_ID = "urn:oid:2.16.156.10011.1.1"  # PRC resident identity card
 G = pb.AdministrativeGender
 

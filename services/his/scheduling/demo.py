@@ -20,6 +20,9 @@ from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his_client import HisClients
 
+# Loaded as this demo staff member (a registrar registers patients and books).
+USER = "reg.amina"
+
 _NAMESPACE = uuid.UUID("6f1c1d3e-55a8-4b43-9d54-2f6a4d1e7c10")
 TIME_ZONE = "Asia/Shanghai"
 SERVICE_TYPES = "http://terminology.hl7.org/CodeSystem/service-type"

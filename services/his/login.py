@@ -1,0 +1,22 @@
+"""Logging in to the local identity provider from the command line (`his token`, demo, export)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from his.iam.v1 import iam_service_pb2 as iam_pb
+from his.local_secrets import local_secrets
+from his.runtime.config import ClientConfig
+from his_client import HisClients
+
+
+async def issue_token(username: str, *, data_dir: Path | None = None) -> str:
+    """A token for `username` from the local iam, with the development credential."""
+    directory = data_dir or Path(os.environ.get("HIS_DATA_DIR") or ".his")
+    credential = local_secrets(directory).dev_credential
+    async with HisClients(ClientConfig.from_env(os.environ)) as his:
+        reply = await his.iam.IssueToken(
+            iam_pb.IssueTokenRequest(username=username, credential=credential), timeout=10.0
+        )
+    return reply.access_token
