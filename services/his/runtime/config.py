@@ -246,6 +246,9 @@ class ServiceConfig:
     page_token_key: bytes = field(default=b"his-local-page-token-key", repr=False)
     # Keys of encrypted identifiers and their blind indexes (HIS_CRYPTO_*).
     crypto: CryptoConfig = field(default_factory=lambda: _crypto({}))
+    # The HIS_* variables this config was built from, for settings only one service has (its
+    # own frozen dataclass reads them, e.g. `IamConfig.from_env(config.environment)`).
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def load(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -261,6 +264,7 @@ def load(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
         auth=AuthConfig.from_env(source),
         page_token_key=(source.get("HIS_PAGE_TOKEN_KEY") or "his-local-page-token-key").encode(),
         crypto=_crypto(source),
+        environment={k: v for k, v in source.items() if k.startswith("HIS_")},
     )
 
 
