@@ -18,11 +18,13 @@ from typing import Any
 
 import grpc
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from his.iam.tokens import thumbprint
 
 ISSUER_URL = "https://iam.his.test"
 AUDIENCE = "his"
-KID = "test-key-1"
 
 
 class Issuer:
@@ -31,10 +33,21 @@ class Issuer:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        # The same key id iam gives its keys, so an iam signing with this key (the session's iam
+        # service) issues tokens every server of the session trusts.
+        self.kid = thumbprint(self._key.public_key())
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._key.public_key()))
-        jwk.update({"kid": KID, "use": "sig", "alg": "RS256"})
+        jwk.update({"kid": self.kid, "use": "sig", "alg": "RS256"})
         self.jwks_path = directory / "jwks.json"
         self.jwks_path.write_text(json.dumps({"keys": [jwk]}), encoding="utf-8")
+        self.signing_key_path = directory / "signing-key.pem"
+        self.signing_key_path.write_bytes(
+            self._key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
 
     @property
     def env(self) -> dict[str, str]:
@@ -77,7 +90,7 @@ class Issuer:
             "jti": str(uuid.uuid4()),
             **(extra or {}),
         }
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": KID})
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
 
     def staff(
         self, *roles: str, departments: tuple[str, ...] = (), staff_id: str | None = None

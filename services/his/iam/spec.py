@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from his.iam.config import IamConfig
 from his.iam.service import IamService
 from his.iam.v1 import iam_service_pb2_grpc as pb_grpc
@@ -11,12 +9,8 @@ from his.runtime.server import ServiceResources, ServiceSpec
 
 
 def make_servicer(resources: ServiceResources) -> IamService:
-    """The servicer with its settings.
-
-    Until `ServiceConfig` carries an `IamConfig` (built by `his.runtime.config.load`), they are
-    read here from the process environment, once per start.
-    """
-    return IamService(resources, IamConfig.from_env(os.environ))
+    """The servicer with its settings (HIS_IAM_* among the service's configuration)."""
+    return IamService(resources, IamConfig.from_env(resources.config.environment))
 
 
 SPEC = ServiceSpec(
