@@ -48,8 +48,8 @@ async def audit_url(postgres: EmbeddedPostgres) -> str:
 
 
 @pytest.fixture(scope="session")
-async def audit_service(audit_url: str) -> AsyncIterator[RunningService]:
-    """The audit service on a free port."""
+async def audit_server(audit_url: str) -> AsyncIterator[RunningService]:
+    """An audit service of the audit tests' own, on a free port (not the session's shared one)."""
     running = await start(AUDIT, service_config("audit"), audit_url)
     yield running
     await running.stop(grace_s=1)
@@ -69,35 +69,35 @@ async def _stub(address: str, token: str) -> AsyncIterator[Stub]:
 
 
 @pytest.fixture(scope="session")
-async def writer(audit_service: RunningService, issuer: Issuer) -> AsyncIterator[Stub]:
+async def writer(audit_server: RunningService, issuer: Issuer) -> AsyncIterator[Stub]:
     """The audit service as the patient service calls it (its own service token)."""
-    async for stub in _stub(audit_service.address, issuer.service("patient")):
+    async for stub in _stub(audit_server.address, issuer.service("patient")):
         yield stub
 
 
 @pytest.fixture(scope="session")
-async def other_writer(audit_service: RunningService, issuer: Issuer) -> AsyncIterator[Stub]:
+async def other_writer(audit_server: RunningService, issuer: Issuer) -> AsyncIterator[Stub]:
     """The audit service as the scheduling service calls it."""
-    async for stub in _stub(audit_service.address, issuer.service("scheduling")):
+    async for stub in _stub(audit_server.address, issuer.service("scheduling")):
         yield stub
 
 
 @pytest.fixture(scope="session")
-async def auditor(audit_service: RunningService, issuer: Issuer) -> AsyncIterator[Stub]:
+async def auditor(audit_server: RunningService, issuer: Issuer) -> AsyncIterator[Stub]:
     """The audit service as an auditor calls it."""
-    async for stub in _stub(audit_service.address, issuer.staff("AUDITOR")):
+    async for stub in _stub(audit_server.address, issuer.staff("AUDITOR")):
         yield stub
 
 
 @pytest.fixture(scope="session")
-async def doctor(audit_service: RunningService, issuer: Issuer) -> AsyncIterator[Stub]:
+async def doctor(audit_server: RunningService, issuer: Issuer) -> AsyncIterator[Stub]:
     """The audit service as a doctor calls it (no audit rights at all)."""
-    async for stub in _stub(audit_service.address, issuer.staff("DOCTOR")):
+    async for stub in _stub(audit_server.address, issuer.staff("DOCTOR")):
         yield stub
 
 
 @pytest.fixture(scope="session")
-async def anonymous(audit_service: RunningService) -> AsyncIterator[Stub]:
+async def anonymous(audit_server: RunningService) -> AsyncIterator[Stub]:
     """The audit service called without any token."""
-    async with grpc.aio.insecure_channel(audit_service.address) as channel:
+    async with grpc.aio.insecure_channel(audit_server.address) as channel:
         yield pb_grpc.AuditServiceStub(channel)

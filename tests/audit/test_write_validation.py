@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from typing import Literal
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,7 +27,7 @@ def _set(field: str, value: object) -> Spoil:
     return spoil
 
 
-def _clear(field: str) -> Spoil:
+def _clear(field: Literal["agent", "event_time"]) -> Spoil:
     def spoil(event: pb.AuditEvent) -> None:
         event.ClearField(field)
 

@@ -43,9 +43,8 @@ class AuditService(pb_grpc.AuditServiceServicer):
     def __init__(self, resources: ServiceResources) -> None:
         self._db: Database = resources.database
         self._pages = PageTokens(resources.config.page_token_key)
-        self._security = resources.config.auth.enabled
-        # Until ServiceResources carries the process's shared engine, the servicer loads its own.
-        self._policy = PolicyEngine.load()
+        self._security = resources.access.enabled
+        self._policy: PolicyEngine = resources.access.policy
         self.writer = GroupCommitWriter(self._db)
 
     def _authorize(self, action: str) -> Principal | None:
