@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from his.audit.spec import SPEC as AUDIT
+from his.iam.spec import SPEC as IAM
 from his.patient.spec import SPEC as PATIENT
 from his.patient.v1 import patient_service_pb2_grpc
 from his.runtime.config import ServiceConfig, load
@@ -55,7 +56,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 @pytest.fixture(scope="session")
 def database_url(postgres: EmbeddedPostgres) -> str:
     """The URL of the session database, with every implemented schema migrated."""
-    for service in ("patient", "scheduling", "audit"):
+    for service in ("patient", "scheduling", "audit", "iam"):
         upgrade(service, postgres.url)
     return postgres.url
 
@@ -101,12 +102,39 @@ def patients(
     return patient_service_pb2_grpc.PatientServiceStub(patient_channel)
 
 
+# The development password of the session iam's staff, and its service login key.
+DEV_CREDENTIAL = "session-dev-credential"
+SERVICE_CREDENTIAL_KEY = "session-service-credential-key"
+
+
 @pytest.fixture(scope="session")
-async def scheduling_service(
+async def iam_service(
     database_url: str, patient_service: RunningService, audit_service: RunningService
 ) -> AsyncIterator[RunningService]:
-    """The scheduling service on a free port, calling the session's patient and audit services."""
-    config = service_config("scheduling", **addresses(patient_service, audit_service))
+    """The iam service, signing with the test issuer's key (its tokens are trusted everywhere);
+    break-the-glass grants may be as short as one second."""
+    config = service_config(
+        "iam",
+        **addresses(patient_service, audit_service),
+        HIS_IAM_SIGNING_KEYS=str(ISSUER.signing_key_path),
+        HIS_IAM_DEV_CREDENTIAL=DEV_CREDENTIAL,
+        HIS_SERVICE_CREDENTIAL_KEY=SERVICE_CREDENTIAL_KEY,
+        HIS_IAM_EMERGENCY_MIN_S="1",
+    )
+    running = await start(IAM, config, database_url)
+    yield running
+    await running.stop(grace_s=1)
+
+
+@pytest.fixture(scope="session")
+async def scheduling_service(
+    database_url: str,
+    patient_service: RunningService,
+    audit_service: RunningService,
+    iam_service: RunningService,
+) -> AsyncIterator[RunningService]:
+    """The scheduling service on a free port, calling the session's patient, audit and iam."""
+    config = service_config("scheduling", **addresses(patient_service, audit_service, iam_service))
     running = await start(SCHEDULING, config, database_url)
     yield running
     await running.stop(grace_s=1)

@@ -41,8 +41,8 @@ CATALOG: tuple[ServiceEntry, ...] = (
     _entry("lab", 5, implemented=False),
     _entry("pharmacy", 6, implemented=False),
     _entry("billing", 7, implemented=False),
-    _entry("iam", 8, implemented=False),
-    _entry("audit", 9, implemented=False),
+    _entry("iam", 8, implemented=True),
+    _entry("audit", 9, implemented=True),
 )
 
 BY_NAME: dict[str, ServiceEntry] = {entry.name: entry for entry in CATALOG}
