@@ -16,6 +16,7 @@ from his.runtime.catalog import CATALOG, lookup
 
 if TYPE_CHECKING:
     from his.runtime.fieldcrypt import CryptoConfig
+    from his.runtime.pseudonyms import ResearchConfig
 
 
 class ConfigError(ValueError):
@@ -246,6 +247,8 @@ class ServiceConfig:
     page_token_key: bytes = field(default=b"his-local-page-token-key", repr=False)
     # Keys of encrypted identifiers and their blind indexes (HIS_CRYPTO_*).
     crypto: CryptoConfig = field(default_factory=lambda: _crypto({}))
+    # The key of research pseudonyms (HIS_RESEARCH_PSEUDONYM_KEY), for de-identified exports.
+    research: ResearchConfig = field(default_factory=lambda: _research({}))
     # The HIS_* variables this config was built from, for settings only one service has (its
     # own frozen dataclass reads them, e.g. `IamConfig.from_env(config.environment)`).
     environment: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -264,6 +267,7 @@ def load(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
         auth=AuthConfig.from_env(source),
         page_token_key=(source.get("HIS_PAGE_TOKEN_KEY") or "his-local-page-token-key").encode(),
         crypto=_crypto(source),
+        research=_research(source),
         environment={k: v for k, v in source.items() if k.startswith("HIS_")},
     )
 
@@ -272,3 +276,9 @@ def _crypto(env: Mapping[str, str]) -> CryptoConfig:
     from his.runtime.fieldcrypt import CryptoConfig  # noqa: PLC0415  (fieldcrypt imports config)
 
     return CryptoConfig.from_env(env)
+
+
+def _research(env: Mapping[str, str]) -> ResearchConfig:
+    from his.runtime.pseudonyms import ResearchConfig  # noqa: PLC0415  (pseudonyms imports config)
+
+    return ResearchConfig.from_env(env)
