@@ -367,6 +367,45 @@ class Consent(_message.Message):
 Global___Consent: _TypeAlias = Consent  # noqa: Y015
 
 @_typing.final
+class ResearchPatient(_message.Message):
+    """A patient as a de-identified research export shows them: a keyed pseudonym instead of every
+    name and identifier, and of the date of birth only the year.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PSEUDONYM_FIELD_NUMBER: _builtins.int
+    BIRTH_YEAR_FIELD_NUMBER: _builtins.int
+    GENDER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    pseudonym: _builtins.str
+    """The patient's pseudonym: the first 20 characters of the lower-case base32 HMAC-SHA256 of the
+    resource name `patients/{patient}` under the research pseudonym key. It cannot be turned back
+    into the patient without the key, and a different key gives an unrelated pseudonym.
+    """
+    birth_year: _builtins.int
+    """The year of birth; the rest of the date of birth is left out."""
+    gender: Global___AdministrativeGender.ValueType
+    """The administrative gender."""
+    state: Global___PatientState.ValueType
+    """The life-cycle state: PATIENT_STATE_ACTIVE or PATIENT_STATE_INACTIVE, never merged."""
+    def __init__(
+        self,
+        *,
+        pseudonym: _builtins.str = ...,
+        birth_year: _builtins.int = ...,
+        gender: Global___AdministrativeGender.ValueType = ...,
+        state: Global___PatientState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birth_year", b"birth_year", "gender", b"gender", "pseudonym", b"pseudonym", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResearchPatient: _TypeAlias = ResearchPatient  # noqa: Y015
+
+@_typing.final
 class GetPatientRequest(_message.Message):
     """Request of GetPatient."""
 
@@ -782,3 +821,65 @@ class ListConsentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListConsentsResponse: _TypeAlias = ListConsentsResponse  # noqa: Y015
+
+@_typing.final
+class ListResearchPatientsRequest(_message.Message):
+    """Request of ListResearchPatients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of patients to return. 0 means the default of 50; larger values than 500 are
+    treated as 500; negative values are rejected.
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call, to get the next page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResearchPatientsRequest: _TypeAlias = ListResearchPatientsRequest  # noqa: Y015
+
+@_typing.final
+class ListResearchPatientsResponse(_message.Message):
+    """Response of ListResearchPatients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESEARCH_PATIENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PSEUDONYM_KEY_ID_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token to get the next page, empty when this is the last page."""
+    pseudonym_key_id: _builtins.str
+    """A name of the research pseudonym key the pseudonyms were made with, which does not reveal the
+    key: pseudonyms join across calls and services only when their key ids are the same.
+    """
+    @_builtins.property
+    def research_patients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResearchPatient]:
+        """The de-identified patients of this page."""
+
+    def __init__(
+        self,
+        *,
+        research_patients: _abc.Iterable[Global___ResearchPatient] | None = ...,
+        next_page_token: _builtins.str = ...,
+        pseudonym_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "pseudonym_key_id", b"pseudonym_key_id", "research_patients", b"research_patients"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResearchPatientsResponse: _TypeAlias = ListResearchPatientsResponse  # noqa: Y015

@@ -97,6 +97,11 @@ class PatientServiceStub:
                 request_serializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListConsentsRequest.SerializeToString,
                 response_deserializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListConsentsResponse.FromString,
                 _registered_method=True)
+        self.ListResearchPatients = channel.unary_unary(
+                '/his.patient.v1.PatientService/ListResearchPatients',
+                request_serializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsRequest.SerializeToString,
+                response_deserializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsResponse.FromString,
+                _registered_method=True)
 
 
 class PatientServiceServicer:
@@ -217,6 +222,24 @@ class PatientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListResearchPatients(self, request, context):
+        """Lists, de-identified for a research export, the patients who have an active research consent:
+        a consent with scope CONSENT_SCOPE_RESEARCH, status active and the current time within its
+        period. Merged duplicates are left out; inactive patients are included. Each patient appears
+        only under a keyed pseudonym, with birth year, gender and state: never a name, identifier,
+        phone number, address, date of birth or resource name. A patient's pseudonym is the same in
+        every call while the deployment's research pseudonym key stays the same, and is the
+        `patient_pseudonym` of their appointments in SchedulingService.ListResearchAppointments.
+        Patients come in no meaningful order, stable from page to page. Only callers allowed to run
+        research exports may call it, and every patient returned is recorded in the audit trail.
+        Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
+        a previous call; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
+        the access cannot be recorded in the audit trail.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PatientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -279,6 +302,11 @@ def add_PatientServiceServicer_to_server(servicer, server):
                     servicer.ListConsents,
                     request_deserializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListConsentsRequest.FromString,
                     response_serializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListConsentsResponse.SerializeToString,
+            ),
+            'ListResearchPatients': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResearchPatients,
+                    request_deserializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsRequest.FromString,
+                    response_serializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -608,6 +636,33 @@ class PatientService:
             '/his.patient.v1.PatientService/ListConsents',
             his_dot_patient_dot_v1_dot_patient__service__pb2.ListConsentsRequest.SerializeToString,
             his_dot_patient_dot_v1_dot_patient__service__pb2.ListConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResearchPatients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.patient.v1.PatientService/ListResearchPatients',
+            his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsRequest.SerializeToString,
+            his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -101,6 +101,20 @@ class PatientServiceStub:
     """Lists a patient's consents, newest first. Errors: INVALID_ARGUMENT for a bad parent, page size or
     page token; NOT_FOUND if the patient does not exist.
     """
+    ListResearchPatients: _grpc.UnaryUnaryMultiCallable[_patient_service_pb2.ListResearchPatientsRequest, _patient_service_pb2.ListResearchPatientsResponse]
+    """Lists, de-identified for a research export, the patients who have an active research consent:
+    a consent with scope CONSENT_SCOPE_RESEARCH, status active and the current time within its
+    period. Merged duplicates are left out; inactive patients are included. Each patient appears
+    only under a keyed pseudonym, with birth year, gender and state: never a name, identifier,
+    phone number, address, date of birth or resource name. A patient's pseudonym is the same in
+    every call while the deployment's research pseudonym key stays the same, and is the
+    `patient_pseudonym` of their appointments in SchedulingService.ListResearchAppointments.
+    Patients come in no meaningful order, stable from page to page. Only callers allowed to run
+    research exports may call it, and every patient returned is recorded in the audit trail.
+    Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
+    a previous call; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
+    the access cannot be recorded in the audit trail.
+    """
 
 @_typing.type_check_only
 class PatientServiceAsyncStub(PatientServiceStub):
@@ -172,6 +186,20 @@ class PatientServiceAsyncStub(PatientServiceStub):
     ListConsents: _aio.UnaryUnaryMultiCallable[_patient_service_pb2.ListConsentsRequest, _patient_service_pb2.ListConsentsResponse]  # type: ignore[assignment]
     """Lists a patient's consents, newest first. Errors: INVALID_ARGUMENT for a bad parent, page size or
     page token; NOT_FOUND if the patient does not exist.
+    """
+    ListResearchPatients: _aio.UnaryUnaryMultiCallable[_patient_service_pb2.ListResearchPatientsRequest, _patient_service_pb2.ListResearchPatientsResponse]  # type: ignore[assignment]
+    """Lists, de-identified for a research export, the patients who have an active research consent:
+    a consent with scope CONSENT_SCOPE_RESEARCH, status active and the current time within its
+    period. Merged duplicates are left out; inactive patients are included. Each patient appears
+    only under a keyed pseudonym, with birth year, gender and state: never a name, identifier,
+    phone number, address, date of birth or resource name. A patient's pseudonym is the same in
+    every call while the deployment's research pseudonym key stays the same, and is the
+    `patient_pseudonym` of their appointments in SchedulingService.ListResearchAppointments.
+    Patients come in no meaningful order, stable from page to page. Only callers allowed to run
+    research exports may call it, and every patient returned is recorded in the audit trail.
+    Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
+    a previous call; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
+    the access cannot be recorded in the audit trail.
     """
 
 class PatientServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -313,6 +341,26 @@ class PatientServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_patient_service_pb2.ListConsentsResponse, _abc.Awaitable[_patient_service_pb2.ListConsentsResponse]]:
         """Lists a patient's consents, newest first. Errors: INVALID_ARGUMENT for a bad parent, page size or
         page token; NOT_FOUND if the patient does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def ListResearchPatients(
+        self,
+        request: _patient_service_pb2.ListResearchPatientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patient_service_pb2.ListResearchPatientsResponse, _abc.Awaitable[_patient_service_pb2.ListResearchPatientsResponse]]:
+        """Lists, de-identified for a research export, the patients who have an active research consent:
+        a consent with scope CONSENT_SCOPE_RESEARCH, status active and the current time within its
+        period. Merged duplicates are left out; inactive patients are included. Each patient appears
+        only under a keyed pseudonym, with birth year, gender and state: never a name, identifier,
+        phone number, address, date of birth or resource name. A patient's pseudonym is the same in
+        every call while the deployment's research pseudonym key stays the same, and is the
+        `patient_pseudonym` of their appointments in SchedulingService.ListResearchAppointments.
+        Patients come in no meaningful order, stable from page to page. Only callers allowed to run
+        research exports may call it, and every patient returned is recorded in the audit trail.
+        Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
+        a previous call; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
+        the access cannot be recorded in the audit trail.
         """
 
 def add_PatientServiceServicer_to_server(servicer: PatientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -409,6 +409,52 @@ class Appointment(_message.Message):
 Global___Appointment: _TypeAlias = Appointment  # noqa: Y015
 
 @_typing.final
+class ResearchAppointment(_message.Message):
+    """An appointment as a de-identified research export shows it: the patient as a pseudonym, the
+    start as a date.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATIENT_PSEUDONYM_FIELD_NUMBER: _builtins.int
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    SERVICE_TYPE_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    patient_pseudonym: _builtins.str
+    """The patient's pseudonym, as PatientService.ListResearchPatients gives it in
+    `ResearchPatient.pseudonym`.
+    """
+    department: _builtins.str
+    """The department, `departments/{department}`."""
+    status: Global___AppointmentStatus.ValueType
+    """The status."""
+    @_builtins.property
+    def service_type(self) -> _types_pb2.Coding:
+        """The kind of service."""
+
+    @_builtins.property
+    def start_date(self) -> _types_pb2.Date:
+        """The date on which the appointment starts, in the request's time zone; no time of day."""
+
+    def __init__(
+        self,
+        *,
+        patient_pseudonym: _builtins.str = ...,
+        department: _builtins.str = ...,
+        service_type: _types_pb2.Coding | None = ...,
+        start_date: _types_pb2.Date | None = ...,
+        status: Global___AppointmentStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service_type", b"service_type", "start_date", b"start_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "patient_pseudonym", b"patient_pseudonym", "service_type", b"service_type", "start_date", b"start_date", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResearchAppointment: _TypeAlias = ResearchAppointment  # noqa: Y015
+
+@_typing.final
 class CreateScheduleRequest(_message.Message):
     """Request of CreateSchedule."""
 
@@ -1028,3 +1074,72 @@ class CompleteAppointmentRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompleteAppointmentRequest: _TypeAlias = CompleteAppointmentRequest  # noqa: Y015
+
+@_typing.final
+class ListResearchAppointmentsRequest(_message.Message):
+    """Request of ListResearchAppointments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of appointments to return. 0 means the default of 50; more than 500 means
+    500; negative values are rejected.
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call with the same time zone, to get the next page."""
+    time_zone: _builtins.str
+    """The IANA time zone in which start dates are given, for example `Asia/Shanghai`. Empty means
+    UTC.
+    """
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResearchAppointmentsRequest: _TypeAlias = ListResearchAppointmentsRequest  # noqa: Y015
+
+@_typing.final
+class ListResearchAppointmentsResponse(_message.Message):
+    """Response of ListResearchAppointments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESEARCH_APPOINTMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PSEUDONYM_KEY_ID_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token to get the next page, empty when this is the last page."""
+    pseudonym_key_id: _builtins.str
+    """A name of the research pseudonym key the pseudonyms were made with, which does not reveal the
+    key: pseudonyms join with those of PatientService.ListResearchPatients only when the key ids
+    are the same.
+    """
+    @_builtins.property
+    def research_appointments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResearchAppointment]:
+        """The de-identified appointments of this page."""
+
+    def __init__(
+        self,
+        *,
+        research_appointments: _abc.Iterable[Global___ResearchAppointment] | None = ...,
+        next_page_token: _builtins.str = ...,
+        pseudonym_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "pseudonym_key_id", b"pseudonym_key_id", "research_appointments", b"research_appointments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResearchAppointmentsResponse: _TypeAlias = ListResearchAppointmentsResponse  # noqa: Y015

@@ -113,6 +113,11 @@ class SchedulingServiceStub:
                 request_serializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.CompleteAppointmentRequest.SerializeToString,
                 response_deserializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.Appointment.FromString,
                 _registered_method=True)
+        self.ListResearchAppointments = channel.unary_unary(
+                '/his.scheduling.v1.SchedulingService/ListResearchAppointments',
+                request_serializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsRequest.SerializeToString,
+                response_deserializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulingServiceServicer:
@@ -276,6 +281,23 @@ class SchedulingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListResearchAppointments(self, request, context):
+        """Lists every appointment, de-identified for a research export: the patient appears only under
+        the pseudonym PatientService.ListResearchPatients gives them (the same keyed HMAC of the
+        patient's resource name), and the start only as a date, with no time of day. No practitioner,
+        slot, resource name, note or reason is included. The list is not filtered by consent: an
+        exporter keeps only the appointments whose pseudonym ListResearchPatients returned, that is
+        of patients with an active research consent. Appointments come in order of start, stable from
+        page to page. Only callers allowed to run research exports may call it, and every appointment
+        returned is recorded in the audit trail. Errors: INVALID_ARGUMENT for an unknown `time_zone`,
+        a negative `page_size`, or a `page_token` that was not returned by a previous call with the
+        same time zone; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
+        the access cannot be recorded in the audit trail.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -353,6 +375,11 @@ def add_SchedulingServiceServicer_to_server(servicer, server):
                     servicer.CompleteAppointment,
                     request_deserializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.CompleteAppointmentRequest.FromString,
                     response_serializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.Appointment.SerializeToString,
+            ),
+            'ListResearchAppointments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResearchAppointments,
+                    request_deserializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsRequest.FromString,
+                    response_serializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -764,6 +791,33 @@ class SchedulingService:
             '/his.scheduling.v1.SchedulingService/CompleteAppointment',
             his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.CompleteAppointmentRequest.SerializeToString,
             his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.Appointment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResearchAppointments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.scheduling.v1.SchedulingService/ListResearchAppointments',
+            his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsRequest.SerializeToString,
+            his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -133,6 +133,19 @@ class SchedulingServiceStub:
     name; NOT_FOUND if no such appointment; ABORTED if a given etag is stale; FAILED_PRECONDITION
     if the appointment is BOOKED (check in first), CANCELLED or NOSHOW.
     """
+    ListResearchAppointments: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.ListResearchAppointmentsRequest, _scheduling_service_pb2.ListResearchAppointmentsResponse]
+    """Lists every appointment, de-identified for a research export: the patient appears only under
+    the pseudonym PatientService.ListResearchPatients gives them (the same keyed HMAC of the
+    patient's resource name), and the start only as a date, with no time of day. No practitioner,
+    slot, resource name, note or reason is included. The list is not filtered by consent: an
+    exporter keeps only the appointments whose pseudonym ListResearchPatients returned, that is
+    of patients with an active research consent. Appointments come in order of start, stable from
+    page to page. Only callers allowed to run research exports may call it, and every appointment
+    returned is recorded in the audit trail. Errors: INVALID_ARGUMENT for an unknown `time_zone`,
+    a negative `page_size`, or a `page_token` that was not returned by a previous call with the
+    same time zone; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
+    the access cannot be recorded in the audit trail.
+    """
 
 @_typing.type_check_only
 class SchedulingServiceAsyncStub(SchedulingServiceStub):
@@ -236,6 +249,19 @@ class SchedulingServiceAsyncStub(SchedulingServiceStub):
     appointment succeeds and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad
     name; NOT_FOUND if no such appointment; ABORTED if a given etag is stale; FAILED_PRECONDITION
     if the appointment is BOOKED (check in first), CANCELLED or NOSHOW.
+    """
+    ListResearchAppointments: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.ListResearchAppointmentsRequest, _scheduling_service_pb2.ListResearchAppointmentsResponse]  # type: ignore[assignment]
+    """Lists every appointment, de-identified for a research export: the patient appears only under
+    the pseudonym PatientService.ListResearchPatients gives them (the same keyed HMAC of the
+    patient's resource name), and the start only as a date, with no time of day. No practitioner,
+    slot, resource name, note or reason is included. The list is not filtered by consent: an
+    exporter keeps only the appointments whose pseudonym ListResearchPatients returned, that is
+    of patients with an active research consent. Appointments come in order of start, stable from
+    page to page. Only callers allowed to run research exports may call it, and every appointment
+    returned is recorded in the audit trail. Errors: INVALID_ARGUMENT for an unknown `time_zone`,
+    a negative `page_size`, or a `page_token` that was not returned by a previous call with the
+    same time zone; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
+    the access cannot be recorded in the audit trail.
     """
 
 class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -427,6 +453,25 @@ class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
         appointment succeeds and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad
         name; NOT_FOUND if no such appointment; ABORTED if a given etag is stale; FAILED_PRECONDITION
         if the appointment is BOOKED (check in first), CANCELLED or NOSHOW.
+        """
+
+    @_abc_1.abstractmethod
+    def ListResearchAppointments(
+        self,
+        request: _scheduling_service_pb2.ListResearchAppointmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduling_service_pb2.ListResearchAppointmentsResponse, _abc.Awaitable[_scheduling_service_pb2.ListResearchAppointmentsResponse]]:
+        """Lists every appointment, de-identified for a research export: the patient appears only under
+        the pseudonym PatientService.ListResearchPatients gives them (the same keyed HMAC of the
+        patient's resource name), and the start only as a date, with no time of day. No practitioner,
+        slot, resource name, note or reason is included. The list is not filtered by consent: an
+        exporter keeps only the appointments whose pseudonym ListResearchPatients returned, that is
+        of patients with an active research consent. Appointments come in order of start, stable from
+        page to page. Only callers allowed to run research exports may call it, and every appointment
+        returned is recorded in the audit trail. Errors: INVALID_ARGUMENT for an unknown `time_zone`,
+        a negative `page_size`, or a `page_token` that was not returned by a previous call with the
+        same time zone; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
+        the access cannot be recorded in the audit trail.
         """
 
 def add_SchedulingServiceServicer_to_server(servicer: SchedulingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
