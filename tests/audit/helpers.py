@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -112,7 +112,24 @@ async def behind_the_service(engine: AsyncEngine) -> AsyncIterator[AsyncConnecti
         yield connection
 
 
-def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    """`items` in lists of `size`."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+_WAITING_ON_LOCKS = text(
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+)
+
+
+@asynccontextmanager
+async def head_locked(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Hold the chain head's lock until the block ends, as a slow append on another replica."""
+    async with engine.connect() as connection, connection.begin():
+        await connection.execute(text("SELECT 1 FROM audit.chain_head FOR UPDATE"))
+        yield
+
+
+async def wait_for_lock_waiters(engine: AsyncEngine, count: int = 1) -> None:
+    """Until `count` sessions wait for a lock (bounded by the test timeout)."""
+    async with engine.connect() as connection:
+        while True:
+            if (await connection.execute(_WAITING_ON_LOCKS)).scalar_one() >= count:
+                return
+            await asyncio.sleep(0.01)

@@ -21,8 +21,7 @@ from his.runtime.identity import Principal
 from his.runtime.server import RunningService, start
 from his_client.clients import HisClients
 from his_client.credentials import static_token
-from tests.audit.helpers import Stub, patient_name
-from tests.audit.test_concurrency import head_locked, wait_for_lock_waiters
+from tests.audit.helpers import Stub, head_locked, patient_name, wait_for_lock_waiters
 from tests.conftest import service_config
 from tests.identity import Issuer
 

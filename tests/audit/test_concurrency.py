@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -20,32 +18,17 @@ from his.audit.spec import SPEC as AUDIT
 from his.audit.v1 import audit_service_pb2 as pb
 from his.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from his.runtime.server import start
-from tests.audit.helpers import Stub, events, make_event, write_request
+from tests.audit.helpers import (
+    Stub,
+    events,
+    head_locked,
+    make_event,
+    wait_for_lock_waiters,
+    write_request,
+)
 from tests.conftest import service_config
 from tests.identity import Issuer, channel_as
 from tests.support import failure_of
-
-_WAITING_ON_LOCKS = text(
-    "SELECT count(*) FROM pg_stat_activity"
-    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-)
-
-
-@asynccontextmanager
-async def head_locked(engine: AsyncEngine) -> AsyncIterator[None]:
-    """Hold the chain head's lock until the block ends, as a slow append on another replica."""
-    async with engine.connect() as connection, connection.begin():
-        await connection.execute(text("SELECT 1 FROM audit.chain_head FOR UPDATE"))
-        yield
-
-
-async def wait_for_lock_waiters(engine: AsyncEngine, count: int = 1) -> None:
-    """Until `count` sessions wait for a lock (bounded by the test timeout)."""
-    async with engine.connect() as connection:
-        while True:
-            if (await connection.execute(_WAITING_ON_LOCKS)).scalar_one() >= count:
-                return
-            await asyncio.sleep(0.01)
 
 
 async def _rows(engine: AsyncEngine, event_ids: list[str]) -> list[Any]:
