@@ -336,8 +336,9 @@ class IamService(pb_grpc.IamServiceServicer):
         values["create_request_fingerprint"] = fingerprint(request) if request_id else None
         try:
             async with self._db.transaction() as session:
-                # The staff row lock serialises this staff member's changes (and deactivation).
-                member = await store.get_staff(session, staff_id, lock="share")
+                # The staff row lock serialises this staff member's membership changes, their
+                # replays and deactivation.
+                member = await store.get_staff(session, staff_id, lock="update")
                 if request_id is not None:
                     # A replay is answered even if the staff member was deactivated since.
                     earlier = await store.membership_by_request(session, request_id)
@@ -363,6 +364,12 @@ class IamService(pb_grpc.IamServiceServicer):
                     check_replay(earlier.create_request_fingerprint, request)
                     row = earlier
         except IntegrityError as error:
+            if request_id is not None:
+                async with self._db.read() as session:
+                    earlier = await store.membership_by_request(session, request_id)
+                if earlier is not None:
+                    check_replay(earlier.create_request_fingerprint, request)
+                    return membership_to_proto(earlier)
             raise store.conflict(error) or error from None
         return membership_to_proto(row)
 
