@@ -1,9 +1,10 @@
 """Authorization decisions from the Rego policies in `his/policies`, evaluated in-process by regopy.
 
-The policy files are compiled once into a bundle (a tenth of a millisecond per evaluation instead of
-a recompile per query). Decisions are cached by `Request`, which holds every attribute a rule may
-look at and nothing else, so equal requests always deserve equal decisions. Anything unexpected
-from the policy (an error, no decision, a malformed one) denies with reason POLICY_ERROR.
+The policy files are compiled once into a bundle, with the constant permission tables evaluated
+at load (about a millisecond per evaluation, against ~17 ms for a query that recompiles).
+Decisions are cached by `Request`, which holds every attribute a rule may look at and nothing
+else, so equal requests always deserve equal decisions. Anything unexpected from the policy (an
+error, no decision, a malformed one) denies with reason POLICY_ERROR.
 """
 
 from __future__ import annotations
