@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from his.patient import store
 from his.patient.mapping import consent_to_proto, patient_to_proto
+from his.patient.research import ResearchPatients
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
 from his.patient.validation import (
@@ -56,6 +57,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         self._cipher = FieldCipher.from_config(
             resources.config.crypto, "patient", resources.database.engine
         )
+        self._research = ResearchPatients(resources)
 
     async def _audit(self, action: str, permit: Permit, patient_id: uuid.UUID, **name: str) -> None:
         """Record one access to a patient's record (or to its consents)."""
@@ -297,6 +299,11 @@ class PatientService(pb_grpc.PatientServiceServicer):
                 {"t": last.create_time.isoformat(), "i": str(last.id)}, query=query
             )
         return response
+
+    async def ListResearchPatients(
+        self, request: pb.ListResearchPatientsRequest, context: Context
+    ) -> pb.ListResearchPatientsResponse:
+        return await self._research.page(request)
 
 
 def _name(consent: Any) -> str:

@@ -37,6 +37,7 @@ from his.scheduling.mapping import (
     schedule_to_proto,
     slot_to_proto,
 )
+from his.scheduling.research import ResearchAppointments
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
 from his.scheduling.validation import MAX_REASON, day_window, plan_slots, reference
@@ -54,6 +55,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         self._clients: HisClients = resources.clients
         self._pages = PageTokens(resources.config.page_token_key)
         self._access = resources.access
+        self._research = ResearchAppointments(resources)
 
     # --- access ------------------------------------------------------------------------------
 
@@ -451,6 +453,11 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             row = await store.transition(session, appointment_id, to, etag=etag, reason=reason)
             await self._audit("update", permit, row)
         return appointment_to_proto(row)
+
+    async def ListResearchAppointments(
+        self, request: pb.ListResearchAppointmentsRequest, context: Context
+    ) -> pb.ListResearchAppointmentsResponse:
+        return await self._research.page(request)
 
     # --- paging ------------------------------------------------------------------------------
 
