@@ -29,6 +29,7 @@ from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
 from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.fieldcrypt import CryptoConfig
+from his.runtime.idempotency import fingerprint
 from his.runtime.migrations import downgrade, upgrade
 from his.runtime.server import RunningService, start
 from tests.identity import channel_as
@@ -38,6 +39,7 @@ from tests.patient.helpers import (
     create,
     make_patient,
     patient_id,
+    request_id,
     unique_national_id,
     unique_phone,
     unique_word,
@@ -84,21 +86,20 @@ async def test_identifiers_never_reach_the_database_in_plain_text(
     national_id = unique_national_id()
     phone = unique_phone()
     street, city = f"{unique_word()} Road 88", unique_word("City")
-    await create(
-        patients,
-        make_patient(
-            family_name=family,
-            national_id=national_id,
-            phone=phone,
-            address=_address(street, city),
-        ),
+    patient = make_patient(
+        family_name=family, national_id=national_id, phone=phone, address=_address(street, city)
     )
+    request = pb.CreatePatientRequest(patient=patient, request_id=request_id())
+    await patients.CreatePatient(request)
 
     dump = await _dump(database_url)
 
     assert family in dump  # the dump holds the patient's row: the checks below mean something
+    assert request.request_id in dump
     _assert_absent(dump, national_id.value, phone, phone.lstrip("+"), street, city)
     _assert_absent(dump, NATIONAL_ID_SYSTEM)
+    # The request's digest would let national identifiers be guessed against it: sealed too.
+    _assert_absent(dump, fingerprint(request))
 
 
 async def test_search_by_national_id_and_phone_finds_the_encrypted_patient(
@@ -202,8 +203,8 @@ async def fresh_url(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
 
 
 _PLAIN = (
-    "SELECT id, national_id_system, national_id_value, phone, address "
-    "FROM patient.patients ORDER BY id"
+    "SELECT id, national_id_system, national_id_value, phone, address, create_request_id, "
+    "create_request_fingerprint FROM patient.patients ORDER BY id"
 )
 
 
@@ -235,12 +236,15 @@ async def test_upgrade_encrypts_plain_rows_and_downgrade_restores_them(
     national_value, phone, other_phone = unique_national_id().value, unique_phone(), unique_phone()
     street = f"{unique_word()} Street 12"
     address = {"lines": [street], "city": "Hangzhou", "country": "CN"}
+    # The registering request of `full`, as CreatePatient stored its id and fingerprint.
+    registration = pb.CreatePatientRequest(patient=make_patient(), request_id=request_id())
     insert = (
         "INSERT INTO patient.patients (id, family_name, given_names, gender, birth_date, "
-        "national_id_system, national_id_value, phone, address) VALUES (:id, :family, "
-        "ARRAY['Mei'], 'female', DATE '1980-05-17', :system, :value, :phone, "
-        "CAST(:address AS jsonb))"
+        "national_id_system, national_id_value, phone, address, create_request_id, "
+        "create_request_fingerprint) VALUES (:id, :family, ARRAY['Mei'], 'female', "
+        "DATE '1980-05-17', :system, :value, :phone, CAST(:address AS jsonb), :request, :digest)"
     )
+    none = {"system": None, "value": None, "phone": None, "address": None}
     rows: list[dict[str, Any]] = [
         {
             "id": full,
@@ -248,9 +252,11 @@ async def test_upgrade_encrypts_plain_rows_and_downgrade_restores_them(
             "value": national_value,
             "phone": phone,
             "address": json.dumps(address),
+            "request": registration.request_id,
+            "digest": fingerprint(registration),
         },
-        {"id": bare, "system": None, "value": None, "phone": None, "address": None},
-        {"id": phone_only, "system": None, "value": None, "phone": other_phone, "address": None},
+        {**none, "id": bare, "request": None, "digest": None},
+        {**none, "id": phone_only, "phone": other_phone, "request": None, "digest": None},
     ]
     for row in rows:
         await _query(fresh_url, insert, {**row, "family": unique_word()})
@@ -267,7 +273,14 @@ async def test_upgrade_encrypts_plain_rows_and_downgrade_restores_them(
         )
     }
     assert {"national_id_value", "phone", "address"}.isdisjoint(columns)
-    _assert_absent(await _dump(fresh_url), national_value, phone, other_phone, street)
+    _assert_absent(
+        await _dump(fresh_url),
+        national_value,
+        phone,
+        other_phone,
+        street,
+        fingerprint(registration),
+    )
 
     # Read back through a patient service holding the same keys.
     config = dataclasses.replace(
@@ -296,6 +309,13 @@ async def test_upgrade_encrypts_plain_rows_and_downgrade_restores_them(
             assert [p.name for p in by_phone.patients] == [f"patients/{phone_only}"]
             duplicate = await fails(create(stub, make_patient(national_id=identifier)))
             assert duplicate.code == grpc.StatusCode.ALREADY_EXISTS
+            # The converted fingerprint still recognises a replay, and a different request.
+            replay = await stub.CreatePatient(registration)
+            assert replay.name == f"patients/{full}"
+            reused = pb.CreatePatientRequest(
+                patient=make_patient(), request_id=registration.request_id
+            )
+            assert (await fails(stub.CreatePatient(reused))).fields == ["request_id"]
             added = await create(stub, make_patient(phone=unique_phone()))
     finally:
         await running.stop(grace_s=1)

@@ -45,12 +45,14 @@ def format_mrn(number: int) -> str:
     return f"{digits}{(10 - total % 10) % 10}"
 
 
-# Plain values (what validation produces) → their encrypted column in `patients`.
+# Plain values (what validation produces) → their encrypted column in `patients`. The request
+# fingerprint is a digest of a request holding the identifiers, so it is sealed like them.
 ENCRYPTED = {
     "national_id_system": "national_id_system_enc",
     "national_id_value": "national_id_value_enc",
     "phone": "phone_enc",
     "address": "address_enc",
+    "create_request_fingerprint": "create_request_fingerprint_enc",
 }
 # Blind-index kinds; the cipher prefixes its schema, so they cannot match another service's.
 NATIONAL_ID_INDEX = "national_id"
@@ -139,6 +141,7 @@ def decrypt_patient(cipher: FieldCipher, row: Any) -> PatientRecord:
         national_id_value=plain("national_id_value"),
         phone=plain("phone"),
         address=None if address is None else json.loads(address),
+        create_request_fingerprint=plain("create_request_fingerprint"),
     )
 
 

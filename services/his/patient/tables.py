@@ -74,7 +74,9 @@ patients = Table(
     Column("merged_into", UUID(as_uuid=True), ForeignKey("patients.id")),
     # The idempotency key of the CreatePatient call that made this row: a replay finds it here.
     Column("create_request_id", Text, unique=True),
-    Column("create_request_fingerprint", Text),
+    # Encrypted too: a plain SHA-256 of the request would let anyone holding the other columns
+    # try every national identifier (a few million candidates) against it.
+    Column("create_request_fingerprint_enc", LargeBinary),
     Column("version", Integer, nullable=False, server_default="1"),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -92,7 +94,7 @@ patients = Table(
     CheckConstraint("(phone_enc IS NULL) = (phone_bidx IS NULL)", name="phone_indexed"),
     CheckConstraint("cardinality(given_names) >= 1", name="has_given_name"),
     CheckConstraint(
-        "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
+        "(create_request_id IS NULL) = (create_request_fingerprint_enc IS NULL)",
         name="patient_request_fingerprinted",
     ),
     UniqueConstraint("national_id_bidx", name="national_id_unique"),

@@ -1,4 +1,5 @@
-"""Patient identifiers encrypted at rest: national identifier, phone and address.
+"""Patient identifiers encrypted at rest: national identifier, phone, address (and the fingerprint
+of the registering request, a digest of all three).
 
 Adds `data_keys`, the encrypted columns and the blind indexes, encrypts the existing rows in
 Python (keys from the Alembic attribute `his_crypto`, else from HIS_CRYPTO_* in the environment),
@@ -38,6 +39,7 @@ ENCRYPTED = {
     "national_id_value": "national_id_value_enc",
     "phone": "phone_enc",
     "address": "address_enc",
+    "create_request_fingerprint": "create_request_fingerprint_enc",
 }
 
 
@@ -50,11 +52,12 @@ def _cipher() -> FieldCipher:
 
 
 def _batches(connection: Connection, query: str) -> Iterator[Sequence[Any]]:
-    """Rows of `query` (which selects `id` first and takes :after) in id order, BATCH at a time."""
+    """Rows of `query` (selecting `id`, taking :after and :limit) in id order, BATCH at a time."""
     after = None
     while True:
         rows = connection.execute(
-            sa.text(query), {"after": after or "00000000-0000-0000-0000-000000000000"}
+            sa.text(query),
+            {"after": after or "00000000-0000-0000-0000-000000000000", "limit": BATCH},
         ).all()
         if not rows:
             return
@@ -86,6 +89,7 @@ def upgrade() -> None:
     op.drop_index("patients_phone", table_name="patients", schema=SCHEMA)
     op.drop_constraint("national_id_unique", "patients", schema=SCHEMA, type_="unique")
     op.drop_constraint("national_id_complete", "patients", schema=SCHEMA, type_="check")
+    op.drop_constraint("patient_request_fingerprinted", "patients", schema=SCHEMA, type_="check")
     for column in ENCRYPTED:
         op.drop_column("patients", column, schema=SCHEMA)
 
@@ -104,6 +108,12 @@ def upgrade() -> None:
     op.create_check_constraint(
         "phone_indexed", "patients", "(phone_enc IS NULL) = (phone_bidx IS NULL)", schema=SCHEMA
     )
+    op.create_check_constraint(
+        "patient_request_fingerprinted",
+        "patients",
+        "(create_request_id IS NULL) = (create_request_fingerprint_enc IS NULL)",
+        schema=SCHEMA,
+    )
     op.create_unique_constraint(
         "national_id_unique", "patients", ["national_id_bidx"], schema=SCHEMA
     )
@@ -112,16 +122,17 @@ def upgrade() -> None:
 
 def _encrypt_rows(connection: Connection) -> None:
     query = (
-        "SELECT id, national_id_system, national_id_value, phone, address::text AS address "
-        "FROM patient.patients WHERE id > CAST(:after AS uuid) AND (national_id_value IS NOT NULL "
-        "OR phone IS NOT NULL OR address IS NOT NULL) ORDER BY id LIMIT " + str(BATCH)
+        "SELECT id, national_id_system, national_id_value, phone, address::text AS address, "
+        "create_request_fingerprint FROM patient.patients WHERE id > CAST(:after AS uuid) AND "
+        "(national_id_value IS NOT NULL OR phone IS NOT NULL OR address IS NOT NULL OR "
+        "create_request_fingerprint IS NOT NULL) ORDER BY id LIMIT :limit"
     )
     cipher: FieldCipher | None = None
     statement = sa.text(
         "UPDATE patient.patients SET national_id_system_enc = :national_id_system_enc, "
         "national_id_value_enc = :national_id_value_enc, national_id_bidx = :national_id_bidx, "
-        "phone_enc = :phone_enc, phone_bidx = :phone_bidx, address_enc = :address_enc "
-        "WHERE id = :id"
+        "phone_enc = :phone_enc, phone_bidx = :phone_bidx, address_enc = :address_enc, "
+        "create_request_fingerprint_enc = :create_request_fingerprint_enc WHERE id = :id"
     )
     for rows in _batches(connection, query):
         if cipher is None:  # keys are needed only when there is something to encrypt
@@ -153,6 +164,9 @@ def _encrypted(cipher: FieldCipher, row: Any) -> dict[str, Any]:
         "phone_enc": seal("phone", row.phone),
         "phone_bidx": None if row.phone is None else cipher.blind_index("phone", row.phone),
         "address_enc": seal("address", address),
+        "create_request_fingerprint_enc": seal(
+            "create_request_fingerprint", row.create_request_fingerprint
+        ),
     }
 
 
@@ -165,12 +179,18 @@ def downgrade() -> None:
         sa.Column("address", postgresql.JSONB(astext_type=sa.Text())),
         schema=SCHEMA,
     )
+    op.add_column("patients", sa.Column("create_request_fingerprint", sa.Text()), schema=SCHEMA)
 
     _decrypt_rows(op.get_bind())
 
     op.drop_index("patients_phone", table_name="patients", schema=SCHEMA)
     op.drop_constraint("national_id_unique", "patients", schema=SCHEMA, type_="unique")
-    for name in ("phone_indexed", "national_id_indexed", "national_id_complete"):
+    for name in (
+        "patient_request_fingerprinted",
+        "phone_indexed",
+        "national_id_indexed",
+        "national_id_complete",
+    ):
         op.drop_constraint(name, "patients", schema=SCHEMA, type_="check")
     for column in ("national_id_bidx", "phone_bidx", *ENCRYPTED.values()):
         op.drop_column("patients", column, schema=SCHEMA)
@@ -188,19 +208,27 @@ def downgrade() -> None:
         ["national_id_system", "national_id_value"],
         schema=SCHEMA,
     )
+    op.create_check_constraint(
+        "patient_request_fingerprinted",
+        "patients",
+        "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
+        schema=SCHEMA,
+    )
     op.create_index("patients_phone", "patients", ["phone"], unique=False, schema=SCHEMA)
 
 
 def _decrypt_rows(connection: Connection) -> None:
     query = (
-        "SELECT id, national_id_system_enc, national_id_value_enc, phone_enc, address_enc "
-        "FROM patient.patients WHERE id > CAST(:after AS uuid) AND (national_id_value_enc IS NOT "
-        "NULL OR phone_enc IS NOT NULL OR address_enc IS NOT NULL) ORDER BY id LIMIT " + str(BATCH)
+        "SELECT id, national_id_system_enc, national_id_value_enc, phone_enc, address_enc, "
+        "create_request_fingerprint_enc FROM patient.patients WHERE id > CAST(:after AS uuid) "
+        "AND (national_id_value_enc IS NOT NULL OR phone_enc IS NOT NULL OR address_enc IS NOT "
+        "NULL OR create_request_fingerprint_enc IS NOT NULL) ORDER BY id LIMIT :limit"
     )
     statement = sa.text(
         "UPDATE patient.patients SET national_id_system = :national_id_system, "
         "national_id_value = :national_id_value, phone = :phone, "
-        "address = CAST(:address AS jsonb) WHERE id = :id"
+        "address = CAST(:address AS jsonb), "
+        "create_request_fingerprint = :create_request_fingerprint WHERE id = :id"
     )
     cipher: FieldCipher | None = None
     for rows in _batches(connection, query):
