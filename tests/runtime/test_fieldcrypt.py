@@ -191,6 +191,25 @@ async def test_concurrent_first_use_creates_exactly_one_data_key(
     assert len({cipher._current for cipher in ciphers}) == 1
 
 
+async def test_the_first_data_key_is_made_even_when_the_pool_is_exhausted(
+    postgres: EmbeddedPostgres, schema: str
+) -> None:
+    # One pooled connection, held by the caller that needs the key: creating the key must not
+    # wait for the pool (it would time out, and with many such callers never recover).
+    engine = create_async_engine(
+        async_url(postgres.url), pool_size=1, max_overflow=0, pool_timeout=1
+    )
+    try:
+        cipher = FieldCipher(_keyring(("m1", _key())), schema, engine)
+        async with AsyncSession(engine) as session:
+            await session.execute(text("SELECT 1"))  # the only connection is now the caller's
+            await cipher.ready(session)
+        sealed = cipher.encrypt(COLUMN, "+8613800138000")
+        assert cipher.decrypt(COLUMN, sealed) == "+8613800138000"
+    finally:
+        await engine.dispose()
+
+
 async def test_sm4_gcm_values_are_marked_and_decrypt_whatever_the_current_algorithm(
     engine: AsyncEngine, schema: str
 ) -> None:

@@ -489,7 +489,16 @@ class FieldCipher:
     async def _create_first(self) -> Any:
         if self._engine is None:
             raise RuntimeError("FieldCipher needs an engine to create the first data key")
-        async with self._engine.begin() as connection:
+        # A connection of its own, outside the service's pool: callers waiting for this key may
+        # hold every pooled connection.
+        engine = create_async_engine(self._engine.url, poolclass=NullPool)
+        try:
+            return await self._insert_first(engine)
+        finally:
+            await engine.dispose()
+
+    async def _insert_first(self, engine: AsyncEngine) -> Any:
+        async with engine.begin() as connection:
             await connection.execute(self._lock_statement())
             row = (await connection.execute(self._newest())).first()
             if row is None:
