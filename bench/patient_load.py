@@ -1,6 +1,7 @@
 """Load benchmark of the patient service: latency percentiles and throughput per rpc.
 
-Starts its own embedded PostgreSQL and a real `his serve patient` process, registers patients,
+Starts its own embedded PostgreSQL and real `his serve` processes (patient, with iam and audit:
+every call is authenticated, authorized and audited), registers patients as a registrar,
 then drives each rpc at a fixed concurrency from this process. Run: `make bench`. Figures depend on
 the machine; this measures one server process (the unit that scales out by pods).
 """
@@ -11,9 +12,7 @@ import argparse
 import asyncio
 import random
 
-import grpc
-
-from bench.harness import HEADER, address, drive, services
+from bench.harness import HEADER, Hospital, address, channel, drive, services, staff_token
 from his.common.v1 import types_pb2
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
@@ -33,9 +32,10 @@ def patient(i: int) -> pb.Patient:
     )
 
 
-async def _bench(calls: int, concurrency: int, seed: int) -> None:
-    async with grpc.aio.insecure_channel(address("patient")) as channel:
-        stub = pb_grpc.PatientServiceStub(channel)
+async def _bench(hospital: Hospital, calls: int, concurrency: int, seed: int) -> None:
+    token = await staff_token(hospital, "bench.registrar", "REGISTRAR")
+    async with channel(address("patient"), token) as patient_channel:
+        stub = pb_grpc.PatientServiceStub(patient_channel)
         names: list[str] = []
 
         async def create(i: int) -> None:
@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seed", type=int, default=2000, help="patients registered first")
     args = parser.parse_args()
-    with services("patient"):
-        asyncio.run(_bench(args.calls, args.concurrency, args.seed))
+    with services("patient") as hospital:
+        asyncio.run(_bench(hospital, args.calls, args.concurrency, args.seed))
 
 
 if __name__ == "__main__":

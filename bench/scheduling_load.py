@@ -14,10 +14,9 @@ import datetime as dt
 import time
 import uuid
 
-import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from bench.harness import HEADER, address, drive, services
+from bench.harness import HEADER, Hospital, address, channel, drive, services, staff_token
 from bench.patient_load import patient
 from his.common.v1 import types_pb2
 from his.patient.v1 import patient_service_pb2 as ppb
@@ -60,13 +59,14 @@ async def _schedule(
     return [slot.name for slot in reply.slots]
 
 
-async def _bench(bookings: int, concurrency: int, rush: int) -> None:
+async def _bench(hospital: Hospital, bookings: int, concurrency: int, rush: int) -> None:
+    token = await staff_token(hospital, "bench.registrar", "REGISTRAR")
     async with (
-        grpc.aio.insecure_channel(address("patient")) as patient_channel,
-        grpc.aio.insecure_channel(address("scheduling")) as channel,
+        channel(address("patient"), token) as patient_channel,
+        channel(address("scheduling"), token) as scheduling_channel,
     ):
         patients = ppb_grpc.PatientServiceStub(patient_channel)
-        stub = pb_grpc.SchedulingServiceStub(channel)
+        stub = pb_grpc.SchedulingServiceStub(scheduling_channel)
         names: list[str] = []
 
         async def register(i: int) -> None:
@@ -116,8 +116,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rush", type=int, default=1000)
     args = parser.parse_args()
-    with services("patient", "scheduling"):
-        asyncio.run(_bench(args.bookings, args.concurrency, args.rush))
+    with services("patient", "scheduling") as hospital:
+        asyncio.run(_bench(hospital, args.bookings, args.concurrency, args.rush))
 
 
 if __name__ == "__main__":

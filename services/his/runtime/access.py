@@ -229,9 +229,8 @@ class Access:
                     action=AUDIT_ACTION.get(action, audit_pb.AUDIT_EVENT_ACTION_EXECUTE),
                     operation=identity.current_method(),
                     patient=patient,
-                    resource_type=resource,
                     outcome=audit_pb.AUDIT_EVENT_OUTCOME_MINOR_FAILURE,
-                    outcome_description=f"denied: {reason}",
+                    outcome_description=f"denied {action} on {resource}: {reason}",
                     purpose_of_use=purpose_of_use(principal, Permit(ALLOWED)),
                 )
             except HisError:

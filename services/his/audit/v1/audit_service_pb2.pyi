@@ -304,8 +304,10 @@ class AuditAgent(_message.Message):
     token. Empty when a service acted on its own (for example a scheduled job).
     """
     on_behalf_of: _builtins.str
-    """The staff member on whose behalf the action was performed, `staff/{staff}`, for example the
-    doctor for whom a nurse entered an order. Optional.
+    """On whose behalf the action was performed. Either a staff member, `staff/{staff}`, for example
+    the doctor for whom a nurse entered an order; or, when the person's call reached this service
+    through another HIS service, that service, `services/{service}` (for example the scheduling
+    service reading a patient while booking). Optional.
     """
     service_account: _builtins.str
     """The workload identity of the service that performed the action and wrote the event, for example
