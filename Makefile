@@ -75,10 +75,11 @@ fmt: $(VENV)/.installed ## Format and autofix.
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest
 
-bench: $(VENV)/.installed ## Load benchmarks: patient rpcs, booking and the morning rush (own PostgreSQL).
+bench: $(VENV)/.installed ## Load benchmarks: patient rpcs, booking, the morning rush, the cost of security (own PostgreSQL).
 	$(PY) -m bench.patient_load --concurrency 1 --calls 1000 --seed 500
 	$(PY) -m bench.patient_load --concurrency 32 --calls 4000 --seed 2000
 	$(PY) -m bench.scheduling_load --bookings 2000 --concurrency 32 --rush 1000
+	$(PY) -m bench.security_cost --calls 2000 --seed 200
 
 clean: ## Remove the virtualenv and tools (keeps .his/, the local database).
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
