@@ -68,7 +68,8 @@ def decode_key(encoded: str, what: str) -> bytes:
         key = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         try:
-            key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            padded = text + "=" * (-len(text) % 4)
+            key = base64.b64decode(padded, altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             raise ConfigError(f"{what} is not base64") from None
     if len(key) != KEY_BYTES:
