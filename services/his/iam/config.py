@@ -34,7 +34,8 @@ class IamConfig:
     emergency_default_s: int = 3600
     emergency_max_s: int = 4 * 3600
     emergency_min_s: int = 60
-    # The ADMINISTRATOR created at start-up when there is no staff member at all; empty: none.
+    # An ADMINISTRATOR created before the first token is issued when no staff member exists at
+    # all (the first login of a new installation); empty: none.
     bootstrap_admin: str = "admin"
     # Where local secrets live (HIS_DATA_DIR, as for embedded PostgreSQL).
     data_dir: Path = Path(".his")

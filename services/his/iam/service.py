@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 from sqlalchemy.exc import IntegrityError
 
-from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.iam import store
 from his.iam.config import IamConfig
 from his.iam.mapping import (
@@ -46,7 +45,7 @@ from his.iam.validation import (
 )
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime import identity
-from his.runtime.audit_trail import AuditTrail
+from his.runtime.access import ALLOWED, Access, Permit
 from his.runtime.catalog import BY_NAME
 from his.runtime.database import Database
 from his.runtime.errors import (
@@ -58,7 +57,7 @@ from his.runtime.errors import (
 from his.runtime.idempotency import check_replay, fingerprint
 from his.runtime.identity import SERVICE_ROLE, Principal
 from his.runtime.pagination import PageTokens
-from his.runtime.policy import PolicyEngine, Request
+from his.runtime.policy import Request
 from his.runtime.server import ServiceResources
 from his.runtime.validation import (
     Violations,
@@ -74,7 +73,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 _CREATE_PATHS = frozenset({"username", "display_name", "roles", "practitioner_identifier"})
 _SERVICE_PREFIX = "service:"
-_GRANT_OPERATION = "his.iam.v1.IamService/CreateEmergencyAccessGrant"
 _GRANT_TYPE = "his.iam.v1.EmergencyAccessGrant"
 _CLINICIANS = frozenset({"DOCTOR", "NURSE"})
 # The token type of every issued token (RFC 6750), not a secret.
@@ -109,10 +107,8 @@ class IamService(pb_grpc.IamServiceServicer):
         self._clients: HisClients = resources.clients
         self._pages = PageTokens(resources.config.page_token_key)
         self._config = config
-        self._secure = resources.config.auth.enabled
-        # One engine per process; the runtime will hand a shared one in (ServiceResources).
-        self._policy = PolicyEngine.load()
-        self._audit = AuditTrail(resources.clients, "iam")
+        # Policy decisions and the audit trail, shared by the process (off with HIS_SECURITY=off).
+        self._access: Access = resources.access
         self._issuer: TokenIssuer | None = None
         self._jwks: pb.JsonWebKeySet | None = None
         if config.local_provider:
@@ -121,39 +117,22 @@ class IamService(pb_grpc.IamServiceServicer):
                 keys, issuer=config.issuer, audience=config.audience, ttl_s=config.token_ttl_s
             )
             self._jwks = jwks_to_proto(self._issuer.jwks())
+        # The bootstrap administrator is made before the first token is issued: the first moment
+        # anyone could act as them. (No background task: it could outlive a quick stop.)
         self._bootstrapped = not config.bootstrap_admin
         self._bootstrap_lock = asyncio.Lock()
-        # Created now, waited for by IssueToken (the first administrator must be able to log in).
-        self._bootstrap_task: asyncio.Task[None] | None = None
-        if not self._bootstrapped:
-            self._bootstrap_task = asyncio.get_running_loop().create_task(self._bootstrap_quietly())
 
     # --- authorization ---------------------------------------------------------------------
 
-    def _request(
-        self, principal: Principal, action: str, resource: str, *, own: bool, fields: Sequence[str]
-    ) -> Request:
-        return Request(
-            roles=tuple(sorted(principal.roles)),
-            action=action,
-            resource=resource,
-            own=own,
-            fields=tuple(fields),
-        )
-
-    def _require(
+    async def _require(
         self, action: str, resource: str, *, own: bool = False, fields: Sequence[str] = ()
     ) -> None:
         """PERMISSION_DENIED unless the policy lets the caller do `action` on `resource`."""
-        if not self._secure:
-            return
-        principal = identity.current()
-        self._policy.require(self._request(principal, action, resource, own=own, fields=fields))
+        await self._access.require(action, resource, own=own, fields=fields)
 
     def _allows(self, principal: Principal, action: str, resource: str, *, own: bool) -> bool:
-        return self._policy.decide(
-            self._request(principal, action, resource, own=own, fields=())
-        ).allow
+        request = Request(roles=tuple(principal.roles), action=action, resource=resource, own=own)
+        return self._access.policy.decide(request).allow
 
     # --- departments -----------------------------------------------------------------------
 
@@ -166,7 +145,7 @@ class IamService(pb_grpc.IamServiceServicer):
         values = department_fields(v, request.department)
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
-        self._require("create", "iam.department")
+        await self._require("create", "iam.department")
         values["create_request_fingerprint"] = fingerprint(request) if request_id else None
         try:
             async with self._db.transaction() as session:
@@ -191,7 +170,7 @@ class IamService(pb_grpc.IamServiceServicer):
         self, request: pb.GetDepartmentRequest, context: Context
     ) -> pb.Department:
         department_id = required_id("name", request.name, collection="departments")
-        self._require("read", "iam.department")
+        await self._require("read", "iam.department")
         async with self._db.read() as session:
             return department_to_proto(await store.get_department(session, department_id))
 
@@ -202,7 +181,7 @@ class IamService(pb_grpc.IamServiceServicer):
         limit = v.page_size("page_size", request.page_size)
         kind = v.enum("kind", request.kind, pb.DepartmentKind.DESCRIPTOR, required=False)
         v.raise_if_any()
-        self._require("read", "iam.department")
+        await self._require("read", "iam.department")
         kind_text = KIND.text(kind) if kind else None
         query = f"departments {kind_text}"
         cursor = self._pages.decode(request.page_token, query=query)
@@ -229,7 +208,7 @@ class IamService(pb_grpc.IamServiceServicer):
         values = staff_fields(v, request.staff_member, "staff_member", _CREATE_PATHS)
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
-        self._require("create", "iam.staff")
+        await self._require("create", "iam.staff")
         values["create_request_fingerprint"] = fingerprint(request) if request_id else None
         try:
             async with self._db.transaction() as session:
@@ -255,7 +234,7 @@ class IamService(pb_grpc.IamServiceServicer):
         self, request: pb.GetStaffMemberRequest, context: Context
     ) -> pb.StaffMember:
         staff_id = required_id("name", request.name, collection="staff")
-        self._require("read", "iam.staff", own=self._is_caller(staff_id))
+        await self._require("read", "iam.staff", own=self._is_caller(staff_id))
         async with self._db.read() as session:
             return staff_to_proto(await store.get_staff(session, staff_id))
 
@@ -268,7 +247,7 @@ class IamService(pb_grpc.IamServiceServicer):
         prefix = v.text("display_name_prefix", request.display_name_prefix, max_len=MAX_PREFIX)
         role = v.enum("role", request.role, pb.StaffRole.DESCRIPTOR, required=False)
         v.raise_if_any()
-        self._require("read", "iam.staff")
+        await self._require("read", "iam.staff")
         where = store.StaffFilter(
             username=exact,
             display_name_prefix=prefix,
@@ -298,7 +277,7 @@ class IamService(pb_grpc.IamServiceServicer):
         values = staff_fields(v, member, "staff_member", frozenset(paths))
         v.raise_if_any()
         assert staff_id is not None
-        self._require("update", "iam.staff", own=self._is_caller(staff_id), fields=paths)
+        await self._require("update", "iam.staff", own=self._is_caller(staff_id), fields=paths)
         try:
             async with self._db.transaction() as session:
                 row = await store.update_staff(session, staff_id, values, member.etag)
@@ -310,7 +289,9 @@ class IamService(pb_grpc.IamServiceServicer):
         self, request: pb.DeactivateStaffMemberRequest, context: Context
     ) -> pb.StaffMember:
         staff_id = required_id("name", request.name, collection="staff")
-        self._require("update", "iam.staff", own=self._is_caller(staff_id), fields=("active",))
+        await self._require(
+            "update", "iam.staff", own=self._is_caller(staff_id), fields=("active",)
+        )
         async with self._db.transaction() as session:
             row = await store.deactivate_staff(session, staff_id, request.etag)
         return staff_to_proto(row)
@@ -332,7 +313,7 @@ class IamService(pb_grpc.IamServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         assert staff_id is not None
-        self._require("create", "iam.membership", own=self._is_caller(staff_id))
+        await self._require("create", "iam.membership", own=self._is_caller(staff_id))
         values["create_request_fingerprint"] = fingerprint(request) if request_id else None
         try:
             async with self._db.transaction() as session:
@@ -379,7 +360,7 @@ class IamService(pb_grpc.IamServiceServicer):
         staff_id, membership_id = required_child_id(
             "name", request.name, parent="staff", collection="memberships"
         )
-        self._require("delete", "iam.membership", own=self._is_caller(staff_id))
+        await self._require("delete", "iam.membership", own=self._is_caller(staff_id))
         async with self._db.transaction() as session:
             row = await store.end_membership(session, staff_id, membership_id)
         return membership_to_proto(row)
@@ -397,7 +378,7 @@ class IamService(pb_grpc.IamServiceServicer):
             )
         v.raise_if_any()
         own = staff_id is not None and self._is_caller(staff_id)
-        self._require("read", "iam.membership", own=own)
+        await self._require("read", "iam.membership", own=own)
         where = store.MembershipFilter(
             staff_id=staff_id, department_id=department_id, current_only=request.current_only
         )
@@ -498,15 +479,6 @@ class IamService(pb_grpc.IamServiceServicer):
                     extra={"fields": {"staff": f"staff/{row.id}", "username": row.username}},
                 )
 
-    async def _bootstrap_quietly(self) -> None:
-        try:
-            await self._bootstrap()
-        except Exception as error:  # the database may not be up yet; IssueToken tries again
-            log.warning(
-                "bootstrap administrator not checked yet",
-                extra={"fields": {"error": type(error).__name__}},
-            )
-
     # --- break the glass -------------------------------------------------------------------
 
     async def CreateEmergencyAccessGrant(
@@ -539,7 +511,7 @@ class IamService(pb_grpc.IamServiceServicer):
         assert patient_id is not None and reason is not None
         principal = identity.current()
         staff_id = self._clinician(principal)
-        self._require("create", "iam.emergency_access", own=True)
+        await self._require("create", "iam.emergency_access", own=True)
         async with self._db.read() as session:
             await self._require_active_caller(session, staff_id)
             if request_id is not None:
@@ -568,15 +540,13 @@ class IamService(pb_grpc.IamServiceServicer):
                 check_replay(earlier.create_request_fingerprint, request)
                 return grant_to_proto(earlier)
             name = grant_name(row.id)
-            # Audited before it takes effect: an audit outage rolls the grant back (UNAVAILABLE).
-            await self._audit.record(
-                action=audit_pb.AUDIT_EVENT_ACTION_EXECUTE,
-                operation=_GRANT_OPERATION,
-                patient=grant.patient,
+            # Audited before it takes effect (action EXECUTE, purpose EMERGENCY_TREATMENT, the
+            # grant as emergency_access_grant): an audit outage rolls it back (UNAVAILABLE).
+            await self._access.record(
+                "execute",
+                Permit(ALLOWED, patient=grant.patient, emergency_grant=name),
                 resource_name=name,
                 resource_type=_GRANT_TYPE,
-                purpose_of_use=audit_pb.PURPOSE_OF_USE_EMERGENCY_TREATMENT,
-                emergency_access_grant=name,
             )
         return grant_to_proto(row)
 
@@ -637,7 +607,7 @@ class IamService(pb_grpc.IamServiceServicer):
             patient_id = v.resource_id("patient", request.patient, collection="patients")
         v.raise_if_any()
         own = staff_id is not None and self._is_caller(staff_id)
-        self._require("read", "iam.emergency_access", own=own)
+        await self._require("read", "iam.emergency_access", own=own)
         where = store.GrantFilter(
             staff_id=staff_id, patient_id=patient_id, active_only=request.active_only
         )
@@ -661,7 +631,7 @@ class IamService(pb_grpc.IamServiceServicer):
         self, request: pb.RevokeEmergencyAccessGrantRequest, context: Context
     ) -> pb.EmergencyAccessGrant:
         grant_id = required_id("name", request.name, collection="emergencyAccessGrants")
-        if self._secure:
+        if self._access.enabled:
             await self._authorize_revoke(identity.current(), grant_id)
         async with self._db.transaction() as session:
             row = await store.revoke_grant(session, grant_id)
@@ -680,4 +650,4 @@ class IamService(pb_grpc.IamServiceServicer):
             async with self._db.read() as session:
                 row = await store.find_grant(session, grant_id)
             own = row is not None and principal.subject == f"staff/{row.staff_id}"
-        self._require("update", "iam.emergency_access", own=own)
+        await self._require("update", "iam.emergency_access", own=own)
