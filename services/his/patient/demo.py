@@ -102,8 +102,14 @@ PEOPLE: tuple[tuple[str, str, int, tuple[int, int, int], str, str, str], ...] = 
 )
 
 
+# The first this many people also consent to the use of their data for research
+# (`his export research` exports only them).
+RESEARCH_CONSENTS = 7
+
+
 async def load(his: HisClients) -> str:
-    """Register the demo patients and their treatment consents; returns a one-line summary."""
+    """Register the demo patients, their treatment consents and, for most of them, a research
+    consent; returns a one-line summary."""
     for index, (family, given, gender, born, national, phone, city) in enumerate(PEOPLE, 1):
         patient = pb.Patient(
             family_name=family,
@@ -129,4 +135,19 @@ async def load(his: HisClients) -> str:
                 request_id=f"demo-consent-{index:02d}",
             )
         )
-    return f"{len(PEOPLE)} patients with treatment consent"
+        if index <= RESEARCH_CONSENTS:
+            await his.patient.GrantConsent(
+                pb.GrantConsentRequest(
+                    parent=created.name,
+                    consent=pb.Consent(
+                        scope=pb.CONSENT_SCOPE_RESEARCH,
+                        purpose=pb.PURPOSE_OF_USE_RESEARCH,
+                        note="signed research consent form R-1",
+                    ),
+                    request_id=f"demo-research-consent-{index:02d}",
+                )
+            )
+    return (
+        f"{len(PEOPLE)} patients with treatment consent, "
+        f"{min(RESEARCH_CONSENTS, len(PEOPLE))} of them with research consent"
+    )
