@@ -59,6 +59,25 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from his.local import database_url  # noqa: PLC0415
+    from his.runtime.fieldcrypt import Keyring, rewrap_all, rotate_data_key_all  # noqa: PLC0415
+
+    config = load(args.service)
+    keyring = Keyring.from_config(config.crypto)
+    with database_url(config.database) as url:
+        if args.action == "rewrap":
+            count = asyncio.run(rewrap_all(url, args.service, keyring))
+            current = keyring.current_master_id
+            print(f"{args.service}: {count} data keys re-wrapped under master key {current}")
+        else:
+            key_id = asyncio.run(rotate_data_key_all(url, args.service, keyring))
+            print(f"{args.service}: new values are encrypted under data key {key_id}")
+    return 0
+
+
 def _services(_: argparse.Namespace) -> int:
     print(f"{'service':<12} {'grpc':>6} {'metrics':>8}  status")
     for entry in CATALOG:
@@ -91,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--user", required=True, help="username, for example reg.amina")
     token.set_defaults(run=_token)
+
+    keys = commands.add_parser(
+        "keys", help="encryption keys: re-wrap data keys under the current master key, or rotate"
+    )
+    keys.add_argument(
+        "action",
+        choices=("rewrap", "rotate"),
+        help="rewrap: after adding a new first master key to HIS_CRYPTO_MASTER_KEYS; "
+        "rotate: start a new data key for new values (old values stay readable)",
+    )
+    keys.add_argument("--service", default="patient", help="whose schema (default: patient)")
+    keys.set_defaults(run=_keys)
 
     services = commands.add_parser("services", help="list services and their local ports")
     services.set_defaults(run=_services)

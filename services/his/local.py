@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from his.local_secrets import LocalSecrets, local_secrets
@@ -41,6 +42,17 @@ def _database_url(config: DatabaseConfig) -> tuple[str, EmbeddedPostgres | None]
         return config.url, None
     embedded = EmbeddedPostgres(config.data_dir / "pgdata")
     return embedded.start(), embedded
+
+
+@contextlib.contextmanager
+def database_url(config: DatabaseConfig) -> Iterator[str]:
+    """The configured database, or embedded PostgreSQL started for as long as it is needed."""
+    url, embedded = _database_url(config)
+    try:
+        yield url
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 def migrate_all(services: list[str]) -> None:

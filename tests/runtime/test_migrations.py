@@ -51,7 +51,13 @@ async def test_patient_schema_upgrades_downgrades_and_upgrades_again(tmp_path: P
         ]
         results = await asyncio.gather(*(replica.communicate() for replica in replicas))
         assert [replica.returncode for replica in replicas] == [0, 0, 0, 0], results
-        assert await _tables(url) == {"alembic_version", "patients", "patient_merges", "consents"}
+        assert await _tables(url) == {
+            "alembic_version",
+            "patients",
+            "patient_merges",
+            "consents",
+            "data_keys",
+        }
         await asyncio.to_thread(downgrade, "patient", url, "base")
         assert await _tables(url) == {"alembic_version"}
         await asyncio.to_thread(upgrade, "patient", url)
