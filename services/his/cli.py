@@ -78,6 +78,33 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_research(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    import grpc  # noqa: PLC0415
+
+    from his.research_export import ExportError, run  # noqa: PLC0415
+
+    try:
+        summary = asyncio.run(
+            run(Path(args.directory), user=args.user, force=args.force, time_zone=args.time_zone)
+        )
+    except ExportError as error:
+        print(f"his export research: {error}", file=sys.stderr)
+        return 1
+    except grpc.aio.AioRpcError as error:
+        print(f"his export research: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    print(
+        f"{summary.patients} patients and {summary.appointments} appointments written to "
+        f"{summary.directory} (pseudonym key {summary.key_id}; "
+        f"{summary.appointments_left_out} appointments of patients without research consent "
+        "left out)"
+    )
+    return 0
+
+
 def _services(_: argparse.Namespace) -> int:
     print(f"{'service':<12} {'grpc':>6} {'metrics':>8}  status")
     for entry in CATALOG:
@@ -122,6 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.add_argument("--service", default="patient", help="whose schema (default: patient)")
     keys.set_defaults(run=_keys)
+
+    export = commands.add_parser("export", help="export data out of the hospital")
+    exports = export.add_subparsers(dest="export", required=True)
+    research = exports.add_parser(
+        "research",
+        help="de-identified patients (research consent only) and appointments as CSV files",
+    )
+    research.add_argument("directory", help="where patients.csv, appointments.csv go (created)")
+    research.add_argument(
+        "--user", default="admin", help="who exports (an administrator; HIS_TOKEN overrides)"
+    )
+    research.add_argument("--force", action="store_true", help="overwrite an earlier export")
+    research.add_argument(
+        "--time-zone", default="UTC", help="IANA zone of appointment dates (default: UTC)"
+    )
+    research.set_defaults(run=_export_research)
 
     services = commands.add_parser("services", help="list services and their local ports")
     services.set_defaults(run=_services)
