@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,3 +244,41 @@ async def test_the_command_uses_the_token_in_his_token(
 
     assert summary.patients >= 2
     assert people["consented"].pseudonym in _files(tmp_path)["patients.csv"]
+
+
+async def _his(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run the `his` command in a child process while the session servers keep serving."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "his.cli",
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_his_export_research_writes_the_files_prints_counts_and_keeps_them(
+    people: dict[str, Person],
+    patient_service: RunningService,
+    scheduling_service: RunningService,
+    tmp_path: Path,
+) -> None:
+    env = {**addresses(patient_service, scheduling_service), "HIS_TOKEN": ADMIN}
+    directory = str(tmp_path / "research")
+
+    code, out, err = await _his("export", "research", directory, env=env)
+    again = await _his("export", "research", directory, env=env)
+    forced = await _his("export", "research", directory, "--force", env=env)
+
+    assert (code, err) == (0, "")
+    patients = len(_rows(tmp_path / "research" / "patients.csv"))
+    appointments = len(_rows(tmp_path / "research" / "appointments.csv"))
+    assert out.startswith(f"{patients} patients and {appointments} appointments written to ")
+    assert again[0] == 1
+    assert "--force" in again[2]
+    assert forced[0] == 0
