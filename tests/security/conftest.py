@@ -1,0 +1,92 @@
+"""Fixtures of the security tests: stubs of the session's servers and the records the matrix reads.
+
+Everything runs through the session's real servers (patient, scheduling, iam, audit) with tokens of
+the session's test issuer; the policy engine the servers share is compared with a fresh one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from his.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from his.iam.v1 import iam_service_pb2 as iam_pb
+from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
+from his.runtime import server as runtime_server
+from his.runtime.policy import PolicyEngine
+from his.runtime.server import RunningService
+from his.scheduling.v1 import scheduling_service_pb2 as pb
+from tests.iam.helpers import make_department, make_staff
+from tests.identity import channel_as
+from tests.scheduling.helpers import generate_request, make_schedule, tomorrow
+from tests.security.helpers import (
+    ADMINISTRATOR,
+    AUDITOR,
+    DEPARTMENT_A,
+    PRACTITIONER,
+    Audit,
+    Iam,
+    Patients,
+    Scheduling,
+    World,
+    audit_events,
+)
+
+
+@pytest.fixture(scope="session")
+def policy() -> PolicyEngine:
+    """An engine of the tests' own over the shipped policies: the expected decisions."""
+    return PolicyEngine.load()
+
+
+@pytest.fixture(scope="session")
+def served_policy() -> PolicyEngine:
+    """The engine every server of this process decides with (and caches in)."""
+    return runtime_server._policy()
+
+
+@pytest.fixture(scope="session")
+async def auditor(audit_service: RunningService) -> AsyncIterator[Audit]:
+    """The session's audit service as an auditor calls it (unless a call sets its own token)."""
+    async with channel_as(audit_service.address, AUDITOR) as channel:
+        yield audit_grpc.AuditServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+async def iam(iam_service: RunningService) -> AsyncIterator[Iam]:
+    """The session's iam service as an administrator calls it (unless a call sets its own)."""
+    async with channel_as(iam_service.address, ADMINISTRATOR) as channel:
+        yield iam_grpc.IamServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+async def world(patients: Patients, scheduling: Scheduling, auditor: Audit, iam: Iam) -> World:
+    """The matrix's records, made once per session by a registrar and an administrator."""
+    made = World(patients, scheduling, auditor, iam)
+    made.patient = await made.fresh_patient()
+    made.other_patient = await made.fresh_patient()
+    made.consent = await made.fresh_consent()
+    schedule = await scheduling.CreateSchedule(
+        pb.CreateScheduleRequest(
+            schedule=make_schedule(department_name=DEPARTMENT_A, practitioner_name=PRACTITIONER)
+        )
+    )
+    made.schedule = schedule.name
+    slots = await scheduling.GenerateSlots(
+        generate_request(schedule.name, first=tomorrow(), opens=(7, 0), closes=(19, 0))
+    )
+    made.slot = slots.slots[0].name
+    made.spare_slots = [slot.name for slot in slots.slots[1:]]
+    booked = await scheduling.BookAppointment(
+        pb.BookAppointmentRequest(patient=made.patient, slot=made.slot)
+    )
+    made.appointment = booked.name
+    made.audit_event = (await audit_events(auditor, patient=made.patient))[0].name
+    department = await iam.CreateDepartment(
+        iam_pb.CreateDepartmentRequest(department=make_department())
+    )
+    made.department = department.name
+    staff = await iam.CreateStaffMember(iam_pb.CreateStaffMemberRequest(staff_member=make_staff()))
+    made.staff = staff.name
+    return made

@@ -1,0 +1,280 @@
+"""Helpers of the security tests: who calls, what the policy says, what the call answered.
+
+The callers are fixed for the whole session (tokens of the session's test issuer): every staff role
+in a department that owns none of the test records, a service acting on its own, and clinicians
+related to the records (of their department, or the practitioner of their slot).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+from google.protobuf.message import Message
+
+from his.audit.v1 import audit_service_pb2 as audit_pb
+from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.runtime.policy import Decision, PolicyEngine, Request
+from his.scheduling.v1 import scheduling_service_pb2 as pb
+from tests.identity import ISSUER, metadata
+from tests.patient.helpers import grant_request
+from tests.scheduling.helpers import make_patient
+from tests.support import RpcFailure, failure_of
+
+if TYPE_CHECKING:
+    from his.audit.v1.audit_service_pb2_grpc import AuditServiceAsyncStub
+    from his.iam.v1.iam_service_pb2_grpc import IamServiceAsyncStub
+    from his.patient.v1.patient_service_pb2_grpc import PatientServiceAsyncStub
+    from his.scheduling.v1.scheduling_service_pb2_grpc import SchedulingServiceAsyncStub
+
+    # The async stubs exist only in the type stubs; at run time the fixtures' stubs are used.
+    Patients: TypeAlias = PatientServiceAsyncStub
+    Scheduling: TypeAlias = SchedulingServiceAsyncStub
+    Audit: TypeAlias = AuditServiceAsyncStub
+    Iam: TypeAlias = IamServiceAsyncStub
+else:
+    Patients = Scheduling = Audit = Iam = Any
+
+# The department every test record of the matrix belongs to, and one none of them belongs to.
+DEPARTMENT_A = f"departments/{uuid.uuid4()}"
+DEPARTMENT_B = f"departments/{uuid.uuid4()}"
+# The practitioner of every slot of the matrix's schedule.
+PRACTITIONER_ID = str(uuid.uuid4())
+PRACTITIONER = f"staff/{PRACTITIONER_ID}"
+
+# An auditor and an administrator of the session (default callers of the audit and iam stubs).
+AUDITOR = ISSUER.staff("AUDITOR")
+ADMINISTRATOR = ISSUER.staff("ADMINISTRATOR")
+
+STAFF_ROLES = (
+    "REGISTRAR",
+    "DOCTOR",
+    "NURSE",
+    "PHARMACIST",
+    "LAB_TECHNICIAN",
+    "BILLING_CLERK",
+    "AUDITOR",
+    "ADMINISTRATOR",
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One caller of the matrix: its roles, who it is, its departments and its token."""
+
+    label: str
+    roles: tuple[str, ...]
+    subject: str
+    departments: tuple[str, ...]
+    token: str
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata that makes a call as this caller."""
+        return metadata(self.token)
+
+
+def _staff(label: str, role: str, departments: tuple[str, ...], staff_id: str = "") -> Caller:
+    staff_id = staff_id or str(uuid.uuid4())
+    token = ISSUER.staff(role, departments=departments, staff_id=staff_id)
+    return Caller(label, (role,), f"staff/{staff_id}", departments, token)
+
+
+def _callers() -> dict[str, Caller]:
+    # A HIS service acting on its own, with no person behind the call.
+    callers = {
+        "SERVICE": Caller(
+            "SERVICE", ("SERVICE",), "services/billing", (), ISSUER.service("billing")
+        )
+    }
+    for role in STAFF_ROLES:
+        # Every role works in a department that owns none of the matrix's records.
+        callers[role] = _staff(role, role, (DEPARTMENT_B,))
+    for role in ("DOCTOR", "NURSE"):
+        callers[f"{role}_OF_THE_DEPARTMENT"] = _staff(
+            f"{role}_OF_THE_DEPARTMENT", role, (DEPARTMENT_B, DEPARTMENT_A)
+        )
+        # The practitioner of the slot, in no department at all: care alone relates them.
+        callers[f"{role}_PRACTITIONER"] = _staff(
+            f"{role}_PRACTITIONER", role, (), staff_id=PRACTITIONER_ID
+        )
+    return callers
+
+
+CALLERS = _callers()
+ROLE_CALLERS = ("SERVICE", *STAFF_ROLES)
+# Clinicians related to the matrix's appointments, for the rpcs that look at the record.
+RELATED_CALLERS = (
+    "DOCTOR_OF_THE_DEPARTMENT",
+    "NURSE_OF_THE_DEPARTMENT",
+    "DOCTOR_PRACTITIONER",
+    "NURSE_PRACTITIONER",
+)
+
+
+def missing(collection: str) -> str:
+    """A well-formed name of a resource that does not exist."""
+    return f"{collection}/{uuid.uuid4()}"
+
+
+@dataclass
+class World:
+    """The records the matrix asks about, made by a registrar and an administrator.
+
+    The appointment's department is DEPARTMENT_A and its practitioner PRACTITIONER; its patient
+    has no privacy consent recorded. Spare slots of the same schedule (same department, same
+    practitioner) take the fresh appointments of callers allowed to change one.
+    """
+
+    patients: Patients
+    scheduling: Scheduling
+    audit: Audit
+    iam: Iam
+    patient: str = ""
+    other_patient: str = ""
+    consent: str = ""
+    schedule: str = ""
+    slot: str = ""
+    appointment: str = ""
+    audit_event: str = ""
+    department: str = ""
+    staff: str = ""
+    spare_slots: list[str] = field(default_factory=list)
+
+    def stub(self, service: str) -> object:
+        """The stub of one of the session's services (by short name)."""
+        stubs = {
+            "patient": self.patients,
+            "scheduling": self.scheduling,
+            "audit": self.audit,
+            "iam": self.iam,
+        }
+        return stubs[service]
+
+    def spare_slot(self) -> str:
+        """A free slot of the world's schedule nobody else will use."""
+        return self.spare_slots.pop()
+
+    async def fresh_patient(self) -> str:
+        """A new active patient."""
+        created = await self.patients.CreatePatient(
+            patient_pb.CreatePatientRequest(patient=make_patient())
+        )
+        return str(created.name)
+
+    async def fresh_appointment(self) -> str:
+        """A new booked appointment of the world's patient in a spare slot (same facts)."""
+        booked = await self.scheduling.BookAppointment(
+            pb.BookAppointmentRequest(patient=self.patient, slot=self.spare_slot())
+        )
+        return str(booked.name)
+
+    async def fresh_consent(self) -> str:
+        """A new active treatment consent of the world's patient."""
+        granted = await self.patients.GrantConsent(grant_request(self.patient))
+        return str(granted.name)
+
+    async def merged_duplicate(self) -> str:
+        """A duplicate patient merged into a new survivor."""
+        duplicate, survivor = await self.fresh_patient(), await self.fresh_patient()
+        await self.patients.MergePatients(
+            patient_pb.MergePatientsRequest(
+                name=duplicate, survivor=survivor, reason="registered twice at the front desk"
+            )
+        )
+        return duplicate
+
+
+# --- outcomes ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What a call answered: the reply, or the failure."""
+
+    reply: Any = None
+    failure: RpcFailure | None = None
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        """OK, or the failure's code."""
+        return grpc.StatusCode.OK if self.failure is None else self.failure.code
+
+    @property
+    def reason(self) -> str | None:
+        """The ErrorInfo reason of a failure."""
+        return None if self.failure is None else self.failure.reason
+
+    def __str__(self) -> str:
+        if self.failure is None:
+            return "OK"
+        return f"{self.failure.code.name} {self.failure.reason} ({self.failure.message})"
+
+
+async def outcome(call: Awaitable[Any]) -> Outcome:
+    """Await a call; its reply or its failure, whichever it was."""
+    try:
+        return Outcome(reply=await call)
+    except grpc.aio.AioRpcError as error:
+        return Outcome(failure=failure_of(error))
+
+
+# --- the policy -------------------------------------------------------------------------------
+
+
+def decided(policy: PolicyEngine, served: PolicyEngine, request: Request) -> Decision:
+    """The policy's decision on `request`, checked to be the same cached and uncached.
+
+    `policy` is an engine of the test's own; `served` the one the servers in this process share,
+    whose cache the calls under test have filled.
+    """
+    evaluated = policy.evaluate(request)
+    assert policy.decide(request) == evaluated, request
+    assert policy.decide(request) == evaluated, request
+    assert served.decide(request) == evaluated, request
+    assert served.evaluate(request) == evaluated, request
+    return evaluated
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+async def audit_events(
+    auditor: Audit, *, patient: str, agent_staff: str = "", emergency_only: bool = False
+) -> list[audit_pb.AuditEvent]:
+    """Every event of the session's trail about `patient` (and by `agent_staff`), oldest first."""
+    found: list[audit_pb.AuditEvent] = []
+    token = ""
+    while True:
+        reply = await auditor.ListAuditEvents(
+            audit_pb.ListAuditEventsRequest(
+                patient=patient,
+                agent_staff=agent_staff,
+                emergency_access_only=emergency_only,
+                page_size=500,
+                page_token=token,
+            )
+        )
+        found.extend(reply.audit_events)
+        token = reply.next_page_token
+        if not token:
+            return found
+
+
+def operation(service: str, method: str) -> str:
+    """The full gRPC method name an audit event records as its operation."""
+    return f"his.{service}.v1.{service.capitalize()}Service/{method}"
+
+
+def names(messages: Iterable[Message]) -> list[str]:
+    """The `name` of each message."""
+    return [getattr(message, "name") for message in messages]  # noqa: B009
+
+
+def utc(stamp: Any) -> dt.datetime:
+    """An aware datetime of a protobuf Timestamp."""
+    return stamp.ToDatetime(tzinfo=dt.UTC)  # type: ignore[no-any-return]

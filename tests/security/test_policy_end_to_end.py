@@ -1,0 +1,656 @@
+"""The policy decides every rpc of the running services, for every role, before existence.
+
+For each rpc of PatientService, SchedulingService and AuditService (and the cheap reads of
+IamService) and each caller (every role, a service acting on its own, and clinicians related to
+the appointment by department or as its practitioner), the test computes what the policy says for
+exactly the attributes the servicer asks about (role, action, resource class, department match,
+care, consent, own, fields) and calls the real server with that caller's token:
+
+- allowed: the call does not fail with PERMISSION_DENIED; it succeeds, or fails for the one
+  non-authorization reason expected of the request (an illegal transition, say);
+- denied: PERMISSION_DENIED with the policy's reason in ErrorInfo;
+- a record that does not exist is decided with the least favourable facts: the same refusal as for
+  an existing record when that denies (no existence leak), NOT_FOUND when it allows;
+- lists leave out the records the caller may not see instead of refusing.
+
+Every decision is also checked to be the same cached (`decide`, twice, on the tests' engine and on
+the servers' shared one) and uncached (`evaluate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
+
+from his.audit.v1 import audit_service_pb2 as audit_pb
+from his.iam.v1 import iam_service_pb2 as iam_pb
+from his.patient.service import PatientService
+from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.runtime.policy import PolicyEngine, Request
+from his.scheduling.service import SchedulingService
+from his.scheduling.v1 import scheduling_service_pb2 as pb
+from tests.audit.helpers import make_event
+from tests.iam.helpers import make_department
+from tests.patient.helpers import grant_request, unique_phone
+from tests.patient.helpers import make_patient as make_full_patient
+from tests.scheduling.helpers import generate_request, make_schedule
+from tests.security.helpers import (
+    CALLERS,
+    DEPARTMENT_A,
+    PRACTITIONER,
+    RELATED_CALLERS,
+    ROLE_CALLERS,
+    Caller,
+    World,
+    decided,
+    missing,
+    names,
+    outcome,
+)
+
+OK = grpc.StatusCode.OK
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+
+# Builds the request of one call: on the world's records, or (allowed=True) on fresh ones when
+# the call would change what other cases read.
+Build = Callable[[World, bool], Awaitable[Message]]
+# Builds the request of one call naming a record that does not exist.
+Missing = Callable[[World], Message]
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """One rpc, the policy question its servicer asks, and how to call it."""
+
+    service: str
+    method: str
+    action: str
+    resource: str
+    build: Build
+    missing: Missing | None = None
+    fields: tuple[str, ...] = ()
+    # Decided from the appointment's (or its slot's) facts rather than from the caller alone.
+    by_record: bool = False
+    # Filters what the caller may not see out of the page instead of refusing.
+    listed: bool = False
+    # What an allowed caller gets on the existing record.
+    allowed: grpc.StatusCode = OK
+    # The servicer refuses anyone but a HIS service before it asks the policy.
+    services_only: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.service}.{self.method}"
+
+
+def _const(message: Message) -> Build:
+    """The same request whoever calls."""
+    return _on(lambda world: message)
+
+
+def _on(make: Missing) -> Build:
+    """A request on the world's records whoever calls (for calls that change nothing)."""
+
+    async def build(world: World, allowed: bool) -> Message:
+        return make(world)
+
+    return build
+
+
+# --- patient ----------------------------------------------------------------------------------
+
+
+async def _get_patient(world: World, allowed: bool) -> Message:
+    return patient_pb.GetPatientRequest(name=world.patient)
+
+
+async def _list_patients(world: World, allowed: bool) -> Message:
+    return patient_pb.ListPatientsRequest(page_size=1)
+
+
+async def _create_patient(world: World, allowed: bool) -> Message:
+    return patient_pb.CreatePatientRequest(patient=make_full_patient())
+
+
+async def _update_patient(world: World, allowed: bool) -> Message:
+    return patient_pb.UpdatePatientRequest(
+        patient=patient_pb.Patient(name=world.patient, phone=unique_phone()),
+        update_mask=FieldMask(paths=["phone"]),
+    )
+
+
+def _update_missing(world: World) -> Message:
+    return patient_pb.UpdatePatientRequest(
+        patient=patient_pb.Patient(name=missing("patients"), phone=unique_phone()),
+        update_mask=FieldMask(paths=["phone"]),
+    )
+
+
+async def _deactivate(world: World, allowed: bool) -> Message:
+    name = await world.fresh_patient() if allowed else world.patient
+    return patient_pb.DeactivatePatientRequest(name=name)
+
+
+async def _reactivate(world: World, allowed: bool) -> Message:
+    # The world's patient is active: reactivating it succeeds and changes nothing.
+    return patient_pb.ReactivatePatientRequest(name=world.patient)
+
+
+async def _merge(world: World, allowed: bool) -> Message:
+    if allowed:
+        duplicate, survivor = await world.fresh_patient(), await world.fresh_patient()
+    else:
+        duplicate, survivor = world.other_patient, world.patient
+    return patient_pb.MergePatientsRequest(
+        name=duplicate, survivor=survivor, reason="registered twice at the front desk"
+    )
+
+
+def _merge_missing(world: World) -> Message:
+    return patient_pb.MergePatientsRequest(
+        name=missing("patients"), survivor=missing("patients"), reason="registered twice"
+    )
+
+
+async def _unmerge(world: World, allowed: bool) -> Message:
+    name = await world.merged_duplicate() if allowed else world.patient
+    return patient_pb.UnmergePatientRequest(name=name, reason="not the same person after all")
+
+
+async def _grant_consent(world: World, allowed: bool) -> Message:
+    return grant_request(world.patient)
+
+
+async def _revoke_consent(world: World, allowed: bool) -> Message:
+    name = await world.fresh_consent() if allowed else world.consent
+    return patient_pb.RevokeConsentRequest(name=name)
+
+
+def _consent_missing(world: World) -> str:
+    return f"{missing('patients')}/{missing('consents')}"
+
+
+PATIENT_RPCS = (
+    Rpc(
+        "patient",
+        "GetPatient",
+        "read",
+        "patient.demographics",
+        _get_patient,
+        lambda w: patient_pb.GetPatientRequest(name=missing("patients")),
+    ),
+    Rpc("patient", "ListPatients", "read", "patient.demographics", _list_patients),
+    Rpc("patient", "CreatePatient", "create", "patient.demographics", _create_patient),
+    Rpc(
+        "patient",
+        "UpdatePatient",
+        "update",
+        "patient.demographics",
+        _update_patient,
+        _update_missing,
+        fields=("phone",),
+    ),
+    Rpc(
+        "patient",
+        "DeactivatePatient",
+        "update",
+        "patient.demographics",
+        _deactivate,
+        lambda w: patient_pb.DeactivatePatientRequest(name=missing("patients")),
+        fields=("state",),
+    ),
+    Rpc(
+        "patient",
+        "ReactivatePatient",
+        "update",
+        "patient.demographics",
+        _reactivate,
+        lambda w: patient_pb.ReactivatePatientRequest(name=missing("patients")),
+        fields=("state",),
+    ),
+    Rpc("patient", "MergePatients", "merge", "patient.demographics", _merge, _merge_missing),
+    Rpc(
+        "patient",
+        "UnmergePatient",
+        "merge",
+        "patient.demographics",
+        _unmerge,
+        lambda w: patient_pb.UnmergePatientRequest(name=missing("patients"), reason="mistake"),
+    ),
+    Rpc(
+        "patient",
+        "GrantConsent",
+        "create",
+        "patient.consent",
+        _grant_consent,
+        lambda w: grant_request(missing("patients")),
+    ),
+    Rpc(
+        "patient",
+        "RevokeConsent",
+        "update",
+        "patient.consent",
+        _revoke_consent,
+        lambda w: patient_pb.RevokeConsentRequest(name=_consent_missing(w)),
+        fields=("status",),
+    ),
+    Rpc(
+        "patient",
+        "GetConsent",
+        "read",
+        "patient.consent",
+        _on(lambda w: patient_pb.GetConsentRequest(name=w.consent)),
+        lambda w: patient_pb.GetConsentRequest(name=_consent_missing(w)),
+    ),
+    Rpc(
+        "patient",
+        "ListConsents",
+        "read",
+        "patient.consent",
+        _on(lambda w: patient_pb.ListConsentsRequest(parent=w.patient)),
+        lambda w: patient_pb.ListConsentsRequest(parent=missing("patients")),
+    ),
+    Rpc(
+        "patient",
+        "ListResearchPatients",
+        "execute",
+        "research.export",
+        _const(patient_pb.ListResearchPatientsRequest(page_size=1)),
+    ),
+)
+
+
+# --- scheduling -------------------------------------------------------------------------------
+
+
+async def _generate(world: World, allowed: bool) -> Message:
+    parent = world.schedule
+    if allowed:
+        made = await world.scheduling.CreateSchedule(
+            pb.CreateScheduleRequest(schedule=make_schedule())
+        )
+        parent = made.name
+    return generate_request(parent)
+
+
+async def _block(world: World, allowed: bool) -> Message:
+    name = world.spare_slot() if allowed else world.slot
+    return pb.BlockSlotRequest(name=name, reason="practitioner on leave")
+
+
+async def _unblock(world: World, allowed: bool) -> Message:
+    name = world.spare_slot() if allowed else world.slot
+    return pb.UnblockSlotRequest(name=name)
+
+
+async def _book(world: World, allowed: bool) -> Message:
+    return pb.BookAppointmentRequest(patient=world.patient, slot=world.spare_slot())
+
+
+async def _appointment(world: World, allowed: bool) -> str:
+    return await world.fresh_appointment() if allowed else world.appointment
+
+
+async def _cancel(world: World, allowed: bool) -> Message:
+    return pb.CancelAppointmentRequest(name=await _appointment(world, allowed), reason="unwell")
+
+
+async def _check_in(world: World, allowed: bool) -> Message:
+    return pb.CheckInAppointmentRequest(name=await _appointment(world, allowed))
+
+
+async def _no_show(world: World, allowed: bool) -> Message:
+    return pb.MarkNoShowRequest(name=await _appointment(world, allowed))
+
+
+async def _complete(world: World, allowed: bool) -> Message:
+    return pb.CompleteAppointmentRequest(name=await _appointment(world, allowed))
+
+
+def _transition(
+    method: str, build: Build, missing_request: Missing, allowed: grpc.StatusCode
+) -> Rpc:
+    return Rpc(
+        "scheduling",
+        method,
+        "update",
+        "scheduling.appointment",
+        build,
+        missing_request,
+        fields=("status",),
+        by_record=True,
+        allowed=allowed,
+    )
+
+
+SCHEDULING_RPCS = (
+    Rpc(
+        "scheduling",
+        "CreateSchedule",
+        "create",
+        "scheduling.schedule",
+        _on(lambda w: pb.CreateScheduleRequest(schedule=make_schedule())),
+    ),
+    Rpc(
+        "scheduling",
+        "GetSchedule",
+        "read",
+        "scheduling.schedule",
+        _on(lambda w: pb.GetScheduleRequest(name=w.schedule)),
+        lambda w: pb.GetScheduleRequest(name=missing("schedules")),
+    ),
+    Rpc(
+        "scheduling",
+        "ListSchedules",
+        "read",
+        "scheduling.schedule",
+        _on(lambda w: pb.ListSchedulesRequest(department=DEPARTMENT_A)),
+    ),
+    Rpc(
+        "scheduling",
+        "GenerateSlots",
+        "create",
+        "scheduling.slot",
+        _generate,
+        lambda w: generate_request(missing("schedules")),
+    ),
+    Rpc(
+        "scheduling",
+        "GetSlot",
+        "read",
+        "scheduling.slot",
+        _on(lambda w: pb.GetSlotRequest(name=w.slot)),
+        lambda w: pb.GetSlotRequest(name=missing("slots")),
+    ),
+    Rpc(
+        "scheduling",
+        "ListSlots",
+        "read",
+        "scheduling.slot",
+        _on(lambda w: pb.ListSlotsRequest(schedule=w.schedule, page_size=1)),
+    ),
+    Rpc(
+        "scheduling",
+        "BlockSlot",
+        "update",
+        "scheduling.slot",
+        _block,
+        lambda w: pb.BlockSlotRequest(name=missing("slots"), reason="practitioner on leave"),
+        fields=("block_reason",),
+    ),
+    Rpc(
+        "scheduling",
+        "UnblockSlot",
+        "update",
+        "scheduling.slot",
+        _unblock,
+        lambda w: pb.UnblockSlotRequest(name=missing("slots")),
+        fields=("block_reason",),
+    ),
+    Rpc(
+        "scheduling",
+        "BookAppointment",
+        "create",
+        "scheduling.appointment",
+        _book,
+        lambda w: pb.BookAppointmentRequest(patient=w.patient, slot=missing("slots")),
+        by_record=True,
+    ),
+    Rpc(
+        "scheduling",
+        "GetAppointment",
+        "read",
+        "scheduling.appointment",
+        _on(lambda w: pb.GetAppointmentRequest(name=w.appointment)),
+        lambda w: pb.GetAppointmentRequest(name=missing("appointments")),
+        by_record=True,
+    ),
+    Rpc(
+        "scheduling",
+        "ListAppointments",
+        "read",
+        "scheduling.appointment",
+        _on(lambda w: pb.ListAppointmentsRequest(patient=w.patient, page_size=500)),
+        by_record=True,
+        listed=True,
+    ),
+    _transition(
+        "CancelAppointment",
+        _cancel,
+        lambda w: pb.CancelAppointmentRequest(name=missing("appointments"), reason="unwell"),
+        OK,
+    ),
+    _transition(
+        "CheckInAppointment",
+        _check_in,
+        lambda w: pb.CheckInAppointmentRequest(name=missing("appointments")),
+        OK,
+    ),
+    # The slot is tomorrow: an allowed caller hears SLOT_NOT_STARTED.
+    _transition(
+        "MarkNoShow",
+        _no_show,
+        lambda w: pb.MarkNoShowRequest(name=missing("appointments")),
+        FAILED_PRECONDITION,
+    ),
+    # A booked appointment must arrive first: an allowed caller hears ILLEGAL_TRANSITION.
+    _transition(
+        "CompleteAppointment",
+        _complete,
+        lambda w: pb.CompleteAppointmentRequest(name=missing("appointments")),
+        FAILED_PRECONDITION,
+    ),
+    Rpc(
+        "scheduling",
+        "ListResearchAppointments",
+        "execute",
+        "research.export",
+        _const(pb.ListResearchAppointmentsRequest(page_size=1)),
+    ),
+)
+
+
+# --- audit and iam ----------------------------------------------------------------------------
+
+
+AUDIT_RPCS = (
+    Rpc(
+        "audit",
+        "WriteAuditEvents",
+        "create",
+        "audit.event",
+        _on(lambda w: audit_pb.WriteAuditEventsRequest(audit_events=[make_event()])),
+        services_only=True,
+    ),
+    Rpc(
+        "audit",
+        "GetAuditEvent",
+        "read",
+        "audit.event",
+        _on(lambda w: audit_pb.GetAuditEventRequest(name=w.audit_event)),
+        lambda w: audit_pb.GetAuditEventRequest(name=missing("auditEvents")),
+    ),
+    Rpc(
+        "audit",
+        "ListAuditEvents",
+        "read",
+        "audit.event",
+        _on(lambda w: audit_pb.ListAuditEventsRequest(patient=w.patient, page_size=1)),
+    ),
+    Rpc(
+        "audit",
+        "VerifyChain",
+        "read",
+        "audit.event",
+        _const(audit_pb.VerifyChainRequest(start_sequence_number=1, end_sequence_number=1)),
+    ),
+)
+
+IAM_RPCS = (
+    Rpc(
+        "iam",
+        "CreateDepartment",
+        "create",
+        "iam.department",
+        _on(lambda w: iam_pb.CreateDepartmentRequest(department=make_department())),
+    ),
+    Rpc(
+        "iam",
+        "GetDepartment",
+        "read",
+        "iam.department",
+        _on(lambda w: iam_pb.GetDepartmentRequest(name=w.department)),
+        lambda w: iam_pb.GetDepartmentRequest(name=missing("departments")),
+    ),
+    Rpc(
+        "iam", "ListDepartments", "read", "iam.department", _const(iam_pb.ListDepartmentsRequest())
+    ),
+    Rpc(
+        "iam",
+        "GetStaffMember",
+        "read",
+        "iam.staff",
+        _on(lambda w: iam_pb.GetStaffMemberRequest(name=w.staff)),
+        lambda w: iam_pb.GetStaffMemberRequest(name=missing("staff")),
+    ),
+    Rpc(
+        "iam",
+        "ListStaffMembers",
+        "read",
+        "iam.staff",
+        _const(iam_pb.ListStaffMembersRequest(page_size=1)),
+    ),
+    Rpc(
+        "iam",
+        "ListMemberships",
+        "read",
+        "iam.membership",
+        _on(lambda w: iam_pb.ListMembershipsRequest(parent=w.staff)),
+        lambda w: iam_pb.ListMembershipsRequest(parent=missing("staff")),
+    ),
+    # Someone else's grants: only those who may read every grant (own=False).
+    Rpc(
+        "iam",
+        "ListEmergencyAccessGrants",
+        "read",
+        "iam.emergency_access",
+        _on(lambda w: iam_pb.ListEmergencyAccessGrantsRequest(staff=w.staff)),
+    ),
+)
+
+RPCS = {rpc.id: rpc for rpc in (*PATIENT_RPCS, *SCHEDULING_RPCS, *AUDIT_RPCS, *IAM_RPCS)}
+
+SERVICERS = {"patient": PatientService, "scheduling": SchedulingService}
+
+
+def _implemented(rpc: Rpc) -> bool:
+    servicer = SERVICERS.get(rpc.service)
+    return servicer is None or rpc.method in vars(servicer)
+
+
+def _cases() -> list[object]:
+    cases: list[object] = []
+    for rpc in RPCS.values():
+        callers = ROLE_CALLERS + (RELATED_CALLERS if rpc.by_record else ())
+        marks = (
+            ()
+            if _implemented(rpc)
+            else (pytest.mark.skip(reason=f"{rpc.method} has no servicer method yet"),)
+        )
+        cases.extend(
+            pytest.param(rpc.id, label, id=f"{rpc.id}-{label}", marks=marks) for label in callers
+        )
+    return cases
+
+
+def policy_request(rpc: Rpc, caller: Caller, *, exists: bool) -> Request:
+    """The question the servicer asks about the call (see the module docstring)."""
+    if not rpc.by_record:
+        return Request(caller.roles, rpc.action, rpc.resource, fields=rpc.fields)
+    if not exists:
+        # The least favourable facts: no department, no care, consent revoked, no emergency.
+        return Request(caller.roles, rpc.action, rpc.resource, consent="revoked", fields=rpc.fields)
+    return Request(
+        caller.roles,
+        rpc.action,
+        rpc.resource,
+        department_match=DEPARTMENT_A in caller.departments,
+        under_care=caller.subject == PRACTITIONER,
+        # The world's patient has no privacy consent on record.
+        consent="none",
+        fields=rpc.fields,
+    )
+
+
+def test_the_matrix_covers_every_rpc_of_patient_scheduling_and_audit() -> None:
+    for descriptor in (patient_pb.DESCRIPTOR, pb.DESCRIPTOR, audit_pb.DESCRIPTOR):
+        for service in descriptor.services_by_name.values():
+            short = service.name.removesuffix("Service").lower()
+            methods = {f"{short}.{method.name}" for method in service.methods}
+            assert methods <= set(RPCS), f"rpcs not in the matrix: {sorted(methods - set(RPCS))}"
+
+
+@pytest.mark.parametrize(("rpc_id", "label"), _cases())
+async def test_every_caller_gets_what_the_policy_decides_before_existence(
+    world: World, policy: PolicyEngine, served_policy: PolicyEngine, rpc_id: str, label: str
+) -> None:
+    rpc, caller = RPCS[rpc_id], CALLERS[label]
+    method = getattr(world.stub(rpc.service), rpc.method)
+
+    decision = decided(policy, served_policy, policy_request(rpc, caller, exists=True))
+    service_refused = rpc.services_only and caller.subject.startswith("staff/")
+    allowed = decision.allow and not service_refused
+    request = await rpc.build(world, allowed)
+    result = await outcome(method(request, metadata=caller.metadata))
+
+    if rpc.listed:
+        # Never refused: the page holds the record exactly when the caller may see it.
+        assert result.code == OK, result
+        shown = names(result.reply.appointments)
+        if decision.allow:
+            assert world.appointment in shown, shown
+        else:
+            assert shown == [], shown
+    elif service_refused:
+        # Staff never write the audit trail: the servicer refuses them before the policy, which
+        # refuses them too.
+        assert not decision.allow
+        assert (result.code, result.reason) == (DENIED, "NOT_A_SERVICE"), result
+    elif allowed:
+        assert result.code == rpc.allowed, f"{decision}: {result}"
+    else:
+        assert (result.code, result.reason) == (DENIED, decision.reason), result
+
+    if rpc.missing is None:
+        return
+    nowhere = decided(policy, served_policy, policy_request(rpc, caller, exists=False))
+    result = await outcome(method(rpc.missing(world), metadata=caller.metadata))
+    if nowhere.allow:
+        assert result.code == NOT_FOUND, f"{nowhere}: {result}"
+    else:
+        # The same refusal as for a record that exists (for a record decided by its facts: the
+        # refusal of the least favourable ones); nothing tells whether the record exists.
+        assert (result.code, result.reason) == (DENIED, nowhere.reason), result
+        if not rpc.by_record:
+            assert nowhere == decision
+
+
+async def test_clinicians_see_appointments_of_their_department_and_of_their_own_slots(
+    world: World,
+) -> None:
+    request = pb.GetAppointmentRequest(name=world.appointment)
+    for label in RELATED_CALLERS:
+        reply = await world.scheduling.GetAppointment(request, metadata=CALLERS[label].metadata)
+        assert reply.name == world.appointment, label
+    for label in ("DOCTOR", "NURSE"):
+        result = await outcome(
+            world.scheduling.GetAppointment(request, metadata=CALLERS[label].metadata)
+        )
+        assert (result.code, result.reason) == (DENIED, "DEPARTMENT_MISMATCH"), label
