@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -25,13 +26,14 @@ from sqlalchemy.pool import NullPool
 from his.iam.config import IamConfig
 from his.iam.service import IamService
 from his.iam.spec import SPEC as IAM
+from his.iam.v1 import iam_service_pb2 as pb
 from his.iam.v1 import iam_service_pb2_grpc as pb_grpc
 from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.migrations import upgrade
 from his.runtime.server import RunningService, ServiceResources, ServiceSpec, start
 from tests.conftest import addresses, service_config
-from tests.iam.helpers import DEV_CREDENTIAL, LOCAL_ISSUER, SERVICE_KEY, Stub
+from tests.iam.helpers import DEV_CREDENTIAL, LOCAL_ISSUER, SERVICE_KEY, Stub, service_credential
 from tests.identity import Issuer, channel_as
 
 
@@ -120,6 +122,13 @@ async def iam_service(
     """The iam service on a free port, asking the session's patient and audit services."""
     config = service_config("iam", **addresses(patient_service, audit_service))
     running = await start(iam_spec(make_iam_config()), config, iam_url)
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        # As under `his up`, a service logs in first: the bootstrap administrator exists from here.
+        await pb_grpc.IamServiceStub(channel).IssueToken(
+            pb.IssueTokenRequest(
+                username="service:patient", credential=service_credential("patient")
+            )
+        )
     yield running
     await running.stop(grace_s=1)
 

@@ -117,8 +117,8 @@ class IamService(pb_grpc.IamServiceServicer):
                 keys, issuer=config.issuer, audience=config.audience, ttl_s=config.token_ttl_s
             )
             self._jwks = jwks_to_proto(self._issuer.jwks())
-        # The bootstrap administrator is made before the first token is issued: the first moment
-        # anyone could act as them. (No background task: it could outlive a quick stop.)
+        # The bootstrap administrator is made before the first token is issued (services log in
+        # as they start): no background task, which could outlive a quick stop.
         self._bootstrapped = not config.bootstrap_admin
         self._bootstrap_lock = asyncio.Lock()
 
@@ -420,6 +420,8 @@ class IamService(pb_grpc.IamServiceServicer):
         elif len(request.credential) > MAX_CREDENTIAL:
             v.add("credential", f"must be at most {MAX_CREDENTIAL} characters")
         v.raise_if_any()
+        # Services log in as they start, so this runs when a new installation first comes up.
+        await self._bootstrap()
         if request.username.startswith(_SERVICE_PREFIX):
             issued = self._service_token(
                 self._issuer, request.username[len(_SERVICE_PREFIX) :], request.credential
@@ -440,7 +442,6 @@ class IamService(pb_grpc.IamServiceServicer):
         return issuer.sign(f"services/{service}", username=service, roles=[SERVICE_ROLE])
 
     async def _staff_token(self, issuer: TokenIssuer, login: str, credential: str) -> IssuedToken:
-        await self._bootstrap()
         secret = self._config.dev_credential
         matches = _same_secret(credential, secret or "\0no development credential\0")
         async with self._db.read() as session:

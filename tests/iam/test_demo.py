@@ -1,0 +1,68 @@
+"""The demo data set: every role present, memberships in place, and loading twice creates
+nothing twice."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from his.iam import demo
+from his.iam.v1 import iam_service_pb2 as pb
+from his.runtime.config import ClientConfig
+from his.runtime.server import RunningService
+from his_client import HisClients
+from his_client.credentials import static_token
+from tests.iam.helpers import Stub, login, verify
+
+
+async def _counts(iam_db: AsyncEngine) -> tuple[int, int, int]:
+    async with iam_db.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT (SELECT count(*) FROM iam.departments), (SELECT count(*) FROM iam.staff), "
+                "(SELECT count(*) FROM iam.memberships)"
+            )
+        )
+        departments, staff, memberships = rows.one()
+    return int(departments), int(staff), int(memberships)
+
+
+async def test_demo_loads_once_with_every_role_and_its_departments(
+    iam: Stub, iam_service: RunningService, admin_token: str, iam_db: AsyncEngine
+) -> None:
+    config = ClientConfig(addresses={"iam": iam_service.address})
+    async with HisClients(config, token=static_token(admin_token)) as his:
+        summary = await demo.load(his)
+        after_first = await _counts(iam_db)
+        again = await demo.load(his)
+        directory = await demo.directory(his)
+
+    assert await _counts(iam_db) == after_first
+    assert summary.startswith("7 departments, 9 staff members")
+    assert again.startswith("7 departments, 9 staff members")
+    assert set(directory.departments) == {d.code for d in demo.DEPARTMENTS}
+    assert set(directory.staff) == {s.username for s in demo.STAFF}
+    roles: set[int] = set()
+    for person in demo.STAFF:
+        member = await iam.GetStaffMember(
+            pb.GetStaffMemberRequest(name=directory.staff[person.username])
+        )
+        roles.update(member.roles)
+    assert roles == set(pb.StaffRole.values()) - {
+        pb.STAFF_ROLE_UNSPECIFIED,
+        pb.STAFF_ROLE_ADMINISTRATOR,  # the bootstrap administrator, `demo.USER`
+    }
+    claims = verify(
+        (await login(iam, "dr.chen")).access_token, await iam.GetJwks(pb.GetJwksRequest())
+    )
+    assert claims["departments"] == [directory.departments[demo.CARDIOLOGY]]
+    nurse = verify(
+        (await login(iam, "nurse.li")).access_token, await iam.GetJwks(pb.GetJwksRequest())
+    )
+    assert sorted(nurse["departments"]) == sorted(
+        [directory.departments[demo.ORTHOPAEDIC_WARD], directory.departments[demo.GENERAL_MEDICINE]]
+    )
+    admin = verify(
+        (await login(iam, demo.USER)).access_token, await iam.GetJwks(pb.GetJwksRequest())
+    )
+    assert admin["roles"] == ["ADMINISTRATOR"]
