@@ -203,8 +203,8 @@ Start dates in:    {time_zone}
 Who is in it
 - Only patients with an active research consent (scope research, in force on the day of the
   export). Merged duplicate records are left out; inactive records are kept (state column).
-- Only the appointments of those patients ({summary.appointments_left_out} appointments of other
-  patients were left out).
+- Only the appointments of those patients; the other patients' appointments
+  ({summary.appointments_left_out}) were left out.
 
 What was removed (inside the services; no identifying value left them for this export)
 - Names, national identifiers, phone numbers, addresses, medical record numbers and record ids.
