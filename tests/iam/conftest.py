@@ -113,13 +113,14 @@ async def iam_url(postgres: EmbeddedPostgres) -> str:
 
 
 @pytest.fixture(scope="session")
-async def iam_service(
+async def iam_server(
     iam_url: str,
     make_iam_config: Callable[..., IamConfig],
     patient_service: RunningService,
     audit_service: RunningService,
 ) -> AsyncIterator[RunningService]:
-    """The iam service on a free port, asking the session's patient and audit services."""
+    """The iam under test (not the session's `iam_service`): its own database and keys, asking
+    the session's patient and audit services."""
     config = service_config("iam", **addresses(patient_service, audit_service))
     running = await start(iam_spec(make_iam_config()), config, iam_url)
     async with grpc.aio.insecure_channel(running.address) as channel:
@@ -148,7 +149,7 @@ def admin_token(issuer: Issuer) -> str:
 
 
 @pytest.fixture(scope="session")
-async def iam(iam_service: RunningService, admin_token: str) -> AsyncIterator[Stub]:
+async def iam(iam_server: RunningService, admin_token: str) -> AsyncIterator[Stub]:
     """The iam service as an administrator calls it (other callers pass their own metadata)."""
-    async with channel_as(iam_service.address, admin_token) as channel:
+    async with channel_as(iam_server.address, admin_token) as channel:
         yield pb_grpc.IamServiceStub(channel)

@@ -28,9 +28,9 @@ async def _counts(iam_db: AsyncEngine) -> tuple[int, int, int]:
 
 
 async def test_demo_loads_once_with_every_role_and_its_departments(
-    iam: Stub, iam_service: RunningService, admin_token: str, iam_db: AsyncEngine
+    iam: Stub, iam_server: RunningService, admin_token: str, iam_db: AsyncEngine
 ) -> None:
-    config = ClientConfig(addresses={"iam": iam_service.address})
+    config = ClientConfig(addresses={"iam": iam_server.address})
     async with HisClients(config, token=static_token(admin_token)) as his:
         summary = await demo.load(his)
         after_first = await _counts(iam_db)

@@ -192,16 +192,16 @@ async def test_refused_logins_all_look_the_same(iam: Stub) -> None:
         )
 
 
-async def test_login_needs_no_token(iam_service: RunningService) -> None:
-    async with grpc.aio.insecure_channel(iam_service.address) as channel:
+async def test_login_needs_no_token(iam_server: RunningService) -> None:
+    async with grpc.aio.insecure_channel(iam_server.address) as channel:
         stub: Stub = pb_grpc.IamServiceStub(channel)
         assert len((await _jwks(stub)).keys) == 2
         reply = await login(stub, "service:patient", service_credential("patient"))
     assert reply.access_token
 
 
-async def test_other_rpcs_need_a_token(iam_service: RunningService) -> None:
-    async with grpc.aio.insecure_channel(iam_service.address) as channel:
+async def test_other_rpcs_need_a_token(iam_server: RunningService) -> None:
+    async with grpc.aio.insecure_channel(iam_server.address) as channel:
         stub: Stub = pb_grpc.IamServiceStub(channel)
         failure = await fails(stub.ListDepartments(pb.ListDepartmentsRequest()))
     assert failure.code == grpc.StatusCode.UNAUTHENTICATED
