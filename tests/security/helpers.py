@@ -22,7 +22,7 @@ from his.runtime.policy import Decision, PolicyEngine, Request
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.identity import ISSUER, metadata
 from tests.patient.helpers import grant_request
-from tests.scheduling.helpers import make_patient
+from tests.scheduling.helpers import active_patient, future_slots, make_patient, make_schedule
 from tests.support import RpcFailure, failure_of
 
 if TYPE_CHECKING:
@@ -278,3 +278,24 @@ def names(messages: Iterable[Message]) -> list[str]:
 def utc(stamp: Any) -> dt.datetime:
     """An aware datetime of a protobuf Timestamp."""
     return stamp.ToDatetime(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+async def booked_in(patients: Patients, scheduling: Scheduling, department: str) -> tuple[str, str]:
+    """A new patient booked (by the session's registrar) into a new slot of `department`.
+
+    Returns the patient's and the appointment's resource names.
+    """
+    made = await future_slots(scheduling, schedule=make_schedule(department_name=department))
+    patient = await active_patient(patients)
+    booked = await scheduling.BookAppointment(
+        pb.BookAppointmentRequest(patient=patient, slot=made.slot.name)
+    )
+    return patient, str(booked.name)
+
+
+def department() -> str:
+    """A department name no other test uses."""
+    return missing("departments")
