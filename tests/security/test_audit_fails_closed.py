@@ -1,0 +1,282 @@
+"""Audit fails closed: without the audit service no patient data leaves and no change is kept.
+
+The test runs its own audit server (on a fixed port, over a database of its own, so it can be
+stopped, restarted and tampered with) and its own patient server auditing through it; the patient
+server shares the session's database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+from sqlalchemy import insert, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from his.audit.spec import SPEC as AUDIT
+from his.audit.tables import events as events_table
+from his.audit.v1 import audit_service_pb2 as audit_pb
+from his.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from his.patient.spec import SPEC as PATIENT
+from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.patient.v1 import patient_service_pb2_grpc as patient_grpc
+from his.runtime.config import ServiceConfig
+from his.runtime.database import async_url
+from his.runtime.embedded_pg import EmbeddedPostgres
+from his.runtime.migrations import upgrade
+from his.runtime.server import RunningService, start
+from tests.conftest import service_config
+from tests.identity import REGISTRAR, channel_as
+from tests.patient.helpers import make_patient, unique_phone
+from tests.security.helpers import AUDITOR, Audit, Outcome, Patients, outcome
+from tests.support import free_port
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_DATABASE = "his_security_audit"
+
+
+async def _audit_database(postgres: EmbeddedPostgres) -> str:
+    """A new database in the session's PostgreSQL with only the audit schema, migrated."""
+    engine = create_async_engine(
+        async_url(postgres.url), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{_DATABASE}" WITH (FORCE)'))
+            await connection.execute(text(f'CREATE DATABASE "{_DATABASE}"'))
+    finally:
+        await engine.dispose()
+    url = make_url(postgres.url).set(database=_DATABASE).render_as_string(hide_password=False)
+    await asyncio.to_thread(upgrade, "audit", url)
+    return url
+
+
+@dataclass
+class Servers:
+    """This module's audit server (stoppable) and the patient server that audits through it."""
+
+    audit_url: str
+    audit_config: ServiceConfig
+    audit: RunningService | None
+    patient: RunningService
+    audit_db: AsyncEngine
+    session_db: AsyncEngine
+
+    async def stop_audit(self) -> None:
+        """An audit outage (no grace: a crash, not a rollout)."""
+        assert self.audit is not None
+        await self.audit.stop(grace_s=0)
+        self.audit = None
+
+    async def start_audit(self) -> None:
+        """The audit service back on the same port."""
+        if self.audit is None:
+            self.audit = await start(AUDIT, self.audit_config, self.audit_url)
+
+    async def patients_named(self, family_name: str) -> int:
+        """Rows of the patient table with this family name, counted behind the service's back."""
+        async with self.session_db.connect() as connection:
+            query = text("SELECT count(*) FROM patient.patients WHERE family_name = :f")
+            return int((await connection.execute(query, {"f": family_name})).scalar_one())
+
+
+@pytest.fixture(scope="module")
+async def servers(postgres: EmbeddedPostgres, database_url: str) -> AsyncIterator[Servers]:
+    """An audit server on a fixed free port and a patient server auditing through it."""
+    audit_url = await _audit_database(postgres)
+    port = free_port()
+    audit_config = service_config("audit", HIS_PORT=str(port))
+    audit = await start(AUDIT, audit_config, audit_url)
+    config = service_config("patient", HIS_AUDIT_ADDR=f"localhost:{port}")
+    # A short breaker reset, so the test sees recovery within a second of the audit's return.
+    clients = dataclasses.replace(config.clients, breaker_reset_s=0.5)
+    patient = await start(PATIENT, dataclasses.replace(config, clients=clients), database_url)
+    running = Servers(
+        audit_url,
+        audit_config,
+        audit,
+        patient,
+        create_async_engine(async_url(audit_url), poolclass=NullPool),
+        create_async_engine(async_url(database_url), poolclass=NullPool),
+    )
+    try:
+        yield running
+    finally:
+        await running.patient.stop(grace_s=0)
+        if running.audit is not None:
+            await running.audit.stop(grace_s=0)
+        await running.audit_db.dispose()
+        await running.session_db.dispose()
+
+
+@pytest.fixture(scope="module")
+async def own_patients(servers: Servers) -> AsyncIterator[Patients]:
+    """This module's patient server as the session's registrar calls it."""
+    async with channel_as(servers.patient.address, REGISTRAR) as channel:
+        yield patient_grpc.PatientServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+async def own_auditor(servers: Servers) -> AsyncIterator[Audit]:
+    """This module's audit server as an auditor calls it (it reconnects after a restart)."""
+    address = f"localhost:{servers.audit_config.server.port}"
+    async with channel_as(address, AUDITOR) as channel:
+        yield audit_grpc.AuditServiceStub(channel)
+
+
+def _audit_unavailable(result: Outcome) -> None:
+    assert (result.code, result.reason) == (UNAVAILABLE, "AUDIT_UNAVAILABLE"), result
+    assert result.reply is None
+
+
+async def _until_served(call: Any, timeout_s: float = 15.0) -> Any:
+    """Retry a call until it succeeds (the patient server's breaker closes again), bounded."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        result = await outcome(call())
+        if result.failure is None:
+            return result.reply
+        assert result.code == UNAVAILABLE, result
+        assert time.monotonic() < give_up, f"not served again within {timeout_s} s: {result}"
+        await asyncio.sleep(0.2)
+
+
+async def test_no_patient_data_and_no_change_without_the_audit_trail_and_recovery_after(
+    servers: Servers, own_patients: Patients, own_auditor: Audit
+) -> None:
+    registered = await own_patients.CreatePatient(
+        patient_pb.CreatePatientRequest(patient=make_patient())
+    )
+    get = patient_pb.GetPatientRequest(name=registered.name)
+    assert (await own_patients.GetPatient(get)).family_name == registered.family_name
+    newcomer = make_patient()
+    update = patient_pb.UpdatePatientRequest(
+        patient=patient_pb.Patient(name=registered.name, phone=unique_phone()),
+        update_mask=FieldMask(paths=["phone"]),
+    )
+
+    await servers.stop_audit()
+    try:
+        read = await outcome(own_patients.GetPatient(get))
+        _audit_unavailable(read)
+        assert read.failure is not None
+        assert registered.family_name not in read.failure.message
+        _audit_unavailable(
+            await outcome(
+                own_patients.ListPatients(
+                    patient_pb.ListPatientsRequest(name_prefix=registered.family_name)
+                )
+            )
+        )
+        # Writes are audited inside their transaction: the outage rolls them back.
+        _audit_unavailable(
+            await outcome(
+                own_patients.CreatePatient(patient_pb.CreatePatientRequest(patient=newcomer))
+            )
+        )
+        assert await servers.patients_named(newcomer.family_name) == 0
+        _audit_unavailable(await outcome(own_patients.UpdatePatient(update)))
+    finally:
+        await servers.start_audit()
+
+    again = await _until_served(lambda: own_patients.GetPatient(get))
+    assert again.phone == registered.phone, "the update made during the outage was kept"
+    await own_patients.CreatePatient(patient_pb.CreatePatientRequest(patient=newcomer))
+    assert await servers.patients_named(newcomer.family_name) == 1
+    # Only what was served is in the trail, and the chain is whole.
+    trail = (
+        await own_auditor.ListAuditEvents(audit_pb.ListAuditEventsRequest(patient=registered.name))
+    ).audit_events
+    assert [e.action for e in trail] == [
+        audit_pb.AUDIT_EVENT_ACTION_CREATE,
+        audit_pb.AUDIT_EVENT_ACTION_READ,
+        audit_pb.AUDIT_EVENT_ACTION_READ,
+    ]
+    assert (await own_auditor.VerifyChain(audit_pb.VerifyChainRequest())).intact
+
+
+@dataclass
+class _Row:
+    values: dict[str, Any]
+
+
+async def _row(engine: AsyncEngine, sequence_number: int) -> _Row:
+    async with engine.connect() as connection:
+        query = text("SELECT * FROM audit.events WHERE sequence_number = :n")
+        row = (await connection.execute(query, {"n": sequence_number})).one()
+    return _Row(dict(row._mapping))
+
+
+async def _behind_the_service(engine: AsyncEngine, sql: str, **params: Any) -> None:
+    """A change as a database superuser could make it, round the append-only triggers."""
+    async with engine.connect() as connection, connection.begin():
+        await connection.execute(text("SET LOCAL session_replication_role = replica"))
+        await connection.execute(text(sql), params)
+
+
+async def _put_back(engine: AsyncEngine, row: _Row) -> None:
+    async with engine.connect() as connection, connection.begin():
+        await connection.execute(text("SET LOCAL session_replication_role = replica"))
+        await connection.execute(
+            text("DELETE FROM audit.events WHERE sequence_number = :n"),
+            {"n": row.values["sequence_number"]},
+        )
+        await connection.execute(insert(events_table).values(**row.values))
+
+
+async def test_verify_chain_names_an_altered_and_a_missing_event_of_real_patient_reads(
+    servers: Servers, own_patients: Patients, own_auditor: Audit
+) -> None:
+    await servers.start_audit()
+    registered = await _until_served(
+        lambda: own_patients.CreatePatient(patient_pb.CreatePatientRequest(patient=make_patient()))
+    )
+    for _ in range(3):
+        await own_patients.GetPatient(patient_pb.GetPatientRequest(name=registered.name))
+    trail = (
+        await own_auditor.ListAuditEvents(audit_pb.ListAuditEventsRequest(patient=registered.name))
+    ).audit_events
+    assert len(trail) == 4
+    assert (await own_auditor.VerifyChain(audit_pb.VerifyChainRequest())).intact
+    altered, deleted = trail[3].sequence_number, trail[1].sequence_number
+    altered_row, deleted_row = (
+        await _row(servers.audit_db, altered),
+        await _row(servers.audit_db, deleted),
+    )
+
+    await _behind_the_service(
+        servers.audit_db,
+        "UPDATE audit.events SET agent_staff = :s WHERE sequence_number = :n",
+        s="staff/00000000-0000-0000-0000-000000000000",
+        n=altered,
+    )
+    try:
+        reply = await own_auditor.VerifyChain(audit_pb.VerifyChainRequest())
+        assert not reply.intact
+        assert (reply.first_break.sequence_number, reply.first_break.reason) == (
+            altered,
+            audit_pb.CHAIN_BREAK_REASON_ALTERED,
+        )
+
+        await _behind_the_service(
+            servers.audit_db, "DELETE FROM audit.events WHERE sequence_number = :n", n=deleted
+        )
+        reply = await own_auditor.VerifyChain(audit_pb.VerifyChainRequest())
+        assert not reply.intact
+        assert (reply.first_break.sequence_number, reply.first_break.reason) == (
+            deleted,
+            audit_pb.CHAIN_BREAK_REASON_MISSING,
+        )
+    finally:
+        await _put_back(servers.audit_db, altered_row)
+        await _put_back(servers.audit_db, deleted_row)
+    assert (await own_auditor.VerifyChain(audit_pb.VerifyChainRequest())).intact
