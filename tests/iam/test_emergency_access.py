@@ -512,11 +512,6 @@ async def test_an_administrator_revokes_anyones_grant(
     assert revoked.revoked is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the contract lets AUDITOR revoke; services/his/policies/roles.rego gives AUDITOR "
-    "only read on iam.emergency_access",
-)
 async def test_an_auditor_revokes_anyones_grant(
     iam: Stub, issuer: Issuer, doctor: Clinician, patient: patient_pb.Patient
 ) -> None:

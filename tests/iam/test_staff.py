@@ -327,11 +327,21 @@ async def test_page_token_of_another_filter_is_refused(iam: Stub) -> None:
     assert fields == ["page_token"]
 
 
-async def test_doctors_do_not_list_staff(iam: Stub, issuer: Issuer) -> None:
+async def test_doctors_look_up_colleagues_but_cannot_add_staff(iam: Stub, issuer: Issuer) -> None:
+    doctor = as_(issuer.staff("DOCTOR"))
+    listed = await iam.ListStaffMembers(pb.ListStaffMembersRequest(), metadata=doctor)
     failure = await fails(
-        iam.ListStaffMembers(pb.ListStaffMembersRequest(), metadata=as_(issuer.staff("DOCTOR")))
+        iam.CreateStaffMember(
+            pb.CreateStaffMemberRequest(
+                staff_member=pb.StaffMember(
+                    username="not.by.doctor", display_name="X", roles=[R.STAFF_ROLE_NURSE]
+                )
+            ),
+            metadata=doctor,
+        )
     )
 
+    assert listed.staff_members  # the staff directory is not patient data
     assert failure.code == grpc.StatusCode.PERMISSION_DENIED
 
 

@@ -53,10 +53,10 @@ GRID: dict[str, tuple[str, ...]] = {
     "scheduling.schedule":     ("-", "*",    "r",     "r",     "-",     "-",   "-", "-", "rcu"),
     "scheduling.slot":         ("-", "*",    "r",     "r",     "-",     "-",   "-", "-", "rcu"),
     "scheduling.appointment":  ("-", "*",    "~r",    "~ru",   "-",     "-",   "r", "N", "N"),
-    "iam.department":          ("r", "-",    "-",     "-",     "-",     "-",   "-", "-", "*"),
-    "iam.staff":               ("r", "-",    "-",     "-",     "-",     "-",   "-", "-", "*"),
-    "iam.membership":          ("r", "-",    "-",     "-",     "-",     "-",   "-", "-", "*"),
-    "iam.emergency_access":    ("r", "-",    "c @ru", "c @ru", "-",     "-",   "-", "r", "rudmxe"),
+    "iam.department":          ("r", "r",    "r",     "r",     "r",     "r",   "r", "r", "*"),
+    "iam.staff":               ("r", "r",    "r",     "r",     "r",     "r",   "r", "r", "*"),
+    "iam.membership":          ("r", "r",    "r",     "r",     "r",     "r",   "r", "r", "*"),
+    "iam.emergency_access":    ("r", "-",    "c @ru", "c @ru", "-",     "-",   "-", "ru", "rudmxe"),
     "audit.event":             ("c", "-",    "-",     "-",     "-",     "-",   "-", "r", "-"),
     "research.export":         ("-", "-",    "-",     "-",     "-",     "-",   "-", "-", "e"),
     "emr.encounter":           ("N", "N",    "~rcu",  "~r",    "-",     "-",   "-", "N", "N"),
@@ -68,9 +68,9 @@ GRID: dict[str, tuple[str, ...]] = {
     "lab.result":              ("N", "N",    "~r",    "~r",    "-",     "rcu", "-", "N", "N"),
     "pharmacy.stock":          ("N", "N",    "~r",    "~r",    "*",     "-",   "-", "N", "N"),
     "pharmacy.dispense":       ("N", "N",    "~r",    "~r",    "*",     "-",   "-", "N", "N"),
-    "billing.charge":          ("N", "N",    "~r",    "~r",    "-",     "-",   "*", "N", "N"),
-    "billing.invoice":         ("N", "N",    "~r",    "~r",    "-",     "-",   "*", "N", "N"),
-    "billing.payment":         ("N", "N",    "~r",    "~r",    "-",     "-",   "*", "N", "N"),
+    "billing.charge":          ("N", "N",    "-",     "-",     "-",     "-",   "*", "N", "N"),
+    "billing.invoice":         ("N", "N",    "-",     "-",     "-",     "-",   "*", "N", "N"),
+    "billing.payment":         ("N", "N",    "-",     "-",     "-",     "-",   "*", "N", "N"),
 }
 # fmt: on
 

@@ -33,6 +33,9 @@ billing_classes := {"billing.charge", "billing.invoice", "billing.payment"}
 
 clinical_classes := (((emr_classes | orders_classes) | lab_classes) | pharmacy_classes) | billing_classes
 
+# What clinicians read about the patients in their care: the clinical record without billing.
+care_classes := clinical_classes - billing_classes
+
 resource_classes := (((patient_classes | scheduling_classes) | iam_classes) | clinical_classes) | {
 	"audit.event",
 	"research.export",

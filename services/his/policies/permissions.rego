@@ -28,6 +28,9 @@ permissions := {
 		"scheduling.schedule": actions,
 		"scheduling.slot": actions,
 		"scheduling.appointment": actions,
+		"iam.department": {"read"},
+		"iam.staff": {"read"},
+		"iam.membership": {"read"},
 	},
 	# Clinicians, the parts that do not depend on the patient (the rest is care_permissions).
 	# Creating a break-the-glass grant is always allowed (it is audited as EMERGENCY); reading
@@ -37,6 +40,9 @@ permissions := {
 		"patient.consent": {"read", "create", "update"},
 		"scheduling.schedule": {"read"},
 		"scheduling.slot": {"read"},
+		"iam.department": {"read"},
+		"iam.staff": {"read"},
+		"iam.membership": {"read"},
 		"iam.emergency_access": {"create"},
 	},
 	"NURSE": {
@@ -44,6 +50,9 @@ permissions := {
 		"patient.consent": {"read", "create", "update"},
 		"scheduling.schedule": {"read"},
 		"scheduling.slot": {"read"},
+		"iam.department": {"read"},
+		"iam.staff": {"read"},
+		"iam.membership": {"read"},
 		"iam.emergency_access": {"create"},
 	},
 	# Pharmacy: reads and dispenses prescriptions, runs the pharmacy. Updating a prescription
@@ -53,12 +62,18 @@ permissions := {
 		"orders.medication_order": {"read", "dispense"},
 		"pharmacy.stock": actions,
 		"pharmacy.dispense": actions,
+		"iam.department": {"read"},
+		"iam.staff": {"read"},
+		"iam.membership": {"read"},
 	},
 	"LAB_TECHNICIAN": {
 		"patient.demographics": {"read"},
 		"orders.lab_order": {"read"},
 		"lab.specimen": {"read", "create", "update"},
 		"lab.result": {"read", "create", "update"},
+		"iam.department": {"read"},
+		"iam.staff": {"read"},
+		"iam.membership": {"read"},
 	},
 	# Billing sees appointments in every department (to bill them), not their clinical content.
 	"BILLING_CLERK": {
@@ -67,11 +82,18 @@ permissions := {
 		"billing.charge": actions,
 		"billing.invoice": actions,
 		"billing.payment": actions,
+		"iam.department": {"read"},
+		"iam.staff": {"read"},
+		"iam.membership": {"read"},
 	},
-	# Auditors read the trail and the break-the-glass grants it refers to; no patient data.
+	# Auditors read the trail and the break-the-glass grants it refers to, and may end a grant
+	# that looks abused (RevokeEmergencyAccessGrant); no patient data.
 	"AUDITOR": {
 		"audit.event": {"read"},
-		"iam.emergency_access": {"read"},
+		"iam.emergency_access": {"read", "update"},
+		"iam.department": {"read"},
+		"iam.staff": {"read"},
+		"iam.membership": {"read"},
 	},
 	# Administrators run staff, departments and schedules and start research exports; no
 	# patient data. They read and revoke (update) break-the-glass grants but never create one:
@@ -88,11 +110,11 @@ permissions := {
 }
 
 # What clinicians may do to a patient's records once the care checks of clinical.rego pass.
-# Both read every clinical class (ADR 0002 counts billing and pharmacy among them) and
+# Both read every clinical class except billing (what was charged is not care) and
 # appointments; doctors write the record and the orders; nurses write notes and check patients
 # in (update appointments). Nobody deletes a clinical record.
 care_permissions := {
-	"DOCTOR": object.union({class: {"read"} | some class in clinical_classes}, {
+	"DOCTOR": object.union({class: {"read"} | some class in care_classes}, {
 		"scheduling.appointment": {"read"},
 		"emr.encounter": {"read", "create", "update"},
 		"emr.note": {"read", "create", "update"},
@@ -100,7 +122,7 @@ care_permissions := {
 		"orders.lab_order": {"read", "create", "update"},
 		"orders.medication_order": {"read", "create", "update"},
 	}),
-	"NURSE": object.union({class: {"read"} | some class in clinical_classes}, {
+	"NURSE": object.union({class: {"read"} | some class in care_classes}, {
 		"scheduling.appointment": {"read", "update"},
 		"emr.note": {"read", "create"},
 	}),
