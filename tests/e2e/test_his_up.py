@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -13,13 +14,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 
 from his.common.v1 import types_pb2
+from his.patient import demo as patient_demo
 from his.patient.v1 import patient_service_pb2 as pb
 from his.runtime.catalog import implemented
 from his_client import PatientClient
+from tests.support import fails
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +106,30 @@ def _new_patient(national_id: str) -> pb.Patient:
     )
 
 
+def _token(data_dir: Path, username: str) -> str:
+    """What a newcomer does: `his token --user <username>` against the running hospital."""
+    done = subprocess.run(
+        [sys.executable, "-m", "his.cli", "token", "--user", username],
+        env=dict(os.environ, HIS_DATA_DIR=str(data_dir)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _demo_identifiers() -> list[str]:
+    """Every name, national id, phone and city of the demo patients (none may be logged)."""
+    return [
+        value
+        for family, given, _, _, national_id, phone, city in patient_demo.PEOPLE
+        for value in (family, given, national_id, phone, city)
+        if value
+    ]
+
+
 async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) -> None:
     up = HisUp(data_dir, "--demo")
     try:
@@ -109,7 +137,8 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
         printed = "".join(up.output)
         for entry in implemented():
             assert f"localhost:{entry.port}" in printed
-        async with PatientClient() as client:
+        token = _token(data_dir, "reg.amina")
+        async with PatientClient(token) as client:
             demo = await client.search(name_prefix="wang")
             assert [p.family_name for p in demo] == ["Wang"]
             created = await client.create(_new_patient("E2E-1"), request_id="e2e-1")
@@ -117,11 +146,22 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
                 national_id=types_pb2.Identifier(system="urn:test", value="E2E-1")
             )
             assert [p.name for p in found] == [created.name]
+        async with PatientClient(_token(data_dir, "audit.khan")) as auditor:
+            refused = await fails(auditor.get(created.name))
+        assert refused.code == grpc.StatusCode.PERMISSION_DENIED
+        async with PatientClient("not-a-token") as stranger:
+            unknown = await fails(stranger.get(created.name))
+        assert unknown.code == grpc.StatusCode.UNAUTHENTICATED
         processes = [*up.descendants(), psutil.Process(_postgres_pid(data_dir))]
     finally:
         code = up.interrupt()
     assert code == 0, "".join(up.output)
     assert "stopped." in "".join(up.output)
+    # Every line every service logged while the demo loaded and was used: no patient data.
+    logged = "".join(up.output)
+    # Whole words, case as written: "Li" the family name, not the "Li" of "ListPatients".
+    leaked = [v for v in _demo_identifiers() if re.search(rf"\b{re.escape(v)}\b", logged)]
+    assert leaked == []
     _, alive = psutil.wait_procs(processes, timeout=10)
     assert alive == [], f"left behind: {alive}"
 
@@ -129,7 +169,7 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
     again = HisUp(data_dir)
     try:
         again.wait_for(READY)
-        async with PatientClient() as client:
+        async with PatientClient(_token(data_dir, "reg.amina")) as client:
             assert (await client.get(created.name)).national_id.value == "E2E-1"
     finally:
         assert again.interrupt() == 0

@@ -9,17 +9,19 @@ from types import TracebackType
 from his.patient.v1 import patient_service_pb2 as pb
 from his.runtime.config import ClientConfig
 from his_client.clients import HisClients
+from his_client.credentials import static_token
 
 
 class PatientClient:
-    """`async with PatientClient() as c:` then `c.create`, `c.get`, `c.search`; `c.stub` has
-    every rpc, with the SDK's deadlines, safe retries and breaker."""
+    """`async with PatientClient(token) as c:` then `c.create`, `c.get`, `c.search`; `c.stub` has
+    every rpc, with the SDK's deadlines, safe retries and breaker. `token` is the caller's bearer
+    token (`his token --user reg.amina` prints one locally)."""
 
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, token: str, address: str | None = None) -> None:
         config = ClientConfig.from_env(os.environ)
         if address is not None:
             config = dataclasses.replace(config, addresses={**config.addresses, "patient": address})
-        self._clients = HisClients(config)
+        self._clients = HisClients(config, token=static_token(token))
         self.stub = self._clients.patient
 
     async def __aenter__(self) -> PatientClient:

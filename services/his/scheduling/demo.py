@@ -1,14 +1,13 @@
-"""Demo departments, practitioners and a week of slots for `his up --demo`, through the public API.
+"""Demo schedules and a week of slots for `his up --demo`, through the public API.
 
-Departments and practitioners are fixed ids (the identity service that will own them comes in a
-later issue). Every call carries a request id derived from what it makes, so loading twice — the
-same day or a later one — creates nothing twice.
+The clinics are iam's demo departments and doctors (looked up by department code and username,
+so iam's demo loads first). Every call carries a request id derived from what it makes, so
+loading twice — the same day or a later one — creates nothing twice.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -16,6 +15,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from his.common.v1 import types_pb2
+from his.iam import demo as iam_demo
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his_client import HisClients
@@ -23,21 +23,15 @@ from his_client import HisClients
 # Loaded as this demo staff member (a registrar registers patients and books).
 USER = "reg.amina"
 
-_NAMESPACE = uuid.UUID("6f1c1d3e-55a8-4b43-9d54-2f6a4d1e7c10")
 TIME_ZONE = "Asia/Shanghai"
 SERVICE_TYPES = "http://terminology.hl7.org/CodeSystem/service-type"
 
 
-def demo_id(label: str) -> uuid.UUID:
-    """A stable id for a demo department or practitioner."""
-    return uuid.uuid5(_NAMESPACE, label)
-
-
-CARDIOLOGY = f"departments/{demo_id('department:cardiology')}"
-GENERAL_MEDICINE = f"departments/{demo_id('department:general-medicine')}"
-PEDIATRICS = f"departments/{demo_id('department:pediatrics')}"
-DR_ZHOU = f"staff/{demo_id('staff:zhou-min')}"  # cardiologist
-DR_SUN = f"staff/{demo_id('staff:sun-hui')}"  # paediatrician
+CARDIOLOGY = iam_demo.CARDIOLOGY  # department codes, resolved to names at load time
+GENERAL_MEDICINE = iam_demo.GENERAL_MEDICINE
+PEDIATRICS = iam_demo.PEDIATRICS
+DR_CHEN = "dr.chen"  # cardiologist (username)
+DR_SUN = "dr.sun"  # paediatrician
 
 WEEKDAYS: tuple[int, ...] = (
     pb.DAY_OF_WEEK_MONDAY,
@@ -53,6 +47,7 @@ class Clinic:
     """One demo schedule and the shape of its daily slots."""
 
     key: str
+    # Department code and practitioner username in iam's demo data ("" = any practitioner).
     department: str
     practitioner: str
     service_code: str
@@ -66,7 +61,7 @@ class Clinic:
 
 CLINICS = (
     Clinic(
-        "cardiology-zhou", CARDIOLOGY, DR_ZHOU, "17", "Cardiology", WEEKDAYS, (8, 0), (12, 0), 15, 1
+        "cardiology-chen", CARDIOLOGY, DR_CHEN, "17", "Cardiology", WEEKDAYS, (8, 0), (12, 0), 15, 1
     ),
     Clinic(
         "general-medicine",
@@ -106,12 +101,13 @@ async def load(his: HisClients) -> str:
     horizon.start_time.FromDatetime(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     created = 0
     first_slots: list[str] = []
+    names = await iam_demo.directory(his)
     for clinic in CLINICS:
         schedule = await his.scheduling.CreateSchedule(
             pb.CreateScheduleRequest(
                 schedule=pb.Schedule(
-                    department=clinic.department,
-                    practitioner=clinic.practitioner,
+                    department=names.departments[clinic.department],
+                    practitioner=names.staff[clinic.practitioner] if clinic.practitioner else "",
                     service_type=types_pb2.Coding(
                         system=SERVICE_TYPES,
                         code=clinic.service_code,
@@ -139,7 +135,7 @@ async def load(his: HisClients) -> str:
                 )
             )
             created += len(reply.slots)
-            if clinic.key == "cardiology-zhou" and reply.slots and len(first_slots) < 2:
+            if clinic.key == "cardiology-chen" and reply.slots and len(first_slots) < 2:
                 first_slots.extend(slot.name for slot in reply.slots[: 2 - len(first_slots)])
     booked = await _book_demo_patients(his, first_slots, today)
     return f"3 clinic schedules, {created} slots over the next 7 days, {booked} bookings"
