@@ -1,0 +1,52 @@
+"""Lists tell a caller nothing about the records it may not see, not even that they exist."""
+
+from __future__ import annotations
+
+import pytest
+
+from his.scheduling.v1 import scheduling_service_pb2 as pb
+from tests.scheduling.helpers import active_patient, future_slots
+from tests.security.helpers import CALLERS, Patients, Scheduling, outcome
+
+# Callers the policy lets see none of the appointments below (the last two hear NO_CLINICAL_ACCESS
+# and ROLE_NOT_PERMITTED for each; the doctor is of another department).
+BLIND = ("PHARMACIST", "AUDITOR", "SERVICE", "DOCTOR")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="ListAppointments pages before it filters: a page whose appointments were all "
+    "left out still carries next_page_token, so a caller who may see none of them learns "
+    "that (and, page by page, how many) appointments a patient has "
+    "(services/his/scheduling/service.py ListAppointments)",
+)
+async def test_a_caller_who_may_see_none_of_a_patients_appointments_cannot_count_them(
+    patients: Patients, scheduling: Scheduling
+) -> None:
+    busy = await active_patient(patients)
+    for slot in (await future_slots(scheduling, count=3)).slots:
+        await scheduling.BookAppointment(pb.BookAppointmentRequest(patient=busy, slot=slot.name))
+    idle = await active_patient(patients)
+
+    answers = {}
+    for label in BLIND:
+        for patient in (busy, idle):
+            result = await outcome(
+                scheduling.ListAppointments(
+                    pb.ListAppointmentsRequest(patient=patient, page_size=1),
+                    metadata=CALLERS[label].metadata,
+                )
+            )
+            reply = result.reply
+            answers[label, patient] = (
+                result.code,
+                result.reason,
+                len(reply.appointments) if reply else 0,
+                bool(reply.next_page_token) if reply else False,
+            )
+
+    # The same answer for a patient with three appointments as for one with none.
+    assert {label: answers[label, busy] for label in BLIND} == {
+        label: answers[label, idle] for label in BLIND
+    }
