@@ -34,10 +34,14 @@ from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.migrations import upgrade
 from his.runtime.server import RunningService, start
-from tests.conftest import service_config
+from his.scheduling.spec import SPEC as SCHEDULING
+from his.scheduling.v1 import scheduling_service_pb2 as pb
+from his.scheduling.v1 import scheduling_service_pb2_grpc as scheduling_grpc
+from tests.conftest import addresses, service_config
 from tests.identity import REGISTRAR, channel_as
 from tests.patient.helpers import make_patient, unique_phone
-from tests.security.helpers import AUDITOR, Audit, Outcome, Patients, outcome
+from tests.scheduling.helpers import active_patient, future_slots
+from tests.security.helpers import AUDITOR, Audit, Outcome, Patients, Scheduling, outcome
 from tests.support import free_port
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -68,6 +72,7 @@ class Servers:
     audit_config: ServiceConfig
     audit: RunningService | None
     patient: RunningService
+    scheduling: RunningService
     audit_db: AsyncEngine
     session_db: AsyncEngine
 
@@ -90,8 +95,14 @@ class Servers:
 
 
 @pytest.fixture(scope="module")
-async def servers(postgres: EmbeddedPostgres, database_url: str) -> AsyncIterator[Servers]:
-    """An audit server on a fixed free port and a patient server auditing through it."""
+async def servers(
+    postgres: EmbeddedPostgres,
+    database_url: str,
+    patient_service: RunningService,
+    iam_service: RunningService,
+) -> AsyncIterator[Servers]:
+    """An audit server on a fixed free port, and patient and scheduling servers auditing through
+    it (scheduling asks the session's patient and iam services)."""
     audit_url = await _audit_database(postgres)
     port = free_port()
     audit_config = service_config("audit", HIS_PORT=str(port))
@@ -100,17 +111,26 @@ async def servers(postgres: EmbeddedPostgres, database_url: str) -> AsyncIterato
     # A short breaker reset, so the test sees recovery within a second of the audit's return.
     clients = dataclasses.replace(config.clients, breaker_reset_s=0.5)
     patient = await start(PATIENT, dataclasses.replace(config, clients=clients), database_url)
+    config = service_config(
+        "scheduling",
+        HIS_AUDIT_ADDR=f"localhost:{port}",
+        **addresses(patient_service, iam_service),
+    )
+    clients = dataclasses.replace(config.clients, breaker_reset_s=0.5)
+    scheduling = await start(SCHEDULING, dataclasses.replace(config, clients=clients), database_url)
     running = Servers(
         audit_url,
         audit_config,
         audit,
         patient,
+        scheduling,
         create_async_engine(async_url(audit_url), poolclass=NullPool),
         create_async_engine(async_url(database_url), poolclass=NullPool),
     )
     try:
         yield running
     finally:
+        await running.scheduling.stop(grace_s=0)
         await running.patient.stop(grace_s=0)
         if running.audit is not None:
             await running.audit.stop(grace_s=0)
@@ -123,6 +143,13 @@ async def own_patients(servers: Servers) -> AsyncIterator[Patients]:
     """This module's patient server as the session's registrar calls it."""
     async with channel_as(servers.patient.address, REGISTRAR) as channel:
         yield patient_grpc.PatientServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+async def own_scheduling(servers: Servers) -> AsyncIterator[Scheduling]:
+    """This module's scheduling server as the session's registrar calls it."""
+    async with channel_as(servers.scheduling.address, REGISTRAR) as channel:
+        yield scheduling_grpc.SchedulingServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -204,16 +231,43 @@ async def test_no_patient_data_and_no_change_without_the_audit_trail_and_recover
     assert (await own_auditor.VerifyChain(audit_pb.VerifyChainRequest())).intact
 
 
-@dataclass
-class _Row:
-    values: dict[str, Any]
+async def test_no_appointment_is_read_or_booked_without_the_audit_trail(
+    servers: Servers, own_scheduling: Scheduling, patients: Patients, own_auditor: Audit
+) -> None:
+    slots = (await future_slots(own_scheduling, count=2)).slots
+    patient = await active_patient(patients)
+    booked = await own_scheduling.BookAppointment(
+        pb.BookAppointmentRequest(patient=patient, slot=slots[0].name)
+    )
+    get = pb.GetAppointmentRequest(name=booked.name)
+    book = pb.BookAppointmentRequest(patient=patient, slot=slots[1].name)
+
+    await servers.stop_audit()
+    try:
+        _audit_unavailable(await outcome(own_scheduling.GetAppointment(get)))
+        _audit_unavailable(
+            await outcome(
+                own_scheduling.ListAppointments(pb.ListAppointmentsRequest(patient=patient))
+            )
+        )
+        _audit_unavailable(await outcome(own_scheduling.BookAppointment(book)))
+        # Slots hold no patient data: read without the trail, and the place was given back.
+        slot = await own_scheduling.GetSlot(pb.GetSlotRequest(name=slots[1].name))
+        assert slot.booked_count == 0
+    finally:
+        await servers.start_audit()
+
+    assert (await _until_served(lambda: own_scheduling.GetAppointment(get))) == booked
+    assert (await own_scheduling.BookAppointment(book)).slot == slots[1].name
+    assert (await own_auditor.VerifyChain(audit_pb.VerifyChainRequest())).intact
 
 
-async def _row(engine: AsyncEngine, sequence_number: int) -> _Row:
+async def _row(engine: AsyncEngine, sequence_number: int) -> dict[str, Any]:
+    """Every column of one stored event, to put it back after tampering."""
     async with engine.connect() as connection:
         query = text("SELECT * FROM audit.events WHERE sequence_number = :n")
         row = (await connection.execute(query, {"n": sequence_number})).one()
-    return _Row(dict(row._mapping))
+    return dict(row._mapping)
 
 
 async def _behind_the_service(engine: AsyncEngine, sql: str, **params: Any) -> None:
@@ -223,14 +277,15 @@ async def _behind_the_service(engine: AsyncEngine, sql: str, **params: Any) -> N
         await connection.execute(text(sql), params)
 
 
-async def _put_back(engine: AsyncEngine, row: _Row) -> None:
+async def _put_back(engine: AsyncEngine, row: dict[str, Any]) -> None:
+    """The event exactly as it was stored."""
     async with engine.connect() as connection, connection.begin():
         await connection.execute(text("SET LOCAL session_replication_role = replica"))
         await connection.execute(
             text("DELETE FROM audit.events WHERE sequence_number = :n"),
-            {"n": row.values["sequence_number"]},
+            {"n": row["sequence_number"]},
         )
-        await connection.execute(insert(events_table).values(**row.values))
+        await connection.execute(insert(events_table).values(**row))
 
 
 async def test_verify_chain_names_an_altered_and_a_missing_event_of_real_patient_reads(
