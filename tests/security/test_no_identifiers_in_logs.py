@@ -139,7 +139,7 @@ def _access_lines(lines: Sequence[str], method: str) -> int:
     return count
 
 
-async def test_the_capture_finds_an_identifier_logged_at_debug_or_in_a_message() -> None:
+def test_the_capture_finds_an_identifier_logged_at_debug_or_in_a_message() -> None:
     family, given, _, _, national, phone, _ = demo.PEOPLE[0]
     handlers, level = list(logging.getLogger().handlers), logging.getLogger().level
     with captured_logs() as lines:
@@ -161,7 +161,7 @@ async def test_loading_searching_reading_refusing_and_booking_the_demo_patients_
     patient_service: RunningService, patients: Patients, scheduling: Scheduling
 ) -> None:
     config = service_config("patient", **addresses(patient_service)).clients
-    auditor = metadata(ISSUER.staff("AUDITOR"))
+    as_auditor = metadata(ISSUER.staff("AUDITOR"))
     slots = (await future_slots(scheduling, count=4, capacity=2)).slots
 
     with captured_logs() as lines:
@@ -202,7 +202,9 @@ async def test_loading_searching_reading_refusing_and_booking_the_demo_patients_
             assert bad.code == grpc.StatusCode.INVALID_ARGUMENT, bad
             # An auditor may not search patients: refused, with the search in the request.
             denied = await outcome(
-                patients.ListPatients(patient_pb.ListPatientsRequest(phone=phone), metadata=auditor)
+                patients.ListPatients(
+                    patient_pb.ListPatientsRequest(phone=phone), metadata=as_auditor
+                )
             )
             assert denied.code == grpc.StatusCode.PERMISSION_DENIED, denied
         unknown = await patients.ListPatients(
