@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 
 import grpc
-import pytest
 
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.scheduling.v1 import scheduling_service_pb2 as pb
@@ -76,14 +75,6 @@ async def test_a_clinician_of_another_department_hears_of_the_department_not_the
     assert (refused.code, refused.reason) == (DENIED, "DEPARTMENT_MISMATCH"), refused
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="scheduling's _privacy_consent counts a privacy consent with status ACTIVE as in force "
-    "whatever its period, so a consent that expired (or has not begun) outweighs a revoked one; "
-    "ConsentStatus ACTIVE means 'in force within its period' (patient_service.proto) and "
-    "ListResearchPatients does check the period",
-)
 async def test_a_privacy_consent_outside_its_period_does_not_outweigh_a_revocation(
     patients: Patients, scheduling: Scheduling
 ) -> None:

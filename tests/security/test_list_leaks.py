@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.scheduling.helpers import active_patient, future_slots
 from tests.security.helpers import CALLERS, Patients, Scheduling, outcome
@@ -13,14 +11,6 @@ from tests.security.helpers import CALLERS, Patients, Scheduling, outcome
 BLIND = ("PHARMACIST", "AUDITOR", "SERVICE", "DOCTOR")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="ListAppointments pages before it filters: a page whose appointments were all "
-    "left out still carries next_page_token, so a caller who may see none of them learns "
-    "that (and, page by page, how many) appointments a patient has "
-    "(services/his/scheduling/service.py ListAppointments)",
-)
 async def test_a_caller_who_may_see_none_of_a_patients_appointments_cannot_count_them(
     patients: Patients, scheduling: Scheduling
 ) -> None:

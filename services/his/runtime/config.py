@@ -215,9 +215,7 @@ class AuthConfig:
         """Read HIS_SECURITY, HIS_AUTH_* and HIS_SERVICE_* settings."""
         enabled = _choice(env, "HIS_SECURITY", "on", ("on", "off")) == "on"
         if not enabled and env.get("HIS_MESH") == "istio":
-            raise ConfigError(
-                "HIS_SECURITY=off is for benchmarks; refused with HIS_MESH=istio"
-            )
+            raise ConfigError("HIS_SECURITY=off is for benchmarks; refused with HIS_MESH=istio")
         jwks_file = env.get("HIS_AUTH_JWKS_FILE")
         token_file = env.get("HIS_SERVICE_TOKEN_FILE")
         return cls(

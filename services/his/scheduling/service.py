@@ -44,6 +44,8 @@ from his.scheduling.validation import MAX_REASON, day_window, plan_slots, refere
 from his_client import HisClients, UpstreamError
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# ListAppointments reads at most this many rows the caller may not see before ending a page.
+SCAN_LIMIT = 1000
 _APPOINTMENT = pb.Appointment.DESCRIPTOR.full_name
 
 
@@ -59,8 +61,23 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
 
     # --- access ------------------------------------------------------------------------------
 
-    def _facts(self, patient: str, department_id: uuid.UUID, practitioner_id: Any) -> Facts:
-        """What the policy needs about an appointment (or a booking into a slot)."""
+    def _facts(
+        self,
+        patient: str,
+        department_id: uuid.UUID,
+        practitioner_id: Any,
+        consents: dict[str, str] | None = None,
+    ) -> Facts:
+        """What the policy needs about an appointment (or a booking into a slot); `consents`
+        remembers consent states across the records of one list."""
+
+        async def consent() -> str:
+            if consents is None:
+                return await self._privacy_consent(patient)
+            if patient not in consents:
+                consents[patient] = await self._privacy_consent(patient)
+            return consents[patient]
+
         caller = identity.current_or_none()
         return Facts(
             patient=patient,
@@ -68,19 +85,25 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             under_care=bool(
                 caller and practitioner_id and caller.subject == f"staff/{practitioner_id}"
             ),
-            consent=lambda: self._privacy_consent(patient),
+            consent=consent,
         )
 
-    def _appointment_facts(self, row: Any) -> Facts:
-        return self._facts(f"patients/{row.patient_id}", row.department_id, row.practitioner_id)
+    def _appointment_facts(self, row: Any, consents: dict[str, str] | None = None) -> Facts:
+        return self._facts(
+            f"patients/{row.patient_id}", row.department_id, row.practitioner_id, consents
+        )
 
     async def _privacy_consent(self, patient: str) -> str:
-        """The patient's privacy consent: active, revoked (none left in force) or none given."""
+        """The patient's privacy consent: active (one in force now), revoked (given once, none in
+        force now) or none (never given)."""
         reply = await self._clients.patient.ListConsents(
             patient_pb.ListConsentsRequest(parent=patient, page_size=500)
         )
         privacy = [c for c in reply.consents if c.scope == patient_pb.CONSENT_SCOPE_PATIENT_PRIVACY]
-        if any(c.status == patient_pb.CONSENT_STATUS_ACTIVE for c in privacy):
+        now = dt.datetime.now(dt.UTC)
+        if any(
+            c.status == patient_pb.CONSENT_STATUS_ACTIVE and _in_period(c, now) for c in privacy
+        ):
             return "active"
         return "revoked" if privacy else "none"
 
@@ -390,22 +413,43 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         )
         v.raise_if_any()
         after = self._time_cursor(request.page_token, where.fingerprint())
-        async with self._db.read() as session:
-            rows = await store.list_appointments(session, where, after=after, limit=limit + 1)
-        # Appointments the caller may not see are left out of the page (the page may be short).
-        visible = await self._access.filter(
-            "read", "scheduling.appointment", rows[:limit], self._appointment_facts
-        )
+        # Appointments the caller may not see are left out. Read on until one visible appointment
+        # beyond the page turns up (or the rows run out), so neither a short page nor a page
+        # token hints at appointments the caller may not see; past SCAN_LIMIT hidden rows the page
+        # ends early with a token to go on from there.
+        consents: dict[str, str] = {}
+        visible: list[tuple[Any, Permit]] = []
+        scanned = 0
+        resume_after: Any = None
+        while True:
+            async with self._db.read() as session:
+                rows = await store.list_appointments(session, where, after=after, limit=limit + 1)
+            visible += await self._access.filter(
+                "read",
+                "scheduling.appointment",
+                rows,
+                lambda row: self._appointment_facts(row, consents),
+            )
+            scanned += len(rows)
+            if len(visible) > limit or len(rows) <= limit:
+                break
+            if scanned >= SCAN_LIMIT:
+                resume_after = rows[-1]
+                break
+            after = (rows[-1].start_time, rows[-1].id)
+        page = visible[:limit]
         await self._access.record_each(
             "read",
-            [(p, f"patients/{r.patient_id}", f"appointments/{r.id}") for r, p in visible],
+            [(p, f"patients/{r.patient_id}", f"appointments/{r.id}") for r, p in page],
             _APPOINTMENT,
         )
         response = pb.ListAppointmentsResponse(
-            appointments=[appointment_to_proto(r) for r, _ in visible]
+            appointments=[appointment_to_proto(r) for r, _ in page]
         )
-        if len(rows) > limit:
-            response.next_page_token = self._next_token(rows[limit - 1], where.fingerprint())
+        if len(visible) > limit:
+            response.next_page_token = self._next_token(page[-1][0], where.fingerprint())
+        elif resume_after is not None:
+            response.next_page_token = self._next_token(resume_after, where.fingerprint())
         return response
 
     async def CancelAppointment(
@@ -471,6 +515,14 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         return self._pages.encode(
             {"t": last.start_time.isoformat(), "i": str(last.id)}, query=query
         )
+
+
+def _in_period(consent: patient_pb.Consent, now: dt.datetime) -> bool:
+    """Whether a consent's period covers `now` (an unset end means until revoked)."""
+    period = consent.period
+    if period.HasField("start_time") and period.start_time.ToDatetime(dt.UTC) > now:
+        return False
+    return not (period.HasField("end_time") and period.end_time.ToDatetime(dt.UTC) <= now)
 
 
 def _booking_conflict(error: IntegrityError) -> FailedPrecondition | IntegrityError:
