@@ -1,7 +1,9 @@
-"""Small helpers the tests share: free ports, waiting for a health status, reading rich errors."""
+"""Small helpers the tests share: free ports, waiting for a health status, reading rich errors,
+fresh databases."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -10,8 +12,32 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
+from his.runtime.database import async_url
 from his.runtime.health import wait_for_status
+from his.runtime.migrations import upgrade
+
+
+async def fresh_database(server_url: str, name: str, *schemas: str) -> str:
+    """A new, empty database `name` on the server at `server_url`, with the named services'
+    schemas migrated (for tests that tamper with rows or need a state of their own)."""
+    engine = create_async_engine(
+        async_url(server_url), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await engine.dispose()
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    for schema in schemas:
+        await asyncio.to_thread(upgrade, schema, url)
+    return url
 
 
 def free_port() -> int:

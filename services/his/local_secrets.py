@@ -6,12 +6,13 @@ Locally, `his up` hands them to every service it starts, and `his token` logs in
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from his.runtime.secret_files import json_once
 
 FILE = "local.json"
 
@@ -36,17 +37,11 @@ def local_secrets(data_dir: Path, env: Mapping[str, str] | None = None) -> Local
     source = os.environ if env is None else env
     if source.get("HIS_IAM_DEV_CREDENTIAL") and source.get("HIS_SERVICE_CREDENTIAL_KEY"):
         return LocalSecrets(source["HIS_IAM_DEV_CREDENTIAL"], source["HIS_SERVICE_CREDENTIAL_KEY"])
-    path = data_dir / "secrets" / FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        made = {
+    stored = json_once(
+        data_dir / "secrets" / FILE,
+        lambda: {
             "dev_credential": secrets.token_urlsafe(12),
             "service_credential_key": secrets.token_urlsafe(32),
-        }
-        # Written under a temporary name and renamed, so a reader never sees half a file.
-        temporary = path.with_name(f".{FILE}.{os.getpid()}")
-        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            json.dump(made, f)
-        os.replace(temporary, path)
-    stored = json.loads(path.read_text(encoding="utf-8"))
+        },
+    )
     return LocalSecrets(str(stored["dev_credential"]), str(stored["service_credential_key"]))

@@ -7,13 +7,10 @@ them back afterwards), none of which may disturb or be disturbed by other servic
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -21,11 +18,11 @@ from his.audit.spec import SPEC as AUDIT
 from his.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.migrations import upgrade
 from his.runtime.server import RunningService, start
 from tests.audit.helpers import Stub
 from tests.conftest import service_config
 from tests.identity import Issuer, channel_as
+from tests.support import fresh_database
 
 _DATABASE = "his_audit_tests"
 
@@ -33,18 +30,7 @@ _DATABASE = "his_audit_tests"
 @pytest.fixture(scope="session")
 async def audit_url(postgres: EmbeddedPostgres) -> str:
     """A fresh database holding only the audit schema, migrated."""
-    engine = create_async_engine(
-        async_url(postgres.url), poolclass=NullPool, isolation_level="AUTOCOMMIT"
-    )
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{_DATABASE}"'))
-            await connection.execute(text(f'CREATE DATABASE "{_DATABASE}"'))
-    finally:
-        await engine.dispose()
-    url = make_url(postgres.url).set(database=_DATABASE).render_as_string(hide_password=False)
-    await asyncio.to_thread(upgrade, "audit", url)
-    return url
+    return await fresh_database(postgres.url, _DATABASE, "audit")
 
 
 @pytest.fixture(scope="session")

@@ -137,6 +137,12 @@ class ScriptedPatientService(pb_grpc.PatientServiceServicer):
         await self._play("ListConsents", request, context)
         return pb.ListConsentsResponse()
 
+    async def ListResearchPatients(
+        self, request: pb.ListResearchPatientsRequest, context: Context
+    ) -> pb.ListResearchPatientsResponse:
+        await self._play("ListResearchPatients", request, context)
+        return pb.ListResearchPatientsResponse()
+
 
 @dataclass
 class Upstream:

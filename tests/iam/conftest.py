@@ -9,7 +9,6 @@ session's audit service, both real servers.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,8 +17,6 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -30,8 +27,8 @@ from his.iam.v1 import iam_service_pb2 as pb
 from his.iam.v1 import iam_service_pb2_grpc as pb_grpc
 from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.migrations import upgrade
 from his.runtime.server import RunningService, ServiceResources, ServiceSpec, start
+from tests import support
 from tests.conftest import addresses, service_config
 from tests.iam.helpers import DEV_CREDENTIAL, LOCAL_ISSUER, SERVICE_KEY, Stub, service_credential
 from tests.identity import Issuer, channel_as
@@ -39,18 +36,7 @@ from tests.identity import Issuer, channel_as
 
 async def fresh_database(postgres: EmbeddedPostgres, name: str) -> str:
     """A new database `name` in the session's PostgreSQL with the iam schema migrated."""
-    engine = create_async_engine(
-        async_url(postgres.url), poolclass=NullPool, isolation_level="AUTOCOMMIT"
-    )
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        await engine.dispose()
-    url = make_url(postgres.url).set(database=name).render_as_string(hide_password=False)
-    await asyncio.to_thread(upgrade, "iam", url)
-    return url
+    return await support.fresh_database(postgres.url, name, "iam")
 
 
 def write_key(path: Path) -> Path:

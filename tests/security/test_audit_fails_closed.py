@@ -18,7 +18,6 @@ import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import insert, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -32,7 +31,6 @@ from his.patient.v1 import patient_service_pb2_grpc as patient_grpc
 from his.runtime.config import ServiceConfig
 from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.migrations import upgrade
 from his.runtime.server import RunningService, start
 from his.scheduling.spec import SPEC as SCHEDULING
 from his.scheduling.v1 import scheduling_service_pb2 as pb
@@ -42,7 +40,7 @@ from tests.identity import REGISTRAR, channel_as
 from tests.patient.helpers import make_patient, unique_phone
 from tests.scheduling.helpers import active_patient, future_slots
 from tests.security.helpers import AUDITOR, Audit, Outcome, Patients, Scheduling, outcome
-from tests.support import free_port
+from tests.support import free_port, fresh_database
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _DATABASE = "his_security_audit"
@@ -50,18 +48,7 @@ _DATABASE = "his_security_audit"
 
 async def _audit_database(postgres: EmbeddedPostgres) -> str:
     """A new database in the session's PostgreSQL with only the audit schema, migrated."""
-    engine = create_async_engine(
-        async_url(postgres.url), poolclass=NullPool, isolation_level="AUTOCOMMIT"
-    )
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{_DATABASE}" WITH (FORCE)'))
-            await connection.execute(text(f'CREATE DATABASE "{_DATABASE}"'))
-    finally:
-        await engine.dispose()
-    url = make_url(postgres.url).set(database=_DATABASE).render_as_string(hide_password=False)
-    await asyncio.to_thread(upgrade, "audit", url)
-    return url
+    return await fresh_database(postgres.url, _DATABASE, "audit")
 
 
 @dataclass

@@ -50,9 +50,9 @@ from his.runtime.catalog import BY_NAME
 from his.runtime.database import Database
 from his.runtime.errors import (
     FailedPrecondition,
-    HisError,
     PermissionDenied,
     Unauthenticated,
+    Unimplemented,
 )
 from his.runtime.idempotency import check_replay, fingerprint
 from his.runtime.identity import SERVICE_ROLE, Principal
@@ -77,13 +77,6 @@ _GRANT_TYPE = "his.iam.v1.EmergencyAccessGrant"
 _CLINICIANS = frozenset({"DOCTOR", "NURSE"})
 # The token type of every issued token (RFC 6750), not a secret.
 _BEARER = "Bearer"
-
-
-class Unimplemented(HisError):
-    """The rpc is switched off in this deployment."""
-
-    code = grpc.StatusCode.UNIMPLEMENTED
-    default_reason = "UNIMPLEMENTED"
 
 
 def _refused() -> Unauthenticated:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -21,6 +20,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from his.runtime.secret_files import write_once
 
 ALGORITHM = "RS256"
 _MIN_KEY_BITS = 2048
@@ -143,29 +144,15 @@ def load_private_key(path: Path) -> rsa.RSAPrivateKey:
 
 def development_key(path: Path) -> rsa.RSAPrivateKey:
     """The local development signing key at `path`, generated (mode 0600) on first use."""
-    if path.exists():
-        return load_private_key(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=_MIN_KEY_BITS)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    # Write to a private temporary file and link it into place: a concurrent start-up either
-    # wins (its key is used by both) or finds the file already there.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(pem)
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return load_private_key(path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return key
+    if not path.exists():
+        key = rsa.generate_private_key(public_exponent=65537, key_size=_MIN_KEY_BITS)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        write_once(path, pem)  # a concurrent start-up may win: everyone loads the file
+    return load_private_key(path)
 
 
 def signing_keys(paths: Sequence[Path], generated: Path) -> list[rsa.RSAPrivateKey]:

@@ -128,6 +128,13 @@ class Unauthenticated(HisError):
     default_reason = "UNAUTHENTICATED"
 
 
+class Unimplemented(HisError):
+    """The rpc is switched off in this deployment (iam's local identity provider in production)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
+
+
 class Unavailable(HisError):
     """A dependency (database, another service) cannot be reached; safe to retry later."""
 

@@ -24,12 +24,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
-import json
 import logging
-import os
 import re
 import secrets
 import struct
@@ -67,6 +64,7 @@ from sqlalchemy.pool import NullPool
 
 from his.runtime.config import ConfigError
 from his.runtime.database import async_url
+from his.runtime.secret_files import json_once
 
 log = logging.getLogger(__name__)
 
@@ -184,24 +182,13 @@ def new_key_text() -> str:
 
 def load_dev_keys(path: Path) -> tuple[tuple[tuple[str, bytes], ...], bytes]:
     """Development keys from `path`, created (0600) on first use; safe for racing processes."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        document = {
+    document = json_once(
+        path,
+        lambda: {
             "master_keys": f"dev-{secrets.token_hex(4)}:{new_key_text()}",
             "index_key": new_key_text(),
-        }
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(document, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)  # atomic; the first process to get here wins
-        finally:
-            temporary.unlink(missing_ok=True)
-    document = json.loads(path.read_text())
+        },
+    )
     master = parse_master_keys(str(document["master_keys"]), str(path))
     return master, _decode_key(str(document["index_key"]), f"{path} index_key")
 

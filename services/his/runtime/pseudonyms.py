@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import datetime as dt
 import hashlib
 import hmac
-import json
-import os
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -29,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from his.runtime.config import ConfigError
+from his.runtime.secret_files import json_once
 
 KEY_BYTES = 32
 PSEUDONYM_CHARS = 20
@@ -83,24 +81,13 @@ def load_dev_key(path: Path) -> bytes:
     The file is written under a temporary name and hard-linked into place, so a reader never sees
     half a file and two services starting together (patient and scheduling) end up with one key.
     """
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        document = {
+    document = json_once(
+        path,
+        lambda: {
             "pseudonym_key": base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode(),
             "create_time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(document, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)  # atomic; the first process to get here wins
-        finally:
-            temporary.unlink(missing_ok=True)
-    document = json.loads(path.read_text(encoding="utf-8"))
+        },
+    )
     return decode_key(str(document["pseudonym_key"]), f"{path} pseudonym_key")
 
 
