@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from his.scheduling import service as scheduling_service
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.scheduling.helpers import active_patient, future_slots
 from tests.security.helpers import CALLERS, Patients, Scheduling, outcome
@@ -40,3 +43,35 @@ async def test_a_caller_who_may_see_none_of_a_patients_appointments_cannot_count
     assert {label: answers[label, busy] for label in BLIND} == {
         label: answers[label, idle] for label in BLIND
     }
+
+
+async def test_a_list_through_many_hidden_appointments_ends_early_and_goes_on_from_there(
+    patients: Patients, scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past SCAN_LIMIT hidden rows a page ends early, with a token that continues the scan (the
+    bound keeps a list call's cost in check); following the tokens still finds nothing hidden."""
+    monkeypatch.setattr(scheduling_service, "SCAN_LIMIT", 2)
+    busy = await active_patient(patients)
+    for slot in (await future_slots(scheduling, count=5)).slots:
+        await scheduling.BookAppointment(pb.BookAppointmentRequest(patient=busy, slot=slot.name))
+    doctor = CALLERS["DOCTOR"].metadata  # of another department: sees none of them
+
+    pages, shown, token = 0, 0, ""
+    while True:
+        reply = await scheduling.ListAppointments(
+            pb.ListAppointmentsRequest(patient=busy, page_size=1, page_token=token),
+            metadata=doctor,
+        )
+        pages += 1
+        shown += len(reply.appointments)
+        token = reply.next_page_token
+        if not token:
+            break
+        assert pages < 10, "the tokens never end"
+
+    everything = await scheduling.ListAppointments(
+        pb.ListAppointmentsRequest(patient=busy, page_size=10)
+    )
+    assert shown == 0
+    assert pages > 1  # the bound was hit: the first page ended early with a token
+    assert len(everything.appointments) == 5  # the registrar sees them all
