@@ -20,6 +20,8 @@ from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
 from his.runtime.database import async_url
 from his.runtime.health import NOT_SERVING, SERVING
+from his.runtime.server import RunningService
+from tests.conftest import addresses
 from tests.identity import ISSUER, registrar_channel
 from tests.support import free_port, wait_for_health
 
@@ -47,11 +49,14 @@ async def _wait_until_blocked_on_lock(database_url: str, timeout_s: float = 20.0
         await engine.dispose()
 
 
-async def test_sigterm_drains_in_flight_calls_then_exits(database_url: str) -> None:
+async def test_sigterm_drains_in_flight_calls_then_exits(
+    database_url: str, audit_service: RunningService
+) -> None:
     port = free_port()
     env = dict(
         os.environ,
         **ISSUER.service_env("patient"),
+        **addresses(audit_service),
         HIS_DATABASE_URL=database_url,
         HIS_PORT=str(port),
         HIS_METRICS_PORT="-1",
