@@ -97,19 +97,18 @@ class GroupCommitWriter:
 
     async def _commit(self, group: list[_Call]) -> None:
         try:
-            async with self._db.transaction() as session:
-                head = await store.lock_head(session)
+            async with self._db.driver_transaction() as connection:
+                head = await store.lock_head_fast(connection)
                 record_time = dt.datetime.now(dt.UTC)
                 ids = {event.event_id for call in group for event in call.events}
                 known = {
-                    event_id: _known(row._mapping)
-                    for event_id, row in (await store.events_by_id(session, ids)).items()
+                    event_id: _known(row)
+                    for event_id, row in (await store.events_by_id_fast(connection, ids)).items()
                 }
                 rows: list[dict[str, Any]] = []
                 for call in group:
                     head = _plan(call, known, head, record_time, rows)
-                await store.append(session, rows)
-                await store.set_head(session, head)
+                await store.append_fast(connection, rows, head)
         except BaseException as error:
             for call in group:
                 if not call.future.done():
