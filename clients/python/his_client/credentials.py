@@ -41,15 +41,19 @@ def static_token(token: str) -> TokenSource:
     return source
 
 
-def token_file(path: Path) -> TokenSource:
-    """A token file the platform keeps fresh (a Kubernetes projected token); re-read on change."""
-    state: dict[str, Any] = {"mtime": None, "token": ""}
+def token_file(path: Path, *, recheck_s: float = 5.0) -> TokenSource:
+    """A token file the platform keeps fresh (a Kubernetes projected token): re-read when it
+    changed, looking at most every `recheck_s` (platforms renew long before expiry)."""
+    state: dict[str, Any] = {"mtime": None, "token": "", "checked": float("-inf")}
 
     async def source() -> str:
-        mtime = (await asyncio.to_thread(os.stat, path)).st_mtime_ns
-        if mtime != state["mtime"]:
-            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
-            state["mtime"], state["token"] = mtime, text.strip()
+        now = time.monotonic()
+        if now - state["checked"] >= recheck_s:
+            mtime = (await asyncio.to_thread(os.stat, path)).st_mtime_ns
+            if mtime != state["mtime"]:
+                text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+                state["mtime"], state["token"] = mtime, text.strip()
+            state["checked"] = now
         return str(state["token"])
 
     return source
