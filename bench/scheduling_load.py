@@ -40,23 +40,26 @@ async def _schedule(
             )
         )
     )
-    first = dt.date.today() + dt.timedelta(days=1)
-    last = first + dt.timedelta(days=days - 1)
-    reply = await stub.GenerateSlots(
-        pb.GenerateSlotsRequest(
-            parent=schedule.name,
-            start_date=types_pb2.Date(year=first.year, month=first.month, day=first.day),
-            end_date=types_pb2.Date(year=last.year, month=last.month, day=last.day),
-            days_of_week=[pb.DayOfWeek.Value(d) for d in pb.DayOfWeek.keys()[1:]],
-            daily_start_time=pb.TimeOfDay(hours=0),
-            daily_end_time=pb.TimeOfDay(hours=23, minutes=55),
-            slot_duration=Duration(seconds=300),
-            capacity=capacity,
-            time_zone="UTC",
-        ),
-        timeout=60,
-    )
-    return [slot.name for slot in reply.slots]
+    names: list[str] = []
+    # One day per request: a generation is capped at 2000 slots (a day here has 287).
+    for offset in range(1, days + 1):
+        day = dt.date.today() + dt.timedelta(days=offset)
+        reply = await stub.GenerateSlots(
+            pb.GenerateSlotsRequest(
+                parent=schedule.name,
+                start_date=types_pb2.Date(year=day.year, month=day.month, day=day.day),
+                end_date=types_pb2.Date(year=day.year, month=day.month, day=day.day),
+                days_of_week=[pb.DayOfWeek.Value(d) for d in pb.DayOfWeek.keys()[1:]],
+                daily_start_time=pb.TimeOfDay(hours=0),
+                daily_end_time=pb.TimeOfDay(hours=23, minutes=55),
+                slot_duration=Duration(seconds=300),
+                capacity=capacity,
+                time_zone="UTC",
+            ),
+            timeout=60,
+        )
+        names += [slot.name for slot in reply.slots]
+    return names
 
 
 async def _bench(hospital: Hospital, bookings: int, concurrency: int, rush: int) -> None:
