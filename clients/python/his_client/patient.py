@@ -1,4 +1,5 @@
-"""Conveniences over the patient stub, for scripts and the walk-through."""
+"""Conveniences over the patient stub: for scripts and the walk-through (`PatientClient`), and
+for services that must know a patient exists and is active before they act (`require_active`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import dataclasses
 import os
 from types import TracebackType
 
+import grpc
+
 from his.patient.v1 import patient_service_pb2 as pb
 from his.runtime.config import ClientConfig
+from his.runtime.errors import FailedPrecondition
 from his_client.clients import HisClients
 from his_client.credentials import static_token
+from his_client.errors import UpstreamError
 
 
 class PatientClient:
@@ -59,3 +64,28 @@ class PatientClient:
             if not page.next_page_token:
                 return found
             request.page_token = page.next_page_token
+
+
+async def require_active(clients: HisClients, name: str, *, when_merged: str) -> pb.Patient:
+    """The patient `name` if it exists and is active, else FAILED_PRECONDITION (PATIENT_NOT_FOUND,
+    PATIENT_MERGED with `when_merged` as the advice, PATIENT_INACTIVE); an outage of the patient
+    service surfaces as UNAVAILABLE naming it (runtime)."""
+    try:
+        patient = await clients.patient.GetPatient(pb.GetPatientRequest(name=name))
+    except UpstreamError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            raise FailedPrecondition(
+                "the patient does not exist",
+                reason="PATIENT_NOT_FOUND",
+                metadata={"patient": name},
+            ) from None
+        raise
+    if patient.state == pb.PATIENT_STATE_MERGED:
+        raise FailedPrecondition(
+            f"the patient record was merged; {when_merged}",
+            reason="PATIENT_MERGED",
+            metadata={"merged_into": patient.merged_into},
+        )
+    if patient.state != pb.PATIENT_STATE_ACTIVE:
+        raise FailedPrecondition("the patient is not active", reason="PATIENT_INACTIVE")
+    return patient

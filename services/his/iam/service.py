@@ -43,7 +43,6 @@ from his.iam.validation import (
     staff_fields,
     username,
 )
-from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime import identity
 from his.runtime.access import ALLOWED, Access, Permit
 from his.runtime.catalog import BY_NAME
@@ -65,7 +64,8 @@ from his.runtime.validation import (
     required_child_id,
     required_id,
 )
-from his_client import HisClients, UpstreamError
+from his_client import HisClients
+from his_client.patient import require_active
 
 log = logging.getLogger(__name__)
 
@@ -567,27 +567,9 @@ class IamService(pb_grpc.IamServiceServicer):
             )
 
     async def _require_active_patient(self, name: str) -> None:
-        """Ask the patient service; its outage surfaces as UNAVAILABLE naming it (runtime)."""
-        try:
-            patient = await self._clients.patient.GetPatient(
-                patient_pb.GetPatientRequest(name=name)
-            )
-        except UpstreamError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise FailedPrecondition(
-                    "the patient does not exist",
-                    reason="PATIENT_NOT_FOUND",
-                    metadata={"patient": name},
-                ) from None
-            raise
-        if patient.state == patient_pb.PATIENT_STATE_MERGED:
-            raise FailedPrecondition(
-                "the patient record was merged; ask for access to the surviving record",
-                reason="PATIENT_MERGED",
-                metadata={"merged_into": patient.merged_into},
-            )
-        if patient.state != patient_pb.PATIENT_STATE_ACTIVE:
-            raise FailedPrecondition("the patient is not active", reason="PATIENT_INACTIVE")
+        await require_active(
+            self._clients, name, when_merged="ask for access to the surviving record"
+        )
 
     async def ListEmergencyAccessGrants(
         self, request: pb.ListEmergencyAccessGrantsRequest, context: Context

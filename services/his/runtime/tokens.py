@@ -4,8 +4,8 @@ Keys come from a JWKS file, a JWKS URL (an external identity provider) or the lo
 A token naming an unknown key id makes the key set be fetched again (after a successful fetch, at
 most every `jwks_refresh_s`), which is how key rotation reaches every service without a restart.
 A failed fetch is not throttled: the next call tries again, so a service that started before its
-identity provider recovers as soon as the provider answers (calls meanwhile get UNAVAILABLE). Verified
-tokens are cached until they expire, so a busy caller costs one signature check per token.
+identity provider recovers as soon as the provider answers (calls meanwhile get UNAVAILABLE).
+Verified tokens are cached until they expire, so a busy caller costs one signature check per token.
 """
 
 from __future__ import annotations

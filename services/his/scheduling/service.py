@@ -41,7 +41,8 @@ from his.scheduling.research import ResearchAppointments
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
 from his.scheduling.validation import MAX_REASON, day_window, plan_slots, reference
-from his_client import HisClients, UpstreamError
+from his_client import HisClients
+from his_client.patient import require_active
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # ListAppointments reads at most this many rows the caller may not see before ending a page.
@@ -355,27 +356,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         return row
 
     async def _require_bookable_patient(self, name: str) -> None:
-        """Ask the patient service; its outage surfaces as UNAVAILABLE naming it (runtime)."""
-        try:
-            patient = await self._clients.patient.GetPatient(
-                patient_pb.GetPatientRequest(name=name)
-            )
-        except UpstreamError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise FailedPrecondition(
-                    "the patient does not exist",
-                    reason="PATIENT_NOT_FOUND",
-                    metadata={"patient": name},
-                ) from None
-            raise
-        if patient.state == patient_pb.PATIENT_STATE_MERGED:
-            raise FailedPrecondition(
-                "the patient record was merged; book the surviving record",
-                reason="PATIENT_MERGED",
-                metadata={"merged_into": patient.merged_into},
-            )
-        if patient.state != patient_pb.PATIENT_STATE_ACTIVE:
-            raise FailedPrecondition("the patient is not active", reason="PATIENT_INACTIVE")
+        await require_active(self._clients, name, when_merged="book the surviving record")
 
     async def GetAppointment(
         self, request: pb.GetAppointmentRequest, context: Context
