@@ -90,8 +90,15 @@ class Database:
         async with self.engine.connect() as connection:
             raw = await connection.get_raw_connection()
             driver = cast(asyncpg.Connection, raw.driver_connection)
-            async with driver.transaction():
-                yield driver
+            try:
+                async with driver.transaction():
+                    yield driver
+            except BaseException:
+                # SQLAlchemy never saw what happened on the driver: a connection the server
+                # dropped, or one left mid-transaction by a cancellation, must not go back to
+                # the pool (every later use would fail). Throw it away; the pool reconnects.
+                await connection.invalidate()
+                raise
 
     async def ping(self) -> bool:
         """True when the database answers `SELECT 1` within the health timeout."""
