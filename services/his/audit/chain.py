@@ -85,6 +85,10 @@ class ChainCheck:
         if not self.broken and self.expected <= end:
             self._break(self.expected, pb.CHAIN_BREAK_REASON_MISSING)
 
+    def missing(self, number: int) -> None:
+        """Report event `number` (one the range depends on, e.g. the one before it) as missing."""
+        self._break(number, pb.CHAIN_BREAK_REASON_MISSING)
+
     def _break(self, number: int, reason: int) -> None:
         self.break_at = number
         self.reason = reason

@@ -133,7 +133,9 @@ def _agent(v: Violations, event: pb.AuditEvent, field: str) -> None:
     if address:
         try:
             ipaddress.ip_address(address)
-            valid = len(address) <= MAX_NETWORK_ADDRESS
+            # No IPv6 zone ids ("fe80::1%eth0"): they name a local interface, not a device, and
+            # may carry characters PostgreSQL refuses (one bad event must not fail a group).
+            valid = len(address) <= MAX_NETWORK_ADDRESS and "%" not in address
         except ValueError:
             valid = False
         if not valid:
