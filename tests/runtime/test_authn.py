@@ -219,6 +219,23 @@ async def test_a_subject_that_is_neither_staff_nor_a_service_is_invalid(
     assert failure.reason == "INVALID_TOKEN"
 
 
+@pytest.mark.parametrize(
+    ("subject", "roles"),
+    [
+        ("staff/7", ("SERVICE",)),  # a person carrying a service's role
+        ("services/patient", ("DOCTOR",)),  # a service carrying a person's role
+        ("services/patient", ("SERVICE", "DOCTOR")),
+        ("services/patient", ()),
+    ],
+)
+async def test_roles_that_do_not_fit_the_subject_are_invalid(
+    patients: Stub, subject: str, roles: tuple[str, ...]
+) -> None:
+    failure = await _refused(patients, metadata(ISSUER.token(subject, roles)))
+
+    assert failure.reason == "INVALID_TOKEN"
+
+
 @pytest.mark.parametrize("claim", ["exp", "iat", "sub", "iss", "aud"])
 async def test_a_token_without_a_required_claim_is_invalid(patients: Stub, claim: str) -> None:
     claims = _claims()

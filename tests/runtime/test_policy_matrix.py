@@ -49,7 +49,7 @@ ROLES = (
 GRID: dict[str, tuple[str, ...]] = {
     #                           SRV  REG     DOC      NUR      PHA      LAB    BIL  AUD  ADM
     "patient.demographics":    ("r", "rcum", "r",     "r",     "r",     "r",   "r", "N", "N"),
-    "patient.consent":         ("r", "rcu",  "rcu",   "rcu",   "-",     "-",   "-", "N", "N"),
+    "patient.consent":         ("r", "rcu",  "r",     "r",     "-",     "-",   "-", "N", "N"),
     "scheduling.schedule":     ("-", "*",    "r",     "r",     "-",     "-",   "-", "-", "rcu"),
     "scheduling.slot":         ("-", "*",    "r",     "r",     "-",     "-",   "-", "-", "rcu"),
     "scheduling.appointment":  ("-", "*",    "~r",    "~ru",   "-",     "-",   "r", "N", "N"),

@@ -7,7 +7,14 @@ import pytest
 from his.scheduling import service as scheduling_service
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.scheduling.helpers import active_patient, future_slots
-from tests.security.helpers import CALLERS, Patients, Scheduling, outcome
+from tests.security.helpers import (
+    CALLERS,
+    Audit,
+    Patients,
+    Scheduling,
+    audit_events,
+    outcome,
+)
 
 # Callers the policy lets see none of the appointments below (the last two hear NO_CLINICAL_ACCESS
 # and ROLE_NOT_PERMITTED for each; the doctor is of another department).
@@ -75,3 +82,25 @@ async def test_a_list_through_many_hidden_appointments_ends_early_and_goes_on_fr
     assert shown == 0
     assert pages > 1  # the bound was hit: the first page ended early with a token
     assert len(everything.appointments) == 5  # the registrar sees them all
+
+
+async def test_a_list_leaves_hidden_appointments_out_quietly(
+    patients: Patients, scheduling: Scheduling, auditor: Audit
+) -> None:
+    """Rows a list passes over are not audited as refusals one by one (the caller asked for a
+    list, not for them; a trail of refusals would also tell how many there were)."""
+    busy = await active_patient(patients)
+    for slot in (await future_slots(scheduling, count=4)).slots:
+        await scheduling.BookAppointment(pb.BookAppointmentRequest(patient=busy, slot=slot.name))
+    before = await audit_events(auditor, patient=busy)
+
+    for label in BLIND:
+        reply = await scheduling.ListAppointments(
+            pb.ListAppointmentsRequest(patient=busy, page_size=2),
+            metadata=CALLERS[label].metadata,
+        )
+        assert list(reply.appointments) == []
+        assert reply.next_page_token == ""
+
+    after = await audit_events(auditor, patient=busy)
+    assert len(after) == len(before)

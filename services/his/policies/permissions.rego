@@ -33,11 +33,13 @@ permissions := {
 		"iam.membership": {"read"},
 	},
 	# Clinicians, the parts that do not depend on the patient (the rest is care_permissions).
+	# They read consents but never record or revoke one: the patient's decision is taken at the
+	# registration desk, so a clinician refused for CONSENT_REVOKED cannot lift it themselves.
 	# Creating a break-the-glass grant is always allowed (it is audited as EMERGENCY); reading
 	# or updating one needs `own` (own_permissions).
 	"DOCTOR": {
 		"patient.demographics": {"read"},
-		"patient.consent": {"read", "create", "update"},
+		"patient.consent": {"read"},
 		"scheduling.schedule": {"read"},
 		"scheduling.slot": {"read"},
 		"iam.department": {"read"},
@@ -47,7 +49,7 @@ permissions := {
 	},
 	"NURSE": {
 		"patient.demographics": {"read"},
-		"patient.consent": {"read", "create", "update"},
+		"patient.consent": {"read"},
 		"scheduling.schedule": {"read"},
 		"scheduling.slot": {"read"},
 		"iam.department": {"read"},

@@ -156,7 +156,19 @@ class Access:
         return permit, record
 
     async def permit(self, principal: Principal, ask: Request, facts: Facts) -> Permit:
-        """The decision for one record's facts, with consent and emergency grants looked up."""
+        """The decision for one record's facts, with consent and emergency grants looked up;
+        a refusal is audited and raised."""
+        permit, reason = await self._decide(principal, ask, facts, {})
+        if permit is None:
+            await self._refuse(principal, ask.action, ask.resource, reason, patient=facts.patient)
+            raise AssertionError("unreachable")  # _refuse always raises
+        return permit
+
+    async def _decide(
+        self, principal: Principal, ask: Request, facts: Facts, grants: dict[str, str]
+    ) -> tuple[Permit | None, str]:
+        """(permit, "ALLOWED") or (None, the refusal's reason), without auditing anything.
+        `grants` remembers break-the-glass lookups (patient → grant name or "") for one call."""
         request = replace(
             ask,
             department_match=bool(facts.department) and facts.department in principal.departments,
@@ -168,36 +180,60 @@ class Access:
         )
         decision = self.policy.decide(request)
         if decision.allow and not self.policy.decide(replace(request, consent="revoked")).allow:
-            # Consent matters for this answer: ask what it is.
-            state = await facts.consent() if facts.consent is not None else "none"
+            # Consent matters for this answer: ask what it is. No way to ask means no way to
+            # know: decide as if consent were revoked.
+            state = await facts.consent() if facts.consent is not None else "revoked"
             request = replace(request, consent=state)
             decision = self.policy.decide(request)
         if decision.allow:
-            return Permit(decision, patient=facts.patient)
+            return Permit(decision, patient=facts.patient), decision.reason
         emergency = self.policy.decide(replace(request, emergency=True))
         if emergency.allow and facts.patient and principal.is_staff:
-            grant = await self._emergency_grant(principal, facts.patient)
-            if grant:
-                return Permit(emergency, patient=facts.patient, emergency_grant=grant)
-        await self._refuse(
-            principal, ask.action, ask.resource, decision.reason, patient=facts.patient
+            if facts.patient not in grants:
+                grants[facts.patient] = await self._emergency_grant(principal, facts.patient)
+            if grants[facts.patient]:
+                grant = grants[facts.patient]
+                return Permit(emergency, patient=facts.patient, emergency_grant=grant), "ALLOWED"
+        return None, decision.reason
+
+    def could_ever(self, action: str, resource: str) -> bool:
+        """Whether the caller could do `action` on some record of the class (under the most
+        favourable facts): when not, a list can answer empty without reading a row."""
+        if not self.enabled:
+            return True
+        best = self._request(
+            identity.current(),
+            action,
+            resource,
+            department_match=True,
+            under_care=True,
+            consent="active",
+            emergency=True,
+            own=True,
         )
-        raise AssertionError("unreachable")
+        return self.policy.decide(best).allow
 
     async def filter(
         self, action: str, resource: str, records: Sequence[T], facts: Callable[[T], Facts]
     ) -> list[tuple[T, Permit]]:
-        """The records of a list the caller may see, each with its permit (others left out)."""
+        """The records of a list the caller may see, each with its permit (others left out).
+
+        Quietly: a record left out is not audited as a refusal (the caller asked for a list, not
+        for it), and a caller who could never see this class gets an empty list at once, so the
+        time a list takes does not tell how many hidden records it passed over.
+        """
         if not self.enabled:
             return [(record, Permit(ALLOWED)) for record in records]
+        if not self.could_ever(action, resource):
+            return []
         principal = identity.current()
         ask = self._request(principal, action, resource, consent="revoked")
+        grants: dict[str, str] = {}
         kept: list[tuple[T, Permit]] = []
         for record in records:
-            try:
-                kept.append((record, await self.permit(principal, ask, facts(record))))
-            except PermissionDenied:
-                continue
+            permit, _ = await self._decide(principal, ask, facts(record), grants)
+            if permit is not None:
+                kept.append((record, permit))
         return kept
 
     async def _emergency_grant(self, principal: Principal, patient: str) -> str:
@@ -206,11 +242,12 @@ class Access:
         now = time.time()
         if cached is not None and cached[1] > now:
             return cached[0]
-        reply = await self._clients.iam.ListEmergencyAccessGrants(
-            iam_pb.ListEmergencyAccessGrantsRequest(
-                staff=principal.subject, patient=patient, active_only=True, page_size=1
+        with identity.as_service():  # the service checks; the caller's token is not needed
+            reply = await self._clients.iam.ListEmergencyAccessGrants(
+                iam_pb.ListEmergencyAccessGrantsRequest(
+                    staff=principal.subject, patient=patient, active_only=True, page_size=1
+                )
             )
-        )
         if not reply.emergency_access_grants:
             self._grants.pop(key, None)
             return ""

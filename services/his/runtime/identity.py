@@ -7,7 +7,9 @@ carry the end user's token onward (his_client), so the next service sees the sam
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from his.runtime.errors import Unauthenticated
@@ -85,6 +87,18 @@ def current_or_none() -> Principal | None:
 _method: contextvars.ContextVar[str] = contextvars.ContextVar("his_method", default="")
 
 Entered = tuple[contextvars.Token[Principal | None], contextvars.Token[str]]
+
+
+@contextlib.contextmanager
+def as_service() -> Iterator[None]:
+    """Outbound calls inside this block speak as this service, not as the person being served:
+    for the service's own checks (a patient's consent state, a break-the-glass grant), which the
+    person may not be allowed to read and must not be able to influence."""
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 def current_method() -> str:

@@ -23,7 +23,7 @@ import jwt
 
 from his.runtime.config import AuthConfig
 from his.runtime.errors import Unauthenticated, Unavailable
-from his.runtime.identity import Principal
+from his.runtime.identity import SERVICE_ROLE, Principal
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,10 @@ def _principal(claims: Mapping[str, Any], token: str) -> Principal:
         raise _invalid("roles must be a list of names")
     if not isinstance(departments, list) or not all(isinstance(d, str) for d in departments):
         raise _invalid("departments must be a list of names")
+    # A service is exactly SERVICE, and a person never is: a token mixing them (a misissued or
+    # forged one) must not borrow the other kind's permissions.
+    if subject.startswith("services/") != (set(roles) == {SERVICE_ROLE}):
+        raise _invalid("roles do not fit the subject (services carry exactly SERVICE)")
     username = claims.get("preferred_username")
     return Principal(
         subject=subject,

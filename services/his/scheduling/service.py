@@ -97,10 +97,18 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
     async def _privacy_consent(self, patient: str) -> str:
         """The patient's privacy consent: active (one in force now), revoked (given once, none in
         force now) or none (never given)."""
-        reply = await self._clients.patient.ListConsents(
-            patient_pb.ListConsentsRequest(parent=patient, page_size=500)
-        )
-        privacy = [c for c in reply.consents if c.scope == patient_pb.CONSENT_SCOPE_PATIENT_PRIVACY]
+        consents: list[patient_pb.Consent] = []
+        request = patient_pb.ListConsentsRequest(parent=patient, page_size=500)
+        # As this service: the answer decides the caller's access, so it must not depend on what
+        # the caller may read. Every page: a privacy consent on page 2 counts too.
+        with identity.as_service():
+            while True:
+                reply = await self._clients.patient.ListConsents(request)
+                consents += reply.consents
+                if not reply.next_page_token:
+                    break
+                request.page_token = reply.next_page_token
+        privacy = [c for c in consents if c.scope == patient_pb.CONSENT_SCOPE_PATIENT_PRIVACY]
         now = dt.datetime.now(dt.UTC)
         if any(
             c.status == patient_pb.CONSENT_STATUS_ACTIVE and _in_period(c, now) for c in privacy
@@ -398,13 +406,16 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         # beyond the page turns up (or the rows run out), so neither a short page nor a page
         # token hints at appointments the caller may not see; past SCAN_LIMIT hidden rows the page
         # ends early with a token to go on from there.
+        if not self._access.could_ever("read", "scheduling.appointment"):
+            return pb.ListAppointmentsResponse()  # the same answer whatever exists
         consents: dict[str, str] = {}
         visible: list[tuple[Any, Permit]] = []
         scanned = 0
         resume_after: Any = None
+        batch = max(limit + 1, min(100, SCAN_LIMIT))
         while True:
             async with self._db.read() as session:
-                rows = await store.list_appointments(session, where, after=after, limit=limit + 1)
+                rows = await store.list_appointments(session, where, after=after, limit=batch)
             visible += await self._access.filter(
                 "read",
                 "scheduling.appointment",
@@ -412,7 +423,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
                 lambda row: self._appointment_facts(row, consents),
             )
             scanned += len(rows)
-            if len(visible) > limit or len(rows) <= limit:
+            if len(visible) > limit or len(rows) < batch:
                 break
             if scanned >= SCAN_LIMIT:
                 resume_after = rows[-1]
