@@ -521,3 +521,41 @@ async def test_a_cached_token_is_checked_again_once_it_has_expired(
     clock.offset += 10  # past exp + leeway on the verifier's clock: decoded again
     await verifier.verify(token)
     assert decodes[0] == 2
+
+
+async def test_a_key_withdrawn_from_the_key_set_stops_verifying_even_cached_tokens(
+    first: Issuer, second: Issuer, clock: Clock
+) -> None:
+    source = KeySource(first, second)
+    verifier = TokenVerifier(
+        AuthConfig(issuer=ISSUER_URL, audience=AUDIENCE, jwks_max_age_s=300), source
+    )
+    cached = first.staff("DOCTOR")
+    await verifier.verify(cached)
+    await verifier.verify(second.staff("DOCTOR"))
+    source.issuers.remove(first)  # the provider withdraws a (compromised) key
+
+    clock.offset += 301
+    with pytest.raises(Unauthenticated):
+        await verifier.verify(cached)
+    with pytest.raises(Unauthenticated):
+        await verifier.verify(first.staff("DOCTOR"))
+    await verifier.verify(second.staff("DOCTOR"))
+    assert source.fetches == 2
+
+
+async def test_a_stale_key_set_is_kept_when_the_provider_cannot_be_reached(
+    first: Issuer, clock: Clock
+) -> None:
+    source = KeySource(first)
+    verifier = TokenVerifier(
+        AuthConfig(issuer=ISSUER_URL, audience=AUDIENCE, jwks_max_age_s=300), source
+    )
+    token = first.staff("DOCTOR")
+    await verifier.verify(token)
+    source.error = OSError("identity provider down")
+    clock.offset += 301
+
+    principal = await verifier.verify(token)  # still verified with the keys it has
+
+    assert principal.roles == frozenset({"DOCTOR"})

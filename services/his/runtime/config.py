@@ -203,6 +203,9 @@ class AuthConfig:
     jwks_url: str | None = None
     # How often the key set may be fetched again when a token names an unknown key id.
     jwks_refresh_s: float = 30.0
+    # How old the key set may get before it is fetched again anyway (a withdrawn key stops
+    # verifying tokens within this time).
+    jwks_max_age_s: float = 300.0
     # Clock skew tolerated on `exp`/`iat`/`nbf`.
     leeway_s: float = 30.0
     # This service's own token: a file kept fresh by the platform (Kubernetes projected token)...
@@ -225,6 +228,7 @@ class AuthConfig:
             jwks_file=Path(jwks_file) if jwks_file else None,
             jwks_url=env.get("HIS_AUTH_JWKS_URL") or None,
             jwks_refresh_s=_float(env, "HIS_AUTH_JWKS_REFRESH_S", 30.0),
+            jwks_max_age_s=_float(env, "HIS_AUTH_JWKS_MAX_AGE_S", 300.0),
             leeway_s=_float(env, "HIS_AUTH_LEEWAY_S", 30.0),
             service_token_file=Path(token_file) if token_file else None,
             service_credential_key=(env.get("HIS_SERVICE_CREDENTIAL_KEY") or "").encode(),

@@ -71,15 +71,19 @@ class TokenVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
         self._fetch_lock = asyncio.Lock()
-        self._verified: dict[str, Principal] = {}
+        # token → (principal, key id that verified it)
+        self._verified: dict[str, tuple[Principal, str]] = {}
 
     async def verify(self, token: str) -> Principal:
         """The principal a token proves; UNAUTHENTICATED when it proves nothing."""
         now = time.time()
+        await self._refresh_if_stale()
         cached = self._verified.get(token)
         if cached is not None:
-            if cached.expires_at + self._config.leeway_s > now:
-                return cached
+            known, known_kid = cached
+            # A key withdrawn from the key set takes its tokens with it, cached or not.
+            if known.expires_at + self._config.leeway_s > now and known_kid in self._keys:
+                return known
             del self._verified[token]
         try:
             header = jwt.get_unverified_header(token)
@@ -107,11 +111,25 @@ class TokenVerifier:
             raise _invalid(type(error).__name__) from None
         principal = _principal(claims, token)
         if len(self._verified) >= _CACHE_LIMIT:
-            self._verified = {t: p for t, p in self._verified.items() if p.expires_at > now}
+            self._verified = {t: e for t, e in self._verified.items() if e[0].expires_at > now}
             if len(self._verified) >= _CACHE_LIMIT:
                 self._verified.clear()
-        self._verified[token] = principal
+        self._verified[token] = (principal, kid)
         return principal
+
+    async def _refresh_if_stale(self) -> None:
+        """Fetch the key set again once it is older than `jwks_max_age_s`, so a key the provider
+        withdrew stops verifying tokens; if the provider cannot be reached, keep the keys."""
+        if not self._keys or time.monotonic() - self._fetched_at < self._config.jwks_max_age_s:
+            return
+        async with self._fetch_lock:
+            if time.monotonic() - self._fetched_at < self._config.jwks_max_age_s:
+                return
+            try:
+                await self._refresh()
+            except Unavailable:
+                # Try again in a while rather than on every call.
+                self._fetched_at = time.monotonic() - self._config.jwks_max_age_s / 2
 
     async def _key(self, kid: str) -> jwt.PyJWK:
         key = self._keys.get(kid)
