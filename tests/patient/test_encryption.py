@@ -165,6 +165,26 @@ async def test_a_national_id_held_by_another_patient_is_refused_on_create_and_up
         assert national_id.value not in failure.message
 
 
+async def test_one_national_id_spelled_differently_is_still_one_patient(
+    patients: Stub,
+) -> None:
+    digits = f"{uuid.uuid4().int % 10**17:017d}"
+    entered = types_pb2.Identifier(system=NATIONAL_ID_SYSTEM, value=f"{digits}x")
+    registered = await create(patients, make_patient(national_id=entered))
+    full_width = "".join(chr(ord(c) + 0xFEE0) for c in digits)  # full-width digits (IME input)
+    spellings = (f"{digits}X", f" {digits[:6]}-{digits[6:]}x ", f"{full_width}X")
+
+    for spelling in spellings:
+        other = types_pb2.Identifier(system=NATIONAL_ID_SYSTEM, value=spelling)
+        found = await patients.ListPatients(pb.ListPatientsRequest(national_id=other))
+        refused = await fails(create(patients, make_patient(national_id=other)))
+        assert [p.name for p in found.patients] == [registered.name], spelling
+        assert refused.code == grpc.StatusCode.ALREADY_EXISTS, spelling
+    assert (await patients.GetPatient(pb.GetPatientRequest(name=registered.name))).national_id == (
+        entered
+    )  # kept as entered
+
+
 async def test_a_value_moved_into_another_column_does_not_decrypt(
     patients: Stub, patient_db: AsyncEngine
 ) -> None:

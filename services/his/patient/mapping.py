@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import unicodedata
 import uuid
 from dataclasses import dataclass, fields
 from typing import Any
@@ -84,12 +86,21 @@ class PatientRecord:
     update_time: dt.datetime
 
 
+_SEPARATORS = re.compile(r"[\s\-]+")
 _PLAIN_COLUMNS = tuple(f.name for f in fields(PatientRecord) if f.name not in ENCRYPTED)
 
 
+def canonical_national_id(system: str, value: str) -> tuple[str, str]:
+    """One spelling per identifier, for the blind index: NFKC (full-width digits are digits),
+    upper case (the check character of a resident id is written "x" or "X"), no spaces or
+    hyphens. What is stored and shown stays as entered."""
+    canonical = unicodedata.normalize("NFKC", value).upper()
+    return unicodedata.normalize("NFKC", system).strip(), _SEPARATORS.sub("", canonical)
+
+
 def national_id_index(cipher: FieldCipher, system: str, value: str) -> bytes:
-    """The blind index of a national identifier (validated, trimmed; matched exactly)."""
-    return cipher.blind_index(NATIONAL_ID_INDEX, system, value)
+    """The blind index of a national identifier: equal for every spelling of one identifier."""
+    return cipher.blind_index(NATIONAL_ID_INDEX, *canonical_national_id(system, value))
 
 
 def phone_index(cipher: FieldCipher, phone: str) -> bytes:

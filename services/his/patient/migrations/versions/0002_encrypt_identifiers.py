@@ -24,6 +24,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
+from his.patient.mapping import national_id_index
 from his.runtime.fieldcrypt import CryptoConfig, FieldCipher
 
 revision: str = "0002"
@@ -157,7 +158,7 @@ def _encrypted(cipher: FieldCipher, row: Any) -> dict[str, Any]:
         "national_id_system_enc": seal("national_id_system", row.national_id_system),
         "national_id_value_enc": seal("national_id_value", row.national_id_value),
         "national_id_bidx": (
-            cipher.blind_index("national_id", row.national_id_system, row.national_id_value)
+            national_id_index(cipher, row.national_id_system, row.national_id_value)
             if has_national_id
             else None
         ),
