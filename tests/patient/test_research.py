@@ -204,6 +204,7 @@ async def test_every_exported_patient_is_audited_once(
     assert event.entity.resource_type == "his.patient.v1.ResearchPatient"
     assert event.entity.resource_name == patient.name
     assert event.outcome == audit_pb.AUDIT_EVENT_OUTCOME_SUCCESS
+    assert event.purpose_of_use == audit_pb.PURPOSE_OF_USE_RESEARCH
 
 
 @pytest.mark.parametrize("role", ["REGISTRAR", "DOCTOR", "AUDITOR"])

@@ -240,3 +240,4 @@ async def test_every_exported_appointment_is_audited(
         (appointment.name, "his.scheduling.v1.ResearchAppointment")
     ]
     assert reply.audit_events[0].operation.endswith("SchedulingService/ListResearchAppointments")
+    assert reply.audit_events[0].purpose_of_use == audit_pb.PURPOSE_OF_USE_RESEARCH

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.patient.mapping import GENDER, SCOPE, STATE
 from his.patient.tables import consents, patients
 from his.patient.v1 import patient_service_pb2 as pb
@@ -77,6 +78,7 @@ class ResearchPatients:
             "execute",
             [(permit, f"patients/{row.id}", f"patients/{row.id}") for row in page],
             _RESEARCH_PATIENT,
+            purpose=audit_pb.PURPOSE_OF_USE_RESEARCH,
         )
         response = pb.ListResearchPatientsResponse(
             research_patients=[self._to_proto(row) for row in page],

@@ -301,8 +301,11 @@ class Access:
         action: str,
         items: Sequence[tuple[Permit, str, str]],
         resource_type: str,
+        *,
+        purpose: audit_pb.PurposeOfUse.ValueType | None = None,
     ) -> None:
-        """Audit many accesses in one batch: (permit, patient, resource name) per item."""
+        """Audit many accesses in one batch: (permit, patient, resource name) per item; the
+        purpose of use follows from the caller's roles unless the rpc states it (research)."""
         if not self.enabled or self._audit is None or not items:
             return
         principal = identity.current_or_none()
@@ -315,7 +318,7 @@ class Access:
                     patient=patient,
                     resource_name=name,
                     resource_type=resource_type,
-                    purpose_of_use=purpose_of_use(principal, permit),
+                    purpose_of_use=purpose or purpose_of_use(principal, permit),
                     emergency_access_grant=permit.emergency_grant,
                 )
                 for permit, patient, name in items

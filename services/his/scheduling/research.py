@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.runtime import wire
 from his.runtime.pagination import PageTokens
 from his.runtime.pseudonyms import Pseudonyms
@@ -83,6 +84,7 @@ class ResearchAppointments:
             "execute",
             [(permit, f"patients/{row.patient_id}", f"appointments/{row.id}") for row in page],
             _RESEARCH_APPOINTMENT,
+            purpose=audit_pb.PURPOSE_OF_USE_RESEARCH,
         )
         response = pb.ListResearchAppointmentsResponse(
             research_appointments=[self._to_proto(row, zone) for row in page],
