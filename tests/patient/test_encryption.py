@@ -302,6 +302,14 @@ async def test_upgrade_encrypts_plain_rows_and_downgrade_restores_them(
         fingerprint(registration),
     )
 
+    # Nor in the table's data files (dropped columns and dead row versions keep bytes there).
+    await _query(fresh_url, "CHECKPOINT")
+    relation = (await _query(fresh_url, "SELECT pg_relation_filepath('patient.patients')"))[0][0]
+    data_dir = (await _query(fresh_url, "SHOW data_directory"))[0][0]
+    heap = (Path(data_dir) / relation).read_bytes()
+    for secret in (national_value, phone, other_phone, street):
+        assert secret.encode() not in heap, "plaintext left in the table's data file"
+
     # Read back through a patient service holding the same keys.
     config = dataclasses.replace(
         patient_service.config,

@@ -93,6 +93,11 @@ def upgrade() -> None:
     op.drop_constraint("patient_request_fingerprinted", "patients", schema=SCHEMA, type_="check")
     for column in ENCRYPTED:
         op.drop_column("patients", column, schema=SCHEMA)
+    # DROP COLUMN only hides the values, and the UPDATE above left the old row versions behind:
+    # rewrite the table so no plaintext identifier stays in its data files. (CLUSTER of one
+    # table runs inside this transaction, under the migration lock; VACUUM FULL could not.)
+    # Older WAL segments and backups still hold them: expire those per the retention policy.
+    op.execute(f"CLUSTER {SCHEMA}.patients USING patients_pkey")
 
     op.create_check_constraint(
         "national_id_complete",
