@@ -211,6 +211,41 @@ async def test_service_refuses_updates_and_deletes_of_events(
                 await connection.execute(text(sql), {"n": stored.sequence_number})
 
 
+async def test_the_chain_head_only_moves_forward(writer: Stub, audit_db: AsyncEngine) -> None:
+    """Winding the head back would hide deleted newest events from a VerifyChain that ends at
+    the head; the database refuses it (and removing the head)."""
+    await _write(writer, 2)
+    for sql in (
+        "UPDATE audit.chain_head SET last_sequence_number = last_sequence_number - 1",
+        "UPDATE audit.chain_head SET last_hash = last_hash",
+        "DELETE FROM audit.chain_head",
+    ):
+        with pytest.raises(DBAPIError, match=r"only moves forward|append-only"):
+            async with audit_db.connect() as connection, connection.begin():
+                await connection.execute(text(sql))
+
+
+async def test_a_range_whose_preceding_event_is_gone_is_reported_missing_there(
+    writer: Stub, auditor: Stub, audit_db: AsyncEngine
+) -> None:
+    stored = await _write(writer, 5)
+    gone = stored[1].sequence_number
+    original = await _row(audit_db, gone)
+    async with behind_the_service(audit_db) as connection:
+        await connection.execute(
+            text("DELETE FROM audit.events WHERE sequence_number = :n"), {"n": gone}
+        )
+    try:
+        reply = await auditor.VerifyChain(
+            pb.VerifyChainRequest(start_sequence_number=gone + 1, end_sequence_number=gone + 3)
+        )
+        assert not reply.intact
+        assert reply.first_break.sequence_number == gone
+        assert reply.first_break.reason == pb.CHAIN_BREAK_REASON_MISSING
+    finally:
+        await _restore(audit_db, original, deleted=True)
+
+
 @pytest.mark.parametrize(
     ("start", "end", "field"),
     [

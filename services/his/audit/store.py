@@ -1,7 +1,8 @@
-"""Queries of the audit schema. Each function runs inside the caller's session.
+"""Queries of the audit schema: reads in the caller's SQLAlchemy session; the group-commit
+writer's statements on the asyncpg driver connection.
 
 Events are only inserted, always by the group-commit writer while it holds the chain head's row
-lock (`lock_head`), so sequence numbers are assigned by one writer at a time across replicas.
+lock (`lock_head_fast`), so sequence numbers are assigned by one writer at a time across replicas.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.audit.mapping import event_name
@@ -31,17 +32,6 @@ class Head:
     hash: bytes
 
 
-async def lock_head(session: AsyncSession) -> Head:
-    """The chain head, locked until the transaction ends (serialises appends across replicas)."""
-    query = (
-        select(chain_head.c.last_sequence_number, chain_head.c.last_hash)
-        .where(chain_head.c.id == _HEAD)
-        .with_for_update()
-    )
-    row = (await session.execute(query)).one()
-    return Head(int(row.last_sequence_number), bytes(row.last_hash))
-
-
 async def read_head(session: AsyncSession) -> Head:
     """The chain head as last committed, without locking it."""
     query = select(chain_head.c.last_sequence_number, chain_head.c.last_hash).where(
@@ -49,29 +39,6 @@ async def read_head(session: AsyncSession) -> Head:
     )
     row = (await session.execute(query)).one()
     return Head(int(row.last_sequence_number), bytes(row.last_hash))
-
-
-async def set_head(session: AsyncSession, head: Head) -> None:
-    """Move the (locked) head to the last appended event."""
-    await session.execute(
-        update(chain_head)
-        .where(chain_head.c.id == _HEAD)
-        .values(last_sequence_number=head.sequence_number, last_hash=head.hash)
-    )
-
-
-async def events_by_id(session: AsyncSession, event_ids: Collection[str]) -> dict[str, Row[Any]]:
-    """The stored events among `event_ids`, by id."""
-    if not event_ids:
-        return {}
-    query = select(*events.c).where(events.c.event_id.in_(list(event_ids)))
-    return {str(row.event_id): row for row in await session.execute(query)}
-
-
-async def append(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert complete event rows (numbered and hashed by the writer)."""
-    if rows:
-        await session.execute(insert(events), list(rows))
 
 
 # The group-commit writer's statements, on the driver connection (one append is on every audited
@@ -87,7 +54,7 @@ _INSERT = "INSERT INTO audit.events ({}) VALUES ({})".format(  # noqa: S608
 
 
 async def lock_head_fast(connection: asyncpg.Connection) -> Head:
-    """`lock_head` on the driver connection."""
+    """The chain head, locked until the transaction ends (serialises appends across replicas)."""
     row = await connection.fetchrow(_LOCK_HEAD, _HEAD)
     assert row is not None  # the migration creates the head row
     return Head(int(row["last_sequence_number"]), bytes(row["last_hash"]))
@@ -96,7 +63,7 @@ async def lock_head_fast(connection: asyncpg.Connection) -> Head:
 async def events_by_id_fast(
     connection: asyncpg.Connection, event_ids: Collection[str]
 ) -> dict[str, asyncpg.Record]:
-    """`events_by_id` on the driver connection."""
+    """The stored events among `event_ids`, by id."""
     if not event_ids:
         return {}
     rows = await connection.fetch(_EVENTS_BY_ID, list(event_ids))
@@ -106,10 +73,11 @@ async def events_by_id_fast(
 async def append_fast(
     connection: asyncpg.Connection, rows: Sequence[Mapping[str, Any]], head: Head
 ) -> None:
-    """`append` then `set_head`, on the driver connection (inserts pipelined)."""
-    if rows:
+    """Insert complete event rows (numbered and hashed by the writer) and move the locked head
+    to the last of them; inserts are pipelined."""
+    if rows:  # a group of replays only appends nothing, and the head stays where it is
         await connection.executemany(_INSERT, [tuple(row[c] for c in _COLUMNS) for row in rows])
-    await connection.execute(_SET_HEAD, _HEAD, head.sequence_number, head.hash)
+        await connection.execute(_SET_HEAD, _HEAD, head.sequence_number, head.hash)
 
 
 async def get_event(session: AsyncSession, event_id: str) -> Row[Any]:

@@ -116,9 +116,35 @@ def upgrade() -> None:
         "CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events"
         " FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change()"
     )
+    # The head only moves forward: winding it back (to hide deleted newest events from a
+    # VerifyChain that ends at the head) is refused like any other change of history.
+    op.execute(
+        """
+        CREATE FUNCTION audit.head_moves_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.last_sequence_number <= OLD.last_sequence_number THEN
+                RAISE EXCEPTION 'the audit chain head only moves forward'
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            RETURN NEW;
+        END;
+        $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER head_forward_only BEFORE UPDATE ON audit.chain_head"
+        " FOR EACH ROW EXECUTE FUNCTION audit.head_moves_forward()"
+    )
+    op.execute(
+        "CREATE TRIGGER head_not_removed BEFORE DELETE OR TRUNCATE ON audit.chain_head"
+        " FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change()"
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER head_not_removed ON audit.chain_head")
+    op.execute("DROP TRIGGER head_forward_only ON audit.chain_head")
+    op.execute("DROP FUNCTION audit.head_moves_forward()")
     op.execute("DROP TRIGGER events_no_truncate ON audit.events")
     op.execute("DROP TRIGGER events_append_only ON audit.events")
     op.execute("DROP FUNCTION audit.refuse_change()")
