@@ -10,10 +10,13 @@ import asyncio
 import time
 from typing import Any
 
+import asyncpg
 import grpc
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from his.audit import store
 from his.audit.spec import SPEC as AUDIT
 from his.audit.v1 import audit_service_pb2 as pb
 from his.audit.v1 import audit_service_pb2_grpc as pb_grpc
@@ -197,3 +200,36 @@ async def test_writes_recover_after_the_database_drops_the_writers_connections(
     # At most the first write after the cut may fail (its connection was dead); then all work.
     assert outcomes[1:] == ["OK", "OK", "OK"]
     assert outcomes[0] in ("OK", "UNAVAILABLE")
+
+
+async def test_events_the_database_refuses_fail_their_own_call_only(
+    writer: Stub, audit_db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the database refuses a group for something in one call's events (not an outage), each
+    call is committed on its own: the others in the group still succeed."""
+    poison = make_event()
+    real_append = store.append_fast
+
+    async def refusing(connection: Any, rows: Any, head: Any) -> None:
+        if any(str(row["event_id"]) == poison.event_id for row in rows):
+            raise asyncpg.CharacterNotInRepertoireError("invalid byte sequence")
+        await real_append(connection, rows, head)
+
+    monkeypatch.setattr(store, "append_fast", refusing)
+    good = [events(2) for _ in range(6)]
+    async with head_locked(audit_db):
+        results = asyncio.gather(
+            *(writer.WriteAuditEvents(write_request(*b)) for b in good[:3]),
+            writer.WriteAuditEvents(write_request(poison)),
+            *(writer.WriteAuditEvents(write_request(*b)) for b in good[3:]),
+            return_exceptions=True,
+        )
+        await wait_for_lock_waiters(audit_db)
+        await asyncio.sleep(0.5)
+    outcomes = await results
+
+    bad = outcomes.pop(3)
+    assert isinstance(bad, grpc.aio.AioRpcError)
+    assert all(isinstance(o, pb.WriteAuditEventsResponse) for o in outcomes), outcomes
+    assert len(await _rows(audit_db, [e.event_id for b in good for e in b])) == 12
+    assert await _rows(audit_db, [poison.event_id]) == []

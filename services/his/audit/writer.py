@@ -21,7 +21,7 @@ from his.audit import store
 from his.audit.chain import content_key, event_hash
 from his.audit.mapping import content_columns, event_from_columns
 from his.audit.v1 import audit_service_pb2 as pb
-from his.runtime.database import Database
+from his.runtime.database import Database, translate_error
 from his.runtime.errors import AlreadyExists, HisError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,14 @@ class GroupCommitWriter:
                     head = _plan(call, known, head, record_time, rows)
                 await store.append_fast(connection, rows, head)
         except BaseException as error:
+            if isinstance(error, Exception) and len(group) > 1 and translate_error(error) is None:
+                # Not an outage: something in one call's events the database refused. Commit
+                # each call on its own, so only that call fails, not everyone who shared its group.
+                for call in group:
+                    call.stored.clear()
+                    call.error = None
+                    await self._commit([call])
+                return
             for call in group:
                 if not call.future.done():
                     call.future.set_exception(_failure(error))
