@@ -186,3 +186,40 @@ async def test_a_grant_needs_a_reason_an_auditor_can_understand(
 
 def _new_patient() -> patient_pb.CreatePatientRequest:
     return patient_pb.CreatePatientRequest(patient=make_patient())
+
+
+async def test_reading_and_revoking_grants_are_in_the_patients_trail(
+    patients: Patients, iam: Iam, auditor: Audit, doctor: Doctor
+) -> None:
+    """A grant names a patient and why their record was opened: an administrator reading the
+    grants, and the revocation that ends one, are disclosures the patient's trail shows."""
+    patient = (await patients.CreatePatient(_new_patient())).name
+    token = doctor.token(department())
+    grant = await iam.CreateEmergencyAccessGrant(_grant(patient, 600), metadata=metadata(token))
+    admin = metadata(ISSUER.staff("ADMINISTRATOR"))
+
+    listed = await iam.ListEmergencyAccessGrants(
+        iam_pb.ListEmergencyAccessGrantsRequest(patient=patient), metadata=admin
+    )
+    revoked = await iam.RevokeEmergencyAccessGrant(
+        iam_pb.RevokeEmergencyAccessGrantRequest(name=grant.name), metadata=admin
+    )
+
+    assert names(listed.emergency_access_grants) == [grant.name] and revoked.revoked
+    trail = [
+        (e.operation, e.action, e.entity.resource_name)
+        for e in await audit_events(auditor, patient=patient)
+        if e.operation.startswith("his.iam.") and e.operation != CREATE_GRANT
+    ]
+    assert trail == [
+        (
+            operation("iam", "ListEmergencyAccessGrants"),
+            audit_pb.AUDIT_EVENT_ACTION_READ,
+            grant.name,
+        ),
+        (
+            operation("iam", "RevokeEmergencyAccessGrant"),
+            audit_pb.AUDIT_EVENT_ACTION_UPDATE,
+            grant.name,
+        ),
+    ]

@@ -23,6 +23,7 @@ from his.iam.mapping import (
     grant_to_proto,
     jwks_to_proto,
     membership_to_proto,
+    patient_name,
     role_name,
     staff_to_proto,
 )
@@ -593,6 +594,19 @@ class IamService(pb_grpc.IamServiceServicer):
             after = (dt.datetime.fromisoformat(str(cursor["t"])), uuid.UUID(str(cursor["i"])))
         async with self._db.read() as session:
             rows = await store.list_grants(session, where, after=after, limit=limit + 1)
+        caller = identity.current_or_none()
+        if caller is not None and caller.is_staff:
+            # A grant names a patient and why their record was opened: a person reading grants
+            # is a disclosure. (A service's own lookup before it decides is not: the access it
+            # leads to is audited there.)
+            await self._access.record_each(
+                "read",
+                [
+                    (Permit(ALLOWED), patient_name(row.patient_id), grant_name(row.id))
+                    for row in rows[:limit]
+                ],
+                _GRANT_TYPE,
+            )
         response = pb.ListEmergencyAccessGrantsResponse(
             emergency_access_grants=[grant_to_proto(row) for row in rows[:limit]]
         )
@@ -611,6 +625,13 @@ class IamService(pb_grpc.IamServiceServicer):
             await self._authorize_revoke(identity.current(), grant_id)
         async with self._db.transaction() as session:
             row = await store.revoke_grant(session, grant_id)
+            # Ending emergency access is part of its story: audited like its start.
+            await self._access.record(
+                "update",
+                Permit(ALLOWED, patient=patient_name(row.patient_id)),
+                resource_name=grant_name(row.id),
+                resource_type=_GRANT_TYPE,
+            )
         return grant_to_proto(row)
 
     async def _authorize_revoke(self, principal: Principal, grant_id: uuid.UUID) -> None:
