@@ -19,6 +19,7 @@ import grpc
 
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.local_secrets import local_secrets
+from his.login import issue_token
 from his.runtime.catalog import CATALOG, lookup
 from his.runtime.config import ClientConfig
 from his.runtime.embedded_pg import EmbeddedPostgres
@@ -96,15 +97,10 @@ def services(*names: str) -> Iterator[Hospital]:
 
 async def staff_token(hospital: Hospital, username: str, *roles: str) -> str:
     """A token for a staff member created (once) by the bootstrap administrator."""
-    credential = local_secrets(hospital.data_dir).dev_credential
     config = ClientConfig.from_env(hospital.env)
 
     async def login(user: str) -> str:
-        async with HisClients(config) as his:
-            reply = await his.iam.IssueToken(
-                iam_pb.IssueTokenRequest(username=user, credential=credential), timeout=10
-            )
-        return reply.access_token
+        return await issue_token(user, data_dir=hospital.data_dir, config=config)
 
     admin = await login("admin")
     async with HisClients(config, token=static_token(admin)) as his:

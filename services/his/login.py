@@ -11,11 +11,14 @@ from his.runtime.config import ClientConfig
 from his_client import HisClients
 
 
-async def issue_token(username: str, *, data_dir: Path | None = None) -> str:
-    """A token for `username` from the local iam, with the development credential."""
+async def issue_token(
+    username: str, *, data_dir: Path | None = None, config: ClientConfig | None = None
+) -> str:
+    """A token for `username` from the local iam (found through `config`, default the
+    environment's), with the development credential."""
     directory = data_dir or Path(os.environ.get("HIS_DATA_DIR") or ".his")
     credential = local_secrets(directory).dev_credential
-    async with HisClients(ClientConfig.from_env(os.environ)) as his:
+    async with HisClients(config or ClientConfig.from_env(os.environ)) as his:
         reply = await his.iam.IssueToken(
             iam_pb.IssueTokenRequest(username=username, credential=credential), timeout=10.0
         )

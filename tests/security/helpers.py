@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.runtime.identity import STAFF_ROLES
 from his.runtime.policy import Decision, PolicyEngine, Request
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.identity import ISSUER, metadata
@@ -49,17 +50,6 @@ PRACTITIONER = f"staff/{PRACTITIONER_ID}"
 # An auditor and an administrator of the session (default callers of the audit and iam stubs).
 AUDITOR = ISSUER.staff("AUDITOR")
 ADMINISTRATOR = ISSUER.staff("ADMINISTRATOR")
-
-STAFF_ROLES = (
-    "REGISTRAR",
-    "DOCTOR",
-    "NURSE",
-    "PHARMACIST",
-    "LAB_TECHNICIAN",
-    "BILLING_CLERK",
-    "AUDITOR",
-    "ADMINISTRATOR",
-)
 
 
 @dataclass(frozen=True)

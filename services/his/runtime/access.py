@@ -60,10 +60,6 @@ class Facts:
     consent: Callable[[], Awaitable[str]] | None = None
 
 
-# Least favourable facts: used when the record does not exist, so the answer reveals nothing.
-NOWHERE = Facts()
-
-
 @dataclass(frozen=True)
 class Permit:
     """An allowed access: the decision, and the grant that allowed it in an emergency."""
