@@ -7,7 +7,7 @@ special rule. Every case is decided three times (evaluate, then decide twice) an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TypedDict
 
 import pytest
@@ -403,12 +403,3 @@ CASES = (
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.why) for case in CASES])
 def test_special_rule(policy_engine: PolicyEngine, case: Case) -> None:
     assert assert_consistent(policy_engine, case.request()) == case.want
-
-
-def test_the_policy_does_not_depend_on_the_order_roles_are_given(
-    policy_engine: PolicyEngine,
-) -> None:
-    one = Request(roles=("REGISTRAR", "DOCTOR"), action="read", resource="emr.note")
-    other = replace(one, roles=("DOCTOR", "REGISTRAR"))
-    assert one == other
-    assert policy_engine.decide(one) == policy_engine.evaluate(other)

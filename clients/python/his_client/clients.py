@@ -7,7 +7,6 @@ from functools import cached_property
 from types import TracebackType
 
 import grpc
-import pybreaker
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
@@ -52,7 +51,6 @@ class HisClients:
             aio_client_interceptors(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
         )
         self.metrics = ClientMetrics(registry)
-        self.breakers: dict[str, pybreaker.CircuitBreaker] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         # Who this process is when no person's call is being relayed (see credentials.py).
         self._identity = IdentityInterceptor(token)
@@ -61,7 +59,6 @@ class HisClients:
         """The channel to `service`, created with its interceptor on first use."""
         if service not in self._channels:
             interceptor = ResilienceInterceptor(service, self.config, self.metrics)
-            self.breakers[service] = interceptor.breaker
             self._channels[service] = open_channel(
                 self.config.address(service), [*self._tracing, self._identity, interceptor]
             )
