@@ -60,9 +60,6 @@ class GroupCommitWriter:
         self._max_group_events = max_group_events
         self._pending: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
-        # Figures for tests and logs: transactions committed and calls they carried.
-        self.transactions = 0
-        self.calls = 0
 
     async def write(
         self, events: Sequence[pb.AuditEvent], *, writer: str, service_account: str
@@ -124,8 +121,6 @@ class GroupCommitWriter:
             if not isinstance(error, Exception):
                 raise
             return
-        self.transactions += 1
-        self.calls += len(group)
         for call in group:
             if call.future.done():  # the caller gave up (cancelled); its events are stored
                 continue

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import hmac
 import logging
 import uuid
@@ -66,6 +65,7 @@ from his.runtime.validation import (
     required_id,
 )
 from his_client import HisClients
+from his_client.credentials import service_credential
 from his_client.patient import require_active
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,6 @@ _BEARER = "Bearer"
 def _refused() -> Unauthenticated:
     # One answer for unknown user, wrong credential and inactive staff: it reveals nothing.
     return Unauthenticated("unknown username or wrong credential", reason="INVALID_CREDENTIALS")
-
-
-def _service_credential(key: bytes, service: str) -> str:
-    return hmac.new(key, service.encode(), hashlib.sha256).hexdigest()
 
 
 def _same_secret(given: str, expected: str) -> bool:
@@ -430,7 +426,7 @@ class IamService(pb_grpc.IamServiceServicer):
         key = self._config.service_credential_key
         known = service in BY_NAME
         # Compared even for an unknown name, so the answer takes as long either way.
-        expected = _service_credential(key or b"-", service)
+        expected = service_credential(key or b"-", service)
         if not (_same_secret(credential, expected) and known and key):
             raise _refused()
         return issuer.sign(f"services/{service}", username=service, roles=[SERVICE_ROLE])
