@@ -1,0 +1,1 @@
+"""Tools SREs run on the mesh policy and the Kubernetes manifests: check, explain, canary."""

@@ -1,0 +1,71 @@
+"""The YAML files of the repository, and which file each rendered object came from.
+
+`kubectl kustomize` forgets where an object was written; findings must name the file an SRE
+edits, so every manifest under mesh/ and deploy/ is indexed by kind, namespace and name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The two trees the checks cover, relative to the repository root.
+TREES = ("mesh/istio", "deploy/kustomize")
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One YAML document and the file it is written in (relative to the repository root)."""
+
+    file: str
+    manifest: Manifest
+
+
+def key(manifest: Manifest) -> tuple[str, str, str]:
+    """(kind, namespace, name) of a manifest."""
+    metadata = manifest.get("metadata") or {}
+    return (
+        str(manifest.get("kind", "")),
+        str(metadata.get("namespace") or ""),
+        str(metadata.get("name") or ""),
+    )
+
+
+def documents(path: Path) -> Iterator[Manifest]:
+    """The mapping documents of one YAML file (empty documents skipped)."""
+    with path.open(encoding="utf-8") as handle:
+        for document in yaml.safe_load_all(handle):
+            if isinstance(document, dict):
+                yield document
+
+
+def index(root: Path) -> dict[tuple[str, str, str], str]:
+    """Where each object of the repository is written: (kind, namespace, name) → file.
+
+    Patches and kustomization files are skipped: they are not objects of their own. When the
+    same object is written twice (a canary Deployment in two components), the first file wins.
+    """
+    found: dict[tuple[str, str, str], str] = {}
+    for tree in TREES:
+        for path in sorted((root / tree).rglob("*.yaml")):
+            relative = path.relative_to(root).as_posix()
+            if path.name in ("kustomization.yaml", "kustomization.yml"):
+                continue
+            try:
+                for manifest in documents(path):
+                    if "apiVersion" in manifest and "kind" in manifest:
+                        found.setdefault(key(manifest), relative)
+            except yaml.YAMLError:
+                continue  # reported by the check that parses the file on its own
+    return found
+
+
+def file_of(files: dict[tuple[str, str, str], str], manifest: Manifest, fallback: str) -> str:
+    """The file a rendered object was written in, or `fallback` (the overlay) when unknown."""
+    return files.get(key(manifest), fallback)
