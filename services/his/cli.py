@@ -105,12 +105,73 @@ def _export_research(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mesh_check(args: argparse.Namespace) -> int:
+    from his.mesh.check import command  # noqa: PLC0415
+
+    return command(args)
+
+
+def _mesh_explain(args: argparse.Namespace) -> int:
+    from his.mesh.explain import command  # noqa: PLC0415
+
+    return command(args)
+
+
+def _canary(args: argparse.Namespace) -> int:
+    from his.mesh.canary import command  # noqa: PLC0415
+
+    return command(args)
+
+
 def _services(_: argparse.Namespace) -> int:
     print(f"{'service':<12} {'grpc':>6} {'metrics':>8}  status")
     for entry in CATALOG:
         status = "implemented" if entry.implemented else "contract only"
         print(f"{entry.name:<12} {entry.port:>6} {entry.metrics_port:>8}  {status}")
     return 0
+
+
+def _add_mesh_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`his mesh check|explain` and `his canary`: the SRE tools for mesh/ and deploy/."""
+    mesh = commands.add_parser("mesh", help="check and explain the Istio policy and manifests")
+    meshes = mesh.add_subparsers(dest="mesh", required=True)
+    check = meshes.add_parser(
+        "check", help="render every overlay, validate schemas strictly and lint the policy"
+    )
+    check.add_argument("--root", help="repository root (default: found from the working dir)")
+    check.add_argument(
+        "--overlay",
+        action="append",
+        help="check only this overlay of deploy/kustomize/overlays (repeatable)",
+    )
+    check.set_defaults(run=_mesh_check)
+    explain = meshes.add_parser("explain", help="show how the mesh routes one call")
+    explain.add_argument("service", help="service name, e.g. patient")
+    explain.add_argument("method", help="rpc name, e.g. GetPatient")
+    explain.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a request header of the call, e.g. -H x-canary=always (repeatable)",
+    )
+    explain.add_argument("--gateway", action="store_true", help="a call through the mobile gateway")
+    explain.add_argument("--drill", help="with a drill applied, e.g. patient/unavailable")
+    explain.add_argument("--root", help="repository root (default: found from the working dir)")
+    explain.set_defaults(run=_mesh_explain)
+    canary = commands.add_parser(
+        "canary", help="move traffic between a service's stable and canary versions"
+    )
+    canary.add_argument("service", help="service name, e.g. scheduling")
+    canary.add_argument("--root", help="repository root (default: found from the working dir)")
+    steps = canary.add_subparsers(dest="action", required=True)
+    weight = steps.add_parser("set", help="send this percentage to the canary (0, 10, 50, 100)")
+    weight.add_argument("weight", type=int)
+    steps.add_parser("promote", help="the next step of the plan: 0 -> 10 -> 50 -> 100")
+    steps.add_parser("rollback", help="all traffic back to stable")
+    steps.add_parser("status", help="the canary weight of every route")
+    canary.set_defaults(run=_canary)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-zone", default="UTC", help="IANA zone of appointment dates (default: UTC)"
     )
     research.set_defaults(run=_export_research)
+
+    _add_mesh_parsers(commands)
 
     services = commands.add_parser("services", help="list services and their local ports")
     services.set_defaults(run=_services)

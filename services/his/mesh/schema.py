@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 # jsonschema ships no type information; `unused-ignore` keeps mypy quiet once stubs are added.
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
-from jsonschema.exceptions import (  # type: ignore[import-untyped,unused-ignore]
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import (
     ValidationError,
     best_match,
 )
@@ -382,7 +382,10 @@ Explained = tuple[list[int | str], str, str]  # field path, problem, fix
 def _explain(error: ValidationError, kind: str, *, istio: bool) -> Iterator[Explained]:
     """One validation error as findings (an object with two unknown fields gives two)."""
     parts: list[int | str] = list(error.absolute_path)
-    schema, instance, word = error.schema, error.instance, error.validator
+    # jsonschema types these as unions with its Unset marker; here they are always set.
+    schema: Any = error.schema
+    value: Any = error.validator_value
+    instance, word = error.instance, error.validator
     explain = _explain_command(kind, parts)
     if word in ("additionalProperties", "unevaluatedProperties") and isinstance(instance, dict):
         allowed = sorted(schema.get("properties", {}))
@@ -400,18 +403,18 @@ def _explain(error: ValidationError, kind: str, *, istio: bool) -> Iterator[Expl
                 )
             yield [*parts, name], f"unknown field {name!r}{ignored}", fix
     elif word == "required" and isinstance(instance, dict):
-        for name in error.validator_value:
+        for name in value:
             if name not in instance:
                 yield parts, f"missing required field {name!r}", f"add {name!r} (see {explain})"
     elif word == "type":
-        types = [t for t in _types(error.validator_value) if t != "null"]
+        types = [t for t in _types(value) if t != "null"]
         wanted = " or ".join(types)
         fix = f"write it as {_a(wanted)}"
         if isinstance(instance, str) and "integer" in types and instance.strip().isdigit():
             fix = "remove the quotes: it is a number"
         yield parts, f"expected {wanted}, got {_short(instance)}", fix
     elif word == "enum":
-        options = [str(v) for v in error.validator_value if v is not None]
+        options = [str(v) for v in value if v is not None]
         fix = _suggest(str(instance), options) or f"use one of: {', '.join(options)}"
         yield parts, f"{_short(instance)} is not an allowed value", fix
     elif word in ("oneOf", "anyOf"):
@@ -424,7 +427,7 @@ def _explain_choice(
     error: ValidationError, parts: list[int | str], kind: str, *, istio: bool
 ) -> Iterator[Explained]:
     """A failed oneOf/anyOf, as the most specific thing that is wrong."""
-    branches = error.validator_value
+    branches: Any = error.validator_value
     instance = error.instance
     # Istio's mutually exclusive fields: oneOf [not anyOf required..., required [a], ...].
     exclusive = [

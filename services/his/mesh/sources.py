@@ -69,3 +69,28 @@ def index(root: Path) -> dict[tuple[str, str, str], str]:
 def file_of(files: dict[tuple[str, str, str], str], manifest: Manifest, fallback: str) -> str:
     """The file a rendered object was written in, or `fallback` (the overlay) when unknown."""
     return files.get(key(manifest), fallback)
+
+
+class RootNotFound(Exception):
+    """Neither the given path nor any parent of the working directory holds mesh/istio."""
+
+
+def repository_root(given: str | Path | None = None) -> Path:
+    """The repository whose mesh/ and deploy/ the tools work on.
+
+    `--root` when given; else the working directory or the nearest parent holding
+    mesh/istio/kustomization.yaml (SREs run the tools from anywhere inside their checkout).
+    """
+    marker = Path("mesh/istio/kustomization.yaml")
+    if given is not None:
+        root = Path(given).resolve()
+        if not (root / marker).is_file():
+            raise RootNotFound(f"{root} holds no {marker}")
+        return root
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / marker).is_file():
+            return candidate
+    raise RootNotFound(
+        f"no {marker} in {here} or its parents; run inside the repository or pass --root"
+    )
