@@ -1,0 +1,226 @@
+"""`his mesh check`: render every overlay, validate strictly, lint, and try every drill.
+
+One line per finding (file: object: problem; fix: ...), then what could not be checked and
+why. Exit status 0 when clean, 1 with findings, 2 when the check could not run at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from his.mesh import drills, schema
+from his.mesh.findings import Finding
+from his.mesh.lint import Cluster, lint
+from his.mesh.render import KubectlMissing, RenderFailed, render
+from his.mesh.sources import (
+    TREES,
+    Manifest,
+    RootNotFound,
+    Source,
+    file_of,
+    index,
+    key,
+    repository_root,
+)
+
+MESH = "mesh/istio"
+OVERLAYS = "deploy/kustomize/overlays"
+# Under mesh/istio but deliberately not part of its kustomization (applied by hand or optional).
+_NOT_RENDERED = ("mesh/istio/drills/", "mesh/istio/flagger/")
+
+
+class CheckUnavailable(Exception):
+    """The check cannot run here (kubectl missing, unknown overlay); the message says why."""
+
+
+@dataclass
+class CheckReport:
+    """Everything `his mesh check` found in one repository."""
+
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    rendered: dict[str, int] = field(default_factory=dict)  # tree → objects rendered
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def overlays(root: Path) -> list[str]:
+    """Names of the overlays under deploy/kustomize/overlays."""
+    base = root / OVERLAYS
+    return sorted(p.parent.name for p in base.glob("*/kustomization.yaml"))
+
+
+def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> CheckReport:
+    """Check mesh/istio and the overlays (all, or the ones named). Raises CheckUnavailable."""
+    known = overlays(root)
+    chosen = list(overlays_wanted) if overlays_wanted else known
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise CheckUnavailable(
+            f"unknown overlay {', '.join(unknown)}; overlays: {', '.join(known) or 'none'}"
+        )
+    report = CheckReport()
+    found: set[Finding] = set(_syntax(root))
+    files = index(root)
+    trees = [MESH, *(f"{OVERLAYS}/{name}" for name in chosen)]
+    sources: dict[tuple[str, tuple[str, str, str]], Source] = {}
+    mesh_objects: list[Manifest] | None = None
+    for tree in trees:
+        try:
+            objects = render(root / tree)
+        except KubectlMissing as missing:
+            raise CheckUnavailable(str(missing)) from missing
+        except RenderFailed as failed:
+            found.add(
+                Finding(
+                    tree,
+                    "kustomization",
+                    f"does not render: {failed}",
+                    "fix the file kustomize names",
+                )
+            )
+            continue
+        report.rendered[tree] = len(objects)
+        located = [Source(file_of(files, obj, tree), obj) for obj in objects]
+        for source in located:
+            # The same object appears in every overlay; validate each distinct rendering once.
+            sources.setdefault(
+                (yaml.safe_dump(source.manifest, sort_keys=True), key(source.manifest)), source
+            )
+        if tree == MESH:
+            mesh_objects = objects
+            found.update(_unlisted(files, objects))
+        else:
+            cluster = Cluster(objects, functools.partial(_locate, files, tree))
+            found.update(lint(cluster))
+    result = schema.validate(list(sources.values()))
+    found.update(result.findings)
+    report.notes.extend(dict.fromkeys(result.skipped))
+    report.notes.extend(
+        dict.fromkeys(
+            f"not schema-checked: {u.file}: {u.subject} ({u.reason})" for u in result.unchecked
+        )
+    )
+    if mesh_objects is not None:
+        found.update(_drills(root, mesh_objects))
+    report.findings = sorted(found)
+    return report
+
+
+def _locate(files: dict[tuple[str, str, str], str], tree: str, manifest: Manifest) -> str:
+    return file_of(files, manifest, tree)
+
+
+def _syntax(root: Path) -> list[Finding]:
+    """Every YAML file of the trees parses (kustomize's own message names no line)."""
+    problems: list[Finding] = []
+    for tree in TREES:
+        for path in sorted((root / tree).rglob("*.yaml")):
+            try:
+                list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+            except yaml.YAMLError as error:
+                problems.append(
+                    Finding(
+                        path.relative_to(root).as_posix(),
+                        "YAML",
+                        f"does not parse: {' '.join(str(error).split())}",
+                        "fix the indentation or quoting at that line",
+                    )
+                )
+    return problems
+
+
+def _unlisted(files: dict[tuple[str, str, str], str], rendered: list[Manifest]) -> list[Finding]:
+    """Objects written under mesh/istio that its kustomization never renders (never applied)."""
+    present = {key(obj) for obj in rendered}
+    return [
+        Finding(
+            file,
+            f"{kind} {namespace}/{name}",
+            "is not rendered: the file is missing from "
+            "mesh/istio/kustomization.yaml, so the cluster never gets it",
+            f"list {file.removeprefix(MESH + '/')} under resources in {MESH}/kustomization.yaml",
+        )
+        for (kind, namespace, name), file in sorted(files.items())
+        if file.startswith(MESH + "/")
+        and not file.startswith(_NOT_RENDERED)
+        and (kind, namespace, name) not in present
+    ]
+
+
+def _drills(root: Path, mesh_objects: list[Manifest]) -> list[Finding]:
+    """Every drill applies to the VirtualService it names and leaves it valid."""
+    try:
+        loaded = drills.load(root)
+    except drills.DrillError as error:
+        return [
+            Finding(drills.DRILLS, "drill", str(error), "write a list of JSON patch operations")
+        ]
+    problems: list[Finding] = []
+    services = {key(obj): obj for obj in mesh_objects}
+    for drill in loaded:
+        target = services.get(("VirtualService", "his", drill.service))
+        if target is None:
+            problems.append(
+                Finding(
+                    drill.file,
+                    f"drill {drill.name}",
+                    f"no VirtualService his/{drill.service} to patch",
+                    "put the drill under drills/<service>/ of a routed service",
+                )
+            )
+            continue
+        try:
+            patched = drills.apply(target, drill.operations)
+        except drills.DrillError as error:
+            problems.append(
+                Finding(
+                    drill.file,
+                    f"drill {drill.name}",
+                    str(error),
+                    "fix the patch (kubectl would refuse it too)",
+                )
+            )
+            continue
+        if not any("fault" in route for route in (patched.get("spec") or {}).get("http") or []):
+            problems.append(
+                Finding(
+                    drill.file,
+                    f"drill {drill.name}",
+                    "injects no fault",
+                    "add a fault (abort or delay) to a route",
+                )
+            )
+        result = schema.validate([Source(drill.file, patched)])
+        problems.extend(
+            Finding(f.file, f"drill {drill.name}: {f.subject}", f.problem, f.fix)
+            for f in result.findings
+        )
+    return problems
+
+
+def command(args: argparse.Namespace) -> int:
+    """The `his mesh check` command."""
+    try:
+        root = repository_root(args.root)
+        report = run_check(root, args.overlay)
+    except (RootNotFound, CheckUnavailable) as error:
+        print(f"his mesh check: cannot run: {error}", file=sys.stderr)
+        return 2
+    for finding in report.findings:
+        print(finding)
+    for note in report.notes:
+        print(f"note: {note}")
+    trees = ", ".join(f"{tree} ({count} objects)" for tree, count in report.rendered.items())
+    verdict = "ok" if report.ok else f"{len(report.findings)} finding(s)"
+    print(f"his mesh check: {verdict}; rendered {trees}")
+    return 0 if report.ok else 1

@@ -1,0 +1,797 @@
+"""Semantic lint of one rendered overlay: what the schemas cannot see.
+
+Each rule yields findings naming the file an SRE edits, the object, the problem and the fix.
+Facts come from the rendered objects (Services, ServiceAccounts, Deployments) and from the
+protos (rpcs and their `idempotency_level`, via his.mesh.contracts) — never from a list kept
+by hand here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from his.mesh.contracts import Rpc, all_paths, deployed, rpcs
+from his.mesh.findings import Finding, subject
+from his.mesh.routes import Match, destinations, first_match, header_names, header_values, seconds
+from his.mesh.sources import Manifest
+
+# Envoy's retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on), as Istio passes them.
+GRPC_TOKENS = frozenset(
+    {"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
+)
+CONNECTION_TOKENS = frozenset(
+    {
+        "connect-failure",
+        "refused-stream",
+        "reset",
+        "reset-before-request",
+        "envoy-ratelimited",
+        "http3-post-connect-failure",
+    }
+)
+# These look at the HTTP status; a gRPC error travels as HTTP 200 with a grpc-status trailer.
+HTTP_TOKENS = frozenset(
+    {"5xx", "gateway-error", "retriable-4xx", "retriable-status-codes", "retriable-headers"}
+)
+# Safe for a write: the request never reached a server that could have committed it.
+NEVER_REACHED = frozenset({"connect-failure", "refused-stream", "reset-before-request"})
+
+Locate = Callable[[Manifest], str]
+
+
+@dataclass
+class Cluster:
+    """The rendered objects of one overlay, indexed for the rules."""
+
+    objects: list[Manifest]
+    locate: Locate  # the file a rendered object was written in
+    services: dict[tuple[str, str], Manifest] = field(default_factory=dict)
+    accounts: set[tuple[str, str]] = field(default_factory=set)
+    pods: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (namespace, labels)
+    gateways: set[tuple[str, str]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        for manifest in self.objects:
+            kind, namespace, name = _kind(manifest), _namespace(manifest), _name(manifest)
+            if kind == "Service":
+                self.services[(namespace, name)] = manifest
+            elif kind == "ServiceAccount":
+                self.accounts.add((namespace, name))
+            elif kind == "Gateway":
+                self.gateways.add((namespace, name))
+            elif kind in ("Deployment", "StatefulSet", "DaemonSet"):
+                template = (manifest.get("spec") or {}).get("template") or {}
+                labels = (template.get("metadata") or {}).get("labels") or {}
+                self.pods.append((namespace, {str(k): str(v) for k, v in labels.items()}))
+
+    def of_kind(self, kind: str) -> list[Manifest]:
+        return [m for m in self.objects if _kind(m) == kind]
+
+    def resolve(self, host: str, namespace: str) -> tuple[str, str] | None:
+        """The Service a mesh host names (`patient`, `patient.his`, FQDN), if it exists."""
+        parts = host.split(".")
+        if len(parts) == 1:
+            wanted = (namespace, parts[0])
+        elif len(parts) == 2 or parts[2:] in (["svc"], ["svc", "cluster", "local"]):
+            wanted = (parts[1], parts[0])
+        else:
+            return None
+        return wanted if wanted in self.services else None
+
+    def selects_pods(self, namespace: str, labels: Mapping[str, str]) -> bool:
+        return any(
+            ns == namespace and all(pod.get(k) == v for k, v in labels.items())
+            for ns, pod in self.pods
+        )
+
+
+def _kind(manifest: Manifest) -> str:
+    return str(manifest.get("kind", ""))
+
+
+def _namespace(manifest: Manifest) -> str:
+    return str((manifest.get("metadata") or {}).get("namespace") or "")
+
+
+def _name(manifest: Manifest) -> str:
+    return str((manifest.get("metadata") or {}).get("name") or "")
+
+
+def _spec(manifest: Manifest) -> dict[str, Any]:
+    spec = manifest.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def _finding(cluster: Cluster, manifest: Manifest, where: str, problem: str, fix: str) -> Finding:
+    return Finding(cluster.locate(manifest), subject(manifest, where), problem, fix)
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def lint(cluster: Cluster) -> list[Finding]:
+    """Every finding of every rule, sorted and without repeats."""
+    rules = (
+        _presence,
+        _service_ports,
+        _destination_rules,
+        _virtual_service_hosts,
+        _route_destinations,
+        _route_retries,
+        _method_classes,
+        _authorization,
+    )
+    return sorted({finding for rule in rules for finding in rule(cluster)})
+
+
+def _mesh_virtual_services(cluster: Cluster) -> list[Manifest]:
+    """VirtualServices that apply to calls inside the mesh (gateways absent or `mesh`)."""
+    return [
+        vs
+        for vs in cluster.of_kind("VirtualService")
+        if not _spec(vs).get("gateways") or "mesh" in _spec(vs)["gateways"]
+    ]
+
+
+def _route_label(index: int, route: Mapping[str, Any]) -> str:
+    name = route.get("name")
+    return f"http[{index}] {name}" if name else f"http[{index}]"
+
+
+# --- every deployed service has its Service, DestinationRule, VirtualService, policy ---------
+
+
+def _presence(cluster: Cluster) -> Iterator[Finding]:
+    rules = cluster.of_kind("DestinationRule")
+    meshed = _mesh_virtual_services(cluster)
+    policies = cluster.of_kind("AuthorizationPolicy")
+    for entry in deployed():
+        name = entry.name
+        place = f"service {name}"
+        if ("his", name) not in cluster.services:
+            yield Finding(
+                f"deploy/kustomize/base/{name}/service.yaml",
+                place,
+                "no Service his/" + name,
+                f"add deploy/kustomize/base/{name}/service.yaml",
+            )
+            continue
+        if not any(
+            cluster.resolve(str(_spec(dr).get("host", "")), _namespace(dr)) == ("his", name)
+            for dr in rules
+        ):
+            yield Finding(
+                f"mesh/istio/destination-rules/{name}.yaml",
+                place,
+                "no DestinationRule: no mTLS origination settings, pool limits, outlier "
+                "detection or stable/canary subsets",
+                f"add mesh/istio/destination-rules/{name}.yaml and list it in "
+                "mesh/istio/kustomization.yaml",
+            )
+        if not any(
+            cluster.resolve(str(h), _namespace(vs)) == ("his", name)
+            for vs in meshed
+            for h in _spec(vs).get("hosts") or []
+        ):
+            yield Finding(
+                f"mesh/istio/virtual-services/{name}.yaml",
+                place,
+                "no VirtualService: Istio's default retries (unavailable, cancelled) "
+                "apply to every rpc, writes included",
+                f"add mesh/istio/virtual-services/{name}.yaml and list it in "
+                "mesh/istio/kustomization.yaml",
+            )
+        if not any(
+            _namespace(ap) == "his"
+            and ((_spec(ap).get("selector") or {}).get("matchLabels") or {}).get("app") == name
+            for ap in policies
+        ):
+            yield Finding(
+                f"mesh/istio/authorization/{name}.yaml",
+                place,
+                "no AuthorizationPolicy selects app: "
+                + name
+                + ", so default-deny refuses every call to it",
+                f"add mesh/istio/authorization/{name}.yaml allowing its callers and list "
+                "it in mesh/istio/kustomization.yaml",
+            )
+
+
+# --- Service ports carry the protocol Istio must see ----------------------------------------
+
+
+def _service_ports(cluster: Cluster) -> Iterator[Finding]:
+    names = {entry.name for entry in deployed()}
+    for (namespace, name), service in sorted(cluster.services.items()):
+        if namespace != "his" or name not in names:
+            continue
+        ports = _spec(service).get("ports") or []
+        grpc = False
+        for index, port in enumerate(ports):
+            label = str(port.get("name", ""))
+            protocol = port.get("appProtocol")
+            where = f"ports[{index}] {label}".rstrip()
+            if label == "grpc" or label.startswith("grpc-"):
+                grpc = True
+                if protocol != "grpc":
+                    yield _finding(
+                        cluster,
+                        service,
+                        where,
+                        f"appProtocol is {protocol!r}, not 'grpc'",
+                        "set appProtocol: grpc (Istio reads it before the name)",
+                    )
+            elif protocol == "grpc":
+                yield _finding(
+                    cluster,
+                    service,
+                    where,
+                    f"gRPC port named {label!r}",
+                    "name it grpc (or grpc-<suffix>) so the name and appProtocol agree",
+                )
+                grpc = True
+            elif not protocol and "-" not in label and label not in ("http", "http2", "tcp"):
+                yield _finding(
+                    cluster,
+                    service,
+                    where,
+                    "no protocol: Istio treats the port as opaque TCP",
+                    "name it <protocol>[-suffix] and set appProtocol",
+                )
+        if not grpc:
+            yield _finding(
+                cluster,
+                service,
+                "ports",
+                "no port named grpc with appProtocol grpc: Istio would treat calls as "
+                "TCP (no routes, retries or gRPC metrics)",
+                "name the serving port grpc and set appProtocol: grpc",
+            )
+
+
+# --- DestinationRules: host, mTLS, subsets that select pods ---------------------------------
+
+
+def _destination_rules(cluster: Cluster) -> Iterator[Finding]:
+    for rule in cluster.of_kind("DestinationRule"):
+        spec = _spec(rule)
+        host = str(spec.get("host", ""))
+        target = cluster.resolve(host, _namespace(rule))
+        if target is None:
+            yield _finding(
+                cluster,
+                rule,
+                "host",
+                f"host {host!r} is not a Service of this overlay",
+                "use <service>.<namespace>.svc.cluster.local of an existing Service"
+                + _suggest(host, _hosts(cluster)),
+            )
+            continue
+        mode = ((spec.get("trafficPolicy") or {}).get("tls") or {}).get("mode")
+        if mode != "ISTIO_MUTUAL":
+            yield _finding(
+                cluster,
+                rule,
+                "trafficPolicy.tls.mode",
+                f"mode {mode!r}: the mesh is STRICT mTLS, so anything but ISTIO_MUTUAL "
+                "breaks or weakens the calls",
+                "set trafficPolicy.tls.mode: ISTIO_MUTUAL",
+            )
+        selector = _spec(cluster.services[target]).get("selector") or {}
+        pod_keys = {key for ns, pod in cluster.pods if ns == target[0] for key in pod}
+        for index, subset in enumerate(spec.get("subsets") or []):
+            labels = {str(k): str(v) for k, v in (subset.get("labels") or {}).items()}
+            for key in sorted(set(labels) - pod_keys):
+                yield _finding(
+                    cluster,
+                    rule,
+                    f"subsets[{index}] {subset.get('name')}",
+                    f"label {key!r} is on no pod of namespace {target[0]}",
+                    "use a label the Deployments set" + _suggest(key, sorted(pod_keys)),
+                )
+            if subset.get("name") == "stable" and not cluster.selects_pods(
+                target[0], {**selector, **labels}
+            ):
+                yield _finding(
+                    cluster,
+                    rule,
+                    f"subsets[{index}] stable",
+                    f"selects no pods ({_labels({**selector, **labels})}): every call "
+                    "to the stable subset fails",
+                    "match the stable Deployment's labels",
+                )
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _hosts(cluster: Cluster) -> list[str]:
+    return [f"{name}.{ns}.svc.cluster.local" for ns, name in cluster.services]
+
+
+def _subsets(cluster: Cluster, target: tuple[str, str]) -> dict[str, dict[str, str]] | None:
+    """The subsets (name → labels) the DestinationRule of a Service defines, None without one."""
+    for rule in cluster.of_kind("DestinationRule"):
+        if cluster.resolve(str(_spec(rule).get("host", "")), _namespace(rule)) == target:
+            return {
+                str(s.get("name")): {str(k): str(v) for k, v in (s.get("labels") or {}).items()}
+                for s in _spec(rule).get("subsets") or []
+            }
+    return None
+
+
+# --- VirtualServices: hosts, gateways, destinations, weights --------------------------------
+
+
+def _virtual_service_hosts(cluster: Cluster) -> Iterator[Finding]:
+    seen: dict[tuple[str, str], Manifest] = {}
+    for vs in cluster.of_kind("VirtualService"):
+        spec = _spec(vs)
+        gateways = [str(g) for g in spec.get("gateways") or []]
+        for gateway in gateways:
+            if gateway == "mesh":
+                continue
+            namespace, _, name = gateway.rpartition("/")
+            if (namespace or _namespace(vs), name) not in cluster.gateways:
+                yield _finding(
+                    cluster,
+                    vs,
+                    "gateways",
+                    f"gateway {gateway!r} does not exist",
+                    "name an existing Gateway as <namespace>/<name>",
+                )
+        if gateways and "mesh" not in gateways:
+            continue  # external host names, served by the gateway
+        for host in spec.get("hosts") or []:
+            target = cluster.resolve(str(host), _namespace(vs))
+            if target is None:
+                yield _finding(
+                    cluster,
+                    vs,
+                    "hosts",
+                    f"host {host!r} is not a Service of this overlay, so the routes never apply",
+                    "use <service>.<namespace>.svc.cluster.local"
+                    + _suggest(str(host), _hosts(cluster)),
+                )
+            elif target in seen and seen[target] is not vs:
+                yield _finding(
+                    cluster,
+                    vs,
+                    "hosts",
+                    f"host {host!r} is also routed by {subject(seen[target])}: Istio "
+                    "merges them in no defined order",
+                    "keep one VirtualService per host",
+                )
+            else:
+                seen[target] = vs
+
+
+def _route_destinations(cluster: Cluster) -> Iterator[Finding]:
+    for vs in cluster.of_kind("VirtualService"):
+        for index, route in enumerate(_spec(vs).get("http") or []):
+            label = _route_label(index, route)
+            targets = destinations(route)
+            weights = [d.get("weight") for d in targets]
+            if len(targets) > 1:
+                total = sum(int(w or 0) for w in weights)
+                if total != 100:
+                    parts = " + ".join(
+                        f"{(d.get('destination') or {}).get('subset', '?')} {d.get('weight', 0)}"
+                        for d in targets
+                    )
+                    yield _finding(
+                        cluster,
+                        vs,
+                        f"{label} route",
+                        f"weights sum to {total} ({parts}), not 100",
+                        "make them add up to 100 (`his canary` sets both)",
+                    )
+            elif targets and weights[0] not in (None, 100):
+                yield _finding(
+                    cluster,
+                    vs,
+                    f"{label} route",
+                    f"a single destination with weight {weights[0]}",
+                    "drop the weight or make it 100",
+                )
+            headered = any((m or {}).get("headers") for m in route.get("match") or [])
+            for number, target in enumerate(targets):
+                yield from _destination(
+                    cluster,
+                    vs,
+                    f"{label} route[{number}]",
+                    target,
+                    weighted=not headered
+                    and (target.get("weight") is None or int(target["weight"]) > 0),
+                )
+
+
+def _destination(
+    cluster: Cluster, vs: Manifest, where: str, target: Mapping[str, Any], *, weighted: bool
+) -> Iterator[Finding]:
+    destination = target.get("destination") or {}
+    host = str(destination.get("host", ""))
+    service = cluster.resolve(host, _namespace(vs))
+    if service is None:
+        yield _finding(
+            cluster,
+            vs,
+            where,
+            f"destination host {host!r} is not a Service",
+            "use <service>.<namespace>.svc.cluster.local" + _suggest(host, _hosts(cluster)),
+        )
+        return
+    name = destination.get("subset")
+    if name is None:
+        return
+    subsets = _subsets(cluster, service)
+    if subsets is None:
+        # One line per VirtualService, not per route: the cause is the missing rule.
+        yield _finding(
+            cluster,
+            vs,
+            "",
+            f"routes to subsets of {host}, which has no "
+            "DestinationRule: Envoy answers UNAVAILABLE (no healthy upstream)",
+            f"add the DestinationRule of {host}",
+        )
+        return
+    if name not in subsets:
+        known = ", ".join(sorted(subsets)) or "none"
+        yield _finding(
+            cluster,
+            vs,
+            where,
+            f"unknown subset {name!r}: the DestinationRule of {host} defines {known}; "
+            "Envoy answers UNAVAILABLE (no healthy upstream)",
+            "use a defined subset" + _suggest(str(name), sorted(subsets)),
+        )
+        return
+    selector = _spec(cluster.services[service]).get("selector") or {}
+    labels = {**selector, **subsets[str(name)]}
+    if weighted and not cluster.selects_pods(service[0], labels):
+        yield _finding(
+            cluster,
+            vs,
+            where,
+            f"subset {name!r} gets traffic but selects no pods ({_labels(labels)})",
+            "deploy that version (components/canary) or set its weight to 0",
+        )
+
+
+# --- retries and timeouts, route by route ----------------------------------------------------
+
+
+def retry_tokens(retries: Mapping[str, Any]) -> list[str]:
+    """The retryOn conditions of a route, split as Envoy splits them (on commas only)."""
+    text = retries.get("retryOn")
+    return str(text).split(",") if text else []
+
+
+def _route_retries(cluster: Cluster) -> Iterator[Finding]:
+    for vs in cluster.of_kind("VirtualService"):
+        for index, route in enumerate(_spec(vs).get("http") or []):
+            label = _route_label(index, route)
+            retries = route.get("retries")
+            if not isinstance(retries, dict):
+                yield _finding(
+                    cluster,
+                    vs,
+                    label,
+                    "no retries: Istio then retries connect-failure, refused-stream, "
+                    "unavailable, cancelled and 503 twice, writes included",
+                    "state retries explicitly (attempts, perTryTimeout, retryOn)",
+                )
+                continue
+            yield from _retry_on(cluster, vs, label, retries)
+            yield from _timeouts(cluster, vs, label, route, retries)
+
+
+def _retry_on(
+    cluster: Cluster, vs: Manifest, label: str, retries: Mapping[str, Any]
+) -> Iterator[Finding]:
+    text = retries.get("retryOn")
+    attempts = int(retries.get("attempts") or 0)
+    if attempts > 0 and not text:
+        yield _finding(
+            cluster,
+            vs,
+            f"{label} retries",
+            "attempts without retryOn: Istio's defaults apply (unavailable, cancelled, 503)",
+            "list the retryOn conditions",
+        )
+        return
+    if not text:
+        return
+    if any(ch.isspace() for ch in str(text)):
+        yield _finding(
+            cluster,
+            vs,
+            f"{label} retries.retryOn",
+            f"{text!r} has spaces: Envoy splits on commas only, so ' cancelled' is an "
+            "unknown condition and silently never fires",
+            f"write {','.join(t.strip() for t in str(text).split(','))!r}",
+        )
+    known = sorted(GRPC_TOKENS | CONNECTION_TOKENS | HTTP_TOKENS)
+    for token in (t.strip() for t in str(text).split(",")):
+        if token in HTTP_TOKENS or token.isdigit():
+            yield _finding(
+                cluster,
+                vs,
+                f"{label} retries.retryOn",
+                f"{token!r} looks at the HTTP status, but gRPC errors travel as HTTP "
+                "200 with a grpc-status",
+                "use gRPC conditions: " + ",".join(sorted(GRPC_TOKENS)),
+            )
+        elif token not in GRPC_TOKENS | CONNECTION_TOKENS:
+            yield _finding(
+                cluster,
+                vs,
+                f"{label} retries.retryOn",
+                f"unknown retry condition {token!r}: Envoy ignores it",
+                "use one of "
+                + ",".join(sorted(GRPC_TOKENS | CONNECTION_TOKENS))
+                + _suggest(token, known),
+            )
+
+
+def _timeouts(
+    cluster: Cluster,
+    vs: Manifest,
+    label: str,
+    route: Mapping[str, Any],
+    retries: Mapping[str, Any],
+) -> Iterator[Finding]:
+    timeout = route.get("timeout")
+    total = seconds(timeout)
+    if timeout is None:
+        yield _finding(
+            cluster,
+            vs,
+            label,
+            "no timeout: a stuck upstream holds the caller until its own deadline",
+            "set a route timeout (reads 5s, writes 10s here)",
+        )
+        return
+    if total is None:
+        yield _finding(
+            cluster,
+            vs,
+            f"{label} timeout",
+            f"{timeout!r} is not a duration",
+            "write it like 5s or 1500ms",
+        )
+        return
+    attempts = int(retries.get("attempts") or 0)
+    per_try = seconds(retries.get("perTryTimeout"))
+    if "perTryTimeout" in retries and per_try is None:
+        yield _finding(
+            cluster,
+            vs,
+            f"{label} retries.perTryTimeout",
+            f"{retries['perTryTimeout']!r} is not a duration",
+            "write it like 1500ms",
+        )
+    elif per_try is not None and attempts and (attempts + 1) * per_try > total + 1e-9:
+        yield _finding(
+            cluster,
+            vs,
+            f"{label} timeout",
+            f"timeout {timeout} < (1 try + {attempts} retries) x perTryTimeout "
+            f"{retries['perTryTimeout']} = {(attempts + 1) * per_try:g}s: the route "
+            "gives up before the last retry can answer",
+            f"raise the timeout to at least {(attempts + 1) * per_try:g}s or lower "
+            "perTryTimeout/attempts",
+        )
+
+
+# --- each rpc against the route it takes: the proto's class decides the retries --------------
+
+
+def _calls(vs: Manifest) -> list[dict[str, str]]:
+    """The header sets worth trying: none, and each exact header value a route matches on."""
+    variants: list[dict[str, str]] = [{}]
+    for name in header_names(vs):
+        variants.extend({name: value} for value in header_values(vs, name))
+    return variants
+
+
+def _method_classes(cluster: Cluster) -> Iterator[Finding]:
+    for vs in cluster.of_kind("VirtualService"):
+        gateway = bool(_spec(vs).get("gateways")) and "mesh" not in _spec(vs)["gateways"]
+        own = {
+            target[1]
+            for host in _spec(vs).get("hosts") or []
+            if (target := cluster.resolve(str(host), _namespace(vs))) is not None
+        }
+        wanted = [
+            rpc for entry in deployed() if gateway or entry.name in own for rpc in rpcs(entry.name)
+        ]
+        wrong: dict[tuple[int, str], list[str]] = {}
+        routes: dict[int, Match] = {}
+        for headers in _calls(vs):
+            for rpc in wanted:
+                match = first_match(vs, rpc.path, headers)
+                if match is None:
+                    if not gateway:
+                        wrong.setdefault((-1, "unrouted"), []).append(rpc.method)
+                    continue
+                routes[match.index] = match
+                problem = _class_problem(cluster, vs, rpc, match)
+                if problem:
+                    wrong.setdefault((match.index, problem), []).append(rpc.method)
+        for (index, problem), methods in sorted(wrong.items()):
+            names = ", ".join(dict.fromkeys(methods))
+            yield _class_finding(cluster, vs, routes.get(index), problem, names)
+
+
+def _class_problem(cluster: Cluster, vs: Manifest, rpc: Rpc, match: Match) -> str:
+    hosts = {
+        cluster.resolve(str((d.get("destination") or {}).get("host", "")), _namespace(vs))
+        for d in destinations(match.route)
+    }
+    if ("his", rpc.service) not in hosts:
+        return "misrouted:" + rpc.service
+    retries = match.route.get("retries")
+    if not isinstance(retries, dict):
+        return ""  # reported by the route rule
+    tokens = {t.strip() for t in retry_tokens(retries)}
+    attempts = int(retries.get("attempts") or 0)
+    if not rpc.repeatable and attempts > 0 and tokens - NEVER_REACHED:
+        return "write-retried:" + ",".join(sorted(tokens - NEVER_REACHED))
+    if rpc.repeatable and (attempts == 0 or "unavailable" not in tokens):
+        return "read-unretried"
+    return ""
+
+
+def _class_finding(
+    cluster: Cluster, vs: Manifest, match: Match | None, problem: str, methods: str
+) -> Finding:
+    label = _route_label(match.index, match.route) if match else "http"
+    kind, _, detail = problem.partition(":")
+    if kind == "unrouted":
+        return _finding(
+            cluster,
+            vs,
+            label,
+            f"no route matches {methods}: calls fail",
+            "keep a catch-all write route last",
+        )
+    if kind == "misrouted":
+        return _finding(
+            cluster,
+            vs,
+            label,
+            f"{methods} of {detail} are routed to another service",
+            f"route them to {detail}",
+        )
+    if kind == "write-retried":
+        return _finding(
+            cluster,
+            vs,
+            f"{label} retries",
+            f"retries write-class {methods} (not idempotent in the proto) on {detail}: "
+            "the server may have committed before the answer was lost",
+            "take them out of this route's uri regex, or retry only on "
+            + ",".join(sorted(NEVER_REACHED)),
+        )
+    return _finding(
+        cluster,
+        vs,
+        label,
+        f"read-class {methods} (NO_SIDE_EFFECTS/IDEMPOTENT in the proto) "
+        f"{'fall' if ',' in methods else 'falls'} to a route that does not retry on unavailable",
+        "add them to the uri regex of the reads route",
+    )
+
+
+# --- AuthorizationPolicies: real rpcs, real callers ------------------------------------------
+
+
+def _authorization(cluster: Cluster) -> Iterator[Finding]:
+    paths = all_paths()
+    services = {rpc.grpc_service: rpc.service for rpc in paths.values()}
+    for policy in cluster.of_kind("AuthorizationPolicy"):
+        app = ((_spec(policy).get("selector") or {}).get("matchLabels") or {}).get("app")
+        for number, rule in enumerate(_spec(policy).get("rules") or []):
+            for index, source in enumerate(rule.get("from") or []):
+                for principal in (source.get("source") or {}).get("principals") or []:
+                    yield from _principal(
+                        cluster, policy, f"rules[{number}].from[{index}]", str(principal)
+                    )
+            for index, target in enumerate(rule.get("to") or []):
+                operation = target.get("operation") or {}
+                for field_name in ("paths", "notPaths"):
+                    for path in operation.get(field_name) or []:
+                        yield from _path(
+                            cluster,
+                            policy,
+                            f"rules[{number}].to[{index}]",
+                            str(path),
+                            paths=paths,
+                            services=services,
+                            app=app,
+                        )
+
+
+def _principal(cluster: Cluster, policy: Manifest, where: str, principal: str) -> Iterator[Finding]:
+    parts = principal.split("/")
+    shaped = len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa"
+    if not shaped:
+        if principal != "*":
+            yield _finding(
+                cluster,
+                policy,
+                where,
+                f"principal {principal!r} is not cluster.local/ns/<namespace>/sa/<serviceaccount>",
+                "name the caller's ServiceAccount",
+            )
+        return
+    if parts[0] != "cluster.local":
+        yield _finding(
+            cluster,
+            policy,
+            where,
+            f"trust domain {parts[0]!r} is not cluster.local",
+            "use cluster.local/ns/<namespace>/sa/<serviceaccount>",
+        )
+    if (parts[2], parts[4]) not in cluster.accounts:
+        known = sorted(f"cluster.local/ns/{ns}/sa/{name}" for ns, name in cluster.accounts)
+        yield _finding(
+            cluster,
+            policy,
+            where,
+            f"principal {principal!r} names no ServiceAccount of this overlay, so the "
+            "rule never matches",
+            "name a real ServiceAccount" + _suggest(principal, known),
+        )
+
+
+def _path(
+    cluster: Cluster,
+    policy: Manifest,
+    where: str,
+    path: str,
+    *,
+    paths: Mapping[str, Rpc],
+    services: Mapping[str, str],
+    app: object,
+) -> Iterator[Finding]:
+    if path.endswith("/*"):
+        grpc_service = path[1:-2]
+        if not path.startswith("/") or grpc_service not in services:
+            yield _finding(
+                cluster,
+                policy,
+                where,
+                f"path {path!r} names no gRPC service",
+                "use /<package>.<Service>/* of a real service"
+                + _suggest(grpc_service, sorted(services)),
+            )
+            return
+        owner = services[grpc_service]
+    elif path in paths:
+        owner = paths[path].service
+    else:
+        grpc_service, _, method = path.lstrip("/").partition("/")
+        if grpc_service in services:
+            methods = [rpc.method for rpc in paths.values() if rpc.grpc_service == grpc_service]
+            fix = "use a real rpc" + _suggest(method, methods)
+        else:
+            fix = "use /<package>.<Service>/<Method> of a real rpc" + _suggest(path, sorted(paths))
+        yield _finding(cluster, policy, where, f"path {path!r} is not an rpc of any service", fix)
+        return
+    if isinstance(app, str) and app in {e.name for e in deployed()} and owner != app:
+        yield _finding(
+            cluster,
+            policy,
+            where,
+            f"path {path!r} is an rpc of {owner}, but this policy guards {app}",
+            f"move the rule to mesh/istio/authorization/{owner}.yaml",
+        )

@@ -1,0 +1,115 @@
+"""How Istio picks the http route of a VirtualService for one call, and its durations.
+
+Istio's semantics, kept small: routes are tried in order; a route without `match` takes
+everything; its `match` entries are OR'd and the conditions inside one entry AND'd; regexes are
+RE2 and must match the whole value (Python's `re.fullmatch` agrees on the patterns used here).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# gRPC is always POST; matching on other request properties is not evaluated.
+_EVALUATED = {"uri", "headers", "withoutHeaders", "method", "name"}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class Match:
+    """The route a call takes: its index and body, and conditions that could not be judged."""
+
+    index: int
+    route: dict[str, Any]
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.route.get("name") or f"http[{self.index}]")
+
+
+def _string_match(condition: Any, value: str | None) -> bool:
+    """Istio's StringMatch (exact, prefix, regex) against a value that may be absent."""
+    if not isinstance(condition, Mapping) or value is None:
+        return False
+    if "exact" in condition:
+        return value == str(condition["exact"])
+    if "prefix" in condition:
+        return value.startswith(str(condition["prefix"]))
+    if "regex" in condition:
+        try:
+            return re.fullmatch(str(condition["regex"]), value) is not None
+        except re.error:
+            return False
+    return True  # an empty StringMatch matches any present value
+
+
+def _entry_matches(entry: Mapping[str, Any], path: str, headers: Mapping[str, str]) -> bool:
+    if "uri" in entry and not _string_match(entry["uri"], path):
+        return False
+    if "method" in entry and not _string_match(entry["method"], "POST"):
+        return False
+    for name, condition in (entry.get("headers") or {}).items():
+        if not _string_match(condition, headers.get(str(name).lower())):
+            return False
+    for name, condition in (entry.get("withoutHeaders") or {}).items():
+        if _string_match(condition, headers.get(str(name).lower())):
+            return False
+    return True
+
+
+def first_match(
+    virtual_service: Mapping[str, Any], path: str, headers: Mapping[str, str] | None = None
+) -> Match | None:
+    """The http route a gRPC call to `path` with these (lower-case) headers takes, if any."""
+    given = {key.lower(): value for key, value in (headers or {}).items()}
+    routes = (virtual_service.get("spec") or {}).get("http") or []
+    for index, route in enumerate(routes):
+        if not isinstance(route, Mapping):
+            continue
+        entries = route.get("match")
+        if not entries:
+            return Match(index, dict(route))
+        for entry in entries:
+            if isinstance(entry, Mapping) and _entry_matches(entry, path, given):
+                ignored = sorted(set(entry) - _EVALUATED)
+                return Match(index, dict(route), ignored)
+    return None
+
+
+def header_names(virtual_service: Mapping[str, Any]) -> list[str]:
+    """Every header a route of this VirtualService matches on (to try calls with and without)."""
+    names: set[str] = set()
+    for route in (virtual_service.get("spec") or {}).get("http") or []:
+        for entry in (route or {}).get("match") or []:
+            names.update(str(n).lower() for n in ((entry or {}).get("headers") or {}))
+    return sorted(names)
+
+
+def header_values(virtual_service: Mapping[str, Any], name: str) -> list[str]:
+    """The exact values routes match for one header (the calls worth trying)."""
+    values: set[str] = set()
+    for route in (virtual_service.get("spec") or {}).get("http") or []:
+        for entry in (route or {}).get("match") or []:
+            condition = ((entry or {}).get("headers") or {}).get(name)
+            if isinstance(condition, Mapping) and "exact" in condition:
+                values.add(str(condition["exact"]))
+    return sorted(values)
+
+
+def seconds(duration: Any) -> float | None:
+    """An Istio duration (`5s`, `1500ms`, `1m30s`) in seconds; None when it is not one."""
+    if not isinstance(duration, str) or not duration:
+        return None
+    parts = _DURATION.findall(duration)
+    if "".join(number + unit for number, unit in parts) != duration:
+        return None
+    return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+
+
+def destinations(route: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The weighted destinations of one http route (missing weight: 100 when alone)."""
+    return [d for d in route.get("route") or [] if isinstance(d, dict)]

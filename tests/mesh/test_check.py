@@ -1,0 +1,278 @@
+"""`his mesh check` on the real policy (clean) and on copies with one seeded mistake each:
+every lint rule must fail the check with a line naming the file and the problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from his.mesh.check import CheckUnavailable, run_check
+from tests.mesh.conftest import REPOSITORY, needs_kubectl
+
+pytestmark = needs_kubectl
+
+
+def edit(root: Path, file: str, old: str, new: str, count: int = 1) -> None:
+    """Replace `old` (which must be there) in one file of the copy."""
+    path = root / file
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {file}: the test no longer seeds its mistake"
+    path.write_text(text.replace(old, new, count), encoding="utf-8")
+
+
+def test_the_real_policy_passes_on_every_overlay() -> None:
+    report = run_check(REPOSITORY)
+    assert report.findings == [], "\n".join(map(str, report.findings))
+    assert set(report.rendered) == {
+        "mesh/istio",
+        "deploy/kustomize/overlays/dev",
+        "deploy/kustomize/overlays/prod",
+    }
+    assert all(count > 0 for count in report.rendered.values())
+    # Istio's schemas were really used: only the CloudNativePG Cluster has none offline.
+    assert not [n for n in report.notes if "Istio" in n], report.notes
+    assert all("Cluster his/his-db" in n for n in report.notes), report.notes
+
+
+def test_cli_exits_zero_on_the_real_policy() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "his.cli", "mesh", "check", "--root", str(REPOSITORY)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "his mesh check: ok" in done.stdout
+
+
+VS = "mesh/istio/virtual-services"
+READS = "unavailable,connect-failure,refused-stream"
+
+
+def _misspelled_field(root: Path) -> None:
+    edit(
+        root,
+        "mesh/istio/destination-rules/patient.yaml",
+        "consecutiveGatewayErrors",
+        "consecutiveGatewayError",
+    )
+
+
+def _weights_90_20(root: Path) -> None:
+    edit(root, f"{VS}/scheduling.yaml", "weight: 100", "weight: 90")
+    edit(root, f"{VS}/scheduling.yaml", "weight: 0", "weight: 20")
+
+
+def _retry_on_create(root: Path) -> None:
+    edit(
+        root,
+        f"{VS}/patient.yaml",
+        "Service/(GetPatient|",
+        "Service/(CreatePatient|GetPatient|",
+        count=2,
+    )
+
+
+def _unknown_subset(root: Path) -> None:
+    edit(
+        root,
+        f"{VS}/patient.yaml",
+        "subset: canary\n          weight: 0",
+        "subset: canery\n          weight: 0",
+    )
+
+
+def _retry_on_with_spaces(root: Path) -> None:
+    edit(root, f"{VS}/iam.yaml", f"retryOn: {READS}", 'retryOn: "unavailable, cancelled"')
+
+
+def _missing_authorization_policy(root: Path) -> None:
+    (root / "mesh/istio/authorization/audit.yaml").unlink()
+    edit(root, "mesh/istio/kustomization.yaml", "  - authorization/audit.yaml\n", "")
+
+
+def _path_to_no_rpc(root: Path) -> None:
+    edit(
+        root,
+        "mesh/istio/authorization/patient.yaml",
+        "PatientService/ListConsents",
+        "PatientService/ListConsent",
+    )
+
+
+def _unknown_principal(root: Path) -> None:
+    edit(
+        root, "mesh/istio/authorization/patient.yaml", "sa/research-export", "sa/research-exporter"
+    )
+
+
+def _port_not_grpc(root: Path) -> None:
+    edit(root, "deploy/kustomize/base/scheduling/service.yaml", "- name: grpc", "- name: api")
+    edit(
+        root,
+        "deploy/kustomize/base/scheduling/service.yaml",
+        "appProtocol: grpc",
+        "appProtocol: http",
+    )
+
+
+def _timeout_below_retries(root: Path) -> None:
+    edit(root, f"{VS}/audit.yaml", "timeout: 5s", "timeout: 3s")
+
+
+def _host_not_a_service(root: Path) -> None:
+    edit(
+        root,
+        "mesh/istio/destination-rules/iam.yaml",
+        "host: iam.his.svc.cluster.local",
+        "host: iamm.his.svc.cluster.local",
+    )
+
+
+def _http_retry_token(root: Path) -> None:
+    edit(root, f"{VS}/scheduling.yaml", f"retryOn: {READS}", "retryOn: 5xx,connect-failure")
+
+
+def _read_missing_from_reads(root: Path) -> None:
+    edit(root, f"{VS}/patient.yaml", "(GetPatient|ListPatients|", "(ListPatients|", count=2)
+
+
+def _file_not_listed(root: Path) -> None:
+    edit(root, "mesh/istio/kustomization.yaml", "  - destination-rules/iam.yaml\n", "")
+
+
+def _canary_without_pods(root: Path) -> None:
+    edit(root, f"{VS}/audit.yaml", "weight: 100", "weight: 90")
+    edit(root, f"{VS}/audit.yaml", "weight: 0", "weight: 10")
+
+
+def _drill_out_of_date(root: Path) -> None:
+    edit(root, f"{VS}/patient.yaml", "name: patient-reads", "name: patient-read-class")
+
+
+def _write_retried_on_unavailable(root: Path) -> None:
+    edit(
+        root,
+        f"{VS}/scheduling.yaml",
+        "retryOn: connect-failure,refused-stream",
+        "retryOn: connect-failure,refused-stream,unavailable",
+    )
+
+
+Seed = Callable[[Path], None]
+
+MUTATIONS: list[tuple[Seed, str, str]] = [
+    (
+        _misspelled_field,
+        "mesh/istio/destination-rules/patient.yaml",
+        "unknown field 'consecutiveGatewayError'",
+    ),
+    (
+        _weights_90_20,
+        f"{VS}/scheduling.yaml",
+        "weights sum to 110 (stable 90 + canary 20), not 100",
+    ),
+    (_retry_on_create, f"{VS}/patient.yaml", "retries write-class CreatePatient"),
+    (_unknown_subset, f"{VS}/patient.yaml", "unknown subset 'canery'"),
+    (_retry_on_with_spaces, f"{VS}/iam.yaml", "'unavailable, cancelled' has spaces"),
+    (
+        _missing_authorization_policy,
+        "mesh/istio/authorization/audit.yaml",
+        "no AuthorizationPolicy selects app: audit",
+    ),
+    (
+        _path_to_no_rpc,
+        "mesh/istio/authorization/patient.yaml",
+        "'/his.patient.v1.PatientService/ListConsent' is not an rpc",
+    ),
+    (_unknown_principal, "mesh/istio/authorization/patient.yaml", "names no ServiceAccount"),
+    (_port_not_grpc, "deploy/kustomize/base/scheduling/service.yaml", "no port named grpc"),
+    (_timeout_below_retries, f"{VS}/audit.yaml", "gives up before the last retry"),
+    (
+        _host_not_a_service,
+        "mesh/istio/destination-rules/iam.yaml",
+        "host 'iamm.his.svc.cluster.local' is not a Service",
+    ),
+    (_http_retry_token, f"{VS}/scheduling.yaml", "'5xx' looks at the HTTP status"),
+    (_read_missing_from_reads, f"{VS}/patient.yaml", "read-class GetPatient"),
+    (
+        _file_not_listed,
+        "mesh/istio/destination-rules/iam.yaml",
+        "missing from mesh/istio/kustomization.yaml",
+    ),
+    (_canary_without_pods, f"{VS}/audit.yaml", "subset 'canary' gets traffic but selects no pods"),
+    (
+        _drill_out_of_date,
+        "mesh/istio/drills/patient/unavailable.yaml",
+        "the routes changed, update the drill",
+    ),
+    (
+        _write_retried_on_unavailable,
+        f"{VS}/scheduling.yaml",
+        "BookAppointment (not idempotent in the proto) on unavailable",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("seed", "file", "problem"),
+    MUTATIONS,
+    ids=[seed.__name__.strip("_") for seed, _, _ in MUTATIONS],
+)
+def test_a_seeded_mistake_fails_the_check(
+    policy_copy: Path, seed: Seed, file: str, problem: str
+) -> None:
+    seed(policy_copy)
+    report = run_check(policy_copy, ["dev"])
+    lines = [str(finding) for finding in report.findings]
+    assert not report.ok
+    assert any(line.startswith(f"{file}: ") and problem in line for line in lines), "\n".join(lines)
+
+
+def test_cli_prints_one_line_per_finding_and_exits_one(policy_copy: Path) -> None:
+    _weights_90_20(policy_copy)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "his.cli",
+            "mesh",
+            "check",
+            "--root",
+            str(policy_copy),
+            "--overlay",
+            "prod",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert (
+        f"{VS}/scheduling.yaml: VirtualService his/scheduling http[2] scheduling-reads route: "
+        "weights sum to 110" in done.stdout
+    )
+    assert "fix: make them add up to 100" in done.stdout
+
+
+def test_a_yaml_syntax_error_names_the_file(policy_copy: Path) -> None:
+    edit(policy_copy, f"{VS}/iam.yaml", "  gateways:\n", "  gateways:\n   bad: [\n")
+    report = run_check(policy_copy, ["dev"])
+    assert any(
+        f.file == f"{VS}/iam.yaml" and "does not parse" in f.problem for f in report.findings
+    )
+
+
+def test_unknown_overlay_is_refused() -> None:
+    with pytest.raises(CheckUnavailable, match="unknown overlay staging; overlays: dev, prod"):
+        run_check(REPOSITORY, ["staging"])
+
+
+def test_missing_kubectl_is_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HIS_KUBECTL", "/nonexistent/kubectl")
+    with pytest.raises(CheckUnavailable, match="kubectl not runnable"):
+        run_check(REPOSITORY, ["dev"])
