@@ -1,0 +1,465 @@
+"""`his mesh explain`: which route of which VirtualService one gRPC call takes, and what then.
+
+Reads the VirtualServices straight from mesh/istio (no kubectl) and picks the route with the
+same matcher `his mesh check` uses (his.mesh.routes), so the two tools cannot disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from his.mesh import drills
+from his.mesh.contracts import Rpc, host, rpcs
+from his.mesh.lint import NEVER_REACHED
+from his.mesh.routes import first_match
+from his.mesh.sources import Manifest, RootNotFound, Source, documents, repository_root
+
+MESH = "mesh/istio"
+MOBILE_GATEWAY = "his/mobile"
+# What Istio does on a route without `retries` (or with attempts but no retryOn).
+ISTIO_DEFAULT_ATTEMPTS = 2
+ISTIO_DEFAULT_RETRY_ON = (
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+)
+_SHOWN_PATTERN = 60  # characters of a long uri regex worth printing; the file has the rest
+
+
+class ExplainError(Exception):
+    """The call cannot be explained (unknown service, method, drill, header); exit 2."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One weighted destination of the route and the pod labels its subset selects."""
+
+    host: str
+    subset: str | None
+    weight: int
+    labels: dict[str, str] | None  # None: no DestinationRule defines the subset
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Everything `his mesh explain` says about one call."""
+
+    rpc: Rpc
+    headers: dict[str, str]
+    virtual_service: str  # namespace/name
+    file: str
+    drill: drills.Drill | None = None
+    route_index: int | None = None  # None: no route matches
+    route_name: str = ""
+    matched_by: str = ""
+    ignored: tuple[str, ...] = ()
+    destinations: tuple[Destination, ...] = ()
+    subsets_from: str = ""  # the DestinationRule(s) the labels come from
+    timeout: str | None = None
+    retries: dict[str, Any] | None = None
+    fault: dict[str, Any] | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def routed(self) -> bool:
+        return self.route_index is not None
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def parse_headers(pairs: Iterable[str]) -> dict[str, str]:
+    """`-H key=value` pairs as lower-case header names (HTTP/2 sends them lower-case)."""
+    headers: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ExplainError(f"header {pair!r} is not KEY=VALUE (e.g. -H x-canary=always)")
+        headers[name.strip().lower()] = value
+    return headers
+
+
+def find_rpc(service: str, method: str) -> Rpc:
+    """The rpc `method` of `service`, or ExplainError naming the known ones."""
+    try:
+        known = rpcs(service)
+    except ValueError as error:  # the catalog names the known services
+        raise ExplainError(str(error)) from error
+    for rpc in known:
+        if rpc.method == method:
+            return rpc
+    names = ", ".join(rpc.method for rpc in known)
+    raise ExplainError(f"unknown method {method!r} of {service}; known methods: {names}")
+
+
+def policy(root: Path) -> list[Source]:
+    """Every object written under mesh/istio, drills and kustomization files left out."""
+    found: list[Source] = []
+    for path in sorted((root / MESH).rglob("*.yaml")):
+        relative = path.relative_to(root).as_posix()
+        if path.name == "kustomization.yaml" or relative.startswith(f"{drills.DRILLS}/"):
+            continue
+        try:
+            found.extend(Source(relative, manifest) for manifest in documents(path))
+        except yaml.YAMLError as error:
+            raise ExplainError(f"{relative} does not parse: run `his mesh check`") from error
+    return found
+
+
+def fqdn(name: str, namespace: str) -> str:
+    """A mesh host as Istio resolves it from an object in `namespace` (`patient` → FQDN)."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        return f"{name}.{namespace}.svc.cluster.local"
+    if len(parts) == 2:
+        return f"{name}.svc.cluster.local"
+    if parts[2:] == ["svc"]:
+        return f"{name}.cluster.local"
+    return name
+
+
+def _namespace(manifest: Manifest) -> str:
+    return str((manifest.get("metadata") or {}).get("namespace") or "default")
+
+
+def _spec(manifest: Manifest) -> dict[str, Any]:
+    spec = manifest.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def _qualified(manifest: Manifest) -> str:
+    return f"{_namespace(manifest)}/{(manifest.get('metadata') or {}).get('name', '?')}"
+
+
+def _serves_gateway(manifest: Manifest, gateway: str) -> bool:
+    gateways = [str(g) for g in _spec(manifest).get("gateways") or []]
+    if gateway == "mesh":
+        return not gateways or "mesh" in gateways
+    # A bare gateway name refers to the VirtualService's own namespace.
+    return any((g if "/" in g else f"{_namespace(manifest)}/{g}") == gateway for g in gateways)
+
+
+def select(sources: list[Source], service: str, *, gateway: bool) -> tuple[Source, list[str]]:
+    """The VirtualService the call goes through, and warnings when more than one claims it."""
+    candidates = []
+    for source in sources:
+        manifest = source.manifest
+        if manifest.get("kind") != "VirtualService":
+            continue
+        if gateway:
+            if _serves_gateway(manifest, MOBILE_GATEWAY):
+                candidates.append(source)
+            continue
+        hosts = {fqdn(str(h), _namespace(manifest)) for h in _spec(manifest).get("hosts") or []}
+        if host(service) in hosts and _serves_gateway(manifest, "mesh"):
+            candidates.append(source)
+    if not candidates:
+        where = f"gateway {MOBILE_GATEWAY}" if gateway else f"host {host(service)} in the mesh"
+        raise ExplainError(f"no VirtualService under {MESH} routes {where}")
+    extra = [
+        f"warning: {c.file} also claims this traffic (VirtualService "
+        f"{_qualified(c.manifest)}); Istio's choice between them is not defined"
+        for c in candidates[1:]
+    ]
+    return candidates[0], extra
+
+
+def subset_labels(sources: list[Source]) -> dict[str, tuple[str, dict[str, dict[str, str]]]]:
+    """Host → (DestinationRule and file, subset name → pod labels)."""
+    found: dict[str, tuple[str, dict[str, dict[str, str]]]] = {}
+    for source in sources:
+        manifest = source.manifest
+        if manifest.get("kind") != "DestinationRule":
+            continue
+        spec = _spec(manifest)
+        subsets = {
+            str(s.get("name")): {str(k): str(v) for k, v in (s.get("labels") or {}).items()}
+            for s in spec.get("subsets") or []
+            if isinstance(s, dict)
+        }
+        rule = f"DestinationRule {_qualified(manifest)} in {source.file}"
+        found.setdefault(fqdn(str(spec.get("host", "")), _namespace(manifest)), (rule, subsets))
+    return found
+
+
+# --- the route ------------------------------------------------------------------------------
+
+
+def _condition(kind: str, condition: Any) -> str:
+    if not isinstance(condition, Mapping) or not condition:
+        return f"{kind} present"
+    operator, value = next(iter(condition.items()))
+    text = str(value)
+    if len(text) > _SHOWN_PATTERN:
+        text = text[:_SHOWN_PATTERN] + "…"
+    return f'{kind} {operator} "{text}"'
+
+
+def describe_entry(entry: Mapping[str, Any]) -> str:
+    """The conditions of one match entry in words (`uri regex "…" and header x-canary …`)."""
+    parts: list[str] = []
+    for kind in ("uri", "method"):
+        if kind in entry:
+            parts.append(_condition(kind, entry[kind]))
+    for name, condition in (entry.get("headers") or {}).items():
+        parts.append(_condition(f"header {name}", condition))
+    for name, condition in (entry.get("withoutHeaders") or {}).items():
+        parts.append(_condition(f"without header {name}", condition))
+    return " and ".join(parts) or "an empty match (every call)"
+
+
+def matched_entry(route: Mapping[str, Any], path: str, headers: Mapping[str, str]) -> str:
+    """Why the route took the call: the first of its match entries that holds."""
+    for entry in route.get("match") or []:
+        alone = {"spec": {"http": [{"match": [entry]}]}}
+        if isinstance(entry, Mapping) and first_match(alone, path, headers) is not None:
+            return "matched " + describe_entry(entry)
+    return "no match conditions: it takes every call that reaches it"
+
+
+def _destinations(
+    route: Mapping[str, Any], namespace: str, rules: Mapping[str, Any]
+) -> tuple[tuple[Destination, ...], str]:
+    entries = [d for d in route.get("route") or [] if isinstance(d, dict)]
+    found: list[Destination] = []
+    used: list[str] = []
+    for entry in entries:
+        target = entry.get("destination") or {}
+        name = fqdn(str(target.get("host", "")), namespace)
+        subset = target.get("subset")
+        default = 100 if len(entries) == 1 else 0  # Istio: a lone destination takes everything
+        weight = int(entry.get("weight", default) or 0)
+        rule, subsets = rules.get(name, ("", {}))
+        if rule and rule not in used:
+            used.append(rule)
+        labels = subsets.get(str(subset)) if subset is not None else {}
+        found.append(Destination(name, None if subset is None else str(subset), weight, labels))
+    return tuple(found), "; ".join(used)
+
+
+def retry_plan(retries: Mapping[str, Any] | None) -> tuple[int, list[str]]:
+    """(retries, retryOn tokens) as Envoy will apply them, Istio's defaults filled in."""
+    if not isinstance(retries, Mapping):
+        return ISTIO_DEFAULT_ATTEMPTS, ISTIO_DEFAULT_RETRY_ON.split(",")
+    attempts = int(retries.get("attempts") or 0)
+    text = str(retries.get("retryOn") or ISTIO_DEFAULT_RETRY_ON)
+    return attempts, [token.strip() for token in text.split(",") if token.strip()]
+
+
+def class_warnings(rpc: Rpc, route_name: str, retries: Mapping[str, Any] | None) -> list[str]:
+    """The proto's class against the route's retries (informational; the check enforces it)."""
+    attempts, tokens = retry_plan(retries)
+    if rpc.repeatable and (attempts == 0 or "unavailable" not in tokens):
+        return [
+            f"warning: {rpc.method} is read-class but route {route_name} does not retry on "
+            "unavailable: a call that met a restarting pod fails instead of trying another"
+        ]
+    unsafe = sorted(set(tokens) - NEVER_REACHED) if attempts else []
+    if not rpc.repeatable and unsafe:
+        return [
+            f"warning: {rpc.method} is write-class but route {route_name} retries on "
+            f"{','.join(unsafe)}: the server may have committed it before the answer was lost"
+        ]
+    return []
+
+
+def explain(
+    root: Path,
+    service: str,
+    method: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    gateway: bool = False,
+    drill: str | None = None,
+) -> Explanation:
+    """How the mesh routes one call of `service`.`method` with these headers."""
+    rpc = find_rpc(service, method)
+    given = {name.lower(): value for name, value in (headers or {}).items()}
+    sources = policy(root)
+    chosen, warnings = select(sources, service, gateway=gateway)
+    manifest, applied = _with_drill(root, chosen.manifest, service, drill, gateway=gateway)
+    base = Explanation(rpc, given, _qualified(manifest), chosen.file, drill=applied)
+    match = first_match(manifest, rpc.path, given)
+    if match is None:
+        return replace(base, warnings=tuple(warnings))
+    route = match.route
+    retries = route.get("retries") if isinstance(route.get("retries"), dict) else None
+    found, rules = _destinations(route, _namespace(manifest), subset_labels(sources))
+    warnings.extend(class_warnings(rpc, match.name, retries))
+    return replace(
+        base,
+        route_index=match.index,
+        route_name=match.name,
+        matched_by=matched_entry(route, rpc.path, given),
+        ignored=tuple(match.ignored),
+        destinations=found,
+        subsets_from=rules,
+        timeout=None if route.get("timeout") is None else str(route["timeout"]),
+        retries=retries,
+        fault=route.get("fault") if isinstance(route.get("fault"), dict) else None,
+        warnings=tuple(warnings),
+    )
+
+
+def _with_drill(
+    root: Path, manifest: Manifest, service: str, name: str | None, *, gateway: bool
+) -> tuple[Manifest, drills.Drill | None]:
+    """The VirtualService with the drill's JSON patch applied (drills patch his/<service>)."""
+    if name is None:
+        return manifest, None
+    try:
+        drill = drills.find(root, name)
+    except drills.DrillError as error:
+        raise ExplainError(str(error)) from error
+    if drill.service != service:
+        raise ExplainError(
+            f"drill {drill.name} patches VirtualService his/{drill.service}, not {service}'s"
+        )
+    if gateway:
+        raise ExplainError(
+            f"drill {drill.name} patches VirtualService his/{drill.service}; calls through "
+            f"the gateway go through {_qualified(manifest)}, which no drill changes"
+        )
+    try:
+        return drills.apply(manifest, drill.operations), drill
+    except drills.DrillError as error:
+        raise ExplainError(f"drill {drill.name} ({drill.file}) does not apply: {error}") from error
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def _percent(value: Any) -> str:
+    return f"{value:g}%" if isinstance(value, int | float) else f"{value}%"
+
+
+def describe_fault(fault: Mapping[str, Any] | None) -> str:
+    """The fault a drill injects, in words."""
+    if not fault:
+        return "none"
+    parts: list[str] = []
+    abort = fault.get("abort")
+    if isinstance(abort, Mapping):
+        status = next(
+            (f"{k} {abort[k]}" for k in ("grpcStatus", "httpStatus", "http2Error") if k in abort),
+            "?",
+        )
+        share = (abort.get("percentage") or {}).get("value", 100)
+        parts.append(
+            f"abort {status} for {_percent(share)} of calls (not retried: the fault filter "
+            "answers before the router)"
+        )
+    delay = fault.get("delay")
+    if isinstance(delay, Mapping):
+        share = (delay.get("percentage") or {}).get("value", 100)
+        parts.append(f"delay {delay.get('fixedDelay', '?')} for {_percent(share)} of calls")
+    return "; ".join(parts) or "present but neither abort nor delay"
+
+
+def describe_retries(retries: Mapping[str, Any] | None) -> str:
+    """The retries of the route as Envoy will apply them."""
+    attempts, tokens = retry_plan(retries)
+    if retries is None:
+        return (
+            f"not stated: Istio's default applies ({attempts} retries on {','.join(tokens)}; "
+            "writes included)"
+        )
+    if attempts == 0:
+        return "none (attempts 0)"
+    per_try = retries.get("perTryTimeout")
+    per_try_text = f"perTryTimeout {per_try}" if per_try else "perTryTimeout = the route timeout"
+    default = "" if retries.get("retryOn") else " (Istio's default retryOn)"
+    noun = "retry" if attempts == 1 else "retries"
+    return (
+        f"{attempts} {noun}, {per_try_text}, on {','.join(tokens)}{default}  "
+        f"(at most {attempts + 1} tries)"
+    )
+
+
+def _destination_line(destinations: Sequence[Destination]) -> str:
+    by_host: dict[str, list[str]] = {}
+    for d in destinations:
+        where = f"subset {d.subset} {d.weight}%" if d.subset else f"{d.weight}%"
+        by_host.setdefault(d.host, []).append(where)
+    return "; ".join(f"{name} {', '.join(parts)}" for name, parts in by_host.items())
+
+
+def _subsets_line(destinations: Sequence[Destination], rules: str) -> str:
+    parts: list[str] = []
+    for d in destinations:
+        if d.subset is None:
+            continue
+        if d.labels is None:
+            parts.append(f"{d.subset} = no such subset (Istio answers UNAVAILABLE)")
+        else:
+            labels = ", ".join(f"{k} {v}" for k, v in d.labels.items()) or "every pod"
+            parts.append(f"{d.subset} = {labels}")
+    text = ", ".join(dict.fromkeys(parts))
+    return f"{text}  ({rules})" if rules else text
+
+
+def format(explanation: Explanation) -> str:
+    """The report `his mesh explain` prints."""
+    e = explanation
+    proto = (
+        "NO_SIDE_EFFECTS/IDEMPOTENT in the proto"
+        if e.rpc.repeatable
+        else "neither NO_SIDE_EFFECTS nor IDEMPOTENT in the proto"
+    )
+    lines = [f"call        {e.rpc.path}  ({e.rpc.kind}: {proto})"]
+    if e.headers:
+        lines.append("headers     " + ", ".join(f"{k}: {v}" for k, v in e.headers.items()))
+    lines.append(f"through     VirtualService {e.virtual_service}  ({e.file})")
+    if e.drill is not None:
+        lines.append(f"drill       {e.drill.name} applied  ({e.drill.file})")
+    if not e.routed:
+        lines.append(
+            "route       none matches: Istio answers HTTP 404, which the gRPC client sees as "
+            "UNIMPLEMENTED"
+        )
+        lines.extend(e.warnings)
+        return "\n".join(lines)
+    number = (e.route_index or 0) + 1
+    lines.append(f"route       #{number} {e.route_name}  (http[{e.route_index}]; {e.matched_by})")
+    if e.ignored:
+        lines.append(
+            f"ignored     {', '.join(e.ignored)}: not evaluated here; the route was taken as "
+            "if they hold"
+        )
+    lines.append(f"destination {_destination_line(e.destinations)}")
+    subsets = _subsets_line(e.destinations, e.subsets_from)
+    if subsets:
+        lines.append(f"subsets     {subsets}")
+    lines.append(
+        f"timeout     {e.timeout}"
+        if e.timeout
+        else "timeout     none stated (Istio sets none: the caller's deadline decides)"
+    )
+    lines.append(f"retries     {describe_retries(e.retries)}")
+    lines.append(f"fault       {describe_fault(e.fault)}")
+    lines.extend(e.warnings)
+    return "\n".join(lines)
+
+
+def command(args: argparse.Namespace) -> int:
+    """The `his mesh explain` command: 0 routed, 1 no route matches, 2 cannot explain."""
+    try:
+        root = repository_root(args.root)
+        explanation = explain(
+            root,
+            args.service,
+            args.method,
+            parse_headers(args.header or []),
+            gateway=args.gateway,
+            drill=args.drill,
+        )
+    except (RootNotFound, ExplainError) as error:
+        print(f"his mesh explain: {error}", file=sys.stderr)
+        return 2
+    print(format(explanation))
+    return 0 if explanation.routed else 1

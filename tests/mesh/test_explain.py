@@ -1,0 +1,164 @@
+"""`his mesh explain` on the real policy: the route each call takes, its split, retries and
+faults; and on copies with one seeded change each, the warnings it gives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from his.cli import main
+from his.mesh.explain import Destination, ExplainError, explain, format, parse_headers
+from tests.mesh.conftest import REPOSITORY
+
+VS = "mesh/istio/virtual-services/patient.yaml"
+
+
+def edit(root: Path, file: str, old: str, new: str, count: int = 1) -> None:
+    """Replace `old` (which must be there) in one file of the copy."""
+    path = root / file
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {file}: the test no longer seeds its change"
+    path.write_text(text.replace(old, new, count), encoding="utf-8")
+
+
+def weights(destinations: Sequence[Destination]) -> dict[str | None, int]:
+    return {d.subset: d.weight for d in destinations}
+
+
+def test_a_read_takes_the_reads_route_to_stable_and_retries_unavailable() -> None:
+    e = explain(REPOSITORY, "patient", "GetPatient")
+    assert (e.virtual_service, e.file) == ("his/patient", VS)
+    assert (e.route_index, e.route_name) == (2, "patient-reads")
+    assert weights(e.destinations) == {"stable": 100, "canary": 0}
+    assert {d.subset: d.labels for d in e.destinations} == {
+        "stable": {"version": "v1"},
+        "canary": {"version": "v2"},
+    }
+    assert e.retries is not None and "unavailable" in e.retries["retryOn"].split(",")
+    assert e.fault is None and e.warnings == ()
+    report = format(e)
+    assert "read-class" in report
+    assert "route       #3 patient-reads" in report and "matched uri regex" in report
+    assert "subset stable 100%, subset canary 0%" in report
+    assert "stable = version v1, canary = version v2" in report
+    assert "on unavailable,connect-failure,refused-stream  (at most 3 tries)" in report
+    assert "fault       none" in report
+
+
+def test_a_create_takes_the_writes_route_which_never_retries_unavailable() -> None:
+    e = explain(REPOSITORY, "patient", "CreatePatient")
+    assert e.route_name == "patient-writes"
+    assert e.retries is not None
+    assert set(e.retries["retryOn"].split(",")) == {"connect-failure", "refused-stream"}
+    assert e.timeout == "10s"
+    report = format(e)
+    assert "write-class" in report and "unavailable" not in report and "warning" not in report
+
+
+def test_the_canary_header_overrides_the_weights() -> None:
+    e = explain(REPOSITORY, "patient", "GetPatient", parse_headers(["X-Canary=always"]))
+    assert e.route_name == "patient-canary-override-reads"
+    assert weights(e.destinations) == {"canary": 100}
+    assert 'header x-canary exact "always"' in format(e)
+    other = explain(REPOSITORY, "patient", "GetPatient", {"x-canary": "sometimes"})
+    assert other.route_name == "patient-reads"
+
+
+def test_through_the_gateway_the_mobile_routes_apply() -> None:
+    e = explain(REPOSITORY, "scheduling", "BookAppointment", gateway=True)
+    assert (e.virtual_service, e.file) == ("his/mobile", "mesh/istio/gateway/routes.yaml")
+    assert e.route_name == "scheduling-writes"
+    assert {d.host for d in e.destinations} == {"scheduling.his.svc.cluster.local"}
+    read = explain(REPOSITORY, "scheduling", "ListSlots", gateway=True)
+    assert read.route_name == "scheduling-reads"
+    # The anchored retries (&read-retries) arrive resolved.
+    assert read.retries is not None and read.retries["attempts"] == 2
+
+
+def test_a_drill_shows_its_fault_on_the_route_the_call_takes() -> None:
+    e = explain(REPOSITORY, "patient", "GetPatient", drill="patient/unavailable")
+    assert e.drill is not None and e.drill.name == "patient/unavailable"
+    assert e.fault == {"abort": {"grpcStatus": "UNAVAILABLE", "percentage": {"value": 10}}}
+    report = format(e)
+    assert "drill       patient/unavailable applied" in report
+    assert "fault       abort grpcStatus UNAVAILABLE for 10% of calls" in report
+    slow = format(explain(REPOSITORY, "scheduling", "ListSlots", drill="scheduling/slow"))
+    assert "fault       delay 2s for 20% of calls" in slow
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "drill", "message"),
+    [
+        ("patient", "GetPatients", None, "known methods: GetPatient, ListPatients"),
+        ("pharmacist", "GetPatient", None, "known services: patient, scheduling"),
+        ("patient", "GetPatient", "patient/slow", "known drills: patient/unavailable"),
+        ("patient", "GetPatient", "scheduling/slow", "patches VirtualService his/scheduling"),
+    ],
+)
+def test_what_cannot_be_explained_names_what_is_known(
+    service: str, method: str, drill: str | None, message: str
+) -> None:
+    with pytest.raises(ExplainError, match=message):
+        explain(REPOSITORY, service, method, drill=drill)
+
+
+def test_a_header_without_a_value_is_refused() -> None:
+    with pytest.raises(ExplainError, match="KEY=VALUE"):
+        parse_headers(["x-canary"])
+
+
+def test_a_call_no_route_takes_says_so_and_exits_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["mesh", "explain", "emr", "GetEncounter", "--gateway", "--root", str(REPOSITORY)])
+    assert done.value.code == 1
+    assert "none matches" in capsys.readouterr().out
+
+
+def test_the_cli_explains_a_call_and_refuses_a_bad_method(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["mesh", "explain", "patient", "GetPatient", "-H", "x-canary=always"]
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--root", str(REPOSITORY)])
+    assert done.value.code == 0
+    assert "patient-canary-override-reads" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["mesh", "explain", "patient", "Nope", "--root", str(REPOSITORY)])
+    assert done.value.code == 2
+    assert "unknown method 'Nope' of patient; known methods:" in capsys.readouterr().err
+
+
+def test_a_write_on_a_retrying_route_is_warned_but_explained(policy_copy: Path) -> None:
+    edit(policy_copy, VS, "Service/(GetPatient|", "Service/(CreatePatient|GetPatient|", count=2)
+    e = explain(policy_copy, "patient", "CreatePatient")
+    assert e.route_name == "patient-reads"
+    assert len(e.warnings) == 1 and e.warnings[0].startswith("warning: CreatePatient is write")
+    assert "retries on unavailable" in e.warnings[0]
+
+
+def test_a_read_on_a_route_without_unavailable_is_warned(policy_copy: Path) -> None:
+    edit(
+        policy_copy,
+        VS,
+        "        attempts: 2\n        perTryTimeout: 1500ms\n        retryOn: unavailable,",
+        "        attempts: 2\n        perTryTimeout: 1500ms\n        retryOn: ",
+        count=2,
+    )
+    e = explain(policy_copy, "patient", "GetPatient")
+    assert e.route_name == "patient-reads"
+    assert e.warnings and "does not retry on unavailable" in e.warnings[0]
+    assert "warning: GetPatient is read-class" in format(e)
+
+
+def test_conditions_it_cannot_judge_are_named(policy_copy: Path) -> None:
+    edit(
+        policy_copy,
+        VS,
+        "    - name: patient-reads\n      match:\n        - uri:",
+        "    - name: patient-reads\n      match:\n        - port: 50051\n          uri:",
+    )
+    e = explain(policy_copy, "patient", "GetPatient")
+    assert e.route_name == "patient-reads" and e.ignored == ("port",)
+    assert "ignored     port: not evaluated here" in format(e)
