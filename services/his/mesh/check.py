@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from his.mesh.sources import (
     file_of,
     index,
     key,
+    load_all,
     repository_root,
 )
 
@@ -94,7 +96,8 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
         for source in located:
             # The same object appears in every overlay; validate each distinct rendering once.
             sources.setdefault(
-                (yaml.safe_dump(source.manifest, sort_keys=True), key(source.manifest)), source
+                (json.dumps(source.manifest, sort_keys=True, default=str), key(source.manifest)),
+                source,
             )
         if tree == MESH:
             mesh_objects = objects
@@ -126,7 +129,7 @@ def _syntax(root: Path) -> list[Finding]:
     for tree in TREES:
         for path in sorted((root / tree).rglob("*.yaml")):
             try:
-                list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+                load_all(path.read_text(encoding="utf-8"))
             except yaml.YAMLError as error:
                 problems.append(
                     Finding(

@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-from his.mesh.sources import Manifest
+from his.mesh.sources import Manifest, load_all
 
 # A render that takes longer than this is stuck (kustomize has no network work to do here).
 _TIMEOUT_S = 120
@@ -58,4 +56,4 @@ def render(directory: Path) -> list[Manifest]:
         raise KubectlMissing(f"kubectl not runnable: {missing}") from missing
     if done.returncode != 0:
         raise RenderFailed(done.stderr.strip() or f"kubectl kustomize exited {done.returncode}")
-    return [doc for doc in yaml.safe_load_all(done.stdout) if isinstance(doc, dict)]
+    return [doc for doc in load_all(done.stdout) if isinstance(doc, dict)]

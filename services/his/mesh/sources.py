@@ -37,12 +37,21 @@ def key(manifest: Manifest) -> tuple[str, str, str]:
     )
 
 
+# libyaml's safe loader when PyYAML was built with it: the check parses every file and every
+# rendered overlay, and the pure-Python loader is most of its time.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_all(text: str) -> list[Any]:
+    """Every document of a YAML text, parsed safely. Raises yaml.YAMLError."""
+    return list(yaml.load_all(text, Loader=_LOADER))
+
+
 def documents(path: Path) -> Iterator[Manifest]:
     """The mapping documents of one YAML file (empty documents skipped)."""
-    with path.open(encoding="utf-8") as handle:
-        for document in yaml.safe_load_all(handle):
-            if isinstance(document, dict):
-                yield document
+    for document in load_all(path.read_text(encoding="utf-8")):
+        if isinstance(document, dict):
+            yield document
 
 
 def index(root: Path) -> dict[tuple[str, str, str], str]:
