@@ -199,7 +199,7 @@ def test_the_flagger_metric_template_counts_grpc_status_and_is_not_applied_by_de
         'reporter="destination"',
         'destination_workload_namespace="{{ namespace }}"',
         'destination_workload=~"{{ target }}"',
-        'grpc_response_status=~"2|4|13|14|15"',
+        'grpc_response_status=~"2|4|8|13|14|15"',  # 8: RESOURCE_EXHAUSTED, load shed
         "[{{ interval }}]",
     ):
         assert needle in query
