@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from his.mesh.check import CheckUnavailable, run_check
 from tests.mesh.conftest import REPOSITORY, needs_kubectl
@@ -50,7 +51,7 @@ def test_cli_exits_zero_on_the_real_policy() -> None:
 
 
 VS = "mesh/istio/virtual-services"
-READS = "unavailable,connect-failure,refused-stream"
+READS = "unavailable,connect-failure,refused-stream,reset"
 
 
 def _misspelled_field(root: Path) -> None:
@@ -163,6 +164,133 @@ def _write_retried_on_unavailable(root: Path) -> None:
     )
 
 
+AUTHZ = "mesh/istio/authorization"
+GATEWAY = "mesh/istio/gateway"
+
+
+def _default_deny_opened(root: Path) -> None:
+    edit(root, f"{AUTHZ}/default-deny.yaml", "spec: {}", "spec:\n  rules:\n    - {}")
+
+
+def _deny_action(root: Path) -> None:
+    edit(root, f"{AUTHZ}/iam.yaml", "action: ALLOW", "action: DENY")
+
+
+def _rule_without_callers(root: Path) -> None:
+    edit(
+        root,
+        f"{AUTHZ}/patient.yaml",
+        "principals:\n              - cluster.local/ns/his/sa/iam",
+        "namespaces:\n              - his",
+    )
+
+
+def _wildcard_path(root: Path) -> None:
+    edit(
+        root,
+        f"{AUTHZ}/patient.yaml",
+        "- /his.patient.v1.PatientService/ListResearchPatients",
+        "- /his.patient.v1.PatientService/*",
+    )
+
+
+def _internal_rpc_at_the_gateway(root: Path) -> None:
+    edit(
+        root,
+        f"{GATEWAY}/authorization.yaml",
+        "- /his.iam.v1.IamService/IssueToken",
+        "- /his.iam.v1.IamService/IssueToken\n"
+        "              - /his.audit.v1.AuditService/WriteAuditEvents",
+    )
+
+
+def _gateway_issuer_typo(root: Path) -> None:
+    edit(
+        root,
+        f"{GATEWAY}/authorization.yaml",
+        "- https://iam.his.local/*",
+        "- https://iam.his.locl/*",
+    )
+
+
+def _gateway_rule_without_jwt(root: Path) -> None:
+    edit(
+        root,
+        f"{GATEWAY}/authorization.yaml",
+        "requestPrincipals:\n              - https://iam.his.local/*",
+        "principals:\n              - cluster.local/ns/his/sa/mobile-gateway",
+    )
+
+
+def _issuer_differs_from_services(root: Path) -> None:
+    edit(
+        root,
+        "deploy/kustomize/base/patient/configmap.yaml",
+        "HIS_AUTH_ISSUER: https://iam.his.local",
+        "HIS_AUTH_ISSUER: https://iam.hospital.example",
+    )
+
+
+def _peer_authentication_permissive(root: Path) -> None:
+    edit(root, "mesh/istio/peer-authentication.yaml", "mode: STRICT", "mode: PERMISSIVE")
+
+
+def _outlier_counting_5xx(root: Path) -> None:
+    edit(
+        root,
+        "mesh/istio/destination-rules/audit.yaml",
+        "consecutive5xxErrors: 0",
+        "consecutive5xxErrors: 5",
+    )
+
+
+def _round_robin(root: Path) -> None:
+    edit(
+        root,
+        "mesh/istio/destination-rules/audit.yaml",
+        "simple: LEAST_REQUEST",
+        "simple: ROUND_ROBIN",
+    )
+
+
+def _no_retry_budget(root: Path) -> None:
+    edit(
+        root,
+        "mesh/istio/destination-rules/audit.yaml",
+        "maxRetries: 20",
+        "maxConcurrentStreams: 100",
+    )
+
+
+def _override_after_the_split(root: Path) -> None:
+    path = root / f"{VS}/iam.yaml"
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    http = document["spec"]["http"]
+    document["spec"]["http"] = [http[2], http[0], http[1], http[3]]
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+
+
+def _lookahead_regex(root: Path) -> None:
+    edit(root, f"{VS}/audit.yaml", 'regex: "/his', 'regex: "(?!/x)/his', count=2)
+
+
+def _timeout_off(root: Path) -> None:
+    edit(root, f"{VS}/iam.yaml", "timeout: 10s", "timeout: 0s")
+
+
+def _per_try_timeout_never_retried(root: Path) -> None:
+    edit(root, f"{VS}/audit.yaml", READS, "unavailable,connect-failure,refused-stream", count=2)
+
+
+def _drill_status_misspelled(root: Path) -> None:
+    edit(
+        root,
+        "mesh/istio/drills/patient/unavailable.yaml",
+        "grpcStatus: UNAVAILABLE",
+        "grpcStatus: UNAVAILABEL",
+    )
+
+
 Seed = Callable[[Path], None]
 
 MUTATIONS: list[tuple[Seed, str, str]] = [
@@ -214,6 +342,51 @@ MUTATIONS: list[tuple[Seed, str, str]] = [
         _write_retried_on_unavailable,
         f"{VS}/scheduling.yaml",
         "BookAppointment (not idempotent in the proto) on unavailable",
+    ),
+    (_default_deny_opened, f"{AUTHZ}/default-deny.yaml", "no namespace-wide default deny"),
+    (_deny_action, f"{AUTHZ}/iam.yaml", "action DENY"),
+    (_rule_without_callers, f"{AUTHZ}/patient.yaml", "source.namespaces: callers must be named"),
+    (_wildcard_path, f"{AUTHZ}/patient.yaml", "wildcard path '/his.patient.v1.PatientService/*'"),
+    (
+        _internal_rpc_at_the_gateway,
+        f"{GATEWAY}/authorization.yaml",
+        "lets /his.audit.v1.AuditService/WriteAuditEvents in, but AuthorizationPolicy his/audit",
+    ),
+    (_gateway_issuer_typo, f"{GATEWAY}/authorization.yaml", "is not from the issuer"),
+    (
+        _gateway_rule_without_jwt,
+        f"{GATEWAY}/authorization.yaml",
+        "a rule without requestPrincipals",
+    ),
+    (
+        _issuer_differs_from_services,
+        "deploy/kustomize/base/patient/configmap.yaml",
+        "differs from the gateway's RequestAuthentication issuer",
+    ),
+    (
+        _peer_authentication_permissive,
+        "mesh/istio/peer-authentication.yaml",
+        "no mesh-wide STRICT mTLS",
+    ),
+    (
+        _outlier_counting_5xx,
+        "mesh/istio/destination-rules/audit.yaml",
+        "gRPC errors travel as HTTP 200",
+    ),
+    (_round_robin, "mesh/istio/destination-rules/audit.yaml", "only LEAST_REQUEST spreads"),
+    (_no_retry_budget, "mesh/istio/destination-rules/audit.yaml", "no maxRetries"),
+    (_override_after_the_split, f"{VS}/iam.yaml", "its header match never applies"),
+    (_lookahead_regex, f"{VS}/audit.yaml", "Envoy's RE2 has neither"),
+    (_timeout_off, f"{VS}/iam.yaml", "0s turns the timeout off"),
+    (
+        _per_try_timeout_never_retried,
+        f"{VS}/audit.yaml",
+        "a try cut by perTryTimeout is never retried",
+    ),
+    (
+        _drill_status_misspelled,
+        "mesh/istio/drills/patient/unavailable.yaml",
+        "'UNAVAILABEL' is not a gRPC status",
     ),
 ]
 

@@ -43,7 +43,7 @@ def test_a_read_takes_the_reads_route_to_stable_and_retries_unavailable() -> Non
     assert "route       #3 patient-reads" in report and "matched uri regex" in report
     assert "subset stable 100%, subset canary 0%" in report
     assert "stable = version v1, canary = version v2" in report
-    assert "on unavailable,connect-failure,refused-stream  (at most 3 tries)" in report
+    assert "on unavailable,connect-failure,refused-stream,reset  (at most 3 tries)" in report
     assert "fault       none" in report
 
 

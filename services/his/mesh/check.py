@@ -17,8 +17,9 @@ from pathlib import Path
 import yaml
 
 from his.mesh import drills, schema
+from his.mesh.cluster import Cluster
 from his.mesh.findings import Finding
-from his.mesh.lint import Cluster, lint
+from his.mesh.lint import lint
 from his.mesh.render import KubectlMissing, RenderFailed, render
 from his.mesh.sources import (
     TREES,
@@ -31,6 +32,7 @@ from his.mesh.sources import (
     load_all,
     repository_root,
 )
+from his.mesh.traffic_lint import route_values
 
 MESH = "mesh/istio"
 OVERLAYS = "deploy/kustomize/overlays"
@@ -203,6 +205,9 @@ def _drills(root: Path, mesh_objects: list[Manifest]) -> list[Finding]:
                     "add a fault (abort or delay) to a route",
                 )
             )
+        # Faults are only in drills: lint the patched routes as the cluster would get them.
+        in_drill = Cluster([patched], functools.partial(_locate, {}, drill.file))
+        problems.extend(route_values(in_drill))
         result = schema.validate([Source(drill.file, patched)])
         problems.extend(
             Finding(f.file, f"drill {drill.name}: {f.subject}", f.problem, f.fix)

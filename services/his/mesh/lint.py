@@ -8,15 +8,22 @@ by hand here.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from his.mesh.contracts import Rpc, all_paths, deployed, rpcs
+from his.mesh.authz_lint import AUTHORIZATION_RULES
+from his.mesh.cluster import (
+    Cluster,
+    finding,
+    namespace_of,
+    spec_of,
+    suggest,
+)
+from his.mesh.contracts import Rpc, deployed, rpcs
 from his.mesh.findings import Finding, subject
 from his.mesh.routes import Match, destinations, first_match, header_names, header_values, seconds
 from his.mesh.sources import Manifest
+from his.mesh.traffic_lint import TRAFFIC_RULES
 
 # Envoy's retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on), as Istio passes them.
 GRPC_TOKENS = frozenset(
@@ -39,80 +46,6 @@ HTTP_TOKENS = frozenset(
 # Safe for a write: the request never reached a server that could have committed it.
 NEVER_REACHED = frozenset({"connect-failure", "refused-stream", "reset-before-request"})
 
-Locate = Callable[[Manifest], str]
-
-
-@dataclass
-class Cluster:
-    """The rendered objects of one overlay, indexed for the rules."""
-
-    objects: list[Manifest]
-    locate: Locate  # the file a rendered object was written in
-    services: dict[tuple[str, str], Manifest] = field(default_factory=dict)
-    accounts: set[tuple[str, str]] = field(default_factory=set)
-    pods: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (namespace, labels)
-    gateways: set[tuple[str, str]] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        for manifest in self.objects:
-            kind, namespace, name = _kind(manifest), _namespace(manifest), _name(manifest)
-            if kind == "Service":
-                self.services[(namespace, name)] = manifest
-            elif kind == "ServiceAccount":
-                self.accounts.add((namespace, name))
-            elif kind == "Gateway":
-                self.gateways.add((namespace, name))
-            elif kind in ("Deployment", "StatefulSet", "DaemonSet"):
-                template = (manifest.get("spec") or {}).get("template") or {}
-                labels = (template.get("metadata") or {}).get("labels") or {}
-                self.pods.append((namespace, {str(k): str(v) for k, v in labels.items()}))
-
-    def of_kind(self, kind: str) -> list[Manifest]:
-        return [m for m in self.objects if _kind(m) == kind]
-
-    def resolve(self, host: str, namespace: str) -> tuple[str, str] | None:
-        """The Service a mesh host names (`patient`, `patient.his`, FQDN), if it exists."""
-        parts = host.split(".")
-        if len(parts) == 1:
-            wanted = (namespace, parts[0])
-        elif len(parts) == 2 or parts[2:] in (["svc"], ["svc", "cluster", "local"]):
-            wanted = (parts[1], parts[0])
-        else:
-            return None
-        return wanted if wanted in self.services else None
-
-    def selects_pods(self, namespace: str, labels: Mapping[str, str]) -> bool:
-        return any(
-            ns == namespace and all(pod.get(k) == v for k, v in labels.items())
-            for ns, pod in self.pods
-        )
-
-
-def _kind(manifest: Manifest) -> str:
-    return str(manifest.get("kind", ""))
-
-
-def _namespace(manifest: Manifest) -> str:
-    return str((manifest.get("metadata") or {}).get("namespace") or "")
-
-
-def _name(manifest: Manifest) -> str:
-    return str((manifest.get("metadata") or {}).get("name") or "")
-
-
-def _spec(manifest: Manifest) -> dict[str, Any]:
-    spec = manifest.get("spec")
-    return spec if isinstance(spec, dict) else {}
-
-
-def _finding(cluster: Cluster, manifest: Manifest, where: str, problem: str, fix: str) -> Finding:
-    return Finding(cluster.locate(manifest), subject(manifest, where), problem, fix)
-
-
-def _suggest(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
 
 def lint(cluster: Cluster) -> list[Finding]:
     """Every finding of every rule, sorted and without repeats."""
@@ -124,7 +57,8 @@ def lint(cluster: Cluster) -> list[Finding]:
         _route_destinations,
         _route_retries,
         _method_classes,
-        _authorization,
+        *AUTHORIZATION_RULES,
+        *TRAFFIC_RULES,
     )
     return sorted({finding for rule in rules for finding in rule(cluster)})
 
@@ -134,7 +68,7 @@ def _mesh_virtual_services(cluster: Cluster) -> list[Manifest]:
     return [
         vs
         for vs in cluster.of_kind("VirtualService")
-        if not _spec(vs).get("gateways") or "mesh" in _spec(vs)["gateways"]
+        if not spec_of(vs).get("gateways") or "mesh" in spec_of(vs)["gateways"]
     ]
 
 
@@ -162,7 +96,7 @@ def _presence(cluster: Cluster) -> Iterator[Finding]:
             )
             continue
         if not any(
-            cluster.resolve(str(_spec(dr).get("host", "")), _namespace(dr)) == ("his", name)
+            cluster.resolve(str(spec_of(dr).get("host", "")), namespace_of(dr)) == ("his", name)
             for dr in rules
         ):
             yield Finding(
@@ -174,9 +108,9 @@ def _presence(cluster: Cluster) -> Iterator[Finding]:
                 "mesh/istio/kustomization.yaml",
             )
         if not any(
-            cluster.resolve(str(h), _namespace(vs)) == ("his", name)
+            cluster.resolve(str(h), namespace_of(vs)) == ("his", name)
             for vs in meshed
-            for h in _spec(vs).get("hosts") or []
+            for h in spec_of(vs).get("hosts") or []
         ):
             yield Finding(
                 f"mesh/istio/virtual-services/{name}.yaml",
@@ -187,8 +121,8 @@ def _presence(cluster: Cluster) -> Iterator[Finding]:
                 "mesh/istio/kustomization.yaml",
             )
         if not any(
-            _namespace(ap) == "his"
-            and ((_spec(ap).get("selector") or {}).get("matchLabels") or {}).get("app") == name
+            namespace_of(ap) == "his"
+            and ((spec_of(ap).get("selector") or {}).get("matchLabels") or {}).get("app") == name
             for ap in policies
         ):
             yield Finding(
@@ -210,7 +144,7 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
     for (namespace, name), service in sorted(cluster.services.items()):
         if namespace != "his" or name not in names:
             continue
-        ports = _spec(service).get("ports") or []
+        ports = spec_of(service).get("ports") or []
         grpc = False
         for index, port in enumerate(ports):
             label = str(port.get("name", ""))
@@ -219,7 +153,7 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
             if label == "grpc" or label.startswith("grpc-"):
                 grpc = True
                 if protocol != "grpc":
-                    yield _finding(
+                    yield finding(
                         cluster,
                         service,
                         where,
@@ -227,7 +161,7 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
                         "set appProtocol: grpc (Istio reads it before the name)",
                     )
             elif protocol == "grpc":
-                yield _finding(
+                yield finding(
                     cluster,
                     service,
                     where,
@@ -236,7 +170,7 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
                 )
                 grpc = True
             elif not protocol and "-" not in label and label not in ("http", "http2", "tcp"):
-                yield _finding(
+                yield finding(
                     cluster,
                     service,
                     where,
@@ -244,7 +178,7 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
                     "name it <protocol>[-suffix] and set appProtocol",
                 )
         if not grpc:
-            yield _finding(
+            yield finding(
                 cluster,
                 service,
                 "ports",
@@ -259,22 +193,22 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
 
 def _destination_rules(cluster: Cluster) -> Iterator[Finding]:
     for rule in cluster.of_kind("DestinationRule"):
-        spec = _spec(rule)
+        spec = spec_of(rule)
         host = str(spec.get("host", ""))
-        target = cluster.resolve(host, _namespace(rule))
+        target = cluster.resolve(host, namespace_of(rule))
         if target is None:
-            yield _finding(
+            yield finding(
                 cluster,
                 rule,
                 "host",
                 f"host {host!r} is not a Service of this overlay",
                 "use <service>.<namespace>.svc.cluster.local of an existing Service"
-                + _suggest(host, _hosts(cluster)),
+                + suggest(host, _hosts(cluster)),
             )
             continue
         mode = ((spec.get("trafficPolicy") or {}).get("tls") or {}).get("mode")
         if mode != "ISTIO_MUTUAL":
-            yield _finding(
+            yield finding(
                 cluster,
                 rule,
                 "trafficPolicy.tls.mode",
@@ -282,22 +216,22 @@ def _destination_rules(cluster: Cluster) -> Iterator[Finding]:
                 "breaks or weakens the calls",
                 "set trafficPolicy.tls.mode: ISTIO_MUTUAL",
             )
-        selector = _spec(cluster.services[target]).get("selector") or {}
+        selector = spec_of(cluster.services[target]).get("selector") or {}
         pod_keys = {key for ns, pod in cluster.pods if ns == target[0] for key in pod}
         for index, subset in enumerate(spec.get("subsets") or []):
             labels = {str(k): str(v) for k, v in (subset.get("labels") or {}).items()}
             for key in sorted(set(labels) - pod_keys):
-                yield _finding(
+                yield finding(
                     cluster,
                     rule,
                     f"subsets[{index}] {subset.get('name')}",
                     f"label {key!r} is on no pod of namespace {target[0]}",
-                    "use a label the Deployments set" + _suggest(key, sorted(pod_keys)),
+                    "use a label the Deployments set" + suggest(key, sorted(pod_keys)),
                 )
             if subset.get("name") == "stable" and not cluster.selects_pods(
                 target[0], {**selector, **labels}
             ):
-                yield _finding(
+                yield finding(
                     cluster,
                     rule,
                     f"subsets[{index}] stable",
@@ -318,10 +252,10 @@ def _hosts(cluster: Cluster) -> list[str]:
 def _subsets(cluster: Cluster, target: tuple[str, str]) -> dict[str, dict[str, str]] | None:
     """The subsets (name → labels) the DestinationRule of a Service defines, None without one."""
     for rule in cluster.of_kind("DestinationRule"):
-        if cluster.resolve(str(_spec(rule).get("host", "")), _namespace(rule)) == target:
+        if cluster.resolve(str(spec_of(rule).get("host", "")), namespace_of(rule)) == target:
             return {
                 str(s.get("name")): {str(k): str(v) for k, v in (s.get("labels") or {}).items()}
-                for s in _spec(rule).get("subsets") or []
+                for s in spec_of(rule).get("subsets") or []
             }
     return None
 
@@ -332,14 +266,14 @@ def _subsets(cluster: Cluster, target: tuple[str, str]) -> dict[str, dict[str, s
 def _virtual_service_hosts(cluster: Cluster) -> Iterator[Finding]:
     seen: dict[tuple[str, str], Manifest] = {}
     for vs in cluster.of_kind("VirtualService"):
-        spec = _spec(vs)
+        spec = spec_of(vs)
         gateways = [str(g) for g in spec.get("gateways") or []]
         for gateway in gateways:
             if gateway == "mesh":
                 continue
             namespace, _, name = gateway.rpartition("/")
-            if (namespace or _namespace(vs), name) not in cluster.gateways:
-                yield _finding(
+            if (namespace or namespace_of(vs), name) not in cluster.gateways:
+                yield finding(
                     cluster,
                     vs,
                     "gateways",
@@ -349,18 +283,18 @@ def _virtual_service_hosts(cluster: Cluster) -> Iterator[Finding]:
         if gateways and "mesh" not in gateways:
             continue  # external host names, served by the gateway
         for host in spec.get("hosts") or []:
-            target = cluster.resolve(str(host), _namespace(vs))
+            target = cluster.resolve(str(host), namespace_of(vs))
             if target is None:
-                yield _finding(
+                yield finding(
                     cluster,
                     vs,
                     "hosts",
                     f"host {host!r} is not a Service of this overlay, so the routes never apply",
                     "use <service>.<namespace>.svc.cluster.local"
-                    + _suggest(str(host), _hosts(cluster)),
+                    + suggest(str(host), _hosts(cluster)),
                 )
             elif target in seen and seen[target] is not vs:
-                yield _finding(
+                yield finding(
                     cluster,
                     vs,
                     "hosts",
@@ -374,7 +308,7 @@ def _virtual_service_hosts(cluster: Cluster) -> Iterator[Finding]:
 
 def _route_destinations(cluster: Cluster) -> Iterator[Finding]:
     for vs in cluster.of_kind("VirtualService"):
-        for index, route in enumerate(_spec(vs).get("http") or []):
+        for index, route in enumerate(spec_of(vs).get("http") or []):
             label = _route_label(index, route)
             targets = destinations(route)
             weights = [d.get("weight") for d in targets]
@@ -385,7 +319,7 @@ def _route_destinations(cluster: Cluster) -> Iterator[Finding]:
                         f"{(d.get('destination') or {}).get('subset', '?')} {d.get('weight', 0)}"
                         for d in targets
                     )
-                    yield _finding(
+                    yield finding(
                         cluster,
                         vs,
                         f"{label} route",
@@ -393,7 +327,7 @@ def _route_destinations(cluster: Cluster) -> Iterator[Finding]:
                         "make them add up to 100 (`his canary` sets both)",
                     )
             elif targets and weights[0] not in (None, 100):
-                yield _finding(
+                yield finding(
                     cluster,
                     vs,
                     f"{label} route",
@@ -417,14 +351,14 @@ def _destination(
 ) -> Iterator[Finding]:
     destination = target.get("destination") or {}
     host = str(destination.get("host", ""))
-    service = cluster.resolve(host, _namespace(vs))
+    service = cluster.resolve(host, namespace_of(vs))
     if service is None:
-        yield _finding(
+        yield finding(
             cluster,
             vs,
             where,
             f"destination host {host!r} is not a Service",
-            "use <service>.<namespace>.svc.cluster.local" + _suggest(host, _hosts(cluster)),
+            "use <service>.<namespace>.svc.cluster.local" + suggest(host, _hosts(cluster)),
         )
         return
     name = destination.get("subset")
@@ -433,7 +367,7 @@ def _destination(
     subsets = _subsets(cluster, service)
     if subsets is None:
         # One line per VirtualService, not per route: the cause is the missing rule.
-        yield _finding(
+        yield finding(
             cluster,
             vs,
             "",
@@ -444,19 +378,19 @@ def _destination(
         return
     if name not in subsets:
         known = ", ".join(sorted(subsets)) or "none"
-        yield _finding(
+        yield finding(
             cluster,
             vs,
             where,
             f"unknown subset {name!r}: the DestinationRule of {host} defines {known}; "
             "Envoy answers UNAVAILABLE (no healthy upstream)",
-            "use a defined subset" + _suggest(str(name), sorted(subsets)),
+            "use a defined subset" + suggest(str(name), sorted(subsets)),
         )
         return
-    selector = _spec(cluster.services[service]).get("selector") or {}
+    selector = spec_of(cluster.services[service]).get("selector") or {}
     labels = {**selector, **subsets[str(name)]}
     if weighted and not cluster.selects_pods(service[0], labels):
-        yield _finding(
+        yield finding(
             cluster,
             vs,
             where,
@@ -476,11 +410,11 @@ def retry_tokens(retries: Mapping[str, Any]) -> list[str]:
 
 def _route_retries(cluster: Cluster) -> Iterator[Finding]:
     for vs in cluster.of_kind("VirtualService"):
-        for index, route in enumerate(_spec(vs).get("http") or []):
+        for index, route in enumerate(spec_of(vs).get("http") or []):
             label = _route_label(index, route)
             retries = route.get("retries")
             if not isinstance(retries, dict):
-                yield _finding(
+                yield finding(
                     cluster,
                     vs,
                     label,
@@ -499,7 +433,7 @@ def _retry_on(
     text = retries.get("retryOn")
     attempts = int(retries.get("attempts") or 0)
     if attempts > 0 and not text:
-        yield _finding(
+        yield finding(
             cluster,
             vs,
             f"{label} retries",
@@ -510,18 +444,19 @@ def _retry_on(
     if not text:
         return
     if any(ch.isspace() for ch in str(text)):
-        yield _finding(
+        yield finding(
             cluster,
             vs,
             f"{label} retries.retryOn",
-            f"{text!r} has spaces: Envoy splits on commas only, so ' cancelled' is an "
-            "unknown condition and silently never fires",
+            f"{text!r} has spaces: Envoy splits retryOn on commas, so "
+            f"{', '.join(repr(t) for t in str(text).split(',') if t != t.strip())} is not a "
+            "condition it knows and may silently never fire",
             f"write {','.join(t.strip() for t in str(text).split(','))!r}",
         )
     known = sorted(GRPC_TOKENS | CONNECTION_TOKENS | HTTP_TOKENS)
     for token in (t.strip() for t in str(text).split(",")):
         if token in HTTP_TOKENS or token.isdigit():
-            yield _finding(
+            yield finding(
                 cluster,
                 vs,
                 f"{label} retries.retryOn",
@@ -530,14 +465,14 @@ def _retry_on(
                 "use gRPC conditions: " + ",".join(sorted(GRPC_TOKENS)),
             )
         elif token not in GRPC_TOKENS | CONNECTION_TOKENS:
-            yield _finding(
+            yield finding(
                 cluster,
                 vs,
                 f"{label} retries.retryOn",
                 f"unknown retry condition {token!r}: Envoy ignores it",
                 "use one of "
                 + ",".join(sorted(GRPC_TOKENS | CONNECTION_TOKENS))
-                + _suggest(token, known),
+                + suggest(token, known),
             )
 
 
@@ -551,7 +486,7 @@ def _timeouts(
     timeout = route.get("timeout")
     total = seconds(timeout)
     if timeout is None:
-        yield _finding(
+        yield finding(
             cluster,
             vs,
             label,
@@ -560,7 +495,7 @@ def _timeouts(
         )
         return
     if total is None:
-        yield _finding(
+        yield finding(
             cluster,
             vs,
             f"{label} timeout",
@@ -571,7 +506,7 @@ def _timeouts(
     attempts = int(retries.get("attempts") or 0)
     per_try = seconds(retries.get("perTryTimeout"))
     if "perTryTimeout" in retries and per_try is None:
-        yield _finding(
+        yield finding(
             cluster,
             vs,
             f"{label} retries.perTryTimeout",
@@ -579,7 +514,7 @@ def _timeouts(
             "write it like 1500ms",
         )
     elif per_try is not None and attempts and (attempts + 1) * per_try > total + 1e-9:
-        yield _finding(
+        yield finding(
             cluster,
             vs,
             f"{label} timeout",
@@ -604,11 +539,11 @@ def _calls(vs: Manifest) -> list[dict[str, str]]:
 
 def _method_classes(cluster: Cluster) -> Iterator[Finding]:
     for vs in cluster.of_kind("VirtualService"):
-        gateway = bool(_spec(vs).get("gateways")) and "mesh" not in _spec(vs)["gateways"]
+        gateway = bool(spec_of(vs).get("gateways")) and "mesh" not in spec_of(vs)["gateways"]
         own = {
             target[1]
-            for host in _spec(vs).get("hosts") or []
-            if (target := cluster.resolve(str(host), _namespace(vs))) is not None
+            for host in spec_of(vs).get("hosts") or []
+            if (target := cluster.resolve(str(host), namespace_of(vs))) is not None
         }
         wanted = [
             rpc for entry in deployed() if gateway or entry.name in own for rpc in rpcs(entry.name)
@@ -633,7 +568,7 @@ def _method_classes(cluster: Cluster) -> Iterator[Finding]:
 
 def _class_problem(cluster: Cluster, vs: Manifest, rpc: Rpc, match: Match) -> str:
     hosts = {
-        cluster.resolve(str((d.get("destination") or {}).get("host", "")), _namespace(vs))
+        cluster.resolve(str((d.get("destination") or {}).get("host", "")), namespace_of(vs))
         for d in destinations(match.route)
     }
     if ("his", rpc.service) not in hosts:
@@ -656,7 +591,7 @@ def _class_finding(
     label = _route_label(match.index, match.route) if match else "http"
     kind, _, detail = problem.partition(":")
     if kind == "unrouted":
-        return _finding(
+        return finding(
             cluster,
             vs,
             label,
@@ -664,7 +599,7 @@ def _class_finding(
             "keep a catch-all write route last",
         )
     if kind == "misrouted":
-        return _finding(
+        return finding(
             cluster,
             vs,
             label,
@@ -672,7 +607,7 @@ def _class_finding(
             f"route them to {detail}",
         )
     if kind == "write-retried":
-        return _finding(
+        return finding(
             cluster,
             vs,
             f"{label} retries",
@@ -681,7 +616,7 @@ def _class_finding(
             "take them out of this route's uri regex, or retry only on "
             + ",".join(sorted(NEVER_REACHED)),
         )
-    return _finding(
+    return finding(
         cluster,
         vs,
         label,
@@ -689,109 +624,3 @@ def _class_finding(
         f"{'fall' if ',' in methods else 'falls'} to a route that does not retry on unavailable",
         "add them to the uri regex of the reads route",
     )
-
-
-# --- AuthorizationPolicies: real rpcs, real callers ------------------------------------------
-
-
-def _authorization(cluster: Cluster) -> Iterator[Finding]:
-    paths = all_paths()
-    services = {rpc.grpc_service: rpc.service for rpc in paths.values()}
-    for policy in cluster.of_kind("AuthorizationPolicy"):
-        app = ((_spec(policy).get("selector") or {}).get("matchLabels") or {}).get("app")
-        for number, rule in enumerate(_spec(policy).get("rules") or []):
-            for index, source in enumerate(rule.get("from") or []):
-                for principal in (source.get("source") or {}).get("principals") or []:
-                    yield from _principal(
-                        cluster, policy, f"rules[{number}].from[{index}]", str(principal)
-                    )
-            for index, target in enumerate(rule.get("to") or []):
-                operation = target.get("operation") or {}
-                for field_name in ("paths", "notPaths"):
-                    for path in operation.get(field_name) or []:
-                        yield from _path(
-                            cluster,
-                            policy,
-                            f"rules[{number}].to[{index}]",
-                            str(path),
-                            paths=paths,
-                            services=services,
-                            app=app,
-                        )
-
-
-def _principal(cluster: Cluster, policy: Manifest, where: str, principal: str) -> Iterator[Finding]:
-    parts = principal.split("/")
-    shaped = len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa"
-    if not shaped:
-        if principal != "*":
-            yield _finding(
-                cluster,
-                policy,
-                where,
-                f"principal {principal!r} is not cluster.local/ns/<namespace>/sa/<serviceaccount>",
-                "name the caller's ServiceAccount",
-            )
-        return
-    if parts[0] != "cluster.local":
-        yield _finding(
-            cluster,
-            policy,
-            where,
-            f"trust domain {parts[0]!r} is not cluster.local",
-            "use cluster.local/ns/<namespace>/sa/<serviceaccount>",
-        )
-    if (parts[2], parts[4]) not in cluster.accounts:
-        known = sorted(f"cluster.local/ns/{ns}/sa/{name}" for ns, name in cluster.accounts)
-        yield _finding(
-            cluster,
-            policy,
-            where,
-            f"principal {principal!r} names no ServiceAccount of this overlay, so the "
-            "rule never matches",
-            "name a real ServiceAccount" + _suggest(principal, known),
-        )
-
-
-def _path(
-    cluster: Cluster,
-    policy: Manifest,
-    where: str,
-    path: str,
-    *,
-    paths: Mapping[str, Rpc],
-    services: Mapping[str, str],
-    app: object,
-) -> Iterator[Finding]:
-    if path.endswith("/*"):
-        grpc_service = path[1:-2]
-        if not path.startswith("/") or grpc_service not in services:
-            yield _finding(
-                cluster,
-                policy,
-                where,
-                f"path {path!r} names no gRPC service",
-                "use /<package>.<Service>/* of a real service"
-                + _suggest(grpc_service, sorted(services)),
-            )
-            return
-        owner = services[grpc_service]
-    elif path in paths:
-        owner = paths[path].service
-    else:
-        grpc_service, _, method = path.lstrip("/").partition("/")
-        if grpc_service in services:
-            methods = [rpc.method for rpc in paths.values() if rpc.grpc_service == grpc_service]
-            fix = "use a real rpc" + _suggest(method, methods)
-        else:
-            fix = "use /<package>.<Service>/<Method> of a real rpc" + _suggest(path, sorted(paths))
-        yield _finding(cluster, policy, where, f"path {path!r} is not an rpc of any service", fix)
-        return
-    if isinstance(app, str) and app in {e.name for e in deployed()} and owner != app:
-        yield _finding(
-            cluster,
-            policy,
-            where,
-            f"path {path!r} is an rpc of {owner}, but this policy guards {app}",
-            f"move the rule to mesh/istio/authorization/{owner}.yaml",
-        )

@@ -1,0 +1,387 @@
+"""Lint of who may call what: AuthorizationPolicies, PeerAuthentication, the gateway's JWT.
+
+The model this repository follows, and these rules hold every change to: STRICT mTLS mesh-wide;
+a namespace-wide default deny; per service one ALLOW policy whose every rule names callers by
+ServiceAccount principal and rpcs by exact path; at the mobile gateway only CORS preflight and
+login pass without a JWT from the issuer the services trust.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from his.mesh.cluster import Cluster, finding, namespace_of, spec_of, suggest
+from his.mesh.contracts import Rpc, all_paths, deployed
+from his.mesh.findings import Finding
+from his.mesh.sources import Manifest
+
+# --- AuthorizationPolicies: real rpcs, real callers ------------------------------------------
+
+
+def _authorization(cluster: Cluster) -> Iterator[Finding]:
+    paths = all_paths()
+    services = {rpc.grpc_service: rpc.service for rpc in paths.values()}
+    for policy in cluster.of_kind("AuthorizationPolicy"):
+        app = ((spec_of(policy).get("selector") or {}).get("matchLabels") or {}).get("app")
+        for number, rule in enumerate(spec_of(policy).get("rules") or []):
+            for index, source in enumerate(rule.get("from") or []):
+                for principal in (source.get("source") or {}).get("principals") or []:
+                    yield from _principal(
+                        cluster, policy, f"rules[{number}].from[{index}]", str(principal)
+                    )
+            for index, target in enumerate(rule.get("to") or []):
+                operation = target.get("operation") or {}
+                for field_name in ("paths", "notPaths"):
+                    for path in operation.get(field_name) or []:
+                        yield from _path(
+                            cluster,
+                            policy,
+                            f"rules[{number}].to[{index}]",
+                            str(path),
+                            paths=paths,
+                            services=services,
+                            app=app,
+                        )
+
+
+def _principal(cluster: Cluster, policy: Manifest, where: str, principal: str) -> Iterator[Finding]:
+    parts = principal.split("/")
+    shaped = len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa"
+    if not shaped:
+        if principal != "*":
+            yield finding(
+                cluster,
+                policy,
+                where,
+                f"principal {principal!r} is not cluster.local/ns/<namespace>/sa/<serviceaccount>",
+                "name the caller's ServiceAccount",
+            )
+        return
+    if parts[0] != "cluster.local":
+        yield finding(
+            cluster,
+            policy,
+            where,
+            f"trust domain {parts[0]!r} is not cluster.local",
+            "use cluster.local/ns/<namespace>/sa/<serviceaccount>",
+        )
+    if (parts[2], parts[4]) not in cluster.accounts:
+        known = sorted(f"cluster.local/ns/{ns}/sa/{name}" for ns, name in cluster.accounts)
+        yield finding(
+            cluster,
+            policy,
+            where,
+            f"principal {principal!r} names no ServiceAccount of this overlay, so the "
+            "rule never matches",
+            "name a real ServiceAccount" + suggest(principal, known),
+        )
+
+
+def _path(
+    cluster: Cluster,
+    policy: Manifest,
+    where: str,
+    path: str,
+    *,
+    paths: Mapping[str, Rpc],
+    services: Mapping[str, str],
+    app: object,
+) -> Iterator[Finding]:
+    if path.endswith("/*"):
+        grpc_service = path[1:-2]
+        if not path.startswith("/") or grpc_service not in services:
+            yield finding(
+                cluster,
+                policy,
+                where,
+                f"path {path!r} names no gRPC service",
+                "use /<package>.<Service>/* of a real service"
+                + suggest(grpc_service, sorted(services)),
+            )
+            return
+        owner = services[grpc_service]
+    elif path in paths:
+        owner = paths[path].service
+    else:
+        grpc_service, _, method = path.lstrip("/").partition("/")
+        if grpc_service in services:
+            methods = [rpc.method for rpc in paths.values() if rpc.grpc_service == grpc_service]
+            fix = "use a real rpc" + suggest(method, methods)
+        else:
+            fix = "use /<package>.<Service>/<Method> of a real rpc" + suggest(path, sorted(paths))
+        yield finding(cluster, policy, where, f"path {path!r} is not an rpc of any service", fix)
+        return
+    if isinstance(app, str) and app in {e.name for e in deployed()} and owner != app:
+        yield finding(
+            cluster,
+            policy,
+            where,
+            f"path {path!r} is an rpc of {owner}, but this policy guards {app}",
+            f"move the rule to mesh/istio/authorization/{owner}.yaml",
+        )
+
+
+# --- the shape of every policy: default deny, ALLOW only, principals and exact paths ----------
+
+GATEWAY_SELECTOR = {"istio": "mobile-gateway"}
+GATEWAY_PRINCIPAL = "cluster.local/ns/his/sa/mobile-gateway"
+# The only rpc a caller without a token may reach through the gateway: the login.
+LOGIN = "/his.iam.v1.IamService/IssueToken"
+_SOURCE_FIELDS = {"principals"}
+_GATEWAY_SOURCE_FIELDS = {"requestPrincipals"}
+
+
+def _selector(policy: Manifest) -> dict[str, Any]:
+    return dict((spec_of(policy).get("selector") or {}).get("matchLabels") or {})
+
+
+def _default_deny(cluster: Cluster) -> Iterator[Finding]:
+    policies = [p for p in cluster.of_kind("AuthorizationPolicy") if namespace_of(p) == "his"]
+    if not any(spec_of(p) == {} for p in policies):
+        yield Finding(
+            "mesh/istio/authorization/default-deny.yaml",
+            "AuthorizationPolicy his/default-deny",
+            "no namespace-wide default deny (an AuthorizationPolicy with `spec: {}`): a workload "
+            "no ALLOW policy selects accepts every caller",
+            "restore mesh/istio/authorization/default-deny.yaml and list it in kustomization.yaml",
+        )
+    for policy in policies:
+        spec = spec_of(policy)
+        if spec and not _selector(policy) and spec.get("rules"):
+            yield finding(
+                cluster,
+                policy,
+                "",
+                "a namespace-wide policy with rules applies to "
+                "every workload in his, the database included",
+                "select the workload it is for (selector.matchLabels)",
+            )
+
+
+def _shape(cluster: Cluster) -> Iterator[Finding]:
+    services = {entry.name for entry in deployed()}
+    for policy in cluster.of_kind("AuthorizationPolicy"):
+        spec = spec_of(policy)
+        action = spec.get("action", "ALLOW")
+        if action != "ALLOW":
+            yield finding(
+                cluster,
+                policy,
+                "action",
+                f"action {action}: this repository's model "
+                "is default deny plus ALLOW lists; a DENY or CUSTOM rule is easy to "
+                "get backwards",
+                "express it as a narrower ALLOW policy",
+            )
+            continue
+        selector = _selector(policy)
+        gateway = selector == GATEWAY_SELECTOR
+        if not gateway and selector.get("app") not in services:
+            continue
+        for number, rule in enumerate(spec.get("rules") or []):
+            yield from _rule_shape(cluster, policy, f"rules[{number}]", rule, gateway=gateway)
+
+
+def _rule_shape(
+    cluster: Cluster, policy: Manifest, where: str, rule: Mapping[str, Any], *, gateway: bool
+) -> Iterator[Finding]:
+    operations = [t.get("operation") or {} for t in rule.get("to") or []]
+    if gateway and _preflight_or_login(rule, operations):
+        return
+    allowed = _GATEWAY_SOURCE_FIELDS if gateway else _SOURCE_FIELDS
+    sources = [s.get("source") or {} for s in rule.get("from") or []]
+    who = "requestPrincipals (a valid JWT)" if gateway else "principals (ServiceAccounts)"
+    if not sources or any(not set(s) & allowed for s in sources):
+        yield finding(
+            cluster,
+            policy,
+            where,
+            "a rule without " + who + ": any caller matches it",
+            f"name the callers in from[].source.{sorted(allowed)[0]}",
+        )
+    for source in sources:
+        for name in sorted(set(source) - allowed):
+            yield finding(
+                cluster,
+                policy,
+                where,
+                f"source.{name}: callers must be named by " + who,
+                f"replace {name} with {sorted(allowed)[0]}",
+            )
+    if not operations or any(not op.get("paths") for op in operations):
+        yield finding(
+            cluster,
+            policy,
+            where,
+            "a rule without to[].operation.paths allows every rpc, including ones added later",
+            "list the rpcs it allows",
+        )
+    for op in operations:
+        for path in op.get("paths") or []:
+            if "*" in str(path):
+                yield finding(
+                    cluster,
+                    policy,
+                    where,
+                    f"wildcard path {path!r} allows every rpc "
+                    "of the service, including ones added later",
+                    "list the rpcs the caller makes",
+                )
+
+
+def _preflight_or_login(rule: Mapping[str, Any], operations: list[dict[str, Any]]) -> bool:
+    """The gateway's two unauthenticated rules: CORS preflight and the login rpc."""
+    if rule.get("from") or not operations:
+        return False
+    return all(
+        (op.get("methods") == ["OPTIONS"] and not op.get("paths"))
+        or (op.get("paths") == [LOGIN] and op.get("methods") in (None, ["POST"]))
+        for op in operations
+    )
+
+
+# --- the mobile gateway: its JWT issuer, CORS preflight, and rpcs the services let through -----
+
+
+def _gateway(cluster: Cluster) -> Iterator[Finding]:
+    policies = [
+        p for p in cluster.of_kind("AuthorizationPolicy") if _selector(p) == GATEWAY_SELECTOR
+    ]
+    issuers = [
+        str(rule.get("issuer"))
+        for auth in cluster.of_kind("RequestAuthentication")
+        if (((spec_of(auth).get("selector") or {}).get("matchLabels")) or {}) == GATEWAY_SELECTOR
+        for rule in spec_of(auth).get("jwtRules") or []
+    ]
+    for policy in policies:
+        for number, rule in enumerate(spec_of(policy).get("rules") or []):
+            for source in rule.get("from") or []:
+                for principal in (source.get("source") or {}).get("requestPrincipals") or []:
+                    issuer = str(principal).rsplit("/", 1)[0]
+                    if issuer not in issuers:
+                        yield finding(
+                            cluster,
+                            policy,
+                            f"rules[{number}]",
+                            f"requestPrincipal {principal!r} is not from the issuer "
+                            f"of RequestAuthentication ({', '.join(issuers) or 'none'}):"
+                            " no token ever matches",
+                            "use <issuer>/*" + suggest(issuer + "/*", [i + "/*" for i in issuers]),
+                        )
+            for path in _paths(rule):
+                yield from _gateway_path(cluster, policy, f"rules[{number}]", path)
+    yield from _issuer_matches_services(cluster, issuers)
+    yield from _preflight_allowed(cluster, policies)
+
+
+def _paths(rule: Mapping[str, Any]) -> list[str]:
+    return [
+        str(p) for t in rule.get("to") or [] for p in (t.get("operation") or {}).get("paths") or []
+    ]
+
+
+def _allows(policy: Manifest, principal: str, path: str) -> bool:
+    return any(
+        principal in ((s.get("source") or {}).get("principals") or []) and path in _paths(rule)
+        for rule in spec_of(policy).get("rules") or []
+        for s in rule.get("from") or []
+    )
+
+
+def _gateway_path(cluster: Cluster, gateway: Manifest, where: str, path: str) -> Iterator[Finding]:
+    rpc = all_paths().get(path)
+    if rpc is None:
+        return  # reported by the path rule
+    guards = [
+        p
+        for p in cluster.of_kind("AuthorizationPolicy")
+        if namespace_of(p) == "his" and _selector(p).get("app") == rpc.service
+    ]
+    if guards and not any(_allows(p, GATEWAY_PRINCIPAL, path) for p in guards):
+        yield finding(
+            cluster,
+            gateway,
+            where,
+            f"lets {path} in, but AuthorizationPolicy his/{rpc.service} does not allow "
+            "the gateway to call it: an internal rpc exposed here, or a rule missing there",
+            f"remove it here if internal, else allow {GATEWAY_PRINCIPAL} in "
+            f"mesh/istio/authorization/{rpc.service}.yaml",
+        )
+
+
+def _issuer_matches_services(cluster: Cluster, issuers: list[str]) -> Iterator[Finding]:
+    for config in cluster.of_kind("ConfigMap"):
+        issuer = (config.get("data") or {}).get("HIS_AUTH_ISSUER")
+        if issuer is not None and issuers and issuer not in issuers:
+            yield finding(
+                cluster,
+                config,
+                "data.HIS_AUTH_ISSUER",
+                f"{issuer!r} differs from the gateway's RequestAuthentication issuer "
+                f"{', '.join(issuers)}: tokens one accepts the other refuses",
+                "use the same issuer in both",
+            )
+
+
+def _preflight_allowed(cluster: Cluster, policies: list[Manifest]) -> Iterator[Finding]:
+    cors = any(
+        route.get("corsPolicy")
+        for vs in cluster.of_kind("VirtualService")
+        for route in spec_of(vs).get("http") or []
+    )
+    preflight = any(
+        not rule.get("from")
+        and any(
+            (t.get("operation") or {}).get("methods") == ["OPTIONS"] for t in rule.get("to") or []
+        )
+        for policy in policies
+        for rule in spec_of(policy).get("rules") or []
+    )
+    if cors and policies and not preflight:
+        yield finding(
+            cluster,
+            policies[0],
+            "rules",
+            "no rule lets OPTIONS through without a "
+            "token: browsers' CORS preflight is refused, so web apps cannot call",
+            "add a rule allowing methods [OPTIONS] with no from",
+        )
+
+
+def _peer_authentication(cluster: Cluster) -> Iterator[Finding]:
+    policies = cluster.of_kind("PeerAuthentication")
+    mesh_wide = [
+        p for p in policies if namespace_of(p) == "istio-system" and not spec_of(p).get("selector")
+    ]
+    if not any(((spec_of(p).get("mtls") or {}).get("mode")) == "STRICT" for p in mesh_wide):
+        yield Finding(
+            "mesh/istio/peer-authentication.yaml",
+            "PeerAuthentication istio-system/default",
+            "no mesh-wide STRICT mTLS: plaintext calls are accepted",
+            "set spec.mtls.mode: STRICT in istio-system with no selector",
+        )
+    for policy in policies:
+        spec = spec_of(policy)
+        modes = [(spec.get("mtls") or {}).get("mode")] + [
+            (v or {}).get("mode") for v in (spec.get("portLevelMtls") or {}).values()
+        ]
+        for mode in modes:
+            if mode not in (None, "STRICT", "UNSET"):
+                yield finding(
+                    cluster,
+                    policy,
+                    "mtls",
+                    f"mode {mode}: accepts plaintext calls, "
+                    "which carry no caller identity for the AuthorizationPolicies",
+                    "keep STRICT",
+                )
+
+
+AUTHORIZATION_RULES: tuple[Callable[[Cluster], Iterator[Finding]], ...] = (
+    _authorization,
+    _default_deny,
+    _shape,
+    _gateway,
+    _peer_authentication,
+)

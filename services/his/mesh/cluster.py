@@ -1,0 +1,85 @@
+"""One rendered overlay as the lint rules see it, and the small helpers every rule uses."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from his.mesh.findings import Finding, subject
+from his.mesh.sources import Manifest
+
+Locate = Callable[[Manifest], str]
+
+
+@dataclass
+class Cluster:
+    """The rendered objects of one overlay, indexed for the rules."""
+
+    objects: list[Manifest]
+    locate: Locate  # the file a rendered object was written in
+    services: dict[tuple[str, str], Manifest] = field(default_factory=dict)
+    accounts: set[tuple[str, str]] = field(default_factory=set)
+    pods: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (namespace, labels)
+    gateways: set[tuple[str, str]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        for manifest in self.objects:
+            kind, namespace, name = kind_of(manifest), namespace_of(manifest), name_of(manifest)
+            if kind == "Service":
+                self.services[(namespace, name)] = manifest
+            elif kind == "ServiceAccount":
+                self.accounts.add((namespace, name))
+            elif kind == "Gateway":
+                self.gateways.add((namespace, name))
+            elif kind in ("Deployment", "StatefulSet", "DaemonSet"):
+                template = (manifest.get("spec") or {}).get("template") or {}
+                labels = (template.get("metadata") or {}).get("labels") or {}
+                self.pods.append((namespace, {str(k): str(v) for k, v in labels.items()}))
+
+    def of_kind(self, kind: str) -> list[Manifest]:
+        return [m for m in self.objects if kind_of(m) == kind]
+
+    def resolve(self, host: str, namespace: str) -> tuple[str, str] | None:
+        """The Service a mesh host names (`patient`, `patient.his`, FQDN), if it exists."""
+        parts = host.split(".")
+        if len(parts) == 1:
+            wanted = (namespace, parts[0])
+        elif len(parts) == 2 or parts[2:] in (["svc"], ["svc", "cluster", "local"]):
+            wanted = (parts[1], parts[0])
+        else:
+            return None
+        return wanted if wanted in self.services else None
+
+    def selects_pods(self, namespace: str, labels: Mapping[str, str]) -> bool:
+        return any(
+            ns == namespace and all(pod.get(k) == v for k, v in labels.items())
+            for ns, pod in self.pods
+        )
+
+
+def kind_of(manifest: Manifest) -> str:
+    return str(manifest.get("kind", ""))
+
+
+def namespace_of(manifest: Manifest) -> str:
+    return str((manifest.get("metadata") or {}).get("namespace") or "")
+
+
+def name_of(manifest: Manifest) -> str:
+    return str((manifest.get("metadata") or {}).get("name") or "")
+
+
+def spec_of(manifest: Manifest) -> dict[str, Any]:
+    spec = manifest.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def finding(cluster: Cluster, manifest: Manifest, where: str, problem: str, fix: str) -> Finding:
+    return Finding(cluster.locate(manifest), subject(manifest, where), problem, fix)
+
+
+def suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
