@@ -162,3 +162,116 @@ def test_conditions_it_cannot_judge_are_named(policy_copy: Path) -> None:
     e = explain(policy_copy, "patient", "GetPatient")
     assert e.route_name == "patient-reads" and e.ignored == ("port",)
     assert "ignored     port: not evaluated here" in format(e)
+
+
+def test_under_a_fault_the_routes_timeout_and_retries_are_shown_as_not_applied() -> None:
+    # Istio: "timeouts or retries will not be enabled when faults are enabled on the client side".
+    for service, method, drill in (
+        ("patient", "GetPatient", "patient/unavailable"),
+        ("scheduling", "ListSlots", "scheduling/slow"),
+    ):
+        e = explain(REPOSITORY, service, method, drill=drill)
+        assert e.timeout == "5s" and e.retries is not None  # the configured values are kept
+        lines = format(e).splitlines()
+        timeout = next(line for line in lines if line.startswith("timeout"))
+        retries = next(line for line in lines if line.startswith("retries"))
+        for line in (timeout, retries):
+            assert "not applied (fault injection disables them on this route)" in line
+        assert timeout.endswith("configured: 5s")
+        assert "configured: 2 retries, perTryTimeout 1500ms" in retries
+        assert any("callers' own deadlines and circuit breakers" in line for line in lines)
+    plain = format(explain(REPOSITORY, "patient", "GetPatient"))
+    assert "not applied" not in plain and "timeout     5s" in plain
+
+
+def test_the_drill_comments_no_longer_promise_mesh_retries() -> None:
+    for drill in ("patient/unavailable", "scheduling/slow"):
+        lines = (REPOSITORY / f"mesh/istio/drills/{drill}.yaml").read_text(encoding="utf-8")
+        comment = " ".join(line.lstrip("# ") for line in lines.splitlines() if line.startswith("#"))
+        assert "turns off the route's timeout and retries" in comment
+        assert "own deadline" in comment and "circuit breaker" in comment
+        assert "cut and retried" not in comment
+
+
+GATEWAY_DENIED = (
+    "authorization  denied (403 PERMISSION_DENIED at the gateway): no rule of "
+    "AuthorizationPolicy his/mobile-gateway allows it"
+)
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "headers", "rule"),
+    [
+        ("patient", "ListResearchPatients", [], None),  # internal rpc: never from outside
+        ("patient", "ListResearchPatients", ["authorization=Bearer x"], None),
+        ("patient", "GetPatient", [], None),  # user-facing, but no token
+        ("patient", "GetPatient", ["authorization=Bearer x"], 3),
+        ("iam", "IssueToken", [], 2),  # login needs no token
+    ],
+)
+def test_through_the_gateway_its_authorization_policy_decides(
+    service: str,
+    method: str,
+    headers: list[str],
+    rule: int | None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    e = explain(REPOSITORY, service, method, parse_headers(headers), gateway=True)
+    assert e.authorization is not None
+    assert e.authorization.allowed == (rule is not None)
+    argv = ["mesh", "explain", service, method, "--gateway", "--root", str(REPOSITORY)]
+    for header in headers:
+        argv += ["-H", header]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    out = capsys.readouterr().out
+    if rule is None:
+        assert done.value.code == 1
+        assert GATEWAY_DENIED in out
+        assert "route       not reached (the gateway refuses the call first)" in out
+        assert "timeout" not in out
+    else:
+        assert done.value.code == 0
+        assert (
+            f"authorization  allowed by rule {rule} of AuthorizationPolicy his/mobile-gateway"
+            in out
+        )
+        assert "mesh/istio/gateway/authorization.yaml" in out
+
+
+def test_inside_the_mesh_the_gateway_policy_is_not_consulted() -> None:
+    e = explain(REPOSITORY, "patient", "ListResearchPatients")
+    assert e.authorization is None and "authorization" not in format(e)
+
+
+def test_a_path_added_to_the_gateway_policy_is_allowed(policy_copy: Path) -> None:
+    edit(
+        policy_copy,
+        "mesh/istio/gateway/authorization.yaml",
+        "              - /his.patient.v1.PatientService/GetPatient\n",
+        "              - /his.patient.v1.PatientService/GetPatient\n"
+        "              - /his.patient.v1.PatientService/ListResearch*\n",
+    )
+    e = explain(
+        policy_copy, "patient", "ListResearchPatients", {"authorization": "x"}, gateway=True
+    )
+    assert e.authorization is not None and e.authorization.allowed
+    assert e.authorization.rule == 2
+    # Without a token the JWT rule's requestPrincipals do not hold.
+    e = explain(policy_copy, "patient", "ListResearchPatients", gateway=True)
+    assert e.authorization is not None and not e.authorization.allowed
+
+
+def test_a_deny_policy_on_the_gateway_wins(policy_copy: Path) -> None:
+    path = policy_copy / "mesh/istio/gateway/authorization.yaml"
+    path.write_text(
+        path.read_text(encoding="utf-8")
+        + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n"
+        "  name: no-merges\n  namespace: his\nspec:\n  selector:\n    matchLabels:\n"
+        "      istio: mobile-gateway\n  action: DENY\n  rules:\n    - to:\n"
+        "        - operation:\n            paths: ['*/MergePatients']\n",
+        encoding="utf-8",
+    )
+    e = explain(policy_copy, "patient", "MergePatients", {"authorization": "x"}, gateway=True)
+    assert e.authorization is not None and not e.authorization.allowed
+    assert "rule 1 of AuthorizationPolicy his/no-merges denies it" in format(e)

@@ -23,6 +23,15 @@ from his.mesh.sources import Manifest, RootNotFound, Source, documents, reposito
 
 MESH = "mesh/istio"
 MOBILE_GATEWAY = "his/mobile"
+ROOT_NAMESPACE = "istio-system"  # its AuthorizationPolicies without selector apply mesh-wide
+# Istio (HTTPRoute.fault): "timeouts or retries will not be enabled when faults are enabled on the
+# client side" — for every call on the route while the fault is set, not only the faulted share.
+FAULT_DISABLES = "not applied (fault injection disables them on this route)"
+# AuthorizationPolicy fields evaluated for a call through the gateway; any other is named.
+_SOURCE_FIELDS = frozenset(
+    {"requestPrincipals", "notRequestPrincipals", "principals", "notPrincipals"}
+)
+_OPERATION_FIELDS = frozenset({"methods", "notMethods", "paths", "notPaths"})
 # What Istio does on a route without `retries` (or with attempts but no retryOn).
 ISTIO_DEFAULT_ATTEMPTS = 2
 ISTIO_DEFAULT_RETRY_ON = (
@@ -46,6 +55,36 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class Authorization:
+    """What the gateway's AuthorizationPolicies decide for the call (Istio's ALLOW/DENY order)."""
+
+    allowed: bool
+    policy: str  # `AuthorizationPolicy ns/name` that decided, or the ALLOW policies that apply
+    file: str
+    rule: int | None = None  # index into the policy's rules of the rule that decided
+    principal: str | None = None  # the request principal assumed for the call
+    ignored: tuple[str, ...] = ()  # conditions not evaluated (taken as holding)
+
+    def line(self) -> str:
+        if self.rule is not None and self.allowed:
+            return (
+                f"allowed by rule {self.rule + 1} of {self.policy}  "
+                f"(rules[{self.rule}], {self.file})"
+            )
+        if self.rule is not None:
+            return (
+                f"denied (403 PERMISSION_DENIED at the gateway): rule {self.rule + 1} of "
+                f"{self.policy} denies it  (rules[{self.rule}], {self.file})"
+            )
+        if self.allowed:
+            return "allowed: no AuthorizationPolicy selects the gateway"
+        return (
+            f"denied (403 PERMISSION_DENIED at the gateway): no rule of {self.policy} "
+            f"allows it  ({self.file})"
+        )
+
+
+@dataclass(frozen=True)
 class Explanation:
     """Everything `his mesh explain` says about one call."""
 
@@ -63,11 +102,16 @@ class Explanation:
     timeout: str | None = None
     retries: dict[str, Any] | None = None
     fault: dict[str, Any] | None = None
+    authorization: Authorization | None = None  # through the gateway only
     warnings: tuple[str, ...] = field(default=())
 
     @property
     def routed(self) -> bool:
         return self.route_index is not None
+
+    @property
+    def denied(self) -> bool:
+        return self.authorization is not None and not self.authorization.allowed
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -283,7 +327,14 @@ def explain(
     sources = policy(root)
     chosen, warnings = select(sources, service, gateway=gateway)
     manifest, applied = _with_drill(root, chosen.manifest, service, drill, gateway=gateway)
-    base = Explanation(rpc, given, _qualified(manifest), chosen.file, drill=applied)
+    base = Explanation(
+        rpc,
+        given,
+        _qualified(manifest),
+        chosen.file,
+        drill=applied,
+        authorization=authorize(sources, rpc, given) if gateway else None,
+    )
     match = first_match(manifest, rpc.path, given)
     if match is None:
         return replace(base, warnings=tuple(warnings))
@@ -329,6 +380,132 @@ def _with_drill(
         return drills.apply(manifest, drill.operations), drill
     except drills.DrillError as error:
         raise ExplainError(f"drill {drill.name} ({drill.file}) does not apply: {error}") from error
+
+
+# --- the gateway's AuthorizationPolicies ----------------------------------------------------
+
+
+def _pattern(pattern: str, value: str | None) -> bool:
+    """Istio's string match in policies: exact, `prefix*`, `*suffix` or `*` (any present value)."""
+    if value is None:
+        return False
+    if pattern == "*":
+        return True
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    return value == pattern
+
+
+def _field(values: Any, value: str | None, *, negated: bool) -> bool:
+    hit = any(_pattern(str(v), value) for v in values or [])
+    return not hit if negated else hit
+
+
+def _rule_matches(
+    rule: Mapping[str, Any], path: str, principal: str | None, ignored: list[str]
+) -> bool:
+    """A rule holds when one of its `from` and one of its `to` entries hold (absent: any)."""
+    sources = [s.get("source") or {} for s in rule.get("from") or [] if isinstance(s, Mapping)]
+    operations = [o.get("operation") or {} for o in rule.get("to") or [] if isinstance(o, Mapping)]
+    # A call from outside the mesh has no peer (mTLS) principal, only the JWT's; gRPC is POST.
+    values = {"requestPrincipals": principal, "principals": None, "methods": "POST", "paths": path}
+    values.update({"not" + name[0].upper() + name[1:]: value for name, value in values.items()})
+
+    def holds(entry: Mapping[str, Any], evaluated: frozenset[str]) -> bool:
+        ignored.extend(f"{name} (not evaluated)" for name in sorted(set(entry) - evaluated))
+        return all(
+            _field(entry[name], values[name], negated=name.startswith("not"))
+            for name in entry
+            if name in evaluated
+        )
+
+    if rule.get("when"):
+        ignored.append("when (not evaluated)")
+    return (not sources or any(holds(s, _SOURCE_FIELDS) for s in sources)) and (
+        not operations or any(holds(o, _OPERATION_FIELDS) for o in operations)
+    )
+
+
+def _gateway_labels(sources: list[Source]) -> tuple[str, dict[str, str]]:
+    """Namespace and pod labels (its selector) of the mobile Gateway."""
+    namespace, _, name = MOBILE_GATEWAY.partition("/")
+    for source in sources:
+        manifest = source.manifest
+        if manifest.get("kind") == "Gateway" and _qualified(manifest) == MOBILE_GATEWAY:
+            selector = _spec(manifest).get("selector") or {}
+            return namespace, {str(k): str(v) for k, v in selector.items()}
+    raise ExplainError(f"no Gateway {MOBILE_GATEWAY} under {MESH} ({name})")
+
+
+def _issuer(sources: list[Source], namespace: str, labels: Mapping[str, str]) -> str | None:
+    """The JWT issuer the gateway's RequestAuthentication accepts (its first jwtRule)."""
+    for source in sources:
+        manifest = source.manifest
+        if manifest.get("kind") == "RequestAuthentication" and _selects(
+            manifest, namespace, labels
+        ):
+            for rule in _spec(manifest).get("jwtRules") or []:
+                if isinstance(rule, Mapping) and rule.get("issuer"):
+                    return str(rule["issuer"])
+    return None
+
+
+def _selects(manifest: Manifest, namespace: str, labels: Mapping[str, str]) -> bool:
+    own = _namespace(manifest)
+    selector = (_spec(manifest).get("selector") or {}).get("matchLabels") or {}
+    if own == ROOT_NAMESPACE and not selector:
+        return True
+    return own == namespace and all(labels.get(str(k)) == str(v) for k, v in selector.items())
+
+
+def authorize(sources: list[Source], rpc: Rpc, headers: Mapping[str, str]) -> Authorization:
+    """What the mobile gateway's AuthorizationPolicies decide for a gRPC call (always POST).
+
+    With an `authorization` header the call is taken to carry a valid JWT of the issuer the
+    gateway's RequestAuthentication accepts (request principal `<issuer>/<subject>`); without
+    one it has no request principal. DENY policies first, then: allowed when some rule of an
+    ALLOW policy holds, denied when ALLOW policies apply and none does.
+    """
+    namespace, labels = _gateway_labels(sources)
+    issuer = _issuer(sources, namespace, labels)
+    principal = f"{issuer}/<subject>" if issuer and "authorization" in headers else None
+    ignored: list[str] = []
+    allow: list[Source] = []
+    for source in sources:
+        manifest = source.manifest
+        if manifest.get("kind") != "AuthorizationPolicy" or not _selects(
+            manifest, namespace, labels
+        ):
+            continue
+        action = str(_spec(manifest).get("action") or "ALLOW")
+        if action == "ALLOW":
+            allow.append(source)
+        elif action == "DENY":
+            for index, rule in enumerate(_spec(manifest).get("rules") or []):
+                if isinstance(rule, Mapping) and _rule_matches(rule, rpc.path, principal, ignored):
+                    policy = f"AuthorizationPolicy {_qualified(manifest)}"
+                    return Authorization(
+                        False, policy, source.file, index, principal, tuple(ignored)
+                    )
+    for source in allow:
+        for index, rule in enumerate(_spec(source.manifest).get("rules") or []):
+            if isinstance(rule, Mapping) and _rule_matches(rule, rpc.path, principal, ignored):
+                policy = f"AuthorizationPolicy {_qualified(source.manifest)}"
+                return Authorization(True, policy, source.file, index, principal, tuple(ignored))
+    if not allow:
+        return Authorization(True, "", "", None, principal, tuple(ignored))
+    # The policy with rules names the decision; an empty one (default-deny) allows nothing.
+    named = [s for s in allow if _spec(s.manifest).get("rules")] or allow
+    return Authorization(
+        False,
+        " or ".join(f"AuthorizationPolicy {_qualified(s.manifest)}" for s in named),
+        ", ".join(dict.fromkeys(s.file for s in named)),
+        None,
+        principal,
+        tuple(dict.fromkeys(ignored)),
+    )
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -417,6 +594,24 @@ def format(explanation: Explanation) -> str:
     lines.append(f"through     VirtualService {e.virtual_service}  ({e.file})")
     if e.drill is not None:
         lines.append(f"drill       {e.drill.name} applied  ({e.drill.file})")
+    if e.authorization is not None:
+        lines.append(f"authorization  {e.authorization.line()}")
+        if e.authorization.principal:
+            lines.append(
+                f"principal   {e.authorization.principal}  (assumed: the authorization header "
+                "carries a valid JWT of the gateway's issuer)"
+            )
+        if e.authorization.ignored:
+            lines.append(f"ignored     {', '.join(e.authorization.ignored)}: taken as holding")
+    if e.denied:
+        would = (
+            f"it would take #{(e.route_index or 0) + 1} {e.route_name} (http[{e.route_index}])"
+            if e.routed
+            else "none matches either"
+        )
+        lines.append(f"route       not reached (the gateway refuses the call first); {would}")
+        lines.extend(e.warnings)
+        return "\n".join(lines)
     if not e.routed:
         lines.append(
             "route       none matches: Istio answers HTTP 404, which the gRPC client sees as "
@@ -435,19 +630,29 @@ def format(explanation: Explanation) -> str:
     subsets = _subsets_line(e.destinations, e.subsets_from)
     if subsets:
         lines.append(f"subsets     {subsets}")
-    lines.append(
-        f"timeout     {e.timeout}"
-        if e.timeout
-        else "timeout     none stated (Istio sets none: the caller's deadline decides)"
+    timeout = (
+        e.timeout if e.timeout else "none stated (Istio sets none: the caller's deadline decides)"
     )
-    lines.append(f"retries     {describe_retries(e.retries)}")
+    retries = describe_retries(e.retries)
+    if e.fault:
+        # Istio turns the route's timeout and retries off while a fault is set on it.
+        lines.append(f"timeout     {FAULT_DISABLES}; configured: {timeout}")
+        lines.append(f"retries     {FAULT_DISABLES}; configured: {retries}")
+    else:
+        lines.append(f"timeout     {timeout}")
+        lines.append(f"retries     {retries}")
     lines.append(f"fault       {describe_fault(e.fault)}")
+    if e.fault:
+        lines.append(
+            "while set   every call on this route, faulted or not, is bounded only by the "
+            "callers' own deadlines and circuit breakers: no mesh timeout, no mesh retry"
+        )
     lines.extend(e.warnings)
     return "\n".join(lines)
 
 
 def command(args: argparse.Namespace) -> int:
-    """The `his mesh explain` command: 0 routed, 1 no route matches, 2 cannot explain."""
+    """`his mesh explain`: 0 routed, 1 no route matches or the gateway denies, 2 cannot explain."""
     try:
         root = repository_root(args.root)
         explanation = explain(
@@ -462,4 +667,4 @@ def command(args: argparse.Namespace) -> int:
         print(f"his mesh explain: {error}", file=sys.stderr)
         return 2
     print(format(explanation))
-    return 0 if explanation.routed else 1
+    return 0 if explanation.routed and not explanation.denied else 1
