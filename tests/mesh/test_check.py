@@ -291,6 +291,25 @@ def _drill_status_misspelled(root: Path) -> None:
     )
 
 
+def _scheduling_may_not_read_patients(root: Path) -> None:
+    edit(
+        root,
+        f"{AUTHZ}/patient.yaml",
+        "              - /his.patient.v1.PatientService/GetPatient\n"
+        "              - /his.patient.v1.PatientService/ListConsents",
+        "              - /his.patient.v1.PatientService/ListConsents",
+    )
+
+
+def _network_blocks_a_caller(root: Path) -> None:
+    edit(
+        root,
+        "deploy/kustomize/components/network-policies/patient.yaml",
+        "values: [scheduling, iam, mobile-gateway, research-export]",
+        "values: [iam, mobile-gateway, research-export, audit]",
+    )
+
+
 Seed = Callable[[Path], None]
 
 MUTATIONS: list[tuple[Seed, str, str]] = [
@@ -387,6 +406,21 @@ MUTATIONS: list[tuple[Seed, str, str]] = [
         _drill_status_misspelled,
         "mesh/istio/drills/patient/unavailable.yaml",
         "'UNAVAILABEL' is not a gRPC status",
+    ),
+    (
+        _scheduling_may_not_read_patients,
+        f"{AUTHZ}/patient.yaml",
+        "the code calls /his.patient.v1.PatientService/GetPatient as scheduling",
+    ),
+    (
+        _network_blocks_a_caller,
+        "deploy/kustomize/components/network-policies/patient.yaml",
+        "does not admit scheduling on port 50051",
+    ),
+    (
+        _network_blocks_a_caller,
+        "deploy/kustomize/components/network-policies/patient.yaml",
+        "admits audit, which never calls patient",
     ),
 ]
 

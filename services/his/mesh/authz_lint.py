@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from his.mesh.calls import calls_to
 from his.mesh.cluster import Cluster, finding, namespace_of, spec_of, suggest
 from his.mesh.contracts import Rpc, all_paths, deployed
 from his.mesh.findings import Finding
@@ -378,10 +379,93 @@ def _peer_authentication(cluster: Cluster) -> Iterator[Finding]:
                 )
 
 
+# --- the declared calls (his.mesh.calls): exactly these are allowed, by Istio and Kubernetes ---
+
+
+def _principal_account(principal: str) -> str | None:
+    parts = principal.split("/")
+    shaped = len(parts) == 5 and parts[:2] == ["cluster.local", "ns"] and parts[2] == "his"
+    return parts[4] if shaped and parts[3] == "sa" else None
+
+
+def _declared_calls(cluster: Cluster) -> Iterator[Finding]:
+    for entry in deployed():
+        guards = [
+            p
+            for p in cluster.of_kind("AuthorizationPolicy")
+            if namespace_of(p) == "his" and _selector(p).get("app") == entry.name
+        ]
+        if not guards:
+            continue  # reported by the presence rule
+        allowed = {
+            (account, path)
+            for policy in guards
+            for rule in spec_of(policy).get("rules") or []
+            for source in rule.get("from") or []
+            for principal in (source.get("source") or {}).get("principals") or []
+            if (account := _principal_account(str(principal))) and account != "mobile-gateway"
+            for path in _paths(rule)
+        }
+        declared = {(caller, rpc.path) for caller, rpc in calls_to(entry.name)}
+        for caller, path in sorted(declared - allowed):
+            yield finding(
+                cluster,
+                guards[0],
+                "rules",
+                f"the code calls {path} as {caller} "
+                "(his.mesh.calls) but no rule allows it: the call is refused with "
+                "PERMISSION_DENIED (RBAC: access denied)",
+                f"allow cluster.local/ns/his/sa/{caller} that path",
+            )
+        for caller, path in sorted(allowed - declared):
+            yield finding(
+                cluster,
+                guards[0],
+                "rules",
+                f"allows {caller} to call {path}, which the code never does (least privilege)",
+                "remove it, or declare the call in services/his/mesh/calls.py if new code makes it",
+            )
+
+
+def _gateway_grants(cluster: Cluster) -> Iterator[Finding]:
+    """A service allows the gateway only what the gateway itself lets in."""
+    admitted = {
+        path
+        for policy in cluster.of_kind("AuthorizationPolicy")
+        if _selector(policy) == GATEWAY_SELECTOR
+        for rule in spec_of(policy).get("rules") or []
+        for path in _paths(rule)
+    }
+    for policy in cluster.of_kind("AuthorizationPolicy"):
+        if namespace_of(policy) != "his" or not _selector(policy).get("app"):
+            continue
+        for number, rule in enumerate(spec_of(policy).get("rules") or []):
+            principals = [
+                str(p)
+                for s in rule.get("from") or []
+                for p in (s.get("source") or {}).get("principals") or []
+            ]
+            if GATEWAY_PRINCIPAL not in principals:
+                continue
+            for path in _paths(rule):
+                if path not in admitted:
+                    yield finding(
+                        cluster,
+                        policy,
+                        f"rules[{number}]",
+                        f"allows the mobile "
+                        f"gateway {path}, which gateway/authorization.yaml never lets "
+                        "in",
+                        "remove it here, or admit it at the gateway",
+                    )
+
+
 AUTHORIZATION_RULES: tuple[Callable[[Cluster], Iterator[Finding]], ...] = (
     _authorization,
     _default_deny,
     _shape,
     _gateway,
     _peer_authentication,
+    _declared_calls,
+    _gateway_grants,
 )

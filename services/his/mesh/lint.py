@@ -21,6 +21,7 @@ from his.mesh.cluster import (
 )
 from his.mesh.contracts import Rpc, deployed, rpcs
 from his.mesh.findings import Finding, subject
+from his.mesh.network_lint import network_calls
 from his.mesh.routes import Match, destinations, first_match, header_names, header_values, seconds
 from his.mesh.sources import Manifest
 from his.mesh.traffic_lint import TRAFFIC_RULES
@@ -59,6 +60,7 @@ def lint(cluster: Cluster) -> list[Finding]:
         _method_classes,
         *AUTHORIZATION_RULES,
         *TRAFFIC_RULES,
+        network_calls,
     )
     return sorted({finding for rule in rules for finding in rule(cluster)})
 

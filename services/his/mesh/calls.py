@@ -1,0 +1,55 @@
+"""Which workload calls which rpcs of which service: the calls the code makes, declared once.
+
+The mesh AuthorizationPolicies and the NetworkPolicies must allow exactly these (plus the mobile
+gateway's user-facing rpcs, which gateway/authorization.yaml lists); `his mesh check` holds them
+to it, and tests/mesh/test_calls.py holds this table to the code: every rpc the code calls is
+here, and every rpc here is called. A caller is a ServiceAccount and the pods' `app` label.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from his.mesh.contracts import Rpc, rpcs
+
+# Every service process, through the shared runtime and SDK (services/his/runtime, his_client):
+# it verifies tokens with iam's key set (runtime/security.py), logs in as itself
+# (his_client/credentials.py) and checks break-the-glass grants (runtime/access.py); it writes its
+# audit trail (runtime/audit_trail.py) — except audit, which appends to its own trail.
+_RUNTIME = {
+    "iam": ("GetJwks", "IssueToken", "ListEmergencyAccessGrants"),
+    "audit": ("WriteAuditEvents",),
+}
+
+CALLS: dict[str, dict[str, tuple[str, ...]]] = {
+    "patient": _RUNTIME,
+    # Booking checks the patient is active (his_client.patient.require_active); research
+    # consents are read as scheduling itself (scheduling/service.py).
+    "scheduling": {**_RUNTIME, "patient": ("GetPatient", "ListConsents")},
+    # A break-the-glass grant names an active patient (iam/service.py).
+    "iam": {**_RUNTIME, "patient": ("GetPatient",)},
+    # audit calls no one as itself: it only verifies callers' tokens with iam's key set.
+    "audit": {"iam": ("GetJwks",)},
+    # The research export job (services/his/research_export.py); it logs in unless given a token.
+    "research-export": {
+        "patient": ("ListResearchPatients",),
+        "scheduling": ("ListResearchAppointments",),
+        "iam": ("IssueToken",),
+    },
+}
+
+
+@functools.cache
+def calls_to(service: str) -> frozenset[tuple[str, Rpc]]:
+    """(caller, rpc) pairs of every declared call to one service."""
+    by_name = {rpc.method: rpc for rpc in rpcs(service)}
+    return frozenset(
+        (caller, by_name[method])
+        for caller, callees in CALLS.items()
+        for method in callees.get(service, ())
+    )
+
+
+def callers_of(service: str) -> frozenset[str]:
+    """Every workload that calls the service."""
+    return frozenset(caller for caller, _ in calls_to(service))

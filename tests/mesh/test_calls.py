@@ -1,0 +1,104 @@
+"""The declared calls (his.mesh.calls) against the code: every rpc the code calls on another
+service is declared, every declared rpc is really called, and a service's own package calls
+only what is declared for it. The mesh and network policies are linted against the same table."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from his.mesh.calls import CALLS
+from his.mesh.contracts import all_paths
+from tests.mesh.conftest import REPOSITORY
+
+SERVICES = REPOSITORY / "services/his"
+SDK = REPOSITORY / "clients/python/his_client"
+METHODS = {rpc.method: rpc for rpc in all_paths().values()}
+
+
+# Code that runs outside the mesh as a person, not as a workload: demo loaders (`his up --demo`),
+# `his token`; and the SDK's PatientClient, whose calls are its importers' (see below).
+OUTSIDE = ("demo.py", "login.py")
+
+
+def _code() -> list[Path]:
+    """Code workloads run that can call a service (no stubs, mesh tools or person-run tools)."""
+    files = sorted(SERVICES.rglob("*.py")) + sorted(SDK.rglob("*.py"))
+    return [
+        path
+        for path in files
+        if "/v1/" not in path.as_posix()
+        and "/mesh/" not in path.as_posix()
+        and "/migrations/" not in path.as_posix()
+        and path.name not in OUTSIDE
+        and path != SDK / "patient.py"
+    ]
+
+
+def _rpc_calls(path: Path) -> set[str]:
+    """Names of rpcs called as `<something>.<Rpc>(...)` in one file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in METHODS
+    }
+
+
+def _imports(path: Path, module: str) -> bool:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return any(
+        isinstance(node, ast.ImportFrom) and node.module == module for node in ast.walk(tree)
+    )
+
+
+def _declared(caller: str | None = None) -> set[str]:
+    return {
+        method
+        for name, callees in CALLS.items()
+        if caller is None or name == caller
+        for methods in callees.values()
+        for method in methods
+    }
+
+
+def test_every_rpc_the_code_calls_is_declared_and_every_declared_rpc_is_called() -> None:
+    called = set().union(*(_rpc_calls(path) for path in _code()))
+    if any(_imports(path, "his_client.patient") for path in _code()):
+        called.add("GetPatient")  # require_active, in the SDK's patient.py
+    assert called == _declared(), (
+        f"called but not declared: {sorted(called - _declared())}; "
+        f"declared but never called: {sorted(_declared() - called)}"
+    )
+
+
+def test_a_service_package_calls_only_what_is_declared_for_it() -> None:
+    # The SDK's require_active (booking, break-the-glass grants) reads the patient.
+    sdk_patient = {"GetPatient"}
+    assert sdk_patient <= _rpc_calls(SDK / "patient.py")
+    for caller in CALLS:
+        package = SERVICES / caller
+        if not package.is_dir():
+            continue
+        files = [p for p in _code() if p.is_relative_to(package)]
+        called = set().union(*(_rpc_calls(p) for p in files))
+        if any(_imports(p, "his_client.patient") for p in files):
+            called |= sdk_patient  # require_active and PatientClient call GetPatient for it
+        assert called <= _declared(caller), (
+            f"{caller} calls undeclared {called - _declared(caller)}"
+        )
+
+
+def test_the_research_export_calls_what_is_declared_for_it() -> None:
+    called = _rpc_calls(SERVICES / "research_export.py")
+    assert called - {"IssueToken"} <= _declared("research-export")
+    assert called, "the research export makes no call: the scan is broken"
+
+
+def test_declared_rpcs_are_rpcs_of_the_named_service() -> None:
+    for callees in CALLS.values():
+        for service, methods in callees.items():
+            for method in methods:
+                assert METHODS[method].service == service, (service, method)
