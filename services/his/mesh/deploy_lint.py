@@ -1,0 +1,349 @@
+"""Lint of the Kubernetes side of one rendered overlay: what the schemas cannot see.
+
+The mesh policy only works when the pods under it are right: the ServiceAccount is the mesh
+identity every AuthorizationPolicy names, the probes must speak gRPC on the serving port, the
+pod must outlive the server's drain, secrets must come from Secrets, and every Service port must
+reach a container port. Facts come from the rendered objects and from the runtime itself (the
+drain defaults of his.runtime.config), never from numbers copied here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of, suggest
+from his.mesh.contracts import deployed
+from his.mesh.findings import Finding
+from his.mesh.sources import Manifest
+from his.runtime.config import ConfigError, ServerConfig
+
+NAMESPACE = "his"
+# Kubernetes' default when a pod does not say (PodSpec.terminationGracePeriodSeconds).
+KUBERNETES_DEFAULT_GRACE_S = 30
+SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CREDENTIAL")
+# The schema types whenUnsatisfiable as a plain string; the API server rejects anything else.
+WHEN_UNSATISFIABLE = ("DoNotSchedule", "ScheduleAnyway")
+_RESOURCES = ("cpu", "memory")
+
+
+def lint_deploy(cluster: Cluster) -> Iterator[Finding]:
+    """Every finding of the deployment rules, in object order."""
+    apps = {entry.name for entry in deployed()}
+    config_maps = {
+        (namespace_of(m), name_of(m)): m.get("data") or {} for m in cluster.of_kind("ConfigMap")
+    }
+    deployments = cluster.of_kind("Deployment")
+    for deployment in deployments:
+        if namespace_of(deployment) == NAMESPACE and _app(deployment) in apps:
+            yield from _service_account(cluster, deployment)
+            yield from _containers(cluster, deployment, config_maps)
+        yield from _topology(cluster, deployment)
+    for (namespace, name), service in sorted(cluster.services.items()):
+        if namespace == NAMESPACE and name in apps:
+            yield from _target_ports(cluster, service, deployments)
+
+
+def _template(deployment: Manifest) -> dict[str, Any]:
+    template = spec_of(deployment).get("template")
+    return template if isinstance(template, dict) else {}
+
+
+def _pod(deployment: Manifest) -> dict[str, Any]:
+    pod = _template(deployment).get("spec")
+    return pod if isinstance(pod, dict) else {}
+
+
+def _labels(deployment: Manifest) -> dict[str, str]:
+    labels = (_template(deployment).get("metadata") or {}).get("labels") or {}
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+def _app(deployment: Manifest) -> str | None:
+    return _labels(deployment).get("app")
+
+
+def _containers_of(deployment: Manifest) -> list[dict[str, Any]]:
+    return [c for c in _pod(deployment).get("containers") or [] if isinstance(c, dict)]
+
+
+# --- one ServiceAccount per service: the mesh identity -------------------------------------
+
+
+def _service_account(cluster: Cluster, deployment: Manifest) -> Iterator[Finding]:
+    app = _app(deployment)
+    account = _pod(deployment).get("serviceAccountName") or "default"
+    if account != app:
+        yield finding(
+            cluster,
+            deployment,
+            "spec.template.spec.serviceAccountName",
+            f"runs as ServiceAccount {account!r}, not {app!r}: its mTLS principal is "
+            f"cluster.local/ns/{NAMESPACE}/sa/{account}, which no AuthorizationPolicy rule "
+            f"for {app} names, so its calls are denied (and callers' rules never match it)",
+            f"set serviceAccountName: {app} (one ServiceAccount per service)",
+        )
+
+
+# --- containers: probes, security context, drain, secrets, resources ----------------------
+
+
+def _containers(
+    cluster: Cluster, deployment: Manifest, config_maps: Mapping[tuple[str, str], Any]
+) -> Iterator[Finding]:
+    pod = _pod(deployment)
+    pod_security = pod.get("securityContext") or {}
+    for index, container in enumerate(_containers_of(deployment)):
+        where = f"containers[{index}] {container.get('name', '')}".rstrip()
+        yield from _probes(cluster, deployment, where, container)
+        yield from _security(cluster, deployment, where, container, pod_security)
+        yield from _secrets(cluster, deployment, where, container)
+        yield from _resources(cluster, deployment, where, container)
+        yield from _drain(cluster, deployment, where, container, config_maps)
+
+
+def _grpc_port(container: Mapping[str, Any]) -> int | None:
+    for port in container.get("ports") or []:
+        if isinstance(port, Mapping) and port.get("name") == "grpc":
+            return int(port.get("containerPort") or 0)
+    return None
+
+
+def _probes(
+    cluster: Cluster, deployment: Manifest, where: str, container: Mapping[str, Any]
+) -> Iterator[Finding]:
+    number = _grpc_port(container)
+    if number is None:
+        yield finding(
+            cluster,
+            deployment,
+            f"{where} ports",
+            "no containerPort named grpc: the Service's targetPort and the probes have "
+            "nothing to point at",
+            "name the serving port grpc",
+        )
+    for kind in ("readinessProbe", "livenessProbe"):
+        probe = container.get(kind)
+        if not isinstance(probe, Mapping):
+            what = (
+                "calls reach the pod before it serves and while it drains"
+                if kind == "readinessProbe"
+                else "a wedged server is never restarted"
+            )
+            yield finding(
+                cluster,
+                deployment,
+                f"{where} {kind}",
+                f"no {kind}: {what}",
+                f"add a {kind} with grpc: {{port: {number or 50051}}}",
+            )
+            continue
+        grpc = probe.get("grpc")
+        if not isinstance(grpc, Mapping):
+            other = next((k for k in ("httpGet", "tcpSocket", "exec") if k in probe), "no handler")
+            yield finding(
+                cluster,
+                deployment,
+                f"{where} {kind}",
+                f"{kind} uses {other}, not grpc: it does not ask the server's gRPC health "
+                "service, which turns NOT_SERVING while the server drains",
+                f"use grpc: {{port: {number or 50051}}}",
+            )
+            continue
+        port = grpc.get("port")
+        if number is not None and port not in (number, "grpc"):
+            yield finding(
+                cluster,
+                deployment,
+                f"{where} {kind}.grpc.port",
+                f"probes port {port!r}, not the grpc port {number}",
+                f"set port: {number}",
+            )
+
+
+def _security(
+    cluster: Cluster,
+    deployment: Manifest,
+    where: str,
+    container: Mapping[str, Any],
+    pod_security: Mapping[str, Any],
+) -> Iterator[Finding]:
+    own = container.get("securityContext") or {}
+    # A container's setting wins over the pod's; only runAsNonRoot exists at both levels.
+    non_root = own.get("runAsNonRoot", pod_security.get("runAsNonRoot"))
+    wanted: list[tuple[str, object, object, str]] = [
+        ("runAsNonRoot", non_root, True, "the kubelet then refuses to start it as root"),
+        (
+            "readOnlyRootFilesystem",
+            own.get("readOnlyRootFilesystem"),
+            True,
+            "a compromised process cannot change the image's code",
+        ),
+        (
+            "allowPrivilegeEscalation",
+            own.get("allowPrivilegeEscalation"),
+            False,
+            "no setuid binary can gain more than the process has",
+        ),
+    ]
+    for name, value, good, why in wanted:
+        if value is not good:
+            yield finding(
+                cluster,
+                deployment,
+                f"{where} securityContext.{name}",
+                f"{name} is {value!r}, not {str(good).lower()}",
+                f"set securityContext.{name}: {str(good).lower()} ({why})",
+            )
+    drop = [str(c) for c in (own.get("capabilities") or {}).get("drop") or []]
+    if "ALL" not in drop:
+        yield finding(
+            cluster,
+            deployment,
+            f"{where} securityContext.capabilities",
+            f"drops {drop or 'no capabilities'}, not ALL: the server needs none",
+            'set securityContext.capabilities.drop: ["ALL"]',
+        )
+
+
+def _secrets(
+    cluster: Cluster, deployment: Manifest, where: str, container: Mapping[str, Any]
+) -> Iterator[Finding]:
+    for entry in container.get("env") or []:
+        if not isinstance(entry, Mapping) or "value" not in entry:
+            continue
+        name = str(entry.get("name", ""))
+        word = next((w for w in SECRET_WORDS if w in name.upper()), None)
+        if word is not None:
+            yield finding(
+                cluster,
+                deployment,
+                f"{where} env {name}",
+                f"{name} looks secret ({word}) but its value is written inline: it is in the "
+                "repository and readable by anyone who can read the Deployment",
+                "take it from a Secret: valueFrom.secretKeyRef (the platform creates the Secret)",
+            )
+
+
+def _resources(
+    cluster: Cluster, deployment: Manifest, where: str, container: Mapping[str, Any]
+) -> Iterator[Finding]:
+    resources = container.get("resources") or {}
+    for part in ("requests", "limits"):
+        given = resources.get(part) or {}
+        missing = [r for r in _RESOURCES if r not in given]
+        if missing:
+            why = (
+                "the scheduler and the HPA's CPU target need requests"
+                if part == "requests"
+                else "one runaway pod can starve the node"
+            )
+            yield finding(
+                cluster,
+                deployment,
+                f"{where} resources.{part}",
+                f"no {' or '.join(missing)} {part}: {why}",
+                f"set resources.{part}.{'/'.join(missing)}",
+            )
+
+
+def _env(
+    container: Mapping[str, Any], config_maps: Mapping[tuple[str, str], Any]
+) -> dict[str, str]:
+    """The container's plain settings: its ConfigMaps (envFrom), then inline values on top."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        reference = (source or {}).get("configMapRef") or {}
+        data = config_maps.get((NAMESPACE, str(reference.get("name", "")))) or {}
+        prefix = str((source or {}).get("prefix") or "")
+        env.update({prefix + str(k): str(v) for k, v in data.items()})
+    for entry in container.get("env") or []:
+        if isinstance(entry, Mapping) and "value" in entry:
+            env[str(entry.get("name"))] = str(entry["value"])
+    return env
+
+
+def _drain(
+    cluster: Cluster,
+    deployment: Manifest,
+    where: str,
+    container: Mapping[str, Any],
+    config_maps: Mapping[tuple[str, str], Any],
+) -> Iterator[Finding]:
+    if _grpc_port(container) is None:
+        return  # not the server container
+    try:
+        # The runtime's own parsing and defaults: HIS_DRAIN_DELAY_S, then HIS_GRACE_S.
+        server = ServerConfig.from_env(
+            _env(container, config_maps),
+            port=ServerConfig.port,
+            metrics_port=ServerConfig.metrics_port,
+        )
+    except ConfigError as error:
+        yield finding(cluster, deployment, where, f"server settings invalid: {error}", "fix it")
+        return
+    drain = server.drain_delay_s + server.grace_s
+    grace = _pod(deployment).get("terminationGracePeriodSeconds", KUBERNETES_DEFAULT_GRACE_S)
+    if not isinstance(grace, int | float) or grace <= drain:
+        yield finding(
+            cluster,
+            deployment,
+            "spec.template.spec.terminationGracePeriodSeconds",
+            f"{grace!r} s is not more than the server's drain of {drain:g} s "
+            f"(HIS_DRAIN_DELAY_S {server.drain_delay_s:g} + HIS_GRACE_S {server.grace_s:g}): "
+            "the kubelet kills it while calls are still finishing",
+            f"raise it above {drain:g} (with room for the proxy to stop), or shorten the drain",
+        )
+
+
+# --- topology spread: a value the API server accepts -------------------------------------------
+
+
+def _topology(cluster: Cluster, deployment: Manifest) -> Iterator[Finding]:
+    for index, constraint in enumerate(_pod(deployment).get("topologySpreadConstraints") or []):
+        value = (constraint or {}).get("whenUnsatisfiable")
+        if value not in WHEN_UNSATISFIABLE:
+            yield finding(
+                cluster,
+                deployment,
+                f"spec.template.spec.topologySpreadConstraints[{index}]",
+                f"whenUnsatisfiable {value!r} is neither {' nor '.join(WHEN_UNSATISFIABLE)}: "
+                "the API server rejects the Deployment",
+                "write DoNotSchedule or ScheduleAnyway where the constraint is set (the "
+                "Deployment or an overlay's patch)" + suggest(str(value), list(WHEN_UNSATISFIABLE)),
+            )
+
+
+# --- Services: every targetPort reaches a container port ------------------------------------
+
+
+def _target_ports(
+    cluster: Cluster, service: Manifest, deployments: list[Manifest]
+) -> Iterator[Finding]:
+    selector = {str(k): str(v) for k, v in (spec_of(service).get("selector") or {}).items()}
+    if not selector:
+        return
+    selected = [
+        d
+        for d in deployments
+        if namespace_of(d) == namespace_of(service)
+        and all(_labels(d).get(k) == v for k, v in selector.items())
+    ]
+    for index, port in enumerate(spec_of(service).get("ports") or []):
+        target = port.get("targetPort", port.get("port"))
+        for deployment in selected:
+            ports = [p for c in _containers_of(deployment) for p in c.get("ports") or [] if p]
+            names = [str(p.get("name")) for p in ports if p.get("name")]
+            numbers = [p.get("containerPort") for p in ports]
+            if (isinstance(target, str) and target in names) or target in numbers:
+                continue
+            yield finding(
+                cluster,
+                service,
+                f"ports[{index}] {port.get('name', '')}".rstrip(),
+                f"targetPort {target!r} is no containerPort of Deployment "
+                f"{namespace_of(deployment)}/{name_of(deployment)}, which it selects: "
+                "calls to this port are refused",
+                "use a port name or number the pods declare"
+                + (suggest(target, names) if isinstance(target, str) else ""),
+            )
