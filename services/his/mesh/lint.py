@@ -20,6 +20,7 @@ from his.mesh.cluster import (
     suggest,
 )
 from his.mesh.contracts import Rpc, deployed, rpcs
+from his.mesh.deploy_lint import lint_deploy
 from his.mesh.findings import Finding, subject
 from his.mesh.network_lint import network_calls
 from his.mesh.routes import Match, destinations, first_match, header_names, header_values, seconds
@@ -61,6 +62,7 @@ def lint(cluster: Cluster) -> list[Finding]:
         *AUTHORIZATION_RULES,
         *TRAFFIC_RULES,
         network_calls,
+        lint_deploy,
     )
     return sorted({finding for rule in rules for finding in rule(cluster)})
 
