@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from his.runtime.catalog import CATALOG, implemented, lookup
 from his.runtime.config import load
@@ -105,64 +105,28 @@ def _export_research(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mesh_check(args: argparse.Namespace) -> int:
-    try:
-        from his.mesh.check import command  # noqa: PLC0415
-    except ModuleNotFoundError as missing:  # the mesh extra is not in the service image
-        if (missing.name or "").partition(".")[0] not in (
-            "yaml",
-            "ruamel",
-            "jsonschema",
-            "referencing",
-        ):
-            raise
-        print(
-            f"his mesh check: {missing.name} is not installed; install the mesh extra: "
-            "pip install 'his-mesh[mesh]'",
-            file=sys.stderr,
-        )
-        return 2
-    return command(args)
+# What the mesh tools import that the service image leaves out (the `mesh` extra).
+_MESH_EXTRA = ("yaml", "ruamel", "jsonschema", "referencing")
 
 
-def _mesh_explain(args: argparse.Namespace) -> int:
-    try:
-        from his.mesh.explain import command  # noqa: PLC0415
-    except ModuleNotFoundError as missing:  # the mesh extra is not in the service image
-        if (missing.name or "").partition(".")[0] not in (
-            "yaml",
-            "ruamel",
-            "jsonschema",
-            "referencing",
-        ):
-            raise
-        print(
-            f"his mesh explain: {missing.name} is not installed; install the mesh extra: "
-            "pip install 'his-mesh[mesh]'",
-            file=sys.stderr,
-        )
-        return 2
-    return command(args)
+def _mesh_tool(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command of his.mesh.<module>, imported when run: the image has no mesh extra."""
 
+    def run(args: argparse.Namespace) -> int:
+        try:
+            command = importlib.import_module(f"his.mesh.{module}").command
+        except ModuleNotFoundError as missing:
+            if (missing.name or "").partition(".")[0] not in _MESH_EXTRA:
+                raise
+            print(
+                f"{name}: {missing.name} is not installed; install the mesh extra: "
+                "pip install 'his-mesh[mesh]'",
+                file=sys.stderr,
+            )
+            return 2
+        return int(command(args))
 
-def _canary(args: argparse.Namespace) -> int:
-    try:
-        from his.mesh.canary import command  # noqa: PLC0415
-    except ModuleNotFoundError as missing:  # the mesh extra is not in the service image
-        if (missing.name or "").partition(".")[0] not in (
-            "yaml",
-            "ruamel",
-            "jsonschema",
-            "referencing",
-        ):
-            raise
-        print(
-            f"his canary: {missing.name} is not installed; install the mesh extra: "
-            "pip install 'his-mesh[mesh]'",
-            file=sys.stderr,
-        )
-        return 2
-    return command(args)
+    return run
 
 
 def _services(_: argparse.Namespace) -> int:
@@ -186,7 +150,7 @@ def _add_mesh_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         action="append",
         help="check only this overlay of deploy/kustomize/overlays (repeatable)",
     )
-    check.set_defaults(run=_mesh_check)
+    check.set_defaults(run=_mesh_tool("check", "his mesh check"))
     explain = meshes.add_parser("explain", help="show how the mesh routes one call")
     explain.add_argument("service", help="service name, e.g. patient")
     explain.add_argument("method", help="rpc name, e.g. GetPatient")
@@ -201,7 +165,7 @@ def _add_mesh_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     explain.add_argument("--gateway", action="store_true", help="a call through the mobile gateway")
     explain.add_argument("--drill", help="with a drill applied, e.g. patient/unavailable")
     explain.add_argument("--root", help="repository root (default: found from the working dir)")
-    explain.set_defaults(run=_mesh_explain)
+    explain.set_defaults(run=_mesh_tool("explain", "his mesh explain"))
     canary = commands.add_parser(
         "canary", help="move traffic between a service's stable and canary versions"
     )
@@ -213,7 +177,7 @@ def _add_mesh_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     steps.add_parser("promote", help="the next step of the plan: 0 -> 10 -> 50 -> 100")
     steps.add_parser("rollback", help="all traffic back to stable")
     steps.add_parser("status", help="the canary weight of every route")
-    canary.set_defaults(run=_canary)
+    canary.set_defaults(run=_mesh_tool("canary", "his canary"))
 
 
 def build_parser() -> argparse.ArgumentParser:
