@@ -118,6 +118,19 @@ def _schedule_any_way(root: Path) -> None:
     )
 
 
+def _loopback_only(root: Path) -> None:
+    edit(root, f"{BASE}/patient/configmap.yaml", 'HIS_HOST: "[::]"', "HIS_HOST: 127.0.0.1")
+
+
+def _caller_without_address(root: Path) -> None:
+    edit(
+        root,
+        f"{BASE}/scheduling/configmap.yaml",
+        "  HIS_PATIENT_ADDR: patient.his.svc.cluster.local:50051\n",
+        "",
+    )
+
+
 DRAIN = ServerConfig.from_env(
     {"HIS_DRAIN_DELAY_S": "5", "HIS_GRACE_S": "20"},
     port=ServerConfig.port,
@@ -170,6 +183,18 @@ DRAIN = ServerConfig.from_env(
             f"{BASE}/patient/deployment.yaml",
             "Deployment his/patient spec.template.spec.topologySpreadConstraints[0]",
             "whenUnsatisfiable 'ScheduleAnyWay' is neither DoNotSchedule nor ScheduleAnyway",
+        ),
+        (
+            _loopback_only,
+            f"{BASE}/patient/deployment.yaml",
+            "Deployment his/patient containers[0] his HIS_HOST",
+            "the server binds 127.0.0.1",
+        ),
+        (
+            _caller_without_address,
+            f"{BASE}/scheduling/deployment.yaml",
+            "Deployment his/scheduling containers[0] his HIS_PATIENT_ADDR",
+            "is unset: scheduling calls patient",
         ),
     ],
     ids=lambda value: value.__name__.strip("_") if callable(value) else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from his.mesh.calls import CALLS
 from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of, suggest
 from his.mesh.contracts import deployed
 from his.mesh.findings import Finding
@@ -100,6 +101,7 @@ def _containers(
         yield from _secrets(cluster, deployment, where, container)
         yield from _resources(cluster, deployment, where, container)
         yield from _drain(cluster, deployment, where, container, config_maps)
+        yield from _wiring(cluster, deployment, where, container, config_maps)
 
 
 def _grpc_port(container: Mapping[str, Any]) -> int | None:
@@ -294,6 +296,47 @@ def _drain(
             "the kubelet kills it while calls are still finishing",
             f"raise it above {drain:g} (with room for the proxy to stop), or shorten the drain",
         )
+
+
+# --- the server listens where the sidecar forwards, and finds the services it calls ----------
+
+# The sidecar forwards inbound calls to the pod IP, so a loopback-only server never gets them.
+_ALL_ADDRESSES = ("[::]", "::", "0.0.0.0")
+
+
+def _wiring(
+    cluster: Cluster,
+    deployment: Manifest,
+    where: str,
+    container: Mapping[str, Any],
+    config_maps: Mapping[tuple[str, str], Any],
+) -> Iterator[Finding]:
+    if _grpc_port(container) is None:
+        return
+    env = _env(container, config_maps)
+    host = env.get("HIS_HOST", _ALL_ADDRESSES[0])
+    if host not in _ALL_ADDRESSES:
+        yield finding(
+            cluster,
+            deployment,
+            f"{where} HIS_HOST",
+            f"the server binds {host}: the sidecar forwards calls to the pod IP, so none arrive",
+            "bind [::] (leave HIS_HOST unset)",
+        )
+    for callee in sorted(CALLS.get(str(_app(deployment)), {})):
+        variable = f"HIS_{callee.upper()}_ADDR"
+        address = env.get(variable, "")
+        target = cluster.resolve(address.rpartition(":")[0], NAMESPACE) if address else None
+        if target != (NAMESPACE, callee):
+            yield finding(
+                cluster,
+                deployment,
+                f"{where} {variable}",
+                f"is {address or 'unset'}"
+                f": {_app(deployment)} calls {callee} (his.mesh.calls) and would dial "
+                "elsewhere (unset: localhost)",
+                f"set {variable}: {callee}.{NAMESPACE}.svc.cluster.local:50051",
+            )
 
 
 # --- topology spread: a value the API server accepts -------------------------------------------
