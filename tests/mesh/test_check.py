@@ -310,6 +310,67 @@ def _network_blocks_a_caller(root: Path) -> None:
     )
 
 
+NETWORK = "deploy/kustomize/components/network-policies"
+
+
+def _ingress_open_to_all(root: Path) -> None:
+    edit(
+        root,
+        f"{NETWORK}/patient.yaml",
+        """    - from:
+        - podSelector:
+            matchExpressions:
+              - key: app
+                operator: In
+                values: [scheduling, iam, mobile-gateway, research-export]
+      ports:""",
+        """    - ports:""",
+    )
+
+
+def _gateway_cannot_reach_patient(root: Path) -> None:
+    edit(
+        root,
+        f"{NETWORK}/mobile-gateway.yaml",
+        "values: [patient, scheduling, iam, audit]",
+        "values: [scheduling, iam, audit]",
+    )
+
+
+def _patient_may_reach_scheduling(root: Path) -> None:
+    edit(
+        root, f"{NETWORK}/patient.yaml", "values: [iam, audit]", "values: [iam, audit, scheduling]"
+    )
+
+
+def _requests_by_get(root: Path) -> None:
+    edit(
+        root,
+        f"{GATEWAY}/authorization.yaml",
+        """      to:
+        - operation:
+            methods:
+              - POST
+            paths:
+              - /his.patient.v1.PatientService/GetPatient""",
+        """      to:
+        - operation:
+            methods:
+              - GET
+            paths:
+              - /his.patient.v1.PatientService/GetPatient""",
+    )
+
+
+def _token_not_forwarded(root: Path) -> None:
+    edit(
+        root,
+        f"{GATEWAY}/request-authentication.yaml",
+        "forwardOriginalToken: true",
+        "forwardOriginalToken: false",
+    )
+
+
 Seed = Callable[[Path], None]
 
 MUTATIONS: list[tuple[Seed, str, str]] = [
@@ -390,12 +451,12 @@ MUTATIONS: list[tuple[Seed, str, str]] = [
     (
         _outlier_counting_5xx,
         "mesh/istio/destination-rules/audit.yaml",
-        "gRPC errors travel as HTTP 200",
+        "would eject healthy pods",
     ),
     (_round_robin, "mesh/istio/destination-rules/audit.yaml", "only LEAST_REQUEST spreads"),
     (_no_retry_budget, "mesh/istio/destination-rules/audit.yaml", "no maxRetries"),
     (_override_after_the_split, f"{VS}/iam.yaml", "its header match never applies"),
-    (_lookahead_regex, f"{VS}/audit.yaml", "Envoy's RE2 has neither"),
+    (_lookahead_regex, f"{VS}/audit.yaml", "RE2 (Envoy) has no lookaround"),
     (_timeout_off, f"{VS}/iam.yaml", "0s turns the timeout off"),
     (
         _per_try_timeout_never_retried,
@@ -422,6 +483,23 @@ MUTATIONS: list[tuple[Seed, str, str]] = [
         "deploy/kustomize/components/network-policies/patient.yaml",
         "admits audit, which never calls patient",
     ),
+    (_ingress_open_to_all, f"{NETWORK}/patient.yaml", "admits every pod to patient on port 50051"),
+    (
+        _gateway_cannot_reach_patient,
+        f"{NETWORK}/mobile-gateway.yaml",
+        "does not let mobile-gateway reach patient",
+    ),
+    (
+        _patient_may_reach_scheduling,
+        f"{NETWORK}/patient.yaml",
+        "lets patient reach scheduling on port 50051, which it never calls",
+    ),
+    (_requests_by_get, f"{GATEWAY}/authorization.yaml", "gRPC-web calls are POST"),
+    (
+        _token_not_forwarded,
+        f"{GATEWAY}/request-authentication.yaml",
+        "forwardOriginalToken is not true",
+    ),
 ]
 
 
@@ -438,6 +516,63 @@ def test_a_seeded_mistake_fails_the_check(
     lines = [str(finding) for finding in report.findings]
     assert not report.ok
     assert any(line.startswith(f"{file}: ") and problem in line for line in lines), "\n".join(lines)
+
+
+def _namespace_and_pod_selector(root: Path) -> None:
+    edit(
+        root,
+        f"{NETWORK}/patient.yaml",
+        """    - from:
+        - podSelector:""",
+        """    - from:
+        - namespaceSelector:
+            matchLabels:
+              kubernetes.io/metadata.name: his
+          podSelector:""",
+    )
+
+
+def _port_range(root: Path) -> None:
+    edit(
+        root,
+        f"{NETWORK}/audit.yaml",
+        "        - port: 50051\n          protocol: TCP",
+        "        - port: 50000\n          endPort: 50100\n          protocol: TCP",
+    )
+
+
+def _any_valid_token(root: Path) -> None:
+    edit(root, f"{GATEWAY}/authorization.yaml", "- https://iam.his.local/*", '- "*"')
+
+
+def _explicit_allow_default_deny(root: Path) -> None:
+    edit(root, f"{AUTHZ}/default-deny.yaml", "spec: {}", "spec:\n  action: ALLOW")
+
+
+def _header_only_route_after_reads(root: Path) -> None:
+    path = root / f"{VS}/iam.yaml"
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    http = document["spec"]["http"]
+    document["spec"]["http"] = [http[0], http[2], http[1], http[3]]
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+
+
+CORRECT_VARIANTS: list[Seed] = [
+    _namespace_and_pod_selector,
+    _port_range,
+    _any_valid_token,
+    _explicit_allow_default_deny,
+    _header_only_route_after_reads,
+]
+
+
+@pytest.mark.parametrize(
+    "seed", CORRECT_VARIANTS, ids=[seed.__name__.strip("_") for seed in CORRECT_VARIANTS]
+)
+def test_correct_policy_written_another_way_passes(policy_copy: Path, seed: Seed) -> None:
+    seed(policy_copy)
+    report = run_check(policy_copy, ["dev"])
+    assert report.ok, "\n".join(map(str, report.findings))
 
 
 def test_cli_prints_one_line_per_finding_and_exits_one(policy_copy: Path) -> None:

@@ -139,7 +139,16 @@ def _selector(policy: Manifest) -> dict[str, Any]:
 
 def _default_deny(cluster: Cluster) -> Iterator[Finding]:
     policies = [p for p in cluster.of_kind("AuthorizationPolicy") if namespace_of(p) == "his"]
-    if not any(spec_of(p) == {} for p in policies):
+    # An ALLOW policy with no selector and no rules denies everything in its namespace (in the
+    # root namespace istio-system: in the whole mesh); `action: ALLOW` may be written or not.
+    denies_all = [
+        p
+        for p in cluster.of_kind("AuthorizationPolicy")
+        if namespace_of(p) in ("his", "istio-system")
+        and set(spec_of(p)) <= {"action"}
+        and spec_of(p).get("action", "ALLOW") == "ALLOW"
+    ]
+    if not denies_all:
         yield Finding(
             "mesh/istio/authorization/default-deny.yaml",
             "AuthorizationPolicy his/default-deny",
@@ -202,6 +211,15 @@ def _rule_shape(
             f"name the callers in from[].source.{sorted(allowed)[0]}",
         )
     for source in sources:
+        for principal in source.get("principals") or []:
+            if "*" in str(principal):
+                yield finding(
+                    cluster,
+                    policy,
+                    where,
+                    f"principal {principal!r} matches many workloads, not one caller",
+                    "name each caller's ServiceAccount",
+                )
         for name in sorted(set(source) - allowed):
             yield finding(
                 cluster,
@@ -260,7 +278,8 @@ def _gateway(cluster: Cluster) -> Iterator[Finding]:
             for source in rule.get("from") or []:
                 for principal in (source.get("source") or {}).get("requestPrincipals") or []:
                     issuer = str(principal).rsplit("/", 1)[0]
-                    if issuer not in issuers:
+                    # "*": any token RequestAuthentication accepted (it names the issuers).
+                    if principal != "*" and issuer not in issuers:
                         yield finding(
                             cluster,
                             policy,
@@ -273,6 +292,20 @@ def _gateway(cluster: Cluster) -> Iterator[Finding]:
             for path in _paths(rule):
                 yield from _gateway_path(cluster, policy, f"rules[{number}]", path)
     yield from _issuer_matches_services(cluster, issuers)
+    yield from _jwt_rules(cluster)
+    for policy in policies:
+        for number, rule in enumerate(spec_of(policy).get("rules") or []):
+            for target in rule.get("to") or []:
+                methods = (target.get("operation") or {}).get("methods")
+                if rule.get("from") and methods and set(methods) != {"POST"}:
+                    yield finding(
+                        cluster,
+                        policy,
+                        f"rules[{number}]",
+                        f"methods {methods}: "
+                        "gRPC-web calls are POST, so this rule never admits one",
+                        "use methods: [POST]",
+                    )
     yield from _preflight_allowed(cluster, policies)
 
 
@@ -309,6 +342,39 @@ def _gateway_path(cluster: Cluster, gateway: Manifest, where: str, path: str) ->
             f"remove it here if internal, else allow {GATEWAY_PRINCIPAL} in "
             f"mesh/istio/authorization/{rpc.service}.yaml",
         )
+
+
+def _jwt_rules(cluster: Cluster) -> Iterator[Finding]:
+    """The gateway's JWT rules agree with what the services verify, and pass the token on."""
+    audiences = {
+        str(value)
+        for config in cluster.of_kind("ConfigMap")
+        if (value := (config.get("data") or {}).get("HIS_AUTH_AUDIENCE")) is not None
+    }
+    for auth in cluster.of_kind("RequestAuthentication"):
+        for number, rule in enumerate(spec_of(auth).get("jwtRules") or []):
+            where = f"jwtRules[{number}]"
+            if rule.get("forwardOriginalToken") is not True:
+                yield finding(
+                    cluster,
+                    auth,
+                    where,
+                    "forwardOriginalToken is not true: the "
+                    "gateway strips the token and every service refuses the call "
+                    "(UNAUTHENTICATED)",
+                    "set forwardOriginalToken: true",
+                )
+            given = {str(a) for a in rule.get("audiences") or []}
+            if audiences and given and not given & audiences:
+                yield finding(
+                    cluster,
+                    auth,
+                    f"{where}.audiences",
+                    f"{sorted(given)} is not the "
+                    f"services' HIS_AUTH_AUDIENCE {sorted(audiences)}: tokens one "
+                    "accepts the other refuses",
+                    "use the same audience",
+                )
 
 
 def _issuer_matches_services(cluster: Cluster, issuers: list[str]) -> Iterator[Finding]:

@@ -23,30 +23,20 @@ from his.mesh.contracts import Rpc, deployed, rpcs
 from his.mesh.deploy_lint import lint_deploy
 from his.mesh.findings import Finding, subject
 from his.mesh.network_lint import network_calls
-from his.mesh.routes import Match, destinations, first_match, header_names, header_values, seconds
+from his.mesh.routes import (
+    CONNECTION_TOKENS,
+    GRPC_TOKENS,
+    HTTP_TOKENS,
+    NEVER_REACHED,
+    Match,
+    destinations,
+    first_match,
+    header_names,
+    header_values,
+    seconds,
+)
 from his.mesh.sources import Manifest
 from his.mesh.traffic_lint import TRAFFIC_RULES
-
-# Envoy's retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on), as Istio passes them.
-GRPC_TOKENS = frozenset(
-    {"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
-)
-CONNECTION_TOKENS = frozenset(
-    {
-        "connect-failure",
-        "refused-stream",
-        "reset",
-        "reset-before-request",
-        "envoy-ratelimited",
-        "http3-post-connect-failure",
-    }
-)
-# These look at the HTTP status; a gRPC error travels as HTTP 200 with a grpc-status trailer.
-HTTP_TOKENS = frozenset(
-    {"5xx", "gateway-error", "retriable-4xx", "retriable-status-codes", "retriable-headers"}
-)
-# Safe for a write: the request never reached a server that could have committed it.
-NEVER_REACHED = frozenset({"connect-failure", "refused-stream", "reset-before-request"})
 
 
 def lint(cluster: Cluster) -> list[Finding]:

@@ -18,6 +18,28 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+# Envoy's retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on), as Istio passes them.
+GRPC_TOKENS = frozenset(
+    {"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
+)
+CONNECTION_TOKENS = frozenset(
+    {
+        "connect-failure",
+        "refused-stream",
+        "reset",
+        "reset-before-request",
+        "envoy-ratelimited",
+        "http3-post-connect-failure",
+    }
+)
+# These look at the HTTP status; a gRPC error travels as HTTP 200 with a grpc-status trailer.
+HTTP_TOKENS = frozenset(
+    {"5xx", "gateway-error", "retriable-4xx", "retriable-status-codes", "retriable-headers"}
+)
+# Safe for a write: the request never reached a server that could have committed it.
+NEVER_REACHED = frozenset({"connect-failure", "refused-stream", "reset-before-request"})
+
+
 @dataclass(frozen=True)
 class Match:
     """The route a call takes: its index and body, and conditions that could not be judged."""
@@ -31,6 +53,11 @@ class Match:
         return str(self.route.get("name") or f"http[{self.index}]")
 
 
+def python_regex(pattern: str) -> str:
+    """An RE2 pattern as Python's `re` reads it (RE2's end of text `\\z` is Python's `\\Z`)."""
+    return re.sub(r"(?<!\\)((?:\\\\)*)\\z", r"\1\\Z", pattern)
+
+
 def _string_match(condition: Any, value: str | None) -> bool:
     """Istio's StringMatch (exact, prefix, regex) against a value that may be absent."""
     if not isinstance(condition, Mapping) or value is None:
@@ -41,7 +68,7 @@ def _string_match(condition: Any, value: str | None) -> bool:
         return value.startswith(str(condition["prefix"]))
     if "regex" in condition:
         try:
-            return re.fullmatch(str(condition["regex"]), value) is not None
+            return re.fullmatch(python_regex(str(condition["regex"])), value) is not None
         except re.error:
             return False
     return True  # an empty StringMatch matches any present value

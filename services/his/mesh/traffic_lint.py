@@ -12,11 +12,12 @@ import grpc
 
 from his.mesh.cluster import Cluster, finding, spec_of, suggest
 from his.mesh.findings import Finding
-from his.mesh.routes import seconds
+from his.mesh.routes import NEVER_REACHED, python_regex, seconds
 from his.mesh.sources import Manifest
 
-# RE2 (Envoy's regex engine) has no lookaround and no backreferences; istiod rejects them.
-_NOT_RE2 = re.compile(r"\(\?[=!]|\(\?<[=!]|\(\?P=|\\[1-9]")
+# What RE2 (Envoy's regex engine, and istiod's check) refuses though Python takes it: lookaround,
+# backreferences, atomic groups, possessive quantifiers, \Z.
+_NOT_RE2 = re.compile(r"\(\?[=!]|\(\?<[=!]|\(\?P=|\\[1-9]|\(\?>|[*+?}]\+|\\Z")
 # A try cut by perTryTimeout counts as a reset/5xx to Envoy: only these retry it.
 _PER_TRY_RETRIED = frozenset({"reset", "5xx", "gateway-error"})
 _GRPC_CODES = sorted(code.name for code in grpc.StatusCode)
@@ -26,7 +27,8 @@ def _destination_policy(cluster: Cluster) -> Iterator[Finding]:
     for rule in cluster.of_kind("DestinationRule"):
         policy = spec_of(rule).get("trafficPolicy") or {}
         balancer = policy.get("loadBalancer") or {}
-        if balancer.get("simple") != "LEAST_REQUEST":
+        # LEAST_CONN is Istio's deprecated name for the same balancer.
+        if balancer.get("simple") not in ("LEAST_REQUEST", "LEAST_CONN"):
             yield finding(
                 cluster,
                 rule,
@@ -61,8 +63,9 @@ def _destination_policy(cluster: Cluster) -> Iterator[Finding]:
                     rule,
                     "trafficPolicy.outlierDetection.consecutive5xxErrors",
                     f"is {outlier.get('consecutive5xxErrors', 'unset (Istio: 5)')}: "
-                    "gRPC errors travel as HTTP 200, so it only double-counts gateway "
-                    "errors",
+                    "application errors (a gRPC INTERNAL or UNKNOWN, counted as a 500) "
+                    "would eject healthy pods over one bad request pattern; eject on gateway "
+                    "errors only",
                     "set consecutive5xxErrors: 0",
                 )
         http = (policy.get("connectionPool") or {}).get("http") or {}
@@ -112,9 +115,24 @@ def _label(index: int, route: Mapping[str, Any]) -> str:
     return f"http[{index}] {name}" if name else f"http[{index}]"
 
 
-def _uris(route: Mapping[str, Any]) -> list[Any]:
-    """The uri condition of each match entry (None: the entry takes every path)."""
-    return [(entry or {}).get("uri") for entry in route.get("match") or [{}]]
+def _covers(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> bool:
+    """Whether every call the `later` match entry takes is taken by the `earlier` one first.
+
+    Judged only when the earlier entry matches on the path alone (or on nothing); any other
+    condition (headers, sourceLabels, method, ...) might let some calls through.
+    """
+    if set(earlier) - {"uri"}:
+        return False
+    if "uri" not in earlier:
+        return True
+    first, second = earlier["uri"], later.get("uri")
+    if not isinstance(first, Mapping) or not isinstance(second, Mapping):
+        return False
+    if first == second:
+        return True
+    prefix = first.get("prefix")
+    taken = second.get("exact", second.get("prefix"))
+    return isinstance(prefix, str) and isinstance(taken, str) and taken.startswith(prefix)
 
 
 def _headered(route: Mapping[str, Any]) -> bool:
@@ -139,20 +157,35 @@ def _route_order(cluster: Cluster) -> Iterator[Finding]:
                 continue
             if not _headered(route):
                 continue
-            for i, other in earlier:
-                if _headered(other):
-                    continue
-                shadowed = [u for u in _uris(route) if u is None or u in _uris(other)]
-                if shadowed or None in _uris(other):
-                    yield finding(
-                        cluster,
-                        vs,
-                        _label(index, route),
-                        f"its header match never applies: {_label(i, other)} takes "
-                        "the same calls first",
-                        "move the header route before it",
-                    )
-                    break
+            entries = [e for e in route.get("match") or [] if isinstance(e, Mapping)]
+            shadows = [
+                i
+                for i, other in earlier
+                if any(
+                    _covers(first, entry)
+                    for entry in entries
+                    for first in other.get("match") or []
+                    if isinstance(first, Mapping)
+                )
+            ]
+            # Only when every entry of the header route is taken first does it never apply.
+            if entries and all(
+                any(
+                    _covers(first, entry)
+                    for _, other in earlier
+                    for first in other.get("match") or []
+                    if isinstance(first, Mapping)
+                )
+                for entry in entries
+            ):
+                yield finding(
+                    cluster,
+                    vs,
+                    _label(index, route),
+                    f"its header match never applies: {_label(shadows[0], routes[shadows[0]])}"
+                    " takes the same calls first",
+                    "move the header route before it",
+                )
 
 
 def _regexes(route: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
@@ -194,7 +227,7 @@ def route_values(cluster: Cluster) -> Iterator[Finding]:
 
 def _regex(cluster: Cluster, vs: Manifest, where: str, pattern: str) -> Iterator[Finding]:
     try:
-        re.compile(pattern)
+        re.compile(python_regex(pattern))
     except re.error as error:
         yield finding(
             cluster, vs, where, f"regex does not compile: {error}", "fix the regex (RE2 syntax)"
@@ -205,8 +238,8 @@ def _regex(cluster: Cluster, vs: Manifest, where: str, pattern: str) -> Iterator
             cluster,
             vs,
             where,
-            "lookaround or backreference: Envoy's RE2 has neither, "
-            "so istiod rejects the VirtualService",
+            "RE2 (Envoy) has no lookaround, backreference, atomic group, possessive "
+            "quantifier or \\Z: istiod rejects the VirtualService",
             "list the alternatives instead",
         )
 
@@ -214,7 +247,10 @@ def _regex(cluster: Cluster, vs: Manifest, where: str, pattern: str) -> Iterator
 def _per_try(cluster: Cluster, vs: Manifest, label: str, retries: Any) -> Iterator[Finding]:
     if not isinstance(retries, dict) or not retries.get("perTryTimeout"):
         return
-    tokens = {t.strip() for t in str(retries.get("retryOn") or "").split(",")}
+    tokens = {t.strip() for t in str(retries.get("retryOn") or "").split(",")} - {""}
+    # A write route retries only before the server has the call; a cut try must not be retried.
+    if tokens and tokens <= NEVER_REACHED:
+        return
     if int(retries.get("attempts") or 0) > 0 and not tokens & _PER_TRY_RETRIED:
         yield finding(
             cluster,
