@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from his.cli import main
 from his.mesh.explain import Destination, ExplainError, explain, format, parse_headers
@@ -276,3 +278,93 @@ def test_a_deny_policy_on_the_gateway_wins(policy_copy: Path) -> None:
     e = explain(policy_copy, "patient", "MergePatients", {"authorization": "x"}, gateway=True)
     assert e.authorization is not None and not e.authorization.allowed
     assert "rule 1 of AuthorizationPolicy his/no-merges denies it" in format(e)
+
+
+AUTHZ = "mesh/istio/gateway/authorization.yaml"
+
+
+def add_policy(root: Path, name: str, namespace: str, spec: dict[str, Any]) -> None:
+    """Append one AuthorizationPolicy to the gateway's authorization file of the copy."""
+    policy = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+    path = root / AUTHZ
+    path.write_text(
+        path.read_text(encoding="utf-8") + "---\n" + yaml.safe_dump(policy), encoding="utf-8"
+    )
+
+
+NO_MERGES = {"rules": [{"to": [{"operation": {"paths": ["*/MergePatients"]}}]}]}
+
+
+def merge(root: Path) -> str:
+    """The report for a MergePatients call with a token through the gateway (allowed as is)."""
+    return format(explain(root, "patient", "MergePatients", {"authorization": "x"}, gateway=True))
+
+
+def test_a_policy_may_select_the_gateway_pods_by_a_label_of_their_deployment(
+    policy_copy: Path,
+) -> None:
+    # The Gateway selects `istio: mobile-gateway`; the pods (the Deployment in
+    # deploy/kustomize/components/istio) also carry `app: mobile-gateway`.
+    for app in ("patient", "mobile-gateway"):
+        spec = {"selector": {"matchLabels": {"app": app}}, "action": "DENY"}
+        add_policy(policy_copy, f"{app}-no-merges", "his", {**spec, **NO_MERGES})
+    report = merge(policy_copy)
+    # `app: patient` selects other pods; `app: mobile-gateway` the gateway's.
+    assert "rule 1 of AuthorizationPolicy his/mobile-gateway-no-merges denies it" in report
+
+
+def test_a_root_namespace_policy_with_a_selector_applies_in_every_namespace(
+    policy_copy: Path,
+) -> None:
+    spec = {"selector": {"matchLabels": {"istio": "mobile-gateway"}}, "action": "DENY"}
+    add_policy(policy_copy, "elsewhere", "audit", {**spec, **NO_MERGES})
+    assert "allowed by rule 3" in merge(policy_copy)  # another namespace: not the gateway's
+    add_policy(policy_copy, "mesh-wide", "istio-system", {**spec, **NO_MERGES})
+    assert "rule 1 of AuthorizationPolicy istio-system/mesh-wide denies it" in merge(policy_copy)
+
+
+def test_a_custom_policy_is_named_as_not_evaluated(policy_copy: Path) -> None:
+    add_policy(
+        policy_copy,
+        "ext-authz",
+        "his",
+        {
+            "selector": {"matchLabels": {"istio": "mobile-gateway"}},
+            "action": "CUSTOM",
+            "provider": {"name": "opa"},
+            "rules": [{"to": [{"operation": {"paths": ["/his.*"]}}]}],
+        },
+    )
+    e = explain(policy_copy, "patient", "GetPatient", {"authorization": "x"}, gateway=True)
+    assert e.authorization is not None and e.authorization.allowed
+    assert e.authorization.notes == (
+        f"AuthorizationPolicy his/ext-authz (CUSTOM, {AUTHZ}) not evaluated "
+        "(an external authorizer decides first)",
+    )
+    assert "note        AuthorizationPolicy his/ext-authz (CUSTOM" in format(e)
+    # The real policy has no CUSTOM one.
+    real = explain(REPOSITORY, "patient", "GetPatient", {"authorization": "x"}, gateway=True)
+    assert real.authorization is not None and real.authorization.notes == ()
+
+
+def test_a_call_from_outside_has_no_peer_namespace(policy_copy: Path) -> None:
+    gateway = {"selector": {"matchLabels": {"istio": "mobile-gateway"}}}
+    # ALLOW from namespace his: a call from outside has no mTLS peer, so it never matches.
+    research = {"to": [{"operation": {"paths": ["*/ListResearchPatients"]}}]}
+    from_his = {"from": [{"source": {"namespaces": ["his"]}}], **research}
+    add_policy(policy_copy, "from-his", "his", {**gateway, "rules": [from_his]})
+    e = explain(policy_copy, "patient", "ListResearchPatients", gateway=True)
+    assert e.authorization is not None and not e.authorization.allowed
+    assert e.authorization.ignored == ()  # evaluated, not taken as holding
+    # DENY unless from namespace his: notNamespaces always holds for it.
+    unless = {"from": [{"source": {"notNamespaces": ["his"]}}], **NO_MERGES["rules"][0]}
+    add_policy(policy_copy, "only-his", "his", {**gateway, "action": "DENY", "rules": [unless]})
+    e = explain(policy_copy, "patient", "MergePatients", {"authorization": "x"}, gateway=True)
+    assert e.authorization is not None and not e.authorization.allowed
+    assert e.authorization.policy == "AuthorizationPolicy his/only-his"
+    assert e.authorization.ignored == ()

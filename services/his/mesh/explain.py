@@ -17,19 +17,28 @@ import yaml
 
 from his.mesh import drills
 from his.mesh.contracts import Rpc, host, rpcs
-from his.mesh.lint import NEVER_REACHED
-from his.mesh.routes import first_match
+from his.mesh.routes import NEVER_REACHED, first_match
 from his.mesh.sources import Manifest, RootNotFound, Source, documents, repository_root
 
 MESH = "mesh/istio"
+DEPLOY = "deploy/kustomize"  # where the gateway's Deployment (its pods' labels) is written
 MOBILE_GATEWAY = "his/mobile"
-ROOT_NAMESPACE = "istio-system"  # its AuthorizationPolicies without selector apply mesh-wide
+# Its policies apply in every namespace: without selector to all workloads, with one to those
+# it selects (Istio's root namespace).
+ROOT_NAMESPACE = "istio-system"
 # Istio (HTTPRoute.fault): "timeouts or retries will not be enabled when faults are enabled on the
 # client side" — for every call on the route while the fault is set, not only the faulted share.
 FAULT_DISABLES = "not applied (fault injection disables them on this route)"
 # AuthorizationPolicy fields evaluated for a call through the gateway; any other is named.
 _SOURCE_FIELDS = frozenset(
-    {"requestPrincipals", "notRequestPrincipals", "principals", "notPrincipals"}
+    {
+        "requestPrincipals",
+        "notRequestPrincipals",
+        "principals",
+        "notPrincipals",
+        "namespaces",
+        "notNamespaces",
+    }
 )
 _OPERATION_FIELDS = frozenset({"methods", "notMethods", "paths", "notPaths"})
 # What Istio does on a route without `retries` (or with attempts but no retryOn).
@@ -64,6 +73,7 @@ class Authorization:
     rule: int | None = None  # index into the policy's rules of the rule that decided
     principal: str | None = None  # the request principal assumed for the call
     ignored: tuple[str, ...] = ()  # conditions not evaluated (taken as holding)
+    notes: tuple[str, ...] = ()  # policies whose decision is not ours to know (CUSTOM)
 
     def line(self) -> str:
         if self.rule is not None and self.allowed:
@@ -77,7 +87,7 @@ class Authorization:
                 f"{self.policy} denies it  (rules[{self.rule}], {self.file})"
             )
         if self.allowed:
-            return "allowed: no AuthorizationPolicy selects the gateway"
+            return "allowed: no ALLOW or DENY AuthorizationPolicy selects the gateway"
         return (
             f"denied (403 PERMISSION_DENIED at the gateway): no rule of {self.policy} "
             f"allows it  ({self.file})"
@@ -333,7 +343,7 @@ def explain(
         _qualified(manifest),
         chosen.file,
         drill=applied,
-        authorization=authorize(sources, rpc, given) if gateway else None,
+        authorization=authorize(root, sources, rpc, given) if gateway else None,
     )
     match = first_match(manifest, rpc.path, given)
     if match is None:
@@ -409,8 +419,16 @@ def _rule_matches(
     """A rule holds when one of its `from` and one of its `to` entries hold (absent: any)."""
     sources = [s.get("source") or {} for s in rule.get("from") or [] if isinstance(s, Mapping)]
     operations = [o.get("operation") or {} for o in rule.get("to") or [] if isinstance(o, Mapping)]
-    # A call from outside the mesh has no peer (mTLS) principal, only the JWT's; gRPC is POST.
-    values = {"requestPrincipals": principal, "principals": None, "methods": "POST", "paths": path}
+    # A call from outside the mesh reaches the gateway without mTLS: it has no peer identity, so
+    # `principals` and `namespaces` (both read from the peer certificate) never match and their
+    # `not` forms always do; only the JWT's request principal is known. gRPC is POST.
+    values = {
+        "requestPrincipals": principal,
+        "principals": None,
+        "namespaces": None,
+        "methods": "POST",
+        "paths": path,
+    }
     values.update({"not" + name[0].upper() + name[1:]: value for name, value in values.items()})
 
     def holds(entry: Mapping[str, Any], evaluated: frozenset[str]) -> bool:
@@ -428,15 +446,41 @@ def _rule_matches(
     )
 
 
-def _gateway_labels(sources: list[Source]) -> tuple[str, dict[str, str]]:
-    """Namespace and pod labels (its selector) of the mobile Gateway."""
+def _gateway_labels(root: Path, sources: list[Source]) -> tuple[str, dict[str, str]]:
+    """Namespace and labels of the mobile Gateway's pods.
+
+    The Gateway's selector names only some of the pods' labels; a policy may select them by any
+    other (`app: mobile-gateway`), so the labels of the Deployment whose pod template carries
+    the selector are added. Without such a Deployment the selector is all that is known.
+    """
     namespace, _, name = MOBILE_GATEWAY.partition("/")
-    for source in sources:
-        manifest = source.manifest
-        if manifest.get("kind") == "Gateway" and _qualified(manifest) == MOBILE_GATEWAY:
-            selector = _spec(manifest).get("selector") or {}
-            return namespace, {str(k): str(v) for k, v in selector.items()}
-    raise ExplainError(f"no Gateway {MOBILE_GATEWAY} under {MESH} ({name})")
+    gateway = next(
+        (
+            s.manifest
+            for s in sources
+            if s.manifest.get("kind") == "Gateway" and _qualified(s.manifest) == MOBILE_GATEWAY
+        ),
+        None,
+    )
+    if gateway is None:
+        raise ExplainError(f"no Gateway {MOBILE_GATEWAY} under {MESH} ({name})")
+    labels = {str(k): str(v) for k, v in (_spec(gateway).get("selector") or {}).items()}
+    for path in sorted((root / DEPLOY).rglob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        try:
+            manifests = list(documents(path))
+        except yaml.YAMLError as error:
+            relative = path.relative_to(root).as_posix()
+            raise ExplainError(f"{relative} does not parse: run `his mesh check`") from error
+        for manifest in manifests:
+            template = (_spec(manifest).get("template") or {}).get("metadata") or {}
+            pods = {str(k): str(v) for k, v in (template.get("labels") or {}).items()}
+            # The pods' labels include the selector (an empty one would match any Deployment).
+            if manifest.get("kind") == "Deployment" and labels and labels.items() <= pods.items():
+                own = (manifest.get("metadata") or {}).get("namespace")
+                return str(own or namespace), pods
+    return namespace, labels
 
 
 def _issuer(sources: list[Source], namespace: str, labels: Mapping[str, str]) -> str | None:
@@ -453,49 +497,60 @@ def _issuer(sources: list[Source], namespace: str, labels: Mapping[str, str]) ->
 
 
 def _selects(manifest: Manifest, namespace: str, labels: Mapping[str, str]) -> bool:
-    own = _namespace(manifest)
+    """Whether a policy applies to the pods: its own namespace or the root one, and its selector."""
+    if _namespace(manifest) not in (namespace, ROOT_NAMESPACE):
+        return False
     selector = (_spec(manifest).get("selector") or {}).get("matchLabels") or {}
-    if own == ROOT_NAMESPACE and not selector:
-        return True
-    return own == namespace and all(labels.get(str(k)) == str(v) for k, v in selector.items())
+    return all(labels.get(str(k)) == str(v) for k, v in selector.items())
 
 
-def authorize(sources: list[Source], rpc: Rpc, headers: Mapping[str, str]) -> Authorization:
+def authorize(
+    root: Path, sources: list[Source], rpc: Rpc, headers: Mapping[str, str]
+) -> Authorization:
     """What the mobile gateway's AuthorizationPolicies decide for a gRPC call (always POST).
 
     With an `authorization` header the call is taken to carry a valid JWT of the issuer the
     gateway's RequestAuthentication accepts (request principal `<issuer>/<subject>`); without
-    one it has no request principal. DENY policies first, then: allowed when some rule of an
-    ALLOW policy holds, denied when ALLOW policies apply and none does.
+    one it has no request principal. CUSTOM policies are only named: Istio asks their external
+    authorizer first, and its answer is not in the repository. Then DENY policies, then: allowed
+    when some rule of an ALLOW policy holds, denied when ALLOW policies apply and none does.
     """
-    namespace, labels = _gateway_labels(sources)
+    namespace, labels = _gateway_labels(root, sources)
     issuer = _issuer(sources, namespace, labels)
     principal = f"{issuer}/<subject>" if issuer and "authorization" in headers else None
     ignored: list[str] = []
-    allow: list[Source] = []
-    for source in sources:
-        manifest = source.manifest
-        if manifest.get("kind") != "AuthorizationPolicy" or not _selects(
-            manifest, namespace, labels
-        ):
-            continue
-        action = str(_spec(manifest).get("action") or "ALLOW")
-        if action == "ALLOW":
-            allow.append(source)
-        elif action == "DENY":
-            for index, rule in enumerate(_spec(manifest).get("rules") or []):
-                if isinstance(rule, Mapping) and _rule_matches(rule, rpc.path, principal, ignored):
-                    policy = f"AuthorizationPolicy {_qualified(manifest)}"
-                    return Authorization(
-                        False, policy, source.file, index, principal, tuple(ignored)
-                    )
+    selecting = [
+        s
+        for s in sources
+        if s.manifest.get("kind") == "AuthorizationPolicy"
+        and _selects(s.manifest, namespace, labels)
+    ]
+
+    def acting(action: str) -> list[Source]:
+        return [s for s in selecting if (_spec(s.manifest).get("action") or "ALLOW") == action]
+
+    notes = tuple(
+        f"AuthorizationPolicy {_qualified(s.manifest)} (CUSTOM, {s.file}) not evaluated "
+        "(an external authorizer decides first)"
+        for s in acting("CUSTOM")
+    )
+    for source in acting("DENY"):
+        for index, rule in enumerate(_spec(source.manifest).get("rules") or []):
+            if isinstance(rule, Mapping) and _rule_matches(rule, rpc.path, principal, ignored):
+                policy = f"AuthorizationPolicy {_qualified(source.manifest)}"
+                return Authorization(
+                    False, policy, source.file, index, principal, tuple(ignored), notes
+                )
+    allow = acting("ALLOW")
     for source in allow:
         for index, rule in enumerate(_spec(source.manifest).get("rules") or []):
             if isinstance(rule, Mapping) and _rule_matches(rule, rpc.path, principal, ignored):
                 policy = f"AuthorizationPolicy {_qualified(source.manifest)}"
-                return Authorization(True, policy, source.file, index, principal, tuple(ignored))
+                return Authorization(
+                    True, policy, source.file, index, principal, tuple(ignored), notes
+                )
     if not allow:
-        return Authorization(True, "", "", None, principal, tuple(ignored))
+        return Authorization(True, "", "", None, principal, tuple(ignored), notes)
     # The policy with rules names the decision; an empty one (default-deny) allows nothing.
     named = [s for s in allow if _spec(s.manifest).get("rules")] or allow
     return Authorization(
@@ -505,6 +560,7 @@ def authorize(sources: list[Source], rpc: Rpc, headers: Mapping[str, str]) -> Au
         None,
         principal,
         tuple(dict.fromkeys(ignored)),
+        notes,
     )
 
 
@@ -603,6 +659,7 @@ def format(explanation: Explanation) -> str:
             )
         if e.authorization.ignored:
             lines.append(f"ignored     {', '.join(e.authorization.ignored)}: taken as holding")
+        lines.extend(f"note        {note}" for note in e.authorization.notes)
     if e.denied:
         would = (
             f"it would take #{(e.route_index or 0) + 1} {e.route_name} (http[{e.route_index}])"
