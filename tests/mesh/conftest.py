@@ -33,3 +33,11 @@ def policy_copy(tmp_path: Path) -> Path:
     for tree in ("mesh", "deploy"):
         shutil.copytree(REPOSITORY / tree, tmp_path / tree)
     return tmp_path
+
+
+def edit(root: Path, file: str, old: str, new: str, count: int = 1) -> None:
+    """Replace `old` (which must be there) in one file of a policy copy: one seeded mistake."""
+    path = root / file
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {file}: the test no longer seeds its mistake"
+    path.write_text(text.replace(old, new, count), encoding="utf-8")

@@ -12,17 +12,9 @@ import pytest
 import yaml
 
 from his.mesh.check import CheckUnavailable, run_check
-from tests.mesh.conftest import REPOSITORY, needs_kubectl
+from tests.mesh.conftest import REPOSITORY, edit, needs_kubectl
 
 pytestmark = needs_kubectl
-
-
-def edit(root: Path, file: str, old: str, new: str, count: int = 1) -> None:
-    """Replace `old` (which must be there) in one file of the copy."""
-    path = root / file
-    text = path.read_text(encoding="utf-8")
-    assert old in text, f"{old!r} not in {file}: the test no longer seeds its mistake"
-    path.write_text(text.replace(old, new, count), encoding="utf-8")
 
 
 def test_the_real_policy_passes_on_every_overlay() -> None:

@@ -15,7 +15,7 @@ from his.mesh.findings import Finding
 from his.mesh.render import render
 from his.mesh.sources import Manifest, file_of, index, key
 from his.runtime.config import ServerConfig
-from tests.mesh.conftest import REPOSITORY, needs_kubectl
+from tests.mesh.conftest import REPOSITORY, edit, needs_kubectl
 
 pytestmark = needs_kubectl
 
@@ -36,14 +36,6 @@ def cluster(root: Path, overlay: str) -> Cluster:
 
 def findings(root: Path, overlay: str = "prod") -> list[Finding]:
     return list(lint_deploy(cluster(root, overlay)))
-
-
-def edit(root: Path, file: str, old: str, new: str) -> None:
-    """Replace `old` (which must be there) once in one file of the copy."""
-    path = root / file
-    text = path.read_text(encoding="utf-8")
-    assert old in text, f"{old!r} not in {file}: the test no longer seeds its mistake"
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])

@@ -100,8 +100,10 @@ def _containers(
         yield from _security(cluster, deployment, where, container, pod_security)
         yield from _secrets(cluster, deployment, where, container)
         yield from _resources(cluster, deployment, where, container)
-        yield from _drain(cluster, deployment, where, container, config_maps)
-        yield from _wiring(cluster, deployment, where, container, config_maps)
+        if _grpc_port(container) is not None:  # the server container
+            env = _env(container, config_maps)
+            yield from _drain(cluster, deployment, where, env)
+            yield from _wiring(cluster, deployment, where, env)
 
 
 def _grpc_port(container: Mapping[str, Any]) -> int | None:
@@ -266,18 +268,12 @@ def _env(
 
 
 def _drain(
-    cluster: Cluster,
-    deployment: Manifest,
-    where: str,
-    container: Mapping[str, Any],
-    config_maps: Mapping[tuple[str, str], Any],
+    cluster: Cluster, deployment: Manifest, where: str, env: Mapping[str, str]
 ) -> Iterator[Finding]:
-    if _grpc_port(container) is None:
-        return  # not the server container
     try:
         # The runtime's own parsing and defaults: HIS_DRAIN_DELAY_S, then HIS_GRACE_S.
         server = ServerConfig.from_env(
-            _env(container, config_maps),
+            env,
             port=ServerConfig.port,
             metrics_port=ServerConfig.metrics_port,
         )
@@ -305,15 +301,8 @@ _ALL_ADDRESSES = ("[::]", "::", "0.0.0.0")
 
 
 def _wiring(
-    cluster: Cluster,
-    deployment: Manifest,
-    where: str,
-    container: Mapping[str, Any],
-    config_maps: Mapping[tuple[str, str], Any],
+    cluster: Cluster, deployment: Manifest, where: str, env: Mapping[str, str]
 ) -> Iterator[Finding]:
-    if _grpc_port(container) is None:
-        return
-    env = _env(container, config_maps)
     host = env.get("HIS_HOST", _ALL_ADDRESSES[0])
     if host not in _ALL_ADDRESSES:
         yield finding(
