@@ -106,7 +106,7 @@ def _export_research(args: argparse.Namespace) -> int:
 
 
 # What the mesh tools import that the service image leaves out (the `mesh` extra).
-_MESH_EXTRA = ("yaml", "ruamel", "jsonschema", "referencing")
+MESH_EXTRA_MODULES = ("yaml", "ruamel", "jsonschema", "referencing", "re2")
 
 
 def _mesh_tool(module: str, name: str) -> Callable[[argparse.Namespace], int]:
@@ -116,7 +116,7 @@ def _mesh_tool(module: str, name: str) -> Callable[[argparse.Namespace], int]:
         try:
             command = importlib.import_module(f"his.mesh.{module}").command
         except ModuleNotFoundError as missing:
-            if (missing.name or "").partition(".")[0] not in _MESH_EXTRA:
+            if (missing.name or "").partition(".")[0] not in MESH_EXTRA_MODULES:
                 raise
             print(
                 f"{name}: {missing.name} is not installed; install the mesh extra: "

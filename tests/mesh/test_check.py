@@ -448,7 +448,11 @@ MUTATIONS: list[tuple[Seed, str, str]] = [
     (_round_robin, "mesh/istio/destination-rules/audit.yaml", "only LEAST_REQUEST spreads"),
     (_no_retry_budget, "mesh/istio/destination-rules/audit.yaml", "no maxRetries"),
     (_override_after_the_split, f"{VS}/iam.yaml", "its header match never applies"),
-    (_lookahead_regex, f"{VS}/audit.yaml", "RE2 (Envoy) has no lookaround"),
+    (
+        _lookahead_regex,
+        f"{VS}/audit.yaml",
+        "RE2 (Envoy's regex engine) refuses it: invalid perl operator: (?!",
+    ),
     (_timeout_off, f"{VS}/iam.yaml", "0s turns the timeout off"),
     (
         _per_try_timeout_never_retried,

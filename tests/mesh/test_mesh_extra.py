@@ -8,14 +8,11 @@ import sys
 
 import pytest
 
+from his.cli import MESH_EXTRA_MODULES
 from tests.mesh.conftest import REPOSITORY
 
 # Importing any of these raises ModuleNotFoundError, as in the service image.
-_BLOCK = (
-    "import sys\n"
-    "for name in ('yaml', 'ruamel', 'jsonschema', 'referencing'):\n"
-    "    sys.modules[name] = None\n"
-)
+_BLOCK = f"import sys\nfor name in {MESH_EXTRA_MODULES!r}:\n    sys.modules[name] = None\n"
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:

@@ -2,15 +2,18 @@
 
 Istio's semantics, kept small: routes are tried in order; a route without `match` takes
 everything; its `match` entries are OR'd and the conditions inside one entry AND'd; regexes are
-RE2 and must match the whole value (Python's `re.fullmatch` agrees on the patterns used here).
+RE2 (Envoy's engine, through google-re2) and must match the whole value.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import re2
 
 # gRPC is always POST; matching on other request properties is not evaluated.
 _EVALUATED = {"uri", "headers", "withoutHeaders", "method", "name"}
@@ -53,9 +56,26 @@ class Match:
         return str(self.route.get("name") or f"http[{self.index}]")
 
 
-def python_regex(pattern: str) -> str:
-    """An RE2 pattern as Python's `re` reads it (RE2's end of text `\\z` is Python's `\\Z`)."""
-    return re.sub(r"(?<!\\)((?:\\\\)*)\\z", r"\1\\Z", pattern)
+# RE2 logs every pattern it refuses to stderr by default; a refusal here is a finding instead.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+@functools.cache
+def regex(pattern: str) -> re2._Regexp[str]:
+    """An Istio regex compiled by RE2, as Envoy and istiod do. Raises re2.error."""
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
+def regex_error(pattern: str) -> str | None:
+    """Why RE2 (so istiod) refuses a pattern, or None when it is valid."""
+    try:
+        regex(pattern)
+    except re2.error as error:
+        return str(
+            error.args[0].decode() if error.args and isinstance(error.args[0], bytes) else error
+        )
+    return None
 
 
 def _string_match(condition: Any, value: str | None) -> bool:
@@ -68,9 +88,9 @@ def _string_match(condition: Any, value: str | None) -> bool:
         return value.startswith(str(condition["prefix"]))
     if "regex" in condition:
         try:
-            return re.fullmatch(python_regex(str(condition["regex"])), value) is not None
-        except re.error:
-            return False
+            return regex(str(condition["regex"])).fullmatch(value) is not None
+        except re2.error:
+            return False  # refused by istiod; the check reports it
     return True  # an empty StringMatch matches any present value
 
 

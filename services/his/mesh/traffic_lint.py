@@ -4,7 +4,6 @@ that are never retried, and faults with a status Envoy does not know."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -12,12 +11,9 @@ import grpc
 
 from his.mesh.cluster import Cluster, finding, spec_of, suggest
 from his.mesh.findings import Finding
-from his.mesh.routes import NEVER_REACHED, python_regex, seconds
+from his.mesh.routes import NEVER_REACHED, regex_error, seconds
 from his.mesh.sources import Manifest
 
-# What RE2 (Envoy's regex engine, and istiod's check) refuses though Python takes it: lookaround,
-# backreferences, atomic groups, possessive quantifiers, \Z.
-_NOT_RE2 = re.compile(r"\(\?[=!]|\(\?<[=!]|\(\?P=|\\[1-9]|\(\?>|[*+?}]\+|\\Z")
 # A try cut by perTryTimeout counts as a reset/5xx to Envoy: only these retry it.
 _PER_TRY_RETRIED = frozenset({"reset", "5xx", "gateway-error"})
 _GRPC_CODES = sorted(code.name for code in grpc.StatusCode)
@@ -226,21 +222,14 @@ def route_values(cluster: Cluster) -> Iterator[Finding]:
 
 
 def _regex(cluster: Cluster, vs: Manifest, where: str, pattern: str) -> Iterator[Finding]:
-    try:
-        re.compile(python_regex(pattern))
-    except re.error as error:
-        yield finding(
-            cluster, vs, where, f"regex does not compile: {error}", "fix the regex (RE2 syntax)"
-        )
-        return
-    if _NOT_RE2.search(pattern):
+    error = regex_error(pattern)
+    if error is not None:
         yield finding(
             cluster,
             vs,
             where,
-            "RE2 (Envoy) has no lookaround, backreference, atomic group, possessive "
-            "quantifier or \\Z: istiod rejects the VirtualService",
-            "list the alternatives instead",
+            f"RE2 (Envoy's regex engine) refuses it: {error}; istiod rejects the VirtualService",
+            "write it in RE2 syntax (no lookaround, backreferences or \\Z)",
         )
 
 
