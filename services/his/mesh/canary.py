@@ -23,6 +23,7 @@ from ruamel.yaml import YAML
 
 from his.mesh.contracts import host
 from his.mesh.render import KubectlMissing
+from his.mesh.routes import fqdn
 from his.mesh.sources import RootNotFound, repository_root
 from his.runtime.catalog import lookup
 
@@ -105,10 +106,7 @@ class Change:
 
 def names_service(destination_host: str, service: str, namespace: str) -> bool:
     """Whether a destination host (short, `svc.ns`, or FQDN) is the service's own host."""
-    parts = destination_host.split(".")
-    if len(parts) == 1:
-        return parts[0] == service and namespace == "his"
-    return destination_host in (f"{service}.his", f"{service}.his.svc", host(service))
+    return fqdn(destination_host, namespace) == host(service)
 
 
 def splits(documents: list[Any], service: str, file: str) -> Iterator[Split]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from his.mesh.findings import Finding, subject
+from his.mesh.routes import fqdn
 from his.mesh.sources import Manifest
 
 Locate = Callable[[Manifest], str]
@@ -43,13 +44,10 @@ class Cluster:
 
     def resolve(self, host: str, namespace: str) -> tuple[str, str] | None:
         """The Service a mesh host names (`patient`, `patient.his`, FQDN), if it exists."""
-        parts = host.split(".")
-        if len(parts) == 1:
-            wanted = (namespace, parts[0])
-        elif len(parts) == 2 or parts[2:] in (["svc"], ["svc", "cluster", "local"]):
-            wanted = (parts[1], parts[0])
-        else:
+        parts = fqdn(host, namespace).split(".")
+        if len(parts) != 5 or parts[2:] != ["svc", "cluster", "local"]:
             return None
+        wanted = (parts[1], parts[0])
         return wanted if wanted in self.services else None
 
     def selects_pods(self, namespace: str, labels: Mapping[str, str]) -> bool:
@@ -63,8 +61,9 @@ def kind_of(manifest: Manifest) -> str:
     return str(manifest.get("kind", ""))
 
 
-def namespace_of(manifest: Manifest) -> str:
-    return str((manifest.get("metadata") or {}).get("namespace") or "")
+def namespace_of(manifest: Manifest, default: str = "") -> str:
+    """The namespace a manifest names (Kubernetes applies `default` when it names none)."""
+    return str((manifest.get("metadata") or {}).get("namespace") or default)
 
 
 def name_of(manifest: Manifest) -> str:

@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 
 from his.mesh import drills
+from his.mesh.cluster import namespace_of, spec_of
 from his.mesh.contracts import Rpc, host, rpcs
-from his.mesh.routes import NEVER_REACHED, first_match
+from his.mesh.routes import first_match, fqdn, unsafe_retries
 from his.mesh.sources import Manifest, RootNotFound, Source, documents, repository_root
 
 MESH = "mesh/istio"
@@ -26,6 +27,8 @@ MOBILE_GATEWAY = "his/mobile"
 # Its policies apply in every namespace: without selector to all workloads, with one to those
 # it selects (Istio's root namespace).
 ROOT_NAMESPACE = "istio-system"
+# Where Kubernetes puts an object that names no namespace.
+DEFAULT_NAMESPACE = "default"
 # Istio (HTTPRoute.fault): "timeouts or retries will not be enabled when faults are enabled on the
 # client side" — for every call on the route while the fault is set, not only the faulted share.
 FAULT_DISABLES = "not applied (fault injection disables them on this route)"
@@ -165,37 +168,20 @@ def policy(root: Path) -> list[Source]:
     return found
 
 
-def fqdn(name: str, namespace: str) -> str:
-    """A mesh host as Istio resolves it from an object in `namespace` (`patient` → FQDN)."""
-    parts = name.split(".")
-    if len(parts) == 1:
-        return f"{name}.{namespace}.svc.cluster.local"
-    if len(parts) == 2:
-        return f"{name}.svc.cluster.local"
-    if parts[2:] == ["svc"]:
-        return f"{name}.cluster.local"
-    return name
-
-
-def _namespace(manifest: Manifest) -> str:
-    return str((manifest.get("metadata") or {}).get("namespace") or "default")
-
-
-def _spec(manifest: Manifest) -> dict[str, Any]:
-    spec = manifest.get("spec")
-    return spec if isinstance(spec, dict) else {}
-
-
 def _qualified(manifest: Manifest) -> str:
-    return f"{_namespace(manifest)}/{(manifest.get('metadata') or {}).get('name', '?')}"
+    return (
+        f"{namespace_of(manifest, 'default')}/{(manifest.get('metadata') or {}).get('name', '?')}"
+    )
 
 
 def _serves_gateway(manifest: Manifest, gateway: str) -> bool:
-    gateways = [str(g) for g in _spec(manifest).get("gateways") or []]
+    gateways = [str(g) for g in spec_of(manifest).get("gateways") or []]
     if gateway == "mesh":
         return not gateways or "mesh" in gateways
     # A bare gateway name refers to the VirtualService's own namespace.
-    return any((g if "/" in g else f"{_namespace(manifest)}/{g}") == gateway for g in gateways)
+    return any(
+        (g if "/" in g else f"{namespace_of(manifest, 'default')}/{g}") == gateway for g in gateways
+    )
 
 
 def select(sources: list[Source], service: str, *, gateway: bool) -> tuple[Source, list[str]]:
@@ -209,7 +195,10 @@ def select(sources: list[Source], service: str, *, gateway: bool) -> tuple[Sourc
             if _serves_gateway(manifest, MOBILE_GATEWAY):
                 candidates.append(source)
             continue
-        hosts = {fqdn(str(h), _namespace(manifest)) for h in _spec(manifest).get("hosts") or []}
+        hosts = {
+            fqdn(str(h), namespace_of(manifest, DEFAULT_NAMESPACE))
+            for h in spec_of(manifest).get("hosts") or []
+        }
         if host(service) in hosts and _serves_gateway(manifest, "mesh"):
             candidates.append(source)
     if not candidates:
@@ -230,14 +219,17 @@ def subset_labels(sources: list[Source]) -> dict[str, tuple[str, dict[str, dict[
         manifest = source.manifest
         if manifest.get("kind") != "DestinationRule":
             continue
-        spec = _spec(manifest)
+        spec = spec_of(manifest)
         subsets = {
             str(s.get("name")): {str(k): str(v) for k, v in (s.get("labels") or {}).items()}
             for s in spec.get("subsets") or []
             if isinstance(s, dict)
         }
         rule = f"DestinationRule {_qualified(manifest)} in {source.file}"
-        found.setdefault(fqdn(str(spec.get("host", "")), _namespace(manifest)), (rule, subsets))
+        found.setdefault(
+            fqdn(str(spec.get("host", "")), namespace_of(manifest, DEFAULT_NAMESPACE)),
+            (rule, subsets),
+        )
     return found
 
 
@@ -308,18 +300,18 @@ def retry_plan(retries: Mapping[str, Any] | None) -> tuple[int, list[str]]:
 def class_warnings(rpc: Rpc, route_name: str, retries: Mapping[str, Any] | None) -> list[str]:
     """The proto's class against the route's retries (informational; the check enforces it)."""
     attempts, tokens = retry_plan(retries)
-    if rpc.repeatable and (attempts == 0 or "unavailable" not in tokens):
+    unsafe = unsafe_retries(rpc.repeatable, attempts, tokens)
+    if unsafe is None:
+        return []
+    if rpc.repeatable:
         return [
             f"warning: {rpc.method} is read-class but route {route_name} does not retry on "
             "unavailable: a call that met a restarting pod fails instead of trying another"
         ]
-    unsafe = sorted(set(tokens) - NEVER_REACHED) if attempts else []
-    if not rpc.repeatable and unsafe:
-        return [
-            f"warning: {rpc.method} is write-class but route {route_name} retries on "
-            f"{','.join(unsafe)}: the server may have committed it before the answer was lost"
-        ]
-    return []
+    return [
+        f"warning: {rpc.method} is write-class but route {route_name} retries on "
+        f"{','.join(unsafe)}: the server may have committed it before the answer was lost"
+    ]
 
 
 def explain(
@@ -350,7 +342,9 @@ def explain(
         return replace(base, warnings=tuple(warnings))
     route = match.route
     retries = route.get("retries") if isinstance(route.get("retries"), dict) else None
-    found, rules = _destinations(route, _namespace(manifest), subset_labels(sources))
+    found, rules = _destinations(
+        route, namespace_of(manifest, DEFAULT_NAMESPACE), subset_labels(sources)
+    )
     warnings.extend(class_warnings(rpc, match.name, retries))
     return replace(
         base,
@@ -464,7 +458,7 @@ def _gateway_labels(root: Path, sources: list[Source]) -> tuple[str, dict[str, s
     )
     if gateway is None:
         raise ExplainError(f"no Gateway {MOBILE_GATEWAY} under {MESH} ({name})")
-    labels = {str(k): str(v) for k, v in (_spec(gateway).get("selector") or {}).items()}
+    labels = {str(k): str(v) for k, v in (spec_of(gateway).get("selector") or {}).items()}
     for path in sorted((root / DEPLOY).rglob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
@@ -474,7 +468,7 @@ def _gateway_labels(root: Path, sources: list[Source]) -> tuple[str, dict[str, s
             relative = path.relative_to(root).as_posix()
             raise ExplainError(f"{relative} does not parse: run `his mesh check`") from error
         for manifest in manifests:
-            template = (_spec(manifest).get("template") or {}).get("metadata") or {}
+            template = (spec_of(manifest).get("template") or {}).get("metadata") or {}
             pods = {str(k): str(v) for k, v in (template.get("labels") or {}).items()}
             # The pods' labels include the selector (an empty one would match any Deployment).
             if manifest.get("kind") == "Deployment" and labels and labels.items() <= pods.items():
@@ -490,7 +484,7 @@ def _issuer(sources: list[Source], namespace: str, labels: Mapping[str, str]) ->
         if manifest.get("kind") == "RequestAuthentication" and _selects(
             manifest, namespace, labels
         ):
-            for rule in _spec(manifest).get("jwtRules") or []:
+            for rule in spec_of(manifest).get("jwtRules") or []:
                 if isinstance(rule, Mapping) and rule.get("issuer"):
                     return str(rule["issuer"])
     return None
@@ -498,9 +492,9 @@ def _issuer(sources: list[Source], namespace: str, labels: Mapping[str, str]) ->
 
 def _selects(manifest: Manifest, namespace: str, labels: Mapping[str, str]) -> bool:
     """Whether a policy applies to the pods: its own namespace or the root one, and its selector."""
-    if _namespace(manifest) not in (namespace, ROOT_NAMESPACE):
+    if namespace_of(manifest, DEFAULT_NAMESPACE) not in (namespace, ROOT_NAMESPACE):
         return False
-    selector = (_spec(manifest).get("selector") or {}).get("matchLabels") or {}
+    selector = (spec_of(manifest).get("selector") or {}).get("matchLabels") or {}
     return all(labels.get(str(k)) == str(v) for k, v in selector.items())
 
 
@@ -527,7 +521,7 @@ def authorize(
     ]
 
     def acting(action: str) -> list[Source]:
-        return [s for s in selecting if (_spec(s.manifest).get("action") or "ALLOW") == action]
+        return [s for s in selecting if (spec_of(s.manifest).get("action") or "ALLOW") == action]
 
     notes = tuple(
         f"AuthorizationPolicy {_qualified(s.manifest)} (CUSTOM, {s.file}) not evaluated "
@@ -535,7 +529,7 @@ def authorize(
         for s in acting("CUSTOM")
     )
     for source in acting("DENY"):
-        for index, rule in enumerate(_spec(source.manifest).get("rules") or []):
+        for index, rule in enumerate(spec_of(source.manifest).get("rules") or []):
             if isinstance(rule, Mapping) and _rule_matches(rule, rpc.path, principal, ignored):
                 policy = f"AuthorizationPolicy {_qualified(source.manifest)}"
                 return Authorization(
@@ -543,7 +537,7 @@ def authorize(
                 )
     allow = acting("ALLOW")
     for source in allow:
-        for index, rule in enumerate(_spec(source.manifest).get("rules") or []):
+        for index, rule in enumerate(spec_of(source.manifest).get("rules") or []):
             if isinstance(rule, Mapping) and _rule_matches(rule, rpc.path, principal, ignored):
                 policy = f"AuthorizationPolicy {_qualified(source.manifest)}"
                 return Authorization(
@@ -552,7 +546,7 @@ def authorize(
     if not allow:
         return Authorization(True, "", "", None, principal, tuple(ignored), notes)
     # The policy with rules names the decision; an empty one (default-deny) allows nothing.
-    named = [s for s in allow if _spec(s.manifest).get("rules")] or allow
+    named = [s for s in allow if spec_of(s.manifest).get("rules")] or allow
     return Authorization(
         False,
         " or ".join(f"AuthorizationPolicy {_qualified(s.manifest)}" for s in named),

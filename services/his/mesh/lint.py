@@ -33,7 +33,9 @@ from his.mesh.routes import (
     first_match,
     header_names,
     header_values,
+    route_label,
     seconds,
+    unsafe_retries,
 )
 from his.mesh.sources import Manifest
 from his.mesh.traffic_lint import TRAFFIC_RULES
@@ -64,11 +66,6 @@ def _mesh_virtual_services(cluster: Cluster) -> list[Manifest]:
         for vs in cluster.of_kind("VirtualService")
         if not spec_of(vs).get("gateways") or "mesh" in spec_of(vs)["gateways"]
     ]
-
-
-def _route_label(index: int, route: Mapping[str, Any]) -> str:
-    name = route.get("name")
-    return f"http[{index}] {name}" if name else f"http[{index}]"
 
 
 # --- every deployed service has its Service, DestinationRule, VirtualService, policy ---------
@@ -303,7 +300,7 @@ def _virtual_service_hosts(cluster: Cluster) -> Iterator[Finding]:
 def _route_destinations(cluster: Cluster) -> Iterator[Finding]:
     for vs in cluster.of_kind("VirtualService"):
         for index, route in enumerate(spec_of(vs).get("http") or []):
-            label = _route_label(index, route)
+            label = route_label(index, route)
             targets = destinations(route)
             weights = [d.get("weight") for d in targets]
             if len(targets) > 1:
@@ -405,7 +402,7 @@ def retry_tokens(retries: Mapping[str, Any]) -> list[str]:
 def _route_retries(cluster: Cluster) -> Iterator[Finding]:
     for vs in cluster.of_kind("VirtualService"):
         for index, route in enumerate(spec_of(vs).get("http") or []):
-            label = _route_label(index, route)
+            label = route_label(index, route)
             retries = route.get("retries")
             if not isinstance(retries, dict):
                 yield finding(
@@ -570,19 +567,18 @@ def _class_problem(cluster: Cluster, vs: Manifest, rpc: Rpc, match: Match) -> st
     retries = match.route.get("retries")
     if not isinstance(retries, dict):
         return ""  # reported by the route rule
-    tokens = {t.strip() for t in retry_tokens(retries)}
-    attempts = int(retries.get("attempts") or 0)
-    if not rpc.repeatable and attempts > 0 and tokens - NEVER_REACHED:
-        return "write-retried:" + ",".join(sorted(tokens - NEVER_REACHED))
-    if rpc.repeatable and (attempts == 0 or "unavailable" not in tokens):
-        return "read-unretried"
-    return ""
+    unsafe = unsafe_retries(
+        rpc.repeatable, int(retries.get("attempts") or 0), retry_tokens(retries)
+    )
+    if unsafe is None:
+        return ""
+    return "write-retried:" + ",".join(unsafe) if unsafe else "read-unretried"
 
 
 def _class_finding(
     cluster: Cluster, vs: Manifest, match: Match | None, problem: str, methods: str
 ) -> Finding:
-    label = _route_label(match.index, match.route) if match else "http"
+    label = route_label(match.index, match.route) if match else "http"
     kind, _, detail = problem.partition(":")
     if kind == "unrouted":
         return finding(

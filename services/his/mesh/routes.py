@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,38 @@ HTTP_TOKENS = frozenset(
 )
 # Safe for a write: the request never reached a server that could have committed it.
 NEVER_REACHED = frozenset({"connect-failure", "refused-stream", "reset-before-request"})
+
+
+def unsafe_retries(repeatable: bool, attempts: int, tokens: Iterable[str]) -> list[str] | None:
+    """How a route's retries disagree with the proto class of a call, or None when they agree.
+
+    A read-class call (NO_SIDE_EFFECTS/IDEMPOTENT) must retry on `unavailable`: the result is
+    `[]` when it does not. A write-class call may retry only before reaching a server: the
+    result lists the conditions beyond that.
+    """
+    given = {token.strip() for token in tokens} - {""}
+    if repeatable:
+        return [] if attempts == 0 or "unavailable" not in given else None
+    unsafe = sorted(given - NEVER_REACHED) if attempts else []
+    return unsafe or None
+
+
+def fqdn(host: str, namespace: str) -> str:
+    """A mesh host as Istio resolves it from an object in `namespace` (`patient` → FQDN)."""
+    parts = host.split(".")
+    if len(parts) == 1:
+        return f"{host}.{namespace}.svc.cluster.local"
+    if len(parts) == 2:
+        return f"{host}.svc.cluster.local"
+    if parts[2:] == ["svc"]:
+        return f"{host}.cluster.local"
+    return host
+
+
+def route_label(index: int, route: Mapping[str, Any]) -> str:
+    """How findings name an http route: its index, and its name when it has one."""
+    name = route.get("name")
+    return f"http[{index}] {name}" if name else f"http[{index}]"
 
 
 @dataclass(frozen=True)

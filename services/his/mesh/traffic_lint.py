@@ -11,7 +11,7 @@ import grpc
 
 from his.mesh.cluster import Cluster, finding, spec_of, suggest
 from his.mesh.findings import Finding
-from his.mesh.routes import NEVER_REACHED, regex_error, seconds
+from his.mesh.routes import NEVER_REACHED, regex_error, route_label, seconds
 from his.mesh.sources import Manifest
 
 # A try cut by perTryTimeout counts as a reset/5xx to Envoy: only these retry it.
@@ -106,11 +106,6 @@ def _tls_everywhere(
             )
 
 
-def _label(index: int, route: Mapping[str, Any]) -> str:
-    name = route.get("name")
-    return f"http[{index}] {name}" if name else f"http[{index}]"
-
-
 def _covers(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> bool:
     """Whether every call the `later` match entry takes is taken by the `earlier` one first.
 
@@ -145,8 +140,8 @@ def _route_order(cluster: Cluster) -> Iterator[Finding]:
                 yield finding(
                     cluster,
                     vs,
-                    _label(index, route),
-                    f"unreachable: {_label(catch_all, routes[catch_all])} before it "
+                    route_label(index, route),
+                    f"unreachable: {route_label(catch_all, routes[catch_all])} before it "
                     "has no match and takes every call",
                     "move it before that route",
                 )
@@ -177,8 +172,8 @@ def _route_order(cluster: Cluster) -> Iterator[Finding]:
                 yield finding(
                     cluster,
                     vs,
-                    _label(index, route),
-                    f"its header match never applies: {_label(shadows[0], routes[shadows[0]])}"
+                    route_label(index, route),
+                    f"its header match never applies: {route_label(shadows[0], routes[shadows[0]])}"
                     " takes the same calls first",
                     "move the header route before it",
                 )
@@ -198,7 +193,7 @@ def route_values(cluster: Cluster) -> Iterator[Finding]:
     """Regexes, zero timeouts, per-try retries and fault statuses (drills are checked with it)."""
     for vs in cluster.of_kind("VirtualService"):
         for index, route in enumerate(spec_of(vs).get("http") or []):
-            label = _label(index, route)
+            label = route_label(index, route)
             for where, pattern in _regexes(route):
                 yield from _regex(cluster, vs, f"{label} match {where}", pattern)
             if route.get("timeout") is not None and seconds(route.get("timeout")) == 0:
