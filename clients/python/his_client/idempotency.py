@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import Message
@@ -21,11 +20,10 @@ def retryable_methods() -> frozenset[str]:
     """Full method paths (`/his.patient.v1.PatientService/GetPatient`) declared safe to repeat."""
     paths: set[str] = set()
     for entry in CATALOG:
-        module = importlib.import_module(f"his.{entry.name}.v1.{entry.name}_service_pb2")
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                if method.GetOptions().idempotency_level in _SAFE:
-                    paths.add(f"/{service.full_name}/{method.name}")
+        service = entry.descriptor()
+        for method in service.methods:
+            if method.GetOptions().idempotency_level in _SAFE:
+                paths.add(f"/{service.full_name}/{method.name}")
     return frozenset(paths)
 
 

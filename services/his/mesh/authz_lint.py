@@ -13,9 +13,10 @@ from typing import Any
 
 from his.mesh.calls import calls_to
 from his.mesh.cluster import Cluster, finding, namespace_of, spec_of, suggest
-from his.mesh.contracts import Rpc, all_paths, deployed
+from his.mesh.contracts import Rpc, all_paths
 from his.mesh.findings import Finding
 from his.mesh.sources import Manifest
+from his.runtime.catalog import implemented
 
 # --- AuthorizationPolicies: real rpcs, real callers ------------------------------------------
 
@@ -113,7 +114,7 @@ def _path(
             fix = "use /<package>.<Service>/<Method> of a real rpc" + suggest(path, sorted(paths))
         yield finding(cluster, policy, where, f"path {path!r} is not an rpc of any service", fix)
         return
-    if isinstance(app, str) and app in {e.name for e in deployed()} and owner != app:
+    if isinstance(app, str) and app in {e.name for e in implemented()} and owner != app:
         yield finding(
             cluster,
             policy,
@@ -170,7 +171,7 @@ def _default_deny(cluster: Cluster) -> Iterator[Finding]:
 
 
 def _shape(cluster: Cluster) -> Iterator[Finding]:
-    services = {entry.name for entry in deployed()}
+    services = {entry.name for entry in implemented()}
     for policy in cluster.of_kind("AuthorizationPolicy"):
         spec = spec_of(policy)
         action = spec.get("action", "ALLOW")
@@ -455,7 +456,7 @@ def _principal_account(principal: str) -> str | None:
 
 
 def _declared_calls(cluster: Cluster) -> Iterator[Finding]:
-    for entry in deployed():
+    for entry in implemented():
         guards = [
             p
             for p in cluster.of_kind("AuthorizationPolicy")

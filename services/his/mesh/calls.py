@@ -48,8 +48,3 @@ def calls_to(service: str) -> frozenset[tuple[str, Rpc]]:
         for caller, callees in CALLS.items()
         for method in callees.get(service, ())
     )
-
-
-def callers_of(service: str) -> frozenset[str]:
-    """Every workload that calls the service."""
-    return frozenset(caller for caller, _ in calls_to(service))

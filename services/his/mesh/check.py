@@ -14,23 +14,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from his.mesh import drills, schema
 from his.mesh.cluster import Cluster
 from his.mesh.findings import Finding
 from his.mesh.lint import lint
 from his.mesh.render import KubectlMissing, RenderFailed, render
 from his.mesh.sources import (
-    TREES,
     Manifest,
     RootNotFound,
     Source,
     file_of,
-    index,
     key,
-    load_all,
     repository_root,
+    scan,
 )
 from his.mesh.traffic_lint import route_values
 
@@ -73,8 +69,13 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
             f"unknown overlay {', '.join(unknown)}; overlays: {', '.join(known) or 'none'}"
         )
     report = CheckReport()
-    found: set[Finding] = set(_syntax(root))
-    files = index(root)
+    read = scan(root)
+    files = read.files
+    # kustomize's own message names no line: say which file does not parse, and where.
+    found: set[Finding] = {
+        Finding(file, "YAML", f"does not parse: {error}", "fix the indentation or quoting there")
+        for file, error in read.unparsable.items()
+    }
     trees = [MESH, *(f"{OVERLAYS}/{name}" for name in chosen)]
     sources: dict[tuple[str, tuple[str, str, str]], Source] = {}
     mesh_objects: list[Manifest] | None = None
@@ -123,25 +124,6 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
 
 def _locate(files: dict[tuple[str, str, str], str], tree: str, manifest: Manifest) -> str:
     return file_of(files, manifest, tree)
-
-
-def _syntax(root: Path) -> list[Finding]:
-    """Every YAML file of the trees parses (kustomize's own message names no line)."""
-    problems: list[Finding] = []
-    for tree in TREES:
-        for path in sorted((root / tree).rglob("*.yaml")):
-            try:
-                load_all(path.read_text(encoding="utf-8"))
-            except yaml.YAMLError as error:
-                problems.append(
-                    Finding(
-                        path.relative_to(root).as_posix(),
-                        "YAML",
-                        f"does not parse: {' '.join(str(error).split())}",
-                        "fix the indentation or quoting at that line",
-                    )
-                )
-    return problems
 
 
 def _unlisted(files: dict[tuple[str, str, str], str], rendered: list[Manifest]) -> list[Finding]:

@@ -7,10 +7,9 @@ read/write class of a method has one source: its `idempotency_level`.
 from __future__ import annotations
 
 import functools
-import importlib
 from dataclasses import dataclass
 
-from his.runtime.catalog import CATALOG, ServiceEntry, lookup
+from his.runtime.catalog import CATALOG, lookup
 from his_client.idempotency import retryable_methods
 
 
@@ -40,22 +39,14 @@ class Rpc:
 def rpcs(service: str) -> tuple[Rpc, ...]:
     """Every rpc of one catalog service, in proto order."""
     entry = lookup(service)
-    module = importlib.import_module(f"his.{entry.name}.v1.{entry.name}_service_pb2")
-    found: list[Rpc] = []
-    for descriptor in module.DESCRIPTOR.services_by_name.values():
-        found.extend(Rpc(entry.name, descriptor.full_name, m.name) for m in descriptor.methods)
-    return tuple(found)
+    descriptor = entry.descriptor()
+    return tuple(Rpc(entry.name, descriptor.full_name, m.name) for m in descriptor.methods)
 
 
 @functools.cache
 def all_paths() -> dict[str, Rpc]:
     """Every rpc path of every service in the catalog (implemented or not) → its Rpc."""
     return {rpc.path: rpc for entry in CATALOG for rpc in rpcs(entry.name)}
-
-
-def deployed() -> tuple[ServiceEntry, ...]:
-    """The services that run and so must have mesh policy: the implemented ones."""
-    return tuple(entry for entry in CATALOG if entry.implemented)
 
 
 def host(service: str, namespace: str = "his") -> str:

@@ -14,9 +14,9 @@ from typing import Any
 
 from his.mesh.calls import CALLS
 from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of, suggest
-from his.mesh.contracts import deployed
 from his.mesh.findings import Finding
 from his.mesh.sources import Manifest
+from his.runtime.catalog import implemented
 from his.runtime.config import ConfigError, ServerConfig
 
 NAMESPACE = "his"
@@ -30,7 +30,7 @@ _RESOURCES = ("cpu", "memory")
 
 def lint_deploy(cluster: Cluster) -> Iterator[Finding]:
     """Every finding of the deployment rules, in object order."""
-    apps = {entry.name for entry in deployed()}
+    apps = {entry.name for entry in implemented()}
     config_maps = {
         (namespace_of(m), name_of(m)): m.get("data") or {} for m in cluster.of_kind("ConfigMap")
     }

@@ -19,7 +19,7 @@ from his.mesh.cluster import (
     spec_of,
     suggest,
 )
-from his.mesh.contracts import Rpc, deployed, rpcs
+from his.mesh.contracts import Rpc, rpcs
 from his.mesh.deploy_lint import lint_deploy
 from his.mesh.findings import Finding, subject
 from his.mesh.network_lint import network_calls
@@ -39,6 +39,7 @@ from his.mesh.routes import (
 )
 from his.mesh.sources import Manifest
 from his.mesh.traffic_lint import TRAFFIC_RULES
+from his.runtime.catalog import implemented
 
 
 def lint(cluster: Cluster) -> list[Finding]:
@@ -75,7 +76,7 @@ def _presence(cluster: Cluster) -> Iterator[Finding]:
     rules = cluster.of_kind("DestinationRule")
     meshed = _mesh_virtual_services(cluster)
     policies = cluster.of_kind("AuthorizationPolicy")
-    for entry in deployed():
+    for entry in implemented():
         name = entry.name
         place = f"service {name}"
         if ("his", name) not in cluster.services:
@@ -131,7 +132,7 @@ def _presence(cluster: Cluster) -> Iterator[Finding]:
 
 
 def _service_ports(cluster: Cluster) -> Iterator[Finding]:
-    names = {entry.name for entry in deployed()}
+    names = {entry.name for entry in implemented()}
     for (namespace, name), service in sorted(cluster.services.items()):
         if namespace != "his" or name not in names:
             continue
@@ -537,7 +538,10 @@ def _method_classes(cluster: Cluster) -> Iterator[Finding]:
             if (target := cluster.resolve(str(host), namespace_of(vs))) is not None
         }
         wanted = [
-            rpc for entry in deployed() if gateway or entry.name in own for rpc in rpcs(entry.name)
+            rpc
+            for entry in implemented()
+            if gateway or entry.name in own
+            for rpc in rpcs(entry.name)
         ]
         wrong: dict[tuple[int, str], list[str]] = {}
         routes: dict[int, Match] = {}

@@ -15,9 +15,10 @@ from typing import Any
 
 from his.mesh.calls import CALLS
 from his.mesh.cluster import Cluster, finding, namespace_of, spec_of
-from his.mesh.contracts import all_paths, deployed
+from his.mesh.contracts import all_paths
 from his.mesh.findings import Finding
 from his.mesh.sources import Manifest
+from his.runtime.catalog import implemented
 
 NAMESPACE = "his"
 GRPC_PORT = 50051
@@ -91,11 +92,12 @@ def _namespace_selected(cluster: Cluster, selector: Mapping[str, Any]) -> bool:
     return selects(selector, labels)
 
 
-def _peers(cluster: Cluster, policies: list[Manifest], direction: str) -> tuple[Peers, bool]:
+def _peers(
+    cluster: Cluster, pods: list[dict[str, str]], policies: list[Manifest], direction: str
+) -> tuple[Peers, bool]:
     """Who the policies let in (ingress) or out to (egress) on the gRPC port, and whether that
     direction is restricted at all (some policy lists it in policyTypes)."""
     side = "from" if direction == "ingress" else "to"
-    pods = _pods(cluster)
     peers = Peers()
     restricted = False
     for policy in policies:
@@ -124,14 +126,14 @@ def _peers(cluster: Cluster, policies: list[Manifest], direction: str) -> tuple[
     return peers, restricted
 
 
-def _policies_of(cluster: Cluster, app: str) -> list[Manifest]:
+def _policies_of(cluster: Cluster, pods: list[dict[str, str]], app: str) -> list[Manifest]:
     return [
         policy
         for policy in cluster.of_kind("NetworkPolicy")
         if namespace_of(policy) == NAMESPACE
         and any(
             selects(spec_of(policy).get("podSelector") or {}, pod)
-            for pod in _pods(cluster)
+            for pod in pods
             if pod.get("app") == app
         )
     ]
@@ -169,19 +171,22 @@ def network_calls(cluster: Cluster) -> Iterator[Finding]:
     if not cluster.of_kind("NetworkPolicy"):
         return  # this overlay runs without the network-policies component
     expected = _expected(cluster)
+    pods = _pods(cluster)
     callers: dict[str, set[str]] = {}
     for caller, callees in expected.items():
         for callee in callees:
             callers.setdefault(callee, set()).add(caller)
-    for entry in deployed():
-        yield from _ingress(cluster, entry.name, callers.get(entry.name, set()))
+    for entry in implemented():
+        yield from _ingress(cluster, pods, entry.name, callers.get(entry.name, set()))
     for caller, callees in sorted(expected.items()):
-        yield from _egress(cluster, caller, callees)
+        yield from _egress(cluster, pods, caller, callees)
 
 
-def _ingress(cluster: Cluster, service: str, wanted: set[str]) -> Iterator[Finding]:
-    policies = _policies_of(cluster, service)
-    peers, restricted = _peers(cluster, policies, "ingress")
+def _ingress(
+    cluster: Cluster, pods: list[dict[str, str]], service: str, wanted: set[str]
+) -> Iterator[Finding]:
+    policies = _policies_of(cluster, pods, service)
+    peers, restricted = _peers(cluster, pods, policies, "ingress")
     if not policies or not restricted:
         return
     where = _where(policies, service)
@@ -216,9 +221,11 @@ def _ingress(cluster: Cluster, service: str, wanted: set[str]) -> Iterator[Findi
         )
 
 
-def _egress(cluster: Cluster, caller: str, callees: set[str]) -> Iterator[Finding]:
-    policies = _policies_of(cluster, caller)
-    peers, restricted = _peers(cluster, policies, "egress")
+def _egress(
+    cluster: Cluster, pods: list[dict[str, str]], caller: str, callees: set[str]
+) -> Iterator[Finding]:
+    policies = _policies_of(cluster, pods, caller)
+    peers, restricted = _peers(cluster, pods, policies, "egress")
     if not policies or not restricted or ANY in peers.apps:
         return
     where = _where(policies, caller)

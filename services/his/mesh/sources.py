@@ -7,7 +7,7 @@ edits, so every manifest under mesh/ and deploy/ is indexed by kind, namespace a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,25 +54,41 @@ def documents(path: Path) -> Iterator[Manifest]:
             yield document
 
 
-def index(root: Path) -> dict[tuple[str, str, str], str]:
-    """Where each object of the repository is written: (kind, namespace, name) → file.
+@dataclass
+class Scan:
+    """Every YAML file of the trees read once: where each object is written, and what does
+    not parse (file → the parser's message)."""
 
-    Patches and kustomization files are skipped: they are not objects of their own. When the
+    files: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    unparsable: dict[str, str] = field(default_factory=dict)
+
+
+def scan(root: Path) -> Scan:
+    """Read the trees: (kind, namespace, name) → file, and the files that do not parse.
+
+    Kustomization files are read for their syntax but hold no object of their own. When the
     same object is written twice (a canary Deployment in two components), the first file wins.
     """
-    found: dict[tuple[str, str, str], str] = {}
+    found = Scan()
     for tree in TREES:
         for path in sorted((root / tree).rglob("*.yaml")):
             relative = path.relative_to(root).as_posix()
+            try:
+                manifests = [m for m in documents(path)]
+            except yaml.YAMLError as error:
+                found.unparsable[relative] = " ".join(str(error).split())
+                continue
             if path.name in ("kustomization.yaml", "kustomization.yml"):
                 continue
-            try:
-                for manifest in documents(path):
-                    if "apiVersion" in manifest and "kind" in manifest:
-                        found.setdefault(key(manifest), relative)
-            except yaml.YAMLError:
-                continue  # reported by the check that parses the file on its own
+            for manifest in manifests:
+                if "apiVersion" in manifest and "kind" in manifest:
+                    found.files.setdefault(key(manifest), relative)
     return found
+
+
+def index(root: Path) -> dict[tuple[str, str, str], str]:
+    """Where each object of the repository is written: (kind, namespace, name) → file."""
+    return scan(root).files
 
 
 def file_of(files: dict[tuple[str, str, str], str], manifest: Manifest, fallback: str) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+
+from google.protobuf.descriptor import ServiceDescriptor
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,14 @@ class ServiceEntry:
     def module(self) -> str:
         """The Python package holding the servicer (`his.<name>`)."""
         return f"his.{self.name}"
+
+    def descriptor(self) -> ServiceDescriptor:
+        """The service of its contract, from the generated stubs (`his.<name>.v1`)."""
+        stubs = importlib.import_module(f"his.{self.name}.v1.{self.name}_service_pb2")
+        service: ServiceDescriptor = stubs.DESCRIPTOR.services_by_name[
+            self.grpc_service.rpartition(".")[2]
+        ]
+        return service
 
 
 def _entry(name: str, index: int, *, implemented: bool) -> ServiceEntry:
