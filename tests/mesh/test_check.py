@@ -28,7 +28,7 @@ def test_the_real_policy_passes_on_every_overlay() -> None:
     assert all(count > 0 for count in report.rendered.values())
     # Istio's schemas were really used: only the CloudNativePG Cluster has none offline.
     assert not [n for n in report.notes if "Istio" in n], report.notes
-    assert all("Cluster his/his-db" in n for n in report.notes), report.notes
+    assert report.notes and all("Cluster his/his-db" in n for n in report.notes), report.notes
 
 
 def test_cli_exits_zero_on_the_real_policy() -> None:

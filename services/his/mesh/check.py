@@ -106,7 +106,7 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
             mesh_objects = objects
             found.update(_unlisted(files, objects))
         else:
-            cluster = Cluster(objects, functools.partial(_locate, files, tree))
+            cluster = Cluster(objects, functools.partial(file_of, files, fallback=tree))
             found.update(lint(cluster))
     result = schema.validate(list(sources.values()))
     found.update(result.findings)
@@ -120,10 +120,6 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
         found.update(_drills(root, mesh_objects))
     report.findings = sorted(found)
     return report
-
-
-def _locate(files: dict[tuple[str, str, str], str], tree: str, manifest: Manifest) -> str:
-    return file_of(files, manifest, tree)
 
 
 def _unlisted(files: dict[tuple[str, str, str], str], rendered: list[Manifest]) -> list[Finding]:
@@ -188,7 +184,7 @@ def _drills(root: Path, mesh_objects: list[Manifest]) -> list[Finding]:
                 )
             )
         # Faults are only in drills: lint the patched routes as the cluster would get them.
-        in_drill = Cluster([patched], functools.partial(_locate, {}, drill.file))
+        in_drill = Cluster([patched], functools.partial(file_of, {}, fallback=drill.file))
         problems.extend(route_values(in_drill))
         result = schema.validate([Source(drill.file, patched)])
         problems.extend(
