@@ -13,7 +13,7 @@ from his.mesh.cluster import Cluster
 from his.mesh.deploy_lint import lint_deploy
 from his.mesh.findings import Finding
 from his.mesh.render import render
-from his.mesh.sources import Manifest, file_of, index, key
+from his.mesh.sources import Manifest, file_of, key, scan
 from his.runtime.config import ServerConfig
 from tests.mesh.conftest import REPOSITORY, edit, needs_kubectl
 
@@ -26,7 +26,7 @@ BASE = "deploy/kustomize/base"
 def cluster(root: Path, overlay: str) -> Cluster:
     """One overlay rendered, each object located in the file it is written in (as the check)."""
     tree = f"{OVERLAYS}/{overlay}"
-    files = index(root)
+    files = scan(root).files
 
     def locate(manifest: Manifest) -> str:
         return file_of(files, manifest, tree)

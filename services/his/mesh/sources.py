@@ -86,11 +86,6 @@ def scan(root: Path) -> Scan:
     return found
 
 
-def index(root: Path) -> dict[tuple[str, str, str], str]:
-    """Where each object of the repository is written: (kind, namespace, name) → file."""
-    return scan(root).files
-
-
 def file_of(files: dict[tuple[str, str, str], str], manifest: Manifest, fallback: str) -> str:
     """The file a rendered object was written in, or `fallback` (the overlay) when unknown."""
     return files.get(key(manifest), fallback)
