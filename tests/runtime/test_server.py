@@ -20,6 +20,7 @@ from his.patient.spec import SPEC as PATIENT
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
 from his.runtime.embedded_pg import EmbeddedPostgres
+from his.runtime.config import LIVENESS
 from his.runtime.health import NOT_SERVING, SERVING
 from his.runtime.migrations import upgrade
 from his.runtime.server import RunningService, ServiceSpec, start
@@ -151,6 +152,8 @@ async def test_health_follows_the_database_and_recovers_without_restart(
         await asyncio.to_thread(own.kill)
         await wait_for_health(running.address, service, NOT_SERVING)
         await wait_for_health(running.address, "", NOT_SERVING)
+        # Liveness is the process's: a database outage must not get pods restarted.
+        await wait_for_health(running.address, LIVENESS, SERVING, timeout_s=0.5)
         async with registrar_channel(running.address) as channel:
             stub = pb_grpc.PatientServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -162,6 +165,36 @@ async def test_health_follows_the_database_and_recovers_without_restart(
             await wait_for_health(running.address, service, SERVING)
             reply = await stub.ListPatients(pb.ListPatientsRequest(page_size=1), timeout=10)
             assert reply is not None
+    finally:
+        await running.stop(grace_s=0)
+        own.stop()
+
+
+async def test_a_service_started_while_its_database_is_down_lives_and_migrates_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    own = EmbeddedPostgres(tmp_path / "pgdata")
+    url = await asyncio.to_thread(own.start)
+    await asyncio.to_thread(own.kill)
+    config = service_config("patient", HIS_DB_HEALTH_INTERVAL_S="0.2", HIS_DB_HEALTH_TIMEOUT_S="1")
+    running = await start(PATIENT, config, url, migrate=True)
+    try:
+        service = PATIENT.grpc_service
+        await wait_for_health(running.address, LIVENESS, SERVING, timeout_s=2)
+        await wait_for_health(running.address, service, NOT_SERVING, timeout_s=2)
+        async with registrar_channel(running.address) as channel:
+            stub = pb_grpc.PatientServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ListPatients(pb.ListPatientsRequest(), timeout=10)
+            failure = failure_of(caught.value)
+            assert failure.code == grpc.StatusCode.UNAVAILABLE
+            assert failure.reason == "SERVICE_STARTING"
+
+            await asyncio.to_thread(own.restart)
+            # Migrated in the background (retried with backoff), then ready: no restart needed.
+            await wait_for_health(running.address, service, SERVING, timeout_s=30)
+            reply = await stub.ListPatients(pb.ListPatientsRequest(page_size=1), timeout=10)
+            assert list(reply.patients) == []
     finally:
         await running.stop(grace_s=0)
         own.stop()

@@ -132,10 +132,15 @@ EXCLUSION_VIOLATION = "23P01"
 _UNREACHABLE = (
     OSError,
     TimeoutError,
+    ConnectionError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
 )
+# SQLSTATEs of a server that dropped the connection or is going away: administrator or crash
+# shutdown (a restart, a failover, pg_terminate_backend), cannot connect now, too many
+# connections, in recovery (a read-only standby after failover).
+_GONE = frozenset({"57P01", "57P02", "57P03", "53300", "25006", "08000", "08003", "08006"})
 
 
 def translate_error(error: BaseException) -> HisError | None:
@@ -154,6 +159,6 @@ def translate_error(error: BaseException) -> HisError | None:
         cause = cause or error.orig
     if isinstance(cause, asyncpg.QueryCanceledError):
         return DeadlineExceeded("a database statement ran out of time", reason="STATEMENT_TIMEOUT")
-    if isinstance(cause, _UNREACHABLE):
+    if isinstance(cause, _UNREACHABLE) or str(getattr(cause, "sqlstate", "")) in _GONE:
         return Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
     return None
