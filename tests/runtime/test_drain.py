@@ -18,16 +18,16 @@ from tests.identity import registrar_channel
 from tests.patient.helpers import create
 
 REPETITIONS = 20
-WORKERS = 32
+WORKERS = 16
 
 
 async def _one_shutdown_under_load(database_url: str, audit: RunningService) -> dict[str, int]:
-    """Start a patient server, load it with GetPatient from 32 callers, stop it mid-load.
+    """Start a patient server, load it with GetPatient from many callers, stop it mid-load.
 
     Returns what the calls that were in flight when `stop` began ended with, and (separately)
     what calls started after it ended with."""
     config = service_config(
-        "patient", **addresses(audit), HIS_DRAIN_DELAY_S="0.2", HIS_GRACE_S="10"
+        "patient", **addresses(audit), HIS_DRAIN_DELAY_S="0.5", HIS_GRACE_S="10"
     )
     running = await start(PATIENT, config, database_url)
     outcomes: collections.Counter[str] = collections.Counter()

@@ -136,6 +136,9 @@ _UNREACHABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    # The driver's protocol in a state it cannot leave, seen when the server dropped the
+    # connection mid-statement (a restart, pg_terminate_backend); the connection is discarded.
+    asyncpg.InternalClientError,
 )
 # SQLSTATEs of a server that dropped the connection or is going away: administrator or crash
 # shutdown (a restart, a failover, pg_terminate_backend), cannot connect now, too many
@@ -153,7 +156,8 @@ def translate_error(error: BaseException) -> HisError | None:
         )
     cause: BaseException | None = error
     if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated:
+        # InterfaceError (PEP 249): the connection, not the statement, failed.
+        if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
             return Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
         cause = error.orig.__cause__ if error.orig is not None else None
         cause = cause or error.orig
