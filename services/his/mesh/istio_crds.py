@@ -111,7 +111,7 @@ def build(source: bytes, *, name: str, release: str, origin: str) -> dict[str, A
         versions: list[dict[str, Any]] = []
         for version in spec.get("versions", []):
             schema = _object_schema(version.get("schema", {}))
-            same = next((name for name, kept in schemas.items() if kept == schema), None)
+            same = next((first for first, kept in schemas.items() if kept == schema), None)
             if same is None:
                 same = version["name"]
                 schemas[same] = schema
