@@ -27,6 +27,7 @@ from tenacity import (
 
 from his.runtime import deadline
 from his.runtime.config import ClientConfig
+from his_client import guard
 from his_client.errors import FAILURE_CODES, UpstreamError
 from his_client.idempotency import carries_request_id, retryable_methods
 
@@ -148,6 +149,7 @@ class ResilienceInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     ) -> Any:
         method = client_call_details.method
         method = method.decode() if isinstance(method, bytes) else method
+        guard.check(method)
         requested = client_call_details.timeout
         timeout = self._timeout(requested)
         # The caller's own budget, not the upstream's health, set this deadline.

@@ -1,33 +1,33 @@
-"""`AuditTrail`: how every service records what it did, and waits until the record is safe.
+"""`AuditTrail`: how every service records what it did, durably, before it answers.
 
-A servicer calls `await audit.record(action=..., operation=..., patient=...)` before it answers:
-the event is queued and the call returns once the audit service has committed it. Events queued
-by concurrent calls travel together: one WriteAuditEvents in flight at a time, and everything
-queued meanwhile goes in the next batch. Whatever goes wrong (audit down, deadline, open breaker,
-refused batch) every waiting caller gets UNAVAILABLE `AUDIT_UNAVAILABLE`, so it returns no patient
-data and commits no change: fail closed.
+A servicer calls `await audit.record(action=..., operation=..., patient=...)`. The event goes into
+the service's own outbox (his.runtime.outbox): inside the open transaction for a write, so the
+change and its audit event commit or roll back together; for a read, in a commit shared with
+concurrent reads, before the read answers. Either way the answer waits on the service's own
+database only, never on the audit service: the relay delivers events to it afterwards, at least
+once, and the audit service chains each event once by its id.
 
-The agent of an event comes from the call being served (the person, their roles, the service that
-relayed the call); the batch itself is sent with this service's own identity, never a person's.
+If the event cannot be stored the caller gets UNAVAILABLE `AUDIT_UNAVAILABLE` and no data: fail
+closed. The agent of an event comes from the call being served (the person, their roles, the
+service that relayed the call); the relay sends it with this service's own identity.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import datetime as dt
 import logging
-import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 
 from his.audit.v1 import audit_service_pb2 as pb
 from his.audit.validation import event_violations
 from his.runtime import identity
+from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.runtime.errors import Unavailable
+from his.runtime.outbox import Outbox, Outgoing, envelope
+from his.runtime.relay import Deliver
 from his.runtime.telemetry import current_trace_id
 from his.runtime.validation import Violations
 from his_client.clients import HisClients
@@ -41,7 +41,8 @@ TREATMENT = pb.PURPOSE_OF_USE_TREATMENT
 MAX_BATCH = 500
 DEFAULT_TIMEOUT_S = 2.0
 
-_FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+# The outbox destination of audit events: the audit service.
+AUDIT = "audit"
 
 
 def _check(events: Sequence[pb.AuditEvent]) -> None:
@@ -64,58 +65,27 @@ def audit_unavailable() -> Unavailable:
     return Unavailable("audit trail unavailable", reason="AUDIT_UNAVAILABLE")
 
 
-@dataclass
-class _Waiting:
-    event: pb.AuditEvent
-    future: asyncio.Future[None]
-
-
 class _Metrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.batches = Counter(
-            "his_audit_trail_batches",
-            "WriteAuditEvents calls made by the audit trail, by result.",
-            ("result",),
-            registry=registry,
-        )
         self.events = Counter(
             "his_audit_trail_events",
-            "Audit events handed to the audit trail, by result.",
+            "Audit events recorded into the outbox, by result.",
             ("result",),
-            registry=registry,
-        )
-        self.flush_seconds = Histogram(
-            "his_audit_trail_flush_seconds",
-            "Time one WriteAuditEvents batch took, success or not.",
-            buckets=_FLUSH_BUCKETS,
             registry=registry,
         )
 
 
 class AuditTrail:
-    """Records audit events through the audit service, in batches, failing closed."""
+    """Records audit events into the service's outbox, failing closed."""
 
     def __init__(
-        self,
-        clients: HisClients,
-        service: str,
-        *,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        max_batch: int = MAX_BATCH,
-        registry: CollectorRegistry | None = None,
+        self, outbox: Outbox, service: str, *, registry: CollectorRegistry | None = None
     ) -> None:
-        if not 1 <= max_batch <= MAX_BATCH:
-            raise ValueError(f"max_batch must be 1 to {MAX_BATCH}")
-        self._clients = clients
+        self._outbox = outbox
         self._service = service
-        self._timeout_s = timeout_s
-        self._max_batch = max_batch
-        self._queue: list[_Waiting] = []
-        self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         self._metrics = _Metrics(registry)
-        # Figures for tests and logs: WriteAuditEvents calls made, events committed.
-        self.batches_sent = 0
+        # Figures for tests and logs: events stored in the outbox.
         self.events_committed = 0
 
     def event(
@@ -185,39 +155,43 @@ class AuditTrail:
         )
 
     async def record_many(self, events: Sequence[pb.AuditEvent]) -> None:
-        """Record several events (for example one per patient of a list; see `event`) and wait
-        until all are committed. Raises Unavailable(reason="AUDIT_UNAVAILABLE") otherwise."""
+        """Record several events (for example one per patient of a list; see `event`): stored
+        with the open transaction, or committed before this returns. Raises
+        Unavailable(reason="AUDIT_UNAVAILABLE") if they could not be."""
         if not events:
             return
         if self._closed:
             raise audit_unavailable()
         _check(events)
-        loop = asyncio.get_running_loop()
-        waiting = [_Waiting(event, loop.create_future()) for event in events]
-        self._queue.extend(waiting)
-        if self._flusher is None:
-            # No person's identity, deadline or span: the batch belongs to no single caller, and
-            # the SDK then speaks with this service's own token.
-            self._flusher = asyncio.create_task(self._flush_all(), context=contextvars.Context())
-        failed = False
+        outgoing = [
+            Outgoing(
+                AUDIT,
+                envelope(
+                    event,
+                    source=self._service,
+                    event_id=event.event_id,
+                    subject=event.entity.resource_name,
+                    patient=event.patient,
+                    occur_time=event.event_time.ToDatetime(dt.UTC),
+                ),
+            )
+            for event in events
+        ]
         try:
-            for item in waiting:
-                try:
-                    await item.future
-                except Unavailable:
-                    failed = True
-        finally:
-            # A caller that gave up stops listening (its events are still sent).
-            for item in waiting:
-                item.future.cancel()
-        if failed:
-            raise audit_unavailable()
+            await self._outbox.add(outgoing)
+        except Exception as error:
+            self._metrics.events.labels("failure").inc(len(events))
+            log.warning(
+                "audit events not stored; caller refused",
+                extra={"fields": {"events": len(events), "error": type(error).__name__}},
+            )
+            raise audit_unavailable() from None
+        self._metrics.events.labels("success").inc(len(events))
+        self.events_committed += len(events)
 
     async def close(self) -> None:
-        """Flush what is queued, then refuse new events."""
+        """Refuse new events (those stored stay in the outbox for the relay)."""
         self._closed = True
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
 
     def _agent(self) -> pb.AuditAgent:
         agent = pb.AuditAgent(service_account=self._service)
@@ -230,42 +204,24 @@ class AuditTrail:
                 agent.on_behalf_of = f"services/{principal.via_service}"
         return agent
 
-    async def _flush_all(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._flush(batch)
-        finally:
-            self._flusher = None
 
-    async def _flush(self, batch: list[_Waiting]) -> None:
-        started = time.monotonic()
-        # Callers that stopped waiting (cancelled) still have their events sent: the action may
-        # have happened, and an over-report is better than a gap.
-        request = pb.WriteAuditEventsRequest(audit_events=[w.event for w in batch])
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                reply = await self._clients.audit.WriteAuditEvents(request, timeout=self._timeout_s)
+def audit_delivery(clients: HisClients, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Deliver:
+    """The relay's way to the audit service: one WriteAuditEvents per batch (the audit service
+    appends each event once by its id, so a batch delivered twice is stored once)."""
+
+    async def deliver(envelopes: Sequence[EventEnvelope]) -> None:
+        events = []
+        for item in envelopes:
+            event = pb.AuditEvent()
+            if not item.payload.Unpack(event):
+                raise ValueError(f"outbox event {item.event_id} is not an AuditEvent")
+            events.append(event)
+        for start in range(0, len(events), MAX_BATCH):
+            batch = events[start : start + MAX_BATCH]
+            reply = await clients.audit.WriteAuditEvents(
+                pb.WriteAuditEventsRequest(audit_events=batch), timeout=timeout_s
+            )
             if len(reply.audit_events) != len(batch):
                 raise RuntimeError("the audit service answered a different number of events")
-        except Exception as error:
-            self._metrics.batches.labels("failure").inc()
-            self._metrics.events.labels("failure").inc(len(batch))
-            log.warning(
-                "audit batch failed; callers refused",
-                extra={"fields": {"events": len(batch), "error": type(error).__name__}},
-            )
-            for waiting in batch:
-                if not waiting.future.done():
-                    waiting.future.set_exception(audit_unavailable())
-            return
-        finally:
-            self.batches_sent += 1
-            self._metrics.flush_seconds.observe(time.monotonic() - started)
-        self._metrics.batches.labels("success").inc()
-        self._metrics.events.labels("success").inc(len(batch))
-        self.events_committed += len(batch)
-        for waiting in batch:
-            if not waiting.future.done():
-                waiting.future.set_result(None)
+
+    return deliver

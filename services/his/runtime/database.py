@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
@@ -21,6 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from his.runtime.config import DatabaseConfig
 from his.runtime.errors import DeadlineExceeded, HisError, ResourceExhausted, Unavailable
+from his_client.guard import no_remote_calls
 
 
 def async_url(url: str) -> str:
@@ -29,6 +31,17 @@ def async_url(url: str) -> str:
     if parsed.get_backend_name() != "postgresql":
         raise ValueError("HIS_DATABASE_URL must be a postgresql:// URL")
     return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+# The session of the transaction open in this context (Database.transaction), if any.
+_open: contextvars.ContextVar[AsyncSession | None] = contextvars.ContextVar(
+    "his_open_transaction", default=None
+)
+
+
+def open_transaction() -> AsyncSession | None:
+    """The session of the transaction open around the caller, or None."""
+    return _open.get()
 
 
 class Database:
@@ -69,9 +82,18 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """One session in one transaction: committed when the block ends, rolled back on error."""
+        """One session in one transaction: committed when the block ends, rolled back on error.
+
+        Inside it, calls to other services are refused (his_client.guard: nothing remote under
+        a lock), and events recorded through the outbox join the transaction.
+        """
         async with self._sessions.begin() as session:
-            yield session
+            token = _open.set(session)
+            try:
+                with no_remote_calls("a database transaction is open"):
+                    yield session
+            finally:
+                _open.reset(token)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -92,7 +114,8 @@ class Database:
             driver = cast(asyncpg.Connection, raw.driver_connection)
             try:
                 async with driver.transaction():
-                    yield driver
+                    with no_remote_calls("a database transaction is open"):
+                        yield driver
             except BaseException:
                 # SQLAlchemy never saw what happened on the driver: a connection the server
                 # dropped, or one left mid-transaction by a cancellation, must not go back to

@@ -1,0 +1,192 @@
+"""The transactional outbox: what other services must learn of is stored with the change.
+
+An event (an audit event, a domain event) is a row of `<service>.outbox`, inserted in the same
+transaction as the change it reports — or, for a read, committed in the service's own database
+before the answer, concurrent reads sharing one commit. No answer waits on another service. The
+relay (his.runtime.relay) delivers rows later, at least once; receivers apply each event exactly
+once by its id.
+
+Rows hold the event's `EventEnvelope` (protos/his/events/v1), its destination (a service name)
+and when it may next be tried; a delivered row is deleted (the receiver keeps the record), one the
+receiver refuses for good is kept as a dead letter for an operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from his.events.v1.event_envelope_pb2 import EventEnvelope
+from his.runtime.database import Database, open_transaction
+from his.runtime.errors import Unavailable
+from his.runtime.telemetry import current_trace_id
+
+TABLE = "outbox"
+
+
+def create_table_sql(schema: str) -> list[str]:
+    """The statements of a service's migration that adds its outbox (one per statement)."""
+    return [
+        f"""
+        CREATE TABLE "{schema}".{TABLE} (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            event_id uuid NOT NULL,
+            destination text NOT NULL,
+            event_type text NOT NULL,
+            envelope bytea NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            -- Not before this time: a claimed row's lease, or a failed one's backoff.
+            available_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            attempts integer NOT NULL DEFAULT 0,
+            -- Refused for good by its receiver: kept for an operator, never retried.
+            dead_at timestamptz,
+            last_error text,
+            CONSTRAINT {TABLE}_event_unique UNIQUE (event_id, destination)
+        )
+        """,
+        f'CREATE INDEX {TABLE}_ready ON "{schema}".{TABLE} (destination, available_at, id) '
+        "WHERE dead_at IS NULL",
+    ]
+
+
+def drop_table_sql(schema: str) -> list[str]:
+    """The statements of the migration's downgrade."""
+    return [f'DROP TABLE "{schema}".{TABLE}']
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One event on its way out: where it goes and what it says."""
+
+    destination: str
+    envelope: EventEnvelope
+
+
+def envelope(
+    payload: Message,
+    *,
+    source: str,
+    event_id: str | None = None,
+    subject: str = "",
+    patient: str = "",
+    occur_time: dt.datetime | None = None,
+) -> EventEnvelope:
+    """An envelope for `payload`, stamped with the call's trace id."""
+    packed = any_pb2.Any()
+    packed.Pack(payload)
+    result = EventEnvelope(
+        event_id=event_id or str(uuid.uuid4()),
+        event_type=payload.DESCRIPTOR.full_name,
+        source=source,
+        subject=subject,
+        patient=patient,
+        trace_id=current_trace_id(),
+        payload=packed,
+    )
+    result.occur_time.FromDatetime(occur_time or dt.datetime.now(dt.UTC))
+    return result
+
+
+class Outbox:
+    """A service's outbox: events inserted with the open transaction, or group-committed."""
+
+    def __init__(self, database: Database, schema: str) -> None:
+        self._database = database
+        self.schema = schema
+        self._insert_one = text(
+            f'INSERT INTO "{schema}".{TABLE} (event_id, destination, event_type, envelope) '
+            "VALUES (CAST(:event_id AS uuid), :destination, :event_type, :envelope)"
+        )
+        self._insert_many = (
+            f'INSERT INTO "{schema}".{TABLE} (event_id, destination, event_type, envelope) '
+            "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])"
+        )
+        self._queue: list[tuple[list[Outgoing], asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        # Called after rows were committed (the relay's wake-up), whichever way they came.
+        self.committed: list[asyncio.Event] = []
+
+    async def add(self, events: Sequence[Outgoing]) -> None:
+        """Store `events` durably: in the open transaction when there is one (they commit or
+        roll back with the change), else in a commit shared with concurrent callers, before
+        this returns. Raises what the database raised (the error interceptor maps outages)."""
+        if not events:
+            return
+        session = open_transaction()
+        if session is not None:
+            await self.add_in(session, events)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((list(events), future))
+        if self._committer is None:
+            # Belongs to no caller: no deadline, identity or span of the first one.
+            self._committer = asyncio.create_task(
+                self._commit_all(), context=contextvars.Context()
+            )
+        await asyncio.shield(future)
+
+    async def add_in(self, session: AsyncSession, events: Sequence[Outgoing]) -> None:
+        """Insert `events` in `session`'s transaction."""
+        await session.execute(self._insert_one, [_row(event) for event in events])
+        # The relay may look once the transaction committed (a rollback wakes it for nothing).
+        sqlalchemy_event.listen(
+            session.sync_session, "after_commit", lambda _: self._wake(), once=True
+        )
+
+    def _wake(self) -> None:
+        for event in self.committed:
+            event.set()
+
+    async def _commit_all(self) -> None:
+        try:
+            while self._queue:
+                group, self._queue = self._queue, []
+                await self._commit(group)
+        finally:
+            self._committer = None
+
+    async def _commit(self, group: list[tuple[list[Outgoing], asyncio.Future[None]]]) -> None:
+        rows = [_row(event) for events, _ in group for event in events]
+        try:
+            async with self._database.driver_transaction() as connection:
+                await connection.execute(
+                    self._insert_many,
+                    [row["event_id"] for row in rows],
+                    [row["destination"] for row in rows],
+                    [row["event_type"] for row in rows],
+                    [row["envelope"] for row in rows],
+                )
+        except BaseException as error:
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(error if isinstance(error, Exception) else _stopped())
+            if not isinstance(error, Exception):
+                raise
+            return
+        for _, future in group:
+            if not future.done():
+                future.set_result(None)
+        self._wake()
+
+
+def _row(event: Outgoing) -> dict[str, object]:
+    return {
+        "event_id": event.envelope.event_id,
+        "destination": event.destination,
+        "event_type": event.envelope.event_type,
+        "envelope": event.envelope.SerializeToString(),
+    }
+
+
+def _stopped() -> Exception:
+    return Unavailable("the outbox was stopped", reason="OUTBOX_STOPPED")

@@ -1,0 +1,297 @@
+"""The relay: ships a service's outbox rows to their receivers, at least once, in order of id.
+
+Every replica of a service runs one. Rows are claimed in one short transaction (`FOR UPDATE SKIP
+LOCKED`, then a lease in `available_at`), delivered with no transaction open, then deleted in a
+second one: replicas never take the same row while its lease runs, nothing is held locked across
+the network, and a replica that dies mid-delivery only delays its rows until the lease ends (the
+receiver deduplicates what is then delivered twice by event id).
+
+A failed delivery backs its rows off exponentially (the SDK's breaker per upstream fails fast
+meanwhile); a batch the receiver refuses for good (bad input, a conflicting event) is split, and an
+event refused alone becomes a dead letter: kept, counted, logged, never retried. Health never
+follows a destination: the service serves on while its receivers are away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from his.events.v1.event_envelope_pb2 import EventEnvelope
+from his.runtime.database import Database
+from his.runtime.outbox import TABLE, Outbox
+
+log = logging.getLogger(__name__)
+
+# Delivers a batch of envelopes to one destination; raises when they were not all accepted.
+Deliver = Callable[[Sequence[EventEnvelope]], Awaitable[None]]
+
+# What a receiver says when an event can never be accepted: retrying would not change its answer.
+_REFUSED_FOR_GOOD = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """How the relay paces itself."""
+
+    # Rows per claim and per delivery call.
+    batch: int = 200
+    # How often to look for rows nobody woke us for (other replicas', expired leases).
+    poll_s: float = 0.5
+    # How long a claimed row stays with this replica before another may take it.
+    lease_s: float = 30.0
+    # Backoff of a failed row: base × 2^(attempts-1), capped.
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # How often the depth and age gauges are refreshed.
+    gauge_interval_s: float = 1.0
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.depth = Gauge(
+            "his_outbox_depth",
+            "Outbox rows not yet delivered (dead letters not counted), by destination.",
+            ("destination",),
+            registry=registry,
+        )
+        self.oldest = Gauge(
+            "his_outbox_oldest_age_seconds",
+            "Age of the oldest undelivered outbox row, by destination (0 when none).",
+            ("destination",),
+            registry=registry,
+        )
+        self.dead = Gauge(
+            "his_outbox_dead_letters",
+            "Outbox rows their receiver refused for good, kept for an operator.",
+            ("destination",),
+            registry=registry,
+        )
+        self.delivered = Counter(
+            "his_outbox_delivered",
+            "Events delivered and accepted by their receiver, by destination.",
+            ("destination",),
+            registry=registry,
+        )
+        self.failures = Counter(
+            "his_outbox_delivery_failures",
+            "Delivery calls that failed (the rows are retried later), by destination.",
+            ("destination",),
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "his_outbox_delivery_seconds",
+            "Time one delivery call took, success or not.",
+            ("destination",),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: int
+    attempts: int
+    envelope: EventEnvelope
+
+
+class Relay:
+    """Ships one service's outbox to its destinations until stopped."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        database: Database,
+        deliverers: Mapping[str, Deliver],
+        *,
+        config: RelayConfig | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._database = database
+        self._deliverers = dict(deliverers)
+        self._config = config or RelayConfig()
+        self._metrics = _Metrics(registry)
+        self._wake = asyncio.Event()
+        outbox.committed.append(self._wake)
+        schema = f'"{outbox.schema}".{TABLE}'
+        self._claim = (
+            f"UPDATE {schema} SET available_at = now() + make_interval(secs => $2), "
+            "attempts = attempts + 1 "
+            f"WHERE id IN (SELECT id FROM {schema} WHERE destination = $1 AND dead_at IS NULL "
+            "AND available_at <= clock_timestamp() ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) "
+            "RETURNING id, attempts, envelope"
+        )
+        self._delete = f"DELETE FROM {schema} WHERE id = ANY($1::bigint[])"
+        self._back_off = (
+            f"UPDATE {schema} SET available_at = now() + make_interval(secs => $2), "
+            "last_error = $3 WHERE id = ANY($1::bigint[])"
+        )
+        self._bury = (
+            f"UPDATE {schema} SET dead_at = now(), last_error = $2 WHERE id = ANY($1::bigint[])"
+        )
+        self._gauges = (
+            f"SELECT destination, count(*) FILTER (WHERE dead_at IS NULL), "
+            "COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - "
+            "min(created_at) FILTER (WHERE dead_at IS NULL)), 0)::float8, "
+            f"count(*) FILTER (WHERE dead_at IS NOT NULL) FROM {schema} GROUP BY destination"
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._gauges_at = 0.0
+        # Figures for tests: events this relay delivered, by destination.
+        self.delivered: dict[str, int] = dict.fromkeys(self._deliverers, 0)
+
+    def start(self) -> None:
+        """Relay in the background until `stop` (no caller's identity, deadline or span)."""
+        self._task = asyncio.create_task(
+            self._run(), name="outbox-relay", context=contextvars.Context()
+        )
+
+    async def stop(self, flush_s: float = 1.0) -> None:
+        """One last pass for up to `flush_s` (what is left stays for the next start or another
+        replica), then stop."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        with contextlib.suppress(Exception, TimeoutError):
+            async with asyncio.timeout(flush_s):
+                await self.pass_once()
+
+    async def pass_once(self) -> int:
+        """Deliver what is ready for every destination; the number of events delivered."""
+        total = 0
+        for destination in self._deliverers:
+            while True:
+                count, full = await self._batch(destination)
+                total += count
+                if not full:
+                    break
+        return total
+
+    async def drain(self, timeout_s: float) -> None:
+        """Deliver until nothing is ready (for tests and shutdown); TimeoutError after
+        `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            while await self.pass_once() or await self._pending():
+                await asyncio.sleep(0.05)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                delivered = await self.pass_once()
+                await self._refresh_gauges()
+            except Exception as error:  # the database is away: try again later
+                log.warning("outbox relay pass failed", extra={"fields": {"error": _name(error)}})
+                delivered = 0
+            if not delivered:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._config.poll_s):
+                        await self._wake.wait()
+
+    async def _batch(self, destination: str) -> tuple[int, bool]:
+        """Claim, deliver and settle one batch; (events delivered, whether the batch was full)."""
+        config = self._config
+        async with self._database.driver_transaction() as connection:
+            rows = await connection.fetch(self._claim, destination, config.lease_s, config.batch)
+        if not rows:
+            return 0, False
+        claimed = sorted(
+            (
+                _Claimed(row["id"], row["attempts"], EventEnvelope.FromString(row["envelope"]))
+                for row in rows
+            ),
+            key=lambda c: c.id,
+        )
+        delivered = await self._deliver(destination, claimed)
+        return delivered, len(rows) == config.batch
+
+    async def _deliver(self, destination: str, claimed: list[_Claimed]) -> int:
+        started = time.monotonic()
+        try:
+            await self._deliverers[destination]([c.envelope for c in claimed])
+        except Exception as error:
+            self._metrics.failures.labels(destination).inc()
+            code = error.code() if isinstance(error, grpc.aio.AioRpcError) else None
+            if code in _REFUSED_FOR_GOOD:
+                if len(claimed) > 1:
+                    # Find the one it refuses; the others go through.
+                    return sum([await self._deliver(destination, [c]) for c in claimed])
+                await self._settle(self._bury, [claimed[0].id], _name(error))
+                log.error(
+                    "outbox event refused for good; kept as a dead letter",
+                    extra={"fields": {"destination": destination, "error": _name(error)}},
+                )
+                return 0
+            attempts = min(c.attempts for c in claimed)
+            delay = min(config_backoff(self._config, attempts), self._config.backoff_max_s)
+            await self._settle(self._back_off, [c.id for c in claimed], delay, _name(error))
+            log.warning(
+                "outbox delivery failed; retrying later",
+                extra={
+                    "fields": {
+                        "destination": destination,
+                        "events": len(claimed),
+                        "error": _name(error),
+                        "retry_in_s": round(delay, 3),
+                    }
+                },
+            )
+            return 0
+        finally:
+            self._metrics.seconds.labels(destination).observe(time.monotonic() - started)
+        await self._settle(self._delete, [c.id for c in claimed])
+        self._metrics.delivered.labels(destination).inc(len(claimed))
+        self.delivered[destination] += len(claimed)
+        return len(claimed)
+
+    async def _settle(self, statement: str, ids: list[int], *args: object) -> None:
+        async with self._database.driver_transaction() as connection:
+            await connection.execute(statement, ids, *args)
+
+    async def _pending(self) -> int:
+        async with self._database.driver_transaction() as connection:
+            rows = await connection.fetch(self._gauges)
+        return sum(int(row[1]) for row in rows)
+
+    async def _refresh_gauges(self) -> None:
+        now = time.monotonic()
+        if now - self._gauges_at < self._config.gauge_interval_s:
+            return
+        self._gauges_at = now
+        async with self._database.driver_transaction() as connection:
+            rows = await connection.fetch(self._gauges)
+        seen = {row[0]: row for row in rows}
+        for destination in self._deliverers:
+            row = seen.get(destination)
+            self._metrics.depth.labels(destination).set(row[1] if row else 0)
+            self._metrics.oldest.labels(destination).set(row[2] if row else 0)
+            self._metrics.dead.labels(destination).set(row[3] if row else 0)
+
+
+def config_backoff(config: RelayConfig, attempts: int) -> float:
+    """The wait before a row that failed `attempts` times is tried again."""
+    return float(config.backoff_base_s * 2 ** min(max(attempts - 1, 0), 30))
+
+
+def _name(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{type(error).__name__} {error.code().name}"
+    return type(error).__name__
