@@ -203,16 +203,8 @@ async def test_a_blackholed_trace_collector_does_not_stop_start_up(blackholed: S
     assert len(page.patients) == 1
 
 
-# KNOWN RUNTIME BUG, marked rather than fixed here (the runtime is being changed elsewhere): after
-# "stopped" the process waits in the tracer provider's atexit flush, once for the export in flight
-# and once for the final one, each until the exporter gives up (about 20 s with OTel's default 10 s
-# timeout; up to the processor's 30 s join with a longer one), past a pod's grace period. Strict:
-# once the runtime shuts its provider down within the grace, this passes and the mark must go.
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: the process lingers after 'stopped' until the tracer provider's atexit "
-    "flush gives up on the collector (RunningService.stop never shuts the provider down)",
-)
+# The process used to linger ~20 s after "stopped" in the tracer provider's unbounded atexit flush,
+# past a pod's grace period; the runtime now shuts the provider down within a bound.
 async def test_a_blackholed_trace_collector_does_not_hold_up_shutdown(blackholed: Served) -> None:
     await _answers_a_call_and_exports(blackholed)
     blackholed.process.send_signal(signal.SIGTERM)
