@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.sdk.trace import TracerProvider
 
 from his.runtime.access import Access
 from his.runtime.audit_trail import AuditTrail
@@ -32,7 +33,7 @@ from his.runtime.metrics import MetricsEndpoint, ServerMetrics
 from his.runtime.migrations import upgrade
 from his.runtime.policy import PolicyEngine
 from his.runtime.security import jwks_source, own_token_source
-from his.runtime.telemetry import make_tracer_provider
+from his.runtime.telemetry import make_tracer_provider, shut_down
 from his.runtime.tokens import TokenVerifier
 from his_client.clients import HisClients
 from his_client.errors import translate_error as translate_upstream_error
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 # long to wait for such a quiet spell at most (callers that keep coming are then cut off).
 _QUIET_S = 0.05
 _QUIET_MAX_S = 1.0
+# How long the last spans may take to leave on shutdown (a stuck collector must not hold the pod).
+_TRACE_FLUSH_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class RunningService:
     metrics: ServerMetrics
     metrics_endpoint: MetricsEndpoint | None
     clients: HisClients
+    tracer_provider: TracerProvider
     audit: AuditTrail | None = None
     migration: asyncio.Task[None] | None = None
 
@@ -128,6 +132,7 @@ class RunningService:
         await self.database.dispose()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
+        await shut_down(self.tracer_provider, _TRACE_FLUSH_S)
 
 
 async def start(
@@ -209,6 +214,7 @@ async def start(
         await database_health.stop()
         await clients.close()
         await database.dispose()
+        await shut_down(tracer_provider, _TRACE_FLUSH_S)
         raise
     running = RunningService(
         spec=spec,
@@ -222,6 +228,7 @@ async def start(
         metrics=metrics,
         metrics_endpoint=metrics_endpoint,
         clients=clients,
+        tracer_provider=tracer_provider,
         audit=audit,
     )
     if migrate:
