@@ -22,6 +22,7 @@ from his.runtime.server import RunningService, start
 from his.scheduling.spec import SPEC as SCHEDULING
 from his.scheduling.v1 import scheduling_service_pb2_grpc
 from tests.identity import ISSUER, REGISTRAR, Issuer, channel_as
+from tests.support import track_relay
 
 TEST_ENV = {"HIS_PORT": "0", "HIS_METRICS_PORT": "-1", "HIS_GRACE_S": "2"}
 
@@ -81,6 +82,7 @@ async def patient_service(
     """The patient service on a free port, auditing through the session's audit service."""
     config = service_config("patient", **addresses(audit_service))
     running = await start(PATIENT, config, database_url)
+    track_relay(running)
     yield running
     await running.stop(grace_s=1)
 
@@ -122,6 +124,7 @@ async def iam_service(
         HIS_IAM_EMERGENCY_MIN_S="1",
     )
     running = await start(IAM, config, database_url)
+    track_relay(running)
     yield running
     await running.stop(grace_s=1)
 
@@ -136,6 +139,7 @@ async def scheduling_service(
     """The scheduling service on a free port, calling the session's patient, audit and iam."""
     config = service_config("scheduling", **addresses(patient_service, audit_service, iam_service))
     running = await start(SCHEDULING, config, database_url)
+    track_relay(running)
     yield running
     await running.stop(grace_s=1)
 

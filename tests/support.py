@@ -20,6 +20,8 @@ from sqlalchemy.pool import NullPool
 from his.runtime.database import async_url
 from his.runtime.health import wait_for_status
 from his.runtime.migrations import upgrade
+from his.runtime.relay import Relay
+from his.runtime.server import RunningService
 
 
 async def fresh_database(server_url: str, name: str, *schemas: str) -> str:
@@ -38,6 +40,24 @@ async def fresh_database(server_url: str, name: str, *schemas: str) -> str:
     for schema in schemas:
         await asyncio.to_thread(upgrade, schema, url)
     return url
+
+
+# The relays of the session's services (tests/conftest.py): audit is eventually consistent, so a
+# test that reads the trail first waits until these delivered what their outboxes hold.
+SESSION_RELAYS: list[Relay] = []
+
+
+def track_relay(running: RunningService) -> None:
+    """Count `running`'s relay among the session's (see `delivered`)."""
+    if running.relay is not None:
+        SESSION_RELAYS.append(running.relay)
+
+
+async def delivered(*relays: Relay, timeout_s: float = 20.0) -> None:
+    """Wait until `relays` (default: the session's) delivered every event ready in their outbox:
+    what was recorded before this call is in the audit trail after it."""
+    for relay in relays or SESSION_RELAYS:
+        await relay.drain(timeout_s)
 
 
 def free_port() -> int:

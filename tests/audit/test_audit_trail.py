@@ -1,54 +1,109 @@
-"""AuditTrail against a real audit service: batches, agent from the call, fail closed."""
+"""The audit trail through the transactional outbox and its relay, against a real audit service:
+durable in the service's own database before the answer, with the change or in a shared commit;
+delivered at least once and chained exactly once; nothing remote under a lock."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
 
-from his.audit.spec import SPEC as AUDIT
 from his.audit.v1 import audit_service_pb2 as pb
+from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.runtime import identity
-from his.runtime.audit_trail import AuditTrail
-from his.runtime.config import ClientConfig
+from his.runtime.audit_trail import AUDIT, AuditTrail, audit_delivery
+from his.runtime.config import ClientConfig, DatabaseConfig
+from his.runtime.database import Database
+from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.errors import Unavailable
 from his.runtime.identity import Principal
-from his.runtime.server import RunningService, start
+from his.runtime.outbox import Outbox, Outgoing, envelope
+from his.runtime.relay import Relay, RelayConfig
+from his.runtime.server import RunningService
 from his_client.clients import HisClients
 from his_client.credentials import static_token
-from tests.audit.helpers import Stub, head_locked, patient_name, wait_for_lock_waiters
-from tests.conftest import service_config
+from his_client.guard import RemoteCallUnderLock
+from tests.audit.helpers import Stub, patient_name
 from tests.identity import Issuer
+from tests.support import free_port, fresh_database
 
 OPERATION = "/his.patient.v1.PatientService/GetPatient"
-MakeTrail = Callable[..., AuditTrail]
+
+
+@dataclass
+class Patient:
+    """The patient service's side of the trail, on a database of its own: outbox, trail, and
+    relays made on demand (to the audit tests' audit service unless told otherwise)."""
+
+    database: Database
+    outbox: Outbox
+    trail: AuditTrail
+    issuer: Issuer
+    audit_address: str
+    made: list[tuple[Relay | None, HisClients | None]]
+
+    def clients(self, *, address: str | None = None) -> HisClients:
+        """The patient service's clients, speaking to the audit service as the service."""
+        clients = HisClients(
+            ClientConfig(addresses={"audit": address or self.audit_address}),
+            token=static_token(self.issuer.service("patient")),
+        )
+        self.made.append((None, clients))
+        return clients
+
+    def relay(self, *, address: str | None = None, **config: float) -> Relay:
+        clients = self.clients(address=address)
+        relay = Relay(
+            self.outbox,
+            self.database,
+            {AUDIT: audit_delivery(clients)},
+            config=RelayConfig(**config),  # type: ignore[arg-type]
+            registry=CollectorRegistry(),
+        )
+        self.made.append((relay, None))
+        return relay
+
+    async def waiting(self) -> int:
+        """Outbox rows not yet delivered (dead letters included)."""
+        async with self.database.read() as session:
+            return int(await session.scalar(text("SELECT count(*) FROM patient.outbox")) or 0)
+
+    def record(self, patient: str, **fields: object) -> asyncio.Future[None]:
+        values: dict[str, object] = {"action": pb.AUDIT_EVENT_ACTION_READ, **fields}
+        return asyncio.ensure_future(
+            self.trail.record(operation=OPERATION, patient=patient, **values)  # type: ignore[arg-type]
+        )
 
 
 @pytest.fixture
-async def make_trail(audit_server: RunningService, issuer: Issuer) -> AsyncIterator[MakeTrail]:
-    """AuditTrails of the patient service (its own token) to the audit tests' audit service."""
-    made: list[tuple[AuditTrail, HisClients]] = []
-
-    def make(
-        *, address: str | None = None, token: str | None = None, **options: object
-    ) -> AuditTrail:
-        clients = HisClients(
-            ClientConfig(addresses={"audit": address or audit_server.address}),
-            token=static_token(token or issuer.service("patient")),
-        )
-        trail = AuditTrail(clients, "patient", **options)  # type: ignore[arg-type]
-        made.append((trail, clients))
-        return trail
-
-    yield make
-    for trail, clients in made:
-        await trail.close()
-        await clients.close()
+async def side(
+    postgres: EmbeddedPostgres, audit_server: RunningService, issuer: Issuer
+) -> AsyncIterator[Patient]:
+    url = await fresh_database(postgres.url, f"his_outbox_{uuid.uuid4().hex[:8]}", "patient")
+    database = Database(url, DatabaseConfig(), application_name="his-outbox-test")
+    outbox = Outbox(database, "patient")
+    made: list[tuple[Relay | None, HisClients | None]] = []
+    yield Patient(
+        database,
+        outbox,
+        AuditTrail(outbox, "patient", registry=CollectorRegistry()),
+        issuer,
+        audit_server.address,
+        made,
+    )
+    for relay, clients in made:
+        if relay is not None:
+            await relay.stop(flush_s=0)
+        if clients is not None:
+            await clients.close()
+    await database.dispose()
 
 
 @contextmanager
@@ -72,21 +127,12 @@ async def _listed(auditor: Stub, patient: str) -> list[pb.AuditEvent]:
         request.page_token = reply.next_page_token
 
 
-async def _refused(call: asyncio.Future[None] | object) -> Unavailable:
-    with pytest.raises(Unavailable) as caught:
-        await call  # type: ignore[misc]
-    assert caught.value.reason == "AUDIT_UNAVAILABLE"
-    assert caught.value.message == "audit trail unavailable"
-    return caught.value
-
-
-async def test_recorded_event_carries_the_person_served_and_is_committed_when_record_returns(
-    make_trail: MakeTrail, auditor: Stub, issuer: Issuer
+async def test_a_read_is_durable_in_the_own_outbox_when_record_returns_and_reaches_the_chain(
+    side: Patient, auditor: Stub, issuer: Issuer
 ) -> None:
-    trail = make_trail()
     staff_id = str(uuid.uuid4())
     # The person's real token is in context: were it sent, the audit service would refuse the
-    # batch (staff never write audit events), so success shows the batch went as the service.
+    # batch (staff never write audit events), so delivery shows it went as the service.
     doctor = Principal(
         subject=f"staff/{staff_id}",
         username="dr.li",
@@ -97,154 +143,186 @@ async def test_recorded_event_carries_the_person_served_and_is_committed_when_re
     patient = patient_name()
 
     with serving(doctor):
-        await trail.record(
-            action=pb.AUDIT_EVENT_ACTION_READ,
-            operation=OPERATION,
-            patient=patient,
-            resource_name=patient,
-            resource_type="his.patient.v1.Patient",
-        )
+        await side.record(patient, resource_name=patient, resource_type="his.patient.v1.Patient")
 
+    # Committed locally before record returned; the audit service has not been asked yet.
+    assert await side.waiting() == 1
+    assert await _listed(auditor, patient) == []
+
+    await side.relay().drain(10)
     [event] = await _listed(auditor, patient)
+    assert await side.waiting() == 0
     assert event.agent.staff == f"staff/{staff_id}"
     assert list(event.agent.roles) == ["DOCTOR", "NURSE"]
     assert event.agent.on_behalf_of == "services/scheduling"
     assert event.agent.service_account == "services/patient"
     assert event.operation == OPERATION
-    assert event.outcome == pb.AUDIT_EVENT_OUTCOME_SUCCESS
     assert event.purpose_of_use == pb.PURPOSE_OF_USE_TREATMENT
     assert event.entity.resource_type == "his.patient.v1.Patient"
-    assert not event.emergency_access
-    uuid.UUID(event.event_id)
 
 
-async def test_emergency_access_is_recorded_with_its_grant(
-    make_trail: MakeTrail, auditor: Stub
+async def test_a_writes_event_commits_or_rolls_back_with_its_transaction(
+    side: Patient, auditor: Stub
 ) -> None:
-    trail = make_trail()
-    patient, grant = patient_name(), f"emergencyAccessGrants/{uuid.uuid4()}"
+    kept, dropped = patient_name(), patient_name()
+    async with side.database.transaction():
+        await side.record(kept)
+    with pytest.raises(RuntimeError):
+        async with side.database.transaction():
+            await side.record(dropped)
+            raise RuntimeError("the change failed")
 
-    await trail.record(
-        action=pb.AUDIT_EVENT_ACTION_READ,
-        operation=OPERATION,
-        patient=patient,
-        purpose_of_use=pb.PURPOSE_OF_USE_EMERGENCY_TREATMENT,
-        emergency_access_grant=grant,
-    )
-
-    [event] = await _listed(auditor, patient)
-    assert event.emergency_access and event.emergency_access_grant == grant
-    assert event.agent.staff == ""  # no person was being served
+    await side.relay().drain(10)
+    assert len(await _listed(auditor, kept)) == 1
+    assert await _listed(auditor, dropped) == []
 
 
-async def test_100_concurrent_records_travel_in_fewer_batches_and_all_commit(
-    make_trail: MakeTrail, auditor: Stub
-) -> None:
-    registry = CollectorRegistry()
-    trail = make_trail(registry=registry)
+async def test_concurrent_reads_share_commits(side: Patient, auditor: Stub) -> None:
     patient = patient_name()
+    await asyncio.gather(*(side.record(patient) for _ in range(100)))
 
-    await asyncio.gather(
-        *(
-            trail.record(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION, patient=patient)
-            for _ in range(100)
-        )
-    )
-
-    assert trail.events_committed == 100
-    assert 1 <= trail.batches_sent < 100
+    assert side.outbox.commits < 100
+    assert await side.waiting() == 100
+    await side.relay().drain(10)
     assert len(await _listed(auditor, patient)) == 100
-    sent = registry.get_sample_value("his_audit_trail_batches_total", {"result": "success"})
-    assert sent == trail.batches_sent
-    events = registry.get_sample_value("his_audit_trail_events_total", {"result": "success"})
-    assert events == 100
 
 
-async def test_batches_never_exceed_the_maximum(make_trail: MakeTrail, auditor: Stub) -> None:
-    trail = make_trail(max_batch=10)
+async def test_reads_and_writes_go_on_while_the_audit_service_is_away_and_arrive_later(
+    side: Patient, auditor: Stub
+) -> None:
     patient = patient_name()
+    away = side.relay(address=f"localhost:{free_port()}", backoff_base_s=0.05)
+    away.start()
+    await asyncio.gather(*(side.record(patient) for _ in range(20)))
+    async with side.database.transaction():
+        await side.record(patient, action=pb.AUDIT_EVENT_ACTION_UPDATE)
+    await asyncio.sleep(0.3)  # the relay tried, failed and backed off
 
-    await trail.record_many(
-        [
-            trail.event(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION, patient=patient)
-            for _ in range(35)
-        ]
+    assert await side.waiting() == 21
+    await away.stop(flush_s=0)
+    await side.relay().drain(10)
+    events = await _listed(auditor, patient)
+    assert len(events) == 21
+    assert len({e.event_id for e in events}) == 21
+
+
+async def test_two_relays_racing_over_one_outbox_deliver_every_event_once(
+    side: Patient, auditor: Stub
+) -> None:
+    patient = patient_name()
+    await asyncio.gather(*(side.record(patient) for _ in range(600)))
+    first, second = side.relay(batch=50), side.relay(batch=50)
+
+    await asyncio.gather(first.drain(30), second.drain(30))
+
+    # Each relay claimed its own rows: nothing was sent twice, both did part of the work.
+    assert first.delivered[AUDIT] + second.delivered[AUDIT] == 600
+    assert first.delivered[AUDIT] and second.delivered[AUDIT]
+    events = await _listed(auditor, patient)
+    assert len(events) == 600
+    assert len({e.sequence_number for e in events}) == 600
+
+
+async def test_a_relay_that_died_mid_delivery_leaves_its_rows_to_another_after_the_lease(
+    side: Patient, auditor: Stub
+) -> None:
+    patient = patient_name()
+    await asyncio.gather(*(side.record(patient) for _ in range(5)))
+    # A replica claims the rows and delivers them, then dies before it can delete them.
+    dying = side.relay(lease_s=0.5)
+    async with side.database.driver_transaction() as connection:
+        rows = await connection.fetch(dying._claim, AUDIT, 0.5, 100)
+    assert len(rows) == 5
+    await audit_delivery(side.clients())(
+        [EventEnvelope.FromString(row["envelope"]) for row in rows]
     )
 
-    assert trail.batches_sent == 4
-    assert len(await _listed(auditor, patient)) == 35
-
-
-async def test_record_fails_closed_when_the_audit_service_is_down(
-    make_trail: MakeTrail, audit_url: str
-) -> None:
-    own = await start(AUDIT, service_config("audit"), audit_url)
-    trail = make_trail(address=own.address)
-    await trail.record(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION)
-
-    await own.stop(grace_s=0)
-
-    await _refused(trail.record(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION))
-    await _refused(trail.record(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION))
-
-
-async def test_record_fails_closed_when_the_audit_service_is_too_slow(
-    make_trail: MakeTrail, audit_db: AsyncEngine
-) -> None:
-    registry = CollectorRegistry()
-    trail = make_trail(timeout_s=0.3, registry=registry)
-
-    async with head_locked(audit_db):
-        await _refused(trail.record(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION))
-        await wait_for_lock_waiters(audit_db)
-
-    failed = registry.get_sample_value("his_audit_trail_batches_total", {"result": "failure"})
-    assert failed == 1
-
-
-async def test_record_fails_closed_when_the_audit_service_refuses_the_writer(
-    make_trail: MakeTrail, issuer: Issuer
-) -> None:
-    # A service misconfigured with a person's token: PERMISSION_DENIED from the audit service.
-    trail = make_trail(token=issuer.staff("ADMINISTRATOR"))
-
-    await _refused(trail.record(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION))
-
-
-async def test_invalid_event_fails_alone_and_never_reaches_the_batch(
-    make_trail: MakeTrail, auditor: Stub
-) -> None:
-    trail = make_trail()
-    patient = patient_name()
-
-    good = [
-        trail.record(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION, patient=patient)
-        for _ in range(5)
-    ]
-    bad = trail.record(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION, patient="p/1")
-    outcomes = await asyncio.gather(bad, *good, return_exceptions=True)
-
-    assert isinstance(outcomes[0], Unavailable)
-    assert outcomes[1:] == [None] * 5
+    # Another replica finds them once the lease ran out and delivers them again: at least once.
+    await asyncio.sleep(0.6)
+    survivor = side.relay()
+    await survivor.drain(10)
+    assert survivor.delivered[AUDIT] == 5
+    # The audit service chained each once.
     assert len(await _listed(auditor, patient)) == 5
 
 
-async def test_close_flushes_what_is_queued_then_refuses(
-    make_trail: MakeTrail, auditor: Stub
+async def test_events_the_receiver_refuses_for_good_become_dead_letters_alone(
+    side: Patient, auditor: Stub
 ) -> None:
-    trail = make_trail()
-    patient = patient_name()
-    pending = [
-        asyncio.ensure_future(
-            trail.record(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION, patient=patient)
+    patient, clash = patient_name(), patient_name()
+    await side.record(clash)
+    relay = side.relay()
+    await relay.drain(10)
+    [chained] = await _listed(auditor, clash)
+    # One event reusing a chained event's id with other content (ALREADY_EXISTS, forever) and
+    # one that is no audit event at all, among good ones.
+    forged = pb.AuditEvent()
+    forged.CopyFrom(chained)
+    forged.operation = "/his.patient.v1.PatientService/DeletePatient"
+    await asyncio.gather(*(side.record(patient) for _ in range(3)))
+    async with side.database.transaction() as session:
+        await side.outbox.add_in(
+            session,
+            [
+                Outgoing(AUDIT, envelope(forged, source="patient", event_id=forged.event_id)),
+                Outgoing(AUDIT, envelope(pb.VerifyChainRequest(), source="patient")),
+            ],
         )
-        for _ in range(3)
-    ]
-    await asyncio.sleep(0)  # queued
+    await asyncio.gather(*(side.record(patient) for _ in range(2)))
 
-    await trail.close()
+    await relay.pass_once()
 
-    assert trail.events_committed == 3
-    assert await asyncio.gather(*pending) == [None] * 3
-    assert len(await _listed(auditor, patient)) == 3
-    await _refused(trail.record(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION))
+    assert len(await _listed(auditor, patient)) == 5
+    assert await _listed(auditor, clash) == [chained]
+    async with side.database.read() as session:
+        left = (
+            await session.execute(
+                text("SELECT dead_at IS NOT NULL, last_error FROM patient.outbox ORDER BY id")
+            )
+        ).all()
+    assert [dead for dead, _ in left] == [True, True]
+    assert "ALREADY_EXISTS" in left[0][1]
+
+
+async def test_invalid_event_fails_alone_and_never_reaches_the_outbox(side: Patient) -> None:
+    patient = patient_name()
+    good = [side.record(patient) for _ in range(5)]
+    bad = side.record("p/1")
+    outcomes = await asyncio.gather(bad, *good, return_exceptions=True)
+
+    assert isinstance(outcomes[0], Unavailable)
+    assert outcomes[0].reason == "AUDIT_UNAVAILABLE"
+    assert outcomes[1:] == [None] * 5
+    assert await side.waiting() == 5
+
+
+async def test_record_fails_closed_when_its_own_database_cannot_store_the_event(
+    side: Patient,
+) -> None:
+    await side.database.dispose()
+    gone = Database(
+        f"postgresql://nobody@localhost:{free_port()}/none",
+        DatabaseConfig(health_timeout_s=1),
+        application_name="his-outbox-test",
+    )
+    trail = AuditTrail(Outbox(gone, "patient"), "patient", registry=CollectorRegistry())
+    try:
+        with pytest.raises(Unavailable) as caught:
+            await trail.record(action=pb.AUDIT_EVENT_ACTION_READ, operation=OPERATION)
+        assert caught.value.reason == "AUDIT_UNAVAILABLE"
+    finally:
+        await gone.dispose()
+
+
+async def test_a_call_to_another_service_inside_a_transaction_is_refused_before_it_leaves(
+    side: Patient,
+) -> None:
+    stub = side.clients().audit
+    request = pb.WriteAuditEventsRequest()
+    async with side.database.transaction():
+        with pytest.raises(RemoteCallUnderLock):
+            await stub.WriteAuditEvents(request, timeout=5)
+    # Outside the transaction the same call leaves (and is judged by the audit service).
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.WriteAuditEvents(request, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -32,6 +32,7 @@ from tests import support
 from tests.conftest import addresses, service_config
 from tests.iam.helpers import DEV_CREDENTIAL, LOCAL_ISSUER, SERVICE_KEY, Stub, service_credential
 from tests.identity import Issuer, channel_as
+from tests.support import track_relay
 
 
 async def fresh_database(postgres: EmbeddedPostgres, name: str) -> str:
@@ -109,6 +110,7 @@ async def iam_server(
     the session's patient and audit services."""
     config = service_config("iam", **addresses(patient_service, audit_service))
     running = await start(iam_spec(make_iam_config()), config, iam_url)
+    track_relay(running)
     async with grpc.aio.insecure_channel(running.address) as channel:
         # As under `his up`, a service logs in first: the bootstrap administrator exists from here.
         await pb_grpc.IamServiceStub(channel).IssueToken(

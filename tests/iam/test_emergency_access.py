@@ -29,7 +29,7 @@ from tests.iam.helpers import Stub, as_, create_staff, invalid, request_id
 from tests.identity import Issuer, channel_as
 from tests.patient.helpers import Stub as PatientStub
 from tests.patient.helpers import create as create_patient
-from tests.support import fails, free_port
+from tests.support import delivered, fails, free_port
 
 R = pb.StaffRole
 REASON = "Unconscious patient in resus, no consent obtainable, allergies needed"
@@ -92,6 +92,7 @@ async def audit_events(
 async def _events(
     audit: audit_grpc.AuditServiceAsyncStub, patient: str
 ) -> list[audit_pb.AuditEvent]:
+    await delivered()
     reply = await audit.ListAuditEvents(
         audit_pb.ListAuditEventsRequest(patient=patient, emergency_access_only=True)
     )
@@ -319,24 +320,32 @@ async def _iam_with(iam_url: str, config: IamConfig, **env: str) -> AsyncIterato
         await running.stop(grace_s=1)
 
 
-async def test_without_the_audit_service_no_grant_is_made(
-    iam: Stub,
+async def test_a_grant_made_while_the_audit_service_is_away_reaches_the_trail_when_it_is_back(
     doctor: Clinician,
     patient: patient_pb.Patient,
     iam_url: str,
     iam_db: AsyncEngine,
     make_iam_config: Callable[..., IamConfig],
     patient_service: RunningService,
+    audit_events: audit_grpc.AuditServiceAsyncStub,
 ) -> None:
+    # Break-the-glass must not wait on the audit service: the grant and its audit event commit
+    # together in iam's own database (the outbox), and the event reaches the trail later.
     dead = {"HIS_AUDIT_ADDR": f"localhost:{free_port()}", **addresses(patient_service)}
     async with _iam_with(iam_url, make_iam_config(), **dead) as stub:
-        failure = await fails(
-            stub.CreateEmergencyAccessGrant(_grant(patient.name), metadata=as_(doctor.token))
+        grant = await stub.CreateEmergencyAccessGrant(
+            _grant(patient.name), metadata=as_(doctor.token)
         )
+        async with iam_db.connect() as connection:
+            waiting = await connection.scalar(
+                text("SELECT count(*) FROM iam.outbox WHERE destination = 'audit'")
+            )
+    assert waiting, "the grant's audit event must wait in iam's outbox"
+    assert await _grant_rows(iam_db, patient.name) == 1
 
-    assert failure.code == grpc.StatusCode.UNAVAILABLE
-    assert failure.reason == "AUDIT_UNAVAILABLE"
-    assert await _grant_rows(iam_db, patient.name) == 0
+    # The tests' iam (same database) relays it to the real audit service.
+    [event] = await _events(audit_events, patient.name)
+    assert event.emergency_access_grant == grant.name
 
 
 async def test_without_the_patient_service_no_grant_is_made(

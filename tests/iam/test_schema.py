@@ -62,7 +62,14 @@ async def _tables(url: str) -> set[str]:
 
 async def test_migration_downgrades_and_upgrades_again(postgres: EmbeddedPostgres) -> None:
     url = await fresh_database(postgres, "his_iam_migrations")
-    tables = {"alembic_version", "departments", "staff", "memberships", "emergency_access_grants"}
+    tables = {
+        "alembic_version",
+        "departments",
+        "staff",
+        "memberships",
+        "emergency_access_grants",
+        "outbox",
+    }
     assert await _tables(url) == tables
 
     await asyncio.to_thread(downgrade, "iam", url, "base")

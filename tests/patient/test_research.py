@@ -18,7 +18,7 @@ from his.runtime.server import RunningService
 from tests.conftest import service_config
 from tests.identity import ISSUER, channel_as, metadata
 from tests.patient.helpers import DOMAIN, Stub, create, grant_request, invalid, make_patient
-from tests.support import fails
+from tests.support import delivered, fails
 
 DAY = dt.timedelta(days=1)
 ADMIN_ID = str(uuid.uuid4())
@@ -190,6 +190,7 @@ async def test_every_exported_patient_is_audited_once(
     exported = await _export(patients)
 
     assert pseudonym in exported.pseudonyms
+    await delivered()
     async with channel_as(audit_service.address, ISSUER.staff("AUDITOR")) as channel:
         reply = await audit_grpc.AuditServiceStub(channel).ListAuditEvents(
             audit_pb.ListAuditEventsRequest(

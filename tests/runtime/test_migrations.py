@@ -57,6 +57,7 @@ async def test_patient_schema_upgrades_downgrades_and_upgrades_again(tmp_path: P
             "patient_merges",
             "consents",
             "data_keys",
+            "outbox",
         }
         await asyncio.to_thread(downgrade, "patient", url, "base")
         assert await _tables(url) == {"alembic_version"}

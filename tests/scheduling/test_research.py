@@ -30,7 +30,7 @@ from tests.scheduling.helpers import (
     invalid,
     tomorrow,
 )
-from tests.support import fails
+from tests.support import delivered, fails
 
 ADMIN_ID = str(uuid.uuid4())
 ADMIN = ISSUER.staff("ADMINISTRATOR", staff_id=ADMIN_ID)
@@ -228,6 +228,7 @@ async def test_every_exported_appointment_is_audited(
 
     await _export(scheduling)
 
+    await delivered()
     async with channel_as(audit_service.address, ISSUER.staff("AUDITOR")) as channel:
         reply = await audit_grpc.AuditServiceStub(channel).ListAuditEvents(
             audit_pb.ListAuditEventsRequest(

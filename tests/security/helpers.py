@@ -27,7 +27,7 @@ from tests.iam.helpers import make_staff
 from tests.identity import ISSUER, metadata
 from tests.patient.helpers import grant_request
 from tests.scheduling.helpers import active_patient, future_slots, make_patient, make_schedule
-from tests.support import RpcFailure, failure_of
+from tests.support import RpcFailure, delivered, failure_of
 
 if TYPE_CHECKING:
     from his.audit.v1.audit_service_pb2_grpc import AuditServiceAsyncStub
@@ -294,7 +294,9 @@ def decided(policy: PolicyEngine, served: PolicyEngine, request: Request) -> Dec
 async def audit_events(
     auditor: Audit, *, patient: str, agent_staff: str = "", emergency_only: bool = False
 ) -> list[audit_pb.AuditEvent]:
-    """Every event of the session's trail about `patient` (and by `agent_staff`), oldest first."""
+    """Every event of the session's trail about `patient` (and by `agent_staff`), oldest first,
+    once the session's relays delivered what was recorded before."""
+    await delivered()
     found: list[audit_pb.AuditEvent] = []
     token = ""
     while True:

@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 from his.runtime.identity import STAFF_ROLES
+from his.runtime.outbox import declare as declare_outbox
 
 SCHEMA = "iam"
 metadata = MetaData(schema=SCHEMA)
@@ -173,3 +174,6 @@ Index(
 Index(
     "grants_by_patient", emergency_access_grants.c.patient_id, emergency_access_grants.c.grant_time
 )
+
+# Events for other services (audit among them), stored with the change (his.runtime.outbox).
+outbox = declare_outbox(metadata)

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 from his.runtime.fieldcrypt import data_keys_table
+from his.runtime.outbox import declare as declare_outbox
 
 SCHEMA = "patient"
 metadata = MetaData(schema=SCHEMA)
@@ -165,3 +166,6 @@ consents = Table(
 )
 
 Index("consents_by_patient", consents.c.patient_id, consents.c.create_time.desc(), consents.c.id)
+
+# Events for other services (audit among them), stored with the change (his.runtime.outbox).
+outbox = declare_outbox(metadata)

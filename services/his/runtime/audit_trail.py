@@ -23,11 +23,11 @@ from prometheus_client import CollectorRegistry, Counter
 
 from his.audit.v1 import audit_service_pb2 as pb
 from his.audit.validation import event_violations
-from his.runtime import identity
 from his.events.v1.event_envelope_pb2 import EventEnvelope
+from his.runtime import identity
 from his.runtime.errors import Unavailable
 from his.runtime.outbox import Outbox, Outgoing, envelope
-from his.runtime.relay import Deliver
+from his.runtime.relay import Deliver, Undeliverable
 from his.runtime.telemetry import current_trace_id
 from his.runtime.validation import Violations
 from his_client.clients import HisClients
@@ -214,7 +214,7 @@ def audit_delivery(clients: HisClients, *, timeout_s: float = DEFAULT_TIMEOUT_S)
         for item in envelopes:
             event = pb.AuditEvent()
             if not item.payload.Unpack(event):
-                raise ValueError(f"outbox event {item.event_id} is not an AuditEvent")
+                raise Undeliverable(f"outbox event {item.event_id} is not an AuditEvent")
             events.append(event)
         for start in range(0, len(events), MAX_BATCH):
             batch = events[start : start + MAX_BATCH]

@@ -16,14 +16,29 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.events.v1.event_envelope_pb2 import EventEnvelope
@@ -32,13 +47,24 @@ from his.runtime.errors import Unavailable
 from his.runtime.telemetry import current_trace_id
 
 TABLE = "outbox"
+_SCHEMA = re.compile(r"^[a-z][a-z_]*$")
+
+
+def table(schema: str) -> str:
+    """`"<schema>".outbox`; the schema is a catalog service name (checked: it becomes SQL)."""
+    if not _SCHEMA.fullmatch(schema):
+        raise ValueError(f"not a service schema: {schema!r}")
+    return f'"{schema}".{TABLE}'
 
 
 def create_table_sql(schema: str) -> list[str]:
-    """The statements of a service's migration that adds its outbox (one per statement)."""
+    """The statements of a service's migration that adds its outbox (one per statement).
+
+    Migrations run this, so it is frozen as it is: a later change to the table is a new function
+    and a new migration, never an edit here."""
     return [
         f"""
-        CREATE TABLE "{schema}".{TABLE} (
+        CREATE TABLE {table(schema)} (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             event_id uuid NOT NULL,
             destination text NOT NULL,
@@ -54,14 +80,44 @@ def create_table_sql(schema: str) -> list[str]:
             CONSTRAINT {TABLE}_event_unique UNIQUE (event_id, destination)
         )
         """,
-        f'CREATE INDEX {TABLE}_ready ON "{schema}".{TABLE} (destination, available_at, id) '
+        f"CREATE INDEX {TABLE}_ready ON {table(schema)} (destination, available_at, id) "
         "WHERE dead_at IS NULL",
     ]
 
 
+def declare(metadata: MetaData) -> Table:
+    """The outbox as SQLAlchemy sees it, in a service's `tables.py` (what the migration builds;
+    the schema tests compare the two)."""
+    return Table(
+        TABLE,
+        metadata,
+        Column("id", BigInteger, Identity(always=True), primary_key=True),
+        Column("event_id", UUID(as_uuid=True), nullable=False),
+        Column("destination", Text, nullable=False),
+        Column("event_type", Text, nullable=False),
+        Column("envelope", LargeBinary, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+        Column("available_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+        Column("attempts", Integer, nullable=False, server_default=text("0")),
+        Column("dead_at", DateTime(timezone=True)),
+        Column("last_error", Text),
+        UniqueConstraint("event_id", "destination", name=f"{TABLE}_event_unique"),
+        Index(
+            f"{TABLE}_ready",
+            "destination",
+            "available_at",
+            "id",
+            postgresql_where=text("dead_at IS NULL"),
+        ),
+    )
+
+
+_NOW = text("clock_timestamp()")
+
+
 def drop_table_sql(schema: str) -> list[str]:
     """The statements of the migration's downgrade."""
-    return [f'DROP TABLE "{schema}".{TABLE}']
+    return [f"DROP TABLE {table(schema)}"]
 
 
 @dataclass(frozen=True)
@@ -103,18 +159,21 @@ class Outbox:
     def __init__(self, database: Database, schema: str) -> None:
         self._database = database
         self.schema = schema
+        columns = f"{table(schema)} (event_id, destination, event_type, envelope)"
         self._insert_one = text(
-            f'INSERT INTO "{schema}".{TABLE} (event_id, destination, event_type, envelope) '
+            f"INSERT INTO {columns} "  # noqa: S608 (a checked schema name, values bound)
             "VALUES (CAST(:event_id AS uuid), :destination, :event_type, :envelope)"
         )
         self._insert_many = (
-            f'INSERT INTO "{schema}".{TABLE} (event_id, destination, event_type, envelope) '
+            f"INSERT INTO {columns} "  # noqa: S608 (a checked schema name, values bound)
             "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])"
         )
         self._queue: list[tuple[list[Outgoing], asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
-        # Called after rows were committed (the relay's wake-up), whichever way they came.
+        # Set after rows were committed (the relay's wake-up), whichever way they came.
         self.committed: list[asyncio.Event] = []
+        # Shared commits made for events recorded outside a transaction (a figure for tests).
+        self.commits = 0
 
     async def add(self, events: Sequence[Outgoing]) -> None:
         """Store `events` durably: in the open transaction when there is one (they commit or
@@ -130,9 +189,7 @@ class Outbox:
         self._queue.append((list(events), future))
         if self._committer is None:
             # Belongs to no caller: no deadline, identity or span of the first one.
-            self._committer = asyncio.create_task(
-                self._commit_all(), context=contextvars.Context()
-            )
+            self._committer = asyncio.create_task(self._commit_all(), context=contextvars.Context())
         await asyncio.shield(future)
 
     async def add_in(self, session: AsyncSession, events: Sequence[Outgoing]) -> None:
@@ -157,6 +214,7 @@ class Outbox:
 
     async def _commit(self, group: list[tuple[list[Outgoing], asyncio.Future[None]]]) -> None:
         rows = [_row(event) for events, _ in group for event in events]
+        self.commits += 1
         try:
             async with self._database.driver_transaction() as connection:
                 await connection.execute(

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.runtime.database import Database
-from his.runtime.outbox import TABLE, Outbox
+from his.runtime.outbox import Outbox, table
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ _REFUSED_FOR_GOOD = frozenset(
 )
 
 
+class Undeliverable(Exception):
+    """Raised by a deliverer for an event that can never be delivered (its payload is not what
+    its destination takes): retrying would not help."""
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     """How the relay paces itself."""
@@ -55,7 +60,7 @@ class RelayConfig:
     poll_s: float = 0.5
     # How long a claimed row stays with this replica before another may take it.
     lease_s: float = 30.0
-    # Backoff of a failed row: base × 2^(attempts-1), capped.
+    # Backoff of a failed row: base * 2^(attempts-1), capped.
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     # How often the depth and age gauges are refreshed.
@@ -128,29 +133,31 @@ class Relay:
         self._metrics = _Metrics(registry)
         self._wake = asyncio.Event()
         outbox.committed.append(self._wake)
-        schema = f'"{outbox.schema}".{TABLE}'
+        # The table name is a checked catalog schema; every value is bound.
+        schema = table(outbox.schema)
         self._claim = (
-            f"UPDATE {schema} SET available_at = now() + make_interval(secs => $2), "
+            f"UPDATE {schema} SET available_at = now() + make_interval(secs => $2), "  # noqa: S608
             "attempts = attempts + 1 "
             f"WHERE id IN (SELECT id FROM {schema} WHERE destination = $1 AND dead_at IS NULL "
             "AND available_at <= clock_timestamp() ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) "
             "RETURNING id, attempts, envelope"
         )
-        self._delete = f"DELETE FROM {schema} WHERE id = ANY($1::bigint[])"
+        self._delete = f"DELETE FROM {schema} WHERE id = ANY($1::bigint[])"  # noqa: S608
         self._back_off = (
-            f"UPDATE {schema} SET available_at = now() + make_interval(secs => $2), "
+            f"UPDATE {schema} SET available_at = now() + make_interval(secs => $2), "  # noqa: S608
             "last_error = $3 WHERE id = ANY($1::bigint[])"
         )
         self._bury = (
-            f"UPDATE {schema} SET dead_at = now(), last_error = $2 WHERE id = ANY($1::bigint[])"
+            f"UPDATE {schema} SET dead_at = now(), last_error = $2 WHERE id = ANY($1::bigint[])"  # noqa: S608
         )
         self._gauges = (
-            f"SELECT destination, count(*) FILTER (WHERE dead_at IS NULL), "
+            f"SELECT destination, count(*) FILTER (WHERE dead_at IS NULL), "  # noqa: S608
             "COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - "
             "min(created_at) FILTER (WHERE dead_at IS NULL)), 0)::float8, "
             f"count(*) FILTER (WHERE dead_at IS NOT NULL) FROM {schema} GROUP BY destination"
         )
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._gauges_at = 0.0
         # Figures for tests: events this relay delivered, by destination.
         self.delivered: dict[str, int] = dict.fromkeys(self._deliverers, 0)
@@ -162,17 +169,20 @@ class Relay:
         )
 
     async def stop(self, flush_s: float = 1.0) -> None:
-        """One last pass for up to `flush_s` (what is left stays for the next start or another
-        replica), then stop."""
+        """Finish the pass under way (and one more) for up to `flush_s`, then stop; what is left
+        stays for the next start or another replica."""
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-        with contextlib.suppress(Exception, TimeoutError):
+        self._stopping = True
+        self._wake.set()
+        try:
             async with asyncio.timeout(flush_s):
-                await self.pass_once()
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
 
     async def pass_once(self) -> int:
         """Deliver what is ready for every destination; the number of events delivered."""
@@ -189,11 +199,14 @@ class Relay:
         """Deliver until nothing is ready (for tests and shutdown); TimeoutError after
         `timeout_s`."""
         async with asyncio.timeout(timeout_s):
-            while await self.pass_once() or await self._pending():
+            # Polls the database (rows of other relays, leases running out): no event to await.
+            while True:
+                if not await self.pass_once() and not await self._pending():
+                    return
                 await asyncio.sleep(0.05)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 delivered = await self.pass_once()
@@ -201,7 +214,7 @@ class Relay:
             except Exception as error:  # the database is away: try again later
                 log.warning("outbox relay pass failed", extra={"fields": {"error": _name(error)}})
                 delivered = 0
-            if not delivered:
+            if not delivered and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._config.poll_s):
                         await self._wake.wait()
@@ -227,10 +240,17 @@ class Relay:
         started = time.monotonic()
         try:
             await self._deliverers[destination]([c.envelope for c in claimed])
+        except asyncio.CancelledError:
+            # Stopped mid-delivery: hand the rows back now rather than at the end of the lease.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._settle(self._back_off, [c.id for c in claimed], 0.0, "cancelled")
+                )
+            raise
         except Exception as error:
             self._metrics.failures.labels(destination).inc()
             code = error.code() if isinstance(error, grpc.aio.AioRpcError) else None
-            if code in _REFUSED_FOR_GOOD:
+            if code in _REFUSED_FOR_GOOD or isinstance(error, Undeliverable):
                 if len(claimed) > 1:
                     # Find the one it refuses; the others go through.
                     return sum([await self._deliver(destination, [c]) for c in claimed])

@@ -20,7 +20,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.trace import TracerProvider
 
 from his.runtime.access import Access
-from his.runtime.audit_trail import AuditTrail
+from his.runtime.audit_trail import AUDIT, AuditTrail, audit_delivery
 from his.runtime.authn import AuthenticationInterceptor
 from his.runtime.config import ServiceConfig
 from his.runtime.database import Database
@@ -31,7 +31,9 @@ from his.runtime.interceptors import AdmissionInterceptor, ErrorInterceptor, Obs
 from his.runtime.logs import configure_logging
 from his.runtime.metrics import MetricsEndpoint, ServerMetrics
 from his.runtime.migrations import upgrade
+from his.runtime.outbox import Outbox
 from his.runtime.policy import PolicyEngine
+from his.runtime.relay import Relay
 from his.runtime.security import jwks_source, own_token_source
 from his.runtime.telemetry import make_tracer_provider, shut_down
 from his.runtime.tokens import TokenVerifier
@@ -47,6 +49,8 @@ _QUIET_S = 0.05
 _QUIET_MAX_S = 1.0
 # How long the last spans may take to leave on shutdown (a stuck collector must not hold the pod).
 _TRACE_FLUSH_S = 2.0
+# How long a stopping service keeps delivering its outbox (the rest waits for the next start).
+_RELAY_FLUSH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class RunningService:
     clients: HisClients
     tracer_provider: TracerProvider
     audit: AuditTrail | None = None
+    relay: Relay | None = None
     migration: asyncio.Task[None] | None = None
 
     @property
@@ -127,6 +132,9 @@ class RunningService:
         await self.server.stop(max(grace - (time.monotonic() - started), 0.0))
         if self.audit is not None:
             await self.audit.close()
+        if self.relay is not None:
+            # What is left waits in the outbox for the next start or another replica.
+            await self.relay.stop(flush_s=_RELAY_FLUSH_S)
         await self.database_health.stop()
         await self.clients.close()
         await self.database.dispose()
@@ -179,11 +187,17 @@ async def start(
     )
     # The audit service does not audit through itself; every other service does, unless security
     # is off for a benchmark.
-    audit = (
-        AuditTrail(clients, spec.name, registry=metrics.registry)
-        if config.auth.enabled and spec.name != "audit"
-        else None
-    )
+    audit: AuditTrail | None = None
+    relay: Relay | None = None
+    if config.auth.enabled and spec.name != "audit":
+        outbox = Outbox(database, spec.name)
+        audit = AuditTrail(outbox, spec.name, registry=metrics.registry)
+        relay = Relay(
+            outbox,
+            database,
+            {AUDIT: audit_delivery(clients)},
+            registry=metrics.registry,
+        )
     access = Access(enabled=config.auth.enabled, policy=_policy(), audit=audit, clients=clients)
     health = Health((spec.grpc_service,))
     database_health = DatabaseHealth(database, health, metrics, migrated=not migrate)
@@ -209,8 +223,6 @@ async def start(
         await server.start()
     except BaseException:
         await server.stop(0)
-        if audit is not None:
-            await audit.close()
         await database_health.stop()
         await clients.close()
         await database.dispose()
@@ -230,7 +242,10 @@ async def start(
         clients=clients,
         tracer_provider=tracer_provider,
         audit=audit,
+        relay=relay,
     )
+    if relay is not None:
+        relay.start()
     if migrate:
         running.migration = asyncio.create_task(
             _migrate_until_done(spec.name, database_url, database_health, admission),

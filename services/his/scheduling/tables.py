@@ -18,6 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import UUID
 
+from his.runtime.outbox import declare as declare_outbox
+
 SCHEMA = "scheduling"
 metadata = MetaData(schema=SCHEMA)
 
@@ -131,3 +133,6 @@ Index(
 # btree_gist, which embedded PostgreSQL lacks; the trigger serialises one patient's bookings on an
 # advisory lock and raises exclusion_violation, as the constraint would.
 NO_OVERLAP_CONSTRAINT = "appointments_patient_no_overlap"
+
+# Events for other services (audit among them), stored with the change (his.runtime.outbox).
+outbox = declare_outbox(metadata)
