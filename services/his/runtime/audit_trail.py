@@ -39,7 +39,9 @@ TREATMENT = pb.PURPOSE_OF_USE_TREATMENT
 
 # The most events WriteAuditEvents takes in one call.
 MAX_BATCH = 500
-DEFAULT_TIMEOUT_S = 2.0
+# A delivery call may take this long: no caller waits on it, and an audit service that is slow
+# under load must not be hammered with retries of batches it is still storing.
+DEFAULT_TIMEOUT_S = 10.0
 
 # The outbox destination of audit events: the audit service.
 AUDIT = "audit"
