@@ -198,7 +198,9 @@ class Hospital:
             self.say("postgresql    HIS_DATABASE_URL")
         self.say(f"logs          {self._logs.directory}/ (<service>.log, up.log)")
         for entry in self._entries:
+            log.info("migrating", extra={"fields": {"schema": entry.name}})
             await self._off_loop(upgrade, entry.name, self._url)
+        log.info("starting services")
         for service in self._services.values():
             await self._spawn(service)
         for service in self._services.values():
@@ -206,6 +208,7 @@ class Hospital:
         for service in self._services.values():
             self._watch(self._supervise(service))
         if demo:
+            log.info("loading demo data")
             self.say(f"demo data:    {await _load_demo(self._entries, self._config.data_dir)}")
         _print_table(self._entries)
         self.say("\nHIS Mesh is up. Press Ctrl-C to stop.")

@@ -44,6 +44,28 @@ def test_bad_input_is_described_by_code_domain_and_each_bad_field() -> None:
     )
 
 
+def test_a_field_the_message_already_names_is_not_repeated() -> None:
+    said = "patient.birth_date: not a date in the calendar"
+    error = _failed(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{said}; patient.phone: not a phone number",
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field="patient.birth_date", description="not a date in the calendar"
+                ),
+                error_details_pb2.BadRequest.FieldViolation(
+                    field="patient.national_id", description="required"
+                ),
+            ]
+        ),
+    )
+    assert describe(error) == (
+        f"INVALID_ARGUMENT: {said}; patient.phone: not a phone number\n"
+        "  patient.national_id: required"
+    )
+
+
 def test_a_refusal_names_its_reason_and_metadata() -> None:
     error = _failed(
         grpc.StatusCode.PERMISSION_DENIED,

@@ -104,7 +104,9 @@ class RichStatus:
             line += f" ({self.domain})"
         if self.message:
             line += f": {self.message}"
-        return "".join([line, *(f"\n  {v.field}: {v.description}" for v in self.field_violations)])
+        # Servers often write the violations into the message already; name each field once.
+        unsaid = [v for v in self.field_violations if f"{v.field}: {v.description}" not in line]
+        return "".join([line, *(f"\n  {v.field}: {v.description}" for v in unsaid)])
 
 
 def rich_status(error: grpc.aio.AioRpcError) -> RichStatus:
