@@ -173,9 +173,14 @@ class Hospital:
         stop = asyncio.create_task(self._stop_requested.wait())
         try:
             await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if main.done() and not main.cancelled() and main.exception() is not None:
-                error = main.exception()
-                self.say(f"his up: {error}", level=logging.ERROR, stream=sys.stderr)
+            error = main.exception() if main.done() and not main.cancelled() else None
+            if error is not None:
+                self.say(
+                    f"his up: {error} (more in {self._logs.path('up')})",
+                    level=logging.ERROR,
+                    stream=sys.stderr,
+                )
+                log.error("start failed", exc_info=error, extra={PRINTED: True})  # up.log only
                 code = 1
             else:
                 await stop  # started: supervise until asked to stop
@@ -187,6 +192,20 @@ class Hospital:
         return code
 
     async def _start(self, *, demo: bool) -> None:
+        # gRPC servers bind with SO_REUSEPORT: a second hospital would share the first's ports
+        # silently, each taking some of the calls. Refuse instead.
+        busy = [
+            port
+            for entry in self._entries
+            for port in (entry.port, entry.metrics_port)
+            if await _listening(port)
+        ]
+        if busy:
+            ports = ", ".join(map(str, busy))
+            raise RuntimeError(
+                f"ports {ports} are in use: is another `his up` running? "
+                "(`ss -ltnp | grep -E ':(5005|905)'` shows which process)"
+            )
         if self._embedded is not None:
             self._url = await self._off_loop(self._embedded.start)
             self.say(
@@ -224,7 +243,14 @@ class Hospital:
     def _watch(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._watch_ended)
+
+    def _watch_ended(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # a supervisor or the PostgreSQL watch broke: say so, keep running
+            self.say(f"his up: stopped watching: {error!r}", level=logging.ERROR, stream=sys.stderr)
+            log.error("watch failed", exc_info=error, extra={PRINTED: True})
 
     async def _spawn(self, service: _Service) -> None:
         # Per-process settings of the caller's shell must not reach every service (two would bind
@@ -372,6 +398,16 @@ class Hospital:
             await process.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*service.readers), 5.0)
+
+
+async def _listening(port: int) -> bool:
+    """Whether something accepts connections on localhost:`port`."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("localhost", port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 # Demo data sets in dependency order: staff and departments, then patients, then bookings.

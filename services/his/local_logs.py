@@ -74,6 +74,7 @@ class LogFiles:
         for current in directory.glob("*.log"):
             current.replace(current.with_name(current.name + ".1"))
         self._open: dict[str, IO[str]] = {}
+        self._handlers: list[logging.Handler] = []
 
     def path(self, name: str) -> Path:
         """The file of `name` (a service, or `up` for `his up` itself)."""
@@ -100,18 +101,28 @@ class LogFiles:
         to_terminal = logging.StreamHandler(sys.stderr)
         to_terminal.setFormatter(TextFormatter("his-up"))
         to_terminal.setLevel(TERMINAL_LEVEL)
-        to_terminal.addFilter(lambda record: not getattr(record, PRINTED, False))
+        # pgserver's errors quote whole server logs: up.log has them, his up says what failed.
+        to_terminal.addFilter(
+            lambda record: not getattr(record, PRINTED, False) and record.name != "pgserver"
+        )
         root = logging.getLogger()
         for existing in list(root.handlers):
             root.removeHandler(existing)
         root.addHandler(to_file)
         root.addHandler(to_terminal)
+        self._handlers = [to_file, to_terminal]
         root.setLevel(level)
         for noisy in ("sqlalchemy", "asyncio", "alembic"):
             logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
     def close(self) -> None:
-        """Close every file (after the services' output has been read to the end)."""
+        """Close every file (after the services' output has been read to the end); what is
+        logged later (exit hooks) goes nowhere."""
+        root = logging.getLogger()
+        for handler in self._handlers:
+            root.removeHandler(handler)
+        if self._handlers:
+            root.addHandler(logging.NullHandler())
         for file in self._open.values():
             file.close()
         self._open.clear()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -221,3 +222,17 @@ def test_his_token_with_nothing_running_says_to_start_the_hospital(tmp_path: Pat
     assert stopped.stderr.startswith("his token: iam is not reachable at localhost:")
     assert "make run" in stopped.stderr
     assert "Traceback" not in stopped.stderr and "AioRpcError" not in stopped.stderr
+
+
+def test_up_refuses_to_share_its_ports_with_another_hospital(data_dir: Path) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
+        taken.bind(("::", 50052))
+        taken.listen()
+        up = HisUp(data_dir)
+        code = up.process.wait(timeout=60)
+        up.interrupt()  # collects the rest of the output
+    printed = "".join(up.output)
+    assert code == 1, printed
+    assert "his up: ports 50052 are in use: is another `his up` running?" in printed
+    assert READY not in printed
+    assert left_behind(data_dir) == []

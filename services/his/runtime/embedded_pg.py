@@ -119,7 +119,9 @@ class EmbeddedPostgres:
         postgres_server = _pgserver().postgres_server
         holders = postgres_server.DiskList(self.data_dir / ".handle_pids.json")
         with postgres_server.PostgresServer._lock:
-            postgres_server.PostgresServer._instances.pop(self.data_dir, None)
+            instance = postgres_server.PostgresServer._instances.pop(self.data_dir, None)
+            if instance is not None:  # e.g. one whose start failed: its exit hook would log late
+                atexit.unregister(instance._cleanup)
             others = [p for p in holders.get() if p != os.getpid() and _alive(p)]
             holders.put(others)
             if others:
