@@ -10,7 +10,7 @@ BUF    := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
 GEN_DIRS := $(patsubst protos/%,services/%,$(sort $(dir $(PROTOS))))
 
-.PHONY: help install run test lint fmt proto proto-check gen-into buf-lint buf-breaking mesh-check pytest bench clean
+.PHONY: help install run test lint fmt proto proto-check gen-into buf-lint buf-breaking mesh-check istio-schema pytest bench clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -74,6 +74,12 @@ fmt: $(VENV)/.installed ## Format and autofix.
 
 mesh-check: $(VENV)/.installed ## Render every overlay, validate strictly and lint the Istio policy (his mesh check).
 	$(VENV)/bin/his mesh check
+
+# The Istio schema the check carries, from Istio's CRD file (istio/api
+# kubernetes/customresourcedefinitions.gen.yaml at tag RELEASE); see services/his/mesh/crds/NOTICE.
+istio-schema: $(VENV)/.installed ## Regenerate the carried Istio schema: make istio-schema SRC=<crds.gen.yaml> RELEASE=1.28.0
+	@test -n "$(SRC)" -a -n "$(RELEASE)" || { echo "usage: make istio-schema SRC=<Istio CRD file> RELEASE=<its tag, e.g. 1.28.0>"; exit 2; }
+	$(PY) -m his.mesh.istio_crds "$(SRC)" --release "$(RELEASE)"
 
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,38 @@ def edit(root: Path, file: str, old: str, new: str, count: int = 1) -> None:
     text = path.read_text(encoding="utf-8")
     assert old in text, f"{old!r} not in {file}: the test no longer seeds its mistake"
     path.write_text(text.replace(old, new, count), encoding="utf-8")
+
+
+@pytest.fixture
+def exported_copy(tmp_path: Path) -> Path:
+    """The repository as git would hand it out (`git archive`), with nothing beside it: the
+    tracked files as they are in the working tree (`git stash create`, else HEAD), no .venv, no
+    untracked file, no folder of this machine. A file the change forgot to `git add` is missing
+    here, as it would be in a fresh clone."""
+    git, tar = shutil.which("git"), shutil.which("tar")
+    if git is None or tar is None or not (REPOSITORY / ".git").exists():
+        pytest.skip("skipped: not a git checkout with git and tar (the test exports it with them)")
+
+    def run(*args: str, stdin: bytes | None = None) -> bytes:
+        done = subprocess.run(args, cwd=REPOSITORY, input=stdin, capture_output=True, check=True)
+        return done.stdout
+
+    tree = run(git, "stash", "create").decode().strip() or "HEAD"
+    copy = tmp_path / "export"
+    copy.mkdir()
+    run(tar, "-x", "-C", str(copy), stdin=run(git, "archive", tree))
+    return copy
+
+
+def his_in(copy: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`his <args>` run inside `copy` with the copy's own code (its services/ and clients/python
+    first on the path, ahead of the installed package) and the copy as working directory."""
+    path = os.pathsep.join(str(copy / tree) for tree in ("services", "clients/python"))
+    return subprocess.run(
+        [sys.executable, "-m", "his.cli", *args],
+        cwd=copy,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        check=False,
+    )

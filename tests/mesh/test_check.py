@@ -3,6 +3,8 @@ every lint rule must fail the check with a line naming the file and the problem.
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from his.mesh.check import CheckUnavailable, run_check
-from tests.mesh.conftest import REPOSITORY, edit, needs_kubectl
+from his.mesh.check import OVERLAYS, CheckUnavailable, overlays, run_check
+from his.mesh.render import render
+from his.mesh.schema import istio_release
+from tests.mesh.conftest import REPOSITORY, edit, his_in, needs_kubectl
 
 pytestmark = needs_kubectl
 
@@ -29,6 +33,7 @@ def test_the_real_policy_passes_on_every_overlay() -> None:
     # Istio's schemas were really used: only the CloudNativePG Cluster has none offline.
     assert not [n for n in report.notes if "Istio" in n], report.notes
     assert report.notes and all("Cluster his/his-db" in n for n in report.notes), report.notes
+    assert report.schema_checked[f"Istio {istio_release()}"] == report.rendered["mesh/istio"]
 
 
 def test_cli_exits_zero_on_the_real_policy() -> None:
@@ -614,3 +619,65 @@ def test_missing_kubectl_is_said_plainly(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("HIS_KUBECTL", "/nonexistent/kubectl")
     with pytest.raises(CheckUnavailable, match="kubectl not runnable"):
         run_check(REPOSITORY, ["dev"])
+
+
+# --- a fresh clone: the check needs nothing beside the repository ----------------------------
+
+
+def _istio_objects(root: Path) -> int:
+    """Distinct Istio objects the check renders in `root` (mesh/istio and every overlay)."""
+    trees = ["mesh/istio", *(f"{OVERLAYS}/{name}" for name in overlays(root))]
+    return len(
+        {
+            json.dumps(obj, sort_keys=True)
+            for tree in trees
+            for obj in render(root / tree)
+            if str(obj.get("apiVersion", "")).partition("/")[0].endswith(".istio.io")
+        }
+    )
+
+
+def test_an_exported_copy_schema_checks_every_istio_object(exported_copy: Path) -> None:
+    done = his_in(exported_copy, "mesh", "check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    checked = re.search(r"schema-checked objects: .*Istio (1\.28\.\d+) \((\d+)\)", done.stdout)
+    assert checked, done.stdout
+    assert int(checked[2]) == _istio_objects(exported_copy) > 0
+    # Nothing Istio went unchecked; the only note is the CloudNativePG Cluster.
+    notes = [line for line in done.stdout.splitlines() if line.startswith("note:")]
+    assert notes and all("Cluster his/his-db (no schema offline)" in n for n in notes), notes
+    assert "skipped" not in done.stdout + done.stderr
+
+
+def test_an_exported_copy_fails_on_a_misspelled_istio_field(exported_copy: Path) -> None:
+    _misspelled_field(exported_copy)
+    done = his_in(exported_copy, "mesh", "check")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        "mesh/istio/destination-rules/patient.yaml: DestinationRule his/patient "
+        "spec.trafficPolicy.outlierDetection.consecutiveGatewayError: "
+        "unknown field 'consecutiveGatewayError'" in done.stdout
+    ), done.stdout
+
+
+ARTIFACT = "services/his/mesh/crds/istio.json"
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda path: path.unlink(), "Istio schema missing: no "),
+        (lambda path: path.write_bytes(path.read_bytes()[:1000]), "Istio schema unreadable: "),
+    ],
+    ids=["missing", "truncated"],
+)
+def test_without_its_istio_schema_the_check_fails_instead_of_passing(
+    exported_copy: Path, damage: Callable[[Path], object], said: str
+) -> None:
+    damage(exported_copy / ARTIFACT)
+    done = his_in(exported_copy, "mesh", "check")
+    assert done.returncode == 2, done.stdout + done.stderr
+    # The copy's own artifact was the one looked for, not the installed package's.
+    assert f"his mesh check: cannot run: {said}" in done.stderr
+    assert str(exported_copy / ARTIFACT) in done.stderr
+    assert "his mesh check: ok" not in done.stdout

@@ -123,6 +123,26 @@ def _caller_without_address(root: Path) -> None:
     )
 
 
+def _liveness_follows_database(root: Path) -> None:
+    edit(
+        root,
+        f"{BASE}/patient/deployment.yaml",
+        "          livenessProbe:\n            grpc:\n              port: 50051\n"
+        "              service: liveness",
+        "          livenessProbe:\n            grpc:\n              port: 50051\n"
+        '              service: ""',
+    )
+
+
+def _readiness_asks_liveness(root: Path) -> None:
+    edit(
+        root,
+        f"{BASE}/iam/deployment.yaml",
+        "              service: his.iam.v1.IamService",
+        "              service: liveness",
+    )
+
+
 DRAIN = ServerConfig.from_env(
     {"HIS_DRAIN_DELAY_S": "5", "HIS_GRACE_S": "20"},
     port=ServerConfig.port,
@@ -163,6 +183,18 @@ DRAIN = ServerConfig.from_env(
             f"{BASE}/audit/deployment.yaml",
             "Deployment his/audit containers[0] his readinessProbe",
             "no readinessProbe",
+        ),
+        (
+            _liveness_follows_database,
+            f"{BASE}/patient/deployment.yaml",
+            "Deployment his/patient containers[0] his livenessProbe.grpc.service",
+            "a database outage would restart every pod",
+        ),
+        (
+            _readiness_asks_liveness,
+            f"{BASE}/iam/deployment.yaml",
+            "Deployment his/iam containers[0] his readinessProbe.grpc.service",
+            "stays SERVING while the database is down",
         ),
         (
             _inline_secret,

@@ -9,22 +9,29 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from his.patient.service import PatientService
 from his.patient.spec import SPEC as PATIENT
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
+from his.runtime.config import LIVENESS
+from his.runtime.database import async_url, translate_error
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import NOT_SERVING, SERVING
 from his.runtime.migrations import upgrade
 from his.runtime.server import RunningService, ServiceSpec, start
 from tests.conftest import service_config
 from tests.identity import registrar_channel
+from tests.patient.helpers import create
 from tests.support import failure_of, wait_for_health
 
 PHI = "Wang Fang 110101198403120023"
@@ -151,6 +158,8 @@ async def test_health_follows_the_database_and_recovers_without_restart(
         await asyncio.to_thread(own.kill)
         await wait_for_health(running.address, service, NOT_SERVING)
         await wait_for_health(running.address, "", NOT_SERVING)
+        # Liveness is the process's: a database outage must not get pods restarted.
+        await wait_for_health(running.address, LIVENESS, SERVING, timeout_s=0.5)
         async with registrar_channel(running.address) as channel:
             stub = pb_grpc.PatientServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -165,3 +174,116 @@ async def test_health_follows_the_database_and_recovers_without_restart(
     finally:
         await running.stop(grace_s=0)
         own.stop()
+
+
+async def test_a_service_started_while_its_database_is_down_lives_and_migrates_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    own = EmbeddedPostgres(tmp_path / "pgdata")
+    url = await asyncio.to_thread(own.start)
+    await asyncio.to_thread(own.kill)
+    config = service_config("patient", HIS_DB_HEALTH_INTERVAL_S="0.2", HIS_DB_HEALTH_TIMEOUT_S="1")
+    running = await start(PATIENT, config, url, migrate=True)
+    try:
+        service = PATIENT.grpc_service
+        await wait_for_health(running.address, LIVENESS, SERVING, timeout_s=2)
+        await wait_for_health(running.address, service, NOT_SERVING, timeout_s=2)
+        async with registrar_channel(running.address) as channel:
+            stub = pb_grpc.PatientServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ListPatients(pb.ListPatientsRequest(), timeout=10)
+            failure = failure_of(caught.value)
+            assert failure.code == grpc.StatusCode.UNAVAILABLE
+            assert failure.reason == "SERVICE_STARTING"
+
+            await asyncio.to_thread(own.restart)
+            # Migrated in the background (retried with backoff), then ready: no restart needed.
+            await wait_for_health(running.address, service, SERVING, timeout_s=30)
+            reply = await stub.ListPatients(pb.ListPatientsRequest(page_size=1), timeout=10)
+            assert list(reply.patients) == []
+    finally:
+        await running.stop(grace_s=0)
+        own.stop()
+
+
+@pytest.mark.parametrize("victim", ["his-patient", "his-audit"])
+async def test_a_dropped_database_connection_is_unavailable_never_internal(
+    database_url: str,
+    patient_service: RunningService,
+    audit_service: RunningService,
+    victim: str,
+) -> None:
+    engine = create_async_engine(async_url(database_url), poolclass=NullPool)
+    codes: list[str] = []
+    # What the services answered, including calls a client retried (the SDK retries audit
+    # writes on UNAVAILABLE, so the caller may only ever see OK): never INTERNAL.
+    served = {
+        code: sum(_handled(running, code) for running in (patient_service, audit_service))
+        for code in ("UNAVAILABLE", "INTERNAL")
+    }
+    try:
+        async with registrar_channel(patient_service.address) as channel:
+            stub = pb_grpc.PatientServiceStub(channel)
+            # A read of a record: served by patient, audited through audit.
+            read = pb.GetPatientRequest(name=(await create(stub)).name)
+            for _ in range(3):
+                # A good call first, so the pools hold live connections again.
+                await stub.GetPatient(read, timeout=10)
+                # What a database restart or failover does to every pooled connection.
+                async with engine.connect() as connection:
+                    dropped = await connection.scalar(
+                        text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE application_name = :name"
+                        ),
+                        {"name": victim},
+                    )
+                assert dropped, f"{victim} had no connection to drop: the test saw nothing"
+                try:
+                    await stub.GetPatient(read, timeout=10)
+                    codes.append("OK")
+                except grpc.aio.AioRpcError as error:
+                    codes.append(error.code().name)
+                # The pool recovers by itself: the next call is served.
+                await stub.GetPatient(read, timeout=10)
+    finally:
+        await engine.dispose()
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+    assert (
+        sum(_handled(r, "INTERNAL") for r in (patient_service, audit_service))
+        == (served["INTERNAL"])
+    )
+    assert (
+        sum(_handled(r, "UNAVAILABLE") for r in (patient_service, audit_service))
+        > (served["UNAVAILABLE"])
+    ), "the dropped connections were never used: the test saw nothing"
+
+
+def _handled(running: RunningService, code: str) -> float:
+    """How many calls a server answered with `code`, over all its methods."""
+    total = 0.0
+    for metric in running.metrics.handled.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels.get("grpc_code") == code:
+                total += sample.value
+    return total
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.AdminShutdownError("terminating connection"),
+        asyncpg.exceptions.CrashShutdownError("crash"),
+        asyncpg.exceptions.CannotConnectNowError("starting up"),
+        asyncpg.exceptions.TooManyConnectionsError("too many"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("closed mid-operation"),
+        asyncpg.InternalClientError("cannot switch to state 15"),
+        ConnectionResetError(),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_every_way_a_connection_is_lost_maps_to_unavailable(error: Exception) -> None:
+    translated = translate_error(error)
+    assert translated is not None
+    assert translated.code == grpc.StatusCode.UNAVAILABLE
+    assert translated.reason == "DATABASE_UNAVAILABLE"

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import grpc
@@ -21,8 +19,8 @@ from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
 from his.runtime.database import async_url
 from his.runtime.health import NOT_SERVING, SERVING
 from his.runtime.server import RunningService
-from tests.conftest import addresses
-from tests.identity import ISSUER, registrar_channel
+from tests.identity import registrar_channel
+from tests.runtime.serving import his_serve
 from tests.support import free_port, wait_for_health
 
 SERVICE = "his.patient.v1.PatientService"
@@ -53,23 +51,15 @@ async def test_sigterm_drains_in_flight_calls_then_exits(
     database_url: str, audit_service: RunningService
 ) -> None:
     port = free_port()
-    env = dict(
-        os.environ,
-        **ISSUER.service_env("patient"),
-        **addresses(audit_service),
-        HIS_DATABASE_URL=database_url,
-        HIS_PORT=str(port),
-        HIS_METRICS_PORT="-1",
-        HIS_MIGRATE="0",
+    process = his_serve(
+        "patient",
+        database_url,
+        port,
+        audit_service,
+        stderr=subprocess.PIPE,
         HIS_GRACE_S="10",
         HIS_DRAIN_DELAY_S="1",
         HIS_LOG_FORMAT="json",
-    )
-    process = subprocess.Popen(  # noqa: ASYNC220 (started once, before any await matters)
-        [sys.executable, "-m", "his.cli", "serve", "patient"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
     )
     address = f"localhost:{port}"
     engine = create_async_engine(async_url(database_url))

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
+from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.identity import STAFF_ROLES
 from his.runtime.policy import Decision, PolicyEngine, Request
 from his.scheduling.v1 import scheduling_service_pb2 as pb
+from tests.iam.helpers import make_staff
 from tests.identity import ISSUER, metadata
 from tests.patient.helpers import grant_request
 from tests.scheduling.helpers import active_patient, future_slots, make_patient, make_schedule
@@ -134,6 +137,7 @@ class World:
     department: str = ""
     staff: str = ""
     spare_slots: list[str] = field(default_factory=list)
+    grant: str = ""
 
     def stub(self, service: str) -> object:
         """The stub of one of the session's services (by short name)."""
@@ -167,6 +171,60 @@ class World:
         """A new active treatment consent of the world's patient."""
         granted = await self.patients.GrantConsent(grant_request(self.patient))
         return str(granted.name)
+
+    async def fresh_staff(self) -> str:
+        """A new active staff member of the session's iam (a doctor), made by an administrator."""
+        made = await self.iam.CreateStaffMember(
+            iam_pb.CreateStaffMemberRequest(staff_member=make_staff())
+        )
+        return str(made.name)
+
+    async def fresh_membership(self) -> str:
+        """A new current membership of a new staff member in the world's department."""
+        added = await self.iam.AddMembership(
+            iam_pb.AddMembershipRequest(
+                parent=await self.fresh_staff(),
+                membership=iam_pb.DepartmentMembership(department=self.department),
+            )
+        )
+        return str(added.name)
+
+    async def enrolled(self, caller: Caller) -> Caller:
+        """The same caller (roles, departments) as an active staff member of the session's iam,
+        for rpcs that also ask whether the caller is one; a service caller stays as it is."""
+        if not caller.subject.startswith("staff/"):
+            return caller
+        roles = [iam_pb.StaffRole.Value(f"STAFF_ROLE_{role}") for role in caller.roles]
+        made = await self.iam.CreateStaffMember(
+            iam_pb.CreateStaffMemberRequest(staff_member=make_staff(*roles))
+        )
+        return _staff(
+            caller.label,
+            caller.roles[0],
+            caller.departments,
+            staff_id=made.name.removeprefix("staff/"),
+        )
+
+    async def fresh_grant(self) -> str:
+        """A new active break-the-glass grant of a new doctor for a new patient."""
+        doctor = await self.enrolled(CALLERS["DOCTOR"])
+        made = await self.iam.CreateEmergencyAccessGrant(
+            iam_pb.CreateEmergencyAccessGrantRequest(
+                emergency_access_grant=iam_pb.EmergencyAccessGrant(
+                    patient=await self.fresh_patient(),
+                    reason="Unconscious on arrival; allergy history needed before treatment",
+                ),
+                duration=Duration(seconds=3600),
+            ),
+            metadata=doctor.metadata,
+        )
+        return str(made.name)
+
+    async def held_grant(self) -> str:
+        """The world's grant: an active grant none of the matrix's callers holds (made once)."""
+        if not self.grant:
+            self.grant = await self.fresh_grant()
+        return self.grant
 
     async def merged_duplicate(self) -> str:
         """A duplicate patient merged into a new survivor."""

@@ -1,17 +1,21 @@
 """The policy decides every rpc of the running services, for every role, before existence.
 
-For each rpc of PatientService, SchedulingService and AuditService (and the cheap reads of
-IamService) and each caller (every role, a service acting on its own, and clinicians related to
-the appointment by department or as its practitioner), the test computes what the policy says for
-exactly the attributes the servicer asks about (role, action, resource class, department match,
-care, consent, own, fields) and calls the real server with that caller's token:
+For each rpc of every implemented service (his.runtime.catalog.implemented(); a guard fails when
+one is missing) and each caller (every role, a service acting on its own, and clinicians related
+to the appointment by department or as its practitioner), the test computes what the policy says
+for exactly the attributes the servicer asks about (role, action, resource class, department
+match, care, consent, own, fields) and calls the real server with that caller's token:
 
 - allowed: the call does not fail with PERMISSION_DENIED; it succeeds, or fails for the one
   non-authorization reason expected of the request (an illegal transition, say);
 - denied: PERMISSION_DENIED with the policy's reason in ErrorInfo;
 - a record that does not exist is decided with the least favourable facts: the same refusal as for
   an existing record when that denies (no existence leak), NOT_FOUND when it allows;
-- lists leave out the records the caller may not see instead of refusing.
+- lists leave out the records the caller may not see instead of refusing;
+- an rpc the servicer does not implement fails its every case (UNIMPLEMENTED is never expected).
+
+The public rpcs (iam's IssueToken and GetJwks, the local identity provider's door) are never asked
+of the policy: anyone, with any token or none, gets their answer.
 
 Every decision is also checked to be the same cached (`decide`, twice, on the tests' engine and on
 the servers' shared one) and uncached (`evaluate`).
@@ -29,13 +33,16 @@ from google.protobuf.message import Message
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.iam.v1 import iam_service_pb2 as iam_pb
-from his.patient.service import PatientService
+from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.runtime.authn import PUBLIC_METHODS
+from his.runtime.catalog import BY_NAME, ServiceEntry, implemented
 from his.runtime.policy import PolicyEngine, Request
-from his.scheduling.service import SchedulingService
+from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.audit.helpers import make_event
-from tests.iam.helpers import make_department
+from tests.conftest import DEV_CREDENTIAL
+from tests.iam.helpers import make_department, make_staff
 from tests.patient.helpers import grant_request, unique_phone
 from tests.patient.helpers import make_patient as make_full_patient
 from tests.scheduling.helpers import generate_request, make_schedule
@@ -57,6 +64,9 @@ OK = grpc.StatusCode.OK
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
+# A caller of the public rpcs with no token at all.
+ANONYMOUS = "ANONYMOUS"
 
 # Builds the request of one call: on the world's records, or (allowed=True) on fresh ones when
 # the call would change what other cases read.
@@ -84,6 +94,11 @@ class Rpc:
     allowed: grpc.StatusCode = OK
     # The servicer refuses anyone but a HIS service before it asks the policy.
     services_only: bool = False
+    # What the servicer tells the policy about ownership (the caller's own grant, say).
+    own: bool = False
+    # The servicer also asks iam whether the caller is an active staff member: each staff caller
+    # is made one first (same roles and departments), so only the policy can refuse them.
+    enrolled: bool = False
 
     @property
     def id(self) -> str:
@@ -493,6 +508,49 @@ AUDIT_RPCS = (
     ),
 )
 
+
+async def _update_staff(world: World, allowed: bool) -> Message:
+    return iam_pb.UpdateStaffMemberRequest(
+        staff_member=iam_pb.StaffMember(name=world.staff, display_name="Dr. Renamed"),
+        update_mask=FieldMask(paths=["display_name"]),
+    )
+
+
+async def _deactivate_staff(world: World, allowed: bool) -> Message:
+    name = await world.fresh_staff() if allowed else world.staff
+    return iam_pb.DeactivateStaffMemberRequest(name=name)
+
+
+async def _add_membership(world: World, allowed: bool) -> Message:
+    parent = await world.fresh_staff() if allowed else world.staff
+    return iam_pb.AddMembershipRequest(
+        parent=parent, membership=iam_pb.DepartmentMembership(department=world.department)
+    )
+
+
+async def _remove_membership(world: World, allowed: bool) -> Message:
+    return iam_pb.RemoveMembershipRequest(name=await world.fresh_membership())
+
+
+async def _create_grant(world: World, allowed: bool) -> Message:
+    return iam_pb.CreateEmergencyAccessGrantRequest(
+        emergency_access_grant=iam_pb.EmergencyAccessGrant(
+            patient=await world.fresh_patient() if allowed else world.patient,
+            reason="Unconscious on arrival; allergy history needed before treatment",
+        )
+    )
+
+
+async def _revoke_grant(world: World, allowed: bool) -> Message:
+    name = await world.fresh_grant() if allowed else await world.held_grant()
+    return iam_pb.RevokeEmergencyAccessGrantRequest(name=name)
+
+
+async def _login(world: World, allowed: bool) -> Message:
+    member = await world.iam.GetStaffMember(iam_pb.GetStaffMemberRequest(name=world.staff))
+    return iam_pb.IssueTokenRequest(username=member.username, credential=DEV_CREDENTIAL)
+
+
 IAM_RPCS = (
     Rpc(
         "iam",
@@ -543,37 +601,101 @@ IAM_RPCS = (
         "iam.emergency_access",
         _on(lambda w: iam_pb.ListEmergencyAccessGrantsRequest(staff=w.staff)),
     ),
+    Rpc(
+        "iam",
+        "CreateStaffMember",
+        "create",
+        "iam.staff",
+        _on(lambda w: iam_pb.CreateStaffMemberRequest(staff_member=make_staff())),
+    ),
+    # Someone else's record (own=False): the callers are never the world's staff member.
+    Rpc(
+        "iam",
+        "UpdateStaffMember",
+        "update",
+        "iam.staff",
+        _update_staff,
+        lambda w: iam_pb.UpdateStaffMemberRequest(
+            staff_member=iam_pb.StaffMember(name=missing("staff"), display_name="Dr. Nobody"),
+            update_mask=FieldMask(paths=["display_name"]),
+        ),
+        fields=("display_name",),
+    ),
+    Rpc(
+        "iam",
+        "DeactivateStaffMember",
+        "update",
+        "iam.staff",
+        _deactivate_staff,
+        lambda w: iam_pb.DeactivateStaffMemberRequest(name=missing("staff")),
+        fields=("active",),
+    ),
+    Rpc(
+        "iam",
+        "AddMembership",
+        "create",
+        "iam.membership",
+        _add_membership,
+        lambda w: iam_pb.AddMembershipRequest(
+            parent=missing("staff"),
+            membership=iam_pb.DepartmentMembership(department=w.department),
+        ),
+    ),
+    Rpc(
+        "iam",
+        "RemoveMembership",
+        "delete",
+        "iam.membership",
+        _remove_membership,
+        lambda w: iam_pb.RemoveMembershipRequest(
+            name=f"{missing('staff')}/{missing('memberships')}"
+        ),
+    ),
+    # Clinicians break the glass for themselves (own=True); iam refuses anyone else before the
+    # policy, for the same reason. The patient is an input, not the record: no missing case.
+    Rpc(
+        "iam",
+        "CreateEmergencyAccessGrant",
+        "create",
+        "iam.emergency_access",
+        _create_grant,
+        own=True,
+        enrolled=True,
+    ),
+    # Someone else's grant (own=False): those who may revoke any grant, not its holder's peers.
+    # A missing grant is judged as someone else's.
+    Rpc(
+        "iam",
+        "RevokeEmergencyAccessGrant",
+        "update",
+        "iam.emergency_access",
+        _revoke_grant,
+        lambda w: iam_pb.RevokeEmergencyAccessGrantRequest(name=missing("emergencyAccessGrants")),
+    ),
 )
 
+# Rpcs anyone may call, with a token or without (the local identity provider's own door): never
+# asked of the policy, so never PERMISSION_DENIED; each answers its request as it would anyone's.
+PUBLIC_RPCS = {
+    "iam.GetJwks": _const(iam_pb.GetJwksRequest()),
+    "iam.IssueToken": _login,
+}
+
 RPCS = {rpc.id: rpc for rpc in (*PATIENT_RPCS, *SCHEDULING_RPCS, *AUDIT_RPCS, *IAM_RPCS)}
-
-SERVICERS = {"patient": PatientService, "scheduling": SchedulingService}
-
-
-def _implemented(rpc: Rpc) -> bool:
-    servicer = SERVICERS.get(rpc.service)
-    return servicer is None or rpc.method in vars(servicer)
 
 
 def _cases() -> list[object]:
     cases: list[object] = []
     for rpc in RPCS.values():
         callers = ROLE_CALLERS + (RELATED_CALLERS if rpc.by_record else ())
-        marks = (
-            ()
-            if _implemented(rpc)
-            else (pytest.mark.skip(reason=f"{rpc.method} has no servicer method yet"),)
-        )
-        cases.extend(
-            pytest.param(rpc.id, label, id=f"{rpc.id}-{label}", marks=marks) for label in callers
-        )
+        cases.extend(pytest.param(rpc.id, label, id=f"{rpc.id}-{label}") for label in callers)
     return cases
 
 
 def policy_request(rpc: Rpc, caller: Caller, *, exists: bool) -> Request:
     """The question the servicer asks about the call (see the module docstring)."""
     if not rpc.by_record:
-        return Request(caller.roles, rpc.action, rpc.resource, fields=rpc.fields)
+        return Request(caller.roles, rpc.action, rpc.resource, own=rpc.own, fields=rpc.fields)
     if not exists:
         # The least favourable facts: no department, no care, consent revoked, no emergency.
         return Request(caller.roles, rpc.action, rpc.resource, consent="revoked", fields=rpc.fields)
@@ -589,12 +711,27 @@ def policy_request(rpc: Rpc, caller: Caller, *, exists: bool) -> Request:
     )
 
 
-def test_the_matrix_covers_every_rpc_of_patient_scheduling_and_audit() -> None:
-    for descriptor in (patient_pb.DESCRIPTOR, pb.DESCRIPTOR, audit_pb.DESCRIPTOR):
-        for service in descriptor.services_by_name.values():
-            short = service.name.removesuffix("Service").lower()
-            methods = {f"{short}.{method.name}" for method in service.methods}
-            assert methods <= set(RPCS), f"rpcs not in the matrix: {sorted(methods - set(RPCS))}"
+def _rpc_ids(entry: ServiceEntry) -> set[str]:
+    return {f"{entry.name}.{method.name}" for method in entry.descriptor().methods}
+
+
+def test_the_matrix_covers_every_rpc_of_every_implemented_service_and_nothing_else() -> None:
+    every = set().union(*(_rpc_ids(entry) for entry in implemented()))
+    decided_or_public = set(RPCS) | set(PUBLIC_RPCS)
+    assert not set(RPCS) & set(PUBLIC_RPCS)
+    assert every - decided_or_public == set(), "rpcs not in the matrix"
+    # Nothing of a contract-only service (it has no server to call), and no misspelt rpc.
+    assert decided_or_public - every == set(), "not an rpc of an implemented service"
+
+
+def test_the_public_rpcs_are_exactly_those_the_servers_let_in_without_a_token() -> None:
+    ours = {f"/{entry.grpc_service}/" for entry in implemented()}
+    let_in = {path for path in PUBLIC_METHODS if path.startswith(tuple(ours))}
+    paths = {
+        f"/{BY_NAME[service].grpc_service}/{method}"
+        for service, method in (rpc_id.split(".") for rpc_id in PUBLIC_RPCS)
+    }
+    assert paths == let_in
 
 
 @pytest.mark.parametrize(("rpc_id", "label"), _cases())
@@ -602,6 +739,8 @@ async def test_every_caller_gets_what_the_policy_decides_before_existence(
     world: World, policy: PolicyEngine, served_policy: PolicyEngine, rpc_id: str, label: str
 ) -> None:
     rpc, caller = RPCS[rpc_id], CALLERS[label]
+    if rpc.enrolled:
+        caller = await world.enrolled(caller)
     method = getattr(world.stub(rpc.service), rpc.method)
 
     decision = decided(policy, served_policy, policy_request(rpc, caller, exists=True))
@@ -609,6 +748,7 @@ async def test_every_caller_gets_what_the_policy_decides_before_existence(
     allowed = decision.allow and not service_refused
     request = await rpc.build(world, allowed)
     result = await outcome(method(request, metadata=caller.metadata))
+    assert result.code != UNIMPLEMENTED, f"the {rpc.service} servicer has no {rpc.method}"
 
     if rpc.listed:
         # Never refused: the page holds the record exactly when the caller may see it.
@@ -632,6 +772,7 @@ async def test_every_caller_gets_what_the_policy_decides_before_existence(
         return
     nowhere = decided(policy, served_policy, policy_request(rpc, caller, exists=False))
     result = await outcome(method(rpc.missing(world), metadata=caller.metadata))
+    assert result.code != UNIMPLEMENTED, f"the {rpc.service} servicer has no {rpc.method}"
     if nowhere.allow:
         assert result.code == NOT_FOUND, f"{nowhere}: {result}"
     else:
@@ -654,3 +795,19 @@ async def test_clinicians_see_appointments_of_their_department_and_of_their_own_
             world.scheduling.GetAppointment(request, metadata=CALLERS[label].metadata)
         )
         assert (result.code, result.reason) == (DENIED, "DEPARTMENT_MISMATCH"), label
+
+
+@pytest.mark.parametrize("label", (*ROLE_CALLERS, ANONYMOUS))
+@pytest.mark.parametrize("rpc_id", sorted(PUBLIC_RPCS))
+async def test_public_rpcs_answer_anyone_without_asking_the_policy(
+    world: World, iam_service: RunningService, rpc_id: str, label: str
+) -> None:
+    service, name = rpc_id.split(".")
+    assert service == iam_service.spec.name
+    request = await PUBLIC_RPCS[rpc_id](world, True)
+    # No token at all, or any caller's: the answer is the same.
+    call_metadata = None if label == ANONYMOUS else CALLERS[label].metadata
+    async with grpc.aio.insecure_channel(iam_service.address) as channel:
+        method = getattr(iam_grpc.IamServiceStub(channel), name)
+        result = await outcome(method(request, metadata=call_metadata))
+    assert result.code == OK, result

@@ -109,7 +109,7 @@ class AuditService(pb_grpc.AuditServiceServicer):
             emergency_only=request.emergency_access_only,
         )
         cursor = self._pages.decode(request.page_token, query=where.fingerprint())
-        after = int(cursor["s"]) if cursor is not None else 0
+        after = cursor.integer("s") if cursor is not None else 0
         async with self._db.read() as session:
             rows = await store.list_events(session, where, after=after, limit=limit + 1)
         response = pb.ListAuditEventsResponse(

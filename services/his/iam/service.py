@@ -175,7 +175,7 @@ class IamService(pb_grpc.IamServiceServicer):
         kind_text = KIND.text(kind) if kind else None
         query = f"departments {kind_text}"
         cursor = self._pages.decode(request.page_token, query=query)
-        after = str(cursor["c"]) if cursor is not None else None
+        after = cursor.text("c") if cursor is not None else None
         async with self._db.read() as session:
             rows = await store.list_departments(
                 session, kind=kind_text, after=after, limit=limit + 1
@@ -245,7 +245,7 @@ class IamService(pb_grpc.IamServiceServicer):
             include_inactive=request.include_inactive,
         )
         cursor = self._pages.decode(request.page_token, query=where.fingerprint())
-        after = str(cursor["u"]) if cursor is not None else None
+        after = cursor.text("u") if cursor is not None else None
         async with self._db.read() as session:
             rows = await store.list_staff(session, where, after=after, limit=limit + 1)
         response = pb.ListStaffMembersResponse(
@@ -375,7 +375,7 @@ class IamService(pb_grpc.IamServiceServicer):
         cursor = self._pages.decode(request.page_token, query=where.fingerprint())
         after = None
         if cursor is not None:
-            after = (dt.datetime.fromisoformat(str(cursor["t"])), uuid.UUID(str(cursor["i"])))
+            after = (cursor.time("t"), cursor.uuid("i"))
         async with self._db.read() as session:
             if staff_id is not None:
                 await store.get_staff(session, staff_id)
@@ -587,7 +587,7 @@ class IamService(pb_grpc.IamServiceServicer):
         cursor = self._pages.decode(request.page_token, query=where.fingerprint())
         after = None
         if cursor is not None:
-            after = (dt.datetime.fromisoformat(str(cursor["t"])), uuid.UUID(str(cursor["i"])))
+            after = (cursor.time("t"), cursor.uuid("i"))
         async with self._db.read() as session:
             rows = await store.list_grants(session, where, after=after, limit=limit + 1)
         caller = identity.current_or_none()

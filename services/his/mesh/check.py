@@ -1,7 +1,8 @@
 """`his mesh check`: render every overlay, validate strictly, lint, and try every drill.
 
 One line per finding (file: object: problem; fix: ...), then what could not be checked and
-why. Exit status 0 when clean, 1 with findings, 2 when the check could not run at all.
+why, then how many objects each schema set checked. Exit status 0 when clean, 1 with findings,
+2 when the check could not run at all (no kubectl, unknown overlay, no usable Istio schema).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from his.mesh import drills, schema
 from his.mesh.cluster import Cluster
 from his.mesh.findings import Finding
+from his.mesh.istio_crds import SchemaUnavailable
 from his.mesh.lint import lint
 from his.mesh.render import KubectlMissing, RenderFailed, render
 from his.mesh.sources import (
@@ -37,7 +39,8 @@ _NOT_RENDERED = ("mesh/istio/drills/", "mesh/istio/flagger/")
 
 
 class CheckUnavailable(Exception):
-    """The check cannot run here (kubectl missing, unknown overlay); the message says why."""
+    """The check cannot run here (kubectl missing, unknown overlay, the carried Istio schema
+    missing or damaged); the message says why."""
 
 
 @dataclass
@@ -47,6 +50,8 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     rendered: dict[str, int] = field(default_factory=dict)  # tree → objects rendered
+    # schema set (`Istio 1.28.0`) → distinct rendered objects validated against it
+    schema_checked: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -68,6 +73,10 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
         raise CheckUnavailable(
             f"unknown overlay {', '.join(unknown)}; overlays: {', '.join(known) or 'none'}"
         )
+    try:
+        schema.istio_release()  # before rendering: without its schema the check cannot pass
+    except SchemaUnavailable as error:
+        raise CheckUnavailable(str(error)) from error
     report = CheckReport()
     read = scan(root)
     files = read.files
@@ -110,7 +119,7 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
             found.update(lint(cluster))
     result = schema.validate(list(sources.values()))
     found.update(result.findings)
-    report.notes.extend(dict.fromkeys(result.skipped))
+    report.schema_checked = result.checked
     report.notes.extend(
         dict.fromkeys(
             f"not schema-checked: {u.file}: {u.subject} ({u.reason})" for u in result.unchecked
@@ -207,6 +216,7 @@ def command(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     trees = ", ".join(f"{tree} ({count} objects)" for tree, count in report.rendered.items())
+    checked = ", ".join(f"{name} ({count})" for name, count in report.schema_checked.items())
     verdict = "ok" if report.ok else f"{len(report.findings)} finding(s)"
-    print(f"his mesh check: {verdict}; rendered {trees}")
+    print(f"his mesh check: {verdict}; rendered {trees}; schema-checked objects: {checked}")
     return 0 if report.ok else 1

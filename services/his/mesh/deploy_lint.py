@@ -17,7 +17,7 @@ from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of, s
 from his.mesh.findings import Finding
 from his.mesh.sources import Manifest
 from his.runtime.catalog import implemented
-from his.runtime.config import ConfigError, ServerConfig
+from his.runtime.config import LIVENESS, ConfigError, ServerConfig
 
 NAMESPACE = "his"
 # Kubernetes' default when a pod does not say (PodSpec.terminationGracePeriodSeconds).
@@ -163,6 +163,40 @@ def _probes(
                 f"probes port {port!r}, not the grpc port {number}",
                 f"set port: {number}",
             )
+        yield from _probe_service(cluster, deployment, where, kind, str(grpc.get("service") or ""))
+    startup = container.get("startupProbe")
+    if isinstance(startup, Mapping) and isinstance(startup.get("grpc"), Mapping):
+        service = str(startup["grpc"].get("service") or "")
+        yield from _probe_service(cluster, deployment, where, "startupProbe", service)
+
+
+def _probe_service(
+    cluster: Cluster, deployment: Manifest, where: str, kind: str, service: str
+) -> Iterator[Finding]:
+    """Liveness (and start-up) ask the process; readiness asks the database and the schema.
+
+    The runtime answers `liveness` SERVING while the process serves, and every other name only
+    while its database is reachable and migrated (his.runtime.health).
+    """
+    if kind == "readinessProbe" and service == LIVENESS:
+        yield finding(
+            cluster,
+            deployment,
+            f"{where} {kind}.grpc.service",
+            f"readiness asks {LIVENESS!r}, which stays SERVING while the database is down "
+            "and while the pod drains: calls keep arriving at a pod that cannot serve them",
+            'ask service: "" (or the gRPC service name)',
+        )
+    elif kind != "readinessProbe" and service != LIVENESS:
+        yield finding(
+            cluster,
+            deployment,
+            f"{where} {kind}.grpc.service",
+            f"{kind} asks {service!r}, which follows the database: a database outage would "
+            f"{'restart' if kind == 'livenessProbe' else 'keep restarting'} every pod of the "
+            "hospital",
+            f"ask service: {LIVENESS}",
+        )
 
 
 def _security(

@@ -1,31 +1,29 @@
 """Strict schema validation of rendered manifests: Kubernetes kinds and Istio kinds.
 
 Kubernetes kinds are checked against the strict JSON schemas that `kubernetes-validate` ships;
-Istio kinds against Istio's own CRD schemas (`crds-1.28.gen.yaml`, read where it lies, never
-copied into the project). Both are made strict: an unknown field is a finding, because the API
-server prunes it (Kubernetes) or Istio ignores it, and the policy an SRE wrote silently does not
-apply. Kinds with no schema offline (CloudNativePG, Flagger, ...) are listed as unchecked.
+Istio kinds against the Istio CRD schemas the package carries (`his.mesh.istio_crds`: built from
+Istio's CRD file of one release, installed with the package). Both are made strict: an unknown
+field is a finding, because the API server prunes it (Kubernetes) or Istio ignores it, and the
+policy an SRE wrote silently does not apply. Kinds with no schema offline (CloudNativePG,
+Flagger, ...) are listed as unchecked. A missing or damaged Istio schema is an error
+(`istio_crds.SchemaUnavailable`), never a pass.
 
-Limits: CEL rules (`x-kubernetes-validations`) and `format` are not evaluated; cross-object
-references (a subset named in a VirtualService but missing in the DestinationRule) are other
-checks' business.
+Limits: CEL rules (`x-kubernetes-validations`, kept in the carried schema) and `format` are not
+evaluated; cross-object references (a subset named in a VirtualService but missing in the
+DestinationRule) are other checks' business.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 # jsonschema ships no type information; `unused-ignore` keeps mypy quiet once stubs are added.
 from jsonschema import Draft202012Validator
@@ -35,14 +33,10 @@ from jsonschema.exceptions import (
 )
 from referencing import Registry, Resource
 
+from his.mesh import istio_crds
 from his.mesh.findings import Finding, subject
+from his.mesh.istio_crds import map_subschemas
 from his.mesh.sources import Source
-
-ISTIO_CRDS_ENV = "HIS_ISTIO_CRDS"
-ISTIO_CRDS_NAME = "crds-1.28.gen.yaml"
-ISTIO_RELEASE = "1.28"
-# Where the CRD file lies on the machines the repository is worked on, when nothing nearer is.
-ISTIO_CRDS_DEFAULT = Path("/work/shared/istio") / ISTIO_CRDS_NAME
 
 _DEFINITIONS = "https://kubernetes.io/api/_definitions.json"
 _OBJECT_META = f"{_DEFINITIONS}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
@@ -54,17 +48,13 @@ _SHORT_LIST = 8  # allowed field names listed in a fix when there are at most th
 _REPR_LIMIT = 60
 
 
-class SchemaUnavailable(Exception):
-    """A schema set cannot be used (file missing or unreadable); the message says why."""
-
-
 @dataclass(frozen=True)
 class Unchecked:
     """A manifest no schema was checked against, and why."""
 
     file: str
     subject: str  # `Kind namespace/name`
-    reason: str  # `no schema offline`, or why the schema set was skipped
+    reason: str  # `no schema offline`
 
     def __str__(self) -> str:
         return f"{self.subject} ({self.reason})"
@@ -76,62 +66,25 @@ class SchemaResult:
 
     `findings`: one per schema error, in manifest order, each manifest's sorted by field path.
     `unchecked`: manifests no schema covered (print as `not schema-checked: {item}`).
-    `skipped`: one sentence per schema set that could not be used (the Istio CRD file missing).
+    `checked`: how many manifests each schema set checked (`Kubernetes 1.32`, `Istio 1.28.0`).
     """
 
     findings: list[Finding] = field(default_factory=list)
     unchecked: list[Unchecked] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
 
 
 # --- locating and loading the schemas ---------------------------------------------------------
 
 
-def istio_crds_path() -> Path:
-    """Istio's CRD file: `$HIS_ISTIO_CRDS`, else `shared/istio/` above this file or the cwd,
-    else `/work/shared/istio/`. Raises SchemaUnavailable when it is not found.
-
-    A set `$HIS_ISTIO_CRDS` that points nowhere is an error, not a reason to search elsewhere:
-    the setting would otherwise be silently ignored.
-    """
-    configured = os.environ.get(ISTIO_CRDS_ENV)
-    if configured:
-        path = Path(configured)
-        if path.is_file():
-            return path
-        raise SchemaUnavailable(
-            f"Istio schema check skipped: CRD file not found at {ISTIO_CRDS_ENV}={configured}"
-        )
-    # Walking up from a worktree (`/work/main`, `/work/wt-x/...`) reaches the shared folder.
-    starts = (Path(__file__).resolve().parent, Path.cwd().resolve())
-    for start in starts:
-        for directory in (start, *start.parents):
-            candidate = directory / "shared" / "istio" / ISTIO_CRDS_NAME
-            if candidate.is_file():
-                return candidate
-    if ISTIO_CRDS_DEFAULT.is_file():
-        return ISTIO_CRDS_DEFAULT
-    raise SchemaUnavailable(
-        f"Istio schema check skipped: CRD file not found (set {ISTIO_CRDS_ENV})"
-    )
-
-
 def _strict(node: dict[str, Any]) -> dict[str, Any]:
     """An OpenAPI v3 structural schema as a JSON schema that rejects unknown fields."""
-    out: dict[str, Any] = {}
-    for word, value in node.items():
-        if word in _DROPPED or word.startswith("x-kubernetes-"):
-            continue
-        if word == "properties":
-            out[word] = {name: _strict(sub) for name, sub in value.items()}
-        elif word in ("items", "not") or (
-            word == "additionalProperties" and isinstance(value, dict)
-        ):
-            out[word] = _strict(value)
-        elif word in ("allOf", "anyOf", "oneOf"):
-            out[word] = [_strict(sub) for sub in value]
-        else:
-            out[word] = value  # type, enum, required, bounds: data, copied as written
+    # type, enum, required, bounds: data, copied as written; subschemas made strict in turn.
+    out: dict[str, Any] = {
+        word: map_subschemas(word, value, _strict)
+        for word, value in node.items()
+        if word not in _DROPPED and not word.startswith("x-kubernetes-")
+    }
     if node.get("x-kubernetes-int-or-string"):
         # The CRD spells it as anyOf integer/string; one type list gives a clearer message.
         out.pop("anyOf", None)
@@ -152,45 +105,47 @@ def _strict(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class _Istio:
+    """The carried Istio schemas, made strict: one whole-object schema per served version."""
+
+    release: str
+    schemas: dict[tuple[str, str, str], dict[str, Any]]  # (group, version, kind) → schema
+
+
 @cache
-def _istio_schemas(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """(group, version, kind) → strict schema of a whole Istio object, for each served version."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on 850 kB
-    try:
-        with path.open(encoding="utf-8") as handle:
-            documents = list(yaml.load_all(handle, Loader=loader))
-    except (OSError, yaml.YAMLError) as error:
-        raise SchemaUnavailable(
-            f"Istio schema check skipped: cannot read CRD file {path}: {error}"
-        ) from error
+def _istio() -> _Istio:
+    """The carried Istio schemas, loaded once. Raises istio_crds.SchemaUnavailable."""
+    carried = istio_crds.load()
     schemas: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for document in documents:
-        if not isinstance(document, dict) or document.get("kind") != "CustomResourceDefinition":
-            continue
-        spec = document["spec"]
-        group, kind = spec["group"], spec["names"]["kind"]
-        for version in spec.get("versions", []):
-            if not version.get("served", True):
+    for crd in carried.crds:
+        group, kind = crd.group, crd.kind
+        for version in crd.versions:
+            if not version.served:
                 continue
-            root = version.get("schema", {}).get("openAPIV3Schema", {})
-            object_spec = root.get("properties", {}).get("spec", {"type": "object"})
+            object_spec = version.schema.get("properties", {}).get("spec", {"type": "object"})
             spec_schema = _strict(object_spec)
             spec_schema["type"] = ["object", "null"]  # `spec:` left empty in YAML is null
-            schemas[(group, version["name"], kind)] = {
+            schemas[(group, version.name, kind)] = {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
-                "$id": f"https://istio.io/crds/{group}/{version['name']}/{kind}",
+                "$id": f"https://istio.io/crds/{group}/{version.name}/{kind}",
                 "type": "object",
                 "required": ["apiVersion", "kind", "metadata"],
                 "additionalProperties": False,
                 "properties": {
-                    "apiVersion": {"const": f"{group}/{version['name']}"},
+                    "apiVersion": {"const": f"{group}/{version.name}"},
                     "kind": {"const": kind},
                     "metadata": {"$ref": _OBJECT_META, "required": ["name"]},
                     "spec": spec_schema,
                     "status": {},  # written by istiod, never by us
                 },
             }
-    return schemas
+    return _Istio(carried.release, schemas)
+
+
+def istio_release() -> str:
+    """The Istio release of the carried schema (`1.28.0`). Raises istio_crds.SchemaUnavailable."""
+    return _istio().release
 
 
 def _version_dir(kubernetes_version: str) -> str:
@@ -260,9 +215,9 @@ def _kubernetes_validator(directory: str, api_version: str, kind: str) -> Any:
 
 
 @cache
-def _istio_validator(path: Path, directory: str, gvk: tuple[str, str, str]) -> Any:
+def _istio_validator(directory: str, gvk: tuple[str, str, str]) -> Any:
     registry, _ = _kubernetes(directory)  # for ObjectMeta
-    return Draft202012Validator(_istio_schemas(path)[gvk], registry=registry)
+    return Draft202012Validator(_istio().schemas[gvk], registry=registry)
 
 
 # --- validating -------------------------------------------------------------------------------
@@ -272,15 +227,15 @@ def validate(manifests: Sequence[Source], *, kubernetes_version: str = "1.32.0")
     """Check every manifest strictly against its schema.
 
     Built-in Kubernetes kinds use kubernetes-validate's strict schemas for `kubernetes_version`
-    (ValueError when the package has none for it); `*.istio.io` kinds use Istio's CRD file
-    (`istio_crds_path`), loaded only when an Istio manifest is seen. When that file is missing
-    or unreadable, Istio manifests are listed as unchecked and `skipped` says why; nothing is
-    raised. Any other kind is listed as unchecked.
+    (ValueError when the package has none for it); `*.istio.io` kinds use the carried Istio
+    schema (`istio_crds.SchemaUnavailable` when it is missing or damaged: never a silent pass).
+    Any other kind is listed as unchecked.
     """
     directory = _version_dir(kubernetes_version)
     registry_groups = _kubernetes(directory)[1]
+    istio = _istio()
+    kubernetes_name, istio_name = f"Kubernetes {_dotted(directory)}", f"Istio {istio.release}"
     result = SchemaResult()
-    istio: Path | str | None = None  # the CRD file, or why it cannot be used; found when needed
     for source in manifests:
         manifest = source.manifest
         api_version, kind = manifest.get("apiVersion"), manifest.get("kind")
@@ -296,24 +251,17 @@ def validate(manifests: Sequence[Source], *, kubernetes_version: str = "1.32.0")
             continue
         group, _, version = api_version.rpartition("/")
         if group.endswith(".istio.io"):
-            if istio is None:
-                istio = _istio_crds()
-                if isinstance(istio, str):
-                    result.skipped.append(istio)
-            if isinstance(istio, str):
-                result.unchecked.append(
-                    Unchecked(source.file, subject(manifest), "Istio CRDs unavailable")
-                )
-                continue
+            result.checked[istio_name] = result.checked.get(istio_name, 0) + 1
             result.findings.extend(_check_istio(source, istio, directory, (group, version, kind)))
         elif group in registry_groups:
+            result.checked[kubernetes_name] = result.checked.get(kubernetes_name, 0) + 1
             validator = _kubernetes_validator(directory, api_version, kind)
             if validator is None:
                 result.findings.append(
                     Finding(
                         source.file,
                         subject(manifest),
-                        f"Kubernetes {_dotted(directory)} has no kind {kind} in {api_version}",
+                        f"{kubernetes_name} has no kind {kind} in {api_version}",
                         "check apiVersion and kind against `kubectl api-resources`",
                     )
                 )
@@ -324,36 +272,26 @@ def validate(manifests: Sequence[Source], *, kubernetes_version: str = "1.32.0")
     return result
 
 
-def _istio_crds() -> Path | str:
-    """The loaded CRD file, or why it cannot be used."""
-    try:
-        path = istio_crds_path()
-        _istio_schemas(path)
-    except SchemaUnavailable as error:
-        return str(error)
-    return path
-
-
 def _dotted(directory: str) -> str:
     major, minor = _major_minor(directory)
     return f"{major}.{minor}"
 
 
 def _check_istio(
-    source: Source, path: Path, directory: str, gvk: tuple[str, str, str]
+    source: Source, istio: _Istio, directory: str, gvk: tuple[str, str, str]
 ) -> list[Finding]:
-    schemas = _istio_schemas(path)
+    schemas = istio.schemas
     if gvk in schemas:
-        return _errors(source, _istio_validator(path, directory, gvk), istio=True)
+        return _errors(source, _istio_validator(directory, gvk), istio=True)
     group, version, kind = gvk
     manifest = source.manifest
     served = sorted(v for g, v, k in schemas if (g, k) == (group, kind))
     if served:
-        problem = f"Istio {ISTIO_RELEASE} does not serve {kind} in {group}/{version}"
+        problem = f"Istio {istio.release} does not serve {kind} in {group}/{version}"
         fix = f"use apiVersion {group}/{_preferred(served)}"
     else:
         kinds = sorted({k for g, _, k in schemas if g == group})
-        problem = f"Istio {ISTIO_RELEASE} has no kind {kind} in {group}"
+        problem = f"Istio {istio.release} has no kind {kind} in {group}"
         fix = _suggest(kind, kinds) or f"kinds of {group}: {', '.join(kinds) or 'none'}"
     return [Finding(source.file, subject(manifest), problem, fix)]
 

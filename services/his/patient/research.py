@@ -70,7 +70,7 @@ class ResearchPatients:
         v.raise_if_any()
         permit = await self._access.require("execute", "research.export")
         cursor = self._pages.decode(request.page_token, query=_QUERY)
-        after = uuid.UUID(str(cursor["i"])) if cursor is not None else None
+        after = cursor.uuid("i") if cursor is not None else None
         async with self._db.read() as session:
             rows = await research_patients(session, after=after, limit=limit + 1)
         page = rows[:limit]

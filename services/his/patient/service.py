@@ -100,7 +100,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         cursor = self._pages.decode(request.page_token, query=where.fingerprint())
         after = None
         if cursor is not None:
-            after = (str(cursor["f"]), str(cursor["g"]), uuid.UUID(str(cursor["i"])))
+            after = (cursor.text("f"), cursor.text("g"), cursor.uuid("i"))
         async with self._db.read() as session:
             rows = await store.list_patients(
                 session, self._cipher, where, after=after, limit=limit + 1
@@ -285,7 +285,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         cursor = self._pages.decode(request.page_token, query=query)
         after = None
         if cursor is not None:
-            after = (dt.datetime.fromisoformat(str(cursor["t"])), uuid.UUID(str(cursor["i"])))
+            after = (cursor.time("t"), cursor.uuid("i"))
         async with self._db.read() as session:
             await store.get_patient(session, self._cipher, patient_id)
             rows = await store.list_consents(

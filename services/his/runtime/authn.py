@@ -23,6 +23,7 @@ PUBLIC_METHODS = frozenset(
     {
         "/grpc.health.v1.Health/Check",
         "/grpc.health.v1.Health/Watch",
+        "/grpc.health.v1.Health/List",
         "/his.iam.v1.IamService/IssueToken",
         "/his.iam.v1.IamService/GetJwks",
     }

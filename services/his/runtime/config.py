@@ -7,12 +7,14 @@ environment (ConfigMaps and Secrets in Kubernetes). Nothing else in the code rea
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from his.runtime.catalog import CATALOG, lookup
+from his.runtime.secret_files import json_once
 
 if TYPE_CHECKING:
     from his.runtime.fieldcrypt import CryptoConfig
@@ -86,6 +88,11 @@ class DatabaseConfig:
             health_timeout_s=_float(env, "HIS_DB_HEALTH_TIMEOUT_S", 2.0),
             statement_timeout_ms=_int(env, "HIS_DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1),
         )
+
+
+# The gRPC health name the liveness probe asks: SERVING while the process serves, whatever the
+# database does (his.runtime.health). Every other name is readiness.
+LIVENESS = "liveness"
 
 
 @dataclass(frozen=True)
@@ -245,8 +252,9 @@ class ServiceConfig:
     telemetry: TelemetryConfig
     clients: ClientConfig = field(default_factory=ClientConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
-    # Key for opaque page tokens, so a client cannot forge a cursor into someone else's filter.
-    page_token_key: bytes = field(default=b"his-local-page-token-key", repr=False)
+    # Key for opaque page tokens, so a client cannot forge a cursor into someone else's filter
+    # (HIS_PAGE_TOKEN_KEY; required in the mesh, made once per data directory locally).
+    page_token_key: bytes = field(default=b"his-test-page-token-key-not-for-use", repr=False)
     # Keys of encrypted identifiers and their blind indexes (HIS_CRYPTO_*).
     crypto: CryptoConfig = field(default_factory=lambda: _crypto({}))
     # The key of research pseudonyms (HIS_RESEARCH_PSEUDONYM_KEY), for de-identified exports.
@@ -267,11 +275,32 @@ def load(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
         telemetry=TelemetryConfig.from_env(source, service_name=f"his-{service}"),
         clients=ClientConfig.from_env(source),
         auth=AuthConfig.from_env(source),
-        page_token_key=(source.get("HIS_PAGE_TOKEN_KEY") or "his-local-page-token-key").encode(),
+        page_token_key=_page_token_key(source),
         crypto=_crypto(source),
         research=_research(source),
         environment={k: v for k, v in source.items() if k.startswith("HIS_")},
     )
+
+
+PAGE_TOKEN_KEY_MIN_BYTES = 32
+
+
+def _page_token_key(env: Mapping[str, str]) -> bytes:
+    """HIS_PAGE_TOKEN_KEY; in the mesh it must be set, locally one is made once per data
+    directory. Never a constant: with a known key anyone could forge a cursor."""
+    raw = env.get("HIS_PAGE_TOKEN_KEY") or ""
+    if raw:
+        if len(raw.encode()) < PAGE_TOKEN_KEY_MIN_BYTES:
+            raise ConfigError(
+                f"HIS_PAGE_TOKEN_KEY must be at least {PAGE_TOKEN_KEY_MIN_BYTES} bytes "
+                "(e.g. openssl rand -base64 32)"
+            )
+        return raw.encode()
+    if env.get("HIS_MESH") == "istio":
+        raise ConfigError("HIS_PAGE_TOKEN_KEY is required with HIS_MESH=istio")
+    path = Path(env.get("HIS_DATA_DIR") or ".his") / "secrets" / "page-tokens.json"
+    stored = json_once(path, lambda: {"page_token_key": secrets.token_urlsafe(32)})
+    return str(stored["page_token_key"]).encode()
 
 
 def _crypto(env: Mapping[str, str]) -> CryptoConfig:

@@ -132,10 +132,18 @@ EXCLUSION_VIOLATION = "23P01"
 _UNREACHABLE = (
     OSError,
     TimeoutError,
+    ConnectionError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    # The driver's protocol in a state it cannot leave, seen when the server dropped the
+    # connection mid-statement (a restart, pg_terminate_backend); the connection is discarded.
+    asyncpg.InternalClientError,
 )
+# SQLSTATEs of a server that dropped the connection or is going away: administrator or crash
+# shutdown (a restart, a failover, pg_terminate_backend), cannot connect now, too many
+# connections, in recovery (a read-only standby after failover).
+_GONE = frozenset({"57P01", "57P02", "57P03", "53300", "25006", "08000", "08003", "08006"})
 
 
 def translate_error(error: BaseException) -> HisError | None:
@@ -148,12 +156,13 @@ def translate_error(error: BaseException) -> HisError | None:
         )
     cause: BaseException | None = error
     if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated:
+        # InterfaceError (PEP 249): the connection, not the statement, failed.
+        if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
             return Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
         cause = error.orig.__cause__ if error.orig is not None else None
         cause = cause or error.orig
     if isinstance(cause, asyncpg.QueryCanceledError):
         return DeadlineExceeded("a database statement ran out of time", reason="STATEMENT_TIMEOUT")
-    if isinstance(cause, _UNREACHABLE):
+    if isinstance(cause, _UNREACHABLE) or str(getattr(cause, "sqlstate", "")) in _GONE:
         return Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
     return None

@@ -76,7 +76,7 @@ class InvalidArgument(HisError):
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=clip(v.field, _FIELD_CHARS), description=clip(v.description)
                 )
                 for v in self.violations
             ]
@@ -156,14 +156,30 @@ class ResourceExhausted(HisError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
+# Bounds on what an error may echo of its input: a status rides in HTTP/2 headers (a few KiB at
+# most before the peer refuses them), and a message quoting a 1 MB field helps nobody.
+_MESSAGE_CHARS = 1024
+_TEXT_CHARS = 256
+_FIELD_CHARS = 128
+
+
+def clip(text: str, limit: int = _TEXT_CHARS) -> str:
+    """`text`, shortened to at most `limit` characters with an ellipsis when it was longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def to_status(error: HisError, *, domain: str) -> grpc.Status:
     """The `grpc.Status` (with rich details in trailing metadata) for a domain error."""
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason,
+        domain=domain,
+        metadata={clip(k, _FIELD_CHARS): clip(v) for k, v in error.metadata.items()},
+    )
     packed_info = any_pb2.Any()
     packed_info.Pack(info)
     status = status_pb2.Status(
         code=getattr(code_pb2, error.code.name),
-        message=error.message,
+        message=clip(error.message, _MESSAGE_CHARS),
         details=[packed_info, *error.details()],
     )
     return rpc_status.to_status(status)

@@ -9,15 +9,16 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, cast
 
 import grpc
 from grpc.aio import AbortError
 
 from his.runtime import deadline
-from his.runtime.errors import HisError, internal_status, to_status
+from his.runtime.errors import HisError, Unavailable, internal_status, to_status
 from his.runtime.metrics import ServerMetrics
+from his.runtime.request_guard import check_request, tolerant
 from his.runtime.telemetry import current_trace_id
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
@@ -33,13 +34,20 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
 
 
-def wrap_unary(handler: Handler | None, wrap: Callable[[Behavior], Behavior]) -> Handler | None:
+def wrap_unary(
+    handler: Handler | None,
+    wrap: Callable[[Behavior], Behavior],
+    *,
+    deserializer: Callable[[bytes], Any] | None = None,
+) -> Handler | None:
+    """`handler` with its unary-unary behavior wrapped (and, if given, its request deserializer
+    replaced); streaming handlers are returned as they are."""
     if handler is None or handler.request_streaming or handler.response_streaming:
         return handler
     behavior = cast(Behavior, handler.unary_unary)
     return grpc.unary_unary_rpc_method_handler(
         wrap(behavior),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
 
@@ -111,15 +119,57 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
 
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls beyond `limit` in flight with RESOURCE_EXHAUSTED, instead of queueing them.
+    """Decides whether a call may start: refuses calls beyond `limit` in flight with
+    RESOURCE_EXHAUSTED instead of queueing them, calls before the schema is migrated and calls
+    after the drain with UNAVAILABLE (both retryable, on another replica).
 
     Health checks are always admitted: a busy server is not a dead one, and probes that fail at
     peak load would take every replica out of rotation exactly when all are needed.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, domain: str, open_: bool = True) -> None:
         self._limit = limit
+        self._domain = domain
         self._in_flight = 0
+        self._refusal: tuple[str, str] | None = (
+            None if open_ else ("SERVICE_STARTING", "the service is starting; retry shortly")
+        )
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._last_refusal = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        """Calls admitted and not finished (health checks not counted)."""
+        return self._in_flight
+
+    def open(self) -> None:
+        """Admit calls (the schema is ready)."""
+        self._refusal = None
+
+    def close(self) -> None:
+        """Refuse every new call from now on: the server is shutting down."""
+        self._refusal = ("SHUTTING_DOWN", "the server is shutting down; retry another replica")
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until no admitted call is in flight; False if `timeout_s` passed first."""
+        try:
+            async with asyncio.timeout(max(timeout_s, 0)):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def quiet(self, period_s: float, *, at_most_s: float) -> None:
+        """Wait until no call was refused for `period_s` (callers have moved elsewhere), or
+        `at_most_s` passed. grpc cancels the calls it holds when it stops; after a quiet spell
+        it holds none."""
+        deadline = time.monotonic() + max(at_most_s, 0)
+        while (now := time.monotonic()) < deadline:
+            since = now - self._last_refusal
+            if since >= period_s:
+                return
+            await asyncio.sleep(min(period_s - since, deadline - now))
 
     async def intercept_service(
         self,
@@ -132,15 +182,26 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
         def wrap(inner: Behavior) -> Behavior:
             async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                if self._refusal is not None:
+                    self._last_refusal = time.monotonic()
+                    reason, message = self._refusal
+                    status = to_status(Unavailable(message, reason=reason), domain=self._domain)
+                    context.set_code(status.code)
+                    context.set_details(status.details)
+                    context.set_trailing_metadata(status.trailing_metadata)
+                    return None
                 if self._in_flight >= self._limit:
                     context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
                     context.set_details("server at its limit of concurrent calls; retry later")
                     return None
                 self._in_flight += 1
+                self._idle.clear()
                 try:
                     return await inner(request, context)
                 finally:
                     self._in_flight -= 1
+                    if self._in_flight == 0:
+                        self._idle.set()
 
             return admitted
 
@@ -158,7 +219,12 @@ def _as_status_code(code: Any) -> grpc.StatusCode:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns HisError into a rich `google.rpc.Status`; anything unexpected into a bare INTERNAL."""
+    """Turns HisError into a rich `google.rpc.Status`; anything unexpected into a bare INTERNAL.
+
+    It also refuses, before anything else sees them, requests that do not decode or hold text the
+    database cannot store (his.runtime.request_guard): bad bytes are INVALID_ARGUMENT, never
+    UNKNOWN or INTERNAL.
+    """
 
     def __init__(self, domain: str, translators: tuple[Translate, ...] = ()) -> None:
         self._domain = domain
@@ -177,6 +243,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         def wrap(inner: Behavior) -> Behavior:
             async def mapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
+                    check_request(request)
                     return await inner(request, context)
                 except (AbortError, asyncio.CancelledError):
                     raise
@@ -213,4 +280,38 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return mapped
 
-        return wrap_unary(handler, wrap)
+        if handler is not None and not handler.request_streaming:
+            if handler.response_streaming:
+                return _guard_unary_stream(handler, domain)
+            return wrap_unary(handler, wrap, deserializer=tolerant(handler.request_deserializer))
+        return handler
+
+
+def _guard_unary_stream(handler: Handler, domain: str) -> Handler:
+    """A server-streaming handler (health Watch) whose request is checked like a unary one.
+
+    Always an async generator: the tracing interceptor iterates whatever it wraps, so grpcio's
+    health Watch (a coroutine writing through the context) failed with UNKNOWN under it.
+    """
+    behavior = cast(Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any], handler.unary_stream)
+
+    async def guarded(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            check_request(request)
+        except HisError as error:
+            status = to_status(error, domain=domain)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        result = behavior(request, context)
+        if hasattr(result, "__aiter__"):
+            async for response in result:
+                yield response
+        else:
+            await result
+
+    return grpc.unary_stream_rpc_method_handler(
+        guarded,
+        request_deserializer=tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import json
 import os
+import uuid
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -36,20 +38,80 @@ class PageTokens:
         sealed = self._aead.encrypt(nonce, body, _fingerprint(query))
         return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
-    def decode(self, token: str, *, query: str, field: str = "page_token") -> dict[str, Any] | None:
+    def decode(self, token: str, *, query: str, field: str = "page_token") -> Cursor | None:
         """The cursor of a token, None for an empty token, INVALID_ARGUMENT for anything else."""
         if not token:
             return None
-        bad = InvalidArgument.field(field, "is not a page token returned by this query")
+        if len(token) > _MAX_TOKEN_CHARS:
+            raise _not_a_token(field)
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             body = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _fingerprint(query))
+            values = json.loads(body)
         except (binascii.Error, ValueError, InvalidTag):
-            raise bad from None
-        cursor = json.loads(body)
-        if not isinstance(cursor, dict):
-            raise bad
-        return cursor
+            raise _not_a_token(field) from None
+        if not isinstance(values, dict):
+            raise _not_a_token(field)
+        return Cursor(values, field)
+
+
+class Cursor:
+    """A decoded cursor, read value by value with its type.
+
+    A sealed token can only be made with the key, but a value of the wrong type or shape (a
+    token of an older release, or one forged with a leaked key) must still be INVALID_ARGUMENT
+    on the token, never reach the database or end as INTERNAL.
+    """
+
+    def __init__(self, values: dict[str, Any], field: str) -> None:
+        self._values = values
+        self._field = field
+
+    def _get(self, key: str, kind: type) -> Any:
+        value = self._values.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _not_a_token(self._field)
+        return value
+
+    def text(self, key: str) -> str:
+        """A text value (no NUL, bounded length)."""
+        value: str = self._get(key, str)
+        if "\0" in value or len(value) > _MAX_TEXT_CHARS:
+            raise _not_a_token(self._field)
+        return value
+
+    def uuid(self, key: str) -> uuid.UUID:
+        """A UUID value."""
+        try:
+            return uuid.UUID(self._get(key, str))
+        except ValueError:
+            raise _not_a_token(self._field) from None
+
+    def time(self, key: str) -> dt.datetime:
+        """A timestamp with its time zone."""
+        try:
+            value = dt.datetime.fromisoformat(self._get(key, str))
+        except ValueError:
+            raise _not_a_token(self._field) from None
+        if value.tzinfo is None:
+            raise _not_a_token(self._field)
+        return value
+
+    def integer(self, key: str) -> int:
+        """A signed 64-bit integer."""
+        value: int = self._get(key, int)
+        if not -(2**63) <= value < 2**63:
+            raise _not_a_token(self._field)
+        return value
+
+
+# Tokens this service makes are far shorter; a longer one is not worth decrypting.
+_MAX_TOKEN_CHARS = 4096
+_MAX_TEXT_CHARS = 1024
+
+
+def _not_a_token(field: str) -> InvalidArgument:
+    return InvalidArgument.field(field, "is not a page token returned by this query")
 
 
 def _fingerprint(query: str) -> bytes:

@@ -4,18 +4,20 @@ interceptors, metrics and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.sdk.trace import TracerProvider
 
 from his.runtime.access import Access
 from his.runtime.audit_trail import AuditTrail
@@ -24,19 +26,27 @@ from his.runtime.config import ServiceConfig
 from his.runtime.database import Database
 from his.runtime.database import translate_error as translate_database_error
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.health import DatabaseHealth
+from his.runtime.health import DatabaseHealth, Health
 from his.runtime.interceptors import AdmissionInterceptor, ErrorInterceptor, ObservingInterceptor
 from his.runtime.logs import configure_logging
 from his.runtime.metrics import MetricsEndpoint, ServerMetrics
 from his.runtime.migrations import upgrade
 from his.runtime.policy import PolicyEngine
 from his.runtime.security import jwks_source, own_token_source
-from his.runtime.telemetry import make_tracer_provider
+from his.runtime.telemetry import make_tracer_provider, shut_down
 from his.runtime.tokens import TokenVerifier
 from his_client.clients import HisClients
 from his_client.errors import translate_error as translate_upstream_error
 
 log = logging.getLogger(__name__)
+
+
+# After the drain: how long no new call must have been refused before grpc is stopped, and how
+# long to wait for such a quiet spell at most (callers that keep coming are then cut off).
+_QUIET_S = 0.05
+_QUIET_MAX_S = 1.0
+# How long the last spans may take to leave on shutdown (a stuck collector must not hold the pod).
+_TRACE_FLUSH_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -74,12 +84,15 @@ class RunningService:
     server: grpc.aio.Server
     port: int
     database: Database
-    health: HealthServicer
+    health: Health
     database_health: DatabaseHealth
+    admission: AdmissionInterceptor
     metrics: ServerMetrics
     metrics_endpoint: MetricsEndpoint | None
     clients: HisClients
+    tracer_provider: TracerProvider
     audit: AuditTrail | None = None
+    migration: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -87,12 +100,31 @@ class RunningService:
         return f"localhost:{self.port}"
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """NOT_SERVING → drain delay → refuse new calls, let in-flight ones finish → stop."""
+        """Readiness NOT_SERVING → drain delay (still serving, while load balancers notice) →
+        refuse new calls with UNAVAILABLE and let every admitted call finish → stop.
+
+        New calls are refused by the runtime before grpc's own stop: grpc cancels the calls it
+        has received but not yet handed to a handler, and under load there always are some;
+        refusing first lets them be answered (UNAVAILABLE, retryable) instead of CANCELLED.
+        """
         grace = self.config.server.grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         if self.config.server.drain_delay_s:
             await asyncio.sleep(self.config.server.drain_delay_s)
-        await self.server.stop(grace)
+        if self.migration is not None:
+            self.migration.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.migration
+        started = time.monotonic()
+        self.admission.close()
+        if not await self.admission.drained(grace):
+            log.warning(
+                "calls still in flight after the grace period; cancelling them",
+                extra={"fields": {"in_flight": self.admission.in_flight}},
+            )
+        left = grace - (time.monotonic() - started)
+        await self.admission.quiet(_QUIET_S, at_most_s=min(_QUIET_MAX_S, left))
+        await self.server.stop(max(grace - (time.monotonic() - started), 0.0))
         if self.audit is not None:
             await self.audit.close()
         await self.database_health.stop()
@@ -100,11 +132,17 @@ class RunningService:
         await self.database.dispose()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
+        await shut_down(self.tracer_provider, _TRACE_FLUSH_S)
 
 
-async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> RunningService:
+async def start(
+    spec: ServiceSpec, config: ServiceConfig, database_url: str, *, migrate: bool = False
+) -> RunningService:
     """Build and start one service on its configured port (0 = any free port).
 
+    With `migrate`, the schema is migrated in the background after the server listens (retried
+    until the database lets it): liveness is SERVING at once, readiness only once migrated, and
+    calls before that are refused UNAVAILABLE `SERVICE_STARTING`.
     Whatever was set up before a failure (a port in use, say) is torn down again.
     """
     database = Database(database_url, config.database, application_name=f"his-{spec.name}")
@@ -119,7 +157,9 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
     interceptors: list[grpc.aio.ServerInterceptor] = [
         aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
         ObservingInterceptor(metrics),
-        AdmissionInterceptor(config.server.max_concurrent_rpcs),
+        admission := AdmissionInterceptor(
+            config.server.max_concurrent_rpcs, domain=f"{spec.name}.his", open_=not migrate
+        ),
         # Inside error mapping, so a refused token becomes a proper UNAUTHENTICATED status.
         ErrorInterceptor(f"{spec.name}.his", (translate_database_error, translate_upstream_error)),
     ]
@@ -145,15 +185,13 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
         else None
     )
     access = Access(enabled=config.auth.enabled, policy=_policy(), audit=audit, clients=clients)
-    health = HealthServicer()
-    database_health = DatabaseHealth(database, health, (spec.grpc_service,), metrics)
+    health = Health((spec.grpc_service,))
+    database_health = DatabaseHealth(database, health, metrics, migrated=not migrate)
     metrics_endpoint: MetricsEndpoint | None = None
     try:
         resources = ServiceResources(config, database, clients, access)
         spec.add_to_server(spec.make_servicer(resources), server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        for name in ("", spec.grpc_service):
-            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection(
             (
                 spec.grpc_service,
@@ -176,8 +214,9 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
         await database_health.stop()
         await clients.close()
         await database.dispose()
+        await shut_down(tracer_provider, _TRACE_FLUSH_S)
         raise
-    return RunningService(
+    running = RunningService(
         spec=spec,
         config=config,
         server=server,
@@ -185,11 +224,44 @@ async def start(spec: ServiceSpec, config: ServiceConfig, database_url: str) -> 
         database=database,
         health=health,
         database_health=database_health,
+        admission=admission,
         metrics=metrics,
         metrics_endpoint=metrics_endpoint,
         clients=clients,
+        tracer_provider=tracer_provider,
         audit=audit,
     )
+    if migrate:
+        running.migration = asyncio.create_task(
+            _migrate_until_done(spec.name, database_url, database_health, admission),
+            name="migrate",
+        )
+    return running
+
+
+async def _migrate_until_done(
+    service: str, url: str, readiness: DatabaseHealth, admission: AdmissionInterceptor
+) -> None:
+    """Migrate the schema, retrying with capped backoff while the database refuses; then open.
+
+    A database outage at start-up is not a crash: the pod stays alive and unready until the
+    database is back, instead of restart-looping (and re-running start-up) all through it.
+    """
+    delay = 0.5
+    while True:
+        try:
+            await asyncio.to_thread(upgrade, service, url)
+            break
+        except Exception as error:
+            log.warning(
+                "migration failed; retrying",
+                extra={"fields": {"error": type(error).__name__, "retry_in_s": delay}},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+    log.info("schema migrated")
+    admission.open()
+    await readiness.migrated()
 
 
 @functools.cache
@@ -207,8 +279,6 @@ def run(spec: ServiceSpec, config: ServiceConfig) -> None:
         embedded = EmbeddedPostgres(config.database.data_dir / "pgdata")
         url = embedded.start()
     try:
-        if config.server.migrate:
-            upgrade(spec.name, url)
         asyncio.run(_serve_until_signalled(spec, config, url))
     finally:
         if embedded is not None:
@@ -220,7 +290,7 @@ async def _serve_until_signalled(spec: ServiceSpec, config: ServiceConfig, url: 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    running = await start(spec, config, url)
+    running = await start(spec, config, url, migrate=config.server.migrate)
     log.info(
         "serving",
         extra={
@@ -229,6 +299,7 @@ async def _serve_until_signalled(spec: ServiceSpec, config: ServiceConfig, url: 
                 "port": running.port,
                 "metrics_port": running.metrics_endpoint.port if running.metrics_endpoint else None,
                 "database": "up" if running.database_health.up else "down",
+                "migrating": running.migration is not None and not running.migration.done(),
             }
         },
     )

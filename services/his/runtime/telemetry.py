@@ -6,7 +6,9 @@ exporter logs a warning and the service starts anyway: telemetry must never stop
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -20,7 +22,11 @@ log = logging.getLogger(__name__)
 
 def make_tracer_provider(config: TelemetryConfig) -> TracerProvider:
     """A tracer provider for this service; exports over OTLP only if an endpoint is configured."""
-    provider = TracerProvider(resource=Resource.create({"service.name": config.service_name}))
+    # No atexit hook: it flushes without a bound, and a collector that does not answer kept the
+    # process alive ~20 s after "stopped" (past a pod's grace). `shut_down` is bounded instead.
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": config.service_name}), shutdown_on_exit=False
+    )
     if config.otlp_endpoint:
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
@@ -47,3 +53,29 @@ def current_span_id() -> str:
     """The span id of the active span as 16 hex digits, or '' outside any span."""
     context = trace.get_current_span().get_span_context()
     return format(context.span_id, "016x") if context.is_valid else ""
+
+
+async def shut_down(provider: TracerProvider, timeout_s: float) -> None:
+    """Flush and stop the provider's exporters, waiting at most `timeout_s`: spans still unsent
+    then are dropped (a warning says so) rather than holding up the process's exit."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def run() -> None:
+        try:
+            provider.shutdown()
+        finally:
+            # The loop may be gone when a stuck exporter finally gives up.
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(finish)
+
+    # A daemon thread, not the loop's executor: asyncio.run waits for executor threads at exit.
+    threading.Thread(target=run, name="otel-shutdown", daemon=True).start()
+    try:
+        await asyncio.wait_for(asyncio.shield(done), timeout_s)
+    except TimeoutError:
+        log.warning("trace export did not finish in time; unsent spans dropped")

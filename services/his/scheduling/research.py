@@ -76,7 +76,7 @@ class ResearchAppointments:
         cursor = self._pages.decode(request.page_token, query=query)
         after = None
         if cursor is not None:
-            after = (dt.datetime.fromisoformat(str(cursor["t"])), uuid.UUID(str(cursor["i"])))
+            after = (cursor.time("t"), cursor.uuid("i"))
         async with self._db.read() as session:
             rows = await research_appointments(session, after=after, limit=limit + 1)
         page = rows[:limit]

@@ -202,7 +202,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         await self._access.require("read", "scheduling.schedule")
         query = repr(("schedules", department_id, practitioner_id))
         cursor = self._pages.decode(request.page_token, query=query)
-        after = (uuid.UUID(cursor["d"]), uuid.UUID(cursor["i"])) if cursor else None
+        after = (cursor.uuid("d"), cursor.uuid("i")) if cursor else None
         async with self._db.read() as session:
             rows = await store.list_schedules(
                 session,
@@ -501,7 +501,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         cursor = self._pages.decode(token, query=query)
         if cursor is None:
             return None
-        return dt.datetime.fromisoformat(cursor["t"]), uuid.UUID(cursor["i"])
+        return cursor.time("t"), cursor.uuid("i")
 
     def _next_token(self, last: Any, query: str) -> str:
         return self._pages.encode(
