@@ -62,6 +62,7 @@ def _demo_identifiers() -> list[str]:
     ]
 
 
+@pytest.mark.timeout(300)  # two starts of the whole hospital on a shared machine
 async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) -> None:
     up = HisUp(data_dir, "--demo")
     try:
