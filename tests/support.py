@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -22,6 +20,7 @@ from his.runtime.health import wait_for_status
 from his.runtime.migrations import upgrade
 from his.runtime.relay import Relay
 from his.runtime.server import RunningService
+from his_client import rich_status
 
 
 async def fresh_database(server_url: str, name: str, *schemas: str) -> str:
@@ -90,23 +89,16 @@ class RpcFailure:
 
 
 def failure_of(error: grpc.aio.AioRpcError) -> RpcFailure:
-    """Decode the rich `google.rpc.Status` details of a failed call."""
-    result = RpcFailure(code=error.code(), message=error.details() or "")
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    if status is None:
-        return result
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            result.reason = info.reason
-            result.domain = info.domain
-            result.metadata = dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            result.fields.extend(v.field for v in bad.field_violations)
-    return result
+    """Decode the rich `google.rpc.Status` details of a failed call (his_client.rich_status)."""
+    status = rich_status(error)
+    return RpcFailure(
+        code=status.code,
+        message=status.message,
+        reason=status.reason or None,
+        domain=status.domain or None,
+        metadata=dict(status.metadata),
+        fields=[violation.field for violation in status.field_violations],
+    )
 
 
 async def fails(call: Awaitable[Any]) -> RpcFailure:

@@ -46,15 +46,28 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _token(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
+    import os  # noqa: PLC0415
 
     import grpc  # noqa: PLC0415
 
-    from his.login import issue_token  # noqa: PLC0415
+    from his.login import issue_token, local_login_possible  # noqa: PLC0415
+    from his.runtime.config import ClientConfig  # noqa: PLC0415
+    from his_client import describe  # noqa: PLC0415
 
+    start = "Start the hospital with `make run` (or `his up --demo`) in another terminal."
+    if not local_login_possible():
+        print(
+            f"his token: no hospital has run here yet (no local secrets). {start}", file=sys.stderr
+        )
+        return 1
     try:
         print(asyncio.run(issue_token(args.user)))
     except grpc.aio.AioRpcError as error:
-        print(f"his token: {error.code().name}: {error.details()}", file=sys.stderr)
+        if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            where = ClientConfig.from_env(os.environ).address("iam")
+            print(f"his token: iam is not reachable at {where}. {start}", file=sys.stderr)
+        else:
+            print(f"his token: {describe(error)}", file=sys.stderr)
         return 1
     return 0
 

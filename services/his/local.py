@@ -2,7 +2,8 @@
 
 Each service runs as its own process exactly as in a container (`his serve <name>`), so what works
 here works in Kubernetes. This process supervises them: health-waits, prints where everything
-listens, and on Ctrl-C stops them gracefully and then stops PostgreSQL.
+listens, restarts a service that dies (with backoff) and embedded PostgreSQL if it dies, and on
+Ctrl-C or SIGTERM — whatever it was doing — stops every service gracefully and then PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,19 +15,20 @@ import importlib
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
+from his.local_logs import PRINTED, LogFiles
 from his.local_secrets import LocalSecrets, local_secrets
 from his.login import issue_token
 from his.runtime.catalog import ServiceEntry, implemented
 from his.runtime.config import DatabaseConfig, TelemetryConfig
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import SERVING, wait_for_status
-from his.runtime.logs import configure_logging
 from his.runtime.migrations import upgrade
 from his_client import HisClients, static_token
 
@@ -35,6 +37,8 @@ log = logging.getLogger("his.up")
 START_TIMEOUT_S = 60.0
 _PER_SERVICE = frozenset({"HIS_PORT", "HIS_HOST", "HIS_METRICS_PORT"})
 STOP_TIMEOUT_S = 15.0
+POSTGRES_CHECK_S = 1.0
+T = TypeVar("T")
 
 
 def _database_url(config: DatabaseConfig) -> tuple[str, EmbeddedPostgres | None]:
@@ -57,67 +61,364 @@ def database_url(config: DatabaseConfig) -> Iterator[str]:
 
 def migrate_all(services: list[str]) -> None:
     """Migrate the named services' schemas (embedded PostgreSQL unless HIS_DATABASE_URL is set)."""
-    url, embedded = _database_url(DatabaseConfig.from_env(os.environ))
-    try:
+    with database_url(DatabaseConfig.from_env(os.environ)) as url:
         for name in services:
             upgrade(name, url)
             print(f"migrated {name}")
-    finally:
-        if embedded is not None:
-            embedded.stop()
+
+
+@dataclass
+class Backoff:
+    """Delays between restarts: exponential from `base_s` up to `cap_s`, back to `base_s` once a
+    process has stayed up `stable_s`."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    stable_s: float = 60.0
+    failures: int = 0
+
+    def next_delay(self, uptime_s: float) -> float:
+        """The wait before the next start, after a process that ran `uptime_s` died."""
+        if uptime_s >= self.stable_s:
+            self.failures = 0
+        delay = min(self.cap_s, self.base_s * 2.0**self.failures)
+        self.failures += 1
+        return delay
+
+
+def describe_exit(code: int) -> str:
+    """How a process ended, as a person would say it: `exit code 1`, `killed by SIGKILL`."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+_prctl: Callable[..., int] | None = None
 
 
 def _die_with_parent() -> None:
     """In the child: get SIGTERM if `his up` itself dies, so no service outlives it."""
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _spawn(entry: ServiceEntry, url: str, secrets: LocalSecrets) -> subprocess.Popen[bytes]:
-    # Per-process settings of the caller's shell must not reach every service (two would bind
-    # one port); each service takes its own from the catalog.
-    inherited = {k: v for k, v in os.environ.items() if k not in _PER_SERVICE}
-    env = dict(
-        inherited,
-        **secrets.env(),
-        HIS_DATABASE_URL=url,
-        HIS_MIGRATE="0",
-        HIS_LOG_FORMAT="text",
-    )
-    return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-        [sys.executable, "-m", "his.cli", "serve", entry.name],
-        env=env,
-        # Own process group: Ctrl-C reaches only `his up`, which then stops services in order.
-        start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
-    )
+@dataclass
+class _Service:
+    """One service `his up` runs, across its restarts."""
+
+    entry: ServiceEntry
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)
+    restarts: int = 0
+    # Reading the current process's stdout and stderr into the log files, until they close.
+    readers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def exited(self) -> str | None:
+        """For wait_for_status: why waiting for this process is pointless, or None."""
+        code = None if self.process is None else self.process.returncode
+        return None if code is None else f"{self.name} exited ({describe_exit(code)})"
 
 
-async def _wait_serving(entry: ServiceEntry, process: subprocess.Popen[bytes]) -> None:
-    def exited() -> str | None:
-        code = process.poll()
-        return None if code is None else f"{entry.name} exited with code {code}"
+class Hospital:
+    """One `his up` run: PostgreSQL, migrations, the services, their supervision, the shutdown."""
 
-    try:
-        await wait_for_status(
-            f"localhost:{entry.port}",
-            entry.grpc_service,
-            SERVING,
-            timeout_s=START_TIMEOUT_S,
-            gave_up=exited,
+    def __init__(
+        self,
+        entries: tuple[ServiceEntry, ...],
+        config: DatabaseConfig,
+        secrets: LocalSecrets,
+        logs: LogFiles,
+    ) -> None:
+        self._entries = entries
+        self._config = config
+        self._secrets = secrets
+        self._logs = logs
+        self._services = {entry.name: _Service(entry) for entry in entries}
+        self._embedded = None if config.url else EmbeddedPostgres(config.data_dir / "pgdata")
+        self._url = config.url or ""
+        self._blocking: set[asyncio.Future[Any]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._stop_requested = asyncio.Event()
+        self._hurry = False
+        self._signals = 0
+
+    def say(self, text: str, *, level: int = logging.INFO, stream: Any = None) -> None:
+        """A line for the person at the terminal, kept in up.log too."""
+        print(text, file=stream or sys.stdout, flush=True)
+        log.log(level, text.strip(), extra={PRINTED: True})
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self._stop_requested.set()
+        else:
+            self._hurry = True
+            self.say(f"{signal.Signals(signum).name} again: killing what is still running")
+
+    async def run(self, *, demo: bool) -> int:
+        """Start everything, supervise until Ctrl-C or SIGTERM, stop everything; the exit code."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        code = 0
+        main = asyncio.create_task(self._start(demo=demo))
+        stop = asyncio.create_task(self._stop_requested.wait())
+        try:
+            await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+            error = main.exception() if main.done() and not main.cancelled() else None
+            if error is not None:
+                self.say(
+                    f"his up: {error} (more in {self._logs.path('up')})",
+                    level=logging.ERROR,
+                    stream=sys.stderr,
+                )
+                log.error("start failed", exc_info=error, extra={PRINTED: True})  # up.log only
+                code = 1
+            else:
+                await stop  # started: supervise until asked to stop
+        finally:
+            for task in (main, stop):
+                task.cancel()
+            await asyncio.gather(main, stop, return_exceptions=True)
+            await self._shutdown()
+        return code
+
+    async def _start(self, *, demo: bool) -> None:
+        # gRPC servers bind with SO_REUSEPORT: a second hospital would share the first's ports
+        # silently, each taking some of the calls. Refuse instead.
+        busy = [
+            port
+            for entry in self._entries
+            for port in (entry.port, entry.metrics_port)
+            if await _listening(port)
+        ]
+        if busy:
+            ports = ", ".join(map(str, busy))
+            raise RuntimeError(
+                f"ports {ports} are in use: is another `his up` running? "
+                "(`ss -ltnp | grep -E ':(5005|905)'` shows which process)"
+            )
+        if self._embedded is not None:
+            self._url = await self._off_loop(self._embedded.start)
+            self.say(
+                f"postgresql    embedded, data in {self._embedded.data_dir} "
+                f"(its log: {self._embedded.log_file})"
+            )
+            self._watch(self._watch_postgres())
+        else:
+            self.say("postgresql    HIS_DATABASE_URL")
+        self.say(f"logs          {self._logs.directory}/ (<service>.log, up.log)")
+        for entry in self._entries:
+            log.info("migrating", extra={"fields": {"schema": entry.name}})
+            await self._off_loop(upgrade, entry.name, self._url)
+        log.info("starting services")
+        for service in self._services.values():
+            await self._spawn(service)
+        for service in self._services.values():
+            await self._wait_serving(service)
+        for service in self._services.values():
+            self._watch(self._supervise(service))
+        if demo:
+            log.info("loading demo data")
+            self.say(f"demo data:    {await _load_demo(self._entries, self._config.data_dir)}")
+        _print_table(self._entries)
+        self.say("\nHIS Mesh is up. Press Ctrl-C to stop.")
+
+    async def _off_loop(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking work in a thread; if cancelled, the work still ends before the shutdown
+        stops PostgreSQL (a migration or pg_ctl is never cut off halfway)."""
+        future = asyncio.get_running_loop().run_in_executor(None, function, *args)
+        self._blocking.add(future)
+        future.add_done_callback(self._blocking.discard)
+        return await asyncio.shield(future)
+
+    def _watch(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._watch_ended)
+
+    def _watch_ended(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # a supervisor or the PostgreSQL watch broke: say so, keep running
+            self.say(f"his up: stopped watching: {error!r}", level=logging.ERROR, stream=sys.stderr)
+            log.error("watch failed", exc_info=error, extra={PRINTED: True})
+
+    async def _spawn(self, service: _Service) -> None:
+        # Per-process settings of the caller's shell must not reach every service (two would bind
+        # one port); each service takes its own from the catalog.
+        inherited = {k: v for k, v in os.environ.items() if k not in _PER_SERVICE}
+        env = dict(
+            inherited,
+            **self._secrets.env(),
+            HIS_DATABASE_URL=self._url,
+            HIS_MIGRATE="0",
+            HIS_LOG_FORMAT="json",  # read back line by line: level decides file or terminal
         )
-    except TimeoutError as error:
-        raise RuntimeError(str(error)) from None
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "his.cli",
+            "serve",
+            service.name,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            limit=1 << 20,
+            # Own process group: Ctrl-C reaches only `his up`, which then stops services in order.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # safe with threads: only calls _prctl, resolved before
+        )
+        service.process, service.started = process, time.monotonic()
+        service.readers = [
+            asyncio.create_task(self._read(service.name, stream))
+            for stream in (process.stdout, process.stderr)
+            if stream is not None
+        ]
+
+    async def _read(self, name: str, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            shown = self._logs.service_line(name, raw.decode("utf-8", "replace"))
+            if shown is not None:
+                print(shown, file=sys.stderr, flush=True)
+
+    async def _wait_serving(self, service: _Service) -> None:
+        try:
+            await wait_for_status(
+                f"localhost:{service.entry.port}",
+                service.entry.grpc_service,
+                SERVING,
+                timeout_s=START_TIMEOUT_S,
+                gave_up=service.exited,
+            )
+        except TimeoutError as error:
+            raise RuntimeError(str(error)) from None
+
+    async def _supervise(self, service: _Service) -> None:
+        """Restart the service whenever it dies, with backoff; the others never notice."""
+        while True:
+            assert service.process is not None
+            code = await service.process.wait()
+            died = time.monotonic()
+            delay = service.backoff.next_delay(died - service.started)
+            service.restarts += 1
+            self.say(
+                f"his up: {service.name} (pid {service.process.pid}) died: {describe_exit(code)}; "
+                f"restart {service.restarts} in {delay:g}s",
+                level=logging.WARNING,
+            )
+            await asyncio.sleep(delay)
+            await self._spawn(service)
+            try:
+                await self._wait_serving(service)
+            except RuntimeError as error:
+                self.say(f"his up: {service.name} did not come up: {error}", level=logging.ERROR)
+                assert service.process is not None
+                if service.process.returncode is None:
+                    service.process.kill()
+                continue
+            self.say(
+                f"his up: {service.name} is SERVING again (pid {service.process.pid}, "
+                f"{time.monotonic() - died:.1f}s after it died)"
+            )
+
+    async def _watch_postgres(self) -> None:
+        """Start embedded PostgreSQL again if it dies; services wait NOT_SERVING meanwhile."""
+        assert self._embedded is not None
+        embedded, backoff = self._embedded, Backoff()
+        up_since = time.monotonic()
+        while True:
+            await asyncio.sleep(POSTGRES_CHECK_S)
+            if await self._off_loop(embedded.pid) is not None:
+                continue
+            delay = backoff.next_delay(time.monotonic() - up_since)
+            self.say(
+                f"his up: embedded postgresql is not running; starting it again in {delay:g}s "
+                f"(its log: {embedded.log_file})",
+                level=logging.WARNING,
+            )
+            await asyncio.sleep(delay)
+            try:
+                await self._off_loop(embedded.restart)
+            except Exception as error:  # pg_ctl failed: try again after the backoff
+                self.say(f"his up: postgresql did not start: {error!r}", level=logging.ERROR)
+                continue
+            up_since = time.monotonic()
+            self.say(f"his up: embedded postgresql is running again (pid {embedded.pid()})")
+            services = list(self._services.values())
+            waited = await asyncio.gather(
+                *(self._wait_serving(service) for service in services), return_exceptions=True
+            )
+            late = [s.name for s, r in zip(services, waited, strict=True) if r is not None]
+            self.say(
+                f"his up: not SERVING yet: {', '.join(late)}"
+                if late
+                else "his up: every service is SERVING again",
+                level=logging.WARNING if late else logging.INFO,
+            )
+
+    async def _shutdown(self) -> None:
+        self.say("\nstopping services ...")
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for service in reversed(self._services.values()):
+            await self._stop(service)
+        # A migration or pg_ctl still running (Ctrl-C came in the middle) ends before the end.
+        await asyncio.gather(*self._blocking, return_exceptions=True)
+        if self._embedded is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._embedded.stop)
+        self.say("stopped.")
+
+    async def _stop(self, service: _Service) -> None:
+        """Stop one service, drained before the next: callers (scheduling) stop before what they
+        call (patient), so their in-flight calls can still finish."""
+        process = service.process
+        if process is None:
+            return
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while process.returncode is None and not self._hurry and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 0.2)
+        if process.returncode is None:
+            if not self._hurry:
+                self.say(f"his up: {service.name} did not stop in time; killing it")
+            process.kill()
+            await process.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*service.readers), 5.0)
+
+
+async def _listening(port: int) -> bool:
+    """Whether something accepts connections on localhost:`port`."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("localhost", port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 # Demo data sets in dependency order: staff and departments, then patients, then bookings.
 DEMO_ORDER = ("iam", "patient", "scheduling")
 
 
-async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> None:
-    """Each implemented service's `demo.load`, as the staff member its module names (`USER`)."""
+async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> str:
+    """Each implemented service's `demo.load`, as the staff member its module names (`USER`);
+    what they made, in one line."""
     names = {entry.name for entry in entries}
+    made = []
     for name in [n for n in DEMO_ORDER if n in names] + sorted(names - set(DEMO_ORDER)):
         try:
             demo = importlib.import_module(f"his.{name}.demo")
@@ -125,74 +426,25 @@ async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> None:
             continue
         token = await issue_token(demo.USER, data_dir=data_dir)
         async with HisClients(token=static_token(token)) as his:
-            print(f"demo data: {await demo.load(his)}", flush=True)
-
-
-def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    """Stop services in reverse start order, each drained before the next: callers (scheduling)
-    stop before what they call (patient), so their in-flight calls can still finish."""
-    for name, process in reversed(processes.items()):
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            log.warning(
-                "service did not stop in time; killing", extra={"fields": {"service": name}}
-            )
-            process.kill()
-            process.wait()
+            made.append(str(await demo.load(his)))
+    return "; ".join(made)
 
 
 def up(*, demo: bool) -> int:
     """Run until Ctrl-C (or SIGTERM); returns the exit code."""
-    configure_logging(TelemetryConfig(service_name="his-up", log_format="text"))
+    global _prctl  # noqa: PLW0603 (resolved once, before any thread, for the forked children)
+    if sys.platform == "linux":
+        _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     config = DatabaseConfig.from_env(os.environ)
-    entries = implemented()
-    stop_requested = False
-
-    def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
-    secrets = local_secrets(config.data_dir)
-    url, embedded = _database_url(config)
-    where = embedded.data_dir if embedded else "HIS_DATABASE_URL"
-    print(f"postgresql    {'embedded, data in ' + str(where) if embedded else where}")
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    code = 0
+    telemetry = TelemetryConfig.from_env(os.environ, service_name="his-up")
+    logs = LogFiles(config.data_dir.resolve() / "logs", text=telemetry.log_format == "text")
+    logs.configure_own_logging(telemetry.log_level)
     try:
-        for entry in entries:
-            upgrade(entry.name, url)
-        for entry in entries:
-            processes[entry.name] = _spawn(entry, url, secrets)
-        for entry in entries:
-            asyncio.run(_wait_serving(entry, processes[entry.name]))
-        if demo:
-            asyncio.run(_load_demo(entries, config.data_dir))
-        _print_table(entries)
-        print("\nHIS Mesh is up. Press Ctrl-C to stop.", flush=True)
-        while not stop_requested:
-            exited = [name for name, p in processes.items() if p.poll() is not None]
-            if exited:
-                print(f"his up: {', '.join(exited)} exited unexpectedly; stopping", file=sys.stderr)
-                code = 1
-                break
-            time.sleep(0.2)
-    except RuntimeError as error:
-        print(f"his up: {error}", file=sys.stderr)
-        code = 1
+        secrets = local_secrets(config.data_dir)
+        hospital = Hospital(implemented(), config, secrets, logs)
+        return asyncio.run(hospital.run(demo=demo))
     finally:
-        print("\nstopping services ...", flush=True)
-        _stop(processes)
-        if embedded is not None:
-            with contextlib.suppress(Exception):
-                embedded.stop()
-        print("stopped.", flush=True)
-    return code
+        logs.close()
 
 
 def _print_table(entries: tuple[ServiceEntry, ...]) -> None:

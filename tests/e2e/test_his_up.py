@@ -1,99 +1,31 @@
-"""`his up` as a newcomer runs it: start everything, use it from outside, Ctrl-C, nothing left."""
+"""`his up` as a newcomer runs it: start everything, use it from outside, kill parts of it, Ctrl-C
+at any moment, nothing left."""
 
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import psutil
 import pytest
 
 from his.common.v1 import types_pb2
+from his.local_secrets import local_secrets
 from his.patient import demo as patient_demo
 from his.patient.v1 import patient_service_pb2 as pb
 from his.runtime.catalog import implemented
+from his.runtime.health import SERVING, probe
 from his_client import PatientClient
-from tests.support import fails
+from tests.e2e.his_up import READY, HisUp, left_behind, postgres_pid
+from tests.support import fails, free_port
 
 pytestmark = pytest.mark.slow
-
-READY = "HIS Mesh is up"
-
-
-class HisUp:
-    """A `his up` process whose output is read line by line in the background."""
-
-    def __init__(self, data_dir: Path, *args: str) -> None:
-        env = dict(os.environ, HIS_DATA_DIR=str(data_dir))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "his.cli", "up", *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.output: list[str] = []
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
-
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-
-    def wait_for(self, marker: str, timeout_s: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.process.poll() is not None:
-                    break
-                continue
-            self.output.append(line)
-            if marker in line:
-                return
-        raise AssertionError(f"{marker!r} never printed; output:\n{''.join(self.output)}")
-
-    def descendants(self) -> list[psutil.Process]:
-        children: list[psutil.Process] = psutil.Process(self.process.pid).children(recursive=True)
-        return children
-
-    def interrupt(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        code = self.process.wait(timeout=60)
-        self._pump_thread.join(timeout=10)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        while not self.lines.empty():
-            self.output.append(self.lines.get())
-        return code
-
-
-def _postgres_pid(data_dir: Path) -> int:
-    return int((data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[0])
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    """A fresh HIS_DATA_DIR; the fixed local ports must be free (is another `his up` running?)."""
-    for entry in implemented():
-        for port in (entry.port, entry.metrics_port):
-            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-                if sock.connect_ex(("::1", port)) == 0:
-                    pytest.fail(f"port {port} is in use: stop the other `his up` first")
-    yield tmp_path / "his"
 
 
 def _new_patient(national_id: str) -> pb.Patient:
@@ -130,6 +62,7 @@ def _demo_identifiers() -> list[str]:
     ]
 
 
+@pytest.mark.timeout(300)  # two starts of the whole hospital on a shared machine
 async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) -> None:
     up = HisUp(data_dir, "--demo")
     try:
@@ -152,24 +85,155 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
         async with PatientClient("not-a-token") as stranger:
             unknown = await fails(stranger.get(created.name))
         assert unknown.code == grpc.StatusCode.UNAUTHENTICATED
-        processes = [*up.descendants(), psutil.Process(_postgres_pid(data_dir))]
     finally:
         code = up.interrupt()
     assert code == 0, "".join(up.output)
-    assert "stopped." in "".join(up.output)
+    terminal = "".join(up.output)
+    assert "stopped." in terminal
+    assert left_behind(data_dir) == []
+    # The terminal is for people: where things are, one line of demo data, the table. Every
+    # service's access log (one line per demo call) is in its file instead.
+    assert "rpc method=" not in terminal
+    assert len(terminal.splitlines()) < 20, terminal
+    assert [line for line in terminal.splitlines() if line.startswith("demo data:")] != []
+    assert f"logs          {data_dir / 'logs'}/" in terminal
+    for entry in implemented():
+        assert '"msg": "rpc"' in up.logged(entry.name), entry.name
     # Every line every service logged while the demo loaded and was used: no patient data.
-    logged = "".join(up.output)
+    logged = terminal + "".join(up.logged(name) for name in ["up", *_names()])
     # Whole words, case as written: "Li" the family name, not the "Li" of "ListPatients".
     leaked = [v for v in _demo_identifiers() if re.search(rf"\b{re.escape(v)}\b", logged)]
     assert leaked == []
-    _, alive = psutil.wait_procs(processes, timeout=10)
-    assert alive == [], f"left behind: {alive}"
 
-    # A restart keeps the data: the patient registered above is still there.
+    # A restart keeps the data: the patient registered above is still there; the previous
+    # run's logs are kept beside the new ones.
     again = HisUp(data_dir)
     try:
         again.wait_for(READY)
         async with PatientClient(_token(data_dir, "reg.amina")) as client:
             assert (await client.get(created.name)).national_id.value == "E2E-1"
+        assert (data_dir / "logs" / "patient.log.1").exists()
     finally:
         assert again.interrupt() == 0
+    assert left_behind(data_dir) == []
+
+
+def _names() -> list[str]:
+    return [entry.name for entry in implemented()]
+
+
+async def _serving(entry_name: str) -> int:
+    entry = next(e for e in implemented() if e.name == entry_name)
+    async with grpc.aio.insecure_channel(f"localhost:{entry.port}") as channel:
+        return await probe(channel, entry.grpc_service)
+
+
+@pytest.mark.timeout(240)
+async def test_a_killed_service_or_database_comes_back_and_nothing_else_stops(
+    data_dir: Path,
+) -> None:
+    up = HisUp(data_dir, "--demo")
+    try:
+        up.wait_for(READY)
+        before = up.service_pids()
+        assert sorted(before) == sorted(_names())
+        token = _token(data_dir, "reg.amina")
+
+        killed = time.monotonic()
+        os.kill(before["patient"], signal.SIGKILL)
+        up.wait_for("patient (pid")
+        assert "died: killed by SIGKILL; restart 1 in 0.5s" in up.output[-1]
+        up.wait_for("patient is SERVING again", timeout_s=30)
+        back_after = time.monotonic() - killed
+        assert back_after < 20, back_after
+        assert await _serving("patient") == SERVING
+        after = up.service_pids()
+        assert after["patient"] != before["patient"]
+        assert {n: p for n, p in after.items() if n != "patient"} == {
+            n: p for n, p in before.items() if n != "patient"
+        }
+        async with PatientClient(token) as client:  # the new process serves the same token
+            await client.create(_new_patient("E2E-RESTART"), request_id="e2e-restart")
+
+        # PostgreSQL dies: his up starts it again and the services come back to SERVING.
+        os.kill(postgres_pid(data_dir), signal.SIGKILL)
+        up.wait_for("embedded postgresql is not running")
+        up.wait_for("every service is SERVING again", timeout_s=90)
+        assert up.service_pids() == after
+        async with PatientClient(token) as client:
+            found = await client.search(
+                national_id=types_pb2.Identifier(system="urn:test", value="E2E-RESTART")
+            )
+            assert len(found) == 1
+        print(f"patient SERVING again {back_after:.1f}s after kill -9")
+    finally:
+        code = up.interrupt()
+    assert code == 0, "".join(up.output)
+    # After a service restart and a database restart, Ctrl-C still leaves nothing behind: the
+    # services and the PostgreSQL his up started again (not the one it started first).
+    assert left_behind(data_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("phase", "next_phase", "signum"),
+    [
+        ("migrating", "starting services", signal.SIGINT),
+        ("starting services", "loading demo data", signal.SIGINT),
+        ("loading demo data", READY, signal.SIGTERM),
+    ],
+)
+@pytest.mark.timeout(180)
+def test_stopping_at_any_moment_of_the_start_leaves_no_process(
+    data_dir: Path, phase: str, next_phase: str, signum: int
+) -> None:
+    up = HisUp(data_dir, "--demo")
+    try:
+        up.wait_for_logged(phase)
+    finally:
+        code = up.interrupt(signum)
+    assert code == 0, "".join(up.output)
+    assert "stopped." in "".join(up.output)
+    assert next_phase not in up.logged("up")  # stopped in that phase, not after it
+    assert left_behind(data_dir) == []
+
+
+def test_his_token_with_nothing_running_says_to_start_the_hospital(tmp_path: Path) -> None:
+    def token(data_dir: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "his.cli", "token", "--user", "reg.amina"],
+            env=dict(
+                os.environ, HIS_DATA_DIR=str(data_dir), HIS_IAM_ADDR=f"localhost:{free_port()}"
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    never_ran = token(tmp_path / "empty")
+    assert never_ran.returncode == 1
+    assert "no hospital has run here" in never_ran.stderr
+    assert "make run" in never_ran.stderr
+    assert not (tmp_path / "empty").exists()  # and makes no secrets there
+
+    local_secrets(tmp_path / "his")  # a hospital ran here once, but is not running now
+    stopped = token(tmp_path / "his")
+    assert stopped.returncode == 1
+    assert stopped.stdout == ""
+    assert stopped.stderr.startswith("his token: iam is not reachable at localhost:")
+    assert "make run" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and "AioRpcError" not in stopped.stderr
+
+
+def test_up_refuses_to_share_its_ports_with_another_hospital(data_dir: Path) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
+        taken.bind(("::", 50052))
+        taken.listen()
+        up = HisUp(data_dir)
+        code = up.process.wait(timeout=60)
+        up.interrupt()  # collects the rest of the output
+    printed = "".join(up.output)
+    assert code == 1, printed
+    assert "his up: ports 50052 are in use: is another `his up` running?" in printed
+    assert READY not in printed
+    assert left_behind(data_dir) == []

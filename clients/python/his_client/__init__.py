@@ -4,7 +4,15 @@ circuit breaker per upstream."""
 
 from his_client.clients import HisClients
 from his_client.credentials import static_token
-from his_client.errors import UpstreamError
+from his_client.errors import RichStatus, UpstreamError, describe, rich_status
 from his_client.patient import PatientClient
 
-__all__ = ["HisClients", "PatientClient", "UpstreamError", "static_token"]
+__all__ = [
+    "HisClients",
+    "PatientClient",
+    "RichStatus",
+    "UpstreamError",
+    "describe",
+    "rich_status",
+    "static_token",
+]

@@ -1,6 +1,10 @@
-"""Errors of calls to other services, carrying which upstream failed."""
+"""Errors of calls to other services: what a failed call said (its rich status), and which
+upstream failed."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import grpc
 from google.rpc import error_details_pb2
@@ -51,7 +55,7 @@ class UpstreamError(grpc.aio.AioRpcError):
         self.circuit_open = circuit_open
         # The deadline was cut short by the caller's own remaining time.
         self.budget_limited = budget_limited
-        self.reason = _reason(self)
+        self.reason = rich_status(self).reason
         # The upstream relays an outage of its own dependency (already retried there).
         self.relayed_outage = self.reason in RELAYED_REASONS
 
@@ -72,18 +76,63 @@ class UpstreamError(grpc.aio.AioRpcError):
         )
 
 
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason in a failed call's rich status, or ''."""
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request, from the status's `BadRequest`."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class RichStatus:
+    """What a failed call said: the code and message, the `ErrorInfo` (reason, domain, metadata)
+    and the `BadRequest` field violations. `str()` of it is a short description for people."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    domain: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    field_violations: tuple[FieldViolation, ...] = ()
+
+    def __str__(self) -> str:
+        line = self.code.name
+        if self.reason and self.reason != self.code.name:
+            line += f" {self.reason}"
+        if self.domain:
+            line += f" ({self.domain})"
+        if self.message:
+            line += f": {self.message}"
+        # Servers often write the violations into the message already; name each field once.
+        unsaid = [v for v in self.field_violations if f"{v.field}: {v.description}" not in line]
+        return "".join([line, *(f"\n  {v.field}: {v.description}" for v in unsaid)])
+
+
+def rich_status(error: grpc.aio.AioRpcError) -> RichStatus:
+    """Decode the `google.rpc.Status` details of a failed call (none: code and message only)."""
+    code, message = error.code(), error.details() or ""
     try:
         status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    except ValueError:
-        return ""
+    except ValueError:  # details that contradict the call's own code or message: ignore them
+        status = None
+    reason, domain, metadata, violations = "", "", {}, []
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return str(info.reason)
-    return ""
+            reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
+    return RichStatus(code, message, reason, domain, metadata, tuple(violations))
+
+
+def describe(error: grpc.aio.AioRpcError) -> str:
+    """A failed call in a few lines for people: code, ErrorInfo reason and domain, message, and
+    each bad field — instead of a traceback."""
+    return str(rich_status(error))
 
 
 def translate_error(error: BaseException) -> HisError | None:

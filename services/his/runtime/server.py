@@ -310,7 +310,7 @@ async def _serve_until_signalled(spec: ServiceSpec, config: ServiceConfig, url: 
         "serving",
         extra={
             "fields": {
-                "service": spec.grpc_service,
+                "grpc_service": spec.grpc_service,
                 "port": running.port,
                 "metrics_port": running.metrics_endpoint.port if running.metrics_endpoint else None,
                 "database": "up" if running.database_health.up else "down",

@@ -1,0 +1,134 @@
+"""The README's walk-through and break-the-glass snippets, exactly as written there, run twice in
+a row against `his up --demo`: a newcomer can paste them, and paste them again."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from his.scheduling.demo import TIME_ZONE
+from tests.e2e.his_up import READY, HisUp, left_behind
+
+pytestmark = pytest.mark.slow
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+TRACE = re.compile(r"trace [0-9a-f]{32}$")
+
+
+def _section(heading: str) -> str:
+    """The text of a README section (`## heading`) up to the next section."""
+    text = README.read_text()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def _sh_blocks(section: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+
+
+def _walkthrough() -> str:
+    """Terminal 2 of the walk-through: every ```sh block but terminal 1's `make run`."""
+    blocks = [b for b in _sh_blocks(_section("Walk-through")) if b.strip() != "make run"]
+    assert len(blocks) == 3, blocks  # the token, the registrar's snippet, the auditor's
+    assert blocks[0].startswith("export TOKEN=")
+    assert all(".venv/bin/python - <<'PY'" in block for block in blocks[1:])
+    return "\n".join(blocks)
+
+
+def _break_the_glass() -> str:
+    blocks = [b for b in _sh_blocks(_section("Security")) if "<<'PY'" in b]
+    assert len(blocks) == 1, blocks
+    return blocks[0]
+
+
+def _paste(script: str, workdir: Path, data_dir: Path) -> list[str]:
+    """Run README text in a shell as a newcomer does, from a checkout with `.venv` (this one's)."""
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=workdir,
+        env=dict(os.environ, HIS_DATA_DIR=str(data_dir)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert "Traceback" not in done.stderr, done.stderr
+    lines: list[str] = done.stdout.splitlines()
+    return lines
+
+
+def _one(lines: list[str], prefix: str) -> str:
+    found = [line for line in lines if line.startswith(prefix)]
+    assert len(found) == 1, (prefix, lines)
+    return found[0]
+
+
+def _first_clinic_day() -> str:
+    """Tomorrow in the clinics' zone, or the next weekday (cardiology works Monday to Friday)."""
+    day = dt.datetime.now(ZoneInfo(TIME_ZONE)).date() + dt.timedelta(days=1)
+    while day.weekday() >= 5:
+        day += dt.timedelta(days=1)
+    return day.isoformat()
+
+
+def _check_walkthrough(lines: list[str]) -> tuple[str, str]:
+    """The walk-through's promises; the patient and the appointment it printed."""
+    patient = _one(lines, "registered patients/").split()[1]
+    assert _one(lines, "found ").startswith("found [('Sun', ")
+    refused = _one(lines, "refused: ")
+    assert refused.startswith("refused: INVALID_ARGUMENT (patient.his): patient.birth_date: ")
+    booked = _one(lines, "booked appointments/").split()
+    assert booked[2] == "APPOINTMENT_STATUS_BOOKED"
+    assert booked[3].startswith(_first_clinic_day() + "T"), booked  # tomorrow's, really
+    assert _one(lines, "replayed the booking: ") == "replayed the booking: same appointment: True"
+    assert _one(lines, "checked in: ") == "checked in: APPOINTMENT_STATUS_ARRIVED"
+    denied = _one(lines, "audit.khan reads the patient: ")
+    assert "PERMISSION_DENIED NO_CLINICAL_ACCESS (patient.his)" in denied
+    events = [line for line in lines if re.match(r"\d+ AUDIT_EVENT_ACTION_", line)]
+    assert len(events) == 6, lines
+    assert all(TRACE.search(e) and " PURPOSE_OF_USE_" in e for e in events), events
+    assert any("CheckInAppointment AUDIT_EVENT_OUTCOME_SUCCESS" in e for e in events), events
+    refusal = events[-1]  # the auditor's refused read: a failure, naming no patient
+    assert "GetPatient AUDIT_EVENT_OUTCOME_MINOR_FAILURE" in refusal
+    assert "['AUDITOR']" in refusal and "(no patient)" in refusal
+    assert _one(lines, "chain intact: ").startswith("chain intact: True events 1 to ")
+    return patient, booked[1]
+
+
+@pytest.mark.timeout(420)
+def test_readme_snippets_run_cleanly_twice_against_make_run(data_dir: Path, tmp_path: Path) -> None:
+    walkthrough, glass = _walkthrough(), _break_the_glass()
+    workdir = tmp_path / "checkout"
+    workdir.mkdir()
+    (workdir / ".venv").symlink_to(sys.prefix)
+    up = HisUp(data_dir, "--demo")
+    try:
+        up.wait_for(READY)
+        first = _check_walkthrough(_paste(walkthrough, workdir, data_dir))
+        second = _check_walkthrough(_paste(walkthrough, workdir, data_dir))
+        assert second[0] == first[0]  # the patient's request_id replayed: the same patient
+        assert second[1] != first[1]  # a new booking, into the next free slot
+        for run in range(2):
+            lines = _paste(glass, workdir, data_dir)
+            if run == 0:
+                refused = _one(lines, "dr.sun without a grant: ")
+                assert "PERMISSION_DENIED DEPARTMENT_MISMATCH (scheduling.his)" in refused
+            else:  # the first run's grant (10 minutes) still opens the record
+                _one(lines, "dr.sun may read it already")
+            assert _one(lines, "dr.sun with emergencyAccessGrants/").endswith(
+                "-> APPOINTMENT_STATUS_BOOKED"
+            )
+            flagged = [line for line in lines if line.startswith("audit: ")]
+            assert any("GetAppointment" in line for line in flagged), lines
+    finally:
+        assert up.interrupt() == 0, "".join(up.output)
+    assert left_behind(data_dir) == []
