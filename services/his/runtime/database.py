@@ -123,6 +123,20 @@ class Database:
                 await connection.invalidate()
                 raise
 
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection's asyncpg driver with no transaction around it: each statement
+        commits on its own, in one round trip (no BEGIN, no COMMIT). For single statements on
+        the hot path (the outbox's group commit, the relay's claims)."""
+        async with self.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            driver = cast(asyncpg.Connection, raw.driver_connection)
+            try:
+                yield driver
+            except BaseException:
+                await connection.invalidate()
+                raise
+
     async def ping(self) -> bool:
         """True when the database answers `SELECT 1` within the health timeout."""
         try:

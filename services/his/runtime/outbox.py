@@ -216,7 +216,8 @@ class Outbox:
         rows = [_row(event) for events, _ in group for event in events]
         self.commits += 1
         try:
-            async with self._database.driver_transaction() as connection:
+            # One statement, its own transaction: one round trip for the whole group.
+            async with self._database.driver() as connection:
                 await connection.execute(
                     self._insert_many,
                     [row["event_id"] for row in rows],

@@ -222,7 +222,7 @@ class Relay:
     async def _batch(self, destination: str) -> tuple[int, bool]:
         """Claim, deliver and settle one batch; (events delivered, whether the batch was full)."""
         config = self._config
-        async with self._database.driver_transaction() as connection:
+        async with self._database.driver() as connection:
             rows = await connection.fetch(self._claim, destination, config.lease_s, config.batch)
         if not rows:
             return 0, False
@@ -283,11 +283,11 @@ class Relay:
         return len(claimed)
 
     async def _settle(self, statement: str, ids: list[int], *args: object) -> None:
-        async with self._database.driver_transaction() as connection:
+        async with self._database.driver() as connection:
             await connection.execute(statement, ids, *args)
 
     async def _pending(self) -> int:
-        async with self._database.driver_transaction() as connection:
+        async with self._database.driver() as connection:
             rows = await connection.fetch(self._gauges)
         return sum(int(row[1]) for row in rows)
 
@@ -296,7 +296,7 @@ class Relay:
         if now - self._gauges_at < self._config.gauge_interval_s:
             return
         self._gauges_at = now
-        async with self._database.driver_transaction() as connection:
+        async with self._database.driver() as connection:
             rows = await connection.fetch(self._gauges)
         seen = {row[0]: row for row in rows}
         for destination in self._deliverers:
