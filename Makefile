@@ -10,7 +10,7 @@ BUF    := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
 GEN_DIRS := $(patsubst protos/%,services/%,$(sort $(dir $(PROTOS))))
 
-.PHONY: help install run test lint fmt proto proto-check gen-into buf-lint buf-breaking mesh-check istio-schema pytest bench clean
+.PHONY: help install run test lint fmt proto proto-check gen-into buf-lint buf-breaking mesh-check istio-schema pytest bench profile clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -84,11 +84,20 @@ istio-schema: $(VENV)/.installed ## Regenerate the carried Istio schema: make is
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest
 
-bench: $(VENV)/.installed ## Load benchmarks: patient rpcs, booking, the morning rush, the cost of security (own PostgreSQL).
+# Every figure is printed also as a ratio to a bare grpc.aio echo server measured in the same run,
+# alternating (bench/echo.py, bench/harness.py): the figures of a shared machine move, the ratios less.
+bench: $(VENV)/.installed ## Load benchmarks, each also as a ratio to a bare echo server: patient rpcs, booking, the rush, security, h2load, start-up.
 	$(PY) -m bench.patient_load --concurrency 1 --calls 1000 --seed 500
 	$(PY) -m bench.patient_load --concurrency 32 --calls 4000 --seed 2000
 	$(PY) -m bench.scheduling_load --bookings 2000 --concurrency 32 --rush 1000
 	$(PY) -m bench.security_cost --calls 2000 --seed 200
+	@command -v h2load >/dev/null || { echo "h2load is needed: apt-get install -y nghttp2-client"; exit 1; }
+	$(PY) -m bench.grpc_h2load --calls-c1 500 --calls 4000
+	$(PY) -m bench.startup --service patient --runs 5
+
+profile: $(VENV)/.installed ## py-spy on patient, scheduling and audit under load; prints the grouped top costs (root: ptrace).
+	@command -v h2load >/dev/null || { echo "h2load is needed: apt-get install -y nghttp2-client"; exit 1; }
+	$(PY) -m bench.profile --seconds 15
 
 clean: ## Remove the virtualenv and tools (keeps .his/, the local database).
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -2,8 +2,9 @@
 
 Starts its own embedded PostgreSQL and real `his serve` processes (patient, with iam and audit:
 every call is authenticated, authorized and audited), registers patients as a registrar,
-then drives each rpc at a fixed concurrency from this process. Run: `make bench`. Figures depend on
-the machine; this measures one server process (the unit that scales out by pods).
+then drives each rpc at a fixed concurrency from this process, alternating with the echo server
+(bench/echo.py) and printing every figure also as a ratio to it. Run: `make bench`. Figures depend
+on the machine; this measures one server process (the unit that scales out by pods).
 """
 
 from __future__ import annotations
@@ -12,7 +13,19 @@ import argparse
 import asyncio
 import random
 
-from bench.harness import HEADER, Hospital, address, channel, drive, services, staff_token
+from google.protobuf.message import Message
+
+from bench.harness import (
+    HEADER,
+    Call,
+    Hospital,
+    address,
+    channel,
+    compare,
+    echo_call,
+    services,
+    staff_token,
+)
 from his.common.v1 import types_pb2
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
@@ -32,9 +45,12 @@ def patient(i: int) -> pb.Patient:
     )
 
 
-async def _bench(hospital: Hospital, calls: int, concurrency: int, seed: int) -> None:
+async def _bench(hospital: Hospital, calls: int, concurrency: int, seed: int, rounds: int) -> None:
     token = await staff_token(hospital, "bench.registrar", "REGISTRAR")
-    async with channel(address("patient"), token) as patient_channel:
+    async with (
+        channel(address("patient"), token) as patient_channel,
+        channel(hospital.echo, token) as echo_channel,
+    ):
         stub = pb_grpc.PatientServiceStub(patient_channel)
         names: list[str] = []
 
@@ -44,32 +60,55 @@ async def _bench(hospital: Hospital, calls: int, concurrency: int, seed: int) ->
             )
             names.append(created.name)
 
+        def like(message: Message) -> Call:
+            return echo_call(echo_channel, message)
+
         print(HEADER)
-        await drive("CreatePatient", seed, concurrency, create)
+        await compare(
+            {"CreatePatient": create},
+            seed // rounds,
+            concurrency,
+            like(pb.CreatePatientRequest(patient=patient(0), request_id="bench-0")),
+            rounds=rounds,
+        )
         rng = random.Random(7)  # noqa: S311 (a reproducible pick, not a secret)
-        await drive(
-            "GetPatient",
-            calls,
+        await compare(
+            {
+                "GetPatient": lambda i: stub.GetPatient(
+                    pb.GetPatientRequest(name=rng.choice(names)), timeout=10
+                )
+            },
+            calls // rounds,
             concurrency,
-            lambda i: stub.GetPatient(pb.GetPatientRequest(name=rng.choice(names)), timeout=10),
+            like(pb.GetPatientRequest(name=names[0])),
+            rounds=rounds,
         )
-        await drive(
-            "ListPatients",
-            calls // 2,
+        await compare(
+            {
+                "ListPatients": lambda i: stub.ListPatients(
+                    pb.ListPatientsRequest(name_prefix=FAMILIES[i % len(FAMILIES)], page_size=20),
+                    timeout=10,
+                )
+            },
+            calls // 2 // rounds,
             concurrency,
-            lambda i: stub.ListPatients(
-                pb.ListPatientsRequest(name_prefix=FAMILIES[i % len(FAMILIES)], page_size=20),
-                timeout=10,
-            ),
+            like(pb.ListPatientsRequest(name_prefix=FAMILIES[0], page_size=20)),
+            rounds=rounds,
         )
-        await drive(
-            "CreatePatient/replay",
-            calls // 2,
+        seeded = len(names)
+        await compare(
+            {
+                "CreatePatient/replay": lambda i: stub.CreatePatient(
+                    pb.CreatePatientRequest(
+                        patient=patient(i % seeded), request_id=f"bench-{i % seeded}"
+                    ),
+                    timeout=10,
+                )
+            },
+            calls // 2 // rounds,
             concurrency,
-            lambda i: stub.CreatePatient(
-                pb.CreatePatientRequest(patient=patient(i % seed), request_id=f"bench-{i % seed}"),
-                timeout=10,
-            ),
+            like(pb.CreatePatientRequest(patient=patient(0), request_id="bench-0")),
+            rounds=rounds,
         )
 
 
@@ -78,9 +117,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seed", type=int, default=2000, help="patients registered first")
+    parser.add_argument("--rounds", type=int, default=2, help="echo/service alternations per rpc")
     args = parser.parse_args()
     with services("patient") as hospital:
-        asyncio.run(_bench(hospital, args.calls, args.concurrency, args.seed))
+        asyncio.run(_bench(hospital, args.calls, args.concurrency, args.seed, args.rounds))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Real `his serve patient` and `his serve scheduling` processes on a private PostgreSQL. Measures:
 booking distinct slots at a fixed concurrency (each booking asks the patient service first), free-
 slot search, and the rush itself — many patients racing for the same few places, where every call
-must end in one booking per place and a clean refusal for everyone else. Run: `make bench`.
+must end in one booking per place and a clean refusal for everyone else. Each is measured
+alternating with the echo server (bench/echo.py) and also printed as a ratio to it. Run:
+`make bench`.
 """
 
 from __future__ import annotations
@@ -11,12 +13,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import time
 import uuid
 
 from google.protobuf.duration_pb2 import Duration
 
-from bench.harness import HEADER, Hospital, address, channel, drive, services, staff_token
+from bench.harness import (
+    HEADER,
+    Hospital,
+    address,
+    channel,
+    compare,
+    drive,
+    echo_call,
+    services,
+    staff_token,
+)
 from bench.patient_load import patient
 from his.common.v1 import types_pb2
 from his.patient.v1 import patient_service_pb2 as ppb
@@ -62,11 +73,14 @@ async def _schedule(
     return names
 
 
-async def _bench(hospital: Hospital, bookings: int, concurrency: int, rush: int) -> None:
+async def _bench(
+    hospital: Hospital, bookings: int, concurrency: int, rush: int, rounds: int
+) -> None:
     token = await staff_token(hospital, "bench.registrar", "REGISTRAR")
     async with (
         channel(address("patient"), token) as patient_channel,
         channel(address("scheduling"), token) as scheduling_channel,
+        channel(hospital.echo, token) as echo_channel,
     ):
         patients = ppb_grpc.PatientServiceStub(patient_channel)
         stub = pb_grpc.SchedulingServiceStub(scheduling_channel)
@@ -79,33 +93,42 @@ async def _bench(hospital: Hospital, bookings: int, concurrency: int, rush: int)
             names.append(created.name)
 
         print(HEADER)
-        await drive("CreatePatient", max(bookings, rush), concurrency, register)
+        # Setup, not a measurement (patient_load measures registration).
+        await drive("CreatePatient (setup)", max(bookings, rush), concurrency, register)
         slots = await _schedule(stub, capacity=1, days=(bookings // 287) + 1)
-        await drive(
-            "BookAppointment",
-            bookings,
+        book = pb.BookAppointmentRequest(patient=names[0], slot=slots[0])
+        await compare(
+            {
+                "BookAppointment": lambda i: stub.BookAppointment(
+                    pb.BookAppointmentRequest(patient=names[i], slot=slots[i]), timeout=10
+                )
+            },
+            bookings // rounds,
             concurrency,
-            lambda i: stub.BookAppointment(
-                pb.BookAppointmentRequest(patient=names[i], slot=slots[i]), timeout=10
-            ),
+            echo_call(echo_channel, book),
+            rounds=rounds,
         )
-        await drive(
-            "ListSlots/free",
-            bookings,
+        free = pb.ListSlotsRequest(only_free=True, page_size=20)
+        await compare(
+            {"ListSlots/free": lambda i: stub.ListSlots(free, timeout=10)},
+            bookings // rounds,
             concurrency,
-            lambda i: stub.ListSlots(pb.ListSlotsRequest(only_free=True, page_size=20), timeout=10),
+            echo_call(echo_channel, free),
+            rounds=rounds,
         )
         rush_slots = await _schedule(stub, capacity=3, days=1)
-        started = time.perf_counter()
-        await drive(
-            "Book/rush 3 places",
+        rushed = await compare(
+            {
+                "Book/rush 3 places": lambda i: stub.BookAppointment(
+                    pb.BookAppointmentRequest(patient=names[i], slot=rush_slots[0]), timeout=30
+                )
+            },
             rush,
             rush,
-            lambda i: stub.BookAppointment(
-                pb.BookAppointmentRequest(patient=names[i], slot=rush_slots[0]), timeout=30
-            ),
+            echo_call(echo_channel, book),
+            rounds=1,
         )
-        settled = time.perf_counter() - started
+        settled = rushed["Book/rush 3 places"][0].run.elapsed_s
         slot = await stub.GetSlot(pb.GetSlotRequest(name=rush_slots[0]))
         print(
             f"rush: {rush} patients for 3 places settled in {settled:.2f} s; "
@@ -118,9 +141,10 @@ def main() -> None:
     parser.add_argument("--bookings", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rush", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=2, help="echo/service alternations per rpc")
     args = parser.parse_args()
     with services("patient", "scheduling") as hospital:
-        asyncio.run(_bench(hospital, args.bookings, args.concurrency, args.rush))
+        asyncio.run(_bench(hospital, args.bookings, args.concurrency, args.rush, args.rounds))
 
 
 if __name__ == "__main__":
