@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -65,3 +66,14 @@ async def test_patient_schema_upgrades_downgrades_and_upgrades_again(tmp_path: P
         assert "patients" in await _tables(url)
     finally:
         await asyncio.to_thread(pg.stop)
+
+
+@pytest.mark.parametrize("service", ["patient", "scheduling", "iam", "audit"])
+def test_the_head_start_up_reads_from_the_files_is_alembics(service: str) -> None:
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    from his.runtime.migrations import alembic_config  # noqa: PLC0415
+    from his.runtime.schema_version import head_revision  # noqa: PLC0415
+
+    script = ScriptDirectory.from_config(alembic_config(service, "postgresql://unused/x"))
+    assert head_revision(service) == script.get_current_head()
