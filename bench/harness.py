@@ -124,10 +124,20 @@ def channel(where: str, token: str | None) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(where, interceptors=interceptors)
 
 
+@dataclass(frozen=True)
+class Figures:
+    """What one `drive` measured."""
+
+    calls_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
 async def drive(
     name: str, calls: int, concurrency: int, call: Callable[[int], Awaitable[object]]
-) -> None:
-    """Run `calls` calls, `concurrency` in flight; print latency percentiles and status codes."""
+) -> Figures:
+    """Run `calls` calls, `concurrency` in flight; print latency percentiles and status codes
+    (and return the main figures)."""
     latencies: list[float] = []
     codes: dict[str, int] = {}
     counter = iter(range(calls))
@@ -154,3 +164,4 @@ async def drive(
         f"{q[49]:>8.2f} {q[94]:>8.2f} {q[98]:>8.2f} {ms[-1]:>8.2f}  {summary}",
         flush=True,
     )
+    return Figures(calls / elapsed, q[49], q[98])
