@@ -16,6 +16,7 @@ import asyncio
 import random
 import time
 
+from bench import harness
 from bench.harness import (
     HEADER,
     Figures,
@@ -148,7 +149,14 @@ def main() -> None:
     parser.add_argument(
         "--no-incremental", dest="incremental", action="store_false", help="(code before it)"
     )
+    parser.add_argument(
+        "--port-offset",
+        type=int,
+        default=harness.PORT_OFFSET,
+        help="ports above the local table (another offset when another benchmark runs)",
+    )
     args = parser.parse_args()
+    harness.PORT_OFFSET = args.port_offset
     with services("patient") as hospital:
         asyncio.run(_bench(hospital, args))
 

@@ -193,10 +193,10 @@ async def test_concurrent_full_passes_are_one_pass(
     assert all(reply == replies[0] and reply.intact for reply in replies)
 
 
-def slow_verify_span(dsn: str, check: ChainCheck, end: int, chunk: int) -> ChainCheck:
+def slow_verify_span(dsn: str, check: ChainCheck, end: int, chunk: int, duty: float) -> ChainCheck:
     """The worker's task, holding its process for 2 s first (a long pass, in a small test)."""
     time.sleep(2)
-    return verify_worker.verify_span(dsn, check, end, chunk)
+    return verify_worker.verify_span(dsn, check, end, chunk, duty)
 
 
 async def test_the_service_answers_other_calls_while_a_full_pass_is_checked(

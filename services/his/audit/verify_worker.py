@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import asyncpg
 
@@ -23,17 +24,25 @@ class VerifyWorkerError(Exception):
 
 
 def lower_priority(niceness: int) -> None:
-    """Run the worker below the services' CPU priority: on a busy machine it gets what is left."""
+    """Run the worker below the services' CPU priority, so on a busy machine it gets only what
+    is left: SCHED_IDLE on Linux (any runnable normal task preempts it at once), else `nice`."""
     os.nice(niceness)
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        # Lowering one's own policy needs no privilege.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
-def verify_span(dsn: str, check: ChainCheck, end: int, chunk: int) -> ChainCheck:
+def verify_span(dsn: str, check: ChainCheck, end: int, chunk: int, duty: float = 1.0) -> ChainCheck:
     """Check events `check.expected`..`end` (`chunk` rows a read) and return the updated check;
-    a sequence number missing up to `end` is reported as MISSING."""
-    return asyncio.run(_verify_span(dsn, check, end, chunk))
+    a sequence number missing up to `end` is reported as MISSING. `duty` is the share of time
+    spent working: after each chunk the worker rests for the rest (the CPU a low priority cannot
+    give back, such as a hyperthread sibling or the memory bus, is then shared too)."""
+    return asyncio.run(_verify_span(dsn, check, end, chunk, duty))
 
 
-async def _verify_span(dsn: str, check: ChainCheck, end: int, chunk: int) -> ChainCheck:
+async def _verify_span(
+    dsn: str, check: ChainCheck, end: int, chunk: int, duty: float
+) -> ChainCheck:
     try:
         connection = await asyncpg.connect(
             dsn, server_settings={"application_name": "his-audit-verify"}
@@ -42,12 +51,14 @@ async def _verify_span(dsn: str, check: ChainCheck, end: int, chunk: int) -> Cha
         raise VerifyWorkerError(type(error).__name__) from None
     try:
         while not check.broken and check.expected <= end:
+            started = time.perf_counter()
             rows = await store.chain_chunk_fast(
                 connection, start=check.expected, end=end, limit=chunk
             )
             if not rows:
                 break
             check.check(rows)
+            await asyncio.sleep((time.perf_counter() - started) * (1 / duty - 1))
         check.finish(end)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         raise VerifyWorkerError(type(error).__name__) from None
