@@ -39,9 +39,13 @@ async def test_audit_schema_upgrades_downgrades_and_upgrades_again(
         "alembic_version",
         "events",
         "chain_head",
+        "verify_checkpoint",
     }
     head = await _run(url, "SELECT id, last_sequence_number, last_hash FROM audit.chain_head")
     assert head == [(1, 0, bytes(32))]
+    # No checkpoint yet: the row exists (updates lock it) but carries no signature.
+    checkpoint = await _run(url, "SELECT id, sequence_number, mac FROM audit.verify_checkpoint")
+    assert checkpoint == [(1, 0, b"")]
 
     await asyncio.to_thread(downgrade, "audit", url, "base")
     assert {row[0] for row in await _run(url, tables)} == {"alembic_version"}

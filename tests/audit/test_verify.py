@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from his.audit import service as audit_service
+from his.audit import verification
 from his.audit.v1 import audit_service_pb2 as pb
 from tests.audit.helpers import (
     DOMAIN,
@@ -39,7 +39,7 @@ def _verify(start: int = 0, end: int = 0) -> pb.VerifyChainRequest:
 @pytest.fixture
 async def small_chunks(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     """VerifyChain reading 7 rows at a time, so every test crosses chunk boundaries."""
-    monkeypatch.setattr(audit_service, "VERIFY_CHUNK", 7)
+    monkeypatch.setattr(verification, "VERIFY_CHUNK", 7)
     yield
 
 

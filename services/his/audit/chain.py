@@ -8,7 +8,7 @@ reordering any stored event breaks the chain at that point.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +62,9 @@ class ChainCheck:
         """True once a break has been found."""
         return self.break_at != 0
 
-    def check(self, rows: Iterable[Mapping[Any, Any]]) -> None:
-        """Check the next rows (in sequence order, none skipped by the caller)."""
+    def check(self, rows: Iterable[Any]) -> None:
+        """Check the next rows (in sequence order, none skipped by the caller); a row is anything
+        that gives its columns by name (a SQLAlchemy row mapping, an asyncpg record)."""
         for row in rows:
             if self.broken:
                 return

@@ -17,8 +17,9 @@ import asyncpg
 from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.audit.checkpoint import Checkpoint, StoredCheckpoint
 from his.audit.mapping import event_name
-from his.audit.tables import chain_head, events
+from his.audit.tables import chain_head, events, verify_checkpoint
 from his.runtime.errors import NotFound
 
 _HEAD = 1
@@ -152,3 +153,41 @@ async def chain_chunk(
         .limit(limit)
     )
     return (await session.execute(query)).all()
+
+
+# VerifyChain's worker process reads on its own driver connection (no SQLAlchemy there).
+_CHAIN_CHUNK = (
+    "SELECT * FROM audit.events WHERE sequence_number BETWEEN $1 AND $2"
+    " ORDER BY sequence_number LIMIT $3"
+)
+
+
+async def chain_chunk_fast(
+    connection: asyncpg.Connection, *, start: int, end: int, limit: int
+) -> list[asyncpg.Record]:
+    """Up to `limit` events with sequence numbers in [start, end], in order (keyset by the
+    primary key, so every chunk is one index range scan however far into the chain)."""
+    return list(await connection.fetch(_CHAIN_CHUNK, start, end, limit))
+
+
+async def read_checkpoint(session: AsyncSession, *, lock: bool = False) -> StoredCheckpoint:
+    """The verification checkpoint row as stored; with `lock`, locked until the transaction
+    ends (so concurrent checks move it one at a time)."""
+    query = select(verify_checkpoint).where(verify_checkpoint.c.id == _HEAD)
+    if lock:
+        query = query.with_for_update()
+    return StoredCheckpoint.of((await session.execute(query)).one())
+
+
+async def put_checkpoint(session: AsyncSession, checkpoint: Checkpoint, mac: bytes) -> None:
+    """Replace the verification checkpoint (its row locked by `read_checkpoint(lock=True)`)."""
+    await session.execute(
+        verify_checkpoint.update()
+        .where(verify_checkpoint.c.id == _HEAD)
+        .values(
+            sequence_number=checkpoint.sequence_number,
+            hash=checkpoint.hash,
+            verified_at=checkpoint.verified_at,
+            mac=mac,
+        )
+    )

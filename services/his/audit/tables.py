@@ -98,3 +98,21 @@ chain_head = Table(
     CheckConstraint("last_sequence_number >= 0", name="head_sequence_not_negative"),
     CheckConstraint("octet_length(last_hash) = 32", name="head_hash_sha256"),
 )
+
+# Exactly one row (id = 1): how far VerifyChain last found the chain intact, for incremental
+# checks. `mac` authenticates the other columns under a key the database does not hold (see
+# checkpoint.py); empty means no checkpoint yet. No trigger guards it: a forged or rewound row
+# fails authentication or only makes the next check longer.
+verify_checkpoint = Table(
+    "verify_checkpoint",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("sequence_number", BigInteger, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    Column("verified_at", DateTime(timezone=True)),
+    Column("mac", LargeBinary, nullable=False),
+    CheckConstraint("id = 1", name="one_checkpoint"),
+    CheckConstraint("sequence_number >= 0", name="checkpoint_sequence_not_negative"),
+    CheckConstraint("octet_length(hash) = 32", name="checkpoint_hash_sha256"),
+    CheckConstraint("octet_length(mac) IN (0, 32)", name="checkpoint_mac_hmac_sha256"),
+)

@@ -553,19 +553,30 @@ class VerifyChainRequest(_message.Message):
 
     START_SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
     END_SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
+    INCREMENTAL_FIELD_NUMBER: _builtins.int
     start_sequence_number: _builtins.int
     """The first sequence number to check. 0 means 1, the start of the chain."""
     end_sequence_number: _builtins.int
     """The last sequence number to check, inclusive. 0 means the latest stored event."""
+    incremental: _builtins.bool
+    """Check only what was appended since the checkpoint: the events after the last one a previous
+    check found intact (one that started at the first event, or an incremental one), linked to
+    the hash recorded then, up to the latest stored event but at most 1000000 events (call again
+    to continue). Both bounds must then be 0. Events up to the checkpoint are not read again, so
+    a change to them is found only by a check that starts at the first event. Without a
+    checkpoint, or when it fails the service's authentication, the check starts at the first
+    event. False (the default) means the range above, as before.
+    """
     def __init__(
         self,
         *,
         start_sequence_number: _builtins.int = ...,
         end_sequence_number: _builtins.int = ...,
+        incremental: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_sequence_number", b"end_sequence_number", "start_sequence_number", b"start_sequence_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_sequence_number", b"end_sequence_number", "incremental", b"incremental", "start_sequence_number", b"start_sequence_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -582,6 +593,7 @@ class VerifyChainResponse(_message.Message):
     END_SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
     END_HASH_FIELD_NUMBER: _builtins.int
     FIRST_BREAK_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_TIME_FIELD_NUMBER: _builtins.int
     intact: _builtins.bool
     """Whether every link in the range is intact."""
     start_sequence_number: _builtins.int
@@ -596,6 +608,14 @@ class VerifyChainResponse(_message.Message):
     def first_break(self) -> Global___ChainBreak:
         """The first broken link, set only when `intact` is false."""
 
+    @_builtins.property
+    def checkpoint_time(self) -> _timestamp_pb2.Timestamp:
+        """For an incremental check that continued from a checkpoint: when that checkpoint was recorded,
+        that is when the events before `start_sequence_number` were last found intact. Unset
+        otherwise. When nothing was appended since the checkpoint, `end_sequence_number` is
+        `start_sequence_number` - 1 and `end_hash` is the checkpoint's hash.
+        """
+
     def __init__(
         self,
         *,
@@ -604,10 +624,11 @@ class VerifyChainResponse(_message.Message):
         end_sequence_number: _builtins.int = ...,
         end_hash: _builtins.bytes = ...,
         first_break: Global___ChainBreak | None = ...,
+        checkpoint_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["first_break", b"first_break"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint_time", b"checkpoint_time", "first_break", b"first_break"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_hash", b"end_hash", "end_sequence_number", b"end_sequence_number", "first_break", b"first_break", "intact", b"intact", "start_sequence_number", b"start_sequence_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_time", b"checkpoint_time", "end_hash", b"end_hash", "end_sequence_number", b"end_sequence_number", "first_break", b"first_break", "intact", b"intact", "start_sequence_number", b"start_sequence_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -102,9 +102,12 @@ class AuditServiceServicer:
         """Checks the hash chain over a range of sequence numbers: that no sequence number is missing,
         that each event's hash matches its content, and that each event's `previous_hash` matches the
         hash of the event before it (for the first event of the range too, unless it is the very first
-        event). Reports the first broken link found. Errors: INVALID_ARGUMENT for a negative bound, an
-        end before the start, or a range of more than 1000000 events; PERMISSION_DENIED if the caller
-        does not have the AUDITOR role.
+        event). Reports the first broken link found. A check that starts at the first event, or an
+        `incremental` one, records how far the chain was found intact (the checkpoint), so the next
+        incremental check continues from there. Errors: INVALID_ARGUMENT for a negative bound, an end
+        before the start, a range of more than 1000000 events, or a bound given together with
+        `incremental`; PERMISSION_DENIED if the caller does not have the AUDITOR role; UNAVAILABLE if
+        the service's verification worker failed (retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

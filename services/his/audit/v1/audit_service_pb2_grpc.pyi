@@ -62,9 +62,12 @@ class AuditServiceStub:
     """Checks the hash chain over a range of sequence numbers: that no sequence number is missing,
     that each event's hash matches its content, and that each event's `previous_hash` matches the
     hash of the event before it (for the first event of the range too, unless it is the very first
-    event). Reports the first broken link found. Errors: INVALID_ARGUMENT for a negative bound, an
-    end before the start, or a range of more than 1000000 events; PERMISSION_DENIED if the caller
-    does not have the AUDITOR role.
+    event). Reports the first broken link found. A check that starts at the first event, or an
+    `incremental` one, records how far the chain was found intact (the checkpoint), so the next
+    incremental check continues from there. Errors: INVALID_ARGUMENT for a negative bound, an end
+    before the start, a range of more than 1000000 events, or a bound given together with
+    `incremental`; PERMISSION_DENIED if the caller does not have the AUDITOR role; UNAVAILABLE if
+    the service's verification worker failed (retry).
     """
 
 @_typing.type_check_only
@@ -99,9 +102,12 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """Checks the hash chain over a range of sequence numbers: that no sequence number is missing,
     that each event's hash matches its content, and that each event's `previous_hash` matches the
     hash of the event before it (for the first event of the range too, unless it is the very first
-    event). Reports the first broken link found. Errors: INVALID_ARGUMENT for a negative bound, an
-    end before the start, or a range of more than 1000000 events; PERMISSION_DENIED if the caller
-    does not have the AUDITOR role.
+    event). Reports the first broken link found. A check that starts at the first event, or an
+    `incremental` one, records how far the chain was found intact (the checkpoint), so the next
+    incremental check continues from there. Errors: INVALID_ARGUMENT for a negative bound, an end
+    before the start, a range of more than 1000000 events, or a bound given together with
+    `incremental`; PERMISSION_DENIED if the caller does not have the AUDITOR role; UNAVAILABLE if
+    the service's verification worker failed (retry).
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -157,9 +163,12 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         """Checks the hash chain over a range of sequence numbers: that no sequence number is missing,
         that each event's hash matches its content, and that each event's `previous_hash` matches the
         hash of the event before it (for the first event of the range too, unless it is the very first
-        event). Reports the first broken link found. Errors: INVALID_ARGUMENT for a negative bound, an
-        end before the start, or a range of more than 1000000 events; PERMISSION_DENIED if the caller
-        does not have the AUDITOR role.
+        event). Reports the first broken link found. A check that starts at the first event, or an
+        `incremental` one, records how far the chain was found intact (the checkpoint), so the next
+        incremental check continues from there. Errors: INVALID_ARGUMENT for a negative bound, an end
+        before the start, a range of more than 1000000 events, or a bound given together with
+        `incremental`; PERMISSION_DENIED if the caller does not have the AUDITOR role; UNAVAILABLE if
+        the service's verification worker failed (retry).
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
