@@ -32,7 +32,7 @@ from his.runtime.server import RunningService, ServiceSpec, start
 from tests.conftest import service_config
 from tests.identity import registrar_channel
 from tests.patient.helpers import create
-from tests.support import failure_of, wait_for_health
+from tests.support import delivered, failure_of, wait_for_health
 
 PHI = "Wang Fang 110101198403120023"
 
@@ -215,8 +215,8 @@ async def test_a_dropped_database_connection_is_unavailable_never_internal(
 ) -> None:
     engine = create_async_engine(async_url(database_url), poolclass=NullPool)
     codes: list[str] = []
-    # What the services answered, including calls a client retried (the SDK retries audit
-    # writes on UNAVAILABLE, so the caller may only ever see OK): never INTERNAL.
+    # What the services answered, including the relay's deliveries to audit (retried after an
+    # UNAVAILABLE, so no caller sees them): never INTERNAL.
     served = {
         code: sum(_handled(running, code) for running in (patient_service, audit_service))
         for code in ("UNAVAILABLE", "INTERNAL")
@@ -227,8 +227,9 @@ async def test_a_dropped_database_connection_is_unavailable_never_internal(
             # A read of a record: served by patient, audited through audit.
             read = pb.GetPatientRequest(name=(await create(stub)).name)
             for _ in range(3):
-                # A good call first, so the pools hold live connections again.
+                # A good call first, delivered to audit, so the pools hold live connections.
                 await stub.GetPatient(read, timeout=10)
+                await delivered()
                 # What a database restart or failover does to every pooled connection.
                 async with engine.connect() as connection:
                     dropped = await connection.scalar(
@@ -244,8 +245,9 @@ async def test_a_dropped_database_connection_is_unavailable_never_internal(
                     codes.append("OK")
                 except grpc.aio.AioRpcError as error:
                     codes.append(error.code().name)
-                # The pool recovers by itself: the next call is served.
+                # The pool recovers by itself: the next call is served, its event delivered.
                 await stub.GetPatient(read, timeout=10)
+                await delivered()
     finally:
         await engine.dispose()
     assert set(codes) <= {"OK", "UNAVAILABLE"}, codes

@@ -73,8 +73,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
     async def GetPatient(self, request: pb.GetPatientRequest, context: Context) -> pb.Patient:
         patient_id = required_id("name", request.name, collection="patients")
         permit = await self._access.require("read", "patient.demographics")
-        async with self._db.read() as session:
-            row = await store.get_patient(session, self._cipher, patient_id)
+        row = await store.read_patient(self._db, self._cipher, patient_id)
         await self._audit("read", permit, row.id)
         return patient_to_proto(row)
 

@@ -505,6 +505,10 @@ class FieldCipher:
     def _key_columns(self) -> tuple[Any, ...]:
         return (self._table.c.id, self._table.c.master_key_id, self._table.c.wrapped_key)
 
+    def missing_keys(self, values: Iterable[bytes | None]) -> bool:
+        """Whether some data key the stored `values` need is not in memory yet (see `load`)."""
+        return bool(self.key_ids(values) - self._keys.keys())
+
     async def load(self, session: AsyncSession, values: Iterable[bytes | None]) -> None:
         """Unwrap every data key the stored `values` need and memory does not hold yet."""
         missing = self.key_ids(values) - self._keys.keys()

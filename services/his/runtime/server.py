@@ -37,6 +37,7 @@ from his.runtime.schema_version import at_head
 from his.runtime.security import jwks_source, own_token_source
 from his.runtime.telemetry import make_tracer_provider, shut_down
 from his.runtime.tokens import TokenVerifier
+from his.runtime.trace_context import TraceContextInterceptor
 from his_client.clients import HisClients
 from his_client.errors import translate_error as translate_upstream_error
 
@@ -163,7 +164,11 @@ async def start(
         token=own_token_source(config.auth, spec.name, lambda: clients.iam),
     )
     interceptors: list[grpc.aio.ServerInterceptor] = [
-        aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
+        (
+            aio_server_interceptor(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
+            if config.telemetry.otlp_endpoint
+            else TraceContextInterceptor()
+        ),
         ObservingInterceptor(metrics),
         admission := AdmissionInterceptor(
             config.server.max_concurrent_rpcs, domain=f"{spec.name}.his", open_=not migrate
