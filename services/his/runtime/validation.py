@@ -55,7 +55,9 @@ class Violations:
             self.add(field, f"must be at least {min_len} characters")
         if len(stripped) > max_len:
             self.add(field, f"must be at most {max_len} characters")
-        if any(_invisible(ch) for ch in stripped):
+        # isprintable() (C, fast) is False for every control, format and line/paragraph separator
+        # character: only then is the per-character look needed.
+        if not stripped.isprintable() and any(_invisible(ch) for ch in stripped):
             self.add(field, "must not contain control or invisible characters")
         return stripped
 

@@ -318,9 +318,11 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             find_slot,
             slot_facts,
         )
-        async with self._db.read() as session:
-            # A replay returns the first booking, even once the slot has filled up since.
-            replay = await self._booked_by(session, request_id, request)
+        replay = None
+        if request_id is not None:
+            async with self._db.read() as session:
+                # A replay returns the first booking, even once the slot has filled up since.
+                replay = await self._booked_by(session, request_id, request)
         if replay is not None:
             await self._audit("create", permit, replay)
             return appointment_to_proto(replay)
@@ -340,8 +342,10 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
                 await self._audit("create", permit, row)
         except (FailedPrecondition, IntegrityError) as error:
             # A concurrent replay of this request may have taken the place first: it is the answer.
-            async with self._db.read() as session:
-                replay = await self._booked_by(session, request_id, request)
+            replay = None
+            if request_id is not None:
+                async with self._db.read() as session:
+                    replay = await self._booked_by(session, request_id, request)
             if replay is not None:
                 await self._audit("create", permit, replay)
                 return appointment_to_proto(replay)
