@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -218,12 +219,31 @@ class Relay:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._config.poll_s):
                         await self._wake.wait()
+        # Stopping: what the last calls recorded goes too, if it can in the time `stop` gives.
+        with contextlib.suppress(Exception):
+            await self.pass_once()
 
     async def _batch(self, destination: str) -> tuple[int, bool]:
         """Claim, deliver and settle one batch; (events delivered, whether the batch was full)."""
         config = self._config
-        async with self._database.driver() as connection:
-            rows = await connection.fetch(self._claim, destination, config.lease_s, config.batch)
+
+        async def claim() -> list[Any]:
+            async with self._database.driver() as connection:
+                return list(
+                    await connection.fetch(self._claim, destination, config.lease_s, config.batch)
+                )
+
+        # A claim cut short by `stop` may still have committed: let it finish and hand its rows
+        # back, or they would sit out the whole lease.
+        claiming = asyncio.ensure_future(claim())
+        try:
+            rows = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                taken = await claiming
+                if taken:
+                    await self._settle(self._back_off, [r["id"] for r in taken], 0.0, "stopped")
+            raise
         if not rows:
             return 0, False
         claimed = sorted(
