@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,31 @@ async def delivered(*relays: Relay, timeout_s: float = 20.0) -> None:
     what was recorded before this call is in the audit trail after it."""
     for relay in relays or SESSION_RELAYS:
         await relay.drain(timeout_s)
+
+
+async def blocked_on_a_lock(
+    database_url: str, application_name: str, *, timeout_s: float = 20.0
+) -> None:
+    """Wait until a session of `application_name` waits for a row lock (a call is truly in
+    flight inside its transaction); fails the test after `timeout_s`."""
+    engine = create_async_engine(async_url(database_url), poolclass=NullPool)
+    try:
+        deadline = time.monotonic() + timeout_s
+        async with engine.connect() as connection:
+            while time.monotonic() < deadline:
+                waiting = await connection.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE application_name = :name AND wait_event_type = 'Lock'"
+                    ),
+                    {"name": application_name},
+                )
+                if waiting:
+                    return
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"no call of {application_name} ever waited for a row lock")
+    finally:
+        await engine.dispose()
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import urllib.request
 from collections.abc import AsyncIterator
@@ -45,12 +46,7 @@ class _ExplodingPatientService(PatientService):
 
 
 def _exploding_spec() -> ServiceSpec:
-    return ServiceSpec(
-        name=PATIENT.name,
-        grpc_service=PATIENT.grpc_service,
-        add_to_server=PATIENT.add_to_server,
-        make_servicer=_ExplodingPatientService,
-    )
+    return dataclasses.replace(PATIENT, make_servicer=_ExplodingPatientService)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import time
 
 import grpc
 import pytest
@@ -21,30 +20,9 @@ from his.runtime.health import NOT_SERVING, SERVING
 from his.runtime.server import RunningService
 from tests.identity import registrar_channel
 from tests.runtime.serving import his_serve
-from tests.support import free_port, wait_for_health
+from tests.support import blocked_on_a_lock, free_port, wait_for_health
 
 SERVICE = "his.patient.v1.PatientService"
-
-
-async def _wait_until_blocked_on_lock(database_url: str, timeout_s: float = 20.0) -> None:
-    """Wait until the service's UPDATE waits on our row lock (the call is truly in flight)."""
-    engine = create_async_engine(async_url(database_url))
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            async with engine.connect() as connection:
-                waiting = await connection.scalar(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE application_name = 'his-patient' AND wait_event_type = 'Lock'"
-                    )
-                )
-            if waiting:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("the in-flight call never reached the database lock")
-    finally:
-        await engine.dispose()
 
 
 async def test_sigterm_drains_in_flight_calls_then_exits(
@@ -93,7 +71,7 @@ async def test_sigterm_drains_in_flight_calls_then_exits(
                         timeout=30,
                     )
                 )
-                await _wait_until_blocked_on_lock(database_url)
+                await blocked_on_a_lock(database_url, "his-patient")
                 process.send_signal(signal.SIGTERM)
                 await wait_for_health(address, SERVICE, NOT_SERVING, timeout_s=5)
                 await holder.rollback()  # release the row: the in-flight call may now finish

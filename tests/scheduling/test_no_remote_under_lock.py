@@ -8,6 +8,7 @@ booking waits inside its transaction no call leaves scheduling at all.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,7 +28,7 @@ from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
 from tests.conftest import addresses, service_config
 from tests.identity import REGISTRAR, channel_as
 from tests.scheduling.helpers import Patients, active_patient, future_slots
-from tests.support import fresh_database
+from tests.support import blocked_on_a_lock, fresh_database
 
 AUDIT_DELAY_S = 2.0
 
@@ -41,12 +42,7 @@ class _SlowAuditService(AuditService):
 
 
 def _slow_audit_spec() -> ServiceSpec:
-    return ServiceSpec(
-        name=AUDIT.name,
-        grpc_service=AUDIT.grpc_service,
-        add_to_server=AUDIT.add_to_server,
-        make_servicer=_SlowAuditService,
-    )
+    return dataclasses.replace(AUDIT, make_servicer=_SlowAuditService)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +129,7 @@ async def test_no_call_leaves_scheduling_while_a_booking_waits_inside_its_transa
                         timeout=30,
                     )
                 )
-                await _blocked_on_a_lock(engine)
+                await blocked_on_a_lock(database_url, "his-scheduling")
                 before = [_started(u) for u in upstreams]
                 await asyncio.sleep(0.5)
                 # Inside its transaction, waiting for the slot: not one call to anyone.
@@ -143,18 +139,3 @@ async def test_no_call_leaves_scheduling_while_a_booking_waits_inside_its_transa
         finally:
             await engine.dispose()
     assert appointment.slot == made.slot.name
-
-
-async def _blocked_on_a_lock(engine: Any) -> None:
-    async with engine.connect() as watcher:
-        for _ in range(400):
-            waiting = await watcher.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE application_name = 'his-scheduling' AND wait_event_type = 'Lock'"
-                )
-            )
-            if waiting:
-                return
-            await asyncio.sleep(0.05)
-    raise AssertionError("the booking never waited for the slot's lock")
