@@ -32,6 +32,7 @@ from his.patient.v1 import patient_service_pb2_grpc as patient_grpc
 from his.runtime.config import ServiceConfig
 from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
+from his.runtime.health import SERVING
 from his.runtime.server import RunningService, start
 from his.scheduling.spec import SPEC as SCHEDULING
 from his.scheduling.v1 import scheduling_service_pb2 as pb
@@ -41,7 +42,7 @@ from tests.identity import REGISTRAR, channel_as
 from tests.patient.helpers import make_patient, unique_phone
 from tests.scheduling.helpers import active_patient, future_slots
 from tests.security.helpers import AUDITOR, Audit, Patients, Scheduling
-from tests.support import free_port, fresh_database
+from tests.support import free_port, fresh_database, wait_for_health
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _DATABASE = "his_security_audit"
@@ -202,6 +203,8 @@ async def test_patient_records_are_served_through_an_audit_outage_and_every_acce
         assert (await own_patients.UpdatePatient(update)).phone == phone
         # Each access is on record in patient's own database, waiting for the audit service.
         assert await servers.waiting("patient") >= 4
+        # ...and the patient service stays in rotation: a receiver's outage is not its own.
+        await wait_for_health(servers.patient.address, PATIENT.grpc_service, SERVING, timeout_s=1)
     finally:
         await servers.start_audit()
 
