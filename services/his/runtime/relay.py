@@ -6,10 +6,12 @@ second one: replicas never take the same row while its lease runs, nothing is he
 the network, and a replica that dies mid-delivery only delays its rows until the lease ends (the
 receiver deduplicates what is then delivered twice by event id).
 
-A failed delivery backs its rows off exponentially (the SDK's breaker per upstream fails fast
-meanwhile); a batch the receiver refuses for good (bad input, a conflicting event) is split, and an
-event refused alone becomes a dead letter: kept, counted, logged, never retried. Health never
-follows a destination: the service serves on while its receivers are away.
+Rows go in id order, and stay in it: a failed delivery hands its rows back at once and backs the
+destination off exponentially (the SDK's breaker per upstream fails fast meanwhile), so when it is
+tried again the same rows go first and nothing later overtakes them. A batch the receiver refuses
+for good (bad input, a conflicting event) is split, and an event refused alone becomes a dead
+letter: kept, counted, logged, never retried. Health never follows a destination: the service
+serves on while its receivers are away.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class RelayConfig:
     poll_s: float = 0.5
     # How long a claimed row stays with this replica before another may take it.
     lease_s: float = 30.0
-    # Backoff of a failed row: base * 2^(attempts-1), capped.
+    # Backoff of a destination after failed deliveries: base * 2^(failures-1), capped.
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     # How often the depth and age gauges are refreshed.
@@ -144,7 +146,7 @@ class Relay:
             "RETURNING id, attempts, envelope"
         )
         self._delete = f"DELETE FROM {schema} WHERE id = ANY($1::bigint[])"  # noqa: S608
-        self._back_off = (
+        self._release = (
             f"UPDATE {schema} SET available_at = now() + make_interval(secs => $2), "  # noqa: S608
             "last_error = $3 WHERE id = ANY($1::bigint[])"
         )
@@ -160,6 +162,9 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._gauges_at = 0.0
+        # Consecutive failed deliveries per destination, and when it may be tried again.
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
         # Figures for tests: events this relay delivered, by destination.
         self.delivered: dict[str, int] = dict.fromkeys(self._deliverers, 0)
 
@@ -226,6 +231,8 @@ class Relay:
     async def _batch(self, destination: str) -> tuple[int, bool]:
         """Claim, deliver and settle one batch; (events delivered, whether the batch was full)."""
         config = self._config
+        if time.monotonic() < self._retry_at.get(destination, 0.0):
+            return 0, False
 
         async def claim() -> list[Any]:
             async with self._database.driver() as connection:
@@ -242,7 +249,7 @@ class Relay:
             with contextlib.suppress(Exception):
                 taken = await claiming
                 if taken:
-                    await self._settle(self._back_off, [r["id"] for r in taken], 0.0, "stopped")
+                    await self._settle(self._release, [r["id"] for r in taken], 0.0, "stopped")
             raise
         if not rows:
             return 0, False
@@ -264,7 +271,7 @@ class Relay:
             # Stopped mid-delivery: hand the rows back now rather than at the end of the lease.
             with contextlib.suppress(Exception):
                 await asyncio.shield(
-                    self._settle(self._back_off, [c.id for c in claimed], 0.0, "cancelled")
+                    self._settle(self._release, [c.id for c in claimed], 0.0, "cancelled")
                 )
             raise
         except Exception as error:
@@ -280,9 +287,12 @@ class Relay:
                     extra={"fields": {"destination": destination, "error": _name(error)}},
                 )
                 return 0
-            attempts = min(c.attempts for c in claimed)
-            delay = min(config_backoff(self._config, attempts), self._config.backoff_max_s)
-            await self._settle(self._back_off, [c.id for c in claimed], delay, _name(error))
+            # The destination backs off, not the rows: they are handed back at once, so that when
+            # it is tried again they go first and nothing later overtakes them (order per source).
+            failures = self._failures[destination] = self._failures.get(destination, 0) + 1
+            delay = min(config_backoff(self._config, failures), self._config.backoff_max_s)
+            self._retry_at[destination] = time.monotonic() + delay
+            await self._settle(self._release, [c.id for c in claimed], 0.0, _name(error))
             log.warning(
                 "outbox delivery failed; retrying later",
                 extra={
@@ -298,6 +308,7 @@ class Relay:
         finally:
             self._metrics.seconds.labels(destination).observe(time.monotonic() - started)
         await self._settle(self._delete, [c.id for c in claimed])
+        self._failures.pop(destination, None)
         self._metrics.delivered.labels(destination).inc(len(claimed))
         self.delivered[destination] += len(claimed)
         return len(claimed)
@@ -326,9 +337,9 @@ class Relay:
             self._metrics.dead.labels(destination).set(row[3] if row else 0)
 
 
-def config_backoff(config: RelayConfig, attempts: int) -> float:
-    """The wait before a row that failed `attempts` times is tried again."""
-    return float(config.backoff_base_s * 2 ** min(max(attempts - 1, 0), 30))
+def config_backoff(config: RelayConfig, failures: int) -> float:
+    """The wait before a destination that failed `failures` times in a row is tried again."""
+    return float(config.backoff_base_s * 2 ** min(max(failures - 1, 0), 30))
 
 
 def _name(error: BaseException) -> str:
