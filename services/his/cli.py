@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from his.runtime.catalog import CATALOG, implemented, lookup
+from his.base.catalog import CATALOG, implemented, lookup
 from his.runtime.config import load
 from his.runtime.server import ServiceSpec
 

@@ -18,10 +18,10 @@ import grpc
 import psutil
 import pytest
 
+from his.base.catalog import implemented
 from his.common.v1 import types_pb2
 from his.patient import demo as patient_demo
 from his.patient.v1 import patient_service_pb2 as pb
-from his.runtime.catalog import implemented
 from his_client import PatientClient
 from tests.support import fails
 

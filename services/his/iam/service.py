@@ -13,6 +13,15 @@ from typing import Any
 import grpc
 from sqlalchemy.exc import IntegrityError
 
+from his.base import identity
+from his.base.catalog import BY_NAME
+from his.base.errors import (
+    FailedPrecondition,
+    PermissionDenied,
+    Unauthenticated,
+    Unimplemented,
+)
+from his.base.identity import SERVICE_ROLE, Principal
 from his.iam import store
 from his.iam.config import IamConfig
 from his.iam.mapping import (
@@ -43,18 +52,9 @@ from his.iam.validation import (
     staff_fields,
     username,
 )
-from his.runtime import identity
 from his.runtime.access import ALLOWED, Access, Permit
-from his.runtime.catalog import BY_NAME
 from his.runtime.database import Database
-from his.runtime.errors import (
-    FailedPrecondition,
-    PermissionDenied,
-    Unauthenticated,
-    Unimplemented,
-)
 from his.runtime.idempotency import check_replay, fingerprint
-from his.runtime.identity import SERVICE_ROLE, Principal
 from his.runtime.pagination import PageTokens
 from his.runtime.policy import Request
 from his.runtime.server import ServiceResources

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.base.errors import Aborted, AlreadyExists, FailedPrecondition, HisError, NotFound
 from his.iam.mapping import department_name, grant_name, membership_name, staff_name
 from his.iam.tables import (
     DEPARTMENT_OVERLAP,
@@ -27,7 +28,6 @@ from his.iam.tables import (
     staff,
 )
 from his.runtime.database import EXCLUSION_VIOLATION, UNIQUE_VIOLATION, integrity_violation
-from his.runtime.errors import Aborted, AlreadyExists, FailedPrecondition, HisError, NotFound
 
 ADMINISTRATOR = "ADMINISTRATOR"
 # Serialises every change that could take the last ADMINISTRATOR away (role change, deactivation).

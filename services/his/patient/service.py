@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from sqlalchemy.exc import IntegrityError
 
+from his.base.errors import FailedPrecondition, InvalidArgument
 from his.patient import store
 from his.patient.mapping import consent_to_proto, patient_to_proto
 from his.patient.research import ResearchPatients
@@ -29,7 +30,6 @@ from his.patient.validation import (
 )
 from his.runtime.access import Permit
 from his.runtime.database import Database
-from his.runtime.errors import FailedPrecondition, InvalidArgument
 from his.runtime.fieldcrypt import FieldCipher
 from his.runtime.idempotency import check_replay, fingerprint
 from his.runtime.pagination import PageTokens

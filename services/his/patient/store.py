@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.base.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from his.patient.mapping import (
     PatientRecord,
     decrypt_patient,
@@ -30,7 +31,6 @@ from his.patient.mapping import (
 )
 from his.patient.tables import consents, patient_merges, patients
 from his.runtime.database import UNIQUE_VIOLATION, integrity_violation
-from his.runtime.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from his.runtime.fieldcrypt import FieldCipher
 
 _RETURNING = tuple(patients.c)

@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from his.base.errors import DeadlineExceeded, HisError, ResourceExhausted, Unavailable
 from his.runtime.config import DatabaseConfig
-from his.runtime.errors import DeadlineExceeded, HisError, ResourceExhausted, Unavailable
 from his_client.guard import no_remote_calls
 
 

@@ -11,7 +11,7 @@ import hashlib
 
 from google.protobuf.message import Message
 
-from his.runtime.errors import InvalidArgument
+from his.base.errors import InvalidArgument
 
 
 def fingerprint(request: Message) -> str:

@@ -16,8 +16,9 @@ import grpc
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.base import identity
+from his.base.errors import FailedPrecondition, NotFound
 from his.patient.v1 import patient_service_pb2 as patient_pb
-from his.runtime import identity
 from his.runtime.access import Facts, Permit
 from his.runtime.database import (
     CHECK_VIOLATION,
@@ -25,7 +26,6 @@ from his.runtime.database import (
     Database,
     integrity_violation,
 )
-from his.runtime.errors import FailedPrecondition, NotFound
 from his.runtime.idempotency import check_replay, fingerprint
 from his.runtime.pagination import PageTokens
 from his.runtime.server import ServiceResources

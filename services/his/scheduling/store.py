@@ -17,7 +17,7 @@ from sqlalchemy import Row, and_, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from his.runtime.errors import Aborted, FailedPrecondition, NotFound
+from his.base.errors import Aborted, FailedPrecondition, NotFound
 from his.scheduling.tables import appointments, schedules, slot_generations, slots
 
 
