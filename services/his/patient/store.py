@@ -32,6 +32,7 @@ from his.patient.mapping import (
 from his.patient.tables import consents, patient_merges, patients
 from his.runtime.database import UNIQUE_VIOLATION, integrity_violation
 from his.runtime.fieldcrypt import FieldCipher
+from his.runtime.idempotency import skip_taken
 
 _RETURNING = tuple(patients.c)
 
@@ -86,8 +87,7 @@ async def insert_patient(
     statement = insert(patients).values(
         id=uuid.uuid4(), create_request_id=request_id, **encrypt_identifiers(cipher, values)
     )
-    if request_id is not None:
-        statement = statement.on_conflict_do_nothing(index_elements=[patients.c.create_request_id])
+    statement = skip_taken(statement, request_id, patients.c.create_request_id)
     row = (await session.execute(statement.returning(*_RETURNING))).first()
     return None if row is None else await _decrypted(session, cipher, row)
 
