@@ -57,11 +57,26 @@ proto-check: $(VENV)/.installed ## Fail when the committed stubs differ from wha
 buf-lint: $(BUF) ## buf lint on protos/.
 	$(BUF) lint
 
-# Breaking-change check against main. Skipped while main has no protos yet (the first landing).
-buf-breaking: $(BUF)
-	@if git rev-parse -q --verify main >/dev/null && git cat-file -e main:protos 2>/dev/null; then \
-	  $(BUF) breaking --against '.git#branch=main,subdir=protos' && echo "buf breaking: no breaking change against main"; \
-	else echo "buf breaking: main has no protos yet, nothing to compare"; fi
+# Breaking-change check against the protos as last landed. CI runs on a clean clone of main, so
+# "main" is HEAD itself and comparing with it can never fail. The baseline is, in this order:
+#   BUF_AGAINST=<commit>      what CI knows main was before this push (e.g. the push's "before" sha);
+#   on main (HEAD is main):   HEAD's first parent, the previous main: a landing is one merge
+#                             commit (`git merge` of the branch), so its first parent is what was
+#                             landed before and the comparison covers the whole change set;
+#   on a branch:              the merge-base with main (what the branch changes).
+# A baseline commit that is missing (a shallow clone) fails: a check that skips cannot catch anything.
+# Only a baseline without protos/ (the first landing) is skipped.
+buf-breaking: $(BUF) ## buf breaking against the previously landed protos (BUF_AGAINST=<commit> to choose).
+	@set -e; \
+	if [ -n "$(BUF_AGAINST)" ]; then base="$(BUF_AGAINST)"; \
+	elif ! git rev-parse -q --verify main >/dev/null || [ "$$(git rev-parse HEAD)" = "$$(git rev-parse main)" ]; then base=HEAD^1; \
+	else base=$$(git merge-base HEAD main); fi; \
+	git rev-parse -q --verify "$$base^{commit}" >/dev/null || { echo "buf breaking: baseline $$base is not in this clone (shallow? git fetch --deepen=1)"; exit 1; }; \
+	if ! git cat-file -e "$$base:protos" 2>/dev/null; then echo "buf breaking: $$base has no protos yet, nothing to compare"; exit 0; fi; \
+	tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	git archive "$$base" buf.yaml protos | tar -x -C $$tmp; \
+	$(BUF) breaking --against $$tmp; \
+	echo "buf breaking: no breaking change against $$base ($$(git rev-parse --short "$$base"))"
 
 lint: $(VENV)/.installed ## ruff and mypy on hand-written code.
 	$(VENV)/bin/ruff check .

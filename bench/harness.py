@@ -27,15 +27,15 @@ from google.protobuf.message import Message
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import echo
+from his.base.catalog import CATALOG, lookup
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.local_secrets import local_secrets
 from his.login import issue_token
-from his.runtime.catalog import CATALOG, lookup
-from his.runtime.config import ClientConfig
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import SERVING, wait_for_status
 from his.runtime.migrations import upgrade
 from his_client import HisClients, static_token
+from his_client.config import ClientConfig
 from his_client.credentials import IdentityInterceptor
 
 # Ports away from the local `his up` table, so a running hospital does not disturb a benchmark.

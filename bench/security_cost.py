@@ -28,9 +28,9 @@ from bench.harness import (
     staff_token,
 )
 from bench.patient_load import patient
+from his.base.catalog import lookup
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
-from his.runtime.catalog import lookup
 
 # The unsecured patient process listens here (the secured one at the usual benchmark port).
 INSECURE_PORT = lookup("patient").port + 2 * PORT_OFFSET

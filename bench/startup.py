@@ -29,8 +29,8 @@ from pathlib import Path
 import grpc
 
 from bench import echo
+from his.base.catalog import lookup
 from his.local_secrets import local_secrets
-from his.runtime.catalog import lookup
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import SERVING, probe
 from his.runtime.migrations import upgrade

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from his.runtime.catalog import CATALOG, implemented, lookup
+from his.base.catalog import CATALOG, implemented, lookup
 from his.runtime.config import load
 from his.runtime.server import ServiceSpec
 
@@ -51,8 +51,8 @@ def _token(args: argparse.Namespace) -> int:
     import grpc  # noqa: PLC0415
 
     from his.login import issue_token, local_login_possible  # noqa: PLC0415
-    from his.runtime.config import ClientConfig  # noqa: PLC0415
     from his_client import describe  # noqa: PLC0415
+    from his_client.config import ClientConfig  # noqa: PLC0415
 
     start = "Start the hospital with `make run` (or `his up --demo`) in another terminal."
     if not local_login_possible():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.local_secrets import FILE, local_secrets
-from his.runtime.config import ClientConfig
 from his_client import HisClients
+from his_client.config import ClientConfig
 
 
 def _data_dir(data_dir: Path | None) -> Path:

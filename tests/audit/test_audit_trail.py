@@ -16,18 +16,19 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
 from his.audit.v1 import audit_service_pb2 as pb
+from his.base import identity
+from his.base.errors import Unavailable
+from his.base.identity import Principal
 from his.events.v1.event_envelope_pb2 import EventEnvelope
-from his.runtime import identity
 from his.runtime.audit_trail import AUDIT, AuditTrail, audit_delivery
-from his.runtime.config import ClientConfig, DatabaseConfig
+from his.runtime.config import DatabaseConfig
 from his.runtime.database import Database
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.errors import Unavailable
-from his.runtime.identity import Principal
 from his.runtime.outbox import Outbox, Outgoing, envelope
 from his.runtime.relay import Relay, RelayConfig
 from his.runtime.server import RunningService
 from his_client.clients import HisClients
+from his_client.config import ClientConfig
 from his_client.credentials import static_token
 from his_client.guard import RemoteCallUnderLock
 from tests.audit.helpers import Stub, patient_name

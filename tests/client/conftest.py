@@ -15,9 +15,9 @@ from his.patient.service import PatientService
 from his.patient.spec import SPEC as PATIENT
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
-from his.runtime.config import ClientConfig
 from his.runtime.server import RunningService, ServiceResources, ServiceSpec, start
 from his_client import HisClients
+from his_client.config import ClientConfig
 from tests.client.upstream import Upstream, serve_upstream
 from tests.conftest import service_config
 from tests.identity import registrar_channel

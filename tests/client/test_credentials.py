@@ -21,15 +21,15 @@ import jwt
 import pytest
 from prometheus_client import CollectorRegistry
 
+from his.base import identity
+from his.base.identity import Principal
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
-from his.runtime import identity
-from his.runtime.config import ClientConfig
-from his.runtime.identity import Principal
 from his.runtime.server import RunningService
 from his_client import HisClients, credentials
+from his_client.config import ClientConfig
 from his_client.credentials import (
     RENEW_BEFORE_S,
     TokenSource,

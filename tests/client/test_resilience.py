@@ -9,9 +9,9 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
+from his.base import deadline
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
-from his.runtime import deadline
 from his_client import HisClients, UpstreamError
 from his_client.errors import translate_error
 from his_client.idempotency import retryable_methods

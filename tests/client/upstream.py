@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
+from his.base.errors import HisError, to_status
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
-from his.runtime.errors import HisError, to_status
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

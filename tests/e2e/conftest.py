@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from his.runtime.catalog import implemented
+from his.base.catalog import implemented
 
 
 @pytest.fixture

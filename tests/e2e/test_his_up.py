@@ -15,11 +15,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from his.base.catalog import implemented
 from his.common.v1 import types_pb2
 from his.local_secrets import local_secrets
 from his.patient import demo as patient_demo
 from his.patient.v1 import patient_service_pb2 as pb
-from his.runtime.catalog import implemented
 from his.runtime.health import SERVING, probe
 from his_client import PatientClient
 from tests.e2e.his_up import READY, HisUp, left_behind, postgres_pid

@@ -23,11 +23,11 @@ from his.research_export import (
     export_research,
     run,
 )
-from his.runtime.config import ClientConfig
 from his.runtime.pseudonyms import Pseudonyms
 from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as scheduling_pb
 from his_client import HisClients, static_token
+from his_client.config import ClientConfig
 from tests.conftest import addresses, service_config
 from tests.identity import ISSUER
 from tests.patient.helpers import make_patient, unique_word

@@ -8,9 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from his.iam import demo
 from his.iam.v1 import iam_service_pb2 as pb
-from his.runtime.config import ClientConfig
 from his.runtime.server import RunningService
 from his_client import HisClients
+from his_client.config import ClientConfig
 from his_client.credentials import static_token
 from tests.iam.helpers import Stub, login, verify
 

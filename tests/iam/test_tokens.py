@@ -21,13 +21,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf.field_mask_pb2 import FieldMask
 
+from his.base.env import ConfigError
+from his.base.errors import Unauthenticated
 from his.iam.config import IamConfig
 from his.iam.tokens import jwks, load_private_key, public_jwk, thumbprint
 from his.iam.v1 import iam_service_pb2 as pb
 from his.iam.v1 import iam_service_pb2_grpc as pb_grpc
-from his.runtime.config import AuthConfig, ConfigError
+from his.runtime.config import AuthConfig
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.errors import Unauthenticated
 from his.runtime.server import RunningService, start
 from his.runtime.tokens import TokenVerifier
 from tests.conftest import service_config

@@ -7,9 +7,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from his.base.catalog import implemented
 from his.mesh.calls import CALLS
 from his.mesh.contracts import all_paths
-from his.runtime.catalog import implemented
 from tests.mesh.conftest import REPOSITORY
 
 SERVICES = REPOSITORY / "services/his"

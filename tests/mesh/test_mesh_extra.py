@@ -45,7 +45,7 @@ def test_the_services_run_without_the_mesh_extra() -> None:
     code = (
         "import importlib\n"
         "import his.cli, his.runtime.server\n"
-        "from his.runtime.catalog import CATALOG\n"
+        "from his.base.catalog import CATALOG\n"
         "for entry in CATALOG:\n"
         "    if entry.implemented:\n"
         "        importlib.import_module(entry.module + '.spec')\n"

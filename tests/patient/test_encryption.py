@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import text
@@ -32,7 +33,7 @@ from his.runtime.fieldcrypt import CryptoConfig
 from his.runtime.idempotency import fingerprint
 from his.runtime.migrations import downgrade, upgrade
 from his.runtime.server import RunningService, start
-from tests.identity import channel_as
+from tests.identity import REGISTRAR, channel_as
 from tests.patient.helpers import (
     NATIONAL_ID_SYSTEM,
     Stub,
@@ -99,7 +100,7 @@ async def test_identifiers_never_reach_the_database_in_plain_text(
     _assert_absent(dump, national_id.value, phone, phone.lstrip("+"), street, city)
     _assert_absent(dump, NATIONAL_ID_SYSTEM)
     # The request's digest would let national identifiers be guessed against it: sealed too.
-    _assert_absent(dump, fingerprint(request))
+    _assert_absent(dump, fingerprint(request, _subject(REGISTRAR)))
 
 
 async def test_search_by_national_id_and_phone_finds_the_encrypted_patient(
@@ -273,7 +274,7 @@ async def test_upgrade_encrypts_plain_rows_and_downgrade_restores_them(
             "phone": phone,
             "address": json.dumps(address),
             "request": registration.request_id,
-            "digest": fingerprint(registration),
+            "digest": fingerprint(registration, _subject(REGISTRAR)),
         },
         {**none, "id": bare, "request": None, "digest": None},
         {**none, "id": phone_only, "phone": other_phone, "request": None, "digest": None},
@@ -299,7 +300,7 @@ async def test_upgrade_encrypts_plain_rows_and_downgrade_restores_them(
         phone,
         other_phone,
         street,
-        fingerprint(registration),
+        fingerprint(registration, _subject(REGISTRAR)),
     )
 
     # Nor in the table's data files (dropped columns and dead row versions keep bytes there).
@@ -376,3 +377,8 @@ async def test_an_empty_schema_migrates_without_any_keys(
     monkeypatch.delenv("HIS_CRYPTO_INDEX_KEY", raising=False)
     await asyncio.to_thread(upgrade, "patient", fresh_url)
     await asyncio.to_thread(downgrade, "patient", fresh_url, "0001")
+
+
+def _subject(token: str) -> str:
+    """The `sub` of a session token: the caller a stored request fingerprint names."""
+    return str(jwt.decode(token, options={"verify_signature": False})["sub"])

@@ -11,6 +11,9 @@ import pytest
 
 from his.common.v1 import types_pb2
 from his.patient.v1 import patient_service_pb2 as pb
+from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
+from his.runtime.server import RunningService
+from tests.identity import ISSUER, channel_as
 from tests.patient.helpers import (
     DOMAIN,
     NATIONAL_ID_SYSTEM,
@@ -193,6 +196,28 @@ async def test_a_request_id_reused_for_another_registration_is_rejected(
     found = await patients.ListPatients(pb.ListPatientsRequest(national_id=other.national_id))
     assert list(found.patients) == []
     assert (await patients.GetPatient(pb.GetPatientRequest(name=first.name))) == first
+
+
+async def test_the_same_request_id_and_request_from_another_caller_is_rejected(
+    patients: Stub, patient_service: RunningService
+) -> None:
+    # Two registrars whose clients chose the same key by accident: the second never gets the
+    # first's patient back (its fingerprint names the caller), and nothing new is stored.
+    key = request_id()
+    sent = make_patient(national_id=unique_national_id())
+    first = await patients.CreatePatient(pb.CreatePatientRequest(patient=sent, request_id=key))
+    async with channel_as(patient_service.address, ISSUER.staff("REGISTRAR")) as channel:
+        other_registrar = pb_grpc.PatientServiceStub(channel)
+
+        fields = await invalid(
+            other_registrar.CreatePatient(pb.CreatePatientRequest(patient=sent, request_id=key))
+        )
+
+    assert fields == ["request_id"]
+    found = await patients.ListPatients(pb.ListPatientsRequest(national_id=sent.national_id))
+    assert [p.name for p in found.patients] == [first.name]
+    replay = await patients.CreatePatient(pb.CreatePatientRequest(patient=sent, request_id=key))
+    assert replay == first
 
 
 async def test_replay_of_a_registration_with_national_id_is_not_a_conflict(

@@ -25,11 +25,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from his.base.errors import Unauthenticated, Unavailable
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
 from his.runtime import tokens
 from his.runtime.config import AuthConfig
-from his.runtime.errors import Unauthenticated, Unavailable
 from his.runtime.health import SERVING, probe
 from his.runtime.server import RunningService
 from his.runtime.tokens import TokenVerifier

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2
 
-from his.runtime.catalog import implemented
+from his.base.catalog import implemented
 from his.runtime.server import RunningService
 from tests.identity import ISSUER, metadata
 from tests.support import failure_of

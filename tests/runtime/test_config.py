@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from his.runtime.config import ConfigError, load
+from his.base.env import ConfigError
+from his.runtime.config import load
 
 
 def test_defaults_work_locally_with_an_empty_environment() -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import MetaData, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from his.runtime.config import ConfigError
+from his.base.env import ConfigError
 from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.fieldcrypt import (

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from his.runtime.errors import InvalidArgument
+from his.base.errors import InvalidArgument
 from his.runtime.pagination import Cursor, PageTokens
 
 TOKENS = PageTokens(b"test-key")

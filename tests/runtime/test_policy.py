@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from his.base.errors import PermissionDenied
 from his.runtime import policy
-from his.runtime.errors import PermissionDenied
 from his.runtime.policy import Decision, PolicyEngine, PolicyLoadError, Request
 
 ALLOW_ALL = 'decision := {"allow": true, "reason": "ALLOWED", "emergency": false}\n'

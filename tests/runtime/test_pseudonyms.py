@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from his.runtime.config import ConfigError, load
+from his.base.env import ConfigError
+from his.runtime.config import load
 from his.runtime.pseudonyms import Pseudonyms, ResearchConfig, pseudonym
 
 

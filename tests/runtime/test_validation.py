@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from his.runtime.errors import InvalidArgument
+from his.base.errors import InvalidArgument
 from his.runtime.validation import MAX_PAGE_SIZE, Violations
 
 ID = "7b0e6b1e-9a7e-4c4e-9a3e-0f6f1d2c3b4a"

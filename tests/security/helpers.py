@@ -18,9 +18,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
+from his.base.identity import STAFF_ROLES
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
-from his.runtime.identity import STAFF_ROLES
 from his.runtime.policy import Decision, PolicyEngine, Request
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.iam.helpers import make_staff

@@ -1,6 +1,6 @@
 """The policy decides every rpc of the running services, for every role, before existence.
 
-For each rpc of every implemented service (his.runtime.catalog.implemented(); a guard fails when
+For each rpc of every implemented service (his.base.catalog.implemented(); a guard fails when
 one is missing) and each caller (every role, a service acting on its own, and clinicians related
 to the appointment by department or as its practitioner), the test computes what the policy says
 for exactly the attributes the servicer asks about (role, action, resource class, department
@@ -32,11 +32,11 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
+from his.base.catalog import BY_NAME, ServiceEntry, implemented
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.authn import PUBLIC_METHODS
-from his.runtime.catalog import BY_NAME, ServiceEntry, implemented
 from his.runtime.policy import PolicyEngine, Request
 from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as pb

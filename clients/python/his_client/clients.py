@@ -19,9 +19,9 @@ from his.lab.v1 import lab_service_pb2_grpc as lab
 from his.orders.v1 import orders_service_pb2_grpc as orders
 from his.patient.v1 import patient_service_pb2_grpc as patient
 from his.pharmacy.v1 import pharmacy_service_pb2_grpc as pharmacy
-from his.runtime.config import ClientConfig
 from his.scheduling.v1 import scheduling_service_pb2_grpc as scheduling
 from his_client.channels import open_channel
+from his_client.config import ClientConfig
 from his_client.credentials import IdentityInterceptor, TokenSource
 from his_client.resilience import ClientMetrics, ResilienceInterceptor
 

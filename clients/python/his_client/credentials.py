@@ -19,9 +19,9 @@ from typing import Any
 
 import grpc
 
+from his.base import identity
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
-from his.runtime import identity
 
 AUTHORIZATION = "authorization"
 CALLER = "x-his-caller"

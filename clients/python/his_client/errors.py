@@ -10,7 +10,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from his.runtime.errors import (
+from his.base.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     HisError,

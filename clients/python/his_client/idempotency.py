@@ -7,7 +7,7 @@ import functools
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import Message
 
-from his.runtime.catalog import CATALOG
+from his.base.catalog import CATALOG
 
 _SAFE = (
     descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,

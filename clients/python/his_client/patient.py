@@ -9,10 +9,10 @@ from types import TracebackType
 
 import grpc
 
+from his.base.errors import FailedPrecondition
 from his.patient.v1 import patient_service_pb2 as pb
-from his.runtime.config import ClientConfig
-from his.runtime.errors import FailedPrecondition
 from his_client.clients import HisClients
+from his_client.config import ClientConfig
 from his_client.credentials import static_token
 from his_client.errors import UpstreamError
 

@@ -25,9 +25,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from his.runtime import deadline
-from his.runtime.config import ClientConfig
+from his.base import deadline
 from his_client import guard
+from his_client.config import ClientConfig
 from his_client.errors import FAILURE_CODES, UpstreamError
 from his_client.idempotency import carries_request_id, retryable_methods
 

@@ -20,10 +20,10 @@ from his.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from his.audit.validation import MAX_VERIFY_RANGE, batch_violations, name_of
 from his.audit.verification import ChainVerifier, Outcome
 from his.audit.writer import GroupCommitWriter
-from his.runtime import identity
+from his.base import identity
+from his.base.errors import InvalidArgument, PermissionDenied
+from his.base.identity import Principal
 from his.runtime.database import Database
-from his.runtime.errors import InvalidArgument, PermissionDenied
-from his.runtime.identity import Principal
 from his.runtime.pagination import PageTokens
 from his.runtime.policy import PolicyEngine, Request
 from his.runtime.server import ServiceResources

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from his.audit.checkpoint import Checkpoint, StoredCheckpoint
 from his.audit.mapping import event_name
 from his.audit.tables import chain_head, events, verify_checkpoint
-from his.runtime.errors import NotFound
+from his.base.errors import NotFound
 
 _HEAD = 1
 

@@ -31,8 +31,8 @@ from his.audit.chain import GENESIS_HASH, ChainCheck
 from his.audit.checkpoint import NOTHING_VERIFIED, Checkpoint, CheckpointSigner
 from his.audit.validation import MAX_VERIFY_RANGE
 from his.audit.verify_worker import VerifyWorkerError, lower_priority, verify_span
+from his.base.errors import Unavailable
 from his.runtime.database import Database
-from his.runtime.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from his.audit import store
 from his.audit.chain import content_key, event_hash
 from his.audit.mapping import content_columns, event_from_columns
 from his.audit.v1 import audit_service_pb2 as pb
+from his.base.errors import AlreadyExists, HisError, Unavailable
 from his.runtime.database import Database, translate_error
-from his.runtime.errors import AlreadyExists, HisError, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from his.runtime.config import ConfigError
+from his.base.env import ConfigError
 
 # The longest token lifetime the contract allows (IssueTokenResponse.expire_time: at most 12 h).
 MAX_TOKEN_TTL_S = 12 * 3600

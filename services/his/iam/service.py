@@ -13,6 +13,15 @@ from typing import Any
 import grpc
 from sqlalchemy.exc import IntegrityError
 
+from his.base import identity
+from his.base.catalog import BY_NAME
+from his.base.errors import (
+    FailedPrecondition,
+    PermissionDenied,
+    Unauthenticated,
+    Unimplemented,
+)
+from his.base.identity import SERVICE_ROLE, Principal
 from his.iam import store
 from his.iam.config import IamConfig
 from his.iam.mapping import (
@@ -43,18 +52,9 @@ from his.iam.validation import (
     staff_fields,
     username,
 )
-from his.runtime import identity
 from his.runtime.access import ALLOWED, Access, Permit
-from his.runtime.catalog import BY_NAME
 from his.runtime.database import Database
-from his.runtime.errors import (
-    FailedPrecondition,
-    PermissionDenied,
-    Unauthenticated,
-    Unimplemented,
-)
-from his.runtime.idempotency import check_replay, fingerprint
-from his.runtime.identity import SERVICE_ROLE, Principal
+from his.runtime.idempotency import RequestKey
 from his.runtime.pagination import PageTokens
 from his.runtime.policy import Request
 from his.runtime.server import ServiceResources
@@ -136,23 +136,20 @@ class IamService(pb_grpc.IamServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         await self._require("create", "iam.department")
-        values["create_request_fingerprint"] = fingerprint(request) if request_id else None
+        key = RequestKey.of(request, request_id)
+        values["create_request_fingerprint"] = key.fingerprint
         try:
             async with self._db.transaction() as session:
-                row = await store.insert_department(session, values, request_id)
-                if row is None:
-                    assert request_id is not None
-                    row = await store.department_by_request(session, request_id)
-                    assert row is not None
-                    check_replay(row.create_request_fingerprint, request)
+                row = await key.create(
+                    lambda: store.insert_department(session, values, request_id),
+                    lambda used: store.department_by_request(session, used),
+                )
         except IntegrityError as error:
             # A concurrent replay may lose on the code's index before the request id's.
-            if request_id is not None:
-                async with self._db.read() as session:
-                    row = await store.department_by_request(session, request_id)
-                if row is not None:
-                    check_replay(row.create_request_fingerprint, request)
-                    return department_to_proto(row)
+            async with self._db.read() as session:
+                earlier = await key.first(lambda used: store.department_by_request(session, used))
+            if earlier is not None:
+                return department_to_proto(earlier)
             raise store.conflict(error) or error from None
         return department_to_proto(row)
 
@@ -199,24 +196,21 @@ class IamService(pb_grpc.IamServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         await self._require("create", "iam.staff")
-        values["create_request_fingerprint"] = fingerprint(request) if request_id else None
+        key = RequestKey.of(request, request_id)
+        values["create_request_fingerprint"] = key.fingerprint
         try:
             async with self._db.transaction() as session:
-                row = await store.insert_staff(session, values, request_id)
-                if row is None:
-                    assert request_id is not None
-                    row = await store.staff_by_request(session, request_id)
-                    assert row is not None
-                    check_replay(row.create_request_fingerprint, request)
+                row = await key.create(
+                    lambda: store.insert_staff(session, values, request_id),
+                    lambda used: store.staff_by_request(session, used),
+                )
         except IntegrityError as error:
             # A concurrent replay may lose on the username's index before the request id's:
             # the first creation is then the answer, not a conflict.
-            if request_id is not None:
-                async with self._db.read() as session:
-                    row = await store.staff_by_request(session, request_id)
-                if row is not None:
-                    check_replay(row.create_request_fingerprint, request)
-                    return staff_to_proto(row)
+            async with self._db.read() as session:
+                earlier = await key.first(lambda used: store.staff_by_request(session, used))
+            if earlier is not None:
+                return staff_to_proto(earlier)
             raise store.conflict(error) or error from None
         return staff_to_proto(row)
 
@@ -304,18 +298,17 @@ class IamService(pb_grpc.IamServiceServicer):
         v.raise_if_any()
         assert staff_id is not None
         await self._require("create", "iam.membership", own=self._is_caller(staff_id))
-        values["create_request_fingerprint"] = fingerprint(request) if request_id else None
+        key = RequestKey.of(request, request_id)
+        values["create_request_fingerprint"] = key.fingerprint
         try:
             async with self._db.transaction() as session:
                 # The staff row lock serialises this staff member's membership changes, their
                 # replays and deactivation.
                 member = await store.get_staff(session, staff_id, lock="update")
-                if request_id is not None:
-                    # A replay is answered even if the staff member was deactivated since.
-                    earlier = await store.membership_by_request(session, request_id)
-                    if earlier is not None:
-                        check_replay(earlier.create_request_fingerprint, request)
-                        return membership_to_proto(earlier)
+                # A replay is answered even if the staff member was deactivated since.
+                earlier = await key.first(lambda used: store.membership_by_request(session, used))
+                if earlier is not None:
+                    return membership_to_proto(earlier)
                 if not member.active:
                     raise FailedPrecondition(
                         f"{request.parent} is inactive", reason="STAFF_INACTIVE"
@@ -326,21 +319,16 @@ class IamService(pb_grpc.IamServiceServicer):
                         reason="DEPARTMENT_NOT_FOUND",
                         metadata={"department": request.membership.department},
                     )
-                row = await store.insert_membership(session, staff_id, values, request_id)
-                if row is None:
-                    # The id was used concurrently (or for another staff member).
-                    assert request_id is not None
-                    earlier = await store.membership_by_request(session, request_id)
-                    assert earlier is not None
-                    check_replay(earlier.create_request_fingerprint, request)
-                    row = earlier
+                # The id may have been used concurrently (or for another staff member).
+                row = await key.create(
+                    lambda: store.insert_membership(session, staff_id, values, request_id),
+                    lambda used: store.membership_by_request(session, used),
+                )
         except IntegrityError as error:
-            if request_id is not None:
-                async with self._db.read() as session:
-                    earlier = await store.membership_by_request(session, request_id)
-                if earlier is not None:
-                    check_replay(earlier.create_request_fingerprint, request)
-                    return membership_to_proto(earlier)
+            async with self._db.read() as session:
+                earlier = await key.first(lambda used: store.membership_by_request(session, used))
+            if earlier is not None:
+                return membership_to_proto(earlier)
             raise store.conflict(error) or error from None
         return membership_to_proto(row)
 
@@ -503,13 +491,12 @@ class IamService(pb_grpc.IamServiceServicer):
         principal = identity.current()
         staff_id = self._clinician(principal)
         await self._require("create", "iam.emergency_access", own=True)
+        key = RequestKey.of(request, request_id)
         async with self._db.read() as session:
             await self._require_active_caller(session, staff_id)
-            if request_id is not None:
-                earlier = await store.grant_by_request(session, staff_id, request_id)
-                if earlier is not None:
-                    check_replay(earlier.create_request_fingerprint, request)
-                    return grant_to_proto(earlier)
+            earlier = await key.first(lambda used: store.grant_by_request(session, staff_id, used))
+            if earlier is not None:
+                return grant_to_proto(earlier)
         await self._require_active_patient(grant.patient)
         async with self._db.transaction() as session:
             # Shares the lock DeactivateStaffMember takes: no grant slips past a deactivation.
@@ -521,14 +508,13 @@ class IamService(pb_grpc.IamServiceServicer):
                 reason=reason,
                 duration=dt.timedelta(seconds=seconds),
                 request_id=request_id,
-                fingerprint=fingerprint(request) if request_id else None,
+                fingerprint=key.fingerprint,
             )
             if row is None:
-                # A concurrent replay of the same request committed first.
-                assert request_id is not None
-                earlier = await store.grant_by_request(session, staff_id, request_id)
-                assert earlier is not None
-                check_replay(earlier.create_request_fingerprint, request)
+                # A concurrent replay of the same request committed first: it is the answer.
+                earlier = await key.taken(
+                    lambda used: store.grant_by_request(session, staff_id, used)
+                )
                 return grant_to_proto(earlier)
             name = grant_name(row.id)
             # Audited before it takes effect (action EXECUTE, purpose EMERGENCY_TREATMENT, the

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.base.errors import Aborted, AlreadyExists, FailedPrecondition, HisError, NotFound
 from his.iam.mapping import department_name, grant_name, membership_name, staff_name
 from his.iam.tables import (
     DEPARTMENT_OVERLAP,
@@ -27,7 +28,7 @@ from his.iam.tables import (
     staff,
 )
 from his.runtime.database import EXCLUSION_VIOLATION, UNIQUE_VIOLATION, integrity_violation
-from his.runtime.errors import Aborted, AlreadyExists, FailedPrecondition, HisError, NotFound
+from his.runtime.idempotency import skip_taken
 
 ADMINISTRATOR = "ADMINISTRATOR"
 # Serialises every change that could take the last ADMINISTRATOR away (role change, deactivation).
@@ -88,10 +89,7 @@ async def insert_department(
 ) -> Row[Any] | None:
     """Insert a department; None when `request_id` was already used (the caller re-reads it)."""
     statement = insert(departments).values(id=uuid.uuid4(), create_request_id=request_id, **values)
-    if request_id is not None:
-        statement = statement.on_conflict_do_nothing(
-            index_elements=[departments.c.create_request_id]
-        )
+    statement = skip_taken(statement, request_id, departments.c.create_request_id)
     return (await session.execute(statement.returning(*_DEPARTMENT))).first()
 
 
@@ -144,8 +142,7 @@ async def insert_staff(
 ) -> Row[Any] | None:
     """Insert an active staff member; None when `request_id` was already used."""
     statement = insert(staff).values(id=uuid.uuid4(), create_request_id=request_id, **values)
-    if request_id is not None:
-        statement = statement.on_conflict_do_nothing(index_elements=[staff.c.create_request_id])
+    statement = skip_taken(statement, request_id, staff.c.create_request_id)
     return (await session.execute(statement.returning(*_STAFF))).first()
 
 
@@ -375,10 +372,7 @@ async def insert_membership(
     statement = insert(memberships).values(
         id=uuid.uuid4(), staff_id=staff_id, create_request_id=request_id, **values
     )
-    if request_id is not None:
-        statement = statement.on_conflict_do_nothing(
-            index_elements=[memberships.c.create_request_id]
-        )
+    statement = skip_taken(statement, request_id, memberships.c.create_request_id)
     return (await session.execute(statement.returning(*_MEMBERSHIP))).first()
 
 
@@ -503,13 +497,12 @@ async def insert_grant(
         create_request_id=request_id,
         create_request_fingerprint=fingerprint,
     )
-    if request_id is not None:
-        statement = statement.on_conflict_do_nothing(
-            index_elements=[
-                emergency_access_grants.c.staff_id,
-                emergency_access_grants.c.create_request_id,
-            ]
-        )
+    statement = skip_taken(
+        statement,
+        request_id,
+        emergency_access_grants.c.staff_id,
+        emergency_access_grants.c.create_request_id,
+    )
     return (await session.execute(statement.returning(*_GRANT))).first()
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
-from his.runtime.identity import STAFF_ROLES
+from his.base.identity import STAFF_ROLES
 from his.runtime.outbox import declare as declare_outbox
 
 SCHEMA = "iam"

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from his.base.catalog import implemented
 from his.mesh.calls import calls_to
 from his.mesh.cluster import Cluster, finding, namespace_of, spec_of, suggest
 from his.mesh.contracts import Rpc, all_paths
 from his.mesh.findings import Finding
 from his.mesh.sources import Manifest
-from his.runtime.catalog import implemented
 
 # --- AuthorizationPolicies: real rpcs, real callers ------------------------------------------
 

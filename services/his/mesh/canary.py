@@ -21,11 +21,11 @@ from typing import Any
 import yaml
 from ruamel.yaml import YAML
 
+from his.base.catalog import lookup
 from his.mesh.contracts import host
 from his.mesh.render import KubectlMissing
 from his.mesh.routes import fqdn
 from his.mesh.sources import RootNotFound, repository_root
-from his.runtime.catalog import lookup
 
 # The hospital's rollout plan: percentages of calls sent to the canary, in order.
 PLAN = (0, 10, 50, 100)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from his.runtime.catalog import CATALOG, lookup
+from his.base.catalog import CATALOG, lookup
 from his_client.idempotency import retryable_methods
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from his.base.catalog import implemented
+from his.base.env import ConfigError
 from his.mesh.calls import CALLS
 from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of, suggest
 from his.mesh.findings import Finding
 from his.mesh.sources import Manifest
-from his.runtime.catalog import implemented
-from his.runtime.config import LIVENESS, ConfigError, ServerConfig
+from his.runtime.config import LIVENESS, ServerConfig
 
 NAMESPACE = "his"
 # Kubernetes' default when a pod does not say (PodSpec.terminationGracePeriodSeconds).

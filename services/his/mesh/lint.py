@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from his.base.catalog import implemented
 from his.mesh.authz_lint import AUTHORIZATION_RULES
 from his.mesh.cluster import (
     Cluster,
@@ -39,7 +40,6 @@ from his.mesh.routes import (
 )
 from his.mesh.sources import Manifest
 from his.mesh.traffic_lint import TRAFFIC_RULES
-from his.runtime.catalog import implemented
 
 
 def lint(cluster: Cluster) -> list[Finding]:

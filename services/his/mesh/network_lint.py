@@ -13,12 +13,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from his.base.catalog import implemented
 from his.mesh.calls import CALLS
 from his.mesh.cluster import Cluster, finding, namespace_of, spec_of
 from his.mesh.contracts import all_paths
 from his.mesh.findings import Finding
 from his.mesh.sources import Manifest
-from his.runtime.catalog import implemented
 
 NAMESPACE = "his"
 GRPC_PORT = 50051

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from sqlalchemy.exc import IntegrityError
 
+from his.base.errors import FailedPrecondition, InvalidArgument
 from his.patient import store
 from his.patient.mapping import consent_to_proto, patient_to_proto
 from his.patient.research import ResearchPatients
@@ -29,9 +30,8 @@ from his.patient.validation import (
 )
 from his.runtime.access import Permit
 from his.runtime.database import Database
-from his.runtime.errors import FailedPrecondition, InvalidArgument
 from his.runtime.fieldcrypt import FieldCipher
-from his.runtime.idempotency import check_replay, fingerprint
+from his.runtime.idempotency import RequestKey
 from his.runtime.pagination import PageTokens
 from his.runtime.server import ServiceResources
 from his.runtime.validation import (
@@ -125,31 +125,30 @@ class PatientService(pb_grpc.PatientServiceServicer):
         values = patient_fields(v, request.patient, "patient", _ALL_FIELDS)
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
-        values["create_request_fingerprint"] = fingerprint(request) if request_id else None
+        key = RequestKey.of(request, request_id)
+        values["create_request_fingerprint"] = key.fingerprint
         permit = await self._access.require("create", "patient.demographics")
         try:
             async with self._db.transaction() as session:
-                row = await store.insert_patient(session, self._cipher, values, request_id)
-                if row is None:
-                    assert request_id is not None
-                    row = await store.patient_by_request(session, self._cipher, request_id)
-                    assert row is not None
-                    check_replay(row.create_request_fingerprint, request)
+                row = await key.create(
+                    lambda: store.insert_patient(session, self._cipher, values, request_id),
+                    lambda used: store.patient_by_request(session, self._cipher, used),
+                )
                 await self._audit("create", permit, row.id)
         except IntegrityError as error:
             # A concurrent replay may lose on the national-id index before the request-id one:
             # the first registration is then the answer, not a conflict.
-            if request_id is not None:
-                async with self._db.transaction() as session:
-                    row = await store.patient_by_request(session, self._cipher, request_id)
-                if row is not None:
-                    check_replay(row.create_request_fingerprint, request)
-                    await self._audit("create", permit, row.id)
-                    return patient_to_proto(row)
+            async with self._db.transaction() as session:
+                earlier = await key.first(
+                    lambda used: store.patient_by_request(session, self._cipher, used)
+                )
+                if earlier is not None:
+                    await self._audit("create", permit, earlier.id)
+            if earlier is not None:
+                return patient_to_proto(earlier)
             if store.unique_violation(error) == "national_id_unique":
                 raise store.national_id_taken() from None
             raise
-        assert row is not None
         return patient_to_proto(row)
 
     async def UpdatePatient(self, request: pb.UpdatePatientRequest, context: Context) -> pb.Patient:
@@ -229,18 +228,19 @@ class PatientService(pb_grpc.PatientServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         assert patient_id is not None
-        values["create_request_fingerprint"] = fingerprint(request) if request_id else None
+        key = RequestKey.of(request, request_id)
+        values["create_request_fingerprint"] = key.fingerprint
         permit = await self._access.require("create", "patient.consent")
         async with self._db.transaction() as session:
             # The patient's row lock serialises grants (and their replays) per patient.
             patient = await store.get_patient(session, self._cipher, patient_id, lock=True)
-            if request_id is not None:
-                # A replay is answered even if the patient was merged since the first grant.
-                earlier = await store.consent_by_request(session, patient_id, request_id)
-                if earlier is not None:
-                    check_replay(earlier.create_request_fingerprint, request)
-                    await self._audit("create", permit, patient_id, consent=_name(earlier))
-                    return consent_to_proto(earlier)
+            # A replay is answered even if the patient was merged since the first grant.
+            earlier = await key.first(
+                lambda used: store.consent_by_request(session, patient_id, used)
+            )
+            if earlier is not None:
+                await self._audit("create", permit, patient_id, consent=_name(earlier))
+                return consent_to_proto(earlier)
             if patient.state == "merged":
                 raise FailedPrecondition(
                     "consent must be recorded on the surviving patient record",

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.base.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from his.patient.mapping import (
     PatientRecord,
     decrypt_patient,
@@ -30,8 +31,8 @@ from his.patient.mapping import (
 )
 from his.patient.tables import consents, patient_merges, patients
 from his.runtime.database import UNIQUE_VIOLATION, Database, integrity_violation
-from his.runtime.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from his.runtime.fieldcrypt import FieldCipher
+from his.runtime.idempotency import skip_taken
 
 _RETURNING = tuple(patients.c)
 
@@ -124,8 +125,7 @@ async def insert_patient(
     statement = insert(patients).values(
         id=uuid.uuid4(), create_request_id=request_id, **encrypt_identifiers(cipher, values)
     )
-    if request_id is not None:
-        statement = statement.on_conflict_do_nothing(index_elements=[patients.c.create_request_id])
+    statement = skip_taken(statement, request_id, patients.c.create_request_id)
     row = (await session.execute(statement.returning(*_RETURNING))).first()
     return None if row is None else await _decrypted(session, cipher, row)
 

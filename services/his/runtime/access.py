@@ -15,11 +15,11 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
+from his.base import identity
+from his.base.errors import HisError, PermissionDenied
+from his.base.identity import Principal
 from his.iam.v1 import iam_service_pb2 as iam_pb
-from his.runtime import identity
 from his.runtime.audit_trail import AuditTrail
-from his.runtime.errors import HisError, PermissionDenied
-from his.runtime.identity import Principal
 from his.runtime.policy import Decision, PolicyEngine, Request
 from his_client.clients import HisClients
 

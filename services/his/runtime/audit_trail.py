@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry, Counter
 
 from his.audit.v1 import audit_service_pb2 as pb
 from his.audit.validation import event_violations
+from his.base import identity
+from his.base.errors import Unavailable
 from his.events.v1.event_envelope_pb2 import EventEnvelope
-from his.runtime import identity
-from his.runtime.errors import Unavailable
 from his.runtime.outbox import Outbox, Outgoing, envelope
 from his.runtime.relay import Deliver, Undeliverable
 from his.runtime.telemetry import current_trace_id

@@ -12,8 +12,8 @@ from typing import Any
 
 import grpc
 
-from his.runtime import identity
-from his.runtime.errors import Unauthenticated
+from his.base import identity
+from his.base.errors import Unauthenticated
 from his.runtime.interceptors import Behavior, Continuation, Handler, wrap_unary
 from his.runtime.tokens import TokenVerifier
 from his_client.credentials import AUTHORIZATION, CALLER

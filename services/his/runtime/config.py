@@ -13,49 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from his.runtime.catalog import CATALOG, lookup
+from his.base.catalog import lookup
+from his.base.env import ConfigError, choice, integer, number
+from his.runtime.pseudonyms import ResearchConfig
 from his.runtime.secret_files import json_once
+from his_client.config import ClientConfig
 
 if TYPE_CHECKING:
     from his.runtime.fieldcrypt import CryptoConfig
-    from his.runtime.pseudonyms import ResearchConfig
-
-
-class ConfigError(ValueError):
-    """A `HIS_*` variable holds a value the service cannot use."""
-
-
-def _int(env: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{key} must not be negative, got {value}")
-    return value
-
-
-def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
-    value = env.get(key) or default
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -81,12 +46,12 @@ class DatabaseConfig:
         return cls(
             url=env.get("HIS_DATABASE_URL") or None,
             data_dir=Path(env.get("HIS_DATA_DIR") or ".his"),
-            pool_size=_int(env, "HIS_DB_POOL_SIZE", 10, minimum=1),
-            max_overflow=_int(env, "HIS_DB_MAX_OVERFLOW", 10),
-            pool_timeout_s=_float(env, "HIS_DB_POOL_TIMEOUT_S", 3.0),
-            health_interval_s=_float(env, "HIS_DB_HEALTH_INTERVAL_S", 1.0),
-            health_timeout_s=_float(env, "HIS_DB_HEALTH_TIMEOUT_S", 2.0),
-            statement_timeout_ms=_int(env, "HIS_DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1),
+            pool_size=integer(env, "HIS_DB_POOL_SIZE", 10, minimum=1),
+            max_overflow=integer(env, "HIS_DB_MAX_OVERFLOW", 10),
+            pool_timeout_s=number(env, "HIS_DB_POOL_TIMEOUT_S", 3.0),
+            health_interval_s=number(env, "HIS_DB_HEALTH_INTERVAL_S", 1.0),
+            health_timeout_s=number(env, "HIS_DB_HEALTH_TIMEOUT_S", 2.0),
+            statement_timeout_ms=integer(env, "HIS_DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1),
         )
 
 
@@ -117,11 +82,11 @@ class ServerConfig:
         """Read HIS_HOST, HIS_PORT, HIS_METRICS_PORT, HIS_GRACE_S, HIS_DRAIN_DELAY_S, ..."""
         return cls(
             host=env.get("HIS_HOST") or "[::]",
-            port=_int(env, "HIS_PORT", port),
-            metrics_port=_int(env, "HIS_METRICS_PORT", metrics_port, minimum=-1),
-            grace_s=_float(env, "HIS_GRACE_S", 10.0),
-            drain_delay_s=_float(env, "HIS_DRAIN_DELAY_S", 0.0),
-            max_concurrent_rpcs=_int(env, "HIS_MAX_CONCURRENT_RPCS", 1000, minimum=1),
+            port=integer(env, "HIS_PORT", port),
+            metrics_port=integer(env, "HIS_METRICS_PORT", metrics_port, minimum=-1),
+            grace_s=number(env, "HIS_GRACE_S", 10.0),
+            drain_delay_s=number(env, "HIS_DRAIN_DELAY_S", 0.0),
+            max_concurrent_rpcs=integer(env, "HIS_MAX_CONCURRENT_RPCS", 1000, minimum=1),
             migrate=(env.get("HIS_MIGRATE", "1") not in ("0", "false", "no")),
         )
 
@@ -142,57 +107,9 @@ class TelemetryConfig:
         """Read HIS_LOG_FORMAT, HIS_LOG_LEVEL and HIS_OTLP_ENDPOINT."""
         return cls(
             service_name=service_name,
-            log_format=_choice(env, "HIS_LOG_FORMAT", "auto", ("auto", "json", "text")),
-            log_level=_choice(env, "HIS_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=choice(env, "HIS_LOG_FORMAT", "auto", ("auto", "json", "text")),
+            log_level=choice(env, "HIS_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             otlp_endpoint=env.get("HIS_OTLP_ENDPOINT") or None,
-        )
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """How this process calls other services (the `his_client` SDK)."""
-
-    # service name → host:port. Locally the catalog's ports; in Kubernetes `HIS_<SERVICE>_ADDR`
-    # such as `patient.his.svc.cluster.local:50051`.
-    addresses: Mapping[str, str] = field(default_factory=dict)
-    # "none": the SDK retries idempotent calls itself; "istio": the mesh retries, never the SDK.
-    mesh: str = "none"
-    # Deadline of a call when the caller gives none (inside a server: never past the caller's own).
-    default_timeout_s: float = 5.0
-    # Attempts in all (first try + retries) for idempotent calls failing with UNAVAILABLE.
-    max_attempts: int = 3
-    # Full-jitter exponential backoff between attempts: random in [0, min(cap, base * 2^n)].
-    backoff_base_s: float = 0.05
-    backoff_max_s: float = 1.0
-    # Circuit breaker per upstream: opens after this many consecutive failures ...
-    breaker_fail_max: int = 5
-    # ... and lets a trial call through after this many seconds.
-    breaker_reset_s: float = 10.0
-
-    @property
-    def retries_enabled(self) -> bool:
-        """Client retries are off inside the mesh: it retries once per call, never both."""
-        return self.mesh != "istio" and self.max_attempts > 1
-
-    def address(self, service: str) -> str:
-        """Where `service` listens."""
-        return self.addresses.get(service) or f"localhost:{lookup(service).port}"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ClientConfig:
-        """Read HIS_MESH, HIS_<SERVICE>_ADDR and the HIS_CLIENT_* settings."""
-        return cls(
-            addresses={
-                entry.name: env.get(f"HIS_{entry.name.upper()}_ADDR") or f"localhost:{entry.port}"
-                for entry in CATALOG
-            },
-            mesh=_choice(env, "HIS_MESH", "none", ("none", "istio")),
-            default_timeout_s=_float(env, "HIS_CLIENT_TIMEOUT_S", 5.0),
-            max_attempts=_int(env, "HIS_CLIENT_MAX_ATTEMPTS", 3, minimum=1),
-            backoff_base_s=_float(env, "HIS_CLIENT_BACKOFF_BASE_S", 0.05),
-            backoff_max_s=_float(env, "HIS_CLIENT_BACKOFF_MAX_S", 1.0),
-            breaker_fail_max=_int(env, "HIS_CLIENT_BREAKER_FAIL_MAX", 5, minimum=1),
-            breaker_reset_s=_float(env, "HIS_CLIENT_BREAKER_RESET_S", 10.0),
         )
 
 
@@ -223,7 +140,7 @@ class AuthConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AuthConfig:
         """Read HIS_SECURITY, HIS_AUTH_* and HIS_SERVICE_* settings."""
-        enabled = _choice(env, "HIS_SECURITY", "on", ("on", "off")) == "on"
+        enabled = choice(env, "HIS_SECURITY", "on", ("on", "off")) == "on"
         if not enabled and env.get("HIS_MESH") == "istio":
             raise ConfigError("HIS_SECURITY=off is for benchmarks; refused with HIS_MESH=istio")
         jwks_file = env.get("HIS_AUTH_JWKS_FILE")
@@ -234,9 +151,9 @@ class AuthConfig:
             audience=env.get("HIS_AUTH_AUDIENCE") or "his",
             jwks_file=Path(jwks_file) if jwks_file else None,
             jwks_url=env.get("HIS_AUTH_JWKS_URL") or None,
-            jwks_refresh_s=_float(env, "HIS_AUTH_JWKS_REFRESH_S", 30.0),
-            jwks_max_age_s=_float(env, "HIS_AUTH_JWKS_MAX_AGE_S", 300.0),
-            leeway_s=_float(env, "HIS_AUTH_LEEWAY_S", 30.0),
+            jwks_refresh_s=number(env, "HIS_AUTH_JWKS_REFRESH_S", 30.0),
+            jwks_max_age_s=number(env, "HIS_AUTH_JWKS_MAX_AGE_S", 300.0),
+            leeway_s=number(env, "HIS_AUTH_LEEWAY_S", 30.0),
             service_token_file=Path(token_file) if token_file else None,
             service_credential_key=(env.get("HIS_SERVICE_CREDENTIAL_KEY") or "").encode(),
         )
@@ -304,12 +221,10 @@ def _page_token_key(env: Mapping[str, str]) -> bytes:
 
 
 def _crypto(env: Mapping[str, str]) -> CryptoConfig:
-    from his.runtime.fieldcrypt import CryptoConfig  # noqa: PLC0415  (fieldcrypt imports config)
+    from his.runtime.fieldcrypt import CryptoConfig  # noqa: PLC0415  (fieldcrypt → database → config)
 
     return CryptoConfig.from_env(env)
 
 
 def _research(env: Mapping[str, str]) -> ResearchConfig:
-    from his.runtime.pseudonyms import ResearchConfig  # noqa: PLC0415  (pseudonyms imports config)
-
     return ResearchConfig.from_env(env)

@@ -11,9 +11,8 @@ from contextlib import asynccontextmanager
 from typing import cast
 
 import asyncpg
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -24,8 +23,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from his.base.errors import DeadlineExceeded, HisError, ResourceExhausted, Unavailable
 from his.runtime.config import DatabaseConfig
-from his.runtime.errors import DeadlineExceeded, HisError, ResourceExhausted, Unavailable
 from his_client.guard import no_remote_calls
 
 

@@ -62,7 +62,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from his.runtime.config import ConfigError
+from his.base.env import ConfigError
 from his.runtime.database import async_url
 from his.runtime.secret_files import json_once
 

@@ -15,8 +15,8 @@ from typing import Any, TypeAlias, cast
 import grpc
 from grpc.aio import AbortError
 
-from his.runtime import deadline
-from his.runtime.errors import HisError, Unavailable, internal_status, to_status
+from his.base import deadline
+from his.base.errors import HisError, Unavailable, internal_status, to_status
 from his.runtime.metrics import ServerMetrics
 from his.runtime.request_guard import check_request, tolerant
 from his.runtime.telemetry import current_trace_id

@@ -41,9 +41,9 @@ from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.base.errors import Unavailable
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.runtime.database import Database, open_transaction
-from his.runtime.errors import Unavailable
 from his.runtime.telemetry import current_trace_id
 
 TABLE = "outbox"

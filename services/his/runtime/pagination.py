@@ -20,7 +20,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from his.runtime.errors import InvalidArgument
+from his.base.errors import InvalidArgument
 
 _NONCE_BYTES = 12
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from regopy import Input, Interpreter  # type: ignore[import-untyped]
 
-from his.runtime.errors import PermissionDenied
+from his.base.errors import PermissionDenied
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from his.runtime.config import ConfigError
+from his.base.env import ConfigError
 from his.runtime.secret_files import json_once
 
 KEY_BYTES = 32

@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from his.runtime.errors import FieldViolation, HisError, InvalidArgument
+from his.base.errors import FieldViolation, HisError, InvalidArgument
 
 # At most this many violations are reported: a crafted request must not make a huge status.
 _MAX_VIOLATIONS = 10

@@ -21,9 +21,9 @@ from typing import Any
 
 import jwt
 
+from his.base.errors import Unauthenticated, Unavailable
+from his.base.identity import SERVICE_ROLE, Principal
 from his.runtime.config import AuthConfig
-from his.runtime.errors import Unauthenticated, Unavailable
-from his.runtime.identity import SERVICE_ROLE, Principal
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from his.runtime.errors import FieldViolation, InvalidArgument
+from his.base.errors import FieldViolation, InvalidArgument
 
 # The range of instants and dates any service accepts: wider would overflow date arithmetic.
 EARLIEST_DATE = dt.date(1900, 1, 1)

@@ -14,10 +14,10 @@ from typing import Any
 
 import grpc
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.base import identity
+from his.base.errors import FailedPrecondition, NotFound
 from his.patient.v1 import patient_service_pb2 as patient_pb
-from his.runtime import identity
 from his.runtime.access import Facts, Permit
 from his.runtime.database import (
     CHECK_VIOLATION,
@@ -25,8 +25,7 @@ from his.runtime.database import (
     Database,
     integrity_violation,
 )
-from his.runtime.errors import FailedPrecondition, NotFound
-from his.runtime.idempotency import check_replay, fingerprint
+from his.runtime.idempotency import RequestKey
 from his.runtime.pagination import PageTokens
 from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations, required_id
@@ -167,8 +166,9 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         await self._access.require("create", "scheduling.schedule")
+        key = RequestKey.of(request, request_id)
         values = {
-            "create_request_fingerprint": fingerprint(request) if request_id else None,
+            "create_request_fingerprint": key.fingerprint,
             "department_id": department_id,
             "practitioner_id": practitioner_id,
             "service_type_system": system,
@@ -178,11 +178,10 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             "horizon_end": end,
         }
         async with self._db.transaction() as session:
-            row = await store.insert_schedule(session, values, request_id)
-            if row is None:
-                assert request_id is not None
-                row = await store.schedule_by_request(session, request_id)
-                check_replay(row.create_request_fingerprint, request)
+            row = await key.create(
+                lambda: store.insert_schedule(session, values, request_id),
+                lambda used: store.schedule_by_request(session, used),
+            )
         return schedule_to_proto(row)
 
     async def GetSchedule(self, request: pb.GetScheduleRequest, context: Context) -> pb.Schedule:
@@ -231,18 +230,20 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         v.raise_if_any()
         assert schedule_id is not None and plan is not None
         await self._access.require("create", "scheduling.slot")
+        key = RequestKey.of(request, request_id)
         async with self._db.transaction() as session:
             # The schedule's row lock serialises generations (and their replays) per schedule.
             schedule = await store.get_schedule(session, schedule_id, lock=True)
-            earlier = None
-            if request_id is not None:
-                earlier = await store.generation(session, schedule_id, request_id)
+            earlier = await key.first(
+                lambda used: store.generation(session, schedule_id, used),
+                stored=lambda row: row.request_fingerprint,
+            )
             if earlier is not None:
-                check_replay(earlier.request_fingerprint, request)
                 rows = await store.generation_slots(session, earlier)
             else:
-                keyed = (request_id, fingerprint(request)) if request_id else None
-                rows = await store.create_slots(session, schedule, plan.slots, plan.capacity, keyed)
+                rows = await store.create_slots(
+                    session, schedule, plan.slots, plan.capacity, key.pair
+                )
         return pb.GenerateSlotsResponse(slots=[slot_to_proto(r) for r in rows])
 
     async def GetSlot(self, request: pb.GetSlotRequest, context: Context) -> pb.Slot:
@@ -318,11 +319,12 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             find_slot,
             slot_facts,
         )
+        key = RequestKey.of(request, request_id)
         replay = None
         if request_id is not None:
             async with self._db.read() as session:
                 # A replay returns the first booking, even once the slot has filled up since.
-                replay = await self._booked_by(session, request_id, request)
+                replay = await key.first(lambda used: store.appointment_by_request(session, used))
         if replay is not None:
             await self._audit("create", permit, replay)
             return appointment_to_proto(replay)
@@ -334,18 +336,19 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         if problem is not None:
             raise problem
         await self._require_bookable_patient(request.patient)
-        keyed = (request_id, fingerprint(request)) if request_id else None
         try:
             async with self._db.transaction() as session:
                 slot = await store.take_place(session, slot_id)
-                row = await store.insert_appointment(session, patient_id, slot, keyed)
+                row = await store.insert_appointment(session, patient_id, slot, key.pair)
                 await self._audit("create", permit, row)
         except (FailedPrecondition, IntegrityError) as error:
             # A concurrent replay of this request may have taken the place first: it is the answer.
             replay = None
             if request_id is not None:
                 async with self._db.read() as session:
-                    replay = await self._booked_by(session, request_id, request)
+                    replay = await key.first(
+                        lambda used: store.appointment_by_request(session, used)
+                    )
             if replay is not None:
                 await self._audit("create", permit, replay)
                 return appointment_to_proto(replay)
@@ -353,19 +356,6 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
                 raise _booking_conflict(error) from None
             raise
         return appointment_to_proto(row)
-
-    @staticmethod
-    async def _booked_by(
-        session: AsyncSession, request_id: str | None, request: pb.BookAppointmentRequest
-    ) -> Any:
-        """The booking an earlier call with this request id made (same request only)."""
-        if request_id is None:
-            return None
-        row = await store.appointment_by_request(session, request_id)
-        if row is None:
-            return None
-        check_replay(row.create_request_fingerprint, request)
-        return row
 
     async def _require_bookable_patient(self, name: str) -> None:
         await require_active(self._clients, name, when_merged="book the surviving record")

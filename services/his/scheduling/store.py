@@ -17,7 +17,8 @@ from sqlalchemy import Row, and_, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from his.runtime.errors import Aborted, FailedPrecondition, NotFound
+from his.base.errors import Aborted, FailedPrecondition, NotFound
+from his.runtime.idempotency import skip_taken
 from his.scheduling.tables import appointments, schedules, slot_generations, slots
 
 
@@ -33,8 +34,7 @@ async def insert_schedule(
 ) -> Row[Any] | None:
     """A new schedule; None when `request_id` was used before (read it with schedule_by_request)."""
     statement = insert(schedules).values(id=uuid.uuid4(), create_request_id=request_id, **values)
-    if request_id is not None:
-        statement = statement.on_conflict_do_nothing(index_elements=[schedules.c.create_request_id])
+    statement = skip_taken(statement, request_id, schedules.c.create_request_id)
     return (await session.execute(statement.returning(*schedules.c))).first()
 
 

@@ -12,7 +12,7 @@ import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from his.runtime.errors import Unauthenticated
+from his.base.errors import Unauthenticated
 
 # The role every HIS service's own token carries (never a staff role).
 SERVICE_ROLE = "SERVICE"
