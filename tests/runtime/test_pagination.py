@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from his.base.errors import InvalidArgument
-from his.runtime.pagination import Cursor, PageTokens
+from his.runtime.pagination import Cursor, PageTokens, time_and_id, time_and_id_values
 
 TOKENS = PageTokens(b"test-key")
 
@@ -84,3 +84,70 @@ def test_a_token_signed_with_another_key_is_rejected() -> None:
     token = PageTokens(b"other-key").encode({"i": "1"}, query="q1")
     with pytest.raises(InvalidArgument):
         TOKENS.decode(token, query="q1")
+
+
+# --- the keyset page helper ---------------------------------------------------------------------
+
+ROWS = list(range(1, 8))
+
+
+def _read(after: int | None, limit: int) -> list[int]:
+    """What a store does: up to `limit` rows above the cursor, in order."""
+    return [row for row in ROWS if after is None or row > after][:limit]
+
+
+def _page_of(token: str, limit: int, query: str = "numbers") -> tuple[list[int], str]:
+    keyset = TOKENS.keyset(token, query=query, limit=limit, after=lambda c: c.integer("n"))
+    page = keyset.page(_read(keyset.after, keyset.read_limit), lambda row: {"n": row})
+    return page.rows, page.next_page_token
+
+
+def test_the_first_page_reads_one_row_more_than_it_returns() -> None:
+    keyset = TOKENS.keyset("", query="numbers", limit=3, after=lambda c: c.integer("n"))
+    assert keyset.after is None
+    assert keyset.read_limit == 4
+    page = keyset.page(_read(keyset.after, keyset.read_limit), lambda row: {"n": row})
+    assert page.rows == [1, 2, 3]
+    assert page.next_page_token
+
+
+def test_the_next_page_token_resumes_after_the_last_row_of_the_page() -> None:
+    _, token = _page_of("", 3)
+    cursor = TOKENS.decode(token, query="numbers")
+    assert cursor is not None and cursor.integer("n") == 3
+    rows, token = _page_of(token, 3)
+    assert rows == [4, 5, 6]
+    rows, token = _page_of(token, 3)
+    assert (rows, token) == ([7], "")
+
+
+def test_a_page_that_ends_exactly_at_the_last_row_has_no_token() -> None:
+    assert _page_of("", 7) == (ROWS, "")
+    assert _page_of("", 8) == (ROWS, "")
+
+
+def test_a_next_page_token_is_bound_to_its_query() -> None:
+    _, token = _page_of("", 3)
+    with pytest.raises(InvalidArgument):
+        _page_of(token, 3, query="other numbers")
+
+
+@pytest.mark.parametrize("token", ["garbage", TOKENS.encode({"n": "3"}, query="numbers")])
+def test_a_bad_token_is_invalid_argument_before_anything_is_read(token: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        TOKENS.keyset(token, query="numbers", limit=3, after=lambda c: c.integer("n"))
+    assert caught.value.violations[0].field == "page_token"
+
+
+def test_a_keyset_makes_tokens_for_its_own_query() -> None:
+    keyset = TOKENS.keyset("", query="numbers", limit=3, after=lambda c: c.integer("n"))
+    rows, _ = _page_of(keyset.token({"n": 5}), 3)
+    assert rows == [6, 7]
+
+
+def test_a_time_and_id_cursor_round_trips() -> None:
+    when = dt.datetime(2026, 12, 5, 8, 30, tzinfo=dt.UTC)
+    ident = uuid.uuid4()
+    cursor = TOKENS.decode(TOKENS.encode(time_and_id_values(when, ident), query="q1"), query="q1")
+    assert cursor is not None
+    assert time_and_id(cursor) == (when, ident)

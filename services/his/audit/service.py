@@ -108,18 +108,21 @@ class AuditService(pb_grpc.AuditServiceServicer):
             action=ACTION.text(action) if action else None,
             emergency_only=request.emergency_access_only,
         )
-        cursor = self._pages.decode(request.page_token, query=where.fingerprint())
-        after = cursor.integer("s") if cursor is not None else 0
-        async with self._db.read() as session:
-            rows = await store.list_events(session, where, after=after, limit=limit + 1)
-        response = pb.ListAuditEventsResponse(
-            audit_events=[event_from_columns(row._mapping) for row in rows[:limit]]
+        keyset = self._pages.keyset(
+            request.page_token,
+            query=where.fingerprint(),
+            limit=limit,
+            after=lambda c: c.integer("s"),
         )
-        if len(rows) > limit:
-            response.next_page_token = self._pages.encode(
-                {"s": rows[limit - 1].sequence_number}, query=where.fingerprint()
+        async with self._db.read() as session:
+            rows = await store.list_events(
+                session, where, after=keyset.after or 0, limit=keyset.read_limit
             )
-        return response
+        page = keyset.page(rows, lambda row: {"s": row.sequence_number})
+        return pb.ListAuditEventsResponse(
+            audit_events=[event_from_columns(row._mapping) for row in page.rows],
+            next_page_token=page.next_page_token,
+        )
 
     async def VerifyChain(
         self, request: pb.VerifyChainRequest, context: Context

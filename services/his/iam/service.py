@@ -55,7 +55,7 @@ from his.iam.validation import (
 from his.runtime.access import ALLOWED, Access, Permit
 from his.runtime.database import Database
 from his.runtime.idempotency import RequestKey
-from his.runtime.pagination import PageTokens
+from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.policy import Request
 from his.runtime.server import ServiceResources
 from his.runtime.validation import (
@@ -171,18 +171,18 @@ class IamService(pb_grpc.IamServiceServicer):
         await self._require("read", "iam.department")
         kind_text = KIND.text(kind) if kind else None
         query = f"departments {kind_text}"
-        cursor = self._pages.decode(request.page_token, query=query)
-        after = cursor.text("c") if cursor is not None else None
+        keyset = self._pages.keyset(
+            request.page_token, query=query, limit=limit, after=lambda c: c.text("c")
+        )
         async with self._db.read() as session:
             rows = await store.list_departments(
-                session, kind=kind_text, after=after, limit=limit + 1
+                session, kind=kind_text, after=keyset.after, limit=keyset.read_limit
             )
-        response = pb.ListDepartmentsResponse(
-            departments=[department_to_proto(row) for row in rows[:limit]]
+        page = keyset.page(rows, lambda row: {"c": row.code})
+        return pb.ListDepartmentsResponse(
+            departments=[department_to_proto(row) for row in page.rows],
+            next_page_token=page.next_page_token,
         )
-        if len(rows) > limit:
-            response.next_page_token = self._pages.encode({"c": rows[limit - 1].code}, query=query)
-        return response
 
     # --- staff -----------------------------------------------------------------------------
 
@@ -238,18 +238,21 @@ class IamService(pb_grpc.IamServiceServicer):
             role=role_name(role) if role else None,
             include_inactive=request.include_inactive,
         )
-        cursor = self._pages.decode(request.page_token, query=where.fingerprint())
-        after = cursor.text("u") if cursor is not None else None
-        async with self._db.read() as session:
-            rows = await store.list_staff(session, where, after=after, limit=limit + 1)
-        response = pb.ListStaffMembersResponse(
-            staff_members=[staff_to_proto(row) for row in rows[:limit]]
+        keyset = self._pages.keyset(
+            request.page_token,
+            query=where.fingerprint(),
+            limit=limit,
+            after=lambda c: c.text("u"),
         )
-        if len(rows) > limit:
-            response.next_page_token = self._pages.encode(
-                {"u": rows[limit - 1].username}, query=where.fingerprint()
+        async with self._db.read() as session:
+            rows = await store.list_staff(
+                session, where, after=keyset.after, limit=keyset.read_limit
             )
-        return response
+        page = keyset.page(rows, lambda row: {"u": row.username})
+        return pb.ListStaffMembersResponse(
+            staff_members=[staff_to_proto(row) for row in page.rows],
+            next_page_token=page.next_page_token,
+        )
 
     async def UpdateStaffMember(
         self, request: pb.UpdateStaffMemberRequest, context: Context
@@ -360,23 +363,20 @@ class IamService(pb_grpc.IamServiceServicer):
         where = store.MembershipFilter(
             staff_id=staff_id, department_id=department_id, current_only=request.current_only
         )
-        cursor = self._pages.decode(request.page_token, query=where.fingerprint())
-        after = None
-        if cursor is not None:
-            after = (cursor.time("t"), cursor.uuid("i"))
+        keyset = self._pages.keyset(
+            request.page_token, query=where.fingerprint(), limit=limit, after=time_and_id
+        )
         async with self._db.read() as session:
             if staff_id is not None:
                 await store.get_staff(session, staff_id)
-            rows = await store.list_memberships(session, where, after=after, limit=limit + 1)
-        response = pb.ListMembershipsResponse(
-            memberships=[membership_to_proto(row) for row in rows[:limit]]
-        )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = self._pages.encode(
-                {"t": last.period_start.isoformat(), "i": str(last.id)}, query=where.fingerprint()
+            rows = await store.list_memberships(
+                session, where, after=keyset.after, limit=keyset.read_limit
             )
-        return response
+        page = keyset.page(rows, lambda row: time_and_id_values(row.period_start, row.id))
+        return pb.ListMembershipsResponse(
+            memberships=[membership_to_proto(row) for row in page.rows],
+            next_page_token=page.next_page_token,
+        )
 
     # --- local identity provider -----------------------------------------------------------
 
@@ -570,12 +570,14 @@ class IamService(pb_grpc.IamServiceServicer):
         where = store.GrantFilter(
             staff_id=staff_id, patient_id=patient_id, active_only=request.active_only
         )
-        cursor = self._pages.decode(request.page_token, query=where.fingerprint())
-        after = None
-        if cursor is not None:
-            after = (cursor.time("t"), cursor.uuid("i"))
+        keyset = self._pages.keyset(
+            request.page_token, query=where.fingerprint(), limit=limit, after=time_and_id
+        )
         async with self._db.read() as session:
-            rows = await store.list_grants(session, where, after=after, limit=limit + 1)
+            rows = await store.list_grants(
+                session, where, after=keyset.after, limit=keyset.read_limit
+            )
+        page = keyset.page(rows, lambda row: time_and_id_values(row.grant_time, row.id))
         caller = identity.current_or_none()
         if caller is not None and caller.is_staff:
             # A grant names a patient and why their record was opened: a person reading grants
@@ -585,19 +587,14 @@ class IamService(pb_grpc.IamServiceServicer):
                 "read",
                 [
                     (Permit(ALLOWED), patient_name(row.patient_id), grant_name(row.id))
-                    for row in rows[:limit]
+                    for row in page.rows
                 ],
                 _GRANT_TYPE,
             )
-        response = pb.ListEmergencyAccessGrantsResponse(
-            emergency_access_grants=[grant_to_proto(row) for row in rows[:limit]]
+        return pb.ListEmergencyAccessGrantsResponse(
+            emergency_access_grants=[grant_to_proto(row) for row in page.rows],
+            next_page_token=page.next_page_token,
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = self._pages.encode(
-                {"t": last.grant_time.isoformat(), "i": str(last.id)}, query=where.fingerprint()
-            )
-        return response
 
     async def RevokeEmergencyAccessGrant(
         self, request: pb.RevokeEmergencyAccessGrantRequest, context: Context

@@ -69,24 +69,23 @@ class ResearchPatients:
         limit = v.page_size("page_size", request.page_size)
         v.raise_if_any()
         permit = await self._access.require("execute", "research.export")
-        cursor = self._pages.decode(request.page_token, query=_QUERY)
-        after = cursor.uuid("i") if cursor is not None else None
+        keyset = self._pages.keyset(
+            request.page_token, query=_QUERY, limit=limit, after=lambda c: c.uuid("i")
+        )
         async with self._db.read() as session:
-            rows = await research_patients(session, after=after, limit=limit + 1)
-        page = rows[:limit]
+            rows = await research_patients(session, after=keyset.after, limit=keyset.read_limit)
+        page = keyset.page(rows, lambda row: {"i": str(row.id)})
         await self._access.record_each(
             "execute",
-            [(permit, f"patients/{row.id}", f"patients/{row.id}") for row in page],
+            [(permit, f"patients/{row.id}", f"patients/{row.id}") for row in page.rows],
             _RESEARCH_PATIENT,
             purpose=audit_pb.PURPOSE_OF_USE_RESEARCH,
         )
-        response = pb.ListResearchPatientsResponse(
-            research_patients=[self._to_proto(row) for row in page],
+        return pb.ListResearchPatientsResponse(
+            research_patients=[self._to_proto(row) for row in page.rows],
             pseudonym_key_id=self._pseudonyms.key_id,
+            next_page_token=page.next_page_token,
         )
-        if len(rows) > limit:
-            response.next_page_token = self._pages.encode({"i": str(page[-1].id)}, query=_QUERY)
-        return response
 
     def _to_proto(self, row: Any) -> pb.ResearchPatient:
         return pb.ResearchPatient(

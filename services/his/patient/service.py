@@ -32,7 +32,7 @@ from his.runtime.access import Permit
 from his.runtime.database import Database
 from his.runtime.fieldcrypt import FieldCipher
 from his.runtime.idempotency import RequestKey
-from his.runtime.pagination import PageTokens
+from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.server import ServiceResources
 from his.runtime.validation import (
     Violations,
@@ -96,27 +96,26 @@ class PatientService(pb_grpc.PatientServiceServicer):
         )
         v.raise_if_any()
         permit = await self._access.require("read", "patient.demographics")
-        cursor = self._pages.decode(request.page_token, query=where.fingerprint())
-        after = None
-        if cursor is not None:
-            after = (cursor.text("f"), cursor.text("g"), cursor.uuid("i"))
+        keyset = self._pages.keyset(
+            request.page_token,
+            query=where.fingerprint(),
+            limit=limit,
+            after=lambda c: (c.text("f"), c.text("g"), c.uuid("i")),
+        )
         async with self._db.read() as session:
             rows = await store.list_patients(
-                session, self._cipher, where, after=after, limit=limit + 1
+                session, self._cipher, where, after=keyset.after, limit=keyset.read_limit
             )
+        page = keyset.page(rows, lambda r: {"f": r.family_key, "g": r.given_key, "i": str(r.id)})
         await self._access.record_each(
             "read",
-            [(permit, f"patients/{r.id}", f"patients/{r.id}") for r in rows[:limit]],
+            [(permit, f"patients/{r.id}", f"patients/{r.id}") for r in page.rows],
             _PATIENT,
         )
-        response = pb.ListPatientsResponse(patients=[patient_to_proto(r) for r in rows[:limit]])
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = self._pages.encode(
-                {"f": last.family_key, "g": last.given_key, "i": str(last.id)},
-                query=where.fingerprint(),
-            )
-        return response
+        return pb.ListPatientsResponse(
+            patients=[patient_to_proto(r) for r in page.rows],
+            next_page_token=page.next_page_token,
+        )
 
     async def CreatePatient(self, request: pb.CreatePatientRequest, context: Context) -> pb.Patient:
         v = Violations()
@@ -281,23 +280,22 @@ class PatientService(pb_grpc.PatientServiceServicer):
         assert patient_id is not None
         permit = await self._access.require("read", "patient.consent")
         query = f"consents {patient_id} {request.active_only}"
-        cursor = self._pages.decode(request.page_token, query=query)
-        after = None
-        if cursor is not None:
-            after = (cursor.time("t"), cursor.uuid("i"))
+        keyset = self._pages.keyset(request.page_token, query=query, limit=limit, after=time_and_id)
         async with self._db.read() as session:
             await store.get_patient(session, self._cipher, patient_id)
             rows = await store.list_consents(
-                session, patient_id, active_only=request.active_only, after=after, limit=limit + 1
+                session,
+                patient_id,
+                active_only=request.active_only,
+                after=keyset.after,
+                limit=keyset.read_limit,
             )
         await self._audit("read", permit, patient_id, consent=f"patients/{patient_id}/consents")
-        response = pb.ListConsentsResponse(consents=[consent_to_proto(r) for r in rows[:limit]])
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = self._pages.encode(
-                {"t": last.create_time.isoformat(), "i": str(last.id)}, query=query
-            )
-        return response
+        page = keyset.page(rows, lambda r: time_and_id_values(r.create_time, r.id))
+        return pb.ListConsentsResponse(
+            consents=[consent_to_proto(r) for r in page.rows],
+            next_page_token=page.next_page_token,
+        )
 
     async def ListResearchPatients(
         self, request: pb.ListResearchPatientsRequest, context: Context

@@ -15,7 +15,9 @@ import hashlib
 import json
 import os
 import uuid
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -23,6 +25,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from his.base.errors import InvalidArgument
 
 _NONCE_BYTES = 12
+
+A = TypeVar("A")
+T = TypeVar("T")
 
 
 class PageTokens:
@@ -53,6 +58,66 @@ class PageTokens:
         if not isinstance(values, dict):
             raise _not_a_token(field)
         return Cursor(values, field)
+
+    def keyset(
+        self, token: str, *, query: str, limit: int, after: Callable[[Cursor], A]
+    ) -> Keyset[A]:
+        """The keyset read for one page: `after` turns the token's cursor into the store's key.
+
+        The token is opened here, before the caller reads anything, so a bad token is
+        INVALID_ARGUMENT before any query runs.
+        """
+        cursor = self.decode(token, query=query)
+        return Keyset(
+            after=None if cursor is None else after(cursor),
+            read_limit=limit + 1,
+            _limit=limit,
+            _query=query,
+            _tokens=self,
+        )
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """The rows of one page and the token of the next ("" on the last page)."""
+
+    rows: list[T]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class Keyset(Generic[A]):
+    """One page's keyset read: read `read_limit` rows after `after`, then cut them with `page`.
+
+    One row more than the page is read, so that a next page is announced only when it has rows.
+    """
+
+    after: A | None
+    read_limit: int
+    _limit: int
+    _query: str
+    _tokens: PageTokens
+
+    def page(self, rows: Sequence[T], cursor: Callable[[T], dict[str, Any]]) -> Page[T]:
+        """The first `limit` rows, and a token after the last of them when more were read."""
+        page = list(rows[: self._limit])
+        if len(rows) <= self._limit:
+            return Page(page, "")
+        return Page(page, self.token(cursor(page[-1])))
+
+    def token(self, values: dict[str, Any]) -> str:
+        """A token for this query that resumes after the cursor `values`."""
+        return self._tokens.encode(values, query=self._query)
+
+
+def time_and_id(cursor: Cursor) -> tuple[dt.datetime, uuid.UUID]:
+    """The (time, id) key of a cursor made by `time_and_id_values`."""
+    return cursor.time("t"), cursor.uuid("i")
+
+
+def time_and_id_values(time: dt.datetime, ident: uuid.UUID) -> dict[str, Any]:
+    """Cursor values for a (time, id) keyset."""
+    return {"t": time.isoformat(), "i": str(ident)}
 
 
 class Cursor:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.runtime import wire
-from his.runtime.pagination import PageTokens
+from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.pseudonyms import Pseudonyms
 from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations
@@ -73,29 +73,21 @@ class ResearchAppointments:
         v.raise_if_any()
         permit = await self._access.require("execute", "research.export")
         query = repr(("research-appointments", zone.key))
-        cursor = self._pages.decode(request.page_token, query=query)
-        after = None
-        if cursor is not None:
-            after = (cursor.time("t"), cursor.uuid("i"))
+        keyset = self._pages.keyset(request.page_token, query=query, limit=limit, after=time_and_id)
         async with self._db.read() as session:
-            rows = await research_appointments(session, after=after, limit=limit + 1)
-        page = rows[:limit]
+            rows = await research_appointments(session, after=keyset.after, limit=keyset.read_limit)
+        page = keyset.page(rows, lambda row: time_and_id_values(row.start_time, row.id))
         await self._access.record_each(
             "execute",
-            [(permit, f"patients/{row.patient_id}", f"appointments/{row.id}") for row in page],
+            [(permit, f"patients/{row.patient_id}", f"appointments/{row.id}") for row in page.rows],
             _RESEARCH_APPOINTMENT,
             purpose=audit_pb.PURPOSE_OF_USE_RESEARCH,
         )
-        response = pb.ListResearchAppointmentsResponse(
-            research_appointments=[self._to_proto(row, zone) for row in page],
+        return pb.ListResearchAppointmentsResponse(
+            research_appointments=[self._to_proto(row, zone) for row in page.rows],
             pseudonym_key_id=self._pseudonyms.key_id,
+            next_page_token=page.next_page_token,
         )
-        if len(rows) > limit:
-            last = page[-1]
-            response.next_page_token = self._pages.encode(
-                {"t": last.start_time.isoformat(), "i": str(last.id)}, query=query
-            )
-        return response
 
     def _to_proto(self, row: Any, zone: ZoneInfo) -> pb.ResearchAppointment:
         return pb.ResearchAppointment(

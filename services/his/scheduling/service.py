@@ -26,7 +26,7 @@ from his.runtime.database import (
     integrity_violation,
 )
 from his.runtime.idempotency import RequestKey
-from his.runtime.pagination import PageTokens
+from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations, required_id
 from his.scheduling import store
@@ -200,23 +200,25 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         v.raise_if_any()
         await self._access.require("read", "scheduling.schedule")
         query = repr(("schedules", department_id, practitioner_id))
-        cursor = self._pages.decode(request.page_token, query=query)
-        after = (cursor.uuid("d"), cursor.uuid("i")) if cursor else None
+        keyset = self._pages.keyset(
+            request.page_token,
+            query=query,
+            limit=limit,
+            after=lambda c: (c.uuid("d"), c.uuid("i")),
+        )
         async with self._db.read() as session:
             rows = await store.list_schedules(
                 session,
                 department_id=department_id,
                 practitioner_id=practitioner_id,
-                after=after,
-                limit=limit + 1,
+                after=keyset.after,
+                limit=keyset.read_limit,
             )
-        response = pb.ListSchedulesResponse(schedules=[schedule_to_proto(r) for r in rows[:limit]])
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = self._pages.encode(
-                {"d": str(last.department_id), "i": str(last.id)}, query=query
-            )
-        return response
+        page = keyset.page(rows, lambda r: {"d": str(r.department_id), "i": str(r.id)})
+        return pb.ListSchedulesResponse(
+            schedules=[schedule_to_proto(r) for r in page.rows],
+            next_page_token=page.next_page_token,
+        )
 
     # --- slots -------------------------------------------------------------------------------
 
@@ -266,13 +268,17 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         )
         v.raise_if_any()
         await self._access.require("read", "scheduling.slot")
-        after = self._time_cursor(request.page_token, where.fingerprint())
+        keyset = self._pages.keyset(
+            request.page_token, query=where.fingerprint(), limit=limit, after=time_and_id
+        )
         async with self._db.read() as session:
-            rows = await store.list_slots(session, where, after=after, limit=limit + 1)
-        response = pb.ListSlotsResponse(slots=[slot_to_proto(r) for r in rows[:limit]])
-        if len(rows) > limit:
-            response.next_page_token = self._next_token(rows[limit - 1], where.fingerprint())
-        return response
+            rows = await store.list_slots(
+                session, where, after=keyset.after, limit=keyset.read_limit
+            )
+        page = keyset.page(rows, _start_cursor)
+        return pb.ListSlotsResponse(
+            slots=[slot_to_proto(r) for r in page.rows], next_page_token=page.next_page_token
+        )
 
     async def BlockSlot(self, request: pb.BlockSlotRequest, context: Context) -> pb.Slot:
         v = Violations()
@@ -395,7 +401,9 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             statuses=tuple(sorted(set(statuses))),
         )
         v.raise_if_any()
-        after = self._time_cursor(request.page_token, where.fingerprint())
+        keyset = self._pages.keyset(
+            request.page_token, query=where.fingerprint(), limit=limit, after=time_and_id
+        )
         # Appointments the caller may not see are left out. Read on until one visible appointment
         # beyond the page turns up (or the rows run out), so neither a short page nor a page
         # token hints at appointments the caller may not see; past SCAN_LIMIT hidden rows the page
@@ -406,7 +414,8 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         visible: list[tuple[Any, Permit]] = []
         scanned = 0
         resume_after: Any = None
-        batch = max(limit + 1, min(100, SCAN_LIMIT))
+        after = keyset.after
+        batch = max(keyset.read_limit, min(100, SCAN_LIMIT))
         while True:
             async with self._db.read() as session:
                 rows = await store.list_appointments(session, where, after=after, limit=batch)
@@ -423,20 +432,19 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
                 resume_after = rows[-1]
                 break
             after = (rows[-1].start_time, rows[-1].id)
-        page = visible[:limit]
+        page = keyset.page(visible, lambda seen: _start_cursor(seen[0]))
         await self._access.record_each(
             "read",
-            [(p, f"patients/{r.patient_id}", f"appointments/{r.id}") for r, p in page],
+            [(p, f"patients/{r.patient_id}", f"appointments/{r.id}") for r, p in page.rows],
             _APPOINTMENT,
         )
-        response = pb.ListAppointmentsResponse(
-            appointments=[appointment_to_proto(r) for r, _ in page]
+        next_page_token = page.next_page_token
+        if not next_page_token and resume_after is not None:
+            next_page_token = keyset.token(_start_cursor(resume_after))
+        return pb.ListAppointmentsResponse(
+            appointments=[appointment_to_proto(r) for r, _ in page.rows],
+            next_page_token=next_page_token,
         )
-        if len(visible) > limit:
-            response.next_page_token = self._next_token(page[-1][0], where.fingerprint())
-        elif resume_after is not None:
-            response.next_page_token = self._next_token(resume_after, where.fingerprint())
-        return response
 
     async def CancelAppointment(
         self, request: pb.CancelAppointmentRequest, context: Context
@@ -491,16 +499,10 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
 
     # --- paging ------------------------------------------------------------------------------
 
-    def _time_cursor(self, token: str, query: str) -> tuple[dt.datetime, uuid.UUID] | None:
-        cursor = self._pages.decode(token, query=query)
-        if cursor is None:
-            return None
-        return cursor.time("t"), cursor.uuid("i")
 
-    def _next_token(self, last: Any, query: str) -> str:
-        return self._pages.encode(
-            {"t": last.start_time.isoformat(), "i": str(last.id)}, query=query
-        )
+def _start_cursor(row: Any) -> dict[str, Any]:
+    """The cursor after a slot or appointment, in (start time, id) order."""
+    return time_and_id_values(row.start_time, row.id)
 
 
 def _in_period(consent: patient_pb.Consent, now: dt.datetime) -> bool:
