@@ -239,10 +239,7 @@ class IamService(pb_grpc.IamServiceServicer):
             include_inactive=request.include_inactive,
         )
         keyset = self._pages.keyset(
-            request.page_token,
-            query=where.fingerprint(),
-            limit=limit,
-            after=lambda c: c.text("u"),
+            request.page_token, query=where.fingerprint(), limit=limit, after=lambda c: c.text("u")
         )
         async with self._db.read() as session:
             rows = await store.list_staff(
