@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
@@ -12,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -93,12 +95,19 @@ class Database:
             try:
                 async with driver.transaction():
                     yield driver
-            except BaseException:
-                # SQLAlchemy never saw what happened on the driver: a connection the server
-                # dropped, or one left mid-transaction by a cancellation, must not go back to
-                # the pool (every later use would fail). Throw it away; the pool reconnects.
-                await connection.invalidate()
+            except BaseException as error:
+                await self._discard(connection, error)
                 raise
+
+    async def _discard(self, connection: AsyncConnection, error: BaseException) -> None:
+        """After a failure on the driver, which SQLAlchemy never saw: a connection the server
+        dropped, or one left mid-transaction by a cancellation, must not go back to the pool.
+        When the server dropped it, it dropped its siblings too (a restart, a failover): every
+        pooled connection older than now is replaced on its next checkout — what SQLAlchemy's
+        pool does on a disconnect it sees itself (`Pool._invalidate`)."""
+        await connection.invalidate()
+        if isinstance(error, Exception) and isinstance(translate_error(error), Unavailable):
+            self.engine.sync_engine.pool._invalidate_time = time.time()
 
     async def ping(self) -> bool:
         """True when the database answers `SELECT 1` within the health timeout."""
