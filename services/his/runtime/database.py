@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
 
 import asyncpg
+from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -63,6 +64,10 @@ class Database:
             poolclass=NullPool,
             connect_args={"timeout": config.health_timeout_s},
         )
+        # SQLAlchemy replaces its whole pool only for the disconnects its dialect recognises;
+        # an administrator/crash shutdown (a restart, a failover) was not one of them, so every
+        # other pooled connection failed one call each. What we map to UNAVAILABLE counts.
+        event.listen(self.engine.sync_engine, "handle_error", _mark_disconnects)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # Autocommit: no BEGIN/COMMIT round trips, for reads that need no multi-statement snapshot.
         self._reads = async_sessionmaker(
@@ -105,9 +110,11 @@ class Database:
         When the server dropped it, it dropped its siblings too (a restart, a failover): every
         pooled connection older than now is replaced on its next checkout — what SQLAlchemy's
         pool does on a disconnect it sees itself (`Pool._invalidate`)."""
-        await connection.invalidate()
         if isinstance(error, Exception) and isinstance(translate_error(error), Unavailable):
             self.engine.sync_engine.pool._invalidate_time = time.time()
+        # Closing a connection the server already dropped may fail too; it is gone either way.
+        with contextlib.suppress(Exception):
+            await connection.invalidate()
 
     async def ping(self) -> bool:
         """True when the database answers `SELECT 1` within the health timeout."""
@@ -123,6 +130,12 @@ class Database:
         """Close every pooled connection."""
         await self.engine.dispose()
         await self._probe.dispose()
+
+
+def _mark_disconnects(context: ExceptionContext) -> None:
+    error = context.sqlalchemy_exception or context.original_exception
+    if not context.is_disconnect and isinstance(translate_error(error), Unavailable):
+        context.is_disconnect = True
 
 
 def integrity_violation(error: sa_exc.IntegrityError) -> tuple[str, str] | None:
