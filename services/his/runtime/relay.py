@@ -61,6 +61,8 @@ class RelayConfig:
     batch: int = 200
     # How often to look for rows nobody woke us for (other replicas', expired leases).
     poll_s: float = 0.5
+    # After a wake-up, how long to let more events gather before the pass (batching).
+    linger_s: float = 0.02
     # How long a claimed row stays with this replica before another may take it.
     lease_s: float = 30.0
     # Backoff of a destination after failed deliveries: base * 2^(failures-1), capped.
@@ -215,15 +217,20 @@ class Relay:
         while not self._stopping:
             self._wake.clear()
             try:
-                delivered = await self.pass_once()
+                await self.pass_once()
                 await self._refresh_gauges()
             except Exception as error:  # the database is away: try again later
                 log.warning("outbox relay pass failed", extra={"fields": {"error": _name(error)}})
-                delivered = 0
-            if not delivered and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._config.poll_s):
-                        await self._wake.wait()
+            if self._stopping:
+                break
+            # Events recorded during the pass have set the wake-up already: no empty pass after a
+            # full one. Otherwise wait for one, or poll (other replicas' rows, expired leases).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._config.poll_s):
+                    await self._wake.wait()
+                # Woken by a commit: let the events of the next few milliseconds join the batch
+                # (one delivery call and two statements for many events instead of each).
+                await asyncio.sleep(self._config.linger_s)
         # Stopping: what the last calls recorded goes too, if it can in the time `stop` gives.
         with contextlib.suppress(Exception):
             await self.pass_once()
