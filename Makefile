@@ -101,7 +101,7 @@ pytest: $(VENV)/.installed
 
 # Every figure is printed also as a ratio to a bare grpc.aio echo server measured in the same run,
 # alternating (bench/echo.py, bench/harness.py): the figures of a shared machine move, the ratios less.
-bench: $(VENV)/.installed ## Load benchmarks, each also as a ratio to a bare echo server: patient rpcs, booking, the rush, security, h2load, start-up.
+bench: $(VENV)/.installed ## Load benchmarks, each also as a ratio to a bare echo server: patient rpcs, booking, the rush, security, h2load, start-up; audit outage and VerifyChain cost.
 	$(PY) -m bench.patient_load --concurrency 1 --calls 1000 --seed 500
 	$(PY) -m bench.patient_load --concurrency 32 --calls 4000 --seed 2000
 	$(PY) -m bench.scheduling_load --bookings 2000 --concurrency 32 --rush 1000
@@ -109,6 +109,8 @@ bench: $(VENV)/.installed ## Load benchmarks, each also as a ratio to a bare ech
 	@command -v h2load >/dev/null || { echo "h2load is needed: apt-get install -y nghttp2-client"; exit 1; }
 	$(PY) -m bench.grpc_h2load --calls-c1 500 --calls 4000
 	$(PY) -m bench.startup --service patient --runs 5
+	$(PY) -m bench.audit_outage --pause 30
+	$(PY) -m bench.verify_cost --events 100000 --calls 1000 --rounds 3
 
 profile: $(VENV)/.installed ## py-spy on patient, scheduling and audit under load; prints the grouped top costs (root: ptrace).
 	@command -v h2load >/dev/null || { echo "h2load is needed: apt-get install -y nghttp2-client"; exit 1; }
