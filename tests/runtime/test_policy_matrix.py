@@ -12,6 +12,7 @@ from typing import TypedDict
 
 import pytest
 
+from his.base.identity import SERVICE_ROLE, STAFF_ROLES
 from his.runtime.policy import Decision, PolicyEngine, Request
 
 ACTIONS = {
@@ -23,17 +24,7 @@ ACTIONS = {
     "x": "dispense",
     "e": "execute",
 }
-ROLES = (
-    "SERVICE",
-    "REGISTRAR",
-    "DOCTOR",
-    "NURSE",
-    "PHARMACIST",
-    "LAB_TECHNICIAN",
-    "BILLING_CLERK",
-    "AUDITOR",
-    "ADMINISTRATOR",
-)
+ROLES = (SERVICE_ROLE, *STAFF_ROLES)
 
 # What each role may do to each class (columns: SERVICE, REGISTRAR, DOCTOR, NURSE, PHARMACIST,
 # LAB_TECHNICIAN, BILLING_CLERK, AUDITOR, ADMINISTRATOR). A cell lists action letters (ACTIONS;

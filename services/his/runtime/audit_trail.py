@@ -87,8 +87,6 @@ class AuditTrail:
         self._service = service
         self._closed = False
         self._metrics = _Metrics(registry)
-        # Figures for tests and logs: events stored in the outbox.
-        self.events_committed = 0
 
     def event(
         self,
@@ -189,7 +187,6 @@ class AuditTrail:
             )
             raise audit_unavailable() from None
         self._metrics.events.labels("success").inc(len(events))
-        self.events_committed += len(events)
 
     async def close(self) -> None:
         """Refuse new events (those stored stay in the outbox for the relay)."""

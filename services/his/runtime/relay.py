@@ -116,7 +116,6 @@ class _Metrics:
 @dataclass(frozen=True)
 class _Claimed:
     id: int
-    attempts: int
     envelope: EventEnvelope
 
 
@@ -145,12 +144,13 @@ class Relay:
             "attempts = attempts + 1 "
             f"WHERE id IN (SELECT id FROM {schema} WHERE destination = $1 AND dead_at IS NULL "
             "AND available_at <= clock_timestamp() ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) "
-            "RETURNING id, attempts, envelope"
+            "RETURNING id, envelope"
         )
         self._delete = f"DELETE FROM {schema} WHERE id = ANY($1::bigint[])"  # noqa: S608
+        # Hand rows back at once: the destination backs off, the rows keep their place in line.
         self._release = (
-            f"UPDATE {schema} SET available_at = now() + make_interval(secs => $2), "  # noqa: S608
-            "last_error = $3 WHERE id = ANY($1::bigint[])"
+            f"UPDATE {schema} SET available_at = now(), "  # noqa: S608
+            "last_error = $2 WHERE id = ANY($1::bigint[])"
         )
         self._bury = (
             f"UPDATE {schema} SET dead_at = now(), last_error = $2 WHERE id = ANY($1::bigint[])"  # noqa: S608
@@ -256,15 +256,12 @@ class Relay:
             with contextlib.suppress(Exception):
                 taken = await claiming
                 if taken:
-                    await self._settle(self._release, [r["id"] for r in taken], 0.0, "stopped")
+                    await self._settle(self._release, [r["id"] for r in taken], "stopped")
             raise
         if not rows:
             return 0, False
         claimed = sorted(
-            (
-                _Claimed(row["id"], row["attempts"], EventEnvelope.FromString(row["envelope"]))
-                for row in rows
-            ),
+            (_Claimed(row["id"], EventEnvelope.FromString(row["envelope"])) for row in rows),
             key=lambda c: c.id,
         )
         delivered = await self._deliver(destination, claimed)
@@ -278,7 +275,7 @@ class Relay:
             # Stopped mid-delivery: hand the rows back now rather than at the end of the lease.
             with contextlib.suppress(Exception):
                 await asyncio.shield(
-                    self._settle(self._release, [c.id for c in claimed], 0.0, "cancelled")
+                    self._settle(self._release, [c.id for c in claimed], "cancelled")
                 )
             raise
         except Exception as error:
@@ -297,9 +294,9 @@ class Relay:
             # The destination backs off, not the rows: they are handed back at once, so that when
             # it is tried again they go first and nothing later overtakes them (order per source).
             failures = self._failures[destination] = self._failures.get(destination, 0) + 1
-            delay = min(config_backoff(self._config, failures), self._config.backoff_max_s)
+            delay = config_backoff(self._config, failures)
             self._retry_at[destination] = time.monotonic() + delay
-            await self._settle(self._release, [c.id for c in claimed], 0.0, _name(error))
+            await self._settle(self._release, [c.id for c in claimed], _name(error))
             log.warning(
                 "outbox delivery failed; retrying later",
                 extra={
@@ -346,7 +343,7 @@ class Relay:
 
 def config_backoff(config: RelayConfig, failures: int) -> float:
     """The wait before a destination that failed `failures` times in a row is tried again."""
-    return float(config.backoff_base_s * 2 ** min(max(failures - 1, 0), 30))
+    return min(config.backoff_base_s * 2 ** min(max(failures - 1, 0), 30), config.backoff_max_s)
 
 
 def _name(error: BaseException) -> str:
