@@ -343,7 +343,9 @@ class Relay:
 
 def config_backoff(config: RelayConfig, failures: int) -> float:
     """The wait before a destination that failed `failures` times in a row is tried again."""
-    return min(config.backoff_base_s * 2 ** min(max(failures - 1, 0), 30), config.backoff_max_s)
+    return float(
+        min(config.backoff_base_s * 2 ** min(max(failures - 1, 0), 30), config.backoff_max_s)
+    )
 
 
 def _name(error: BaseException) -> str:
