@@ -4,9 +4,15 @@ With its database up and migrated (a private embedded PostgreSQL), starts `his s
 several times and measures from the process start to the first health answer SERVING (readiness,
 so the schema check is included: `his serve` migrates after listening), polling every 5 ms,
 alternating with the start of the bare echo server (bench/echo.py: Python, grpc, one method) to
-its first answer, so the figure is also a ratio to what any grpc.aio process costs here. Then
-once more under `python -X importtime`, and prints the import time grouped by top-level package:
-what start-up spends importing, and where.
+its first answer, so the figure is also a ratio to what any grpc.aio process costs here. Beside
+the wall-clock time it reads the CPU time the process had used when it answered (user + system,
+from /proc): on a machine shared with other work the wall clock moves by tens of percent, the
+CPU time much less. Then once more under `python -X importtime`, and prints the import time
+grouped by top-level package: what start-up spends importing, and where.
+
+Our own modules are compiled to bytecode first, as `pip install` does in the image: the
+development install is editable and this machine sets PYTHONDONTWRITEBYTECODE, so without it
+every start would compile `his` from source (~0.2 s here) — a cost no deployed pod pays.
 
 Run: `make bench` or `python -m bench.startup [--service patient] [--runs 5]`.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import os
 import re
 import statistics
@@ -28,6 +35,8 @@ from pathlib import Path
 
 import grpc
 
+import his
+import his_client
 from bench import echo
 from his.base.catalog import lookup
 from his.local_secrets import local_secrets
@@ -56,9 +65,27 @@ async def _until_serving(where: str, service: str, process: subprocess.Popen[byt
     raise RuntimeError(f"the service exited ({process.returncode}) before SERVING")
 
 
-def time_to_serving(env: dict[str, str], service: str, port: int, *python_flags: str) -> float:
-    """Seconds from starting `his serve <service>` to readiness SERVING; the process is stopped
-    again (its stderr goes to `env["BENCH_STDERR"]` when set)."""
+@dataclass(frozen=True)
+class Start:
+    """One start: seconds of wall clock to the first good answer, and the CPU seconds (user +
+    system, all threads) the process had used by then."""
+
+    wall: float
+    cpu: float
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process so far (/proc/<pid>/stat, 10 ms steps)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def time_to_serving(env: dict[str, str], service: str, port: int, *python_flags: str) -> Start:
+    """From starting `his serve <service>` to readiness SERVING; the process is stopped again
+    (its stderr goes to `env["BENCH_STDERR"]` when set)."""
     command = [sys.executable, *python_flags, "-m", "his.cli", "serve", service]
     stderr_path = env.get("BENCH_STDERR")
     with open(stderr_path or os.devnull, "wb") as stderr:
@@ -66,20 +93,20 @@ def time_to_serving(env: dict[str, str], service: str, port: int, *python_flags:
         process = subprocess.Popen(command, env=env, stderr=stderr)  # noqa: S603
         try:
             asyncio.run(_until_serving(f"localhost:{port}", lookup(service).grpc_service, process))
-            return time.perf_counter() - started
+            return Start(time.perf_counter() - started, cpu_seconds(process.pid))
         finally:
             process.terminate()
             process.wait(timeout=30)
 
 
-def time_to_echo(env: dict[str, str], port: int) -> float:
-    """Seconds from starting the echo server to its first answer; the process is stopped again."""
+def time_to_echo(env: dict[str, str], port: int) -> Start:
+    """From starting the echo server to its first answer; the process is stopped again."""
     command = [sys.executable, "-m", "bench.echo", "--port", str(port)]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env)  # noqa: S603
     try:
         asyncio.run(_until_echoed(f"localhost:{port}", process))
-        return time.perf_counter() - started
+        return Start(time.perf_counter() - started, cpu_seconds(process.pid))
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -132,6 +159,20 @@ def import_profile(text: str) -> Imports:
     return Imports(total, by_package, sorted(pulled_in, reverse=True))
 
 
+def _median(starts: list[Start], what: str) -> float:
+    return float(statistics.median(getattr(start, what) for start in starts))
+
+
+def _ratio(starts: list[Start], echoes: list[Start], what: str) -> float:
+    """Median of each start's ratio to the echo start just before it."""
+    return float(
+        statistics.median(
+            getattr(start, what) / max(getattr(echo, what), 1e-9)
+            for start, echo in zip(starts, echoes, strict=True)
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--service", default="patient")
@@ -139,6 +180,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25, help="packages listed")
     args = parser.parse_args()
     port = lookup(args.service).port + 300
+    for ours in (his, his_client):
+        for directory in ours.__path__:
+            compileall.compile_dir(directory, quiet=1)
     with tempfile.TemporaryDirectory(prefix="his-startup-") as tmp:
         pg = EmbeddedPostgres(Path(tmp) / "pgdata")
         url = pg.start()
@@ -155,15 +199,13 @@ def main() -> None:
             )
             time_to_serving(env, args.service, port)  # warm the file cache
             time_to_echo(env, port + 1)
-            times, unmigrated, echoes = [], [], []
+            starts: list[Start] = []
+            unmigrated: list[Start] = []
+            echoes: list[Start] = []
             for _ in range(args.runs):
                 echoes.append(time_to_echo(env, port + 1))
-                times.append(time_to_serving(env, args.service, port))
+                starts.append(time_to_serving(env, args.service, port))
                 unmigrated.append(time_to_serving(dict(env, HIS_MIGRATE="0"), args.service, port))
-            ratio = statistics.median(t / e for t, e in zip(times, echoes, strict=True))
-            ratio_unmigrated = statistics.median(
-                t / e for t, e in zip(unmigrated, echoes, strict=True)
-            )
             log = Path(tmp) / "importtime.txt"
             time_to_serving(
                 dict(env, BENCH_STDERR=str(log)), args.service, port, "-X", "importtime"
@@ -171,14 +213,20 @@ def main() -> None:
             imports = import_profile(log.read_text())
         finally:
             pg.stop()
+    times = [start.wall for start in starts]
     print(
         f"his serve {args.service}: SERVING after {statistics.median(times):.2f} s "
         f"(median of {args.runs}; min {min(times):.2f}, max {max(times):.2f}); bare grpc.aio echo "
-        f"server answering after {statistics.median(echoes):.2f} s; ratio {ratio:.1f}"
+        f"server answering after {_median(echoes, 'wall'):.2f} s; "
+        f"ratio {_ratio(starts, echoes, 'wall'):.1f}"
     )
     print(
-        f"  with HIS_MIGRATE=0 (no schema check, no alembic): {statistics.median(unmigrated):.2f} s"
-        f"; ratio to echo {ratio_unmigrated:.1f}"
+        f"  CPU used by then: {_median(starts, 'cpu'):.2f} s (median); "
+        f"echo {_median(echoes, 'cpu'):.2f} s; ratio {_ratio(starts, echoes, 'cpu'):.1f}"
+    )
+    print(
+        f"  with HIS_MIGRATE=0 (no schema check, no alembic): {_median(unmigrated, 'wall'):.2f} s"
+        f"; ratio to echo {_ratio(unmigrated, echoes, 'wall'):.1f}"
     )
     total = imports.total
     print(f"imports: {total / 1e6:.2f} s under -X importtime (self times added up), by package:")
