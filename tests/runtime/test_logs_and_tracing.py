@@ -217,6 +217,16 @@ async def test_a_blackholed_trace_collector_does_not_hold_up_shutdown(blackholed
     assert exit_code == 0, blackholed.log()
 
 
-def test_no_exporter_is_configured_by_default() -> None:
-    provider = make_tracer_provider(TelemetryConfig(service_name="his-test"))
-    assert provider._active_span_processor._span_processors == ()
+def test_no_spans_are_recorded_without_a_collector() -> None:
+    assert make_tracer_provider(TelemetryConfig(service_name="his-test")) is None
+
+
+def test_a_collector_gets_a_batching_exporter() -> None:
+    config = TelemetryConfig(service_name="his-test", otlp_endpoint="http://localhost:4317")
+    provider = make_tracer_provider(config)
+    assert provider is not None
+    try:
+        processors = provider._active_span_processor._span_processors
+        assert [type(p).__name__ for p in processors] == ["BatchSpanProcessor"]
+    finally:
+        provider.shutdown()

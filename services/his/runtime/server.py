@@ -11,13 +11,11 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
-from opentelemetry.sdk.trace import TracerProvider
 
 from his.runtime.access import Access
 from his.runtime.audit_trail import AUDIT, AuditTrail, audit_delivery
@@ -40,6 +38,9 @@ from his.runtime.tokens import TokenVerifier
 from his.runtime.trace_context import TraceContextInterceptor
 from his_client.clients import HisClients
 from his_client.errors import translate_error as translate_upstream_error
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ class RunningService:
     metrics: ServerMetrics
     metrics_endpoint: MetricsEndpoint | None
     clients: HisClients
-    tracer_provider: TracerProvider
+    # None unless a collector is configured (HIS_OTLP_ENDPOINT): then no span is recorded.
+    tracer_provider: TracerProvider | None
     audit: AuditTrail | None = None
     relay: Relay | None = None
     migration: asyncio.Task[None] | None = None
@@ -164,11 +166,7 @@ async def start(
         token=own_token_source(config.auth, spec.name, lambda: clients.iam),
     )
     interceptors: list[grpc.aio.ServerInterceptor] = [
-        (
-            aio_server_interceptor(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
-            if config.telemetry.otlp_endpoint
-            else TraceContextInterceptor()
-        ),
+        _tracing_interceptor(tracer_provider),
         ObservingInterceptor(metrics),
         admission := AdmissionInterceptor(
             config.server.max_concurrent_rpcs, domain=f"{spec.name}.his", open_=not migrate
@@ -257,6 +255,18 @@ async def start(
             name="migrate",
         )
     return running
+
+
+def _tracing_interceptor(tracer_provider: TracerProvider | None) -> grpc.aio.ServerInterceptor:
+    """OpenTelemetry's span per call when spans go somewhere; else only the trace id."""
+    if tracer_provider is None:
+        return TraceContextInterceptor()
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor  # noqa: PLC0415
+
+    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+        tracer_provider=tracer_provider
+    )
+    return interceptor
 
 
 async def _migrate_until_done(
