@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import gc
 import logging
 import signal
 import time
@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from his.runtime import shared_policy
 from his.runtime.access import Access
 from his.runtime.audit_trail import AUDIT, AuditTrail, audit_delivery
 from his.runtime.authn import AuthenticationInterceptor
@@ -303,10 +304,10 @@ async def _migrate_until_done(
     await readiness.migrated()
 
 
-@functools.cache
 def _policy() -> PolicyEngine:
-    """The policies, compiled once per process and shared by every service it runs."""
-    return PolicyEngine.load()
+    """The policies, compiled once per process and shared by every service it runs (`his serve`
+    begins compiling them on a thread before it imports this module)."""
+    return shared_policy.engine()
 
 
 def run(spec: ServiceSpec, config: ServiceConfig) -> None:
@@ -330,6 +331,10 @@ async def _serve_until_signalled(spec: ServiceSpec, config: ServiceConfig, url: 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     running = await start(spec, config, url, migrate=config.server.migrate)
+    # What start-up built lives as long as the process: out of the collector's sight for good
+    # (`his serve` ran the imports with the collector off; see his.cli).
+    gc.freeze()
+    gc.enable()
     log.info(
         "serving",
         extra={
