@@ -152,9 +152,9 @@ async def start(
 ) -> RunningService:
     """Build and start one service on its configured port (0 = any free port).
 
-    With `migrate`, the schema is migrated in the background after the server listens (retried
-    until the database lets it): liveness is SERVING at once, readiness only once migrated, and
-    calls before that are refused UNAVAILABLE `SERVICE_STARTING`.
+    With `migrate`, the schema is checked and migrated in the background, the server listening
+    meanwhile (retried until the database lets it): liveness is SERVING at once, readiness only
+    once migrated, and calls before that are refused UNAVAILABLE `SERVICE_STARTING`.
     Whatever was set up before a failure (a port in use, say) is torn down again.
     """
     database = Database(database_url, config.database, application_name=f"his-{spec.name}")
@@ -206,6 +206,7 @@ async def start(
     health = Health((spec.grpc_service,))
     database_health = DatabaseHealth(database, health, metrics, migrated=not migrate)
     metrics_endpoint: MetricsEndpoint | None = None
+    migration: asyncio.Task[None] | None = None
     try:
         resources = ServiceResources(config, database, clients, access)
         spec.add_to_server(spec.make_servicer(resources), server)
@@ -220,12 +221,24 @@ async def start(
         )
         # Raises RuntimeError when the port is taken.
         port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+        if migrate:
+            # Begun before the first ping, so that the schema check's connection (the pool's
+            # first, kept for the first call) is opened while the ping's is: both mostly wait
+            # on PostgreSQL starting a backend.
+            migration = asyncio.create_task(
+                _migrate_until_done(spec.name, database_url, database, database_health, admission),
+                name="migrate",
+            )
         await database_health.check_once()
         database_health.start()
         if config.server.metrics_port >= 0:
             metrics_endpoint = metrics.serve(config.server.metrics_port)
         await server.start()
     except BaseException:
+        if migration is not None:
+            migration.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await migration
         await server.stop(0)
         await database_health.stop()
         await clients.close()
@@ -247,14 +260,10 @@ async def start(
         tracer_provider=tracer_provider,
         audit=audit,
         relay=relay,
+        migration=migration,
     )
     if relay is not None:
         relay.start()
-    if migrate:
-        running.migration = asyncio.create_task(
-            _migrate_until_done(spec.name, database_url, database, database_health, admission),
-            name="migrate",
-        )
     return running
 
 
