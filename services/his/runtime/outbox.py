@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base.errors import Unavailable
 from his.events.v1.event_envelope_pb2 import EventEnvelope
-from his.runtime.database import Database, open_transaction
+from his.runtime.database import Database, open_driver_transaction, open_transaction
 from his.runtime.telemetry import current_trace_id
 
 TABLE = "outbox"
@@ -180,6 +180,15 @@ class Outbox:
         roll back with the change), else in a commit shared with concurrent callers, before
         this returns. Raises what the database raised (the error interceptor maps outages)."""
         if not events:
+            return
+        driver = open_driver_transaction()
+        if driver is not None:
+            rows = [_row(event) for event in events]
+            columns = ("event_id", "destination", "event_type", "envelope")
+            await driver.connection.execute(
+                self._insert_many, *([row[name] for row in rows] for name in columns)
+            )
+            driver.after_commit.append(self._wake)
             return
         session = open_transaction()
         if session is not None:
