@@ -150,7 +150,8 @@ class Database:
                     finally:
                         _open_driver.reset(token)
             except BaseException as error:
-                await self._discard(connection, error)
+                if not _clean_after(error):
+                    await self._discard(connection, error)
                 raise
         for callback in opened.after_commit:
             callback()
@@ -166,7 +167,8 @@ class Database:
             try:
                 yield driver
             except BaseException as error:
-                await self._discard(connection, error)
+                if not _clean_after(error):
+                    await self._discard(connection, error)
                 raise
 
     async def _discard(self, connection: AsyncConnection, error: BaseException) -> None:
@@ -195,6 +197,16 @@ class Database:
         """Close every pooled connection."""
         await self.engine.dispose()
         await self._probe.dispose()
+
+
+def _clean_after(error: BaseException) -> bool:
+    """Whether a driver connection is fit for the pool after `error` ended its block: a refusal
+    of ours (a full slot) or a statement the server refused (a constraint) leave it idle, its
+    transaction rolled back. Anything else (a cancellation mid-statement, a dropped connection)
+    may not, and the connection is discarded."""
+    if isinstance(error, HisError):
+        return True
+    return isinstance(error, asyncpg.PostgresError) and translate_error(error) is None
 
 
 def _mark_disconnects(context: ExceptionContext) -> None:
