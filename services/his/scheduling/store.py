@@ -1,4 +1,6 @@
-"""Queries of the scheduling schema. Each function runs inside the caller's transaction.
+"""Queries of the scheduling schema. Each function runs inside the caller's transaction (a
+SQLAlchemy session), except booking's, which run on the asyncpg driver (see "booking on the
+driver" below).
 
 Booking never reads-then-writes: a place is taken by one conditional UPDATE of the slot row
 (`booked_count < capacity`), which PostgreSQL serialises on the row lock, and the CHECK
