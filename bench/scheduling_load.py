@@ -17,6 +17,7 @@ import uuid
 
 from google.protobuf.duration_pb2 import Duration
 
+from bench import harness
 from bench.harness import (
     HEADER,
     Hospital,
@@ -142,7 +143,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rush", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2, help="echo/service alternations per rpc")
+    parser.add_argument(
+        "--port-offset",
+        type=int,
+        default=harness.PORT_OFFSET,
+        help="ports of the services (catalog + this) and of the echo server (+ this - 100), so "
+        "two benchmarks can run side by side",
+    )
     args = parser.parse_args()
+    moved = args.port_offset - harness.PORT_OFFSET
+    harness.PORT_OFFSET = args.port_offset
+    harness.ECHO_PORT += moved
+    harness.ECHO_METRICS_PORT += moved
     with services("patient", "scheduling") as hospital:
         asyncio.run(_bench(hospital, args.bookings, args.concurrency, args.rush, args.rounds))
 

@@ -178,6 +178,31 @@ async def test_a_writes_event_commits_or_rolls_back_with_its_transaction(
     assert await _listed(auditor, dropped) == []
 
 
+async def test_a_writes_event_joins_a_driver_transaction_and_wakes_the_relay_after_its_commit(
+    side: Patient, auditor: Stub
+) -> None:
+    kept, dropped = patient_name(), patient_name()
+    woken = asyncio.Event()
+    side.outbox.committed.append(woken)
+    async with side.database.driver_transaction():
+        await side.record(kept)
+        assert not woken.is_set(), "the relay was woken before the commit"
+        # Not committed yet: a second connection does not see the row.
+        assert await side.waiting() == 0
+    assert woken.is_set()
+    woken.clear()
+    with pytest.raises(RuntimeError):
+        async with side.database.driver_transaction():
+            await side.record(dropped)
+            raise RuntimeError("the change failed")
+    assert not woken.is_set(), "a rollback woke the relay"
+
+    assert await side.waiting() == 1
+    await side.relay().drain(10)
+    assert len(await _listed(auditor, kept)) == 1
+    assert await _listed(auditor, dropped) == []
+
+
 async def test_concurrent_reads_share_commits(side: Patient, auditor: Stub) -> None:
     patient = patient_name()
     await asyncio.gather(*(side.record(patient) for _ in range(100)))

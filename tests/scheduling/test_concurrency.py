@@ -38,9 +38,10 @@ CHANNELS = 4
 # The barrier is lifted before the server's statement timeout (5 s) could cancel a waiting UPDATE.
 BARRIER_S = 3.0
 
+# A booking's statement updates the slot row first (store.book), whatever else it does after.
 _WAITING_ON_SLOTS = text(
     "SELECT count(*) FROM pg_stat_activity"
-    " WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE scheduling.slots%'"
+    " WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE %scheduling%.%slots%'"
 )
 
 

@@ -28,7 +28,7 @@ from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
 from tests.conftest import addresses, service_config
 from tests.identity import REGISTRAR, channel_as
 from tests.scheduling.helpers import Patients, active_patient, future_slots
-from tests.support import blocked_on_a_lock, fresh_database
+from tests.support import blocked_on_a_lock, delivered, fresh_database
 
 AUDIT_DELAY_S = 2.0
 
@@ -130,6 +130,10 @@ async def test_no_call_leaves_scheduling_while_a_booking_waits_inside_its_transa
                     )
                 )
                 await blocked_on_a_lock(database_url, "his-scheduling")
+                # What other services still owe the audit service (patient's event of the read
+                # the booking asked for before its transaction) goes first: only scheduling's
+                # own calls are counted below.
+                await delivered()
                 before = [_started(u) for u in upstreams]
                 await asyncio.sleep(0.5)
                 # Inside its transaction, waiting for the slot: not one call to anyone.

@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base.errors import Unavailable
 from his.events.v1.event_envelope_pb2 import EventEnvelope
-from his.runtime.database import Database, open_transaction
+from his.runtime.database import Database, open_driver_transaction, open_transaction
 from his.runtime.telemetry import current_trace_id
 
 TABLE = "outbox"
@@ -168,6 +168,7 @@ class Outbox:
             f"INSERT INTO {columns} "  # noqa: S608 (a checked schema name, values bound)
             "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])"
         )
+        self._insert_row = f"INSERT INTO {columns} VALUES ($1, $2, $3, $4)"  # noqa: S608
         self._queue: list[tuple[list[Outgoing], asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
         # Set after rows were committed (the relay's wake-up), whichever way they came.
@@ -180,6 +181,17 @@ class Outbox:
         roll back with the change), else in a commit shared with concurrent callers, before
         this returns. Raises what the database raised (the error interceptor maps outages)."""
         if not events:
+            return
+        driver = open_driver_transaction()
+        if driver is not None:
+            # Scalar parameters: array ones make the driver look their types up on every new
+            # connection (three round trips), and a pool at its limit opens new ones often.
+            rows = [_row(event) for event in events]
+            await driver.connection.executemany(
+                self._insert_row,
+                [(r["event_id"], r["destination"], r["event_type"], r["envelope"]) for r in rows],
+            )
+            driver.after_commit.append(self._wake)
             return
         session = open_transaction()
         if session is not None:

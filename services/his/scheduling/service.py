@@ -12,19 +12,14 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import asyncpg
 import grpc
-from sqlalchemy.exc import IntegrityError
 
 from his.base import identity
 from his.base.errors import FailedPrecondition, NotFound
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.access import Facts, Permit
-from his.runtime.database import (
-    CHECK_VIOLATION,
-    EXCLUSION_VIOLATION,
-    Database,
-    integrity_violation,
-)
+from his.runtime.database import CHECK_VIOLATION, EXCLUSION_VIOLATION, Database
 from his.runtime.idempotency import RequestKey
 from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.server import ServiceResources
@@ -308,13 +303,6 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         v.raise_if_any()
         assert patient_id is not None and slot_id is not None
 
-        async def find_slot() -> Any:  # the slot row, None when there is none
-            async with self._db.read() as session:
-                try:
-                    return await store.get_slot(session, slot_id)
-                except NotFound:
-                    return None
-
         def slot_facts(found: Any) -> Facts:
             return self._facts(request.patient, found.department_id, found.practitioner_id)
 
@@ -322,43 +310,34 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         permit, slot = await self._access.authorize(
             "create",
             "scheduling.appointment",
-            find_slot,
+            lambda: store.find_slot(self._db, slot_id),
             slot_facts,
         )
         key = RequestKey.of(request, request_id)
-        replay = None
-        if request_id is not None:
-            async with self._db.read() as session:
-                # A replay returns the first booking, even once the slot has filled up since.
-                replay = await key.first(lambda used: store.appointment_by_request(session, used))
+        # A replay returns the first booking, even once the slot has filled up since.
+        replay = await key.first(lambda used: store.find_booking(self._db, used))
         if replay is not None:
             await self._audit("create", permit, replay)
             return appointment_to_proto(replay)
         if slot is None:
             raise store.not_found(f"slots/{slot_id}")
         # At the morning rush most attempts find the slot already full: refuse those here,
-        # before asking the patient service. The UPDATE below stays the real guard.
+        # before asking the patient service. The UPDATE in store.book stays the real guard.
         problem = store.unbookable(slot, dt.datetime.now(dt.UTC))
         if problem is not None:
             raise problem
         await self._require_bookable_patient(request.patient)
         try:
-            async with self._db.transaction() as session:
-                slot = await store.take_place(session, slot_id)
-                row = await store.insert_appointment(session, patient_id, slot, key.pair)
+            async with self._db.driver_transaction() as connection:
+                row = await store.book(connection, patient_id, slot_id, key.pair)
                 await self._audit("create", permit, row)
-        except (FailedPrecondition, IntegrityError) as error:
+        except (FailedPrecondition, asyncpg.IntegrityConstraintViolationError) as error:
             # A concurrent replay of this request may have taken the place first: it is the answer.
-            replay = None
-            if request_id is not None:
-                async with self._db.read() as session:
-                    replay = await key.first(
-                        lambda used: store.appointment_by_request(session, used)
-                    )
+            replay = await key.first(lambda used: store.find_booking(self._db, used))
             if replay is not None:
                 await self._audit("create", permit, replay)
                 return appointment_to_proto(replay)
-            if isinstance(error, IntegrityError):
+            if isinstance(error, asyncpg.IntegrityConstraintViolationError):
                 raise _booking_conflict(error) from None
             raise
         return appointment_to_proto(row)
@@ -513,13 +492,15 @@ def _in_period(consent: patient_pb.Consent, now: dt.datetime) -> bool:
     return not (period.HasField("end_time") and period.end_time.ToDatetime(dt.UTC) <= now)
 
 
-def _booking_conflict(error: IntegrityError) -> FailedPrecondition | IntegrityError:
-    violation = integrity_violation(error)
-    if violation and violation[0] == EXCLUSION_VIOLATION:
+def _booking_conflict(
+    error: asyncpg.IntegrityConstraintViolationError,
+) -> FailedPrecondition | asyncpg.IntegrityConstraintViolationError:
+    """What a constraint a booking ran into means; any other violation stays itself (INTERNAL)."""
+    if error.sqlstate == EXCLUSION_VIOLATION:
         return FailedPrecondition(
             "the patient already has an appointment at an overlapping time",
             reason="PATIENT_DOUBLE_BOOKED",
         )
-    if violation and violation[0] == CHECK_VIOLATION:
+    if error.sqlstate == CHECK_VIOLATION:
         return FailedPrecondition("the slot is fully booked", reason="SLOT_FULL")
     return error

@@ -1,4 +1,6 @@
-"""Queries of the scheduling schema. Each function runs inside the caller's transaction.
+"""Queries of the scheduling schema. Each function runs inside the caller's transaction (a
+SQLAlchemy session), except booking's, which run on the asyncpg driver (see "booking on the
+driver" below).
 
 Booking never reads-then-writes: a place is taken by one conditional UPDATE of the slot row
 (`booked_count < capacity`), which PostgreSQL serialises on the row lock, and the CHECK
@@ -13,11 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, and_, func, literal, select, tuple_, update
+import asyncpg
+from sqlalchemy import Row, Table, and_, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base.errors import Aborted, FailedPrecondition, NotFound
+from his.runtime.database import Database
 from his.runtime.idempotency import skip_taken
 from his.scheduling.tables import appointments, schedules, slot_generations, slots
 
@@ -280,36 +284,7 @@ async def set_block(session: AsyncSession, slot_id: uuid.UUID, reason: str | Non
 # --- appointments ----------------------------------------------------------------------------
 
 
-async def appointment_by_request(session: AsyncSession, request_id: str) -> Row[Any] | None:
-    """The appointment booked by the BookAppointment call with this request id."""
-    query = select(*appointments.c).where(appointments.c.create_request_id == request_id)
-    return (await session.execute(query)).first()
-
-
-async def take_place(session: AsyncSession, slot_id: uuid.UUID) -> Row[Any]:
-    """Take one place of a bookable slot, atomically, or say why not."""
-    taken = (
-        await session.execute(
-            update(slots)
-            .where(
-                slots.c.id == slot_id,
-                slots.c.block_reason.is_(None),
-                slots.c.booked_count < slots.c.capacity,
-                slots.c.end_time > func.now(),
-            )
-            .values(booked_count=slots.c.booked_count + 1, update_time=func.now())
-            .returning(*slots.c)
-        )
-    ).first()
-    if taken is not None:
-        return taken
-    slot = await get_slot(session, slot_id)
-    raise unbookable(slot, dt.datetime.now(dt.UTC)) or FailedPrecondition(
-        "the slot has already ended", reason="SLOT_ENDED"
-    )
-
-
-def unbookable(slot: Row[Any], now: dt.datetime) -> FailedPrecondition | None:
+def unbookable(slot: Any, now: dt.datetime) -> FailedPrecondition | None:
     """Why a slot cannot take another booking now, or None if it can."""
     if slot.block_reason is not None:
         return FailedPrecondition("the slot is blocked", reason="SLOT_BLOCKED")
@@ -318,33 +293,6 @@ def unbookable(slot: Row[Any], now: dt.datetime) -> FailedPrecondition | None:
     if slot.end_time <= now:
         return FailedPrecondition("the slot has already ended", reason="SLOT_ENDED")
     return None
-
-
-async def insert_appointment(
-    session: AsyncSession,
-    patient_id: uuid.UUID,
-    slot: Row[Any],
-    request: tuple[str, str] | None,
-) -> Row[Any]:
-    """The appointment of a patient in a slot whose place the caller has just taken.
-
-    `request` is (request id, request fingerprint) when the call carried a request id.
-    """
-    statement = insert(appointments).values(
-        id=uuid.uuid4(),
-        patient_id=patient_id,
-        slot_id=slot.id,
-        department_id=slot.department_id,
-        practitioner_id=slot.practitioner_id,
-        service_type_system=slot.service_type_system,
-        service_type_code=slot.service_type_code,
-        service_type_display=slot.service_type_display,
-        start_time=slot.start_time,
-        end_time=slot.end_time,
-        create_request_id=request[0] if request else None,
-        create_request_fingerprint=request[1] if request else None,
-    )
-    return (await session.execute(statement.returning(*appointments.c))).one()
 
 
 async def get_appointment(
@@ -358,6 +306,96 @@ async def get_appointment(
     if row is None:
         raise not_found(f"appointments/{appointment_id}")
     return row
+
+
+# --- booking on the driver ------------------------------------------------------------------
+# BookAppointment is the morning rush's path: its statements run on the asyncpg driver, prepared
+# once per connection, instead of through SQLAlchemy (profiled: ~1 ms of CPU per statement there,
+# more than a third of the process under load). Names come from tables.py; values are bound.
+
+
+def _columns(table: Table) -> str:
+    return ", ".join(f'"{column.name}"' for column in table.c)
+
+
+def _name(table: Table) -> str:
+    return f'"{table.schema}"."{table.name}"'
+
+
+_SLOT = f"SELECT {_columns(slots)} FROM {_name(slots)} WHERE id = $1"  # noqa: S608
+_REPLAY = (
+    f"SELECT {_columns(appointments)} FROM {_name(appointments)} "  # noqa: S608
+    "WHERE create_request_id = $1"
+)
+# Take a place (the conditional UPDATE, serialised on the slot's row lock) and insert the
+# appointment copied from the slot, in one statement: no place taken, no row returned.
+_COPIED = (
+    "department_id, practitioner_id, service_type_system, service_type_code, "
+    "service_type_display, start_time, end_time"
+)
+_BOOK = f"""
+WITH taken AS (
+    UPDATE {_name(slots)} SET booked_count = booked_count + 1, update_time = now()
+    WHERE id = $1 AND block_reason IS NULL AND booked_count < capacity AND end_time > now()
+    RETURNING id, {_COPIED}
+)
+INSERT INTO {_name(appointments)} (id, patient_id, slot_id, {_COPIED},
+    create_request_id, create_request_fingerprint)
+SELECT $2, $3, id, {_COPIED}, $4, $5 FROM taken
+RETURNING {_columns(appointments)}
+"""  # noqa: S608
+
+
+class Record:
+    """A driver record read by attribute, as the mapping reads SQLAlchemy rows."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: asyncpg.Record) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        return self._record[name]
+
+
+async def find_slot(database: Database, slot_id: uuid.UUID) -> Record | None:
+    """One slot as it is now, or None, outside any transaction."""
+    async with database.driver() as connection:
+        record = await connection.fetchrow(_SLOT, slot_id)
+    return None if record is None else Record(record)
+
+
+async def find_booking(database: Database, request_id: str) -> Record | None:
+    """The appointment booked by the BookAppointment call with this request id, if any."""
+    async with database.driver() as connection:
+        record = await connection.fetchrow(_REPLAY, request_id)
+    return None if record is None else Record(record)
+
+
+async def book(
+    connection: asyncpg.Connection,
+    patient_id: uuid.UUID,
+    slot_id: uuid.UUID,
+    request: tuple[str, str] | None,
+) -> Record:
+    """Take a place of a bookable slot and book it for the patient, in the caller's driver
+    transaction, or say why not (FAILED_PRECONDITION, NOT_FOUND).
+
+    `request` is (request id, request fingerprint) when the call carried a request id. The
+    driver's errors (a unique or exclusion violation) are the caller's to map.
+    """
+    request_id, fingerprint = request or (None, None)
+    booked = await connection.fetchrow(
+        _BOOK, slot_id, uuid.uuid4(), patient_id, request_id, fingerprint
+    )
+    if booked is not None:
+        return Record(booked)
+    slot = await connection.fetchrow(_SLOT, slot_id)
+    if slot is None:
+        raise not_found(f"slots/{slot_id}")
+    raise unbookable(Record(slot), dt.datetime.now(dt.UTC)) or FailedPrecondition(
+        "the slot has already ended", reason="SLOT_ENDED"
+    )
 
 
 # FHIR Appointment: booked → arrived → fulfilled; booked → noshow; booked | arrived → cancelled.

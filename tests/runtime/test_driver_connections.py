@@ -1,0 +1,74 @@
+"""A pooled connection used through the driver goes back to the pool after a refusal or a statement
+the server refused (the hot paths must not reconnect on every refused booking), and is discarded
+after anything that may leave it unusable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from his.base.errors import FailedPrecondition
+from his.runtime.config import DatabaseConfig
+from his.runtime.database import Database
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    """A database with a pool of exactly one connection: a kept connection is the next one."""
+    db = Database(
+        database_url,
+        DatabaseConfig(pool_size=1, max_overflow=0),
+        application_name="his-driver-test",
+    )
+    yield db
+    await db.dispose()
+
+
+async def _backend(database: Database) -> int:
+    async with database.driver() as connection:
+        return int(await connection.fetchval("SELECT pg_backend_pid()"))
+
+
+async def test_a_refusal_inside_a_driver_transaction_keeps_the_connection(
+    database: Database,
+) -> None:
+    before = await _backend(database)
+    with pytest.raises(FailedPrecondition):
+        async with database.driver_transaction() as connection:
+            await connection.execute("SELECT 1")
+            raise FailedPrecondition("the slot is fully booked", reason="SLOT_FULL")
+    assert await _backend(database) == before
+
+
+@pytest.mark.parametrize("transaction", [True, False])
+async def test_a_statement_the_server_refused_keeps_the_connection(
+    database: Database, transaction: bool
+) -> None:
+    before = await _backend(database)
+    block = database.driver_transaction() if transaction else database.driver()
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        async with block as connection:
+            await connection.execute("SELECT 1 / 0")
+    assert await _backend(database) == before
+    # ...and it is idle, not left inside a failed transaction.
+    async with database.driver() as connection:
+        assert await connection.fetchval("SELECT 2") == 2
+        assert not connection.is_in_transaction()
+
+
+async def test_a_cancellation_mid_statement_discards_the_connection(database: Database) -> None:
+    before = await _backend(database)
+
+    async def slow() -> None:
+        async with database.driver_transaction() as connection:
+            await connection.execute("SELECT pg_sleep(5)")
+
+    task = asyncio.ensure_future(slow())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _backend(database) != before
