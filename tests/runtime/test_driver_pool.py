@@ -10,7 +10,7 @@ import asyncpg
 import grpc
 import pytest
 
-from his.base.errors import ResourceExhausted, Unavailable
+from his.base.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from his.runtime.config import DatabaseConfig
 from his.runtime.database import Database, translate_error
 
@@ -57,6 +57,20 @@ async def test_a_connection_is_reused_after_a_statement_the_server_refused(
             await connection.fetchval("SELECT 1 / 0")
     assert await _pid(database) == first
     assert database.driver_pool.open_connections == 1
+
+
+async def test_our_refusal_inside_a_transaction_rolls_it_back_and_keeps_the_connection(
+    database: Database,
+) -> None:
+    first = await _pid(database)
+    with pytest.raises(FailedPrecondition):
+        async with database.driver_transaction() as connection:
+            await connection.execute("CREATE TEMPORARY TABLE refused (x int) ON COMMIT DROP")
+            raise FailedPrecondition("the slot is full", reason="SLOT_FULL")
+    async with database.driver() as connection:
+        assert not connection.is_in_transaction()
+        assert await connection.fetchval("SELECT pg_backend_pid()") == first
+        assert await connection.fetchval("SELECT to_regclass('refused') IS NULL")
 
 
 async def test_idle_connections_the_server_dropped_are_replaced_without_a_failed_call(

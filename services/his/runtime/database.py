@@ -103,6 +103,7 @@ class Database:
             config.driver_pool_size,
             timeout_s=config.pool_timeout_s,
             lost=self._invalidate_sessions,
+            clean=_clean_after,
         )
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # Autocommit: no BEGIN/COMMIT round trips, for reads that need no multi-statement snapshot.
@@ -187,6 +188,16 @@ class Database:
         await self._driver.close()
         await self.engine.dispose()
         await self._probe.dispose()
+
+
+def _clean_after(error: BaseException) -> bool:
+    """Whether a driver connection is fit for its pool after `error` ended its block: a refusal
+    of ours (a full slot) or a statement the server refused (a constraint) leave it ready, its
+    transaction rolled back. Anything else (a cancellation mid-statement, a dropped connection)
+    may not, and the connection is closed."""
+    if isinstance(error, HisError):
+        return True
+    return isinstance(error, asyncpg.PostgresError) and translate_error(error) is None
 
 
 def _mark_disconnects(context: ExceptionContext) -> None:

@@ -10,8 +10,9 @@ giving back a connection costs next to nothing.
   part of the process's connection budget (`DatabaseConfig.connections`).
 - A caller waits at most `timeout_s` for a free connection, then gets `PoolExhausted`
   (RESOURCE_EXHAUSTED: the process is overloaded; another replica may answer).
-- A connection the server refused a statement on is reused; one that failed otherwise (lost,
-  cancelled mid-statement) or that the caller left inside a transaction is closed. A connection
+- A connection the server refused a statement on is reused (or after any error `clean` accepts);
+  one that failed otherwise (lost, cancelled mid-statement) or that the caller left inside a
+  transaction is closed. A connection
   the server dropped (a restart, a failover, `pg_terminate_backend`) is noticed by the driver
   while idle; at its next checkout it is replaced, every idle sibling with it (`expire()`), and
   `lost` is told (the other pool of the process has lost its connections too).
@@ -29,6 +30,13 @@ import asyncpg
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 # Called when a connection is found dropped by the server while idle.
 Lost = Callable[[], None]
+# Whether a connection is fit for reuse after an error ended the block that held it.
+Clean = Callable[[BaseException], bool]
+
+
+def server_refused(error: BaseException) -> bool:
+    """The default `clean`: the server refused a statement and is ready for the next one."""
+    return isinstance(error, asyncpg.PostgresError)
 
 
 class PoolExhausted(Exception):
@@ -39,13 +47,20 @@ class DriverPool:
     """At most `size` open asyncpg connections, reused in last-in-first-out order."""
 
     def __init__(
-        self, connect: Connect, size: int, *, timeout_s: float, lost: Lost | None = None
+        self,
+        connect: Connect,
+        size: int,
+        *,
+        timeout_s: float,
+        lost: Lost | None = None,
+        clean: Clean = server_refused,
     ) -> None:
         if size < 1:
             raise ValueError("a driver pool needs at least one connection")
         self._connect = connect
         self._timeout_s = timeout_s
         self._lost = lost
+        self._clean = clean
         self._slots = asyncio.Semaphore(size)
         self._idle: list[asyncpg.Connection] = []
         # Connections checked out now (closed by `close`, whoever holds them).
@@ -62,16 +77,14 @@ class DriverPool:
         connection = await self._acquire()
         try:
             yield connection
-        except asyncpg.PostgresError:
-            # The server refused a statement and the connection is ready for the next one;
-            # `_release` still closes it if the server closed it (a shutdown) or it is left
-            # inside a transaction.
-            self._release(connection)
-            raise
-        except BaseException:
-            # Anything else (a lost connection, a cancellation mid-statement, the caller's own
-            # error between statements): the connection's state is unknown, so it goes.
-            self._discard(connection)
+        except BaseException as error:
+            if self._clean(error):
+                # Ready for the next statement; `_release` still closes it if the server closed
+                # it (a shutdown) or it was left inside a transaction.
+                self._release(connection)
+            else:
+                # A lost connection, a cancellation mid-statement: its state is unknown.
+                self._discard(connection)
             raise
         self._release(connection)
 
