@@ -39,10 +39,16 @@ from his_client.config import ClientConfig
 from his_client.credentials import IdentityInterceptor
 
 # Ports away from the local `his up` table, so a running hospital does not disturb a benchmark.
-PORT_OFFSET = 100
-# The echo server's ports (below the +200 block security_cost uses for its second patient).
-ECHO_PORT = 50199
-ECHO_METRICS_PORT = 9199
+# HIS_BENCH_PORT_OFFSET moves a whole benchmark (services and echo) to another block, so that
+# engineers sharing one machine can run benchmarks at the same time (e.g. 500, 600, 700).
+PORT_OFFSET = int(os.environ.get("HIS_BENCH_PORT_OFFSET", "100"))
+
+
+def echo_ports() -> tuple[int, int]:
+    """The echo server's gRPC and /metrics ports: the last of the block, below the +200 block
+    security_cost uses for its second patient (50199 and 9199 at the default offset)."""
+    return 50099 + PORT_OFFSET, 9099 + PORT_OFFSET
+
 
 Call = Callable[[int], Awaitable[object]]
 
@@ -54,7 +60,7 @@ def address(service: str) -> str:
 
 def metrics_url(service: str) -> str:
     """The /metrics of the benchmark's `service` process ("echo": the echo server's)."""
-    port = ECHO_METRICS_PORT if service == "echo" else lookup(service).metrics_port + PORT_OFFSET
+    port = echo_ports()[1] if service == "echo" else lookup(service).metrics_port + PORT_OFFSET
     return f"http://localhost:{port}/metrics"
 
 
@@ -67,7 +73,7 @@ class Hospital:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     # Process ids by service name (the first process of each name), for the profiler.
     pids: dict[str, int] = field(default_factory=dict)
-    echo: str = f"localhost:{ECHO_PORT}"
+    echo: str = field(default_factory=lambda: f"localhost:{echo_ports()[0]}")
 
     def serve(self, name: str, port: int, **settings: str) -> str:
         """Start one more `his serve <name>` on `port` (e.g. a second, differently configured
@@ -83,8 +89,9 @@ class Hospital:
 
     def serve_echo(self) -> None:
         """Start the echo server (bench/echo.py) in its own process; returns once it answers."""
-        command = [sys.executable, "-m", "bench.echo", "--port", str(ECHO_PORT)]
-        command += ["--metrics-port", str(ECHO_METRICS_PORT)]
+        port, metrics_port = echo_ports()
+        command = [sys.executable, "-m", "bench.echo", "--port", str(port)]
+        command += ["--metrics-port", str(metrics_port)]
         process = subprocess.Popen(command, env=self.env)  # noqa: S603
         self.processes.append(process)
         self.pids["echo"] = process.pid

@@ -72,7 +72,7 @@ POLICY = "policy (regopy)"
 AUTHN = "token verification (authn)"
 GRPC = "grpc (Python + cygrpc)"
 CLIENT = "his_client (outbound calls)"
-EVENT_LOOP = "event loop + C it calls (grpc core, asyncpg protocol, selector)"
+EVENT_LOOP = "event loop + C it calls (uvloop, grpc core, asyncpg protocol)"
 THREADS = "other threads, in C (grpc's poller thread)"
 # Not counted: a thread waiting in select/poll. py-spy leaves idle samples out, but some get past
 # its check (~3 % of a waiting thread's samples here); the process's CPU time (psutil) is exact.
@@ -157,7 +157,8 @@ def claim_of(frame: Frame) -> str | None:
 
 def dispatched(frames: list[Frame]) -> list[Frame]:
     """The frames below the event loop: what a callback or task runs (the loop itself, and the
-    `his serve` / asyncio.run frames above it, are left out); the whole stack for other threads."""
+    `his serve` / asyncio.run frames above it, are left out); the whole stack for other threads.
+    Under uvloop the loop is C: what runs below `Runner.run` is the callback or task itself."""
     for index in range(len(frames) - 1, -1, -1):
         frame = frames[index]
         if frame.path == "stdlib:asyncio/base_events.py" and frame.function.endswith("_run_once"):
@@ -165,6 +166,9 @@ def dispatched(frames: list[Frame]) -> list[Frame]:
             if rest and rest[0].path == "stdlib:asyncio/events.py":
                 rest = rest[1:]  # Handle._run
             return rest
+    for index, frame in enumerate(frames):
+        if frame.path == "stdlib:asyncio/runners.py" and frame.function == "Runner.run":
+            return frames[index + 1 :]
     return frames
 
 

@@ -162,6 +162,18 @@ async def test_a_read_is_durable_in_the_own_outbox_when_record_returns_and_reach
     assert event.entity.resource_type == "his.patient.v1.Patient"
 
 
+async def test_the_relays_unflushed_bookkeeping_leaves_the_next_events_commit_durable(
+    side: Patient,
+) -> None:
+    # The relay commits its claims and deletions without waiting for the disk; the connection
+    # it used goes back to the pool the outbox's own durable commits take theirs from.
+    await asyncio.gather(*(side.record(patient_name()) for _ in range(3)))
+    assert await side.relay().pass_once() == 3
+    async with side.database.driver() as connection:
+        assert await connection.fetchval("SHOW synchronous_commit") == "on"
+    assert side.database.driver_pool.open_connections >= 1
+
+
 async def test_a_writes_event_commits_or_rolls_back_with_its_transaction(
     side: Patient, auditor: Stub
 ) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
-import uuid
 from collections.abc import Sequence
 
 from his.audit.v1 import audit_service_pb2 as pb
@@ -32,12 +31,14 @@ _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 
 
+# Exactly the texts `str(uuid.UUID(text)) == text` accepts, at a tenth of its cost (it is on
+# every event's path twice: in the sending service and here).
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def canonical_uuid(text: str) -> bool:
     """True for a UUID written lower-case and hyphenated, the one spelling we accept."""
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False
+    return _CANONICAL_UUID.fullmatch(text) is not None
 
 
 def name_of(v: Violations, field: str, value: str, *, collection: str) -> None:

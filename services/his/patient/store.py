@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Row, Text, and_, func, literal, or_, select, tuple_, update
@@ -73,18 +74,6 @@ _READ_ONE = (
 )
 
 
-class _Columns:
-    """A driver record read by attribute, as the mapping reads SQLAlchemy rows."""
-
-    __slots__ = ("_record",)
-
-    def __init__(self, record: Any) -> None:
-        self._record = record
-
-    def __getattr__(self, name: str) -> Any:
-        return self._record[name]
-
-
 async def read_patient(
     database: Database, cipher: FieldCipher, patient_id: uuid.UUID
 ) -> PatientRecord:
@@ -95,7 +84,8 @@ async def read_patient(
         raise NotFound(
             f"patients/{patient_id} not found", metadata={"name": f"patients/{patient_id}"}
         )
-    row = _Columns(record)
+    # Read by attribute, as the mapping reads SQLAlchemy rows.
+    row = SimpleNamespace(**dict(record.items()))
     if cipher.missing_keys(encrypted_values(row)):
         async with database.read() as session:
             await cipher.load(session, encrypted_values(row))

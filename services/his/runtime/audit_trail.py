@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
 
 from his.audit.v1 import audit_service_pb2 as pb
-from his.audit.validation import event_violations
+from his.audit.validation import MAX_RESOURCE_NAME, event_violations, name_of
 from his.base import identity
 from his.base.errors import Unavailable
+from his.base.identity import Principal
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.runtime.outbox import Outbox, Outgoing, envelope
 from his.runtime.relay import Deliver, Undeliverable
@@ -47,19 +50,51 @@ DEFAULT_TIMEOUT_S = 10.0
 AUDIT = "audit"
 
 
-def _check(events: Sequence[pb.AuditEvent]) -> None:
-    """Refuse an invalid event here, alone: sent, it would fail the whole batch it travels in."""
+# Distinct shapes are few (callers x operations x outcomes); the bound only guards against an
+# unbounded number of callers in a long-lived process.
+_SHAPES_LIMIT = 10_000
+# Stand-ins for what each event has of its own, to check a shape once (see _Shape).
+_SAMPLE_ID = "00000000-0000-4000-8000-000000000000"
+_SAMPLE_PATIENT = f"patients/{_SAMPLE_ID}"
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Everything an event takes from its call apart from its id, time, trace id, patient and
+    resource name: the agent (from the caller), what was done and why. A process sees few
+    distinct shapes, so each is built and checked against the audit service's rules once, and
+    an event is a copy of its shape with its own values filled in (which are checked each time:
+    the id, time and trace id are made here and valid by construction)."""
+
+    principal: Principal | None
+    action: int
+    outcome: int
+    outcome_description: str
+    operation: str
+    resource_type: str
+    entity: bool
+    patient: bool
+    purpose_of_use: int
+    emergency_access_grant: str
+
+
+def _refuse(fields: Sequence[str]) -> Unavailable:
+    # A bug in the calling servicer; field names only (values may be patient data).
+    log.error("invalid audit event refused", extra={"fields": {"fields": list(fields)}})
+    return audit_unavailable()
+
+
+def _check_own(event: pb.AuditEvent, shape: _Shape) -> None:
+    """The rules for the values an event does not share with its shape (patient, resource)."""
     v = Violations()
-    now = dt.datetime.now(dt.UTC)
-    for index, event in enumerate(events):
-        event_violations(v, event, f"events[{index}]", now=now)
+    name_of(v, "patient", event.patient, collection="patients")
+    if shape.entity:
+        name = event.entity.resource_name
+        if name != name.strip():
+            v.add("entity.resource_name", "must not start or end with white space")
+        v.text("entity.resource_name", name, max_len=MAX_RESOURCE_NAME, required=True)
     if v.items:
-        # A bug in the calling servicer; field names only (values may be patient data).
-        log.error(
-            "invalid audit event refused",
-            extra={"fields": {"fields": [violation.field for violation in v.items]}},
-        )
-        raise audit_unavailable()
+        raise _refuse([violation.field for violation in v.items])
 
 
 def audit_unavailable() -> Unavailable:
@@ -87,6 +122,8 @@ class AuditTrail:
         self._service = service
         self._closed = False
         self._metrics = _Metrics(registry)
+        # Each shape's event as bytes, checked (see _Shape); None for a shape that breaks a rule.
+        self._shapes: dict[_Shape, bytes | None] = {}
 
     def event(
         self,
@@ -101,25 +138,66 @@ class AuditTrail:
         purpose_of_use: int = TREATMENT,
         emergency_access_grant: str = "",
     ) -> pb.AuditEvent:
-        """An event of the call being served: a fresh id, now, its agent and trace id."""
-        event = pb.AuditEvent(
-            event_id=str(uuid.uuid4()),
-            action=pb.AuditEventAction.ValueType(action),
-            outcome=pb.AuditEventOutcome.ValueType(outcome),
-            outcome_description=outcome_description,
-            operation=operation,
-            agent=self._agent(),
-            patient=patient,
-            purpose_of_use=pb.PurposeOfUse.ValueType(purpose_of_use),
-            emergency_access=bool(emergency_access_grant),
-            emergency_access_grant=emergency_access_grant,
-            trace_id=current_trace_id(),
+        """An event of the call being served: a fresh id, now, its agent and trace id.
+        Raises Unavailable(reason="AUDIT_UNAVAILABLE") for an event that breaks the audit
+        service's rules: sent, it would fail the whole batch it travels in."""
+        shape = _Shape(
+            identity.current_or_none(),
+            action,
+            outcome,
+            outcome_description,
+            operation,
+            resource_type,
+            bool(resource_name or resource_type),
+            bool(patient),
+            purpose_of_use,
+            emergency_access_grant,
         )
-        event.event_time.FromDatetime(dt.datetime.now(dt.UTC))
-        if resource_name or resource_type:
+        if shape not in self._shapes:
+            self._shapes[shape] = self._template(shape)
+        template = self._shapes[shape]
+        if template is None:
+            raise _refuse(["(shape)"])
+        event = pb.AuditEvent.FromString(template)
+        event.event_id = str(uuid.uuid4())
+        # Microseconds: what the audit service stores, and hashes, of an event's time.
+        event.event_time.FromMicroseconds(time.time_ns() // 1000)
+        event.trace_id = current_trace_id()
+        event.patient = patient
+        if shape.entity:
             event.entity.resource_name = resource_name
-            event.entity.resource_type = resource_type
+        _check_own(event, shape)
         return event
+
+    def _template(self, shape: _Shape) -> bytes | None:
+        """The shape's event as bytes, or None (logged) when it breaks a rule."""
+        if len(self._shapes) >= _SHAPES_LIMIT:
+            self._shapes.clear()
+        event = pb.AuditEvent(
+            action=pb.AuditEventAction.ValueType(shape.action),
+            outcome=pb.AuditEventOutcome.ValueType(shape.outcome),
+            outcome_description=shape.outcome_description,
+            operation=shape.operation,
+            agent=self._agent(shape.principal),
+            purpose_of_use=pb.PurposeOfUse.ValueType(shape.purpose_of_use),
+            emergency_access=bool(shape.emergency_access_grant),
+            emergency_access_grant=shape.emergency_access_grant,
+        )
+        if shape.entity:
+            event.entity.resource_type = shape.resource_type
+        sample = pb.AuditEvent()
+        sample.CopyFrom(event)
+        sample.event_id = _SAMPLE_ID
+        sample.event_time.GetCurrentTime()
+        sample.patient = _SAMPLE_PATIENT if shape.patient else ""
+        if shape.entity:
+            sample.entity.resource_name = _SAMPLE_PATIENT
+        v = Violations()
+        event_violations(v, sample, "event", now=dt.datetime.now(dt.UTC))
+        if v.items:
+            _refuse([violation.field for violation in v.items])
+            return None
+        return event.SerializeToString()
 
     async def record(
         self,
@@ -155,14 +233,13 @@ class AuditTrail:
         )
 
     async def record_many(self, events: Sequence[pb.AuditEvent]) -> None:
-        """Record several events (for example one per patient of a list; see `event`): stored
-        with the open transaction, or committed before this returns. Raises
-        Unavailable(reason="AUDIT_UNAVAILABLE") if they could not be."""
+        """Record several events made by `event` (which checks them; for example one per
+        patient of a list): stored with the open transaction, or committed before this returns.
+        Raises Unavailable(reason="AUDIT_UNAVAILABLE") if they could not be."""
         if not events:
             return
         if self._closed:
             raise audit_unavailable()
-        _check(events)
         outgoing = [
             Outgoing(
                 AUDIT,
@@ -172,7 +249,8 @@ class AuditTrail:
                     event_id=event.event_id,
                     subject=event.entity.resource_name,
                     patient=event.patient,
-                    occur_time=event.event_time.ToDatetime(dt.UTC),
+                    occurred=event.event_time,
+                    trace_id=event.trace_id,
                 ),
             )
             for event in events
@@ -192,9 +270,8 @@ class AuditTrail:
         """Refuse new events (those stored stay in the outbox for the relay)."""
         self._closed = True
 
-    def _agent(self) -> pb.AuditAgent:
+    def _agent(self, principal: Principal | None) -> pb.AuditAgent:
         agent = pb.AuditAgent(service_account=self._service)
-        principal = identity.current_or_none()
         if principal is not None and principal.is_staff:
             agent.staff = principal.subject
             agent.roles.extend(sorted(principal.roles))

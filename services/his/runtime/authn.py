@@ -14,7 +14,7 @@ import grpc
 
 from his.base import identity
 from his.base.errors import Unauthenticated
-from his.runtime.interceptors import Behavior, Continuation, Handler, wrap_unary
+from his.runtime.interceptors import Behavior, Handler, WrappingInterceptor, wrap_unary
 from his.runtime.tokens import TokenVerifier
 from his_client.credentials import AUTHORIZATION, CALLER
 
@@ -43,23 +43,18 @@ def bearer(metadata: Any, key: str) -> str | None:
     return None
 
 
-class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
+class AuthenticationInterceptor(WrappingInterceptor):
     """Verifies the bearer token(s) of each unary call and sets `identity.current()`."""
 
     def __init__(self, verifier: TokenVerifier, public: frozenset[str] = PUBLIC_METHODS) -> None:
+        super().__init__()
         self._verifier = verifier
         self._public = public
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler_call_details.method in self._public:
+    def wrap_handler(self, handler: Handler | None, method: str) -> Handler | None:
+        if method in self._public:
             return handler
         verifier = self._verifier
-        method = handler_call_details.method
 
         def wrap(inner: Behavior) -> Behavior:
             async def authenticated(

@@ -31,8 +31,13 @@ class DatabaseConfig:
     url: str | None = None
     # Where embedded PostgreSQL keeps its data between runs (HIS_DATA_DIR/pgdata).
     data_dir: Path = Path(".his")
-    pool_size: int = 10
-    max_overflow: int = 10
+    # Connections the process may open, `connections` in all: SQLAlchemy's pool (sessions: the
+    # ORM's transactions and queries) holds pool_size and opens up to max_overflow more; the
+    # driver's pool (his.runtime.driver_pool: the hot paths on asyncpg) up to driver_pool_size.
+    pool_size: int = 5
+    max_overflow: int = 5
+    driver_pool_size: int = 10
+    # How long a call waits for a free connection of either pool (then RESOURCE_EXHAUSTED).
     pool_timeout_s: float = 3.0
     # How often the health watcher pings the database, and how long one ping may take.
     health_interval_s: float = 1.0
@@ -46,13 +51,20 @@ class DatabaseConfig:
         return cls(
             url=env.get("HIS_DATABASE_URL") or None,
             data_dir=Path(env.get("HIS_DATA_DIR") or ".his"),
-            pool_size=integer(env, "HIS_DB_POOL_SIZE", 10, minimum=1),
-            max_overflow=integer(env, "HIS_DB_MAX_OVERFLOW", 10),
+            pool_size=integer(env, "HIS_DB_POOL_SIZE", 5, minimum=1),
+            max_overflow=integer(env, "HIS_DB_MAX_OVERFLOW", 5),
+            driver_pool_size=integer(env, "HIS_DB_DRIVER_POOL_SIZE", 10, minimum=1),
             pool_timeout_s=number(env, "HIS_DB_POOL_TIMEOUT_S", 3.0),
             health_interval_s=number(env, "HIS_DB_HEALTH_INTERVAL_S", 1.0),
             health_timeout_s=number(env, "HIS_DB_HEALTH_TIMEOUT_S", 2.0),
             statement_timeout_ms=integer(env, "HIS_DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1),
         )
+
+    @property
+    def connections(self) -> int:
+        """The most connections one process opens: both pools full (health pings aside, one at a
+        time). Deploy sizes PostgreSQL's max_connections from this figure per pod."""
+        return self.pool_size + self.max_overflow + self.driver_pool_size
 
 
 # The gRPC health name the liveness probe asks: SERVING while the process serves, whatever the

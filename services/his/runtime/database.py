@@ -1,22 +1,20 @@
-"""PostgreSQL via SQLAlchemy 2 async + asyncpg: an engine per service, a transaction per call."""
+"""PostgreSQL via SQLAlchemy 2 async + asyncpg: an engine per service, a transaction per call,
+and a pool of bare asyncpg connections for the hot paths (his.runtime.driver_pool)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import cast
 
 import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -26,6 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from his.base.errors import DeadlineExceeded, HisError, ResourceExhausted, Unavailable
 from his.runtime.config import DatabaseConfig
+from his.runtime.driver_pool import DriverPool, PoolExhausted
 from his_client.guard import no_remote_calls
 
 
@@ -101,6 +100,31 @@ class Database:
         # an administrator/crash shutdown (a restart, a failover) was not one of them, so every
         # other pooled connection failed one call each. What we map to UNAVAILABLE counts.
         event.listen(self.engine.sync_engine, "handle_error", _mark_disconnects)
+        server_settings = {
+            "application_name": application_name,
+            "statement_timeout": str(config.statement_timeout_ms),
+            "timezone": "UTC",
+        }
+        dsn = (
+            make_url(async_url(url))
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
+
+        async def connect() -> asyncpg.Connection:
+            return await asyncpg.connect(
+                dsn, server_settings=server_settings, timeout=config.health_timeout_s
+            )
+
+        # The hot paths' own connections: checking one out of SQLAlchemy's pool cost more than
+        # the statement run on it. Counted in the process's budget (DatabaseConfig.connections).
+        self._driver = DriverPool(
+            connect,
+            config.driver_pool_size,
+            timeout_s=config.pool_timeout_s,
+            lost=self._invalidate_sessions,
+            clean=_clean_after,
+        )
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # Autocommit: no BEGIN/COMMIT round trips, for reads that need no multi-statement snapshot.
         self._reads = async_sessionmaker(
@@ -133,55 +157,51 @@ class Database:
 
     @asynccontextmanager
     async def driver_transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection's asyncpg driver inside one transaction, for the rare hot path
+        """An asyncpg connection of the driver's pool inside one transaction, for hot paths
         where SQLAlchemy's per-statement cost shows (measured: ~1 ms a statement here, against
         ~0.3 ms for the driver). Errors are the driver's; `translate_error` maps them too.
-        Events recorded through the outbox join it, as they join `transaction()`."""
-        async with self.engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            driver = cast(asyncpg.Connection, raw.driver_connection)
+        Events recorded through the outbox join it, as they join `transaction()`, and its
+        after-commit callbacks (the relay's wake-up) run once it has committed."""
+        async with self.driver() as driver:
             opened = DriverTransaction(driver)
-            try:
-                async with driver.transaction():
-                    token = _open_driver.set(opened)
-                    try:
-                        with no_remote_calls("a database transaction is open"):
-                            yield driver
-                    finally:
-                        _open_driver.reset(token)
-            except BaseException as error:
-                if not _clean_after(error):
-                    await self._discard(connection, error)
-                raise
+            async with driver.transaction():
+                token = _open_driver.set(opened)
+                try:
+                    with no_remote_calls("a database transaction is open"):
+                        yield driver
+                finally:
+                    _open_driver.reset(token)
         for callback in opened.after_commit:
             callback()
 
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection's asyncpg driver with no transaction around it: each statement
-        commits on its own, in one round trip (no BEGIN, no COMMIT). For single statements on
-        the hot path (the outbox's group commit, the relay's claims)."""
-        async with self.engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            driver = cast(asyncpg.Connection, raw.driver_connection)
-            try:
-                yield driver
-            except BaseException as error:
-                if not _clean_after(error):
-                    await self._discard(connection, error)
-                raise
+        """An asyncpg connection of the driver's pool with no transaction around it: each
+        statement commits on its own, in one round trip (no BEGIN, no COMMIT). For single
+        statements on the hot path (a read by id, the outbox's group commit, the relay).
 
-    async def _discard(self, connection: AsyncConnection, error: BaseException) -> None:
-        """After a failure on the driver, which SQLAlchemy never saw: a connection the server
-        dropped, or one left mid-transaction by a cancellation, must not go back to the pool.
-        When the server dropped it, it dropped its siblings too (a restart, a failover): every
-        pooled connection older than now is replaced on its next checkout — what SQLAlchemy's
-        pool does on a disconnect it sees itself (`Pool._invalidate`)."""
-        if isinstance(error, Exception) and isinstance(translate_error(error), Unavailable):
-            self.engine.sync_engine.pool._invalidate_time = time.time()
-        # Closing a connection the server already dropped may fail too; it is gone either way.
-        with contextlib.suppress(Exception):
-            await connection.invalidate()
+        A connection lost or left in an unknown state is closed, never reused; when the failure
+        says the server dropped it, it dropped its siblings too (a restart, a failover): every
+        idle connection of both pools is replaced before its next use."""
+        try:
+            async with self._driver.connection() as connection:
+                yield connection
+        except Exception as error:
+            if isinstance(translate_error(error), Unavailable):
+                self._driver.expire()
+                self._invalidate_sessions()
+            raise
+
+    def _invalidate_sessions(self) -> None:
+        """Replace every connection of SQLAlchemy's pool on its next checkout: the server
+        dropped the driver's, so it dropped these too (what SQLAlchemy's pool does on a
+        disconnect it sees itself, `Pool._invalidate`)."""
+        self.engine.sync_engine.pool._invalidate_time = time.time()
+
+    @property
+    def driver_pool(self) -> DriverPool:
+        """The driver's pool (for tests and metrics)."""
+        return self._driver
 
     async def ping(self) -> bool:
         """True when the database answers `SELECT 1` within the health timeout."""
@@ -195,15 +215,16 @@ class Database:
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
+        await self._driver.close()
         await self.engine.dispose()
         await self._probe.dispose()
 
 
 def _clean_after(error: BaseException) -> bool:
-    """Whether a driver connection is fit for the pool after `error` ended its block: a refusal
-    of ours (a full slot) or a statement the server refused (a constraint) leave it idle, its
+    """Whether a driver connection is fit for its pool after `error` ended its block: a refusal
+    of ours (a full slot) or a statement the server refused (a constraint) leave it ready, its
     transaction rolled back. Anything else (a cancellation mid-statement, a dropped connection)
-    may not, and the connection is discarded."""
+    may not, and the connection is closed."""
     if isinstance(error, HisError):
         return True
     return isinstance(error, asyncpg.PostgresError) and translate_error(error) is None
@@ -248,7 +269,7 @@ _GONE = frozenset({"57P01", "57P02", "57P03", "53300", "25006", "08000", "08003"
 def translate_error(error: BaseException) -> HisError | None:
     """Database trouble as a status: outage UNAVAILABLE (retryable), full pool RESOURCE_EXHAUSTED,
     statement timeout DEADLINE_EXCEEDED (retrying the same hot row would not help)."""
-    if isinstance(error, sa_exc.TimeoutError):
+    if isinstance(error, (sa_exc.TimeoutError, PoolExhausted)):
         return ResourceExhausted(
             "no database connection free in time; the server is overloaded",
             reason="DATABASE_POOL_EXHAUSTED",

@@ -349,6 +349,8 @@ class FieldCipher:
         self._checked_at = float("-inf")
         self._lock = asyncio.Lock()
         self._version = ALGORITHMS[keyring.algorithm]
+        # Associated data by column: a handful of columns, asked for on every value.
+        self._aads: dict[str, bytes] = {}
 
     @classmethod
     def from_config(
@@ -406,9 +408,12 @@ class FieldCipher:
         return self.keyring.blind_index(f"{self.schema}.{kind}", *parts)
 
     def _aad(self, column: str) -> bytes:
-        if column.count(".") != 1:
-            raise ValueError("column must be named 'table.column'")
-        return f"{self.schema}.{column}".encode()
+        aad = self._aads.get(column)
+        if aad is None:
+            if column.count(".") != 1:
+                raise ValueError("column must be named 'table.column'")
+            aad = self._aads[column] = f"{self.schema}.{column}".encode()
+        return aad
 
     @staticmethod
     def key_ids(values: Iterable[bytes | None]) -> set[int]:

@@ -52,18 +52,25 @@ def wrap_unary(
     )
 
 
-def _split_method(full_method: str) -> tuple[str, str]:
-    """`/pkg.Service/Method` → (`pkg.Service`, `Method`)."""
-    _, _, rest = full_method.partition("/")
-    service, _, method = rest.partition("/")
-    return service, method
+# Wrapped handlers kept per interceptor; methods are few, the bound guards against a flood of
+# made-up method names (unknown methods are never kept: their handler is None).
+_WRAPPED_LIMIT = 1_000
 
 
-class ObservingInterceptor(grpc.aio.ServerInterceptor):
-    """RED metrics and exactly one access-log line per call, with its trace id and no payload."""
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps each method's handler once, not on every call.
 
-    def __init__(self, metrics: ServerMetrics) -> None:
-        self._metrics = metrics
+    grpc asks every interceptor for the handler of every call, and gets the same handler for a
+    method each time from the one below; re-wrapping it per call built closures and handler
+    objects for nothing. Subclasses say how to wrap in `wrap_handler`.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler | None]] = {}
+
+    def wrap_handler(self, handler: Handler | None, method: str) -> Handler | None:
+        """The handler to serve `method` with, given the handler below (None: unknown)."""
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -71,13 +78,50 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        service, method = _split_method(handler_call_details.method)
+        method = handler_call_details.method
+        if handler is None:
+            return self.wrap_handler(None, method)
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self.wrap_handler(handler, method)
+        if len(self._wrapped) >= _WRAPPED_LIMIT:
+            self._wrapped.clear()
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    """`/pkg.Service/Method` → (`pkg.Service`, `Method`)."""
+    _, _, rest = full_method.partition("/")
+    service, _, method = rest.partition("/")
+    return service, method
+
+
+class ObservingInterceptor(WrappingInterceptor):
+    """RED metrics and exactly one access-log line per call, with its trace id and no payload."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def wrap_handler(self, handler: Handler | None, full_method: str) -> Handler | None:
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler  # no label for a made-up method name: it would be a new series
+        service, method = _split_method(full_method)
         metrics = self._metrics
+        labels = ("unary", service, method)
+        started_total = metrics.started.labels(*labels)
+        handling_seconds = metrics.handling_seconds.labels(*labels)
+        # By code, made at a code's first use (a series appears when it has something to say).
+        handled: dict[grpc.StatusCode, Any] = {}
+        # Probes hit health every few seconds; they would drown the real calls.
+        level = logging.DEBUG if service == _HEALTH else logging.INFO
+        name = f"{service}/{method}"
 
         def wrap(inner: Behavior) -> Behavior:
             async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                labels = ("unary", service, method)
-                metrics.started.labels(*labels).inc()
+                started_total.inc()
                 metrics.in_flight.inc()
                 started = time.perf_counter()
                 code = grpc.StatusCode.OK
@@ -98,27 +142,30 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                     elapsed = time.perf_counter() - started
                     metrics.in_flight.dec()
                     code = _as_status_code(code)
-                    metrics.handled.labels(*labels, code.name).inc()
-                    metrics.handling_seconds.labels(*labels).observe(elapsed)
-                    access_log.log(
-                        # Probes hit health every few seconds; they would drown the real calls.
-                        logging.DEBUG if service == _HEALTH else logging.INFO,
-                        "rpc",
-                        extra={
-                            "fields": {
-                                "method": f"{service}/{method}",
-                                "code": code.name,
-                                "duration_ms": round(elapsed * 1000, 3),
-                            }
-                        },
-                    )
+                    counter = handled.get(code)
+                    if counter is None:
+                        counter = handled[code] = metrics.handled.labels(*labels, code.name)
+                    counter.inc()
+                    handling_seconds.observe(elapsed)
+                    if access_log.isEnabledFor(level):
+                        access_log.log(
+                            level,
+                            "rpc",
+                            extra={
+                                "fields": {
+                                    "method": name,
+                                    "code": code.name,
+                                    "duration_ms": round(elapsed * 1000, 3),
+                                }
+                            },
+                        )
 
             return observed
 
         return wrap_unary(handler, wrap)
 
 
-class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+class AdmissionInterceptor(WrappingInterceptor):
     """Decides whether a call may start: refuses calls beyond `limit` in flight with
     RESOURCE_EXHAUSTED instead of queueing them, calls before the schema is migrated and calls
     after the drain with UNAVAILABLE (both retryable, on another replica).
@@ -128,6 +175,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, limit: int, *, domain: str, open_: bool = True) -> None:
+        super().__init__()
         self._limit = limit
         self._domain = domain
         self._in_flight = 0
@@ -171,13 +219,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                 return
             await asyncio.sleep(min(period_s - since, deadline - now))
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if _split_method(handler_call_details.method)[0] == _HEALTH:
+    def wrap_handler(self, handler: Handler | None, method: str) -> Handler | None:
+        if _split_method(method)[0] == _HEALTH:
             return handler
 
         def wrap(inner: Behavior) -> Behavior:
@@ -218,7 +261,7 @@ def _as_status_code(code: Any) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(WrappingInterceptor):
     """Turns HisError into a rich `google.rpc.Status`; anything unexpected into a bare INTERNAL.
 
     It also refuses, before anything else sees them, requests that do not decode or hold text the
@@ -227,18 +270,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, domain: str, translators: tuple[Translate, ...] = ()) -> None:
+        super().__init__()
         self._domain = domain
         self._translators = translators
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
+    def wrap_handler(self, handler: Handler | None, method: str) -> Handler | None:
         domain = self._domain
         translators = self._translators
-        method = handler_call_details.method
 
         def wrap(inner: Behavior) -> Behavior:
             async def mapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

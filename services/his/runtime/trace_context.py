@@ -18,7 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from his.runtime.interceptors import Behavior, Continuation, Handler, wrap_unary
+from his.runtime.interceptors import Behavior, Handler, WrappingInterceptor, wrap_unary
 
 TRACEPARENT = "traceparent"
 # Trace and span ids need to be unique, not secret (OpenTelemetry's own generator is the same):
@@ -42,14 +42,10 @@ def _incoming(metadata: Any) -> tuple[int, int] | None:
     return None
 
 
-class TraceContextInterceptor(grpc.aio.ServerInterceptor):
+class TraceContextInterceptor(WrappingInterceptor):
     """Each call runs with a trace id: the caller's (from `traceparent`) or a new one."""
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-
+    def wrap_handler(self, handler: Handler | None, method: str) -> Handler | None:
         def wrap(inner: Behavior) -> Behavior:
             async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 found = _incoming(context.invocation_metadata())
