@@ -32,7 +32,9 @@ class EmrServiceStub:
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION.
     """
 
     def __init__(self, channel):
@@ -126,6 +128,11 @@ class EmrServiceStub:
                 request_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.UpdateDiagnosisRequest.SerializeToString,
                 response_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.Diagnosis.FromString,
                 _registered_method=True)
+        self.MarkEncounterEnteredInError = channel.unary_unary(
+                '/his.emr.v1.EmrService/MarkEncounterEnteredInError',
+                request_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.MarkEncounterEnteredInErrorRequest.SerializeToString,
+                response_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.Encounter.FromString,
+                _registered_method=True)
 
 
 class EmrServiceServicer:
@@ -135,7 +142,9 @@ class EmrServiceServicer:
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION.
     """
 
     def CreateEncounter(self, request, context):
@@ -328,6 +337,18 @@ class EmrServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MarkEncounterEnteredInError(self, request, context):
+        """Marks an encounter recorded by mistake (for example on the wrong patient) as ENTERED_IN_ERROR,
+        whatever its status: it is kept, with its notes and diagnoses, but no longer counts and
+        nothing in it can change any more. Marking an ENTERED_IN_ERROR encounter again succeeds and
+        changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+        bad name or a missing or too long reason; NOT_FOUND if no such encounter; ABORTED if a given
+        etag is stale; PERMISSION_DENIED if the caller may not change the encounter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmrServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -416,6 +437,11 @@ def add_EmrServiceServicer_to_server(servicer, server):
                     request_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.UpdateDiagnosisRequest.FromString,
                     response_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.Diagnosis.SerializeToString,
             ),
+            'MarkEncounterEnteredInError': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkEncounterEnteredInError,
+                    request_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.MarkEncounterEnteredInErrorRequest.FromString,
+                    response_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.Encounter.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'his.emr.v1.EmrService', rpc_method_handlers)
@@ -431,7 +457,9 @@ class EmrService:
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION.
     """
 
     @staticmethod
@@ -883,6 +911,33 @@ class EmrService:
             '/his.emr.v1.EmrService/UpdateDiagnosis',
             his_dot_emr_dot_v1_dot_emr__service__pb2.UpdateDiagnosisRequest.SerializeToString,
             his_dot_emr_dot_v1_dot_emr__service__pb2.Diagnosis.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkEncounterEnteredInError(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.emr.v1.EmrService/MarkEncounterEnteredInError',
+            his_dot_emr_dot_v1_dot_emr__service__pb2.MarkEncounterEnteredInErrorRequest.SerializeToString,
+            his_dot_emr_dot_v1_dot_emr__service__pb2.Encounter.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,7 +35,9 @@ class EmrServiceStub:
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION.
     """
 
     @_typing.overload
@@ -164,6 +166,14 @@ class EmrServiceStub:
     1 (see Diagnosis.rank); PERMISSION_DENIED if the encounter is sensitive and the caller may not
     see it.
     """
+    MarkEncounterEnteredInError: _grpc.UnaryUnaryMultiCallable[_emr_service_pb2.MarkEncounterEnteredInErrorRequest, _emr_service_pb2.Encounter]
+    """Marks an encounter recorded by mistake (for example on the wrong patient) as ENTERED_IN_ERROR,
+    whatever its status: it is kept, with its notes and diagnoses, but no longer counts and
+    nothing in it can change any more. Marking an ENTERED_IN_ERROR encounter again succeeds and
+    changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+    bad name or a missing or too long reason; NOT_FOUND if no such encounter; ABORTED if a given
+    etag is stale; PERMISSION_DENIED if the caller may not change the encounter.
+    """
 
 @_typing.type_check_only
 class EmrServiceAsyncStub(EmrServiceStub):
@@ -173,7 +183,9 @@ class EmrServiceAsyncStub(EmrServiceStub):
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -299,6 +311,14 @@ class EmrServiceAsyncStub(EmrServiceStub):
     1 (see Diagnosis.rank); PERMISSION_DENIED if the encounter is sensitive and the caller may not
     see it.
     """
+    MarkEncounterEnteredInError: _aio.UnaryUnaryMultiCallable[_emr_service_pb2.MarkEncounterEnteredInErrorRequest, _emr_service_pb2.Encounter]  # type: ignore[assignment]
+    """Marks an encounter recorded by mistake (for example on the wrong patient) as ENTERED_IN_ERROR,
+    whatever its status: it is kept, with its notes and diagnoses, but no longer counts and
+    nothing in it can change any more. Marking an ENTERED_IN_ERROR encounter again succeeds and
+    changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+    bad name or a missing or too long reason; NOT_FOUND if no such encounter; ABORTED if a given
+    etag is stale; PERMISSION_DENIED if the caller may not change the encounter.
+    """
 
 class EmrServiceServicer(metaclass=_abc_1.ABCMeta):
     """EmrService keeps encounters (FHIR Encounter), clinical notes (FHIR DocumentReference with a
@@ -307,7 +327,9 @@ class EmrServiceServicer(metaclass=_abc_1.ABCMeta):
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION.
     """
 
     @_abc_1.abstractmethod
@@ -532,6 +554,20 @@ class EmrServiceServicer(metaclass=_abc_1.ABCMeta):
         ENTERED_IN_ERROR, the encounter is CANCELLED, or the diagnosis would be a second one with rank
         1 (see Diagnosis.rank); PERMISSION_DENIED if the encounter is sensitive and the caller may not
         see it.
+        """
+
+    @_abc_1.abstractmethod
+    def MarkEncounterEnteredInError(
+        self,
+        request: _emr_service_pb2.MarkEncounterEnteredInErrorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_emr_service_pb2.Encounter, _abc.Awaitable[_emr_service_pb2.Encounter]]:
+        """Marks an encounter recorded by mistake (for example on the wrong patient) as ENTERED_IN_ERROR,
+        whatever its status: it is kept, with its notes and diagnoses, but no longer counts and
+        nothing in it can change any more. Marking an ENTERED_IN_ERROR encounter again succeeds and
+        changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+        bad name or a missing or too long reason; NOT_FOUND if no such encounter; ABORTED if a given
+        etag is stale; PERMISSION_DENIED if the caller may not change the encounter.
         """
 
 def add_EmrServiceServicer_to_server(servicer: EmrServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
