@@ -951,6 +951,52 @@ class AmendNoteRequest(_message.Message):
 Global___AmendNoteRequest: _TypeAlias = AmendNoteRequest  # noqa: Y015
 
 @_typing.final
+class ListNoteVersionsRequest(_message.Message):
+    """Request of ListNoteVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Any version of the note, `encounters/{encounter}/notes/{note}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNoteVersionsRequest: _TypeAlias = ListNoteVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListNoteVersionsResponse(_message.Message):
+    """Response of ListNoteVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClinicalNote]:
+        """Every version of the note, oldest first; the last one is the version in force."""
+
+    def __init__(
+        self,
+        *,
+        notes: _abc.Iterable[Global___ClinicalNote] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notes", b"notes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNoteVersionsResponse: _TypeAlias = ListNoteVersionsResponse  # noqa: Y015
+
+@_typing.final
 class AddDiagnosisRequest(_message.Message):
     """Request of AddDiagnosis."""
 

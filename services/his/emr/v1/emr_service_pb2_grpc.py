@@ -108,6 +108,11 @@ class EmrServiceStub:
                 request_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.AmendNoteRequest.SerializeToString,
                 response_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ClinicalNote.FromString,
                 _registered_method=True)
+        self.ListNoteVersions = channel.unary_unary(
+                '/his.emr.v1.EmrService/ListNoteVersions',
+                request_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsRequest.SerializeToString,
+                response_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsResponse.FromString,
+                _registered_method=True)
         self.AddDiagnosis = channel.unary_unary(
                 '/his.emr.v1.EmrService/AddDiagnosis',
                 request_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.AddDiagnosisRequest.SerializeToString,
@@ -291,6 +296,16 @@ class EmrServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNoteVersions(self, request, context):
+        """Returns every version of a note, oldest first: the original, then each amendment in the order
+        they were made, whichever version `name` names. Errors: INVALID_ARGUMENT if `name` is not
+        `encounters/{encounter}/notes/{note}`; NOT_FOUND if no such note; PERMISSION_DENIED if the
+        encounter is sensitive and the caller may not see it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddDiagnosis(self, request, context):
         """Records a diagnosis in an encounter; the caller is its recorder. A request repeated with the
         same `request_id` returns the diagnosis created by the first one. Errors: INVALID_ARGUMENT
@@ -416,6 +431,11 @@ def add_EmrServiceServicer_to_server(servicer, server):
                     servicer.AmendNote,
                     request_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.AmendNoteRequest.FromString,
                     response_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ClinicalNote.SerializeToString,
+            ),
+            'ListNoteVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNoteVersions,
+                    request_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsRequest.FromString,
+                    response_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsResponse.SerializeToString,
             ),
             'AddDiagnosis': grpc.unary_unary_rpc_method_handler(
                     servicer.AddDiagnosis,
@@ -803,6 +823,33 @@ class EmrService:
             '/his.emr.v1.EmrService/AmendNote',
             his_dot_emr_dot_v1_dot_emr__service__pb2.AmendNoteRequest.SerializeToString,
             his_dot_emr_dot_v1_dot_emr__service__pb2.ClinicalNote.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNoteVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.emr.v1.EmrService/ListNoteVersions',
+            his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsRequest.SerializeToString,
+            his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -136,6 +136,12 @@ class EmrServiceStub:
     PERMISSION_DENIED if the caller is neither the original's author nor the encounter's attending
     practitioner, or the encounter is sensitive and the caller may not see it.
     """
+    ListNoteVersions: _grpc.UnaryUnaryMultiCallable[_emr_service_pb2.ListNoteVersionsRequest, _emr_service_pb2.ListNoteVersionsResponse]
+    """Returns every version of a note, oldest first: the original, then each amendment in the order
+    they were made, whichever version `name` names. Errors: INVALID_ARGUMENT if `name` is not
+    `encounters/{encounter}/notes/{note}`; NOT_FOUND if no such note; PERMISSION_DENIED if the
+    encounter is sensitive and the caller may not see it.
+    """
     AddDiagnosis: _grpc.UnaryUnaryMultiCallable[_emr_service_pb2.AddDiagnosisRequest, _emr_service_pb2.Diagnosis]
     """Records a diagnosis in an encounter; the caller is its recorder. A request repeated with the
     same `request_id` returns the diagnosis created by the first one. Errors: INVALID_ARGUMENT
@@ -280,6 +286,12 @@ class EmrServiceAsyncStub(EmrServiceStub):
     FAILED_PRECONDITION if the note is PRELIMINARY (use UpdateNote) or already superseded;
     PERMISSION_DENIED if the caller is neither the original's author nor the encounter's attending
     practitioner, or the encounter is sensitive and the caller may not see it.
+    """
+    ListNoteVersions: _aio.UnaryUnaryMultiCallable[_emr_service_pb2.ListNoteVersionsRequest, _emr_service_pb2.ListNoteVersionsResponse]  # type: ignore[assignment]
+    """Returns every version of a note, oldest first: the original, then each amendment in the order
+    they were made, whichever version `name` names. Errors: INVALID_ARGUMENT if `name` is not
+    `encounters/{encounter}/notes/{note}`; NOT_FOUND if no such note; PERMISSION_DENIED if the
+    encounter is sensitive and the caller may not see it.
     """
     AddDiagnosis: _aio.UnaryUnaryMultiCallable[_emr_service_pb2.AddDiagnosisRequest, _emr_service_pb2.Diagnosis]  # type: ignore[assignment]
     """Records a diagnosis in an encounter; the caller is its recorder. A request repeated with the
@@ -500,6 +512,18 @@ class EmrServiceServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION if the note is PRELIMINARY (use UpdateNote) or already superseded;
         PERMISSION_DENIED if the caller is neither the original's author nor the encounter's attending
         practitioner, or the encounter is sensitive and the caller may not see it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListNoteVersions(
+        self,
+        request: _emr_service_pb2.ListNoteVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_emr_service_pb2.ListNoteVersionsResponse, _abc.Awaitable[_emr_service_pb2.ListNoteVersionsResponse]]:
+        """Returns every version of a note, oldest first: the original, then each amendment in the order
+        they were made, whichever version `name` names. Errors: INVALID_ARGUMENT if `name` is not
+        `encounters/{encounter}/notes/{note}`; NOT_FOUND if no such note; PERMISSION_DENIED if the
+        encounter is sensitive and the caller may not see it.
         """
 
     @_abc_1.abstractmethod
