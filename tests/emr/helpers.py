@@ -166,7 +166,7 @@ async def open_encounter(
 ) -> pb.Encounter:
     """A new encounter opened by `by` (the attending practitioner unless `attending` is given)."""
     attending = kw.pop("attending", by.name)
-    return await emr.CreateEncounter(  # type: ignore[no-any-return]
+    return await emr.CreateEncounter(
         pb.CreateEncounterRequest(encounter=encounter(patient, department, attending, **kw)),
         metadata=by.md,
     )

@@ -39,7 +39,9 @@ async def test_a_diagnosis_is_recorded_read_and_listed_by_rank(
         pb.AddDiagnosisRequest(parent=encounter, diagnosis=diagnosis("E11.9", rank=2)),
         metadata=doctor.md,
     )
-    principal_request = diagnosis("I10", rank=1, verification=pb.CONDITION_VERIFICATION_STATUS_PROVISIONAL)
+    principal_request = diagnosis(
+        "I10", rank=1, verification=pb.CONDITION_VERIFICATION_STATUS_PROVISIONAL
+    )
     principal_request.onset_date.CopyFrom(types_pb2.Date(year=2019, month=3))
     principal = await emr.AddDiagnosis(
         pb.AddDiagnosisRequest(parent=encounter, diagnosis=principal_request), metadata=doctor.md
@@ -119,7 +121,8 @@ async def test_a_mistaken_diagnosis_is_entered_in_error_not_deleted(
     withdrawn = await emr.UpdateDiagnosis(
         pb.UpdateDiagnosisRequest(
             diagnosis=pb.Diagnosis(
-                name=made.name, verification_status=pb.CONDITION_VERIFICATION_STATUS_ENTERED_IN_ERROR
+                name=made.name,
+                verification_status=pb.CONDITION_VERIFICATION_STATUS_ENTERED_IN_ERROR,
             ),
             update_mask=FieldMask(paths=["verification_status"]),
         ),
@@ -214,7 +217,9 @@ async def test_bad_diagnoses_are_refused_naming_each_field(
     )
     fields = await invalid_in(
         DOMAIN,
-        emr.AddDiagnosis(pb.AddDiagnosisRequest(parent=encounter, diagnosis=bad), metadata=doctor.md),
+        emr.AddDiagnosis(
+            pb.AddDiagnosisRequest(parent=encounter, diagnosis=bad), metadata=doctor.md
+        ),
     )
     assert set(fields) == {
         "diagnosis.code.system",
@@ -277,13 +282,13 @@ async def test_a_replayed_add_returns_the_first_diagnosis(
     request = pb.AddDiagnosisRequest(
         parent=encounter, diagnosis=diagnosis("E78.5", rank=1), request_id=request_id()
     )
-    results = await asyncio.gather(*(emr.AddDiagnosis(request, metadata=doctor.md) for _ in range(10)))
+    results = await asyncio.gather(
+        *(emr.AddDiagnosis(request, metadata=doctor.md) for _ in range(10))
+    )
     assert len({r.name for r in results}) == 1
 
 
-async def test_diagnoses_are_listed_in_pages(
-    emr: Emr, patients: Patients, clinic: Clinic
-) -> None:
+async def test_diagnoses_are_listed_in_pages(emr: Emr, patients: Patients, clinic: Clinic) -> None:
     doctor, encounter = await _encounter(emr, patients, clinic)
     made = []
     for rank, code in enumerate(("A09", "B34.9", "C50.9", "D50.9", "F32.9"), start=1):

@@ -40,7 +40,7 @@ async def _signed(emr: Emr, doctor: Clinician, encounter: str, words: str) -> pb
     draft = await emr.CreateNote(
         pb.CreateNoteRequest(parent=encounter, note=note(words)), metadata=doctor.md
     )
-    return await emr.SignNote(pb.SignNoteRequest(name=draft.name), metadata=doctor.md)  # type: ignore[no-any-return]
+    return await emr.SignNote(pb.SignNoteRequest(name=draft.name), metadata=doctor.md)
 
 
 async def test_a_draft_is_written_changed_and_signed_by_its_author(
@@ -122,7 +122,7 @@ async def test_a_signed_note_cannot_be_changed(
         "UPDATE emr.notes SET status = 'preliminary', sign_time = NULL WHERE id = :id",
         "DELETE FROM emr.notes WHERE id = :id",
     ):
-        with pytest.raises(Exception, match="never deleted|cannot be changed"):
+        with pytest.raises(Exception, match=r"never deleted|cannot be changed"):
             async with emr_db.begin() as connection:
                 await connection.execute(text(statement), {"id": note_id})
     assert await emr.GetNote(pb.GetNoteRequest(name=signed.name), metadata=doctor.md) == signed
@@ -249,7 +249,9 @@ async def test_notes_of_a_cancelled_encounter_cannot_be_written(
         pb.CancelEncounterRequest(name=encounter, reason="left before seen"), metadata=doctor.md
     )
     failure = await fails(
-        emr.CreateNote(pb.CreateNoteRequest(parent=encounter, note=note("late")), metadata=doctor.md)
+        emr.CreateNote(
+            pb.CreateNoteRequest(parent=encounter, note=note("late")), metadata=doctor.md
+        )
     )
     assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
     assert failure.reason == "ENCOUNTER_CANCELLED"
@@ -260,7 +262,9 @@ async def test_a_replayed_create_returns_the_first_note(
 ) -> None:
     doctor, encounter = await _encounter(emr, patients, clinic)
     request = pb.CreateNoteRequest(parent=encounter, note=note("once"), request_id=request_id())
-    results = await asyncio.gather(*(emr.CreateNote(request, metadata=doctor.md) for _ in range(10)))
+    results = await asyncio.gather(
+        *(emr.CreateNote(request, metadata=doctor.md) for _ in range(10))
+    )
     assert len({r.name for r in results}) == 1
     listed = await emr.ListNotes(pb.ListNotesRequest(parent=encounter), metadata=doctor.md)
     assert len(listed.notes) == 1
