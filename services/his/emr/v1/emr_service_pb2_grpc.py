@@ -34,7 +34,15 @@ class EmrServiceStub:
     and staff holding an active emergency access grant for the patient; anyone else gets
     PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
     ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
-    diagnoses included) returns FAILED_PRECONDITION.
+    diagnoses included) returns FAILED_PRECONDITION. Beyond `sensitive`, every rpc is authorized on
+    its encounter's facts (the caller's roles and departments, a care relationship — attending this
+    encounter or another open one of the patient —, the encounter's class and `surgical`, the
+    patient's privacy consent, an emergency access grant) and returns PERMISSION_DENIED with the
+    policy's reason when they do not allow the access. That is decided before existence: for a
+    caller whose access depends on the record (every clinician), a missing encounter is
+    PERMISSION_DENIED too, never NOT_FOUND; a missing note or diagnosis of an encounter the caller
+    may see is NOT_FOUND. A service may call CreateEncounter only as the scheduling service opening
+    the encounter of a check-in (PERMISSION_DENIED otherwise).
     """
 
     def __init__(self, channel):
@@ -149,7 +157,15 @@ class EmrServiceServicer:
     and staff holding an active emergency access grant for the patient; anyone else gets
     PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
     ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
-    diagnoses included) returns FAILED_PRECONDITION.
+    diagnoses included) returns FAILED_PRECONDITION. Beyond `sensitive`, every rpc is authorized on
+    its encounter's facts (the caller's roles and departments, a care relationship — attending this
+    encounter or another open one of the patient —, the encounter's class and `surgical`, the
+    patient's privacy consent, an emergency access grant) and returns PERMISSION_DENIED with the
+    policy's reason when they do not allow the access. That is decided before existence: for a
+    caller whose access depends on the record (every clinician), a missing encounter is
+    PERMISSION_DENIED too, never NOT_FOUND; a missing note or diagnosis of an encounter the caller
+    may see is NOT_FOUND. A service may call CreateEncounter only as the scheduling service opening
+    the encounter of a check-in (PERMISSION_DENIED otherwise).
     """
 
     def CreateEncounter(self, request, context):
@@ -263,8 +279,9 @@ class EmrServiceServicer:
         """Changes the fields named in `update_mask` of a PRELIMINARY note. When `note.etag` is set it
         must match the stored record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or
         a bad value; NOT_FOUND if no such note; ABORTED if the etag is stale; FAILED_PRECONDITION if
-        the note is signed (FINAL or AMENDED; use AmendNote); PERMISSION_DENIED if the caller is not
-        the note's author, or the encounter is sensitive and the caller may not see it.
+        the note is signed (FINAL or AMENDED; use AmendNote) or the encounter is CANCELLED or
+        ENTERED_IN_ERROR; PERMISSION_DENIED if the caller is not the note's author, or the encounter
+        is sensitive and the caller may not see it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -479,7 +496,15 @@ class EmrService:
     and staff holding an active emergency access grant for the patient; anyone else gets
     PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
     ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
-    diagnoses included) returns FAILED_PRECONDITION.
+    diagnoses included) returns FAILED_PRECONDITION. Beyond `sensitive`, every rpc is authorized on
+    its encounter's facts (the caller's roles and departments, a care relationship — attending this
+    encounter or another open one of the patient —, the encounter's class and `surgical`, the
+    patient's privacy consent, an emergency access grant) and returns PERMISSION_DENIED with the
+    policy's reason when they do not allow the access. That is decided before existence: for a
+    caller whose access depends on the record (every clinician), a missing encounter is
+    PERMISSION_DENIED too, never NOT_FOUND; a missing note or diagnosis of an encounter the caller
+    may see is NOT_FOUND. A service may call CreateEncounter only as the scheduling service opening
+    the encounter of a check-in (PERMISSION_DENIED otherwise).
     """
 
     @staticmethod
