@@ -241,3 +241,124 @@ async def test_check_ins_while_emr_is_down_open_their_encounters_when_it_is_back
         left = await connection.scalar(text("SELECT count(*) FROM scheduling.outbox"))
     assert {f"appointments/{a}": n for a, n in rows} == dict.fromkeys(appointments, 1)
     assert left == 0
+
+
+async def test_one_live_encounter_per_appointment_and_a_later_check_in_finds_it(
+    emr: Emr,
+    scheduling: Scheduling,
+    patients: Patients,
+    clinic: Clinic,
+    scheduling_service: RunningService,
+    emr_db: AsyncEngine,
+) -> None:
+    doctor = clinic.doctor
+    assert doctor is not None and scheduling_service.relay is not None
+    slots = await future_slots(
+        scheduling,
+        schedule=make_schedule(department_name=clinic.clinic, practitioner_name=doctor.name),
+    )
+    patient = await new_patient(patients)
+    booked = await scheduling.BookAppointment(
+        spb.BookAppointmentRequest(patient=patient, slot=slots.slots[0].name)
+    )
+    # The clinician opens the visit by hand before the patient checks in.
+    opened = await emr.CreateEncounter(
+        pb.CreateEncounterRequest(
+            encounter=pb.Encounter(
+                patient=patient,
+                department=clinic.clinic,
+                attending_practitioner=doctor.name,
+                encounter_class=pb.ENCOUNTER_CLASS_AMBULATORY,
+                status=pb.ENCOUNTER_STATUS_PLANNED,
+                appointment=booked.name,
+            )
+        ),
+        metadata=doctor.md,
+    )
+    again = await fails(
+        emr.CreateEncounter(
+            pb.CreateEncounterRequest(
+                encounter=pb.Encounter(
+                    patient=patient,
+                    department=clinic.clinic,
+                    encounter_class=pb.ENCOUNTER_CLASS_AMBULATORY,
+                    status=pb.ENCOUNTER_STATUS_ARRIVED,
+                    appointment=booked.name,
+                )
+            ),
+            metadata=doctor.md,
+        )
+    )
+    assert (again.code, again.reason) == (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "APPOINTMENT_HAS_ENCOUNTER",
+    )
+    someone_else = await fails(
+        emr.CreateEncounter(
+            pb.CreateEncounterRequest(
+                encounter=pb.Encounter(
+                    patient=await new_patient(patients),
+                    department=clinic.clinic,
+                    encounter_class=pb.ENCOUNTER_CLASS_AMBULATORY,
+                    status=pb.ENCOUNTER_STATUS_ARRIVED,
+                    appointment=booked.name,
+                )
+            ),
+            metadata=doctor.md,
+        )
+    )
+    assert (someone_else.code, someone_else.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "APPOINTMENT_MISMATCH",
+    )
+    # The check-in's event finds the visit open already: that is what it asked for, no dead letter.
+    await scheduling.CheckInAppointment(spb.CheckInAppointmentRequest(name=booked.name))
+    await delivered(scheduling_service.relay)
+    assert await _encounters_of(emr_db, booked.name) == 1
+    async with emr_db.connect() as connection:
+        dead = await connection.scalar(
+            text(
+                "SELECT count(*) FROM scheduling.outbox WHERE destination = 'emr' "
+                "AND dead_at IS NOT NULL AND envelope LIKE :subject"
+            ),
+            {"subject": f"%{booked.name}%".encode()},
+        )
+    assert dead == 0
+    assert opened.appointment == booked.name
+
+
+async def test_an_unreachable_patient_service_is_unavailable_not_internal(
+    database_url: str,
+    iam_service: RunningService,
+    audit_service: RunningService,
+    scheduling_service: RunningService,
+    clinic: Clinic,
+) -> None:
+    doctor = clinic.doctor
+    assert doctor is not None
+    config = service_config(
+        "emr",
+        **addresses(iam_service, audit_service, scheduling_service),
+        HIS_PATIENT_ADDR=f"localhost:{free_port()}",
+        HIS_CLIENT_MAX_ATTEMPTS="1",
+    )
+    running = await start(EMR, config, database_url)
+    try:
+        async with channel_as(running.address, doctor.token) as channel:
+            failure = await fails(
+                emr_grpc.EmrServiceStub(channel).CreateEncounter(
+                    pb.CreateEncounterRequest(
+                        encounter=pb.Encounter(
+                            patient=f"patients/{uuid.uuid4()}",
+                            department=clinic.clinic,
+                            attending_practitioner=doctor.name,
+                            encounter_class=pb.ENCOUNTER_CLASS_EMERGENCY,
+                            status=pb.ENCOUNTER_STATUS_ARRIVED,
+                        )
+                    )
+                )
+            )
+    finally:
+        await running.stop(grace_s=1)
+    assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+    assert failure.metadata.get("dependency") == "patient"
