@@ -329,8 +329,8 @@ def _gateway_cannot_reach_patient(root: Path) -> None:
     edit(
         root,
         f"{NETWORK}/mobile-gateway.yaml",
-        "values: [patient, scheduling, iam, audit]",
-        "values: [scheduling, iam, audit]",
+        "values: [patient, scheduling, emr, iam, audit]",
+        "values: [scheduling, emr, iam, audit]",
     )
 
 
