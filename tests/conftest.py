@@ -12,6 +12,8 @@ import grpc
 import pytest
 
 from his.audit.spec import SPEC as AUDIT
+from his.emr.spec import SPEC as EMR
+from his.emr.v1 import emr_service_pb2_grpc
 from his.iam.spec import SPEC as IAM
 from his.patient.spec import SPEC as PATIENT
 from his.patient.v1 import patient_service_pb2_grpc
@@ -22,7 +24,7 @@ from his.runtime.server import RunningService, start
 from his.scheduling.spec import SPEC as SCHEDULING
 from his.scheduling.v1 import scheduling_service_pb2_grpc
 from tests.identity import ISSUER, REGISTRAR, Issuer, channel_as
-from tests.support import track_relay
+from tests.support import free_port, track_relay
 
 TEST_ENV = {"HIS_PORT": "0", "HIS_METRICS_PORT": "-1", "HIS_GRACE_S": "2"}
 
@@ -57,7 +59,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 @pytest.fixture(scope="session")
 def database_url(postgres: EmbeddedPostgres) -> str:
     """The URL of the session database, with every implemented schema migrated."""
-    for service in ("patient", "scheduling", "audit", "iam"):
+    for service in ("patient", "scheduling", "audit", "iam", "emr"):
         upgrade(service, postgres.url)
     return postgres.url
 
@@ -130,14 +132,64 @@ async def iam_service(
 
 
 @pytest.fixture(scope="session")
+def scheduling_port() -> int:
+    """The port the session's scheduling service will listen on: emr, which starts first (check-ins
+    are delivered to it), calls scheduling there."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+async def emr_service(
+    database_url: str,
+    patient_service: RunningService,
+    audit_service: RunningService,
+    iam_service: RunningService,
+    scheduling_port: int,
+) -> AsyncIterator[RunningService]:
+    """The emr service on a free port, calling the session's patient, audit, iam and scheduling."""
+    config = service_config(
+        "emr",
+        **addresses(patient_service, audit_service, iam_service),
+        HIS_SCHEDULING_ADDR=f"localhost:{scheduling_port}",
+    )
+    running = await start(EMR, config, database_url)
+    track_relay(running)
+    yield running
+    await running.stop(grace_s=1)
+
+
+@pytest.fixture(scope="session")
+async def emr_channel(
+    emr_service: RunningService, scheduling_service: RunningService, registrar_token: str
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the emr service (calls set their own clinician's token); scheduling, which emr
+    asks about appointments, runs too."""
+    async with channel_as(emr_service.address, registrar_token) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def emr(emr_channel: grpc.aio.Channel) -> emr_service_pb2_grpc.EmrServiceAsyncStub:
+    """The emr service stub."""
+    return emr_service_pb2_grpc.EmrServiceStub(emr_channel)
+
+
+@pytest.fixture(scope="session")
 async def scheduling_service(
     database_url: str,
     patient_service: RunningService,
     audit_service: RunningService,
     iam_service: RunningService,
+    emr_service: RunningService,
+    scheduling_port: int,
 ) -> AsyncIterator[RunningService]:
-    """The scheduling service on a free port, calling the session's patient, audit and iam."""
-    config = service_config("scheduling", **addresses(patient_service, audit_service, iam_service))
+    """The scheduling service, calling the session's patient, audit and iam, and delivering
+    check-ins to its emr."""
+    config = service_config(
+        "scheduling",
+        **addresses(patient_service, audit_service, iam_service, emr_service),
+        HIS_PORT=str(scheduling_port),
+    )
     running = await start(SCHEDULING, config, database_url)
     track_relay(running)
     yield running

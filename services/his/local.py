@@ -410,8 +410,9 @@ async def _listening(port: int) -> bool:
     return True
 
 
-# Demo data sets in dependency order: staff and departments, then patients, then bookings.
-DEMO_ORDER = ("iam", "patient", "scheduling")
+# Demo data sets in dependency order: staff and departments, then patients, then bookings, then
+# the encounters of the clinic's visits.
+DEMO_ORDER = ("iam", "patient", "scheduling", "emr")
 
 
 async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> str:

@@ -37,7 +37,8 @@ def _sh_blocks(section: str) -> list[str]:
 def _walkthrough() -> str:
     """Terminal 2 of the walk-through: every ```sh block but terminal 1's `make run`."""
     blocks = [b for b in _sh_blocks(_section("Walk-through")) if b.strip() != "make run"]
-    assert len(blocks) == 3, blocks  # the token, the registrar's snippet, the auditor's
+    # The token, the registrar's snippet, the auditor's, the cardiologist's.
+    assert len(blocks) == 4, blocks
     assert blocks[0].startswith("export TOKEN=")
     assert all(".venv/bin/python - <<'PY'" in block for block in blocks[1:])
     return "\n".join(blocks)
@@ -101,6 +102,14 @@ def _check_walkthrough(lines: list[str]) -> tuple[str, str]:
     assert "GetPatient AUDIT_EVENT_OUTCOME_MINOR_FAILURE" in refusal
     assert "['AUDITOR']" in refusal and "(no patient)" in refusal
     assert _one(lines, "chain intact: ").startswith("chain intact: True events 1 to ")
+    # The check-in opened the visit's encounter; the cardiologist documents it.
+    opened = _one(lines, "encounter encounters/").split()
+    assert opened[2:] == ["ENCOUNTER_STATUS_IN_PROGRESS", "from", booked[1]], opened
+    assert _one(lines, "note ") == "note NOTE_STATUS_FINAL"
+    assert "FAILED_PRECONDITION NOTE_SIGNED (emr.his)" in _one(lines, "changing the signed note: ")
+    assert _one(lines, "versions ") == "versions ['NOTE_STATUS_FINAL', 'NOTE_STATUS_AMENDED']"
+    assert _one(lines, "diagnosis ") == "diagnosis I20.9 CONDITION_VERIFICATION_STATUS_PROVISIONAL"
+    assert _one(lines, "finished: ") == "finished: ENCOUNTER_STATUS_FINISHED"
     return patient, booked[1]
 
 

@@ -113,7 +113,17 @@ def test_a_header_without_a_value_is_refused() -> None:
 
 def test_a_call_no_route_takes_says_so_and_exits_one(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
-        main(["mesh", "explain", "emr", "GetEncounter", "--gateway", "--root", str(REPOSITORY)])
+        main(
+            [
+                "mesh",
+                "explain",
+                "orders",
+                "GetServiceRequest",
+                "--gateway",
+                "--root",
+                str(REPOSITORY),
+            ]
+        )
     assert done.value.code == 1
     assert "none matches" in capsys.readouterr().out
 

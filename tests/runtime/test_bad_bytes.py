@@ -42,10 +42,12 @@ def running(
     scheduling_service: RunningService,
     iam_service: RunningService,
     audit_service: RunningService,
+    emr_service: RunningService,
 ) -> dict[str, RunningService]:
     """Every implemented service, running (the test fails if one is left out)."""
     services = {
-        s.spec.name: s for s in (patient_service, scheduling_service, iam_service, audit_service)
+        s.spec.name: s
+        for s in (patient_service, scheduling_service, iam_service, audit_service, emr_service)
     }
     assert set(services) == {entry.name for entry in implemented()}
     return services

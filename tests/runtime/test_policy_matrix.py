@@ -32,6 +32,7 @@ ROLES = (SERVICE_ROLE, *STAFF_ROLES)
 #   ~letters   DOCTOR/NURSE: allowed with department match or care and consent not revoked;
 #              otherwise only under break-the-glass (see SITUATIONS)
 #   @letters   allowed only on the caller's own resource (break-the-glass grants)
+#   &letters   NURSE: as ~, and only on the caller's own record (their own note)
 #   !u         PHARMACIST: update allowed only away from drug, dose, quantity, price
 #   N          whatever is not allowed is refused with NO_CLINICAL_ACCESS, not ROLE_NOT_PERMITTED:
 #              the role never sees this kind of patient data
@@ -50,8 +51,8 @@ GRID: dict[str, tuple[str, ...]] = {
     "iam.emergency_access":    ("r", "-",    "c @ru", "c @ru", "-",     "-",   "-", "ru", "rudmxe"),
     "audit.event":             ("c", "-",    "-",     "-",     "-",     "-",   "-", "r", "-"),
     "research.export":         ("-", "-",    "-",     "-",     "-",     "-",   "-", "-", "e"),
-    "emr.encounter":           ("N", "N",    "~rcu",  "~r",    "-",     "-",   "-", "N", "N"),
-    "emr.note":                ("N", "N",    "~rcu",  "~rc",   "-",     "-",   "-", "N", "N"),
+    "emr.encounter":           ("c N", "N",  "~rcu",  "~r",    "-",     "-",   "-", "N", "N"),
+    "emr.note":                ("N", "N",    "~rcu",  "~rc &u", "-",    "-",   "-", "N", "N"),
     "emr.diagnosis":           ("N", "N",    "~rcu",  "~r",    "-",     "-",   "-", "N", "N"),
     "orders.lab_order":        ("N", "N",    "~rcu",  "~r",    "-",     "r",   "-", "N", "N"),
     "orders.medication_order": ("N", "N",    "~rcu",  "~r",    "rx !u", "-",   "-", "N", "N"),
@@ -153,6 +154,7 @@ def expected(cell: str, resource: str, action: str, situation: Situation) -> Dec
     """What the grid cell says about one action in one situation."""
     plain: set[str] = set()
     care: set[str] = set()
+    care_own: set[str] = set()
     own: set[str] = set()
     lock: set[str] = set()
     fallback = "ROLE_NOT_PERMITTED"
@@ -163,6 +165,8 @@ def expected(cell: str, resource: str, action: str, situation: Situation) -> Dec
             continue
         elif token[0] == "~":
             care = letters(token[1:])
+        elif token[0] == "&":
+            care_own = letters(token[1:])
         elif token[0] == "@":
             own = letters(token[1:])
         elif token[0] == "!":
@@ -176,6 +180,12 @@ def expected(cell: str, resource: str, action: str, situation: Situation) -> Dec
             return ALLOW
         if situation.care == "EMERGENCY":
             return ALLOW_IN_EMERGENCY
+        return deny(situation.care)
+    if action in care_own:
+        if situation.care == "ALLOWED":
+            return ALLOW if situation.own else deny("NOT_OWN")
+        if situation.care == "EMERGENCY":
+            return ALLOW_IN_EMERGENCY if situation.own else deny("DEPARTMENT_MISMATCH")
         return deny(situation.care)
     if action in own:
         return ALLOW if situation.own else deny("NOT_OWN")
@@ -279,6 +289,23 @@ CASES = (
          ALLOW, {"under_care": True, "encounter_class": "inpatient"}),
     Case("no relation at all is a department mismatch first", ("DOCTOR",), "read",
          "emr.encounter", deny("DEPARTMENT_MISMATCH"), INPATIENT_SURGICAL),
+    # Notes: nurses record, and edit and sign only their own (never a doctor's).
+    Case("nurse edits her own note in her department", ("NURSE",), "update", "emr.note", ALLOW,
+         {"department_match": True, "own": True}),
+    Case("nurse does not sign a doctor's note in her department", ("NURSE",), "update",
+         "emr.note", deny("NOT_OWN"), {"department_match": True}),
+    Case("nurse's own note of a patient who revoked consent", ("NURSE",), "update", "emr.note",
+         deny("CONSENT_REVOKED"), {"department_match": True, "own": True, "consent": "revoked"}),
+    Case("nurse's own note elsewhere, emergency", ("NURSE",), "update", "emr.note",
+         ALLOW_IN_EMERGENCY, {"own": True, "emergency": True}),
+    Case("nurse never opens an encounter", ("NURSE",), "create", "emr.encounter",
+         deny("ROLE_NOT_PERMITTED"), {"department_match": True}),
+    # The check-in relay: a service opens an encounter, and reads nothing clinical.
+    Case("service opens a check-in's encounter", ("SERVICE",), "create", "emr.encounter", ALLOW),
+    Case("service reads no encounter", ("SERVICE",), "read", "emr.encounter",
+         deny("NO_CLINICAL_ACCESS"), {"department_match": True}),
+    Case("service changes no encounter", ("SERVICE",), "update", "emr.encounter",
+         deny("NO_CLINICAL_ACCESS")),
     # Consent.
     Case("revoked consent, own department", ("DOCTOR",), "read", "emr.note",
          deny("CONSENT_REVOKED"), {"department_match": True, "consent": "revoked"}),

@@ -7,10 +7,13 @@ the session's test issuer; the policy engine the servers share is compared with 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from his.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from his.common.v1 import types_pb2
+from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.runtime import server as runtime_server
@@ -24,6 +27,7 @@ from tests.security.helpers import (
     ADMINISTRATOR,
     AUDITOR,
     DEPARTMENT_A,
+    NOTE_AUTHOR,
     PRACTITIONER,
     Audit,
     Iam,
@@ -61,9 +65,17 @@ async def iam(iam_service: RunningService) -> AsyncIterator[Iam]:
 
 
 @pytest.fixture(scope="session")
-async def world(patients: Patients, scheduling: Scheduling, auditor: Audit, iam: Iam) -> World:
-    """The matrix's records, made once per session by a registrar and an administrator."""
-    made = World(patients, scheduling, auditor, iam)
+async def world(
+    patients: Patients,
+    scheduling: Scheduling,
+    auditor: Audit,
+    iam: Iam,
+    emr: Any,
+    database_url: str,
+) -> World:
+    """The matrix's records, made once per session by a registrar and an administrator (and the
+    emr's by a doctor of their department)."""
+    made = World(patients, scheduling, auditor, iam, emr=emr, database_url=database_url)
     made.patient = await made.fresh_patient()
     made.other_patient = await made.fresh_patient()
     made.consent = await made.fresh_consent()
@@ -89,4 +101,19 @@ async def world(patients: Patients, scheduling: Scheduling, auditor: Audit, iam:
     made.department = department.name
     staff = await iam.CreateStaffMember(iam_pb.CreateStaffMemberRequest(staff_member=make_staff()))
     made.staff = staff.name
+    made.encounter = await made.fresh_encounter()
+    made.note = await made.fresh_signed_note()
+    added = await emr.AddDiagnosis(
+        emr_pb.AddDiagnosisRequest(
+            parent=made.encounter,
+            diagnosis=emr_pb.Diagnosis(
+                code=types_pb2.Coding(system="http://hl7.org/fhir/sid/icd-10", code="I10"),
+                clinical_status=emr_pb.CONDITION_CLINICAL_STATUS_ACTIVE,
+                verification_status=emr_pb.CONDITION_VERIFICATION_STATUS_CONFIRMED,
+                rank=1,
+            ),
+        ),
+        metadata=NOTE_AUTHOR.metadata,
+    )
+    made.diagnosis = added.name
     return made

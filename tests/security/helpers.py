@@ -16,11 +16,17 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.base.identity import STAFF_ROLES
+from his.common.v1 import types_pb2
+from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.runtime.database import async_url
 from his.runtime.policy import Decision, PolicyEngine, Request
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.iam.helpers import make_staff
@@ -99,6 +105,8 @@ def _callers() -> dict[str, Caller]:
 
 
 CALLERS = _callers()
+# The author of the world's notes: a doctor of the records' department who is none of CALLERS.
+NOTE_AUTHOR = _staff("NOTE_AUTHOR", "DOCTOR", (DEPARTMENT_A,))
 ROLE_CALLERS = ("SERVICE", *STAFF_ROLES)
 # Clinicians related to the matrix's appointments, for the rpcs that look at the record.
 RELATED_CALLERS = (
@@ -138,6 +146,13 @@ class World:
     staff: str = ""
     spare_slots: list[str] = field(default_factory=list)
     grant: str = ""
+    # The emr side: the stub, an encounter of the patient in DEPARTMENT_A attended by
+    # PRACTITIONER, a signed note of it by NOTE_AUTHOR, a diagnosis of it.
+    emr: Any = None
+    database_url: str = ""
+    encounter: str = ""
+    note: str = ""
+    diagnosis: str = ""
 
     def stub(self, service: str) -> object:
         """The stub of one of the session's services (by short name)."""
@@ -146,8 +161,50 @@ class World:
             "scheduling": self.scheduling,
             "audit": self.audit,
             "iam": self.iam,
+            "emr": self.emr,
         }
         return stubs[service]
+
+    async def fresh_encounter(self) -> str:
+        """A new ARRIVED outpatient encounter of the world's patient in DEPARTMENT_A attended by
+        PRACTITIONER. Written behind emr's back: CreateEncounter would ask iam about the
+        department and practitioner, which exist only in the callers' tokens."""
+        encounter_id = uuid.uuid4()
+        engine = create_async_engine(async_url(self.database_url), poolclass=NullPool)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text(
+                        "INSERT INTO emr.encounters (id, patient_id, encounter_class, status, "
+                        "department_id, practitioner_id) VALUES (:id, :patient, 'ambulatory', "
+                        "'arrived', :department, :practitioner)"
+                    ),
+                    {
+                        "id": encounter_id,
+                        "patient": self.patient.removeprefix("patients/"),
+                        "department": DEPARTMENT_A.removeprefix("departments/"),
+                        "practitioner": PRACTITIONER_ID,
+                    },
+                )
+        finally:
+            await engine.dispose()
+        return f"encounters/{encounter_id}"
+
+    async def fresh_signed_note(self) -> str:
+        """A new signed note of the world's encounter, written by NOTE_AUTHOR."""
+        author = NOTE_AUTHOR.metadata
+        draft = await self.emr.CreateNote(
+            emr_pb.CreateNoteRequest(
+                parent=self.encounter,
+                note=emr_pb.ClinicalNote(
+                    note_type=types_pb2.Coding(system="http://loinc.org", code="11506-3"),
+                    text="Seen in clinic; stable.",
+                ),
+            ),
+            metadata=author,
+        )
+        await self.emr.SignNote(emr_pb.SignNoteRequest(name=draft.name), metadata=author)
+        return str(draft.name)
 
     def spare_slot(self) -> str:
         """A free slot of the world's schedule nobody else will use."""

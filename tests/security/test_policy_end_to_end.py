@@ -23,6 +23,7 @@ the servers' shared one) and uncached (`evaluate`).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ from google.protobuf.message import Message
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.base.catalog import BY_NAME, ServiceEntry, implemented
+from his.common.v1 import types_pb2
+from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.patient.v1 import patient_service_pb2 as patient_pb
@@ -99,6 +102,11 @@ class Rpc:
     # The servicer also asks iam whether the caller is an active staff member: each staff caller
     # is made one first (same roles and departments), so only the policy can refuse them.
     enrolled: bool = False
+    # What an allowed caller gets when it depends on who calls (overrides `allowed`).
+    expect: Callable[[Caller], grpc.StatusCode] | None = None
+    # For a listed rpc: the reply's repeated field and the world's record it must show.
+    items: str = "appointments"
+    shows: Callable[[World], str] | None = None
 
     @property
     def id(self) -> str:
@@ -472,6 +480,275 @@ SCHEDULING_RPCS = (
 )
 
 
+# --- emr ------------------------------------------------------------------------------------
+_ICD10 = "http://hl7.org/fhir/sid/icd-10"
+_codes = iter(f"Z{a}{b}.{c}" for a in range(10) for b in range(10) for c in range(10))
+
+
+def _new_encounter(world: World) -> emr_pb.Encounter:
+    return emr_pb.Encounter(
+        patient=world.patient,
+        department=DEPARTMENT_A,
+        attending_practitioner=PRACTITIONER,
+        encounter_class=emr_pb.ENCOUNTER_CLASS_AMBULATORY,
+        status=emr_pb.ENCOUNTER_STATUS_ARRIVED,
+    )
+
+
+async def _encounter(world: World, allowed: bool) -> str:
+    return await world.fresh_encounter() if allowed else world.encounter
+
+
+def _emr_transition(method: str, make: Callable[[str], Message], allowed: grpc.StatusCode) -> Rpc:
+    async def build(world: World, fresh: bool) -> Message:
+        return make(await _encounter(world, fresh))
+
+    return Rpc(
+        "emr",
+        method,
+        "update",
+        "emr.encounter",
+        build,
+        lambda w: make(missing("encounters")),
+        fields=("status",),
+        by_record=True,
+        allowed=allowed,
+    )
+
+
+def _diagnosis(code: str) -> emr_pb.Diagnosis:
+    return emr_pb.Diagnosis(
+        code=types_pb2.Coding(system=_ICD10, code=code),
+        clinical_status=emr_pb.CONDITION_CLINICAL_STATUS_ACTIVE,
+        verification_status=emr_pb.CONDITION_VERIFICATION_STATUS_CONFIRMED,
+        rank=2,
+    )
+
+
+def _note_text(parent: str) -> emr_pb.CreateNoteRequest:
+    return emr_pb.CreateNoteRequest(
+        parent=parent,
+        note=emr_pb.ClinicalNote(
+            note_type=types_pb2.Coding(system="http://loinc.org", code="11506-3"), text="Seen."
+        ),
+    )
+
+
+async def _amend(world: World, allowed: bool) -> Message:
+    name = await world.fresh_signed_note() if allowed else world.note
+    return emr_pb.AmendNoteRequest(name=name, text="Seen; stable.", reason="wording")
+
+
+def _missing_note() -> str:
+    return f"{missing('encounters')}/notes/{uuid.uuid4()}"
+
+
+def _missing_diagnosis() -> str:
+    return f"{missing('encounters')}/diagnoses/{uuid.uuid4()}"
+
+
+EMR_RPCS = (
+    # A service other than scheduling is refused by the servicer; the department and practitioner
+    # of the matrix exist only in tokens, so an allowed clinician hears DEPARTMENT_NOT_FOUND.
+    Rpc(
+        "emr",
+        "CreateEncounter",
+        "create",
+        "emr.encounter",
+        _on(lambda w: emr_pb.CreateEncounterRequest(encounter=_new_encounter(w))),
+        by_record=True,
+        expect=lambda c: DENIED if c.roles == ("SERVICE",) else FAILED_PRECONDITION,
+    ),
+    Rpc(
+        "emr",
+        "GetEncounter",
+        "read",
+        "emr.encounter",
+        _on(lambda w: emr_pb.GetEncounterRequest(name=w.encounter)),
+        lambda w: emr_pb.GetEncounterRequest(name=missing("encounters")),
+        by_record=True,
+    ),
+    Rpc(
+        "emr",
+        "ListEncounters",
+        "read",
+        "emr.encounter",
+        _on(lambda w: emr_pb.ListEncountersRequest(patient=w.patient, page_size=500)),
+        by_record=True,
+        listed=True,
+        items="encounters",
+        shows=lambda w: w.encounter,
+    ),
+    Rpc(
+        "emr",
+        "UpdateEncounter",
+        "update",
+        "emr.encounter",
+        _on(
+            lambda w: emr_pb.UpdateEncounterRequest(
+                encounter=emr_pb.Encounter(name=w.encounter, sensitive=False),
+                update_mask=FieldMask(paths=["sensitive"]),
+            )
+        ),
+        lambda w: emr_pb.UpdateEncounterRequest(
+            encounter=emr_pb.Encounter(name=missing("encounters")),
+            update_mask=FieldMask(paths=["sensitive"]),
+        ),
+        fields=("sensitive",),
+        by_record=True,
+    ),
+    _emr_transition("StartEncounter", lambda n: emr_pb.StartEncounterRequest(name=n), OK),
+    # A fresh encounter has not started: an allowed caller hears ILLEGAL_TRANSITION.
+    _emr_transition(
+        "FinishEncounter", lambda n: emr_pb.FinishEncounterRequest(name=n), FAILED_PRECONDITION
+    ),
+    _emr_transition(
+        "CancelEncounter",
+        lambda n: emr_pb.CancelEncounterRequest(name=n, reason="left before seen"),
+        OK,
+    ),
+    _emr_transition(
+        "MarkEncounterEnteredInError",
+        lambda n: emr_pb.MarkEncounterEnteredInErrorRequest(name=n, reason="wrong patient"),
+        OK,
+    ),
+    Rpc(
+        "emr",
+        "CreateNote",
+        "create",
+        "emr.note",
+        _on(lambda w: _note_text(w.encounter)),
+        lambda w: _note_text(missing("encounters")),
+        by_record=True,
+    ),
+    Rpc(
+        "emr",
+        "GetNote",
+        "read",
+        "emr.note",
+        _on(lambda w: emr_pb.GetNoteRequest(name=w.note)),
+        lambda w: emr_pb.GetNoteRequest(name=_missing_note()),
+        by_record=True,
+    ),
+    Rpc(
+        "emr",
+        "ListNotes",
+        "read",
+        "emr.note",
+        _on(lambda w: emr_pb.ListNotesRequest(parent=w.encounter)),
+        lambda w: emr_pb.ListNotesRequest(parent=missing("encounters")),
+        by_record=True,
+    ),
+    Rpc(
+        "emr",
+        "ListNoteVersions",
+        "read",
+        "emr.note",
+        _on(lambda w: emr_pb.ListNoteVersionsRequest(name=w.note)),
+        lambda w: emr_pb.ListNoteVersionsRequest(name=_missing_note()),
+        by_record=True,
+    ),
+    # Only a note's author changes or signs it, and NOTE_AUTHOR is none of the matrix's callers:
+    # a caller the policy allows hears NOT_AUTHOR from the servicer.
+    Rpc(
+        "emr",
+        "UpdateNote",
+        "update",
+        "emr.note",
+        _on(
+            lambda w: emr_pb.UpdateNoteRequest(
+                note=emr_pb.ClinicalNote(name=w.note, text="rewritten"),
+                update_mask=FieldMask(paths=["text"]),
+            )
+        ),
+        lambda w: emr_pb.UpdateNoteRequest(
+            note=emr_pb.ClinicalNote(name=_missing_note(), text="rewritten"),
+            update_mask=FieldMask(paths=["text"]),
+        ),
+        fields=("text",),
+        by_record=True,
+        allowed=DENIED,
+    ),
+    Rpc(
+        "emr",
+        "SignNote",
+        "update",
+        "emr.note",
+        _on(lambda w: emr_pb.SignNoteRequest(name=w.note)),
+        lambda w: emr_pb.SignNoteRequest(name=_missing_note()),
+        fields=("status",),
+        by_record=True,
+        allowed=DENIED,
+    ),
+    # The original's author or the encounter's attending practitioner (PRACTITIONER) amends.
+    Rpc(
+        "emr",
+        "AmendNote",
+        "create",
+        "emr.note",
+        _amend,
+        lambda w: emr_pb.AmendNoteRequest(name=_missing_note(), text="x", reason="y"),
+        by_record=True,
+        expect=lambda c: OK if c.subject == PRACTITIONER else DENIED,
+    ),
+    Rpc(
+        "emr",
+        "AddDiagnosis",
+        "create",
+        "emr.diagnosis",
+        _on(
+            lambda w: emr_pb.AddDiagnosisRequest(
+                parent=w.encounter, diagnosis=_diagnosis(next(_codes))
+            )
+        ),
+        lambda w: emr_pb.AddDiagnosisRequest(
+            parent=missing("encounters"), diagnosis=_diagnosis("Z00.0")
+        ),
+        by_record=True,
+    ),
+    Rpc(
+        "emr",
+        "GetDiagnosis",
+        "read",
+        "emr.diagnosis",
+        _on(lambda w: emr_pb.GetDiagnosisRequest(name=w.diagnosis)),
+        lambda w: emr_pb.GetDiagnosisRequest(name=_missing_diagnosis()),
+        by_record=True,
+    ),
+    Rpc(
+        "emr",
+        "ListDiagnoses",
+        "read",
+        "emr.diagnosis",
+        _on(lambda w: emr_pb.ListDiagnosesRequest(parent=w.encounter)),
+        lambda w: emr_pb.ListDiagnosesRequest(parent=missing("encounters")),
+        by_record=True,
+    ),
+    Rpc(
+        "emr",
+        "UpdateDiagnosis",
+        "update",
+        "emr.diagnosis",
+        _on(
+            lambda w: emr_pb.UpdateDiagnosisRequest(
+                diagnosis=emr_pb.Diagnosis(
+                    name=w.diagnosis, clinical_status=emr_pb.CONDITION_CLINICAL_STATUS_ACTIVE
+                ),
+                update_mask=FieldMask(paths=["clinical_status"]),
+            )
+        ),
+        lambda w: emr_pb.UpdateDiagnosisRequest(
+            diagnosis=emr_pb.Diagnosis(
+                name=_missing_diagnosis(), clinical_status=emr_pb.CONDITION_CLINICAL_STATUS_ACTIVE
+            ),
+            update_mask=FieldMask(paths=["clinical_status"]),
+        ),
+        fields=("clinical_status",),
+        by_record=True,
+    ),
+)
+
+
 # --- audit and iam ----------------------------------------------------------------------------
 
 
@@ -681,7 +958,7 @@ PUBLIC_RPCS = {
     "iam.IssueToken": _login,
 }
 
-RPCS = {rpc.id: rpc for rpc in (*PATIENT_RPCS, *SCHEDULING_RPCS, *AUDIT_RPCS, *IAM_RPCS)}
+RPCS = {rpc.id: rpc for rpc in (*PATIENT_RPCS, *SCHEDULING_RPCS, *EMR_RPCS, *AUDIT_RPCS, *IAM_RPCS)}
 
 
 def _cases() -> list[object]:
@@ -753,9 +1030,10 @@ async def test_every_caller_gets_what_the_policy_decides_before_existence(
     if rpc.listed:
         # Never refused: the page holds the record exactly when the caller may see it.
         assert result.code == OK, result
-        shown = names(result.reply.appointments)
+        shown = names(getattr(result.reply, rpc.items))
+        record = rpc.shows(world) if rpc.shows else world.appointment
         if decision.allow:
-            assert world.appointment in shown, shown
+            assert record in shown, shown
         else:
             assert shown == [], shown
     elif service_refused:
@@ -764,7 +1042,8 @@ async def test_every_caller_gets_what_the_policy_decides_before_existence(
         assert not decision.allow
         assert (result.code, result.reason) == (DENIED, "NOT_A_SERVICE"), result
     elif allowed:
-        assert result.code == rpc.allowed, f"{decision}: {result}"
+        want = rpc.expect(caller) if rpc.expect else rpc.allowed
+        assert result.code == want, f"{decision}: {result}"
     else:
         assert (result.code, result.reason) == (DENIED, decision.reason), result
 

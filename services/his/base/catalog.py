@@ -47,7 +47,7 @@ def _entry(name: str, index: int, *, implemented: bool) -> ServiceEntry:
 CATALOG: tuple[ServiceEntry, ...] = (
     _entry("patient", 1, implemented=True),
     _entry("scheduling", 2, implemented=True),
-    _entry("emr", 3, implemented=False),
+    _entry("emr", 3, implemented=True),
     _entry("orders", 4, implemented=False),
     _entry("lab", 5, implemented=False),
     _entry("pharmacy", 6, implemented=False),

@@ -1,1 +1,1 @@
-"""The emr service: contract his.emr.v1 only; implemented in a later issue."""
+"""The emr service: encounters, clinical notes with amendments, diagnoses."""

@@ -25,7 +25,20 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
     "patient": _RUNTIME,
     # Booking checks the patient is active (his_client.patient.require_active); research
     # consents are read as scheduling itself (scheduling/service.py).
-    "scheduling": {**_RUNTIME, "patient": ("GetPatient", "ListConsents")},
+    # Check-ins open their encounter in emr through the outbox relay (scheduling/check_in.py).
+    "scheduling": {
+        **_RUNTIME,
+        "patient": ("GetPatient", "ListConsents"),
+        "emr": ("CreateEncounter",),
+    },
+    # Opening an encounter checks the patient, department, practitioner and appointment; access
+    # decisions read the patient's privacy consent as emr itself (emr/service.py).
+    "emr": {
+        **_RUNTIME,
+        "iam": (*_RUNTIME["iam"], "GetDepartment", "GetStaffMember"),
+        "patient": ("GetPatient", "ListConsents"),
+        "scheduling": ("GetAppointment",),
+    },
     # A break-the-glass grant names an active patient (iam/service.py).
     "iam": {**_RUNTIME, "patient": ("GetPatient",)},
     # audit calls no one as itself: it only verifies callers' tokens with iam's key set.

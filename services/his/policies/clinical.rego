@@ -55,6 +55,33 @@ grants contains {"role": role, "emergency": true} if {
 
 refusals contains care_refusal if care_request
 
+# The caller's own clinical record (a nurse's own note): the care checks and `own` both.
+care_own_request if {
+	some role in input.roles
+	input.action in tables.care_own_permissions[role][input.resource]
+}
+
+grants contains {"role": role, "emergency": false} if {
+	some role in input.roles
+	input.action in tables.care_own_permissions[role][input.resource]
+	input.own == true
+	not care_refusal
+}
+
+grants contains {"role": role, "emergency": true} if {
+	some role in input.roles
+	input.action in tables.care_own_permissions[role][input.resource]
+	input.own == true
+	input.emergency == true
+}
+
+refusals contains care_refusal if care_own_request
+
+refusals contains "NOT_OWN" if {
+	care_own_request
+	not input.own == true
+}
+
 # Break-the-glass grants: a clinician reads and revokes only their own.
 grants contains {"role": role, "emergency": false} if {
 	some role in input.roles

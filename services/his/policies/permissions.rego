@@ -19,6 +19,10 @@ permissions := {
 		"iam.emergency_access": {"read"},
 		"patient.demographics": {"read"},
 		"patient.consent": {"read"},
+		# Scheduling's relay opens the encounter of a check-in (the AppointmentCheckedIn event);
+		# the emr service accepts a service caller only for an encounter from an appointment,
+		# and the mesh lets only scheduling call CreateEncounter as itself.
+		"emr.encounter": {"create"},
 	},
 	# Registration desk: who the patient is, what they consented to, and all of scheduling in
 	# every department. No clinical content.
@@ -129,6 +133,10 @@ care_permissions := {
 		"emr.note": {"read", "create"},
 	}),
 }
+
+# Allowed only on the caller's own record AND under the care checks of clinical.rego: nurses
+# record notes (care_permissions) and edit and sign the ones they wrote, never a doctor's.
+care_own_permissions := {"NURSE": {"emr.note": {"update"}}}
 
 # Allowed only on the caller's own resource: a clinician reads and revokes their own grants.
 own_permissions := {

@@ -9,7 +9,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from his.runtime.logs import configure_logging
 from his.runtime.metrics import MetricsEndpoint, ServerMetrics
 from his.runtime.outbox import Outbox
 from his.runtime.policy import PolicyEngine
-from his.runtime.relay import Relay
+from his.runtime.relay import Deliver, Relay
 from his.runtime.schema_version import at_head
 from his.runtime.security import jwks_source, own_token_source
 from his.runtime.telemetry import make_tracer_provider, shut_down
@@ -68,6 +68,9 @@ class ServiceSpec:
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     # Builds the servicer from the running service's shared pieces.
     make_servicer: Callable[[ServiceResources], Any]
+    # The outbox destinations of its domain events besides audit (destination -> deliverer),
+    # built from the service's clients; the relay delivers them (scheduling: check-ins to emr).
+    deliverers: Callable[[HisClients], Mapping[str, Deliver]] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class ServiceResources:
     clients: HisClients
     # Authorization (policy as code), break-the-glass grants and the audit trail.
     access: Access
+    # The service's transactional outbox, for its domain events (None for the audit service).
+    outbox: Outbox | None = None
 
 
 @dataclass
@@ -193,22 +198,22 @@ async def start(
     # is off for a benchmark.
     audit: AuditTrail | None = None
     relay: Relay | None = None
-    if config.auth.enabled and spec.name != "audit":
-        outbox = Outbox(database, spec.name)
+    outbox = Outbox(database, spec.name) if spec.name != "audit" else None
+    deliverers: dict[str, Deliver] = {}
+    if outbox is not None and config.auth.enabled:
         audit = AuditTrail(outbox, spec.name, registry=metrics.registry)
-        relay = Relay(
-            outbox,
-            database,
-            {AUDIT: audit_delivery(clients)},
-            registry=metrics.registry,
-        )
+        deliverers[AUDIT] = audit_delivery(clients)
+    if outbox is not None and spec.deliverers is not None:
+        deliverers.update(spec.deliverers(clients))
+    if outbox is not None and deliverers:
+        relay = Relay(outbox, database, deliverers, registry=metrics.registry)
     access = Access(enabled=config.auth.enabled, policy=_policy(), audit=audit, clients=clients)
     health = Health((spec.grpc_service,))
     database_health = DatabaseHealth(database, health, metrics, migrated=not migrate)
     metrics_endpoint: MetricsEndpoint | None = None
     migration: asyncio.Task[None] | None = None
     try:
-        resources = ServiceResources(config, database, clients, access)
+        resources = ServiceResources(config, database, clients, access, outbox)
         spec.add_to_server(spec.make_servicer(resources), server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(

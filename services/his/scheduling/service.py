@@ -25,6 +25,7 @@ from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations, required_id
 from his.scheduling import store
+from his.scheduling.check_in import checked_in
 from his.scheduling.mapping import (
     APPOINTMENT_STATUS,
     appointment_to_proto,
@@ -53,6 +54,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         self._pages = PageTokens(resources.config.page_token_key)
         self._access = resources.access
         self._research = ResearchAppointments(resources)
+        self._outbox = resources.outbox
 
     # --- access ------------------------------------------------------------------------------
 
@@ -467,8 +469,13 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         if found is None:
             raise store.not_found(f"appointments/{appointment_id}")
         async with self._db.transaction() as session:
+            if to == "arrived":
+                before = await store.get_appointment(session, appointment_id, lock=True)
             row = await store.transition(session, appointment_id, to, etag=etag, reason=reason)
             await self._audit("update", permit, row)
+            if to == "arrived" and before.status != "arrived" and self._outbox is not None:
+                # The visit's encounter is opened in emr through the outbox (check_in.py).
+                await self._outbox.add([checked_in(row)])
         return appointment_to_proto(row)
 
     async def ListResearchAppointments(

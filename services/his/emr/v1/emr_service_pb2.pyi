@@ -82,6 +82,10 @@ class _EncounterStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Encou
     """The encounter has ended. Set by FinishEncounter."""
     ENCOUNTER_STATUS_CANCELLED: _EncounterStatus.ValueType  # 5
     """The encounter ended before it started. Set by CancelEncounter."""
+    ENCOUNTER_STATUS_ENTERED_IN_ERROR: _EncounterStatus.ValueType  # 6
+    """The encounter was recorded by mistake (for example on the wrong patient). Set by
+    MarkEncounterEnteredInError; nothing in the encounter changes after that.
+    """
 
 class EncounterStatus(_EncounterStatus, metaclass=_EncounterStatusEnumTypeWrapper):
     """The status of an encounter (FHIR EncounterStatus, the states this service uses)."""
@@ -98,6 +102,10 @@ ENCOUNTER_STATUS_FINISHED: EncounterStatus.ValueType  # 4
 """The encounter has ended. Set by FinishEncounter."""
 ENCOUNTER_STATUS_CANCELLED: EncounterStatus.ValueType  # 5
 """The encounter ended before it started. Set by CancelEncounter."""
+ENCOUNTER_STATUS_ENTERED_IN_ERROR: EncounterStatus.ValueType  # 6
+"""The encounter was recorded by mistake (for example on the wrong patient). Set by
+MarkEncounterEnteredInError; nothing in the encounter changes after that.
+"""
 Global___EncounterStatus: _TypeAlias = EncounterStatus  # noqa: Y015
 
 class _NoteStatus:
@@ -227,6 +235,8 @@ class Encounter(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    SURGICAL_FIELD_NUMBER: _builtins.int
+    ENTERED_IN_ERROR_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `encounters/{encounter}`. Assigned by the service; ignored on create."""
     patient: _builtins.str
@@ -258,6 +268,14 @@ class Encounter(_message.Message):
     """An opaque version tag for optimistic concurrency: pass it back on update to make sure nobody
     changed the record in between.
     """
+    surgical: _builtins.bool
+    """Whether the encounter is a surgical one (an operation, or a stay on a surgical ward). Set on
+    create, and always true when the department is a surgical department; then never changed.
+    An inpatient surgical encounter is readable only within its own department, or with an
+    emergency access grant: a care relationship alone does not open it.
+    """
+    entered_in_error_reason: _builtins.str
+    """Why the encounter was marked ENTERED_IN_ERROR; empty unless it was. Output only."""
     @_builtins.property
     def period(self) -> _types_pb2.Period:
         """When the encounter took place. Output only: the start is set by StartEncounter, the end by
@@ -288,10 +306,12 @@ class Encounter(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        surgical: _builtins.bool = ...,
+        entered_in_error_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "period", b"period", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["appointment", b"appointment", "attending_practitioner", b"attending_practitioner", "cancel_reason", b"cancel_reason", "create_time", b"create_time", "department", b"department", "encounter_class", b"encounter_class", "etag", b"etag", "name", b"name", "patient", b"patient", "period", b"period", "sensitive", b"sensitive", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appointment", b"appointment", "attending_practitioner", b"attending_practitioner", "cancel_reason", b"cancel_reason", "create_time", b"create_time", "department", b"department", "encounter_class", b"encounter_class", "entered_in_error_reason", b"entered_in_error_reason", "etag", b"etag", "name", b"name", "patient", b"patient", "period", b"period", "sensitive", b"sensitive", "status", b"status", "surgical", b"surgical", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -519,6 +539,9 @@ class ListEncountersRequest(_message.Message):
     DEPARTMENT_FIELD_NUMBER: _builtins.int
     ATTENDING_PRACTITIONER_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
+    APPOINTMENT_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The maximum number of encounters to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
@@ -529,9 +552,22 @@ class ListEncountersRequest(_message.Message):
     """Only encounters of this department, `departments/{department}`."""
     attending_practitioner: _builtins.str
     """Only encounters with this attending practitioner, `staff/{staff}`."""
+    appointment: _builtins.str
+    """Only encounters that came from this appointment, `appointments/{appointment}` (for example
+    the one a check-in opened).
+    """
+    time_zone: _builtins.str
+    """The IANA time zone of `day`, for example `Asia/Shanghai`. Required when `day` is set."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___EncounterStatus.ValueType]:
-        """Only encounters with one of these statuses. Empty means any status."""
+        """Only encounters with one of these statuses. Empty means any status except ENTERED_IN_ERROR."""
+
+    @_builtins.property
+    def day(self) -> _types_pb2.Date:
+        """Only encounters open at some time of this day in `time_zone`: created before the day ended
+        and not finished, cancelled or entered in error before it began. With `attending_practitioner`
+        and the open statuses this lists a practitioner's open encounters today.
+        """
 
     def __init__(
         self,
@@ -542,10 +578,13 @@ class ListEncountersRequest(_message.Message):
         department: _builtins.str = ...,
         attending_practitioner: _builtins.str = ...,
         statuses: _abc.Iterable[Global___EncounterStatus.ValueType] | None = ...,
+        appointment: _builtins.str = ...,
+        day: _types_pb2.Date | None = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["day", b"day"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attending_practitioner", b"attending_practitioner", "department", b"department", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appointment", b"appointment", "attending_practitioner", b"attending_practitioner", "day", b"day", "department", b"department", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "statuses", b"statuses", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -912,6 +951,52 @@ class AmendNoteRequest(_message.Message):
 Global___AmendNoteRequest: _TypeAlias = AmendNoteRequest  # noqa: Y015
 
 @_typing.final
+class ListNoteVersionsRequest(_message.Message):
+    """Request of ListNoteVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Any version of the note, `encounters/{encounter}/notes/{note}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNoteVersionsRequest: _TypeAlias = ListNoteVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListNoteVersionsResponse(_message.Message):
+    """Response of ListNoteVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClinicalNote]:
+        """Every version of the note, oldest first; the last one is the version in force."""
+
+    def __init__(
+        self,
+        *,
+        notes: _abc.Iterable[Global___ClinicalNote] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notes", b"notes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNoteVersionsResponse: _TypeAlias = ListNoteVersionsResponse  # noqa: Y015
+
+@_typing.final
 class AddDiagnosisRequest(_message.Message):
     """Request of AddDiagnosis."""
 
@@ -1063,3 +1148,33 @@ class UpdateDiagnosisRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateDiagnosisRequest: _TypeAlias = UpdateDiagnosisRequest  # noqa: Y015
+
+@_typing.final
+class MarkEncounterEnteredInErrorRequest(_message.Message):
+    """Request of MarkEncounterEnteredInError."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `encounters/{encounter}`."""
+    reason: _builtins.str
+    """Why the encounter is withdrawn, 1 to 500 characters. Required."""
+    etag: _builtins.str
+    """The etag of the encounter as last read; optional. When set it must match."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkEncounterEnteredInErrorRequest: _TypeAlias = MarkEncounterEnteredInErrorRequest  # noqa: Y015

@@ -32,7 +32,17 @@ class EmrServiceStub:
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION. Beyond `sensitive`, every rpc is authorized on
+    its encounter's facts (the caller's roles and departments, a care relationship — attending this
+    encounter or another open one of the patient —, the encounter's class and `surgical`, the
+    patient's privacy consent, an emergency access grant) and returns PERMISSION_DENIED with the
+    policy's reason when they do not allow the access. That is decided before existence: for a
+    caller whose access depends on the record (every clinician), a missing encounter is
+    PERMISSION_DENIED too, never NOT_FOUND; a missing note or diagnosis of an encounter the caller
+    may see is NOT_FOUND. A service may call CreateEncounter only as the scheduling service opening
+    the encounter of a check-in (PERMISSION_DENIED otherwise).
     """
 
     def __init__(self, channel):
@@ -106,6 +116,11 @@ class EmrServiceStub:
                 request_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.AmendNoteRequest.SerializeToString,
                 response_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ClinicalNote.FromString,
                 _registered_method=True)
+        self.ListNoteVersions = channel.unary_unary(
+                '/his.emr.v1.EmrService/ListNoteVersions',
+                request_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsRequest.SerializeToString,
+                response_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsResponse.FromString,
+                _registered_method=True)
         self.AddDiagnosis = channel.unary_unary(
                 '/his.emr.v1.EmrService/AddDiagnosis',
                 request_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.AddDiagnosisRequest.SerializeToString,
@@ -126,6 +141,11 @@ class EmrServiceStub:
                 request_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.UpdateDiagnosisRequest.SerializeToString,
                 response_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.Diagnosis.FromString,
                 _registered_method=True)
+        self.MarkEncounterEnteredInError = channel.unary_unary(
+                '/his.emr.v1.EmrService/MarkEncounterEnteredInError',
+                request_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.MarkEncounterEnteredInErrorRequest.SerializeToString,
+                response_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.Encounter.FromString,
+                _registered_method=True)
 
 
 class EmrServiceServicer:
@@ -135,7 +155,17 @@ class EmrServiceServicer:
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION. Beyond `sensitive`, every rpc is authorized on
+    its encounter's facts (the caller's roles and departments, a care relationship — attending this
+    encounter or another open one of the patient —, the encounter's class and `surgical`, the
+    patient's privacy consent, an emergency access grant) and returns PERMISSION_DENIED with the
+    policy's reason when they do not allow the access. That is decided before existence: for a
+    caller whose access depends on the record (every clinician), a missing encounter is
+    PERMISSION_DENIED too, never NOT_FOUND; a missing note or diagnosis of an encounter the caller
+    may see is NOT_FOUND. A service may call CreateEncounter only as the scheduling service opening
+    the encounter of a check-in (PERMISSION_DENIED otherwise).
     """
 
     def CreateEncounter(self, request, context):
@@ -249,8 +279,9 @@ class EmrServiceServicer:
         """Changes the fields named in `update_mask` of a PRELIMINARY note. When `note.etag` is set it
         must match the stored record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or
         a bad value; NOT_FOUND if no such note; ABORTED if the etag is stale; FAILED_PRECONDITION if
-        the note is signed (FINAL or AMENDED; use AmendNote); PERMISSION_DENIED if the caller is not
-        the note's author, or the encounter is sensitive and the caller may not see it.
+        the note is signed (FINAL or AMENDED; use AmendNote) or the encounter is CANCELLED or
+        ENTERED_IN_ERROR; PERMISSION_DENIED if the caller is not the note's author, or the encounter
+        is sensitive and the caller may not see it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -277,6 +308,16 @@ class EmrServiceServicer:
         FAILED_PRECONDITION if the note is PRELIMINARY (use UpdateNote) or already superseded;
         PERMISSION_DENIED if the caller is neither the original's author nor the encounter's attending
         practitioner, or the encounter is sensitive and the caller may not see it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNoteVersions(self, request, context):
+        """Returns every version of a note, oldest first: the original, then each amendment in the order
+        they were made, whichever version `name` names. Errors: INVALID_ARGUMENT if `name` is not
+        `encounters/{encounter}/notes/{note}`; NOT_FOUND if no such note; PERMISSION_DENIED if the
+        encounter is sensitive and the caller may not see it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -323,6 +364,18 @@ class EmrServiceServicer:
         ENTERED_IN_ERROR, the encounter is CANCELLED, or the diagnosis would be a second one with rank
         1 (see Diagnosis.rank); PERMISSION_DENIED if the encounter is sensitive and the caller may not
         see it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkEncounterEnteredInError(self, request, context):
+        """Marks an encounter recorded by mistake (for example on the wrong patient) as ENTERED_IN_ERROR,
+        whatever its status: it is kept, with its notes and diagnoses, but no longer counts and
+        nothing in it can change any more. Marking an ENTERED_IN_ERROR encounter again succeeds and
+        changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+        bad name or a missing or too long reason; NOT_FOUND if no such encounter; ABORTED if a given
+        etag is stale; PERMISSION_DENIED if the caller may not change the encounter.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -396,6 +449,11 @@ def add_EmrServiceServicer_to_server(servicer, server):
                     request_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.AmendNoteRequest.FromString,
                     response_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ClinicalNote.SerializeToString,
             ),
+            'ListNoteVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNoteVersions,
+                    request_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsRequest.FromString,
+                    response_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsResponse.SerializeToString,
+            ),
             'AddDiagnosis': grpc.unary_unary_rpc_method_handler(
                     servicer.AddDiagnosis,
                     request_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.AddDiagnosisRequest.FromString,
@@ -416,6 +474,11 @@ def add_EmrServiceServicer_to_server(servicer, server):
                     request_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.UpdateDiagnosisRequest.FromString,
                     response_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.Diagnosis.SerializeToString,
             ),
+            'MarkEncounterEnteredInError': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkEncounterEnteredInError,
+                    request_deserializer=his_dot_emr_dot_v1_dot_emr__service__pb2.MarkEncounterEnteredInErrorRequest.FromString,
+                    response_serializer=his_dot_emr_dot_v1_dot_emr__service__pb2.Encounter.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'his.emr.v1.EmrService', rpc_method_handlers)
@@ -431,7 +494,17 @@ class EmrService:
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION. Beyond `sensitive`, every rpc is authorized on
+    its encounter's facts (the caller's roles and departments, a care relationship — attending this
+    encounter or another open one of the patient —, the encounter's class and `surgical`, the
+    patient's privacy consent, an emergency access grant) and returns PERMISSION_DENIED with the
+    policy's reason when they do not allow the access. That is decided before existence: for a
+    caller whose access depends on the record (every clinician), a missing encounter is
+    PERMISSION_DENIED too, never NOT_FOUND; a missing note or diagnosis of an encounter the caller
+    may see is NOT_FOUND. A service may call CreateEncounter only as the scheduling service opening
+    the encounter of a check-in (PERMISSION_DENIED otherwise).
     """
 
     @staticmethod
@@ -786,6 +859,33 @@ class EmrService:
             _registered_method=True)
 
     @staticmethod
+    def ListNoteVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.emr.v1.EmrService/ListNoteVersions',
+            his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsRequest.SerializeToString,
+            his_dot_emr_dot_v1_dot_emr__service__pb2.ListNoteVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def AddDiagnosis(request,
             target,
             options=(),
@@ -883,6 +983,33 @@ class EmrService:
             '/his.emr.v1.EmrService/UpdateDiagnosis',
             his_dot_emr_dot_v1_dot_emr__service__pb2.UpdateDiagnosisRequest.SerializeToString,
             his_dot_emr_dot_v1_dot_emr__service__pb2.Diagnosis.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkEncounterEnteredInError(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.emr.v1.EmrService/MarkEncounterEnteredInError',
+            his_dot_emr_dot_v1_dot_emr__service__pb2.MarkEncounterEnteredInErrorRequest.SerializeToString,
+            his_dot_emr_dot_v1_dot_emr__service__pb2.Encounter.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,7 +35,17 @@ class EmrServiceStub:
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION. Beyond `sensitive`, every rpc is authorized on
+    its encounter's facts (the caller's roles and departments, a care relationship — attending this
+    encounter or another open one of the patient —, the encounter's class and `surgical`, the
+    patient's privacy consent, an emergency access grant) and returns PERMISSION_DENIED with the
+    policy's reason when they do not allow the access. That is decided before existence: for a
+    caller whose access depends on the record (every clinician), a missing encounter is
+    PERMISSION_DENIED too, never NOT_FOUND; a missing note or diagnosis of an encounter the caller
+    may see is NOT_FOUND. A service may call CreateEncounter only as the scheduling service opening
+    the encounter of a check-in (PERMISSION_DENIED otherwise).
     """
 
     @_typing.overload
@@ -113,8 +123,9 @@ class EmrServiceStub:
     """Changes the fields named in `update_mask` of a PRELIMINARY note. When `note.etag` is set it
     must match the stored record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or
     a bad value; NOT_FOUND if no such note; ABORTED if the etag is stale; FAILED_PRECONDITION if
-    the note is signed (FINAL or AMENDED; use AmendNote); PERMISSION_DENIED if the caller is not
-    the note's author, or the encounter is sensitive and the caller may not see it.
+    the note is signed (FINAL or AMENDED; use AmendNote) or the encounter is CANCELLED or
+    ENTERED_IN_ERROR; PERMISSION_DENIED if the caller is not the note's author, or the encounter
+    is sensitive and the caller may not see it.
     """
     SignNote: _grpc.UnaryUnaryMultiCallable[_emr_service_pb2.SignNoteRequest, _emr_service_pb2.ClinicalNote]
     """Signs a PRELIMINARY note: its status becomes FINAL, `sign_time` is set, and from then on its
@@ -133,6 +144,12 @@ class EmrServiceStub:
     FAILED_PRECONDITION if the note is PRELIMINARY (use UpdateNote) or already superseded;
     PERMISSION_DENIED if the caller is neither the original's author nor the encounter's attending
     practitioner, or the encounter is sensitive and the caller may not see it.
+    """
+    ListNoteVersions: _grpc.UnaryUnaryMultiCallable[_emr_service_pb2.ListNoteVersionsRequest, _emr_service_pb2.ListNoteVersionsResponse]
+    """Returns every version of a note, oldest first: the original, then each amendment in the order
+    they were made, whichever version `name` names. Errors: INVALID_ARGUMENT if `name` is not
+    `encounters/{encounter}/notes/{note}`; NOT_FOUND if no such note; PERMISSION_DENIED if the
+    encounter is sensitive and the caller may not see it.
     """
     AddDiagnosis: _grpc.UnaryUnaryMultiCallable[_emr_service_pb2.AddDiagnosisRequest, _emr_service_pb2.Diagnosis]
     """Records a diagnosis in an encounter; the caller is its recorder. A request repeated with the
@@ -164,6 +181,14 @@ class EmrServiceStub:
     1 (see Diagnosis.rank); PERMISSION_DENIED if the encounter is sensitive and the caller may not
     see it.
     """
+    MarkEncounterEnteredInError: _grpc.UnaryUnaryMultiCallable[_emr_service_pb2.MarkEncounterEnteredInErrorRequest, _emr_service_pb2.Encounter]
+    """Marks an encounter recorded by mistake (for example on the wrong patient) as ENTERED_IN_ERROR,
+    whatever its status: it is kept, with its notes and diagnoses, but no longer counts and
+    nothing in it can change any more. Marking an ENTERED_IN_ERROR encounter again succeeds and
+    changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+    bad name or a missing or too long reason; NOT_FOUND if no such encounter; ABORTED if a given
+    etag is stale; PERMISSION_DENIED if the caller may not change the encounter.
+    """
 
 @_typing.type_check_only
 class EmrServiceAsyncStub(EmrServiceStub):
@@ -173,7 +198,17 @@ class EmrServiceAsyncStub(EmrServiceStub):
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION. Beyond `sensitive`, every rpc is authorized on
+    its encounter's facts (the caller's roles and departments, a care relationship — attending this
+    encounter or another open one of the patient —, the encounter's class and `surgical`, the
+    patient's privacy consent, an emergency access grant) and returns PERMISSION_DENIED with the
+    policy's reason when they do not allow the access. That is decided before existence: for a
+    caller whose access depends on the record (every clinician), a missing encounter is
+    PERMISSION_DENIED too, never NOT_FOUND; a missing note or diagnosis of an encounter the caller
+    may see is NOT_FOUND. A service may call CreateEncounter only as the scheduling service opening
+    the encounter of a check-in (PERMISSION_DENIED otherwise).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -248,8 +283,9 @@ class EmrServiceAsyncStub(EmrServiceStub):
     """Changes the fields named in `update_mask` of a PRELIMINARY note. When `note.etag` is set it
     must match the stored record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or
     a bad value; NOT_FOUND if no such note; ABORTED if the etag is stale; FAILED_PRECONDITION if
-    the note is signed (FINAL or AMENDED; use AmendNote); PERMISSION_DENIED if the caller is not
-    the note's author, or the encounter is sensitive and the caller may not see it.
+    the note is signed (FINAL or AMENDED; use AmendNote) or the encounter is CANCELLED or
+    ENTERED_IN_ERROR; PERMISSION_DENIED if the caller is not the note's author, or the encounter
+    is sensitive and the caller may not see it.
     """
     SignNote: _aio.UnaryUnaryMultiCallable[_emr_service_pb2.SignNoteRequest, _emr_service_pb2.ClinicalNote]  # type: ignore[assignment]
     """Signs a PRELIMINARY note: its status becomes FINAL, `sign_time` is set, and from then on its
@@ -268,6 +304,12 @@ class EmrServiceAsyncStub(EmrServiceStub):
     FAILED_PRECONDITION if the note is PRELIMINARY (use UpdateNote) or already superseded;
     PERMISSION_DENIED if the caller is neither the original's author nor the encounter's attending
     practitioner, or the encounter is sensitive and the caller may not see it.
+    """
+    ListNoteVersions: _aio.UnaryUnaryMultiCallable[_emr_service_pb2.ListNoteVersionsRequest, _emr_service_pb2.ListNoteVersionsResponse]  # type: ignore[assignment]
+    """Returns every version of a note, oldest first: the original, then each amendment in the order
+    they were made, whichever version `name` names. Errors: INVALID_ARGUMENT if `name` is not
+    `encounters/{encounter}/notes/{note}`; NOT_FOUND if no such note; PERMISSION_DENIED if the
+    encounter is sensitive and the caller may not see it.
     """
     AddDiagnosis: _aio.UnaryUnaryMultiCallable[_emr_service_pb2.AddDiagnosisRequest, _emr_service_pb2.Diagnosis]  # type: ignore[assignment]
     """Records a diagnosis in an encounter; the caller is its recorder. A request repeated with the
@@ -299,6 +341,14 @@ class EmrServiceAsyncStub(EmrServiceStub):
     1 (see Diagnosis.rank); PERMISSION_DENIED if the encounter is sensitive and the caller may not
     see it.
     """
+    MarkEncounterEnteredInError: _aio.UnaryUnaryMultiCallable[_emr_service_pb2.MarkEncounterEnteredInErrorRequest, _emr_service_pb2.Encounter]  # type: ignore[assignment]
+    """Marks an encounter recorded by mistake (for example on the wrong patient) as ENTERED_IN_ERROR,
+    whatever its status: it is kept, with its notes and diagnoses, but no longer counts and
+    nothing in it can change any more. Marking an ENTERED_IN_ERROR encounter again succeeds and
+    changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+    bad name or a missing or too long reason; NOT_FOUND if no such encounter; ABORTED if a given
+    etag is stale; PERMISSION_DENIED if the caller may not change the encounter.
+    """
 
 class EmrServiceServicer(metaclass=_abc_1.ABCMeta):
     """EmrService keeps encounters (FHIR Encounter), clinical notes (FHIR DocumentReference with a
@@ -307,7 +357,17 @@ class EmrServiceServicer(metaclass=_abc_1.ABCMeta):
     are always the authenticated caller. An encounter flagged `sensitive`, with its notes and
     diagnoses, may be read or changed only by its attending practitioner, members of its department
     and staff holding an active emergency access grant for the patient; anyone else gets
-    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out.
+    PERMISSION_DENIED from the rpcs that name it, and list calls leave it out. An encounter
+    ENTERED_IN_ERROR is read-only: every rpc that would change it or add to it (its notes and
+    diagnoses included) returns FAILED_PRECONDITION. Beyond `sensitive`, every rpc is authorized on
+    its encounter's facts (the caller's roles and departments, a care relationship — attending this
+    encounter or another open one of the patient —, the encounter's class and `surgical`, the
+    patient's privacy consent, an emergency access grant) and returns PERMISSION_DENIED with the
+    policy's reason when they do not allow the access. That is decided before existence: for a
+    caller whose access depends on the record (every clinician), a missing encounter is
+    PERMISSION_DENIED too, never NOT_FOUND; a missing note or diagnosis of an encounter the caller
+    may see is NOT_FOUND. A service may call CreateEncounter only as the scheduling service opening
+    the encounter of a check-in (PERMISSION_DENIED otherwise).
     """
 
     @_abc_1.abstractmethod
@@ -446,8 +506,9 @@ class EmrServiceServicer(metaclass=_abc_1.ABCMeta):
         """Changes the fields named in `update_mask` of a PRELIMINARY note. When `note.etag` is set it
         must match the stored record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or
         a bad value; NOT_FOUND if no such note; ABORTED if the etag is stale; FAILED_PRECONDITION if
-        the note is signed (FINAL or AMENDED; use AmendNote); PERMISSION_DENIED if the caller is not
-        the note's author, or the encounter is sensitive and the caller may not see it.
+        the note is signed (FINAL or AMENDED; use AmendNote) or the encounter is CANCELLED or
+        ENTERED_IN_ERROR; PERMISSION_DENIED if the caller is not the note's author, or the encounter
+        is sensitive and the caller may not see it.
         """
 
     @_abc_1.abstractmethod
@@ -478,6 +539,18 @@ class EmrServiceServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION if the note is PRELIMINARY (use UpdateNote) or already superseded;
         PERMISSION_DENIED if the caller is neither the original's author nor the encounter's attending
         practitioner, or the encounter is sensitive and the caller may not see it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListNoteVersions(
+        self,
+        request: _emr_service_pb2.ListNoteVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_emr_service_pb2.ListNoteVersionsResponse, _abc.Awaitable[_emr_service_pb2.ListNoteVersionsResponse]]:
+        """Returns every version of a note, oldest first: the original, then each amendment in the order
+        they were made, whichever version `name` names. Errors: INVALID_ARGUMENT if `name` is not
+        `encounters/{encounter}/notes/{note}`; NOT_FOUND if no such note; PERMISSION_DENIED if the
+        encounter is sensitive and the caller may not see it.
         """
 
     @_abc_1.abstractmethod
@@ -532,6 +605,20 @@ class EmrServiceServicer(metaclass=_abc_1.ABCMeta):
         ENTERED_IN_ERROR, the encounter is CANCELLED, or the diagnosis would be a second one with rank
         1 (see Diagnosis.rank); PERMISSION_DENIED if the encounter is sensitive and the caller may not
         see it.
+        """
+
+    @_abc_1.abstractmethod
+    def MarkEncounterEnteredInError(
+        self,
+        request: _emr_service_pb2.MarkEncounterEnteredInErrorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_emr_service_pb2.Encounter, _abc.Awaitable[_emr_service_pb2.Encounter]]:
+        """Marks an encounter recorded by mistake (for example on the wrong patient) as ENTERED_IN_ERROR,
+        whatever its status: it is kept, with its notes and diagnoses, but no longer counts and
+        nothing in it can change any more. Marking an ENTERED_IN_ERROR encounter again succeeds and
+        changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+        bad name or a missing or too long reason; NOT_FOUND if no such encounter; ABORTED if a given
+        etag is stale; PERMISSION_DENIED if the caller may not change the encounter.
         """
 
 def add_EmrServiceServicer_to_server(servicer: EmrServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

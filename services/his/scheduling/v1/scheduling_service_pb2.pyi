@@ -1143,3 +1143,31 @@ class ListResearchAppointmentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListResearchAppointmentsResponse: _TypeAlias = ListResearchAppointmentsResponse  # noqa: Y015
+
+@_typing.final
+class AppointmentCheckedIn(_message.Message):
+    """Domain event, recorded by CheckInAppointment in the same transaction as the status change and
+    delivered to the EMR (event type `his.scheduling.v1.AppointmentCheckedIn` in an
+    his.events.v1.EventEnvelope whose `event_id` the EMR uses as the request id of the encounter it
+    opens, so a second delivery opens nothing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPOINTMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def appointment(self) -> Global___Appointment:
+        """The appointment as it was right after the check-in (status ARRIVED)."""
+
+    def __init__(
+        self,
+        *,
+        appointment: Global___Appointment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["appointment", b"appointment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appointment", b"appointment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppointmentCheckedIn: _TypeAlias = AppointmentCheckedIn  # noqa: Y015

@@ -251,7 +251,13 @@ class SchedulingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckInAppointment(self, request, context):
-        """Records that the patient has arrived: BOOKED becomes ARRIVED and `arrive_time` is set. Checking
+        """Records that the patient has arrived: BOOKED becomes ARRIVED and `arrive_time` is set. The
+        check-in also opens the visit's outpatient encounter in the EMR (his.emr.v1, status ARRIVED,
+        with `appointment` naming this appointment): an AppointmentCheckedIn event is stored with the
+        status change in the same transaction and delivered to the EMR afterwards, at least once, and
+        the EMR creates exactly one encounter per check-in (the event id is its request id). The
+        encounter therefore appears shortly after the answer, and later still if the EMR is down at
+        check-in time; list it with ListEncounters(appointment=...). Checking
         in an ARRIVED appointment succeeds and changes nothing, whatever the etag. Errors:
         INVALID_ARGUMENT for a bad name; NOT_FOUND if no such appointment; ABORTED if a given etag is
         stale; FAILED_PRECONDITION if the appointment is CANCELLED, NOSHOW or FULFILLED.

@@ -115,7 +115,13 @@ class SchedulingServiceStub:
     FULFILLED or NOSHOW.
     """
     CheckInAppointment: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.CheckInAppointmentRequest, _scheduling_service_pb2.Appointment]
-    """Records that the patient has arrived: BOOKED becomes ARRIVED and `arrive_time` is set. Checking
+    """Records that the patient has arrived: BOOKED becomes ARRIVED and `arrive_time` is set. The
+    check-in also opens the visit's outpatient encounter in the EMR (his.emr.v1, status ARRIVED,
+    with `appointment` naming this appointment): an AppointmentCheckedIn event is stored with the
+    status change in the same transaction and delivered to the EMR afterwards, at least once, and
+    the EMR creates exactly one encounter per check-in (the event id is its request id). The
+    encounter therefore appears shortly after the answer, and later still if the EMR is down at
+    check-in time; list it with ListEncounters(appointment=...). Checking
     in an ARRIVED appointment succeeds and changes nothing, whatever the etag. Errors:
     INVALID_ARGUMENT for a bad name; NOT_FOUND if no such appointment; ABORTED if a given etag is
     stale; FAILED_PRECONDITION if the appointment is CANCELLED, NOSHOW or FULFILLED.
@@ -232,7 +238,13 @@ class SchedulingServiceAsyncStub(SchedulingServiceStub):
     FULFILLED or NOSHOW.
     """
     CheckInAppointment: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.CheckInAppointmentRequest, _scheduling_service_pb2.Appointment]  # type: ignore[assignment]
-    """Records that the patient has arrived: BOOKED becomes ARRIVED and `arrive_time` is set. Checking
+    """Records that the patient has arrived: BOOKED becomes ARRIVED and `arrive_time` is set. The
+    check-in also opens the visit's outpatient encounter in the EMR (his.emr.v1, status ARRIVED,
+    with `appointment` naming this appointment): an AppointmentCheckedIn event is stored with the
+    status change in the same transaction and delivered to the EMR afterwards, at least once, and
+    the EMR creates exactly one encounter per check-in (the event id is its request id). The
+    encounter therefore appears shortly after the answer, and later still if the EMR is down at
+    check-in time; list it with ListEncounters(appointment=...). Checking
     in an ARRIVED appointment succeeds and changes nothing, whatever the etag. Errors:
     INVALID_ARGUMENT for a bad name; NOT_FOUND if no such appointment; ABORTED if a given etag is
     stale; FAILED_PRECONDITION if the appointment is CANCELLED, NOSHOW or FULFILLED.
@@ -424,7 +436,13 @@ class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduling_service_pb2.CheckInAppointmentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduling_service_pb2.Appointment, _abc.Awaitable[_scheduling_service_pb2.Appointment]]:
-        """Records that the patient has arrived: BOOKED becomes ARRIVED and `arrive_time` is set. Checking
+        """Records that the patient has arrived: BOOKED becomes ARRIVED and `arrive_time` is set. The
+        check-in also opens the visit's outpatient encounter in the EMR (his.emr.v1, status ARRIVED,
+        with `appointment` naming this appointment): an AppointmentCheckedIn event is stored with the
+        status change in the same transaction and delivered to the EMR afterwards, at least once, and
+        the EMR creates exactly one encounter per check-in (the event id is its request id). The
+        encounter therefore appears shortly after the answer, and later still if the EMR is down at
+        check-in time; list it with ListEncounters(appointment=...). Checking
         in an ARRIVED appointment succeeds and changes nothing, whatever the etag. Errors:
         INVALID_ARGUMENT for a bad name; NOT_FOUND if no such appointment; ABORTED if a given etag is
         stale; FAILED_PRECONDITION if the appointment is CANCELLED, NOSHOW or FULFILLED.
