@@ -95,7 +95,7 @@ class Hospital:
         process = subprocess.Popen(command, env=self.env)  # noqa: S603
         self.processes.append(process)
         self.pids["echo"] = process.pid
-        self.echo = f"localhost:{ECHO_PORT}"  # ECHO_PORT as a benchmark may have moved it
+        self.echo = f"localhost:{port}"  # PORT_OFFSET as a benchmark may have moved it
         asyncio.run(_wait_for_echo(self.echo))
 
 

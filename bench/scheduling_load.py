@@ -147,14 +147,11 @@ def main() -> None:
         "--port-offset",
         type=int,
         default=harness.PORT_OFFSET,
-        help="ports of the services (catalog + this) and of the echo server (+ this - 100), so "
-        "two benchmarks can run side by side",
+        help="ports of the services and of the echo server above the local table (as "
+        "HIS_BENCH_PORT_OFFSET), so two benchmarks can run side by side",
     )
     args = parser.parse_args()
-    moved = args.port_offset - harness.PORT_OFFSET
     harness.PORT_OFFSET = args.port_offset
-    harness.ECHO_PORT += moved
-    harness.ECHO_METRICS_PORT += moved
     with services("patient", "scheduling") as hospital:
         asyncio.run(_bench(hospital, args.bookings, args.concurrency, args.rush, args.rounds))
 

@@ -152,6 +152,31 @@ class RunningService:
         await shut_down(self.tracer_provider, _TRACE_FLUSH_S)
 
 
+def _outbox(
+    spec: ServiceSpec,
+    config: ServiceConfig,
+    database: Database,
+    clients: HisClients,
+    metrics: ServerMetrics,
+) -> tuple[Outbox | None, AuditTrail | None, Relay | None]:
+    """The service's outbox, the audit trail writing into it and the relay shipping it.
+
+    The audit service does not audit through itself; every other service does, unless security
+    is off for a benchmark. The relay runs when there is anywhere to deliver to."""
+    if spec.name == "audit":
+        return None, None, None
+    outbox = Outbox(database, spec.name)
+    audit: AuditTrail | None = None
+    deliverers: dict[str, Deliver] = {}
+    if config.auth.enabled:
+        audit = AuditTrail(outbox, spec.name, registry=metrics.registry)
+        deliverers[AUDIT] = audit_delivery(clients)
+    if spec.deliverers is not None:
+        deliverers.update(spec.deliverers(clients))
+    relay = Relay(outbox, database, deliverers, registry=metrics.registry) if deliverers else None
+    return outbox, audit, relay
+
+
 async def start(
     spec: ServiceSpec, config: ServiceConfig, database_url: str, *, migrate: bool = False
 ) -> RunningService:
@@ -194,19 +219,7 @@ async def start(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    # The audit service does not audit through itself; every other service does, unless security
-    # is off for a benchmark.
-    audit: AuditTrail | None = None
-    relay: Relay | None = None
-    outbox = Outbox(database, spec.name) if spec.name != "audit" else None
-    deliverers: dict[str, Deliver] = {}
-    if outbox is not None and config.auth.enabled:
-        audit = AuditTrail(outbox, spec.name, registry=metrics.registry)
-        deliverers[AUDIT] = audit_delivery(clients)
-    if outbox is not None and spec.deliverers is not None:
-        deliverers.update(spec.deliverers(clients))
-    if outbox is not None and deliverers:
-        relay = Relay(outbox, database, deliverers, registry=metrics.registry)
+    outbox, audit, relay = _outbox(spec, config, database, clients, metrics)
     access = Access(enabled=config.auth.enabled, policy=_policy(), audit=audit, clients=clients)
     health = Health((spec.grpc_service,))
     database_health = DatabaseHealth(database, health, metrics, migrated=not migrate)
