@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.audit.v1 import audit_service_pb2_grpc as audit_grpc
@@ -268,3 +269,22 @@ async def test_a_registrar_sees_no_clinical_record(
     made = await open_encounter(emr, doctor, await new_patient(patients), clinic.clinic)
     # The session channel calls as a registrar by default.
     await _refused(emr.GetEncounter(pb.GetEncounterRequest(name=made.name)), "NO_CLINICAL_ACCESS")
+
+
+async def test_nobody_moves_an_encounter_where_they_could_not_have_opened_it(
+    emr: Emr, patients: Patients, clinic: Clinic
+) -> None:
+    doctor, colleague = _who(clinic.doctor), _who(clinic.colleague)
+    made = await open_encounter(emr, doctor, await new_patient(patients), clinic.clinic)
+    move = pb.UpdateEncounterRequest(
+        encounter=pb.Encounter(name=made.name, department=clinic.other_clinic, etag=made.etag),
+        update_mask=FieldMask(paths=["department"]),
+    )
+    # The colleague may update the encounter where it is, not carry it into a department they
+    # do not work in and do not attend it for.
+    await _refused(emr.UpdateEncounter(move, metadata=colleague.md), "DEPARTMENT_MISMATCH")
+    kept = await emr.GetEncounter(pb.GetEncounterRequest(name=made.name), metadata=doctor.md)
+    assert (kept.department, kept.etag) == (clinic.clinic, made.etag)
+    # The attending transfers their own patient, as they could have opened it there.
+    moved = await emr.UpdateEncounter(move, metadata=doctor.md)
+    assert moved.department == clinic.other_clinic

@@ -447,6 +447,24 @@ class EmrService(pb_grpc.EmrServiceServicer):
                 values["surgical"] = True
         if values.get("practitioner_id") is not None:
             await self._require_practitioner(request.encounter.attending_practitioner)
+        # Every updatable field changes what the policy decides on (department, class, attending,
+        # sensitivity): the caller must also be allowed on the encounter as it would become, the
+        # same decision CreateEncounter makes, so nobody moves a record where they could not
+        # have opened it (another department, an attending that is not them).
+        now = seen.encounter
+        becomes = Seen(
+            _Proposed(
+                patient_id=now.patient_id,
+                department_id=values.get("department_id", now.department_id),
+                practitioner_id=values.get("practitioner_id", now.practitioner_id),
+                encounter_class=values.get("encounter_class", now.encounter_class),
+                surgical=values.get("surgical", now.surgical),
+                sensitive=values.get("sensitive", now.sensitive),
+            )
+        )
+        await self._access.authorize(
+            "update", "emr.encounter", lambda: _found(becomes), self._facts, fields=tuple(paths)
+        )
         async with self._db.transaction() as session:
             row = await store.update_encounter(
                 session, encounter_id, values, request.encounter.etag
