@@ -288,3 +288,23 @@ async def test_nobody_moves_an_encounter_where_they_could_not_have_opened_it(
     # The attending transfers their own patient, as they could have opened it there.
     moved = await emr.UpdateEncounter(move, metadata=doctor.md)
     assert moved.department == clinic.other_clinic
+
+
+async def test_an_outpatient_doctor_cannot_open_an_inpatient_stay_on_a_surgical_ward(
+    emr: Emr, patients: Patients, clinic: Clinic
+) -> None:
+    # The request says "not surgical"; the ward's department kind makes it surgical, and the
+    # policy decides on the record as it will be stored: one its creator could not read.
+    outpatient = _who(clinic.doctor)
+    await _refused(
+        open_encounter(
+            emr,
+            outpatient,
+            await new_patient(patients),
+            clinic.surgical_ward,
+            encounter_class=pb.ENCOUNTER_CLASS_INPATIENT,
+            status=pb.ENCOUNTER_STATUS_PLANNED,
+            surgical=False,
+        ),
+        "INPATIENT_SURGICAL_OTHER_DEPARTMENT",
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -323,8 +323,14 @@ class EmrService(pb_grpc.EmrServiceServicer):
         if encounter.appointment and not by_service:
             # A check-in event comes from scheduling itself, which vouches for its appointment.
             await self._require_appointment(encounter.appointment, encounter.patient)
-        if kind == iam_pb.DEPARTMENT_KIND_SURGERY:
+        if kind == iam_pb.DEPARTMENT_KIND_SURGERY and not values["surgical"]:
+            # A surgical department makes the record surgical whatever the request said: the
+            # policy decides once more on the encounter as it will be stored.
             values["surgical"] = True
+            proposed = Seen(replace(proposed.encounter, surgical=True))
+            await self._access.authorize(
+                "create", "emr.encounter", lambda: _found(proposed), self._facts
+            )
         try:
             async with self._db.transaction() as session:
                 row = await key.create(
