@@ -1,14 +1,17 @@
-"""Conveniences over the patient stub: for scripts and the walk-through (`PatientClient`), and
-for services that must know a patient exists and is active before they act (`require_active`)."""
+"""Conveniences over the patient stub: for scripts and the walk-through (`PatientClient`), for
+services that must know a patient exists and is active before they act (`require_active`), and
+for services whose access decisions depend on the patient's privacy consent (`privacy_consent`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 from types import TracebackType
 
 import grpc
 
+from his.base import identity
 from his.base.errors import FailedPrecondition
 from his.patient.v1 import patient_service_pb2 as pb
 from his_client.clients import HisClients
@@ -89,3 +92,32 @@ async def require_active(clients: HisClients, name: str, *, when_merged: str) ->
     if patient.state != pb.PATIENT_STATE_ACTIVE:
         raise FailedPrecondition("the patient is not active", reason="PATIENT_INACTIVE")
     return patient
+
+
+async def privacy_consent(clients: HisClients, patient: str) -> str:
+    """The patient's privacy consent as the policies see it: "active" (one in force now),
+    "revoked" (given once, none in force now) or "none" (never given). Asked as the calling
+    service, not as its caller: the answer decides the caller's access, so it must not depend on
+    what the caller may read. Every page counts (a privacy consent on page 2 too)."""
+    consents: list[pb.Consent] = []
+    request = pb.ListConsentsRequest(parent=patient, page_size=500)
+    with identity.as_service():
+        while True:
+            reply = await clients.patient.ListConsents(request)
+            consents += reply.consents
+            if not reply.next_page_token:
+                break
+            request.page_token = reply.next_page_token
+    privacy = [c for c in consents if c.scope == pb.CONSENT_SCOPE_PATIENT_PRIVACY]
+    now = dt.datetime.now(dt.UTC)
+    if any(c.status == pb.CONSENT_STATUS_ACTIVE and _in_period(c, now) for c in privacy):
+        return "active"
+    return "revoked" if privacy else "none"
+
+
+def _in_period(consent: pb.Consent, now: dt.datetime) -> bool:
+    """Whether a consent's period covers `now` (an unset end means until revoked)."""
+    period = consent.period
+    if period.HasField("start_time") and period.start_time.ToDatetime(dt.UTC) > now:
+        return False
+    return not (period.HasField("end_time") and period.end_time.ToDatetime(dt.UTC) <= now)

@@ -47,7 +47,6 @@ from his.emr.validation import (
     reference,
 )
 from his.iam.v1 import iam_service_pb2 as iam_pb
-from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.access import Facts, Permit
 from his.runtime.database import Database, integrity_violation
 from his.runtime.fieldcrypt import FieldCipher
@@ -57,7 +56,7 @@ from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations, require_paths, required_child_id, required_id
 from his.scheduling.v1 import scheduling_service_pb2 as scheduling_pb
 from his_client import HisClients, UpstreamError
-from his_client.patient import require_active
+from his_client.patient import privacy_consent, require_active
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _ENCOUNTER = pb.Encounter.DESCRIPTOR.full_name
@@ -177,32 +176,13 @@ class EmrService(pb_grpc.EmrServiceServicer):
         return permit, seen
 
     async def _privacy_consent(self, patient: str) -> str:
-        """The patient's privacy consent: active (one in force now), revoked (given once, none in
-        force now) or none (never given)."""
-        consents: list[patient_pb.Consent] = []
-        request = patient_pb.ListConsentsRequest(parent=patient, page_size=500)
-        # As this service: the answer decides the caller's access, so it must not depend on what
-        # the caller may read.
-        with identity.as_service():
-            while True:
-                try:
-                    reply = await self._clients.patient.ListConsents(request)
-                except UpstreamError as error:
-                    if error.code() == grpc.StatusCode.NOT_FOUND:
-                        # No such patient, so no consent: CreateEncounter refuses it next.
-                        return "none"
-                    raise
-                consents += reply.consents
-                if not reply.next_page_token:
-                    break
-                request.page_token = reply.next_page_token
-        privacy = [c for c in consents if c.scope == patient_pb.CONSENT_SCOPE_PATIENT_PRIVACY]
-        now = dt.datetime.now(dt.UTC)
-        if any(
-            c.status == patient_pb.CONSENT_STATUS_ACTIVE and _in_period(c, now) for c in privacy
-        ):
-            return "active"
-        return "revoked" if privacy else "none"
+        try:
+            return await privacy_consent(self._clients, patient)
+        except UpstreamError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                # No such patient, so no consent: CreateEncounter refuses it next.
+                return "none"
+            raise
 
     async def _audit(self, action: str, permit: Permit, row: Any, name: str, kind: str) -> None:
         await self._access.record(
@@ -879,11 +859,3 @@ def _note_proto(note: store.Note) -> pb.ClinicalNote:
 
 def _created(row: Any) -> dict[str, Any]:
     return time_and_id_values(row.create_time, row.id)
-
-
-def _in_period(consent: patient_pb.Consent, now: dt.datetime) -> bool:
-    """Whether a consent's period covers `now` (an unset end means until revoked)."""
-    period = consent.period
-    if period.HasField("start_time") and period.start_time.ToDatetime(dt.UTC) > now:
-        return False
-    return not (period.HasField("end_time") and period.end_time.ToDatetime(dt.UTC) <= now)

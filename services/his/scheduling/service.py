@@ -17,7 +17,6 @@ import grpc
 
 from his.base import identity
 from his.base.errors import FailedPrecondition, NotFound
-from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.access import Facts, Permit
 from his.runtime.database import CHECK_VIOLATION, EXCLUSION_VIOLATION, Database
 from his.runtime.idempotency import RequestKey
@@ -37,7 +36,7 @@ from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
 from his.scheduling.validation import MAX_REASON, day_window, plan_slots, reference
 from his_client import HisClients
-from his_client.patient import require_active
+from his_client.patient import privacy_consent, require_active
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # ListAppointments reads at most this many rows the caller may not see before ending a page.
@@ -91,26 +90,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         )
 
     async def _privacy_consent(self, patient: str) -> str:
-        """The patient's privacy consent: active (one in force now), revoked (given once, none in
-        force now) or none (never given)."""
-        consents: list[patient_pb.Consent] = []
-        request = patient_pb.ListConsentsRequest(parent=patient, page_size=500)
-        # As this service: the answer decides the caller's access, so it must not depend on what
-        # the caller may read. Every page: a privacy consent on page 2 counts too.
-        with identity.as_service():
-            while True:
-                reply = await self._clients.patient.ListConsents(request)
-                consents += reply.consents
-                if not reply.next_page_token:
-                    break
-                request.page_token = reply.next_page_token
-        privacy = [c for c in consents if c.scope == patient_pb.CONSENT_SCOPE_PATIENT_PRIVACY]
-        now = dt.datetime.now(dt.UTC)
-        if any(
-            c.status == patient_pb.CONSENT_STATUS_ACTIVE and _in_period(c, now) for c in privacy
-        ):
-            return "active"
-        return "revoked" if privacy else "none"
+        return await privacy_consent(self._clients, patient)
 
     async def _find_appointment(self, appointment_id: uuid.UUID) -> Any:
         async with self._db.read() as session:
@@ -489,14 +469,6 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
 def _start_cursor(row: Any) -> dict[str, Any]:
     """The cursor after a slot or appointment, in (start time, id) order."""
     return time_and_id_values(row.start_time, row.id)
-
-
-def _in_period(consent: patient_pb.Consent, now: dt.datetime) -> bool:
-    """Whether a consent's period covers `now` (an unset end means until revoked)."""
-    period = consent.period
-    if period.HasField("start_time") and period.start_time.ToDatetime(dt.UTC) > now:
-        return False
-    return not (period.HasField("end_time") and period.end_time.ToDatetime(dt.UTC) <= now)
 
 
 def _booking_conflict(
