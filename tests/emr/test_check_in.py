@@ -362,3 +362,44 @@ async def test_an_unreachable_patient_service_is_unavailable_not_internal(
         await running.stop(grace_s=1)
     assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
     assert failure.metadata.get("dependency") == "patient"
+
+
+async def test_an_unreachable_iam_is_unavailable_not_internal(
+    database_url: str,
+    patient_service: RunningService,
+    audit_service: RunningService,
+    scheduling_service: RunningService,
+    patients: Patients,
+    clinic: Clinic,
+) -> None:
+    # iam answers the department's kind and whether the attending practitioner exists; when it
+    # is away (and with it the key set of tokens not seen before), the caller learns it is away.
+    doctor = clinic.doctor
+    assert doctor is not None
+    patient = await new_patient(patients)
+    config = service_config(
+        "emr",
+        **addresses(patient_service, audit_service, scheduling_service),
+        HIS_IAM_ADDR=f"localhost:{free_port()}",
+        HIS_CLIENT_MAX_ATTEMPTS="1",
+    )
+    running = await start(EMR, config, database_url)
+    try:
+        async with channel_as(running.address, doctor.token) as channel:
+            failure = await fails(
+                emr_grpc.EmrServiceStub(channel).CreateEncounter(
+                    pb.CreateEncounterRequest(
+                        encounter=pb.Encounter(
+                            patient=patient,
+                            department=clinic.clinic,
+                            attending_practitioner=doctor.name,
+                            encounter_class=pb.ENCOUNTER_CLASS_EMERGENCY,
+                            status=pb.ENCOUNTER_STATUS_ARRIVED,
+                        )
+                    )
+                )
+            )
+    finally:
+        await running.stop(grace_s=1)
+    assert failure.code == grpc.StatusCode.UNAVAILABLE, failure
+    assert failure.metadata.get("dependency") == "iam", failure
