@@ -22,6 +22,7 @@ import grpc
 from his.base import identity
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
+from his_client.call_details import with_metadata
 
 AUTHORIZATION = "authorization"
 CALLER = "x-his-caller"
@@ -90,10 +91,6 @@ def iam_login(
     return source
 
 
-def _metadata_without(metadata: Any, keys: tuple[str, ...]) -> list[tuple[str, Any]]:
-    return [(k, v) for k, v in (metadata or ()) if k not in keys]
-
-
 class IdentityInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Adds `authorization` (and `x-his-caller` when relaying a person) to every outbound call."""
 
@@ -109,21 +106,15 @@ class IdentityInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         # IssueToken and GetJwks are public; asking for a token must not need one.
         if client_call_details.method in _PUBLIC:
             return await continuation(client_call_details, request)
-        metadata = _metadata_without(client_call_details.metadata, (AUTHORIZATION, CALLER))
+        added: list[tuple[str, str]] = []
         person = identity.current_or_none()
         if person is not None and person.is_staff and person.token:
-            metadata.append((AUTHORIZATION, f"Bearer {person.token}"))
+            added.append((AUTHORIZATION, f"Bearer {person.token}"))
             if self._own_token is not None:
-                metadata.append((CALLER, f"Bearer {await self._own_token()}"))
+                added.append((CALLER, f"Bearer {await self._own_token()}"))
         elif self._own_token is not None:
-            metadata.append((AUTHORIZATION, f"Bearer {await self._own_token()}"))
-        details = grpc.aio.ClientCallDetails(
-            method=client_call_details.method,
-            timeout=client_call_details.timeout,
-            metadata=grpc.aio.Metadata(*metadata),
-            credentials=client_call_details.credentials,
-            wait_for_ready=client_call_details.wait_for_ready,
-        )
+            added.append((AUTHORIZATION, f"Bearer {await self._own_token()}"))
+        details = with_metadata(client_call_details, (AUTHORIZATION, CALLER), added)
         return await continuation(details, request)
 
 

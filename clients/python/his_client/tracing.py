@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
+from his_client.call_details import with_metadata
+
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
@@ -35,26 +37,11 @@ class TraceparentInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         context = trace.get_current_span().get_span_context()
         if not context.is_valid:
             return await continuation(client_call_details, request)
-        metadata = [
-            (key, value)
-            for key, value in (client_call_details.metadata or ())
-            if key not in (TRACEPARENT, TRACESTATE)
-        ]
-        metadata.append(
-            (
-                TRACEPARENT,
-                f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}",
-            )
-        )
+        header = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        added = [(TRACEPARENT, header)]
         if context.trace_state:
-            metadata.append((TRACESTATE, context.trace_state.to_header()))
-        details = grpc.aio.ClientCallDetails(
-            method=client_call_details.method,
-            timeout=client_call_details.timeout,
-            metadata=grpc.aio.Metadata(*metadata),
-            credentials=client_call_details.credentials,
-            wait_for_ready=client_call_details.wait_for_ready,
-        )
+            added.append((TRACESTATE, context.trace_state.to_header()))
+        details = with_metadata(client_call_details, (TRACEPARENT, TRACESTATE), added)
         return await continuation(details, request)
 
 
