@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,7 +35,6 @@ from his.emr.validation import (
     DIAGNOSIS_UPDATABLE,
     ENCOUNTER_UPDATABLE,
     NOTE_UPDATABLE,
-    day_window,
     diagnosis_code,
     diagnosis_fields,
     encounter_changes,
@@ -44,16 +42,22 @@ from his.emr.validation import (
     note_text,
     note_type,
     reason,
-    reference,
 )
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.runtime.access import Facts, Permit
-from his.runtime.database import Database, integrity_violation
+from his.runtime.database import Database
 from his.runtime.fieldcrypt import FieldCipher
 from his.runtime.idempotency import RequestKey
 from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.server import ServiceResources
-from his.runtime.validation import Violations, require_paths, required_child_id, required_id
+from his.runtime.validation import (
+    Violations,
+    day_window,
+    reference,
+    require_paths,
+    required_child_id,
+    required_id,
+)
 from his.scheduling.v1 import scheduling_service_pb2 as scheduling_pb
 from his_client import HisClients, UpstreamError
 from his_client.patient import privacy_consent, require_active
@@ -533,7 +537,7 @@ class EmrService(pb_grpc.EmrServiceServicer):
                 await self._audit("create", permit, encounter, _note(note), _NOTE)
                 return note
 
-        return _note_proto(await _replayed(write, key))
+        return _note_proto(await write())
 
     async def GetNote(self, request: pb.GetNoteRequest, context: Context) -> pb.ClinicalNote:
         encounter_id, note_id = required_child_id(
@@ -683,7 +687,7 @@ class EmrService(pb_grpc.EmrServiceServicer):
                 return note
 
         try:
-            return _note_proto(await _replayed(write, key))
+            return _note_proto(await write())
         except IntegrityError as error:
             raced = store.superseded_race(error)
             if raced is not None:
@@ -727,7 +731,7 @@ class EmrService(pb_grpc.EmrServiceServicer):
                 return row
 
         try:
-            return diagnosis_to_proto(await _replayed(write, key))
+            return diagnosis_to_proto(await write())
         except IntegrityError as error:
             conflict = store.diagnosis_conflict(error)
             if conflict is not None:
@@ -829,19 +833,6 @@ class _Proposed:
 
 async def _found(seen: Seen) -> Seen:
     return seen
-
-
-async def _replayed(write: Callable[[], Awaitable[Any]], key: RequestKey) -> Any:
-    """`write`, once more when a concurrent replay of the same request id won the insert (the
-    second pass finds its result)."""
-    try:
-        return await write()
-    except IntegrityError as error:
-        if key.request_id is None or "create_request_id" not in str(
-            (integrity_violation(error) or ("", ""))[1]
-        ):
-            raise
-        return await write()
 
 
 def _require_author(note: Any) -> None:

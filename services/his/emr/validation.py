@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import uuid
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from his.common.v1 import types_pb2
 from his.emr.mapping import CLINICAL_STATUS, ENCOUNTER_CLASS, ENCOUNTER_STATUS, VERIFICATION_STATUS
 from his.emr.v1 import emr_service_pb2 as pb
-from his.runtime.validation import EARLIEST_DATE, LATEST_DATE, Violations
+from his.runtime.validation import EARLIEST_DATE, LATEST_DATE, Violations, reference
 
 MAX_REASON = 500
 MAX_TEXT = 100_000
@@ -39,11 +37,6 @@ ENCOUNTER_UPDATABLE = frozenset(
 )
 NOTE_UPDATABLE = frozenset({"note_type", "text"})
 DIAGNOSIS_UPDATABLE = frozenset({"clinical_status", "verification_status", "rank", "onset_date"})
-
-
-def reference(v: Violations, field: str, name: str, collection: str) -> uuid.UUID | None:
-    """An optional reference such as `departments/{id}`; None when empty."""
-    return v.resource_id(field, name, collection=collection) if name else None
 
 
 def encounter_class(v: Violations, field: str, value: int) -> str | None:
@@ -191,34 +184,3 @@ def onset(v: Violations, diagnosis: pb.Diagnosis, today: dt.date) -> dict[str, A
         v.add(field, "must not be in the future")
         return none
     return {"onset_year": d.year, "onset_month": d.month, "onset_day": d.day}
-
-
-def time_zone(v: Violations, field: str, name: str, *, required: bool) -> ZoneInfo | None:
-    """An IANA time zone such as Asia/Shanghai."""
-    if not name:
-        if required:
-            v.add(field, "is required (an IANA time zone such as Asia/Shanghai)")
-        return None
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        v.add(field, f"unknown time zone {name!r} (use an IANA name such as Asia/Shanghai)")
-        return None
-
-
-def day_window(
-    v: Violations, request: pb.ListEncountersRequest
-) -> tuple[dt.datetime, dt.datetime] | None:
-    """[local midnight, next local midnight) of an optional `day` in `time_zone`, as UTC."""
-    if not request.HasField("day"):
-        if request.time_zone:
-            time_zone(v, "time_zone", request.time_zone, required=False)
-        return None
-    zone = time_zone(v, "time_zone", request.time_zone, required=True)
-    d = request.day
-    day = v.date("day", d.year, d.month, d.day, earliest=EARLIEST_DATE, latest=LATEST_DATE)
-    if zone is None or day is None or not EARLIEST_DATE <= day < LATEST_DATE:
-        return None
-    start = dt.datetime.combine(day, dt.time(), tzinfo=zone)
-    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=zone)
-    return start.astimezone(dt.UTC), end.astimezone(dt.UTC)

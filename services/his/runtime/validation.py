@@ -10,6 +10,8 @@ import datetime as dt
 import unicodedata
 import uuid
 from collections.abc import Iterable
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -216,3 +218,50 @@ def require_paths(
     if not result and not violations.items:
         violations.add(field, "must name at least one field")
     return result
+
+
+def time_zone(v: Violations, field: str, name: str, *, required: bool) -> ZoneInfo | None:
+    """An IANA time zone such as Asia/Shanghai."""
+    if not name:
+        if required:
+            v.add(field, "is required (an IANA time zone such as Asia/Shanghai)")
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        v.add(field, f"unknown time zone {name!r} (use an IANA name such as Asia/Shanghai)")
+        return None
+
+
+def full_date(v: Violations, field: str, date: Any, *, present: bool) -> dt.date | None:
+    """A required, real calendar date from 1900 to 9000."""
+    if not present:
+        v.add(field, "is required")
+        return None
+    value = v.date(
+        field, date.year, date.month, date.day, earliest=EARLIEST_DATE, latest=LATEST_DATE
+    )
+    # v.date records an out-of-range date but still returns it; arithmetic must not see it.
+    return value if value is not None and EARLIEST_DATE <= value <= LATEST_DATE else None
+
+
+def day_window(
+    v: Violations, request: Any, *, day_field: str = "day", zone_field: str = "time_zone"
+) -> tuple[dt.datetime, dt.datetime] | None:
+    """[local midnight, next local midnight) of an optional `day` in `time_zone`, as UTC."""
+    if not request.HasField(day_field):
+        if getattr(request, zone_field):
+            time_zone(v, zone_field, getattr(request, zone_field), required=False)
+        return None
+    zone = time_zone(v, zone_field, getattr(request, zone_field), required=True)
+    day = full_date(v, day_field, getattr(request, day_field), present=True)
+    if zone is None or day is None:
+        return None
+    start = dt.datetime.combine(day, dt.time(), tzinfo=zone)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=zone)
+    return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+
+
+def reference(v: Violations, field: str, name: str, collection: str) -> uuid.UUID | None:
+    """An optional reference such as `departments/{id}`; None when empty."""
+    return v.resource_id(field, name, collection=collection) if name else None

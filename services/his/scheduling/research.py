@@ -21,11 +21,10 @@ from his.runtime import wire
 from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.pseudonyms import Pseudonyms
 from his.runtime.server import ServiceResources
-from his.runtime.validation import Violations
+from his.runtime.validation import Violations, time_zone
 from his.scheduling.mapping import APPOINTMENT_STATUS, department_name
 from his.scheduling.tables import appointments
 from his.scheduling.v1 import scheduling_service_pb2 as pb
-from his.scheduling.validation import time_zone
 
 _RESEARCH_APPOINTMENT = pb.ResearchAppointment.DESCRIPTOR.full_name
 _UTC = ZoneInfo("UTC")

@@ -22,7 +22,7 @@ from his.runtime.database import CHECK_VIOLATION, EXCLUSION_VIOLATION, Database
 from his.runtime.idempotency import RequestKey
 from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.server import ServiceResources
-from his.runtime.validation import Violations, required_id
+from his.runtime.validation import Violations, day_window, reference, required_id
 from his.scheduling import store
 from his.scheduling.check_in import checked_in
 from his.scheduling.mapping import (
@@ -34,7 +34,7 @@ from his.scheduling.mapping import (
 from his.scheduling.research import ResearchAppointments
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
-from his.scheduling.validation import MAX_REASON, day_window, plan_slots, reference
+from his.scheduling.validation import MAX_REASON, plan_slots
 from his_client import HisClients
 from his_client.patient import privacy_consent, require_active
 
