@@ -85,6 +85,16 @@ async def blocked_on_a_lock(
         await engine.dispose()
 
 
+def handled(running: RunningService, code: str) -> float:
+    """How many calls a server answered with `code`, over all its methods."""
+    total = 0.0
+    for metric in running.metrics.handled.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels.get("grpc_code") == code:
+                total += sample.value
+    return total
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:

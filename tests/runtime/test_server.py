@@ -33,7 +33,7 @@ from his.runtime.server import RunningService, ServiceSpec, start
 from tests.conftest import service_config
 from tests.identity import registrar_channel
 from tests.patient.helpers import create
-from tests.support import delivered, failure_of, wait_for_health
+from tests.support import delivered, failure_of, handled, wait_for_health
 
 PHI = "Wang Fang 110101198403120023"
 
@@ -213,7 +213,7 @@ async def test_a_dropped_database_connection_is_unavailable_never_internal(
     codes: list[str] = []
     # What the services answered, including the relay's deliveries to audit (retried after an
     # UNAVAILABLE, so no caller sees them): never INTERNAL.
-    internal_before = sum(_handled(r, "INTERNAL") for r in (patient_service, audit_service))
+    internal_before = sum(handled(r, "INTERNAL") for r in (patient_service, audit_service))
     try:
         async with registrar_channel(patient_service.address) as channel:
             stub = pb_grpc.PatientServiceStub(channel)
@@ -252,7 +252,7 @@ async def test_a_dropped_database_connection_is_unavailable_never_internal(
     finally:
         await engine.dispose()
     assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
-    assert sum(_handled(r, "INTERNAL") for r in (patient_service, audit_service)) == internal_before
+    assert sum(handled(r, "INTERNAL") for r in (patient_service, audit_service)) == internal_before
 
 
 async def _backends(engine: AsyncEngine, application_name: str) -> set[int]:
@@ -273,16 +273,6 @@ async def _served_again(stub: Any, read: pb.GetPatientRequest, tries: int = 5) -
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.UNAVAILABLE, error
     await stub.GetPatient(read, timeout=10)
-
-
-def _handled(running: RunningService, code: str) -> float:
-    """How many calls a server answered with `code`, over all its methods."""
-    total = 0.0
-    for metric in running.metrics.handled.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total") and sample.labels.get("grpc_code") == code:
-                total += sample.value
-    return total
 
 
 @pytest.mark.parametrize(

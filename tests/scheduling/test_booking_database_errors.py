@@ -13,20 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.scheduling.helpers import Patients, Stub, active_patient, book, future_slots, get_slot
+from tests.support import handled
 
 ROUNDS = 3
 # Bookings at once: enough to check out several pooled connections, so a drop kills several.
 AT_ONCE = 8
-
-
-def _handled(running: RunningService, code: str) -> float:
-    """How many calls the server answered with `code`, over all its methods."""
-    total = 0.0
-    for metric in running.metrics.handled.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total") and sample.labels.get("grpc_code") == code:
-                total += sample.value
-    return total
 
 
 async def _outcome(call: asyncio.Future[pb.Appointment]) -> str:
@@ -43,7 +34,7 @@ async def test_bookings_on_dropped_database_connections_are_unavailable_never_in
     scheduling_db: AsyncEngine,
     patients: Patients,
 ) -> None:
-    internal_before = _handled(scheduling_service, "INTERNAL")
+    internal_before = handled(scheduling_service, "INTERNAL")
     outcomes: list[str] = []
     for _ in range(ROUNDS):
         made = await future_slots(scheduling, count=2 * AT_ONCE, capacity=1)
@@ -75,7 +66,7 @@ async def test_bookings_on_dropped_database_connections_are_unavailable_never_in
                 # The pool recovers by itself: the same booking goes through when tried again.
                 await book(scheduling, patient, slot)
     assert set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
-    assert _handled(scheduling_service, "INTERNAL") == internal_before
+    assert handled(scheduling_service, "INTERNAL") == internal_before
     # The driver's pool notices a connection the server dropped while it was idle and replaces
     # it before use, so most bookings simply go through; any that met a dropped connection
     # mid-statement were UNAVAILABLE (checked above). Each round asserted its drops happened.
