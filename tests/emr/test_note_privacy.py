@@ -33,6 +33,8 @@ async def test_note_text_is_in_no_log_line_and_in_no_database_file(
     doctor, stranger = clinic.doctor, clinic.other_doctor
     assert doctor is not None and stranger is not None
     secrets = [_marker("draft"), _marker("revised"), _marker("amended")]
+    # Stored in clear (an amendment's reason): the search below must find it, or it proves nothing.
+    in_clear = f"wording qzxv{uuid.uuid4().hex[:12]}"
     with captured_logs() as lines:
         made = await open_encounter(emr, doctor, await new_patient(patients), clinic.clinic)
         draft = await emr.CreateNote(
@@ -47,7 +49,7 @@ async def test_note_text_is_in_no_log_line_and_in_no_database_file(
         )
         await emr.SignNote(pb.SignNoteRequest(name=draft.name), metadata=doctor.md)
         await emr.AmendNote(
-            pb.AmendNoteRequest(name=draft.name, text=secrets[2], reason="wording"),
+            pb.AmendNoteRequest(name=draft.name, text=secrets[2], reason=in_clear),
             metadata=doctor.md,
         )
         # Refusals and bad input carry the text too: neither may echo it.
@@ -79,6 +81,8 @@ async def test_note_text_is_in_no_log_line_and_in_no_database_file(
     found, searched = await asyncio.to_thread(_search, data_dir, needles)
     assert searched > 100, "the data directory was not searched"
     assert found == [], "note text in plain text in these files"
+    control, _ = await asyncio.to_thread(_search, data_dir, [in_clear.split()[1].encode()])
+    assert control, "a value stored in clear was not found: the search cannot see this test's rows"
 
 
 def _search(data_dir: Path, needles: list[bytes]) -> tuple[list[str], int]:
