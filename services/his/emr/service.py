@@ -450,7 +450,9 @@ class EmrService(pb_grpc.EmrServiceServicer):
                 encounter_class=values.get("encounter_class", now.encounter_class),
                 surgical=values.get("surgical", now.surgical),
                 sensitive=values.get("sensitive", now.sensitive),
-            )
+            ),
+            # The caller's care relationship is to the patient, whom an update never changes.
+            attends_elsewhere=seen.attends_elsewhere,
         )
         await self._access.authorize(
             "update", "emr.encounter", lambda: _found(becomes), self._facts, fields=tuple(paths)
