@@ -227,6 +227,9 @@ def test_his_token_with_nothing_running_says_to_start_the_hospital(tmp_path: Pat
 
 def test_up_refuses_to_share_its_ports_with_another_hospital(data_dir: Path) -> None:
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
+        # The earlier tests' `his up` leave connections to 50052 in TIME_WAIT; without this the
+        # bind itself failed (seen in CI). A listener still holds the port against `his up`.
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("::", 50052))
         taken.listen()
         up = HisUp(data_dir)
