@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from his.common.v1 import types_pb2 as his_dot_common_dot_v1_dot_types__pb2
+from his.events.v1 import event_envelope_pb2 as his_dot_events_dot_v1_dot_event__envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chis/lab/v1/lab_service.proto\x12\nhis.lab.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19his/common/v1/types.proto\"\xdf\x02\n\x08Specimen\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07patient\x18\x02 \x01(\t\x12\x18\n\x10service_requests\x18\x03 \x03(\t\x12,\n\rspecimen_type\x18\x04 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x14\n\x0c\x61\x63\x63\x65ssion_id\x18\x05 \x01(\t\x12\x30\n\x0c\x63ollect_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06status\x18\x08 \x01(\x0e\x32\x1a.his.lab.v1.SpecimenStatus\x12\x15\n\rreject_reason\x18\t \x01(\t\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x03\n\x10\x44iagnosticReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07patient\x18\x02 \x01(\t\x12\x17\n\x0fservice_request\x18\x03 \x01(\t\x12#\n\x04\x63ode\x18\x04 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x11\n\tspecimens\x18\x05 \x03(\t\x12(\n\x07results\x18\x06 \x03(\x0b\x32\x17.his.lab.v1.Observation\x12\x12\n\nconclusion\x18\x07 \x01(\t\x12\x32\n\x06status\x18\x08 \x01(\x0e\x32\".his.lab.v1.DiagnosticReportStatus\x12.\n\nissue_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tperformer\x18\n \x01(\t\x12\x14\n\x0c\x61mend_reason\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0e \x01(\t\"k\n\x0eReferenceRange\x12$\n\x03low\x18\x01 \x01(\x0b\x32\x17.his.common.v1.Quantity\x12%\n\x04high\x18\x02 \x01(\x0b\x32\x17.his.common.v1.Quantity\x12\x0c\n\x04text\x18\x03 \x01(\t\"\xf6\x02\n\x0bObservation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x31\n\x0evalue_quantity\x18\x03 \x01(\x0b\x32\x17.his.common.v1.QuantityH\x00\x12\x16\n\x0cvalue_string\x18\x04 \x01(\tH\x00\x12\x33\n\x0freference_range\x18\x05 \x01(\x0b\x32\x1a.his.lab.v1.ReferenceRange\x12=\n\x0einterpretation\x18\x06 \x01(\x0e\x32%.his.lab.v1.ObservationInterpretation\x12-\n\x06status\x18\x07 \x01(\x0e\x32\x1d.his.lab.v1.ObservationStatus\x12\x0c\n\x04note\x18\x08 \x01(\t\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05value\"S\n\x15\x43reateSpecimenRequest\x12&\n\x08specimen\x18\x01 \x01(\x0b\x32\x14.his.lab.v1.Specimen\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\"\n\x12GetSpecimenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xab\x01\n\x14ListSpecimensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07patient\x18\x03 \x01(\t\x12\x17\n\x0fservice_request\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ssion_id\x18\x05 \x01(\t\x12,\n\x08statuses\x18\x06 \x03(\x0e\x32\x1a.his.lab.v1.SpecimenStatus\"Y\n\x15ListSpecimensResponse\x12\'\n\tspecimens\x18\x01 \x03(\x0b\x32\x14.his.lab.v1.Specimen\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x15RejectSpecimenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"l\n\x1d\x43reateDiagnosticReportRequest\x12\x37\n\x11\x64iagnostic_report\x18\x01 \x01(\x0b\x32\x1c.his.lab.v1.DiagnosticReport\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"*\n\x1aGetDiagnosticReportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa5\x01\n\x1cListDiagnosticReportsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07patient\x18\x03 \x01(\t\x12\x17\n\x0fservice_request\x18\x04 \x01(\t\x12\x34\n\x08statuses\x18\x05 \x03(\x0e\x32\".his.lab.v1.DiagnosticReportStatus\"r\n\x1dListDiagnosticReportsResponse\x12\x38\n\x12\x64iagnostic_reports\x18\x01 \x03(\x0b\x32\x1c.his.lab.v1.DiagnosticReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x19RecordObservationsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12-\n\x0cobservations\x18\x02 \x03(\x0b\x32\x17.his.lab.v1.Observation\"G\n\x15\x46inalizeReportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nconclusion\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"\x83\x01\n\x12\x41mendReportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nconclusion\x18\x03 \x01(\t\x12-\n\x0cobservations\x18\x04 \x03(\x0b\x32\x17.his.lab.v1.Observation\x12\x0c\n\x04\x65tag\x18\x05 \x01(\t*t\n\x0eSpecimenStatus\x12\x1f\n\x1bSPECIMEN_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19SPECIMEN_STATUS_AVAILABLE\x10\x01\x12\"\n\x1eSPECIMEN_STATUS_UNSATISFACTORY\x10\x02*\xdf\x01\n\x16\x44iagnosticReportStatus\x12(\n$DIAGNOSTIC_REPORT_STATUS_UNSPECIFIED\x10\x00\x12\'\n#DIAGNOSTIC_REPORT_STATUS_REGISTERED\x10\x01\x12(\n$DIAGNOSTIC_REPORT_STATUS_PRELIMINARY\x10\x02\x12\"\n\x1e\x44IAGNOSTIC_REPORT_STATUS_FINAL\x10\x03\x12$\n DIAGNOSTIC_REPORT_STATUS_AMENDED\x10\x04*\x80\x02\n\x11ObservationStatus\x12\"\n\x1eOBSERVATION_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dOBSERVATION_STATUS_REGISTERED\x10\x01\x12\"\n\x1eOBSERVATION_STATUS_PRELIMINARY\x10\x02\x12\x1c\n\x18OBSERVATION_STATUS_FINAL\x10\x03\x12\x1e\n\x1aOBSERVATION_STATUS_AMENDED\x10\x04\x12 \n\x1cOBSERVATION_STATUS_CORRECTED\x10\x05\x12 \n\x1cOBSERVATION_STATUS_CANCELLED\x10\x06*\xed\x02\n\x19ObservationInterpretation\x12*\n&OBSERVATION_INTERPRETATION_UNSPECIFIED\x10\x00\x12%\n!OBSERVATION_INTERPRETATION_NORMAL\x10\x01\x12\"\n\x1eOBSERVATION_INTERPRETATION_LOW\x10\x02\x12#\n\x1fOBSERVATION_INTERPRETATION_HIGH\x10\x03\x12+\n\'OBSERVATION_INTERPRETATION_CRITICAL_LOW\x10\x04\x12,\n(OBSERVATION_INTERPRETATION_CRITICAL_HIGH\x10\x05\x12\'\n#OBSERVATION_INTERPRETATION_ABNORMAL\x10\x06\x12\x30\n,OBSERVATION_INTERPRETATION_CRITICAL_ABNORMAL\x10\x07\x32\x8e\x07\n\nLabService\x12I\n\x0e\x43reateSpecimen\x12!.his.lab.v1.CreateSpecimenRequest\x1a\x14.his.lab.v1.Specimen\x12H\n\x0bGetSpecimen\x12\x1e.his.lab.v1.GetSpecimenRequest\x1a\x14.his.lab.v1.Specimen\"\x03\x90\x02\x01\x12Y\n\rListSpecimens\x12 .his.lab.v1.ListSpecimensRequest\x1a!.his.lab.v1.ListSpecimensResponse\"\x03\x90\x02\x01\x12N\n\x0eRejectSpecimen\x12!.his.lab.v1.RejectSpecimenRequest\x1a\x14.his.lab.v1.Specimen\"\x03\x90\x02\x02\x12\x61\n\x16\x43reateDiagnosticReport\x12).his.lab.v1.CreateDiagnosticReportRequest\x1a\x1c.his.lab.v1.DiagnosticReport\x12`\n\x13GetDiagnosticReport\x12&.his.lab.v1.GetDiagnosticReportRequest\x1a\x1c.his.lab.v1.DiagnosticReport\"\x03\x90\x02\x01\x12q\n\x15ListDiagnosticReports\x12(.his.lab.v1.ListDiagnosticReportsRequest\x1a).his.lab.v1.ListDiagnosticReportsResponse\"\x03\x90\x02\x01\x12^\n\x12RecordObservations\x12%.his.lab.v1.RecordObservationsRequest\x1a\x1c.his.lab.v1.DiagnosticReport\"\x03\x90\x02\x02\x12V\n\x0e\x46inalizeReport\x12!.his.lab.v1.FinalizeReportRequest\x1a\x1c.his.lab.v1.DiagnosticReport\"\x03\x90\x02\x02\x12P\n\x0b\x41mendReport\x12\x1e.his.lab.v1.AmendReportRequest\x1a\x1c.his.lab.v1.DiagnosticReport\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chis/lab/v1/lab_service.proto\x12\nhis.lab.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19his/common/v1/types.proto\x1a\"his/events/v1/event_envelope.proto\"\xdf\x02\n\x08Specimen\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07patient\x18\x02 \x01(\t\x12\x18\n\x10service_requests\x18\x03 \x03(\t\x12,\n\rspecimen_type\x18\x04 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x14\n\x0c\x61\x63\x63\x65ssion_id\x18\x05 \x01(\t\x12\x30\n\x0c\x63ollect_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06status\x18\x08 \x01(\x0e\x32\x1a.his.lab.v1.SpecimenStatus\x12\x15\n\rreject_reason\x18\t \x01(\t\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x03\n\x10\x44iagnosticReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07patient\x18\x02 \x01(\t\x12\x17\n\x0fservice_request\x18\x03 \x01(\t\x12#\n\x04\x63ode\x18\x04 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x11\n\tspecimens\x18\x05 \x03(\t\x12(\n\x07results\x18\x06 \x03(\x0b\x32\x17.his.lab.v1.Observation\x12\x12\n\nconclusion\x18\x07 \x01(\t\x12\x32\n\x06status\x18\x08 \x01(\x0e\x32\".his.lab.v1.DiagnosticReportStatus\x12.\n\nissue_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tperformer\x18\n \x01(\t\x12\x14\n\x0c\x61mend_reason\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0e \x01(\t\"k\n\x0eReferenceRange\x12$\n\x03low\x18\x01 \x01(\x0b\x32\x17.his.common.v1.Quantity\x12%\n\x04high\x18\x02 \x01(\x0b\x32\x17.his.common.v1.Quantity\x12\x0c\n\x04text\x18\x03 \x01(\t\"\xf6\x02\n\x0bObservation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x31\n\x0evalue_quantity\x18\x03 \x01(\x0b\x32\x17.his.common.v1.QuantityH\x00\x12\x16\n\x0cvalue_string\x18\x04 \x01(\tH\x00\x12\x33\n\x0freference_range\x18\x05 \x01(\x0b\x32\x1a.his.lab.v1.ReferenceRange\x12=\n\x0einterpretation\x18\x06 \x01(\x0e\x32%.his.lab.v1.ObservationInterpretation\x12-\n\x06status\x18\x07 \x01(\x0e\x32\x1d.his.lab.v1.ObservationStatus\x12\x0c\n\x04note\x18\x08 \x01(\t\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05value\"S\n\x15\x43reateSpecimenRequest\x12&\n\x08specimen\x18\x01 \x01(\x0b\x32\x14.his.lab.v1.Specimen\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\"\n\x12GetSpecimenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xab\x01\n\x14ListSpecimensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07patient\x18\x03 \x01(\t\x12\x17\n\x0fservice_request\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ssion_id\x18\x05 \x01(\t\x12,\n\x08statuses\x18\x06 \x03(\x0e\x32\x1a.his.lab.v1.SpecimenStatus\"Y\n\x15ListSpecimensResponse\x12\'\n\tspecimens\x18\x01 \x03(\x0b\x32\x14.his.lab.v1.Specimen\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x15RejectSpecimenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"l\n\x1d\x43reateDiagnosticReportRequest\x12\x37\n\x11\x64iagnostic_report\x18\x01 \x01(\x0b\x32\x1c.his.lab.v1.DiagnosticReport\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"*\n\x1aGetDiagnosticReportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa5\x01\n\x1cListDiagnosticReportsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07patient\x18\x03 \x01(\t\x12\x17\n\x0fservice_request\x18\x04 \x01(\t\x12\x34\n\x08statuses\x18\x05 \x03(\x0e\x32\".his.lab.v1.DiagnosticReportStatus\"r\n\x1dListDiagnosticReportsResponse\x12\x38\n\x12\x64iagnostic_reports\x18\x01 \x03(\x0b\x32\x1c.his.lab.v1.DiagnosticReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x19RecordObservationsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12-\n\x0cobservations\x18\x02 \x03(\x0b\x32\x17.his.lab.v1.Observation\"G\n\x15\x46inalizeReportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nconclusion\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"\x83\x01\n\x12\x41mendReportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nconclusion\x18\x03 \x01(\t\x12-\n\x0cobservations\x18\x04 \x03(\x0b\x32\x17.his.lab.v1.Observation\x12\x0c\n\x04\x65tag\x18\x05 \x01(\t\"D\n\x14\x44\x65liverEventsRequest\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.his.events.v1.EventEnvelope\"<\n\x15\x44\x65liverEventsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"c\n\x16\x44iagnosticReportIssued\x12\x37\n\x11\x64iagnostic_report\x18\x01 \x01(\x0b\x32\x1c.his.lab.v1.DiagnosticReport\x12\x10\n\x08revision\x18\x02 \x01(\x03*t\n\x0eSpecimenStatus\x12\x1f\n\x1bSPECIMEN_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19SPECIMEN_STATUS_AVAILABLE\x10\x01\x12\"\n\x1eSPECIMEN_STATUS_UNSATISFACTORY\x10\x02*\xdf\x01\n\x16\x44iagnosticReportStatus\x12(\n$DIAGNOSTIC_REPORT_STATUS_UNSPECIFIED\x10\x00\x12\'\n#DIAGNOSTIC_REPORT_STATUS_REGISTERED\x10\x01\x12(\n$DIAGNOSTIC_REPORT_STATUS_PRELIMINARY\x10\x02\x12\"\n\x1e\x44IAGNOSTIC_REPORT_STATUS_FINAL\x10\x03\x12$\n DIAGNOSTIC_REPORT_STATUS_AMENDED\x10\x04*\x80\x02\n\x11ObservationStatus\x12\"\n\x1eOBSERVATION_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dOBSERVATION_STATUS_REGISTERED\x10\x01\x12\"\n\x1eOBSERVATION_STATUS_PRELIMINARY\x10\x02\x12\x1c\n\x18OBSERVATION_STATUS_FINAL\x10\x03\x12\x1e\n\x1aOBSERVATION_STATUS_AMENDED\x10\x04\x12 \n\x1cOBSERVATION_STATUS_CORRECTED\x10\x05\x12 \n\x1cOBSERVATION_STATUS_CANCELLED\x10\x06*\xed\x02\n\x19ObservationInterpretation\x12*\n&OBSERVATION_INTERPRETATION_UNSPECIFIED\x10\x00\x12%\n!OBSERVATION_INTERPRETATION_NORMAL\x10\x01\x12\"\n\x1eOBSERVATION_INTERPRETATION_LOW\x10\x02\x12#\n\x1fOBSERVATION_INTERPRETATION_HIGH\x10\x03\x12+\n\'OBSERVATION_INTERPRETATION_CRITICAL_LOW\x10\x04\x12,\n(OBSERVATION_INTERPRETATION_CRITICAL_HIGH\x10\x05\x12\'\n#OBSERVATION_INTERPRETATION_ABNORMAL\x10\x06\x12\x30\n,OBSERVATION_INTERPRETATION_CRITICAL_ABNORMAL\x10\x07\x32\xe9\x07\n\nLabService\x12I\n\x0e\x43reateSpecimen\x12!.his.lab.v1.CreateSpecimenRequest\x1a\x14.his.lab.v1.Specimen\x12H\n\x0bGetSpecimen\x12\x1e.his.lab.v1.GetSpecimenRequest\x1a\x14.his.lab.v1.Specimen\"\x03\x90\x02\x01\x12Y\n\rListSpecimens\x12 .his.lab.v1.ListSpecimensRequest\x1a!.his.lab.v1.ListSpecimensResponse\"\x03\x90\x02\x01\x12N\n\x0eRejectSpecimen\x12!.his.lab.v1.RejectSpecimenRequest\x1a\x14.his.lab.v1.Specimen\"\x03\x90\x02\x02\x12\x61\n\x16\x43reateDiagnosticReport\x12).his.lab.v1.CreateDiagnosticReportRequest\x1a\x1c.his.lab.v1.DiagnosticReport\x12`\n\x13GetDiagnosticReport\x12&.his.lab.v1.GetDiagnosticReportRequest\x1a\x1c.his.lab.v1.DiagnosticReport\"\x03\x90\x02\x01\x12q\n\x15ListDiagnosticReports\x12(.his.lab.v1.ListDiagnosticReportsRequest\x1a).his.lab.v1.ListDiagnosticReportsResponse\"\x03\x90\x02\x01\x12^\n\x12RecordObservations\x12%.his.lab.v1.RecordObservationsRequest\x1a\x1c.his.lab.v1.DiagnosticReport\"\x03\x90\x02\x02\x12V\n\x0e\x46inalizeReport\x12!.his.lab.v1.FinalizeReportRequest\x1a\x1c.his.lab.v1.DiagnosticReport\"\x03\x90\x02\x02\x12P\n\x0b\x41mendReport\x12\x1e.his.lab.v1.AmendReportRequest\x1a\x1c.his.lab.v1.DiagnosticReport\"\x03\x90\x02\x02\x12Y\n\rDeliverEvents\x12 .his.lab.v1.DeliverEventsRequest\x1a!.his.lab.v1.DeliverEventsResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,46 +50,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LABSERVICE'].methods_by_name['FinalizeReport']._serialized_options = b'\220\002\002'
   _globals['_LABSERVICE'].methods_by_name['AmendReport']._loaded_options = None
   _globals['_LABSERVICE'].methods_by_name['AmendReport']._serialized_options = b'\220\002\002'
-  _globals['_SPECIMENSTATUS']._serialized_start=2570
-  _globals['_SPECIMENSTATUS']._serialized_end=2686
-  _globals['_DIAGNOSTICREPORTSTATUS']._serialized_start=2689
-  _globals['_DIAGNOSTICREPORTSTATUS']._serialized_end=2912
-  _globals['_OBSERVATIONSTATUS']._serialized_start=2915
-  _globals['_OBSERVATIONSTATUS']._serialized_end=3171
-  _globals['_OBSERVATIONINTERPRETATION']._serialized_start=3174
-  _globals['_OBSERVATIONINTERPRETATION']._serialized_end=3539
-  _globals['_SPECIMEN']._serialized_start=105
-  _globals['_SPECIMEN']._serialized_end=456
-  _globals['_DIAGNOSTICREPORT']._serialized_start=459
-  _globals['_DIAGNOSTICREPORT']._serialized_end=904
-  _globals['_REFERENCERANGE']._serialized_start=906
-  _globals['_REFERENCERANGE']._serialized_end=1013
-  _globals['_OBSERVATION']._serialized_start=1016
-  _globals['_OBSERVATION']._serialized_end=1390
-  _globals['_CREATESPECIMENREQUEST']._serialized_start=1392
-  _globals['_CREATESPECIMENREQUEST']._serialized_end=1475
-  _globals['_GETSPECIMENREQUEST']._serialized_start=1477
-  _globals['_GETSPECIMENREQUEST']._serialized_end=1511
-  _globals['_LISTSPECIMENSREQUEST']._serialized_start=1514
-  _globals['_LISTSPECIMENSREQUEST']._serialized_end=1685
-  _globals['_LISTSPECIMENSRESPONSE']._serialized_start=1687
-  _globals['_LISTSPECIMENSRESPONSE']._serialized_end=1776
-  _globals['_REJECTSPECIMENREQUEST']._serialized_start=1778
-  _globals['_REJECTSPECIMENREQUEST']._serialized_end=1831
-  _globals['_CREATEDIAGNOSTICREPORTREQUEST']._serialized_start=1833
-  _globals['_CREATEDIAGNOSTICREPORTREQUEST']._serialized_end=1941
-  _globals['_GETDIAGNOSTICREPORTREQUEST']._serialized_start=1943
-  _globals['_GETDIAGNOSTICREPORTREQUEST']._serialized_end=1985
-  _globals['_LISTDIAGNOSTICREPORTSREQUEST']._serialized_start=1988
-  _globals['_LISTDIAGNOSTICREPORTSREQUEST']._serialized_end=2153
-  _globals['_LISTDIAGNOSTICREPORTSRESPONSE']._serialized_start=2155
-  _globals['_LISTDIAGNOSTICREPORTSRESPONSE']._serialized_end=2269
-  _globals['_RECORDOBSERVATIONSREQUEST']._serialized_start=2271
-  _globals['_RECORDOBSERVATIONSREQUEST']._serialized_end=2361
-  _globals['_FINALIZEREPORTREQUEST']._serialized_start=2363
-  _globals['_FINALIZEREPORTREQUEST']._serialized_end=2434
-  _globals['_AMENDREPORTREQUEST']._serialized_start=2437
-  _globals['_AMENDREPORTREQUEST']._serialized_end=2568
-  _globals['_LABSERVICE']._serialized_start=3542
-  _globals['_LABSERVICE']._serialized_end=4452
+  _globals['_LABSERVICE'].methods_by_name['DeliverEvents']._loaded_options = None
+  _globals['_LABSERVICE'].methods_by_name['DeliverEvents']._serialized_options = b'\220\002\002'
+  _globals['_SPECIMENSTATUS']._serialized_start=2839
+  _globals['_SPECIMENSTATUS']._serialized_end=2955
+  _globals['_DIAGNOSTICREPORTSTATUS']._serialized_start=2958
+  _globals['_DIAGNOSTICREPORTSTATUS']._serialized_end=3181
+  _globals['_OBSERVATIONSTATUS']._serialized_start=3184
+  _globals['_OBSERVATIONSTATUS']._serialized_end=3440
+  _globals['_OBSERVATIONINTERPRETATION']._serialized_start=3443
+  _globals['_OBSERVATIONINTERPRETATION']._serialized_end=3808
+  _globals['_SPECIMEN']._serialized_start=141
+  _globals['_SPECIMEN']._serialized_end=492
+  _globals['_DIAGNOSTICREPORT']._serialized_start=495
+  _globals['_DIAGNOSTICREPORT']._serialized_end=940
+  _globals['_REFERENCERANGE']._serialized_start=942
+  _globals['_REFERENCERANGE']._serialized_end=1049
+  _globals['_OBSERVATION']._serialized_start=1052
+  _globals['_OBSERVATION']._serialized_end=1426
+  _globals['_CREATESPECIMENREQUEST']._serialized_start=1428
+  _globals['_CREATESPECIMENREQUEST']._serialized_end=1511
+  _globals['_GETSPECIMENREQUEST']._serialized_start=1513
+  _globals['_GETSPECIMENREQUEST']._serialized_end=1547
+  _globals['_LISTSPECIMENSREQUEST']._serialized_start=1550
+  _globals['_LISTSPECIMENSREQUEST']._serialized_end=1721
+  _globals['_LISTSPECIMENSRESPONSE']._serialized_start=1723
+  _globals['_LISTSPECIMENSRESPONSE']._serialized_end=1812
+  _globals['_REJECTSPECIMENREQUEST']._serialized_start=1814
+  _globals['_REJECTSPECIMENREQUEST']._serialized_end=1867
+  _globals['_CREATEDIAGNOSTICREPORTREQUEST']._serialized_start=1869
+  _globals['_CREATEDIAGNOSTICREPORTREQUEST']._serialized_end=1977
+  _globals['_GETDIAGNOSTICREPORTREQUEST']._serialized_start=1979
+  _globals['_GETDIAGNOSTICREPORTREQUEST']._serialized_end=2021
+  _globals['_LISTDIAGNOSTICREPORTSREQUEST']._serialized_start=2024
+  _globals['_LISTDIAGNOSTICREPORTSREQUEST']._serialized_end=2189
+  _globals['_LISTDIAGNOSTICREPORTSRESPONSE']._serialized_start=2191
+  _globals['_LISTDIAGNOSTICREPORTSRESPONSE']._serialized_end=2305
+  _globals['_RECORDOBSERVATIONSREQUEST']._serialized_start=2307
+  _globals['_RECORDOBSERVATIONSREQUEST']._serialized_end=2397
+  _globals['_FINALIZEREPORTREQUEST']._serialized_start=2399
+  _globals['_FINALIZEREPORTREQUEST']._serialized_end=2470
+  _globals['_AMENDREPORTREQUEST']._serialized_start=2473
+  _globals['_AMENDREPORTREQUEST']._serialized_end=2604
+  _globals['_DELIVEREVENTSREQUEST']._serialized_start=2606
+  _globals['_DELIVEREVENTSREQUEST']._serialized_end=2674
+  _globals['_DELIVEREVENTSRESPONSE']._serialized_start=2676
+  _globals['_DELIVEREVENTSRESPONSE']._serialized_end=2736
+  _globals['_DIAGNOSTICREPORTISSUED']._serialized_start=2738
+  _globals['_DIAGNOSTICREPORTISSUED']._serialized_end=2837
+  _globals['_LABSERVICE']._serialized_start=3811
+  _globals['_LABSERVICE']._serialized_end=4812
 # @@protoc_insertion_point(module_scope)

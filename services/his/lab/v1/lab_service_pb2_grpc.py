@@ -89,6 +89,11 @@ class LabServiceStub:
                 request_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.AmendReportRequest.SerializeToString,
                 response_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.DiagnosticReport.FromString,
                 _registered_method=True)
+        self.DeliverEvents = channel.unary_unary(
+                '/his.lab.v1.LabService/DeliverEvents',
+                request_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsRequest.SerializeToString,
+                response_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsResponse.FromString,
+                _registered_method=True)
 
 
 class LabServiceServicer:
@@ -214,6 +219,20 @@ class LabServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverEvents(self, request, context):
+        """Applies events of the orders service to this service's own records; only their outbox relays
+        call it. Each event is applied exactly once, in its own transaction, recorded by its
+        `event_id`: a repeated delivery changes nothing. A `his.orders.v1.ServiceRequestChanged`
+        updates the laboratory's copy of the order (older revisions are ignored). Errors:
+        INVALID_ARGUMENT naming the bad event (no events or more than 500, an `event_id` that is not a
+        UUID, an event type this service does not take, a `source` other than the one the type comes
+        from, a payload of another type); PERMISSION_DENIED if the caller is not the service the events
+        come from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LabServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +285,11 @@ def add_LabServiceServicer_to_server(servicer, server):
                     servicer.AmendReport,
                     request_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.AmendReportRequest.FromString,
                     response_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.DiagnosticReport.SerializeToString,
+            ),
+            'DeliverEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverEvents,
+                    request_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsRequest.FromString,
+                    response_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -543,6 +567,33 @@ class LabService:
             '/his.lab.v1.LabService/AmendReport',
             his_dot_lab_dot_v1_dot_lab__service__pb2.AmendReportRequest.SerializeToString,
             his_dot_lab_dot_v1_dot_lab__service__pb2.DiagnosticReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.lab.v1.LabService/DeliverEvents',
+            his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsRequest.SerializeToString,
+            his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -115,6 +115,16 @@ class LabServiceStub:
     or PRELIMINARY (use RecordObservations and FinalizeReport) or a code is not in the report;
     PERMISSION_DENIED if the caller does not hold the LAB_TECHNICIAN role.
     """
+    DeliverEvents: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.DeliverEventsRequest, _lab_service_pb2.DeliverEventsResponse]
+    """Applies events of the orders service to this service's own records; only their outbox relays
+    call it. Each event is applied exactly once, in its own transaction, recorded by its
+    `event_id`: a repeated delivery changes nothing. A `his.orders.v1.ServiceRequestChanged`
+    updates the laboratory's copy of the order (older revisions are ignored). Errors:
+    INVALID_ARGUMENT naming the bad event (no events or more than 500, an `event_id` that is not a
+    UUID, an event type this service does not take, a `source` other than the one the type comes
+    from, a payload of another type); PERMISSION_DENIED if the caller is not the service the events
+    come from.
+    """
 
 @_typing.type_check_only
 class LabServiceAsyncStub(LabServiceStub):
@@ -200,6 +210,16 @@ class LabServiceAsyncStub(LabServiceStub):
     such report; ABORTED if a given etag is stale; FAILED_PRECONDITION if the report is REGISTERED
     or PRELIMINARY (use RecordObservations and FinalizeReport) or a code is not in the report;
     PERMISSION_DENIED if the caller does not hold the LAB_TECHNICIAN role.
+    """
+    DeliverEvents: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.DeliverEventsRequest, _lab_service_pb2.DeliverEventsResponse]  # type: ignore[assignment]
+    """Applies events of the orders service to this service's own records; only their outbox relays
+    call it. Each event is applied exactly once, in its own transaction, recorded by its
+    `event_id`: a repeated delivery changes nothing. A `his.orders.v1.ServiceRequestChanged`
+    updates the laboratory's copy of the order (older revisions are ignored). Errors:
+    INVALID_ARGUMENT naming the bad event (no events or more than 500, an `event_id` that is not a
+    UUID, an event type this service does not take, a `source` other than the one the type comes
+    from, a payload of another type); PERMISSION_DENIED if the caller is not the service the events
+    come from.
     """
 
 class LabServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -343,6 +363,22 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         such report; ABORTED if a given etag is stale; FAILED_PRECONDITION if the report is REGISTERED
         or PRELIMINARY (use RecordObservations and FinalizeReport) or a code is not in the report;
         PERMISSION_DENIED if the caller does not hold the LAB_TECHNICIAN role.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverEvents(
+        self,
+        request: _lab_service_pb2.DeliverEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lab_service_pb2.DeliverEventsResponse, _abc.Awaitable[_lab_service_pb2.DeliverEventsResponse]]:
+        """Applies events of the orders service to this service's own records; only their outbox relays
+        call it. Each event is applied exactly once, in its own transaction, recorded by its
+        `event_id`: a repeated delivery changes nothing. A `his.orders.v1.ServiceRequestChanged`
+        updates the laboratory's copy of the order (older revisions are ignored). Errors:
+        INVALID_ARGUMENT naming the bad event (no events or more than 500, an `event_id` that is not a
+        UUID, an event type this service does not take, a `source` other than the one the type comes
+        from, a payload of another type); PERMISSION_DENIED if the caller is not the service the events
+        come from.
         """
 
 def add_LabServiceServicer_to_server(servicer: LabServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from his.common.v1 import types_pb2 as his_dot_common_dot_v1_dot_types__pb2
+from his.events.v1 import event_envelope_pb2 as his_dot_events_dot_v1_dot_event__envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"his/orders/v1/orders_service.proto\x12\rhis.orders.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19his/common/v1/types.proto\"\x8f\x03\n\x0eServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07patient\x18\x02 \x01(\t\x12\x11\n\tencounter\x18\x03 \x01(\t\x12\x11\n\trequester\x18\x04 \x01(\t\x12#\n\x04\x63ode\x18\x05 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x30\n\x08priority\x18\x06 \x01(\x0e\x32\x1e.his.orders.v1.RequestPriority\x12\x33\n\x06status\x18\x07 \x01(\x0e\x32#.his.orders.v1.ServiceRequestStatus\x12%\n\x06reason\x18\x08 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x0c\n\x04note\x18\t \x01(\t\x12\x15\n\rrevoke_reason\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9d\x01\n\x06\x44osage\x12%\n\x04\x64ose\x18\x01 \x01(\x0b\x32\x17.his.common.v1.Quantity\x12$\n\x05route\x18\x02 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x19\n\x11\x66requency_per_day\x18\x03 \x01(\x05\x12\x15\n\rduration_days\x18\x04 \x01(\x05\x12\x14\n\x0cinstructions\x18\x05 \x01(\t\"\xf2\x03\n\x11MedicationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07patient\x18\x02 \x01(\t\x12\x11\n\tencounter\x18\x03 \x01(\t\x12\x12\n\nprescriber\x18\x04 \x01(\t\x12\x12\n\nmedication\x18\x05 \x01(\t\x12.\n\x0fmedication_code\x18\x06 \x01(\x0b\x32\x15.his.common.v1.Coding\x12%\n\x06\x64osage\x18\x07 \x01(\x0b\x32\x15.his.orders.v1.Dosage\x12\x32\n\x11\x64ispense_quantity\x18\x08 \x01(\x0b\x32\x17.his.common.v1.Quantity\x12\x0f\n\x07refills\x18\t \x01(\x05\x12(\n\nunit_price\x18\n \x01(\x0b\x32\x14.his.common.v1.Money\x12\x36\n\x06status\x18\x0b \x01(\x0e\x32&.his.orders.v1.MedicationRequestStatus\x12\x15\n\rcancel_reason\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\"i\n\x1b\x43reateServiceRequestRequest\x12\x36\n\x0fservice_request\x18\x01 \x01(\x0b\x32\x1d.his.orders.v1.ServiceRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"(\n\x18GetServiceRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x9e\x01\n\x1aListServiceRequestsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07patient\x18\x03 \x01(\t\x12\x11\n\tencounter\x18\x04 \x01(\t\x12\x35\n\x08statuses\x18\x05 \x03(\x0e\x32#.his.orders.v1.ServiceRequestStatus\"o\n\x1bListServiceRequestsResponse\x12\x37\n\x10service_requests\x18\x01 \x03(\x0b\x32\x1d.his.orders.v1.ServiceRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x1bRevokeServiceRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"-\n\x1d\x43ompleteServiceRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"r\n\x1e\x43reateMedicationRequestRequest\x12<\n\x12medication_request\x18\x01 \x01(\x0b\x32 .his.orders.v1.MedicationRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"+\n\x1bGetMedicationRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa4\x01\n\x1dListMedicationRequestsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07patient\x18\x03 \x01(\t\x12\x11\n\tencounter\x18\x04 \x01(\t\x12\x38\n\x08statuses\x18\x05 \x03(\x0e\x32&.his.orders.v1.MedicationRequestStatus\"x\n\x1eListMedicationRequestsResponse\x12=\n\x13medication_requests\x18\x01 \x03(\x0b\x32 .his.orders.v1.MedicationRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8f\x01\n\x1eUpdateMedicationRequestRequest\x12<\n\x12medication_request\x18\x01 \x01(\x0b\x32 .his.orders.v1.MedicationRequest\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"L\n\x1e\x43\x61ncelMedicationRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\">\n CompleteMedicationRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t*\xa4\x01\n\x0fRequestPriority\x12 \n\x1cREQUEST_PRIORITY_UNSPECIFIED\x10\x00\x12\x1c\n\x18REQUEST_PRIORITY_ROUTINE\x10\x01\x12\x1b\n\x17REQUEST_PRIORITY_URGENT\x10\x02\x12\x19\n\x15REQUEST_PRIORITY_ASAP\x10\x03\x12\x19\n\x15REQUEST_PRIORITY_STAT\x10\x04*\xab\x01\n\x14ServiceRequestStatus\x12&\n\"SERVICE_REQUEST_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dSERVICE_REQUEST_STATUS_ACTIVE\x10\x01\x12\"\n\x1eSERVICE_REQUEST_STATUS_REVOKED\x10\x02\x12$\n SERVICE_REQUEST_STATUS_COMPLETED\x10\x03*\xbc\x01\n\x17MedicationRequestStatus\x12)\n%MEDICATION_REQUEST_STATUS_UNSPECIFIED\x10\x00\x12$\n MEDICATION_REQUEST_STATUS_ACTIVE\x10\x01\x12\'\n#MEDICATION_REQUEST_STATUS_CANCELLED\x10\x02\x12\'\n#MEDICATION_REQUEST_STATUS_COMPLETED\x10\x03\x32\xc5\t\n\rOrdersService\x12\x61\n\x14\x43reateServiceRequest\x12*.his.orders.v1.CreateServiceRequestRequest\x1a\x1d.his.orders.v1.ServiceRequest\x12`\n\x11GetServiceRequest\x12\'.his.orders.v1.GetServiceRequestRequest\x1a\x1d.his.orders.v1.ServiceRequest\"\x03\x90\x02\x01\x12q\n\x13ListServiceRequests\x12).his.orders.v1.ListServiceRequestsRequest\x1a*.his.orders.v1.ListServiceRequestsResponse\"\x03\x90\x02\x01\x12\x66\n\x14RevokeServiceRequest\x12*.his.orders.v1.RevokeServiceRequestRequest\x1a\x1d.his.orders.v1.ServiceRequest\"\x03\x90\x02\x02\x12j\n\x16\x43ompleteServiceRequest\x12,.his.orders.v1.CompleteServiceRequestRequest\x1a\x1d.his.orders.v1.ServiceRequest\"\x03\x90\x02\x02\x12j\n\x17\x43reateMedicationRequest\x12-.his.orders.v1.CreateMedicationRequestRequest\x1a .his.orders.v1.MedicationRequest\x12i\n\x14GetMedicationRequest\x12*.his.orders.v1.GetMedicationRequestRequest\x1a .his.orders.v1.MedicationRequest\"\x03\x90\x02\x01\x12z\n\x16ListMedicationRequests\x12,.his.orders.v1.ListMedicationRequestsRequest\x1a-.his.orders.v1.ListMedicationRequestsResponse\"\x03\x90\x02\x01\x12o\n\x17UpdateMedicationRequest\x12-.his.orders.v1.UpdateMedicationRequestRequest\x1a .his.orders.v1.MedicationRequest\"\x03\x90\x02\x02\x12o\n\x17\x43\x61ncelMedicationRequest\x12-.his.orders.v1.CancelMedicationRequestRequest\x1a .his.orders.v1.MedicationRequest\"\x03\x90\x02\x02\x12s\n\x19\x43ompleteMedicationRequest\x12/.his.orders.v1.CompleteMedicationRequestRequest\x1a .his.orders.v1.MedicationRequest\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"his/orders/v1/orders_service.proto\x12\rhis.orders.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19his/common/v1/types.proto\x1a\"his/events/v1/event_envelope.proto\"\x8f\x03\n\x0eServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07patient\x18\x02 \x01(\t\x12\x11\n\tencounter\x18\x03 \x01(\t\x12\x11\n\trequester\x18\x04 \x01(\t\x12#\n\x04\x63ode\x18\x05 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x30\n\x08priority\x18\x06 \x01(\x0e\x32\x1e.his.orders.v1.RequestPriority\x12\x33\n\x06status\x18\x07 \x01(\x0e\x32#.his.orders.v1.ServiceRequestStatus\x12%\n\x06reason\x18\x08 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x0c\n\x04note\x18\t \x01(\t\x12\x15\n\rrevoke_reason\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9d\x01\n\x06\x44osage\x12%\n\x04\x64ose\x18\x01 \x01(\x0b\x32\x17.his.common.v1.Quantity\x12$\n\x05route\x18\x02 \x01(\x0b\x32\x15.his.common.v1.Coding\x12\x19\n\x11\x66requency_per_day\x18\x03 \x01(\x05\x12\x15\n\rduration_days\x18\x04 \x01(\x05\x12\x14\n\x0cinstructions\x18\x05 \x01(\t\"\xf2\x03\n\x11MedicationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07patient\x18\x02 \x01(\t\x12\x11\n\tencounter\x18\x03 \x01(\t\x12\x12\n\nprescriber\x18\x04 \x01(\t\x12\x12\n\nmedication\x18\x05 \x01(\t\x12.\n\x0fmedication_code\x18\x06 \x01(\x0b\x32\x15.his.common.v1.Coding\x12%\n\x06\x64osage\x18\x07 \x01(\x0b\x32\x15.his.orders.v1.Dosage\x12\x32\n\x11\x64ispense_quantity\x18\x08 \x01(\x0b\x32\x17.his.common.v1.Quantity\x12\x0f\n\x07refills\x18\t \x01(\x05\x12(\n\nunit_price\x18\n \x01(\x0b\x32\x14.his.common.v1.Money\x12\x36\n\x06status\x18\x0b \x01(\x0e\x32&.his.orders.v1.MedicationRequestStatus\x12\x15\n\rcancel_reason\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\"i\n\x1b\x43reateServiceRequestRequest\x12\x36\n\x0fservice_request\x18\x01 \x01(\x0b\x32\x1d.his.orders.v1.ServiceRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"(\n\x18GetServiceRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x9e\x01\n\x1aListServiceRequestsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07patient\x18\x03 \x01(\t\x12\x11\n\tencounter\x18\x04 \x01(\t\x12\x35\n\x08statuses\x18\x05 \x03(\x0e\x32#.his.orders.v1.ServiceRequestStatus\"o\n\x1bListServiceRequestsResponse\x12\x37\n\x10service_requests\x18\x01 \x03(\x0b\x32\x1d.his.orders.v1.ServiceRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x1bRevokeServiceRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"-\n\x1d\x43ompleteServiceRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"r\n\x1e\x43reateMedicationRequestRequest\x12<\n\x12medication_request\x18\x01 \x01(\x0b\x32 .his.orders.v1.MedicationRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"+\n\x1bGetMedicationRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa4\x01\n\x1dListMedicationRequestsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07patient\x18\x03 \x01(\t\x12\x11\n\tencounter\x18\x04 \x01(\t\x12\x38\n\x08statuses\x18\x05 \x03(\x0e\x32&.his.orders.v1.MedicationRequestStatus\"x\n\x1eListMedicationRequestsResponse\x12=\n\x13medication_requests\x18\x01 \x03(\x0b\x32 .his.orders.v1.MedicationRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8f\x01\n\x1eUpdateMedicationRequestRequest\x12<\n\x12medication_request\x18\x01 \x01(\x0b\x32 .his.orders.v1.MedicationRequest\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"L\n\x1e\x43\x61ncelMedicationRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\">\n CompleteMedicationRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"D\n\x14\x44\x65liverEventsRequest\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.his.events.v1.EventEnvelope\"<\n\x15\x44\x65liverEventsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"a\n\x15ServiceRequestChanged\x12\x36\n\x0fservice_request\x18\x01 \x01(\x0b\x32\x1d.his.orders.v1.ServiceRequest\x12\x10\n\x08revision\x18\x02 \x01(\x03\"j\n\x18MedicationRequestChanged\x12<\n\x12medication_request\x18\x01 \x01(\x0b\x32 .his.orders.v1.MedicationRequest\x12\x10\n\x08revision\x18\x02 \x01(\x03*\xa4\x01\n\x0fRequestPriority\x12 \n\x1cREQUEST_PRIORITY_UNSPECIFIED\x10\x00\x12\x1c\n\x18REQUEST_PRIORITY_ROUTINE\x10\x01\x12\x1b\n\x17REQUEST_PRIORITY_URGENT\x10\x02\x12\x19\n\x15REQUEST_PRIORITY_ASAP\x10\x03\x12\x19\n\x15REQUEST_PRIORITY_STAT\x10\x04*\xab\x01\n\x14ServiceRequestStatus\x12&\n\"SERVICE_REQUEST_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dSERVICE_REQUEST_STATUS_ACTIVE\x10\x01\x12\"\n\x1eSERVICE_REQUEST_STATUS_REVOKED\x10\x02\x12$\n SERVICE_REQUEST_STATUS_COMPLETED\x10\x03*\xbc\x01\n\x17MedicationRequestStatus\x12)\n%MEDICATION_REQUEST_STATUS_UNSPECIFIED\x10\x00\x12$\n MEDICATION_REQUEST_STATUS_ACTIVE\x10\x01\x12\'\n#MEDICATION_REQUEST_STATUS_CANCELLED\x10\x02\x12\'\n#MEDICATION_REQUEST_STATUS_COMPLETED\x10\x03\x32\xa6\n\n\rOrdersService\x12\x61\n\x14\x43reateServiceRequest\x12*.his.orders.v1.CreateServiceRequestRequest\x1a\x1d.his.orders.v1.ServiceRequest\x12`\n\x11GetServiceRequest\x12\'.his.orders.v1.GetServiceRequestRequest\x1a\x1d.his.orders.v1.ServiceRequest\"\x03\x90\x02\x01\x12q\n\x13ListServiceRequests\x12).his.orders.v1.ListServiceRequestsRequest\x1a*.his.orders.v1.ListServiceRequestsResponse\"\x03\x90\x02\x01\x12\x66\n\x14RevokeServiceRequest\x12*.his.orders.v1.RevokeServiceRequestRequest\x1a\x1d.his.orders.v1.ServiceRequest\"\x03\x90\x02\x02\x12j\n\x16\x43ompleteServiceRequest\x12,.his.orders.v1.CompleteServiceRequestRequest\x1a\x1d.his.orders.v1.ServiceRequest\"\x03\x90\x02\x02\x12j\n\x17\x43reateMedicationRequest\x12-.his.orders.v1.CreateMedicationRequestRequest\x1a .his.orders.v1.MedicationRequest\x12i\n\x14GetMedicationRequest\x12*.his.orders.v1.GetMedicationRequestRequest\x1a .his.orders.v1.MedicationRequest\"\x03\x90\x02\x01\x12z\n\x16ListMedicationRequests\x12,.his.orders.v1.ListMedicationRequestsRequest\x1a-.his.orders.v1.ListMedicationRequestsResponse\"\x03\x90\x02\x01\x12o\n\x17UpdateMedicationRequest\x12-.his.orders.v1.UpdateMedicationRequestRequest\x1a .his.orders.v1.MedicationRequest\"\x03\x90\x02\x02\x12o\n\x17\x43\x61ncelMedicationRequest\x12-.his.orders.v1.CancelMedicationRequestRequest\x1a .his.orders.v1.MedicationRequest\"\x03\x90\x02\x02\x12s\n\x19\x43ompleteMedicationRequest\x12/.his.orders.v1.CompleteMedicationRequestRequest\x1a .his.orders.v1.MedicationRequest\"\x03\x90\x02\x02\x12_\n\rDeliverEvents\x12#.his.orders.v1.DeliverEventsRequest\x1a$.his.orders.v1.DeliverEventsResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,44 +53,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSSERVICE'].methods_by_name['CancelMedicationRequest']._serialized_options = b'\220\002\002'
   _globals['_ORDERSSERVICE'].methods_by_name['CompleteMedicationRequest']._loaded_options = None
   _globals['_ORDERSSERVICE'].methods_by_name['CompleteMedicationRequest']._serialized_options = b'\220\002\002'
-  _globals['_REQUESTPRIORITY']._serialized_start=2480
-  _globals['_REQUESTPRIORITY']._serialized_end=2644
-  _globals['_SERVICEREQUESTSTATUS']._serialized_start=2647
-  _globals['_SERVICEREQUESTSTATUS']._serialized_end=2818
-  _globals['_MEDICATIONREQUESTSTATUS']._serialized_start=2821
-  _globals['_MEDICATIONREQUESTSTATUS']._serialized_end=3009
-  _globals['_SERVICEREQUEST']._serialized_start=148
-  _globals['_SERVICEREQUEST']._serialized_end=547
-  _globals['_DOSAGE']._serialized_start=550
-  _globals['_DOSAGE']._serialized_end=707
-  _globals['_MEDICATIONREQUEST']._serialized_start=710
-  _globals['_MEDICATIONREQUEST']._serialized_end=1208
-  _globals['_CREATESERVICEREQUESTREQUEST']._serialized_start=1210
-  _globals['_CREATESERVICEREQUESTREQUEST']._serialized_end=1315
-  _globals['_GETSERVICEREQUESTREQUEST']._serialized_start=1317
-  _globals['_GETSERVICEREQUESTREQUEST']._serialized_end=1357
-  _globals['_LISTSERVICEREQUESTSREQUEST']._serialized_start=1360
-  _globals['_LISTSERVICEREQUESTSREQUEST']._serialized_end=1518
-  _globals['_LISTSERVICEREQUESTSRESPONSE']._serialized_start=1520
-  _globals['_LISTSERVICEREQUESTSRESPONSE']._serialized_end=1631
-  _globals['_REVOKESERVICEREQUESTREQUEST']._serialized_start=1633
-  _globals['_REVOKESERVICEREQUESTREQUEST']._serialized_end=1692
-  _globals['_COMPLETESERVICEREQUESTREQUEST']._serialized_start=1694
-  _globals['_COMPLETESERVICEREQUESTREQUEST']._serialized_end=1739
-  _globals['_CREATEMEDICATIONREQUESTREQUEST']._serialized_start=1741
-  _globals['_CREATEMEDICATIONREQUESTREQUEST']._serialized_end=1855
-  _globals['_GETMEDICATIONREQUESTREQUEST']._serialized_start=1857
-  _globals['_GETMEDICATIONREQUESTREQUEST']._serialized_end=1900
-  _globals['_LISTMEDICATIONREQUESTSREQUEST']._serialized_start=1903
-  _globals['_LISTMEDICATIONREQUESTSREQUEST']._serialized_end=2067
-  _globals['_LISTMEDICATIONREQUESTSRESPONSE']._serialized_start=2069
-  _globals['_LISTMEDICATIONREQUESTSRESPONSE']._serialized_end=2189
-  _globals['_UPDATEMEDICATIONREQUESTREQUEST']._serialized_start=2192
-  _globals['_UPDATEMEDICATIONREQUESTREQUEST']._serialized_end=2335
-  _globals['_CANCELMEDICATIONREQUESTREQUEST']._serialized_start=2337
-  _globals['_CANCELMEDICATIONREQUESTREQUEST']._serialized_end=2413
-  _globals['_COMPLETEMEDICATIONREQUESTREQUEST']._serialized_start=2415
-  _globals['_COMPLETEMEDICATIONREQUESTREQUEST']._serialized_end=2477
-  _globals['_ORDERSSERVICE']._serialized_start=3012
-  _globals['_ORDERSSERVICE']._serialized_end=4233
+  _globals['_ORDERSSERVICE'].methods_by_name['DeliverEvents']._loaded_options = None
+  _globals['_ORDERSSERVICE'].methods_by_name['DeliverEvents']._serialized_options = b'\220\002\002'
+  _globals['_REQUESTPRIORITY']._serialized_start=2855
+  _globals['_REQUESTPRIORITY']._serialized_end=3019
+  _globals['_SERVICEREQUESTSTATUS']._serialized_start=3022
+  _globals['_SERVICEREQUESTSTATUS']._serialized_end=3193
+  _globals['_MEDICATIONREQUESTSTATUS']._serialized_start=3196
+  _globals['_MEDICATIONREQUESTSTATUS']._serialized_end=3384
+  _globals['_SERVICEREQUEST']._serialized_start=184
+  _globals['_SERVICEREQUEST']._serialized_end=583
+  _globals['_DOSAGE']._serialized_start=586
+  _globals['_DOSAGE']._serialized_end=743
+  _globals['_MEDICATIONREQUEST']._serialized_start=746
+  _globals['_MEDICATIONREQUEST']._serialized_end=1244
+  _globals['_CREATESERVICEREQUESTREQUEST']._serialized_start=1246
+  _globals['_CREATESERVICEREQUESTREQUEST']._serialized_end=1351
+  _globals['_GETSERVICEREQUESTREQUEST']._serialized_start=1353
+  _globals['_GETSERVICEREQUESTREQUEST']._serialized_end=1393
+  _globals['_LISTSERVICEREQUESTSREQUEST']._serialized_start=1396
+  _globals['_LISTSERVICEREQUESTSREQUEST']._serialized_end=1554
+  _globals['_LISTSERVICEREQUESTSRESPONSE']._serialized_start=1556
+  _globals['_LISTSERVICEREQUESTSRESPONSE']._serialized_end=1667
+  _globals['_REVOKESERVICEREQUESTREQUEST']._serialized_start=1669
+  _globals['_REVOKESERVICEREQUESTREQUEST']._serialized_end=1728
+  _globals['_COMPLETESERVICEREQUESTREQUEST']._serialized_start=1730
+  _globals['_COMPLETESERVICEREQUESTREQUEST']._serialized_end=1775
+  _globals['_CREATEMEDICATIONREQUESTREQUEST']._serialized_start=1777
+  _globals['_CREATEMEDICATIONREQUESTREQUEST']._serialized_end=1891
+  _globals['_GETMEDICATIONREQUESTREQUEST']._serialized_start=1893
+  _globals['_GETMEDICATIONREQUESTREQUEST']._serialized_end=1936
+  _globals['_LISTMEDICATIONREQUESTSREQUEST']._serialized_start=1939
+  _globals['_LISTMEDICATIONREQUESTSREQUEST']._serialized_end=2103
+  _globals['_LISTMEDICATIONREQUESTSRESPONSE']._serialized_start=2105
+  _globals['_LISTMEDICATIONREQUESTSRESPONSE']._serialized_end=2225
+  _globals['_UPDATEMEDICATIONREQUESTREQUEST']._serialized_start=2228
+  _globals['_UPDATEMEDICATIONREQUESTREQUEST']._serialized_end=2371
+  _globals['_CANCELMEDICATIONREQUESTREQUEST']._serialized_start=2373
+  _globals['_CANCELMEDICATIONREQUESTREQUEST']._serialized_end=2449
+  _globals['_COMPLETEMEDICATIONREQUESTREQUEST']._serialized_start=2451
+  _globals['_COMPLETEMEDICATIONREQUESTREQUEST']._serialized_end=2513
+  _globals['_DELIVEREVENTSREQUEST']._serialized_start=2515
+  _globals['_DELIVEREVENTSREQUEST']._serialized_end=2583
+  _globals['_DELIVEREVENTSRESPONSE']._serialized_start=2585
+  _globals['_DELIVEREVENTSRESPONSE']._serialized_end=2645
+  _globals['_SERVICEREQUESTCHANGED']._serialized_start=2647
+  _globals['_SERVICEREQUESTCHANGED']._serialized_end=2744
+  _globals['_MEDICATIONREQUESTCHANGED']._serialized_start=2746
+  _globals['_MEDICATIONREQUESTCHANGED']._serialized_end=2852
+  _globals['_ORDERSSERVICE']._serialized_start=3387
+  _globals['_ORDERSSERVICE']._serialized_end=4705
 # @@protoc_insertion_point(module_scope)

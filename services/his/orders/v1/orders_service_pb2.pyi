@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from his.common.v1 import types_pb2 as _types_pb2
+from his.events.v1 import event_envelope_pb2 as _event_envelope_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -740,3 +741,118 @@ class CompleteMedicationRequestRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompleteMedicationRequestRequest: _TypeAlias = CompleteMedicationRequestRequest  # noqa: Y015
+
+@_typing.final
+class DeliverEventsRequest(_message.Message):
+    """Request of DeliverEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_envelope_pb2.EventEnvelope]:
+        """The events, applied in this order. 1 to 500."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_event_envelope_pb2.EventEnvelope] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventsRequest: _TypeAlias = DeliverEventsRequest  # noqa: Y015
+
+@_typing.final
+class DeliverEventsResponse(_message.Message):
+    """Response of DeliverEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    applied: _builtins.int
+    """How many of the events were applied by this call."""
+    duplicates: _builtins.int
+    """How many had been applied before (repeated deliveries), and were skipped."""
+    def __init__(
+        self,
+        *,
+        applied: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "duplicates", b"duplicates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventsResponse: _TypeAlias = DeliverEventsResponse  # noqa: Y015
+
+@_typing.final
+class ServiceRequestChanged(_message.Message):
+    """The state of a service request right after it changed: created, revoked, completed or any
+    other change (event type `his.orders.v1.ServiceRequestChanged` in an his.events.v1.EventEnvelope
+    from source `orders`). Stored in the orders outbox with the change and delivered to the lab
+    service (LabService.DeliverEvents) at least once, possibly out of order: the receiver keeps the
+    state with the highest `revision`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_REQUEST_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Increases with every change of this service request (1 when it is created)."""
+    @_builtins.property
+    def service_request(self) -> Global___ServiceRequest:
+        """The service request as it was right after the change."""
+
+    def __init__(
+        self,
+        *,
+        service_request: Global___ServiceRequest | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service_request", b"service_request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "service_request", b"service_request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceRequestChanged: _TypeAlias = ServiceRequestChanged  # noqa: Y015
+
+@_typing.final
+class MedicationRequestChanged(_message.Message):
+    """The state of a medication request right after it changed (event type
+    `his.orders.v1.MedicationRequestChanged`, source `orders`). Stored in the orders outbox with the
+    change and delivered to the pharmacy service (PharmacyService.DeliverEvents) at least once,
+    possibly out of order: the receiver keeps the state with the highest `revision`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDICATION_REQUEST_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Increases with every change of this medication request (1 when it is created)."""
+    @_builtins.property
+    def medication_request(self) -> Global___MedicationRequest:
+        """The medication request as it was right after the change."""
+
+    def __init__(
+        self,
+        *,
+        medication_request: Global___MedicationRequest | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["medication_request", b"medication_request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["medication_request", b"medication_request", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MedicationRequestChanged: _TypeAlias = MedicationRequestChanged  # noqa: Y015

@@ -96,6 +96,11 @@ class OrdersServiceStub:
                 request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.CompleteMedicationRequestRequest.SerializeToString,
                 response_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.FromString,
                 _registered_method=True)
+        self.DeliverEvents = channel.unary_unary(
+                '/his.orders.v1.OrdersService/DeliverEvents',
+                request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.DeliverEventsRequest.SerializeToString,
+                response_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.DeliverEventsResponse.FromString,
+                _registered_method=True)
 
 
 class OrdersServiceServicer:
@@ -223,6 +228,20 @@ class OrdersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverEvents(self, request, context):
+        """Applies events of the lab and pharmacy services to this service's own records; only their
+        outbox relays call it. Each event is applied exactly once, in its own transaction, recorded by
+        its `event_id`: a repeated delivery changes nothing. A `his.lab.v1.DiagnosticReportIssued`
+        completes its service request; a `his.pharmacy.v1.MedicationDispenseChanged` updates what has
+        been dispensed of its medication request. Errors: INVALID_ARGUMENT naming the bad event (no
+        events or more than 500, an `event_id` that is not a UUID, an event type this service does not
+        take, a `source` other than the one the type comes from, a payload of another type);
+        PERMISSION_DENIED if the caller is not the service the events come from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrdersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -280,6 +299,11 @@ def add_OrdersServiceServicer_to_server(servicer, server):
                     servicer.CompleteMedicationRequest,
                     request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.CompleteMedicationRequestRequest.FromString,
                     response_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.SerializeToString,
+            ),
+            'DeliverEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverEvents,
+                    request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.DeliverEventsRequest.FromString,
+                    response_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.DeliverEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -586,6 +610,33 @@ class OrdersService:
             '/his.orders.v1.OrdersService/CompleteMedicationRequest',
             his_dot_orders_dot_v1_dot_orders__service__pb2.CompleteMedicationRequestRequest.SerializeToString,
             his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.orders.v1.OrdersService/DeliverEvents',
+            his_dot_orders_dot_v1_dot_orders__service__pb2.DeliverEventsRequest.SerializeToString,
+            his_dot_orders_dot_v1_dot_orders__service__pb2.DeliverEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -113,6 +113,16 @@ class OrdersServiceStub:
     whatever the etag. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such medication
     request; ABORTED if a given etag is stale; FAILED_PRECONDITION if it is CANCELLED.
     """
+    DeliverEvents: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.DeliverEventsRequest, _orders_service_pb2.DeliverEventsResponse]
+    """Applies events of the lab and pharmacy services to this service's own records; only their
+    outbox relays call it. Each event is applied exactly once, in its own transaction, recorded by
+    its `event_id`: a repeated delivery changes nothing. A `his.lab.v1.DiagnosticReportIssued`
+    completes its service request; a `his.pharmacy.v1.MedicationDispenseChanged` updates what has
+    been dispensed of its medication request. Errors: INVALID_ARGUMENT naming the bad event (no
+    events or more than 500, an `event_id` that is not a UUID, an event type this service does not
+    take, a `source` other than the one the type comes from, a payload of another type);
+    PERMISSION_DENIED if the caller is not the service the events come from.
+    """
 
 @_typing.type_check_only
 class OrdersServiceAsyncStub(OrdersServiceStub):
@@ -196,6 +206,16 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     status becomes COMPLETED. Completing a COMPLETED prescription succeeds and changes nothing,
     whatever the etag. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such medication
     request; ABORTED if a given etag is stale; FAILED_PRECONDITION if it is CANCELLED.
+    """
+    DeliverEvents: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.DeliverEventsRequest, _orders_service_pb2.DeliverEventsResponse]  # type: ignore[assignment]
+    """Applies events of the lab and pharmacy services to this service's own records; only their
+    outbox relays call it. Each event is applied exactly once, in its own transaction, recorded by
+    its `event_id`: a repeated delivery changes nothing. A `his.lab.v1.DiagnosticReportIssued`
+    completes its service request; a `his.pharmacy.v1.MedicationDispenseChanged` updates what has
+    been dispensed of its medication request. Errors: INVALID_ARGUMENT naming the bad event (no
+    events or more than 500, an `event_id` that is not a UUID, an event type this service does not
+    take, a `source` other than the one the type comes from, a payload of another type);
+    PERMISSION_DENIED if the caller is not the service the events come from.
     """
 
 class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -343,6 +363,22 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         status becomes COMPLETED. Completing a COMPLETED prescription succeeds and changes nothing,
         whatever the etag. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such medication
         request; ABORTED if a given etag is stale; FAILED_PRECONDITION if it is CANCELLED.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverEvents(
+        self,
+        request: _orders_service_pb2.DeliverEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orders_service_pb2.DeliverEventsResponse, _abc.Awaitable[_orders_service_pb2.DeliverEventsResponse]]:
+        """Applies events of the lab and pharmacy services to this service's own records; only their
+        outbox relays call it. Each event is applied exactly once, in its own transaction, recorded by
+        its `event_id`: a repeated delivery changes nothing. A `his.lab.v1.DiagnosticReportIssued`
+        completes its service request; a `his.pharmacy.v1.MedicationDispenseChanged` updates what has
+        been dispensed of its medication request. Errors: INVALID_ARGUMENT naming the bad event (no
+        events or more than 500, an `event_id` that is not a UUID, an event type this service does not
+        take, a `source` other than the one the type comes from, a payload of another type);
+        PERMISSION_DENIED if the caller is not the service the events come from.
         """
 
 def add_OrdersServiceServicer_to_server(servicer: OrdersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -122,6 +122,16 @@ class PharmacyServiceStub:
     given etag is stale; FAILED_PRECONDITION if the dispense is completed (handed-over medication
     is never returned to stock).
     """
+    DeliverEvents: _grpc.UnaryUnaryMultiCallable[_pharmacy_service_pb2.DeliverEventsRequest, _pharmacy_service_pb2.DeliverEventsResponse]
+    """Applies events of the orders service to this service's own records; only their outbox relays
+    call it. Each event is applied exactly once, in its own transaction, recorded by its
+    `event_id`: a repeated delivery changes nothing. A `his.orders.v1.MedicationRequestChanged`
+    updates the pharmacy's copy of the prescription that dispensing is checked against (older
+    revisions are ignored). Errors: INVALID_ARGUMENT naming the bad event (no events or more than
+    500, an `event_id` that is not a UUID, an event type this service does not take, a `source`
+    other than the one the type comes from, a payload of another type); PERMISSION_DENIED if the
+    caller is not the service the events come from.
+    """
 
 @_typing.type_check_only
 class PharmacyServiceAsyncStub(PharmacyServiceStub):
@@ -214,6 +224,16 @@ class PharmacyServiceAsyncStub(PharmacyServiceStub):
     such dispense; PERMISSION_DENIED if the caller does not have the PHARMACIST role; ABORTED if a
     given etag is stale; FAILED_PRECONDITION if the dispense is completed (handed-over medication
     is never returned to stock).
+    """
+    DeliverEvents: _aio.UnaryUnaryMultiCallable[_pharmacy_service_pb2.DeliverEventsRequest, _pharmacy_service_pb2.DeliverEventsResponse]  # type: ignore[assignment]
+    """Applies events of the orders service to this service's own records; only their outbox relays
+    call it. Each event is applied exactly once, in its own transaction, recorded by its
+    `event_id`: a repeated delivery changes nothing. A `his.orders.v1.MedicationRequestChanged`
+    updates the pharmacy's copy of the prescription that dispensing is checked against (older
+    revisions are ignored). Errors: INVALID_ARGUMENT naming the bad event (no events or more than
+    500, an `event_id` that is not a UUID, an event type this service does not take, a `source`
+    other than the one the type comes from, a payload of another type); PERMISSION_DENIED if the
+    caller is not the service the events come from.
     """
 
 class PharmacyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -376,6 +396,22 @@ class PharmacyServiceServicer(metaclass=_abc_1.ABCMeta):
         such dispense; PERMISSION_DENIED if the caller does not have the PHARMACIST role; ABORTED if a
         given etag is stale; FAILED_PRECONDITION if the dispense is completed (handed-over medication
         is never returned to stock).
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverEvents(
+        self,
+        request: _pharmacy_service_pb2.DeliverEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pharmacy_service_pb2.DeliverEventsResponse, _abc.Awaitable[_pharmacy_service_pb2.DeliverEventsResponse]]:
+        """Applies events of the orders service to this service's own records; only their outbox relays
+        call it. Each event is applied exactly once, in its own transaction, recorded by its
+        `event_id`: a repeated delivery changes nothing. A `his.orders.v1.MedicationRequestChanged`
+        updates the pharmacy's copy of the prescription that dispensing is checked against (older
+        revisions are ignored). Errors: INVALID_ARGUMENT naming the bad event (no events or more than
+        500, an `event_id` that is not a UUID, an event type this service does not take, a `source`
+        other than the one the type comes from, a payload of another type); PERMISSION_DENIED if the
+        caller is not the service the events come from.
         """
 
 def add_PharmacyServiceServicer_to_server(servicer: PharmacyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,179 @@
+"""The receiving end of the outbox: other services' events, each applied exactly once.
+
+A source's relay (his.runtime.relay) delivers its outbox at least once, in batches, through the
+receiver's `DeliverEvents` rpc. The receiver applies each event in its own transaction, together
+with a row of `<service>.inbox` keyed by the event id: a second delivery finds the row and changes
+nothing. Events that carry a resource's state carry its revision too, so a handler keeps the newest
+state whatever order deliveries arrive in (the relay sends a batch's events concurrently).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from sqlalchemy import Column, DateTime, MetaData, Table, Text, text
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from his.base import identity
+from his.base.errors import FieldViolation, InvalidArgument, PermissionDenied
+from his.events.v1.event_envelope_pb2 import EventEnvelope
+from his.runtime.database import Database
+from his.runtime.outbox import table as _outbox_table
+
+TABLE = "inbox"
+# One DeliverEvents call takes at most this many events (the relay's batches are smaller).
+MAX_EVENTS = 500
+
+
+def table(schema: str) -> str:
+    """`"<schema>".inbox` (the schema is checked as the outbox's is: it becomes SQL)."""
+    return _outbox_table(schema).replace(".outbox", f".{TABLE}")
+
+
+def create_table_sql(schema: str) -> list[str]:
+    """The statements of a service's migration that adds its inbox. Frozen as it is: a later
+    change is a new function and a new migration."""
+    return [
+        f"""
+        CREATE TABLE {table(schema)} (
+            event_id uuid PRIMARY KEY,
+            event_type text NOT NULL,
+            source text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+        )
+        """
+    ]
+
+
+def drop_table_sql(schema: str) -> list[str]:
+    """The statements of the migration's downgrade."""
+    return [f"DROP TABLE {table(schema)}"]
+
+
+def declare(metadata: MetaData) -> Table:
+    """The inbox as SQLAlchemy sees it, in a service's `tables.py` (the schema tests compare it
+    with what the migration builds)."""
+    return Table(
+        TABLE,
+        metadata,
+        Column("event_id", UUID(as_uuid=True), primary_key=True),
+        Column("event_type", Text, nullable=False),
+        Column("source", Text, nullable=False),
+        Column(
+            "applied_at",
+            DateTime(timezone=True),
+            nullable=False,
+            server_default=text("clock_timestamp()"),
+        ),
+    )
+
+
+Handler = Callable[[AsyncSession, EventEnvelope, Message], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Consumes:
+    """One event type a service takes: who may send it, its payload and what applying it does
+    (inside the transaction that also records the event id)."""
+
+    source: str
+    payload: type[Message]
+    apply: Handler
+
+    @property
+    def event_type(self) -> str:
+        return self.payload.DESCRIPTOR.full_name
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one DeliverEvents call did."""
+
+    applied: int
+    duplicates: int
+
+
+def consuming(*kinds: Consumes) -> dict[str, Consumes]:
+    """The event types of `kinds`, by type name."""
+    return {kind.event_type: kind for kind in kinds}
+
+
+async def first_delivery(session: AsyncSession, schema: str, event: EventEnvelope) -> bool:
+    """Records `event` as applied; False if it already was (then apply nothing)."""
+    result = await session.execute(
+        text(
+            f"INSERT INTO {table(schema)} (event_id, event_type, source) "  # noqa: S608
+            "VALUES (:event_id, :event_type, :source) ON CONFLICT (event_id) DO NOTHING "
+            "RETURNING event_id"
+        ),
+        {
+            "event_id": uuid.UUID(event.event_id),
+            "event_type": event.event_type,
+            "source": event.source,
+        },
+    )
+    return result.first() is not None
+
+
+def _check(
+    events: Sequence[EventEnvelope], consumes: Mapping[str, Consumes]
+) -> list[tuple[EventEnvelope, Consumes, Message]]:
+    """Each event with what takes it and its unpacked payload; INVALID_ARGUMENT naming every bad
+    event (a relay sends such an event to its dead letters), PERMISSION_DENIED when the caller is
+    not the service an event type comes from."""
+    if not events:
+        raise InvalidArgument.field("events", "is required")
+    if len(events) > MAX_EVENTS:
+        raise InvalidArgument.field("events", f"at most {MAX_EVENTS} per call")
+    caller = identity.current_or_none()
+    bad: list[FieldViolation] = []
+    checked: list[tuple[EventEnvelope, Consumes, Message]] = []
+    for index, event in enumerate(events):
+        field = f"events[{index}]"
+        kind = consumes.get(event.event_type)
+        try:
+            uuid.UUID(event.event_id)
+        except ValueError:
+            bad.append(FieldViolation(f"{field}.event_id", "must be a UUID"))
+        if kind is None:
+            bad.append(FieldViolation(f"{field}.event_type", "is not an event this service takes"))
+            continue
+        if event.source != kind.source:
+            bad.append(FieldViolation(f"{field}.source", f"must be {kind.source!r}"))
+            continue
+        if caller is not None and caller.service_name != kind.source:
+            # Only the source's own relay delivers its events (the mesh says so too).
+            raise PermissionDenied(
+                f"only the {kind.source} service delivers {kind.event_type}",
+                reason="SERVICE_NOT_PERMITTED",
+            )
+        payload = kind.payload()
+        if not event.payload.Unpack(payload):
+            bad.append(FieldViolation(f"{field}.payload", f"is not a {kind.event_type}"))
+            continue
+        checked.append((event, kind, payload))
+    if bad:
+        raise InvalidArgument(bad)
+    return checked
+
+
+async def apply_events(
+    database: Database,
+    schema: str,
+    events: Sequence[EventEnvelope],
+    consumes: Mapping[str, Consumes],
+) -> Outcome:
+    """Applies each of `events` once, each in its own short transaction, in the order given."""
+    applied = duplicates = 0
+    for event, kind, payload in _check(events, consumes):
+        async with database.transaction() as session:
+            if await first_delivery(session, schema, event):
+                await kind.apply(session, event, payload)
+                applied += 1
+            else:
+                duplicates += 1
+    return Outcome(applied=applied, duplicates=duplicates)
