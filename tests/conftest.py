@@ -211,3 +211,34 @@ def scheduling(
 ) -> scheduling_service_pb2_grpc.SchedulingServiceAsyncStub:
     """The scheduling service stub."""
     return scheduling_service_pb2_grpc.SchedulingServiceStub(scheduling_channel)
+
+
+# --- the order loop: orders, lab and pharmacy deliver events to each other through their relays,
+# so each one's peers are named by a port reserved for the session before any of them starts.
+
+
+@pytest.fixture(scope="session")
+def orders_port() -> int:
+    """The port the session's orders service listens on (lab and pharmacy deliver to it)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def lab_port() -> int:
+    """The port the session's lab service listens on (orders delivers lab orders to it)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def pharmacy_port() -> int:
+    """The port the session's pharmacy service listens on (orders delivers prescriptions to it)."""
+    return free_port()
+
+
+# --- orders fixtures ---------------------------------------------------------------------------
+
+
+# --- lab fixtures ------------------------------------------------------------------------------
+
+
+# --- pharmacy fixtures -------------------------------------------------------------------------
