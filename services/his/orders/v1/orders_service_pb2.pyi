@@ -131,6 +131,7 @@ class ServiceRequest(_message.Message):
     REVOKE_REASON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PERFORMER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `serviceRequests/{service_request}`. Assigned by the service; ignored on
     create.
@@ -155,6 +156,10 @@ class ServiceRequest(_message.Message):
     """
     revoke_reason: _builtins.str
     """Why the order was revoked, as given to RevokeServiceRequest; empty unless it was. Output only."""
+    performer: _builtins.str
+    """The laboratory that is to perform the test, `departments/{department}` of an iam department of
+    kind LAB. Required on create, then never changed; the laboratory's technicians see the order.
+    """
     @_builtins.property
     def code(self) -> _types_pb2.Coding:
         """The test or panel ordered, a LOINC code (for example `2345-7` Glucose). Required; the system
@@ -190,10 +195,11 @@ class ServiceRequest(_message.Message):
         revoke_reason: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        performer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "reason", b"reason", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "encounter", b"encounter", "name", b"name", "note", b"note", "patient", b"patient", "priority", b"priority", "reason", b"reason", "requester", b"requester", "revoke_reason", b"revoke_reason", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "encounter", b"encounter", "name", b"name", "note", b"note", "patient", b"patient", "performer", b"performer", "priority", b"priority", "reason", b"reason", "requester", b"requester", "revoke_reason", b"revoke_reason", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
