@@ -232,16 +232,25 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
 
     # --- what other services know ------------------------------------------------------------
 
-    async def _open_encounter(self, encounter: str, patient: str) -> emr_pb.Encounter:
-        """The encounter, asked as the caller: of this patient and ARRIVED or IN_PROGRESS."""
+    async def _encounter(self, encounter: str) -> emr_pb.Encounter:
+        """The encounter, asked as the caller: emr refuses a caller who may not see it with the
+        same policy orders decides with, and its reason is passed on."""
         try:
-            found = await self._clients.emr.GetEncounter(emr_pb.GetEncounterRequest(name=encounter))
+            return await self._clients.emr.GetEncounter(emr_pb.GetEncounterRequest(name=encounter))
         except UpstreamError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise FailedPrecondition(
                     "the encounter does not exist", reason="ENCOUNTER_NOT_FOUND"
                 ) from None
+            if error.code() == grpc.StatusCode.PERMISSION_DENIED and error.reason:
+                raise PermissionDenied(
+                    "the caller may not see the encounter", reason=error.reason
+                ) from None
             raise
+
+    @staticmethod
+    def _require_open(found: emr_pb.Encounter, patient: str) -> None:
+        """FAILED_PRECONDITION unless the encounter is of `patient` and ARRIVED or IN_PROGRESS."""
         if found.patient != patient:
             raise FailedPrecondition(
                 "the encounter belongs to another patient", reason="ENCOUNTER_OTHER_PATIENT"
@@ -252,18 +261,18 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
                 reason="ENCOUNTER_NOT_OPEN",
                 metadata={"status": emr_pb.EncounterStatus.Name(found.status)},
             )
-        return found
 
     async def _placed_in(
-        self, encounter: str, patient: str, performer_id: uuid.UUID | None = None
-    ) -> _Encounter:
-        """The patient active and the encounter open: the facts the new order keeps."""
+        self, kind: _Kind, encounter: str, patient: str, performer_id: uuid.UUID | None = None
+    ) -> tuple[Permit, _Encounter]:
+        """The patient active, the caller allowed to order on the encounter's facts (the
+        facts the new order keeps), and the encounter open."""
         await require_active(
             self._clients, patient, when_merged="place the order on the surviving record"
         )
-        found = await self._open_encounter(encounter, patient)
+        found = await self._encounter(encounter)
         attending = found.attending_practitioner
-        return _Encounter(
+        placed = _Encounter(
             patient_id=uuid.UUID(patient.removeprefix("patients/")),
             department_id=uuid.UUID(found.department.removeprefix("departments/")),
             attending_id=uuid.UUID(attending.removeprefix("staff/")) if attending else None,
@@ -272,6 +281,11 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
             author_id=_caller_id(),
             performer_id=performer_id,
         )
+        permit, _ = await self._access.authorize(
+            "create", kind.policy_class, lambda: _found(placed), self._facts("create")
+        )
+        self._require_open(found, patient)
+        return permit, placed
 
     async def _require_lab(self, performer: str) -> None:
         """FAILED_PRECONDITION unless `performer` is an iam department of kind LAB."""
@@ -326,13 +340,11 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
         request: Message,
         request_id: str | None,
         values: dict[str, Any],
-        placed: _Encounter,
+        placed: tuple[Permit, _Encounter],
     ) -> Any:
-        permit, _ = await self._access.authorize(
-            "create", kind.policy_class, lambda: _found(placed), self._facts("create")
-        )
+        permit, facts = placed
         key = RequestKey.of(request, request_id)
-        values = {**values, **placed.columns(), kind.author_column: placed.author_id}
+        values = {**values, **facts.columns(), kind.author_column: facts.author_id}
         async with self._db.transaction() as session:
             inserted = await store.insert_order(session, kind.table, values, key.pair)
             # None: a concurrent call with the same request id won; its order is the answer.
@@ -397,10 +409,13 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
         return kind.to_proto(row)
 
     async def _complete(self, kind: _Kind, name: str, etag: str) -> Any:
-        """Completion by the fulfilling service calling as itself; refused to everyone else."""
+        """Completion by the fulfilling service calling as itself (its identity decides, as for
+        its events); everyone else hears the policy's answer first, and a person it allows is
+        refused all the same: completion is the fulfiller's."""
         ident = required_id("name", name, collection=kind.collection)
         principal = identity.current_or_none()
         if self._access.enabled and (principal is None or principal.service_name != kind.fulfiller):
+            await self._authorize("update", kind, ident, ("status",))
             raise PermissionDenied(
                 f"only the {kind.fulfiller} service completes an order, through its events",
                 reason="COMPLETED_BY_FULFILLER",
@@ -471,7 +486,9 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
             return replay  # type: ignore[no-any-return]
         order = request.service_request
         # Ask first (nothing remote under a lock), then one short transaction.
-        placed = await self._placed_in(order.encounter, order.patient, values["performer_id"])
+        placed = await self._placed_in(
+            SERVICE_REQUEST, order.encounter, order.patient, values["performer_id"]
+        )
         await self._require_lab(order.performer)
         return await self._create(  # type: ignore[no-any-return]
             SERVICE_REQUEST, request, request_id, values, placed
@@ -565,7 +582,7 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
         if replay is not None:
             return replay  # type: ignore[no-any-return]
         order = request.medication_request
-        placed = await self._placed_in(order.encounter, order.patient)
+        placed = await self._placed_in(MEDICATION_REQUEST, order.encounter, order.patient)
         values.update(await self._formulary(order.medication, values["dispense_unit"]))
         return await self._create(  # type: ignore[no-any-return]
             MEDICATION_REQUEST, request, request_id, values, placed
