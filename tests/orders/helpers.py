@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 else:
     Orders = Emr = Patients = Any
 
+DOMAIN = "orders.his"
 LOINC = "http://loinc.org"
 GLUCOSE = types_pb2.Coding(system=LOINC, code="2345-7", display="Glucose")
 ORAL = types_pb2.Coding(system="http://snomed.info/sct", code="26643006", display="Oral route")
@@ -138,3 +139,30 @@ async def prescribe(
         pb.CreateMedicationRequestRequest(medication_request=prescription(at, medication, **kw)),
         metadata=by.md,
     )
+
+
+async def changed_revisions(db: Any, event_type: str, name: str) -> list[int]:
+    """Revisions of the Changed events of one order in orders' outbox, in the order stored."""
+    from sqlalchemy import text  # noqa: PLC0415
+
+    from his.events.v1.event_envelope_pb2 import EventEnvelope  # noqa: PLC0415
+
+    message = pb.ServiceRequestChanged if "Service" in event_type else pb.MedicationRequestChanged
+    async with db.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT envelope FROM orders.outbox WHERE event_type = :type ORDER BY id"),
+            {"type": event_type},
+        )
+        raws = [row[0] for row in rows]
+    revisions = []
+    for raw in raws:
+        event = message()
+        EventEnvelope.FromString(raw).payload.Unpack(event)
+        order = (
+            event.service_request
+            if isinstance(event, pb.ServiceRequestChanged)
+            else (event.medication_request)
+        )
+        if order.name == name:
+            revisions.append(event.revision)
+    return revisions

@@ -88,7 +88,7 @@ service_requests = Table(
     *_bookkeeping(),
     CheckConstraint(one_of("priority", PRIORITIES), name="sr_priority_known"),
     CheckConstraint(one_of("status", SERVICE_REQUEST_STATUSES), name="sr_status_known"),
-    CheckConstraint("(status = 'revoked') = (revoke_reason IS NOT NULL)", name="sr_revoked_why"),
+    CheckConstraint("status <> 'revoked' OR revoke_reason IS NOT NULL", name="sr_revoked_why"),
     CheckConstraint("revision >= 1", name="sr_revision_positive"),
 )
 Index("service_requests_by_time", service_requests.c.create_time, service_requests.c.id)
@@ -134,7 +134,7 @@ medication_requests = Table(
     *_bookkeeping(),
     CheckConstraint(one_of("status", MEDICATION_REQUEST_STATUSES), name="mr_status_known"),
     CheckConstraint(
-        "(status = 'cancelled') = (cancel_reason IS NOT NULL)", name="mr_cancelled_why"
+        "status <> 'cancelled' OR cancel_reason IS NOT NULL", name="mr_cancelled_why"
     ),
     CheckConstraint("dose_value > 0 AND dispense_value > 0", name="mr_amounts_positive"),
     CheckConstraint("refills BETWEEN 0 AND 12", name="mr_refills_range"),

@@ -176,7 +176,8 @@ class OrdersServiceServicer:
         encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS
         (ENCOUNTER_NOT_OPEN), or if the performer is not a department of kind LAB
         (PERFORMER_NOT_LAB); PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not
-        see the encounter; UNAVAILABLE if the patient, EMR or iam service cannot be reached.
+        see the encounter (the EMR service's reason, which it also gives for an encounter that does
+        not exist); UNAVAILABLE if the patient, EMR or iam service cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -269,8 +270,10 @@ class OrdersServiceServicer:
         the bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if
         the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS, or
         if the medication does not exist or is inactive (MEDICATION_NOT_FOUND, MEDICATION_INACTIVE);
-        PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter;
-        UNAVAILABLE if the patient, EMR or pharmacy service cannot be reached.
+        PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter
+        (as for CreateServiceRequest); FAILED_PRECONDITION if `dispense_quantity` is not in the
+        medication's dispense unit (DISPENSE_UNIT_MISMATCH); UNAVAILABLE if the patient, EMR or
+        pharmacy service cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

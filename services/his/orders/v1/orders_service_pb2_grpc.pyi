@@ -62,7 +62,8 @@ class OrdersServiceStub:
     encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS
     (ENCOUNTER_NOT_OPEN), or if the performer is not a department of kind LAB
     (PERFORMER_NOT_LAB); PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not
-    see the encounter; UNAVAILABLE if the patient, EMR or iam service cannot be reached.
+    see the encounter (the EMR service's reason, which it also gives for an encounter that does
+    not exist); UNAVAILABLE if the patient, EMR or iam service cannot be reached.
     """
     GetServiceRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.GetServiceRequestRequest, _orders_service_pb2.ServiceRequest]
     """Returns one service request. Errors: INVALID_ARGUMENT if `name` is not
@@ -123,8 +124,10 @@ class OrdersServiceStub:
     the bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if
     the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS, or
     if the medication does not exist or is inactive (MEDICATION_NOT_FOUND, MEDICATION_INACTIVE);
-    PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter;
-    UNAVAILABLE if the patient, EMR or pharmacy service cannot be reached.
+    PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter
+    (as for CreateServiceRequest); FAILED_PRECONDITION if `dispense_quantity` is not in the
+    medication's dispense unit (DISPENSE_UNIT_MISMATCH); UNAVAILABLE if the patient, EMR or
+    pharmacy service cannot be reached.
     """
     GetMedicationRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.GetMedicationRequestRequest, _orders_service_pb2.MedicationRequest]
     """Returns one medication request. Errors: INVALID_ARGUMENT if `name` is not
@@ -233,7 +236,8 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS
     (ENCOUNTER_NOT_OPEN), or if the performer is not a department of kind LAB
     (PERFORMER_NOT_LAB); PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not
-    see the encounter; UNAVAILABLE if the patient, EMR or iam service cannot be reached.
+    see the encounter (the EMR service's reason, which it also gives for an encounter that does
+    not exist); UNAVAILABLE if the patient, EMR or iam service cannot be reached.
     """
     GetServiceRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.GetServiceRequestRequest, _orders_service_pb2.ServiceRequest]  # type: ignore[assignment]
     """Returns one service request. Errors: INVALID_ARGUMENT if `name` is not
@@ -294,8 +298,10 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     the bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if
     the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS, or
     if the medication does not exist or is inactive (MEDICATION_NOT_FOUND, MEDICATION_INACTIVE);
-    PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter;
-    UNAVAILABLE if the patient, EMR or pharmacy service cannot be reached.
+    PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter
+    (as for CreateServiceRequest); FAILED_PRECONDITION if `dispense_quantity` is not in the
+    medication's dispense unit (DISPENSE_UNIT_MISMATCH); UNAVAILABLE if the patient, EMR or
+    pharmacy service cannot be reached.
     """
     GetMedicationRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.GetMedicationRequestRequest, _orders_service_pb2.MedicationRequest]  # type: ignore[assignment]
     """Returns one medication request. Errors: INVALID_ARGUMENT if `name` is not
@@ -407,7 +413,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS
         (ENCOUNTER_NOT_OPEN), or if the performer is not a department of kind LAB
         (PERFORMER_NOT_LAB); PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not
-        see the encounter; UNAVAILABLE if the patient, EMR or iam service cannot be reached.
+        see the encounter (the EMR service's reason, which it also gives for an encounter that does
+        not exist); UNAVAILABLE if the patient, EMR or iam service cannot be reached.
         """
 
     @_abc_1.abstractmethod
@@ -516,8 +523,10 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         the bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if
         the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS, or
         if the medication does not exist or is inactive (MEDICATION_NOT_FOUND, MEDICATION_INACTIVE);
-        PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter;
-        UNAVAILABLE if the patient, EMR or pharmacy service cannot be reached.
+        PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter
+        (as for CreateServiceRequest); FAILED_PRECONDITION if `dispense_quantity` is not in the
+        medication's dispense unit (DISPENSE_UNIT_MISMATCH); UNAVAILABLE if the patient, EMR or
+        pharmacy service cannot be reached.
         """
 
     @_abc_1.abstractmethod

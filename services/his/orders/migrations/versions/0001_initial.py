@@ -82,7 +82,7 @@ def upgrade() -> None:
             name="sr_status_known",
         ),
         sa.CheckConstraint(
-            "(status = 'revoked') = (revoke_reason IS NOT NULL)", name="sr_revoked_why"
+            "status <> 'revoked' OR revoke_reason IS NOT NULL", name="sr_revoked_why"
         ),
         sa.CheckConstraint("revision >= 1", name="sr_revision_positive"),
         sa.PrimaryKeyConstraint("id"),
@@ -135,7 +135,7 @@ def upgrade() -> None:
             name="mr_status_known",
         ),
         sa.CheckConstraint(
-            "(status = 'cancelled') = (cancel_reason IS NOT NULL)", name="mr_cancelled_why"
+            "status <> 'cancelled' OR cancel_reason IS NOT NULL", name="mr_cancelled_why"
         ),
         sa.CheckConstraint("dose_value > 0 AND dispense_value > 0", name="mr_amounts_positive"),
         sa.CheckConstraint("refills BETWEEN 0 AND 12", name="mr_refills_range"),
