@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from his.common.v1 import types_pb2
 from his.pharmacy.v1 import pharmacy_service_pb2 as pb
@@ -64,6 +65,7 @@ class _StandIn(pb_grpc.PharmacyServiceServicer):
         found = self._by_name.get(request.name)
         if found is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"{request.name} not found")
+            raise AssertionError("abort raises")
         return found
 
 
@@ -74,9 +76,9 @@ async def stand_in(port: int) -> AsyncIterator[Formulary]:
     for item in (made.active, made.inactive, made.other):
         item.name = f"medications/{uuid.uuid4()}"
     server = grpc.aio.server()
-    pb_grpc.add_PharmacyServiceServicer_to_server(
-        _StandIn([made.active, made.inactive, made.other]), server
-    )
+    # Only GetMedication is served; every other rpc answers UNIMPLEMENTED.
+    stand_in_servicer = _StandIn([made.active, made.inactive, made.other])  # type: ignore[abstract]
+    pb_grpc.add_PharmacyServiceServicer_to_server(stand_in_servicer, server)
     server.add_insecure_port(f"[::]:{port}")
     await server.start()
     try:
@@ -85,7 +87,7 @@ async def stand_in(port: int) -> AsyncIterator[Formulary]:
         await server.stop(grace=None)
 
 
-async def in_pharmacy(stub: pb_grpc.PharmacyServiceStub, pharmacist: Any) -> Formulary:
+async def in_pharmacy(stub: Any, pharmacist: Any) -> Formulary:
     """The medications created in the real pharmacy service by a pharmacist (`pharmacist.md`)."""
     made = catalogue()
     created = []
@@ -97,7 +99,7 @@ async def in_pharmacy(stub: pb_grpc.PharmacyServiceStub, pharmacist: Any) -> For
             new = await stub.UpdateMedication(
                 pb.UpdateMedicationRequest(
                     medication=pb.Medication(name=new.name, active=False),
-                    update_mask={"paths": ["active"]},
+                    update_mask=FieldMask(paths=["active"]),
                 ),
                 metadata=pharmacist.md,
             )

@@ -27,7 +27,7 @@ from tests.security.helpers import AUDITOR
 from tests.support import fails
 
 
-async def _sees(orders: Orders, name: str, md: object) -> grpc.StatusCode:
+async def _sees(orders: Orders, name: str, md: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
     try:
         if name.startswith("serviceRequests/"):
             await orders.GetServiceRequest(pb.GetServiceRequestRequest(name=name), metadata=md)

@@ -318,7 +318,13 @@ async def test_bad_events_are_refused_naming_each(orders: Orders) -> None:
     ]
     reply = await orders.DeliverEvents(deliver(good), metadata=LAB)
     assert (reply.applied, reply.duplicates) == (1, 0)
-    bad_dispense = dispense_changed("medicationRequests/1", "dispenses/1", -1, 0, 0)
+    bad_dispense = dispense_changed(
+        "medicationRequests/1",
+        "dispenses/1",
+        -1,
+        0,  # type: ignore[arg-type]
+        0,
+    )
     assert set(
         await invalid_in(DOMAIN, orders.DeliverEvents(deliver(bad_dispense), metadata=PHARMACY))
     ) == {

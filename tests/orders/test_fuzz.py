@@ -45,7 +45,7 @@ NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 MUTATIONS = 30
 
 
-def _leaves(message: Message, prefix: str = "") -> Iterator[tuple[Message, FieldDescriptor, str]]:
+def _leaves(message: Message, prefix: str = "") -> Iterator[tuple[Message, Any, str]]:
     """Every scalar field of `message` and of its set sub-messages (the mutation targets)."""
     for field in message.DESCRIPTOR.fields:
         path = f"{prefix}{field.name}"

@@ -179,7 +179,9 @@ async def test_orders_need_an_active_patient_an_open_encounter_of_theirs_and_a_l
         "DEPARTMENT_MISMATCH",
     )
     listed = await orders.ListServiceRequests(
-        pb.ListServiceRequestsRequest(patient=at.patient, statuses=list(range(1, 6))),
+        pb.ListServiceRequestsRequest(
+            patient=at.patient, statuses=list(pb.ServiceRequestStatus.values())[1:]
+        ),
         metadata=hospital.doctor.md,
     )
     assert list(listed.service_requests) == []
@@ -371,7 +373,10 @@ async def test_a_patients_orders_are_listed_newest_first_in_pages(
             DOMAIN,
             orders.ListServiceRequests(
                 pb.ListServiceRequestsRequest(
-                    patient="p/1", performer="x", page_size=-1, statuses=[9]
+                    patient="p/1",
+                    performer="x",
+                    page_size=-1,
+                    statuses=[9],  # type: ignore[list-item]
                 ),
                 metadata=md,
             ),
