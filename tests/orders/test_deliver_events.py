@@ -334,3 +334,39 @@ async def test_bad_events_are_refused_naming_each(orders: Orders) -> None:
         "payload.medication_dispense.name",
         "payload.medication_dispense.medication_request",
     }
+
+
+async def test_the_fulfilling_service_itself_may_complete_through_the_rpc(
+    orders: Orders,
+    emr: Emr,
+    patients: Patients,
+    hospital: Hospital,
+    formulary: Formulary,
+) -> None:
+    lab_order = await _lab_order(orders, emr, patients, hospital)
+    made = await _prescription(orders, emr, patients, hospital, formulary)
+    # Each fulfiller completes only its own kind of order.
+    wrong = await fails(
+        orders.CompleteMedicationRequest(
+            pb.CompleteMedicationRequestRequest(name=made.name), metadata=LAB
+        )
+    )
+    assert (wrong.code, wrong.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NO_CLINICAL_ACCESS")
+    done = await orders.CompleteServiceRequest(
+        pb.CompleteServiceRequestRequest(name=lab_order.name), metadata=LAB
+    )
+    assert (done.status, done.etag) == (pb.SERVICE_REQUEST_STATUS_COMPLETED, "2")
+    again = await orders.CompleteServiceRequest(
+        pb.CompleteServiceRequestRequest(name=lab_order.name), metadata=LAB
+    )
+    assert again == done
+    stale = await fails(
+        orders.CompleteMedicationRequest(
+            pb.CompleteMedicationRequestRequest(name=made.name, etag="7"), metadata=PHARMACY
+        )
+    )
+    assert (stale.code, stale.reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
+    completed = await orders.CompleteMedicationRequest(
+        pb.CompleteMedicationRequestRequest(name=made.name, etag="1"), metadata=PHARMACY
+    )
+    assert completed.status == pb.MEDICATION_REQUEST_STATUS_COMPLETED
