@@ -15,6 +15,8 @@ from his.audit.spec import SPEC as AUDIT
 from his.emr.spec import SPEC as EMR
 from his.emr.v1 import emr_service_pb2_grpc
 from his.iam.spec import SPEC as IAM
+from his.orders.spec import SPEC as ORDERS
+from his.orders.v1 import orders_service_pb2_grpc
 from his.patient.spec import SPEC as PATIENT
 from his.patient.v1 import patient_service_pb2_grpc
 from his.runtime.config import ServiceConfig, load
@@ -59,7 +61,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 @pytest.fixture(scope="session")
 def database_url(postgres: EmbeddedPostgres) -> str:
     """The URL of the session database, with every implemented schema migrated."""
-    for service in ("patient", "scheduling", "audit", "iam", "emr"):
+    for service in ("patient", "scheduling", "audit", "iam", "emr", "orders"):
         upgrade(service, postgres.url)
     return postgres.url
 
@@ -236,6 +238,51 @@ def pharmacy_port() -> int:
 
 
 # --- orders fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+async def orders_service(
+    database_url: str,
+    patient_service: RunningService,
+    audit_service: RunningService,
+    iam_service: RunningService,
+    emr_service: RunningService,
+    orders_port: int,
+    lab_port: int,
+    pharmacy_port: int,
+) -> AsyncIterator[RunningService]:
+    """The orders service on its reserved port, calling the session's patient, audit, iam and
+    emr, and the lab and pharmacy at their reserved ports (its relay delivers lab orders and
+    prescriptions there; while nothing listens, they wait in its outbox). Its relay is not among
+    the session's drained ones for that reason: `delivered()` would wait on a lab that may not
+    run."""
+    config = service_config(
+        "orders",
+        **addresses(patient_service, audit_service, iam_service, emr_service),
+        HIS_PORT=str(orders_port),
+        HIS_LAB_ADDR=f"localhost:{lab_port}",
+        HIS_PHARMACY_ADDR=f"localhost:{pharmacy_port}",
+    )
+    running = await start(ORDERS, config, database_url)
+    yield running
+    await running.stop(grace_s=1)
+
+
+@pytest.fixture(scope="session")
+async def orders_channel(
+    orders_service: RunningService,
+    emr_service: RunningService,
+    registrar_token: str,
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the orders service (calls set their own clinician's token)."""
+    async with channel_as(orders_service.address, registrar_token) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def orders(orders_channel: grpc.aio.Channel) -> orders_service_pb2_grpc.OrdersServiceAsyncStub:
+    """The orders service stub."""
+    return orders_service_pb2_grpc.OrdersServiceStub(orders_channel)
 
 
 # --- lab fixtures ------------------------------------------------------------------------------

@@ -38,8 +38,8 @@ async def test_demo_loads_once_with_every_role_and_its_departments(
         directory = await demo.directory(his)
 
     assert await _counts(iam_db) == after_first
-    assert summary.startswith("7 departments, 9 staff members")
-    assert again.startswith("7 departments, 9 staff members")
+    assert summary.startswith("7 departments, 10 staff members")
+    assert again.startswith("7 departments, 10 staff members")
     assert set(directory.departments) == {d.code for d in demo.DEPARTMENTS}
     assert set(directory.staff) == {s.username for s in demo.STAFF}
     roles: set[int] = set()
@@ -62,6 +62,11 @@ async def test_demo_loads_once_with_every_role_and_its_departments(
     assert sorted(nurse["departments"]) == sorted(
         [directory.departments[demo.ORTHOPAEDIC_WARD], directory.departments[demo.GENERAL_MEDICINE]]
     )
+    cardiology_nurse = verify(
+        (await login(iam, "nurse.wang")).access_token, await iam.GetJwks(pb.GetJwksRequest())
+    )
+    assert cardiology_nurse["roles"] == ["NURSE"]
+    assert cardiology_nurse["departments"] == [directory.departments[demo.CARDIOLOGY]]
     admin = verify(
         (await login(iam, demo.USER)).access_token, await iam.GetJwks(pb.GetJwksRequest())
     )

@@ -178,7 +178,7 @@ def test_status_lists_each_route_of_both_files_through_the_cli(
 
 @pytest.mark.parametrize(
     ("service", "message"),
-    [("pharmacist", "known services: patient"), ("orders", "no route of orders splits")],
+    [("pharmacist", "known services: patient"), ("billing", "no route of billing splits")],
 )
 def test_an_unknown_or_unrouted_service_is_an_error(
     service: str, message: str, capsys: pytest.CaptureFixture[str]

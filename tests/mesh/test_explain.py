@@ -117,8 +117,8 @@ def test_a_call_no_route_takes_says_so_and_exits_one(capsys: pytest.CaptureFixtu
             [
                 "mesh",
                 "explain",
-                "orders",
-                "GetServiceRequest",
+                "billing",
+                "GetInvoice",
                 "--gateway",
                 "--root",
                 str(REPOSITORY),

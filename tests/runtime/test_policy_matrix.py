@@ -33,7 +33,10 @@ ROLES = (SERVICE_ROLE, *STAFF_ROLES)
 #              otherwise only under break-the-glass (see SITUATIONS)
 #   @letters   allowed only on the caller's own resource (break-the-glass grants)
 #   &letters   NURSE: as ~, and only on the caller's own record (their own note)
-#   !u         PHARMACIST: update allowed only away from drug, dose, quantity, price
+#   !u         PHARMACIST: update allowed only away from the prescription's locked fields
+#              (every field of a MedicationRequest there is today, status included)
+#   ^letters   allowed only on a record of one of the caller's departments (a lab technician and
+#              the lab orders their laboratory performs); no emergency access
 #   N          whatever is not allowed is refused with NO_CLINICAL_ACCESS, not ROLE_NOT_PERMITTED:
 #              the role never sees this kind of patient data
 #   -          nothing
@@ -54,7 +57,7 @@ GRID: dict[str, tuple[str, ...]] = {
     "emr.encounter":           ("c N", "N",  "~rcu",  "~r",    "-",     "-",   "-", "N", "N"),
     "emr.note":                ("N", "N",    "~rcu",  "~rc &u", "-",    "-",   "-", "N", "N"),
     "emr.diagnosis":           ("N", "N",    "~rcu",  "~r",    "-",     "-",   "-", "N", "N"),
-    "orders.lab_order":        ("N", "N",    "~rcu",  "~r",    "-",     "r",   "-", "N", "N"),
+    "orders.lab_order":        ("N", "N",    "~rcu",  "~r",    "-",     "^r",  "-", "N", "N"),
     "orders.medication_order": ("N", "N",    "~rcu",  "~r",    "rx !u", "-",   "-", "N", "N"),
     "lab.specimen":            ("N", "N",    "~r",    "~r",    "-",     "rcu", "-", "N", "N"),
     "lab.result":              ("N", "N",    "~r",    "~r",    "-",     "rcu", "-", "N", "N"),
@@ -111,18 +114,19 @@ SITUATIONS = (
     ),
     # Nothing connects the caller to the record; an update with no fields replaces everything.
     Situation("stranger", {}, care="DEPARTMENT_MISMATCH", own=False, unlocked_fields=False),
-    # The same stranger holding a break-the-glass grant for the patient.
+    # The same stranger holding a break-the-glass grant for the patient; the pharmacist puts the
+    # prescription on hold.
     Situation(
         "stranger_in_emergency",
-        {"emergency": True, "fields": ("status",)},
+        {"emergency": True, "fields": ("status", "status_reason")},
         care="EMERGENCY",
         own=False,
-        unlocked_fields=True,
+        unlocked_fields=False,
     ),
     # Under care, but the patient revoked consent; the pharmacist tries to change the dose.
     Situation(
         "consent_revoked",
-        {"under_care": True, "consent": "revoked", "fields": ("dose", "note")},
+        {"under_care": True, "consent": "revoked", "fields": ("dosage.dose", "note")},
         care="CONSENT_REVOKED",
         own=False,
         unlocked_fields=False,
@@ -157,6 +161,7 @@ def expected(cell: str, resource: str, action: str, situation: Situation) -> Dec
     care_own: set[str] = set()
     own: set[str] = set()
     lock: set[str] = set()
+    department: set[str] = set()
     fallback = "ROLE_NOT_PERMITTED"
     for token in cell.split():
         if token == "N":
@@ -171,6 +176,8 @@ def expected(cell: str, resource: str, action: str, situation: Situation) -> Dec
             own = letters(token[1:])
         elif token[0] == "!":
             lock = letters(token[1:])
+        elif token[0] == "^":
+            department = letters(token[1:])
         else:
             plain = letters(token)
     if action in plain:
@@ -189,6 +196,9 @@ def expected(cell: str, resource: str, action: str, situation: Situation) -> Dec
         return deny(situation.care)
     if action in own:
         return ALLOW if situation.own else deny("NOT_OWN")
+    if action in department:
+        related = situation.attributes.get("department_match", False)
+        return ALLOW if related else deny("DEPARTMENT_MISMATCH")
     if action in lock:
         return ALLOW if situation.unlocked_fields else deny("PRESCRIPTION_FIELDS_LOCKED")
     return deny(CLASS_REFUSALS.get((resource, action), fallback))
@@ -324,15 +334,17 @@ CASES = (
          deny("DEPARTMENT_MISMATCH"), {"consent": "revoked"}),
     Case("clinicians read consent even when revoked", ("DOCTOR",), "read", "patient.consent",
          ALLOW, {"consent": "revoked"}),
-    # Pharmacist and the prescription's locked fields.
-    Case("pharmacist changes the status", ("PHARMACIST",), "update", "orders.medication_order",
-         ALLOW, {"fields": ("status",)}),
-    Case("pharmacist adds a note and a status", ("PHARMACIST",), "update",
-         "orders.medication_order", ALLOW, {"fields": ("note", "status")}),
+    # Pharmacist and the prescription's locked fields: every field there is, so a pharmacist
+    # changes nothing in a prescription (UpdateMedicationRequest, Hold, Resume, Cancel, Mark).
+    Case("a field no lock names could be annotated", ("PHARMACIST",), "update",
+         "orders.medication_order", ALLOW, {"fields": ("note",)}),
     *(
         Case(f"pharmacist changes {name}", ("PHARMACIST",), "update", "orders.medication_order",
-             deny("PRESCRIPTION_FIELDS_LOCKED"), {"fields": ("status", name)})
-        for name in ("drug", "dose", "quantity", "price", "dose.unit")
+             deny("PRESCRIPTION_FIELDS_LOCKED"), {"fields": ("note", name)})
+        for name in (
+            "medication", "medication_code", "dosage", "dosage.dose.unit", "dispense_quantity",
+            "refills", "unit_price", "status", "cancel_reason", "status_reason",
+        )
     ),
     Case("a field that merely starts like a locked one", ("PHARMACIST",), "update",
          "orders.medication_order", ALLOW, {"fields": ("dosage_note",)}),
@@ -342,10 +354,23 @@ CASES = (
          "orders.medication_order", ALLOW, {"consent": "revoked"}),
     Case("break-the-glass is not the pharmacist's", ("PHARMACIST",), "update",
          "orders.medication_order", deny("PRESCRIPTION_FIELDS_LOCKED"),
-         {"fields": ("dose",), "emergency": True}),
+         {"fields": ("dosage",), "emergency": True}),
     Case("pharmacist who is also a doctor of the department edits the dose",
          ("DOCTOR", "PHARMACIST"), "update", "orders.medication_order", ALLOW,
-         {"fields": ("dose",), "department_match": True}),
+         {"fields": ("dosage",), "department_match": True}),
+    # Lab technicians and the lab orders of their laboratory.
+    Case("lab technician of the performing laboratory", ("LAB_TECHNICIAN",), "read",
+         "orders.lab_order", ALLOW, {"department_match": True, "consent": "revoked"}),
+    Case("lab technician of another laboratory", ("LAB_TECHNICIAN",), "read",
+         "orders.lab_order", deny("DEPARTMENT_MISMATCH"), {"under_care": True}),
+    Case("no break-the-glass for a laboratory's orders", ("LAB_TECHNICIAN",), "read",
+         "orders.lab_order", deny("DEPARTMENT_MISMATCH"), {"emergency": True}),
+    Case("lab technician never changes a lab order", ("LAB_TECHNICIAN",), "update",
+         "orders.lab_order", deny("ROLE_NOT_PERMITTED"), {"department_match": True}),
+    Case("lab technician reads no prescription", ("LAB_TECHNICIAN",), "read",
+         "orders.medication_order", deny("ROLE_NOT_PERMITTED"), {"department_match": True}),
+    Case("pharmacist reads no lab order", ("PHARMACIST",), "read", "orders.lab_order",
+         deny("ROLE_NOT_PERMITTED"), {"department_match": True}),
     Case("lab technician cannot prescribe", ("LAB_TECHNICIAN",), "create",
          "orders.medication_order", deny("ROLE_NOT_PERMITTED")),
     # Auditors and administrators.

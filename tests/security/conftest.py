@@ -23,6 +23,7 @@ from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.iam.helpers import make_department, make_staff
 from tests.identity import channel_as
 from tests.scheduling.helpers import generate_request, make_schedule, tomorrow
+from tests.security import orders_records
 from tests.security.helpers import (
     ADMINISTRATOR,
     AUDITOR,
@@ -71,11 +72,14 @@ async def world(
     auditor: Audit,
     iam: Iam,
     emr: Any,
+    orders: Any,
     database_url: str,
 ) -> World:
     """The matrix's records, made once per session by a registrar and an administrator (and the
     emr's by a doctor of their department)."""
-    made = World(patients, scheduling, auditor, iam, emr=emr, database_url=database_url)
+    made = World(
+        patients, scheduling, auditor, iam, emr=emr, orders=orders, database_url=database_url
+    )
     made.patient = await made.fresh_patient()
     made.other_patient = await made.fresh_patient()
     made.consent = await made.fresh_consent()
@@ -116,4 +120,7 @@ async def world(
         metadata=NOTE_AUTHOR.metadata,
     )
     made.diagnosis = added.name
+    made.service_request = await orders_records.fresh_service_request(made)
+    made.medication_request = await orders_records.fresh_medication_request(made)
+    made.finished_encounter = await orders_records.finished_encounter(made)
     return made

@@ -153,6 +153,12 @@ class World:
     encounter: str = ""
     note: str = ""
     diagnosis: str = ""
+    # The orders side (tests/security/orders_records.py): the stub, a lab order and a
+    # prescription in the world's encounter, and a finished encounter of the patient.
+    orders: Any = None
+    service_request: str = ""
+    medication_request: str = ""
+    finished_encounter: str = ""
 
     def stub(self, service: str) -> object:
         """The stub of one of the session's services (by short name)."""
@@ -162,6 +168,7 @@ class World:
             "audit": self.audit,
             "iam": self.iam,
             "emr": self.emr,
+            "orders": self.orders,
         }
         return stubs[service]
 

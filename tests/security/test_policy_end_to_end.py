@@ -38,17 +38,22 @@ from his.common.v1 import types_pb2
 from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
+from his.lab.v1 import lab_service_pb2 as lab_pb
+from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.authn import PUBLIC_METHODS
+from his.runtime.outbox import envelope
 from his.runtime.policy import PolicyEngine, Request
 from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.audit.helpers import make_event
 from tests.conftest import DEV_CREDENTIAL
 from tests.iam.helpers import make_department, make_staff
+from tests.identity import ISSUER, metadata
 from tests.patient.helpers import grant_request, unique_phone
 from tests.patient.helpers import make_patient as make_full_patient
 from tests.scheduling.helpers import generate_request, make_schedule
+from tests.security import orders_records
 from tests.security.helpers import (
     CALLERS,
     DEPARTMENT_A,
@@ -749,6 +754,219 @@ EMR_RPCS = (
 )
 
 
+# --- orders ---------------------------------------------------------------------------------
+
+_GLUCOSE = types_pb2.Coding(system="http://loinc.org", code="2345-7")
+
+
+def _lab_order(world: World) -> orders_pb.ServiceRequest:
+    return orders_pb.ServiceRequest(
+        patient=world.patient,
+        encounter=world.encounter,
+        code=_GLUCOSE,
+        priority=orders_pb.REQUEST_PRIORITY_ROUTINE,
+        performer=DEPARTMENT_A,
+    )
+
+
+def _prescription(world: World) -> orders_pb.MedicationRequest:
+    return orders_pb.MedicationRequest(
+        patient=world.patient,
+        encounter=world.finished_encounter,
+        medication=missing("medications"),
+        dosage=orders_pb.Dosage(
+            dose=types_pb2.Quantity(value=500, unit="mg"),
+            route=types_pb2.Coding(system="http://snomed.info/sct", code="26643006"),
+            frequency_per_day=3,
+            duration_days=5,
+        ),
+        dispense_quantity=types_pb2.Quantity(value=15, unit="{tablet}"),
+    )
+
+
+def _order_change(
+    method: str,
+    resource: str,
+    make: Callable[[str], Message],
+    *,
+    allowed: grpc.StatusCode = OK,
+    fields: tuple[str, ...] = ("status",),
+) -> Rpc:
+    """A change of one order, decided on its facts; allowed callers change a fresh order."""
+    lab = resource == "orders.lab_order"
+    collection = "serviceRequests" if lab else "medicationRequests"
+
+    async def build(world: World, fresh: bool) -> Message:
+        if not fresh:
+            return make(world.service_request if lab else world.medication_request)
+        if lab:
+            return make(await orders_records.fresh_service_request(world))
+        return make(await orders_records.fresh_medication_request(world))
+
+    return Rpc(
+        "orders",
+        method,
+        "update",
+        resource,
+        build,
+        lambda w: make(missing(collection)),
+        fields=fields,
+        by_record=True,
+        allowed=allowed,
+    )
+
+
+_LAB_ORDER = "orders.lab_order"
+_PRESCRIPTION = "orders.medication_order"
+
+ORDERS_RPCS = (
+    # The department in the order's performer exists only in tokens: an allowed doctor hears
+    # PERFORMER_NOT_FOUND. Others are refused on the encounter's facts (emr decides the same).
+    Rpc(
+        "orders",
+        "CreateServiceRequest",
+        "create",
+        _LAB_ORDER,
+        _on(lambda w: orders_pb.CreateServiceRequestRequest(service_request=_lab_order(w))),
+        by_record=True,
+        allowed=FAILED_PRECONDITION,
+    ),
+    Rpc(
+        "orders",
+        "GetServiceRequest",
+        "read",
+        _LAB_ORDER,
+        _on(lambda w: orders_pb.GetServiceRequestRequest(name=w.service_request)),
+        lambda w: orders_pb.GetServiceRequestRequest(name=missing("serviceRequests")),
+        by_record=True,
+    ),
+    Rpc(
+        "orders",
+        "ListServiceRequests",
+        "read",
+        _LAB_ORDER,
+        _on(lambda w: orders_pb.ListServiceRequestsRequest(patient=w.patient, page_size=500)),
+        by_record=True,
+        listed=True,
+        items="service_requests",
+        shows=lambda w: w.service_request,
+    ),
+    _order_change(
+        "RevokeServiceRequest",
+        _LAB_ORDER,
+        lambda n: orders_pb.RevokeServiceRequestRequest(name=n, reason="ordered twice"),
+    ),
+    _order_change(
+        "HoldServiceRequest",
+        _LAB_ORDER,
+        lambda n: orders_pb.HoldServiceRequestRequest(name=n, reason="patient not fasting"),
+    ),
+    # A fresh order is ACTIVE: resuming it succeeds and changes nothing.
+    _order_change(
+        "ResumeServiceRequest", _LAB_ORDER, lambda n: orders_pb.ResumeServiceRequestRequest(name=n)
+    ),
+    _order_change(
+        "MarkServiceRequestEnteredInError",
+        _LAB_ORDER,
+        lambda n: orders_pb.MarkServiceRequestEnteredInErrorRequest(name=n, reason="wrong patient"),
+    ),
+    # Completion is the lab's (its events): a person the policy allows is refused all the same.
+    _order_change(
+        "CompleteServiceRequest",
+        _LAB_ORDER,
+        lambda n: orders_pb.CompleteServiceRequestRequest(name=n),
+        allowed=DENIED,
+    ),
+    # In a finished encounter: an allowed doctor hears ENCOUNTER_NOT_OPEN, the pharmacy unasked.
+    Rpc(
+        "orders",
+        "CreateMedicationRequest",
+        "create",
+        _PRESCRIPTION,
+        _on(
+            lambda w: orders_pb.CreateMedicationRequestRequest(medication_request=_prescription(w))
+        ),
+        by_record=True,
+        allowed=FAILED_PRECONDITION,
+    ),
+    Rpc(
+        "orders",
+        "GetMedicationRequest",
+        "read",
+        _PRESCRIPTION,
+        _on(lambda w: orders_pb.GetMedicationRequestRequest(name=w.medication_request)),
+        lambda w: orders_pb.GetMedicationRequestRequest(name=missing("medicationRequests")),
+        by_record=True,
+    ),
+    Rpc(
+        "orders",
+        "ListMedicationRequests",
+        "read",
+        _PRESCRIPTION,
+        _on(lambda w: orders_pb.ListMedicationRequestsRequest(patient=w.patient, page_size=500)),
+        by_record=True,
+        listed=True,
+        items="medication_requests",
+        shows=lambda w: w.medication_request,
+    ),
+    # Only the prescriber (NOTE_AUTHOR, none of the callers) changes a prescription: a caller
+    # the policy allows hears NOT_PRESCRIBER.
+    _order_change(
+        "UpdateMedicationRequest",
+        _PRESCRIPTION,
+        lambda n: orders_pb.UpdateMedicationRequestRequest(
+            medication_request=orders_pb.MedicationRequest(name=n, refills=1),
+            update_mask=FieldMask(paths=["refills"]),
+        ),
+        allowed=DENIED,
+        fields=("refills",),
+    ),
+    _order_change(
+        "CancelMedicationRequest",
+        _PRESCRIPTION,
+        lambda n: orders_pb.CancelMedicationRequestRequest(name=n, reason="allergy found"),
+    ),
+    _order_change(
+        "HoldMedicationRequest",
+        _PRESCRIPTION,
+        lambda n: orders_pb.HoldMedicationRequestRequest(name=n, reason="awaiting lab result"),
+    ),
+    _order_change(
+        "ResumeMedicationRequest",
+        _PRESCRIPTION,
+        lambda n: orders_pb.ResumeMedicationRequestRequest(name=n),
+    ),
+    _order_change(
+        "MarkMedicationRequestEnteredInError",
+        _PRESCRIPTION,
+        lambda n: orders_pb.MarkMedicationRequestEnteredInErrorRequest(name=n, reason="wrong drug"),
+    ),
+    _order_change(
+        "CompleteMedicationRequest",
+        _PRESCRIPTION,
+        lambda n: orders_pb.CompleteMedicationRequestRequest(name=n),
+        allowed=DENIED,
+    ),
+)
+
+
+def _report_issued() -> orders_pb.DeliverEventsRequest:
+    """A lab report of an order orders does not know: applied (recorded), changing nothing."""
+    report = lab_pb.DiagnosticReport(
+        name=missing("diagnosticReports"), service_request=missing("serviceRequests")
+    )
+    event = lab_pb.DiagnosticReportIssued(diagnostic_report=report, revision=1)
+    return orders_pb.DeliverEventsRequest(events=[envelope(event, source="lab")])
+
+
+# Rpcs decided by the caller's service identity, not by the policy: only the service an event
+# comes from delivers it (his.runtime.inbox; the mesh says the same). Each: (the request, the one
+# service that may call it).
+IDENTITY_RPCS: dict[str, tuple[Callable[[], Message], str]] = {
+    "orders.DeliverEvents": (_report_issued, "lab"),
+}
+
+
 # --- audit and iam ----------------------------------------------------------------------------
 
 
@@ -958,7 +1176,17 @@ PUBLIC_RPCS = {
     "iam.IssueToken": _login,
 }
 
-RPCS = {rpc.id: rpc for rpc in (*PATIENT_RPCS, *SCHEDULING_RPCS, *EMR_RPCS, *AUDIT_RPCS, *IAM_RPCS)}
+RPCS = {
+    rpc.id: rpc
+    for rpc in (
+        *PATIENT_RPCS,
+        *SCHEDULING_RPCS,
+        *EMR_RPCS,
+        *ORDERS_RPCS,
+        *AUDIT_RPCS,
+        *IAM_RPCS,
+    )
+}
 
 
 def _cases() -> list[object]:
@@ -994,8 +1222,9 @@ def _rpc_ids(entry: ServiceEntry) -> set[str]:
 
 def test_the_matrix_covers_every_rpc_of_every_implemented_service_and_nothing_else() -> None:
     every = set().union(*(_rpc_ids(entry) for entry in implemented()))
-    decided_or_public = set(RPCS) | set(PUBLIC_RPCS)
+    decided_or_public = set(RPCS) | set(PUBLIC_RPCS) | set(IDENTITY_RPCS)
     assert not set(RPCS) & set(PUBLIC_RPCS)
+    assert not (set(RPCS) | set(PUBLIC_RPCS)) & set(IDENTITY_RPCS)
     assert every - decided_or_public == set(), "rpcs not in the matrix"
     # Nothing of a contract-only service (it has no server to call), and no misspelt rpc.
     assert decided_or_public - every == set(), "not an rpc of an implemented service"
@@ -1060,6 +1289,20 @@ async def test_every_caller_gets_what_the_policy_decides_before_existence(
         assert (result.code, result.reason) == (DENIED, nowhere.reason), result
         if not rpc.by_record:
             assert nowhere == decision
+
+
+@pytest.mark.parametrize("label", ROLE_CALLERS)
+@pytest.mark.parametrize("rpc_id", sorted(IDENTITY_RPCS))
+async def test_identity_rpcs_answer_only_their_source_service(
+    world: World, rpc_id: str, label: str
+) -> None:
+    service, method_name = rpc_id.split(".")
+    make, source = IDENTITY_RPCS[rpc_id]
+    method = getattr(world.stub(service), method_name)
+    refused = await outcome(method(make(), metadata=CALLERS[label].metadata))
+    assert (refused.code, refused.reason) == (DENIED, "SERVICE_NOT_PERMITTED"), refused
+    allowed = await outcome(method(make(), metadata=metadata(ISSUER.service(source))))
+    assert allowed.code == OK, allowed
 
 
 async def test_clinicians_see_appointments_of_their_department_and_of_their_own_slots(

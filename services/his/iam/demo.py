@@ -77,6 +77,8 @@ STAFF = (
         "110101200300003",
     ),
     DemoStaff("nurse.li", "Li Na", (R.STAFF_ROLE_NURSE,), (ORTHOPAEDIC_WARD, GENERAL_MEDICINE)),
+    # The cardiology clinic's nurse: reads the orders Dr. Chen places there (orders demo).
+    DemoStaff("nurse.wang", "Wang Fang", (R.STAFF_ROLE_NURSE,), (CARDIOLOGY,)),
     DemoStaff("pharm.sato", "Sato Yuki", (R.STAFF_ROLE_PHARMACIST,), (PHARMACY,)),
     DemoStaff("lab.ivanova", "Elena Ivanova", (R.STAFF_ROLE_LAB_TECHNICIAN,), (LABORATORY,)),
     DemoStaff("bill.garcia", "Maria Garcia", (R.STAFF_ROLE_BILLING_CLERK,), (BILLING,)),

@@ -39,6 +39,17 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
         "patient": ("GetPatient", "ListConsents"),
         "scheduling": ("GetAppointment",),
     },
+    # Placing an order checks the patient, the encounter (as the doctor), the performing
+    # laboratory and the formulary; access decisions read the patient's privacy consent; the
+    # relay delivers each order's Changed events to the lab and the pharmacy (orders/events.py).
+    "orders": {
+        **_RUNTIME,
+        "iam": (*_RUNTIME["iam"], "GetDepartment"),
+        "patient": ("GetPatient", "ListConsents"),
+        "emr": ("GetEncounter",),
+        "lab": ("DeliverEvents",),
+        "pharmacy": ("GetMedication", "DeliverEvents"),
+    },
     # A break-the-glass grant names an active patient (iam/service.py).
     "iam": {**_RUNTIME, "patient": ("GetPatient",)},
     # audit calls no one as itself: it only verifies callers' tokens with iam's key set.

@@ -1,1 +1,1 @@
-"""The orders service: contract his.orders.v1 only; implemented in a later issue."""
+"""The orders service: laboratory orders (service requests) and prescriptions."""

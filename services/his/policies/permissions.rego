@@ -62,7 +62,7 @@ permissions := {
 		"iam.emergency_access": {"create"},
 	},
 	# Pharmacy: reads and dispenses prescriptions, runs the pharmacy. Updating a prescription
-	# depends on the fields changed (prescription_locked_fields).
+	# depends on the fields changed (prescription_locked_fields: today every field there is).
 	"PHARMACIST": {
 		"patient.demographics": {"read"},
 		"orders.medication_order": {"read", "dispense"},
@@ -74,7 +74,6 @@ permissions := {
 	},
 	"LAB_TECHNICIAN": {
 		"patient.demographics": {"read"},
-		"orders.lab_order": {"read"},
 		"lab.specimen": {"read", "create", "update"},
 		"lab.result": {"read", "create", "update"},
 		"iam.department": {"read"},
@@ -144,8 +143,28 @@ own_permissions := {
 	"NURSE": {"iam.emergency_access": {"read", "update"}},
 }
 
-# What a pharmacist may never change in a prescription (nor any part of, e.g. "dose.unit").
-prescription_locked_fields := {"drug", "dose", "quantity", "price"}
+# Allowed only when the record belongs to one of the caller's departments (department_match): lab
+# technicians read the lab orders their laboratory performs (the order's performer), whoever the
+# patient is; no care relation, consent or break-the-glass applies to them.
+department_permissions := {"LAB_TECHNICIAN": {"orders.lab_order": {"read"}}}
+
+# What a pharmacist may never change in a prescription (nor any part of, e.g. "dosage.dose"):
+# field paths of his.orders.v1.MedicationRequest (tests/runtime/test_policy_fields.py proves they
+# exist). What was prescribed and by whom is the prescriber's; its status too (holding,
+# cancelling, marking in error are the prescriber's decisions; the pharmacy's dispenses complete
+# it). So a pharmacist changes nothing in a prescription today: a field the pharmacy may annotate
+# would be one left out of this set.
+prescription_locked_fields := {
+	"medication",
+	"medication_code",
+	"dosage",
+	"dispense_quantity",
+	"refills",
+	"unit_price",
+	"status",
+	"cancel_reason",
+	"status_reason",
+}
 
 # Roles that never see clinical content, and those that see no patient data at all: refused
 # with NO_CLINICAL_ACCESS rather than ROLE_NOT_PERMITTED.

@@ -10,9 +10,22 @@ grants contains {"role": role, "emergency": false} if {
 	input.action in tables.permissions[role][input.resource]
 }
 
-# Pharmacists may correct a prescription's other fields (status, note, ...) but never what was
-# prescribed. An update without fields replaces the whole resource (AIP-134), so it touches the
-# locked fields too.
+# Department-scoped permissions: the record must belong to one of the caller's departments.
+grants contains {"role": role, "emergency": false} if {
+	some role in input.roles
+	input.action in tables.department_permissions[role][input.resource]
+	input.department_match == true
+}
+
+refusals contains "DEPARTMENT_MISMATCH" if {
+	some role in input.roles
+	input.action in tables.department_permissions[role][input.resource]
+	not input.department_match == true
+}
+
+# Pharmacists may change a prescription's fields that are not locked, never what was prescribed.
+# An update without fields replaces the whole resource (AIP-134), so it touches the locked fields
+# too.
 locked_field(field) if field in tables.prescription_locked_fields
 
 locked_field(field) if {

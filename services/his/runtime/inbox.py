@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from sqlalchemy import Column, DateTime, MetaData, Table, Text, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -152,7 +152,12 @@ def _check(
                 reason="SERVICE_NOT_PERMITTED",
             )
         payload = kind.payload()
-        if not event.payload.Unpack(payload):
+        try:
+            unpacked = event.payload.Unpack(payload)
+        except DecodeError:
+            # The right type name over bytes that are not that message.
+            unpacked = False
+        if not unpacked:
             bad.append(FieldViolation(f"{field}.payload", f"is not a {kind.event_type}"))
             continue
         checked.append((event, kind, payload))

@@ -70,7 +70,17 @@ class _ServiceRequestStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     SERVICE_REQUEST_STATUS_REVOKED: _ServiceRequestStatus.ValueType  # 2
     """The order was withdrawn before completion. Set by RevokeServiceRequest."""
     SERVICE_REQUEST_STATUS_COMPLETED: _ServiceRequestStatus.ValueType  # 3
-    """The ordered work is done. Set by CompleteServiceRequest."""
+    """The ordered work is done. Set by the lab's first DiagnosticReportIssued event (or
+    CompleteServiceRequest called by the lab service).
+    """
+    SERVICE_REQUEST_STATUS_ON_HOLD: _ServiceRequestStatus.ValueType  # 4
+    """The order is suspended for a while; the laboratory holds its work. Set by HoldServiceRequest,
+    back to ACTIVE by ResumeServiceRequest.
+    """
+    SERVICE_REQUEST_STATUS_ENTERED_IN_ERROR: _ServiceRequestStatus.ValueType  # 5
+    """The order should never have existed (a mistake); it is kept for the record and no work is done
+    on it. Set by MarkServiceRequestEnteredInError. Final.
+    """
 
 class ServiceRequestStatus(_ServiceRequestStatus, metaclass=_ServiceRequestStatusEnumTypeWrapper):
     """The status of a service request (FHIR RequestStatus, the states this service uses)."""
@@ -82,7 +92,17 @@ SERVICE_REQUEST_STATUS_ACTIVE: ServiceRequestStatus.ValueType  # 1
 SERVICE_REQUEST_STATUS_REVOKED: ServiceRequestStatus.ValueType  # 2
 """The order was withdrawn before completion. Set by RevokeServiceRequest."""
 SERVICE_REQUEST_STATUS_COMPLETED: ServiceRequestStatus.ValueType  # 3
-"""The ordered work is done. Set by CompleteServiceRequest."""
+"""The ordered work is done. Set by the lab's first DiagnosticReportIssued event (or
+CompleteServiceRequest called by the lab service).
+"""
+SERVICE_REQUEST_STATUS_ON_HOLD: ServiceRequestStatus.ValueType  # 4
+"""The order is suspended for a while; the laboratory holds its work. Set by HoldServiceRequest,
+back to ACTIVE by ResumeServiceRequest.
+"""
+SERVICE_REQUEST_STATUS_ENTERED_IN_ERROR: ServiceRequestStatus.ValueType  # 5
+"""The order should never have existed (a mistake); it is kept for the record and no work is done
+on it. Set by MarkServiceRequestEnteredInError. Final.
+"""
 Global___ServiceRequestStatus: _TypeAlias = ServiceRequestStatus  # noqa: Y015
 
 class _MedicationRequestStatus:
@@ -98,7 +118,18 @@ class _MedicationRequestStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrappe
     MEDICATION_REQUEST_STATUS_CANCELLED: _MedicationRequestStatus.ValueType  # 2
     """The prescription was withdrawn. Set by CancelMedicationRequest."""
     MEDICATION_REQUEST_STATUS_COMPLETED: _MedicationRequestStatus.ValueType  # 3
-    """The prescription has been fully dispensed. Set by CompleteMedicationRequest."""
+    """The prescription has been fully handed over. Set when the pharmacy's handed-over dispenses
+    reach dispense_quantity x (1 + refills) (or by CompleteMedicationRequest called by the
+    pharmacy service).
+    """
+    MEDICATION_REQUEST_STATUS_ON_HOLD: _MedicationRequestStatus.ValueType  # 4
+    """The prescription is suspended; nothing is dispensed until it is resumed. Set by
+    HoldMedicationRequest, back to ACTIVE by ResumeMedicationRequest.
+    """
+    MEDICATION_REQUEST_STATUS_ENTERED_IN_ERROR: _MedicationRequestStatus.ValueType  # 5
+    """The prescription should never have existed (a mistake); it is kept for the record. Set by
+    MarkMedicationRequestEnteredInError. Final.
+    """
 
 class MedicationRequestStatus(_MedicationRequestStatus, metaclass=_MedicationRequestStatusEnumTypeWrapper):
     """The status of a medication request (FHIR MedicationRequestStatus, the states this service uses)."""
@@ -110,7 +141,18 @@ MEDICATION_REQUEST_STATUS_ACTIVE: MedicationRequestStatus.ValueType  # 1
 MEDICATION_REQUEST_STATUS_CANCELLED: MedicationRequestStatus.ValueType  # 2
 """The prescription was withdrawn. Set by CancelMedicationRequest."""
 MEDICATION_REQUEST_STATUS_COMPLETED: MedicationRequestStatus.ValueType  # 3
-"""The prescription has been fully dispensed. Set by CompleteMedicationRequest."""
+"""The prescription has been fully handed over. Set when the pharmacy's handed-over dispenses
+reach dispense_quantity x (1 + refills) (or by CompleteMedicationRequest called by the
+pharmacy service).
+"""
+MEDICATION_REQUEST_STATUS_ON_HOLD: MedicationRequestStatus.ValueType  # 4
+"""The prescription is suspended; nothing is dispensed until it is resumed. Set by
+HoldMedicationRequest, back to ACTIVE by ResumeMedicationRequest.
+"""
+MEDICATION_REQUEST_STATUS_ENTERED_IN_ERROR: MedicationRequestStatus.ValueType  # 5
+"""The prescription should never have existed (a mistake); it is kept for the record. Set by
+MarkMedicationRequestEnteredInError. Final.
+"""
 Global___MedicationRequestStatus: _TypeAlias = MedicationRequestStatus  # noqa: Y015
 
 @_typing.final
@@ -132,6 +174,9 @@ class ServiceRequest(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     PERFORMER_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    STATUS_REASON_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `serviceRequests/{service_request}`. Assigned by the service; ignored on
     create.
@@ -149,7 +194,9 @@ class ServiceRequest(_message.Message):
     priority: Global___RequestPriority.ValueType
     """How urgently the test is to be done. Required."""
     status: Global___ServiceRequestStatus.ValueType
-    """The status. Output only: changed by RevokeServiceRequest and CompleteServiceRequest."""
+    """The status. Output only: changed by RevokeServiceRequest, HoldServiceRequest,
+    ResumeServiceRequest, MarkServiceRequestEnteredInError and the lab's report.
+    """
     note: _builtins.str
     """Instructions for the lab or the collector, for example "fasting sample". Optional, up to 1000
     characters.
@@ -159,6 +206,18 @@ class ServiceRequest(_message.Message):
     performer: _builtins.str
     """The laboratory that is to perform the test, `departments/{department}` of an iam department of
     kind LAB. Required on create, then never changed; the laboratory's technicians see the order.
+    """
+    etag: _builtins.str
+    """An opaque version tag for optimistic concurrency: pass it back to a status change to make sure
+    nobody changed the order in between. Output only.
+    """
+    status_reason: _builtins.str
+    """Why the order is on hold or was marked entered in error, as given to HoldServiceRequest or
+    MarkServiceRequestEnteredInError; empty otherwise. Output only.
+    """
+    report: _builtins.str
+    """The diagnostic report that completed the order, `diagnosticReports/{diagnostic_report}`, from
+    the lab's first DiagnosticReportIssued event; empty until then. Output only.
     """
     @_builtins.property
     def code(self) -> _types_pb2.Coding:
@@ -196,10 +255,13 @@ class ServiceRequest(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         performer: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        status_reason: _builtins.str = ...,
+        report: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "reason", b"reason", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "encounter", b"encounter", "name", b"name", "note", b"note", "patient", b"patient", "performer", b"performer", "priority", b"priority", "reason", b"reason", "requester", b"requester", "revoke_reason", b"revoke_reason", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "encounter", b"encounter", "etag", b"etag", "name", b"name", "note", b"note", "patient", b"patient", "performer", b"performer", "priority", b"priority", "reason", b"reason", "report", b"report", "requester", b"requester", "revoke_reason", b"revoke_reason", "status", b"status", "status_reason", b"status_reason", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -274,6 +336,9 @@ class MedicationRequest(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    DISPENSED_QUANTITY_FIELD_NUMBER: _builtins.int
+    REMAINING_QUANTITY_FIELD_NUMBER: _builtins.int
+    STATUS_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `medicationRequests/{medication_request}`. Assigned by the service; ignored
     on create.
@@ -293,7 +358,9 @@ class MedicationRequest(_message.Message):
     refills: _builtins.int
     """How many times the prescription may be dispensed again after the first time, from 0 to 12."""
     status: Global___MedicationRequestStatus.ValueType
-    """The status. Output only: changed by CancelMedicationRequest and CompleteMedicationRequest."""
+    """The status. Output only: changed by CancelMedicationRequest, HoldMedicationRequest,
+    ResumeMedicationRequest, MarkMedicationRequestEnteredInError and the pharmacy's dispenses.
+    """
     cancel_reason: _builtins.str
     """Why the prescription was cancelled, as given to CancelMedicationRequest; empty unless it was.
     Output only.
@@ -301,6 +368,10 @@ class MedicationRequest(_message.Message):
     etag: _builtins.str
     """An opaque version tag for optimistic concurrency: pass it back on update to make sure nobody
     changed the record in between.
+    """
+    status_reason: _builtins.str
+    """Why the prescription is on hold or was marked entered in error, as given to
+    HoldMedicationRequest or MarkMedicationRequestEnteredInError; empty otherwise. Output only.
     """
     @_builtins.property
     def medication_code(self) -> _types_pb2.Coding:
@@ -333,6 +404,18 @@ class MedicationRequest(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the prescription was last changed. Output only."""
 
+    @_builtins.property
+    def dispensed_quantity(self) -> _types_pb2.Quantity:
+        """How much has been dispensed so far, in the unit of `dispense_quantity`: the prepared and
+        handed-over dispenses the pharmacy reported (cancelled ones do not count). Output only.
+        """
+
+    @_builtins.property
+    def remaining_quantity(self) -> _types_pb2.Quantity:
+        """How much may still be dispensed: dispense_quantity x (1 + refills) less `dispensed_quantity`,
+        never below 0. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -351,10 +434,13 @@ class MedicationRequest(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        dispensed_quantity: _types_pb2.Quantity | None = ...,
+        remaining_quantity: _types_pb2.Quantity | None = ...,
+        status_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dispense_quantity", b"dispense_quantity", "dosage", b"dosage", "medication_code", b"medication_code", "unit_price", b"unit_price", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dispense_quantity", b"dispense_quantity", "dispensed_quantity", b"dispensed_quantity", "dosage", b"dosage", "medication_code", b"medication_code", "remaining_quantity", b"remaining_quantity", "unit_price", b"unit_price", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "dispense_quantity", b"dispense_quantity", "dosage", b"dosage", "encounter", b"encounter", "etag", b"etag", "medication", b"medication", "medication_code", b"medication_code", "name", b"name", "patient", b"patient", "prescriber", b"prescriber", "refills", b"refills", "status", b"status", "unit_price", b"unit_price", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "dispense_quantity", b"dispense_quantity", "dispensed_quantity", b"dispensed_quantity", "dosage", b"dosage", "encounter", b"encounter", "etag", b"etag", "medication", b"medication", "medication_code", b"medication_code", "name", b"name", "patient", b"patient", "prescriber", b"prescriber", "refills", b"refills", "remaining_quantity", b"remaining_quantity", "status", b"status", "status_reason", b"status_reason", "unit_price", b"unit_price", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -426,6 +512,7 @@ class ListServiceRequestsRequest(_message.Message):
     PATIENT_FIELD_NUMBER: _builtins.int
     ENCOUNTER_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
+    PERFORMER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The maximum number of service requests to return.
     0 means the default of 50; more than 500 means 500.
@@ -436,9 +523,11 @@ class ListServiceRequestsRequest(_message.Message):
     """Only orders for this patient, `patients/{patient}`."""
     encounter: _builtins.str
     """Only orders placed in this encounter, `encounters/{encounter}`."""
+    performer: _builtins.str
+    """Only orders performed by this laboratory, `departments/{department}`."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___ServiceRequestStatus.ValueType]:
-        """Only orders with one of these statuses. Empty means any status."""
+        """Only orders with one of these statuses. Empty means any status but ENTERED_IN_ERROR."""
 
     def __init__(
         self,
@@ -448,10 +537,11 @@ class ListServiceRequestsRequest(_message.Message):
         patient: _builtins.str = ...,
         encounter: _builtins.str = ...,
         statuses: _abc.Iterable[Global___ServiceRequestStatus.ValueType] | None = ...,
+        performer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encounter", b"encounter", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encounter", b"encounter", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "performer", b"performer", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -493,19 +583,23 @@ class RevokeServiceRequestRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `serviceRequests/{service_request}`."""
     reason: _builtins.str
     """Why the order is revoked, 1 to 500 characters. Required."""
+    etag: _builtins.str
+    """The etag of the order as last read; optional. When set it must match."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         reason: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -532,6 +626,92 @@ class CompleteServiceRequestRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompleteServiceRequestRequest: _TypeAlias = CompleteServiceRequestRequest  # noqa: Y015
+
+@_typing.final
+class HoldServiceRequestRequest(_message.Message):
+    """Request of HoldServiceRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `serviceRequests/{service_request}`."""
+    reason: _builtins.str
+    """Why the order is put on hold, 1 to 500 characters. Required."""
+    etag: _builtins.str
+    """The etag of the order as last read; optional. When set it must match."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldServiceRequestRequest: _TypeAlias = HoldServiceRequestRequest  # noqa: Y015
+
+@_typing.final
+class ResumeServiceRequestRequest(_message.Message):
+    """Request of ResumeServiceRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `serviceRequests/{service_request}`."""
+    etag: _builtins.str
+    """The etag of the order as last read; optional. When set it must match."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeServiceRequestRequest: _TypeAlias = ResumeServiceRequestRequest  # noqa: Y015
+
+@_typing.final
+class MarkServiceRequestEnteredInErrorRequest(_message.Message):
+    """Request of MarkServiceRequestEnteredInError."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `serviceRequests/{service_request}`."""
+    reason: _builtins.str
+    """What the mistake was, 1 to 500 characters. Required."""
+    etag: _builtins.str
+    """The etag of the order as last read; optional. When set it must match."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkServiceRequestEnteredInErrorRequest: _TypeAlias = MarkServiceRequestEnteredInErrorRequest  # noqa: Y015
 
 @_typing.final
 class CreateMedicationRequestRequest(_message.Message):
@@ -611,7 +791,7 @@ class ListMedicationRequestsRequest(_message.Message):
     """Only prescriptions written in this encounter, `encounters/{encounter}`."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___MedicationRequestStatus.ValueType]:
-        """Only prescriptions with one of these statuses. Empty means any status."""
+        """Only prescriptions with one of these statuses. Empty means any status but ENTERED_IN_ERROR."""
 
     def __init__(
         self,
@@ -747,6 +927,92 @@ class CompleteMedicationRequestRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompleteMedicationRequestRequest: _TypeAlias = CompleteMedicationRequestRequest  # noqa: Y015
+
+@_typing.final
+class HoldMedicationRequestRequest(_message.Message):
+    """Request of HoldMedicationRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `medicationRequests/{medication_request}`."""
+    reason: _builtins.str
+    """Why the prescription is put on hold, 1 to 500 characters. Required."""
+    etag: _builtins.str
+    """The etag of the prescription as last read; optional. When set it must match."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldMedicationRequestRequest: _TypeAlias = HoldMedicationRequestRequest  # noqa: Y015
+
+@_typing.final
+class ResumeMedicationRequestRequest(_message.Message):
+    """Request of ResumeMedicationRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `medicationRequests/{medication_request}`."""
+    etag: _builtins.str
+    """The etag of the prescription as last read; optional. When set it must match."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeMedicationRequestRequest: _TypeAlias = ResumeMedicationRequestRequest  # noqa: Y015
+
+@_typing.final
+class MarkMedicationRequestEnteredInErrorRequest(_message.Message):
+    """Request of MarkMedicationRequestEnteredInError."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `medicationRequests/{medication_request}`."""
+    reason: _builtins.str
+    """What the mistake was, 1 to 500 characters. Required."""
+    etag: _builtins.str
+    """The etag of the prescription as last read; optional. When set it must match."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkMedicationRequestEnteredInErrorRequest: _TypeAlias = MarkMedicationRequestEnteredInErrorRequest  # noqa: Y015
 
 @_typing.final
 class DeliverEventsRequest(_message.Message):

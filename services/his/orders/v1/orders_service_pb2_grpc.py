@@ -32,7 +32,20 @@ class OrdersServiceStub:
     resource names `serviceRequests/{service_request}` and `medicationRequests/{medication_request}`.
     The requester of a service request and the prescriber of a medication request are always the
     authenticated caller. Before creating an order the service asks the patient service whether the
-    patient exists and is active and the EMR service whether the encounter is open.
+    patient exists and is active, the EMR service whether the encounter is open (as the caller), the
+    iam service whether the performer is a laboratory, and the pharmacy service whether the
+    medication is in the formulary; nothing is stored when one of them cannot be reached.
+
+    Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
+    MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
+    their work against their own copies; their events come back through DeliverEvents: a report
+    completes a service request, handed-over dispenses complete a medication request. Orders are
+    never deleted: a mistake is marked ENTERED_IN_ERROR.
+
+    Who may do what: doctors place and change orders of patients in their care (the encounter's
+    department, or the encounter's attending practitioner, or the order's requester); nurses read
+    them; lab technicians read the service requests their laboratory performs; pharmacists read
+    medication requests and change nothing in them. Every read and write is audited.
     """
 
     def __init__(self, channel):
@@ -66,6 +79,21 @@ class OrdersServiceStub:
                 request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.CompleteServiceRequestRequest.SerializeToString,
                 response_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.FromString,
                 _registered_method=True)
+        self.HoldServiceRequest = channel.unary_unary(
+                '/his.orders.v1.OrdersService/HoldServiceRequest',
+                request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.HoldServiceRequestRequest.SerializeToString,
+                response_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.FromString,
+                _registered_method=True)
+        self.ResumeServiceRequest = channel.unary_unary(
+                '/his.orders.v1.OrdersService/ResumeServiceRequest',
+                request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ResumeServiceRequestRequest.SerializeToString,
+                response_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.FromString,
+                _registered_method=True)
+        self.MarkServiceRequestEnteredInError = channel.unary_unary(
+                '/his.orders.v1.OrdersService/MarkServiceRequestEnteredInError',
+                request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MarkServiceRequestEnteredInErrorRequest.SerializeToString,
+                response_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.FromString,
+                _registered_method=True)
         self.CreateMedicationRequest = channel.unary_unary(
                 '/his.orders.v1.OrdersService/CreateMedicationRequest',
                 request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.CreateMedicationRequestRequest.SerializeToString,
@@ -96,6 +124,21 @@ class OrdersServiceStub:
                 request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.CompleteMedicationRequestRequest.SerializeToString,
                 response_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.FromString,
                 _registered_method=True)
+        self.HoldMedicationRequest = channel.unary_unary(
+                '/his.orders.v1.OrdersService/HoldMedicationRequest',
+                request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.HoldMedicationRequestRequest.SerializeToString,
+                response_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.FromString,
+                _registered_method=True)
+        self.ResumeMedicationRequest = channel.unary_unary(
+                '/his.orders.v1.OrdersService/ResumeMedicationRequest',
+                request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ResumeMedicationRequestRequest.SerializeToString,
+                response_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.FromString,
+                _registered_method=True)
+        self.MarkMedicationRequestEnteredInError = channel.unary_unary(
+                '/his.orders.v1.OrdersService/MarkMedicationRequestEnteredInError',
+                request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MarkMedicationRequestEnteredInErrorRequest.SerializeToString,
+                response_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.FromString,
+                _registered_method=True)
         self.DeliverEvents = channel.unary_unary(
                 '/his.orders.v1.OrdersService/DeliverEvents',
                 request_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.DeliverEventsRequest.SerializeToString,
@@ -110,16 +153,31 @@ class OrdersServiceServicer:
     resource names `serviceRequests/{service_request}` and `medicationRequests/{medication_request}`.
     The requester of a service request and the prescriber of a medication request are always the
     authenticated caller. Before creating an order the service asks the patient service whether the
-    patient exists and is active and the EMR service whether the encounter is open.
+    patient exists and is active, the EMR service whether the encounter is open (as the caller), the
+    iam service whether the performer is a laboratory, and the pharmacy service whether the
+    medication is in the formulary; nothing is stored when one of them cannot be reached.
+
+    Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
+    MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
+    their work against their own copies; their events come back through DeliverEvents: a report
+    completes a service request, handed-over dispenses complete a medication request. Orders are
+    never deleted: a mistake is marked ENTERED_IN_ERROR.
+
+    Who may do what: doctors place and change orders of patients in their care (the encounter's
+    department, or the encounter's attending practitioner, or the order's requester); nurses read
+    them; lab technicians read the service requests their laboratory performs; pharmacists read
+    medication requests and change nothing in them. Every read and write is audited.
     """
 
     def CreateServiceRequest(self, request, context):
         """Orders a laboratory test; the order is ACTIVE at once. A request repeated with the same
         `request_id` returns the order created by the first one. Errors: INVALID_ARGUMENT naming the
-        bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, or if
-        the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS;
-        PERMISSION_DENIED if the caller does not hold the DOCTOR role; UNAVAILABLE if the patient or
-        EMR service cannot be reached.
+        bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if the
+        encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS
+        (ENCOUNTER_NOT_OPEN), or if the performer is not a department of kind LAB
+        (PERFORMER_NOT_LAB); PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not
+        see the encounter (the EMR service's reason, which it also gives for an encounter that does
+        not exist); UNAVAILABLE if the patient, EMR or iam service cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,37 +185,79 @@ class OrdersServiceServicer:
 
     def GetServiceRequest(self, request, context):
         """Returns one service request. Errors: INVALID_ARGUMENT if `name` is not
-        `serviceRequests/{service_request}`; NOT_FOUND if no such service request.
+        `serviceRequests/{service_request}`; PERMISSION_DENIED if the caller may not see it (checked
+        before existence); NOT_FOUND if no such service request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListServiceRequests(self, request, context):
-        """Lists service requests matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative `page_size`, or a `page_token` that was not returned
-        by a previous call with the same filters.
+        """Lists service requests matching all given filters, newest first; those the caller may not see
+        are left out. ENTERED_IN_ERROR orders are listed only when asked for by status. Errors:
+        INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token` that was
+        not returned by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeServiceRequest(self, request, context):
-        """Withdraws an ACTIVE service request before it is completed: its status becomes REVOKED and no
-        further work may be done on it. Revoking a REVOKED service request succeeds and changes nothing
-        (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
-        reason; NOT_FOUND if no such service request; FAILED_PRECONDITION if it is COMPLETED;
-        PERMISSION_DENIED if the caller does not hold the DOCTOR role.
+        """Withdraws an ACTIVE or ON_HOLD service request before it is completed: its status becomes
+        REVOKED and no further work may be done on it. Revoking a REVOKED service request succeeds and
+        changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+        bad name or a missing or too long reason; NOT_FOUND if no such service request; ABORTED if a
+        given etag is stale; FAILED_PRECONDITION if it is COMPLETED or ENTERED_IN_ERROR;
+        PERMISSION_DENIED if the caller does not hold the DOCTOR role or the patient is not in their
+        care.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CompleteServiceRequest(self, request, context):
-        """Marks an ACTIVE service request as done, normally when the lab has finalized its report: its
-        status becomes COMPLETED. Completing a COMPLETED service request succeeds and changes nothing.
-        Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such service request;
-        FAILED_PRECONDITION if it is REVOKED.
+        """Marks an ACTIVE service request as done. Completion comes from the laboratory, not from a
+        person: the lab's DiagnosticReportIssued event completes the order through DeliverEvents, and
+        this rpc is refused to every person (PERMISSION_DENIED, COMPLETED_BY_FULFILLER); only the lab
+        service calling as itself may use it. Completing a COMPLETED service request succeeds and
+        changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED for any caller
+        but the lab service; NOT_FOUND if no such service request; FAILED_PRECONDITION if it is
+        REVOKED, ON_HOLD or ENTERED_IN_ERROR.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HoldServiceRequest(self, request, context):
+        """Suspends an ACTIVE service request for a while (FHIR on-hold): its status becomes ON_HOLD and
+        the laboratory holds its work until it is resumed. Holding an ON_HOLD service request succeeds
+        and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a missing
+        or too long reason; NOT_FOUND if no such service request; ABORTED if a given etag is stale;
+        FAILED_PRECONDITION if it is not ACTIVE; PERMISSION_DENIED as for RevokeServiceRequest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeServiceRequest(self, request, context):
+        """Puts an ON_HOLD service request back in force: its status becomes ACTIVE and the hold reason
+        is cleared. Resuming an ACTIVE service request succeeds and changes nothing, whatever the etag.
+        Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such service request; ABORTED if a
+        given etag is stale; FAILED_PRECONDITION if it is neither ON_HOLD nor ACTIVE;
+        PERMISSION_DENIED as for RevokeServiceRequest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkServiceRequestEnteredInError(self, request, context):
+        """Marks a service request that should never have existed (wrong patient, wrong test) as
+        ENTERED_IN_ERROR; it is kept, never deleted, and the laboratory stops working on it. Allowed
+        from ACTIVE, ON_HOLD and REVOKED; marking an ENTERED_IN_ERROR service request again succeeds
+        and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a missing or
+        too long reason; NOT_FOUND if no such service request; ABORTED if a given etag is stale;
+        FAILED_PRECONDITION if it is COMPLETED (a result exists: the report is amended instead);
+        PERMISSION_DENIED as for RevokeServiceRequest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,8 +269,11 @@ class OrdersServiceServicer:
         `request_id` returns the prescription created by the first one. Errors: INVALID_ARGUMENT naming
         the bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if
         the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS, or
-        if the medication does not exist or is inactive; PERMISSION_DENIED if the caller does not hold
-        the DOCTOR role; UNAVAILABLE if the patient, EMR or pharmacy service cannot be reached.
+        if the medication does not exist or is inactive (MEDICATION_NOT_FOUND, MEDICATION_INACTIVE);
+        PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter
+        (as for CreateServiceRequest); FAILED_PRECONDITION if `dispense_quantity` is not in the
+        medication's dispense unit (DISPENSE_UNIT_MISMATCH); UNAVAILABLE if the patient, EMR or
+        pharmacy service cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,16 +281,18 @@ class OrdersServiceServicer:
 
     def GetMedicationRequest(self, request, context):
         """Returns one medication request. Errors: INVALID_ARGUMENT if `name` is not
-        `medicationRequests/{medication_request}`; NOT_FOUND if no such medication request.
+        `medicationRequests/{medication_request}`; PERMISSION_DENIED if the caller may not see it
+        (checked before existence); NOT_FOUND if no such medication request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListMedicationRequests(self, request, context):
-        """Lists medication requests matching all given filters, newest first. Errors: INVALID_ARGUMENT
-        for a malformed filter, a negative `page_size`, or a `page_token` that was not
-        returned by a previous call with the same filters.
+        """Lists medication requests matching all given filters, newest first; those the caller may not
+        see are left out. ENTERED_IN_ERROR prescriptions are listed only when asked for by status.
+        Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
+        that was not returned by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,32 +302,74 @@ class OrdersServiceServicer:
         """Changes the drug, dose or quantity of an ACTIVE prescription, as named in `update_mask`. A new
         medication copies its ATC code and current unit price from the pharmacy catalogue again; the
         price cannot be set directly. When `medication_request.etag` is set it must match the stored
-        record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
-        NOT_FOUND if no such medication request; ABORTED if the etag is stale; FAILED_PRECONDITION if
-        it is not ACTIVE, or a new medication does not exist or is inactive; PERMISSION_DENIED if the
-        caller is not the prescriber; UNAVAILABLE if the pharmacy service cannot be reached.
+        record. Only the prescriber changes a prescription: a pharmacist may change none of these
+        fields (the policy's prescription_locked_fields name them). Errors: INVALID_ARGUMENT for an
+        unknown or read-only mask path or a bad value; NOT_FOUND if no such medication request;
+        ABORTED if the etag is stale; FAILED_PRECONDITION if it is not ACTIVE, or a new medication does
+        not exist or is inactive; PERMISSION_DENIED if the caller is not the prescriber
+        (NOT_PRESCRIBER) or a pharmacist (PRESCRIPTION_FIELDS_LOCKED); UNAVAILABLE if the pharmacy
+        service cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelMedicationRequest(self, request, context):
-        """Cancels an ACTIVE prescription: its status becomes CANCELLED and nothing more may be dispensed
-        against it. Cancelling a CANCELLED prescription succeeds and changes nothing, whatever the etag
-        (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
-        reason; NOT_FOUND if no such medication request; ABORTED if a given etag is stale;
-        FAILED_PRECONDITION if it is COMPLETED; PERMISSION_DENIED if the caller does not hold the
-        DOCTOR role.
+        """Cancels an ACTIVE or ON_HOLD prescription: its status becomes CANCELLED and nothing more may
+        be dispensed against it. Cancelling a CANCELLED prescription succeeds and changes nothing,
+        whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a
+        missing or too long reason; NOT_FOUND if no such medication request; ABORTED if a given etag is
+        stale; FAILED_PRECONDITION if it is COMPLETED or ENTERED_IN_ERROR; PERMISSION_DENIED if the
+        caller does not hold the DOCTOR role or the patient is not in their care.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CompleteMedicationRequest(self, request, context):
-        """Marks an ACTIVE prescription as done, normally when the pharmacy has dispensed all of it: its
-        status becomes COMPLETED. Completing a COMPLETED prescription succeeds and changes nothing,
-        whatever the etag. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such medication
-        request; ABORTED if a given etag is stale; FAILED_PRECONDITION if it is CANCELLED.
+        """Marks an ACTIVE prescription as done. Completion comes from the pharmacy, not from a person:
+        the prescription completes itself once its handed-over dispenses (MedicationDispenseChanged
+        events, DeliverEvents) reach dispense_quantity x (1 + refills), and this rpc is refused to
+        every person (PERMISSION_DENIED, COMPLETED_BY_FULFILLER); only the pharmacy service calling as
+        itself may use it. Completing a COMPLETED prescription succeeds and changes nothing, whatever
+        the etag. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED for any caller but the
+        pharmacy service; NOT_FOUND if no such medication request; ABORTED if a given etag is stale;
+        FAILED_PRECONDITION if it is CANCELLED, ON_HOLD or ENTERED_IN_ERROR.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HoldMedicationRequest(self, request, context):
+        """Suspends an ACTIVE prescription (FHIR on-hold): nothing may be dispensed against it until it is
+        resumed. Holding an ON_HOLD prescription succeeds and changes nothing, whatever the etag.
+        Errors: INVALID_ARGUMENT for a bad name or a missing or too long reason; NOT_FOUND if no such
+        medication request; ABORTED if a given etag is stale; FAILED_PRECONDITION if it is not ACTIVE;
+        PERMISSION_DENIED as for CancelMedicationRequest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeMedicationRequest(self, request, context):
+        """Puts an ON_HOLD prescription back in force: its status becomes ACTIVE and the hold reason is
+        cleared. Resuming an ACTIVE prescription succeeds and changes nothing, whatever the etag.
+        Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such medication request; ABORTED if a
+        given etag is stale; FAILED_PRECONDITION if it is neither ON_HOLD nor ACTIVE;
+        PERMISSION_DENIED as for CancelMedicationRequest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkMedicationRequestEnteredInError(self, request, context):
+        """Marks a prescription that should never have existed as ENTERED_IN_ERROR; it is kept, never
+        deleted, and nothing more may be dispensed against it. Allowed from ACTIVE, ON_HOLD and
+        CANCELLED when nothing has been dispensed of it; marking an ENTERED_IN_ERROR prescription again
+        succeeds and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a
+        missing or too long reason; NOT_FOUND if no such medication request; ABORTED if a given etag is
+        stale; FAILED_PRECONDITION if it is COMPLETED or something has been dispensed
+        (ALREADY_DISPENSED: cancel it instead); PERMISSION_DENIED as for CancelMedicationRequest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -270,6 +417,21 @@ def add_OrdersServiceServicer_to_server(servicer, server):
                     request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.CompleteServiceRequestRequest.FromString,
                     response_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.SerializeToString,
             ),
+            'HoldServiceRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldServiceRequest,
+                    request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.HoldServiceRequestRequest.FromString,
+                    response_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.SerializeToString,
+            ),
+            'ResumeServiceRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeServiceRequest,
+                    request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ResumeServiceRequestRequest.FromString,
+                    response_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.SerializeToString,
+            ),
+            'MarkServiceRequestEnteredInError': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkServiceRequestEnteredInError,
+                    request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MarkServiceRequestEnteredInErrorRequest.FromString,
+                    response_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.SerializeToString,
+            ),
             'CreateMedicationRequest': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateMedicationRequest,
                     request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.CreateMedicationRequestRequest.FromString,
@@ -300,6 +462,21 @@ def add_OrdersServiceServicer_to_server(servicer, server):
                     request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.CompleteMedicationRequestRequest.FromString,
                     response_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.SerializeToString,
             ),
+            'HoldMedicationRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldMedicationRequest,
+                    request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.HoldMedicationRequestRequest.FromString,
+                    response_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.SerializeToString,
+            ),
+            'ResumeMedicationRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeMedicationRequest,
+                    request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.ResumeMedicationRequestRequest.FromString,
+                    response_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.SerializeToString,
+            ),
+            'MarkMedicationRequestEnteredInError': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkMedicationRequestEnteredInError,
+                    request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MarkMedicationRequestEnteredInErrorRequest.FromString,
+                    response_serializer=his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.SerializeToString,
+            ),
             'DeliverEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.DeliverEvents,
                     request_deserializer=his_dot_orders_dot_v1_dot_orders__service__pb2.DeliverEventsRequest.FromString,
@@ -320,7 +497,20 @@ class OrdersService:
     resource names `serviceRequests/{service_request}` and `medicationRequests/{medication_request}`.
     The requester of a service request and the prescriber of a medication request are always the
     authenticated caller. Before creating an order the service asks the patient service whether the
-    patient exists and is active and the EMR service whether the encounter is open.
+    patient exists and is active, the EMR service whether the encounter is open (as the caller), the
+    iam service whether the performer is a laboratory, and the pharmacy service whether the
+    medication is in the formulary; nothing is stored when one of them cannot be reached.
+
+    Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
+    MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
+    their work against their own copies; their events come back through DeliverEvents: a report
+    completes a service request, handed-over dispenses complete a medication request. Orders are
+    never deleted: a mistake is marked ENTERED_IN_ERROR.
+
+    Who may do what: doctors place and change orders of patients in their care (the encounter's
+    department, or the encounter's attending practitioner, or the order's requester); nurses read
+    them; lab technicians read the service requests their laboratory performs; pharmacists read
+    medication requests and change nothing in them. Every read and write is audited.
     """
 
     @staticmethod
@@ -447,6 +637,87 @@ class OrdersService:
             target,
             '/his.orders.v1.OrdersService/CompleteServiceRequest',
             his_dot_orders_dot_v1_dot_orders__service__pb2.CompleteServiceRequestRequest.SerializeToString,
+            his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldServiceRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.orders.v1.OrdersService/HoldServiceRequest',
+            his_dot_orders_dot_v1_dot_orders__service__pb2.HoldServiceRequestRequest.SerializeToString,
+            his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeServiceRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.orders.v1.OrdersService/ResumeServiceRequest',
+            his_dot_orders_dot_v1_dot_orders__service__pb2.ResumeServiceRequestRequest.SerializeToString,
+            his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkServiceRequestEnteredInError(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.orders.v1.OrdersService/MarkServiceRequestEnteredInError',
+            his_dot_orders_dot_v1_dot_orders__service__pb2.MarkServiceRequestEnteredInErrorRequest.SerializeToString,
             his_dot_orders_dot_v1_dot_orders__service__pb2.ServiceRequest.FromString,
             options,
             channel_credentials,
@@ -609,6 +880,87 @@ class OrdersService:
             target,
             '/his.orders.v1.OrdersService/CompleteMedicationRequest',
             his_dot_orders_dot_v1_dot_orders__service__pb2.CompleteMedicationRequestRequest.SerializeToString,
+            his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldMedicationRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.orders.v1.OrdersService/HoldMedicationRequest',
+            his_dot_orders_dot_v1_dot_orders__service__pb2.HoldMedicationRequestRequest.SerializeToString,
+            his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeMedicationRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.orders.v1.OrdersService/ResumeMedicationRequest',
+            his_dot_orders_dot_v1_dot_orders__service__pb2.ResumeMedicationRequestRequest.SerializeToString,
+            his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkMedicationRequestEnteredInError(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.orders.v1.OrdersService/MarkMedicationRequestEnteredInError',
+            his_dot_orders_dot_v1_dot_orders__service__pb2.MarkMedicationRequestEnteredInErrorRequest.SerializeToString,
             his_dot_orders_dot_v1_dot_orders__service__pb2.MedicationRequest.FromString,
             options,
             channel_credentials,

@@ -35,7 +35,20 @@ class OrdersServiceStub:
     resource names `serviceRequests/{service_request}` and `medicationRequests/{medication_request}`.
     The requester of a service request and the prescriber of a medication request are always the
     authenticated caller. Before creating an order the service asks the patient service whether the
-    patient exists and is active and the EMR service whether the encounter is open.
+    patient exists and is active, the EMR service whether the encounter is open (as the caller), the
+    iam service whether the performer is a laboratory, and the pharmacy service whether the
+    medication is in the formulary; nothing is stored when one of them cannot be reached.
+
+    Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
+    MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
+    their work against their own copies; their events come back through DeliverEvents: a report
+    completes a service request, handed-over dispenses complete a medication request. Orders are
+    never deleted: a mistake is marked ENTERED_IN_ERROR.
+
+    Who may do what: doctors place and change orders of patients in their care (the encounter's
+    department, or the encounter's attending practitioner, or the order's requester); nurses read
+    them; lab technicians read the service requests their laboratory performs; pharmacists read
+    medication requests and change nothing in them. Every read and write is audited.
     """
 
     @_typing.overload
@@ -45,32 +58,64 @@ class OrdersServiceStub:
     CreateServiceRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.CreateServiceRequestRequest, _orders_service_pb2.ServiceRequest]
     """Orders a laboratory test; the order is ACTIVE at once. A request repeated with the same
     `request_id` returns the order created by the first one. Errors: INVALID_ARGUMENT naming the
-    bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, or if
-    the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS;
-    PERMISSION_DENIED if the caller does not hold the DOCTOR role; UNAVAILABLE if the patient or
-    EMR service cannot be reached.
+    bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if the
+    encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS
+    (ENCOUNTER_NOT_OPEN), or if the performer is not a department of kind LAB
+    (PERFORMER_NOT_LAB); PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not
+    see the encounter (the EMR service's reason, which it also gives for an encounter that does
+    not exist); UNAVAILABLE if the patient, EMR or iam service cannot be reached.
     """
     GetServiceRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.GetServiceRequestRequest, _orders_service_pb2.ServiceRequest]
     """Returns one service request. Errors: INVALID_ARGUMENT if `name` is not
-    `serviceRequests/{service_request}`; NOT_FOUND if no such service request.
+    `serviceRequests/{service_request}`; PERMISSION_DENIED if the caller may not see it (checked
+    before existence); NOT_FOUND if no such service request.
     """
     ListServiceRequests: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.ListServiceRequestsRequest, _orders_service_pb2.ListServiceRequestsResponse]
-    """Lists service requests matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative `page_size`, or a `page_token` that was not returned
-    by a previous call with the same filters.
+    """Lists service requests matching all given filters, newest first; those the caller may not see
+    are left out. ENTERED_IN_ERROR orders are listed only when asked for by status. Errors:
+    INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token` that was
+    not returned by a previous call with the same filters.
     """
     RevokeServiceRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.RevokeServiceRequestRequest, _orders_service_pb2.ServiceRequest]
-    """Withdraws an ACTIVE service request before it is completed: its status becomes REVOKED and no
-    further work may be done on it. Revoking a REVOKED service request succeeds and changes nothing
-    (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
-    reason; NOT_FOUND if no such service request; FAILED_PRECONDITION if it is COMPLETED;
-    PERMISSION_DENIED if the caller does not hold the DOCTOR role.
+    """Withdraws an ACTIVE or ON_HOLD service request before it is completed: its status becomes
+    REVOKED and no further work may be done on it. Revoking a REVOKED service request succeeds and
+    changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+    bad name or a missing or too long reason; NOT_FOUND if no such service request; ABORTED if a
+    given etag is stale; FAILED_PRECONDITION if it is COMPLETED or ENTERED_IN_ERROR;
+    PERMISSION_DENIED if the caller does not hold the DOCTOR role or the patient is not in their
+    care.
     """
     CompleteServiceRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.CompleteServiceRequestRequest, _orders_service_pb2.ServiceRequest]
-    """Marks an ACTIVE service request as done, normally when the lab has finalized its report: its
-    status becomes COMPLETED. Completing a COMPLETED service request succeeds and changes nothing.
-    Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such service request;
-    FAILED_PRECONDITION if it is REVOKED.
+    """Marks an ACTIVE service request as done. Completion comes from the laboratory, not from a
+    person: the lab's DiagnosticReportIssued event completes the order through DeliverEvents, and
+    this rpc is refused to every person (PERMISSION_DENIED, COMPLETED_BY_FULFILLER); only the lab
+    service calling as itself may use it. Completing a COMPLETED service request succeeds and
+    changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED for any caller
+    but the lab service; NOT_FOUND if no such service request; FAILED_PRECONDITION if it is
+    REVOKED, ON_HOLD or ENTERED_IN_ERROR.
+    """
+    HoldServiceRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.HoldServiceRequestRequest, _orders_service_pb2.ServiceRequest]
+    """Suspends an ACTIVE service request for a while (FHIR on-hold): its status becomes ON_HOLD and
+    the laboratory holds its work until it is resumed. Holding an ON_HOLD service request succeeds
+    and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a missing
+    or too long reason; NOT_FOUND if no such service request; ABORTED if a given etag is stale;
+    FAILED_PRECONDITION if it is not ACTIVE; PERMISSION_DENIED as for RevokeServiceRequest.
+    """
+    ResumeServiceRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.ResumeServiceRequestRequest, _orders_service_pb2.ServiceRequest]
+    """Puts an ON_HOLD service request back in force: its status becomes ACTIVE and the hold reason
+    is cleared. Resuming an ACTIVE service request succeeds and changes nothing, whatever the etag.
+    Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such service request; ABORTED if a
+    given etag is stale; FAILED_PRECONDITION if it is neither ON_HOLD nor ACTIVE;
+    PERMISSION_DENIED as for RevokeServiceRequest.
+    """
+    MarkServiceRequestEnteredInError: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.MarkServiceRequestEnteredInErrorRequest, _orders_service_pb2.ServiceRequest]
+    """Marks a service request that should never have existed (wrong patient, wrong test) as
+    ENTERED_IN_ERROR; it is kept, never deleted, and the laboratory stops working on it. Allowed
+    from ACTIVE, ON_HOLD and REVOKED; marking an ENTERED_IN_ERROR service request again succeeds
+    and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a missing or
+    too long reason; NOT_FOUND if no such service request; ABORTED if a given etag is stale;
+    FAILED_PRECONDITION if it is COMPLETED (a result exists: the report is amended instead);
+    PERMISSION_DENIED as for RevokeServiceRequest.
     """
     CreateMedicationRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.CreateMedicationRequestRequest, _orders_service_pb2.MedicationRequest]
     """Prescribes a medication; the prescription is ACTIVE at once, and the medication's ATC code and
@@ -78,40 +123,75 @@ class OrdersServiceStub:
     `request_id` returns the prescription created by the first one. Errors: INVALID_ARGUMENT naming
     the bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if
     the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS, or
-    if the medication does not exist or is inactive; PERMISSION_DENIED if the caller does not hold
-    the DOCTOR role; UNAVAILABLE if the patient, EMR or pharmacy service cannot be reached.
+    if the medication does not exist or is inactive (MEDICATION_NOT_FOUND, MEDICATION_INACTIVE);
+    PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter
+    (as for CreateServiceRequest); FAILED_PRECONDITION if `dispense_quantity` is not in the
+    medication's dispense unit (DISPENSE_UNIT_MISMATCH); UNAVAILABLE if the patient, EMR or
+    pharmacy service cannot be reached.
     """
     GetMedicationRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.GetMedicationRequestRequest, _orders_service_pb2.MedicationRequest]
     """Returns one medication request. Errors: INVALID_ARGUMENT if `name` is not
-    `medicationRequests/{medication_request}`; NOT_FOUND if no such medication request.
+    `medicationRequests/{medication_request}`; PERMISSION_DENIED if the caller may not see it
+    (checked before existence); NOT_FOUND if no such medication request.
     """
     ListMedicationRequests: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.ListMedicationRequestsRequest, _orders_service_pb2.ListMedicationRequestsResponse]
-    """Lists medication requests matching all given filters, newest first. Errors: INVALID_ARGUMENT
-    for a malformed filter, a negative `page_size`, or a `page_token` that was not
-    returned by a previous call with the same filters.
+    """Lists medication requests matching all given filters, newest first; those the caller may not
+    see are left out. ENTERED_IN_ERROR prescriptions are listed only when asked for by status.
+    Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
+    that was not returned by a previous call with the same filters.
     """
     UpdateMedicationRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.UpdateMedicationRequestRequest, _orders_service_pb2.MedicationRequest]
     """Changes the drug, dose or quantity of an ACTIVE prescription, as named in `update_mask`. A new
     medication copies its ATC code and current unit price from the pharmacy catalogue again; the
     price cannot be set directly. When `medication_request.etag` is set it must match the stored
-    record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
-    NOT_FOUND if no such medication request; ABORTED if the etag is stale; FAILED_PRECONDITION if
-    it is not ACTIVE, or a new medication does not exist or is inactive; PERMISSION_DENIED if the
-    caller is not the prescriber; UNAVAILABLE if the pharmacy service cannot be reached.
+    record. Only the prescriber changes a prescription: a pharmacist may change none of these
+    fields (the policy's prescription_locked_fields name them). Errors: INVALID_ARGUMENT for an
+    unknown or read-only mask path or a bad value; NOT_FOUND if no such medication request;
+    ABORTED if the etag is stale; FAILED_PRECONDITION if it is not ACTIVE, or a new medication does
+    not exist or is inactive; PERMISSION_DENIED if the caller is not the prescriber
+    (NOT_PRESCRIBER) or a pharmacist (PRESCRIPTION_FIELDS_LOCKED); UNAVAILABLE if the pharmacy
+    service cannot be reached.
     """
     CancelMedicationRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.CancelMedicationRequestRequest, _orders_service_pb2.MedicationRequest]
-    """Cancels an ACTIVE prescription: its status becomes CANCELLED and nothing more may be dispensed
-    against it. Cancelling a CANCELLED prescription succeeds and changes nothing, whatever the etag
-    (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
-    reason; NOT_FOUND if no such medication request; ABORTED if a given etag is stale;
-    FAILED_PRECONDITION if it is COMPLETED; PERMISSION_DENIED if the caller does not hold the
-    DOCTOR role.
+    """Cancels an ACTIVE or ON_HOLD prescription: its status becomes CANCELLED and nothing more may
+    be dispensed against it. Cancelling a CANCELLED prescription succeeds and changes nothing,
+    whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a
+    missing or too long reason; NOT_FOUND if no such medication request; ABORTED if a given etag is
+    stale; FAILED_PRECONDITION if it is COMPLETED or ENTERED_IN_ERROR; PERMISSION_DENIED if the
+    caller does not hold the DOCTOR role or the patient is not in their care.
     """
     CompleteMedicationRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.CompleteMedicationRequestRequest, _orders_service_pb2.MedicationRequest]
-    """Marks an ACTIVE prescription as done, normally when the pharmacy has dispensed all of it: its
-    status becomes COMPLETED. Completing a COMPLETED prescription succeeds and changes nothing,
-    whatever the etag. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such medication
-    request; ABORTED if a given etag is stale; FAILED_PRECONDITION if it is CANCELLED.
+    """Marks an ACTIVE prescription as done. Completion comes from the pharmacy, not from a person:
+    the prescription completes itself once its handed-over dispenses (MedicationDispenseChanged
+    events, DeliverEvents) reach dispense_quantity x (1 + refills), and this rpc is refused to
+    every person (PERMISSION_DENIED, COMPLETED_BY_FULFILLER); only the pharmacy service calling as
+    itself may use it. Completing a COMPLETED prescription succeeds and changes nothing, whatever
+    the etag. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED for any caller but the
+    pharmacy service; NOT_FOUND if no such medication request; ABORTED if a given etag is stale;
+    FAILED_PRECONDITION if it is CANCELLED, ON_HOLD or ENTERED_IN_ERROR.
+    """
+    HoldMedicationRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.HoldMedicationRequestRequest, _orders_service_pb2.MedicationRequest]
+    """Suspends an ACTIVE prescription (FHIR on-hold): nothing may be dispensed against it until it is
+    resumed. Holding an ON_HOLD prescription succeeds and changes nothing, whatever the etag.
+    Errors: INVALID_ARGUMENT for a bad name or a missing or too long reason; NOT_FOUND if no such
+    medication request; ABORTED if a given etag is stale; FAILED_PRECONDITION if it is not ACTIVE;
+    PERMISSION_DENIED as for CancelMedicationRequest.
+    """
+    ResumeMedicationRequest: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.ResumeMedicationRequestRequest, _orders_service_pb2.MedicationRequest]
+    """Puts an ON_HOLD prescription back in force: its status becomes ACTIVE and the hold reason is
+    cleared. Resuming an ACTIVE prescription succeeds and changes nothing, whatever the etag.
+    Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such medication request; ABORTED if a
+    given etag is stale; FAILED_PRECONDITION if it is neither ON_HOLD nor ACTIVE;
+    PERMISSION_DENIED as for CancelMedicationRequest.
+    """
+    MarkMedicationRequestEnteredInError: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.MarkMedicationRequestEnteredInErrorRequest, _orders_service_pb2.MedicationRequest]
+    """Marks a prescription that should never have existed as ENTERED_IN_ERROR; it is kept, never
+    deleted, and nothing more may be dispensed against it. Allowed from ACTIVE, ON_HOLD and
+    CANCELLED when nothing has been dispensed of it; marking an ENTERED_IN_ERROR prescription again
+    succeeds and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a
+    missing or too long reason; NOT_FOUND if no such medication request; ABORTED if a given etag is
+    stale; FAILED_PRECONDITION if it is COMPLETED or something has been dispensed
+    (ALREADY_DISPENSED: cancel it instead); PERMISSION_DENIED as for CancelMedicationRequest.
     """
     DeliverEvents: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.DeliverEventsRequest, _orders_service_pb2.DeliverEventsResponse]
     """Applies events of the lab and pharmacy services to this service's own records; only their
@@ -132,39 +212,84 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     resource names `serviceRequests/{service_request}` and `medicationRequests/{medication_request}`.
     The requester of a service request and the prescriber of a medication request are always the
     authenticated caller. Before creating an order the service asks the patient service whether the
-    patient exists and is active and the EMR service whether the encounter is open.
+    patient exists and is active, the EMR service whether the encounter is open (as the caller), the
+    iam service whether the performer is a laboratory, and the pharmacy service whether the
+    medication is in the formulary; nothing is stored when one of them cannot be reached.
+
+    Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
+    MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
+    their work against their own copies; their events come back through DeliverEvents: a report
+    completes a service request, handed-over dispenses complete a medication request. Orders are
+    never deleted: a mistake is marked ENTERED_IN_ERROR.
+
+    Who may do what: doctors place and change orders of patients in their care (the encounter's
+    department, or the encounter's attending practitioner, or the order's requester); nurses read
+    them; lab technicians read the service requests their laboratory performs; pharmacists read
+    medication requests and change nothing in them. Every read and write is audited.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateServiceRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.CreateServiceRequestRequest, _orders_service_pb2.ServiceRequest]  # type: ignore[assignment]
     """Orders a laboratory test; the order is ACTIVE at once. A request repeated with the same
     `request_id` returns the order created by the first one. Errors: INVALID_ARGUMENT naming the
-    bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, or if
-    the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS;
-    PERMISSION_DENIED if the caller does not hold the DOCTOR role; UNAVAILABLE if the patient or
-    EMR service cannot be reached.
+    bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if the
+    encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS
+    (ENCOUNTER_NOT_OPEN), or if the performer is not a department of kind LAB
+    (PERFORMER_NOT_LAB); PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not
+    see the encounter (the EMR service's reason, which it also gives for an encounter that does
+    not exist); UNAVAILABLE if the patient, EMR or iam service cannot be reached.
     """
     GetServiceRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.GetServiceRequestRequest, _orders_service_pb2.ServiceRequest]  # type: ignore[assignment]
     """Returns one service request. Errors: INVALID_ARGUMENT if `name` is not
-    `serviceRequests/{service_request}`; NOT_FOUND if no such service request.
+    `serviceRequests/{service_request}`; PERMISSION_DENIED if the caller may not see it (checked
+    before existence); NOT_FOUND if no such service request.
     """
     ListServiceRequests: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.ListServiceRequestsRequest, _orders_service_pb2.ListServiceRequestsResponse]  # type: ignore[assignment]
-    """Lists service requests matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative `page_size`, or a `page_token` that was not returned
-    by a previous call with the same filters.
+    """Lists service requests matching all given filters, newest first; those the caller may not see
+    are left out. ENTERED_IN_ERROR orders are listed only when asked for by status. Errors:
+    INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token` that was
+    not returned by a previous call with the same filters.
     """
     RevokeServiceRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.RevokeServiceRequestRequest, _orders_service_pb2.ServiceRequest]  # type: ignore[assignment]
-    """Withdraws an ACTIVE service request before it is completed: its status becomes REVOKED and no
-    further work may be done on it. Revoking a REVOKED service request succeeds and changes nothing
-    (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
-    reason; NOT_FOUND if no such service request; FAILED_PRECONDITION if it is COMPLETED;
-    PERMISSION_DENIED if the caller does not hold the DOCTOR role.
+    """Withdraws an ACTIVE or ON_HOLD service request before it is completed: its status becomes
+    REVOKED and no further work may be done on it. Revoking a REVOKED service request succeeds and
+    changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+    bad name or a missing or too long reason; NOT_FOUND if no such service request; ABORTED if a
+    given etag is stale; FAILED_PRECONDITION if it is COMPLETED or ENTERED_IN_ERROR;
+    PERMISSION_DENIED if the caller does not hold the DOCTOR role or the patient is not in their
+    care.
     """
     CompleteServiceRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.CompleteServiceRequestRequest, _orders_service_pb2.ServiceRequest]  # type: ignore[assignment]
-    """Marks an ACTIVE service request as done, normally when the lab has finalized its report: its
-    status becomes COMPLETED. Completing a COMPLETED service request succeeds and changes nothing.
-    Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such service request;
-    FAILED_PRECONDITION if it is REVOKED.
+    """Marks an ACTIVE service request as done. Completion comes from the laboratory, not from a
+    person: the lab's DiagnosticReportIssued event completes the order through DeliverEvents, and
+    this rpc is refused to every person (PERMISSION_DENIED, COMPLETED_BY_FULFILLER); only the lab
+    service calling as itself may use it. Completing a COMPLETED service request succeeds and
+    changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED for any caller
+    but the lab service; NOT_FOUND if no such service request; FAILED_PRECONDITION if it is
+    REVOKED, ON_HOLD or ENTERED_IN_ERROR.
+    """
+    HoldServiceRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.HoldServiceRequestRequest, _orders_service_pb2.ServiceRequest]  # type: ignore[assignment]
+    """Suspends an ACTIVE service request for a while (FHIR on-hold): its status becomes ON_HOLD and
+    the laboratory holds its work until it is resumed. Holding an ON_HOLD service request succeeds
+    and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a missing
+    or too long reason; NOT_FOUND if no such service request; ABORTED if a given etag is stale;
+    FAILED_PRECONDITION if it is not ACTIVE; PERMISSION_DENIED as for RevokeServiceRequest.
+    """
+    ResumeServiceRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.ResumeServiceRequestRequest, _orders_service_pb2.ServiceRequest]  # type: ignore[assignment]
+    """Puts an ON_HOLD service request back in force: its status becomes ACTIVE and the hold reason
+    is cleared. Resuming an ACTIVE service request succeeds and changes nothing, whatever the etag.
+    Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such service request; ABORTED if a
+    given etag is stale; FAILED_PRECONDITION if it is neither ON_HOLD nor ACTIVE;
+    PERMISSION_DENIED as for RevokeServiceRequest.
+    """
+    MarkServiceRequestEnteredInError: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.MarkServiceRequestEnteredInErrorRequest, _orders_service_pb2.ServiceRequest]  # type: ignore[assignment]
+    """Marks a service request that should never have existed (wrong patient, wrong test) as
+    ENTERED_IN_ERROR; it is kept, never deleted, and the laboratory stops working on it. Allowed
+    from ACTIVE, ON_HOLD and REVOKED; marking an ENTERED_IN_ERROR service request again succeeds
+    and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a missing or
+    too long reason; NOT_FOUND if no such service request; ABORTED if a given etag is stale;
+    FAILED_PRECONDITION if it is COMPLETED (a result exists: the report is amended instead);
+    PERMISSION_DENIED as for RevokeServiceRequest.
     """
     CreateMedicationRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.CreateMedicationRequestRequest, _orders_service_pb2.MedicationRequest]  # type: ignore[assignment]
     """Prescribes a medication; the prescription is ACTIVE at once, and the medication's ATC code and
@@ -172,40 +297,75 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     `request_id` returns the prescription created by the first one. Errors: INVALID_ARGUMENT naming
     the bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if
     the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS, or
-    if the medication does not exist or is inactive; PERMISSION_DENIED if the caller does not hold
-    the DOCTOR role; UNAVAILABLE if the patient, EMR or pharmacy service cannot be reached.
+    if the medication does not exist or is inactive (MEDICATION_NOT_FOUND, MEDICATION_INACTIVE);
+    PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter
+    (as for CreateServiceRequest); FAILED_PRECONDITION if `dispense_quantity` is not in the
+    medication's dispense unit (DISPENSE_UNIT_MISMATCH); UNAVAILABLE if the patient, EMR or
+    pharmacy service cannot be reached.
     """
     GetMedicationRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.GetMedicationRequestRequest, _orders_service_pb2.MedicationRequest]  # type: ignore[assignment]
     """Returns one medication request. Errors: INVALID_ARGUMENT if `name` is not
-    `medicationRequests/{medication_request}`; NOT_FOUND if no such medication request.
+    `medicationRequests/{medication_request}`; PERMISSION_DENIED if the caller may not see it
+    (checked before existence); NOT_FOUND if no such medication request.
     """
     ListMedicationRequests: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.ListMedicationRequestsRequest, _orders_service_pb2.ListMedicationRequestsResponse]  # type: ignore[assignment]
-    """Lists medication requests matching all given filters, newest first. Errors: INVALID_ARGUMENT
-    for a malformed filter, a negative `page_size`, or a `page_token` that was not
-    returned by a previous call with the same filters.
+    """Lists medication requests matching all given filters, newest first; those the caller may not
+    see are left out. ENTERED_IN_ERROR prescriptions are listed only when asked for by status.
+    Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
+    that was not returned by a previous call with the same filters.
     """
     UpdateMedicationRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.UpdateMedicationRequestRequest, _orders_service_pb2.MedicationRequest]  # type: ignore[assignment]
     """Changes the drug, dose or quantity of an ACTIVE prescription, as named in `update_mask`. A new
     medication copies its ATC code and current unit price from the pharmacy catalogue again; the
     price cannot be set directly. When `medication_request.etag` is set it must match the stored
-    record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
-    NOT_FOUND if no such medication request; ABORTED if the etag is stale; FAILED_PRECONDITION if
-    it is not ACTIVE, or a new medication does not exist or is inactive; PERMISSION_DENIED if the
-    caller is not the prescriber; UNAVAILABLE if the pharmacy service cannot be reached.
+    record. Only the prescriber changes a prescription: a pharmacist may change none of these
+    fields (the policy's prescription_locked_fields name them). Errors: INVALID_ARGUMENT for an
+    unknown or read-only mask path or a bad value; NOT_FOUND if no such medication request;
+    ABORTED if the etag is stale; FAILED_PRECONDITION if it is not ACTIVE, or a new medication does
+    not exist or is inactive; PERMISSION_DENIED if the caller is not the prescriber
+    (NOT_PRESCRIBER) or a pharmacist (PRESCRIPTION_FIELDS_LOCKED); UNAVAILABLE if the pharmacy
+    service cannot be reached.
     """
     CancelMedicationRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.CancelMedicationRequestRequest, _orders_service_pb2.MedicationRequest]  # type: ignore[assignment]
-    """Cancels an ACTIVE prescription: its status becomes CANCELLED and nothing more may be dispensed
-    against it. Cancelling a CANCELLED prescription succeeds and changes nothing, whatever the etag
-    (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
-    reason; NOT_FOUND if no such medication request; ABORTED if a given etag is stale;
-    FAILED_PRECONDITION if it is COMPLETED; PERMISSION_DENIED if the caller does not hold the
-    DOCTOR role.
+    """Cancels an ACTIVE or ON_HOLD prescription: its status becomes CANCELLED and nothing more may
+    be dispensed against it. Cancelling a CANCELLED prescription succeeds and changes nothing,
+    whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a
+    missing or too long reason; NOT_FOUND if no such medication request; ABORTED if a given etag is
+    stale; FAILED_PRECONDITION if it is COMPLETED or ENTERED_IN_ERROR; PERMISSION_DENIED if the
+    caller does not hold the DOCTOR role or the patient is not in their care.
     """
     CompleteMedicationRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.CompleteMedicationRequestRequest, _orders_service_pb2.MedicationRequest]  # type: ignore[assignment]
-    """Marks an ACTIVE prescription as done, normally when the pharmacy has dispensed all of it: its
-    status becomes COMPLETED. Completing a COMPLETED prescription succeeds and changes nothing,
-    whatever the etag. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such medication
-    request; ABORTED if a given etag is stale; FAILED_PRECONDITION if it is CANCELLED.
+    """Marks an ACTIVE prescription as done. Completion comes from the pharmacy, not from a person:
+    the prescription completes itself once its handed-over dispenses (MedicationDispenseChanged
+    events, DeliverEvents) reach dispense_quantity x (1 + refills), and this rpc is refused to
+    every person (PERMISSION_DENIED, COMPLETED_BY_FULFILLER); only the pharmacy service calling as
+    itself may use it. Completing a COMPLETED prescription succeeds and changes nothing, whatever
+    the etag. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED for any caller but the
+    pharmacy service; NOT_FOUND if no such medication request; ABORTED if a given etag is stale;
+    FAILED_PRECONDITION if it is CANCELLED, ON_HOLD or ENTERED_IN_ERROR.
+    """
+    HoldMedicationRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.HoldMedicationRequestRequest, _orders_service_pb2.MedicationRequest]  # type: ignore[assignment]
+    """Suspends an ACTIVE prescription (FHIR on-hold): nothing may be dispensed against it until it is
+    resumed. Holding an ON_HOLD prescription succeeds and changes nothing, whatever the etag.
+    Errors: INVALID_ARGUMENT for a bad name or a missing or too long reason; NOT_FOUND if no such
+    medication request; ABORTED if a given etag is stale; FAILED_PRECONDITION if it is not ACTIVE;
+    PERMISSION_DENIED as for CancelMedicationRequest.
+    """
+    ResumeMedicationRequest: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.ResumeMedicationRequestRequest, _orders_service_pb2.MedicationRequest]  # type: ignore[assignment]
+    """Puts an ON_HOLD prescription back in force: its status becomes ACTIVE and the hold reason is
+    cleared. Resuming an ACTIVE prescription succeeds and changes nothing, whatever the etag.
+    Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such medication request; ABORTED if a
+    given etag is stale; FAILED_PRECONDITION if it is neither ON_HOLD nor ACTIVE;
+    PERMISSION_DENIED as for CancelMedicationRequest.
+    """
+    MarkMedicationRequestEnteredInError: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.MarkMedicationRequestEnteredInErrorRequest, _orders_service_pb2.MedicationRequest]  # type: ignore[assignment]
+    """Marks a prescription that should never have existed as ENTERED_IN_ERROR; it is kept, never
+    deleted, and nothing more may be dispensed against it. Allowed from ACTIVE, ON_HOLD and
+    CANCELLED when nothing has been dispensed of it; marking an ENTERED_IN_ERROR prescription again
+    succeeds and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a
+    missing or too long reason; NOT_FOUND if no such medication request; ABORTED if a given etag is
+    stale; FAILED_PRECONDITION if it is COMPLETED or something has been dispensed
+    (ALREADY_DISPENSED: cancel it instead); PERMISSION_DENIED as for CancelMedicationRequest.
     """
     DeliverEvents: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.DeliverEventsRequest, _orders_service_pb2.DeliverEventsResponse]  # type: ignore[assignment]
     """Applies events of the lab and pharmacy services to this service's own records; only their
@@ -225,7 +385,20 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
     resource names `serviceRequests/{service_request}` and `medicationRequests/{medication_request}`.
     The requester of a service request and the prescriber of a medication request are always the
     authenticated caller. Before creating an order the service asks the patient service whether the
-    patient exists and is active and the EMR service whether the encounter is open.
+    patient exists and is active, the EMR service whether the encounter is open (as the caller), the
+    iam service whether the performer is a laboratory, and the pharmacy service whether the
+    medication is in the formulary; nothing is stored when one of them cannot be reached.
+
+    Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
+    MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
+    their work against their own copies; their events come back through DeliverEvents: a report
+    completes a service request, handed-over dispenses complete a medication request. Orders are
+    never deleted: a mistake is marked ENTERED_IN_ERROR.
+
+    Who may do what: doctors place and change orders of patients in their care (the encounter's
+    department, or the encounter's attending practitioner, or the order's requester); nurses read
+    them; lab technicians read the service requests their laboratory performs; pharmacists read
+    medication requests and change nothing in them. Every read and write is audited.
     """
 
     @_abc_1.abstractmethod
@@ -236,10 +409,12 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orders_service_pb2.ServiceRequest, _abc.Awaitable[_orders_service_pb2.ServiceRequest]]:
         """Orders a laboratory test; the order is ACTIVE at once. A request repeated with the same
         `request_id` returns the order created by the first one. Errors: INVALID_ARGUMENT naming the
-        bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, or if
-        the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS;
-        PERMISSION_DENIED if the caller does not hold the DOCTOR role; UNAVAILABLE if the patient or
-        EMR service cannot be reached.
+        bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if the
+        encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS
+        (ENCOUNTER_NOT_OPEN), or if the performer is not a department of kind LAB
+        (PERFORMER_NOT_LAB); PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not
+        see the encounter (the EMR service's reason, which it also gives for an encounter that does
+        not exist); UNAVAILABLE if the patient, EMR or iam service cannot be reached.
         """
 
     @_abc_1.abstractmethod
@@ -249,7 +424,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orders_service_pb2.ServiceRequest, _abc.Awaitable[_orders_service_pb2.ServiceRequest]]:
         """Returns one service request. Errors: INVALID_ARGUMENT if `name` is not
-        `serviceRequests/{service_request}`; NOT_FOUND if no such service request.
+        `serviceRequests/{service_request}`; PERMISSION_DENIED if the caller may not see it (checked
+        before existence); NOT_FOUND if no such service request.
         """
 
     @_abc_1.abstractmethod
@@ -258,9 +434,10 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orders_service_pb2.ListServiceRequestsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orders_service_pb2.ListServiceRequestsResponse, _abc.Awaitable[_orders_service_pb2.ListServiceRequestsResponse]]:
-        """Lists service requests matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative `page_size`, or a `page_token` that was not returned
-        by a previous call with the same filters.
+        """Lists service requests matching all given filters, newest first; those the caller may not see
+        are left out. ENTERED_IN_ERROR orders are listed only when asked for by status. Errors:
+        INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token` that was
+        not returned by a previous call with the same filters.
         """
 
     @_abc_1.abstractmethod
@@ -269,11 +446,13 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orders_service_pb2.RevokeServiceRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orders_service_pb2.ServiceRequest, _abc.Awaitable[_orders_service_pb2.ServiceRequest]]:
-        """Withdraws an ACTIVE service request before it is completed: its status becomes REVOKED and no
-        further work may be done on it. Revoking a REVOKED service request succeeds and changes nothing
-        (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
-        reason; NOT_FOUND if no such service request; FAILED_PRECONDITION if it is COMPLETED;
-        PERMISSION_DENIED if the caller does not hold the DOCTOR role.
+        """Withdraws an ACTIVE or ON_HOLD service request before it is completed: its status becomes
+        REVOKED and no further work may be done on it. Revoking a REVOKED service request succeeds and
+        changes nothing, whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a
+        bad name or a missing or too long reason; NOT_FOUND if no such service request; ABORTED if a
+        given etag is stale; FAILED_PRECONDITION if it is COMPLETED or ENTERED_IN_ERROR;
+        PERMISSION_DENIED if the caller does not hold the DOCTOR role or the patient is not in their
+        care.
         """
 
     @_abc_1.abstractmethod
@@ -282,10 +461,54 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orders_service_pb2.CompleteServiceRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orders_service_pb2.ServiceRequest, _abc.Awaitable[_orders_service_pb2.ServiceRequest]]:
-        """Marks an ACTIVE service request as done, normally when the lab has finalized its report: its
-        status becomes COMPLETED. Completing a COMPLETED service request succeeds and changes nothing.
-        Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such service request;
-        FAILED_PRECONDITION if it is REVOKED.
+        """Marks an ACTIVE service request as done. Completion comes from the laboratory, not from a
+        person: the lab's DiagnosticReportIssued event completes the order through DeliverEvents, and
+        this rpc is refused to every person (PERMISSION_DENIED, COMPLETED_BY_FULFILLER); only the lab
+        service calling as itself may use it. Completing a COMPLETED service request succeeds and
+        changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED for any caller
+        but the lab service; NOT_FOUND if no such service request; FAILED_PRECONDITION if it is
+        REVOKED, ON_HOLD or ENTERED_IN_ERROR.
+        """
+
+    @_abc_1.abstractmethod
+    def HoldServiceRequest(
+        self,
+        request: _orders_service_pb2.HoldServiceRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orders_service_pb2.ServiceRequest, _abc.Awaitable[_orders_service_pb2.ServiceRequest]]:
+        """Suspends an ACTIVE service request for a while (FHIR on-hold): its status becomes ON_HOLD and
+        the laboratory holds its work until it is resumed. Holding an ON_HOLD service request succeeds
+        and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a missing
+        or too long reason; NOT_FOUND if no such service request; ABORTED if a given etag is stale;
+        FAILED_PRECONDITION if it is not ACTIVE; PERMISSION_DENIED as for RevokeServiceRequest.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeServiceRequest(
+        self,
+        request: _orders_service_pb2.ResumeServiceRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orders_service_pb2.ServiceRequest, _abc.Awaitable[_orders_service_pb2.ServiceRequest]]:
+        """Puts an ON_HOLD service request back in force: its status becomes ACTIVE and the hold reason
+        is cleared. Resuming an ACTIVE service request succeeds and changes nothing, whatever the etag.
+        Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such service request; ABORTED if a
+        given etag is stale; FAILED_PRECONDITION if it is neither ON_HOLD nor ACTIVE;
+        PERMISSION_DENIED as for RevokeServiceRequest.
+        """
+
+    @_abc_1.abstractmethod
+    def MarkServiceRequestEnteredInError(
+        self,
+        request: _orders_service_pb2.MarkServiceRequestEnteredInErrorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orders_service_pb2.ServiceRequest, _abc.Awaitable[_orders_service_pb2.ServiceRequest]]:
+        """Marks a service request that should never have existed (wrong patient, wrong test) as
+        ENTERED_IN_ERROR; it is kept, never deleted, and the laboratory stops working on it. Allowed
+        from ACTIVE, ON_HOLD and REVOKED; marking an ENTERED_IN_ERROR service request again succeeds
+        and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a missing or
+        too long reason; NOT_FOUND if no such service request; ABORTED if a given etag is stale;
+        FAILED_PRECONDITION if it is COMPLETED (a result exists: the report is amended instead);
+        PERMISSION_DENIED as for RevokeServiceRequest.
         """
 
     @_abc_1.abstractmethod
@@ -299,8 +522,11 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         `request_id` returns the prescription created by the first one. Errors: INVALID_ARGUMENT naming
         the bad field; FAILED_PRECONDITION if the patient does not exist, is inactive or is merged, if
         the encounter does not exist, belongs to another patient or is not ARRIVED or IN_PROGRESS, or
-        if the medication does not exist or is inactive; PERMISSION_DENIED if the caller does not hold
-        the DOCTOR role; UNAVAILABLE if the patient, EMR or pharmacy service cannot be reached.
+        if the medication does not exist or is inactive (MEDICATION_NOT_FOUND, MEDICATION_INACTIVE);
+        PERMISSION_DENIED if the caller does not hold the DOCTOR role or may not see the encounter
+        (as for CreateServiceRequest); FAILED_PRECONDITION if `dispense_quantity` is not in the
+        medication's dispense unit (DISPENSE_UNIT_MISMATCH); UNAVAILABLE if the patient, EMR or
+        pharmacy service cannot be reached.
         """
 
     @_abc_1.abstractmethod
@@ -310,7 +536,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orders_service_pb2.MedicationRequest, _abc.Awaitable[_orders_service_pb2.MedicationRequest]]:
         """Returns one medication request. Errors: INVALID_ARGUMENT if `name` is not
-        `medicationRequests/{medication_request}`; NOT_FOUND if no such medication request.
+        `medicationRequests/{medication_request}`; PERMISSION_DENIED if the caller may not see it
+        (checked before existence); NOT_FOUND if no such medication request.
         """
 
     @_abc_1.abstractmethod
@@ -319,9 +546,10 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orders_service_pb2.ListMedicationRequestsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orders_service_pb2.ListMedicationRequestsResponse, _abc.Awaitable[_orders_service_pb2.ListMedicationRequestsResponse]]:
-        """Lists medication requests matching all given filters, newest first. Errors: INVALID_ARGUMENT
-        for a malformed filter, a negative `page_size`, or a `page_token` that was not
-        returned by a previous call with the same filters.
+        """Lists medication requests matching all given filters, newest first; those the caller may not
+        see are left out. ENTERED_IN_ERROR prescriptions are listed only when asked for by status.
+        Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
+        that was not returned by a previous call with the same filters.
         """
 
     @_abc_1.abstractmethod
@@ -333,10 +561,13 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         """Changes the drug, dose or quantity of an ACTIVE prescription, as named in `update_mask`. A new
         medication copies its ATC code and current unit price from the pharmacy catalogue again; the
         price cannot be set directly. When `medication_request.etag` is set it must match the stored
-        record. Errors: INVALID_ARGUMENT for an unknown or read-only mask path or a bad value;
-        NOT_FOUND if no such medication request; ABORTED if the etag is stale; FAILED_PRECONDITION if
-        it is not ACTIVE, or a new medication does not exist or is inactive; PERMISSION_DENIED if the
-        caller is not the prescriber; UNAVAILABLE if the pharmacy service cannot be reached.
+        record. Only the prescriber changes a prescription: a pharmacist may change none of these
+        fields (the policy's prescription_locked_fields name them). Errors: INVALID_ARGUMENT for an
+        unknown or read-only mask path or a bad value; NOT_FOUND if no such medication request;
+        ABORTED if the etag is stale; FAILED_PRECONDITION if it is not ACTIVE, or a new medication does
+        not exist or is inactive; PERMISSION_DENIED if the caller is not the prescriber
+        (NOT_PRESCRIBER) or a pharmacist (PRESCRIPTION_FIELDS_LOCKED); UNAVAILABLE if the pharmacy
+        service cannot be reached.
         """
 
     @_abc_1.abstractmethod
@@ -345,12 +576,12 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orders_service_pb2.CancelMedicationRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orders_service_pb2.MedicationRequest, _abc.Awaitable[_orders_service_pb2.MedicationRequest]]:
-        """Cancels an ACTIVE prescription: its status becomes CANCELLED and nothing more may be dispensed
-        against it. Cancelling a CANCELLED prescription succeeds and changes nothing, whatever the etag
-        (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
-        reason; NOT_FOUND if no such medication request; ABORTED if a given etag is stale;
-        FAILED_PRECONDITION if it is COMPLETED; PERMISSION_DENIED if the caller does not hold the
-        DOCTOR role.
+        """Cancels an ACTIVE or ON_HOLD prescription: its status becomes CANCELLED and nothing more may
+        be dispensed against it. Cancelling a CANCELLED prescription succeeds and changes nothing,
+        whatever the etag (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a
+        missing or too long reason; NOT_FOUND if no such medication request; ABORTED if a given etag is
+        stale; FAILED_PRECONDITION if it is COMPLETED or ENTERED_IN_ERROR; PERMISSION_DENIED if the
+        caller does not hold the DOCTOR role or the patient is not in their care.
         """
 
     @_abc_1.abstractmethod
@@ -359,10 +590,55 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orders_service_pb2.CompleteMedicationRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orders_service_pb2.MedicationRequest, _abc.Awaitable[_orders_service_pb2.MedicationRequest]]:
-        """Marks an ACTIVE prescription as done, normally when the pharmacy has dispensed all of it: its
-        status becomes COMPLETED. Completing a COMPLETED prescription succeeds and changes nothing,
-        whatever the etag. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such medication
-        request; ABORTED if a given etag is stale; FAILED_PRECONDITION if it is CANCELLED.
+        """Marks an ACTIVE prescription as done. Completion comes from the pharmacy, not from a person:
+        the prescription completes itself once its handed-over dispenses (MedicationDispenseChanged
+        events, DeliverEvents) reach dispense_quantity x (1 + refills), and this rpc is refused to
+        every person (PERMISSION_DENIED, COMPLETED_BY_FULFILLER); only the pharmacy service calling as
+        itself may use it. Completing a COMPLETED prescription succeeds and changes nothing, whatever
+        the etag. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED for any caller but the
+        pharmacy service; NOT_FOUND if no such medication request; ABORTED if a given etag is stale;
+        FAILED_PRECONDITION if it is CANCELLED, ON_HOLD or ENTERED_IN_ERROR.
+        """
+
+    @_abc_1.abstractmethod
+    def HoldMedicationRequest(
+        self,
+        request: _orders_service_pb2.HoldMedicationRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orders_service_pb2.MedicationRequest, _abc.Awaitable[_orders_service_pb2.MedicationRequest]]:
+        """Suspends an ACTIVE prescription (FHIR on-hold): nothing may be dispensed against it until it is
+        resumed. Holding an ON_HOLD prescription succeeds and changes nothing, whatever the etag.
+        Errors: INVALID_ARGUMENT for a bad name or a missing or too long reason; NOT_FOUND if no such
+        medication request; ABORTED if a given etag is stale; FAILED_PRECONDITION if it is not ACTIVE;
+        PERMISSION_DENIED as for CancelMedicationRequest.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeMedicationRequest(
+        self,
+        request: _orders_service_pb2.ResumeMedicationRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orders_service_pb2.MedicationRequest, _abc.Awaitable[_orders_service_pb2.MedicationRequest]]:
+        """Puts an ON_HOLD prescription back in force: its status becomes ACTIVE and the hold reason is
+        cleared. Resuming an ACTIVE prescription succeeds and changes nothing, whatever the etag.
+        Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such medication request; ABORTED if a
+        given etag is stale; FAILED_PRECONDITION if it is neither ON_HOLD nor ACTIVE;
+        PERMISSION_DENIED as for CancelMedicationRequest.
+        """
+
+    @_abc_1.abstractmethod
+    def MarkMedicationRequestEnteredInError(
+        self,
+        request: _orders_service_pb2.MarkMedicationRequestEnteredInErrorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orders_service_pb2.MedicationRequest, _abc.Awaitable[_orders_service_pb2.MedicationRequest]]:
+        """Marks a prescription that should never have existed as ENTERED_IN_ERROR; it is kept, never
+        deleted, and nothing more may be dispensed against it. Allowed from ACTIVE, ON_HOLD and
+        CANCELLED when nothing has been dispensed of it; marking an ENTERED_IN_ERROR prescription again
+        succeeds and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a
+        missing or too long reason; NOT_FOUND if no such medication request; ABORTED if a given etag is
+        stale; FAILED_PRECONDITION if it is COMPLETED or something has been dispensed
+        (ALREADY_DISPENSED: cancel it instead); PERMISSION_DENIED as for CancelMedicationRequest.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,51 @@
+"""Fixtures of the orders tests: the hospital in the session's iam, the formulary, database
+access behind the API's back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from his.base.catalog import BY_NAME
+from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
+from his.pharmacy.v1 import pharmacy_service_pb2_grpc as pharmacy_grpc
+from his.runtime.database import async_url
+from his.runtime.server import RunningService
+from tests.emr.helpers import ADMINISTRATOR
+from tests.identity import channel_as
+from tests.orders.formulary import Formulary, in_pharmacy, stand_in
+from tests.orders.helpers import Hospital
+
+
+@pytest.fixture(scope="session")
+async def hospital(iam_service: RunningService) -> AsyncIterator[Hospital]:
+    """Departments (clinics, laboratories, a pharmacy) and their staff, made once."""
+    async with channel_as(iam_service.address, ADMINISTRATOR) as channel:
+        yield await Hospital(iam_grpc.IamServiceStub(channel)).build()
+
+
+@pytest.fixture(scope="session")
+async def formulary(
+    request: pytest.FixtureRequest, hospital: Hospital, pharmacy_port: int
+) -> AsyncIterator[Formulary]:
+    """The medications prescriptions name: in the real pharmacy once it is implemented, else in
+    the stand-in on the pharmacy's port (tests/orders/formulary.py)."""
+    if BY_NAME["pharmacy"].implemented:
+        pharmacy: RunningService = request.getfixturevalue("pharmacy_service")
+        async with channel_as(pharmacy.address, "") as channel:
+            stub = pharmacy_grpc.PharmacyServiceStub(channel)
+            yield await in_pharmacy(stub, hospital.pharmacist)
+        return
+    async with stand_in(pharmacy_port) as made:
+        yield made
+
+
+@pytest.fixture(scope="session")
+async def orders_db(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the session database, used only to look behind the API's back."""
+    engine = create_async_engine(async_url(database_url), poolclass=NullPool)
+    yield engine
+    await engine.dispose()

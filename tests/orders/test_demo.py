@@ -1,0 +1,59 @@
+"""The orders demo data: Dr. Chen's lab orders for the visit in progress, once however often it
+is loaded, on the demo data of iam, patient and emr (loaded here into the session's services)."""
+
+from __future__ import annotations
+
+from his.emr import demo as emr_demo
+from his.iam import demo as iam_demo
+from his.iam.v1 import iam_service_pb2 as iam_pb
+from his.orders import demo
+from his.orders.v1 import orders_service_pb2 as pb
+from his.patient import demo as patient_demo
+from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.runtime.server import RunningService
+from his_client import HisClients, static_token
+from his_client.config import ClientConfig
+from tests.conftest import DEV_CREDENTIAL
+from tests.security.helpers import ADMINISTRATOR
+
+
+async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
+    iam_service: RunningService,
+    patient_service: RunningService,
+    emr_service: RunningService,
+    orders_service: RunningService,
+) -> None:
+    config = ClientConfig(
+        addresses={
+            r.spec.name: r.address
+            for r in (iam_service, patient_service, emr_service, orders_service)
+        }
+    )
+    async with HisClients(config, token=static_token(ADMINISTRATOR)) as admin:
+        await iam_demo.load(admin)
+
+        async def token(username: str) -> str:
+            issued = await admin.iam.IssueToken(
+                iam_pb.IssueTokenRequest(username=username, credential=DEV_CREDENTIAL)
+            )
+            return issued.access_token
+
+        registrar, doctor = await token(patient_demo.USER), await token(demo.USER)
+    async with HisClients(config, token=static_token(registrar)) as his:
+        await patient_demo.load(his)
+    async with HisClients(config, token=static_token(doctor)) as his:
+        await emr_demo.load(his)
+        assert await demo.load(his) == "2 lab orders"
+        assert await demo.load(his) == "2 lab orders"
+        liu = await his.patient.ListPatients(patient_pb.ListPatientsRequest(name_prefix="Liu"))
+        placed = await his.orders.ListServiceRequests(
+            pb.ListServiceRequestsRequest(patient=liu.patients[0].name)
+        )
+    assert sorted(o.code.code for o in placed.service_requests) == ["24331-1", "6598-7"]
+    assert {o.performer for o in placed.service_requests} == {await _laboratory(config, doctor)}
+
+
+async def _laboratory(config: ClientConfig, token: str) -> str:
+    async with HisClients(config, token=static_token(token)) as his:
+        names = await iam_demo.directory(his)
+    return names.departments[iam_demo.LABORATORY]
