@@ -59,7 +59,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 @pytest.fixture(scope="session")
 def database_url(postgres: EmbeddedPostgres) -> str:
     """The URL of the session database, with every implemented schema migrated."""
-    for service in ("patient", "scheduling", "audit", "iam", "emr"):
+    for service in ("patient", "scheduling", "audit", "iam", "emr", "lab"):
         upgrade(service, postgres.url)
     return postgres.url
 
