@@ -43,11 +43,19 @@ def running(
     iam_service: RunningService,
     audit_service: RunningService,
     emr_service: RunningService,
+    lab_service: RunningService,
 ) -> dict[str, RunningService]:
     """Every implemented service, running (the test fails if one is left out)."""
     services = {
         s.spec.name: s
-        for s in (patient_service, scheduling_service, iam_service, audit_service, emr_service)
+        for s in (
+            patient_service,
+            scheduling_service,
+            iam_service,
+            audit_service,
+            emr_service,
+            lab_service,
+        )
     }
     assert set(services) == {entry.name for entry in implemented()}
     return services

@@ -64,6 +64,17 @@ def _uuid(name: str, collection: str) -> uuid.UUID | None:
         return None
 
 
+def _order_time(order: orders_pb.ServiceRequest) -> dt.datetime:
+    """When the order was placed; the time it arrived if the event does not say (or says
+    something no calendar has)."""
+    try:
+        if order.HasField("create_time"):
+            return order.create_time.ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
+        pass
+    return dt.datetime.now(dt.UTC)
+
+
 async def apply_order(
     session: AsyncSession, order: orders_pb.ServiceRequest, revision: int
 ) -> bool:
@@ -86,11 +97,7 @@ async def apply_order(
         "priority": int(order.priority),
         "status": int(order.status),
         "body": order.SerializeToString(deterministic=True),
-        "order_time": (
-            order.create_time.ToDatetime(tzinfo=dt.UTC)
-            if order.HasField("create_time")
-            else dt.datetime.now(dt.UTC)
-        ),
+        "order_time": _order_time(order),
     }
     statement = insert(lab_orders).values(**values)
     statement = statement.on_conflict_do_update(
