@@ -133,3 +133,14 @@ async def test_an_empty_or_oversized_batch_is_invalid(
     many = [changed(request, 1) for _ in range(501)]
     assert await invalid_in(DOMAIN, deliver(lab, *many)) == ["events"]
     assert await _copy(lab, hospital, patient) == []
+
+
+async def test_a_nul_inside_an_event_payload_is_invalid_not_internal(
+    lab: Lab, patients: Patients, hospital: Hospital
+) -> None:
+    patient = await new_patient(patients)
+    request = order(patient, hospital.laboratory, hospital.doctor.name)
+    request.code.code = "2345\0-7"
+    fields = await invalid_in(DOMAIN, deliver(lab, changed(request, 1)))
+    assert fields == ["events[0].payload.service_request.code.code"]
+    assert await _copy(lab, hospital, patient) == []
