@@ -270,9 +270,7 @@ async def collected(lab: Lab, hospital: Hospital, work: Work) -> Work:
     return work
 
 
-async def reported(
-    lab: Lab, patients: Patients, hospital: Hospital, **kwargs: Any
-) -> Work:
+async def reported(lab: Lab, patients: Patients, hospital: Hospital, **kwargs: Any) -> Work:
     """An order with a specimen and an open (REGISTERED) report."""
     work = await collected(lab, hospital, await ordered(lab, patients, hospital, **kwargs))
     assert work.specimen is not None

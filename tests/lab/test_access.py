@@ -115,7 +115,7 @@ async def test_report_requests_name_the_bad_field(lab: Lab, hospital: Hospital) 
     assert await invalid_in(
         DOMAIN,
         lab.ListDiagnosticReports(
-            pb.ListDiagnosticReportsRequest(page_size=-5, patient="p/1", statuses=[17]),
+            pb.ListDiagnosticReportsRequest(page_size=-5, patient="p/1", statuses=[17]),  # type: ignore[list-item]
             metadata=md,
         ),
     ) == ["page_size", "statuses[0]", "patient"]
@@ -134,9 +134,10 @@ async def test_report_requests_name_the_bad_field(lab: Lab, hospital: Hospital) 
         lab.RecordObservations(
             pb.RecordObservationsRequest(
                 parent=missing("diagnosticReports"),
-                observations=[bad_result, pb.Observation(
-                    code=bad_result.code, status=pb.OBSERVATION_STATUS_CANCELLED
-                )],
+                observations=[
+                    bad_result,
+                    pb.Observation(code=bad_result.code, status=pb.OBSERVATION_STATUS_CANCELLED),
+                ],
             ),
             metadata=md,
         ),
@@ -148,9 +149,7 @@ async def test_report_requests_name_the_bad_field(lab: Lab, hospital: Hospital) 
     ]
     assert await invalid_in(
         DOMAIN,
-        lab.FinalizeReport(
-            pb.FinalizeReportRequest(name="x", conclusion="c" * 2001), metadata=md
-        ),
+        lab.FinalizeReport(pb.FinalizeReportRequest(name="x", conclusion="c" * 2001), metadata=md),
     ) == ["name", "conclusion"]
     assert await invalid_in(
         DOMAIN,

@@ -131,7 +131,9 @@ async def test_a_corrected_critical_value_is_listed_again(
     )
     await lab.AmendReport(
         pb.AmendReportRequest(
-            name=report.name, reason="Recalibrated", observations=[quantity(POTASSIUM, 2.0, "mmol/L")]
+            name=report.name,
+            reason="Recalibrated",
+            observations=[quantity(POTASSIUM, 2.0, "mmol/L")],
         ),
         metadata=hospital.tech.md,
     )
@@ -157,7 +159,9 @@ async def test_only_the_ordering_doctor_or_team_acknowledges(
         )
         assert (failure.code, failure.reason) == (grpc.StatusCode.PERMISSION_DENIED, reason), who
     for who in (hospital.nurse, hospital.tech):
-        failure = await fails(lab.ListCriticalResults(pb.ListCriticalResultsRequest(), metadata=who.md))
+        failure = await fails(
+            lab.ListCriticalResults(pb.ListCriticalResultsRequest(), metadata=who.md)
+        )
         assert failure.code == grpc.StatusCode.PERMISSION_DENIED
 
 

@@ -35,27 +35,29 @@ def _pick(rng: random.Random, *choices: Any) -> Any:
 
 
 def _text(rng: random.Random) -> str:
-    return _pick(
-        rng,
-        "",
-        " ",
-        "x" * rng.randint(1, 3000),
-        "\0",
-        "a\u202eb",
-        "ÄÖÜ测试",
-        "-1",
-        "1e309",
-        "specimens/",
-        "diagnosticReports/-",
-        str(rng.random()),
+    return str(
+        _pick(
+            rng,
+            "",
+            " ",
+            "x" * rng.randint(1, 3000),
+            "\0",
+            "a\u202eb",
+            "ÄÖÜ测试",
+            "-1",
+            "1e309",
+            "specimens/",
+            "diagnosticReports/-",
+            str(rng.random()),
+        )
     )
 
 
 def _number(rng: random.Random) -> float:
-    return _pick(
+    return float(_pick(
         rng, 0.0, -0.0, 1e308, -1e308, float("inf"), float("-inf"), float("nan"), 5e-324,
         rng.uniform(-1e6, 1e6), 7.0, 20.0,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _coding(rng: random.Random) -> types_pb2.Coding:
@@ -140,8 +142,8 @@ async def test_random_lab_requests_never_end_internal_or_unknown(
                 page_size=rng.randint(-5, 1000),
                 page_token=_pick(rng, "", _text(rng)),
                 laboratory=_pick(rng, hospital.laboratory, "", _text(rng)),
-                statuses=[rng.randint(-2, 5) for _ in range(rng.randint(0, 3))],
-                priorities=[rng.randint(-2, 6) for _ in range(rng.randint(0, 3))],
+                statuses=[rng.randint(-2, 5) for _ in range(rng.randint(0, 3))],  # type: ignore[misc]
+                priorities=[rng.randint(-2, 6) for _ in range(rng.randint(0, 3))],  # type: ignore[misc]
                 patient=_pick(rng, work.patient, "", _text(rng)),
             )
         if kind == 6:
@@ -151,7 +153,7 @@ async def test_random_lab_requests_never_end_internal_or_unknown(
                 patient=_pick(rng, work.patient, _text(rng)),
                 service_request=rng.choice(orders),
                 accession_id=_pick(rng, "", _text(rng)),
-                statuses=[rng.randint(-2, 5) for _ in range(rng.randint(0, 3))],
+                statuses=[rng.randint(-2, 5) for _ in range(rng.randint(0, 3))],  # type: ignore[misc]
             )
         if kind == 7:
             return "AcknowledgeCriticalResult", pb.AcknowledgeCriticalResultRequest(

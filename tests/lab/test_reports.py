@@ -82,7 +82,9 @@ async def test_release_then_amend_keeps_every_version_readable(
     assert all(r.status == pb.OBSERVATION_STATUS_FINAL for r in final.results)
     amended = await lab.AmendReport(
         pb.AmendReportRequest(
-            name=name, reason="Transcription error", observations=[quantity(HEMOGLOBIN, 11.0, "g/dL")]
+            name=name,
+            reason="Transcription error",
+            observations=[quantity(HEMOGLOBIN, 11.0, "g/dL")],
         ),
         metadata=hospital.tech.md,
     )
@@ -159,7 +161,9 @@ async def test_a_report_with_a_registered_result_is_not_finalized(
         metadata=hospital.tech.md,
     )
     failure = await fails(
-        lab.FinalizeReport(pb.FinalizeReportRequest(name=work.report.name), metadata=hospital.tech.md)
+        lab.FinalizeReport(
+            pb.FinalizeReportRequest(name=work.report.name), metadata=hospital.tech.md
+        )
     )
     assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
     assert failure.reason == "RESULTS_PENDING"
@@ -242,7 +246,9 @@ async def test_reference_ranges_follow_the_patients_sex_and_age(
         metadata=hospital.tech.md,
     )
     hb = next(r for r in recorded.results if r.code.code == "718-7")
-    assert pb.ObservationInterpretation.Name(hb.interpretation) == f"OBSERVATION_INTERPRETATION_{want}"
+    assert (
+        pb.ObservationInterpretation.Name(hb.interpretation) == f"OBSERVATION_INTERPRETATION_{want}"
+    )
 
 
 async def test_recording_the_same_results_again_changes_nothing(

@@ -39,9 +39,7 @@ async def test_a_specimen_for_two_orders_of_one_patient(
     second = order(patient, hospital.laboratory, hospital.doctor.name)
     await deliver(lab, changed(first, 1), changed(second, 1))
     made = await lab.CreateSpecimen(
-        pb.CreateSpecimenRequest(
-            specimen=specimen([first.name, second.name], hospital.tech.name)
-        ),
+        pb.CreateSpecimenRequest(specimen=specimen([first.name, second.name], hospital.tech.name)),
         metadata=hospital.tech.md,
     )
     assert made.status == pb.SPECIMEN_STATUS_AVAILABLE
@@ -68,7 +66,10 @@ async def test_orders_of_two_patients_make_no_specimen(
             metadata=hospital.tech.md,
         )
     )
-    assert (failure.code, failure.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ORDERS_MISMATCH")
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ORDERS_MISMATCH",
+    )
 
 
 async def test_a_revoked_or_unknown_order_takes_no_specimen(
@@ -79,7 +80,10 @@ async def test_a_revoked_or_unknown_order_takes_no_specimen(
     revoked.CopyFrom(work.order)
     revoked.status = orders_pb.SERVICE_REQUEST_STATUS_REVOKED
     await deliver(lab, changed(revoked, 2))
-    for name, reason in ((work.order.name, "ORDER_NOT_ACTIVE"), (missing("serviceRequests"), "ORDER_NOT_KNOWN")):
+    for name, reason in (
+        (work.order.name, "ORDER_NOT_ACTIVE"),
+        (missing("serviceRequests"), "ORDER_NOT_KNOWN"),
+    ):
         failure = await fails(
             lab.CreateSpecimen(
                 pb.CreateSpecimenRequest(specimen=specimen([name], hospital.tech.name)),
@@ -270,17 +274,27 @@ async def test_a_technician_of_another_laboratory_sees_no_specimen(
     work = await collected(lab, hospital, await ordered(lab, patients, hospital))
     assert work.specimen is not None
     failure = await fails(
-        lab.GetSpecimen(pb.GetSpecimenRequest(name=work.specimen.name), metadata=hospital.other_tech.md)
+        lab.GetSpecimen(
+            pb.GetSpecimenRequest(name=work.specimen.name), metadata=hospital.other_tech.md
+        )
     )
-    assert (failure.code, failure.reason) == (grpc.StatusCode.PERMISSION_DENIED, "DEPARTMENT_MISMATCH")
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "DEPARTMENT_MISMATCH",
+    )
     listed = await lab.ListSpecimens(
         pb.ListSpecimensRequest(patient=work.patient), metadata=hospital.other_tech.md
     )
     assert not listed.specimens
     failure = await fails(
         lab.CreateSpecimen(
-            pb.CreateSpecimenRequest(specimen=specimen([work.order.name], hospital.other_tech.name)),
+            pb.CreateSpecimenRequest(
+                specimen=specimen([work.order.name], hospital.other_tech.name)
+            ),
             metadata=hospital.other_tech.md,
         )
     )
-    assert (failure.code, failure.reason) == (grpc.StatusCode.PERMISSION_DENIED, "DEPARTMENT_MISMATCH")
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "DEPARTMENT_MISMATCH",
+    )

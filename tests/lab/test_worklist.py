@@ -77,7 +77,11 @@ async def test_bad_worklist_filters_are_named(lab: Lab, hospital: Hospital) -> N
         DOMAIN,
         lab.ListLabOrders(
             pb.ListLabOrdersRequest(
-                page_size=-1, laboratory="labs/x", statuses=[99], priorities=[42], page_token="zz"
+                page_size=-1,
+                laboratory="labs/x",
+                statuses=[99],  # type: ignore[list-item]
+                priorities=[42],  # type: ignore[list-item]
+                page_token="zz",
             ),
             metadata=hospital.tech.md,
         ),
