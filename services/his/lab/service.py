@@ -130,24 +130,33 @@ class LabService(pb_grpc.LabServiceServicer):
 
     # --- access ------------------------------------------------------------------------------
 
-    async def _consent(self, patient: str) -> str:
+    async def _consent(self, patient: str, seen: dict[str, str] | None = None) -> str:
+        """The patient's privacy consent; `seen` remembers answers for the rest of one call (a
+        list asks once per patient, not once per row)."""
+        if seen is not None and patient in seen:
+            return seen[patient]
         try:
-            return await privacy_consent(self._clients, patient)
+            state = await privacy_consent(self._clients, patient)
         except UpstreamError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return "none"
-            raise
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            state = "none"
+        if seen is not None:
+            seen[patient] = state
+        return state
 
-    def _lab_facts(self, record: Any) -> Facts:
+    def _lab_facts(self, record: Any, seen: dict[str, str] | None = None) -> Facts:
         """A record of one laboratory: its technicians are its members."""
         patient = f"patients/{record.patient_id}"
         return Facts(
             patient=patient,
             department=f"departments/{record.laboratory_id}" if record.laboratory_id else "",
-            consent=lambda: self._consent(patient),
+            consent=lambda: self._consent(patient, seen),
         )
 
-    def _report_facts(self, row: Any, *, team_only: bool = False) -> Facts:
+    def _report_facts(
+        self, row: Any, *, team_only: bool = False, seen: dict[str, str] | None = None
+    ) -> Facts:
         """A report: the laboratory's members (unless `team_only`), the clinicians of the
         ordering team (the ordering doctor's departments when it was opened) and the ordering
         doctor (under their care) may see it."""
@@ -162,7 +171,7 @@ class LabService(pb_grpc.LabServiceServicer):
             patient=patient,
             department=department,
             under_care=_is_caller(row.requester_id),
-            consent=lambda: self._consent(patient),
+            consent=lambda: self._consent(patient, seen),
         )
 
     async def _authorize_report(
@@ -278,7 +287,10 @@ class LabService(pb_grpc.LabServiceServicer):
             rows = await store.list_orders(
                 session, where, after=keyset.after, limit=keyset.read_limit
             )
-        visible = await self._access.filter("read", "lab.order", rows, self._lab_facts)
+        seen: dict[str, str] = {}
+        visible = await self._access.filter(
+            "read", "lab.order", rows, lambda r: self._lab_facts(r, seen)
+        )
         page = keyset.page(
             visible,
             lambda item: {
@@ -390,7 +402,10 @@ class LabService(pb_grpc.LabServiceServicer):
                 session, where, after=keyset.after, limit=keyset.read_limit
             )
             orders = await store.orders_of_specimens(session, [r.id for r in rows])
-        visible = await self._access.filter("read", "lab.specimen", rows, self._lab_facts)
+        seen: dict[str, str] = {}
+        visible = await self._access.filter(
+            "read", "lab.specimen", rows, lambda r: self._lab_facts(r, seen)
+        )
         page = keyset.page(
             visible, lambda item: time_and_id_values(item[0].create_time, item[0].id)
         )
@@ -610,7 +625,10 @@ class LabService(pb_grpc.LabServiceServicer):
             rows = await store.list_reports(
                 session, where, after=keyset.after, limit=keyset.read_limit
             )
-        visible = await self._access.filter("read", "lab.result", rows, self._report_facts)
+        seen: dict[str, str] = {}
+        visible = await self._access.filter(
+            "read", "lab.result", rows, lambda r: self._report_facts(r, seen=seen)
+        )
         page = keyset.page(
             visible, lambda item: time_and_id_values(item[0].create_time, item[0].id)
         )
@@ -897,8 +915,12 @@ class LabService(pb_grpc.LabServiceServicer):
                 session, caller, after=keyset.after, limit=keyset.read_limit
             )
             reports = await store.reports_by_id(session, list({r.report_id for r in rows}))
+        seen: dict[str, str] = {}
         visible = await self._access.filter(
-            "read", "lab.result", rows, lambda r: self._report_facts(reports[r.report_id])
+            "read",
+            "lab.result",
+            rows,
+            lambda r: self._report_facts(reports[r.report_id], seen=seen),
         )
         page = keyset.page(visible, lambda item: time_and_id_values(item[0].issue_time, item[0].id))
         await self._access.record_each(
