@@ -10,6 +10,7 @@ team and care, with consent) and audited.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Sequence
@@ -80,6 +81,8 @@ _SEX = {
 # A report holds at most this many results (RecordObservations adds reflex tests).
 MAX_RESULTS = 200
 _RELEASED = ("final", "amended")
+# A list asks the patient service for at most this many consents at once.
+CONSENTS_AT_ONCE = 16
 
 
 def _caller_id() -> uuid.UUID:
@@ -144,6 +147,22 @@ class LabService(pb_grpc.LabServiceServicer):
         if seen is not None:
             seen[patient] = state
         return state
+
+    async def _consents_of(self, patient_ids: set[uuid.UUID]) -> dict[str, str]:
+        """The privacy consents of a list's patients, asked at once (concurrently) when the caller
+        is a clinician, whose access depends on them; nothing for anyone else."""
+        principal = identity.current_or_none()
+        if principal is None or not principal.roles & _CLINICIANS or not self._access.enabled:
+            return {}
+        names = sorted(f"patients/{p}" for p in patient_ids)
+        gate = asyncio.Semaphore(CONSENTS_AT_ONCE)
+
+        async def one(name: str) -> str:
+            async with gate:
+                return await self._consent(name)
+
+        states = await asyncio.gather(*(one(n) for n in names))
+        return dict(zip(names, states, strict=True))
 
     def _lab_facts(self, record: Any, seen: dict[str, str] | None = None) -> Facts:
         """A record of one laboratory: its technicians are its members."""
@@ -625,7 +644,7 @@ class LabService(pb_grpc.LabServiceServicer):
             rows = await store.list_reports(
                 session, where, after=keyset.after, limit=keyset.read_limit
             )
-        seen: dict[str, str] = {}
+        seen = await self._consents_of({r.patient_id for r in rows})
         visible = await self._access.filter(
             "read", "lab.result", rows, lambda r: self._report_facts(r, seen=seen)
         )
@@ -915,7 +934,7 @@ class LabService(pb_grpc.LabServiceServicer):
                 session, caller, after=keyset.after, limit=keyset.read_limit
             )
             reports = await store.reports_by_id(session, list({r.report_id for r in rows}))
-        seen: dict[str, str] = {}
+        seen = await self._consents_of({r.patient_id for r in reports.values()})
         visible = await self._access.filter(
             "read",
             "lab.result",
