@@ -15,6 +15,8 @@ from his.audit.spec import SPEC as AUDIT
 from his.emr.spec import SPEC as EMR
 from his.emr.v1 import emr_service_pb2_grpc
 from his.iam.spec import SPEC as IAM
+from his.lab.spec import SPEC as LAB
+from his.lab.v1 import lab_service_pb2_grpc
 from his.orders.spec import SPEC as ORDERS
 from his.orders.v1 import orders_service_pb2_grpc
 from his.patient.spec import SPEC as PATIENT
@@ -61,7 +63,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 @pytest.fixture(scope="session")
 def database_url(postgres: EmbeddedPostgres) -> str:
     """The URL of the session database, with every implemented schema migrated."""
-    for service in ("patient", "scheduling", "audit", "iam", "emr", "orders"):
+    for service in ("patient", "scheduling", "audit", "iam", "emr", "orders", "lab"):
         upgrade(service, postgres.url)
     return postgres.url
 
@@ -286,6 +288,44 @@ def orders(orders_channel: grpc.aio.Channel) -> orders_service_pb2_grpc.OrdersSe
 
 
 # --- lab fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+async def lab_service(
+    database_url: str,
+    patient_service: RunningService,
+    audit_service: RunningService,
+    iam_service: RunningService,
+    lab_port: int,
+    orders_port: int,
+) -> AsyncIterator[RunningService]:
+    """The lab service on its session port, calling the session's patient, audit and iam, and
+    delivering issued reports to the orders service's port."""
+    config = service_config(
+        "lab",
+        **addresses(patient_service, audit_service, iam_service),
+        HIS_PORT=str(lab_port),
+        HIS_ORDERS_ADDR=f"localhost:{orders_port}",
+    )
+    running = await start(LAB, config, database_url)
+    track_relay(running)
+    yield running
+    await running.stop(grace_s=1)
+
+
+@pytest.fixture(scope="session")
+async def lab_channel(
+    lab_service: RunningService, registrar_token: str
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the lab service (calls set their own caller's token)."""
+    async with channel_as(lab_service.address, registrar_token) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def lab(lab_channel: grpc.aio.Channel) -> lab_service_pb2_grpc.LabServiceAsyncStub:
+    """The lab service stub."""
+    return lab_service_pb2_grpc.LabServiceStub(lab_channel)
 
 
 # --- pharmacy fixtures -------------------------------------------------------------------------

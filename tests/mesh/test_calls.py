@@ -15,6 +15,10 @@ from tests.mesh.conftest import REPOSITORY
 SERVICES = REPOSITORY / "services/his"
 SDK = REPOSITORY / "clients/python/his_client"
 METHODS = {rpc.method: rpc for rpc in all_paths().values()}
+# The services having an rpc of each name (DeliverEvents is on orders, lab and pharmacy).
+SERVICES_OF: dict[str, set[str]] = {}
+for _rpc in all_paths().values():
+    SERVICES_OF.setdefault(_rpc.method, set()).add(_rpc.service)
 
 
 # Code that runs outside the mesh as a person, not as a workload: demo loaders (`his up --demo`),
@@ -108,13 +112,10 @@ def test_the_research_export_calls_what_is_declared_for_it() -> None:
 
 def test_declared_rpcs_are_rpcs_of_the_named_service() -> None:
     # Several services share an rpc name (DeliverEvents): the named service must have it.
-    services_of: dict[str, set[str]] = {}
-    for rpc in all_paths().values():
-        services_of.setdefault(rpc.method, set()).add(rpc.service)
     for callees in CALLS.values():
         for service, methods in callees.items():
             for method in methods:
-                assert service in services_of[method], (service, method)
+                assert service in SERVICES_OF[method], (service, method)
 
 
 def test_every_service_declares_the_calls_its_runtime_makes() -> None:

@@ -46,6 +46,7 @@ def running(
     audit_service: RunningService,
     emr_service: RunningService,
     orders_service: RunningService,
+    lab_service: RunningService,
 ) -> dict[str, RunningService]:
     """Every implemented service, running (the test fails if one is left out)."""
     services = {
@@ -57,6 +58,7 @@ def running(
             audit_service,
             emr_service,
             orders_service,
+            lab_service,
         )
     }
     assert set(services) == {entry.name for entry in implemented()}

@@ -35,8 +35,9 @@ ROLES = (SERVICE_ROLE, *STAFF_ROLES)
 #   &letters   NURSE: as ~, and only on the caller's own record (their own note)
 #   !u         PHARMACIST: update allowed only away from the prescription's locked fields
 #              (every field of a MedicationRequest there is today, status included)
-#   ^letters   allowed only on a record of one of the caller's departments (a lab technician and
-#              the lab orders their laboratory performs); no emergency access
+#   ^letters   allowed only on a record of one of the caller's departments: a lab technician and
+#              the records of a laboratory they are a member of (the lab orders it performs, its
+#              specimens and reports); otherwise DEPARTMENT_MISMATCH, emergency or not
 #   N          whatever is not allowed is refused with NO_CLINICAL_ACCESS, not ROLE_NOT_PERMITTED:
 #              the role never sees this kind of patient data
 #   -          nothing
@@ -59,8 +60,9 @@ GRID: dict[str, tuple[str, ...]] = {
     "emr.diagnosis":           ("N", "N",    "~rcu",  "~r",    "-",     "-",   "-", "N", "N"),
     "orders.lab_order":        ("N", "N",    "~rcu",  "~r",    "-",     "^r",  "-", "N", "N"),
     "orders.medication_order": ("N", "N",    "~rcu",  "~r",    "rx !u", "-",   "-", "N", "N"),
-    "lab.specimen":            ("N", "N",    "~r",    "~r",    "-",     "rcu", "-", "N", "N"),
-    "lab.result":              ("N", "N",    "~r",    "~r",    "-",     "rcu", "-", "N", "N"),
+    "lab.order":               ("N", "N",    "~r",    "~r",    "-",     "^r",  "-", "N", "N"),
+    "lab.specimen":            ("N", "N",    "~r",    "~r",    "-",     "^rcu", "-", "N", "N"),
+    "lab.result":              ("N", "N",    "~re",   "~r",    "-",     "^rcu", "-", "N", "N"),
     "pharmacy.stock":          ("N", "N",    "~r",    "~r",    "*",     "-",   "-", "N", "N"),
     "pharmacy.dispense":       ("N", "N",    "~r",    "~r",    "*",     "-",   "-", "N", "N"),
     "billing.charge":          ("N", "N",    "-",     "-",     "-",     "-",   "*", "N", "N"),
@@ -209,7 +211,7 @@ def test_the_grid_names_every_role_and_resource_class_of_the_adr() -> None:
         "patient.demographics", "patient.consent", "scheduling.schedule", "scheduling.slot",
         "scheduling.appointment", "iam.department", "iam.staff", "iam.membership",
         "iam.emergency_access", "audit.event", "research.export", "emr.encounter", "emr.note",
-        "emr.diagnosis", "orders.lab_order", "orders.medication_order", "lab.specimen",
+        "emr.diagnosis", "orders.lab_order", "orders.medication_order", "lab.order", "lab.specimen",
         "lab.result", "pharmacy.stock", "pharmacy.dispense", "billing.charge", "billing.invoice",
         "billing.payment",
     }  # fmt: skip
@@ -373,6 +375,19 @@ CASES = (
          deny("ROLE_NOT_PERMITTED"), {"department_match": True}),
     Case("lab technician cannot prescribe", ("LAB_TECHNICIAN",), "create",
          "orders.medication_order", deny("ROLE_NOT_PERMITTED")),
+    # Laboratories: their members only, no break-the-glass, consent not asked.
+    Case("lab technician of the laboratory records a result", ("LAB_TECHNICIAN",), "update",
+         "lab.result", ALLOW, {"department_match": True, "consent": "revoked"}),
+    Case("lab technician of another laboratory, emergency", ("LAB_TECHNICIAN",), "read",
+         "lab.specimen", deny("DEPARTMENT_MISMATCH"), {"emergency": True}),
+    Case("lab technician does not acknowledge critical results", ("LAB_TECHNICIAN",), "execute",
+         "lab.result", deny("ROLE_NOT_PERMITTED"), {"department_match": True}),
+    Case("ordering doctor acknowledges a critical result", ("DOCTOR",), "execute", "lab.result",
+         ALLOW, {"under_care": True}),
+    Case("nurse of the ordering team does not acknowledge", ("NURSE",), "execute", "lab.result",
+         deny("ROLE_NOT_PERMITTED"), {"department_match": True}),
+    Case("a doctor who is also a lab technician reads another laboratory's report as a carer",
+         ("DOCTOR", "LAB_TECHNICIAN"), "read", "lab.result", ALLOW, {"under_care": True}),
     # Auditors and administrators.
     Case("auditor reads the trail", ("AUDITOR",), "read", "audit.event", ALLOW),
     Case("auditor reads no note, even in emergency", ("AUDITOR",), "read", "emr.note",

@@ -50,6 +50,16 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
         "lab": ("DeliverEvents",),
         "pharmacy": ("GetMedication", "DeliverEvents"),
     },
+    # A report keeps the patient's sex and birth date (read as the caller: the label view) and the
+    # ordering doctor's departments; access decisions read the patient's privacy consent as lab
+    # itself (lab/service.py). Issued reports reach orders through the outbox relay
+    # (lab/issued.py).
+    "lab": {
+        **_RUNTIME,
+        "iam": (*_RUNTIME["iam"], "ListMemberships"),
+        "patient": ("GetPatient", "ListConsents"),
+        "orders": ("DeliverEvents",),
+    },
     # A break-the-glass grant names an active patient (iam/service.py).
     "iam": {**_RUNTIME, "patient": ("GetPatient",)},
     # audit calls no one as itself: it only verifies callers' tokens with iam's key set.

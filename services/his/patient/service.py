@@ -13,8 +13,9 @@ from typing import Any
 import grpc
 from sqlalchemy.exc import IntegrityError
 
-from his.base.errors import FailedPrecondition, InvalidArgument
+from his.base.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from his.patient import store
+from his.patient.label_view import for_caller, label_view_only
 from his.patient.mapping import consent_to_proto, patient_to_proto
 from his.patient.research import ResearchPatients
 from his.patient.v1 import patient_service_pb2 as pb
@@ -75,7 +76,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         permit = await self._access.require("read", "patient.demographics")
         row = await store.read_patient(self._db, self._cipher, patient_id)
         await self._audit("read", permit, row.id)
-        return patient_to_proto(row)
+        return for_caller(patient_to_proto(row))
 
     async def ListPatients(
         self, request: pb.ListPatientsRequest, context: Context
@@ -96,6 +97,12 @@ class PatientService(pb_grpc.PatientServiceServicer):
         )
         v.raise_if_any()
         permit = await self._access.require("read", "patient.demographics")
+        if label_view_only() and (request.national_id.value or request.phone):
+            # The label view has neither: searching by them would reveal them one guess at a time.
+            raise PermissionDenied(
+                "the label view of patients is not searched by national id or phone",
+                reason="LABEL_VIEW_ONLY",
+            )
         keyset = self._pages.keyset(
             request.page_token,
             query=where.fingerprint(),
@@ -113,7 +120,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
             _PATIENT,
         )
         return pb.ListPatientsResponse(
-            patients=[patient_to_proto(r) for r in page.rows],
+            patients=[for_caller(patient_to_proto(r)) for r in page.rows],
             next_page_token=page.next_page_token,
         )
 

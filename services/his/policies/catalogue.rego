@@ -25,7 +25,8 @@ emr_classes := {"emr.encounter", "emr.note", "emr.diagnosis"}
 
 orders_classes := {"orders.lab_order", "orders.medication_order"}
 
-lab_classes := {"lab.specimen", "lab.result"}
+# lab.order: the laboratory's copy of the lab orders (its worklist).
+lab_classes := {"lab.order", "lab.specimen", "lab.result"}
 
 pharmacy_classes := {"pharmacy.stock", "pharmacy.dispense"}
 

@@ -72,10 +72,10 @@ permissions := {
 		"iam.staff": {"read"},
 		"iam.membership": {"read"},
 	},
+	# The laboratory's own records are in department_permissions (its members only). Of the patient
+	# they read the label view of demographics (the patient service strips the rest).
 	"LAB_TECHNICIAN": {
 		"patient.demographics": {"read"},
-		"lab.specimen": {"read", "create", "update"},
-		"lab.result": {"read", "create", "update"},
 		"iam.department": {"read"},
 		"iam.staff": {"read"},
 		"iam.membership": {"read"},
@@ -126,6 +126,8 @@ care_permissions := {
 		"emr.diagnosis": {"read", "create", "update"},
 		"orders.lab_order": {"read", "create", "update"},
 		"orders.medication_order": {"read", "create", "update"},
+		# Acknowledging a critical result (execute): the ordering doctor or the ordering team.
+		"lab.result": {"read", "execute"},
 	}),
 	"NURSE": object.union({class: {"read"} | some class in care_classes}, {
 		"scheduling.appointment": {"read", "update"},
@@ -143,10 +145,18 @@ own_permissions := {
 	"NURSE": {"iam.emergency_access": {"read", "update"}},
 }
 
-# Allowed only when the record belongs to one of the caller's departments (department_match): lab
-# technicians read the lab orders their laboratory performs (the order's performer), whoever the
-# patient is; no care relation, consent or break-the-glass applies to them.
-department_permissions := {"LAB_TECHNICIAN": {"orders.lab_order": {"read"}}}
+# Allowed only when the record belongs to one of the caller's departments (department_match,
+# roles.rego): a laboratory's records are open to its members only — the lab orders it performs
+# (the order's performer, in orders and in the laboratory's own copy), its specimens and reports —
+# whoever the patient is. No care relation, consent or break-the-glass applies: the tests were
+# ordered by the patient's doctor, the laboratory only carries the order out, and no technician
+# needs another laboratory's work in an emergency.
+department_permissions := {"LAB_TECHNICIAN": {
+	"orders.lab_order": {"read"},
+	"lab.order": {"read"},
+	"lab.specimen": {"read", "create", "update"},
+	"lab.result": {"read", "create", "update"},
+}}
 
 # What a pharmacist may never change in a prescription (nor any part of, e.g. "dosage.dose"):
 # field paths of his.orders.v1.MedicationRequest (tests/runtime/test_policy_fields.py proves they

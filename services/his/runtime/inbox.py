@@ -23,6 +23,7 @@ from his.base.errors import FieldViolation, InvalidArgument, PermissionDenied
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.runtime.database import Database
 from his.runtime.outbox import table as _outbox_table
+from his.runtime.request_guard import nul_paths
 
 TABLE = "inbox"
 # One DeliverEvents call takes at most this many events (the relay's batches are smaller).
@@ -159,6 +160,15 @@ def _check(
             unpacked = False
         if not unpacked:
             bad.append(FieldViolation(f"{field}.payload", f"is not a {kind.event_type}"))
+            continue
+        # The request guard does not look inside an Any: a NUL the database cannot store would
+        # end the event's transaction as INTERNAL, on every delivery again.
+        nul = [
+            FieldViolation(path, "must not contain the NUL character (U+0000)")
+            for path in nul_paths(payload, f"{field}.payload.")
+        ]
+        if nul:
+            bad += nul
             continue
         checked.append((event, kind, payload))
     if bad:

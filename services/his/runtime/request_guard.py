@@ -75,6 +75,13 @@ def check_request(request: Any) -> None:
         raise InvalidArgument(violations)
 
 
+def nul_paths(message: Message, prefix: str = "") -> Iterator[str]:
+    """The paths of `message`'s strings holding a NUL character, for messages the guard does not
+    see itself (the payloads packed in an `Any`, such as delivered events)."""
+    if _has_text(message.DESCRIPTOR):
+        yield from _nul_paths(message, prefix)
+
+
 @cache
 def _has_text(descriptor: Descriptor) -> bool:
     """Whether a message type can hold a string anywhere (cached: most requests are walked only

@@ -13,6 +13,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from his.common.v1 import types_pb2 as _types_pb2
 from his.events.v1 import event_envelope_pb2 as _event_envelope_pb2
+from his.orders.v1 import orders_service_pb2 as _orders_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -36,6 +37,8 @@ class _SpecimenStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Specim
     """The specimen has been received and can be tested. Set by CreateSpecimen."""
     SPECIMEN_STATUS_UNSATISFACTORY: _SpecimenStatus.ValueType  # 2
     """The specimen cannot be tested. Set by RejectSpecimen."""
+    SPECIMEN_STATUS_ENTERED_IN_ERROR: _SpecimenStatus.ValueType  # 3
+    """The specimen was recorded by mistake. Set by MarkSpecimenEnteredInError."""
 
 class SpecimenStatus(_SpecimenStatus, metaclass=_SpecimenStatusEnumTypeWrapper):
     """The status of a specimen (FHIR SpecimenStatus, the states this service uses)."""
@@ -46,6 +49,8 @@ SPECIMEN_STATUS_AVAILABLE: SpecimenStatus.ValueType  # 1
 """The specimen has been received and can be tested. Set by CreateSpecimen."""
 SPECIMEN_STATUS_UNSATISFACTORY: SpecimenStatus.ValueType  # 2
 """The specimen cannot be tested. Set by RejectSpecimen."""
+SPECIMEN_STATUS_ENTERED_IN_ERROR: SpecimenStatus.ValueType  # 3
+"""The specimen was recorded by mistake. Set by MarkSpecimenEnteredInError."""
 Global___SpecimenStatus: _TypeAlias = SpecimenStatus  # noqa: Y015
 
 class _DiagnosticReportStatus:
@@ -184,6 +189,9 @@ class Specimen(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     REJECT_REASON_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    COLLECTOR_FIELD_NUMBER: _builtins.int
+    LABORATORY_FIELD_NUMBER: _builtins.int
+    ENTERED_IN_ERROR_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `specimens/{specimen}`. Assigned by the service; ignored on create."""
     patient: _builtins.str
@@ -198,6 +206,14 @@ class Specimen(_message.Message):
     """The status. Output only: changed by RejectSpecimen."""
     reject_reason: _builtins.str
     """Why the specimen was rejected, as given to RejectSpecimen; empty unless it was. Output only."""
+    collector: _builtins.str
+    """Who collected the specimen from the patient, `staff/{staff}`. Required."""
+    laboratory: _builtins.str
+    """The laboratory that tests the specimen, `departments/{department}`. Output only: the performer
+    of its service requests.
+    """
+    entered_in_error_reason: _builtins.str
+    """Why the specimen was marked ENTERED_IN_ERROR; empty unless it was. Output only."""
     @_builtins.property
     def service_requests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The orders the specimen was taken for, `serviceRequests/{service_request}`. Required: 1 to 20,
@@ -235,10 +251,13 @@ class Specimen(_message.Message):
         status: Global___SpecimenStatus.ValueType = ...,
         reject_reason: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        collector: _builtins.str = ...,
+        laboratory: _builtins.str = ...,
+        entered_in_error_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["collect_time", b"collect_time", "receive_time", b"receive_time", "specimen_type", b"specimen_type", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accession_id", b"accession_id", "collect_time", b"collect_time", "name", b"name", "patient", b"patient", "receive_time", b"receive_time", "reject_reason", b"reject_reason", "service_requests", b"service_requests", "specimen_type", b"specimen_type", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accession_id", b"accession_id", "collect_time", b"collect_time", "collector", b"collector", "entered_in_error_reason", b"entered_in_error_reason", "laboratory", b"laboratory", "name", b"name", "patient", b"patient", "receive_time", b"receive_time", "reject_reason", b"reject_reason", "service_requests", b"service_requests", "specimen_type", b"specimen_type", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,6 +283,10 @@ class DiagnosticReport(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    ENCOUNTER_FIELD_NUMBER: _builtins.int
+    LABORATORY_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `diagnosticReports/{diagnostic_report}`. Assigned by the service; ignored on
     create.
@@ -290,6 +313,20 @@ class DiagnosticReport(_message.Message):
     """An opaque version tag for optimistic concurrency, changed on every change. Pass it to
     FinalizeReport and AmendReport to make sure nobody changed the report in between.
     """
+    encounter: _builtins.str
+    """The encounter the order was placed in, `encounters/{encounter}`. Output only: copied from the
+    service request.
+    """
+    laboratory: _builtins.str
+    """The laboratory that issues the report, `departments/{department}`. Output only: the service
+    request's performer.
+    """
+    version: _builtins.int
+    """The released version: 0 before FinalizeReport, 1 after it, one more per AmendReport. Output
+    only.
+    """
+    requester: _builtins.str
+    """The doctor who ordered the test, `staff/{staff}`. Output only: copied from the service request."""
     @_builtins.property
     def code(self) -> _types_pb2.Coding:
         """The test or panel reported, a LOINC code. Output only: copied from the service request."""
@@ -302,9 +339,10 @@ class DiagnosticReport(_message.Message):
 
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Observation]:
-        """The results, ordered as first registered. On create, the expected tests: 1 to 200 results with
-        only `code` set, without duplicate codes. Otherwise output only: changed by RecordObservations
-        and AmendReport.
+        """The results, ordered as first registered. On create, optional extra tests beyond those the
+        catalogue expects for the order's code (required when the code is not in the catalogue): 0 to
+        200 results with only `code` set, without duplicate codes. Otherwise output only: changed by
+        RecordObservations and AmendReport.
         """
 
     @_builtins.property
@@ -338,10 +376,14 @@ class DiagnosticReport(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        encounter: _builtins.str = ...,
+        laboratory: _builtins.str = ...,
+        version: _builtins.int = ...,
+        requester: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "issue_time", b"issue_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amend_reason", b"amend_reason", "code", b"code", "conclusion", b"conclusion", "create_time", b"create_time", "etag", b"etag", "issue_time", b"issue_time", "name", b"name", "patient", b"patient", "performer", b"performer", "results", b"results", "service_request", b"service_request", "specimens", b"specimens", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amend_reason", b"amend_reason", "code", b"code", "conclusion", b"conclusion", "create_time", b"create_time", "encounter", b"encounter", "etag", b"etag", "issue_time", b"issue_time", "laboratory", b"laboratory", "name", b"name", "patient", b"patient", "performer", b"performer", "requester", b"requester", "results", b"results", "service_request", b"service_request", "specimens", b"specimens", "status", b"status", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -403,8 +445,11 @@ class Observation(_message.Message):
     value_string: _builtins.str
     """A textual value, for example "positive", 1 to 1000 characters."""
     interpretation: Global___ObservationInterpretation.ValueType
-    """How the value compares with normal, as judged by the laboratory. Optional; not computed by the
-    service.
+    """How the value compares with normal. Output only: computed by the service from a
+    `value_quantity` and the catalogue's reference and critical limits (a value at or beyond a
+    critical limit is CRITICAL_LOW or CRITICAL_HIGH; below `low` LOW; above `high` HIGH; otherwise
+    NORMAL); UNSPECIFIED when the catalogue has no range for it. A value sent by the client is
+    ignored.
     """
     status: Global___ObservationStatus.ValueType
     """The status. On RecordObservations, PRELIMINARY for a recorded value or CANCELLED for a test
@@ -426,8 +471,8 @@ class Observation(_message.Message):
 
     @_builtins.property
     def reference_range(self) -> Global___ReferenceRange:
-        """The normal range for this patient. Optional; only with `value_quantity` may it have `low` or
-        `high`.
+        """The normal range for this patient. Output only: chosen by the service from the test catalogue
+        by the patient's sex and age; a value sent by the client is ignored.
         """
 
     @_builtins.property
@@ -644,6 +689,32 @@ class CreateDiagnosticReportRequest(_message.Message):
 Global___CreateDiagnosticReportRequest: _TypeAlias = CreateDiagnosticReportRequest  # noqa: Y015
 
 @_typing.final
+class MarkSpecimenEnteredInErrorRequest(_message.Message):
+    """Request of MarkSpecimenEnteredInError."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `specimens/{specimen}`."""
+    reason: _builtins.str
+    """Why the specimen was recorded by mistake, 1 to 500 characters. Required."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkSpecimenEnteredInErrorRequest: _TypeAlias = MarkSpecimenEnteredInErrorRequest  # noqa: Y015
+
+@_typing.final
 class GetDiagnosticReportRequest(_message.Message):
     """Request of GetDiagnosticReport."""
 
@@ -734,6 +805,54 @@ class ListDiagnosticReportsResponse(_message.Message):
 Global___ListDiagnosticReportsResponse: _TypeAlias = ListDiagnosticReportsResponse  # noqa: Y015
 
 @_typing.final
+class ListDiagnosticReportVersionsRequest(_message.Message):
+    """Request of ListDiagnosticReportVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `diagnosticReports/{diagnostic_report}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDiagnosticReportVersionsRequest: _TypeAlias = ListDiagnosticReportVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListDiagnosticReportVersionsResponse(_message.Message):
+    """Response of ListDiagnosticReportVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIAGNOSTIC_REPORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def diagnostic_reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiagnosticReport]:
+        """Every released version, oldest first; the last one is the version in force. Empty before
+        the report is finalized.
+        """
+
+    def __init__(
+        self,
+        *,
+        diagnostic_reports: _abc.Iterable[Global___DiagnosticReport] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diagnostic_reports", b"diagnostic_reports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDiagnosticReportVersionsResponse: _TypeAlias = ListDiagnosticReportVersionsResponse  # noqa: Y015
+
+@_typing.final
 class RecordObservationsRequest(_message.Message):
     """Request of RecordObservations."""
 
@@ -745,9 +864,9 @@ class RecordObservationsRequest(_message.Message):
     """The report the results belong to, `diagnosticReports/{diagnostic_report}`."""
     @_builtins.property
     def observations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Observation]:
-        """The results to record: 1 to 200, without duplicate codes. In each, `code`, `value`,
-        `reference_range`, `interpretation`, `status` and `note` are read; `name` and `update_time` are
-        ignored.
+        """The results to record: 1 to 200, without duplicate codes. In each, `code`, `value`, `status`
+        and `note` are read; `reference_range` and `interpretation` are set by the service; `name`
+        and `update_time` are ignored.
         """
 
     def __init__(
@@ -818,8 +937,9 @@ class AmendReportRequest(_message.Message):
     @_builtins.property
     def observations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Observation]:
         """The changed results: 0 to 200, without duplicate codes, each with a code already in the report
-        and a value. In each, `code`, `value`, `reference_range`, `interpretation` and `note` are read
-        and replace the stored ones; `name`, `status` and `update_time` are ignored.
+        and a value. In each, `code`, `value` and `note` are read and replace the stored ones;
+        `reference_range` and `interpretation` are set by the service; `name`, `status` and
+        `update_time` are ignored.
         """
 
     def __init__(
@@ -920,3 +1040,213 @@ class DiagnosticReportIssued(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiagnosticReportIssued: _TypeAlias = DiagnosticReportIssued  # noqa: Y015
+
+@_typing.final
+class ListLabOrdersRequest(_message.Message):
+    """Request of ListLabOrders. All set filters must match."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LABORATORY_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    PRIORITIES_FIELD_NUMBER: _builtins.int
+    PATIENT_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of orders to return. 0 means the default of 50; more than 500 means 500."""
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call with the same filters, to get the next page."""
+    laboratory: _builtins.str
+    """Only orders of this laboratory, `departments/{department}`."""
+    patient: _builtins.str
+    """Only orders of this patient, `patients/{patient}`."""
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[_orders_service_pb2.ServiceRequestStatus.ValueType]:
+        """Only orders with one of these statuses. Empty means ACTIVE only (the work to do)."""
+
+    @_builtins.property
+    def priorities(self) -> _containers.RepeatedScalarFieldContainer[_orders_service_pb2.RequestPriority.ValueType]:
+        """Only orders with one of these priorities. Empty means any priority."""
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        laboratory: _builtins.str = ...,
+        statuses: _abc.Iterable[_orders_service_pb2.ServiceRequestStatus.ValueType] | None = ...,
+        priorities: _abc.Iterable[_orders_service_pb2.RequestPriority.ValueType] | None = ...,
+        patient: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["laboratory", b"laboratory", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "priorities", b"priorities", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLabOrdersRequest: _TypeAlias = ListLabOrdersRequest  # noqa: Y015
+
+@_typing.final
+class ListLabOrdersResponse(_message.Message):
+    """Response of ListLabOrders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_REQUESTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token to get the next page, empty when this is the last page."""
+    @_builtins.property
+    def service_requests(self) -> _containers.RepeatedCompositeFieldContainer[_orders_service_pb2.ServiceRequest]:
+        """The orders of this page, as the laboratory's copy holds them (the newest revision delivered)."""
+
+    def __init__(
+        self,
+        *,
+        service_requests: _abc.Iterable[_orders_service_pb2.ServiceRequest] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "service_requests", b"service_requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLabOrdersResponse: _TypeAlias = ListLabOrdersResponse  # noqa: Y015
+
+@_typing.final
+class CriticalResult(_message.Message):
+    """A critical result of a released report, for the doctor who ordered the test."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PATIENT_FIELD_NUMBER: _builtins.int
+    SERVICE_REQUEST_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    OBSERVATION_FIELD_NUMBER: _builtins.int
+    REPORT_VERSION_FIELD_NUMBER: _builtins.int
+    ISSUE_TIME_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_TIME_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The result, `diagnosticReports/{diagnostic_report}/observations/{observation}`."""
+    patient: _builtins.str
+    """The patient, `patients/{patient}`."""
+    service_request: _builtins.str
+    """The order, `serviceRequests/{service_request}`."""
+    requester: _builtins.str
+    """The ordering doctor, `staff/{staff}`."""
+    report_version: _builtins.int
+    """The report version that released this value."""
+    acknowledged_by: _builtins.str
+    """Who acknowledged it, `staff/{staff}`; empty while nobody has."""
+    @_builtins.property
+    def observation(self) -> Global___Observation:
+        """The result as released (its interpretation is critical)."""
+
+    @_builtins.property
+    def issue_time(self) -> _timestamp_pb2.Timestamp:
+        """When the report version was released."""
+
+    @_builtins.property
+    def acknowledge_time(self) -> _timestamp_pb2.Timestamp:
+        """When the result was acknowledged; unset while it is not."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        patient: _builtins.str = ...,
+        service_request: _builtins.str = ...,
+        requester: _builtins.str = ...,
+        observation: Global___Observation | None = ...,
+        report_version: _builtins.int = ...,
+        issue_time: _timestamp_pb2.Timestamp | None = ...,
+        acknowledge_time: _timestamp_pb2.Timestamp | None = ...,
+        acknowledged_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "issue_time", b"issue_time", "observation", b"observation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "acknowledged_by", b"acknowledged_by", "issue_time", b"issue_time", "name", b"name", "observation", b"observation", "patient", b"patient", "report_version", b"report_version", "requester", b"requester", "service_request", b"service_request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CriticalResult: _TypeAlias = CriticalResult  # noqa: Y015
+
+@_typing.final
+class ListCriticalResultsRequest(_message.Message):
+    """Request of ListCriticalResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of results to return. 0 means the default of 50; more than 500 means 500."""
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call, to get the next page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCriticalResultsRequest: _TypeAlias = ListCriticalResultsRequest  # noqa: Y015
+
+@_typing.final
+class ListCriticalResultsResponse(_message.Message):
+    """Response of ListCriticalResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CRITICAL_RESULTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token to get the next page, empty when this is the last page."""
+    @_builtins.property
+    def critical_results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CriticalResult]:
+        """The caller's unacknowledged critical results of this page."""
+
+    def __init__(
+        self,
+        *,
+        critical_results: _abc.Iterable[Global___CriticalResult] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["critical_results", b"critical_results", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCriticalResultsResponse: _TypeAlias = ListCriticalResultsResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeCriticalResultRequest(_message.Message):
+    """Request of AcknowledgeCriticalResult."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The result, `diagnosticReports/{diagnostic_report}/observations/{observation}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeCriticalResultRequest: _TypeAlias = AcknowledgeCriticalResultRequest  # noqa: Y015

@@ -28,9 +28,13 @@ if _version_not_supported:
 class LabServiceStub:
     """LabService keeps specimens (FHIR Specimen) and diagnostic reports (FHIR DiagnosticReport) with
     their results (FHIR Observation). It works on laboratory orders of the orders service, named
-    `serviceRequests/{service_request}`, and asks that service whether an order is active. A report
-    has one result per test; results live inside their report as
-    `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned with it.
+    `serviceRequests/{service_request}`, checked against its own copy of them: the orders service
+    delivers every change of an order (DeliverEvents), so no call here waits on that service. A
+    report has one result per test of the laboratory's test catalogue; results live inside their
+    report as `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned
+    with it. The service computes each result's reference range (by the patient's sex and age) and
+    interpretation. Lab technicians see the orders, specimens and reports of the laboratories they
+    are members of; the ordering doctor and the clinicians of the ordering team read reports.
     """
 
     def __init__(self, channel):
@@ -59,6 +63,11 @@ class LabServiceStub:
                 request_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.RejectSpecimenRequest.SerializeToString,
                 response_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.Specimen.FromString,
                 _registered_method=True)
+        self.MarkSpecimenEnteredInError = channel.unary_unary(
+                '/his.lab.v1.LabService/MarkSpecimenEnteredInError',
+                request_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.MarkSpecimenEnteredInErrorRequest.SerializeToString,
+                response_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.Specimen.FromString,
+                _registered_method=True)
         self.CreateDiagnosticReport = channel.unary_unary(
                 '/his.lab.v1.LabService/CreateDiagnosticReport',
                 request_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.CreateDiagnosticReportRequest.SerializeToString,
@@ -73,6 +82,11 @@ class LabServiceStub:
                 '/his.lab.v1.LabService/ListDiagnosticReports',
                 request_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportsRequest.SerializeToString,
                 response_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportsResponse.FromString,
+                _registered_method=True)
+        self.ListDiagnosticReportVersions = channel.unary_unary(
+                '/his.lab.v1.LabService/ListDiagnosticReportVersions',
+                request_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportVersionsRequest.SerializeToString,
+                response_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportVersionsResponse.FromString,
                 _registered_method=True)
         self.RecordObservations = channel.unary_unary(
                 '/his.lab.v1.LabService/RecordObservations',
@@ -94,23 +108,44 @@ class LabServiceStub:
                 request_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsRequest.SerializeToString,
                 response_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsResponse.FromString,
                 _registered_method=True)
+        self.ListLabOrders = channel.unary_unary(
+                '/his.lab.v1.LabService/ListLabOrders',
+                request_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListLabOrdersRequest.SerializeToString,
+                response_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListLabOrdersResponse.FromString,
+                _registered_method=True)
+        self.ListCriticalResults = channel.unary_unary(
+                '/his.lab.v1.LabService/ListCriticalResults',
+                request_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListCriticalResultsRequest.SerializeToString,
+                response_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListCriticalResultsResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeCriticalResult = channel.unary_unary(
+                '/his.lab.v1.LabService/AcknowledgeCriticalResult',
+                request_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.AcknowledgeCriticalResultRequest.SerializeToString,
+                response_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.CriticalResult.FromString,
+                _registered_method=True)
 
 
 class LabServiceServicer:
     """LabService keeps specimens (FHIR Specimen) and diagnostic reports (FHIR DiagnosticReport) with
     their results (FHIR Observation). It works on laboratory orders of the orders service, named
-    `serviceRequests/{service_request}`, and asks that service whether an order is active. A report
-    has one result per test; results live inside their report as
-    `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned with it.
+    `serviceRequests/{service_request}`, checked against its own copy of them: the orders service
+    delivers every change of an order (DeliverEvents), so no call here waits on that service. A
+    report has one result per test of the laboratory's test catalogue; results live inside their
+    report as `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned
+    with it. The service computes each result's reference range (by the patient's sex and age) and
+    interpretation. Lab technicians see the orders, specimens and reports of the laboratories they
+    are members of; the ordering doctor and the clinicians of the ordering team read reports.
     """
 
     def CreateSpecimen(self, request, context):
-        """Records a specimen received by the laboratory, with status AVAILABLE; the patient is taken from
-        the service requests. A request repeated with the same `request_id` returns the specimen
-        created by the first one. Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if
-        another specimen has the same accession id; FAILED_PRECONDITION if a service request does not
-        exist or is not ACTIVE, or the service requests are for different patients; UNAVAILABLE if the
-        orders service cannot be reached.
+        """Records a specimen received by the laboratory, with status AVAILABLE; the patient and the
+        laboratory are taken from the laboratory's copy of the service requests. A request repeated
+        with the same `request_id` returns the specimen created by the first one. Errors:
+        INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if another specimen has the same
+        accession id; FAILED_PRECONDITION if a service request is not known here (yet; reason
+        ORDER_NOT_KNOWN) or is not ACTIVE (ORDER_NOT_ACTIVE), or the service requests are for
+        different patients or laboratories (ORDERS_MISMATCH); PERMISSION_DENIED if the caller is not a
+        lab technician of the laboratory.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,16 +153,17 @@ class LabServiceServicer:
 
     def GetSpecimen(self, request, context):
         """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-        NOT_FOUND if no such specimen.
+        PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
+        such specimen.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSpecimens(self, request, context):
-        """Lists specimens matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative `page_size`, or a `page_token` that was not returned
-        by a previous call with the same filters.
+        """Lists specimens matching all given filters, newest first; only those of the laboratories the
+        caller is a member of. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+        `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,19 +175,37 @@ class LabServiceServicer:
         specimen can be collected. Rejecting an UNSATISFACTORY specimen succeeds and changes nothing
         (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
         reason; NOT_FOUND if no such specimen; FAILED_PRECONDITION if a diagnostic report already names
-        the specimen.
+        the specimen, or it is ENTERED_IN_ERROR; PERMISSION_DENIED if the caller is not a lab
+        technician of its laboratory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkSpecimenEnteredInError(self, request, context):
+        """Marks a specimen recorded by mistake (wrong patient, never existed): its status becomes
+        ENTERED_IN_ERROR and no report may name it. Marking it again succeeds and changes nothing (the
+        first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long reason;
+        NOT_FOUND if no such specimen; FAILED_PRECONDITION if a diagnostic report already names the
+        specimen; PERMISSION_DENIED if the caller is not a lab technician of its laboratory.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateDiagnosticReport(self, request, context):
-        """Opens the report of a service request with status REGISTERED, registering one result per
-        expected test with status REGISTERED. A request repeated with the same `request_id` returns the
-        report created by the first one. Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS
-        if the service request already has a report; FAILED_PRECONDITION if the service request does
-        not exist or is not ACTIVE, or a specimen does not exist, is UNSATISFACTORY or was not taken
-        for the service request; UNAVAILABLE if the orders service cannot be reached.
+        """Opens the report of a service request with status REGISTERED, registering one result with
+        status REGISTERED per test the catalogue expects for the order's code (plus any extra codes
+        given). The patient's sex and birth date are read from the patient service first (as the
+        caller: the lab view) and kept with the report, so that reference ranges need no later call.
+        A request repeated with the same `request_id` returns the report created by the first one.
+        Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if the service request already
+        has a report; FAILED_PRECONDITION if the service request is not known here (ORDER_NOT_KNOWN)
+        or is not ACTIVE (ORDER_NOT_ACTIVE), a specimen does not exist, is not AVAILABLE or was not
+        taken for the service request (SPECIMEN_NOT_USABLE), or the order's code is not in the
+        catalogue and no results are given (TEST_NOT_IN_CATALOGUE); PERMISSION_DENIED if the caller is
+        not a lab technician of the order's laboratory; UNAVAILABLE if the patient service cannot be
+        reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,16 +213,28 @@ class LabServiceServicer:
 
     def GetDiagnosticReport(self, request, context):
         """Returns one report with all its results. Errors: INVALID_ARGUMENT if `name` is not
-        `diagnosticReports/{diagnostic_report}`; NOT_FOUND if no such report.
+        `diagnosticReports/{diagnostic_report}`; PERMISSION_DENIED if the caller is neither a lab
+        technician of its laboratory nor a clinician of the ordering team (or the ordering doctor);
+        NOT_FOUND if no such report.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDiagnosticReports(self, request, context):
-        """Lists reports with all their results matching all given filters, newest first. Errors:
-        INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
-        that was not returned by a previous call with the same filters.
+        """Lists reports with all their results matching all given filters, newest first; reports the
+        caller may not read are left out. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+        `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDiagnosticReportVersions(self, request, context):
+        """Lists every released version of a report, oldest first: the version FinalizeReport released
+        and one per AmendReport, each with its results as they were released then. Errors:
+        INVALID_ARGUMENT if `name` is not `diagnosticReports/{diagnostic_report}`; PERMISSION_DENIED
+        as GetDiagnosticReport; NOT_FOUND if no such report.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,13 +242,15 @@ class LabServiceServicer:
 
     def RecordObservations(self, request, context):
         """Records results into a REGISTERED or PRELIMINARY report, matched to its results by code: a
-        result with a code already in the report replaces its value, reference range, interpretation,
-        note and status; a result with a new code is added (for example a reflex test). The report
-        becomes PRELIMINARY. Recording the same results again succeeds and changes nothing. Errors:
-        INVALID_ARGUMENT for a bad parent or naming the bad result (including a report that would hold
-        more than 200 results); NOT_FOUND if no such report; FAILED_PRECONDITION if the report is FINAL
-        or AMENDED (use AmendReport); PERMISSION_DENIED if the caller does not hold the LAB_TECHNICIAN
-        role.
+        result with a code already in the report replaces its value, note and status; a result with a
+        new code is added (for example a reflex test). The service sets the reference range from the
+        catalogue (by the patient's sex and age kept with the report) and computes the
+        interpretation. The report becomes PRELIMINARY. Recording the same results again succeeds and
+        changes nothing. Errors: INVALID_ARGUMENT for a bad parent or naming the bad result (including
+        a unit other than the catalogue's and a report that would hold more than 200 results);
+        NOT_FOUND if no such report; FAILED_PRECONDITION if the report is FINAL or AMENDED (use
+        AmendReport) or its service request was revoked (ORDER_NOT_ACTIVE); PERMISSION_DENIED if the
+        caller is not a lab technician of the report's laboratory.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,15 +258,17 @@ class LabServiceServicer:
 
     def FinalizeReport(self, request, context):
         """Releases a REGISTERED or PRELIMINARY report in which no result is still REGISTERED: the report
-        and its PRELIMINARY results become FINAL, `issue_time` is set and the caller becomes its
-        performer; from then on it changes only through AmendReport. The service request is first
-        completed in the orders service. Finalizing a FINAL report with the same conclusion succeeds
-        and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a too long
-        conclusion; NOT_FOUND if no such report; ABORTED if a given etag is stale; FAILED_PRECONDITION
-        if a result is still REGISTERED, the report is AMENDED or FINAL with another conclusion, or the
-        service request has been revoked; PERMISSION_DENIED if the caller does not hold the
-        LAB_TECHNICIAN role; UNAVAILABLE if the orders service cannot be reached (nothing is
-        finalized).
+        and its PRELIMINARY results become FINAL, `issue_time` is set, the caller becomes its performer
+        and the released version 1 is kept (ListDiagnosticReportVersions); from then on it changes
+        only through AmendReport. In the same transaction a `DiagnosticReportIssued` event is stored
+        for the orders service, which completes the service request when it is delivered; critical
+        results are listed for the ordering doctor (ListCriticalResults). Finalizing a FINAL report
+        with the same conclusion succeeds and changes nothing, whatever the etag. Errors:
+        INVALID_ARGUMENT for a bad name or a too long conclusion; NOT_FOUND if no such report; ABORTED
+        if a given etag is stale; FAILED_PRECONDITION if a result is still REGISTERED, the report is
+        AMENDED or FINAL with another conclusion, or the service request has been revoked
+        (ORDER_NOT_ACTIVE, as the laboratory's copy says); PERMISSION_DENIED if the caller is not a
+        lab technician of the report's laboratory.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,14 +276,17 @@ class LabServiceServicer:
 
     def AmendReport(self, request, context):
         """Changes a FINAL or AMENDED report: the conclusion and the given results, matched by code. A
-        result whose value changes becomes CORRECTED; a result of which only the reference range,
-        interpretation or note changes becomes AMENDED. The report becomes AMENDED, `issue_time` is set
-        again and the caller becomes its performer. An amendment that changes nothing succeeds and
-        changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name, a missing or too
-        long reason, a bad result, or a request with neither a conclusion nor results; NOT_FOUND if no
-        such report; ABORTED if a given etag is stale; FAILED_PRECONDITION if the report is REGISTERED
-        or PRELIMINARY (use RecordObservations and FinalizeReport) or a code is not in the report;
-        PERMISSION_DENIED if the caller does not hold the LAB_TECHNICIAN role.
+        result whose value changes becomes CORRECTED (its interpretation is computed again); a result
+        of which only the note changes becomes AMENDED. The report becomes AMENDED, `issue_time` is
+        set again, the caller becomes its performer and a new released version is kept, every
+        earlier one staying readable (ListDiagnosticReportVersions). A `DiagnosticReportIssued` event
+        is stored for the orders service, and a corrected result that is critical is listed again for
+        the ordering doctor. An amendment that changes nothing succeeds and changes nothing, whatever
+        the etag. Errors: INVALID_ARGUMENT for a bad name, a missing or too long reason, a bad result,
+        or a request with neither a conclusion nor results; NOT_FOUND if no such report; ABORTED if a
+        given etag is stale; FAILED_PRECONDITION if the report is REGISTERED or PRELIMINARY (use
+        RecordObservations and FinalizeReport) or a code is not in the report; PERMISSION_DENIED if
+        the caller is not a lab technician of the report's laboratory.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +301,39 @@ class LabServiceServicer:
         UUID, an event type this service does not take, a `source` other than the one the type comes
         from, a payload of another type); PERMISSION_DENIED if the caller is not the service the events
         come from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLabOrders(self, request, context):
+        """The laboratory's worklist: its copy of the laboratory orders, the most urgent first (STAT,
+        ASAP, URGENT, ROUTINE), then oldest first; only orders of the laboratories the caller is a
+        lab technician of. Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`,
+        or a `page_token` that was not returned by a previous call with the same filters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCriticalResults(self, request, context):
+        """Lists the caller's unacknowledged critical results (interpretation CRITICAL_LOW, CRITICAL_HIGH
+        or CRITICAL_ABNORMAL in a released report), the reports the caller ordered, oldest first: a
+        result stays listed until it is acknowledged. Errors: INVALID_ARGUMENT for a negative
+        `page_size` or a `page_token` that was not returned by a previous call; PERMISSION_DENIED if
+        the caller is not a doctor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeCriticalResult(self, request, context):
+        """Acknowledges a critical result: the ordering doctor, or a doctor of the ordering team, confirms
+        having been told; it leaves ListCriticalResults. Acknowledging it again succeeds and changes
+        nothing (the first acknowledgement is kept). Errors: INVALID_ARGUMENT if `name` is not
+        `diagnosticReports/{diagnostic_report}/observations/{observation}`; PERMISSION_DENIED if the
+        caller is neither the ordering doctor nor a doctor of the ordering team; NOT_FOUND if the
+        result is not a critical result of a released report.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -256,6 +362,11 @@ def add_LabServiceServicer_to_server(servicer, server):
                     request_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.RejectSpecimenRequest.FromString,
                     response_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.Specimen.SerializeToString,
             ),
+            'MarkSpecimenEnteredInError': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkSpecimenEnteredInError,
+                    request_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.MarkSpecimenEnteredInErrorRequest.FromString,
+                    response_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.Specimen.SerializeToString,
+            ),
             'CreateDiagnosticReport': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateDiagnosticReport,
                     request_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.CreateDiagnosticReportRequest.FromString,
@@ -270,6 +381,11 @@ def add_LabServiceServicer_to_server(servicer, server):
                     servicer.ListDiagnosticReports,
                     request_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportsRequest.FromString,
                     response_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportsResponse.SerializeToString,
+            ),
+            'ListDiagnosticReportVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDiagnosticReportVersions,
+                    request_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportVersionsRequest.FromString,
+                    response_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportVersionsResponse.SerializeToString,
             ),
             'RecordObservations': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordObservations,
@@ -291,6 +407,21 @@ def add_LabServiceServicer_to_server(servicer, server):
                     request_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsRequest.FromString,
                     response_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsResponse.SerializeToString,
             ),
+            'ListLabOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLabOrders,
+                    request_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListLabOrdersRequest.FromString,
+                    response_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListLabOrdersResponse.SerializeToString,
+            ),
+            'ListCriticalResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCriticalResults,
+                    request_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListCriticalResultsRequest.FromString,
+                    response_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.ListCriticalResultsResponse.SerializeToString,
+            ),
+            'AcknowledgeCriticalResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeCriticalResult,
+                    request_deserializer=his_dot_lab_dot_v1_dot_lab__service__pb2.AcknowledgeCriticalResultRequest.FromString,
+                    response_serializer=his_dot_lab_dot_v1_dot_lab__service__pb2.CriticalResult.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'his.lab.v1.LabService', rpc_method_handlers)
@@ -302,9 +433,13 @@ def add_LabServiceServicer_to_server(servicer, server):
 class LabService:
     """LabService keeps specimens (FHIR Specimen) and diagnostic reports (FHIR DiagnosticReport) with
     their results (FHIR Observation). It works on laboratory orders of the orders service, named
-    `serviceRequests/{service_request}`, and asks that service whether an order is active. A report
-    has one result per test; results live inside their report as
-    `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned with it.
+    `serviceRequests/{service_request}`, checked against its own copy of them: the orders service
+    delivers every change of an order (DeliverEvents), so no call here waits on that service. A
+    report has one result per test of the laboratory's test catalogue; results live inside their
+    report as `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned
+    with it. The service computes each result's reference range (by the patient's sex and age) and
+    interpretation. Lab technicians see the orders, specimens and reports of the laboratories they
+    are members of; the ordering doctor and the clinicians of the ordering team read reports.
     """
 
     @staticmethod
@@ -416,6 +551,33 @@ class LabService:
             _registered_method=True)
 
     @staticmethod
+    def MarkSpecimenEnteredInError(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.lab.v1.LabService/MarkSpecimenEnteredInError',
+            his_dot_lab_dot_v1_dot_lab__service__pb2.MarkSpecimenEnteredInErrorRequest.SerializeToString,
+            his_dot_lab_dot_v1_dot_lab__service__pb2.Specimen.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateDiagnosticReport(request,
             target,
             options=(),
@@ -486,6 +648,33 @@ class LabService:
             '/his.lab.v1.LabService/ListDiagnosticReports',
             his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportsRequest.SerializeToString,
             his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDiagnosticReportVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.lab.v1.LabService/ListDiagnosticReportVersions',
+            his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportVersionsRequest.SerializeToString,
+            his_dot_lab_dot_v1_dot_lab__service__pb2.ListDiagnosticReportVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -594,6 +783,87 @@ class LabService:
             '/his.lab.v1.LabService/DeliverEvents',
             his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsRequest.SerializeToString,
             his_dot_lab_dot_v1_dot_lab__service__pb2.DeliverEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLabOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.lab.v1.LabService/ListLabOrders',
+            his_dot_lab_dot_v1_dot_lab__service__pb2.ListLabOrdersRequest.SerializeToString,
+            his_dot_lab_dot_v1_dot_lab__service__pb2.ListLabOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCriticalResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.lab.v1.LabService/ListCriticalResults',
+            his_dot_lab_dot_v1_dot_lab__service__pb2.ListCriticalResultsRequest.SerializeToString,
+            his_dot_lab_dot_v1_dot_lab__service__pb2.ListCriticalResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeCriticalResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.lab.v1.LabService/AcknowledgeCriticalResult',
+            his_dot_lab_dot_v1_dot_lab__service__pb2.AcknowledgeCriticalResultRequest.SerializeToString,
+            his_dot_lab_dot_v1_dot_lab__service__pb2.CriticalResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,9 +31,13 @@ GRPC_VERSION: str
 class LabServiceStub:
     """LabService keeps specimens (FHIR Specimen) and diagnostic reports (FHIR DiagnosticReport) with
     their results (FHIR Observation). It works on laboratory orders of the orders service, named
-    `serviceRequests/{service_request}`, and asks that service whether an order is active. A report
-    has one result per test; results live inside their report as
-    `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned with it.
+    `serviceRequests/{service_request}`, checked against its own copy of them: the orders service
+    delivers every change of an order (DeliverEvents), so no call here waits on that service. A
+    report has one result per test of the laboratory's test catalogue; results live inside their
+    report as `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned
+    with it. The service computes each result's reference range (by the patient's sex and age) and
+    interpretation. Lab technicians see the orders, specimens and reports of the laboratories they
+    are members of; the ordering doctor and the clinicians of the ordering team read reports.
     """
 
     @_typing.overload
@@ -41,21 +45,24 @@ class LabServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LabServiceAsyncStub: ...
     CreateSpecimen: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.CreateSpecimenRequest, _lab_service_pb2.Specimen]
-    """Records a specimen received by the laboratory, with status AVAILABLE; the patient is taken from
-    the service requests. A request repeated with the same `request_id` returns the specimen
-    created by the first one. Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if
-    another specimen has the same accession id; FAILED_PRECONDITION if a service request does not
-    exist or is not ACTIVE, or the service requests are for different patients; UNAVAILABLE if the
-    orders service cannot be reached.
+    """Records a specimen received by the laboratory, with status AVAILABLE; the patient and the
+    laboratory are taken from the laboratory's copy of the service requests. A request repeated
+    with the same `request_id` returns the specimen created by the first one. Errors:
+    INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if another specimen has the same
+    accession id; FAILED_PRECONDITION if a service request is not known here (yet; reason
+    ORDER_NOT_KNOWN) or is not ACTIVE (ORDER_NOT_ACTIVE), or the service requests are for
+    different patients or laboratories (ORDERS_MISMATCH); PERMISSION_DENIED if the caller is not a
+    lab technician of the laboratory.
     """
     GetSpecimen: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.GetSpecimenRequest, _lab_service_pb2.Specimen]
     """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-    NOT_FOUND if no such specimen.
+    PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
+    such specimen.
     """
     ListSpecimens: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.ListSpecimensRequest, _lab_service_pb2.ListSpecimensResponse]
-    """Lists specimens matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative `page_size`, or a `page_token` that was not returned
-    by a previous call with the same filters.
+    """Lists specimens matching all given filters, newest first; only those of the laboratories the
+    caller is a member of. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+    `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
     """
     RejectSpecimen: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.RejectSpecimenRequest, _lab_service_pb2.Specimen]
     """Rejects an AVAILABLE specimen that cannot be tested (for example haemolysed, clotted or
@@ -63,57 +70,86 @@ class LabServiceStub:
     specimen can be collected. Rejecting an UNSATISFACTORY specimen succeeds and changes nothing
     (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
     reason; NOT_FOUND if no such specimen; FAILED_PRECONDITION if a diagnostic report already names
-    the specimen.
+    the specimen, or it is ENTERED_IN_ERROR; PERMISSION_DENIED if the caller is not a lab
+    technician of its laboratory.
+    """
+    MarkSpecimenEnteredInError: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.MarkSpecimenEnteredInErrorRequest, _lab_service_pb2.Specimen]
+    """Marks a specimen recorded by mistake (wrong patient, never existed): its status becomes
+    ENTERED_IN_ERROR and no report may name it. Marking it again succeeds and changes nothing (the
+    first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long reason;
+    NOT_FOUND if no such specimen; FAILED_PRECONDITION if a diagnostic report already names the
+    specimen; PERMISSION_DENIED if the caller is not a lab technician of its laboratory.
     """
     CreateDiagnosticReport: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.CreateDiagnosticReportRequest, _lab_service_pb2.DiagnosticReport]
-    """Opens the report of a service request with status REGISTERED, registering one result per
-    expected test with status REGISTERED. A request repeated with the same `request_id` returns the
-    report created by the first one. Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS
-    if the service request already has a report; FAILED_PRECONDITION if the service request does
-    not exist or is not ACTIVE, or a specimen does not exist, is UNSATISFACTORY or was not taken
-    for the service request; UNAVAILABLE if the orders service cannot be reached.
+    """Opens the report of a service request with status REGISTERED, registering one result with
+    status REGISTERED per test the catalogue expects for the order's code (plus any extra codes
+    given). The patient's sex and birth date are read from the patient service first (as the
+    caller: the lab view) and kept with the report, so that reference ranges need no later call.
+    A request repeated with the same `request_id` returns the report created by the first one.
+    Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if the service request already
+    has a report; FAILED_PRECONDITION if the service request is not known here (ORDER_NOT_KNOWN)
+    or is not ACTIVE (ORDER_NOT_ACTIVE), a specimen does not exist, is not AVAILABLE or was not
+    taken for the service request (SPECIMEN_NOT_USABLE), or the order's code is not in the
+    catalogue and no results are given (TEST_NOT_IN_CATALOGUE); PERMISSION_DENIED if the caller is
+    not a lab technician of the order's laboratory; UNAVAILABLE if the patient service cannot be
+    reached.
     """
     GetDiagnosticReport: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.GetDiagnosticReportRequest, _lab_service_pb2.DiagnosticReport]
     """Returns one report with all its results. Errors: INVALID_ARGUMENT if `name` is not
-    `diagnosticReports/{diagnostic_report}`; NOT_FOUND if no such report.
+    `diagnosticReports/{diagnostic_report}`; PERMISSION_DENIED if the caller is neither a lab
+    technician of its laboratory nor a clinician of the ordering team (or the ordering doctor);
+    NOT_FOUND if no such report.
     """
     ListDiagnosticReports: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.ListDiagnosticReportsRequest, _lab_service_pb2.ListDiagnosticReportsResponse]
-    """Lists reports with all their results matching all given filters, newest first. Errors:
-    INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
-    that was not returned by a previous call with the same filters.
+    """Lists reports with all their results matching all given filters, newest first; reports the
+    caller may not read are left out. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+    `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
+    """
+    ListDiagnosticReportVersions: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.ListDiagnosticReportVersionsRequest, _lab_service_pb2.ListDiagnosticReportVersionsResponse]
+    """Lists every released version of a report, oldest first: the version FinalizeReport released
+    and one per AmendReport, each with its results as they were released then. Errors:
+    INVALID_ARGUMENT if `name` is not `diagnosticReports/{diagnostic_report}`; PERMISSION_DENIED
+    as GetDiagnosticReport; NOT_FOUND if no such report.
     """
     RecordObservations: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.RecordObservationsRequest, _lab_service_pb2.DiagnosticReport]
     """Records results into a REGISTERED or PRELIMINARY report, matched to its results by code: a
-    result with a code already in the report replaces its value, reference range, interpretation,
-    note and status; a result with a new code is added (for example a reflex test). The report
-    becomes PRELIMINARY. Recording the same results again succeeds and changes nothing. Errors:
-    INVALID_ARGUMENT for a bad parent or naming the bad result (including a report that would hold
-    more than 200 results); NOT_FOUND if no such report; FAILED_PRECONDITION if the report is FINAL
-    or AMENDED (use AmendReport); PERMISSION_DENIED if the caller does not hold the LAB_TECHNICIAN
-    role.
+    result with a code already in the report replaces its value, note and status; a result with a
+    new code is added (for example a reflex test). The service sets the reference range from the
+    catalogue (by the patient's sex and age kept with the report) and computes the
+    interpretation. The report becomes PRELIMINARY. Recording the same results again succeeds and
+    changes nothing. Errors: INVALID_ARGUMENT for a bad parent or naming the bad result (including
+    a unit other than the catalogue's and a report that would hold more than 200 results);
+    NOT_FOUND if no such report; FAILED_PRECONDITION if the report is FINAL or AMENDED (use
+    AmendReport) or its service request was revoked (ORDER_NOT_ACTIVE); PERMISSION_DENIED if the
+    caller is not a lab technician of the report's laboratory.
     """
     FinalizeReport: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.FinalizeReportRequest, _lab_service_pb2.DiagnosticReport]
     """Releases a REGISTERED or PRELIMINARY report in which no result is still REGISTERED: the report
-    and its PRELIMINARY results become FINAL, `issue_time` is set and the caller becomes its
-    performer; from then on it changes only through AmendReport. The service request is first
-    completed in the orders service. Finalizing a FINAL report with the same conclusion succeeds
-    and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a too long
-    conclusion; NOT_FOUND if no such report; ABORTED if a given etag is stale; FAILED_PRECONDITION
-    if a result is still REGISTERED, the report is AMENDED or FINAL with another conclusion, or the
-    service request has been revoked; PERMISSION_DENIED if the caller does not hold the
-    LAB_TECHNICIAN role; UNAVAILABLE if the orders service cannot be reached (nothing is
-    finalized).
+    and its PRELIMINARY results become FINAL, `issue_time` is set, the caller becomes its performer
+    and the released version 1 is kept (ListDiagnosticReportVersions); from then on it changes
+    only through AmendReport. In the same transaction a `DiagnosticReportIssued` event is stored
+    for the orders service, which completes the service request when it is delivered; critical
+    results are listed for the ordering doctor (ListCriticalResults). Finalizing a FINAL report
+    with the same conclusion succeeds and changes nothing, whatever the etag. Errors:
+    INVALID_ARGUMENT for a bad name or a too long conclusion; NOT_FOUND if no such report; ABORTED
+    if a given etag is stale; FAILED_PRECONDITION if a result is still REGISTERED, the report is
+    AMENDED or FINAL with another conclusion, or the service request has been revoked
+    (ORDER_NOT_ACTIVE, as the laboratory's copy says); PERMISSION_DENIED if the caller is not a
+    lab technician of the report's laboratory.
     """
     AmendReport: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.AmendReportRequest, _lab_service_pb2.DiagnosticReport]
     """Changes a FINAL or AMENDED report: the conclusion and the given results, matched by code. A
-    result whose value changes becomes CORRECTED; a result of which only the reference range,
-    interpretation or note changes becomes AMENDED. The report becomes AMENDED, `issue_time` is set
-    again and the caller becomes its performer. An amendment that changes nothing succeeds and
-    changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name, a missing or too
-    long reason, a bad result, or a request with neither a conclusion nor results; NOT_FOUND if no
-    such report; ABORTED if a given etag is stale; FAILED_PRECONDITION if the report is REGISTERED
-    or PRELIMINARY (use RecordObservations and FinalizeReport) or a code is not in the report;
-    PERMISSION_DENIED if the caller does not hold the LAB_TECHNICIAN role.
+    result whose value changes becomes CORRECTED (its interpretation is computed again); a result
+    of which only the note changes becomes AMENDED. The report becomes AMENDED, `issue_time` is
+    set again, the caller becomes its performer and a new released version is kept, every
+    earlier one staying readable (ListDiagnosticReportVersions). A `DiagnosticReportIssued` event
+    is stored for the orders service, and a corrected result that is critical is listed again for
+    the ordering doctor. An amendment that changes nothing succeeds and changes nothing, whatever
+    the etag. Errors: INVALID_ARGUMENT for a bad name, a missing or too long reason, a bad result,
+    or a request with neither a conclusion nor results; NOT_FOUND if no such report; ABORTED if a
+    given etag is stale; FAILED_PRECONDITION if the report is REGISTERED or PRELIMINARY (use
+    RecordObservations and FinalizeReport) or a code is not in the report; PERMISSION_DENIED if
+    the caller is not a lab technician of the report's laboratory.
     """
     DeliverEvents: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.DeliverEventsRequest, _lab_service_pb2.DeliverEventsResponse]
     """Applies events of the orders service to this service's own records; only their outbox relays
@@ -125,33 +161,61 @@ class LabServiceStub:
     from, a payload of another type); PERMISSION_DENIED if the caller is not the service the events
     come from.
     """
+    ListLabOrders: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.ListLabOrdersRequest, _lab_service_pb2.ListLabOrdersResponse]
+    """The laboratory's worklist: its copy of the laboratory orders, the most urgent first (STAT,
+    ASAP, URGENT, ROUTINE), then oldest first; only orders of the laboratories the caller is a
+    lab technician of. Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`,
+    or a `page_token` that was not returned by a previous call with the same filters.
+    """
+    ListCriticalResults: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.ListCriticalResultsRequest, _lab_service_pb2.ListCriticalResultsResponse]
+    """Lists the caller's unacknowledged critical results (interpretation CRITICAL_LOW, CRITICAL_HIGH
+    or CRITICAL_ABNORMAL in a released report), the reports the caller ordered, oldest first: a
+    result stays listed until it is acknowledged. Errors: INVALID_ARGUMENT for a negative
+    `page_size` or a `page_token` that was not returned by a previous call; PERMISSION_DENIED if
+    the caller is not a doctor.
+    """
+    AcknowledgeCriticalResult: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.AcknowledgeCriticalResultRequest, _lab_service_pb2.CriticalResult]
+    """Acknowledges a critical result: the ordering doctor, or a doctor of the ordering team, confirms
+    having been told; it leaves ListCriticalResults. Acknowledging it again succeeds and changes
+    nothing (the first acknowledgement is kept). Errors: INVALID_ARGUMENT if `name` is not
+    `diagnosticReports/{diagnostic_report}/observations/{observation}`; PERMISSION_DENIED if the
+    caller is neither the ordering doctor nor a doctor of the ordering team; NOT_FOUND if the
+    result is not a critical result of a released report.
+    """
 
 @_typing.type_check_only
 class LabServiceAsyncStub(LabServiceStub):
     """LabService keeps specimens (FHIR Specimen) and diagnostic reports (FHIR DiagnosticReport) with
     their results (FHIR Observation). It works on laboratory orders of the orders service, named
-    `serviceRequests/{service_request}`, and asks that service whether an order is active. A report
-    has one result per test; results live inside their report as
-    `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned with it.
+    `serviceRequests/{service_request}`, checked against its own copy of them: the orders service
+    delivers every change of an order (DeliverEvents), so no call here waits on that service. A
+    report has one result per test of the laboratory's test catalogue; results live inside their
+    report as `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned
+    with it. The service computes each result's reference range (by the patient's sex and age) and
+    interpretation. Lab technicians see the orders, specimens and reports of the laboratories they
+    are members of; the ordering doctor and the clinicians of the ordering team read reports.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateSpecimen: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.CreateSpecimenRequest, _lab_service_pb2.Specimen]  # type: ignore[assignment]
-    """Records a specimen received by the laboratory, with status AVAILABLE; the patient is taken from
-    the service requests. A request repeated with the same `request_id` returns the specimen
-    created by the first one. Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if
-    another specimen has the same accession id; FAILED_PRECONDITION if a service request does not
-    exist or is not ACTIVE, or the service requests are for different patients; UNAVAILABLE if the
-    orders service cannot be reached.
+    """Records a specimen received by the laboratory, with status AVAILABLE; the patient and the
+    laboratory are taken from the laboratory's copy of the service requests. A request repeated
+    with the same `request_id` returns the specimen created by the first one. Errors:
+    INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if another specimen has the same
+    accession id; FAILED_PRECONDITION if a service request is not known here (yet; reason
+    ORDER_NOT_KNOWN) or is not ACTIVE (ORDER_NOT_ACTIVE), or the service requests are for
+    different patients or laboratories (ORDERS_MISMATCH); PERMISSION_DENIED if the caller is not a
+    lab technician of the laboratory.
     """
     GetSpecimen: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.GetSpecimenRequest, _lab_service_pb2.Specimen]  # type: ignore[assignment]
     """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-    NOT_FOUND if no such specimen.
+    PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
+    such specimen.
     """
     ListSpecimens: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.ListSpecimensRequest, _lab_service_pb2.ListSpecimensResponse]  # type: ignore[assignment]
-    """Lists specimens matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-    malformed filter, a negative `page_size`, or a `page_token` that was not returned
-    by a previous call with the same filters.
+    """Lists specimens matching all given filters, newest first; only those of the laboratories the
+    caller is a member of. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+    `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
     """
     RejectSpecimen: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.RejectSpecimenRequest, _lab_service_pb2.Specimen]  # type: ignore[assignment]
     """Rejects an AVAILABLE specimen that cannot be tested (for example haemolysed, clotted or
@@ -159,57 +223,86 @@ class LabServiceAsyncStub(LabServiceStub):
     specimen can be collected. Rejecting an UNSATISFACTORY specimen succeeds and changes nothing
     (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
     reason; NOT_FOUND if no such specimen; FAILED_PRECONDITION if a diagnostic report already names
-    the specimen.
+    the specimen, or it is ENTERED_IN_ERROR; PERMISSION_DENIED if the caller is not a lab
+    technician of its laboratory.
+    """
+    MarkSpecimenEnteredInError: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.MarkSpecimenEnteredInErrorRequest, _lab_service_pb2.Specimen]  # type: ignore[assignment]
+    """Marks a specimen recorded by mistake (wrong patient, never existed): its status becomes
+    ENTERED_IN_ERROR and no report may name it. Marking it again succeeds and changes nothing (the
+    first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long reason;
+    NOT_FOUND if no such specimen; FAILED_PRECONDITION if a diagnostic report already names the
+    specimen; PERMISSION_DENIED if the caller is not a lab technician of its laboratory.
     """
     CreateDiagnosticReport: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.CreateDiagnosticReportRequest, _lab_service_pb2.DiagnosticReport]  # type: ignore[assignment]
-    """Opens the report of a service request with status REGISTERED, registering one result per
-    expected test with status REGISTERED. A request repeated with the same `request_id` returns the
-    report created by the first one. Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS
-    if the service request already has a report; FAILED_PRECONDITION if the service request does
-    not exist or is not ACTIVE, or a specimen does not exist, is UNSATISFACTORY or was not taken
-    for the service request; UNAVAILABLE if the orders service cannot be reached.
+    """Opens the report of a service request with status REGISTERED, registering one result with
+    status REGISTERED per test the catalogue expects for the order's code (plus any extra codes
+    given). The patient's sex and birth date are read from the patient service first (as the
+    caller: the lab view) and kept with the report, so that reference ranges need no later call.
+    A request repeated with the same `request_id` returns the report created by the first one.
+    Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if the service request already
+    has a report; FAILED_PRECONDITION if the service request is not known here (ORDER_NOT_KNOWN)
+    or is not ACTIVE (ORDER_NOT_ACTIVE), a specimen does not exist, is not AVAILABLE or was not
+    taken for the service request (SPECIMEN_NOT_USABLE), or the order's code is not in the
+    catalogue and no results are given (TEST_NOT_IN_CATALOGUE); PERMISSION_DENIED if the caller is
+    not a lab technician of the order's laboratory; UNAVAILABLE if the patient service cannot be
+    reached.
     """
     GetDiagnosticReport: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.GetDiagnosticReportRequest, _lab_service_pb2.DiagnosticReport]  # type: ignore[assignment]
     """Returns one report with all its results. Errors: INVALID_ARGUMENT if `name` is not
-    `diagnosticReports/{diagnostic_report}`; NOT_FOUND if no such report.
+    `diagnosticReports/{diagnostic_report}`; PERMISSION_DENIED if the caller is neither a lab
+    technician of its laboratory nor a clinician of the ordering team (or the ordering doctor);
+    NOT_FOUND if no such report.
     """
     ListDiagnosticReports: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.ListDiagnosticReportsRequest, _lab_service_pb2.ListDiagnosticReportsResponse]  # type: ignore[assignment]
-    """Lists reports with all their results matching all given filters, newest first. Errors:
-    INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
-    that was not returned by a previous call with the same filters.
+    """Lists reports with all their results matching all given filters, newest first; reports the
+    caller may not read are left out. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+    `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
+    """
+    ListDiagnosticReportVersions: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.ListDiagnosticReportVersionsRequest, _lab_service_pb2.ListDiagnosticReportVersionsResponse]  # type: ignore[assignment]
+    """Lists every released version of a report, oldest first: the version FinalizeReport released
+    and one per AmendReport, each with its results as they were released then. Errors:
+    INVALID_ARGUMENT if `name` is not `diagnosticReports/{diagnostic_report}`; PERMISSION_DENIED
+    as GetDiagnosticReport; NOT_FOUND if no such report.
     """
     RecordObservations: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.RecordObservationsRequest, _lab_service_pb2.DiagnosticReport]  # type: ignore[assignment]
     """Records results into a REGISTERED or PRELIMINARY report, matched to its results by code: a
-    result with a code already in the report replaces its value, reference range, interpretation,
-    note and status; a result with a new code is added (for example a reflex test). The report
-    becomes PRELIMINARY. Recording the same results again succeeds and changes nothing. Errors:
-    INVALID_ARGUMENT for a bad parent or naming the bad result (including a report that would hold
-    more than 200 results); NOT_FOUND if no such report; FAILED_PRECONDITION if the report is FINAL
-    or AMENDED (use AmendReport); PERMISSION_DENIED if the caller does not hold the LAB_TECHNICIAN
-    role.
+    result with a code already in the report replaces its value, note and status; a result with a
+    new code is added (for example a reflex test). The service sets the reference range from the
+    catalogue (by the patient's sex and age kept with the report) and computes the
+    interpretation. The report becomes PRELIMINARY. Recording the same results again succeeds and
+    changes nothing. Errors: INVALID_ARGUMENT for a bad parent or naming the bad result (including
+    a unit other than the catalogue's and a report that would hold more than 200 results);
+    NOT_FOUND if no such report; FAILED_PRECONDITION if the report is FINAL or AMENDED (use
+    AmendReport) or its service request was revoked (ORDER_NOT_ACTIVE); PERMISSION_DENIED if the
+    caller is not a lab technician of the report's laboratory.
     """
     FinalizeReport: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.FinalizeReportRequest, _lab_service_pb2.DiagnosticReport]  # type: ignore[assignment]
     """Releases a REGISTERED or PRELIMINARY report in which no result is still REGISTERED: the report
-    and its PRELIMINARY results become FINAL, `issue_time` is set and the caller becomes its
-    performer; from then on it changes only through AmendReport. The service request is first
-    completed in the orders service. Finalizing a FINAL report with the same conclusion succeeds
-    and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a too long
-    conclusion; NOT_FOUND if no such report; ABORTED if a given etag is stale; FAILED_PRECONDITION
-    if a result is still REGISTERED, the report is AMENDED or FINAL with another conclusion, or the
-    service request has been revoked; PERMISSION_DENIED if the caller does not hold the
-    LAB_TECHNICIAN role; UNAVAILABLE if the orders service cannot be reached (nothing is
-    finalized).
+    and its PRELIMINARY results become FINAL, `issue_time` is set, the caller becomes its performer
+    and the released version 1 is kept (ListDiagnosticReportVersions); from then on it changes
+    only through AmendReport. In the same transaction a `DiagnosticReportIssued` event is stored
+    for the orders service, which completes the service request when it is delivered; critical
+    results are listed for the ordering doctor (ListCriticalResults). Finalizing a FINAL report
+    with the same conclusion succeeds and changes nothing, whatever the etag. Errors:
+    INVALID_ARGUMENT for a bad name or a too long conclusion; NOT_FOUND if no such report; ABORTED
+    if a given etag is stale; FAILED_PRECONDITION if a result is still REGISTERED, the report is
+    AMENDED or FINAL with another conclusion, or the service request has been revoked
+    (ORDER_NOT_ACTIVE, as the laboratory's copy says); PERMISSION_DENIED if the caller is not a
+    lab technician of the report's laboratory.
     """
     AmendReport: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.AmendReportRequest, _lab_service_pb2.DiagnosticReport]  # type: ignore[assignment]
     """Changes a FINAL or AMENDED report: the conclusion and the given results, matched by code. A
-    result whose value changes becomes CORRECTED; a result of which only the reference range,
-    interpretation or note changes becomes AMENDED. The report becomes AMENDED, `issue_time` is set
-    again and the caller becomes its performer. An amendment that changes nothing succeeds and
-    changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name, a missing or too
-    long reason, a bad result, or a request with neither a conclusion nor results; NOT_FOUND if no
-    such report; ABORTED if a given etag is stale; FAILED_PRECONDITION if the report is REGISTERED
-    or PRELIMINARY (use RecordObservations and FinalizeReport) or a code is not in the report;
-    PERMISSION_DENIED if the caller does not hold the LAB_TECHNICIAN role.
+    result whose value changes becomes CORRECTED (its interpretation is computed again); a result
+    of which only the note changes becomes AMENDED. The report becomes AMENDED, `issue_time` is
+    set again, the caller becomes its performer and a new released version is kept, every
+    earlier one staying readable (ListDiagnosticReportVersions). A `DiagnosticReportIssued` event
+    is stored for the orders service, and a corrected result that is critical is listed again for
+    the ordering doctor. An amendment that changes nothing succeeds and changes nothing, whatever
+    the etag. Errors: INVALID_ARGUMENT for a bad name, a missing or too long reason, a bad result,
+    or a request with neither a conclusion nor results; NOT_FOUND if no such report; ABORTED if a
+    given etag is stale; FAILED_PRECONDITION if the report is REGISTERED or PRELIMINARY (use
+    RecordObservations and FinalizeReport) or a code is not in the report; PERMISSION_DENIED if
+    the caller is not a lab technician of the report's laboratory.
     """
     DeliverEvents: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.DeliverEventsRequest, _lab_service_pb2.DeliverEventsResponse]  # type: ignore[assignment]
     """Applies events of the orders service to this service's own records; only their outbox relays
@@ -221,13 +314,38 @@ class LabServiceAsyncStub(LabServiceStub):
     from, a payload of another type); PERMISSION_DENIED if the caller is not the service the events
     come from.
     """
+    ListLabOrders: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.ListLabOrdersRequest, _lab_service_pb2.ListLabOrdersResponse]  # type: ignore[assignment]
+    """The laboratory's worklist: its copy of the laboratory orders, the most urgent first (STAT,
+    ASAP, URGENT, ROUTINE), then oldest first; only orders of the laboratories the caller is a
+    lab technician of. Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`,
+    or a `page_token` that was not returned by a previous call with the same filters.
+    """
+    ListCriticalResults: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.ListCriticalResultsRequest, _lab_service_pb2.ListCriticalResultsResponse]  # type: ignore[assignment]
+    """Lists the caller's unacknowledged critical results (interpretation CRITICAL_LOW, CRITICAL_HIGH
+    or CRITICAL_ABNORMAL in a released report), the reports the caller ordered, oldest first: a
+    result stays listed until it is acknowledged. Errors: INVALID_ARGUMENT for a negative
+    `page_size` or a `page_token` that was not returned by a previous call; PERMISSION_DENIED if
+    the caller is not a doctor.
+    """
+    AcknowledgeCriticalResult: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.AcknowledgeCriticalResultRequest, _lab_service_pb2.CriticalResult]  # type: ignore[assignment]
+    """Acknowledges a critical result: the ordering doctor, or a doctor of the ordering team, confirms
+    having been told; it leaves ListCriticalResults. Acknowledging it again succeeds and changes
+    nothing (the first acknowledgement is kept). Errors: INVALID_ARGUMENT if `name` is not
+    `diagnosticReports/{diagnostic_report}/observations/{observation}`; PERMISSION_DENIED if the
+    caller is neither the ordering doctor nor a doctor of the ordering team; NOT_FOUND if the
+    result is not a critical result of a released report.
+    """
 
 class LabServiceServicer(metaclass=_abc_1.ABCMeta):
     """LabService keeps specimens (FHIR Specimen) and diagnostic reports (FHIR DiagnosticReport) with
     their results (FHIR Observation). It works on laboratory orders of the orders service, named
-    `serviceRequests/{service_request}`, and asks that service whether an order is active. A report
-    has one result per test; results live inside their report as
-    `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned with it.
+    `serviceRequests/{service_request}`, checked against its own copy of them: the orders service
+    delivers every change of an order (DeliverEvents), so no call here waits on that service. A
+    report has one result per test of the laboratory's test catalogue; results live inside their
+    report as `diagnosticReports/{diagnostic_report}/observations/{observation}` and are returned
+    with it. The service computes each result's reference range (by the patient's sex and age) and
+    interpretation. Lab technicians see the orders, specimens and reports of the laboratories they
+    are members of; the ordering doctor and the clinicians of the ordering team read reports.
     """
 
     @_abc_1.abstractmethod
@@ -236,12 +354,14 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lab_service_pb2.CreateSpecimenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.Specimen, _abc.Awaitable[_lab_service_pb2.Specimen]]:
-        """Records a specimen received by the laboratory, with status AVAILABLE; the patient is taken from
-        the service requests. A request repeated with the same `request_id` returns the specimen
-        created by the first one. Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if
-        another specimen has the same accession id; FAILED_PRECONDITION if a service request does not
-        exist or is not ACTIVE, or the service requests are for different patients; UNAVAILABLE if the
-        orders service cannot be reached.
+        """Records a specimen received by the laboratory, with status AVAILABLE; the patient and the
+        laboratory are taken from the laboratory's copy of the service requests. A request repeated
+        with the same `request_id` returns the specimen created by the first one. Errors:
+        INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if another specimen has the same
+        accession id; FAILED_PRECONDITION if a service request is not known here (yet; reason
+        ORDER_NOT_KNOWN) or is not ACTIVE (ORDER_NOT_ACTIVE), or the service requests are for
+        different patients or laboratories (ORDERS_MISMATCH); PERMISSION_DENIED if the caller is not a
+        lab technician of the laboratory.
         """
 
     @_abc_1.abstractmethod
@@ -251,7 +371,8 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.Specimen, _abc.Awaitable[_lab_service_pb2.Specimen]]:
         """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-        NOT_FOUND if no such specimen.
+        PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
+        such specimen.
         """
 
     @_abc_1.abstractmethod
@@ -260,9 +381,9 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lab_service_pb2.ListSpecimensRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.ListSpecimensResponse, _abc.Awaitable[_lab_service_pb2.ListSpecimensResponse]]:
-        """Lists specimens matching all given filters, newest first. Errors: INVALID_ARGUMENT for a
-        malformed filter, a negative `page_size`, or a `page_token` that was not returned
-        by a previous call with the same filters.
+        """Lists specimens matching all given filters, newest first; only those of the laboratories the
+        caller is a member of. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+        `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
         """
 
     @_abc_1.abstractmethod
@@ -276,7 +397,21 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         specimen can be collected. Rejecting an UNSATISFACTORY specimen succeeds and changes nothing
         (the first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long
         reason; NOT_FOUND if no such specimen; FAILED_PRECONDITION if a diagnostic report already names
-        the specimen.
+        the specimen, or it is ENTERED_IN_ERROR; PERMISSION_DENIED if the caller is not a lab
+        technician of its laboratory.
+        """
+
+    @_abc_1.abstractmethod
+    def MarkSpecimenEnteredInError(
+        self,
+        request: _lab_service_pb2.MarkSpecimenEnteredInErrorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lab_service_pb2.Specimen, _abc.Awaitable[_lab_service_pb2.Specimen]]:
+        """Marks a specimen recorded by mistake (wrong patient, never existed): its status becomes
+        ENTERED_IN_ERROR and no report may name it. Marking it again succeeds and changes nothing (the
+        first reason is kept). Errors: INVALID_ARGUMENT for a bad name or a missing or too long reason;
+        NOT_FOUND if no such specimen; FAILED_PRECONDITION if a diagnostic report already names the
+        specimen; PERMISSION_DENIED if the caller is not a lab technician of its laboratory.
         """
 
     @_abc_1.abstractmethod
@@ -285,12 +420,18 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lab_service_pb2.CreateDiagnosticReportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.DiagnosticReport, _abc.Awaitable[_lab_service_pb2.DiagnosticReport]]:
-        """Opens the report of a service request with status REGISTERED, registering one result per
-        expected test with status REGISTERED. A request repeated with the same `request_id` returns the
-        report created by the first one. Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS
-        if the service request already has a report; FAILED_PRECONDITION if the service request does
-        not exist or is not ACTIVE, or a specimen does not exist, is UNSATISFACTORY or was not taken
-        for the service request; UNAVAILABLE if the orders service cannot be reached.
+        """Opens the report of a service request with status REGISTERED, registering one result with
+        status REGISTERED per test the catalogue expects for the order's code (plus any extra codes
+        given). The patient's sex and birth date are read from the patient service first (as the
+        caller: the lab view) and kept with the report, so that reference ranges need no later call.
+        A request repeated with the same `request_id` returns the report created by the first one.
+        Errors: INVALID_ARGUMENT naming the bad field; ALREADY_EXISTS if the service request already
+        has a report; FAILED_PRECONDITION if the service request is not known here (ORDER_NOT_KNOWN)
+        or is not ACTIVE (ORDER_NOT_ACTIVE), a specimen does not exist, is not AVAILABLE or was not
+        taken for the service request (SPECIMEN_NOT_USABLE), or the order's code is not in the
+        catalogue and no results are given (TEST_NOT_IN_CATALOGUE); PERMISSION_DENIED if the caller is
+        not a lab technician of the order's laboratory; UNAVAILABLE if the patient service cannot be
+        reached.
         """
 
     @_abc_1.abstractmethod
@@ -300,7 +441,9 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.DiagnosticReport, _abc.Awaitable[_lab_service_pb2.DiagnosticReport]]:
         """Returns one report with all its results. Errors: INVALID_ARGUMENT if `name` is not
-        `diagnosticReports/{diagnostic_report}`; NOT_FOUND if no such report.
+        `diagnosticReports/{diagnostic_report}`; PERMISSION_DENIED if the caller is neither a lab
+        technician of its laboratory nor a clinician of the ordering team (or the ordering doctor);
+        NOT_FOUND if no such report.
         """
 
     @_abc_1.abstractmethod
@@ -309,9 +452,21 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lab_service_pb2.ListDiagnosticReportsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.ListDiagnosticReportsResponse, _abc.Awaitable[_lab_service_pb2.ListDiagnosticReportsResponse]]:
-        """Lists reports with all their results matching all given filters, newest first. Errors:
-        INVALID_ARGUMENT for a malformed filter, a negative `page_size`, or a `page_token`
-        that was not returned by a previous call with the same filters.
+        """Lists reports with all their results matching all given filters, newest first; reports the
+        caller may not read are left out. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+        `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDiagnosticReportVersions(
+        self,
+        request: _lab_service_pb2.ListDiagnosticReportVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lab_service_pb2.ListDiagnosticReportVersionsResponse, _abc.Awaitable[_lab_service_pb2.ListDiagnosticReportVersionsResponse]]:
+        """Lists every released version of a report, oldest first: the version FinalizeReport released
+        and one per AmendReport, each with its results as they were released then. Errors:
+        INVALID_ARGUMENT if `name` is not `diagnosticReports/{diagnostic_report}`; PERMISSION_DENIED
+        as GetDiagnosticReport; NOT_FOUND if no such report.
         """
 
     @_abc_1.abstractmethod
@@ -321,13 +476,15 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.DiagnosticReport, _abc.Awaitable[_lab_service_pb2.DiagnosticReport]]:
         """Records results into a REGISTERED or PRELIMINARY report, matched to its results by code: a
-        result with a code already in the report replaces its value, reference range, interpretation,
-        note and status; a result with a new code is added (for example a reflex test). The report
-        becomes PRELIMINARY. Recording the same results again succeeds and changes nothing. Errors:
-        INVALID_ARGUMENT for a bad parent or naming the bad result (including a report that would hold
-        more than 200 results); NOT_FOUND if no such report; FAILED_PRECONDITION if the report is FINAL
-        or AMENDED (use AmendReport); PERMISSION_DENIED if the caller does not hold the LAB_TECHNICIAN
-        role.
+        result with a code already in the report replaces its value, note and status; a result with a
+        new code is added (for example a reflex test). The service sets the reference range from the
+        catalogue (by the patient's sex and age kept with the report) and computes the
+        interpretation. The report becomes PRELIMINARY. Recording the same results again succeeds and
+        changes nothing. Errors: INVALID_ARGUMENT for a bad parent or naming the bad result (including
+        a unit other than the catalogue's and a report that would hold more than 200 results);
+        NOT_FOUND if no such report; FAILED_PRECONDITION if the report is FINAL or AMENDED (use
+        AmendReport) or its service request was revoked (ORDER_NOT_ACTIVE); PERMISSION_DENIED if the
+        caller is not a lab technician of the report's laboratory.
         """
 
     @_abc_1.abstractmethod
@@ -337,15 +494,17 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.DiagnosticReport, _abc.Awaitable[_lab_service_pb2.DiagnosticReport]]:
         """Releases a REGISTERED or PRELIMINARY report in which no result is still REGISTERED: the report
-        and its PRELIMINARY results become FINAL, `issue_time` is set and the caller becomes its
-        performer; from then on it changes only through AmendReport. The service request is first
-        completed in the orders service. Finalizing a FINAL report with the same conclusion succeeds
-        and changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name or a too long
-        conclusion; NOT_FOUND if no such report; ABORTED if a given etag is stale; FAILED_PRECONDITION
-        if a result is still REGISTERED, the report is AMENDED or FINAL with another conclusion, or the
-        service request has been revoked; PERMISSION_DENIED if the caller does not hold the
-        LAB_TECHNICIAN role; UNAVAILABLE if the orders service cannot be reached (nothing is
-        finalized).
+        and its PRELIMINARY results become FINAL, `issue_time` is set, the caller becomes its performer
+        and the released version 1 is kept (ListDiagnosticReportVersions); from then on it changes
+        only through AmendReport. In the same transaction a `DiagnosticReportIssued` event is stored
+        for the orders service, which completes the service request when it is delivered; critical
+        results are listed for the ordering doctor (ListCriticalResults). Finalizing a FINAL report
+        with the same conclusion succeeds and changes nothing, whatever the etag. Errors:
+        INVALID_ARGUMENT for a bad name or a too long conclusion; NOT_FOUND if no such report; ABORTED
+        if a given etag is stale; FAILED_PRECONDITION if a result is still REGISTERED, the report is
+        AMENDED or FINAL with another conclusion, or the service request has been revoked
+        (ORDER_NOT_ACTIVE, as the laboratory's copy says); PERMISSION_DENIED if the caller is not a
+        lab technician of the report's laboratory.
         """
 
     @_abc_1.abstractmethod
@@ -355,14 +514,17 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.DiagnosticReport, _abc.Awaitable[_lab_service_pb2.DiagnosticReport]]:
         """Changes a FINAL or AMENDED report: the conclusion and the given results, matched by code. A
-        result whose value changes becomes CORRECTED; a result of which only the reference range,
-        interpretation or note changes becomes AMENDED. The report becomes AMENDED, `issue_time` is set
-        again and the caller becomes its performer. An amendment that changes nothing succeeds and
-        changes nothing, whatever the etag. Errors: INVALID_ARGUMENT for a bad name, a missing or too
-        long reason, a bad result, or a request with neither a conclusion nor results; NOT_FOUND if no
-        such report; ABORTED if a given etag is stale; FAILED_PRECONDITION if the report is REGISTERED
-        or PRELIMINARY (use RecordObservations and FinalizeReport) or a code is not in the report;
-        PERMISSION_DENIED if the caller does not hold the LAB_TECHNICIAN role.
+        result whose value changes becomes CORRECTED (its interpretation is computed again); a result
+        of which only the note changes becomes AMENDED. The report becomes AMENDED, `issue_time` is
+        set again, the caller becomes its performer and a new released version is kept, every
+        earlier one staying readable (ListDiagnosticReportVersions). A `DiagnosticReportIssued` event
+        is stored for the orders service, and a corrected result that is critical is listed again for
+        the ordering doctor. An amendment that changes nothing succeeds and changes nothing, whatever
+        the etag. Errors: INVALID_ARGUMENT for a bad name, a missing or too long reason, a bad result,
+        or a request with neither a conclusion nor results; NOT_FOUND if no such report; ABORTED if a
+        given etag is stale; FAILED_PRECONDITION if the report is REGISTERED or PRELIMINARY (use
+        RecordObservations and FinalizeReport) or a code is not in the report; PERMISSION_DENIED if
+        the caller is not a lab technician of the report's laboratory.
         """
 
     @_abc_1.abstractmethod
@@ -379,6 +541,45 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         UUID, an event type this service does not take, a `source` other than the one the type comes
         from, a payload of another type); PERMISSION_DENIED if the caller is not the service the events
         come from.
+        """
+
+    @_abc_1.abstractmethod
+    def ListLabOrders(
+        self,
+        request: _lab_service_pb2.ListLabOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lab_service_pb2.ListLabOrdersResponse, _abc.Awaitable[_lab_service_pb2.ListLabOrdersResponse]]:
+        """The laboratory's worklist: its copy of the laboratory orders, the most urgent first (STAT,
+        ASAP, URGENT, ROUTINE), then oldest first; only orders of the laboratories the caller is a
+        lab technician of. Errors: INVALID_ARGUMENT for a malformed filter, a negative `page_size`,
+        or a `page_token` that was not returned by a previous call with the same filters.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCriticalResults(
+        self,
+        request: _lab_service_pb2.ListCriticalResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lab_service_pb2.ListCriticalResultsResponse, _abc.Awaitable[_lab_service_pb2.ListCriticalResultsResponse]]:
+        """Lists the caller's unacknowledged critical results (interpretation CRITICAL_LOW, CRITICAL_HIGH
+        or CRITICAL_ABNORMAL in a released report), the reports the caller ordered, oldest first: a
+        result stays listed until it is acknowledged. Errors: INVALID_ARGUMENT for a negative
+        `page_size` or a `page_token` that was not returned by a previous call; PERMISSION_DENIED if
+        the caller is not a doctor.
+        """
+
+    @_abc_1.abstractmethod
+    def AcknowledgeCriticalResult(
+        self,
+        request: _lab_service_pb2.AcknowledgeCriticalResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lab_service_pb2.CriticalResult, _abc.Awaitable[_lab_service_pb2.CriticalResult]]:
+        """Acknowledges a critical result: the ordering doctor, or a doctor of the ordering team, confirms
+        having been told; it leaves ListCriticalResults. Acknowledging it again succeeds and changes
+        nothing (the first acknowledgement is kept). Errors: INVALID_ARGUMENT if `name` is not
+        `diagnosticReports/{diagnostic_report}/observations/{observation}`; PERMISSION_DENIED if the
+        caller is neither the ordering doctor nor a doctor of the ordering team; NOT_FOUND if the
+        result is not a critical result of a released report.
         """
 
 def add_LabServiceServicer_to_server(servicer: LabServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
