@@ -16,6 +16,8 @@ from his.emr.spec import SPEC as EMR
 from his.emr.v1 import emr_service_pb2_grpc
 from his.iam.spec import SPEC as IAM
 from his.patient.spec import SPEC as PATIENT
+from his.pharmacy.spec import SPEC as PHARMACY
+from his.pharmacy.v1 import pharmacy_service_pb2_grpc
 from his.patient.v1 import patient_service_pb2_grpc
 from his.runtime.config import ServiceConfig, load
 from his.runtime.embedded_pg import EmbeddedPostgres
@@ -59,7 +61,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 @pytest.fixture(scope="session")
 def database_url(postgres: EmbeddedPostgres) -> str:
     """The URL of the session database, with every implemented schema migrated."""
-    for service in ("patient", "scheduling", "audit", "iam", "emr"):
+    for service in ("patient", "scheduling", "audit", "iam", "emr", "pharmacy"):
         upgrade(service, postgres.url)
     return postgres.url
 
@@ -242,3 +244,43 @@ def pharmacy_port() -> int:
 
 
 # --- pharmacy fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+async def pharmacy_service(
+    database_url: str,
+    patient_service: RunningService,
+    audit_service: RunningService,
+    iam_service: RunningService,
+    pharmacy_port: int,
+    orders_port: int,
+) -> AsyncIterator[RunningService]:
+    """The pharmacy service on its reserved port, auditing through the session's audit service,
+    asking iam about locations, and delivering dispense changes to orders at its reserved port."""
+    config = service_config(
+        "pharmacy",
+        **addresses(patient_service, audit_service, iam_service),
+        HIS_PORT=str(pharmacy_port),
+        HIS_ORDERS_ADDR=f"localhost:{orders_port}",
+    )
+    running = await start(PHARMACY, config, database_url)
+    track_relay(running)
+    yield running
+    await running.stop(grace_s=1)
+
+
+@pytest.fixture(scope="session")
+async def pharmacy_channel(
+    pharmacy_service: RunningService, registrar_token: str
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the pharmacy service (calls set their own pharmacist's or clinician's token)."""
+    async with channel_as(pharmacy_service.address, registrar_token) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def pharmacy(
+    pharmacy_channel: grpc.aio.Channel,
+) -> pharmacy_service_pb2_grpc.PharmacyServiceAsyncStub:
+    """The pharmacy service stub."""
+    return pharmacy_service_pb2_grpc.PharmacyServiceStub(pharmacy_channel)
