@@ -16,9 +16,9 @@ from his.emr.spec import SPEC as EMR
 from his.emr.v1 import emr_service_pb2_grpc
 from his.iam.spec import SPEC as IAM
 from his.patient.spec import SPEC as PATIENT
+from his.patient.v1 import patient_service_pb2_grpc
 from his.pharmacy.spec import SPEC as PHARMACY
 from his.pharmacy.v1 import pharmacy_service_pb2_grpc
-from his.patient.v1 import patient_service_pb2_grpc
 from his.runtime.config import ServiceConfig, load
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.migrations import upgrade

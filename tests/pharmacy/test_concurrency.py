@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from sqlalchemy import text
@@ -22,11 +24,11 @@ from tests.pharmacy.helpers import (
 from tests.support import failure_of
 
 
-async def _outcomes(calls: list[object]) -> tuple[list[pb.MedicationDispense], Counter[str]]:
+async def _outcomes(calls: Sequence[Any]) -> tuple[list[pb.MedicationDispense], Counter[str]]:
     """The dispenses made and the refusals' (code, reason) counted."""
     made: list[pb.MedicationDispense] = []
     refused: Counter[str] = Counter()
-    results = await asyncio.gather(*calls, return_exceptions=True)  # type: ignore[call-overload]
+    results = await asyncio.gather(*calls, return_exceptions=True)
     for result in results:
         if isinstance(result, grpc.aio.AioRpcError):
             failure = failure_of(result)
@@ -144,7 +146,8 @@ async def test_hand_over_racing_cancel_has_one_winner(
         pb.ListMedicationDispensesRequest(medication_request=order.name), metadata=PHARMACIST
     )
     completed = sum(
-        d.quantity for d in final.medication_dispenses
+        d.quantity
+        for d in final.medication_dispenses
         if d.status == pb.MEDICATION_DISPENSE_STATUS_COMPLETED
     )
     assert await _on_hand(pharmacy, lot.name) == 10 - completed

@@ -77,9 +77,7 @@ async def test_an_older_revision_arriving_late_changes_nothing(
     reply = await deliver(pharmacy, changed(cancelled, 2), changed(first, 1))
     assert (reply.applied, reply.duplicates) == (2, 0)
     failure = await fails(
-        pharmacy.DispenseMedication(
-            dispensing(first.name, 1, stock_item=item), metadata=PHARMACIST
-        )
+        pharmacy.DispenseMedication(dispensing(first.name, 1, stock_item=item), metadata=PHARMACIST)
     )
     assert failure.reason == "PRESCRIPTION_NOT_ACTIVE"
 
@@ -90,7 +88,9 @@ async def test_a_newer_revision_replaces_the_copy_and_keeps_what_was_dispensed(
     medication, item = await _ready(pharmacy, pharmacy_location)
     order = medication_request(medication, quantity=5)
     await deliver(pharmacy, changed(order, 1))
-    await pharmacy.DispenseMedication(dispensing(order.name, 3, stock_item=item), metadata=PHARMACIST)
+    await pharmacy.DispenseMedication(
+        dispensing(order.name, 3, stock_item=item), metadata=PHARMACIST
+    )
     more = orders_pb.MedicationRequest()
     more.CopyFrom(order)
     more.refills = 1
@@ -102,7 +102,9 @@ async def test_only_the_orders_service_delivers(pharmacy: Pharmacy) -> None:
     event = changed(medication_request(f"medications/{uuid.uuid4()}"), 1)
     for token in (ISSUER.service("lab"), ISSUER.staff("PHARMACIST"), ISSUER.staff("DOCTOR")):
         failure = await fails(
-            pharmacy.DeliverEvents(pb.DeliverEventsRequest(events=[event]), metadata=metadata(token))
+            pharmacy.DeliverEvents(
+                pb.DeliverEventsRequest(events=[event]), metadata=metadata(token)
+            )
         )
         assert failure.code == grpc.StatusCode.PERMISSION_DENIED
 
@@ -156,3 +158,20 @@ async def test_a_prescription_that_makes_no_sense_is_refused_and_not_recorded(
     fixed = changed(order, 1)
     fixed.event_id = event.event_id
     assert (await deliver(pharmacy, fixed)).applied == 1
+
+
+async def test_a_status_this_build_does_not_know_is_not_dispensable(
+    pharmacy: Pharmacy, pharmacy_location: str
+) -> None:
+    medication, item = await _ready(pharmacy, pharmacy_location)
+    order = medication_request(medication, quantity=5)
+    await deliver(pharmacy, changed(order, 1))
+    later = orders_pb.MedicationRequest()
+    later.CopyFrom(order)
+    later.status = 99  # type: ignore[assignment]  # a status orders added after this build
+    assert (await deliver(pharmacy, changed(later, 2))).applied == 1
+    failure = await fails(
+        pharmacy.DispenseMedication(dispensing(order.name, 1, stock_item=item), metadata=PHARMACIST)
+    )
+    assert failure.reason == "PRESCRIPTION_NOT_ACTIVE"
+    assert failure.metadata["status"] == "unknown"

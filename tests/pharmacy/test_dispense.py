@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.pharmacy.v1 import pharmacy_service_pb2 as pb
@@ -208,7 +209,7 @@ async def test_an_inactive_medication_is_not_dispensed(
     await pharmacy.UpdateMedication(
         pb.UpdateMedicationRequest(
             medication=pb.Medication(name=medication, active=False),
-            update_mask={"paths": ["active"]},
+            update_mask=FieldMask(paths=["active"]),
         ),
         metadata=PHARMACIST,
     )
@@ -221,7 +222,10 @@ async def test_an_inactive_medication_is_not_dispensed(
 @pytest.mark.parametrize(
     ("dispense", "field"),
     [
-        (pb.MedicationDispense(quantity=1, stock_item="x"), "medication_dispense.medication_request"),
+        (
+            pb.MedicationDispense(quantity=1, stock_item="x"),
+            "medication_dispense.medication_request",
+        ),
         (
             pb.MedicationDispense(medication_request=missing("medicationRequests"), quantity=1),
             "medication_dispense.location",
@@ -255,7 +259,9 @@ async def test_bad_dispense_requests_name_the_field(
 async def test_a_missing_dispense_is_not_found(pharmacy: Pharmacy) -> None:
     name = missing("medicationDispenses")
     for call in (
-        pharmacy.GetMedicationDispense(pb.GetMedicationDispenseRequest(name=name), metadata=PHARMACIST),
+        pharmacy.GetMedicationDispense(
+            pb.GetMedicationDispenseRequest(name=name), metadata=PHARMACIST
+        ),
         pharmacy.HandOverMedicationDispense(
             pb.HandOverMedicationDispenseRequest(name=name), metadata=PHARMACIST
         ),

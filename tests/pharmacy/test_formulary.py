@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from his.common.v1 import types_pb2
 from his.pharmacy.v1 import pharmacy_service_pb2 as pb
@@ -69,7 +70,9 @@ async def test_a_replayed_create_returns_the_first(pharmacy: Pharmacy) -> None:
 
 async def test_the_same_drug_form_and_strength_exists_once(pharmacy: Pharmacy) -> None:
     first = medication()
-    await pharmacy.CreateMedication(pb.CreateMedicationRequest(medication=first), metadata=PHARMACIST)
+    await pharmacy.CreateMedication(
+        pb.CreateMedicationRequest(medication=first), metadata=PHARMACIST
+    )
     failure = await fails(
         pharmacy.CreateMedication(pb.CreateMedicationRequest(medication=first), metadata=PHARMACIST)
     )
@@ -87,8 +90,14 @@ async def test_the_same_drug_form_and_strength_exists_once(pharmacy: Pharmacy) -
         ({"strength": types_pb2.Quantity(value=float("nan"), unit="mg")}, "strength.value"),
         ({"strength": types_pb2.Quantity(value=5, unit="")}, "strength.unit"),
         ({"dispense_unit": "a tablet"}, "dispense_unit"),
-        ({"unit_price": types_pb2.Money(currency_code="cny", amount_minor=1)}, "unit_price.currency_code"),
-        ({"unit_price": types_pb2.Money(currency_code="CNY", amount_minor=-1)}, "unit_price.amount_minor"),
+        (
+            {"unit_price": types_pb2.Money(currency_code="cny", amount_minor=1)},
+            "unit_price.currency_code",
+        ),
+        (
+            {"unit_price": types_pb2.Money(currency_code="CNY", amount_minor=-1)},
+            "unit_price.amount_minor",
+        ),
     ],
 )
 async def test_a_bad_medication_names_the_field(
@@ -129,7 +138,7 @@ async def test_update_changes_the_masked_fields_and_checks_the_etag(pharmacy: Ph
     )
     updated = await pharmacy.UpdateMedication(
         pb.UpdateMedicationRequest(
-            medication=change, update_mask={"paths": ["display_name", "unit_price"]}
+            medication=change, update_mask=FieldMask(paths=["display_name", "unit_price"])
         ),
         metadata=PHARMACIST,
     )
@@ -141,7 +150,9 @@ async def test_update_changes_the_masked_fields_and_checks_the_etag(pharmacy: Ph
     assert updated.code == made.code
     stale = await fails(
         pharmacy.UpdateMedication(
-            pb.UpdateMedicationRequest(medication=change, update_mask={"paths": ["display_name"]}),
+            pb.UpdateMedicationRequest(
+                medication=change, update_mask=FieldMask(paths=["display_name"])
+            ),
             metadata=PHARMACIST,
         )
     )
@@ -151,7 +162,7 @@ async def test_update_changes_the_masked_fields_and_checks_the_etag(pharmacy: Ph
             DOMAIN,
             pharmacy.UpdateMedication(
                 pb.UpdateMedicationRequest(
-                    medication=pb.Medication(name=made.name), update_mask={"paths": paths}
+                    medication=pb.Medication(name=made.name), update_mask=FieldMask(paths=paths)
                 ),
                 metadata=PHARMACIST,
             ),
@@ -161,7 +172,7 @@ async def test_update_changes_the_masked_fields_and_checks_the_etag(pharmacy: Ph
         pharmacy.UpdateMedication(
             pb.UpdateMedicationRequest(
                 medication=pb.Medication(name=missing("medications"), active=True),
-                update_mask={"paths": ["active"]},
+                update_mask=FieldMask(paths=["active"]),
             ),
             metadata=PHARMACIST,
         )
@@ -176,7 +187,7 @@ async def test_update_into_another_products_strength_already_exists(pharmacy: Ph
         pharmacy.UpdateMedication(
             pb.UpdateMedicationRequest(
                 medication=pb.Medication(name=second.name, strength=first.strength),
-                update_mask={"paths": ["strength"]},
+                update_mask=FieldMask(paths=["strength"]),
             ),
             metadata=PHARMACIST,
         )
@@ -194,7 +205,8 @@ async def test_list_filters_orders_and_pages(pharmacy: Pharmacy) -> None:
         names.append(made.name)
     await pharmacy.UpdateMedication(
         pb.UpdateMedicationRequest(
-            medication=pb.Medication(name=names[0], active=False), update_mask={"paths": ["active"]}
+            medication=pb.Medication(name=names[0], active=False),
+            update_mask=FieldMask(paths=["active"]),
         ),
         metadata=PHARMACIST,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from his.pharmacy.v1 import pharmacy_service_pb2 as pb
 from tests.identity import ISSUER, metadata
@@ -80,7 +81,7 @@ async def test_receive_refusals(
     await pharmacy.UpdateMedication(
         pb.UpdateMedicationRequest(
             medication=pb.Medication(name=medication.name, active=False),
-            update_mask={"paths": ["active"]},
+            update_mask=FieldMask(paths=["active"]),
         ),
         metadata=PHARMACIST,
     )

@@ -39,6 +39,13 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
         "patient": ("GetPatient", "ListConsents"),
         "scheduling": ("GetAppointment",),
     },
+    # Stock is received only into a pharmacy department (pharmacy/service.py); dispense changes
+    # reach orders through the outbox relay (pharmacy/events.py).
+    "pharmacy": {
+        **_RUNTIME,
+        "iam": (*_RUNTIME["iam"], "GetDepartment"),
+        "orders": ("DeliverEvents",),
+    },
     # A break-the-glass grant names an active patient (iam/service.py).
     "iam": {**_RUNTIME, "patient": ("GetPatient",)},
     # audit calls no one as itself: it only verifies callers' tokens with iam's key set.

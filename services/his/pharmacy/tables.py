@@ -36,7 +36,16 @@ SCHEMA = "pharmacy"
 metadata = MetaData(schema=SCHEMA)
 
 DISPENSE_STATUSES = ("in_progress", "completed", "cancelled")
-PRESCRIPTION_STATUSES = ("active", "cancelled", "completed")
+# orders' MedicationRequestStatus as text; only "active" is dispensable ("unknown": a status
+# orders added that this build does not know yet).
+PRESCRIPTION_STATUSES = (
+    "active",
+    "cancelled",
+    "completed",
+    "on_hold",
+    "entered_in_error",
+    "unknown",
+)
 ADJUSTMENT_REASONS = (
     "count_correction",
     "damaged",

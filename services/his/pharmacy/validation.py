@@ -12,6 +12,7 @@ from his.common.v1 import types_pb2
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.pharmacy.mapping import ADJUSTMENT_REASON, ATC
 from his.pharmacy.v1 import pharmacy_service_pb2 as pb
+from his.runtime.enums import EnumText
 from his.runtime.validation import LATEST_DATE, Violations
 
 MAX_DISPLAY = 200
@@ -34,11 +35,9 @@ _CURRENCY = re.compile(r"[A-Z]{3}")
 
 MEDICATION_UPDATABLE = frozenset({"display_name", "form", "strength", "unit_price", "active"})
 
-ORDER_STATUS = {
-    orders_pb.MEDICATION_REQUEST_STATUS_ACTIVE: "active",
-    orders_pb.MEDICATION_REQUEST_STATUS_CANCELLED: "cancelled",
-    orders_pb.MEDICATION_REQUEST_STATUS_COMPLETED: "completed",
-}
+ORDER_STATUS = EnumText(orders_pb.MedicationRequestStatus.DESCRIPTOR)
+# A status orders added after this build: kept as not dispensable until this build knows it.
+UNKNOWN_STATUS = "unknown"
 
 
 def _unit(v: Violations, field: str, value: str) -> str | None:
@@ -195,9 +194,14 @@ def prescription(request: orders_pb.MedicationRequest) -> dict[str, Any]:
     naming the bad field (orders' relay then keeps the event as a dead letter)."""
     v = Violations()
     field = "medication_request"
-    status = ORDER_STATUS.get(request.status)
-    if status is None:
-        v.add(f"{field}.status", "must be ACTIVE, CANCELLED or COMPLETED")
+    # Only ACTIVE is dispensable; any other status is kept as orders names it.
+    status = None
+    if request.status == 0:
+        v.add(f"{field}.status", "is required")
+    elif request.status in orders_pb.MedicationRequestStatus.DESCRIPTOR.values_by_number:
+        status = ORDER_STATUS.text(request.status)
+    else:
+        status = UNKNOWN_STATUS
     amount = request.dispense_quantity.value
     if not (math.isfinite(amount) and 1 <= amount <= MAX_DISPENSE * 100):
         v.add(f"{field}.dispense_quantity.value", "must be at least one whole dispense unit")

@@ -156,7 +156,9 @@ def upgrade() -> None:
         sa.Column("unit_price_minor", sa.BigInteger(), nullable=False),
         _time("update_time"),
         sa.CheckConstraint(
-            "status IN ('active', 'cancelled', 'completed')", name="prescription_status_known"
+            "status IN ('active', 'cancelled', 'completed', 'on_hold', 'entered_in_error', "
+            "'unknown')",
+            name="prescription_status_known",
         ),
         sa.CheckConstraint("dispensed >= 0", name="dispensed_not_negative"),
         sa.PrimaryKeyConstraint("id"),
