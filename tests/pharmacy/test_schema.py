@@ -46,7 +46,8 @@ async def _tables(url: str) -> set[str]:
         async with engine.connect() as connection:
             rows = await connection.execute(
                 text(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'pharmacy'"
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = 'pharmacy'"
                 )
             )
             return {row[0] for row in rows}
