@@ -64,6 +64,7 @@ from his.runtime.validation import (
     required_id,
 )
 from his_client import HisClients, UpstreamError
+from his_client.patient import privacy_consent
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _MEDICATION = pb.Medication.DESCRIPTOR.full_name
@@ -81,16 +82,6 @@ def _caller_id() -> uuid.UUID | None:
     return uuid.UUID(principal.subject.removeprefix("staff/"))
 
 
-def _dispense_facts(row: Any) -> Facts:
-    """What the policy needs about a dispense: its patient, and whether the caller prescribed it
-    (the prescriber's care relationship; pharmacists are allowed whatever the facts)."""
-    caller = _caller_id()
-    return Facts(
-        patient=f"patients/{row.patient_id}",
-        under_care=caller is not None and caller == row.prescriber_id,
-    )
-
-
 class PharmacyService(pb_grpc.PharmacyServiceServicer):
     """The formulary, stock and dispenses over the `pharmacy` schema."""
 
@@ -101,6 +92,33 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         self._access = resources.access
         assert resources.outbox is not None  # every service but audit has one
         self._outbox: Outbox = resources.outbox
+
+    def _dispense_facts(self, row: Any, consents: dict[str, str] | None = None) -> Facts:
+        """What the policy needs about a dispense: its patient, whether the caller prescribed it
+        (the prescriber's care relationship) and, when that decides, the patient's privacy
+        consent (`consents` remembers it for one list). Pharmacists are allowed whatever."""
+        caller = _caller_id()
+        patient = f"patients/{row.patient_id}"
+        known = {} if consents is None else consents
+
+        async def consent() -> str:
+            if patient not in known:
+                known[patient] = await self._privacy_consent(patient)
+            return known[patient]
+
+        return Facts(
+            patient=patient,
+            under_care=caller is not None and caller == row.prescriber_id,
+            consent=consent,
+        )
+
+    async def _privacy_consent(self, patient: str) -> str:
+        try:
+            return await privacy_consent(self._clients, patient)
+        except UpstreamError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return "none"  # no such patient, so no consent on record
+            raise
 
     async def _audit(
         self, action: str, permit: Permit, name: str, kind: str, patient: str = ""
@@ -432,7 +450,7 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
                 return await store.find_dispense(session, dispense_id)
 
         permit, row = await self._access.authorize(
-            action, "pharmacy.dispense", load, _dispense_facts
+            action, "pharmacy.dispense", load, self._dispense_facts
         )
         if row is None:
             raise store.not_found(dispense_name(dispense_id))
@@ -471,13 +489,19 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         # Dispenses the caller may not see are left out; read on until one visible dispense
         # beyond the page turns up, so neither a short page nor a token hints at hidden ones.
         visible: list[tuple[Any, Permit]] = []
+        consents: dict[str, str] = {}
         scanned = 0
         after = keyset.after
         batch = max(keyset.read_limit, 100)
         while True:
             async with self._db.read() as session:
                 rows = await store.list_dispenses(session, where, after=after, limit=batch)
-            visible += await self._access.filter("read", "pharmacy.dispense", rows, _dispense_facts)
+            visible += await self._access.filter(
+                "read",
+                "pharmacy.dispense",
+                rows,
+                lambda row: self._dispense_facts(row, consents),
+            )
             scanned += len(rows)
             if len(visible) > limit or len(rows) < batch or scanned >= SCAN_LIMIT:
                 break
