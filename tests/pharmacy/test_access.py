@@ -24,20 +24,19 @@ from tests.pharmacy.helpers import (
     prescribe,
     receive,
 )
+from tests.security.helpers import Audit
 from tests.support import fails
 
 AUDITOR = ISSUER.staff("AUDITOR")
 
 
 @pytest.fixture(scope="module")
-async def auditor(audit_service: RunningService) -> AsyncIterator[audit_grpc.AuditServiceStub]:
+async def auditor(audit_service: RunningService) -> AsyncIterator[Audit]:
     async with channel_as(audit_service.address, AUDITOR) as channel:
         yield audit_grpc.AuditServiceStub(channel)
 
 
-async def _trail(
-    auditor: audit_grpc.AuditServiceStub, patient: str, want: int
-) -> list[audit_pb.AuditEvent]:
+async def _trail(auditor: Audit, patient: str, want: int) -> list[audit_pb.AuditEvent]:
     """The patient's audit events once at least `want` arrived (the relay delivers them
     shortly after the calls; bounded wait)."""
     for _ in range(200):
@@ -142,7 +141,7 @@ async def test_only_pharmacists_dispense_hand_over_and_cancel(
 
 
 async def test_every_dispense_read_and_write_is_audited_with_its_patient(
-    pharmacy: Pharmacy, pharmacy_location: str, auditor: audit_grpc.AuditServiceStub
+    pharmacy: Pharmacy, pharmacy_location: str, auditor: Audit
 ) -> None:
     dispense, _ = await _dispensed(pharmacy, pharmacy_location, "")
     await pharmacy.GetMedicationDispense(
@@ -172,8 +171,8 @@ async def test_every_dispense_read_and_write_is_audited_with_its_patient(
     assert {e.purpose_of_use for e in trail} == {audit_pb.PURPOSE_OF_USE_TREATMENT}
 
 
-async def test_a_refused_dispense_writes_nothing_but_its_refusal(
-    pharmacy: Pharmacy, pharmacy_location: str, auditor: audit_grpc.AuditServiceStub
+async def test_a_refused_dispense_records_no_dispense(
+    pharmacy: Pharmacy, pharmacy_location: str
 ) -> None:
     medication = await create_medication(pharmacy)
     item = await receive(pharmacy, medication.name, pharmacy_location, 1)
