@@ -29,6 +29,8 @@ CALLERS = {
     "administrator": ISSUER.staff("ADMINISTRATOR"),
     "auditor": ISSUER.staff("AUDITOR"),
     "service": ISSUER.service("scheduling"),
+    "pharmacist": ISSUER.staff("PHARMACIST"),
+    "orders": ISSUER.service("orders"),
 }
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 # Not a protobuf message: a field tag with wire type 7, which does not exist.
@@ -43,11 +45,19 @@ def running(
     iam_service: RunningService,
     audit_service: RunningService,
     emr_service: RunningService,
+    pharmacy_service: RunningService,
 ) -> dict[str, RunningService]:
     """Every implemented service, running (the test fails if one is left out)."""
     services = {
         s.spec.name: s
-        for s in (patient_service, scheduling_service, iam_service, audit_service, emr_service)
+        for s in (
+            patient_service,
+            scheduling_service,
+            iam_service,
+            audit_service,
+            emr_service,
+            pharmacy_service,
+        )
     }
     assert set(services) == {entry.name for entry in implemented()}
     return services
@@ -155,7 +165,18 @@ async def test_nul_in_any_string_field_is_invalid_argument_naming_the_field(
 
 # --- fuzzing -------------------------------------------------------------------------------
 
-_NAMES = ("patients", "appointments", "slots", "schedules", "departments", "staff", "consents")
+_NAMES = (
+    "patients",
+    "appointments",
+    "slots",
+    "schedules",
+    "departments",
+    "staff",
+    "consents",
+    "medications",
+    "medicationRequests",
+    "medicationDispenses",
+)
 
 
 def _string(rng: random.Random, field: FieldDescriptor) -> str:
