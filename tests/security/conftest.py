@@ -23,6 +23,7 @@ from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.iam.helpers import make_department, make_staff
 from tests.identity import channel_as
 from tests.scheduling.helpers import generate_request, make_schedule, tomorrow
+from tests.security import pharmacy_records
 from tests.security.helpers import (
     ADMINISTRATOR,
     AUDITOR,
@@ -71,6 +72,7 @@ async def world(
     auditor: Audit,
     iam: Iam,
     emr: Any,
+    pharmacy: Any,
     database_url: str,
 ) -> World:
     """The matrix's records, made once per session by a registrar and an administrator (and the
@@ -116,4 +118,5 @@ async def world(
         metadata=NOTE_AUTHOR.metadata,
     )
     made.diagnosis = added.name
+    await pharmacy_records.build(made, pharmacy)
     return made

@@ -153,6 +153,14 @@ class World:
     encounter: str = ""
     note: str = ""
     diagnosis: str = ""
+    # The pharmacy side (tests/security/pharmacy_records.py): the stub, a formulary entry, a lot
+    # of it in a pharmacy, the patient's prescription written by PRACTITIONER, a dispense of it.
+    pharmacy: Any = None
+    pharmacy_location: str = ""
+    medication: str = ""
+    stock_item: str = ""
+    prescription: str = ""
+    dispense: str = ""
 
     def stub(self, service: str) -> object:
         """The stub of one of the session's services (by short name)."""
@@ -162,6 +170,7 @@ class World:
             "audit": self.audit,
             "iam": self.iam,
             "emr": self.emr,
+            "pharmacy": self.pharmacy,
         }
         return stubs[service]
 

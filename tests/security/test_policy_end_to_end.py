@@ -39,6 +39,7 @@ from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.pharmacy.v1 import pharmacy_service_pb2 as pharmacy_pb
 from his.runtime.authn import PUBLIC_METHODS
 from his.runtime.policy import PolicyEngine, Request
 from his.runtime.server import RunningService
@@ -46,9 +47,11 @@ from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.audit.helpers import make_event
 from tests.conftest import DEV_CREDENTIAL
 from tests.iam.helpers import make_department, make_staff
+from tests.identity import ISSUER, metadata
 from tests.patient.helpers import grant_request, unique_phone
 from tests.patient.helpers import make_patient as make_full_patient
 from tests.scheduling.helpers import generate_request, make_schedule
+from tests.security import pharmacy_records
 from tests.security.helpers import (
     CALLERS,
     DEPARTMENT_A,
@@ -749,6 +752,175 @@ EMR_RPCS = (
 )
 
 
+# --- pharmacy ---------------------------------------------------------------------------------
+
+
+def _missing_stock_item() -> str:
+    return f"{missing('medications')}/stockItems/{uuid.uuid4()}"
+
+
+async def _new_medication(world: World, allowed: bool) -> Message:
+    return pharmacy_pb.CreateMedicationRequest(medication=pharmacy_records.medication())
+
+
+async def _adjust(world: World, allowed: bool) -> Message:
+    etag = await pharmacy_records.etag_of(world) if allowed else "1"
+    return pharmacy_pb.AdjustStockRequest(
+        name=world.stock_item,
+        quantity_change=1,
+        reason=pharmacy_pb.STOCK_ADJUSTMENT_REASON_COUNT_CORRECTION,
+        etag=etag,
+    )
+
+
+async def _dispense(world: World, allowed: bool) -> str:
+    # A fresh dispense for a caller allowed to change one, so the world's stays prepared.
+    return await pharmacy_records.fresh_dispense(world) if allowed else world.dispense
+
+
+async def _hand_over(world: World, allowed: bool) -> Message:
+    return pharmacy_pb.HandOverMedicationDispenseRequest(name=await _dispense(world, allowed))
+
+
+async def _cancel_dispense(world: World, allowed: bool) -> Message:
+    return pharmacy_pb.CancelMedicationDispenseRequest(
+        name=await _dispense(world, allowed), reason="not collected"
+    )
+
+
+# The formulary and stock are decided from the caller alone; so are dispenses here: the matrix's
+# role callers are neither the prescriber nor in a department that decides (pharmacy/service.py
+# asks about the prescriber's care only, which tests/pharmacy/test_access.py covers).
+PHARMACY_RPCS = (
+    Rpc("pharmacy", "CreateMedication", "create", "pharmacy.medication", _new_medication),
+    Rpc(
+        "pharmacy",
+        "GetMedication",
+        "read",
+        "pharmacy.medication",
+        _on(lambda w: pharmacy_pb.GetMedicationRequest(name=w.medication)),
+        lambda w: pharmacy_pb.GetMedicationRequest(name=missing("medications")),
+    ),
+    Rpc(
+        "pharmacy",
+        "ListMedications",
+        "read",
+        "pharmacy.medication",
+        _const(pharmacy_pb.ListMedicationsRequest(page_size=1)),
+    ),
+    Rpc(
+        "pharmacy",
+        "UpdateMedication",
+        "update",
+        "pharmacy.medication",
+        _on(
+            lambda w: pharmacy_pb.UpdateMedicationRequest(
+                medication=pharmacy_pb.Medication(name=w.medication, display_name="Paracetamol"),
+                update_mask=FieldMask(paths=["display_name"]),
+            )
+        ),
+        lambda w: pharmacy_pb.UpdateMedicationRequest(
+            medication=pharmacy_pb.Medication(name=missing("medications"), display_name="x"),
+            update_mask=FieldMask(paths=["display_name"]),
+        ),
+        fields=("display_name",),
+    ),
+    Rpc(
+        "pharmacy",
+        "ReceiveStock",
+        "create",
+        "pharmacy.stock",
+        _on(pharmacy_records.receipt),
+    ),
+    Rpc(
+        "pharmacy",
+        "ListStockItems",
+        "read",
+        "pharmacy.stock",
+        _on(lambda w: pharmacy_pb.ListStockItemsRequest(parent=w.medication)),
+        lambda w: pharmacy_pb.ListStockItemsRequest(parent=missing("medications")),
+    ),
+    Rpc(
+        "pharmacy",
+        "GetStockItem",
+        "read",
+        "pharmacy.stock",
+        _on(lambda w: pharmacy_pb.GetStockItemRequest(name=w.stock_item)),
+        lambda w: pharmacy_pb.GetStockItemRequest(name=_missing_stock_item()),
+    ),
+    Rpc(
+        "pharmacy",
+        "AdjustStock",
+        "update",
+        "pharmacy.stock",
+        _adjust,
+        lambda w: pharmacy_pb.AdjustStockRequest(
+            name=_missing_stock_item(),
+            quantity_change=1,
+            reason=pharmacy_pb.STOCK_ADJUSTMENT_REASON_COUNT_CORRECTION,
+            etag="1",
+        ),
+    ),
+    Rpc(
+        "pharmacy",
+        "DispenseMedication",
+        "create",
+        "pharmacy.dispense",
+        _on(pharmacy_records.dispensing),
+    ),
+    Rpc(
+        "pharmacy",
+        "HandOverMedicationDispense",
+        "update",
+        "pharmacy.dispense",
+        _hand_over,
+        lambda w: pharmacy_pb.HandOverMedicationDispenseRequest(
+            name=missing("medicationDispenses")
+        ),
+    ),
+    Rpc(
+        "pharmacy",
+        "GetMedicationDispense",
+        "read",
+        "pharmacy.dispense",
+        _on(lambda w: pharmacy_pb.GetMedicationDispenseRequest(name=w.dispense)),
+        lambda w: pharmacy_pb.GetMedicationDispenseRequest(name=missing("medicationDispenses")),
+    ),
+    Rpc(
+        "pharmacy",
+        "ListMedicationDispenses",
+        "read",
+        "pharmacy.dispense",
+        _on(
+            lambda w: pharmacy_pb.ListMedicationDispensesRequest(
+                medication_request=w.prescription, page_size=500
+            )
+        ),
+        listed=True,
+        items="medication_dispenses",
+        shows=lambda w: w.dispense,
+    ),
+    Rpc(
+        "pharmacy",
+        "CancelMedicationDispense",
+        "update",
+        "pharmacy.dispense",
+        _cancel_dispense,
+        lambda w: pharmacy_pb.CancelMedicationDispenseRequest(
+            name=missing("medicationDispenses"), reason="x"
+        ),
+    ),
+)
+
+
+# Rpcs decided by the caller's service identity, not by the policy: only the service an event
+# comes from delivers it (his.runtime.inbox; the mesh says the same). Each: (the request, the one
+# service that may call it).
+IDENTITY_RPCS: dict[str, tuple[Callable[[], Message], str]] = {
+    "pharmacy.DeliverEvents": (pharmacy_records.prescription_changed, "orders"),
+}
+
+
 # --- audit and iam ----------------------------------------------------------------------------
 
 
@@ -958,7 +1130,17 @@ PUBLIC_RPCS = {
     "iam.IssueToken": _login,
 }
 
-RPCS = {rpc.id: rpc for rpc in (*PATIENT_RPCS, *SCHEDULING_RPCS, *EMR_RPCS, *AUDIT_RPCS, *IAM_RPCS)}
+RPCS = {
+    rpc.id: rpc
+    for rpc in (
+        *PATIENT_RPCS,
+        *SCHEDULING_RPCS,
+        *EMR_RPCS,
+        *PHARMACY_RPCS,
+        *AUDIT_RPCS,
+        *IAM_RPCS,
+    )
+}
 
 
 def _cases() -> list[object]:
@@ -994,8 +1176,9 @@ def _rpc_ids(entry: ServiceEntry) -> set[str]:
 
 def test_the_matrix_covers_every_rpc_of_every_implemented_service_and_nothing_else() -> None:
     every = set().union(*(_rpc_ids(entry) for entry in implemented()))
-    decided_or_public = set(RPCS) | set(PUBLIC_RPCS)
+    decided_or_public = set(RPCS) | set(PUBLIC_RPCS) | set(IDENTITY_RPCS)
     assert not set(RPCS) & set(PUBLIC_RPCS)
+    assert not (set(RPCS) | set(PUBLIC_RPCS)) & set(IDENTITY_RPCS)
     assert every - decided_or_public == set(), "rpcs not in the matrix"
     # Nothing of a contract-only service (it has no server to call), and no misspelt rpc.
     assert decided_or_public - every == set(), "not an rpc of an implemented service"
@@ -1060,6 +1243,20 @@ async def test_every_caller_gets_what_the_policy_decides_before_existence(
         assert (result.code, result.reason) == (DENIED, nowhere.reason), result
         if not rpc.by_record:
             assert nowhere == decision
+
+
+@pytest.mark.parametrize("label", ROLE_CALLERS)
+@pytest.mark.parametrize("rpc_id", sorted(IDENTITY_RPCS))
+async def test_identity_rpcs_answer_only_their_source_service(
+    world: World, rpc_id: str, label: str
+) -> None:
+    service, method_name = rpc_id.split(".")
+    make, source = IDENTITY_RPCS[rpc_id]
+    method = getattr(world.stub(service), method_name)
+    refused = await outcome(method(make(), metadata=CALLERS[label].metadata))
+    assert (refused.code, refused.reason) == (DENIED, "SERVICE_NOT_PERMITTED"), refused
+    allowed = await outcome(method(make(), metadata=metadata(ISSUER.service(source))))
+    assert allowed.code == OK, allowed
 
 
 async def test_clinicians_see_appointments_of_their_department_and_of_their_own_slots(
