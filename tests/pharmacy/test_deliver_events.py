@@ -149,9 +149,12 @@ async def test_a_prescription_that_makes_no_sense_is_refused_and_not_recorded(
     order = medication_request(f"medications/{uuid.uuid4()}", quantity=0.5)
     order.patient = "people/1"
     event = changed(order, 1)
-    fields = await invalid_in(DOMAIN, deliver(pharmacy, event))
-    assert "medication_request.patient" in fields
-    assert "medication_request.dispense_quantity.value" in fields
+    good = changed(medication_request(f"medications/{uuid.uuid4()}"), 1)
+    fields = await invalid_in(DOMAIN, deliver(pharmacy, good, event))
+    assert "events[1].payload.medication_request.patient" in fields
+    assert "events[1].payload.medication_request.dispense_quantity.value" in fields
+    # The event before the refused one stays applied: its redelivery is a duplicate.
+    assert (await deliver(pharmacy, good)).duplicates == 1
     # Refused, so not recorded as applied: a corrected delivery of the same id is applied.
     order.patient = f"patients/{uuid.uuid4()}"
     order.dispense_quantity.value = 2
