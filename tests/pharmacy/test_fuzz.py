@@ -44,13 +44,13 @@ async def test_random_traffic_keeps_the_books(
     medication = await create_medication(pharmacy)
     other = await create_medication(pharmacy)
     received: Counter[str] = Counter()
-    lots = []
+    lots: list[str] = []
     for days, quantity in ((30, 5), (90, 40), (400, 60)):
-        lot = await receive(
+        item = await receive(
             pharmacy, medication.name, pharmacy_location, quantity, expires_in_days=days
         )
-        lots.append(lot.name)
-        received[lot.name] += quantity
+        lots.append(item.name)
+        received[item.name] += quantity
     far = await receive(pharmacy, medication.name, other_pharmacy, 20)
     lots.append(far.name)
     received[far.name] += 20
@@ -96,10 +96,10 @@ async def test_random_traffic_keeps_the_books(
                 metadata=PHARMACIST,
             )
         if kind == "deliver":
-            order = rng.choice(orders)
-            revision = revisions[order.name] + rng.choice((-1, 0, 1, 1))
-            order.status = rng.choice(STATUSES)  # type: ignore[assignment]
-            return kind, deliver(pharmacy, changed(order, max(revision, 1)))
+            prescription = rng.choice(orders)
+            revision = revisions[prescription.name] + rng.choice((-1, 0, 1, 1))
+            prescription.status = rng.choice(STATUSES)
+            return kind, deliver(pharmacy, changed(prescription, max(revision, 1)))
         lot = rng.choice(lots)
 
         async def adjust() -> Any:
@@ -111,7 +111,7 @@ async def test_random_traffic_keeps_the_books(
                 pb.AdjustStockRequest(
                     name=lot,
                     quantity_change=change,
-                    reason=rng.choice((0, 1, 2, 3, 6, 42)),
+                    reason=rng.choice((0, 1, 2, 3, 6, 42)),  # type: ignore[arg-type]
                     note=rng.choice(("", "count")),
                     etag=rng.choice((item.etag, item.etag, "0", "x")),
                 ),

@@ -23,8 +23,10 @@ USER = "pharm.sato"
 
 ATC = "http://www.whocc.no/atc"
 SNOMED = "http://snomed.info/sct"
-TABLET = types_pb2.Coding(system=SNOMED, code="385055001", display="Tablet")
-ORAL_SUSPENSION = types_pb2.Coding(system=SNOMED, code="385024007", display="Oral suspension")
+# Dose forms (SNOMED CT code → display).
+TABLET = "385055001"
+ORAL_SUSPENSION = "385024007"
+FORMS = {TABLET: "Tablet", ORAL_SUSPENSION: "Oral suspension"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Drug:
     strength_unit: str
     price_fen: int
     stock: int
-    form: types_pb2.Coding = TABLET
+    form: str = TABLET
     dispense_unit: str = "{tablet}"
 
 
@@ -72,13 +74,13 @@ async def load(his: HisClients) -> str:
     this_year = dt.datetime.now(dt.UTC).year
     lots = 0
     for drug in DRUGS:
-        key = f"demo-pharmacy-{drug.atc.lower()}-{drug.form.code}"
+        key = f"demo-pharmacy-{drug.atc.lower()}-{drug.form}"
         medication = await his.pharmacy.CreateMedication(
             pb.CreateMedicationRequest(
                 medication=pb.Medication(
                     code=types_pb2.Coding(system=ATC, code=drug.atc, display=drug.substance),
                     display_name=drug.display_name,
-                    form=drug.form,
+                    form=types_pb2.Coding(system=SNOMED, code=drug.form, display=FORMS[drug.form]),
                     strength=types_pb2.Quantity(value=drug.strength, unit=drug.strength_unit),
                     dispense_unit=drug.dispense_unit,
                     unit_price=types_pb2.Money(currency_code="CNY", amount_minor=drug.price_fen),

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import grpc
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base import identity
 from his.base.errors import FailedPrecondition, InvalidArgument
@@ -528,16 +530,9 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         self, request: pb.HandOverMedicationDispenseRequest, context: Context
     ) -> pb.MedicationDispense:
         dispense_id = required_id("name", request.name, collection="medicationDispenses")
-        permit, row = await self._authorize_dispense("update", dispense_id)
-        async with self._db.transaction() as session:
-            changed = await store.hand_over(session, dispense_id, request.etag)
-            if changed is not None:
-                await self._outbox.add([dispense_changed(changed)])
-                row = changed
-            else:
-                row = await store.find_dispense(session, dispense_id)
-            await self._audit_dispense("update", permit, row)
-        return dispense_to_proto(row)
+        return await self._change_dispense(
+            dispense_id, lambda session: store.hand_over(session, dispense_id, request.etag)
+        )
 
     async def CancelMedicationDispense(
         self, request: pb.CancelMedicationDispenseRequest, context: Context
@@ -547,9 +542,19 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         why = v.text("reason", request.reason, max_len=500, required=True)
         v.raise_if_any()
         assert dispense_id is not None and why is not None
+        return await self._change_dispense(
+            dispense_id, lambda session: store.cancel(session, dispense_id, why, request.etag)
+        )
+
+    async def _change_dispense(
+        self, dispense_id: uuid.UUID, change: Callable[[AsyncSession], Awaitable[Any]]
+    ) -> pb.MedicationDispense:
+        """Authorize an update of the dispense, then in one transaction: the change (None when it
+        was made before: nothing changes, no event), its MedicationDispenseChanged event and the
+        audit event."""
         permit, row = await self._authorize_dispense("update", dispense_id)
         async with self._db.transaction() as session:
-            changed = await store.cancel(session, dispense_id, why, request.etag)
+            changed = await change(session)
             if changed is not None:
                 await self._outbox.add([dispense_changed(changed)])
                 row = changed

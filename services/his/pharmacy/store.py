@@ -421,6 +421,18 @@ async def _locked_dispense(session: AsyncSession, dispense_id: uuid.UUID) -> Row
     return found
 
 
+async def _set(session: AsyncSession, dispense_id: uuid.UUID, **values: Any) -> Row[Any]:
+    """Change a (locked) dispense: its next revision. Returns it as it now is."""
+    await session.execute(
+        update(dispenses)
+        .where(dispenses.c.id == dispense_id)
+        .values(**values, revision=dispenses.c.revision + 1, update_time=func.now())
+    )
+    changed = await find_dispense(session, dispense_id)
+    assert changed is not None  # locked in this transaction
+    return changed
+
+
 async def hand_over(session: AsyncSession, dispense_id: uuid.UUID, etag: str) -> Row[Any] | None:
     """Mark a prepared dispense handed over; None when it already was (nothing changes)."""
     current = await _locked_dispense(session, dispense_id)
@@ -429,20 +441,7 @@ async def hand_over(session: AsyncSession, dispense_id: uuid.UUID, etag: str) ->
     check_etag(etag, current.revision)
     if current.status == "cancelled":
         raise refused("DISPENSE_CANCELLED", "the dispense was cancelled and cannot be handed over")
-    now = func.now()
-    await session.execute(
-        update(dispenses)
-        .where(dispenses.c.id == dispense_id)
-        .values(
-            status="completed",
-            handed_over_time=now,
-            revision=dispenses.c.revision + 1,
-            update_time=now,
-        )
-    )
-    changed = await find_dispense(session, dispense_id)
-    assert changed is not None
-    return changed
+    return await _set(session, dispense_id, status="completed", handed_over_time=func.now())
 
 
 async def cancel(
@@ -476,19 +475,7 @@ async def cancel(
             update_time=now,
         )
     )
-    await session.execute(
-        update(dispenses)
-        .where(dispenses.c.id == dispense_id)
-        .values(
-            status="cancelled",
-            cancel_reason=reason,
-            revision=dispenses.c.revision + 1,
-            update_time=now,
-        )
-    )
-    changed = await find_dispense(session, dispense_id)
-    assert changed is not None
-    return changed
+    return await _set(session, dispense_id, status="cancelled", cancel_reason=reason)
 
 
 # --- dispensing on the driver -----------------------------------------------------------------
