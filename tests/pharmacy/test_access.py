@@ -12,9 +12,12 @@ import pytest
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.pharmacy.v1 import pharmacy_service_pb2 as pb
 from his.runtime.server import RunningService
+from tests.emr.helpers import Patients, new_patient
 from tests.identity import ISSUER, channel_as, metadata
+from tests.patient.helpers import grant_request
 from tests.pharmacy.helpers import (
     PHARMACIST,
     Pharmacy,
@@ -50,11 +53,11 @@ async def _trail(auditor: Audit, patient: str, want: int) -> list[audit_pb.Audit
 
 
 async def _dispensed(
-    pharmacy: Pharmacy, location: str, prescriber: str
+    pharmacy: Pharmacy, location: str, prescriber: str, patient: str | None = None
 ) -> tuple[pb.MedicationDispense, str]:
     medication = await create_medication(pharmacy)
     item = await receive(pharmacy, medication.name, location, 10)
-    order = await prescribe(pharmacy, medication.name, prescriber=prescriber)
+    order = await prescribe(pharmacy, medication.name, prescriber=prescriber, patient=patient)
     dispense = await pharmacy.DispenseMedication(
         dispensing(order.name, 2, stock_item=item.name), metadata=PHARMACIST
     )
@@ -75,6 +78,32 @@ async def test_the_prescribing_doctor_reads_the_dispenses_of_the_prescription(
         pb.ListMedicationDispensesRequest(medication_request=order), metadata=doctor
     )
     assert [d.name for d in listed.medication_dispenses] == [dispense.name]
+
+
+async def test_the_prescriber_is_refused_once_the_patient_revoked_privacy_consent(
+    pharmacy: Pharmacy, pharmacy_location: str, patients: Patients
+) -> None:
+    patient = await new_patient(patients)
+    consent = await patients.GrantConsent(
+        grant_request(patient, scope=patient_pb.CONSENT_SCOPE_PATIENT_PRIVACY)
+    )
+    doctor_id = str(uuid.uuid4())
+    dispense, order = await _dispensed(
+        pharmacy, pharmacy_location, f"staff/{doctor_id}", patient=patient
+    )
+    doctor = metadata(ISSUER.staff("DOCTOR", staff_id=doctor_id))
+    request = pb.GetMedicationDispenseRequest(name=dispense.name)
+    assert (await pharmacy.GetMedicationDispense(request, metadata=doctor)).name == dispense.name
+    await patients.RevokeConsent(patient_pb.RevokeConsentRequest(name=consent.name))
+    failure = await fails(pharmacy.GetMedicationDispense(request, metadata=doctor))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CONSENT_REVOKED")
+    listed = await pharmacy.ListMedicationDispenses(
+        pb.ListMedicationDispensesRequest(medication_request=order), metadata=doctor
+    )
+    assert list(listed.medication_dispenses) == []
+    # The pharmacist reads it whatever the consent (pharmacy permissions are not care-bound).
+    again = await pharmacy.GetMedicationDispense(request, metadata=PHARMACIST)
+    assert again.name == dispense.name
 
 
 async def test_clinicians_without_care_are_refused_and_see_an_empty_list(
