@@ -151,6 +151,19 @@ async def test_adjust_corrects_with_a_reason_and_never_below_zero(
         )
     )
     assert (replay.code, replay.reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
+    for etag in ("²", "99999999999999999999", "x"):  # no version number: a stale etag
+        odd = await fails(
+            pharmacy.AdjustStock(
+                pb.AdjustStockRequest(
+                    name=item.name,
+                    quantity_change=1,
+                    reason=pb.STOCK_ADJUSTMENT_REASON_DAMAGED,
+                    etag=etag,
+                ),
+                metadata=PHARMACIST,
+            )
+        )
+        assert odd.code == grpc.StatusCode.ABORTED, etag
     below = await fails(
         pharmacy.AdjustStock(
             pb.AdjustStockRequest(

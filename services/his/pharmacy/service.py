@@ -55,7 +55,7 @@ from his.runtime.database import Database
 from his.runtime.idempotency import RequestKey
 from his.runtime.inbox import apply_events
 from his.runtime.outbox import Outbox
-from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
+from his.runtime.pagination import Cursor, Page, PageTokens, time_and_id, time_and_id_values
 from his.runtime.server import ServiceResources
 from his.runtime.validation import (
     Violations,
@@ -82,6 +82,14 @@ def _caller_id() -> uuid.UUID | None:
     if principal is None or not principal.is_staff:
         return None
     return uuid.UUID(principal.subject.removeprefix("staff/"))
+
+
+def _expiry(cursor: Cursor) -> dt.date:
+    """The expiry date of a ListStockItems cursor (a day number), checked like its other values."""
+    day = cursor.integer("d")
+    if not 1 <= day <= dt.date.max.toordinal():
+        raise InvalidArgument.field("page_token", "is not a page token of this list")
+    return dt.date.fromordinal(day)
 
 
 class PharmacyService(pb_grpc.PharmacyServiceServicer):
@@ -323,11 +331,7 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
             request.page_token,
             query=where.fingerprint(),
             limit=limit,
-            after=lambda c: (
-                dt.date.fromordinal(c.integer("d")) if c.integer("d") > 0 else dt.date.min,
-                c.text("l"),
-                c.uuid("i"),
-            ),
+            after=lambda c: (_expiry(c), c.text("l"), c.uuid("i")),
         )
         await self._access.require("read", "pharmacy.stock")
         async with self._db.read() as session:
@@ -513,7 +517,7 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         )
         if len(visible) <= limit and len(rows) == batch and scanned >= SCAN_LIMIT:
             # Too many hidden rows in a row: end the page early, with a token to go on from.
-            page = type(page)(
+            page = Page(
                 page.rows, keyset.token(time_and_id_values(rows[-1].create_time, rows[-1].id))
             )
         await self._access.record_each(

@@ -244,7 +244,9 @@ async def adjust(
         .where(
             c.id == stock_item_id,
             c.medication_id == medication_id,
-            c.version == (int(etag) if etag.isdigit() and len(etag) < 10 else -1),
+            # An etag that is no version number matches nothing (ABORTED below).
+            c.version
+            == (int(etag) if etag.isascii() and etag.isdigit() and len(etag) < 10 else -1),
             c.on_hand + amount >= 0,
         )
         .values(on_hand=c.on_hand + amount, version=c.version + 1, update_time=func.now())
