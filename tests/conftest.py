@@ -21,6 +21,8 @@ from his.orders.spec import SPEC as ORDERS
 from his.orders.v1 import orders_service_pb2_grpc
 from his.patient.spec import SPEC as PATIENT
 from his.patient.v1 import patient_service_pb2_grpc
+from his.pharmacy.spec import SPEC as PHARMACY
+from his.pharmacy.v1 import pharmacy_service_pb2_grpc
 from his.runtime.config import ServiceConfig, load
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.migrations import upgrade
@@ -63,7 +65,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 @pytest.fixture(scope="session")
 def database_url(postgres: EmbeddedPostgres) -> str:
     """The URL of the session database, with every implemented schema migrated."""
-    for service in ("patient", "scheduling", "audit", "iam", "emr", "orders", "lab"):
+    for service in ("patient", "scheduling", "audit", "iam", "emr", "orders", "lab", "pharmacy"):
         upgrade(service, postgres.url)
     return postgres.url
 
@@ -329,3 +331,44 @@ def lab(lab_channel: grpc.aio.Channel) -> lab_service_pb2_grpc.LabServiceAsyncSt
 
 
 # --- pharmacy fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+async def pharmacy_service(
+    database_url: str,
+    patient_service: RunningService,
+    audit_service: RunningService,
+    iam_service: RunningService,
+    pharmacy_port: int,
+    orders_port: int,
+) -> AsyncIterator[RunningService]:
+    """The pharmacy service on its reserved port, auditing through the session's audit service,
+    asking iam about locations, and delivering dispense changes to orders at its reserved port."""
+    config = service_config(
+        "pharmacy",
+        **addresses(patient_service, audit_service, iam_service),
+        HIS_PORT=str(pharmacy_port),
+        HIS_ORDERS_ADDR=f"localhost:{orders_port}",
+    )
+    running = await start(PHARMACY, config, database_url)
+    # Not among the session relays `delivered()` drains: its dispense changes wait for orders,
+    # which this session may not run. Pharmacy tests wait for the audit trail themselves.
+    yield running
+    await running.stop(grace_s=1)
+
+
+@pytest.fixture(scope="session")
+async def pharmacy_channel(
+    pharmacy_service: RunningService, registrar_token: str
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the pharmacy service (calls set their own pharmacist's or clinician's token)."""
+    async with channel_as(pharmacy_service.address, registrar_token) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def pharmacy(
+    pharmacy_channel: grpc.aio.Channel,
+) -> pharmacy_service_pb2_grpc.PharmacyServiceAsyncStub:
+    """The pharmacy service stub."""
+    return pharmacy_service_pb2_grpc.PharmacyServiceStub(pharmacy_channel)

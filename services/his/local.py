@@ -411,8 +411,8 @@ async def _listening(port: int) -> bool:
 
 
 # Demo data sets in dependency order: staff and departments, then patients, then bookings, then
-# the encounters of the clinic's visits.
-DEMO_ORDER = ("iam", "patient", "scheduling", "emr")
+# the encounters of the clinic's visits; the pharmacy's formulary and stock.
+DEMO_ORDER = ("iam", "patient", "scheduling", "emr", "pharmacy")
 
 
 async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> str:

@@ -31,6 +31,8 @@ CALLERS = {
     "service": ISSUER.service("scheduling"),
     # The sources of orders' events: their DeliverEvents calls reach the inbox.
     "lab": ISSUER.service("lab"),
+    "pharmacist": ISSUER.staff("PHARMACIST"),
+    "orders": ISSUER.service("orders"),
 }
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 # Not a protobuf message: a field tag with wire type 7, which does not exist.
@@ -47,6 +49,7 @@ def running(
     emr_service: RunningService,
     orders_service: RunningService,
     lab_service: RunningService,
+    pharmacy_service: RunningService,
 ) -> dict[str, RunningService]:
     """Every implemented service, running (the test fails if one is left out)."""
     services = {
@@ -59,6 +62,7 @@ def running(
             emr_service,
             orders_service,
             lab_service,
+            pharmacy_service,
         )
     }
     assert set(services) == {entry.name for entry in implemented()}
@@ -179,6 +183,7 @@ _NAMES = (
     "serviceRequests",
     "medicationRequests",
     "medications",
+    "medicationDispenses",
 )
 
 

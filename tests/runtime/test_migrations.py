@@ -69,7 +69,7 @@ async def test_patient_schema_upgrades_downgrades_and_upgrades_again(tmp_path: P
 
 
 @pytest.mark.parametrize(
-    "service", ["patient", "scheduling", "iam", "audit", "emr", "orders", "lab"]
+    "service", ["patient", "scheduling", "iam", "audit", "emr", "orders", "lab", "pharmacy"]
 )
 def test_the_head_start_up_reads_from_the_files_is_alembics(service: str) -> None:
     from alembic.script import ScriptDirectory  # noqa: PLC0415

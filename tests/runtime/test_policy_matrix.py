@@ -63,6 +63,7 @@ GRID: dict[str, tuple[str, ...]] = {
     "lab.order":               ("N", "N",    "~r",    "~r",    "-",     "^r",  "-", "N", "N"),
     "lab.specimen":            ("N", "N",    "~r",    "~r",    "-",     "^rcu", "-", "N", "N"),
     "lab.result":              ("N", "N",    "~re",   "~r",    "-",     "^rcu", "-", "N", "N"),
+    "pharmacy.medication":     ("r", "-",    "r",     "r",     "rcu",   "-",   "-", "-", "-"),
     "pharmacy.stock":          ("N", "N",    "~r",    "~r",    "*",     "-",   "-", "N", "N"),
     "pharmacy.dispense":       ("N", "N",    "~r",    "~r",    "*",     "-",   "-", "N", "N"),
     "billing.charge":          ("N", "N",    "-",     "-",     "-",     "-",   "*", "N", "N"),
@@ -212,8 +213,8 @@ def test_the_grid_names_every_role_and_resource_class_of_the_adr() -> None:
         "scheduling.appointment", "iam.department", "iam.staff", "iam.membership",
         "iam.emergency_access", "audit.event", "research.export", "emr.encounter", "emr.note",
         "emr.diagnosis", "orders.lab_order", "orders.medication_order", "lab.order", "lab.specimen",
-        "lab.result", "pharmacy.stock", "pharmacy.dispense", "billing.charge", "billing.invoice",
-        "billing.payment",
+        "lab.result", "pharmacy.medication", "pharmacy.stock", "pharmacy.dispense",
+        "billing.charge", "billing.invoice", "billing.payment",
     }  # fmt: skip
     assert set(GRID) == adr_classes
     assert all(len(cells) == len(ROLES) for cells in GRID.values())
@@ -461,3 +462,51 @@ CASES = (
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.why) for case in CASES])
 def test_special_rule(policy_engine: PolicyEngine, case: Case) -> None:
     assert assert_consistent(policy_engine, case.request()) == case.want
+
+
+# What each PharmacyService rpc asks the policy (his/pharmacy/service.py); DeliverEvents asks
+# nothing: his.runtime.inbox lets only the source service (orders) deliver.
+PHARMACY_RPCS = {
+    "CreateMedication": ("create", "pharmacy.medication"),
+    "GetMedication": ("read", "pharmacy.medication"),
+    "ListMedications": ("read", "pharmacy.medication"),
+    "UpdateMedication": ("update", "pharmacy.medication"),
+    "ReceiveStock": ("create", "pharmacy.stock"),
+    "ListStockItems": ("read", "pharmacy.stock"),
+    "GetStockItem": ("read", "pharmacy.stock"),
+    "AdjustStock": ("update", "pharmacy.stock"),
+    "DispenseMedication": ("create", "pharmacy.dispense"),
+    "HandOverMedicationDispense": ("update", "pharmacy.dispense"),
+    "GetMedicationDispense": ("read", "pharmacy.dispense"),
+    "ListMedicationDispenses": ("read", "pharmacy.dispense"),
+    "CancelMedicationDispense": ("update", "pharmacy.dispense"),
+    "DeliverEvents": None,
+}
+
+
+def test_the_pharmacy_table_names_every_rpc_of_the_contract() -> None:
+    from his.pharmacy.v1 import pharmacy_service_pb2 as pharmacy_pb  # noqa: PLC0415
+
+    service = pharmacy_pb.DESCRIPTOR.services_by_name["PharmacyService"]
+    assert set(PHARMACY_RPCS) == {method.name for method in service.methods}
+
+
+@pytest.mark.parametrize(
+    ("rpc", "role", "situation"),
+    [
+        pytest.param(rpc, role, situation, id=f"{rpc}-{role}-{situation.name}")
+        for rpc, asks in PHARMACY_RPCS.items()
+        if asks is not None
+        for role in ROLES
+        for situation in SITUATIONS
+    ],
+)
+def test_pharmacy_rpc_by_role(
+    policy_engine: PolicyEngine, rpc: str, role: str, situation: Situation
+) -> None:
+    asks = PHARMACY_RPCS[rpc]
+    assert asks is not None
+    action, resource = asks
+    request = Request(roles=(role,), action=action, resource=resource, **situation.attributes)
+    cell = GRID[resource][ROLES.index(role)]
+    assert assert_consistent(policy_engine, request) == expected(cell, resource, action, situation)

@@ -24,6 +24,7 @@ from tests.iam.helpers import make_department, make_staff
 from tests.identity import channel_as
 from tests.scheduling.helpers import generate_request, make_schedule, tomorrow
 from tests.security import orders_records
+from tests.security import pharmacy_records
 from tests.security.helpers import (
     ADMINISTRATOR,
     AUDITOR,
@@ -73,6 +74,7 @@ async def world(
     iam: Iam,
     emr: Any,
     orders: Any,
+    pharmacy: Any,
     database_url: str,
 ) -> World:
     """The matrix's records, made once per session by a registrar and an administrator (and the
@@ -123,4 +125,5 @@ async def world(
     made.service_request = await orders_records.fresh_service_request(made)
     made.medication_request = await orders_records.fresh_medication_request(made)
     made.finished_encounter = await orders_records.finished_encounter(made)
+    await pharmacy_records.build(made, pharmacy)
     return made

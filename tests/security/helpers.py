@@ -159,6 +159,14 @@ class World:
     service_request: str = ""
     medication_request: str = ""
     finished_encounter: str = ""
+    # The pharmacy side (tests/security/pharmacy_records.py): the stub, a formulary entry, a lot
+    # of it in a pharmacy, the patient's prescription written by PRACTITIONER, a dispense of it.
+    pharmacy: Any = None
+    pharmacy_location: str = ""
+    medication: str = ""
+    stock_item: str = ""
+    prescription: str = ""
+    dispense: str = ""
 
     def stub(self, service: str) -> object:
         """The stub of one of the session's services (by short name)."""
@@ -169,6 +177,7 @@ class World:
             "iam": self.iam,
             "emr": self.emr,
             "orders": self.orders,
+            "pharmacy": self.pharmacy,
         }
         return stubs[service]
 

@@ -41,6 +41,7 @@ from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.lab.v1 import lab_service_pb2 as lab_pb
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
+from his.pharmacy.v1 import pharmacy_service_pb2 as pharmacy_pb
 from his.runtime.authn import PUBLIC_METHODS
 from his.runtime.outbox import envelope
 from his.runtime.policy import PolicyEngine, Request
@@ -54,6 +55,7 @@ from tests.patient.helpers import grant_request, unique_phone
 from tests.patient.helpers import make_patient as make_full_patient
 from tests.scheduling.helpers import generate_request, make_schedule
 from tests.security import orders_records
+from tests.security import pharmacy_records
 from tests.security.helpers import (
     CALLERS,
     DEPARTMENT_A,
@@ -946,6 +948,163 @@ ORDERS_RPCS = (
         _PRESCRIPTION,
         lambda n: orders_pb.CompleteMedicationRequestRequest(name=n),
         allowed=DENIED,
+# --- pharmacy ---------------------------------------------------------------------------------
+
+
+def _missing_stock_item() -> str:
+    return f"{missing('medications')}/stockItems/{uuid.uuid4()}"
+
+
+async def _new_medication(world: World, allowed: bool) -> Message:
+    return pharmacy_pb.CreateMedicationRequest(medication=pharmacy_records.medication())
+
+
+async def _adjust(world: World, allowed: bool) -> Message:
+    etag = await pharmacy_records.etag_of(world) if allowed else "1"
+    return pharmacy_pb.AdjustStockRequest(
+        name=world.stock_item,
+        quantity_change=1,
+        reason=pharmacy_pb.STOCK_ADJUSTMENT_REASON_COUNT_CORRECTION,
+        etag=etag,
+    )
+
+
+async def _dispense(world: World, allowed: bool) -> str:
+    # A fresh dispense for a caller allowed to change one, so the world's stays prepared.
+    return await pharmacy_records.fresh_dispense(world) if allowed else world.dispense
+
+
+async def _hand_over(world: World, allowed: bool) -> Message:
+    return pharmacy_pb.HandOverMedicationDispenseRequest(name=await _dispense(world, allowed))
+
+
+async def _cancel_dispense(world: World, allowed: bool) -> Message:
+    return pharmacy_pb.CancelMedicationDispenseRequest(
+        name=await _dispense(world, allowed), reason="not collected"
+    )
+
+
+# The formulary and stock are decided from the caller alone; so are dispenses here: the matrix's
+# role callers are neither the prescriber nor in a department that decides (pharmacy/service.py
+# asks about the prescriber's care only, which tests/pharmacy/test_access.py covers).
+PHARMACY_RPCS = (
+    Rpc("pharmacy", "CreateMedication", "create", "pharmacy.medication", _new_medication),
+    Rpc(
+        "pharmacy",
+        "GetMedication",
+        "read",
+        "pharmacy.medication",
+        _on(lambda w: pharmacy_pb.GetMedicationRequest(name=w.medication)),
+        lambda w: pharmacy_pb.GetMedicationRequest(name=missing("medications")),
+    ),
+    Rpc(
+        "pharmacy",
+        "ListMedications",
+        "read",
+        "pharmacy.medication",
+        _const(pharmacy_pb.ListMedicationsRequest(page_size=1)),
+    ),
+    Rpc(
+        "pharmacy",
+        "UpdateMedication",
+        "update",
+        "pharmacy.medication",
+        _on(
+            lambda w: pharmacy_pb.UpdateMedicationRequest(
+                medication=pharmacy_pb.Medication(name=w.medication, display_name="Paracetamol"),
+                update_mask=FieldMask(paths=["display_name"]),
+            )
+        ),
+        lambda w: pharmacy_pb.UpdateMedicationRequest(
+            medication=pharmacy_pb.Medication(name=missing("medications"), display_name="x"),
+            update_mask=FieldMask(paths=["display_name"]),
+        ),
+        fields=("display_name",),
+    ),
+    Rpc(
+        "pharmacy",
+        "ReceiveStock",
+        "create",
+        "pharmacy.stock",
+        _on(pharmacy_records.receipt),
+    ),
+    Rpc(
+        "pharmacy",
+        "ListStockItems",
+        "read",
+        "pharmacy.stock",
+        _on(lambda w: pharmacy_pb.ListStockItemsRequest(parent=w.medication)),
+        lambda w: pharmacy_pb.ListStockItemsRequest(parent=missing("medications")),
+    ),
+    Rpc(
+        "pharmacy",
+        "GetStockItem",
+        "read",
+        "pharmacy.stock",
+        _on(lambda w: pharmacy_pb.GetStockItemRequest(name=w.stock_item)),
+        lambda w: pharmacy_pb.GetStockItemRequest(name=_missing_stock_item()),
+    ),
+    Rpc(
+        "pharmacy",
+        "AdjustStock",
+        "update",
+        "pharmacy.stock",
+        _adjust,
+        lambda w: pharmacy_pb.AdjustStockRequest(
+            name=_missing_stock_item(),
+            quantity_change=1,
+            reason=pharmacy_pb.STOCK_ADJUSTMENT_REASON_COUNT_CORRECTION,
+            etag="1",
+        ),
+    ),
+    Rpc(
+        "pharmacy",
+        "DispenseMedication",
+        "create",
+        "pharmacy.dispense",
+        _on(pharmacy_records.dispensing),
+    ),
+    Rpc(
+        "pharmacy",
+        "HandOverMedicationDispense",
+        "update",
+        "pharmacy.dispense",
+        _hand_over,
+        lambda w: pharmacy_pb.HandOverMedicationDispenseRequest(
+            name=missing("medicationDispenses")
+        ),
+    ),
+    Rpc(
+        "pharmacy",
+        "GetMedicationDispense",
+        "read",
+        "pharmacy.dispense",
+        _on(lambda w: pharmacy_pb.GetMedicationDispenseRequest(name=w.dispense)),
+        lambda w: pharmacy_pb.GetMedicationDispenseRequest(name=missing("medicationDispenses")),
+    ),
+    Rpc(
+        "pharmacy",
+        "ListMedicationDispenses",
+        "read",
+        "pharmacy.dispense",
+        _on(
+            lambda w: pharmacy_pb.ListMedicationDispensesRequest(
+                medication_request=w.prescription, page_size=500
+            )
+        ),
+        listed=True,
+        items="medication_dispenses",
+        shows=lambda w: w.dispense,
+    ),
+    Rpc(
+        "pharmacy",
+        "CancelMedicationDispense",
+        "update",
+        "pharmacy.dispense",
+        _cancel_dispense,
+        lambda w: pharmacy_pb.CancelMedicationDispenseRequest(
+            name=missing("medicationDispenses"), reason="x"
+        ),
     ),
 )
 
@@ -964,6 +1123,7 @@ def _report_issued() -> orders_pb.DeliverEventsRequest:
 # service that may call it).
 IDENTITY_RPCS: dict[str, tuple[Callable[[], Message], str]] = {
     "orders.DeliverEvents": (_report_issued, "lab"),
+    "pharmacy.DeliverEvents": (pharmacy_records.prescription_changed, "orders"),
 }
 
 
@@ -1183,6 +1343,7 @@ RPCS = {
         *SCHEDULING_RPCS,
         *EMR_RPCS,
         *ORDERS_RPCS,
+        *PHARMACY_RPCS,
         *AUDIT_RPCS,
         *IAM_RPCS,
     )

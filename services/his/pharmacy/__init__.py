@@ -1,1 +1,2 @@
-"""The pharmacy service: contract his.pharmacy.v1 only; implemented in a later issue."""
+"""The pharmacy service: formulary, stock by lot, and dispensing against its copy of orders'
+prescriptions."""

@@ -30,6 +30,10 @@ lab_classes := {"lab.order", "lab.specimen", "lab.result"}
 
 pharmacy_classes := {"pharmacy.stock", "pharmacy.dispense"}
 
+# The formulary: which medications the hospital stocks, their codes and prices. Not patient data:
+# every clinician reads it to prescribe, and orders reads it as itself to copy code and price.
+formulary_classes := {"pharmacy.medication"}
+
 billing_classes := {"billing.charge", "billing.invoice", "billing.payment"}
 
 clinical_classes := (((emr_classes | orders_classes) | lab_classes) | pharmacy_classes) | billing_classes
@@ -37,7 +41,7 @@ clinical_classes := (((emr_classes | orders_classes) | lab_classes) | pharmacy_c
 # What clinicians read about the patients in their care: the clinical record without billing.
 care_classes := clinical_classes - billing_classes
 
-resource_classes := (((patient_classes | scheduling_classes) | iam_classes) | clinical_classes) | {
+resource_classes := ((((patient_classes | scheduling_classes) | iam_classes) | clinical_classes) | formulary_classes) | {
 	"audit.event",
 	"research.export",
 }

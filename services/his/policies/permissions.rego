@@ -23,6 +23,8 @@ permissions := {
 		# the emr service accepts a service caller only for an encounter from an appointment,
 		# and the mesh lets only scheduling call CreateEncounter as itself.
 		"emr.encounter": {"create"},
+		# The formulary: orders copies a medication's code and price into a prescription.
+		"pharmacy.medication": {"read"},
 	},
 	# Registration desk: who the patient is, what they consented to, and all of scheduling in
 	# every department. No clinical content.
@@ -44,6 +46,7 @@ permissions := {
 	"DOCTOR": {
 		"patient.demographics": {"read"},
 		"patient.consent": {"read"},
+		"pharmacy.medication": {"read"},
 		"scheduling.schedule": {"read"},
 		"scheduling.slot": {"read"},
 		"iam.department": {"read"},
@@ -54,6 +57,7 @@ permissions := {
 	"NURSE": {
 		"patient.demographics": {"read"},
 		"patient.consent": {"read"},
+		"pharmacy.medication": {"read"},
 		"scheduling.schedule": {"read"},
 		"scheduling.slot": {"read"},
 		"iam.department": {"read"},
@@ -66,6 +70,7 @@ permissions := {
 	"PHARMACIST": {
 		"patient.demographics": {"read"},
 		"orders.medication_order": {"read", "dispense"},
+		"pharmacy.medication": {"read", "create", "update"},
 		"pharmacy.stock": actions,
 		"pharmacy.dispense": actions,
 		"iam.department": {"read"},

@@ -122,7 +122,7 @@ async def first_delivery(session: AsyncSession, schema: str, event: EventEnvelop
 
 def _check(
     events: Sequence[EventEnvelope], consumes: Mapping[str, Consumes]
-) -> list[tuple[EventEnvelope, Consumes, Message]]:
+) -> list[tuple[int, EventEnvelope, Consumes, Message]]:
     """Each event with what takes it and its unpacked payload; INVALID_ARGUMENT naming every bad
     event (a relay sends such an event to its dead letters), PERMISSION_DENIED when the caller is
     not the service an event type comes from."""
@@ -132,7 +132,7 @@ def _check(
         raise InvalidArgument.field("events", f"at most {MAX_EVENTS} per call")
     caller = identity.current_or_none()
     bad: list[FieldViolation] = []
-    checked: list[tuple[EventEnvelope, Consumes, Message]] = []
+    checked: list[tuple[int, EventEnvelope, Consumes, Message]] = []
     for index, event in enumerate(events):
         field = f"events[{index}]"
         kind = consumes.get(event.event_type)
@@ -170,7 +170,7 @@ def _check(
         if nul:
             bad += nul
             continue
-        checked.append((event, kind, payload))
+        checked.append((index, event, kind, payload))
     if bad:
         raise InvalidArgument(bad)
     return checked
@@ -182,13 +182,28 @@ async def apply_events(
     events: Sequence[EventEnvelope],
     consumes: Mapping[str, Consumes],
 ) -> Outcome:
-    """Applies each of `events` once, each in its own short transaction, in the order given."""
+    """Applies each of `events` once, each in its own short transaction, in the order given.
+
+    A handler refusing its payload (INVALID_ARGUMENT on the payload's fields) rolls back that
+    event's transaction, so it is not recorded as applied; the refusal names the event
+    (`events[i].payload.<field>`), as the contract says, so the relay can tell which one to keep
+    as a dead letter. The events before it stay applied (a redelivery finds them duplicates)."""
     applied = duplicates = 0
-    for event, kind, payload in _check(events, consumes):
-        async with database.transaction() as session:
-            if await first_delivery(session, schema, event):
-                await kind.apply(session, event, payload)
-                applied += 1
-            else:
-                duplicates += 1
+    for index, event, kind, payload in _check(events, consumes):
+        try:
+            async with database.transaction() as session:
+                if await first_delivery(session, schema, event):
+                    await kind.apply(session, event, payload)
+                    applied += 1
+                else:
+                    duplicates += 1
+        except InvalidArgument as refused:
+            raise InvalidArgument(
+                [
+                    FieldViolation(f"events[{index}].payload.{v.field}", v.description)
+                    for v in refused.violations
+                ],
+                reason=refused.reason,
+                metadata=refused.metadata,
+            ) from None
     return Outcome(applied=applied, duplicates=duplicates)

@@ -270,11 +270,14 @@ class MedicationDispense(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    ENCOUNTER_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    PRESCRIPTION_REMAINING_QUANTITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `medicationDispenses/{medication_dispense}`. Assigned by the service."""
     medication_request: _builtins.str
     """The prescription dispensed against, `medicationRequests/{medication_request}`. Required on
-    create; the request must be active in the orders service.
+    create; the pharmacy's copy of the request must be active.
     """
     patient: _builtins.str
     """The patient, `patients/{patient}`, copied from the medication request. Output only."""
@@ -282,8 +285,9 @@ class MedicationDispense(_message.Message):
     """The medication, `medications/{medication}`, copied from the medication request. Output only."""
     stock_item: _builtins.str
     """The stock item the quantity is taken from,
-    `medications/{medication}/stockItems/{stock_item}`. Required on create; it must belong to the
-    prescribed medication.
+    `medications/{medication}/stockItems/{stock_item}`. Optional on create (then `location` is
+    required and the service chooses the lot, first expiry first out); when given it must belong
+    to the prescribed medication.
     """
     lot_number: _builtins.str
     """The lot number of the stock item, copied for the label and recalls. Output only."""
@@ -304,6 +308,19 @@ class MedicationDispense(_message.Message):
     etag: _builtins.str
     """An opaque version tag for optimistic concurrency, optionally passed back on hand-over and
     cancel.
+    """
+    encounter: _builtins.str
+    """The encounter the prescription was written in, `encounters/{encounter}`, copied from the
+    medication request. Output only.
+    """
+    location: _builtins.str
+    """The pharmacy dispensing, `departments/{department}`. On create: required when `stock_item` is
+    empty (the lot is chosen there), otherwise ignored; then the location of the stock item.
+    """
+    prescription_remaining_quantity: _builtins.int
+    """How much the prescription still allows to be dispensed (its quantity to dispense times
+    (1 + refills), less every dispense against it that is not cancelled), as the pharmacy's copy
+    stood when this dispense was returned. Output only.
     """
     @_builtins.property
     def unit_price(self) -> _types_pb2.Money:
@@ -341,10 +358,13 @@ class MedicationDispense(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        encounter: _builtins.str = ...,
+        location: _builtins.str = ...,
+        prescription_remaining_quantity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "handed_over_time", b"handed_over_time", "unit_price", b"unit_price", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "dispenser", b"dispenser", "etag", b"etag", "handed_over_time", b"handed_over_time", "lot_number", b"lot_number", "medication", b"medication", "medication_request", b"medication_request", "name", b"name", "patient", b"patient", "quantity", b"quantity", "status", b"status", "stock_item", b"stock_item", "unit_price", b"unit_price", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "dispenser", b"dispenser", "encounter", b"encounter", "etag", b"etag", "handed_over_time", b"handed_over_time", "location", b"location", "lot_number", b"lot_number", "medication", b"medication", "medication_request", b"medication_request", "name", b"name", "patient", b"patient", "prescription_remaining_quantity", b"prescription_remaining_quantity", "quantity", b"quantity", "status", b"status", "stock_item", b"stock_item", "unit_price", b"unit_price", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -627,6 +647,28 @@ class ListStockItemsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListStockItemsResponse: _TypeAlias = ListStockItemsResponse  # noqa: Y015
+
+@_typing.final
+class GetStockItemRequest(_message.Message):
+    """Request of GetStockItem."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `medications/{medication}/stockItems/{stock_item}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStockItemRequest: _TypeAlias = GetStockItemRequest  # noqa: Y015
 
 @_typing.final
 class AdjustStockRequest(_message.Message):

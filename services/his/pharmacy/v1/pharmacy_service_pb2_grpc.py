@@ -28,8 +28,9 @@ if _version_not_supported:
 class PharmacyServiceStub:
     """PharmacyService keeps the formulary (FHIR Medication), the stock of each medication by lot and
     pharmacy location, and the dispenses made against medication requests (FHIR MedicationDispense).
-    Prescriptions themselves belong to the orders service; this service reads them to dispense and
-    never changes them. Stock quantities are whole numbers of the medication's `dispense_unit` and
+    Prescriptions themselves belong to the orders service: it delivers every change of one
+    (MedicationRequestChanged, through DeliverEvents) and this service checks dispenses against its
+    own copy, never calling orders on the way and never changing a prescription. Stock quantities are whole numbers of the medication's `dispense_unit` and
     never go below zero.
     """
 
@@ -68,6 +69,11 @@ class PharmacyServiceStub:
                 '/his.pharmacy.v1.PharmacyService/ListStockItems',
                 request_serializer=his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.ListStockItemsRequest.SerializeToString,
                 response_deserializer=his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.ListStockItemsResponse.FromString,
+                _registered_method=True)
+        self.GetStockItem = channel.unary_unary(
+                '/his.pharmacy.v1.PharmacyService/GetStockItem',
+                request_serializer=his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.GetStockItemRequest.SerializeToString,
+                response_deserializer=his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.StockItem.FromString,
                 _registered_method=True)
         self.AdjustStock = channel.unary_unary(
                 '/his.pharmacy.v1.PharmacyService/AdjustStock',
@@ -109,8 +115,9 @@ class PharmacyServiceStub:
 class PharmacyServiceServicer:
     """PharmacyService keeps the formulary (FHIR Medication), the stock of each medication by lot and
     pharmacy location, and the dispenses made against medication requests (FHIR MedicationDispense).
-    Prescriptions themselves belong to the orders service; this service reads them to dispense and
-    never changes them. Stock quantities are whole numbers of the medication's `dispense_unit` and
+    Prescriptions themselves belong to the orders service: it delivers every change of one
+    (MedicationRequestChanged, through DeliverEvents) and this service checks dispenses against its
+    own copy, never calling orders on the way and never changing a prescription. Stock quantities are whole numbers of the medication's `dispense_unit` and
     never go below zero.
     """
 
@@ -174,6 +181,15 @@ class PharmacyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStockItem(self, request, context):
+        """Returns one stock item, empty or not. Errors: INVALID_ARGUMENT if `name` is not
+        `medications/{medication}/stockItems/{stock_item}`; PERMISSION_DENIED if the caller does not
+        have the PHARMACIST role; NOT_FOUND if no such stock item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AdjustStock(self, request, context):
         """Corrects the quantity on hand of one stock item by a signed amount, for a stated reason (for
         example a stock count, breakage or expiry). The etag is required, so a blind retry of an
@@ -186,18 +202,23 @@ class PharmacyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DispenseMedication(self, request, context):
-        """Dispenses a medication against an active medication request from the orders service: takes the
-        quantity from the given stock item and records a dispense in status
-        MEDICATION_DISPENSE_STATUS_IN_PROGRESS (prepared, not yet handed over). The patient, medication
-        and unit price are copied from the medication request, which is never changed by this call. A
-        request repeated with the same `request_id` returns the first dispense and takes no more stock.
-        Errors: INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have
-        the PHARMACIST role; FAILED_PRECONDITION if the medication request does not exist or is not
-        active, the stock item does not exist or is for another medication, the lot has expired, the
-        medication is inactive, the quantity exceeds the quantity on hand (stock never goes below
-        zero), or the quantity together with the request's earlier dispenses that are not cancelled
-        exceeds the request's quantity to dispense times (1 + number of refills); UNAVAILABLE if the
-        orders service cannot be reached.
+        """Dispenses a medication against an active medication request, as the pharmacy's own copy of it
+        stands (the orders service delivers every change; no call to orders is made): takes the
+        quantity from one stock item and records a dispense in status
+        MEDICATION_DISPENSE_STATUS_IN_PROGRESS (prepared, not yet handed over). The patient, encounter,
+        medication and unit price are copied from the medication request, which is never changed by
+        this call. First expiry, first out: without `stock_item` the service takes the usable lot at
+        `location` that expires first (usable: not expired and holding the whole quantity); a named
+        stock item is refused while another usable lot of the medication at its location expires
+        earlier. A request repeated with the same `request_id` returns the first dispense and takes no
+        more stock. Errors: INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does
+        not have the PHARMACIST role; FAILED_PRECONDITION with a reason: ORDER_NOT_KNOWN (the pharmacy
+        has not (yet) received the medication request), PRESCRIPTION_NOT_ACTIVE, STOCK_ITEM_NOT_FOUND,
+        WRONG_MEDICATION (the stock item is for another medication than prescribed),
+        MEDICATION_INACTIVE, LOT_EXPIRED, NOT_FIRST_EXPIRY, OUT_OF_STOCK (more than the quantity on
+        hand, or no usable lot at the location: stock never goes below zero), EXCEEDS_PRESCRIPTION
+        (the quantity together with the request's earlier dispenses that are not cancelled exceeds the
+        request's quantity to dispense times (1 + number of refills)).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,6 +312,11 @@ def add_PharmacyServiceServicer_to_server(servicer, server):
                     request_deserializer=his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.ListStockItemsRequest.FromString,
                     response_serializer=his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.ListStockItemsResponse.SerializeToString,
             ),
+            'GetStockItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStockItem,
+                    request_deserializer=his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.GetStockItemRequest.FromString,
+                    response_serializer=his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.StockItem.SerializeToString,
+            ),
             'AdjustStock': grpc.unary_unary_rpc_method_handler(
                     servicer.AdjustStock,
                     request_deserializer=his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.AdjustStockRequest.FromString,
@@ -337,8 +363,9 @@ def add_PharmacyServiceServicer_to_server(servicer, server):
 class PharmacyService:
     """PharmacyService keeps the formulary (FHIR Medication), the stock of each medication by lot and
     pharmacy location, and the dispenses made against medication requests (FHIR MedicationDispense).
-    Prescriptions themselves belong to the orders service; this service reads them to dispense and
-    never changes them. Stock quantities are whole numbers of the medication's `dispense_unit` and
+    Prescriptions themselves belong to the orders service: it delivers every change of one
+    (MedicationRequestChanged, through DeliverEvents) and this service checks dispenses against its
+    own copy, never calling orders on the way and never changing a prescription. Stock quantities are whole numbers of the medication's `dispense_unit` and
     never go below zero.
     """
 
@@ -494,6 +521,33 @@ class PharmacyService:
             '/his.pharmacy.v1.PharmacyService/ListStockItems',
             his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.ListStockItemsRequest.SerializeToString,
             his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.ListStockItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStockItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.pharmacy.v1.PharmacyService/GetStockItem',
+            his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.GetStockItemRequest.SerializeToString,
+            his_dot_pharmacy_dot_v1_dot_pharmacy__service__pb2.StockItem.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,8 +31,9 @@ GRPC_VERSION: str
 class PharmacyServiceStub:
     """PharmacyService keeps the formulary (FHIR Medication), the stock of each medication by lot and
     pharmacy location, and the dispenses made against medication requests (FHIR MedicationDispense).
-    Prescriptions themselves belong to the orders service; this service reads them to dispense and
-    never changes them. Stock quantities are whole numbers of the medication's `dispense_unit` and
+    Prescriptions themselves belong to the orders service: it delivers every change of one
+    (MedicationRequestChanged, through DeliverEvents) and this service checks dispenses against its
+    own copy, never calling orders on the way and never changing a prescription. Stock quantities are whole numbers of the medication's `dispense_unit` and
     never go below zero.
     """
 
@@ -76,6 +77,11 @@ class PharmacyServiceStub:
     are left out unless `include_empty` is set. Errors: INVALID_ARGUMENT for a bad parent, filter,
     page size or page token; NOT_FOUND if the parent medication does not exist.
     """
+    GetStockItem: _grpc.UnaryUnaryMultiCallable[_pharmacy_service_pb2.GetStockItemRequest, _pharmacy_service_pb2.StockItem]
+    """Returns one stock item, empty or not. Errors: INVALID_ARGUMENT if `name` is not
+    `medications/{medication}/stockItems/{stock_item}`; PERMISSION_DENIED if the caller does not
+    have the PHARMACIST role; NOT_FOUND if no such stock item.
+    """
     AdjustStock: _grpc.UnaryUnaryMultiCallable[_pharmacy_service_pb2.AdjustStockRequest, _pharmacy_service_pb2.StockItem]
     """Corrects the quantity on hand of one stock item by a signed amount, for a stated reason (for
     example a stock count, breakage or expiry). The etag is required, so a blind retry of an
@@ -84,18 +90,23 @@ class PharmacyServiceStub:
     FAILED_PRECONDITION if the adjustment would take the quantity on hand below zero.
     """
     DispenseMedication: _grpc.UnaryUnaryMultiCallable[_pharmacy_service_pb2.DispenseMedicationRequest, _pharmacy_service_pb2.MedicationDispense]
-    """Dispenses a medication against an active medication request from the orders service: takes the
-    quantity from the given stock item and records a dispense in status
-    MEDICATION_DISPENSE_STATUS_IN_PROGRESS (prepared, not yet handed over). The patient, medication
-    and unit price are copied from the medication request, which is never changed by this call. A
-    request repeated with the same `request_id` returns the first dispense and takes no more stock.
-    Errors: INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have
-    the PHARMACIST role; FAILED_PRECONDITION if the medication request does not exist or is not
-    active, the stock item does not exist or is for another medication, the lot has expired, the
-    medication is inactive, the quantity exceeds the quantity on hand (stock never goes below
-    zero), or the quantity together with the request's earlier dispenses that are not cancelled
-    exceeds the request's quantity to dispense times (1 + number of refills); UNAVAILABLE if the
-    orders service cannot be reached.
+    """Dispenses a medication against an active medication request, as the pharmacy's own copy of it
+    stands (the orders service delivers every change; no call to orders is made): takes the
+    quantity from one stock item and records a dispense in status
+    MEDICATION_DISPENSE_STATUS_IN_PROGRESS (prepared, not yet handed over). The patient, encounter,
+    medication and unit price are copied from the medication request, which is never changed by
+    this call. First expiry, first out: without `stock_item` the service takes the usable lot at
+    `location` that expires first (usable: not expired and holding the whole quantity); a named
+    stock item is refused while another usable lot of the medication at its location expires
+    earlier. A request repeated with the same `request_id` returns the first dispense and takes no
+    more stock. Errors: INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does
+    not have the PHARMACIST role; FAILED_PRECONDITION with a reason: ORDER_NOT_KNOWN (the pharmacy
+    has not (yet) received the medication request), PRESCRIPTION_NOT_ACTIVE, STOCK_ITEM_NOT_FOUND,
+    WRONG_MEDICATION (the stock item is for another medication than prescribed),
+    MEDICATION_INACTIVE, LOT_EXPIRED, NOT_FIRST_EXPIRY, OUT_OF_STOCK (more than the quantity on
+    hand, or no usable lot at the location: stock never goes below zero), EXCEEDS_PRESCRIPTION
+    (the quantity together with the request's earlier dispenses that are not cancelled exceeds the
+    request's quantity to dispense times (1 + number of refills)).
     """
     HandOverMedicationDispense: _grpc.UnaryUnaryMultiCallable[_pharmacy_service_pb2.HandOverMedicationDispenseRequest, _pharmacy_service_pb2.MedicationDispense]
     """Records that a prepared dispense was handed over to the patient or the ward: the status becomes
@@ -137,8 +148,9 @@ class PharmacyServiceStub:
 class PharmacyServiceAsyncStub(PharmacyServiceStub):
     """PharmacyService keeps the formulary (FHIR Medication), the stock of each medication by lot and
     pharmacy location, and the dispenses made against medication requests (FHIR MedicationDispense).
-    Prescriptions themselves belong to the orders service; this service reads them to dispense and
-    never changes them. Stock quantities are whole numbers of the medication's `dispense_unit` and
+    Prescriptions themselves belong to the orders service: it delivers every change of one
+    (MedicationRequestChanged, through DeliverEvents) and this service checks dispenses against its
+    own copy, never calling orders on the way and never changing a prescription. Stock quantities are whole numbers of the medication's `dispense_unit` and
     never go below zero.
     """
 
@@ -179,6 +191,11 @@ class PharmacyServiceAsyncStub(PharmacyServiceStub):
     are left out unless `include_empty` is set. Errors: INVALID_ARGUMENT for a bad parent, filter,
     page size or page token; NOT_FOUND if the parent medication does not exist.
     """
+    GetStockItem: _aio.UnaryUnaryMultiCallable[_pharmacy_service_pb2.GetStockItemRequest, _pharmacy_service_pb2.StockItem]  # type: ignore[assignment]
+    """Returns one stock item, empty or not. Errors: INVALID_ARGUMENT if `name` is not
+    `medications/{medication}/stockItems/{stock_item}`; PERMISSION_DENIED if the caller does not
+    have the PHARMACIST role; NOT_FOUND if no such stock item.
+    """
     AdjustStock: _aio.UnaryUnaryMultiCallable[_pharmacy_service_pb2.AdjustStockRequest, _pharmacy_service_pb2.StockItem]  # type: ignore[assignment]
     """Corrects the quantity on hand of one stock item by a signed amount, for a stated reason (for
     example a stock count, breakage or expiry). The etag is required, so a blind retry of an
@@ -187,18 +204,23 @@ class PharmacyServiceAsyncStub(PharmacyServiceStub):
     FAILED_PRECONDITION if the adjustment would take the quantity on hand below zero.
     """
     DispenseMedication: _aio.UnaryUnaryMultiCallable[_pharmacy_service_pb2.DispenseMedicationRequest, _pharmacy_service_pb2.MedicationDispense]  # type: ignore[assignment]
-    """Dispenses a medication against an active medication request from the orders service: takes the
-    quantity from the given stock item and records a dispense in status
-    MEDICATION_DISPENSE_STATUS_IN_PROGRESS (prepared, not yet handed over). The patient, medication
-    and unit price are copied from the medication request, which is never changed by this call. A
-    request repeated with the same `request_id` returns the first dispense and takes no more stock.
-    Errors: INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have
-    the PHARMACIST role; FAILED_PRECONDITION if the medication request does not exist or is not
-    active, the stock item does not exist or is for another medication, the lot has expired, the
-    medication is inactive, the quantity exceeds the quantity on hand (stock never goes below
-    zero), or the quantity together with the request's earlier dispenses that are not cancelled
-    exceeds the request's quantity to dispense times (1 + number of refills); UNAVAILABLE if the
-    orders service cannot be reached.
+    """Dispenses a medication against an active medication request, as the pharmacy's own copy of it
+    stands (the orders service delivers every change; no call to orders is made): takes the
+    quantity from one stock item and records a dispense in status
+    MEDICATION_DISPENSE_STATUS_IN_PROGRESS (prepared, not yet handed over). The patient, encounter,
+    medication and unit price are copied from the medication request, which is never changed by
+    this call. First expiry, first out: without `stock_item` the service takes the usable lot at
+    `location` that expires first (usable: not expired and holding the whole quantity); a named
+    stock item is refused while another usable lot of the medication at its location expires
+    earlier. A request repeated with the same `request_id` returns the first dispense and takes no
+    more stock. Errors: INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does
+    not have the PHARMACIST role; FAILED_PRECONDITION with a reason: ORDER_NOT_KNOWN (the pharmacy
+    has not (yet) received the medication request), PRESCRIPTION_NOT_ACTIVE, STOCK_ITEM_NOT_FOUND,
+    WRONG_MEDICATION (the stock item is for another medication than prescribed),
+    MEDICATION_INACTIVE, LOT_EXPIRED, NOT_FIRST_EXPIRY, OUT_OF_STOCK (more than the quantity on
+    hand, or no usable lot at the location: stock never goes below zero), EXCEEDS_PRESCRIPTION
+    (the quantity together with the request's earlier dispenses that are not cancelled exceeds the
+    request's quantity to dispense times (1 + number of refills)).
     """
     HandOverMedicationDispense: _aio.UnaryUnaryMultiCallable[_pharmacy_service_pb2.HandOverMedicationDispenseRequest, _pharmacy_service_pb2.MedicationDispense]  # type: ignore[assignment]
     """Records that a prepared dispense was handed over to the patient or the ward: the status becomes
@@ -239,8 +261,9 @@ class PharmacyServiceAsyncStub(PharmacyServiceStub):
 class PharmacyServiceServicer(metaclass=_abc_1.ABCMeta):
     """PharmacyService keeps the formulary (FHIR Medication), the stock of each medication by lot and
     pharmacy location, and the dispenses made against medication requests (FHIR MedicationDispense).
-    Prescriptions themselves belong to the orders service; this service reads them to dispense and
-    never changes them. Stock quantities are whole numbers of the medication's `dispense_unit` and
+    Prescriptions themselves belong to the orders service: it delivers every change of one
+    (MedicationRequestChanged, through DeliverEvents) and this service checks dispenses against its
+    own copy, never calling orders on the way and never changing a prescription. Stock quantities are whole numbers of the medication's `dispense_unit` and
     never go below zero.
     """
 
@@ -317,6 +340,17 @@ class PharmacyServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def GetStockItem(
+        self,
+        request: _pharmacy_service_pb2.GetStockItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pharmacy_service_pb2.StockItem, _abc.Awaitable[_pharmacy_service_pb2.StockItem]]:
+        """Returns one stock item, empty or not. Errors: INVALID_ARGUMENT if `name` is not
+        `medications/{medication}/stockItems/{stock_item}`; PERMISSION_DENIED if the caller does not
+        have the PHARMACIST role; NOT_FOUND if no such stock item.
+        """
+
+    @_abc_1.abstractmethod
     def AdjustStock(
         self,
         request: _pharmacy_service_pb2.AdjustStockRequest,
@@ -335,18 +369,23 @@ class PharmacyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pharmacy_service_pb2.DispenseMedicationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pharmacy_service_pb2.MedicationDispense, _abc.Awaitable[_pharmacy_service_pb2.MedicationDispense]]:
-        """Dispenses a medication against an active medication request from the orders service: takes the
-        quantity from the given stock item and records a dispense in status
-        MEDICATION_DISPENSE_STATUS_IN_PROGRESS (prepared, not yet handed over). The patient, medication
-        and unit price are copied from the medication request, which is never changed by this call. A
-        request repeated with the same `request_id` returns the first dispense and takes no more stock.
-        Errors: INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have
-        the PHARMACIST role; FAILED_PRECONDITION if the medication request does not exist or is not
-        active, the stock item does not exist or is for another medication, the lot has expired, the
-        medication is inactive, the quantity exceeds the quantity on hand (stock never goes below
-        zero), or the quantity together with the request's earlier dispenses that are not cancelled
-        exceeds the request's quantity to dispense times (1 + number of refills); UNAVAILABLE if the
-        orders service cannot be reached.
+        """Dispenses a medication against an active medication request, as the pharmacy's own copy of it
+        stands (the orders service delivers every change; no call to orders is made): takes the
+        quantity from one stock item and records a dispense in status
+        MEDICATION_DISPENSE_STATUS_IN_PROGRESS (prepared, not yet handed over). The patient, encounter,
+        medication and unit price are copied from the medication request, which is never changed by
+        this call. First expiry, first out: without `stock_item` the service takes the usable lot at
+        `location` that expires first (usable: not expired and holding the whole quantity); a named
+        stock item is refused while another usable lot of the medication at its location expires
+        earlier. A request repeated with the same `request_id` returns the first dispense and takes no
+        more stock. Errors: INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does
+        not have the PHARMACIST role; FAILED_PRECONDITION with a reason: ORDER_NOT_KNOWN (the pharmacy
+        has not (yet) received the medication request), PRESCRIPTION_NOT_ACTIVE, STOCK_ITEM_NOT_FOUND,
+        WRONG_MEDICATION (the stock item is for another medication than prescribed),
+        MEDICATION_INACTIVE, LOT_EXPIRED, NOT_FIRST_EXPIRY, OUT_OF_STOCK (more than the quantity on
+        hand, or no usable lot at the location: stock never goes below zero), EXCEEDS_PRESCRIPTION
+        (the quantity together with the request's earlier dispenses that are not cancelled exceeds the
+        request's quantity to dispense times (1 + number of refills)).
         """
 
     @_abc_1.abstractmethod

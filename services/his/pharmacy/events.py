@@ -1,0 +1,69 @@
+"""The pharmacy's side of the order loop: prescriptions in, dispenses out.
+
+In: orders' relay delivers `MedicationRequestChanged` through DeliverEvents; each one is applied
+once (his.runtime.inbox) to the pharmacy's copy of the prescription, newest revision winning.
+Out: every change of a dispense stores `MedicationDispenseChanged` in the pharmacy's outbox in the
+same transaction; the relay delivers them to OrdersService.DeliverEvents, which applies each once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.protobuf.message import Message
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from his.events.v1.event_envelope_pb2 import EventEnvelope
+from his.orders.v1 import orders_service_pb2 as orders_pb
+from his.pharmacy import store
+from his.pharmacy.mapping import dispense_to_proto
+from his.pharmacy.v1 import pharmacy_service_pb2 as pb
+from his.pharmacy.validation import prescription
+from his.runtime.inbox import Consumes, consuming
+from his.runtime.outbox import Outgoing, envelope
+from his.runtime.relay import Deliver
+from his_client import HisClients
+
+SOURCE = "pharmacy"
+# The outbox destination of dispense changes, and the one service pharmacy takes events from.
+ORDERS = "orders"
+# One delivery call may take this long (orders applies each event in its own transaction).
+TIMEOUT_S = 10.0
+
+
+def dispense_changed(row: Any) -> Outgoing:
+    """The event of a dispense (row, with its prescription's remaining quantity) just changed."""
+    dispense = dispense_to_proto(row)
+    event = pb.MedicationDispenseChanged(medication_dispense=dispense, revision=row.revision)
+    return Outgoing(
+        ORDERS,
+        envelope(event, source=SOURCE, subject=dispense.name, patient=dispense.patient),
+    )
+
+
+async def _apply_prescription(session: AsyncSession, _: EventEnvelope, payload: Message) -> None:
+    assert isinstance(payload, orders_pb.MedicationRequestChanged)
+    values = prescription(payload.medication_request)
+    await store.apply_prescription(session, {**values, "revision": payload.revision})
+
+
+CONSUMES = consuming(
+    Consumes(ORDERS, orders_pb.MedicationRequestChanged, _apply_prescription),
+)
+
+
+def orders_delivery(clients: HisClients) -> Deliver:
+    """The relay's way to orders: one DeliverEvents call per batch."""
+
+    async def deliver(envelopes: Sequence[EventEnvelope]) -> None:
+        await clients.orders.DeliverEvents(
+            orders_pb.DeliverEventsRequest(events=list(envelopes)), timeout=TIMEOUT_S
+        )
+
+    return deliver
+
+
+def deliverers(clients: HisClients) -> Mapping[str, Deliver]:
+    """Pharmacy's outbox destinations besides audit."""
+    return {ORDERS: orders_delivery(clients)}
