@@ -23,8 +23,7 @@ from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.iam.helpers import make_department, make_staff
 from tests.identity import channel_as
 from tests.scheduling.helpers import generate_request, make_schedule, tomorrow
-from tests.security import orders_records
-from tests.security import pharmacy_records
+from tests.security import orders_records, pharmacy_records
 from tests.security.helpers import (
     ADMINISTRATOR,
     AUDITOR,

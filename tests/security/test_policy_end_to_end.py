@@ -54,8 +54,7 @@ from tests.identity import ISSUER, metadata
 from tests.patient.helpers import grant_request, unique_phone
 from tests.patient.helpers import make_patient as make_full_patient
 from tests.scheduling.helpers import generate_request, make_schedule
-from tests.security import orders_records
-from tests.security import pharmacy_records
+from tests.security import orders_records, pharmacy_records
 from tests.security.helpers import (
     CALLERS,
     DEPARTMENT_A,
@@ -948,6 +947,27 @@ ORDERS_RPCS = (
         _PRESCRIPTION,
         lambda n: orders_pb.CompleteMedicationRequestRequest(name=n),
         allowed=DENIED,
+    ),
+)
+
+
+def _report_issued() -> orders_pb.DeliverEventsRequest:
+    """A lab report of an order orders does not know: applied (recorded), changing nothing."""
+    report = lab_pb.DiagnosticReport(
+        name=missing("diagnosticReports"), service_request=missing("serviceRequests")
+    )
+    event = lab_pb.DiagnosticReportIssued(diagnostic_report=report, revision=1)
+    return orders_pb.DeliverEventsRequest(events=[envelope(event, source="lab")])
+
+
+# Rpcs decided by the caller's service identity, not by the policy: only the service an event
+# comes from delivers it (his.runtime.inbox; the mesh says the same). Each: (the request, the one
+# service that may call it).
+IDENTITY_RPCS: dict[str, tuple[Callable[[], Message], str]] = {
+    "orders.DeliverEvents": (_report_issued, "lab"),
+}
+
+
 # --- pharmacy ---------------------------------------------------------------------------------
 
 
@@ -1109,20 +1129,10 @@ PHARMACY_RPCS = (
 )
 
 
-def _report_issued() -> orders_pb.DeliverEventsRequest:
-    """A lab report of an order orders does not know: applied (recorded), changing nothing."""
-    report = lab_pb.DiagnosticReport(
-        name=missing("diagnosticReports"), service_request=missing("serviceRequests")
-    )
-    event = lab_pb.DiagnosticReportIssued(diagnostic_report=report, revision=1)
-    return orders_pb.DeliverEventsRequest(events=[envelope(event, source="lab")])
-
-
 # Rpcs decided by the caller's service identity, not by the policy: only the service an event
 # comes from delivers it (his.runtime.inbox; the mesh says the same). Each: (the request, the one
 # service that may call it).
 IDENTITY_RPCS: dict[str, tuple[Callable[[], Message], str]] = {
-    "orders.DeliverEvents": (_report_issued, "lab"),
     "pharmacy.DeliverEvents": (pharmacy_records.prescription_changed, "orders"),
 }
 
