@@ -965,6 +965,7 @@ def _report_issued() -> orders_pb.DeliverEventsRequest:
 # service that may call it).
 IDENTITY_RPCS: dict[str, tuple[Callable[[], Message], str]] = {
     "orders.DeliverEvents": (_report_issued, "lab"),
+    "pharmacy.DeliverEvents": (pharmacy_records.prescription_changed, "orders"),
 }
 
 
@@ -1127,14 +1128,6 @@ PHARMACY_RPCS = (
         ),
     ),
 )
-
-
-# Rpcs decided by the caller's service identity, not by the policy: only the service an event
-# comes from delivers it (his.runtime.inbox; the mesh says the same). Each: (the request, the one
-# service that may call it).
-IDENTITY_RPCS: dict[str, tuple[Callable[[], Message], str]] = {
-    "pharmacy.DeliverEvents": (pharmacy_records.prescription_changed, "orders"),
-}
 
 
 # --- audit and iam ----------------------------------------------------------------------------
