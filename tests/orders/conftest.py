@@ -9,14 +9,13 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from his.base.catalog import BY_NAME
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.pharmacy.v1 import pharmacy_service_pb2_grpc as pharmacy_grpc
 from his.runtime.database import async_url
 from his.runtime.server import RunningService
 from tests.emr.helpers import ADMINISTRATOR
 from tests.identity import channel_as
-from tests.orders.formulary import Formulary, in_pharmacy, stand_in
+from tests.orders.formulary import Formulary, in_pharmacy
 from tests.orders.helpers import Hospital
 
 
@@ -29,18 +28,12 @@ async def hospital(iam_service: RunningService) -> AsyncIterator[Hospital]:
 
 @pytest.fixture(scope="session")
 async def formulary(
-    request: pytest.FixtureRequest, hospital: Hospital, pharmacy_port: int
+    hospital: Hospital, pharmacy_service: RunningService
 ) -> AsyncIterator[Formulary]:
-    """The medications prescriptions name: in the real pharmacy once it is implemented, else in
-    the stand-in on the pharmacy's port (tests/orders/formulary.py)."""
-    if BY_NAME["pharmacy"].implemented:
-        pharmacy: RunningService = request.getfixturevalue("pharmacy_service")
-        async with channel_as(pharmacy.address, "") as channel:
-            stub = pharmacy_grpc.PharmacyServiceStub(channel)
-            yield await in_pharmacy(stub, hospital.pharmacist)
-        return
-    async with stand_in(pharmacy_port) as made:
-        yield made
+    """The medications prescriptions name, in the session's pharmacy."""
+    async with channel_as(pharmacy_service.address, "") as channel:
+        stub = pharmacy_grpc.PharmacyServiceStub(channel)
+        yield await in_pharmacy(stub, hospital.pharmacist)
 
 
 @pytest.fixture(scope="session")
