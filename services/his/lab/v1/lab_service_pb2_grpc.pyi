@@ -170,9 +170,9 @@ class LabServiceStub:
     ListCriticalResults: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.ListCriticalResultsRequest, _lab_service_pb2.ListCriticalResultsResponse]
     """Lists the caller's unacknowledged critical results (interpretation CRITICAL_LOW, CRITICAL_HIGH
     or CRITICAL_ABNORMAL in a released report), the reports the caller ordered, oldest first: a
-    result stays listed until it is acknowledged. Errors: INVALID_ARGUMENT for a negative
-    `page_size` or a `page_token` that was not returned by a previous call; PERMISSION_DENIED if
-    the caller is not a doctor.
+    result stays listed until it is acknowledged. A caller who is not a doctor gets an empty list.
+    Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
+    a previous call.
     """
     AcknowledgeCriticalResult: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.AcknowledgeCriticalResultRequest, _lab_service_pb2.CriticalResult]
     """Acknowledges a critical result: the ordering doctor, or a doctor of the ordering team, confirms
@@ -323,9 +323,9 @@ class LabServiceAsyncStub(LabServiceStub):
     ListCriticalResults: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.ListCriticalResultsRequest, _lab_service_pb2.ListCriticalResultsResponse]  # type: ignore[assignment]
     """Lists the caller's unacknowledged critical results (interpretation CRITICAL_LOW, CRITICAL_HIGH
     or CRITICAL_ABNORMAL in a released report), the reports the caller ordered, oldest first: a
-    result stays listed until it is acknowledged. Errors: INVALID_ARGUMENT for a negative
-    `page_size` or a `page_token` that was not returned by a previous call; PERMISSION_DENIED if
-    the caller is not a doctor.
+    result stays listed until it is acknowledged. A caller who is not a doctor gets an empty list.
+    Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
+    a previous call.
     """
     AcknowledgeCriticalResult: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.AcknowledgeCriticalResultRequest, _lab_service_pb2.CriticalResult]  # type: ignore[assignment]
     """Acknowledges a critical result: the ordering doctor, or a doctor of the ordering team, confirms
@@ -563,9 +563,9 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_lab_service_pb2.ListCriticalResultsResponse, _abc.Awaitable[_lab_service_pb2.ListCriticalResultsResponse]]:
         """Lists the caller's unacknowledged critical results (interpretation CRITICAL_LOW, CRITICAL_HIGH
         or CRITICAL_ABNORMAL in a released report), the reports the caller ordered, oldest first: a
-        result stays listed until it is acknowledged. Errors: INVALID_ARGUMENT for a negative
-        `page_size` or a `page_token` that was not returned by a previous call; PERMISSION_DENIED if
-        the caller is not a doctor.
+        result stays listed until it is acknowledged. A caller who is not a doctor gets an empty list.
+        Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
+        a previous call.
         """
 
     @_abc_1.abstractmethod
