@@ -153,6 +153,14 @@ class World:
     encounter: str = ""
     note: str = ""
     diagnosis: str = ""
+    # The lab side: the stub, the laboratory's copy of an order of the patient performed by
+    # DEPARTMENT_A and requested by PRACTITIONER, its specimen, its released report, and the
+    # report's critical result.
+    lab: Any = None
+    lab_order: str = ""
+    specimen: str = ""
+    report: str = ""
+    critical: str = ""
 
     def stub(self, service: str) -> object:
         """The stub of one of the session's services (by short name)."""
@@ -162,6 +170,7 @@ class World:
             "audit": self.audit,
             "iam": self.iam,
             "emr": self.emr,
+            "lab": self.lab,
         }
         return stubs[service]
 
