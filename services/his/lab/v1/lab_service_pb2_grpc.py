@@ -153,8 +153,9 @@ class LabServiceServicer:
 
     def GetSpecimen(self, request, context):
         """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-        PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
-        such specimen.
+        PERMISSION_DENIED if the caller is neither a lab technician of its laboratory nor a clinician
+        caring for the patient as the ordering doctor (a specimen that does not exist is refused the
+        same way to a caller who could not see it); NOT_FOUND if no such specimen.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -56,8 +56,9 @@ class LabServiceStub:
     """
     GetSpecimen: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.GetSpecimenRequest, _lab_service_pb2.Specimen]
     """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-    PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
-    such specimen.
+    PERMISSION_DENIED if the caller is neither a lab technician of its laboratory nor a clinician
+    caring for the patient as the ordering doctor (a specimen that does not exist is refused the
+    same way to a caller who could not see it); NOT_FOUND if no such specimen.
     """
     ListSpecimens: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.ListSpecimensRequest, _lab_service_pb2.ListSpecimensResponse]
     """Lists specimens matching all given filters, newest first; only those of the laboratories the
@@ -209,8 +210,9 @@ class LabServiceAsyncStub(LabServiceStub):
     """
     GetSpecimen: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.GetSpecimenRequest, _lab_service_pb2.Specimen]  # type: ignore[assignment]
     """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-    PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
-    such specimen.
+    PERMISSION_DENIED if the caller is neither a lab technician of its laboratory nor a clinician
+    caring for the patient as the ordering doctor (a specimen that does not exist is refused the
+    same way to a caller who could not see it); NOT_FOUND if no such specimen.
     """
     ListSpecimens: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.ListSpecimensRequest, _lab_service_pb2.ListSpecimensResponse]  # type: ignore[assignment]
     """Lists specimens matching all given filters, newest first; only those of the laboratories the
@@ -371,8 +373,9 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.Specimen, _abc.Awaitable[_lab_service_pb2.Specimen]]:
         """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-        PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
-        such specimen.
+        PERMISSION_DENIED if the caller is neither a lab technician of its laboratory nor a clinician
+        caring for the patient as the ordering doctor (a specimen that does not exist is refused the
+        same way to a caller who could not see it); NOT_FOUND if no such specimen.
         """
 
     @_abc_1.abstractmethod
