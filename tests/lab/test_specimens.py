@@ -298,3 +298,23 @@ async def test_a_technician_of_another_laboratory_sees_no_specimen(
         grpc.StatusCode.PERMISSION_DENIED,
         "DEPARTMENT_MISMATCH",
     )
+
+
+async def test_the_ordering_doctor_reads_the_specimen_a_stranger_does_not(
+    lab: Lab, patients: Patients, hospital: Hospital
+) -> None:
+    work = await collected(lab, hospital, await ordered(lab, patients, hospital))
+    assert work.specimen is not None
+    got = await lab.GetSpecimen(
+        pb.GetSpecimenRequest(name=work.specimen.name), metadata=hospital.doctor.md
+    )
+    assert got == work.specimen
+    failure = await fails(
+        lab.GetSpecimen(
+            pb.GetSpecimenRequest(name=work.specimen.name), metadata=hospital.colleague.md
+        )
+    )
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "DEPARTMENT_MISMATCH",
+    )

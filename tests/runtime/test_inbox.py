@@ -139,3 +139,19 @@ async def test_only_the_source_service_delivers(database: Database) -> None:
         identity.leave(entered)
     assert outcome.applied == 1
     assert uuid.UUID(event.event_id)
+
+
+async def test_a_nul_inside_a_payload_is_named_not_stored(database: Database) -> None:
+    # The request guard stops NUL characters PostgreSQL cannot store, but not inside an Any.
+    good = _event("serviceRequests/clean")
+    dirty = envelope(
+        orders_pb.ServiceRequestChanged(
+            service_request=orders_pb.ServiceRequest(name="serviceRequests/\0"), revision=1
+        ),
+        source="orders",
+        subject="serviceRequests/dirty",
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        await inbox.apply_events(database, SCHEMA, [good, dirty], CONSUMES)
+    assert [v.field for v in refused.value.violations] == ["events[1].payload.service_request.name"]
+    assert await _applied(database, good.subject) == 0

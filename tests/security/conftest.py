@@ -6,6 +6,7 @@ the session's test issuer; the policy engine the servers share is compared with 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,12 +17,15 @@ from his.common.v1 import types_pb2
 from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
+from his.lab.v1 import lab_service_pb2 as lab_pb
+from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.runtime import server as runtime_server
+from his.runtime.outbox import envelope
 from his.runtime.policy import PolicyEngine
 from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.iam.helpers import make_department, make_staff
-from tests.identity import channel_as
+from tests.identity import ISSUER, channel_as, metadata
 from tests.scheduling.helpers import generate_request, make_schedule, tomorrow
 from tests.security import orders_records, pharmacy_records
 from tests.security.helpers import (
@@ -74,12 +78,20 @@ async def world(
     emr: Any,
     orders: Any,
     pharmacy: Any,
+    lab: Any,
     database_url: str,
 ) -> World:
     """The matrix's records, made once per session by a registrar and an administrator (and the
     emr's by a doctor of their department)."""
     made = World(
-        patients, scheduling, auditor, iam, emr=emr, orders=orders, database_url=database_url
+        patients,
+        scheduling,
+        auditor,
+        iam,
+        emr=emr,
+        orders=orders,
+        lab=lab,
+        database_url=database_url,
     )
     made.patient = await made.fresh_patient()
     made.other_patient = await made.fresh_patient()
@@ -125,4 +137,68 @@ async def world(
     made.medication_request = await orders_records.fresh_medication_request(made)
     made.finished_encounter = await orders_records.finished_encounter(made)
     await pharmacy_records.build(made, pharmacy)
+    await lab_records(made)
     return made
+
+
+async def lab_records(world: World) -> None:
+    """The lab's records of the matrix: an order of the world's patient performed by
+    DEPARTMENT_A and requested by PRACTITIONER (delivered as the orders relay does), its specimen
+    and its released report with one critical result, made by a technician of DEPARTMENT_A."""
+    lab = world.lab
+    technician = metadata(ISSUER.staff("LAB_TECHNICIAN", departments=(DEPARTMENT_A,)))
+    glucose = types_pb2.Coding(system="http://loinc.org", code="2345-7")
+    order = orders_pb.ServiceRequest(
+        name=f"serviceRequests/{uuid.uuid4()}",
+        patient=world.patient,
+        encounter=world.encounter,
+        requester=PRACTITIONER,
+        code=glucose,
+        priority=orders_pb.REQUEST_PRIORITY_ROUTINE,
+        status=orders_pb.SERVICE_REQUEST_STATUS_ACTIVE,
+        performer=DEPARTMENT_A,
+    )
+    event = orders_pb.ServiceRequestChanged(service_request=order, revision=1)
+    await lab.DeliverEvents(
+        lab_pb.DeliverEventsRequest(events=[envelope(event, source="orders", trace_id="")]),
+        metadata=metadata(ISSUER.service("orders")),
+    )
+    world.lab_order = order.name
+    specimen = lab_pb.Specimen(
+        service_requests=[order.name],
+        specimen_type=types_pb2.Coding(system="http://snomed.info/sct", code="119297000"),
+        accession_id=f"SEC-{uuid.uuid4().hex[:12]}",
+        collector=PRACTITIONER,
+    )
+    specimen.collect_time.GetCurrentTime()
+    specimen.collect_time.seconds -= 60
+    made = await lab.CreateSpecimen(
+        lab_pb.CreateSpecimenRequest(specimen=specimen), metadata=technician
+    )
+    world.specimen = made.name
+    report = await lab.CreateDiagnosticReport(
+        lab_pb.CreateDiagnosticReportRequest(
+            diagnostic_report=lab_pb.DiagnosticReport(
+                service_request=order.name, specimens=[made.name]
+            )
+        ),
+        metadata=technician,
+    )
+    await lab.RecordObservations(
+        lab_pb.RecordObservationsRequest(
+            parent=report.name,
+            observations=[
+                lab_pb.Observation(
+                    code=glucose,
+                    value_quantity=types_pb2.Quantity(value=30, unit="mg/dL"),
+                    status=lab_pb.OBSERVATION_STATUS_PRELIMINARY,
+                )
+            ],
+        ),
+        metadata=technician,
+    )
+    final = await lab.FinalizeReport(
+        lab_pb.FinalizeReportRequest(name=report.name), metadata=technician
+    )
+    world.report = final.name
+    world.critical = final.results[0].name

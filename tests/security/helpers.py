@@ -167,6 +167,14 @@ class World:
     stock_item: str = ""
     prescription: str = ""
     dispense: str = ""
+    # The lab side: the stub, the laboratory's copy of an order of the patient performed by
+    # DEPARTMENT_A and requested by PRACTITIONER, its specimen, its released report, and the
+    # report's critical result.
+    lab: Any = None
+    lab_order: str = ""
+    specimen: str = ""
+    report: str = ""
+    critical: str = ""
 
     def stub(self, service: str) -> object:
         """The stub of one of the session's services (by short name)."""
@@ -178,6 +186,7 @@ class World:
             "emr": self.emr,
             "orders": self.orders,
             "pharmacy": self.pharmacy,
+            "lab": self.lab,
         }
         return stubs[service]
 

@@ -51,6 +51,8 @@ from tests.audit.helpers import make_event
 from tests.conftest import DEV_CREDENTIAL
 from tests.iam.helpers import make_department, make_staff
 from tests.identity import ISSUER, metadata
+from tests.lab.helpers import changed as lab_changed
+from tests.lab.helpers import order as lab_order
 from tests.patient.helpers import grant_request, unique_phone
 from tests.patient.helpers import make_patient as make_full_patient
 from tests.scheduling.helpers import generate_request, make_schedule
@@ -960,11 +962,18 @@ def _report_issued() -> orders_pb.DeliverEventsRequest:
     return orders_pb.DeliverEventsRequest(events=[envelope(event, source="lab")])
 
 
+def _lab_order_changed() -> lab_pb.DeliverEventsRequest:
+    """A lab order the laboratory does not know yet: its copy is made."""
+    made = lab_order(missing("patients"), missing("departments"), missing("staff"))
+    return lab_pb.DeliverEventsRequest(events=[lab_changed(made, revision=1)])
+
+
 # Rpcs decided by the caller's service identity, not by the policy: only the service an event
 # comes from delivers it (his.runtime.inbox; the mesh says the same). Each: (the request, the one
 # service that may call it).
 IDENTITY_RPCS: dict[str, tuple[Callable[[], Message], str]] = {
     "orders.DeliverEvents": (_report_issued, "lab"),
+    "lab.DeliverEvents": (_lab_order_changed, "orders"),
     "pharmacy.DeliverEvents": (pharmacy_records.prescription_changed, "orders"),
 }
 
@@ -1332,6 +1341,202 @@ IAM_RPCS = (
     ),
 )
 
+# --- lab ------------------------------------------------------------------------------------
+# The world's order is performed by DEPARTMENT_A (the laboratory whose members its technicians
+# are) and requested by PRACTITIONER (the ordering doctor, who has the patient in care). No caller
+# of the matrix is a technician of DEPARTMENT_A, so every change is refused; clinicians of
+# DEPARTMENT_A or the practitioner read. Creating for an order the lab has not received is
+# FAILED_PRECONDITION (ORDER_NOT_KNOWN), as the contract says: no missing-record case there.
+_GLUCOSE = types_pb2.Coding(system="http://loinc.org", code="2345-7")
+
+
+def _glucose(value: float) -> lab_pb.Observation:
+    return lab_pb.Observation(
+        code=_GLUCOSE,
+        value_quantity=types_pb2.Quantity(value=value, unit="mg/dL"),
+        status=lab_pb.OBSERVATION_STATUS_PRELIMINARY,
+    )
+
+
+def _new_specimen(world: World) -> lab_pb.CreateSpecimenRequest:
+    specimen = lab_pb.Specimen(
+        service_requests=[world.lab_order],
+        specimen_type=types_pb2.Coding(system="http://snomed.info/sct", code="119297000"),
+        accession_id=f"SEC-{uuid.uuid4().hex[:12]}",
+        collector=PRACTITIONER,
+    )
+    specimen.collect_time.GetCurrentTime()
+    specimen.collect_time.seconds -= 60
+    return lab_pb.CreateSpecimenRequest(specimen=specimen)
+
+
+def _lab(
+    method: str,
+    action: str,
+    resource: str,
+    make: Callable[[World, str], Message],
+    collection: str,
+    record: Callable[[World], str],
+    **options: object,
+) -> Rpc:
+    """A lab rpc about one of the world's records (`record`), or a missing one."""
+    return Rpc(
+        "lab",
+        method,
+        action,
+        resource,
+        _on(lambda w: make(w, record(w))),
+        lambda w: make(w, missing(collection) if "/" not in collection else collection),
+        by_record=True,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _missing_observation() -> str:
+    return f"{missing('diagnosticReports')}/observations/{uuid.uuid4()}"
+
+
+LAB_RPCS = (
+    Rpc(
+        "lab",
+        "CreateSpecimen",
+        "create",
+        "lab.specimen",
+        _on(_new_specimen),
+        by_record=True,
+    ),
+    _lab(
+        "GetSpecimen",
+        "read",
+        "lab.specimen",
+        lambda w, n: lab_pb.GetSpecimenRequest(name=n),
+        "specimens",
+        lambda w: w.specimen,
+    ),
+    Rpc(
+        "lab",
+        "ListSpecimens",
+        "read",
+        "lab.specimen",
+        _on(lambda w: lab_pb.ListSpecimensRequest(patient=w.patient)),
+        listed=True,
+        items="specimens",
+        shows=lambda w: w.specimen,
+    ),
+    _lab(
+        "RejectSpecimen",
+        "update",
+        "lab.specimen",
+        lambda w, n: lab_pb.RejectSpecimenRequest(name=n, reason="haemolysed"),
+        "specimens",
+        lambda w: w.specimen,
+    ),
+    _lab(
+        "MarkSpecimenEnteredInError",
+        "update",
+        "lab.specimen",
+        lambda w, n: lab_pb.MarkSpecimenEnteredInErrorRequest(name=n, reason="wrong patient"),
+        "specimens",
+        lambda w: w.specimen,
+    ),
+    Rpc(
+        "lab",
+        "CreateDiagnosticReport",
+        "create",
+        "lab.result",
+        _on(
+            lambda w: lab_pb.CreateDiagnosticReportRequest(
+                diagnostic_report=lab_pb.DiagnosticReport(
+                    service_request=w.lab_order, specimens=[w.specimen]
+                )
+            )
+        ),
+        by_record=True,
+    ),
+    _lab(
+        "GetDiagnosticReport",
+        "read",
+        "lab.result",
+        lambda w, n: lab_pb.GetDiagnosticReportRequest(name=n),
+        "diagnosticReports",
+        lambda w: w.report,
+    ),
+    Rpc(
+        "lab",
+        "ListDiagnosticReports",
+        "read",
+        "lab.result",
+        _on(lambda w: lab_pb.ListDiagnosticReportsRequest(patient=w.patient)),
+        listed=True,
+        items="diagnostic_reports",
+        shows=lambda w: w.report,
+    ),
+    _lab(
+        "ListDiagnosticReportVersions",
+        "read",
+        "lab.result",
+        lambda w, n: lab_pb.ListDiagnosticReportVersionsRequest(name=n),
+        "diagnosticReports",
+        lambda w: w.report,
+    ),
+    _lab(
+        "RecordObservations",
+        "update",
+        "lab.result",
+        lambda w, n: lab_pb.RecordObservationsRequest(parent=n, observations=[_glucose(90)]),
+        "diagnosticReports",
+        lambda w: w.report,
+    ),
+    _lab(
+        "FinalizeReport",
+        "update",
+        "lab.result",
+        lambda w, n: lab_pb.FinalizeReportRequest(name=n),
+        "diagnosticReports",
+        lambda w: w.report,
+    ),
+    _lab(
+        "AmendReport",
+        "update",
+        "lab.result",
+        lambda w, n: lab_pb.AmendReportRequest(name=n, reason="recheck", conclusion="x"),
+        "diagnosticReports",
+        lambda w: w.report,
+    ),
+    Rpc(
+        "lab",
+        "ListLabOrders",
+        "read",
+        "lab.order",
+        _on(lambda w: lab_pb.ListLabOrdersRequest(patient=w.patient)),
+        listed=True,
+        items="service_requests",
+        shows=lambda w: w.lab_order,
+    ),
+    Rpc(
+        "lab",
+        "ListCriticalResults",
+        "execute",
+        "lab.result",
+        _const(lab_pb.ListCriticalResultsRequest()),
+        listed=True,
+        items="critical_results",
+        shows=lambda w: w.critical,
+    ),
+    # The ordering team is the ordering doctor's departments in iam: the world's practitioner is
+    # in none, so DEPARTMENT_A (the laboratory) does not make a doctor of it one of the team.
+    _lab(
+        "AcknowledgeCriticalResult",
+        "execute",
+        "lab.result",
+        lambda w, n: lab_pb.AcknowledgeCriticalResultRequest(name=n),
+        _missing_observation(),
+        lambda w: w.critical,
+        expect=lambda c: DENIED if c.label == "DOCTOR_OF_THE_DEPARTMENT" else OK,
+    ),
+)
+
+
 # Rpcs anyone may call, with a token or without (the local identity provider's own door): never
 # asked of the policy, so never PERMISSION_DENIED; each answers its request as it would anyone's.
 PUBLIC_RPCS = {
@@ -1346,6 +1551,7 @@ RPCS = {
         *SCHEDULING_RPCS,
         *EMR_RPCS,
         *ORDERS_RPCS,
+        *LAB_RPCS,
         *PHARMACY_RPCS,
         *AUDIT_RPCS,
         *IAM_RPCS,
@@ -1412,7 +1618,6 @@ async def test_every_caller_gets_what_the_policy_decides_before_existence(
     if rpc.enrolled:
         caller = await world.enrolled(caller)
     method = getattr(world.stub(rpc.service), rpc.method)
-
     decision = decided(policy, served_policy, policy_request(rpc, caller, exists=True))
     service_refused = rpc.services_only and caller.subject.startswith("staff/")
     allowed = decision.allow and not service_refused

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base import identity
-from his.base.errors import AlreadyExists, FailedPrecondition, InvalidArgument, PermissionDenied
+from his.base.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.lab import store
@@ -165,11 +165,13 @@ class LabService(pb_grpc.LabServiceServicer):
         return dict(zip(names, states, strict=True))
 
     def _lab_facts(self, record: Any, seen: dict[str, str] | None = None) -> Facts:
-        """A record of one laboratory: its technicians are its members."""
+        """A record of one laboratory: its technicians are its members; the ordering doctor
+        (the order's requester) has the patient in their care."""
         patient = f"patients/{record.patient_id}"
         return Facts(
             patient=patient,
             department=f"departments/{record.laboratory_id}" if record.laboratory_id else "",
+            under_care=_is_caller(getattr(record, "requester_id", None)),
             consent=lambda: self._consent(patient, seen),
         )
 
@@ -926,9 +928,8 @@ class LabService(pb_grpc.LabServiceServicer):
             request.page_token, query=f"critical {caller}", limit=limit, after=time_and_id
         )
         if not self._access.could_ever("execute", "lab.result"):
-            raise PermissionDenied(
-                "only doctors are told of critical results", reason="ROLE_NOT_PERMITTED"
-            )
+            # Only doctors are told of critical results: anyone else's list is empty.
+            return pb.ListCriticalResultsResponse()
         async with self._db.read() as session:
             rows = await store.open_criticals(
                 session, caller, after=keyset.after, limit=keyset.read_limit

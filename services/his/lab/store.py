@@ -253,12 +253,25 @@ async def specimen_by_request(session: AsyncSession, request_id: str) -> Row[Any
     return (await session.execute(query)).first()
 
 
+def _with_requester() -> Any:
+    """Specimens with the ordering doctor of their first order (the policy's care relation)."""
+    first_order = (
+        select(lab_orders.c.requester_id)
+        .join(specimen_orders, specimen_orders.c.service_request_id == lab_orders.c.id)
+        .where(specimen_orders.c.specimen_id == specimens.c.id)
+        .order_by(specimen_orders.c.position)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return select(*specimens.c, first_order.label("requester_id"))
+
+
 async def find_specimen(
     session: AsyncSession, specimen_id: uuid.UUID, *, lock: bool = False
 ) -> Row[Any] | None:
-    query = select(*specimens.c).where(specimens.c.id == specimen_id)
+    query = _with_requester().where(specimens.c.id == specimen_id)
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(of=specimens)
     return (await session.execute(query)).first()
 
 
@@ -299,7 +312,7 @@ async def list_specimens(
     session: AsyncSession, where: SpecimenFilter, *, after: Any, limit: int
 ) -> Sequence[Row[Any]]:
     """Specimens matching `where`, newest first."""
-    query = select(*specimens.c)
+    query = _with_requester()
     if where.laboratories is not None:
         query = query.where(specimens.c.laboratory_id.in_(where.laboratories))
     if where.patient_id is not None:

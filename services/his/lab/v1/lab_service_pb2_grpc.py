@@ -153,8 +153,9 @@ class LabServiceServicer:
 
     def GetSpecimen(self, request, context):
         """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-        PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
-        such specimen.
+        PERMISSION_DENIED if the caller is neither a lab technician of its laboratory nor a clinician
+        caring for the patient as the ordering doctor (a specimen that does not exist is refused the
+        same way to a caller who could not see it); NOT_FOUND if no such specimen.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -319,9 +320,9 @@ class LabServiceServicer:
     def ListCriticalResults(self, request, context):
         """Lists the caller's unacknowledged critical results (interpretation CRITICAL_LOW, CRITICAL_HIGH
         or CRITICAL_ABNORMAL in a released report), the reports the caller ordered, oldest first: a
-        result stays listed until it is acknowledged. Errors: INVALID_ARGUMENT for a negative
-        `page_size` or a `page_token` that was not returned by a previous call; PERMISSION_DENIED if
-        the caller is not a doctor.
+        result stays listed until it is acknowledged. A caller who is not a doctor gets an empty list.
+        Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
+        a previous call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -56,8 +56,9 @@ class LabServiceStub:
     """
     GetSpecimen: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.GetSpecimenRequest, _lab_service_pb2.Specimen]
     """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-    PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
-    such specimen.
+    PERMISSION_DENIED if the caller is neither a lab technician of its laboratory nor a clinician
+    caring for the patient as the ordering doctor (a specimen that does not exist is refused the
+    same way to a caller who could not see it); NOT_FOUND if no such specimen.
     """
     ListSpecimens: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.ListSpecimensRequest, _lab_service_pb2.ListSpecimensResponse]
     """Lists specimens matching all given filters, newest first; only those of the laboratories the
@@ -170,9 +171,9 @@ class LabServiceStub:
     ListCriticalResults: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.ListCriticalResultsRequest, _lab_service_pb2.ListCriticalResultsResponse]
     """Lists the caller's unacknowledged critical results (interpretation CRITICAL_LOW, CRITICAL_HIGH
     or CRITICAL_ABNORMAL in a released report), the reports the caller ordered, oldest first: a
-    result stays listed until it is acknowledged. Errors: INVALID_ARGUMENT for a negative
-    `page_size` or a `page_token` that was not returned by a previous call; PERMISSION_DENIED if
-    the caller is not a doctor.
+    result stays listed until it is acknowledged. A caller who is not a doctor gets an empty list.
+    Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
+    a previous call.
     """
     AcknowledgeCriticalResult: _grpc.UnaryUnaryMultiCallable[_lab_service_pb2.AcknowledgeCriticalResultRequest, _lab_service_pb2.CriticalResult]
     """Acknowledges a critical result: the ordering doctor, or a doctor of the ordering team, confirms
@@ -209,8 +210,9 @@ class LabServiceAsyncStub(LabServiceStub):
     """
     GetSpecimen: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.GetSpecimenRequest, _lab_service_pb2.Specimen]  # type: ignore[assignment]
     """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-    PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
-    such specimen.
+    PERMISSION_DENIED if the caller is neither a lab technician of its laboratory nor a clinician
+    caring for the patient as the ordering doctor (a specimen that does not exist is refused the
+    same way to a caller who could not see it); NOT_FOUND if no such specimen.
     """
     ListSpecimens: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.ListSpecimensRequest, _lab_service_pb2.ListSpecimensResponse]  # type: ignore[assignment]
     """Lists specimens matching all given filters, newest first; only those of the laboratories the
@@ -323,9 +325,9 @@ class LabServiceAsyncStub(LabServiceStub):
     ListCriticalResults: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.ListCriticalResultsRequest, _lab_service_pb2.ListCriticalResultsResponse]  # type: ignore[assignment]
     """Lists the caller's unacknowledged critical results (interpretation CRITICAL_LOW, CRITICAL_HIGH
     or CRITICAL_ABNORMAL in a released report), the reports the caller ordered, oldest first: a
-    result stays listed until it is acknowledged. Errors: INVALID_ARGUMENT for a negative
-    `page_size` or a `page_token` that was not returned by a previous call; PERMISSION_DENIED if
-    the caller is not a doctor.
+    result stays listed until it is acknowledged. A caller who is not a doctor gets an empty list.
+    Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
+    a previous call.
     """
     AcknowledgeCriticalResult: _aio.UnaryUnaryMultiCallable[_lab_service_pb2.AcknowledgeCriticalResultRequest, _lab_service_pb2.CriticalResult]  # type: ignore[assignment]
     """Acknowledges a critical result: the ordering doctor, or a doctor of the ordering team, confirms
@@ -371,8 +373,9 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lab_service_pb2.Specimen, _abc.Awaitable[_lab_service_pb2.Specimen]]:
         """Returns one specimen. Errors: INVALID_ARGUMENT if `name` is not `specimens/{specimen}`;
-        PERMISSION_DENIED if the caller is not a lab technician of its laboratory; NOT_FOUND if no
-        such specimen.
+        PERMISSION_DENIED if the caller is neither a lab technician of its laboratory nor a clinician
+        caring for the patient as the ordering doctor (a specimen that does not exist is refused the
+        same way to a caller who could not see it); NOT_FOUND if no such specimen.
         """
 
     @_abc_1.abstractmethod
@@ -563,9 +566,9 @@ class LabServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_lab_service_pb2.ListCriticalResultsResponse, _abc.Awaitable[_lab_service_pb2.ListCriticalResultsResponse]]:
         """Lists the caller's unacknowledged critical results (interpretation CRITICAL_LOW, CRITICAL_HIGH
         or CRITICAL_ABNORMAL in a released report), the reports the caller ordered, oldest first: a
-        result stays listed until it is acknowledged. Errors: INVALID_ARGUMENT for a negative
-        `page_size` or a `page_token` that was not returned by a previous call; PERMISSION_DENIED if
-        the caller is not a doctor.
+        result stays listed until it is acknowledged. A caller who is not a doctor gets an empty list.
+        Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
+        a previous call.
         """
 
     @_abc_1.abstractmethod
