@@ -299,20 +299,18 @@ async def lab_service(
     audit_service: RunningService,
     iam_service: RunningService,
     lab_port: int,
-    orders_port: int,
+    orders_service: RunningService,
 ) -> AsyncIterator[RunningService]:
     """The lab service on its session port, calling the session's patient, audit and iam, and
-    delivering issued reports to the orders service's port."""
+    delivering issued reports to the session's orders service."""
     config = service_config(
         "lab",
         **addresses(patient_service, audit_service, iam_service),
         HIS_PORT=str(lab_port),
-        HIS_ORDERS_ADDR=f"localhost:{orders_port}",
+        **addresses(orders_service),
     )
     running = await start(LAB, config, database_url)
-    # Not among the relays `delivered()` drains: until a session starts the orders service on
-    # its port, lab's DiagnosticReportIssued events wait in the outbox and a drain would time
-    # out. (Its audit events are delivered all the same, by the relay's own loop.)
+    track_relay(running)
     yield running
     await running.stop(grace_s=1)
 
@@ -342,19 +340,18 @@ async def pharmacy_service(
     audit_service: RunningService,
     iam_service: RunningService,
     pharmacy_port: int,
-    orders_port: int,
+    orders_service: RunningService,
 ) -> AsyncIterator[RunningService]:
     """The pharmacy service on its reserved port, auditing through the session's audit service,
-    asking iam about locations, and delivering dispense changes to orders at its reserved port."""
+    asking iam about locations, and delivering dispense changes to the session's orders."""
     config = service_config(
         "pharmacy",
         **addresses(patient_service, audit_service, iam_service),
         HIS_PORT=str(pharmacy_port),
-        HIS_ORDERS_ADDR=f"localhost:{orders_port}",
+        **addresses(orders_service),
     )
     running = await start(PHARMACY, config, database_url)
-    # Not among the session relays `delivered()` drains: its dispense changes wait for orders,
-    # which this session may not run. Pharmacy tests wait for the audit trail themselves.
+    track_relay(running)
     yield running
     await running.stop(grace_s=1)
 
