@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from his.common.v1 import types_pb2
 from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.orders.v1 import orders_service_pb2 as pb
+from his.patient.v1 import patient_service_pb2 as patient_pb
 from tests.emr.helpers import missing, open_encounter
 from tests.orders.helpers import (
     DOMAIN,
@@ -165,6 +166,19 @@ async def test_orders_need_an_active_patient_an_open_encounter_of_theirs_and_a_l
             grpc.StatusCode.FAILED_PRECONDITION,
             reason,
         ), (reason, failure)
+    # A patient deactivated after the encounter was opened.
+    gone = await visit(patients, emr, hospital)
+    await patients.DeactivatePatient(patient_pb.DeactivatePatientRequest(name=gone.patient))
+    inactive = await fails(
+        orders.CreateServiceRequest(
+            pb.CreateServiceRequestRequest(service_request=lab_order(gone, hospital.lab)),
+            metadata=hospital.doctor.md,
+        )
+    )
+    assert (inactive.code, inactive.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PATIENT_INACTIVE",
+    )
     # emr answers for an encounter that does not exist as for one the doctor may not see.
     unknown = await fails(
         orders.CreateServiceRequest(
