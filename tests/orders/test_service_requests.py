@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -409,3 +410,31 @@ async def test_a_patients_orders_are_listed_newest_first_in_pages(
     )
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert failure.fields == ["page_token"]
+
+
+async def test_concurrent_status_changes_each_make_one_revision_and_one_event(
+    orders: Orders, emr: Emr, patients: Patients, hospital: Hospital, orders_db: AsyncEngine
+) -> None:
+    assert hospital.doctor is not None
+    md = hospital.doctor.md
+    at = await visit(patients, emr, hospital)
+    made = await place_lab_order(orders, hospital, at)
+    calls: list[Awaitable[pb.ServiceRequest]] = [
+        orders.HoldServiceRequest(
+            pb.HoldServiceRequestRequest(name=made.name, reason="wait"), metadata=md
+        ),
+        orders.ResumeServiceRequest(pb.ResumeServiceRequestRequest(name=made.name), metadata=md),
+        orders.RevokeServiceRequest(
+            pb.RevokeServiceRequestRequest(name=made.name, reason="stop"), metadata=md
+        ),
+    ] * 4
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    # Each call either changed the order, found it there already, or met an illegal transition.
+    for result in results:
+        if isinstance(result, BaseException):
+            assert isinstance(result, grpc.aio.AioRpcError), result
+            assert result.code() == grpc.StatusCode.FAILED_PRECONDITION, result
+    final = await orders.GetServiceRequest(pb.GetServiceRequestRequest(name=made.name), metadata=md)
+    revisions = await changed_revisions(orders_db, CHANGED, made.name)
+    # Row locks serialize them: one event per change, revisions without gaps or repeats.
+    assert revisions == list(range(1, int(final.etag) + 1))
