@@ -419,15 +419,19 @@ async def test_concurrent_status_changes_each_make_one_revision_and_one_event(
     md = hospital.doctor.md
     at = await visit(patients, emr, hospital)
     made = await place_lab_order(orders, hospital, at)
-    calls: list[Awaitable[pb.ServiceRequest]] = [
-        orders.HoldServiceRequest(
-            pb.HoldServiceRequestRequest(name=made.name, reason="wait"), metadata=md
-        ),
-        orders.ResumeServiceRequest(pb.ResumeServiceRequestRequest(name=made.name), metadata=md),
-        orders.RevokeServiceRequest(
-            pb.RevokeServiceRequestRequest(name=made.name, reason="stop"), metadata=md
-        ),
-    ] * 4
+    calls: list[Awaitable[pb.ServiceRequest]] = []
+    for _ in range(4):
+        calls += [
+            orders.HoldServiceRequest(
+                pb.HoldServiceRequestRequest(name=made.name, reason="wait"), metadata=md
+            ),
+            orders.ResumeServiceRequest(
+                pb.ResumeServiceRequestRequest(name=made.name), metadata=md
+            ),
+            orders.RevokeServiceRequest(
+                pb.RevokeServiceRequestRequest(name=made.name, reason="stop"), metadata=md
+            ),
+        ]
     results = await asyncio.gather(*calls, return_exceptions=True)
     # Each call either changed the order, found it there already, or met an illegal transition.
     for result in results:
