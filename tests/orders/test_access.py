@@ -11,10 +11,12 @@ from google.protobuf.duration_pb2 import Duration
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.orders.v1 import orders_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.server import RunningService
+from tests.emr.helpers import open_encounter
 from tests.identity import channel_as
 from tests.orders.formulary import Formulary
 from tests.orders.helpers import (
@@ -22,6 +24,7 @@ from tests.orders.helpers import (
     Hospital,
     Orders,
     Patients,
+    lab_order,
     place_lab_order,
     prescribe,
     visit,
@@ -222,3 +225,27 @@ async def test_revoked_consent_hides_orders_from_clinicians_but_not_from_the_ful
         metadata=hospital.other_doctor.md,
     )
     assert await _sees(orders, lab_order.name, hospital.other_doctor.md) == grpc.StatusCode.OK
+
+
+async def test_reading_the_encounter_is_not_enough_to_order_in_it(
+    orders: Orders, emr: Emr, patients: Patients, hospital: Hospital
+) -> None:
+    assert hospital.other_doctor is not None
+    at = await visit(patients, emr, hospital)
+    # The other clinic's doctor follows the patient there: emr lets them read our encounter (a
+    # care relationship), but they neither work in our clinic nor attend this encounter.
+    await open_encounter(emr, hospital.other_doctor, at.patient, hospital.other_clinic)
+    seen = await emr.GetEncounter(
+        emr_pb.GetEncounterRequest(name=at.encounter), metadata=hospital.other_doctor.md
+    )
+    assert seen.name == at.encounter
+    failure = await fails(
+        orders.CreateServiceRequest(
+            pb.CreateServiceRequestRequest(service_request=lab_order(at, hospital.lab)),
+            metadata=hospital.other_doctor.md,
+        )
+    )
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "DEPARTMENT_MISMATCH",
+    )
