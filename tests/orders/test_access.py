@@ -7,11 +7,16 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from his.emr.v1 import emr_service_pb2 as emr_pb
+from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.orders.v1 import orders_service_pb2 as pb
+from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.server import RunningService
+from tests.emr.helpers import open_encounter
 from tests.identity import channel_as
 from tests.orders.formulary import Formulary
 from tests.orders.helpers import (
@@ -19,10 +24,12 @@ from tests.orders.helpers import (
     Hospital,
     Orders,
     Patients,
+    lab_order,
     place_lab_order,
     prescribe,
     visit,
 )
+from tests.patient.helpers import grant_request
 from tests.security.helpers import AUDITOR
 from tests.support import fails
 
@@ -175,3 +182,70 @@ async def test_every_read_and_write_of_an_order_is_in_the_audit_trail(
                     break
                 await asyncio.sleep(0.1)
     assert sorted(ours) == sorted(want)
+
+
+async def test_revoked_consent_hides_orders_from_clinicians_but_not_from_the_fulfillers(
+    orders: Orders,
+    emr: Emr,
+    patients: Patients,
+    hospital: Hospital,
+    formulary: Formulary,
+) -> None:
+    assert hospital.colleague is not None and hospital.lab_technician is not None
+    assert hospital.pharmacist is not None and hospital.other_doctor is not None
+    at = await visit(patients, emr, hospital)
+    lab_order = await place_lab_order(orders, hospital, at)
+    made = await prescribe(orders, hospital, at, formulary.active.name)
+    consent = await patients.GrantConsent(
+        grant_request(at.patient, scope=patient_pb.CONSENT_SCOPE_PATIENT_PRIVACY)
+    )
+    assert await _sees(orders, lab_order.name, hospital.colleague.md) == grpc.StatusCode.OK
+    await patients.RevokeConsent(patient_pb.RevokeConsentRequest(name=consent.name))
+    failure = await fails(
+        orders.GetServiceRequest(
+            pb.GetServiceRequestRequest(name=lab_order.name), metadata=hospital.colleague.md
+        )
+    )
+    assert (failure.code, failure.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CONSENT_REVOKED")
+    listed = await orders.ListServiceRequests(
+        pb.ListServiceRequestsRequest(patient=at.patient), metadata=hospital.colleague.md
+    )
+    assert list(listed.service_requests) == []
+    # The laboratory and the pharmacy work on the order whatever the consent says.
+    assert await _sees(orders, lab_order.name, hospital.lab_technician.md) == grpc.StatusCode.OK
+    assert await _sees(orders, made.name, hospital.pharmacist.md) == grpc.StatusCode.OK
+    # Break-the-glass opens it to a doctor with no relation, audited as an emergency.
+    await hospital.iam.CreateEmergencyAccessGrant(
+        iam_pb.CreateEmergencyAccessGrantRequest(
+            emergency_access_grant=iam_pb.EmergencyAccessGrant(
+                patient=at.patient, reason="Collapsed in the waiting room; results needed now"
+            ),
+            duration=Duration(seconds=600),
+        ),
+        metadata=hospital.other_doctor.md,
+    )
+    assert await _sees(orders, lab_order.name, hospital.other_doctor.md) == grpc.StatusCode.OK
+
+
+async def test_reading_the_encounter_is_not_enough_to_order_in_it(
+    orders: Orders, emr: Emr, patients: Patients, hospital: Hospital
+) -> None:
+    assert hospital.other_doctor is not None
+    at = await visit(patients, emr, hospital)
+    # The other clinic's doctor follows the patient there: emr lets them read our encounter (a
+    # care relationship), but they neither work in our clinic nor attend this encounter.
+    await open_encounter(emr, hospital.other_doctor, at.patient, hospital.other_clinic)
+    seen = await emr.GetEncounter(
+        emr_pb.GetEncounterRequest(name=at.encounter), metadata=hospital.other_doctor.md
+    )
+    assert seen.name == at.encounter
+    failure = await fails(
+        orders.CreateServiceRequest(
+            pb.CreateServiceRequestRequest(service_request=lab_order(at, hospital.lab)),
+            metadata=hospital.other_doctor.md,
+        )
+    )
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "DEPARTMENT_MISMATCH",
+    )

@@ -14,6 +14,7 @@ from his.runtime.server import RunningService
 from his_client import HisClients, static_token
 from his_client.config import ClientConfig
 from tests.conftest import DEV_CREDENTIAL
+from tests.identity import REGISTRAR
 from tests.security.helpers import ADMINISTRATOR
 
 
@@ -38,8 +39,10 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
             )
             return issued.access_token
 
-        registrar, doctor = await token(patient_demo.USER), await token(demo.USER)
-    async with HisClients(config, token=static_token(registrar)) as his:
+        doctor = await token(demo.USER)
+    # The session's registrar, as every test that loads the demo patients (same request ids, same
+    # caller: one set of patients whoever loads it first).
+    async with HisClients(config, token=static_token(REGISTRAR)) as his:
         await patient_demo.load(his)
     async with HisClients(config, token=static_token(doctor)) as his:
         await emr_demo.load(his)

@@ -263,10 +263,12 @@ async def test_hold_resume_cancel_and_entered_in_error(
     cancelled = await orders.CancelMedicationRequest(
         pb.CancelMedicationRequestRequest(name=made.name, reason="allergy"), metadata=md
     )
-    assert (cancelled.status, cancelled.cancel_reason) == (
+    assert (cancelled.status, cancelled.cancel_reason, cancelled.remaining_quantity.value) == (
         pb.MEDICATION_REQUEST_STATUS_CANCELLED,
         "allergy",
+        0,
     )
+    assert held.remaining_quantity.value == 15  # on hold: still to be dispensed once resumed
     again = await orders.CancelMedicationRequest(
         pb.CancelMedicationRequestRequest(name=made.name, reason="other", etag="1"), metadata=md
     )

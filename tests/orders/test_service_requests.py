@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -10,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from his.common.v1 import types_pb2
 from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.orders.v1 import orders_service_pb2 as pb
+from his.patient.v1 import patient_service_pb2 as patient_pb
 from tests.emr.helpers import missing, open_encounter
 from tests.orders.helpers import (
     DOMAIN,
@@ -165,6 +167,19 @@ async def test_orders_need_an_active_patient_an_open_encounter_of_theirs_and_a_l
             grpc.StatusCode.FAILED_PRECONDITION,
             reason,
         ), (reason, failure)
+    # A patient deactivated after the encounter was opened.
+    gone = await visit(patients, emr, hospital)
+    await patients.DeactivatePatient(patient_pb.DeactivatePatientRequest(name=gone.patient))
+    inactive = await fails(
+        orders.CreateServiceRequest(
+            pb.CreateServiceRequestRequest(service_request=lab_order(gone, hospital.lab)),
+            metadata=hospital.doctor.md,
+        )
+    )
+    assert (inactive.code, inactive.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PATIENT_INACTIVE",
+    )
     # emr answers for an encounter that does not exist as for one the doctor may not see.
     unknown = await fails(
         orders.CreateServiceRequest(
@@ -395,3 +410,35 @@ async def test_a_patients_orders_are_listed_newest_first_in_pages(
     )
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert failure.fields == ["page_token"]
+
+
+async def test_concurrent_status_changes_each_make_one_revision_and_one_event(
+    orders: Orders, emr: Emr, patients: Patients, hospital: Hospital, orders_db: AsyncEngine
+) -> None:
+    assert hospital.doctor is not None
+    md = hospital.doctor.md
+    at = await visit(patients, emr, hospital)
+    made = await place_lab_order(orders, hospital, at)
+    calls: list[Awaitable[pb.ServiceRequest]] = []
+    for _ in range(4):
+        calls += [
+            orders.HoldServiceRequest(
+                pb.HoldServiceRequestRequest(name=made.name, reason="wait"), metadata=md
+            ),
+            orders.ResumeServiceRequest(
+                pb.ResumeServiceRequestRequest(name=made.name), metadata=md
+            ),
+            orders.RevokeServiceRequest(
+                pb.RevokeServiceRequestRequest(name=made.name, reason="stop"), metadata=md
+            ),
+        ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    # Each call either changed the order, found it there already, or met an illegal transition.
+    for result in results:
+        if isinstance(result, BaseException):
+            assert isinstance(result, grpc.aio.AioRpcError), result
+            assert result.code() == grpc.StatusCode.FAILED_PRECONDITION, result
+    final = await orders.GetServiceRequest(pb.GetServiceRequestRequest(name=made.name), metadata=md)
+    revisions = await changed_revisions(orders_db, CHANGED, made.name)
+    # Row locks serialize them: one event per change, revisions without gaps or repeats.
+    assert revisions == list(range(1, int(final.etag) + 1))

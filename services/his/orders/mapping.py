@@ -62,6 +62,14 @@ def total_quantity(row: Any) -> float:
     return float(row.dispense_value) * (1 + int(row.refills))
 
 
+def remaining(row: Any) -> float:
+    """What may still be dispensed: nothing once the prescription is over, else the total less
+    what was dispensed, never below 0."""
+    if row.status not in ("active", "on_hold"):
+        return 0.0
+    return max(0.0, total_quantity(row) - float(row.dispensed))
+
+
 def medication_request_to_proto(row: Any) -> pb.MedicationRequest:
     """An `orders.medication_requests` row as a MedicationRequest."""
     unit = row.dispense_unit
@@ -88,9 +96,7 @@ def medication_request_to_proto(row: Any) -> pb.MedicationRequest:
         update_time=wire.timestamp(row.update_time),
         etag=str(row.revision),
         dispensed_quantity=types_pb2.Quantity(value=row.dispensed, unit=unit),
-        remaining_quantity=types_pb2.Quantity(
-            value=max(0.0, total_quantity(row) - row.dispensed), unit=unit
-        ),
+        remaining_quantity=types_pb2.Quantity(value=remaining(row), unit=unit),
         status_reason=row.status_reason or "",
     )
 

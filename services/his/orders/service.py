@@ -170,9 +170,9 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
                 and f"departments/{performer}" in principal.departments
             ):
                 department = f"departments/{performer}"
-            author = getattr(row, "author_id", None) or getattr(
-                row, "requester_id", getattr(row, "prescriber_id", None)
-            )
+            # The doctor who placed a stored order; a proposed one has none yet (whoever asks to
+            # place it is not in the patient's care for that alone).
+            author = getattr(row, "requester_id", None) or getattr(row, "prescriber_id", None)
 
             async def consent() -> str:
                 return await self._privacy_consent(patient)

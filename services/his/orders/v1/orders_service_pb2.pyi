@@ -413,7 +413,8 @@ class MedicationRequest(_message.Message):
     @_builtins.property
     def remaining_quantity(self) -> _types_pb2.Quantity:
         """How much may still be dispensed: dispense_quantity x (1 + refills) less `dispensed_quantity`,
-        never below 0. Output only.
+        never below 0, while the prescription is ACTIVE or ON_HOLD; 0 once it is CANCELLED, COMPLETED
+        or ENTERED_IN_ERROR. Output only.
         """
 
     def __init__(

@@ -197,11 +197,19 @@ class OrdersServiceStub:
     """Applies events of the lab and pharmacy services to this service's own records; only their
     outbox relays call it. Each event is applied exactly once, in its own transaction, recorded by
     its `event_id`: a repeated delivery changes nothing. A `his.lab.v1.DiagnosticReportIssued`
-    completes its service request; a `his.pharmacy.v1.MedicationDispenseChanged` updates what has
-    been dispensed of its medication request. Errors: INVALID_ARGUMENT naming the bad event (no
+    completes its service request if it is ACTIVE or ON_HOLD (the first report; a REVOKED or
+    ENTERED_IN_ERROR order stays as it is, the event is recorded). A
+    `his.pharmacy.v1.MedicationDispenseChanged` keeps the dispense at its highest `revision` and
+    sums the prepared and handed-over dispenses into the medication request's
+    `dispensed_quantity` (a cancelled one no longer counts; more than allowed is recorded as it
+    happened); an ACTIVE request whose handed-over dispenses reach dispense_quantity x
+    (1 + refills) becomes COMPLETED. Every such change is a new revision of the order, sent on
+    as its Changed event. An event about an order this service does not know is recorded and
+    changes nothing. Errors: INVALID_ARGUMENT naming the bad event (no
     events or more than 500, an `event_id` that is not a UUID, an event type this service does not
-    take, a `source` other than the one the type comes from, a payload of another type);
-    PERMISSION_DENIED if the caller is not the service the events come from.
+    take, a `source` other than the one the type comes from, a payload of another type, or a
+    payload field such as a malformed resource name); PERMISSION_DENIED if the caller is not the
+    service the events come from.
     """
 
 @_typing.type_check_only
@@ -371,11 +379,19 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     """Applies events of the lab and pharmacy services to this service's own records; only their
     outbox relays call it. Each event is applied exactly once, in its own transaction, recorded by
     its `event_id`: a repeated delivery changes nothing. A `his.lab.v1.DiagnosticReportIssued`
-    completes its service request; a `his.pharmacy.v1.MedicationDispenseChanged` updates what has
-    been dispensed of its medication request. Errors: INVALID_ARGUMENT naming the bad event (no
+    completes its service request if it is ACTIVE or ON_HOLD (the first report; a REVOKED or
+    ENTERED_IN_ERROR order stays as it is, the event is recorded). A
+    `his.pharmacy.v1.MedicationDispenseChanged` keeps the dispense at its highest `revision` and
+    sums the prepared and handed-over dispenses into the medication request's
+    `dispensed_quantity` (a cancelled one no longer counts; more than allowed is recorded as it
+    happened); an ACTIVE request whose handed-over dispenses reach dispense_quantity x
+    (1 + refills) becomes COMPLETED. Every such change is a new revision of the order, sent on
+    as its Changed event. An event about an order this service does not know is recorded and
+    changes nothing. Errors: INVALID_ARGUMENT naming the bad event (no
     events or more than 500, an `event_id` that is not a UUID, an event type this service does not
-    take, a `source` other than the one the type comes from, a payload of another type);
-    PERMISSION_DENIED if the caller is not the service the events come from.
+    take, a `source` other than the one the type comes from, a payload of another type, or a
+    payload field such as a malformed resource name); PERMISSION_DENIED if the caller is not the
+    service the events come from.
     """
 
 class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -650,11 +666,19 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         """Applies events of the lab and pharmacy services to this service's own records; only their
         outbox relays call it. Each event is applied exactly once, in its own transaction, recorded by
         its `event_id`: a repeated delivery changes nothing. A `his.lab.v1.DiagnosticReportIssued`
-        completes its service request; a `his.pharmacy.v1.MedicationDispenseChanged` updates what has
-        been dispensed of its medication request. Errors: INVALID_ARGUMENT naming the bad event (no
+        completes its service request if it is ACTIVE or ON_HOLD (the first report; a REVOKED or
+        ENTERED_IN_ERROR order stays as it is, the event is recorded). A
+        `his.pharmacy.v1.MedicationDispenseChanged` keeps the dispense at its highest `revision` and
+        sums the prepared and handed-over dispenses into the medication request's
+        `dispensed_quantity` (a cancelled one no longer counts; more than allowed is recorded as it
+        happened); an ACTIVE request whose handed-over dispenses reach dispense_quantity x
+        (1 + refills) becomes COMPLETED. Every such change is a new revision of the order, sent on
+        as its Changed event. An event about an order this service does not know is recorded and
+        changes nothing. Errors: INVALID_ARGUMENT naming the bad event (no
         events or more than 500, an `event_id` that is not a UUID, an event type this service does not
-        take, a `source` other than the one the type comes from, a payload of another type);
-        PERMISSION_DENIED if the caller is not the service the events come from.
+        take, a `source` other than the one the type comes from, a payload of another type, or a
+        payload field such as a malformed resource name); PERMISSION_DENIED if the caller is not the
+        service the events come from.
         """
 
 def add_OrdersServiceServicer_to_server(servicer: OrdersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
