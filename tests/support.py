@@ -4,9 +4,10 @@ fresh databases."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,19 @@ async def fresh_database(server_url: str, name: str, *schemas: str) -> str:
 # The relays of the session's services (tests/conftest.py): audit is eventually consistent, so a
 # test that reads the trail first waits until these delivered what their outboxes hold.
 SESSION_RELAYS: list[Relay] = []
+
+
+@contextlib.asynccontextmanager
+async def relay_paused(running: RunningService) -> AsyncIterator[None]:
+    """While the block runs, `running`'s relay delivers nothing (what was ready is delivered
+    first): a test reads the outbox as a change left it, before the receiver takes it away."""
+    relay = running.relay
+    assert relay is not None
+    await relay.stop(flush_s=5.0)
+    try:
+        yield
+    finally:
+        relay.start()
 
 
 def track_relay(running: RunningService) -> None:

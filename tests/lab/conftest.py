@@ -13,6 +13,7 @@ from his.runtime.database import async_url
 from his.runtime.server import RunningService
 from tests.identity import channel_as
 from tests.lab.helpers import ADMINISTRATOR, Hospital
+from tests.support import relay_paused
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +29,11 @@ async def lab_db(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(async_url(database_url), poolclass=NullPool)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+async def lab_outbox_held(lab_service: RunningService) -> AsyncIterator[None]:
+    """Lab's relay paused for the test: its DiagnosticReportIssued events stay in the outbox to
+    be read (the session's orders would otherwise take them away at once)."""
+    async with relay_paused(lab_service):
+        yield

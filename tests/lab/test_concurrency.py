@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -58,6 +59,7 @@ async def _issued(engine: AsyncEngine, name: str) -> int:
         )
 
 
+@pytest.mark.usefixtures("lab_outbox_held")
 async def test_racing_finalizations_release_one_version_and_one_event(
     lab: Lab, patients: Patients, hospital: Hospital, lab_db: AsyncEngine
 ) -> None:

@@ -62,6 +62,7 @@ async def test_a_report_registers_the_catalogues_tests_of_the_panel(
     assert report.version == 0
 
 
+@pytest.mark.usefixtures("lab_outbox_held")
 async def test_release_then_amend_keeps_every_version_readable(
     lab: Lab, patients: Patients, hospital: Hospital, lab_db: AsyncEngine
 ) -> None:

@@ -314,13 +314,14 @@ def _ingress_open_to_all(root: Path) -> None:
     edit(
         root,
         f"{NETWORK}/patient.yaml",
-        """    - from:
-        - podSelector:
-            matchExpressions:
-              - key: app
-                operator: In
-                values: [scheduling, emr, orders, lab, pharmacy, iam, mobile-gateway, research-export]
-      ports:""",
+        "    - from:\n"
+        "        - podSelector:\n"
+        "            matchExpressions:\n"
+        "              - key: app\n"
+        "                operator: In\n"
+        "                values: [scheduling, emr, orders, lab, pharmacy, iam, mobile-gateway, "
+        "research-export]\n"
+        "      ports:",
         """    - ports:""",
     )
 

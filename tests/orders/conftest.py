@@ -17,6 +17,7 @@ from tests.emr.helpers import ADMINISTRATOR
 from tests.identity import channel_as
 from tests.orders.formulary import Formulary, in_pharmacy
 from tests.orders.helpers import Hospital
+from tests.support import relay_paused
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +43,11 @@ async def orders_db(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(async_url(database_url), poolclass=NullPool)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+async def orders_outbox_held(orders_service: RunningService) -> AsyncIterator[None]:
+    """Orders' relay paused for the test: its Changed events stay in the outbox to be read
+    (the session's lab and pharmacy would otherwise take them away at once)."""
+    async with relay_paused(orders_service):
+        yield

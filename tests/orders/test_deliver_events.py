@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from his.events.v1.event_envelope_pb2 import EventEnvelope
@@ -67,6 +68,7 @@ async def _read(orders: Orders, hospital: Hospital, name: str) -> pb.MedicationR
     )
 
 
+@pytest.mark.usefixtures("orders_outbox_held")
 async def test_the_first_report_completes_the_lab_order_and_a_repeat_changes_nothing(
     orders: Orders, emr: Emr, patients: Patients, hospital: Hospital, orders_db: AsyncEngine
 ) -> None:
@@ -116,6 +118,7 @@ async def test_a_report_of_a_revoked_order_is_recorded_and_the_order_stays_revok
     assert (got.status, got.report) == (pb.SERVICE_REQUEST_STATUS_REVOKED, "")
 
 
+@pytest.mark.usefixtures("orders_outbox_held")
 async def test_dispenses_count_newest_revision_first_and_complete_the_prescription(
     orders: Orders,
     emr: Emr,
@@ -314,7 +317,7 @@ async def test_bad_events_are_refused_naming_each(orders: Orders) -> None:
     # A payload that unpacks but names no order: refused, nothing recorded.
     nameless = report_issued("orders/1")
     assert await invalid_in(DOMAIN, orders.DeliverEvents(deliver(nameless), metadata=LAB)) == [
-        "payload.diagnostic_report.service_request"
+        "events[0].payload.diagnostic_report.service_request"
     ]
     reply = await orders.DeliverEvents(deliver(good), metadata=LAB)
     assert (reply.applied, reply.duplicates) == (1, 0)
@@ -328,11 +331,11 @@ async def test_bad_events_are_refused_naming_each(orders: Orders) -> None:
     assert set(
         await invalid_in(DOMAIN, orders.DeliverEvents(deliver(bad_dispense), metadata=PHARMACY))
     ) == {
-        "payload.medication_dispense.status",
-        "payload.medication_dispense.quantity",
-        "payload.revision",
-        "payload.medication_dispense.name",
-        "payload.medication_dispense.medication_request",
+        "events[0].payload.medication_dispense.status",
+        "events[0].payload.medication_dispense.quantity",
+        "events[0].payload.revision",
+        "events[0].payload.medication_dispense.name",
+        "events[0].payload.medication_dispense.medication_request",
     }
 
 

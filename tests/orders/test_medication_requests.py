@@ -4,6 +4,7 @@ cancelled or entered in error, completed only by the pharmacy."""
 from __future__ import annotations
 
 import grpc
+import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +30,7 @@ from tests.support import fails, invalid_in
 CHANGED = "his.orders.v1.MedicationRequestChanged"
 
 
+@pytest.mark.usefixtures("orders_outbox_held")
 async def test_a_prescription_copies_the_formularys_code_and_price_and_the_pharmacy_is_told(
     orders: Orders,
     emr: Emr,
@@ -135,6 +137,7 @@ async def test_bad_prescriptions_are_refused_naming_each_field(
     }
 
 
+@pytest.mark.usefixtures("orders_outbox_held")
 async def test_the_prescriber_changes_the_drug_dose_and_quantity_with_the_etag(
     orders: Orders,
     emr: Emr,

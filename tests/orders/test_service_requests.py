@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 
 import grpc
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from his.common.v1 import types_pb2
@@ -31,6 +32,7 @@ from tests.support import fails, invalid_in
 CHANGED = "his.orders.v1.ServiceRequestChanged"
 
 
+@pytest.mark.usefixtures("orders_outbox_held")
 async def test_a_doctor_orders_a_test_and_the_lab_is_told(
     orders: Orders, emr: Emr, patients: Patients, hospital: Hospital, orders_db: AsyncEngine
 ) -> None:
@@ -64,6 +66,7 @@ async def test_a_doctor_orders_a_test_and_the_lab_is_told(
     assert await changed_revisions(orders_db, CHANGED, made.name) == [1]
 
 
+@pytest.mark.usefixtures("orders_outbox_held")
 async def test_a_repeated_create_returns_the_first_order_and_tells_the_lab_once(
     orders: Orders, emr: Emr, patients: Patients, hospital: Hospital, orders_db: AsyncEngine
 ) -> None:
@@ -240,6 +243,7 @@ async def test_get_of_a_missing_or_malformed_order(orders: Orders, hospital: Hos
     ) == ["name"]
 
 
+@pytest.mark.usefixtures("orders_outbox_held")
 async def test_hold_resume_revoke_and_each_change_is_a_new_revision_for_the_lab(
     orders: Orders, emr: Emr, patients: Patients, hospital: Hospital, orders_db: AsyncEngine
 ) -> None:
@@ -412,6 +416,7 @@ async def test_a_patients_orders_are_listed_newest_first_in_pages(
     assert failure.fields == ["page_token"]
 
 
+@pytest.mark.usefixtures("orders_outbox_held")
 async def test_concurrent_status_changes_each_make_one_revision_and_one_event(
     orders: Orders, emr: Emr, patients: Patients, hospital: Hospital, orders_db: AsyncEngine
 ) -> None:

@@ -72,11 +72,11 @@ def consumes(access: Access, outbox: Outbox) -> Mapping[str, Consumes]:
             Violations(),
             [
                 (
-                    "payload.diagnostic_report.service_request",
+                    "diagnostic_report.service_request",
                     report.service_request,
                     "serviceRequests",
                 ),
-                ("payload.diagnostic_report.name", report.name, "diagnosticReports"),
+                ("diagnostic_report.name", report.name, "diagnosticReports"),
             ],
         )
         row = await store.complete_by_report(session, order_id, report_id)
@@ -89,17 +89,17 @@ def consumes(access: Access, outbox: Outbox) -> Mapping[str, Consumes]:
         v = Violations()
         status = _DISPENSE_STATUS.get(dispense.status)
         if status is None:
-            v.add("payload.medication_dispense.status", "must be a known dispense status")
+            v.add("medication_dispense.status", "must be a known dispense status")
         if dispense.quantity < 0:
-            v.add("payload.medication_dispense.quantity", "must not be negative")
+            v.add("medication_dispense.quantity", "must not be negative")
         if payload.revision < 1:
-            v.add("payload.revision", "must be at least 1")
+            v.add("revision", "must be at least 1")
         dispense_id, order_id = _ids(
             v,
             [
-                ("payload.medication_dispense.name", dispense.name, "medicationDispenses"),
+                ("medication_dispense.name", dispense.name, "medicationDispenses"),
                 (
-                    "payload.medication_dispense.medication_request",
+                    "medication_dispense.medication_request",
                     dispense.medication_request,
                     "medicationRequests",
                 ),

@@ -184,7 +184,9 @@ class Relay:
         self.delivered: dict[str, int] = dict.fromkeys(self._deliverers, 0)
 
     def start(self) -> None:
-        """Relay in the background until `stop` (no caller's identity, deadline or span)."""
+        """Relay in the background until `stop` (no caller's identity, deadline or span); a
+        stopped relay may be started again."""
+        self._stopping = False
         self._task = asyncio.create_task(
             self._run(), name="outbox-relay", context=contextvars.Context()
         )
