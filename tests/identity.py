@@ -151,6 +151,9 @@ def _session_issuer() -> Issuer:
 ISSUER = _session_issuer()
 # A registrar: demographics and scheduling, the default caller of the session's channels.
 REGISTRAR = ISSUER.staff("REGISTRAR")
+# The administrator who loads the demo staff in tests (same request ids, same caller: one set of
+# demo departments and staff whichever test loads them first).
+DEMO_ADMINISTRATOR = ISSUER.staff("ADMINISTRATOR")
 
 
 def registrar_channel(address: str, **options: Any) -> grpc.aio.Channel:

@@ -14,8 +14,7 @@ from his.runtime.server import RunningService
 from his_client import HisClients, static_token
 from his_client.config import ClientConfig
 from tests.conftest import DEV_CREDENTIAL
-from tests.identity import REGISTRAR
-from tests.security.helpers import ADMINISTRATOR
+from tests.identity import DEMO_ADMINISTRATOR, REGISTRAR
 
 
 async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
@@ -30,7 +29,7 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
             for r in (iam_service, patient_service, emr_service, orders_service)
         }
     )
-    async with HisClients(config, token=static_token(ADMINISTRATOR)) as admin:
+    async with HisClients(config, token=static_token(DEMO_ADMINISTRATOR)) as admin:
         await iam_demo.load(admin)
 
         async def token(username: str) -> str:

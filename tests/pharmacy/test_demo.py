@@ -11,7 +11,7 @@ from his.runtime.server import RunningService
 from his_client import HisClients
 from his_client.config import ClientConfig
 from his_client.credentials import static_token
-from tests.emr.helpers import ADMINISTRATOR
+from tests.identity import DEMO_ADMINISTRATOR
 from tests.pharmacy.helpers import PHARMACIST, PHARMACIST_TOKEN, Pharmacy, dispensing, prescribe
 
 
@@ -20,7 +20,7 @@ async def test_the_demo_stocks_the_pharmacy_once_and_dispenses_first_expiry_firs
 ) -> None:
     addresses = {"iam": iam_service.address, "pharmacy": pharmacy_service.address}
     async with HisClients(
-        ClientConfig(addresses=addresses), token=static_token(ADMINISTRATOR)
+        ClientConfig(addresses=addresses), token=static_token(DEMO_ADMINISTRATOR)
     ) as admin:
         await iam_demo.load(admin)
     async with HisClients(
