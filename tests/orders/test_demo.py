@@ -51,7 +51,7 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
         placed = await his.orders.ListServiceRequests(
             pb.ListServiceRequestsRequest(patient=liu.patients[0].name)
         )
-    assert sorted(o.code.code for o in placed.service_requests) == ["24331-1", "6598-7"]
+    assert sorted(o.code.code for o in placed.service_requests) == ["10839-9", "51990-0"]
     assert {o.performer for o in placed.service_requests} == {await _laboratory(config, doctor)}
 
 

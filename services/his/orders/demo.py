@@ -1,6 +1,6 @@
 """Demo lab orders for `his up --demo`, through the public API: Dr. Chen's tests for the
-cardiology visit still in progress (exertional chest tightness: a troponin, urgent, and a lipid
-panel), performed by the hospital's laboratory.
+cardiology visit still in progress (exertional chest tightness: a troponin, urgent, and a basic
+metabolic panel: codes of the laboratory's test catalogue), performed by the hospital's laboratory.
 
 Loaded as the cardiologist (`USER`), after emr's demo data. Every order carries a request id, so
 loading twice orders nothing twice. The lab's copy follows through the outbox (at once when the
@@ -24,12 +24,12 @@ LOINC = "http://loinc.org"
 ORDERS = (
     (
         "Liu",
-        "6598-7",
-        "Troponin T.cardiac [Mass/volume] in Serum or Plasma",
+        "10839-9",
+        "Troponin I.cardiac [Mass/volume] in Serum or Plasma",
         pb.REQUEST_PRIORITY_URGENT,
         "chest tightness on exertion",
     ),
-    ("Liu", "24331-1", "Lipid panel - Serum or Plasma", pb.REQUEST_PRIORITY_ROUTINE, "fasting"),
+    ("Liu", "51990-0", "Basic metabolic panel - Blood", pb.REQUEST_PRIORITY_ROUTINE, "fasting"),
 )
 
 
