@@ -107,10 +107,12 @@ def test_the_research_export_calls_what_is_declared_for_it() -> None:
 
 
 def test_declared_rpcs_are_rpcs_of_the_named_service() -> None:
+    # By (service, method): several services have an rpc of the same name (DeliverEvents).
+    known = {(rpc.service, rpc.method) for rpc in all_paths().values()}
     for callees in CALLS.values():
         for service, methods in callees.items():
             for method in methods:
-                assert METHODS[method].service == service, (service, method)
+                assert (service, method) in known, (service, method)
 
 
 def test_every_service_declares_the_calls_its_runtime_makes() -> None:

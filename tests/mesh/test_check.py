@@ -302,8 +302,8 @@ def _network_blocks_a_caller(root: Path) -> None:
     edit(
         root,
         "deploy/kustomize/components/network-policies/patient.yaml",
-        "values: [scheduling, emr, iam, mobile-gateway, research-export]",
-        "values: [emr, iam, mobile-gateway, research-export, audit]",
+        "values: [scheduling, emr, pharmacy, iam, mobile-gateway, research-export]",
+        "values: [emr, pharmacy, iam, mobile-gateway, research-export, audit]",
     )
 
 
@@ -319,7 +319,7 @@ def _ingress_open_to_all(root: Path) -> None:
             matchExpressions:
               - key: app
                 operator: In
-                values: [scheduling, emr, iam, mobile-gateway, research-export]
+                values: [scheduling, emr, pharmacy, iam, mobile-gateway, research-export]
       ports:""",
         """    - ports:""",
     )
@@ -329,8 +329,8 @@ def _gateway_cannot_reach_patient(root: Path) -> None:
     edit(
         root,
         f"{NETWORK}/mobile-gateway.yaml",
-        "values: [patient, scheduling, emr, iam, audit]",
-        "values: [scheduling, emr, iam, audit]",
+        "values: [patient, scheduling, emr, pharmacy, iam, audit]",
+        "values: [scheduling, emr, pharmacy, iam, audit]",
     )
 
 
