@@ -252,14 +252,16 @@ async def pharmacy_service(
     patient_service: RunningService,
     audit_service: RunningService,
     iam_service: RunningService,
+    emr_service: RunningService,
     pharmacy_port: int,
     orders_port: int,
 ) -> AsyncIterator[RunningService]:
     """The pharmacy service on its reserved port, auditing through the session's audit service,
-    asking iam about locations, and delivering dispense changes to orders at its reserved port."""
+    asking iam about locations, emr about encounters and patient about consents, and delivering
+    dispense changes to orders at its reserved port."""
     config = service_config(
         "pharmacy",
-        **addresses(patient_service, audit_service, iam_service),
+        **addresses(patient_service, audit_service, iam_service, emr_service),
         HIS_PORT=str(pharmacy_port),
         HIS_ORDERS_ADDR=f"localhost:{orders_port}",
     )

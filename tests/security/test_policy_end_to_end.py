@@ -788,9 +788,9 @@ async def _cancel_dispense(world: World, allowed: bool) -> Message:
     )
 
 
-# The formulary and stock are decided from the caller alone; so are dispenses here: the matrix's
-# role callers are neither the prescriber nor in a department that decides (pharmacy/service.py
-# asks about the prescriber's care only, which tests/pharmacy/test_access.py covers).
+# The formulary, stock and dispensing are decided from the caller alone; a dispense on its facts:
+# the world's prescription is PRACTITIONER's, written in the world's encounter (DEPARTMENT_A,
+# attended by PRACTITIONER), which emr shows to the related clinicians.
 PHARMACY_RPCS = (
     Rpc("pharmacy", "CreateMedication", "create", "pharmacy.medication", _new_medication),
     Rpc(
@@ -877,6 +877,7 @@ PHARMACY_RPCS = (
         lambda w: pharmacy_pb.HandOverMedicationDispenseRequest(
             name=missing("medicationDispenses")
         ),
+        by_record=True,
     ),
     Rpc(
         "pharmacy",
@@ -885,6 +886,7 @@ PHARMACY_RPCS = (
         "pharmacy.dispense",
         _on(lambda w: pharmacy_pb.GetMedicationDispenseRequest(name=w.dispense)),
         lambda w: pharmacy_pb.GetMedicationDispenseRequest(name=missing("medicationDispenses")),
+        by_record=True,
     ),
     Rpc(
         "pharmacy",
@@ -896,6 +898,7 @@ PHARMACY_RPCS = (
                 medication_request=w.prescription, page_size=500
             )
         ),
+        by_record=True,
         listed=True,
         items="medication_dispenses",
         shows=lambda w: w.dispense,
@@ -909,6 +912,7 @@ PHARMACY_RPCS = (
         lambda w: pharmacy_pb.CancelMedicationDispenseRequest(
             name=missing("medicationDispenses"), reason="x"
         ),
+        by_record=True,
     ),
 )
 
