@@ -12,8 +12,9 @@ alternating with the echo server (bench/echo.py):
   dispense with its MedicationDispenseChanged event and its audit event;
 - GetStockItem: a stock read (policy from the caller alone, no audit: not patient data).
 
-Calls spread over the drugs (`--seed`); `--hot` makes every dispense hit one drug's lot instead
-(contention on one stock row). Run: `python -m bench.pharmacy_load`.
+Calls spread over the drugs (`--seed`) and their prescriptions; `--hot` makes every prescription
+one of the first drug, so every dispense takes the same lot (contention on one stock row).
+Run: `python -m bench.pharmacy_load`.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ async def _bench(
                 timeout=10,
             )
             stock.append(item.name)
-            changed = _prescription(made.name, i)
+            # --hot: every prescription is of the first drug, so every dispense takes its lot.
+            changed = _prescription(medications[0] if hot else made.name, i)
             await pb_grpc.PharmacyServiceStub(orders_channel).DeliverEvents(
                 pb.DeliverEventsRequest(events=[envelope(changed, source="orders")]), timeout=10
             )
@@ -154,7 +156,7 @@ async def _bench(
             return echo_call(echo_channel, message)
 
         def dispensing(i: int) -> pb.DispenseMedicationRequest:
-            prescription = prescriptions[0 if hot else i % len(prescriptions)]
+            prescription = prescriptions[i % len(prescriptions)]
             return pb.DispenseMedicationRequest(
                 medication_dispense=pb.MedicationDispense(
                     medication_request=prescription, location=location, quantity=1
@@ -194,7 +196,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=50, help="drugs, each with a lot and a patient")
     parser.add_argument("--rounds", type=int, default=2, help="echo/service alternations per rpc")
-    parser.add_argument("--hot", action="store_true", help="every dispense from one drug's lot")
+    parser.add_argument("--hot", action="store_true", help="every dispense from one lot")
     args = parser.parse_args()
     with services("pharmacy") as hospital:
         asyncio.run(

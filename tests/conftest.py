@@ -339,14 +339,16 @@ async def pharmacy_service(
     patient_service: RunningService,
     audit_service: RunningService,
     iam_service: RunningService,
+    emr_service: RunningService,
     pharmacy_port: int,
     orders_service: RunningService,
 ) -> AsyncIterator[RunningService]:
     """The pharmacy service on its reserved port, auditing through the session's audit service,
-    asking iam about locations, and delivering dispense changes to the session's orders."""
+    asking iam about locations, emr about encounters and patient about consents, and delivering
+    dispense changes to the session's orders."""
     config = service_config(
         "pharmacy",
-        **addresses(patient_service, audit_service, iam_service),
+        **addresses(patient_service, audit_service, iam_service, emr_service),
         HIS_PORT=str(pharmacy_port),
         **addresses(orders_service),
     )

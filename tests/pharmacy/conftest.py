@@ -12,7 +12,7 @@ from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.runtime.database import async_url
 from his.runtime.server import RunningService
-from tests.emr.helpers import ADMINISTRATOR
+from tests.emr.helpers import ADMINISTRATOR, Clinic
 from tests.iam.helpers import make_department
 from tests.identity import channel_as
 
@@ -41,6 +41,13 @@ async def other_pharmacy(iam_service: RunningService) -> str:
 async def clinic_department(iam_service: RunningService) -> str:
     """An outpatient clinic: not a place that holds stock."""
     return await _department(iam_service, iam_pb.DEPARTMENT_KIND_OUTPATIENT)
+
+
+@pytest.fixture(scope="session")
+async def clinic(iam_service: RunningService) -> AsyncIterator[Clinic]:
+    """Departments and clinicians of the session's iam (the emr tests' clinic, made again)."""
+    async with channel_as(iam_service.address, ADMINISTRATOR) as channel:
+        yield await Clinic(iam_grpc.IamServiceStub(channel)).build()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import datetime as dt
 import itertools
 import random
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from his.common.v1 import types_pb2
@@ -163,9 +162,7 @@ def dispensing(
     )
 
 
-@dataclass
-class Shelf:
-    """A formulary entry with stock in a pharmacy of the session's iam."""
-
-    medication: pb.Medication
-    location: str
+async def on_hand(pharmacy: Pharmacy, stock_item: str) -> int:
+    """The quantity on hand of a stock item now."""
+    item = await pharmacy.GetStockItem(pb.GetStockItemRequest(name=stock_item), metadata=PHARMACIST)
+    return item.quantity_on_hand

@@ -15,7 +15,7 @@ from his.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.pharmacy.v1 import pharmacy_service_pb2 as pb
 from his.runtime.server import RunningService
-from tests.emr.helpers import Patients, new_patient
+from tests.emr.helpers import Clinic, Emr, Patients, new_patient, open_encounter
 from tests.identity import ISSUER, channel_as, metadata
 from tests.patient.helpers import grant_request
 from tests.pharmacy.helpers import (
@@ -78,6 +78,53 @@ async def test_the_prescribing_doctor_reads_the_dispenses_of_the_prescription(
         pb.ListMedicationDispensesRequest(medication_request=order), metadata=doctor
     )
     assert [d.name for d in listed.medication_dispenses] == [dispense.name]
+
+
+async def test_clinicians_of_the_encounter_read_its_dispenses_and_others_do_not(
+    pharmacy: Pharmacy,
+    pharmacy_location: str,
+    patients: Patients,
+    emr: Emr,
+    clinic: Clinic,
+) -> None:
+    assert clinic.doctor and clinic.nurse and clinic.colleague and clinic.other_doctor
+    patient = await new_patient(patients)
+    # Attended by a doctor of another clinic: care, not the department, relates them.
+    visit = await open_encounter(
+        emr, clinic.doctor, patient, clinic.clinic, attending=clinic.other_doctor.name
+    )
+    medication = await create_medication(pharmacy)
+    item = await receive(pharmacy, medication.name, pharmacy_location, 10)
+    order = await prescribe(
+        pharmacy,
+        medication.name,
+        patient=patient,
+        encounter=visit.name,
+        prescriber=clinic.doctor.name,
+    )
+    dispense = await pharmacy.DispenseMedication(
+        dispensing(order.name, 1, stock_item=item.name), metadata=PHARMACIST
+    )
+    request = pb.GetMedicationDispenseRequest(name=dispense.name)
+    # The department's nurse and another doctor of it, and the attending doctor of another one.
+    for reader in (clinic.nurse, clinic.colleague, clinic.other_doctor):
+        got = await pharmacy.GetMedicationDispense(request, metadata=reader.md)
+        assert got.name == dispense.name
+        listed = await pharmacy.ListMedicationDispenses(
+            pb.ListMedicationDispensesRequest(patient=patient), metadata=reader.md
+        )
+        assert [d.name for d in listed.medication_dispenses] == [dispense.name]
+    # A nurse of another clinic, no relation: refused, and an empty list.
+    stranger = await clinic.clinician("NURSE", clinic.other_clinic)
+    failure = await fails(pharmacy.GetMedicationDispense(request, metadata=stranger.md))
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "DEPARTMENT_MISMATCH",
+    )
+    listed = await pharmacy.ListMedicationDispenses(
+        pb.ListMedicationDispensesRequest(patient=patient), metadata=stranger.md
+    )
+    assert list(listed.medication_dispenses) == []
 
 
 async def test_the_prescriber_is_refused_once_the_patient_revoked_privacy_consent(

@@ -18,6 +18,7 @@ from tests.pharmacy.helpers import (
     Pharmacy,
     create_medication,
     dispensing,
+    on_hand,
     prescribe,
     receive,
 )
@@ -40,11 +41,6 @@ async def _outcomes(calls: Sequence[Any]) -> tuple[list[pb.MedicationDispense], 
     return made, refused
 
 
-async def _on_hand(pharmacy: Pharmacy, name: str) -> int:
-    item = await pharmacy.GetStockItem(pb.GetStockItemRequest(name=name), metadata=PHARMACIST)
-    return item.quantity_on_hand
-
-
 async def test_a_hundred_dispenses_against_a_lot_of_ten_take_exactly_ten(
     pharmacy: Pharmacy, pharmacy_location: str, pharmacy_db: AsyncEngine
 ) -> None:
@@ -60,7 +56,7 @@ async def test_a_hundred_dispenses_against_a_lot_of_ten_take_exactly_ten(
     made, refused = await _outcomes(calls)
     assert sum(d.quantity for d in made) == 10
     assert refused == Counter({"FAILED_PRECONDITION OUT_OF_STOCK": 90})
-    assert await _on_hand(pharmacy, lot.name) == 0
+    assert await on_hand(pharmacy, lot.name) == 0
     async with pharmacy_db.connect() as connection:
         taken = await connection.scalar(
             text(
@@ -109,7 +105,7 @@ async def test_concurrent_cancels_return_the_stock_once(
     results = await asyncio.gather(*cancels)
     assert {r.status for r in results} == {pb.MEDICATION_DISPENSE_STATUS_CANCELLED}
     assert len({r.cancel_reason for r in results}) == 1
-    assert await _on_hand(pharmacy, lot.name) == 10
+    assert await on_hand(pharmacy, lot.name) == 10
     again = await pharmacy.DispenseMedication(
         dispensing(order.name, 10, stock_item=lot.name), metadata=PHARMACIST
     )
@@ -150,7 +146,7 @@ async def test_hand_over_racing_cancel_has_one_winner(
         for d in final.medication_dispenses
         if d.status == pb.MEDICATION_DISPENSE_STATUS_COMPLETED
     )
-    assert await _on_hand(pharmacy, lot.name) == 10 - completed
+    assert await on_hand(pharmacy, lot.name) == 10 - completed
 
 
 async def test_concurrent_replays_make_one_dispense(
@@ -165,4 +161,4 @@ async def test_concurrent_replays_make_one_dispense(
         *(pharmacy.DispenseMedication(request, metadata=PHARMACIST) for _ in range(20))
     )
     assert len({r.name for r in results}) == 1
-    assert await _on_hand(pharmacy, lot.name) == 47
+    assert await on_hand(pharmacy, lot.name) == 47

@@ -19,6 +19,7 @@ from tests.pharmacy.helpers import (
     dispensing,
     medication_request,
     missing,
+    on_hand,
     prescribe,
     receive,
     request_id,
@@ -51,8 +52,7 @@ async def test_a_dispense_takes_stock_and_copies_the_prescription(
     assert dispense.prescription_remaining_quantity == 16
     assert dispense.dispenser.startswith("staff/")
     assert dispense.etag == "1"
-    stock = await pharmacy.GetStockItem(pb.GetStockItemRequest(name=item), metadata=PHARMACIST)
-    assert stock.quantity_on_hand == 46
+    assert await on_hand(pharmacy, item) == 46
     got = await pharmacy.GetMedicationDispense(
         pb.GetMedicationDispenseRequest(name=dispense.name), metadata=PHARMACIST
     )
@@ -88,8 +88,7 @@ async def test_hand_over_completes_and_repeats_change_nothing(
         grpc.StatusCode.FAILED_PRECONDITION,
         "DISPENSE_COMPLETED",
     )
-    stock = await pharmacy.GetStockItem(pb.GetStockItemRequest(name=item), metadata=PHARMACIST)
-    assert stock.quantity_on_hand == 95
+    assert await on_hand(pharmacy, item) == 95
 
 
 async def test_cancel_returns_the_stock_and_the_allowance(
@@ -108,8 +107,7 @@ async def test_cancel_returns_the_stock_and_the_allowance(
     assert cancelled.status == pb.MEDICATION_DISPENSE_STATUS_CANCELLED
     assert cancelled.cancel_reason == "not collected"
     assert cancelled.prescription_remaining_quantity == 10
-    stock = await pharmacy.GetStockItem(pb.GetStockItemRequest(name=item), metadata=PHARMACIST)
-    assert stock.quantity_on_hand == 10
+    assert await on_hand(pharmacy, item) == 10
     again = await pharmacy.CancelMedicationDispense(
         pb.CancelMedicationDispenseRequest(name=dispense.name, reason="again"),
         metadata=PHARMACIST,
@@ -152,8 +150,7 @@ async def test_a_replayed_dispense_returns_the_first_and_takes_no_more(
     first = await pharmacy.DispenseMedication(request, metadata=PHARMACIST)
     second = await pharmacy.DispenseMedication(request, metadata=PHARMACIST)
     assert second.name == first.name
-    stock = await pharmacy.GetStockItem(pb.GetStockItemRequest(name=item), metadata=PHARMACIST)
-    assert stock.quantity_on_hand == 17
+    assert await on_hand(pharmacy, item) == 17
     other = dispensing(order.name, 4, stock_item=item)
     other.request_id = request.request_id
     assert await invalid_in(DOMAIN, pharmacy.DispenseMedication(other, metadata=PHARMACIST)) == [

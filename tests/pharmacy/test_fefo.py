@@ -6,12 +6,12 @@ import grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from his.pharmacy.v1 import pharmacy_service_pb2 as pb
 from tests.pharmacy.helpers import (
     PHARMACIST,
     Pharmacy,
     create_medication,
     dispensing,
+    on_hand,
     prescribe,
     receive,
 )
@@ -25,11 +25,6 @@ async def _expire(db: AsyncEngine, stock_item: str) -> None:
             text("UPDATE pharmacy.stock_items SET expiry_date = current_date WHERE id = :id"),
             {"id": stock_item.rsplit("/", 1)[1]},
         )
-
-
-async def _on_hand(pharmacy: Pharmacy, name: str) -> int:
-    item = await pharmacy.GetStockItem(pb.GetStockItemRequest(name=name), metadata=PHARMACIST)
-    return item.quantity_on_hand
 
 
 async def test_without_a_stock_item_the_earliest_usable_lot_is_taken(
@@ -55,7 +50,7 @@ async def test_without_a_stock_item_the_earliest_usable_lot_is_taken(
         dispensing(order.name, 5, location=pharmacy_location), metadata=PHARMACIST
     )
     assert third.stock_item == late.name
-    assert await _on_hand(pharmacy, elsewhere.name) == 10
+    assert await on_hand(pharmacy, elsewhere.name) == 10
 
 
 async def test_a_named_lot_is_refused_while_an_earlier_usable_one_exists(
@@ -80,7 +75,7 @@ async def test_a_named_lot_is_refused_while_an_earlier_usable_one_exists(
         dispensing(order.name, 5, stock_item=late.name), metadata=PHARMACIST
     )
     assert taken.stock_item == late.name
-    assert await _on_hand(pharmacy, early.name) == 3
+    assert await on_hand(pharmacy, early.name) == 3
 
 
 async def test_an_expired_lot_is_never_used(
@@ -106,7 +101,7 @@ async def test_an_expired_lot_is_never_used(
         dispensing(order.name, 1, stock_item=fresh.name), metadata=PHARMACIST
     )
     assert direct.stock_item == fresh.name
-    assert await _on_hand(pharmacy, expiring.name) == 10
+    assert await on_hand(pharmacy, expiring.name) == 10
     await _expire(pharmacy_db, fresh.name)
     none_left = await fails(
         pharmacy.DispenseMedication(

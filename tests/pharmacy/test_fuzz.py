@@ -27,7 +27,7 @@ from tests.pharmacy.helpers import (
 from tests.support import failure_of
 
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-ROUNDS = 12
+ROUNDS = 16
 CALLS_PER_ROUND = 16
 STATUSES = (
     orders_pb.MEDICATION_REQUEST_STATUS_ACTIVE,
@@ -56,12 +56,21 @@ async def test_random_traffic_keeps_the_books(
     received[far.name] += 20
     wrong = await receive(pharmacy, other.name, pharmacy_location, 20)
     orders = [
-        medication_request(medication.name, quantity=rng.randint(1, 12), refills=rng.randint(0, 2))
+        medication_request(medication.name, quantity=rng.randint(2, 12), refills=rng.randint(0, 2))
         for _ in range(4)
     ]
     revisions = {order.name: 1 for order in orders}
     await deliver(pharmacy, *(changed(order, 1) for order in orders))
-    dispenses: list[str] = []
+    # A few dispenses from the start, so hand-overs and cancels have something to work on.
+    dispenses: list[str] = [
+        (
+            await pharmacy.DispenseMedication(
+                dispensing(order.name, 1, location=pharmacy_location), metadata=PHARMACIST
+            )
+        ).name
+        for order in orders
+        for _ in range(2)
+    ]
     adjusted: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     bad: list[str] = []
@@ -91,7 +100,7 @@ async def test_random_traffic_keeps_the_books(
                 )
             return kind, pharmacy.CancelMedicationDispense(
                 pb.CancelMedicationDispenseRequest(
-                    name=name, reason=rng.choice(("", "x", "y" * 501))
+                    name=name, reason=rng.choice(("", "x", "x", "x", "y" * 501))
                 ),
                 metadata=PHARMACIST,
             )

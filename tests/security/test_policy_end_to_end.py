@@ -1014,9 +1014,9 @@ async def _cancel_dispense(world: World, allowed: bool) -> Message:
     )
 
 
-# The formulary and stock are decided from the caller alone; so are dispenses here: the matrix's
-# role callers are neither the prescriber nor in a department that decides (pharmacy/service.py
-# asks about the prescriber's care only, which tests/pharmacy/test_access.py covers).
+# The formulary, stock and dispensing are decided from the caller alone; a dispense on its facts:
+# the world's prescription is PRACTITIONER's, written in the world's encounter (DEPARTMENT_A,
+# attended by PRACTITIONER), which emr shows to the related clinicians.
 PHARMACY_RPCS = (
     Rpc("pharmacy", "CreateMedication", "create", "pharmacy.medication", _new_medication),
     Rpc(
@@ -1103,6 +1103,7 @@ PHARMACY_RPCS = (
         lambda w: pharmacy_pb.HandOverMedicationDispenseRequest(
             name=missing("medicationDispenses")
         ),
+        by_record=True,
     ),
     Rpc(
         "pharmacy",
@@ -1111,6 +1112,7 @@ PHARMACY_RPCS = (
         "pharmacy.dispense",
         _on(lambda w: pharmacy_pb.GetMedicationDispenseRequest(name=w.dispense)),
         lambda w: pharmacy_pb.GetMedicationDispenseRequest(name=missing("medicationDispenses")),
+        by_record=True,
     ),
     Rpc(
         "pharmacy",
@@ -1122,6 +1124,7 @@ PHARMACY_RPCS = (
                 medication_request=w.prescription, page_size=500
             )
         ),
+        by_record=True,
         listed=True,
         items="medication_dispenses",
         shows=lambda w: w.dispense,
@@ -1135,6 +1138,7 @@ PHARMACY_RPCS = (
         lambda w: pharmacy_pb.CancelMedicationDispenseRequest(
             name=missing("medicationDispenses"), reason="x"
         ),
+        by_record=True,
     ),
 )
 

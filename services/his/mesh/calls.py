@@ -60,13 +60,15 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
         "patient": ("GetPatient", "ListConsents"),
         "orders": ("DeliverEvents",),
     },
-    # Stock is received only into a pharmacy department, and a doctor's access to a dispense reads
-    # the patient's privacy consent as pharmacy itself (pharmacy/service.py); dispense changes
-    # reach orders through the outbox relay (pharmacy/events.py).
+    # Stock is received only into a pharmacy department; a clinician's access to a dispense asks
+    # emr for its encounter on the clinician's behalf and reads the patient's privacy consent as
+    # pharmacy itself (pharmacy/service.py); dispense changes reach orders through the outbox
+    # relay (pharmacy/events.py).
     "pharmacy": {
         **_RUNTIME,
         "iam": (*_RUNTIME["iam"], "GetDepartment"),
         "patient": ("ListConsents",),
+        "emr": ("GetEncounter",),
         "orders": ("DeliverEvents",),
     },
     # A break-the-glass grant names an active patient (iam/service.py).

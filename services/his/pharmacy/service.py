@@ -3,8 +3,9 @@ outbox) → respond.
 
 The formulary (`pharmacy.medication`) and stock (`pharmacy.stock`) are not patient data; their
 writes are audited. Dispenses (`pharmacy.dispense`) are: every read and write is authorized on
-the dispense's facts (pharmacists always; the prescribing doctor under care; others only under
-break-the-glass) and audited. Dispensing checks the pharmacy's own copy of the prescription
+the dispense's facts (pharmacists always; doctors and nurses of the encounter's department, its
+attending practitioner and the prescriber read them, others only under break-the-glass) and
+audited. Dispensing checks the pharmacy's own copy of the prescription
 (events.py), never calling orders on the way.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -22,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base import identity
 from his.base.errors import FailedPrecondition, InvalidArgument
+from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.pharmacy import store
 from his.pharmacy.events import CONSUMES, dispense_changed
@@ -84,6 +87,22 @@ def _caller_id() -> uuid.UUID | None:
     return uuid.UUID(principal.subject.removeprefix("staff/"))
 
 
+# The roles whose access to a dispense depends on its encounter (policies: care_permissions).
+CLINICIANS = frozenset({"DOCTOR", "NURSE"})
+
+
+@dataclass(frozen=True)
+class Care:
+    """A dispense's encounter as emr shows it to the caller: its department and attending
+    practitioner (empty and None when emr does not show it)."""
+
+    department: str = ""
+    attending: uuid.UUID | None = None
+
+
+UNSEEN = Care()
+
+
 def _expiry(cursor: Cursor) -> dt.date:
     """The expiry date of a ListStockItems cursor (a day number), checked like its other values."""
     day = cursor.integer("d")
@@ -103,12 +122,16 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         assert resources.outbox is not None  # every service but audit has one
         self._outbox: Outbox = resources.outbox
 
-    def _dispense_facts(self, row: Any, consents: dict[str, str] | None = None) -> Facts:
-        """What the policy needs about a dispense: its patient, whether the caller prescribed it
-        (the prescriber's care relationship) and, when that decides, the patient's privacy
-        consent (`consents` remembers it for one list). Pharmacists are allowed whatever."""
+    def _dispense_facts(
+        self, row: Any, care: dict[uuid.UUID, Care], consents: dict[str, str] | None = None
+    ) -> Facts:
+        """What the policy needs about a dispense, as orders decides about the prescription: its
+        patient, the department of its encounter, whether the caller prescribed it or attends
+        the encounter, and, when that decides, the patient's privacy consent (`care` and
+        `consents` remember lookups for one call). Pharmacists are allowed whatever."""
         caller = _caller_id()
         patient = f"patients/{row.patient_id}"
+        seen = care.get(row.encounter_id, UNSEEN)
         known = {} if consents is None else consents
 
         async def consent() -> str:
@@ -118,9 +141,33 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
 
         return Facts(
             patient=patient,
-            under_care=caller is not None and caller == row.prescriber_id,
+            department=seen.department,
+            under_care=caller is not None and caller in (row.prescriber_id, seen.attending),
             consent=consent,
         )
+
+    async def _look_up_care(self, rows: list[Any], care: dict[uuid.UUID, Care]) -> None:
+        """The encounters of `rows` not yet in `care`, asked of emr on the caller's behalf — for
+        a clinician only (DOCTOR or NURSE: their access depends on it, a pharmacist's does not).
+        An encounter emr does not show the caller leaves the dispense with no department."""
+        principal = identity.current_or_none()
+        if principal is None or not principal.is_staff or not principal.roles & CLINICIANS:
+            return
+        for encounter_id in {row.encounter_id for row in rows} - care.keys():
+            try:
+                found = await self._clients.emr.GetEncounter(
+                    emr_pb.GetEncounterRequest(name=f"encounters/{encounter_id}")
+                )
+            except UpstreamError as error:
+                if error.code() not in (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    grpc.StatusCode.NOT_FOUND,
+                ):
+                    raise
+                care[encounter_id] = UNSEEN
+                continue
+            attending = found.attending_practitioner.removeprefix("staff/")
+            care[encounter_id] = Care(found.department, uuid.UUID(attending) if attending else None)
 
     async def _privacy_consent(self, patient: str) -> str:
         try:
@@ -451,12 +498,17 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
     async def _authorize_dispense(self, action: str, dispense_id: uuid.UUID) -> tuple[Permit, Any]:
         """Allow or refuse the caller on one dispense; NOT_FOUND after that."""
 
+        care: dict[uuid.UUID, Care] = {}
+
         async def load() -> Any:
             async with self._db.read() as session:
-                return await store.find_dispense(session, dispense_id)
+                row = await store.find_dispense(session, dispense_id)
+            if row is not None:
+                await self._look_up_care([row], care)
+            return row
 
         permit, row = await self._access.authorize(
-            action, "pharmacy.dispense", load, self._dispense_facts
+            action, "pharmacy.dispense", load, lambda found: self._dispense_facts(found, care)
         )
         if row is None:
             raise store.not_found(dispense_name(dispense_id))
@@ -496,17 +548,19 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         # beyond the page turns up, so neither a short page nor a token hints at hidden ones.
         visible: list[tuple[Any, Permit]] = []
         consents: dict[str, str] = {}
+        care: dict[uuid.UUID, Care] = {}
         scanned = 0
         after = keyset.after
         batch = max(keyset.read_limit, 100)
         while True:
             async with self._db.read() as session:
                 rows = await store.list_dispenses(session, where, after=after, limit=batch)
+            await self._look_up_care(rows, care)
             visible += await self._access.filter(
                 "read",
                 "pharmacy.dispense",
                 rows,
-                lambda row: self._dispense_facts(row, consents),
+                lambda row: self._dispense_facts(row, care, consents),
             )
             scanned += len(rows)
             if len(visible) > limit or len(rows) < batch or scanned >= SCAN_LIMIT:

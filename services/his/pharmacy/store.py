@@ -496,11 +496,17 @@ def _name(table: Table) -> str:
 
 _P, _S, _D, _M = _name(prescriptions), _name(stock_items), _name(dispenses), _name(medications)
 
-# The prescription's allowance, taken by one conditional UPDATE (serialised on its row lock).
+# The prescription's allowance, taken by one conditional UPDATE (serialised on its row lock), of
+# an active medication of the formulary (read, not locked). Every statement inside the locks
+# makes the next dispense of the same drug wait: the happy path is three (allowance, stock,
+# dispense) and the outbox's insert; the refusals read on to say why.
+_P_COLUMNS = ", ".join(f"p.{column.name}" for column in prescriptions.c)
 _TAKE_ALLOWANCE = f"""
-UPDATE {_P} SET dispensed = dispensed + $2
-WHERE id = $1 AND status = 'active' AND dispensed + $2 <= total_quantity
-RETURNING {_columns(prescriptions)}, total_quantity - dispensed AS remaining
+UPDATE {_P} p SET dispensed = p.dispensed + $2
+FROM {_M} m
+WHERE p.id = $1 AND p.status = 'active' AND p.dispensed + $2 <= p.total_quantity
+  AND m.id = p.medication_id AND m.active
+RETURNING {_P_COLUMNS}, p.total_quantity - p.dispensed AS remaining
 """  # noqa: S608
 _PRESCRIPTION = f"SELECT {_columns(prescriptions)} FROM {_P} WHERE id = $1"  # noqa: S608
 _MEDICATION_ACTIVE = f"SELECT active FROM {_M} WHERE id = $1"  # noqa: S608
@@ -515,6 +521,17 @@ SELECT id FROM {_S}
 WHERE medication_id = $1 AND location_id = $2 AND expiry_date > current_date AND on_hand >= $4
   AND ($3::date IS NULL OR expiry_date < $3::date)
 ORDER BY expiry_date, lot_number, id LIMIT 1
+"""  # noqa: S608
+# The first usable lot at the location, taken by one conditional UPDATE (the lot chosen before
+# its row lock is checked again under it: a concurrent dispense may have emptied it).
+_TAKE_FIRST = f"""
+UPDATE {_S} SET on_hand = on_hand - $3, version = version + 1, update_time = now()
+WHERE id = (
+    SELECT id FROM {_S}
+    WHERE medication_id = $1 AND location_id = $2 AND expiry_date > current_date AND on_hand >= $3
+    ORDER BY expiry_date, lot_number, id LIMIT 1
+) AND on_hand >= $3 AND expiry_date > current_date
+RETURNING {_columns(stock_items)}
 """  # noqa: S608
 # The stock, taken by one conditional UPDATE: never below zero, never from an expired lot.
 _TAKE_STOCK = f"""
@@ -579,11 +596,32 @@ class Dispensing:
 
 
 async def _allowance(connection: asyncpg.Connection, ask: Dispensing) -> asyncpg.Record:
-    taken = await connection.fetchrow(_TAKE_ALLOWANCE, ask.prescription_id, ask.quantity)
-    if taken is not None:
-        return taken
+    """The prescription's copy with the allowance taken, or FAILED_PRECONDITION saying why not."""
+    for _ in range(2):  # again only if the copy and the medication allowed it once looked at
+        taken = await connection.fetchrow(_TAKE_ALLOWANCE, ask.prescription_id, ask.quantity)
+        if taken is not None:
+            return taken
+        copy = _allowing(await connection.fetchrow(_PRESCRIPTION, ask.prescription_id), ask)
+        medication_id = copy["medication_id"]
+        active = await connection.fetchval(_MEDICATION_ACTIVE, medication_id)
+        if active is None:
+            raise refused(
+                "MEDICATION_NOT_KNOWN",
+                "the prescribed medication is not in the formulary",
+                medication=medication_name(medication_id),
+            )
+        if not active:
+            raise refused("MEDICATION_INACTIVE", "the prescribed medication is inactive")
+    raise Aborted(
+        "the prescription or its medication changed while dispensing; try again",
+        reason="CONCURRENT_CHANGE",
+    )
+
+
+def _allowing(copy: asyncpg.Record | None, ask: Dispensing) -> asyncpg.Record:
+    """The copy if it allows the quantity; FAILED_PRECONDITION if not (unknown, not active, not
+    enough left)."""
     name = prescription_name(ask.prescription_id)
-    copy = await connection.fetchrow(_PRESCRIPTION, ask.prescription_id)
     if copy is None:
         raise refused(
             "ORDER_NOT_KNOWN",
@@ -596,12 +634,14 @@ async def _allowance(connection: asyncpg.Connection, ask: Dispensing) -> asyncpg
             f"the medication request is {copy['status']}",
             status=copy["status"],
         )
-    remaining = max(copy["total_quantity"] - copy["dispensed"], 0)
-    raise refused(
-        "EXCEEDS_PRESCRIPTION",
-        "the quantity exceeds what the prescription still allows",
-        remaining_quantity=str(remaining),
-    )
+    remaining = copy["total_quantity"] - copy["dispensed"]
+    if ask.quantity > remaining:
+        raise refused(
+            "EXCEEDS_PRESCRIPTION",
+            "the quantity exceeds what the prescription still allows",
+            remaining_quantity=str(max(remaining, 0)),
+        )
+    return copy
 
 
 async def _named_lot(
@@ -647,14 +687,15 @@ async def _chosen_lot(
     connection: asyncpg.Connection, ask: Dispensing, medication_id: uuid.UUID
 ) -> asyncpg.Record:
     for _ in range(_CHOICE_TRIES):
+        taken = await connection.fetchrow(_TAKE_FIRST, medication_id, ask.location_id, ask.quantity)
+        if taken is not None:
+            return taken
+        # Lost a race for the lot it chose, or no lot is usable: look again.
         first = await connection.fetchval(
             _FIRST_USABLE, medication_id, ask.location_id, None, ask.quantity
         )
         if first is None:
             break
-        taken = await connection.fetchrow(_TAKE_STOCK, first, ask.quantity)
-        if taken is not None:
-            return taken
     raise refused(
         "OUT_OF_STOCK",
         "no lot at this location holds the quantity and has not expired",
@@ -668,15 +709,6 @@ async def dispense(connection: asyncpg.Connection, ask: Dispensing) -> Record:
     concurrent call with the same request id got there first."""
     copy = await _allowance(connection, ask)
     medication_id = copy["medication_id"]
-    active = await connection.fetchval(_MEDICATION_ACTIVE, medication_id)
-    if active is None:
-        raise refused(
-            "MEDICATION_NOT_KNOWN",
-            "the prescribed medication is not in the formulary",
-            medication=medication_name(medication_id),
-        )
-    if not active:
-        raise refused("MEDICATION_INACTIVE", "the prescribed medication is inactive")
     if ask.stock_item is not None:
         lot = await _named_lot(connection, ask, medication_id)
     else:

@@ -218,7 +218,8 @@ class PharmacyServiceServicer:
         MEDICATION_INACTIVE, LOT_EXPIRED, NOT_FIRST_EXPIRY, OUT_OF_STOCK (more than the quantity on
         hand, or no usable lot at the location: stock never goes below zero), EXCEEDS_PRESCRIPTION
         (the quantity together with the request's earlier dispenses that are not cancelled exceeds the
-        request's quantity to dispense times (1 + number of refills)).
+        request's quantity to dispense times (1 + number of refills)); ABORTED in the rare case the
+        prescription's copy or its medication changed during the call (try again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -106,7 +106,8 @@ class PharmacyServiceStub:
     MEDICATION_INACTIVE, LOT_EXPIRED, NOT_FIRST_EXPIRY, OUT_OF_STOCK (more than the quantity on
     hand, or no usable lot at the location: stock never goes below zero), EXCEEDS_PRESCRIPTION
     (the quantity together with the request's earlier dispenses that are not cancelled exceeds the
-    request's quantity to dispense times (1 + number of refills)).
+    request's quantity to dispense times (1 + number of refills)); ABORTED in the rare case the
+    prescription's copy or its medication changed during the call (try again).
     """
     HandOverMedicationDispense: _grpc.UnaryUnaryMultiCallable[_pharmacy_service_pb2.HandOverMedicationDispenseRequest, _pharmacy_service_pb2.MedicationDispense]
     """Records that a prepared dispense was handed over to the patient or the ward: the status becomes
@@ -220,7 +221,8 @@ class PharmacyServiceAsyncStub(PharmacyServiceStub):
     MEDICATION_INACTIVE, LOT_EXPIRED, NOT_FIRST_EXPIRY, OUT_OF_STOCK (more than the quantity on
     hand, or no usable lot at the location: stock never goes below zero), EXCEEDS_PRESCRIPTION
     (the quantity together with the request's earlier dispenses that are not cancelled exceeds the
-    request's quantity to dispense times (1 + number of refills)).
+    request's quantity to dispense times (1 + number of refills)); ABORTED in the rare case the
+    prescription's copy or its medication changed during the call (try again).
     """
     HandOverMedicationDispense: _aio.UnaryUnaryMultiCallable[_pharmacy_service_pb2.HandOverMedicationDispenseRequest, _pharmacy_service_pb2.MedicationDispense]  # type: ignore[assignment]
     """Records that a prepared dispense was handed over to the patient or the ward: the status becomes
@@ -385,7 +387,8 @@ class PharmacyServiceServicer(metaclass=_abc_1.ABCMeta):
         MEDICATION_INACTIVE, LOT_EXPIRED, NOT_FIRST_EXPIRY, OUT_OF_STOCK (more than the quantity on
         hand, or no usable lot at the location: stock never goes below zero), EXCEEDS_PRESCRIPTION
         (the quantity together with the request's earlier dispenses that are not cancelled exceeds the
-        request's quantity to dispense times (1 + number of refills)).
+        request's quantity to dispense times (1 + number of refills)); ABORTED in the rare case the
+        prescription's copy or its medication changed during the call (try again).
         """
 
     @_abc_1.abstractmethod
