@@ -37,8 +37,8 @@ def _sh_blocks(section: str) -> list[str]:
 def _walkthrough() -> str:
     """Terminal 2 of the walk-through: every ```sh block but terminal 1's `make run`."""
     blocks = [b for b in _sh_blocks(_section("Walk-through")) if b.strip() != "make run"]
-    # The token, the registrar's snippet, the auditor's, the cardiologist's.
-    assert len(blocks) == 4, blocks
+    # The token, the registrar's snippet, the auditor's, the cardiologist's, the order loop's.
+    assert len(blocks) == 5, blocks
     assert blocks[0].startswith("export TOKEN=")
     assert all(".venv/bin/python - <<'PY'" in block for block in blocks[1:])
     return "\n".join(blocks)
@@ -110,6 +110,19 @@ def _check_walkthrough(lines: list[str]) -> tuple[str, str]:
     assert _one(lines, "versions ") == "versions ['NOTE_STATUS_FINAL', 'NOTE_STATUS_AMENDED']"
     assert _one(lines, "diagnosis ") == "diagnosis I20.9 CONDITION_VERIFICATION_STATUS_PROVISIONAL"
     assert _one(lines, "finished: ") == "finished: ENCOUNTER_STATUS_FINISHED"
+    # The order loop: the lab's flag, completion from the lab, a dispense of exactly 15 from the
+    # lot that expires first, the pharmacist refused, completion from the pharmacy.
+    assert _one(lines, "glucose ") == "glucose 180.0 mg/dL OBSERVATION_INTERPRETATION_HIGH"
+    assert _one(lines, "lab order ") == "lab order SERVICE_REQUEST_STATUS_COMPLETED"
+    dispensed = _one(lines, "dispensed ").split()
+    assert dispensed[1:4] == ["15", "from", "lot"], dispensed
+    assert dispensed[4] == f"J01CA04-{dt.datetime.now(dt.UTC).year + 1}", dispensed
+    assert int(dispensed[6]) - int(dispensed[8]) == 15, dispensed
+    locked = _one(lines, "the pharmacist changes the quantity: ")
+    assert "PERMISSION_DENIED PRESCRIPTION_FIELDS_LOCKED (orders.his)" in locked
+    assert _one(lines, "prescription ") == (
+        "prescription MEDICATION_REQUEST_STATUS_COMPLETED dispensed 15.0 remaining 0.0"
+    )
     return patient, booked[1]
 
 
