@@ -371,13 +371,20 @@ class Hospital:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        for service in reversed(self._services.values()):
+        for service in self._stop_order():
             await self._stop(service)
         # A migration or pg_ctl still running (Ctrl-C came in the middle) ends before the end.
         await asyncio.gather(*self._blocking, return_exceptions=True)
         if self._embedded is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._embedded.stop)
         self.say("stopped.")
+
+    def _stop_order(self) -> list[_Service]:
+        """Callers before what they call: the catalog's order reversed, except that iam and audit,
+        which every service calls (tokens, the audit trail its relay still delivers while it
+        stops), stop last — audit after iam, whose own events go to audit too."""
+        last = [self._services[name] for name in ("iam", "audit") if name in self._services]
+        return [s for s in reversed(self._services.values()) if s not in last] + last
 
     async def _stop(self, service: _Service) -> None:
         """Stop one service, drained before the next: callers (scheduling) stop before what they

@@ -16,7 +16,6 @@ from typing import Any
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from his.base.catalog import implemented
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.lab.v1 import lab_service_pb2 as lab_pb
 from his.orders import store
@@ -144,9 +143,5 @@ def _batch_to_pharmacy(clients: HisClients) -> Deliver:
 
 
 def deliverers(clients: HisClients) -> Mapping[str, Deliver]:
-    """Orders' outbox destinations besides audit: each batch in one DeliverEvents call. Only to
-    services this build implements (catalog): the events for one that is not built yet wait in
-    the outbox, delivered from the first start that has it."""
-    built = {entry.name for entry in implemented()}
-    every = {LAB: _batch_to_lab(clients), PHARMACY: _batch_to_pharmacy(clients)}
-    return {destination: deliver for destination, deliver in every.items() if destination in built}
+    """Orders' outbox destinations besides audit: each batch in one DeliverEvents call."""
+    return {LAB: _batch_to_lab(clients), PHARMACY: _batch_to_pharmacy(clients)}
