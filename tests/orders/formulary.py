@@ -25,12 +25,13 @@ class Formulary:
 
 
 def medication(code: str, display: str, price_minor: int, *, active: bool = True) -> pb.Medication:
-    """A formulary medication dispensed in tablets."""
+    """A formulary medication dispensed in tablets, of a strength the demo formulary does not
+    stock (the session's pharmacy refuses a second entry of the same drug, form and strength)."""
     return pb.Medication(
         code=types_pb2.Coding(system=ATC, code=code, display=display),
         display_name=f"{display} tablet",
         form=types_pb2.Coding(system="http://snomed.info/sct", code="385055001", display="Tablet"),
-        strength=types_pb2.Quantity(value=500, unit="mg"),
+        strength=types_pb2.Quantity(value=325, unit="mg"),
         dispense_unit=TABLET,
         unit_price=types_pb2.Money(currency_code="CNY", amount_minor=price_minor),
         active=active,

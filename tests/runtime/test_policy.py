@@ -206,7 +206,7 @@ def test_require_returns_the_decision_when_allowed() -> None:
 
 def test_require_raises_permission_denied_with_the_reason() -> None:
     engine = PolicyEngine.load()
-    locked = Request(("PHARMACIST",), "update", "orders.medication_order", fields=("dose",))
+    locked = Request(("PHARMACIST",), "update", "orders.medication_order", fields=("dosage",))
     with pytest.raises(PermissionDenied) as caught:
         engine.require(locked)
     assert caught.value.reason == "PRESCRIPTION_FIELDS_LOCKED"

@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+import grpc
+
 from his.common.v1 import types_pb2
 from his.iam import demo as iam_demo
 from his.pharmacy.v1 import pharmacy_service_pb2 as pb
@@ -75,19 +77,7 @@ async def load(his: HisClients) -> str:
     lots = 0
     for drug in DRUGS:
         key = f"demo-pharmacy-{drug.atc.lower()}-{drug.form}"
-        medication = await his.pharmacy.CreateMedication(
-            pb.CreateMedicationRequest(
-                medication=pb.Medication(
-                    code=types_pb2.Coding(system=ATC, code=drug.atc, display=drug.substance),
-                    display_name=drug.display_name,
-                    form=types_pb2.Coding(system=SNOMED, code=drug.form, display=FORMS[drug.form]),
-                    strength=types_pb2.Quantity(value=drug.strength, unit=drug.strength_unit),
-                    dispense_unit=drug.dispense_unit,
-                    unit_price=types_pb2.Money(currency_code="CNY", amount_minor=drug.price_fen),
-                ),
-                request_id=key,
-            )
-        )
+        medication = await _formulary_entry(his, drug, key)
         # Two lots: a small one expiring next year, the rest the year after (dates stay valid
         # for any load in this year).
         for year, quantity in ((this_year + 1, drug.stock // 5), (this_year + 2, drug.stock)):
@@ -103,3 +93,35 @@ async def load(his: HisClients) -> str:
             )
             lots += 1
     return f"{len(DRUGS)} formulary medications with {lots} lots in the hospital pharmacy"
+
+
+async def _formulary_entry(his: HisClients, drug: Drug, key: str) -> pb.Medication:
+    """The drug's formulary entry: created by the demo, or the one already there for the same ATC
+    code, form and strength (the formulary refuses a second; a pharmacist may have added it)."""
+    try:
+        return await his.pharmacy.CreateMedication(
+            pb.CreateMedicationRequest(
+                medication=pb.Medication(
+                    code=types_pb2.Coding(system=ATC, code=drug.atc, display=drug.substance),
+                    display_name=drug.display_name,
+                    form=types_pb2.Coding(system=SNOMED, code=drug.form, display=FORMS[drug.form]),
+                    strength=types_pb2.Quantity(value=drug.strength, unit=drug.strength_unit),
+                    dispense_unit=drug.dispense_unit,
+                    unit_price=types_pb2.Money(currency_code="CNY", amount_minor=drug.price_fen),
+                ),
+                request_id=key,
+            )
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+    found = await his.pharmacy.ListMedications(
+        pb.ListMedicationsRequest(atc_code_prefix=drug.atc, page_size=500)
+    )
+    return next(
+        m
+        for m in found.medications
+        if m.code.code == drug.atc
+        and m.form.code == drug.form
+        and (m.strength.value, m.strength.unit) == (drug.strength, drug.strength_unit)
+    )
