@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from his.pharmacy.tables import metadata
 from his.runtime.embedded_pg import EmbeddedPostgres
+from tests.pharmacy.helpers import Pharmacy, create_medication, receive
 from tests.schema import downgraded_and_upgraded, migration_differences
 from tests.support import fresh_database
 
@@ -37,12 +38,18 @@ async def test_the_schema_upgrades_downgrades_and_upgrades_again(
 
 
 async def test_stock_never_goes_below_zero_even_behind_the_services_back(
-    pharmacy_db: AsyncEngine,
+    pharmacy_db: AsyncEngine, pharmacy: Pharmacy, pharmacy_location: str
 ) -> None:
+    # A lot of its own, so the UPDATE below has a row to refuse whichever tests ran before.
+    drug = await create_medication(pharmacy)
+    lot = await receive(pharmacy, drug.name, pharmacy_location, 5)
     async with pharmacy_db.connect() as connection:
         failed = False
         try:
-            await connection.execute(text("UPDATE pharmacy.stock_items SET on_hand = -1"))
+            await connection.execute(
+                text("UPDATE pharmacy.stock_items SET on_hand = -1 WHERE id = :id"),
+                {"id": lot.name.rsplit("/", 1)[-1]},
+            )
         except IntegrityError as error:
             failed = "on_hand_not_negative" in str(error)
         await connection.rollback()
