@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.migrations import downgrade, upgrade
+from tests.schema import downgraded_and_upgraded
+from tests.support import fresh_database
 
 _DATABASE = "his_audit_migrations"
 
@@ -29,25 +27,19 @@ async def _run(url: str, sql: str) -> list[tuple[object, ...]]:
 async def test_audit_schema_upgrades_downgrades_and_upgrades_again(
     postgres: EmbeddedPostgres,
 ) -> None:
-    await _run(postgres.url, f'DROP DATABASE IF EXISTS "{_DATABASE}"')
-    await _run(postgres.url, f'CREATE DATABASE "{_DATABASE}"')
-    url = make_url(postgres.url).set(database=_DATABASE).render_as_string(hide_password=False)
-    tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'audit'"
-
-    await asyncio.to_thread(upgrade, "audit", url)
-    assert {row[0] for row in await _run(url, tables)} == {
-        "alembic_version",
-        "events",
-        "chain_head",
-        "verify_checkpoint",
-    }
+    url = await fresh_database(postgres.url, _DATABASE, "audit")
     head = await _run(url, "SELECT id, last_sequence_number, last_hash FROM audit.chain_head")
     assert head == [(1, 0, bytes(32))]
     # No checkpoint yet: the row exists (updates lock it) but carries no signature.
     checkpoint = await _run(url, "SELECT id, sequence_number, mac FROM audit.verify_checkpoint")
     assert checkpoint == [(1, 0, b"")]
 
-    await asyncio.to_thread(downgrade, "audit", url, "base")
-    assert {row[0] for row in await _run(url, tables)} == {"alembic_version"}
-    await asyncio.to_thread(upgrade, "audit", url)
+    migrated, downgraded, _ = await downgraded_and_upgraded(url, "audit")
+    assert migrated == {
+        "alembic_version",
+        "events",
+        "chain_head",
+        "verify_checkpoint",
+    }
+    assert downgraded == {"alembic_version"}
     assert len(await _run(url, "SELECT * FROM audit.chain_head")) == 1

@@ -3,64 +3,29 @@ catalogue, and keeps released report versions unchangeable."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from his.lab.tables import metadata
 from his.lab.v1 import lab_service_pb2 as pb
-from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.migrations import downgrade, upgrade
 from tests.lab.helpers import Hospital, Lab, Patients, reported
+from tests.schema import downgraded_and_upgraded, migration_differences
 from tests.support import fresh_database
 
 
-def _ours(name: str | None, kind: str, _: object) -> bool:
-    if kind == "schema":
-        return name == "lab"
-    return not (kind == "table" and name == "alembic_version")
-
-
-def _differences(connection: Connection) -> list[Any]:
-    context = MigrationContext.configure(
-        connection,
-        opts={"include_schemas": True, "include_name": _ours, "compare_server_default": False},
-    )
-    return list(compare_metadata(context, metadata))
-
-
 async def test_migration_builds_what_tables_py_declares(lab_db: AsyncEngine) -> None:
-    async with lab_db.connect() as connection:
-        differences = await connection.run_sync(_differences)
-    assert differences == []
-
-
-async def _tables(url: str) -> set[str]:
-    engine = create_async_engine(async_url(url), poolclass=NullPool)
-    try:
-        async with engine.connect() as connection:
-            rows = await connection.execute(
-                text("SELECT table_name FROM information_schema.tables WHERE table_schema = 'lab'")
-            )
-            return {row[0] for row in rows}
-    finally:
-        await engine.dispose()
+    assert await migration_differences(lab_db, "lab", metadata) == []
 
 
 async def test_the_schema_upgrades_downgrades_and_upgrades_again(
     postgres: EmbeddedPostgres,
 ) -> None:
     url = await fresh_database(postgres.url, "lab_schema", "lab")
-    assert await _tables(url) == {
+    migrated, downgraded, upgraded = await downgraded_and_upgraded(url, "lab")
+    assert migrated == {
         "alembic_version",
         "lab_orders",
         "lab_tests",
@@ -76,10 +41,8 @@ async def test_the_schema_upgrades_downgrades_and_upgrades_again(
         "outbox",
         "inbox",
     }
-    await asyncio.to_thread(downgrade, "lab", url, "base")
-    assert await _tables(url) == {"alembic_version"}
-    await asyncio.to_thread(upgrade, "lab", url)
-    assert "reports" in await _tables(url)
+    assert downgraded == {"alembic_version"}
+    assert "reports" in upgraded
 
 
 async def test_the_catalogue_is_seeded_with_panels_units_and_ranges(lab_db: AsyncEngine) -> None:

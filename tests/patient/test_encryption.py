@@ -45,6 +45,7 @@ from tests.patient.helpers import (
     unique_phone,
     unique_word,
 )
+from tests.schema import tables_of
 from tests.support import fails
 
 
@@ -375,11 +376,7 @@ async def test_upgrade_encrypts_plain_rows_and_downgrade_restores_them(
         added.national_id.value,
     )
     assert restored.phone == added.phone
-    tables = await _query(
-        fresh_url,
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'patient'",
-    )
-    assert "data_keys" not in {row[0] for row in tables}
+    assert "data_keys" not in await tables_of(fresh_url, "patient")
 
 
 async def test_an_empty_schema_migrates_without_any_keys(

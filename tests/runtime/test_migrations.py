@@ -8,27 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.migrations import downgrade, upgrade
-
-
-async def _tables(url: str) -> set[str]:
-    engine = create_async_engine(async_url(url))
-    try:
-        async with engine.connect() as connection:
-            rows = await connection.execute(
-                text(
-                    "SELECT table_name FROM information_schema.tables "
-                    "WHERE table_schema = 'patient'"
-                )
-            )
-            return {row[0] for row in rows}
-    finally:
-        await engine.dispose()
+from tests.schema import downgraded_and_upgraded
 
 
 async def test_patient_schema_upgrades_downgrades_and_upgrades_again(tmp_path: Path) -> None:
@@ -52,7 +34,8 @@ async def test_patient_schema_upgrades_downgrades_and_upgrades_again(tmp_path: P
         ]
         results = await asyncio.gather(*(replica.communicate() for replica in replicas))
         assert [replica.returncode for replica in replicas] == [0, 0, 0, 0], results
-        assert await _tables(url) == {
+        migrated, downgraded, upgraded = await downgraded_and_upgraded(url, "patient")
+        assert migrated == {
             "alembic_version",
             "patients",
             "patient_merges",
@@ -60,10 +43,8 @@ async def test_patient_schema_upgrades_downgrades_and_upgrades_again(tmp_path: P
             "data_keys",
             "outbox",
         }
-        await asyncio.to_thread(downgrade, "patient", url, "base")
-        assert await _tables(url) == {"alembic_version"}
-        await asyncio.to_thread(upgrade, "patient", url)
-        assert "patients" in await _tables(url)
+        assert downgraded == {"alembic_version"}
+        assert "patients" in upgraded
     finally:
         await asyncio.to_thread(pg.stop)
 

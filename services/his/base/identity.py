@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -82,6 +83,35 @@ def current() -> Principal:
 def current_or_none() -> Principal | None:
     """The principal of the call being served, if any (outbound calls use it to forward)."""
     return _current.get()
+
+
+# The staff id recorded for, and never matched by, a call with no person behind it.
+NOBODY = uuid.UUID(int=0)
+
+
+def caller_staff_id() -> uuid.UUID | None:
+    """The staff id of the person behind the call being served (`staff/{id}`); None when no
+    person is: no principal, or a service calling as itself. None is "nobody", so a service
+    never passes for the author, prescriber or attending practitioner of a row. A `staff/`
+    subject that is not a UUID raises ValueError (the servicer answers INTERNAL)."""
+    principal = _current.get()
+    if principal is None or not principal.is_staff:
+        return None
+    return uuid.UUID(principal.subject.removeprefix("staff/"))
+
+
+def caller_staff_id_or_nobody() -> uuid.UUID:
+    """`caller_staff_id()`, with NOBODY for no person: what a row records as the one who acted
+    (its author, performer, recorder) when that column takes no NULL."""
+    caller = caller_staff_id()
+    return NOBODY if caller is None else caller
+
+
+def is_caller(staff_id: uuid.UUID | None) -> bool:
+    """Is `staff_id` (read from a row) the person calling? Never for a service or no principal,
+    and never for NOBODY: a row a service wrote (or one with no one in it) belongs to no caller,
+    whatever the caller's subject says."""
+    return staff_id is not None and staff_id != NOBODY and staff_id == caller_staff_id()
 
 
 _method: contextvars.ContextVar[str] = contextvars.ContextVar("his_method", default="")

@@ -70,7 +70,6 @@ _DIAGNOSIS = pb.Diagnosis.DESCRIPTOR.full_name
 SCAN_LIMIT = 1000
 # The one service that may open an encounter as itself: scheduling, for a check-in.
 CHECK_IN_SOURCE = "scheduling"
-_NOBODY = uuid.UUID(int=0)
 
 
 @dataclass(frozen=True)
@@ -81,18 +80,6 @@ class Seen:
     encounter: Any
     attends_elsewhere: bool = False
     note: Any = None
-
-
-def _caller_id() -> uuid.UUID:
-    """The staff id of the person calling (the nil id when no person is behind the call)."""
-    principal = identity.current_or_none()
-    if principal is None or not principal.is_staff:
-        return _NOBODY
-    return uuid.UUID(principal.subject.removeprefix("staff/"))
-
-
-def _is_caller(staff_id: uuid.UUID | None) -> bool:
-    return staff_id is not None and staff_id == _caller_id() and staff_id != _NOBODY
 
 
 class EmrService(pb_grpc.EmrServiceServicer):
@@ -122,7 +109,7 @@ class EmrService(pb_grpc.EmrServiceServicer):
                 consents[patient] = await self._privacy_consent(patient)
             return consents[patient]
 
-        attending = _is_caller(row.practitioner_id)
+        attending = identity.is_caller(row.practitioner_id)
         return Facts(
             patient=patient,
             department=f"departments/{row.department_id}",
@@ -130,7 +117,7 @@ class EmrService(pb_grpc.EmrServiceServicer):
             surgical=row.surgical,
             # A sensitive encounter opens to its attending practitioner, not to other carers.
             under_care=attending or (seen.attends_elsewhere and not row.sensitive),
-            own=seen.note is not None and _is_caller(seen.note.author_id),
+            own=seen.note is not None and identity.is_caller(seen.note.author_id),
             consent=consent,
         )
 
@@ -141,9 +128,11 @@ class EmrService(pb_grpc.EmrServiceServicer):
             return False
         if f"departments/{row.department_id}" in principal.departments:
             return False
-        if _is_caller(row.practitioner_id):
+        if identity.is_caller(row.practitioner_id):
             return False
-        return await store.attends_open_encounter(session, _caller_id(), row.patient_id)
+        return await store.attends_open_encounter(
+            session, identity.caller_staff_id_or_nobody(), row.patient_id
+        )
 
     async def _seen(self, encounter_id: uuid.UUID, note_id: uuid.UUID | None = None) -> Seen | None:
         async with self._db.read() as session:
@@ -521,7 +510,11 @@ class EmrService(pb_grpc.EmrServiceServicer):
         assert encounter_id is not None and text is not None
         permit, _ = await self._authorize("create", "emr.note", encounter_id)
         key = RequestKey.of(request, request_id)
-        values.update(encounter_id=encounter_id, author_id=_caller_id(), status="preliminary")
+        values.update(
+            encounter_id=encounter_id,
+            author_id=identity.caller_staff_id_or_nobody(),
+            status="preliminary",
+        )
 
         async def write() -> store.Note:
             async with self._db.transaction() as session:
@@ -646,7 +639,8 @@ class EmrService(pb_grpc.EmrServiceServicer):
         assert ids is not None and text is not None
         encounter_id, note_id = ids
         permit, seen = await self._authorize("create", "emr.note", encounter_id, note_id=note_id)
-        allowed = _is_caller(seen.note.author_id) or _is_caller(seen.encounter.practitioner_id)
+        author, attending = seen.note.author_id, seen.encounter.practitioner_id
+        allowed = identity.is_caller(author) or identity.is_caller(attending)
         if not allowed and identity.current_or_none() is not None:
             raise PermissionDenied(
                 "only the note's author or the attending practitioner may amend it",
@@ -672,7 +666,7 @@ class EmrService(pb_grpc.EmrServiceServicer):
                     raise refused
                 values = {
                     "encounter_id": encounter_id,
-                    "author_id": _caller_id(),
+                    "author_id": identity.caller_staff_id_or_nobody(),
                     "type_system": original.type_system,
                     "type_code": original.type_code,
                     "type_display": original.type_display,
@@ -715,7 +709,7 @@ class EmrService(pb_grpc.EmrServiceServicer):
         assert encounter_id is not None
         permit, _ = await self._authorize("create", "emr.diagnosis", encounter_id)
         key = RequestKey.of(request, request_id)
-        values.update(encounter_id=encounter_id, recorder_id=_caller_id())
+        values.update(encounter_id=encounter_id, recorder_id=identity.caller_staff_id_or_nobody())
 
         async def write() -> Any:
             async with self._db.transaction() as session:
@@ -838,7 +832,7 @@ async def _found(seen: Seen) -> Seen:
 
 
 def _require_author(note: Any) -> None:
-    if identity.current_or_none() is not None and not _is_caller(note.author_id):
+    if identity.current_or_none() is not None and not identity.is_caller(note.author_id):
         raise PermissionDenied("only the note's author may change or sign it", reason="NOT_AUTHOR")
 
 

@@ -72,7 +72,6 @@ _SPECIMEN = pb.Specimen.DESCRIPTOR.full_name
 _REPORT = pb.DiagnosticReport.DESCRIPTOR.full_name
 _OBSERVATION = pb.Observation.DESCRIPTOR.full_name
 _ORDER = orders_pb.ServiceRequest.DESCRIPTOR.full_name
-_NOBODY = uuid.UUID(int=0)
 _CLINICIANS = frozenset({"DOCTOR", "NURSE"})
 _SEX = {
     patient_pb.ADMINISTRATIVE_GENDER_MALE: "male",
@@ -83,18 +82,6 @@ MAX_RESULTS = 200
 _RELEASED = ("final", "amended")
 # A list asks the patient service for at most this many consents at once.
 CONSENTS_AT_ONCE = 16
-
-
-def _caller_id() -> uuid.UUID:
-    """The staff id of the person calling (the nil id when no person is behind the call)."""
-    principal = identity.current_or_none()
-    if principal is None or not principal.is_staff:
-        return _NOBODY
-    return uuid.UUID(principal.subject.removeprefix("staff/"))
-
-
-def _is_caller(staff_id: uuid.UUID | None) -> bool:
-    return staff_id is not None and staff_id != _NOBODY and staff_id == _caller_id()
 
 
 def _caller_departments() -> tuple[uuid.UUID, ...] | None:
@@ -171,7 +158,7 @@ class LabService(pb_grpc.LabServiceServicer):
         return Facts(
             patient=patient,
             department=f"departments/{record.laboratory_id}" if record.laboratory_id else "",
-            under_care=_is_caller(getattr(record, "requester_id", None)),
+            under_care=identity.is_caller(getattr(record, "requester_id", None)),
             consent=lambda: self._consent(patient, seen),
         )
 
@@ -191,7 +178,7 @@ class LabService(pb_grpc.LabServiceServicer):
         return Facts(
             patient=patient,
             department=department,
-            under_care=_is_caller(row.requester_id),
+            under_care=identity.is_caller(row.requester_id),
             consent=lambda: self._consent(patient, seen),
         )
 
@@ -842,7 +829,7 @@ class LabService(pb_grpc.LabServiceServicer):
                 status="final",
                 conclusion=said,
                 issue_time=dt.datetime.now(dt.UTC),
-                performer_id=_caller_id(),
+                performer_id=identity.caller_staff_id_or_nobody(),
                 released_version=1,
             )
             result = await self._release(session, report, set(released))
@@ -907,7 +894,7 @@ class LabService(pb_grpc.LabServiceServicer):
                 status="amended",
                 conclusion=said or report.conclusion,
                 issue_time=dt.datetime.now(dt.UTC),
-                performer_id=_caller_id(),
+                performer_id=identity.caller_staff_id_or_nobody(),
                 amend_reason=why,
                 released_version=report.released_version + 1,
             )
@@ -923,7 +910,7 @@ class LabService(pb_grpc.LabServiceServicer):
         v = Violations()
         limit = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        caller = _caller_id()
+        caller = identity.caller_staff_id_or_nobody()
         keyset = self._pages.keyset(
             request.page_token, query=f"critical {caller}", limit=limit, after=time_and_id
         )
@@ -969,7 +956,9 @@ class LabService(pb_grpc.LabServiceServicer):
             if not rows or rows[0].report_id != report_id:
                 raise store.not_found(name)
             if any(r.acknowledge_time is None for r in rows):
-                await store.acknowledge(session, observation_id, _caller_id())
+                await store.acknowledge(
+                    session, observation_id, identity.caller_staff_id_or_nobody()
+                )
                 rows = await store.criticals_of(session, observation_id)
             await self._audit("execute", permit, report.patient_id, name, _OBSERVATION)
         return critical_to_proto(rows[-1], report)

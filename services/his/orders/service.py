@@ -60,7 +60,6 @@ from his_client.patient import privacy_consent, require_active
 Context = grpc.aio.ServicerContext[Any, Any]
 # A List reads at most this many rows the caller may not see before ending a page.
 SCAN_LIMIT = 1000
-_NOBODY = uuid.UUID(int=0)
 _OPEN_ENCOUNTER = (emr_pb.ENCOUNTER_STATUS_ARRIVED, emr_pb.ENCOUNTER_STATUS_IN_PROGRESS)
 
 
@@ -103,18 +102,6 @@ MEDICATION_REQUEST = _Kind(
     to_proto=medication_request_to_proto,
     changed=medication_request_changed,
 )
-
-
-def _caller_id() -> uuid.UUID:
-    """The staff id of the person calling (the nil id when no person is behind the call)."""
-    principal = identity.current_or_none()
-    if principal is None or not principal.is_staff:
-        return _NOBODY
-    return uuid.UUID(principal.subject.removeprefix("staff/"))
-
-
-def _is_caller(staff_id: uuid.UUID | None) -> bool:
-    return staff_id is not None and staff_id != _NOBODY and staff_id == _caller_id()
 
 
 @dataclass(frozen=True)
@@ -184,7 +171,7 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
                 surgical=row.surgical,
                 # The doctor who placed the order and the encounter's attending care for the
                 # patient wherever they work.
-                under_care=_is_caller(author) or _is_caller(row.attending_id),
+                under_care=identity.is_caller(author) or identity.is_caller(row.attending_id),
                 consent=consent,
             )
 
@@ -280,7 +267,7 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
             attending_id=uuid.UUID(attending.removeprefix("staff/")) if attending else None,
             encounter_class=POLICY_CLASS[ENCOUNTER_CLASS.text(found.encounter_class)],
             surgical=found.surgical,
-            author_id=_caller_id(),
+            author_id=identity.caller_staff_id_or_nobody(),
             performer_id=performer_id,
         )
         permit, _ = await self._access.authorize(
@@ -622,7 +609,7 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
         # A new drug brings its own code and price: the policy hears of those changes too.
         fields = tuple(paths) + (("medication_code", "unit_price") if "medication" in paths else ())
         permit, row = await self._authorize("update", MEDICATION_REQUEST, ident, fields)
-        if self._access.enabled and not _is_caller(row.prescriber_id):
+        if self._access.enabled and not identity.is_caller(row.prescriber_id):
             raise PermissionDenied(
                 "only the prescriber changes a prescription", reason="NOT_PRESCRIBER"
             )

@@ -79,14 +79,6 @@ _DISPENSE = pb.MedicationDispense.DESCRIPTOR.full_name
 SCAN_LIMIT = 1000
 
 
-def _caller_id() -> uuid.UUID | None:
-    """The staff id of the person calling, None when no person is behind the call."""
-    principal = identity.current_or_none()
-    if principal is None or not principal.is_staff:
-        return None
-    return uuid.UUID(principal.subject.removeprefix("staff/"))
-
-
 # The roles whose access to a dispense depends on its encounter (policies: care_permissions).
 CLINICIANS = frozenset({"DOCTOR", "NURSE"})
 
@@ -129,7 +121,7 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         patient, the department of its encounter, whether the caller prescribed it or attends
         the encounter, and, when that decides, the patient's privacy consent (`care` and
         `consents` remember lookups for one call). Pharmacists are allowed whatever."""
-        caller = _caller_id()
+        caller = identity.caller_staff_id()
         patient = f"patients/{row.patient_id}"
         seen = care.get(row.encounter_id, UNSEEN)
         known = {} if consents is None else consents
@@ -343,7 +335,7 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
                     lot_number=lot,
                     expiry=expires,
                     quantity=request.quantity,
-                    staff_id=_caller_id(),
+                    staff_id=identity.caller_staff_id(),
                     request=key.pair,
                 )
                 name = stock_item_name(medication_id, row.id)
@@ -422,7 +414,7 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
                 stock_item_id=stock_item_id,
                 change=change,
                 etag=request.etag,
-                staff_id=_caller_id(),
+                staff_id=identity.caller_staff_id(),
             )
             await self._audit("update", permit, request.name, _STOCK_ITEM)
         return stock_item_to_proto(row)
@@ -474,7 +466,7 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
             quantity=given.quantity,
             stock_item=stock_item,
             location_id=location_id,
-            dispenser_id=_caller_id(),
+            dispenser_id=identity.caller_staff_id(),
             request=key.pair,
         )
         try:
