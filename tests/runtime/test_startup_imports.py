@@ -24,7 +24,6 @@ from typing import IO
 import pytest
 
 from his.base.catalog import CATALOG, lookup
-from his.mesh.calls import CALLS
 from his.runtime.health import SERVING
 from tests.conftest import DEV_CREDENTIAL, SERVICE_CREDENTIAL_KEY
 from tests.identity import ISSUER
@@ -114,7 +113,4 @@ async def test_a_service_loads_only_what_serving_needs(
     # The report was read: the server, its database layer and the service itself are in it.
     assert {"his.runtime.server", "sqlalchemy", f"his.{service}.service"} <= modules
     assert _loaded(modules, NEVER) == []
-    # ... unless this service calls it (orders delivers to and reads from lab and pharmacy, whose
-    # stubs and event messages it needs before those services are built).
-    callees = tuple(f"his.{name}.v1" for name in CALLS.get(service, {}))
-    assert _loaded(modules, tuple(p for p in UNBUILT if p not in callees)) == []
+    assert _loaded(modules, UNBUILT) == []

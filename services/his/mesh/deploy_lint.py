@@ -347,11 +347,7 @@ def _wiring(
             f"the server binds {host}: the sidecar forwards calls to the pod IP, so none arrive",
             "bind [::] (leave HIS_HOST unset)",
         )
-    deployed = {entry.name for entry in implemented()}
     for callee in sorted(CALLS.get(str(_app(deployment)), {})):
-        if callee not in deployed:
-            # A contract-only service has no Service to resolve yet (see network_lint).
-            continue
         variable = f"HIS_{callee.upper()}_ADDR"
         address = env.get(variable, "")
         target = cluster.resolve(address.rpartition(":")[0], NAMESPACE) if address else None
