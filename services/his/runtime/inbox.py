@@ -32,7 +32,7 @@ MAX_EVENTS = 500
 
 def table(schema: str) -> str:
     """`"<schema>".inbox` (the schema is checked as the outbox's is: it becomes SQL)."""
-    return _outbox_table(schema).replace(".outbox", f".{TABLE}")
+    return _outbox_table(schema, TABLE)
 
 
 def create_table_sql(schema: str) -> list[str]:

@@ -50,11 +50,12 @@ TABLE = "outbox"
 _SCHEMA = re.compile(r"^[a-z][a-z_]*$")
 
 
-def table(schema: str) -> str:
-    """`"<schema>".outbox`; the schema is a catalog service name (checked: it becomes SQL)."""
+def table(schema: str, name: str = TABLE) -> str:
+    """`"<schema>".outbox` (or another table of the schema, e.g. the inbox); the schema is a
+    catalog service name (checked: it becomes SQL)."""
     if not _SCHEMA.fullmatch(schema):
         raise ValueError(f"not a service schema: {schema!r}")
-    return f'"{schema}".{TABLE}'
+    return f'"{schema}".{name}'
 
 
 def create_table_sql(schema: str) -> list[str]:
