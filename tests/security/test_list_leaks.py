@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from his.scheduling import service as scheduling_service
+from his.runtime import pagination
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.scheduling.helpers import active_patient, future_slots
 from tests.security.helpers import (
@@ -57,7 +57,7 @@ async def test_a_list_through_many_hidden_appointments_ends_early_and_goes_on_fr
 ) -> None:
     """Past SCAN_LIMIT hidden rows a page ends early, with a token that continues the scan (the
     bound keeps a list call's cost in check); following the tokens still finds nothing hidden."""
-    monkeypatch.setattr(scheduling_service, "SCAN_LIMIT", 2)
+    monkeypatch.setattr(pagination, "SCAN_LIMIT", 2)
     busy = await active_patient(patients)
     for slot in (await future_slots(scheduling, count=5)).slots:
         await scheduling.BookAppointment(pb.BookAppointmentRequest(patient=busy, slot=slot.name))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,7 +49,13 @@ from his.runtime.access import Facts, Permit
 from his.runtime.database import Database
 from his.runtime.fieldcrypt import FieldCipher
 from his.runtime.idempotency import RequestKey
-from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
+from his.runtime.pagination import (
+    PageTokens,
+    TimeAndId,
+    time_and_id,
+    time_and_id_values,
+    visible_page,
+)
 from his.runtime.server import ServiceResources
 from his.runtime.validation import (
     Violations,
@@ -66,8 +73,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 _ENCOUNTER = pb.Encounter.DESCRIPTOR.full_name
 _NOTE = pb.ClinicalNote.DESCRIPTOR.full_name
 _DIAGNOSIS = pb.Diagnosis.DESCRIPTOR.full_name
-# ListEncounters reads at most this many rows the caller may not see before ending a page.
-SCAN_LIMIT = 1000
 # The one service that may open an encounter as itself: scheduling, for a check-in.
 CHECK_IN_SOURCE = "scheduling"
 
@@ -359,19 +364,13 @@ class EmrService(pb_grpc.EmrServiceServicer):
         keyset = self._pages.keyset(
             request.page_token, query=where.fingerprint(), limit=limit, after=time_and_id
         )
-        # Encounters the caller may not see are left out. Read on until one visible encounter
-        # beyond the page turns up (or the rows run out), so neither a short page nor a token
-        # hints at hidden ones; past SCAN_LIMIT hidden rows the page ends early with a token.
+        # Encounters the caller may not see are left out (visible_page).
         if not self._access.could_ever("read", "emr.encounter"):
             return pb.ListEncountersResponse()
         consents: dict[str, str] = {}
         care: dict[uuid.UUID, bool] = {}
-        visible: list[tuple[Seen, Permit]] = []
-        scanned = 0
-        resume_after: Any = None
-        after = keyset.after
-        batch = max(keyset.read_limit, 100)
-        while True:
+
+        async def read(after: TimeAndId | None, batch: int) -> list[Seen]:
             async with self._db.read() as session:
                 rows = await store.list_encounters(session, where, after=after, limit=batch)
                 seen = []
@@ -379,17 +378,16 @@ class EmrService(pb_grpc.EmrServiceServicer):
                     if row.patient_id not in care:
                         care[row.patient_id] = await self._attends_elsewhere(session, row)
                     seen.append(Seen(row, care[row.patient_id]))
-            visible += await self._access.filter(
+            return seen
+
+        async def decide(seen: Sequence[Seen]) -> list[tuple[Seen, Permit]]:
+            return await self._access.filter(
                 "read", "emr.encounter", seen, lambda s: self._facts(s, consents)
             )
-            scanned += len(rows)
-            if len(visible) > limit or len(rows) < batch:
-                break
-            if scanned >= SCAN_LIMIT:
-                resume_after = rows[-1]
-                break
-            after = (rows[-1].create_time, rows[-1].id)
-        page = keyset.page(visible, lambda item: _created(item[0].encounter))
+
+        page = await visible_page(
+            keyset, read, decide, lambda s: (s.encounter.create_time, s.encounter.id)
+        )
         await self._access.record_each(
             "read",
             [
@@ -398,12 +396,9 @@ class EmrService(pb_grpc.EmrServiceServicer):
             ],
             _ENCOUNTER,
         )
-        next_page_token = page.next_page_token
-        if not next_page_token and resume_after is not None:
-            next_page_token = keyset.token(_created(resume_after))
         return pb.ListEncountersResponse(
             encounters=[encounter_to_proto(s.encounter) for s, _ in page.rows],
-            next_page_token=next_page_token,
+            next_page_token=page.next_page_token,
         )
 
     async def UpdateEncounter(
@@ -842,7 +837,3 @@ def _note(note: Any) -> str:
 
 def _note_proto(note: store.Note) -> pb.ClinicalNote:
     return note_to_proto(note.row, note.text)
-
-
-def _created(row: Any) -> dict[str, Any]:
-    return time_and_id_values(row.create_time, row.id)

@@ -9,7 +9,7 @@ the peer asked before writing, the event's destination) stays in the rpc.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,15 +51,13 @@ from his.runtime.database import Database
 from his.runtime.idempotency import RequestKey
 from his.runtime.inbox import apply_events
 from his.runtime.outbox import Outbox, Outgoing
-from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
+from his.runtime.pagination import PageTokens, TimeAndId, time_and_id, visible_page
 from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations, reference, require_paths, required_id
 from his_client import HisClients, UpstreamError
 from his_client.patient import privacy_consent, require_active
 
 Context = grpc.aio.ServicerContext[Any, Any]
-# A List reads at most this many rows the caller may not see before ending a page.
-SCAN_LIMIT = 1000
 _OPEN_ENCOUNTER = (emr_pb.ENCOUNTER_STATUS_ARRIVED, emr_pb.ENCOUNTER_STATUS_IN_PROGRESS)
 
 
@@ -419,42 +417,27 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
     async def _list(
         self, kind: _Kind, request: Any, where: store.OrderFilter, limit: int
     ) -> tuple[list[Any], str]:
-        """One page of the orders the caller may see. Hidden ones are passed over: reading goes
-        on until one visible order beyond the page turns up (or the rows run out), so neither a
-        short page nor a token hints at them; past SCAN_LIMIT hidden rows the page ends early."""
+        """One page of the orders the caller may see (hidden ones passed over: visible_page)."""
         keyset = self._pages.keyset(
             request.page_token, query=where.fingerprint(kind.table), limit=limit, after=time_and_id
         )
         if not self._access.could_ever("read", kind.policy_class):
             return [], ""
-        visible: list[tuple[Any, Permit]] = []
-        scanned = 0
-        resume_after: Any = None
-        after = keyset.after
-        batch = max(keyset.read_limit, 100)
-        while True:
+
+        async def read(after: TimeAndId | None, batch: int) -> Sequence[Any]:
             async with self._db.read() as session:
-                rows = await store.list_orders(session, kind.table, where, after=after, limit=batch)
-            visible += await self._access.filter(
-                "read", kind.policy_class, rows, self._facts("read")
-            )
-            scanned += len(rows)
-            if len(visible) > limit or len(rows) < batch:
-                break
-            if scanned >= SCAN_LIMIT:
-                resume_after = rows[-1]
-                break
-            after = (rows[-1].create_time, rows[-1].id)
-        page = keyset.page(visible, lambda item: _created(item[0]))
+                return await store.list_orders(session, kind.table, where, after=after, limit=batch)
+
+        async def decide(rows: Sequence[Any]) -> list[tuple[Any, Permit]]:
+            return await self._access.filter("read", kind.policy_class, rows, self._facts("read"))
+
+        page = await visible_page(keyset, read, decide, lambda row: (row.create_time, row.id))
         await self._access.record_each(
             "read",
             [(p, f"patients/{r.patient_id}", kind.name(r.id)) for r, p in page.rows],
             kind.resource_type,
         )
-        token = page.next_page_token
-        if not token and resume_after is not None:
-            token = keyset.token(_created(resume_after))
-        return [kind.to_proto(r) for r, _ in page.rows], token
+        return [kind.to_proto(r) for r, _ in page.rows], page.next_page_token
 
     # --- service requests ----------------------------------------------------------------------
 
@@ -699,10 +682,6 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
 
 async def _found(value: _Encounter) -> _Encounter:
     return value
-
-
-def _created(row: Any) -> dict[str, Any]:
-    return time_and_id_values(row.create_time, row.id)
 
 
 def _nothing_dispensed(row: Row[Any]) -> None:

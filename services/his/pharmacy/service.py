@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +58,13 @@ from his.runtime.database import Database
 from his.runtime.idempotency import RequestKey
 from his.runtime.inbox import apply_events
 from his.runtime.outbox import Outbox
-from his.runtime.pagination import Cursor, Page, PageTokens, time_and_id, time_and_id_values
+from his.runtime.pagination import (
+    Cursor,
+    PageTokens,
+    TimeAndId,
+    time_and_id,
+    visible_page,
+)
 from his.runtime.server import ServiceResources
 from his.runtime.validation import (
     Violations,
@@ -75,8 +81,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 _MEDICATION = pb.Medication.DESCRIPTOR.full_name
 _STOCK_ITEM = pb.StockItem.DESCRIPTOR.full_name
 _DISPENSE = pb.MedicationDispense.DESCRIPTOR.full_name
-# ListMedicationDispenses reads at most this many rows the caller may not see before ending a page.
-SCAN_LIMIT = 1000
 
 
 # The roles whose access to a dispense depends on its encounter (policies: care_permissions).
@@ -536,36 +540,25 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         )
         if not self._access.could_ever("read", "pharmacy.dispense"):
             return pb.ListMedicationDispensesResponse()  # the same answer whatever exists
-        # Dispenses the caller may not see are left out; read on until one visible dispense
-        # beyond the page turns up, so neither a short page nor a token hints at hidden ones.
-        visible: list[tuple[Any, Permit]] = []
+        # Dispenses the caller may not see are left out (visible_page).
         consents: dict[str, str] = {}
         care: dict[uuid.UUID, Care] = {}
-        scanned = 0
-        after = keyset.after
-        batch = max(keyset.read_limit, 100)
-        while True:
+
+        async def read(after: TimeAndId | None, batch: int) -> Sequence[Any]:
             async with self._db.read() as session:
                 rows = await store.list_dispenses(session, where, after=after, limit=batch)
             await self._look_up_care(rows, care)
-            visible += await self._access.filter(
+            return rows
+
+        async def decide(rows: Sequence[Any]) -> list[tuple[Any, Permit]]:
+            return await self._access.filter(
                 "read",
                 "pharmacy.dispense",
                 rows,
                 lambda row: self._dispense_facts(row, care, consents),
             )
-            scanned += len(rows)
-            if len(visible) > limit or len(rows) < batch or scanned >= SCAN_LIMIT:
-                break
-            after = (rows[-1].create_time, rows[-1].id)
-        page = keyset.page(
-            visible, lambda seen: time_and_id_values(seen[0].create_time, seen[0].id)
-        )
-        if len(visible) <= limit and len(rows) == batch and scanned >= SCAN_LIMIT:
-            # Too many hidden rows in a row: end the page early, with a token to go on from.
-            page = Page(
-                page.rows, keyset.token(time_and_id_values(rows[-1].create_time, rows[-1].id))
-            )
+
+        page = await visible_page(keyset, read, decide, lambda row: (row.create_time, row.id))
         await self._access.record_each(
             "read",
             [(p, f"patients/{r.patient_id}", dispense_name(r.id)) for r, p in page.rows],

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +28,11 @@ _NONCE_BYTES = 12
 
 A = TypeVar("A")
 T = TypeVar("T")
+R = TypeVar("R")
+D = TypeVar("D")
+TimeAndId = tuple[dt.datetime, uuid.UUID]
+# A filtered list reads at most this many rows the caller may not see before ending a page.
+SCAN_LIMIT = 1000
 
 
 class PageTokens:
@@ -98,6 +103,11 @@ class Keyset(Generic[A]):
     _query: str
     _tokens: PageTokens
 
+    @property
+    def limit(self) -> int:
+        """The page size."""
+        return self._limit
+
     def page(self, rows: Sequence[T], cursor: Callable[[T], dict[str, Any]]) -> Page[T]:
         """The first `limit` rows, and a token after the last of them when more were read."""
         page = list(rows[: self._limit])
@@ -108,6 +118,40 @@ class Keyset(Generic[A]):
     def token(self, values: dict[str, Any]) -> str:
         """A token for this query that resumes after the cursor `values`."""
         return self._tokens.encode(values, query=self._query)
+
+
+async def visible_page(
+    keyset: Keyset[TimeAndId],
+    read: Callable[[TimeAndId | None, int], Awaitable[Sequence[R]]],
+    decide: Callable[[Sequence[R]], Awaitable[list[tuple[R, D]]]],
+    key: Callable[[R], TimeAndId],
+) -> Page[tuple[R, D]]:
+    """One page of the rows the caller may see, with each one's decision, for a list whose rows
+    the policy filters one by one. `read(after, limit)` reads rows in (time, id) order after a
+    key; `decide` keeps the visible ones; `key` is a row's (time, id).
+
+    Hidden rows are passed over: reading goes on until one visible row beyond the page turns up
+    (or the rows run out), so neither a short page nor a token hints at them; past SCAN_LIMIT
+    hidden rows the page ends early, with a token to go on from the last row read."""
+    visible: list[tuple[R, D]] = []
+    scanned = 0
+    resume_after: R | None = None
+    after = keyset.after
+    batch = max(keyset.read_limit, min(100, SCAN_LIMIT))
+    while True:
+        rows = await read(after, batch)
+        visible += await decide(rows)
+        scanned += len(rows)
+        if len(visible) > keyset.limit or len(rows) < batch:
+            break
+        if scanned >= SCAN_LIMIT:
+            resume_after = rows[-1]
+            break
+        after = key(rows[-1])
+    page = keyset.page(visible, lambda item: time_and_id_values(*key(item[0])))
+    if not page.next_page_token and resume_after is not None:
+        return Page(page.rows, keyset.token(time_and_id_values(*key(resume_after))))
+    return page
 
 
 def time_and_id(cursor: Cursor) -> tuple[dt.datetime, uuid.UUID]:

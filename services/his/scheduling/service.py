@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -20,7 +21,13 @@ from his.base.errors import FailedPrecondition, NotFound
 from his.runtime.access import Facts, Permit
 from his.runtime.database import CHECK_VIOLATION, EXCLUSION_VIOLATION, Database
 from his.runtime.idempotency import RequestKey
-from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
+from his.runtime.pagination import (
+    PageTokens,
+    TimeAndId,
+    time_and_id,
+    time_and_id_values,
+    visible_page,
+)
 from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations, day_window, reference, required_id
 from his.scheduling import store
@@ -39,8 +46,6 @@ from his_client import HisClients
 from his_client.patient import privacy_consent, require_active
 
 Context = grpc.aio.ServicerContext[Any, Any]
-# ListAppointments reads at most this many rows the caller may not see before ending a page.
-SCAN_LIMIT = 1000
 _APPOINTMENT = pb.Appointment.DESCRIPTOR.full_name
 
 
@@ -365,46 +370,32 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         keyset = self._pages.keyset(
             request.page_token, query=where.fingerprint(), limit=limit, after=time_and_id
         )
-        # Appointments the caller may not see are left out. Read on until one visible appointment
-        # beyond the page turns up (or the rows run out), so neither a short page nor a page
-        # token hints at appointments the caller may not see; past SCAN_LIMIT hidden rows the page
-        # ends early with a token to go on from there.
+        # Appointments the caller may not see are left out (visible_page).
         if not self._access.could_ever("read", "scheduling.appointment"):
             return pb.ListAppointmentsResponse()  # the same answer whatever exists
         consents: dict[str, str] = {}
-        visible: list[tuple[Any, Permit]] = []
-        scanned = 0
-        resume_after: Any = None
-        after = keyset.after
-        batch = max(keyset.read_limit, min(100, SCAN_LIMIT))
-        while True:
+
+        async def read(after: TimeAndId | None, batch: int) -> Sequence[Any]:
             async with self._db.read() as session:
-                rows = await store.list_appointments(session, where, after=after, limit=batch)
-            visible += await self._access.filter(
+                return await store.list_appointments(session, where, after=after, limit=batch)
+
+        async def decide(rows: Sequence[Any]) -> list[tuple[Any, Permit]]:
+            return await self._access.filter(
                 "read",
                 "scheduling.appointment",
                 rows,
                 lambda row: self._appointment_facts(row, consents),
             )
-            scanned += len(rows)
-            if len(visible) > limit or len(rows) < batch:
-                break
-            if scanned >= SCAN_LIMIT:
-                resume_after = rows[-1]
-                break
-            after = (rows[-1].start_time, rows[-1].id)
-        page = keyset.page(visible, lambda seen: _start_cursor(seen[0]))
+
+        page = await visible_page(keyset, read, decide, lambda row: (row.start_time, row.id))
         await self._access.record_each(
             "read",
             [(p, f"patients/{r.patient_id}", f"appointments/{r.id}") for r, p in page.rows],
             _APPOINTMENT,
         )
-        next_page_token = page.next_page_token
-        if not next_page_token and resume_after is not None:
-            next_page_token = keyset.token(_start_cursor(resume_after))
         return pb.ListAppointmentsResponse(
             appointments=[appointment_to_proto(r) for r, _ in page.rows],
-            next_page_token=next_page_token,
+            next_page_token=page.next_page_token,
         )
 
     async def CancelAppointment(
