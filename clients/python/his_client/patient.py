@@ -94,16 +94,23 @@ async def require_active(clients: HisClients, name: str, *, when_merged: str) ->
     return patient
 
 
-async def privacy_consent(clients: HisClients, patient: str) -> str:
+async def privacy_consent(clients: HisClients, patient: str, *, missing: str | None = None) -> str:
     """The patient's privacy consent as the policies see it: "active" (one in force now),
     "revoked" (given once, none in force now) or "none" (never given). Asked as the calling
     service, not as its caller: the answer decides the caller's access, so it must not depend on
-    what the caller may read. Every page counts (a privacy consent on page 2 too)."""
+    what the caller may read. Every page counts (a privacy consent on page 2 too). A patient the
+    patient service does not know is NOT_FOUND, or `missing` when given (a clinical record names
+    a patient that no longer resolves: no consent on record)."""
     consents: list[pb.Consent] = []
     request = pb.ListConsentsRequest(parent=patient, page_size=500)
     with identity.as_service():
         while True:
-            reply = await clients.patient.ListConsents(request)
+            try:
+                reply = await clients.patient.ListConsents(request)
+            except UpstreamError as error:
+                if missing is None or error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return missing
             consents += reply.consents
             if not reply.next_page_token:
                 break

@@ -109,9 +109,9 @@ class EmrService(pb_grpc.EmrServiceServicer):
 
         async def consent() -> str:
             if consents is None:
-                return await self._privacy_consent(patient)
+                return await privacy_consent(self._clients, patient, missing="none")
             if patient not in consents:
-                consents[patient] = await self._privacy_consent(patient)
+                consents[patient] = await privacy_consent(self._clients, patient, missing="none")
             return consents[patient]
 
         attending = identity.is_caller(row.practitioner_id)
@@ -172,15 +172,6 @@ class EmrService(pb_grpc.EmrServiceServicer):
         if note_id is not None and seen.note is None:
             raise store.not_found(note_name(encounter_id, note_id))
         return permit, seen
-
-    async def _privacy_consent(self, patient: str) -> str:
-        try:
-            return await privacy_consent(self._clients, patient)
-        except UpstreamError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                # No such patient, so no consent: CreateEncounter refuses it next.
-                return "none"
-            raise
 
     async def _audit(self, action: str, permit: Permit, row: Any, name: str, kind: str) -> None:
         await self._access.record(

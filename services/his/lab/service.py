@@ -125,12 +125,7 @@ class LabService(pb_grpc.LabServiceServicer):
         list asks once per patient, not once per row)."""
         if seen is not None and patient in seen:
             return seen[patient]
-        try:
-            state = await privacy_consent(self._clients, patient)
-        except UpstreamError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-            state = "none"
+        state = await privacy_consent(self._clients, patient, missing="none")
         if seen is not None:
             seen[patient] = state
         return state

@@ -160,7 +160,7 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
             author = getattr(row, "requester_id", None) or getattr(row, "prescriber_id", None)
 
             async def consent() -> str:
-                return await self._privacy_consent(patient)
+                return await privacy_consent(self._clients, patient, missing="none")
 
             return Facts(
                 patient=patient,
@@ -174,14 +174,6 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
             )
 
         return facts
-
-    async def _privacy_consent(self, patient: str) -> str:
-        try:
-            return await privacy_consent(self._clients, patient)
-        except UpstreamError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return "none"
-            raise
 
     async def _load(self, kind: _Kind, ident: uuid.UUID) -> Row[Any] | None:
         async with self._db.read() as session:

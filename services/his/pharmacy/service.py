@@ -132,7 +132,7 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
 
         async def consent() -> str:
             if patient not in known:
-                known[patient] = await self._privacy_consent(patient)
+                known[patient] = await privacy_consent(self._clients, patient, missing="none")
             return known[patient]
 
         return Facts(
@@ -164,14 +164,6 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
                 continue
             attending = found.attending_practitioner.removeprefix("staff/")
             care[encounter_id] = Care(found.department, uuid.UUID(attending) if attending else None)
-
-    async def _privacy_consent(self, patient: str) -> str:
-        try:
-            return await privacy_consent(self._clients, patient)
-        except UpstreamError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return "none"  # no such patient, so no consent on record
-            raise
 
     async def _audit(
         self, action: str, permit: Permit, name: str, kind: str, patient: str = ""

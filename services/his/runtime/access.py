@@ -154,17 +154,23 @@ class Access:
     async def permit(self, principal: Principal, ask: Request, facts: Facts) -> Permit:
         """The decision for one record's facts, with consent and emergency grants looked up;
         a refusal is audited and raised."""
-        permit, reason = await self._decide(principal, ask, facts, {})
+        permit, reason = await self._decide(principal, ask, facts, {}, {})
         if permit is None:
             await self._refuse(principal, ask.action, ask.resource, reason, patient=facts.patient)
             raise AssertionError("unreachable")  # _refuse always raises
         return permit
 
     async def _decide(
-        self, principal: Principal, ask: Request, facts: Facts, grants: dict[str, str]
+        self,
+        principal: Principal,
+        ask: Request,
+        facts: Facts,
+        grants: dict[str, str],
+        consents: dict[str, str],
     ) -> tuple[Permit | None, str]:
         """(permit, "ALLOWED") or (None, the refusal's reason), without auditing anything.
-        `grants` remembers break-the-glass lookups (patient → grant name or "") for one call."""
+        `grants` and `consents` remember, for one call, the break-the-glass and consent lookups
+        by patient (a list of one patient's records asks once)."""
         request = replace(
             ask,
             department_match=bool(facts.department) and facts.department in principal.departments,
@@ -178,7 +184,14 @@ class Access:
         if decision.allow and not self.policy.decide(replace(request, consent="revoked")).allow:
             # Consent matters for this answer: ask what it is. No way to ask means no way to
             # know: decide as if consent were revoked.
-            state = await facts.consent() if facts.consent is not None else "revoked"
+            if facts.consent is None:
+                state = "revoked"
+            elif facts.patient and facts.patient in consents:
+                state = consents[facts.patient]
+            else:
+                state = await facts.consent()
+                if facts.patient:
+                    consents[facts.patient] = state
             request = replace(request, consent=state)
             decision = self.policy.decide(request)
         if decision.allow:
@@ -225,9 +238,10 @@ class Access:
         principal = identity.current()
         ask = self._request(principal, action, resource, consent="revoked")
         grants: dict[str, str] = {}
+        consents: dict[str, str] = {}
         kept: list[tuple[T, Permit]] = []
         for record in records:
-            permit, _ = await self._decide(principal, ask, facts(record), grants)
+            permit, _ = await self._decide(principal, ask, facts(record), grants, consents)
             if permit is not None:
                 kept.append((record, permit))
         return kept
