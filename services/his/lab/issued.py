@@ -8,19 +8,17 @@ revision), so an orders service that is down when a report is issued learns of i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.lab.v1 import lab_service_pb2 as pb
 from his.orders.v1 import orders_service_pb2 as orders_pb
+from his.runtime.inbox import delivery
 from his.runtime.outbox import Outgoing, envelope
 from his.runtime.relay import Deliver
 from his_client import HisClients
 
 # The outbox destination of issued reports: the orders service.
 ORDERS = "orders"
-# One delivery call may take this long (a batch is applied one event per transaction).
-TIMEOUT_S = 10.0
 
 
 def issued(report: pb.DiagnosticReport, revision: int) -> Outgoing:
@@ -31,17 +29,6 @@ def issued(report: pb.DiagnosticReport, revision: int) -> Outgoing:
     )
 
 
-def orders_delivery(clients: HisClients) -> Deliver:
-    """The relay's way to orders: the whole batch in one DeliverEvents call."""
-
-    async def deliver(batch: Sequence[EventEnvelope]) -> None:
-        await clients.orders.DeliverEvents(
-            orders_pb.DeliverEventsRequest(events=batch), timeout=TIMEOUT_S
-        )
-
-    return deliver
-
-
 def deliverers(clients: HisClients) -> Mapping[str, Deliver]:
     """Lab's outbox destinations besides audit."""
-    return {ORDERS: orders_delivery(clients)}
+    return {ORDERS: delivery(lambda: clients.orders, orders_pb.DeliverEventsRequest)}

@@ -29,14 +29,11 @@ from his.orders.mapping import (
 )
 from his.pharmacy.v1 import pharmacy_service_pb2 as pharmacy_pb
 from his.runtime.access import ALLOWED, Access, Permit
-from his.runtime.inbox import Consumes, consuming
+from his.runtime.inbox import Consumes, consuming, delivery
 from his.runtime.outbox import Outbox, Outgoing
 from his.runtime.relay import Deliver
 from his.runtime.validation import Violations
 from his_client import HisClients
-
-# One delivery call may take this long (the receiver applies each event in its own transaction).
-TIMEOUT_S = 10.0
 
 _DISPENSE_STATUS = {
     pharmacy_pb.MEDICATION_DISPENSE_STATUS_IN_PROGRESS: "in_progress",
@@ -124,24 +121,9 @@ def consumes(access: Access, outbox: Outbox) -> Mapping[str, Consumes]:
     )
 
 
-def _batch_to_lab(clients: HisClients) -> Deliver:
-    async def deliver(envelopes: Sequence[EventEnvelope]) -> None:
-        await clients.lab.DeliverEvents(
-            lab_pb.DeliverEventsRequest(events=envelopes), timeout=TIMEOUT_S
-        )
-
-    return deliver
-
-
-def _batch_to_pharmacy(clients: HisClients) -> Deliver:
-    async def deliver(envelopes: Sequence[EventEnvelope]) -> None:
-        await clients.pharmacy.DeliverEvents(
-            pharmacy_pb.DeliverEventsRequest(events=envelopes), timeout=TIMEOUT_S
-        )
-
-    return deliver
-
-
 def deliverers(clients: HisClients) -> Mapping[str, Deliver]:
     """Orders' outbox destinations besides audit: each batch in one DeliverEvents call."""
-    return {LAB: _batch_to_lab(clients), PHARMACY: _batch_to_pharmacy(clients)}
+    return {
+        LAB: delivery(lambda: clients.lab, lab_pb.DeliverEventsRequest),
+        PHARMACY: delivery(lambda: clients.pharmacy, pharmacy_pb.DeliverEventsRequest),
+    }

@@ -8,7 +8,7 @@ same transaction; the relay delivers them to OrdersService.DeliverEvents, which 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf.message import Message
@@ -20,7 +20,7 @@ from his.pharmacy import store
 from his.pharmacy.mapping import dispense_to_proto
 from his.pharmacy.v1 import pharmacy_service_pb2 as pb
 from his.pharmacy.validation import prescription
-from his.runtime.inbox import Consumes, consuming
+from his.runtime.inbox import Consumes, consuming, delivery
 from his.runtime.outbox import Outgoing, envelope
 from his.runtime.relay import Deliver
 from his_client import HisClients
@@ -28,8 +28,6 @@ from his_client import HisClients
 SOURCE = "pharmacy"
 # The outbox destination of dispense changes, and the one service pharmacy takes events from.
 ORDERS = "orders"
-# One delivery call may take this long (orders applies each event in its own transaction).
-TIMEOUT_S = 10.0
 
 
 def dispense_changed(row: Any) -> Outgoing:
@@ -53,17 +51,6 @@ CONSUMES = consuming(
 )
 
 
-def orders_delivery(clients: HisClients) -> Deliver:
-    """The relay's way to orders: one DeliverEvents call per batch."""
-
-    async def deliver(envelopes: Sequence[EventEnvelope]) -> None:
-        await clients.orders.DeliverEvents(
-            orders_pb.DeliverEventsRequest(events=list(envelopes)), timeout=TIMEOUT_S
-        )
-
-    return deliver
-
-
 def deliverers(clients: HisClients) -> Mapping[str, Deliver]:
     """Pharmacy's outbox destinations besides audit."""
-    return {ORDERS: orders_delivery(clients)}
+    return {ORDERS: delivery(lambda: clients.orders, orders_pb.DeliverEventsRequest)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 from sqlalchemy import Column, DateTime, MetaData, Table, Text, text
@@ -23,9 +24,12 @@ from his.base.errors import FieldViolation, InvalidArgument, PermissionDenied
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.runtime.database import Database
 from his.runtime.outbox import table as _outbox_table
+from his.runtime.relay import Deliver
 from his.runtime.request_guard import nul_paths
 
 TABLE = "inbox"
+# One delivery call of a source's relay may take this long (the receiver applies the batch).
+DELIVERY_TIMEOUT_S = 10.0
 # One DeliverEvents call takes at most this many events (the relay's batches are smaller).
 MAX_EVENTS = 500
 
@@ -207,3 +211,13 @@ async def apply_events(
                 metadata=refused.metadata,
             ) from None
     return Outcome(applied=applied, duplicates=duplicates)
+
+
+def delivery(stub: Callable[[], Any], request_type: type[Message]) -> Deliver:
+    """The source relay's way to a receiver's DeliverEvents: the whole batch in one call.
+    `stub` gives the receiver's stub when a batch goes out (clients are made lazily)."""
+
+    async def deliver(envelopes: Sequence[EventEnvelope]) -> None:
+        await stub().DeliverEvents(request_type(events=list(envelopes)), timeout=DELIVERY_TIMEOUT_S)
+
+    return deliver
