@@ -30,11 +30,11 @@ from his.lab import store
 from his.lab.interpretation import CRITICAL, age_in_days, choose, interpret
 from his.lab.issued import issued
 from his.lab.mapping import (
+    LOINC,
     REPORT_STATUS,
     SPECIMEN_STATUS,
     critical_to_proto,
     observation_name,
-    observation_to_proto,
     order_name,
     order_to_proto,
     report_name,
@@ -45,6 +45,7 @@ from his.lab.mapping import (
 from his.lab.v1 import lab_service_pb2 as pb
 from his.lab.v1 import lab_service_pb2_grpc as pb_grpc
 from his.lab.validation import (
+    MAX_RESULTS,
     Result,
     conclusion,
     extra_codes,
@@ -78,7 +79,6 @@ _SEX = {
     patient_pb.ADMINISTRATIVE_GENDER_FEMALE: "female",
 }
 # A report holds at most this many results (RecordObservations adds reflex tests).
-MAX_RESULTS = 200
 _RELEASED = ("final", "amended")
 # A list asks the patient service for at most this many consents at once.
 CONSENTS_AT_ONCE = 16
@@ -738,7 +738,7 @@ class LabService(pb_grpc.LabServiceServicer):
                     await store.add_observation(
                         session,
                         report_id,
-                        code_system="http://loinc.org",
+                        code_system=LOINC,
                         code=result.code,
                         **values,
                     )
@@ -963,4 +963,4 @@ def _observation(row: Any) -> str:
     return observation_name(row.report_id, row.observation_id)
 
 
-__all__ = ["LabService", "observation_to_proto"]
+__all__ = ["LabService"]

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base.errors import Aborted, FailedPrecondition, NotFound
 from his.lab.interpretation import Limits
-from his.lab.mapping import order_name
+from his.lab.mapping import LOINC, order_name
 from his.lab.tables import (
     critical_results,
     lab_orders,
@@ -392,7 +392,7 @@ async def insert_report(
                 "id": uuid.uuid4(),
                 "report_id": row.id,
                 "position": i,
-                "code_system": "http://loinc.org",
+                "code_system": LOINC,
                 "code": code,
                 "code_display": display,
                 "status": "registered",
@@ -414,11 +414,6 @@ async def find_report(
     query = select(*reports.c).where(reports.c.id == report_id)
     if lock:
         query = query.with_for_update()
-    return (await session.execute(query)).first()
-
-
-async def report_of_order(session: AsyncSession, order_id: uuid.UUID) -> Row[Any] | None:
-    query = select(*reports.c).where(reports.c.service_request_id == order_id)
     return (await session.execute(query)).first()
 
 

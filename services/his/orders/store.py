@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base.errors import Aborted, FailedPrecondition, NotFound
+from his.orders.mapping import total_quantity
 from his.orders.tables import dispenses, medication_requests, service_requests
 from his.runtime.idempotency import skip_taken
 
@@ -263,8 +264,7 @@ async def recount(session: AsyncSession, order_id: uuid.UUID) -> Row[Any] | None
     values: dict[str, Any] = {}
     if (dispensed, handed_over) != (current.dispensed, current.handed_over):
         values.update(dispensed=dispensed, handed_over=handed_over)
-    allowed = current.dispense_value * (1 + current.refills)
-    if current.status == "active" and handed_over >= allowed:
+    if current.status == "active" and handed_over >= total_quantity(current):
         values["status"] = "completed"
     if not values:
         return None

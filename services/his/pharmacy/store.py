@@ -342,12 +342,6 @@ async def apply_prescription(session: AsyncSession, values: dict[str, Any]) -> N
     )
 
 
-async def find_prescription(session: AsyncSession, prescription_id: uuid.UUID) -> Row[Any] | None:
-    """The pharmacy's copy of one medication request, or None."""
-    query = select(*prescriptions.c).where(prescriptions.c.id == prescription_id)
-    return (await session.execute(query)).first()
-
-
 # --- dispenses --------------------------------------------------------------------------------
 
 _REMAINING = func.greatest(prescriptions.c.total_quantity - prescriptions.c.dispensed, 0).label(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-import uuid
 from typing import Any
 
 from his.common.v1 import types_pb2
@@ -185,10 +184,6 @@ def name_prefix(v: Violations, field: str, value: str) -> str | None:
 # --- prescriptions as orders delivers them ----------------------------------------------------
 
 
-def _id(v: Violations, field: str, name: str, collection: str) -> uuid.UUID | None:
-    return v.resource_id(field, name, collection=collection)
-
-
 def prescription(request: orders_pb.MedicationRequest) -> dict[str, Any]:
     """The columns of the pharmacy's copy of a delivered medication request; INVALID_ARGUMENT
     naming the bad field (orders' relay then keeps the event as a dead letter)."""
@@ -210,15 +205,19 @@ def prescription(request: orders_pb.MedicationRequest) -> dict[str, Any]:
         v.add(f"{field}.refills", "must be 0 to 12")
     dose = request.dosage.dose.value
     values = {
-        "id": _id(v, f"{field}.name", request.name, "medicationRequests"),
-        "patient_id": _id(v, f"{field}.patient", request.patient, "patients"),
-        "encounter_id": _id(v, f"{field}.encounter", request.encounter, "encounters"),
+        "id": v.resource_id(f"{field}.name", request.name, collection="medicationRequests"),
+        "patient_id": v.resource_id(f"{field}.patient", request.patient, collection="patients"),
+        "encounter_id": v.resource_id(
+            f"{field}.encounter", request.encounter, collection="encounters"
+        ),
         "prescriber_id": (
-            _id(v, f"{field}.prescriber", request.prescriber, "staff")
+            v.resource_id(f"{field}.prescriber", request.prescriber, collection="staff")
             if request.prescriber
             else None
         ),
-        "medication_id": _id(v, f"{field}.medication", request.medication, "medications"),
+        "medication_id": v.resource_id(
+            f"{field}.medication", request.medication, collection="medications"
+        ),
         "status": status,
         "dose_value": dose if math.isfinite(dose) else 0.0,
         "dose_unit": request.dosage.dose.unit[:MAX_UNIT],
