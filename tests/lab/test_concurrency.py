@@ -25,6 +25,7 @@ from tests.lab.helpers import (
     reported,
     specimen,
 )
+from tests.support import failure_of
 
 
 async def _recorded(lab: Lab, patients: Patients, hospital: Hospital) -> pb.DiagnosticReport:
@@ -135,8 +136,16 @@ async def test_a_revocation_racing_new_specimens_is_never_lost(
     outcomes = await asyncio.gather(
         deliver(lab, changed(revoked, 2)), *calls, return_exceptions=True
     )
+    taken = [o for o in outcomes[1:] if isinstance(o, pb.Specimen)]
     refused = [o for o in outcomes[1:] if isinstance(o, grpc.aio.AioRpcError)]
-    assert all(e.code() == grpc.StatusCode.FAILED_PRECONDITION for e in refused)
+    # Every call either took a specimen or was refused because the order was revoked: nothing
+    # else happened (an empty `refused` only means the revocation came last).
+    assert len(taken) + len(refused) == 6, outcomes
+    assert all(
+        e.code() == grpc.StatusCode.FAILED_PRECONDITION
+        and failure_of(e).reason == "ORDER_NOT_ACTIVE"
+        for e in refused
+    ), refused
     # Whatever was taken before the revocation was applied, nothing is taken after it.
     late = await asyncio.gather(
         lab.CreateSpecimen(

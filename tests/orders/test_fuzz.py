@@ -6,6 +6,7 @@ fuzzes every rpc from empty requests and sends undecodable bodies, orders among 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,12 +74,18 @@ def _mutants(base: Message, seed: str) -> Iterator[tuple[str, Message]]:
         yield path, mutant
 
 
-async def _never_internal(call: Any, base: Message, md: Any, seed: str) -> list[str]:
+async def _never_internal(
+    call: Any, base: Message, md: Any, seed: str, seen: Counter[str]
+) -> list[str]:
+    """The mutants of `base` that ended INTERNAL or UNKNOWN; `seen` counts every answer by code
+    (so a test can tell its mutants reached the servicer, not only the token check)."""
     bad = []
     for path, mutant in _mutants(base, seed):
         try:
             await call(mutant, metadata=md, timeout=20)
+            seen["OK"] += 1
         except grpc.aio.AioRpcError as error:
+            seen[error.code().name] += 1
             if error.code() in NEVER:
                 bad.append(f"{seed} {path}: {error.code().name} for {str(mutant)[:200]!r}")
     return bad
@@ -171,9 +178,13 @@ async def test_mutated_requests_never_end_internal_or_unknown(
         ),
     ]
     bad: list[str] = []
+    seen: Counter[str] = Counter()
     for index, (call, base, caller) in enumerate(bases):
-        bad += await _never_internal(call, base, caller, f"{type(base).__name__}/{index}")
+        bad += await _never_internal(call, base, caller, f"{type(base).__name__}/{index}", seen)
     assert not bad, "\n".join(bad)
+    # The mutants got past the token and policy checks: some were accepted, some refused as bad.
+    assert seen["OK"] > 0 and seen["INVALID_ARGUMENT"] > 0, seen
+    assert sum(seen.values()) >= len(bases) * MUTATIONS // 2, seen
 
 
 async def test_mutated_event_payloads_never_end_internal_or_unknown(
@@ -187,6 +198,7 @@ async def test_mutated_event_payloads_never_end_internal_or_unknown(
         mr, new_dispense(), 5, pharmacy_pb.MEDICATION_DISPENSE_STATUS_IN_PROGRESS, 1
     )
     bad = []
+    seen: Counter[str] = Counter()
     for source, event, md in (("lab", issued, LAB), ("pharmacy", changed, PHARMACY)):
         payload: Message = (
             lab_pb.DiagnosticReportIssued()
@@ -199,7 +211,10 @@ async def test_mutated_event_payloads_never_end_internal_or_unknown(
                 await orders.DeliverEvents(
                     deliver(envelope(mutant, source=source)), metadata=md, timeout=20
                 )
+                seen["OK"] += 1
             except grpc.aio.AioRpcError as error:
+                seen[error.code().name] += 1
                 if error.code() in NEVER:
                     bad.append(f"{source} {path}: {error.code().name} {str(mutant)[:200]!r}")
     assert not bad, "\n".join(bad)
+    assert seen["OK"] > 0 and seen["INVALID_ARGUMENT"] > 0, seen

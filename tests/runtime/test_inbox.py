@@ -138,7 +138,12 @@ async def test_only_the_source_service_delivers(database: Database) -> None:
     finally:
         identity.leave(entered)
     assert outcome.applied == 1
-    assert uuid.UUID(event.event_id)
+    async with database.read() as session:
+        recorded = await session.execute(
+            text(f"SELECT source FROM {SCHEMA}.inbox WHERE event_id = :id"),
+            {"id": uuid.UUID(event.event_id)},
+        )
+        assert recorded.scalar_one() == "orders"
 
 
 async def test_a_nul_inside_a_payload_is_named_not_stored(database: Database) -> None:
