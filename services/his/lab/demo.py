@@ -44,7 +44,9 @@ async def load(his: HisClients) -> str:
             break
         await asyncio.sleep(0.1)
     seeded = "test catalogue seeded by the lab migration"
-    return f"lab worklist of {len(listed)} active orders ({seeded})"
+    late = len(expected - listed)
+    waiting = f", {late} of orders' still on their way" if late else ""
+    return f"lab worklist of {len(listed)} active orders{waiting} ({seeded})"
 
 
 async def _worklist(his: HisClients, laboratory: str) -> set[str]:
