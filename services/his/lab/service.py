@@ -531,8 +531,10 @@ class LabService(pb_grpc.LabServiceServicer):
         order = found[order_id]
         store.usable_orders([order_id], found)
         # Ask first (nothing remote under a lock), then one short transaction.
-        sex, born = await self._patient_sex_and_birth(f"patients/{order.patient_id}")
-        team = await self._ordering_team(order.requester_id)
+        (sex, born), team = await asyncio.gather(
+            self._patient_sex_and_birth(f"patients/{order.patient_id}"),
+            self._ordering_team(order.requester_id),
+        )
         try:
             async with self._db.transaction() as session:
                 found = await store.find_orders(session, [order_id], share=True)

@@ -11,6 +11,7 @@ audited. Dispensing checks the pharmacy's own copy of the prescription
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -84,6 +85,8 @@ _DISPENSE = pb.MedicationDispense.DESCRIPTOR.full_name
 
 
 # The roles whose access to a dispense depends on its encounter (policies: care_permissions).
+# Encounters asked of emr at once for one page of dispenses.
+ENCOUNTERS_AT_ONCE = 16
 CLINICIANS = frozenset({"DOCTOR", "NURSE"})
 
 
@@ -149,21 +152,28 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         principal = identity.current_or_none()
         if principal is None or not principal.is_staff or not principal.roles & CLINICIANS:
             return
-        for encounter_id in {row.encounter_id for row in rows} - care.keys():
-            try:
-                found = await self._clients.emr.GetEncounter(
-                    emr_pb.GetEncounterRequest(name=f"encounters/{encounter_id}")
-                )
-            except UpstreamError as error:
-                if error.code() not in (
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    grpc.StatusCode.NOT_FOUND,
-                ):
-                    raise
-                care[encounter_id] = UNSEEN
-                continue
+        gate = asyncio.Semaphore(ENCOUNTERS_AT_ONCE)
+
+        async def look_up(encounter_id: uuid.UUID) -> None:
+            async with gate:
+                try:
+                    found = await self._clients.emr.GetEncounter(
+                        emr_pb.GetEncounterRequest(name=f"encounters/{encounter_id}")
+                    )
+                except UpstreamError as error:
+                    if error.code() not in (
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        grpc.StatusCode.NOT_FOUND,
+                    ):
+                        raise
+                    care[encounter_id] = UNSEEN
+                    return
             attending = found.attending_practitioner.removeprefix("staff/")
             care[encounter_id] = Care(found.department, uuid.UUID(attending) if attending else None)
+
+        await asyncio.gather(
+            *(look_up(e) for e in {row.encounter_id for row in rows} - care.keys())
+        )
 
     async def _audit(
         self, action: str, permit: Permit, name: str, kind: str, patient: str = ""
