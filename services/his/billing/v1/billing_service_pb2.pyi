@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from his.common.v1 import types_pb2 as _types_pb2
+from his.events.v1 import event_envelope_pb2 as _event_envelope_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -39,6 +40,10 @@ class _ChargeItemStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Char
     """The charge is on an invoice that is not cancelled (FHIR billed)."""
     CHARGE_ITEM_STATUS_ABORTED: _ChargeItemStatus.ValueType  # 3
     """The charge was cancelled before it was billed and will never be billed (FHIR aborted). Final."""
+    CHARGE_ITEM_STATUS_PLANNED: _ChargeItemStatus.ValueType  # 4
+    """The service was rendered but no tariff item of its code was in force at its occurrence time
+    (FHIR planned): not billable until CreateTariffItem prices it.
+    """
 
 class ChargeItemStatus(_ChargeItemStatus, metaclass=_ChargeItemStatusEnumTypeWrapper):
     """The status of a charge item (FHIR ChargeItemStatus, the states this service uses)."""
@@ -53,6 +58,10 @@ CHARGE_ITEM_STATUS_BILLED: ChargeItemStatus.ValueType  # 2
 """The charge is on an invoice that is not cancelled (FHIR billed)."""
 CHARGE_ITEM_STATUS_ABORTED: ChargeItemStatus.ValueType  # 3
 """The charge was cancelled before it was billed and will never be billed (FHIR aborted). Final."""
+CHARGE_ITEM_STATUS_PLANNED: ChargeItemStatus.ValueType  # 4
+"""The service was rendered but no tariff item of its code was in force at its occurrence time
+(FHIR planned): not billable until CreateTariffItem prices it.
+"""
 Global___ChargeItemStatus: _TypeAlias = ChargeItemStatus  # noqa: Y015
 
 class _InvoiceStatus:
@@ -130,7 +139,9 @@ class _PaymentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Payment
     PAYMENT_STATUS_COMPLETED: _PaymentStatus.ValueType  # 1
     """The payment was received and counts towards the invoice."""
     PAYMENT_STATUS_REFUNDED: _PaymentStatus.ValueType  # 2
-    """The payment was refunded in full and no longer counts towards the invoice. Final."""
+    """The payment was refunded in full and no longer counts towards the invoice. Final. (A payment
+    refunded in part stays COMPLETED; its `refunded_amount` says how much went back.)
+    """
 
 class PaymentStatus(_PaymentStatus, metaclass=_PaymentStatusEnumTypeWrapper):
     """The status of a payment (FHIR FinancialResourceStatusCodes: completed is active, refunded is
@@ -142,7 +153,9 @@ PAYMENT_STATUS_UNSPECIFIED: PaymentStatus.ValueType  # 0
 PAYMENT_STATUS_COMPLETED: PaymentStatus.ValueType  # 1
 """The payment was received and counts towards the invoice."""
 PAYMENT_STATUS_REFUNDED: PaymentStatus.ValueType  # 2
-"""The payment was refunded in full and no longer counts towards the invoice. Final."""
+"""The payment was refunded in full and no longer counts towards the invoice. Final. (A payment
+refunded in part stays COMPLETED; its `refunded_amount` says how much went back.)
+"""
 Global___PaymentStatus: _TypeAlias = PaymentStatus  # noqa: Y015
 
 @_typing.final
@@ -167,6 +180,8 @@ class ChargeItem(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REVERSES_FIELD_NUMBER: _builtins.int
+    SOURCE_EVENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `chargeItems/{charge_item}`. Assigned by the service; ignored on create."""
     patient: _builtins.str
@@ -192,6 +207,15 @@ class ChargeItem(_message.Message):
     """The invoice holding the charge while it is billed, `invoices/{invoice}`. Output only."""
     etag: _builtins.str
     """An opaque version tag for optimistic concurrency, optionally passed back on cancel."""
+    reverses: _builtins.str
+    """A credit: the charge item `chargeItems/{charge_item}` this one reverses. Its total price is
+    the negative of the reversed item's. Output only (credits are made by the service when a
+    rendered service is reversed after it was billed).
+    """
+    source_event: _builtins.str
+    """The id of the source service's event that created this charge item (the idempotency key of
+    the charge), empty for a manual charge. Output only.
+    """
     @_builtins.property
     def code(self) -> _types_pb2.Coding:
         """The billing code from the hospital's price catalogue. Required: system and code each 1 to 200
@@ -247,10 +271,12 @@ class ChargeItem(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        reverses: _builtins.str = ...,
+        source_event: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "occurrence_time", b"occurrence_time", "quantity", b"quantity", "total_price", b"total_price", "unit_price", b"unit_price", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "code", b"code", "create_time", b"create_time", "department", b"department", "encounter", b"encounter", "etag", b"etag", "invoice", b"invoice", "name", b"name", "occurrence_time", b"occurrence_time", "patient", b"patient", "quantity", b"quantity", "source", b"source", "status", b"status", "total_price", b"total_price", "unit_price", b"unit_price", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "code", b"code", "create_time", b"create_time", "department", b"department", "encounter", b"encounter", "etag", b"etag", "invoice", b"invoice", "name", b"name", "occurrence_time", b"occurrence_time", "patient", b"patient", "quantity", b"quantity", "reverses", b"reverses", "source", b"source", "source_event", b"source_event", "status", b"status", "total_price", b"total_price", "unit_price", b"unit_price", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -356,6 +382,48 @@ class Invoice(_message.Message):
 Global___Invoice: _TypeAlias = Invoice  # noqa: Y015
 
 @_typing.final
+class Refund(_message.Message):
+    """One refund of (part of) a payment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REFUND_REFERENCE_FIELD_NUMBER: _builtins.int
+    REFUND_TIME_FIELD_NUMBER: _builtins.int
+    CASHIER_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, as given to RefundPayment."""
+    refund_reference: _builtins.str
+    """The transaction reference of the refund, as given to RefundPayment."""
+    cashier: _builtins.str
+    """The staff member who recorded the refund, `staff/{staff}`."""
+    @_builtins.property
+    def amount(self) -> _types_pb2.Money:
+        """The amount given back. Greater than zero, in the payment's currency."""
+
+    @_builtins.property
+    def refund_time(self) -> _timestamp_pb2.Timestamp:
+        """When the refund was recorded."""
+
+    def __init__(
+        self,
+        *,
+        amount: _types_pb2.Money | None = ...,
+        reason: _builtins.str = ...,
+        refund_reference: _builtins.str = ...,
+        refund_time: _timestamp_pb2.Timestamp | None = ...,
+        cashier: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "refund_time", b"refund_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "cashier", b"cashier", "reason", b"reason", "refund_reference", b"refund_reference", "refund_time", b"refund_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Refund: _TypeAlias = Refund  # noqa: Y015
+
+@_typing.final
 class Payment(_message.Message):
     """A payment received against an invoice."""
 
@@ -372,6 +440,8 @@ class Payment(_message.Message):
     REFUND_REFERENCE_FIELD_NUMBER: _builtins.int
     REFUND_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    REFUNDED_AMOUNT_FIELD_NUMBER: _builtins.int
+    REFUNDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `invoices/{invoice}/payments/{payment}`. Assigned by the service."""
     method: Global___PaymentMethod.ValueType
@@ -408,6 +478,18 @@ class Payment(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the payment was recorded. Output only."""
 
+    @_builtins.property
+    def refunded_amount(self) -> _types_pb2.Money:
+        """The sum of the payment's refunds, never more than `amount`; the payment counts towards its
+        invoice with `amount` minus this. Output only.
+        """
+
+    @_builtins.property
+    def refunds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Refund]:
+        """The refunds of this payment, oldest first. `refund_reason`, `refund_reference` and
+        `refund_time` repeat the latest one. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -422,10 +504,12 @@ class Payment(_message.Message):
         refund_reference: _builtins.str = ...,
         refund_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        refunded_amount: _types_pb2.Money | None = ...,
+        refunds: _abc.Iterable[Global___Refund] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "received_time", b"received_time", "refund_time", b"refund_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "received_time", b"received_time", "refund_time", b"refund_time", "refunded_amount", b"refunded_amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "cashier", b"cashier", "create_time", b"create_time", "external_reference", b"external_reference", "method", b"method", "name", b"name", "received_time", b"received_time", "refund_reason", b"refund_reason", "refund_reference", b"refund_reference", "refund_time", b"refund_time", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "cashier", b"cashier", "create_time", b"create_time", "external_reference", b"external_reference", "method", b"method", "name", b"name", "received_time", b"received_time", "refund_reason", b"refund_reason", "refund_reference", b"refund_reference", "refund_time", b"refund_time", "refunded_amount", b"refunded_amount", "refunds", b"refunds", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -888,6 +972,8 @@ class RefundPaymentRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REFUND_REFERENCE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The payment, `invoices/{invoice}/payments/{payment}`."""
     reason: _builtins.str
@@ -896,17 +982,444 @@ class RefundPaymentRequest(_message.Message):
     """The transaction reference of the refund at the card terminal, payment app or insurer, up to 100
     characters. Required for card, insurance and mobile payments; optional for cash.
     """
+    request_id: _builtins.str
+    """A client-chosen id (up to 64 characters) that makes a partial refund safe to retry: a repeated
+    request with the same id returns the payment as that refund left it instead of refunding
+    twice. Required when `amount` is set. Reusing the id for a different request is
+    INVALID_ARGUMENT on `request_id`.
+    """
+    @_builtins.property
+    def amount(self) -> _types_pb2.Money:
+        """How much to give back: greater than zero, in the payment's currency. Unset means all that has
+        not been refunded yet (a full refund, which is idempotent by itself). More than what is left of
+        the payment is FAILED_PRECONDITION (reason REFUND_EXCEEDS_PAYMENT).
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         reason: _builtins.str = ...,
         refund_reference: _builtins.str = ...,
+        amount: _types_pb2.Money | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "refund_reference", b"refund_reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "name", b"name", "reason", b"reason", "refund_reference", b"refund_reference", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefundPaymentRequest: _TypeAlias = RefundPaymentRequest  # noqa: Y015
+
+@_typing.final
+class TariffItem(_message.Message):
+    """A price of the hospital's price list (tariff): what one unit of a code costs from a time on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `tariffItems/{tariff_item}`. Assigned by the service."""
+    @_builtins.property
+    def code(self) -> _types_pb2.Coding:
+        """The billing code priced: for example a LOINC test, an appointment service type, or
+        `urn:his:medication` with a medication's id. Required: system and code each 1 to 200
+        characters.
+        """
+
+    @_builtins.property
+    def unit_price(self) -> _types_pb2.Money:
+        """The price of one unit, in the billing currency; zero or more. Required."""
+
+    @_builtins.property
+    def effective_time(self) -> _timestamp_pb2.Timestamp:
+        """When this price takes effect. Required. It stays in force until the next item of the same code
+        takes effect.
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the next item of the same code takes effect, ending this one; unset while this is the
+        newest. Output only.
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the item was created. Output only."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        code: _types_pb2.Coding | None = ...,
+        unit_price: _types_pb2.Money | None = ...,
+        effective_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "effective_time", b"effective_time", "end_time", b"end_time", "unit_price", b"unit_price"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "effective_time", b"effective_time", "end_time", b"end_time", "name", b"name", "unit_price", b"unit_price"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TariffItem: _TypeAlias = TariffItem  # noqa: Y015
+
+@_typing.final
+class CreateTariffItemRequest(_message.Message):
+    """Request of CreateTariffItem."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARIFF_ITEM_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """An optional client-chosen id (up to 64 characters) that makes the request safe to retry.
+    Reusing the id for a different request is INVALID_ARGUMENT on `request_id`.
+    """
+    @_builtins.property
+    def tariff_item(self) -> Global___TariffItem:
+        """The item: `code`, `unit_price` and `effective_time` are required; the rest is set by the
+        service.
+        """
+
+    def __init__(
+        self,
+        *,
+        tariff_item: Global___TariffItem | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tariff_item", b"tariff_item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "tariff_item", b"tariff_item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTariffItemRequest: _TypeAlias = CreateTariffItemRequest  # noqa: Y015
+
+@_typing.final
+class ListTariffItemsRequest(_message.Message):
+    """Request of ListTariffItems. All set filters must match."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CODE_SYSTEM_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_AT_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of items to return. 0 means the default of 50; more than 500 means 500."""
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call with the same filters, to get the next page."""
+    code_system: _builtins.str
+    """Only items of this code system."""
+    code: _builtins.str
+    """Only items of this code (with `code_system`)."""
+    @_builtins.property
+    def effective_at(self) -> _timestamp_pb2.Timestamp:
+        """Only the item of each code that is in force at this time."""
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        code_system: _builtins.str = ...,
+        code: _builtins.str = ...,
+        effective_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "code_system", b"code_system", "effective_at", b"effective_at", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTariffItemsRequest: _TypeAlias = ListTariffItemsRequest  # noqa: Y015
+
+@_typing.final
+class ListTariffItemsResponse(_message.Message):
+    """Response of ListTariffItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARIFF_ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token to get the next page, empty when this is the last page."""
+    @_builtins.property
+    def tariff_items(self) -> _containers.RepeatedCompositeFieldContainer[Global___TariffItem]:
+        """The items of this page."""
+
+    def __init__(
+        self,
+        *,
+        tariff_items: _abc.Iterable[Global___TariffItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "tariff_items", b"tariff_items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTariffItemsResponse: _TypeAlias = ListTariffItemsResponse  # noqa: Y015
+
+@_typing.final
+class GetPatientBalanceRequest(_message.Message):
+    """Request of GetPatientBalance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`patients/{patient}/billingBalance`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPatientBalanceRequest: _TypeAlias = GetPatientBalanceRequest  # noqa: Y015
+
+@_typing.final
+class PatientBalance(_message.Message):
+    """What one patient owes, in the billing currency."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    UNBILLED_FIELD_NUMBER: _builtins.int
+    INVOICED_DUE_FIELD_NUMBER: _builtins.int
+    TOTAL_DUE_FIELD_NUMBER: _builtins.int
+    UNPRICED_CHARGE_ITEMS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`patients/{patient}/billingBalance`."""
+    unpriced_charge_items: _builtins.int
+    """The number of PLANNED charge items (rendered, waiting for a price), not in the sums."""
+    @_builtins.property
+    def unbilled(self) -> _types_pb2.Money:
+        """The sum of the patient's BILLABLE charge items (credits count negative): not invoiced yet."""
+
+    @_builtins.property
+    def invoiced_due(self) -> _types_pb2.Money:
+        """The sum of the balance due of the patient's ISSUED invoices."""
+
+    @_builtins.property
+    def total_due(self) -> _types_pb2.Money:
+        """`unbilled` plus `invoiced_due`."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        unbilled: _types_pb2.Money | None = ...,
+        invoiced_due: _types_pb2.Money | None = ...,
+        total_due: _types_pb2.Money | None = ...,
+        unpriced_charge_items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoiced_due", b"invoiced_due", "total_due", b"total_due", "unbilled", b"unbilled"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoiced_due", b"invoiced_due", "name", b"name", "total_due", b"total_due", "unbilled", b"unbilled", "unpriced_charge_items", b"unpriced_charge_items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PatientBalance: _TypeAlias = PatientBalance  # noqa: Y015
+
+@_typing.final
+class ReconcileChargesRequest(_message.Message):
+    """Request of ReconcileCharges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def period(self) -> _types_pb2.Period:
+        """The period of occurrence to reconcile: both start and end are required, at most 31 days apart."""
+
+    def __init__(
+        self,
+        *,
+        period: _types_pb2.Period | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileChargesRequest: _TypeAlias = ReconcileChargesRequest  # noqa: Y015
+
+@_typing.final
+class ChargeDiscrepancy(_message.Message):
+    """One source whose charges do not match what was rendered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ChargeDiscrepancy._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: ChargeDiscrepancy._Kind.ValueType  # 0
+        """Not set. Never returned."""
+        KIND_MISSING: ChargeDiscrepancy._Kind.ValueType  # 1
+        """The source rendered a billable service and no charge item exists for it."""
+        KIND_DUPLICATED: ChargeDiscrepancy._Kind.ValueType  # 2
+        """More than one charge item counts for the same source and code."""
+        KIND_UNEXPECTED: ChargeDiscrepancy._Kind.ValueType  # 3
+        """A charge item from an event names a source that the source service does not report as
+        rendered in the period.
+        """
+        KIND_UNPRICED: ChargeDiscrepancy._Kind.ValueType  # 4
+        """The charge exists but waits for a tariff item (PLANNED)."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
+        """What is wrong."""
+
+    KIND_UNSPECIFIED: ChargeDiscrepancy.Kind.ValueType  # 0
+    """Not set. Never returned."""
+    KIND_MISSING: ChargeDiscrepancy.Kind.ValueType  # 1
+    """The source rendered a billable service and no charge item exists for it."""
+    KIND_DUPLICATED: ChargeDiscrepancy.Kind.ValueType  # 2
+    """More than one charge item counts for the same source and code."""
+    KIND_UNEXPECTED: ChargeDiscrepancy.Kind.ValueType  # 3
+    """A charge item from an event names a source that the source service does not report as
+    rendered in the period.
+    """
+    KIND_UNPRICED: ChargeDiscrepancy.Kind.ValueType  # 4
+    """The charge exists but waits for a tariff item (PLANNED)."""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    CHARGE_ITEMS_FIELD_NUMBER: _builtins.int
+    kind: Global___ChargeDiscrepancy.Kind.ValueType
+    """What is wrong."""
+    source: _builtins.str
+    """The source resource, for example `appointments/{appointment}`."""
+    @_builtins.property
+    def code(self) -> _types_pb2.Coding:
+        """The billing code."""
+
+    @_builtins.property
+    def charge_items(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The charge items involved, `chargeItems/{charge_item}` (none when MISSING)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___ChargeDiscrepancy.Kind.ValueType = ...,
+        source: _builtins.str = ...,
+        code: _types_pb2.Coding | None = ...,
+        charge_items: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code", b"code"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_items", b"charge_items", "code", b"code", "kind", b"kind", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChargeDiscrepancy: _TypeAlias = ChargeDiscrepancy  # noqa: Y015
+
+@_typing.final
+class ReconcileChargesResponse(_message.Message):
+    """Response of ReconcileCharges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RENDERED_FIELD_NUMBER: _builtins.int
+    CHARGE_ITEMS_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    DUPLICATED_FIELD_NUMBER: _builtins.int
+    DISCREPANCIES_FIELD_NUMBER: _builtins.int
+    rendered: _builtins.int
+    """How many rendered billable services the source services reported in the period."""
+    charge_items: _builtins.int
+    """How many charge items from events occurred in the period."""
+    missing: _builtins.int
+    """How many sources have no charge."""
+    duplicated: _builtins.int
+    """How many sources are charged more than once."""
+    @_builtins.property
+    def discrepancies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChargeDiscrepancy]:
+        """Every discrepancy, MISSING first, then DUPLICATED, UNEXPECTED and UNPRICED; at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        rendered: _builtins.int = ...,
+        charge_items: _builtins.int = ...,
+        missing: _builtins.int = ...,
+        duplicated: _builtins.int = ...,
+        discrepancies: _abc.Iterable[Global___ChargeDiscrepancy] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_items", b"charge_items", "discrepancies", b"discrepancies", "duplicated", b"duplicated", "missing", b"missing", "rendered", b"rendered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileChargesResponse: _TypeAlias = ReconcileChargesResponse  # noqa: Y015
+
+@_typing.final
+class DeliverEventsRequest(_message.Message):
+    """Request of DeliverEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_envelope_pb2.EventEnvelope]:
+        """The events, applied in this order. 1 to 500."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_event_envelope_pb2.EventEnvelope] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventsRequest: _TypeAlias = DeliverEventsRequest  # noqa: Y015
+
+@_typing.final
+class DeliverEventsResponse(_message.Message):
+    """Response of DeliverEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    applied: _builtins.int
+    """How many of the events were applied by this call."""
+    duplicates: _builtins.int
+    """How many had been applied before (repeated deliveries), and were skipped."""
+    def __init__(
+        self,
+        *,
+        applied: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "duplicates", b"duplicates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventsResponse: _TypeAlias = DeliverEventsResponse  # noqa: Y015

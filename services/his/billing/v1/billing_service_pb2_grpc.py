@@ -28,7 +28,33 @@ if _version_not_supported:
 class BillingServiceStub:
     """BillingService records what a patient is charged for (FHIR ChargeItem), groups billable charges
     into invoices (FHIR Invoice) and records payments against issued invoices. Amounts are
-    his.common.v1.Money in integer minor units; all amounts on one invoice share one currency.
+    his.common.v1.Money in integer minor units, never floats; the hospital bills in one currency
+    (the service's billing currency, CNY unless configured), and every amount is in it.
+
+    Where charges come from. Besides CreateChargeItem (a manual charge), charges are born in the
+    services that render care and reach billing through their outboxes (DeliverEvents), so a
+    billing service that is down when care is given charges it when it is back. Each charging event
+    yields exactly one charge item, whatever its delivery count (its `event_id` is the idempotency
+    key, and no source resource is charged twice for one code):
+    - scheduling `AppointmentCheckedIn` → the registration / consultation fee: code = the
+    appointment's `service_type`, quantity 1, source `appointments/{appointment}`, department =
+    the appointment's, occurrence = the arrive time;
+    - orders `ServiceRequestChanged` in status COMPLETED (the laboratory issued the first final
+    report) → the laboratory test: code = the order's test code (LOINC), quantity 1, source
+    `serviceRequests/{service_request}`, department = the performing laboratory, occurrence = the
+    completion time. Billing takes the order, not the report: no result ever reaches billing;
+    - pharmacy `MedicationDispenseChanged` in status COMPLETED (handed over) → the drug: code =
+    system `urn:his:medication`, code the medication's id, quantity = the dispensed quantity in
+    the dispense unit, source `medicationDispenses/{medication_dispense}`, department = the
+    dispensing pharmacy, occurrence = the hand-over time.
+    A charge is priced by the tariff item of its code in force at its occurrence time (ListTariffItems);
+    with none in force it is recorded PLANNED and priced when a tariff item for it is created. An order
+    revoked or a dispense cancelled before it was rendered yields no charge. An event that reverses a
+    rendered service yields no deleted row: a billable charge is aborted, a billed one gets a credit
+    (a charge item with `reverses` set and a negative total).
+
+    Billing clerks see charges, invoices and payments, never clinical content: a charge names a
+    service code, not a diagnosis or a result. Every read and write is audited.
     """
 
     def __init__(self, channel):
@@ -97,12 +123,63 @@ class BillingServiceStub:
                 request_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.RefundPaymentRequest.SerializeToString,
                 response_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.Payment.FromString,
                 _registered_method=True)
+        self.CreateTariffItem = channel.unary_unary(
+                '/his.billing.v1.BillingService/CreateTariffItem',
+                request_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.CreateTariffItemRequest.SerializeToString,
+                response_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.TariffItem.FromString,
+                _registered_method=True)
+        self.ListTariffItems = channel.unary_unary(
+                '/his.billing.v1.BillingService/ListTariffItems',
+                request_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.ListTariffItemsRequest.SerializeToString,
+                response_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.ListTariffItemsResponse.FromString,
+                _registered_method=True)
+        self.GetPatientBalance = channel.unary_unary(
+                '/his.billing.v1.BillingService/GetPatientBalance',
+                request_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.GetPatientBalanceRequest.SerializeToString,
+                response_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.PatientBalance.FromString,
+                _registered_method=True)
+        self.ReconcileCharges = channel.unary_unary(
+                '/his.billing.v1.BillingService/ReconcileCharges',
+                request_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.ReconcileChargesRequest.SerializeToString,
+                response_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.ReconcileChargesResponse.FromString,
+                _registered_method=True)
+        self.DeliverEvents = channel.unary_unary(
+                '/his.billing.v1.BillingService/DeliverEvents',
+                request_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.DeliverEventsRequest.SerializeToString,
+                response_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.DeliverEventsResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
     """BillingService records what a patient is charged for (FHIR ChargeItem), groups billable charges
     into invoices (FHIR Invoice) and records payments against issued invoices. Amounts are
-    his.common.v1.Money in integer minor units; all amounts on one invoice share one currency.
+    his.common.v1.Money in integer minor units, never floats; the hospital bills in one currency
+    (the service's billing currency, CNY unless configured), and every amount is in it.
+
+    Where charges come from. Besides CreateChargeItem (a manual charge), charges are born in the
+    services that render care and reach billing through their outboxes (DeliverEvents), so a
+    billing service that is down when care is given charges it when it is back. Each charging event
+    yields exactly one charge item, whatever its delivery count (its `event_id` is the idempotency
+    key, and no source resource is charged twice for one code):
+    - scheduling `AppointmentCheckedIn` → the registration / consultation fee: code = the
+    appointment's `service_type`, quantity 1, source `appointments/{appointment}`, department =
+    the appointment's, occurrence = the arrive time;
+    - orders `ServiceRequestChanged` in status COMPLETED (the laboratory issued the first final
+    report) → the laboratory test: code = the order's test code (LOINC), quantity 1, source
+    `serviceRequests/{service_request}`, department = the performing laboratory, occurrence = the
+    completion time. Billing takes the order, not the report: no result ever reaches billing;
+    - pharmacy `MedicationDispenseChanged` in status COMPLETED (handed over) → the drug: code =
+    system `urn:his:medication`, code the medication's id, quantity = the dispensed quantity in
+    the dispense unit, source `medicationDispenses/{medication_dispense}`, department = the
+    dispensing pharmacy, occurrence = the hand-over time.
+    A charge is priced by the tariff item of its code in force at its occurrence time (ListTariffItems);
+    with none in force it is recorded PLANNED and priced when a tariff item for it is created. An order
+    revoked or a dispense cancelled before it was rendered yields no charge. An event that reverses a
+    rendered service yields no deleted row: a billable charge is aborted, a billed one gets a credit
+    (a charge item with `reverses` set and a negative total).
+
+    Billing clerks see charges, invoices and payments, never clinical content: a charge names a
+    service code, not a diagnosis or a result. Every read and write is audited.
     """
 
     def CreateChargeItem(self, request, context):
@@ -223,12 +300,71 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RefundPayment(self, request, context):
-        """Refunds a payment in full: the payment becomes PAYMENT_STATUS_REFUNDED, its amount is added
-        back to the invoice's balance due, and a balanced invoice returns to INVOICE_STATUS_ISSUED. To
-        correct a bill, refund its payments, cancel the invoice, fix the charge items and invoice
-        again. Refunding a refunded payment succeeds and changes nothing. Errors: INVALID_ARGUMENT for
-        a bad name or a missing reason; NOT_FOUND if no such payment; ABORTED if a concurrent change to
-        the invoice was lost.
+        """Refunds a payment, in full or (with `amount`) in part: the refunded amount is added back to the
+        invoice's balance due, and a balanced invoice returns to INVOICE_STATUS_ISSUED; a payment
+        refunded in full becomes PAYMENT_STATUS_REFUNDED. To correct a bill, refund its payments,
+        cancel the invoice, fix the charge items and invoice again. A full refund of a refunded payment
+        succeeds and changes nothing; a partial refund repeated with the same `request_id` refunds
+        once. Errors: INVALID_ARGUMENT for a bad name, a missing reason, an amount that is not positive
+        or in another currency, or an amount without `request_id`; NOT_FOUND if no such payment;
+        FAILED_PRECONDITION if the amount is more than what is left of the payment (reason
+        REFUND_EXCEEDS_PAYMENT); ABORTED if a concurrent change to the invoice was lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTariffItem(self, request, context):
+        """Adds an item to the price list: the price of a code from `effective_time` on, until the next
+        item of the same code takes effect. Charges keep the price they were given; charges of the code
+        recorded PLANNED (no price in force) and occurring from `effective_time` on are priced now and
+        become BILLABLE. A request repeated with the same `request_id` returns the item created by the
+        first one. Errors: INVALID_ARGUMENT naming the bad field (a currency other than the billing
+        currency, a negative price, no effective time); ALREADY_EXISTS if an item of the same code
+        takes effect at the same time; FAILED_PRECONDITION if `effective_time` is in the past while the
+        code already has a price (prices are never changed retroactively).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTariffItems(self, request, context):
+        """Lists price list items, by code then effective time. With `effective_at` set, only the item of
+        each code in force at that time. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+        `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPatientBalance(self, request, context):
+        """Returns what a patient owes: charges not yet invoiced, the balance due of issued invoices, and
+        their sum. Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}/billingBalance`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReconcileCharges(self, request, context):
+        """Compares the charges with what the source services rendered in a period (checked-in
+        appointments, completed laboratory orders, handed-over dispenses, asked of those services) and
+        reports each source with no charge (MISSING), more than one (DUPLICATED), a charge without a
+        rendered source (UNEXPECTED) or a charge still waiting for a price (UNPRICED). For SREs and
+        billing clerks; `his billing reconcile` calls it. Errors: INVALID_ARGUMENT if the period is not
+        set or is longer than 31 days; UNAVAILABLE if a source service cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverEvents(self, request, context):
+        """Applies events of the scheduling, orders and pharmacy services (see the service comment); only
+        their outbox relays call it. Each event is applied exactly once, in its own transaction,
+        recorded by its `event_id`: a repeated delivery changes nothing; events that carry a revision
+        older than one already applied for the same resource change nothing. Errors: INVALID_ARGUMENT
+        naming the bad event (no events or more than 500, an `event_id` that is not a UUID, an event
+        type this service does not take, a `source` other than the one the type comes from, a payload
+        of another type); PERMISSION_DENIED if the caller is not the service the events come from.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -297,6 +433,31 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     request_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.RefundPaymentRequest.FromString,
                     response_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.Payment.SerializeToString,
             ),
+            'CreateTariffItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTariffItem,
+                    request_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.CreateTariffItemRequest.FromString,
+                    response_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.TariffItem.SerializeToString,
+            ),
+            'ListTariffItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTariffItems,
+                    request_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.ListTariffItemsRequest.FromString,
+                    response_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.ListTariffItemsResponse.SerializeToString,
+            ),
+            'GetPatientBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPatientBalance,
+                    request_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.GetPatientBalanceRequest.FromString,
+                    response_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.PatientBalance.SerializeToString,
+            ),
+            'ReconcileCharges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReconcileCharges,
+                    request_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.ReconcileChargesRequest.FromString,
+                    response_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.ReconcileChargesResponse.SerializeToString,
+            ),
+            'DeliverEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverEvents,
+                    request_deserializer=his_dot_billing_dot_v1_dot_billing__service__pb2.DeliverEventsRequest.FromString,
+                    response_serializer=his_dot_billing_dot_v1_dot_billing__service__pb2.DeliverEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'his.billing.v1.BillingService', rpc_method_handlers)
@@ -308,7 +469,33 @@ def add_BillingServiceServicer_to_server(servicer, server):
 class BillingService:
     """BillingService records what a patient is charged for (FHIR ChargeItem), groups billable charges
     into invoices (FHIR Invoice) and records payments against issued invoices. Amounts are
-    his.common.v1.Money in integer minor units; all amounts on one invoice share one currency.
+    his.common.v1.Money in integer minor units, never floats; the hospital bills in one currency
+    (the service's billing currency, CNY unless configured), and every amount is in it.
+
+    Where charges come from. Besides CreateChargeItem (a manual charge), charges are born in the
+    services that render care and reach billing through their outboxes (DeliverEvents), so a
+    billing service that is down when care is given charges it when it is back. Each charging event
+    yields exactly one charge item, whatever its delivery count (its `event_id` is the idempotency
+    key, and no source resource is charged twice for one code):
+    - scheduling `AppointmentCheckedIn` → the registration / consultation fee: code = the
+    appointment's `service_type`, quantity 1, source `appointments/{appointment}`, department =
+    the appointment's, occurrence = the arrive time;
+    - orders `ServiceRequestChanged` in status COMPLETED (the laboratory issued the first final
+    report) → the laboratory test: code = the order's test code (LOINC), quantity 1, source
+    `serviceRequests/{service_request}`, department = the performing laboratory, occurrence = the
+    completion time. Billing takes the order, not the report: no result ever reaches billing;
+    - pharmacy `MedicationDispenseChanged` in status COMPLETED (handed over) → the drug: code =
+    system `urn:his:medication`, code the medication's id, quantity = the dispensed quantity in
+    the dispense unit, source `medicationDispenses/{medication_dispense}`, department = the
+    dispensing pharmacy, occurrence = the hand-over time.
+    A charge is priced by the tariff item of its code in force at its occurrence time (ListTariffItems);
+    with none in force it is recorded PLANNED and priced when a tariff item for it is created. An order
+    revoked or a dispense cancelled before it was rendered yields no charge. An event that reverses a
+    rendered service yields no deleted row: a billable charge is aborted, a billed one gets a credit
+    (a charge item with `reverses` set and a negative total).
+
+    Billing clerks see charges, invoices and payments, never clinical content: a charge names a
+    service code, not a diagnosis or a result. Every read and write is audited.
     """
 
     @staticmethod
@@ -625,6 +812,141 @@ class BillingService:
             '/his.billing.v1.BillingService/RefundPayment',
             his_dot_billing_dot_v1_dot_billing__service__pb2.RefundPaymentRequest.SerializeToString,
             his_dot_billing_dot_v1_dot_billing__service__pb2.Payment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTariffItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.billing.v1.BillingService/CreateTariffItem',
+            his_dot_billing_dot_v1_dot_billing__service__pb2.CreateTariffItemRequest.SerializeToString,
+            his_dot_billing_dot_v1_dot_billing__service__pb2.TariffItem.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTariffItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.billing.v1.BillingService/ListTariffItems',
+            his_dot_billing_dot_v1_dot_billing__service__pb2.ListTariffItemsRequest.SerializeToString,
+            his_dot_billing_dot_v1_dot_billing__service__pb2.ListTariffItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPatientBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.billing.v1.BillingService/GetPatientBalance',
+            his_dot_billing_dot_v1_dot_billing__service__pb2.GetPatientBalanceRequest.SerializeToString,
+            his_dot_billing_dot_v1_dot_billing__service__pb2.PatientBalance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReconcileCharges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.billing.v1.BillingService/ReconcileCharges',
+            his_dot_billing_dot_v1_dot_billing__service__pb2.ReconcileChargesRequest.SerializeToString,
+            his_dot_billing_dot_v1_dot_billing__service__pb2.ReconcileChargesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.billing.v1.BillingService/DeliverEvents',
+            his_dot_billing_dot_v1_dot_billing__service__pb2.DeliverEventsRequest.SerializeToString,
+            his_dot_billing_dot_v1_dot_billing__service__pb2.DeliverEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,7 +31,33 @@ GRPC_VERSION: str
 class BillingServiceStub:
     """BillingService records what a patient is charged for (FHIR ChargeItem), groups billable charges
     into invoices (FHIR Invoice) and records payments against issued invoices. Amounts are
-    his.common.v1.Money in integer minor units; all amounts on one invoice share one currency.
+    his.common.v1.Money in integer minor units, never floats; the hospital bills in one currency
+    (the service's billing currency, CNY unless configured), and every amount is in it.
+
+    Where charges come from. Besides CreateChargeItem (a manual charge), charges are born in the
+    services that render care and reach billing through their outboxes (DeliverEvents), so a
+    billing service that is down when care is given charges it when it is back. Each charging event
+    yields exactly one charge item, whatever its delivery count (its `event_id` is the idempotency
+    key, and no source resource is charged twice for one code):
+     - scheduling `AppointmentCheckedIn` → the registration / consultation fee: code = the
+       appointment's `service_type`, quantity 1, source `appointments/{appointment}`, department =
+       the appointment's, occurrence = the arrive time;
+     - orders `ServiceRequestChanged` in status COMPLETED (the laboratory issued the first final
+       report) → the laboratory test: code = the order's test code (LOINC), quantity 1, source
+       `serviceRequests/{service_request}`, department = the performing laboratory, occurrence = the
+       completion time. Billing takes the order, not the report: no result ever reaches billing;
+     - pharmacy `MedicationDispenseChanged` in status COMPLETED (handed over) → the drug: code =
+       system `urn:his:medication`, code the medication's id, quantity = the dispensed quantity in
+       the dispense unit, source `medicationDispenses/{medication_dispense}`, department = the
+       dispensing pharmacy, occurrence = the hand-over time.
+    A charge is priced by the tariff item of its code in force at its occurrence time (ListTariffItems);
+    with none in force it is recorded PLANNED and priced when a tariff item for it is created. An order
+    revoked or a dispense cancelled before it was rendered yields no charge. An event that reverses a
+    rendered service yields no deleted row: a billable charge is aborted, a billed one gets a credit
+    (a charge item with `reverses` set and a negative total).
+
+    Billing clerks see charges, invoices and payments, never clinical content: a charge names a
+    service code, not a diagnosis or a result. Every read and write is audited.
     """
 
     @_typing.overload
@@ -112,19 +138,84 @@ class BillingServiceStub:
     parent invoice does not exist.
     """
     RefundPayment: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.RefundPaymentRequest, _billing_service_pb2.Payment]
-    """Refunds a payment in full: the payment becomes PAYMENT_STATUS_REFUNDED, its amount is added
-    back to the invoice's balance due, and a balanced invoice returns to INVOICE_STATUS_ISSUED. To
-    correct a bill, refund its payments, cancel the invoice, fix the charge items and invoice
-    again. Refunding a refunded payment succeeds and changes nothing. Errors: INVALID_ARGUMENT for
-    a bad name or a missing reason; NOT_FOUND if no such payment; ABORTED if a concurrent change to
-    the invoice was lost.
+    """Refunds a payment, in full or (with `amount`) in part: the refunded amount is added back to the
+    invoice's balance due, and a balanced invoice returns to INVOICE_STATUS_ISSUED; a payment
+    refunded in full becomes PAYMENT_STATUS_REFUNDED. To correct a bill, refund its payments,
+    cancel the invoice, fix the charge items and invoice again. A full refund of a refunded payment
+    succeeds and changes nothing; a partial refund repeated with the same `request_id` refunds
+    once. Errors: INVALID_ARGUMENT for a bad name, a missing reason, an amount that is not positive
+    or in another currency, or an amount without `request_id`; NOT_FOUND if no such payment;
+    FAILED_PRECONDITION if the amount is more than what is left of the payment (reason
+    REFUND_EXCEEDS_PAYMENT); ABORTED if a concurrent change to the invoice was lost.
+    """
+    CreateTariffItem: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.CreateTariffItemRequest, _billing_service_pb2.TariffItem]
+    """Adds an item to the price list: the price of a code from `effective_time` on, until the next
+    item of the same code takes effect. Charges keep the price they were given; charges of the code
+    recorded PLANNED (no price in force) and occurring from `effective_time` on are priced now and
+    become BILLABLE. A request repeated with the same `request_id` returns the item created by the
+    first one. Errors: INVALID_ARGUMENT naming the bad field (a currency other than the billing
+    currency, a negative price, no effective time); ALREADY_EXISTS if an item of the same code
+    takes effect at the same time; FAILED_PRECONDITION if `effective_time` is in the past while the
+    code already has a price (prices are never changed retroactively).
+    """
+    ListTariffItems: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListTariffItemsRequest, _billing_service_pb2.ListTariffItemsResponse]
+    """Lists price list items, by code then effective time. With `effective_at` set, only the item of
+    each code in force at that time. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+    `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
+    """
+    GetPatientBalance: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetPatientBalanceRequest, _billing_service_pb2.PatientBalance]
+    """Returns what a patient owes: charges not yet invoiced, the balance due of issued invoices, and
+    their sum. Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}/billingBalance`.
+    """
+    ReconcileCharges: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ReconcileChargesRequest, _billing_service_pb2.ReconcileChargesResponse]
+    """Compares the charges with what the source services rendered in a period (checked-in
+    appointments, completed laboratory orders, handed-over dispenses, asked of those services) and
+    reports each source with no charge (MISSING), more than one (DUPLICATED), a charge without a
+    rendered source (UNEXPECTED) or a charge still waiting for a price (UNPRICED). For SREs and
+    billing clerks; `his billing reconcile` calls it. Errors: INVALID_ARGUMENT if the period is not
+    set or is longer than 31 days; UNAVAILABLE if a source service cannot be reached.
+    """
+    DeliverEvents: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.DeliverEventsRequest, _billing_service_pb2.DeliverEventsResponse]
+    """Applies events of the scheduling, orders and pharmacy services (see the service comment); only
+    their outbox relays call it. Each event is applied exactly once, in its own transaction,
+    recorded by its `event_id`: a repeated delivery changes nothing; events that carry a revision
+    older than one already applied for the same resource change nothing. Errors: INVALID_ARGUMENT
+    naming the bad event (no events or more than 500, an `event_id` that is not a UUID, an event
+    type this service does not take, a `source` other than the one the type comes from, a payload
+    of another type); PERMISSION_DENIED if the caller is not the service the events come from.
     """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
     """BillingService records what a patient is charged for (FHIR ChargeItem), groups billable charges
     into invoices (FHIR Invoice) and records payments against issued invoices. Amounts are
-    his.common.v1.Money in integer minor units; all amounts on one invoice share one currency.
+    his.common.v1.Money in integer minor units, never floats; the hospital bills in one currency
+    (the service's billing currency, CNY unless configured), and every amount is in it.
+
+    Where charges come from. Besides CreateChargeItem (a manual charge), charges are born in the
+    services that render care and reach billing through their outboxes (DeliverEvents), so a
+    billing service that is down when care is given charges it when it is back. Each charging event
+    yields exactly one charge item, whatever its delivery count (its `event_id` is the idempotency
+    key, and no source resource is charged twice for one code):
+     - scheduling `AppointmentCheckedIn` → the registration / consultation fee: code = the
+       appointment's `service_type`, quantity 1, source `appointments/{appointment}`, department =
+       the appointment's, occurrence = the arrive time;
+     - orders `ServiceRequestChanged` in status COMPLETED (the laboratory issued the first final
+       report) → the laboratory test: code = the order's test code (LOINC), quantity 1, source
+       `serviceRequests/{service_request}`, department = the performing laboratory, occurrence = the
+       completion time. Billing takes the order, not the report: no result ever reaches billing;
+     - pharmacy `MedicationDispenseChanged` in status COMPLETED (handed over) → the drug: code =
+       system `urn:his:medication`, code the medication's id, quantity = the dispensed quantity in
+       the dispense unit, source `medicationDispenses/{medication_dispense}`, department = the
+       dispensing pharmacy, occurrence = the hand-over time.
+    A charge is priced by the tariff item of its code in force at its occurrence time (ListTariffItems);
+    with none in force it is recorded PLANNED and priced when a tariff item for it is created. An order
+    revoked or a dispense cancelled before it was rendered yields no charge. An event that reverses a
+    rendered service yields no deleted row: a billable charge is aborted, a billed one gets a credit
+    (a charge item with `reverses` set and a negative total).
+
+    Billing clerks see charges, invoices and payments, never clinical content: a charge names a
+    service code, not a diagnosis or a result. Every read and write is audited.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -202,18 +293,83 @@ class BillingServiceAsyncStub(BillingServiceStub):
     parent invoice does not exist.
     """
     RefundPayment: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.RefundPaymentRequest, _billing_service_pb2.Payment]  # type: ignore[assignment]
-    """Refunds a payment in full: the payment becomes PAYMENT_STATUS_REFUNDED, its amount is added
-    back to the invoice's balance due, and a balanced invoice returns to INVOICE_STATUS_ISSUED. To
-    correct a bill, refund its payments, cancel the invoice, fix the charge items and invoice
-    again. Refunding a refunded payment succeeds and changes nothing. Errors: INVALID_ARGUMENT for
-    a bad name or a missing reason; NOT_FOUND if no such payment; ABORTED if a concurrent change to
-    the invoice was lost.
+    """Refunds a payment, in full or (with `amount`) in part: the refunded amount is added back to the
+    invoice's balance due, and a balanced invoice returns to INVOICE_STATUS_ISSUED; a payment
+    refunded in full becomes PAYMENT_STATUS_REFUNDED. To correct a bill, refund its payments,
+    cancel the invoice, fix the charge items and invoice again. A full refund of a refunded payment
+    succeeds and changes nothing; a partial refund repeated with the same `request_id` refunds
+    once. Errors: INVALID_ARGUMENT for a bad name, a missing reason, an amount that is not positive
+    or in another currency, or an amount without `request_id`; NOT_FOUND if no such payment;
+    FAILED_PRECONDITION if the amount is more than what is left of the payment (reason
+    REFUND_EXCEEDS_PAYMENT); ABORTED if a concurrent change to the invoice was lost.
+    """
+    CreateTariffItem: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.CreateTariffItemRequest, _billing_service_pb2.TariffItem]  # type: ignore[assignment]
+    """Adds an item to the price list: the price of a code from `effective_time` on, until the next
+    item of the same code takes effect. Charges keep the price they were given; charges of the code
+    recorded PLANNED (no price in force) and occurring from `effective_time` on are priced now and
+    become BILLABLE. A request repeated with the same `request_id` returns the item created by the
+    first one. Errors: INVALID_ARGUMENT naming the bad field (a currency other than the billing
+    currency, a negative price, no effective time); ALREADY_EXISTS if an item of the same code
+    takes effect at the same time; FAILED_PRECONDITION if `effective_time` is in the past while the
+    code already has a price (prices are never changed retroactively).
+    """
+    ListTariffItems: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListTariffItemsRequest, _billing_service_pb2.ListTariffItemsResponse]  # type: ignore[assignment]
+    """Lists price list items, by code then effective time. With `effective_at` set, only the item of
+    each code in force at that time. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+    `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
+    """
+    GetPatientBalance: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetPatientBalanceRequest, _billing_service_pb2.PatientBalance]  # type: ignore[assignment]
+    """Returns what a patient owes: charges not yet invoiced, the balance due of issued invoices, and
+    their sum. Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}/billingBalance`.
+    """
+    ReconcileCharges: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ReconcileChargesRequest, _billing_service_pb2.ReconcileChargesResponse]  # type: ignore[assignment]
+    """Compares the charges with what the source services rendered in a period (checked-in
+    appointments, completed laboratory orders, handed-over dispenses, asked of those services) and
+    reports each source with no charge (MISSING), more than one (DUPLICATED), a charge without a
+    rendered source (UNEXPECTED) or a charge still waiting for a price (UNPRICED). For SREs and
+    billing clerks; `his billing reconcile` calls it. Errors: INVALID_ARGUMENT if the period is not
+    set or is longer than 31 days; UNAVAILABLE if a source service cannot be reached.
+    """
+    DeliverEvents: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.DeliverEventsRequest, _billing_service_pb2.DeliverEventsResponse]  # type: ignore[assignment]
+    """Applies events of the scheduling, orders and pharmacy services (see the service comment); only
+    their outbox relays call it. Each event is applied exactly once, in its own transaction,
+    recorded by its `event_id`: a repeated delivery changes nothing; events that carry a revision
+    older than one already applied for the same resource change nothing. Errors: INVALID_ARGUMENT
+    naming the bad event (no events or more than 500, an `event_id` that is not a UUID, an event
+    type this service does not take, a `source` other than the one the type comes from, a payload
+    of another type); PERMISSION_DENIED if the caller is not the service the events come from.
     """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """BillingService records what a patient is charged for (FHIR ChargeItem), groups billable charges
     into invoices (FHIR Invoice) and records payments against issued invoices. Amounts are
-    his.common.v1.Money in integer minor units; all amounts on one invoice share one currency.
+    his.common.v1.Money in integer minor units, never floats; the hospital bills in one currency
+    (the service's billing currency, CNY unless configured), and every amount is in it.
+
+    Where charges come from. Besides CreateChargeItem (a manual charge), charges are born in the
+    services that render care and reach billing through their outboxes (DeliverEvents), so a
+    billing service that is down when care is given charges it when it is back. Each charging event
+    yields exactly one charge item, whatever its delivery count (its `event_id` is the idempotency
+    key, and no source resource is charged twice for one code):
+     - scheduling `AppointmentCheckedIn` → the registration / consultation fee: code = the
+       appointment's `service_type`, quantity 1, source `appointments/{appointment}`, department =
+       the appointment's, occurrence = the arrive time;
+     - orders `ServiceRequestChanged` in status COMPLETED (the laboratory issued the first final
+       report) → the laboratory test: code = the order's test code (LOINC), quantity 1, source
+       `serviceRequests/{service_request}`, department = the performing laboratory, occurrence = the
+       completion time. Billing takes the order, not the report: no result ever reaches billing;
+     - pharmacy `MedicationDispenseChanged` in status COMPLETED (handed over) → the drug: code =
+       system `urn:his:medication`, code the medication's id, quantity = the dispensed quantity in
+       the dispense unit, source `medicationDispenses/{medication_dispense}`, department = the
+       dispensing pharmacy, occurrence = the hand-over time.
+    A charge is priced by the tariff item of its code in force at its occurrence time (ListTariffItems);
+    with none in force it is recorded PLANNED and priced when a tariff item for it is created. An order
+    revoked or a dispense cancelled before it was rendered yields no charge. An event that reverses a
+    rendered service yields no deleted row: a billable charge is aborted, a billed one gets a credit
+    (a charge item with `reverses` set and a negative total).
+
+    Billing clerks see charges, invoices and payments, never clinical content: a charge names a
+    service code, not a diagnosis or a result. Every read and write is audited.
     """
 
     @_abc_1.abstractmethod
@@ -361,12 +517,81 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_service_pb2.RefundPaymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.Payment, _abc.Awaitable[_billing_service_pb2.Payment]]:
-        """Refunds a payment in full: the payment becomes PAYMENT_STATUS_REFUNDED, its amount is added
-        back to the invoice's balance due, and a balanced invoice returns to INVOICE_STATUS_ISSUED. To
-        correct a bill, refund its payments, cancel the invoice, fix the charge items and invoice
-        again. Refunding a refunded payment succeeds and changes nothing. Errors: INVALID_ARGUMENT for
-        a bad name or a missing reason; NOT_FOUND if no such payment; ABORTED if a concurrent change to
-        the invoice was lost.
+        """Refunds a payment, in full or (with `amount`) in part: the refunded amount is added back to the
+        invoice's balance due, and a balanced invoice returns to INVOICE_STATUS_ISSUED; a payment
+        refunded in full becomes PAYMENT_STATUS_REFUNDED. To correct a bill, refund its payments,
+        cancel the invoice, fix the charge items and invoice again. A full refund of a refunded payment
+        succeeds and changes nothing; a partial refund repeated with the same `request_id` refunds
+        once. Errors: INVALID_ARGUMENT for a bad name, a missing reason, an amount that is not positive
+        or in another currency, or an amount without `request_id`; NOT_FOUND if no such payment;
+        FAILED_PRECONDITION if the amount is more than what is left of the payment (reason
+        REFUND_EXCEEDS_PAYMENT); ABORTED if a concurrent change to the invoice was lost.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateTariffItem(
+        self,
+        request: _billing_service_pb2.CreateTariffItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.TariffItem, _abc.Awaitable[_billing_service_pb2.TariffItem]]:
+        """Adds an item to the price list: the price of a code from `effective_time` on, until the next
+        item of the same code takes effect. Charges keep the price they were given; charges of the code
+        recorded PLANNED (no price in force) and occurring from `effective_time` on are priced now and
+        become BILLABLE. A request repeated with the same `request_id` returns the item created by the
+        first one. Errors: INVALID_ARGUMENT naming the bad field (a currency other than the billing
+        currency, a negative price, no effective time); ALREADY_EXISTS if an item of the same code
+        takes effect at the same time; FAILED_PRECONDITION if `effective_time` is in the past while the
+        code already has a price (prices are never changed retroactively).
+        """
+
+    @_abc_1.abstractmethod
+    def ListTariffItems(
+        self,
+        request: _billing_service_pb2.ListTariffItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.ListTariffItemsResponse, _abc.Awaitable[_billing_service_pb2.ListTariffItemsResponse]]:
+        """Lists price list items, by code then effective time. With `effective_at` set, only the item of
+        each code in force at that time. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+        `page_size`, or a `page_token` that was not returned by a previous call with the same filters.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPatientBalance(
+        self,
+        request: _billing_service_pb2.GetPatientBalanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.PatientBalance, _abc.Awaitable[_billing_service_pb2.PatientBalance]]:
+        """Returns what a patient owes: charges not yet invoiced, the balance due of issued invoices, and
+        their sum. Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}/billingBalance`.
+        """
+
+    @_abc_1.abstractmethod
+    def ReconcileCharges(
+        self,
+        request: _billing_service_pb2.ReconcileChargesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.ReconcileChargesResponse, _abc.Awaitable[_billing_service_pb2.ReconcileChargesResponse]]:
+        """Compares the charges with what the source services rendered in a period (checked-in
+        appointments, completed laboratory orders, handed-over dispenses, asked of those services) and
+        reports each source with no charge (MISSING), more than one (DUPLICATED), a charge without a
+        rendered source (UNEXPECTED) or a charge still waiting for a price (UNPRICED). For SREs and
+        billing clerks; `his billing reconcile` calls it. Errors: INVALID_ARGUMENT if the period is not
+        set or is longer than 31 days; UNAVAILABLE if a source service cannot be reached.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverEvents(
+        self,
+        request: _billing_service_pb2.DeliverEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.DeliverEventsResponse, _abc.Awaitable[_billing_service_pb2.DeliverEventsResponse]]:
+        """Applies events of the scheduling, orders and pharmacy services (see the service comment); only
+        their outbox relays call it. Each event is applied exactly once, in its own transaction,
+        recorded by its `event_id`: a repeated delivery changes nothing; events that carry a revision
+        older than one already applied for the same resource change nothing. Errors: INVALID_ARGUMENT
+        naming the bad event (no events or more than 500, an `event_id` that is not a UUID, an event
+        type this service does not take, a `source` other than the one the type comes from, a payload
+        of another type); PERMISSION_DENIED if the caller is not the service the events come from.
         """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
