@@ -85,12 +85,16 @@ async def audit_service(database_url: str) -> AsyncIterator[RunningService]:
 
 @pytest.fixture(scope="session")
 async def patient_service(
-    database_url: str, audit_service: RunningService
+    database_url: str, audit_service: RunningService, scheduling_port: int
 ) -> AsyncIterator[RunningService]:
-    """The patient service on a free port, auditing through the session's audit service."""
-    config = service_config("patient", **addresses(audit_service))
+    """The patient service on a free port, auditing through the session's audit service and
+    delivering patient states to the session's scheduling port. `delivered()` waits for its
+    audit events only: a session need not run scheduling (its events then wait in the outbox)."""
+    config = service_config(
+        "patient", **addresses(audit_service), HIS_SCHEDULING_ADDR=f"localhost:{scheduling_port}"
+    )
     running = await start(PATIENT, config, database_url)
-    track_relay(running)
+    track_relay(running, ("audit",))
     yield running
     await running.stop(grace_s=1)
 

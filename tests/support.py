@@ -43,9 +43,10 @@ async def fresh_database(server_url: str, name: str, *schemas: str) -> str:
     return url
 
 
-# The relays of the session's services (tests/conftest.py): audit is eventually consistent, so a
-# test that reads the trail first waits until these delivered what their outboxes hold.
-SESSION_RELAYS: list[Relay] = []
+# The relays of the session's services (tests/conftest.py), each with the destinations it is
+# drained for (None: all): audit is eventually consistent, so a test that reads the trail first
+# waits until these delivered what their outboxes hold.
+SESSION_RELAYS: list[tuple[Relay, tuple[str, ...] | None]] = []
 
 
 @contextlib.asynccontextmanager
@@ -61,17 +62,18 @@ async def relay_paused(running: RunningService) -> AsyncIterator[None]:
         relay.start()
 
 
-def track_relay(running: RunningService) -> None:
-    """Count `running`'s relay among the session's (see `delivered`)."""
+def track_relay(running: RunningService, destinations: tuple[str, ...] | None = None) -> None:
+    """Count `running`'s relay among the session's (see `delivered`); with `destinations`, only
+    those are waited for (a destination that may not run in every session is not)."""
     if running.relay is not None:
-        SESSION_RELAYS.append(running.relay)
+        SESSION_RELAYS.append((running.relay, destinations))
 
 
 async def delivered(*relays: Relay, timeout_s: float = 20.0) -> None:
     """Wait until `relays` (default: the session's) delivered every event ready in their outbox:
     what was recorded before this call is in the audit trail after it."""
-    for relay in relays or SESSION_RELAYS:
-        await relay.drain(timeout_s)
+    for relay, destinations in [(r, None) for r in relays] or SESSION_RELAYS:
+        await relay.drain(timeout_s, destinations)
 
 
 async def blocked_on_a_lock(

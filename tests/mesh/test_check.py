@@ -335,9 +335,12 @@ def _gateway_cannot_reach_patient(root: Path) -> None:
     )
 
 
-def _patient_may_reach_scheduling(root: Path) -> None:
+def _patient_may_reach_emr(root: Path) -> None:
     edit(
-        root, f"{NETWORK}/patient.yaml", "values: [iam, audit]", "values: [iam, audit, scheduling]"
+        root,
+        f"{NETWORK}/patient.yaml",
+        "values: [iam, audit, scheduling]",
+        "values: [iam, audit, scheduling, emr]",
     )
 
 
@@ -492,9 +495,9 @@ MUTATIONS: list[tuple[Seed, str, str]] = [
         "does not let mobile-gateway reach patient",
     ),
     (
-        _patient_may_reach_scheduling,
+        _patient_may_reach_emr,
         f"{NETWORK}/patient.yaml",
-        "lets patient reach scheduling on port 50051, which it never calls",
+        "lets patient reach emr on port 50051, which it never calls",
     ),
     (_requests_by_get, f"{GATEWAY}/authorization.yaml", "gRPC-web calls are POST"),
     (

@@ -11,7 +11,7 @@ import itertools
 import random
 import string
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 from zoneinfo import ZoneInfo
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 else:
     Stub = Any
     Patients = Any
+
+# The `states_copied` fixture: waits until patient state changes reached scheduling's copy,
+# which bookings read (his.scheduling.patient_states).
+Copied: TypeAlias = Callable[[], Awaitable[None]]
 
 DOMAIN = "scheduling.his"
 TIME_ZONE = "Asia/Shanghai"

@@ -11,6 +11,7 @@ from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.scheduling.helpers import (
     UTC,
+    Copied,
     Patients,
     Stub,
     active_patient,
@@ -247,10 +248,13 @@ async def test_a_patient_who_does_not_exist_cannot_be_booked(scheduling: Stub) -
     assert (await get_slot(scheduling, slot.name)).booked_count == 0
 
 
-async def test_an_inactive_patient_cannot_be_booked(scheduling: Stub, patients: Patients) -> None:
+async def test_an_inactive_patient_cannot_be_booked(
+    scheduling: Stub, patients: Patients, states_copied: Copied
+) -> None:
     slot = (await future_slots(scheduling)).slot
     patient = await active_patient(patients)
     await patients.DeactivatePatient(patient_pb.DeactivatePatientRequest(name=patient))
+    await states_copied()
 
     await precondition(book(scheduling, patient, slot), "PATIENT_INACTIVE")
 
@@ -258,12 +262,13 @@ async def test_an_inactive_patient_cannot_be_booked(scheduling: Stub, patients: 
 
 
 async def test_a_reactivated_patient_can_be_booked_again(
-    scheduling: Stub, patients: Patients
+    scheduling: Stub, patients: Patients, states_copied: Copied
 ) -> None:
     slot = (await future_slots(scheduling)).slot
     patient = await active_patient(patients)
     await patients.DeactivatePatient(patient_pb.DeactivatePatientRequest(name=patient))
     await patients.ReactivatePatient(patient_pb.ReactivatePatientRequest(name=patient))
+    await states_copied()
 
     appointment = await book(scheduling, patient, slot)
 
@@ -271,7 +276,7 @@ async def test_a_reactivated_patient_can_be_booked_again(
 
 
 async def test_a_merged_patient_cannot_be_booked_and_the_survivor_is_named(
-    scheduling: Stub, patients: Patients
+    scheduling: Stub, patients: Patients, states_copied: Copied
 ) -> None:
     slot = (await future_slots(scheduling)).slot
     survivor = await active_patient(patients)
@@ -279,6 +284,7 @@ async def test_a_merged_patient_cannot_be_booked_and_the_survivor_is_named(
     await patients.MergePatients(
         patient_pb.MergePatientsRequest(name=duplicate, survivor=survivor, reason="same person")
     )
+    await states_copied()
 
     failure = await precondition(book(scheduling, duplicate, slot), "PATIENT_MERGED")
 

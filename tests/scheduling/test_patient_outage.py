@@ -1,4 +1,5 @@
-"""A patient service outage: bookings fail fast as UNAVAILABLE, reads go on, recovery is automatic.
+"""A patient service outage: patients scheduling holds a copy of are still booked; the others
+fail fast as UNAVAILABLE, reads go on, recovery is automatic.
 
 The test runs its own patient server on a fixed port and its own scheduling server pointed at it
 (with a small circuit breaker), so it can stop and restart the patient service without disturbing
@@ -14,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from his.patient.spec import SPEC as PATIENT
 from his.runtime.config import ServiceConfig
@@ -26,6 +29,7 @@ from tests.conftest import addresses, service_config
 from tests.identity import registrar_channel
 from tests.scheduling.helpers import (
     DOMAIN,
+    Copied,
     Patients,
     Stub,
     active_patient,
@@ -113,16 +117,52 @@ async def _unavailable(call: Awaitable[pb.Appointment]) -> str:
     return failure.message
 
 
-async def test_bookings_fail_fast_during_a_patient_outage_and_recover_without_restart(
-    servers: Servers, stub: Stub, patients: Patients
+async def _uncopied(patients: Patients, states_copied: Copied, scheduling_db: AsyncEngine) -> str:
+    """A registered patient scheduling has no copy of (as one registered before the copy
+    existed): booking them asks the patient service."""
+    patient = await active_patient(patients)
+    await states_copied()
+    async with scheduling_db.begin() as connection:
+        await connection.execute(
+            text("DELETE FROM scheduling.patient_states WHERE patient_id = :id"),
+            {"id": patient.split("/")[1]},
+        )
+    return patient
+
+
+async def test_a_patient_with_a_copy_is_booked_during_a_patient_outage(
+    servers: Servers, stub: Stub, patients: Patients, states_copied: Copied
 ) -> None:
     patient = await active_patient(patients)
+    await states_copied()
+    slot = (await future_slots(stub, count=1, capacity=5)).slot
+
+    await servers.stop_patient()
+
+    # Scheduling's copy of patient states answers: no call to the patient service at all.
+    booked = await book(stub, patient, slot)
+    assert booked.status == pb.APPOINTMENT_STATUS_BOOKED
+    assert servers.breaker("his_client_breaker_state") == 0  # never tried, still closed
+
+
+async def test_bookings_fail_fast_during_a_patient_outage_and_recover_without_restart(
+    servers: Servers,
+    stub: Stub,
+    patients: Patients,
+    states_copied: Copied,
+    scheduling_db: AsyncEngine,
+) -> None:
+    patient = await _uncopied(patients, states_copied, scheduling_db)
+    # The first booking asks the patient service and keeps its answer in the copy.
+    known = await _uncopied(patients, states_copied, scheduling_db)
     slots = (await future_slots(stub, count=4, capacity=5)).slots
-    before = await book(stub, patient, slots[0])
+    before = await book(stub, known, slots[0])
     assert before.status == pb.APPOINTMENT_STATUS_BOOKED
     assert servers.breaker("his_client_breaker_state") == 0  # closed
 
     await servers.stop_patient()
+
+    assert (await book(stub, known, slots[3])).status == pb.APPOINTMENT_STATUS_BOOKED
 
     # The outage is reported as the dependency being unavailable, never INTERNAL.
     message = await _unavailable(book(stub, patient, slots[1]))
@@ -146,8 +186,8 @@ async def test_bookings_fail_fast_during_a_patient_outage_and_recover_without_re
 
     # Reads need no patient service.
     assert await get_appointment(stub, before.name) == before
-    listed = await stub.ListAppointments(pb.ListAppointmentsRequest(patient=patient))
-    assert list(listed.appointments) == [before]
+    listed = await stub.ListAppointments(pb.ListAppointmentsRequest(patient=known))
+    assert [a.slot for a in listed.appointments] == [slots[0].name, slots[3].name]
     slot = await stub.GetSlot(pb.GetSlotRequest(name=slots[1].name))
     assert slot.booked_count == 0
     # A dependency outage is not the scheduling service's failure: it keeps serving.
@@ -178,4 +218,4 @@ async def test_bookings_fail_fast_during_a_patient_outage_and_recover_without_re
     assert servers.breaker("his_client_breaker_state") == 0  # closed again
     assert (await book(stub, patient, slots[2])).status == pb.APPOINTMENT_STATUS_BOOKED
     listed = await stub.ListAppointments(pb.ListAppointmentsRequest(patient=patient))
-    assert [a.slot for a in listed.appointments] == [s.name for s in slots[:3]]
+    assert [a.slot for a in listed.appointments] == [s.name for s in slots[1:3]]

@@ -968,6 +968,15 @@ def _lab_order_changed() -> lab_pb.DeliverEventsRequest:
     return lab_pb.DeliverEventsRequest(events=[lab_changed(made, revision=1)])
 
 
+def _patient_state_changed() -> pb.DeliverEventsRequest:
+    """The state of a patient scheduling has no copy of: the copy is made."""
+    patient = missing("patients")
+    event = patient_pb.PatientStateChanged(
+        patient=patient, state=patient_pb.PATIENT_STATE_ACTIVE, revision=1
+    )
+    return pb.DeliverEventsRequest(events=[envelope(event, source="patient")])
+
+
 # Rpcs decided by the caller's service identity, not by the policy: only the service an event
 # comes from delivers it (his.runtime.inbox; the mesh says the same). Each: (the request, the one
 # service that may call it).
@@ -975,6 +984,7 @@ IDENTITY_RPCS: dict[str, tuple[Callable[[], Message], str]] = {
     "orders.DeliverEvents": (_report_issued, "lab"),
     "lab.DeliverEvents": (_lab_order_changed, "orders"),
     "pharmacy.DeliverEvents": (pharmacy_records.prescription_changed, "orders"),
+    "scheduling.DeliverEvents": (_patient_state_changed, "patient"),
 }
 
 

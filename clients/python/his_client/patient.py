@@ -73,6 +73,13 @@ async def require_active(clients: HisClients, name: str, *, when_merged: str) ->
     """The patient `name` if it exists and is active, else FAILED_PRECONDITION (PATIENT_NOT_FOUND,
     PATIENT_MERGED with `when_merged` as the advice, PATIENT_INACTIVE); an outage of the patient
     service surfaces as UNAVAILABLE naming it (runtime)."""
+    patient = await require_existing(clients, name)
+    require_state(patient.state, patient.merged_into, when_merged=when_merged)
+    return patient
+
+
+async def require_existing(clients: HisClients, name: str) -> pb.Patient:
+    """The patient `name` in whatever state, else FAILED_PRECONDITION PATIENT_NOT_FOUND."""
     try:
         patient = await clients.patient.GetPatient(pb.GetPatientRequest(name=name))
     except UpstreamError as error:
@@ -83,15 +90,21 @@ async def require_active(clients: HisClients, name: str, *, when_merged: str) ->
                 metadata={"patient": name},
             ) from None
         raise
-    if patient.state == pb.PATIENT_STATE_MERGED:
+    return patient
+
+
+def require_state(state: int, merged_into: str, *, when_merged: str) -> None:
+    """FAILED_PRECONDITION unless `state` is PATIENT_STATE_ACTIVE (PATIENT_MERGED with `when_merged`
+    as the advice and the survivor named, or PATIENT_INACTIVE): the refusal of `require_active`,
+    for a service that knows the state from its own copy."""
+    if state == pb.PATIENT_STATE_MERGED:
         raise FailedPrecondition(
             f"the patient record was merged; {when_merged}",
             reason="PATIENT_MERGED",
-            metadata={"merged_into": patient.merged_into},
+            metadata={"merged_into": merged_into},
         )
-    if patient.state != pb.PATIENT_STATE_ACTIVE:
+    if state != pb.PATIENT_STATE_ACTIVE:
         raise FailedPrecondition("the patient is not active", reason="PATIENT_INACTIVE")
-    return patient
 
 
 async def privacy_consent(clients: HisClients, patient: str, *, missing: str | None = None) -> str:

@@ -22,9 +22,11 @@ _RUNTIME = {
 }
 
 CALLS: dict[str, dict[str, tuple[str, ...]]] = {
-    "patient": _RUNTIME,
-    # Booking checks the patient is active (his_client.patient.require_active); research
-    # consents are read as scheduling itself (scheduling/service.py).
+    # Record state changes feed scheduling's copy through the outbox relay (patient/events.py).
+    "patient": {**_RUNTIME, "scheduling": ("DeliverEvents",)},
+    # Booking checks the patient is active, from its copy of patient states or, for a patient it
+    # has no copy of yet, by asking (scheduling/patient_states.py); research consents are read as
+    # scheduling itself (scheduling/service.py).
     # Check-ins open their encounter in emr through the outbox relay (scheduling/check_in.py).
     "scheduling": {
         **_RUNTIME,

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from his.base.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from his.patient import store
+from his.patient.events import state_changed
 from his.patient.label_view import for_caller, label_view_only
 from his.patient.mapping import consent_to_proto, patient_to_proto
 from his.patient.research import ResearchPatients
@@ -59,6 +60,13 @@ class PatientService(pb_grpc.PatientServiceServicer):
             resources.config.crypto, "patient", resources.database.engine
         )
         self._research = ResearchPatients(resources)
+        self._outbox = resources.outbox
+
+    async def _state_changed(self, row: Any) -> None:
+        """Tell the services that keep a copy of patient states (events.py), in the open
+        transaction."""
+        if self._outbox is not None:
+            await self._outbox.add([state_changed(row)])
 
     async def _audit(self, action: str, permit: Permit, patient_id: uuid.UUID, **name: str) -> None:
         """Record one access to a patient's record (or to its consents)."""
@@ -141,6 +149,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
                     lambda used: store.patient_by_request(session, self._cipher, used),
                 )
                 await self._audit("create", permit, row.id)
+                await self._state_changed(row)
         except IntegrityError as error:
             # A concurrent replay may lose on the national-id index before the request-id one:
             # the first registration is then the answer, not a conflict.
@@ -193,6 +202,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         async with self._db.transaction() as session:
             row = await store.set_state(session, self._cipher, patient_id, to=state, etag=etag)
             await self._audit("update", permit, row.id)
+            await self._state_changed(row)
         return patient_to_proto(row)
 
     async def MergePatients(self, request: pb.MergePatientsRequest, context: Context) -> pb.Patient:
@@ -209,6 +219,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
             row = await store.merge(session, self._cipher, duplicate_id, survivor_id, reason)
             await self._audit("merge", permit, duplicate_id)
             await self._audit("merge", permit, survivor_id)
+            await self._state_changed(row)
         return patient_to_proto(row)
 
     async def UnmergePatient(
@@ -223,6 +234,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
         async with self._db.transaction() as session:
             row = await store.unmerge(session, self._cipher, patient_id, reason)
             await self._audit("merge", permit, patient_id)
+            await self._state_changed(row)
         return patient_to_proto(row)
 
     async def GrantConsent(self, request: pb.GrantConsentRequest, context: Context) -> pb.Consent:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from his.patient.events import deliverers
 from his.patient.service import PatientService
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
 from his.runtime.server import ServiceSpec
@@ -11,4 +12,5 @@ SPEC = ServiceSpec(
     grpc_service="his.patient.v1.PatientService",
     add_to_server=pb_grpc.add_PatientServiceServicer_to_server,
     make_servicer=PatientService,
+    deliverers=deliverers,
 )

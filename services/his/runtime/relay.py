@@ -21,7 +21,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,10 +207,11 @@ class Relay:
                 await self._task
         self._task = None
 
-    async def pass_once(self) -> int:
-        """Deliver what is ready for every destination; the number of events delivered."""
+    async def pass_once(self, destinations: Collection[str] | None = None) -> int:
+        """Deliver what is ready for every destination (or those given); the number of events
+        delivered."""
         total = 0
-        for destination in self._deliverers:
+        for destination in self._deliverers if destinations is None else destinations:
             while True:
                 count, full = await self._batch(destination)
                 total += count
@@ -218,13 +219,15 @@ class Relay:
                     break
         return total
 
-    async def drain(self, timeout_s: float) -> None:
-        """Deliver until nothing is ready (for tests and shutdown); TimeoutError after
-        `timeout_s`."""
+    async def drain(self, timeout_s: float, destinations: Collection[str] | None = None) -> None:
+        """Deliver until nothing is ready for every destination (or those given), for tests and
+        shutdown; TimeoutError after `timeout_s`."""
         async with asyncio.timeout(timeout_s):
             # Polls the database (rows of other relays, leases running out): no event to await.
             while True:
-                if not await self.pass_once() and not await self._pending():
+                if not await self.pass_once(destinations) and not await self._pending(
+                    destinations
+                ):
                     return
                 await asyncio.sleep(0.05)
 
@@ -336,10 +339,10 @@ class Relay:
         async with self._database.driver() as connection:
             await connection.execute(statement, ids, *args)
 
-    async def _pending(self) -> int:
+    async def _pending(self, destinations: Collection[str] | None = None) -> int:
         async with self._database.driver() as connection:
             rows = await connection.fetch(self._gauges)
-        return sum(int(row[1]) for row in rows)
+        return sum(int(row[1]) for row in rows if destinations is None or row[0] in destinations)
 
     async def _refresh_gauges(self) -> None:
         now = time.monotonic()

@@ -21,6 +21,7 @@ from his.base.errors import FailedPrecondition, NotFound
 from his.runtime.access import Facts, Permit
 from his.runtime.database import CHECK_VIOLATION, EXCLUSION_VIOLATION, Database
 from his.runtime.idempotency import RequestKey
+from his.runtime.inbox import apply_events
 from his.runtime.pagination import (
     PageTokens,
     TimeAndId,
@@ -38,12 +39,14 @@ from his.scheduling.mapping import (
     schedule_to_proto,
     slot_to_proto,
 )
+from his.scheduling.patient_states import CONSUMES, require_bookable
 from his.scheduling.research import ResearchAppointments
+from his.scheduling.tables import SCHEMA
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
 from his.scheduling.validation import MAX_REASON, plan_slots
 from his_client import HisClients
-from his_client.patient import privacy_consent, require_active
+from his_client.patient import privacy_consent
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _APPOINTMENT = pb.Appointment.DESCRIPTOR.full_name
@@ -313,7 +316,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         problem = store.unbookable(slot, dt.datetime.now(dt.UTC))
         if problem is not None:
             raise problem
-        await self._require_bookable_patient(request.patient)
+        await require_bookable(self._db, self._clients, patient_id, request.patient)
         try:
             async with self._db.driver_transaction() as connection:
                 row = await store.book(connection, patient_id, slot_id, key.pair)
@@ -328,9 +331,6 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
                 raise _booking_conflict(error) from None
             raise
         return appointment_to_proto(row)
-
-    async def _require_bookable_patient(self, name: str) -> None:
-        await require_active(self._clients, name, when_merged="book the surviving record")
 
     async def GetAppointment(
         self, request: pb.GetAppointmentRequest, context: Context
@@ -453,6 +453,12 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         self, request: pb.ListResearchAppointmentsRequest, context: Context
     ) -> pb.ListResearchAppointmentsResponse:
         return await self._research.page(request)
+
+    async def DeliverEvents(
+        self, request: pb.DeliverEventsRequest, context: Context
+    ) -> pb.DeliverEventsResponse:
+        outcome = await apply_events(self._db, SCHEMA, request.events, CONSUMES)
+        return pb.DeliverEventsResponse(applied=outcome.applied, duplicates=outcome.duplicates)
 
     # --- paging ------------------------------------------------------------------------------
 

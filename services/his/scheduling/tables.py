@@ -1,8 +1,10 @@
-"""The scheduling schema: schedules, their slots, the generations that made them, appointments."""
+"""The scheduling schema: schedules, their slots, the generations that made them, appointments,
+the outbox, the inbox and the copy of patient states."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
@@ -18,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import UUID
 
+from his.runtime.inbox import declare as declare_inbox
 from his.runtime.outbox import declare as declare_outbox
 
 SCHEMA = "scheduling"
@@ -136,3 +139,20 @@ NO_OVERLAP_CONSTRAINT = "appointments_patient_no_overlap"
 
 # Events for other services (audit among them), stored with the change (his.runtime.outbox).
 outbox = declare_outbox(metadata)
+
+# Events of other services (patient), each applied once (his.runtime.inbox).
+inbox = declare_inbox(metadata)
+
+# This service's copy of each patient's state, fed by the patient service's PatientStateChanged
+# events: BookAppointment reads it instead of calling the patient service. `revision` is the
+# patient record's version; an older event never overwrites a newer one.
+patient_states = Table(
+    "patient_states",
+    metadata,
+    Column("patient_id", UUID(as_uuid=True), primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("merged_into", UUID(as_uuid=True)),
+    Column("revision", BigInteger, nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("state IN ('active', 'inactive', 'merged')", name="patient_state_known"),
+)

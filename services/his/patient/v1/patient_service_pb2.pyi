@@ -883,3 +883,44 @@ class ListResearchPatientsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListResearchPatientsResponse: _TypeAlias = ListResearchPatientsResponse  # noqa: Y015
+
+@_typing.final
+class PatientStateChanged(_message.Message):
+    """Domain event: a patient record's state right after it was created or its state changed
+    (registered, deactivated, reactivated, merged, unmerged) — event type
+    `his.patient.v1.PatientStateChanged` from source `patient`. Stored in the patient outbox in the
+    same transaction as the change and delivered to the scheduling service
+    (SchedulingService.DeliverEvents) at least once, possibly out of order: the receiver keeps the
+    state with the highest `revision`. It carries no demographics: only what decides whether the
+    record may be booked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATIENT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MERGED_INTO_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    patient: _builtins.str
+    """The patient, `patients/{patient}`."""
+    state: Global___PatientState.ValueType
+    """The state after the change."""
+    merged_into: _builtins.str
+    """When merged: the surviving record, `patients/{patient}`."""
+    revision: _builtins.int
+    """The record's version after the change (its etag); increases with every change of the record."""
+    def __init__(
+        self,
+        *,
+        patient: _builtins.str = ...,
+        state: Global___PatientState.ValueType = ...,
+        merged_into: _builtins.str = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merged_into", b"merged_into", "patient", b"patient", "revision", b"revision", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PatientStateChanged: _TypeAlias = PatientStateChanged  # noqa: Y015

@@ -118,6 +118,11 @@ class SchedulingServiceStub:
                 request_serializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsRequest.SerializeToString,
                 response_deserializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsResponse.FromString,
                 _registered_method=True)
+        self.DeliverEvents = channel.unary_unary(
+                '/his.scheduling.v1.SchedulingService/DeliverEvents',
+                request_serializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.DeliverEventsRequest.SerializeToString,
+                response_deserializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.DeliverEventsResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulingServiceServicer:
@@ -214,7 +219,10 @@ class SchedulingServiceServicer:
         is inactive or is merged, if the slot is not FREE (full or blocked) or has already ended, or if
         the patient already has a BOOKED or ARRIVED appointment whose time overlaps the slot; ABORTED
         if a concurrent booking changed the slot while this one was made (read the slot again and retry
-        with the same `request_id`); UNAVAILABLE if the patient service cannot be reached.
+        with the same `request_id`); UNAVAILABLE if the patient service cannot be reached when this
+        service has no copy of the patient's state yet. The patient's state is read from this
+        service's copy, fed by the patient service's events (DeliverEvents): a state change reaches it
+        within the relay's delivery delay, so a booking made in that window sees the previous state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -304,6 +312,21 @@ class SchedulingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverEvents(self, request, context):
+        """Applies events of the patient service to this service's copy of patient states, which
+        BookAppointment reads instead of asking the patient service (a patient it has no copy of yet is
+        asked for); only the patient service's outbox relay calls it. Each event is applied exactly
+        once, in its own transaction, recorded by its `event_id`: a repeated delivery changes nothing,
+        and a `his.patient.v1.PatientStateChanged` older (lower `revision`) than the copy changes
+        nothing. Errors: INVALID_ARGUMENT naming the bad event (no events or more than 500, an
+        `event_id` that is not a UUID, an event type this service does not take, a `source` other than
+        the one the type comes from, a payload of another type); PERMISSION_DENIED if the caller is not
+        the service the events come from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -386,6 +409,11 @@ def add_SchedulingServiceServicer_to_server(servicer, server):
                     servicer.ListResearchAppointments,
                     request_deserializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsRequest.FromString,
                     response_serializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsResponse.SerializeToString,
+            ),
+            'DeliverEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverEvents,
+                    request_deserializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.DeliverEventsRequest.FromString,
+                    response_serializer=his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.DeliverEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -824,6 +852,33 @@ class SchedulingService:
             '/his.scheduling.v1.SchedulingService/ListResearchAppointments',
             his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsRequest.SerializeToString,
             his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.ListResearchAppointmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.scheduling.v1.SchedulingService/DeliverEvents',
+            his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.DeliverEventsRequest.SerializeToString,
+            his_dot_scheduling_dot_v1_dot_scheduling__service__pb2.DeliverEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -94,7 +94,10 @@ class SchedulingServiceStub:
     is inactive or is merged, if the slot is not FREE (full or blocked) or has already ended, or if
     the patient already has a BOOKED or ARRIVED appointment whose time overlaps the slot; ABORTED
     if a concurrent booking changed the slot while this one was made (read the slot again and retry
-    with the same `request_id`); UNAVAILABLE if the patient service cannot be reached.
+    with the same `request_id`); UNAVAILABLE if the patient service cannot be reached when this
+    service has no copy of the patient's state yet. The patient's state is read from this
+    service's copy, fed by the patient service's events (DeliverEvents): a state change reaches it
+    within the relay's delivery delay, so a booking made in that window sees the previous state.
     """
     GetAppointment: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.GetAppointmentRequest, _scheduling_service_pb2.Appointment]
     """Returns one appointment. Errors: INVALID_ARGUMENT if `name` is not
@@ -151,6 +154,17 @@ class SchedulingServiceStub:
     a negative `page_size`, or a `page_token` that was not returned by a previous call with the
     same time zone; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
     the access cannot be recorded in the audit trail.
+    """
+    DeliverEvents: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.DeliverEventsRequest, _scheduling_service_pb2.DeliverEventsResponse]
+    """Applies events of the patient service to this service's copy of patient states, which
+    BookAppointment reads instead of asking the patient service (a patient it has no copy of yet is
+    asked for); only the patient service's outbox relay calls it. Each event is applied exactly
+    once, in its own transaction, recorded by its `event_id`: a repeated delivery changes nothing,
+    and a `his.patient.v1.PatientStateChanged` older (lower `revision`) than the copy changes
+    nothing. Errors: INVALID_ARGUMENT naming the bad event (no events or more than 500, an
+    `event_id` that is not a UUID, an event type this service does not take, a `source` other than
+    the one the type comes from, a payload of another type); PERMISSION_DENIED if the caller is not
+    the service the events come from.
     """
 
 @_typing.type_check_only
@@ -217,7 +231,10 @@ class SchedulingServiceAsyncStub(SchedulingServiceStub):
     is inactive or is merged, if the slot is not FREE (full or blocked) or has already ended, or if
     the patient already has a BOOKED or ARRIVED appointment whose time overlaps the slot; ABORTED
     if a concurrent booking changed the slot while this one was made (read the slot again and retry
-    with the same `request_id`); UNAVAILABLE if the patient service cannot be reached.
+    with the same `request_id`); UNAVAILABLE if the patient service cannot be reached when this
+    service has no copy of the patient's state yet. The patient's state is read from this
+    service's copy, fed by the patient service's events (DeliverEvents): a state change reaches it
+    within the relay's delivery delay, so a booking made in that window sees the previous state.
     """
     GetAppointment: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.GetAppointmentRequest, _scheduling_service_pb2.Appointment]  # type: ignore[assignment]
     """Returns one appointment. Errors: INVALID_ARGUMENT if `name` is not
@@ -274,6 +291,17 @@ class SchedulingServiceAsyncStub(SchedulingServiceStub):
     a negative `page_size`, or a `page_token` that was not returned by a previous call with the
     same time zone; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
     the access cannot be recorded in the audit trail.
+    """
+    DeliverEvents: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.DeliverEventsRequest, _scheduling_service_pb2.DeliverEventsResponse]  # type: ignore[assignment]
+    """Applies events of the patient service to this service's copy of patient states, which
+    BookAppointment reads instead of asking the patient service (a patient it has no copy of yet is
+    asked for); only the patient service's outbox relay calls it. Each event is applied exactly
+    once, in its own transaction, recorded by its `event_id`: a repeated delivery changes nothing,
+    and a `his.patient.v1.PatientStateChanged` older (lower `revision`) than the copy changes
+    nothing. Errors: INVALID_ARGUMENT naming the bad event (no events or more than 500, an
+    `event_id` that is not a UUID, an event type this service does not take, a `source` other than
+    the one the type comes from, a payload of another type); PERMISSION_DENIED if the caller is not
+    the service the events come from.
     """
 
 class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -391,7 +419,10 @@ class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
         is inactive or is merged, if the slot is not FREE (full or blocked) or has already ended, or if
         the patient already has a BOOKED or ARRIVED appointment whose time overlaps the slot; ABORTED
         if a concurrent booking changed the slot while this one was made (read the slot again and retry
-        with the same `request_id`); UNAVAILABLE if the patient service cannot be reached.
+        with the same `request_id`); UNAVAILABLE if the patient service cannot be reached when this
+        service has no copy of the patient's state yet. The patient's state is read from this
+        service's copy, fed by the patient service's events (DeliverEvents): a state change reaches it
+        within the relay's delivery delay, so a booking made in that window sees the previous state.
         """
 
     @_abc_1.abstractmethod
@@ -490,6 +521,23 @@ class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
         a negative `page_size`, or a `page_token` that was not returned by a previous call with the
         same time zone; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
         the access cannot be recorded in the audit trail.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverEvents(
+        self,
+        request: _scheduling_service_pb2.DeliverEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduling_service_pb2.DeliverEventsResponse, _abc.Awaitable[_scheduling_service_pb2.DeliverEventsResponse]]:
+        """Applies events of the patient service to this service's copy of patient states, which
+        BookAppointment reads instead of asking the patient service (a patient it has no copy of yet is
+        asked for); only the patient service's outbox relay calls it. Each event is applied exactly
+        once, in its own transaction, recorded by its `event_id`: a repeated delivery changes nothing,
+        and a `his.patient.v1.PatientStateChanged` older (lower `revision`) than the copy changes
+        nothing. Errors: INVALID_ARGUMENT naming the bad event (no events or more than 500, an
+        `event_id` that is not a UUID, an event type this service does not take, a `source` other than
+        the one the type comes from, a payload of another type); PERMISSION_DENIED if the caller is not
+        the service the events come from.
         """
 
 def add_SchedulingServiceServicer_to_server(servicer: SchedulingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
