@@ -225,9 +225,7 @@ class Relay:
         async with asyncio.timeout(timeout_s):
             # Polls the database (rows of other relays, leases running out): no event to await.
             while True:
-                if not await self.pass_once(destinations) and not await self._pending(
-                    destinations
-                ):
+                if not await self.pass_once(destinations) and not await self._pending(destinations):
                     return
                 await asyncio.sleep(0.05)
 
