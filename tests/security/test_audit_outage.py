@@ -29,6 +29,7 @@ from his.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from his.patient.spec import SPEC as PATIENT
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.patient.v1 import patient_service_pb2_grpc as patient_grpc
+from his.runtime.audit_trail import AUDIT as AUDIT_DESTINATION
 from his.runtime.config import ServiceConfig
 from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
@@ -84,16 +85,16 @@ class Servers:
             return int((await connection.execute(query, {"f": family_name})).scalar_one())
 
     async def waiting(self, service: str) -> int:
-        """Events in a service's outbox, not yet delivered."""
+        """Audit events in a service's outbox, not yet delivered."""
         async with self.own_db.connect() as connection:
-            query = text(f"SELECT count(*) FROM {service}.outbox")
-            return int((await connection.execute(query)).scalar_one())
+            query = text(f"SELECT count(*) FROM {service}.outbox WHERE destination = :audit")
+            return int((await connection.execute(query, {"audit": AUDIT_DESTINATION})).scalar_one())
 
     async def delivered(self) -> None:
         """Until the patient and scheduling relays delivered everything to the audit service."""
         for running in (self.patient, self.scheduling):
             assert running.relay is not None
-            await running.relay.drain(30)
+            await running.relay.drain(30, (AUDIT_DESTINATION,))
 
 
 @pytest.fixture(scope="module")
