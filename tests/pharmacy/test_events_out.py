@@ -204,11 +204,11 @@ async def test_the_dispenses_handed_over_in_a_period_are_listed(
     )
     end = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
 
-    async def listed(period: types_pb2.Period, **kw: str) -> list[str]:
-        reply = await pharmacy.ListMedicationDispenses(
-            pb.ListMedicationDispensesRequest(handed_over_period=period, **kw),
-            metadata=PHARMACIST,
+    async def listed(period: types_pb2.Period, medication_request: str = "") -> list[str]:
+        request = pb.ListMedicationDispensesRequest(
+            handed_over_period=period, medication_request=medication_request
         )
+        reply = await pharmacy.ListMedicationDispenses(request, metadata=PHARMACIST)
         return [d.name for d in reply.medication_dispenses]
 
     mine = await listed(_period(start, end), medication_request=order.name)
