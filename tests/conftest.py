@@ -12,6 +12,8 @@ import grpc
 import pytest
 
 from his.audit.spec import SPEC as AUDIT
+from his.billing.spec import SPEC as BILLING
+from his.billing.v1 import billing_service_pb2_grpc
 from his.emr.spec import SPEC as EMR
 from his.emr.v1 import emr_service_pb2_grpc
 from his.iam.spec import SPEC as IAM
@@ -65,7 +67,17 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 @pytest.fixture(scope="session")
 def database_url(postgres: EmbeddedPostgres) -> str:
     """The URL of the session database, with every implemented schema migrated."""
-    for service in ("patient", "scheduling", "audit", "iam", "emr", "orders", "lab", "pharmacy"):
+    for service in (
+        "patient",
+        "scheduling",
+        "audit",
+        "iam",
+        "emr",
+        "orders",
+        "lab",
+        "pharmacy",
+        "billing",
+    ):
         upgrade(service, postgres.url)
     return postgres.url
 
@@ -373,3 +385,53 @@ def pharmacy(
 ) -> pharmacy_service_pb2_grpc.PharmacyServiceAsyncStub:
     """The pharmacy service stub."""
     return pharmacy_service_pb2_grpc.PharmacyServiceStub(pharmacy_channel)
+
+
+# --- billing fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def billing_port() -> int:
+    """The port the session's billing service listens on (scheduling, orders and pharmacy
+    deliver their charging events to it)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+async def billing_service(
+    database_url: str,
+    patient_service: RunningService,
+    audit_service: RunningService,
+    iam_service: RunningService,
+    billing_port: int,
+) -> AsyncIterator[RunningService]:
+    """The billing service on its reserved port, auditing through the session's audit service
+    and asking patient whether a manually charged patient exists. Reconciliation asks scheduling,
+    orders and pharmacy at HIS_*_ADDR: tests/billing/conftest.py starts a second billing service
+    pointed at them (`reconciling_billing`), so this one needs none of them running."""
+    config = service_config(
+        "billing",
+        **addresses(patient_service, audit_service, iam_service),
+        HIS_PORT=str(billing_port),
+    )
+    running = await start(BILLING, config, database_url)
+    track_relay(running)
+    yield running
+    await running.stop(grace_s=1)
+
+
+@pytest.fixture(scope="session")
+async def billing_channel(
+    billing_service: RunningService, registrar_token: str
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the billing service (calls set their own clerk's or service's token)."""
+    async with channel_as(billing_service.address, registrar_token) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def billing(
+    billing_channel: grpc.aio.Channel,
+) -> billing_service_pb2_grpc.BillingServiceAsyncStub:
+    """The billing service stub."""
+    return billing_service_pb2_grpc.BillingServiceStub(billing_channel)

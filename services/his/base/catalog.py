@@ -51,7 +51,7 @@ CATALOG: tuple[ServiceEntry, ...] = (
     _entry("orders", 4, implemented=True),
     _entry("lab", 5, implemented=True),
     _entry("pharmacy", 6, implemented=True),
-    _entry("billing", 7, implemented=False),
+    _entry("billing", 7, implemented=True),
     _entry("iam", 8, implemented=True),
     _entry("audit", 9, implemented=True),
 )

@@ -1,1 +1,2 @@
-"""The billing service: contract his.billing.v1 only; implemented in a later issue."""
+"""The billing service: charges for services rendered (from the other services' events or by
+hand), the price list that prices them, invoices, payments and refunds."""
