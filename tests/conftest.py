@@ -199,13 +199,14 @@ async def scheduling_service(
     audit_service: RunningService,
     iam_service: RunningService,
     emr_service: RunningService,
+    billing_service: RunningService,
     scheduling_port: int,
 ) -> AsyncIterator[RunningService]:
     """The scheduling service, calling the session's patient, audit and iam, and delivering
-    check-ins to its emr."""
+    check-ins to its emr and its billing (its relay is drained by `delivered()`, so both run)."""
     config = service_config(
         "scheduling",
-        **addresses(patient_service, audit_service, iam_service, emr_service),
+        **addresses(patient_service, audit_service, iam_service, emr_service, billing_service),
         HIS_PORT=str(scheduling_port),
     )
     running = await start(SCHEDULING, config, database_url)
@@ -266,18 +267,20 @@ async def orders_service(
     orders_port: int,
     lab_port: int,
     pharmacy_port: int,
+    billing_port: int,
 ) -> AsyncIterator[RunningService]:
     """The orders service on its reserved port, calling the session's patient, audit, iam and
-    emr, and the lab and pharmacy at their reserved ports (its relay delivers lab orders and
-    prescriptions there; while nothing listens, they wait in its outbox). Its relay is not among
-    the session's drained ones for that reason: `delivered()` would wait on a lab that may not
-    run."""
+    emr, and the lab, pharmacy and billing at their reserved ports (its relay delivers lab orders
+    and prescriptions there, and completed lab orders to billing; while nothing listens, they
+    wait in its outbox). Its relay is not among the session's drained ones for that reason:
+    `delivered()` would wait on a lab that may not run."""
     config = service_config(
         "orders",
         **addresses(patient_service, audit_service, iam_service, emr_service),
         HIS_PORT=str(orders_port),
         HIS_LAB_ADDR=f"localhost:{lab_port}",
         HIS_PHARMACY_ADDR=f"localhost:{pharmacy_port}",
+        HIS_BILLING_ADDR=f"localhost:{billing_port}",
     )
     running = await start(ORDERS, config, database_url)
     yield running
@@ -354,15 +357,17 @@ async def pharmacy_service(
     emr_service: RunningService,
     pharmacy_port: int,
     orders_service: RunningService,
+    billing_service: RunningService,
 ) -> AsyncIterator[RunningService]:
     """The pharmacy service on its reserved port, auditing through the session's audit service,
     asking iam about locations, emr about encounters and patient about consents, and delivering
-    dispense changes to the session's orders."""
+    dispense changes to the session's orders and hand-overs to its billing (its relay is drained
+    by `delivered()`, so both run)."""
     config = service_config(
         "pharmacy",
         **addresses(patient_service, audit_service, iam_service, emr_service),
         HIS_PORT=str(pharmacy_port),
-        **addresses(orders_service),
+        **addresses(orders_service, billing_service),
     )
     running = await start(PHARMACY, config, database_url)
     track_relay(running)
