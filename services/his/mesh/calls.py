@@ -30,6 +30,8 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
         **_RUNTIME,
         "patient": ("GetPatient", "ListConsents"),
         "emr": ("CreateEncounter",),
+        # Check-ins are charged: the relay delivers AppointmentCheckedIn to billing.
+        "billing": ("DeliverEvents",),
     },
     # Opening an encounter checks the patient, department, practitioner and appointment; access
     # decisions read the patient's privacy consent as emr itself (emr/service.py).
@@ -49,6 +51,8 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
         "emr": ("GetEncounter",),
         "lab": ("DeliverEvents",),
         "pharmacy": ("GetMedication", "DeliverEvents"),
+        # Completed lab orders are charged: the relay delivers ServiceRequestChanged to billing.
+        "billing": ("DeliverEvents",),
     },
     # A report keeps the patient's sex and birth date (read as the caller: the label view) and the
     # ordering doctor's departments; access decisions read the patient's privacy consent as lab
@@ -70,6 +74,20 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
         "patient": ("ListConsents",),
         "emr": ("GetEncounter",),
         "orders": ("DeliverEvents",),
+        # Handed-over dispenses are charged: the relay delivers MedicationDispenseChanged too.
+        "billing": ("DeliverEvents",),
+    },
+    # A manual charge names an active patient (his_client.patient.require_active);
+    # ReconcileCharges asks, as billing itself, what the sources rendered: the departments (to
+    # list appointments by department and day), checked-in appointments, completed service
+    # requests and dispenses (billing/reconcile.py).
+    "billing": {
+        **_RUNTIME,
+        "iam": (*_RUNTIME["iam"], "ListDepartments"),
+        "patient": ("GetPatient",),
+        "scheduling": ("ListAppointments",),
+        "orders": ("ListServiceRequests",),
+        "pharmacy": ("ListMedicationDispenses",),
     },
     # A break-the-glass grant names an active patient (iam/service.py).
     "iam": {**_RUNTIME, "patient": ("GetPatient",)},

@@ -25,6 +25,13 @@ permissions := {
 		"emr.encounter": {"create"},
 		# The formulary: orders copies a medication's code and price into a prescription.
 		"pharmacy.medication": {"read"},
+		# Billing reconciles its charges with what was rendered (ReconcileCharges): it lists
+		# appointments, lab orders and dispenses as itself. The mesh lets only billing call those
+		# List rpcs as a service (mesh/istio/authorization/{scheduling,orders,pharmacy}.yaml), and
+		# it keeps only each one's name and code.
+		"scheduling.appointment": {"read"},
+		"orders.lab_order": {"read"},
+		"pharmacy.dispense": {"read"},
 	},
 	# Registration desk: who the patient is, what they consented to, and all of scheduling in
 	# every department. No clinical content.
@@ -92,6 +99,8 @@ permissions := {
 		"billing.charge": actions,
 		"billing.invoice": actions,
 		"billing.payment": actions,
+		# The formulary is no patient data: billing prices the medications it lists.
+		"pharmacy.medication": {"read"},
 		"iam.department": {"read"},
 		"iam.staff": {"read"},
 		"iam.membership": {"read"},
