@@ -15,7 +15,7 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -39,7 +39,7 @@ from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as scheduling_pb
 from his.scheduling.v1 import scheduling_service_pb2_grpc as scheduling_grpc
-from tests.billing.helpers import CLERK, MEDICATION, SERVICE_TYPES
+from tests.billing.helpers import CLERK, MEDICATION, SERVICE_TYPES, stamp
 from tests.conftest import addresses
 from tests.e2e.billing_world import World, billing_world, eventually
 from tests.emr.helpers import ADMINISTRATOR, new_patient
@@ -85,8 +85,10 @@ class Journey:
     formulary: Formulary
     # The general practice slot of the clinic's doctor, under way now, that every visit books.
     slot: str
-    # When the first visit began: the start of the reconciled period.
+    # When the world was ready: the start of the reconciled period.
     began: dt.datetime
+    # The visits made so far (whichever tests ran).
+    visits: list[Visit] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -140,15 +142,12 @@ async def journey(
         hospital = await Hospital(iam_grpc.IamServiceStub(iam_channel)).build()
         formulary = await in_pharmacy(stubs.pharmacy, hospital.pharmacist)
         slot = await _slot_now(stubs.scheduling, hospital)
-        a_year_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=365)
-        effective = types_pb2.Period()
-        effective.start_time.FromDatetime(a_year_ago)
         await stubs.billing.CreateTariffItem(
             billing_pb.CreateTariffItemRequest(
                 tariff_item=billing_pb.TariffItem(
                     code=_drug_code(formulary),
                     unit_price=types_pb2.Money(currency_code="CNY", amount_minor=TABLET_PRICE),
-                    effective_time=effective.start_time,
+                    effective_time=stamp(dt.datetime.now(dt.UTC) - dt.timedelta(days=365)),
                 ),
                 request_id=uuid.uuid4().hex,
             ),
@@ -266,7 +265,9 @@ async def visit(journey: Journey) -> Visit:
     await s.pharmacy.HandOverMedicationDispense(
         pharmacy_pb.HandOverMedicationDispenseRequest(name=dispense.name), metadata=pharmacist.md
     )
-    return Visit(patient, booked.name, encounter.name, ordered.name, dispense.name)
+    done = Visit(patient, booked.name, encounter.name, ordered.name, dispense.name)
+    journey.visits.append(done)
+    return done
 
 
 async def _slot_now(scheduling: Any, hospital: Hospital) -> str:
@@ -362,12 +363,11 @@ async def test_a_visit_is_charged_its_registration_lab_test_and_drug_once(
     journey: Journey,
 ) -> None:
     done = await visit(journey)
-    charges = await all_charged(journey, done)
+    await all_charged(journey, done)
     await journey.world.all_delivered_to_billing()
     assert_charged_once_at_the_tariffs_prices(
         journey, done, await charges_of(journey, done.patient)
     )
-    assert charges
 
 
 async def test_billing_down_for_the_whole_visit_charges_it_when_back_once(
@@ -424,8 +424,8 @@ async def test_every_event_delivered_twice_charges_nothing_more(journey: Journey
     }
     stored = await world.captured()
     again = await world.store_again_for_billing()
-    # Every event for billing of every visit so far (four visits of three), this one's among them.
-    assert again == len(stored) == 3 * 4
+    # Every event for billing of every visit so far, this one's among them.
+    assert again == len(stored) == 3 * len(journey.visits)
     await world.all_delivered_to_billing()
     after = {
         name: running.relay.delivered.get("billing", 0)
@@ -444,6 +444,8 @@ async def test_every_event_delivered_twice_charges_nothing_more(journey: Journey
 async def test_reconciliation_finds_nothing_missing_and_nothing_charged_twice(
     journey: Journey,
 ) -> None:
+    if not journey.visits:  # run on its own
+        await all_charged(journey, await visit(journey))
     await journey.world.all_delivered_to_billing()
     period = types_pb2.Period()
     period.start_time.FromDatetime(journey.began - dt.timedelta(minutes=1))
@@ -452,6 +454,7 @@ async def test_reconciliation_finds_nothing_missing_and_nothing_charged_twice(
         billing_pb.ReconcileChargesRequest(period=period), metadata=CLERK
     )
     assert (report.missing, report.duplicated) == (0, 0), report
-    # Four visits of three billable services each, all charged, nothing unexplained.
-    assert (report.rendered, report.charge_items) == (12, 12), report
+    # Every visit's three billable services, all charged, nothing unexplained.
+    rendered = 3 * len(journey.visits)
+    assert (report.rendered, report.charge_items) == (rendered, rendered), report
     assert list(report.discrepancies) == []
