@@ -408,15 +408,24 @@ async def billing_service(
     patient_service: RunningService,
     audit_service: RunningService,
     iam_service: RunningService,
+    scheduling_service: RunningService,
+    orders_service: RunningService,
+    pharmacy_service: RunningService,
     billing_port: int,
 ) -> AsyncIterator[RunningService]:
-    """The billing service on its reserved port, auditing through the session's audit service
-    and asking patient whether a manually charged patient exists. Reconciliation asks scheduling,
-    orders and pharmacy at HIS_*_ADDR: tests/billing/conftest.py starts a second billing service
-    pointed at them (`reconciling_billing`), so this one needs none of them running."""
+    """The billing service on its reserved port, auditing through the session's audit service,
+    asking patient whether a manually charged patient exists, and scheduling, orders and
+    pharmacy what they rendered (ReconcileCharges)."""
     config = service_config(
         "billing",
-        **addresses(patient_service, audit_service, iam_service),
+        **addresses(
+            patient_service,
+            audit_service,
+            iam_service,
+            scheduling_service,
+            orders_service,
+            pharmacy_service,
+        ),
         HIS_PORT=str(billing_port),
     )
     running = await start(BILLING, config, database_url)

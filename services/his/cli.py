@@ -134,6 +134,25 @@ def _export_research(args: argparse.Namespace) -> int:
     return 0
 
 
+def _billing_reconcile(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    import grpc  # noqa: PLC0415
+
+    from his.billing.report import instant, reconcile  # noqa: PLC0415
+
+    try:
+        since, until = instant(args.since), instant(args.until)
+    except ValueError as error:
+        print(f"his billing reconcile: {error}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(reconcile(since, until, user=args.user, out=sys.stdout))
+    except grpc.aio.AioRpcError as error:
+        print(f"his billing reconcile: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 2
+
+
 # What the mesh tools import that the service image leaves out (the `mesh` extra).
 MESH_EXTRA_MODULES = ("yaml", "ruamel", "jsonschema", "referencing", "re2")
 
@@ -261,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-zone", default="UTC", help="IANA zone of appointment dates (default: UTC)"
     )
     research.set_defaults(run=_export_research)
+
+    billing = commands.add_parser("billing", help="billing office tools")
+    billings = billing.add_subparsers(dest="billing", required=True)
+    reconcile = billings.add_parser(
+        "reconcile",
+        help="compare charges with what was rendered; exit 1 if any is missing or duplicated",
+    )
+    reconcile.add_argument("--since", required=True, help="start (ISO date or time, UTC)")
+    reconcile.add_argument("--until", required=True, help="end, exclusive; at most 31 days later")
+    reconcile.add_argument(
+        "--user", default="bill.garcia", help="who asks (a billing clerk; HIS_TOKEN overrides)"
+    )
+    reconcile.set_defaults(run=_billing_reconcile)
 
     _add_mesh_parsers(commands)
 

@@ -418,8 +418,8 @@ async def _listening(port: int) -> bool:
 
 
 # Demo data sets in dependency order: staff and departments, then patients, then bookings, then
-# the encounters of the clinic's visits; the pharmacy's formulary and stock.
-DEMO_ORDER = ("iam", "patient", "scheduling", "emr", "pharmacy", "orders", "lab")
+# the encounters of the clinic's visits; the pharmacy's formulary and stock; billing's prices of it.
+DEMO_ORDER = ("iam", "patient", "scheduling", "emr", "pharmacy", "orders", "lab", "billing")
 
 
 async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> str:

@@ -103,3 +103,28 @@ async def test_concurrent_partial_refunds_never_exceed_the_payment(
     assert sum(isinstance(a, pb.Payment) for a in answers) == 3
     final = await get_invoice(billing, made.name)
     assert final.amount_paid == cny(100)
+
+
+async def test_concurrent_retries_of_one_invoice_make_one(billing: Billing, patient: str) -> None:
+    for _ in range(3):
+        await charge(billing, patient)
+    ask = pb.CreateInvoiceRequest(invoice=pb.Invoice(patient=patient), request_id=request_id())
+    answers = await _outcomes([billing.CreateInvoice(ask, metadata=CLERK) for _ in range(20)])
+    assert {a.name for a in answers} == {answers[0].name}  # no failure, one invoice
+    listed = await billing.ListInvoices(pb.ListInvoicesRequest(patient=patient), metadata=CLERK)
+    assert len(listed.invoices) == 1
+
+
+async def test_concurrent_retries_of_one_partial_refund_refund_once(
+    billing: Billing, patient: str
+) -> None:
+    made = await issued(billing, patient, 1000)
+    paid = await pay(billing, made.name, 1000)
+    ask = pb.RefundPaymentRequest(
+        name=paid.name, reason="r", amount=cny(700), request_id=request_id()
+    )
+    answers = await _outcomes([billing.RefundPayment(ask, metadata=CLERK) for _ in range(20)])
+    assert all(isinstance(a, pb.Payment) for a in answers), answers
+    final = await billing.ListPayments(pb.ListPaymentsRequest(parent=made.name), metadata=CLERK)
+    assert final.payments[0].refunded_amount == cny(700)
+    assert len(final.payments[0].refunds) == 1

@@ -27,7 +27,7 @@ from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.iam.helpers import make_department, make_staff
 from tests.identity import ISSUER, channel_as, metadata
 from tests.scheduling.helpers import generate_request, make_schedule, tomorrow
-from tests.security import orders_records, pharmacy_records
+from tests.security import billing_records, orders_records, pharmacy_records
 from tests.security.helpers import (
     ADMINISTRATOR,
     AUDITOR,
@@ -79,6 +79,7 @@ async def world(
     orders: Any,
     pharmacy: Any,
     lab: Any,
+    billing: Any,
     database_url: str,
 ) -> World:
     """The matrix's records, made once per session by a registrar and an administrator (and the
@@ -138,6 +139,7 @@ async def world(
     made.finished_encounter = await orders_records.finished_encounter(made)
     await pharmacy_records.build(made, pharmacy)
     await lab_records(made)
+    await billing_records.build(made, billing)
     return made
 
 

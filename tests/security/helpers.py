@@ -175,6 +175,12 @@ class World:
     specimen: str = ""
     report: str = ""
     critical: str = ""
+    # The billing side (tests/security/billing_records.py): the stub, a charge of the patient, an
+    # issued invoice of another charge, and a payment of it.
+    billing: Any = None
+    charge_item: str = ""
+    invoice: str = ""
+    payment: str = ""
 
     def stub(self, service: str) -> object:
         """The stub of one of the session's services (by short name)."""
@@ -187,6 +193,7 @@ class World:
             "orders": self.orders,
             "pharmacy": self.pharmacy,
             "lab": self.lab,
+            "billing": self.billing,
         }
         return stubs[service]
 

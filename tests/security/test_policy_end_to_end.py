@@ -26,6 +26,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -34,6 +35,7 @@ from google.protobuf.message import Message
 
 from his.audit.v1 import audit_service_pb2 as audit_pb
 from his.base.catalog import BY_NAME, ServiceEntry, implemented
+from his.billing.v1 import billing_service_pb2 as billing_pb
 from his.common.v1 import types_pb2
 from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.iam.v1 import iam_service_pb2 as iam_pb
@@ -56,7 +58,7 @@ from tests.lab.helpers import order as lab_order
 from tests.patient.helpers import grant_request, unique_phone
 from tests.patient.helpers import make_patient as make_full_patient
 from tests.scheduling.helpers import generate_request, make_schedule
-from tests.security import orders_records, pharmacy_records
+from tests.security import billing_records, orders_records, pharmacy_records
 from tests.security.helpers import (
     CALLERS,
     DEPARTMENT_A,
@@ -975,6 +977,7 @@ IDENTITY_RPCS: dict[str, tuple[Callable[[], Message], str]] = {
     "orders.DeliverEvents": (_report_issued, "lab"),
     "lab.DeliverEvents": (_lab_order_changed, "orders"),
     "pharmacy.DeliverEvents": (pharmacy_records.prescription_changed, "orders"),
+    "billing.DeliverEvents": (billing_records.order_completed, "orders"),
 }
 
 
@@ -1541,6 +1544,175 @@ LAB_RPCS = (
 )
 
 
+# --- billing ----------------------------------------------------------------------------------
+
+
+async def _fresh_or_world(world: World, allowed: bool, fresh: Any, kept: str) -> str:
+    """A fresh record for a caller allowed to change one, so the world's stay as they are."""
+    return str(await fresh(world)) if allowed else kept
+
+
+async def _new_invoice(world: World, allowed: bool) -> Message:
+    charge = await _fresh_or_world(world, allowed, billing_records.fresh_charge, world.charge_item)
+    return billing_pb.CreateInvoiceRequest(
+        invoice=billing_pb.Invoice(patient=world.patient, charge_items=[charge])
+    )
+
+
+async def _cancel_charge(world: World, allowed: bool) -> Message:
+    name = await _fresh_or_world(world, allowed, billing_records.fresh_charge, world.charge_item)
+    return billing_pb.CancelChargeItemRequest(name=name, reason="entered twice")
+
+
+async def _cancel_invoice(world: World, allowed: bool) -> Message:
+    async def draft(w: World) -> str:
+        return await billing_records.fresh_invoice(w, issue=False)
+
+    name = await _fresh_or_world(world, allowed, draft, world.invoice)
+    return billing_pb.CancelInvoiceRequest(name=name, reason="wrong patient")
+
+
+async def _record_payment(world: World, allowed: bool) -> Message:
+    async def issued(w: World) -> str:
+        return await billing_records.fresh_invoice(w, issue=True)
+
+    parent = await _fresh_or_world(world, allowed, issued, world.invoice)
+    return billing_pb.RecordPaymentRequest(
+        parent=parent,
+        payment=billing_pb.Payment(
+            amount=types_pb2.Money(currency_code="CNY", amount_minor=1),
+            method=billing_pb.PAYMENT_METHOD_CASH,
+        ),
+    )
+
+
+async def _refund(world: World, allowed: bool) -> Message:
+    name = await _fresh_or_world(world, allowed, billing_records.fresh_payment, world.payment)
+    return billing_pb.RefundPaymentRequest(name=name, reason="returned")
+
+
+# Billing is decided from the caller alone: billing clerks do everything, nobody else anything.
+BILLING_RPCS = (
+    Rpc("billing", "CreateChargeItem", "create", "billing.charge", billing_records.charge_request),
+    Rpc(
+        "billing",
+        "GetChargeItem",
+        "read",
+        "billing.charge",
+        _on(lambda w: billing_pb.GetChargeItemRequest(name=w.charge_item)),
+        lambda w: billing_pb.GetChargeItemRequest(name=missing("chargeItems")),
+    ),
+    Rpc(
+        "billing",
+        "ListChargeItems",
+        "read",
+        "billing.charge",
+        _on(lambda w: billing_pb.ListChargeItemsRequest(patient=w.patient, page_size=1)),
+    ),
+    Rpc(
+        "billing",
+        "CancelChargeItem",
+        "update",
+        "billing.charge",
+        _cancel_charge,
+        lambda w: billing_pb.CancelChargeItemRequest(name=missing("chargeItems"), reason="x"),
+    ),
+    Rpc("billing", "CreateInvoice", "create", "billing.invoice", _new_invoice),
+    Rpc(
+        "billing",
+        "GetInvoice",
+        "read",
+        "billing.invoice",
+        _on(lambda w: billing_pb.GetInvoiceRequest(name=w.invoice)),
+        lambda w: billing_pb.GetInvoiceRequest(name=missing("invoices")),
+    ),
+    Rpc(
+        "billing",
+        "ListInvoices",
+        "read",
+        "billing.invoice",
+        _on(lambda w: billing_pb.ListInvoicesRequest(patient=w.patient, page_size=1)),
+    ),
+    Rpc(
+        "billing",
+        "IssueInvoice",
+        "update",
+        "billing.invoice",
+        # The world's invoice is issued: issuing it again succeeds and changes nothing.
+        _on(lambda w: billing_pb.IssueInvoiceRequest(name=w.invoice)),
+        lambda w: billing_pb.IssueInvoiceRequest(name=missing("invoices")),
+    ),
+    Rpc(
+        "billing",
+        "CancelInvoice",
+        "update",
+        "billing.invoice",
+        _cancel_invoice,
+        lambda w: billing_pb.CancelInvoiceRequest(name=missing("invoices"), reason="x"),
+    ),
+    Rpc(
+        "billing",
+        "RecordPayment",
+        "create",
+        "billing.payment",
+        _record_payment,
+        lambda w: billing_pb.RecordPaymentRequest(
+            parent=missing("invoices"),
+            payment=billing_pb.Payment(
+                amount=types_pb2.Money(currency_code="CNY", amount_minor=1),
+                method=billing_pb.PAYMENT_METHOD_CASH,
+            ),
+        ),
+    ),
+    Rpc(
+        "billing",
+        "ListPayments",
+        "read",
+        "billing.payment",
+        _on(lambda w: billing_pb.ListPaymentsRequest(parent=w.invoice)),
+        lambda w: billing_pb.ListPaymentsRequest(parent=missing("invoices")),
+    ),
+    Rpc(
+        "billing",
+        "RefundPayment",
+        "update",
+        "billing.payment",
+        _refund,
+        lambda w: billing_pb.RefundPaymentRequest(
+            name=billing_records.missing_payment(), reason="x"
+        ),
+    ),
+    Rpc(
+        "billing",
+        "CreateTariffItem",
+        "create",
+        "billing.charge",
+        _on(lambda w: billing_records.tariff_item()),
+    ),
+    Rpc(
+        "billing",
+        "ListTariffItems",
+        "read",
+        "billing.charge",
+        _const(billing_pb.ListTariffItemsRequest(page_size=1)),
+    ),
+    Rpc(
+        "billing",
+        "GetPatientBalance",
+        "read",
+        "billing.invoice",
+        _on(lambda w: billing_pb.GetPatientBalanceRequest(name=f"{w.patient}/billingBalance")),
+    ),
+    Rpc(
+        "billing",
+        "ReconcileCharges",
+        "read",
+        "billing.charge",
+        _on(lambda w: billing_pb.ReconcileChargesRequest(period=billing_records.period())),
+    ),
+)
+
+
 # Rpcs anyone may call, with a token or without (the local identity provider's own door): never
 # asked of the policy, so never PERMISSION_DENIED; each answers its request as it would anyone's.
 PUBLIC_RPCS = {
@@ -1557,6 +1729,7 @@ RPCS = {
         *ORDERS_RPCS,
         *LAB_RPCS,
         *PHARMACY_RPCS,
+        *BILLING_RPCS,
         *AUDIT_RPCS,
         *IAM_RPCS,
     )

@@ -17,7 +17,7 @@ import grpc
 from sqlalchemy.exc import IntegrityError
 
 from his.base import identity
-from his.base.errors import InvalidArgument
+from his.base.errors import Aborted, FailedPrecondition, InvalidArgument
 from his.billing import store
 from his.billing.config import BillingConfig
 from his.billing.events import consumes
@@ -231,7 +231,11 @@ class BillingService(pb_grpc.BillingServiceServicer):
                     if row is not None:
                         name = invoice_name(row.id)
                         await self._audit("create", permit, name, _INVOICE, _patient(row))
-            except IntegrityError:
+            except (IntegrityError, FailedPrecondition, Aborted):
+                # A concurrent call with this request id may have billed the charges first: its
+                # invoice is the answer. Otherwise the refusal stands.
+                if await replay() is None:
+                    raise
                 row = None
             if row is not None:
                 return await self._invoice_proto(row)
@@ -456,7 +460,9 @@ class BillingService(pb_grpc.BillingServiceServicer):
                     if changed:
                         await self._require_reference(row, refund_reference)
                     await self._audit_payment("update", permit, row)
-            except IntegrityError:
+            except (IntegrityError, FailedPrecondition):
+                # A concurrent call with this request id may have refunded first (what is left
+                # then looks too little): its refund is the answer. Otherwise the refusal stands.
                 earlier = await replay()
                 if earlier is None:
                     raise
@@ -507,11 +513,14 @@ class BillingService(pb_grpc.BillingServiceServicer):
                 )
                 await store.price_planned(session, row)
                 await self._audit("create", permit, tariff_item_name(row.id), _TARIFF)
-        except IntegrityError as error:
+        except (IntegrityError, FailedPrecondition) as error:
+            # A concurrent call with this request id may have priced the code first.
             async with self._db.read() as session:
                 earlier = await key.first(lambda used: store.tariff_by_request(session, used))
             if earlier is not None:
                 return tariff_item_to_proto(earlier)
+            if isinstance(error, FailedPrecondition):
+                raise
             conflict = store.tariff_taken(error)
             if conflict is not None:
                 raise conflict from None
