@@ -408,24 +408,21 @@ async def billing_service(
     patient_service: RunningService,
     audit_service: RunningService,
     iam_service: RunningService,
-    scheduling_service: RunningService,
-    orders_service: RunningService,
-    pharmacy_service: RunningService,
+    scheduling_port: int,
+    orders_port: int,
+    pharmacy_port: int,
     billing_port: int,
 ) -> AsyncIterator[RunningService]:
     """The billing service on its reserved port, auditing through the session's audit service,
     asking patient whether a manually charged patient exists, and scheduling, orders and
-    pharmacy what they rendered (ReconcileCharges)."""
+    pharmacy what they rendered (ReconcileCharges) at their reserved ports: they deliver their
+    events to billing, so they start after it (`billing_channel` waits for them)."""
     config = service_config(
         "billing",
-        **addresses(
-            patient_service,
-            audit_service,
-            iam_service,
-            scheduling_service,
-            orders_service,
-            pharmacy_service,
-        ),
+        **addresses(patient_service, audit_service, iam_service),
+        HIS_SCHEDULING_ADDR=f"localhost:{scheduling_port}",
+        HIS_ORDERS_ADDR=f"localhost:{orders_port}",
+        HIS_PHARMACY_ADDR=f"localhost:{pharmacy_port}",
         HIS_PORT=str(billing_port),
     )
     running = await start(BILLING, config, database_url)
@@ -436,9 +433,14 @@ async def billing_service(
 
 @pytest.fixture(scope="session")
 async def billing_channel(
-    billing_service: RunningService, registrar_token: str
+    billing_service: RunningService,
+    scheduling_service: RunningService,
+    orders_service: RunningService,
+    pharmacy_service: RunningService,
+    registrar_token: str,
 ) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to the billing service (calls set their own clerk's or service's token)."""
+    """A channel to the billing service (calls set their own clerk's or service's token);
+    scheduling, orders and pharmacy, which billing asks when it reconciles, run too."""
     async with channel_as(billing_service.address, registrar_token) as channel:
         yield channel
 
