@@ -101,7 +101,7 @@ pytest: $(VENV)/.installed
 
 # Every figure is printed also as a ratio to a bare grpc.aio echo server measured in the same run,
 # alternating (bench/echo.py, bench/harness.py): the figures of a shared machine move, the ratios less.
-bench: $(VENV)/.installed ## Load benchmarks, each also as a ratio to a bare echo server: patient rpcs, booking, the rush, emr reads and notes, orders, lab-result queries, dispensing, security, h2load, start-up; audit outage and VerifyChain cost.
+bench: $(VENV)/.installed ## Load benchmarks, each also as a ratio to a bare echo server: patient rpcs, booking, the rush, emr reads and notes, orders, lab-result queries, dispensing, payments, security, h2load, start-up; audit outage and VerifyChain cost.
 	$(PY) -m bench.patient_load --concurrency 1 --calls 1000 --seed 500
 	$(PY) -m bench.patient_load --concurrency 32 --calls 4000 --seed 2000
 	$(PY) -m bench.scheduling_load --bookings 2000 --concurrency 32 --rush 1000
@@ -110,6 +110,7 @@ bench: $(VENV)/.installed ## Load benchmarks, each also as a ratio to a bare ech
 	$(PY) -m bench.lab_load --calls 1000 --concurrency 8 --seed 30
 	$(PY) -m bench.pharmacy_load --calls 2000 --concurrency 16 --seed 50
 	$(PY) -m bench.pharmacy_load --calls 2000 --concurrency 16 --seed 51 --hot
+	$(PY) -m bench.billing_load --calls 2000 --concurrency 16 --seed 50
 	$(PY) -m bench.security_cost --calls 2000 --seed 200
 	@command -v h2load >/dev/null || { echo "h2load is needed: apt-get install -y nghttp2-client"; exit 1; }
 	$(PY) -m bench.grpc_h2load --calls-c1 500 --calls 4000

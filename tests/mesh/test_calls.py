@@ -22,8 +22,9 @@ for _rpc in all_paths().values():
 
 
 # Code that runs outside the mesh as a person, not as a workload: demo loaders (`his up --demo`),
-# `his token`; and the SDK's PatientClient, whose calls are its importers' (see below).
-OUTSIDE = ("demo.py", "login.py")
+# `his token`, `his billing reconcile` (billing/report.py, a clerk through the gateway); and the
+# SDK's PatientClient, whose calls are its importers' (see below).
+OUTSIDE = ("demo.py", "login.py", "report.py")
 
 
 def _code() -> list[Path]:

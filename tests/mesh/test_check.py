@@ -302,8 +302,10 @@ def _network_blocks_a_caller(root: Path) -> None:
     edit(
         root,
         "deploy/kustomize/components/network-policies/patient.yaml",
-        "values: [scheduling, emr, orders, lab, pharmacy, iam, mobile-gateway, research-export]",
-        "values: [emr, orders, lab, pharmacy, iam, mobile-gateway, research-export, audit]",
+        "values: [scheduling, emr, orders, lab, pharmacy, billing, iam, mobile-gateway, "
+        "research-export]",
+        "values: [emr, orders, lab, pharmacy, billing, iam, mobile-gateway, research-export, "
+        "audit]",
     )
 
 
@@ -319,8 +321,8 @@ def _ingress_open_to_all(root: Path) -> None:
         "            matchExpressions:\n"
         "              - key: app\n"
         "                operator: In\n"
-        "                values: [scheduling, emr, orders, lab, pharmacy, iam, mobile-gateway, "
-        "research-export]\n"
+        "                values: [scheduling, emr, orders, lab, pharmacy, billing, iam, "
+        "mobile-gateway, research-export]\n"
         "      ports:",
         """    - ports:""",
     )
@@ -330,8 +332,8 @@ def _gateway_cannot_reach_patient(root: Path) -> None:
     edit(
         root,
         f"{NETWORK}/mobile-gateway.yaml",
-        "values: [patient, scheduling, emr, orders, lab, pharmacy, iam, audit]",
-        "values: [scheduling, emr, orders, lab, pharmacy, iam, audit]",
+        "values: [patient, scheduling, emr, orders, lab, pharmacy, billing, iam, audit]",
+        "values: [scheduling, emr, orders, lab, pharmacy, billing, iam, audit]",
     )
 
 

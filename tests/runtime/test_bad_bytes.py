@@ -50,6 +50,7 @@ def running(
     orders_service: RunningService,
     lab_service: RunningService,
     pharmacy_service: RunningService,
+    billing_service: RunningService,
 ) -> dict[str, RunningService]:
     """Every implemented service, running (the test fails if one is left out)."""
     services = {
@@ -63,6 +64,7 @@ def running(
             orders_service,
             lab_service,
             pharmacy_service,
+            billing_service,
         )
     }
     assert set(services) == {entry.name for entry in implemented()}

@@ -344,17 +344,24 @@ class BillingService(pb_grpc.BillingServiceServicer):
         if earlier is None:
             try:
                 async with self._db.transaction() as session:
-                    row = await store.record_payment(
+                    made = await store.record_payment(
                         session, invoice_id, values, identity.caller_staff_id(), key.pair
                     )
-                    if row is not None:
-                        invoice = await store.find_invoice(session, invoice_id)
+                    if made is not None:
+                        row, patient = made
                         name = payment_name(invoice_id, row.id)
-                        await self._audit("create", permit, name, _PAYMENT, _patient(invoice))
+                        await self._audit("create", permit, name, _PAYMENT, patient)
             except IntegrityError:
-                row = None  # a concurrent replay of the request id stored its payment first
-            if row is not None:
-                return payment_to_proto(row, [])
+                # A concurrent replay of the request id stored its payment first, or no such
+                # invoice (the payment's foreign key; invoices are never deleted).
+                made = None
+                if await replay() is None:
+                    async with self._db.read() as session:
+                        if await store.find_invoice(session, invoice_id) is None:
+                            raise store.not_found(request.parent) from None
+                    raise
+            if made is not None:
+                return payment_to_proto(made[0], [])
             earlier = await replay()
             if earlier is None:
                 raise RuntimeError("the payment's request id is taken, but nothing holds it")

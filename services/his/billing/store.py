@@ -733,10 +733,12 @@ async def record_payment(
     values: dict[str, Any],
     cashier_id: uuid.UUID | None,
     request: tuple[str, str] | None,
-) -> Row[Any] | None:
-    """Record a payment and count it towards its invoice; None when its request id was used
-    before. NOT_FOUND, or FAILED_PRECONDITION when the invoice is not issued or the amount
-    exceeds the balance due (the transaction then rolls back the payment)."""
+) -> tuple[Row[Any], str] | None:
+    """Record a payment and count it towards its invoice: (the payment, `patients/{id}` of the
+    invoice); None when its request id was used before. FAILED_PRECONDITION when the invoice is
+    not issued or the amount exceeds the balance due (the transaction then rolls back the
+    payment); an invoice that does not exist fails the payment's foreign key (IntegrityError,
+    the caller's to tell from a replay)."""
     request_id = request[0] if request else None
     statement = insert(payments).values(
         id=uuid.uuid4(),
@@ -748,9 +750,6 @@ async def record_payment(
         **values,
     )
     statement = skip_taken(statement, request_id, payments.c.create_request_id)
-    # Invoices are never deleted (the trigger of migration 0001): one seen now stays.
-    if await find_invoice(session, invoice_id) is None:
-        raise not_found(invoice_name(invoice_id))
     payment = (await session.execute(statement.returning(*payments.c))).first()
     if payment is None:
         return None
@@ -765,9 +764,10 @@ async def record_payment(
             version=i.version + 1,
             update_time=func.now(),
         )
-        .returning(i.id)
+        .returning(i.patient_id)
     )
-    if counted.first() is None:
+    patient = counted.first()
+    if patient is None:
         current = await find_invoice(session, invoice_id)
         if current is None:
             raise not_found(invoice_name(invoice_id))
@@ -780,7 +780,7 @@ async def record_payment(
             "the amount exceeds the invoice's balance due",
             balance_due=str(max(current.total_minor - current.paid_minor, 0)),
         )
-    return payment
+    return payment, f"patients/{patient.patient_id}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,126 @@
+"""Load benchmark of the billing service: RecordPayment, as a ratio to echo.
+
+Starts its own embedded PostgreSQL and real `his serve` processes (billing with iam and audit:
+every call is authenticated, authorized and audited). It charges `--seed` patients one CBC each
+(seeded price 40.00 CNY) as orders' relay would (DeliverEvents as `services/orders`), invoices and
+issues each as a billing clerk, then drives RecordPayment — one transaction inserting the payment
+under its request id and counting it towards the invoice by one conditional UPDATE (never beyond
+the balance due), with its audit event — alternating with the echo server (bench/echo.py).
+Payments of 0.01 CNY spread over the invoices (`--seed`), so rows contend only as often as a
+cashier's desk would. Run: `python -m bench.billing_load`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import uuid
+
+from google.protobuf.message import Message
+
+from bench.harness import (
+    HEADER,
+    Call,
+    Hospital,
+    address,
+    channel,
+    compare,
+    echo_call,
+    services,
+    staff_token,
+)
+from his.billing.v1 import billing_service_pb2 as pb
+from his.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from his.common.v1 import types_pb2
+from his.iam.v1 import iam_service_pb2 as iam_pb
+from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
+from his.orders.v1 import orders_service_pb2 as orders_pb
+from his.runtime.outbox import envelope
+from his_client.credentials import service_credential
+
+CBC = types_pb2.Coding(system="http://loinc.org", code="58410-2")
+
+
+async def _orders_token(hospital: Hospital) -> str:
+    """The orders service's own token, as its relay logs in."""
+    key = hospital.env["HIS_SERVICE_CREDENTIAL_KEY"].encode()
+    async with channel(address("iam"), None) as iam_channel:
+        reply = await iam_grpc.IamServiceStub(iam_channel).IssueToken(
+            iam_pb.IssueTokenRequest(
+                username="service:orders", credential=service_credential(key, "orders")
+            ),
+            timeout=10,
+        )
+    return str(reply.access_token)
+
+
+def _completed(patient: str) -> orders_pb.ServiceRequestChanged:
+    order = orders_pb.ServiceRequest(
+        name=f"serviceRequests/{uuid.uuid4()}",
+        patient=patient,
+        code=CBC,
+        status=orders_pb.SERVICE_REQUEST_STATUS_COMPLETED,
+    )
+    order.update_time.FromDatetime(dt.datetime.now(dt.UTC))
+    return orders_pb.ServiceRequestChanged(service_request=order, revision=1)
+
+
+async def _bench(hospital: Hospital, calls: int, concurrency: int, seed: int, rounds: int) -> None:
+    clerk = await staff_token(hospital, "bench.clerk", "BILLING_CLERK")
+    orders = await _orders_token(hospital)
+    async with (
+        channel(address("billing"), clerk) as billing_channel,
+        channel(address("billing"), orders) as orders_channel,
+        channel(hospital.echo, clerk) as echo_channel,
+    ):
+        billing = pb_grpc.BillingServiceStub(billing_channel)
+        invoices: list[str] = []
+        for _ in range(seed):
+            patient = f"patients/{uuid.uuid4()}"
+            await pb_grpc.BillingServiceStub(orders_channel).DeliverEvents(
+                pb.DeliverEventsRequest(events=[envelope(_completed(patient), source="orders")]),
+                timeout=10,
+            )
+            draft = await billing.CreateInvoice(
+                pb.CreateInvoiceRequest(invoice=pb.Invoice(patient=patient)), timeout=10
+            )
+            await billing.IssueInvoice(pb.IssueInvoiceRequest(name=draft.name), timeout=10)
+            invoices.append(draft.name)
+
+        def paying(i: int) -> pb.RecordPaymentRequest:
+            return pb.RecordPaymentRequest(
+                parent=invoices[i % len(invoices)],
+                payment=pb.Payment(
+                    amount=types_pb2.Money(currency_code="CNY", amount_minor=1),
+                    method=pb.PAYMENT_METHOD_CASH,
+                ),
+                request_id=f"bench-payment-{uuid.uuid4()}",
+            )
+
+        def like(message: Message) -> Call:
+            return echo_call(echo_channel, message)
+
+        print(HEADER)
+        await compare(
+            {"RecordPayment": lambda i: billing.RecordPayment(paying(i), timeout=10)},
+            calls // rounds,
+            concurrency,
+            like(paying(0)),
+            rounds=rounds,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=50, help="patients, each with an invoice")
+    parser.add_argument("--rounds", type=int, default=2, help="echo/service alternations")
+    args = parser.parse_args()
+    with services("billing") as hospital:
+        asyncio.run(_bench(hospital, args.calls, args.concurrency, args.seed, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
