@@ -27,32 +27,17 @@ from bench.harness import (
     channel,
     compare,
     echo_call,
+    service_token,
     services,
     staff_token,
 )
 from his.billing.v1 import billing_service_pb2 as pb
 from his.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from his.common.v1 import types_pb2
-from his.iam.v1 import iam_service_pb2 as iam_pb
-from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.runtime.outbox import envelope
-from his_client.credentials import service_credential
 
 CBC = types_pb2.Coding(system="http://loinc.org", code="58410-2")
-
-
-async def _orders_token(hospital: Hospital) -> str:
-    """The orders service's own token, as its relay logs in."""
-    key = hospital.env["HIS_SERVICE_CREDENTIAL_KEY"].encode()
-    async with channel(address("iam"), None) as iam_channel:
-        reply = await iam_grpc.IamServiceStub(iam_channel).IssueToken(
-            iam_pb.IssueTokenRequest(
-                username="service:orders", credential=service_credential(key, "orders")
-            ),
-            timeout=10,
-        )
-    return str(reply.access_token)
 
 
 def _completed(patient: str) -> orders_pb.ServiceRequestChanged:
@@ -68,7 +53,7 @@ def _completed(patient: str) -> orders_pb.ServiceRequestChanged:
 
 async def _bench(hospital: Hospital, calls: int, concurrency: int, seed: int, rounds: int) -> None:
     clerk = await staff_token(hospital, "bench.clerk", "BILLING_CLERK")
-    orders = await _orders_token(hospital)
+    orders = await service_token(hospital, "orders")
     async with (
         channel(address("billing"), clerk) as billing_channel,
         channel(address("billing"), orders) as orders_channel,

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench import echo
 from his.base.catalog import CATALOG, lookup
 from his.iam.v1 import iam_service_pb2 as iam_pb
+from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.local_secrets import local_secrets
 from his.login import issue_token
 from his.runtime.embedded_pg import EmbeddedPostgres
@@ -36,7 +37,7 @@ from his.runtime.health import SERVING, wait_for_status
 from his.runtime.migrations import upgrade
 from his_client import HisClients, static_token
 from his_client.config import ClientConfig
-from his_client.credentials import IdentityInterceptor
+from his_client.credentials import IdentityInterceptor, service_credential
 
 # Ports away from the local `his up` table, so a running hospital does not disturb a benchmark.
 # HIS_BENCH_PORT_OFFSET moves a whole benchmark (services and echo) to another block, so that
@@ -359,3 +360,16 @@ def handled_ok(url: str, service: str, method: str) -> int:
             ):
                 total += sample.value
     return int(total)
+
+
+async def service_token(hospital: Hospital, name: str) -> str:
+    """A HIS service's own token, as its relay logs in (to deliver events as that service)."""
+    key = hospital.env["HIS_SERVICE_CREDENTIAL_KEY"].encode()
+    async with channel(address("iam"), None) as iam_channel:
+        reply = await iam_grpc.IamServiceStub(iam_channel).IssueToken(
+            iam_pb.IssueTokenRequest(
+                username=f"service:{name}", credential=service_credential(key, name)
+            ),
+            timeout=10,
+        )
+    return str(reply.access_token)

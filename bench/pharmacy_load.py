@@ -35,6 +35,7 @@ from bench.harness import (
     channel,
     compare,
     echo_call,
+    service_token,
     services,
     staff_token,
 )
@@ -47,7 +48,6 @@ from his.pharmacy.v1 import pharmacy_service_pb2 as pb
 from his.pharmacy.v1 import pharmacy_service_pb2_grpc as pb_grpc
 from his.runtime.outbox import envelope
 from his_client.config import ClientConfig
-from his_client.credentials import service_credential
 
 ATC = "http://www.whocc.no/atc"
 TABLET = types_pb2.Coding(system="http://snomed.info/sct", code="385055001", display="Tablet")
@@ -73,19 +73,6 @@ async def _pharmacy_department(hospital: Hospital) -> str:
     return str(department.name)
 
 
-async def _orders_token(hospital: Hospital) -> str:
-    """The orders service's own token, as its relay logs in."""
-    key = hospital.env["HIS_SERVICE_CREDENTIAL_KEY"].encode()
-    async with channel(address("iam"), None) as iam_channel:
-        reply = await iam_grpc.IamServiceStub(iam_channel).IssueToken(
-            iam_pb.IssueTokenRequest(
-                username="service:orders", credential=service_credential(key, "orders")
-            ),
-            timeout=10,
-        )
-    return str(reply.access_token)
-
-
 def _prescription(medication: str, index: int) -> orders_pb.MedicationRequestChanged:
     request = orders_pb.MedicationRequest(
         name=f"medicationRequests/{uuid.uuid4()}",
@@ -104,7 +91,7 @@ async def _bench(
 ) -> None:
     pharmacist = await staff_token(hospital, "bench.pharmacist", "PHARMACIST")
     location = await _pharmacy_department(hospital)
-    orders = await _orders_token(hospital)
+    orders = await service_token(hospital, "orders")
     expiry = dt.date.today() + dt.timedelta(days=400)
     async with (
         channel(address("pharmacy"), pharmacist) as pharmacy_channel,

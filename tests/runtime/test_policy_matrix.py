@@ -41,6 +41,8 @@ ROLES = (SERVICE_ROLE, *STAFF_ROLES)
 #   N          whatever is not allowed is refused with NO_CLINICAL_ACCESS, not ROLE_NOT_PERMITTED:
 #              the role never sees this kind of patient data
 #   -          nothing
+# SERVICE reads appointments, lab orders and dispenses: billing lists them as itself to reconcile
+# its charges (the mesh lets only billing call those List rpcs as a service).
 # fmt: off
 GRID: dict[str, tuple[str, ...]] = {
     #                           SRV  REG     DOC      NUR      PHA      LAB    BIL  AUD  ADM
@@ -58,14 +60,14 @@ GRID: dict[str, tuple[str, ...]] = {
     "emr.encounter":           ("c N", "N",  "~rcu",  "~r",    "-",     "-",   "-", "N", "N"),
     "emr.note":                ("N", "N",    "~rcu",  "~rc &u", "-",    "-",   "-", "N", "N"),
     "emr.diagnosis":           ("N", "N",    "~rcu",  "~r",    "-",     "-",   "-", "N", "N"),
-    "orders.lab_order":        ("r N", "N",    "~rcu",  "~r",    "-",     "^r",  "-", "N", "N"),
+    "orders.lab_order":        ("r N", "N",  "~rcu",  "~r",    "-",     "^r",  "-", "N", "N"),
     "orders.medication_order": ("N", "N",    "~rcu",  "~r",    "rx !u", "-",   "-", "N", "N"),
     "lab.order":               ("N", "N",    "~r",    "~r",    "-",     "^r",  "-", "N", "N"),
     "lab.specimen":            ("N", "N",    "~r",    "~r",    "-",     "^rcu", "-", "N", "N"),
     "lab.result":              ("N", "N",    "~re",   "~r",    "-",     "^rcu", "-", "N", "N"),
     "pharmacy.medication":     ("r", "-",    "r",     "r",     "rcu",   "-",   "r", "-", "-"),
     "pharmacy.stock":          ("N", "N",    "~r",    "~r",    "*",     "-",   "-", "N", "N"),
-    "pharmacy.dispense":       ("r N", "N",    "~r",    "~r",    "*",     "-",   "-", "N", "N"),
+    "pharmacy.dispense":       ("r N", "N",  "~r",    "~r",    "*",     "-",   "-", "N", "N"),
     "billing.charge":          ("N", "N",    "-",     "-",     "-",     "-",   "*", "N", "N"),
     "billing.invoice":         ("N", "N",    "-",     "-",     "-",     "-",   "*", "N", "N"),
     "billing.payment":         ("N", "N",    "-",     "-",     "-",     "-",   "*", "N", "N"),

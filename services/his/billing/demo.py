@@ -34,13 +34,10 @@ _PRICED = {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION}
 
 async def load(his: HisClients) -> str:
     """Price the demo formulary; what was priced, in one line."""
-    formulary = await his.pharmacy.ListMedications(
-        pharmacy_pb.ListMedicationsRequest(page_size=500)
-    )
     since = Timestamp()
     since.FromDatetime(EFFECTIVE)
     priced = 0
-    for medication in formulary.medications:
+    for medication in await _formulary(his):
         medication_id = medication.name.removeprefix("medications/")
         item = pb.TariffItem(
             code=types_pb2.Coding(
@@ -61,3 +58,17 @@ async def load(his: HisClients) -> str:
         priced += 1
     seeded = "consultation and laboratory prices seeded by the billing migration"
     return f"price list of {priced} formulary medications ({seeded})"
+
+
+async def _formulary(his: HisClients) -> list[pharmacy_pb.Medication]:
+    """Every active medication of the formulary, page by page."""
+    found: list[pharmacy_pb.Medication] = []
+    token = ""
+    while True:
+        page = await his.pharmacy.ListMedications(
+            pharmacy_pb.ListMedicationsRequest(page_size=500, page_token=token)
+        )
+        found.extend(page.medications)
+        token = page.next_page_token
+        if not token:
+            return found

@@ -10,6 +10,7 @@ what occurred in the period. Nothing remote is asked with a transaction open.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,8 @@ from his_client import HisClients
 # The answer lists at most this many discrepancies (the counts are complete).
 MAX_DISCREPANCIES = 1000
 PAGE = 500
+# ListAppointments calls (a department's day each) in flight at once.
+LISTS_AT_ONCE = 8
 # Sources of these kinds come from events; other sources (manual charges) are not reconciled.
 EVENT_SOURCES = ("appointments/", "serviceRequests/", "medicationDispenses/")
 Kind = pb.ChargeDiscrepancy.Kind
@@ -80,29 +83,34 @@ async def _appointments(
         scheduling_pb.APPOINTMENT_STATUS_ARRIVED,
         scheduling_pb.APPOINTMENT_STATUS_FULFILLED,
     ]
-    found: dict[str, Rendered] = {}
     # A day earlier: an appointment arrives on (or after) the day it starts.
-    day = start.date() - dt.timedelta(days=1)
-    while day <= end.date():
-        for department in departments:
-            when = types_pb2.Date(year=day.year, month=day.month, day=day.day)
-            async for appointment in _pages(
-                lambda token, d=department, w=when: clients.scheduling.ListAppointments(  # type: ignore[misc]
-                    scheduling_pb.ListAppointmentsRequest(
-                        department=d,
-                        day=w,
-                        time_zone="UTC",
-                        statuses=statuses,
-                        page_size=PAGE,
-                        page_token=token,
-                    )
-                ),
-                lambda page: page.appointments,
-            ):
-                if _within(appointment.arrive_time, start, end):
-                    found[appointment.name] = Rendered(appointment.name, appointment.service_type)
-        day += dt.timedelta(days=1)
-    return list(found.values())
+    first = start.date() - dt.timedelta(days=1)
+    days = [first + dt.timedelta(days=n) for n in range((end.date() - first).days + 1)]
+    gate = asyncio.Semaphore(LISTS_AT_ONCE)
+
+    async def checked_in(department: str, day: dt.date) -> list[Rendered]:
+        when = types_pb2.Date(year=day.year, month=day.month, day=day.day)
+        async with gate:
+            return [
+                Rendered(appointment.name, appointment.service_type)
+                async for appointment in _pages(
+                    lambda token: clients.scheduling.ListAppointments(
+                        scheduling_pb.ListAppointmentsRequest(
+                            department=department,
+                            day=when,
+                            time_zone="UTC",
+                            statuses=statuses,
+                            page_size=PAGE,
+                            page_token=token,
+                        )
+                    ),
+                    lambda page: page.appointments,
+                )
+                if _within(appointment.arrive_time, start, end)
+            ]
+
+    found = await asyncio.gather(*(checked_in(d, day) for d in departments for day in days))
+    return list({r.source: r for day in found for r in day}.values())
 
 
 async def _lab_orders(clients: HisClients, start: dt.datetime, end: dt.datetime) -> list[Rendered]:
@@ -152,11 +160,12 @@ async def reconcile(
 ) -> pb.ReconcileChargesResponse:
     """The report of ReconcileCharges for [start, end)."""
     with identity.as_service():
-        rendered = [
-            *await _appointments(clients, start, end),
-            *await _lab_orders(clients, start, end),
-            *await _dispenses(clients, start, end),
-        ]
+        found = await asyncio.gather(
+            _appointments(clients, start, end),
+            _lab_orders(clients, start, end),
+            _dispenses(clients, start, end),
+        )
+    rendered = [item for kind in found for item in kind]
     names = {r.source for r in rendered}
     async with database.read() as session:
         in_period = await store.event_charges(session, start, end)

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base import identity
 from his.base.errors import Aborted, FailedPrecondition, InvalidArgument
@@ -318,8 +319,15 @@ class BillingService(pb_grpc.BillingServiceServicer):
             found = await store.refunds_of(session, [row.id])
         return payment_to_proto(row, found[row.id])
 
-    async def _audit_payment(self, action: str, permit: Permit, row: Any) -> None:
-        async with self._db.read() as session:
+    async def _audit_payment(
+        self, action: str, permit: Permit, row: Any, session: AsyncSession | None = None
+    ) -> None:
+        """Audit an access to a payment with its invoice's patient (read in `session`, the open
+        transaction, when there is one: a second connection under a lock could starve the pool)."""
+        if session is None:
+            async with self._db.read() as reading:
+                invoice = await store.find_invoice(reading, row.invoice_id)
+        else:
             invoice = await store.find_invoice(session, row.invoice_id)
         patient = _patient(invoice) if invoice is not None else ""
         await self._audit(action, permit, payment_name(row.invoice_id, row.id), _PAYMENT, patient)
@@ -466,7 +474,7 @@ class BillingService(pb_grpc.BillingServiceServicer):
                     row, changed = await store.refund(session, ask)
                     if changed:
                         await self._require_reference(row, refund_reference)
-                    await self._audit_payment("update", permit, row)
+                    await self._audit_payment("update", permit, row, session)
             except (IntegrityError, FailedPrecondition):
                 # A concurrent call with this request id may have refunded first (what is left
                 # then looks too little): its refund is the answer. Otherwise the refusal stands.

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, and_, case, func, literal, select, tuple_, update
+from sqlalchemy import Row, Table, and_, case, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -56,8 +56,36 @@ def check_etag(etag: str, version: int) -> None:
         )
 
 
-def _after_desc(time_column: Any, id_column: Any, after: tuple[dt.datetime, uuid.UUID]) -> Any:
-    return tuple_(time_column, id_column) < tuple_(literal(after[0]), literal(after[1]))
+async def _one(
+    session: AsyncSession, table: Table, *where: Any, lock: bool = False
+) -> Row[Any] | None:
+    """The row of `table` matching `where`, or None; locked for update with `lock`."""
+    query = select(*table.c).where(*where)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).first()
+
+
+async def _newest_first(
+    session: AsyncSession,
+    table: Table,
+    conditions: list[Any],
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """Rows of `table` matching `conditions`, (create time, id) descending, after the cursor."""
+    c = table.c
+    if after is not None:
+        conditions.append(
+            tuple_(c.create_time, c.id) < tuple_(literal(after[0]), literal(after[1]))
+        )
+    query = (
+        select(*table.c)
+        .where(and_(True, *conditions))
+        .order_by(c.create_time.desc(), c.id.desc())
+        .limit(limit)
+    )
+    return list((await session.execute(query)).all())
 
 
 # --- the price list ---------------------------------------------------------------------------
@@ -247,18 +275,14 @@ async def insert_charge(
 
 async def charge_by_request(session: AsyncSession, request_id: str) -> Row[Any] | None:
     """The charge item created by the CreateChargeItem call with this request id."""
-    query = select(*charge_items.c).where(charge_items.c.create_request_id == request_id)
-    return (await session.execute(query)).first()
+    return await _one(session, charge_items, charge_items.c.create_request_id == request_id)
 
 
 async def find_charge(
     session: AsyncSession, charge_id: uuid.UUID, *, lock: bool = False
 ) -> Row[Any] | None:
     """One charge item, or None."""
-    query = select(*charge_items.c).where(charge_items.c.id == charge_id)
-    if lock:
-        query = query.with_for_update()
-    return (await session.execute(query)).first()
+    return await _one(session, charge_items, charge_items.c.id == charge_id, lock=lock)
 
 
 @dataclass(frozen=True)
@@ -292,15 +316,7 @@ async def list_charges(
         conditions.append(c.source == where.source)
     if where.status is not None:
         conditions.append(c.status == where.status)
-    if after is not None:
-        conditions.append(_after_desc(c.create_time, c.id, after))
-    query = (
-        select(*charge_items.c)
-        .where(and_(True, *conditions))
-        .order_by(c.create_time.desc(), c.id.desc())
-        .limit(limit)
-    )
-    return list((await session.execute(query)).all())
+    return await _newest_first(session, charge_items, conditions, after, limit)
 
 
 async def cancel_charge(
@@ -447,16 +463,12 @@ async def find_invoice(
     session: AsyncSession, invoice_id: uuid.UUID, *, lock: bool = False
 ) -> Row[Any] | None:
     """One invoice, or None."""
-    query = select(*invoices.c).where(invoices.c.id == invoice_id)
-    if lock:
-        query = query.with_for_update()
-    return (await session.execute(query)).first()
+    return await _one(session, invoices, invoices.c.id == invoice_id, lock=lock)
 
 
 async def invoice_by_request(session: AsyncSession, request_id: str) -> Row[Any] | None:
     """The invoice created by the CreateInvoice call with this request id."""
-    query = select(*invoices.c).where(invoices.c.create_request_id == request_id)
-    return (await session.execute(query)).first()
+    return await _one(session, invoices, invoices.c.create_request_id == request_id)
 
 
 @dataclass(frozen=True)
@@ -596,15 +608,7 @@ async def list_invoices(
         conditions.append(i.encounter_id == where.encounter_id)
     if where.status is not None:
         conditions.append(i.status == where.status)
-    if after is not None:
-        conditions.append(_after_desc(i.create_time, i.id, after))
-    query = (
-        select(*invoices.c)
-        .where(and_(True, *conditions))
-        .order_by(i.create_time.desc(), i.id.desc())
-        .limit(limit)
-    )
-    return list((await session.execute(query)).all())
+    return await _newest_first(session, invoices, conditions, after, limit)
 
 
 async def _locked_invoice(session: AsyncSession, invoice_id: uuid.UUID, etag: str) -> Row[Any]:
@@ -694,20 +698,15 @@ async def patients_of(session: AsyncSession, invoice_ids: set[uuid.UUID]) -> dic
 
 async def payment_by_request(session: AsyncSession, request_id: str) -> Row[Any] | None:
     """The payment recorded by the RecordPayment call with this request id."""
-    query = select(*payments.c).where(payments.c.create_request_id == request_id)
-    return (await session.execute(query)).first()
+    return await _one(session, payments, payments.c.create_request_id == request_id)
 
 
 async def find_payment(
     session: AsyncSession, invoice_id: uuid.UUID, payment_id: uuid.UUID, *, lock: bool = False
 ) -> Row[Any] | None:
     """One payment of an invoice, or None."""
-    query = select(*payments.c).where(
-        payments.c.id == payment_id, payments.c.invoice_id == invoice_id
-    )
-    if lock:
-        query = query.with_for_update()
-    return (await session.execute(query)).first()
+    p = payments.c
+    return await _one(session, payments, p.id == payment_id, p.invoice_id == invoice_id, lock=lock)
 
 
 async def refunds_of(
@@ -854,8 +853,7 @@ class Refunding:
 
 async def refund_by_request(session: AsyncSession, request_id: str) -> Row[Any] | None:
     """The refund made by the RefundPayment call with this request id."""
-    query = select(*refunds.c).where(refunds.c.request_id == request_id)
-    return (await session.execute(query)).first()
+    return await _one(session, refunds, refunds.c.request_id == request_id)
 
 
 async def refund(session: AsyncSession, ask: Refunding) -> tuple[Row[Any], bool]:
