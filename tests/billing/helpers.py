@@ -12,11 +12,24 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from his.billing.v1 import billing_service_pb2 as pb
 from his.common.v1 import types_pb2
+from his.iam.v1 import iam_service_pb2 as iam_pb
+from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.pharmacy.v1 import pharmacy_service_pb2 as pharmacy_pb
 from his.runtime.outbox import envelope
+from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as scheduling_pb
-from tests.identity import ISSUER, metadata
+from tests.emr.helpers import ADMINISTRATOR
+from tests.iam.helpers import make_department
+from tests.identity import ISSUER, channel_as, metadata
+from tests.pharmacy.helpers import (
+    PHARMACIST,
+    Pharmacy,
+    create_medication,
+    dispensing,
+    prescribe,
+    receive,
+)
 
 if TYPE_CHECKING:
     from his.billing.v1.billing_service_pb2_grpc import BillingServiceAsyncStub
@@ -227,3 +240,28 @@ async def deliver(billing: Billing, caller: Any, *events: Any) -> pb.DeliverEven
 def source_of(event: Any) -> str:
     """The source resource name of an event's charge (the envelope's subject)."""
     return str(event.subject)
+
+
+# --- what the pharmacy really rendered -------------------------------------------------------
+
+
+async def handed_over(
+    pharmacy: Pharmacy, iam_service: RunningService, patient: str
+) -> tuple[str, str]:
+    """A dispense the pharmacy handed over just now (and its medication), not charged yet."""
+    async with channel_as(iam_service.address, ADMINISTRATOR) as channel:
+        location = await iam_grpc.IamServiceStub(channel).CreateDepartment(
+            iam_pb.CreateDepartmentRequest(
+                department=make_department(iam_pb.DEPARTMENT_KIND_PHARMACY)
+            )
+        )
+    drug = await create_medication(pharmacy)
+    lot = await receive(pharmacy, drug.name, location.name, 10)
+    order = await prescribe(pharmacy, drug.name, patient=patient)
+    made = await pharmacy.DispenseMedication(
+        dispensing(order.name, 2, stock_item=lot.name), metadata=PHARMACIST
+    )
+    done = await pharmacy.HandOverMedicationDispense(
+        pharmacy_pb.HandOverMedicationDispenseRequest(name=made.name), metadata=PHARMACIST
+    )
+    return str(done.name), drug.name

@@ -14,9 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from his.billing.v1 import billing_service_pb2 as pb
 from his.common.v1 import types_pb2
-from his.iam.v1 import iam_service_pb2 as iam_pb
-from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
-from his.pharmacy.v1 import pharmacy_service_pb2 as pharmacy_pb
 from his.runtime.server import RunningService
 from tests.billing.helpers import (
     CLERK,
@@ -25,21 +22,12 @@ from tests.billing.helpers import (
     charges_of,
     deliver,
     dispense_changed,
+    handed_over,
     missing,
     now,
     stamp,
 )
-from tests.emr.helpers import ADMINISTRATOR
-from tests.iam.helpers import make_department
-from tests.identity import channel_as
-from tests.pharmacy.helpers import (
-    PHARMACIST,
-    Pharmacy,
-    create_medication,
-    dispensing,
-    prescribe,
-    receive,
-)
+from tests.pharmacy.helpers import Pharmacy
 from tests.support import fails
 
 Kind = pb.ChargeDiscrepancy.Kind
@@ -50,28 +38,6 @@ def _last_hour() -> types_pb2.Period:
         start_time=stamp(now() - dt.timedelta(hours=1)),
         end_time=stamp(now() + dt.timedelta(minutes=5)),
     )
-
-
-async def _handed_over(
-    pharmacy: Pharmacy, iam_service: RunningService, patient: str
-) -> tuple[str, str]:
-    """A dispense the pharmacy handed over just now, charged as its relay would have it."""
-    async with channel_as(iam_service.address, ADMINISTRATOR) as channel:
-        location = await iam_grpc.IamServiceStub(channel).CreateDepartment(
-            iam_pb.CreateDepartmentRequest(
-                department=make_department(iam_pb.DEPARTMENT_KIND_PHARMACY)
-            )
-        )
-    drug = await create_medication(pharmacy)
-    lot = await receive(pharmacy, drug.name, location.name, 10)
-    order = await prescribe(pharmacy, drug.name, patient=patient)
-    made = await pharmacy.DispenseMedication(
-        dispensing(order.name, 2, stock_item=lot.name), metadata=PHARMACIST
-    )
-    done = await pharmacy.HandOverMedicationDispense(
-        pharmacy_pb.HandOverMedicationDispenseRequest(name=made.name), metadata=PHARMACIST
-    )
-    return str(done.name), drug.name
 
 
 def _of(report: pb.ReconcileChargesResponse, source: str) -> list[int]:
@@ -85,7 +51,7 @@ async def test_reconcile_reports_missing_duplicated_unexpected_and_unpriced_char
     patient: str,
     billing_db: AsyncEngine,
 ) -> None:
-    dispense, medication = await _handed_over(pharmacy, iam_service, patient)
+    dispense, medication = await handed_over(pharmacy, iam_service, patient)
     await deliver(
         billing, PHARMACY, dispense_changed(patient, medication, 2, revision=2, name=dispense)
     )
