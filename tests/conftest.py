@@ -199,14 +199,14 @@ async def scheduling_service(
     audit_service: RunningService,
     iam_service: RunningService,
     emr_service: RunningService,
-    billing_service: RunningService,
+    billing_server: RunningService,
     scheduling_port: int,
 ) -> AsyncIterator[RunningService]:
     """The scheduling service, calling the session's patient, audit and iam, and delivering
     check-ins to its emr and its billing (its relay is drained by `delivered()`, so both run)."""
     config = service_config(
         "scheduling",
-        **addresses(patient_service, audit_service, iam_service, emr_service, billing_service),
+        **addresses(patient_service, audit_service, iam_service, emr_service, billing_server),
         HIS_PORT=str(scheduling_port),
     )
     running = await start(SCHEDULING, config, database_url)
@@ -357,7 +357,7 @@ async def pharmacy_service(
     emr_service: RunningService,
     pharmacy_port: int,
     orders_service: RunningService,
-    billing_service: RunningService,
+    billing_server: RunningService,
 ) -> AsyncIterator[RunningService]:
     """The pharmacy service on its reserved port, auditing through the session's audit service,
     asking iam about locations, emr about encounters and patient about consents, and delivering
@@ -367,7 +367,7 @@ async def pharmacy_service(
         "pharmacy",
         **addresses(patient_service, audit_service, iam_service, emr_service),
         HIS_PORT=str(pharmacy_port),
-        **addresses(orders_service, billing_service),
+        **addresses(orders_service, billing_server),
     )
     running = await start(PHARMACY, config, database_url)
     track_relay(running)
@@ -403,7 +403,7 @@ def billing_port() -> int:
 
 
 @pytest.fixture(scope="session")
-async def billing_service(
+async def billing_server(
     database_url: str,
     patient_service: RunningService,
     audit_service: RunningService,
@@ -415,8 +415,9 @@ async def billing_service(
 ) -> AsyncIterator[RunningService]:
     """The billing service on its reserved port, auditing through the session's audit service,
     asking patient whether a manually charged patient exists, and scheduling, orders and
-    pharmacy what they rendered (ReconcileCharges) at their reserved ports: they deliver their
-    events to billing, so they start after it (`billing_channel` waits for them)."""
+    pharmacy what they rendered (ReconcileCharges) at their reserved ports. Those deliver their
+    charging events to it, so they start after it: tests use `billing_service`, which waits for
+    them too."""
     config = service_config(
         "billing",
         **addresses(patient_service, audit_service, iam_service),
@@ -432,15 +433,22 @@ async def billing_service(
 
 
 @pytest.fixture(scope="session")
-async def billing_channel(
-    billing_service: RunningService,
+def billing_service(
+    billing_server: RunningService,
     scheduling_service: RunningService,
     orders_service: RunningService,
     pharmacy_service: RunningService,
-    registrar_token: str,
+) -> RunningService:
+    """The session's billing service, with scheduling, orders and pharmacy (which it asks when
+    it reconciles, and which deliver their events to it) running too."""
+    return billing_server
+
+
+@pytest.fixture(scope="session")
+async def billing_channel(
+    billing_service: RunningService, registrar_token: str
 ) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to the billing service (calls set their own clerk's or service's token);
-    scheduling, orders and pharmacy, which billing asks when it reconciles, run too."""
+    """A channel to the billing service (calls set their own clerk's or service's token)."""
     async with channel_as(billing_service.address, registrar_token) as channel:
         yield channel
 
