@@ -203,13 +203,14 @@ async def scheduling_service(
     audit_service: RunningService,
     iam_service: RunningService,
     emr_service: RunningService,
+    billing_server: RunningService,
     scheduling_port: int,
 ) -> AsyncIterator[RunningService]:
     """The scheduling service, calling the session's patient, audit and iam, and delivering
-    check-ins to its emr."""
+    check-ins to its emr and its billing (its relay is drained by `delivered()`, so both run)."""
     config = service_config(
         "scheduling",
-        **addresses(patient_service, audit_service, iam_service, emr_service),
+        **addresses(patient_service, audit_service, iam_service, emr_service, billing_server),
         HIS_PORT=str(scheduling_port),
     )
     running = await start(SCHEDULING, config, database_url)
@@ -270,18 +271,20 @@ async def orders_service(
     orders_port: int,
     lab_port: int,
     pharmacy_port: int,
+    billing_port: int,
 ) -> AsyncIterator[RunningService]:
     """The orders service on its reserved port, calling the session's patient, audit, iam and
-    emr, and the lab and pharmacy at their reserved ports (its relay delivers lab orders and
-    prescriptions there; while nothing listens, they wait in its outbox). Its relay is not among
-    the session's drained ones for that reason: `delivered()` would wait on a lab that may not
-    run."""
+    emr, and the lab, pharmacy and billing at their reserved ports (its relay delivers lab orders
+    and prescriptions there, and completed lab orders to billing; while nothing listens, they
+    wait in its outbox). Its relay is not among the session's drained ones for that reason:
+    `delivered()` would wait on a lab that may not run."""
     config = service_config(
         "orders",
         **addresses(patient_service, audit_service, iam_service, emr_service),
         HIS_PORT=str(orders_port),
         HIS_LAB_ADDR=f"localhost:{lab_port}",
         HIS_PHARMACY_ADDR=f"localhost:{pharmacy_port}",
+        HIS_BILLING_ADDR=f"localhost:{billing_port}",
     )
     running = await start(ORDERS, config, database_url)
     yield running
@@ -358,15 +361,17 @@ async def pharmacy_service(
     emr_service: RunningService,
     pharmacy_port: int,
     orders_service: RunningService,
+    billing_server: RunningService,
 ) -> AsyncIterator[RunningService]:
     """The pharmacy service on its reserved port, auditing through the session's audit service,
     asking iam about locations, emr about encounters and patient about consents, and delivering
-    dispense changes to the session's orders."""
+    dispense changes to the session's orders and hand-overs to its billing (its relay is drained
+    by `delivered()`, so both run)."""
     config = service_config(
         "pharmacy",
         **addresses(patient_service, audit_service, iam_service, emr_service),
         HIS_PORT=str(pharmacy_port),
-        **addresses(orders_service),
+        **addresses(orders_service, billing_server),
     )
     running = await start(PHARMACY, config, database_url)
     track_relay(running)
@@ -402,35 +407,45 @@ def billing_port() -> int:
 
 
 @pytest.fixture(scope="session")
-async def billing_service(
+async def billing_server(
     database_url: str,
     patient_service: RunningService,
     audit_service: RunningService,
     iam_service: RunningService,
-    scheduling_service: RunningService,
-    orders_service: RunningService,
-    pharmacy_service: RunningService,
+    scheduling_port: int,
+    orders_port: int,
+    pharmacy_port: int,
     billing_port: int,
 ) -> AsyncIterator[RunningService]:
     """The billing service on its reserved port, auditing through the session's audit service,
     asking patient whether a manually charged patient exists, and scheduling, orders and
-    pharmacy what they rendered (ReconcileCharges)."""
+    pharmacy what they rendered (ReconcileCharges) at their reserved ports. Those deliver their
+    charging events to it, so they start after it: tests use `billing_service`, which waits for
+    them too."""
     config = service_config(
         "billing",
-        **addresses(
-            patient_service,
-            audit_service,
-            iam_service,
-            scheduling_service,
-            orders_service,
-            pharmacy_service,
-        ),
+        **addresses(patient_service, audit_service, iam_service),
+        HIS_SCHEDULING_ADDR=f"localhost:{scheduling_port}",
+        HIS_ORDERS_ADDR=f"localhost:{orders_port}",
+        HIS_PHARMACY_ADDR=f"localhost:{pharmacy_port}",
         HIS_PORT=str(billing_port),
     )
     running = await start(BILLING, config, database_url)
     track_relay(running)
     yield running
     await running.stop(grace_s=1)
+
+
+@pytest.fixture(scope="session")
+def billing_service(
+    billing_server: RunningService,
+    scheduling_service: RunningService,
+    orders_service: RunningService,
+    pharmacy_service: RunningService,
+) -> RunningService:
+    """The session's billing service, with scheduling, orders and pharmacy (which it asks when
+    it reconciles, and which deliver their events to it) running too."""
+    return billing_server
 
 
 @pytest.fixture(scope="session")

@@ -13,22 +13,26 @@ from his.cli import main
 from his.runtime.server import RunningService
 from tests.billing.helpers import CLERK_TOKEN, handed_over, now
 from tests.pharmacy.helpers import Pharmacy
+from tests.support import relay_paused
 
 
 async def test_a_handed_over_dispense_without_a_charge_fails_the_reconciliation(
     pharmacy: Pharmacy,
     iam_service: RunningService,
     billing_service: RunningService,
+    pharmacy_service: RunningService,
     patient: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    dispense, _ = await handed_over(pharmacy, iam_service, patient)
     monkeypatch.setenv("HIS_TOKEN", CLERK_TOKEN)
     monkeypatch.setenv("HIS_BILLING_ADDR", billing_service.address)
     out = io.StringIO()
-    code = await reconcile(
-        now() - dt.timedelta(hours=1), now() + dt.timedelta(minutes=5), user="", out=out
-    )
+    # The pharmacy's relay held: the hand-over's event has not reached billing, so no charge.
+    async with relay_paused(pharmacy_service):
+        dispense, _ = await handed_over(pharmacy, iam_service, patient)
+        code = await reconcile(
+            now() - dt.timedelta(hours=1), now() + dt.timedelta(minutes=5), user="", out=out
+        )
     printed = out.getvalue()
     assert code == 1
     assert " missing" in printed.splitlines()[0]

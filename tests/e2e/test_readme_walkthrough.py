@@ -37,8 +37,9 @@ def _sh_blocks(section: str) -> list[str]:
 def _walkthrough() -> str:
     """Terminal 2 of the walk-through: every ```sh block but terminal 1's `make run`."""
     blocks = [b for b in _sh_blocks(_section("Walk-through")) if b.strip() != "make run"]
-    # The token, the registrar's snippet, the auditor's, the cardiologist's, the order loop's.
-    assert len(blocks) == 5, blocks
+    # The token, the registrar's snippet, the auditor's, the cardiologist's, the order loop's,
+    # the billing clerk's.
+    assert len(blocks) == 6, blocks
     assert blocks[0].startswith("export TOKEN=")
     assert all(".venv/bin/python - <<'PY'" in block for block in blocks[1:])
     return "\n".join(blocks)
@@ -123,7 +124,30 @@ def _check_walkthrough(lines: list[str]) -> tuple[str, str]:
     assert _one(lines, "prescription ") == (
         "prescription MEDICATION_REQUEST_STATUS_COMPLETED dispensed 15.0 remaining 0.0"
     )
+    _check_bill(lines)
     return patient, booked[1]
+
+
+def _check_bill(lines: list[str]) -> None:
+    """The billing clerk's snippet: the loop's two charges at the price list's prices, their
+    invoice paid, and the glucose test refunded from the payment once though asked twice."""
+    charges = [line for line in lines if line.startswith("charge ")]
+    # Sorted by code system: LOINC, then the medication. The glucose price is the one billing's
+    # migration seeds; the tablets' the demo formulary's.
+    assert len(charges) == 2, lines
+    assert charges[0] == "charge serviceRequests 'Glucose' 1.0 x CNY 12.00 = CNY 12.00"
+    drug = charges[1].split()
+    assert drug[:2] == ["charge", "medicationDispenses"], drug
+    assert charges[1].startswith("charge medicationDispenses 'Amoxicillin "), drug
+    assert drug[-7:-5] == ["15.0", "x"] and drug[-2] == "CNY", drug
+    assert round(float(drug[-4]) * 15, 2) == float(drug[-1]), drug
+    total = f"{12.0 + float(drug[-1]):.2f}"
+    assert _one(lines, "invoice ") == f"invoice INVOICE_STATUS_ISSUED 2 charges total CNY {total}"
+    assert _one(lines, "paid ") == f"paid CNY {total} -> INVOICE_STATUS_BALANCED"
+    assert _one(lines, "refunded ") == (
+        f"refunded CNY 12.00 of CNY {total} -> PAYMENT_STATUS_COMPLETED "
+        "INVOICE_STATUS_ISSUED due CNY 12.00"
+    )
 
 
 @pytest.mark.timeout(420)

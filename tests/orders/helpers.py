@@ -141,17 +141,25 @@ async def prescribe(
     )
 
 
-async def changed_revisions(db: Any, event_type: str, name: str) -> list[int]:
-    """Revisions of the Changed events of one order in orders' outbox, in the order stored."""
+async def changed_revisions(
+    db: Any, event_type: str, name: str, destination: str | None = None
+) -> list[int]:
+    """Revisions of the Changed events of one order in orders' outbox for `destination` (by
+    default the service that fulfils the order, which is told of every change), in the order
+    stored."""
     from sqlalchemy import text  # noqa: PLC0415
 
     from his.events.v1.event_envelope_pb2 import EventEnvelope  # noqa: PLC0415
 
-    message = pb.ServiceRequestChanged if "Service" in event_type else pb.MedicationRequestChanged
+    service = "Service" in event_type
+    message = pb.ServiceRequestChanged if service else pb.MedicationRequestChanged
     async with db.connect() as connection:
         rows = await connection.execute(
-            text("SELECT envelope FROM orders.outbox WHERE event_type = :type ORDER BY id"),
-            {"type": event_type},
+            text(
+                "SELECT envelope FROM orders.outbox WHERE event_type = :type "
+                "AND destination = :destination ORDER BY id"
+            ),
+            {"type": event_type, "destination": destination or ("lab" if service else "pharmacy")},
         )
         raws = [row[0] for row in rows]
     revisions = []

@@ -180,7 +180,8 @@ async def test_a_lab_order_and_a_prescription_go_round_the_loop(
 
 @dataclass
 class Loop:
-    """Orders, lab and pharmacy of their own database, each started when the test says."""
+    """Orders, lab and pharmacy of their own database, each started when the test says (and a
+    port for a billing that never is)."""
 
     url: str
     peers: dict[str, str]
@@ -214,7 +215,9 @@ async def loop(
     made = Loop(
         url,
         addresses(patient_service, audit_service, iam_service, emr_service),
-        {name: free_port() for name in ("orders", "lab", "pharmacy")},
+        # Billing's port has no listener: completed orders and hand-overs wait for it there
+        # (tests/e2e/test_billing_journey.py follows them to billing).
+        {name: free_port() for name in ("orders", "lab", "pharmacy", "billing")},
         {},
     )
     try:

@@ -33,13 +33,15 @@ async def alone(
     iam_service: RunningService,
     emr_service: RunningService,
 ) -> AsyncIterator[tuple[Orders, AsyncEngine]]:
-    """An orders service of its own database whose lab and pharmacy ports have no listener."""
+    """An orders service of its own database whose lab, pharmacy and billing ports have no
+    listener."""
     url = await fresh_database(postgres.url, "orders_alone", "orders")
     config = service_config(
         "orders",
         **addresses(patient_service, audit_service, iam_service, emr_service),
         HIS_LAB_ADDR=f"localhost:{free_port()}",
         HIS_PHARMACY_ADDR=f"localhost:{free_port()}",
+        HIS_BILLING_ADDR=f"localhost:{free_port()}",
     )
     running = await start(ORDERS, config, url)
     engine = create_async_engine(async_url(url), poolclass=NullPool)
@@ -95,6 +97,8 @@ async def test_orders_are_placed_while_the_lab_is_away_and_its_events_wait(
     assert len(waiting) == 4
     assert {event_type for event_type, _, _ in waiting} == {"his.orders.v1.ServiceRequestChanged"}
     assert not any(dead for _, _, dead in waiting)
+    # Placing and holding are of no concern to billing (it charges completed tests).
+    assert await _outbox(engine, "billing") == []
 
 
 async def test_a_prescription_while_the_pharmacy_is_away_is_unavailable_and_nothing_is_stored(

@@ -21,7 +21,7 @@ from tests.pharmacy.helpers import (
 from tests.support import fails, invalid_in
 
 
-async def test_a_pharmacist_adds_a_medication_and_everyone_clinical_reads_it(
+async def test_a_pharmacist_adds_a_medication_that_clinicians_orders_and_billing_read(
     pharmacy: Pharmacy,
 ) -> None:
     made = await create_medication(pharmacy, atc="C09AA05", display_name="Ramipril 5 mg tablet")
@@ -34,6 +34,8 @@ async def test_a_pharmacist_adds_a_medication_and_everyone_clinical_reads_it(
         ISSUER.staff("NURSE"),
         ISSUER.service("orders"),
         ISSUER.staff("PHARMACIST"),
+        # The billing office prices the formulary's medications (its price list), so it reads them.
+        ISSUER.staff("BILLING_CLERK"),
     ):
         got = await pharmacy.GetMedication(
             pb.GetMedicationRequest(name=made.name), metadata=metadata(token)
@@ -43,14 +45,14 @@ async def test_a_pharmacist_adds_a_medication_and_everyone_clinical_reads_it(
 
 async def test_others_do_not_read_or_write_the_formulary(pharmacy: Pharmacy) -> None:
     made = await create_medication(pharmacy)
-    for role in ("REGISTRAR", "BILLING_CLERK", "LAB_TECHNICIAN", "AUDITOR"):
+    for role in ("REGISTRAR", "LAB_TECHNICIAN", "AUDITOR"):
         failure = await fails(
             pharmacy.GetMedication(
                 pb.GetMedicationRequest(name=made.name), metadata=metadata(ISSUER.staff(role))
             )
         )
         assert failure.code == grpc.StatusCode.PERMISSION_DENIED, role
-    for token in (ISSUER.staff("DOCTOR"), ISSUER.service("orders")):
+    for token in (ISSUER.staff("DOCTOR"), ISSUER.staff("BILLING_CLERK"), ISSUER.service("orders")):
         failure = await fails(
             pharmacy.CreateMedication(
                 pb.CreateMedicationRequest(medication=medication()), metadata=metadata(token)

@@ -1,5 +1,5 @@
 """The lab's and the pharmacy's events applied to orders (DeliverEvents), and orders' own
-Changed events delivered to them (the relay's deliverers).
+Changed events delivered to them, and to billing (the relay's deliverers).
 
 Applying happens inside his.runtime.inbox's transaction for the event, so a repeated delivery
 changes nothing; a dispense is kept at its highest revision, so deliveries out of order change
@@ -16,10 +16,12 @@ from typing import Any
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.billing.v1 import billing_service_pb2 as billing_pb
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.lab.v1 import lab_service_pb2 as lab_pb
 from his.orders import store
 from his.orders.mapping import (
+    BILLING,
     LAB,
     PHARMACY,
     medication_request_changed,
@@ -51,14 +53,17 @@ def _ids(v: Violations, pairs: Sequence[tuple[str, str, str]]) -> list[uuid.UUID
 def consumes(access: Access, outbox: Outbox) -> Mapping[str, Consumes]:
     """What DeliverEvents takes: the lab's reports and the pharmacy's dispenses."""
 
-    async def changed(session: AsyncSession, outgoing: Outgoing, row: Any, name: str) -> None:
-        await outbox.add_in(session, [outgoing])
+    async def changed(
+        session: AsyncSession, outgoing: Sequence[Outgoing], row: Any, name: str
+    ) -> None:
+        # One event, however many receivers: its type names the resource audited.
+        await outbox.add_in(session, outgoing)
         await access.record(
             "update",
             Permit(ALLOWED),
             patient=f"patients/{row.patient_id}",
             resource_name=name,
-            resource_type=outgoing.envelope.event_type.removesuffix("Changed"),
+            resource_type=outgoing[0].envelope.event_type.removesuffix("Changed"),
         )
 
     async def report_issued(session: AsyncSession, _: EventEnvelope, payload: Message) -> None:
@@ -126,4 +131,5 @@ def deliverers(clients: HisClients) -> Mapping[str, Deliver]:
     return {
         LAB: delivery(lambda: clients.lab, lab_pb.DeliverEventsRequest),
         PHARMACY: delivery(lambda: clients.pharmacy, pharmacy_pb.DeliverEventsRequest),
+        BILLING: delivery(lambda: clients.billing, billing_pb.DeliverEventsRequest),
     }

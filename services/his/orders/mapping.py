@@ -16,9 +16,22 @@ SERVICE_REQUEST_STATUS = EnumText(pb.ServiceRequestStatus.DESCRIPTOR)
 MEDICATION_REQUEST_STATUS = EnumText(pb.MedicationRequestStatus.DESCRIPTOR)
 
 SOURCE = "orders"
-# Outbox destinations of the Changed events: the services that fulfil the orders.
+# Outbox destinations of the Changed events: the services that fulfil the orders ...
 LAB = "lab"
 PHARMACY = "pharmacy"
+# ... and billing, which charges a laboratory test when its order is completed and reverses the
+# charge when it is revoked or entered in error (protos/his/billing/v1, the service comment).
+BILLING = "billing"
+# The service request statuses billing acts on. The other changes (placed, held, resumed) are of
+# no concern to it: each one delivered would cost billing an inbox row and a transaction for
+# nothing.
+BILLED_STATUSES = frozenset(
+    {
+        pb.SERVICE_REQUEST_STATUS_COMPLETED,
+        pb.SERVICE_REQUEST_STATUS_REVOKED,
+        pb.SERVICE_REQUEST_STATUS_ENTERED_IN_ERROR,
+    }
+)
 
 
 def service_request_name(ident: uuid.UUID) -> str:
@@ -54,6 +67,9 @@ def service_request_to_proto(row: Any) -> pb.ServiceRequest:
         etag=str(row.revision),
         status_reason=row.status_reason or "",
         report=f"diagnosticReports/{row.report_id}" if row.report_id else "",
+        # A completed service request never changes again (store.completed_in): its last change
+        # was its completion.
+        complete_time=wire.timestamp(row.update_time) if row.status == "completed" else None,
     )
 
 
@@ -101,19 +117,30 @@ def medication_request_to_proto(row: Any) -> pb.MedicationRequest:
     )
 
 
-def service_request_changed(row: Any) -> Outgoing:
-    """The event of a service request (row) that has just changed, for the lab."""
+def service_request_changed(row: Any) -> list[Outgoing]:
+    """The event of a service request (row) that has just changed, for the lab, and for billing
+    too when billing acts on the new status: one envelope, so both deduplicate by one event id."""
     message = service_request_to_proto(row)
-    event = pb.ServiceRequestChanged(service_request=message, revision=row.revision)
-    return Outgoing(
-        LAB, envelope(event, source=SOURCE, subject=message.name, patient=message.patient)
+    event = envelope(
+        pb.ServiceRequestChanged(service_request=message, revision=row.revision),
+        source=SOURCE,
+        subject=message.name,
+        patient=message.patient,
     )
+    outgoing = [Outgoing(LAB, event)]
+    if message.status in BILLED_STATUSES:
+        outgoing.append(Outgoing(BILLING, event))
+    return outgoing
 
 
-def medication_request_changed(row: Any) -> Outgoing:
-    """The event of a medication request (row) that has just changed, for the pharmacy."""
+def medication_request_changed(row: Any) -> list[Outgoing]:
+    """The event of a medication request (row) that has just changed, for the pharmacy (billing
+    charges the dispenses, which it hears of from the pharmacy)."""
     message = medication_request_to_proto(row)
     event = pb.MedicationRequestChanged(medication_request=message, revision=row.revision)
-    return Outgoing(
-        PHARMACY, envelope(event, source=SOURCE, subject=message.name, patient=message.patient)
-    )
+    return [
+        Outgoing(
+            PHARMACY,
+            envelope(event, source=SOURCE, subject=message.name, patient=message.patient),
+        )
+    ]

@@ -75,7 +75,7 @@ class _Kind:
     fulfiller: str
     name: Callable[[uuid.UUID], str]
     to_proto: Callable[[Any], Any]
-    changed: Callable[[Any], Outgoing]
+    changed: Callable[[Any], list[Outgoing]]
 
 
 SERVICE_REQUEST = _Kind(
@@ -329,7 +329,7 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
                 lambda used: store.order_by_request(session, kind.table, used)
             )
             if inserted is not None:
-                await self._outbox.add([kind.changed(inserted)])
+                await self._outbox.add(kind.changed(inserted))
             await self._audit("create", permit, kind, row)
         return kind.to_proto(row)
 
@@ -381,7 +381,7 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
             )
             row = changed or current
             if changed is not None:
-                await self._outbox.add([kind.changed(changed)])
+                await self._outbox.add(kind.changed(changed))
             await self._audit("update", permit, kind, row)
         return kind.to_proto(row)
 
@@ -401,7 +401,7 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
             current = await store.get_order(session, kind.table, ident, kind.name(ident))
             changed = await store.transition(session, kind.table, current, "completed", etag=etag)
             if changed is not None:
-                await self._outbox.add([kind.changed(changed)])
+                await self._outbox.add(kind.changed(changed))
             row = changed or current
             await self._audit("update", Permit(ALLOWED), kind, row)
         return kind.to_proto(row)
@@ -471,6 +471,11 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
             encounter_id=reference(v, "encounter", request.encounter, "encounters"),
             performer_id=reference(v, "performer", request.performer, "departments"),
             statuses=service_request_statuses(v, "statuses", request.statuses),
+            completed=(
+                v.period("complete_period", request.complete_period)
+                if request.HasField("complete_period")
+                else None
+            ),
         )
         v.raise_if_any()
         rows, token = await self._list(SERVICE_REQUEST, request, where, limit)
@@ -604,7 +609,7 @@ class OrdersService(pb_grpc.OrdersServiceServicer):
             changed = await store.update_fields(
                 session, medication_requests, current, values, order.etag
             )
-            await self._outbox.add([medication_request_changed(changed)])
+            await self._outbox.add(medication_request_changed(changed))
             await self._audit("update", permit, MEDICATION_REQUEST, changed)
         return medication_request_to_proto(changed)
 

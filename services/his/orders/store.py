@@ -151,11 +151,20 @@ class OrderFilter:
     encounter_id: uuid.UUID | None = None
     performer_id: uuid.UUID | None = None
     statuses: tuple[str, ...] = ()
+    # Completed during [start, end) (service requests' complete_period).
+    completed: tuple[dt.datetime | None, dt.datetime | None] | None = None
 
     def fingerprint(self, table: Table) -> str:
         """A stable text of the filters, binding page tokens to them."""
         return repr(
-            (table.name, self.patient_id, self.encounter_id, self.performer_id, self.statuses)
+            (
+                table.name,
+                self.patient_id,
+                self.encounter_id,
+                self.performer_id,
+                self.statuses,
+                self.completed,
+            )
         )
 
 
@@ -180,6 +189,8 @@ async def list_orders(
         conditions.append(c.status.in_(where.statuses))
     else:
         conditions.append(c.status != "entered_in_error")
+    if where.completed is not None:
+        conditions += completed_in(table, *where.completed)
     if after is not None:
         conditions.append(
             tuple_(c.create_time, c.id) < tuple_(literal(after[0]), literal(after[1]))
@@ -191,6 +202,20 @@ async def list_orders(
         .limit(limit)
     )
     return list((await session.execute(query)).all())
+
+
+def completed_in(table: Table, start: dt.datetime | None, end: dt.datetime | None) -> list[Any]:
+    """Conditions: a service request completed during [start, end). A completed service request
+    never changes again (TRANSITIONS leads nowhere from "completed", and a second report finds it
+    completed already), so the update time of a completed one is the time it was completed."""
+    assert table is service_requests, "a completed prescription may still change"
+    c = table.c
+    conditions: list[Any] = [c.status == "completed"]
+    if start is not None:
+        conditions.append(c.update_time >= start)
+    if end is not None:
+        conditions.append(c.update_time < end)
+    return conditions
 
 
 # --- what the lab and the pharmacy report ----------------------------------------------------

@@ -92,6 +92,13 @@ service_requests = Table(
     CheckConstraint("revision >= 1", name="sr_revision_positive"),
 )
 Index("service_requests_by_time", service_requests.c.create_time, service_requests.c.id)
+# The orders completed in a period (ListServiceRequests complete_period: billing's
+# reconciliation); a completed order's update time is its completion time (store.completed_in).
+Index(
+    "service_requests_completed_by_time",
+    service_requests.c.update_time,
+    postgresql_where=text("status = 'completed'"),
+)
 for _column in ("patient_id", "encounter_id", "performer_id"):
     Index(
         f"service_requests_by_{_column.removesuffix('_id')}",

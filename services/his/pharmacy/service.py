@@ -478,7 +478,7 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         try:
             async with self._db.driver_transaction() as connection:
                 row = await store.dispense(connection, ask)
-                await self._outbox.add([dispense_changed(row)])
+                await self._outbox.add(dispense_changed(row))
                 await self._audit_dispense("create", permit, row)
         except (store.ReplayRaced, asyncpg.UniqueViolationError):
             # A concurrent replay of this request got there first: it is the answer.
@@ -535,6 +535,11 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
                 v, "medication_request", request.medication_request, "medicationRequests"
             ),
             status=status,
+            handed_over=(
+                v.period("handed_over_period", request.handed_over_period)
+                if request.HasField("handed_over_period")
+                else None
+            ),
         )
         v.raise_if_any()
         keyset = self._pages.keyset(
@@ -601,7 +606,7 @@ class PharmacyService(pb_grpc.PharmacyServiceServicer):
         async with self._db.transaction() as session:
             changed = await change(session)
             if changed is not None:
-                await self._outbox.add([dispense_changed(changed)])
+                await self._outbox.add(dispense_changed(changed))
                 row = changed
             else:
                 row = await store.find_dispense(session, dispense_id)

@@ -368,10 +368,14 @@ class DispenseFilter:
     patient_id: uuid.UUID | None
     prescription_id: uuid.UUID | None
     status: str | None
+    # Handed over during [start, end) (handed_over_period).
+    handed_over: tuple[dt.datetime | None, dt.datetime | None] | None = None
 
     def fingerprint(self) -> str:
         """A stable text of the filters, binding page tokens to them."""
-        return repr(("dispenses", self.patient_id, self.prescription_id, self.status))
+        return repr(
+            ("dispenses", self.patient_id, self.prescription_id, self.status, self.handed_over)
+        )
 
 
 async def list_dispenses(
@@ -390,6 +394,13 @@ async def list_dispenses(
         conditions.append(c.prescription_id == where.prescription_id)
     if where.status is not None:
         conditions.append(c.status == where.status)
+    if where.handed_over is not None:
+        start, end = where.handed_over
+        conditions.append(c.handed_over_time.is_not(None))
+        if start is not None:
+            conditions.append(c.handed_over_time >= start)
+        if end is not None:
+            conditions.append(c.handed_over_time < end)
     if after is not None:
         conditions.append(
             tuple_(c.create_time, c.id) < tuple_(literal(after[0]), literal(after[1]))

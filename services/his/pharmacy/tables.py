@@ -220,6 +220,13 @@ dispenses = Table(
     ),
 )
 Index("dispenses_by_time", dispenses.c.create_time, dispenses.c.id)
+# The hand-overs of a period (ListMedicationDispenses handed_over_period: billing's
+# reconciliation).
+Index(
+    "dispenses_by_handed_over_time",
+    dispenses.c.handed_over_time,
+    postgresql_where=text("handed_over_time IS NOT NULL"),
+)
 Index("dispenses_by_patient", dispenses.c.patient_id, dispenses.c.create_time, dispenses.c.id)
 Index(
     "dispenses_by_prescription",

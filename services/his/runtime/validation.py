@@ -17,6 +17,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from his.base.errors import FieldViolation, InvalidArgument
+from his.common.v1.types_pb2 import Period
 
 # The range of instants and dates any service accepts: wider would overflow date arithmetic.
 EARLIEST_DATE = dt.date(1900, 1, 1)
@@ -109,6 +110,30 @@ class Violations:
             self.add(field, "is out of range (1900 to 9000)")
             return None
         return value
+
+    def period(
+        self, field: str, value: Period, *, max_span: dt.timedelta | None = None
+    ) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """(start, end) of a Period filter, start inclusive, end exclusive, the end after the
+        start. Either end may be unset, unless `max_span` is given: then both are required and
+        at most that far apart (a filter that bounds a query on its own)."""
+        start = end = None
+        if value.HasField("start_time"):
+            start = self.instant(f"{field}.start_time", value.start_time)
+        elif max_span is not None:
+            self.add(f"{field}.start_time", "is required")
+        if value.HasField("end_time"):
+            end = self.instant(f"{field}.end_time", value.end_time)
+        elif max_span is not None:
+            self.add(f"{field}.end_time", "is required")
+        if start is not None and end is not None:
+            if end <= start:
+                self.add(f"{field}.end_time", "must be after the start")
+            elif max_span is not None and end - start > max_span:
+                self.add(
+                    f"{field}.end_time", f"must be at most {max_span.days} days after the start"
+                )
+        return start, end
 
     def request_id(self, field: str, value: str) -> str | None:
         """An optional idempotency key: printable, at most 64 characters."""

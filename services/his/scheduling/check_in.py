@@ -1,9 +1,12 @@
-"""Check-in → encounter: the AppointmentCheckedIn event and its delivery to the emr service.
+"""Check-in → encounter and registration charge: the AppointmentCheckedIn event and its delivery
+to the emr and billing services.
 
 CheckInAppointment stores the event in scheduling's outbox in the same transaction as the status
-change; the relay delivers it to emr afterwards, at least once, as CreateEncounter with the event
-id as request id, so emr opens exactly one encounter per check-in however often it is delivered,
-and an emr that is down at check-in time opens it when it is back.
+change, one row per receiver with the same event id; the relay delivers each afterwards, at least
+once. emr gets it as CreateEncounter with the event id as request id, so it opens exactly one
+encounter per check-in however often it is delivered; billing gets it through
+BillingService.DeliverEvents and records the registration charge once per event id. A receiver
+that is down at check-in time catches up when it is back, without holding the other one up.
 """
 
 from __future__ import annotations
@@ -14,35 +17,36 @@ from typing import Any
 
 import grpc
 
+from his.billing.v1 import billing_service_pb2 as billing_pb
 from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.events.v1.event_envelope_pb2 import EventEnvelope
+from his.runtime.inbox import delivery
 from his.runtime.outbox import Outgoing, envelope
 from his.runtime.relay import Deliver, Undeliverable
 from his.scheduling.mapping import appointment_to_proto
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his_client import HisClients, UpstreamError
 
-# The outbox destination of check-ins: the emr service.
+# The outbox destinations of check-ins: the emr service (the encounter) and billing (the charge).
 EMR = "emr"
+BILLING = "billing"
 # One delivery call may take this long (emr asks patient and iam before it opens the encounter).
 TIMEOUT_S = 10.0
 # Encounters opened at once per delivered batch.
 CONCURRENCY = 16
 
 
-def checked_in(row: Any) -> Outgoing:
-    """The event of an appointment (row) that has just become ARRIVED."""
+def checked_in(row: Any) -> list[Outgoing]:
+    """The event of an appointment (row) that has just become ARRIVED, once per receiver: one
+    envelope, so emr and billing each deduplicate by the same event id."""
     appointment = appointment_to_proto(row)
-    event = pb.AppointmentCheckedIn(appointment=appointment)
-    return Outgoing(
-        EMR,
-        envelope(
-            event,
-            source="scheduling",
-            subject=appointment.name,
-            patient=appointment.patient,
-        ),
+    event = envelope(
+        pb.AppointmentCheckedIn(appointment=appointment),
+        source="scheduling",
+        subject=appointment.name,
+        patient=appointment.patient,
     )
+    return [Outgoing(EMR, event), Outgoing(BILLING, event)]
 
 
 def encounter_request(item: EventEnvelope) -> emr_pb.CreateEncounterRequest:
@@ -87,4 +91,7 @@ def emr_delivery(clients: HisClients) -> Deliver:
 
 def deliverers(clients: HisClients) -> Mapping[str, Deliver]:
     """Scheduling's outbox destinations besides audit."""
-    return {EMR: emr_delivery(clients)}
+    return {
+        EMR: emr_delivery(clients),
+        BILLING: delivery(lambda: clients.billing, billing_pb.DeliverEventsRequest),
+    }

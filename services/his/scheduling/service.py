@@ -44,7 +44,7 @@ from his.scheduling.research import ResearchAppointments
 from his.scheduling.tables import SCHEMA
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
-from his.scheduling.validation import MAX_REASON, plan_slots
+from his.scheduling.validation import MAX_ARRIVE_SPAN, MAX_REASON, plan_slots
 from his_client import HisClients
 from his_client.patient import privacy_consent
 
@@ -352,8 +352,15 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
     ) -> pb.ListAppointmentsResponse:
         v = Violations()
         limit = v.page_size("page_size", request.page_size)
-        if not (request.patient or request.practitioner or request.department):
-            v.add("patient", "one of patient, practitioner or department is required")
+        arrived = None
+        if request.HasField("arrive_period"):
+            # A period bounds the list on its own (billing's reconciliation asks the whole
+            # hospital's check-ins): both ends, a month at most.
+            arrived = v.period("arrive_period", request.arrive_period, max_span=MAX_ARRIVE_SPAN)
+        elif not (request.patient or request.practitioner or request.department):
+            v.add(
+                "patient", "one of patient, practitioner, department or arrive_period is required"
+            )
         statuses = []
         for index, status in enumerate(request.statuses):
             number = v.enum(f"statuses[{index}]", status, pb.AppointmentStatus.DESCRIPTOR)
@@ -365,6 +372,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             department_id=reference(v, "department", request.department, "departments"),
             window=day_window(v, request),
             statuses=tuple(sorted(set(statuses))),
+            arrived=arrived,
         )
         v.raise_if_any()
         keyset = self._pages.keyset(
@@ -445,8 +453,9 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             row = await store.transition(session, appointment_id, to, etag=etag, reason=reason)
             await self._audit("update", permit, row)
             if to == "arrived" and before.status != "arrived" and self._outbox is not None:
-                # The visit's encounter is opened in emr through the outbox (check_in.py).
-                await self._outbox.add([checked_in(row)])
+                # The visit's encounter (emr) and its registration charge (billing) follow
+                # through the outbox (check_in.py).
+                await self._outbox.add(checked_in(row))
         return appointment_to_proto(row)
 
     async def ListResearchAppointments(

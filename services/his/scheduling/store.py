@@ -472,6 +472,8 @@ class AppointmentFilter:
     department_id: uuid.UUID | None = None
     window: tuple[dt.datetime, dt.datetime] | None = None
     statuses: tuple[str, ...] = ()
+    # Checked in during [start, end) (arrive_period).
+    arrived: tuple[dt.datetime | None, dt.datetime | None] | None = None
 
     def fingerprint(self) -> str:
         """A stable text of the filters, binding page tokens to them."""
@@ -483,6 +485,7 @@ class AppointmentFilter:
                 self.department_id,
                 self.window,
                 self.statuses,
+                self.arrived,
             )
         )
 
@@ -509,6 +512,13 @@ async def list_appointments(
         ]
     if where.statuses:
         conditions.append(appointments.c.status.in_(where.statuses))
+    if where.arrived is not None:
+        start, end = where.arrived
+        conditions.append(appointments.c.arrive_time.is_not(None))
+        if start is not None:
+            conditions.append(appointments.c.arrive_time >= start)
+        if end is not None:
+            conditions.append(appointments.c.arrive_time < end)
     if after is not None:
         conditions.append(
             tuple_(appointments.c.start_time, appointments.c.id)

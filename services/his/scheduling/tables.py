@@ -124,6 +124,12 @@ Index("appointments_by_patient", appointments.c.patient_id, appointments.c.start
 Index("appointments_by_practitioner", appointments.c.practitioner_id, appointments.c.start_time)
 Index("appointments_by_department", appointments.c.department_id, appointments.c.start_time)
 Index("appointments_by_slot", appointments.c.slot_id)
+# The check-ins of a period (ListAppointments arrive_period: billing's reconciliation).
+Index(
+    "appointments_by_arrive_time",
+    appointments.c.arrive_time,
+    postgresql_where=text("arrive_time IS NOT NULL"),
+)
 Index(
     "appointments_active_by_patient",
     appointments.c.patient_id,

@@ -16,6 +16,9 @@ from his.scheduling.v1 import scheduling_service_pb2 as pb
 MAX_SLOTS_PER_REQUEST = 2000
 MAX_DAYS = 92
 MAX_REASON = 500
+# The longest arrive_period of ListAppointments: a month of the whole hospital's check-ins (what
+# billing reconciles at once) is a bounded list; a longer period is a report, not a page.
+MAX_ARRIVE_SPAN = dt.timedelta(days=31)
 
 
 def _time_of_day(v: Violations, field: str, value: pb.TimeOfDay, present: bool) -> dt.time | None:

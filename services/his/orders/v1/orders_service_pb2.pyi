@@ -177,6 +177,7 @@ class ServiceRequest(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     STATUS_REASON_FIELD_NUMBER: _builtins.int
     REPORT_FIELD_NUMBER: _builtins.int
+    COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `serviceRequests/{service_request}`. Assigned by the service; ignored on
     create.
@@ -239,6 +240,12 @@ class ServiceRequest(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the order was last changed. Output only."""
 
+    @_builtins.property
+    def complete_time(self) -> _timestamp_pb2.Timestamp:
+        """When the order was completed (status COMPLETED: the lab's first final report reached it);
+        unset in every other status. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -258,10 +265,11 @@ class ServiceRequest(_message.Message):
         etag: _builtins.str = ...,
         status_reason: _builtins.str = ...,
         report: _builtins.str = ...,
+        complete_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "reason", b"reason", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "complete_time", b"complete_time", "create_time", b"create_time", "reason", b"reason", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_time", b"create_time", "encounter", b"encounter", "etag", b"etag", "name", b"name", "note", b"note", "patient", b"patient", "performer", b"performer", "priority", b"priority", "reason", b"reason", "report", b"report", "requester", b"requester", "revoke_reason", b"revoke_reason", "status", b"status", "status_reason", b"status_reason", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "complete_time", b"complete_time", "create_time", b"create_time", "encounter", b"encounter", "etag", b"etag", "name", b"name", "note", b"note", "patient", b"patient", "performer", b"performer", "priority", b"priority", "reason", b"reason", "report", b"report", "requester", b"requester", "revoke_reason", b"revoke_reason", "status", b"status", "status_reason", b"status_reason", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -514,6 +522,7 @@ class ListServiceRequestsRequest(_message.Message):
     ENCOUNTER_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     PERFORMER_FIELD_NUMBER: _builtins.int
+    COMPLETE_PERIOD_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The maximum number of service requests to return.
     0 means the default of 50; more than 500 means 500.
@@ -530,6 +539,13 @@ class ListServiceRequestsRequest(_message.Message):
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___ServiceRequestStatus.ValueType]:
         """Only orders with one of these statuses. Empty means any status but ENTERED_IN_ERROR."""
 
+    @_builtins.property
+    def complete_period(self) -> _types_pb2.Period:
+        """Only orders completed during this period, by `complete_time` (start inclusive, end exclusive;
+        either end may be unset, and when both are set the end must be after the start); orders not
+        completed are left out. Billing reconciles its laboratory charges with these.
+        """
+
     def __init__(
         self,
         *,
@@ -539,10 +555,11 @@ class ListServiceRequestsRequest(_message.Message):
         encounter: _builtins.str = ...,
         statuses: _abc.Iterable[Global___ServiceRequestStatus.ValueType] | None = ...,
         performer: _builtins.str = ...,
+        complete_period: _types_pb2.Period | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_period", b"complete_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encounter", b"encounter", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "performer", b"performer", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_period", b"complete_period", "encounter", b"encounter", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "performer", b"performer", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1071,7 +1088,10 @@ class ServiceRequestChanged(_message.Message):
     other change (event type `his.orders.v1.ServiceRequestChanged` in an his.events.v1.EventEnvelope
     from source `orders`). Stored in the orders outbox with the change and delivered to the lab
     service (LabService.DeliverEvents) at least once, possibly out of order: the receiver keeps the
-    state with the highest `revision`.
+    state with the highest `revision`. The same event (the same `event_id`) is delivered to the
+    billing service (BillingService.DeliverEvents) too when the new status is COMPLETED (billing
+    charges the test), REVOKED or ENTERED_IN_ERROR (billing reverses a charge); the other changes
+    are of no concern to billing.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -38,7 +38,8 @@ class OrdersServiceStub:
 
     Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
     MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
-    their work against their own copies; their events come back through DeliverEvents: a report
+    their work against their own copies (a service request completed, revoked or entered in error
+    goes to billing too, which charges the test); their events come back through DeliverEvents: a report
     completes a service request, handed-over dispenses complete a medication request. Orders are
     never deleted: a mistake is marked ENTERED_IN_ERROR.
 
@@ -159,7 +160,8 @@ class OrdersServiceServicer:
 
     Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
     MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
-    their work against their own copies; their events come back through DeliverEvents: a report
+    their work against their own copies (a service request completed, revoked or entered in error
+    goes to billing too, which charges the test); their events come back through DeliverEvents: a report
     completes a service request, handed-over dispenses complete a medication request. Orders are
     never deleted: a mistake is marked ENTERED_IN_ERROR.
 
@@ -511,7 +513,8 @@ class OrdersService:
 
     Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
     MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
-    their work against their own copies; their events come back through DeliverEvents: a report
+    their work against their own copies (a service request completed, revoked or entered in error
+    goes to billing too, which charges the test); their events come back through DeliverEvents: a report
     completes a service request, handed-over dispenses complete a medication request. Orders are
     never deleted: a mistake is marked ENTERED_IN_ERROR.
 

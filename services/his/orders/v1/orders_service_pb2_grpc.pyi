@@ -41,7 +41,8 @@ class OrdersServiceStub:
 
     Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
     MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
-    their work against their own copies; their events come back through DeliverEvents: a report
+    their work against their own copies (a service request completed, revoked or entered in error
+    goes to billing too, which charges the test); their events come back through DeliverEvents: a report
     completes a service request, handed-over dispenses complete a medication request. Orders are
     never deleted: a mistake is marked ENTERED_IN_ERROR.
 
@@ -226,7 +227,8 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
 
     Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
     MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
-    their work against their own copies; their events come back through DeliverEvents: a report
+    their work against their own copies (a service request completed, revoked or entered in error
+    goes to billing too, which charges the test); their events come back through DeliverEvents: a report
     completes a service request, handed-over dispenses complete a medication request. Orders are
     never deleted: a mistake is marked ENTERED_IN_ERROR.
 
@@ -407,7 +409,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every change of an order is sent to the service that fulfils it (ServiceRequestChanged to the lab,
     MedicationRequestChanged to the pharmacy) through the outbox, so the lab and the pharmacy check
-    their work against their own copies; their events come back through DeliverEvents: a report
+    their work against their own copies (a service request completed, revoked or entered in error
+    goes to billing too, which charges the test); their events come back through DeliverEvents: a report
     completes a service request, handed-over dispenses complete a medication request. Orders are
     never deleted: a mistake is marked ENTERED_IN_ERROR.
 

@@ -804,6 +804,7 @@ class ListMedicationDispensesRequest(_message.Message):
     PATIENT_FIELD_NUMBER: _builtins.int
     MEDICATION_REQUEST_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    HANDED_OVER_PERIOD_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The maximum number of dispenses to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
@@ -814,6 +815,13 @@ class ListMedicationDispensesRequest(_message.Message):
     """Only dispenses against this prescription, `medicationRequests/{medication_request}`."""
     status: Global___MedicationDispenseStatus.ValueType
     """Only dispenses in this status."""
+    @_builtins.property
+    def handed_over_period(self) -> _types_pb2.Period:
+        """Only dispenses handed over during this period, by `handed_over_time` (start inclusive, end
+        exclusive; either end may be unset, and when both are set the end must be after the start);
+        dispenses not handed over are left out. Billing reconciles its drug charges with these.
+        """
+
     def __init__(
         self,
         *,
@@ -822,10 +830,11 @@ class ListMedicationDispensesRequest(_message.Message):
         patient: _builtins.str = ...,
         medication_request: _builtins.str = ...,
         status: Global___MedicationDispenseStatus.ValueType = ...,
+        handed_over_period: _types_pb2.Period | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["handed_over_period", b"handed_over_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["medication_request", b"medication_request", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handed_over_period", b"handed_over_period", "medication_request", b"medication_request", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -944,7 +953,10 @@ class MedicationDispenseChanged(_message.Message):
     """The state of a dispense right after it changed: prepared, handed over or cancelled (event type
     `his.pharmacy.v1.MedicationDispenseChanged`, source `pharmacy`). Stored in the pharmacy outbox
     with the change and delivered to the orders service (OrdersService.DeliverEvents) at least once,
-    possibly out of order: the receiver keeps the state with the highest `revision`.
+    possibly out of order: the receiver keeps the state with the highest `revision`. The same event
+    (the same `event_id`) is delivered to the billing service (BillingService.DeliverEvents) too
+    when the new status is COMPLETED (billing charges the drug handed over) or CANCELLED; a
+    dispense being prepared is not yet rendered, so billing does not hear of it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

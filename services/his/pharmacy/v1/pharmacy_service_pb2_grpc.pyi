@@ -33,8 +33,10 @@ class PharmacyServiceStub:
     pharmacy location, and the dispenses made against medication requests (FHIR MedicationDispense).
     Prescriptions themselves belong to the orders service: it delivers every change of one
     (MedicationRequestChanged, through DeliverEvents) and this service checks dispenses against its
-    own copy, never calling orders on the way and never changing a prescription. Stock quantities are whole numbers of the medication's `dispense_unit` and
-    never go below zero.
+    own copy, never calling orders on the way and never changing a prescription. Every change of a
+    dispense goes back to orders (MedicationDispenseChanged), and a hand-over or a cancellation to
+    billing too, which charges the drug handed over. Stock quantities are whole numbers of the
+    medication's `dispense_unit` and never go below zero.
     """
 
     @_typing.overload
@@ -151,8 +153,10 @@ class PharmacyServiceAsyncStub(PharmacyServiceStub):
     pharmacy location, and the dispenses made against medication requests (FHIR MedicationDispense).
     Prescriptions themselves belong to the orders service: it delivers every change of one
     (MedicationRequestChanged, through DeliverEvents) and this service checks dispenses against its
-    own copy, never calling orders on the way and never changing a prescription. Stock quantities are whole numbers of the medication's `dispense_unit` and
-    never go below zero.
+    own copy, never calling orders on the way and never changing a prescription. Every change of a
+    dispense goes back to orders (MedicationDispenseChanged), and a hand-over or a cancellation to
+    billing too, which charges the drug handed over. Stock quantities are whole numbers of the
+    medication's `dispense_unit` and never go below zero.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -265,8 +269,10 @@ class PharmacyServiceServicer(metaclass=_abc_1.ABCMeta):
     pharmacy location, and the dispenses made against medication requests (FHIR MedicationDispense).
     Prescriptions themselves belong to the orders service: it delivers every change of one
     (MedicationRequestChanged, through DeliverEvents) and this service checks dispenses against its
-    own copy, never calling orders on the way and never changing a prescription. Stock quantities are whole numbers of the medication's `dispense_unit` and
-    never go below zero.
+    own copy, never calling orders on the way and never changing a prescription. Every change of a
+    dispense goes back to orders (MedicationDispenseChanged), and a hand-over or a cancellation to
+    billing too, which charges the drug handed over. Stock quantities are whole numbers of the
+    medication's `dispense_unit` and never go below zero.
     """
 
     @_abc_1.abstractmethod

@@ -896,6 +896,7 @@ class ListAppointmentsRequest(_message.Message):
     DAY_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
+    ARRIVE_PERIOD_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The maximum number of appointments to return.
     0 means the default of 50; more than 500 means 500.
@@ -920,6 +921,13 @@ class ListAppointmentsRequest(_message.Message):
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___AppointmentStatus.ValueType]:
         """Only appointments with one of these statuses. Empty means any status."""
 
+    @_builtins.property
+    def arrive_period(self) -> _types_pb2.Period:
+        """Only appointments whose patient checked in during this period, by `arrive_time` (start
+        inclusive, end exclusive); appointments never checked in are left out. When set, both ends
+        are required, the end after the start and at most 31 days after it.
+        """
+
     def __init__(
         self,
         *,
@@ -931,10 +939,11 @@ class ListAppointmentsRequest(_message.Message):
         day: _types_pb2.Date | None = ...,
         time_zone: _builtins.str = ...,
         statuses: _abc.Iterable[Global___AppointmentStatus.ValueType] | None = ...,
+        arrive_period: _types_pb2.Period | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["day", b"day"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arrive_period", b"arrive_period", "day", b"day"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["day", b"day", "department", b"department", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "practitioner", b"practitioner", "statuses", b"statuses", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrive_period", b"arrive_period", "day", b"day", "department", b"department", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "practitioner", b"practitioner", "statuses", b"statuses", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1148,9 +1157,10 @@ Global___ListResearchAppointmentsResponse: _TypeAlias = ListResearchAppointments
 @_typing.final
 class AppointmentCheckedIn(_message.Message):
     """Domain event, recorded by CheckInAppointment in the same transaction as the status change and
-    delivered to the EMR (event type `his.scheduling.v1.AppointmentCheckedIn` in an
-    his.events.v1.EventEnvelope whose `event_id` the EMR uses as the request id of the encounter it
-    opens, so a second delivery opens nothing).
+    delivered to the EMR and to billing (BillingService.DeliverEvents), each at least once (event
+    type `his.scheduling.v1.AppointmentCheckedIn` in an his.events.v1.EventEnvelope whose `event_id`
+    the EMR uses as the request id of the encounter it opens and billing as the key of the
+    registration charge, so a second delivery opens and charges nothing).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

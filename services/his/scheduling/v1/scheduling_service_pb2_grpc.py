@@ -238,9 +238,11 @@ class SchedulingServiceServicer:
 
     def ListAppointments(self, request, context):
         """Lists appointments matching all given filters, ordered by start time and then name: a patient's
-        appointments, or a practitioner's or department's day list. Errors: INVALID_ARGUMENT if none of
-        `patient`, `practitioner` and `department` is set, for a malformed filter, a `day` without a
-        `time_zone`, a negative `page_size`, or a `page_token` that was not returned by a
+        appointments, a practitioner's or department's day list, or the check-ins of a period (billing
+        reconciles its registration charges with them). Errors: INVALID_ARGUMENT if none of `patient`,
+        `practitioner`, `department` and `arrive_period` is set, for a malformed filter, a `day`
+        without a `time_zone`, an `arrive_period` without both ends, with its end not after its start
+        or longer than 31 days, a negative `page_size`, or a `page_token` that was not returned by a
         previous call with the same filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -261,11 +263,13 @@ class SchedulingServiceServicer:
     def CheckInAppointment(self, request, context):
         """Records that the patient has arrived: BOOKED becomes ARRIVED and `arrive_time` is set. The
         check-in also opens the visit's outpatient encounter in the EMR (his.emr.v1, status ARRIVED,
-        with `appointment` naming this appointment): an AppointmentCheckedIn event is stored with the
-        status change in the same transaction and delivered to the EMR afterwards, at least once, and
-        the EMR creates exactly one encounter per check-in (the event id is its request id). The
-        encounter therefore appears shortly after the answer, and later still if the EMR is down at
-        check-in time; list it with ListEncounters(appointment=...). Checking
+        with `appointment` naming this appointment) and charges its registration fee in billing
+        (his.billing.v1): an AppointmentCheckedIn event is stored with the status change in the same
+        transaction and delivered to the EMR and to billing afterwards, each at least once; the EMR
+        creates exactly one encounter per check-in (the event id is its request id) and billing one
+        charge item. The encounter and the charge therefore appear shortly after the answer, and later
+        still if their service is down at check-in time; list the encounter with
+        ListEncounters(appointment=...). Checking
         in an ARRIVED appointment succeeds and changes nothing, whatever the etag. Errors:
         INVALID_ARGUMENT for a bad name; NOT_FOUND if no such appointment; ABORTED if a given etag is
         stale; FAILED_PRECONDITION if the appointment is CANCELLED, NOSHOW or FULFILLED.
