@@ -466,12 +466,6 @@ async def test_reconciliation_finds_nothing_missing_and_nothing_charged_twice(
     assert list(report.discrepancies) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="billing's ReconcileCharges asks scheduling for appointments by the day they start "
-    "(department by department), so a check-in on another day than the start is not found and "
-    "its charge is UNEXPECTED; ListAppointments(arrive_period=...) asks by the check-in time",
-)
 async def test_an_early_check_in_is_reconciled_in_the_period_it_happened(
     journey: Journey,
 ) -> None:

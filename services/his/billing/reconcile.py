@@ -3,9 +3,9 @@ holds for it.
 
 The sources are asked as billing itself (identity.as_service): the clerk asking for the report may
 not read orders or dispenses, and what billing learns from the lists is only which resources were
-rendered and their codes. Their List rpcs have no time filter but a day (appointments, per
-department) or none (service requests, dispenses by status), so billing asks by status and keeps
-what occurred in the period. Nothing remote is asked with a transaction open.
+rendered and their codes. Each List rpc has a period filter for it (appointments by arrival,
+service requests by completion, dispenses by hand-over), backed by an index. Nothing remote is
+asked with a transaction open.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from his.billing.events import MEDICATION_SYSTEM
 from his.billing.mapping import charge_item_name
 from his.billing.v1 import billing_service_pb2 as pb
 from his.common.v1 import types_pb2
-from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.pharmacy.v1 import pharmacy_service_pb2 as pharmacy_pb
 from his.runtime.database import Database
@@ -33,8 +32,6 @@ from his_client import HisClients
 # The answer lists at most this many discrepancies (the counts are complete).
 MAX_DISCREPANCIES = 1000
 PAGE = 500
-# ListAppointments calls (a department's day each) in flight at once.
-LISTS_AT_ONCE = 8
 # Sources of these kinds come from events; other sources (manual charges) are not reconciled.
 EVENT_SOURCES = ("appointments/", "serviceRequests/", "medicationDispenses/")
 Kind = pb.ChargeDiscrepancy.Kind
@@ -61,93 +58,71 @@ async def _pages(
             return
 
 
-def _within(stamp: Any, start: dt.datetime, end: dt.datetime) -> bool:
-    return bool(stamp.seconds or stamp.nanos) and start <= stamp.ToDatetime(dt.UTC) < end
+def _period(start: dt.datetime, end: dt.datetime) -> types_pb2.Period:
+    period = types_pb2.Period()
+    period.start_time.FromDatetime(start)
+    period.end_time.FromDatetime(end)
+    return period
 
 
 async def _appointments(
     clients: HisClients, start: dt.datetime, end: dt.datetime
 ) -> list[Rendered]:
-    """Checked-in appointments (ARRIVED, FULFILLED) that arrived in the period, asked day by day
-    and department by department (ListAppointments needs one of them)."""
-    departments = [
-        d.name
-        async for d in _pages(
-            lambda token: clients.iam.ListDepartments(
-                iam_pb.ListDepartmentsRequest(page_size=PAGE, page_token=token)
+    """Checked-in appointments (ARRIVED, FULFILLED) that arrived in the period."""
+    return [
+        Rendered(appointment.name, appointment.service_type)
+        async for appointment in _pages(
+            lambda token: clients.scheduling.ListAppointments(
+                scheduling_pb.ListAppointmentsRequest(
+                    arrive_period=_period(start, end),
+                    statuses=[
+                        scheduling_pb.APPOINTMENT_STATUS_ARRIVED,
+                        scheduling_pb.APPOINTMENT_STATUS_FULFILLED,
+                    ],
+                    page_size=PAGE,
+                    page_token=token,
+                )
             ),
-            lambda page: page.departments,
+            lambda page: page.appointments,
         )
     ]
-    statuses = [
-        scheduling_pb.APPOINTMENT_STATUS_ARRIVED,
-        scheduling_pb.APPOINTMENT_STATUS_FULFILLED,
-    ]
-    # A day earlier: an appointment arrives on (or after) the day it starts.
-    first = start.date() - dt.timedelta(days=1)
-    days = [first + dt.timedelta(days=n) for n in range((end.date() - first).days + 1)]
-    gate = asyncio.Semaphore(LISTS_AT_ONCE)
-
-    async def checked_in(department: str, day: dt.date) -> list[Rendered]:
-        when = types_pb2.Date(year=day.year, month=day.month, day=day.day)
-        async with gate:
-            return [
-                Rendered(appointment.name, appointment.service_type)
-                async for appointment in _pages(
-                    lambda token: clients.scheduling.ListAppointments(
-                        scheduling_pb.ListAppointmentsRequest(
-                            department=department,
-                            day=when,
-                            time_zone="UTC",
-                            statuses=statuses,
-                            page_size=PAGE,
-                            page_token=token,
-                        )
-                    ),
-                    lambda page: page.appointments,
-                )
-                if _within(appointment.arrive_time, start, end)
-            ]
-
-    found = await asyncio.gather(*(checked_in(d, day) for d in departments for day in days))
-    return list({r.source: r for day in found for r in day}.values())
 
 
 async def _lab_orders(clients: HisClients, start: dt.datetime, end: dt.datetime) -> list[Rendered]:
-    """Completed service requests that completed (last changed) in the period."""
-    found = []
-    async for order in _pages(
-        lambda token: clients.orders.ListServiceRequests(
-            orders_pb.ListServiceRequestsRequest(
-                statuses=[orders_pb.SERVICE_REQUEST_STATUS_COMPLETED],
-                page_size=PAGE,
-                page_token=token,
-            )
-        ),
-        lambda page: page.service_requests,
-    ):
-        if _within(order.update_time, start, end):
-            found.append(Rendered(order.name, order.code))
-    return found
+    """Service requests completed in the period."""
+    return [
+        Rendered(order.name, order.code)
+        async for order in _pages(
+            lambda token: clients.orders.ListServiceRequests(
+                orders_pb.ListServiceRequestsRequest(
+                    statuses=[orders_pb.SERVICE_REQUEST_STATUS_COMPLETED],
+                    complete_period=_period(start, end),
+                    page_size=PAGE,
+                    page_token=token,
+                )
+            ),
+            lambda page: page.service_requests,
+        )
+    ]
 
 
 async def _dispenses(clients: HisClients, start: dt.datetime, end: dt.datetime) -> list[Rendered]:
-    """Completed dispenses handed over in the period."""
+    """Dispenses handed over in the period."""
     found = []
     async for dispense in _pages(
         lambda token: clients.pharmacy.ListMedicationDispenses(
             pharmacy_pb.ListMedicationDispensesRequest(
                 status=pharmacy_pb.MEDICATION_DISPENSE_STATUS_COMPLETED,
+                handed_over_period=_period(start, end),
                 page_size=PAGE,
                 page_token=token,
             )
         ),
         lambda page: page.medication_dispenses,
     ):
-        if _within(dispense.handed_over_time, start, end):
-            medication = dispense.medication.removeprefix("medications/")
-            code = types_pb2.Coding(system=MEDICATION_SYSTEM, code=medication)
-            found.append(Rendered(dispense.name, code))
+        medication = dispense.medication.removeprefix("medications/")
+        code = types_pb2.Coding(system=MEDICATION_SYSTEM, code=medication)
+        found.append(Rendered(dispense.name, code))
     return found
 
 

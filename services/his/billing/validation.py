@@ -184,26 +184,14 @@ def new_payment(
 def period(
     v: Violations, field: str, given: types_pb2.Period, present: bool, *, required: bool
 ) -> tuple[dt.datetime, dt.datetime] | None:
-    """A period [start, end) with both ends, at most 31 days long; None when not required and
-    neither end is set."""
-    has_start = present and given.HasField("start_time")
-    has_end = present and given.HasField("end_time")
-    if not required and not has_start and not has_end:
+    """A period [start, end) with both ends, at most 31 days long (Violations.period); None when
+    not required and neither end is set, or when it is bad (then `v` names why)."""
+    if not required and not (
+        present and (given.HasField("start_time") or given.HasField("end_time"))
+    ):
         return None
-    if not has_start:
-        v.add(f"{field}.start_time", "is required")
-    if not has_end:
-        v.add(f"{field}.end_time", "is required")
-    if not (has_start and has_end):
-        return None
-    start = v.instant(f"{field}.start_time", given.start_time)
-    end = v.instant(f"{field}.end_time", given.end_time)
-    if start is None or end is None:
-        return None
-    if end <= start:
-        v.add(f"{field}.end_time", "must be after the start time")
-        return None
-    if end - start > MAX_PERIOD:
-        v.add(f"{field}.end_time", "must be at most 31 days after the start time")
+    seen = len(v.items)
+    start, end = v.period(field, given, max_span=MAX_PERIOD)
+    if len(v.items) > seen or start is None or end is None:
         return None
     return start, end

@@ -1,8 +1,8 @@
 """The inbox and the copy of patient states fed by the patient service's events
 (his.scheduling.patient_states).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-05
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 from his.runtime.inbox import create_table_sql, drop_table_sql
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
