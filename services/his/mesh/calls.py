@@ -80,12 +80,10 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
         "billing": ("DeliverEvents",),
     },
     # A manual charge names an active patient (his_client.patient.require_active);
-    # ReconcileCharges asks, as billing itself, what the sources rendered: the departments (to
-    # list appointments by department and day), checked-in appointments, completed service
-    # requests and dispenses (billing/reconcile.py).
+    # ReconcileCharges asks, as billing itself, what the sources rendered in a period: checked-in
+    # appointments, completed service requests and dispenses (billing/reconcile.py).
     "billing": {
         **_RUNTIME,
-        "iam": (*_RUNTIME["iam"], "ListDepartments"),
         "patient": ("GetPatient",),
         "scheduling": ("ListAppointments",),
         "orders": ("ListServiceRequests",),
