@@ -7,7 +7,14 @@ issues each as a billing clerk, then drives RecordPayment — one transaction in
 under its request id and counting it towards the invoice by one conditional UPDATE (never beyond
 the balance due), with its audit event — alternating with the echo server (bench/echo.py).
 Payments of 0.01 CNY spread over the invoices (`--seed`), so rows contend only as often as a
-cashier's desk would. Run: `python -m bench.billing_load`.
+cashier's desk would.
+
+Then the charge-delivery rate: `--events` completed-order events are put in the orders service's
+outbox at once (as if orders had just completed that many lab orders), and the clock runs until
+billing holds a charge for each — orders' real relay claiming and delivering batches, billing's
+DeliverEvents applying each event once with its inbox row and pricing it. Printed as events/s
+and as a ratio to the echo server driven one call at a time (a relay is one stream of calls).
+Run: `python -m bench.billing_load`.
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import time
 import uuid
 
+import asyncpg
 from google.protobuf.message import Message
 
 from bench.harness import (
@@ -26,6 +35,7 @@ from bench.harness import (
     address,
     channel,
     compare,
+    drive,
     echo_call,
     service_token,
     services,
@@ -96,15 +106,54 @@ async def _bench(hospital: Hospital, calls: int, concurrency: int, seed: int, ro
         )
 
 
+async def _delivery_rate(hospital: Hospital, events: int, echo_calls: int) -> None:
+    """Events/s from the orders outbox to billing's charges, against echo at one in flight."""
+    clerk = await staff_token(hospital, "bench.clerk", "BILLING_CLERK")
+    async with channel(hospital.echo, clerk) as echo_channel:
+        sample = _completed(f"patients/{uuid.uuid4()}")
+        echo = await drive("echo (1 in flight)", echo_calls, 1, echo_call(echo_channel, sample))
+    envelopes = [
+        envelope(_completed(f"patients/{uuid.uuid4()}"), source="orders") for _ in range(events)
+    ]
+    connection = await asyncpg.connect(hospital.env["HIS_DATABASE_URL"])
+    try:
+        before = await connection.fetchval("SELECT count(*) FROM billing.charge_items")
+        started = time.perf_counter()
+        await connection.executemany(
+            "INSERT INTO orders.outbox (event_id, destination, event_type, envelope) "
+            "VALUES ($1, 'billing', $2, $3)",
+            [(uuid.UUID(e.event_id), e.event_type, e.SerializeToString()) for e in envelopes],
+        )
+        while True:
+            charged = await connection.fetchval("SELECT count(*) FROM billing.charge_items")
+            if charged - before >= events:
+                break
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+    finally:
+        await connection.close()
+    rate = events / elapsed
+    print(
+        f"charge delivery: {events} events from orders' outbox to billing's charges in "
+        f"{elapsed:.2f} s = {rate:.0f} events/s; echo at 1 in flight {echo.rate:.0f} calls/s; "
+        f"ratio {rate / echo.rate:.3f}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=50, help="patients, each with an invoice")
     parser.add_argument("--rounds", type=int, default=2, help="echo/service alternations")
+    parser.add_argument(
+        "--events", type=int, default=5000, help="events for the charge-delivery rate"
+    )
     args = parser.parse_args()
-    with services("billing") as hospital:
+    with services("billing", "orders") as hospital:
         asyncio.run(_bench(hospital, args.calls, args.concurrency, args.seed, args.rounds))
+        asyncio.run(_delivery_rate(hospital, args.events, 2000))
 
 
 if __name__ == "__main__":
