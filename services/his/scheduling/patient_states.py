@@ -22,12 +22,12 @@ from google.protobuf.message import Message
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from his.base.errors import InvalidArgument
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.database import Database
 from his.runtime.enums import EnumText
 from his.runtime.inbox import Consumes, consuming
+from his.runtime.validation import Violations, reference
 from his.scheduling.tables import SCHEMA
 from his_client import HisClients
 from his_client.patient import require_existing, require_state
@@ -48,32 +48,19 @@ _UPSERT = text(
 _FIND = f"SELECT state, merged_into FROM {_TABLE} WHERE patient_id = $1"  # noqa: S608
 
 
-def _patient_id(name: str, field: str) -> uuid.UUID | None:
-    """The id of `patients/{id}`, None for an empty name; INVALID_ARGUMENT naming `field`."""
-    if not name:
-        return None
-    collection, _, value = name.partition("/")
-    try:
-        if collection != "patients":
-            raise ValueError(name)
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument.field(field, "must be patients/{patient}") from None
-
-
 def _values(event: patient_pb.PatientStateChanged) -> tuple[object, ...]:
-    patient_id = _patient_id(event.patient, "patient")
-    if patient_id is None:
-        raise InvalidArgument.field("patient", "is required")
+    v = Violations()
+    patient_id = v.resource_id("patient", event.patient, collection="patients")
     if event.state not in (
         patient_pb.PATIENT_STATE_ACTIVE,
         patient_pb.PATIENT_STATE_INACTIVE,
         patient_pb.PATIENT_STATE_MERGED,
     ):
-        raise InvalidArgument.field("state", "must be ACTIVE, INACTIVE or MERGED")
+        v.add("state", "must be ACTIVE, INACTIVE or MERGED")
     if event.revision < 1:
-        raise InvalidArgument.field("revision", "must be at least 1")
-    merged_into = _patient_id(event.merged_into, "merged_into")
+        v.add("revision", "must be at least 1")
+    merged_into = reference(v, "merged_into", event.merged_into, "patients")
+    v.raise_if_any()
     return patient_id, STATE.text(event.state), merged_into, event.revision
 
 
@@ -117,14 +104,14 @@ async def require_bookable(
         )
         return
     patient = await require_existing(clients, name)
-    if patient.etag.isdigit() and patient.state != patient_pb.PATIENT_STATE_UNSPECIFIED:
+    if patient.etag.isdigit():
         # The etag is the record's version: the same order the events carry.
-        values = (
-            patient_id,
-            STATE.text(patient.state),
-            _patient_id(patient.merged_into, "merged_into"),
-            int(patient.etag),
+        answer = patient_pb.PatientStateChanged(
+            patient=name,
+            state=patient.state,
+            merged_into=patient.merged_into,
+            revision=int(patient.etag),
         )
         async with database.transaction() as session:
-            await _store(session, values)
+            await _store(session, _values(answer))
     require_state(patient.state, patient.merged_into, when_merged=when_merged)
