@@ -12,9 +12,13 @@ from tests.lab.helpers import (
     Hospital,
     Lab,
     Patients,
+    changed,
+    deliver,
     missing,
+    order,
     quantity,
     reported,
+    specimen,
 )
 from tests.support import fails, invalid_in
 
@@ -168,3 +172,35 @@ async def test_amending_before_release_and_unknown_codes_are_refused(
         grpc.StatusCode.FAILED_PRECONDITION,
         "REPORT_NOT_RELEASED",
     )
+
+
+async def test_reports_the_caller_may_not_see_never_end_a_list_early(
+    lab: Lab, patients: Patients, hospital: Hospital
+) -> None:
+    work = await reported(lab, patients, hospital)
+    assert work.report is not None
+    # Three newer reports of the same patient in the other laboratory: hidden from this one.
+    other = hospital.other_tech
+    for _ in range(3):
+        request = order(work.patient, hospital.other_laboratory, hospital.doctor.name)
+        await deliver(lab, changed(request, 1))
+        taken = await lab.CreateSpecimen(
+            pb.CreateSpecimenRequest(specimen=specimen([request.name], other.name)),
+            metadata=other.md,
+        )
+        await lab.CreateDiagnosticReport(
+            pb.CreateDiagnosticReportRequest(
+                diagnostic_report=pb.DiagnosticReport(
+                    service_request=request.name, specimens=[taken.name]
+                )
+            ),
+            metadata=other.md,
+        )
+
+    listed = await lab.ListDiagnosticReports(
+        pb.ListDiagnosticReportsRequest(patient=work.patient, page_size=1),
+        metadata=hospital.tech.md,
+    )
+
+    assert [r.name for r in listed.diagnostic_reports] == [work.report.name]
+    assert not listed.next_page_token

@@ -61,7 +61,13 @@ from his.runtime.database import UNIQUE_VIOLATION, Database, integrity_violation
 from his.runtime.idempotency import RequestKey
 from his.runtime.inbox import Consumes, apply_events, consuming
 from his.runtime.outbox import Outbox
-from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
+from his.runtime.pagination import (
+    PageTokens,
+    TimeAndId,
+    time_and_id,
+    time_and_id_values,
+    visible_page,
+)
 from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations, reference, required_child_id, required_id
 from his_client import HisClients, UpstreamError
@@ -130,13 +136,16 @@ class LabService(pb_grpc.LabServiceServicer):
             seen[patient] = state
         return state
 
-    async def _consents_of(self, patient_ids: set[uuid.UUID]) -> dict[str, str]:
-        """The privacy consents of a list's patients, asked at once (concurrently) when the caller
-        is a clinician, whose access depends on them; nothing for anyone else."""
+    async def _consents_of(
+        self, patient_ids: set[uuid.UUID], known: dict[str, str]
+    ) -> dict[str, str]:
+        """The privacy consents of a list's patients not `known` yet, asked at once
+        (concurrently) when the caller is a clinician, whose access depends on them; nothing for
+        anyone else."""
         principal = identity.current_or_none()
         if principal is None or not principal.roles & _CLINICIANS or not self._access.enabled:
             return {}
-        names = sorted(f"patients/{p}" for p in patient_ids)
+        names = sorted({f"patients/{p}" for p in patient_ids} - set(known))
         gate = asyncio.Semaphore(CONSENTS_AT_ONCE)
 
         async def one(name: str) -> str:
@@ -400,18 +409,21 @@ class LabService(pb_grpc.LabServiceServicer):
         )
         if not self._access.could_ever("read", "lab.specimen") or where.laboratories == ():
             return pb.ListSpecimensResponse()
-        async with self._db.read() as session:
-            rows = await store.list_specimens(
-                session, where, after=keyset.after, limit=keyset.read_limit
-            )
-            orders = await store.orders_of_specimens(session, [r.id for r in rows])
         seen: dict[str, str] = {}
-        visible = await self._access.filter(
-            "read", "lab.specimen", rows, lambda r: self._lab_facts(r, seen)
-        )
-        page = keyset.page(
-            visible, lambda item: time_and_id_values(item[0].create_time, item[0].id)
-        )
+
+        async def read(after: TimeAndId | None, batch: int) -> Sequence[Any]:
+            async with self._db.read() as session:
+                return await store.list_specimens(session, where, after=after, limit=batch)
+
+        async def decide(rows: Sequence[Any]) -> list[tuple[Any, Permit]]:
+            return await self._access.filter(
+                "read", "lab.specimen", rows, lambda r: self._lab_facts(r, seen)
+            )
+
+        # Specimens the caller may not see are passed over, never end a page early.
+        page = await visible_page(keyset, read, decide, lambda r: (r.create_time, r.id))
+        async with self._db.read() as session:
+            orders = await store.orders_of_specimens(session, [r.id for r, _ in page.rows])
         await self._access.record_each(
             "read",
             [(p, f"patients/{r.patient_id}", specimen_name(r.id)) for r, p in page.rows],
@@ -626,17 +638,20 @@ class LabService(pb_grpc.LabServiceServicer):
         )
         if not self._access.could_ever("read", "lab.result"):
             return pb.ListDiagnosticReportsResponse()
-        async with self._db.read() as session:
-            rows = await store.list_reports(
-                session, where, after=keyset.after, limit=keyset.read_limit
+        seen: dict[str, str] = {}
+
+        async def read(after: TimeAndId | None, batch: int) -> Sequence[Any]:
+            async with self._db.read() as session:
+                return await store.list_reports(session, where, after=after, limit=batch)
+
+        async def decide(rows: Sequence[Any]) -> list[tuple[Any, Permit]]:
+            seen.update(await self._consents_of({r.patient_id for r in rows}, seen))
+            return await self._access.filter(
+                "read", "lab.result", rows, lambda r: self._report_facts(r, seen=seen)
             )
-        seen = await self._consents_of({r.patient_id for r in rows})
-        visible = await self._access.filter(
-            "read", "lab.result", rows, lambda r: self._report_facts(r, seen=seen)
-        )
-        page = keyset.page(
-            visible, lambda item: time_and_id_values(item[0].create_time, item[0].id)
-        )
+
+        # Reports the caller may not see are passed over, never end a page early.
+        page = await visible_page(keyset, read, decide, lambda r: (r.create_time, r.id))
         async with self._db.read() as session:
             specimens_of, results_of = await store.details(session, [r.id for r, _ in page.rows])
         await self._access.record_each(
@@ -914,19 +929,28 @@ class LabService(pb_grpc.LabServiceServicer):
         if not self._access.could_ever("execute", "lab.result"):
             # Only doctors are told of critical results: anyone else's list is empty.
             return pb.ListCriticalResultsResponse()
-        async with self._db.read() as session:
-            rows = await store.open_criticals(
-                session, caller, after=keyset.after, limit=keyset.read_limit
+        reports: dict[Any, Any] = {}
+        seen: dict[str, str] = {}
+
+        async def read(after: TimeAndId | None, batch: int) -> Sequence[Any]:
+            async with self._db.read() as session:
+                rows = await store.open_criticals(session, caller, after=after, limit=batch)
+                wanted = list({r.report_id for r in rows} - set(reports))
+                reports.update(await store.reports_by_id(session, wanted))
+            return rows
+
+        async def decide(rows: Sequence[Any]) -> list[tuple[Any, Permit]]:
+            patients = {reports[r.report_id].patient_id for r in rows}
+            seen.update(await self._consents_of(patients, seen))
+            return await self._access.filter(
+                "read",
+                "lab.result",
+                rows,
+                lambda r: self._report_facts(reports[r.report_id], seen=seen),
             )
-            reports = await store.reports_by_id(session, list({r.report_id for r in rows}))
-        seen = await self._consents_of({r.patient_id for r in reports.values()})
-        visible = await self._access.filter(
-            "read",
-            "lab.result",
-            rows,
-            lambda r: self._report_facts(reports[r.report_id], seen=seen),
-        )
-        page = keyset.page(visible, lambda item: time_and_id_values(item[0].issue_time, item[0].id))
+
+        # Results the caller may not see are passed over, never end a page early.
+        page = await visible_page(keyset, read, decide, lambda r: (r.issue_time, r.id))
         await self._access.record_each(
             "read",
             [
