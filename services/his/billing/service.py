@@ -240,9 +240,8 @@ class BillingService(pb_grpc.BillingServiceServicer):
                 row = None
             if row is not None:
                 return await self._invoice_proto(row)
-            earlier = await replay()
-            if earlier is None:
-                raise RuntimeError("the invoice's request id is taken, but nothing holds it")
+            async with self._db.read() as session:
+                earlier = await key.taken(lambda used: store.invoice_by_request(session, used))
         await self._audit("create", permit, invoice_name(earlier.id), _INVOICE, _patient(earlier))
         return await self._invoice_proto(earlier)
 
@@ -343,36 +342,25 @@ class BillingService(pb_grpc.BillingServiceServicer):
         assert invoice_id is not None
         permit = await self._access.require("create", "billing.payment")
         key = RequestKey.of(request, request_id)
-
-        async def replay() -> Any:
+        try:
+            async with self._db.transaction() as session:
+                # A replay's insert is skipped on its request id (after a concurrent first one
+                # committed); the first payment is then the answer.
+                made = await store.record_payment(
+                    session, invoice_id, values, identity.caller_staff_id(), key.pair
+                )
+                if made is not None:
+                    row, patient = made
+                    name = payment_name(invoice_id, row.id)
+                    await self._audit("create", permit, name, _PAYMENT, patient)
+                    return payment_to_proto(row, [])
+                earlier = await key.taken(lambda used: store.payment_by_request(session, used))
+        except IntegrityError:
+            # No such invoice: the payment's foreign key (invoices are never deleted).
             async with self._db.read() as session:
-                return await key.first(lambda used: store.payment_by_request(session, used))
-
-        earlier = await replay()
-        if earlier is None:
-            try:
-                async with self._db.transaction() as session:
-                    made = await store.record_payment(
-                        session, invoice_id, values, identity.caller_staff_id(), key.pair
-                    )
-                    if made is not None:
-                        row, patient = made
-                        name = payment_name(invoice_id, row.id)
-                        await self._audit("create", permit, name, _PAYMENT, patient)
-            except IntegrityError:
-                # A concurrent replay of the request id stored its payment first, or no such
-                # invoice (the payment's foreign key; invoices are never deleted).
-                made = None
-                if await replay() is None:
-                    async with self._db.read() as session:
-                        if await store.find_invoice(session, invoice_id) is None:
-                            raise store.not_found(request.parent) from None
-                    raise
-            if made is not None:
-                return payment_to_proto(made[0], [])
-            earlier = await replay()
-            if earlier is None:
-                raise RuntimeError("the payment's request id is taken, but nothing holds it")
+                if await store.find_invoice(session, invoice_id) is None:
+                    raise store.not_found(request.parent) from None
+            raise
         await self._audit_payment("create", permit, earlier)
         return await self._payment_proto(earlier)
 

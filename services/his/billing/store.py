@@ -15,7 +15,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, case, func, literal, select, tuple_, update
+from sqlalchemy import (
+    ARRAY,
+    Row,
+    Table,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    case,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,8 +47,6 @@ from his.billing.tables import (
 )
 from his.runtime.database import UNIQUE_VIOLATION, integrity_violation
 from his.runtime.idempotency import skip_taken
-
-ACTIVE = ("billable", "billed", "planned")
 
 
 def not_found(name: str) -> NotFound:
@@ -975,7 +987,10 @@ async def charges_of_sources(session: AsyncSession, names: Sequence[str]) -> lis
     if not names:
         return []
     c = charge_items.c
+    # One array parameter, however many sources a month rendered (an IN list binds one
+    # parameter each, and the driver takes at most 32,767).
+    wanted = bindparam("sources", list(names), type_=ARRAY(Text))
     query = select(c.id, c.source, c.code_system, c.code, c.code_display, c.status).where(
-        c.source.in_(list(names)), c.reverses_id.is_(None), c.status != "aborted"
+        c.source == any_(wanted), c.reverses_id.is_(None), c.status != "aborted"
     )
     return list((await session.execute(query)).all())
