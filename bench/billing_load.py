@@ -47,6 +47,8 @@ from his.common.v1 import types_pb2
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.runtime.outbox import envelope
 
+# The charge-delivery run gives up (and says how far it got) after this long.
+DELIVERY_DEADLINE_S = 300.0
 CBC = types_pb2.Coding(system="http://loinc.org", code="58410-2")
 
 
@@ -128,6 +130,11 @@ async def _delivery_rate(hospital: Hospital, events: int, echo_calls: int) -> No
             charged = await connection.fetchval("SELECT count(*) FROM billing.charge_items")
             if charged - before >= events:
                 break
+            if time.perf_counter() - started > DELIVERY_DEADLINE_S:
+                raise SystemExit(
+                    f"charge delivery: only {charged - before} of {events} events charged "
+                    f"after {DELIVERY_DEADLINE_S:.0f} s (dead letters in orders.outbox?)"
+                )
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
     finally:
