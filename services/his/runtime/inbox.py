@@ -24,7 +24,7 @@ from his.base.errors import FieldViolation, InvalidArgument, PermissionDenied
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.runtime.database import Database
 from his.runtime.outbox import table as _outbox_table
-from his.runtime.relay import Deliver
+from his.runtime.relay import NO_FLUSH_WAIT, Deliver
 from his.runtime.request_guard import nul_paths
 
 TABLE = "inbox"
@@ -111,9 +111,12 @@ async def first_delivery(session: AsyncSession, schema: str, event: EventEnvelop
     """Records `event` as applied; False if it already was (then apply nothing)."""
     result = await session.execute(
         text(
-            f"INSERT INTO {table(schema)} (event_id, event_type, source) "  # noqa: S608
-            "VALUES (:event_id, :event_type, :source) ON CONFLICT (event_id) DO NOTHING "
-            "RETURNING event_id"
+            # The condition also turns off the wait for the disk at this transaction's commit
+            # (apply_events flushes once a batch), with no statement of its own.
+            f"INSERT INTO {table(schema)} (event_id, event_type, source) "
+            "SELECT CAST(:event_id AS uuid), CAST(:event_type AS text), CAST(:source AS text) "
+            f"WHERE {NO_FLUSH_WAIT} "
+            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
         ),
         {
             "event_id": uuid.UUID(event.event_id),
@@ -196,9 +199,8 @@ async def apply_events(
     for index, event, kind, payload in _check(events, consumes):
         try:
             async with database.transaction() as session:
-                # Each event's commit skips the wait for the disk; `_flush` waits once for all
-                # of them before the relay hears the batch was applied.
-                await session.execute(_NO_FLUSH_WAIT)
+                # Each event's commit skips the wait for the disk (first_delivery says so);
+                # `_flush` waits once for all of them before the relay hears the batch applied.
                 if await first_delivery(session, schema, event):
                     await kind.apply(session, event, payload)
                     applied += 1
@@ -220,8 +222,6 @@ async def apply_events(
     return Outcome(applied=applied, duplicates=duplicates)
 
 
-# Per transaction: its commit returns before its WAL reaches the disk.
-_NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit TO off")
 # A transaction with an id writes a commit record, and a durable commit waits until the WAL is
 # flushed up to it — and so up to every earlier commit, those made without waiting included.
 _DURABLE_MARK = "SELECT txid_current()"
