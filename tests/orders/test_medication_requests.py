@@ -30,6 +30,23 @@ from tests.support import fails, invalid_in
 CHANGED = "his.orders.v1.MedicationRequestChanged"
 
 
+@pytest.mark.parametrize("value", [0.5, 10.5])
+async def test_a_dispense_quantity_is_a_whole_number_of_units(
+    orders: Orders, hospital: Hospital, value: float
+) -> None:
+    assert hospital.doctor is not None
+    bad = pb.MedicationRequest(dispense_quantity=types_pb2.Quantity(value=value, unit="{tablet}"))
+    fields = await invalid_in(
+        DOMAIN,
+        orders.CreateMedicationRequest(
+            pb.CreateMedicationRequestRequest(medication_request=bad),
+            metadata=hospital.doctor.md,
+        ),
+    )
+    # The pharmacy dispenses whole units: such an order could never be completed.
+    assert "medication_request.dispense_quantity.value" in fields
+
+
 @pytest.mark.usefixtures("orders_outbox_held")
 async def test_a_prescription_copies_the_formularys_code_and_price_and_the_pharmacy_is_told(
     orders: Orders,

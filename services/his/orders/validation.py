@@ -117,6 +117,9 @@ def medication_fields(
         values.update(dosage(v, f"{f}.dosage", request.dosage))
     if "dispense_quantity" in paths:
         amount, unit = quantity(v, f"{f}.dispense_quantity", request.dispense_quantity)
+        if math.isfinite(amount) and amount > 0 and not amount.is_integer():
+            # The pharmacy dispenses whole dispense units: 10.5 could never be completed.
+            v.add(f"{f}.dispense_quantity.value", "must be a whole number of dispense units")
         values.update(dispense_value=amount, dispense_unit=unit)
     if "refills" in paths:
         if not 0 <= request.refills <= 12:

@@ -393,8 +393,9 @@ class MedicationRequest(_message.Message):
 
     @_builtins.property
     def dispense_quantity(self) -> _types_pb2.Quantity:
-        """How much is to be dispensed each time, for example 30 `{tbl}`. Required; the value is greater
-        than 0 and the UCUM unit is 1 to 20 characters.
+        """How much is to be dispensed each time, for example 30 `{tbl}`. Required; the value is a whole
+        number of dispense units (the pharmacy dispenses whole units), at least 1, and the UCUM unit is
+        1 to 20 characters.
         """
 
     @_builtins.property
