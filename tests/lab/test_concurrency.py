@@ -136,6 +136,8 @@ async def test_a_revocation_racing_new_specimens_is_never_lost(
     outcomes = await asyncio.gather(
         deliver(lab, changed(revoked, 2)), *calls, return_exceptions=True
     )
+    delivered = outcomes[0]
+    assert isinstance(delivered, pb.DeliverEventsResponse) and delivered.applied == 1, delivered
     taken = [o for o in outcomes[1:] if isinstance(o, pb.Specimen)]
     refused = [o for o in outcomes[1:] if isinstance(o, grpc.aio.AioRpcError)]
     # Every call either took a specimen or was refused because the order was revoked: nothing

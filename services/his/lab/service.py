@@ -71,7 +71,7 @@ from his.runtime.pagination import (
 from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations, reference, required_child_id, required_id
 from his_client import HisClients, UpstreamError
-from his_client.patient import privacy_consent
+from his_client.patient import privacy_consent, require_existing
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SCHEMA = "lab"
@@ -480,16 +480,7 @@ class LabService(pb_grpc.LabServiceServicer):
     async def _patient_sex_and_birth(self, patient: str) -> tuple[str, dt.date | None]:
         """What reference ranges depend on, read as the caller (a lab technician's restricted
         view of the patient)."""
-        try:
-            found = await self._clients.patient.GetPatient(
-                patient_pb.GetPatientRequest(name=patient)
-            )
-        except UpstreamError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise FailedPrecondition(
-                    "the patient does not exist", reason="PATIENT_NOT_FOUND"
-                ) from None
-            raise
+        found = await require_existing(self._clients, patient)
         born = None
         if found.HasField("birth_date") and found.birth_date.year:
             d = found.birth_date

@@ -120,8 +120,6 @@ reference_ranges = Table(
 )
 Index("reference_ranges_by_test", reference_ranges.c.test_code)
 
-SPECIMEN_STATUSES = ("available", "unsatisfactory", "entered_in_error")
-
 specimens = Table(
     "specimens",
     metadata,
@@ -161,8 +159,6 @@ specimen_orders = Table(
     PrimaryKeyConstraint("specimen_id", "service_request_id"),
 )
 Index("specimen_orders_by_order", specimen_orders.c.service_request_id)
-
-REPORT_STATUSES = ("registered", "preliminary", "final", "amended")
 
 reports = Table(
     "reports",
@@ -220,15 +216,6 @@ report_specimens = Table(
     PrimaryKeyConstraint("report_id", "specimen_id"),
 )
 Index("report_specimens_by_specimen", report_specimens.c.specimen_id)
-
-OBSERVATION_STATUSES = (
-    "registered",
-    "preliminary",
-    "final",
-    "amended",
-    "corrected",
-    "cancelled",
-)
 
 observations = Table(
     "observations",
