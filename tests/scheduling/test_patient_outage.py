@@ -139,10 +139,10 @@ async def test_a_patient_with_a_copy_is_booked_during_a_patient_outage(
 
     await servers.stop_patient()
 
-    # Scheduling's copy of patient states answers: no call to the patient service at all.
+    # The patient service is down, so only scheduling's copy of patient states can have said
+    # the patient is active.
     booked = await book(stub, patient, slot)
     assert booked.status == pb.APPOINTMENT_STATUS_BOOKED
-    assert servers.breaker("his_client_breaker_state") == 0  # never tried, still closed
 
 
 async def test_bookings_fail_fast_during_a_patient_outage_and_recover_without_restart(
