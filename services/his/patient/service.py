@@ -34,6 +34,7 @@ from his.runtime.access import Permit
 from his.runtime.database import Database
 from his.runtime.fieldcrypt import FieldCipher
 from his.runtime.idempotency import RequestKey
+from his.runtime.outbox import Outbox
 from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.server import ServiceResources
 from his.runtime.validation import (
@@ -60,13 +61,13 @@ class PatientService(pb_grpc.PatientServiceServicer):
             resources.config.crypto, "patient", resources.database.engine
         )
         self._research = ResearchPatients(resources)
-        self._outbox = resources.outbox
+        assert resources.outbox is not None  # every service but audit has one
+        self._outbox: Outbox = resources.outbox
 
     async def _state_changed(self, row: Any) -> None:
         """Tell the services that keep a copy of patient states (events.py), in the open
         transaction."""
-        if self._outbox is not None:
-            await self._outbox.add([state_changed(row)])
+        await self._outbox.add([state_changed(row)])
 
     async def _audit(self, action: str, permit: Permit, patient_id: uuid.UUID, **name: str) -> None:
         """Record one access to a patient's record (or to its consents)."""
