@@ -844,6 +844,128 @@ class IssueTokenResponse(_message.Message):
 Global___IssueTokenResponse: _TypeAlias = IssueTokenResponse  # noqa: Y015
 
 @_typing.final
+class StartPatientSignInRequest(_message.Message):
+    """Request of StartPatientSignIn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_FIELD_NUMBER: _builtins.int
+    phone: _builtins.str
+    """The patient's phone number, in the same form as Patient.phone. Required."""
+    def __init__(
+        self,
+        *,
+        phone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phone", b"phone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartPatientSignInRequest: _TypeAlias = StartPatientSignInRequest  # noqa: Y015
+
+@_typing.final
+class StartPatientSignInResponse(_message.Message):
+    """Response of StartPatientSignIn. The same for registered and unknown phone numbers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGN_IN_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    CODE_LENGTH_FIELD_NUMBER: _builtins.int
+    sign_in: _builtins.str
+    """The sign-in to complete, `patientSignIns/{sign_in}`: an opaque name that CompletePatientSignIn
+    takes with the code.
+    """
+    code_length: _builtins.int
+    """The number of digits of the code, for the app's input field."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the code expires."""
+
+    def __init__(
+        self,
+        *,
+        sign_in: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        code_length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_length", b"code_length", "expire_time", b"expire_time", "sign_in", b"sign_in"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartPatientSignInResponse: _TypeAlias = StartPatientSignInResponse  # noqa: Y015
+
+@_typing.final
+class CompletePatientSignInRequest(_message.Message):
+    """Request of CompletePatientSignIn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGN_IN_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    sign_in: _builtins.str
+    """The `sign_in` returned by StartPatientSignIn. Required."""
+    code: _builtins.str
+    """The code sent to the phone: `code_length` digits. Required. Never logged or stored in
+    clear.
+    """
+    def __init__(
+        self,
+        *,
+        sign_in: _builtins.str = ...,
+        code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "sign_in", b"sign_in"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompletePatientSignInRequest: _TypeAlias = CompletePatientSignInRequest  # noqa: Y015
+
+@_typing.final
+class CompletePatientSignInResponse(_message.Message):
+    """Response of CompletePatientSignIn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    TOKEN_TYPE_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    PATIENT_FIELD_NUMBER: _builtins.int
+    access_token: _builtins.str
+    """The access token: a compact JWS JWT signed like IssueToken's, with `sub` the patient's resource
+    name and `roles` `["PATIENT"]`. Send it as `authorization: Bearer <token>` metadata.
+    """
+    token_type: _builtins.str
+    """The token type, always `Bearer`."""
+    patient: _builtins.str
+    """The signed-in patient, `patients/{patient}`."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the token expires, the same instant as its `exp` claim (30 minutes by default)."""
+
+    def __init__(
+        self,
+        *,
+        access_token: _builtins.str = ...,
+        token_type: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        patient: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "expire_time", b"expire_time", "patient", b"patient", "token_type", b"token_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompletePatientSignInResponse: _TypeAlias = CompletePatientSignInResponse  # noqa: Y015
+
+@_typing.final
 class GetJwksRequest(_message.Message):
     """Request of GetJwks. It has no fields."""
 

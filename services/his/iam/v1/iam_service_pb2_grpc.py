@@ -100,6 +100,16 @@ class IamServiceStub:
                 request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenRequest.SerializeToString,
                 response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenResponse.FromString,
                 _registered_method=True)
+        self.StartPatientSignIn = channel.unary_unary(
+                '/his.iam.v1.IamService/StartPatientSignIn',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StartPatientSignInRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StartPatientSignInResponse.FromString,
+                _registered_method=True)
+        self.CompletePatientSignIn = channel.unary_unary(
+                '/his.iam.v1.IamService/CompletePatientSignIn',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompletePatientSignInRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompletePatientSignInResponse.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/his.iam.v1.IamService/GetJwks',
                 request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.GetJwksRequest.SerializeToString,
@@ -259,6 +269,35 @@ class IamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartPatientSignIn(self, request, context):
+        """Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
+        number. When exactly one active patient has the number, a code of 6 digits is sent to it through
+        the configured sender (an SMS gateway in production; locally a line in the `his up` log and in
+        `.his/sign-in-codes.log`). The answer is the same whether or not the number is registered, so
+        it reveals nothing. Needs no authentication. A code lives `expire_time` (5 minutes by default)
+        and can be used once; asking again sends a new code and retires the previous one. Errors:
+        INVALID_ARGUMENT if `phone` is not in the form of Patient.phone; RESOURCE_EXHAUSTED (reason
+        SIGN_IN_RATE_LIMITED, with RetryInfo) when this phone number or this source asked too often;
+        UNIMPLEMENTED when patient sign-in is switched off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompletePatientSignIn(self, request, context):
+        """Patient sign-in, step two: exchanges the code sent by StartPatientSignIn for an access token
+        whose `sub` is the patient's resource name `patients/{patient}` and whose `roles` is
+        `["PATIENT"]`. Errors: INVALID_ARGUMENT for a malformed `sign_in` or a `code` that is not 6
+        digits; UNAUTHENTICATED with reason SIGN_IN_CODE_INVALID for a wrong or already used code or an
+        unknown sign-in (the same error for all three), and with reason SIGN_IN_CODE_EXPIRED for a code
+        past its `expire_time`; RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo) after
+        too many wrong codes for the phone number or from the source, until the wait has passed (the
+        sign-in itself is then void); UNIMPLEMENTED when patient sign-in is switched off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJwks(self, request, context):
         """Returns the public keys that verify the tokens issued by IssueToken (a JSON Web Key Set, RFC
         7517): the current signing key and retired keys whose tokens may not have expired yet. Needs no
@@ -367,6 +406,16 @@ def add_IamServiceServicer_to_server(servicer, server):
                     servicer.IssueToken,
                     request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenRequest.FromString,
                     response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenResponse.SerializeToString,
+            ),
+            'StartPatientSignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartPatientSignIn,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StartPatientSignInRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StartPatientSignInResponse.SerializeToString,
+            ),
+            'CompletePatientSignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompletePatientSignIn,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompletePatientSignInRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompletePatientSignInResponse.SerializeToString,
             ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
@@ -719,6 +768,60 @@ class IamService:
             '/his.iam.v1.IamService/IssueToken',
             his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenRequest.SerializeToString,
             his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartPatientSignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/StartPatientSignIn',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.StartPatientSignInRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.StartPatientSignInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompletePatientSignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/CompletePatientSignIn',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.CompletePatientSignInRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.CompletePatientSignInResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -122,6 +122,27 @@ class IamServiceStub:
     username is unknown, the credential is wrong or the staff member is inactive (the same error
     for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
     """
+    StartPatientSignIn: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.StartPatientSignInRequest, _iam_service_pb2.StartPatientSignInResponse]
+    """Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
+    number. When exactly one active patient has the number, a code of 6 digits is sent to it through
+    the configured sender (an SMS gateway in production; locally a line in the `his up` log and in
+    `.his/sign-in-codes.log`). The answer is the same whether or not the number is registered, so
+    it reveals nothing. Needs no authentication. A code lives `expire_time` (5 minutes by default)
+    and can be used once; asking again sends a new code and retires the previous one. Errors:
+    INVALID_ARGUMENT if `phone` is not in the form of Patient.phone; RESOURCE_EXHAUSTED (reason
+    SIGN_IN_RATE_LIMITED, with RetryInfo) when this phone number or this source asked too often;
+    UNIMPLEMENTED when patient sign-in is switched off.
+    """
+    CompletePatientSignIn: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.CompletePatientSignInRequest, _iam_service_pb2.CompletePatientSignInResponse]
+    """Patient sign-in, step two: exchanges the code sent by StartPatientSignIn for an access token
+    whose `sub` is the patient's resource name `patients/{patient}` and whose `roles` is
+    `["PATIENT"]`. Errors: INVALID_ARGUMENT for a malformed `sign_in` or a `code` that is not 6
+    digits; UNAUTHENTICATED with reason SIGN_IN_CODE_INVALID for a wrong or already used code or an
+    unknown sign-in (the same error for all three), and with reason SIGN_IN_CODE_EXPIRED for a code
+    past its `expire_time`; RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo) after
+    too many wrong codes for the phone number or from the source, until the wait has passed (the
+    sign-in itself is then void); UNIMPLEMENTED when patient sign-in is switched off.
+    """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.GetJwksRequest, _iam_service_pb2.JsonWebKeySet]
     """Returns the public keys that verify the tokens issued by IssueToken (a JSON Web Key Set, RFC
     7517): the current signing key and retired keys whose tokens may not have expired yet. Needs no
@@ -243,6 +264,27 @@ class IamServiceAsyncStub(IamServiceStub):
     INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
     username is unknown, the credential is wrong or the staff member is inactive (the same error
     for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+    """
+    StartPatientSignIn: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.StartPatientSignInRequest, _iam_service_pb2.StartPatientSignInResponse]  # type: ignore[assignment]
+    """Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
+    number. When exactly one active patient has the number, a code of 6 digits is sent to it through
+    the configured sender (an SMS gateway in production; locally a line in the `his up` log and in
+    `.his/sign-in-codes.log`). The answer is the same whether or not the number is registered, so
+    it reveals nothing. Needs no authentication. A code lives `expire_time` (5 minutes by default)
+    and can be used once; asking again sends a new code and retires the previous one. Errors:
+    INVALID_ARGUMENT if `phone` is not in the form of Patient.phone; RESOURCE_EXHAUSTED (reason
+    SIGN_IN_RATE_LIMITED, with RetryInfo) when this phone number or this source asked too often;
+    UNIMPLEMENTED when patient sign-in is switched off.
+    """
+    CompletePatientSignIn: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.CompletePatientSignInRequest, _iam_service_pb2.CompletePatientSignInResponse]  # type: ignore[assignment]
+    """Patient sign-in, step two: exchanges the code sent by StartPatientSignIn for an access token
+    whose `sub` is the patient's resource name `patients/{patient}` and whose `roles` is
+    `["PATIENT"]`. Errors: INVALID_ARGUMENT for a malformed `sign_in` or a `code` that is not 6
+    digits; UNAUTHENTICATED with reason SIGN_IN_CODE_INVALID for a wrong or already used code or an
+    unknown sign-in (the same error for all three), and with reason SIGN_IN_CODE_EXPIRED for a code
+    past its `expire_time`; RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo) after
+    too many wrong codes for the phone number or from the source, until the wait has passed (the
+    sign-in itself is then void); UNIMPLEMENTED when patient sign-in is switched off.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.GetJwksRequest, _iam_service_pb2.JsonWebKeySet]  # type: ignore[assignment]
     """Returns the public keys that verify the tokens issued by IssueToken (a JSON Web Key Set, RFC
@@ -434,6 +476,39 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
         username is unknown, the credential is wrong or the staff member is inactive (the same error
         for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+        """
+
+    @_abc_1.abstractmethod
+    def StartPatientSignIn(
+        self,
+        request: _iam_service_pb2.StartPatientSignInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.StartPatientSignInResponse, _abc.Awaitable[_iam_service_pb2.StartPatientSignInResponse]]:
+        """Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
+        number. When exactly one active patient has the number, a code of 6 digits is sent to it through
+        the configured sender (an SMS gateway in production; locally a line in the `his up` log and in
+        `.his/sign-in-codes.log`). The answer is the same whether or not the number is registered, so
+        it reveals nothing. Needs no authentication. A code lives `expire_time` (5 minutes by default)
+        and can be used once; asking again sends a new code and retires the previous one. Errors:
+        INVALID_ARGUMENT if `phone` is not in the form of Patient.phone; RESOURCE_EXHAUSTED (reason
+        SIGN_IN_RATE_LIMITED, with RetryInfo) when this phone number or this source asked too often;
+        UNIMPLEMENTED when patient sign-in is switched off.
+        """
+
+    @_abc_1.abstractmethod
+    def CompletePatientSignIn(
+        self,
+        request: _iam_service_pb2.CompletePatientSignInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.CompletePatientSignInResponse, _abc.Awaitable[_iam_service_pb2.CompletePatientSignInResponse]]:
+        """Patient sign-in, step two: exchanges the code sent by StartPatientSignIn for an access token
+        whose `sub` is the patient's resource name `patients/{patient}` and whose `roles` is
+        `["PATIENT"]`. Errors: INVALID_ARGUMENT for a malformed `sign_in` or a `code` that is not 6
+        digits; UNAUTHENTICATED with reason SIGN_IN_CODE_INVALID for a wrong or already used code or an
+        unknown sign-in (the same error for all three), and with reason SIGN_IN_CODE_EXPIRED for a code
+        past its `expire_time`; RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo) after
+        too many wrong codes for the phone number or from the source, until the wait has passed (the
+        sign-in itself is then void); UNIMPLEMENTED when patient sign-in is switched off.
         """
 
     @_abc_1.abstractmethod
