@@ -26,6 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+
 from bench import echo
 from bench.harness import (
     HEADER,
@@ -231,6 +233,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=4000, help="calls per run at 4 x 16")
     parser.add_argument("--rounds", type=int, default=2, help="echo/GetPatient alternations")
     parser.add_argument("--patients", type=int, default=20, help="patients registered first")
+    parser.add_argument(
+        "--flush-share",
+        action="store_true",
+        help="then once more at c=1 with PostgreSQL not waiting for the WAL flush (diagnostic: "
+        "shows how much of a call's latency is the disk's; the product never runs so)",
+    )
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("h2load is needed: apt-get install -y nghttp2-client")
@@ -238,6 +246,22 @@ def main() -> None:
     with services("patient") as hospital:
         token, name = asyncio.run(_prepare(hospital, args.patients))
         compare_h2load(hospital, token, name, loads, args.rounds)
+        if args.flush_share:
+            asyncio.run(_synchronous_commit(hospital, "off"))
+            print("-- diagnostic: synchronous_commit = off (a read's audit event is NOT durable)")
+            compare_h2load(hospital, token, name, loads[:1], args.rounds)
+            asyncio.run(_synchronous_commit(hospital, "on"))
+
+
+async def _synchronous_commit(hospital: Hospital, value: str) -> None:
+    """Set the server-wide default of synchronous_commit; reloading applies it to open sessions
+    that have not set it themselves."""
+    connection = await asyncpg.connect(hospital.env["HIS_DATABASE_URL"])
+    try:
+        await connection.execute(f"ALTER SYSTEM SET synchronous_commit = {value}")
+        await connection.execute("SELECT pg_reload_conf()")
+    finally:
+        await connection.close()
 
 
 if __name__ == "__main__":
