@@ -17,8 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 from his.base.catalog import CATALOG, ServiceEntry
@@ -54,6 +56,18 @@ def _graph(
         .unit(unit)
         .height(8)
         .span(12)
+        # Set explicitly: panels without options render with Grafana's guesses.
+        .legend(
+            common_builders.VizLegendOptions()
+            .display_mode(common.LegendDisplayMode.LIST)
+            .placement(common.LegendPlacement.BOTTOM)
+            .show_legend(True)
+        )
+        .tooltip(
+            common_builders.VizTooltipOptions()
+            .mode(common.TooltipDisplayMode.MULTI)
+            .sort(common.SortOrder.DESCENDING)
+        )
     )
     for index, (expr, legend) in enumerate(queries):
         panel = panel.with_target(_query(expr, legend, chr(ord("A") + index)))
@@ -69,6 +83,8 @@ def _stat(title: str, unit: str, expr: str, description: str) -> stat.Panel:
         .unit(unit)
         .height(4)
         .span(6)
+        .graph_mode(common.BigValueGraphMode.AREA)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
         .with_target(_query(expr, title, "A"))
     )
 
