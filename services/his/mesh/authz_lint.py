@@ -128,8 +128,16 @@ def _path(
 
 GATEWAY_SELECTOR = {"istio": "mobile-gateway"}
 GATEWAY_PRINCIPAL = "cluster.local/ns/his/sa/mobile-gateway"
-# The only rpc a caller without a token may reach through the gateway: the login.
+# The only rpcs a caller without a token may reach through the gateway: the sign-in rpcs (staff
+# log in with IssueToken; patients ask for a one-time code, then trade it for a token).
 LOGIN = "/his.iam.v1.IamService/IssueToken"
+SIGN_IN = frozenset(
+    {
+        LOGIN,
+        "/his.iam.v1.IamService/StartPatientSignIn",
+        "/his.iam.v1.IamService/CompletePatientSignIn",
+    }
+)
 _SOURCE_FIELDS = {"principals"}
 _GATEWAY_SOURCE_FIELDS = {"requestPrincipals"}
 
@@ -251,12 +259,16 @@ def _rule_shape(
 
 
 def _preflight_or_login(rule: Mapping[str, Any], operations: list[dict[str, Any]]) -> bool:
-    """The gateway's two unauthenticated rules: CORS preflight and the login rpc."""
+    """The gateway's unauthenticated rules: CORS preflight and the sign-in rpcs."""
     if rule.get("from") or not operations:
         return False
     return all(
         (op.get("methods") == ["OPTIONS"] and not op.get("paths"))
-        or (op.get("paths") == [LOGIN] and op.get("methods") in (None, ["POST"]))
+        or (
+            op.get("paths")
+            and set(op["paths"]) <= SIGN_IN
+            and op.get("methods") in (None, ["POST"])
+        )
         for op in operations
     )
 
