@@ -275,6 +275,7 @@ class Hospital:
                 ),
                 root=repository_root(),
                 work_dir=self._config.data_dir.resolve() / "gateway",
+                trust=_services_trust(),
             )
         except (ImportError, ValueError, EnvoyMissing) as error:
             self.say(f"gateway       not started: {error}", level=logging.WARNING)
@@ -480,6 +481,16 @@ class Hospital:
             await process.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*service.readers), 5.0)
+
+
+def _services_trust() -> tuple[str | None, tuple[str, ...] | None] | None:
+    """The issuer (and audience) the services were told to trust when it is not the mesh's
+    default (HIS_AUTH_ISSUER, HIS_AUTH_AUDIENCE): the gateway must check tokens as they do."""
+    issuer = os.environ.get("HIS_AUTH_ISSUER", "").strip()
+    audience = os.environ.get("HIS_AUTH_AUDIENCE", "").strip()
+    if not issuer and not audience:
+        return None
+    return issuer or None, (audience,) if audience else None
 
 
 async def _listening(port: int) -> bool:

@@ -48,7 +48,7 @@ class LocalGateway:
     work_dir: Path
     # (issuer, audiences) the local services trust when they differ from the mesh's
     # RequestAuthentication (tests' own issuer); None: the mesh's, as `his up` runs them.
-    trust: tuple[str, tuple[str, ...] | None] | None = None
+    trust: tuple[str | None, tuple[str, ...] | None] | None = None
     process: asyncio.subprocess.Process | None = None
     _app_server: DocumentServer | None = None
     _log: IO[bytes] | None = None
@@ -78,7 +78,7 @@ class LocalGateway:
         if self.trust is not None:
             issuer, audiences = self.trust
             policy = dataclasses.replace(
-                policy, issuer=issuer, audiences=audiences or policy.audiences
+                policy, issuer=issuer or policy.issuer, audiences=audiences or policy.audiences
             )
         return envoy.write_bootstrap(
             bootstrap(policy, self.config, self.addresses), self.bootstrap_path
