@@ -276,6 +276,7 @@ class Hospital:
                 root=repository_root(),
                 work_dir=self._config.data_dir.resolve() / "gateway",
                 trust=_services_trust(),
+                preexec_fn=_die_with_parent,
             )
         except (ImportError, ValueError, EnvoyMissing) as error:
             self.say(f"gateway       not started: {error}", level=logging.WARNING)

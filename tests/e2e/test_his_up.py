@@ -209,7 +209,8 @@ async def test_a_killed_service_or_database_comes_back_and_nothing_else_stops(
     ("phase", "next_phase", "signum"),
     [
         ("migrating", "starting services", signal.SIGINT),
-        ("starting services", "loading demo data", signal.SIGINT),
+        ("starting services", "starting the gateway", signal.SIGINT),
+        ("starting the gateway", "loading demo data", signal.SIGTERM),
         ("loading demo data", READY, signal.SIGTERM),
     ],
 )
