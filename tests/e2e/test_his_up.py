@@ -184,7 +184,15 @@ async def test_a_killed_service_or_database_comes_back_and_nothing_else_stops(
             n: p for n, p in before.items() if n != "patient"
         }
         async with PatientClient(token) as client:  # the new process serves the same token
-            await client.create(_new_patient("E2E-RESTART"), request_id="e2e-restart")
+            restarted = await client.create(_new_patient("E2E-RESTART"), request_id="e2e-restart")
+
+        # The gateway's Envoy dies: his up starts it again and the apps' calls go through.
+        envoy = next(p for p in up.descendants() if p.name() == "envoy")
+        os.kill(envoy.pid, signal.SIGKILL)
+        up.wait_for("the gateway (envoy) died: killed by SIGKILL")
+        up.wait_for("the gateway is up again", timeout_s=30)
+        await _through_the_gateway(token, restarted.name)
+        assert up.service_pids() == after
 
         # PostgreSQL dies: his up starts it again and the services come back to SERVING.
         os.kill(postgres_pid(data_dir), signal.SIGKILL)
