@@ -292,9 +292,14 @@ def _rbac(policy: GatewayPolicy) -> dict[str, Any]:
 
 
 def bootstrap(
-    policy: GatewayPolicy, config: GatewayConfig, addresses: LocalAddresses
+    policy: GatewayPolicy,
+    config: GatewayConfig,
+    addresses: LocalAddresses,
+    *,
+    ipv6_loopback: bool = False,
 ) -> dict[str, Any]:
-    """The whole Envoy bootstrap (static resources only) as a mapping, ready to dump as YAML."""
+    """The whole Envoy bootstrap (static resources only) as a mapping, ready to dump as JSON;
+    with `ipv6_loopback`, a loopback gateway listens on ::1 too."""
     services = sorted({route.service for route in policy.routes})
     missing = [name for name in services if name not in addresses.services]
     if missing:
@@ -386,6 +391,24 @@ def bootstrap(
                     "address": {
                         "socket_address": {"address": config.host, "port_value": config.port}
                     },
+                    **(
+                        {
+                            # `localhost` is ::1 first for some clients (Node's fetch): loopback
+                            # on both families, as the printed http://localhost:<port> promises.
+                            "additional_addresses": [
+                                {
+                                    "address": {
+                                        "socket_address": {
+                                            "address": "::1",
+                                            "port_value": config.port,
+                                        }
+                                    }
+                                }
+                            ]
+                        }
+                        if ipv6_loopback and config.host == "127.0.0.1"
+                        else {}
+                    ),
                     "filter_chains": [
                         {
                             "filters": [

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,9 +85,10 @@ class LocalGateway:
             policy = dataclasses.replace(
                 policy, issuer=issuer or policy.issuer, audiences=audiences or policy.audiences
             )
-        return envoy.write_bootstrap(
-            bootstrap(policy, self.config, self.addresses), self.bootstrap_path
+        generated = bootstrap(
+            policy, self.config, self.addresses, ipv6_loopback=ipv6_loopback_available()
         )
+        return envoy.write_bootstrap(generated, self.bootstrap_path)
 
     async def start(self) -> None:
         """Generate, serve the web app, start Envoy and wait until it is ready."""
@@ -156,6 +158,16 @@ class LocalGateway:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def ipv6_loopback_available() -> bool:
+    """Whether this machine has ::1 to listen on (containers may have no IPv6 at all)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 async def _get_status(port: int, path: str) -> int | None:
