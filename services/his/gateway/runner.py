@@ -53,6 +53,8 @@ class LocalGateway:
     trust: tuple[str | None, tuple[str, ...] | None] | None = None
     # Run in the child before Envoy starts (`his up`: die with the parent).
     preexec_fn: Callable[[], None] | None = None
+    # Envoy's log (warnings and the access log); default: envoy.log in `work_dir`.
+    log_file: Path | None = None
     process: asyncio.subprocess.Process | None = None
     _spawning: asyncio.Future[asyncio.subprocess.Process] | None = None
     _app_server: DocumentServer | None = None
@@ -66,7 +68,7 @@ class LocalGateway:
     @property
     def log_path(self) -> Path:
         """Envoy's own log: warnings and one access-log line per request."""
-        return self.work_dir / "envoy.log"
+        return self.log_file or self.work_dir / "envoy.log"
 
     @property
     def app_dir(self) -> Path:
@@ -107,7 +109,7 @@ class LocalGateway:
     async def spawn(self) -> None:
         """Start Envoy on the generated bootstrap and wait until it is ready."""
         if self._log is None:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
         # Shielded: a stop that cancels the start still finds the process it must end.
         self._spawning = asyncio.ensure_future(
