@@ -26,10 +26,12 @@ _WEB_APP = "web_app"
 _IAM_KEYS = "iam_keys"
 _TYPE = "type.googleapis.com/envoy.extensions."
 
-# What the access log says of a call: no query strings, no bodies, no tokens.
+# What the access log says of a call: no query strings, no bodies, no tokens. grpc-status is the
+# header's: set on errors without a message (the services' refusals, the gateway's own); a reply
+# with a message carries its status in the body's trailer frame (gRPC-web), shown as "-".
 _ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
-    "grpc-status=%GRPC_STATUS_NUMBER% flags=%RESPONSE_FLAGS% %DURATION%ms "
+    "grpc-status=%RESP(GRPC-STATUS)% flags=%RESPONSE_FLAGS% %DURATION%ms "
     'from=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% origin="%REQ(ORIGIN)%"\n'
 )
 
