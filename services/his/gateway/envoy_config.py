@@ -27,8 +27,9 @@ _IAM_KEYS = "iam_keys"
 _TYPE = "type.googleapis.com/envoy.extensions."
 
 # What the access log says of a call: no query strings, no bodies, no tokens. grpc-status is the
-# header's: set on errors without a message (the services' refusals, the gateway's own); a reply
-# with a message carries its status in the body's trailer frame (gRPC-web), shown as "-".
+# response header's: the gateway's own refusals set it; a service's answer carries its status in
+# the body's trailer frame once grpc_web has encoded it ("-" here: each service logs its calls'
+# codes itself). Envoy's own %GRPC_STATUS% would guess from that body and say 2 (UNKNOWN).
 _ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
     "grpc-status=%RESP(GRPC-STATUS)% flags=%RESPONSE_FLAGS% %DURATION%ms "
