@@ -10,7 +10,7 @@ BUF    := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
 GEN_DIRS := $(patsubst protos/%,services/%,$(sort $(dir $(PROTOS))))
 
-.PHONY: help install run test lint fmt proto proto-check gen-into buf-lint buf-breaking mesh-check istio-schema pytest bench profile clean
+.PHONY: help install run test lint fmt proto proto-check gen-into buf-lint buf-breaking mesh-check gateway-check istio-schema pytest bench profile clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ install: $(VENV)/.installed $(BUF) ## Create the virtualenv and install everythi
 run: $(VENV)/.installed ## Start the whole hospital locally on embedded PostgreSQL, with demo data.
 	$(VENV)/bin/his up --demo
 
-test: install buf-lint buf-breaking lint proto-check mesh-check pytest ## Everything CI runs.
+test: install buf-lint buf-breaking lint proto-check mesh-check gateway-check pytest ## Everything CI runs.
 
 # Generated code: services/his/<domain>/v1/*_pb2.py, *_pb2_grpc.py and their .pyi stubs.
 gen-into: # internal: generate every stub into $(OUT)
@@ -86,6 +86,9 @@ lint: $(VENV)/.installed ## ruff and mypy on hand-written code.
 fmt: $(VENV)/.installed ## Format and autofix.
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+gateway-check: $(VENV)/.installed ## The local gateway's Envoy config, generated from mesh/istio/gateway, validated by envoy.
+	$(VENV)/bin/his gateway config --check
 
 mesh-check: $(VENV)/.installed ## Render every overlay, validate strictly and lint the Istio policy (his mesh check).
 	$(VENV)/bin/his mesh check
