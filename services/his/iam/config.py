@@ -127,7 +127,7 @@ class IamConfig:
     @property
     def sign_in_codes_path(self) -> Path:
         """Where the local sender appends the sign-in codes it "sends"."""
-        return self.data_dir / "sign-in-codes.log"
+        return sign_in_codes_path(self.data_dir)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IamConfig:
@@ -153,6 +153,11 @@ class IamConfig:
             data_dir=Path(env.get("HIS_DATA_DIR") or ".his"),
             sign_in=SignInConfig.from_env(env),
         )
+
+
+def sign_in_codes_path(data_dir: Path) -> Path:
+    """The local sender's file of sign-in codes under the `his up` state directory."""
+    return data_dir / "sign-in-codes.log"
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
