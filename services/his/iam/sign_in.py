@@ -233,9 +233,15 @@ class PatientSignIn:
             except Exception as error:
                 # Answering differently would tell that the number is registered: the patient
                 # asks again (the sender's own alerts tell the operators).
+                # Only the error's type: a gateway's message may quote the text it failed to send.
                 log.error(
                     "sign-in code not sent",
-                    extra={"fields": {"sign_in": sign_in_name(sign_in_id), "error": repr(error)}},
+                    extra={
+                        "fields": {
+                            "sign_in": sign_in_name(sign_in_id),
+                            "error": type(error).__name__,
+                        }
+                    },
                 )
         return Started(sign_in=sign_in_name(sign_in_id), expire_time=expire_time)
 
