@@ -91,10 +91,13 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
     terminal = "".join(up.output)
     assert "stopped." in terminal
     assert left_behind(data_dir) == []
-    # The terminal is for people: where things are, one line of demo data, the table. Every
-    # service's access log (one line per demo call) is in its file instead.
+    # The terminal is for people: where things are, one line of demo data, one of how the demo
+    # patient signs in, the table. Every service's access log (one line per demo call) is in its
+    # file instead.
     assert "rpc method=" not in terminal
-    assert len(terminal.splitlines()) < 20, terminal
+    assert len(terminal.splitlines()) < 21, terminal
+    hint = "patient sign-in: phone +8613800000001 (demo patient Wang Fang); the one-time code "
+    assert f"{hint}appears in the iam log and in {data_dir / 'sign-in-codes.log'}" in terminal
     assert [line for line in terminal.splitlines() if line.startswith("demo data:")] != []
     assert f"logs          {data_dir / 'logs'}/" in terminal
     for entry in implemented():
