@@ -48,9 +48,15 @@ def a_source() -> str:
     return f"2001:db8::{random.randrange(1, 2**16):x}:{random.randrange(1, 2**16):x}"
 
 
+def _invented() -> str:
+    """An address a client writes into its own x-forwarded-for, new at every call."""
+    return f"198.51.100.{random.randrange(1, 255)}"
+
+
 def from_source(source: str) -> tuple[tuple[str, str], ...]:
-    """Call metadata as the gateway sets it: the client first, then the proxies it went through."""
-    return (("x-forwarded-for", f"{source}, 10.0.0.7"),)
+    """Call metadata as a gateway passes it on: whatever the client sent (a different invented
+    address each time), then the address the gateway saw, appended."""
+    return (("x-forwarded-for", f"{_invented()}, {source}"),)
 
 
 async def rate_limited(call: Any) -> float:

@@ -78,14 +78,16 @@ def hash_key(config: SignInConfig, signing_key: rsa.RSAPrivateKey) -> bytes:
 
 
 def source_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The caller's address: the first hop of `x-forwarded-for` when a gateway (the local Envoy
-    gateway, the Istio ingress) set it, else the gRPC peer. Only the gateways can reach iam from
+    """The caller's address: the last hop of `x-forwarded-for` when a gateway set it, else the
+    gRPC peer. The gateways (the local Envoy, the Istio ingress) append the address they saw to
+    whatever the client sent (`use_remote_address`, no trusted hops), so only the last entry is
+    theirs: the ones before it are the client's to invent. Only the gateways reach iam from
     outside (mesh/istio/authorization), so the header is theirs."""
     for key, value in context.invocation_metadata() or ():
         if key == _FORWARDED_FOR:
-            first = str(value).split(",", 1)[0].strip()
-            if _is_address(first):
-                return first
+            last = str(value).rsplit(",", 1)[-1].strip()
+            if _is_address(last):
+                return last
             break
     return _peer_address(context.peer() or "")
 
