@@ -32,6 +32,7 @@ $(BUF):
 
 $(WEB_DEPS): $(WEB)/package.json $(WEB)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm is needed for the web client (apt-get install -y npm)"; exit 1; }
+	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); if (a < 20 || (a === 20 && b < 19)) { console.error(`Node $${process.version} is too old for clients/web: it needs 20.19 or newer`); process.exit(1); }'
 	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
