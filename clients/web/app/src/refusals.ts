@@ -62,6 +62,10 @@ export function callRefusal(text: Text, failure: HisFailure): Refusal {
       return say(text.unreachable);
     case Code.Aborted:
       return say(text.slotTaken);
+    case Code.Unknown:
+      // No ErrorInfo: the call never reached a service (no network, or something that is not the
+      // gateway answered). A service's own failures carry a domain.
+      return say(failure.domain ? text.failed(failure.codeName) : text.unreachable);
     default:
       return say(text.failed(failure.codeName));
   }
