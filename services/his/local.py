@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from his.base.catalog import ServiceEntry, implemented
+from his.iam.config import sign_in_codes_path
 from his.local_logs import PRINTED, LogFiles
 from his.local_secrets import LocalSecrets, local_secrets
 from his.login import issue_token
+from his.patient import demo as patient_demo
 from his.runtime.config import DatabaseConfig, TelemetryConfig
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import SERVING, wait_for_status
@@ -229,6 +231,7 @@ class Hospital:
         if demo:
             log.info("loading demo data")
             self.say(f"demo data:    {await _load_demo(self._entries, self._config.data_dir)}")
+            self.say(_patient_sign_in_hint(self._config.data_dir))
         _print_table(self._entries)
         self.say("\nHIS Mesh is up. Press Ctrl-C to stop.")
 
@@ -420,6 +423,15 @@ async def _listening(port: int) -> bool:
 # Demo data sets in dependency order: staff and departments, then patients, then bookings, then
 # the encounters of the clinic's visits; the pharmacy's formulary and stock; billing's prices of it.
 DEMO_ORDER = ("iam", "patient", "scheduling", "emr", "pharmacy", "orders", "lab", "billing")
+
+
+def _patient_sign_in_hint(data_dir: Path) -> str:
+    """How a demo patient signs in: whose phone, and where the local sender puts the code."""
+    codes = sign_in_codes_path(data_dir.resolve())
+    return (
+        f"patient sign-in: phone {patient_demo.SIGN_IN_PHONE} (demo patient Wang Fang); the "
+        f"one-time code appears in the iam log and in {codes}"
+    )
 
 
 async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> str:

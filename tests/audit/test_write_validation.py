@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable
 from typing import Literal
 
@@ -40,6 +41,16 @@ def _future(event: pb.AuditEvent) -> None:
 
 def _ancient(event: pb.AuditEvent) -> None:
     event.event_time.FromDatetime(dt.datetime(1800, 1, 1, tzinfo=dt.UTC))
+
+
+def _patient_agent(name: str) -> Spoil:
+    """A patient as the agent (no staff member), named `name`."""
+
+    def spoil(event: pb.AuditEvent) -> None:
+        event.agent.staff = ""
+        event.agent.patient = name
+
+    return spoil
 
 
 def _too_many_roles(event: pb.AuditEvent) -> None:
@@ -100,6 +111,14 @@ BAD_EVENTS: list[tuple[str, Spoil, str]] = [
     ("no agent", _clear("agent"), "agent"),
     ("agent staff malformed", _set("agent.staff", "staff/42"), "agent.staff"),
     ("agent staff of another kind", _set("agent.staff", "services/patient"), "agent.staff"),
+    ("agent patient malformed", _patient_agent("patients/42"), "agent.patient"),
+    ("agent patient of another kind", _patient_agent("staff/1"), "agent.patient"),
+    # One person acts: a staff member or a patient, never both (make_event names a staff member).
+    (
+        "agent staff and patient",
+        _set("agent.patient", "patients/6f1c2f86-3c45-4bb0-9e0f-2b0a7a4c1d11"),
+        "agent.patient",
+    ),
     ("too many roles", _too_many_roles, "agent.roles"),
     ("empty role", _empty_role, "agent.roles[2]"),
     ("role too long", _long_role, "agent.roles[0]"),
@@ -203,3 +222,14 @@ async def test_relaying_service_is_accepted_as_on_behalf_of(writer: Stub) -> Non
     event.agent.on_behalf_of = "services/scheduling"
     [stored] = (await writer.WriteAuditEvents(write_request(event))).audit_events
     assert stored.agent.on_behalf_of == "services/scheduling"
+
+
+async def test_a_patient_acting_on_their_own_record_is_accepted_as_the_agent(writer: Stub) -> None:
+    event = make_event(staff="")
+    patient = f"patients/{uuid.uuid4()}"
+    event.agent.patient = patient
+    event.patient = patient
+    event.purpose_of_use = pb.PURPOSE_OF_USE_PATIENT_REQUEST
+    [stored] = (await writer.WriteAuditEvents(write_request(event))).audit_events
+    assert (stored.agent.patient, stored.agent.staff) == (patient, "")
+    assert stored.purpose_of_use == pb.PURPOSE_OF_USE_PATIENT_REQUEST

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from his.iam.config import IamConfig
+from his.iam.config import IamConfig, SignInConfig
 from his.iam.service import IamService
 from his.iam.spec import SPEC as IAM
 from his.iam.v1 import iam_service_pb2 as pb
@@ -33,6 +33,15 @@ from tests.conftest import addresses, service_config
 from tests.iam.helpers import DEV_CREDENTIAL, LOCAL_ISSUER, SERVICE_KEY, Stub, service_credential
 from tests.identity import Issuer, channel_as
 from tests.support import track_relay
+
+# The patient sign-in settings of the iam under test.
+SIGN_IN_LIMITS = SignInConfig(
+    window_s=600,
+    starts_per_phone=3,
+    starts_per_source=6,
+    failures_per_phone=3,
+    failures_per_source=6,
+)
 
 
 async def fresh_database(postgres: EmbeddedPostgres, name: str) -> str:
@@ -86,6 +95,9 @@ def make_iam_config(
             "service_credential_key": SERVICE_KEY,
             "emergency_min_s": 1,
             "data_dir": data_dir,
+            # Small limits, so the sign-in tests reach them in a few calls (each test uses its
+            # own phone numbers and sources).
+            "sign_in": SIGN_IN_LIMITS,
             **overrides,
         }
         return IamConfig(**values)  # type: ignore[arg-type]

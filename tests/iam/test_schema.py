@@ -1,4 +1,4 @@
-"""The iam schema: migration 0001 builds exactly tables.py, runs back and forth, and the database
+"""The iam schema: the migrations build exactly tables.py, runs back and forth, and the database
 itself refuses rows the service would never write."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ async def test_migration_downgrades_and_upgrades_again(postgres: EmbeddedPostgre
         "memberships",
         "emergency_access_grants",
         "outbox",
+        "patient_sign_ins",
+        "sign_in_attempts",
     }
     migrated, downgraded, upgraded = await downgraded_and_upgraded(url, "iam")
     assert migrated == tables

@@ -23,7 +23,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from his.base.env import ConfigError
 from his.base.errors import Unauthenticated
-from his.iam.config import IamConfig
+from his.iam.config import IamConfig, SignInConfig
 from his.iam.tokens import jwks, load_private_key, public_jwk, thumbprint
 from his.iam.v1 import iam_service_pb2 as pb
 from his.iam.v1 import iam_service_pb2_grpc as pb_grpc
@@ -289,6 +289,32 @@ async def test_switched_off_local_provider_answers_unimplemented(
             assert failure.reason == "LOCAL_PROVIDER_OFF"
 
 
+@pytest.mark.parametrize("switch", ["sign_in", "local_provider"])
+async def test_switched_off_patient_sign_in_answers_unimplemented(
+    iam_url: str, make_iam_config: Callable[..., IamConfig], switch: str
+) -> None:
+    # Patient sign-in needs the local provider's issuer: off with it, or on its own.
+    off = (
+        {"sign_in": SignInConfig(enabled=False)}
+        if switch == "sign_in"
+        else {"local_provider": False}
+    )
+    async with _server(iam_url, make_iam_config(**off)) as stub:
+        for call in (
+            stub.StartPatientSignIn(pb.StartPatientSignInRequest(phone="+8613800000001")),
+            stub.CompletePatientSignIn(
+                pb.CompletePatientSignInRequest(
+                    sign_in=f"patientSignIns/{uuid.uuid4()}", code="123456"
+                )
+            ),
+        ):
+            failure = await fails(call)
+            assert (failure.code, failure.reason) == (
+                grpc.StatusCode.UNIMPLEMENTED,
+                "PATIENT_SIGN_IN_OFF",
+            )
+
+
 async def test_without_configured_keys_one_development_key_is_generated_and_kept(
     iam_url: str, make_iam_config: Callable[..., IamConfig], tmp_path: Path
 ) -> None:
@@ -407,11 +433,54 @@ def test_config_defaults() -> None:
         14400,
     )
     assert config.bootstrap_admin == "admin"
+    assert config.sign_in == SignInConfig()
+    sign_in = config.sign_in
+    assert (sign_in.enabled, sign_in.code_ttl_s, sign_in.token_ttl_s) == (True, 300, 1800)
+    assert (sign_in.window_s, sign_in.starts_per_phone, sign_in.starts_per_source) == (900, 5, 30)
+    assert (sign_in.failures_per_phone, sign_in.failures_per_source) == (5, 20)
+    assert config.sign_in_codes_path == Path(".his/sign-in-codes.log")
+
+
+def test_sign_in_config_reads_the_environment() -> None:
+    config = IamConfig.from_env(
+        {
+            "HIS_IAM_PATIENT_SIGN_IN": "off",
+            "HIS_IAM_SIGN_IN_CODE_TTL_S": "120",
+            "HIS_IAM_PATIENT_TOKEN_TTL_S": "600",
+            "HIS_IAM_SIGN_IN_WINDOW_S": "3600",
+            "HIS_IAM_SIGN_IN_STARTS_PER_PHONE": "2",
+            "HIS_IAM_SIGN_IN_STARTS_PER_SOURCE": "50",
+            "HIS_IAM_SIGN_IN_FAILURES_PER_PHONE": "4",
+            "HIS_IAM_SIGN_IN_FAILURES_PER_SOURCE": "40",
+            "HIS_IAM_SIGN_IN_KEY": "sign-in-secret",
+            "HIS_DATA_DIR": "/data",
+        }
+    )
+    assert config.sign_in == SignInConfig(
+        enabled=False,
+        code_ttl_s=120,
+        token_ttl_s=600,
+        window_s=3600,
+        starts_per_phone=2,
+        starts_per_source=50,
+        failures_per_phone=4,
+        failures_per_source=40,
+        hash_key=b"sign-in-secret",
+    )
+    assert "sign-in-secret" not in repr(config)
+    assert config.sign_in_codes_path == Path("/data/sign-in-codes.log")
 
 
 @pytest.mark.parametrize(
     "env",
     [
+        {"HIS_IAM_SIGN_IN_CODE_TTL_S": "5"},
+        {"HIS_IAM_PATIENT_TOKEN_TTL_S": "43201"},
+        {"HIS_IAM_SIGN_IN_WINDOW_S": "10"},
+        {"HIS_IAM_SIGN_IN_STARTS_PER_PHONE": "0"},
+        {"HIS_IAM_SIGN_IN_FAILURES_PER_SOURCE": "many"},
+        {"HIS_IAM_PATIENT_SIGN_IN": "perhaps"},
+        {"HIS_IAM_SIGN_IN_SENDER": "carrier-pigeon"},
         {"HIS_IAM_TOKEN_TTL_S": "43201"},
         {"HIS_IAM_TOKEN_TTL_S": "0"},
         {"HIS_IAM_TOKEN_TTL_S": "an hour"},

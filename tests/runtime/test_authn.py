@@ -210,8 +210,8 @@ async def test_a_token_with_another_algorithm_is_invalid(patients: Stub, alg: st
     assert failure.reason == "INVALID_TOKEN"
 
 
-@pytest.mark.parametrize("subject", ["patients/123", "staffer/1", "users/staff/1", "admin"])
-async def test_a_subject_that_is_neither_staff_nor_a_service_is_invalid(
+@pytest.mark.parametrize("subject", ["patient/123", "staffer/1", "users/staff/1", "admin"])
+async def test_a_subject_that_is_neither_staff_a_patient_nor_a_service_is_invalid(
     patients: Stub, subject: str
 ) -> None:
     failure = await _refused(patients, metadata(ISSUER.token(subject, ("ADMINISTRATOR",))))
@@ -226,12 +226,27 @@ async def test_a_subject_that_is_neither_staff_nor_a_service_is_invalid(
         ("services/patient", ("DOCTOR",)),  # a service carrying a person's role
         ("services/patient", ("SERVICE", "DOCTOR")),
         ("services/patient", ()),
+        # A patient is exactly PATIENT, and nobody else ever holds it.
+        ("patients/123", ("ADMINISTRATOR",)),
+        ("patients/123", ("PATIENT", "DOCTOR")),
+        ("patients/123", ("PATIENT", "SERVICE")),
+        ("patients/123", ()),
+        ("staff/7", ("PATIENT",)),
+        ("staff/7", ("REGISTRAR", "PATIENT")),
+        ("services/patient", ("PATIENT",)),
     ],
 )
 async def test_roles_that_do_not_fit_the_subject_are_invalid(
     patients: Stub, subject: str, roles: tuple[str, ...]
 ) -> None:
     failure = await _refused(patients, metadata(ISSUER.token(subject, roles)))
+
+    assert failure.reason == "INVALID_TOKEN"
+
+
+async def test_a_patient_token_with_departments_is_invalid(patients: Stub) -> None:
+    token = ISSUER.token("patients/123", ("PATIENT",), departments=("departments/1",))
+    failure = await _refused(patients, metadata(token))
 
     assert failure.reason == "INVALID_TOKEN"
 

@@ -93,6 +93,12 @@ def _callers() -> dict[str, Caller]:
     for role in STAFF_ROLES:
         # Every role works in a department that owns none of the matrix's records.
         callers[role] = _staff(role, role, (DEPARTMENT_B,))
+    # A signed-in patient who is not the patient of any of the matrix's records: a patient sees
+    # nothing of anyone else (their own records: tests/security/test_patient_access.py).
+    stranger = f"patients/{uuid.uuid4()}"
+    callers["PATIENT"] = Caller(
+        "PATIENT", ("PATIENT",), stranger, (), ISSUER.token(stranger, ("PATIENT",))
+    )
     for role in ("DOCTOR", "NURSE"):
         callers[f"{role}_OF_THE_DEPARTMENT"] = _staff(
             f"{role}_OF_THE_DEPARTMENT", role, (DEPARTMENT_B, DEPARTMENT_A)
@@ -107,7 +113,7 @@ def _callers() -> dict[str, Caller]:
 CALLERS = _callers()
 # The author of the world's notes: a doctor of the records' department who is none of CALLERS.
 NOTE_AUTHOR = _staff("NOTE_AUTHOR", "DOCTOR", (DEPARTMENT_A,))
-ROLE_CALLERS = ("SERVICE", *STAFF_ROLES)
+ROLE_CALLERS = ("SERVICE", *STAFF_ROLES, "PATIENT")
 # Clinicians related to the matrix's appointments, for the rpcs that look at the record.
 RELATED_CALLERS = (
     "DOCTOR_OF_THE_DEPARTMENT",

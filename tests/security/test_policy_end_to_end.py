@@ -14,8 +14,8 @@ match, care, consent, own, fields) and calls the real server with that caller's 
 - lists leave out the records the caller may not see instead of refusing;
 - an rpc the servicer does not implement fails its every case (UNIMPLEMENTED is never expected).
 
-The public rpcs (iam's IssueToken and GetJwks, the local identity provider's door) are never asked
-of the policy: anyone, with any token or none, gets their answer.
+The public rpcs (iam's IssueToken, GetJwks and patient sign-in, the identity provider's doors) are
+never asked of the policy: anyone, with any token or none, gets their answer.
 
 Every decision is also checked to be the same cached (`decide`, twice, on the tests' engine and on
 the servers' shared one) and uncached (`evaluate`).
@@ -348,7 +348,11 @@ async def _complete(world: World, allowed: bool) -> Message:
 
 
 def _transition(
-    method: str, build: Build, missing_request: Missing, allowed: grpc.StatusCode
+    method: str,
+    build: Build,
+    missing_request: Missing,
+    allowed: grpc.StatusCode,
+    fields: tuple[str, ...] = ("status",),
 ) -> Rpc:
     return Rpc(
         "scheduling",
@@ -357,7 +361,7 @@ def _transition(
         "scheduling.appointment",
         build,
         missing_request,
-        fields=("status",),
+        fields=fields,
         by_record=True,
         allowed=allowed,
     )
@@ -459,6 +463,8 @@ SCHEDULING_RPCS = (
         _cancel,
         lambda w: pb.CancelAppointmentRequest(name=missing("appointments"), reason="unwell"),
         OK,
+        # A cancellation also sets its reason: what tells it from the desk's other transitions.
+        fields=("status", "cancel_reason"),
     ),
     _transition(
         "CheckInAppointment",
@@ -1728,6 +1734,12 @@ BILLING_RPCS = (
 PUBLIC_RPCS = {
     "iam.GetJwks": _const(iam_pb.GetJwksRequest()),
     "iam.IssueToken": _login,
+    # A number nobody has: the same answer as for a registered one, and no code is sent.
+    "iam.StartPatientSignIn": _on(lambda w: iam_pb.StartPatientSignInRequest(phone=unique_phone())),
+    # A sign-in nobody started: refused for its code (UNAUTHENTICATED, below), never for a token.
+    "iam.CompletePatientSignIn": _const(
+        iam_pb.CompletePatientSignInRequest(sign_in=f"patientSignIns/{uuid.uuid4()}", code="000000")
+    ),
 }
 
 RPCS = {
@@ -1806,13 +1818,18 @@ async def test_every_caller_gets_what_the_policy_decides_before_existence(
         caller = await world.enrolled(caller)
     method = getattr(world.stub(rpc.service), rpc.method)
     decision = decided(policy, served_policy, policy_request(rpc, caller, exists=True))
-    service_refused = rpc.services_only and caller.subject.startswith("staff/")
+    service_refused = rpc.services_only and not caller.subject.startswith("services/")
     allowed = decision.allow and not service_refused
     request = await rpc.build(world, allowed)
     result = await outcome(method(request, metadata=caller.metadata))
     assert result.code != UNIMPLEMENTED, f"the {rpc.service} servicer has no {rpc.method}"
 
-    if rpc.listed:
+    if rpc.id == "scheduling.ListAppointments" and caller.subject.startswith("patients/"):
+        # A patient lists appointments only by naming themselves; another's list is refused
+        # outright (other lists leave everything out for a patient, as for any caller who may
+        # never see their records).
+        assert (result.code, result.reason) == (DENIED, "NOT_OWN"), result
+    elif rpc.listed:
         # Never refused: the page holds the record exactly when the caller may see it.
         assert result.code == OK, result
         shown = names(getattr(result.reply, rpc.items))
@@ -1888,4 +1905,10 @@ async def test_public_rpcs_answer_anyone_without_asking_the_policy(
     async with grpc.aio.insecure_channel(iam_service.address) as channel:
         method = getattr(iam_grpc.IamServiceStub(channel), name)
         result = await outcome(method(request, metadata=call_metadata))
-    assert result.code == OK, result
+    if name == "CompletePatientSignIn":
+        assert (result.code, result.reason) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "SIGN_IN_CODE_INVALID",
+        ), result
+    else:
+        assert result.code == OK, result

@@ -103,12 +103,15 @@ class IdentityInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        # IssueToken and GetJwks are public; asking for a token must not need one.
+        # IssueToken, patient sign-in and GetJwks are public; asking for a token must not need
+        # one.
         if client_call_details.method in _PUBLIC:
             return await continuation(client_call_details, request)
         added: list[tuple[str, str]] = []
         person = identity.current_or_none()
-        if person is not None and person.is_staff and person.token:
+        # A staff member's or a signed-in patient's call is relayed as that person (the next
+        # service authorizes them, and audits both); a service's own call speaks as this one.
+        if person is not None and (person.is_staff or person.is_patient) and person.token:
             added.append((AUTHORIZATION, f"Bearer {person.token}"))
             if self._own_token is not None:
                 added.append((CALLER, f"Bearer {await self._own_token()}"))
@@ -118,11 +121,10 @@ class IdentityInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
-_PUBLIC = frozenset(
-    {
-        "/his.iam.v1.IamService/IssueToken",
-        "/his.iam.v1.IamService/GetJwks",
-        b"/his.iam.v1.IamService/IssueToken",
-        b"/his.iam.v1.IamService/GetJwks",
-    }
+_PUBLIC_METHODS = (
+    "/his.iam.v1.IamService/IssueToken",
+    "/his.iam.v1.IamService/StartPatientSignIn",
+    "/his.iam.v1.IamService/CompletePatientSignIn",
+    "/his.iam.v1.IamService/GetJwks",
 )
+_PUBLIC = frozenset((*_PUBLIC_METHODS, *(method.encode() for method in _PUBLIC_METHODS)))

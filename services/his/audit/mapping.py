@@ -41,6 +41,7 @@ def content_columns(event: pb.AuditEvent) -> dict[str, Any]:
         "agent_roles": list(event.agent.roles),
         "agent_on_behalf_of": event.agent.on_behalf_of,
         "agent_network_address": event.agent.network_address,
+        "agent_patient": event.agent.patient,
         "patient": event.patient,
         "entity_resource_name": event.entity.resource_name,
         "entity_resource_type": event.entity.resource_type,
@@ -66,6 +67,7 @@ def event_from_columns(values: Mapping[Any, Any]) -> pb.AuditEvent:
             on_behalf_of=values["agent_on_behalf_of"],
             service_account=values["agent_service_account"],
             network_address=values["agent_network_address"],
+            patient=values["agent_patient"],
         ),
         patient=values["patient"],
         purpose_of_use=(

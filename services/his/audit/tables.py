@@ -43,6 +43,8 @@ events = Table(
     Column("agent_on_behalf_of", Text, nullable=False),
     Column("agent_service_account", Text, nullable=False),
     Column("agent_network_address", Text, nullable=False),
+    # A signed-in patient acting on their own records (AuditAgent.patient); '' otherwise.
+    Column("agent_patient", Text, nullable=False, server_default=""),
     Column("patient", Text, nullable=False),
     # Both empty when the event names no entity.
     Column("entity_resource_name", Text, nullable=False),

@@ -119,6 +119,10 @@ def _agent(v: Violations, event: pb.AuditEvent, field: str) -> None:
         return
     agent = event.agent
     name_of(v, f"{field}.staff", agent.staff, collection="staff")
+    if agent.staff and agent.patient:
+        v.add(f"{field}.patient", "must be empty when staff is set (one person acts)")
+    else:
+        name_of(v, f"{field}.patient", agent.patient, collection="patients")
     if len(agent.roles) > MAX_ROLES:
         v.add(f"{field}.roles", f"must hold at most {MAX_ROLES} roles")
     for index, role in enumerate(agent.roles):

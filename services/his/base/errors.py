@@ -156,6 +156,29 @@ class ResourceExhausted(HisError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
+class RateLimited(ResourceExhausted):
+    """A caller asked too often; `RetryInfo` says when asking again can succeed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_s = max(1.0, retry_after_s)
+
+    def details(self) -> list[any_pb2.Any]:
+        whole = int(self.retry_after_s)
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.seconds = whole if whole == self.retry_after_s else whole + 1
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        return [packed]
+
+
 # Bounds on what an error may echo of its input: a status rides in HTTP/2 headers (a few KiB at
 # most before the peer refuses them), and a message quoting a 1 MB field helps nobody.
 _MESSAGE_CHARS = 1024

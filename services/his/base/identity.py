@@ -18,6 +18,10 @@ from his.base.errors import Unauthenticated
 # The role every HIS service's own token carries (never a staff role).
 SERVICE_ROLE = "SERVICE"
 
+# The role of a patient signed in by phone (iam's CompletePatientSignIn): a patient token carries
+# exactly this role, with the subject `patients/{id}`; never a staff or service role.
+PATIENT_ROLE = "PATIENT"
+
 # Staff roles, as they appear in the `roles` claim (StaffRole names without `STAFF_ROLE_`).
 STAFF_ROLES = (
     "REGISTRAR",
@@ -33,11 +37,13 @@ STAFF_ROLES = (
 
 @dataclass(frozen=True)
 class Principal:
-    """A verified caller: a staff member (possibly reached through a service) or a service."""
+    """A verified caller: a staff member or a patient (possibly reached through a service), or a
+    service."""
 
-    # `staff/{id}` for a person, `services/{name}` for a service acting on its own.
+    # `staff/{id}` for a staff member, `patients/{id}` for a signed-in patient, `services/{name}`
+    # for a service acting on its own.
     subject: str
-    # Staff username or service name; for display and audit, never for decisions.
+    # Staff username, patient name or service name; for display and audit, never for decisions.
     username: str
     # Role names as in the token (`DOCTOR`, ...; `SERVICE` for a service).
     roles: frozenset[str]
@@ -60,6 +66,11 @@ class Principal:
     def is_staff(self) -> bool:
         """True when a person (a staff member) is behind the call."""
         return self.subject.startswith("staff/")
+
+    @property
+    def is_patient(self) -> bool:
+        """True when a signed-in patient is behind the call (`patients/{id}`)."""
+        return self.subject.startswith("patients/")
 
     @property
     def service_name(self) -> str:

@@ -15,6 +15,69 @@ _USERNAME = re.compile(r"[a-z][a-z0-9._-]{2,63}")
 
 
 @dataclass(frozen=True)
+class SignInConfig:
+    """Patient sign-in by phone and one-time code (`HIS_IAM_SIGN_IN_*`).
+
+    Limits are counted in the database over a sliding window, so every iam replica sees the same
+    counts. A phone number may ask for `starts_per_phone` codes and a source (the caller's
+    address) for `starts_per_source` per window; `failures_per_phone` wrong codes for a number,
+    or `failures_per_source` from one source, refuse every completion (even with the right code)
+    until the oldest of them is a window old. A source is shared by everyone behind one NAT (a
+    hospital's Wi-Fi), hence its higher limits.
+    """
+
+    enabled: bool = True
+    # How long a code lives, and a patient token.
+    code_ttl_s: int = 300
+    token_ttl_s: int = 1800
+    window_s: int = 900
+    starts_per_phone: int = 5
+    starts_per_source: int = 30
+    failures_per_phone: int = 5
+    failures_per_source: int = 20
+    # The key of the keyed hashes of codes and phone numbers (HMAC-SHA256); every replica needs
+    # the same one. Empty: derived from the first signing key (which the replicas share already).
+    hash_key: bytes = field(default=b"", repr=False)
+    # Who delivers codes: `local` (the his up log and `<data_dir>/sign-in-codes.log`). A
+    # production deployment plugs an SMS gateway's sender into IamService.
+    sender: str = "local"
+
+    def __post_init__(self) -> None:
+        if not 10 <= self.code_ttl_s <= 3600:
+            raise ConfigError("HIS_IAM_SIGN_IN_CODE_TTL_S must be 10 to 3600 seconds")
+        if not 60 <= self.token_ttl_s <= MAX_TOKEN_TTL_S:
+            raise ConfigError(f"HIS_IAM_PATIENT_TOKEN_TTL_S must be 60 to {MAX_TOKEN_TTL_S}")
+        if not 60 <= self.window_s <= 24 * 3600:
+            raise ConfigError("HIS_IAM_SIGN_IN_WINDOW_S must be 60 to 86400 seconds")
+        limits = (
+            self.starts_per_phone,
+            self.starts_per_source,
+            self.failures_per_phone,
+            self.failures_per_source,
+        )
+        if min(limits) < 1:
+            raise ConfigError("HIS_IAM_SIGN_IN_* limits must be at least 1")
+        if self.sender != "local":
+            raise ConfigError("HIS_IAM_SIGN_IN_SENDER must be 'local' (others are plugged in code)")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SignInConfig:
+        """Read HIS_IAM_PATIENT_SIGN_IN, HIS_IAM_SIGN_IN_* and HIS_IAM_PATIENT_TOKEN_TTL_S."""
+        return cls(
+            enabled=_switch(env, "HIS_IAM_PATIENT_SIGN_IN", default=True),
+            code_ttl_s=_int(env, "HIS_IAM_SIGN_IN_CODE_TTL_S", 300),
+            token_ttl_s=_int(env, "HIS_IAM_PATIENT_TOKEN_TTL_S", 1800),
+            window_s=_int(env, "HIS_IAM_SIGN_IN_WINDOW_S", 900),
+            starts_per_phone=_int(env, "HIS_IAM_SIGN_IN_STARTS_PER_PHONE", 5),
+            starts_per_source=_int(env, "HIS_IAM_SIGN_IN_STARTS_PER_SOURCE", 30),
+            failures_per_phone=_int(env, "HIS_IAM_SIGN_IN_FAILURES_PER_PHONE", 5),
+            failures_per_source=_int(env, "HIS_IAM_SIGN_IN_FAILURES_PER_SOURCE", 20),
+            hash_key=(env.get("HIS_IAM_SIGN_IN_KEY") or "").encode(),
+            sender=(env.get("HIS_IAM_SIGN_IN_SENDER") or "local").strip(),
+        )
+
+
+@dataclass(frozen=True)
 class IamConfig:
     """How the local identity provider signs tokens, who may log in, and break-the-glass limits."""
 
@@ -37,8 +100,10 @@ class IamConfig:
     # An ADMINISTRATOR created before the first token is issued when no staff member exists at
     # all (the first login of a new installation); empty: none.
     bootstrap_admin: str = "admin"
-    # Where local secrets live (HIS_DATA_DIR, as for embedded PostgreSQL).
+    # Where local secrets live (HIS_DATA_DIR, as for embedded PostgreSQL), and the local
+    # sender's file of sign-in codes.
     data_dir: Path = Path(".his")
+    sign_in: SignInConfig = SignInConfig()
 
     def __post_init__(self) -> None:
         if not 1 <= self.token_ttl_s <= MAX_TOKEN_TTL_S:
@@ -58,6 +123,11 @@ class IamConfig:
     def generated_key_path(self) -> Path:
         """Where the development signing key is kept when no key is configured."""
         return self.data_dir / "secrets" / "iam-signing-key.pem"
+
+    @property
+    def sign_in_codes_path(self) -> Path:
+        """Where the local sender appends the sign-in codes it "sends"."""
+        return sign_in_codes_path(self.data_dir)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IamConfig:
@@ -81,7 +151,13 @@ class IamConfig:
             emergency_min_s=_int(env, "HIS_IAM_EMERGENCY_MIN_S", 60),
             bootstrap_admin=env.get("HIS_IAM_BOOTSTRAP_ADMIN", "admin").strip(),
             data_dir=Path(env.get("HIS_DATA_DIR") or ".his"),
+            sign_in=SignInConfig.from_env(env),
         )
+
+
+def sign_in_codes_path(data_dir: Path) -> Path:
+    """The local sender's file of sign-in codes under the `his up` state directory."""
+    return data_dir / "sign-in-codes.log"
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

@@ -35,6 +35,8 @@ from his.iam.mapping import (
     role_name,
     staff_to_proto,
 )
+from his.iam.sign_in import CODE_LENGTH, PatientSignIn, hash_key, source_of
+from his.iam.sign_in_sender import CodeSender, LocalCodeSender
 from his.iam.tokens import IssuedToken, TokenIssuer, signing_keys
 from his.iam.v1 import iam_service_pb2 as pb
 from his.iam.v1 import iam_service_pb2_grpc as pb_grpc
@@ -92,7 +94,13 @@ def _same_secret(given: str, expected: str) -> bool:
 class IamService(pb_grpc.IamServiceServicer):
     """Departments, staff, memberships, tokens and break-the-glass grants over the `iam` schema."""
 
-    def __init__(self, resources: ServiceResources, config: IamConfig) -> None:
+    def __init__(
+        self,
+        resources: ServiceResources,
+        config: IamConfig,
+        *,
+        sender: CodeSender | None = None,
+    ) -> None:
         self._db: Database = resources.database
         self._clients: HisClients = resources.clients
         self._pages = PageTokens(resources.config.page_token_key)
@@ -101,12 +109,24 @@ class IamService(pb_grpc.IamServiceServicer):
         self._access: Access = resources.access
         self._issuer: TokenIssuer | None = None
         self._jwks: pb.JsonWebKeySet | None = None
+        # Patient sign-in needs the local provider's issuer: without it, UNIMPLEMENTED.
+        self._sign_in: PatientSignIn | None = None
         if config.local_provider:
             keys = signing_keys(config.signing_key_paths, config.generated_key_path)
             self._issuer = TokenIssuer(
                 keys, issuer=config.issuer, audience=config.audience, ttl_s=config.token_ttl_s
             )
             self._jwks = jwks_to_proto(self._issuer.jwks())
+            if config.sign_in.enabled:
+                # Codes go through `sender` (production: an SMS gateway's), else the local one.
+                self._sign_in = PatientSignIn(
+                    self._db,
+                    self._clients,
+                    self._issuer,
+                    config.sign_in,
+                    sender=sender or LocalCodeSender(config.sign_in_codes_path),
+                    key=hash_key(config.sign_in, keys[0]),
+                )
         # The bootstrap administrator is made before the first token is issued (services log in
         # as they start): no background task, which could outlive a quick stop.
         self._bootstrapped = not config.bootstrap_admin
@@ -430,6 +450,37 @@ class IamService(pb_grpc.IamServiceServicer):
             roles=list(row.roles),
             departments=[f"departments/{department}" for department in departments],
         )
+
+    # --- patient sign-in -------------------------------------------------------------------
+
+    def _patient_sign_in(self) -> PatientSignIn:
+        if self._sign_in is None:
+            raise Unimplemented(
+                "patient sign-in is switched off here", reason="PATIENT_SIGN_IN_OFF"
+            )
+        return self._sign_in
+
+    async def StartPatientSignIn(
+        self, request: pb.StartPatientSignInRequest, context: Context
+    ) -> pb.StartPatientSignInResponse:
+        sign_in = self._patient_sign_in()
+        phone = PatientSignIn.start_request(request.phone)
+        started = await sign_in.start(phone, source_of(context))
+        response = pb.StartPatientSignInResponse(sign_in=started.sign_in, code_length=CODE_LENGTH)
+        response.expire_time.FromDatetime(started.expire_time)
+        return response
+
+    async def CompletePatientSignIn(
+        self, request: pb.CompletePatientSignInRequest, context: Context
+    ) -> pb.CompletePatientSignInResponse:
+        sign_in = self._patient_sign_in()
+        sign_in_id, code = PatientSignIn.complete_request(request.sign_in, request.code)
+        signed_in = await sign_in.complete(sign_in_id, code, source_of(context))
+        response = pb.CompletePatientSignInResponse(
+            access_token=signed_in.token.token, token_type=_BEARER, patient=signed_in.patient
+        )
+        response.expire_time.FromSeconds(signed_in.token.expires_at)
+        return response
 
     async def GetJwks(self, request: pb.GetJwksRequest, context: Context) -> pb.JsonWebKeySet:
         if self._jwks is None:

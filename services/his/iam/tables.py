@@ -1,16 +1,20 @@
-"""The iam schema: departments, staff, their department memberships, emergency access grants."""
+"""The iam schema: departments, staff, their department memberships, emergency access grants,
+patient sign-ins and the attempts their rate limits count."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
     Computed,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -174,6 +178,68 @@ Index(
 Index(
     "grants_by_patient", emergency_access_grants.c.patient_id, emergency_access_grants.c.grant_time
 )
+
+# One StartPatientSignIn: a code sent (or, for a number no active patient has, a decoy that can
+# never complete: the answer must not tell the two apart). Neither the code nor the phone number
+# is stored in clear: both are keyed hashes (HMAC-SHA256, his.iam.sign_in).
+patient_sign_ins = Table(
+    "patient_sign_ins",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("phone_key", LargeBinary, nullable=False),
+    # The patient the code was sent to (the patient service's id, no foreign key); NULL: a decoy.
+    Column("patient_id", UUID(as_uuid=True)),
+    # HMAC(key, sign-in id || code): a code is bound to its sign-in.
+    Column("code_hash", LargeBinary, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("expire_time", DateTime(timezone=True), nullable=False),
+    # Wrong codes given for this sign-in.
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    # Set once, by the one completion that got the token: single use.
+    Column("used_time", DateTime(timezone=True)),
+    # Retired by a newer sign-in of the same number, or voided by the wrong-code limit.
+    Column("void_time", DateTime(timezone=True)),
+    CheckConstraint("expire_time > create_time", name="sign_in_period_ordered"),
+    CheckConstraint("attempts >= 0", name="sign_in_attempts_not_negative"),
+    CheckConstraint("octet_length(code_hash) = 32", name="sign_in_code_hash_sha256"),
+    CheckConstraint("octet_length(phone_key) = 32", name="sign_in_phone_key_sha256"),
+    CheckConstraint("patient_id IS NOT NULL OR used_time IS NULL", name="sign_in_decoy_unused"),
+)
+Index(
+    "sign_ins_open_by_phone",
+    patient_sign_ins.c.phone_key,
+    postgresql_where=text("used_time IS NULL AND void_time IS NULL"),
+)
+Index("sign_ins_by_expiry", patient_sign_ins.c.expire_time)
+
+SIGN_IN_ATTEMPT_KINDS = ("start", "failure")
+
+# What the sign-in rate limits count over their window: each start and each wrong code, with the
+# number (keyed hash) and the source. Rows older than the window are deleted as starts come.
+sign_in_attempts = Table(
+    "sign_in_attempts",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("phone_key", LargeBinary, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    CheckConstraint(f"kind IN ({_quoted(SIGN_IN_ATTEMPT_KINDS)})", name="sign_in_attempt_kind"),
+)
+Index(
+    "sign_in_attempts_by_phone",
+    sign_in_attempts.c.kind,
+    sign_in_attempts.c.phone_key,
+    sign_in_attempts.c.at,
+)
+Index(
+    "sign_in_attempts_by_source",
+    sign_in_attempts.c.kind,
+    sign_in_attempts.c.source,
+    sign_in_attempts.c.at,
+)
+Index("sign_in_attempts_by_time", sign_in_attempts.c.at)
 
 # Events for other services (audit among them), stored with the change (his.runtime.outbox).
 outbox = declare_outbox(metadata)

@@ -112,8 +112,10 @@ class TokenIssuer:
         roles: Sequence[str],
         departments: Sequence[str] = (),
         now: float | None = None,
+        ttl_s: int | None = None,
     ) -> IssuedToken:
-        """A token for `subject` (`staff/{id}` or `services/{name}`), valid for the TTL."""
+        """A token for `subject` (`staff/{id}`, `services/{name}` or `patients/{id}`), valid for
+        `ttl_s` (default: the issuer's TTL)."""
         issued_at = int(time.time() if now is None else now)
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -123,7 +125,7 @@ class TokenIssuer:
             "roles": list(roles),
             "departments": list(departments),
             "iat": issued_at,
-            "exp": issued_at + self.ttl_s,
+            "exp": issued_at + (self.ttl_s if ttl_s is None else ttl_s),
             "jti": str(uuid.uuid4()),
         }
         token = jwt.encode(claims, self._keys[0], algorithm=ALGORITHM, headers={"kid": self._kid})

@@ -89,8 +89,9 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
         "orders": ("ListServiceRequests",),
         "pharmacy": ("ListMedicationDispenses",),
     },
-    # A break-the-glass grant names an active patient (iam/service.py).
-    "iam": {**_RUNTIME, "patient": ("GetPatient",)},
+    # A break-the-glass grant names an active patient (iam/service.py); a patient signing in is
+    # found by phone number (iam/sign_in.py).
+    "iam": {**_RUNTIME, "patient": ("GetPatient", "ListPatients")},
     # audit calls no one as itself: it only verifies callers' tokens with iam's key set.
     "audit": {"iam": ("GetJwks",)},
     # The research export job (services/his/research_export.py); it logs in unless given a token.

@@ -101,6 +101,11 @@ PEOPLE: tuple[tuple[str, str, int, tuple[int, int, int], str, str, str], ...] = 
     ("O'Brien", "Sean", G.ADMINISTRATIVE_GENDER_MALE, (1966, 2, 28), "", "+35380000010", "Dublin"),
 )
 
+# The demo patient who signs in on the patient app (Wang Fang: the first booked demo patient, so
+# "my appointments" is not empty): StartPatientSignIn with this number, then the code the local
+# sender wrote (`his up` prints where).
+SIGN_IN_PHONE = PEOPLE[0][5]
+
 
 # The first this many people also consent to the use of their data for research
 # (`his export research` exports only them).

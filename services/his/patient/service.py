@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from sqlalchemy.exc import IntegrityError
 
+from his.base import identity
 from his.base.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from his.patient import store
 from his.patient.events import state_changed
@@ -82,7 +83,11 @@ class PatientService(pb_grpc.PatientServiceServicer):
 
     async def GetPatient(self, request: pb.GetPatientRequest, context: Context) -> pb.Patient:
         patient_id = required_id("name", request.name, collection="patients")
-        permit = await self._access.require("read", "patient.demographics")
+        # A signed-in patient reads their own record only (policy: patients.rego); for staff and
+        # services `own` changes nothing.
+        caller = identity.current_or_none()
+        own = caller is not None and caller.subject == f"patients/{patient_id}"
+        permit = await self._access.require("read", "patient.demographics", own=own)
         row = await store.read_patient(self._db, self._cipher, patient_id)
         await self._audit("read", permit, row.id)
         return for_caller(patient_to_proto(row))

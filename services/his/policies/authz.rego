@@ -12,6 +12,7 @@
 #   roles.rego        table look-ups, pharmacist fields, refusals (package his.authz)
 #   clinical.rego     DOCTOR/NURSE: department, care, consent,    (package his.authz)
 #                     inpatient surgical records, break-the-glass
+#   patients.rego     PATIENT: their own records only             (package his.authz)
 #   authz.rego        how the roles' answers combine (this file)  (package his.authz)
 # To change who may do what, edit the tables; the rules rarely need to change. Then update the
 # matrix in tests/runtime/test_policy_matrix.py, which states the ADR independently of this code.
@@ -43,6 +44,12 @@ input_problem := "UNKNOWN_RESOURCE" if {
 	"SERVICE" in input.roles
 	some role in input.roles
 	role != "SERVICE"
+} else := "PATIENT_ROLE_MIXED" if {
+	# Likewise a patient token carries exactly ["PATIENT"]: a patient's own-record permissions
+	# must never combine with a staff role's (the token verifier refuses such tokens first).
+	"PATIENT" in input.roles
+	some role in input.roles
+	role != "PATIENT"
 }
 
 allowed if {

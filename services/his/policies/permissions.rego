@@ -114,6 +114,14 @@ permissions := {
 		"iam.staff": {"read"},
 		"iam.membership": {"read"},
 	},
+	# A patient signed in by phone (iam's CompletePatientSignIn) chooses where to book: the
+	# departments, their schedules and slots. None of these holds patient data (a slot shows how
+	# many are booked, never who). Their own records are in patient_own_permissions.
+	"PATIENT": {
+		"iam.department": {"read"},
+		"scheduling.schedule": {"read"},
+		"scheduling.slot": {"read"},
+	},
 	# Administrators run staff, departments and schedules and start research exports; no
 	# patient data. They read and revoke (update) break-the-glass grants but never create one:
 	# grants are for clinicians (ADR 0002, "Break-the-glass").
@@ -159,6 +167,21 @@ own_permissions := {
 	"NURSE": {"iam.emergency_access": {"read", "update"}},
 }
 
+# What a patient may do with their own records only (`own`: the record's patient is the caller,
+# patients.rego): read their demographics, and book, read and cancel their appointments. Nothing
+# else of theirs (clinical records, bills) and nothing of anyone else.
+patient_own_permissions := {
+	"patient.demographics": {"read"},
+	"scheduling.appointment": {"read", "create", "update"},
+}
+
+# The only change a patient makes to a record of theirs: cancelling an appointment, which sets
+# its status and its cancel_reason. An update must name cancel_reason (check-in, no-show and
+# completion change the status alone: the desk's and the clinic's, never the patient's).
+patient_update_fields := {"scheduling.appointment": {"status", "cancel_reason"}}
+
+patient_update_marker := {"scheduling.appointment": "cancel_reason"}
+
 # Allowed only when the record belongs to one of the caller's departments (department_match,
 # roles.rego): a laboratory's records are open to its members only — the lab orders it performs
 # (the order's performer, in orders and in the laboratory's own copy), its specimens and reports —
@@ -195,6 +218,9 @@ prescription_locked_fields := {
 no_clinical_roles := {"SERVICE", "REGISTRAR", "AUDITOR", "ADMINISTRATOR"}
 
 no_patient_data_roles := {"AUDITOR", "ADMINISTRATOR"}
+
+# Roles that only a patient token carries (runtime/tokens.py refuses mixing at authentication).
+patient_roles := {"PATIENT"}
 
 # Refusals in the order they are reported when roles disagree: the reasons that tell the caller
 # what would change the answer come first, the blanket "this role never does that" last.

@@ -78,6 +78,8 @@ def purpose_of_use(principal: Principal | None, permit: Permit) -> audit_pb.Purp
         return audit_pb.PURPOSE_OF_USE_TREATMENT
     if "BILLING_CLERK" in roles:
         return audit_pb.PURPOSE_OF_USE_PAYMENT
+    if principal is not None and principal.is_patient:
+        return audit_pb.PURPOSE_OF_USE_PATIENT_REQUEST
     return audit_pb.PURPOSE_OF_USE_OPERATIONS
 
 
@@ -177,7 +179,9 @@ class Access:
             under_care=facts.under_care,
             encounter_class=facts.encounter_class,
             surgical=facts.surgical,
-            own=facts.own,
+            # A patient's own record is theirs whatever the servicer said: the record's patient
+            # is the caller (the only way a PATIENT is ever allowed anything of a patient's).
+            own=facts.own or (principal.is_patient and facts.patient == principal.subject),
             consent="active",
         )
         decision = self.policy.decide(request)

@@ -272,8 +272,12 @@ class AuditTrail:
 
     def _agent(self, principal: Principal | None) -> pb.AuditAgent:
         agent = pb.AuditAgent(service_account=self._service)
-        if principal is not None and principal.is_staff:
-            agent.staff = principal.subject
+        if principal is not None and (principal.is_staff or principal.is_patient):
+            if principal.is_staff:
+                agent.staff = principal.subject
+            else:
+                # A signed-in patient acted on their own records: they are the actor.
+                agent.patient = principal.subject
             agent.roles.extend(sorted(principal.roles))
             if principal.via_service:
                 # The service that relayed the person's call (ADR 0002).

@@ -18,13 +18,16 @@ from his.runtime.interceptors import Behavior, Handler, WrappingInterceptor, wra
 from his.runtime.tokens import TokenVerifier
 from his_client.credentials import AUTHORIZATION, CALLER
 
-# Calls anyone may make: probes, reflection, and the local identity provider's own door.
+# Calls anyone may make: probes, reflection, and the identity provider's own doors (staff and
+# service login, patient sign-in; each limits its own abuse).
 PUBLIC_METHODS = frozenset(
     {
         "/grpc.health.v1.Health/Check",
         "/grpc.health.v1.Health/Watch",
         "/grpc.health.v1.Health/List",
         "/his.iam.v1.IamService/IssueToken",
+        "/his.iam.v1.IamService/StartPatientSignIn",
+        "/his.iam.v1.IamService/CompletePatientSignIn",
         "/his.iam.v1.IamService/GetJwks",
     }
 )

@@ -22,7 +22,7 @@ from typing import Any
 import jwt
 
 from his.base.errors import Unauthenticated, Unavailable
-from his.base.identity import SERVICE_ROLE, Principal
+from his.base.identity import PATIENT_ROLE, SERVICE_ROLE, Principal
 from his.runtime.config import AuthConfig
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 FetchJwks = Callable[[], Awaitable[Mapping[str, Any]]]
 
 _CACHE_LIMIT = 10_000
-_SUBJECT_PREFIXES = ("staff/", "services/")
+_SUBJECT_PREFIXES = ("staff/", "services/", "patients/")
 
 
 def _invalid(why: str) -> Unauthenticated:
@@ -168,7 +168,7 @@ class TokenVerifier:
 def _principal(claims: Mapping[str, Any], token: str) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.startswith(_SUBJECT_PREFIXES):
-        raise _invalid("subject is neither staff nor a service")
+        raise _invalid("subject is neither staff, a patient nor a service")
     roles = claims.get("roles", [])
     departments = claims.get("departments", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
@@ -179,6 +179,13 @@ def _principal(claims: Mapping[str, Any], token: str) -> Principal:
     # forged one) must not borrow the other kind's permissions.
     if subject.startswith("services/") != (set(roles) == {SERVICE_ROLE}):
         raise _invalid("roles do not fit the subject (services carry exactly SERVICE)")
+    # Likewise a patient is exactly PATIENT and nobody else ever is: a staff member holding
+    # PATIENT, or a patient holding a staff role, would mix a patient's own-record permissions
+    # with staff ones. A patient belongs to no department.
+    if subject.startswith("patients/") != (PATIENT_ROLE in roles):
+        raise _invalid("roles do not fit the subject (patients carry exactly PATIENT)")
+    if subject.startswith("patients/") and (set(roles) != {PATIENT_ROLE} or departments):
+        raise _invalid("roles do not fit the subject (patients carry exactly PATIENT)")
     username = claims.get("preferred_username")
     return Principal(
         subject=subject,

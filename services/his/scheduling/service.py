@@ -375,6 +375,14 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             arrived=arrived,
         )
         v.raise_if_any()
+        caller = identity.current_or_none()
+        if caller is not None and caller.is_patient:
+            # A signed-in patient lists their own appointments by naming themselves as `patient`:
+            # another patient's (or none, with only a department or period) is refused outright,
+            # rather than scanning others' rows to leave them all out.
+            await self._access.require(
+                "read", "scheduling.appointment", own=request.patient == caller.subject
+            )
         keyset = self._pages.keyset(
             request.page_token, query=where.fingerprint(), limit=limit, after=time_and_id
         )
@@ -414,7 +422,9 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         reason = v.text("reason", request.reason, max_len=MAX_REASON, required=True)
         v.raise_if_any()
         assert appointment_id is not None
-        return await self._transition(appointment_id, "cancelled", request.etag, reason)
+        return await self._transition(
+            appointment_id, "cancelled", request.etag, reason, fields=("status", "cancel_reason")
+        )
 
     async def CheckInAppointment(
         self, request: pb.CheckInAppointmentRequest, context: Context
@@ -436,14 +446,22 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
         )
 
     async def _transition(
-        self, appointment_id: uuid.UUID, to: str, etag: str, reason: str | None = None
+        self,
+        appointment_id: uuid.UUID,
+        to: str,
+        etag: str,
+        reason: str | None = None,
+        *,
+        fields: Sequence[str] = ("status",),
     ) -> pb.Appointment:
+        # `fields` are what the transition changes: a cancellation also sets cancel_reason, which
+        # is how the policy tells the one change a patient may make from the desk's.
         permit, found = await self._access.authorize(
             "update",
             "scheduling.appointment",
             lambda: self._find_appointment(appointment_id),
             self._appointment_facts,
-            fields=("status",),
+            fields=fields,
         )
         if found is None:
             raise store.not_found(f"appointments/{appointment_id}")

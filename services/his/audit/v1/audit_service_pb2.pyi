@@ -125,6 +125,10 @@ class _PurposeOfUseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PurposeO
     """Healthcare operations (HOPERAT)."""
     PURPOSE_OF_USE_RESEARCH: _PurposeOfUse.ValueType  # 5
     """Research (HRESCH)."""
+    PURPOSE_OF_USE_PATIENT_REQUEST: _PurposeOfUse.ValueType  # 6
+    """Patient requested (PATRQT): the patient, signed in, used their own data (reading their
+    record, booking or cancelling their appointment).
+    """
 
 class PurposeOfUse(_PurposeOfUse, metaclass=_PurposeOfUseEnumTypeWrapper):
     """Why data was used (HL7 v3 PurposeOfUse), as declared by the caller."""
@@ -141,6 +145,10 @@ PURPOSE_OF_USE_OPERATIONS: PurposeOfUse.ValueType  # 4
 """Healthcare operations (HOPERAT)."""
 PURPOSE_OF_USE_RESEARCH: PurposeOfUse.ValueType  # 5
 """Research (HRESCH)."""
+PURPOSE_OF_USE_PATIENT_REQUEST: PurposeOfUse.ValueType  # 6
+"""Patient requested (PATRQT): the patient, signed in, used their own data (reading their
+record, booking or cancelling their appointment).
+"""
 Global___PurposeOfUse: _TypeAlias = PurposeOfUse  # noqa: Y015
 
 class _ChainBreakReason:
@@ -299,9 +307,11 @@ class AuditAgent(_message.Message):
     ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
     SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
     NETWORK_ADDRESS_FIELD_NUMBER: _builtins.int
+    PATIENT_FIELD_NUMBER: _builtins.int
     staff: _builtins.str
     """The staff member who performed the action, `staff/{staff}`, from the `sub` claim of the access
-    token. Empty when a service acted on its own (for example a scheduled job).
+    token. Empty when a service acted on its own (for example a scheduled job) or a patient did
+    (`patient`).
     """
     on_behalf_of: _builtins.str
     """On whose behalf the action was performed. Either a staff member, `staff/{staff}`, for example
@@ -316,6 +326,11 @@ class AuditAgent(_message.Message):
     """
     network_address: _builtins.str
     """The network address (IPv4 or IPv6) of the end user's device, up to 45 characters. Optional."""
+    patient: _builtins.str
+    """The patient who performed the action themselves, `patients/{patient}`, from the `sub` claim
+    of a patient's access token (patient sign-in, role PATIENT). Empty otherwise; never set
+    together with `staff`.
+    """
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The staff member's roles at the time, as in the `roles` claim of the access token, for example
@@ -330,10 +345,11 @@ class AuditAgent(_message.Message):
         on_behalf_of: _builtins.str = ...,
         service_account: _builtins.str = ...,
         network_address: _builtins.str = ...,
+        patient: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["network_address", b"network_address", "on_behalf_of", b"on_behalf_of", "roles", b"roles", "service_account", b"service_account", "staff", b"staff"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network_address", b"network_address", "on_behalf_of", b"on_behalf_of", "patient", b"patient", "roles", b"roles", "service_account", b"service_account", "staff", b"staff"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -128,10 +128,14 @@ class IamServiceStub:
     the configured sender (an SMS gateway in production; locally a line in the `his up` log and in
     `.his/sign-in-codes.log`). The answer is the same whether or not the number is registered, so
     it reveals nothing. Needs no authentication. A code lives `expire_time` (5 minutes by default)
-    and can be used once; asking again sends a new code and retires the previous one. Errors:
-    INVALID_ARGUMENT if `phone` is not in the form of Patient.phone; RESOURCE_EXHAUSTED (reason
-    SIGN_IN_RATE_LIMITED, with RetryInfo) when this phone number or this source asked too often;
-    UNIMPLEMENTED when patient sign-in is switched off.
+    and can be used once; asking again sends a new code and retires the previous one. The source
+    is the caller's address: the first hop of `x-forwarded-for` as the gateway sets it, else the
+    connection's peer. Limits (iam settings `HIS_IAM_SIGN_IN_*`, counted by every replica
+    alike over a sliding window of 15 minutes by default): 5 codes per phone number and 30 per
+    source. Errors: INVALID_ARGUMENT if `phone` is not in the form of Patient.phone;
+    RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo saying when to ask again)
+    when this phone number or this source asked too often; UNIMPLEMENTED (reason
+    PATIENT_SIGN_IN_OFF) when patient sign-in is switched off.
     """
     CompletePatientSignIn: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.CompletePatientSignInRequest, _iam_service_pb2.CompletePatientSignInResponse]
     """Patient sign-in, step two: exchanges the code sent by StartPatientSignIn for an access token
@@ -140,8 +144,10 @@ class IamServiceStub:
     digits; UNAUTHENTICATED with reason SIGN_IN_CODE_INVALID for a wrong or already used code or an
     unknown sign-in (the same error for all three), and with reason SIGN_IN_CODE_EXPIRED for a code
     past its `expire_time`; RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo) after
-    too many wrong codes for the phone number or from the source, until the wait has passed (the
-    sign-in itself is then void); UNIMPLEMENTED when patient sign-in is switched off.
+    too many wrong codes for the phone number (5 by default) or from the source (20) within the
+    window, even for the right code, until the oldest of them has left the window (the sign-in
+    itself is then void); UNIMPLEMENTED (reason PATIENT_SIGN_IN_OFF) when patient sign-in is
+    switched off. Of concurrent completions with the right code exactly one gets the token.
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.GetJwksRequest, _iam_service_pb2.JsonWebKeySet]
     """Returns the public keys that verify the tokens issued by IssueToken (a JSON Web Key Set, RFC
@@ -271,10 +277,14 @@ class IamServiceAsyncStub(IamServiceStub):
     the configured sender (an SMS gateway in production; locally a line in the `his up` log and in
     `.his/sign-in-codes.log`). The answer is the same whether or not the number is registered, so
     it reveals nothing. Needs no authentication. A code lives `expire_time` (5 minutes by default)
-    and can be used once; asking again sends a new code and retires the previous one. Errors:
-    INVALID_ARGUMENT if `phone` is not in the form of Patient.phone; RESOURCE_EXHAUSTED (reason
-    SIGN_IN_RATE_LIMITED, with RetryInfo) when this phone number or this source asked too often;
-    UNIMPLEMENTED when patient sign-in is switched off.
+    and can be used once; asking again sends a new code and retires the previous one. The source
+    is the caller's address: the first hop of `x-forwarded-for` as the gateway sets it, else the
+    connection's peer. Limits (iam settings `HIS_IAM_SIGN_IN_*`, counted by every replica
+    alike over a sliding window of 15 minutes by default): 5 codes per phone number and 30 per
+    source. Errors: INVALID_ARGUMENT if `phone` is not in the form of Patient.phone;
+    RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo saying when to ask again)
+    when this phone number or this source asked too often; UNIMPLEMENTED (reason
+    PATIENT_SIGN_IN_OFF) when patient sign-in is switched off.
     """
     CompletePatientSignIn: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.CompletePatientSignInRequest, _iam_service_pb2.CompletePatientSignInResponse]  # type: ignore[assignment]
     """Patient sign-in, step two: exchanges the code sent by StartPatientSignIn for an access token
@@ -283,8 +293,10 @@ class IamServiceAsyncStub(IamServiceStub):
     digits; UNAUTHENTICATED with reason SIGN_IN_CODE_INVALID for a wrong or already used code or an
     unknown sign-in (the same error for all three), and with reason SIGN_IN_CODE_EXPIRED for a code
     past its `expire_time`; RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo) after
-    too many wrong codes for the phone number or from the source, until the wait has passed (the
-    sign-in itself is then void); UNIMPLEMENTED when patient sign-in is switched off.
+    too many wrong codes for the phone number (5 by default) or from the source (20) within the
+    window, even for the right code, until the oldest of them has left the window (the sign-in
+    itself is then void); UNIMPLEMENTED (reason PATIENT_SIGN_IN_OFF) when patient sign-in is
+    switched off. Of concurrent completions with the right code exactly one gets the token.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.GetJwksRequest, _iam_service_pb2.JsonWebKeySet]  # type: ignore[assignment]
     """Returns the public keys that verify the tokens issued by IssueToken (a JSON Web Key Set, RFC
@@ -489,10 +501,14 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         the configured sender (an SMS gateway in production; locally a line in the `his up` log and in
         `.his/sign-in-codes.log`). The answer is the same whether or not the number is registered, so
         it reveals nothing. Needs no authentication. A code lives `expire_time` (5 minutes by default)
-        and can be used once; asking again sends a new code and retires the previous one. Errors:
-        INVALID_ARGUMENT if `phone` is not in the form of Patient.phone; RESOURCE_EXHAUSTED (reason
-        SIGN_IN_RATE_LIMITED, with RetryInfo) when this phone number or this source asked too often;
-        UNIMPLEMENTED when patient sign-in is switched off.
+        and can be used once; asking again sends a new code and retires the previous one. The source
+        is the caller's address: the first hop of `x-forwarded-for` as the gateway sets it, else the
+        connection's peer. Limits (iam settings `HIS_IAM_SIGN_IN_*`, counted by every replica
+        alike over a sliding window of 15 minutes by default): 5 codes per phone number and 30 per
+        source. Errors: INVALID_ARGUMENT if `phone` is not in the form of Patient.phone;
+        RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo saying when to ask again)
+        when this phone number or this source asked too often; UNIMPLEMENTED (reason
+        PATIENT_SIGN_IN_OFF) when patient sign-in is switched off.
         """
 
     @_abc_1.abstractmethod
@@ -507,8 +523,10 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         digits; UNAUTHENTICATED with reason SIGN_IN_CODE_INVALID for a wrong or already used code or an
         unknown sign-in (the same error for all three), and with reason SIGN_IN_CODE_EXPIRED for a code
         past its `expire_time`; RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo) after
-        too many wrong codes for the phone number or from the source, until the wait has passed (the
-        sign-in itself is then void); UNIMPLEMENTED when patient sign-in is switched off.
+        too many wrong codes for the phone number (5 by default) or from the source (20) within the
+        window, even for the right code, until the oldest of them has left the window (the sign-in
+        itself is then void); UNIMPLEMENTED (reason PATIENT_SIGN_IN_OFF) when patient sign-in is
+        switched off. Of concurrent completions with the right code exactly one gets the token.
         """
 
     @_abc_1.abstractmethod
