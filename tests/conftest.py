@@ -34,7 +34,7 @@ from his.scheduling.v1 import scheduling_service_pb2_grpc
 from tests.identity import ISSUER, REGISTRAR, Issuer, channel_as
 from tests.support import free_port, track_relay
 
-TEST_ENV = {"HIS_PORT": "0", "HIS_METRICS_PORT": "-1", "HIS_GRACE_S": "2"}
+TEST_ENV = {"HIS_PORT": "0", "HIS_METRICS_PORT": "-1", "HIS_GRACE_S": "2", "HIS_IAM_HTTP_PORT": "0"}
 
 
 def service_config(service: str, **overrides: str) -> ServiceConfig:

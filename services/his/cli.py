@@ -178,10 +178,21 @@ def _mesh_tool(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _services(_: argparse.Namespace) -> int:
-    print(f"{'service':<12} {'grpc':>6} {'metrics':>8}  status")
+    import os  # noqa: PLC0415
+
+    from his.gateway.config import GatewayConfig  # noqa: PLC0415
+
+    print(f"{'service':<12} {'grpc':>6} {'metrics':>8} {'http':>6}  status")
     for entry in CATALOG:
         status = "implemented" if entry.implemented else "contract only"
-        print(f"{entry.name:<12} {entry.port:>6} {entry.metrics_port:>8}  {status}")
+        http = "-" if entry.http_port is None else str(entry.http_port)
+        print(f"{entry.name:<12} {entry.port:>6} {entry.metrics_port:>8} {http:>6}  {status}")
+    gateway = GatewayConfig.from_env(os.environ)
+    if gateway.enabled:
+        print(
+            f"\ngateway      {gateway.url} (Envoy: gRPC-web and the web app; admin "
+            f"127.0.0.1:{gateway.admin_port}, web app server 127.0.0.1:{gateway.app_port})"
+        )
     return 0
 
 

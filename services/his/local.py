@@ -20,9 +20,11 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from his.base.catalog import ServiceEntry, implemented
+from his.base.catalog import ServiceEntry, implemented, lookup
+from his.gateway.config import GatewayConfig
+from his.gateway.envoy_config import LocalAddresses
 from his.iam.config import sign_in_codes_path
 from his.local_logs import PRINTED, LogFiles
 from his.local_secrets import LocalSecrets, local_secrets
@@ -37,10 +39,13 @@ from his_client import HisClients, static_token
 log = logging.getLogger("his.up")
 
 START_TIMEOUT_S = 60.0
-_PER_SERVICE = frozenset({"HIS_PORT", "HIS_HOST", "HIS_METRICS_PORT"})
+_PER_SERVICE = frozenset({"HIS_PORT", "HIS_HOST", "HIS_METRICS_PORT", "HIS_IAM_HTTP_PORT"})
 STOP_TIMEOUT_S = 15.0
 POSTGRES_CHECK_S = 1.0
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from his.gateway.runner import LocalGateway
 
 
 def _database_url(config: DatabaseConfig) -> tuple[str, EmbeddedPostgres | None]:
@@ -145,6 +150,8 @@ class Hospital:
         self._logs = logs
         self._services = {entry.name: _Service(entry) for entry in entries}
         self._embedded = None if config.url else EmbeddedPostgres(config.data_dir / "pgdata")
+        self._gateway_config = GatewayConfig.from_env(os.environ)
+        self._gateway: LocalGateway | None = None
         self._url = config.url or ""
         self._blocking: set[asyncio.Future[Any]] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -196,11 +203,17 @@ class Hospital:
     async def _start(self, *, demo: bool) -> None:
         # gRPC servers bind with SO_REUSEPORT: a second hospital would share the first's ports
         # silently, each taking some of the calls. Refuse instead.
+        gateway = self._gateway_config
+        gateway_ports = (
+            (gateway.port, gateway.admin_port, gateway.app_port) if gateway.enabled else ()
+        )
         busy = [
             port
-            for entry in self._entries
-            for port in (entry.port, entry.metrics_port)
-            if await _listening(port)
+            for port in (
+                *(p for e in self._entries for p in (e.port, e.metrics_port, e.http_port)),
+                *gateway_ports,
+            )
+            if port is not None and await _listening(port)
         ]
         if busy:
             ports = ", ".join(map(str, busy))
@@ -228,12 +241,67 @@ class Hospital:
             await self._wait_serving(service)
         for service in self._services.values():
             self._watch(self._supervise(service))
+        await self._start_gateway()
         if demo:
             log.info("loading demo data")
             self.say(f"demo data:    {await _load_demo(self._entries, self._config.data_dir)}")
             self.say(_patient_sign_in_hint(self._config.data_dir))
         _print_table(self._entries)
+        if self._gateway is not None:
+            self.say(
+                f"\ngateway       {self._gateway_config.url} (gRPC-web for the apps, and the "
+                f"patient web app from {self._gateway.app_dir}); Envoy's log: "
+                f"{self._gateway.log_path}"
+            )
         self.say("\nHIS Mesh is up. Press Ctrl-C to stop.")
+
+    async def _start_gateway(self) -> None:
+        """Envoy as the mobile gateway, generated from mesh/istio/gateway; `his up` goes on
+        without it (and says why) when Envoy or the gateway's policy is missing."""
+        if not self._gateway_config.enabled:
+            return
+        try:
+            from his.gateway.runner import LocalGateway, repository_root  # noqa: PLC0415
+
+            iam_http = lookup("iam").http_port
+            assert iam_http is not None
+            gateway = LocalGateway(
+                self._gateway_config,
+                LocalAddresses(
+                    services={entry.name: entry.port for entry in self._entries},
+                    iam_http=iam_http,
+                ),
+                root=repository_root(),
+                work_dir=self._config.data_dir.resolve() / "gateway",
+            )
+        except (ImportError, ValueError) as error:
+            self.say(f"gateway       not started: {error}", level=logging.WARNING)
+            return
+        log.info("starting the gateway")
+        self._gateway = gateway
+        await gateway.start()
+        self._watch(self._supervise_gateway(gateway))
+
+    async def _supervise_gateway(self, gateway: LocalGateway) -> None:
+        """Start Envoy again whenever it dies, with backoff."""
+        backoff, started = Backoff(), time.monotonic()
+        while True:
+            assert gateway.process is not None
+            code = await gateway.process.wait()
+            delay = backoff.next_delay(time.monotonic() - started)
+            self.say(
+                f"his up: the gateway (envoy) died: {describe_exit(code)}; restart in {delay:g}s "
+                f"(its log: {gateway.log_path})",
+                level=logging.WARNING,
+            )
+            await asyncio.sleep(delay)
+            started = time.monotonic()
+            try:
+                await gateway.spawn()
+            except RuntimeError as error:
+                self.say(f"his up: the gateway did not come up: {error}", level=logging.ERROR)
+                continue
+            self.say("his up: the gateway is up again")
 
     async def _off_loop(self, function: Callable[..., T], *args: Any) -> T:
         """Run blocking work in a thread; if cancelled, the work still ends before the shutdown
@@ -374,6 +442,8 @@ class Hospital:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._gateway is not None:  # no new calls come in while the services stop
+            await self._gateway.stop()
         for service in self._stop_order():
             await self._stop(service)
         # A migration or pg_ctl still running (Ctrl-C came in the middle) ends before the end.

@@ -332,8 +332,8 @@ def _gateway_cannot_reach_patient(root: Path) -> None:
     edit(
         root,
         f"{NETWORK}/mobile-gateway.yaml",
-        "values: [patient, scheduling, emr, orders, lab, pharmacy, billing, iam, audit]",
-        "values: [scheduling, emr, orders, lab, pharmacy, billing, iam, audit]",
+        "values: [patient, scheduling, emr, orders, lab, pharmacy, billing, iam]",
+        "values: [scheduling, emr, orders, lab, pharmacy, billing, iam]",
     )
 
 

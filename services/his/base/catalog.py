@@ -17,6 +17,8 @@ class ServiceEntry:
     port: int
     metrics_port: int
     implemented: bool
+    # An HTTP port of the service's own besides gRPC and metrics (iam: its key set), if any.
+    http_port: int | None = None
 
     @property
     def module(self) -> str:
@@ -32,17 +34,19 @@ class ServiceEntry:
         return service
 
 
-def _entry(name: str, index: int, *, implemented: bool) -> ServiceEntry:
+def _entry(name: str, index: int, *, implemented: bool, http: bool = False) -> ServiceEntry:
     return ServiceEntry(
         name=name,
         grpc_service=f"his.{name}.v1.{name.capitalize()}Service",
         port=50050 + index,
         metrics_port=9050 + index,
         implemented=implemented,
+        http_port=8050 + index if http else None,
     )
 
 
-# The local port table of the README. In Kubernetes every service listens on 50051 inside its pod;
+# The local port table of the README (iam's HTTP port serves its JWKS and OIDC discovery).
+# In Kubernetes every service listens on 50051 inside its pod;
 # these distinct ports only matter when `his up` runs them side by side on one machine.
 CATALOG: tuple[ServiceEntry, ...] = (
     _entry("patient", 1, implemented=True),
@@ -52,7 +56,7 @@ CATALOG: tuple[ServiceEntry, ...] = (
     _entry("lab", 5, implemented=True),
     _entry("pharmacy", 6, implemented=True),
     _entry("billing", 7, implemented=True),
-    _entry("iam", 8, implemented=True),
+    _entry("iam", 8, implemented=True, http=True),
     _entry("audit", 9, implemented=True),
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from his.iam import jwks_http
 from his.iam.config import IamConfig
 from his.iam.service import IamService
 from his.iam.v1 import iam_service_pb2_grpc as pb_grpc
@@ -18,4 +19,5 @@ SPEC = ServiceSpec(
     grpc_service="his.iam.v1.IamService",
     add_to_server=pb_grpc.add_IamServiceServicer_to_server,
     make_servicer=make_servicer,
+    companion=jwks_http.serve,
 )

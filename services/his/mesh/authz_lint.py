@@ -27,6 +27,8 @@ def _authorization(cluster: Cluster) -> Iterator[Finding]:
     for policy in cluster.of_kind("AuthorizationPolicy"):
         app = ((spec_of(policy).get("selector") or {}).get("matchLabels") or {}).get("app")
         for number, rule in enumerate(spec_of(policy).get("rules") or []):
+            if app == KEYS_APP and key_documents(rule):
+                continue
             for index, source in enumerate(rule.get("from") or []):
                 for principal in (source.get("source") or {}).get("principals") or []:
                     yield from _principal(
@@ -128,8 +130,22 @@ def _path(
 
 GATEWAY_SELECTOR = {"istio": "mobile-gateway"}
 GATEWAY_PRINCIPAL = "cluster.local/ns/his/sa/mobile-gateway"
-# The only rpc a caller without a token may reach through the gateway: the login.
+# The only rpcs a caller without a token may reach through the gateway: the sign-in rpcs (staff
+# log in with IssueToken; patients ask for a one-time code, then trade it for a token).
 LOGIN = "/his.iam.v1.IamService/IssueToken"
+SIGN_IN = frozenset(
+    {
+        LOGIN,
+        "/his.iam.v1.IamService/StartPatientSignIn",
+        "/his.iam.v1.IamService/CompletePatientSignIn",
+    }
+)
+# iam's public key documents (services/his/iam/jwks_http.py) on its http-keys port: istiod fetches
+# the gateway's jwksUri there from outside the mesh, so that one rule names no caller and that
+# one port takes plaintext. Nothing else may.
+KEYS_APP = "iam"
+KEYS_PORT = "8080"
+KEY_DOCUMENTS = frozenset({"/.well-known/jwks.json", "/.well-known/openid-configuration"})
 _SOURCE_FIELDS = {"principals"}
 _GATEWAY_SOURCE_FIELDS = {"requestPrincipals"}
 
@@ -200,6 +216,8 @@ def _rule_shape(
     operations = [t.get("operation") or {} for t in rule.get("to") or []]
     if gateway and _preflight_or_login(rule, operations):
         return
+    if _selector(policy).get("app") == KEYS_APP and key_documents(rule):
+        return
     allowed = _GATEWAY_SOURCE_FIELDS if gateway else _SOURCE_FIELDS
     sources = [s.get("source") or {} for s in rule.get("from") or []]
     who = "requestPrincipals (a valid JWT)" if gateway else "principals (ServiceAccounts)"
@@ -250,13 +268,35 @@ def _rule_shape(
                 )
 
 
+def key_documents(rule: Mapping[str, Any]) -> bool:
+    """The rule letting anyone GET iam's public key documents on its http-keys port only."""
+    operations = [t.get("operation") or {} for t in rule.get("to") or []]
+    return (
+        not rule.get("from")
+        and bool(operations)
+        and all(
+            [str(p) for p in op.get("ports") or []] == [KEYS_PORT]
+            and set(op.get("methods") or ()) <= {"GET", "HEAD"}
+            and op.get("methods")
+            and op.get("paths")
+            and set(op["paths"]) <= KEY_DOCUMENTS
+            and set(op) == {"ports", "methods", "paths"}
+            for op in operations
+        )
+    )
+
+
 def _preflight_or_login(rule: Mapping[str, Any], operations: list[dict[str, Any]]) -> bool:
-    """The gateway's two unauthenticated rules: CORS preflight and the login rpc."""
+    """The gateway's unauthenticated rules: CORS preflight and the sign-in rpcs."""
     if rule.get("from") or not operations:
         return False
     return all(
         (op.get("methods") == ["OPTIONS"] and not op.get("paths"))
-        or (op.get("paths") == [LOGIN] and op.get("methods") in (None, ["POST"]))
+        or (
+            op.get("paths")
+            and set(op["paths"]) <= SIGN_IN
+            and op.get("methods") in (None, ["POST"])
+        )
         for op in operations
     )
 
@@ -431,8 +471,12 @@ def _peer_authentication(cluster: Cluster) -> Iterator[Finding]:
         )
     for policy in policies:
         spec = spec_of(policy)
+        keys_only = ((spec.get("selector") or {}).get("matchLabels") or {}) == {"app": KEYS_APP}
         modes = [(spec.get("mtls") or {}).get("mode")] + [
-            (v or {}).get("mode") for v in (spec.get("portLevelMtls") or {}).values()
+            (v or {}).get("mode")
+            for port, v in (spec.get("portLevelMtls") or {}).items()
+            # iam's key documents port: for istiod, outside the mesh (see KEYS_PORT).
+            if not (keys_only and str(port) == KEYS_PORT and (v or {}).get("mode") == "PERMISSIVE")
         ]
         for mode in modes:
             if mode not in (None, "STRICT", "UNSET"):

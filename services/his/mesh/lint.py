@@ -22,6 +22,7 @@ from his.mesh.cluster import (
 )
 from his.mesh.contracts import Rpc, rpcs
 from his.mesh.deploy_lint import lint_deploy
+from his.mesh.edge_lint import EDGE_RULES
 from his.mesh.findings import Finding, subject
 from his.mesh.network_lint import network_calls
 from his.mesh.routes import (
@@ -54,6 +55,7 @@ def lint(cluster: Cluster) -> list[Finding]:
         _method_classes,
         *AUTHORIZATION_RULES,
         *TRAFFIC_RULES,
+        *EDGE_RULES,
         network_calls,
         lint_deploy,
     )
@@ -142,7 +144,19 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
             label = str(port.get("name", ""))
             protocol = port.get("appProtocol")
             where = f"ports[{index}] {label}".rstrip()
-            if label == "grpc" or label.startswith("grpc-"):
+            if label == "grpc-web" or label.startswith("grpc-web-"):
+                # gRPC that the destination's sidecar also translates from gRPC-web
+                # (edge_lint checks the gateway's destinations have it).
+                grpc = True
+                if protocol != "grpc-web":
+                    yield finding(
+                        cluster,
+                        service,
+                        where,
+                        f"appProtocol is {protocol!r}, not 'grpc-web'",
+                        "set appProtocol: grpc-web (Istio reads it before the name)",
+                    )
+            elif label == "grpc" or label.startswith("grpc-"):
                 grpc = True
                 if protocol != "grpc":
                     yield finding(
@@ -152,13 +166,14 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
                         f"appProtocol is {protocol!r}, not 'grpc'",
                         "set appProtocol: grpc (Istio reads it before the name)",
                     )
-            elif protocol == "grpc":
+            elif protocol in ("grpc", "grpc-web"):
                 yield finding(
                     cluster,
                     service,
                     where,
                     f"gRPC port named {label!r}",
-                    "name it grpc (or grpc-<suffix>) so the name and appProtocol agree",
+                    f"name it {protocol} (or {protocol}-<suffix>) so the name and appProtocol "
+                    "agree",
                 )
                 grpc = True
             elif not protocol and "-" not in label and label not in ("http", "http2", "tcp"):

@@ -9,9 +9,9 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -71,6 +71,16 @@ class ServiceSpec:
     # The outbox destinations of its domain events besides audit (destination -> deliverer),
     # built from the service's clients; the relay delivers them (scheduling: check-ins to emr).
     deliverers: Callable[[HisClients], Mapping[str, Deliver]] | None = None
+    # A server the service runs beside its gRPC server in the same process (iam: its key set over
+    # HTTP), started once the gRPC server is and closed after it; it may decide not to run (None).
+    companion: Callable[[ServiceResources], Awaitable[Companion | None]] | None = None
+
+
+class Companion(Protocol):
+    """A server started beside a service's gRPC server (ServiceSpec.companion)."""
+
+    async def aclose(self) -> None:
+        """Stop serving and free what it holds."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ class RunningService:
     audit: AuditTrail | None = None
     relay: Relay | None = None
     migration: asyncio.Task[None] | None = None
+    companion: Companion | None = None
 
     @property
     def address(self) -> str:
@@ -139,6 +150,8 @@ class RunningService:
         left = grace - (time.monotonic() - started)
         await self.admission.quiet(_QUIET_S, at_most_s=min(_QUIET_MAX_S, left))
         await self.server.stop(max(grace - (time.monotonic() - started), 0.0))
+        if self.companion is not None:
+            await self.companion.aclose()
         if self.audit is not None:
             await self.audit.close()
         if self.relay is not None:
@@ -225,6 +238,7 @@ async def start(
     database_health = DatabaseHealth(database, health, metrics, migrated=not migrate)
     metrics_endpoint: MetricsEndpoint | None = None
     migration: asyncio.Task[None] | None = None
+    companion: Companion | None = None
     try:
         resources = ServiceResources(config, database, clients, access, outbox)
         spec.add_to_server(spec.make_servicer(resources), server)
@@ -252,6 +266,8 @@ async def start(
         if config.server.metrics_port >= 0:
             metrics_endpoint = metrics.serve(config.server.metrics_port)
         await server.start()
+        if spec.companion is not None:
+            companion = await spec.companion(resources)
     except BaseException:
         if migration is not None:
             migration.cancel()
@@ -279,6 +295,7 @@ async def start(
         audit=audit,
         relay=relay,
         migration=migration,
+        companion=companion,
     )
     if relay is not None:
         relay.start()
