@@ -23,13 +23,17 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from his.base.catalog import implemented
+from his.gateway.policy import load as load_gateway_policy
+from his.iam.config import sign_in_codes_path
 from his.iam.v1 import iam_service_pb2 as ipb
 from his.patient.v1 import patient_service_pb2 as ppb
 from his.scheduling.v1 import scheduling_service_pb2 as spb
 from his_client import HisClients, static_token
+from his_client.patient_sign_in import last_code
 from tests.e2e.his_up import READY, HisUp
 from tests.e2e.web import (
     CHROMIUM_ARGS,
+    ROOT,
     WEB,
     artifacts_dir,
     require_built_app,
@@ -57,7 +61,7 @@ class Hospital:
     @property
     def codes(self) -> Path:
         """The local sender's file of sign-in codes."""
-        return self.data_dir / "sign-in-codes.log"
+        return sign_in_codes_path(self.data_dir)
 
     def token(self, username: str) -> str:
         """A staff token, as a newcomer gets one (`his token --user`)."""
@@ -108,7 +112,7 @@ def test_node_client_through_the_gateway(hospital: Hospital) -> None:
             HIS_GATEWAY_URL=hospital.gateway,
             HIS_SIGN_IN_CODES=str(hospital.codes),
             HIS_TEST_PHONES=",".join(NODE_PHONES),
-            HIS_ALLOWED_ORIGIN="https://staff.his.hospital.example",
+            HIS_ALLOWED_ORIGIN=load_gateway_policy(ROOT).cors.origins[0],
             HIS_AUDITOR_TOKEN=hospital.token("audit.khan"),
         ),
         capture_output=True,
@@ -165,15 +169,6 @@ async def screenshot_on_failure(page: Page, name: str) -> AsyncIterator[None]:
         raise
 
 
-def _last_code(codes: Path, phone: str) -> str:
-    lines = codes.read_text(encoding="utf-8").splitlines() if codes.exists() else []
-    for line in reversed(lines):
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == phone:
-            return parts[1]
-    raise AssertionError(f"no sign-in code for {phone} in {codes}")
-
-
 async def _take_first_free_slot(his: HisClients, clinic: str) -> spb.Appointment:
     """Another patient books the clinic's first free slot, the first one the app shows."""
     departments = await his.iam.ListDepartments(
@@ -211,7 +206,8 @@ async def _book_and_cancel(hospital: Hospital, page: Page) -> None:
     await page.get_by_role("button", name="Send code").click()
     code_box = page.get_by_label("Code from the text message")
     await expect(code_box).to_be_visible()
-    code = _last_code(hospital.codes, BROWSER_PHONE)
+    code = last_code(hospital.codes, BROWSER_PHONE)
+    assert code is not None, f"no sign-in code for {BROWSER_PHONE} in {hospital.codes}"
     await code_box.fill(code[:-1] + str((int(code[-1]) + 1) % 10))
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_role("alert")).to_have_text(re.compile("That code is not right"))
