@@ -41,8 +41,8 @@ $(WEB)/app/dist/index.html: $(WEB_DEPS) $(WEB_SRC)
 
 web: $(WEB)/app/dist/index.html ## Type-check and build the patient web app into clients/web/app/dist (his up serves it).
 
-web-test: $(WEB_DEPS) ## The web client's and app's Node unit tests (the gateway and browser tests run in pytest).
-	cd $(WEB) && npm run --silent typecheck && npm run --silent test:unit
+web-test: $(WEB_DEPS) ## Type check, prettier and the Node unit tests of clients/web (its gateway and browser tests run in pytest).
+	cd $(WEB) && npm run --silent lint && npm run --silent test:unit
 
 install: $(VENV)/.installed $(BUF) $(WEB_DEPS) web ## Create the virtualenv and install everything, build the web app.
 
@@ -115,9 +115,10 @@ lint: $(VENV)/.installed ## ruff and mypy on hand-written code.
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy services clients tests bench
 
-fmt: $(VENV)/.installed ## Format and autofix.
+fmt: $(VENV)/.installed $(WEB_DEPS) ## Format and autofix (Python, and clients/web with prettier).
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+	cd $(WEB) && npm run --silent format
 
 mesh-check: $(VENV)/.installed ## Render every overlay, validate strictly and lint the Istio policy (his mesh check).
 	$(VENV)/bin/his mesh check

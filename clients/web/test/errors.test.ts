@@ -23,7 +23,9 @@ describe("decodeFailure", () => {
       {
         desc: BadRequestSchema,
         value: {
-          fieldViolations: [create(BadRequest_FieldViolationSchema, { field: "code", description: "6 digits" })],
+          fieldViolations: [
+            create(BadRequest_FieldViolationSchema, { field: "code", description: "6 digits" }),
+          ],
         },
       },
       { desc: RetryInfoSchema, value: { retryDelay: { seconds: 90n, nanos: 500_000_000 } } },

@@ -56,7 +56,7 @@ export function clients(gateway: string, token?: string): HisClients {
   return createHisClients(transport(gateway, token));
 }
 
-/** The last code the local sender wrote for `phone` (it writes before StartPatientSignIn answers). */
+/** The last code the local sender wrote for `phone` (written before StartPatientSignIn answers). */
 export function lastCode(codesFile: string, phone: string): string {
   const lines = readFileSync(codesFile, "utf8").trimEnd().split("\n").reverse();
   for (const line of lines) {

@@ -1,6 +1,7 @@
 // The mobile path end to end, from Node: @connectrpc/connect-node's grpc-web transport through the
 // real Envoy gateway to the real services, as `his up` runs them. Started by
-// tests/e2e/test_web_client.py, which brings the stack up and passes where it is (gateway-support.ts).
+// tests/e2e/test_web_client.py, which brings the stack up and says where it is
+// (gateway-support.ts).
 import assert from "node:assert/strict";
 import { request } from "node:http";
 import { before, describe, it } from "node:test";
@@ -90,9 +91,8 @@ describe("the grpc-web gateway", () => {
 
   it("keeps a patient out of another patient's appointment", async () => {
     const owner = clients(at.gateway, first.token);
-    const [clinic] = (
-      await owner.iam.listDepartments({ kind: DepartmentKind.OUTPATIENT })
-    ).departments;
+    const [clinic] = (await owner.iam.listDepartments({ kind: DepartmentKind.OUTPATIENT }))
+      .departments;
     assert.ok(clinic, "no outpatient department is listed");
     const [slot] = (
       await owner.scheduling.listSlots({ department: clinic.name, onlyFree: true, pageSize: 1 })
@@ -176,7 +176,9 @@ describe("the grpc-web gateway", () => {
     const started = await iam.startPatientSignIn({ phone: at.phones[1] });
     const code = lastCode(at.codesFile, at.phones[1]);
     const wrong = code.slice(0, -1) + String((Number(code.at(-1)) + 1) % 10);
-    const failure = await refusal(iam.completePatientSignIn({ signIn: started.signIn, code: wrong }));
+    const failure = await refusal(
+      iam.completePatientSignIn({ signIn: started.signIn, code: wrong }),
+    );
     assert.equal(failure.codeName, "UNAUTHENTICATED");
     assert.equal(failure.reason, "SIGN_IN_CODE_INVALID");
   });

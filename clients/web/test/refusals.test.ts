@@ -15,7 +15,10 @@ function failure(code: Code, reason?: string, extra: Partial<HisFailure> = {}): 
 describe("callRefusal", () => {
   it("says a full or blocked slot was taken", () => {
     for (const reason of ["SLOT_FULL", "SLOT_BLOCKED"]) {
-      assert.equal(callRefusal(text, failure(Code.FailedPrecondition, reason)).message, text.slotTaken);
+      assert.equal(
+        callRefusal(text, failure(Code.FailedPrecondition, reason)).message,
+        text.slotTaken,
+      );
     }
   });
 
@@ -37,16 +40,27 @@ describe("callRefusal", () => {
 
 describe("signInRefusal", () => {
   it("tells a wrong code from an expired one", () => {
-    assert.equal(signInRefusal(text, failure(Code.Unauthenticated, "SIGN_IN_CODE_INVALID"), 6).message, text.codeWrong);
+    assert.equal(
+      signInRefusal(text, failure(Code.Unauthenticated, "SIGN_IN_CODE_INVALID"), 6).message,
+      text.codeWrong,
+    );
     const expired = signInRefusal(text, failure(Code.Unauthenticated, "SIGN_IN_CODE_EXPIRED"), 6);
     assert.deepEqual(expired, { message: text.codeExpired, signedOut: false });
   });
 
   it("says how long to wait after too many attempts", () => {
-    const limited = failure(Code.ResourceExhausted, "SIGN_IN_RATE_LIMITED", { retryAfterMs: 240_000 });
-    assert.equal(signInRefusal(text, limited, 6).message, "Too many attempts. Please try again in 4 minutes.");
+    const limited = failure(Code.ResourceExhausted, "SIGN_IN_RATE_LIMITED", {
+      retryAfterMs: 240_000,
+    });
+    assert.equal(
+      signInRefusal(text, limited, 6).message,
+      "Too many attempts. Please try again in 4 minutes.",
+    );
     const soon = failure(Code.ResourceExhausted, "SIGN_IN_RATE_LIMITED", { retryAfterMs: 29_100 });
-    assert.equal(signInRefusal(text, soon, 6).message, "Too many attempts. Please try again in 30 seconds.");
+    assert.equal(
+      signInRefusal(text, soon, 6).message,
+      "Too many attempts. Please try again in 30 seconds.",
+    );
   });
 
   it("names the input that was malformed", () => {
@@ -62,6 +76,9 @@ describe("signInRefusal", () => {
 
   it("speaks Chinese to a Chinese phone", () => {
     const zh = chooseText(["zh-CN", "en"]);
-    assert.equal(signInRefusal(zh, failure(Code.Unauthenticated, "SIGN_IN_CODE_EXPIRED"), 6).message, "验证码已过期，请重新获取。");
+    assert.equal(
+      signInRefusal(zh, failure(Code.Unauthenticated, "SIGN_IN_CODE_EXPIRED"), 6).message,
+      "验证码已过期，请重新获取。",
+    );
   });
 });

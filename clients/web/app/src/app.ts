@@ -6,6 +6,8 @@ import type { Text } from "./text.js";
 
 export interface App {
   readonly text: Text;
+  /** The phone's locale for dates and times (en-GB writes "Mon 7 Dec", en-US "Mon, Dec 7"). */
+  readonly locale: string;
   readonly clients: HisClients;
   /** The signed-in patient, or undefined once the token has expired. */
   session(): Session | undefined;
@@ -14,10 +16,10 @@ export interface App {
   signedOut(notice?: string): void;
 }
 
-/** "Mon 8 Dec, 09:30" in the phone's language and time zone. */
-export function formatWhen(text: Text, date: Date | undefined): string {
+/** "Mon 8 Dec, 09:30" in the phone's locale and time zone. */
+export function formatWhen(locale: string, date: Date | undefined): string {
   if (!date) return "";
-  return new Intl.DateTimeFormat(text.lang, {
+  return new Intl.DateTimeFormat(locale, {
     weekday: "short",
     day: "numeric",
     month: "short",

@@ -53,7 +53,10 @@ export function homeView(app: App): HTMLElement {
   );
 
   const appointmentItem = (appointment: Appointment): HTMLLIElement => {
-    const when = formatWhen(text, appointment.startTime && timestampDate(appointment.startTime));
+    const when = formatWhen(
+      app.locale,
+      appointment.startTime && timestampDate(appointment.startTime),
+    );
     const arrived = appointment.status === AppointmentStatus.ARRIVED;
     const cancel = h(
       "button",
@@ -110,13 +113,20 @@ export function homeView(app: App): HTMLElement {
     { id: "department" },
     h("option", { value: "" }, text.chooseDepartment),
   );
-  const slotGrid = h("div", { className: "slots", attrs: { role: "group", "aria-labelledby": "free" } });
+  const slotGrid = h("div", {
+    className: "slots",
+    attrs: { role: "group", "aria-labelledby": "free" },
+  });
   const freeHeading = h("h3", { id: "free", hidden: true }, text.freeTimes);
-  const later = h("button", { type: "button", className: "secondary", hidden: true }, text.laterTimes);
+  const later = h(
+    "button",
+    { type: "button", className: "secondary", hidden: true },
+    text.laterTimes,
+  );
   let nextPage = "";
 
   const slotButton = (slot: Slot): HTMLButtonElement => {
-    const when = formatWhen(text, slot.startTime && timestampDate(slot.startTime));
+    const when = formatWhen(app.locale, slot.startTime && timestampDate(slot.startTime));
     const department = departmentName(slot.department);
     const button = h(
       "button",
@@ -170,8 +180,7 @@ export function homeView(app: App): HTMLElement {
       nextPage = reply.nextPageToken;
       const buttons = reply.slots.map(slotButton);
       if (more) slotGrid.append(...buttons);
-      else
-        slotGrid.replaceChildren(...(buttons.length ? buttons : [h("p", {}, text.noFreeTimes)]));
+      else slotGrid.replaceChildren(...(buttons.length ? buttons : [h("p", {}, text.noFreeTimes)]));
       freeHeading.hidden = false;
       later.hidden = !nextPage;
     } catch (failure) {

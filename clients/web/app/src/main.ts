@@ -6,15 +6,16 @@ import type { App } from "./app.js";
 import { homeView } from "./home.js";
 import { clearSession, loadSession, saveSession, type Session } from "./session.js";
 import { signInView } from "./signin.js";
-import { chooseText } from "./text.js";
+import { chooseLocale } from "./text.js";
 
-const text = chooseText(navigator.languages);
+const { text, locale } = chooseLocale(navigator.languages);
 const storage = window.sessionStorage;
 const main = document.getElementById("main") as HTMLElement;
 const signOutButton = document.getElementById("sign-out") as HTMLButtonElement;
 
 const app: App = {
   text,
+  locale,
   clients: createHisClients(
     createBrowserTransport({
       baseUrl: window.location.origin,

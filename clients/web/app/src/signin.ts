@@ -61,7 +61,7 @@ export function signInView(app: App, notice?: string): HTMLElement {
         code.maxLength = codeLength;
         code.value = "";
         const until = started.expireTime ? timestampDate(started.expireTime) : undefined;
-        info.textContent = text.codeSent(formatWhen(text, until));
+        info.textContent = text.codeSent(formatWhen(app.locale, until));
         phoneForm.hidden = true;
         codeForm.hidden = false;
         code.focus();

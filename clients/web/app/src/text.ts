@@ -8,11 +8,13 @@ const en = {
   signOut: "Sign out",
   signInHeading: "Sign in",
   phoneLabel: "Mobile phone number",
-  phoneHint: "The number you registered with the hospital, with its country code, e.g. +8613800000001.",
+  phoneHint:
+    "The number you registered with the hospital, with its country code, e.g. +8613800000001.",
   sendCode: "Send code",
   codeLabel: "Code from the text message",
   codeSent: (until: string) =>
-    `If this number is registered, a code is on its way by text message. It is valid until ${until}.`,
+    "If this number is registered, a code is on its way by text message. " +
+    `It is valid until ${until}.`,
   signIn: "Sign in",
   otherNumber: "Use another number or get a new code",
   myAppointments: "My appointments",
@@ -38,7 +40,8 @@ const en = {
   slotEnded: "That time has already passed. Please pick another.",
   doubleBooked: "You already have an appointment at that time.",
   sessionEnded: "Please sign in again: your session has ended.",
-  codeWrong: "That code is not right, or it was already used. Check the text message and try again.",
+  codeWrong:
+    "That code is not right, or it was already used. Check the text message and try again.",
   codeExpired: "That code has expired. Ask for a new code.",
   tooManyAttempts: (wait: string) => `Too many attempts. Please try again in ${wait}.`,
   tooManyRequests: "Too many requests. Please wait a moment and try again.",
@@ -107,11 +110,16 @@ const zh: Text = {
 
 /** The phone's first language that the app speaks, English otherwise. */
 export function chooseText(languages: readonly string[]): Text {
+  return chooseLocale(languages).text;
+}
+
+/** The words, and the phone's own locale of that language for dates (`en-GB`, `zh-HK`). */
+export function chooseLocale(languages: readonly string[]): { text: Text; locale: string } {
   for (const language of languages) {
-    if (language.toLowerCase().startsWith("zh")) return zh;
-    if (language.toLowerCase().startsWith("en")) return en;
+    if (language.toLowerCase().startsWith("zh")) return { text: zh, locale: language };
+    if (language.toLowerCase().startsWith("en")) return { text: en, locale: language };
   }
-  return en;
+  return { text: en, locale: en.lang };
 }
 
 /** A wait in words, rounded up: "40 seconds", "3 minutes". */

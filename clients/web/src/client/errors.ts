@@ -35,7 +35,7 @@ export interface HisFailure {
   readonly retryAfterMs?: number;
 }
 
-/** `FailedPrecondition` → `FAILED_PRECONDITION`: the spelling in the protos' comments and logs. */
+/** `FailedPrecondition` → `FAILED_PRECONDITION`, as the protos and the logs spell codes. */
 export function grpcCodeName(code: Code): string {
   return (Code[code] ?? "UNKNOWN").replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
 }
