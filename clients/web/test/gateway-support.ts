@@ -10,8 +10,13 @@ export interface Stack {
   readonly gateway: string;
   /** The local sender's file of sign-in codes: `<phone> <code> expires <time>` lines. */
   readonly codesFile: string;
-  /** Phone numbers of two different demo patients. */
-  readonly phones: readonly [string, string];
+  /**
+   * Phone numbers of four different demo patients: two sign in, one is locked out by wrong
+   * codes, one lets its code expire.
+   */
+  readonly phones: readonly [string, string, string, string];
+  /** How long a sign-in code lives in this stack (HIS_IAM_SIGN_IN_CODE_TTL_S). */
+  readonly codeTtlMs: number;
   /** An origin the gateway's CORS policy lists. */
   readonly allowedOrigin: string;
   /** A staff token that the audit service itself would accept (an auditor's). */
@@ -30,12 +35,15 @@ function required(name: string): string {
 }
 
 export function stack(): Stack {
-  const [first, second] = required("HIS_TEST_PHONES").split(",");
-  if (!first || !second) throw new Error("HIS_TEST_PHONES must name two phone numbers");
+  const [first, second, third, fourth] = required("HIS_TEST_PHONES").split(",");
+  if (!first || !second || !third || !fourth) {
+    throw new Error("HIS_TEST_PHONES must name four phone numbers");
+  }
   return {
     gateway: required("HIS_GATEWAY_URL"),
     codesFile: required("HIS_SIGN_IN_CODES"),
-    phones: [first, second],
+    phones: [first, second, third, fourth],
+    codeTtlMs: Number(required("HIS_IAM_SIGN_IN_CODE_TTL_S")) * 1000,
     allowedOrigin: required("HIS_ALLOWED_ORIGIN"),
     auditorToken: required("HIS_AUDITOR_TOKEN"),
   };
@@ -69,6 +77,11 @@ export function lastCode(codesFile: string, phone: string): string {
 export interface SignedIn {
   readonly token: string;
   readonly patient: string;
+}
+
+/** A code that is certainly not `code`: its last digit changed. */
+export function wrongCode(code: string): string {
+  return code.slice(0, -1) + String((Number(code.at(-1)) + 1) % 10);
 }
 
 /** Signs a patient in through the gateway, as the app does. */

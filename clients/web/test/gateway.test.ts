@@ -7,8 +7,9 @@ import { request } from "node:http";
 import { before, describe, it } from "node:test";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { decodeFailure } from "../src/client/index.js";
+import { setTimeout as sleep } from "node:timers/promises";
 import { AuditService } from "../src/gen/his/audit/v1/audit_service_pb.js";
-import { DepartmentKind } from "../src/gen/his/iam/v1/iam_service_pb.js";
+import { DepartmentKind, StaffRole } from "../src/gen/his/iam/v1/iam_service_pb.js";
 import { AppointmentStatus } from "../src/gen/his/scheduling/v1/scheduling_service_pb.js";
 import {
   clients,
@@ -16,6 +17,7 @@ import {
   signIn,
   stack,
   transport,
+  wrongCode,
   type SignedIn,
   type Stack,
 } from "./gateway-support.js";
@@ -73,6 +75,13 @@ describe("the grpc-web gateway", () => {
     for (const appointment of mine.appointments) assert.equal(appointment.patient, first.patient);
   });
 
+  it("shows a patient their own demographics and no one else's", async () => {
+    const { patient } = clients(at.gateway, first.token);
+    assert.equal((await patient.getPatient({ name: first.patient })).name, first.patient);
+    const failure = await refusal(patient.getPatient({ name: second.patient }));
+    assert.equal(failure.codeName, "PERMISSION_DENIED");
+  });
+
   it("refuses a call without a token as UNAUTHENTICATED", async () => {
     const failure = await refusal(
       clients(at.gateway).scheduling.listAppointments({ patient: first.patient }),
@@ -128,12 +137,22 @@ describe("the grpc-web gateway", () => {
     // An auditor's token is one the audit service accepts for ListAuditEvents: when the call is
     // refused, it is the gateway's route allow-list that refused it, not the service's policy.
     const audit = createClient(AuditService, transport(at.gateway, at.auditorToken));
-    const failure = await refusal(audit.listAuditEvents({ pageSize: 1 }));
-    assert.ok(
-      ["UNIMPLEMENTED", "NOT_FOUND", "PERMISSION_DENIED"].includes(failure.codeName),
-      `unexpected ${failure.codeName}: ${failure.message}`,
-    );
-    assert.equal(failure.reason, undefined, "a service answered: it carries an ErrorInfo");
+    const iam = clients(at.gateway, at.auditorToken).iam;
+    for (const call of [
+      audit.listAuditEvents({ pageSize: 1 }),
+      audit.verifyChain({}),
+      // iam administration is never reachable from outside either.
+      iam.createStaffMember({
+        staffMember: { username: "intruder", displayName: "X", roles: [StaffRole.ADMINISTRATOR] },
+      }),
+    ]) {
+      const failure = await refusal(call);
+      assert.ok(
+        ["UNIMPLEMENTED", "NOT_FOUND", "PERMISSION_DENIED"].includes(failure.codeName),
+        `unexpected ${failure.codeName}: ${failure.message}`,
+      );
+      assert.equal(failure.reason, undefined, "a service answered: it carries an ErrorInfo");
+    }
   });
 
   it("allows a CORS preflight from a listed origin", async () => {
@@ -174,12 +193,43 @@ describe("the grpc-web gateway", () => {
   it("decodes the sign-in refusal of a wrong code", async () => {
     const { iam } = clients(at.gateway);
     const started = await iam.startPatientSignIn({ phone: at.phones[1] });
-    const code = lastCode(at.codesFile, at.phones[1]);
-    const wrong = code.slice(0, -1) + String((Number(code.at(-1)) + 1) % 10);
+    const wrong = wrongCode(lastCode(at.codesFile, at.phones[1]));
     const failure = await refusal(
       iam.completePatientSignIn({ signIn: started.signIn, code: wrong }),
     );
     assert.equal(failure.codeName, "UNAUTHENTICATED");
     assert.equal(failure.reason, "SIGN_IN_CODE_INVALID");
+  });
+
+  it("locks a phone out after too many wrong codes and says how long (RetryInfo)", async () => {
+    const { iam } = clients(at.gateway);
+    const phone = at.phones[2];
+    const started = await iam.startPatientSignIn({ phone });
+    const code = lastCode(at.codesFile, phone);
+    let limited;
+    for (let attempt = 1; attempt <= 10 && !limited; attempt++) {
+      const failure = await refusal(
+        iam.completePatientSignIn({ signIn: started.signIn, code: wrongCode(code) }),
+      );
+      if (failure.codeName === "RESOURCE_EXHAUSTED") limited = failure;
+      else assert.equal(failure.reason, "SIGN_IN_CODE_INVALID", `attempt ${attempt}`);
+    }
+    assert.ok(limited, "ten wrong codes in a row were never refused as too many");
+    assert.equal(limited.reason, "SIGN_IN_RATE_LIMITED");
+    assert.ok((limited.retryAfterMs ?? 0) > 0, "no RetryInfo delay");
+    // The right code does not help until the wait has passed.
+    const again = await refusal(iam.completePatientSignIn({ signIn: started.signIn, code }));
+    assert.equal(again.codeName, "RESOURCE_EXHAUSTED");
+  });
+
+  it("refuses an expired code as SIGN_IN_CODE_EXPIRED", async () => {
+    const { iam } = clients(at.gateway);
+    const phone = at.phones[3];
+    const started = await iam.startPatientSignIn({ phone });
+    const code = lastCode(at.codesFile, phone);
+    await sleep(at.codeTtlMs + 1_000);
+    const failure = await refusal(iam.completePatientSignIn({ signIn: started.signIn, code }));
+    assert.equal(failure.codeName, "UNAUTHENTICATED");
+    assert.equal(failure.reason, "SIGN_IN_CODE_EXPIRED");
   });
 });
