@@ -52,6 +52,16 @@ describe("decodeFailure", () => {
     assert.equal(failure.retryAfterMs, undefined);
   });
 
+  it("keeps the HTTP status of the gateway's plain refusals", () => {
+    const trailers = new Headers({ "content-type": "text/plain" });
+    const limited = decodeFailure(new ConnectError("HTTP 429", Code.Unavailable, trailers));
+    assert.equal(limited.httpStatus, 429);
+    assert.equal(
+      decodeFailure(new ConnectError("slot full", Code.FailedPrecondition)).httpStatus,
+      undefined,
+    );
+  });
+
   it("turns anything thrown into a failure", () => {
     assert.equal(decodeFailure(new TypeError("fetch failed")).codeName, "UNKNOWN");
   });

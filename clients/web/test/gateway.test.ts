@@ -116,13 +116,14 @@ describe("the grpc-web gateway", () => {
     try {
       // The other patient knows (or guesses) the appointment's name: every way in is closed.
       const intruder = clients(at.gateway, second.token).scheduling;
+      // One call at a time (a thunk each), so that no refusal is left unawaited.
       for (const call of [
-        intruder.getAppointment({ name: booked.name }),
-        intruder.listAppointments({ patient: first.patient }),
-        intruder.cancelAppointment({ name: booked.name, reason: "not mine" }),
-        intruder.bookAppointment({ patient: first.patient, slot: slot.name }),
+        () => intruder.getAppointment({ name: booked.name }),
+        () => intruder.listAppointments({ patient: first.patient }),
+        () => intruder.cancelAppointment({ name: booked.name, reason: "not mine" }),
+        () => intruder.bookAppointment({ patient: first.patient, slot: slot.name }),
       ]) {
-        assert.equal((await refusal(call)).codeName, "PERMISSION_DENIED");
+        assert.equal((await refusal(call())).codeName, "PERMISSION_DENIED");
       }
     } finally {
       const cancelled = await owner.scheduling.cancelAppointment({
@@ -139,14 +140,15 @@ describe("the grpc-web gateway", () => {
     const audit = createClient(AuditService, transport(at.gateway, at.auditorToken));
     const iam = clients(at.gateway, at.auditorToken).iam;
     for (const call of [
-      audit.listAuditEvents({ pageSize: 1 }),
-      audit.verifyChain({}),
+      () => audit.listAuditEvents({ pageSize: 1 }),
+      () => audit.verifyChain({}),
       // iam administration is never reachable from outside either.
-      iam.createStaffMember({
-        staffMember: { username: "intruder", displayName: "X", roles: [StaffRole.ADMINISTRATOR] },
-      }),
+      () =>
+        iam.createStaffMember({
+          staffMember: { username: "intruder", displayName: "X", roles: [StaffRole.ADMINISTRATOR] },
+        }),
     ]) {
-      const failure = await refusal(call);
+      const failure = await refusal(call());
       assert.ok(
         ["UNIMPLEMENTED", "NOT_FOUND", "PERMISSION_DENIED"].includes(failure.codeName),
         `unexpected ${failure.codeName}: ${failure.message}`,

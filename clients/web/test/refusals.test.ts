@@ -36,6 +36,11 @@ describe("callRefusal", () => {
   it("says the system cannot be reached for UNAVAILABLE", () => {
     assert.equal(callRefusal(text, failure(Code.Unavailable)).message, text.unreachable);
   });
+
+  it("asks to wait when the gateway's rate limit refused (HTTP 429)", () => {
+    const limited = failure(Code.Unavailable, undefined, { httpStatus: 429 });
+    assert.equal(signInRefusal(text, limited, 6).message, text.tooManyRequests);
+  });
 });
 
 describe("signInRefusal", () => {

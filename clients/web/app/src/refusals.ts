@@ -57,6 +57,8 @@ export function callRefusal(text: Text, failure: HisFailure): Refusal {
           : text.tooManyAttempts(waitInWords(text, failure.retryAfterMs)),
       );
     case Code.Unavailable:
+      // The gateway's own rate limit (HTTP 429) is not an outage: the patient only has to wait.
+      return say(failure.httpStatus === 429 ? text.tooManyRequests : text.unreachable);
     case Code.DeadlineExceeded:
     case Code.Canceled:
       return say(text.unreachable);

@@ -33,6 +33,11 @@ export interface HisFailure {
   readonly fieldViolations: readonly FieldViolation[];
   /** RetryInfo.retry_delay in milliseconds: how long to wait before asking again. */
   readonly retryAfterMs?: number;
+  /**
+   * The HTTP status when the gateway itself refused the call with a plain HTTP answer (no gRPC
+   * status): 429 from its rate limit, 401 from jwt_authn, 404 off the allow-list.
+   */
+  readonly httpStatus?: number;
 }
 
 /** `FailedPrecondition` → `FAILED_PRECONDITION`, as the protos and the logs spell codes. */
@@ -50,6 +55,9 @@ export function decodeFailure(error: unknown): HisFailure {
     .flatMap((badRequest) => badRequest.fieldViolations)
     .map(({ field, description, reason }) => ({ field, description, reason }));
   const delay = retry?.retryDelay;
+  // Connect reports an HTTP answer other than 200 without a gRPC status as "HTTP <status>", with
+  // the code gRPC's HTTP mapping gives it (429 becomes UNAVAILABLE).
+  const http = /^HTTP (\d{3})$/.exec(connectError.rawMessage);
   return {
     code: connectError.code,
     codeName: grpcCodeName(connectError.code),
@@ -60,6 +68,7 @@ export function decodeFailure(error: unknown): HisFailure {
     fieldViolations,
     retryAfterMs:
       delay === undefined ? undefined : Number(delay.seconds) * 1000 + delay.nanos / 1_000_000,
+    httpStatus: http ? Number(http[1]) : undefined,
   };
 }
 
