@@ -22,8 +22,9 @@ for _rpc in all_paths().values():
 
 
 # Code that runs outside the mesh as a person, not as a workload: demo loaders (`his up --demo`),
-# `his token`, `his billing reconcile` (billing/report.py, a clerk through the gateway); and the
-# SDK's PatientClient, whose calls are its importers' (see below).
+# `his token`, `his billing reconcile` (billing/report.py, a clerk through the gateway); the
+# SDK's PatientClient, whose calls are its importers' (see below); and the SDK's patient sign-in,
+# which a patient's tool or test makes through the gateway, never a workload.
 OUTSIDE = ("demo.py", "login.py", "report.py")
 
 
@@ -38,6 +39,7 @@ def _code() -> list[Path]:
         and "/migrations/" not in path.as_posix()
         and path.name not in OUTSIDE
         and path != SDK / "patient.py"
+        and path != SDK / "patient_sign_in.py"
     ]
 
 

@@ -101,7 +101,9 @@ class SchedulingServiceStub:
     """
     GetAppointment: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.GetAppointmentRequest, _scheduling_service_pb2.Appointment]
     """Returns one appointment. Errors: INVALID_ARGUMENT if `name` is not
-    `appointments/{appointment}`; NOT_FOUND if no such appointment.
+    `appointments/{appointment}`; NOT_FOUND if no such appointment. A signed-in patient (role
+    PATIENT) reads, and cancels, only their own appointments: another patient's name is
+    PERMISSION_DENIED (reason NOT_OWN) whether or not such an appointment exists.
     """
     ListAppointments: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.ListAppointmentsRequest, _scheduling_service_pb2.ListAppointmentsResponse]
     """Lists appointments matching all given filters, ordered by start time and then name: a patient's
@@ -110,7 +112,8 @@ class SchedulingServiceStub:
     `practitioner`, `department` and `arrive_period` is set, for a malformed filter, a `day`
     without a `time_zone`, an `arrive_period` without both ends, with its end not after its start
     or longer than 31 days, a negative `page_size`, or a `page_token` that was not returned by a
-    previous call with the same filters.
+    previous call with the same filters. A signed-in patient (role PATIENT) lists by naming
+    themselves as `patient`; any other filter is PERMISSION_DENIED (reason NOT_OWN).
     """
     CancelAppointment: _grpc.UnaryUnaryMultiCallable[_scheduling_service_pb2.CancelAppointmentRequest, _scheduling_service_pb2.Appointment]
     """Cancels a BOOKED or ARRIVED appointment and gives its place in the slot back. Cancelling a
@@ -242,7 +245,9 @@ class SchedulingServiceAsyncStub(SchedulingServiceStub):
     """
     GetAppointment: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.GetAppointmentRequest, _scheduling_service_pb2.Appointment]  # type: ignore[assignment]
     """Returns one appointment. Errors: INVALID_ARGUMENT if `name` is not
-    `appointments/{appointment}`; NOT_FOUND if no such appointment.
+    `appointments/{appointment}`; NOT_FOUND if no such appointment. A signed-in patient (role
+    PATIENT) reads, and cancels, only their own appointments: another patient's name is
+    PERMISSION_DENIED (reason NOT_OWN) whether or not such an appointment exists.
     """
     ListAppointments: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.ListAppointmentsRequest, _scheduling_service_pb2.ListAppointmentsResponse]  # type: ignore[assignment]
     """Lists appointments matching all given filters, ordered by start time and then name: a patient's
@@ -251,7 +256,8 @@ class SchedulingServiceAsyncStub(SchedulingServiceStub):
     `practitioner`, `department` and `arrive_period` is set, for a malformed filter, a `day`
     without a `time_zone`, an `arrive_period` without both ends, with its end not after its start
     or longer than 31 days, a negative `page_size`, or a `page_token` that was not returned by a
-    previous call with the same filters.
+    previous call with the same filters. A signed-in patient (role PATIENT) lists by naming
+    themselves as `patient`; any other filter is PERMISSION_DENIED (reason NOT_OWN).
     """
     CancelAppointment: _aio.UnaryUnaryMultiCallable[_scheduling_service_pb2.CancelAppointmentRequest, _scheduling_service_pb2.Appointment]  # type: ignore[assignment]
     """Cancels a BOOKED or ARRIVED appointment and gives its place in the slot back. Cancelling a
@@ -440,7 +446,9 @@ class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduling_service_pb2.Appointment, _abc.Awaitable[_scheduling_service_pb2.Appointment]]:
         """Returns one appointment. Errors: INVALID_ARGUMENT if `name` is not
-        `appointments/{appointment}`; NOT_FOUND if no such appointment.
+        `appointments/{appointment}`; NOT_FOUND if no such appointment. A signed-in patient (role
+        PATIENT) reads, and cancels, only their own appointments: another patient's name is
+        PERMISSION_DENIED (reason NOT_OWN) whether or not such an appointment exists.
         """
 
     @_abc_1.abstractmethod
@@ -455,7 +463,8 @@ class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
         `practitioner`, `department` and `arrive_period` is set, for a malformed filter, a `day`
         without a `time_zone`, an `arrive_period` without both ends, with its end not after its start
         or longer than 31 days, a negative `page_size`, or a `page_token` that was not returned by a
-        previous call with the same filters.
+        previous call with the same filters. A signed-in patient (role PATIENT) lists by naming
+        themselves as `patient`; any other filter is PERMISSION_DENIED (reason NOT_OWN).
         """
 
     @_abc_1.abstractmethod
