@@ -15,7 +15,7 @@ WEB_DEPS := $(WEB)/node_modules/.installed
 WEB_SRC  := $(shell find $(WEB)/src $(WEB)/app $(WEB)/test -path $(WEB)/app/dist -prune -o -type f -print) \
             $(WEB)/vite.config.ts $(WEB)/tsconfig.json
 
-.PHONY: help install run test lint fmt proto proto-check gen-into web-gen-into web web-test buf-lint buf-breaking mesh-check istio-schema pytest bench profile clean
+.PHONY: help install run test lint fmt proto proto-check gen-into web-gen-into web web-test buf-lint buf-breaking mesh-check gateway-check istio-schema pytest bench profile clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,7 +49,7 @@ install: $(VENV)/.installed $(BUF) $(WEB_DEPS) web ## Create the virtualenv and 
 run: $(VENV)/.installed web ## Start the whole hospital locally on embedded PostgreSQL, with demo data.
 	$(VENV)/bin/his up --demo
 
-test: install buf-lint buf-breaking lint proto-check mesh-check web-test pytest ## Everything CI runs.
+test: install buf-lint buf-breaking lint proto-check mesh-check gateway-check web-test pytest ## Everything CI runs.
 
 # Generated code: services/his/<domain>/v1/*_pb2.py, *_pb2_grpc.py and their .pyi stubs.
 gen-into: # internal: generate every stub into $(OUT)
@@ -119,6 +119,9 @@ fmt: $(VENV)/.installed $(WEB_DEPS) ## Format and autofix (Python, and clients/w
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 	cd $(WEB) && npm run --silent format
+
+gateway-check: $(VENV)/.installed ## The local gateway's Envoy config, generated from mesh/istio/gateway, validated by envoy.
+	$(VENV)/bin/his gateway config --check
 
 mesh-check: $(VENV)/.installed ## Render every overlay, validate strictly and lint the Istio policy (his mesh check).
 	$(VENV)/bin/his mesh check

@@ -196,6 +196,42 @@ def _services(_: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_config(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from his.gateway import envoy  # noqa: PLC0415
+    from his.gateway.config import GatewayConfig  # noqa: PLC0415
+    from his.gateway.envoy_config import LocalAddresses, bootstrap  # noqa: PLC0415
+    from his.gateway.policy import PolicyError, load  # noqa: PLC0415
+    from his.gateway.runner import repository_root  # noqa: PLC0415
+
+    try:
+        root = repository_root(Path(args.root) if args.root else None)
+        iam_http = lookup("iam").http_port or 0
+        generated = bootstrap(
+            load(root),
+            GatewayConfig.from_env(os.environ),
+            LocalAddresses({entry.name: entry.port for entry in implemented()}, iam_http),
+        )
+    except PolicyError as error:
+        print(f"his gateway config: {error}", file=sys.stderr)
+        return 1
+    if not args.check:
+        print(json.dumps(generated, indent=2))
+        return 0
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            envoy.validate(envoy.write_bootstrap(generated, Path(directory) / "envoy.json"))
+        except (ValueError, envoy.EnvoyMissing) as error:
+            print(f"his gateway config: {error}", file=sys.stderr)
+            return 1
+    print("his gateway config: envoy accepts the gateway generated from mesh/istio/gateway")
+    return 0
+
+
 def _add_mesh_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`his mesh check|explain` and `his canary`: the SRE tools for mesh/ and deploy/."""
     mesh = commands.add_parser("mesh", help="check and explain the Istio policy and manifests")
@@ -306,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.set_defaults(run=_billing_reconcile)
 
     _add_mesh_parsers(commands)
+
+    gateway = commands.add_parser("gateway", help="the local mobile gateway (Envoy) of `his up`")
+    gateways = gateway.add_subparsers(dest="gateway", required=True)
+    config = gateways.add_parser(
+        "config", help="print Envoy's configuration generated from mesh/istio/gateway"
+    )
+    config.add_argument("--check", action="store_true", help="validate it with envoy instead")
+    config.add_argument("--root", help="repository root (default: found from the working dir)")
+    config.set_defaults(run=_gateway_config)
 
     services = commands.add_parser("services", help="list services and their local ports")
     services.set_defaults(run=_services)

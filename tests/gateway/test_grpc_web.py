@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from google.protobuf.message import Message
 
 from his.gateway.runner import LocalGateway
 from his.iam.v1 import iam_service_pb2 as iam_pb
@@ -151,6 +152,26 @@ async def test_sign_in_is_reachable_without_a_token_and_rate_limited(
         UNAUTHENTICATED
     ] * SIGN_IN_PER_MINUTE
     assert answers[SIGN_IN_PER_MINUTE:] == [(UNAVAILABLE, "local_rate_limited")] * 2
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/his.iam.v1.IamService/StartPatientSignIn", iam_pb.StartPatientSignInRequest()),
+        ("/his.iam.v1.IamService/CompletePatientSignIn", iam_pb.CompletePatientSignInRequest()),
+    ],
+)
+async def test_patient_sign_in_reaches_iam_without_a_token(
+    gateway: LocalGateway, path: str, message: Message
+) -> None:
+    reply = await call(gateway.config.port, path, message)
+
+    # iam's own answer (an error with its ErrorInfo details: bad input, or not open yet), not a
+    # refusal of the gateway's, which has no details.
+    assert reply.grpc_status != OK
+    assert "grpc-status-details-bin" in {*reply.headers, *reply.trailers}
+    assert "RBAC" not in reply.grpc_message
+    assert "Jwt" not in reply.grpc_message
 
 
 async def test_the_web_app_is_served_from_the_gateway_origin(

@@ -162,7 +162,7 @@ DRAIN = ServerConfig.from_env(
         (
             _target_port_typo,
             f"{BASE}/patient/service.yaml",
-            "Service his/patient ports[0] grpc",
+            "Service his/patient ports[0] grpc-web",
             "targetPort 'grcp' is no containerPort of Deployment his/patient",
         ),
         (

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -48,8 +49,11 @@ class LocalGateway:
     work_dir: Path
     # (issuer, audiences) the local services trust when they differ from the mesh's
     # RequestAuthentication (tests' own issuer); None: the mesh's, as `his up` runs them.
-    trust: tuple[str, tuple[str, ...] | None] | None = None
+    trust: tuple[str | None, tuple[str, ...] | None] | None = None
+    # Run in the child before Envoy starts (`his up`: die with the parent).
+    preexec_fn: Callable[[], None] | None = None
     process: asyncio.subprocess.Process | None = None
+    _spawning: asyncio.Future[asyncio.subprocess.Process] | None = None
     _app_server: DocumentServer | None = None
     _log: IO[bytes] | None = None
 
@@ -78,7 +82,7 @@ class LocalGateway:
         if self.trust is not None:
             issuer, audiences = self.trust
             policy = dataclasses.replace(
-                policy, issuer=issuer, audiences=audiences or policy.audiences
+                policy, issuer=issuer or policy.issuer, audiences=audiences or policy.audiences
             )
         return envoy.write_bootstrap(
             bootstrap(policy, self.config, self.addresses), self.bootstrap_path
@@ -103,13 +107,18 @@ class LocalGateway:
         if self._log is None:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
-        self.process = await asyncio.create_subprocess_exec(
-            *envoy.command(self.bootstrap_path),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-            start_new_session=True,
+        # Shielded: a stop that cancels the start still finds the process it must end.
+        self._spawning = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *envoy.command(self.bootstrap_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=self._log,
+                start_new_session=True,
+                preexec_fn=self.preexec_fn,
+            )
         )
+        self.process = await asyncio.shield(self._spawning)
         await self._wait_ready()
 
     def exited(self) -> str | None:
@@ -130,6 +139,9 @@ class LocalGateway:
 
     async def stop(self) -> None:
         """Stop Envoy (SIGTERM, then SIGKILL) and the web app's server."""
+        if self._spawning is not None:
+            with contextlib.suppress(Exception):
+                self.process = await self._spawning
         process = self.process
         if process is not None and process.returncode is None:
             process.send_signal(signal.SIGTERM)
