@@ -1529,7 +1529,9 @@ export const SchedulingService: GenService<{
   },
   /**
    * Returns one appointment. Errors: INVALID_ARGUMENT if `name` is not
-   * `appointments/{appointment}`; NOT_FOUND if no such appointment.
+   * `appointments/{appointment}`; NOT_FOUND if no such appointment. A signed-in patient (role
+   * PATIENT) reads, and cancels, only their own appointments: another patient's name is
+   * PERMISSION_DENIED (reason NOT_OWN) whether or not such an appointment exists.
    *
    * @generated from rpc his.scheduling.v1.SchedulingService.GetAppointment
    */
@@ -1545,7 +1547,8 @@ export const SchedulingService: GenService<{
    * `practitioner`, `department` and `arrive_period` is set, for a malformed filter, a `day`
    * without a `time_zone`, an `arrive_period` without both ends, with its end not after its start
    * or longer than 31 days, a negative `page_size`, or a `page_token` that was not returned by a
-   * previous call with the same filters.
+   * previous call with the same filters. A signed-in patient (role PATIENT) lists by naming
+   * themselves as `patient`; any other filter is PERMISSION_DENIED (reason NOT_OWN).
    *
    * @generated from rpc his.scheduling.v1.SchedulingService.ListAppointments
    */
