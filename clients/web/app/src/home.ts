@@ -28,19 +28,24 @@ export function homeView(app: App): HTMLElement {
   const departmentName = (name: string): string =>
     departments.get(name)?.displayName || text.unknownDepartment;
 
-  /** Shows a refusal; a finished session goes back to sign-in. */
-  const refuse = (failure: unknown): void => {
+  /** What to show once the lists are fresh again: news, or why it did not work. */
+  type Outcome = { readonly message: string; readonly isError: boolean };
+  const show = ({ message, isError }: Outcome): void => {
+    error.textContent = isError ? message : "";
+    info.textContent = isError ? "" : message;
+  };
+  /** A refusal to show; undefined when the session is over and sign-in is shown instead. */
+  const refusalOf = (failure: unknown): Outcome | undefined => {
     const refusal = callRefusal(text, decodeFailure(failure));
     if (refusal.signedOut) {
       app.signedOut(refusal.message);
-      return;
+      return undefined;
     }
-    info.textContent = "";
-    error.textContent = refusal.message;
+    return { message: refusal.message, isError: true };
   };
-  const tell = (message: string): void => {
-    error.textContent = "";
-    info.textContent = message;
+  const refuse = (failure: unknown): void => {
+    const outcome = refusalOf(failure);
+    if (outcome) show(outcome);
   };
 
   // My appointments.
@@ -65,17 +70,21 @@ export function homeView(app: App): HTMLElement {
     );
     cancel.addEventListener("click", () =>
       busy(cancel, async () => {
+        let outcome: Outcome | undefined;
         try {
           await clients.scheduling.cancelAppointment({
             name: appointment.name,
             reason: text.cancelReason,
             etag: appointment.etag,
           });
-          tell(text.cancelled(when));
+          outcome = { message: text.cancelled(when), isError: false };
         } catch (failure) {
-          refuse(failure);
+          outcome = refusalOf(failure);
+          if (!outcome) return;
         }
+        // The list first, then the news: what is announced is what the page shows.
         await loadAppointments();
+        show(outcome);
       }),
     );
     return h(
@@ -141,6 +150,7 @@ export function homeView(app: App): HTMLElement {
     const requestId = requestIds.get(slot.name) ?? newRequestId();
     requestIds.set(slot.name, requestId);
     const request = { patient: patient(), slot: slot.name, requestId };
+    let outcome: Outcome | undefined;
     try {
       try {
         await clients.scheduling.bookAppointment(request);
@@ -151,16 +161,19 @@ export function homeView(app: App): HTMLElement {
         await clients.scheduling.bookAppointment(request);
       }
       requestIds.delete(slot.name);
-      tell(text.booked(department, when));
+      outcome = { message: text.booked(department, when), isError: false };
     } catch (failure) {
       const decoded = decodeFailure(failure);
       // A definite refusal ends this attempt: trying the slot again later is a new request.
       if (decoded.code !== Code.Unavailable && decoded.code !== Code.DeadlineExceeded) {
         requestIds.delete(slot.name);
       }
-      refuse(failure);
+      outcome = refusalOf(failure);
+      if (!outcome) return;
     }
+    // The lists first, then the news: what is announced is what the page shows.
     await Promise.all([loadAppointments(), loadSlots(false)]);
+    show(outcome);
   };
 
   const loadSlots = async (more: boolean): Promise<void> => {
@@ -189,7 +202,7 @@ export function homeView(app: App): HTMLElement {
   };
 
   departmentSelect.addEventListener("change", () => {
-    error.textContent = info.textContent = "";
+    show({ message: "", isError: false });
     void loadSlots(false);
   });
   later.addEventListener("click", () => busy(later, () => loadSlots(true)));
