@@ -72,6 +72,8 @@ describe("the grpc-web gateway", () => {
     const mine = await clients(at.gateway, first.token).scheduling.listAppointments({
       patient: first.patient,
     });
+    // The demo books this patient into the first cardiology slot.
+    assert.ok(mine.appointments.length > 0, "the demo patient's booking is not listed");
     for (const appointment of mine.appointments) assert.equal(appointment.patient, first.patient);
   });
 
@@ -125,6 +127,8 @@ describe("the grpc-web gateway", () => {
       ]) {
         assert.equal((await refusal(call())).codeName, "PERMISSION_DENIED");
       }
+      const untouched = await owner.scheduling.getAppointment({ name: booked.name });
+      assert.equal(untouched.status, AppointmentStatus.BOOKED);
     } finally {
       const cancelled = await owner.scheduling.cancelAppointment({
         name: booked.name,
