@@ -516,8 +516,8 @@ def _patient_sign_in_hint(data_dir: Path) -> str:
     """How a demo patient signs in: whose phone, and where the local sender puts the code."""
     codes = sign_in_codes_path(data_dir.resolve())
     return (
-        f"patient sign-in: phone {patient_demo.SIGN_IN_PHONE} (demo patient Wang Fang); the "
-        f"one-time code appears in the iam log and in {codes}"
+        f"patient sign-in: phone {patient_demo.SIGN_IN_PHONE} (a demo patient); the one-time "
+        f"code appears in the iam log and in {codes}"
     )
 
 

@@ -95,17 +95,26 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
     terminal = "".join(up.output)
     assert "stopped." in terminal
     assert left_behind(data_dir) == []
-    # The terminal is for people: where things are, one line of demo data, the table. Every
-    # service's access log (one line per demo call) is in its file instead.
+    # The terminal is for people: where things are, one line of demo data, one of how the demo
+    # patient signs in, the table. Every service's access log (one line per demo call) is in its
+    # file instead.
     assert "rpc method=" not in terminal
-    assert len(terminal.splitlines()) < 22, terminal  # 21: the gateway's line and its blank
+    # 22 at most: the gateway's line and its blank (edge) beside the sign-in line (signin).
+    assert len(terminal.splitlines()) < 23, terminal
     assert "gateway       http://localhost:8080 " in terminal
+    hint = (
+        "patient sign-in: phone +8613800000001 (a demo patient); the one-time code appears in the "
+        f"iam log and in {data_dir / 'sign-in-codes.log'}"
+    )
+    assert hint in terminal.splitlines()
     assert [line for line in terminal.splitlines() if line.startswith("demo data:")] != []
     assert f"logs          {data_dir / 'logs'}/" in terminal
     for entry in implemented():
         assert '"msg": "rpc"' in up.logged(entry.name), entry.name
-    # Every line every service logged while the demo loaded and was used: no patient data.
-    logged = terminal + "".join(up.logged(name) for name in ["up", *_names()])
+    # Every line every service logged while the demo loaded and was used: no patient data. (The
+    # banner's sign-in line names the demo phone number on purpose: it is what the newcomer types.)
+    banner = "\n".join(line for line in terminal.splitlines() if line != hint)
+    logged = banner + "".join(up.logged(name) for name in ["up", *_names()])
     # Whole words, case as written: "Li" the family name, not the "Li" of "ListPatients".
     leaked = [v for v in _demo_identifiers() if re.search(rf"\b{re.escape(v)}\b", logged)]
     assert leaked == []

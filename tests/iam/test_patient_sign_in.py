@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -32,7 +31,7 @@ from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.config import AuthConfig
 from his.runtime.server import RunningService
 from his.runtime.tokens import TokenVerifier
-from his_client import HisClients, local_code, patient_sign_in
+from his_client import HisClients, local_code, patient_sign_in, rich_status
 from his_client.config import ClientConfig
 from his_client.patient_sign_in import last_code
 from tests.iam.conftest import SIGN_IN_LIMITS
@@ -54,33 +53,20 @@ def from_source(source: str) -> tuple[tuple[str, str], ...]:
     return (("x-forwarded-for", f"{source}, 10.0.0.7"),)
 
 
-def retry_delay_s(error: grpc.aio.AioRpcError) -> float:
-    """The RetryInfo delay of a failed call (fails the test when there is none)."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    detail.Unpack(info)
-                    return float(info.retry_delay.ToTimedelta().total_seconds())
-    raise AssertionError("the refusal carries no RetryInfo")
-
-
 async def rate_limited(call: Any) -> float:
-    """Await a call that must be refused by a sign-in limit; the RetryInfo delay."""
+    """Await a call that must be refused by a sign-in limit; its RetryInfo delay (his_client's
+    rich_status decodes it)."""
     try:
         await call
     except grpc.aio.AioRpcError as error:
-        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
-        failure = await fails(_raise(error))
-        assert failure.reason == "SIGN_IN_RATE_LIMITED"
-        return retry_delay_s(error)
+        status = rich_status(error)
+        assert (status.code, status.reason) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "SIGN_IN_RATE_LIMITED",
+        ), status
+        assert status.retry_delay_s is not None, "the refusal carries no RetryInfo"
+        return status.retry_delay_s
     raise AssertionError("expected RESOURCE_EXHAUSTED")
-
-
-async def _raise(error: grpc.aio.AioRpcError) -> None:
-    raise error
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,12 @@ from google.protobuf.descriptor import Descriptor
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.orders.validation import MEDICATION_UPDATABLE
 from his.runtime.policy import DEFAULT_DIRECTORY
+from his.scheduling.v1 import scheduling_service_pb2 as scheduling_pb
 
 # Each policy constant that lists field paths, and the message of the resource class it is about.
 FIELD_CONSTANTS: dict[str, Descriptor] = {
     "prescription_locked_fields": orders_pb.MedicationRequest.DESCRIPTOR,
+    "patient_cancel_fields": scheduling_pb.Appointment.DESCRIPTOR,
 }
 _CONSTANT = re.compile(r"^(\w+_fields)\s*:=\s*\{(.*?)\}", re.MULTILINE | re.DOTALL)
 _STRING = re.compile(r'"([^"]*)"')

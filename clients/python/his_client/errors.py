@@ -95,6 +95,8 @@ class RichStatus:
     domain: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     field_violations: tuple[FieldViolation, ...] = ()
+    # `RetryInfo`: how long to wait before asking again (a rate limit's refusal); None if unsaid.
+    retry_delay_s: float | None = None
 
     def __str__(self) -> str:
         line = self.code.name
@@ -117,6 +119,7 @@ def rich_status(error: grpc.aio.AioRpcError) -> RichStatus:
     except ValueError:  # details that contradict the call's own code or message: ignore them
         status = None
     reason, domain, metadata, violations = "", "", {}, []
+    retry_delay_s: float | None = None
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
@@ -126,7 +129,11 @@ def rich_status(error: grpc.aio.AioRpcError) -> RichStatus:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
-    return RichStatus(code, message, reason, domain, metadata, tuple(violations))
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_delay_s = retry.retry_delay.ToTimedelta().total_seconds()
+    return RichStatus(code, message, reason, domain, metadata, tuple(violations), retry_delay_s)
 
 
 def describe(error: grpc.aio.AioRpcError) -> str:

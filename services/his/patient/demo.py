@@ -101,9 +101,9 @@ PEOPLE: tuple[tuple[str, str, int, tuple[int, int, int], str, str, str], ...] = 
     ("O'Brien", "Sean", G.ADMINISTRATIVE_GENDER_MALE, (1966, 2, 28), "", "+35380000010", "Dublin"),
 )
 
-# The demo patient who signs in on the patient app (Wang Fang: the first booked demo patient, so
-# "my appointments" is not empty): StartPatientSignIn with this number, then the code the local
-# sender wrote (`his up` prints where).
+# The demo patient who signs in on the patient app (the first one, booked by the scheduling demo,
+# so "my appointments" is not empty): StartPatientSignIn with this number, then the code the local
+# sender wrote (`his up --demo` prints the number and where the code goes, never the name).
 SIGN_IN_PHONE = PEOPLE[0][5]
 
 

@@ -2,7 +2,7 @@
 #
 # `own` is true when the record's patient is the caller (his.runtime.access decides it from the
 # record, never from the request). What a patient may do with their own records is the table
-# patient_own_permissions; an update must be one the patient may make (patient_update_fields:
+# patient_own_permissions; an update must be one the patient may make (patient_cancel_fields:
 # cancelling an appointment, which names cancel_reason). Anything else, and anything of another
 # patient, is refused: NOT_OWN for another patient's record, ROLE_NOT_PERMITTED otherwise.
 package his.authz
@@ -19,9 +19,10 @@ patient_update_allowed if input.action != "update"
 
 patient_update_allowed if {
 	input.action == "update"
-	tables.patient_update_marker[input.resource] in input.fields
+	input.resource == "scheduling.appointment"
+	"cancel_reason" in input.fields
 	every field in input.fields {
-		field in tables.patient_update_fields[input.resource]
+		field in tables.patient_cancel_fields
 	}
 }
 

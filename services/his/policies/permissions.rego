@@ -176,11 +176,10 @@ patient_own_permissions := {
 }
 
 # The only change a patient makes to a record of theirs: cancelling an appointment, which sets
-# its status and its cancel_reason. An update must name cancel_reason (check-in, no-show and
-# completion change the status alone: the desk's and the clinic's, never the patient's).
-patient_update_fields := {"scheduling.appointment": {"status", "cancel_reason"}}
-
-patient_update_marker := {"scheduling.appointment": "cancel_reason"}
+# its status and its cancel_reason (field paths of his.scheduling.v1.Appointment). An update must
+# name cancel_reason: check-in, no-show and completion change the status alone (the desk's and
+# the clinic's, never the patient's).
+patient_cancel_fields := {"status", "cancel_reason"}
 
 # Allowed only when the record belongs to one of the caller's departments (department_match,
 # roles.rego): a laboratory's records are open to its members only — the lab orders it performs
