@@ -122,6 +122,8 @@ def services(*names: str) -> Iterator[Hospital]:
                 HIS_MIGRATE="0",
                 # No /metrics unless asked for (services() asks, on ports away from `his up`'s).
                 HIS_METRICS_PORT="-1",
+                # Nor iam's key documents over HTTP (its fixed local port is `his up`'s).
+                HIS_IAM_HTTP_PORT="-1",
                 HIS_LOG_LEVEL=os.environ.get("HIS_LOG_LEVEL", "WARNING"),
                 **{f"HIS_{entry.name.upper()}_ADDR": address(entry.name) for entry in CATALOG},
             ),

@@ -195,6 +195,7 @@ def main() -> None:
                 HIS_DATABASE_URL=url,
                 HIS_PORT=str(port),
                 HIS_METRICS_PORT="-1",
+                HIS_IAM_HTTP_PORT="0",  # iam's key documents: any free port, beside `his up`
                 HIS_LOG_LEVEL="WARNING",
             )
             time_to_serving(env, args.service, port)  # warm the file cache

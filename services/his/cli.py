@@ -206,7 +206,7 @@ def _gateway_config(args: argparse.Namespace) -> int:
     from his.gateway.config import GatewayConfig  # noqa: PLC0415
     from his.gateway.envoy_config import LocalAddresses, bootstrap  # noqa: PLC0415
     from his.gateway.policy import PolicyError, load  # noqa: PLC0415
-    from his.gateway.runner import repository_root  # noqa: PLC0415
+    from his.gateway.runner import ipv6_loopback_available, repository_root  # noqa: PLC0415
 
     try:
         root = repository_root(Path(args.root) if args.root else None)
@@ -215,6 +215,7 @@ def _gateway_config(args: argparse.Namespace) -> int:
             load(root),
             GatewayConfig.from_env(os.environ),
             LocalAddresses({entry.name: entry.port for entry in implemented()}, iam_http),
+            ipv6_loopback=ipv6_loopback_available(),
         )
     except PolicyError as error:
         print(f"his gateway config: {error}", file=sys.stderr)

@@ -280,6 +280,8 @@ class Hospital:
                 work_dir=self._config.data_dir.resolve() / "gateway",
                 trust=_services_trust(),
                 preexec_fn=_die_with_parent,
+                # Beside the services' logs, kept for one run like theirs (`*.log.1`).
+                log_file=self._logs.path("gateway"),
             )
         except (ImportError, ValueError, EnvoyMissing) as error:
             self.say(f"gateway       not started: {error}", level=logging.WARNING)

@@ -111,13 +111,18 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
     assert f"logs          {data_dir / 'logs'}/" in terminal
     for entry in implemented():
         assert '"msg": "rpc"' in up.logged(entry.name), entry.name
-    # Every line every service logged while the demo loaded and was used: no patient data. (The
-    # banner's sign-in line names the demo phone number on purpose: it is what the newcomer types.)
+    # Every line every service (and the gateway) logged while the demo loaded and was used: no
+    # patient data. (The banner's sign-in line names the demo phone number on purpose: it is what
+    # the newcomer types.)
     banner = "\n".join(line for line in terminal.splitlines() if line != hint)
-    logged = banner + "".join(up.logged(name) for name in ["up", *_names()])
+    logged = banner + "".join(up.logged(name) for name in ["up", "gateway", *_names()])
     # Whole words, case as written: "Li" the family name, not the "Li" of "ListPatients".
     leaked = [v for v in _demo_identifiers() if re.search(rf"\b{re.escape(v)}\b", logged)]
     assert leaked == []
+    # Envoy's access log is beside the services' logs: one line per call, status and gRPC status.
+    assert '"POST /his.patient.v1.PatientService/GetPatient HTTP/1.1" 200 ' in (
+        up.logged("gateway")
+    )
 
     # A restart keeps the data: the patient registered above is still there; the previous
     # run's logs are kept beside the new ones.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import Message
 
-from his.gateway.runner import LocalGateway
+from his.gateway.runner import LocalGateway, ipv6_loopback_available
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc
@@ -204,6 +204,17 @@ async def test_the_web_app_is_served_from_the_gateway_origin(
         status, _, body = await http_request(port, "GET", outside, {})
         assert b"root:" not in body
         assert (outside, status) in ((outside, 200), (outside, 400), (outside, 404))
+
+
+async def test_the_gateway_answers_on_both_loopback_addresses(gateway: LocalGateway) -> None:
+    if not ipv6_loopback_available():
+        pytest.skip("no IPv6 loopback on this machine")
+    for host in ("127.0.0.1", "::1"):
+        reader, writer = await asyncio.open_connection(host, gateway.config.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        status = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert status.split()[0] == b"HTTP/1.1", host
 
 
 async def test_envoy_admin_listens_on_loopback_only(gateway: LocalGateway) -> None:

@@ -26,10 +26,13 @@ _WEB_APP = "web_app"
 _IAM_KEYS = "iam_keys"
 _TYPE = "type.googleapis.com/envoy.extensions."
 
-# What the access log says of a call: no query strings, no bodies, no tokens.
+# What the access log says of a call: no query strings, no bodies, no tokens. grpc-status is the
+# response header's: the gateway's own refusals set it; a service's answer carries its status in
+# the body's trailer frame once grpc_web has encoded it ("-" here: each service logs its calls'
+# codes itself). Envoy's own %GRPC_STATUS% would guess from that body and say 2 (UNKNOWN).
 _ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
-    "grpc-status=%GRPC_STATUS_NUMBER% flags=%RESPONSE_FLAGS% %DURATION%ms "
+    "grpc-status=%RESP(GRPC-STATUS)% flags=%RESPONSE_FLAGS% %DURATION%ms "
     'from=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% origin="%REQ(ORIGIN)%"\n'
 )
 
@@ -292,9 +295,14 @@ def _rbac(policy: GatewayPolicy) -> dict[str, Any]:
 
 
 def bootstrap(
-    policy: GatewayPolicy, config: GatewayConfig, addresses: LocalAddresses
+    policy: GatewayPolicy,
+    config: GatewayConfig,
+    addresses: LocalAddresses,
+    *,
+    ipv6_loopback: bool = False,
 ) -> dict[str, Any]:
-    """The whole Envoy bootstrap (static resources only) as a mapping, ready to dump as YAML."""
+    """The whole Envoy bootstrap (static resources only) as a mapping, ready to dump as JSON;
+    with `ipv6_loopback`, a loopback gateway listens on ::1 too."""
     services = sorted({route.service for route in policy.routes})
     missing = [name for name in services if name not in addresses.services]
     if missing:
@@ -386,6 +394,24 @@ def bootstrap(
                     "address": {
                         "socket_address": {"address": config.host, "port_value": config.port}
                     },
+                    **(
+                        {
+                            # `localhost` is ::1 first for some clients (Node's fetch): loopback
+                            # on both families, as the printed http://localhost:<port> promises.
+                            "additional_addresses": [
+                                {
+                                    "address": {
+                                        "socket_address": {
+                                            "address": "::1",
+                                            "port_value": config.port,
+                                        }
+                                    }
+                                }
+                            ]
+                        }
+                        if ipv6_loopback and config.host == "127.0.0.1"
+                        else {}
+                    ),
                     "filter_chains": [
                         {
                             "filters": [

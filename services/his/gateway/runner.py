@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ class LocalGateway:
     trust: tuple[str | None, tuple[str, ...] | None] | None = None
     # Run in the child before Envoy starts (`his up`: die with the parent).
     preexec_fn: Callable[[], None] | None = None
+    # Envoy's log (warnings and the access log); default: envoy.log in `work_dir`.
+    log_file: Path | None = None
     process: asyncio.subprocess.Process | None = None
     _spawning: asyncio.Future[asyncio.subprocess.Process] | None = None
     _app_server: DocumentServer | None = None
@@ -65,7 +68,7 @@ class LocalGateway:
     @property
     def log_path(self) -> Path:
         """Envoy's own log: warnings and one access-log line per request."""
-        return self.work_dir / "envoy.log"
+        return self.log_file or self.work_dir / "envoy.log"
 
     @property
     def app_dir(self) -> Path:
@@ -84,9 +87,10 @@ class LocalGateway:
             policy = dataclasses.replace(
                 policy, issuer=issuer or policy.issuer, audiences=audiences or policy.audiences
             )
-        return envoy.write_bootstrap(
-            bootstrap(policy, self.config, self.addresses), self.bootstrap_path
+        generated = bootstrap(
+            policy, self.config, self.addresses, ipv6_loopback=ipv6_loopback_available()
         )
+        return envoy.write_bootstrap(generated, self.bootstrap_path)
 
     async def start(self) -> None:
         """Generate, serve the web app, start Envoy and wait until it is ready."""
@@ -105,7 +109,7 @@ class LocalGateway:
     async def spawn(self) -> None:
         """Start Envoy on the generated bootstrap and wait until it is ready."""
         if self._log is None:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
         # Shielded: a stop that cancels the start still finds the process it must end.
         self._spawning = asyncio.ensure_future(
@@ -156,6 +160,16 @@ class LocalGateway:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def ipv6_loopback_available() -> bool:
+    """Whether this machine has ::1 to listen on (containers may have no IPv6 at all)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 async def _get_status(port: int, path: str) -> int | None:
