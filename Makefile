@@ -160,3 +160,20 @@ profile: $(VENV)/.installed ## py-spy on patient, scheduling and audit under loa
 
 clean: ## Remove the virtualenv and tools (keeps .his/, the local database).
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache $(WEB)/node_modules $(WEB)/app/dist
+
+# --- Alerts and dashboards (deploy/kustomize/components/observability) --------------------------
+# The SLO rules and Alertmanager routes are tested with Debian's promtool and amtool by pytest
+# (tests/observability/); the dashboards are generated from his/observability/dashboards.py.
+.PHONY: dashboards dashboards-check
+DASHBOARDS_DIR := deploy/kustomize/components/observability/dashboards
+
+dashboards: $(VENV)/.installed ## Regenerate the Grafana dashboards (one per service) from code.
+	$(PY) -m his.observability.dashboards --out $(DASHBOARDS_DIR)
+
+dashboards-check: $(VENV)/.installed ## Fail when the committed dashboards differ from what the code builds.
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	$(PY) -m his.observability.dashboards --out $$tmp 2>/dev/null || exit 1; \
+	if ! diff -r -q $$tmp $(DASHBOARDS_DIR); then echo "Dashboards are stale: run 'make dashboards' and commit."; exit 1; fi; \
+	echo "dashboards match his/observability/dashboards.py"
+
+test: dashboards-check

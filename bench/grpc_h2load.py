@@ -18,12 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import asyncpg
 
 from bench import echo
 from bench.harness import (
@@ -32,6 +35,7 @@ from bench.harness import (
     Run,
     address,
     channel,
+    cpu_seconds,
     handled_ok,
     metrics_url,
     report,
@@ -125,6 +129,31 @@ def h2load(target: Target, load: Load, body: Path, token: str, work: Path) -> Ru
     return Run(target.name, done, load.concurrency, elapsed, latencies, codes)
 
 
+def _h2load_cpu() -> float:
+    """CPU used so far by this process's finished children: the h2load runs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured(
+    hospital: Hospital, target: Target, load: Load, *, body: Path, token: str, work: Path
+) -> tuple[Run, dict[str, float]]:
+    """One h2load run and the CPU each process spent on it, in microseconds per call."""
+    before, client_before = cpu_seconds(hospital), _h2load_cpu()
+    run = h2load(target, load, body, token, work)
+    after, client_after = cpu_seconds(hospital), _h2load_cpu()
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    used["h2load"] = client_after - client_before
+    return run, {name: seconds / run.calls * 1e6 for name, seconds in used.items()}
+
+
+def cpu_line(label: str, per_call: dict[str, float]) -> str:
+    """`label: total µs = patient .. + postgres .. + ...`, the largest first, the idle left out."""
+    shown = sorted(((us, name) for name, us in per_call.items() if us >= 1), reverse=True)
+    parts = " + ".join(f"{name} {us:.0f}" for us, name in shown)
+    return f"  CPU per call, {label}: {sum(per_call.values()):.0f} µs = {parts}"
+
+
 async def _prepare(hospital: Hospital, patients: int) -> tuple[str, str]:
     """A registrar's token and the name of one of `patients` registered patients."""
     token = await staff_token(hospital, "bench.registrar", "REGISTRAR")
@@ -157,6 +186,7 @@ def compare_h2load(
         echo.METHOD,
     )
     ratios: dict[str, list[float]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="his-h2load-") as tmp:
         work = Path(tmp)
         body = work / "body.bin"
@@ -168,15 +198,31 @@ def compare_h2load(
             print(f"-- h2load {load.connections} connections x {load.streams} streams")
             print(HEADER)
             for _ in range(rounds):
-                echo_run = h2load(echo_target, load, body, token, work)
+                echo_run, echo_cpu = measured(
+                    hospital, echo_target, load, body=body, token=token, work=work
+                )
                 report(echo_run)
-                run = h2load(patient_target, load, body, token, work)
+                run, run_cpu = measured(
+                    hospital, patient_target, load, body=body, token=token, work=work
+                )
                 ratio = report(run, echo_run)
                 assert ratio is not None
                 ratios.setdefault(load.label, []).append(ratio.rate)
+                print(cpu_line("echo", echo_cpu))
+                print(cpu_line("GetPatient", run_cpu))
+                totals = (sum(run_cpu.values()), sum(echo_cpu.values()))
+                cpu.setdefault(load.label, []).append(totals)
             print(
                 f"GetPatient/echo throughput at {load.label}: "
                 f"median {statistics.median(ratios[load.label]):.3f} over {rounds} rounds"
+            )
+            # Both runs keep the 2 cores busy at 4x16, so the throughput ratio can be no better
+            # than the inverse ratio of all the CPU a call costs, in every process it touches.
+            ours = statistics.median(total for total, _ in cpu[load.label])
+            theirs = statistics.median(echo for _, echo in cpu[load.label])
+            print(
+                f"CPU per call at {load.label} (all processes): GetPatient {ours:.0f} µs, "
+                f"echo {theirs:.0f} µs; echo/GetPatient {theirs / ours:.3f}"
             )
     return ratios
 
@@ -187,6 +233,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=4000, help="calls per run at 4 x 16")
     parser.add_argument("--rounds", type=int, default=2, help="echo/GetPatient alternations")
     parser.add_argument("--patients", type=int, default=20, help="patients registered first")
+    parser.add_argument(
+        "--flush-share",
+        action="store_true",
+        help="then once more at c=1 with PostgreSQL not waiting for the WAL flush (diagnostic: "
+        "shows how much of a call's latency is the disk's; the product never runs so)",
+    )
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("h2load is needed: apt-get install -y nghttp2-client")
@@ -194,6 +246,22 @@ def main() -> None:
     with services("patient") as hospital:
         token, name = asyncio.run(_prepare(hospital, args.patients))
         compare_h2load(hospital, token, name, loads, args.rounds)
+        if args.flush_share:
+            asyncio.run(_synchronous_commit(hospital, "off"))
+            print("-- diagnostic: synchronous_commit = off (a read's audit event is NOT durable)")
+            compare_h2load(hospital, token, name, loads[:1], args.rounds)
+            asyncio.run(_synchronous_commit(hospital, "on"))
+
+
+async def _synchronous_commit(hospital: Hospital, value: str) -> None:
+    """Set the server-wide default of synchronous_commit; reloading applies it to open sessions
+    that have not set it themselves."""
+    connection = await asyncpg.connect(hospital.env["HIS_DATABASE_URL"])
+    try:
+        await connection.execute(f"ALTER SYSTEM SET synchronous_commit = {value}")
+        await connection.execute("SELECT pg_reload_conf()")
+    finally:
+        await connection.close()
 
 
 if __name__ == "__main__":

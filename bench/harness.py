@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import psutil
 from google.protobuf.message import Message
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -75,6 +76,8 @@ class Hospital:
     # Process ids by service name (the first process of each name), for the profiler.
     pids: dict[str, int] = field(default_factory=dict)
     echo: str = field(default_factory=lambda: f"localhost:{echo_ports()[0]}")
+    # The embedded PostgreSQL's postmaster: its backends are the database's share of a call.
+    postgres_pid: int | None = None
 
     def serve(self, name: str, port: int, **settings: str) -> str:
         """Start one more `his serve <name>` on `port` (e.g. a second, differently configured
@@ -128,6 +131,7 @@ def services(*names: str) -> Iterator[Hospital]:
                 **{f"HIS_{entry.name.upper()}_ADDR": address(entry.name) for entry in CATALOG},
             ),
             data_dir=Path(tmp),
+            postgres_pid=pg.pid(),
         )
         try:
             for name in wanted:
@@ -147,6 +151,26 @@ def services(*names: str) -> Iterator[Hospital]:
             for process in hospital.processes:
                 process.wait(timeout=30)
             pg.stop()
+
+
+def cpu_seconds(hospital: Hospital) -> dict[str, float]:
+    """CPU used so far (user + system, all threads) by each service process, the echo server,
+    and PostgreSQL (the postmaster and the backends alive now; pooled connections live through a
+    run, so a delta over a run is the database's share of its calls)."""
+    used: dict[str, float] = {}
+    for name, pid in hospital.pids.items():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = psutil.Process(pid).cpu_times()
+            used[name] = times.user + times.system
+    if hospital.postgres_pid is not None:
+        postmaster = psutil.Process(hospital.postgres_pid)
+        total = 0.0
+        for process in [postmaster, *postmaster.children()]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        used["postgres"] = total
+    return used
 
 
 async def staff_token(hospital: Hospital, username: str, *roles: str) -> str:

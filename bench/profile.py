@@ -357,7 +357,9 @@ async def _setup(
 
 
 def getpatient(hospital: Hospital, token: str, name: str, args: argparse.Namespace) -> None:
-    """GetPatient under h2load 4 x 16 while the patient and audit processes are recorded."""
+    """GetPatient under h2load (4 x 16 unless --h2load says otherwise) while the patient and
+    audit processes are recorded."""
+    connections, streams = (int(n) for n in args.h2load.split("x"))
     with tempfile.NamedTemporaryFile(suffix=".grpc") as body:
         body.write(grpc_frame(ppb.GetPatientRequest(name=name).SerializeToString()))
         body.flush()
@@ -366,8 +368,8 @@ def getpatient(hospital: Hospital, token: str, name: str, args: argparse.Namespa
             "h2load",
             f"--duration={round(args.seconds) + 3}",
             "--warm-up-time=1",
-            "--clients=4",
-            "--max-concurrent-streams=16",
+            f"--clients={connections}",
+            f"--max-concurrent-streams={streams}",
             "--threads=1",
             f"--data={body.name}",
             "--header=content-type: application/grpc",
@@ -384,7 +386,7 @@ def getpatient(hospital: Hospital, token: str, name: str, args: argparse.Namespa
     done = re.search(r"(\d+) succeeded", out)
     rate = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
     print(
-        f"\ngetpatient: h2load 4x16, {rate[1] if rate else '?'} req/s, "
+        f"\ngetpatient: h2load {args.h2load}, {rate[1] if rate else '?'} req/s, "
         f"{done[1] if done else '?'} HTTP-succeeded, {ok} gRPC OK on the server"
     )
     recording.finish(args.top)
@@ -429,6 +431,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=15, help="recording time per scenario")
     parser.add_argument("--scenario", choices=("getpatient", "booking", "all"), default="all")
+    parser.add_argument(
+        "--h2load", default="4x16", help="getpatient load: connections x streams, e.g. 1x1"
+    )
     parser.add_argument("--bookings", type=int, default=4000, help="slots made for booking")
     parser.add_argument("--top", type=int, default=12, help="functions listed per process")
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")

@@ -429,9 +429,17 @@ class Hospital:
             await asyncio.sleep(delay)
             try:
                 await self._off_loop(embedded.restart)
-            except Exception as error:  # pg_ctl failed: try again after the backoff
-                self.say(f"his up: postgresql did not start: {error!r}", level=logging.ERROR)
-                continue
+            except Exception as error:
+                if await self._off_loop(embedded.pid) is None:  # try again after the backoff
+                    self.say(f"his up: postgresql did not start: {error!r}", level=logging.ERROR)
+                    continue
+                # pg_ctl stopped waiting, but the server runs (a crash recovery longer than
+                # pg_ctl's wait on a busy machine): carry on as started, else nobody would say
+                # when the services are back.
+                self.say(
+                    f"his up: postgresql is still starting ({type(error).__name__} from pg_ctl)",
+                    level=logging.WARNING,
+                )
             up_since = time.monotonic()
             self.say(f"his up: embedded postgresql is running again (pid {embedded.pid()})")
             services = list(self._services.values())
