@@ -9,8 +9,13 @@ BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
 GEN_DIRS := $(patsubst protos/%,services/%,$(sort $(dir $(PROTOS))))
+# The TypeScript client and the patient web app (npm package; exact versions in its lock file).
+WEB      := clients/web
+WEB_DEPS := $(WEB)/node_modules/.installed
+WEB_SRC  := $(shell find $(WEB)/src $(WEB)/app $(WEB)/test -path $(WEB)/app/dist -prune -o -type f -print) \
+            $(WEB)/vite.config.ts $(WEB)/tsconfig.json
 
-.PHONY: help install run test lint fmt proto proto-check gen-into buf-lint buf-breaking mesh-check gateway-check istio-schema pytest bench profile clean
+.PHONY: help install run test lint fmt proto proto-check gen-into web-gen-into web web-test buf-lint buf-breaking mesh-check gateway-check istio-schema pytest bench profile clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,12 +30,26 @@ $(BUF):
 	@command -v npm >/dev/null || { echo "npm is needed to install buf (apt-get install -y npm)"; exit 1; }
 	npm install --silent --no-save --no-package-lock --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
-install: $(VENV)/.installed $(BUF) ## Create the virtualenv and install everything.
+$(WEB_DEPS): $(WEB)/package.json $(WEB)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed for the web client (apt-get install -y npm)"; exit 1; }
+	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); if (a < 20 || (a === 20 && b < 19)) { console.error(`Node $${process.version} is too old for clients/web: it needs 20.19 or newer`); process.exit(1); }'
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
-run: $(VENV)/.installed ## Start the whole hospital locally on embedded PostgreSQL, with demo data.
+$(WEB)/app/dist/index.html: $(WEB_DEPS) $(WEB_SRC)
+	cd $(WEB) && npm run --silent build
+
+web: $(WEB)/app/dist/index.html ## Type-check and build the patient web app into clients/web/app/dist (his up serves it).
+
+web-test: $(WEB_DEPS) ## Type check, prettier and the Node unit tests of clients/web (its gateway and browser tests run in pytest).
+	cd $(WEB) && npm run --silent lint && npm run --silent test:unit
+
+install: $(VENV)/.installed $(BUF) $(WEB_DEPS) web ## Create the virtualenv and install everything, build the web app.
+
+run: $(VENV)/.installed web ## Start the whole hospital locally on embedded PostgreSQL, with demo data.
 	$(VENV)/bin/his up --demo
 
-test: install buf-lint buf-breaking lint proto-check mesh-check gateway-check pytest ## Everything CI runs.
+test: install buf-lint buf-breaking lint proto-check mesh-check gateway-check web-test pytest ## Everything CI runs.
 
 # Generated code: services/his/<domain>/v1/*_pb2.py, *_pb2_grpc.py and their .pyi stubs.
 gen-into: # internal: generate every stub into $(OUT)
@@ -39,20 +58,33 @@ gen-into: # internal: generate every stub into $(OUT)
 	  --python_out=$(OUT) --grpc_python_out=$(OUT) --mypy_out=quiet:$(OUT) --mypy_grpc_out=quiet:$(OUT) $(PROTOS)
 	@for dir in $(GEN_DIRS); do touch $(OUT)/$${dir#services/}__init__.py; done
 
-proto: $(VENV)/.installed ## Regenerate the Python stubs from protos/ (never edit them by hand).
+# Generated TypeScript: $(WEB)/src/gen/his/<domain>/v1/*_pb.ts (protobuf-es v2, see $(WEB)/buf.gen.yaml)
+# and google/rpc/error_details_pb.ts, the error details the servers attach, from the same
+# error_details.proto as the Python side's googleapis-common-protos (pinned in pyproject.toml).
+web-gen-into: # internal: generate the TypeScript client code into $(OUT)/src/gen
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; mkdir -p $$tmp/google/rpc; \
+	cp "$$($(PY) -c 'import pathlib, google.rpc.error_details_pb2 as m; print(pathlib.Path(m.__file__).parent)')/error_details.proto" $$tmp/google/rpc/; \
+	$(BUF) generate --template $(WEB)/buf.gen.yaml -o $(OUT); \
+	$(BUF) generate $$tmp --template $(WEB)/buf.gen.yaml -o $(OUT)
+
+proto: $(VENV)/.installed $(BUF) $(WEB_DEPS) ## Regenerate the Python stubs and the TypeScript client code from protos/ (never edit them by hand).
 	rm -f $(addsuffix *_pb2*.py*,$(GEN_DIRS))
 	$(MAKE) --no-print-directory gen-into OUT=services
-	@echo "generated stubs for $(words $(PROTOS)) proto files"
+	rm -rf $(WEB)/src/gen
+	$(MAKE) --no-print-directory web-gen-into OUT=$(WEB)
+	@echo "generated Python stubs and TypeScript code for $(words $(PROTOS)) proto files"
 
-proto-check: $(VENV)/.installed ## Fail when the committed stubs differ from what the protos generate.
+proto-check: $(VENV)/.installed $(BUF) $(WEB_DEPS) ## Fail when the committed Python stubs or TypeScript code differ from what the protos generate.
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(MAKE) --no-print-directory gen-into OUT=$$tmp || exit 1; \
+	$(MAKE) --no-print-directory web-gen-into OUT=$$tmp/web || exit 1; \
 	stale=0; for dir in $(GEN_DIRS); do \
 	  rel=$${dir#services/}; \
 	  diff -r -q -x __pycache__ $$tmp/$$rel $$dir || stale=1; \
 	done; \
-	if [ $$stale = 1 ]; then echo "Generated stubs are stale: run 'make proto' and commit."; exit 1; fi; \
-	echo "generated stubs match protos/"
+	diff -r -q $$tmp/web/src/gen $(WEB)/src/gen || stale=1; \
+	if [ $$stale = 1 ]; then echo "Generated code is stale: run 'make proto' and commit."; exit 1; fi; \
+	echo "generated Python stubs and TypeScript code match protos/"
 
 buf-lint: $(BUF) ## buf lint on protos/.
 	$(BUF) lint
@@ -83,9 +115,10 @@ lint: $(VENV)/.installed ## ruff and mypy on hand-written code.
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy services clients tests bench
 
-fmt: $(VENV)/.installed ## Format and autofix.
+fmt: $(VENV)/.installed $(WEB_DEPS) ## Format and autofix (Python, and clients/web with prettier).
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+	cd $(WEB) && npm run --silent format
 
 gateway-check: $(VENV)/.installed ## The local gateway's Envoy config, generated from mesh/istio/gateway, validated by envoy.
 	$(VENV)/bin/his gateway config --check
@@ -126,7 +159,7 @@ profile: $(VENV)/.installed ## py-spy on patient, scheduling and audit under loa
 	$(PY) -m bench.profile --seconds 15
 
 clean: ## Remove the virtualenv and tools (keeps .his/, the local database).
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache $(WEB)/node_modules $(WEB)/app/dist
 
 # --- Alerts and dashboards (deploy/kustomize/components/observability) --------------------------
 # The SLO rules and Alertmanager routes are tested with Debian's promtool and amtool by pytest
