@@ -1484,8 +1484,8 @@ export const IamService: GenService<{
    * `.his/sign-in-codes.log`). The answer is the same whether or not the number is registered, so
    * it reveals nothing. Needs no authentication. A code lives `expire_time` (5 minutes by default)
    * and can be used once; asking again sends a new code and retires the previous one. The source
-   * is the caller's address: the first hop of `x-forwarded-for` as the gateway sets it, else the
-   * connection's peer. Limits (iam settings `HIS_IAM_SIGN_IN_*`, counted by every replica
+   * is the caller's address: the last entry of `x-forwarded-for` (the one the gateway appends;
+   * those before it are the client's own), else the connection's peer. Limits (iam settings `HIS_IAM_SIGN_IN_*`, counted by every replica
    * alike over a sliding window of 15 minutes by default): 5 codes per phone number and 30 per
    * source. Errors: INVALID_ARGUMENT if `phone` is not in the form of Patient.phone;
    * RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo saying when to ask again)
