@@ -40,6 +40,8 @@ async def test_audit_schema_upgrades_downgrades_and_upgrades_again(
         "events",
         "chain_head",
         "verify_checkpoint",
+        "chain_checkpoints",
+        "checkpoint_requests",
     }
     assert downgraded == {"alembic_version"}
     assert len(await _run(url, "SELECT * FROM audit.chain_head")) == 1

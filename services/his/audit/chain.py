@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from his.audit.anchor import EVENT_PREFIX_BYTES
 from his.audit.mapping import event_from_columns
 from his.audit.v1 import audit_service_pb2 as pb
 
@@ -56,6 +57,11 @@ class ChainCheck:
     break_at: int = 0
     reason: int = pb.CHAIN_BREAK_REASON_UNSPECIFIED
     last_hash: bytes = b""
+    # For MISSING: the last sequence number known to be missing (0: not known).
+    missing_through: int = 0
+    # When not None, the first `EVENT_PREFIX_BYTES` of each intact event's hash are appended
+    # (what a signed checkpoint keeps of the events it covers).
+    prefixes: bytearray | None = None
 
     @property
     def broken(self) -> bool:
@@ -71,6 +77,7 @@ class ChainCheck:
             number = int(row["sequence_number"])
             if number != self.expected:
                 self._break(self.expected, pb.CHAIN_BREAK_REASON_MISSING)
+                self.missing_through = number - 1
                 return
             stored = bytes(row["hash"])
             linked = self.previous is None or bytes(row["previous_hash"]) == self.previous
@@ -79,12 +86,15 @@ class ChainCheck:
                 return
             self.previous = stored
             self.last_hash = stored
+            if self.prefixes is not None:
+                self.prefixes += stored[:EVENT_PREFIX_BYTES]
             self.expected = number + 1
 
     def finish(self, end: int) -> None:
         """Report MISSING if the rows stopped before `end`."""
         if not self.broken and self.expected <= end:
             self._break(self.expected, pb.CHAIN_BREAK_REASON_MISSING)
+            self.missing_through = end
 
     def missing(self, number: int) -> None:
         """Report event `number` (one the range depends on, e.g. the one before it) as missing."""

@@ -6,14 +6,27 @@ request); only auditors read and verify.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import logging
 from typing import Any
 
 import grpc
 
 from his.audit import store
+from his.audit.anchor import (
+    CheckpointSigner as AnchorSigner,
+)
+from his.audit.anchor import (
+    SignedCheckpoint,
+    load_private_key,
+    make_private_key_file,
+)
 from his.audit.chain import GENESIS_HASH
 from his.audit.checkpoint import CheckpointSigner
+from his.audit.checkpoint_log import CheckpointLog
+from his.audit.config import AuditConfig
 from his.audit.mapping import ACTION, COLLECTION, event_from_columns
 from his.audit.v1 import audit_service_pb2 as pb
 from his.audit.v1 import audit_service_pb2_grpc as pb_grpc
@@ -32,6 +45,9 @@ from his.runtime.validation import Violations, required_id
 Context = grpc.aio.ServicerContext[Any, Any]
 
 RESOURCE = "audit.event"
+CHECKPOINT_RESOURCE = "audit.checkpoint"
+CHECKPOINT_COLLECTION = "chainCheckpoints"
+log = logging.getLogger(__name__)
 # Who wrote events when security is off (benchmarks only): no caller is known.
 _ANONYMOUS_WRITER = "unauthenticated"
 
@@ -45,15 +61,49 @@ class AuditService(pb_grpc.AuditServiceServicer):
         self._security = resources.access.enabled
         self._policy: PolicyEngine = resources.access.policy
         self.writer = GroupCommitWriter(self._db)
-        self.verifier = ChainVerifier(self._db, CheckpointSigner(resources.config.page_token_key))
+        self.config = AuditConfig.from_env(resources.config.environment)
+        if not self.config.key_configured:
+            make_private_key_file(self.config.key_file)  # local development only (config.py)
+        self.verifier = ChainVerifier(
+            self._db,
+            CheckpointSigner(resources.config.page_token_key),
+            AnchorSigner(load_private_key(self.config.key_file)),
+            CheckpointLog(self.config.log_file) if self.config.log_file else None,
+        )
+        self.anchors = self.verifier.anchors
+        self._timer = asyncio.create_task(self._checkpoint_every_interval(), name="checkpoints")
+        resources.stop_hooks.append(self.close)
 
-    def _authorize(self, action: str) -> Principal | None:
-        """The caller, if allowed to `action` audit events; PERMISSION_DENIED otherwise."""
+    async def close(self) -> None:
+        """Stop the checkpoint timer and the verification worker."""
+        self._timer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._timer
+        self.verifier.close()
+
+    async def _checkpoint_every_interval(self) -> None:
+        """Seal the chain every interval when it moved. A failure (the database not migrated
+        yet, unreachable, or a chain found broken) is logged and tried again next time: the
+        interval task never stops the service."""
+        while True:
+            await asyncio.sleep(self.config.interval_s)
+            try:
+                await self.anchors.create_if_moved()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # logged, retried next interval
+                log.warning(
+                    "audit checkpoint not taken",
+                    extra={"fields": {"error": type(error).__name__, "detail": str(error)}},
+                )
+
+    def _authorize(self, action: str, resource: str = RESOURCE) -> Principal | None:
+        """The caller, if allowed to `action` the resource; PERMISSION_DENIED otherwise."""
         if not self._security:
             return None
         principal = identity.current()
         self._policy.require(
-            Request(roles=tuple(sorted(principal.roles)), action=action, resource=RESOURCE)
+            Request(roles=tuple(sorted(principal.roles)), action=action, resource=resource)
         )
         return principal
 
@@ -149,18 +199,56 @@ class AuditService(pb_grpc.AuditServiceServicer):
         else:
             outcome = await self._verify_range(first, end)
         check = outcome.check
+        first_break = outcome.first_break()
         response = pb.VerifyChainResponse(
-            intact=not check.broken,
+            intact=first_break is None,
             start_sequence_number=outcome.first,
             end_sequence_number=outcome.last,
             end_hash=check.last_hash,
         )
-        if check.broken:
-            response.first_break.sequence_number = check.break_at
-            response.first_break.reason = check.reason  # type: ignore[assignment]
+        if first_break is not None:
+            sequence, reason, through, checkpoint_number = first_break
+            response.first_break.sequence_number = sequence
+            response.first_break.reason = reason  # type: ignore[assignment]
+            response.first_break.last_missing_sequence_number = through
+            response.first_break.checkpoint_number = checkpoint_number
         if outcome.checkpoint_time is not None:
             response.checkpoint_time.FromDatetime(outcome.checkpoint_time)
+        if outcome.finding is not None and outcome.finding.anchor is not None:
+            response.anchor.CopyFrom(checkpoint_message(outcome.finding.anchor))
         return response
+
+    async def CreateChainCheckpoint(
+        self, request: pb.CreateChainCheckpointRequest, context: Context
+    ) -> pb.ChainCheckpoint:
+        v = Violations()
+        request_id = v.request_id("request_id", request.request_id)
+        v.raise_if_any()
+        self._authorize("create", CHECKPOINT_RESOURCE)
+        return checkpoint_message(await self.anchors.create(request_id))
+
+    async def ListChainCheckpoints(
+        self, request: pb.ListChainCheckpointsRequest, context: Context
+    ) -> pb.ListChainCheckpointsResponse:
+        v = Violations()
+        limit = v.page_size("page_size", request.page_size)
+        v.raise_if_any()
+        self._authorize("read", CHECKPOINT_RESOURCE)
+        keyset = self._pages.keyset(
+            request.page_token,
+            query="chain-checkpoints",
+            limit=limit,
+            after=lambda c: c.integer("n"),
+        )
+        async with self._db.read() as session:
+            rows = await store.list_checkpoints(
+                session, before=keyset.after, limit=keyset.read_limit
+            )
+        page = keyset.page(rows, lambda row: {"n": row.checkpoint_number})
+        return pb.ListChainCheckpointsResponse(
+            chain_checkpoints=[checkpoint_message(row) for row in page.rows],
+            next_page_token=page.next_page_token,
+        )
 
     async def _verify_range(self, first: int, end: int) -> Outcome:
         """A pass over `first`..`end` (0: the head); from the first event to the head, the
@@ -179,3 +267,19 @@ class AuditService(pb_grpc.AuditServiceServicer):
                 return await self.verifier.full(last)
             previous = GENESIS_HASH if first == 1 else await store.hash_of(session, first - 1)
         return await self.verifier.range(first, last, previous)
+
+
+def checkpoint_message(checkpoint: SignedCheckpoint) -> pb.ChainCheckpoint:
+    """The contract's form of a signed checkpoint."""
+    message = pb.ChainCheckpoint(
+        name=f"{CHECKPOINT_COLLECTION}/{checkpoint.checkpoint_number}",
+        checkpoint_number=checkpoint.checkpoint_number,
+        sequence_number=checkpoint.sequence_number,
+        hash=checkpoint.hash,
+        key_id=checkpoint.key_id,
+        previous_checkpoint_digest=checkpoint.previous_digest,
+        events_digest=checkpoint.events_digest,
+        signature=checkpoint.signature,
+    )
+    message.create_time.FromDatetime(checkpoint.create_time)
+    return message

@@ -14,12 +14,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Row, select
+from sqlalchemy import Row, func, select, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from his.audit.anchor import SignedCheckpoint
 from his.audit.checkpoint import Checkpoint, StoredCheckpoint
 from his.audit.mapping import event_name
-from his.audit.tables import chain_head, events, verify_checkpoint
+from his.audit.tables import (
+    chain_checkpoints,
+    chain_head,
+    checkpoint_requests,
+    events,
+    verify_checkpoint,
+)
 from his.base.errors import NotFound
 
 _HEAD = 1
@@ -191,3 +199,160 @@ async def put_checkpoint(session: AsyncSession, checkpoint: Checkpoint, mac: byt
             mac=mac,
         )
     )
+
+
+# --- signed checkpoints (anchor.py) ------------------------------------------------------------
+
+# Every column but the event prefixes, which are read only to locate a rewrite.
+_SIGNED = tuple(c for c in chain_checkpoints.c if c.name != "event_prefixes")
+# One creator of checkpoints at a time across replicas (numbers have no gaps).
+_CHECKPOINT_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('his.audit.chain_checkpoints'))")
+
+
+def signed_of(row: Any) -> SignedCheckpoint:
+    """A checkpoint from a row of `audit.chain_checkpoints`."""
+    return SignedCheckpoint(
+        checkpoint_number=int(row.checkpoint_number),
+        sequence_number=int(row.sequence_number),
+        hash=bytes(row.hash),
+        create_time=row.create_time,
+        key_id=str(row.key_id),
+        previous_digest=bytes(row.previous_digest),
+        events_digest=bytes(row.events_digest),
+        signature=bytes(row.signature),
+    )
+
+
+async def newest_checkpoint(session: AsyncSession) -> SignedCheckpoint | None:
+    """The checkpoint with the highest number, None when there is none."""
+    query = select(*_SIGNED).order_by(chain_checkpoints.c.checkpoint_number.desc()).limit(1)
+    row = (await session.execute(query)).first()
+    return None if row is None else signed_of(row)
+
+
+async def checkpoint_scope(session: AsyncSession, from_sequence: int) -> list[SignedCheckpoint]:
+    """The checkpoints a check from event `from_sequence` relies on, oldest first: the newest one
+    at or below it (or the first) and every later one."""
+    first = (
+        select(func.coalesce(func.max(chain_checkpoints.c.checkpoint_number), 1))
+        .where(chain_checkpoints.c.sequence_number <= from_sequence)
+        .scalar_subquery()
+    )
+    query = (
+        select(*_SIGNED)
+        .where(chain_checkpoints.c.checkpoint_number >= first)
+        .order_by(chain_checkpoints.c.checkpoint_number)
+    )
+    return [signed_of(row) for row in (await session.execute(query)).all()]
+
+
+async def checkpoint_by_number(session: AsyncSession, number: int) -> SignedCheckpoint | None:
+    """One checkpoint, None when there is no such row."""
+    query = select(*_SIGNED).where(chain_checkpoints.c.checkpoint_number == number)
+    row = (await session.execute(query)).first()
+    return None if row is None else signed_of(row)
+
+
+async def event_prefixes(session: AsyncSession, number: int) -> bytes:
+    """The event-hash prefixes stored with checkpoint `number` (empty when it is gone)."""
+    query = select(chain_checkpoints.c.event_prefixes).where(
+        chain_checkpoints.c.checkpoint_number == number
+    )
+    value = (await session.execute(query)).scalar_one_or_none()
+    return b"" if value is None else bytes(value)
+
+
+async def first_unmatched_checkpoint(
+    session: AsyncSession, numbers: Collection[int]
+) -> tuple[int, bytes | None] | None:
+    """Of the checkpoints `numbers`, the lowest-numbered one whose event no longer has the
+    checkpoint's hash: (its number, the event's hash now, None when the event is gone)."""
+    if not numbers:
+        return None
+    query = (
+        select(chain_checkpoints.c.checkpoint_number, events.c.hash)
+        .select_from(
+            chain_checkpoints.outerjoin(
+                events, events.c.sequence_number == chain_checkpoints.c.sequence_number
+            )
+        )
+        .where(
+            chain_checkpoints.c.checkpoint_number.in_(list(numbers)),
+            events.c.hash.is_distinct_from(chain_checkpoints.c.hash),
+        )
+        .order_by(chain_checkpoints.c.checkpoint_number)
+        .limit(1)
+    )
+    row = (await session.execute(query)).first()
+    if row is None:
+        return None
+    return int(row.checkpoint_number), None if row.hash is None else bytes(row.hash)
+
+
+async def event_hashes(
+    session: AsyncSession, *, start: int, end: int, limit: int
+) -> Sequence[Any]:
+    """(sequence_number, hash) of up to `limit` events in [start, end], in order."""
+    query = (
+        select(events.c.sequence_number, events.c.hash)
+        .where(events.c.sequence_number >= start, events.c.sequence_number <= end)
+        .order_by(events.c.sequence_number)
+        .limit(limit)
+    )
+    return (await session.execute(query)).all()
+
+
+async def lock_checkpoints(session: AsyncSession) -> None:
+    """Become the only creator of checkpoints until the transaction ends."""
+    await session.execute(_CHECKPOINT_LOCK)
+
+
+async def insert_checkpoint(
+    session: AsyncSession, checkpoint: SignedCheckpoint, prefixes: bytes
+) -> None:
+    """Store a signed checkpoint with the event prefixes it covers."""
+    await session.execute(
+        chain_checkpoints.insert().values(
+            checkpoint_number=checkpoint.checkpoint_number,
+            sequence_number=checkpoint.sequence_number,
+            hash=checkpoint.hash,
+            create_time=checkpoint.create_time,
+            key_id=checkpoint.key_id,
+            previous_digest=checkpoint.previous_digest,
+            events_digest=checkpoint.events_digest,
+            event_prefixes=prefixes,
+            signature=checkpoint.signature,
+        )
+    )
+
+
+async def checkpoint_of_request(session: AsyncSession, request_id: str) -> int | None:
+    """The checkpoint number a CreateChainCheckpoint `request_id` got, if any."""
+    query = select(checkpoint_requests.c.checkpoint_number).where(
+        checkpoint_requests.c.request_id == request_id
+    )
+    value = (await session.execute(query)).scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+async def remember_request(session: AsyncSession, request_id: str, number: int) -> int:
+    """Record that `request_id` got checkpoint `number`; the number it got first if it was
+    recorded before (the primary key decides, not a search)."""
+    await session.execute(
+        insert(checkpoint_requests)
+        .values(request_id=request_id, checkpoint_number=number)
+        .on_conflict_do_nothing()
+    )
+    first = await checkpoint_of_request(session, request_id)
+    assert first is not None
+    return first
+
+
+async def list_checkpoints(
+    session: AsyncSession, *, before: int | None, limit: int
+) -> list[SignedCheckpoint]:
+    """Checkpoints numbered below `before` (all when None), newest first."""
+    query = select(*_SIGNED).order_by(chain_checkpoints.c.checkpoint_number.desc()).limit(limit)
+    if before is not None:
+        query = query.where(chain_checkpoints.c.checkpoint_number < before)
+    return [signed_of(row) for row in (await session.execute(query)).all()]

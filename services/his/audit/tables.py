@@ -118,3 +118,36 @@ verify_checkpoint = Table(
     CheckConstraint("octet_length(hash) = 32", name="checkpoint_hash_sha256"),
     CheckConstraint("octet_length(mac) IN (0, 32)", name="checkpoint_mac_hmac_sha256"),
 )
+
+# Signed checkpoints (anchor.py): the service's Ed25519-signed statement that events
+# 1..sequence_number end in `hash`. Append-only like the events. A superuser can still edit or
+# delete rows here; what they cannot do is sign, so an edit fails verification, and a deleted
+# newest checkpoint is still known to the service (in memory and in its log file outside the
+# database). `event_prefixes` holds the first 16 bytes of the hash of every event since the
+# previous checkpoint, to name the first event a rewrite changed.
+chain_checkpoints = Table(
+    "chain_checkpoints",
+    metadata,
+    Column("checkpoint_number", BigInteger, primary_key=True, autoincrement=False),
+    Column("sequence_number", BigInteger, nullable=False, unique=True),
+    Column("hash", LargeBinary, nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("previous_digest", LargeBinary, nullable=False),
+    Column("events_digest", LargeBinary, nullable=False),
+    Column("event_prefixes", LargeBinary, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    CheckConstraint("checkpoint_number >= 1", name="checkpoint_number_positive"),
+    CheckConstraint("sequence_number >= 1", name="checkpoint_covers_events"),
+    CheckConstraint("octet_length(hash) = 32", name="checkpoint_head_sha256"),
+    CheckConstraint("octet_length(signature) = 64", name="checkpoint_signature_ed25519"),
+)
+
+# Which checkpoint a CreateChainCheckpoint `request_id` got, so a replay returns it (the primary
+# key, not a search, makes the first answer stick).
+checkpoint_requests = Table(
+    "checkpoint_requests",
+    metadata,
+    Column("request_id", Text, primary_key=True),
+    Column("checkpoint_number", BigInteger, nullable=False),
+)

@@ -12,6 +12,8 @@ service's calls.
   head as it was when that pass began). A shared pass runs to its end even if its callers give up.
 - A pass from the first event, or an incremental one, moves the checkpoint (checkpoint.py) to the
   last event it found intact.
+- Every pass is also checked against the signed checkpoints (anchoring.py), which catches what
+  the chain's own links cannot: a rewrite with recomputed hashes and head, a cut end.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from his.audit import store
+from his.audit.anchor import CheckpointSigner as AnchorSigner
+from his.audit.anchoring import Anchors, Finding
 from his.audit.chain import GENESIS_HASH, ChainCheck
 from his.audit.checkpoint import NOTHING_VERIFIED, Checkpoint, CheckpointSigner
+from his.audit.checkpoint_log import CheckpointLog
 from his.audit.validation import MAX_VERIFY_RANGE
 from his.audit.verify_worker import VerifyWorkerError, lower_priority, verify_span
 from his.base.errors import Unavailable
@@ -57,14 +62,34 @@ class Outcome:
     check: ChainCheck
     # When the checkpoint an incremental pass continued from was recorded.
     checkpoint_time: dt.datetime | None = None
+    # What checking against the signed checkpoints found.
+    finding: Finding | None = None
+
+    def first_break(self) -> tuple[int, int, int, int] | None:
+        """The earliest break the chain or the signed checkpoints show: (sequence number,
+        reason, last missing sequence number, checkpoint number); None when intact."""
+        breaks = []
+        if self.check.broken:
+            breaks.append((self.check.break_at, self.check.reason, self.check.missing_through, 0))
+        if self.finding is not None and self.finding.broken:
+            f = self.finding
+            breaks.append((f.break_at, f.reason, f.missing_through, f.checkpoint_number))
+        return min(breaks, key=lambda b: b[0]) if breaks else None
 
 
 class ChainVerifier:
     """Runs VerifyChain's passes for one service process (one worker, shared open-ended passes)."""
 
-    def __init__(self, database: Database, signer: CheckpointSigner) -> None:
+    def __init__(
+        self,
+        database: Database,
+        signer: CheckpointSigner,
+        anchor_signer: AnchorSigner,
+        checkpoint_log: CheckpointLog | None,
+    ) -> None:
         self._db = database
         self._signer = signer
+        self.anchors = Anchors(database, anchor_signer, self.walk, checkpoint_log)
         # The worker connects with the service's own database URL, through the plain driver.
         self._dsn = database.engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
@@ -92,7 +117,8 @@ class ChainVerifier:
             # The range's first link points at an event that is gone (the contract checks the
             # first event's link too): without this, a deletion just before a range would pass.
             check.missing(first - 1)
-        return Outcome(first, last, await self._walk(check, last))
+        check = await self.walk(check, last)
+        return Outcome(first, last, check, finding=await self.anchors.check(first))
 
     def close(self) -> None:
         """Stop the worker process (a span it is checking is abandoned)."""
@@ -118,7 +144,12 @@ class ChainVerifier:
             task.exception()  # retrieved here too, in case every caller gave up
 
     async def _from_start(self, last: int) -> Outcome:
-        check = await self._walk(ChainCheck(expected=1, previous=GENESIS_HASH), last)
+        check = await self.walk(ChainCheck(expected=1, previous=GENESIS_HASH), last)
+        finding = await self.anchors.check(0)
+        if finding.broken:
+            # The checkpoint (how far the chain was verified) stays where it is: a rewrite
+            # below it is reported by every check from the signed checkpoints anyway.
+            return Outcome(1, last, check, finding=finding)
         verified = check.break_at - 1 if check.broken else last
         reached = Checkpoint(verified, check.last_hash if verified else GENESIS_HASH, _now())
         async with self._db.transaction() as session:
@@ -128,7 +159,7 @@ class ChainVerifier:
             # keep reporting it; an intact pass moves it only forward.
             if check.broken or verified > current.sequence_number:
                 await store.put_checkpoint(session, reached, self._signer.sign(reached))
-        return Outcome(1, last, check)
+        return Outcome(1, last, check, finding=finding)
 
     async def _from_checkpoint(self) -> Outcome:
         async with self._db.read() as session:
@@ -144,19 +175,22 @@ class ChainVerifier:
         if base.sequence_number > head.sequence_number:
             # Events were verified that the head no longer counts: the end was cut off.
             check.missing(head.sequence_number + 1)
-            return Outcome(first, head.sequence_number, check, base.verified_at)
-        check = await self._walk(check, last)
+            check.missing_through = base.sequence_number
+            finding = await self.anchors.check(head.sequence_number)
+            return Outcome(first, head.sequence_number, check, base.verified_at, finding)
+        check = await self.walk(check, last)
+        finding = await self.anchors.check(base.sequence_number)
         verified = check.break_at - 1 if check.broken else last
-        if verified > base.sequence_number:
+        if verified > base.sequence_number and not finding.broken:
             reached = Checkpoint(verified, check.last_hash, _now())
             async with self._db.transaction() as session:
                 # Moved only if no other pass moved it meanwhile (a full pass may have found a
                 # break before it and moved it back).
                 if await store.read_checkpoint(session, lock=True) == stored:
                     await store.put_checkpoint(session, reached, self._signer.sign(reached))
-        return Outcome(first, last, check, base.verified_at)
+        return Outcome(first, last, check, base.verified_at, finding)
 
-    async def _walk(self, check: ChainCheck, last: int) -> ChainCheck:
+    async def walk(self, check: ChainCheck, last: int) -> ChainCheck:
         """Run `check` up to `last`, one span per worker task."""
         span = VERIFY_CHUNK * VERIFY_SPAN_CHUNKS
         loop = asyncio.get_running_loop()

@@ -43,6 +43,7 @@ care_classes := clinical_classes - billing_classes
 
 resource_classes := ((((patient_classes | scheduling_classes) | iam_classes) | clinical_classes) | formulary_classes) | {
 	"audit.event",
+	"audit.checkpoint",
 	"research.export",
 }
 

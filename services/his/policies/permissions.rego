@@ -109,6 +109,9 @@ permissions := {
 	# that looks abused (RevokeEmergencyAccessGrant); no patient data.
 	"AUDITOR": {
 		"audit.event": {"read"},
+		# Signed checkpoints of the chain: auditors list them and may seal the chain on demand
+		# (harmless to repeat; the service also takes one every interval by itself).
+		"audit.checkpoint": {"read", "create"},
 		"iam.emergency_access": {"read", "update"},
 		"iam.department": {"read"},
 		"iam.staff": {"read"},

@@ -10,7 +10,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
@@ -95,6 +95,9 @@ class ServiceResources:
     access: Access
     # The service's transactional outbox, for its domain events (None for the audit service).
     outbox: Outbox | None = None
+    # What the servicer needs done when the service stops, after the last call (its own
+    # background tasks, such as audit's checkpoint timer); awaited in order.
+    stop_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 @dataclass
@@ -118,6 +121,7 @@ class RunningService:
     relay: Relay | None = None
     migration: asyncio.Task[None] | None = None
     companion: Companion | None = None
+    stop_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -152,6 +156,8 @@ class RunningService:
         await self.server.stop(max(grace - (time.monotonic() - started), 0.0))
         if self.companion is not None:
             await self.companion.aclose()
+        for hook in self.stop_hooks:
+            await hook()
         if self.audit is not None:
             await self.audit.close()
         if self.relay is not None:
@@ -239,8 +245,9 @@ async def start(
     metrics_endpoint: MetricsEndpoint | None = None
     migration: asyncio.Task[None] | None = None
     companion: Companion | None = None
+    stop_hooks: list[Callable[[], Awaitable[None]]] = []
     try:
-        resources = ServiceResources(config, database, clients, access, outbox)
+        resources = ServiceResources(config, database, clients, access, outbox, stop_hooks)
         spec.add_to_server(spec.make_servicer(resources), server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
@@ -274,6 +281,8 @@ async def start(
             with contextlib.suppress(asyncio.CancelledError):
                 await migration
         await server.stop(0)
+        for hook in stop_hooks:
+            await hook()
         await database_health.stop()
         await clients.close()
         await database.dispose()
@@ -296,6 +305,7 @@ async def start(
         relay=relay,
         migration=migration,
         companion=companion,
+        stop_hooks=stop_hooks,
     )
     if relay is not None:
         relay.start()

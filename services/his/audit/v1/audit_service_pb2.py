@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from his.common.v1 import types_pb2 as his_dot_common_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n his/audit/v1/audit_service.proto\x12\x0chis.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19his/common/v1/types.proto\"\xc2\x04\n\nAuditEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecord_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x1e.his.audit.v1.AuditEventAction\x12\x30\n\x07outcome\x18\x06 \x01(\x0e\x32\x1f.his.audit.v1.AuditEventOutcome\x12\x1b\n\x13outcome_description\x18\x07 \x01(\t\x12\x11\n\toperation\x18\x08 \x01(\t\x12\'\n\x05\x61gent\x18\t \x01(\x0b\x32\x18.his.audit.v1.AuditAgent\x12\x0f\n\x07patient\x18\n \x01(\t\x12)\n\x06\x65ntity\x18\x0b \x01(\x0b\x32\x19.his.audit.v1.AuditEntity\x12\x32\n\x0epurpose_of_use\x18\x0c \x01(\x0e\x32\x1a.his.audit.v1.PurposeOfUse\x12\x18\n\x10\x65mergency_access\x18\r \x01(\x08\x12\x1e\n\x16\x65mergency_access_grant\x18\x0e \x01(\t\x12\x10\n\x08trace_id\x18\x0f \x01(\t\x12\x17\n\x0fsequence_number\x18\x10 \x01(\x03\x12\x15\n\rprevious_hash\x18\x11 \x01(\x0c\x12\x0c\n\x04hash\x18\x12 \x01(\x0c\"\x83\x01\n\nAuditAgent\x12\r\n\x05staff\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x14\n\x0con_behalf_of\x18\x03 \x01(\t\x12\x17\n\x0fservice_account\x18\x04 \x01(\t\x12\x17\n\x0fnetwork_address\x18\x05 \x01(\t\x12\x0f\n\x07patient\x18\x06 \x01(\t\";\n\x0b\x41uditEntity\x12\x15\n\rresource_name\x18\x01 \x01(\t\x12\x15\n\rresource_type\x18\x02 \x01(\t\"U\n\nChainBreak\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x03\x12.\n\x06reason\x18\x02 \x01(\x0e\x32\x1e.his.audit.v1.ChainBreakReason\"I\n\x17WriteAuditEventsRequest\x12.\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x18.his.audit.v1.AuditEvent\"J\n\x18WriteAuditEventsResponse\x12.\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x18.his.audit.v1.AuditEvent\"$\n\x14GetAuditEventRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xe1\x01\n\x16ListAuditEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07patient\x18\x03 \x01(\t\x12\x13\n\x0b\x61gent_staff\x18\x04 \x01(\t\x12+\n\x0c\x65vent_period\x18\x05 \x01(\x0b\x32\x15.his.common.v1.Period\x12.\n\x06\x61\x63tion\x18\x06 \x01(\x0e\x32\x1e.his.audit.v1.AuditEventAction\x12\x1d\n\x15\x65mergency_access_only\x18\x07 \x01(\x08\"b\n\x17ListAuditEventsResponse\x12.\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x18.his.audit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"e\n\x12VerifyChainRequest\x12\x1d\n\x15start_sequence_number\x18\x01 \x01(\x03\x12\x1b\n\x13\x65nd_sequence_number\x18\x02 \x01(\x03\x12\x13\n\x0bincremental\x18\x03 \x01(\x08\"\xd7\x01\n\x13VerifyChainResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x1d\n\x15start_sequence_number\x18\x02 \x01(\x03\x12\x1b\n\x13\x65nd_sequence_number\x18\x03 \x01(\x03\x12\x10\n\x08\x65nd_hash\x18\x04 \x01(\x0c\x12-\n\x0b\x66irst_break\x18\x05 \x01(\x0b\x32\x18.his.audit.v1.ChainBreak\x12\x33\n\x0f\x63heckpoint_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xd0\x01\n\x10\x41uditEventAction\x12\"\n\x1e\x41UDIT_EVENT_ACTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41UDIT_EVENT_ACTION_CREATE\x10\x01\x12\x1b\n\x17\x41UDIT_EVENT_ACTION_READ\x10\x02\x12\x1d\n\x19\x41UDIT_EVENT_ACTION_UPDATE\x10\x03\x12\x1d\n\x19\x41UDIT_EVENT_ACTION_DELETE\x10\x04\x12\x1e\n\x1a\x41UDIT_EVENT_ACTION_EXECUTE\x10\x05*\xd0\x01\n\x11\x41uditEventOutcome\x12#\n\x1f\x41UDIT_EVENT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41UDIT_EVENT_OUTCOME_SUCCESS\x10\x01\x12%\n!AUDIT_EVENT_OUTCOME_MINOR_FAILURE\x10\x02\x12\'\n#AUDIT_EVENT_OUTCOME_SERIOUS_FAILURE\x10\x03\x12%\n!AUDIT_EVENT_OUTCOME_MAJOR_FAILURE\x10\x04*\xf0\x01\n\x0cPurposeOfUse\x12\x1e\n\x1aPURPOSE_OF_USE_UNSPECIFIED\x10\x00\x12\x1c\n\x18PURPOSE_OF_USE_TREATMENT\x10\x01\x12&\n\"PURPOSE_OF_USE_EMERGENCY_TREATMENT\x10\x02\x12\x1a\n\x16PURPOSE_OF_USE_PAYMENT\x10\x03\x12\x1d\n\x19PURPOSE_OF_USE_OPERATIONS\x10\x04\x12\x1b\n\x17PURPOSE_OF_USE_RESEARCH\x10\x05\x12\"\n\x1ePURPOSE_OF_USE_PATIENT_REQUEST\x10\x06*v\n\x10\x43hainBreakReason\x12\"\n\x1e\x43HAIN_BREAK_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HAIN_BREAK_REASON_ALTERED\x10\x01\x12\x1e\n\x1a\x43HAIN_BREAK_REASON_MISSING\x10\x02\x32\x88\x03\n\x0c\x41uditService\x12\x66\n\x10WriteAuditEvents\x12%.his.audit.v1.WriteAuditEventsRequest\x1a&.his.audit.v1.WriteAuditEventsResponse\"\x03\x90\x02\x02\x12R\n\rGetAuditEvent\x12\".his.audit.v1.GetAuditEventRequest\x1a\x18.his.audit.v1.AuditEvent\"\x03\x90\x02\x01\x12\x63\n\x0fListAuditEvents\x12$.his.audit.v1.ListAuditEventsRequest\x1a%.his.audit.v1.ListAuditEventsResponse\"\x03\x90\x02\x01\x12W\n\x0bVerifyChain\x12 .his.audit.v1.VerifyChainRequest\x1a!.his.audit.v1.VerifyChainResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n his/audit/v1/audit_service.proto\x12\x0chis.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19his/common/v1/types.proto\"\xc2\x04\n\nAuditEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecord_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x1e.his.audit.v1.AuditEventAction\x12\x30\n\x07outcome\x18\x06 \x01(\x0e\x32\x1f.his.audit.v1.AuditEventOutcome\x12\x1b\n\x13outcome_description\x18\x07 \x01(\t\x12\x11\n\toperation\x18\x08 \x01(\t\x12\'\n\x05\x61gent\x18\t \x01(\x0b\x32\x18.his.audit.v1.AuditAgent\x12\x0f\n\x07patient\x18\n \x01(\t\x12)\n\x06\x65ntity\x18\x0b \x01(\x0b\x32\x19.his.audit.v1.AuditEntity\x12\x32\n\x0epurpose_of_use\x18\x0c \x01(\x0e\x32\x1a.his.audit.v1.PurposeOfUse\x12\x18\n\x10\x65mergency_access\x18\r \x01(\x08\x12\x1e\n\x16\x65mergency_access_grant\x18\x0e \x01(\t\x12\x10\n\x08trace_id\x18\x0f \x01(\t\x12\x17\n\x0fsequence_number\x18\x10 \x01(\x03\x12\x15\n\rprevious_hash\x18\x11 \x01(\x0c\x12\x0c\n\x04hash\x18\x12 \x01(\x0c\"\x83\x01\n\nAuditAgent\x12\r\n\x05staff\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x14\n\x0con_behalf_of\x18\x03 \x01(\t\x12\x17\n\x0fservice_account\x18\x04 \x01(\t\x12\x17\n\x0fnetwork_address\x18\x05 \x01(\t\x12\x0f\n\x07patient\x18\x06 \x01(\t\";\n\x0b\x41uditEntity\x12\x15\n\rresource_name\x18\x01 \x01(\t\x12\x15\n\rresource_type\x18\x02 \x01(\t\"\x96\x01\n\nChainBreak\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x03\x12.\n\x06reason\x18\x02 \x01(\x0e\x32\x1e.his.audit.v1.ChainBreakReason\x12$\n\x1clast_missing_sequence_number\x18\x03 \x01(\x03\x12\x19\n\x11\x63heckpoint_number\x18\x04 \x01(\x03\"\xf0\x01\n\x0f\x43hainCheckpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x63heckpoint_number\x18\x02 \x01(\x03\x12\x17\n\x0fsequence_number\x18\x03 \x01(\x03\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\"\n\x1aprevious_checkpoint_digest\x18\x07 \x01(\x0c\x12\x15\n\revents_digest\x18\x08 \x01(\x0c\x12\x11\n\tsignature\x18\t \x01(\x0c\"I\n\x17WriteAuditEventsRequest\x12.\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x18.his.audit.v1.AuditEvent\"J\n\x18WriteAuditEventsResponse\x12.\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x18.his.audit.v1.AuditEvent\"$\n\x14GetAuditEventRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xe1\x01\n\x16ListAuditEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07patient\x18\x03 \x01(\t\x12\x13\n\x0b\x61gent_staff\x18\x04 \x01(\t\x12+\n\x0c\x65vent_period\x18\x05 \x01(\x0b\x32\x15.his.common.v1.Period\x12.\n\x06\x61\x63tion\x18\x06 \x01(\x0e\x32\x1e.his.audit.v1.AuditEventAction\x12\x1d\n\x15\x65mergency_access_only\x18\x07 \x01(\x08\"b\n\x17ListAuditEventsResponse\x12.\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x18.his.audit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"e\n\x12VerifyChainRequest\x12\x1d\n\x15start_sequence_number\x18\x01 \x01(\x03\x12\x1b\n\x13\x65nd_sequence_number\x18\x02 \x01(\x03\x12\x13\n\x0bincremental\x18\x03 \x01(\x08\"\x86\x02\n\x13VerifyChainResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x1d\n\x15start_sequence_number\x18\x02 \x01(\x03\x12\x1b\n\x13\x65nd_sequence_number\x18\x03 \x01(\x03\x12\x10\n\x08\x65nd_hash\x18\x04 \x01(\x0c\x12-\n\x0b\x66irst_break\x18\x05 \x01(\x0b\x32\x18.his.audit.v1.ChainBreak\x12\x33\n\x0f\x63heckpoint_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06\x61nchor\x18\x07 \x01(\x0b\x32\x1d.his.audit.v1.ChainCheckpoint\"2\n\x1c\x43reateChainCheckpointRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"D\n\x1bListChainCheckpointsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"q\n\x1cListChainCheckpointsResponse\x12\x38\n\x11\x63hain_checkpoints\x18\x01 \x03(\x0b\x32\x1d.his.audit.v1.ChainCheckpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xd0\x01\n\x10\x41uditEventAction\x12\"\n\x1e\x41UDIT_EVENT_ACTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41UDIT_EVENT_ACTION_CREATE\x10\x01\x12\x1b\n\x17\x41UDIT_EVENT_ACTION_READ\x10\x02\x12\x1d\n\x19\x41UDIT_EVENT_ACTION_UPDATE\x10\x03\x12\x1d\n\x19\x41UDIT_EVENT_ACTION_DELETE\x10\x04\x12\x1e\n\x1a\x41UDIT_EVENT_ACTION_EXECUTE\x10\x05*\xd0\x01\n\x11\x41uditEventOutcome\x12#\n\x1f\x41UDIT_EVENT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41UDIT_EVENT_OUTCOME_SUCCESS\x10\x01\x12%\n!AUDIT_EVENT_OUTCOME_MINOR_FAILURE\x10\x02\x12\'\n#AUDIT_EVENT_OUTCOME_SERIOUS_FAILURE\x10\x03\x12%\n!AUDIT_EVENT_OUTCOME_MAJOR_FAILURE\x10\x04*\xf0\x01\n\x0cPurposeOfUse\x12\x1e\n\x1aPURPOSE_OF_USE_UNSPECIFIED\x10\x00\x12\x1c\n\x18PURPOSE_OF_USE_TREATMENT\x10\x01\x12&\n\"PURPOSE_OF_USE_EMERGENCY_TREATMENT\x10\x02\x12\x1a\n\x16PURPOSE_OF_USE_PAYMENT\x10\x03\x12\x1d\n\x19PURPOSE_OF_USE_OPERATIONS\x10\x04\x12\x1b\n\x17PURPOSE_OF_USE_RESEARCH\x10\x05\x12\"\n\x1ePURPOSE_OF_USE_PATIENT_REQUEST\x10\x06*\xa1\x01\n\x10\x43hainBreakReason\x12\"\n\x1e\x43HAIN_BREAK_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HAIN_BREAK_REASON_ALTERED\x10\x01\x12\x1e\n\x1a\x43HAIN_BREAK_REASON_MISSING\x10\x02\x12)\n%CHAIN_BREAK_REASON_CHECKPOINT_INVALID\x10\x03\x32\xe5\x04\n\x0c\x41uditService\x12\x66\n\x10WriteAuditEvents\x12%.his.audit.v1.WriteAuditEventsRequest\x1a&.his.audit.v1.WriteAuditEventsResponse\"\x03\x90\x02\x02\x12R\n\rGetAuditEvent\x12\".his.audit.v1.GetAuditEventRequest\x1a\x18.his.audit.v1.AuditEvent\"\x03\x90\x02\x01\x12\x63\n\x0fListAuditEvents\x12$.his.audit.v1.ListAuditEventsRequest\x1a%.his.audit.v1.ListAuditEventsResponse\"\x03\x90\x02\x01\x12W\n\x0bVerifyChain\x12 .his.audit.v1.VerifyChainRequest\x1a!.his.audit.v1.VerifyChainResponse\"\x03\x90\x02\x01\x12g\n\x15\x43reateChainCheckpoint\x12*.his.audit.v1.CreateChainCheckpointRequest\x1a\x1d.his.audit.v1.ChainCheckpoint\"\x03\x90\x02\x02\x12r\n\x14ListChainCheckpoints\x12).his.audit.v1.ListChainCheckpointsRequest\x1a*.his.audit.v1.ListChainCheckpointsResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,36 +41,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\220\002\001'
   _globals['_AUDITSERVICE'].methods_by_name['VerifyChain']._loaded_options = None
   _globals['_AUDITSERVICE'].methods_by_name['VerifyChain']._serialized_options = b'\220\002\001'
-  _globals['_AUDITEVENTACTION']._serialized_start=1812
-  _globals['_AUDITEVENTACTION']._serialized_end=2020
-  _globals['_AUDITEVENTOUTCOME']._serialized_start=2023
-  _globals['_AUDITEVENTOUTCOME']._serialized_end=2231
-  _globals['_PURPOSEOFUSE']._serialized_start=2234
-  _globals['_PURPOSEOFUSE']._serialized_end=2474
-  _globals['_CHAINBREAKREASON']._serialized_start=2476
-  _globals['_CHAINBREAKREASON']._serialized_end=2594
+  _globals['_AUDITSERVICE'].methods_by_name['CreateChainCheckpoint']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['CreateChainCheckpoint']._serialized_options = b'\220\002\002'
+  _globals['_AUDITSERVICE'].methods_by_name['ListChainCheckpoints']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['ListChainCheckpoints']._serialized_options = b'\220\002\001'
+  _globals['_AUDITEVENTACTION']._serialized_start=2405
+  _globals['_AUDITEVENTACTION']._serialized_end=2613
+  _globals['_AUDITEVENTOUTCOME']._serialized_start=2616
+  _globals['_AUDITEVENTOUTCOME']._serialized_end=2824
+  _globals['_PURPOSEOFUSE']._serialized_start=2827
+  _globals['_PURPOSEOFUSE']._serialized_end=3067
+  _globals['_CHAINBREAKREASON']._serialized_start=3070
+  _globals['_CHAINBREAKREASON']._serialized_end=3231
   _globals['_AUDITEVENT']._serialized_start=111
   _globals['_AUDITEVENT']._serialized_end=689
   _globals['_AUDITAGENT']._serialized_start=692
   _globals['_AUDITAGENT']._serialized_end=823
   _globals['_AUDITENTITY']._serialized_start=825
   _globals['_AUDITENTITY']._serialized_end=884
-  _globals['_CHAINBREAK']._serialized_start=886
-  _globals['_CHAINBREAK']._serialized_end=971
-  _globals['_WRITEAUDITEVENTSREQUEST']._serialized_start=973
-  _globals['_WRITEAUDITEVENTSREQUEST']._serialized_end=1046
-  _globals['_WRITEAUDITEVENTSRESPONSE']._serialized_start=1048
-  _globals['_WRITEAUDITEVENTSRESPONSE']._serialized_end=1122
-  _globals['_GETAUDITEVENTREQUEST']._serialized_start=1124
-  _globals['_GETAUDITEVENTREQUEST']._serialized_end=1160
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1163
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1388
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1390
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1488
-  _globals['_VERIFYCHAINREQUEST']._serialized_start=1490
-  _globals['_VERIFYCHAINREQUEST']._serialized_end=1591
-  _globals['_VERIFYCHAINRESPONSE']._serialized_start=1594
-  _globals['_VERIFYCHAINRESPONSE']._serialized_end=1809
-  _globals['_AUDITSERVICE']._serialized_start=2597
-  _globals['_AUDITSERVICE']._serialized_end=2989
+  _globals['_CHAINBREAK']._serialized_start=887
+  _globals['_CHAINBREAK']._serialized_end=1037
+  _globals['_CHAINCHECKPOINT']._serialized_start=1040
+  _globals['_CHAINCHECKPOINT']._serialized_end=1280
+  _globals['_WRITEAUDITEVENTSREQUEST']._serialized_start=1282
+  _globals['_WRITEAUDITEVENTSREQUEST']._serialized_end=1355
+  _globals['_WRITEAUDITEVENTSRESPONSE']._serialized_start=1357
+  _globals['_WRITEAUDITEVENTSRESPONSE']._serialized_end=1431
+  _globals['_GETAUDITEVENTREQUEST']._serialized_start=1433
+  _globals['_GETAUDITEVENTREQUEST']._serialized_end=1469
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1472
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1697
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1699
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1797
+  _globals['_VERIFYCHAINREQUEST']._serialized_start=1799
+  _globals['_VERIFYCHAINREQUEST']._serialized_end=1900
+  _globals['_VERIFYCHAINRESPONSE']._serialized_start=1903
+  _globals['_VERIFYCHAINRESPONSE']._serialized_end=2165
+  _globals['_CREATECHAINCHECKPOINTREQUEST']._serialized_start=2167
+  _globals['_CREATECHAINCHECKPOINTREQUEST']._serialized_end=2217
+  _globals['_LISTCHAINCHECKPOINTSREQUEST']._serialized_start=2219
+  _globals['_LISTCHAINCHECKPOINTSREQUEST']._serialized_end=2287
+  _globals['_LISTCHAINCHECKPOINTSRESPONSE']._serialized_start=2289
+  _globals['_LISTCHAINCHECKPOINTSRESPONSE']._serialized_end=2402
+  _globals['_AUDITSERVICE']._serialized_start=3234
+  _globals['_AUDITSERVICE']._serialized_end=3847
 # @@protoc_insertion_point(module_scope)

@@ -160,11 +160,20 @@ class _ChainBreakReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Chai
     CHAIN_BREAK_REASON_UNSPECIFIED: _ChainBreakReason.ValueType  # 0
     """Not set. Never returned."""
     CHAIN_BREAK_REASON_ALTERED: _ChainBreakReason.ValueType  # 1
-    """The event was changed: its hash does not match its content, or its `previous_hash` does not
-    match the hash of the event before it.
+    """The event was changed (tampered with): its hash does not match its content, its
+    `previous_hash` does not match the hash of the event before it, or its hash differs from the
+    one a signed checkpoint recorded for it (a rewrite whose hashes were recomputed).
     """
     CHAIN_BREAK_REASON_MISSING: _ChainBreakReason.ValueType  # 2
-    """No event has this sequence number although later ones exist."""
+    """No event has this sequence number although later ones exist, or although a signed checkpoint
+    counted it (the end of the chain was cut off and its head wound back).
+    """
+    CHAIN_BREAK_REASON_CHECKPOINT_INVALID: _ChainBreakReason.ValueType  # 3
+    """A signed checkpoint is not genuine: its signature does not verify under the service's public
+    key, it does not link to the checkpoint before it, or a checkpoint the service wrote outside
+    the database is absent from the database or different there. A forged checkpoint is itself
+    tampering; `sequence_number` is the checkpoint's.
+    """
 
 class ChainBreakReason(_ChainBreakReason, metaclass=_ChainBreakReasonEnumTypeWrapper):
     """Why a link of the hash chain is broken."""
@@ -172,11 +181,20 @@ class ChainBreakReason(_ChainBreakReason, metaclass=_ChainBreakReasonEnumTypeWra
 CHAIN_BREAK_REASON_UNSPECIFIED: ChainBreakReason.ValueType  # 0
 """Not set. Never returned."""
 CHAIN_BREAK_REASON_ALTERED: ChainBreakReason.ValueType  # 1
-"""The event was changed: its hash does not match its content, or its `previous_hash` does not
-match the hash of the event before it.
+"""The event was changed (tampered with): its hash does not match its content, its
+`previous_hash` does not match the hash of the event before it, or its hash differs from the
+one a signed checkpoint recorded for it (a rewrite whose hashes were recomputed).
 """
 CHAIN_BREAK_REASON_MISSING: ChainBreakReason.ValueType  # 2
-"""No event has this sequence number although later ones exist."""
+"""No event has this sequence number although later ones exist, or although a signed checkpoint
+counted it (the end of the chain was cut off and its head wound back).
+"""
+CHAIN_BREAK_REASON_CHECKPOINT_INVALID: ChainBreakReason.ValueType  # 3
+"""A signed checkpoint is not genuine: its signature does not verify under the service's public
+key, it does not link to the checkpoint before it, or a checkpoint the service wrote outside
+the database is absent from the database or different there. A forged checkpoint is itself
+tampering; `sequence_number` is the checkpoint's.
+"""
 Global___ChainBreakReason: _TypeAlias = ChainBreakReason  # noqa: Y015
 
 @_typing.final
@@ -393,23 +411,117 @@ class ChainBreak(_message.Message):
 
     SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    LAST_MISSING_SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_NUMBER_FIELD_NUMBER: _builtins.int
     sequence_number: _builtins.int
     """The sequence number at which the chain is broken."""
     reason: Global___ChainBreakReason.ValueType
     """How the chain is broken there."""
+    last_missing_sequence_number: _builtins.int
+    """For MISSING: the last sequence number known to be missing from `sequence_number` on (the
+    events between are missing too), for example the newest checkpoint's when the end was cut
+    off. 0 when not known.
+    """
+    checkpoint_number: _builtins.int
+    """The number of the signed checkpoint that showed the break (a rewrite with recomputed hashes,
+    a cut end, or the invalid checkpoint itself); 0 when the chain's own links showed it.
+    """
     def __init__(
         self,
         *,
         sequence_number: _builtins.int = ...,
         reason: Global___ChainBreakReason.ValueType = ...,
+        last_missing_sequence_number: _builtins.int = ...,
+        checkpoint_number: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "sequence_number", b"sequence_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_number", b"checkpoint_number", "last_missing_sequence_number", b"last_missing_sequence_number", "reason", b"reason", "sequence_number", b"sequence_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChainBreak: _TypeAlias = ChainBreak  # noqa: Y015
+
+@_typing.final
+class ChainCheckpoint(_message.Message):
+    """A signed checkpoint: the audit service's statement, under its Ed25519 key, that the chain's
+    events 1..`sequence_number` end in `hash`. The private key is held outside the database (a
+    file provisioned like the service's other secrets), so a database superuser can delete or
+    alter stored checkpoints but cannot make a new valid one. A rewrite of earlier events, even
+    with every later hash and the chain head recomputed, therefore no longer matches the
+    checkpoint; cutting events off below it leaves it pointing past the head. Anything appended
+    after the newest checkpoint is protected only by the chain itself until the next checkpoint:
+    the guarantee is bounded by the checkpoint interval. Checkpoints are also appended to a log
+    file outside the database and returned to the caller of CreateChainCheckpoint, so that one
+    removed from the database is noticed; keeping copies outside the system makes them
+    independent of the service too. To verify one with only the public key, build the signed
+    message: the ASCII bytes `his.audit.v1.ChainCheckpoint` followed by a zero byte,
+    `checkpoint_number`, `sequence_number` (each 8 bytes big-endian), `hash` (32 bytes),
+    `create_time` as microseconds since the Unix epoch (8 bytes big-endian, signed), the length of
+    `key_id` (2 bytes big-endian) and its UTF-8 bytes, `previous_checkpoint_digest` (32 bytes) and
+    `events_digest` (32 bytes); `signature` is the Ed25519 signature of that message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_NUMBER_FIELD_NUMBER: _builtins.int
+    SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_CHECKPOINT_DIGEST_FIELD_NUMBER: _builtins.int
+    EVENTS_DIGEST_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `chainCheckpoints/{checkpoint_number}`. Output only."""
+    checkpoint_number: _builtins.int
+    """The position of the checkpoint among all checkpoints, starting at 1 with no gaps. Output only."""
+    sequence_number: _builtins.int
+    """The sequence number of the last event the checkpoint covers. Output only."""
+    hash: _builtins.bytes
+    """The `hash` of that event, the chain head when the checkpoint was taken (32 bytes). Output
+    only.
+    """
+    key_id: _builtins.str
+    """Which key signed it: the first 16 hexadecimal characters of the SHA-256 of the raw 32-byte
+    Ed25519 public key. Output only.
+    """
+    previous_checkpoint_digest: _builtins.bytes
+    """The SHA-256 of the previous checkpoint's signed message followed by its signature, so that
+    each checkpoint vouches for every one before it; 32 zero bytes for the first. Output only.
+    """
+    events_digest: _builtins.bytes
+    """The SHA-256 of the first 16 bytes of the hash of every event after the previous checkpoint up
+    to this one, concatenated in sequence order: it lets the service name the first event a
+    rewrite changed. Output only.
+    """
+    signature: _builtins.bytes
+    """The Ed25519 signature (64 bytes) of the signed message described above. Output only."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the checkpoint was taken. Output only."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        checkpoint_number: _builtins.int = ...,
+        sequence_number: _builtins.int = ...,
+        hash: _builtins.bytes = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        key_id: _builtins.str = ...,
+        previous_checkpoint_digest: _builtins.bytes = ...,
+        events_digest: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_number", b"checkpoint_number", "create_time", b"create_time", "events_digest", b"events_digest", "hash", b"hash", "key_id", b"key_id", "name", b"name", "previous_checkpoint_digest", b"previous_checkpoint_digest", "sequence_number", b"sequence_number", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChainCheckpoint: _TypeAlias = ChainCheckpoint  # noqa: Y015
 
 @_typing.final
 class WriteAuditEventsRequest(_message.Message):
@@ -610,6 +722,7 @@ class VerifyChainResponse(_message.Message):
     END_HASH_FIELD_NUMBER: _builtins.int
     FIRST_BREAK_FIELD_NUMBER: _builtins.int
     CHECKPOINT_TIME_FIELD_NUMBER: _builtins.int
+    ANCHOR_FIELD_NUMBER: _builtins.int
     intact: _builtins.bool
     """Whether every link in the range is intact."""
     start_sequence_number: _builtins.int
@@ -632,6 +745,16 @@ class VerifyChainResponse(_message.Message):
         `start_sequence_number` - 1 and `end_hash` is the checkpoint's hash.
         """
 
+    @_builtins.property
+    def anchor(self) -> Global___ChainCheckpoint:
+        """The newest signed checkpoint the events were verified against, unset when there is none yet.
+        Every check, incremental ones too, verifies the newest checkpoint's signature, that the
+        events it covers still end in its hash, and that the chain still reaches its sequence number,
+        so a rewrite with recomputed hashes below it or a cut end is reported (ALTERED or MISSING
+        with the sequence numbers, `first_break.checkpoint_number` set), never as a shorter intact
+        range.
+        """
+
     def __init__(
         self,
         *,
@@ -641,11 +764,92 @@ class VerifyChainResponse(_message.Message):
         end_hash: _builtins.bytes = ...,
         first_break: Global___ChainBreak | None = ...,
         checkpoint_time: _timestamp_pb2.Timestamp | None = ...,
+        anchor: Global___ChainCheckpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint_time", b"checkpoint_time", "first_break", b"first_break"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "checkpoint_time", b"checkpoint_time", "first_break", b"first_break"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_time", b"checkpoint_time", "end_hash", b"end_hash", "end_sequence_number", b"end_sequence_number", "first_break", b"first_break", "intact", b"intact", "start_sequence_number", b"start_sequence_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "checkpoint_time", b"checkpoint_time", "end_hash", b"end_hash", "end_sequence_number", b"end_sequence_number", "first_break", b"first_break", "intact", b"intact", "start_sequence_number", b"start_sequence_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyChainResponse: _TypeAlias = VerifyChainResponse  # noqa: Y015
+
+@_typing.final
+class CreateChainCheckpointRequest(_message.Message):
+    """Request of CreateChainCheckpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """A key the caller chooses (1 to 64 printable characters, for example a UUID) to make the call
+    safe to retry: a replay returns the checkpoint the first call returned. Optional.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateChainCheckpointRequest: _TypeAlias = CreateChainCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class ListChainCheckpointsRequest(_message.Message):
+    """Request of ListChainCheckpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of checkpoints to return. 0 means the default of 50; more than 500 means
+    500.
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call, to get the next page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChainCheckpointsRequest: _TypeAlias = ListChainCheckpointsRequest  # noqa: Y015
+
+@_typing.final
+class ListChainCheckpointsResponse(_message.Message):
+    """Response of ListChainCheckpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAIN_CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token to get the next page, empty when this is the last page."""
+    @_builtins.property
+    def chain_checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChainCheckpoint]:
+        """The checkpoints of this page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        chain_checkpoints: _abc.Iterable[Global___ChainCheckpoint] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_checkpoints", b"chain_checkpoints", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChainCheckpointsResponse: _TypeAlias = ListChainCheckpointsResponse  # noqa: Y015

@@ -58,6 +58,16 @@ class AuditServiceStub:
                 request_serializer=his_dot_audit_dot_v1_dot_audit__service__pb2.VerifyChainRequest.SerializeToString,
                 response_deserializer=his_dot_audit_dot_v1_dot_audit__service__pb2.VerifyChainResponse.FromString,
                 _registered_method=True)
+        self.CreateChainCheckpoint = channel.unary_unary(
+                '/his.audit.v1.AuditService/CreateChainCheckpoint',
+                request_serializer=his_dot_audit_dot_v1_dot_audit__service__pb2.CreateChainCheckpointRequest.SerializeToString,
+                response_deserializer=his_dot_audit_dot_v1_dot_audit__service__pb2.ChainCheckpoint.FromString,
+                _registered_method=True)
+        self.ListChainCheckpoints = channel.unary_unary(
+                '/his.audit.v1.AuditService/ListChainCheckpoints',
+                request_serializer=his_dot_audit_dot_v1_dot_audit__service__pb2.ListChainCheckpointsRequest.SerializeToString,
+                response_deserializer=his_dot_audit_dot_v1_dot_audit__service__pb2.ListChainCheckpointsResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -113,6 +123,31 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateChainCheckpoint(self, request, context):
+        """Seals the chain as it stands now with a signed checkpoint (see ChainCheckpoint), after
+        checking the events appended since the previous checkpoint. The service also takes one by
+        itself at a fixed interval (HIS_AUDIT_CHECKPOINT_INTERVAL_S, 60 s by default) whenever the
+        chain moved. When nothing was appended since the newest checkpoint, that checkpoint is
+        returned and none is created, so a repeated call is harmless. Errors: INVALID_ARGUMENT if
+        `request_id` is malformed; PERMISSION_DENIED if the caller does not have the AUDITOR role;
+        FAILED_PRECONDITION (reason CHAIN_BROKEN, with the sequence number) if the events since the
+        previous checkpoint are not intact, or (reason CHECKPOINT_INVALID) if the previous
+        checkpoint fails its signature or was removed: the service never seals a broken chain;
+        ABORTED if another replica created a checkpoint at the same moment (retry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChainCheckpoints(self, request, context):
+        """Lists the signed checkpoints, newest first. Errors: INVALID_ARGUMENT for a negative
+        `page_size` or a `page_token` not returned by a previous call; PERMISSION_DENIED if the
+        caller does not have the AUDITOR role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +170,16 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.VerifyChain,
                     request_deserializer=his_dot_audit_dot_v1_dot_audit__service__pb2.VerifyChainRequest.FromString,
                     response_serializer=his_dot_audit_dot_v1_dot_audit__service__pb2.VerifyChainResponse.SerializeToString,
+            ),
+            'CreateChainCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateChainCheckpoint,
+                    request_deserializer=his_dot_audit_dot_v1_dot_audit__service__pb2.CreateChainCheckpointRequest.FromString,
+                    response_serializer=his_dot_audit_dot_v1_dot_audit__service__pb2.ChainCheckpoint.SerializeToString,
+            ),
+            'ListChainCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChainCheckpoints,
+                    request_deserializer=his_dot_audit_dot_v1_dot_audit__service__pb2.ListChainCheckpointsRequest.FromString,
+                    response_serializer=his_dot_audit_dot_v1_dot_audit__service__pb2.ListChainCheckpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -249,6 +294,60 @@ class AuditService:
             '/his.audit.v1.AuditService/VerifyChain',
             his_dot_audit_dot_v1_dot_audit__service__pb2.VerifyChainRequest.SerializeToString,
             his_dot_audit_dot_v1_dot_audit__service__pb2.VerifyChainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateChainCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.audit.v1.AuditService/CreateChainCheckpoint',
+            his_dot_audit_dot_v1_dot_audit__service__pb2.CreateChainCheckpointRequest.SerializeToString,
+            his_dot_audit_dot_v1_dot_audit__service__pb2.ChainCheckpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChainCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.audit.v1.AuditService/ListChainCheckpoints',
+            his_dot_audit_dot_v1_dot_audit__service__pb2.ListChainCheckpointsRequest.SerializeToString,
+            his_dot_audit_dot_v1_dot_audit__service__pb2.ListChainCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,23 @@ class AuditServiceStub:
     `incremental`; PERMISSION_DENIED if the caller does not have the AUDITOR role; UNAVAILABLE if
     the service's verification worker failed (retry).
     """
+    CreateChainCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.CreateChainCheckpointRequest, _audit_service_pb2.ChainCheckpoint]
+    """Seals the chain as it stands now with a signed checkpoint (see ChainCheckpoint), after
+    checking the events appended since the previous checkpoint. The service also takes one by
+    itself at a fixed interval (HIS_AUDIT_CHECKPOINT_INTERVAL_S, 60 s by default) whenever the
+    chain moved. When nothing was appended since the newest checkpoint, that checkpoint is
+    returned and none is created, so a repeated call is harmless. Errors: INVALID_ARGUMENT if
+    `request_id` is malformed; PERMISSION_DENIED if the caller does not have the AUDITOR role;
+    FAILED_PRECONDITION (reason CHAIN_BROKEN, with the sequence number) if the events since the
+    previous checkpoint are not intact, or (reason CHECKPOINT_INVALID) if the previous
+    checkpoint fails its signature or was removed: the service never seals a broken chain;
+    ABORTED if another replica created a checkpoint at the same moment (retry).
+    """
+    ListChainCheckpoints: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ListChainCheckpointsRequest, _audit_service_pb2.ListChainCheckpointsResponse]
+    """Lists the signed checkpoints, newest first. Errors: INVALID_ARGUMENT for a negative
+    `page_size` or a `page_token` not returned by a previous call; PERMISSION_DENIED if the
+    caller does not have the AUDITOR role.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -108,6 +125,23 @@ class AuditServiceAsyncStub(AuditServiceStub):
     before the start, a range of more than 1000000 events, or a bound given together with
     `incremental`; PERMISSION_DENIED if the caller does not have the AUDITOR role; UNAVAILABLE if
     the service's verification worker failed (retry).
+    """
+    CreateChainCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.CreateChainCheckpointRequest, _audit_service_pb2.ChainCheckpoint]  # type: ignore[assignment]
+    """Seals the chain as it stands now with a signed checkpoint (see ChainCheckpoint), after
+    checking the events appended since the previous checkpoint. The service also takes one by
+    itself at a fixed interval (HIS_AUDIT_CHECKPOINT_INTERVAL_S, 60 s by default) whenever the
+    chain moved. When nothing was appended since the newest checkpoint, that checkpoint is
+    returned and none is created, so a repeated call is harmless. Errors: INVALID_ARGUMENT if
+    `request_id` is malformed; PERMISSION_DENIED if the caller does not have the AUDITOR role;
+    FAILED_PRECONDITION (reason CHAIN_BROKEN, with the sequence number) if the events since the
+    previous checkpoint are not intact, or (reason CHECKPOINT_INVALID) if the previous
+    checkpoint fails its signature or was removed: the service never seals a broken chain;
+    ABORTED if another replica created a checkpoint at the same moment (retry).
+    """
+    ListChainCheckpoints: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.ListChainCheckpointsRequest, _audit_service_pb2.ListChainCheckpointsResponse]  # type: ignore[assignment]
+    """Lists the signed checkpoints, newest first. Errors: INVALID_ARGUMENT for a negative
+    `page_size` or a `page_token` not returned by a previous call; PERMISSION_DENIED if the
+    caller does not have the AUDITOR role.
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -169,6 +203,35 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         before the start, a range of more than 1000000 events, or a bound given together with
         `incremental`; PERMISSION_DENIED if the caller does not have the AUDITOR role; UNAVAILABLE if
         the service's verification worker failed (retry).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateChainCheckpoint(
+        self,
+        request: _audit_service_pb2.CreateChainCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_service_pb2.ChainCheckpoint, _abc.Awaitable[_audit_service_pb2.ChainCheckpoint]]:
+        """Seals the chain as it stands now with a signed checkpoint (see ChainCheckpoint), after
+        checking the events appended since the previous checkpoint. The service also takes one by
+        itself at a fixed interval (HIS_AUDIT_CHECKPOINT_INTERVAL_S, 60 s by default) whenever the
+        chain moved. When nothing was appended since the newest checkpoint, that checkpoint is
+        returned and none is created, so a repeated call is harmless. Errors: INVALID_ARGUMENT if
+        `request_id` is malformed; PERMISSION_DENIED if the caller does not have the AUDITOR role;
+        FAILED_PRECONDITION (reason CHAIN_BROKEN, with the sequence number) if the events since the
+        previous checkpoint are not intact, or (reason CHECKPOINT_INVALID) if the previous
+        checkpoint fails its signature or was removed: the service never seals a broken chain;
+        ABORTED if another replica created a checkpoint at the same moment (retry).
+        """
+
+    @_abc_1.abstractmethod
+    def ListChainCheckpoints(
+        self,
+        request: _audit_service_pb2.ListChainCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_service_pb2.ListChainCheckpointsResponse, _abc.Awaitable[_audit_service_pb2.ListChainCheckpointsResponse]]:
+        """Lists the signed checkpoints, newest first. Errors: INVALID_ARGUMENT for a negative
+        `page_size` or a `page_token` not returned by a previous call; PERMISSION_DENIED if the
+        caller does not have the AUDITOR role.
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
