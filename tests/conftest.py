@@ -34,7 +34,17 @@ from his.scheduling.v1 import scheduling_service_pb2_grpc
 from tests.identity import ISSUER, REGISTRAR, Issuer, channel_as
 from tests.support import free_port, track_relay
 
-TEST_ENV = {"HIS_PORT": "0", "HIS_METRICS_PORT": "-1", "HIS_GRACE_S": "2", "HIS_IAM_HTTP_PORT": "0"}
+# Audit servers keep no checkpoint log and take no checkpoint by themselves unless a test says so:
+# a log in the shared data directory would outlive each test database (and accuse the next one
+# of losing checkpoints), and a timer would make tampering tests depend on timing.
+TEST_ENV = {
+    "HIS_PORT": "0",
+    "HIS_METRICS_PORT": "-1",
+    "HIS_GRACE_S": "2",
+    "HIS_IAM_HTTP_PORT": "0",
+    "HIS_AUDIT_CHECKPOINT_LOG": "",
+    "HIS_AUDIT_CHECKPOINT_INTERVAL_S": "86400",
+}
 
 
 def service_config(service: str, **overrides: str) -> ServiceConfig:

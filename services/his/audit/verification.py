@@ -89,7 +89,7 @@ class ChainVerifier:
     ) -> None:
         self._db = database
         self._signer = signer
-        self.anchors = Anchors(database, anchor_signer, self.walk, checkpoint_log)
+        self.anchors = Anchors(database, anchor_signer, self._walk, checkpoint_log)
         # The worker connects with the service's own database URL, through the plain driver.
         self._dsn = database.engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
@@ -117,7 +117,7 @@ class ChainVerifier:
             # The range's first link points at an event that is gone (the contract checks the
             # first event's link too): without this, a deletion just before a range would pass.
             check.missing(first - 1)
-        check = await self.walk(check, last)
+        check = await self._walk(check, last)
         return Outcome(first, last, check, finding=await self.anchors.check(first))
 
     def close(self) -> None:
@@ -144,7 +144,7 @@ class ChainVerifier:
             task.exception()  # retrieved here too, in case every caller gave up
 
     async def _from_start(self, last: int) -> Outcome:
-        check = await self.walk(ChainCheck(expected=1, previous=GENESIS_HASH), last)
+        check = await self._walk(ChainCheck(expected=1, previous=GENESIS_HASH), last)
         finding = await self.anchors.check(0)
         if finding.broken:
             # The checkpoint (how far the chain was verified) stays where it is: a rewrite
@@ -178,7 +178,7 @@ class ChainVerifier:
             check.missing_through = base.sequence_number
             finding = await self.anchors.check(head.sequence_number)
             return Outcome(first, head.sequence_number, check, base.verified_at, finding)
-        check = await self.walk(check, last)
+        check = await self._walk(check, last)
         finding = await self.anchors.check(base.sequence_number)
         verified = check.break_at - 1 if check.broken else last
         if verified > base.sequence_number and not finding.broken:
@@ -190,7 +190,7 @@ class ChainVerifier:
                     await store.put_checkpoint(session, reached, self._signer.sign(reached))
         return Outcome(first, last, check, base.verified_at, finding)
 
-    async def walk(self, check: ChainCheck, last: int) -> ChainCheck:
+    async def _walk(self, check: ChainCheck, last: int) -> ChainCheck:
         """Run `check` up to `last`, one span per worker task."""
         span = VERIFY_CHUNK * VERIFY_SPAN_CHUNKS
         loop = asyncio.get_running_loop()
