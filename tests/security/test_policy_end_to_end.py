@@ -1196,6 +1196,20 @@ AUDIT_RPCS = (
         "audit.event",
         _const(audit_pb.VerifyChainRequest(start_sequence_number=1, end_sequence_number=1)),
     ),
+    Rpc(
+        "audit",
+        "CreateChainCheckpoint",
+        "create",
+        "audit.checkpoint",
+        _const(audit_pb.CreateChainCheckpointRequest()),
+    ),
+    Rpc(
+        "audit",
+        "ListChainCheckpoints",
+        "read",
+        "audit.checkpoint",
+        _const(audit_pb.ListChainCheckpointsRequest(page_size=1)),
+    ),
 )
 
 
