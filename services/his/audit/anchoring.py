@@ -310,9 +310,12 @@ class Anchors:
     ) -> Finding | None:
         """ALTERED (or MISSING) at the first event that no longer has the hash a checkpoint
         recorded; None when every checkpoint's event still has its hash."""
+        # `genuine` is a run of consecutive numbers (checked by the caller).
         numbers = [c.checkpoint_number for c in genuine]
         async with self._db.read() as session:
-            unmatched = await store.first_unmatched_checkpoint(session, numbers)
+            unmatched = await store.first_unmatched_checkpoint(
+                session, numbers[0] if numbers else 1, numbers[-1] if numbers else 0
+            )
             if unmatched is None:
                 if anchor is None or anchor.checkpoint_number in numbers:
                     return None
@@ -328,7 +331,7 @@ class Anchors:
             # checkpoint of all (not just those in scope) bounds it from above.
             everything = await store.checkpoint_scope(session, 0)
             first = await store.first_unmatched_checkpoint(
-                session, [c.checkpoint_number for c in everything]
+                session, 1, everything[-1].checkpoint_number
             )
             assert first is not None
             number = first[0]

@@ -263,11 +263,11 @@ async def event_prefixes(session: AsyncSession, number: int) -> bytes:
 
 
 async def first_unmatched_checkpoint(
-    session: AsyncSession, numbers: Collection[int]
+    session: AsyncSession, first: int, last: int
 ) -> tuple[int, bytes | None] | None:
-    """Of the checkpoints `numbers`, the lowest-numbered one whose event no longer has the
-    checkpoint's hash: (its number, the event's hash now, None when the event is gone)."""
-    if not numbers:
+    """Of the checkpoints numbered `first`..`last`, the lowest-numbered one whose event no longer
+    has the checkpoint's hash: (its number, the event's hash now, None when the event is gone)."""
+    if first > last:
         return None
     query = (
         select(chain_checkpoints.c.checkpoint_number, events.c.hash)
@@ -277,7 +277,7 @@ async def first_unmatched_checkpoint(
             )
         )
         .where(
-            chain_checkpoints.c.checkpoint_number.in_(list(numbers)),
+            chain_checkpoints.c.checkpoint_number.between(first, last),
             events.c.hash.is_distinct_from(chain_checkpoints.c.hash),
         )
         .order_by(chain_checkpoints.c.checkpoint_number)
@@ -289,9 +289,7 @@ async def first_unmatched_checkpoint(
     return int(row.checkpoint_number), None if row.hash is None else bytes(row.hash)
 
 
-async def event_hashes(
-    session: AsyncSession, *, start: int, end: int, limit: int
-) -> Sequence[Any]:
+async def event_hashes(session: AsyncSession, *, start: int, end: int, limit: int) -> Sequence[Any]:
     """(sequence_number, hash) of up to `limit` events in [start, end], in order."""
     query = (
         select(events.c.sequence_number, events.c.hash)
