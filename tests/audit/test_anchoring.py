@@ -7,9 +7,11 @@ not put back), with its own checkpoint key and checkpoint log in the test's dire
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
 import itertools
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from his.audit import offline
 from his.audit.anchor import make_private_key_file
 from his.audit.config import AuditConfig
 from his.audit.mapping import event_from_columns
@@ -531,3 +534,33 @@ async def test_only_auditors_create_and_list_checkpoints(doctor: Stub, writer: S
 async def test_checkpoint_rpcs_need_a_token(anonymous: Stub) -> None:
     failure = await fails(anonymous.CreateChainCheckpoint(CREATE))
     assert failure.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- auditors outside the system --------------------------------------------------------------
+
+
+async def test_the_checkpoint_log_verifies_offline_with_the_public_key_only(
+    hospital: Hospital, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(3):
+        await hospital.write(2)
+        await hospital.auditor.CreateChainCheckpoint(CREATE)
+    assert offline.main(["public-key", str(hospital.key_file)]) == 0
+    public_file = tmp_path / "public.pem"
+    public_file.write_text(capsys.readouterr().out)
+    assert "PRIVATE" not in public_file.read_text()
+
+    assert offline.main(["verify", str(public_file), str(hospital.log_file)]) == 0
+    assert "3 checkpoints genuine" in capsys.readouterr().out
+
+    # A copy someone edited: the second checkpoint's hash.
+    lines = hospital.log_file.read_text().splitlines()
+    edited = json.loads(lines[1])
+    edited["hash"] = base64.b64encode(bytes(32)).decode()
+    lines[1] = json.dumps(edited)
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("\n".join(lines) + "\n")
+    assert offline.main(["verify", str(public_file), str(tampered)]) == 1
+    report = capsys.readouterr().out
+    assert "line 2 (checkpoint 2): the signature does not verify" in report
+    assert "line 3 (checkpoint 3): does not link to checkpoint 2" in report

@@ -55,7 +55,7 @@ class CheckpointLog:
         if not lines:
             return None
         try:
-            return _from_json(json.loads(lines[-1]))
+            return checkpoint_from_json(json.loads(lines[-1]))
         except (ValueError, KeyError, TypeError):
             log.warning("the last line of the audit checkpoint log is unreadable")
             return None
@@ -77,7 +77,9 @@ def _to_json(checkpoint: SignedCheckpoint) -> dict[str, object]:
     }
 
 
-def _from_json(values: dict[str, object]) -> SignedCheckpoint:
+def checkpoint_from_json(values: dict[str, object]) -> SignedCheckpoint:
+    """A checkpoint from one line of the log (as `append` wrote it)."""
+
     def raw(key: str) -> bytes:
         return base64.b64decode(str(values[key]), validate=True)
 
