@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from his.audit import offline
+from his.audit import anchoring, offline
 from his.audit.anchor import make_private_key_file
 from his.audit.config import AuditConfig
 from his.audit.mapping import event_from_columns
@@ -564,3 +564,25 @@ async def test_the_checkpoint_log_verifies_offline_with_the_public_key_only(
     report = capsys.readouterr().out
     assert "line 2 (checkpoint 2): the signature does not verify" in report
     assert "line 3 (checkpoint 3): does not link to checkpoint 2" in report
+
+
+async def test_edited_older_checkpoint_is_found_by_the_worker_link_check(
+    hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Older checkpoints' links are checked in the verification worker, off the event loop."""
+    monkeypatch.setattr(anchoring, "IN_PROCESS_CHECKPOINTS", 1)
+    for _ in range(4):
+        await hospital.write(3)
+        await hospital.auditor.CreateChainCheckpoint(CREATE)
+    assert (await hospital.auditor.VerifyChain(FULL)).intact
+
+    async with behind_the_service(hospital.db) as connection:
+        await connection.execute(
+            text("UPDATE audit.chain_checkpoints SET hash = :h WHERE checkpoint_number = 2"),
+            {"h": bytes(32)},
+        )
+
+    reply = await hospital.auditor.VerifyChain(FULL)
+    assert not reply.intact
+    assert reply.first_break.reason == pb.CHAIN_BREAK_REASON_CHECKPOINT_INVALID
+    assert (reply.first_break.checkpoint_number, reply.first_break.sequence_number) == (2, 6)

@@ -43,7 +43,14 @@ _LOCATE_CHUNK = 5000
 # Attempts at numbering a new checkpoint when other replicas create one at the same moment.
 _CREATE_ATTEMPTS = 3
 
+# Checkpoints checked in the service's process per check at most (the newest ones); the links
+# of older ones are checked in the verification worker, off the event loop (a year at 60 s is
+# half a million checkpoints).
+IN_PROCESS_CHECKPOINTS = 256
+
 Walk = Callable[[ChainCheck, int], Awaitable[ChainCheck]]
+# (first, last) -> the first checkpoint of that run that breaks it: (number, sequence number).
+Links = Callable[[int, int], Awaitable[tuple[int, int] | None]]
 
 
 @dataclass(frozen=True)
@@ -70,12 +77,14 @@ class Anchors:
         database: Database,
         signer: CheckpointSigner,
         walk: Walk,
+        links: Links,
         checkpoint_log: CheckpointLog | None,
     ) -> None:
         self._db = database
         self._signer = signer
         self.verifier: CheckpointVerifier = signer.verifier()
         self._walk = walk
+        self._links = links
         self._log = checkpoint_log
         # The newest checkpoint this process created or saw outside the database.
         self._known: SignedCheckpoint | None = None
@@ -234,10 +243,21 @@ class Anchors:
         outside = await self.newest_outside()
         async with self._db.read() as session:
             head = await store.read_head(session)
-            scope = await store.checkpoint_scope(session, from_sequence)
-        invalid = self._first_invalid(scope, outside)
-        genuine = [c for c in scope if invalid is None or c.checkpoint_number < invalid[0]]
-        anchor = genuine[-1] if genuine else None
+            first, newest = await store.checkpoint_scope_bounds(session, from_sequence)
+            # The newest ones here; the links of any older ones in the worker.
+            in_process = max(first, newest - IN_PROCESS_CHECKPOINTS + 1)
+            scope = await store.checkpoints_between(session, in_process, newest)
+        invalid = None
+        if first < in_process:
+            # Up to and including the first one checked here, so the link between is checked.
+            invalid = await self._links(first, in_process)
+        if invalid is None:
+            invalid = self._first_invalid(scope, outside)
+        last_genuine = invalid[0] - 1 if invalid is not None else newest
+        anchor = next((c for c in scope if c.checkpoint_number == last_genuine), None)
+        if anchor is None and last_genuine >= first and last_genuine >= 1:
+            async with self._db.read() as session:
+                anchor = await store.checkpoint_by_number(session, last_genuine)
         if (
             outside is not None
             and self.verifier.genuine(outside)
@@ -261,19 +281,23 @@ class Anchors:
                     anchor.checkpoint_number,
                 )
             )
-        rewritten = await self._rewritten(genuine, anchor)
+        rewritten = await self._rewritten(first, last_genuine, anchor)
         if rewritten is not None:
             findings.append(rewritten)
         if not findings:
             return Finding(anchor)
         # The earliest break; at one sequence number, what the events show before what the
         # checkpoints show.
-        first = min(
+        earliest = min(
             findings,
             key=lambda f: (f.break_at, f.reason == pb.CHAIN_BREAK_REASON_CHECKPOINT_INVALID),
         )
         return Finding(
-            anchor, first.break_at, first.reason, first.missing_through, first.checkpoint_number
+            anchor,
+            earliest.break_at,
+            earliest.reason,
+            earliest.missing_through,
+            earliest.checkpoint_number,
         )
 
     def _first_invalid(
@@ -306,37 +330,33 @@ class Anchors:
         return None
 
     async def _rewritten(
-        self, genuine: list[SignedCheckpoint], anchor: SignedCheckpoint | None
+        self, first: int, last: int, anchor: SignedCheckpoint | None
     ) -> Finding | None:
         """ALTERED (or MISSING) at the first event that no longer has the hash a checkpoint
-        recorded; None when every checkpoint's event still has its hash."""
-        # `genuine` is a run of consecutive numbers (checked by the caller).
-        numbers = [c.checkpoint_number for c in genuine]
+        recorded; None when every checkpoint's event still has its hash. Checkpoints
+        `first`..`last` are the genuine ones in scope."""
         async with self._db.read() as session:
-            unmatched = await store.first_unmatched_checkpoint(
-                session, numbers[0] if numbers else 1, numbers[-1] if numbers else 0
-            )
+            unmatched = await store.first_unmatched_checkpoint(session, first, last)
             if unmatched is None:
-                if anchor is None or anchor.checkpoint_number in numbers:
+                if anchor is None or first <= anchor.checkpoint_number <= last:
                     return None
                 # The anchor is known only outside the database.
                 now = await store.hash_of(session, anchor.sequence_number)
                 if now is None or now == anchor.hash:
                     return None  # gone: reported as MISSING by the caller
-                below = genuine[-1].sequence_number + 1 if genuine else 1
+                newest_stored = await store.checkpoint_by_number(session, last)
+                below = newest_stored.sequence_number + 1 if newest_stored else 1
                 return Finding(
                     anchor, below, pb.CHAIN_BREAK_REASON_ALTERED, 0, anchor.checkpoint_number
                 )
             # A rewrite changes every checkpoint's event from it on, so the first unmatched
             # checkpoint of all (not just those in scope) bounds it from above.
-            everything = await store.checkpoint_scope(session, 0)
-            first = await store.first_unmatched_checkpoint(
-                session, 1, everything[-1].checkpoint_number
-            )
-            assert first is not None
-            number = first[0]
-            checkpoint = next(c for c in everything if c.checkpoint_number == number)
-            before = next((c for c in everything if c.checkpoint_number == number - 1), None)
+            earliest = await store.first_unmatched_checkpoint(session, 1, last)
+            assert earliest is not None
+            number = earliest[0]
+            checkpoint = await store.checkpoint_by_number(session, number)
+            assert checkpoint is not None
+            before = await store.checkpoint_by_number(session, number - 1)
             prefixes = await store.event_prefixes(session, number)
             start = before.sequence_number + 1 if before is not None else 1
             located = await self._locate(session, checkpoint, start, prefixes)

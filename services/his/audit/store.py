@@ -230,17 +230,25 @@ async def newest_checkpoint(session: AsyncSession) -> SignedCheckpoint | None:
     return None if row is None else signed_of(row)
 
 
-async def checkpoint_scope(session: AsyncSession, from_sequence: int) -> list[SignedCheckpoint]:
-    """The checkpoints a check from event `from_sequence` relies on, oldest first: the newest one
-    at or below it (or the first) and every later one."""
-    first = (
-        select(func.coalesce(func.max(chain_checkpoints.c.checkpoint_number), 1))
-        .where(chain_checkpoints.c.sequence_number <= from_sequence)
-        .scalar_subquery()
+async def checkpoint_scope_bounds(session: AsyncSession, from_sequence: int) -> tuple[int, int]:
+    """The numbers of the checkpoints a check from event `from_sequence` relies on: from the
+    newest one at or below it (or the first) to the newest of all; (1, 0) when there is none."""
+    first = select(func.coalesce(func.max(chain_checkpoints.c.checkpoint_number), 1)).where(
+        chain_checkpoints.c.sequence_number <= from_sequence
     )
+    newest = select(func.coalesce(func.max(chain_checkpoints.c.checkpoint_number), 0))
+    return int((await session.execute(first)).scalar_one()), int(
+        (await session.execute(newest)).scalar_one()
+    )
+
+
+async def checkpoints_between(
+    session: AsyncSession, first: int, last: int
+) -> list[SignedCheckpoint]:
+    """Checkpoints numbered `first`..`last`, oldest first."""
     query = (
         select(*_SIGNED)
-        .where(chain_checkpoints.c.checkpoint_number >= first)
+        .where(chain_checkpoints.c.checkpoint_number.between(first, last))
         .order_by(chain_checkpoints.c.checkpoint_number)
     )
     return [signed_of(row) for row in (await session.execute(query)).all()]

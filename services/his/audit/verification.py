@@ -28,6 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import serialization
+
 from his.audit import store
 from his.audit.anchor import CheckpointSigner as AnchorSigner
 from his.audit.anchoring import Anchors, Finding
@@ -35,7 +37,12 @@ from his.audit.chain import GENESIS_HASH, ChainCheck
 from his.audit.checkpoint import NOTHING_VERIFIED, Checkpoint, CheckpointSigner
 from his.audit.checkpoint_log import CheckpointLog
 from his.audit.validation import MAX_VERIFY_RANGE
-from his.audit.verify_worker import VerifyWorkerError, lower_priority, verify_span
+from his.audit.verify_worker import (
+    VerifyWorkerError,
+    check_checkpoint_links,
+    lower_priority,
+    verify_span,
+)
 from his.base.errors import Unavailable
 from his.runtime.database import Database
 
@@ -89,7 +96,12 @@ class ChainVerifier:
     ) -> None:
         self._db = database
         self._signer = signer
-        self.anchors = Anchors(database, anchor_signer, self._walk, checkpoint_log)
+        self._public_keys = [
+            anchor_signer.public_key.public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        ]
+        self.anchors = Anchors(database, anchor_signer, self._walk, self._links, checkpoint_log)
         # The worker connects with the service's own database URL, through the plain driver.
         self._dsn = database.engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
@@ -213,6 +225,25 @@ class ChainVerifier:
                 ) from None
         check.finish(last)
         return check
+
+    async def _links(self, first: int, last: int) -> tuple[int, int] | None:
+        """The links of checkpoints `first`..`last`, checked in the worker."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._pool(), check_checkpoint_links, self._dsn, self._public_keys, first, last
+            )
+        except BrokenProcessPool:
+            self._worker = None
+            raise Unavailable(
+                "the chain verification worker stopped; retry", reason="VERIFY_WORKER_FAILED"
+            ) from None
+        except VerifyWorkerError as error:
+            raise Unavailable(
+                "the chain verification worker could not read the checkpoints; retry",
+                reason="VERIFY_WORKER_FAILED",
+                metadata={"error": str(error)},
+            ) from None
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._worker is None:

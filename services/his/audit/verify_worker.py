@@ -14,8 +14,10 @@ import os
 import time
 
 import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from his.audit import store
+from his.audit.anchor import CheckpointVerifier, SignedCheckpoint
 from his.audit.chain import ChainCheck
 
 
@@ -65,3 +67,72 @@ async def _verify_span(
     finally:
         await connection.close()
     return check
+
+
+# Checkpoints read at a time when their links are checked.
+_LINK_CHUNK = 2000
+_CHECKPOINTS = (
+    "SELECT checkpoint_number, sequence_number, hash, create_time, key_id, previous_digest,"
+    " events_digest, signature FROM audit.chain_checkpoints"
+    " WHERE checkpoint_number BETWEEN $1 AND $2 ORDER BY checkpoint_number LIMIT $3"
+)
+
+
+def check_checkpoint_links(
+    dsn: str, public_keys: list[bytes], first: int, last: int
+) -> tuple[int, int] | None:
+    """The first of checkpoints `first`..`last` that breaks the run: a number missing, or a link
+    to the previous checkpoint that does not hold (blamed on whichever of the two fails its own
+    signature): (its number, its sequence number); None when the run is whole. Signatures are
+    not otherwise checked here: the newest checkpoint's, checked by the caller, covers the run."""
+    return asyncio.run(_check_links(dsn, public_keys, first, last))
+
+
+async def _check_links(
+    dsn: str, public_keys: list[bytes], first: int, last: int
+) -> tuple[int, int] | None:
+    verifier = CheckpointVerifier([Ed25519PublicKey.from_public_bytes(k) for k in public_keys])
+    try:
+        connection = await asyncpg.connect(
+            dsn, server_settings={"application_name": "his-audit-verify"}
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        raise VerifyWorkerError(type(error).__name__) from None
+    previous: SignedCheckpoint | None = None
+    try:
+        expected = first
+        while expected <= last:
+            rows = await connection.fetch(_CHECKPOINTS, expected, last, _LINK_CHUNK)
+            for row in rows:
+                checkpoint = signed_of_record(row)
+                if checkpoint.checkpoint_number != expected:
+                    if previous is None:
+                        return expected, 0
+                    return expected, previous.sequence_number + 1
+                if previous is not None and checkpoint.previous_digest != previous.digest():
+                    bad = checkpoint if verifier.genuine(previous) else previous
+                    return bad.checkpoint_number, bad.sequence_number
+                previous = checkpoint
+                expected += 1
+            if not rows:
+                return expected, previous.sequence_number + 1 if previous else 0
+            await asyncio.sleep(0)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        raise VerifyWorkerError(type(error).__name__) from None
+    finally:
+        await connection.close()
+    return None
+
+
+def signed_of_record(row: asyncpg.Record) -> SignedCheckpoint:
+    """A checkpoint from a driver record of `audit.chain_checkpoints`."""
+    return SignedCheckpoint(
+        checkpoint_number=int(row["checkpoint_number"]),
+        sequence_number=int(row["sequence_number"]),
+        hash=bytes(row["hash"]),
+        create_time=row["create_time"],
+        key_id=str(row["key_id"]),
+        previous_digest=bytes(row["previous_digest"]),
+        events_digest=bytes(row["events_digest"]),
+        signature=bytes(row["signature"]),
+    )
