@@ -7,7 +7,7 @@ then drives GetPatient as a registrar, first alone and then while `--verifiers` 
 VerifyChains back to back; prints both latency lines, the p99 ratio (target: at most 1.5), and the
 verification's throughput. Last, an incremental check after a few new events.
 
-With anchoring (ADR 0005) the trail is sealed by a signed checkpoint every `--checkpoint-every`
+With anchoring (ADR 0006) the trail is sealed by a signed checkpoint every `--checkpoint-every`
 events while it is filled (CreateChainCheckpoint), so every pass also checks the events against
 the checkpoints; a third phase drives GetPatient while the auditors run routine incremental
 VerifyChains back to back (each one verifies the newest checkpoints' signatures and the events

@@ -4,7 +4,7 @@ The key is Ed25519, held in a file outside the database (HIS_AUDIT_CHECKPOINT_KE
 database superuser can delete or alter stored checkpoints but cannot sign a new one. Verifying
 needs only the public key (`CheckpointVerifier`); the message layout is the contract's (see
 ChainCheckpoint in audit_service.proto), so an auditor can check checkpoints without this code.
-ADR 0005 gives the threat model.
+ADR 0006 gives the threat model.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class CheckpointSigner:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 private key in the PEM (PKCS#8) file at `path`; a ConfigError naming the
-    file and what is wrong otherwise (the service must not start without it, see ADR 0005)."""
+    file and what is wrong otherwise (the service must not start without it, see ADR 0006)."""
     try:
         data = path.read_bytes()
     except OSError as error:

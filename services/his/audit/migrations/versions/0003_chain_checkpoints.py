@@ -1,4 +1,4 @@
-"""Audit schema: signed checkpoints of the chain (anchoring, ADR 0005).
+"""Audit schema: signed checkpoints of the chain (anchoring, ADR 0006).
 
 Revision ID: 0003
 Revises: 0002
