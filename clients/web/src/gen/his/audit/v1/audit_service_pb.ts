@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file his/audit/v1/audit_service.proto.
  */
 export const file_his_audit_v1_audit_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBoaXMvYXVkaXQvdjEvYXVkaXRfc2VydmljZS5wcm90bxIMaGlzLmF1ZGl0LnYxIsIECgpBdWRpdEV2ZW50EgwKBG5hbWUYASABKAkSEAoIZXZlbnRfaWQYAiABKAkSLgoKZXZlbnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmVjb3JkX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBmFjdGlvbhgFIAEoDjIeLmhpcy5hdWRpdC52MS5BdWRpdEV2ZW50QWN0aW9uEjAKB291dGNvbWUYBiABKA4yHy5oaXMuYXVkaXQudjEuQXVkaXRFdmVudE91dGNvbWUSGwoTb3V0Y29tZV9kZXNjcmlwdGlvbhgHIAEoCRIRCglvcGVyYXRpb24YCCABKAkSJwoFYWdlbnQYCSABKAsyGC5oaXMuYXVkaXQudjEuQXVkaXRBZ2VudBIPCgdwYXRpZW50GAogASgJEikKBmVudGl0eRgLIAEoCzIZLmhpcy5hdWRpdC52MS5BdWRpdEVudGl0eRIyCg5wdXJwb3NlX29mX3VzZRgMIAEoDjIaLmhpcy5hdWRpdC52MS5QdXJwb3NlT2ZVc2USGAoQZW1lcmdlbmN5X2FjY2VzcxgNIAEoCBIeChZlbWVyZ2VuY3lfYWNjZXNzX2dyYW50GA4gASgJEhAKCHRyYWNlX2lkGA8gASgJEhcKD3NlcXVlbmNlX251bWJlchgQIAEoAxIVCg1wcmV2aW91c19oYXNoGBEgASgMEgwKBGhhc2gYEiABKAwigwEKCkF1ZGl0QWdlbnQSDQoFc3RhZmYYASABKAkSDQoFcm9sZXMYAiADKAkSFAoMb25fYmVoYWxmX29mGAMgASgJEhcKD3NlcnZpY2VfYWNjb3VudBgEIAEoCRIXCg9uZXR3b3JrX2FkZHJlc3MYBSABKAkSDwoHcGF0aWVudBgGIAEoCSI7CgtBdWRpdEVudGl0eRIVCg1yZXNvdXJjZV9uYW1lGAEgASgJEhUKDXJlc291cmNlX3R5cGUYAiABKAkiVQoKQ2hhaW5CcmVhaxIXCg9zZXF1ZW5jZV9udW1iZXIYASABKAMSLgoGcmVhc29uGAIgASgOMh4uaGlzLmF1ZGl0LnYxLkNoYWluQnJlYWtSZWFzb24iSQoXV3JpdGVBdWRpdEV2ZW50c1JlcXVlc3QSLgoMYXVkaXRfZXZlbnRzGAEgAygLMhguaGlzLmF1ZGl0LnYxLkF1ZGl0RXZlbnQiSgoYV3JpdGVBdWRpdEV2ZW50c1Jlc3BvbnNlEi4KDGF1ZGl0X2V2ZW50cxgBIAMoCzIYLmhpcy5hdWRpdC52MS5BdWRpdEV2ZW50IiQKFEdldEF1ZGl0RXZlbnRSZXF1ZXN0EgwKBG5hbWUYASABKAki4QEKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDwoHcGF0aWVudBgDIAEoCRITCgthZ2VudF9zdGFmZhgEIAEoCRIrCgxldmVudF9wZXJpb2QYBSABKAsyFS5oaXMuY29tbW9uLnYxLlBlcmlvZBIuCgZhY3Rpb24YBiABKA4yHi5oaXMuYXVkaXQudjEuQXVkaXRFdmVudEFjdGlvbhIdChVlbWVyZ2VuY3lfYWNjZXNzX29ubHkYByABKAgiYgoXTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USLgoMYXVkaXRfZXZlbnRzGAEgAygLMhguaGlzLmF1ZGl0LnYxLkF1ZGl0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImUKElZlcmlmeUNoYWluUmVxdWVzdBIdChVzdGFydF9zZXF1ZW5jZV9udW1iZXIYASABKAMSGwoTZW5kX3NlcXVlbmNlX251bWJlchgCIAEoAxITCgtpbmNyZW1lbnRhbBgDIAEoCCLXAQoTVmVyaWZ5Q2hhaW5SZXNwb25zZRIOCgZpbnRhY3QYASABKAgSHQoVc3RhcnRfc2VxdWVuY2VfbnVtYmVyGAIgASgDEhsKE2VuZF9zZXF1ZW5jZV9udW1iZXIYAyABKAMSEAoIZW5kX2hhc2gYBCABKAwSLQoLZmlyc3RfYnJlYWsYBSABKAsyGC5oaXMuYXVkaXQudjEuQ2hhaW5CcmVhaxIzCg9jaGVja3BvaW50X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKtABChBBdWRpdEV2ZW50QWN0aW9uEiIKHkFVRElUX0VWRU5UX0FDVElPTl9VTlNQRUNJRklFRBAAEh0KGUFVRElUX0VWRU5UX0FDVElPTl9DUkVBVEUQARIbChdBVURJVF9FVkVOVF9BQ1RJT05fUkVBRBACEh0KGUFVRElUX0VWRU5UX0FDVElPTl9VUERBVEUQAxIdChlBVURJVF9FVkVOVF9BQ1RJT05fREVMRVRFEAQSHgoaQVVESVRfRVZFTlRfQUNUSU9OX0VYRUNVVEUQBSrQAQoRQXVkaXRFdmVudE91dGNvbWUSIwofQVVESVRfRVZFTlRfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh8KG0FVRElUX0VWRU5UX09VVENPTUVfU1VDQ0VTUxABEiUKIUFVRElUX0VWRU5UX09VVENPTUVfTUlOT1JfRkFJTFVSRRACEicKI0FVRElUX0VWRU5UX09VVENPTUVfU0VSSU9VU19GQUlMVVJFEAMSJQohQVVESVRfRVZFTlRfT1VUQ09NRV9NQUpPUl9GQUlMVVJFEAQq8AEKDFB1cnBvc2VPZlVzZRIeChpQVVJQT1NFX09GX1VTRV9VTlNQRUNJRklFRBAAEhwKGFBVUlBPU0VfT0ZfVVNFX1RSRUFUTUVOVBABEiYKIlBVUlBPU0VfT0ZfVVNFX0VNRVJHRU5DWV9UUkVBVE1FTlQQAhIaChZQVVJQT1NFX09GX1VTRV9QQVlNRU5UEAMSHQoZUFVSUE9TRV9PRl9VU0VfT1BFUkFUSU9OUxAEEhsKF1BVUlBPU0VfT0ZfVVNFX1JFU0VBUkNIEAUSIgoeUFVSUE9TRV9PRl9VU0VfUEFUSUVOVF9SRVFVRVNUEAYqdgoQQ2hhaW5CcmVha1JlYXNvbhIiCh5DSEFJTl9CUkVBS19SRUFTT05fVU5TUEVDSUZJRUQQABIeChpDSEFJTl9CUkVBS19SRUFTT05fQUxURVJFRBABEh4KGkNIQUlOX0JSRUFLX1JFQVNPTl9NSVNTSU5HEAIyiAMKDEF1ZGl0U2VydmljZRJmChBXcml0ZUF1ZGl0RXZlbnRzEiUuaGlzLmF1ZGl0LnYxLldyaXRlQXVkaXRFdmVudHNSZXF1ZXN0GiYuaGlzLmF1ZGl0LnYxLldyaXRlQXVkaXRFdmVudHNSZXNwb25zZSIDkAICElIKDUdldEF1ZGl0RXZlbnQSIi5oaXMuYXVkaXQudjEuR2V0QXVkaXRFdmVudFJlcXVlc3QaGC5oaXMuYXVkaXQudjEuQXVkaXRFdmVudCIDkAIBEmMKD0xpc3RBdWRpdEV2ZW50cxIkLmhpcy5hdWRpdC52MS5MaXN0QXVkaXRFdmVudHNSZXF1ZXN0GiUuaGlzLmF1ZGl0LnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlIgOQAgESVwoLVmVyaWZ5Q2hhaW4SIC5oaXMuYXVkaXQudjEuVmVyaWZ5Q2hhaW5SZXF1ZXN0GiEuaGlzLmF1ZGl0LnYxLlZlcmlmeUNoYWluUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_his_common_v1_types]);
+  fileDesc("CiBoaXMvYXVkaXQvdjEvYXVkaXRfc2VydmljZS5wcm90bxIMaGlzLmF1ZGl0LnYxIsIECgpBdWRpdEV2ZW50EgwKBG5hbWUYASABKAkSEAoIZXZlbnRfaWQYAiABKAkSLgoKZXZlbnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmVjb3JkX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBmFjdGlvbhgFIAEoDjIeLmhpcy5hdWRpdC52MS5BdWRpdEV2ZW50QWN0aW9uEjAKB291dGNvbWUYBiABKA4yHy5oaXMuYXVkaXQudjEuQXVkaXRFdmVudE91dGNvbWUSGwoTb3V0Y29tZV9kZXNjcmlwdGlvbhgHIAEoCRIRCglvcGVyYXRpb24YCCABKAkSJwoFYWdlbnQYCSABKAsyGC5oaXMuYXVkaXQudjEuQXVkaXRBZ2VudBIPCgdwYXRpZW50GAogASgJEikKBmVudGl0eRgLIAEoCzIZLmhpcy5hdWRpdC52MS5BdWRpdEVudGl0eRIyCg5wdXJwb3NlX29mX3VzZRgMIAEoDjIaLmhpcy5hdWRpdC52MS5QdXJwb3NlT2ZVc2USGAoQZW1lcmdlbmN5X2FjY2VzcxgNIAEoCBIeChZlbWVyZ2VuY3lfYWNjZXNzX2dyYW50GA4gASgJEhAKCHRyYWNlX2lkGA8gASgJEhcKD3NlcXVlbmNlX251bWJlchgQIAEoAxIVCg1wcmV2aW91c19oYXNoGBEgASgMEgwKBGhhc2gYEiABKAwigwEKCkF1ZGl0QWdlbnQSDQoFc3RhZmYYASABKAkSDQoFcm9sZXMYAiADKAkSFAoMb25fYmVoYWxmX29mGAMgASgJEhcKD3NlcnZpY2VfYWNjb3VudBgEIAEoCRIXCg9uZXR3b3JrX2FkZHJlc3MYBSABKAkSDwoHcGF0aWVudBgGIAEoCSI7CgtBdWRpdEVudGl0eRIVCg1yZXNvdXJjZV9uYW1lGAEgASgJEhUKDXJlc291cmNlX3R5cGUYAiABKAkilgEKCkNoYWluQnJlYWsSFwoPc2VxdWVuY2VfbnVtYmVyGAEgASgDEi4KBnJlYXNvbhgCIAEoDjIeLmhpcy5hdWRpdC52MS5DaGFpbkJyZWFrUmVhc29uEiQKHGxhc3RfbWlzc2luZ19zZXF1ZW5jZV9udW1iZXIYAyABKAMSGQoRY2hlY2twb2ludF9udW1iZXIYBCABKAMi8AEKD0NoYWluQ2hlY2twb2ludBIMCgRuYW1lGAEgASgJEhkKEWNoZWNrcG9pbnRfbnVtYmVyGAIgASgDEhcKD3NlcXVlbmNlX251bWJlchgDIAEoAxIMCgRoYXNoGAQgASgMEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZrZXlfaWQYBiABKAkSIgoacHJldmlvdXNfY2hlY2twb2ludF9kaWdlc3QYByABKAwSFQoNZXZlbnRzX2RpZ2VzdBgIIAEoDBIRCglzaWduYXR1cmUYCSABKAwiSQoXV3JpdGVBdWRpdEV2ZW50c1JlcXVlc3QSLgoMYXVkaXRfZXZlbnRzGAEgAygLMhguaGlzLmF1ZGl0LnYxLkF1ZGl0RXZlbnQiSgoYV3JpdGVBdWRpdEV2ZW50c1Jlc3BvbnNlEi4KDGF1ZGl0X2V2ZW50cxgBIAMoCzIYLmhpcy5hdWRpdC52MS5BdWRpdEV2ZW50IiQKFEdldEF1ZGl0RXZlbnRSZXF1ZXN0EgwKBG5hbWUYASABKAki4QEKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDwoHcGF0aWVudBgDIAEoCRITCgthZ2VudF9zdGFmZhgEIAEoCRIrCgxldmVudF9wZXJpb2QYBSABKAsyFS5oaXMuY29tbW9uLnYxLlBlcmlvZBIuCgZhY3Rpb24YBiABKA4yHi5oaXMuYXVkaXQudjEuQXVkaXRFdmVudEFjdGlvbhIdChVlbWVyZ2VuY3lfYWNjZXNzX29ubHkYByABKAgiYgoXTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USLgoMYXVkaXRfZXZlbnRzGAEgAygLMhguaGlzLmF1ZGl0LnYxLkF1ZGl0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImUKElZlcmlmeUNoYWluUmVxdWVzdBIdChVzdGFydF9zZXF1ZW5jZV9udW1iZXIYASABKAMSGwoTZW5kX3NlcXVlbmNlX251bWJlchgCIAEoAxITCgtpbmNyZW1lbnRhbBgDIAEoCCKGAgoTVmVyaWZ5Q2hhaW5SZXNwb25zZRIOCgZpbnRhY3QYASABKAgSHQoVc3RhcnRfc2VxdWVuY2VfbnVtYmVyGAIgASgDEhsKE2VuZF9zZXF1ZW5jZV9udW1iZXIYAyABKAMSEAoIZW5kX2hhc2gYBCABKAwSLQoLZmlyc3RfYnJlYWsYBSABKAsyGC5oaXMuYXVkaXQudjEuQ2hhaW5CcmVhaxIzCg9jaGVja3BvaW50X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBmFuY2hvchgHIAEoCzIdLmhpcy5hdWRpdC52MS5DaGFpbkNoZWNrcG9pbnQiMgocQ3JlYXRlQ2hhaW5DaGVja3BvaW50UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJIkQKG0xpc3RDaGFpbkNoZWNrcG9pbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJxChxMaXN0Q2hhaW5DaGVja3BvaW50c1Jlc3BvbnNlEjgKEWNoYWluX2NoZWNrcG9pbnRzGAEgAygLMh0uaGlzLmF1ZGl0LnYxLkNoYWluQ2hlY2twb2ludBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkq0AEKEEF1ZGl0RXZlbnRBY3Rpb24SIgoeQVVESVRfRVZFTlRfQUNUSU9OX1VOU1BFQ0lGSUVEEAASHQoZQVVESVRfRVZFTlRfQUNUSU9OX0NSRUFURRABEhsKF0FVRElUX0VWRU5UX0FDVElPTl9SRUFEEAISHQoZQVVESVRfRVZFTlRfQUNUSU9OX1VQREFURRADEh0KGUFVRElUX0VWRU5UX0FDVElPTl9ERUxFVEUQBBIeChpBVURJVF9FVkVOVF9BQ1RJT05fRVhFQ1VURRAFKtABChFBdWRpdEV2ZW50T3V0Y29tZRIjCh9BVURJVF9FVkVOVF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHwobQVVESVRfRVZFTlRfT1VUQ09NRV9TVUNDRVNTEAESJQohQVVESVRfRVZFTlRfT1VUQ09NRV9NSU5PUl9GQUlMVVJFEAISJwojQVVESVRfRVZFTlRfT1VUQ09NRV9TRVJJT1VTX0ZBSUxVUkUQAxIlCiFBVURJVF9FVkVOVF9PVVRDT01FX01BSk9SX0ZBSUxVUkUQBCrwAQoMUHVycG9zZU9mVXNlEh4KGlBVUlBPU0VfT0ZfVVNFX1VOU1BFQ0lGSUVEEAASHAoYUFVSUE9TRV9PRl9VU0VfVFJFQVRNRU5UEAESJgoiUFVSUE9TRV9PRl9VU0VfRU1FUkdFTkNZX1RSRUFUTUVOVBACEhoKFlBVUlBPU0VfT0ZfVVNFX1BBWU1FTlQQAxIdChlQVVJQT1NFX09GX1VTRV9PUEVSQVRJT05TEAQSGwoXUFVSUE9TRV9PRl9VU0VfUkVTRUFSQ0gQBRIiCh5QVVJQT1NFX09GX1VTRV9QQVRJRU5UX1JFUVVFU1QQBiqhAQoQQ2hhaW5CcmVha1JlYXNvbhIiCh5DSEFJTl9CUkVBS19SRUFTT05fVU5TUEVDSUZJRUQQABIeChpDSEFJTl9CUkVBS19SRUFTT05fQUxURVJFRBABEh4KGkNIQUlOX0JSRUFLX1JFQVNPTl9NSVNTSU5HEAISKQolQ0hBSU5fQlJFQUtfUkVBU09OX0NIRUNLUE9JTlRfSU5WQUxJRBADMuUECgxBdWRpdFNlcnZpY2USZgoQV3JpdGVBdWRpdEV2ZW50cxIlLmhpcy5hdWRpdC52MS5Xcml0ZUF1ZGl0RXZlbnRzUmVxdWVzdBomLmhpcy5hdWRpdC52MS5Xcml0ZUF1ZGl0RXZlbnRzUmVzcG9uc2UiA5ACAhJSCg1HZXRBdWRpdEV2ZW50EiIuaGlzLmF1ZGl0LnYxLkdldEF1ZGl0RXZlbnRSZXF1ZXN0GhguaGlzLmF1ZGl0LnYxLkF1ZGl0RXZlbnQiA5ACARJjCg9MaXN0QXVkaXRFdmVudHMSJC5oaXMuYXVkaXQudjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBolLmhpcy5hdWRpdC52MS5MaXN0QXVkaXRFdmVudHNSZXNwb25zZSIDkAIBElcKC1ZlcmlmeUNoYWluEiAuaGlzLmF1ZGl0LnYxLlZlcmlmeUNoYWluUmVxdWVzdBohLmhpcy5hdWRpdC52MS5WZXJpZnlDaGFpblJlc3BvbnNlIgOQAgESZwoVQ3JlYXRlQ2hhaW5DaGVja3BvaW50EiouaGlzLmF1ZGl0LnYxLkNyZWF0ZUNoYWluQ2hlY2twb2ludFJlcXVlc3QaHS5oaXMuYXVkaXQudjEuQ2hhaW5DaGVja3BvaW50IgOQAgIScgoUTGlzdENoYWluQ2hlY2twb2ludHMSKS5oaXMuYXVkaXQudjEuTGlzdENoYWluQ2hlY2twb2ludHNSZXF1ZXN0GiouaGlzLmF1ZGl0LnYxLkxpc3RDaGFpbkNoZWNrcG9pbnRzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_his_common_v1_types]);
 
 /**
  * One recorded action (FHIR AuditEvent). Immutable once stored.
@@ -284,6 +284,23 @@ export type ChainBreak = Message<"his.audit.v1.ChainBreak"> & {
    * @generated from field: his.audit.v1.ChainBreakReason reason = 2;
    */
   reason: ChainBreakReason;
+
+  /**
+   * For MISSING: the last sequence number known to be missing from `sequence_number` on (the
+   * events between are missing too), for example the newest checkpoint's when the end was cut
+   * off. 0 when not known.
+   *
+   * @generated from field: int64 last_missing_sequence_number = 3;
+   */
+  lastMissingSequenceNumber: bigint;
+
+  /**
+   * The number of the signed checkpoint that showed the break (a rewrite with recomputed hashes,
+   * a cut end, or the invalid checkpoint itself); 0 when the chain's own links showed it.
+   *
+   * @generated from field: int64 checkpoint_number = 4;
+   */
+  checkpointNumber: bigint;
 };
 
 /**
@@ -292,6 +309,103 @@ export type ChainBreak = Message<"his.audit.v1.ChainBreak"> & {
  */
 export const ChainBreakSchema: GenMessage<ChainBreak> = /*@__PURE__*/
   messageDesc(file_his_audit_v1_audit_service, 3);
+
+/**
+ * A signed checkpoint: the audit service's statement, under its Ed25519 key, that the chain's
+ * events 1..`sequence_number` end in `hash`. The private key is held outside the database (a
+ * file provisioned like the service's other secrets), so a database superuser can delete or
+ * alter stored checkpoints but cannot make a new valid one. A rewrite of earlier events, even
+ * with every later hash and the chain head recomputed, therefore no longer matches the
+ * checkpoint; cutting events off below it leaves it pointing past the head. Anything appended
+ * after the newest checkpoint is protected only by the chain itself until the next checkpoint:
+ * the guarantee is bounded by the checkpoint interval. Checkpoints are also appended to a log
+ * file outside the database and returned to the caller of CreateChainCheckpoint, so that one
+ * removed from the database is noticed; keeping copies outside the system makes them
+ * independent of the service too. To verify one with only the public key, build the signed
+ * message: the ASCII bytes `his.audit.v1.ChainCheckpoint` followed by a zero byte,
+ * `checkpoint_number`, `sequence_number` (each 8 bytes big-endian), `hash` (32 bytes),
+ * `create_time` as microseconds since the Unix epoch (8 bytes big-endian, signed), the length of
+ * `key_id` (2 bytes big-endian) and its UTF-8 bytes, `previous_checkpoint_digest` (32 bytes) and
+ * `events_digest` (32 bytes); `signature` is the Ed25519 signature of that message.
+ *
+ * @generated from message his.audit.v1.ChainCheckpoint
+ */
+export type ChainCheckpoint = Message<"his.audit.v1.ChainCheckpoint"> & {
+  /**
+   * The resource name, `chainCheckpoints/{checkpoint_number}`. Output only.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The position of the checkpoint among all checkpoints, starting at 1 with no gaps. Output only.
+   *
+   * @generated from field: int64 checkpoint_number = 2;
+   */
+  checkpointNumber: bigint;
+
+  /**
+   * The sequence number of the last event the checkpoint covers. Output only.
+   *
+   * @generated from field: int64 sequence_number = 3;
+   */
+  sequenceNumber: bigint;
+
+  /**
+   * The `hash` of that event, the chain head when the checkpoint was taken (32 bytes). Output
+   * only.
+   *
+   * @generated from field: bytes hash = 4;
+   */
+  hash: Uint8Array;
+
+  /**
+   * When the checkpoint was taken. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * Which key signed it: the first 16 hexadecimal characters of the SHA-256 of the raw 32-byte
+   * Ed25519 public key. Output only.
+   *
+   * @generated from field: string key_id = 6;
+   */
+  keyId: string;
+
+  /**
+   * The SHA-256 of the previous checkpoint's signed message followed by its signature, so that
+   * each checkpoint vouches for every one before it; 32 zero bytes for the first. Output only.
+   *
+   * @generated from field: bytes previous_checkpoint_digest = 7;
+   */
+  previousCheckpointDigest: Uint8Array;
+
+  /**
+   * The SHA-256 of the first 16 bytes of the hash of every event after the previous checkpoint up
+   * to this one, concatenated in sequence order: it lets the service name the first event a
+   * rewrite changed. Output only.
+   *
+   * @generated from field: bytes events_digest = 8;
+   */
+  eventsDigest: Uint8Array;
+
+  /**
+   * The Ed25519 signature (64 bytes) of the signed message described above. Output only.
+   *
+   * @generated from field: bytes signature = 9;
+   */
+  signature: Uint8Array;
+};
+
+/**
+ * Describes the message his.audit.v1.ChainCheckpoint.
+ * Use `create(ChainCheckpointSchema)` to create a new message.
+ */
+export const ChainCheckpointSchema: GenMessage<ChainCheckpoint> = /*@__PURE__*/
+  messageDesc(file_his_audit_v1_audit_service, 4);
 
 /**
  * Request of WriteAuditEvents.
@@ -312,7 +426,7 @@ export type WriteAuditEventsRequest = Message<"his.audit.v1.WriteAuditEventsRequ
  * Use `create(WriteAuditEventsRequestSchema)` to create a new message.
  */
 export const WriteAuditEventsRequestSchema: GenMessage<WriteAuditEventsRequest> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 4);
+  messageDesc(file_his_audit_v1_audit_service, 5);
 
 /**
  * Response of WriteAuditEvents.
@@ -334,7 +448,7 @@ export type WriteAuditEventsResponse = Message<"his.audit.v1.WriteAuditEventsRes
  * Use `create(WriteAuditEventsResponseSchema)` to create a new message.
  */
 export const WriteAuditEventsResponseSchema: GenMessage<WriteAuditEventsResponse> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 5);
+  messageDesc(file_his_audit_v1_audit_service, 6);
 
 /**
  * Request of GetAuditEvent.
@@ -355,7 +469,7 @@ export type GetAuditEventRequest = Message<"his.audit.v1.GetAuditEventRequest"> 
  * Use `create(GetAuditEventRequestSchema)` to create a new message.
  */
 export const GetAuditEventRequestSchema: GenMessage<GetAuditEventRequest> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 6);
+  messageDesc(file_his_audit_v1_audit_service, 7);
 
 /**
  * Request of ListAuditEvents. All set filters must match.
@@ -419,7 +533,7 @@ export type ListAuditEventsRequest = Message<"his.audit.v1.ListAuditEventsReques
  * Use `create(ListAuditEventsRequestSchema)` to create a new message.
  */
 export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 7);
+  messageDesc(file_his_audit_v1_audit_service, 8);
 
 /**
  * Response of ListAuditEvents.
@@ -447,7 +561,7 @@ export type ListAuditEventsResponse = Message<"his.audit.v1.ListAuditEventsRespo
  * Use `create(ListAuditEventsResponseSchema)` to create a new message.
  */
 export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 8);
+  messageDesc(file_his_audit_v1_audit_service, 9);
 
 /**
  * Request of VerifyChain.
@@ -488,7 +602,7 @@ export type VerifyChainRequest = Message<"his.audit.v1.VerifyChainRequest"> & {
  * Use `create(VerifyChainRequestSchema)` to create a new message.
  */
 export const VerifyChainRequestSchema: GenMessage<VerifyChainRequest> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 9);
+  messageDesc(file_his_audit_v1_audit_service, 10);
 
 /**
  * Response of VerifyChain.
@@ -541,6 +655,18 @@ export type VerifyChainResponse = Message<"his.audit.v1.VerifyChainResponse"> & 
    * @generated from field: google.protobuf.Timestamp checkpoint_time = 6;
    */
   checkpointTime?: Timestamp | undefined;
+
+  /**
+   * The newest signed checkpoint the events were verified against, unset when there is none yet.
+   * Every check, incremental ones too, verifies the newest checkpoint's signature, that the
+   * events it covers still end in its hash, and that the chain still reaches its sequence number,
+   * so a rewrite with recomputed hashes below it or a cut end is reported (ALTERED or MISSING
+   * with the sequence numbers, `first_break.checkpoint_number` set), never as a shorter intact
+   * range.
+   *
+   * @generated from field: his.audit.v1.ChainCheckpoint anchor = 7;
+   */
+  anchor?: ChainCheckpoint | undefined;
 };
 
 /**
@@ -548,7 +674,86 @@ export type VerifyChainResponse = Message<"his.audit.v1.VerifyChainResponse"> & 
  * Use `create(VerifyChainResponseSchema)` to create a new message.
  */
 export const VerifyChainResponseSchema: GenMessage<VerifyChainResponse> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 10);
+  messageDesc(file_his_audit_v1_audit_service, 11);
+
+/**
+ * Request of CreateChainCheckpoint.
+ *
+ * @generated from message his.audit.v1.CreateChainCheckpointRequest
+ */
+export type CreateChainCheckpointRequest = Message<"his.audit.v1.CreateChainCheckpointRequest"> & {
+  /**
+   * A key the caller chooses (1 to 64 printable characters, for example a UUID) to make the call
+   * safe to retry: a replay returns the checkpoint the first call returned. Optional.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message his.audit.v1.CreateChainCheckpointRequest.
+ * Use `create(CreateChainCheckpointRequestSchema)` to create a new message.
+ */
+export const CreateChainCheckpointRequestSchema: GenMessage<CreateChainCheckpointRequest> = /*@__PURE__*/
+  messageDesc(file_his_audit_v1_audit_service, 12);
+
+/**
+ * Request of ListChainCheckpoints.
+ *
+ * @generated from message his.audit.v1.ListChainCheckpointsRequest
+ */
+export type ListChainCheckpointsRequest = Message<"his.audit.v1.ListChainCheckpointsRequest"> & {
+  /**
+   * The maximum number of checkpoints to return. 0 means the default of 50; more than 500 means
+   * 500.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The `next_page_token` of a previous call, to get the next page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message his.audit.v1.ListChainCheckpointsRequest.
+ * Use `create(ListChainCheckpointsRequestSchema)` to create a new message.
+ */
+export const ListChainCheckpointsRequestSchema: GenMessage<ListChainCheckpointsRequest> = /*@__PURE__*/
+  messageDesc(file_his_audit_v1_audit_service, 13);
+
+/**
+ * Response of ListChainCheckpoints.
+ *
+ * @generated from message his.audit.v1.ListChainCheckpointsResponse
+ */
+export type ListChainCheckpointsResponse = Message<"his.audit.v1.ListChainCheckpointsResponse"> & {
+  /**
+   * The checkpoints of this page, newest first.
+   *
+   * @generated from field: repeated his.audit.v1.ChainCheckpoint chain_checkpoints = 1;
+   */
+  chainCheckpoints: ChainCheckpoint[];
+
+  /**
+   * A token to get the next page, empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message his.audit.v1.ListChainCheckpointsResponse.
+ * Use `create(ListChainCheckpointsResponseSchema)` to create a new message.
+ */
+export const ListChainCheckpointsResponseSchema: GenMessage<ListChainCheckpointsResponse> = /*@__PURE__*/
+  messageDesc(file_his_audit_v1_audit_service, 14);
 
 /**
  * What kind of action was performed (FHIR AuditEventAction).
@@ -734,19 +939,31 @@ export enum ChainBreakReason {
   UNSPECIFIED = 0,
 
   /**
-   * The event was changed: its hash does not match its content, or its `previous_hash` does not
-   * match the hash of the event before it.
+   * The event was changed (tampered with): its hash does not match its content, its
+   * `previous_hash` does not match the hash of the event before it, or its hash differs from the
+   * one a signed checkpoint recorded for it (a rewrite whose hashes were recomputed).
    *
    * @generated from enum value: CHAIN_BREAK_REASON_ALTERED = 1;
    */
   ALTERED = 1,
 
   /**
-   * No event has this sequence number although later ones exist.
+   * No event has this sequence number although later ones exist, or although a signed checkpoint
+   * counted it (the end of the chain was cut off and its head wound back).
    *
    * @generated from enum value: CHAIN_BREAK_REASON_MISSING = 2;
    */
   MISSING = 2,
+
+  /**
+   * A signed checkpoint is not genuine: its signature does not verify under the service's public
+   * key, it does not link to the checkpoint before it, or a checkpoint the service wrote outside
+   * the database is absent from the database or different there. A forged checkpoint is itself
+   * tampering; `sequence_number` is the checkpoint's.
+   *
+   * @generated from enum value: CHAIN_BREAK_REASON_CHECKPOINT_INVALID = 3;
+   */
+  CHECKPOINT_INVALID = 3,
 }
 
 /**
@@ -821,6 +1038,37 @@ export const AuditService: GenService<{
     methodKind: "unary";
     input: typeof VerifyChainRequestSchema;
     output: typeof VerifyChainResponseSchema;
+  },
+  /**
+   * Seals the chain as it stands now with a signed checkpoint (see ChainCheckpoint), after
+   * checking the events appended since the previous checkpoint. The service also takes one by
+   * itself at a fixed interval (HIS_AUDIT_CHECKPOINT_INTERVAL_S, 60 s by default) whenever the
+   * chain moved. When nothing was appended since the newest checkpoint, that checkpoint is
+   * returned and none is created, so a repeated call is harmless. Errors: INVALID_ARGUMENT if
+   * `request_id` is malformed; PERMISSION_DENIED if the caller does not have the AUDITOR role;
+   * FAILED_PRECONDITION (reason CHAIN_BROKEN, with the sequence number) if the events since the
+   * previous checkpoint are not intact, or (reason CHECKPOINT_INVALID) if the previous
+   * checkpoint fails its signature or was removed: the service never seals a broken chain;
+   * ABORTED if another replica created a checkpoint at the same moment (retry).
+   *
+   * @generated from rpc his.audit.v1.AuditService.CreateChainCheckpoint
+   */
+  createChainCheckpoint: {
+    methodKind: "unary";
+    input: typeof CreateChainCheckpointRequestSchema;
+    output: typeof ChainCheckpointSchema;
+  },
+  /**
+   * Lists the signed checkpoints, newest first. Errors: INVALID_ARGUMENT for a negative
+   * `page_size` or a `page_token` not returned by a previous call; PERMISSION_DENIED if the
+   * caller does not have the AUDITOR role.
+   *
+   * @generated from rpc his.audit.v1.AuditService.ListChainCheckpoints
+   */
+  listChainCheckpoints: {
+    methodKind: "unary";
+    input: typeof ListChainCheckpointsRequestSchema;
+    output: typeof ListChainCheckpointsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_his_audit_v1_audit_service, 0);
