@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import ipaddress
 import logging
 import random
 import uuid
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
 
 def a_source() -> str:
     """An address of the documentation range no other test uses."""
-    return f"2001:db8::{random.randrange(1, 2**16):x}:{random.randrange(1, 2**16):x}"
+    # Its own /64: iam counts an IPv6 source by its /64.
+    return f"2001:db8:{random.randrange(1, 2**16):x}:{random.randrange(1, 2**16):x}::1"
 
 
 def _invented() -> str:
@@ -296,7 +298,11 @@ async def test_wrong_codes_beyond_the_limit_are_refused_for_a_while(
                 "UPDATE iam.sign_in_attempts SET at = at - make_interval(secs => :window) "
                 "WHERE source = :source"
             ),
-            {"window": SIGN_IN_LIMITS.window_s, "source": phone.source},
+            # iam stores an IPv6 source as its /64.
+            {
+                "window": SIGN_IN_LIMITS.window_s,
+                "source": str(ipaddress.ip_network(f"{phone.source}/64", strict=False)),
+            },
         )
     failure = await fails(phone.complete(started.sign_in, code))
     assert failure.reason == "SIGN_IN_CODE_INVALID"
@@ -325,6 +331,15 @@ async def test_starts_per_source_are_limited(iam: Stub, codes: Path) -> None:
     assert 0 < delay <= SIGN_IN_LIMITS.window_s
     # Another source is not affected.
     await Phone(iam, codes, unique_phone(), a_source()).start()
+
+
+async def test_the_addresses_of_one_ipv6_64_are_one_source(iam: Stub, codes: Path) -> None:
+    # A subscriber picks any address of its /64: a new one per call must not mean a new source.
+    network = a_source().removesuffix("::1")
+    for i in range(SIGN_IN_LIMITS.starts_per_source):
+        await Phone(iam, codes, unique_phone(), f"{network}::{i + 2:x}").start()
+
+    await rate_limited(Phone(iam, codes, unique_phone(), f"{network}:abcd::1").start())
 
 
 async def test_wrong_codes_per_source_are_limited(

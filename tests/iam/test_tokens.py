@@ -436,9 +436,18 @@ def test_config_defaults() -> None:
     assert config.sign_in == SignInConfig()
     sign_in = config.sign_in
     assert (sign_in.enabled, sign_in.code_ttl_s, sign_in.token_ttl_s) == (True, 300, 1800)
-    assert (sign_in.window_s, sign_in.starts_per_phone, sign_in.starts_per_source) == (900, 5, 30)
-    assert (sign_in.failures_per_phone, sign_in.failures_per_source) == (5, 20)
+    assert (sign_in.window_s, sign_in.starts_per_phone, sign_in.starts_per_source) == (900, 5, 200)
+    assert (sign_in.failures_per_phone, sign_in.failures_per_source) == (5, 100)
     assert config.sign_in_codes_path == Path(".his/sign-in-codes.log")
+
+
+def test_in_the_mesh_the_local_sender_is_refused_and_sign_in_off_is_fine() -> None:
+    # The local sender writes codes to the log: in a cluster, whoever reads logs would sign in.
+    with pytest.raises(ConfigError, match="HIS_IAM_PATIENT_SIGN_IN is on with the local sender"):
+        SignInConfig.from_env({"HIS_MESH": "istio"})
+    off = SignInConfig.from_env({"HIS_MESH": "istio", "HIS_IAM_PATIENT_SIGN_IN": "off"})
+    assert not off.enabled
+    assert SignInConfig.from_env({}).sender == "local"
 
 
 def test_sign_in_config_reads_the_environment() -> None:

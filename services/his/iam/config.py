@@ -32,9 +32,9 @@ class SignInConfig:
     token_ttl_s: int = 1800
     window_s: int = 900
     starts_per_phone: int = 5
-    starts_per_source: int = 30
+    starts_per_source: int = 200
     failures_per_phone: int = 5
-    failures_per_source: int = 20
+    failures_per_source: int = 100
     # The key of the keyed hashes of codes and phone numbers (HMAC-SHA256); every replica needs
     # the same one. Empty: derived from the first signing key (which the replicas share already).
     hash_key: bytes = field(default=b"", repr=False)
@@ -62,19 +62,32 @@ class SignInConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SignInConfig:
-        """Read HIS_IAM_PATIENT_SIGN_IN, HIS_IAM_SIGN_IN_* and HIS_IAM_PATIENT_TOKEN_TTL_S."""
-        return cls(
+        """Read HIS_IAM_PATIENT_SIGN_IN, HIS_IAM_SIGN_IN_* and HIS_IAM_PATIENT_TOKEN_TTL_S.
+
+        In the mesh (HIS_MESH=istio) the local sender is refused: it writes every code to the
+        pod's log, where whoever reads logs could sign in as any patient whose number they
+        know, and no patient would ever get a text. Sign-in stays off there until an SMS
+        gateway's sender is plugged in."""
+        config = cls(
             enabled=_switch(env, "HIS_IAM_PATIENT_SIGN_IN", default=True),
             code_ttl_s=_int(env, "HIS_IAM_SIGN_IN_CODE_TTL_S", 300),
             token_ttl_s=_int(env, "HIS_IAM_PATIENT_TOKEN_TTL_S", 1800),
             window_s=_int(env, "HIS_IAM_SIGN_IN_WINDOW_S", 900),
             starts_per_phone=_int(env, "HIS_IAM_SIGN_IN_STARTS_PER_PHONE", 5),
-            starts_per_source=_int(env, "HIS_IAM_SIGN_IN_STARTS_PER_SOURCE", 30),
+            starts_per_source=_int(env, "HIS_IAM_SIGN_IN_STARTS_PER_SOURCE", 200),
             failures_per_phone=_int(env, "HIS_IAM_SIGN_IN_FAILURES_PER_PHONE", 5),
-            failures_per_source=_int(env, "HIS_IAM_SIGN_IN_FAILURES_PER_SOURCE", 20),
+            failures_per_source=_int(env, "HIS_IAM_SIGN_IN_FAILURES_PER_SOURCE", 100),
             hash_key=(env.get("HIS_IAM_SIGN_IN_KEY") or "").encode(),
             sender=(env.get("HIS_IAM_SIGN_IN_SENDER") or "local").strip(),
         )
+        in_mesh = (env.get("HIS_MESH") or "").strip().lower() == "istio"
+        if in_mesh and config.enabled and config.sender == "local":
+            raise ConfigError(
+                "HIS_IAM_PATIENT_SIGN_IN is on with the local sender, which writes codes to the "
+                "log: with HIS_MESH=istio plug in an SMS gateway's sender or set "
+                "HIS_IAM_PATIENT_SIGN_IN=off"
+            )
+        return config
 
 
 @dataclass(frozen=True)

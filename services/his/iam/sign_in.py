@@ -17,6 +17,7 @@ log line, error, audit event or trace attribute; only the local sender writes it
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import enum
 import hashlib
@@ -79,17 +80,32 @@ def hash_key(config: SignInConfig, signing_key: rsa.RSAPrivateKey) -> bytes:
 
 def source_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The caller's address: the last hop of `x-forwarded-for` when a gateway set it, else the
-    gRPC peer. The gateways (the local Envoy, the Istio ingress) append the address they saw to
-    whatever the client sent (`use_remote_address`, no trusted hops), so only the last entry is
-    theirs: the ones before it are the client's to invent. Only the gateways reach iam from
-    outside (mesh/istio/authorization), so the header is theirs."""
+    gRPC peer; an IPv6 address stands for its /64. The gateways (the local Envoy, the Istio
+    ingress) append the address they saw to whatever the client sent (`use_remote_address`, no
+    trusted hops), so only the last entry is theirs: the ones before it are the client's to
+    invent. Only the gateways reach iam from outside (mesh/istio/authorization), so the header is
+    theirs. One subscriber holds a whole /64 and picks any address in it: counted one by one,
+    they would be as many sources as it likes."""
     for key, value in context.invocation_metadata() or ():
         if key == _FORWARDED_FOR:
             last = str(value).rsplit(",", 1)[-1].strip()
             if _is_address(last):
-                return last
+                return _network_of(last)
             break
-    return _peer_address(context.peer() or "")
+    return _network_of(_peer_address(context.peer() or ""))
+
+
+def _network_of(address: str) -> str:
+    """An IPv6 address's /64 (`2001:db8:1:2::/64`); anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _is_address(text: str) -> bool:
@@ -165,6 +181,9 @@ class PatientSignIn:
         self._sender = sender
         self._key = key
         self._window = dt.timedelta(seconds=config.window_s)
+        # Codes on their way through a sender that answers later (kept: a task nobody holds may
+        # be collected before it ran).
+        self._deliveries: set[asyncio.Task[None]] = set()
 
     # --- hashing -------------------------------------------------------------------------------
 
@@ -230,21 +249,15 @@ class PatientSignIn:
                 expire_time=expire_time,
             )
         if patient_id is not None:
-            try:
-                await self._sender.send(phone, code, expire_time=expire_time)
-            except Exception as error:
-                # Answering differently would tell that the number is registered: the patient
-                # asks again (the sender's own alerts tell the operators).
-                # Only the error's type: a gateway's message may quote the text it failed to send.
-                log.error(
-                    "sign-in code not sent",
-                    extra={
-                        "fields": {
-                            "sign_in": sign_in_name(sign_in_id),
-                            "error": type(error).__name__,
-                        }
-                    },
-                )
+            delivery = self._deliver(phone, code, expire_time, sign_in_id)
+            if self._sender.delivers_before_answer:
+                await delivery
+            else:
+                # A real gateway takes its time, and only a registered number waits for it: the
+                # answer goes first, or its delay would tell which numbers are registered.
+                task = asyncio.create_task(delivery)
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
         return Started(sign_in=sign_in_name(sign_in_id), expire_time=expire_time)
 
     async def _patient_with(self, phone: str) -> uuid.UUID | None:
@@ -258,6 +271,22 @@ class PatientSignIn:
         if len(active) != 1 or len(reply.patients) != 1:
             return None
         return uuid.UUID(active[0].name.removeprefix("patients/"))
+
+    async def _deliver(
+        self, phone: str, code: str, expire_time: dt.datetime, sign_in_id: uuid.UUID
+    ) -> None:
+        try:
+            await self._sender.send(phone, code, expire_time=expire_time)
+        except Exception as error:
+            # Answering differently would tell that the number is registered: the patient asks
+            # again (the sender's own alerts tell the operators). Only the error's type: a
+            # gateway's message may quote the text it failed to send.
+            log.error(
+                "sign-in code not sent",
+                extra={
+                    "fields": {"sign_in": sign_in_name(sign_in_id), "error": type(error).__name__}
+                },
+            )
 
     # --- complete ------------------------------------------------------------------------------
 

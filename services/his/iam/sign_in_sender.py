@@ -20,12 +20,20 @@ log = logging.getLogger(__name__)
 class CodeSender(Protocol):
     """Delivers a sign-in code to a phone number; raises if it could not."""
 
+    # True only for a sender whose delivery is instant and local (the development one): the
+    # answer then waits for it, so the code is in place when the caller reads it. A real
+    # gateway's sender says False: it delivers after the answer, so the time an answer takes
+    # tells nothing about whether the number is registered.
+    delivers_before_answer: bool
+
     async def send(self, phone: str, code: str, *, expire_time: dt.datetime) -> None:
         """Deliver `code` to `phone` (valid until `expire_time`)."""
 
 
 class LocalCodeSender:
     """Development delivery: one log line, and a line appended to `path` (under `.his/`)."""
+
+    delivers_before_answer = True
 
     def __init__(self, path: Path) -> None:
         self.path = path

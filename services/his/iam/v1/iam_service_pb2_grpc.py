@@ -277,12 +277,14 @@ class IamServiceServicer:
         it reveals nothing. Needs no authentication. A code lives `expire_time` (5 minutes by default)
         and can be used once; asking again sends a new code and retires the previous one. The source
         is the caller's address: the last entry of `x-forwarded-for` (the one the gateway appends;
-        those before it are the client's own), else the connection's peer. Limits (iam settings `HIS_IAM_SIGN_IN_*`, counted by every replica
-        alike over a sliding window of 15 minutes by default): 5 codes per phone number and 30 per
-        source. Errors: INVALID_ARGUMENT if `phone` is not in the form of Patient.phone;
-        RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo saying when to ask again)
-        when this phone number or this source asked too often; UNIMPLEMENTED (reason
-        PATIENT_SIGN_IN_OFF) when patient sign-in is switched off.
+        those before it are the client's own), else the connection's peer; an IPv6 source counts as
+        its /64. Limits (iam settings `HIS_IAM_SIGN_IN_*`, counted by every replica alike over a
+        sliding window of 15 minutes by default): 5 codes per phone number and 200 per source (a
+        hospital's Wi-Fi is one source). Errors: INVALID_ARGUMENT if `phone` is not in the form of
+        Patient.phone; RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo saying when to
+        ask again) when this phone number or this source asked too often; UNIMPLEMENTED (reason
+        PATIENT_SIGN_IN_OFF) when patient sign-in is switched off (the Kubernetes base, until an SMS
+        gateway's sender is plugged in).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -295,7 +297,7 @@ class IamServiceServicer:
         digits; UNAUTHENTICATED with reason SIGN_IN_CODE_INVALID for a wrong or already used code or an
         unknown sign-in (the same error for all three), and with reason SIGN_IN_CODE_EXPIRED for a code
         past its `expire_time`; RESOURCE_EXHAUSTED (reason SIGN_IN_RATE_LIMITED, with RetryInfo) after
-        too many wrong codes for the phone number (5 by default) or from the source (20) within the
+        too many wrong codes for the phone number (5 by default) or from the source (100) within the
         window, even for the right code, until the oldest of them has left the window (the sign-in
         itself is then void); UNIMPLEMENTED (reason PATIENT_SIGN_IN_OFF) when patient sign-in is
         switched off. Of concurrent completions with the right code exactly one gets the token.
