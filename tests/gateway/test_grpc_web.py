@@ -220,3 +220,20 @@ async def test_the_gateway_answers_on_both_loopback_addresses(gateway: LocalGate
 async def test_envoy_admin_listens_on_loopback_only(gateway: LocalGateway) -> None:
     listeners = json.loads(gateway.bootstrap_path.read_text())["admin"]["address"]
     assert listeners["socket_address"]["address"] == "127.0.0.1"
+
+
+async def test_a_token_in_the_url_is_not_taken(
+    gateway: LocalGateway,
+    patients: patient_service_pb2_grpc.PatientServiceAsyncStub,
+    registrar_token: str,
+) -> None:
+    # Only the Authorization header carries a token: one in a URL ends up in logs and histories.
+    patient = await create(patients)
+
+    reply = await call(
+        gateway.config.port,
+        f"{GET_PATIENT}?access_token={registrar_token}",
+        pb.GetPatientRequest(name=patient.name),
+    )
+
+    assert reply.grpc_status == UNAUTHENTICATED

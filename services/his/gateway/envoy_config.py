@@ -31,7 +31,7 @@ _TYPE = "type.googleapis.com/envoy.extensions."
 # the body's trailer frame once grpc_web has encoded it ("-" here: each service logs its calls'
 # codes itself). Envoy's own %GRPC_STATUS% would guess from that body and say 2 (UNKNOWN).
 _ACCESS_LOG_FORMAT = (
-    '[%START_TIME%] "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ_WITHOUT_QUERY(:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
     "grpc-status=%RESP(GRPC-STATUS)% flags=%RESPONSE_FLAGS% %DURATION%ms "
     'from=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% origin="%REQ(ORIGIN)%"\n'
 )
@@ -232,6 +232,9 @@ def _jwt_authn(policy: GatewayPolicy, addresses: LocalAddresses) -> dict[str, An
                     # caller's request.
                     "async_fetch": {"failed_refetch_duration": "1s"},
                 },
+                # Only the Authorization header: by default Envoy also takes `?access_token=`,
+                # and a token in a URL ends up in logs and browser histories.
+                "from_headers": [{"name": "Authorization", "value_prefix": "Bearer "}],
                 # The services verify the token again and read the caller from it.
                 "forward": policy.forward_token,
                 "payload_in_metadata": _PAYLOAD_KEY,
@@ -324,7 +327,19 @@ def bootstrap(
                 "name": "envoy.access_loggers.stdout",
                 "typed_config": {
                     "@type": _TYPE + "access_loggers.stream.v3.StdoutAccessLog",
-                    "log_format": {"text_format_source": {"inline_string": _ACCESS_LOG_FORMAT}},
+                    "log_format": {
+                        "text_format_source": {"inline_string": _ACCESS_LOG_FORMAT},
+                        # %REQ_WITHOUT_QUERY%: the path without its query string.
+                        "formatters": [
+                            {
+                                "name": "envoy.formatter.req_without_query",
+                                "typed_config": {
+                                    "@type": _TYPE
+                                    + "formatter.req_without_query.v3.ReqWithoutQuery"
+                                },
+                            }
+                        ],
+                    },
                 },
             }
         ],
