@@ -53,6 +53,9 @@ ISTIO_METRICS: Mapping[str, frozenset[str]] = {
     "istio_request_duration_milliseconds_count": ISTIO_LABELS,
 }
 
+# Series Prometheus makes itself for every target it scrapes (not exported by anyone).
+SCRAPE_METRICS: Mapping[str, frozenset[str]] = {"up": TARGET_LABELS}
+
 _LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _TEMPLATE_LABEL = re.compile(r"\$labels\.([A-Za-z_][A-Za-z0-9_]*)")
 

@@ -32,7 +32,13 @@ from tests.observability.files import (
     flagger_query,
     rules,
 )
-from tests.observability.promql_names import ISTIO_METRICS, names_in, problems, recorded_labels
+from tests.observability.promql_names import (
+    ISTIO_METRICS,
+    SCRAPE_METRICS,
+    names_in,
+    problems,
+    recorded_labels,
+)
 from tests.patient.helpers import make_patient
 from tests.support import free_port, fresh_database
 
@@ -65,7 +71,7 @@ def _named_by_the_files() -> set[str]:
         name
         for query in all_queries()
         for name, _ in names_in(query.expr).selectors
-        if name not in recorded and name not in ISTIO_METRICS
+        if name not in recorded and name not in ISTIO_METRICS and name not in SCRAPE_METRICS
     }
 
 
@@ -108,8 +114,12 @@ async def exported(database_url: str) -> AsyncIterator[Exported]:
 
 
 def _known(exported: Exported) -> Exported:
-    """Exported series, Istio's sidecar series and the recording rules' series."""
-    known: Exported = {**exported, **{k: set(v) for k, v in ISTIO_METRICS.items()}}
+    """Exported series, Istio's sidecar series, Prometheus's own per-target series and the
+    recording rules' series."""
+    known: Exported = {
+        **exported,
+        **{k: set(v) for k, v in {**ISTIO_METRICS, **SCRAPE_METRICS}.items()},
+    }
     for rule in rules():
         if "record" in rule:
             known[rule["record"]] = recorded_labels(rule["expr"])
