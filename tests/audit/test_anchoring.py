@@ -586,3 +586,27 @@ async def test_edited_older_checkpoint_is_found_by_the_worker_link_check(
     assert not reply.intact
     assert reply.first_break.reason == pb.CHAIN_BREAK_REASON_CHECKPOINT_INVALID
     assert (reply.first_break.checkpoint_number, reply.first_break.sequence_number) == (2, 6)
+
+
+@pytest.mark.parametrize("in_process", [100, 1], ids=["in-process", "worker"])
+async def test_deleted_older_checkpoints_are_reported(
+    hospital: Hospital, monkeypatch: pytest.MonkeyPatch, in_process: int
+) -> None:
+    """A superuser deleting the oldest checkpoints (to hide a rewrite below them) is caught,
+    whether the service checks them itself or its worker does."""
+    monkeypatch.setattr(anchoring, "IN_PROCESS_CHECKPOINTS", in_process)
+    for _ in range(3):
+        await hospital.write(3)
+        await hospital.auditor.CreateChainCheckpoint(CREATE)
+    first = await hospital.auditor.VerifyChain(FULL)
+    assert first.intact, str(first.first_break)
+
+    async with behind_the_service(hospital.db) as connection:
+        await connection.execute(
+            text("DELETE FROM audit.chain_checkpoints WHERE checkpoint_number = 1")
+        )
+
+    reply = await hospital.auditor.VerifyChain(FULL)
+    assert not reply.intact
+    assert reply.first_break.reason == pb.CHAIN_BREAK_REASON_CHECKPOINT_INVALID
+    assert (reply.first_break.checkpoint_number, reply.first_break.sequence_number) == (1, 1)

@@ -251,6 +251,10 @@ class Anchors:
         if first < in_process:
             # Up to and including the first one checked here, so the link between is checked.
             invalid = await self._links(first, in_process)
+        if invalid is None and in_process == 1 and scope and scope[0].checkpoint_number != 1:
+            # Checkpoint 1 is gone (its number is signed into every later one): older rows
+            # deleted behind the service, from the start of the chain.
+            invalid = (1, 1)
         if invalid is None:
             invalid = self._first_invalid(scope, outside)
         last_genuine = invalid[0] - 1 if invalid is not None else newest

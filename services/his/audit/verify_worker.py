@@ -106,16 +106,16 @@ async def _check_links(
             for row in rows:
                 checkpoint = signed_of_record(row)
                 if checkpoint.checkpoint_number != expected:
-                    if previous is None:
-                        return expected, 0
-                    return expected, previous.sequence_number + 1
+                    # Missing: from the event after the one before it, or from the first event
+                    # (0 would read as "no break" to the caller).
+                    return expected, previous.sequence_number + 1 if previous else 1
                 if previous is not None and checkpoint.previous_digest != previous.digest():
                     bad = checkpoint if verifier.genuine(previous) else previous
                     return bad.checkpoint_number, bad.sequence_number
                 previous = checkpoint
                 expected += 1
             if not rows:
-                return expected, previous.sequence_number + 1 if previous else 0
+                return expected, previous.sequence_number + 1 if previous else 1
             await asyncio.sleep(0)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         raise VerifyWorkerError(type(error).__name__) from None
