@@ -610,3 +610,31 @@ async def test_deleted_older_checkpoints_are_reported(
     assert not reply.intact
     assert reply.first_break.reason == pb.CHAIN_BREAK_REASON_CHECKPOINT_INVALID
     assert (reply.first_break.checkpoint_number, reply.first_break.sequence_number) == (1, 1)
+
+
+async def test_a_checkpoint_row_that_no_longer_fits_the_signed_layout_is_invalid_not_a_crash(
+    hospital: Hospital,
+) -> None:
+    """A superuser who drops the table's CHECKs can store what no signature could cover (a
+    negative sequence number here): it is a forged checkpoint, reported as such, not an
+    INTERNAL error."""
+    await hospital.write(4)
+    await hospital.auditor.CreateChainCheckpoint(CREATE)
+    await hospital.write(2)
+    await hospital.auditor.CreateChainCheckpoint(CREATE)
+
+    async with behind_the_service(hospital.db) as connection:
+        await connection.execute(
+            text("ALTER TABLE audit.chain_checkpoints DROP CONSTRAINT checkpoint_covers_events")
+        )
+        await connection.execute(
+            text(
+                "UPDATE audit.chain_checkpoints SET sequence_number = -1 "
+                "WHERE checkpoint_number = 1"
+            )
+        )
+
+    reply = await hospital.auditor.VerifyChain(FULL)
+    assert not reply.intact
+    assert reply.first_break.reason == pb.CHAIN_BREAK_REASON_CHECKPOINT_INVALID
+    assert reply.first_break.checkpoint_number == 1

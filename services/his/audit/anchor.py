@@ -50,8 +50,21 @@ class SignedCheckpoint:
     events_digest: bytes
     signature: bytes = b""
 
+    def well_formed(self) -> bool:
+        """Whether the fields fit the signed layout: numbers that fit 8 bytes (the table's CHECKs
+        say so, but a superuser can drop those), digests of exactly 32 bytes (fixed widths are
+        what keep neighbouring fields from running into each other), a key id under 64 KiB."""
+        return (
+            0 <= self.checkpoint_number < 2**63
+            and 0 <= self.sequence_number < 2**63
+            and all(len(d) == 32 for d in (self.hash, self.previous_digest, self.events_digest))
+            and len(self.key_id.encode()) < 2**16
+            and -(2**63) <= (self.create_time - _EPOCH) // dt.timedelta(microseconds=1) < 2**63
+        )
+
     def message(self) -> bytes:
-        """The exact bytes the signature covers (layout in the proto's ChainCheckpoint)."""
+        """The exact bytes the signature covers (layout in the proto's ChainCheckpoint); only
+        for a well-formed checkpoint."""
         micros = (self.create_time - _EPOCH) // dt.timedelta(microseconds=1)
         key = self.key_id.encode()
         return b"".join(
@@ -69,7 +82,10 @@ class SignedCheckpoint:
         )
 
     def digest(self) -> bytes:
-        """What the next checkpoint's `previous_digest` must be."""
+        """What the next checkpoint's `previous_digest` must be (for a malformed one, a digest
+        no signed checkpoint can name)."""
+        if not self.well_formed():
+            return hashlib.sha256(b"malformed\0" + repr(self).encode()).digest()
         return hashlib.sha256(self.message() + self.signature).digest()
 
 
@@ -87,7 +103,7 @@ class CheckpointVerifier:
     def genuine(self, checkpoint: SignedCheckpoint) -> bool:
         """True when a known key signed exactly this checkpoint."""
         key = self._keys.get(checkpoint.key_id)
-        if key is None:
+        if key is None or not checkpoint.well_formed():
             return False
         try:
             key.verify(checkpoint.signature, checkpoint.message())
