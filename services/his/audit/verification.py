@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 
@@ -47,6 +48,7 @@ from his.base.errors import Unavailable
 from his.runtime.database import Database
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Rows the worker reads and checks at a time: memory stays flat however long the range.
 VERIFY_CHUNK = 2000
@@ -205,34 +207,25 @@ class ChainVerifier:
     async def _walk(self, check: ChainCheck, last: int) -> ChainCheck:
         """Run `check` up to `last`, one span per worker task."""
         span = VERIFY_CHUNK * VERIFY_SPAN_CHUNKS
-        loop = asyncio.get_running_loop()
         while not check.broken and check.expected <= last:
             end = min(last, check.expected + span - 1)
-            try:
-                check = await loop.run_in_executor(
-                    self._pool(), verify_span, self._dsn, check, end, VERIFY_CHUNK, VERIFY_DUTY
-                )
-            except BrokenProcessPool:
-                self._worker = None
-                raise Unavailable(
-                    "the chain verification worker stopped; retry", reason="VERIFY_WORKER_FAILED"
-                ) from None
-            except VerifyWorkerError as error:
-                raise Unavailable(
-                    "the chain verification worker could not read the chain; retry",
-                    reason="VERIFY_WORKER_FAILED",
-                    metadata={"error": str(error)},
-                ) from None
+            check = await self._in_worker(
+                "the chain", verify_span, self._dsn, check, end, VERIFY_CHUNK, VERIFY_DUTY
+            )
         check.finish(last)
         return check
 
     async def _links(self, first: int, last: int) -> tuple[int, int] | None:
         """The links of checkpoints `first`..`last`, checked in the worker."""
+        return await self._in_worker(
+            "the checkpoints", check_checkpoint_links, self._dsn, self._public_keys, first, last
+        )
+
+    async def _in_worker(self, reading: str, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` in the verification worker; its failures as UNAVAILABLE."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self._pool(), check_checkpoint_links, self._dsn, self._public_keys, first, last
-            )
+            return await loop.run_in_executor(self._pool(), function, *args)
         except BrokenProcessPool:
             self._worker = None
             raise Unavailable(
@@ -240,7 +233,7 @@ class ChainVerifier:
             ) from None
         except VerifyWorkerError as error:
             raise Unavailable(
-                "the chain verification worker could not read the checkpoints; retry",
+                f"the chain verification worker could not read {reading}; retry",
                 reason="VERIFY_WORKER_FAILED",
                 metadata={"error": str(error)},
             ) from None

@@ -217,11 +217,11 @@ class PatientSignIn:
             limited = self._over(
                 now,
                 (
-                    await store.count_by_phone(session, "start", phone_key, since),
+                    await store.count_attempts(session, "start", since, phone_key=phone_key),
                     self._config.starts_per_phone,
                 ),
                 (
-                    await store.count_by_source(session, "start", source, since),
+                    await store.count_attempts(session, "start", since, source=source),
                     self._config.starts_per_source,
                 ),
             )
@@ -343,11 +343,11 @@ class PatientSignIn:
             limited = self._over(
                 now,
                 (
-                    await store.count_by_phone(session, "failure", row.phone_key, since),
+                    await store.count_attempts(session, "failure", since, phone_key=row.phone_key),
                     self._config.failures_per_phone,
                 ),
                 (
-                    await store.count_by_source(session, "failure", source, since),
+                    await store.count_attempts(session, "failure", since, source=source),
                     self._config.failures_per_source,
                 ),
             )
@@ -361,7 +361,6 @@ class PatientSignIn:
                 return Outcome.EXPIRED, None, 0.0
             right = hmac.compare_digest(row.code_hash, self._code_hash(sign_in_id, code))
             if not right or row.patient_id is None:
-                await store.count_wrong_code(session, sign_in_id)
                 await store.add_attempt(session, "failure", row.phone_key, source, now)
                 return Outcome.INVALID, None, 0.0
             await store.mark(session, sign_in_id, used_time=now)

@@ -42,26 +42,18 @@ class Count:
     oldest: dt.datetime | None
 
 
-async def count_by_phone(
-    session: AsyncSession, kind: str, phone_key: bytes, since: dt.datetime
+async def count_attempts(
+    session: AsyncSession,
+    kind: str,
+    since: dt.datetime,
+    *,
+    phone_key: bytes | None = None,
+    source: str | None = None,
 ) -> Count:
-    """The `kind` attempts for this number since `since`."""
+    """The `kind` attempts since `since` for this number, or from this source (one of them)."""
     c = sign_in_attempts.c
-    query = select(func.count(), func.min(c.at)).where(
-        c.kind == kind, c.phone_key == phone_key, c.at > since
-    )
-    count, oldest = (await session.execute(query)).one()
-    return Count(int(count), oldest)
-
-
-async def count_by_source(
-    session: AsyncSession, kind: str, source: str, since: dt.datetime
-) -> Count:
-    """The `kind` attempts from this source since `since`."""
-    c = sign_in_attempts.c
-    query = select(func.count(), func.min(c.at)).where(
-        c.kind == kind, c.source == source, c.at > since
-    )
+    who = c.phone_key == phone_key if phone_key is not None else c.source == source
+    query = select(func.count(), func.min(c.at)).where(c.kind == kind, who, c.at > since)
     count, oldest = (await session.execute(query)).one()
     return Count(int(count), oldest)
 
@@ -107,15 +99,7 @@ async def sign_in_for_update(session: AsyncSession, sign_in_id: uuid.UUID) -> Ro
 
 
 async def mark(session: AsyncSession, sign_in_id: uuid.UUID, **values: Any) -> None:
-    """Set a sign-in's used_time, void_time or attempts."""
+    """Set a sign-in's used_time or void_time."""
     await session.execute(
         update(patient_sign_ins).where(patient_sign_ins.c.id == sign_in_id).values(**values)
-    )
-
-
-async def count_wrong_code(session: AsyncSession, sign_in_id: uuid.UUID) -> None:
-    """One more wrong code for this sign-in."""
-    c = patient_sign_ins.c
-    await session.execute(
-        update(patient_sign_ins).where(c.id == sign_in_id).values(attempts=c.attempts + 1)
     )

@@ -195,13 +195,11 @@ patient_sign_ins = Table(
     Column("create_time", DateTime(timezone=True), nullable=False),
     Column("expire_time", DateTime(timezone=True), nullable=False),
     # Wrong codes given for this sign-in.
-    Column("attempts", Integer, nullable=False, server_default="0"),
     # Set once, by the one completion that got the token: single use.
     Column("used_time", DateTime(timezone=True)),
     # Retired by a newer sign-in of the same number, or voided by the wrong-code limit.
     Column("void_time", DateTime(timezone=True)),
     CheckConstraint("expire_time > create_time", name="sign_in_period_ordered"),
-    CheckConstraint("attempts >= 0", name="sign_in_attempts_not_negative"),
     CheckConstraint("octet_length(code_hash) = 32", name="sign_in_code_hash_sha256"),
     CheckConstraint("octet_length(phone_key) = 32", name="sign_in_phone_key_sha256"),
     CheckConstraint("patient_id IS NOT NULL OR used_time IS NULL", name="sign_in_decoy_unused"),

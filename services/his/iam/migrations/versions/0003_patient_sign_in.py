@@ -1,4 +1,4 @@
-"""Iam schema: patient sign-ins (keyed hashes of code and phone, expiry, single use, attempts)
+"""Iam schema: patient sign-ins (keyed hashes of code and phone, expiry, single use)
 and the attempts their rate limits count.
 
 Revision ID: 0003
@@ -28,11 +28,9 @@ def upgrade() -> None:
         sa.Column("source", sa.Text(), nullable=False),
         sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expire_time", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("used_time", sa.DateTime(timezone=True), nullable=True),
         sa.Column("void_time", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint("expire_time > create_time", name="sign_in_period_ordered"),
-        sa.CheckConstraint("attempts >= 0", name="sign_in_attempts_not_negative"),
         sa.CheckConstraint("octet_length(code_hash) = 32", name="sign_in_code_hash_sha256"),
         sa.CheckConstraint("octet_length(phone_key) = 32", name="sign_in_phone_key_sha256"),
         sa.CheckConstraint(
