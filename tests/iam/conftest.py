@@ -20,14 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from his.iam import jwks_http
 from his.iam.config import IamConfig, SignInConfig
 from his.iam.service import IamService
 from his.iam.spec import SPEC as IAM
 from his.iam.v1 import iam_service_pb2 as pb
 from his.iam.v1 import iam_service_pb2_grpc as pb_grpc
 from his.runtime.database import async_url
-from his.runtime.documents_http import DocumentServer
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.server import RunningService, ServiceResources, ServiceSpec, start
 from tests import support
@@ -70,10 +68,7 @@ def iam_spec(config: IamConfig) -> ServiceSpec:
     def make(resources: ServiceResources) -> IamService:
         return IamService(resources, config)
 
-    async def keys_http(resources: ServiceResources) -> DocumentServer | None:
-        return await jwks_http.serve(resources, config)
-
-    return dataclasses.replace(IAM, make_servicer=make, companion=keys_http)
+    return dataclasses.replace(IAM, make_servicer=make)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
 """iam's keys over HTTP: the JWKS and the OIDC discovery document, for those who cannot call gRPC.
 
 Istio's RequestAuthentication (istiod fetches `jwksUri`) and the local Envoy gateway's jwt_authn
-read the key set here; the services keep asking GetJwks. Both are built from the same key files
-(`signing_keys`), so they always publish the same keys. Runs in the iam process beside its gRPC
-server (ServiceSpec.companion) on `HIS_IAM_HTTP_PORT`; off with the local provider or port -1.
+read the key set here; the services keep asking GetJwks. Both come from the servicer's one token
+issuer, so they always publish the same keys. Runs in the iam process beside its gRPC server
+(ServiceSpec.companion) on `HIS_IAM_HTTP_PORT`; off with the local provider or port -1.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from his.base.catalog import lookup
 from his.base.env import ConfigError
 from his.iam.config import IamConfig
-from his.iam.tokens import ALGORITHM, jwks, signing_keys
+from his.iam.service import IamService
+from his.iam.tokens import ALGORITHM
 from his.runtime.documents_http import Document, DocumentServer
 from his.runtime.server import ServiceResources
 
@@ -51,10 +52,8 @@ class KeysHttpConfig:
         return cls(host=host, port=port, jwks_uri=(env.get("HIS_IAM_JWKS_URI") or "").strip())
 
 
-def documents(iam: IamConfig, jwks_uri: str) -> dict[str, Document]:
+def documents(iam: IamConfig, key_set: Mapping[str, object], jwks_uri: str) -> dict[str, Document]:
     """The documents by path: the key set and the discovery document pointing at it."""
-    keys = signing_keys(iam.signing_key_paths, iam.generated_key_path)
-    key_set = jwks(key.public_key() for key in keys)
     discovery = {
         "issuer": iam.issuer,
         "jwks_uri": jwks_uri or iam.issuer.rstrip("/") + JWKS_PATH,
@@ -87,13 +86,11 @@ def _json(value: object, content_type: str) -> Document:
     )
 
 
-async def serve(resources: ServiceResources, iam: IamConfig | None = None) -> DocumentServer | None:
-    """Start the key documents' server of the running iam (None: not served here); `iam` as the
-    servicer was given it (default: from the service's environment, as `spec.make_servicer`)."""
-    env = resources.config.environment
-    iam = iam or IamConfig.from_env(env)
-    http = KeysHttpConfig.from_env(env, host=resources.config.server.host)
-    if not iam.local_provider or http.port < 0:
+async def serve(resources: ServiceResources, servicer: IamService) -> DocumentServer | None:
+    """Start the key documents' server of the running iam (None: not served here), with the
+    servicer's own settings and key set (no second read of either)."""
+    http = KeysHttpConfig.from_env(resources.config.environment, host=resources.config.server.host)
+    if servicer.issuer is None or http.port < 0:
         return None
-    served = documents(iam, http.jwks_uri)
+    served = documents(servicer.config, servicer.issuer.jwks(), http.jwks_uri)
     return await DocumentServer(served.get, host=http.host, port=http.port, name="iam-keys").start()

@@ -132,6 +132,16 @@ class IamService(pb_grpc.IamServiceServicer):
         self._bootstrapped = not config.bootstrap_admin
         self._bootstrap_lock = asyncio.Lock()
 
+    @property
+    def config(self) -> IamConfig:
+        """The settings this servicer runs with."""
+        return self._config
+
+    @property
+    def issuer(self) -> TokenIssuer | None:
+        """The local provider's token issuer (its keys), None when the provider is off."""
+        return self._issuer
+
     # --- authorization ---------------------------------------------------------------------
 
     async def _require(

@@ -72,8 +72,9 @@ class ServiceSpec:
     # built from the service's clients; the relay delivers them (scheduling: check-ins to emr).
     deliverers: Callable[[HisClients], Mapping[str, Deliver]] | None = None
     # A server the service runs beside its gRPC server in the same process (iam: its key set over
-    # HTTP), started once the gRPC server is and closed after it; it may decide not to run (None).
-    companion: Callable[[ServiceResources], Awaitable[Companion | None]] | None = None
+    # HTTP), given the servicer it serves beside; started once the gRPC server is and closed after
+    # it; it may decide not to run (None).
+    companion: Callable[[ServiceResources, Any], Awaitable[Companion | None]] | None = None
 
 
 class Companion(Protocol):
@@ -248,7 +249,8 @@ async def start(
     stop_hooks: list[Callable[[], Awaitable[None]]] = []
     try:
         resources = ServiceResources(config, database, clients, access, outbox, stop_hooks)
-        spec.add_to_server(spec.make_servicer(resources), server)
+        servicer = spec.make_servicer(resources)
+        spec.add_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
             (
@@ -274,7 +276,7 @@ async def start(
             metrics_endpoint = metrics.serve(config.server.metrics_port)
         await server.start()
         if spec.companion is not None:
-            companion = await spec.companion(resources)
+            companion = await spec.companion(resources, servicer)
     except BaseException:
         if migration is not None:
             migration.cancel()
