@@ -37,11 +37,6 @@ def alerts() -> list[dict[str, Any]]:
     return [rule for rule in rules() if "alert" in rule]
 
 
-def recorded_names() -> set[str]:
-    """The series names the recording rules produce."""
-    return {rule["record"] for rule in rules() if "record" in rule}
-
-
 def flagger_query(namespace: str = "his", target: str = "patient", interval: str = "1m") -> str:
     """The Flagger template's query as Flagger sends it for one canary (placeholders filled)."""
     template = yaml.safe_load(FLAGGER_TEMPLATE.read_text(encoding="utf-8"))

@@ -121,10 +121,12 @@ class IdentityInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
-_PUBLIC_METHODS = (
+# The identity provider's own doors: asking for a token needs none (the servers' authentication
+# lets the same rpcs through: his.runtime.authn.PUBLIC_METHODS).
+IAM_PUBLIC_METHODS = (
     "/his.iam.v1.IamService/IssueToken",
     "/his.iam.v1.IamService/StartPatientSignIn",
     "/his.iam.v1.IamService/CompletePatientSignIn",
     "/his.iam.v1.IamService/GetJwks",
 )
-_PUBLIC = frozenset((*_PUBLIC_METHODS, *(method.encode() for method in _PUBLIC_METHODS)))
+_PUBLIC = frozenset((*IAM_PUBLIC_METHODS, *(method.encode() for method in IAM_PUBLIC_METHODS)))

@@ -88,6 +88,9 @@ class Anchors:
         self._log = checkpoint_log
         # The newest checkpoint this process created or saw outside the database.
         self._known: SignedCheckpoint | None = None
+        # The log file is read once, at the first check: after that only this process appends
+        # to it, and it knows what it appended (`_known`), so no VerifyChain reads a file.
+        self._log_read = checkpoint_log is None
         self._creating = asyncio.Lock()
 
     # --- taking checkpoints --------------------------------------------------------------------
@@ -214,8 +217,9 @@ class Anchors:
     async def newest_outside(self) -> SignedCheckpoint | None:
         """The newest checkpoint known outside the database: in memory or in the log file."""
         in_file = None
-        if self._log is not None:
+        if not self._log_read and self._log is not None:
             in_file = await asyncio.to_thread(self._log.newest)
+            self._log_read = True
         candidates = [c for c in (self._known, in_file) if c is not None]
         if not candidates:
             return None

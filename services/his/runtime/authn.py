@@ -16,7 +16,7 @@ from his.base import identity
 from his.base.errors import Unauthenticated
 from his.runtime.interceptors import Behavior, Handler, WrappingInterceptor, wrap_unary
 from his.runtime.tokens import TokenVerifier
-from his_client.credentials import AUTHORIZATION, CALLER
+from his_client.credentials import AUTHORIZATION, CALLER, IAM_PUBLIC_METHODS
 
 # Calls anyone may make: probes, reflection, and the identity provider's own doors (staff and
 # service login, patient sign-in; each limits its own abuse).
@@ -25,10 +25,7 @@ PUBLIC_METHODS = frozenset(
         "/grpc.health.v1.Health/Check",
         "/grpc.health.v1.Health/Watch",
         "/grpc.health.v1.Health/List",
-        "/his.iam.v1.IamService/IssueToken",
-        "/his.iam.v1.IamService/StartPatientSignIn",
-        "/his.iam.v1.IamService/CompletePatientSignIn",
-        "/his.iam.v1.IamService/GetJwks",
+        *IAM_PUBLIC_METHODS,
     }
 )
 
