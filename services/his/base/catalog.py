@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from google.protobuf.descriptor import ServiceDescriptor
 
+# Where iam serves its public key documents over HTTP (his.iam.jwks_http): the gateway's
+# jwt_authn, Istio's RequestAuthentication and `his mesh check` name the same paths.
+JWKS_PATH = "/.well-known/jwks.json"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+
 
 @dataclass(frozen=True)
 class ServiceEntry:

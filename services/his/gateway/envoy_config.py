@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from his.base.catalog import JWKS_PATH
 from his.gateway.config import GatewayConfig
 from his.gateway.policy import GatewayPolicy, PolicyError, Route
 
-JWKS_PATH = "/.well-known/jwks.json"
 _JWT_PROVIDER = "his"
 _PAYLOAD_KEY = "jwt_payload"
 _WEB_APP = "web_app"

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from his.base.catalog import lookup
+from his.base.catalog import DISCOVERY_PATH, JWKS_PATH, lookup
 from his.base.env import ConfigError
 from his.iam.config import IamConfig
 from his.iam.service import IamService
@@ -20,8 +20,6 @@ from his.iam.tokens import ALGORITHM
 from his.runtime.documents_http import Document, DocumentServer
 from his.runtime.server import ServiceResources
 
-JWKS_PATH = "/.well-known/jwks.json"
-DISCOVERY_PATH = "/.well-known/openid-configuration"
 # Relying parties refetch within minutes: a new signing key is published (listed second) before
 # it signs, so caches this short always know it by the time they see a token of it.
 _CACHE = "public, max-age=300"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from his.base.catalog import implemented
+from his.base.catalog import DISCOVERY_PATH, JWKS_PATH, implemented
 from his.mesh.calls import calls_to
 from his.mesh.cluster import Cluster, finding, namespace_of, spec_of, suggest
 from his.mesh.contracts import Rpc, all_paths
@@ -145,7 +145,7 @@ SIGN_IN = frozenset(
 # one port takes plaintext. Nothing else may.
 KEYS_APP = "iam"
 KEYS_PORT = "8080"
-KEY_DOCUMENTS = frozenset({"/.well-known/jwks.json", "/.well-known/openid-configuration"})
+KEY_DOCUMENTS = frozenset({JWKS_PATH, DISCOVERY_PATH})
 _SOURCE_FIELDS = {"principals"}
 _GATEWAY_SOURCE_FIELDS = {"requestPrincipals"}
 
