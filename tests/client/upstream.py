@@ -143,6 +143,12 @@ class ScriptedPatientService(pb_grpc.PatientServiceServicer):
         await self._play("ListResearchPatients", request, context)
         return pb.ListResearchPatientsResponse()
 
+    async def DeliverEvents(
+        self, request: pb.DeliverEventsRequest, context: Context
+    ) -> pb.DeliverEventsResponse:
+        await self._play("DeliverEvents", request, context)
+        return pb.DeliverEventsResponse()
+
 
 @dataclass
 class Upstream:

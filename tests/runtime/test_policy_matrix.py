@@ -27,10 +27,11 @@ ACTIONS = {
 ROLES = (SERVICE_ROLE, *STAFF_ROLES)
 
 # What each role may do to each class (columns: SERVICE, REGISTRAR, DOCTOR, NURSE, PHARMACIST,
-# LAB_TECHNICIAN, BILLING_CLERK, AUDITOR, ADMINISTRATOR). A cell lists action letters (ACTIONS;
+# LAB_TECHNICIAN, BILLING_CLERK, AUDITOR, ADMINISTRATOR, PRIVACY_OFFICER). A cell lists action letters (ACTIONS;
 # * = all), allowed whatever the patient situation, then optionally:
 #   ~letters   DOCTOR/NURSE: allowed with department match or care and consent not revoked;
-#              otherwise only under break-the-glass (see SITUATIONS)
+#              otherwise only under break-the-glass (see SITUATIONS); demographics belong to
+#              no department, so their refusal is NO_CARE_RELATIONSHIP
 #   @letters   allowed only on the caller's own resource (break-the-glass grants)
 #   &letters   NURSE: as ~, and only on the caller's own record (their own note)
 #   !u         PHARMACIST: update allowed only away from the prescription's locked fields
@@ -45,32 +46,32 @@ ROLES = (SERVICE_ROLE, *STAFF_ROLES)
 # its charges (the mesh lets only billing call those List rpcs as a service).
 # fmt: off
 GRID: dict[str, tuple[str, ...]] = {
-    #                           SRV  REG     DOC      NUR      PHA      LAB    BIL  AUD  ADM
-    "patient.demographics":    ("r", "rcum", "r",     "r",     "r",     "r",   "r", "N", "N"),
-    "patient.consent":         ("r", "rcu",  "r",     "r",     "-",     "-",   "-", "N", "N"),
-    "scheduling.schedule":     ("-", "*",    "r",     "r",     "-",     "-",   "-", "-", "rcu"),
-    "scheduling.slot":         ("-", "*",    "r",     "r",     "-",     "-",   "-", "-", "rcu"),
-    "scheduling.appointment":  ("r", "*",    "~r",    "~ru",   "-",     "-",   "r", "N", "N"),
-    "iam.department":          ("r", "r",    "r",     "r",     "r",     "r",   "r", "r", "*"),
-    "iam.staff":               ("r", "r",    "r",     "r",     "r",     "r",   "r", "r", "*"),
-    "iam.membership":          ("r", "r",    "r",     "r",     "r",     "r",   "r", "r", "*"),
-    "iam.emergency_access":    ("r", "-",    "c @ru", "c @ru", "-",     "-",   "-", "ru", "rudmxe"),
-    "audit.event":             ("c", "-",    "-",     "-",     "-",     "-",   "-", "r", "-"),
-    "research.export":         ("-", "-",    "-",     "-",     "-",     "-",   "-", "-", "e"),
-    "emr.encounter":           ("c N", "N",  "~rcu",  "~r",    "-",     "-",   "-", "N", "N"),
-    "emr.note":                ("N", "N",    "~rcu",  "~rc &u", "-",    "-",   "-", "N", "N"),
-    "emr.diagnosis":           ("N", "N",    "~rcu",  "~r",    "-",     "-",   "-", "N", "N"),
-    "orders.lab_order":        ("r N", "N",  "~rcu",  "~r",    "-",     "^r",  "-", "N", "N"),
-    "orders.medication_order": ("N", "N",    "~rcu",  "~r",    "rx !u", "-",   "-", "N", "N"),
-    "lab.order":               ("N", "N",    "~r",    "~r",    "-",     "^r",  "-", "N", "N"),
-    "lab.specimen":            ("N", "N",    "~r",    "~r",    "-",     "^rcu", "-", "N", "N"),
-    "lab.result":              ("N", "N",    "~re",   "~r",    "-",     "^rcu", "-", "N", "N"),
-    "pharmacy.medication":     ("r", "-",    "r",     "r",     "rcu",   "-",   "r", "-", "-"),
-    "pharmacy.stock":          ("N", "N",    "~r",    "~r",    "*",     "-",   "-", "N", "N"),
-    "pharmacy.dispense":       ("r N", "N",  "~r",    "~r",    "*",     "-",   "-", "N", "N"),
-    "billing.charge":          ("N", "N",    "-",     "-",     "-",     "-",   "*", "N", "N"),
-    "billing.invoice":         ("N", "N",    "-",     "-",     "-",     "-",   "*", "N", "N"),
-    "billing.payment":         ("N", "N",    "-",     "-",     "-",     "-",   "*", "N", "N"),
+    #                           SRV    REG     DOC      NUR       PHA      LAB     BIL  AUD   ADM    PRV
+    "patient.demographics":    ("r",   "rcum", "~r",    "~r",     "r",     "r",    "r", "N",  "N",   "N"),
+    "patient.consent":         ("r",   "rcu",  "r",     "r",      "-",     "-",    "-", "N",  "N",   "N"),
+    "scheduling.schedule":     ("-",   "*",    "r",     "r",      "-",     "-",    "-", "-",  "rcu", "-"),
+    "scheduling.slot":         ("-",   "*",    "r",     "r",      "-",     "-",    "-", "-",  "rcu", "-"),
+    "scheduling.appointment":  ("r",   "*",    "~r",    "~ru",    "-",     "-",    "r", "N",  "N",   "N"),
+    "iam.department":          ("r",   "r",    "r",     "r",      "r",     "r",    "r", "r",  "*",   "r"),
+    "iam.staff":               ("r",   "r",    "r",     "r",      "r",     "r",    "r", "r",  "*",   "r"),
+    "iam.membership":          ("r",   "r",    "r",     "r",      "r",     "r",    "r", "r",  "*",   "r"),
+    "iam.emergency_access":    ("r",   "-",    "c @ru", "c @ru",  "-",     "-",    "-", "ru", "ru",  "re"),
+    "audit.event":             ("c",   "-",    "-",     "-",      "-",     "-",    "-", "r",  "-",   "-"),
+    "research.export":         ("-",   "-",    "-",     "-",      "-",     "-",    "-", "-",  "e",   "-"),
+    "emr.encounter":           ("c N", "N",    "~rcu",  "~r",     "-",     "-",    "-", "N",  "N",   "N"),
+    "emr.note":                ("N",   "N",    "~rcu",  "~rc &u", "-",     "-",    "-", "N",  "N",   "N"),
+    "emr.diagnosis":           ("N",   "N",    "~rcu",  "~r",     "-",     "-",    "-", "N",  "N",   "N"),
+    "orders.lab_order":        ("r N", "N",    "~rcu",  "~r",     "-",     "^r",   "-", "N",  "N",   "N"),
+    "orders.medication_order": ("N",   "N",    "~rcu",  "~r",     "rx !u", "-",    "-", "N",  "N",   "N"),
+    "lab.order":               ("N",   "N",    "~r",    "~r",     "-",     "^r",   "-", "N",  "N",   "N"),
+    "lab.specimen":            ("N",   "N",    "~r",    "~r",     "-",     "^rcu", "-", "N",  "N",   "N"),
+    "lab.result":              ("N",   "N",    "~re",   "~r",     "-",     "^rcu", "-", "N",  "N",   "N"),
+    "pharmacy.medication":     ("r",   "-",    "r",     "r",      "rcu",   "-",    "r", "-",  "-",   "-"),
+    "pharmacy.stock":          ("N",   "N",    "~r",    "~r",     "*",     "-",    "-", "N",  "N",   "N"),
+    "pharmacy.dispense":       ("r N", "N",    "~r",    "~r",     "*",     "-",    "-", "N",  "N",   "N"),
+    "billing.charge":          ("N",   "N",    "-",     "-",      "-",     "-",    "*", "N",  "N",   "N"),
+    "billing.invoice":         ("N",   "N",    "-",     "-",      "-",     "-",    "*", "N",  "N",   "N"),
+    "billing.payment":         ("N",   "N",    "-",     "-",      "-",     "-",    "*", "N",  "N",   "N"),
 }
 # fmt: on
 
@@ -192,6 +193,8 @@ def expected(cell: str, resource: str, action: str, situation: Situation) -> Dec
             return ALLOW
         if situation.care == "EMERGENCY":
             return ALLOW_IN_EMERGENCY
+        if situation.care == "DEPARTMENT_MISMATCH" and resource == "patient.demographics":
+            return deny("NO_CARE_RELATIONSHIP")
         return deny(situation.care)
     if action in care_own:
         if situation.care == "ALLOWED":
@@ -442,7 +445,9 @@ CASES = (
     Case("registrar-nurse with emergency", ("NURSE", "REGISTRAR"), "read", "emr.note",
          ALLOW_IN_EMERGENCY, {"emergency": True}),
     Case("auditor-doctor reads demographics as a doctor", ("AUDITOR", "DOCTOR"), "read",
-         "patient.demographics", ALLOW),
+         "patient.demographics", ALLOW, {"department_match": True}),
+    Case("auditor-doctor with no relation: the doctor's refusal", ("AUDITOR", "DOCTOR"), "read",
+         "patient.demographics", deny("NO_CARE_RELATIONSHIP")),
     Case("billing clerk who is a nurse reads charges of a stranger", ("BILLING_CLERK", "NURSE"),
          "read", "billing.charge", ALLOW),
     Case("duplicate roles change nothing", ("NURSE", "NURSE"), "read", "emr.note",

@@ -72,8 +72,14 @@ class PatientClient:
 async def require_active(clients: HisClients, name: str, *, when_merged: str) -> pb.Patient:
     """The patient `name` if it exists and is active, else FAILED_PRECONDITION (PATIENT_NOT_FOUND,
     PATIENT_MERGED with `when_merged` as the advice, PATIENT_INACTIVE); an outage of the patient
-    service surfaces as UNAVAILABLE naming it (runtime)."""
-    patient = await require_existing(clients, name)
+    service surfaces as UNAVAILABLE naming it (runtime).
+
+    Asked as the calling service: whether a record exists and may be acted on is the service's
+    question, and the caller's access to the patient is decided by the service's own policy
+    (a clinician opening an encounter, or breaking the glass, for a patient they have no care
+    relationship with yet may not read the demographics, and need not)."""
+    with identity.as_service():
+        patient = await require_existing(clients, name)
     require_state(patient.state, patient.merged_into, when_merged=when_merged)
     return patient
 

@@ -32,6 +32,7 @@ STAFF_ROLES = (
     "BILLING_CLERK",
     "AUDITOR",
     "ADMINISTRATOR",
+    "PRIVACY_OFFICER",
 )
 
 

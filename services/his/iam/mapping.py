@@ -11,6 +11,8 @@ from his.runtime import wire
 from his.runtime.enums import EnumText
 
 KIND = EnumText(pb.DepartmentKind.DESCRIPTOR)
+# 'pending' ↔ EMERGENCY_ACCESS_REVIEW_STATE_PENDING, and so on.
+REVIEW_STATE = EnumText(pb.EmergencyAccessReviewState.DESCRIPTOR)
 _ROLE_PREFIX = "STAFF_ROLE_"
 
 
@@ -103,6 +105,10 @@ def grant_to_proto(row: Any) -> pb.EmergencyAccessGrant:
         expire_time=wire.timestamp(row.expire_time),
         revoked=row.revoke_time is not None,
         revoke_time=wire.timestamp(row.revoke_time),
+        review_state=REVIEW_STATE.number(row.review_state),  # type: ignore[arg-type]
+        reviewer=staff_name(row.reviewer_id) if row.reviewer_id else "",
+        review_time=wire.timestamp(row.review_time),
+        review_comment=row.review_comment or "",
     )
 
 

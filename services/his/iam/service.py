@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from his.base import identity
 from his.base.catalog import BY_NAME
 from his.base.errors import (
+    AlreadyExists,
     FailedPrecondition,
     PermissionDenied,
     Unauthenticated,
@@ -24,8 +25,10 @@ from his.base.errors import (
 from his.base.identity import SERVICE_ROLE, Principal
 from his.iam import store
 from his.iam.config import IamConfig
+from his.iam.grant_reason import reason_problem
 from his.iam.mapping import (
     KIND,
+    REVIEW_STATE,
     department_to_proto,
     grant_name,
     grant_to_proto,
@@ -535,6 +538,8 @@ class IamService(pb_grpc.IamServiceServicer):
             max_len=MAX_REASON,
             required=True,
         )
+        if reason is not None and (problem := reason_problem(reason)) is not None:
+            v.add("emergency_access_grant.reason", problem)
         config = self._config
         seconds = duration_s(
             v,
@@ -556,6 +561,43 @@ class IamService(pb_grpc.IamServiceServicer):
             if earlier is not None:
                 return grant_to_proto(earlier)
         await self._require_active_patient(grant.patient)
+        try:
+            return await self._insert_grant(
+                key,
+                request_id=request_id,
+                staff_id=staff_id,
+                patient_id=patient_id,
+                patient=grant.patient,
+                reason=reason,
+                seconds=seconds,
+            )
+        except IntegrityError as error:
+            if not store.is_second_open_grant(error):
+                raise
+        # A concurrent replay of this very request may have won with its grant: the answer.
+        async with self._db.read() as session:
+            earlier = await key.first(lambda used: store.grant_by_request(session, staff_id, used))
+        if earlier is not None:
+            return grant_to_proto(earlier)
+        raise AlreadyExists(
+            "the caller already holds a grant in force for this patient (one at a time)",
+            reason="EMERGENCY_ACCESS_ALREADY_GRANTED",
+            metadata={"patient": grant.patient},
+        )
+
+    async def _insert_grant(
+        self,
+        key: RequestKey,
+        *,
+        request_id: str | None,
+        staff_id: uuid.UUID,
+        patient_id: uuid.UUID,
+        patient: str,
+        reason: str,
+        seconds: float,
+    ) -> pb.EmergencyAccessGrant:
+        """Insert, audit and return the grant (or the replay's); IntegrityError for a second
+        open grant of the caller for the patient (store.is_second_open_grant)."""
         async with self._db.transaction() as session:
             # Shares the lock DeactivateStaffMember takes: no grant slips past a deactivation.
             await self._require_active_caller(session, staff_id, lock=True)
@@ -579,7 +621,7 @@ class IamService(pb_grpc.IamServiceServicer):
             # grant as emergency_access_grant): an audit outage rolls it back (UNAVAILABLE).
             await self._access.record(
                 "execute",
-                Permit(ALLOWED, patient=grant.patient, emergency_grant=name),
+                Permit(ALLOWED, patient=patient, emergency_grant=name),
                 resource_name=name,
                 resource_type=_GRANT_TYPE,
             )
@@ -622,11 +664,20 @@ class IamService(pb_grpc.IamServiceServicer):
             staff_id = v.resource_id("staff", request.staff, collection="staff")
         if request.patient:
             patient_id = v.resource_id("patient", request.patient, collection="patients")
+        review_state = None
+        if request.review_state:
+            if request.review_state not in pb.EmergencyAccessReviewState.values():
+                v.add("review_state", "is not a known review state")
+            else:
+                review_state = REVIEW_STATE.text(request.review_state)
         v.raise_if_any()
         own = staff_id is not None and self._is_caller(staff_id)
         await self._require("read", "iam.emergency_access", own=own)
         where = store.GrantFilter(
-            staff_id=staff_id, patient_id=patient_id, active_only=request.active_only
+            staff_id=staff_id,
+            patient_id=patient_id,
+            active_only=request.active_only,
+            review_state=review_state,
         )
         keyset = self._pages.keyset(
             request.page_token, query=where.fingerprint(), limit=limit, after=time_and_id
@@ -685,3 +736,62 @@ class IamService(pb_grpc.IamServiceServicer):
                 row = await store.find_grant(session, grant_id)
             own = row is not None and principal.subject == f"staff/{row.staff_id}"
         await self._require("update", "iam.emergency_access", own=own)
+
+    async def ReviewEmergencyAccessGrant(
+        self, request: pb.ReviewEmergencyAccessGrantRequest, context: Context
+    ) -> pb.EmergencyAccessGrant:
+        v = Violations()
+        grant_id = v.resource_id("name", request.name, collection="emergencyAccessGrants")
+        if request.outcome not in _REVIEW_OUTCOMES:
+            v.add(
+                "outcome",
+                "must be EMERGENCY_ACCESS_REVIEW_STATE_JUSTIFIED or "
+                "EMERGENCY_ACCESS_REVIEW_STATE_FLAGGED",
+            )
+        comment = v.text("comment", request.comment, max_len=MAX_REASON)
+        if request.outcome == pb.EMERGENCY_ACCESS_REVIEW_STATE_FLAGGED and not comment:
+            v.add("comment", "is required when the outcome is FLAGGED: say what looked wrong")
+        v.raise_if_any()
+        assert grant_id is not None
+        # Reviewing is its own action (execute), the privacy officer's only: an auditor or an
+        # administrator who may revoke a grant does not judge it.
+        await self._require("execute", "iam.emergency_access")
+        principal = identity.current()
+        reviewer_id = _staff_id(principal)
+        state = REVIEW_STATE.text(request.outcome)
+        async with self._db.transaction() as session:
+            found = await store.find_grant(session, grant_id)
+            if found is not None and found.staff_id == reviewer_id:
+                # Nobody judges their own break-the-glass (a privacy officer who is a clinician).
+                raise PermissionDenied(
+                    "a grant is reviewed by someone other than its holder", reason="SELF_REVIEW"
+                )
+            row = await store.review_grant(
+                session, grant_id, reviewer_id=reviewer_id, state=state, comment=comment or None
+            )
+            # The outcome is part of the grant's story, in the patient's trail with the grant:
+            # committed with the review or not at all (an audit outage rolls it back).
+            await self._access.record(
+                "execute",
+                Permit(ALLOWED, patient=patient_name(row.patient_id)),
+                resource_name=grant_name(row.id),
+                resource_type=_GRANT_TYPE,
+                outcome_description=f"emergency access review: {state}",
+            )
+        return grant_to_proto(row)
+
+
+# The outcomes a review may record (PENDING is where every grant starts).
+_REVIEW_OUTCOMES = frozenset(
+    {pb.EMERGENCY_ACCESS_REVIEW_STATE_JUSTIFIED, pb.EMERGENCY_ACCESS_REVIEW_STATE_FLAGGED}
+)
+
+
+def _staff_id(principal: Principal) -> uuid.UUID:
+    """The caller's staff id; PERMISSION_DENIED for a caller who is no staff member."""
+    try:
+        if principal.is_staff:
+            return uuid.UUID(principal.subject.removeprefix("staff/"))
+    except ValueError:
+        pass
+    raise PermissionDenied("the caller is not a staff member", reason="STAFF_NOT_ACTIVE")

@@ -21,6 +21,7 @@ from his.base.errors import Aborted, AlreadyExists, FailedPrecondition, HisError
 from his.iam.mapping import department_name, grant_name, membership_name, staff_name
 from his.iam.tables import (
     DEPARTMENT_OVERLAP,
+    ONE_OPEN_GRANT,
     PRIMARY_OVERLAP,
     departments,
     emergency_access_grants,
@@ -330,7 +331,7 @@ async def deactivate_staff(session: AsyncSession, staff_id: uuid.UUID, etag: str
             emergency_access_grants.c.revoke_time.is_(None),
             emergency_access_grants.c.expire_time > now,
         )
-        .values(revoke_time=now)
+        .values(revoke_time=now, closed_time=now)
     )
     statement = (
         update(staff)
@@ -485,8 +486,23 @@ async def insert_grant(
     request_id: str | None,
     fingerprint: str | None,
 ) -> Row[Any] | None:
-    """Insert a grant starting now; None when this staff member already used `request_id`."""
+    """Insert a grant starting now; None when this staff member already used `request_id`.
+
+    The person's open grants for the patient that have expired are closed first: an open one
+    still in force makes the insert fail on ONE_OPEN_GRANT (`is_second_open_grant`), also when a
+    concurrent insert commits it first (the unique index waits for that transaction)."""
     now = func.now()
+    grants = emergency_access_grants
+    await session.execute(
+        update(grants)
+        .where(
+            grants.c.staff_id == staff_id,
+            grants.c.patient_id == patient_id,
+            grants.c.closed_time.is_(None),
+            grants.c.expire_time <= now,
+        )
+        .values(closed_time=now)
+    )
     statement = insert(emergency_access_grants).values(
         id=uuid.uuid4(),
         staff_id=staff_id,
@@ -528,7 +544,7 @@ async def revoke_grant(session: AsyncSession, grant_id: uuid.UUID) -> Row[Any]:
             emergency_access_grants.c.revoke_time.is_(None),
             emergency_access_grants.c.expire_time > now,
         )
-        .values(revoke_time=now)
+        .values(revoke_time=now, closed_time=now)
         .returning(*_GRANT)
     )
     row = (await session.execute(statement)).first()
@@ -539,6 +555,53 @@ async def revoke_grant(session: AsyncSession, grant_id: uuid.UUID) -> Row[Any]:
     return row
 
 
+def is_second_open_grant(error: IntegrityError) -> bool:
+    """Whether `error` is the refusal of a second open grant of one person and patient."""
+    return integrity_violation(error) == (UNIQUE_VIOLATION, ONE_OPEN_GRANT)
+
+
+async def review_grant(
+    session: AsyncSession,
+    grant_id: uuid.UUID,
+    *,
+    reviewer_id: uuid.UUID,
+    state: str,
+    comment: str | None,
+) -> Row[Any]:
+    """Record the review of a pending grant; a flagged grant still in force is revoked with it.
+
+    NOT_FOUND for no such grant, FAILED_PRECONDITION GRANT_ALREADY_REVIEWED for a reviewed one
+    (the condition on 'pending' makes two concurrent reviews one success and one refusal)."""
+    grants = emergency_access_grants
+    now = func.now()
+    values: dict[str, Any] = {
+        "review_state": state,
+        "reviewer_id": reviewer_id,
+        "review_time": now,
+        "review_comment": comment,
+    }
+    row = (
+        await session.execute(
+            update(grants)
+            .where(grants.c.id == grant_id, grants.c.review_state == "pending")
+            .values(**values)
+            .returning(*_GRANT)
+        )
+    ).first()
+    if row is None:
+        found = await find_grant(session, grant_id)
+        if found is None:
+            raise grant_missing(grant_id)
+        raise FailedPrecondition(
+            "the grant was reviewed before",
+            reason="GRANT_ALREADY_REVIEWED",
+            metadata={"review_state": found.review_state},
+        )
+    if state == "flagged" and row.revoke_time is None:
+        row = await revoke_grant(session, grant_id)
+    return row
+
+
 @dataclass(frozen=True)
 class GrantFilter:
     """The filters of ListEmergencyAccessGrants, already validated."""
@@ -546,10 +609,12 @@ class GrantFilter:
     staff_id: uuid.UUID | None = None
     patient_id: uuid.UUID | None = None
     active_only: bool = False
+    # 'pending', 'justified' or 'flagged'; None for any.
+    review_state: str | None = None
 
     def fingerprint(self) -> str:
         """A stable text of the filters, binding page tokens to them."""
-        return repr(("grants", self.staff_id, self.patient_id, self.active_only))
+        return repr(("grants", self.staff_id, self.patient_id, self.active_only, self.review_state))
 
 
 async def list_grants(
@@ -568,6 +633,8 @@ async def list_grants(
         conditions.append(grants.c.patient_id == where.patient_id)
     if where.active_only:
         conditions += [grants.c.revoke_time.is_(None), grants.c.expire_time > func.now()]
+    if where.review_state is not None:
+        conditions.append(grants.c.review_state == where.review_state)
     if after is not None:
         conditions.append(
             tuple_(grants.c.grant_time, grants.c.id) < tuple_(literal(after[0]), literal(after[1]))

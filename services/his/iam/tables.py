@@ -153,6 +153,16 @@ emergency_access_grants = Table(
     # Request ids are per staff member: the caller is part of what a request means.
     Column("create_request_id", Text),
     Column("create_request_fingerprint", Text),
+    # Set once the grant is over and known to be: on revocation, or when the next grant of the
+    # same person and patient finds it expired. "At most one open grant per person and patient"
+    # is then a partial unique index (grants_one_open): an expiry cannot be indexed (it depends
+    # on now()) and an exclusion constraint over time ranges would need btree_gist.
+    Column("closed_time", DateTime(timezone=True)),
+    # The privacy officer's review: 'pending' until ReviewEmergencyAccessGrant.
+    Column("review_state", Text, nullable=False, server_default="pending"),
+    Column("reviewer_id", UUID(as_uuid=True), ForeignKey("staff.id", name="grant_reviewer_staff")),
+    Column("review_time", DateTime(timezone=True)),
+    Column("review_comment", Text),
     CheckConstraint("expire_time > grant_time", name="grant_period_ordered"),
     CheckConstraint(
         "revoke_time IS NULL OR revoke_time >= grant_time", name="grant_revoked_after_grant"
@@ -163,6 +173,36 @@ emergency_access_grants = Table(
         name="grant_request_fingerprinted",
     ),
     UniqueConstraint("staff_id", "create_request_id", name="grant_request_unique"),
+    CheckConstraint(
+        "review_state IN ('pending', 'justified', 'flagged')", name="grant_review_state_known"
+    ),
+    CheckConstraint(
+        "(review_state = 'pending') = (reviewer_id IS NULL) "
+        "AND (reviewer_id IS NULL) = (review_time IS NULL)",
+        name="grant_reviewed_by_someone",
+    ),
+    CheckConstraint(
+        "review_comment IS NULL OR char_length(review_comment) <= 1000",
+        name="grant_review_comment_length",
+    ),
+    CheckConstraint(
+        "closed_time IS NULL OR closed_time >= grant_time", name="grant_closed_after_grant"
+    ),
+)
+# The name store.insert_grant recognises when a second open grant is refused.
+ONE_OPEN_GRANT = "grants_one_open"
+Index(
+    ONE_OPEN_GRANT,
+    emergency_access_grants.c.staff_id,
+    emergency_access_grants.c.patient_id,
+    unique=True,
+    postgresql_where=text("closed_time IS NULL"),
+)
+Index(
+    "grants_review_queue",
+    emergency_access_grants.c.review_state,
+    emergency_access_grants.c.grant_time.desc(),
+    emergency_access_grants.c.id.desc(),
 )
 Index(
     "grants_list_order",

@@ -30,7 +30,9 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
     # Check-ins open their encounter in emr through the outbox relay (scheduling/check_in.py).
     "scheduling": {
         **_RUNTIME,
-        "patient": ("GetPatient", "ListConsents"),
+        # Appointment changes feed the patient service's care relationships through the relay
+        # (scheduling/care_events.py).
+        "patient": ("GetPatient", "ListConsents", "DeliverEvents"),
         "emr": ("CreateEncounter",),
         # Check-ins are charged: the relay delivers AppointmentCheckedIn to billing.
         "billing": ("DeliverEvents",),

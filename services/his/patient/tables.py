@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Computed,
@@ -29,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 from his.runtime.fieldcrypt import data_keys_table
+from his.runtime.inbox import declare as declare_inbox
 from his.runtime.outbox import declare as declare_outbox
 
 SCHEMA = "patient"
@@ -169,3 +171,31 @@ Index("consents_by_patient", consents.c.patient_id, consents.c.create_time.desc(
 
 # Events for other services (audit among them), stored with the change (his.runtime.outbox).
 outbox = declare_outbox(metadata)
+
+# The ids of the other services' events already applied, each once (his.runtime.inbox).
+inbox = declare_inbox(metadata)
+
+# One row per appointment of the scheduling service, as its newest AppointmentChanged event said
+# (his.patient.care): who has a care relationship with the patient, and when. Another service's
+# resources, referred to by id (no foreign keys: the patient may be registered after the event).
+care_relationships = Table(
+    "care_relationships",
+    metadata,
+    Column("appointment_id", UUID(as_uuid=True), primary_key=True),
+    Column("patient_id", UUID(as_uuid=True), nullable=False),
+    Column("department_id", UUID(as_uuid=True), nullable=False),
+    Column("practitioner_id", UUID(as_uuid=True)),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True), nullable=False),
+    # False once the appointment was cancelled: it relates nobody any more.
+    Column("related", Boolean, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("end_time >= start_time", name="care_period_ordered"),
+)
+Index(
+    "care_by_patient",
+    care_relationships.c.patient_id,
+    care_relationships.c.end_time,
+    postgresql_where=text("related"),
+)

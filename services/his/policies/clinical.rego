@@ -32,8 +32,14 @@ surgical_elsewhere if {
 consent_allows if input.consent in {"active", "none"}
 
 # The first reason that stops normal access. The care relation is checked before consent so a
-# clinician with no relation to the patient does not learn the patient's consent status.
-care_refusal := "DEPARTMENT_MISMATCH" if {
+# clinician with no relation to the patient does not learn the patient's consent status. A
+# patient's demographics belong to no department: what is missing there is a care relationship
+# (an appointment of the clinician's departments in the window, or the clinician as its
+# practitioner: his.patient.care), so the refusal says so.
+care_refusal := "NO_CARE_RELATIONSHIP" if {
+	not related
+	input.resource == "patient.demographics"
+} else := "DEPARTMENT_MISMATCH" if {
 	not related
 } else := "INPATIENT_SURGICAL_OTHER_DEPARTMENT" if {
 	surgical_elsewhere

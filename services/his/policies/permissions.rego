@@ -45,13 +45,13 @@ permissions := {
 		"iam.staff": {"read"},
 		"iam.membership": {"read"},
 	},
-	# Clinicians, the parts that do not depend on the patient (the rest is care_permissions).
+	# Clinicians, the parts that do not depend on the patient (the rest is care_permissions:
+	# demographics too, which a clinician reads only with a care relationship or a grant).
 	# They read consents but never record or revoke one: the patient's decision is taken at the
 	# registration desk, so a clinician refused for CONSENT_REVOKED cannot lift it themselves.
 	# Creating a break-the-glass grant is always allowed (it is audited as EMERGENCY); reading
 	# or updating one needs `own` (own_permissions).
 	"DOCTOR": {
-		"patient.demographics": {"read"},
 		"patient.consent": {"read"},
 		"pharmacy.medication": {"read"},
 		"scheduling.schedule": {"read"},
@@ -62,7 +62,6 @@ permissions := {
 		"iam.emergency_access": {"create"},
 	},
 	"NURSE": {
-		"patient.demographics": {"read"},
 		"patient.consent": {"read"},
 		"pharmacy.medication": {"read"},
 		"scheduling.schedule": {"read"},
@@ -125,14 +124,23 @@ permissions := {
 		"scheduling.schedule": {"read"},
 		"scheduling.slot": {"read"},
 	},
+	# The privacy officer works the review queue of break-the-glass grants: lists them and
+	# records each one's review (execute: ReviewEmergencyAccessGrant); no patient data.
+	"PRIVACY_OFFICER": {
+		"iam.emergency_access": {"read", "execute"},
+		"iam.department": {"read"},
+		"iam.staff": {"read"},
+		"iam.membership": {"read"},
+	},
 	# Administrators run staff, departments and schedules and start research exports; no
-	# patient data. They read and revoke (update) break-the-glass grants but never create one:
-	# grants are for clinicians (ADR 0002, "Break-the-glass").
+	# patient data. They read and revoke (update) break-the-glass grants but never create or
+	# review one: grants are for clinicians (ADR 0002, "Break-the-glass"), reviews for the
+	# privacy officer.
 	"ADMINISTRATOR": {
 		"iam.department": actions,
 		"iam.staff": actions,
 		"iam.membership": actions,
-		"iam.emergency_access": actions - {"create"},
+		"iam.emergency_access": {"read", "update"},
 		"scheduling.schedule": {"read", "create", "update"},
 		"scheduling.slot": {"read", "create", "update"},
 		"research.export": {"execute"},
@@ -140,11 +148,13 @@ permissions := {
 }
 
 # What clinicians may do to a patient's records once the care checks of clinical.rego pass.
-# Both read every clinical class except billing (what was charged is not care) and
+# Both read the patient's demographics (who the patient is, identifiers included: least
+# privilege, issue 17), every clinical class except billing (what was charged is not care) and
 # appointments; doctors write the record and the orders; nurses write notes and check patients
 # in (update appointments). Nobody deletes a clinical record.
 care_permissions := {
 	"DOCTOR": object.union({class: {"read"} | some class in care_classes}, {
+		"patient.demographics": {"read"},
 		"scheduling.appointment": {"read"},
 		"emr.encounter": {"read", "create", "update"},
 		"emr.note": {"read", "create", "update"},
@@ -155,6 +165,7 @@ care_permissions := {
 		"lab.result": {"read", "execute"},
 	}),
 	"NURSE": object.union({class: {"read"} | some class in care_classes}, {
+		"patient.demographics": {"read"},
 		"scheduling.appointment": {"read", "update"},
 		"emr.note": {"read", "create"},
 	}),
@@ -217,9 +228,9 @@ prescription_locked_fields := {
 
 # Roles that never see clinical content, and those that see no patient data at all: refused
 # with NO_CLINICAL_ACCESS rather than ROLE_NOT_PERMITTED.
-no_clinical_roles := {"SERVICE", "REGISTRAR", "AUDITOR", "ADMINISTRATOR"}
+no_clinical_roles := {"SERVICE", "REGISTRAR", "AUDITOR", "PRIVACY_OFFICER", "ADMINISTRATOR"}
 
-no_patient_data_roles := {"AUDITOR", "ADMINISTRATOR"}
+no_patient_data_roles := {"AUDITOR", "PRIVACY_OFFICER", "ADMINISTRATOR"}
 
 # Roles that only a patient token carries (runtime/tokens.py refuses mixing at authentication).
 patient_roles := {"PATIENT"}
@@ -230,6 +241,7 @@ reason_priority := [
 	"AUDIT_IMMUTABLE",
 	"AUDIT_WRITE_SERVICE_ONLY",
 	"DEPARTMENT_MISMATCH",
+	"NO_CARE_RELATIONSHIP",
 	"INPATIENT_SURGICAL_OTHER_DEPARTMENT",
 	"CONSENT_REVOKED",
 	"PRESCRIPTION_FIELDS_LOCKED",

@@ -169,6 +169,8 @@ class Access:
         facts: Facts,
         grants: dict[str, str],
         consents: dict[str, str],
+        *,
+        emergency: bool = True,
     ) -> tuple[Permit | None, str]:
         """(permit, "ALLOWED") or (None, the refusal's reason), without auditing anything.
         `grants` and `consents` remember, for one call, the break-the-glass and consent lookups
@@ -200,14 +202,24 @@ class Access:
             decision = self.policy.decide(request)
         if decision.allow:
             return Permit(decision, patient=facts.patient), decision.reason
-        emergency = self.policy.decide(replace(request, emergency=True))
-        if emergency.allow and facts.patient and principal.is_staff:
+        if not emergency:
+            return None, decision.reason
+        in_emergency = self.policy.decide(replace(request, emergency=True))
+        if in_emergency.allow and facts.patient and principal.is_staff:
             if facts.patient not in grants:
                 grants[facts.patient] = await self._emergency_grant(principal, facts.patient)
             if grants[facts.patient]:
                 grant = grants[facts.patient]
-                return Permit(emergency, patient=facts.patient, emergency_grant=grant), "ALLOWED"
+                return Permit(in_emergency, patient=facts.patient, emergency_grant=grant), "ALLOWED"
         return None, decision.reason
+
+    def allowed_alone(self, action: str, resource: str) -> bool:
+        """Whether the caller may do `action` on every record of the class, whatever its facts
+        (the registration desk and demographics): then no fact need be looked up."""
+        if not self.enabled:
+            return True
+        ask = self._request(identity.current(), action, resource, consent="revoked")
+        return self.policy.decide(ask).allow
 
     def could_ever(self, action: str, resource: str) -> bool:
         """Whether the caller could do `action` on some record of the class (under the most
@@ -227,13 +239,21 @@ class Access:
         return self.policy.decide(best).allow
 
     async def filter(
-        self, action: str, resource: str, records: Sequence[T], facts: Callable[[T], Facts]
+        self,
+        action: str,
+        resource: str,
+        records: Sequence[T],
+        facts: Callable[[T], Facts],
+        *,
+        emergency: bool = True,
     ) -> list[tuple[T, Permit]]:
         """The records of a list the caller may see, each with its permit (others left out).
 
         Quietly: a record left out is not audited as a refusal (the caller asked for a list, not
         for it), and a caller who could never see this class gets an empty list at once, so the
-        time a list takes does not tell how many hidden records it passed over.
+        time a list takes does not tell how many hidden records it passed over. Without
+        `emergency`, break-the-glass grants are not looked up (a search over many patients
+        would ask iam once per unrelated patient): only normal access shows a record.
         """
         if not self.enabled:
             return [(record, Permit(ALLOWED)) for record in records]
@@ -245,7 +265,9 @@ class Access:
         consents: dict[str, str] = {}
         kept: list[tuple[T, Permit]] = []
         for record in records:
-            permit, _ = await self._decide(principal, ask, facts(record), grants, consents)
+            permit, _ = await self._decide(
+                principal, ask, facts(record), grants, consents, emergency=emergency
+            )
             if permit is not None:
                 kept.append((record, permit))
         return kept
@@ -296,8 +318,10 @@ class Access:
         resource_name: str,
         resource_type: str,
         patient: str | None = None,
+        outcome_description: str = "",
     ) -> None:
-        """Audit one access to patient data; raises UNAVAILABLE (fail closed) if it cannot."""
+        """Audit one access to patient data; raises UNAVAILABLE (fail closed) if it cannot.
+        `outcome_description` says what came of it when the action alone does not (a review)."""
         if not self.enabled or self._audit is None:
             return
         await self._audit.record(
@@ -308,6 +332,7 @@ class Access:
             resource_type=resource_type,
             purpose_of_use=purpose_of_use(identity.current_or_none(), permit),
             emergency_access_grant=permit.emergency_grant,
+            outcome_description=outcome_description,
         )
 
     async def record_each(

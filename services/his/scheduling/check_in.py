@@ -23,6 +23,7 @@ from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.runtime.inbox import delivery
 from his.runtime.outbox import Outgoing, envelope
 from his.runtime.relay import Deliver, Undeliverable
+from his.scheduling.care_events import PATIENT, patient_delivery
 from his.scheduling.mapping import appointment_to_proto
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from his_client import HisClients, UpstreamError
@@ -90,8 +91,9 @@ def emr_delivery(clients: HisClients) -> Deliver:
 
 
 def deliverers(clients: HisClients) -> Mapping[str, Deliver]:
-    """Scheduling's outbox destinations besides audit."""
+    """Scheduling's outbox destinations besides audit (the patient service's: care_events.py)."""
     return {
         EMR: emr_delivery(clients),
         BILLING: delivery(lambda: clients.billing, billing_pb.DeliverEventsRequest),
+        PATIENT: patient_delivery(clients),
     }

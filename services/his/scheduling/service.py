@@ -32,6 +32,7 @@ from his.runtime.pagination import (
 from his.runtime.server import ServiceResources
 from his.runtime.validation import Violations, day_window, reference, required_id
 from his.scheduling import store
+from his.scheduling.care_events import appointment_changed
 from his.scheduling.check_in import checked_in
 from his.scheduling.mapping import (
     APPOINTMENT_STATUS,
@@ -115,6 +116,12 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             resource_name=f"appointments/{row.id}",
             resource_type=_APPOINTMENT,
         )
+
+    async def _changed(self, row: Any) -> None:
+        """Store the appointment's AppointmentChanged for the patient service, in the open
+        transaction (care_events.py)."""
+        if self._outbox is not None:
+            await self._outbox.add([appointment_changed(row)])
 
     # --- schedules ---------------------------------------------------------------------------
 
@@ -321,6 +328,8 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
             async with self._db.driver_transaction() as connection:
                 row = await store.book(connection, patient_id, slot_id, key.pair)
                 await self._audit("create", permit, row)
+                # The patient service learns of the care relationship (care_events.py).
+                await self._changed(row)
         except (FailedPrecondition, asyncpg.IntegrityConstraintViolationError) as error:
             # A concurrent replay of this request may have taken the place first: it is the answer.
             replay = await key.first(lambda used: store.find_booking(self._db, used))
@@ -470,6 +479,7 @@ class SchedulingService(pb_grpc.SchedulingServiceServicer):
                 before = await store.get_appointment(session, appointment_id, lock=True)
             row = await store.transition(session, appointment_id, to, etag=etag, reason=reason)
             await self._audit("update", permit, row)
+            await self._changed(row)
             if to == "arrived" and before.status != "arrived" and self._outbox is not None:
                 # The visit's encounter (emr) and its registration charge (billing) follow
                 # through the outbox (check_in.py).

@@ -94,6 +94,10 @@ class _StaffRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StaffRole.V
     """An auditor: reads the audit trail and emergency access grants."""
     STAFF_ROLE_ADMINISTRATOR: _StaffRole.ValueType  # 8
     """An administrator: manages departments, staff, roles and memberships."""
+    STAFF_ROLE_PRIVACY_OFFICER: _StaffRole.ValueType  # 9
+    """A privacy officer: reviews emergency access grants (ReviewEmergencyAccessGrant); reads no
+    patient data.
+    """
 
 class StaffRole(_StaffRole, metaclass=_StaffRoleEnumTypeWrapper):
     """A role a staff member holds. Roles decide what a staff member may do in every service and are
@@ -119,7 +123,39 @@ STAFF_ROLE_AUDITOR: StaffRole.ValueType  # 7
 """An auditor: reads the audit trail and emergency access grants."""
 STAFF_ROLE_ADMINISTRATOR: StaffRole.ValueType  # 8
 """An administrator: manages departments, staff, roles and memberships."""
+STAFF_ROLE_PRIVACY_OFFICER: StaffRole.ValueType  # 9
+"""A privacy officer: reviews emergency access grants (ReviewEmergencyAccessGrant); reads no
+patient data.
+"""
 Global___StaffRole: _TypeAlias = StaffRole  # noqa: Y015
+
+class _EmergencyAccessReviewState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EmergencyAccessReviewStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EmergencyAccessReviewState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EMERGENCY_ACCESS_REVIEW_STATE_UNSPECIFIED: _EmergencyAccessReviewState.ValueType  # 0
+    """Not set: as a filter, any state."""
+    EMERGENCY_ACCESS_REVIEW_STATE_PENDING: _EmergencyAccessReviewState.ValueType  # 1
+    """Not reviewed yet: the privacy officer's queue. Every grant starts here."""
+    EMERGENCY_ACCESS_REVIEW_STATE_JUSTIFIED: _EmergencyAccessReviewState.ValueType  # 2
+    """Reviewed and found justified."""
+    EMERGENCY_ACCESS_REVIEW_STATE_FLAGGED: _EmergencyAccessReviewState.ValueType  # 3
+    """Reviewed and flagged as a possible abuse, for follow-up."""
+
+class EmergencyAccessReviewState(_EmergencyAccessReviewState, metaclass=_EmergencyAccessReviewStateEnumTypeWrapper):
+    """Where an emergency access grant stands in the privacy officer's review."""
+
+EMERGENCY_ACCESS_REVIEW_STATE_UNSPECIFIED: EmergencyAccessReviewState.ValueType  # 0
+"""Not set: as a filter, any state."""
+EMERGENCY_ACCESS_REVIEW_STATE_PENDING: EmergencyAccessReviewState.ValueType  # 1
+"""Not reviewed yet: the privacy officer's queue. Every grant starts here."""
+EMERGENCY_ACCESS_REVIEW_STATE_JUSTIFIED: EmergencyAccessReviewState.ValueType  # 2
+"""Reviewed and found justified."""
+EMERGENCY_ACCESS_REVIEW_STATE_FLAGGED: EmergencyAccessReviewState.ValueType  # 3
+"""Reviewed and flagged as a possible abuse, for follow-up."""
+Global___EmergencyAccessReviewState: _TypeAlias = EmergencyAccessReviewState  # noqa: Y015
 
 @_typing.final
 class Department(_message.Message):
@@ -302,6 +338,10 @@ class EmergencyAccessGrant(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    REVIEW_STATE_FIELD_NUMBER: _builtins.int
+    REVIEWER_FIELD_NUMBER: _builtins.int
+    REVIEW_TIME_FIELD_NUMBER: _builtins.int
+    REVIEW_COMMENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `emergencyAccessGrants/{emergency_access_grant}`. Assigned by the service."""
     staff: _builtins.str
@@ -311,13 +351,23 @@ class EmergencyAccessGrant(_message.Message):
     patient: _builtins.str
     """The patient whose record may be accessed, `patients/{patient}`. Required."""
     reason: _builtins.str
-    """Why emergency access is needed, shown to auditors. Required, 20 to 1000 characters after
-    trimming surrounding white space.
+    """Why emergency access is needed, shown to auditors and privacy officers. Required, 20 to 1000
+    characters after trimming surrounding white space, with substance: at least three distinct
+    words of three or more letters beyond stock phrases ("emergency", "access", "urgent",
+    "patient", "test"...), and no character making up more than half of it.
     """
     revoked: _builtins.bool
     """Whether the grant was revoked before it expired. Output only: set by RevokeEmergencyAccessGrant
     and DeactivateStaffMember.
     """
+    review_state: Global___EmergencyAccessReviewState.ValueType
+    """Where the grant stands in the privacy officer's review. Output only: PENDING on create, set by
+    ReviewEmergencyAccessGrant.
+    """
+    reviewer: _builtins.str
+    """The privacy officer who reviewed the grant, `staff/{staff}`; empty while pending. Output only."""
+    review_comment: _builtins.str
+    """The reviewer's comment; empty while pending or when none was given. Output only."""
     @_builtins.property
     def grant_time(self) -> _timestamp_pb2.Timestamp:
         """When the grant took effect. Output only."""
@@ -330,6 +380,10 @@ class EmergencyAccessGrant(_message.Message):
     def revoke_time(self) -> _timestamp_pb2.Timestamp:
         """When the grant was revoked. Output only."""
 
+    @_builtins.property
+    def review_time(self) -> _timestamp_pb2.Timestamp:
+        """When the grant was reviewed; unset while pending. Output only."""
+
     def __init__(
         self,
         *,
@@ -341,10 +395,14 @@ class EmergencyAccessGrant(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         revoked: _builtins.bool = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
+        review_state: Global___EmergencyAccessReviewState.ValueType = ...,
+        reviewer: _builtins.str = ...,
+        review_time: _timestamp_pb2.Timestamp | None = ...,
+        review_comment: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "grant_time", b"grant_time", "revoke_time", b"revoke_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "grant_time", b"grant_time", "review_time", b"review_time", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "grant_time", b"grant_time", "name", b"name", "patient", b"patient", "reason", b"reason", "revoke_time", b"revoke_time", "revoked", b"revoked", "staff", b"staff"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "grant_time", b"grant_time", "name", b"name", "patient", b"patient", "reason", b"reason", "review_comment", b"review_comment", "review_state", b"review_state", "review_time", b"review_time", "reviewer", b"reviewer", "revoke_time", b"revoke_time", "revoked", b"revoked", "staff", b"staff"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1101,6 +1159,7 @@ class ListEmergencyAccessGrantsRequest(_message.Message):
     STAFF_FIELD_NUMBER: _builtins.int
     PATIENT_FIELD_NUMBER: _builtins.int
     ACTIVE_ONLY_FIELD_NUMBER: _builtins.int
+    REVIEW_STATE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The maximum number of grants to return. 0 means the default of 50; more than 500 means 500."""
     page_token: _builtins.str
@@ -1111,6 +1170,8 @@ class ListEmergencyAccessGrantsRequest(_message.Message):
     """Only grants for this patient, `patients/{patient}`."""
     active_only: _builtins.bool
     """Only grants in force now: not revoked and not yet expired."""
+    review_state: Global___EmergencyAccessReviewState.ValueType
+    """Only grants in this review state (PENDING: the privacy officer's queue); unset means any."""
     def __init__(
         self,
         *,
@@ -1119,10 +1180,11 @@ class ListEmergencyAccessGrantsRequest(_message.Message):
         staff: _builtins.str = ...,
         patient: _builtins.str = ...,
         active_only: _builtins.bool = ...,
+        review_state: Global___EmergencyAccessReviewState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_only", b"active_only", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "staff", b"staff"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_only", b"active_only", "page_size", b"page_size", "page_token", b"page_token", "patient", b"patient", "review_state", b"review_state", "staff", b"staff"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1177,3 +1239,35 @@ class RevokeEmergencyAccessGrantRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeEmergencyAccessGrantRequest: _TypeAlias = RevokeEmergencyAccessGrantRequest  # noqa: Y015
+
+@_typing.final
+class ReviewEmergencyAccessGrantRequest(_message.Message):
+    """Request of ReviewEmergencyAccessGrant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The grant, `emergencyAccessGrants/{emergency_access_grant}`."""
+    outcome: Global___EmergencyAccessReviewState.ValueType
+    """The outcome: EMERGENCY_ACCESS_REVIEW_STATE_JUSTIFIED or EMERGENCY_ACCESS_REVIEW_STATE_FLAGGED.
+    Required.
+    """
+    comment: _builtins.str
+    """The reviewer's comment, up to 1000 characters. Required for FLAGGED (what looked wrong)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        outcome: Global___EmergencyAccessReviewState.ValueType = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "name", b"name", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewEmergencyAccessGrantRequest: _TypeAlias = ReviewEmergencyAccessGrantRequest  # noqa: Y015

@@ -130,6 +130,11 @@ class IamServiceStub:
                 request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.RevokeEmergencyAccessGrantRequest.SerializeToString,
                 response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.EmergencyAccessGrant.FromString,
                 _registered_method=True)
+        self.ReviewEmergencyAccessGrant = channel.unary_unary(
+                '/his.iam.v1.IamService/ReviewEmergencyAccessGrant',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ReviewEmergencyAccessGrantRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.EmergencyAccessGrant.FromString,
+                _registered_method=True)
 
 
 class IamServiceServicer:
@@ -321,10 +326,14 @@ class IamServiceServicer:
         stated reason. The grant is always audited: it is recorded in the audit service with purpose of
         use emergency treatment before it takes effect, and is not created if that fails. A request
         repeated with the same `request_id` returns the grant created by the first one. Errors:
-        INVALID_ARGUMENT naming the bad field (for example a reason that is too short or a duration
-        that is too long); PERMISSION_DENIED if the caller does not have the DOCTOR or NURSE role or is
-        not an active staff member; FAILED_PRECONDITION if the patient does not exist or is not active;
-        UNAVAILABLE if the patient service or the audit service cannot be reached.
+        INVALID_ARGUMENT naming the bad field (for example a duration that is too long, or a reason
+        without substance: too short, mostly one repeated character, or nothing but stock phrases such
+        as "emergency access needed"); PERMISSION_DENIED if the caller does not have the DOCTOR or NURSE
+        role or is not an active staff member; ALREADY_EXISTS (reason EMERGENCY_ACCESS_ALREADY_GRANTED)
+        if the caller already holds a grant in force for this patient (one at a time per person and
+        patient, also under concurrent requests); FAILED_PRECONDITION if the patient does not exist or
+        is not active; UNAVAILABLE if the patient service or the audit service cannot be reached.
+        Every grant starts pending review by a privacy officer (ReviewEmergencyAccessGrant).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -332,11 +341,11 @@ class IamServiceServicer:
 
     def ListEmergencyAccessGrants(self, request, context):
         """Lists emergency access grants matching all given filters, newest first. Callers with the
-        AUDITOR or ADMINISTRATOR role, and HIS services, may list any grants; other staff may only list
-        their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+        AUDITOR, PRIVACY_OFFICER or ADMINISTRATOR role, and HIS services, may list any grants; other
+        staff may only list their own. A privacy officer's review queue is `review_state` PENDING. Errors: INVALID_ARGUMENT for a malformed filter, a negative
         `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
-        PERMISSION_DENIED if a staff caller without the AUDITOR or ADMINISTRATOR role does not set
-        `staff` to themselves.
+        PERMISSION_DENIED if a staff caller without the AUDITOR, PRIVACY_OFFICER or ADMINISTRATOR role
+        does not set `staff` to themselves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -347,6 +356,20 @@ class IamServiceServicer:
         and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such grant;
         PERMISSION_DENIED if the caller is neither the staff member holding the grant nor has the
         AUDITOR or ADMINISTRATOR role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewEmergencyAccessGrant(self, request, context):
+        """Records a privacy officer's review of an emergency access grant: JUSTIFIED, or FLAGGED as a
+        possible abuse (a flagged grant still in force is revoked at once). The outcome, the reviewer
+        and the comment are recorded in the audit trail with the grant, in the same transaction.
+        Errors: INVALID_ARGUMENT naming the bad field (a bad `name`, an `outcome` other than JUSTIFIED
+        or FLAGGED, a `comment` longer than 1000 characters, or a FLAGGED outcome without a comment);
+        PERMISSION_DENIED if the caller does not have the PRIVACY_OFFICER role (reason
+        ROLE_NOT_PERMITTED), or holds the grant themselves (reason SELF_REVIEW); NOT_FOUND if no such
+        grant; FAILED_PRECONDITION (reason GRANT_ALREADY_REVIEWED) if the grant was reviewed before.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -443,6 +466,11 @@ def add_IamServiceServicer_to_server(servicer, server):
             'RevokeEmergencyAccessGrant': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeEmergencyAccessGrant,
                     request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.RevokeEmergencyAccessGrantRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.EmergencyAccessGrant.SerializeToString,
+            ),
+            'ReviewEmergencyAccessGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewEmergencyAccessGrant,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ReviewEmergencyAccessGrantRequest.FromString,
                     response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.EmergencyAccessGrant.SerializeToString,
             ),
     }
@@ -937,6 +965,33 @@ class IamService:
             target,
             '/his.iam.v1.IamService/RevokeEmergencyAccessGrant',
             his_dot_iam_dot_v1_dot_iam__service__pb2.RevokeEmergencyAccessGrantRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.EmergencyAccessGrant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewEmergencyAccessGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/ReviewEmergencyAccessGrant',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.ReviewEmergencyAccessGrantRequest.SerializeToString,
             his_dot_iam_dot_v1_dot_iam__service__pb2.EmergencyAccessGrant.FromString,
             options,
             channel_credentials,

@@ -162,24 +162,38 @@ class IamServiceStub:
     stated reason. The grant is always audited: it is recorded in the audit service with purpose of
     use emergency treatment before it takes effect, and is not created if that fails. A request
     repeated with the same `request_id` returns the grant created by the first one. Errors:
-    INVALID_ARGUMENT naming the bad field (for example a reason that is too short or a duration
-    that is too long); PERMISSION_DENIED if the caller does not have the DOCTOR or NURSE role or is
-    not an active staff member; FAILED_PRECONDITION if the patient does not exist or is not active;
-    UNAVAILABLE if the patient service or the audit service cannot be reached.
+    INVALID_ARGUMENT naming the bad field (for example a duration that is too long, or a reason
+    without substance: too short, mostly one repeated character, or nothing but stock phrases such
+    as "emergency access needed"); PERMISSION_DENIED if the caller does not have the DOCTOR or NURSE
+    role or is not an active staff member; ALREADY_EXISTS (reason EMERGENCY_ACCESS_ALREADY_GRANTED)
+    if the caller already holds a grant in force for this patient (one at a time per person and
+    patient, also under concurrent requests); FAILED_PRECONDITION if the patient does not exist or
+    is not active; UNAVAILABLE if the patient service or the audit service cannot be reached.
+    Every grant starts pending review by a privacy officer (ReviewEmergencyAccessGrant).
     """
     ListEmergencyAccessGrants: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ListEmergencyAccessGrantsRequest, _iam_service_pb2.ListEmergencyAccessGrantsResponse]
     """Lists emergency access grants matching all given filters, newest first. Callers with the
-    AUDITOR or ADMINISTRATOR role, and HIS services, may list any grants; other staff may only list
-    their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+    AUDITOR, PRIVACY_OFFICER or ADMINISTRATOR role, and HIS services, may list any grants; other
+    staff may only list their own. A privacy officer's review queue is `review_state` PENDING. Errors: INVALID_ARGUMENT for a malformed filter, a negative
     `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
-    PERMISSION_DENIED if a staff caller without the AUDITOR or ADMINISTRATOR role does not set
-    `staff` to themselves.
+    PERMISSION_DENIED if a staff caller without the AUDITOR, PRIVACY_OFFICER or ADMINISTRATOR role
+    does not set `staff` to themselves.
     """
     RevokeEmergencyAccessGrant: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.RevokeEmergencyAccessGrantRequest, _iam_service_pb2.EmergencyAccessGrant]
     """Ends an emergency access grant before it expires. Revoking a revoked or expired grant succeeds
     and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such grant;
     PERMISSION_DENIED if the caller is neither the staff member holding the grant nor has the
     AUDITOR or ADMINISTRATOR role.
+    """
+    ReviewEmergencyAccessGrant: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ReviewEmergencyAccessGrantRequest, _iam_service_pb2.EmergencyAccessGrant]
+    """Records a privacy officer's review of an emergency access grant: JUSTIFIED, or FLAGGED as a
+    possible abuse (a flagged grant still in force is revoked at once). The outcome, the reviewer
+    and the comment are recorded in the audit trail with the grant, in the same transaction.
+    Errors: INVALID_ARGUMENT naming the bad field (a bad `name`, an `outcome` other than JUSTIFIED
+    or FLAGGED, a `comment` longer than 1000 characters, or a FLAGGED outcome without a comment);
+    PERMISSION_DENIED if the caller does not have the PRIVACY_OFFICER role (reason
+    ROLE_NOT_PERMITTED), or holds the grant themselves (reason SELF_REVIEW); NOT_FOUND if no such
+    grant; FAILED_PRECONDITION (reason GRANT_ALREADY_REVIEWED) if the grant was reviewed before.
     """
 
 @_typing.type_check_only
@@ -313,24 +327,38 @@ class IamServiceAsyncStub(IamServiceStub):
     stated reason. The grant is always audited: it is recorded in the audit service with purpose of
     use emergency treatment before it takes effect, and is not created if that fails. A request
     repeated with the same `request_id` returns the grant created by the first one. Errors:
-    INVALID_ARGUMENT naming the bad field (for example a reason that is too short or a duration
-    that is too long); PERMISSION_DENIED if the caller does not have the DOCTOR or NURSE role or is
-    not an active staff member; FAILED_PRECONDITION if the patient does not exist or is not active;
-    UNAVAILABLE if the patient service or the audit service cannot be reached.
+    INVALID_ARGUMENT naming the bad field (for example a duration that is too long, or a reason
+    without substance: too short, mostly one repeated character, or nothing but stock phrases such
+    as "emergency access needed"); PERMISSION_DENIED if the caller does not have the DOCTOR or NURSE
+    role or is not an active staff member; ALREADY_EXISTS (reason EMERGENCY_ACCESS_ALREADY_GRANTED)
+    if the caller already holds a grant in force for this patient (one at a time per person and
+    patient, also under concurrent requests); FAILED_PRECONDITION if the patient does not exist or
+    is not active; UNAVAILABLE if the patient service or the audit service cannot be reached.
+    Every grant starts pending review by a privacy officer (ReviewEmergencyAccessGrant).
     """
     ListEmergencyAccessGrants: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ListEmergencyAccessGrantsRequest, _iam_service_pb2.ListEmergencyAccessGrantsResponse]  # type: ignore[assignment]
     """Lists emergency access grants matching all given filters, newest first. Callers with the
-    AUDITOR or ADMINISTRATOR role, and HIS services, may list any grants; other staff may only list
-    their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+    AUDITOR, PRIVACY_OFFICER or ADMINISTRATOR role, and HIS services, may list any grants; other
+    staff may only list their own. A privacy officer's review queue is `review_state` PENDING. Errors: INVALID_ARGUMENT for a malformed filter, a negative
     `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
-    PERMISSION_DENIED if a staff caller without the AUDITOR or ADMINISTRATOR role does not set
-    `staff` to themselves.
+    PERMISSION_DENIED if a staff caller without the AUDITOR, PRIVACY_OFFICER or ADMINISTRATOR role
+    does not set `staff` to themselves.
     """
     RevokeEmergencyAccessGrant: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.RevokeEmergencyAccessGrantRequest, _iam_service_pb2.EmergencyAccessGrant]  # type: ignore[assignment]
     """Ends an emergency access grant before it expires. Revoking a revoked or expired grant succeeds
     and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such grant;
     PERMISSION_DENIED if the caller is neither the staff member holding the grant nor has the
     AUDITOR or ADMINISTRATOR role.
+    """
+    ReviewEmergencyAccessGrant: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ReviewEmergencyAccessGrantRequest, _iam_service_pb2.EmergencyAccessGrant]  # type: ignore[assignment]
+    """Records a privacy officer's review of an emergency access grant: JUSTIFIED, or FLAGGED as a
+    possible abuse (a flagged grant still in force is revoked at once). The outcome, the reviewer
+    and the comment are recorded in the audit trail with the grant, in the same transaction.
+    Errors: INVALID_ARGUMENT naming the bad field (a bad `name`, an `outcome` other than JUSTIFIED
+    or FLAGGED, a `comment` longer than 1000 characters, or a FLAGGED outcome without a comment);
+    PERMISSION_DENIED if the caller does not have the PRIVACY_OFFICER role (reason
+    ROLE_NOT_PERMITTED), or holds the grant themselves (reason SELF_REVIEW); NOT_FOUND if no such
+    grant; FAILED_PRECONDITION (reason GRANT_ALREADY_REVIEWED) if the grant was reviewed before.
     """
 
 class IamServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -557,10 +585,14 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         stated reason. The grant is always audited: it is recorded in the audit service with purpose of
         use emergency treatment before it takes effect, and is not created if that fails. A request
         repeated with the same `request_id` returns the grant created by the first one. Errors:
-        INVALID_ARGUMENT naming the bad field (for example a reason that is too short or a duration
-        that is too long); PERMISSION_DENIED if the caller does not have the DOCTOR or NURSE role or is
-        not an active staff member; FAILED_PRECONDITION if the patient does not exist or is not active;
-        UNAVAILABLE if the patient service or the audit service cannot be reached.
+        INVALID_ARGUMENT naming the bad field (for example a duration that is too long, or a reason
+        without substance: too short, mostly one repeated character, or nothing but stock phrases such
+        as "emergency access needed"); PERMISSION_DENIED if the caller does not have the DOCTOR or NURSE
+        role or is not an active staff member; ALREADY_EXISTS (reason EMERGENCY_ACCESS_ALREADY_GRANTED)
+        if the caller already holds a grant in force for this patient (one at a time per person and
+        patient, also under concurrent requests); FAILED_PRECONDITION if the patient does not exist or
+        is not active; UNAVAILABLE if the patient service or the audit service cannot be reached.
+        Every grant starts pending review by a privacy officer (ReviewEmergencyAccessGrant).
         """
 
     @_abc_1.abstractmethod
@@ -570,11 +602,11 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_iam_service_pb2.ListEmergencyAccessGrantsResponse, _abc.Awaitable[_iam_service_pb2.ListEmergencyAccessGrantsResponse]]:
         """Lists emergency access grants matching all given filters, newest first. Callers with the
-        AUDITOR or ADMINISTRATOR role, and HIS services, may list any grants; other staff may only list
-        their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+        AUDITOR, PRIVACY_OFFICER or ADMINISTRATOR role, and HIS services, may list any grants; other
+        staff may only list their own. A privacy officer's review queue is `review_state` PENDING. Errors: INVALID_ARGUMENT for a malformed filter, a negative
         `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
-        PERMISSION_DENIED if a staff caller without the AUDITOR or ADMINISTRATOR role does not set
-        `staff` to themselves.
+        PERMISSION_DENIED if a staff caller without the AUDITOR, PRIVACY_OFFICER or ADMINISTRATOR role
+        does not set `staff` to themselves.
         """
 
     @_abc_1.abstractmethod
@@ -587,6 +619,22 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         and changes nothing. Errors: INVALID_ARGUMENT for a bad name; NOT_FOUND if no such grant;
         PERMISSION_DENIED if the caller is neither the staff member holding the grant nor has the
         AUDITOR or ADMINISTRATOR role.
+        """
+
+    @_abc_1.abstractmethod
+    def ReviewEmergencyAccessGrant(
+        self,
+        request: _iam_service_pb2.ReviewEmergencyAccessGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.EmergencyAccessGrant, _abc.Awaitable[_iam_service_pb2.EmergencyAccessGrant]]:
+        """Records a privacy officer's review of an emergency access grant: JUSTIFIED, or FLAGGED as a
+        possible abuse (a flagged grant still in force is revoked at once). The outcome, the reviewer
+        and the comment are recorded in the audit trail with the grant, in the same transaction.
+        Errors: INVALID_ARGUMENT naming the bad field (a bad `name`, an `outcome` other than JUSTIFIED
+        or FLAGGED, a `comment` longer than 1000 characters, or a FLAGGED outcome without a comment);
+        PERMISSION_DENIED if the caller does not have the PRIVACY_OFFICER role (reason
+        ROLE_NOT_PERMITTED), or holds the grant themselves (reason SELF_REVIEW); NOT_FOUND if no such
+        grant; FAILED_PRECONDITION (reason GRANT_ALREADY_REVIEWED) if the grant was reviewed before.
         """
 
 def add_IamServiceServicer_to_server(servicer: IamServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

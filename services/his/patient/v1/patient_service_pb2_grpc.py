@@ -102,6 +102,11 @@ class PatientServiceStub:
                 request_serializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsRequest.SerializeToString,
                 response_deserializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsResponse.FromString,
                 _registered_method=True)
+        self.DeliverEvents = channel.unary_unary(
+                '/his.patient.v1.PatientService/DeliverEvents',
+                request_serializer=his_dot_patient_dot_v1_dot_patient__service__pb2.DeliverEventsRequest.SerializeToString,
+                response_deserializer=his_dot_patient_dot_v1_dot_patient__service__pb2.DeliverEventsResponse.FromString,
+                _registered_method=True)
 
 
 class PatientServiceServicer:
@@ -112,8 +117,16 @@ class PatientServiceServicer:
 
     def GetPatient(self, request, context):
         """Returns one patient. A merged duplicate is returned too, with state PATIENT_STATE_MERGED and
-        `merged_into` naming the surviving record, so callers can follow the link.
-        Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}`; NOT_FOUND if no such patient.
+        `merged_into` naming the surviving record, so callers can follow the link. Doctors and nurses
+        read a patient only when they have a care relationship with them: an appointment of one of
+        their departments, or with them as its practitioner, within the configured window (as this
+        service learnt it from the scheduling service's events), and the patient has not revoked
+        privacy consent; otherwise only through an active break-the-glass grant (IamService), and the
+        read is then audited as emergency treatment. The registration desk reads every patient.
+        Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}`; PERMISSION_DENIED with the
+        reason in ErrorInfo (NO_CARE_RELATIONSHIP when a clinician has no relationship with the patient,
+        CONSENT_REVOKED when the patient revoked privacy consent), decided before existence; NOT_FOUND
+        if no such patient.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,7 +134,9 @@ class PatientServiceServicer:
 
     def ListPatients(self, request, context):
         """Lists patients matching all given filters, in a stable order (family name, given name, id).
-        Merged duplicates are left out unless `include_merged` is set.
+        Merged duplicates are left out unless `include_merged` is set. A doctor or nurse sees only the
+        patients they may read with GetPatient: the others are left out of the page, which may then be
+        shorter than `page_size` while `next_page_token` is set.
         Errors: INVALID_ARGUMENT for a negative `page_size`, a malformed filter, or a `page_token` that
         was not returned by a previous call with the same filters.
         """
@@ -240,6 +255,22 @@ class PatientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverEvents(self, request, context):
+        """Applies the scheduling service's `his.scheduling.v1.AppointmentChanged` events to this
+        service's care relationships (which department and practitioner has an appointment with which
+        patient, when), from which GetPatient decides a clinician's access without asking anyone; only
+        the scheduling service's outbox relay calls it. Each event is applied exactly once, in its own
+        transaction, recorded by its `event_id`: a repeated delivery changes nothing, and an event older
+        (lower `revision`) than the relationship recorded for its appointment changes nothing. Errors:
+        INVALID_ARGUMENT naming the bad event (no events or more than 500, an `event_id` that is not a
+        UUID, an event type this service does not take, a `source` other than the one the type comes
+        from, a payload of another type or a malformed appointment); PERMISSION_DENIED if the caller is
+        not the service the events come from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PatientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -307,6 +338,11 @@ def add_PatientServiceServicer_to_server(servicer, server):
                     servicer.ListResearchPatients,
                     request_deserializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsRequest.FromString,
                     response_serializer=his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsResponse.SerializeToString,
+            ),
+            'DeliverEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverEvents,
+                    request_deserializer=his_dot_patient_dot_v1_dot_patient__service__pb2.DeliverEventsRequest.FromString,
+                    response_serializer=his_dot_patient_dot_v1_dot_patient__service__pb2.DeliverEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -663,6 +699,33 @@ class PatientService:
             '/his.patient.v1.PatientService/ListResearchPatients',
             his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsRequest.SerializeToString,
             his_dot_patient_dot_v1_dot_patient__service__pb2.ListResearchPatientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.patient.v1.PatientService/DeliverEvents',
+            his_dot_patient_dot_v1_dot_patient__service__pb2.DeliverEventsRequest.SerializeToString,
+            his_dot_patient_dot_v1_dot_patient__service__pb2.DeliverEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

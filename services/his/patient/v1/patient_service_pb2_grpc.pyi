@@ -40,12 +40,22 @@ class PatientServiceStub:
     def __new__(cls, channel: _aio.Channel) -> PatientServiceAsyncStub: ...
     GetPatient: _grpc.UnaryUnaryMultiCallable[_patient_service_pb2.GetPatientRequest, _patient_service_pb2.Patient]
     """Returns one patient. A merged duplicate is returned too, with state PATIENT_STATE_MERGED and
-    `merged_into` naming the surviving record, so callers can follow the link.
-    Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}`; NOT_FOUND if no such patient.
+    `merged_into` naming the surviving record, so callers can follow the link. Doctors and nurses
+    read a patient only when they have a care relationship with them: an appointment of one of
+    their departments, or with them as its practitioner, within the configured window (as this
+    service learnt it from the scheduling service's events), and the patient has not revoked
+    privacy consent; otherwise only through an active break-the-glass grant (IamService), and the
+    read is then audited as emergency treatment. The registration desk reads every patient.
+    Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}`; PERMISSION_DENIED with the
+    reason in ErrorInfo (NO_CARE_RELATIONSHIP when a clinician has no relationship with the patient,
+    CONSENT_REVOKED when the patient revoked privacy consent), decided before existence; NOT_FOUND
+    if no such patient.
     """
     ListPatients: _grpc.UnaryUnaryMultiCallable[_patient_service_pb2.ListPatientsRequest, _patient_service_pb2.ListPatientsResponse]
     """Lists patients matching all given filters, in a stable order (family name, given name, id).
-    Merged duplicates are left out unless `include_merged` is set.
+    Merged duplicates are left out unless `include_merged` is set. A doctor or nurse sees only the
+    patients they may read with GetPatient: the others are left out of the page, which may then be
+    shorter than `page_size` while `next_page_token` is set.
     Errors: INVALID_ARGUMENT for a negative `page_size`, a malformed filter, or a `page_token` that
     was not returned by a previous call with the same filters.
     """
@@ -115,6 +125,18 @@ class PatientServiceStub:
     a previous call; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
     the access cannot be recorded in the audit trail.
     """
+    DeliverEvents: _grpc.UnaryUnaryMultiCallable[_patient_service_pb2.DeliverEventsRequest, _patient_service_pb2.DeliverEventsResponse]
+    """Applies the scheduling service's `his.scheduling.v1.AppointmentChanged` events to this
+    service's care relationships (which department and practitioner has an appointment with which
+    patient, when), from which GetPatient decides a clinician's access without asking anyone; only
+    the scheduling service's outbox relay calls it. Each event is applied exactly once, in its own
+    transaction, recorded by its `event_id`: a repeated delivery changes nothing, and an event older
+    (lower `revision`) than the relationship recorded for its appointment changes nothing. Errors:
+    INVALID_ARGUMENT naming the bad event (no events or more than 500, an `event_id` that is not a
+    UUID, an event type this service does not take, a `source` other than the one the type comes
+    from, a payload of another type or a malformed appointment); PERMISSION_DENIED if the caller is
+    not the service the events come from.
+    """
 
 @_typing.type_check_only
 class PatientServiceAsyncStub(PatientServiceStub):
@@ -126,12 +148,22 @@ class PatientServiceAsyncStub(PatientServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetPatient: _aio.UnaryUnaryMultiCallable[_patient_service_pb2.GetPatientRequest, _patient_service_pb2.Patient]  # type: ignore[assignment]
     """Returns one patient. A merged duplicate is returned too, with state PATIENT_STATE_MERGED and
-    `merged_into` naming the surviving record, so callers can follow the link.
-    Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}`; NOT_FOUND if no such patient.
+    `merged_into` naming the surviving record, so callers can follow the link. Doctors and nurses
+    read a patient only when they have a care relationship with them: an appointment of one of
+    their departments, or with them as its practitioner, within the configured window (as this
+    service learnt it from the scheduling service's events), and the patient has not revoked
+    privacy consent; otherwise only through an active break-the-glass grant (IamService), and the
+    read is then audited as emergency treatment. The registration desk reads every patient.
+    Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}`; PERMISSION_DENIED with the
+    reason in ErrorInfo (NO_CARE_RELATIONSHIP when a clinician has no relationship with the patient,
+    CONSENT_REVOKED when the patient revoked privacy consent), decided before existence; NOT_FOUND
+    if no such patient.
     """
     ListPatients: _aio.UnaryUnaryMultiCallable[_patient_service_pb2.ListPatientsRequest, _patient_service_pb2.ListPatientsResponse]  # type: ignore[assignment]
     """Lists patients matching all given filters, in a stable order (family name, given name, id).
-    Merged duplicates are left out unless `include_merged` is set.
+    Merged duplicates are left out unless `include_merged` is set. A doctor or nurse sees only the
+    patients they may read with GetPatient: the others are left out of the page, which may then be
+    shorter than `page_size` while `next_page_token` is set.
     Errors: INVALID_ARGUMENT for a negative `page_size`, a malformed filter, or a `page_token` that
     was not returned by a previous call with the same filters.
     """
@@ -201,6 +233,18 @@ class PatientServiceAsyncStub(PatientServiceStub):
     a previous call; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
     the access cannot be recorded in the audit trail.
     """
+    DeliverEvents: _aio.UnaryUnaryMultiCallable[_patient_service_pb2.DeliverEventsRequest, _patient_service_pb2.DeliverEventsResponse]  # type: ignore[assignment]
+    """Applies the scheduling service's `his.scheduling.v1.AppointmentChanged` events to this
+    service's care relationships (which department and practitioner has an appointment with which
+    patient, when), from which GetPatient decides a clinician's access without asking anyone; only
+    the scheduling service's outbox relay calls it. Each event is applied exactly once, in its own
+    transaction, recorded by its `event_id`: a repeated delivery changes nothing, and an event older
+    (lower `revision`) than the relationship recorded for its appointment changes nothing. Errors:
+    INVALID_ARGUMENT naming the bad event (no events or more than 500, an `event_id` that is not a
+    UUID, an event type this service does not take, a `source` other than the one the type comes
+    from, a payload of another type or a malformed appointment); PERMISSION_DENIED if the caller is
+    not the service the events come from.
+    """
 
 class PatientServiceServicer(metaclass=_abc_1.ABCMeta):
     """PatientService keeps the master patient index (FHIR Patient) and patient consents (FHIR Consent).
@@ -215,8 +259,16 @@ class PatientServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_patient_service_pb2.Patient, _abc.Awaitable[_patient_service_pb2.Patient]]:
         """Returns one patient. A merged duplicate is returned too, with state PATIENT_STATE_MERGED and
-        `merged_into` naming the surviving record, so callers can follow the link.
-        Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}`; NOT_FOUND if no such patient.
+        `merged_into` naming the surviving record, so callers can follow the link. Doctors and nurses
+        read a patient only when they have a care relationship with them: an appointment of one of
+        their departments, or with them as its practitioner, within the configured window (as this
+        service learnt it from the scheduling service's events), and the patient has not revoked
+        privacy consent; otherwise only through an active break-the-glass grant (IamService), and the
+        read is then audited as emergency treatment. The registration desk reads every patient.
+        Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}`; PERMISSION_DENIED with the
+        reason in ErrorInfo (NO_CARE_RELATIONSHIP when a clinician has no relationship with the patient,
+        CONSENT_REVOKED when the patient revoked privacy consent), decided before existence; NOT_FOUND
+        if no such patient.
         """
 
     @_abc_1.abstractmethod
@@ -226,7 +278,9 @@ class PatientServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_patient_service_pb2.ListPatientsResponse, _abc.Awaitable[_patient_service_pb2.ListPatientsResponse]]:
         """Lists patients matching all given filters, in a stable order (family name, given name, id).
-        Merged duplicates are left out unless `include_merged` is set.
+        Merged duplicates are left out unless `include_merged` is set. A doctor or nurse sees only the
+        patients they may read with GetPatient: the others are left out of the page, which may then be
+        shorter than `page_size` while `next_page_token` is set.
         Errors: INVALID_ARGUMENT for a negative `page_size`, a malformed filter, or a `page_token` that
         was not returned by a previous call with the same filters.
         """
@@ -361,6 +415,24 @@ class PatientServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT for a negative `page_size` or a `page_token` that was not returned by
         a previous call; PERMISSION_DENIED if the caller may not run research exports; UNAVAILABLE if
         the access cannot be recorded in the audit trail.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverEvents(
+        self,
+        request: _patient_service_pb2.DeliverEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patient_service_pb2.DeliverEventsResponse, _abc.Awaitable[_patient_service_pb2.DeliverEventsResponse]]:
+        """Applies the scheduling service's `his.scheduling.v1.AppointmentChanged` events to this
+        service's care relationships (which department and practitioner has an appointment with which
+        patient, when), from which GetPatient decides a clinician's access without asking anyone; only
+        the scheduling service's outbox relay calls it. Each event is applied exactly once, in its own
+        transaction, recorded by its `event_id`: a repeated delivery changes nothing, and an event older
+        (lower `revision`) than the relationship recorded for its appointment changes nothing. Errors:
+        INVALID_ARGUMENT naming the bad event (no events or more than 500, an `event_id` that is not a
+        UUID, an event type this service does not take, a `source` other than the one the type comes
+        from, a payload of another type or a malformed appointment); PERMISSION_DENIED if the caller is
+        not the service the events come from.
         """
 
 def add_PatientServiceServicer_to_server(servicer: PatientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

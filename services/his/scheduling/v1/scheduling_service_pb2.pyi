@@ -1184,6 +1184,40 @@ class AppointmentCheckedIn(_message.Message):
 Global___AppointmentCheckedIn: _TypeAlias = AppointmentCheckedIn  # noqa: Y015
 
 @_typing.final
+class AppointmentChanged(_message.Message):
+    """Domain event, recorded by every change of an appointment (BookAppointment, CancelAppointment,
+    CheckInAppointment, MarkNoShow, CompleteAppointment) in the same transaction as the change and
+    delivered to the patient service (PatientService.DeliverEvents) at least once, possibly out of
+    order (event type `his.scheduling.v1.AppointmentChanged`, source `scheduling`). The patient
+    service keeps, per appointment, the one with the highest `revision` as a care relationship of
+    the appointment's department and practitioner with its patient.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPOINTMENT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The appointment's version after the change (its etag); increases with every change."""
+    @_builtins.property
+    def appointment(self) -> Global___Appointment:
+        """The appointment right after the change."""
+
+    def __init__(
+        self,
+        *,
+        appointment: Global___Appointment | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["appointment", b"appointment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appointment", b"appointment", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppointmentChanged: _TypeAlias = AppointmentChanged  # noqa: Y015
+
+@_typing.final
 class DeliverEventsRequest(_message.Message):
     """Request of DeliverEvents."""
 

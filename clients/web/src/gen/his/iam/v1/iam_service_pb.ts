@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file his/iam/v1/iam_service.proto.
  */
 export const file_his_iam_v1_iam_service: GenFile = /*@__PURE__*/
-  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqUCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkioQEKFERlcGFydG1lbnRNZW1iZXJzaGlwEgwKBG5hbWUYASABKAkSEgoKZGVwYXJ0bWVudBgCIAEoCRIlCgZwZXJpb2QYAyABKAsyFS5oaXMuY29tbW9uLnYxLlBlcmlvZBIPCgdwcmltYXJ5GAQgASgIEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL3AQoURW1lcmdlbmN5QWNjZXNzR3JhbnQSDAoEbmFtZRgBIAEoCRINCgVzdGFmZhgCIAEoCRIPCgdwYXRpZW50GAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpncmFudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcmV2b2tlZBgHIAEoCBIvCgtyZXZva2VfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWQoXQ3JlYXRlRGVwYXJ0bWVudFJlcXVlc3QSKgoKZGVwYXJ0bWVudBgBIAEoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBISCgpyZXF1ZXN0X2lkGAIgASgJIiQKFEdldERlcGFydG1lbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiaQoWTGlzdERlcGFydG1lbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIoCgRraW5kGAMgASgOMhouaGlzLmlhbS52MS5EZXBhcnRtZW50S2luZCJfChdMaXN0RGVwYXJ0bWVudHNSZXNwb25zZRIrCgtkZXBhcnRtZW50cxgBIAMoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXQoYQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISEgoKcmVxdWVzdF9pZBgCIAEoCSIlChVHZXRTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSKuAQoXTGlzdFN0YWZmTWVtYmVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEAoIdXNlcm5hbWUYAyABKAkSGwoTZGlzcGxheV9uYW1lX3ByZWZpeBgEIAEoCRIjCgRyb2xlGAUgASgOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSGAoQaW5jbHVkZV9pbmFjdGl2ZRgGIAEoCCJjChhMaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2USLgoNc3RhZmZfbWVtYmVycxgBIAMoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInoKGFVwZGF0ZVN0YWZmTWVtYmVyUmVxdWVzdBItCgxzdGFmZl9tZW1iZXIYASABKAsyFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI6ChxEZWFjdGl2YXRlU3RhZmZNZW1iZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSJwChRBZGRNZW1iZXJzaGlwUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSNAoKbWVtYmVyc2hpcBgCIAEoCzIgLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASEgoKcmVxdWVzdF9pZBgDIAEoCSInChdSZW1vdmVNZW1iZXJzaGlwUmVxdWVzdBIMCgRuYW1lGAEgASgJInkKFkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhIKCmRlcGFydG1lbnQYBCABKAkSFAoMY3VycmVudF9vbmx5GAUgASgIImkKF0xpc3RNZW1iZXJzaGlwc1Jlc3BvbnNlEjUKC21lbWJlcnNoaXBzGAEgAygLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoRSXNzdWVUb2tlblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEgoKY3JlZGVudGlhbBgCIAEoCSJvChJJc3N1ZVRva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIioKGVN0YXJ0UGF0aWVudFNpZ25JblJlcXVlc3QSDQoFcGhvbmUYASABKAkicwoaU3RhcnRQYXRpZW50U2lnbkluUmVzcG9uc2USDwoHc2lnbl9pbhgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY29kZV9sZW5ndGgYAyABKAUiPQocQ29tcGxldGVQYXRpZW50U2lnbkluUmVxdWVzdBIPCgdzaWduX2luGAEgASgJEgwKBGNvZGUYAiABKAkiiwEKHUNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdwYXRpZW50GAQgASgJIhAKDkdldEp3a3NSZXF1ZXN0IjUKDUpzb25XZWJLZXlTZXQSJAoEa2V5cxgBIAMoCzIWLmhpcy5pYW0udjEuSnNvbldlYktleSJWCgpKc29uV2ViS2V5EgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDdXNlGAMgASgJEgsKA2FsZxgEIAEoCRIJCgFuGAUgASgJEgkKAWUYBiABKAkipgEKIUNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBJAChZlbWVyZ2VuY3lfYWNjZXNzX2dyYW50GAEgASgLMiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBIrCghkdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgpyZXF1ZXN0X2lkGAMgASgJIn4KIExpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXN0YWZmGAMgASgJEg8KB3BhdGllbnQYBCABKAkSEwoLYWN0aXZlX29ubHkYBSABKAgifwohTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1Jlc3BvbnNlEkEKF2VtZXJnZW5jeV9hY2Nlc3NfZ3JhbnRzGAEgAygLMiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMQohUmV2b2tlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkq/gEKDkRlcGFydG1lbnRLaW5kEh8KG0RFUEFSVE1FTlRfS0lORF9VTlNQRUNJRklFRBAAEh4KGkRFUEFSVE1FTlRfS0lORF9PVVRQQVRJRU5UEAESHQoZREVQQVJUTUVOVF9LSU5EX0lOUEFUSUVOVBACEh0KGURFUEFSVE1FTlRfS0lORF9FTUVSR0VOQ1kQAxIbChdERVBBUlRNRU5UX0tJTkRfU1VSR0VSWRAEEhcKE0RFUEFSVE1FTlRfS0lORF9MQUIQBRIcChhERVBBUlRNRU5UX0tJTkRfUEhBUk1BQ1kQBhIZChVERVBBUlRNRU5UX0tJTkRfQURNSU4QByr8AQoJU3RhZmZSb2xlEhoKFlNUQUZGX1JPTEVfVU5TUEVDSUZJRUQQABIYChRTVEFGRl9ST0xFX1JFR0lTVFJBUhABEhUKEVNUQUZGX1JPTEVfRE9DVE9SEAISFAoQU1RBRkZfUk9MRV9OVVJTRRADEhkKFVNUQUZGX1JPTEVfUEhBUk1BQ0lTVBAEEh0KGVNUQUZGX1JPTEVfTEFCX1RFQ0hOSUNJQU4QBRIcChhTVEFGRl9ST0xFX0JJTExJTkdfQ0xFUksQBhIWChJTVEFGRl9ST0xFX0FVRElUT1IQBxIcChhTVEFGRl9ST0xFX0FETUlOSVNUUkFUT1IQCDKyDQoKSWFtU2VydmljZRJPChBDcmVhdGVEZXBhcnRtZW50EiMuaGlzLmlhbS52MS5DcmVhdGVEZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBJOCg1HZXREZXBhcnRtZW50EiAuaGlzLmlhbS52MS5HZXREZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudCIDkAIBEl8KD0xpc3REZXBhcnRtZW50cxIiLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVxdWVzdBojLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVzcG9uc2UiA5ACARJSChFDcmVhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchJRCg5HZXRTdGFmZk1lbWJlchIhLmhpcy5pYW0udjEuR2V0U3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAIBEmIKEExpc3RTdGFmZk1lbWJlcnMSIy5oaXMuaWFtLnYxLkxpc3RTdGFmZk1lbWJlcnNSZXF1ZXN0GiQuaGlzLmlhbS52MS5MaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2UiA5ACARJXChFVcGRhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAICEl8KFURlYWN0aXZhdGVTdGFmZk1lbWJlchIoLmhpcy5pYW0udjEuRGVhY3RpdmF0ZVN0YWZmTWVtYmVyUmVxdWVzdBoXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXIiA5ACAhJTCg1BZGRNZW1iZXJzaGlwEiAuaGlzLmlhbS52MS5BZGRNZW1iZXJzaGlwUmVxdWVzdBogLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASXgoQUmVtb3ZlTWVtYmVyc2hpcBIjLmhpcy5pYW0udjEuUmVtb3ZlTWVtYmVyc2hpcFJlcXVlc3QaIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwIgOQAgISXwoPTGlzdE1lbWJlcnNoaXBzEiIuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXF1ZXN0GiMuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXNwb25zZSIDkAIBEksKCklzc3VlVG9rZW4SHS5oaXMuaWFtLnYxLklzc3VlVG9rZW5SZXF1ZXN0Gh4uaGlzLmlhbS52MS5Jc3N1ZVRva2VuUmVzcG9uc2USYwoSU3RhcnRQYXRpZW50U2lnbkluEiUuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXF1ZXN0GiYuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXNwb25zZRJsChVDb21wbGV0ZVBhdGllbnRTaWduSW4SKC5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlcXVlc3QaKS5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEkUKB0dldEp3a3MSGi5oaXMuaWFtLnYxLkdldEp3a3NSZXF1ZXN0GhkuaGlzLmlhbS52MS5Kc29uV2ViS2V5U2V0IgOQAgESbQoaQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLkNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSfQoZTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50cxIsLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1JlcXVlc3QaLS5oaXMuaWFtLnYxLkxpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXNwb25zZSIDkAIBEnIKGlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50Ei0uaGlzLmlhbS52MS5SZXZva2VFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QaIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50IgOQAgJiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
+  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqUCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkioQEKFERlcGFydG1lbnRNZW1iZXJzaGlwEgwKBG5hbWUYASABKAkSEgoKZGVwYXJ0bWVudBgCIAEoCRIlCgZwZXJpb2QYAyABKAsyFS5oaXMuY29tbW9uLnYxLlBlcmlvZBIPCgdwcmltYXJ5GAQgASgIEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKQAwoURW1lcmdlbmN5QWNjZXNzR3JhbnQSDAoEbmFtZRgBIAEoCRINCgVzdGFmZhgCIAEoCRIPCgdwYXRpZW50GAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpncmFudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcmV2b2tlZBgHIAEoCBIvCgtyZXZva2VfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPAoMcmV2aWV3X3N0YXRlGAkgASgOMiYuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NSZXZpZXdTdGF0ZRIQCghyZXZpZXdlchgKIAEoCRIvCgtyZXZpZXdfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcmV2aWV3X2NvbW1lbnQYDCABKAkiWQoXQ3JlYXRlRGVwYXJ0bWVudFJlcXVlc3QSKgoKZGVwYXJ0bWVudBgBIAEoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBISCgpyZXF1ZXN0X2lkGAIgASgJIiQKFEdldERlcGFydG1lbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiaQoWTGlzdERlcGFydG1lbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIoCgRraW5kGAMgASgOMhouaGlzLmlhbS52MS5EZXBhcnRtZW50S2luZCJfChdMaXN0RGVwYXJ0bWVudHNSZXNwb25zZRIrCgtkZXBhcnRtZW50cxgBIAMoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXQoYQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISEgoKcmVxdWVzdF9pZBgCIAEoCSIlChVHZXRTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSKuAQoXTGlzdFN0YWZmTWVtYmVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEAoIdXNlcm5hbWUYAyABKAkSGwoTZGlzcGxheV9uYW1lX3ByZWZpeBgEIAEoCRIjCgRyb2xlGAUgASgOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSGAoQaW5jbHVkZV9pbmFjdGl2ZRgGIAEoCCJjChhMaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2USLgoNc3RhZmZfbWVtYmVycxgBIAMoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInoKGFVwZGF0ZVN0YWZmTWVtYmVyUmVxdWVzdBItCgxzdGFmZl9tZW1iZXIYASABKAsyFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI6ChxEZWFjdGl2YXRlU3RhZmZNZW1iZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSJwChRBZGRNZW1iZXJzaGlwUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSNAoKbWVtYmVyc2hpcBgCIAEoCzIgLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASEgoKcmVxdWVzdF9pZBgDIAEoCSInChdSZW1vdmVNZW1iZXJzaGlwUmVxdWVzdBIMCgRuYW1lGAEgASgJInkKFkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhIKCmRlcGFydG1lbnQYBCABKAkSFAoMY3VycmVudF9vbmx5GAUgASgIImkKF0xpc3RNZW1iZXJzaGlwc1Jlc3BvbnNlEjUKC21lbWJlcnNoaXBzGAEgAygLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoRSXNzdWVUb2tlblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEgoKY3JlZGVudGlhbBgCIAEoCSJvChJJc3N1ZVRva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIioKGVN0YXJ0UGF0aWVudFNpZ25JblJlcXVlc3QSDQoFcGhvbmUYASABKAkicwoaU3RhcnRQYXRpZW50U2lnbkluUmVzcG9uc2USDwoHc2lnbl9pbhgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY29kZV9sZW5ndGgYAyABKAUiPQocQ29tcGxldGVQYXRpZW50U2lnbkluUmVxdWVzdBIPCgdzaWduX2luGAEgASgJEgwKBGNvZGUYAiABKAkiiwEKHUNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdwYXRpZW50GAQgASgJIhAKDkdldEp3a3NSZXF1ZXN0IjUKDUpzb25XZWJLZXlTZXQSJAoEa2V5cxgBIAMoCzIWLmhpcy5pYW0udjEuSnNvbldlYktleSJWCgpKc29uV2ViS2V5EgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDdXNlGAMgASgJEgsKA2FsZxgEIAEoCRIJCgFuGAUgASgJEgkKAWUYBiABKAkipgEKIUNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBJAChZlbWVyZ2VuY3lfYWNjZXNzX2dyYW50GAEgASgLMiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBIrCghkdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgpyZXF1ZXN0X2lkGAMgASgJIrwBCiBMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRINCgVzdGFmZhgDIAEoCRIPCgdwYXRpZW50GAQgASgJEhMKC2FjdGl2ZV9vbmx5GAUgASgIEjwKDHJldmlld19zdGF0ZRgGIAEoDjImLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzUmV2aWV3U3RhdGUifwohTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1Jlc3BvbnNlEkEKF2VtZXJnZW5jeV9hY2Nlc3NfZ3JhbnRzGAEgAygLMiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMQohUmV2b2tlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiewohUmV2aWV3RW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSNwoHb3V0Y29tZRgCIAEoDjImLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzUmV2aWV3U3RhdGUSDwoHY29tbWVudBgDIAEoCSr+AQoORGVwYXJ0bWVudEtpbmQSHwobREVQQVJUTUVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaREVQQVJUTUVOVF9LSU5EX09VVFBBVElFTlQQARIdChlERVBBUlRNRU5UX0tJTkRfSU5QQVRJRU5UEAISHQoZREVQQVJUTUVOVF9LSU5EX0VNRVJHRU5DWRADEhsKF0RFUEFSVE1FTlRfS0lORF9TVVJHRVJZEAQSFwoTREVQQVJUTUVOVF9LSU5EX0xBQhAFEhwKGERFUEFSVE1FTlRfS0lORF9QSEFSTUFDWRAGEhkKFURFUEFSVE1FTlRfS0lORF9BRE1JThAHKpwCCglTdGFmZlJvbGUSGgoWU1RBRkZfUk9MRV9VTlNQRUNJRklFRBAAEhgKFFNUQUZGX1JPTEVfUkVHSVNUUkFSEAESFQoRU1RBRkZfUk9MRV9ET0NUT1IQAhIUChBTVEFGRl9ST0xFX05VUlNFEAMSGQoVU1RBRkZfUk9MRV9QSEFSTUFDSVNUEAQSHQoZU1RBRkZfUk9MRV9MQUJfVEVDSE5JQ0lBThAFEhwKGFNUQUZGX1JPTEVfQklMTElOR19DTEVSSxAGEhYKElNUQUZGX1JPTEVfQVVESVRPUhAHEhwKGFNUQUZGX1JPTEVfQURNSU5JU1RSQVRPUhAIEh4KGlNUQUZGX1JPTEVfUFJJVkFDWV9PRkZJQ0VSEAkqzgEKGkVtZXJnZW5jeUFjY2Vzc1Jldmlld1N0YXRlEi0KKUVNRVJHRU5DWV9BQ0NFU1NfUkVWSUVXX1NUQVRFX1VOU1BFQ0lGSUVEEAASKQolRU1FUkdFTkNZX0FDQ0VTU19SRVZJRVdfU1RBVEVfUEVORElORxABEisKJ0VNRVJHRU5DWV9BQ0NFU1NfUkVWSUVXX1NUQVRFX0pVU1RJRklFRBACEikKJUVNRVJHRU5DWV9BQ0NFU1NfUkVWSUVXX1NUQVRFX0ZMQUdHRUQQAzKhDgoKSWFtU2VydmljZRJPChBDcmVhdGVEZXBhcnRtZW50EiMuaGlzLmlhbS52MS5DcmVhdGVEZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBJOCg1HZXREZXBhcnRtZW50EiAuaGlzLmlhbS52MS5HZXREZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudCIDkAIBEl8KD0xpc3REZXBhcnRtZW50cxIiLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVxdWVzdBojLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVzcG9uc2UiA5ACARJSChFDcmVhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchJRCg5HZXRTdGFmZk1lbWJlchIhLmhpcy5pYW0udjEuR2V0U3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAIBEmIKEExpc3RTdGFmZk1lbWJlcnMSIy5oaXMuaWFtLnYxLkxpc3RTdGFmZk1lbWJlcnNSZXF1ZXN0GiQuaGlzLmlhbS52MS5MaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2UiA5ACARJXChFVcGRhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAICEl8KFURlYWN0aXZhdGVTdGFmZk1lbWJlchIoLmhpcy5pYW0udjEuRGVhY3RpdmF0ZVN0YWZmTWVtYmVyUmVxdWVzdBoXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXIiA5ACAhJTCg1BZGRNZW1iZXJzaGlwEiAuaGlzLmlhbS52MS5BZGRNZW1iZXJzaGlwUmVxdWVzdBogLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASXgoQUmVtb3ZlTWVtYmVyc2hpcBIjLmhpcy5pYW0udjEuUmVtb3ZlTWVtYmVyc2hpcFJlcXVlc3QaIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwIgOQAgISXwoPTGlzdE1lbWJlcnNoaXBzEiIuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXF1ZXN0GiMuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXNwb25zZSIDkAIBEksKCklzc3VlVG9rZW4SHS5oaXMuaWFtLnYxLklzc3VlVG9rZW5SZXF1ZXN0Gh4uaGlzLmlhbS52MS5Jc3N1ZVRva2VuUmVzcG9uc2USYwoSU3RhcnRQYXRpZW50U2lnbkluEiUuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXF1ZXN0GiYuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXNwb25zZRJsChVDb21wbGV0ZVBhdGllbnRTaWduSW4SKC5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlcXVlc3QaKS5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEkUKB0dldEp3a3MSGi5oaXMuaWFtLnYxLkdldEp3a3NSZXF1ZXN0GhkuaGlzLmlhbS52MS5Kc29uV2ViS2V5U2V0IgOQAgESbQoaQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLkNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSfQoZTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50cxIsLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1JlcXVlc3QaLS5oaXMuaWFtLnYxLkxpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXNwb25zZSIDkAIBEnIKGlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50Ei0uaGlzLmlhbS52MS5SZXZva2VFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QaIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50IgOQAgISbQoaUmV2aWV3RW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLlJldmlld0VtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnRiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
 
 /**
  * An organisational unit of the hospital (FHIR Organization of type dept).
@@ -236,8 +236,10 @@ export type EmergencyAccessGrant = Message<"his.iam.v1.EmergencyAccessGrant"> & 
   patient: string;
 
   /**
-   * Why emergency access is needed, shown to auditors. Required, 20 to 1000 characters after
-   * trimming surrounding white space.
+   * Why emergency access is needed, shown to auditors and privacy officers. Required, 20 to 1000
+   * characters after trimming surrounding white space, with substance: at least three distinct
+   * words of three or more letters beyond stock phrases ("emergency", "access", "urgent",
+   * "patient", "test"...), and no character making up more than half of it.
    *
    * @generated from field: string reason = 4;
    */
@@ -271,6 +273,35 @@ export type EmergencyAccessGrant = Message<"his.iam.v1.EmergencyAccessGrant"> & 
    * @generated from field: google.protobuf.Timestamp revoke_time = 8;
    */
   revokeTime?: Timestamp | undefined;
+
+  /**
+   * Where the grant stands in the privacy officer's review. Output only: PENDING on create, set by
+   * ReviewEmergencyAccessGrant.
+   *
+   * @generated from field: his.iam.v1.EmergencyAccessReviewState review_state = 9;
+   */
+  reviewState: EmergencyAccessReviewState;
+
+  /**
+   * The privacy officer who reviewed the grant, `staff/{staff}`; empty while pending. Output only.
+   *
+   * @generated from field: string reviewer = 10;
+   */
+  reviewer: string;
+
+  /**
+   * When the grant was reviewed; unset while pending. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp review_time = 11;
+   */
+  reviewTime?: Timestamp | undefined;
+
+  /**
+   * The reviewer's comment; empty while pending or when none was given. Output only.
+   *
+   * @generated from field: string review_comment = 12;
+   */
+  reviewComment: string;
 };
 
 /**
@@ -1097,6 +1128,13 @@ export type ListEmergencyAccessGrantsRequest = Message<"his.iam.v1.ListEmergency
    * @generated from field: bool active_only = 5;
    */
   activeOnly: boolean;
+
+  /**
+   * Only grants in this review state (PENDING: the privacy officer's queue); unset means any.
+   *
+   * @generated from field: his.iam.v1.EmergencyAccessReviewState review_state = 6;
+   */
+  reviewState: EmergencyAccessReviewState;
 };
 
 /**
@@ -1154,6 +1192,42 @@ export type RevokeEmergencyAccessGrantRequest = Message<"his.iam.v1.RevokeEmerge
  */
 export const RevokeEmergencyAccessGrantRequestSchema: GenMessage<RevokeEmergencyAccessGrantRequest> = /*@__PURE__*/
   messageDesc(file_his_iam_v1_iam_service, 30);
+
+/**
+ * Request of ReviewEmergencyAccessGrant.
+ *
+ * @generated from message his.iam.v1.ReviewEmergencyAccessGrantRequest
+ */
+export type ReviewEmergencyAccessGrantRequest = Message<"his.iam.v1.ReviewEmergencyAccessGrantRequest"> & {
+  /**
+   * The grant, `emergencyAccessGrants/{emergency_access_grant}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The outcome: EMERGENCY_ACCESS_REVIEW_STATE_JUSTIFIED or EMERGENCY_ACCESS_REVIEW_STATE_FLAGGED.
+   * Required.
+   *
+   * @generated from field: his.iam.v1.EmergencyAccessReviewState outcome = 2;
+   */
+  outcome: EmergencyAccessReviewState;
+
+  /**
+   * The reviewer's comment, up to 1000 characters. Required for FLAGGED (what looked wrong).
+   *
+   * @generated from field: string comment = 3;
+   */
+  comment: string;
+};
+
+/**
+ * Describes the message his.iam.v1.ReviewEmergencyAccessGrantRequest.
+ * Use `create(ReviewEmergencyAccessGrantRequestSchema)` to create a new message.
+ */
+export const ReviewEmergencyAccessGrantRequestSchema: GenMessage<ReviewEmergencyAccessGrantRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 31);
 
 /**
  * What kind of care or function a department provides.
@@ -1294,6 +1368,14 @@ export enum StaffRole {
    * @generated from enum value: STAFF_ROLE_ADMINISTRATOR = 8;
    */
   ADMINISTRATOR = 8,
+
+  /**
+   * A privacy officer: reviews emergency access grants (ReviewEmergencyAccessGrant); reads no
+   * patient data.
+   *
+   * @generated from enum value: STAFF_ROLE_PRIVACY_OFFICER = 9;
+   */
+  PRIVACY_OFFICER = 9,
 }
 
 /**
@@ -1301,6 +1383,47 @@ export enum StaffRole {
  */
 export const StaffRoleSchema: GenEnum<StaffRole> = /*@__PURE__*/
   enumDesc(file_his_iam_v1_iam_service, 1);
+
+/**
+ * Where an emergency access grant stands in the privacy officer's review.
+ *
+ * @generated from enum his.iam.v1.EmergencyAccessReviewState
+ */
+export enum EmergencyAccessReviewState {
+  /**
+   * Not set: as a filter, any state.
+   *
+   * @generated from enum value: EMERGENCY_ACCESS_REVIEW_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Not reviewed yet: the privacy officer's queue. Every grant starts here.
+   *
+   * @generated from enum value: EMERGENCY_ACCESS_REVIEW_STATE_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * Reviewed and found justified.
+   *
+   * @generated from enum value: EMERGENCY_ACCESS_REVIEW_STATE_JUSTIFIED = 2;
+   */
+  JUSTIFIED = 2,
+
+  /**
+   * Reviewed and flagged as a possible abuse, for follow-up.
+   *
+   * @generated from enum value: EMERGENCY_ACCESS_REVIEW_STATE_FLAGGED = 3;
+   */
+  FLAGGED = 3,
+}
+
+/**
+ * Describes the enum his.iam.v1.EmergencyAccessReviewState.
+ */
+export const EmergencyAccessReviewStateSchema: GenEnum<EmergencyAccessReviewState> = /*@__PURE__*/
+  enumDesc(file_his_iam_v1_iam_service, 2);
 
 /**
  * IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
@@ -1538,10 +1661,14 @@ export const IamService: GenService<{
    * stated reason. The grant is always audited: it is recorded in the audit service with purpose of
    * use emergency treatment before it takes effect, and is not created if that fails. A request
    * repeated with the same `request_id` returns the grant created by the first one. Errors:
-   * INVALID_ARGUMENT naming the bad field (for example a reason that is too short or a duration
-   * that is too long); PERMISSION_DENIED if the caller does not have the DOCTOR or NURSE role or is
-   * not an active staff member; FAILED_PRECONDITION if the patient does not exist or is not active;
-   * UNAVAILABLE if the patient service or the audit service cannot be reached.
+   * INVALID_ARGUMENT naming the bad field (for example a duration that is too long, or a reason
+   * without substance: too short, mostly one repeated character, or nothing but stock phrases such
+   * as "emergency access needed"); PERMISSION_DENIED if the caller does not have the DOCTOR or NURSE
+   * role or is not an active staff member; ALREADY_EXISTS (reason EMERGENCY_ACCESS_ALREADY_GRANTED)
+   * if the caller already holds a grant in force for this patient (one at a time per person and
+   * patient, also under concurrent requests); FAILED_PRECONDITION if the patient does not exist or
+   * is not active; UNAVAILABLE if the patient service or the audit service cannot be reached.
+   * Every grant starts pending review by a privacy officer (ReviewEmergencyAccessGrant).
    *
    * @generated from rpc his.iam.v1.IamService.CreateEmergencyAccessGrant
    */
@@ -1552,11 +1679,11 @@ export const IamService: GenService<{
   },
   /**
    * Lists emergency access grants matching all given filters, newest first. Callers with the
-   * AUDITOR or ADMINISTRATOR role, and HIS services, may list any grants; other staff may only list
-   * their own. Errors: INVALID_ARGUMENT for a malformed filter, a negative
+   * AUDITOR, PRIVACY_OFFICER or ADMINISTRATOR role, and HIS services, may list any grants; other
+   * staff may only list their own. A privacy officer's review queue is `review_state` PENDING. Errors: INVALID_ARGUMENT for a malformed filter, a negative
    * `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
-   * PERMISSION_DENIED if a staff caller without the AUDITOR or ADMINISTRATOR role does not set
-   * `staff` to themselves.
+   * PERMISSION_DENIED if a staff caller without the AUDITOR, PRIVACY_OFFICER or ADMINISTRATOR role
+   * does not set `staff` to themselves.
    *
    * @generated from rpc his.iam.v1.IamService.ListEmergencyAccessGrants
    */
@@ -1576,6 +1703,23 @@ export const IamService: GenService<{
   revokeEmergencyAccessGrant: {
     methodKind: "unary";
     input: typeof RevokeEmergencyAccessGrantRequestSchema;
+    output: typeof EmergencyAccessGrantSchema;
+  },
+  /**
+   * Records a privacy officer's review of an emergency access grant: JUSTIFIED, or FLAGGED as a
+   * possible abuse (a flagged grant still in force is revoked at once). The outcome, the reviewer
+   * and the comment are recorded in the audit trail with the grant, in the same transaction.
+   * Errors: INVALID_ARGUMENT naming the bad field (a bad `name`, an `outcome` other than JUSTIFIED
+   * or FLAGGED, a `comment` longer than 1000 characters, or a FLAGGED outcome without a comment);
+   * PERMISSION_DENIED if the caller does not have the PRIVACY_OFFICER role (reason
+   * ROLE_NOT_PERMITTED), or holds the grant themselves (reason SELF_REVIEW); NOT_FOUND if no such
+   * grant; FAILED_PRECONDITION (reason GRANT_ALREADY_REVIEWED) if the grant was reviewed before.
+   *
+   * @generated from rpc his.iam.v1.IamService.ReviewEmergencyAccessGrant
+   */
+  reviewEmergencyAccessGrant: {
+    methodKind: "unary";
+    input: typeof ReviewEmergencyAccessGrantRequestSchema;
     output: typeof EmergencyAccessGrantSchema;
   },
 }> = /*@__PURE__*/
