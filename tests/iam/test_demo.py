@@ -38,8 +38,8 @@ async def test_demo_loads_once_with_every_role_and_its_departments(
         directory = await demo.directory(his)
 
     assert await _counts(iam_db) == after_first
-    assert summary.startswith("7 departments, 10 staff members")
-    assert again.startswith("7 departments, 10 staff members")
+    assert summary.startswith("7 departments, 11 staff members")
+    assert again.startswith("7 departments, 11 staff members")
     assert set(directory.departments) == {d.code for d in demo.DEPARTMENTS}
     assert set(directory.staff) == {s.username for s in demo.STAFF}
     roles: set[int] = set()

@@ -372,10 +372,18 @@ async def test_without_the_patient_service_no_grant_is_made(
 async def _grants_of(
     iam: Stub, clinician: Clinician, patient: str, n: int
 ) -> list[pb.EmergencyAccessGrant]:
-    return [
-        await iam.CreateEmergencyAccessGrant(_grant(patient), metadata=as_(clinician.token))
-        for _ in range(n)
-    ]
+    """`n` grants of the clinician for the patient, one after the other: each but the last
+    revoked by its holder before the next (one open grant per person and patient)."""
+    made = []
+    for index in range(n):
+        grant = await iam.CreateEmergencyAccessGrant(_grant(patient), metadata=as_(clinician.token))
+        if index < n - 1:
+            grant = await iam.RevokeEmergencyAccessGrant(
+                pb.RevokeEmergencyAccessGrantRequest(name=grant.name),
+                metadata=as_(clinician.token),
+            )
+        made.append(grant)
+    return made
 
 
 async def test_a_clinician_lists_their_own_grants_newest_first(
@@ -432,13 +440,14 @@ async def test_auditors_administrators_and_services_list_any_grants(
 async def test_active_only_leaves_out_revoked_and_expired_grants(
     iam: Stub, doctor: Clinician, patient: patient_pb.Patient
 ) -> None:
+    # One open grant at a time: revoked, then expired, then the one in force.
+    revoked = await iam.CreateEmergencyAccessGrant(_grant(patient.name), metadata=as_(doctor.token))
+    await iam.RevokeEmergencyAccessGrant(pb.RevokeEmergencyAccessGrantRequest(name=revoked.name))
     expiring = await iam.CreateEmergencyAccessGrant(
         _grant(patient.name, seconds=1), metadata=as_(doctor.token)
     )
-    revoked = await iam.CreateEmergencyAccessGrant(_grant(patient.name), metadata=as_(doctor.token))
-    await iam.RevokeEmergencyAccessGrant(pb.RevokeEmergencyAccessGrantRequest(name=revoked.name))
-    active = await iam.CreateEmergencyAccessGrant(_grant(patient.name), metadata=as_(doctor.token))
     await asyncio.sleep(1.2)
+    active = await iam.CreateEmergencyAccessGrant(_grant(patient.name), metadata=as_(doctor.token))
 
     reply = await iam.ListEmergencyAccessGrants(
         pb.ListEmergencyAccessGrantsRequest(

@@ -103,6 +103,9 @@ class Rpc:
     by_record: bool = False
     # Filters what the caller may not see out of the page instead of refusing.
     listed: bool = False
+    # When set, only callers with one of these roles get the filtered page; the others are
+    # refused as for a single record (patients: only clinicians list by care relationship).
+    list_roles: tuple[str, ...] = ()
     # What an allowed caller gets on the existing record.
     allowed: grpc.StatusCode = OK
     # The servicer refuses anyone but a HIS service before it asks the policy.
@@ -145,7 +148,9 @@ async def _get_patient(world: World, allowed: bool) -> Message:
 
 
 async def _list_patients(world: World, allowed: bool) -> Message:
-    return patient_pb.ListPatientsRequest(page_size=1)
+    # The world's patient by family name (looked up by the registrar), so the page holds them.
+    found = await world.patients.GetPatient(patient_pb.GetPatientRequest(name=world.patient))
+    return patient_pb.ListPatientsRequest(name_prefix=found.family_name, page_size=500)
 
 
 async def _create_patient(world: World, allowed: bool) -> Message:
@@ -211,6 +216,9 @@ def _consent_missing(world: World) -> str:
 
 
 PATIENT_RPCS = (
+    # Demographics: the registration desk reads anyone; a clinician needs a care relationship
+    # (the world's appointment, in DEPARTMENT_A with PRACTITIONER, as scheduling's events told
+    # the patient service) and lists only the related patients.
     Rpc(
         "patient",
         "GetPatient",
@@ -218,8 +226,20 @@ PATIENT_RPCS = (
         "patient.demographics",
         _get_patient,
         lambda w: patient_pb.GetPatientRequest(name=missing("patients")),
+        by_record=True,
     ),
-    Rpc("patient", "ListPatients", "read", "patient.demographics", _list_patients),
+    Rpc(
+        "patient",
+        "ListPatients",
+        "read",
+        "patient.demographics",
+        _list_patients,
+        by_record=True,
+        listed=True,
+        list_roles=("DOCTOR", "NURSE"),
+        items="patients",
+        shows=lambda w: w.patient,
+    ),
     Rpc("patient", "CreatePatient", "create", "patient.demographics", _create_patient),
     Rpc(
         "patient",
@@ -1843,7 +1863,7 @@ async def test_every_caller_gets_what_the_policy_decides_before_existence(
         # outright (other lists leave everything out for a patient, as for any caller who may
         # never see their records).
         assert (result.code, result.reason) == (DENIED, "NOT_OWN"), result
-    elif rpc.listed:
+    elif rpc.listed and (not rpc.list_roles or set(caller.roles) & set(rpc.list_roles)):
         # Never refused: the page holds the record exactly when the caller may see it.
         assert result.code == OK, result
         shown = names(getattr(result.reply, rpc.items))

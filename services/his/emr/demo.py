@@ -8,6 +8,7 @@ no-ops, so loading twice creates nothing twice. All people are fictional.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from his.common.v1 import types_pb2
@@ -18,6 +19,8 @@ from his_client import HisClients
 
 # Loaded as this demo staff member: the cardiologist who attends the visits.
 USER = "dr.chen"
+# How often a visit's patient is looked for (0.2 s apart) before the visit is left out.
+RELATION_WAIT_TRIES = 50
 
 LOINC = "http://loinc.org"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
@@ -60,6 +63,19 @@ VISITS = (
 )
 
 
+async def _related(his: HisClients, family: str) -> list[patient_pb.Patient]:
+    """The demo patients of `family` the cardiologist may read: those booked into the clinic by
+    the scheduling demo, once the patient service has heard of the booking (the relay's delay,
+    a moment; a few seconds at most are waited for)."""
+    for _ in range(RELATION_WAIT_TRIES):
+        found = await his.patient.ListPatients(patient_pb.ListPatientsRequest(name_prefix=family))
+        patients = [p for p in found.patients if p.family_name == family]
+        if patients:
+            return patients
+        await asyncio.sleep(0.2)
+    return []
+
+
 async def load(his: HisClients) -> str:
     """Open, document and (mostly) finish the demo visits; what was made, in one line."""
     names = await iam_demo.directory(his)
@@ -67,10 +83,7 @@ async def load(his: HisClients) -> str:
     chen = names.staff[USER]
     encounters = notes = diagnoses = 0
     for visit in VISITS:
-        found = await his.patient.ListPatients(
-            patient_pb.ListPatientsRequest(name_prefix=visit.family)
-        )
-        patients = [p for p in found.patients if p.family_name == visit.family]
+        patients = await _related(his, visit.family)
         if not patients:
             continue
         key = f"demo-emr-{visit.family.lower()}"

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from his.base import identity
 from his.base.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from his.emr import store
+from his.emr.care_events import encounter_changed
 from his.emr.mapping import (
     ENCOUNTER_STATUS,
     POLICY_CLASS,
@@ -98,6 +99,7 @@ class EmrService(pb_grpc.EmrServiceServicer):
         self._cipher = FieldCipher.from_config(
             resources.config.crypto, "emr", resources.database.engine
         )
+        self._outbox = resources.outbox
 
     # --- access ------------------------------------------------------------------------------
 
@@ -307,6 +309,7 @@ class EmrService(pb_grpc.EmrServiceServicer):
                     lambda used: store.encounter_by_request(session, used),
                 )
                 await self._audit("create", permit, row, encounter_name(row.id), _ENCOUNTER)
+                await self._changed(row)
         except IntegrityError as error:
             # A concurrent replay may lose on the appointment's index before the request id's:
             # the first encounter is then the answer, not a conflict.
@@ -437,6 +440,7 @@ class EmrService(pb_grpc.EmrServiceServicer):
                 session, encounter_id, values, request.encounter.etag
             )
             await self._audit("update", permit, row, encounter_name(row.id), _ENCOUNTER)
+            await self._changed(row)
         return encounter_to_proto(row)
 
     async def StartEncounter(
@@ -480,7 +484,14 @@ class EmrService(pb_grpc.EmrServiceServicer):
         async with self._db.transaction() as session:
             row = await store.transition(session, encounter_id, to, etag=etag, reason=why)
             await self._audit("update", permit, row, encounter_name(row.id), _ENCOUNTER)
+            await self._changed(row)
         return encounter_to_proto(row)
+
+    async def _changed(self, row: Any) -> None:
+        """Store the encounter's EncounterChanged for the patient service, in the open
+        transaction (care_events.py): the care relationship GetPatient decides from."""
+        if self._outbox is not None:
+            await self._outbox.add([encounter_changed(row)])
 
     # --- notes -------------------------------------------------------------------------------
 

@@ -83,6 +83,8 @@ STAFF = (
     DemoStaff("lab.ivanova", "Elena Ivanova", (R.STAFF_ROLE_LAB_TECHNICIAN,), (LABORATORY,)),
     DemoStaff("bill.garcia", "Maria Garcia", (R.STAFF_ROLE_BILLING_CLERK,), (BILLING,)),
     DemoStaff("audit.khan", "Imran Khan", (R.STAFF_ROLE_AUDITOR,)),
+    # Reviews the break-the-glass grants (ReviewEmergencyAccessGrant); reads no patient data.
+    DemoStaff("privacy.osei", "Ama Osei", (R.STAFF_ROLE_PRIVACY_OFFICER,)),
 )
 
 

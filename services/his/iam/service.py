@@ -531,15 +531,18 @@ class IamService(pb_grpc.IamServiceServicer):
         patient_id = v.resource_id(
             "emergency_access_grant.patient", grant.patient, collection="patients"
         )
+        reason_field = "emergency_access_grant.reason"
         reason = v.text(
-            "emergency_access_grant.reason",
+            reason_field,
             grant.reason,
             min_len=MIN_REASON,
             max_len=MAX_REASON,
             required=True,
         )
-        if reason is not None and (problem := reason_problem(reason)) is not None:
-            v.add("emergency_access_grant.reason", problem)
+        # Only a reason of the right length is judged for substance: one problem a field.
+        judged = reason is not None and all(item.field != reason_field for item in v.items)
+        if judged and reason is not None and (problem := reason_problem(reason)) is not None:
+            v.add(reason_field, problem)
         config = self._config
         seconds = duration_s(
             v,

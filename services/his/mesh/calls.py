@@ -42,7 +42,9 @@ CALLS: dict[str, dict[str, tuple[str, ...]]] = {
     "emr": {
         **_RUNTIME,
         "iam": (*_RUNTIME["iam"], "GetDepartment", "GetStaffMember"),
-        "patient": ("GetPatient", "ListConsents"),
+        # Encounter changes feed the patient service's care relationships through the relay
+        # (emr/care_events.py).
+        "patient": ("GetPatient", "ListConsents", "DeliverEvents"),
         "scheduling": ("GetAppointment",),
     },
     # Placing an order checks the patient, the encounter (as the doctor), the performing

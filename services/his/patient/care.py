@@ -1,16 +1,17 @@
-"""Care relationships: which departments and practitioners have an appointment with a patient.
+"""Care relationships: which departments and practitioners see a patient, and until when.
 
 GetPatient lets a doctor or nurse read a patient only with a care relationship (least privilege,
-issue 17): an appointment of one of their departments, or with them as its practitioner, that
-starts no earlier than `before` from now and ended no more than `after` ago. The scheduling service
-stores an `AppointmentChanged` event with every change of an appointment and its relay delivers it
-here (DeliverEvents, applied exactly once by event id, his.runtime.inbox); this service keeps the
-newest revision per appointment. So the read decides from its own database, with no call to
-another service per read.
+issue 17): an appointment or encounter of one of their departments, or with them as its
+practitioner, that starts no later than `before` from now and ended no more than `after` ago (an
+encounter still open has not ended). The scheduling service stores an `AppointmentChanged` event
+with every change of an appointment, the EMR an `EncounterChanged` with every change of an
+encounter; their relays deliver them here (DeliverEvents, applied exactly once by event id,
+his.runtime.inbox) and this service keeps the newest revision per record. So the read decides from
+its own database, with no call to another service per read.
 
-What the copy costs: an appointment reaches it after the relay's delivery delay (tens of
-milliseconds when both services are up), so a clinician reading the patient within that moment of
-the booking is refused once; a cancellation ends the relationship with the same delay.
+What the copy costs: a booking or an encounter reaches it after the relay's delivery delay (tens of
+milliseconds when the services are up), so a clinician reading the patient within that moment is
+refused once; a cancellation ends the relationship with the same delay.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base import env
 from his.base.identity import Principal
+from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.patient.mapping import SCOPE
 from his.patient.tables import SCHEMA
@@ -35,19 +37,24 @@ from his.runtime.inbox import Consumes, consuming
 from his.runtime.validation import Violations, reference
 from his.scheduling.v1 import scheduling_service_pb2 as scheduling_pb
 
-# The service whose events feed the relationships.
+# The services whose events feed the relationships.
 SCHEDULING = "scheduling"
+EMR = "emr"
 _DAY_S = 86_400
-# A cancelled appointment relates nobody; a no-show still does (the clinic follows it up).
-_UNRELATED = frozenset({scheduling_pb.APPOINTMENT_STATUS_CANCELLED})
+# A cancelled appointment relates nobody; a no-show still does (the clinic follows it up). An
+# encounter cancelled or entered in error relates nobody.
+_UNRELATED_APPOINTMENT = frozenset({scheduling_pb.APPOINTMENT_STATUS_CANCELLED})
+_UNRELATED_ENCOUNTER = frozenset(
+    {emr_pb.ENCOUNTER_STATUS_CANCELLED, emr_pb.ENCOUNTER_STATUS_ENTERED_IN_ERROR}
+)
 _PRIVACY = SCOPE.text(pb.CONSENT_SCOPE_PATIENT_PRIVACY)
 
 
 @dataclass(frozen=True)
 class CareConfig:
-    """The window of a care relationship (`HIS_PATIENT_CARE_*`): an appointment relates its
-    department and practitioner to the patient from `before_s` ahead of its start until
-    `after_s` after its end (preparing the visit, writing it up, following up the results)."""
+    """The window of a care relationship (`HIS_PATIENT_CARE_*`): an appointment or encounter
+    relates its department and practitioner to the patient from `before_s` ahead of its start
+    until `after_s` after its end (preparing the visit, writing it up, following up results)."""
 
     before_s: int = 7 * _DAY_S
     after_s: int = 30 * _DAY_S
@@ -63,7 +70,8 @@ class CareConfig:
 @dataclass(frozen=True)
 class Relation:
     """A caller's relationship with one patient: one of their departments that has an appointment
-    with the patient in the window (empty for none), and whether they are its practitioner."""
+    or encounter with the patient in the window (empty for none), and whether they are the
+    practitioner of one."""
 
     department: str = ""
     under_care: bool = False
@@ -74,10 +82,10 @@ NONE = Relation()
 _TABLE = f'"{SCHEMA}".care_relationships'
 # Newest revision wins, whatever order the events arrive in.
 _UPSERT = text(
-    f"INSERT INTO {_TABLE} (appointment_id, patient_id, department_id, practitioner_id, "  # noqa: S608
-    "start_time, end_time, related, revision) VALUES (:appointment_id, :patient_id, "
+    f"INSERT INTO {_TABLE} (record, patient_id, department_id, practitioner_id, "  # noqa: S608
+    "start_time, end_time, related, revision) VALUES (:record, :patient_id, "
     ":department_id, :practitioner_id, :start_time, :end_time, :related, :revision) "
-    "ON CONFLICT (appointment_id) DO UPDATE SET patient_id = excluded.patient_id, "
+    "ON CONFLICT (record) DO UPDATE SET patient_id = excluded.patient_id, "
     "department_id = excluded.department_id, practitioner_id = excluded.practitioner_id, "
     "start_time = excluded.start_time, end_time = excluded.end_time, "
     "related = excluded.related, revision = excluded.revision, update_time = now() "
@@ -88,7 +96,7 @@ _RELATIONS = (
     "SELECT patient_id, department_id, practitioner_id = $3 AS practitioner "  # noqa: S608
     f"FROM {_TABLE} WHERE patient_id = ANY($1::uuid[]) AND related "
     "AND start_time <= now() + make_interval(secs => $4) "
-    "AND end_time >= now() - make_interval(secs => $5) "
+    "AND (end_time IS NULL OR end_time >= now() - make_interval(secs => $5)) "
     "AND (department_id = ANY($2::uuid[]) OR practitioner_id = $3)"
 )
 # Privacy consent as the policies see it (his_client.patient.privacy_consent says the same).
@@ -103,9 +111,7 @@ def _values(event: scheduling_pb.AppointmentChanged) -> dict[str, object]:
     v = Violations()
     appointment = event.appointment
     values: dict[str, object] = {
-        "appointment_id": v.resource_id(
-            "appointment.name", appointment.name, collection="appointments"
-        ),
+        "record": _record(v, "appointment.name", appointment.name, "appointments"),
         "patient_id": v.resource_id(
             "appointment.patient", appointment.patient, collection="patients"
         ),
@@ -124,9 +130,42 @@ def _values(event: scheduling_pb.AppointmentChanged) -> dict[str, object]:
     v.raise_if_any()
     values["start_time"] = appointment.start_time.ToDatetime(dt.UTC)
     values["end_time"] = appointment.end_time.ToDatetime(dt.UTC)
-    values["related"] = appointment.status not in _UNRELATED
+    values["related"] = appointment.status not in _UNRELATED_APPOINTMENT
     values["revision"] = event.revision
     return values
+
+
+def _encounter_values(event: emr_pb.EncounterChanged) -> dict[str, object]:
+    v = Violations()
+    encounter = event.encounter
+    values: dict[str, object] = {
+        "record": _record(v, "encounter.name", encounter.name, "encounters"),
+        "patient_id": v.resource_id("encounter.patient", encounter.patient, collection="patients"),
+        "department_id": v.resource_id(
+            "encounter.department", encounter.department, collection="departments"
+        ),
+        "practitioner_id": reference(
+            v, "encounter.attending_practitioner", encounter.attending_practitioner, "staff"
+        ),
+    }
+    # Planned encounters have no period yet: they relate from when they were made.
+    period = encounter.period
+    if not period.HasField("start_time") and not encounter.HasField("create_time"):
+        v.add("encounter.period.start_time", "is required (or create_time)")
+    if event.revision < 1:
+        v.add("revision", "must be at least 1")
+    v.raise_if_any()
+    start = period.start_time if period.HasField("start_time") else encounter.create_time
+    values["start_time"] = start.ToDatetime(dt.UTC)
+    values["end_time"] = period.end_time.ToDatetime(dt.UTC) if period.HasField("end_time") else None
+    values["related"] = encounter.status not in _UNRELATED_ENCOUNTER
+    values["revision"] = event.revision
+    return values
+
+
+def _record(v: Violations, field: str, name: str, collection: str) -> str:
+    record = v.resource_id(field, name, collection=collection)
+    return f"{collection}/{record}" if record is not None else ""
 
 
 async def _apply(session: AsyncSession, _: EventEnvelope, payload: Message) -> None:
@@ -134,7 +173,15 @@ async def _apply(session: AsyncSession, _: EventEnvelope, payload: Message) -> N
     await session.execute(_UPSERT, _values(payload))
 
 
-CONSUMES = consuming(Consumes(SCHEDULING, scheduling_pb.AppointmentChanged, _apply))
+async def _apply_encounter(session: AsyncSession, _: EventEnvelope, payload: Message) -> None:
+    assert isinstance(payload, emr_pb.EncounterChanged)
+    await session.execute(_UPSERT, _encounter_values(payload))
+
+
+CONSUMES = consuming(
+    Consumes(SCHEDULING, scheduling_pb.AppointmentChanged, _apply),
+    Consumes(EMR, emr_pb.EncounterChanged, _apply_encounter),
+)
 
 
 def _ids(names: Collection[str], prefix: str) -> list[uuid.UUID]:

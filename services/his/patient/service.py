@@ -153,11 +153,13 @@ class PatientService(pb_grpc.PatientServiceServicer):
             include_merged=request.include_merged,
         )
         v.raise_if_any()
-        # Who may read every patient is answered here; a clinician sees the related patients of
-        # the page (below); anyone else is refused with the policy's reason.
+        # Who may read every patient is answered here; a clinician sees the patients of the page
+        # they have a care relationship with (below); anyone else is refused with the policy's
+        # reason (a signed-in patient reads their own record with GetPatient).
         alone = self._access.allowed_alone("read", _DEMOGRAPHICS)
+        related_only = not alone and self._access.allowed_when_related("read", _DEMOGRAPHICS)
         permit = Permit(ALLOWED)
-        if alone or not self._access.could_ever("read", _DEMOGRAPHICS):
+        if not related_only:
             permit = await self._access.require("read", _DEMOGRAPHICS)
         if label_view_only() and (request.national_id.value or request.phone):
             # The label view has neither: searching by them would reveal them one guess at a time.
@@ -177,7 +179,7 @@ class PatientService(pb_grpc.PatientServiceServicer):
             )
         page = keyset.page(rows, lambda r: {"f": r.family_key, "g": r.given_key, "i": str(r.id)})
         shown = [(r, permit) for r in page.rows]
-        if not alone:
+        if related_only:
             # Quietly left out, as lists do; no break-the-glass here (it would ask iam once per
             # unrelated patient): a grant opens GetPatient.
             relations = await self._care.of(identity.current(), [r.id for r in page.rows])

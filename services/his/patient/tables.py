@@ -175,23 +175,26 @@ outbox = declare_outbox(metadata)
 # The ids of the other services' events already applied, each once (his.runtime.inbox).
 inbox = declare_inbox(metadata)
 
-# One row per appointment of the scheduling service, as its newest AppointmentChanged event said
-# (his.patient.care): who has a care relationship with the patient, and when. Another service's
-# resources, referred to by id (no foreign keys: the patient may be registered after the event).
+# One row per appointment of the scheduling service and per encounter of the EMR, as its newest
+# AppointmentChanged / EncounterChanged event said (his.patient.care): who has a care relationship
+# with the patient, and when. Other services' resources, referred to by name and id (no foreign
+# keys: the patient may be registered after the event).
 care_relationships = Table(
     "care_relationships",
     metadata,
-    Column("appointment_id", UUID(as_uuid=True), primary_key=True),
+    # `appointments/{id}` or `encounters/{id}`.
+    Column("record", Text, primary_key=True),
     Column("patient_id", UUID(as_uuid=True), nullable=False),
     Column("department_id", UUID(as_uuid=True), nullable=False),
     Column("practitioner_id", UUID(as_uuid=True)),
     Column("start_time", DateTime(timezone=True), nullable=False),
-    Column("end_time", DateTime(timezone=True), nullable=False),
-    # False once the appointment was cancelled: it relates nobody any more.
+    # NULL while the encounter goes on: related until it ends (and the window after).
+    Column("end_time", DateTime(timezone=True)),
+    # False once the appointment was cancelled or the encounter cancelled or entered in error.
     Column("related", Boolean, nullable=False),
     Column("revision", BigInteger, nullable=False),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    CheckConstraint("end_time >= start_time", name="care_period_ordered"),
+    CheckConstraint("end_time IS NULL OR end_time >= start_time", name="care_period_ordered"),
 )
 Index(
     "care_by_patient",

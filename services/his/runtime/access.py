@@ -221,6 +221,22 @@ class Access:
         ask = self._request(identity.current(), action, resource, consent="revoked")
         return self.policy.decide(ask).allow
 
+    def allowed_when_related(self, action: str, resource: str) -> bool:
+        """Whether a care relation alone (department or care, consent given; no grant, not the
+        caller's own) would let the caller do `action` on a record of the class: a clinician,
+        whose lists show the related records."""
+        if not self.enabled:
+            return True
+        related = self._request(
+            identity.current(),
+            action,
+            resource,
+            department_match=True,
+            under_care=True,
+            consent="active",
+        )
+        return self.policy.decide(related).allow
+
     def could_ever(self, action: str, resource: str) -> bool:
         """Whether the caller could do `action` on some record of the class (under the most
         favourable facts): when not, a list can answer empty without reading a row."""

@@ -94,8 +94,14 @@ def _date(day: dt.date) -> types_pb2.Date:
     return types_pb2.Date(year=day.year, month=day.month, day=day.day)
 
 
+# Booked into Dr. Chen's first cardiology slots (by family name): Wang and Li, and the patients
+# of the emr demo's visits, whom the cardiologist may then read (a care relationship: the patient
+# service learns of the bookings from scheduling's events).
+BOOKED = ("Wang", "Li", "Zhang", "Chen", "Liu")
+
+
 async def load(his: HisClients) -> str:
-    """Create the clinics' schedules, the next week of slots, and two demo bookings."""
+    """Create the clinics' schedules, the next week of slots, and the demo bookings."""
     today = dt.datetime.now(ZoneInfo(TIME_ZONE)).date()
     horizon = types_pb2.Period()
     horizon.start_time.FromDatetime(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
@@ -135,16 +141,17 @@ async def load(his: HisClients) -> str:
                 )
             )
             created += len(reply.slots)
-            if clinic.key == "cardiology-chen" and reply.slots and len(first_slots) < 2:
-                first_slots.extend(slot.name for slot in reply.slots[: 2 - len(first_slots)])
+            wanted = len(BOOKED) - len(first_slots)
+            if clinic.key == "cardiology-chen" and reply.slots and wanted > 0:
+                first_slots.extend(slot.name for slot in reply.slots[:wanted])
     booked = await _book_demo_patients(his, first_slots, today)
     return f"3 clinic schedules, {created} slots over the next 7 days, {booked} bookings"
 
 
 async def _book_demo_patients(his: HisClients, slots: list[str], today: dt.date) -> int:
-    """Book the first demo patients into the first cardiology slots."""
+    """Book the demo patients of BOOKED into the first cardiology slots."""
     booked = 0
-    for family, slot in zip(("Wang", "Li"), slots, strict=False):
+    for family, slot in zip(BOOKED, slots, strict=False):
         found = await his.patient.ListPatients(patient_pb.ListPatientsRequest(name_prefix=family))
         if not found.patients:
             continue

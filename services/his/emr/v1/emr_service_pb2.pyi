@@ -1178,3 +1178,37 @@ class MarkEncounterEnteredInErrorRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MarkEncounterEnteredInErrorRequest: _TypeAlias = MarkEncounterEnteredInErrorRequest  # noqa: Y015
+
+@_typing.final
+class EncounterChanged(_message.Message):
+    """Domain event, recorded by every change of an encounter (CreateEncounter, UpdateEncounter and the
+    status rpcs) in the same transaction as the change and delivered to the patient service
+    (PatientService.DeliverEvents) at least once, possibly out of order (event type
+    `his.emr.v1.EncounterChanged`, source `emr`). The patient service keeps, per encounter, the one
+    with the highest `revision` as a care relationship of the encounter's department and attending
+    practitioner with its patient.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENCOUNTER_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The encounter's version after the change (its etag); increases with every change."""
+    @_builtins.property
+    def encounter(self) -> Global___Encounter:
+        """The encounter right after the change."""
+
+    def __init__(
+        self,
+        *,
+        encounter: Global___Encounter | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["encounter", b"encounter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encounter", b"encounter", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EncounterChanged: _TypeAlias = EncounterChanged  # noqa: Y015

@@ -1,5 +1,5 @@
 """The inbox of other services' events and the care relationships they feed (his.patient.care):
-which departments and practitioners have an appointment with which patient, and when.
+which departments and practitioners have an appointment or encounter with which patient, and when.
 
 Revision ID: 0004
 Revises: 0003
@@ -29,18 +29,20 @@ def upgrade() -> None:
         op.execute(statement)
     op.create_table(
         "care_relationships",
-        sa.Column("appointment_id", postgresql.UUID(as_uuid=True), primary_key=True),
+        sa.Column("record", sa.Text(), primary_key=True),
         sa.Column("patient_id", postgresql.UUID(as_uuid=True), nullable=False),
         sa.Column("department_id", postgresql.UUID(as_uuid=True), nullable=False),
         sa.Column("practitioner_id", postgresql.UUID(as_uuid=True)),
         sa.Column("start_time", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("end_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("end_time", sa.DateTime(timezone=True)),
         sa.Column("related", sa.Boolean(), nullable=False),
         sa.Column("revision", sa.BigInteger(), nullable=False),
         sa.Column(
             "update_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
-        sa.CheckConstraint("end_time >= start_time", name="care_period_ordered"),
+        sa.CheckConstraint(
+            "end_time IS NULL OR end_time >= start_time", name="care_period_ordered"
+        ),
         schema=SCHEMA,
     )
     op.create_index(

@@ -1141,11 +1141,11 @@ export const PatientService: GenService<{
   /**
    * Returns one patient. A merged duplicate is returned too, with state PATIENT_STATE_MERGED and
    * `merged_into` naming the surviving record, so callers can follow the link. Doctors and nurses
-   * read a patient only when they have a care relationship with them: an appointment of one of
-   * their departments, or with them as its practitioner, within the configured window (as this
-   * service learnt it from the scheduling service's events), and the patient has not revoked
-   * privacy consent; otherwise only through an active break-the-glass grant (IamService), and the
-   * read is then audited as emergency treatment. The registration desk reads every patient.
+   * read a patient only when they have a care relationship with them: an appointment or encounter
+   * of one of their departments, or with them as its practitioner, within the configured window
+   * (as this service learnt it from the scheduling and EMR services' events), and the patient has
+   * not revoked privacy consent; otherwise only through an active break-the-glass grant
+   * (IamService), and the read is then audited as emergency treatment. The registration desk reads every patient.
    * Errors: INVALID_ARGUMENT if `name` is not `patients/{patient}`; PERMISSION_DENIED with the
    * reason in ErrorInfo (NO_CARE_RELATIONSHIP when a clinician has no relationship with the patient,
    * CONSENT_REVOKED when the patient revoked privacy consent), decided before existence; NOT_FOUND
@@ -1318,16 +1318,17 @@ export const PatientService: GenService<{
     output: typeof ListResearchPatientsResponseSchema;
   },
   /**
-   * Applies the scheduling service's `his.scheduling.v1.AppointmentChanged` events to this
-   * service's care relationships (which department and practitioner has an appointment with which
-   * patient, when), from which GetPatient decides a clinician's access without asking anyone; only
-   * the scheduling service's outbox relay calls it. Each event is applied exactly once, in its own
-   * transaction, recorded by its `event_id`: a repeated delivery changes nothing, and an event older
-   * (lower `revision`) than the relationship recorded for its appointment changes nothing. Errors:
+   * Applies the scheduling service's `his.scheduling.v1.AppointmentChanged` and the EMR's
+   * `his.emr.v1.EncounterChanged` events to this service's care relationships (which department
+   * and practitioner has an appointment or encounter with which patient, when), from which
+   * GetPatient decides a clinician's access without asking anyone; only those services' outbox
+   * relays call it. Each event is applied exactly once, in its own transaction, recorded by its
+   * `event_id`: a repeated delivery changes nothing, and an event older (lower `revision`) than the
+   * relationship recorded for its appointment or encounter changes nothing. Errors:
    * INVALID_ARGUMENT naming the bad event (no events or more than 500, an `event_id` that is not a
    * UUID, an event type this service does not take, a `source` other than the one the type comes
-   * from, a payload of another type or a malformed appointment); PERMISSION_DENIED if the caller is
-   * not the service the events come from.
+   * from, a payload of another type or a malformed appointment or encounter); PERMISSION_DENIED if
+   * the caller is not the service the events come from.
    *
    * @generated from rpc his.patient.v1.PatientService.DeliverEvents
    */
