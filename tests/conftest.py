@@ -107,13 +107,17 @@ async def audit_service(database_url: str) -> AsyncIterator[RunningService]:
 
 @pytest.fixture(scope="session")
 async def patient_service(
-    database_url: str, audit_service: RunningService, scheduling_port: int
+    database_url: str, audit_service: RunningService, scheduling_port: int, iam_port: int
 ) -> AsyncIterator[RunningService]:
-    """The patient service on a free port, auditing through the session's audit service and
-    delivering patient states to the session's scheduling port. `delivered()` waits for its
-    audit events only: a session need not run scheduling (its events then wait in the outbox)."""
+    """The patient service on a free port, auditing through the session's audit service,
+    delivering patient states to the session's scheduling port and asking the session's iam port
+    for break-the-glass grants. `delivered()` waits for its audit events only: a session need not
+    run scheduling (its events then wait in the outbox)."""
     config = service_config(
-        "patient", **addresses(audit_service), HIS_SCHEDULING_ADDR=f"localhost:{scheduling_port}"
+        "patient",
+        **addresses(audit_service),
+        HIS_SCHEDULING_ADDR=f"localhost:{scheduling_port}",
+        HIS_IAM_ADDR=f"localhost:{iam_port}",
     )
     running = await start(PATIENT, config, database_url)
     track_relay(running, ("audit",))
@@ -144,14 +148,22 @@ SERVICE_CREDENTIAL_KEY = "session-service-credential-key"
 
 
 @pytest.fixture(scope="session")
+def iam_port() -> int:
+    """The port the session's iam service will listen on: patient, which starts first (iam checks
+    a grant's patient there), asks iam there for the grants of clinicians with no relationship."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
 async def iam_service(
-    database_url: str, patient_service: RunningService, audit_service: RunningService
+    database_url: str, patient_service: RunningService, audit_service: RunningService, iam_port: int
 ) -> AsyncIterator[RunningService]:
     """The iam service, signing with the test issuer's key (its tokens are trusted everywhere);
     break-the-glass grants may be as short as one second."""
     config = service_config(
         "iam",
         **addresses(patient_service, audit_service),
+        HIS_PORT=str(iam_port),
         HIS_IAM_SIGNING_KEYS=str(ISSUER.signing_key_path),
         HIS_IAM_DEV_CREDENTIAL=DEV_CREDENTIAL,
         HIS_SERVICE_CREDENTIAL_KEY=SERVICE_CREDENTIAL_KEY,

@@ -996,6 +996,20 @@ def _lab_order_changed() -> lab_pb.DeliverEventsRequest:
     return lab_pb.DeliverEventsRequest(events=[lab_changed(made, revision=1)])
 
 
+def _appointment_changed() -> patient_pb.DeliverEventsRequest:
+    """An appointment of a patient the patient service does not know: the relationship is kept."""
+    appointment = pb.Appointment(
+        name=missing("appointments"),
+        patient=missing("patients"),
+        department=missing("departments"),
+        status=pb.APPOINTMENT_STATUS_BOOKED,
+    )
+    appointment.start_time.GetCurrentTime()
+    appointment.end_time.GetCurrentTime()
+    event = pb.AppointmentChanged(appointment=appointment, revision=1)
+    return patient_pb.DeliverEventsRequest(events=[envelope(event, source="scheduling")])
+
+
 def _patient_state_changed() -> pb.DeliverEventsRequest:
     """The state of a patient scheduling has no copy of: the copy is made."""
     patient = missing("patients")
@@ -1013,6 +1027,7 @@ IDENTITY_RPCS: dict[str, tuple[Callable[[], Message], str]] = {
     "lab.DeliverEvents": (_lab_order_changed, "orders"),
     "pharmacy.DeliverEvents": (pharmacy_records.prescription_changed, "orders"),
     "scheduling.DeliverEvents": (_patient_state_changed, "patient"),
+    "patient.DeliverEvents": (_appointment_changed, "scheduling"),
     "billing.DeliverEvents": (billing_records.order_completed, "orders"),
 }
 
@@ -1270,6 +1285,13 @@ async def _revoke_grant(world: World, allowed: bool) -> Message:
     return iam_pb.RevokeEmergencyAccessGrantRequest(name=name)
 
 
+async def _review_grant(world: World, allowed: bool) -> Message:
+    name = await world.fresh_grant() if allowed else await world.held_grant()
+    return iam_pb.ReviewEmergencyAccessGrantRequest(
+        name=name, outcome=iam_pb.EMERGENCY_ACCESS_REVIEW_STATE_JUSTIFIED
+    )
+
+
 async def _login(world: World, allowed: bool) -> Message:
     member = await world.iam.GetStaffMember(iam_pb.GetStaffMemberRequest(name=world.staff))
     return iam_pb.IssueTokenRequest(username=member.username, credential=DEV_CREDENTIAL)
@@ -1395,6 +1417,20 @@ IAM_RPCS = (
         "iam.emergency_access",
         _revoke_grant,
         lambda w: iam_pb.RevokeEmergencyAccessGrantRequest(name=missing("emergencyAccessGrants")),
+    ),
+    # The privacy officer's review of someone else's grant (execute); the reviewer is recorded,
+    # so each staff caller is an iam staff member first.
+    Rpc(
+        "iam",
+        "ReviewEmergencyAccessGrant",
+        "execute",
+        "iam.emergency_access",
+        _review_grant,
+        lambda w: iam_pb.ReviewEmergencyAccessGrantRequest(
+            name=missing("emergencyAccessGrants"),
+            outcome=iam_pb.EMERGENCY_ACCESS_REVIEW_STATE_JUSTIFIED,
+        ),
+        enrolled=True,
     ),
 )
 
