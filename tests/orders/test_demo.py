@@ -1,5 +1,7 @@
 """The orders demo data: Dr. Chen's lab orders for the visit in progress, once however often it
-is loaded, on the demo data of iam, patient and emr (loaded here into the session's services)."""
+is loaded, on the demo data of iam, patient, scheduling and emr (loaded here into the session's
+services: the scheduling demo's bookings give Dr. Chen the care relationship with the patients of
+the emr demo's visits)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from his.orders.v1 import orders_service_pb2 as pb
 from his.patient import demo as patient_demo
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.server import RunningService
+from his.scheduling import demo as scheduling_demo
 from his_client import HisClients, static_token
 from his_client.config import ClientConfig
 from tests.conftest import DEV_CREDENTIAL
@@ -22,11 +25,12 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
     patient_service: RunningService,
     emr_service: RunningService,
     orders_service: RunningService,
+    scheduling_service: RunningService,
 ) -> None:
     config = ClientConfig(
         addresses={
             r.spec.name: r.address
-            for r in (iam_service, patient_service, emr_service, orders_service)
+            for r in (iam_service, patient_service, emr_service, orders_service, scheduling_service)
         }
     )
     async with HisClients(config, token=static_token(DEMO_ADMINISTRATOR)) as admin:
@@ -43,6 +47,7 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
     # caller: one set of patients whoever loads it first).
     async with HisClients(config, token=static_token(REGISTRAR)) as his:
         await patient_demo.load(his)
+        await scheduling_demo.load(his)
     async with HisClients(config, token=static_token(doctor)) as his:
         await emr_demo.load(his)
         assert await demo.load(his) == "2 lab orders"

@@ -42,6 +42,8 @@ async def test_patient_schema_upgrades_downgrades_and_upgrades_again(tmp_path: P
             "consents",
             "data_keys",
             "outbox",
+            "inbox",
+            "care_relationships",
         }
         assert downgraded == {"alembic_version"}
         assert "patients" in upgraded
