@@ -22,16 +22,14 @@ from his.runtime.server import RunningService, start
 from his.scheduling.v1 import scheduling_service_pb2 as scheduling_pb
 from tests.conftest import addresses, service_config
 from tests.identity import ISSUER, channel_as, metadata
-from tests.patient.helpers import create
+from tests.patient.helpers import Stub, create
 from tests.support import fails, free_port
 
 NOWHERE = f"localhost:{free_port()}"
 
 
 @pytest.fixture(scope="module")
-async def isolated(
-    database_url: str, audit_service: RunningService
-) -> AsyncIterator[pb_grpc.PatientServiceStub]:
+async def isolated(database_url: str, audit_service: RunningService) -> AsyncIterator[Stub]:
     """A patient server with no iam or scheduling to ask, relating a visit from 1 day before its
     start to 2 days after its end; called as a registrar unless a call says otherwise."""
     config = service_config(
@@ -85,7 +83,7 @@ def _encounter(
     return emr_pb.EncounterChanged(encounter=encounter, revision=1)
 
 
-async def _deliver(stub: pb_grpc.PatientServiceStub, source: str, *events: Message) -> None:
+async def _deliver(stub: Stub, source: str, *events: Message) -> None:
     await stub.DeliverEvents(
         pb.DeliverEventsRequest(events=[envelope(e, source=source, trace_id="") for e in events]),
         metadata=metadata(ISSUER.service(source)),
@@ -96,7 +94,7 @@ def _ward() -> str:
     return f"departments/{uuid.uuid4()}"
 
 
-async def _reads(stub: pb_grpc.PatientServiceStub, patient: str, ward: str) -> bool:
+async def _reads(stub: Stub, patient: str, ward: str) -> bool:
     """Whether a doctor of `ward` reads the patient from the care relationships alone. Without
     one the service would ask iam for a break-the-glass grant, which cannot be reached here: that
     is the answer (UNAVAILABLE naming iam) of every unrelated read on this server."""
@@ -110,7 +108,7 @@ async def _reads(stub: pb_grpc.PatientServiceStub, patient: str, ward: str) -> b
     return True
 
 
-async def test_a_related_read_asks_no_other_service(isolated: pb_grpc.PatientServiceStub) -> None:
+async def test_a_related_read_asks_no_other_service(isolated: Stub) -> None:
     patient = (await create(isolated)).name
     ward = _ward()
     await _deliver(isolated, "scheduling", _appointment(patient, ward, dt.datetime.now(dt.UTC)))
@@ -130,7 +128,7 @@ async def test_a_related_read_asks_no_other_service(isolated: pb_grpc.PatientSer
     ), unrelated
 
 
-async def test_the_window_is_the_configured_one(isolated: pb_grpc.PatientServiceStub) -> None:
+async def test_the_window_is_the_configured_one(isolated: Stub) -> None:
     patient = (await create(isolated)).name
     now = dt.datetime.now(dt.UTC)
     soon, later, lately, long_ago = _ward(), _ward(), _ward(), _ward()
@@ -152,7 +150,7 @@ async def test_the_window_is_the_configured_one(isolated: pb_grpc.PatientService
 
 
 async def test_an_open_encounter_relates_until_it_ends(
-    isolated: pb_grpc.PatientServiceStub,
+    isolated: Stub,
 ) -> None:
     patient = (await create(isolated)).name
     admitted, discharged = _ward(), _ward()
@@ -175,7 +173,7 @@ async def test_an_open_encounter_relates_until_it_ends(
 
 
 async def test_the_newest_revision_wins_whatever_the_order(
-    isolated: pb_grpc.PatientServiceStub,
+    isolated: Stub,
 ) -> None:
     patient = (await create(isolated)).name
     ward = _ward()
