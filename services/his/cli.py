@@ -204,19 +204,20 @@ def _gateway_config(args: argparse.Namespace) -> int:
 
     from his.gateway import envoy  # noqa: PLC0415
     from his.gateway.config import GatewayConfig  # noqa: PLC0415
-    from his.gateway.envoy_config import LocalAddresses, bootstrap  # noqa: PLC0415
-    from his.gateway.policy import PolicyError, load  # noqa: PLC0415
-    from his.gateway.runner import ipv6_loopback_available, repository_root  # noqa: PLC0415
+    from his.gateway.envoy_config import LocalAddresses  # noqa: PLC0415
+    from his.gateway.policy import PolicyError  # noqa: PLC0415
+    from his.gateway.runner import LocalGateway, repository_root, services_trust  # noqa: PLC0415
 
     try:
-        root = repository_root(Path(args.root) if args.root else None)
+        # The same generation `his up` runs, with the same trust, so what is printed is what runs.
         iam_http = lookup("iam").http_port or 0
-        generated = bootstrap(
-            load(root),
+        generated = LocalGateway(
             GatewayConfig.from_env(os.environ),
             LocalAddresses({entry.name: entry.port for entry in implemented()}, iam_http),
-            ipv6_loopback=ipv6_loopback_available(),
-        )
+            root=repository_root(Path(args.root) if args.root else None),
+            work_dir=Path(tempfile.gettempdir()),
+            trust=services_trust(os.environ),
+        ).configuration()
     except PolicyError as error:
         print(f"his gateway config: {error}", file=sys.stderr)
         return 1

@@ -264,7 +264,11 @@ class Hospital:
             # runs the services and says why there is no gateway.
             from his.gateway.envoy import EnvoyMissing, binary  # noqa: PLC0415
             from his.gateway.envoy_config import LocalAddresses  # noqa: PLC0415
-            from his.gateway.runner import LocalGateway, repository_root  # noqa: PLC0415
+            from his.gateway.runner import (  # noqa: PLC0415
+                LocalGateway,
+                repository_root,
+                services_trust,
+            )
 
             binary()
 
@@ -278,7 +282,7 @@ class Hospital:
                 ),
                 root=repository_root(),
                 work_dir=self._config.data_dir.resolve() / "gateway",
-                trust=_services_trust(),
+                trust=services_trust(os.environ),
                 preexec_fn=_die_with_parent,
                 # Beside the services' logs, kept for one run like theirs (`*.log.1`).
                 log_file=self._logs.path("gateway"),
@@ -495,16 +499,6 @@ class Hospital:
             await process.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*service.readers), 5.0)
-
-
-def _services_trust() -> tuple[str | None, tuple[str, ...] | None] | None:
-    """The issuer (and audience) the services were told to trust when it is not the mesh's
-    default (HIS_AUTH_ISSUER, HIS_AUTH_AUDIENCE): the gateway must check tokens as they do."""
-    issuer = os.environ.get("HIS_AUTH_ISSUER", "").strip()
-    audience = os.environ.get("HIS_AUTH_AUDIENCE", "").strip()
-    if not issuer and not audience:
-        return None
-    return issuer or None, (audience,) if audience else None
 
 
 async def _listening(port: int) -> bool:
