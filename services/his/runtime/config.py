@@ -186,17 +186,18 @@ def _service_peers(env: Mapping[str, str], *, in_mesh: bool) -> str:
     would then work from any other pod.
     """
     raw = (env.get("HIS_AUTH_SERVICE_PEERS") or "").strip()
-    if raw == "off" or (not raw and not in_mesh):
-        if raw == "off" and in_mesh:
+    if raw == "off":
+        if in_mesh:
             raise ConfigError("HIS_AUTH_SERVICE_PEERS=off is refused with HIS_MESH=istio")
         return ""
-    prefix = raw or DEFAULT_PEER_PREFIX
-    if not prefix.startswith("spiffe://") or not prefix.endswith("/sa/"):
+    if not raw:
+        return DEFAULT_PEER_PREFIX if in_mesh else ""
+    if not raw.startswith("spiffe://") or not raw.endswith("/sa/"):
         raise ConfigError(
             "HIS_AUTH_SERVICE_PEERS must be spiffe://<trust domain>/ns/<namespace>/sa/ or off, "
             f"got {raw!r}"
         )
-    return prefix
+    return raw
 
 
 @dataclass(frozen=True)
