@@ -25,7 +25,6 @@ from his.common.v1 import types_pb2
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.lab.v1 import lab_service_pb2 as pb
 from his.lab.v1 import lab_service_pb2_grpc as pb_grpc
-from his.local_secrets import local_secrets
 from his.login import issue_token
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
@@ -33,7 +32,6 @@ from his.patient.v1 import patient_service_pb2_grpc as patient_grpc
 from his.runtime.outbox import envelope
 from his_client import HisClients, static_token
 from his_client.config import ClientConfig
-from his_client.credentials import service_credential
 
 GLUCOSE = types_pb2.Coding(system="http://loinc.org", code="2345-7", display="Glucose")
 BLOOD = types_pb2.Coding(system="http://snomed.info/sct", code="119297000", display="Blood")
@@ -84,10 +82,9 @@ async def _people(hospital: Hospital) -> dict[str, str]:
                     ),
                     timeout=10,
                 )
-        secret = local_secrets(hospital.data_dir).service_credential_key.encode()
         reply = await his.iam.IssueToken(
             iam_pb.IssueTokenRequest(
-                username="service:orders", credential=service_credential(secret, "orders")
+                username="service:orders", credential=hospital.secrets.service_credential("orders")
             ),
             timeout=10,
         )

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,7 +38,20 @@ from his_client import HisClients, static_token
 log = logging.getLogger("his.up")
 
 START_TIMEOUT_S = 60.0
-_PER_SERVICE = frozenset({"HIS_PORT", "HIS_HOST", "HIS_METRICS_PORT", "HIS_IAM_HTTP_PORT"})
+# The caller's shell must not hand every service these either: one would bind another's port,
+# or hold a credential that is not its own.
+_PER_SERVICE = frozenset(
+    {
+        "HIS_PORT",
+        "HIS_HOST",
+        "HIS_METRICS_PORT",
+        "HIS_IAM_HTTP_PORT",
+        "HIS_SERVICE_CREDENTIAL",
+        "HIS_SERVICE_CREDENTIAL_KEY",
+        "HIS_IAM_DEV_CREDENTIAL",
+        "HIS_SERVICE_TOKEN_FILE",
+    }
+)
 STOP_TIMEOUT_S = 15.0
 POSTGRES_CHECK_S = 1.0
 T = TypeVar("T")
@@ -90,6 +103,23 @@ class Backoff:
         delay = min(self.cap_s, self.base_s * 2.0**self.failures)
         self.failures += 1
         return delay
+
+
+def service_env(
+    environ: Mapping[str, str], secrets: LocalSecrets, service: str, database_url: str
+) -> dict[str, str]:
+    """The environment `his up` starts `service` with."""
+    # Per-process settings of the caller's shell must not reach every service (two would bind
+    # one port); each service takes its own from the catalog.
+    inherited = {k: v for k, v in environ.items() if k not in _PER_SERVICE}
+    return dict(
+        inherited,
+        # Each service its own credential; only iam the key they derive from (ADR 0007).
+        **secrets.env(service),
+        HIS_DATABASE_URL=database_url,
+        HIS_MIGRATE="0",
+        HIS_LOG_FORMAT="json",  # read back line by line: level decides file or terminal
+    )
 
 
 def describe_exit(code: int) -> str:
@@ -337,16 +367,7 @@ class Hospital:
             log.error("watch failed", exc_info=error, extra={PRINTED: True})
 
     async def _spawn(self, service: _Service) -> None:
-        # Per-process settings of the caller's shell must not reach every service (two would bind
-        # one port); each service takes its own from the catalog.
-        inherited = {k: v for k, v in os.environ.items() if k not in _PER_SERVICE}
-        env = dict(
-            inherited,
-            **self._secrets.env(),
-            HIS_DATABASE_URL=self._url,
-            HIS_MIGRATE="0",
-            HIS_LOG_FORMAT="json",  # read back line by line: level decides file or terminal
-        )
+        env = service_env(os.environ, self._secrets, service.name, self._url)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

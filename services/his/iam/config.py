@@ -103,7 +103,8 @@ class IamConfig:
     token_ttl_s: int = 3600
     # The one development password every staff member logs in with. Empty: no staff login.
     dev_credential: str = field(default="", repr=False)
-    # Services log in as `service:{name}` with HMAC-SHA256(this key, name). Empty: no service login.
+    # Services log in as `service:{name}` with HMAC-SHA256(this key, name). Only iam holds the
+    # key; every other service is handed its own result (ADR 0007). Empty: no service login.
     service_credential_key: bytes = field(default=b"", repr=False)
     # Off in production (an external identity provider): IssueToken and GetJwks are UNIMPLEMENTED.
     local_provider: bool = True

@@ -59,6 +59,7 @@ from his.runtime.database import Database
 from his.runtime.idempotency import RequestKey
 from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.policy import Request
+from his.runtime.security import peer_binding
 from his.runtime.server import ServiceResources
 from his.runtime.validation import (
     Violations,
@@ -105,6 +106,8 @@ class IamService(pb_grpc.IamServiceServicer):
         self._clients: HisClients = resources.clients
         self._pages = PageTokens(resources.config.page_token_key)
         self._config = config
+        # In the mesh: service tokens are issued only to the service's own mTLS principal.
+        self._peers = peer_binding(resources.config.auth)
         # Policy decisions and the audit trail, shared by the process (off with HIS_SECURITY=off).
         self._access: Access = resources.access
         self._issuer: TokenIssuer | None = None
@@ -428,9 +431,13 @@ class IamService(pb_grpc.IamServiceServicer):
         # Services log in as they start, so this runs when a new installation first comes up.
         await self._bootstrap()
         if request.username.startswith(_SERVICE_PREFIX):
-            issued = self._service_token(
-                self._issuer, request.username[len(_SERVICE_PREFIX) :], request.credential
-            )
+            service = request.username[len(_SERVICE_PREFIX) :]
+            issued = self._service_token(self._issuer, service, request.credential)
+            if self._peers is not None:
+                # In the mesh a service's token goes only to its own workload: a credential
+                # copied out of one pod is useless in another (checked after the credential, so
+                # a wrong one never learns whether its principal would have fitted).
+                self._peers.require(context.invocation_metadata(), service, "a token")
         else:
             issued = await self._staff_token(self._issuer, request.username, request.credential)
         response = pb.IssueTokenResponse(access_token=issued.token, token_type=_BEARER)

@@ -24,6 +24,7 @@ from his.mesh.contracts import Rpc, rpcs
 from his.mesh.deploy_lint import lint_deploy
 from his.mesh.edge_lint import EDGE_RULES
 from his.mesh.findings import Finding, subject
+from his.mesh.identity_lint import lint_identity
 from his.mesh.network_lint import network_calls
 from his.mesh.routes import (
     CONNECTION_TOKENS,
@@ -58,6 +59,7 @@ def lint(cluster: Cluster) -> list[Finding]:
         *EDGE_RULES,
         network_calls,
         lint_deploy,
+        lint_identity,
     )
     return sorted({finding for rule in rules for finding in rule(cluster)})
 
