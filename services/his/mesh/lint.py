@@ -24,7 +24,7 @@ from his.mesh.contracts import Rpc, rpcs
 from his.mesh.deploy_lint import lint_deploy
 from his.mesh.edge_lint import EDGE_RULES
 from his.mesh.findings import Finding, subject
-from his.mesh.network_lint import network_calls
+from his.mesh.network_lint import network_calls, platform_ports
 from his.mesh.routes import (
     CONNECTION_TOKENS,
     GRPC_TOKENS,
@@ -39,8 +39,10 @@ from his.mesh.routes import (
     seconds,
     unsafe_retries,
 )
+from his.mesh.scaling_lint import SCALING_RULES
 from his.mesh.sources import Manifest
 from his.mesh.traffic_lint import TRAFFIC_RULES
+from his.mesh.visibility_lint import VISIBILITY_RULES
 
 
 def lint(cluster: Cluster) -> list[Finding]:
@@ -57,7 +59,10 @@ def lint(cluster: Cluster) -> list[Finding]:
         *TRAFFIC_RULES,
         *EDGE_RULES,
         network_calls,
+        platform_ports,
         lint_deploy,
+        *SCALING_RULES,
+        *VISIBILITY_RULES,
     )
     return sorted({finding for rule in rules for finding in rule(cluster)})
 
@@ -208,7 +213,7 @@ def _destination_rules(cluster: Cluster) -> Iterator[Finding]:
                 cluster,
                 rule,
                 "host",
-                f"host {host!r} is not a Service of this overlay",
+                cluster.host_problem(host, namespace_of(rule)),
                 "use <service>.<namespace>.svc.cluster.local of an existing Service"
                 + suggest(host, _hosts(cluster)),
             )
@@ -296,7 +301,8 @@ def _virtual_service_hosts(cluster: Cluster) -> Iterator[Finding]:
                     cluster,
                     vs,
                     "hosts",
-                    f"host {host!r} is not a Service of this overlay, so the routes never apply",
+                    cluster.host_problem(str(host), namespace_of(vs))
+                    + ", so the routes never apply",
                     "use <service>.<namespace>.svc.cluster.local"
                     + suggest(str(host), _hosts(cluster)),
                 )
@@ -364,7 +370,7 @@ def _destination(
             cluster,
             vs,
             where,
-            f"destination host {host!r} is not a Service",
+            "destination " + cluster.host_problem(host, namespace_of(vs)),
             "use <service>.<namespace>.svc.cluster.local" + suggest(host, _hosts(cluster)),
         )
         return
