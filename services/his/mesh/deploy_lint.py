@@ -381,9 +381,10 @@ def _wiring(
             cluster,
             deployment,
             f"{where} HIS_MESH",
-            f"is {mesh or 'unset'}, not {MESH_MODE}: the server and SDK then do their own TLS "
-            "and retries under the sidecar's (double retries, and calls the mesh's mTLS "
-            "cannot carry)",
+            f"is {mesh or 'unset'}, not {MESH_MODE}: the SDK then retries its calls under the "
+            "mesh's retries (every retry multiplied), and the runtime lets a missing key "
+            "(HIS_PAGE_TOKEN_KEY, HIS_CRYPTO_*) fall back to a local one instead of refusing "
+            "to start",
             f"set HIS_MESH: {MESH_MODE} in the service's ConfigMap",
         )
     host = env.get("HIS_HOST", _ALL_ADDRESSES[0])

@@ -134,13 +134,18 @@ _OLD_TLS = ("TLSV1_0", "TLSV1_1")
 
 
 def gateway_services(cluster: Cluster, gateway: Manifest) -> list[Manifest]:
-    """The Services in front of a Gateway's pods (their selector is a subset of its labels)."""
+    """The Services in front of a Gateway's pods (their selector selects a pod it selects)."""
     selector = {str(k): str(v) for k, v in (spec_of(gateway).get("selector") or {}).items()}
+    pods = [
+        labels
+        for namespace, labels in cluster.pods
+        if selector and all(labels.get(k) == v for k, v in selector.items())
+    ]
     return [
         service
         for service in cluster.services.values()
         if (chosen := spec_of(service).get("selector"))
-        and all(selector.get(str(k)) == str(v) for k, v in chosen.items())
+        and any(all(pod.get(str(k)) == str(v) for k, v in chosen.items()) for pod in pods)
     ]
 
 

@@ -17,6 +17,7 @@ from his.base.catalog import implemented
 from his.mesh.calls import CALLS
 from his.mesh.cluster import Cluster, finding, namespace_of, spec_of
 from his.mesh.contracts import all_paths
+from his.mesh.edge_lint import gateway_services
 from his.mesh.findings import Finding
 from his.mesh.sources import Manifest
 
@@ -299,6 +300,17 @@ def _reaches_istiod(rule: Mapping[str, Any]) -> bool:
     return False
 
 
+def _names_istiod(rule: Mapping[str, Any]) -> bool:
+    """Whether an egress rule is written for istiod (whatever ports it lists)."""
+    namespace_labels, pod_labels = ISTIOD
+    return any(
+        peer.get("namespaceSelector") is not None
+        and selects(peer["namespaceSelector"], namespace_labels)
+        and selects(peer.get("podSelector") or {}, pod_labels)
+        for peer in rule.get("to") or []
+    )
+
+
 def _meshed(pod: Mapping[str, str]) -> bool:
     return pod.get("sidecar.istio.io/inject", "true").lower() != "false"
 
@@ -318,6 +330,9 @@ def platform_ports(cluster: Cluster) -> Iterator[Finding]:
     """Every meshed pod may reach istiod's xDS port; the gateway's pods take their real port."""
     if not cluster.of_kind("NetworkPolicy") or not cluster.of_kind("AuthorizationPolicy"):
         return  # no network policies, or no mesh in this overlay
+    # The policy meant to open istiod (its egress names istiod) is the one to fix, once.
+    cut: dict[str, list[str]] = {}
+    blamed: dict[str, Manifest] = {}
     seen: set[str] = set()
     for namespace, labels in cluster.pods:
         app = labels.get("app", "?")
@@ -325,19 +340,24 @@ def platform_ports(cluster: Cluster) -> Iterator[Finding]:
             continue
         seen.add(app)
         policies = _restricting(cluster, labels, "egress")
-        if policies and not any(
-            _reaches_istiod(rule) for p in policies for rule in spec_of(p).get("egress") or []
-        ):
-            yield finding(
-                cluster,
-                _where(policies, app),
-                "egress",
-                f"no policy lets {app}'s pods reach istiod (istio-system, app: istiod) on port "
-                f"{ISTIOD_XDS_PORT}: their sidecars get no configuration or certificate, so "
-                "they never become ready",
-                f"keep the allow-istiod policy (platform.yaml) selecting {app}, or allow "
-                f"egress to istiod on {ISTIOD_XDS_PORT}",
-            )
+        rules = [(p, rule) for p in policies for rule in spec_of(p).get("egress") or []]
+        if not policies or any(_reaches_istiod(rule) for _, rule in rules):
+            continue
+        meant = next((p for p, rule in rules if _names_istiod(rule)), None)
+        blame = meant if meant is not None else _where(policies, app)
+        key = f"{namespace_of(blame)}/{(blame.get('metadata') or {}).get('name')}"
+        blamed[key] = blame
+        cut.setdefault(key, []).append(app)
+    for key, apps in sorted(cut.items()):
+        yield finding(
+            cluster,
+            blamed[key],
+            "egress",
+            f"no policy lets the pods of {', '.join(sorted(apps))} reach istiod (istio-system, "
+            f"app: istiod) on port {ISTIOD_XDS_PORT}: their sidecars get no configuration or "
+            "certificate, so they never become ready",
+            f"allow egress to istiod on {ISTIOD_XDS_PORT} (platform.yaml's allow-istiod)",
+        )
     yield from _gateway_ports(cluster)
 
 
@@ -359,10 +379,7 @@ def _gateway_ports(cluster: Cluster) -> Iterator[Finding]:
             (server.get("port") or {}).get("number")
             for server in spec_of(gateway).get("servers") or []
         }
-        for service in cluster.services.values():
-            chosen = spec_of(service).get("selector") or {}
-            if not chosen or not all(selector.get(str(k)) == str(v) for k, v in chosen.items()):
-                continue
+        for service in gateway_services(cluster, gateway):
             for port in spec_of(service).get("ports") or []:
                 target = port.get("targetPort", port.get("port"))
                 if port.get("port") in servers and isinstance(target, int):

@@ -78,7 +78,9 @@ def _exports(cluster: Cluster) -> Iterator[Finding]:
             spec_of(manifest).get("gateways") or []
         )
         for _, service in sorted(_targets(cluster, manifest)):
-            who = {GATEWAY_APP} if gateway_only else callers.get(service, set())
+            who = {GATEWAY_APP} if gateway_only else set(callers.get(service, set()))
+            if kind_of(manifest) == "VirtualService" and not gateway_only:
+                who.discard(GATEWAY_APP)  # a gateway applies only routes bound to it
             hidden = sorted(
                 app
                 for app in who
@@ -167,7 +169,7 @@ def _sidecars(cluster: Cluster) -> Iterator[Finding]:
     if not cluster.of_kind("Sidecar"):
         return
     callers = callers_of(cluster)
-    reported: set[tuple[str, str, str]] = set()
+    reported: set[tuple[str, str]] = set()
     for namespace, labels in cluster.pods:
         app = labels.get("app")
         if app is None or app == GATEWAY_APP:
@@ -189,27 +191,28 @@ def _sidecars(cluster: Cluster) -> Iterator[Finding]:
                 if (NAMESPACE, service) in _targets(cluster, m)
                 and not (spec_of(m).get("gateways") and "mesh" not in spec_of(m)["gateways"])
             ]
-            for kind, where in needed:
-                if _imports(egress, namespace_of(sidecar), where, host):
-                    continue
-                key = (app, service, kind)
-                if key in reported:
-                    continue
-                reported.add(key)
-                yield finding(
-                    cluster,
-                    sidecar,
-                    "egress.hosts",
-                    f"imports no {kind} {where}/{service} into {app}'s proxy, and {app} calls "
-                    f"{service}: "
-                    + (
-                        "the call has no route to it and fails"
-                        if kind == "Service"
-                        else _consequence(kind)
-                    ),
-                    f'add "{where}/{host}" (or "./*" when it is in {namespace_of(sidecar)}) '
-                    f"to egress.hosts of Sidecar {namespace_of(sidecar)}/{name_of(sidecar)}",
-                )
+            missing = [
+                f"{kind} {where}/{service}"
+                for kind, where in needed
+                if not _imports(egress, namespace_of(sidecar), where, host)
+            ]
+            if not missing or (app, service) in reported:
+                continue
+            reported.add((app, service))
+            consequence = (
+                "the call has no route to it and fails"
+                if missing[0].startswith("Service")
+                else _consequence(missing[0].split()[0])
+            )
+            yield finding(
+                cluster,
+                sidecar,
+                "egress.hosts",
+                f"imports no {', no '.join(missing)} into {app}'s proxy, and {app} calls "
+                f"{service}: {consequence}",
+                f'add "{NAMESPACE}/{host}" (or "./*" when it is in {namespace_of(sidecar)}) '
+                f"to egress.hosts of Sidecar {namespace_of(sidecar)}/{name_of(sidecar)}",
+            )
 
 
 VISIBILITY_RULES = (_exports, _sidecars)
