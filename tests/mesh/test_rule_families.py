@@ -180,6 +180,18 @@ def _pdb_of_no_pod(root: Path) -> None:
     edit(root, f"{BASE}/iam/pdb.yaml", "version: v1", "version: v3")
 
 
+def _second_budget(root: Path) -> None:
+    path = root / f"{BASE}/patient/pdb.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text + "---\n" + text.replace("name: patient\n", "name: patient-spare\n", 1))
+
+
+def _second_autoscaler(root: Path) -> None:
+    path = root / f"{BASE}/lab/hpa.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text + "---\n" + text.replace("  name: lab\n", "  name: lab-spare\n", 1))
+
+
 # --- kustomize, drills and faults, images ---------------------------------------------------
 
 
@@ -223,6 +235,16 @@ def _no_audiences(root: Path) -> None:
     edit(root, f"{GATEWAY}/request-authentication.yaml", "      audiences:\n        - his\n", "")
 
 
+def _jwks_by_a_name_istiod_resolves_elsewhere(root: Path) -> None:
+    # istiod fetches the keys from istio-system, where the single label `iam` is not iam of his.
+    edit(
+        root,
+        f"{GATEWAY}/request-authentication.yaml",
+        "http://iam.his.svc.cluster.local:8080/",
+        "http://iam:8080/",
+    )
+
+
 def _grpc_message_hidden(root: Path) -> None:
     edit(root, f"{GATEWAY}/routes.yaml", "          - grpc-message\n", "")
 
@@ -260,6 +282,10 @@ def _tls_passed_through(root: Path) -> None:
         "        mode: SIMPLE\n        credentialName: mobile-gateway-tls\n",
         "        mode: PASSTHROUGH\n",
     )
+
+
+def _plaintext_server(root: Path) -> None:
+    edit(root, f"{GATEWAY}/gateway.yaml", "protocol: HTTPS", "protocol: HTTP")
 
 
 def _server_on_the_pod_port(root: Path) -> None:
@@ -355,6 +381,8 @@ MUTATIONS: list[tuple[Seed, str, str, str]] = [
     (_pdb_never_evicts, "dev", f"{BASE}/emr/pdb.yaml", "lets no pod of emr be evicted"),
     (_pdb_keeps_every_pod, "prod", f"{BASE}/patient/pdb.yaml", "keeps all 3 pod(s) of patient"),
     (_pdb_of_no_pod, "dev", f"{BASE}/iam/pdb.yaml", "selects no pods"),
+    (_second_budget, "dev", f"{BASE}/patient/pdb.yaml", "PodDisruptionBudget his/patient selects"),
+    (_second_autoscaler, "dev", f"{BASE}/lab/hpa.yaml", "HorizontalPodAutoscaler his/lab too"),
     (
         _patch_target_typo,
         "prod",
@@ -366,12 +394,19 @@ MUTATIONS: list[tuple[Seed, str, str, str]] = [
     (_fault_left_in_routes, "dev", f"{VS}/audit.yaml", "a fault outside a drill"),
     (_latest_in_prod, "prod", f"{OVERLAYS}/prod/kustomization.yaml", "tag 'latest'"),
     (_no_audiences, "dev", f"{GATEWAY}/request-authentication.yaml", "no audiences"),
+    (
+        _jwks_by_a_name_istiod_resolves_elsewhere,
+        "dev",
+        f"{GATEWAY}/request-authentication.yaml",
+        "neither https nor a Service of this overlay",
+    ),
     (_grpc_message_hidden, "dev", f"{GATEWAY}/routes.yaml", "does not expose grpc-message"),
     (_grpc_web_header_refused, "dev", f"{GATEWAY}/routes.yaml", "does not allow x-grpc-web"),
     (_any_origin_with_credentials, "dev", f"{GATEWAY}/routes.yaml", "any origin with allowCred"),
     (_route_without_cors, "dev", f"{GATEWAY}/routes.yaml", "no corsPolicy"),
     (_old_tls, "dev", f"{GATEWAY}/gateway.yaml", "TLSV1_1 accepts TLS versions"),
     (_tls_passed_through, "dev", f"{GATEWAY}/gateway.yaml", "the gateway does not end TLS"),
+    (_plaintext_server, "dev", f"{GATEWAY}/gateway.yaml", "plaintext HTTP server"),
     (_server_on_the_pod_port, "dev", f"{GATEWAY}/gateway.yaml", "8443 is no port of the gat"),
     (
         _allow_all_from_the_root_namespace,
@@ -437,6 +472,16 @@ def _dialled_by_dns_short_name(root: Path) -> None:
     )
 
 
+def _jwks_by_dns_short_name(root: Path) -> None:
+    # istiod's resolver expands `iam.his` through its search domains: the same Service.
+    edit(
+        root,
+        f"{GATEWAY}/request-authentication.yaml",
+        "http://iam.his.svc.cluster.local:8080/",
+        "http://iam.his:8080/",
+    )
+
+
 def _exported_to_own_namespace(root: Path) -> None:
     edit(root, f"{DR}/patient.yaml", "spec:\n  host:", 'spec:\n  exportTo:\n    - "."\n  host:')
     edit(root, f"{VS}/iam.yaml", "spec:\n  hosts:", "spec:\n  exportTo:\n    - his\n  hosts:")
@@ -480,6 +525,7 @@ def _wildcard_headers_with_authorization(root: Path) -> None:
 CORRECT_VARIANTS: list[tuple[Seed, str]] = [
     (_short_name_hosts, "dev"),
     (_dialled_by_dns_short_name, "dev"),
+    (_jwks_by_dns_short_name, "dev"),
     (_exported_to_own_namespace, "dev"),
     (_namespace_sidecar_importing_its_own_namespace, "dev"),
     (_prod_image_by_digest, "prod"),
