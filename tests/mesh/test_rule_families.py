@@ -16,7 +16,7 @@ import pytest
 from his.mesh.check import OVERLAYS, run_check
 from his.mesh.cluster import Cluster
 from his.mesh.findings import Finding
-from his.mesh.kustomize_lint import lint_kustomize, pinned
+from his.mesh.kustomize_lint import lint_kustomize, pinned, selector_holds
 from his.mesh.lint import lint
 from his.mesh.render import render
 from his.mesh.routes import fqdn, istio_host
@@ -554,3 +554,15 @@ def test_pinned_means_a_release_tag_or_a_digest() -> None:
     assert not pinned("registry.hospital.example:5000/his")
     assert not pinned("his:latest")
     assert not pinned("his:dev")
+
+
+def test_a_patch_target_label_selector_reads_as_kubernetes_reads_it() -> None:
+    labels = {"app": "patient", "tier": "grpc"}
+    assert selector_holds("app=patient", labels)
+    assert selector_holds("app==patient,tier", labels)
+    assert selector_holds("app in (patient, iam),!canary", labels)
+    assert selector_holds("tier notin (web),app!=iam", labels)
+    assert not selector_holds("app=iam", labels)
+    assert not selector_holds("app notin (patient)", labels)
+    assert not selector_holds("!tier", labels)
+    assert not selector_holds("version", labels)

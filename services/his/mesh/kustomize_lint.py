@@ -78,7 +78,7 @@ def lint_kustomize(root: Path, tree: str, objects: list[Manifest]) -> list[Findi
 # --- patches whose target selects nothing ------------------------------------------------
 
 
-def _selector_holds(selector: str, labels: Mapping[str, str]) -> bool:
+def selector_holds(selector: str, labels: Mapping[str, str]) -> bool:
     """A Kubernetes label selector string (`a=b,c!=d,e,!f,g in (x,y),h notin (z)`)."""
     for raw in re.findall(r"[^,(]+(?:\([^)]*\))?", selector):
         term = raw.strip()
@@ -124,7 +124,7 @@ def _matches(target: Mapping[str, Any], manifest: Manifest) -> bool:
     for field, source in (("labelSelector", "labels"), ("annotationSelector", "annotations")):
         if target.get(field) is not None:
             values = {str(k): str(v) for k, v in (metadata.get(source) or {}).items()}
-            if not _selector_holds(str(target[field]), values):
+            if not selector_holds(str(target[field]), values):
                 return False
     return True
 
