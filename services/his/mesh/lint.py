@@ -25,7 +25,7 @@ from his.mesh.deploy_lint import lint_deploy
 from his.mesh.edge_lint import EDGE_RULES
 from his.mesh.findings import Finding, subject
 from his.mesh.identity_lint import lint_identity
-from his.mesh.network_lint import network_calls
+from his.mesh.network_lint import network_calls, platform_ports
 from his.mesh.routes import (
     CONNECTION_TOKENS,
     GRPC_TOKENS,
@@ -40,8 +40,10 @@ from his.mesh.routes import (
     seconds,
     unsafe_retries,
 )
+from his.mesh.scaling_lint import SCALING_RULES
 from his.mesh.sources import Manifest
 from his.mesh.traffic_lint import TRAFFIC_RULES
+from his.mesh.visibility_lint import VISIBILITY_RULES
 
 
 def lint(cluster: Cluster) -> list[Finding]:
@@ -58,8 +60,11 @@ def lint(cluster: Cluster) -> list[Finding]:
         *TRAFFIC_RULES,
         *EDGE_RULES,
         network_calls,
+        platform_ports,
         lint_deploy,
         lint_identity,
+        *SCALING_RULES,
+        *VISIBILITY_RULES,
     )
     return sorted({finding for rule in rules for finding in rule(cluster)})
 
@@ -210,7 +215,7 @@ def _destination_rules(cluster: Cluster) -> Iterator[Finding]:
                 cluster,
                 rule,
                 "host",
-                f"host {host!r} is not a Service of this overlay",
+                cluster.host_problem(host, namespace_of(rule)),
                 "use <service>.<namespace>.svc.cluster.local of an existing Service"
                 + suggest(host, _hosts(cluster)),
             )
@@ -298,7 +303,8 @@ def _virtual_service_hosts(cluster: Cluster) -> Iterator[Finding]:
                     cluster,
                     vs,
                     "hosts",
-                    f"host {host!r} is not a Service of this overlay, so the routes never apply",
+                    cluster.host_problem(str(host), namespace_of(vs))
+                    + ", so the routes never apply",
                     "use <service>.<namespace>.svc.cluster.local"
                     + suggest(str(host), _hosts(cluster)),
                 )
@@ -366,7 +372,7 @@ def _destination(
             cluster,
             vs,
             where,
-            f"destination host {host!r} is not a Service",
+            "destination " + cluster.host_problem(host, namespace_of(vs)),
             "use <service>.<namespace>.svc.cluster.local" + suggest(host, _hosts(cluster)),
         )
         return
