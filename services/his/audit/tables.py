@@ -68,9 +68,7 @@ events = Table(
         "emergency_access = (emergency_access_grant <> '')", name="emergency_has_grant"
     ),
     CheckConstraint("patient = '' OR purpose_of_use IS NOT NULL", name="patient_has_purpose"),
-    CheckConstraint(
-        "jsonb_typeof(entity_changes::jsonb) = 'array'", name="entity_changes_list"
-    ),
+    CheckConstraint("jsonb_typeof(entity_changes::jsonb) = 'array'", name="entity_changes_list"),
 )
 
 # Auditors' questions: everything about a patient, everything a staff member did, a time window,
