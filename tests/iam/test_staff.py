@@ -25,6 +25,7 @@ from tests.iam.helpers import (
     LICENCE_SYSTEM,
     Stub,
     add_membership,
+    approve,
     as_,
     create_department,
     create_staff,
@@ -47,6 +48,10 @@ def _update(member: pb.StaffMember, *paths: str) -> pb.UpdateStaffMemberRequest:
 # --- create ------------------------------------------------------------------------------------
 
 
+def _fields(member: pb.StaffMember) -> dict[str, object]:
+    return {field.name: value for field, value in member.ListFields()}
+
+
 async def test_created_staff_member_is_active_and_reads_back_unchanged(iam: Stub) -> None:
     sent = make_staff(R.STAFF_ROLE_DOCTOR, R.STAFF_ROLE_AUDITOR, licence=uuid.uuid4().hex)
     sent.name = f"staff/{uuid.uuid4()}"
@@ -59,11 +64,17 @@ async def test_created_staff_member_is_active_and_reads_back_unchanged(iam: Stub
     assert created.active is True
     assert created.username == sent.username
     assert created.display_name == sent.display_name
-    assert list(created.roles) == [R.STAFF_ROLE_DOCTOR, R.STAFF_ROLE_AUDITOR]
+    # Two-person rule: no role until a second administrator approves the ones asked for.
+    assert list(created.roles) == []
+    assert created.pending_access_change.startswith("accessChanges/")
     assert created.practitioner_identifier == sent.practitioner_identifier
     assert created.etag and created.etag != "7"
     assert created.create_time == created.update_time
-    assert await iam.GetStaffMember(pb.GetStaffMemberRequest(name=created.name)) == created
+    read = await iam.GetStaffMember(pb.GetStaffMemberRequest(name=created.name))
+    assert read == pb.StaffMember(**{**_fields(created), "pending_access_change": ""})
+    await approve(iam, created.pending_access_change)
+    approved = await iam.GetStaffMember(pb.GetStaffMemberRequest(name=created.name))
+    assert list(approved.roles) == [R.STAFF_ROLE_DOCTOR, R.STAFF_ROLE_AUDITOR]
 
 
 async def test_a_second_staff_member_with_the_same_username_already_exists(iam: Stub) -> None:
@@ -589,7 +600,11 @@ async def test_the_last_administrator_cannot_be_deactivated_or_demoted(
 
     await create_staff(stub, R.STAFF_ROLE_ADMINISTRATOR)
     updated = await stub.UpdateStaffMember(_update(demoted, "roles"))
-    assert list(updated.roles) == [R.STAFF_ROLE_REGISTRAR]
+    # ADMINISTRATOR is taken away at once; REGISTRAR waits for a second administrator.
+    assert list(updated.roles) == []
+    await approve(stub, updated.pending_access_change)
+    approved = await stub.GetStaffMember(pb.GetStaffMemberRequest(name=admin.name))
+    assert list(approved.roles) == [R.STAFF_ROLE_REGISTRAR]
 
 
 async def test_two_administrators_deactivating_each_other_leave_one(

@@ -164,12 +164,13 @@ async def propose_roles(
     """A pending change adding `roles` to the staff member (whose row the caller has locked):
     the same pending one if it exists already (a retried call), else a new one. Returns the row
     and whether it is new."""
-    wanted = sorted(set(roles))
+    wanted = list(dict.fromkeys(roles))  # in the order given, as a staff member's roles are
     query = select(*_CHANGE).where(
         access_changes.c.staff_id == staff_id,
         access_changes.c.kind == "roles",
         access_changes.c.state == PENDING,
-        access_changes.c.roles == literal(wanted, access_changes.c.roles.type),
+        access_changes.c.roles.contains(wanted),
+        access_changes.c.roles.contained_by(wanted),
     )
     earlier = (await session.execute(query.limit(1))).first()
     if earlier is not None:
@@ -278,7 +279,7 @@ async def _decide(
 
 
 async def _add_roles(session: AsyncSession, staff_row: Row[Any], roles: Sequence[str]) -> Row[Any]:
-    merged = sorted(set(staff_row.roles) | set(roles))
+    merged = [*staff_row.roles, *(role for role in roles if role not in staff_row.roles)]
     statement = (
         update(staff)
         .where(staff.c.id == staff_row.id)
@@ -349,15 +350,6 @@ async def approve(
             select(*memberships.c).where(memberships.c.id == change.membership_id)
         )
     ).one()
-    ended = membership.period_end is not None and (
-        membership.period_end <= membership.period_start
-        or membership.period_end <= dt.datetime.now(dt.UTC)
-    )
-    if ended:
-        raise FailedPrecondition(
-            f"{membership_name(membership.staff_id, membership.id)} was removed or has ended",
-            reason="MEMBERSHIP_ENDED",
-        )
     decided = await _decide(session, change.id, APPROVED, decider_id=decider_id, rule=rule)
     approved = (
         await session.execute(

@@ -327,8 +327,7 @@ class IamServiceServicer:
         PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
         (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
         NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
-        (ACCESS_CHANGE_REJECTED), the staff member is inactive (STAFF_INACTIVE) or the membership has
-        been removed since (MEMBERSHIP_ENDED).
+        (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -149,8 +149,7 @@ class IamServiceStub:
     PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
     (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
     NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
-    (ACCESS_CHANGE_REJECTED), the staff member is inactive (STAFF_INACTIVE) or the membership has
-    been removed since (MEMBERSHIP_ENDED).
+    (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
     """
     RejectAccessChange: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.RejectAccessChangeRequest, _iam_service_pb2.AccessChange]
     """Rejects a pending access change: it never takes effect (a pending membership ends at its
@@ -348,8 +347,7 @@ class IamServiceAsyncStub(IamServiceStub):
     PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
     (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
     NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
-    (ACCESS_CHANGE_REJECTED), the staff member is inactive (STAFF_INACTIVE) or the membership has
-    been removed since (MEMBERSHIP_ENDED).
+    (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
     """
     RejectAccessChange: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.RejectAccessChangeRequest, _iam_service_pb2.AccessChange]  # type: ignore[assignment]
     """Rejects a pending access change: it never takes effect (a pending membership ends at its
@@ -628,8 +626,7 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
         (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
         NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
-        (ACCESS_CHANGE_REJECTED), the staff member is inactive (STAFF_INACTIVE) or the membership has
-        been removed since (MEMBERSHIP_ENDED).
+        (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
         """
 
     @_abc_1.abstractmethod
