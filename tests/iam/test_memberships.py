@@ -11,9 +11,9 @@ import pytest
 
 from his.iam.v1 import iam_service_pb2 as pb
 from tests.iam.helpers import (
-    approve,
     Stub,
     add_membership,
+    approve,
     as_,
     create_department,
     create_staff,
