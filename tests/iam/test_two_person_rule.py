@@ -571,3 +571,35 @@ async def test_a_new_installation_gets_its_second_administrator_at_once_and_no_m
     # From then on, every grant waits for a second administrator.
     assert list(third.roles) == [] and third.pending_access_change
     assert list(doctor.roles) == [] and doctor.pending_access_change
+
+
+async def test_roles_are_not_proposed_for_an_inactive_member_or_with_a_stale_etag(
+    iam: Stub, proposer: Admin
+) -> None:
+    member = await create_staff(iam, R.STAFF_ROLE_NURSE)
+    stale = pb.StaffMember(name=member.name, roles=[R.STAFF_ROLE_NURSE, R.STAFF_ROLE_DOCTOR])
+    stale.etag = str(int(member.etag) - 1)
+
+    outdated = await fails(
+        iam.UpdateStaffMember(
+            pb.UpdateStaffMemberRequest(staff_member=stale, update_mask=FieldMask(paths=["roles"])),
+            metadata=as_(proposer.token),
+        )
+    )
+    await iam.DeactivateStaffMember(pb.DeactivateStaffMemberRequest(name=member.name))
+    inactive = await fails(
+        iam.UpdateStaffMember(
+            _update_roles(member, R.STAFF_ROLE_NURSE, R.STAFF_ROLE_DOCTOR),
+            metadata=as_(proposer.token),
+        )
+    )
+
+    assert (outdated.code, outdated.reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
+    assert (inactive.code, inactive.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "STAFF_INACTIVE",
+    )
+    listed = await iam.ListAccessChanges(
+        pb.ListAccessChangesRequest(staff=member.name, state=S.ACCESS_CHANGE_STATE_PENDING)
+    )
+    assert list(listed.access_changes) == []

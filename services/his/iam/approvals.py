@@ -165,14 +165,7 @@ async def propose_roles(
     the same pending one if it exists already (a retried call), else a new one. Returns the row
     and whether it is new."""
     wanted = list(dict.fromkeys(roles))  # in the order given, as a staff member's roles are
-    query = select(*_CHANGE).where(
-        access_changes.c.staff_id == staff_id,
-        access_changes.c.kind == "roles",
-        access_changes.c.state == PENDING,
-        access_changes.c.roles.contains(wanted),
-        access_changes.c.roles.contained_by(wanted),
-    )
-    earlier = (await session.execute(query.limit(1))).first()
+    earlier = await pending_role_change(session, staff_id, wanted)
     if earlier is not None:
         return earlier, False
     statement = insert(access_changes).values(
@@ -184,6 +177,20 @@ async def propose_roles(
         proposer_id=proposer_id,
     )
     return (await session.execute(statement.returning(*_CHANGE))).one(), True
+
+
+async def pending_role_change(
+    session: AsyncSession, staff_id: uuid.UUID, roles: Sequence[str]
+) -> Row[Any] | None:
+    """The pending change adding exactly these roles (in any order) to the staff member."""
+    query = select(*_CHANGE).where(
+        access_changes.c.staff_id == staff_id,
+        access_changes.c.kind == "roles",
+        access_changes.c.state == PENDING,
+        access_changes.c.roles.contains(list(roles)),
+        access_changes.c.roles.contained_by(list(roles)),
+    )
+    return (await session.execute(query.limit(1))).first()
 
 
 async def propose_membership(

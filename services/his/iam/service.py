@@ -261,16 +261,14 @@ class IamService(pb_grpc.IamServiceServicer):
         wanted = values["roles"]
         if proposer is not None:
             values["roles"] = []
+        change = None
         try:
             async with self._db.transaction() as session:
-                row = await key.create(
-                    lambda: store.insert_staff(session, values, request_id),
-                    lambda used: store.staff_by_request(session, used),
-                )
-                if proposer is None:
-                    return staff_to_proto(row)
-                change = await approvals.first_role_change(session, row.id)
-                if change is None:  # a new member (a replay finds its first change)
+                row = await store.insert_staff(session, values, request_id)
+                if row is None:  # a replay: the first creation is the answer, as it stands now
+                    row = await key.taken(lambda used: store.staff_by_request(session, used))
+                    change = await approvals.first_role_change(session, row.id)
+                elif proposer is not None:
                     await self._audit_change(
                         "create", staff_name(row.id), _STAFF_TYPE, None, staff_view(row)
                     )
@@ -357,6 +355,13 @@ class IamService(pb_grpc.IamServiceServicer):
                 if wanted is not None and proposer is not None:
                     added = [role for role in wanted if role not in row.roles]
                     if added:
+                        if not row.active:
+                            raise FailedPrecondition(
+                                f"{staff_name(row.id)} is inactive", reason="STAFF_INACTIVE"
+                            )
+                        if await approvals.pending_role_change(session, row.id, added) is None:
+                            # A retry finds its change; a new proposal needs a fresh etag.
+                            store.check_etag(before, member.etag)
                         row, change = await self._propose_roles(session, row, added, proposer)
         except IntegrityError as error:
             raise store.conflict(error) or error from None
