@@ -21,6 +21,7 @@ from bench.harness import (
     Call,
     Hospital,
     address,
+    approve,
     channel,
     compare,
     echo_call,
@@ -72,7 +73,7 @@ async def _doctor(hospital: Hospital) -> tuple[str, str, str]:
             ),
             timeout=10,
         )
-        await his.iam.AddMembership(
+        added = await his.iam.AddMembership(
             iam_pb.AddMembershipRequest(
                 parent=doctor.name,
                 membership=iam_pb.DepartmentMembership(department=department.name),
@@ -80,6 +81,7 @@ async def _doctor(hospital: Hospital) -> tuple[str, str, str]:
             ),
             timeout=10,
         )
+    await approve(hospital, doctor.pending_access_change, added.access_change)
     token = await issue_token("bench.cardiologist", data_dir=hospital.data_dir, config=config)
     return token, doctor.name, department.name
 

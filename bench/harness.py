@@ -180,8 +180,43 @@ def cpu_seconds(hospital: Hospital) -> dict[str, float]:
     return used
 
 
+# The bench's second administrator: in a fresh hospital, the first ADMINISTRATOR given by the
+# bootstrap administrator takes effect at once (iam's setup window, his.iam.approvals); it then
+# approves the roles and memberships `admin` gives the bench's staff (the two-person rule).
+APPROVER = "bench.approver"
+
+
+async def approve(hospital: Hospital, *changes: str) -> None:
+    """Approve iam access changes (empty names are skipped) as the bench's second
+    administrator, made once by the bootstrap administrator."""
+    pending = [change for change in changes if change]
+    if not pending:
+        return
+    config = ClientConfig.from_env(hospital.env)
+    admin = await issue_token("admin", data_dir=hospital.data_dir, config=config)
+    async with HisClients(config, token=static_token(admin)) as his:
+        await his.iam.CreateStaffMember(
+            iam_pb.CreateStaffMemberRequest(
+                staff_member=iam_pb.StaffMember(
+                    username=APPROVER,
+                    display_name="Bench approver",
+                    roles=[iam_pb.STAFF_ROLE_ADMINISTRATOR],
+                ),
+                request_id="bench-approver",
+            ),
+            timeout=10,
+        )
+    approver = await issue_token(APPROVER, data_dir=hospital.data_dir, config=config)
+    async with HisClients(config, token=static_token(approver)) as his:
+        for change in pending:
+            await his.iam.ApproveAccessChange(
+                iam_pb.ApproveAccessChangeRequest(name=change), timeout=10
+            )
+
+
 async def staff_token(hospital: Hospital, username: str, *roles: str) -> str:
-    """A token for a staff member created (once) by the bootstrap administrator."""
+    """A token for a staff member created (once) by the bootstrap administrator, their roles
+    approved by the bench's second administrator."""
     config = ClientConfig.from_env(hospital.env)
 
     async def login(user: str) -> str:
@@ -189,7 +224,7 @@ async def staff_token(hospital: Hospital, username: str, *roles: str) -> str:
 
     admin = await login("admin")
     async with HisClients(config, token=static_token(admin)) as his:
-        await his.iam.CreateStaffMember(
+        made = await his.iam.CreateStaffMember(
             iam_pb.CreateStaffMemberRequest(
                 staff_member=iam_pb.StaffMember(
                     username=username,
@@ -200,6 +235,7 @@ async def staff_token(hospital: Hospital, username: str, *roles: str) -> str:
             ),
             timeout=10,
         )
+    await approve(hospital, made.pending_access_change)
     return await login(username)
 
 

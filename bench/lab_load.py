@@ -20,7 +20,17 @@ import uuid
 
 from google.protobuf.message import Message
 
-from bench.harness import HEADER, Call, Hospital, address, channel, compare, echo_call, services
+from bench.harness import (
+    HEADER,
+    Call,
+    Hospital,
+    address,
+    approve,
+    channel,
+    compare,
+    echo_call,
+    services,
+)
 from his.common.v1 import types_pb2
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.lab.v1 import lab_service_pb2 as pb
@@ -58,6 +68,7 @@ async def _people(hospital: Hospital) -> dict[str, str]:
                 timeout=10,
             )
             found[key] = made.name
+        changes: list[str] = []
         for username, role, department in (
             ("bench.technician", iam_pb.STAFF_ROLE_LAB_TECHNICIAN, found["lab"]),
             ("bench.registrar", iam_pb.STAFF_ROLE_REGISTRAR, ""),
@@ -73,8 +84,9 @@ async def _people(hospital: Hospital) -> dict[str, str]:
                 timeout=10,
             )
             found[username] = member.name
+            changes.append(member.pending_access_change)
             if department:
-                await his.iam.AddMembership(
+                added = await his.iam.AddMembership(
                     iam_pb.AddMembershipRequest(
                         parent=member.name,
                         membership=iam_pb.DepartmentMembership(department=department),
@@ -82,6 +94,7 @@ async def _people(hospital: Hospital) -> dict[str, str]:
                     ),
                     timeout=10,
                 )
+                changes.append(added.access_change)
         reply = await his.iam.IssueToken(
             iam_pb.IssueTokenRequest(
                 username="service:orders", credential=hospital.secrets.service_credential("orders")
@@ -89,6 +102,7 @@ async def _people(hospital: Hospital) -> dict[str, str]:
             timeout=10,
         )
         found["orders-token"] = reply.access_token
+    await approve(hospital, *changes)
     for username in ("bench.technician", "bench.registrar", "bench.doctor"):
         found[f"{username}-token"] = await issue_token(
             username, data_dir=hospital.data_dir, config=config

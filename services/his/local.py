@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from his.base.catalog import ServiceEntry, implemented, lookup
 from his.gateway.config import GatewayConfig
+from his.iam import demo_seed
 from his.iam.config import sign_in_codes_path
 from his.local_logs import PRINTED, LogFiles
 from his.local_secrets import LocalSecrets, local_secrets
@@ -273,7 +274,8 @@ class Hospital:
         await self._start_gateway()
         if demo:
             log.info("loading demo data")
-            self.say(f"demo data:    {await _load_demo(self._entries, self._config.data_dir)}")
+            made = await _load_demo(self._entries, self._config.data_dir, self._url)
+            self.say(f"demo data:    {made}")
             self.say(_patient_sign_in_hint(self._config.data_dir))
         _print_table(self._entries)
         if self._gateway is not None:
@@ -546,9 +548,11 @@ def _patient_sign_in_hint(data_dir: Path) -> str:
     )
 
 
-async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> str:
+async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path, database_url: str) -> str:
     """Each implemented service's `demo.load`, as the staff member its module names (`USER`);
-    what they made, in one line."""
+    what they made, in one line. The demo staff's roles and memberships are then approved by
+    writing to iam's database directly (his.iam.demo_seed: the demo has no second
+    administrator), before the other data sets, which need them."""
     names = {entry.name for entry in entries}
     made = []
     for name in [n for n in DEMO_ORDER if n in names] + sorted(names - set(DEMO_ORDER)):
@@ -559,6 +563,8 @@ async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> str:
         token = await issue_token(demo.USER, data_dir=data_dir)
         async with HisClients(token=static_token(token)) as his:
             made.append(str(await demo.load(his)))
+        if name == "iam":
+            await demo_seed.approve_demo_changes(database_url)
     return "; ".join(made)
 
 

@@ -14,7 +14,7 @@ import jwt
 
 from his.common.v1 import types_pb2
 from his.iam.v1 import iam_service_pb2 as pb
-from tests.identity import metadata
+from tests.identity import ISSUER, metadata
 from tests.support import invalid_in
 
 if TYPE_CHECKING:
@@ -31,6 +31,8 @@ LOCAL_ISSUER = "https://iam.his.local-test"
 DEV_CREDENTIAL = "correct horse battery staple"
 SERVICE_KEY = b"test-service-credential-key"
 LICENCE_SYSTEM = "urn:his:test:practising-certificate"
+# A second administrator: approves what the tests' administrator proposes (two-person rule).
+SECOND_ADMINISTRATOR = ISSUER.staff("ADMINISTRATOR")
 
 
 def word(length: int = 10) -> str:
@@ -86,23 +88,44 @@ async def create_department(stub: Stub, department: pb.Department | None = None)
     )
 
 
-async def create_staff(stub: Stub, *roles: pb.StaffRole.ValueType, **kwargs: Any) -> pb.StaffMember:
-    """Create a staff member (a doctor unless roles are given)."""
+async def approve(stub: Stub, change: str) -> pb.AccessChange:
+    """Approve an access change as the second administrator (the two-person rule)."""
+    return await stub.ApproveAccessChange(
+        pb.ApproveAccessChangeRequest(name=change), metadata=as_(SECOND_ADMINISTRATOR)
+    )
+
+
+async def propose_staff(
+    stub: Stub, *roles: pb.StaffRole.ValueType, **kwargs: Any
+) -> pb.StaffMember:
+    """Create a staff member (a doctor unless roles are given) whose roles still wait."""
     return await stub.CreateStaffMember(
         pb.CreateStaffMemberRequest(staff_member=make_staff(*roles, **kwargs))
     )
 
 
+async def create_staff(stub: Stub, *roles: pb.StaffRole.ValueType, **kwargs: Any) -> pb.StaffMember:
+    """Create a staff member (a doctor unless roles are given), their roles approved by a second
+    administrator; the member as it reads afterwards."""
+    proposed = await propose_staff(stub, *roles, **kwargs)
+    if proposed.pending_access_change:  # else granted at once (ADMINISTRATOR, setup window)
+        await approve(stub, proposed.pending_access_change)
+    return await stub.GetStaffMember(pb.GetStaffMemberRequest(name=proposed.name))
+
+
 async def add_membership(
     stub: Stub, staff: str, department: str, *, primary: bool = False, **kwargs: Any
 ) -> pb.DepartmentMembership:
-    """Make `staff` a member of `department` from now on."""
-    return await stub.AddMembership(
+    """Make `staff` a member of `department` from now on, approved by a second administrator."""
+    added = await stub.AddMembership(
         pb.AddMembershipRequest(
             parent=staff,
             membership=pb.DepartmentMembership(department=department, primary=primary, **kwargs),
         )
     )
+    await approve(stub, added.access_change)
+    added.approval_state = pb.ACCESS_CHANGE_STATE_APPROVED
+    return added
 
 
 def staff_id(name: str) -> str:

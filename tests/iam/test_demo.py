@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from his.iam import demo
+from his.iam import demo, demo_seed
 from his.iam.v1 import iam_service_pb2 as pb
 from his.runtime.server import RunningService
 from his_client import HisClients
@@ -28,14 +28,21 @@ async def _counts(iam_db: AsyncEngine) -> tuple[int, int, int]:
 
 
 async def test_demo_loads_once_with_every_role_and_its_departments(
-    iam: Stub, iam_server: RunningService, admin_token: str, iam_db: AsyncEngine
+    iam: Stub, iam_server: RunningService, admin_token: str, iam_db: AsyncEngine, iam_url: str
 ) -> None:
     config = ClientConfig(addresses={"iam": iam_server.address})
     async with HisClients(config, token=static_token(admin_token)) as his:
         summary = await demo.load(his)
+        # As `his up --demo` does: the demo's pending roles and memberships approved directly.
+        approved = await demo_seed.approve_demo_changes(iam_url)
         after_first = await _counts(iam_db)
         again = await demo.load(his)
         directory = await demo.directory(his)
+
+    assert approved == 0 or approved == len(demo.STAFF) + sum(
+        len(person.departments) for person in demo.STAFF
+    )
+    assert await demo_seed.approve_demo_changes(iam_url) == 0  # nothing waits any more
 
     assert await _counts(iam_db) == after_first
     assert summary.startswith("7 departments, 10 staff members")

@@ -38,6 +38,7 @@ from tests.iam.helpers import (
     LOCAL_ISSUER,
     Stub,
     add_membership,
+    approve,
     create_department,
     create_staff,
     invalid,
@@ -257,9 +258,11 @@ async def test_new_roles_appear_in_tokens_issued_afterwards(iam: Stub) -> None:
 
     member.ClearField("roles")
     member.roles.extend([pb.STAFF_ROLE_NURSE, pb.STAFF_ROLE_REGISTRAR])
-    await iam.UpdateStaffMember(
+    updated = await iam.UpdateStaffMember(
         pb.UpdateStaffMemberRequest(staff_member=member, update_mask=FieldMask(paths=["roles"]))
     )
+    # The added role takes effect once a second administrator approves it (two-person rule).
+    await approve(iam, updated.pending_access_change)
     second = verify((await login(iam, member.username)).access_token, await _jwks(iam))
 
     assert first["roles"] == ["NURSE"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from his.emr import demo as emr_demo
 from his.iam import demo as iam_demo
+from his.iam import demo_seed
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.orders import demo
 from his.orders.v1 import orders_service_pb2 as pb
@@ -22,6 +23,7 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
     patient_service: RunningService,
     emr_service: RunningService,
     orders_service: RunningService,
+    database_url: str,
 ) -> None:
     config = ClientConfig(
         addresses={
@@ -31,6 +33,8 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
     )
     async with HisClients(config, token=static_token(DEMO_ADMINISTRATOR)) as admin:
         await iam_demo.load(admin)
+        # As `his up --demo` does: the demo staff's roles and memberships approved directly.
+        await demo_seed.approve_demo_changes(database_url)
 
         async def token(username: str) -> str:
             issued = await admin.iam.IssueToken(

@@ -274,6 +274,14 @@ class World:
         )
         return str(made.name)
 
+    async def fresh_access_change(self) -> str:
+        """A new pending access change (a new staff member's roles), proposed by the session's
+        administrator, so any other administrator may decide it."""
+        made = await self.iam.CreateStaffMember(
+            iam_pb.CreateStaffMemberRequest(staff_member=make_staff())
+        )
+        return str(made.pending_access_change)
+
     async def fresh_membership(self) -> str:
         """A new current membership of a new staff member in the world's department."""
         added = await self.iam.AddMembership(

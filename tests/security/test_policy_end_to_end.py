@@ -1236,6 +1236,18 @@ async def _remove_membership(world: World, allowed: bool) -> Message:
     return iam_pb.RemoveMembershipRequest(name=await world.fresh_membership())
 
 
+async def _decide_change(world: World, allowed: bool) -> Message:
+    return iam_pb.ApproveAccessChangeRequest(name=await world.fresh_access_change())
+
+
+async def _reject_change(world: World, allowed: bool) -> Message:
+    return iam_pb.RejectAccessChangeRequest(name=await world.fresh_access_change())
+
+
+async def _get_change(world: World, allowed: bool) -> Message:
+    return iam_pb.GetAccessChangeRequest(name=await world.fresh_access_change())
+
+
 async def _create_grant(world: World, allowed: bool) -> Message:
     return iam_pb.CreateEmergencyAccessGrantRequest(
         emergency_access_grant=iam_pb.EmergencyAccessGrant(
@@ -1354,6 +1366,41 @@ IAM_RPCS = (
         lambda w: iam_pb.RemoveMembershipRequest(
             name=f"{missing('staff')}/{missing('memberships')}"
         ),
+    ),
+    # The two-person rule's access changes: read like staff members; decided by administrators
+    # (each caller decides a fresh change another administrator proposed).
+    Rpc(
+        "iam",
+        "GetAccessChange",
+        "read",
+        "iam.staff",
+        _get_change,
+        lambda w: iam_pb.GetAccessChangeRequest(name=missing("accessChanges")),
+    ),
+    Rpc(
+        "iam",
+        "ListAccessChanges",
+        "read",
+        "iam.staff",
+        _const(iam_pb.ListAccessChangesRequest(page_size=1)),
+    ),
+    Rpc(
+        "iam",
+        "ApproveAccessChange",
+        "update",
+        "iam.staff",
+        _decide_change,
+        lambda w: iam_pb.ApproveAccessChangeRequest(name=missing("accessChanges")),
+        fields=("roles",),
+    ),
+    Rpc(
+        "iam",
+        "RejectAccessChange",
+        "update",
+        "iam.staff",
+        _reject_change,
+        lambda w: iam_pb.RejectAccessChangeRequest(name=missing("accessChanges")),
+        fields=("roles",),
     ),
     # Clinicians break the glass for themselves (own=True); iam refuses anyone else before the
     # policy, for the same reason. The patient is an input, not the record: no missing case.

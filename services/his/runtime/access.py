@@ -296,8 +296,10 @@ class Access:
         resource_name: str,
         resource_type: str,
         patient: str | None = None,
+        changes: Sequence[audit_pb.AuditFieldChange] = (),
     ) -> None:
-        """Audit one access to patient data; raises UNAVAILABLE (fail closed) if it cannot."""
+        """Audit one access to patient data, or one change (`changes`: the changed fields before
+        and after); raises UNAVAILABLE (fail closed) if it cannot."""
         if not self.enabled or self._audit is None:
             return
         await self._audit.record(
@@ -308,6 +310,7 @@ class Access:
             resource_type=resource_type,
             purpose_of_use=purpose_of_use(identity.current_or_none(), permit),
             emergency_access_grant=permit.emergency_grant,
+            changes=changes,
         )
 
     async def record_each(

@@ -121,6 +121,34 @@ STAFF_ROLE_ADMINISTRATOR: StaffRole.ValueType  # 8
 """An administrator: manages departments, staff, roles and memberships."""
 Global___StaffRole: _TypeAlias = StaffRole  # noqa: Y015
 
+class _AccessChangeState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AccessChangeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccessChangeState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACCESS_CHANGE_STATE_UNSPECIFIED: _AccessChangeState.ValueType  # 0
+    """Not set. As a filter: any state."""
+    ACCESS_CHANGE_STATE_PENDING: _AccessChangeState.ValueType  # 1
+    """Proposed, waiting for a second administrator; no effect yet."""
+    ACCESS_CHANGE_STATE_APPROVED: _AccessChangeState.ValueType  # 2
+    """Approved by a second administrator: in effect."""
+    ACCESS_CHANGE_STATE_REJECTED: _AccessChangeState.ValueType  # 3
+    """Rejected (or withdrawn): never took effect."""
+
+class AccessChangeState(_AccessChangeState, metaclass=_AccessChangeStateEnumTypeWrapper):
+    """Where an access change stands."""
+
+ACCESS_CHANGE_STATE_UNSPECIFIED: AccessChangeState.ValueType  # 0
+"""Not set. As a filter: any state."""
+ACCESS_CHANGE_STATE_PENDING: AccessChangeState.ValueType  # 1
+"""Proposed, waiting for a second administrator; no effect yet."""
+ACCESS_CHANGE_STATE_APPROVED: AccessChangeState.ValueType  # 2
+"""Approved by a second administrator: in effect."""
+ACCESS_CHANGE_STATE_REJECTED: AccessChangeState.ValueType  # 3
+"""Rejected (or withdrawn): never took effect."""
+Global___AccessChangeState: _TypeAlias = AccessChangeState  # noqa: Y015
+
 @_typing.final
 class Department(_message.Message):
     """An organisational unit of the hospital (FHIR Organization of type dept)."""
@@ -180,6 +208,7 @@ class StaffMember(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    PENDING_ACCESS_CHANGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `staff/{staff}`. Assigned by the service; ignored on create."""
     username: _builtins.str
@@ -197,6 +226,11 @@ class StaffMember(_message.Message):
     etag: _builtins.str
     """An opaque version tag for optimistic concurrency: pass it back on update to make sure nobody
     changed the record in between.
+    """
+    pending_access_change: _builtins.str
+    """The pending AccessChange that the create or update call answered with this member made (roles
+    that wait for a second administrator's approval), `accessChanges/{access_change}`. Output
+    only; set only in the answer of CreateStaffMember and UpdateStaffMember.
     """
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___StaffRole.ValueType]:
@@ -229,10 +263,11 @@ class StaffMember(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        pending_access_change: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "practitioner_identifier", b"practitioner_identifier", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "name", b"name", "practitioner_identifier", b"practitioner_identifier", "roles", b"roles", "update_time", b"update_time", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "name", b"name", "pending_access_change", b"pending_access_change", "practitioner_identifier", b"practitioner_identifier", "roles", b"roles", "update_time", b"update_time", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -251,6 +286,8 @@ class DepartmentMembership(_message.Message):
     PERIOD_FIELD_NUMBER: _builtins.int
     PRIMARY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    APPROVAL_STATE_FIELD_NUMBER: _builtins.int
+    ACCESS_CHANGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `staff/{staff}/memberships/{membership}`. Assigned by the service."""
     department: _builtins.str
@@ -258,6 +295,14 @@ class DepartmentMembership(_message.Message):
     primary: _builtins.bool
     """Whether this is the staff member's main department. A staff member has at most one primary
     membership at any time.
+    """
+    approval_state: Global___AccessChangeState.ValueType
+    """Whether a second administrator approved the membership: only an APPROVED one is in tokens and
+    in `current_only` lists. Output only.
+    """
+    access_change: _builtins.str
+    """The access change that approves or rejects this membership, `accessChanges/{access_change}`;
+    empty for memberships made before the two-person rule. Output only.
     """
     @_builtins.property
     def period(self) -> _types_pb2.Period:
@@ -277,14 +322,83 @@ class DepartmentMembership(_message.Message):
         period: _types_pb2.Period | None = ...,
         primary: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        approval_state: Global___AccessChangeState.ValueType = ...,
+        access_change: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "period", b"period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "department", b"department", "name", b"name", "period", b"period", "primary", b"primary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_change", b"access_change", "approval_state", b"approval_state", "create_time", b"create_time", "department", b"department", "name", b"name", "period", b"period", "primary", b"primary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DepartmentMembership: _TypeAlias = DepartmentMembership  # noqa: Y015
+
+@_typing.final
+class AccessChange(_message.Message):
+    """A proposed grant of access to a staff member, by one administrator, that takes effect only when
+    a second administrator approves it (the two-person rule): roles to add, or a department
+    membership. Made by CreateStaffMember, UpdateStaffMember and AddMembership.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STAFF_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PROPOSER_FIELD_NUMBER: _builtins.int
+    DECIDER_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DECIDE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `accessChanges/{access_change}`. Output only."""
+    staff: _builtins.str
+    """The staff member whose access changes, `staff/{staff}`. Output only."""
+    membership: _builtins.str
+    """The membership to approve (a membership change), `staff/{staff}/memberships/{membership}`;
+    empty for a role change. Output only.
+    """
+    state: Global___AccessChangeState.ValueType
+    """Where the change stands. Output only."""
+    proposer: _builtins.str
+    """The administrator who proposed it, `staff/{staff}`. Output only."""
+    decider: _builtins.str
+    """The administrator who approved or rejected it, `staff/{staff}`; empty while pending, and for a
+    change of the demo data set, approved by its loader. Output only.
+    """
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___StaffRole.ValueType]:
+        """The roles to add (a role change); empty for a membership change. Output only."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was proposed. Output only."""
+
+    @_builtins.property
+    def decide_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was approved or rejected; unset while pending. Output only."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        staff: _builtins.str = ...,
+        roles: _abc.Iterable[Global___StaffRole.ValueType] | None = ...,
+        membership: _builtins.str = ...,
+        state: Global___AccessChangeState.ValueType = ...,
+        proposer: _builtins.str = ...,
+        decider: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        decide_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time", "decider", b"decider", "membership", b"membership", "name", b"name", "proposer", b"proposer", "roles", b"roles", "staff", b"staff", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessChange: _TypeAlias = AccessChange  # noqa: Y015
 
 @_typing.final
 class EmergencyAccessGrant(_message.Message):
@@ -774,6 +888,136 @@ class ListMembershipsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMembershipsResponse: _TypeAlias = ListMembershipsResponse  # noqa: Y015
+
+@_typing.final
+class GetAccessChangeRequest(_message.Message):
+    """Request of GetAccessChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `accessChanges/{access_change}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccessChangeRequest: _TypeAlias = GetAccessChangeRequest  # noqa: Y015
+
+@_typing.final
+class ListAccessChangesRequest(_message.Message):
+    """Request of ListAccessChanges. All set filters must match."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STAFF_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of access changes to return.
+    0 means the default of 50; more than 500 means 500.
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call with the same filters, to get the next page."""
+    staff: _builtins.str
+    """Only changes of this staff member's access, `staff/{staff}`."""
+    state: Global___AccessChangeState.ValueType
+    """Only changes in this state; unset means any."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        staff: _builtins.str = ...,
+        state: Global___AccessChangeState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "staff", b"staff", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccessChangesRequest: _TypeAlias = ListAccessChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListAccessChangesResponse(_message.Message):
+    """Response of ListAccessChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token to get the next page, empty when this is the last page."""
+    @_builtins.property
+    def access_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessChange]:
+        """The access changes of this page."""
+
+    def __init__(
+        self,
+        *,
+        access_changes: _abc.Iterable[Global___AccessChange] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_changes", b"access_changes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccessChangesResponse: _TypeAlias = ListAccessChangesResponse  # noqa: Y015
+
+@_typing.final
+class ApproveAccessChangeRequest(_message.Message):
+    """Request of ApproveAccessChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The access change, `accessChanges/{access_change}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveAccessChangeRequest: _TypeAlias = ApproveAccessChangeRequest  # noqa: Y015
+
+@_typing.final
+class RejectAccessChangeRequest(_message.Message):
+    """Request of RejectAccessChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The access change, `accessChanges/{access_change}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectAccessChangeRequest: _TypeAlias = RejectAccessChangeRequest  # noqa: Y015
 
 @_typing.final
 class IssueTokenRequest(_message.Message):

@@ -36,6 +36,13 @@ class IamServiceStub:
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
+
+    Separation of duties: nobody changes their own roles or memberships (PERMISSION_DENIED, reason
+    SELF_CHANGE_REFUSED). A role given to a staff member, or a department membership added, is an
+    AccessChange that takes effect only when a second administrator, neither the one who proposed it
+    nor the staff member concerned, approves it (the two-person rule); taking access away (removing
+    roles or memberships, deactivating) takes effect at once. Every write here is audited with the
+    changed fields' values before and after.
     """
 
     @_typing.overload
@@ -58,7 +65,9 @@ class IamServiceStub:
     by a previous call with the same filters.
     """
     CreateStaffMember: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffMemberRequest, _iam_service_pb2.StaffMember]
-    """Creates an active staff member. The service assigns the resource name. A request repeated with
+    """Creates an active staff member. The service assigns the resource name. The staff member starts
+    with no role: the requested `roles` become a pending AccessChange (named by the returned
+    member's `pending_access_change`) that a second administrator approves. A request repeated with
     the same `request_id` returns the staff member created by the first one. Errors:
     INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have the
     ADMINISTRATOR role; ALREADY_EXISTS if another staff member has the same username or
@@ -74,10 +83,13 @@ class IamServiceStub:
     returned by a previous call with the same filters.
     """
     UpdateStaffMember: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.UpdateStaffMemberRequest, _iam_service_pb2.StaffMember]
-    """Changes the fields named in `update_mask`. New roles take effect in tokens issued afterwards.
+    """Changes the fields named in `update_mask`. Roles taken away are gone at once; roles added
+    become a pending AccessChange (named by the returned member's `pending_access_change`; a retry
+    finds the same one) and take effect in tokens issued after a second administrator approves it.
     When `staff_member.etag` is set it must match the stored record. Errors: INVALID_ARGUMENT for
     an unknown or read-only mask path or a bad value; PERMISSION_DENIED if the caller does not have
-    the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if the etag is stale;
+    the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) changes their own roles; NOT_FOUND if
+    no such staff member; ABORTED if the etag is stale;
     FAILED_PRECONDITION if the staff member is inactive, or if the change would leave no active
     staff member with the ADMINISTRATOR role; ALREADY_EXISTS if the new practitioner identifier
     belongs to another staff member.
@@ -87,15 +99,18 @@ class IamServiceStub:
     issued to them, their open memberships end now and their emergency access grants are revoked.
     Tokens already issued stay valid until they expire. Deactivating an inactive staff member
     succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if a
+    caller does not have the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff
+    member; NOT_FOUND if no such staff member; ABORTED if a
     given etag is stale; FAILED_PRECONDITION if it would leave no active staff member with the
     ADMINISTRATOR role.
     """
     AddMembership: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.AddMembershipRequest, _iam_service_pb2.DepartmentMembership]
-    """Makes a staff member a member of a department for a period. A request repeated with the same
-    `request_id` returns the membership created by the first one. Errors: INVALID_ARGUMENT naming
-    the bad field (for example a period that ends before it starts); PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if the staff member does not exist;
+    """Makes a staff member a member of a department for a period. The membership is pending
+    (`approval_state` PENDING, not in tokens) until a second administrator approves its
+    `access_change`. A request repeated with the same `request_id` returns the membership created
+    by the first one. Errors: INVALID_ARGUMENT naming the bad field (for example a period that ends
+    before it starts); PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, or
+    (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if the staff member does not exist;
     FAILED_PRECONDITION if the staff member is inactive, the department does not exist, or the
     membership is primary and its period overlaps another primary membership of the staff member;
     ALREADY_EXISTS if the staff member already has a membership of the same department whose period
@@ -104,14 +119,46 @@ class IamServiceStub:
     RemoveMembership: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.RemoveMembershipRequest, _iam_service_pb2.DepartmentMembership]
     """Ends a membership now: its period end becomes the current time (or its start, if it has not
     started yet). The membership is kept as history. Removing a membership that has already ended
-    succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if no such membership.
+    succeeds and changes nothing; removing a pending one rejects its access change. Errors:
+    INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller does not have the
+    ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if no such
+    membership.
     """
     ListMemberships: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ListMembershipsRequest, _iam_service_pb2.ListMembershipsResponse]
     """Lists the memberships of one staff member, or of all staff members when the parent is
     `staff/-` (for example to list the members of a department), ordered by period start, newest
     first. Errors: INVALID_ARGUMENT for a bad parent, filter, page size or page token; NOT_FOUND if
     the parent staff member does not exist.
+    """
+    GetAccessChange: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.GetAccessChangeRequest, _iam_service_pb2.AccessChange]
+    """Returns one access change. Errors: INVALID_ARGUMENT if `name` is not
+    `accessChanges/{access_change}`; PERMISSION_DENIED if the caller may not read staff members;
+    NOT_FOUND if no such access change.
+    """
+    ListAccessChanges: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ListAccessChangesRequest, _iam_service_pb2.ListAccessChangesResponse]
+    """Lists access changes matching all given filters, newest first (for example the pending ones
+    an administrator is asked to approve). Errors: INVALID_ARGUMENT for a bad filter, a negative
+    `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
+    PERMISSION_DENIED if the caller may not read staff members.
+    """
+    ApproveAccessChange: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ApproveAccessChangeRequest, _iam_service_pb2.AccessChange]
+    """Approves a pending access change, which takes effect now: its roles are added to the staff
+    member, or its membership counts from its period start. The approver is the caller, an
+    administrator who is neither the proposer nor the staff member concerned. Approving an
+    approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
+    PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
+    (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+    NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
+    (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
+    """
+    RejectAccessChange: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.RejectAccessChangeRequest, _iam_service_pb2.AccessChange]
+    """Rejects a pending access change: it never takes effect (a pending membership ends at its
+    start). The proposer may reject (withdraw) their own proposal. Rejecting a rejected change
+    returns it unchanged. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller
+    does not have the ADMINISTRATOR role or is the staff member concerned (reason
+    SELF_CHANGE_REFUSED); NOT_FOUND if no such access change; FAILED_PRECONDITION
+    (ACCESS_CHANGE_APPROVED) if it was approved: take the access away with UpdateStaffMember or
+    RemoveMembership instead.
     """
     IssueToken: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.IssueTokenRequest, _iam_service_pb2.IssueTokenResponse]
     """Local-development identity provider: exchanges a username and credential for a signed JWT
@@ -190,6 +237,13 @@ class IamServiceAsyncStub(IamServiceStub):
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
+
+    Separation of duties: nobody changes their own roles or memberships (PERMISSION_DENIED, reason
+    SELF_CHANGE_REFUSED). A role given to a staff member, or a department membership added, is an
+    AccessChange that takes effect only when a second administrator, neither the one who proposed it
+    nor the staff member concerned, approves it (the two-person rule); taking access away (removing
+    roles or memberships, deactivating) takes effect at once. Every write here is audited with the
+    changed fields' values before and after.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -209,7 +263,9 @@ class IamServiceAsyncStub(IamServiceStub):
     by a previous call with the same filters.
     """
     CreateStaffMember: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffMemberRequest, _iam_service_pb2.StaffMember]  # type: ignore[assignment]
-    """Creates an active staff member. The service assigns the resource name. A request repeated with
+    """Creates an active staff member. The service assigns the resource name. The staff member starts
+    with no role: the requested `roles` become a pending AccessChange (named by the returned
+    member's `pending_access_change`) that a second administrator approves. A request repeated with
     the same `request_id` returns the staff member created by the first one. Errors:
     INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have the
     ADMINISTRATOR role; ALREADY_EXISTS if another staff member has the same username or
@@ -225,10 +281,13 @@ class IamServiceAsyncStub(IamServiceStub):
     returned by a previous call with the same filters.
     """
     UpdateStaffMember: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.UpdateStaffMemberRequest, _iam_service_pb2.StaffMember]  # type: ignore[assignment]
-    """Changes the fields named in `update_mask`. New roles take effect in tokens issued afterwards.
+    """Changes the fields named in `update_mask`. Roles taken away are gone at once; roles added
+    become a pending AccessChange (named by the returned member's `pending_access_change`; a retry
+    finds the same one) and take effect in tokens issued after a second administrator approves it.
     When `staff_member.etag` is set it must match the stored record. Errors: INVALID_ARGUMENT for
     an unknown or read-only mask path or a bad value; PERMISSION_DENIED if the caller does not have
-    the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if the etag is stale;
+    the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) changes their own roles; NOT_FOUND if
+    no such staff member; ABORTED if the etag is stale;
     FAILED_PRECONDITION if the staff member is inactive, or if the change would leave no active
     staff member with the ADMINISTRATOR role; ALREADY_EXISTS if the new practitioner identifier
     belongs to another staff member.
@@ -238,15 +297,18 @@ class IamServiceAsyncStub(IamServiceStub):
     issued to them, their open memberships end now and their emergency access grants are revoked.
     Tokens already issued stay valid until they expire. Deactivating an inactive staff member
     succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if a
+    caller does not have the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff
+    member; NOT_FOUND if no such staff member; ABORTED if a
     given etag is stale; FAILED_PRECONDITION if it would leave no active staff member with the
     ADMINISTRATOR role.
     """
     AddMembership: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.AddMembershipRequest, _iam_service_pb2.DepartmentMembership]  # type: ignore[assignment]
-    """Makes a staff member a member of a department for a period. A request repeated with the same
-    `request_id` returns the membership created by the first one. Errors: INVALID_ARGUMENT naming
-    the bad field (for example a period that ends before it starts); PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if the staff member does not exist;
+    """Makes a staff member a member of a department for a period. The membership is pending
+    (`approval_state` PENDING, not in tokens) until a second administrator approves its
+    `access_change`. A request repeated with the same `request_id` returns the membership created
+    by the first one. Errors: INVALID_ARGUMENT naming the bad field (for example a period that ends
+    before it starts); PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, or
+    (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if the staff member does not exist;
     FAILED_PRECONDITION if the staff member is inactive, the department does not exist, or the
     membership is primary and its period overlaps another primary membership of the staff member;
     ALREADY_EXISTS if the staff member already has a membership of the same department whose period
@@ -255,14 +317,46 @@ class IamServiceAsyncStub(IamServiceStub):
     RemoveMembership: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.RemoveMembershipRequest, _iam_service_pb2.DepartmentMembership]  # type: ignore[assignment]
     """Ends a membership now: its period end becomes the current time (or its start, if it has not
     started yet). The membership is kept as history. Removing a membership that has already ended
-    succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if no such membership.
+    succeeds and changes nothing; removing a pending one rejects its access change. Errors:
+    INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller does not have the
+    ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if no such
+    membership.
     """
     ListMemberships: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ListMembershipsRequest, _iam_service_pb2.ListMembershipsResponse]  # type: ignore[assignment]
     """Lists the memberships of one staff member, or of all staff members when the parent is
     `staff/-` (for example to list the members of a department), ordered by period start, newest
     first. Errors: INVALID_ARGUMENT for a bad parent, filter, page size or page token; NOT_FOUND if
     the parent staff member does not exist.
+    """
+    GetAccessChange: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.GetAccessChangeRequest, _iam_service_pb2.AccessChange]  # type: ignore[assignment]
+    """Returns one access change. Errors: INVALID_ARGUMENT if `name` is not
+    `accessChanges/{access_change}`; PERMISSION_DENIED if the caller may not read staff members;
+    NOT_FOUND if no such access change.
+    """
+    ListAccessChanges: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ListAccessChangesRequest, _iam_service_pb2.ListAccessChangesResponse]  # type: ignore[assignment]
+    """Lists access changes matching all given filters, newest first (for example the pending ones
+    an administrator is asked to approve). Errors: INVALID_ARGUMENT for a bad filter, a negative
+    `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
+    PERMISSION_DENIED if the caller may not read staff members.
+    """
+    ApproveAccessChange: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ApproveAccessChangeRequest, _iam_service_pb2.AccessChange]  # type: ignore[assignment]
+    """Approves a pending access change, which takes effect now: its roles are added to the staff
+    member, or its membership counts from its period start. The approver is the caller, an
+    administrator who is neither the proposer nor the staff member concerned. Approving an
+    approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
+    PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
+    (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+    NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
+    (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
+    """
+    RejectAccessChange: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.RejectAccessChangeRequest, _iam_service_pb2.AccessChange]  # type: ignore[assignment]
+    """Rejects a pending access change: it never takes effect (a pending membership ends at its
+    start). The proposer may reject (withdraw) their own proposal. Rejecting a rejected change
+    returns it unchanged. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller
+    does not have the ADMINISTRATOR role or is the staff member concerned (reason
+    SELF_CHANGE_REFUSED); NOT_FOUND if no such access change; FAILED_PRECONDITION
+    (ACCESS_CHANGE_APPROVED) if it was approved: take the access away with UpdateStaffMember or
+    RemoveMembership instead.
     """
     IssueToken: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.IssueTokenRequest, _iam_service_pb2.IssueTokenResponse]  # type: ignore[assignment]
     """Local-development identity provider: exchanges a username and credential for a signed JWT
@@ -340,6 +434,13 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
+
+    Separation of duties: nobody changes their own roles or memberships (PERMISSION_DENIED, reason
+    SELF_CHANGE_REFUSED). A role given to a staff member, or a department membership added, is an
+    AccessChange that takes effect only when a second administrator, neither the one who proposed it
+    nor the staff member concerned, approves it (the two-person rule); taking access away (removing
+    roles or memberships, deactivating) takes effect at once. Every write here is audited with the
+    changed fields' values before and after.
     """
 
     @_abc_1.abstractmethod
@@ -381,7 +482,9 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_service_pb2.CreateStaffMemberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_service_pb2.StaffMember, _abc.Awaitable[_iam_service_pb2.StaffMember]]:
-        """Creates an active staff member. The service assigns the resource name. A request repeated with
+        """Creates an active staff member. The service assigns the resource name. The staff member starts
+        with no role: the requested `roles` become a pending AccessChange (named by the returned
+        member's `pending_access_change`) that a second administrator approves. A request repeated with
         the same `request_id` returns the staff member created by the first one. Errors:
         INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have the
         ADMINISTRATOR role; ALREADY_EXISTS if another staff member has the same username or
@@ -415,10 +518,13 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_service_pb2.UpdateStaffMemberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_service_pb2.StaffMember, _abc.Awaitable[_iam_service_pb2.StaffMember]]:
-        """Changes the fields named in `update_mask`. New roles take effect in tokens issued afterwards.
+        """Changes the fields named in `update_mask`. Roles taken away are gone at once; roles added
+        become a pending AccessChange (named by the returned member's `pending_access_change`; a retry
+        finds the same one) and take effect in tokens issued after a second administrator approves it.
         When `staff_member.etag` is set it must match the stored record. Errors: INVALID_ARGUMENT for
         an unknown or read-only mask path or a bad value; PERMISSION_DENIED if the caller does not have
-        the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if the etag is stale;
+        the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) changes their own roles; NOT_FOUND if
+        no such staff member; ABORTED if the etag is stale;
         FAILED_PRECONDITION if the staff member is inactive, or if the change would leave no active
         staff member with the ADMINISTRATOR role; ALREADY_EXISTS if the new practitioner identifier
         belongs to another staff member.
@@ -434,7 +540,8 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         issued to them, their open memberships end now and their emergency access grants are revoked.
         Tokens already issued stay valid until they expire. Deactivating an inactive staff member
         succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-        caller does not have the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if a
+        caller does not have the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff
+        member; NOT_FOUND if no such staff member; ABORTED if a
         given etag is stale; FAILED_PRECONDITION if it would leave no active staff member with the
         ADMINISTRATOR role.
         """
@@ -445,10 +552,12 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_service_pb2.AddMembershipRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_service_pb2.DepartmentMembership, _abc.Awaitable[_iam_service_pb2.DepartmentMembership]]:
-        """Makes a staff member a member of a department for a period. A request repeated with the same
-        `request_id` returns the membership created by the first one. Errors: INVALID_ARGUMENT naming
-        the bad field (for example a period that ends before it starts); PERMISSION_DENIED if the
-        caller does not have the ADMINISTRATOR role; NOT_FOUND if the staff member does not exist;
+        """Makes a staff member a member of a department for a period. The membership is pending
+        (`approval_state` PENDING, not in tokens) until a second administrator approves its
+        `access_change`. A request repeated with the same `request_id` returns the membership created
+        by the first one. Errors: INVALID_ARGUMENT naming the bad field (for example a period that ends
+        before it starts); PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, or
+        (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if the staff member does not exist;
         FAILED_PRECONDITION if the staff member is inactive, the department does not exist, or the
         membership is primary and its period overlaps another primary membership of the staff member;
         ALREADY_EXISTS if the staff member already has a membership of the same department whose period
@@ -463,8 +572,10 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_iam_service_pb2.DepartmentMembership, _abc.Awaitable[_iam_service_pb2.DepartmentMembership]]:
         """Ends a membership now: its period end becomes the current time (or its start, if it has not
         started yet). The membership is kept as history. Removing a membership that has already ended
-        succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-        caller does not have the ADMINISTRATOR role; NOT_FOUND if no such membership.
+        succeeds and changes nothing; removing a pending one rejects its access change. Errors:
+        INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller does not have the
+        ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if no such
+        membership.
         """
 
     @_abc_1.abstractmethod
@@ -477,6 +588,60 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         `staff/-` (for example to list the members of a department), ordered by period start, newest
         first. Errors: INVALID_ARGUMENT for a bad parent, filter, page size or page token; NOT_FOUND if
         the parent staff member does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAccessChange(
+        self,
+        request: _iam_service_pb2.GetAccessChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.AccessChange, _abc.Awaitable[_iam_service_pb2.AccessChange]]:
+        """Returns one access change. Errors: INVALID_ARGUMENT if `name` is not
+        `accessChanges/{access_change}`; PERMISSION_DENIED if the caller may not read staff members;
+        NOT_FOUND if no such access change.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAccessChanges(
+        self,
+        request: _iam_service_pb2.ListAccessChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.ListAccessChangesResponse, _abc.Awaitable[_iam_service_pb2.ListAccessChangesResponse]]:
+        """Lists access changes matching all given filters, newest first (for example the pending ones
+        an administrator is asked to approve). Errors: INVALID_ARGUMENT for a bad filter, a negative
+        `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
+        PERMISSION_DENIED if the caller may not read staff members.
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveAccessChange(
+        self,
+        request: _iam_service_pb2.ApproveAccessChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.AccessChange, _abc.Awaitable[_iam_service_pb2.AccessChange]]:
+        """Approves a pending access change, which takes effect now: its roles are added to the staff
+        member, or its membership counts from its period start. The approver is the caller, an
+        administrator who is neither the proposer nor the staff member concerned. Approving an
+        approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
+        PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
+        (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+        NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
+        (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
+        """
+
+    @_abc_1.abstractmethod
+    def RejectAccessChange(
+        self,
+        request: _iam_service_pb2.RejectAccessChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.AccessChange, _abc.Awaitable[_iam_service_pb2.AccessChange]]:
+        """Rejects a pending access change: it never takes effect (a pending membership ends at its
+        start). The proposer may reject (withdraw) their own proposal. Rejecting a rejected change
+        returns it unchanged. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller
+        does not have the ADMINISTRATOR role or is the staff member concerned (reason
+        SELF_CHANGE_REFUSED); NOT_FOUND if no such access change; FAILED_PRECONDITION
+        (ACCESS_CHANGE_APPROVED) if it was approved: take the access away with UpdateStaffMember or
+        RemoveMembership instead.
         """
 
     @_abc_1.abstractmethod

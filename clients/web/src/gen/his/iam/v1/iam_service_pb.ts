@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file his/iam/v1/iam_service.proto.
  */
 export const file_his_iam_v1_iam_service: GenFile = /*@__PURE__*/
-  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqUCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkioQEKFERlcGFydG1lbnRNZW1iZXJzaGlwEgwKBG5hbWUYASABKAkSEgoKZGVwYXJ0bWVudBgCIAEoCRIlCgZwZXJpb2QYAyABKAsyFS5oaXMuY29tbW9uLnYxLlBlcmlvZBIPCgdwcmltYXJ5GAQgASgIEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL3AQoURW1lcmdlbmN5QWNjZXNzR3JhbnQSDAoEbmFtZRgBIAEoCRINCgVzdGFmZhgCIAEoCRIPCgdwYXRpZW50GAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpncmFudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcmV2b2tlZBgHIAEoCBIvCgtyZXZva2VfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWQoXQ3JlYXRlRGVwYXJ0bWVudFJlcXVlc3QSKgoKZGVwYXJ0bWVudBgBIAEoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBISCgpyZXF1ZXN0X2lkGAIgASgJIiQKFEdldERlcGFydG1lbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiaQoWTGlzdERlcGFydG1lbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIoCgRraW5kGAMgASgOMhouaGlzLmlhbS52MS5EZXBhcnRtZW50S2luZCJfChdMaXN0RGVwYXJ0bWVudHNSZXNwb25zZRIrCgtkZXBhcnRtZW50cxgBIAMoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXQoYQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISEgoKcmVxdWVzdF9pZBgCIAEoCSIlChVHZXRTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSKuAQoXTGlzdFN0YWZmTWVtYmVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEAoIdXNlcm5hbWUYAyABKAkSGwoTZGlzcGxheV9uYW1lX3ByZWZpeBgEIAEoCRIjCgRyb2xlGAUgASgOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSGAoQaW5jbHVkZV9pbmFjdGl2ZRgGIAEoCCJjChhMaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2USLgoNc3RhZmZfbWVtYmVycxgBIAMoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInoKGFVwZGF0ZVN0YWZmTWVtYmVyUmVxdWVzdBItCgxzdGFmZl9tZW1iZXIYASABKAsyFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI6ChxEZWFjdGl2YXRlU3RhZmZNZW1iZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSJwChRBZGRNZW1iZXJzaGlwUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSNAoKbWVtYmVyc2hpcBgCIAEoCzIgLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASEgoKcmVxdWVzdF9pZBgDIAEoCSInChdSZW1vdmVNZW1iZXJzaGlwUmVxdWVzdBIMCgRuYW1lGAEgASgJInkKFkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhIKCmRlcGFydG1lbnQYBCABKAkSFAoMY3VycmVudF9vbmx5GAUgASgIImkKF0xpc3RNZW1iZXJzaGlwc1Jlc3BvbnNlEjUKC21lbWJlcnNoaXBzGAEgAygLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoRSXNzdWVUb2tlblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEgoKY3JlZGVudGlhbBgCIAEoCSJvChJJc3N1ZVRva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIioKGVN0YXJ0UGF0aWVudFNpZ25JblJlcXVlc3QSDQoFcGhvbmUYASABKAkicwoaU3RhcnRQYXRpZW50U2lnbkluUmVzcG9uc2USDwoHc2lnbl9pbhgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY29kZV9sZW5ndGgYAyABKAUiPQocQ29tcGxldGVQYXRpZW50U2lnbkluUmVxdWVzdBIPCgdzaWduX2luGAEgASgJEgwKBGNvZGUYAiABKAkiiwEKHUNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdwYXRpZW50GAQgASgJIhAKDkdldEp3a3NSZXF1ZXN0IjUKDUpzb25XZWJLZXlTZXQSJAoEa2V5cxgBIAMoCzIWLmhpcy5pYW0udjEuSnNvbldlYktleSJWCgpKc29uV2ViS2V5EgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDdXNlGAMgASgJEgsKA2FsZxgEIAEoCRIJCgFuGAUgASgJEgkKAWUYBiABKAkipgEKIUNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBJAChZlbWVyZ2VuY3lfYWNjZXNzX2dyYW50GAEgASgLMiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBIrCghkdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgpyZXF1ZXN0X2lkGAMgASgJIn4KIExpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXN0YWZmGAMgASgJEg8KB3BhdGllbnQYBCABKAkSEwoLYWN0aXZlX29ubHkYBSABKAgifwohTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1Jlc3BvbnNlEkEKF2VtZXJnZW5jeV9hY2Nlc3NfZ3JhbnRzGAEgAygLMiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMQohUmV2b2tlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkq/gEKDkRlcGFydG1lbnRLaW5kEh8KG0RFUEFSVE1FTlRfS0lORF9VTlNQRUNJRklFRBAAEh4KGkRFUEFSVE1FTlRfS0lORF9PVVRQQVRJRU5UEAESHQoZREVQQVJUTUVOVF9LSU5EX0lOUEFUSUVOVBACEh0KGURFUEFSVE1FTlRfS0lORF9FTUVSR0VOQ1kQAxIbChdERVBBUlRNRU5UX0tJTkRfU1VSR0VSWRAEEhcKE0RFUEFSVE1FTlRfS0lORF9MQUIQBRIcChhERVBBUlRNRU5UX0tJTkRfUEhBUk1BQ1kQBhIZChVERVBBUlRNRU5UX0tJTkRfQURNSU4QByr8AQoJU3RhZmZSb2xlEhoKFlNUQUZGX1JPTEVfVU5TUEVDSUZJRUQQABIYChRTVEFGRl9ST0xFX1JFR0lTVFJBUhABEhUKEVNUQUZGX1JPTEVfRE9DVE9SEAISFAoQU1RBRkZfUk9MRV9OVVJTRRADEhkKFVNUQUZGX1JPTEVfUEhBUk1BQ0lTVBAEEh0KGVNUQUZGX1JPTEVfTEFCX1RFQ0hOSUNJQU4QBRIcChhTVEFGRl9ST0xFX0JJTExJTkdfQ0xFUksQBhIWChJTVEFGRl9ST0xFX0FVRElUT1IQBxIcChhTVEFGRl9ST0xFX0FETUlOSVNUUkFUT1IQCDKyDQoKSWFtU2VydmljZRJPChBDcmVhdGVEZXBhcnRtZW50EiMuaGlzLmlhbS52MS5DcmVhdGVEZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBJOCg1HZXREZXBhcnRtZW50EiAuaGlzLmlhbS52MS5HZXREZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudCIDkAIBEl8KD0xpc3REZXBhcnRtZW50cxIiLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVxdWVzdBojLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVzcG9uc2UiA5ACARJSChFDcmVhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchJRCg5HZXRTdGFmZk1lbWJlchIhLmhpcy5pYW0udjEuR2V0U3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAIBEmIKEExpc3RTdGFmZk1lbWJlcnMSIy5oaXMuaWFtLnYxLkxpc3RTdGFmZk1lbWJlcnNSZXF1ZXN0GiQuaGlzLmlhbS52MS5MaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2UiA5ACARJXChFVcGRhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAICEl8KFURlYWN0aXZhdGVTdGFmZk1lbWJlchIoLmhpcy5pYW0udjEuRGVhY3RpdmF0ZVN0YWZmTWVtYmVyUmVxdWVzdBoXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXIiA5ACAhJTCg1BZGRNZW1iZXJzaGlwEiAuaGlzLmlhbS52MS5BZGRNZW1iZXJzaGlwUmVxdWVzdBogLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASXgoQUmVtb3ZlTWVtYmVyc2hpcBIjLmhpcy5pYW0udjEuUmVtb3ZlTWVtYmVyc2hpcFJlcXVlc3QaIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwIgOQAgISXwoPTGlzdE1lbWJlcnNoaXBzEiIuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXF1ZXN0GiMuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXNwb25zZSIDkAIBEksKCklzc3VlVG9rZW4SHS5oaXMuaWFtLnYxLklzc3VlVG9rZW5SZXF1ZXN0Gh4uaGlzLmlhbS52MS5Jc3N1ZVRva2VuUmVzcG9uc2USYwoSU3RhcnRQYXRpZW50U2lnbkluEiUuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXF1ZXN0GiYuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXNwb25zZRJsChVDb21wbGV0ZVBhdGllbnRTaWduSW4SKC5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlcXVlc3QaKS5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEkUKB0dldEp3a3MSGi5oaXMuaWFtLnYxLkdldEp3a3NSZXF1ZXN0GhkuaGlzLmlhbS52MS5Kc29uV2ViS2V5U2V0IgOQAgESbQoaQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLkNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSfQoZTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50cxIsLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1JlcXVlc3QaLS5oaXMuaWFtLnYxLkxpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXNwb25zZSIDkAIBEnIKGlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50Ei0uaGlzLmlhbS52MS5SZXZva2VFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QaIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50IgOQAgJiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
+  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsQCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkSHQoVcGVuZGluZ19hY2Nlc3NfY2hhbmdlGAogASgJIu8BChREZXBhcnRtZW50TWVtYmVyc2hpcBIMCgRuYW1lGAEgASgJEhIKCmRlcGFydG1lbnQYAiABKAkSJQoGcGVyaW9kGAMgASgLMhUuaGlzLmNvbW1vbi52MS5QZXJpb2QSDwoHcHJpbWFyeRgEIAEoCBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoOYXBwcm92YWxfc3RhdGUYBiABKA4yHS5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZVN0YXRlEhUKDWFjY2Vzc19jaGFuZ2UYByABKAkimAIKDEFjY2Vzc0NoYW5nZRIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEiQKBXJvbGVzGAMgAygOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSEgoKbWVtYmVyc2hpcBgEIAEoCRIsCgVzdGF0ZRgFIAEoDjIdLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlU3RhdGUSEAoIcHJvcG9zZXIYBiABKAkSDwoHZGVjaWRlchgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGVjaWRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvcBChRFbWVyZ2VuY3lBY2Nlc3NHcmFudBIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEg8KB3BhdGllbnQYAyABKAkSDgoGcmVhc29uGAQgASgJEi4KCmdyYW50X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAcgASgIEi8KC3Jldm9rZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJZChdDcmVhdGVEZXBhcnRtZW50UmVxdWVzdBIqCgpkZXBhcnRtZW50GAEgASgLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhIKCnJlcXVlc3RfaWQYAiABKAkiJAoUR2V0RGVwYXJ0bWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJpChZMaXN0RGVwYXJ0bWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEigKBGtpbmQYAyABKA4yGi5oaXMuaWFtLnYxLkRlcGFydG1lbnRLaW5kIl8KF0xpc3REZXBhcnRtZW50c1Jlc3BvbnNlEisKC2RlcGFydG1lbnRzGAEgAygLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJdChhDcmVhdGVTdGFmZk1lbWJlclJlcXVlc3QSLQoMc3RhZmZfbWVtYmVyGAEgASgLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchISCgpyZXF1ZXN0X2lkGAIgASgJIiUKFUdldFN0YWZmTWVtYmVyUmVxdWVzdBIMCgRuYW1lGAEgASgJIq4BChdMaXN0U3RhZmZNZW1iZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIQCgh1c2VybmFtZRgDIAEoCRIbChNkaXNwbGF5X25hbWVfcHJlZml4GAQgASgJEiMKBHJvbGUYBSABKA4yFS5oaXMuaWFtLnYxLlN0YWZmUm9sZRIYChBpbmNsdWRlX2luYWN0aXZlGAYgASgIImMKGExpc3RTdGFmZk1lbWJlcnNSZXNwb25zZRIuCg1zdGFmZl9tZW1iZXJzGAEgAygLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjoKHERlYWN0aXZhdGVTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJInAKFEFkZE1lbWJlcnNoaXBSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRI0CgptZW1iZXJzaGlwGAIgASgLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBISCgpyZXF1ZXN0X2lkGAMgASgJIicKF1JlbW92ZU1lbWJlcnNoaXBSZXF1ZXN0EgwKBG5hbWUYASABKAkieQoWTGlzdE1lbWJlcnNoaXBzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSEgoKZGVwYXJ0bWVudBgEIAEoCRIUCgxjdXJyZW50X29ubHkYBSABKAgiaQoXTGlzdE1lbWJlcnNoaXBzUmVzcG9uc2USNQoLbWVtYmVyc2hpcHMYASADKAsyIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChZHZXRBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkifgoYTGlzdEFjY2Vzc0NoYW5nZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXN0YWZmGAMgASgJEiwKBXN0YXRlGAQgASgOMh0uaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2VTdGF0ZSJmChlMaXN0QWNjZXNzQ2hhbmdlc1Jlc3BvbnNlEjAKDmFjY2Vzc19jaGFuZ2VzGAEgAygLMhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKGkFwcHJvdmVBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiKQoZUmVqZWN0QWNjZXNzQ2hhbmdlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjkKEUlzc3VlVG9rZW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkibwoSSXNzdWVUb2tlblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIqChlTdGFydFBhdGllbnRTaWduSW5SZXF1ZXN0Eg0KBXBob25lGAEgASgJInMKGlN0YXJ0UGF0aWVudFNpZ25JblJlc3BvbnNlEg8KB3NpZ25faW4YASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgFIj0KHENvbXBsZXRlUGF0aWVudFNpZ25JblJlcXVlc3QSDwoHc2lnbl9pbhgBIAEoCRIMCgRjb2RlGAIgASgJIosBCh1Db21wbGV0ZVBhdGllbnRTaWduSW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcGF0aWVudBgEIAEoCSIQCg5HZXRKd2tzUmVxdWVzdCI1Cg1Kc29uV2ViS2V5U2V0EiQKBGtleXMYASADKAsyFi5oaXMuaWFtLnYxLkpzb25XZWJLZXkiVgoKSnNvbldlYktleRILCgNrdHkYASABKAkSCwoDa2lkGAIgASgJEgsKA3VzZRgDIAEoCRILCgNhbGcYBCABKAkSCQoBbhgFIAEoCRIJCgFlGAYgASgJIqYBCiFDcmVhdGVFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QSQAoWZW1lcmdlbmN5X2FjY2Vzc19ncmFudBgBIAEoCzIgLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSKwoIZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgDIAEoCSJ+CiBMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRINCgVzdGFmZhgDIAEoCRIPCgdwYXRpZW50GAQgASgJEhMKC2FjdGl2ZV9vbmx5GAUgASgIIn8KIUxpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXNwb25zZRJBChdlbWVyZ2VuY3lfYWNjZXNzX2dyYW50cxgBIAMoCzIgLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjEKIVJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBIMCgRuYW1lGAEgASgJKv4BCg5EZXBhcnRtZW50S2luZBIfChtERVBBUlRNRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIeChpERVBBUlRNRU5UX0tJTkRfT1VUUEFUSUVOVBABEh0KGURFUEFSVE1FTlRfS0lORF9JTlBBVElFTlQQAhIdChlERVBBUlRNRU5UX0tJTkRfRU1FUkdFTkNZEAMSGwoXREVQQVJUTUVOVF9LSU5EX1NVUkdFUlkQBBIXChNERVBBUlRNRU5UX0tJTkRfTEFCEAUSHAoYREVQQVJUTUVOVF9LSU5EX1BIQVJNQUNZEAYSGQoVREVQQVJUTUVOVF9LSU5EX0FETUlOEAcq/AEKCVN0YWZmUm9sZRIaChZTVEFGRl9ST0xFX1VOU1BFQ0lGSUVEEAASGAoUU1RBRkZfUk9MRV9SRUdJU1RSQVIQARIVChFTVEFGRl9ST0xFX0RPQ1RPUhACEhQKEFNUQUZGX1JPTEVfTlVSU0UQAxIZChVTVEFGRl9ST0xFX1BIQVJNQUNJU1QQBBIdChlTVEFGRl9ST0xFX0xBQl9URUNITklDSUFOEAUSHAoYU1RBRkZfUk9MRV9CSUxMSU5HX0NMRVJLEAYSFgoSU1RBRkZfUk9MRV9BVURJVE9SEAcSHAoYU1RBRkZfUk9MRV9BRE1JTklTVFJBVE9SEAgqnQEKEUFjY2Vzc0NoYW5nZVN0YXRlEiMKH0FDQ0VTU19DSEFOR0VfU1RBVEVfVU5TUEVDSUZJRUQQABIfChtBQ0NFU1NfQ0hBTkdFX1NUQVRFX1BFTkRJTkcQARIgChxBQ0NFU1NfQ0hBTkdFX1NUQVRFX0FQUFJPVkVEEAISIAocQUNDRVNTX0NIQU5HRV9TVEFURV9SRUpFQ1RFRBADMqkQCgpJYW1TZXJ2aWNlEk8KEENyZWF0ZURlcGFydG1lbnQSIy5oaXMuaWFtLnYxLkNyZWF0ZURlcGFydG1lbnRSZXF1ZXN0GhYuaGlzLmlhbS52MS5EZXBhcnRtZW50Ek4KDUdldERlcGFydG1lbnQSIC5oaXMuaWFtLnYxLkdldERlcGFydG1lbnRSZXF1ZXN0GhYuaGlzLmlhbS52MS5EZXBhcnRtZW50IgOQAgESXwoPTGlzdERlcGFydG1lbnRzEiIuaGlzLmlhbS52MS5MaXN0RGVwYXJ0bWVudHNSZXF1ZXN0GiMuaGlzLmlhbS52MS5MaXN0RGVwYXJ0bWVudHNSZXNwb25zZSIDkAIBElIKEUNyZWF0ZVN0YWZmTWVtYmVyEiQuaGlzLmlhbS52MS5DcmVhdGVTdGFmZk1lbWJlclJlcXVlc3QaFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyElEKDkdldFN0YWZmTWVtYmVyEiEuaGlzLmlhbS52MS5HZXRTdGFmZk1lbWJlclJlcXVlc3QaFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyIgOQAgESYgoQTGlzdFN0YWZmTWVtYmVycxIjLmhpcy5pYW0udjEuTGlzdFN0YWZmTWVtYmVyc1JlcXVlc3QaJC5oaXMuaWFtLnYxLkxpc3RTdGFmZk1lbWJlcnNSZXNwb25zZSIDkAIBElcKEVVwZGF0ZVN0YWZmTWVtYmVyEiQuaGlzLmlhbS52MS5VcGRhdGVTdGFmZk1lbWJlclJlcXVlc3QaFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyIgOQAgISXwoVRGVhY3RpdmF0ZVN0YWZmTWVtYmVyEiguaGlzLmlhbS52MS5EZWFjdGl2YXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAICElMKDUFkZE1lbWJlcnNoaXASIC5oaXMuaWFtLnYxLkFkZE1lbWJlcnNoaXBSZXF1ZXN0GiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBJeChBSZW1vdmVNZW1iZXJzaGlwEiMuaGlzLmlhbS52MS5SZW1vdmVNZW1iZXJzaGlwUmVxdWVzdBogLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXAiA5ACAhJfCg9MaXN0TWVtYmVyc2hpcHMSIi5oaXMuaWFtLnYxLkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QaIy5oaXMuaWFtLnYxLkxpc3RNZW1iZXJzaGlwc1Jlc3BvbnNlIgOQAgESVAoPR2V0QWNjZXNzQ2hhbmdlEiIuaGlzLmlhbS52MS5HZXRBY2Nlc3NDaGFuZ2VSZXF1ZXN0GhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2UiA5ACARJlChFMaXN0QWNjZXNzQ2hhbmdlcxIkLmhpcy5pYW0udjEuTGlzdEFjY2Vzc0NoYW5nZXNSZXF1ZXN0GiUuaGlzLmlhbS52MS5MaXN0QWNjZXNzQ2hhbmdlc1Jlc3BvbnNlIgOQAgESXAoTQXBwcm92ZUFjY2Vzc0NoYW5nZRImLmhpcy5pYW0udjEuQXBwcm92ZUFjY2Vzc0NoYW5nZVJlcXVlc3QaGC5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZSIDkAICEloKElJlamVjdEFjY2Vzc0NoYW5nZRIlLmhpcy5pYW0udjEuUmVqZWN0QWNjZXNzQ2hhbmdlUmVxdWVzdBoYLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlIgOQAgISSwoKSXNzdWVUb2tlbhIdLmhpcy5pYW0udjEuSXNzdWVUb2tlblJlcXVlc3QaHi5oaXMuaWFtLnYxLklzc3VlVG9rZW5SZXNwb25zZRJjChJTdGFydFBhdGllbnRTaWduSW4SJS5oaXMuaWFtLnYxLlN0YXJ0UGF0aWVudFNpZ25JblJlcXVlc3QaJi5oaXMuaWFtLnYxLlN0YXJ0UGF0aWVudFNpZ25JblJlc3BvbnNlEmwKFUNvbXBsZXRlUGF0aWVudFNpZ25JbhIoLmhpcy5pYW0udjEuQ29tcGxldGVQYXRpZW50U2lnbkluUmVxdWVzdBopLmhpcy5pYW0udjEuQ29tcGxldGVQYXRpZW50U2lnbkluUmVzcG9uc2USRQoHR2V0SndrcxIaLmhpcy5pYW0udjEuR2V0Sndrc1JlcXVlc3QaGS5oaXMuaWFtLnYxLkpzb25XZWJLZXlTZXQiA5ACARJtChpDcmVhdGVFbWVyZ2VuY3lBY2Nlc3NHcmFudBItLmhpcy5pYW0udjEuQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0GiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBJ9ChlMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzEiwuaGlzLmlhbS52MS5MaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVxdWVzdBotLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1Jlc3BvbnNlIgOQAgEScgoaUmV2b2tlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQiA5ACAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
 
 /**
  * An organisational unit of the hospital (FHIR Organization of type dept).
@@ -145,6 +145,15 @@ export type StaffMember = Message<"his.iam.v1.StaffMember"> & {
    * @generated from field: string etag = 9;
    */
   etag: string;
+
+  /**
+   * The pending AccessChange that the create or update call answered with this member made (roles
+   * that wait for a second administrator's approval), `accessChanges/{access_change}`. Output
+   * only; set only in the answer of CreateStaffMember and UpdateStaffMember.
+   *
+   * @generated from field: string pending_access_change = 10;
+   */
+  pendingAccessChange: string;
 };
 
 /**
@@ -197,6 +206,22 @@ export type DepartmentMembership = Message<"his.iam.v1.DepartmentMembership"> & 
    * @generated from field: google.protobuf.Timestamp create_time = 5;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * Whether a second administrator approved the membership: only an APPROVED one is in tokens and
+   * in `current_only` lists. Output only.
+   *
+   * @generated from field: his.iam.v1.AccessChangeState approval_state = 6;
+   */
+  approvalState: AccessChangeState;
+
+  /**
+   * The access change that approves or rejects this membership, `accessChanges/{access_change}`;
+   * empty for memberships made before the two-person rule. Output only.
+   *
+   * @generated from field: string access_change = 7;
+   */
+  accessChange: string;
 };
 
 /**
@@ -205,6 +230,87 @@ export type DepartmentMembership = Message<"his.iam.v1.DepartmentMembership"> & 
  */
 export const DepartmentMembershipSchema: GenMessage<DepartmentMembership> = /*@__PURE__*/
   messageDesc(file_his_iam_v1_iam_service, 2);
+
+/**
+ * A proposed grant of access to a staff member, by one administrator, that takes effect only when
+ * a second administrator approves it (the two-person rule): roles to add, or a department
+ * membership. Made by CreateStaffMember, UpdateStaffMember and AddMembership.
+ *
+ * @generated from message his.iam.v1.AccessChange
+ */
+export type AccessChange = Message<"his.iam.v1.AccessChange"> & {
+  /**
+   * The resource name, `accessChanges/{access_change}`. Output only.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The staff member whose access changes, `staff/{staff}`. Output only.
+   *
+   * @generated from field: string staff = 2;
+   */
+  staff: string;
+
+  /**
+   * The roles to add (a role change); empty for a membership change. Output only.
+   *
+   * @generated from field: repeated his.iam.v1.StaffRole roles = 3;
+   */
+  roles: StaffRole[];
+
+  /**
+   * The membership to approve (a membership change), `staff/{staff}/memberships/{membership}`;
+   * empty for a role change. Output only.
+   *
+   * @generated from field: string membership = 4;
+   */
+  membership: string;
+
+  /**
+   * Where the change stands. Output only.
+   *
+   * @generated from field: his.iam.v1.AccessChangeState state = 5;
+   */
+  state: AccessChangeState;
+
+  /**
+   * The administrator who proposed it, `staff/{staff}`. Output only.
+   *
+   * @generated from field: string proposer = 6;
+   */
+  proposer: string;
+
+  /**
+   * The administrator who approved or rejected it, `staff/{staff}`; empty while pending, and for a
+   * change of the demo data set, approved by its loader. Output only.
+   *
+   * @generated from field: string decider = 7;
+   */
+  decider: string;
+
+  /**
+   * When it was proposed. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 8;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When it was approved or rejected; unset while pending. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp decide_time = 9;
+   */
+  decideTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message his.iam.v1.AccessChange.
+ * Use `create(AccessChangeSchema)` to create a new message.
+ */
+export const AccessChangeSchema: GenMessage<AccessChange> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 3);
 
 /**
  * A time-limited permission for one staff member to access one patient's record in an emergency,
@@ -278,7 +384,7 @@ export type EmergencyAccessGrant = Message<"his.iam.v1.EmergencyAccessGrant"> & 
  * Use `create(EmergencyAccessGrantSchema)` to create a new message.
  */
 export const EmergencyAccessGrantSchema: GenMessage<EmergencyAccessGrant> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 3);
+  messageDesc(file_his_iam_v1_iam_service, 4);
 
 /**
  * Request of CreateDepartment.
@@ -308,7 +414,7 @@ export type CreateDepartmentRequest = Message<"his.iam.v1.CreateDepartmentReques
  * Use `create(CreateDepartmentRequestSchema)` to create a new message.
  */
 export const CreateDepartmentRequestSchema: GenMessage<CreateDepartmentRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 4);
+  messageDesc(file_his_iam_v1_iam_service, 5);
 
 /**
  * Request of GetDepartment.
@@ -329,7 +435,7 @@ export type GetDepartmentRequest = Message<"his.iam.v1.GetDepartmentRequest"> & 
  * Use `create(GetDepartmentRequestSchema)` to create a new message.
  */
 export const GetDepartmentRequestSchema: GenMessage<GetDepartmentRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 5);
+  messageDesc(file_his_iam_v1_iam_service, 6);
 
 /**
  * Request of ListDepartments. All set filters must match.
@@ -365,7 +471,7 @@ export type ListDepartmentsRequest = Message<"his.iam.v1.ListDepartmentsRequest"
  * Use `create(ListDepartmentsRequestSchema)` to create a new message.
  */
 export const ListDepartmentsRequestSchema: GenMessage<ListDepartmentsRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 6);
+  messageDesc(file_his_iam_v1_iam_service, 7);
 
 /**
  * Response of ListDepartments.
@@ -393,7 +499,7 @@ export type ListDepartmentsResponse = Message<"his.iam.v1.ListDepartmentsRespons
  * Use `create(ListDepartmentsResponseSchema)` to create a new message.
  */
 export const ListDepartmentsResponseSchema: GenMessage<ListDepartmentsResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 7);
+  messageDesc(file_his_iam_v1_iam_service, 8);
 
 /**
  * Request of CreateStaffMember.
@@ -423,7 +529,7 @@ export type CreateStaffMemberRequest = Message<"his.iam.v1.CreateStaffMemberRequ
  * Use `create(CreateStaffMemberRequestSchema)` to create a new message.
  */
 export const CreateStaffMemberRequestSchema: GenMessage<CreateStaffMemberRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 8);
+  messageDesc(file_his_iam_v1_iam_service, 9);
 
 /**
  * Request of GetStaffMember.
@@ -444,7 +550,7 @@ export type GetStaffMemberRequest = Message<"his.iam.v1.GetStaffMemberRequest"> 
  * Use `create(GetStaffMemberRequestSchema)` to create a new message.
  */
 export const GetStaffMemberRequestSchema: GenMessage<GetStaffMemberRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 9);
+  messageDesc(file_his_iam_v1_iam_service, 10);
 
 /**
  * Request of ListStaffMembers. All set filters must match.
@@ -501,7 +607,7 @@ export type ListStaffMembersRequest = Message<"his.iam.v1.ListStaffMembersReques
  * Use `create(ListStaffMembersRequestSchema)` to create a new message.
  */
 export const ListStaffMembersRequestSchema: GenMessage<ListStaffMembersRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 10);
+  messageDesc(file_his_iam_v1_iam_service, 11);
 
 /**
  * Response of ListStaffMembers.
@@ -529,7 +635,7 @@ export type ListStaffMembersResponse = Message<"his.iam.v1.ListStaffMembersRespo
  * Use `create(ListStaffMembersResponseSchema)` to create a new message.
  */
 export const ListStaffMembersResponseSchema: GenMessage<ListStaffMembersResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 11);
+  messageDesc(file_his_iam_v1_iam_service, 12);
 
 /**
  * Request of UpdateStaffMember.
@@ -559,7 +665,7 @@ export type UpdateStaffMemberRequest = Message<"his.iam.v1.UpdateStaffMemberRequ
  * Use `create(UpdateStaffMemberRequestSchema)` to create a new message.
  */
 export const UpdateStaffMemberRequestSchema: GenMessage<UpdateStaffMemberRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 12);
+  messageDesc(file_his_iam_v1_iam_service, 13);
 
 /**
  * Request of DeactivateStaffMember.
@@ -587,7 +693,7 @@ export type DeactivateStaffMemberRequest = Message<"his.iam.v1.DeactivateStaffMe
  * Use `create(DeactivateStaffMemberRequestSchema)` to create a new message.
  */
 export const DeactivateStaffMemberRequestSchema: GenMessage<DeactivateStaffMemberRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 13);
+  messageDesc(file_his_iam_v1_iam_service, 14);
 
 /**
  * Request of AddMembership.
@@ -625,7 +731,7 @@ export type AddMembershipRequest = Message<"his.iam.v1.AddMembershipRequest"> & 
  * Use `create(AddMembershipRequestSchema)` to create a new message.
  */
 export const AddMembershipRequestSchema: GenMessage<AddMembershipRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 14);
+  messageDesc(file_his_iam_v1_iam_service, 15);
 
 /**
  * Request of RemoveMembership.
@@ -646,7 +752,7 @@ export type RemoveMembershipRequest = Message<"his.iam.v1.RemoveMembershipReques
  * Use `create(RemoveMembershipRequestSchema)` to create a new message.
  */
 export const RemoveMembershipRequestSchema: GenMessage<RemoveMembershipRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 15);
+  messageDesc(file_his_iam_v1_iam_service, 16);
 
 /**
  * Request of ListMemberships. All set filters must match.
@@ -696,7 +802,7 @@ export type ListMembershipsRequest = Message<"his.iam.v1.ListMembershipsRequest"
  * Use `create(ListMembershipsRequestSchema)` to create a new message.
  */
 export const ListMembershipsRequestSchema: GenMessage<ListMembershipsRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 16);
+  messageDesc(file_his_iam_v1_iam_service, 17);
 
 /**
  * Response of ListMemberships.
@@ -724,7 +830,141 @@ export type ListMembershipsResponse = Message<"his.iam.v1.ListMembershipsRespons
  * Use `create(ListMembershipsResponseSchema)` to create a new message.
  */
 export const ListMembershipsResponseSchema: GenMessage<ListMembershipsResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 17);
+  messageDesc(file_his_iam_v1_iam_service, 18);
+
+/**
+ * Request of GetAccessChange.
+ *
+ * @generated from message his.iam.v1.GetAccessChangeRequest
+ */
+export type GetAccessChangeRequest = Message<"his.iam.v1.GetAccessChangeRequest"> & {
+  /**
+   * The resource name, `accessChanges/{access_change}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message his.iam.v1.GetAccessChangeRequest.
+ * Use `create(GetAccessChangeRequestSchema)` to create a new message.
+ */
+export const GetAccessChangeRequestSchema: GenMessage<GetAccessChangeRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 19);
+
+/**
+ * Request of ListAccessChanges. All set filters must match.
+ *
+ * @generated from message his.iam.v1.ListAccessChangesRequest
+ */
+export type ListAccessChangesRequest = Message<"his.iam.v1.ListAccessChangesRequest"> & {
+  /**
+   * The maximum number of access changes to return.
+   * 0 means the default of 50; more than 500 means 500.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The `next_page_token` of a previous call with the same filters, to get the next page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only changes of this staff member's access, `staff/{staff}`.
+   *
+   * @generated from field: string staff = 3;
+   */
+  staff: string;
+
+  /**
+   * Only changes in this state; unset means any.
+   *
+   * @generated from field: his.iam.v1.AccessChangeState state = 4;
+   */
+  state: AccessChangeState;
+};
+
+/**
+ * Describes the message his.iam.v1.ListAccessChangesRequest.
+ * Use `create(ListAccessChangesRequestSchema)` to create a new message.
+ */
+export const ListAccessChangesRequestSchema: GenMessage<ListAccessChangesRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 20);
+
+/**
+ * Response of ListAccessChanges.
+ *
+ * @generated from message his.iam.v1.ListAccessChangesResponse
+ */
+export type ListAccessChangesResponse = Message<"his.iam.v1.ListAccessChangesResponse"> & {
+  /**
+   * The access changes of this page.
+   *
+   * @generated from field: repeated his.iam.v1.AccessChange access_changes = 1;
+   */
+  accessChanges: AccessChange[];
+
+  /**
+   * A token to get the next page, empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message his.iam.v1.ListAccessChangesResponse.
+ * Use `create(ListAccessChangesResponseSchema)` to create a new message.
+ */
+export const ListAccessChangesResponseSchema: GenMessage<ListAccessChangesResponse> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 21);
+
+/**
+ * Request of ApproveAccessChange.
+ *
+ * @generated from message his.iam.v1.ApproveAccessChangeRequest
+ */
+export type ApproveAccessChangeRequest = Message<"his.iam.v1.ApproveAccessChangeRequest"> & {
+  /**
+   * The access change, `accessChanges/{access_change}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message his.iam.v1.ApproveAccessChangeRequest.
+ * Use `create(ApproveAccessChangeRequestSchema)` to create a new message.
+ */
+export const ApproveAccessChangeRequestSchema: GenMessage<ApproveAccessChangeRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 22);
+
+/**
+ * Request of RejectAccessChange.
+ *
+ * @generated from message his.iam.v1.RejectAccessChangeRequest
+ */
+export type RejectAccessChangeRequest = Message<"his.iam.v1.RejectAccessChangeRequest"> & {
+  /**
+   * The access change, `accessChanges/{access_change}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message his.iam.v1.RejectAccessChangeRequest.
+ * Use `create(RejectAccessChangeRequestSchema)` to create a new message.
+ */
+export const RejectAccessChangeRequestSchema: GenMessage<RejectAccessChangeRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 23);
 
 /**
  * Request of IssueToken.
@@ -753,7 +993,7 @@ export type IssueTokenRequest = Message<"his.iam.v1.IssueTokenRequest"> & {
  * Use `create(IssueTokenRequestSchema)` to create a new message.
  */
 export const IssueTokenRequestSchema: GenMessage<IssueTokenRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 18);
+  messageDesc(file_his_iam_v1_iam_service, 24);
 
 /**
  * Response of IssueToken.
@@ -794,7 +1034,7 @@ export type IssueTokenResponse = Message<"his.iam.v1.IssueTokenResponse"> & {
  * Use `create(IssueTokenResponseSchema)` to create a new message.
  */
 export const IssueTokenResponseSchema: GenMessage<IssueTokenResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 19);
+  messageDesc(file_his_iam_v1_iam_service, 25);
 
 /**
  * Request of StartPatientSignIn.
@@ -815,7 +1055,7 @@ export type StartPatientSignInRequest = Message<"his.iam.v1.StartPatientSignInRe
  * Use `create(StartPatientSignInRequestSchema)` to create a new message.
  */
 export const StartPatientSignInRequestSchema: GenMessage<StartPatientSignInRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 20);
+  messageDesc(file_his_iam_v1_iam_service, 26);
 
 /**
  * Response of StartPatientSignIn. The same for registered and unknown phone numbers.
@@ -851,7 +1091,7 @@ export type StartPatientSignInResponse = Message<"his.iam.v1.StartPatientSignInR
  * Use `create(StartPatientSignInResponseSchema)` to create a new message.
  */
 export const StartPatientSignInResponseSchema: GenMessage<StartPatientSignInResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 21);
+  messageDesc(file_his_iam_v1_iam_service, 27);
 
 /**
  * Request of CompletePatientSignIn.
@@ -880,7 +1120,7 @@ export type CompletePatientSignInRequest = Message<"his.iam.v1.CompletePatientSi
  * Use `create(CompletePatientSignInRequestSchema)` to create a new message.
  */
 export const CompletePatientSignInRequestSchema: GenMessage<CompletePatientSignInRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 22);
+  messageDesc(file_his_iam_v1_iam_service, 28);
 
 /**
  * Response of CompletePatientSignIn.
@@ -923,7 +1163,7 @@ export type CompletePatientSignInResponse = Message<"his.iam.v1.CompletePatientS
  * Use `create(CompletePatientSignInResponseSchema)` to create a new message.
  */
 export const CompletePatientSignInResponseSchema: GenMessage<CompletePatientSignInResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 23);
+  messageDesc(file_his_iam_v1_iam_service, 29);
 
 /**
  * Request of GetJwks. It has no fields.
@@ -938,7 +1178,7 @@ export type GetJwksRequest = Message<"his.iam.v1.GetJwksRequest"> & {
  * Use `create(GetJwksRequestSchema)` to create a new message.
  */
 export const GetJwksRequestSchema: GenMessage<GetJwksRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 24);
+  messageDesc(file_his_iam_v1_iam_service, 30);
 
 /**
  * A JSON Web Key Set (RFC 7517): the public keys that verify access tokens.
@@ -959,7 +1199,7 @@ export type JsonWebKeySet = Message<"his.iam.v1.JsonWebKeySet"> & {
  * Use `create(JsonWebKeySetSchema)` to create a new message.
  */
 export const JsonWebKeySetSchema: GenMessage<JsonWebKeySet> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 25);
+  messageDesc(file_his_iam_v1_iam_service, 31);
 
 /**
  * One public RSA signing key (RFC 7517 and RFC 7518), with the JWK member names.
@@ -1015,7 +1255,7 @@ export type JsonWebKey = Message<"his.iam.v1.JsonWebKey"> & {
  * Use `create(JsonWebKeySchema)` to create a new message.
  */
 export const JsonWebKeySchema: GenMessage<JsonWebKey> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 26);
+  messageDesc(file_his_iam_v1_iam_service, 32);
 
 /**
  * Request of CreateEmergencyAccessGrant.
@@ -1055,7 +1295,7 @@ export type CreateEmergencyAccessGrantRequest = Message<"his.iam.v1.CreateEmerge
  * Use `create(CreateEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const CreateEmergencyAccessGrantRequestSchema: GenMessage<CreateEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 27);
+  messageDesc(file_his_iam_v1_iam_service, 33);
 
 /**
  * Request of ListEmergencyAccessGrants. All set filters must match.
@@ -1104,7 +1344,7 @@ export type ListEmergencyAccessGrantsRequest = Message<"his.iam.v1.ListEmergency
  * Use `create(ListEmergencyAccessGrantsRequestSchema)` to create a new message.
  */
 export const ListEmergencyAccessGrantsRequestSchema: GenMessage<ListEmergencyAccessGrantsRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 28);
+  messageDesc(file_his_iam_v1_iam_service, 34);
 
 /**
  * Response of ListEmergencyAccessGrants.
@@ -1132,7 +1372,7 @@ export type ListEmergencyAccessGrantsResponse = Message<"his.iam.v1.ListEmergenc
  * Use `create(ListEmergencyAccessGrantsResponseSchema)` to create a new message.
  */
 export const ListEmergencyAccessGrantsResponseSchema: GenMessage<ListEmergencyAccessGrantsResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 29);
+  messageDesc(file_his_iam_v1_iam_service, 35);
 
 /**
  * Request of RevokeEmergencyAccessGrant.
@@ -1153,7 +1393,7 @@ export type RevokeEmergencyAccessGrantRequest = Message<"his.iam.v1.RevokeEmerge
  * Use `create(RevokeEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const RevokeEmergencyAccessGrantRequestSchema: GenMessage<RevokeEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 30);
+  messageDesc(file_his_iam_v1_iam_service, 36);
 
 /**
  * What kind of care or function a department provides.
@@ -1303,12 +1543,60 @@ export const StaffRoleSchema: GenEnum<StaffRole> = /*@__PURE__*/
   enumDesc(file_his_iam_v1_iam_service, 1);
 
 /**
+ * Where an access change stands.
+ *
+ * @generated from enum his.iam.v1.AccessChangeState
+ */
+export enum AccessChangeState {
+  /**
+   * Not set. As a filter: any state.
+   *
+   * @generated from enum value: ACCESS_CHANGE_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Proposed, waiting for a second administrator; no effect yet.
+   *
+   * @generated from enum value: ACCESS_CHANGE_STATE_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * Approved by a second administrator: in effect.
+   *
+   * @generated from enum value: ACCESS_CHANGE_STATE_APPROVED = 2;
+   */
+  APPROVED = 2,
+
+  /**
+   * Rejected (or withdrawn): never took effect.
+   *
+   * @generated from enum value: ACCESS_CHANGE_STATE_REJECTED = 3;
+   */
+  REJECTED = 3,
+}
+
+/**
+ * Describes the enum his.iam.v1.AccessChangeState.
+ */
+export const AccessChangeStateSchema: GenEnum<AccessChangeState> = /*@__PURE__*/
+  enumDesc(file_his_iam_v1_iam_service, 2);
+
+/**
  * IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
  * and memberships) and emergency access grants. It also contains a local-development identity
  * provider (IssueToken, GetJwks): in production an external identity provider issues the access
  * tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
  * trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
  * member's roles.
+ *
+ * Separation of duties: nobody changes their own roles or memberships (PERMISSION_DENIED, reason
+ * SELF_CHANGE_REFUSED). A role given to a staff member, or a department membership added, is an
+ * AccessChange that takes effect only when a second administrator, neither the one who proposed it
+ * nor the staff member concerned, approves it (the two-person rule); taking access away (removing
+ * roles or memberships, deactivating) takes effect at once. Every write here is audited with the
+ * changed fields' values before and after.
  *
  * @generated from service his.iam.v1.IamService
  */
@@ -1350,7 +1638,9 @@ export const IamService: GenService<{
     output: typeof ListDepartmentsResponseSchema;
   },
   /**
-   * Creates an active staff member. The service assigns the resource name. A request repeated with
+   * Creates an active staff member. The service assigns the resource name. The staff member starts
+   * with no role: the requested `roles` become a pending AccessChange (named by the returned
+   * member's `pending_access_change`) that a second administrator approves. A request repeated with
    * the same `request_id` returns the staff member created by the first one. Errors:
    * INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have the
    * ADMINISTRATOR role; ALREADY_EXISTS if another staff member has the same username or
@@ -1387,10 +1677,13 @@ export const IamService: GenService<{
     output: typeof ListStaffMembersResponseSchema;
   },
   /**
-   * Changes the fields named in `update_mask`. New roles take effect in tokens issued afterwards.
+   * Changes the fields named in `update_mask`. Roles taken away are gone at once; roles added
+   * become a pending AccessChange (named by the returned member's `pending_access_change`; a retry
+   * finds the same one) and take effect in tokens issued after a second administrator approves it.
    * When `staff_member.etag` is set it must match the stored record. Errors: INVALID_ARGUMENT for
    * an unknown or read-only mask path or a bad value; PERMISSION_DENIED if the caller does not have
-   * the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if the etag is stale;
+   * the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) changes their own roles; NOT_FOUND if
+   * no such staff member; ABORTED if the etag is stale;
    * FAILED_PRECONDITION if the staff member is inactive, or if the change would leave no active
    * staff member with the ADMINISTRATOR role; ALREADY_EXISTS if the new practitioner identifier
    * belongs to another staff member.
@@ -1407,7 +1700,8 @@ export const IamService: GenService<{
    * issued to them, their open memberships end now and their emergency access grants are revoked.
    * Tokens already issued stay valid until they expire. Deactivating an inactive staff member
    * succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-   * caller does not have the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if a
+   * caller does not have the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff
+   * member; NOT_FOUND if no such staff member; ABORTED if a
    * given etag is stale; FAILED_PRECONDITION if it would leave no active staff member with the
    * ADMINISTRATOR role.
    *
@@ -1419,10 +1713,12 @@ export const IamService: GenService<{
     output: typeof StaffMemberSchema;
   },
   /**
-   * Makes a staff member a member of a department for a period. A request repeated with the same
-   * `request_id` returns the membership created by the first one. Errors: INVALID_ARGUMENT naming
-   * the bad field (for example a period that ends before it starts); PERMISSION_DENIED if the
-   * caller does not have the ADMINISTRATOR role; NOT_FOUND if the staff member does not exist;
+   * Makes a staff member a member of a department for a period. The membership is pending
+   * (`approval_state` PENDING, not in tokens) until a second administrator approves its
+   * `access_change`. A request repeated with the same `request_id` returns the membership created
+   * by the first one. Errors: INVALID_ARGUMENT naming the bad field (for example a period that ends
+   * before it starts); PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, or
+   * (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if the staff member does not exist;
    * FAILED_PRECONDITION if the staff member is inactive, the department does not exist, or the
    * membership is primary and its period overlaps another primary membership of the staff member;
    * ALREADY_EXISTS if the staff member already has a membership of the same department whose period
@@ -1438,8 +1734,10 @@ export const IamService: GenService<{
   /**
    * Ends a membership now: its period end becomes the current time (or its start, if it has not
    * started yet). The membership is kept as history. Removing a membership that has already ended
-   * succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-   * caller does not have the ADMINISTRATOR role; NOT_FOUND if no such membership.
+   * succeeds and changes nothing; removing a pending one rejects its access change. Errors:
+   * INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller does not have the
+   * ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if no such
+   * membership.
    *
    * @generated from rpc his.iam.v1.IamService.RemoveMembership
    */
@@ -1460,6 +1758,64 @@ export const IamService: GenService<{
     methodKind: "unary";
     input: typeof ListMembershipsRequestSchema;
     output: typeof ListMembershipsResponseSchema;
+  },
+  /**
+   * Returns one access change. Errors: INVALID_ARGUMENT if `name` is not
+   * `accessChanges/{access_change}`; PERMISSION_DENIED if the caller may not read staff members;
+   * NOT_FOUND if no such access change.
+   *
+   * @generated from rpc his.iam.v1.IamService.GetAccessChange
+   */
+  getAccessChange: {
+    methodKind: "unary";
+    input: typeof GetAccessChangeRequestSchema;
+    output: typeof AccessChangeSchema;
+  },
+  /**
+   * Lists access changes matching all given filters, newest first (for example the pending ones
+   * an administrator is asked to approve). Errors: INVALID_ARGUMENT for a bad filter, a negative
+   * `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
+   * PERMISSION_DENIED if the caller may not read staff members.
+   *
+   * @generated from rpc his.iam.v1.IamService.ListAccessChanges
+   */
+  listAccessChanges: {
+    methodKind: "unary";
+    input: typeof ListAccessChangesRequestSchema;
+    output: typeof ListAccessChangesResponseSchema;
+  },
+  /**
+   * Approves a pending access change, which takes effect now: its roles are added to the staff
+   * member, or its membership counts from its period start. The approver is the caller, an
+   * administrator who is neither the proposer nor the staff member concerned. Approving an
+   * approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
+   * PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
+   * (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+   * NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
+   * (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
+   *
+   * @generated from rpc his.iam.v1.IamService.ApproveAccessChange
+   */
+  approveAccessChange: {
+    methodKind: "unary";
+    input: typeof ApproveAccessChangeRequestSchema;
+    output: typeof AccessChangeSchema;
+  },
+  /**
+   * Rejects a pending access change: it never takes effect (a pending membership ends at its
+   * start). The proposer may reject (withdraw) their own proposal. Rejecting a rejected change
+   * returns it unchanged. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller
+   * does not have the ADMINISTRATOR role or is the staff member concerned (reason
+   * SELF_CHANGE_REFUSED); NOT_FOUND if no such access change; FAILED_PRECONDITION
+   * (ACCESS_CHANGE_APPROVED) if it was approved: take the access away with UpdateStaffMember or
+   * RemoveMembership instead.
+   *
+   * @generated from rpc his.iam.v1.IamService.RejectAccessChange
+   */
+  rejectAccessChange: {
+    methodKind: "unary";
+    input: typeof RejectAccessChangeRequestSchema;
+    output: typeof AccessChangeSchema;
   },
   /**
    * Local-development identity provider: exchanges a username and credential for a signed JWT
