@@ -1,7 +1,8 @@
 """Secrets of a local hospital (`his up`): generated once into `<HIS_DATA_DIR>/secrets/`.
 
 In Kubernetes these come from Secrets through the environment and this module is never used.
-Locally, `his up` hands them to every service it starts, and `his token` logs in with them.
+Locally, `his up` hands them to every service it starts, and `his token` derives the development
+credentials it logs in with from them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ FILE = "local.json"
 
 @dataclass(frozen=True)
 class LocalSecrets:
-    """The development password of every staff member and the key services log in with."""
+    """The development seed (the bootstrap administrator's and the demo staff's known passwords
+    and TOTP secrets are derived from it: his.iam.dev_credentials) and the key services log in
+    with."""
 
     dev_credential: str
     service_credential_key: str

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file his/iam/v1/iam_service.proto.
  */
 export const file_his_iam_v1_iam_service: GenFile = /*@__PURE__*/
-  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqUCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkioQEKFERlcGFydG1lbnRNZW1iZXJzaGlwEgwKBG5hbWUYASABKAkSEgoKZGVwYXJ0bWVudBgCIAEoCRIlCgZwZXJpb2QYAyABKAsyFS5oaXMuY29tbW9uLnYxLlBlcmlvZBIPCgdwcmltYXJ5GAQgASgIEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL3AQoURW1lcmdlbmN5QWNjZXNzR3JhbnQSDAoEbmFtZRgBIAEoCRINCgVzdGFmZhgCIAEoCRIPCgdwYXRpZW50GAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpncmFudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcmV2b2tlZBgHIAEoCBIvCgtyZXZva2VfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWQoXQ3JlYXRlRGVwYXJ0bWVudFJlcXVlc3QSKgoKZGVwYXJ0bWVudBgBIAEoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBISCgpyZXF1ZXN0X2lkGAIgASgJIiQKFEdldERlcGFydG1lbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiaQoWTGlzdERlcGFydG1lbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIoCgRraW5kGAMgASgOMhouaGlzLmlhbS52MS5EZXBhcnRtZW50S2luZCJfChdMaXN0RGVwYXJ0bWVudHNSZXNwb25zZRIrCgtkZXBhcnRtZW50cxgBIAMoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXQoYQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISEgoKcmVxdWVzdF9pZBgCIAEoCSIlChVHZXRTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSKuAQoXTGlzdFN0YWZmTWVtYmVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEAoIdXNlcm5hbWUYAyABKAkSGwoTZGlzcGxheV9uYW1lX3ByZWZpeBgEIAEoCRIjCgRyb2xlGAUgASgOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSGAoQaW5jbHVkZV9pbmFjdGl2ZRgGIAEoCCJjChhMaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2USLgoNc3RhZmZfbWVtYmVycxgBIAMoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInoKGFVwZGF0ZVN0YWZmTWVtYmVyUmVxdWVzdBItCgxzdGFmZl9tZW1iZXIYASABKAsyFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI6ChxEZWFjdGl2YXRlU3RhZmZNZW1iZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSJwChRBZGRNZW1iZXJzaGlwUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSNAoKbWVtYmVyc2hpcBgCIAEoCzIgLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASEgoKcmVxdWVzdF9pZBgDIAEoCSInChdSZW1vdmVNZW1iZXJzaGlwUmVxdWVzdBIMCgRuYW1lGAEgASgJInkKFkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhIKCmRlcGFydG1lbnQYBCABKAkSFAoMY3VycmVudF9vbmx5GAUgASgIImkKF0xpc3RNZW1iZXJzaGlwc1Jlc3BvbnNlEjUKC21lbWJlcnNoaXBzGAEgAygLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoRSXNzdWVUb2tlblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEgoKY3JlZGVudGlhbBgCIAEoCSJvChJJc3N1ZVRva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIioKGVN0YXJ0UGF0aWVudFNpZ25JblJlcXVlc3QSDQoFcGhvbmUYASABKAkicwoaU3RhcnRQYXRpZW50U2lnbkluUmVzcG9uc2USDwoHc2lnbl9pbhgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY29kZV9sZW5ndGgYAyABKAUiPQocQ29tcGxldGVQYXRpZW50U2lnbkluUmVxdWVzdBIPCgdzaWduX2luGAEgASgJEgwKBGNvZGUYAiABKAkiiwEKHUNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdwYXRpZW50GAQgASgJIhAKDkdldEp3a3NSZXF1ZXN0IjUKDUpzb25XZWJLZXlTZXQSJAoEa2V5cxgBIAMoCzIWLmhpcy5pYW0udjEuSnNvbldlYktleSJWCgpKc29uV2ViS2V5EgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDdXNlGAMgASgJEgsKA2FsZxgEIAEoCRIJCgFuGAUgASgJEgkKAWUYBiABKAkipgEKIUNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBJAChZlbWVyZ2VuY3lfYWNjZXNzX2dyYW50GAEgASgLMiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBIrCghkdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgpyZXF1ZXN0X2lkGAMgASgJIn4KIExpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXN0YWZmGAMgASgJEg8KB3BhdGllbnQYBCABKAkSEwoLYWN0aXZlX29ubHkYBSABKAgifwohTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1Jlc3BvbnNlEkEKF2VtZXJnZW5jeV9hY2Nlc3NfZ3JhbnRzGAEgAygLMiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMQohUmV2b2tlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkq/gEKDkRlcGFydG1lbnRLaW5kEh8KG0RFUEFSVE1FTlRfS0lORF9VTlNQRUNJRklFRBAAEh4KGkRFUEFSVE1FTlRfS0lORF9PVVRQQVRJRU5UEAESHQoZREVQQVJUTUVOVF9LSU5EX0lOUEFUSUVOVBACEh0KGURFUEFSVE1FTlRfS0lORF9FTUVSR0VOQ1kQAxIbChdERVBBUlRNRU5UX0tJTkRfU1VSR0VSWRAEEhcKE0RFUEFSVE1FTlRfS0lORF9MQUIQBRIcChhERVBBUlRNRU5UX0tJTkRfUEhBUk1BQ1kQBhIZChVERVBBUlRNRU5UX0tJTkRfQURNSU4QByr8AQoJU3RhZmZSb2xlEhoKFlNUQUZGX1JPTEVfVU5TUEVDSUZJRUQQABIYChRTVEFGRl9ST0xFX1JFR0lTVFJBUhABEhUKEVNUQUZGX1JPTEVfRE9DVE9SEAISFAoQU1RBRkZfUk9MRV9OVVJTRRADEhkKFVNUQUZGX1JPTEVfUEhBUk1BQ0lTVBAEEh0KGVNUQUZGX1JPTEVfTEFCX1RFQ0hOSUNJQU4QBRIcChhTVEFGRl9ST0xFX0JJTExJTkdfQ0xFUksQBhIWChJTVEFGRl9ST0xFX0FVRElUT1IQBxIcChhTVEFGRl9ST0xFX0FETUlOSVNUUkFUT1IQCDKyDQoKSWFtU2VydmljZRJPChBDcmVhdGVEZXBhcnRtZW50EiMuaGlzLmlhbS52MS5DcmVhdGVEZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBJOCg1HZXREZXBhcnRtZW50EiAuaGlzLmlhbS52MS5HZXREZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudCIDkAIBEl8KD0xpc3REZXBhcnRtZW50cxIiLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVxdWVzdBojLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVzcG9uc2UiA5ACARJSChFDcmVhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchJRCg5HZXRTdGFmZk1lbWJlchIhLmhpcy5pYW0udjEuR2V0U3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAIBEmIKEExpc3RTdGFmZk1lbWJlcnMSIy5oaXMuaWFtLnYxLkxpc3RTdGFmZk1lbWJlcnNSZXF1ZXN0GiQuaGlzLmlhbS52MS5MaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2UiA5ACARJXChFVcGRhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAICEl8KFURlYWN0aXZhdGVTdGFmZk1lbWJlchIoLmhpcy5pYW0udjEuRGVhY3RpdmF0ZVN0YWZmTWVtYmVyUmVxdWVzdBoXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXIiA5ACAhJTCg1BZGRNZW1iZXJzaGlwEiAuaGlzLmlhbS52MS5BZGRNZW1iZXJzaGlwUmVxdWVzdBogLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASXgoQUmVtb3ZlTWVtYmVyc2hpcBIjLmhpcy5pYW0udjEuUmVtb3ZlTWVtYmVyc2hpcFJlcXVlc3QaIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwIgOQAgISXwoPTGlzdE1lbWJlcnNoaXBzEiIuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXF1ZXN0GiMuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXNwb25zZSIDkAIBEksKCklzc3VlVG9rZW4SHS5oaXMuaWFtLnYxLklzc3VlVG9rZW5SZXF1ZXN0Gh4uaGlzLmlhbS52MS5Jc3N1ZVRva2VuUmVzcG9uc2USYwoSU3RhcnRQYXRpZW50U2lnbkluEiUuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXF1ZXN0GiYuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXNwb25zZRJsChVDb21wbGV0ZVBhdGllbnRTaWduSW4SKC5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlcXVlc3QaKS5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEkUKB0dldEp3a3MSGi5oaXMuaWFtLnYxLkdldEp3a3NSZXF1ZXN0GhkuaGlzLmlhbS52MS5Kc29uV2ViS2V5U2V0IgOQAgESbQoaQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLkNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSfQoZTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50cxIsLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1JlcXVlc3QaLS5oaXMuaWFtLnYxLkxpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXNwb25zZSIDkAIBEnIKGlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50Ei0uaGlzLmlhbS52MS5SZXZva2VFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QaIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50IgOQAgJiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
+  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqUCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkioQEKFERlcGFydG1lbnRNZW1iZXJzaGlwEgwKBG5hbWUYASABKAkSEgoKZGVwYXJ0bWVudBgCIAEoCRIlCgZwZXJpb2QYAyABKAsyFS5oaXMuY29tbW9uLnYxLlBlcmlvZBIPCgdwcmltYXJ5GAQgASgIEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL3AQoURW1lcmdlbmN5QWNjZXNzR3JhbnQSDAoEbmFtZRgBIAEoCRINCgVzdGFmZhgCIAEoCRIPCgdwYXRpZW50GAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpncmFudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcmV2b2tlZBgHIAEoCBIvCgtyZXZva2VfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWQoXQ3JlYXRlRGVwYXJ0bWVudFJlcXVlc3QSKgoKZGVwYXJ0bWVudBgBIAEoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBISCgpyZXF1ZXN0X2lkGAIgASgJIiQKFEdldERlcGFydG1lbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiaQoWTGlzdERlcGFydG1lbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIoCgRraW5kGAMgASgOMhouaGlzLmlhbS52MS5EZXBhcnRtZW50S2luZCJfChdMaXN0RGVwYXJ0bWVudHNSZXNwb25zZRIrCgtkZXBhcnRtZW50cxgBIAMoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXQoYQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISEgoKcmVxdWVzdF9pZBgCIAEoCSIlChVHZXRTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSKuAQoXTGlzdFN0YWZmTWVtYmVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEAoIdXNlcm5hbWUYAyABKAkSGwoTZGlzcGxheV9uYW1lX3ByZWZpeBgEIAEoCRIjCgRyb2xlGAUgASgOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSGAoQaW5jbHVkZV9pbmFjdGl2ZRgGIAEoCCJjChhMaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2USLgoNc3RhZmZfbWVtYmVycxgBIAMoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInoKGFVwZGF0ZVN0YWZmTWVtYmVyUmVxdWVzdBItCgxzdGFmZl9tZW1iZXIYASABKAsyFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI6ChxEZWFjdGl2YXRlU3RhZmZNZW1iZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSJwChRBZGRNZW1iZXJzaGlwUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSNAoKbWVtYmVyc2hpcBgCIAEoCzIgLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASEgoKcmVxdWVzdF9pZBgDIAEoCSInChdSZW1vdmVNZW1iZXJzaGlwUmVxdWVzdBIMCgRuYW1lGAEgASgJInkKFkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhIKCmRlcGFydG1lbnQYBCABKAkSFAoMY3VycmVudF9vbmx5GAUgASgIImkKF0xpc3RNZW1iZXJzaGlwc1Jlc3BvbnNlEjUKC21lbWJlcnNoaXBzGAEgAygLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiTAoRSXNzdWVUb2tlblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEgoKY3JlZGVudGlhbBgCIAEoCRIRCgl0b3RwX2NvZGUYAyABKAkibwoSSXNzdWVUb2tlblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJnCg5TdGFmZkVucm9sbWVudBIMCgRuYW1lGAEgASgJEhYKDmVucm9sbWVudF9jb2RlGAIgASgJEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCItChtDcmVhdGVTdGFmZkVucm9sbWVudFJlcXVlc3QSDgoGcGFyZW50GAEgASgJIlsKHUNvbXBsZXRlU3RhZmZFbnJvbG1lbnRSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhYKDmVucm9sbWVudF9jb2RlGAIgASgJEhAKCHBhc3N3b3JkGAMgASgJInQKHkNvbXBsZXRlU3RhZmZFbnJvbG1lbnRSZXNwb25zZRIUCgxzdGFmZl9tZW1iZXIYASABKAkSEwoLdG90cF9zZWNyZXQYAiABKAkSEAoIdG90cF91cmkYAyABKAkSFQoNdG90cF9yZXF1aXJlZBgEIAEoCCIqChlTdGFydFBhdGllbnRTaWduSW5SZXF1ZXN0Eg0KBXBob25lGAEgASgJInMKGlN0YXJ0UGF0aWVudFNpZ25JblJlc3BvbnNlEg8KB3NpZ25faW4YASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgFIj0KHENvbXBsZXRlUGF0aWVudFNpZ25JblJlcXVlc3QSDwoHc2lnbl9pbhgBIAEoCRIMCgRjb2RlGAIgASgJIosBCh1Db21wbGV0ZVBhdGllbnRTaWduSW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcGF0aWVudBgEIAEoCSIQCg5HZXRKd2tzUmVxdWVzdCI1Cg1Kc29uV2ViS2V5U2V0EiQKBGtleXMYASADKAsyFi5oaXMuaWFtLnYxLkpzb25XZWJLZXkiVgoKSnNvbldlYktleRILCgNrdHkYASABKAkSCwoDa2lkGAIgASgJEgsKA3VzZRgDIAEoCRILCgNhbGcYBCABKAkSCQoBbhgFIAEoCRIJCgFlGAYgASgJIqYBCiFDcmVhdGVFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QSQAoWZW1lcmdlbmN5X2FjY2Vzc19ncmFudBgBIAEoCzIgLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSKwoIZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgDIAEoCSJ+CiBMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRINCgVzdGFmZhgDIAEoCRIPCgdwYXRpZW50GAQgASgJEhMKC2FjdGl2ZV9vbmx5GAUgASgIIn8KIUxpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXNwb25zZRJBChdlbWVyZ2VuY3lfYWNjZXNzX2dyYW50cxgBIAMoCzIgLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjEKIVJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBIMCgRuYW1lGAEgASgJKv4BCg5EZXBhcnRtZW50S2luZBIfChtERVBBUlRNRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIeChpERVBBUlRNRU5UX0tJTkRfT1VUUEFUSUVOVBABEh0KGURFUEFSVE1FTlRfS0lORF9JTlBBVElFTlQQAhIdChlERVBBUlRNRU5UX0tJTkRfRU1FUkdFTkNZEAMSGwoXREVQQVJUTUVOVF9LSU5EX1NVUkdFUlkQBBIXChNERVBBUlRNRU5UX0tJTkRfTEFCEAUSHAoYREVQQVJUTUVOVF9LSU5EX1BIQVJNQUNZEAYSGQoVREVQQVJUTUVOVF9LSU5EX0FETUlOEAcq/AEKCVN0YWZmUm9sZRIaChZTVEFGRl9ST0xFX1VOU1BFQ0lGSUVEEAASGAoUU1RBRkZfUk9MRV9SRUdJU1RSQVIQARIVChFTVEFGRl9ST0xFX0RPQ1RPUhACEhQKEFNUQUZGX1JPTEVfTlVSU0UQAxIZChVTVEFGRl9ST0xFX1BIQVJNQUNJU1QQBBIdChlTVEFGRl9ST0xFX0xBQl9URUNITklDSUFOEAUSHAoYU1RBRkZfUk9MRV9CSUxMSU5HX0NMRVJLEAYSFgoSU1RBRkZfUk9MRV9BVURJVE9SEAcSHAoYU1RBRkZfUk9MRV9BRE1JTklTVFJBVE9SEAgygA8KCklhbVNlcnZpY2USTwoQQ3JlYXRlRGVwYXJ0bWVudBIjLmhpcy5pYW0udjEuQ3JlYXRlRGVwYXJ0bWVudFJlcXVlc3QaFi5oaXMuaWFtLnYxLkRlcGFydG1lbnQSTgoNR2V0RGVwYXJ0bWVudBIgLmhpcy5pYW0udjEuR2V0RGVwYXJ0bWVudFJlcXVlc3QaFi5oaXMuaWFtLnYxLkRlcGFydG1lbnQiA5ACARJfCg9MaXN0RGVwYXJ0bWVudHMSIi5oaXMuaWFtLnYxLkxpc3REZXBhcnRtZW50c1JlcXVlc3QaIy5oaXMuaWFtLnYxLkxpc3REZXBhcnRtZW50c1Jlc3BvbnNlIgOQAgESUgoRQ3JlYXRlU3RhZmZNZW1iZXISJC5oaXMuaWFtLnYxLkNyZWF0ZVN0YWZmTWVtYmVyUmVxdWVzdBoXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISUQoOR2V0U3RhZmZNZW1iZXISIS5oaXMuaWFtLnYxLkdldFN0YWZmTWVtYmVyUmVxdWVzdBoXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXIiA5ACARJiChBMaXN0U3RhZmZNZW1iZXJzEiMuaGlzLmlhbS52MS5MaXN0U3RhZmZNZW1iZXJzUmVxdWVzdBokLmhpcy5pYW0udjEuTGlzdFN0YWZmTWVtYmVyc1Jlc3BvbnNlIgOQAgESVwoRVXBkYXRlU3RhZmZNZW1iZXISJC5oaXMuaWFtLnYxLlVwZGF0ZVN0YWZmTWVtYmVyUmVxdWVzdBoXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXIiA5ACAhJfChVEZWFjdGl2YXRlU3RhZmZNZW1iZXISKC5oaXMuaWFtLnYxLkRlYWN0aXZhdGVTdGFmZk1lbWJlclJlcXVlc3QaFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyIgOQAgISUwoNQWRkTWVtYmVyc2hpcBIgLmhpcy5pYW0udjEuQWRkTWVtYmVyc2hpcFJlcXVlc3QaIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwEl4KEFJlbW92ZU1lbWJlcnNoaXASIy5oaXMuaWFtLnYxLlJlbW92ZU1lbWJlcnNoaXBSZXF1ZXN0GiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcCIDkAICEl8KD0xpc3RNZW1iZXJzaGlwcxIiLmhpcy5pYW0udjEuTGlzdE1lbWJlcnNoaXBzUmVxdWVzdBojLmhpcy5pYW0udjEuTGlzdE1lbWJlcnNoaXBzUmVzcG9uc2UiA5ACARJLCgpJc3N1ZVRva2VuEh0uaGlzLmlhbS52MS5Jc3N1ZVRva2VuUmVxdWVzdBoeLmhpcy5pYW0udjEuSXNzdWVUb2tlblJlc3BvbnNlElsKFENyZWF0ZVN0YWZmRW5yb2xtZW50EicuaGlzLmlhbS52MS5DcmVhdGVTdGFmZkVucm9sbWVudFJlcXVlc3QaGi5oaXMuaWFtLnYxLlN0YWZmRW5yb2xtZW50Em8KFkNvbXBsZXRlU3RhZmZFbnJvbG1lbnQSKS5oaXMuaWFtLnYxLkNvbXBsZXRlU3RhZmZFbnJvbG1lbnRSZXF1ZXN0GiouaGlzLmlhbS52MS5Db21wbGV0ZVN0YWZmRW5yb2xtZW50UmVzcG9uc2USYwoSU3RhcnRQYXRpZW50U2lnbkluEiUuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXF1ZXN0GiYuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXNwb25zZRJsChVDb21wbGV0ZVBhdGllbnRTaWduSW4SKC5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlcXVlc3QaKS5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEkUKB0dldEp3a3MSGi5oaXMuaWFtLnYxLkdldEp3a3NSZXF1ZXN0GhkuaGlzLmlhbS52MS5Kc29uV2ViS2V5U2V0IgOQAgESbQoaQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLkNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSfQoZTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50cxIsLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1JlcXVlc3QaLS5oaXMuaWFtLnYxLkxpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXNwb25zZSIDkAIBEnIKGlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50Ei0uaGlzLmlhbS52MS5SZXZva2VFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QaIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50IgOQAgJiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
 
 /**
  * An organisational unit of the hospital (FHIR Organization of type dept).
@@ -733,19 +733,27 @@ export const ListMembershipsResponseSchema: GenMessage<ListMembershipsResponse> 
  */
 export type IssueTokenRequest = Message<"his.iam.v1.IssueTokenRequest"> & {
   /**
-   * The staff member's username, 1 to 64 characters.
+   * The staff member's username (or `service:{name}` for a service), 1 to 64 characters.
    *
    * @generated from field: string username = 1;
    */
   username: string;
 
   /**
-   * The development credential (password) of the staff member, 1 to 256 characters. Never logged or
+   * The staff member's own password (a service's credential), 1 to 256 characters. Never logged or
    * stored in the audit trail.
    *
    * @generated from field: string credential = 2;
    */
   credential: string;
+
+  /**
+   * The current 6-digit TOTP code (RFC 6238, 30-second steps) of the staff member's authenticator.
+   * Required for clinical and administrator roles; ignored for services. Never logged.
+   *
+   * @generated from field: string totp_code = 3;
+   */
+  totpCode: string;
 };
 
 /**
@@ -797,6 +805,142 @@ export const IssueTokenResponseSchema: GenMessage<IssueTokenResponse> = /*@__PUR
   messageDesc(file_his_iam_v1_iam_service, 19);
 
 /**
+ * A one-time enrolment code of a staff member.
+ *
+ * @generated from message his.iam.v1.StaffEnrolment
+ */
+export type StaffEnrolment = Message<"his.iam.v1.StaffEnrolment"> & {
+  /**
+   * The enrolment, `staff/{staff}/enrolments/{enrolment}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The code, 16 characters of the base32 alphabet; given only in the answer of
+   * CreateStaffEnrolment. Hand it to the staff member over a channel only they read.
+   *
+   * @generated from field: string enrolment_code = 2;
+   */
+  enrolmentCode: string;
+
+  /**
+   * When the code stops working (by default 24 hours after its creation).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 3;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message his.iam.v1.StaffEnrolment.
+ * Use `create(StaffEnrolmentSchema)` to create a new message.
+ */
+export const StaffEnrolmentSchema: GenMessage<StaffEnrolment> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 20);
+
+/**
+ * Request of CreateStaffEnrolment.
+ *
+ * @generated from message his.iam.v1.CreateStaffEnrolmentRequest
+ */
+export type CreateStaffEnrolmentRequest = Message<"his.iam.v1.CreateStaffEnrolmentRequest"> & {
+  /**
+   * The staff member to enrol, `staff/{staff}`. Required.
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+};
+
+/**
+ * Describes the message his.iam.v1.CreateStaffEnrolmentRequest.
+ * Use `create(CreateStaffEnrolmentRequestSchema)` to create a new message.
+ */
+export const CreateStaffEnrolmentRequestSchema: GenMessage<CreateStaffEnrolmentRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 21);
+
+/**
+ * Request of CompleteStaffEnrolment.
+ *
+ * @generated from message his.iam.v1.CompleteStaffEnrolmentRequest
+ */
+export type CompleteStaffEnrolmentRequest = Message<"his.iam.v1.CompleteStaffEnrolmentRequest"> & {
+  /**
+   * The staff member's username. Required.
+   *
+   * @generated from field: string username = 1;
+   */
+  username: string;
+
+  /**
+   * The enrolment code from CreateStaffEnrolment. Required.
+   *
+   * @generated from field: string enrolment_code = 2;
+   */
+  enrolmentCode: string;
+
+  /**
+   * The new password, 12 to 256 characters. Never logged; stored only as an argon2id hash.
+   *
+   * @generated from field: string password = 3;
+   */
+  password: string;
+};
+
+/**
+ * Describes the message his.iam.v1.CompleteStaffEnrolmentRequest.
+ * Use `create(CompleteStaffEnrolmentRequestSchema)` to create a new message.
+ */
+export const CompleteStaffEnrolmentRequestSchema: GenMessage<CompleteStaffEnrolmentRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 22);
+
+/**
+ * Response of CompleteStaffEnrolment.
+ *
+ * @generated from message his.iam.v1.CompleteStaffEnrolmentResponse
+ */
+export type CompleteStaffEnrolmentResponse = Message<"his.iam.v1.CompleteStaffEnrolmentResponse"> & {
+  /**
+   * The enrolled staff member, `staff/{staff}`.
+   *
+   * @generated from field: string staff_member = 1;
+   */
+  staffMember: string;
+
+  /**
+   * The new TOTP secret (base32, RFC 6238 with SHA-1, 6 digits, 30-second steps), shown once:
+   * put it into an authenticator app. Replaces any earlier secret.
+   *
+   * @generated from field: string totp_secret = 2;
+   */
+  totpSecret: string;
+
+  /**
+   * The same secret as an `otpauth://totp/...` URI (for a QR code).
+   *
+   * @generated from field: string totp_uri = 3;
+   */
+  totpUri: string;
+
+  /**
+   * Whether IssueToken asks this staff member for a TOTP code (their roles are clinical or
+   * administrative).
+   *
+   * @generated from field: bool totp_required = 4;
+   */
+  totpRequired: boolean;
+};
+
+/**
+ * Describes the message his.iam.v1.CompleteStaffEnrolmentResponse.
+ * Use `create(CompleteStaffEnrolmentResponseSchema)` to create a new message.
+ */
+export const CompleteStaffEnrolmentResponseSchema: GenMessage<CompleteStaffEnrolmentResponse> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 23);
+
+/**
  * Request of StartPatientSignIn.
  *
  * @generated from message his.iam.v1.StartPatientSignInRequest
@@ -815,7 +959,7 @@ export type StartPatientSignInRequest = Message<"his.iam.v1.StartPatientSignInRe
  * Use `create(StartPatientSignInRequestSchema)` to create a new message.
  */
 export const StartPatientSignInRequestSchema: GenMessage<StartPatientSignInRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 20);
+  messageDesc(file_his_iam_v1_iam_service, 24);
 
 /**
  * Response of StartPatientSignIn. The same for registered and unknown phone numbers.
@@ -851,7 +995,7 @@ export type StartPatientSignInResponse = Message<"his.iam.v1.StartPatientSignInR
  * Use `create(StartPatientSignInResponseSchema)` to create a new message.
  */
 export const StartPatientSignInResponseSchema: GenMessage<StartPatientSignInResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 21);
+  messageDesc(file_his_iam_v1_iam_service, 25);
 
 /**
  * Request of CompletePatientSignIn.
@@ -880,7 +1024,7 @@ export type CompletePatientSignInRequest = Message<"his.iam.v1.CompletePatientSi
  * Use `create(CompletePatientSignInRequestSchema)` to create a new message.
  */
 export const CompletePatientSignInRequestSchema: GenMessage<CompletePatientSignInRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 22);
+  messageDesc(file_his_iam_v1_iam_service, 26);
 
 /**
  * Response of CompletePatientSignIn.
@@ -923,7 +1067,7 @@ export type CompletePatientSignInResponse = Message<"his.iam.v1.CompletePatientS
  * Use `create(CompletePatientSignInResponseSchema)` to create a new message.
  */
 export const CompletePatientSignInResponseSchema: GenMessage<CompletePatientSignInResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 23);
+  messageDesc(file_his_iam_v1_iam_service, 27);
 
 /**
  * Request of GetJwks. It has no fields.
@@ -938,7 +1082,7 @@ export type GetJwksRequest = Message<"his.iam.v1.GetJwksRequest"> & {
  * Use `create(GetJwksRequestSchema)` to create a new message.
  */
 export const GetJwksRequestSchema: GenMessage<GetJwksRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 24);
+  messageDesc(file_his_iam_v1_iam_service, 28);
 
 /**
  * A JSON Web Key Set (RFC 7517): the public keys that verify access tokens.
@@ -959,7 +1103,7 @@ export type JsonWebKeySet = Message<"his.iam.v1.JsonWebKeySet"> & {
  * Use `create(JsonWebKeySetSchema)` to create a new message.
  */
 export const JsonWebKeySetSchema: GenMessage<JsonWebKeySet> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 25);
+  messageDesc(file_his_iam_v1_iam_service, 29);
 
 /**
  * One public RSA signing key (RFC 7517 and RFC 7518), with the JWK member names.
@@ -1015,7 +1159,7 @@ export type JsonWebKey = Message<"his.iam.v1.JsonWebKey"> & {
  * Use `create(JsonWebKeySchema)` to create a new message.
  */
 export const JsonWebKeySchema: GenMessage<JsonWebKey> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 26);
+  messageDesc(file_his_iam_v1_iam_service, 30);
 
 /**
  * Request of CreateEmergencyAccessGrant.
@@ -1055,7 +1199,7 @@ export type CreateEmergencyAccessGrantRequest = Message<"his.iam.v1.CreateEmerge
  * Use `create(CreateEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const CreateEmergencyAccessGrantRequestSchema: GenMessage<CreateEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 27);
+  messageDesc(file_his_iam_v1_iam_service, 31);
 
 /**
  * Request of ListEmergencyAccessGrants. All set filters must match.
@@ -1104,7 +1248,7 @@ export type ListEmergencyAccessGrantsRequest = Message<"his.iam.v1.ListEmergency
  * Use `create(ListEmergencyAccessGrantsRequestSchema)` to create a new message.
  */
 export const ListEmergencyAccessGrantsRequestSchema: GenMessage<ListEmergencyAccessGrantsRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 28);
+  messageDesc(file_his_iam_v1_iam_service, 32);
 
 /**
  * Response of ListEmergencyAccessGrants.
@@ -1132,7 +1276,7 @@ export type ListEmergencyAccessGrantsResponse = Message<"his.iam.v1.ListEmergenc
  * Use `create(ListEmergencyAccessGrantsResponseSchema)` to create a new message.
  */
 export const ListEmergencyAccessGrantsResponseSchema: GenMessage<ListEmergencyAccessGrantsResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 29);
+  messageDesc(file_his_iam_v1_iam_service, 33);
 
 /**
  * Request of RevokeEmergencyAccessGrant.
@@ -1153,7 +1297,7 @@ export type RevokeEmergencyAccessGrantRequest = Message<"his.iam.v1.RevokeEmerge
  * Use `create(RevokeEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const RevokeEmergencyAccessGrantRequestSchema: GenMessage<RevokeEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 30);
+  messageDesc(file_his_iam_v1_iam_service, 34);
 
 /**
  * What kind of care or function a department provides.
@@ -1462,13 +1606,20 @@ export const IamService: GenService<{
     output: typeof ListMembershipsResponseSchema;
   },
   /**
-   * Local-development identity provider: exchanges a username and credential for a signed JWT
-   * access token. The credential is checked against the provider's development credential store,
-   * which is loaded from its configuration; no rpc sets credentials. In production an external
-   * identity provider issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors:
-   * INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
-   * username is unknown, the credential is wrong or the staff member is inactive (the same error
-   * for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+   * Local identity provider: exchanges a username, the staff member's own password and (for
+   * clinical and administrator roles: DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN, ADMINISTRATOR) a
+   * current TOTP code for a short-lived signed JWT access token. A password is set only through a
+   * one-time enrolment code (CreateStaffEnrolment, CompleteStaffEnrolment); services log in as
+   * `service:{name}` with their service credential. In production an external identity provider
+   * issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors: INVALID_ARGUMENT if
+   * the username, credential or totp_code is empty (where required), malformed or too long;
+   * UNAUTHENTICATED (reason INVALID_CREDENTIALS) if the username is unknown, the password or TOTP
+   * code is wrong, the staff member has not enrolled or is inactive (the same error for all, so it
+   * reveals nothing); UNAUTHENTICATED (reason TOTP_REQUIRED) when the password is right but the
+   * role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
+   * RetryInfo) after too many failed attempts for the username or from the caller's source within
+   * the window, even with the right password, until the oldest of them leaves the window;
+   * UNIMPLEMENTED when the local provider is switched off.
    *
    * @generated from rpc his.iam.v1.IamService.IssueToken
    */
@@ -1476,6 +1627,40 @@ export const IamService: GenService<{
     methodKind: "unary";
     input: typeof IssueTokenRequestSchema;
     output: typeof IssueTokenResponseSchema;
+  },
+  /**
+   * Creates a one-time enrolment code for a staff member (an administrator's task), with which
+   * the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
+   * retires the member's open ones; enrolling again replaces the password and the TOTP secret.
+   * The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
+   * INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
+   * update staff credentials, or when the caller names themselves (nobody enrols themselves);
+   * NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
+   * the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+   *
+   * @generated from rpc his.iam.v1.IamService.CreateStaffEnrolment
+   */
+  createStaffEnrolment: {
+    methodKind: "unary";
+    input: typeof CreateStaffEnrolmentRequestSchema;
+    output: typeof StaffEnrolmentSchema;
+  },
+  /**
+   * Sets a staff member's password with a one-time enrolment code and returns their new TOTP
+   * secret. Needs no authentication (the code is the proof). A code works once and until its
+   * expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
+   * malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
+   * (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
+   * username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
+   * STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
+   * caller's source; UNIMPLEMENTED when the local provider is switched off.
+   *
+   * @generated from rpc his.iam.v1.IamService.CompleteStaffEnrolment
+   */
+  completeStaffEnrolment: {
+    methodKind: "unary";
+    input: typeof CompleteStaffEnrolmentRequestSchema;
+    output: typeof CompleteStaffEnrolmentResponseSchema;
   },
   /**
    * Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
