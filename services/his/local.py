@@ -245,7 +245,8 @@ class Hospital:
         if demo:
             log.info("loading demo data")
             self.say(f"demo data:    {await _load_demo(self._entries, self._config.data_dir)}")
-            self.say(_demo_credentials(self._config.data_dir))
+            # On the terminal only, never into up.log: they are passwords.
+            print(_demo_credentials(self._config.data_dir), flush=True)
             self.say(_patient_sign_in_hint(self._config.data_dir))
         _print_table(self._entries)
         if self._gateway is not None:

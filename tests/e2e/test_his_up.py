@@ -19,6 +19,7 @@ import pytest
 from his.base.catalog import implemented, lookup
 from his.common.v1 import types_pb2
 from his.gateway.config import GatewayConfig
+from his.iam import demo as iam_demo
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.local_secrets import local_secrets
 from his.patient import demo as patient_demo
@@ -130,8 +131,16 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
     # purpose: it is the phone of the person signing in. It is not counted.)
     sent = [line for line in terminal.splitlines() if "patient sign-in code for the phone" in line]
     assert len(sent) == 1 and "ending 0001:" in sent[0], sent
+    # The demo staff's development credentials: a header, then one line each (the administrator
+    # and every demo staff member), never in up.log.
+    credentials = [line for line in terminal.splitlines() if "TOTP secret" in line]
+    assert [line.split()[0] for line in credentials] == [
+        "admin",
+        *(p.username for p in iam_demo.STAFF),
+    ]
+    assert "TOTP secret" not in up.logged("up")
     # 22 at most: the gateway's line and its blank beside the sign-in line.
-    assert len(terminal.splitlines()) - len(sent) < 23, terminal
+    assert len(terminal.splitlines()) - len(sent) - len(credentials) - 1 < 23, terminal
     assert "gateway       http://localhost:8080 " in terminal
     hint = (
         "patient sign-in: phone +8613800000001 (a demo patient); the one-time code appears in the "
