@@ -103,8 +103,8 @@ class IdentityInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        # IssueToken, staff enrolment, patient sign-in and GetJwks are public; asking for a token must not need
-        # one.
+        # IssueToken, staff enrolment, patient sign-in and GetJwks are public; asking for a
+        # token must not need one.
         if client_call_details.method in _PUBLIC:
             return await continuation(client_call_details, request)
         added: list[tuple[str, str]] = []
