@@ -292,9 +292,9 @@ def test_stopping_at_any_moment_of_the_start_leaves_no_process(
 
 
 def test_his_token_with_nothing_running_says_to_start_the_hospital(tmp_path: Path) -> None:
-    def token(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    def token(data_dir: Path, user: str = "admin") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "his.cli", "token", "--user", "reg.amina"],
+            [sys.executable, "-m", "his.cli", "token", "--user", user],
             env=dict(
                 os.environ, HIS_DATA_DIR=str(data_dir), HIS_IAM_ADDR=f"localhost:{free_port()}"
             ),
@@ -317,6 +317,12 @@ def test_his_token_with_nothing_running_says_to_start_the_hospital(tmp_path: Pat
     assert stopped.stderr.startswith("his token: iam is not reachable at localhost:")
     assert "make run" in stopped.stderr
     assert "Traceback" not in stopped.stderr and "AioRpcError" not in stopped.stderr
+    # A demo staff member's credential exists only once `his up --demo` enrolled them.
+    never_enrolled = token(tmp_path / "his", "reg.amina")
+    assert never_enrolled.returncode == 1
+    assert "no development credential is known for 'reg.amina'" in never_enrolled.stderr
+    assert "his up --demo" in never_enrolled.stderr
+    assert "Traceback" not in never_enrolled.stderr
 
 
 def test_up_refuses_to_share_its_ports_with_another_hospital(data_dir: Path) -> None:
