@@ -9,6 +9,7 @@ database, not slept.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -158,6 +159,34 @@ async def test_an_enrolment_code_works_once(iam: Stub) -> None:
     assert (await fails(login(iam, member.username, "another long password"))).code == (
         grpc.StatusCode.UNAUTHENTICATED
     )
+
+
+async def test_concurrent_completions_of_one_code_enrol_exactly_once(iam: Stub) -> None:
+    member = await create_staff(iam, R.STAFF_ROLE_REGISTRAR)
+    enrolment = await iam.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=member.name))
+    # Three: the losers count as failures for the username, and a third would lock it.
+    passwords = [f"racing password number {i}" for i in range(3)]
+
+    results = await asyncio.gather(
+        *(
+            iam.CompleteStaffEnrolment(
+                pb.CompleteStaffEnrolmentRequest(
+                    username=member.username,
+                    enrolment_code=enrolment.enrolment_code,
+                    password=password,
+                ),
+                metadata=(("x-forwarded-for", a_source()),),
+            )
+            for password in passwords
+        ),
+        return_exceptions=True,
+    )
+
+    won = [p for p, r in zip(passwords, results, strict=True) if not isinstance(r, Exception)]
+    lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(won) == 1 and len(lost) == len(passwords) - 1, results
+    assert {rich_status(error).reason for error in lost} == {"ENROLMENT_CODE_INVALID"}
+    assert (await login(iam, member.username, won[0])).access_token
 
 
 async def test_an_expired_enrolment_code_is_refused(iam: Stub, iam_db: AsyncEngine) -> None:
