@@ -325,6 +325,22 @@ def test_his_token_with_nothing_running_says_to_start_the_hospital(tmp_path: Pat
     assert "Traceback" not in never_enrolled.stderr
 
 
+def test_up_demo_is_refused_outside_development(tmp_path: Path) -> None:
+    # The demo prints known passwords and TOTP secrets: never in the mesh.
+    refused = subprocess.run(
+        [sys.executable, "-m", "his.cli", "up", "--demo"],
+        env=dict(os.environ, HIS_DATA_DIR=str(tmp_path / "his"), HIS_MESH="istio"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "refused with HIS_MESH=istio" in refused.stderr
+    assert "TOTP secret" not in refused.stdout
+    assert not (tmp_path / "his").exists()  # nothing started, no secrets made
+
+
 def test_up_refuses_to_share_its_ports_with_another_hospital(data_dir: Path) -> None:
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
         # The earlier tests' `his up` leave connections to 50052 in TIME_WAIT; without this the

@@ -296,13 +296,22 @@ async def test_without_a_development_seed_the_bootstrap_administrator_has_no_pas
 
 
 async def test_switched_off_local_provider_answers_unimplemented(
-    iam_url: str, make_iam_config: Callable[..., IamConfig]
+    iam_url: str, make_iam_config: Callable[..., IamConfig], admin_token: str
 ) -> None:
     async with _server(iam_url, make_iam_config(local_provider=False)) as stub:
         for call in (
             stub.GetJwks(pb.GetJwksRequest()),
             login(stub, "admin"),
             login(stub, "service:patient", service_credential("patient")),
+            stub.CreateStaffEnrolment(
+                pb.CreateStaffEnrolmentRequest(parent=f"staff/{uuid.uuid4()}"),
+                metadata=_bearer(admin_token),
+            ),
+            stub.CompleteStaffEnrolment(
+                pb.CompleteStaffEnrolmentRequest(
+                    username="t.someone", enrolment_code="A" * 16, password=PASSWORD
+                )
+            ),
         ):
             failure = await fails(call)
             assert failure.code == grpc.StatusCode.UNIMPLEMENTED
@@ -468,6 +477,44 @@ def test_in_the_mesh_the_local_sender_is_refused_and_sign_in_off_is_fine() -> No
     off = SignInConfig.from_env({"HIS_MESH": "istio", "HIS_IAM_PATIENT_SIGN_IN": "off"})
     assert not off.enabled
     assert SignInConfig.from_env({}).sender == "local"
+
+
+def test_in_the_mesh_a_development_seed_is_refused() -> None:
+    # The seed gives the bootstrap administrator a known password: a developer's machine only.
+    with pytest.raises(ConfigError, match="HIS_IAM_DEV_CREDENTIAL"):
+        IamConfig.from_env(
+            {"HIS_MESH": "istio", "HIS_IAM_PATIENT_SIGN_IN": "off", "HIS_IAM_DEV_CREDENTIAL": "x"}
+        )
+    assert IamConfig.from_env({"HIS_MESH": "istio", "HIS_IAM_PATIENT_SIGN_IN": "off"})
+
+
+def test_staff_login_config_reads_the_environment_and_refuses_unusable_values() -> None:
+    config = IamConfig.from_env(
+        {
+            "HIS_IAM_LOGIN_WINDOW_S": "300",
+            "HIS_IAM_LOGIN_FAILURES_PER_USER": "7",
+            "HIS_IAM_LOGIN_FAILURES_PER_SOURCE": "70",
+            "HIS_IAM_ENROLMENT_TTL_S": "3600",
+            "HIS_IAM_CREDENTIAL_KEY": "secret-key",
+        }
+    )
+    login = config.login
+    assert (login.window_s, login.failures_per_user, login.failures_per_source) == (300, 7, 70)
+    assert (login.enrolment_ttl_s, login.credential_key) == (3600, b"secret-key")
+    assert "secret-key" not in repr(config)
+    defaults = IamConfig.from_env({}).login
+    assert (defaults.window_s, defaults.failures_per_user, defaults.failures_per_source) == (
+        900,
+        5,
+        50,
+    )
+    for bad in (
+        {"HIS_IAM_LOGIN_WINDOW_S": "10"},
+        {"HIS_IAM_LOGIN_FAILURES_PER_USER": "0"},
+        {"HIS_IAM_ENROLMENT_TTL_S": "5"},
+    ):
+        with pytest.raises(ConfigError):
+            IamConfig.from_env(bad)
 
 
 def test_sign_in_config_reads_the_environment() -> None:
