@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class IamServiceStub:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
@@ -144,8 +144,8 @@ class IamServiceStub:
 
 class IamServiceServicer:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
@@ -510,8 +510,8 @@ def add_IamServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class IamService:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.

@@ -31,8 +31,8 @@ GRPC_VERSION: str
 
 class IamServiceStub:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
@@ -212,8 +212,8 @@ class IamServiceStub:
 @_typing.type_check_only
 class IamServiceAsyncStub(IamServiceStub):
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
@@ -389,8 +389,8 @@ class IamServiceAsyncStub(IamServiceStub):
 
 class IamServiceServicer(metaclass=_abc_1.ABCMeta):
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.

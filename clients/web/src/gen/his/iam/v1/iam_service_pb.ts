@@ -1448,8 +1448,8 @@ export const StaffRoleSchema: GenEnum<StaffRole> = /*@__PURE__*/
 
 /**
  * IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
- * and memberships) and emergency access grants. It also contains a local-development identity
- * provider (IssueToken, GetJwks): in production an external identity provider issues the access
+ * and memberships) and emergency access grants. It also contains a local identity provider
+ * (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
  * tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
  * trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
  * member's roles.
