@@ -32,7 +32,7 @@ from his.base.catalog import CATALOG, lookup
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.local_secrets import LocalSecrets, local_secrets
-from his.login import issue_token
+from his.login import enrol, issue_token
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import SERVING, wait_for_status
 from his.runtime.migrations import upgrade
@@ -224,7 +224,7 @@ async def staff_token(hospital: Hospital, username: str, *roles: str) -> str:
 
     admin = await login("admin")
     async with HisClients(config, token=static_token(admin)) as his:
-        made = await his.iam.CreateStaffMember(
+        member = await his.iam.CreateStaffMember(
             iam_pb.CreateStaffMemberRequest(
                 staff_member=iam_pb.StaffMember(
                     username=username,
@@ -235,7 +235,9 @@ async def staff_token(hospital: Hospital, username: str, *roles: str) -> str:
             ),
             timeout=10,
         )
-    await approve(hospital, made.pending_access_change)
+        # Their own development password and TOTP secret, kept for issue_token.
+        await enrol(his, member.name, username, data_dir=hospital.data_dir)
+    await approve(hospital, member.pending_access_change)
     return await login(username)
 
 

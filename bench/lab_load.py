@@ -35,7 +35,7 @@ from his.common.v1 import types_pb2
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.lab.v1 import lab_service_pb2 as pb
 from his.lab.v1 import lab_service_pb2_grpc as pb_grpc
-from his.login import issue_token
+from his.login import enrol, issue_token
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.patient.v1 import patient_service_pb2_grpc as patient_grpc
@@ -85,6 +85,7 @@ async def _people(hospital: Hospital) -> dict[str, str]:
             )
             found[username] = member.name
             changes.append(member.pending_access_change)
+            await enrol(his, member.name, username, data_dir=hospital.data_dir)
             if department:
                 added = await his.iam.AddMembership(
                     iam_pb.AddMembershipRequest(

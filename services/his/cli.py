@@ -77,6 +77,9 @@ def _token(args: argparse.Namespace) -> int:
         return 1
     try:
         print(asyncio.run(issue_token(args.user)))
+    except LookupError as error:
+        print(f"his token: {error}", file=sys.stderr)
+        return 1
     except grpc.aio.AioRpcError as error:
         if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             where = ClientConfig.from_env(os.environ).address("iam")

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from his.base.catalog import ServiceEntry, implemented, lookup
 from his.gateway.config import GatewayConfig
 from his.iam import demo_seed
+from his.iam import demo as iam_demo
 from his.iam.config import sign_in_codes_path
 from his.local_logs import PRINTED, LogFiles
 from his.local_secrets import LocalSecrets, local_secrets
-from his.login import issue_token
+from his.login import enrol, issue_token, known_credential
 from his.patient import demo as patient_demo
 from his.runtime.config import DatabaseConfig, TelemetryConfig
 from his.runtime.embedded_pg import EmbeddedPostgres
@@ -276,6 +277,8 @@ class Hospital:
             log.info("loading demo data")
             made = await _load_demo(self._entries, self._config.data_dir, self._url)
             self.say(f"demo data:    {made}")
+            # On the terminal only, never into up.log: they are passwords.
+            print(_demo_credentials(self._config.data_dir), flush=True)
             self.say(_patient_sign_in_hint(self._config.data_dir))
         _print_table(self._entries)
         if self._gateway is not None:
@@ -550,9 +553,10 @@ def _patient_sign_in_hint(data_dir: Path) -> str:
 
 async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path, database_url: str) -> str:
     """Each implemented service's `demo.load`, as the staff member its module names (`USER`);
-    what they made, in one line. The demo staff's roles and memberships are then approved by
-    writing to iam's database directly (his.iam.demo_seed: the demo has no second
-    administrator), before the other data sets, which need them."""
+    what they made, in one line. Right after iam's data set the demo staff's roles and
+    memberships are approved by writing to iam's database directly (his.iam.demo_seed: the demo
+    has no second administrator), and the demo staff are enrolled, so the other data sets can log
+    in as them with the roles they need."""
     names = {entry.name for entry in entries}
     made = []
     for name in [n for n in DEMO_ORDER if n in names] + sorted(names - set(DEMO_ORDER)):
@@ -563,13 +567,44 @@ async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path, database
         token = await issue_token(demo.USER, data_dir=data_dir)
         async with HisClients(token=static_token(token)) as his:
             made.append(str(await demo.load(his)))
-        if name == "iam":
-            await demo_seed.approve_demo_changes(database_url)
+            if name == "iam":
+                await demo_seed.approve_demo_changes(database_url)
+                await _enrol_demo_staff(his, data_dir)
     return "; ".join(made)
+
+
+async def _enrol_demo_staff(admin: HisClients, data_dir: Path) -> None:
+    """Give each demo staff member a fresh enrolment with their development password (a new TOTP
+    secret each run), kept for `his token` in the data directory's secrets."""
+    found = await iam_demo.directory(admin)
+    for person in iam_demo.STAFF:
+        if person.username in found.staff:
+            await enrol(admin, found.staff[person.username], person.username, data_dir=data_dir)
+
+
+def _demo_credentials(data_dir: Path) -> str:
+    """The demo staff's development passwords and TOTP secrets, for the person at the terminal
+    (development only: `his up --demo` is refused in the mesh)."""
+    lines = ["demo staff (development credentials; `his token <username>` logs in with them):"]
+    for username in [iam_demo.USER, *(person.username for person in iam_demo.STAFF)]:
+        known = known_credential(username, data_dir)
+        if known is not None:
+            lines.append(
+                f"  {username:<12} password {known.password}  TOTP secret {known.totp_secret}"
+            )
+    return "\n".join(lines)
 
 
 def up(*, demo: bool) -> int:
     """Run until Ctrl-C (or SIGTERM); returns the exit code."""
+    if demo and (os.environ.get("HIS_MESH") or "").strip().lower() == "istio":
+        # The demo prints known passwords and TOTP secrets: a development machine's only.
+        print(
+            "his up --demo: refused with HIS_MESH=istio (demo staff get known development "
+            "passwords and TOTP secrets; local development only)",
+            file=sys.stderr,
+        )
+        return 2
     global _prctl  # noqa: PLW0603 (resolved once, before any thread, for the forked children)
     if sys.platform == "linux":
         _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl

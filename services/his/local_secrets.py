@@ -2,7 +2,7 @@
 
 In Kubernetes these come from Secrets through the environment and this module is never used.
 Locally, `his up` hands each service it starts its own share (`LocalSecrets.env`), and
-`his token` logs in with the development password.
+`his token` derives the development credentials it logs in with from them.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ FILE = "local.json"
 
 @dataclass(frozen=True)
 class LocalSecrets:
-    """The development password of every staff member and the key of the service credentials.
-
-    Both are iam's alone: every other service is handed only its own credential (ADR 0007).
-    """
+    """The development seed (the bootstrap administrator's and the demo staff's known passwords
+    and TOTP secrets are derived from it: his.iam.dev_credentials) and the key of the service
+    credentials. Both are iam's alone: every other service is handed only its own credential
+    (ADR 0007)."""
 
     dev_credential: str
     service_credential_key: str

@@ -8,11 +8,14 @@ import random
 import string
 import uuid
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import jwt
+import pyotp
 
 from his.common.v1 import types_pb2
+from his.iam import dev_credentials
 from his.iam.v1 import iam_service_pb2 as pb
 from tests.identity import ISSUER, metadata
 from tests.support import invalid_in
@@ -28,7 +31,10 @@ else:
 DOMAIN = "iam.his"
 # The iam server under test signs with this issuer; its callers use the session test issuer's.
 LOCAL_ISSUER = "https://iam.his.local-test"
+# The development seed of the iam under test (the bootstrap administrator's known credential).
 DEV_CREDENTIAL = "correct horse battery staple"
+# The password the tests enrol staff members with.
+PASSWORD = "a long enough test password"
 SERVICE_KEY = b"test-service-credential-key"
 LICENCE_SYSTEM = "urn:his:test:practising-certificate"
 # A second administrator: approves what the tests' administrator proposes (two-person rule).
@@ -141,10 +147,60 @@ def service_credential(service: str, key: bytes = SERVICE_KEY) -> str:
 
 
 async def login(
-    stub: Stub, username: str, credential: str = DEV_CREDENTIAL
+    stub: Stub,
+    username: str,
+    credential: str = PASSWORD,
+    totp_code: str = "",
+    *,
+    source: str | None = None,
 ) -> pb.IssueTokenResponse:
-    """IssueToken for a username."""
-    return await stub.IssueToken(pb.IssueTokenRequest(username=username, credential=credential))
+    """IssueToken for a username (from `source`, as a gateway's x-forwarded-for, when given)."""
+    metadata = (("x-forwarded-for", source),) if source else None
+    return await stub.IssueToken(
+        pb.IssueTokenRequest(username=username, credential=credential, totp_code=totp_code),
+        metadata=metadata,
+    )
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """A staff member's password and TOTP secret, as enrolment gave them."""
+
+    username: str
+    password: str
+    totp_secret: str
+
+    def totp_code(self) -> str:
+        """The current TOTP code."""
+        return pyotp.TOTP(self.totp_secret).now()
+
+
+async def enrol(stub: Stub, member: pb.StaffMember, password: str = PASSWORD) -> Enrolled:
+    """Enrol a staff member: an administrator's code, then the member's password with it."""
+    enrolment = await stub.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=member.name))
+    reply = await stub.CompleteStaffEnrolment(
+        pb.CompleteStaffEnrolmentRequest(
+            username=member.username, enrolment_code=enrolment.enrolment_code, password=password
+        )
+    )
+    return Enrolled(member.username, password, reply.totp_secret)
+
+
+async def login_as(stub: Stub, enrolled: Enrolled) -> pb.IssueTokenResponse:
+    """IssueToken with an enrolled member's password and current TOTP code."""
+    return await login(stub, enrolled.username, enrolled.password, enrolled.totp_code())
+
+
+async def bootstrap_login(stub: Stub, username: str) -> pb.IssueTokenResponse:
+    """The bootstrap administrator's login with the credential derived from the test seed."""
+    secret = dev_credentials.totp_secret(DEV_CREDENTIAL, username)
+    password = dev_credentials.password(DEV_CREDENTIAL, username)
+    return await login(stub, username, password, dev_credentials.totp_code(secret))
+
+
+async def enrolled_token(stub: Stub, member: pb.StaffMember) -> pb.IssueTokenResponse:
+    """Enrol a staff member and log them in."""
+    return await login_as(stub, await enrol(stub, member))
 
 
 def verify(token: str, jwks: pb.JsonWebKeySet, *, audience: str = "his") -> dict[str, Any]:

@@ -12,7 +12,7 @@ from his.runtime.server import RunningService
 from his_client import HisClients
 from his_client.config import ClientConfig
 from his_client.credentials import static_token
-from tests.iam.helpers import Stub, login, verify
+from tests.iam.helpers import Stub, bootstrap_login, enrolled_token, verify
 
 
 async def _counts(iam_db: AsyncEngine) -> tuple[int, int, int]:
@@ -25,6 +25,12 @@ async def _counts(iam_db: AsyncEngine) -> tuple[int, int, int]:
         )
         departments, staff, memberships = rows.one()
     return int(departments), int(staff), int(memberships)
+
+
+async def _token(iam: Stub, name: str) -> str:
+    """Enrol a demo staff member (as `his up --demo` does) and log them in."""
+    member = await iam.GetStaffMember(pb.GetStaffMemberRequest(name=name))
+    return (await enrolled_token(iam, member)).access_token
 
 
 async def test_demo_loads_once_with_every_role_and_its_departments(
@@ -60,21 +66,21 @@ async def test_demo_loads_once_with_every_role_and_its_departments(
         pb.STAFF_ROLE_ADMINISTRATOR,  # the bootstrap administrator, `demo.USER`
     }
     claims = verify(
-        (await login(iam, "dr.chen")).access_token, await iam.GetJwks(pb.GetJwksRequest())
+        await _token(iam, directory.staff["dr.chen"]), await iam.GetJwks(pb.GetJwksRequest())
     )
     assert claims["departments"] == [directory.departments[demo.CARDIOLOGY]]
     nurse = verify(
-        (await login(iam, "nurse.li")).access_token, await iam.GetJwks(pb.GetJwksRequest())
+        await _token(iam, directory.staff["nurse.li"]), await iam.GetJwks(pb.GetJwksRequest())
     )
     assert sorted(nurse["departments"]) == sorted(
         [directory.departments[demo.ORTHOPAEDIC_WARD], directory.departments[demo.GENERAL_MEDICINE]]
     )
     cardiology_nurse = verify(
-        (await login(iam, "nurse.wang")).access_token, await iam.GetJwks(pb.GetJwksRequest())
+        await _token(iam, directory.staff["nurse.wang"]), await iam.GetJwks(pb.GetJwksRequest())
     )
     assert cardiology_nurse["roles"] == ["NURSE"]
     assert cardiology_nurse["departments"] == [directory.departments[demo.CARDIOLOGY]]
     admin = verify(
-        (await login(iam, demo.USER)).access_token, await iam.GetJwks(pb.GetJwksRequest())
+        (await bootstrap_login(iam, demo.USER)).access_token, await iam.GetJwks(pb.GetJwksRequest())
     )
     assert admin["roles"] == ["ADMINISTRATOR"]

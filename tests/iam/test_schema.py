@@ -32,6 +32,9 @@ async def test_migration_downgrades_and_upgrades_again(postgres: EmbeddedPostgre
         "patient_sign_ins",
         "sign_in_attempts",
         "access_changes",
+        "staff_credentials",
+        "staff_enrolments",
+        "staff_login_failures",
     }
     migrated, downgraded, upgraded = await downgraded_and_upgraded(url, "iam")
     assert migrated == tables

@@ -21,12 +21,12 @@ from his.runtime.server import RunningService, start
 from tests.conftest import service_config
 from tests.iam.conftest import fresh_database, iam_spec
 from tests.iam.helpers import (
-    DEV_CREDENTIAL,
     LICENCE_SYSTEM,
     Stub,
     add_membership,
     approve,
     as_,
+    bootstrap_login,
     create_department,
     create_staff,
     invalid,
@@ -573,9 +573,7 @@ async def lone_admin(
     try:
         async with channel_as(running.address, admin_token) as channel:
             stub: Stub = pb_grpc.IamServiceStub(channel)
-            await stub.IssueToken(
-                pb.IssueTokenRequest(username="only.admin", credential=DEV_CREDENTIAL)
-            )
+            await bootstrap_login(stub, "only.admin")
             admins = await stub.ListStaffMembers(pb.ListStaffMembersRequest())
             assert [m.username for m in admins.staff_members] == ["only.admin"]
             yield stub, admins.staff_members[0]

@@ -3,6 +3,8 @@ is loaded, on the demo data of iam, patient and emr (loaded here into the sessio
 
 from __future__ import annotations
 
+import pyotp
+
 from his.emr import demo as emr_demo
 from his.iam import demo as iam_demo
 from his.iam import demo_seed
@@ -14,7 +16,6 @@ from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.server import RunningService
 from his_client import HisClients, static_token
 from his_client.config import ClientConfig
-from tests.conftest import DEV_CREDENTIAL
 from tests.identity import DEMO_ADMINISTRATOR, REGISTRAR
 
 
@@ -37,8 +38,25 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
         await demo_seed.approve_demo_changes(database_url)
 
         async def token(username: str) -> str:
+            # Enrolled as `his up --demo` does, then logged in with password and TOTP.
+            names = await iam_demo.directory(admin)
+            enrolment = await admin.iam.CreateStaffEnrolment(
+                iam_pb.CreateStaffEnrolmentRequest(parent=names.staff[username])
+            )
+            password = "a demo password for the test"
+            enrolled = await admin.iam.CompleteStaffEnrolment(
+                iam_pb.CompleteStaffEnrolmentRequest(
+                    username=username,
+                    enrolment_code=enrolment.enrolment_code,
+                    password=password,
+                )
+            )
             issued = await admin.iam.IssueToken(
-                iam_pb.IssueTokenRequest(username=username, credential=DEV_CREDENTIAL)
+                iam_pb.IssueTokenRequest(
+                    username=username,
+                    credential=password,
+                    totp_code=pyotp.TOTP(enrolled.totp_secret).now(),
+                )
             )
             return issued.access_token
 

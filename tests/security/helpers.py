@@ -150,6 +150,8 @@ class World:
     audit_event: str = ""
     department: str = ""
     staff: str = ""
+    # The world's staff member's enrolled credential: username, password, TOTP secret.
+    staff_credential: tuple[str, str, str] = ("", "", "")
     spare_slots: list[str] = field(default_factory=list)
     grant: str = ""
     # The emr side: the stub, an encounter of the patient in DEPARTMENT_A attended by

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import pyotp
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
@@ -50,7 +51,6 @@ from his.runtime.policy import PolicyEngine, Request
 from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.audit.helpers import make_event
-from tests.conftest import DEV_CREDENTIAL
 from tests.iam.helpers import make_department, make_staff
 from tests.identity import ISSUER, metadata
 from tests.lab.helpers import changed as lab_changed
@@ -1263,8 +1263,14 @@ async def _revoke_grant(world: World, allowed: bool) -> Message:
 
 
 async def _login(world: World, allowed: bool) -> Message:
-    member = await world.iam.GetStaffMember(iam_pb.GetStaffMemberRequest(name=world.staff))
-    return iam_pb.IssueTokenRequest(username=member.username, credential=DEV_CREDENTIAL)
+    username, password, totp_secret = world.staff_credential
+    return iam_pb.IssueTokenRequest(
+        username=username, credential=password, totp_code=pyotp.TOTP(totp_secret).now()
+    )
+
+
+async def _enrol(world: World, allowed: bool) -> Message:
+    return iam_pb.CreateStaffEnrolmentRequest(parent=await world.fresh_staff())
 
 
 IAM_RPCS = (
@@ -1336,6 +1342,14 @@ IAM_RPCS = (
             update_mask=FieldMask(paths=["display_name"]),
         ),
         fields=("display_name",),
+    ),
+    Rpc(
+        "iam",
+        "CreateStaffEnrolment",
+        "update",
+        "iam.staff",
+        _enrol,
+        lambda w: iam_pb.CreateStaffEnrolmentRequest(parent=missing("staff")),
     ),
     Rpc(
         "iam",
@@ -1797,6 +1811,15 @@ PUBLIC_RPCS = {
     "iam.IssueToken": _login,
     # A number nobody has: the same answer as for a registered one, and no code is sent.
     "iam.StartPatientSignIn": _on(lambda w: iam_pb.StartPatientSignInRequest(phone=unique_phone())),
+    # An enrolment code nobody was given (a username of its own, so no lockout comes near):
+    # refused for its code (UNAUTHENTICATED, below), never for a token.
+    "iam.CompleteStaffEnrolment": _on(
+        lambda w: iam_pb.CompleteStaffEnrolmentRequest(
+            username=f"t.{uuid.uuid4().hex[:12]}",
+            enrolment_code="A" * 16,
+            password="a long enough password",
+        )
+    ),
     # A sign-in nobody started: refused for its code (UNAUTHENTICATED, below), never for a token.
     "iam.CompletePatientSignIn": _const(
         iam_pb.CompletePatientSignInRequest(sign_in=f"patientSignIns/{uuid.uuid4()}", code="000000")
@@ -1970,6 +1993,11 @@ async def test_public_rpcs_answer_anyone_without_asking_the_policy(
         assert (result.code, result.reason) == (
             grpc.StatusCode.UNAUTHENTICATED,
             "SIGN_IN_CODE_INVALID",
+        ), result
+    elif name == "CompleteStaffEnrolment":
+        assert (result.code, result.reason) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "ENROLMENT_CODE_INVALID",
         ), result
     else:
         assert result.code == OK, result

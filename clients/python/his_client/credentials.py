@@ -105,8 +105,8 @@ class IdentityInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        # IssueToken, patient sign-in and GetJwks are public; asking for a token must not need
-        # one.
+        # IssueToken, staff enrolment, patient sign-in and GetJwks are public; asking for a
+        # token must not need one.
         if client_call_details.method in _PUBLIC:
             return await continuation(client_call_details, request)
         added: list[tuple[str, str]] = []
@@ -127,6 +127,7 @@ class IdentityInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 # lets the same rpcs through: his.runtime.authn.PUBLIC_METHODS).
 IAM_PUBLIC_METHODS = (
     "/his.iam.v1.IamService/IssueToken",
+    "/his.iam.v1.IamService/CompleteStaffEnrolment",
     "/his.iam.v1.IamService/StartPatientSignIn",
     "/his.iam.v1.IamService/CompletePatientSignIn",
     "/his.iam.v1.IamService/GetJwks",

@@ -22,7 +22,7 @@ from his.base.errors import (
     Unimplemented,
 )
 from his.base.identity import SERVICE_ROLE, Principal
-from his.iam import approvals, store
+from his.iam import approvals, dev_credentials, store
 from his.iam.approvals import (
     change_view,
     changed_fields,
@@ -31,6 +31,7 @@ from his.iam.approvals import (
     staff_view,
 )
 from his.iam.config import IamConfig
+from his.iam.credentials import StaffCredentials, credential_key
 from his.iam.mapping import (
     KIND,
     department_name,
@@ -102,6 +103,10 @@ def _refused() -> Unauthenticated:
     return Unauthenticated("unknown username or wrong credential", reason="INVALID_CREDENTIALS")
 
 
+def _enrolment_name(staff_id: uuid.UUID, enrolment_id: uuid.UUID) -> str:
+    return f"staff/{staff_id}/enrolments/{enrolment_id}"
+
+
 def _same_secret(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
@@ -135,12 +140,20 @@ class IamService(pb_grpc.IamServiceServicer):
         self._jwks: pb.JsonWebKeySet | None = None
         # Patient sign-in needs the local provider's issuer: without it, UNIMPLEMENTED.
         self._sign_in: PatientSignIn | None = None
+        # Staff passwords and TOTP, with the local provider only.
+        self._credentials: StaffCredentials | None = None
         if config.local_provider:
             keys = signing_keys(config.signing_key_paths, config.generated_key_path)
             self._issuer = TokenIssuer(
                 keys, issuer=config.issuer, audience=config.audience, ttl_s=config.token_ttl_s
             )
             self._jwks = jwks_to_proto(self._issuer.jwks())
+            self._credentials = StaffCredentials(
+                self._db,
+                self._issuer,
+                config.login,
+                key=credential_key(config.login, hash_key(config.sign_in, keys[0])),
+            )
             if config.sign_in.enabled:
                 # Codes go through `sender` (production: an SMS gateway's), else the local one.
                 self._sign_in = PatientSignIn(
@@ -682,11 +695,8 @@ class IamService(pb_grpc.IamServiceServicer):
     async def IssueToken(
         self, request: pb.IssueTokenRequest, context: Context
     ) -> pb.IssueTokenResponse:
-        if self._issuer is None:
-            raise Unimplemented(
-                "the local identity provider is switched off; use the hospital identity provider",
-                reason="LOCAL_PROVIDER_OFF",
-            )
+        credentials = self._staff_credentials()
+        assert self._issuer is not None
         v = Violations()
         if not request.username:
             v.add("username", "is required")
@@ -696,6 +706,7 @@ class IamService(pb_grpc.IamServiceServicer):
             v.add("credential", "is required")
         elif len(request.credential) > MAX_CREDENTIAL:
             v.add("credential", f"must be at most {MAX_CREDENTIAL} characters")
+        credentials.check_totp_field(v, request.totp_code)
         v.raise_if_any()
         # Services log in as they start, so this runs when a new installation first comes up.
         await self._bootstrap()
@@ -708,10 +719,20 @@ class IamService(pb_grpc.IamServiceServicer):
                 # a wrong one never learns whether its principal would have fitted).
                 self._peers.require(context.invocation_metadata(), service, "a token")
         else:
-            issued = await self._staff_token(self._issuer, request.username, request.credential)
+            issued = await credentials.login(
+                request.username, request.credential, request.totp_code, source_of(context)
+            )
         response = pb.IssueTokenResponse(access_token=issued.token, token_type=_BEARER)
         response.expire_time.FromSeconds(issued.expires_at)
         return response
+
+    def _staff_credentials(self) -> StaffCredentials:
+        if self._credentials is None:
+            raise Unimplemented(
+                "the local identity provider is switched off; use the hospital identity provider",
+                reason="LOCAL_PROVIDER_OFF",
+            )
+        return self._credentials
 
     def _service_token(self, issuer: TokenIssuer, service: str, credential: str) -> IssuedToken:
         key = self._config.service_credential_key
@@ -722,19 +743,44 @@ class IamService(pb_grpc.IamServiceServicer):
             raise _refused()
         return issuer.sign(f"services/{service}", username=service, roles=[SERVICE_ROLE])
 
-    async def _staff_token(self, issuer: TokenIssuer, login: str, credential: str) -> IssuedToken:
-        secret = self._config.dev_credential
-        matches = _same_secret(credential, secret or "\0no development credential\0")
-        async with self._db.read() as session:
-            row = await store.staff_by_username(session, login)
-            if row is None or not row.active or not matches or not secret:
-                raise _refused()
-            departments = await store.current_department_ids(session, row.id)
-        return issuer.sign(
-            f"staff/{row.id}",
-            username=row.username,
-            roles=list(row.roles),
-            departments=[f"departments/{department}" for department in departments],
+    async def CreateStaffEnrolment(
+        self, request: pb.CreateStaffEnrolmentRequest, context: Context
+    ) -> pb.StaffEnrolment:
+        credentials = self._staff_credentials()
+        staff_id = required_id("parent", request.parent, collection="staff")
+        # Nobody enrols themselves: a stolen session must not become a permanent credential.
+        if self._is_caller(staff_id):
+            raise PermissionDenied(
+                "nobody may create an enrolment code for themselves", reason="SELF_ENROLMENT"
+            )
+        await self._require("update", "iam.staff")
+        principal = identity.current_or_none()
+        created_by = principal.subject if principal is not None else "anonymous"
+        enrolment = await credentials.create_enrolment(staff_id, created_by)
+        response = pb.StaffEnrolment(
+            name=_enrolment_name(staff_id, enrolment.id), enrolment_code=enrolment.code
+        )
+        response.expire_time.FromDatetime(enrolment.expire_time)
+        log.info(
+            "staff enrolment code created",
+            extra={"fields": {"staff": f"staff/{staff_id}", "created_by": created_by}},
+        )
+        return response
+
+    async def CompleteStaffEnrolment(
+        self, request: pb.CompleteStaffEnrolmentRequest, context: Context
+    ) -> pb.CompleteStaffEnrolmentResponse:
+        credentials = self._staff_credentials()
+        credentials.complete_request(request.username, request.enrolment_code, request.password)
+        enrolled = await credentials.complete_enrolment(
+            request.username, request.enrolment_code, request.password, source_of(context)
+        )
+        log.info("staff member enrolled", extra={"fields": {"staff": f"staff/{enrolled.staff_id}"}})
+        return pb.CompleteStaffEnrolmentResponse(
+            staff_member=f"staff/{enrolled.staff_id}",
+            totp_secret=enrolled.totp_secret,
+            totp_uri=enrolled.totp_uri,
+            totp_required=enrolled.totp_required,
         )
 
     # --- patient sign-in -------------------------------------------------------------------
@@ -783,8 +829,18 @@ class IamService(pb_grpc.IamServiceServicer):
         async with self._bootstrap_lock:
             if self._bootstrapped:
                 return
+            seed = self._config.dev_credential
             async with self._db.transaction() as session:
                 row = await store.bootstrap_administrator(session, self._config.bootstrap_admin)
+                if row is not None and seed and self._credentials is not None:
+                    # Development only (the seed is refused in the mesh): a known password and
+                    # TOTP secret, which `his token` derives from the same seed.
+                    await self._credentials.set_known(
+                        session,
+                        row.id,
+                        dev_credentials.password(seed, row.username),
+                        dev_credentials.totp_secret(seed, row.username),
+                    )
             self._bootstrapped = True
             if row is not None:
                 log.info(

@@ -306,5 +306,55 @@ Index(
 )
 Index("sign_in_attempts_by_time", sign_in_attempts.c.at)
 
+# A staff member's own credential, set only through a one-time enrolment (his.iam.credentials):
+# the password as an argon2id hash and the TOTP secret encrypted (AES-GCM, bound to the staff id).
+staff_credentials = Table(
+    "staff_credentials",
+    metadata,
+    Column("staff_id", UUID(as_uuid=True), ForeignKey("iam.staff.id"), primary_key=True),
+    Column("password_hash", Text, nullable=False),
+    Column("totp_secret_enc", LargeBinary, nullable=False),
+    Column("enrol_time", DateTime(timezone=True), nullable=False),
+    CheckConstraint("password_hash LIKE '$argon2id$%'", name="staff_credential_argon2id"),
+)
+
+# One-time enrolment codes an administrator hands a staff member: stored as keyed hashes
+# (HMAC-SHA256 bound to the enrolment id); used once, retired by a newer one, expiring.
+staff_enrolments = Table(
+    "staff_enrolments",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("staff_id", UUID(as_uuid=True), ForeignKey("iam.staff.id"), nullable=False),
+    Column("code_hash", LargeBinary, nullable=False),
+    # Who created it (`staff/{id}`), for an incident's questions.
+    Column("created_by", Text, nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("expire_time", DateTime(timezone=True), nullable=False),
+    Column("used_time", DateTime(timezone=True)),
+    Column("void_time", DateTime(timezone=True)),
+    CheckConstraint("expire_time > create_time", name="enrolment_period_ordered"),
+    CheckConstraint("octet_length(code_hash) = 32", name="enrolment_code_hash_sha256"),
+)
+Index(
+    "enrolments_open_by_staff",
+    staff_enrolments.c.staff_id,
+    postgresql_where=text("used_time IS NULL AND void_time IS NULL"),
+)
+
+# Failed staff logins and enrolments over the lockout window: the username as a keyed hash (an
+# unknown name is counted too) and the source. Rows older than the window are deleted as they come.
+staff_login_failures = Table(
+    "staff_login_failures",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("user_key", LargeBinary, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("octet_length(user_key) = 32", name="login_failure_user_key_sha256"),
+)
+Index("login_failures_by_user", staff_login_failures.c.user_key, staff_login_failures.c.at)
+Index("login_failures_by_source", staff_login_failures.c.source, staff_login_failures.c.at)
+Index("login_failures_by_time", staff_login_failures.c.at)
+
 # Events for other services (audit among them), stored with the change (his.runtime.outbox).
 outbox = declare_outbox(metadata)

@@ -131,11 +131,13 @@ def _path(
 GATEWAY_SELECTOR = {"istio": "mobile-gateway"}
 GATEWAY_PRINCIPAL = "cluster.local/ns/his/sa/mobile-gateway"
 # The only rpcs a caller without a token may reach through the gateway: the sign-in rpcs (staff
-# log in with IssueToken; patients ask for a one-time code, then trade it for a token).
+# enrol with a one-time code and log in with IssueToken; patients ask for a one-time code, then
+# trade it for a token).
 LOGIN = "/his.iam.v1.IamService/IssueToken"
 SIGN_IN = frozenset(
     {
         LOGIN,
+        "/his.iam.v1.IamService/CompleteStaffEnrolment",
         "/his.iam.v1.IamService/StartPatientSignIn",
         "/his.iam.v1.IamService/CompletePatientSignIn",
     }

@@ -1027,21 +1027,27 @@ class IssueTokenRequest(_message.Message):
 
     USERNAME_FIELD_NUMBER: _builtins.int
     CREDENTIAL_FIELD_NUMBER: _builtins.int
+    TOTP_CODE_FIELD_NUMBER: _builtins.int
     username: _builtins.str
-    """The staff member's username, 1 to 64 characters."""
+    """The staff member's username (or `service:{name}` for a service), 1 to 64 characters."""
     credential: _builtins.str
-    """The development credential (password) of the staff member, 1 to 256 characters. Never logged or
+    """The staff member's own password (a service's credential), 1 to 256 characters. Never logged or
     stored in the audit trail.
+    """
+    totp_code: _builtins.str
+    """The current 6-digit TOTP code (RFC 6238, 30-second steps) of the staff member's authenticator.
+    Required for clinical and administrator roles; ignored for services. Never logged.
     """
     def __init__(
         self,
         *,
         username: _builtins.str = ...,
         credential: _builtins.str = ...,
+        totp_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "totp_code", b"totp_code", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1086,6 +1092,130 @@ class IssueTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IssueTokenResponse: _TypeAlias = IssueTokenResponse  # noqa: Y015
+
+@_typing.final
+class StaffEnrolment(_message.Message):
+    """A one-time enrolment code of a staff member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ENROLMENT_CODE_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The enrolment, `staff/{staff}/enrolments/{enrolment}`."""
+    enrolment_code: _builtins.str
+    """The code, 16 characters of the base32 alphabet; given only in the answer of
+    CreateStaffEnrolment. Hand it to the staff member over a channel only they read.
+    """
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the code stops working (by default 24 hours after its creation)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        enrolment_code: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrolment_code", b"enrolment_code", "expire_time", b"expire_time", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StaffEnrolment: _TypeAlias = StaffEnrolment  # noqa: Y015
+
+@_typing.final
+class CreateStaffEnrolmentRequest(_message.Message):
+    """Request of CreateStaffEnrolment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The staff member to enrol, `staff/{staff}`. Required."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateStaffEnrolmentRequest: _TypeAlias = CreateStaffEnrolmentRequest  # noqa: Y015
+
+@_typing.final
+class CompleteStaffEnrolmentRequest(_message.Message):
+    """Request of CompleteStaffEnrolment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERNAME_FIELD_NUMBER: _builtins.int
+    ENROLMENT_CODE_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    username: _builtins.str
+    """The staff member's username. Required."""
+    enrolment_code: _builtins.str
+    """The enrolment code from CreateStaffEnrolment. Required."""
+    password: _builtins.str
+    """The new password, 12 to 256 characters. Never logged; stored only as an argon2id hash."""
+    def __init__(
+        self,
+        *,
+        username: _builtins.str = ...,
+        enrolment_code: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrolment_code", b"enrolment_code", "password", b"password", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteStaffEnrolmentRequest: _TypeAlias = CompleteStaffEnrolmentRequest  # noqa: Y015
+
+@_typing.final
+class CompleteStaffEnrolmentResponse(_message.Message):
+    """Response of CompleteStaffEnrolment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAFF_MEMBER_FIELD_NUMBER: _builtins.int
+    TOTP_SECRET_FIELD_NUMBER: _builtins.int
+    TOTP_URI_FIELD_NUMBER: _builtins.int
+    TOTP_REQUIRED_FIELD_NUMBER: _builtins.int
+    staff_member: _builtins.str
+    """The enrolled staff member, `staff/{staff}`."""
+    totp_secret: _builtins.str
+    """The new TOTP secret (base32, RFC 6238 with SHA-1, 6 digits, 30-second steps), shown once:
+    put it into an authenticator app. Replaces any earlier secret.
+    """
+    totp_uri: _builtins.str
+    """The same secret as an `otpauth://totp/...` URI (for a QR code)."""
+    totp_required: _builtins.bool
+    """Whether IssueToken asks this staff member for a TOTP code (their roles are clinical or
+    administrative).
+    """
+    def __init__(
+        self,
+        *,
+        staff_member: _builtins.str = ...,
+        totp_secret: _builtins.str = ...,
+        totp_uri: _builtins.str = ...,
+        totp_required: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["staff_member", b"staff_member", "totp_required", b"totp_required", "totp_secret", b"totp_secret", "totp_uri", b"totp_uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteStaffEnrolmentResponse: _TypeAlias = CompleteStaffEnrolmentResponse  # noqa: Y015
 
 @_typing.final
 class StartPatientSignInRequest(_message.Message):

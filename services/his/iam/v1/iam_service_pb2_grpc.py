@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class IamServiceStub:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
@@ -127,6 +127,16 @@ class IamServiceStub:
                 request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenRequest.SerializeToString,
                 response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenResponse.FromString,
                 _registered_method=True)
+        self.CreateStaffEnrolment = channel.unary_unary(
+                '/his.iam.v1.IamService/CreateStaffEnrolment',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CreateStaffEnrolmentRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.FromString,
+                _registered_method=True)
+        self.CompleteStaffEnrolment = channel.unary_unary(
+                '/his.iam.v1.IamService/CompleteStaffEnrolment',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentResponse.FromString,
+                _registered_method=True)
         self.StartPatientSignIn = channel.unary_unary(
                 '/his.iam.v1.IamService/StartPatientSignIn',
                 request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StartPatientSignInRequest.SerializeToString,
@@ -161,8 +171,8 @@ class IamServiceStub:
 
 class IamServiceServicer:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
@@ -347,13 +357,48 @@ class IamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def IssueToken(self, request, context):
-        """Local-development identity provider: exchanges a username and credential for a signed JWT
-        access token. The credential is checked against the provider's development credential store,
-        which is loaded from its configuration; no rpc sets credentials. In production an external
-        identity provider issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors:
-        INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
-        username is unknown, the credential is wrong or the staff member is inactive (the same error
-        for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+        """Local identity provider: exchanges a username, the staff member's own password and (for
+        clinical and administrator roles: DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN, ADMINISTRATOR) a
+        current TOTP code for a short-lived signed JWT access token. A password is set only through a
+        one-time enrolment code (CreateStaffEnrolment, CompleteStaffEnrolment); services log in as
+        `service:{name}` with their service credential. In production an external identity provider
+        issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors: INVALID_ARGUMENT if
+        the username, credential or totp_code is empty (where required), malformed or too long;
+        UNAUTHENTICATED (reason INVALID_CREDENTIALS) if the username is unknown, the password or TOTP
+        code is wrong, the staff member has not enrolled or is inactive (the same error for all, so it
+        reveals nothing); UNAUTHENTICATED (reason TOTP_REQUIRED) when the password is right but the
+        role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
+        RetryInfo) after too many failed attempts for the username or from the caller's source within
+        the window, even with the right password, until the oldest of them leaves the window;
+        UNIMPLEMENTED when the local provider is switched off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateStaffEnrolment(self, request, context):
+        """Creates a one-time enrolment code for a staff member (an administrator's task), with which
+        the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
+        retires the member's open ones; enrolling again replaces the password and the TOTP secret.
+        The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
+        INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
+        update staff credentials, or when the caller names themselves (nobody enrols themselves);
+        NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
+        the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteStaffEnrolment(self, request, context):
+        """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
+        secret. Needs no authentication (the code is the proof). A code works once and until its
+        expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
+        malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
+        (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
+        username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
+        STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
+        caller's source; UNIMPLEMENTED when the local provider is switched off.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -525,6 +570,16 @@ def add_IamServiceServicer_to_server(servicer, server):
                     request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenRequest.FromString,
                     response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenResponse.SerializeToString,
             ),
+            'CreateStaffEnrolment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateStaffEnrolment,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CreateStaffEnrolmentRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.SerializeToString,
+            ),
+            'CompleteStaffEnrolment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteStaffEnrolment,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentResponse.SerializeToString,
+            ),
             'StartPatientSignIn': grpc.unary_unary_rpc_method_handler(
                     servicer.StartPatientSignIn,
                     request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StartPatientSignInRequest.FromString,
@@ -565,8 +620,8 @@ def add_IamServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class IamService:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
@@ -1001,6 +1056,60 @@ class IamService:
             '/his.iam.v1.IamService/IssueToken',
             his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenRequest.SerializeToString,
             his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateStaffEnrolment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/CreateStaffEnrolment',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.CreateStaffEnrolmentRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteStaffEnrolment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/CompleteStaffEnrolment',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,8 +31,8 @@ GRPC_VERSION: str
 
 class IamServiceStub:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
@@ -161,13 +161,40 @@ class IamServiceStub:
     RemoveMembership instead.
     """
     IssueToken: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.IssueTokenRequest, _iam_service_pb2.IssueTokenResponse]
-    """Local-development identity provider: exchanges a username and credential for a signed JWT
-    access token. The credential is checked against the provider's development credential store,
-    which is loaded from its configuration; no rpc sets credentials. In production an external
-    identity provider issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors:
-    INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
-    username is unknown, the credential is wrong or the staff member is inactive (the same error
-    for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+    """Local identity provider: exchanges a username, the staff member's own password and (for
+    clinical and administrator roles: DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN, ADMINISTRATOR) a
+    current TOTP code for a short-lived signed JWT access token. A password is set only through a
+    one-time enrolment code (CreateStaffEnrolment, CompleteStaffEnrolment); services log in as
+    `service:{name}` with their service credential. In production an external identity provider
+    issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors: INVALID_ARGUMENT if
+    the username, credential or totp_code is empty (where required), malformed or too long;
+    UNAUTHENTICATED (reason INVALID_CREDENTIALS) if the username is unknown, the password or TOTP
+    code is wrong, the staff member has not enrolled or is inactive (the same error for all, so it
+    reveals nothing); UNAUTHENTICATED (reason TOTP_REQUIRED) when the password is right but the
+    role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
+    RetryInfo) after too many failed attempts for the username or from the caller's source within
+    the window, even with the right password, until the oldest of them leaves the window;
+    UNIMPLEMENTED when the local provider is switched off.
+    """
+    CreateStaffEnrolment: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffEnrolmentRequest, _iam_service_pb2.StaffEnrolment]
+    """Creates a one-time enrolment code for a staff member (an administrator's task), with which
+    the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
+    retires the member's open ones; enrolling again replaces the password and the TOTP secret.
+    The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
+    INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
+    update staff credentials, or when the caller names themselves (nobody enrols themselves);
+    NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
+    the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+    """
+    CompleteStaffEnrolment: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.CompleteStaffEnrolmentRequest, _iam_service_pb2.CompleteStaffEnrolmentResponse]
+    """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
+    secret. Needs no authentication (the code is the proof). A code works once and until its
+    expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
+    malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
+    (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
+    username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
+    STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
+    caller's source; UNIMPLEMENTED when the local provider is switched off.
     """
     StartPatientSignIn: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.StartPatientSignInRequest, _iam_service_pb2.StartPatientSignInResponse]
     """Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
@@ -232,8 +259,8 @@ class IamServiceStub:
 @_typing.type_check_only
 class IamServiceAsyncStub(IamServiceStub):
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
@@ -359,13 +386,40 @@ class IamServiceAsyncStub(IamServiceStub):
     RemoveMembership instead.
     """
     IssueToken: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.IssueTokenRequest, _iam_service_pb2.IssueTokenResponse]  # type: ignore[assignment]
-    """Local-development identity provider: exchanges a username and credential for a signed JWT
-    access token. The credential is checked against the provider's development credential store,
-    which is loaded from its configuration; no rpc sets credentials. In production an external
-    identity provider issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors:
-    INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
-    username is unknown, the credential is wrong or the staff member is inactive (the same error
-    for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+    """Local identity provider: exchanges a username, the staff member's own password and (for
+    clinical and administrator roles: DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN, ADMINISTRATOR) a
+    current TOTP code for a short-lived signed JWT access token. A password is set only through a
+    one-time enrolment code (CreateStaffEnrolment, CompleteStaffEnrolment); services log in as
+    `service:{name}` with their service credential. In production an external identity provider
+    issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors: INVALID_ARGUMENT if
+    the username, credential or totp_code is empty (where required), malformed or too long;
+    UNAUTHENTICATED (reason INVALID_CREDENTIALS) if the username is unknown, the password or TOTP
+    code is wrong, the staff member has not enrolled or is inactive (the same error for all, so it
+    reveals nothing); UNAUTHENTICATED (reason TOTP_REQUIRED) when the password is right but the
+    role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
+    RetryInfo) after too many failed attempts for the username or from the caller's source within
+    the window, even with the right password, until the oldest of them leaves the window;
+    UNIMPLEMENTED when the local provider is switched off.
+    """
+    CreateStaffEnrolment: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffEnrolmentRequest, _iam_service_pb2.StaffEnrolment]  # type: ignore[assignment]
+    """Creates a one-time enrolment code for a staff member (an administrator's task), with which
+    the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
+    retires the member's open ones; enrolling again replaces the password and the TOTP secret.
+    The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
+    INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
+    update staff credentials, or when the caller names themselves (nobody enrols themselves);
+    NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
+    the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+    """
+    CompleteStaffEnrolment: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.CompleteStaffEnrolmentRequest, _iam_service_pb2.CompleteStaffEnrolmentResponse]  # type: ignore[assignment]
+    """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
+    secret. Needs no authentication (the code is the proof). A code works once and until its
+    expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
+    malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
+    (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
+    username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
+    STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
+    caller's source; UNIMPLEMENTED when the local provider is switched off.
     """
     StartPatientSignIn: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.StartPatientSignInRequest, _iam_service_pb2.StartPatientSignInResponse]  # type: ignore[assignment]
     """Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
@@ -429,8 +483,8 @@ class IamServiceAsyncStub(IamServiceStub):
 
 class IamServiceServicer(metaclass=_abc_1.ABCMeta):
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
@@ -650,13 +704,52 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_service_pb2.IssueTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_service_pb2.IssueTokenResponse, _abc.Awaitable[_iam_service_pb2.IssueTokenResponse]]:
-        """Local-development identity provider: exchanges a username and credential for a signed JWT
-        access token. The credential is checked against the provider's development credential store,
-        which is loaded from its configuration; no rpc sets credentials. In production an external
-        identity provider issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors:
-        INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
-        username is unknown, the credential is wrong or the staff member is inactive (the same error
-        for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+        """Local identity provider: exchanges a username, the staff member's own password and (for
+        clinical and administrator roles: DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN, ADMINISTRATOR) a
+        current TOTP code for a short-lived signed JWT access token. A password is set only through a
+        one-time enrolment code (CreateStaffEnrolment, CompleteStaffEnrolment); services log in as
+        `service:{name}` with their service credential. In production an external identity provider
+        issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors: INVALID_ARGUMENT if
+        the username, credential or totp_code is empty (where required), malformed or too long;
+        UNAUTHENTICATED (reason INVALID_CREDENTIALS) if the username is unknown, the password or TOTP
+        code is wrong, the staff member has not enrolled or is inactive (the same error for all, so it
+        reveals nothing); UNAUTHENTICATED (reason TOTP_REQUIRED) when the password is right but the
+        role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
+        RetryInfo) after too many failed attempts for the username or from the caller's source within
+        the window, even with the right password, until the oldest of them leaves the window;
+        UNIMPLEMENTED when the local provider is switched off.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateStaffEnrolment(
+        self,
+        request: _iam_service_pb2.CreateStaffEnrolmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.StaffEnrolment, _abc.Awaitable[_iam_service_pb2.StaffEnrolment]]:
+        """Creates a one-time enrolment code for a staff member (an administrator's task), with which
+        the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
+        retires the member's open ones; enrolling again replaces the password and the TOTP secret.
+        The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
+        INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
+        update staff credentials, or when the caller names themselves (nobody enrols themselves);
+        NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
+        the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteStaffEnrolment(
+        self,
+        request: _iam_service_pb2.CompleteStaffEnrolmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.CompleteStaffEnrolmentResponse, _abc.Awaitable[_iam_service_pb2.CompleteStaffEnrolmentResponse]]:
+        """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
+        secret. Needs no authentication (the code is the proof). A code works once and until its
+        expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
+        malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
+        (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
+        username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
+        STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
+        caller's source; UNIMPLEMENTED when the local provider is switched off.
         """
 
     @_abc_1.abstractmethod

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file his/iam/v1/iam_service.proto.
  */
 export const file_his_iam_v1_iam_service: GenFile = /*@__PURE__*/
-  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsQCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkSHQoVcGVuZGluZ19hY2Nlc3NfY2hhbmdlGAogASgJIu8BChREZXBhcnRtZW50TWVtYmVyc2hpcBIMCgRuYW1lGAEgASgJEhIKCmRlcGFydG1lbnQYAiABKAkSJQoGcGVyaW9kGAMgASgLMhUuaGlzLmNvbW1vbi52MS5QZXJpb2QSDwoHcHJpbWFyeRgEIAEoCBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoOYXBwcm92YWxfc3RhdGUYBiABKA4yHS5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZVN0YXRlEhUKDWFjY2Vzc19jaGFuZ2UYByABKAkimAIKDEFjY2Vzc0NoYW5nZRIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEiQKBXJvbGVzGAMgAygOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSEgoKbWVtYmVyc2hpcBgEIAEoCRIsCgVzdGF0ZRgFIAEoDjIdLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlU3RhdGUSEAoIcHJvcG9zZXIYBiABKAkSDwoHZGVjaWRlchgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGVjaWRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvcBChRFbWVyZ2VuY3lBY2Nlc3NHcmFudBIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEg8KB3BhdGllbnQYAyABKAkSDgoGcmVhc29uGAQgASgJEi4KCmdyYW50X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAcgASgIEi8KC3Jldm9rZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJZChdDcmVhdGVEZXBhcnRtZW50UmVxdWVzdBIqCgpkZXBhcnRtZW50GAEgASgLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhIKCnJlcXVlc3RfaWQYAiABKAkiJAoUR2V0RGVwYXJ0bWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJpChZMaXN0RGVwYXJ0bWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEigKBGtpbmQYAyABKA4yGi5oaXMuaWFtLnYxLkRlcGFydG1lbnRLaW5kIl8KF0xpc3REZXBhcnRtZW50c1Jlc3BvbnNlEisKC2RlcGFydG1lbnRzGAEgAygLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJdChhDcmVhdGVTdGFmZk1lbWJlclJlcXVlc3QSLQoMc3RhZmZfbWVtYmVyGAEgASgLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchISCgpyZXF1ZXN0X2lkGAIgASgJIiUKFUdldFN0YWZmTWVtYmVyUmVxdWVzdBIMCgRuYW1lGAEgASgJIq4BChdMaXN0U3RhZmZNZW1iZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIQCgh1c2VybmFtZRgDIAEoCRIbChNkaXNwbGF5X25hbWVfcHJlZml4GAQgASgJEiMKBHJvbGUYBSABKA4yFS5oaXMuaWFtLnYxLlN0YWZmUm9sZRIYChBpbmNsdWRlX2luYWN0aXZlGAYgASgIImMKGExpc3RTdGFmZk1lbWJlcnNSZXNwb25zZRIuCg1zdGFmZl9tZW1iZXJzGAEgAygLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjoKHERlYWN0aXZhdGVTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJInAKFEFkZE1lbWJlcnNoaXBSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRI0CgptZW1iZXJzaGlwGAIgASgLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBISCgpyZXF1ZXN0X2lkGAMgASgJIicKF1JlbW92ZU1lbWJlcnNoaXBSZXF1ZXN0EgwKBG5hbWUYASABKAkieQoWTGlzdE1lbWJlcnNoaXBzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSEgoKZGVwYXJ0bWVudBgEIAEoCRIUCgxjdXJyZW50X29ubHkYBSABKAgiaQoXTGlzdE1lbWJlcnNoaXBzUmVzcG9uc2USNQoLbWVtYmVyc2hpcHMYASADKAsyIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChZHZXRBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkifgoYTGlzdEFjY2Vzc0NoYW5nZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXN0YWZmGAMgASgJEiwKBXN0YXRlGAQgASgOMh0uaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2VTdGF0ZSJmChlMaXN0QWNjZXNzQ2hhbmdlc1Jlc3BvbnNlEjAKDmFjY2Vzc19jaGFuZ2VzGAEgAygLMhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKGkFwcHJvdmVBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiKQoZUmVqZWN0QWNjZXNzQ2hhbmdlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjkKEUlzc3VlVG9rZW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkibwoSSXNzdWVUb2tlblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIqChlTdGFydFBhdGllbnRTaWduSW5SZXF1ZXN0Eg0KBXBob25lGAEgASgJInMKGlN0YXJ0UGF0aWVudFNpZ25JblJlc3BvbnNlEg8KB3NpZ25faW4YASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgFIj0KHENvbXBsZXRlUGF0aWVudFNpZ25JblJlcXVlc3QSDwoHc2lnbl9pbhgBIAEoCRIMCgRjb2RlGAIgASgJIosBCh1Db21wbGV0ZVBhdGllbnRTaWduSW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcGF0aWVudBgEIAEoCSIQCg5HZXRKd2tzUmVxdWVzdCI1Cg1Kc29uV2ViS2V5U2V0EiQKBGtleXMYASADKAsyFi5oaXMuaWFtLnYxLkpzb25XZWJLZXkiVgoKSnNvbldlYktleRILCgNrdHkYASABKAkSCwoDa2lkGAIgASgJEgsKA3VzZRgDIAEoCRILCgNhbGcYBCABKAkSCQoBbhgFIAEoCRIJCgFlGAYgASgJIqYBCiFDcmVhdGVFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QSQAoWZW1lcmdlbmN5X2FjY2Vzc19ncmFudBgBIAEoCzIgLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSKwoIZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgDIAEoCSJ+CiBMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRINCgVzdGFmZhgDIAEoCRIPCgdwYXRpZW50GAQgASgJEhMKC2FjdGl2ZV9vbmx5GAUgASgIIn8KIUxpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXNwb25zZRJBChdlbWVyZ2VuY3lfYWNjZXNzX2dyYW50cxgBIAMoCzIgLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjEKIVJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBIMCgRuYW1lGAEgASgJKv4BCg5EZXBhcnRtZW50S2luZBIfChtERVBBUlRNRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIeChpERVBBUlRNRU5UX0tJTkRfT1VUUEFUSUVOVBABEh0KGURFUEFSVE1FTlRfS0lORF9JTlBBVElFTlQQAhIdChlERVBBUlRNRU5UX0tJTkRfRU1FUkdFTkNZEAMSGwoXREVQQVJUTUVOVF9LSU5EX1NVUkdFUlkQBBIXChNERVBBUlRNRU5UX0tJTkRfTEFCEAUSHAoYREVQQVJUTUVOVF9LSU5EX1BIQVJNQUNZEAYSGQoVREVQQVJUTUVOVF9LSU5EX0FETUlOEAcq/AEKCVN0YWZmUm9sZRIaChZTVEFGRl9ST0xFX1VOU1BFQ0lGSUVEEAASGAoUU1RBRkZfUk9MRV9SRUdJU1RSQVIQARIVChFTVEFGRl9ST0xFX0RPQ1RPUhACEhQKEFNUQUZGX1JPTEVfTlVSU0UQAxIZChVTVEFGRl9ST0xFX1BIQVJNQUNJU1QQBBIdChlTVEFGRl9ST0xFX0xBQl9URUNITklDSUFOEAUSHAoYU1RBRkZfUk9MRV9CSUxMSU5HX0NMRVJLEAYSFgoSU1RBRkZfUk9MRV9BVURJVE9SEAcSHAoYU1RBRkZfUk9MRV9BRE1JTklTVFJBVE9SEAgqnQEKEUFjY2Vzc0NoYW5nZVN0YXRlEiMKH0FDQ0VTU19DSEFOR0VfU1RBVEVfVU5TUEVDSUZJRUQQABIfChtBQ0NFU1NfQ0hBTkdFX1NUQVRFX1BFTkRJTkcQARIgChxBQ0NFU1NfQ0hBTkdFX1NUQVRFX0FQUFJPVkVEEAISIAocQUNDRVNTX0NIQU5HRV9TVEFURV9SRUpFQ1RFRBADMqkQCgpJYW1TZXJ2aWNlEk8KEENyZWF0ZURlcGFydG1lbnQSIy5oaXMuaWFtLnYxLkNyZWF0ZURlcGFydG1lbnRSZXF1ZXN0GhYuaGlzLmlhbS52MS5EZXBhcnRtZW50Ek4KDUdldERlcGFydG1lbnQSIC5oaXMuaWFtLnYxLkdldERlcGFydG1lbnRSZXF1ZXN0GhYuaGlzLmlhbS52MS5EZXBhcnRtZW50IgOQAgESXwoPTGlzdERlcGFydG1lbnRzEiIuaGlzLmlhbS52MS5MaXN0RGVwYXJ0bWVudHNSZXF1ZXN0GiMuaGlzLmlhbS52MS5MaXN0RGVwYXJ0bWVudHNSZXNwb25zZSIDkAIBElIKEUNyZWF0ZVN0YWZmTWVtYmVyEiQuaGlzLmlhbS52MS5DcmVhdGVTdGFmZk1lbWJlclJlcXVlc3QaFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyElEKDkdldFN0YWZmTWVtYmVyEiEuaGlzLmlhbS52MS5HZXRTdGFmZk1lbWJlclJlcXVlc3QaFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyIgOQAgESYgoQTGlzdFN0YWZmTWVtYmVycxIjLmhpcy5pYW0udjEuTGlzdFN0YWZmTWVtYmVyc1JlcXVlc3QaJC5oaXMuaWFtLnYxLkxpc3RTdGFmZk1lbWJlcnNSZXNwb25zZSIDkAIBElcKEVVwZGF0ZVN0YWZmTWVtYmVyEiQuaGlzLmlhbS52MS5VcGRhdGVTdGFmZk1lbWJlclJlcXVlc3QaFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyIgOQAgISXwoVRGVhY3RpdmF0ZVN0YWZmTWVtYmVyEiguaGlzLmlhbS52MS5EZWFjdGl2YXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAICElMKDUFkZE1lbWJlcnNoaXASIC5oaXMuaWFtLnYxLkFkZE1lbWJlcnNoaXBSZXF1ZXN0GiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBJeChBSZW1vdmVNZW1iZXJzaGlwEiMuaGlzLmlhbS52MS5SZW1vdmVNZW1iZXJzaGlwUmVxdWVzdBogLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXAiA5ACAhJfCg9MaXN0TWVtYmVyc2hpcHMSIi5oaXMuaWFtLnYxLkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QaIy5oaXMuaWFtLnYxLkxpc3RNZW1iZXJzaGlwc1Jlc3BvbnNlIgOQAgESVAoPR2V0QWNjZXNzQ2hhbmdlEiIuaGlzLmlhbS52MS5HZXRBY2Nlc3NDaGFuZ2VSZXF1ZXN0GhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2UiA5ACARJlChFMaXN0QWNjZXNzQ2hhbmdlcxIkLmhpcy5pYW0udjEuTGlzdEFjY2Vzc0NoYW5nZXNSZXF1ZXN0GiUuaGlzLmlhbS52MS5MaXN0QWNjZXNzQ2hhbmdlc1Jlc3BvbnNlIgOQAgESXAoTQXBwcm92ZUFjY2Vzc0NoYW5nZRImLmhpcy5pYW0udjEuQXBwcm92ZUFjY2Vzc0NoYW5nZVJlcXVlc3QaGC5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZSIDkAICEloKElJlamVjdEFjY2Vzc0NoYW5nZRIlLmhpcy5pYW0udjEuUmVqZWN0QWNjZXNzQ2hhbmdlUmVxdWVzdBoYLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlIgOQAgISSwoKSXNzdWVUb2tlbhIdLmhpcy5pYW0udjEuSXNzdWVUb2tlblJlcXVlc3QaHi5oaXMuaWFtLnYxLklzc3VlVG9rZW5SZXNwb25zZRJjChJTdGFydFBhdGllbnRTaWduSW4SJS5oaXMuaWFtLnYxLlN0YXJ0UGF0aWVudFNpZ25JblJlcXVlc3QaJi5oaXMuaWFtLnYxLlN0YXJ0UGF0aWVudFNpZ25JblJlc3BvbnNlEmwKFUNvbXBsZXRlUGF0aWVudFNpZ25JbhIoLmhpcy5pYW0udjEuQ29tcGxldGVQYXRpZW50U2lnbkluUmVxdWVzdBopLmhpcy5pYW0udjEuQ29tcGxldGVQYXRpZW50U2lnbkluUmVzcG9uc2USRQoHR2V0SndrcxIaLmhpcy5pYW0udjEuR2V0Sndrc1JlcXVlc3QaGS5oaXMuaWFtLnYxLkpzb25XZWJLZXlTZXQiA5ACARJtChpDcmVhdGVFbWVyZ2VuY3lBY2Nlc3NHcmFudBItLmhpcy5pYW0udjEuQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0GiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBJ9ChlMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzEiwuaGlzLmlhbS52MS5MaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVxdWVzdBotLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1Jlc3BvbnNlIgOQAgEScgoaUmV2b2tlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQiA5ACAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
+  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsQCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkSHQoVcGVuZGluZ19hY2Nlc3NfY2hhbmdlGAogASgJIu8BChREZXBhcnRtZW50TWVtYmVyc2hpcBIMCgRuYW1lGAEgASgJEhIKCmRlcGFydG1lbnQYAiABKAkSJQoGcGVyaW9kGAMgASgLMhUuaGlzLmNvbW1vbi52MS5QZXJpb2QSDwoHcHJpbWFyeRgEIAEoCBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoOYXBwcm92YWxfc3RhdGUYBiABKA4yHS5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZVN0YXRlEhUKDWFjY2Vzc19jaGFuZ2UYByABKAkimAIKDEFjY2Vzc0NoYW5nZRIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEiQKBXJvbGVzGAMgAygOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSEgoKbWVtYmVyc2hpcBgEIAEoCRIsCgVzdGF0ZRgFIAEoDjIdLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlU3RhdGUSEAoIcHJvcG9zZXIYBiABKAkSDwoHZGVjaWRlchgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGVjaWRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvcBChRFbWVyZ2VuY3lBY2Nlc3NHcmFudBIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEg8KB3BhdGllbnQYAyABKAkSDgoGcmVhc29uGAQgASgJEi4KCmdyYW50X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAcgASgIEi8KC3Jldm9rZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJZChdDcmVhdGVEZXBhcnRtZW50UmVxdWVzdBIqCgpkZXBhcnRtZW50GAEgASgLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhIKCnJlcXVlc3RfaWQYAiABKAkiJAoUR2V0RGVwYXJ0bWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJpChZMaXN0RGVwYXJ0bWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEigKBGtpbmQYAyABKA4yGi5oaXMuaWFtLnYxLkRlcGFydG1lbnRLaW5kIl8KF0xpc3REZXBhcnRtZW50c1Jlc3BvbnNlEisKC2RlcGFydG1lbnRzGAEgAygLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJdChhDcmVhdGVTdGFmZk1lbWJlclJlcXVlc3QSLQoMc3RhZmZfbWVtYmVyGAEgASgLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchISCgpyZXF1ZXN0X2lkGAIgASgJIiUKFUdldFN0YWZmTWVtYmVyUmVxdWVzdBIMCgRuYW1lGAEgASgJIq4BChdMaXN0U3RhZmZNZW1iZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIQCgh1c2VybmFtZRgDIAEoCRIbChNkaXNwbGF5X25hbWVfcHJlZml4GAQgASgJEiMKBHJvbGUYBSABKA4yFS5oaXMuaWFtLnYxLlN0YWZmUm9sZRIYChBpbmNsdWRlX2luYWN0aXZlGAYgASgIImMKGExpc3RTdGFmZk1lbWJlcnNSZXNwb25zZRIuCg1zdGFmZl9tZW1iZXJzGAEgAygLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjoKHERlYWN0aXZhdGVTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJInAKFEFkZE1lbWJlcnNoaXBSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRI0CgptZW1iZXJzaGlwGAIgASgLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBISCgpyZXF1ZXN0X2lkGAMgASgJIicKF1JlbW92ZU1lbWJlcnNoaXBSZXF1ZXN0EgwKBG5hbWUYASABKAkieQoWTGlzdE1lbWJlcnNoaXBzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSEgoKZGVwYXJ0bWVudBgEIAEoCRIUCgxjdXJyZW50X29ubHkYBSABKAgiaQoXTGlzdE1lbWJlcnNoaXBzUmVzcG9uc2USNQoLbWVtYmVyc2hpcHMYASADKAsyIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChZHZXRBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkifgoYTGlzdEFjY2Vzc0NoYW5nZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXN0YWZmGAMgASgJEiwKBXN0YXRlGAQgASgOMh0uaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2VTdGF0ZSJmChlMaXN0QWNjZXNzQ2hhbmdlc1Jlc3BvbnNlEjAKDmFjY2Vzc19jaGFuZ2VzGAEgAygLMhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKGkFwcHJvdmVBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiKQoZUmVqZWN0QWNjZXNzQ2hhbmdlUmVxdWVzdBIMCgRuYW1lGAEgASgJIkwKEUlzc3VlVG9rZW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkSEQoJdG90cF9jb2RlGAMgASgJIm8KEklzc3VlVG9rZW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZwoOU3RhZmZFbnJvbG1lbnQSDAoEbmFtZRgBIAEoCRIWCg5lbnJvbG1lbnRfY29kZRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiLQobQ3JlYXRlU3RhZmZFbnJvbG1lbnRSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCSJbCh1Db21wbGV0ZVN0YWZmRW5yb2xtZW50UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIWCg5lbnJvbG1lbnRfY29kZRgCIAEoCRIQCghwYXNzd29yZBgDIAEoCSJ0Ch5Db21wbGV0ZVN0YWZmRW5yb2xtZW50UmVzcG9uc2USFAoMc3RhZmZfbWVtYmVyGAEgASgJEhMKC3RvdHBfc2VjcmV0GAIgASgJEhAKCHRvdHBfdXJpGAMgASgJEhUKDXRvdHBfcmVxdWlyZWQYBCABKAgiKgoZU3RhcnRQYXRpZW50U2lnbkluUmVxdWVzdBINCgVwaG9uZRgBIAEoCSJzChpTdGFydFBhdGllbnRTaWduSW5SZXNwb25zZRIPCgdzaWduX2luGAEgASgJEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtjb2RlX2xlbmd0aBgDIAEoBSI9ChxDb21wbGV0ZVBhdGllbnRTaWduSW5SZXF1ZXN0Eg8KB3NpZ25faW4YASABKAkSDAoEY29kZRgCIAEoCSKLAQodQ29tcGxldGVQYXRpZW50U2lnbkluUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3BhdGllbnQYBCABKAkiEAoOR2V0Sndrc1JlcXVlc3QiNQoNSnNvbldlYktleVNldBIkCgRrZXlzGAEgAygLMhYuaGlzLmlhbS52MS5Kc29uV2ViS2V5IlYKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2tpZBgCIAEoCRILCgN1c2UYAyABKAkSCwoDYWxnGAQgASgJEgkKAW4YBSABKAkSCQoBZRgGIAEoCSKmAQohQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0EkAKFmVtZXJnZW5jeV9hY2Nlc3NfZ3JhbnQYASABKAsyIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50EisKCGR1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhIKCnJlcXVlc3RfaWQYAyABKAkifgogTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDQoFc3RhZmYYAyABKAkSDwoHcGF0aWVudBgEIAEoCRITCgthY3RpdmVfb25seRgFIAEoCCJ/CiFMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVzcG9uc2USQQoXZW1lcmdlbmN5X2FjY2Vzc19ncmFudHMYASADKAsyIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIxCiFSZXZva2VFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSr+AQoORGVwYXJ0bWVudEtpbmQSHwobREVQQVJUTUVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaREVQQVJUTUVOVF9LSU5EX09VVFBBVElFTlQQARIdChlERVBBUlRNRU5UX0tJTkRfSU5QQVRJRU5UEAISHQoZREVQQVJUTUVOVF9LSU5EX0VNRVJHRU5DWRADEhsKF0RFUEFSVE1FTlRfS0lORF9TVVJHRVJZEAQSFwoTREVQQVJUTUVOVF9LSU5EX0xBQhAFEhwKGERFUEFSVE1FTlRfS0lORF9QSEFSTUFDWRAGEhkKFURFUEFSVE1FTlRfS0lORF9BRE1JThAHKvwBCglTdGFmZlJvbGUSGgoWU1RBRkZfUk9MRV9VTlNQRUNJRklFRBAAEhgKFFNUQUZGX1JPTEVfUkVHSVNUUkFSEAESFQoRU1RBRkZfUk9MRV9ET0NUT1IQAhIUChBTVEFGRl9ST0xFX05VUlNFEAMSGQoVU1RBRkZfUk9MRV9QSEFSTUFDSVNUEAQSHQoZU1RBRkZfUk9MRV9MQUJfVEVDSE5JQ0lBThAFEhwKGFNUQUZGX1JPTEVfQklMTElOR19DTEVSSxAGEhYKElNUQUZGX1JPTEVfQVVESVRPUhAHEhwKGFNUQUZGX1JPTEVfQURNSU5JU1RSQVRPUhAIKp0BChFBY2Nlc3NDaGFuZ2VTdGF0ZRIjCh9BQ0NFU1NfQ0hBTkdFX1NUQVRFX1VOU1BFQ0lGSUVEEAASHwobQUNDRVNTX0NIQU5HRV9TVEFURV9QRU5ESU5HEAESIAocQUNDRVNTX0NIQU5HRV9TVEFURV9BUFBST1ZFRBACEiAKHEFDQ0VTU19DSEFOR0VfU1RBVEVfUkVKRUNURUQQAzL3EQoKSWFtU2VydmljZRJPChBDcmVhdGVEZXBhcnRtZW50EiMuaGlzLmlhbS52MS5DcmVhdGVEZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBJOCg1HZXREZXBhcnRtZW50EiAuaGlzLmlhbS52MS5HZXREZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudCIDkAIBEl8KD0xpc3REZXBhcnRtZW50cxIiLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVxdWVzdBojLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVzcG9uc2UiA5ACARJSChFDcmVhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchJRCg5HZXRTdGFmZk1lbWJlchIhLmhpcy5pYW0udjEuR2V0U3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAIBEmIKEExpc3RTdGFmZk1lbWJlcnMSIy5oaXMuaWFtLnYxLkxpc3RTdGFmZk1lbWJlcnNSZXF1ZXN0GiQuaGlzLmlhbS52MS5MaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2UiA5ACARJXChFVcGRhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAICEl8KFURlYWN0aXZhdGVTdGFmZk1lbWJlchIoLmhpcy5pYW0udjEuRGVhY3RpdmF0ZVN0YWZmTWVtYmVyUmVxdWVzdBoXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXIiA5ACAhJTCg1BZGRNZW1iZXJzaGlwEiAuaGlzLmlhbS52MS5BZGRNZW1iZXJzaGlwUmVxdWVzdBogLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASXgoQUmVtb3ZlTWVtYmVyc2hpcBIjLmhpcy5pYW0udjEuUmVtb3ZlTWVtYmVyc2hpcFJlcXVlc3QaIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwIgOQAgISXwoPTGlzdE1lbWJlcnNoaXBzEiIuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXF1ZXN0GiMuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXNwb25zZSIDkAIBElQKD0dldEFjY2Vzc0NoYW5nZRIiLmhpcy5pYW0udjEuR2V0QWNjZXNzQ2hhbmdlUmVxdWVzdBoYLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlIgOQAgESZQoRTGlzdEFjY2Vzc0NoYW5nZXMSJC5oaXMuaWFtLnYxLkxpc3RBY2Nlc3NDaGFuZ2VzUmVxdWVzdBolLmhpcy5pYW0udjEuTGlzdEFjY2Vzc0NoYW5nZXNSZXNwb25zZSIDkAIBElwKE0FwcHJvdmVBY2Nlc3NDaGFuZ2USJi5oaXMuaWFtLnYxLkFwcHJvdmVBY2Nlc3NDaGFuZ2VSZXF1ZXN0GhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2UiA5ACAhJaChJSZWplY3RBY2Nlc3NDaGFuZ2USJS5oaXMuaWFtLnYxLlJlamVjdEFjY2Vzc0NoYW5nZVJlcXVlc3QaGC5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZSIDkAICEksKCklzc3VlVG9rZW4SHS5oaXMuaWFtLnYxLklzc3VlVG9rZW5SZXF1ZXN0Gh4uaGlzLmlhbS52MS5Jc3N1ZVRva2VuUmVzcG9uc2USWwoUQ3JlYXRlU3RhZmZFbnJvbG1lbnQSJy5oaXMuaWFtLnYxLkNyZWF0ZVN0YWZmRW5yb2xtZW50UmVxdWVzdBoaLmhpcy5pYW0udjEuU3RhZmZFbnJvbG1lbnQSbwoWQ29tcGxldGVTdGFmZkVucm9sbWVudBIpLmhpcy5pYW0udjEuQ29tcGxldGVTdGFmZkVucm9sbWVudFJlcXVlc3QaKi5oaXMuaWFtLnYxLkNvbXBsZXRlU3RhZmZFbnJvbG1lbnRSZXNwb25zZRJjChJTdGFydFBhdGllbnRTaWduSW4SJS5oaXMuaWFtLnYxLlN0YXJ0UGF0aWVudFNpZ25JblJlcXVlc3QaJi5oaXMuaWFtLnYxLlN0YXJ0UGF0aWVudFNpZ25JblJlc3BvbnNlEmwKFUNvbXBsZXRlUGF0aWVudFNpZ25JbhIoLmhpcy5pYW0udjEuQ29tcGxldGVQYXRpZW50U2lnbkluUmVxdWVzdBopLmhpcy5pYW0udjEuQ29tcGxldGVQYXRpZW50U2lnbkluUmVzcG9uc2USRQoHR2V0SndrcxIaLmhpcy5pYW0udjEuR2V0Sndrc1JlcXVlc3QaGS5oaXMuaWFtLnYxLkpzb25XZWJLZXlTZXQiA5ACARJtChpDcmVhdGVFbWVyZ2VuY3lBY2Nlc3NHcmFudBItLmhpcy5pYW0udjEuQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0GiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBJ9ChlMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzEiwuaGlzLmlhbS52MS5MaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVxdWVzdBotLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1Jlc3BvbnNlIgOQAgEScgoaUmV2b2tlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQiA5ACAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
 
 /**
  * An organisational unit of the hospital (FHIR Organization of type dept).
@@ -973,19 +973,27 @@ export const RejectAccessChangeRequestSchema: GenMessage<RejectAccessChangeReque
  */
 export type IssueTokenRequest = Message<"his.iam.v1.IssueTokenRequest"> & {
   /**
-   * The staff member's username, 1 to 64 characters.
+   * The staff member's username (or `service:{name}` for a service), 1 to 64 characters.
    *
    * @generated from field: string username = 1;
    */
   username: string;
 
   /**
-   * The development credential (password) of the staff member, 1 to 256 characters. Never logged or
+   * The staff member's own password (a service's credential), 1 to 256 characters. Never logged or
    * stored in the audit trail.
    *
    * @generated from field: string credential = 2;
    */
   credential: string;
+
+  /**
+   * The current 6-digit TOTP code (RFC 6238, 30-second steps) of the staff member's authenticator.
+   * Required for clinical and administrator roles; ignored for services. Never logged.
+   *
+   * @generated from field: string totp_code = 3;
+   */
+  totpCode: string;
 };
 
 /**
@@ -1037,6 +1045,142 @@ export const IssueTokenResponseSchema: GenMessage<IssueTokenResponse> = /*@__PUR
   messageDesc(file_his_iam_v1_iam_service, 25);
 
 /**
+ * A one-time enrolment code of a staff member.
+ *
+ * @generated from message his.iam.v1.StaffEnrolment
+ */
+export type StaffEnrolment = Message<"his.iam.v1.StaffEnrolment"> & {
+  /**
+   * The enrolment, `staff/{staff}/enrolments/{enrolment}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The code, 16 characters of the base32 alphabet; given only in the answer of
+   * CreateStaffEnrolment. Hand it to the staff member over a channel only they read.
+   *
+   * @generated from field: string enrolment_code = 2;
+   */
+  enrolmentCode: string;
+
+  /**
+   * When the code stops working (by default 24 hours after its creation).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 3;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message his.iam.v1.StaffEnrolment.
+ * Use `create(StaffEnrolmentSchema)` to create a new message.
+ */
+export const StaffEnrolmentSchema: GenMessage<StaffEnrolment> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 26);
+
+/**
+ * Request of CreateStaffEnrolment.
+ *
+ * @generated from message his.iam.v1.CreateStaffEnrolmentRequest
+ */
+export type CreateStaffEnrolmentRequest = Message<"his.iam.v1.CreateStaffEnrolmentRequest"> & {
+  /**
+   * The staff member to enrol, `staff/{staff}`. Required.
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+};
+
+/**
+ * Describes the message his.iam.v1.CreateStaffEnrolmentRequest.
+ * Use `create(CreateStaffEnrolmentRequestSchema)` to create a new message.
+ */
+export const CreateStaffEnrolmentRequestSchema: GenMessage<CreateStaffEnrolmentRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 27);
+
+/**
+ * Request of CompleteStaffEnrolment.
+ *
+ * @generated from message his.iam.v1.CompleteStaffEnrolmentRequest
+ */
+export type CompleteStaffEnrolmentRequest = Message<"his.iam.v1.CompleteStaffEnrolmentRequest"> & {
+  /**
+   * The staff member's username. Required.
+   *
+   * @generated from field: string username = 1;
+   */
+  username: string;
+
+  /**
+   * The enrolment code from CreateStaffEnrolment. Required.
+   *
+   * @generated from field: string enrolment_code = 2;
+   */
+  enrolmentCode: string;
+
+  /**
+   * The new password, 12 to 256 characters. Never logged; stored only as an argon2id hash.
+   *
+   * @generated from field: string password = 3;
+   */
+  password: string;
+};
+
+/**
+ * Describes the message his.iam.v1.CompleteStaffEnrolmentRequest.
+ * Use `create(CompleteStaffEnrolmentRequestSchema)` to create a new message.
+ */
+export const CompleteStaffEnrolmentRequestSchema: GenMessage<CompleteStaffEnrolmentRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 28);
+
+/**
+ * Response of CompleteStaffEnrolment.
+ *
+ * @generated from message his.iam.v1.CompleteStaffEnrolmentResponse
+ */
+export type CompleteStaffEnrolmentResponse = Message<"his.iam.v1.CompleteStaffEnrolmentResponse"> & {
+  /**
+   * The enrolled staff member, `staff/{staff}`.
+   *
+   * @generated from field: string staff_member = 1;
+   */
+  staffMember: string;
+
+  /**
+   * The new TOTP secret (base32, RFC 6238 with SHA-1, 6 digits, 30-second steps), shown once:
+   * put it into an authenticator app. Replaces any earlier secret.
+   *
+   * @generated from field: string totp_secret = 2;
+   */
+  totpSecret: string;
+
+  /**
+   * The same secret as an `otpauth://totp/...` URI (for a QR code).
+   *
+   * @generated from field: string totp_uri = 3;
+   */
+  totpUri: string;
+
+  /**
+   * Whether IssueToken asks this staff member for a TOTP code (their roles are clinical or
+   * administrative).
+   *
+   * @generated from field: bool totp_required = 4;
+   */
+  totpRequired: boolean;
+};
+
+/**
+ * Describes the message his.iam.v1.CompleteStaffEnrolmentResponse.
+ * Use `create(CompleteStaffEnrolmentResponseSchema)` to create a new message.
+ */
+export const CompleteStaffEnrolmentResponseSchema: GenMessage<CompleteStaffEnrolmentResponse> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 29);
+
+/**
  * Request of StartPatientSignIn.
  *
  * @generated from message his.iam.v1.StartPatientSignInRequest
@@ -1055,7 +1199,7 @@ export type StartPatientSignInRequest = Message<"his.iam.v1.StartPatientSignInRe
  * Use `create(StartPatientSignInRequestSchema)` to create a new message.
  */
 export const StartPatientSignInRequestSchema: GenMessage<StartPatientSignInRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 26);
+  messageDesc(file_his_iam_v1_iam_service, 30);
 
 /**
  * Response of StartPatientSignIn. The same for registered and unknown phone numbers.
@@ -1091,7 +1235,7 @@ export type StartPatientSignInResponse = Message<"his.iam.v1.StartPatientSignInR
  * Use `create(StartPatientSignInResponseSchema)` to create a new message.
  */
 export const StartPatientSignInResponseSchema: GenMessage<StartPatientSignInResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 27);
+  messageDesc(file_his_iam_v1_iam_service, 31);
 
 /**
  * Request of CompletePatientSignIn.
@@ -1120,7 +1264,7 @@ export type CompletePatientSignInRequest = Message<"his.iam.v1.CompletePatientSi
  * Use `create(CompletePatientSignInRequestSchema)` to create a new message.
  */
 export const CompletePatientSignInRequestSchema: GenMessage<CompletePatientSignInRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 28);
+  messageDesc(file_his_iam_v1_iam_service, 32);
 
 /**
  * Response of CompletePatientSignIn.
@@ -1163,7 +1307,7 @@ export type CompletePatientSignInResponse = Message<"his.iam.v1.CompletePatientS
  * Use `create(CompletePatientSignInResponseSchema)` to create a new message.
  */
 export const CompletePatientSignInResponseSchema: GenMessage<CompletePatientSignInResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 29);
+  messageDesc(file_his_iam_v1_iam_service, 33);
 
 /**
  * Request of GetJwks. It has no fields.
@@ -1178,7 +1322,7 @@ export type GetJwksRequest = Message<"his.iam.v1.GetJwksRequest"> & {
  * Use `create(GetJwksRequestSchema)` to create a new message.
  */
 export const GetJwksRequestSchema: GenMessage<GetJwksRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 30);
+  messageDesc(file_his_iam_v1_iam_service, 34);
 
 /**
  * A JSON Web Key Set (RFC 7517): the public keys that verify access tokens.
@@ -1199,7 +1343,7 @@ export type JsonWebKeySet = Message<"his.iam.v1.JsonWebKeySet"> & {
  * Use `create(JsonWebKeySetSchema)` to create a new message.
  */
 export const JsonWebKeySetSchema: GenMessage<JsonWebKeySet> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 31);
+  messageDesc(file_his_iam_v1_iam_service, 35);
 
 /**
  * One public RSA signing key (RFC 7517 and RFC 7518), with the JWK member names.
@@ -1255,7 +1399,7 @@ export type JsonWebKey = Message<"his.iam.v1.JsonWebKey"> & {
  * Use `create(JsonWebKeySchema)` to create a new message.
  */
 export const JsonWebKeySchema: GenMessage<JsonWebKey> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 32);
+  messageDesc(file_his_iam_v1_iam_service, 36);
 
 /**
  * Request of CreateEmergencyAccessGrant.
@@ -1295,7 +1439,7 @@ export type CreateEmergencyAccessGrantRequest = Message<"his.iam.v1.CreateEmerge
  * Use `create(CreateEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const CreateEmergencyAccessGrantRequestSchema: GenMessage<CreateEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 33);
+  messageDesc(file_his_iam_v1_iam_service, 37);
 
 /**
  * Request of ListEmergencyAccessGrants. All set filters must match.
@@ -1344,7 +1488,7 @@ export type ListEmergencyAccessGrantsRequest = Message<"his.iam.v1.ListEmergency
  * Use `create(ListEmergencyAccessGrantsRequestSchema)` to create a new message.
  */
 export const ListEmergencyAccessGrantsRequestSchema: GenMessage<ListEmergencyAccessGrantsRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 34);
+  messageDesc(file_his_iam_v1_iam_service, 38);
 
 /**
  * Response of ListEmergencyAccessGrants.
@@ -1372,7 +1516,7 @@ export type ListEmergencyAccessGrantsResponse = Message<"his.iam.v1.ListEmergenc
  * Use `create(ListEmergencyAccessGrantsResponseSchema)` to create a new message.
  */
 export const ListEmergencyAccessGrantsResponseSchema: GenMessage<ListEmergencyAccessGrantsResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 35);
+  messageDesc(file_his_iam_v1_iam_service, 39);
 
 /**
  * Request of RevokeEmergencyAccessGrant.
@@ -1393,7 +1537,7 @@ export type RevokeEmergencyAccessGrantRequest = Message<"his.iam.v1.RevokeEmerge
  * Use `create(RevokeEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const RevokeEmergencyAccessGrantRequestSchema: GenMessage<RevokeEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 36);
+  messageDesc(file_his_iam_v1_iam_service, 40);
 
 /**
  * What kind of care or function a department provides.
@@ -1585,8 +1729,8 @@ export const AccessChangeStateSchema: GenEnum<AccessChangeState> = /*@__PURE__*/
 
 /**
  * IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
- * and memberships) and emergency access grants. It also contains a local-development identity
- * provider (IssueToken, GetJwks): in production an external identity provider issues the access
+ * and memberships) and emergency access grants. It also contains a local identity provider
+ * (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
  * tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
  * trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
  * member's roles.
@@ -1818,13 +1962,20 @@ export const IamService: GenService<{
     output: typeof AccessChangeSchema;
   },
   /**
-   * Local-development identity provider: exchanges a username and credential for a signed JWT
-   * access token. The credential is checked against the provider's development credential store,
-   * which is loaded from its configuration; no rpc sets credentials. In production an external
-   * identity provider issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors:
-   * INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
-   * username is unknown, the credential is wrong or the staff member is inactive (the same error
-   * for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+   * Local identity provider: exchanges a username, the staff member's own password and (for
+   * clinical and administrator roles: DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN, ADMINISTRATOR) a
+   * current TOTP code for a short-lived signed JWT access token. A password is set only through a
+   * one-time enrolment code (CreateStaffEnrolment, CompleteStaffEnrolment); services log in as
+   * `service:{name}` with their service credential. In production an external identity provider
+   * issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors: INVALID_ARGUMENT if
+   * the username, credential or totp_code is empty (where required), malformed or too long;
+   * UNAUTHENTICATED (reason INVALID_CREDENTIALS) if the username is unknown, the password or TOTP
+   * code is wrong, the staff member has not enrolled or is inactive (the same error for all, so it
+   * reveals nothing); UNAUTHENTICATED (reason TOTP_REQUIRED) when the password is right but the
+   * role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
+   * RetryInfo) after too many failed attempts for the username or from the caller's source within
+   * the window, even with the right password, until the oldest of them leaves the window;
+   * UNIMPLEMENTED when the local provider is switched off.
    *
    * @generated from rpc his.iam.v1.IamService.IssueToken
    */
@@ -1832,6 +1983,40 @@ export const IamService: GenService<{
     methodKind: "unary";
     input: typeof IssueTokenRequestSchema;
     output: typeof IssueTokenResponseSchema;
+  },
+  /**
+   * Creates a one-time enrolment code for a staff member (an administrator's task), with which
+   * the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
+   * retires the member's open ones; enrolling again replaces the password and the TOTP secret.
+   * The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
+   * INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
+   * update staff credentials, or when the caller names themselves (nobody enrols themselves);
+   * NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
+   * the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+   *
+   * @generated from rpc his.iam.v1.IamService.CreateStaffEnrolment
+   */
+  createStaffEnrolment: {
+    methodKind: "unary";
+    input: typeof CreateStaffEnrolmentRequestSchema;
+    output: typeof StaffEnrolmentSchema;
+  },
+  /**
+   * Sets a staff member's password with a one-time enrolment code and returns their new TOTP
+   * secret. Needs no authentication (the code is the proof). A code works once and until its
+   * expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
+   * malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
+   * (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
+   * username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
+   * STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
+   * caller's source; UNIMPLEMENTED when the local provider is switched off.
+   *
+   * @generated from rpc his.iam.v1.IamService.CompleteStaffEnrolment
+   */
+  completeStaffEnrolment: {
+    methodKind: "unary";
+    input: typeof CompleteStaffEnrolmentRequestSchema;
+    output: typeof CompleteStaffEnrolmentResponseSchema;
   },
   /**
    * Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
