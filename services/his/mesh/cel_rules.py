@@ -213,9 +213,18 @@ def _apply(
     data = {"self": _cel_value(node, schema)}
     outcome.evaluated += 1
     result = program.eval(data=data)
-    if result.type() == cel.Type.BOOL and result.value() is True:
+    returned = result.type()
+    if returned == cel.Type.BOOL and result.value() is True:
         return
-    error = str(result.value()) if result.type() == cel.Type.ERROR else ""
+    if returned not in (cel.Type.BOOL, cel.Type.ERROR):
+        # `self` is typed dyn here, so this shows only now; the API server, which types `self`
+        # from the schema, would have refused the CRD itself.
+        outcome.evaluated -= 1
+        outcome.unevaluated.append(
+            Unevaluated(place, text, f"returns {returned.name().lower()}, not bool")
+        )
+        return
+    error = str(result.value()) if returned == cel.Type.ERROR else ""
     outcome.violations.append(
         Violation(
             place=place,
@@ -253,7 +262,7 @@ def _program(text: str, returns: str = "bool") -> cel.Expression | str:
     want = cel.Type.BOOL if returns == "bool" else cel.Type.STRING
     got = program.return_type()
     if got not in (want, cel.Type.DYN):
-        return f"returns {got.name()}, not {want.name()}"
+        return f"returns {got.name().lower()}, not {want.name().lower()}"
     return program
 
 
