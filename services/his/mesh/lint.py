@@ -25,6 +25,7 @@ from his.mesh.deploy_lint import lint_deploy
 from his.mesh.edge_lint import EDGE_RULES
 from his.mesh.findings import Finding, subject
 from his.mesh.network_lint import network_calls
+from his.mesh.port_protocols import not_grpc, reading
 from his.mesh.routes import (
     CONNECTION_TOKENS,
     GRPC_TOKENS,
@@ -181,7 +182,7 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
                     cluster,
                     service,
                     where,
-                    "no protocol: Istio treats the port as opaque TCP",
+                    reading(port),
                     "name it <protocol>[-suffix] and set appProtocol",
                 )
         if not grpc:
@@ -189,8 +190,7 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
                 cluster,
                 service,
                 "ports",
-                "no port named grpc with appProtocol grpc: Istio would treat calls as "
-                "TCP (no routes, retries or gRPC metrics)",
+                not_grpc(ports),
                 "name the serving port grpc and set appProtocol: grpc",
             )
 
