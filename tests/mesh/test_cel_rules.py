@@ -4,6 +4,7 @@ a fix; correct variants pass; a rule that cannot be evaluated is listed, never p
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 from typing import Any
@@ -402,3 +403,14 @@ def test_the_real_policy_passes_its_cel_rules() -> None:
     report = run_check(REPOSITORY)
     assert [f for f in report.findings if "CRD's rule" in f.problem] == []
     assert not [n for n in report.notes if "CEL rule" in n], report.notes
+
+
+def test_values_reach_the_rules_as_the_api_server_gets_them() -> None:
+    """A YAML date is the string written (kubectl sends JSON), not a value CEL cannot type."""
+    schema = {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        **rule("self.day == '2024-01-01'"),
+    }
+    result = outcome({"day": datetime.date(2024, 1, 1)}, schema)
+    assert (result.violations, result.unevaluated, result.evaluated) == ([], [], 1)

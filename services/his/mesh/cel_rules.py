@@ -29,6 +29,7 @@ durations follow CEL's C++ parser, which refuses `µs` where Go's accepts it.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class Outcome:
 def evaluate(obj: Any, schema: Schema) -> Outcome:
     """Evaluate every CEL rule of `schema` (an openAPIV3Schema) at its place in `obj`."""
     outcome = Outcome()
+    # As the API server gets it: JSON (a YAML date is the string written, as kubectl sends it).
+    obj = json.loads(json.dumps(obj, default=str))
     for place, node, node_schema in _nodes(obj, schema, ()):
         for rule in node_schema.get(RULES, []):
             _apply(rule, place, node, node_schema, outcome)
@@ -219,7 +222,7 @@ def _apply(
     if returned not in (cel.Type.BOOL, cel.Type.ERROR):
         # `self` is typed dyn here, so this shows only now; the API server, which types `self`
         # from the schema, would have refused the CRD itself.
-        outcome.evaluated -= 1
+        outcome.evaluated -= 1  # counted above; it was not really evaluated
         outcome.unevaluated.append(
             Unevaluated(place, text, f"returns {returned.name().lower()}, not bool")
         )
