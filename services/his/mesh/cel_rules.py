@@ -227,7 +227,8 @@ def _apply(
             Unevaluated(place, text, f"returns {returned.name().lower()}, not bool")
         )
         return
-    error = str(result.value()) if returned == cel.Type.ERROR else ""
+    # The C++ runtime prefixes its status code (INVALID_ARGUMENT: ...); the reason is the rest.
+    error = re.sub(r"^[A-Z_]+: ", "", str(result.value())) if returned == cel.Type.ERROR else ""
     outcome.violations.append(
         Violation(
             place=place,
