@@ -414,3 +414,27 @@ def test_values_reach_the_rules_as_the_api_server_gets_them() -> None:
     }
     result = outcome({"day": datetime.date(2024, 1, 1)}, schema)
     assert (result.violations, result.unevaluated, result.evaluated) == ([], [], 1)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "self.isSorted() && ![3, 1].isSorted()",
+        "self.sum() == 6 && [].sum() == 0",
+        "self.min() == 1 && self.max() == 3",
+        "[1, 2, 1].lastIndexOf(1) == 2 && self.indexOf(5) == -1",
+        "sets.contains(self, [1]) && sets.equivalent([1, 2], [2, 1]) && !sets.intersects([1], [2])",
+        "'abc123'.find('[0-9]+') == '123' && 'a1b2'.findAll('[0-9]', 1) == ['1']",
+        "cel.bind(n, self.size(), n == 3)",
+        "self.all(x, x > 0) && self.exists_one(x, x == 2) && self.map(x, x * 2) == [2, 4, 6]",
+        "'a-b'.split('-') == ['a', 'b'] && 'AB'.lowerAscii() == 'ab'",
+    ],
+)
+def test_kubernetes_list_set_regex_and_binding_functions(text: str) -> None:
+    result = outcome([1, 2, 3], {"type": "array", "items": {"type": "integer"}, **rule(text)})
+    assert (result.violations, result.unevaluated) == ([], [])
+
+
+def test_an_error_inside_a_library_function_fails_the_rule() -> None:
+    (broken,) = outcome([], {"type": "array", **rule("self.min() == 0")}).violations
+    assert broken.error == "min called on empty list"

@@ -16,11 +16,13 @@ Kubernetes' semantics, as far as a check of the objects alone can follow them:
   place; an evaluation error fails the rule, as it fails the request;
 - transition rules (those that read `oldSelf`) only run on an update, against the stored object,
   which a check of files does not have: they are skipped and listed, never counted as passed;
-- the Kubernetes CEL libraries the rules may call beyond standard CEL, the strings and optional
-  extensions: URLs (`url`, `isURL`, `getScheme`, `getHost`, `getHostname`, `getPort`,
-  `getEscapedPath`) and `isIP`/`isCIDR` are implemented here. A rule that does not compile (a
-  function not implemented here: lists, regex, quantity, `ip()`/`cidr()` objects, ...) is listed
-  as not evaluated, never passed silently. Istio 1.28's rules all compile (a test checks it).
+- the Kubernetes CEL libraries beyond standard CEL: the strings, optional and bindings
+  (`cel.bind`) extensions of the C++ runtime; implemented here: URLs (`url`, `isURL`,
+  `getScheme`, `getHost`, `getHostname`, `getPort`, `getEscapedPath`), `isIP`/`isCIDR`, lists
+  (`isSorted`, `sum`, `min`, `max`, `indexOf`, `lastIndexOf`), regex (`find`, `findAll`) and
+  sets (`sets.contains`, `sets.equivalent`, `sets.intersects`). A rule that does not compile (a
+  function not here: quantity, `ip()`/`cidr()` objects, semver, format, ...) is listed as not
+  evaluated, never passed silently. Istio 1.28's rules all compile (a test checks it).
 
 Limits: rule cost budgets are not estimated (the API server refuses such a CRD, not an object);
 durations follow CEL's C++ parser, which refuses `µs` where Go's accepts it.
@@ -36,8 +38,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+import re2
 from cel_expr_python import cel
-from cel_expr_python.ext import ext_optional, ext_strings
+from cel_expr_python.ext import ext_bindings, ext_optional, ext_strings
 
 Schema = Mapping[str, Any]
 Place = tuple[int | str, ...]  # field path from the object's root
@@ -276,10 +279,15 @@ def _first_line(text: str) -> str:
 
 @cache
 def _environment() -> cel.Env:
-    """CEL with the Kubernetes libraries the CRD rules use: strings, optional, URLs, IPs."""
+    """CEL with the Kubernetes libraries the CRD rules may use (see the module's docstring)."""
     return cel.NewEnv(
         variables={"self": cel.Type.DYN},
-        extensions=[ext_strings.ExtStrings(), ext_optional.ExtOptional(), _kubernetes()],
+        extensions=[
+            ext_strings.ExtStrings(),
+            ext_optional.ExtOptional(),
+            ext_bindings.ExtBindings(),
+            _kubernetes(),
+        ],
     )
 
 
@@ -303,10 +311,41 @@ def _kubernetes() -> cel.CelExtension:
     ) -> cel.FunctionDecl:
         return cel.FunctionDecl(name, [cel.Overload(name, returns, params, impl=impl, **kw)])
 
-    string, boolean = cel.Type.STRING, cel.Type.BOOL
+    string, boolean, dyn = cel.Type.STRING, cel.Type.BOOL, cel.Type.DYN
+    listed, strings = cel.Type.List(dyn), cel.Type.List(string)
     getters = [
         overload(getter, string, [_URL], _getter(part), is_member=True)
         for getter, part in _URL_PARTS.items()
+    ]
+    member = {"is_member": True}
+    lists = [
+        overload("isSorted", boolean, [listed], _is_sorted, **member),
+        overload("sum", dyn, [listed], _sum, **member),
+        overload("min", dyn, [listed], _least, **member),
+        overload("max", dyn, [listed], _greatest, **member),
+        overload("indexOf", cel.Type.INT, [listed, dyn], _index_of, **member),
+        overload("lastIndexOf", cel.Type.INT, [listed, dyn], _last_index_of, **member),
+    ]
+    sets = [
+        overload("sets.contains", boolean, [listed, listed], lambda a, b: all(x in a for x in b)),
+        overload("sets.equivalent", boolean, [listed, listed], _equivalent),
+        overload("sets.intersects", boolean, [listed, listed], lambda a, b: any(x in a for x in b)),
+    ]
+    regex = [
+        overload("find", string, [string, string], _find, **member),
+        cel.FunctionDecl(
+            "findAll",
+            [
+                cel.Overload("findAll", strings, [string, string], is_member=True, impl=_find_all),
+                cel.Overload(
+                    "findAll_limit",
+                    strings,
+                    [string, string, cel.Type.INT],
+                    is_member=True,
+                    impl=_find_all,
+                ),
+            ],
+        ),
     ]
     return cel.CelExtension(
         "his.kubernetes",
@@ -316,8 +355,59 @@ def _kubernetes() -> cel.CelExtension:
             overload("isIP", boolean, [string], is_ip),
             overload("isCIDR", boolean, [string], is_cidr),
             *getters,
+            *lists,
+            *sets,
+            *regex,
         ],
     )
+
+
+# Kubernetes' lists library (k8s.io/apiserver/pkg/cel/library/lists.go).
+
+
+def _is_sorted(items: list[Any]) -> bool:
+    return list(items) == sorted(items)
+
+
+def _sum(items: list[Any]) -> Any:
+    return sum(items) if items else 0
+
+
+def _least(items: list[Any]) -> Any:
+    if not items:
+        raise ValueError("min called on empty list")
+    return min(items)
+
+
+def _greatest(items: list[Any]) -> Any:
+    if not items:
+        raise ValueError("max called on empty list")
+    return max(items)
+
+
+def _index_of(items: list[Any], item: Any) -> int:
+    return next((index for index, x in enumerate(items) if x == item), -1)
+
+
+def _last_index_of(items: list[Any], item: Any) -> int:
+    return next((index for index in reversed(range(len(items))) if items[index] == item), -1)
+
+
+def _equivalent(a: list[Any], b: list[Any]) -> bool:
+    return all(x in b for x in a) and all(x in a for x in b)
+
+
+# Kubernetes' regex library (RE2, as Go's regexp): the first match or '', and all matches.
+
+
+def _find(text: str, pattern: str) -> str:
+    match = re2.search(pattern, text)
+    return match.group(0) if match else ""
+
+
+def _find_all(text: str, pattern: str, limit: int = -1) -> list[str]:
+    found = [m.group(0) for m in re2.finditer(pattern, text)]
+    return found if limit < 0 else found[:limit]
 
 
 def _getter(part: str) -> Callable[[dict[str, str]], str]:
