@@ -26,6 +26,7 @@ from his.mesh.edge_lint import EDGE_RULES
 from his.mesh.findings import Finding, subject
 from his.mesh.identity_lint import lint_identity
 from his.mesh.network_lint import network_calls, platform_ports
+from his.mesh.port_protocols import not_grpc, reading
 from his.mesh.routes import (
     CONNECTION_TOKENS,
     GRPC_TOKENS,
@@ -188,7 +189,7 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
                     cluster,
                     service,
                     where,
-                    "no protocol: Istio treats the port as opaque TCP",
+                    reading(port),
                     "name it <protocol>[-suffix] and set appProtocol",
                 )
         if not grpc:
@@ -196,8 +197,7 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
                 cluster,
                 service,
                 "ports",
-                "no port named grpc with appProtocol grpc: Istio would treat calls as "
-                "TCP (no routes, retries or gRPC metrics)",
+                not_grpc(ports),
                 "name the serving port grpc and set appProtocol: grpc",
             )
 
