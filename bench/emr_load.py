@@ -21,6 +21,7 @@ from bench.harness import (
     Call,
     Hospital,
     address,
+    approve,
     channel,
     compare,
     echo_call,
@@ -31,7 +32,7 @@ from his.common.v1 import types_pb2
 from his.emr.v1 import emr_service_pb2 as pb
 from his.emr.v1 import emr_service_pb2_grpc as pb_grpc
 from his.iam.v1 import iam_service_pb2 as iam_pb
-from his.login import issue_token
+from his.login import enrol, issue_token
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.patient.v1 import patient_service_pb2_grpc as patient_grpc
 from his_client import HisClients, static_token
@@ -72,7 +73,7 @@ async def _doctor(hospital: Hospital) -> tuple[str, str, str]:
             ),
             timeout=10,
         )
-        await his.iam.AddMembership(
+        added = await his.iam.AddMembership(
             iam_pb.AddMembershipRequest(
                 parent=doctor.name,
                 membership=iam_pb.DepartmentMembership(department=department.name),
@@ -80,6 +81,8 @@ async def _doctor(hospital: Hospital) -> tuple[str, str, str]:
             ),
             timeout=10,
         )
+        await enrol(his, doctor.name, "bench.cardiologist", data_dir=hospital.data_dir)
+    await approve(hospital, doctor.pending_access_change, added.access_change)
     token = await issue_token("bench.cardiologist", data_dir=hospital.data_dir, config=config)
     return token, doctor.name, department.name
 

@@ -31,19 +31,23 @@ from bench import echo
 from his.base.catalog import CATALOG, lookup
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
-from his.local_secrets import local_secrets
-from his.login import issue_token
+from his.local_secrets import LocalSecrets, local_secrets
+from his.login import enrol, issue_token
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import SERVING, wait_for_status
 from his.runtime.migrations import upgrade
 from his_client import HisClients, static_token
 from his_client.config import ClientConfig
-from his_client.credentials import IdentityInterceptor, service_credential
+from his_client.credentials import IdentityInterceptor
 
 # Ports away from the local `his up` table, so a running hospital does not disturb a benchmark.
 # HIS_BENCH_PORT_OFFSET moves a whole benchmark (services and echo) to another block, so that
 # engineers sharing one machine can run benchmarks at the same time (e.g. 500, 600, 700).
 PORT_OFFSET = int(os.environ.get("HIS_BENCH_PORT_OFFSET", "100"))
+# Credentials a shell may hold; each service gets only its own share (Hospital.serve).
+_SECRETS = frozenset(
+    {"HIS_SERVICE_CREDENTIAL", "HIS_SERVICE_CREDENTIAL_KEY", "HIS_IAM_DEV_CREDENTIAL"}
+)
 
 
 def echo_ports() -> tuple[int, int]:
@@ -72,6 +76,8 @@ class Hospital:
 
     env: dict[str, str]
     data_dir: Path
+    # Each service is started with its own credential only (iam alone holds their key).
+    secrets: LocalSecrets
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     # Process ids by service name (the first process of each name), for the profiler.
     pids: dict[str, int] = field(default_factory=dict)
@@ -82,7 +88,7 @@ class Hospital:
     def serve(self, name: str, port: int, **settings: str) -> str:
         """Start one more `his serve <name>` on `port` (e.g. a second, differently configured
         patient service on the same database); returns its address once SERVING."""
-        env = dict(self.env, HIS_PORT=str(port), **settings)
+        env = dict(self.env, HIS_PORT=str(port), **self.secrets.env(name), **settings)
         command = [sys.executable, "-m", "his.cli", "serve", name]
         process = subprocess.Popen(command, env=env)  # noqa: S603
         self.processes.append(process)
@@ -116,10 +122,10 @@ def services(*names: str) -> Iterator[Hospital]:
     with tempfile.TemporaryDirectory(prefix="his-bench-") as tmp:
         pg = EmbeddedPostgres(Path(tmp) / "pgdata")
         url = pg.start()
+        inherited = {k: v for k, v in os.environ.items() if k not in _SECRETS}
         hospital = Hospital(
             env=dict(
-                os.environ,
-                **local_secrets(Path(tmp)).env(),
+                inherited,
                 HIS_DATA_DIR=tmp,
                 HIS_DATABASE_URL=url,
                 HIS_MIGRATE="0",
@@ -131,6 +137,7 @@ def services(*names: str) -> Iterator[Hospital]:
                 **{f"HIS_{entry.name.upper()}_ADDR": address(entry.name) for entry in CATALOG},
             ),
             data_dir=Path(tmp),
+            secrets=local_secrets(Path(tmp)),
             postgres_pid=pg.pid(),
         )
         try:
@@ -173,8 +180,43 @@ def cpu_seconds(hospital: Hospital) -> dict[str, float]:
     return used
 
 
+# The bench's second administrator: in a fresh hospital, the first ADMINISTRATOR given by the
+# bootstrap administrator takes effect at once (iam's setup window, his.iam.approvals); it then
+# approves the roles and memberships `admin` gives the bench's staff (the two-person rule).
+APPROVER = "bench.approver"
+
+
+async def approve(hospital: Hospital, *changes: str) -> None:
+    """Approve iam access changes (empty names are skipped) as the bench's second
+    administrator, made once by the bootstrap administrator."""
+    pending = [change for change in changes if change]
+    if not pending:
+        return
+    config = ClientConfig.from_env(hospital.env)
+    admin = await issue_token("admin", data_dir=hospital.data_dir, config=config)
+    async with HisClients(config, token=static_token(admin)) as his:
+        await his.iam.CreateStaffMember(
+            iam_pb.CreateStaffMemberRequest(
+                staff_member=iam_pb.StaffMember(
+                    username=APPROVER,
+                    display_name="Bench approver",
+                    roles=[iam_pb.STAFF_ROLE_ADMINISTRATOR],
+                ),
+                request_id="bench-approver",
+            ),
+            timeout=10,
+        )
+    approver = await issue_token(APPROVER, data_dir=hospital.data_dir, config=config)
+    async with HisClients(config, token=static_token(approver)) as his:
+        for change in pending:
+            await his.iam.ApproveAccessChange(
+                iam_pb.ApproveAccessChangeRequest(name=change), timeout=10
+            )
+
+
 async def staff_token(hospital: Hospital, username: str, *roles: str) -> str:
-    """A token for a staff member created (once) by the bootstrap administrator."""
+    """A token for a staff member created (once) by the bootstrap administrator, their roles
+    approved by the bench's second administrator."""
     config = ClientConfig.from_env(hospital.env)
 
     async def login(user: str) -> str:
@@ -182,7 +224,7 @@ async def staff_token(hospital: Hospital, username: str, *roles: str) -> str:
 
     admin = await login("admin")
     async with HisClients(config, token=static_token(admin)) as his:
-        await his.iam.CreateStaffMember(
+        member = await his.iam.CreateStaffMember(
             iam_pb.CreateStaffMemberRequest(
                 staff_member=iam_pb.StaffMember(
                     username=username,
@@ -193,6 +235,9 @@ async def staff_token(hospital: Hospital, username: str, *roles: str) -> str:
             ),
             timeout=10,
         )
+        # Their own development password and TOTP secret, kept for issue_token.
+        await enrol(his, member.name, username, data_dir=hospital.data_dir)
+    await approve(hospital, member.pending_access_change)
     return await login(username)
 
 
@@ -390,11 +435,10 @@ def handled_ok(url: str, service: str, method: str) -> int:
 
 async def service_token(hospital: Hospital, name: str) -> str:
     """A HIS service's own token, as its relay logs in (to deliver events as that service)."""
-    key = hospital.env["HIS_SERVICE_CREDENTIAL_KEY"].encode()
     async with channel(address("iam"), None) as iam_channel:
         reply = await iam_grpc.IamServiceStub(iam_channel).IssueToken(
             iam_pb.IssueTokenRequest(
-                username=f"service:{name}", credential=service_credential(key, name)
+                username=f"service:{name}", credential=hospital.secrets.service_credential(name)
             ),
             timeout=10,
         )

@@ -20,20 +20,28 @@ import uuid
 
 from google.protobuf.message import Message
 
-from bench.harness import HEADER, Call, Hospital, address, channel, compare, echo_call, services
+from bench.harness import (
+    HEADER,
+    Call,
+    Hospital,
+    address,
+    approve,
+    channel,
+    compare,
+    echo_call,
+    services,
+)
 from his.common.v1 import types_pb2
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.lab.v1 import lab_service_pb2 as pb
 from his.lab.v1 import lab_service_pb2_grpc as pb_grpc
-from his.local_secrets import local_secrets
-from his.login import issue_token
+from his.login import enrol, issue_token
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.patient.v1 import patient_service_pb2_grpc as patient_grpc
 from his.runtime.outbox import envelope
 from his_client import HisClients, static_token
 from his_client.config import ClientConfig
-from his_client.credentials import service_credential
 
 GLUCOSE = types_pb2.Coding(system="http://loinc.org", code="2345-7", display="Glucose")
 BLOOD = types_pb2.Coding(system="http://snomed.info/sct", code="119297000", display="Blood")
@@ -60,6 +68,7 @@ async def _people(hospital: Hospital) -> dict[str, str]:
                 timeout=10,
             )
             found[key] = made.name
+        changes: list[str] = []
         for username, role, department in (
             ("bench.technician", iam_pb.STAFF_ROLE_LAB_TECHNICIAN, found["lab"]),
             ("bench.registrar", iam_pb.STAFF_ROLE_REGISTRAR, ""),
@@ -75,8 +84,10 @@ async def _people(hospital: Hospital) -> dict[str, str]:
                 timeout=10,
             )
             found[username] = member.name
+            changes.append(member.pending_access_change)
+            await enrol(his, member.name, username, data_dir=hospital.data_dir)
             if department:
-                await his.iam.AddMembership(
+                added = await his.iam.AddMembership(
                     iam_pb.AddMembershipRequest(
                         parent=member.name,
                         membership=iam_pb.DepartmentMembership(department=department),
@@ -84,14 +95,15 @@ async def _people(hospital: Hospital) -> dict[str, str]:
                     ),
                     timeout=10,
                 )
-        secret = local_secrets(hospital.data_dir).service_credential_key.encode()
+                changes.append(added.access_change)
         reply = await his.iam.IssueToken(
             iam_pb.IssueTokenRequest(
-                username="service:orders", credential=service_credential(secret, "orders")
+                username="service:orders", credential=hospital.secrets.service_credential("orders")
             ),
             timeout=10,
         )
         found["orders-token"] = reply.access_token
+    await approve(hospital, *changes)
     for username in ("bench.technician", "bench.registrar", "bench.doctor"):
         found[f"{username}-token"] = await issue_token(
             username, data_dir=hospital.data_dir, config=config

@@ -190,7 +190,7 @@ def main() -> None:
             upgrade(args.service, url)
             env = dict(
                 os.environ,
-                **local_secrets(Path(tmp)).env(),
+                **local_secrets(Path(tmp)).env(args.service),
                 HIS_DATA_DIR=tmp,
                 HIS_DATABASE_URL=url,
                 HIS_PORT=str(port),

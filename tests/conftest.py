@@ -142,7 +142,8 @@ def patients(
     return patient_service_pb2_grpc.PatientServiceStub(patient_channel)
 
 
-# The development password of the session iam's staff, and its service login key.
+# The development seed of the session iam (its bootstrap administrator's known credential), and
+# its service login key.
 DEV_CREDENTIAL = "session-dev-credential"
 SERVICE_CREDENTIAL_KEY = "session-service-credential-key"
 
@@ -168,6 +169,8 @@ async def iam_service(
         HIS_IAM_DEV_CREDENTIAL=DEV_CREDENTIAL,
         HIS_SERVICE_CREDENTIAL_KEY=SERVICE_CREDENTIAL_KEY,
         HIS_IAM_EMERGENCY_MIN_S="1",
+        # Every test calls from localhost: the source lockout (tests/iam) must not reach them.
+        HIS_IAM_LOGIN_FAILURES_PER_SOURCE="100000",
     )
     running = await start(IAM, config, database_url)
     track_relay(running)

@@ -7,9 +7,10 @@ import gc
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from his.base.catalog import CATALOG, implemented, lookup
+from his.mesh.canary_plan import PLAN, PLAN_TEXT
 
 if TYPE_CHECKING:
     from his.runtime.server import ServiceSpec
@@ -77,6 +78,9 @@ def _token(args: argparse.Namespace) -> int:
         return 1
     try:
         print(asyncio.run(issue_token(args.user)))
+    except LookupError as error:
+        print(f"his token: {error}", file=sys.stderr)
+        return 1
     except grpc.aio.AioRpcError as error:
         if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             where = ClientConfig.from_env(os.environ).address("iam")
@@ -154,7 +158,7 @@ def _billing_reconcile(args: argparse.Namespace) -> int:
 
 
 # What the mesh tools import that the service image leaves out (the `mesh` extra).
-MESH_EXTRA_MODULES = ("yaml", "ruamel", "jsonschema", "referencing", "re2")
+MESH_EXTRA_MODULES = ("yaml", "ruamel", "jsonschema", "referencing", "re2", "cel_expr_python")
 
 
 def _mesh_tool(module: str, name: str) -> Callable[[argparse.Namespace], int]:
@@ -204,19 +208,20 @@ def _gateway_config(args: argparse.Namespace) -> int:
 
     from his.gateway import envoy  # noqa: PLC0415
     from his.gateway.config import GatewayConfig  # noqa: PLC0415
-    from his.gateway.envoy_config import LocalAddresses, bootstrap  # noqa: PLC0415
-    from his.gateway.policy import PolicyError, load  # noqa: PLC0415
-    from his.gateway.runner import ipv6_loopback_available, repository_root  # noqa: PLC0415
+    from his.gateway.envoy_config import LocalAddresses  # noqa: PLC0415
+    from his.gateway.policy import PolicyError  # noqa: PLC0415
+    from his.gateway.runner import LocalGateway, repository_root, services_trust  # noqa: PLC0415
 
     try:
-        root = repository_root(Path(args.root) if args.root else None)
+        # The same generation `his up` runs, with the same trust, so what is printed is what runs.
         iam_http = lookup("iam").http_port or 0
-        generated = bootstrap(
-            load(root),
+        generated = LocalGateway(
             GatewayConfig.from_env(os.environ),
             LocalAddresses({entry.name: entry.port for entry in implemented()}, iam_http),
-            ipv6_loopback=ipv6_loopback_available(),
-        )
+            root=repository_root(Path(args.root) if args.root else None),
+            work_dir=Path(tempfile.gettempdir()),
+            trust=services_trust(os.environ),
+        ).configuration()
     except PolicyError as error:
         print(f"his gateway config: {error}", file=sys.stderr)
         return 1
@@ -265,15 +270,65 @@ def _add_mesh_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     canary = commands.add_parser(
         "canary", help="move traffic between a service's stable and canary versions"
     )
-    canary.add_argument("service", help="service name, e.g. scheduling")
+    named: dict[str, argparse.ArgumentParser] = {}  # the steps whose help names the service
+    canary.add_argument(
+        "service", action=_CanaryService, steps=named, help="service name, e.g. scheduling"
+    )
     canary.add_argument("--root", help="repository root (default: found from the working dir)")
     steps = canary.add_subparsers(dest="action", required=True)
-    weight = steps.add_parser("set", help="send this percentage to the canary (0, 10, 50, 100)")
-    weight.add_argument("weight", type=int)
-    steps.add_parser("promote", help="the next step of the plan: 0 -> 10 -> 50 -> 100")
-    steps.add_parser("rollback", help="all traffic back to stable")
-    steps.add_parser("status", help="the canary weight of every route")
+    allowed = ", ".join(map(str, PLAN))
+    weight = steps.add_parser("set", help=f"send this percentage to the canary ({allowed})")
+    weight.add_argument(
+        "weight",
+        type=int,
+        choices=PLAN,
+        metavar="WEIGHT",
+        help=f"the percentage of calls sent to the canary: one of {allowed} (plan {PLAN_TEXT})",
+    )
+    promote = steps.add_parser("promote", help=f"the next step of the plan: {PLAN_TEXT}")
+    rollback = steps.add_parser("rollback", help="all traffic back to stable")
+    state = steps.add_parser("status", help="the canary weight of every route")
+    # Filled in with the service's name once it is parsed (_CanaryService).
+    weight.description = (
+        "Send WEIGHT% of {service}'s calls to its canary subset and the rest to stable, on "
+        "every route splitting {service} between the two (its VirtualService and the mobile "
+        f"gateway's routes). Allowed weights: {allowed}. The files are written only after "
+        "`his mesh check` passes with the edit."
+    )
+    promote.description = f"Move {{service}}'s canary to the next step of the plan {PLAN_TEXT}."
+    rollback.description = "Send all of {service}'s calls back to its stable subset (weight 0)."
+    state.description = "Show the canary weight of every route splitting {service}."
+    named.update(set=weight, promote=promote, rollback=rollback, status=state)
     canary.set_defaults(run=_mesh_tool("canary", "his canary"))
+
+
+class _CanaryService(argparse.Action):
+    """The service of `his canary <service> ...`, written into its steps' help.
+
+    argparse builds the steps' parsers before the service is known; this action runs when the
+    service is parsed, before the step's parser, so `his canary patient set --help` can name
+    patient (a template's `{service}` is filled in) and its prog reads `his canary patient set`.
+    """
+
+    def __init__(
+        self, *args: Any, steps: dict[str, argparse.ArgumentParser], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps = steps
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        name = str(values)
+        setattr(namespace, self.dest, name)
+        for step, sub in self.steps.items():
+            sub.prog = f"{parser.prog} {name} {step}"
+            if sub.description:
+                sub.description = sub.description.replace("{service}", name)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,17 +17,19 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from his.base.catalog import ServiceEntry, implemented, lookup
 from his.gateway.config import GatewayConfig
+from his.iam import demo as iam_demo
+from his.iam import demo_seed
 from his.iam.config import sign_in_codes_path
 from his.local_logs import PRINTED, LogFiles
 from his.local_secrets import LocalSecrets, local_secrets
-from his.login import issue_token
+from his.login import enrol, issue_token, known_credential
 from his.patient import demo as patient_demo
 from his.runtime.config import DatabaseConfig, TelemetryConfig
 from his.runtime.embedded_pg import EmbeddedPostgres
@@ -38,7 +40,20 @@ from his_client import HisClients, static_token
 log = logging.getLogger("his.up")
 
 START_TIMEOUT_S = 60.0
-_PER_SERVICE = frozenset({"HIS_PORT", "HIS_HOST", "HIS_METRICS_PORT", "HIS_IAM_HTTP_PORT"})
+# The caller's shell must not hand every service these either: one would bind another's port,
+# or hold a credential that is not its own.
+_PER_SERVICE = frozenset(
+    {
+        "HIS_PORT",
+        "HIS_HOST",
+        "HIS_METRICS_PORT",
+        "HIS_IAM_HTTP_PORT",
+        "HIS_SERVICE_CREDENTIAL",
+        "HIS_SERVICE_CREDENTIAL_KEY",
+        "HIS_IAM_DEV_CREDENTIAL",
+        "HIS_SERVICE_TOKEN_FILE",
+    }
+)
 STOP_TIMEOUT_S = 15.0
 POSTGRES_CHECK_S = 1.0
 T = TypeVar("T")
@@ -90,6 +105,23 @@ class Backoff:
         delay = min(self.cap_s, self.base_s * 2.0**self.failures)
         self.failures += 1
         return delay
+
+
+def service_env(
+    environ: Mapping[str, str], secrets: LocalSecrets, service: str, database_url: str
+) -> dict[str, str]:
+    """The environment `his up` starts `service` with."""
+    # Per-process settings of the caller's shell must not reach every service (two would bind
+    # one port); each service takes its own from the catalog.
+    inherited = {k: v for k, v in environ.items() if k not in _PER_SERVICE}
+    return dict(
+        inherited,
+        # Each service its own credential; only iam the key they derive from (ADR 0007).
+        **secrets.env(service),
+        HIS_DATABASE_URL=database_url,
+        HIS_MIGRATE="0",
+        HIS_LOG_FORMAT="json",  # read back line by line: level decides file or terminal
+    )
 
 
 def describe_exit(code: int) -> str:
@@ -243,7 +275,10 @@ class Hospital:
         await self._start_gateway()
         if demo:
             log.info("loading demo data")
-            self.say(f"demo data:    {await _load_demo(self._entries, self._config.data_dir)}")
+            made = await _load_demo(self._entries, self._config.data_dir, self._url)
+            self.say(f"demo data:    {made}")
+            # On the terminal only, never into up.log: they are passwords.
+            print(_demo_credentials(self._config.data_dir), flush=True)
             self.say(_patient_sign_in_hint(self._config.data_dir))
         _print_table(self._entries)
         if self._gateway is not None:
@@ -264,7 +299,11 @@ class Hospital:
             # runs the services and says why there is no gateway.
             from his.gateway.envoy import EnvoyMissing, binary  # noqa: PLC0415
             from his.gateway.envoy_config import LocalAddresses  # noqa: PLC0415
-            from his.gateway.runner import LocalGateway, repository_root  # noqa: PLC0415
+            from his.gateway.runner import (  # noqa: PLC0415
+                LocalGateway,
+                repository_root,
+                services_trust,
+            )
 
             binary()
 
@@ -278,7 +317,7 @@ class Hospital:
                 ),
                 root=repository_root(),
                 work_dir=self._config.data_dir.resolve() / "gateway",
-                trust=_services_trust(),
+                trust=services_trust(os.environ),
                 preexec_fn=_die_with_parent,
                 # Beside the services' logs, kept for one run like theirs (`*.log.1`).
                 log_file=self._logs.path("gateway"),
@@ -333,16 +372,7 @@ class Hospital:
             log.error("watch failed", exc_info=error, extra={PRINTED: True})
 
     async def _spawn(self, service: _Service) -> None:
-        # Per-process settings of the caller's shell must not reach every service (two would bind
-        # one port); each service takes its own from the catalog.
-        inherited = {k: v for k, v in os.environ.items() if k not in _PER_SERVICE}
-        env = dict(
-            inherited,
-            **self._secrets.env(),
-            HIS_DATABASE_URL=self._url,
-            HIS_MIGRATE="0",
-            HIS_LOG_FORMAT="json",  # read back line by line: level decides file or terminal
-        )
+        env = service_env(os.environ, self._secrets, service.name, self._url)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -497,16 +527,6 @@ class Hospital:
             await asyncio.wait_for(asyncio.gather(*service.readers), 5.0)
 
 
-def _services_trust() -> tuple[str | None, tuple[str, ...] | None] | None:
-    """The issuer (and audience) the services were told to trust when it is not the mesh's
-    default (HIS_AUTH_ISSUER, HIS_AUTH_AUDIENCE): the gateway must check tokens as they do."""
-    issuer = os.environ.get("HIS_AUTH_ISSUER", "").strip()
-    audience = os.environ.get("HIS_AUTH_AUDIENCE", "").strip()
-    if not issuer and not audience:
-        return None
-    return issuer or None, (audience,) if audience else None
-
-
 async def _listening(port: int) -> bool:
     """Whether something accepts connections on localhost:`port`."""
     try:
@@ -531,9 +551,12 @@ def _patient_sign_in_hint(data_dir: Path) -> str:
     )
 
 
-async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> str:
+async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path, database_url: str) -> str:
     """Each implemented service's `demo.load`, as the staff member its module names (`USER`);
-    what they made, in one line."""
+    what they made, in one line. Right after iam's data set the demo staff's roles and
+    memberships are approved by writing to iam's database directly (his.iam.demo_seed: the demo
+    has no second administrator), and the demo staff are enrolled, so the other data sets can log
+    in as them with the roles they need."""
     names = {entry.name for entry in entries}
     made = []
     for name in [n for n in DEMO_ORDER if n in names] + sorted(names - set(DEMO_ORDER)):
@@ -544,11 +567,44 @@ async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path) -> str:
         token = await issue_token(demo.USER, data_dir=data_dir)
         async with HisClients(token=static_token(token)) as his:
             made.append(str(await demo.load(his)))
+            if name == "iam":
+                await demo_seed.approve_demo_changes(database_url)
+                await _enrol_demo_staff(his, data_dir)
     return "; ".join(made)
+
+
+async def _enrol_demo_staff(admin: HisClients, data_dir: Path) -> None:
+    """Give each demo staff member a fresh enrolment with their development password (a new TOTP
+    secret each run), kept for `his token` in the data directory's secrets."""
+    found = await iam_demo.directory(admin)
+    for person in iam_demo.STAFF:
+        if person.username in found.staff:
+            await enrol(admin, found.staff[person.username], person.username, data_dir=data_dir)
+
+
+def _demo_credentials(data_dir: Path) -> str:
+    """The demo staff's development passwords and TOTP secrets, for the person at the terminal
+    (development only: `his up --demo` is refused in the mesh)."""
+    lines = ["demo staff (development credentials; `his token <username>` logs in with them):"]
+    for username in [iam_demo.USER, *(person.username for person in iam_demo.STAFF)]:
+        known = known_credential(username, data_dir)
+        if known is not None:
+            lines.append(
+                f"  {username:<12} password {known.password}  TOTP secret {known.totp_secret}"
+            )
+    return "\n".join(lines)
 
 
 def up(*, demo: bool) -> int:
     """Run until Ctrl-C (or SIGTERM); returns the exit code."""
+    if demo and (os.environ.get("HIS_MESH") or "").strip().lower() == "istio":
+        # The demo prints known passwords and TOTP secrets: a development machine's only.
+        print(
+            "his up --demo: refused with HIS_MESH=istio (demo staff get known development "
+            "passwords and TOTP secrets; local development only)",
+            file=sys.stderr,
+        )
+        return 2
     global _prctl  # noqa: PLW0603 (resolved once, before any thread, for the forked children)
     if sys.platform == "linux":
         _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl

@@ -157,12 +157,17 @@ async def iam(iam_service: RunningService) -> AsyncIterator[CountingIam]:
         yield CountingIam(iam_grpc.IamServiceStub(channel))
 
 
+def _own(service: str) -> str:
+    """The credential `his up` hands `service` (only iam holds the key it derives from)."""
+    return service_credential(SERVICE_CREDENTIAL_KEY.encode(), service)
+
+
 def _claims(token: str) -> dict[str, Any]:
     return dict(jwt.decode(token, options={"verify_signature": False}))
 
 
 async def test_a_service_logs_in_at_iam_once_and_reuses_its_token(iam: CountingIam) -> None:
-    source = iam_login("patient", SERVICE_CREDENTIAL_KEY.encode(), iam.stub)
+    source = iam_login("patient", _own("patient"), iam.stub)
 
     token = await source()
     again = await source()
@@ -175,7 +180,7 @@ async def test_a_service_logs_in_at_iam_once_and_reuses_its_token(iam: CountingI
 
 
 async def test_concurrent_first_calls_share_one_login(iam: CountingIam) -> None:
-    source = iam_login("scheduling", SERVICE_CREDENTIAL_KEY.encode(), iam.stub)
+    source = iam_login("scheduling", _own("scheduling"), iam.stub)
 
     tokens = await asyncio.gather(*(source() for _ in range(20)))
 
@@ -187,7 +192,7 @@ async def test_concurrent_first_calls_share_one_login(iam: CountingIam) -> None:
 async def test_a_service_token_is_renewed_shortly_before_it_expires(
     iam: CountingIam, clock: Clock
 ) -> None:
-    source = iam_login("patient", SERVICE_CREDENTIAL_KEY.encode(), iam.stub)
+    source = iam_login("patient", _own("patient"), iam.stub)
     token = await source()
     renew_at = float(_claims(token)["exp"]) - RENEW_BEFORE_S
 
@@ -202,8 +207,8 @@ async def test_a_service_token_is_renewed_shortly_before_it_expires(
     assert _claims(renewed)["sub"] == "services/patient"
 
 
-async def test_a_login_with_a_wrong_key_is_refused(iam: CountingIam) -> None:
-    source = iam_login("patient", b"not-the-session-key", iam.stub)
+async def test_a_login_with_another_services_credential_is_refused(iam: CountingIam) -> None:
+    source = iam_login("patient", _own("scheduling"), iam.stub)
 
     failure = await fails(source())
 

@@ -19,6 +19,7 @@ import pytest
 from his.base.catalog import implemented, lookup
 from his.common.v1 import types_pb2
 from his.gateway.config import GatewayConfig
+from his.iam import demo as iam_demo
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.local_secrets import local_secrets
 from his.patient import demo as patient_demo
@@ -130,8 +131,16 @@ async def test_up_serves_demo_data_and_ctrl_c_leaves_no_process(data_dir: Path) 
     # purpose: it is the phone of the person signing in. It is not counted.)
     sent = [line for line in terminal.splitlines() if "patient sign-in code for the phone" in line]
     assert len(sent) == 1 and "ending 0001:" in sent[0], sent
+    # The demo staff's development credentials: a header, then one line each (the administrator
+    # and every demo staff member), never in up.log.
+    credentials = [line for line in terminal.splitlines() if "TOTP secret" in line]
+    assert [line.split()[0] for line in credentials] == [
+        "admin",
+        *(p.username for p in iam_demo.STAFF),
+    ]
+    assert "TOTP secret" not in up.logged("up")
     # 22 at most: the gateway's line and its blank beside the sign-in line.
-    assert len(terminal.splitlines()) - len(sent) < 23, terminal
+    assert len(terminal.splitlines()) - len(sent) - len(credentials) - 1 < 23, terminal
     assert "gateway       http://localhost:8080 " in terminal
     hint = (
         "patient sign-in: phone +8613800000001 (a demo patient); the one-time code appears in the "
@@ -283,9 +292,9 @@ def test_stopping_at_any_moment_of_the_start_leaves_no_process(
 
 
 def test_his_token_with_nothing_running_says_to_start_the_hospital(tmp_path: Path) -> None:
-    def token(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    def token(data_dir: Path, user: str = "admin") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "his.cli", "token", "--user", "reg.amina"],
+            [sys.executable, "-m", "his.cli", "token", "--user", user],
             env=dict(
                 os.environ, HIS_DATA_DIR=str(data_dir), HIS_IAM_ADDR=f"localhost:{free_port()}"
             ),
@@ -308,6 +317,28 @@ def test_his_token_with_nothing_running_says_to_start_the_hospital(tmp_path: Pat
     assert stopped.stderr.startswith("his token: iam is not reachable at localhost:")
     assert "make run" in stopped.stderr
     assert "Traceback" not in stopped.stderr and "AioRpcError" not in stopped.stderr
+    # A demo staff member's credential exists only once `his up --demo` enrolled them.
+    never_enrolled = token(tmp_path / "his", "reg.amina")
+    assert never_enrolled.returncode == 1
+    assert "no development credential is known for 'reg.amina'" in never_enrolled.stderr
+    assert "his up --demo" in never_enrolled.stderr
+    assert "Traceback" not in never_enrolled.stderr
+
+
+def test_up_demo_is_refused_outside_development(tmp_path: Path) -> None:
+    # The demo prints known passwords and TOTP secrets: never in the mesh.
+    refused = subprocess.run(
+        [sys.executable, "-m", "his.cli", "up", "--demo"],
+        env=dict(os.environ, HIS_DATA_DIR=str(tmp_path / "his"), HIS_MESH="istio"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "refused with HIS_MESH=istio" in refused.stderr
+    assert "TOTP secret" not in refused.stdout
+    assert not (tmp_path / "his").exists()  # nothing started, no secrets made
 
 
 def test_up_refuses_to_share_its_ports_with_another_hospital(data_dir: Path) -> None:

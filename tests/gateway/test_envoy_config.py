@@ -84,6 +84,7 @@ def test_sign_in_rpcs_are_the_only_ones_open_without_a_token() -> None:
 
     assert set(policy.open_paths) == {
         "/his.iam.v1.IamService/IssueToken",
+        "/his.iam.v1.IamService/CompleteStaffEnrolment",
         "/his.iam.v1.IamService/StartPatientSignIn",
         "/his.iam.v1.IamService/CompletePatientSignIn",
     }

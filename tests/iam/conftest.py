@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from his.iam.config import IamConfig, SignInConfig
+from his.iam.config import IamConfig, SignInConfig, StaffLoginConfig
 from his.iam.service import IamService
 from his.iam.spec import SPEC as IAM
 from his.iam.v1 import iam_service_pb2 as pb
@@ -35,6 +35,9 @@ from tests.identity import Issuer, channel_as
 from tests.support import track_relay
 
 # The patient sign-in settings of the iam under test.
+# Staff logins lock after 3 failures for one username; a source's limit is out of the way of the
+# other tests (which all call from localhost) and tested on a server of its own.
+LOGIN_LIMITS = StaffLoginConfig(window_s=600, failures_per_user=3, failures_per_source=10_000)
 SIGN_IN_LIMITS = SignInConfig(
     window_s=600,
     starts_per_phone=3,
@@ -98,6 +101,7 @@ def make_iam_config(
             # Small limits, so the sign-in tests reach them in a few calls (each test uses its
             # own phone numbers and sources).
             "sign_in": SIGN_IN_LIMITS,
+            "login": LOGIN_LIMITS,
             **overrides,
         }
         return IamConfig(**values)  # type: ignore[arg-type]

@@ -8,13 +8,16 @@ import random
 import string
 import uuid
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import jwt
+import pyotp
 
 from his.common.v1 import types_pb2
+from his.iam import dev_credentials
 from his.iam.v1 import iam_service_pb2 as pb
-from tests.identity import metadata
+from tests.identity import ISSUER, metadata
 from tests.support import invalid_in
 
 if TYPE_CHECKING:
@@ -28,9 +31,14 @@ else:
 DOMAIN = "iam.his"
 # The iam server under test signs with this issuer; its callers use the session test issuer's.
 LOCAL_ISSUER = "https://iam.his.local-test"
+# The development seed of the iam under test (the bootstrap administrator's known credential).
 DEV_CREDENTIAL = "correct horse battery staple"
+# The password the tests enrol staff members with.
+PASSWORD = "a long enough test password"
 SERVICE_KEY = b"test-service-credential-key"
 LICENCE_SYSTEM = "urn:his:test:practising-certificate"
+# A second administrator: approves what the tests' administrator proposes (two-person rule).
+SECOND_ADMINISTRATOR = ISSUER.staff("ADMINISTRATOR")
 
 
 def word(length: int = 10) -> str:
@@ -86,23 +94,44 @@ async def create_department(stub: Stub, department: pb.Department | None = None)
     )
 
 
-async def create_staff(stub: Stub, *roles: pb.StaffRole.ValueType, **kwargs: Any) -> pb.StaffMember:
-    """Create a staff member (a doctor unless roles are given)."""
+async def approve(stub: Stub, change: str) -> pb.AccessChange:
+    """Approve an access change as the second administrator (the two-person rule)."""
+    return await stub.ApproveAccessChange(
+        pb.ApproveAccessChangeRequest(name=change), metadata=as_(SECOND_ADMINISTRATOR)
+    )
+
+
+async def propose_staff(
+    stub: Stub, *roles: pb.StaffRole.ValueType, **kwargs: Any
+) -> pb.StaffMember:
+    """Create a staff member (a doctor unless roles are given) whose roles still wait."""
     return await stub.CreateStaffMember(
         pb.CreateStaffMemberRequest(staff_member=make_staff(*roles, **kwargs))
     )
 
 
+async def create_staff(stub: Stub, *roles: pb.StaffRole.ValueType, **kwargs: Any) -> pb.StaffMember:
+    """Create a staff member (a doctor unless roles are given), their roles approved by a second
+    administrator; the member as it reads afterwards."""
+    proposed = await propose_staff(stub, *roles, **kwargs)
+    if proposed.pending_access_change:  # else granted at once (ADMINISTRATOR, setup window)
+        await approve(stub, proposed.pending_access_change)
+    return await stub.GetStaffMember(pb.GetStaffMemberRequest(name=proposed.name))
+
+
 async def add_membership(
     stub: Stub, staff: str, department: str, *, primary: bool = False, **kwargs: Any
 ) -> pb.DepartmentMembership:
-    """Make `staff` a member of `department` from now on."""
-    return await stub.AddMembership(
+    """Make `staff` a member of `department` from now on, approved by a second administrator."""
+    added = await stub.AddMembership(
         pb.AddMembershipRequest(
             parent=staff,
             membership=pb.DepartmentMembership(department=department, primary=primary, **kwargs),
         )
     )
+    await approve(stub, added.access_change)
+    added.approval_state = pb.ACCESS_CHANGE_STATE_APPROVED
+    return added
 
 
 def staff_id(name: str) -> str:
@@ -118,10 +147,60 @@ def service_credential(service: str, key: bytes = SERVICE_KEY) -> str:
 
 
 async def login(
-    stub: Stub, username: str, credential: str = DEV_CREDENTIAL
+    stub: Stub,
+    username: str,
+    credential: str = PASSWORD,
+    totp_code: str = "",
+    *,
+    source: str | None = None,
 ) -> pb.IssueTokenResponse:
-    """IssueToken for a username."""
-    return await stub.IssueToken(pb.IssueTokenRequest(username=username, credential=credential))
+    """IssueToken for a username (from `source`, as a gateway's x-forwarded-for, when given)."""
+    metadata = (("x-forwarded-for", source),) if source else None
+    return await stub.IssueToken(
+        pb.IssueTokenRequest(username=username, credential=credential, totp_code=totp_code),
+        metadata=metadata,
+    )
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """A staff member's password and TOTP secret, as enrolment gave them."""
+
+    username: str
+    password: str
+    totp_secret: str
+
+    def totp_code(self) -> str:
+        """The current TOTP code."""
+        return pyotp.TOTP(self.totp_secret).now()
+
+
+async def enrol(stub: Stub, member: pb.StaffMember, password: str = PASSWORD) -> Enrolled:
+    """Enrol a staff member: an administrator's code, then the member's password with it."""
+    enrolment = await stub.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=member.name))
+    reply = await stub.CompleteStaffEnrolment(
+        pb.CompleteStaffEnrolmentRequest(
+            username=member.username, enrolment_code=enrolment.enrolment_code, password=password
+        )
+    )
+    return Enrolled(member.username, password, reply.totp_secret)
+
+
+async def login_as(stub: Stub, enrolled: Enrolled) -> pb.IssueTokenResponse:
+    """IssueToken with an enrolled member's password and current TOTP code."""
+    return await login(stub, enrolled.username, enrolled.password, enrolled.totp_code())
+
+
+async def bootstrap_login(stub: Stub, username: str) -> pb.IssueTokenResponse:
+    """The bootstrap administrator's login with the credential derived from the test seed."""
+    secret = dev_credentials.totp_secret(DEV_CREDENTIAL, username)
+    password = dev_credentials.password(DEV_CREDENTIAL, username)
+    return await login(stub, username, password, dev_credentials.totp_code(secret))
+
+
+async def enrolled_token(stub: Stub, member: pb.StaffMember) -> pb.IssueTokenResponse:
+    """Enrol a staff member and log them in."""
+    return await login_as(stub, await enrol(stub, member))
 
 
 def verify(token: str, jwks: pb.JsonWebKeySet, *, audience: str = "his") -> dict[str, Any]:

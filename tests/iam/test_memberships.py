@@ -13,6 +13,7 @@ from his.iam.v1 import iam_service_pb2 as pb
 from tests.iam.helpers import (
     Stub,
     add_membership,
+    approve,
     as_,
     create_department,
     create_staff,
@@ -47,9 +48,14 @@ def _days(n: float) -> dt.datetime:
 async def _add(
     iam: Stub, parent: str, membership: pb.DepartmentMembership, key: str = ""
 ) -> pb.DepartmentMembership:
-    return await iam.AddMembership(
+    added = await iam.AddMembership(
         pb.AddMembershipRequest(parent=parent, membership=membership, request_id=key)
     )
+    if added.approval_state == pb.ACCESS_CHANGE_STATE_PENDING:
+        # A second administrator approves it (two-person rule: tests/iam/test_two_person_rule.py).
+        await approve(iam, added.access_change)
+        added.approval_state = pb.ACCESS_CHANGE_STATE_APPROVED
+    return added
 
 
 async def test_added_membership_starts_now_and_is_open_ended(iam: Stub) -> None:

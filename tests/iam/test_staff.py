@@ -21,11 +21,12 @@ from his.runtime.server import RunningService, start
 from tests.conftest import service_config
 from tests.iam.conftest import fresh_database, iam_spec
 from tests.iam.helpers import (
-    DEV_CREDENTIAL,
     LICENCE_SYSTEM,
     Stub,
     add_membership,
+    approve,
     as_,
+    bootstrap_login,
     create_department,
     create_staff,
     invalid,
@@ -59,11 +60,20 @@ async def test_created_staff_member_is_active_and_reads_back_unchanged(iam: Stub
     assert created.active is True
     assert created.username == sent.username
     assert created.display_name == sent.display_name
-    assert list(created.roles) == [R.STAFF_ROLE_DOCTOR, R.STAFF_ROLE_AUDITOR]
+    # Two-person rule: no role until a second administrator approves the ones asked for.
+    assert list(created.roles) == []
+    assert created.pending_access_change.startswith("accessChanges/")
     assert created.practitioner_identifier == sent.practitioner_identifier
     assert created.etag and created.etag != "7"
     assert created.create_time == created.update_time
-    assert await iam.GetStaffMember(pb.GetStaffMemberRequest(name=created.name)) == created
+    read = await iam.GetStaffMember(pb.GetStaffMemberRequest(name=created.name))
+    expected = pb.StaffMember()
+    expected.CopyFrom(created)
+    expected.ClearField("pending_access_change")  # named only in the create's answer
+    assert read == expected
+    await approve(iam, created.pending_access_change)
+    approved = await iam.GetStaffMember(pb.GetStaffMemberRequest(name=created.name))
+    assert list(approved.roles) == [R.STAFF_ROLE_DOCTOR, R.STAFF_ROLE_AUDITOR]
 
 
 async def test_a_second_staff_member_with_the_same_username_already_exists(iam: Stub) -> None:
@@ -563,9 +573,7 @@ async def lone_admin(
     try:
         async with channel_as(running.address, admin_token) as channel:
             stub: Stub = pb_grpc.IamServiceStub(channel)
-            await stub.IssueToken(
-                pb.IssueTokenRequest(username="only.admin", credential=DEV_CREDENTIAL)
-            )
+            await bootstrap_login(stub, "only.admin")
             admins = await stub.ListStaffMembers(pb.ListStaffMembersRequest())
             assert [m.username for m in admins.staff_members] == ["only.admin"]
             yield stub, admins.staff_members[0]
@@ -589,7 +597,11 @@ async def test_the_last_administrator_cannot_be_deactivated_or_demoted(
 
     await create_staff(stub, R.STAFF_ROLE_ADMINISTRATOR)
     updated = await stub.UpdateStaffMember(_update(demoted, "roles"))
-    assert list(updated.roles) == [R.STAFF_ROLE_REGISTRAR]
+    # ADMINISTRATOR is taken away at once; REGISTRAR waits for a second administrator.
+    assert list(updated.roles) == []
+    await approve(stub, updated.pending_access_change)
+    approved = await stub.GetStaffMember(pb.GetStaffMemberRequest(name=admin.name))
+    assert list(approved.roles) == [R.STAFF_ROLE_REGISTRAR]
 
 
 async def test_two_administrators_deactivating_each_other_leave_one(

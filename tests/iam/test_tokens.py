@@ -23,6 +23,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from his.base.env import ConfigError
 from his.base.errors import Unauthenticated
+from his.iam import dev_credentials
 from his.iam.config import IamConfig, SignInConfig
 from his.iam.tokens import jwks, load_private_key, public_jwk, thumbprint
 from his.iam.v1 import iam_service_pb2 as pb
@@ -36,12 +37,18 @@ from tests.iam.conftest import fresh_database, iam_spec
 from tests.iam.helpers import (
     DEV_CREDENTIAL,
     LOCAL_ISSUER,
+    PASSWORD,
     Stub,
     add_membership,
+    approve,
+    bootstrap_login,
     create_department,
     create_staff,
+    enrol,
+    enrolled_token,
     invalid,
     login,
+    login_as,
     service_credential,
     verify,
 )
@@ -67,7 +74,7 @@ async def test_staff_token_verifies_against_the_published_key_and_carries_the_co
     await iam.AddMembership(pb.AddMembershipRequest(parent=member.name, membership=later))
     before = int(time.time())
 
-    reply = await login(iam, member.username)
+    reply = await enrolled_token(iam, member)
 
     claims = verify(reply.access_token, await _jwks(iam))
     assert claims["iss"] == LOCAL_ISSUER
@@ -84,10 +91,10 @@ async def test_staff_token_verifies_against_the_published_key_and_carries_the_co
 
 
 async def test_every_token_has_its_own_id(iam: Stub) -> None:
-    member = await create_staff(iam)
+    enrolled = await enrol(iam, await create_staff(iam))
 
-    first = verify((await login(iam, member.username)).access_token, await _jwks(iam))
-    second = verify((await login(iam, member.username)).access_token, await _jwks(iam))
+    first = verify((await login_as(iam, enrolled)).access_token, await _jwks(iam))
+    second = verify((await login_as(iam, enrolled)).access_token, await _jwks(iam))
 
     assert first["jti"] != second["jti"]
 
@@ -97,7 +104,7 @@ async def test_token_header_names_the_current_key_by_its_rfc7638_thumbprint(
 ) -> None:
     member = await create_staff(iam)
 
-    token = (await login(iam, member.username)).access_token
+    token = (await enrolled_token(iam, member)).access_token
 
     header = jwt.get_unverified_header(token)
     assert header["alg"] == "RS256"
@@ -124,7 +131,7 @@ async def test_tokens_are_signed_by_the_first_key_only(
     iam: Stub, iam_keys: tuple[Path, Path]
 ) -> None:
     member = await create_staff(iam)
-    token = (await login(iam, member.username)).access_token
+    token = (await enrolled_token(iam, member)).access_token
     current, retired = (load_private_key(path).public_key() for path in iam_keys)
 
     jwt.decode(token, key=current, algorithms=["RS256"], audience="his")
@@ -152,7 +159,7 @@ async def test_the_runtime_verifier_accepts_iam_tokens_through_the_published_key
     iam: Stub,
 ) -> None:
     member = await create_staff(iam, pb.STAFF_ROLE_REGISTRAR)
-    token = (await login(iam, member.username)).access_token
+    token = (await enrolled_token(iam, member)).access_token
     jwks = await _jwks(iam)
     document = {
         "keys": [
@@ -175,16 +182,25 @@ async def test_the_runtime_verifier_accepts_iam_tokens_through_the_published_key
 
 
 async def test_refused_logins_all_look_the_same(iam: Stub) -> None:
-    member = await create_staff(iam)
-    gone = await create_staff(iam)
+    member = await create_staff(iam, pb.STAFF_ROLE_REGISTRAR)
+    enrolled = await enrol(iam, member)
+    gone = await create_staff(iam, pb.STAFF_ROLE_REGISTRAR)
+    await enrol(iam, gone)
     await iam.DeactivateStaffMember(pb.DeactivateStaffMemberRequest(name=gone.name))
+    never = await create_staff(iam, pb.STAFF_ROLE_REGISTRAR)
+    source = f"198.51.100.{uuid.uuid4().int % 250}"
+    assert (await login_as(iam, enrolled)).access_token
 
-    wrong = await fails(login(iam, member.username, "not the password"))
-    unknown = await fails(login(iam, "nobody.here"))
-    inactive = await fails(login(iam, gone.username))
-    prefix = await fails(login(iam, member.username, DEV_CREDENTIAL[:-1]))
+    # As many failures for `member` as the lockout allows (3): each gets the ordinary refusal.
+    wrong = await fails(login(iam, member.username, "not the password", source=source))
+    unknown = await fails(login(iam, "nobody.here", source=source))
+    inactive = await fails(login(iam, gone.username, source=source))
+    prefix = await fails(login(iam, member.username, PASSWORD[:-1], source=source))
+    not_enrolled = await fails(login(iam, never.username, source=source))
+    # The shared development seed is no password of anyone's.
+    seed = await fails(login(iam, member.username, DEV_CREDENTIAL, source=source))
 
-    for failure in (wrong, unknown, inactive, prefix):
+    for failure in (wrong, unknown, inactive, prefix, not_enrolled, seed):
         assert failure.code == grpc.StatusCode.UNAUTHENTICATED
         assert (failure.message, failure.reason, failure.metadata) == (
             wrong.message,
@@ -253,36 +269,52 @@ async def test_service_login_with_a_wrong_credential_or_unknown_service_is_refus
 
 async def test_new_roles_appear_in_tokens_issued_afterwards(iam: Stub) -> None:
     member = await create_staff(iam, pb.STAFF_ROLE_NURSE)
-    first = verify((await login(iam, member.username)).access_token, await _jwks(iam))
+    enrolled = await enrol(iam, member)
+    first = verify((await login_as(iam, enrolled)).access_token, await _jwks(iam))
 
     member.ClearField("roles")
     member.roles.extend([pb.STAFF_ROLE_NURSE, pb.STAFF_ROLE_REGISTRAR])
-    await iam.UpdateStaffMember(
+    updated = await iam.UpdateStaffMember(
         pb.UpdateStaffMemberRequest(staff_member=member, update_mask=FieldMask(paths=["roles"]))
     )
-    second = verify((await login(iam, member.username)).access_token, await _jwks(iam))
+    # The added role takes effect once a second administrator approves it (two-person rule).
+    await approve(iam, updated.pending_access_change)
+    second = verify((await login_as(iam, enrolled)).access_token, await _jwks(iam))
 
     assert first["roles"] == ["NURSE"]
     assert second["roles"] == ["NURSE", "REGISTRAR"]
 
 
-async def test_without_a_development_credential_no_staff_member_logs_in(
-    iam_url: str, make_iam_config: Callable[..., IamConfig]
+async def test_without_a_development_seed_the_bootstrap_administrator_has_no_password(
+    postgres: EmbeddedPostgres, make_iam_config: Callable[..., IamConfig]
 ) -> None:
-    async with _server(iam_url, make_iam_config(dev_credential="", bootstrap_admin="")) as stub:
+    url = await fresh_database(postgres, "his_iam_no_seed")
+    async with _server(url, make_iam_config(dev_credential="", bootstrap_admin="admin")) as stub:
         assert (await fails(login(stub, "admin", ""))).code == grpc.StatusCode.INVALID_ARGUMENT
-        failure = await fails(login(stub, "admin", DEV_CREDENTIAL))
-        assert failure.code == grpc.StatusCode.UNAUTHENTICATED
+        for password in (DEV_CREDENTIAL, dev_credentials.password("", "admin")):
+            failure = await fails(
+                login(stub, "admin", password, dev_credentials.totp_code("A" * 32))
+            )
+            assert failure.code == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_switched_off_local_provider_answers_unimplemented(
-    iam_url: str, make_iam_config: Callable[..., IamConfig]
+    iam_url: str, make_iam_config: Callable[..., IamConfig], admin_token: str
 ) -> None:
     async with _server(iam_url, make_iam_config(local_provider=False)) as stub:
         for call in (
             stub.GetJwks(pb.GetJwksRequest()),
             login(stub, "admin"),
             login(stub, "service:patient", service_credential("patient")),
+            stub.CreateStaffEnrolment(
+                pb.CreateStaffEnrolmentRequest(parent=f"staff/{uuid.uuid4()}"),
+                metadata=_bearer(admin_token),
+            ),
+            stub.CompleteStaffEnrolment(
+                pb.CompleteStaffEnrolmentRequest(
+                    username="t.someone", enrolment_code="A" * 16, password=PASSWORD
+                )
+            ),
         ):
             failure = await fails(call)
             assert failure.code == grpc.StatusCode.UNIMPLEMENTED
@@ -339,7 +371,7 @@ async def test_the_first_start_creates_the_bootstrap_administrator_once(
     subjects = []
     for _ in range(2):
         async with _server(url, config, trust_own_keys=True) as stub:
-            token = (await login(stub, "chief.admin")).access_token
+            token = (await bootstrap_login(stub, "chief.admin")).access_token
             claims = verify(token, await _jwks(stub))
             subjects.append(claims["sub"])
             assert claims["roles"] == ["ADMINISTRATOR"]
@@ -355,7 +387,7 @@ async def test_no_bootstrap_administrator_when_staff_exist(
 ) -> None:
     await create_staff(iam)
     async with _server(iam_url, make_iam_config(bootstrap_admin="second.admin")) as stub:
-        failure = await fails(login(stub, "second.admin"))
+        failure = await fails(bootstrap_login(stub, "second.admin"))
         assert failure.code == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -424,7 +456,7 @@ def test_config_defaults() -> None:
     assert (config.issuer, config.audience, config.token_ttl_s) == (
         "https://iam.his.local",
         "his",
-        3600,
+        900,
     )
     assert config.local_provider is True
     assert (config.emergency_min_s, config.emergency_default_s, config.emergency_max_s) == (
@@ -448,6 +480,44 @@ def test_in_the_mesh_the_local_sender_is_refused_and_sign_in_off_is_fine() -> No
     off = SignInConfig.from_env({"HIS_MESH": "istio", "HIS_IAM_PATIENT_SIGN_IN": "off"})
     assert not off.enabled
     assert SignInConfig.from_env({}).sender == "local"
+
+
+def test_in_the_mesh_a_development_seed_is_refused() -> None:
+    # The seed gives the bootstrap administrator a known password: a developer's machine only.
+    with pytest.raises(ConfigError, match="HIS_IAM_DEV_CREDENTIAL"):
+        IamConfig.from_env(
+            {"HIS_MESH": "istio", "HIS_IAM_PATIENT_SIGN_IN": "off", "HIS_IAM_DEV_CREDENTIAL": "x"}
+        )
+    assert IamConfig.from_env({"HIS_MESH": "istio", "HIS_IAM_PATIENT_SIGN_IN": "off"})
+
+
+def test_staff_login_config_reads_the_environment_and_refuses_unusable_values() -> None:
+    config = IamConfig.from_env(
+        {
+            "HIS_IAM_LOGIN_WINDOW_S": "300",
+            "HIS_IAM_LOGIN_FAILURES_PER_USER": "7",
+            "HIS_IAM_LOGIN_FAILURES_PER_SOURCE": "70",
+            "HIS_IAM_ENROLMENT_TTL_S": "3600",
+            "HIS_IAM_CREDENTIAL_KEY": "secret-key",
+        }
+    )
+    login = config.login
+    assert (login.window_s, login.failures_per_user, login.failures_per_source) == (300, 7, 70)
+    assert (login.enrolment_ttl_s, login.credential_key) == (3600, b"secret-key")
+    assert "secret-key" not in repr(config)
+    defaults = IamConfig.from_env({}).login
+    assert (defaults.window_s, defaults.failures_per_user, defaults.failures_per_source) == (
+        900,
+        5,
+        50,
+    )
+    for bad in (
+        {"HIS_IAM_LOGIN_WINDOW_S": "10"},
+        {"HIS_IAM_LOGIN_FAILURES_PER_USER": "0"},
+        {"HIS_IAM_ENROLMENT_TTL_S": "5"},
+    ):
+        with pytest.raises(ConfigError):
+            IamConfig.from_env(bad)
 
 
 def test_sign_in_config_reads_the_environment() -> None:

@@ -21,7 +21,7 @@ from his.lab.v1 import lab_service_pb2 as pb
 from his.orders.v1 import orders_service_pb2 as orders_pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.outbox import envelope
-from tests.iam.helpers import make_department, make_staff
+from tests.iam.helpers import SECOND_ADMINISTRATOR, make_department, make_staff
 from tests.identity import ISSUER, metadata
 from tests.patient.helpers import make_patient
 
@@ -106,13 +106,21 @@ class Hospital:
             ),
             metadata=metadata(ADMINISTRATOR),
         )
+        changes = [made.pending_access_change]
         for department in departments:
-            await self.iam.AddMembership(
+            added = await self.iam.AddMembership(
                 iam_pb.AddMembershipRequest(
                     parent=made.name,
                     membership=iam_pb.DepartmentMembership(department=department),
                 ),
                 metadata=metadata(ADMINISTRATOR),
+            )
+            changes.append(added.access_change)
+        # Two-person rule: a second administrator approves the role and the memberships.
+        for change in changes:
+            await self.iam.ApproveAccessChange(
+                iam_pb.ApproveAccessChangeRequest(name=change),
+                metadata=metadata(SECOND_ADMINISTRATOR),
             )
         token = ISSUER.staff(role, departments=departments, staff_id=made.name.split("/")[1])
         return Person(made.name, token, departments)

@@ -74,7 +74,7 @@ def test_set_promote_rollback_move_both_files_and_only_their_weight_lines(
     for action, weight, expected in (("set", 10, 10), ("promote", None, 50), ("rollback", None, 0)):
         assert canary(policy_copy, action, weight) == 0, capsys.readouterr().err
         out = capsys.readouterr().out
-        assert f"{VS}  patient-reads: stable" in out and f"canary weight {expected}%" in out
+        assert f"{VS}  http[2] patient-reads: stable" in out and f"canary weight {expected}%" in out
         for file in FILES:
             assert set(weights(policy_copy, file).values()) == {(100 - expected, expected)}, file
             after = (policy_copy / file).read_text(encoding="utf-8")
@@ -109,8 +109,8 @@ def test_promote_refuses_routes_that_disagree_and_lists_them(
     assert canary(policy_copy, "promote") == 1
     err = capsys.readouterr().err
     assert "disagree" in err
-    assert f"{GATEWAY}  patient-reads: stable 90, canary 10" in err
-    assert f"{VS}  patient-writes: stable 100, canary 0" in err
+    assert f"{GATEWAY}  http[0] patient-reads: stable 90, canary 10" in err
+    assert f"{VS}  http[3] patient-writes: stable 100, canary 0" in err
     assert texts(policy_copy) == original
 
 
@@ -169,9 +169,15 @@ def test_status_lists_each_route_of_both_files_through_the_cli(
         main(["canary", "scheduling", "--root", str(REPOSITORY), "status"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for route in ("scheduling-reads", "scheduling-writes"):
-        assert f"mesh/istio/virtual-services/scheduling.yaml  {route}: stable" in out
-        assert f"{GATEWAY}  {route}: stable" in out
+    # Routes are named as his mesh check and explain name them: index in the file, then name.
+    vs = "mesh/istio/virtual-services/scheduling.yaml"
+    for file, index, route in (
+        (vs, 2, "scheduling-reads"),
+        (vs, 3, "scheduling-writes"),
+        (GATEWAY, 2, "scheduling-reads"),
+        (GATEWAY, 3, "scheduling-writes"),
+    ):
+        assert f"{file}  http[{index}] {route}: stable" in out
     assert "patient-reads" not in out
     assert "canary weight " in out
 

@@ -5,8 +5,11 @@ the emr demo's visits)."""
 
 from __future__ import annotations
 
+import pyotp
+
 from his.emr import demo as emr_demo
 from his.iam import demo as iam_demo
+from his.iam import demo_seed
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.orders import demo
 from his.orders.v1 import orders_service_pb2 as pb
@@ -16,7 +19,6 @@ from his.runtime.server import RunningService
 from his.scheduling import demo as scheduling_demo
 from his_client import HisClients, static_token
 from his_client.config import ClientConfig
-from tests.conftest import DEV_CREDENTIAL
 from tests.identity import DEMO_ADMINISTRATOR, REGISTRAR
 
 
@@ -26,6 +28,7 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
     emr_service: RunningService,
     orders_service: RunningService,
     scheduling_service: RunningService,
+    database_url: str,
 ) -> None:
     config = ClientConfig(
         addresses={
@@ -35,10 +38,29 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
     )
     async with HisClients(config, token=static_token(DEMO_ADMINISTRATOR)) as admin:
         await iam_demo.load(admin)
+        # As `his up --demo` does: the demo staff's roles and memberships approved directly.
+        await demo_seed.approve_demo_changes(database_url)
 
         async def token(username: str) -> str:
+            # Enrolled as `his up --demo` does, then logged in with password and TOTP.
+            names = await iam_demo.directory(admin)
+            enrolment = await admin.iam.CreateStaffEnrolment(
+                iam_pb.CreateStaffEnrolmentRequest(parent=names.staff[username])
+            )
+            password = "a demo password for the test"
+            enrolled = await admin.iam.CompleteStaffEnrolment(
+                iam_pb.CompleteStaffEnrolmentRequest(
+                    username=username,
+                    enrolment_code=enrolment.enrolment_code,
+                    password=password,
+                )
+            )
             issued = await admin.iam.IssueToken(
-                iam_pb.IssueTokenRequest(username=username, credential=DEV_CREDENTIAL)
+                iam_pb.IssueTokenRequest(
+                    username=username,
+                    credential=password,
+                    totp_code=pyotp.TOTP(enrolled.totp_secret).now(),
+                )
             )
             return issued.access_token
 

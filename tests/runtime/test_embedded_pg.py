@@ -9,10 +9,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import asyncpg
 import psutil
 import pytest
 
-from his.runtime.embedded_pg import EmbeddedPostgres
+from his.runtime.embedded_pg import MAX_CONNECTIONS, EmbeddedPostgres
 
 pytestmark = pytest.mark.slow
 
@@ -94,3 +95,15 @@ def test_a_live_holder_keeps_the_server_running(tmp_path: Path) -> None:
     holders.write_text("[]")
     EmbeddedPostgres(tmp_path / "pgdata")._stop_server(None)  # clean up after the test
     assert _gone(pid)
+
+
+async def test_the_server_takes_the_whole_local_hospitals_connections(
+    postgres: EmbeddedPostgres,
+) -> None:
+    # PostgreSQL's default of 100 is fewer than nine services' pools; a test holding 20
+    # connections at once failed with "too many clients" when the default was kept.
+    connection = await asyncpg.connect(postgres.url)
+    try:
+        assert int(await connection.fetchval("SHOW max_connections")) >= MAX_CONNECTIONS
+    finally:
+        await connection.close()

@@ -119,6 +119,16 @@ async def world(
     made.department = department.name
     staff = await iam.CreateStaffMember(iam_pb.CreateStaffMemberRequest(staff_member=make_staff()))
     made.staff = staff.name
+    enrolment = await iam.CreateStaffEnrolment(
+        iam_pb.CreateStaffEnrolmentRequest(parent=staff.name)
+    )
+    password = "the world's staff password"
+    enrolled = await iam.CompleteStaffEnrolment(
+        iam_pb.CompleteStaffEnrolmentRequest(
+            username=staff.username, enrolment_code=enrolment.enrolment_code, password=password
+        )
+    )
+    made.staff_credential = (staff.username, password, enrolled.totp_secret)
     made.encounter = await made.fresh_encounter()
     made.note = await made.fresh_signed_note()
     added = await emr.AddDiagnosis(

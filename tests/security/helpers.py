@@ -150,6 +150,8 @@ class World:
     audit_event: str = ""
     department: str = ""
     staff: str = ""
+    # The world's staff member's enrolled credential: username, password, TOTP secret.
+    staff_credential: tuple[str, str, str] = ("", "", "")
     spare_slots: list[str] = field(default_factory=list)
     grant: str = ""
     # The emr side: the stub, an encounter of the patient in DEPARTMENT_A attended by
@@ -273,6 +275,14 @@ class World:
             iam_pb.CreateStaffMemberRequest(staff_member=make_staff())
         )
         return str(made.name)
+
+    async def fresh_access_change(self) -> str:
+        """A new pending access change (a new staff member's roles), proposed by the session's
+        administrator, so any other administrator may decide it."""
+        made = await self.iam.CreateStaffMember(
+            iam_pb.CreateStaffMemberRequest(staff_member=make_staff())
+        )
+        return str(made.pending_access_change)
 
     async def fresh_membership(self) -> str:
         """A new current membership of a new staff member in the world's department."""

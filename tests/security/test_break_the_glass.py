@@ -60,7 +60,13 @@ class Doctor:
 async def doctor(iam: Iam) -> Doctor:
     """A new active DOCTOR staff member of the session's iam."""
     member = await iam.CreateStaffMember(iam_pb.CreateStaffMemberRequest(staff_member=make_staff()))
-    assert list(member.roles) == [iam_pb.STAFF_ROLE_DOCTOR] and member.active
+    # Two-person rule: a second administrator approves the role.
+    await iam.ApproveAccessChange(
+        iam_pb.ApproveAccessChangeRequest(name=member.pending_access_change),
+        metadata=metadata(ISSUER.staff("ADMINISTRATOR")),
+    )
+    read = await iam.GetStaffMember(iam_pb.GetStaffMemberRequest(name=member.name))
+    assert list(read.roles) == [iam_pb.STAFF_ROLE_DOCTOR] and read.active
     return Doctor(member.name)
 
 

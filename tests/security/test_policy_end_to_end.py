@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import pyotp
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
@@ -50,7 +51,6 @@ from his.runtime.policy import PolicyEngine, Request
 from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.audit.helpers import make_event
-from tests.conftest import DEV_CREDENTIAL
 from tests.iam.helpers import make_department, make_staff
 from tests.identity import ISSUER, metadata
 from tests.lab.helpers import changed as lab_changed
@@ -1271,6 +1271,18 @@ async def _remove_membership(world: World, allowed: bool) -> Message:
     return iam_pb.RemoveMembershipRequest(name=await world.fresh_membership())
 
 
+async def _decide_change(world: World, allowed: bool) -> Message:
+    return iam_pb.ApproveAccessChangeRequest(name=await world.fresh_access_change())
+
+
+async def _reject_change(world: World, allowed: bool) -> Message:
+    return iam_pb.RejectAccessChangeRequest(name=await world.fresh_access_change())
+
+
+async def _get_change(world: World, allowed: bool) -> Message:
+    return iam_pb.GetAccessChangeRequest(name=await world.fresh_access_change())
+
+
 async def _create_grant(world: World, allowed: bool) -> Message:
     return iam_pb.CreateEmergencyAccessGrantRequest(
         emergency_access_grant=iam_pb.EmergencyAccessGrant(
@@ -1293,8 +1305,14 @@ async def _review_grant(world: World, allowed: bool) -> Message:
 
 
 async def _login(world: World, allowed: bool) -> Message:
-    member = await world.iam.GetStaffMember(iam_pb.GetStaffMemberRequest(name=world.staff))
-    return iam_pb.IssueTokenRequest(username=member.username, credential=DEV_CREDENTIAL)
+    username, password, totp_secret = world.staff_credential
+    return iam_pb.IssueTokenRequest(
+        username=username, credential=password, totp_code=pyotp.TOTP(totp_secret).now()
+    )
+
+
+async def _enrol(world: World, allowed: bool) -> Message:
+    return iam_pb.CreateStaffEnrolmentRequest(parent=await world.fresh_staff())
 
 
 IAM_RPCS = (
@@ -1369,6 +1387,14 @@ IAM_RPCS = (
     ),
     Rpc(
         "iam",
+        "CreateStaffEnrolment",
+        "update",
+        "iam.staff",
+        _enrol,
+        lambda w: iam_pb.CreateStaffEnrolmentRequest(parent=missing("staff")),
+    ),
+    Rpc(
+        "iam",
         "DeactivateStaffMember",
         "update",
         "iam.staff",
@@ -1396,6 +1422,41 @@ IAM_RPCS = (
         lambda w: iam_pb.RemoveMembershipRequest(
             name=f"{missing('staff')}/{missing('memberships')}"
         ),
+    ),
+    # The two-person rule's access changes: read like staff members; decided by administrators
+    # (each caller decides a fresh change another administrator proposed).
+    Rpc(
+        "iam",
+        "GetAccessChange",
+        "read",
+        "iam.staff",
+        _get_change,
+        lambda w: iam_pb.GetAccessChangeRequest(name=missing("accessChanges")),
+    ),
+    Rpc(
+        "iam",
+        "ListAccessChanges",
+        "read",
+        "iam.staff",
+        _const(iam_pb.ListAccessChangesRequest(page_size=1)),
+    ),
+    Rpc(
+        "iam",
+        "ApproveAccessChange",
+        "update",
+        "iam.staff",
+        _decide_change,
+        lambda w: iam_pb.ApproveAccessChangeRequest(name=missing("accessChanges")),
+        fields=("roles",),
+    ),
+    Rpc(
+        "iam",
+        "RejectAccessChange",
+        "update",
+        "iam.staff",
+        _reject_change,
+        lambda w: iam_pb.RejectAccessChangeRequest(name=missing("accessChanges")),
+        fields=("roles",),
     ),
     # Clinicians break the glass for themselves (own=True); iam refuses anyone else before the
     # policy, for the same reason. The patient is an input, not the record: no missing case.
@@ -1806,6 +1867,15 @@ PUBLIC_RPCS = {
     "iam.IssueToken": _login,
     # A number nobody has: the same answer as for a registered one, and no code is sent.
     "iam.StartPatientSignIn": _on(lambda w: iam_pb.StartPatientSignInRequest(phone=unique_phone())),
+    # An enrolment code nobody was given (a username of its own, so no lockout comes near):
+    # refused for its code (UNAUTHENTICATED, below), never for a token.
+    "iam.CompleteStaffEnrolment": _on(
+        lambda w: iam_pb.CompleteStaffEnrolmentRequest(
+            username=f"t.{uuid.uuid4().hex[:12]}",
+            enrolment_code="A" * 16,
+            password="a long enough password",
+        )
+    ),
     # A sign-in nobody started: refused for its code (UNAUTHENTICATED, below), never for a token.
     "iam.CompletePatientSignIn": _const(
         iam_pb.CompletePatientSignInRequest(sign_in=f"patientSignIns/{uuid.uuid4()}", code="000000")
@@ -1979,6 +2049,11 @@ async def test_public_rpcs_answer_anyone_without_asking_the_policy(
         assert (result.code, result.reason) == (
             grpc.StatusCode.UNAUTHENTICATED,
             "SIGN_IN_CODE_INVALID",
+        ), result
+    elif name == "CompleteStaffEnrolment":
+        assert (result.code, result.reason) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "ENROLMENT_CODE_INVALID",
         ), result
     else:
         assert result.code == OK, result

@@ -61,14 +61,18 @@ def token_file(path: Path, *, recheck_s: float = 5.0) -> TokenSource:
 
 
 def service_credential(key: bytes, service: str) -> str:
-    """The local identity provider's credential for `service`: HMAC-SHA256(key, name), hex."""
+    """The local identity provider's credential for `service`: HMAC-SHA256(key, name), hex.
+
+    Only iam holds `key`; each service is handed its own result, from which neither the key nor
+    another service's credential can be computed."""
     return hmac.new(key, service.encode(), hashlib.sha256).hexdigest()
 
 
 def iam_login(
-    service: str, key: bytes, iam: Callable[[], iam_grpc.IamServiceAsyncStub]
+    service: str, credential: str, iam: Callable[[], iam_grpc.IamServiceAsyncStub]
 ) -> TokenSource:
-    """This service's token from the local iam (`IssueToken` as `service:<name>`), kept fresh."""
+    """This service's token from the local iam (`IssueToken` as `service:<name>` with the
+    service's own credential, `service_credential(key, name)` handed to it), kept fresh."""
     lock = asyncio.Lock()
     state: dict[str, Any] = {"token": "", "renew_at": 0.0}
 
@@ -78,9 +82,7 @@ def iam_login(
         async with lock:
             if time.time() >= state["renew_at"]:
                 reply = await iam().IssueToken(
-                    iam_pb.IssueTokenRequest(
-                        username=f"service:{service}", credential=service_credential(key, service)
-                    ),
+                    iam_pb.IssueTokenRequest(username=f"service:{service}", credential=credential),
                     timeout=5.0,
                 )
                 expires = reply.expire_time.ToSeconds()
@@ -103,8 +105,8 @@ class IdentityInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        # IssueToken, patient sign-in and GetJwks are public; asking for a token must not need
-        # one.
+        # IssueToken, staff enrolment, patient sign-in and GetJwks are public; asking for a
+        # token must not need one.
         if client_call_details.method in _PUBLIC:
             return await continuation(client_call_details, request)
         added: list[tuple[str, str]] = []
@@ -125,6 +127,7 @@ class IdentityInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 # lets the same rpcs through: his.runtime.authn.PUBLIC_METHODS).
 IAM_PUBLIC_METHODS = (
     "/his.iam.v1.IamService/IssueToken",
+    "/his.iam.v1.IamService/CompleteStaffEnrolment",
     "/his.iam.v1.IamService/StartPatientSignIn",
     "/his.iam.v1.IamService/CompletePatientSignIn",
     "/his.iam.v1.IamService/GetJwks",

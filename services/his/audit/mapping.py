@@ -8,7 +8,8 @@ the very same message.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from his.audit.v1 import audit_service_pb2 as pb
@@ -24,6 +25,17 @@ COLLECTION = "auditEvents"
 def event_name(event_id: str) -> str:
     """`auditEvents/{event_id}`."""
     return f"{COLLECTION}/{event_id}"
+
+
+_NO_CHANGES = "[]"
+
+
+def _changes_text(changes: Sequence[pb.AuditFieldChange]) -> str:
+    """AuditEntity.changes as the JSON text of the `entity_changes` column."""
+    if not changes:
+        return _NO_CHANGES
+    items = [{"field_path": c.field_path, "before": c.before, "after": c.after} for c in changes]
+    return json.dumps(items, ensure_ascii=False)
 
 
 def content_columns(event: pb.AuditEvent) -> dict[str, Any]:
@@ -45,6 +57,7 @@ def content_columns(event: pb.AuditEvent) -> dict[str, Any]:
         "patient": event.patient,
         "entity_resource_name": event.entity.resource_name,
         "entity_resource_type": event.entity.resource_type,
+        "entity_changes": _changes_text(event.entity.changes),
         "purpose_of_use": PURPOSE.text(event.purpose_of_use) if event.purpose_of_use else None,
         "emergency_access": event.emergency_access,
         "emergency_access_grant": event.emergency_access_grant,
@@ -88,4 +101,10 @@ def event_from_columns(values: Mapping[Any, Any]) -> pb.AuditEvent:
     if values["entity_resource_name"] or values["entity_resource_type"]:
         event.entity.resource_name = values["entity_resource_name"]
         event.entity.resource_type = values["entity_resource_type"]
+        changes = values["entity_changes"]
+        if changes != _NO_CHANGES:  # nearly every event: no json.loads on the chain walk's path
+            for change in json.loads(changes):
+                event.entity.changes.add(
+                    field_path=change["field_path"], before=change["before"], after=change["after"]
+                )
     return event

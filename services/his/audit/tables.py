@@ -49,6 +49,9 @@ events = Table(
     # Both empty when the event names no entity.
     Column("entity_resource_name", Text, nullable=False),
     Column("entity_resource_type", Text, nullable=False),
+    # AuditEntity.changes in order, as JSON text: [{"field_path": .., "before": .., "after": ..}]
+    # (text, not jsonb: the group-commit writer's driver and SQLAlchemy then read it alike).
+    Column("entity_changes", Text, nullable=False, server_default="[]"),
     # NULL for PURPOSE_OF_USE_UNSPECIFIED (allowed only without a patient).
     Column("purpose_of_use", Text),
     Column("emergency_access", Boolean, nullable=False),
@@ -65,6 +68,7 @@ events = Table(
         "emergency_access = (emergency_access_grant <> '')", name="emergency_has_grant"
     ),
     CheckConstraint("patient = '' OR purpose_of_use IS NOT NULL", name="patient_has_purpose"),
+    CheckConstraint("jsonb_typeof(entity_changes::jsonb) = 'array'", name="entity_changes_list"),
 )
 
 # Auditors' questions: everything about a patient, everything a staff member did, a time window,

@@ -22,6 +22,9 @@ MAX_ROLE = 50
 MAX_NETWORK_ADDRESS = 45
 MAX_RESOURCE_NAME = 300
 MAX_RESOURCE_TYPE = 200
+MAX_CHANGES = 20
+MAX_FIELD_PATH = 100
+MAX_CHANGE_VALUE = 2000
 # How far after its writing an event's time may lie (writers' clocks are not perfect).
 MAX_CLOCK_AHEAD = dt.timedelta(minutes=5)
 # VerifyChain checks at most this many events per call.
@@ -95,6 +98,7 @@ def event_violations(v: Violations, event: pb.AuditEvent, field: str, *, now: dt
             max_len=MAX_RESOURCE_TYPE,
             required=True,
         )
+        entity_changes_violations(v, entity.changes, f"{field}.entity.changes")
     v.enum(
         f"{field}.purpose_of_use",
         event.purpose_of_use,
@@ -111,6 +115,20 @@ def event_violations(v: Violations, event: pb.AuditEvent, field: str, *, now: dt
         v.add(grant, "must be empty when emergency_access is false")
     if event.trace_id and not _TRACE_ID.fullmatch(event.trace_id):
         v.add(f"{field}.trace_id", "must be 32 lower-case hexadecimal characters")
+
+
+def entity_changes_violations(
+    v: Violations, changes: Sequence[pb.AuditFieldChange], field: str
+) -> None:
+    """The rules of AuditEntity.changes, each violation named under `field`."""
+    if len(changes) > MAX_CHANGES:
+        v.add(field, f"must have at most {MAX_CHANGES} items")
+        return
+    for index, change in enumerate(changes):
+        at = f"{field}[{index}]"
+        _text(v, f"{at}.field_path", change.field_path, max_len=MAX_FIELD_PATH, required=True)
+        _text(v, f"{at}.before", change.before, max_len=MAX_CHANGE_VALUE, required=False)
+        _text(v, f"{at}.after", change.after, max_len=MAX_CHANGE_VALUE, required=False)
 
 
 def _agent(v: Violations, event: pb.AuditEvent, field: str) -> None:

@@ -43,3 +43,15 @@ def choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, .
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def switch(env: Mapping[str, str], key: str, *, default: bool) -> bool:
+    """`env[key]` as on/off (also true/false, 1/0, yes/no); `default` when unset or empty."""
+    raw = (env.get(key) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("on", "true", "1", "yes"):
+        return True
+    if raw in ("off", "false", "0", "no"):
+        return False
+    raise ConfigError(f"{key} must be on or off, got {raw!r}")

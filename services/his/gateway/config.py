@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from his.base.env import ConfigError, integer
+from his.base.env import ConfigError, integer, switch
 
 # The patient web app's build output, relative to the repository root (clients/web builds it).
 DEFAULT_APP_DIR = Path("clients/web/app/dist")
@@ -54,11 +54,8 @@ class GatewayConfig:
     def from_env(cls, env: Mapping[str, str]) -> GatewayConfig:
         """Read HIS_GATEWAY, HIS_GATEWAY_HOST, _PORT, _ADMIN_PORT, _ORIGINS,
         _SIGN_IN_PER_MINUTE, HIS_WEB_APP_PORT and HIS_WEB_APP_DIR."""
-        switch = (env.get("HIS_GATEWAY") or "on").strip().lower()
-        if switch not in ("on", "off"):
-            raise ConfigError(f"HIS_GATEWAY must be on or off, got {switch!r}")
         return cls(
-            enabled=switch == "on",
+            enabled=switch(env, "HIS_GATEWAY", default=True),
             host=(env.get("HIS_GATEWAY_HOST") or "127.0.0.1").strip(),
             port=integer(env, "HIS_GATEWAY_PORT", 8080),
             admin_port=integer(env, "HIS_GATEWAY_ADMIN_PORT", 9901),

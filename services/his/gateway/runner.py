@@ -11,10 +11,10 @@ import contextlib
 import dataclasses
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from his.gateway import envoy
 from his.gateway.config import GatewayConfig
@@ -26,6 +26,18 @@ from his.runtime.documents_http import DocumentServer
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+
+
+def services_trust(
+    env: Mapping[str, str],
+) -> tuple[str | None, tuple[str, ...] | None] | None:
+    """The issuer (and audience) the services were told to trust when it is not the mesh's
+    default (HIS_AUTH_ISSUER, HIS_AUTH_AUDIENCE): the gateway must check tokens as they do."""
+    issuer = (env.get("HIS_AUTH_ISSUER") or "").strip()
+    audience = (env.get("HIS_AUTH_AUDIENCE") or "").strip()
+    if not issuer and not audience:
+        return None
+    return issuer or None, (audience,) if audience else None
 
 
 def repository_root(start: Path | None = None) -> Path:
@@ -79,18 +91,21 @@ class LocalGateway:
             else (self.root / self.config.app_dir)
         )
 
-    def generate(self) -> Path:
-        """Write Envoy's bootstrap from mesh/istio/gateway and the local addresses."""
+    def configuration(self) -> dict[str, Any]:
+        """Envoy's bootstrap from mesh/istio/gateway, the local addresses and the trust."""
         policy = load_policy(self.root)
         if self.trust is not None:
             issuer, audiences = self.trust
             policy = dataclasses.replace(
                 policy, issuer=issuer or policy.issuer, audiences=audiences or policy.audiences
             )
-        generated = bootstrap(
+        return bootstrap(
             policy, self.config, self.addresses, ipv6_loopback=ipv6_loopback_available()
         )
-        return envoy.write_bootstrap(generated, self.bootstrap_path)
+
+    def generate(self) -> Path:
+        """Write Envoy's bootstrap (`configuration`) where Envoy is started from."""
+        return envoy.write_bootstrap(self.configuration(), self.bootstrap_path)
 
     async def start(self) -> None:
         """Generate, serve the web app, start Envoy and wait until it is ready."""

@@ -91,6 +91,48 @@ class SignInConfig:
 
 
 @dataclass(frozen=True)
+class StaffLoginConfig:
+    """Staff passwords, TOTP and their lockout (`HIS_IAM_LOGIN_*`, `HIS_IAM_ENROLMENT_TTL_S`).
+
+    Failed logins and failed enrolments are counted in the database over a sliding window (every
+    replica sees the same counts): `failures_per_user` for one username, or `failures_per_source`
+    from one source (the caller's address, as for patient sign-in), lock every login of that
+    username or from that source, even with the right password, until the oldest failure is a
+    window old. A source is shared by everyone behind one NAT (a ward's workstations), hence its
+    higher limit.
+    """
+
+    window_s: int = 900
+    failures_per_user: int = 5
+    failures_per_source: int = 50
+    # How long an enrolment code works.
+    enrolment_ttl_s: int = 24 * 3600
+    # The key of the enrolment code and username hashes and of the TOTP secrets' encryption; every
+    # replica needs the same one, and it must outlive signing key rotations. Empty: derived from
+    # the first signing key (development: rotating that key voids every TOTP secret).
+    credential_key: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.window_s <= 24 * 3600:
+            raise ConfigError("HIS_IAM_LOGIN_WINDOW_S must be 60 to 86400 seconds")
+        if min(self.failures_per_user, self.failures_per_source) < 1:
+            raise ConfigError("HIS_IAM_LOGIN_FAILURES_PER_* must be at least 1")
+        if not 60 <= self.enrolment_ttl_s <= 30 * 24 * 3600:
+            raise ConfigError("HIS_IAM_ENROLMENT_TTL_S must be 60 seconds to 30 days")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> StaffLoginConfig:
+        """Read HIS_IAM_LOGIN_*, HIS_IAM_ENROLMENT_TTL_S and HIS_IAM_CREDENTIAL_KEY."""
+        return cls(
+            window_s=_int(env, "HIS_IAM_LOGIN_WINDOW_S", 900),
+            failures_per_user=_int(env, "HIS_IAM_LOGIN_FAILURES_PER_USER", 5),
+            failures_per_source=_int(env, "HIS_IAM_LOGIN_FAILURES_PER_SOURCE", 50),
+            enrolment_ttl_s=_int(env, "HIS_IAM_ENROLMENT_TTL_S", 24 * 3600),
+            credential_key=(env.get("HIS_IAM_CREDENTIAL_KEY") or "").encode(),
+        )
+
+
+@dataclass(frozen=True)
 class IamConfig:
     """How the local identity provider signs tokens, who may log in, and break-the-glass limits."""
 
@@ -100,10 +142,14 @@ class IamConfig:
     signing_key_paths: tuple[Path, ...] = ()
     issuer: str = "https://iam.his.local"
     audience: str = "his"
-    token_ttl_s: int = 3600
-    # The one development password every staff member logs in with. Empty: no staff login.
+    # Short: a deactivated staff member's tokens outlive the deactivation by at most this much
+    # (the documented revocation bound; README "Security").
+    token_ttl_s: int = 900
+    # Development only (refused with HIS_MESH=istio): the seed of the bootstrap administrator's
+    # known development password and TOTP secret (his.iam.dev_credentials). Empty: none.
     dev_credential: str = field(default="", repr=False)
-    # Services log in as `service:{name}` with HMAC-SHA256(this key, name). Empty: no service login.
+    # Services log in as `service:{name}` with HMAC-SHA256(this key, name). Only iam holds the
+    # key; every other service is handed its own result (ADR 0007). Empty: no service login.
     service_credential_key: bytes = field(default=b"", repr=False)
     # Off in production (an external identity provider): IssueToken and GetJwks are UNIMPLEMENTED.
     local_provider: bool = True
@@ -117,6 +163,7 @@ class IamConfig:
     # sender's file of sign-in codes.
     data_dir: Path = Path(".his")
     sign_in: SignInConfig = SignInConfig()
+    login: StaffLoginConfig = StaffLoginConfig()
 
     def __post_init__(self) -> None:
         if not 1 <= self.token_ttl_s <= MAX_TOKEN_TTL_S:
@@ -144,19 +191,25 @@ class IamConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IamConfig:
-        """Read HIS_IAM_*, HIS_AUTH_ISSUER, HIS_AUTH_AUDIENCE, HIS_SERVICE_CREDENTIAL_KEY and
-        HIS_DATA_DIR."""
+        """Read HIS_IAM_*, HIS_AUTH_ISSUER, HIS_AUTH_AUDIENCE, HIS_SERVICE_CREDENTIAL_KEY,
+        HIS_DATA_DIR and HIS_MESH (a development credential is refused in the mesh)."""
         paths = tuple(
             Path(part.strip())
             for part in (env.get("HIS_IAM_SIGNING_KEYS") or "").split(",")
             if part.strip()
         )
+        dev_credential = env.get("HIS_IAM_DEV_CREDENTIAL") or ""
+        if dev_credential and (env.get("HIS_MESH") or "").strip().lower() == "istio":
+            raise ConfigError(
+                "HIS_IAM_DEV_CREDENTIAL gives the bootstrap administrator a known development "
+                "password: refused with HIS_MESH=istio"
+            )
         return cls(
             signing_key_paths=paths,
             issuer=env.get("HIS_AUTH_ISSUER") or "https://iam.his.local",
             audience=env.get("HIS_AUTH_AUDIENCE") or "his",
-            token_ttl_s=_int(env, "HIS_IAM_TOKEN_TTL_S", 3600),
-            dev_credential=env.get("HIS_IAM_DEV_CREDENTIAL") or "",
+            token_ttl_s=_int(env, "HIS_IAM_TOKEN_TTL_S", 900),
+            dev_credential=dev_credential,
             service_credential_key=(env.get("HIS_SERVICE_CREDENTIAL_KEY") or "").encode(),
             local_provider=_switch(env, "HIS_IAM_LOCAL_PROVIDER", default=True),
             emergency_default_s=_int(env, "HIS_IAM_EMERGENCY_DEFAULT_S", 3600),
@@ -165,6 +218,7 @@ class IamConfig:
             bootstrap_admin=env.get("HIS_IAM_BOOTSTRAP_ADMIN", "admin").strip(),
             data_dir=Path(env.get("HIS_DATA_DIR") or ".his"),
             sign_in=SignInConfig.from_env(env),
+            login=StaffLoginConfig.from_env(env),
         )
 
 

@@ -161,7 +161,7 @@ async def load(his: HisClients) -> str:
                     raise  # a membership added by hand already covers it
     return (
         f"{len(departments)} departments, {len(staff)} staff members "
-        f"(log in as {', '.join(p.username for p in STAFF)} or {USER}), "
+        f"({', '.join(p.username for p in STAFF)} and {USER}), "
         f"{memberships} memberships"
     )
 

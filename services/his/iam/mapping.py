@@ -13,6 +13,7 @@ from his.runtime.enums import EnumText
 KIND = EnumText(pb.DepartmentKind.DESCRIPTOR)
 # 'pending' ↔ EMERGENCY_ACCESS_REVIEW_STATE_PENDING, and so on.
 REVIEW_STATE = EnumText(pb.EmergencyAccessReviewState.DESCRIPTOR)
+APPROVAL = EnumText(pb.AccessChangeState.DESCRIPTOR)
 _ROLE_PREFIX = "STAFF_ROLE_"
 
 
@@ -88,6 +89,9 @@ def membership_to_proto(row: Any) -> pb.DepartmentMembership:
         primary=row.is_primary,
         create_time=wire.timestamp(row.create_time),
     )
+    membership.approval_state = APPROVAL.number(row.approval_state)  # type: ignore[assignment]
+    if row.access_change_id is not None:
+        membership.access_change = f"accessChanges/{row.access_change_id}"
     membership.period.start_time.FromDatetime(row.period_start)
     if row.period_end is not None:
         membership.period.end_time.FromDatetime(row.period_end)

@@ -23,19 +23,30 @@ from his.base.errors import (
     Unimplemented,
 )
 from his.base.identity import SERVICE_ROLE, Principal
-from his.iam import store
+from his.iam import approvals, dev_credentials, store
+from his.iam.approvals import (
+    change_view,
+    changed_fields,
+    membership_view,
+    refuse_own,
+    staff_view,
+)
 from his.iam.config import IamConfig
+from his.iam.credentials import StaffCredentials, credential_key
 from his.iam.grant_reason import reason_problem
 from his.iam.mapping import (
     KIND,
     REVIEW_STATE,
+    department_name,
     department_to_proto,
     grant_name,
     grant_to_proto,
     jwks_to_proto,
+    membership_name,
     membership_to_proto,
     patient_name,
     role_name,
+    staff_name,
     staff_to_proto,
 )
 from his.iam.sign_in import CODE_LENGTH, PatientSignIn, hash_key, source_of
@@ -62,6 +73,7 @@ from his.runtime.database import Database
 from his.runtime.idempotency import RequestKey
 from his.runtime.pagination import PageTokens, time_and_id, time_and_id_values
 from his.runtime.policy import Request
+from his.runtime.security import peer_binding
 from his.runtime.server import ServiceResources
 from his.runtime.validation import (
     Violations,
@@ -81,6 +93,10 @@ _CREATE_PATHS = frozenset({"username", "display_name", "roles", "practitioner_id
 _SERVICE_PREFIX = "service:"
 _GRANT_TYPE = "his.iam.v1.EmergencyAccessGrant"
 _CLINICIANS = frozenset({"DOCTOR", "NURSE"})
+_STAFF_TYPE = "his.iam.v1.StaffMember"
+_MEMBERSHIP_TYPE = "his.iam.v1.DepartmentMembership"
+_CHANGE_TYPE = "his.iam.v1.AccessChange"
+_DEPARTMENT_TYPE = "his.iam.v1.Department"
 # The token type of every issued token (RFC 6750), not a secret.
 _BEARER = "Bearer"
 
@@ -90,8 +106,19 @@ def _refused() -> Unauthenticated:
     return Unauthenticated("unknown username or wrong credential", reason="INVALID_CREDENTIALS")
 
 
+def _enrolment_name(staff_id: uuid.UUID, enrolment_id: uuid.UUID) -> str:
+    return f"staff/{staff_id}/enrolments/{enrolment_id}"
+
+
 def _same_secret(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _with_change(member: pb.StaffMember, change: Any) -> pb.StaffMember:
+    """The member as answered by a create or update: naming the change its roles wait in."""
+    if change is not None and change.state == approvals.PENDING:
+        member.pending_access_change = approvals.change_name(change.id)
+    return member
 
 
 class IamService(pb_grpc.IamServiceServicer):
@@ -108,18 +135,28 @@ class IamService(pb_grpc.IamServiceServicer):
         self._clients: HisClients = resources.clients
         self._pages = PageTokens(resources.config.page_token_key)
         self._config = config
+        # In the mesh: service tokens are issued only to the service's own mTLS principal.
+        self._peers = peer_binding(resources.config.auth)
         # Policy decisions and the audit trail, shared by the process (off with HIS_SECURITY=off).
         self._access: Access = resources.access
         self._issuer: TokenIssuer | None = None
         self._jwks: pb.JsonWebKeySet | None = None
         # Patient sign-in needs the local provider's issuer: without it, UNIMPLEMENTED.
         self._sign_in: PatientSignIn | None = None
+        # Staff passwords and TOTP, with the local provider only.
+        self._credentials: StaffCredentials | None = None
         if config.local_provider:
             keys = signing_keys(config.signing_key_paths, config.generated_key_path)
             self._issuer = TokenIssuer(
                 keys, issuer=config.issuer, audience=config.audience, ttl_s=config.token_ttl_s
             )
             self._jwks = jwks_to_proto(self._issuer.jwks())
+            self._credentials = StaffCredentials(
+                self._db,
+                self._issuer,
+                config.login,
+                key=credential_key(config.login, hash_key(config.sign_in, keys[0])),
+            )
             if config.sign_in.enabled:
                 # Codes go through `sender` (production: an SMS gateway's), else the local one.
                 self._sign_in = PatientSignIn(
@@ -173,10 +210,17 @@ class IamService(pb_grpc.IamServiceServicer):
         values["create_request_fingerprint"] = key.fingerprint
         try:
             async with self._db.transaction() as session:
-                row = await key.create(
-                    lambda: store.insert_department(session, values, request_id),
-                    lambda used: store.department_by_request(session, used),
-                )
+                row = await store.insert_department(session, values, request_id)
+                if row is None:  # a replay, or one that lost the request id to a concurrent one
+                    row = await key.taken(lambda used: store.department_by_request(session, used))
+                else:
+                    await self._audit_change(
+                        "create",
+                        department_name(row.id),
+                        _DEPARTMENT_TYPE,
+                        None,
+                        {"code": row.code, "display_name": row.display_name, "kind": row.kind},
+                    )
         except IntegrityError as error:
             # A concurrent replay may lose on the code's index before the request id's.
             async with self._db.read() as session:
@@ -229,23 +273,35 @@ class IamService(pb_grpc.IamServiceServicer):
         request_id = v.request_id("request_id", request.request_id)
         v.raise_if_any()
         await self._require("create", "iam.staff")
+        proposer = self._proposer()
         key = RequestKey.of(request, request_id)
         values["create_request_fingerprint"] = key.fingerprint
+        # Two-person rule: the member starts with no role; the roles asked for wait as a change.
+        wanted = values["roles"]
+        if proposer is not None:
+            values["roles"] = []
+        change = None
         try:
             async with self._db.transaction() as session:
-                row = await key.create(
-                    lambda: store.insert_staff(session, values, request_id),
-                    lambda used: store.staff_by_request(session, used),
-                )
+                row = await store.insert_staff(session, values, request_id)
+                if row is None:  # a replay: the first creation is the answer, as it stands now
+                    row = await key.taken(lambda used: store.staff_by_request(session, used))
+                    change = await approvals.first_role_change(session, row.id)
+                elif proposer is not None:
+                    await self._audit_change(
+                        "create", staff_name(row.id), _STAFF_TYPE, None, staff_view(row)
+                    )
+                    row, change = await self._propose_roles(session, row, wanted, proposer)
         except IntegrityError as error:
             # A concurrent replay may lose on the username's index before the request id's:
             # the first creation is then the answer, not a conflict.
             async with self._db.read() as session:
                 earlier = await key.first(lambda used: store.staff_by_request(session, used))
-            if earlier is not None:
-                return staff_to_proto(earlier)
+                if earlier is not None:
+                    first = await approvals.first_role_change(session, earlier.id)
+                    return _with_change(staff_to_proto(earlier), first)
             raise store.conflict(error) or error from None
-        return staff_to_proto(row)
+        return _with_change(staff_to_proto(row), change)
 
     async def GetStaffMember(
         self, request: pb.GetStaffMemberRequest, context: Context
@@ -295,12 +351,40 @@ class IamService(pb_grpc.IamServiceServicer):
         v.raise_if_any()
         assert staff_id is not None
         await self._require("update", "iam.staff", own=self._is_caller(staff_id), fields=paths)
+        proposer = self._proposer()
+        if "roles" in values:
+            refuse_own(proposer, staff_id)
+        change = None
         try:
             async with self._db.transaction() as session:
+                before = await store.get_staff(session, staff_id, lock="update")
+                wanted: list[str] | None = values.get("roles")
+                if wanted is not None and proposer is not None:
+                    # Roles taken away go at once; roles added wait for a second administrator.
+                    values["roles"] = [role for role in before.roles if role in wanted]
                 row = await store.update_staff(session, staff_id, values, member.etag)
+                if row.version != before.version:
+                    await self._audit_change(
+                        "update",
+                        staff_name(row.id),
+                        _STAFF_TYPE,
+                        staff_view(before),
+                        staff_view(row),
+                    )
+                if wanted is not None and proposer is not None:
+                    added = [role for role in wanted if role not in row.roles]
+                    if added:
+                        if not row.active:
+                            raise FailedPrecondition(
+                                f"{staff_name(row.id)} is inactive", reason="STAFF_INACTIVE"
+                            )
+                        if await approvals.pending_role_change(session, row.id, added) is None:
+                            # A retry finds its change; a new proposal needs a fresh etag.
+                            store.check_etag(before, member.etag)
+                        row, change = await self._propose_roles(session, row, added, proposer)
         except IntegrityError as error:
             raise store.conflict(error) or error from None
-        return staff_to_proto(row)
+        return _with_change(staff_to_proto(row), change)
 
     async def DeactivateStaffMember(
         self, request: pb.DeactivateStaffMemberRequest, context: Context
@@ -309,8 +393,14 @@ class IamService(pb_grpc.IamServiceServicer):
         await self._require(
             "update", "iam.staff", own=self._is_caller(staff_id), fields=("active",)
         )
+        refuse_own(self._proposer(), staff_id)
         async with self._db.transaction() as session:
+            before = await store.get_staff(session, staff_id, lock="update")
             row = await store.deactivate_staff(session, staff_id, request.etag)
+            if row.version != before.version:
+                await self._audit_change(
+                    "update", staff_name(row.id), _STAFF_TYPE, staff_view(before), staff_view(row)
+                )
         return staff_to_proto(row)
 
     def _is_caller(self, staff_id: uuid.UUID) -> bool:
@@ -331,8 +421,15 @@ class IamService(pb_grpc.IamServiceServicer):
         v.raise_if_any()
         assert staff_id is not None
         await self._require("create", "iam.membership", own=self._is_caller(staff_id))
+        proposer = self._proposer()
+        refuse_own(proposer, staff_id)
         key = RequestKey.of(request, request_id)
         values["create_request_fingerprint"] = key.fingerprint
+        change_id = uuid.uuid4()
+        if proposer is not None:
+            # Two-person rule: not in force (tokens, current lists) until approved.
+            values["approval_state"] = approvals.PENDING
+            values["access_change_id"] = change_id
         try:
             async with self._db.transaction() as session:
                 # The staff row lock serialises this staff member's membership changes, their
@@ -357,6 +454,29 @@ class IamService(pb_grpc.IamServiceServicer):
                     lambda: store.insert_membership(session, staff_id, values, request_id),
                     lambda used: store.membership_by_request(session, used),
                 )
+                if row.access_change_id == change_id:  # added now, not a replay's
+                    await self._audit_change(
+                        "create",
+                        membership_name(staff_id, row.id),
+                        _MEMBERSHIP_TYPE,
+                        None,
+                        membership_view(row),
+                    )
+                    if proposer is not None:
+                        change = await approvals.propose_membership(
+                            session,
+                            change_id=change_id,
+                            staff_id=staff_id,
+                            membership_id=row.id,
+                            proposer_id=proposer,
+                        )
+                        await self._audit_change(
+                            "create",
+                            approvals.change_name(change.id),
+                            _CHANGE_TYPE,
+                            None,
+                            change_view(change),
+                        )
         except IntegrityError as error:
             async with self._db.read() as session:
                 earlier = await key.first(lambda used: store.membership_by_request(session, used))
@@ -372,8 +492,32 @@ class IamService(pb_grpc.IamServiceServicer):
             "name", request.name, parent="staff", collection="memberships"
         )
         await self._require("delete", "iam.membership", own=self._is_caller(staff_id))
+        proposer = self._proposer()
+        refuse_own(proposer, staff_id)
         async with self._db.transaction() as session:
-            row = await store.end_membership(session, staff_id, membership_id)
+            before = await store.get_membership(session, staff_id, membership_id, lock=True)
+            pending = await approvals.pending_change_of_membership(session, membership_id)
+            if pending is not None:
+                # Removing a membership still waiting for approval withdraws it.
+                decided = await approvals.reject_pending(session, pending.id, proposer)
+                await self._audit_change(
+                    "update",
+                    approvals.change_name(decided.id),
+                    _CHANGE_TYPE,
+                    change_view(pending),
+                    change_view(decided),
+                )
+                _, row = await approvals.reject_membership(session, membership_id)
+            else:
+                row = await store.end_membership(session, staff_id, membership_id)
+            if row != before:
+                await self._audit_change(
+                    "update",
+                    membership_name(staff_id, row.id),
+                    _MEMBERSHIP_TYPE,
+                    membership_view(before),
+                    membership_view(row),
+                )
         return membership_to_proto(row)
 
     async def ListMemberships(
@@ -408,16 +552,154 @@ class IamService(pb_grpc.IamServiceServicer):
             next_page_token=page.next_page_token,
         )
 
+    # --- two-person rule --------------------------------------------------------------------
+
+    def _proposer(self) -> uuid.UUID | None:
+        """The calling administrator's staff id, to hold to the two-person rule; None with
+        security off (HIS_SECURITY=off: no caller is checked, and changes take effect at once)."""
+        principal = identity.current_or_none()
+        if principal is not None and principal.is_staff:
+            try:
+                return uuid.UUID(principal.subject.removeprefix("staff/"))
+            except ValueError:
+                pass
+        if not self._access.enabled:
+            return None
+        raise PermissionDenied(
+            "access is given and approved by staff administrators", reason="STAFF_CALLER_REQUIRED"
+        )
+
+    async def _propose_roles(
+        self, session: Any, member: Any, roles: Sequence[str], proposer: uuid.UUID
+    ) -> tuple[Any, Any]:
+        """A pending change adding `roles` (audited when new); ADMINISTRATOR alone is granted at
+        once in the setup window (approvals.py). Returns the staff row and the change."""
+        change, new = await approvals.propose_roles(
+            session, staff_id=member.id, roles=roles, proposer_id=proposer
+        )
+        if not new:
+            return member, change
+        await self._audit_change(
+            "create", approvals.change_name(change.id), _CHANGE_TYPE, None, change_view(change)
+        )
+        if list(change.roles) == [approvals.ADMINISTRATOR] and await approvals.setup_window_open(
+            session
+        ):
+            decided, row = await approvals.grant_at_setup(session, change, member)
+            await self._audit_decision(approvals.Decision(change, decided, member, row))
+            return row, decided
+        return member, change
+
+    async def _audit_change(
+        self,
+        action: str,
+        name: str,
+        resource_type: str,
+        before: dict[str, object] | None,
+        after: dict[str, object] | None,
+    ) -> None:
+        """Audit one iam write with its changed fields before and after, in the open
+        transaction (the outbox): the write and its audit event commit together."""
+        await self._access.record(
+            action,
+            Permit(ALLOWED),
+            resource_name=name,
+            resource_type=resource_type,
+            changes=changed_fields(before, after),
+        )
+
+    async def _audit_decision(self, decision: approvals.Decision) -> None:
+        """Audit a decided change, and the staff member or membership it changed."""
+        change = decision.change
+        if decision.change_before == change:
+            return  # already decided: nothing changed
+        await self._audit_change(
+            "update",
+            approvals.change_name(change.id),
+            _CHANGE_TYPE,
+            change_view(decision.change_before),
+            change_view(change),
+        )
+        before, after = decision.resource_before, decision.resource
+        if before is None or after is None:
+            return
+        if change.kind == "roles":
+            await self._audit_change(
+                "update", staff_name(after.id), _STAFF_TYPE, staff_view(before), staff_view(after)
+            )
+        else:
+            await self._audit_change(
+                "update",
+                membership_name(after.staff_id, after.id),
+                _MEMBERSHIP_TYPE,
+                membership_view(before),
+                membership_view(after),
+            )
+
+    async def GetAccessChange(
+        self, request: pb.GetAccessChangeRequest, context: Context
+    ) -> pb.AccessChange:
+        change_id = required_id("name", request.name, collection=approvals.COLLECTION)
+        await self._require("read", "iam.staff")
+        async with self._db.read() as session:
+            return approvals.change_to_proto(await approvals.get_change(session, change_id))
+
+    async def ListAccessChanges(
+        self, request: pb.ListAccessChangesRequest, context: Context
+    ) -> pb.ListAccessChangesResponse:
+        v = Violations()
+        limit = v.page_size("page_size", request.page_size)
+        staff_id = None
+        if request.staff:
+            staff_id = v.resource_id("staff", request.staff, collection="staff")
+        state = v.enum("state", request.state, pb.AccessChangeState.DESCRIPTOR, required=False)
+        v.raise_if_any()
+        await self._require("read", "iam.staff")
+        where = approvals.ChangeFilter(
+            staff_id=staff_id, state=approvals.STATE.text(state) if state else None
+        )
+        keyset = self._pages.keyset(
+            request.page_token, query=where.fingerprint(), limit=limit, after=time_and_id
+        )
+        async with self._db.read() as session:
+            rows = await approvals.list_changes(
+                session, where, after=keyset.after, limit=keyset.read_limit
+            )
+        page = keyset.page(rows, lambda row: time_and_id_values(row.create_time, row.id))
+        return pb.ListAccessChangesResponse(
+            access_changes=[approvals.change_to_proto(row) for row in page.rows],
+            next_page_token=page.next_page_token,
+        )
+
+    async def ApproveAccessChange(
+        self, request: pb.ApproveAccessChangeRequest, context: Context
+    ) -> pb.AccessChange:
+        change_id = required_id("name", request.name, collection=approvals.COLLECTION)
+        await self._require("update", "iam.staff", fields=("roles",))
+        decider = self._proposer()
+        async with self._db.transaction() as session:
+            decision = await approvals.approve(session, change_id, decider)
+            await self._audit_decision(decision)
+        return approvals.change_to_proto(decision.change)
+
+    async def RejectAccessChange(
+        self, request: pb.RejectAccessChangeRequest, context: Context
+    ) -> pb.AccessChange:
+        change_id = required_id("name", request.name, collection=approvals.COLLECTION)
+        await self._require("update", "iam.staff", fields=("roles",))
+        decider = self._proposer()
+        async with self._db.transaction() as session:
+            decision = await approvals.reject(session, change_id, decider)
+            await self._audit_decision(decision)
+        return approvals.change_to_proto(decision.change)
+
     # --- local identity provider -----------------------------------------------------------
 
     async def IssueToken(
         self, request: pb.IssueTokenRequest, context: Context
     ) -> pb.IssueTokenResponse:
-        if self._issuer is None:
-            raise Unimplemented(
-                "the local identity provider is switched off; use the hospital identity provider",
-                reason="LOCAL_PROVIDER_OFF",
-            )
+        credentials = self._staff_credentials()
+        assert self._issuer is not None
         v = Violations()
         if not request.username:
             v.add("username", "is required")
@@ -427,18 +709,33 @@ class IamService(pb_grpc.IamServiceServicer):
             v.add("credential", "is required")
         elif len(request.credential) > MAX_CREDENTIAL:
             v.add("credential", f"must be at most {MAX_CREDENTIAL} characters")
+        credentials.check_totp_field(v, request.totp_code)
         v.raise_if_any()
         # Services log in as they start, so this runs when a new installation first comes up.
         await self._bootstrap()
         if request.username.startswith(_SERVICE_PREFIX):
-            issued = self._service_token(
-                self._issuer, request.username[len(_SERVICE_PREFIX) :], request.credential
-            )
+            service = request.username[len(_SERVICE_PREFIX) :]
+            issued = self._service_token(self._issuer, service, request.credential)
+            if self._peers is not None:
+                # In the mesh a service's token goes only to its own workload: a credential
+                # copied out of one pod is useless in another (checked after the credential, so
+                # a wrong one never learns whether its principal would have fitted).
+                self._peers.require(context.invocation_metadata(), service, "a token")
         else:
-            issued = await self._staff_token(self._issuer, request.username, request.credential)
+            issued = await credentials.login(
+                request.username, request.credential, request.totp_code, source_of(context)
+            )
         response = pb.IssueTokenResponse(access_token=issued.token, token_type=_BEARER)
         response.expire_time.FromSeconds(issued.expires_at)
         return response
+
+    def _staff_credentials(self) -> StaffCredentials:
+        if self._credentials is None:
+            raise Unimplemented(
+                "the local identity provider is switched off; use the hospital identity provider",
+                reason="LOCAL_PROVIDER_OFF",
+            )
+        return self._credentials
 
     def _service_token(self, issuer: TokenIssuer, service: str, credential: str) -> IssuedToken:
         key = self._config.service_credential_key
@@ -449,19 +746,44 @@ class IamService(pb_grpc.IamServiceServicer):
             raise _refused()
         return issuer.sign(f"services/{service}", username=service, roles=[SERVICE_ROLE])
 
-    async def _staff_token(self, issuer: TokenIssuer, login: str, credential: str) -> IssuedToken:
-        secret = self._config.dev_credential
-        matches = _same_secret(credential, secret or "\0no development credential\0")
-        async with self._db.read() as session:
-            row = await store.staff_by_username(session, login)
-            if row is None or not row.active or not matches or not secret:
-                raise _refused()
-            departments = await store.current_department_ids(session, row.id)
-        return issuer.sign(
-            f"staff/{row.id}",
-            username=row.username,
-            roles=list(row.roles),
-            departments=[f"departments/{department}" for department in departments],
+    async def CreateStaffEnrolment(
+        self, request: pb.CreateStaffEnrolmentRequest, context: Context
+    ) -> pb.StaffEnrolment:
+        credentials = self._staff_credentials()
+        staff_id = required_id("parent", request.parent, collection="staff")
+        # Nobody enrols themselves: a stolen session must not become a permanent credential.
+        if self._is_caller(staff_id):
+            raise PermissionDenied(
+                "nobody may create an enrolment code for themselves", reason="SELF_ENROLMENT"
+            )
+        await self._require("update", "iam.staff")
+        principal = identity.current_or_none()
+        created_by = principal.subject if principal is not None else "anonymous"
+        enrolment = await credentials.create_enrolment(staff_id, created_by)
+        response = pb.StaffEnrolment(
+            name=_enrolment_name(staff_id, enrolment.id), enrolment_code=enrolment.code
+        )
+        response.expire_time.FromDatetime(enrolment.expire_time)
+        log.info(
+            "staff enrolment code created",
+            extra={"fields": {"staff": f"staff/{staff_id}", "created_by": created_by}},
+        )
+        return response
+
+    async def CompleteStaffEnrolment(
+        self, request: pb.CompleteStaffEnrolmentRequest, context: Context
+    ) -> pb.CompleteStaffEnrolmentResponse:
+        credentials = self._staff_credentials()
+        credentials.complete_request(request.username, request.enrolment_code, request.password)
+        enrolled = await credentials.complete_enrolment(
+            request.username, request.enrolment_code, request.password, source_of(context)
+        )
+        log.info("staff member enrolled", extra={"fields": {"staff": f"staff/{enrolled.staff_id}"}})
+        return pb.CompleteStaffEnrolmentResponse(
+            staff_member=f"staff/{enrolled.staff_id}",
+            totp_secret=enrolled.totp_secret,
+            totp_uri=enrolled.totp_uri,
+            totp_required=enrolled.totp_required,
         )
 
     # --- patient sign-in -------------------------------------------------------------------
@@ -510,8 +832,18 @@ class IamService(pb_grpc.IamServiceServicer):
         async with self._bootstrap_lock:
             if self._bootstrapped:
                 return
+            seed = self._config.dev_credential
             async with self._db.transaction() as session:
                 row = await store.bootstrap_administrator(session, self._config.bootstrap_admin)
+                if row is not None and seed and self._credentials is not None:
+                    # Development only (the seed is refused in the mesh): a known password and
+                    # TOTP secret, which `his token` derives from the same seed.
+                    await self._credentials.set_known(
+                        session,
+                        row.id,
+                        dev_credentials.password(seed, row.username),
+                        dev_credentials.totp_secret(seed, row.username),
+                    )
             self._bootstrapped = True
             if row is not None:
                 log.info(

@@ -370,12 +370,7 @@ class PatientSignIn:
 
     def _over(self, now: dt.datetime, *counts: tuple[store.Count, int]) -> float | None:
         """Seconds until every count is under its limit again; None when all are under now."""
-        waits = [
-            (counted.oldest + self._window - now).total_seconds()
-            for counted, limit in counts
-            if counted.count >= limit and counted.oldest is not None
-        ]
-        return max(waits) if waits else None
+        return store.retry_after(now, self._window, counts)
 
     @staticmethod
     def _rate_limited(retry_after_s: float, what: str) -> RateLimited:

@@ -42,6 +42,18 @@ class Count:
     oldest: dt.datetime | None
 
 
+def retry_after(
+    now: dt.datetime, window: dt.timedelta, counts: tuple[tuple[Count, int], ...]
+) -> float | None:
+    """Seconds until every count is under its limit again; None when all are under now."""
+    waits = [
+        (counted.oldest + window - now).total_seconds()
+        for counted, limit in counts
+        if counted.count >= limit and counted.oldest is not None
+    ]
+    return max(waits) if waits else None
+
+
 async def count_attempts(
     session: AsyncSession,
     kind: str,

@@ -188,6 +188,8 @@ async def current_department_ids(session: AsyncSession, staff_id: uuid.UUID) -> 
         select(memberships.c.department_id)
         .where(
             memberships.c.staff_id == staff_id,
+            # Two-person rule: a membership counts once a second administrator approved it.
+            memberships.c.approval_state == "approved",
             memberships.c.period_start <= now,
             or_(memberships.c.period_end.is_(None), memberships.c.period_end > now),
         )
@@ -384,12 +386,14 @@ async def membership_by_request(session: AsyncSession, request_id: str) -> Row[A
 
 
 async def get_membership(
-    session: AsyncSession, staff_id: uuid.UUID, membership_id: uuid.UUID
+    session: AsyncSession, staff_id: uuid.UUID, membership_id: uuid.UUID, *, lock: bool = False
 ) -> Row[Any]:
     """One membership of one staff member, or NOT_FOUND."""
     query = select(*_MEMBERSHIP).where(
         memberships.c.id == membership_id, memberships.c.staff_id == staff_id
     )
+    if lock:
+        query = query.with_for_update()
     row = (await session.execute(query)).first()
     if row is None:
         name = membership_name(staff_id, membership_id)
@@ -445,6 +449,7 @@ async def list_memberships(
     if where.current_only:
         now = func.now()
         conditions += [
+            memberships.c.approval_state == "approved",
             memberships.c.period_start <= now,
             or_(memberships.c.period_end.is_(None), memberships.c.period_end > now),
         ]

@@ -30,6 +30,8 @@ from his.runtime.outbox import declare as declare_outbox
 SCHEMA = "iam"
 metadata = MetaData(schema=SCHEMA)
 
+APPROVAL_STATES = ("pending", "approved", "rejected")
+APPROVAL_RULES = ("two_person", "setup", "demo_seed")
 DEPARTMENT_KINDS = ("outpatient", "inpatient", "emergency", "surgery", "lab", "pharmacy", "admin")
 
 
@@ -79,10 +81,8 @@ staff = Table(
         "practitioner_id_system", "practitioner_id_value", name="staff_practitioner_unique"
     ),
     CheckConstraint("username ~ '^[a-z][a-z0-9._-]{2,63}$'", name="staff_username_format"),
-    CheckConstraint(
-        f"cardinality(roles) >= 1 AND roles <@ ARRAY[{_quoted(STAFF_ROLES)}]::text[]",
-        name="staff_roles_known",
-    ),
+    # No role at all: a new staff member, until a second administrator approves their roles.
+    CheckConstraint(f"roles <@ ARRAY[{_quoted(STAFF_ROLES)}]::text[]", name="staff_roles_known"),
     CheckConstraint(
         "(practitioner_id_system IS NULL) = (practitioner_id_value IS NULL)",
         name="staff_practitioner_complete",
@@ -110,8 +110,16 @@ memberships = Table(
     Column("create_request_id", Text, unique=True),
     Column("create_request_fingerprint", Text),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Only an approved membership is in force (tokens, `current_only`); see access_changes.
+    Column("approval_state", Text, nullable=False, server_default="approved"),
+    # The access change that decides it (access_changes.membership_id names it back); NULL for
+    # memberships made before the two-person rule.
+    Column("access_change_id", UUID(as_uuid=True)),
     CheckConstraint(
         "period_end IS NULL OR period_end >= period_start", name="membership_period_ordered"
+    ),
+    CheckConstraint(
+        f"approval_state IN ({_quoted(APPROVAL_STATES)})", name="membership_approval_known"
     ),
     CheckConstraint(
         "(create_request_id IS NULL) = (create_request_fingerprint IS NULL)",
@@ -131,6 +139,65 @@ Index(
     memberships.c.id.desc(),
 )
 Index("memberships_list_order", memberships.c.period_start.desc(), memberships.c.id.desc())
+
+# The two-person rule: roles to add to a staff member, or a membership, proposed by one
+# administrator and in force only once a second one approves. The checks hold the rule even
+# against a servicer bug: nobody proposes or decides a change of their own access, and an
+# approval is by someone other than the proposer. Proposer and decider are token subjects (an
+# external identity provider's staff ids too), so no foreign key.
+access_changes = Table(
+    "access_changes",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("staff_id", UUID(as_uuid=True), ForeignKey("staff.id"), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("roles", ARRAY(Text)),
+    Column("membership_id", UUID(as_uuid=True), ForeignKey("memberships.id")),
+    Column("state", Text, nullable=False),
+    Column("proposer_id", UUID(as_uuid=True), nullable=False),
+    Column("decider_id", UUID(as_uuid=True)),
+    # How it was decided: by a second administrator, in the setup window (services/his/iam/
+    # approvals.py: the first second administrator), or by the demo loader (his.iam.demo_seed).
+    Column("rule", Text, nullable=False, server_default="two_person"),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("decide_time", DateTime(timezone=True)),
+    CheckConstraint("kind IN ('roles', 'membership')", name="access_change_kind_known"),
+    CheckConstraint(f"rule IN ({_quoted(APPROVAL_RULES)})", name="access_change_rule_known"),
+    CheckConstraint(f"state IN ({_quoted(APPROVAL_STATES)})", name="access_change_state_known"),
+    CheckConstraint(
+        f"(kind = 'roles') = (roles IS NOT NULL AND cardinality(roles) >= 1 "
+        f"AND roles <@ ARRAY[{_quoted(STAFF_ROLES)}]::text[])",
+        name="access_change_roles_known",
+    ),
+    CheckConstraint(
+        "(kind = 'membership') = (membership_id IS NOT NULL)",
+        name="access_change_membership_named",
+    ),
+    CheckConstraint("proposer_id <> staff_id", name="access_change_not_own_proposal"),
+    CheckConstraint(
+        "decider_id IS NULL OR decider_id <> staff_id", name="access_change_not_own_decision"
+    ),
+    CheckConstraint(
+        "state <> 'approved' OR decider_id <> proposer_id "
+        "OR (decider_id IS NULL AND rule <> 'two_person')",
+        name="access_change_second_person",
+    ),
+    CheckConstraint(
+        "(state = 'pending') = (decide_time IS NULL)", name="access_change_decided_when"
+    ),
+    CheckConstraint(
+        "state = 'pending' OR decider_id IS NOT NULL OR rule <> 'two_person'",
+        name="access_change_decider_named",
+    ),
+    UniqueConstraint("membership_id", name="access_change_membership_unique"),
+)
+Index("access_changes_list_order", access_changes.c.create_time.desc(), access_changes.c.id.desc())
+Index(
+    "access_changes_by_staff",
+    access_changes.c.staff_id,
+    access_changes.c.create_time.desc(),
+    access_changes.c.id.desc(),
+)
 
 # Two memberships of one staff member in the same department, or two primary ones, never overlap
 # in time: enforced by the trigger `memberships_no_overlap` (migration 0001), which raises an
@@ -278,6 +345,56 @@ Index(
     sign_in_attempts.c.at,
 )
 Index("sign_in_attempts_by_time", sign_in_attempts.c.at)
+
+# A staff member's own credential, set only through a one-time enrolment (his.iam.credentials):
+# the password as an argon2id hash and the TOTP secret encrypted (AES-GCM, bound to the staff id).
+staff_credentials = Table(
+    "staff_credentials",
+    metadata,
+    Column("staff_id", UUID(as_uuid=True), ForeignKey("iam.staff.id"), primary_key=True),
+    Column("password_hash", Text, nullable=False),
+    Column("totp_secret_enc", LargeBinary, nullable=False),
+    Column("enrol_time", DateTime(timezone=True), nullable=False),
+    CheckConstraint("password_hash LIKE '$argon2id$%'", name="staff_credential_argon2id"),
+)
+
+# One-time enrolment codes an administrator hands a staff member: stored as keyed hashes
+# (HMAC-SHA256 bound to the enrolment id); used once, retired by a newer one, expiring.
+staff_enrolments = Table(
+    "staff_enrolments",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("staff_id", UUID(as_uuid=True), ForeignKey("iam.staff.id"), nullable=False),
+    Column("code_hash", LargeBinary, nullable=False),
+    # Who created it (`staff/{id}`), for an incident's questions.
+    Column("created_by", Text, nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("expire_time", DateTime(timezone=True), nullable=False),
+    Column("used_time", DateTime(timezone=True)),
+    Column("void_time", DateTime(timezone=True)),
+    CheckConstraint("expire_time > create_time", name="enrolment_period_ordered"),
+    CheckConstraint("octet_length(code_hash) = 32", name="enrolment_code_hash_sha256"),
+)
+Index(
+    "enrolments_open_by_staff",
+    staff_enrolments.c.staff_id,
+    postgresql_where=text("used_time IS NULL AND void_time IS NULL"),
+)
+
+# Failed staff logins and enrolments over the lockout window: the username as a keyed hash (an
+# unknown name is counted too) and the source. Rows older than the window are deleted as they come.
+staff_login_failures = Table(
+    "staff_login_failures",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("user_key", LargeBinary, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("octet_length(user_key) = 32", name="login_failure_user_key_sha256"),
+)
+Index("login_failures_by_user", staff_login_failures.c.user_key, staff_login_failures.c.at)
+Index("login_failures_by_source", staff_login_failures.c.source, staff_login_failures.c.at)
+Index("login_failures_by_time", staff_login_failures.c.at)
 
 # Events for other services (audit among them), stored with the change (his.runtime.outbox).
 outbox = declare_outbox(metadata)

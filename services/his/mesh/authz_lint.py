@@ -131,11 +131,13 @@ def _path(
 GATEWAY_SELECTOR = {"istio": "mobile-gateway"}
 GATEWAY_PRINCIPAL = "cluster.local/ns/his/sa/mobile-gateway"
 # The only rpcs a caller without a token may reach through the gateway: the sign-in rpcs (staff
-# log in with IssueToken; patients ask for a one-time code, then trade it for a token).
+# enrol with a one-time code and log in with IssueToken; patients ask for a one-time code, then
+# trade it for a token).
 LOGIN = "/his.iam.v1.IamService/IssueToken"
 SIGN_IN = frozenset(
     {
         LOGIN,
+        "/his.iam.v1.IamService/CompleteStaffEnrolment",
         "/his.iam.v1.IamService/StartPatientSignIn",
         "/his.iam.v1.IamService/CompletePatientSignIn",
     }
@@ -571,7 +573,46 @@ def _gateway_grants(cluster: Cluster) -> Iterator[Finding]:
                     )
 
 
+# --- policies that allow everything: an empty rule, or any ALLOW rule in the root namespace ---
+
+ROOT_NAMESPACE = "istio-system"  # Istio's default meshConfig.rootNamespace
+
+
+def _allow_everything(cluster: Cluster) -> Iterator[Finding]:
+    services = {entry.name for entry in implemented()}
+    for policy in cluster.of_kind("AuthorizationPolicy"):
+        spec = spec_of(policy)
+        if spec.get("action", "ALLOW") != "ALLOW" or not spec.get("rules"):
+            continue
+        selector = _selector(policy)
+        if namespace_of(policy) == ROOT_NAMESPACE:
+            reach = f"workloads {selector} of every namespace" if selector else "every workload"
+            yield finding(
+                cluster,
+                policy,
+                "rules",
+                f"an ALLOW policy in the root namespace {ROOT_NAMESPACE} applies to {reach} "
+                "of the mesh: it opens what each namespace's default deny closes",
+                "delete it; allow callers per service in mesh/istio/authorization/<service>.yaml",
+            )
+            continue
+        if selector == GATEWAY_SELECTOR or selector.get("app") in services:
+            continue  # _shape judges their rules one by one
+        for number, rule in enumerate(spec.get("rules") or []):
+            if not any((rule or {}).get(part) for part in ("from", "to", "when")):
+                scope = str(selector) if selector else f"every workload of {namespace_of(policy)}"
+                yield finding(
+                    cluster,
+                    policy,
+                    f"rules[{number}]",
+                    "an empty rule matches every request: the policy allows any caller any "
+                    f"call to {scope}",
+                    "name the callers (from) and the calls (to), or delete the rule",
+                )
+
+
 AUTHORIZATION_RULES: tuple[Callable[[Cluster], Iterator[Finding]], ...] = (
+    _allow_everything,
     _authorization,
     _default_deny,
     _shape,

@@ -22,18 +22,17 @@ import yaml
 from ruamel.yaml import YAML
 
 from his.base.catalog import lookup
+from his.mesh.canary_plan import PLAN
+from his.mesh.canary_plan import PLAN_TEXT as _PLAN_TEXT
 from his.mesh.contracts import host
 from his.mesh.render import KubectlMissing
-from his.mesh.routes import fqdn
+from his.mesh.routes import fqdn, route_label
 from his.mesh.sources import RootNotFound, repository_root
 
-# The hospital's rollout plan: percentages of calls sent to the canary, in order.
-PLAN = (0, 10, 50, 100)
 VIRTUAL_SERVICES = "mesh/istio/virtual-services"
 GATEWAY_ROUTES = "mesh/istio/gateway/routes.yaml"
 # The check runs on a copy of these trees (the edit must not touch the real files first).
 _COPIED = ("mesh", "deploy")
-_PLAN_TEXT = " → ".join(map(str, PLAN))
 
 
 class CanaryError(Exception):
@@ -129,7 +128,8 @@ def splits(documents: list[Any], service: str, file: str) -> Iterator[Split]:
                 )
             }
             if len(entries) == 2 and set(by_subset) == {"stable", "canary"}:
-                label = str(route.get("name") or f"http[{index}]")
+                # Named as `his mesh check` and `his mesh explain` name routes: index, then name.
+                label = route_label(index, route)
                 yield Split(file, label, by_subset["stable"], by_subset["canary"])
 
 
@@ -311,11 +311,30 @@ def change(root: Path, service: str, action: str, weight: int | None) -> int:
     return 0
 
 
+def contract_only(root: Path, service: str, action: str) -> int:
+    """A service no server implements yet: say so; show its routes, never move its weights."""
+    said = (
+        f"{service} is contract-only: its API is defined (protos/his/{service}/v1) but no "
+        "server implements it yet, so it has no stable or canary pods to move calls between"
+    )
+    if action != "status":
+        raise CanaryError(f"{said}; nothing changed", status=1)
+    print(said)
+    try:
+        files = load(root, service)
+    except CanaryError as error:
+        print(error)
+        return 0
+    return status(files)
+
+
 def command(args: argparse.Namespace) -> int:
     """The `his canary` command."""
     try:
-        lookup(args.service)
+        entry = lookup(args.service)
         root = repository_root(args.root)
+        if not entry.implemented:
+            return contract_only(root, args.service, args.action)
         if args.action == "status":
             return status(load(root, args.service))
         return change(root, args.service, args.action, getattr(args, "weight", None))

@@ -19,6 +19,7 @@ from his.mesh import drills, schema
 from his.mesh.cluster import Cluster
 from his.mesh.findings import Finding
 from his.mesh.istio_crds import SchemaUnavailable
+from his.mesh.kustomize_lint import lint_kustomize
 from his.mesh.lint import lint
 from his.mesh.render import KubectlMissing, RenderFailed, render
 from his.mesh.sources import (
@@ -117,6 +118,7 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
         else:
             cluster = Cluster(objects, functools.partial(file_of, files, fallback=tree))
             found.update(lint(cluster))
+            found.update(lint_kustomize(root, tree, objects))
     result = schema.validate(list(sources.values()))
     found.update(result.findings)
     report.schema_checked = result.checked

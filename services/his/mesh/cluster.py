@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from his.mesh.findings import Finding, subject
-from his.mesh.routes import fqdn
+from his.mesh.routes import fqdn, istio_host
 from his.mesh.sources import Manifest
 
 Locate = Callable[[Manifest], str]
@@ -43,12 +43,34 @@ class Cluster:
         return [m for m in self.objects if kind_of(m) == kind]
 
     def resolve(self, host: str, namespace: str) -> tuple[str, str] | None:
-        """The Service a mesh host names (`patient`, `patient.his`, FQDN), if it exists."""
-        parts = fqdn(host, namespace).split(".")
+        """The Service a host of an Istio object names, as istiod resolves it (`patient` or the
+        FQDN; `patient.his` is kept as written and names none), if it exists."""
+        return self._service(istio_host(host, namespace))
+
+    def resolve_dns(self, host: str, namespace: str) -> tuple[str, str] | None:
+        """The Service a pod in `namespace` reaches by DNS under this name (`patient`,
+        `patient.his`, `patient.his.svc`, FQDN), if it exists: for addresses a process dials
+        (HIS_*_ADDR, the jwksUri istiod fetches), not for the hosts of Istio objects."""
+        return self._service(fqdn(host, namespace))
+
+    def _service(self, name: str) -> tuple[str, str] | None:
+        parts = name.split(".")
         if len(parts) != 5 or parts[2:] != ["svc", "cluster", "local"]:
             return None
         wanted = (parts[1], parts[0])
         return wanted if wanted in self.services else None
+
+    def host_problem(self, host: str, namespace: str) -> str:
+        """Why a host of an Istio object names no Service: Istio does not expand a dotted
+        short name the way DNS does, or it names no Service at all."""
+        target = self.resolve_dns(host, namespace)
+        if target is not None and istio_host(host, namespace) != fqdn(host, namespace):
+            return (
+                f"host {host!r} names no Service as Istio resolves it: istiod expands only a "
+                f"name without a dot and keeps {host!r} as written, so it is not "
+                f"{target[1]}.{target[0]}.svc.cluster.local (DNS would find it, Istio does not)"
+            )
+        return f"host {host!r} is not a Service of this overlay"
 
     def selects_pods(self, namespace: str, labels: Mapping[str, str]) -> bool:
         return any(

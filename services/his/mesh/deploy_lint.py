@@ -44,6 +44,7 @@ def lint_deploy(cluster: Cluster) -> Iterator[Finding]:
     for (namespace, name), service in sorted(cluster.services.items()):
         if namespace == NAMESPACE and name in apps:
             yield from _target_ports(cluster, service, deployments)
+    yield from _injection(cluster, deployments)
 
 
 def _template(deployment: Manifest) -> dict[str, Any]:
@@ -331,6 +332,42 @@ def _drain(
 
 # --- the server listens where the sidecar forwards, and finds the services it calls ----------
 
+MESH_MODE = "istio"
+_INJECT = "sidecar.istio.io/inject"
+
+
+def _injection(cluster: Cluster, deployments: list[Manifest]) -> Iterator[Finding]:
+    """Every service pod gets a sidecar: the namespace asks for injection, no pod opts out."""
+    namespaces = [n for n in cluster.of_kind("Namespace") if name_of(n) == NAMESPACE]
+    if cluster.of_kind("AuthorizationPolicy") and namespaces:
+        labels = (namespaces[0].get("metadata") or {}).get("labels") or {}
+        if labels.get("istio-injection") != "enabled" and "istio.io/rev" not in labels:
+            yield finding(
+                cluster,
+                namespaces[0],
+                "metadata.labels",
+                "neither istio-injection: enabled nor istio.io/rev: no pod of the namespace "
+                "gets a sidecar, so every call is plaintext and STRICT mTLS refuses them all",
+                "add the label istio-injection: enabled (components/istio patches it in)",
+            )
+    apps = {entry.name for entry in implemented()}
+    for deployment in deployments:
+        if namespace_of(deployment) != NAMESPACE or _app(deployment) not in apps:
+            continue
+        metadata = _template(deployment).get("metadata") or {}
+        for place in ("labels", "annotations"):
+            value = (metadata.get(place) or {}).get(_INJECT)
+            if value is not None and str(value).lower() == "false":
+                yield finding(
+                    cluster,
+                    deployment,
+                    f"spec.template.metadata.{place}[{_INJECT}]",
+                    f"'false': {_app(deployment)}'s pods run without a sidecar, so they have no "
+                    "mesh identity; STRICT mTLS refuses their calls and they skip every route",
+                    f"remove {_INJECT} (only the database opts out)",
+                )
+
+
 # The sidecar forwards inbound calls to the pod IP, so a loopback-only server never gets them.
 _ALL_ADDRESSES = ("[::]", "::", "0.0.0.0")
 
@@ -338,6 +375,18 @@ _ALL_ADDRESSES = ("[::]", "::", "0.0.0.0")
 def _wiring(
     cluster: Cluster, deployment: Manifest, where: str, env: Mapping[str, str]
 ) -> Iterator[Finding]:
+    mesh = env.get("HIS_MESH", "")
+    if mesh != MESH_MODE:
+        yield finding(
+            cluster,
+            deployment,
+            f"{where} HIS_MESH",
+            f"is {mesh or 'unset'}, not {MESH_MODE}: the SDK then retries its calls under the "
+            "mesh's retries (every retry multiplied), and the runtime lets a missing key "
+            "(HIS_PAGE_TOKEN_KEY, HIS_CRYPTO_*) fall back to a local one instead of refusing "
+            "to start",
+            f"set HIS_MESH: {MESH_MODE} in the service's ConfigMap",
+        )
     host = env.get("HIS_HOST", _ALL_ADDRESSES[0])
     if host not in _ALL_ADDRESSES:
         yield finding(
@@ -350,7 +399,8 @@ def _wiring(
     for callee in sorted(CALLS.get(str(_app(deployment)), {})):
         variable = f"HIS_{callee.upper()}_ADDR"
         address = env.get(variable, "")
-        target = cluster.resolve(address.rpartition(":")[0], NAMESPACE) if address else None
+        # The process dials by DNS, where `patient.his` works (unlike an Istio host).
+        target = cluster.resolve_dns(address.rpartition(":")[0], NAMESPACE) if address else None
         if target != (NAMESPACE, callee):
             yield finding(
                 cluster,

@@ -19,6 +19,7 @@ from his.mesh.findings import Finding
 from his.mesh.sources import Manifest
 
 GRPC_WEB = "grpc-web"
+ISTIOD_NAMESPACE = "istio-system"
 
 
 def port_protocol(port: Mapping[str, Any]) -> str:
@@ -96,7 +97,8 @@ def _jwks_served(cluster: Cluster) -> Iterator[Finding]:
             if parts.scheme == "https":
                 continue  # outside the cluster's manifests: served with a certificate
             host = parts.hostname or ""
-            resolved = cluster.resolve(host, namespace_of(auth))
+            # istiod fetches the keys itself, so its DNS (in istio-system) finds the host.
+            resolved = cluster.resolve_dns(host, ISTIOD_NAMESPACE)
             if parts.scheme != "http" or resolved is None:
                 yield finding(
                     cluster,
@@ -125,4 +127,220 @@ def _jwks_served(cluster: Cluster) -> Iterator[Finding]:
                 )
 
 
-EDGE_RULES = (_grpc_web_translated, _jwks_served)
+# --- the Gateway's servers: protocol, TLS, and a port the gateway Service really exposes ------
+
+_TERMINATING = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL")
+_OLD_TLS = ("TLSV1_0", "TLSV1_1")
+
+
+def gateway_services(cluster: Cluster, gateway: Manifest) -> list[Manifest]:
+    """The Services in front of a Gateway's pods (their selector selects a pod it selects)."""
+    selector = {str(k): str(v) for k, v in (spec_of(gateway).get("selector") or {}).items()}
+    pods = [
+        labels
+        for namespace, labels in cluster.pods
+        if selector and all(labels.get(k) == v for k, v in selector.items())
+    ]
+    return [
+        service
+        for service in cluster.services.values()
+        if (chosen := spec_of(service).get("selector"))
+        and any(all(pod.get(str(k)) == str(v) for k, v in chosen.items()) for pod in pods)
+    ]
+
+
+def _gateway_servers_checked(cluster: Cluster) -> Iterator[Finding]:
+    for gateway in cluster.of_kind("Gateway"):
+        services = gateway_services(cluster, gateway)
+        numbers = {p.get("port") for s in services for p in spec_of(s).get("ports") or []}
+        for index, server in enumerate(spec_of(gateway).get("servers") or []):
+            where = f"servers[{index}]"
+            port = server.get("port") or {}
+            protocol = str(port.get("protocol", "")).upper()
+            tls = server.get("tls") or {}
+            mode = tls.get("mode")
+            if services and port.get("number") not in numbers:
+                yield finding(
+                    cluster,
+                    gateway,
+                    f"{where}.port.number",
+                    f"{port.get('number')} is no port of the gateway's Service "
+                    f"{', '.join(namespace_of(s) + '/' + name_of(s) for s in services)} "
+                    f"(ports {sorted(n for n in numbers if n is not None)}): istiod opens the "
+                    "listener on that Service port's targetPort, so this server never listens",
+                    "use the Service's port number (443 here; the pod listens on its targetPort)",
+                )
+            if protocol == "HTTPS":
+                if mode not in _TERMINATING:
+                    yield finding(
+                        cluster,
+                        gateway,
+                        f"{where}.tls.mode",
+                        f"HTTPS server with tls.mode {mode!r}: the gateway does not end TLS, so "
+                        "it sees no HTTP; routes, CORS and JWT checks never apply",
+                        "set tls.mode: SIMPLE with credentialName",
+                    )
+                elif not tls.get("credentialName") and not tls.get("serverCertificate"):
+                    yield finding(
+                        cluster,
+                        gateway,
+                        f"{where}.tls",
+                        "no credentialName: the gateway has no certificate and refuses every "
+                        "TLS handshake",
+                        "set credentialName to the certificate's Secret",
+                    )
+                version = tls.get("minProtocolVersion")
+                if version in _OLD_TLS:
+                    yield finding(
+                        cluster,
+                        gateway,
+                        f"{where}.tls.minProtocolVersion",
+                        f"{version} accepts TLS versions with known weaknesses for patient data",
+                        "set minProtocolVersion: TLSV1_2 (or TLSV1_3)",
+                    )
+            elif protocol in ("HTTP", "HTTP2", "GRPC", "GRPC-WEB") and not tls.get("httpsRedirect"):
+                yield finding(
+                    cluster,
+                    gateway,
+                    f"{where}.port.protocol",
+                    f"plaintext {protocol} server for {', '.join(server.get('hosts') or [])}: "
+                    "tokens and patient data cross the network unencrypted",
+                    "serve HTTPS with tls.mode SIMPLE (or set tls.httpsRedirect: true here)",
+                )
+            elif protocol in ("TLS", "TCP"):
+                yield finding(
+                    cluster,
+                    gateway,
+                    f"{where}.port.protocol",
+                    f"{protocol}: the gateway passes bytes through without reading HTTP, so no "
+                    "VirtualService http route, CORS policy or JWT rule applies",
+                    "use protocol HTTPS with tls.mode SIMPLE",
+                )
+
+
+# --- CORS on every gateway route: what a browser's gRPC-web call needs ------------------------
+
+# Request headers a gRPC-web client sends (grpc-web's own, and the bearer token).
+GRPC_WEB_REQUEST_HEADERS = ("content-type", "x-grpc-web", "x-user-agent", "grpc-timeout")
+TOKEN_HEADER = "authorization"  # noqa: S105 (a header name)
+# Response headers the client must read; browsers hide any not listed.
+GRPC_WEB_RESPONSE_HEADERS = ("grpc-status", "grpc-message")
+
+
+def _any_origin(origin: Any) -> bool:
+    if not isinstance(origin, Mapping):
+        return False
+    return (
+        origin.get("exact") == "*"
+        or origin.get("prefix") == ""
+        or str(origin.get("regex", "")) in (".*", ".+", "^.*$", "*")
+    )
+
+
+def _cors(cluster: Cluster) -> Iterator[Finding]:
+    for vs in cluster.of_kind("VirtualService"):
+        if _gateway_servers(cluster, vs) is None:
+            continue
+        for index, route in enumerate(spec_of(vs).get("http") or []):
+            label = f"http[{index}] {route.get('name', '')}".rstrip()
+            cors = route.get("corsPolicy")
+            if not isinstance(cors, Mapping):
+                yield finding(
+                    cluster,
+                    vs,
+                    label,
+                    "no corsPolicy: browsers refuse the gRPC-web calls this route takes (the "
+                    "preflight gets no Access-Control-Allow-Origin)",
+                    "add the corsPolicy the other gateway routes use",
+                )
+                continue
+            origins = cors.get("allowOrigins") or []
+            if cors.get("allowCredentials") is True and any(_any_origin(o) for o in origins):
+                yield finding(
+                    cluster,
+                    vs,
+                    f"{label} corsPolicy.allowOrigins",
+                    "any origin with allowCredentials: any web page can call with the user's "
+                    "credentials (and browsers refuse a credentialed wildcard anyway)",
+                    "list the apps' exact origins",
+                )
+            allowed = {str(h).lower() for h in cors.get("allowHeaders") or []}
+            # A `*` in Access-Control-Allow-Headers never covers Authorization (Fetch standard).
+            missing = [
+                h
+                for h in (*GRPC_WEB_REQUEST_HEADERS, TOKEN_HEADER)
+                if h not in allowed and not ("*" in allowed and h != TOKEN_HEADER)
+            ]
+            if missing:
+                yield finding(
+                    cluster,
+                    vs,
+                    f"{label} corsPolicy.allowHeaders",
+                    f"does not allow {', '.join(missing)}: the browser's preflight fails for "
+                    "every gRPC-web call",
+                    f"add {', '.join(missing)} to allowHeaders",
+                )
+            exposed = {str(h).lower() for h in cors.get("exposeHeaders") or []}
+            hidden = [h for h in GRPC_WEB_RESPONSE_HEADERS if h not in exposed]
+            if hidden:
+                yield finding(
+                    cluster,
+                    vs,
+                    f"{label} corsPolicy.exposeHeaders",
+                    f"does not expose {', '.join(hidden)}: the browser hides them, so the "
+                    "client cannot tell an error from success",
+                    f"add {', '.join(hidden)} to exposeHeaders",
+                )
+            methods = [str(m).upper() for m in cors.get("allowMethods") or []]
+            if methods and "POST" not in methods and "*" not in methods:
+                yield finding(
+                    cluster,
+                    vs,
+                    f"{label} corsPolicy.allowMethods",
+                    f"{methods} has no POST: every gRPC-web call is a POST",
+                    "allow POST",
+                )
+
+
+# --- JWT: audiences set, and an issuer whose keys can be found -------------------------------
+
+
+def _jwt_audiences(cluster: Cluster) -> Iterator[Finding]:
+    for auth in cluster.of_kind("RequestAuthentication"):
+        for number, rule in enumerate(spec_of(auth).get("jwtRules") or []):
+            where = f"jwtRules[{number}]"
+            if not rule.get("audiences"):
+                yield finding(
+                    cluster,
+                    auth,
+                    f"{where}.audiences",
+                    "no audiences: any token of the issuer is accepted, whatever application "
+                    "it was issued for",
+                    "list the audience the services check (HIS_AUTH_AUDIENCE, here his)",
+                )
+            if rule.get("jwksUri") or rule.get("jwks"):
+                continue
+            # Without either, istiod reads <issuer>/.well-known/openid-configuration itself.
+            issuer = urlsplit(str(rule.get("issuer", "")))
+            if issuer.scheme != "https" and (
+                issuer.scheme != "http"
+                or cluster.resolve_dns(issuer.hostname or "", ISTIOD_NAMESPACE) is None
+            ):
+                yield finding(
+                    cluster,
+                    auth,
+                    where,
+                    f"no jwksUri, and issuer {rule.get('issuer')!r} is neither https nor a "
+                    "Service of this overlay: istiod cannot discover the keys, so every token "
+                    "is refused",
+                    "set jwksUri to the Service serving the key set",
+                )
+
+
+EDGE_RULES = (
+    _grpc_web_translated,
+    _jwks_served,
+    _gateway_servers_checked,
+    _cors,
+    _jwt_audiences,
+)

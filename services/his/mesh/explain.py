@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from his.base.catalog import lookup
 from his.mesh import drills
 from his.mesh.cluster import namespace_of, spec_of
 from his.mesh.contracts import Rpc, host, rpcs
@@ -44,6 +45,11 @@ _SOURCE_FIELDS = frozenset(
     }
 )
 _OPERATION_FIELDS = frozenset({"methods", "notMethods", "paths", "notPaths"})
+# Said of a service whose API is defined but which no server implements yet (catalog).
+CONTRACT_ONLY = (
+    "contract-only: its API is defined (protos) but no server implements it yet, so no pods "
+    "answer; a call routed to it fails with UNAVAILABLE (no healthy upstream)"
+)
 # What Istio does on a route without `retries` (or with attempts but no retryOn).
 ISTIO_DEFAULT_ATTEMPTS = 2
 ISTIO_DEFAULT_RETRY_ON = (
@@ -79,15 +85,13 @@ class Authorization:
     notes: tuple[str, ...] = ()  # policies whose decision is not ours to know (CUSTOM)
 
     def line(self) -> str:
+        # Rules are named by their index, as in the file and in `his mesh check` findings.
         if self.rule is not None and self.allowed:
-            return (
-                f"allowed by rule {self.rule + 1} of {self.policy}  "
-                f"(rules[{self.rule}], {self.file})"
-            )
+            return f"allowed by rules[{self.rule}] of {self.policy}  ({self.file})"
         if self.rule is not None:
             return (
-                f"denied (403 PERMISSION_DENIED at the gateway): rule {self.rule + 1} of "
-                f"{self.policy} denies it  (rules[{self.rule}], {self.file})"
+                f"denied (403 PERMISSION_DENIED at the gateway): rules[{self.rule}] of "
+                f"{self.policy} denies it  ({self.file})"
             )
         if self.allowed:
             return "allowed: no ALLOW or DENY AuthorizationPolicy selects the gateway"
@@ -117,6 +121,14 @@ class Explanation:
     fault: dict[str, Any] | None = None
     authorization: Authorization | None = None  # through the gateway only
     warnings: tuple[str, ...] = field(default=())
+    contract_only: bool = False  # no server implements the service yet
+
+    @property
+    def route_label(self) -> str:
+        """`http[2] patient-reads`: the route by its index in the file, as `his mesh check`
+        and `his canary` name routes, then its name."""
+        index = f"http[{self.route_index}]"
+        return index if self.route_name in ("", index) else f"{index} {self.route_name}"
 
     @property
     def routed(self) -> bool:
@@ -325,9 +337,17 @@ def explain(
 ) -> Explanation:
     """How the mesh routes one call of `service`.`method` with these headers."""
     rpc = find_rpc(service, method)
+    contract_only = not lookup(service).implemented
     given = {name.lower(): value for name, value in (headers or {}).items()}
     sources = policy(root)
-    chosen, warnings = select(sources, service, gateway=gateway)
+    try:
+        chosen, warnings = select(sources, service, gateway=gateway)
+    except ExplainError as error:
+        if contract_only:
+            raise ExplainError(
+                f"{error}; {service} is {CONTRACT_ONLY.partition(',')[0]}"
+            ) from error
+        raise
     manifest, applied = _with_drill(root, chosen.manifest, service, drill, gateway=gateway)
     base = Explanation(
         rpc,
@@ -336,6 +356,7 @@ def explain(
         chosen.file,
         drill=applied,
         authorization=authorize(root, sources, rpc, given) if gateway else None,
+        contract_only=contract_only,
     )
     match = first_match(manifest, rpc.path, given)
     if match is None:
@@ -639,6 +660,8 @@ def format(explanation: Explanation) -> str:
         else "neither NO_SIDE_EFFECTS nor IDEMPOTENT in the proto"
     )
     lines = [f"call        {e.rpc.path}  ({e.rpc.kind}: {proto})"]
+    if e.contract_only:
+        lines.append(f"service     {e.rpc.service} is {CONTRACT_ONLY}")
     if e.headers:
         lines.append("headers     " + ", ".join(f"{k}: {v}" for k, v in e.headers.items()))
     lines.append(f"through     VirtualService {e.virtual_service}  ({e.file})")
@@ -655,11 +678,7 @@ def format(explanation: Explanation) -> str:
             lines.append(f"ignored     {', '.join(e.authorization.ignored)}: taken as holding")
         lines.extend(f"note        {note}" for note in e.authorization.notes)
     if e.denied:
-        would = (
-            f"it would take #{(e.route_index or 0) + 1} {e.route_name} (http[{e.route_index}])"
-            if e.routed
-            else "none matches either"
-        )
+        would = f"it would take {e.route_label}" if e.routed else "none matches either"
         lines.append(f"route       not reached (the gateway refuses the call first); {would}")
         lines.extend(e.warnings)
         return "\n".join(lines)
@@ -670,8 +689,7 @@ def format(explanation: Explanation) -> str:
         )
         lines.extend(e.warnings)
         return "\n".join(lines)
-    number = (e.route_index or 0) + 1
-    lines.append(f"route       #{number} {e.route_name}  (http[{e.route_index}]; {e.matched_by})")
+    lines.append(f"route       {e.route_label}  ({e.matched_by})")
     if e.ignored:
         lines.append(
             f"ignored     {', '.join(e.ignored)}: not evaluated here; the route was taken as "

@@ -24,7 +24,9 @@ from his.mesh.contracts import Rpc, rpcs
 from his.mesh.deploy_lint import lint_deploy
 from his.mesh.edge_lint import EDGE_RULES
 from his.mesh.findings import Finding, subject
-from his.mesh.network_lint import network_calls
+from his.mesh.identity_lint import lint_identity
+from his.mesh.network_lint import network_calls, platform_ports
+from his.mesh.port_protocols import not_grpc, reading
 from his.mesh.routes import (
     CONNECTION_TOKENS,
     GRPC_TOKENS,
@@ -39,8 +41,10 @@ from his.mesh.routes import (
     seconds,
     unsafe_retries,
 )
+from his.mesh.scaling_lint import SCALING_RULES
 from his.mesh.sources import Manifest
 from his.mesh.traffic_lint import TRAFFIC_RULES
+from his.mesh.visibility_lint import VISIBILITY_RULES
 
 
 def lint(cluster: Cluster) -> list[Finding]:
@@ -57,7 +61,11 @@ def lint(cluster: Cluster) -> list[Finding]:
         *TRAFFIC_RULES,
         *EDGE_RULES,
         network_calls,
+        platform_ports,
         lint_deploy,
+        lint_identity,
+        *SCALING_RULES,
+        *VISIBILITY_RULES,
     )
     return sorted({finding for rule in rules for finding in rule(cluster)})
 
@@ -181,7 +189,7 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
                     cluster,
                     service,
                     where,
-                    "no protocol: Istio treats the port as opaque TCP",
+                    reading(port),
                     "name it <protocol>[-suffix] and set appProtocol",
                 )
         if not grpc:
@@ -189,8 +197,7 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
                 cluster,
                 service,
                 "ports",
-                "no port named grpc with appProtocol grpc: Istio would treat calls as "
-                "TCP (no routes, retries or gRPC metrics)",
+                not_grpc(ports),
                 "name the serving port grpc and set appProtocol: grpc",
             )
 
@@ -208,7 +215,7 @@ def _destination_rules(cluster: Cluster) -> Iterator[Finding]:
                 cluster,
                 rule,
                 "host",
-                f"host {host!r} is not a Service of this overlay",
+                cluster.host_problem(host, namespace_of(rule)),
                 "use <service>.<namespace>.svc.cluster.local of an existing Service"
                 + suggest(host, _hosts(cluster)),
             )
@@ -296,7 +303,8 @@ def _virtual_service_hosts(cluster: Cluster) -> Iterator[Finding]:
                     cluster,
                     vs,
                     "hosts",
-                    f"host {host!r} is not a Service of this overlay, so the routes never apply",
+                    cluster.host_problem(str(host), namespace_of(vs))
+                    + ", so the routes never apply",
                     "use <service>.<namespace>.svc.cluster.local"
                     + suggest(str(host), _hosts(cluster)),
                 )
@@ -364,7 +372,7 @@ def _destination(
             cluster,
             vs,
             where,
-            f"destination host {host!r} is not a Service",
+            "destination " + cluster.host_problem(host, namespace_of(vs)),
             "use <service>.<namespace>.svc.cluster.local" + suggest(host, _hosts(cluster)),
         )
         return

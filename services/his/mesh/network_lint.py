@@ -17,6 +17,7 @@ from his.base.catalog import implemented
 from his.mesh.calls import CALLS
 from his.mesh.cluster import Cluster, finding, namespace_of, spec_of
 from his.mesh.contracts import all_paths
+from his.mesh.edge_lint import gateway_services
 from his.mesh.findings import Finding
 from his.mesh.sources import Manifest
 
@@ -157,6 +158,15 @@ def _expected(cluster: Cluster) -> dict[str, set[str]]:
     return expected
 
 
+def callers_of(cluster: Cluster) -> dict[str, set[str]]:
+    """service → the apps that call it: the declared calls and the mobile gateway's rpcs."""
+    callers: dict[str, set[str]] = {}
+    for caller, callees in _expected(cluster).items():
+        for callee in callees:
+            callers.setdefault(callee, set()).add(caller)
+    return callers
+
+
 def _where(policies: list[Manifest], app: str) -> Manifest:
     """The policy written for this app (podSelector app: <app>), where a missing peer goes."""
     own = [
@@ -248,3 +258,144 @@ def _egress(
             f"{GRPC_PORT}, which it never calls (least privilege)",
             f"remove {extra}",
         )
+
+
+# --- the platform ports every meshed pod and the gateway need ---------------------------------
+
+ISTIOD_XDS_PORT = 15012  # xDS and certificates: a sidecar cut from it never gets config or a cert
+ISTIOD = ({"kubernetes.io/metadata.name": "istio-system"}, {"app": "istiod", "istio": "pilot"})
+
+
+def _admits_port(rule: Mapping[str, Any], number: int, name: str | None = None) -> bool:
+    """Whether a NetworkPolicy rule's ports include `number` (no ports: all ports)."""
+    ports = rule.get("ports")
+    if not ports:
+        return True
+    for port in ports:
+        given, end = port.get("port"), port.get("endPort")
+        if given is None or given == number or (name is not None and given == name):
+            return True
+        if isinstance(given, int) and isinstance(end, int) and given <= number <= end:
+            return True
+    return False
+
+
+def _reaches_istiod(rule: Mapping[str, Any]) -> bool:
+    if not _admits_port(rule, ISTIOD_XDS_PORT):
+        return False
+    peers = rule.get("to")
+    if not peers:
+        return True
+    namespace_labels, pod_labels = ISTIOD
+    for peer in peers:
+        if "ipBlock" in peer:
+            return True  # cannot be judged by labels
+        namespaces = peer.get("namespaceSelector")
+        if namespaces is None:
+            continue  # pods of the policy's own namespace: istiod is not there
+        if selects(namespaces, namespace_labels) and selects(
+            peer.get("podSelector") or {}, pod_labels
+        ):
+            return True
+    return False
+
+
+def _names_istiod(rule: Mapping[str, Any]) -> bool:
+    """Whether an egress rule is written for istiod (whatever ports it lists)."""
+    namespace_labels, pod_labels = ISTIOD
+    return any(
+        peer.get("namespaceSelector") is not None
+        and selects(peer["namespaceSelector"], namespace_labels)
+        and selects(peer.get("podSelector") or {}, pod_labels)
+        for peer in rule.get("to") or []
+    )
+
+
+def _meshed(pod: Mapping[str, str]) -> bool:
+    return pod.get("sidecar.istio.io/inject", "true").lower() != "false"
+
+
+def _restricting(cluster: Cluster, labels: Mapping[str, str], direction: str) -> list[Manifest]:
+    """The NetworkPolicies of namespace his that select a pod and restrict one direction."""
+    return [
+        policy
+        for policy in cluster.of_kind("NetworkPolicy")
+        if namespace_of(policy) == NAMESPACE
+        and selects(spec_of(policy).get("podSelector") or {}, labels)
+        and direction.capitalize() in (spec_of(policy).get("policyTypes") or [])
+    ]
+
+
+def platform_ports(cluster: Cluster) -> Iterator[Finding]:
+    """Every meshed pod may reach istiod's xDS port; the gateway's pods take their real port."""
+    if not cluster.of_kind("NetworkPolicy") or not cluster.of_kind("AuthorizationPolicy"):
+        return  # no network policies, or no mesh in this overlay
+    # The policy meant to open istiod (its egress names istiod) is the one to fix, once.
+    cut: dict[str, list[str]] = {}
+    blamed: dict[str, Manifest] = {}
+    seen: set[str] = set()
+    for namespace, labels in cluster.pods:
+        app = labels.get("app", "?")
+        if namespace != NAMESPACE or not _meshed(labels) or app in seen:
+            continue
+        seen.add(app)
+        policies = _restricting(cluster, labels, "egress")
+        rules = [(p, rule) for p in policies for rule in spec_of(p).get("egress") or []]
+        if not policies or any(_reaches_istiod(rule) for _, rule in rules):
+            continue
+        meant = next((p for p, rule in rules if _names_istiod(rule)), None)
+        blame = meant if meant is not None else _where(policies, app)
+        key = f"{namespace_of(blame)}/{(blame.get('metadata') or {}).get('name')}"
+        blamed[key] = blame
+        cut.setdefault(key, []).append(app)
+    for key, apps in sorted(cut.items()):
+        yield finding(
+            cluster,
+            blamed[key],
+            "egress",
+            f"no policy lets the pods of {', '.join(sorted(apps))} reach istiod (istio-system, "
+            f"app: istiod) on port {ISTIOD_XDS_PORT}: their sidecars get no configuration or "
+            "certificate, so they never become ready",
+            f"allow egress to istiod on {ISTIOD_XDS_PORT} (platform.yaml's allow-istiod)",
+        )
+    yield from _gateway_ports(cluster)
+
+
+def _gateway_ports(cluster: Cluster) -> Iterator[Finding]:
+    for gateway in cluster.of_kind("Gateway"):
+        selector = {str(k): str(v) for k, v in (spec_of(gateway).get("selector") or {}).items()}
+        pods = [
+            labels
+            for namespace, labels in cluster.pods
+            if selector and all(labels.get(k) == v for k, v in selector.items())
+        ]
+        if not pods:
+            continue
+        policies = _restricting(cluster, pods[0], "ingress")
+        if not policies:
+            continue
+        wanted: set[int] = set()
+        servers = {
+            (server.get("port") or {}).get("number")
+            for server in spec_of(gateway).get("servers") or []
+        }
+        for service in gateway_services(cluster, gateway):
+            for port in spec_of(service).get("ports") or []:
+                target = port.get("targetPort", port.get("port"))
+                if port.get("port") in servers and isinstance(target, int):
+                    wanted.add(target)
+        for number in sorted(wanted):
+            if not any(
+                _admits_port(rule, number)
+                for p in policies
+                for rule in spec_of(p).get("ingress") or []
+            ):
+                yield finding(
+                    cluster,
+                    _where(policies, GATEWAY_APP),
+                    "ingress",
+                    f"does not admit port {number}, where the gateway's pods serve Gateway "
+                    f"{namespace_of(gateway)}/{(gateway.get('metadata') or {}).get('name')} "
+                    "(the gateway Service's targetPort): the apps cannot connect",
+                    f"admit port {number} (the targetPort, not the Service port)",
+                )

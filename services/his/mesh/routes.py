@@ -58,7 +58,9 @@ def unsafe_retries(repeatable: bool, attempts: int, tokens: Iterable[str]) -> li
 
 
 def fqdn(host: str, namespace: str) -> str:
-    """A mesh host as Istio resolves it from an object in `namespace` (`patient` → FQDN)."""
+    """A host as a pod's DNS resolver in `namespace` finds it (`patient`, `patient.his`,
+    `patient.his.svc` → FQDN through the search domains). Istio resolves differently: see
+    istio_host."""
     parts = host.split(".")
     if len(parts) == 1:
         return f"{host}.{namespace}.svc.cluster.local"
@@ -67,6 +69,17 @@ def fqdn(host: str, namespace: str) -> str:
     if parts[2:] == ["svc"]:
         return f"{host}.cluster.local"
     return host
+
+
+def istio_host(host: str, namespace: str) -> str:
+    """A host of an Istio object (VirtualService hosts and destinations, DestinationRule host)
+    as istiod resolves it from `namespace`: only a name without a dot is expanded
+    (`patient` → patient.<namespace>.svc.cluster.local). A dotted name is kept as written, so
+    `patient.his` is a different host from patient.his.svc.cluster.local and matches no Service
+    (istiod's ResolveShortnameToFQDN)."""
+    if host == "*" or "." in host or ":" in host:
+        return host
+    return f"{host}.{namespace}.svc.cluster.local"
 
 
 def route_label(index: int, route: Mapping[str, Any]) -> str:

@@ -8,9 +8,15 @@ policy an SRE wrote silently does not apply. Kinds with no schema offline (Cloud
 Flagger, ...) are listed as unchecked. A missing or damaged Istio schema is an error
 (`istio_crds.SchemaUnavailable`), never a pass.
 
-Limits: CEL rules (`x-kubernetes-validations`, kept in the carried schema) and `format` are not
-evaluated; cross-object references (a subset named in a VirtualService but missing in the
-DestinationRule) are other checks' business.
+The CRDs' own CEL rules (`x-kubernetes-validations`, kept in the carried schema: a duration of at
+least 1ms, ports in range, only one of selector/targetRefs...) are evaluated too
+(`his.mesh.cel_rules`): each rule the object breaks is a finding, as the API server would refuse
+the object; a rule that cannot be evaluated here is listed as unchecked, never passed. Built-in
+Kubernetes kinds carry no CEL rules in their OpenAPI schema (the API server validates them in
+code), so for them the strict schema is the whole check.
+
+Limits: `format` is not evaluated; cross-object references (a subset named in a VirtualService
+but missing in the DestinationRule) are other checks' business.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import difflib
 import json
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -33,15 +39,15 @@ from jsonschema.exceptions import (
 )
 from referencing import Registry, Resource
 
-from his.mesh import istio_crds
+from his.mesh import cel_rules, istio_crds
 from his.mesh.findings import Finding, subject
 from his.mesh.istio_crds import map_subschemas
 from his.mesh.sources import Source
 
 _DEFINITIONS = "https://kubernetes.io/api/_definitions.json"
 _OBJECT_META = f"{_DEFINITIONS}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
-# OpenAPI annotations that are not JSON Schema assertions. CEL rules are dropped: evaluating
-# them needs a CEL interpreter, and the API server evaluates them on apply anyway.
+# OpenAPI annotations that are not JSON Schema assertions. CEL rules are left out of the JSON
+# schema: his.mesh.cel_rules evaluates them on the carried schema itself.
 _DROPPED = frozenset({"description", "format", "nullable", "example", "externalDocs"})
 _SIMPLE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _SHORT_LIST = 8  # allowed field names listed in a fix when there are at most this many
@@ -67,11 +73,13 @@ class SchemaResult:
     `findings`: one per schema error, in manifest order, each manifest's sorted by field path.
     `unchecked`: manifests no schema covered (print as `not schema-checked: {item}`).
     `checked`: how many manifests each schema set checked (`Kubernetes 1.32`, `Istio 1.28.0`).
+    `rules_evaluated`: how many CEL rule evaluations the Istio manifests went through.
     """
 
     findings: list[Finding] = field(default_factory=list)
     unchecked: list[Unchecked] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
+    rules_evaluated: int = 0
 
 
 # --- locating and loading the schemas ---------------------------------------------------------
@@ -111,6 +119,8 @@ class _Istio:
 
     release: str
     schemas: dict[tuple[str, str, str], dict[str, Any]]  # (group, version, kind) → schema
+    # The same as carried (OpenAPI, CEL rules included), for his.mesh.cel_rules.
+    openapi: dict[tuple[str, str, str], dict[str, Any]]
 
 
 @cache
@@ -118,11 +128,13 @@ def _istio() -> _Istio:
     """The carried Istio schemas, loaded once. Raises istio_crds.SchemaUnavailable."""
     carried = istio_crds.load()
     schemas: dict[tuple[str, str, str], dict[str, Any]] = {}
+    openapi: dict[tuple[str, str, str], dict[str, Any]] = {}
     for crd in carried.crds:
         group, kind = crd.group, crd.kind
         for version in crd.versions:
             if not version.served:
                 continue
+            openapi[(group, version.name, kind)] = version.schema
             object_spec = version.schema.get("properties", {}).get("spec", {"type": "object"})
             spec_schema = _strict(object_spec)
             spec_schema["type"] = ["object", "null"]  # `spec:` left empty in YAML is null
@@ -140,7 +152,7 @@ def _istio() -> _Istio:
                     "status": {},  # written by istiod, never by us
                 },
             }
-    return _Istio(carried.release, schemas)
+    return _Istio(carried.release, schemas, openapi)
 
 
 def istio_release() -> str:
@@ -236,6 +248,7 @@ def validate(manifests: Sequence[Source], *, kubernetes_version: str = "1.32.0")
     istio = _istio()
     kubernetes_name, istio_name = f"Kubernetes {_dotted(directory)}", f"Istio {istio.release}"
     result = SchemaResult()
+    evaluated = 0
     for source in manifests:
         manifest = source.manifest
         api_version, kind = manifest.get("apiVersion"), manifest.get("kind")
@@ -253,6 +266,8 @@ def validate(manifests: Sequence[Source], *, kubernetes_version: str = "1.32.0")
         if group.endswith(".istio.io"):
             result.checked[istio_name] = result.checked.get(istio_name, 0) + 1
             result.findings.extend(_check_istio(source, istio, directory, (group, version, kind)))
+            if (group, version, kind) in istio.openapi:
+                evaluated += _check_rules(source, istio.openapi[(group, version, kind)], result)
         elif group in registry_groups:
             result.checked[kubernetes_name] = result.checked.get(kubernetes_name, 0) + 1
             validator = _kubernetes_validator(directory, api_version, kind)
@@ -269,7 +284,7 @@ def validate(manifests: Sequence[Source], *, kubernetes_version: str = "1.32.0")
             result.findings.extend(_errors(source, validator, istio=False))
         else:
             result.unchecked.append(Unchecked(source.file, subject(manifest), "no schema offline"))
-    return result
+    return replace(result, rules_evaluated=evaluated)
 
 
 def _dotted(directory: str) -> str:
@@ -294,6 +309,58 @@ def _check_istio(
         problem = f"Istio {istio.release} has no kind {kind} in {group}"
         fix = _suggest(kind, kinds) or f"kinds of {group}: {', '.join(kinds) or 'none'}"
     return [Finding(source.file, subject(manifest), problem, fix)]
+
+
+def _check_rules(source: Source, openapi: dict[str, Any], result: SchemaResult) -> int:
+    """The CRD's CEL rules on one manifest: each broken rule a finding, each rule that could not
+    be evaluated listed as unchecked. Returns how many rule evaluations were made."""
+    manifest = source.manifest
+    outcome = cel_rules.evaluate(manifest, openapi)
+    kind = str(manifest.get("kind", "")).lower()
+    for broken in outcome.violations:
+        # The rule's fieldPath (`.ports`) narrows the place, as in the API server's message.
+        where = _path(broken.place) + broken.field_path if broken.place else broken.field_path
+        got = "" if isinstance(broken.value, dict | list) else f" (got {_short(broken.value)})"
+        outcome_text = f"fails: {broken.error}" if broken.error else "is false"
+        result.findings.append(
+            Finding(
+                source.file,
+                subject(manifest, where.lstrip(".")),
+                f"{broken.message}{got}: the CRD's rule `{broken.rule}` {outcome_text}, "
+                "so the API server refuses the object",
+                _rule_fix(broken.rule, kind, broken.place),
+            )
+        )
+    for skipped in outcome.unevaluated:
+        result.unchecked.append(
+            Unchecked(
+                source.file,
+                subject(manifest, _path(skipped.place)),
+                f"CEL rule `{skipped.rule}` not evaluated: {skipped.reason}",
+            )
+        )
+    return outcome.evaluated
+
+
+# How to satisfy the rules Istio's CRDs carry, by what the rule tests; others get the general fix.
+_RULE_FIXES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"duration\(self\) >= duration\('([^']+)'\)"),
+        "write a duration of at least {0} with its unit, e.g. 250ms, 2s, 1m (Go syntax)",
+    ),
+    (re.compile(r"0 < (?:self|int\(key\)) && "), "use a port number from 1 to 65535"),
+    (re.compile(r"\? 1 : 0\) \+"), "keep only one of the fields the message names"),
+    (re.compile(r"contains\(\"\*\"\)"), "remove the '*': name the labels and values exactly"),
+    (re.compile(r"getScheme\(\)"), "write an absolute URL with a scheme the message allows"),
+    (re.compile(r"^self\.size\(\) == 0$"), "leave it out"),
+)
+
+
+def _rule_fix(rule: str, kind: str, place: Sequence[int | str]) -> str:
+    for pattern, fix in _RULE_FIXES:
+        if match := pattern.search(rule):
+            return fix.format(*match.groups())
+    return f"change it so that the rule holds (see {_explain_command(kind, place)})"
 
 
 def _preferred(versions: list[str]) -> str:

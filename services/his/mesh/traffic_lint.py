@@ -106,6 +106,110 @@ def _tls_everywhere(
             )
 
 
+# Below this many calls in flight to a whole service (every caller, every pod together) Envoy
+# answers the rest with 503 overflow: the service is served a few calls at a time.
+_MIN_IN_FLIGHT = 10
+# Ejecting a pod on fewer consecutive gateway errors than this ejects healthy pods during an
+# ordinary rolling restart (each old pod refuses a connection or two while it drains).
+_MIN_GATEWAY_ERRORS = 3
+# Route retries beyond this multiply an outage's load by attempts + 1 at every hop.
+MAX_ATTEMPTS = 3
+
+
+def _policies(rule: Manifest) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every traffic policy of a DestinationRule: the top level, its ports, and its subsets."""
+    top = spec_of(rule).get("trafficPolicy") or {}
+    places: list[tuple[str, Mapping[str, Any]]] = [("trafficPolicy", top)]
+    for index, subset in enumerate(spec_of(rule).get("subsets") or []):
+        own = (subset or {}).get("trafficPolicy") or {}
+        places.append((f"subsets[{index}].trafficPolicy", own))
+    for where, policy in places:
+        yield where, policy
+        for index, port in enumerate(policy.get("portLevelSettings") or []):
+            yield f"{where}.portLevelSettings[{index}]", port or {}
+
+
+def _pool_and_ejection(cluster: Cluster) -> Iterator[Finding]:
+    """Values Istio accepts that serialise the calls to a service or eject all of its pods."""
+    for rule in cluster.of_kind("DestinationRule"):
+        for where, policy in _policies(rule):
+            pool = policy.get("connectionPool") or {}
+            http = pool.get("http") or {}
+            for name in ("maxRetries", "http2MaxRequests"):
+                if http.get(name) == 0:
+                    yield finding(
+                        cluster,
+                        rule,
+                        f"{where}.connectionPool.http.{name}",
+                        "0 is Istio's 'unset': Envoy's default applies (effectively unlimited), "
+                        "not zero",
+                        f"set {name} to the real limit",
+                    )
+            for name in ("http2MaxRequests", "maxConcurrentStreams", "http1MaxPendingRequests"):
+                value = http.get(name)
+                scope = (
+                    "per connection"
+                    if name == "maxConcurrentStreams"
+                    else "to the whole service (every caller and pod together)"
+                )
+                if isinstance(value, int) and 0 < value < _MIN_IN_FLIGHT:
+                    yield finding(
+                        cluster,
+                        rule,
+                        f"{where}.connectionPool.http.{name}",
+                        f"{value}: at most {value} call(s) in flight {scope}, so calls are "
+                        "served a few at a time and the rest fail with 503 overflow "
+                        "(UNAVAILABLE)",
+                        "raise it to the service's real concurrency (here 100 or more), "
+                        "or leave it unset",
+                    )
+            if http.get("maxRequestsPerConnection") == 1:
+                yield finding(
+                    cluster,
+                    rule,
+                    f"{where}.connectionPool.http.maxRequestsPerConnection",
+                    "1: a new connection and mTLS handshake for every call, so HTTP/2 "
+                    "multiplexing is lost and latency doubles",
+                    "set 0 (no limit)",
+                )
+            yield from _ejection(cluster, rule, where, policy.get("outlierDetection"))
+
+
+def _ejection(cluster: Cluster, rule: Manifest, where: str, outlier: Any) -> Iterator[Finding]:
+    if not isinstance(outlier, Mapping):
+        return
+    percent = outlier.get("maxEjectionPercent")
+    if isinstance(percent, int) and percent >= 100:
+        yield finding(
+            cluster,
+            rule,
+            f"{where}.outlierDetection.maxEjectionPercent",
+            f"{percent}: every pod may be ejected at once (one bad dependency makes them all "
+            "fail together), and then no pod is left to serve",
+            "keep it at 50 or below",
+        )
+    errors = outlier.get("consecutiveGatewayErrors")
+    if isinstance(errors, int) and 0 < errors < _MIN_GATEWAY_ERRORS:
+        yield finding(
+            cluster,
+            rule,
+            f"{where}.outlierDetection.consecutiveGatewayErrors",
+            f"{errors}: a pod is ejected after {errors} refused connection(s), which every "
+            "rolling restart and node drain causes, so healthy pods are ejected",
+            "set 5",
+        )
+    base = seconds(outlier.get("baseEjectionTime"))
+    if base is not None and base > 300:
+        yield finding(
+            cluster,
+            rule,
+            f"{where}.outlierDetection.baseEjectionTime",
+            f"{outlier['baseEjectionTime']}: an ejected pod stays out at least that long "
+            "(longer each time), far past a transient fault",
+            "keep it at 30s to 300s",
+        )
+
+
 def _covers(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> bool:
     """Whether every call the `later` match entry takes is taken by the `earlier` one first.
 
@@ -205,6 +309,7 @@ def route_values(cluster: Cluster) -> Iterator[Finding]:
                     "set a real timeout",
                 )
             yield from _per_try(cluster, vs, label, route.get("retries"))
+            yield from _attempts(cluster, vs, label, route.get("retries"))
             abort = ((route.get("fault") or {}).get("abort")) or {}
             if "grpcStatus" in abort and str(abort["grpcStatus"]) not in _GRPC_CODES:
                 yield finding(
@@ -228,6 +333,19 @@ def _regex(cluster: Cluster, vs: Manifest, where: str, pattern: str) -> Iterator
         )
 
 
+def _attempts(cluster: Cluster, vs: Manifest, label: str, retries: Any) -> Iterator[Finding]:
+    attempts = retries.get("attempts") if isinstance(retries, dict) else None
+    if isinstance(attempts, int) and attempts > MAX_ATTEMPTS:
+        yield finding(
+            cluster,
+            vs,
+            f"{label} retries.attempts",
+            f"{attempts} retries: an outage sends up to {attempts + 1} times the calls, at "
+            "every hop that retries (a retry storm)",
+            f"retry at most {MAX_ATTEMPTS} times (2 for reads here)",
+        )
+
+
 def _per_try(cluster: Cluster, vs: Manifest, label: str, retries: Any) -> Iterator[Finding]:
     if not isinstance(retries, dict) or not retries.get("perTryTimeout"):
         return
@@ -246,8 +364,28 @@ def _per_try(cluster: Cluster, vs: Manifest, label: str, retries: Any) -> Iterat
         )
 
 
+def _faults(cluster: Cluster) -> Iterator[Finding]:
+    """Faults live in drills (mesh/istio/drills), applied by hand for a game day and reverted:
+    one in the rendered policy fails real patients' calls, and Istio turns off the route's
+    retries and timeout for every call on it."""
+    for vs in cluster.of_kind("VirtualService"):
+        for index, route in enumerate(spec_of(vs).get("http") or []):
+            if isinstance(route, dict) and route.get("fault"):
+                yield finding(
+                    cluster,
+                    vs,
+                    f"{route_label(index, route)} fault",
+                    "a fault outside a drill: it hits real calls whenever this is applied, and "
+                    "Istio drops the route's retries and timeout while it is there",
+                    "remove it; write a drill under mesh/istio/drills/<service>/ and apply it "
+                    "by hand (never from an overlay)",
+                )
+
+
 TRAFFIC_RULES: tuple[Callable[[Cluster], Iterator[Finding]], ...] = (
+    _faults,
     _destination_policy,
+    _pool_and_ejection,
     _route_order,
     route_values,
 )

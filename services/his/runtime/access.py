@@ -335,9 +335,11 @@ class Access:
         resource_type: str,
         patient: str | None = None,
         outcome_description: str = "",
+        changes: Sequence[audit_pb.AuditFieldChange] = (),
     ) -> None:
-        """Audit one access to patient data; raises UNAVAILABLE (fail closed) if it cannot.
-        `outcome_description` says what came of it when the action alone does not (a review)."""
+        """Audit one access to patient data, or one change (`changes`: the changed fields before
+        and after); raises UNAVAILABLE (fail closed) if it cannot. `outcome_description` says
+        what came of it when the action alone does not (a review)."""
         if not self.enabled or self._audit is None:
             return
         await self._audit.record(
@@ -349,6 +351,7 @@ class Access:
             purpose_of_use=purpose_of_use(identity.current_or_none(), permit),
             emergency_access_grant=permit.emergency_grant,
             outcome_description=outcome_description,
+            changes=changes,
         )
 
     async def record_each(

@@ -24,7 +24,12 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter
 
 from his.audit.v1 import audit_service_pb2 as pb
-from his.audit.validation import MAX_RESOURCE_NAME, event_violations, name_of
+from his.audit.validation import (
+    MAX_RESOURCE_NAME,
+    entity_changes_violations,
+    event_violations,
+    name_of,
+)
 from his.base import identity
 from his.base.errors import Unavailable
 from his.base.identity import Principal
@@ -93,6 +98,8 @@ def _check_own(event: pb.AuditEvent, shape: _Shape) -> None:
         if name != name.strip():
             v.add("entity.resource_name", "must not start or end with white space")
         v.text("entity.resource_name", name, max_len=MAX_RESOURCE_NAME, required=True)
+        if event.entity.changes:
+            entity_changes_violations(v, event.entity.changes, "entity.changes")
     if v.items:
         raise _refuse([violation.field for violation in v.items])
 
@@ -137,8 +144,10 @@ class AuditTrail:
         outcome_description: str = "",
         purpose_of_use: int = TREATMENT,
         emergency_access_grant: str = "",
+        changes: Sequence[pb.AuditFieldChange] = (),
     ) -> pb.AuditEvent:
-        """An event of the call being served: a fresh id, now, its agent and trace id.
+        """An event of the call being served: a fresh id, now, its agent and trace id; `changes`
+        (the changed fields before and after) go with the entity, so need a resource name.
         Raises Unavailable(reason="AUDIT_UNAVAILABLE") for an event that breaks the audit
         service's rules: sent, it would fail the whole batch it travels in."""
         shape = _Shape(
@@ -166,6 +175,9 @@ class AuditTrail:
         event.patient = patient
         if shape.entity:
             event.entity.resource_name = resource_name
+            event.entity.changes.extend(changes)
+        elif changes:
+            raise _refuse(["entity.changes"])
         _check_own(event, shape)
         return event
 
@@ -211,6 +223,7 @@ class AuditTrail:
         outcome_description: str = "",
         purpose_of_use: int = TREATMENT,
         emergency_access_grant: str = "",
+        changes: Sequence[pb.AuditFieldChange] = (),
     ) -> None:
         """Record one event of the call being served and wait until it is committed.
 
@@ -228,6 +241,7 @@ class AuditTrail:
                     outcome_description=outcome_description,
                     purpose_of_use=purpose_of_use,
                     emergency_access_grant=emergency_access_grant,
+                    changes=changes,
                 )
             ]
         )

@@ -15,6 +15,7 @@ import grpc
 from his.base import identity
 from his.base.errors import Unauthenticated
 from his.runtime.interceptors import Behavior, Handler, WrappingInterceptor, wrap_unary
+from his.runtime.peer_identity import PeerBinding
 from his.runtime.tokens import TokenVerifier
 from his_client.credentials import AUTHORIZATION, CALLER, IAM_PUBLIC_METHODS
 
@@ -46,15 +47,24 @@ def bearer(metadata: Any, key: str) -> str | None:
 class AuthenticationInterceptor(WrappingInterceptor):
     """Verifies the bearer token(s) of each unary call and sets `identity.current()`."""
 
-    def __init__(self, verifier: TokenVerifier, public: frozenset[str] = PUBLIC_METHODS) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        public: frozenset[str] = PUBLIC_METHODS,
+        *,
+        peers: PeerBinding | None = None,
+    ) -> None:
         super().__init__()
         self._verifier = verifier
         self._public = public
+        # In the mesh: a service token counts only from that service's own mTLS principal.
+        self._peers = peers
 
     def wrap_handler(self, handler: Handler | None, method: str) -> Handler | None:
         if method in self._public:
             return handler
         verifier = self._verifier
+        peers = self._peers
 
         def wrap(inner: Behavior) -> Behavior:
             async def authenticated(
@@ -68,6 +78,8 @@ class AuthenticationInterceptor(WrappingInterceptor):
                         reason="MISSING_CREDENTIALS",
                     )
                 principal = await verifier.verify(token)
+                if peers is not None and principal.is_service:
+                    peers.require(metadata, principal.service_name, "the token")
                 relay_token = bearer(metadata, CALLER)
                 if relay_token is not None:
                     relay = await verifier.verify(relay_token)
@@ -75,6 +87,8 @@ class AuthenticationInterceptor(WrappingInterceptor):
                         raise Unauthenticated(
                             f"{CALLER} must carry a service token", reason="INVALID_TOKEN"
                         )
+                    if peers is not None:
+                        peers.require(metadata, relay.service_name, f"the {CALLER} token")
                     principal = dataclasses.replace(principal, via_service=relay.service_name)
                 entered = identity.enter(principal, method)
                 try:

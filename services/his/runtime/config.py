@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from his.base.catalog import lookup
 from his.base.env import ConfigError, choice, integer, number
+from his.runtime.peer_identity import DEFAULT_PREFIX as DEFAULT_PEER_PREFIX
 from his.runtime.pseudonyms import ResearchConfig
 from his.runtime.secret_files import json_once
 from his_client.config import ClientConfig
@@ -146,14 +147,19 @@ class AuthConfig:
     leeway_s: float = 30.0
     # This service's own token: a file kept fresh by the platform (Kubernetes projected token)...
     service_token_file: Path | None = None
-    # ... or, locally, a login at iam with a credential derived from this shared key.
-    service_credential_key: bytes = field(default=b"", repr=False)
+    # ... or a login at iam as `service:<name>` with this service's own credential, which is
+    # good for this one service only (iam derives it from a key only iam holds; ADR 0007).
+    service_credential: str = field(default="", repr=False)
+    # The mTLS principal prefix a service token must come from (`<prefix><service>`, read from
+    # the sidecar's x-forwarded-client-cert); empty: not checked (outside the mesh).
+    service_peer_prefix: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AuthConfig:
         """Read HIS_SECURITY, HIS_AUTH_* and HIS_SERVICE_* settings."""
         enabled = choice(env, "HIS_SECURITY", "on", ("on", "off")) == "on"
-        if not enabled and env.get("HIS_MESH") == "istio":
+        in_mesh = env.get("HIS_MESH") == "istio"
+        if not enabled and in_mesh:
             raise ConfigError("HIS_SECURITY=off is for benchmarks; refused with HIS_MESH=istio")
         jwks_file = env.get("HIS_AUTH_JWKS_FILE")
         token_file = env.get("HIS_SERVICE_TOKEN_FILE")
@@ -167,8 +173,31 @@ class AuthConfig:
             jwks_max_age_s=number(env, "HIS_AUTH_JWKS_MAX_AGE_S", 300.0),
             leeway_s=number(env, "HIS_AUTH_LEEWAY_S", 30.0),
             service_token_file=Path(token_file) if token_file else None,
-            service_credential_key=(env.get("HIS_SERVICE_CREDENTIAL_KEY") or "").encode(),
+            service_credential=env.get("HIS_SERVICE_CREDENTIAL") or "",
+            service_peer_prefix=_service_peers(env, in_mesh=in_mesh),
         )
+
+
+def _service_peers(env: Mapping[str, str], *, in_mesh: bool) -> str:
+    """HIS_AUTH_SERVICE_PEERS: the SPIFFE prefix of the services' mTLS principals, or `off`.
+
+    Default: Istio's `spiffe://cluster.local/ns/his/sa/` in the mesh, off elsewhere (no sidecar
+    vouches for the caller there). Off is refused in the mesh: a service token copied out of a pod
+    would then work from any other pod.
+    """
+    raw = (env.get("HIS_AUTH_SERVICE_PEERS") or "").strip()
+    if raw == "off":
+        if in_mesh:
+            raise ConfigError("HIS_AUTH_SERVICE_PEERS=off is refused with HIS_MESH=istio")
+        return ""
+    if not raw:
+        return DEFAULT_PEER_PREFIX if in_mesh else ""
+    if not raw.startswith("spiffe://") or not raw.endswith("/sa/"):
+        raise ConfigError(
+            "HIS_AUTH_SERVICE_PEERS must be spiffe://<trust domain>/ns/<namespace>/sa/ or off, "
+            f"got {raw!r}"
+        )
+    return raw
 
 
 @dataclass(frozen=True)
@@ -197,6 +226,7 @@ def load(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
     """Build the configuration of `service` from the environment (or a given mapping)."""
     source = os.environ if env is None else env
     entry = lookup(service)
+    _own_credential_only(service, source)
     return ServiceConfig(
         name=service,
         server=ServerConfig.from_env(source, port=entry.port, metrics_port=entry.metrics_port),
@@ -209,6 +239,20 @@ def load(service: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
         research=_research(source),
         environment={k: v for k, v in source.items() if k.startswith("HIS_")},
     )
+
+
+# The one service that holds the key every service credential is derived from (ADR 0007).
+CREDENTIAL_ISSUER = "iam"
+
+
+def _own_credential_only(service: str, env: Mapping[str, str]) -> None:
+    """Refuse to start a service holding the service credential key: with it, it could derive
+    every other service's credential and log in as audit or iam (issue 17)."""
+    if service != CREDENTIAL_ISSUER and env.get("HIS_SERVICE_CREDENTIAL_KEY"):
+        raise ConfigError(
+            f"HIS_SERVICE_CREDENTIAL_KEY is for {CREDENTIAL_ISSUER} alone; give {service} its own "
+            "HIS_SERVICE_CREDENTIAL (HMAC-SHA256 of its name under that key, hex) instead"
+        )
 
 
 PAGE_TOKEN_KEY_MIN_BYTES = 32

@@ -27,6 +27,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# PostgreSQL's default of 100 connections is fewer than the local hospital may hold: nine services
+# at up to DatabaseConfig.connections (20) each, plus migrations, tools and test pools.
+MAX_CONNECTIONS = 400
+
 
 def _pgserver() -> Any:
     with warnings.catch_warnings():
@@ -98,8 +102,34 @@ class EmbeddedPostgres:
             # server: take down what was started unless another process holds it.
             self._release(None)
             raise
+        self._ensure_max_connections()
         log.info("embedded postgresql ready", extra={"fields": {"data_dir": str(self.data_dir)}})
         return self.url
+
+    def _ensure_max_connections(self) -> None:
+        """Raise max_connections to MAX_CONNECTIONS (ALTER SYSTEM, kept in the data directory)
+        and restart once; only when nobody else holds the server: a restart ends their sessions."""
+        psql = [str(_pgserver().postgres_server.POSTGRES_BIN_PATH / "psql"), "-tAX", self.url, "-c"]
+        current = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [*psql, "SHOW max_connections"], check=True, capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+        if int(current) >= MAX_CONNECTIONS:
+            return
+        holders = _pgserver().postgres_server.DiskList(self.data_dir / ".handle_pids.json").get()
+        if any(p != os.getpid() and _alive(p) for p in holders):
+            log.warning(
+                "embedded postgresql keeps its connection limit while others hold it",
+                extra={"fields": {"max_connections": int(current)}},
+            )
+            return
+        subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [*psql, f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS}"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        self.kill()
+        self.restart()
 
     def stop(self) -> None:
         """Let go of the server; stop it if no other live process holds a handle on it."""

@@ -8,6 +8,7 @@ from typing import Any
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.iam.v1 import iam_service_pb2_grpc as iam_grpc
 from his.runtime.config import AuthConfig
+from his.runtime.peer_identity import PeerBinding
 from his.runtime.tokens import FetchJwks, jwks_from_file, jwks_from_url
 from his_client.credentials import TokenSource, iam_login, token_file
 
@@ -34,11 +35,19 @@ def jwks_source(config: AuthConfig, iam: Callable[[], iam_grpc.IamServiceAsyncSt
 def own_token_source(
     config: AuthConfig, service: str, iam: Callable[[], iam_grpc.IamServiceAsyncStub]
 ) -> TokenSource | None:
-    """This service's own token: a platform-provided file, else a login at the local iam."""
+    """This service's own token: a platform-provided file, else a login at the local iam with
+    this service's own credential (good for no other service)."""
     if not config.enabled:
         return None
     if config.service_token_file is not None:
         return token_file(config.service_token_file)
-    if config.service_credential_key:
-        return iam_login(service, config.service_credential_key, iam)
+    if config.service_credential:
+        return iam_login(service, config.service_credential, iam)
     return None
+
+
+def peer_binding(config: AuthConfig) -> PeerBinding | None:
+    """The rule that service tokens come from their own workload's mTLS principal (in the mesh)."""
+    if not config.enabled or not config.service_peer_prefix:
+        return None
+    return PeerBinding(config.service_peer_prefix)

@@ -33,7 +33,7 @@ from his.runtime.outbox import Outbox
 from his.runtime.policy import PolicyEngine
 from his.runtime.relay import Deliver, Relay
 from his.runtime.schema_version import at_head
-from his.runtime.security import jwks_source, own_token_source
+from his.runtime.security import jwks_source, own_token_source, peer_binding
 from his.runtime.telemetry import make_tracer_provider, shut_down
 from his.runtime.tokens import TokenVerifier
 from his.runtime.trace_context import TraceContextInterceptor
@@ -227,7 +227,7 @@ async def start(
     ]
     if config.auth.enabled:
         verifier = TokenVerifier(config.auth, jwks_source(config.auth, lambda: clients.iam))
-        interceptors.append(AuthenticationInterceptor(verifier))
+        interceptors.append(AuthenticationInterceptor(verifier, peers=peer_binding(config.auth)))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -381,6 +381,7 @@ class AuditEntity(_message.Message):
 
     RESOURCE_NAME_FIELD_NUMBER: _builtins.int
     RESOURCE_TYPE_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     resource_name: _builtins.str
     """The resource name, for example `encounters/123/notes/7`, or the collection for a list, for
     example `patients`. Required, 1 to 300 characters.
@@ -389,19 +390,65 @@ class AuditEntity(_message.Message):
     """The fully qualified protobuf message name of the resource, for example
     `his.emr.v1.ClinicalNote`. Required, 1 to 200 characters.
     """
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditFieldChange]:
+        """For a change to a resource: each changed field with its value before and after, in the order
+        the writer gives them (for example iam's role and membership changes). Optional; at most 20.
+        Never patient data: a service that records changes of patient records names the fields only.
+        """
+
     def __init__(
         self,
         *,
         resource_name: _builtins.str = ...,
         resource_type: _builtins.str = ...,
+        changes: _abc.Iterable[Global___AuditFieldChange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["resource_name", b"resource_name", "resource_type", b"resource_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "resource_name", b"resource_name", "resource_type", b"resource_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditEntity: _TypeAlias = AuditEntity  # noqa: Y015
+
+@_typing.final
+class AuditFieldChange(_message.Message):
+    """One field of a resource as it was before and after an audited change (FHIR AuditEvent.entity.
+    detail, with the field path as its type).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_PATH_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    field_path: _builtins.str
+    """The field path in the resource's message, for example `roles` or `period.end`. Required, 1 to
+    100 characters.
+    """
+    before: _builtins.str
+    """The value before the change as JSON text (RFC 8259), for example `["DOCTOR"]`; empty when the
+    field did not exist before (a created resource). At most 2000 characters.
+    """
+    after: _builtins.str
+    """The value after the change as JSON text; empty when the field no longer exists (a deleted
+    resource). At most 2000 characters.
+    """
+    def __init__(
+        self,
+        *,
+        field_path: _builtins.str = ...,
+        before: _builtins.str = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "field_path", b"field_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditFieldChange: _TypeAlias = AuditFieldChange  # noqa: Y015
 
 @_typing.final
 class ChainBreak(_message.Message):

@@ -157,6 +157,34 @@ EMERGENCY_ACCESS_REVIEW_STATE_FLAGGED: EmergencyAccessReviewState.ValueType  # 3
 """Reviewed and flagged as a possible abuse, for follow-up."""
 Global___EmergencyAccessReviewState: _TypeAlias = EmergencyAccessReviewState  # noqa: Y015
 
+class _AccessChangeState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AccessChangeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccessChangeState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACCESS_CHANGE_STATE_UNSPECIFIED: _AccessChangeState.ValueType  # 0
+    """Not set. As a filter: any state."""
+    ACCESS_CHANGE_STATE_PENDING: _AccessChangeState.ValueType  # 1
+    """Proposed, waiting for a second administrator; no effect yet."""
+    ACCESS_CHANGE_STATE_APPROVED: _AccessChangeState.ValueType  # 2
+    """Approved by a second administrator: in effect."""
+    ACCESS_CHANGE_STATE_REJECTED: _AccessChangeState.ValueType  # 3
+    """Rejected (or withdrawn): never took effect."""
+
+class AccessChangeState(_AccessChangeState, metaclass=_AccessChangeStateEnumTypeWrapper):
+    """Where an access change stands."""
+
+ACCESS_CHANGE_STATE_UNSPECIFIED: AccessChangeState.ValueType  # 0
+"""Not set. As a filter: any state."""
+ACCESS_CHANGE_STATE_PENDING: AccessChangeState.ValueType  # 1
+"""Proposed, waiting for a second administrator; no effect yet."""
+ACCESS_CHANGE_STATE_APPROVED: AccessChangeState.ValueType  # 2
+"""Approved by a second administrator: in effect."""
+ACCESS_CHANGE_STATE_REJECTED: AccessChangeState.ValueType  # 3
+"""Rejected (or withdrawn): never took effect."""
+Global___AccessChangeState: _TypeAlias = AccessChangeState  # noqa: Y015
+
 @_typing.final
 class Department(_message.Message):
     """An organisational unit of the hospital (FHIR Organization of type dept)."""
@@ -216,6 +244,7 @@ class StaffMember(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    PENDING_ACCESS_CHANGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `staff/{staff}`. Assigned by the service; ignored on create."""
     username: _builtins.str
@@ -233,6 +262,11 @@ class StaffMember(_message.Message):
     etag: _builtins.str
     """An opaque version tag for optimistic concurrency: pass it back on update to make sure nobody
     changed the record in between.
+    """
+    pending_access_change: _builtins.str
+    """The pending AccessChange that the create or update call answered with this member made (roles
+    that wait for a second administrator's approval), `accessChanges/{access_change}`. Output
+    only; set only in the answer of CreateStaffMember and UpdateStaffMember.
     """
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___StaffRole.ValueType]:
@@ -265,10 +299,11 @@ class StaffMember(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        pending_access_change: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "practitioner_identifier", b"practitioner_identifier", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "name", b"name", "practitioner_identifier", b"practitioner_identifier", "roles", b"roles", "update_time", b"update_time", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "name", b"name", "pending_access_change", b"pending_access_change", "practitioner_identifier", b"practitioner_identifier", "roles", b"roles", "update_time", b"update_time", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -287,6 +322,8 @@ class DepartmentMembership(_message.Message):
     PERIOD_FIELD_NUMBER: _builtins.int
     PRIMARY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    APPROVAL_STATE_FIELD_NUMBER: _builtins.int
+    ACCESS_CHANGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `staff/{staff}/memberships/{membership}`. Assigned by the service."""
     department: _builtins.str
@@ -294,6 +331,14 @@ class DepartmentMembership(_message.Message):
     primary: _builtins.bool
     """Whether this is the staff member's main department. A staff member has at most one primary
     membership at any time.
+    """
+    approval_state: Global___AccessChangeState.ValueType
+    """Whether a second administrator approved the membership: only an APPROVED one is in tokens and
+    in `current_only` lists. Output only.
+    """
+    access_change: _builtins.str
+    """The access change that approves or rejects this membership, `accessChanges/{access_change}`;
+    empty for memberships made before the two-person rule. Output only.
     """
     @_builtins.property
     def period(self) -> _types_pb2.Period:
@@ -313,14 +358,83 @@ class DepartmentMembership(_message.Message):
         period: _types_pb2.Period | None = ...,
         primary: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        approval_state: Global___AccessChangeState.ValueType = ...,
+        access_change: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "period", b"period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "department", b"department", "name", b"name", "period", b"period", "primary", b"primary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_change", b"access_change", "approval_state", b"approval_state", "create_time", b"create_time", "department", b"department", "name", b"name", "period", b"period", "primary", b"primary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DepartmentMembership: _TypeAlias = DepartmentMembership  # noqa: Y015
+
+@_typing.final
+class AccessChange(_message.Message):
+    """A proposed grant of access to a staff member, by one administrator, that takes effect only when
+    a second administrator approves it (the two-person rule): roles to add, or a department
+    membership. Made by CreateStaffMember, UpdateStaffMember and AddMembership.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STAFF_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PROPOSER_FIELD_NUMBER: _builtins.int
+    DECIDER_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DECIDE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `accessChanges/{access_change}`. Output only."""
+    staff: _builtins.str
+    """The staff member whose access changes, `staff/{staff}`. Output only."""
+    membership: _builtins.str
+    """The membership to approve (a membership change), `staff/{staff}/memberships/{membership}`;
+    empty for a role change. Output only.
+    """
+    state: Global___AccessChangeState.ValueType
+    """Where the change stands. Output only."""
+    proposer: _builtins.str
+    """The administrator who proposed it, `staff/{staff}`. Output only."""
+    decider: _builtins.str
+    """The administrator who approved or rejected it, `staff/{staff}`; empty while pending, and for a
+    change of the demo data set, approved by its loader. Output only.
+    """
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___StaffRole.ValueType]:
+        """The roles to add (a role change); empty for a membership change. Output only."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was proposed. Output only."""
+
+    @_builtins.property
+    def decide_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was approved or rejected; unset while pending. Output only."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        staff: _builtins.str = ...,
+        roles: _abc.Iterable[Global___StaffRole.ValueType] | None = ...,
+        membership: _builtins.str = ...,
+        state: Global___AccessChangeState.ValueType = ...,
+        proposer: _builtins.str = ...,
+        decider: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        decide_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time", "decider", b"decider", "membership", b"membership", "name", b"name", "proposer", b"proposer", "roles", b"roles", "staff", b"staff", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessChange: _TypeAlias = AccessChange  # noqa: Y015
 
 @_typing.final
 class EmergencyAccessGrant(_message.Message):
@@ -834,6 +948,136 @@ class ListMembershipsResponse(_message.Message):
 Global___ListMembershipsResponse: _TypeAlias = ListMembershipsResponse  # noqa: Y015
 
 @_typing.final
+class GetAccessChangeRequest(_message.Message):
+    """Request of GetAccessChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `accessChanges/{access_change}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccessChangeRequest: _TypeAlias = GetAccessChangeRequest  # noqa: Y015
+
+@_typing.final
+class ListAccessChangesRequest(_message.Message):
+    """Request of ListAccessChanges. All set filters must match."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STAFF_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The maximum number of access changes to return.
+    0 means the default of 50; more than 500 means 500.
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call with the same filters, to get the next page."""
+    staff: _builtins.str
+    """Only changes of this staff member's access, `staff/{staff}`."""
+    state: Global___AccessChangeState.ValueType
+    """Only changes in this state; unset means any."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        staff: _builtins.str = ...,
+        state: Global___AccessChangeState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "staff", b"staff", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccessChangesRequest: _TypeAlias = ListAccessChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListAccessChangesResponse(_message.Message):
+    """Response of ListAccessChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token to get the next page, empty when this is the last page."""
+    @_builtins.property
+    def access_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessChange]:
+        """The access changes of this page."""
+
+    def __init__(
+        self,
+        *,
+        access_changes: _abc.Iterable[Global___AccessChange] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_changes", b"access_changes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccessChangesResponse: _TypeAlias = ListAccessChangesResponse  # noqa: Y015
+
+@_typing.final
+class ApproveAccessChangeRequest(_message.Message):
+    """Request of ApproveAccessChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The access change, `accessChanges/{access_change}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveAccessChangeRequest: _TypeAlias = ApproveAccessChangeRequest  # noqa: Y015
+
+@_typing.final
+class RejectAccessChangeRequest(_message.Message):
+    """Request of RejectAccessChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The access change, `accessChanges/{access_change}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectAccessChangeRequest: _TypeAlias = RejectAccessChangeRequest  # noqa: Y015
+
+@_typing.final
 class IssueTokenRequest(_message.Message):
     """Request of IssueToken."""
 
@@ -841,21 +1085,27 @@ class IssueTokenRequest(_message.Message):
 
     USERNAME_FIELD_NUMBER: _builtins.int
     CREDENTIAL_FIELD_NUMBER: _builtins.int
+    TOTP_CODE_FIELD_NUMBER: _builtins.int
     username: _builtins.str
-    """The staff member's username, 1 to 64 characters."""
+    """The staff member's username (or `service:{name}` for a service), 1 to 64 characters."""
     credential: _builtins.str
-    """The development credential (password) of the staff member, 1 to 256 characters. Never logged or
+    """The staff member's own password (a service's credential), 1 to 256 characters. Never logged or
     stored in the audit trail.
+    """
+    totp_code: _builtins.str
+    """The current 6-digit TOTP code (RFC 6238, 30-second steps) of the staff member's authenticator.
+    Required for clinical and administrator roles; ignored for services. Never logged.
     """
     def __init__(
         self,
         *,
         username: _builtins.str = ...,
         credential: _builtins.str = ...,
+        totp_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "totp_code", b"totp_code", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -900,6 +1150,130 @@ class IssueTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IssueTokenResponse: _TypeAlias = IssueTokenResponse  # noqa: Y015
+
+@_typing.final
+class StaffEnrolment(_message.Message):
+    """A one-time enrolment code of a staff member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ENROLMENT_CODE_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The enrolment, `staff/{staff}/enrolments/{enrolment}`."""
+    enrolment_code: _builtins.str
+    """The code, 16 characters of the base32 alphabet; given only in the answer of
+    CreateStaffEnrolment. Hand it to the staff member over a channel only they read.
+    """
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the code stops working (by default 24 hours after its creation)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        enrolment_code: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrolment_code", b"enrolment_code", "expire_time", b"expire_time", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StaffEnrolment: _TypeAlias = StaffEnrolment  # noqa: Y015
+
+@_typing.final
+class CreateStaffEnrolmentRequest(_message.Message):
+    """Request of CreateStaffEnrolment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The staff member to enrol, `staff/{staff}`. Required."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateStaffEnrolmentRequest: _TypeAlias = CreateStaffEnrolmentRequest  # noqa: Y015
+
+@_typing.final
+class CompleteStaffEnrolmentRequest(_message.Message):
+    """Request of CompleteStaffEnrolment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERNAME_FIELD_NUMBER: _builtins.int
+    ENROLMENT_CODE_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    username: _builtins.str
+    """The staff member's username. Required."""
+    enrolment_code: _builtins.str
+    """The enrolment code from CreateStaffEnrolment. Required."""
+    password: _builtins.str
+    """The new password, 12 to 256 characters. Never logged; stored only as an argon2id hash."""
+    def __init__(
+        self,
+        *,
+        username: _builtins.str = ...,
+        enrolment_code: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrolment_code", b"enrolment_code", "password", b"password", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteStaffEnrolmentRequest: _TypeAlias = CompleteStaffEnrolmentRequest  # noqa: Y015
+
+@_typing.final
+class CompleteStaffEnrolmentResponse(_message.Message):
+    """Response of CompleteStaffEnrolment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAFF_MEMBER_FIELD_NUMBER: _builtins.int
+    TOTP_SECRET_FIELD_NUMBER: _builtins.int
+    TOTP_URI_FIELD_NUMBER: _builtins.int
+    TOTP_REQUIRED_FIELD_NUMBER: _builtins.int
+    staff_member: _builtins.str
+    """The enrolled staff member, `staff/{staff}`."""
+    totp_secret: _builtins.str
+    """The new TOTP secret (base32, RFC 6238 with SHA-1, 6 digits, 30-second steps), shown once:
+    put it into an authenticator app. Replaces any earlier secret.
+    """
+    totp_uri: _builtins.str
+    """The same secret as an `otpauth://totp/...` URI (for a QR code)."""
+    totp_required: _builtins.bool
+    """Whether IssueToken asks this staff member for a TOTP code (their roles are clinical or
+    administrative).
+    """
+    def __init__(
+        self,
+        *,
+        staff_member: _builtins.str = ...,
+        totp_secret: _builtins.str = ...,
+        totp_uri: _builtins.str = ...,
+        totp_required: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["staff_member", b"staff_member", "totp_required", b"totp_required", "totp_secret", b"totp_secret", "totp_uri", b"totp_uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteStaffEnrolmentResponse: _TypeAlias = CompleteStaffEnrolmentResponse  # noqa: Y015
 
 @_typing.final
 class StartPatientSignInRequest(_message.Message):

@@ -27,11 +27,18 @@ if _version_not_supported:
 
 class IamServiceStub:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
+
+    Separation of duties: nobody changes their own roles or memberships (PERMISSION_DENIED, reason
+    SELF_CHANGE_REFUSED). A role given to a staff member, or a department membership added, is an
+    AccessChange that takes effect only when a second administrator, neither the one who proposed it
+    nor the staff member concerned, approves it (the two-person rule); taking access away (removing
+    roles or memberships, deactivating) takes effect at once. Every write here is audited with the
+    changed fields' values before and after.
     """
 
     def __init__(self, channel):
@@ -95,10 +102,40 @@ class IamServiceStub:
                 request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ListMembershipsRequest.SerializeToString,
                 response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ListMembershipsResponse.FromString,
                 _registered_method=True)
+        self.GetAccessChange = channel.unary_unary(
+                '/his.iam.v1.IamService/GetAccessChange',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.GetAccessChangeRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.AccessChange.FromString,
+                _registered_method=True)
+        self.ListAccessChanges = channel.unary_unary(
+                '/his.iam.v1.IamService/ListAccessChanges',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ListAccessChangesRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ListAccessChangesResponse.FromString,
+                _registered_method=True)
+        self.ApproveAccessChange = channel.unary_unary(
+                '/his.iam.v1.IamService/ApproveAccessChange',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ApproveAccessChangeRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.AccessChange.FromString,
+                _registered_method=True)
+        self.RejectAccessChange = channel.unary_unary(
+                '/his.iam.v1.IamService/RejectAccessChange',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.RejectAccessChangeRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.AccessChange.FromString,
+                _registered_method=True)
         self.IssueToken = channel.unary_unary(
                 '/his.iam.v1.IamService/IssueToken',
                 request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenRequest.SerializeToString,
                 response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenResponse.FromString,
+                _registered_method=True)
+        self.CreateStaffEnrolment = channel.unary_unary(
+                '/his.iam.v1.IamService/CreateStaffEnrolment',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CreateStaffEnrolmentRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.FromString,
+                _registered_method=True)
+        self.CompleteStaffEnrolment = channel.unary_unary(
+                '/his.iam.v1.IamService/CompleteStaffEnrolment',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentResponse.FromString,
                 _registered_method=True)
         self.StartPatientSignIn = channel.unary_unary(
                 '/his.iam.v1.IamService/StartPatientSignIn',
@@ -139,11 +176,18 @@ class IamServiceStub:
 
 class IamServiceServicer:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
+
+    Separation of duties: nobody changes their own roles or memberships (PERMISSION_DENIED, reason
+    SELF_CHANGE_REFUSED). A role given to a staff member, or a department membership added, is an
+    AccessChange that takes effect only when a second administrator, neither the one who proposed it
+    nor the staff member concerned, approves it (the two-person rule); taking access away (removing
+    roles or memberships, deactivating) takes effect at once. Every write here is audited with the
+    changed fields' values before and after.
     """
 
     def CreateDepartment(self, request, context):
@@ -174,7 +218,9 @@ class IamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateStaffMember(self, request, context):
-        """Creates an active staff member. The service assigns the resource name. A request repeated with
+        """Creates an active staff member. The service assigns the resource name. The staff member starts
+        with no role: the requested `roles` become a pending AccessChange (named by the returned
+        member's `pending_access_change`) that a second administrator approves. A request repeated with
         the same `request_id` returns the staff member created by the first one. Errors:
         INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have the
         ADMINISTRATOR role; ALREADY_EXISTS if another staff member has the same username or
@@ -202,10 +248,13 @@ class IamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateStaffMember(self, request, context):
-        """Changes the fields named in `update_mask`. New roles take effect in tokens issued afterwards.
+        """Changes the fields named in `update_mask`. Roles taken away are gone at once; roles added
+        become a pending AccessChange (named by the returned member's `pending_access_change`; a retry
+        finds the same one) and take effect in tokens issued after a second administrator approves it.
         When `staff_member.etag` is set it must match the stored record. Errors: INVALID_ARGUMENT for
         an unknown or read-only mask path or a bad value; PERMISSION_DENIED if the caller does not have
-        the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if the etag is stale;
+        the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) changes their own roles; NOT_FOUND if
+        no such staff member; ABORTED if the etag is stale;
         FAILED_PRECONDITION if the staff member is inactive, or if the change would leave no active
         staff member with the ADMINISTRATOR role; ALREADY_EXISTS if the new practitioner identifier
         belongs to another staff member.
@@ -219,7 +268,8 @@ class IamServiceServicer:
         issued to them, their open memberships end now and their emergency access grants are revoked.
         Tokens already issued stay valid until they expire. Deactivating an inactive staff member
         succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-        caller does not have the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if a
+        caller does not have the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff
+        member; NOT_FOUND if no such staff member; ABORTED if a
         given etag is stale; FAILED_PRECONDITION if it would leave no active staff member with the
         ADMINISTRATOR role.
         """
@@ -228,10 +278,12 @@ class IamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddMembership(self, request, context):
-        """Makes a staff member a member of a department for a period. A request repeated with the same
-        `request_id` returns the membership created by the first one. Errors: INVALID_ARGUMENT naming
-        the bad field (for example a period that ends before it starts); PERMISSION_DENIED if the
-        caller does not have the ADMINISTRATOR role; NOT_FOUND if the staff member does not exist;
+        """Makes a staff member a member of a department for a period. The membership is pending
+        (`approval_state` PENDING, not in tokens) until a second administrator approves its
+        `access_change`. A request repeated with the same `request_id` returns the membership created
+        by the first one. Errors: INVALID_ARGUMENT naming the bad field (for example a period that ends
+        before it starts); PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, or
+        (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if the staff member does not exist;
         FAILED_PRECONDITION if the staff member is inactive, the department does not exist, or the
         membership is primary and its period overlaps another primary membership of the staff member;
         ALREADY_EXISTS if the staff member already has a membership of the same department whose period
@@ -244,8 +296,10 @@ class IamServiceServicer:
     def RemoveMembership(self, request, context):
         """Ends a membership now: its period end becomes the current time (or its start, if it has not
         started yet). The membership is kept as history. Removing a membership that has already ended
-        succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-        caller does not have the ADMINISTRATOR role; NOT_FOUND if no such membership.
+        succeeds and changes nothing; removing a pending one rejects its access change. Errors:
+        INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller does not have the
+        ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if no such
+        membership.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -261,14 +315,95 @@ class IamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAccessChange(self, request, context):
+        """Returns one access change. Errors: INVALID_ARGUMENT if `name` is not
+        `accessChanges/{access_change}`; PERMISSION_DENIED if the caller may not read staff members;
+        NOT_FOUND if no such access change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccessChanges(self, request, context):
+        """Lists access changes matching all given filters, newest first (for example the pending ones
+        an administrator is asked to approve). Errors: INVALID_ARGUMENT for a bad filter, a negative
+        `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
+        PERMISSION_DENIED if the caller may not read staff members.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveAccessChange(self, request, context):
+        """Approves a pending access change, which takes effect now: its roles are added to the staff
+        member, or its membership counts from its period start. The approver is the caller, an
+        administrator who is neither the proposer nor the staff member concerned. Approving an
+        approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
+        PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
+        (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+        NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
+        (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectAccessChange(self, request, context):
+        """Rejects a pending access change: it never takes effect (a pending membership ends at its
+        start). The proposer may reject (withdraw) their own proposal. Rejecting a rejected change
+        returns it unchanged. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller
+        does not have the ADMINISTRATOR role or is the staff member concerned (reason
+        SELF_CHANGE_REFUSED); NOT_FOUND if no such access change; FAILED_PRECONDITION
+        (ACCESS_CHANGE_APPROVED) if it was approved: take the access away with UpdateStaffMember or
+        RemoveMembership instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IssueToken(self, request, context):
-        """Local-development identity provider: exchanges a username and credential for a signed JWT
-        access token. The credential is checked against the provider's development credential store,
-        which is loaded from its configuration; no rpc sets credentials. In production an external
-        identity provider issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors:
-        INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
-        username is unknown, the credential is wrong or the staff member is inactive (the same error
-        for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+        """Local identity provider: exchanges a username, the staff member's own password and (for
+        clinical and administrator roles: DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN, ADMINISTRATOR) a
+        current TOTP code for a short-lived signed JWT access token. A password is set only through a
+        one-time enrolment code (CreateStaffEnrolment, CompleteStaffEnrolment); services log in as
+        `service:{name}` with their service credential. In production an external identity provider
+        issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors: INVALID_ARGUMENT if
+        the username, credential or totp_code is empty (where required), malformed or too long;
+        UNAUTHENTICATED (reason INVALID_CREDENTIALS) if the username is unknown, the password or TOTP
+        code is wrong, the staff member has not enrolled or is inactive (the same error for all, so it
+        reveals nothing); UNAUTHENTICATED (reason TOTP_REQUIRED) when the password is right but the
+        role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
+        RetryInfo) after too many failed attempts for the username or from the caller's source within
+        the window, even with the right password, until the oldest of them leaves the window;
+        UNIMPLEMENTED when the local provider is switched off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateStaffEnrolment(self, request, context):
+        """Creates a one-time enrolment code for a staff member (an administrator's task), with which
+        the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
+        retires the member's open ones; enrolling again replaces the password and the TOTP secret.
+        The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
+        INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
+        update staff credentials, or when the caller names themselves (nobody enrols themselves);
+        NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
+        the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteStaffEnrolment(self, request, context):
+        """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
+        secret. Needs no authentication (the code is the proof). A code works once and until its
+        expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
+        malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
+        (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
+        username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
+        STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
+        caller's source; UNIMPLEMENTED when the local provider is switched off.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -433,10 +568,40 @@ def add_IamServiceServicer_to_server(servicer, server):
                     request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ListMembershipsRequest.FromString,
                     response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ListMembershipsResponse.SerializeToString,
             ),
+            'GetAccessChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccessChange,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.GetAccessChangeRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.AccessChange.SerializeToString,
+            ),
+            'ListAccessChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccessChanges,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ListAccessChangesRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ListAccessChangesResponse.SerializeToString,
+            ),
+            'ApproveAccessChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveAccessChange,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ApproveAccessChangeRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.AccessChange.SerializeToString,
+            ),
+            'RejectAccessChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectAccessChange,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.RejectAccessChangeRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.AccessChange.SerializeToString,
+            ),
             'IssueToken': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueToken,
                     request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenRequest.FromString,
                     response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenResponse.SerializeToString,
+            ),
+            'CreateStaffEnrolment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateStaffEnrolment,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CreateStaffEnrolmentRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.SerializeToString,
+            ),
+            'CompleteStaffEnrolment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteStaffEnrolment,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentResponse.SerializeToString,
             ),
             'StartPatientSignIn': grpc.unary_unary_rpc_method_handler(
                     servicer.StartPatientSignIn,
@@ -483,11 +648,18 @@ def add_IamServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class IamService:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
+
+    Separation of duties: nobody changes their own roles or memberships (PERMISSION_DENIED, reason
+    SELF_CHANGE_REFUSED). A role given to a staff member, or a department membership added, is an
+    AccessChange that takes effect only when a second administrator, neither the one who proposed it
+    nor the staff member concerned, approves it (the two-person rule); taking access away (removing
+    roles or memberships, deactivating) takes effect at once. Every write here is audited with the
+    changed fields' values before and after.
     """
 
     @staticmethod
@@ -788,6 +960,114 @@ class IamService:
             _registered_method=True)
 
     @staticmethod
+    def GetAccessChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/GetAccessChange',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.GetAccessChangeRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.AccessChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccessChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/ListAccessChanges',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.ListAccessChangesRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.ListAccessChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveAccessChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/ApproveAccessChange',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.ApproveAccessChangeRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.AccessChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectAccessChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/RejectAccessChange',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.RejectAccessChangeRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.AccessChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def IssueToken(request,
             target,
             options=(),
@@ -804,6 +1084,60 @@ class IamService:
             '/his.iam.v1.IamService/IssueToken',
             his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenRequest.SerializeToString,
             his_dot_iam_dot_v1_dot_iam__service__pb2.IssueTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateStaffEnrolment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/CreateStaffEnrolment',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.CreateStaffEnrolmentRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteStaffEnrolment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/CompleteStaffEnrolment',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

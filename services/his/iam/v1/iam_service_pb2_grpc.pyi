@@ -31,11 +31,18 @@ GRPC_VERSION: str
 
 class IamServiceStub:
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
+
+    Separation of duties: nobody changes their own roles or memberships (PERMISSION_DENIED, reason
+    SELF_CHANGE_REFUSED). A role given to a staff member, or a department membership added, is an
+    AccessChange that takes effect only when a second administrator, neither the one who proposed it
+    nor the staff member concerned, approves it (the two-person rule); taking access away (removing
+    roles or memberships, deactivating) takes effect at once. Every write here is audited with the
+    changed fields' values before and after.
     """
 
     @_typing.overload
@@ -58,7 +65,9 @@ class IamServiceStub:
     by a previous call with the same filters.
     """
     CreateStaffMember: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffMemberRequest, _iam_service_pb2.StaffMember]
-    """Creates an active staff member. The service assigns the resource name. A request repeated with
+    """Creates an active staff member. The service assigns the resource name. The staff member starts
+    with no role: the requested `roles` become a pending AccessChange (named by the returned
+    member's `pending_access_change`) that a second administrator approves. A request repeated with
     the same `request_id` returns the staff member created by the first one. Errors:
     INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have the
     ADMINISTRATOR role; ALREADY_EXISTS if another staff member has the same username or
@@ -74,10 +83,13 @@ class IamServiceStub:
     returned by a previous call with the same filters.
     """
     UpdateStaffMember: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.UpdateStaffMemberRequest, _iam_service_pb2.StaffMember]
-    """Changes the fields named in `update_mask`. New roles take effect in tokens issued afterwards.
+    """Changes the fields named in `update_mask`. Roles taken away are gone at once; roles added
+    become a pending AccessChange (named by the returned member's `pending_access_change`; a retry
+    finds the same one) and take effect in tokens issued after a second administrator approves it.
     When `staff_member.etag` is set it must match the stored record. Errors: INVALID_ARGUMENT for
     an unknown or read-only mask path or a bad value; PERMISSION_DENIED if the caller does not have
-    the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if the etag is stale;
+    the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) changes their own roles; NOT_FOUND if
+    no such staff member; ABORTED if the etag is stale;
     FAILED_PRECONDITION if the staff member is inactive, or if the change would leave no active
     staff member with the ADMINISTRATOR role; ALREADY_EXISTS if the new practitioner identifier
     belongs to another staff member.
@@ -87,15 +99,18 @@ class IamServiceStub:
     issued to them, their open memberships end now and their emergency access grants are revoked.
     Tokens already issued stay valid until they expire. Deactivating an inactive staff member
     succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if a
+    caller does not have the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff
+    member; NOT_FOUND if no such staff member; ABORTED if a
     given etag is stale; FAILED_PRECONDITION if it would leave no active staff member with the
     ADMINISTRATOR role.
     """
     AddMembership: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.AddMembershipRequest, _iam_service_pb2.DepartmentMembership]
-    """Makes a staff member a member of a department for a period. A request repeated with the same
-    `request_id` returns the membership created by the first one. Errors: INVALID_ARGUMENT naming
-    the bad field (for example a period that ends before it starts); PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if the staff member does not exist;
+    """Makes a staff member a member of a department for a period. The membership is pending
+    (`approval_state` PENDING, not in tokens) until a second administrator approves its
+    `access_change`. A request repeated with the same `request_id` returns the membership created
+    by the first one. Errors: INVALID_ARGUMENT naming the bad field (for example a period that ends
+    before it starts); PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, or
+    (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if the staff member does not exist;
     FAILED_PRECONDITION if the staff member is inactive, the department does not exist, or the
     membership is primary and its period overlaps another primary membership of the staff member;
     ALREADY_EXISTS if the staff member already has a membership of the same department whose period
@@ -104,8 +119,10 @@ class IamServiceStub:
     RemoveMembership: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.RemoveMembershipRequest, _iam_service_pb2.DepartmentMembership]
     """Ends a membership now: its period end becomes the current time (or its start, if it has not
     started yet). The membership is kept as history. Removing a membership that has already ended
-    succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if no such membership.
+    succeeds and changes nothing; removing a pending one rejects its access change. Errors:
+    INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller does not have the
+    ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if no such
+    membership.
     """
     ListMemberships: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ListMembershipsRequest, _iam_service_pb2.ListMembershipsResponse]
     """Lists the memberships of one staff member, or of all staff members when the parent is
@@ -113,14 +130,71 @@ class IamServiceStub:
     first. Errors: INVALID_ARGUMENT for a bad parent, filter, page size or page token; NOT_FOUND if
     the parent staff member does not exist.
     """
+    GetAccessChange: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.GetAccessChangeRequest, _iam_service_pb2.AccessChange]
+    """Returns one access change. Errors: INVALID_ARGUMENT if `name` is not
+    `accessChanges/{access_change}`; PERMISSION_DENIED if the caller may not read staff members;
+    NOT_FOUND if no such access change.
+    """
+    ListAccessChanges: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ListAccessChangesRequest, _iam_service_pb2.ListAccessChangesResponse]
+    """Lists access changes matching all given filters, newest first (for example the pending ones
+    an administrator is asked to approve). Errors: INVALID_ARGUMENT for a bad filter, a negative
+    `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
+    PERMISSION_DENIED if the caller may not read staff members.
+    """
+    ApproveAccessChange: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ApproveAccessChangeRequest, _iam_service_pb2.AccessChange]
+    """Approves a pending access change, which takes effect now: its roles are added to the staff
+    member, or its membership counts from its period start. The approver is the caller, an
+    administrator who is neither the proposer nor the staff member concerned. Approving an
+    approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
+    PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
+    (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+    NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
+    (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
+    """
+    RejectAccessChange: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.RejectAccessChangeRequest, _iam_service_pb2.AccessChange]
+    """Rejects a pending access change: it never takes effect (a pending membership ends at its
+    start). The proposer may reject (withdraw) their own proposal. Rejecting a rejected change
+    returns it unchanged. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller
+    does not have the ADMINISTRATOR role or is the staff member concerned (reason
+    SELF_CHANGE_REFUSED); NOT_FOUND if no such access change; FAILED_PRECONDITION
+    (ACCESS_CHANGE_APPROVED) if it was approved: take the access away with UpdateStaffMember or
+    RemoveMembership instead.
+    """
     IssueToken: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.IssueTokenRequest, _iam_service_pb2.IssueTokenResponse]
-    """Local-development identity provider: exchanges a username and credential for a signed JWT
-    access token. The credential is checked against the provider's development credential store,
-    which is loaded from its configuration; no rpc sets credentials. In production an external
-    identity provider issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors:
-    INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
-    username is unknown, the credential is wrong or the staff member is inactive (the same error
-    for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+    """Local identity provider: exchanges a username, the staff member's own password and (for
+    clinical and administrator roles: DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN, ADMINISTRATOR) a
+    current TOTP code for a short-lived signed JWT access token. A password is set only through a
+    one-time enrolment code (CreateStaffEnrolment, CompleteStaffEnrolment); services log in as
+    `service:{name}` with their service credential. In production an external identity provider
+    issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors: INVALID_ARGUMENT if
+    the username, credential or totp_code is empty (where required), malformed or too long;
+    UNAUTHENTICATED (reason INVALID_CREDENTIALS) if the username is unknown, the password or TOTP
+    code is wrong, the staff member has not enrolled or is inactive (the same error for all, so it
+    reveals nothing); UNAUTHENTICATED (reason TOTP_REQUIRED) when the password is right but the
+    role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
+    RetryInfo) after too many failed attempts for the username or from the caller's source within
+    the window, even with the right password, until the oldest of them leaves the window;
+    UNIMPLEMENTED when the local provider is switched off.
+    """
+    CreateStaffEnrolment: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffEnrolmentRequest, _iam_service_pb2.StaffEnrolment]
+    """Creates a one-time enrolment code for a staff member (an administrator's task), with which
+    the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
+    retires the member's open ones; enrolling again replaces the password and the TOTP secret.
+    The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
+    INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
+    update staff credentials, or when the caller names themselves (nobody enrols themselves);
+    NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
+    the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+    """
+    CompleteStaffEnrolment: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.CompleteStaffEnrolmentRequest, _iam_service_pb2.CompleteStaffEnrolmentResponse]
+    """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
+    secret. Needs no authentication (the code is the proof). A code works once and until its
+    expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
+    malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
+    (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
+    username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
+    STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
+    caller's source; UNIMPLEMENTED when the local provider is switched off.
     """
     StartPatientSignIn: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.StartPatientSignInRequest, _iam_service_pb2.StartPatientSignInResponse]
     """Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
@@ -199,11 +273,18 @@ class IamServiceStub:
 @_typing.type_check_only
 class IamServiceAsyncStub(IamServiceStub):
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
+
+    Separation of duties: nobody changes their own roles or memberships (PERMISSION_DENIED, reason
+    SELF_CHANGE_REFUSED). A role given to a staff member, or a department membership added, is an
+    AccessChange that takes effect only when a second administrator, neither the one who proposed it
+    nor the staff member concerned, approves it (the two-person rule); taking access away (removing
+    roles or memberships, deactivating) takes effect at once. Every write here is audited with the
+    changed fields' values before and after.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -223,7 +304,9 @@ class IamServiceAsyncStub(IamServiceStub):
     by a previous call with the same filters.
     """
     CreateStaffMember: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffMemberRequest, _iam_service_pb2.StaffMember]  # type: ignore[assignment]
-    """Creates an active staff member. The service assigns the resource name. A request repeated with
+    """Creates an active staff member. The service assigns the resource name. The staff member starts
+    with no role: the requested `roles` become a pending AccessChange (named by the returned
+    member's `pending_access_change`) that a second administrator approves. A request repeated with
     the same `request_id` returns the staff member created by the first one. Errors:
     INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have the
     ADMINISTRATOR role; ALREADY_EXISTS if another staff member has the same username or
@@ -239,10 +322,13 @@ class IamServiceAsyncStub(IamServiceStub):
     returned by a previous call with the same filters.
     """
     UpdateStaffMember: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.UpdateStaffMemberRequest, _iam_service_pb2.StaffMember]  # type: ignore[assignment]
-    """Changes the fields named in `update_mask`. New roles take effect in tokens issued afterwards.
+    """Changes the fields named in `update_mask`. Roles taken away are gone at once; roles added
+    become a pending AccessChange (named by the returned member's `pending_access_change`; a retry
+    finds the same one) and take effect in tokens issued after a second administrator approves it.
     When `staff_member.etag` is set it must match the stored record. Errors: INVALID_ARGUMENT for
     an unknown or read-only mask path or a bad value; PERMISSION_DENIED if the caller does not have
-    the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if the etag is stale;
+    the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) changes their own roles; NOT_FOUND if
+    no such staff member; ABORTED if the etag is stale;
     FAILED_PRECONDITION if the staff member is inactive, or if the change would leave no active
     staff member with the ADMINISTRATOR role; ALREADY_EXISTS if the new practitioner identifier
     belongs to another staff member.
@@ -252,15 +338,18 @@ class IamServiceAsyncStub(IamServiceStub):
     issued to them, their open memberships end now and their emergency access grants are revoked.
     Tokens already issued stay valid until they expire. Deactivating an inactive staff member
     succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if a
+    caller does not have the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff
+    member; NOT_FOUND if no such staff member; ABORTED if a
     given etag is stale; FAILED_PRECONDITION if it would leave no active staff member with the
     ADMINISTRATOR role.
     """
     AddMembership: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.AddMembershipRequest, _iam_service_pb2.DepartmentMembership]  # type: ignore[assignment]
-    """Makes a staff member a member of a department for a period. A request repeated with the same
-    `request_id` returns the membership created by the first one. Errors: INVALID_ARGUMENT naming
-    the bad field (for example a period that ends before it starts); PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if the staff member does not exist;
+    """Makes a staff member a member of a department for a period. The membership is pending
+    (`approval_state` PENDING, not in tokens) until a second administrator approves its
+    `access_change`. A request repeated with the same `request_id` returns the membership created
+    by the first one. Errors: INVALID_ARGUMENT naming the bad field (for example a period that ends
+    before it starts); PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, or
+    (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if the staff member does not exist;
     FAILED_PRECONDITION if the staff member is inactive, the department does not exist, or the
     membership is primary and its period overlaps another primary membership of the staff member;
     ALREADY_EXISTS if the staff member already has a membership of the same department whose period
@@ -269,8 +358,10 @@ class IamServiceAsyncStub(IamServiceStub):
     RemoveMembership: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.RemoveMembershipRequest, _iam_service_pb2.DepartmentMembership]  # type: ignore[assignment]
     """Ends a membership now: its period end becomes the current time (or its start, if it has not
     started yet). The membership is kept as history. Removing a membership that has already ended
-    succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-    caller does not have the ADMINISTRATOR role; NOT_FOUND if no such membership.
+    succeeds and changes nothing; removing a pending one rejects its access change. Errors:
+    INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller does not have the
+    ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if no such
+    membership.
     """
     ListMemberships: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ListMembershipsRequest, _iam_service_pb2.ListMembershipsResponse]  # type: ignore[assignment]
     """Lists the memberships of one staff member, or of all staff members when the parent is
@@ -278,14 +369,71 @@ class IamServiceAsyncStub(IamServiceStub):
     first. Errors: INVALID_ARGUMENT for a bad parent, filter, page size or page token; NOT_FOUND if
     the parent staff member does not exist.
     """
+    GetAccessChange: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.GetAccessChangeRequest, _iam_service_pb2.AccessChange]  # type: ignore[assignment]
+    """Returns one access change. Errors: INVALID_ARGUMENT if `name` is not
+    `accessChanges/{access_change}`; PERMISSION_DENIED if the caller may not read staff members;
+    NOT_FOUND if no such access change.
+    """
+    ListAccessChanges: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ListAccessChangesRequest, _iam_service_pb2.ListAccessChangesResponse]  # type: ignore[assignment]
+    """Lists access changes matching all given filters, newest first (for example the pending ones
+    an administrator is asked to approve). Errors: INVALID_ARGUMENT for a bad filter, a negative
+    `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
+    PERMISSION_DENIED if the caller may not read staff members.
+    """
+    ApproveAccessChange: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ApproveAccessChangeRequest, _iam_service_pb2.AccessChange]  # type: ignore[assignment]
+    """Approves a pending access change, which takes effect now: its roles are added to the staff
+    member, or its membership counts from its period start. The approver is the caller, an
+    administrator who is neither the proposer nor the staff member concerned. Approving an
+    approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
+    PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
+    (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+    NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
+    (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
+    """
+    RejectAccessChange: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.RejectAccessChangeRequest, _iam_service_pb2.AccessChange]  # type: ignore[assignment]
+    """Rejects a pending access change: it never takes effect (a pending membership ends at its
+    start). The proposer may reject (withdraw) their own proposal. Rejecting a rejected change
+    returns it unchanged. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller
+    does not have the ADMINISTRATOR role or is the staff member concerned (reason
+    SELF_CHANGE_REFUSED); NOT_FOUND if no such access change; FAILED_PRECONDITION
+    (ACCESS_CHANGE_APPROVED) if it was approved: take the access away with UpdateStaffMember or
+    RemoveMembership instead.
+    """
     IssueToken: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.IssueTokenRequest, _iam_service_pb2.IssueTokenResponse]  # type: ignore[assignment]
-    """Local-development identity provider: exchanges a username and credential for a signed JWT
-    access token. The credential is checked against the provider's development credential store,
-    which is loaded from its configuration; no rpc sets credentials. In production an external
-    identity provider issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors:
-    INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
-    username is unknown, the credential is wrong or the staff member is inactive (the same error
-    for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+    """Local identity provider: exchanges a username, the staff member's own password and (for
+    clinical and administrator roles: DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN, ADMINISTRATOR) a
+    current TOTP code for a short-lived signed JWT access token. A password is set only through a
+    one-time enrolment code (CreateStaffEnrolment, CompleteStaffEnrolment); services log in as
+    `service:{name}` with their service credential. In production an external identity provider
+    issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors: INVALID_ARGUMENT if
+    the username, credential or totp_code is empty (where required), malformed or too long;
+    UNAUTHENTICATED (reason INVALID_CREDENTIALS) if the username is unknown, the password or TOTP
+    code is wrong, the staff member has not enrolled or is inactive (the same error for all, so it
+    reveals nothing); UNAUTHENTICATED (reason TOTP_REQUIRED) when the password is right but the
+    role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
+    RetryInfo) after too many failed attempts for the username or from the caller's source within
+    the window, even with the right password, until the oldest of them leaves the window;
+    UNIMPLEMENTED when the local provider is switched off.
+    """
+    CreateStaffEnrolment: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffEnrolmentRequest, _iam_service_pb2.StaffEnrolment]  # type: ignore[assignment]
+    """Creates a one-time enrolment code for a staff member (an administrator's task), with which
+    the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
+    retires the member's open ones; enrolling again replaces the password and the TOTP secret.
+    The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
+    INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
+    update staff credentials, or when the caller names themselves (nobody enrols themselves);
+    NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
+    the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+    """
+    CompleteStaffEnrolment: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.CompleteStaffEnrolmentRequest, _iam_service_pb2.CompleteStaffEnrolmentResponse]  # type: ignore[assignment]
+    """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
+    secret. Needs no authentication (the code is the proof). A code works once and until its
+    expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
+    malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
+    (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
+    username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
+    STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
+    caller's source; UNIMPLEMENTED when the local provider is switched off.
     """
     StartPatientSignIn: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.StartPatientSignInRequest, _iam_service_pb2.StartPatientSignInResponse]  # type: ignore[assignment]
     """Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
@@ -363,11 +511,18 @@ class IamServiceAsyncStub(IamServiceStub):
 
 class IamServiceServicer(metaclass=_abc_1.ABCMeta):
     """IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
-    and memberships) and emergency access grants. It also contains a local-development identity
-    provider (IssueToken, GetJwks): in production an external identity provider issues the access
+    and memberships) and emergency access grants. It also contains a local identity provider
+    (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
     tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
     trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
     member's roles.
+
+    Separation of duties: nobody changes their own roles or memberships (PERMISSION_DENIED, reason
+    SELF_CHANGE_REFUSED). A role given to a staff member, or a department membership added, is an
+    AccessChange that takes effect only when a second administrator, neither the one who proposed it
+    nor the staff member concerned, approves it (the two-person rule); taking access away (removing
+    roles or memberships, deactivating) takes effect at once. Every write here is audited with the
+    changed fields' values before and after.
     """
 
     @_abc_1.abstractmethod
@@ -409,7 +564,9 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_service_pb2.CreateStaffMemberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_service_pb2.StaffMember, _abc.Awaitable[_iam_service_pb2.StaffMember]]:
-        """Creates an active staff member. The service assigns the resource name. A request repeated with
+        """Creates an active staff member. The service assigns the resource name. The staff member starts
+        with no role: the requested `roles` become a pending AccessChange (named by the returned
+        member's `pending_access_change`) that a second administrator approves. A request repeated with
         the same `request_id` returns the staff member created by the first one. Errors:
         INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have the
         ADMINISTRATOR role; ALREADY_EXISTS if another staff member has the same username or
@@ -443,10 +600,13 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_service_pb2.UpdateStaffMemberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_service_pb2.StaffMember, _abc.Awaitable[_iam_service_pb2.StaffMember]]:
-        """Changes the fields named in `update_mask`. New roles take effect in tokens issued afterwards.
+        """Changes the fields named in `update_mask`. Roles taken away are gone at once; roles added
+        become a pending AccessChange (named by the returned member's `pending_access_change`; a retry
+        finds the same one) and take effect in tokens issued after a second administrator approves it.
         When `staff_member.etag` is set it must match the stored record. Errors: INVALID_ARGUMENT for
         an unknown or read-only mask path or a bad value; PERMISSION_DENIED if the caller does not have
-        the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if the etag is stale;
+        the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) changes their own roles; NOT_FOUND if
+        no such staff member; ABORTED if the etag is stale;
         FAILED_PRECONDITION if the staff member is inactive, or if the change would leave no active
         staff member with the ADMINISTRATOR role; ALREADY_EXISTS if the new practitioner identifier
         belongs to another staff member.
@@ -462,7 +622,8 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         issued to them, their open memberships end now and their emergency access grants are revoked.
         Tokens already issued stay valid until they expire. Deactivating an inactive staff member
         succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-        caller does not have the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if a
+        caller does not have the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff
+        member; NOT_FOUND if no such staff member; ABORTED if a
         given etag is stale; FAILED_PRECONDITION if it would leave no active staff member with the
         ADMINISTRATOR role.
         """
@@ -473,10 +634,12 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_service_pb2.AddMembershipRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_service_pb2.DepartmentMembership, _abc.Awaitable[_iam_service_pb2.DepartmentMembership]]:
-        """Makes a staff member a member of a department for a period. A request repeated with the same
-        `request_id` returns the membership created by the first one. Errors: INVALID_ARGUMENT naming
-        the bad field (for example a period that ends before it starts); PERMISSION_DENIED if the
-        caller does not have the ADMINISTRATOR role; NOT_FOUND if the staff member does not exist;
+        """Makes a staff member a member of a department for a period. The membership is pending
+        (`approval_state` PENDING, not in tokens) until a second administrator approves its
+        `access_change`. A request repeated with the same `request_id` returns the membership created
+        by the first one. Errors: INVALID_ARGUMENT naming the bad field (for example a period that ends
+        before it starts); PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, or
+        (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if the staff member does not exist;
         FAILED_PRECONDITION if the staff member is inactive, the department does not exist, or the
         membership is primary and its period overlaps another primary membership of the staff member;
         ALREADY_EXISTS if the staff member already has a membership of the same department whose period
@@ -491,8 +654,10 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_iam_service_pb2.DepartmentMembership, _abc.Awaitable[_iam_service_pb2.DepartmentMembership]]:
         """Ends a membership now: its period end becomes the current time (or its start, if it has not
         started yet). The membership is kept as history. Removing a membership that has already ended
-        succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-        caller does not have the ADMINISTRATOR role; NOT_FOUND if no such membership.
+        succeeds and changes nothing; removing a pending one rejects its access change. Errors:
+        INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller does not have the
+        ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if no such
+        membership.
         """
 
     @_abc_1.abstractmethod
@@ -508,18 +673,111 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def GetAccessChange(
+        self,
+        request: _iam_service_pb2.GetAccessChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.AccessChange, _abc.Awaitable[_iam_service_pb2.AccessChange]]:
+        """Returns one access change. Errors: INVALID_ARGUMENT if `name` is not
+        `accessChanges/{access_change}`; PERMISSION_DENIED if the caller may not read staff members;
+        NOT_FOUND if no such access change.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAccessChanges(
+        self,
+        request: _iam_service_pb2.ListAccessChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.ListAccessChangesResponse, _abc.Awaitable[_iam_service_pb2.ListAccessChangesResponse]]:
+        """Lists access changes matching all given filters, newest first (for example the pending ones
+        an administrator is asked to approve). Errors: INVALID_ARGUMENT for a bad filter, a negative
+        `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
+        PERMISSION_DENIED if the caller may not read staff members.
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveAccessChange(
+        self,
+        request: _iam_service_pb2.ApproveAccessChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.AccessChange, _abc.Awaitable[_iam_service_pb2.AccessChange]]:
+        """Approves a pending access change, which takes effect now: its roles are added to the staff
+        member, or its membership counts from its period start. The approver is the caller, an
+        administrator who is neither the proposer nor the staff member concerned. Approving an
+        approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
+        PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
+        (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+        NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
+        (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
+        """
+
+    @_abc_1.abstractmethod
+    def RejectAccessChange(
+        self,
+        request: _iam_service_pb2.RejectAccessChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.AccessChange, _abc.Awaitable[_iam_service_pb2.AccessChange]]:
+        """Rejects a pending access change: it never takes effect (a pending membership ends at its
+        start). The proposer may reject (withdraw) their own proposal. Rejecting a rejected change
+        returns it unchanged. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller
+        does not have the ADMINISTRATOR role or is the staff member concerned (reason
+        SELF_CHANGE_REFUSED); NOT_FOUND if no such access change; FAILED_PRECONDITION
+        (ACCESS_CHANGE_APPROVED) if it was approved: take the access away with UpdateStaffMember or
+        RemoveMembership instead.
+        """
+
+    @_abc_1.abstractmethod
     def IssueToken(
         self,
         request: _iam_service_pb2.IssueTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_service_pb2.IssueTokenResponse, _abc.Awaitable[_iam_service_pb2.IssueTokenResponse]]:
-        """Local-development identity provider: exchanges a username and credential for a signed JWT
-        access token. The credential is checked against the provider's development credential store,
-        which is loaded from its configuration; no rpc sets credentials. In production an external
-        identity provider issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors:
-        INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
-        username is unknown, the credential is wrong or the staff member is inactive (the same error
-        for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+        """Local identity provider: exchanges a username, the staff member's own password and (for
+        clinical and administrator roles: DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN, ADMINISTRATOR) a
+        current TOTP code for a short-lived signed JWT access token. A password is set only through a
+        one-time enrolment code (CreateStaffEnrolment, CompleteStaffEnrolment); services log in as
+        `service:{name}` with their service credential. In production an external identity provider
+        issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors: INVALID_ARGUMENT if
+        the username, credential or totp_code is empty (where required), malformed or too long;
+        UNAUTHENTICATED (reason INVALID_CREDENTIALS) if the username is unknown, the password or TOTP
+        code is wrong, the staff member has not enrolled or is inactive (the same error for all, so it
+        reveals nothing); UNAUTHENTICATED (reason TOTP_REQUIRED) when the password is right but the
+        role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
+        RetryInfo) after too many failed attempts for the username or from the caller's source within
+        the window, even with the right password, until the oldest of them leaves the window;
+        UNIMPLEMENTED when the local provider is switched off.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateStaffEnrolment(
+        self,
+        request: _iam_service_pb2.CreateStaffEnrolmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.StaffEnrolment, _abc.Awaitable[_iam_service_pb2.StaffEnrolment]]:
+        """Creates a one-time enrolment code for a staff member (an administrator's task), with which
+        the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
+        retires the member's open ones; enrolling again replaces the password and the TOTP secret.
+        The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
+        INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
+        update staff credentials, or when the caller names themselves (nobody enrols themselves);
+        NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
+        the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteStaffEnrolment(
+        self,
+        request: _iam_service_pb2.CompleteStaffEnrolmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.CompleteStaffEnrolmentResponse, _abc.Awaitable[_iam_service_pb2.CompleteStaffEnrolmentResponse]]:
+        """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
+        secret. Needs no authentication (the code is the proof). A code works once and until its
+        expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
+        malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
+        (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
+        username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
+        STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
+        caller's source; UNIMPLEMENTED when the local provider is switched off.
         """
 
     @_abc_1.abstractmethod

@@ -2,7 +2,7 @@
 the privacy officer's review of every grant.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0006"
-down_revision: str | None = "0003"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -30,7 +30,8 @@ def _roles_check(roles: str) -> None:
     op.create_check_constraint(
         "staff_roles_known",
         "staff",
-        f"cardinality(roles) >= 1 AND roles <@ ARRAY[{roles}]::text[]",
+        # No cardinality: since 0004 a new staff member holds no role until one is approved.
+        f"roles <@ ARRAY[{roles}]::text[]",
         schema="iam",
     )
 

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file his/audit/v1/audit_service.proto.
  */
 export const file_his_audit_v1_audit_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBoaXMvYXVkaXQvdjEvYXVkaXRfc2VydmljZS5wcm90bxIMaGlzLmF1ZGl0LnYxIsIECgpBdWRpdEV2ZW50EgwKBG5hbWUYASABKAkSEAoIZXZlbnRfaWQYAiABKAkSLgoKZXZlbnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmVjb3JkX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBmFjdGlvbhgFIAEoDjIeLmhpcy5hdWRpdC52MS5BdWRpdEV2ZW50QWN0aW9uEjAKB291dGNvbWUYBiABKA4yHy5oaXMuYXVkaXQudjEuQXVkaXRFdmVudE91dGNvbWUSGwoTb3V0Y29tZV9kZXNjcmlwdGlvbhgHIAEoCRIRCglvcGVyYXRpb24YCCABKAkSJwoFYWdlbnQYCSABKAsyGC5oaXMuYXVkaXQudjEuQXVkaXRBZ2VudBIPCgdwYXRpZW50GAogASgJEikKBmVudGl0eRgLIAEoCzIZLmhpcy5hdWRpdC52MS5BdWRpdEVudGl0eRIyCg5wdXJwb3NlX29mX3VzZRgMIAEoDjIaLmhpcy5hdWRpdC52MS5QdXJwb3NlT2ZVc2USGAoQZW1lcmdlbmN5X2FjY2VzcxgNIAEoCBIeChZlbWVyZ2VuY3lfYWNjZXNzX2dyYW50GA4gASgJEhAKCHRyYWNlX2lkGA8gASgJEhcKD3NlcXVlbmNlX251bWJlchgQIAEoAxIVCg1wcmV2aW91c19oYXNoGBEgASgMEgwKBGhhc2gYEiABKAwigwEKCkF1ZGl0QWdlbnQSDQoFc3RhZmYYASABKAkSDQoFcm9sZXMYAiADKAkSFAoMb25fYmVoYWxmX29mGAMgASgJEhcKD3NlcnZpY2VfYWNjb3VudBgEIAEoCRIXCg9uZXR3b3JrX2FkZHJlc3MYBSABKAkSDwoHcGF0aWVudBgGIAEoCSI7CgtBdWRpdEVudGl0eRIVCg1yZXNvdXJjZV9uYW1lGAEgASgJEhUKDXJlc291cmNlX3R5cGUYAiABKAkilgEKCkNoYWluQnJlYWsSFwoPc2VxdWVuY2VfbnVtYmVyGAEgASgDEi4KBnJlYXNvbhgCIAEoDjIeLmhpcy5hdWRpdC52MS5DaGFpbkJyZWFrUmVhc29uEiQKHGxhc3RfbWlzc2luZ19zZXF1ZW5jZV9udW1iZXIYAyABKAMSGQoRY2hlY2twb2ludF9udW1iZXIYBCABKAMi8AEKD0NoYWluQ2hlY2twb2ludBIMCgRuYW1lGAEgASgJEhkKEWNoZWNrcG9pbnRfbnVtYmVyGAIgASgDEhcKD3NlcXVlbmNlX251bWJlchgDIAEoAxIMCgRoYXNoGAQgASgMEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZrZXlfaWQYBiABKAkSIgoacHJldmlvdXNfY2hlY2twb2ludF9kaWdlc3QYByABKAwSFQoNZXZlbnRzX2RpZ2VzdBgIIAEoDBIRCglzaWduYXR1cmUYCSABKAwiSQoXV3JpdGVBdWRpdEV2ZW50c1JlcXVlc3QSLgoMYXVkaXRfZXZlbnRzGAEgAygLMhguaGlzLmF1ZGl0LnYxLkF1ZGl0RXZlbnQiSgoYV3JpdGVBdWRpdEV2ZW50c1Jlc3BvbnNlEi4KDGF1ZGl0X2V2ZW50cxgBIAMoCzIYLmhpcy5hdWRpdC52MS5BdWRpdEV2ZW50IiQKFEdldEF1ZGl0RXZlbnRSZXF1ZXN0EgwKBG5hbWUYASABKAki4QEKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDwoHcGF0aWVudBgDIAEoCRITCgthZ2VudF9zdGFmZhgEIAEoCRIrCgxldmVudF9wZXJpb2QYBSABKAsyFS5oaXMuY29tbW9uLnYxLlBlcmlvZBIuCgZhY3Rpb24YBiABKA4yHi5oaXMuYXVkaXQudjEuQXVkaXRFdmVudEFjdGlvbhIdChVlbWVyZ2VuY3lfYWNjZXNzX29ubHkYByABKAgiYgoXTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USLgoMYXVkaXRfZXZlbnRzGAEgAygLMhguaGlzLmF1ZGl0LnYxLkF1ZGl0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImUKElZlcmlmeUNoYWluUmVxdWVzdBIdChVzdGFydF9zZXF1ZW5jZV9udW1iZXIYASABKAMSGwoTZW5kX3NlcXVlbmNlX251bWJlchgCIAEoAxITCgtpbmNyZW1lbnRhbBgDIAEoCCKGAgoTVmVyaWZ5Q2hhaW5SZXNwb25zZRIOCgZpbnRhY3QYASABKAgSHQoVc3RhcnRfc2VxdWVuY2VfbnVtYmVyGAIgASgDEhsKE2VuZF9zZXF1ZW5jZV9udW1iZXIYAyABKAMSEAoIZW5kX2hhc2gYBCABKAwSLQoLZmlyc3RfYnJlYWsYBSABKAsyGC5oaXMuYXVkaXQudjEuQ2hhaW5CcmVhaxIzCg9jaGVja3BvaW50X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBmFuY2hvchgHIAEoCzIdLmhpcy5hdWRpdC52MS5DaGFpbkNoZWNrcG9pbnQiMgocQ3JlYXRlQ2hhaW5DaGVja3BvaW50UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJIkQKG0xpc3RDaGFpbkNoZWNrcG9pbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJxChxMaXN0Q2hhaW5DaGVja3BvaW50c1Jlc3BvbnNlEjgKEWNoYWluX2NoZWNrcG9pbnRzGAEgAygLMh0uaGlzLmF1ZGl0LnYxLkNoYWluQ2hlY2twb2ludBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkq0AEKEEF1ZGl0RXZlbnRBY3Rpb24SIgoeQVVESVRfRVZFTlRfQUNUSU9OX1VOU1BFQ0lGSUVEEAASHQoZQVVESVRfRVZFTlRfQUNUSU9OX0NSRUFURRABEhsKF0FVRElUX0VWRU5UX0FDVElPTl9SRUFEEAISHQoZQVVESVRfRVZFTlRfQUNUSU9OX1VQREFURRADEh0KGUFVRElUX0VWRU5UX0FDVElPTl9ERUxFVEUQBBIeChpBVURJVF9FVkVOVF9BQ1RJT05fRVhFQ1VURRAFKtABChFBdWRpdEV2ZW50T3V0Y29tZRIjCh9BVURJVF9FVkVOVF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHwobQVVESVRfRVZFTlRfT1VUQ09NRV9TVUNDRVNTEAESJQohQVVESVRfRVZFTlRfT1VUQ09NRV9NSU5PUl9GQUlMVVJFEAISJwojQVVESVRfRVZFTlRfT1VUQ09NRV9TRVJJT1VTX0ZBSUxVUkUQAxIlCiFBVURJVF9FVkVOVF9PVVRDT01FX01BSk9SX0ZBSUxVUkUQBCrwAQoMUHVycG9zZU9mVXNlEh4KGlBVUlBPU0VfT0ZfVVNFX1VOU1BFQ0lGSUVEEAASHAoYUFVSUE9TRV9PRl9VU0VfVFJFQVRNRU5UEAESJgoiUFVSUE9TRV9PRl9VU0VfRU1FUkdFTkNZX1RSRUFUTUVOVBACEhoKFlBVUlBPU0VfT0ZfVVNFX1BBWU1FTlQQAxIdChlQVVJQT1NFX09GX1VTRV9PUEVSQVRJT05TEAQSGwoXUFVSUE9TRV9PRl9VU0VfUkVTRUFSQ0gQBRIiCh5QVVJQT1NFX09GX1VTRV9QQVRJRU5UX1JFUVVFU1QQBiqhAQoQQ2hhaW5CcmVha1JlYXNvbhIiCh5DSEFJTl9CUkVBS19SRUFTT05fVU5TUEVDSUZJRUQQABIeChpDSEFJTl9CUkVBS19SRUFTT05fQUxURVJFRBABEh4KGkNIQUlOX0JSRUFLX1JFQVNPTl9NSVNTSU5HEAISKQolQ0hBSU5fQlJFQUtfUkVBU09OX0NIRUNLUE9JTlRfSU5WQUxJRBADMuUECgxBdWRpdFNlcnZpY2USZgoQV3JpdGVBdWRpdEV2ZW50cxIlLmhpcy5hdWRpdC52MS5Xcml0ZUF1ZGl0RXZlbnRzUmVxdWVzdBomLmhpcy5hdWRpdC52MS5Xcml0ZUF1ZGl0RXZlbnRzUmVzcG9uc2UiA5ACAhJSCg1HZXRBdWRpdEV2ZW50EiIuaGlzLmF1ZGl0LnYxLkdldEF1ZGl0RXZlbnRSZXF1ZXN0GhguaGlzLmF1ZGl0LnYxLkF1ZGl0RXZlbnQiA5ACARJjCg9MaXN0QXVkaXRFdmVudHMSJC5oaXMuYXVkaXQudjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBolLmhpcy5hdWRpdC52MS5MaXN0QXVkaXRFdmVudHNSZXNwb25zZSIDkAIBElcKC1ZlcmlmeUNoYWluEiAuaGlzLmF1ZGl0LnYxLlZlcmlmeUNoYWluUmVxdWVzdBohLmhpcy5hdWRpdC52MS5WZXJpZnlDaGFpblJlc3BvbnNlIgOQAgESZwoVQ3JlYXRlQ2hhaW5DaGVja3BvaW50EiouaGlzLmF1ZGl0LnYxLkNyZWF0ZUNoYWluQ2hlY2twb2ludFJlcXVlc3QaHS5oaXMuYXVkaXQudjEuQ2hhaW5DaGVja3BvaW50IgOQAgIScgoUTGlzdENoYWluQ2hlY2twb2ludHMSKS5oaXMuYXVkaXQudjEuTGlzdENoYWluQ2hlY2twb2ludHNSZXF1ZXN0GiouaGlzLmF1ZGl0LnYxLkxpc3RDaGFpbkNoZWNrcG9pbnRzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_his_common_v1_types]);
+  fileDesc("CiBoaXMvYXVkaXQvdjEvYXVkaXRfc2VydmljZS5wcm90bxIMaGlzLmF1ZGl0LnYxIsIECgpBdWRpdEV2ZW50EgwKBG5hbWUYASABKAkSEAoIZXZlbnRfaWQYAiABKAkSLgoKZXZlbnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmVjb3JkX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBmFjdGlvbhgFIAEoDjIeLmhpcy5hdWRpdC52MS5BdWRpdEV2ZW50QWN0aW9uEjAKB291dGNvbWUYBiABKA4yHy5oaXMuYXVkaXQudjEuQXVkaXRFdmVudE91dGNvbWUSGwoTb3V0Y29tZV9kZXNjcmlwdGlvbhgHIAEoCRIRCglvcGVyYXRpb24YCCABKAkSJwoFYWdlbnQYCSABKAsyGC5oaXMuYXVkaXQudjEuQXVkaXRBZ2VudBIPCgdwYXRpZW50GAogASgJEikKBmVudGl0eRgLIAEoCzIZLmhpcy5hdWRpdC52MS5BdWRpdEVudGl0eRIyCg5wdXJwb3NlX29mX3VzZRgMIAEoDjIaLmhpcy5hdWRpdC52MS5QdXJwb3NlT2ZVc2USGAoQZW1lcmdlbmN5X2FjY2VzcxgNIAEoCBIeChZlbWVyZ2VuY3lfYWNjZXNzX2dyYW50GA4gASgJEhAKCHRyYWNlX2lkGA8gASgJEhcKD3NlcXVlbmNlX251bWJlchgQIAEoAxIVCg1wcmV2aW91c19oYXNoGBEgASgMEgwKBGhhc2gYEiABKAwigwEKCkF1ZGl0QWdlbnQSDQoFc3RhZmYYASABKAkSDQoFcm9sZXMYAiADKAkSFAoMb25fYmVoYWxmX29mGAMgASgJEhcKD3NlcnZpY2VfYWNjb3VudBgEIAEoCRIXCg9uZXR3b3JrX2FkZHJlc3MYBSABKAkSDwoHcGF0aWVudBgGIAEoCSJsCgtBdWRpdEVudGl0eRIVCg1yZXNvdXJjZV9uYW1lGAEgASgJEhUKDXJlc291cmNlX3R5cGUYAiABKAkSLwoHY2hhbmdlcxgDIAMoCzIeLmhpcy5hdWRpdC52MS5BdWRpdEZpZWxkQ2hhbmdlIkUKEEF1ZGl0RmllbGRDaGFuZ2USEgoKZmllbGRfcGF0aBgBIAEoCRIOCgZiZWZvcmUYAiABKAkSDQoFYWZ0ZXIYAyABKAkilgEKCkNoYWluQnJlYWsSFwoPc2VxdWVuY2VfbnVtYmVyGAEgASgDEi4KBnJlYXNvbhgCIAEoDjIeLmhpcy5hdWRpdC52MS5DaGFpbkJyZWFrUmVhc29uEiQKHGxhc3RfbWlzc2luZ19zZXF1ZW5jZV9udW1iZXIYAyABKAMSGQoRY2hlY2twb2ludF9udW1iZXIYBCABKAMi8AEKD0NoYWluQ2hlY2twb2ludBIMCgRuYW1lGAEgASgJEhkKEWNoZWNrcG9pbnRfbnVtYmVyGAIgASgDEhcKD3NlcXVlbmNlX251bWJlchgDIAEoAxIMCgRoYXNoGAQgASgMEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZrZXlfaWQYBiABKAkSIgoacHJldmlvdXNfY2hlY2twb2ludF9kaWdlc3QYByABKAwSFQoNZXZlbnRzX2RpZ2VzdBgIIAEoDBIRCglzaWduYXR1cmUYCSABKAwiSQoXV3JpdGVBdWRpdEV2ZW50c1JlcXVlc3QSLgoMYXVkaXRfZXZlbnRzGAEgAygLMhguaGlzLmF1ZGl0LnYxLkF1ZGl0RXZlbnQiSgoYV3JpdGVBdWRpdEV2ZW50c1Jlc3BvbnNlEi4KDGF1ZGl0X2V2ZW50cxgBIAMoCzIYLmhpcy5hdWRpdC52MS5BdWRpdEV2ZW50IiQKFEdldEF1ZGl0RXZlbnRSZXF1ZXN0EgwKBG5hbWUYASABKAki4QEKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDwoHcGF0aWVudBgDIAEoCRITCgthZ2VudF9zdGFmZhgEIAEoCRIrCgxldmVudF9wZXJpb2QYBSABKAsyFS5oaXMuY29tbW9uLnYxLlBlcmlvZBIuCgZhY3Rpb24YBiABKA4yHi5oaXMuYXVkaXQudjEuQXVkaXRFdmVudEFjdGlvbhIdChVlbWVyZ2VuY3lfYWNjZXNzX29ubHkYByABKAgiYgoXTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USLgoMYXVkaXRfZXZlbnRzGAEgAygLMhguaGlzLmF1ZGl0LnYxLkF1ZGl0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImUKElZlcmlmeUNoYWluUmVxdWVzdBIdChVzdGFydF9zZXF1ZW5jZV9udW1iZXIYASABKAMSGwoTZW5kX3NlcXVlbmNlX251bWJlchgCIAEoAxITCgtpbmNyZW1lbnRhbBgDIAEoCCKGAgoTVmVyaWZ5Q2hhaW5SZXNwb25zZRIOCgZpbnRhY3QYASABKAgSHQoVc3RhcnRfc2VxdWVuY2VfbnVtYmVyGAIgASgDEhsKE2VuZF9zZXF1ZW5jZV9udW1iZXIYAyABKAMSEAoIZW5kX2hhc2gYBCABKAwSLQoLZmlyc3RfYnJlYWsYBSABKAsyGC5oaXMuYXVkaXQudjEuQ2hhaW5CcmVhaxIzCg9jaGVja3BvaW50X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBmFuY2hvchgHIAEoCzIdLmhpcy5hdWRpdC52MS5DaGFpbkNoZWNrcG9pbnQiMgocQ3JlYXRlQ2hhaW5DaGVja3BvaW50UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJIkQKG0xpc3RDaGFpbkNoZWNrcG9pbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJxChxMaXN0Q2hhaW5DaGVja3BvaW50c1Jlc3BvbnNlEjgKEWNoYWluX2NoZWNrcG9pbnRzGAEgAygLMh0uaGlzLmF1ZGl0LnYxLkNoYWluQ2hlY2twb2ludBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkq0AEKEEF1ZGl0RXZlbnRBY3Rpb24SIgoeQVVESVRfRVZFTlRfQUNUSU9OX1VOU1BFQ0lGSUVEEAASHQoZQVVESVRfRVZFTlRfQUNUSU9OX0NSRUFURRABEhsKF0FVRElUX0VWRU5UX0FDVElPTl9SRUFEEAISHQoZQVVESVRfRVZFTlRfQUNUSU9OX1VQREFURRADEh0KGUFVRElUX0VWRU5UX0FDVElPTl9ERUxFVEUQBBIeChpBVURJVF9FVkVOVF9BQ1RJT05fRVhFQ1VURRAFKtABChFBdWRpdEV2ZW50T3V0Y29tZRIjCh9BVURJVF9FVkVOVF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHwobQVVESVRfRVZFTlRfT1VUQ09NRV9TVUNDRVNTEAESJQohQVVESVRfRVZFTlRfT1VUQ09NRV9NSU5PUl9GQUlMVVJFEAISJwojQVVESVRfRVZFTlRfT1VUQ09NRV9TRVJJT1VTX0ZBSUxVUkUQAxIlCiFBVURJVF9FVkVOVF9PVVRDT01FX01BSk9SX0ZBSUxVUkUQBCrwAQoMUHVycG9zZU9mVXNlEh4KGlBVUlBPU0VfT0ZfVVNFX1VOU1BFQ0lGSUVEEAASHAoYUFVSUE9TRV9PRl9VU0VfVFJFQVRNRU5UEAESJgoiUFVSUE9TRV9PRl9VU0VfRU1FUkdFTkNZX1RSRUFUTUVOVBACEhoKFlBVUlBPU0VfT0ZfVVNFX1BBWU1FTlQQAxIdChlQVVJQT1NFX09GX1VTRV9PUEVSQVRJT05TEAQSGwoXUFVSUE9TRV9PRl9VU0VfUkVTRUFSQ0gQBRIiCh5QVVJQT1NFX09GX1VTRV9QQVRJRU5UX1JFUVVFU1QQBiqhAQoQQ2hhaW5CcmVha1JlYXNvbhIiCh5DSEFJTl9CUkVBS19SRUFTT05fVU5TUEVDSUZJRUQQABIeChpDSEFJTl9CUkVBS19SRUFTT05fQUxURVJFRBABEh4KGkNIQUlOX0JSRUFLX1JFQVNPTl9NSVNTSU5HEAISKQolQ0hBSU5fQlJFQUtfUkVBU09OX0NIRUNLUE9JTlRfSU5WQUxJRBADMuUECgxBdWRpdFNlcnZpY2USZgoQV3JpdGVBdWRpdEV2ZW50cxIlLmhpcy5hdWRpdC52MS5Xcml0ZUF1ZGl0RXZlbnRzUmVxdWVzdBomLmhpcy5hdWRpdC52MS5Xcml0ZUF1ZGl0RXZlbnRzUmVzcG9uc2UiA5ACAhJSCg1HZXRBdWRpdEV2ZW50EiIuaGlzLmF1ZGl0LnYxLkdldEF1ZGl0RXZlbnRSZXF1ZXN0GhguaGlzLmF1ZGl0LnYxLkF1ZGl0RXZlbnQiA5ACARJjCg9MaXN0QXVkaXRFdmVudHMSJC5oaXMuYXVkaXQudjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBolLmhpcy5hdWRpdC52MS5MaXN0QXVkaXRFdmVudHNSZXNwb25zZSIDkAIBElcKC1ZlcmlmeUNoYWluEiAuaGlzLmF1ZGl0LnYxLlZlcmlmeUNoYWluUmVxdWVzdBohLmhpcy5hdWRpdC52MS5WZXJpZnlDaGFpblJlc3BvbnNlIgOQAgESZwoVQ3JlYXRlQ2hhaW5DaGVja3BvaW50EiouaGlzLmF1ZGl0LnYxLkNyZWF0ZUNoYWluQ2hlY2twb2ludFJlcXVlc3QaHS5oaXMuYXVkaXQudjEuQ2hhaW5DaGVja3BvaW50IgOQAgIScgoUTGlzdENoYWluQ2hlY2twb2ludHMSKS5oaXMuYXVkaXQudjEuTGlzdENoYWluQ2hlY2twb2ludHNSZXF1ZXN0GiouaGlzLmF1ZGl0LnYxLkxpc3RDaGFpbkNoZWNrcG9pbnRzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_his_common_v1_types]);
 
 /**
  * One recorded action (FHIR AuditEvent). Immutable once stored.
@@ -256,6 +256,15 @@ export type AuditEntity = Message<"his.audit.v1.AuditEntity"> & {
    * @generated from field: string resource_type = 2;
    */
   resourceType: string;
+
+  /**
+   * For a change to a resource: each changed field with its value before and after, in the order
+   * the writer gives them (for example iam's role and membership changes). Optional; at most 20.
+   * Never patient data: a service that records changes of patient records names the fields only.
+   *
+   * @generated from field: repeated his.audit.v1.AuditFieldChange changes = 3;
+   */
+  changes: AuditFieldChange[];
 };
 
 /**
@@ -264,6 +273,45 @@ export type AuditEntity = Message<"his.audit.v1.AuditEntity"> & {
  */
 export const AuditEntitySchema: GenMessage<AuditEntity> = /*@__PURE__*/
   messageDesc(file_his_audit_v1_audit_service, 2);
+
+/**
+ * One field of a resource as it was before and after an audited change (FHIR AuditEvent.entity.
+ * detail, with the field path as its type).
+ *
+ * @generated from message his.audit.v1.AuditFieldChange
+ */
+export type AuditFieldChange = Message<"his.audit.v1.AuditFieldChange"> & {
+  /**
+   * The field path in the resource's message, for example `roles` or `period.end`. Required, 1 to
+   * 100 characters.
+   *
+   * @generated from field: string field_path = 1;
+   */
+  fieldPath: string;
+
+  /**
+   * The value before the change as JSON text (RFC 8259), for example `["DOCTOR"]`; empty when the
+   * field did not exist before (a created resource). At most 2000 characters.
+   *
+   * @generated from field: string before = 2;
+   */
+  before: string;
+
+  /**
+   * The value after the change as JSON text; empty when the field no longer exists (a deleted
+   * resource). At most 2000 characters.
+   *
+   * @generated from field: string after = 3;
+   */
+  after: string;
+};
+
+/**
+ * Describes the message his.audit.v1.AuditFieldChange.
+ * Use `create(AuditFieldChangeSchema)` to create a new message.
+ */
+export const AuditFieldChangeSchema: GenMessage<AuditFieldChange> = /*@__PURE__*/
+  messageDesc(file_his_audit_v1_audit_service, 3);
 
 /**
  * The first broken link found by VerifyChain.
@@ -308,7 +356,7 @@ export type ChainBreak = Message<"his.audit.v1.ChainBreak"> & {
  * Use `create(ChainBreakSchema)` to create a new message.
  */
 export const ChainBreakSchema: GenMessage<ChainBreak> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 3);
+  messageDesc(file_his_audit_v1_audit_service, 4);
 
 /**
  * A signed checkpoint: the audit service's statement, under its Ed25519 key, that the chain's
@@ -405,7 +453,7 @@ export type ChainCheckpoint = Message<"his.audit.v1.ChainCheckpoint"> & {
  * Use `create(ChainCheckpointSchema)` to create a new message.
  */
 export const ChainCheckpointSchema: GenMessage<ChainCheckpoint> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 4);
+  messageDesc(file_his_audit_v1_audit_service, 5);
 
 /**
  * Request of WriteAuditEvents.
@@ -426,7 +474,7 @@ export type WriteAuditEventsRequest = Message<"his.audit.v1.WriteAuditEventsRequ
  * Use `create(WriteAuditEventsRequestSchema)` to create a new message.
  */
 export const WriteAuditEventsRequestSchema: GenMessage<WriteAuditEventsRequest> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 5);
+  messageDesc(file_his_audit_v1_audit_service, 6);
 
 /**
  * Response of WriteAuditEvents.
@@ -448,7 +496,7 @@ export type WriteAuditEventsResponse = Message<"his.audit.v1.WriteAuditEventsRes
  * Use `create(WriteAuditEventsResponseSchema)` to create a new message.
  */
 export const WriteAuditEventsResponseSchema: GenMessage<WriteAuditEventsResponse> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 6);
+  messageDesc(file_his_audit_v1_audit_service, 7);
 
 /**
  * Request of GetAuditEvent.
@@ -469,7 +517,7 @@ export type GetAuditEventRequest = Message<"his.audit.v1.GetAuditEventRequest"> 
  * Use `create(GetAuditEventRequestSchema)` to create a new message.
  */
 export const GetAuditEventRequestSchema: GenMessage<GetAuditEventRequest> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 7);
+  messageDesc(file_his_audit_v1_audit_service, 8);
 
 /**
  * Request of ListAuditEvents. All set filters must match.
@@ -533,7 +581,7 @@ export type ListAuditEventsRequest = Message<"his.audit.v1.ListAuditEventsReques
  * Use `create(ListAuditEventsRequestSchema)` to create a new message.
  */
 export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 8);
+  messageDesc(file_his_audit_v1_audit_service, 9);
 
 /**
  * Response of ListAuditEvents.
@@ -561,7 +609,7 @@ export type ListAuditEventsResponse = Message<"his.audit.v1.ListAuditEventsRespo
  * Use `create(ListAuditEventsResponseSchema)` to create a new message.
  */
 export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 9);
+  messageDesc(file_his_audit_v1_audit_service, 10);
 
 /**
  * Request of VerifyChain.
@@ -602,7 +650,7 @@ export type VerifyChainRequest = Message<"his.audit.v1.VerifyChainRequest"> & {
  * Use `create(VerifyChainRequestSchema)` to create a new message.
  */
 export const VerifyChainRequestSchema: GenMessage<VerifyChainRequest> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 10);
+  messageDesc(file_his_audit_v1_audit_service, 11);
 
 /**
  * Response of VerifyChain.
@@ -674,7 +722,7 @@ export type VerifyChainResponse = Message<"his.audit.v1.VerifyChainResponse"> & 
  * Use `create(VerifyChainResponseSchema)` to create a new message.
  */
 export const VerifyChainResponseSchema: GenMessage<VerifyChainResponse> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 11);
+  messageDesc(file_his_audit_v1_audit_service, 12);
 
 /**
  * Request of CreateChainCheckpoint.
@@ -696,7 +744,7 @@ export type CreateChainCheckpointRequest = Message<"his.audit.v1.CreateChainChec
  * Use `create(CreateChainCheckpointRequestSchema)` to create a new message.
  */
 export const CreateChainCheckpointRequestSchema: GenMessage<CreateChainCheckpointRequest> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 12);
+  messageDesc(file_his_audit_v1_audit_service, 13);
 
 /**
  * Request of ListChainCheckpoints.
@@ -725,7 +773,7 @@ export type ListChainCheckpointsRequest = Message<"his.audit.v1.ListChainCheckpo
  * Use `create(ListChainCheckpointsRequestSchema)` to create a new message.
  */
 export const ListChainCheckpointsRequestSchema: GenMessage<ListChainCheckpointsRequest> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 13);
+  messageDesc(file_his_audit_v1_audit_service, 14);
 
 /**
  * Response of ListChainCheckpoints.
@@ -753,7 +801,7 @@ export type ListChainCheckpointsResponse = Message<"his.audit.v1.ListChainCheckp
  * Use `create(ListChainCheckpointsResponseSchema)` to create a new message.
  */
 export const ListChainCheckpointsResponseSchema: GenMessage<ListChainCheckpointsResponse> = /*@__PURE__*/
-  messageDesc(file_his_audit_v1_audit_service, 14);
+  messageDesc(file_his_audit_v1_audit_service, 15);
 
 /**
  * What kind of action was performed (FHIR AuditEventAction).

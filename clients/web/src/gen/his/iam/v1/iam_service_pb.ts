@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file his/iam/v1/iam_service.proto.
  */
 export const file_his_iam_v1_iam_service: GenFile = /*@__PURE__*/
-  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqUCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkioQEKFERlcGFydG1lbnRNZW1iZXJzaGlwEgwKBG5hbWUYASABKAkSEgoKZGVwYXJ0bWVudBgCIAEoCRIlCgZwZXJpb2QYAyABKAsyFS5oaXMuY29tbW9uLnYxLlBlcmlvZBIPCgdwcmltYXJ5GAQgASgIEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKQAwoURW1lcmdlbmN5QWNjZXNzR3JhbnQSDAoEbmFtZRgBIAEoCRINCgVzdGFmZhgCIAEoCRIPCgdwYXRpZW50GAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpncmFudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcmV2b2tlZBgHIAEoCBIvCgtyZXZva2VfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPAoMcmV2aWV3X3N0YXRlGAkgASgOMiYuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NSZXZpZXdTdGF0ZRIQCghyZXZpZXdlchgKIAEoCRIvCgtyZXZpZXdfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcmV2aWV3X2NvbW1lbnQYDCABKAkiWQoXQ3JlYXRlRGVwYXJ0bWVudFJlcXVlc3QSKgoKZGVwYXJ0bWVudBgBIAEoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBISCgpyZXF1ZXN0X2lkGAIgASgJIiQKFEdldERlcGFydG1lbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiaQoWTGlzdERlcGFydG1lbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIoCgRraW5kGAMgASgOMhouaGlzLmlhbS52MS5EZXBhcnRtZW50S2luZCJfChdMaXN0RGVwYXJ0bWVudHNSZXNwb25zZRIrCgtkZXBhcnRtZW50cxgBIAMoCzIWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXQoYQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISEgoKcmVxdWVzdF9pZBgCIAEoCSIlChVHZXRTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSKuAQoXTGlzdFN0YWZmTWVtYmVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEAoIdXNlcm5hbWUYAyABKAkSGwoTZGlzcGxheV9uYW1lX3ByZWZpeBgEIAEoCRIjCgRyb2xlGAUgASgOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSGAoQaW5jbHVkZV9pbmFjdGl2ZRgGIAEoCCJjChhMaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2USLgoNc3RhZmZfbWVtYmVycxgBIAMoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInoKGFVwZGF0ZVN0YWZmTWVtYmVyUmVxdWVzdBItCgxzdGFmZl9tZW1iZXIYASABKAsyFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI6ChxEZWFjdGl2YXRlU3RhZmZNZW1iZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSJwChRBZGRNZW1iZXJzaGlwUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSNAoKbWVtYmVyc2hpcBgCIAEoCzIgLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASEgoKcmVxdWVzdF9pZBgDIAEoCSInChdSZW1vdmVNZW1iZXJzaGlwUmVxdWVzdBIMCgRuYW1lGAEgASgJInkKFkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhIKCmRlcGFydG1lbnQYBCABKAkSFAoMY3VycmVudF9vbmx5GAUgASgIImkKF0xpc3RNZW1iZXJzaGlwc1Jlc3BvbnNlEjUKC21lbWJlcnNoaXBzGAEgAygLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoRSXNzdWVUb2tlblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEgoKY3JlZGVudGlhbBgCIAEoCSJvChJJc3N1ZVRva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIioKGVN0YXJ0UGF0aWVudFNpZ25JblJlcXVlc3QSDQoFcGhvbmUYASABKAkicwoaU3RhcnRQYXRpZW50U2lnbkluUmVzcG9uc2USDwoHc2lnbl9pbhgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY29kZV9sZW5ndGgYAyABKAUiPQocQ29tcGxldGVQYXRpZW50U2lnbkluUmVxdWVzdBIPCgdzaWduX2luGAEgASgJEgwKBGNvZGUYAiABKAkiiwEKHUNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdwYXRpZW50GAQgASgJIhAKDkdldEp3a3NSZXF1ZXN0IjUKDUpzb25XZWJLZXlTZXQSJAoEa2V5cxgBIAMoCzIWLmhpcy5pYW0udjEuSnNvbldlYktleSJWCgpKc29uV2ViS2V5EgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDdXNlGAMgASgJEgsKA2FsZxgEIAEoCRIJCgFuGAUgASgJEgkKAWUYBiABKAkipgEKIUNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBJAChZlbWVyZ2VuY3lfYWNjZXNzX2dyYW50GAEgASgLMiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBIrCghkdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgpyZXF1ZXN0X2lkGAMgASgJIrwBCiBMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRINCgVzdGFmZhgDIAEoCRIPCgdwYXRpZW50GAQgASgJEhMKC2FjdGl2ZV9vbmx5GAUgASgIEjwKDHJldmlld19zdGF0ZRgGIAEoDjImLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzUmV2aWV3U3RhdGUifwohTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1Jlc3BvbnNlEkEKF2VtZXJnZW5jeV9hY2Nlc3NfZ3JhbnRzGAEgAygLMiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMQohUmV2b2tlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiewohUmV2aWV3RW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSNwoHb3V0Y29tZRgCIAEoDjImLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzUmV2aWV3U3RhdGUSDwoHY29tbWVudBgDIAEoCSr+AQoORGVwYXJ0bWVudEtpbmQSHwobREVQQVJUTUVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaREVQQVJUTUVOVF9LSU5EX09VVFBBVElFTlQQARIdChlERVBBUlRNRU5UX0tJTkRfSU5QQVRJRU5UEAISHQoZREVQQVJUTUVOVF9LSU5EX0VNRVJHRU5DWRADEhsKF0RFUEFSVE1FTlRfS0lORF9TVVJHRVJZEAQSFwoTREVQQVJUTUVOVF9LSU5EX0xBQhAFEhwKGERFUEFSVE1FTlRfS0lORF9QSEFSTUFDWRAGEhkKFURFUEFSVE1FTlRfS0lORF9BRE1JThAHKpwCCglTdGFmZlJvbGUSGgoWU1RBRkZfUk9MRV9VTlNQRUNJRklFRBAAEhgKFFNUQUZGX1JPTEVfUkVHSVNUUkFSEAESFQoRU1RBRkZfUk9MRV9ET0NUT1IQAhIUChBTVEFGRl9ST0xFX05VUlNFEAMSGQoVU1RBRkZfUk9MRV9QSEFSTUFDSVNUEAQSHQoZU1RBRkZfUk9MRV9MQUJfVEVDSE5JQ0lBThAFEhwKGFNUQUZGX1JPTEVfQklMTElOR19DTEVSSxAGEhYKElNUQUZGX1JPTEVfQVVESVRPUhAHEhwKGFNUQUZGX1JPTEVfQURNSU5JU1RSQVRPUhAIEh4KGlNUQUZGX1JPTEVfUFJJVkFDWV9PRkZJQ0VSEAkqzgEKGkVtZXJnZW5jeUFjY2Vzc1Jldmlld1N0YXRlEi0KKUVNRVJHRU5DWV9BQ0NFU1NfUkVWSUVXX1NUQVRFX1VOU1BFQ0lGSUVEEAASKQolRU1FUkdFTkNZX0FDQ0VTU19SRVZJRVdfU1RBVEVfUEVORElORxABEisKJ0VNRVJHRU5DWV9BQ0NFU1NfUkVWSUVXX1NUQVRFX0pVU1RJRklFRBACEikKJUVNRVJHRU5DWV9BQ0NFU1NfUkVWSUVXX1NUQVRFX0ZMQUdHRUQQAzKhDgoKSWFtU2VydmljZRJPChBDcmVhdGVEZXBhcnRtZW50EiMuaGlzLmlhbS52MS5DcmVhdGVEZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBJOCg1HZXREZXBhcnRtZW50EiAuaGlzLmlhbS52MS5HZXREZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudCIDkAIBEl8KD0xpc3REZXBhcnRtZW50cxIiLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVxdWVzdBojLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVzcG9uc2UiA5ACARJSChFDcmVhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchJRCg5HZXRTdGFmZk1lbWJlchIhLmhpcy5pYW0udjEuR2V0U3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAIBEmIKEExpc3RTdGFmZk1lbWJlcnMSIy5oaXMuaWFtLnYxLkxpc3RTdGFmZk1lbWJlcnNSZXF1ZXN0GiQuaGlzLmlhbS52MS5MaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2UiA5ACARJXChFVcGRhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAICEl8KFURlYWN0aXZhdGVTdGFmZk1lbWJlchIoLmhpcy5pYW0udjEuRGVhY3RpdmF0ZVN0YWZmTWVtYmVyUmVxdWVzdBoXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXIiA5ACAhJTCg1BZGRNZW1iZXJzaGlwEiAuaGlzLmlhbS52MS5BZGRNZW1iZXJzaGlwUmVxdWVzdBogLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASXgoQUmVtb3ZlTWVtYmVyc2hpcBIjLmhpcy5pYW0udjEuUmVtb3ZlTWVtYmVyc2hpcFJlcXVlc3QaIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwIgOQAgISXwoPTGlzdE1lbWJlcnNoaXBzEiIuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXF1ZXN0GiMuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXNwb25zZSIDkAIBEksKCklzc3VlVG9rZW4SHS5oaXMuaWFtLnYxLklzc3VlVG9rZW5SZXF1ZXN0Gh4uaGlzLmlhbS52MS5Jc3N1ZVRva2VuUmVzcG9uc2USYwoSU3RhcnRQYXRpZW50U2lnbkluEiUuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXF1ZXN0GiYuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXNwb25zZRJsChVDb21wbGV0ZVBhdGllbnRTaWduSW4SKC5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlcXVlc3QaKS5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEkUKB0dldEp3a3MSGi5oaXMuaWFtLnYxLkdldEp3a3NSZXF1ZXN0GhkuaGlzLmlhbS52MS5Kc29uV2ViS2V5U2V0IgOQAgESbQoaQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLkNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSfQoZTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50cxIsLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1JlcXVlc3QaLS5oaXMuaWFtLnYxLkxpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXNwb25zZSIDkAIBEnIKGlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50Ei0uaGlzLmlhbS52MS5SZXZva2VFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QaIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50IgOQAgISbQoaUmV2aWV3RW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLlJldmlld0VtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnRiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
+  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsQCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkSHQoVcGVuZGluZ19hY2Nlc3NfY2hhbmdlGAogASgJIu8BChREZXBhcnRtZW50TWVtYmVyc2hpcBIMCgRuYW1lGAEgASgJEhIKCmRlcGFydG1lbnQYAiABKAkSJQoGcGVyaW9kGAMgASgLMhUuaGlzLmNvbW1vbi52MS5QZXJpb2QSDwoHcHJpbWFyeRgEIAEoCBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoOYXBwcm92YWxfc3RhdGUYBiABKA4yHS5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZVN0YXRlEhUKDWFjY2Vzc19jaGFuZ2UYByABKAkimAIKDEFjY2Vzc0NoYW5nZRIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEiQKBXJvbGVzGAMgAygOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSEgoKbWVtYmVyc2hpcBgEIAEoCRIsCgVzdGF0ZRgFIAEoDjIdLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlU3RhdGUSEAoIcHJvcG9zZXIYBiABKAkSDwoHZGVjaWRlchgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGVjaWRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpADChRFbWVyZ2VuY3lBY2Nlc3NHcmFudBIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEg8KB3BhdGllbnQYAyABKAkSDgoGcmVhc29uGAQgASgJEi4KCmdyYW50X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAcgASgIEi8KC3Jldm9rZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI8CgxyZXZpZXdfc3RhdGUYCSABKA4yJi5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc1Jldmlld1N0YXRlEhAKCHJldmlld2VyGAogASgJEi8KC3Jldmlld190aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5yZXZpZXdfY29tbWVudBgMIAEoCSJZChdDcmVhdGVEZXBhcnRtZW50UmVxdWVzdBIqCgpkZXBhcnRtZW50GAEgASgLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhIKCnJlcXVlc3RfaWQYAiABKAkiJAoUR2V0RGVwYXJ0bWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJpChZMaXN0RGVwYXJ0bWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEigKBGtpbmQYAyABKA4yGi5oaXMuaWFtLnYxLkRlcGFydG1lbnRLaW5kIl8KF0xpc3REZXBhcnRtZW50c1Jlc3BvbnNlEisKC2RlcGFydG1lbnRzGAEgAygLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJdChhDcmVhdGVTdGFmZk1lbWJlclJlcXVlc3QSLQoMc3RhZmZfbWVtYmVyGAEgASgLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchISCgpyZXF1ZXN0X2lkGAIgASgJIiUKFUdldFN0YWZmTWVtYmVyUmVxdWVzdBIMCgRuYW1lGAEgASgJIq4BChdMaXN0U3RhZmZNZW1iZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIQCgh1c2VybmFtZRgDIAEoCRIbChNkaXNwbGF5X25hbWVfcHJlZml4GAQgASgJEiMKBHJvbGUYBSABKA4yFS5oaXMuaWFtLnYxLlN0YWZmUm9sZRIYChBpbmNsdWRlX2luYWN0aXZlGAYgASgIImMKGExpc3RTdGFmZk1lbWJlcnNSZXNwb25zZRIuCg1zdGFmZl9tZW1iZXJzGAEgAygLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjoKHERlYWN0aXZhdGVTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJInAKFEFkZE1lbWJlcnNoaXBSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRI0CgptZW1iZXJzaGlwGAIgASgLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBISCgpyZXF1ZXN0X2lkGAMgASgJIicKF1JlbW92ZU1lbWJlcnNoaXBSZXF1ZXN0EgwKBG5hbWUYASABKAkieQoWTGlzdE1lbWJlcnNoaXBzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSEgoKZGVwYXJ0bWVudBgEIAEoCRIUCgxjdXJyZW50X29ubHkYBSABKAgiaQoXTGlzdE1lbWJlcnNoaXBzUmVzcG9uc2USNQoLbWVtYmVyc2hpcHMYASADKAsyIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChZHZXRBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkifgoYTGlzdEFjY2Vzc0NoYW5nZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXN0YWZmGAMgASgJEiwKBXN0YXRlGAQgASgOMh0uaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2VTdGF0ZSJmChlMaXN0QWNjZXNzQ2hhbmdlc1Jlc3BvbnNlEjAKDmFjY2Vzc19jaGFuZ2VzGAEgAygLMhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKGkFwcHJvdmVBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiKQoZUmVqZWN0QWNjZXNzQ2hhbmdlUmVxdWVzdBIMCgRuYW1lGAEgASgJIkwKEUlzc3VlVG9rZW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkSEQoJdG90cF9jb2RlGAMgASgJIm8KEklzc3VlVG9rZW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZwoOU3RhZmZFbnJvbG1lbnQSDAoEbmFtZRgBIAEoCRIWCg5lbnJvbG1lbnRfY29kZRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiLQobQ3JlYXRlU3RhZmZFbnJvbG1lbnRSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCSJbCh1Db21wbGV0ZVN0YWZmRW5yb2xtZW50UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIWCg5lbnJvbG1lbnRfY29kZRgCIAEoCRIQCghwYXNzd29yZBgDIAEoCSJ0Ch5Db21wbGV0ZVN0YWZmRW5yb2xtZW50UmVzcG9uc2USFAoMc3RhZmZfbWVtYmVyGAEgASgJEhMKC3RvdHBfc2VjcmV0GAIgASgJEhAKCHRvdHBfdXJpGAMgASgJEhUKDXRvdHBfcmVxdWlyZWQYBCABKAgiKgoZU3RhcnRQYXRpZW50U2lnbkluUmVxdWVzdBINCgVwaG9uZRgBIAEoCSJzChpTdGFydFBhdGllbnRTaWduSW5SZXNwb25zZRIPCgdzaWduX2luGAEgASgJEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtjb2RlX2xlbmd0aBgDIAEoBSI9ChxDb21wbGV0ZVBhdGllbnRTaWduSW5SZXF1ZXN0Eg8KB3NpZ25faW4YASABKAkSDAoEY29kZRgCIAEoCSKLAQodQ29tcGxldGVQYXRpZW50U2lnbkluUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3BhdGllbnQYBCABKAkiEAoOR2V0Sndrc1JlcXVlc3QiNQoNSnNvbldlYktleVNldBIkCgRrZXlzGAEgAygLMhYuaGlzLmlhbS52MS5Kc29uV2ViS2V5IlYKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2tpZBgCIAEoCRILCgN1c2UYAyABKAkSCwoDYWxnGAQgASgJEgkKAW4YBSABKAkSCQoBZRgGIAEoCSKmAQohQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0EkAKFmVtZXJnZW5jeV9hY2Nlc3NfZ3JhbnQYASABKAsyIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50EisKCGR1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhIKCnJlcXVlc3RfaWQYAyABKAkivAEKIExpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXN0YWZmGAMgASgJEg8KB3BhdGllbnQYBCABKAkSEwoLYWN0aXZlX29ubHkYBSABKAgSPAoMcmV2aWV3X3N0YXRlGAYgASgOMiYuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NSZXZpZXdTdGF0ZSJ/CiFMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVzcG9uc2USQQoXZW1lcmdlbmN5X2FjY2Vzc19ncmFudHMYASADKAsyIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIxCiFSZXZva2VFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJ7CiFSZXZpZXdFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRI3CgdvdXRjb21lGAIgASgOMiYuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NSZXZpZXdTdGF0ZRIPCgdjb21tZW50GAMgASgJKv4BCg5EZXBhcnRtZW50S2luZBIfChtERVBBUlRNRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIeChpERVBBUlRNRU5UX0tJTkRfT1VUUEFUSUVOVBABEh0KGURFUEFSVE1FTlRfS0lORF9JTlBBVElFTlQQAhIdChlERVBBUlRNRU5UX0tJTkRfRU1FUkdFTkNZEAMSGwoXREVQQVJUTUVOVF9LSU5EX1NVUkdFUlkQBBIXChNERVBBUlRNRU5UX0tJTkRfTEFCEAUSHAoYREVQQVJUTUVOVF9LSU5EX1BIQVJNQUNZEAYSGQoVREVQQVJUTUVOVF9LSU5EX0FETUlOEAcqnAIKCVN0YWZmUm9sZRIaChZTVEFGRl9ST0xFX1VOU1BFQ0lGSUVEEAASGAoUU1RBRkZfUk9MRV9SRUdJU1RSQVIQARIVChFTVEFGRl9ST0xFX0RPQ1RPUhACEhQKEFNUQUZGX1JPTEVfTlVSU0UQAxIZChVTVEFGRl9ST0xFX1BIQVJNQUNJU1QQBBIdChlTVEFGRl9ST0xFX0xBQl9URUNITklDSUFOEAUSHAoYU1RBRkZfUk9MRV9CSUxMSU5HX0NMRVJLEAYSFgoSU1RBRkZfUk9MRV9BVURJVE9SEAcSHAoYU1RBRkZfUk9MRV9BRE1JTklTVFJBVE9SEAgSHgoaU1RBRkZfUk9MRV9QUklWQUNZX09GRklDRVIQCSrOAQoaRW1lcmdlbmN5QWNjZXNzUmV2aWV3U3RhdGUSLQopRU1FUkdFTkNZX0FDQ0VTU19SRVZJRVdfU1RBVEVfVU5TUEVDSUZJRUQQABIpCiVFTUVSR0VOQ1lfQUNDRVNTX1JFVklFV19TVEFURV9QRU5ESU5HEAESKwonRU1FUkdFTkNZX0FDQ0VTU19SRVZJRVdfU1RBVEVfSlVTVElGSUVEEAISKQolRU1FUkdFTkNZX0FDQ0VTU19SRVZJRVdfU1RBVEVfRkxBR0dFRBADKp0BChFBY2Nlc3NDaGFuZ2VTdGF0ZRIjCh9BQ0NFU1NfQ0hBTkdFX1NUQVRFX1VOU1BFQ0lGSUVEEAASHwobQUNDRVNTX0NIQU5HRV9TVEFURV9QRU5ESU5HEAESIAocQUNDRVNTX0NIQU5HRV9TVEFURV9BUFBST1ZFRBACEiAKHEFDQ0VTU19DSEFOR0VfU1RBVEVfUkVKRUNURUQQAzLmEgoKSWFtU2VydmljZRJPChBDcmVhdGVEZXBhcnRtZW50EiMuaGlzLmlhbS52MS5DcmVhdGVEZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBJOCg1HZXREZXBhcnRtZW50EiAuaGlzLmlhbS52MS5HZXREZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudCIDkAIBEl8KD0xpc3REZXBhcnRtZW50cxIiLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVxdWVzdBojLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVzcG9uc2UiA5ACARJSChFDcmVhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchJRCg5HZXRTdGFmZk1lbWJlchIhLmhpcy5pYW0udjEuR2V0U3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAIBEmIKEExpc3RTdGFmZk1lbWJlcnMSIy5oaXMuaWFtLnYxLkxpc3RTdGFmZk1lbWJlcnNSZXF1ZXN0GiQuaGlzLmlhbS52MS5MaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2UiA5ACARJXChFVcGRhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAICEl8KFURlYWN0aXZhdGVTdGFmZk1lbWJlchIoLmhpcy5pYW0udjEuRGVhY3RpdmF0ZVN0YWZmTWVtYmVyUmVxdWVzdBoXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXIiA5ACAhJTCg1BZGRNZW1iZXJzaGlwEiAuaGlzLmlhbS52MS5BZGRNZW1iZXJzaGlwUmVxdWVzdBogLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASXgoQUmVtb3ZlTWVtYmVyc2hpcBIjLmhpcy5pYW0udjEuUmVtb3ZlTWVtYmVyc2hpcFJlcXVlc3QaIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwIgOQAgISXwoPTGlzdE1lbWJlcnNoaXBzEiIuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXF1ZXN0GiMuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXNwb25zZSIDkAIBElQKD0dldEFjY2Vzc0NoYW5nZRIiLmhpcy5pYW0udjEuR2V0QWNjZXNzQ2hhbmdlUmVxdWVzdBoYLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlIgOQAgESZQoRTGlzdEFjY2Vzc0NoYW5nZXMSJC5oaXMuaWFtLnYxLkxpc3RBY2Nlc3NDaGFuZ2VzUmVxdWVzdBolLmhpcy5pYW0udjEuTGlzdEFjY2Vzc0NoYW5nZXNSZXNwb25zZSIDkAIBElwKE0FwcHJvdmVBY2Nlc3NDaGFuZ2USJi5oaXMuaWFtLnYxLkFwcHJvdmVBY2Nlc3NDaGFuZ2VSZXF1ZXN0GhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2UiA5ACAhJaChJSZWplY3RBY2Nlc3NDaGFuZ2USJS5oaXMuaWFtLnYxLlJlamVjdEFjY2Vzc0NoYW5nZVJlcXVlc3QaGC5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZSIDkAICEksKCklzc3VlVG9rZW4SHS5oaXMuaWFtLnYxLklzc3VlVG9rZW5SZXF1ZXN0Gh4uaGlzLmlhbS52MS5Jc3N1ZVRva2VuUmVzcG9uc2USWwoUQ3JlYXRlU3RhZmZFbnJvbG1lbnQSJy5oaXMuaWFtLnYxLkNyZWF0ZVN0YWZmRW5yb2xtZW50UmVxdWVzdBoaLmhpcy5pYW0udjEuU3RhZmZFbnJvbG1lbnQSbwoWQ29tcGxldGVTdGFmZkVucm9sbWVudBIpLmhpcy5pYW0udjEuQ29tcGxldGVTdGFmZkVucm9sbWVudFJlcXVlc3QaKi5oaXMuaWFtLnYxLkNvbXBsZXRlU3RhZmZFbnJvbG1lbnRSZXNwb25zZRJjChJTdGFydFBhdGllbnRTaWduSW4SJS5oaXMuaWFtLnYxLlN0YXJ0UGF0aWVudFNpZ25JblJlcXVlc3QaJi5oaXMuaWFtLnYxLlN0YXJ0UGF0aWVudFNpZ25JblJlc3BvbnNlEmwKFUNvbXBsZXRlUGF0aWVudFNpZ25JbhIoLmhpcy5pYW0udjEuQ29tcGxldGVQYXRpZW50U2lnbkluUmVxdWVzdBopLmhpcy5pYW0udjEuQ29tcGxldGVQYXRpZW50U2lnbkluUmVzcG9uc2USRQoHR2V0SndrcxIaLmhpcy5pYW0udjEuR2V0Sndrc1JlcXVlc3QaGS5oaXMuaWFtLnYxLkpzb25XZWJLZXlTZXQiA5ACARJtChpDcmVhdGVFbWVyZ2VuY3lBY2Nlc3NHcmFudBItLmhpcy5pYW0udjEuQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0GiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBJ9ChlMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzEiwuaGlzLmlhbS52MS5MaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVxdWVzdBotLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1Jlc3BvbnNlIgOQAgEScgoaUmV2b2tlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQiA5ACAhJtChpSZXZpZXdFbWVyZ2VuY3lBY2Nlc3NHcmFudBItLmhpcy5pYW0udjEuUmV2aWV3RW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0GiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudGIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
 
 /**
  * An organisational unit of the hospital (FHIR Organization of type dept).
@@ -145,6 +145,15 @@ export type StaffMember = Message<"his.iam.v1.StaffMember"> & {
    * @generated from field: string etag = 9;
    */
   etag: string;
+
+  /**
+   * The pending AccessChange that the create or update call answered with this member made (roles
+   * that wait for a second administrator's approval), `accessChanges/{access_change}`. Output
+   * only; set only in the answer of CreateStaffMember and UpdateStaffMember.
+   *
+   * @generated from field: string pending_access_change = 10;
+   */
+  pendingAccessChange: string;
 };
 
 /**
@@ -197,6 +206,22 @@ export type DepartmentMembership = Message<"his.iam.v1.DepartmentMembership"> & 
    * @generated from field: google.protobuf.Timestamp create_time = 5;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * Whether a second administrator approved the membership: only an APPROVED one is in tokens and
+   * in `current_only` lists. Output only.
+   *
+   * @generated from field: his.iam.v1.AccessChangeState approval_state = 6;
+   */
+  approvalState: AccessChangeState;
+
+  /**
+   * The access change that approves or rejects this membership, `accessChanges/{access_change}`;
+   * empty for memberships made before the two-person rule. Output only.
+   *
+   * @generated from field: string access_change = 7;
+   */
+  accessChange: string;
 };
 
 /**
@@ -205,6 +230,87 @@ export type DepartmentMembership = Message<"his.iam.v1.DepartmentMembership"> & 
  */
 export const DepartmentMembershipSchema: GenMessage<DepartmentMembership> = /*@__PURE__*/
   messageDesc(file_his_iam_v1_iam_service, 2);
+
+/**
+ * A proposed grant of access to a staff member, by one administrator, that takes effect only when
+ * a second administrator approves it (the two-person rule): roles to add, or a department
+ * membership. Made by CreateStaffMember, UpdateStaffMember and AddMembership.
+ *
+ * @generated from message his.iam.v1.AccessChange
+ */
+export type AccessChange = Message<"his.iam.v1.AccessChange"> & {
+  /**
+   * The resource name, `accessChanges/{access_change}`. Output only.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The staff member whose access changes, `staff/{staff}`. Output only.
+   *
+   * @generated from field: string staff = 2;
+   */
+  staff: string;
+
+  /**
+   * The roles to add (a role change); empty for a membership change. Output only.
+   *
+   * @generated from field: repeated his.iam.v1.StaffRole roles = 3;
+   */
+  roles: StaffRole[];
+
+  /**
+   * The membership to approve (a membership change), `staff/{staff}/memberships/{membership}`;
+   * empty for a role change. Output only.
+   *
+   * @generated from field: string membership = 4;
+   */
+  membership: string;
+
+  /**
+   * Where the change stands. Output only.
+   *
+   * @generated from field: his.iam.v1.AccessChangeState state = 5;
+   */
+  state: AccessChangeState;
+
+  /**
+   * The administrator who proposed it, `staff/{staff}`. Output only.
+   *
+   * @generated from field: string proposer = 6;
+   */
+  proposer: string;
+
+  /**
+   * The administrator who approved or rejected it, `staff/{staff}`; empty while pending, and for a
+   * change of the demo data set, approved by its loader. Output only.
+   *
+   * @generated from field: string decider = 7;
+   */
+  decider: string;
+
+  /**
+   * When it was proposed. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 8;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When it was approved or rejected; unset while pending. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp decide_time = 9;
+   */
+  decideTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message his.iam.v1.AccessChange.
+ * Use `create(AccessChangeSchema)` to create a new message.
+ */
+export const AccessChangeSchema: GenMessage<AccessChange> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 3);
 
 /**
  * A time-limited permission for one staff member to access one patient's record in an emergency,
@@ -309,7 +415,7 @@ export type EmergencyAccessGrant = Message<"his.iam.v1.EmergencyAccessGrant"> & 
  * Use `create(EmergencyAccessGrantSchema)` to create a new message.
  */
 export const EmergencyAccessGrantSchema: GenMessage<EmergencyAccessGrant> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 3);
+  messageDesc(file_his_iam_v1_iam_service, 4);
 
 /**
  * Request of CreateDepartment.
@@ -339,7 +445,7 @@ export type CreateDepartmentRequest = Message<"his.iam.v1.CreateDepartmentReques
  * Use `create(CreateDepartmentRequestSchema)` to create a new message.
  */
 export const CreateDepartmentRequestSchema: GenMessage<CreateDepartmentRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 4);
+  messageDesc(file_his_iam_v1_iam_service, 5);
 
 /**
  * Request of GetDepartment.
@@ -360,7 +466,7 @@ export type GetDepartmentRequest = Message<"his.iam.v1.GetDepartmentRequest"> & 
  * Use `create(GetDepartmentRequestSchema)` to create a new message.
  */
 export const GetDepartmentRequestSchema: GenMessage<GetDepartmentRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 5);
+  messageDesc(file_his_iam_v1_iam_service, 6);
 
 /**
  * Request of ListDepartments. All set filters must match.
@@ -396,7 +502,7 @@ export type ListDepartmentsRequest = Message<"his.iam.v1.ListDepartmentsRequest"
  * Use `create(ListDepartmentsRequestSchema)` to create a new message.
  */
 export const ListDepartmentsRequestSchema: GenMessage<ListDepartmentsRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 6);
+  messageDesc(file_his_iam_v1_iam_service, 7);
 
 /**
  * Response of ListDepartments.
@@ -424,7 +530,7 @@ export type ListDepartmentsResponse = Message<"his.iam.v1.ListDepartmentsRespons
  * Use `create(ListDepartmentsResponseSchema)` to create a new message.
  */
 export const ListDepartmentsResponseSchema: GenMessage<ListDepartmentsResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 7);
+  messageDesc(file_his_iam_v1_iam_service, 8);
 
 /**
  * Request of CreateStaffMember.
@@ -454,7 +560,7 @@ export type CreateStaffMemberRequest = Message<"his.iam.v1.CreateStaffMemberRequ
  * Use `create(CreateStaffMemberRequestSchema)` to create a new message.
  */
 export const CreateStaffMemberRequestSchema: GenMessage<CreateStaffMemberRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 8);
+  messageDesc(file_his_iam_v1_iam_service, 9);
 
 /**
  * Request of GetStaffMember.
@@ -475,7 +581,7 @@ export type GetStaffMemberRequest = Message<"his.iam.v1.GetStaffMemberRequest"> 
  * Use `create(GetStaffMemberRequestSchema)` to create a new message.
  */
 export const GetStaffMemberRequestSchema: GenMessage<GetStaffMemberRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 9);
+  messageDesc(file_his_iam_v1_iam_service, 10);
 
 /**
  * Request of ListStaffMembers. All set filters must match.
@@ -532,7 +638,7 @@ export type ListStaffMembersRequest = Message<"his.iam.v1.ListStaffMembersReques
  * Use `create(ListStaffMembersRequestSchema)` to create a new message.
  */
 export const ListStaffMembersRequestSchema: GenMessage<ListStaffMembersRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 10);
+  messageDesc(file_his_iam_v1_iam_service, 11);
 
 /**
  * Response of ListStaffMembers.
@@ -560,7 +666,7 @@ export type ListStaffMembersResponse = Message<"his.iam.v1.ListStaffMembersRespo
  * Use `create(ListStaffMembersResponseSchema)` to create a new message.
  */
 export const ListStaffMembersResponseSchema: GenMessage<ListStaffMembersResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 11);
+  messageDesc(file_his_iam_v1_iam_service, 12);
 
 /**
  * Request of UpdateStaffMember.
@@ -590,7 +696,7 @@ export type UpdateStaffMemberRequest = Message<"his.iam.v1.UpdateStaffMemberRequ
  * Use `create(UpdateStaffMemberRequestSchema)` to create a new message.
  */
 export const UpdateStaffMemberRequestSchema: GenMessage<UpdateStaffMemberRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 12);
+  messageDesc(file_his_iam_v1_iam_service, 13);
 
 /**
  * Request of DeactivateStaffMember.
@@ -618,7 +724,7 @@ export type DeactivateStaffMemberRequest = Message<"his.iam.v1.DeactivateStaffMe
  * Use `create(DeactivateStaffMemberRequestSchema)` to create a new message.
  */
 export const DeactivateStaffMemberRequestSchema: GenMessage<DeactivateStaffMemberRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 13);
+  messageDesc(file_his_iam_v1_iam_service, 14);
 
 /**
  * Request of AddMembership.
@@ -656,7 +762,7 @@ export type AddMembershipRequest = Message<"his.iam.v1.AddMembershipRequest"> & 
  * Use `create(AddMembershipRequestSchema)` to create a new message.
  */
 export const AddMembershipRequestSchema: GenMessage<AddMembershipRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 14);
+  messageDesc(file_his_iam_v1_iam_service, 15);
 
 /**
  * Request of RemoveMembership.
@@ -677,7 +783,7 @@ export type RemoveMembershipRequest = Message<"his.iam.v1.RemoveMembershipReques
  * Use `create(RemoveMembershipRequestSchema)` to create a new message.
  */
 export const RemoveMembershipRequestSchema: GenMessage<RemoveMembershipRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 15);
+  messageDesc(file_his_iam_v1_iam_service, 16);
 
 /**
  * Request of ListMemberships. All set filters must match.
@@ -727,7 +833,7 @@ export type ListMembershipsRequest = Message<"his.iam.v1.ListMembershipsRequest"
  * Use `create(ListMembershipsRequestSchema)` to create a new message.
  */
 export const ListMembershipsRequestSchema: GenMessage<ListMembershipsRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 16);
+  messageDesc(file_his_iam_v1_iam_service, 17);
 
 /**
  * Response of ListMemberships.
@@ -755,7 +861,141 @@ export type ListMembershipsResponse = Message<"his.iam.v1.ListMembershipsRespons
  * Use `create(ListMembershipsResponseSchema)` to create a new message.
  */
 export const ListMembershipsResponseSchema: GenMessage<ListMembershipsResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 17);
+  messageDesc(file_his_iam_v1_iam_service, 18);
+
+/**
+ * Request of GetAccessChange.
+ *
+ * @generated from message his.iam.v1.GetAccessChangeRequest
+ */
+export type GetAccessChangeRequest = Message<"his.iam.v1.GetAccessChangeRequest"> & {
+  /**
+   * The resource name, `accessChanges/{access_change}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message his.iam.v1.GetAccessChangeRequest.
+ * Use `create(GetAccessChangeRequestSchema)` to create a new message.
+ */
+export const GetAccessChangeRequestSchema: GenMessage<GetAccessChangeRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 19);
+
+/**
+ * Request of ListAccessChanges. All set filters must match.
+ *
+ * @generated from message his.iam.v1.ListAccessChangesRequest
+ */
+export type ListAccessChangesRequest = Message<"his.iam.v1.ListAccessChangesRequest"> & {
+  /**
+   * The maximum number of access changes to return.
+   * 0 means the default of 50; more than 500 means 500.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The `next_page_token` of a previous call with the same filters, to get the next page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only changes of this staff member's access, `staff/{staff}`.
+   *
+   * @generated from field: string staff = 3;
+   */
+  staff: string;
+
+  /**
+   * Only changes in this state; unset means any.
+   *
+   * @generated from field: his.iam.v1.AccessChangeState state = 4;
+   */
+  state: AccessChangeState;
+};
+
+/**
+ * Describes the message his.iam.v1.ListAccessChangesRequest.
+ * Use `create(ListAccessChangesRequestSchema)` to create a new message.
+ */
+export const ListAccessChangesRequestSchema: GenMessage<ListAccessChangesRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 20);
+
+/**
+ * Response of ListAccessChanges.
+ *
+ * @generated from message his.iam.v1.ListAccessChangesResponse
+ */
+export type ListAccessChangesResponse = Message<"his.iam.v1.ListAccessChangesResponse"> & {
+  /**
+   * The access changes of this page.
+   *
+   * @generated from field: repeated his.iam.v1.AccessChange access_changes = 1;
+   */
+  accessChanges: AccessChange[];
+
+  /**
+   * A token to get the next page, empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message his.iam.v1.ListAccessChangesResponse.
+ * Use `create(ListAccessChangesResponseSchema)` to create a new message.
+ */
+export const ListAccessChangesResponseSchema: GenMessage<ListAccessChangesResponse> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 21);
+
+/**
+ * Request of ApproveAccessChange.
+ *
+ * @generated from message his.iam.v1.ApproveAccessChangeRequest
+ */
+export type ApproveAccessChangeRequest = Message<"his.iam.v1.ApproveAccessChangeRequest"> & {
+  /**
+   * The access change, `accessChanges/{access_change}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message his.iam.v1.ApproveAccessChangeRequest.
+ * Use `create(ApproveAccessChangeRequestSchema)` to create a new message.
+ */
+export const ApproveAccessChangeRequestSchema: GenMessage<ApproveAccessChangeRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 22);
+
+/**
+ * Request of RejectAccessChange.
+ *
+ * @generated from message his.iam.v1.RejectAccessChangeRequest
+ */
+export type RejectAccessChangeRequest = Message<"his.iam.v1.RejectAccessChangeRequest"> & {
+  /**
+   * The access change, `accessChanges/{access_change}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message his.iam.v1.RejectAccessChangeRequest.
+ * Use `create(RejectAccessChangeRequestSchema)` to create a new message.
+ */
+export const RejectAccessChangeRequestSchema: GenMessage<RejectAccessChangeRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 23);
 
 /**
  * Request of IssueToken.
@@ -764,19 +1004,27 @@ export const ListMembershipsResponseSchema: GenMessage<ListMembershipsResponse> 
  */
 export type IssueTokenRequest = Message<"his.iam.v1.IssueTokenRequest"> & {
   /**
-   * The staff member's username, 1 to 64 characters.
+   * The staff member's username (or `service:{name}` for a service), 1 to 64 characters.
    *
    * @generated from field: string username = 1;
    */
   username: string;
 
   /**
-   * The development credential (password) of the staff member, 1 to 256 characters. Never logged or
+   * The staff member's own password (a service's credential), 1 to 256 characters. Never logged or
    * stored in the audit trail.
    *
    * @generated from field: string credential = 2;
    */
   credential: string;
+
+  /**
+   * The current 6-digit TOTP code (RFC 6238, 30-second steps) of the staff member's authenticator.
+   * Required for clinical and administrator roles; ignored for services. Never logged.
+   *
+   * @generated from field: string totp_code = 3;
+   */
+  totpCode: string;
 };
 
 /**
@@ -784,7 +1032,7 @@ export type IssueTokenRequest = Message<"his.iam.v1.IssueTokenRequest"> & {
  * Use `create(IssueTokenRequestSchema)` to create a new message.
  */
 export const IssueTokenRequestSchema: GenMessage<IssueTokenRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 18);
+  messageDesc(file_his_iam_v1_iam_service, 24);
 
 /**
  * Response of IssueToken.
@@ -825,7 +1073,143 @@ export type IssueTokenResponse = Message<"his.iam.v1.IssueTokenResponse"> & {
  * Use `create(IssueTokenResponseSchema)` to create a new message.
  */
 export const IssueTokenResponseSchema: GenMessage<IssueTokenResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 19);
+  messageDesc(file_his_iam_v1_iam_service, 25);
+
+/**
+ * A one-time enrolment code of a staff member.
+ *
+ * @generated from message his.iam.v1.StaffEnrolment
+ */
+export type StaffEnrolment = Message<"his.iam.v1.StaffEnrolment"> & {
+  /**
+   * The enrolment, `staff/{staff}/enrolments/{enrolment}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The code, 16 characters of the base32 alphabet; given only in the answer of
+   * CreateStaffEnrolment. Hand it to the staff member over a channel only they read.
+   *
+   * @generated from field: string enrolment_code = 2;
+   */
+  enrolmentCode: string;
+
+  /**
+   * When the code stops working (by default 24 hours after its creation).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 3;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message his.iam.v1.StaffEnrolment.
+ * Use `create(StaffEnrolmentSchema)` to create a new message.
+ */
+export const StaffEnrolmentSchema: GenMessage<StaffEnrolment> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 26);
+
+/**
+ * Request of CreateStaffEnrolment.
+ *
+ * @generated from message his.iam.v1.CreateStaffEnrolmentRequest
+ */
+export type CreateStaffEnrolmentRequest = Message<"his.iam.v1.CreateStaffEnrolmentRequest"> & {
+  /**
+   * The staff member to enrol, `staff/{staff}`. Required.
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+};
+
+/**
+ * Describes the message his.iam.v1.CreateStaffEnrolmentRequest.
+ * Use `create(CreateStaffEnrolmentRequestSchema)` to create a new message.
+ */
+export const CreateStaffEnrolmentRequestSchema: GenMessage<CreateStaffEnrolmentRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 27);
+
+/**
+ * Request of CompleteStaffEnrolment.
+ *
+ * @generated from message his.iam.v1.CompleteStaffEnrolmentRequest
+ */
+export type CompleteStaffEnrolmentRequest = Message<"his.iam.v1.CompleteStaffEnrolmentRequest"> & {
+  /**
+   * The staff member's username. Required.
+   *
+   * @generated from field: string username = 1;
+   */
+  username: string;
+
+  /**
+   * The enrolment code from CreateStaffEnrolment. Required.
+   *
+   * @generated from field: string enrolment_code = 2;
+   */
+  enrolmentCode: string;
+
+  /**
+   * The new password, 12 to 256 characters. Never logged; stored only as an argon2id hash.
+   *
+   * @generated from field: string password = 3;
+   */
+  password: string;
+};
+
+/**
+ * Describes the message his.iam.v1.CompleteStaffEnrolmentRequest.
+ * Use `create(CompleteStaffEnrolmentRequestSchema)` to create a new message.
+ */
+export const CompleteStaffEnrolmentRequestSchema: GenMessage<CompleteStaffEnrolmentRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 28);
+
+/**
+ * Response of CompleteStaffEnrolment.
+ *
+ * @generated from message his.iam.v1.CompleteStaffEnrolmentResponse
+ */
+export type CompleteStaffEnrolmentResponse = Message<"his.iam.v1.CompleteStaffEnrolmentResponse"> & {
+  /**
+   * The enrolled staff member, `staff/{staff}`.
+   *
+   * @generated from field: string staff_member = 1;
+   */
+  staffMember: string;
+
+  /**
+   * The new TOTP secret (base32, RFC 6238 with SHA-1, 6 digits, 30-second steps), shown once:
+   * put it into an authenticator app. Replaces any earlier secret.
+   *
+   * @generated from field: string totp_secret = 2;
+   */
+  totpSecret: string;
+
+  /**
+   * The same secret as an `otpauth://totp/...` URI (for a QR code).
+   *
+   * @generated from field: string totp_uri = 3;
+   */
+  totpUri: string;
+
+  /**
+   * Whether IssueToken asks this staff member for a TOTP code (their roles are clinical or
+   * administrative).
+   *
+   * @generated from field: bool totp_required = 4;
+   */
+  totpRequired: boolean;
+};
+
+/**
+ * Describes the message his.iam.v1.CompleteStaffEnrolmentResponse.
+ * Use `create(CompleteStaffEnrolmentResponseSchema)` to create a new message.
+ */
+export const CompleteStaffEnrolmentResponseSchema: GenMessage<CompleteStaffEnrolmentResponse> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 29);
 
 /**
  * Request of StartPatientSignIn.
@@ -846,7 +1230,7 @@ export type StartPatientSignInRequest = Message<"his.iam.v1.StartPatientSignInRe
  * Use `create(StartPatientSignInRequestSchema)` to create a new message.
  */
 export const StartPatientSignInRequestSchema: GenMessage<StartPatientSignInRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 20);
+  messageDesc(file_his_iam_v1_iam_service, 30);
 
 /**
  * Response of StartPatientSignIn. The same for registered and unknown phone numbers.
@@ -882,7 +1266,7 @@ export type StartPatientSignInResponse = Message<"his.iam.v1.StartPatientSignInR
  * Use `create(StartPatientSignInResponseSchema)` to create a new message.
  */
 export const StartPatientSignInResponseSchema: GenMessage<StartPatientSignInResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 21);
+  messageDesc(file_his_iam_v1_iam_service, 31);
 
 /**
  * Request of CompletePatientSignIn.
@@ -911,7 +1295,7 @@ export type CompletePatientSignInRequest = Message<"his.iam.v1.CompletePatientSi
  * Use `create(CompletePatientSignInRequestSchema)` to create a new message.
  */
 export const CompletePatientSignInRequestSchema: GenMessage<CompletePatientSignInRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 22);
+  messageDesc(file_his_iam_v1_iam_service, 32);
 
 /**
  * Response of CompletePatientSignIn.
@@ -954,7 +1338,7 @@ export type CompletePatientSignInResponse = Message<"his.iam.v1.CompletePatientS
  * Use `create(CompletePatientSignInResponseSchema)` to create a new message.
  */
 export const CompletePatientSignInResponseSchema: GenMessage<CompletePatientSignInResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 23);
+  messageDesc(file_his_iam_v1_iam_service, 33);
 
 /**
  * Request of GetJwks. It has no fields.
@@ -969,7 +1353,7 @@ export type GetJwksRequest = Message<"his.iam.v1.GetJwksRequest"> & {
  * Use `create(GetJwksRequestSchema)` to create a new message.
  */
 export const GetJwksRequestSchema: GenMessage<GetJwksRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 24);
+  messageDesc(file_his_iam_v1_iam_service, 34);
 
 /**
  * A JSON Web Key Set (RFC 7517): the public keys that verify access tokens.
@@ -990,7 +1374,7 @@ export type JsonWebKeySet = Message<"his.iam.v1.JsonWebKeySet"> & {
  * Use `create(JsonWebKeySetSchema)` to create a new message.
  */
 export const JsonWebKeySetSchema: GenMessage<JsonWebKeySet> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 25);
+  messageDesc(file_his_iam_v1_iam_service, 35);
 
 /**
  * One public RSA signing key (RFC 7517 and RFC 7518), with the JWK member names.
@@ -1046,7 +1430,7 @@ export type JsonWebKey = Message<"his.iam.v1.JsonWebKey"> & {
  * Use `create(JsonWebKeySchema)` to create a new message.
  */
 export const JsonWebKeySchema: GenMessage<JsonWebKey> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 26);
+  messageDesc(file_his_iam_v1_iam_service, 36);
 
 /**
  * Request of CreateEmergencyAccessGrant.
@@ -1086,7 +1470,7 @@ export type CreateEmergencyAccessGrantRequest = Message<"his.iam.v1.CreateEmerge
  * Use `create(CreateEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const CreateEmergencyAccessGrantRequestSchema: GenMessage<CreateEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 27);
+  messageDesc(file_his_iam_v1_iam_service, 37);
 
 /**
  * Request of ListEmergencyAccessGrants. All set filters must match.
@@ -1142,7 +1526,7 @@ export type ListEmergencyAccessGrantsRequest = Message<"his.iam.v1.ListEmergency
  * Use `create(ListEmergencyAccessGrantsRequestSchema)` to create a new message.
  */
 export const ListEmergencyAccessGrantsRequestSchema: GenMessage<ListEmergencyAccessGrantsRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 28);
+  messageDesc(file_his_iam_v1_iam_service, 38);
 
 /**
  * Response of ListEmergencyAccessGrants.
@@ -1170,7 +1554,7 @@ export type ListEmergencyAccessGrantsResponse = Message<"his.iam.v1.ListEmergenc
  * Use `create(ListEmergencyAccessGrantsResponseSchema)` to create a new message.
  */
 export const ListEmergencyAccessGrantsResponseSchema: GenMessage<ListEmergencyAccessGrantsResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 29);
+  messageDesc(file_his_iam_v1_iam_service, 39);
 
 /**
  * Request of RevokeEmergencyAccessGrant.
@@ -1191,7 +1575,7 @@ export type RevokeEmergencyAccessGrantRequest = Message<"his.iam.v1.RevokeEmerge
  * Use `create(RevokeEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const RevokeEmergencyAccessGrantRequestSchema: GenMessage<RevokeEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 30);
+  messageDesc(file_his_iam_v1_iam_service, 40);
 
 /**
  * Request of ReviewEmergencyAccessGrant.
@@ -1227,7 +1611,7 @@ export type ReviewEmergencyAccessGrantRequest = Message<"his.iam.v1.ReviewEmerge
  * Use `create(ReviewEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const ReviewEmergencyAccessGrantRequestSchema: GenMessage<ReviewEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 31);
+  messageDesc(file_his_iam_v1_iam_service, 41);
 
 /**
  * What kind of care or function a department provides.
@@ -1426,12 +1810,60 @@ export const EmergencyAccessReviewStateSchema: GenEnum<EmergencyAccessReviewStat
   enumDesc(file_his_iam_v1_iam_service, 2);
 
 /**
+ * Where an access change stands.
+ *
+ * @generated from enum his.iam.v1.AccessChangeState
+ */
+export enum AccessChangeState {
+  /**
+   * Not set. As a filter: any state.
+   *
+   * @generated from enum value: ACCESS_CHANGE_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Proposed, waiting for a second administrator; no effect yet.
+   *
+   * @generated from enum value: ACCESS_CHANGE_STATE_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * Approved by a second administrator: in effect.
+   *
+   * @generated from enum value: ACCESS_CHANGE_STATE_APPROVED = 2;
+   */
+  APPROVED = 2,
+
+  /**
+   * Rejected (or withdrawn): never took effect.
+   *
+   * @generated from enum value: ACCESS_CHANGE_STATE_REJECTED = 3;
+   */
+  REJECTED = 3,
+}
+
+/**
+ * Describes the enum his.iam.v1.AccessChangeState.
+ */
+export const AccessChangeStateSchema: GenEnum<AccessChangeState> = /*@__PURE__*/
+  enumDesc(file_his_iam_v1_iam_service, 3);
+
+/**
  * IamService keeps departments, staff members (FHIR Practitioner with PractitionerRole-like roles
- * and memberships) and emergency access grants. It also contains a local-development identity
- * provider (IssueToken, GetJwks): in production an external identity provider issues the access
+ * and memberships) and emergency access grants. It also contains a local identity provider
+ * (IssueToken, GetJwks, staff enrolment): in production an external identity provider issues the access
  * tokens, the services are configured with its JWKS, and IssueToken is switched off. Every service
  * trusts the claims of a verified token: `sub` is the staff resource name and `roles` the staff
  * member's roles.
+ *
+ * Separation of duties: nobody changes their own roles or memberships (PERMISSION_DENIED, reason
+ * SELF_CHANGE_REFUSED). A role given to a staff member, or a department membership added, is an
+ * AccessChange that takes effect only when a second administrator, neither the one who proposed it
+ * nor the staff member concerned, approves it (the two-person rule); taking access away (removing
+ * roles or memberships, deactivating) takes effect at once. Every write here is audited with the
+ * changed fields' values before and after.
  *
  * @generated from service his.iam.v1.IamService
  */
@@ -1473,7 +1905,9 @@ export const IamService: GenService<{
     output: typeof ListDepartmentsResponseSchema;
   },
   /**
-   * Creates an active staff member. The service assigns the resource name. A request repeated with
+   * Creates an active staff member. The service assigns the resource name. The staff member starts
+   * with no role: the requested `roles` become a pending AccessChange (named by the returned
+   * member's `pending_access_change`) that a second administrator approves. A request repeated with
    * the same `request_id` returns the staff member created by the first one. Errors:
    * INVALID_ARGUMENT naming the bad field; PERMISSION_DENIED if the caller does not have the
    * ADMINISTRATOR role; ALREADY_EXISTS if another staff member has the same username or
@@ -1510,10 +1944,13 @@ export const IamService: GenService<{
     output: typeof ListStaffMembersResponseSchema;
   },
   /**
-   * Changes the fields named in `update_mask`. New roles take effect in tokens issued afterwards.
+   * Changes the fields named in `update_mask`. Roles taken away are gone at once; roles added
+   * become a pending AccessChange (named by the returned member's `pending_access_change`; a retry
+   * finds the same one) and take effect in tokens issued after a second administrator approves it.
    * When `staff_member.etag` is set it must match the stored record. Errors: INVALID_ARGUMENT for
    * an unknown or read-only mask path or a bad value; PERMISSION_DENIED if the caller does not have
-   * the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if the etag is stale;
+   * the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) changes their own roles; NOT_FOUND if
+   * no such staff member; ABORTED if the etag is stale;
    * FAILED_PRECONDITION if the staff member is inactive, or if the change would leave no active
    * staff member with the ADMINISTRATOR role; ALREADY_EXISTS if the new practitioner identifier
    * belongs to another staff member.
@@ -1530,7 +1967,8 @@ export const IamService: GenService<{
    * issued to them, their open memberships end now and their emergency access grants are revoked.
    * Tokens already issued stay valid until they expire. Deactivating an inactive staff member
    * succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-   * caller does not have the ADMINISTRATOR role; NOT_FOUND if no such staff member; ABORTED if a
+   * caller does not have the ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff
+   * member; NOT_FOUND if no such staff member; ABORTED if a
    * given etag is stale; FAILED_PRECONDITION if it would leave no active staff member with the
    * ADMINISTRATOR role.
    *
@@ -1542,10 +1980,12 @@ export const IamService: GenService<{
     output: typeof StaffMemberSchema;
   },
   /**
-   * Makes a staff member a member of a department for a period. A request repeated with the same
-   * `request_id` returns the membership created by the first one. Errors: INVALID_ARGUMENT naming
-   * the bad field (for example a period that ends before it starts); PERMISSION_DENIED if the
-   * caller does not have the ADMINISTRATOR role; NOT_FOUND if the staff member does not exist;
+   * Makes a staff member a member of a department for a period. The membership is pending
+   * (`approval_state` PENDING, not in tokens) until a second administrator approves its
+   * `access_change`. A request repeated with the same `request_id` returns the membership created
+   * by the first one. Errors: INVALID_ARGUMENT naming the bad field (for example a period that ends
+   * before it starts); PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, or
+   * (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if the staff member does not exist;
    * FAILED_PRECONDITION if the staff member is inactive, the department does not exist, or the
    * membership is primary and its period overlaps another primary membership of the staff member;
    * ALREADY_EXISTS if the staff member already has a membership of the same department whose period
@@ -1561,8 +2001,10 @@ export const IamService: GenService<{
   /**
    * Ends a membership now: its period end becomes the current time (or its start, if it has not
    * started yet). The membership is kept as history. Removing a membership that has already ended
-   * succeeds and changes nothing. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the
-   * caller does not have the ADMINISTRATOR role; NOT_FOUND if no such membership.
+   * succeeds and changes nothing; removing a pending one rejects its access change. Errors:
+   * INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller does not have the
+   * ADMINISTRATOR role, or (reason SELF_CHANGE_REFUSED) is the staff member; NOT_FOUND if no such
+   * membership.
    *
    * @generated from rpc his.iam.v1.IamService.RemoveMembership
    */
@@ -1585,13 +2027,78 @@ export const IamService: GenService<{
     output: typeof ListMembershipsResponseSchema;
   },
   /**
-   * Local-development identity provider: exchanges a username and credential for a signed JWT
-   * access token. The credential is checked against the provider's development credential store,
-   * which is loaded from its configuration; no rpc sets credentials. In production an external
-   * identity provider issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors:
-   * INVALID_ARGUMENT if the username or credential is empty or too long; UNAUTHENTICATED if the
-   * username is unknown, the credential is wrong or the staff member is inactive (the same error
-   * for all three, so it reveals nothing); UNIMPLEMENTED when the local provider is switched off.
+   * Returns one access change. Errors: INVALID_ARGUMENT if `name` is not
+   * `accessChanges/{access_change}`; PERMISSION_DENIED if the caller may not read staff members;
+   * NOT_FOUND if no such access change.
+   *
+   * @generated from rpc his.iam.v1.IamService.GetAccessChange
+   */
+  getAccessChange: {
+    methodKind: "unary";
+    input: typeof GetAccessChangeRequestSchema;
+    output: typeof AccessChangeSchema;
+  },
+  /**
+   * Lists access changes matching all given filters, newest first (for example the pending ones
+   * an administrator is asked to approve). Errors: INVALID_ARGUMENT for a bad filter, a negative
+   * `page_size`, or a `page_token` that was not returned by a previous call with the same filters;
+   * PERMISSION_DENIED if the caller may not read staff members.
+   *
+   * @generated from rpc his.iam.v1.IamService.ListAccessChanges
+   */
+  listAccessChanges: {
+    methodKind: "unary";
+    input: typeof ListAccessChangesRequestSchema;
+    output: typeof ListAccessChangesResponseSchema;
+  },
+  /**
+   * Approves a pending access change, which takes effect now: its roles are added to the staff
+   * member, or its membership counts from its period start. The approver is the caller, an
+   * administrator who is neither the proposer nor the staff member concerned. Approving an
+   * approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
+   * PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
+   * (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+   * NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
+   * (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
+   *
+   * @generated from rpc his.iam.v1.IamService.ApproveAccessChange
+   */
+  approveAccessChange: {
+    methodKind: "unary";
+    input: typeof ApproveAccessChangeRequestSchema;
+    output: typeof AccessChangeSchema;
+  },
+  /**
+   * Rejects a pending access change: it never takes effect (a pending membership ends at its
+   * start). The proposer may reject (withdraw) their own proposal. Rejecting a rejected change
+   * returns it unchanged. Errors: INVALID_ARGUMENT for a bad name; PERMISSION_DENIED if the caller
+   * does not have the ADMINISTRATOR role or is the staff member concerned (reason
+   * SELF_CHANGE_REFUSED); NOT_FOUND if no such access change; FAILED_PRECONDITION
+   * (ACCESS_CHANGE_APPROVED) if it was approved: take the access away with UpdateStaffMember or
+   * RemoveMembership instead.
+   *
+   * @generated from rpc his.iam.v1.IamService.RejectAccessChange
+   */
+  rejectAccessChange: {
+    methodKind: "unary";
+    input: typeof RejectAccessChangeRequestSchema;
+    output: typeof AccessChangeSchema;
+  },
+  /**
+   * Local identity provider: exchanges a username, the staff member's own password and (for
+   * clinical and administrator roles: DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN, ADMINISTRATOR) a
+   * current TOTP code for a short-lived signed JWT access token. A password is set only through a
+   * one-time enrolment code (CreateStaffEnrolment, CompleteStaffEnrolment); services log in as
+   * `service:{name}` with their service credential. In production an external identity provider
+   * issues tokens, this rpc is switched off and returns UNIMPLEMENTED. Errors: INVALID_ARGUMENT if
+   * the username, credential or totp_code is empty (where required), malformed or too long;
+   * UNAUTHENTICATED (reason INVALID_CREDENTIALS) if the username is unknown, the password or TOTP
+   * code is wrong, the staff member has not enrolled or is inactive (the same error for all, so it
+   * reveals nothing); UNAUTHENTICATED (reason TOTP_REQUIRED) when the password is right but the
+   * role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
+   * RetryInfo) after too many failed attempts for the username or from the caller's source within
+   * the window, even with the right password, until the oldest of them leaves the window;
+   * UNIMPLEMENTED when the local provider is switched off.
    *
    * @generated from rpc his.iam.v1.IamService.IssueToken
    */
@@ -1599,6 +2106,40 @@ export const IamService: GenService<{
     methodKind: "unary";
     input: typeof IssueTokenRequestSchema;
     output: typeof IssueTokenResponseSchema;
+  },
+  /**
+   * Creates a one-time enrolment code for a staff member (an administrator's task), with which
+   * the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
+   * retires the member's open ones; enrolling again replaces the password and the TOTP secret.
+   * The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
+   * INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
+   * update staff credentials, or when the caller names themselves (nobody enrols themselves);
+   * NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
+   * the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+   *
+   * @generated from rpc his.iam.v1.IamService.CreateStaffEnrolment
+   */
+  createStaffEnrolment: {
+    methodKind: "unary";
+    input: typeof CreateStaffEnrolmentRequestSchema;
+    output: typeof StaffEnrolmentSchema;
+  },
+  /**
+   * Sets a staff member's password with a one-time enrolment code and returns their new TOTP
+   * secret. Needs no authentication (the code is the proof). A code works once and until its
+   * expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
+   * malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
+   * (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
+   * username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
+   * STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
+   * caller's source; UNIMPLEMENTED when the local provider is switched off.
+   *
+   * @generated from rpc his.iam.v1.IamService.CompleteStaffEnrolment
+   */
+  completeStaffEnrolment: {
+    methodKind: "unary";
+    input: typeof CompleteStaffEnrolmentRequestSchema;
+    output: typeof CompleteStaffEnrolmentResponseSchema;
   },
   /**
    * Patient sign-in, step one: asks for a one-time code for the patient registered with this phone

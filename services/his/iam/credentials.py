@@ -1,0 +1,331 @@
+"""Staff credentials: enrolment by one-time code, password (argon2id) and TOTP login, lockout.
+
+Enrolment: an administrator creates a code (CreateStaffEnrolment; stored as a keyed hash, a new
+one retires the open ones); the staff member gives it with a new password (CompleteStaffEnrolment)
+and receives a fresh TOTP secret. One transaction locks the open enrolment rows, so a code enrols
+exactly once.
+
+Login (IssueToken): the failure limits are checked first, in one short transaction under advisory
+locks on the username's key and the source; then the password and TOTP code are checked with no
+transaction open (argon2id is deliberately slow); a failure is then counted. A burst of concurrent
+wrong attempts can overshoot a limit by at most the burst, never keep going past it.
+
+Unknown usernames, staff never enrolled and inactive staff are verified against a dummy hash, so
+the answer and its timing are the same as for a wrong password. Nothing here logs a password, a
+code or a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from his.base.errors import FailedPrecondition, RateLimited, Unauthenticated
+from his.iam import credential_store as cstore
+from his.iam import sign_in_store, store
+from his.iam.config import StaffLoginConfig
+from his.iam.sign_in_store import Count, retry_after
+from his.iam.tokens import IssuedToken, TokenIssuer
+from his.runtime.database import Database
+from his.runtime.validation import Violations
+
+# Roles whose logins need a second factor: those that open patient records or change who may.
+TOTP_ROLES = frozenset({"DOCTOR", "NURSE", "PHARMACIST", "LAB_TECHNICIAN", "ADMINISTRATOR"})
+LOCKED = "STAFF_LOGIN_LOCKED"
+MIN_PASSWORD = 12
+MAX_PASSWORD = 256
+ENROLMENT_CODE_LENGTH = 16
+_BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_ENROLMENT_CODE = re.compile(f"[{_BASE32}]{{{ENROLMENT_CODE_LENGTH}}}")
+_TOTP_CODE = re.compile(r"[0-9]{6}")
+_ISSUER_NAME = "HIS Mesh"
+# argon2-cffi's defaults are RFC 9106's second recommendation for argon2id (64 MiB, t=3, p=4).
+_HASHER = PasswordHasher()
+# Verified against when there is no credential to verify: same answer, same cost.
+_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+def invalid_credentials() -> Unauthenticated:
+    """One answer for unknown user, wrong password or TOTP, never enrolled, inactive."""
+    return Unauthenticated("unknown username or wrong credential", reason="INVALID_CREDENTIALS")
+
+
+def invalid_enrolment() -> Unauthenticated:
+    """One answer for a wrong, used, retired or expired code and an unknown or inactive user."""
+    return Unauthenticated(
+        "the enrolment code is wrong, expired or already used; ask an administrator for a new one",
+        reason="ENROLMENT_CODE_INVALID",
+    )
+
+
+def credential_key(config: StaffLoginConfig, fallback: bytes) -> bytes:
+    """The key of the hashes and the TOTP encryption: the configured one, else derived from
+    `fallback` (the patient sign-in hash key, itself from the signing key)."""
+    if config.credential_key:
+        return config.credential_key
+    return hashlib.sha256(b"his-iam-staff-credentials\0" + fallback).digest()
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """A new enrolment code (the only time it exists in clear)."""
+
+    id: uuid.UUID
+    code: str
+    expire_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """What CompleteStaffEnrolment gives back."""
+
+    staff_id: uuid.UUID
+    totp_secret: str
+    totp_uri: str
+    totp_required: bool
+
+
+def _verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _HASHER.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+class StaffCredentials:
+    """Enrols staff members and checks their logins for the IamService servicer."""
+
+    def __init__(
+        self, database: Database, issuer: TokenIssuer, config: StaffLoginConfig, *, key: bytes
+    ) -> None:
+        self._db = database
+        self._issuer = issuer
+        self._config = config
+        self._key = key
+        self._aead = AESGCM(hmac.new(key, b"totp-secret", hashlib.sha256).digest())
+        self._window = dt.timedelta(seconds=config.window_s)
+
+    # --- keys ----------------------------------------------------------------------------------
+
+    def _user_key(self, username: str) -> bytes:
+        return hmac.new(self._key, b"user\0" + username.encode(), hashlib.sha256).digest()
+
+    def _code_hash(self, enrolment_id: uuid.UUID, code: str) -> bytes:
+        message = b"enrolment\0" + enrolment_id.bytes + code.encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def seal(self, staff_id: uuid.UUID, secret: str) -> bytes:
+        """A TOTP secret encrypted for the database, bound to its staff member."""
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, secret.encode(), staff_id.bytes)
+
+    def _open(self, staff_id: uuid.UUID, sealed: bytes) -> str:
+        return self._aead.decrypt(sealed[:12], sealed[12:], staff_id.bytes).decode()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    @staticmethod
+    def complete_request(username: str, code: str, password: str) -> None:
+        """INVALID_ARGUMENT naming each bad field of a CompleteStaffEnrolment request."""
+        v = Violations()
+        if not username:
+            v.add("username", "is required")
+        elif len(username) > 64:
+            v.add("username", "must be at most 64 characters")
+        if not code:
+            v.add("enrolment_code", "is required")
+        elif not _ENROLMENT_CODE.fullmatch(code):
+            v.add("enrolment_code", f"must be {ENROLMENT_CODE_LENGTH} characters of A-Z and 2-7")
+        if not password:
+            v.add("password", "is required")
+        elif not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+            v.add("password", f"must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+        v.raise_if_any()
+
+    @staticmethod
+    def check_totp_field(v: Violations, totp_code: str) -> None:
+        """A TOTP code, when given, is six digits."""
+        if totp_code and not _TOTP_CODE.fullmatch(totp_code):
+            v.add("totp_code", "must be 6 digits")
+
+    # --- enrolment -----------------------------------------------------------------------------
+
+    async def create_enrolment(self, staff_id: uuid.UUID, created_by: str) -> Enrolment:
+        """A new one-time code for the staff member; their open codes are retired."""
+        code = "".join(secrets.choice(_BASE32) for _ in range(ENROLMENT_CODE_LENGTH))
+        enrolment_id = uuid.uuid4()
+        async with self._db.transaction() as session:
+            # The staff row lock orders this against deactivation and other new codes.
+            member = await store.get_staff(session, staff_id, lock="update")
+            if not member.active:
+                raise FailedPrecondition(f"staff/{staff_id} is inactive", reason="STAFF_INACTIVE")
+            now = await sign_in_store.now(session)
+            await cstore.retire_open_enrolments(session, staff_id, now)
+            expire_time = now + dt.timedelta(seconds=self._config.enrolment_ttl_s)
+            await cstore.insert_enrolment(
+                session,
+                id=enrolment_id,
+                staff_id=staff_id,
+                code_hash=self._code_hash(enrolment_id, code),
+                created_by=created_by,
+                create_time=now,
+                expire_time=expire_time,
+            )
+        return Enrolment(id=enrolment_id, code=code, expire_time=expire_time)
+
+    async def complete_enrolment(
+        self, username: str, code: str, password: str, source: str
+    ) -> Enrolled:
+        """Set the password and a new TOTP secret with a valid code, once."""
+        user_key = self._user_key(username)
+        async with self._db.transaction() as session:
+            now = await sign_in_store.now(session)
+            retry_after = await self._limited(session, user_key, source, now)
+            enrolled: Enrolled | None = None
+            if retry_after is None:
+                enrolled = await self._enrol(session, username, code, password, now)
+                if enrolled is None:
+                    await cstore.add_failure(session, user_key, source, now, now - self._window)
+        if retry_after is not None:
+            raise self._locked(retry_after)
+        if enrolled is None:
+            raise invalid_enrolment()
+        return enrolled
+
+    async def _enrol(
+        self, session: AsyncSession, username: str, code: str, password: str, now: dt.datetime
+    ) -> Enrolled | None:
+        member = await store.staff_by_username(session, username)
+        if member is None or not member.active:
+            return None
+        # Locks the open codes: two completions of one code run one after the other.
+        rows = await cstore.open_enrolments_for_update(session, member.id)
+        match = next(
+            (
+                row
+                for row in rows
+                if hmac.compare_digest(row.code_hash, self._code_hash(row.id, code))
+            ),
+            None,
+        )
+        if match is None or match.expire_time <= now:
+            return None
+        password_hash = await asyncio.to_thread(_HASHER.hash, password)
+        secret = pyotp.random_base32()
+        await cstore.set_credential(
+            session,
+            member.id,
+            password_hash=password_hash,
+            totp_secret_enc=self.seal(member.id, secret),
+            at=now,
+        )
+        await cstore.mark_enrolment_used(session, match.id, now)
+        uri = pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=_ISSUER_NAME)
+        return Enrolled(
+            staff_id=member.id,
+            totp_secret=secret,
+            totp_uri=uri,
+            totp_required=bool(set(member.roles) & TOTP_ROLES),
+        )
+
+    async def set_known(
+        self, session: AsyncSession, staff_id: uuid.UUID, password: str, secret: str
+    ) -> None:
+        """Give a staff member a credential directly (the development bootstrap administrator)."""
+        password_hash = await asyncio.to_thread(_HASHER.hash, password)
+        await cstore.set_credential(
+            session,
+            staff_id,
+            password_hash=password_hash,
+            totp_secret_enc=self.seal(staff_id, secret),
+            at=dt.datetime.now(dt.UTC),
+        )
+
+    # --- login ---------------------------------------------------------------------------------
+
+    async def login(self, username: str, password: str, totp_code: str, source: str) -> IssuedToken:
+        """A token for the right password (and TOTP code where the roles need one)."""
+        user_key = self._user_key(username)
+        async with self._db.transaction() as session:
+            now = await sign_in_store.now(session)
+            retry_after = await self._limited(session, user_key, source, now)
+            member = credential = None
+            departments: list[uuid.UUID] = []
+            if retry_after is None:
+                member = await store.staff_by_username(session, username)
+                if member is not None and member.active:
+                    credential = await cstore.credential(session, member.id)
+                    departments = await store.current_department_ids(session, member.id)
+        if retry_after is not None:
+            raise self._locked(retry_after)
+        # No transaction is open while argon2id works.
+        right = await asyncio.to_thread(
+            _verify_password, credential.password_hash if credential else None, password
+        )
+        needs_totp = member is not None and bool(set(member.roles) & TOTP_ROLES)
+        if right and needs_totp and not totp_code:
+            # The password was right: not a failure, the client asks for the second factor.
+            raise Unauthenticated(
+                "a TOTP code from the authenticator app is required for this role",
+                reason="TOTP_REQUIRED",
+            )
+        if right and needs_totp:
+            assert member is not None and credential is not None
+            secret = self._open(member.id, credential.totp_secret_enc)
+            right = pyotp.TOTP(secret).verify(totp_code, valid_window=1)
+        async with self._db.transaction() as session:
+            if right:
+                await cstore.forget_user_failures(session, user_key)
+            else:
+                await cstore.lock_keys(session, user_key, source)
+                await cstore.add_failure(session, user_key, source, now, now - self._window)
+        if not right or member is None:
+            raise invalid_credentials()
+        return self._issuer.sign(
+            f"staff/{member.id}",
+            username=member.username,
+            roles=list(member.roles),
+            departments=[f"departments/{department}" for department in departments],
+        )
+
+    # --- limits --------------------------------------------------------------------------------
+
+    async def _limited(
+        self, session: AsyncSession, user_key: bytes, source: str, now: dt.datetime
+    ) -> float | None:
+        """Seconds until this username and source may try again; None when they may now."""
+        await cstore.lock_keys(session, user_key, source)
+        since = now - self._window
+        counts: tuple[tuple[Count, int], ...] = (
+            (
+                await cstore.count_failures(session, since, user_key=user_key),
+                self._config.failures_per_user,
+            ),
+            (
+                await cstore.count_failures(session, since, source=source),
+                self._config.failures_per_source,
+            ),
+        )
+        return retry_after(now, self._window, counts)
+
+    @staticmethod
+    def _locked(retry_after_s: float) -> RateLimited:
+        return RateLimited(
+            "too many failed logins for this username or from this address; the account is "
+            "locked for now, try again later or ask an administrator",
+            retry_after_s=retry_after_s,
+            reason=LOCKED,
+        )

@@ -1,0 +1,224 @@
+"""Lint of the Kustomize trees behind one overlay: what renders without an error but is wrong.
+
+kustomize refuses a strategic-merge patch whose object is missing, but a patch with a `target`
+selector that matches nothing is applied to nothing, silently: the overlay renders, and the
+change the patch was written for (dev's small HPAs, prod's zone spread) is simply absent. Drills
+(mesh/istio/drills) are applied by hand for a game day, never from a kustomization. And a
+production overlay runs exactly the release it names: every image pinned by a version tag or a
+digest, never `latest`, a branch name or no tag at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from his.mesh.findings import Finding
+from his.mesh.sources import Manifest
+
+_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+DRILLS = "mesh/istio/drills"
+# A release tag: 1.0.0, v2.3, 1.1.0-rc.1, 16.6 (the database's); or a digest.
+_PINNED_TAG = re.compile(r"v?\d+(\.\d+)+([-+][0-9A-Za-z.-]+)?")
+_POD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet")
+# istiod replaces `image: auto` of a pod injected with the gateway template (its own proxy image).
+_INJECTED = "auto"
+
+
+def _kustomization(directory: Path) -> Path | None:
+    return next((directory / n for n in _NAMES if (directory / n).is_file()), None)
+
+
+def _tree(root: Path, start: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every kustomization the overlay at `start` builds on: itself, its resources that are
+    directories, and its components, each once."""
+    seen: set[Path] = set()
+    stack = [start]
+    while stack:
+        directory = stack.pop().resolve()
+        if directory in seen or not directory.is_relative_to(root.resolve()):
+            continue
+        seen.add(directory)
+        path = _kustomization(directory)
+        if path is None:
+            continue
+        try:
+            document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            continue  # the check names files that do not parse
+        if not isinstance(document, dict):
+            continue
+        yield path, document
+        for entry in [*(document.get("resources") or []), *(document.get("components") or [])]:
+            candidate = directory / str(entry)
+            if candidate.is_dir():
+                stack.append(candidate)
+
+
+def _relative(root: Path, path: Path) -> str:
+    return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+def lint_kustomize(root: Path, tree: str, objects: list[Manifest]) -> list[Finding]:
+    """Patches matching nothing, drills in a kustomization, unpinned images in production."""
+    found: list[Finding] = []
+    for path, document in _tree(root, root / tree):
+        file = _relative(root, path)
+        found.extend(_patches(file, document, objects, tree))
+        found.extend(_drills(root, path, file, document))
+    if Path(tree).name.startswith("prod"):
+        found.extend(_pinned(root, tree, objects))
+    return found
+
+
+# --- patches whose target selects nothing ------------------------------------------------
+
+
+def selector_holds(selector: str, labels: Mapping[str, str]) -> bool:
+    """A Kubernetes label selector string (`a=b,c!=d,e,!f,g in (x,y),h notin (z)`)."""
+    for raw in re.findall(r"[^,(]+(?:\([^)]*\))?", selector):
+        term = raw.strip()
+        if not term:
+            continue
+        found = re.fullmatch(r"(\S+)\s+(in|notin)\s*\(([^)]*)\)", term)
+        if found:
+            key, operator, listed = found.groups()
+            values = {v.strip() for v in listed.split(",")}
+            if (labels.get(key) in values) != (operator == "in"):
+                return False
+        elif "!=" in term:
+            key, value = (part.strip() for part in term.split("!=", 1))
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = (part.strip() for part in re.split(r"==?", term, maxsplit=1))
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _matches(target: Mapping[str, Any], manifest: Manifest) -> bool:
+    metadata = manifest.get("metadata") or {}
+    group, _, version = str(manifest.get("apiVersion", "")).rpartition("/")
+    fields = {
+        "kind": str(manifest.get("kind", "")),
+        "name": str(metadata.get("name", "")),
+        "namespace": str(metadata.get("namespace", "")),
+        "group": group,
+        "version": version,
+    }
+    for field, value in fields.items():
+        wanted = target.get(field)
+        # kustomize matches these as anchored regular expressions.
+        if wanted is not None and not re.fullmatch(str(wanted), value):
+            return False
+    for field, source in (("labelSelector", "labels"), ("annotationSelector", "annotations")):
+        if target.get(field) is not None:
+            values = {str(k): str(v) for k, v in (metadata.get(source) or {}).items()}
+            if not selector_holds(str(target[field]), values):
+                return False
+    return True
+
+
+def _patches(
+    file: str, document: Mapping[str, Any], objects: list[Manifest], tree: str
+) -> Iterator[Finding]:
+    entries = [("patches", e) for e in document.get("patches") or []] + [
+        ("patchesJson6902", e) for e in document.get("patchesJson6902") or []
+    ]
+    for index, (field, entry) in enumerate(entries):
+        target = (entry or {}).get("target") if isinstance(entry, Mapping) else None
+        if not isinstance(target, Mapping):
+            continue  # a strategic-merge patch: kustomize itself refuses one that matches nothing
+        if any(_matches(target, m) for m in objects):
+            continue
+        label = (entry or {}).get("path") or "(inline patch)"
+        shown = ", ".join(f"{k}: {v}" for k, v in target.items())
+        yield Finding(
+            file,
+            f"kustomization {field}[{index}] {label}",
+            f"its target ({shown}) matches no object rendered in {tree}: kustomize applies "
+            "the patch to nothing and says nothing",
+            "fix the target (kind, name, labelSelector) so it selects the objects the patch "
+            "is for, or remove the patch",
+        )
+
+
+# --- drills are applied by hand, never from a kustomization -----------------------------------
+
+
+def _drills(root: Path, path: Path, file: str, document: Mapping[str, Any]) -> Iterator[Finding]:
+    drills = (root / DRILLS).resolve()
+    listed: list[tuple[str, str]] = [
+        (field, str(entry))
+        for field in ("resources", "components", "patchesStrategicMerge")
+        for entry in document.get(field) or []
+    ]
+    for entry in document.get("patches") or []:
+        if isinstance(entry, Mapping) and entry.get("path"):
+            listed.append(("patches", str(entry["path"])))
+    for field, entry in listed:
+        if (path.parent / entry).resolve().is_relative_to(drills):
+            yield Finding(
+                file,
+                f"kustomization {field} {entry}",
+                "applies a drill from a kustomization: its fault hits real calls whenever "
+                "the tree is applied, not only during a game day",
+                f"remove it; apply the drill by hand (kubectl patch ... --patch-file {entry})",
+            )
+
+
+# --- production runs pinned releases -----------------------------------------------------
+
+
+def _images(manifest: Manifest) -> Iterator[tuple[str, str]]:
+    """(place, image) of every container of a pod-owning object (and a CNPG Cluster)."""
+    spec = manifest.get("spec") or {}
+    if manifest.get("kind") == "Cluster" and spec.get("imageName"):
+        yield "spec.imageName", str(spec["imageName"])
+    if manifest.get("kind") not in _POD_KINDS:
+        return
+    pod = (spec.get("template") or {}).get("spec") or {}
+    for part in ("initContainers", "containers"):
+        for index, container in enumerate(pod.get(part) or []):
+            if isinstance(container, Mapping) and container.get("image"):
+                where = f"{part}[{index}] {container.get('name', '')}".rstrip()
+                yield where, str(container["image"])
+
+
+def pinned(image: str) -> bool:
+    """Whether an image reference names one release: a digest, or a version tag."""
+    if "@sha256:" in image:
+        return True
+    name = image.rsplit("/", 1)[-1]
+    tag = name.partition(":")[2]
+    return bool(_PINNED_TAG.fullmatch(tag))
+
+
+def _pinned(root: Path, tree: str, objects: list[Manifest]) -> Iterator[Finding]:
+    overlay = _kustomization(root / tree)
+    file = _relative(root, overlay) if overlay is not None else tree
+    for manifest in objects:
+        for where, image in _images(manifest):
+            if image == _INJECTED or pinned(image):
+                continue
+            metadata = manifest.get("metadata") or {}
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            yield Finding(
+                file,
+                f"{manifest.get('kind')} {metadata.get('namespace')}/{metadata.get('name')} "
+                f"{where}",
+                f"image {image!r} is not pinned ({'tag ' + repr(tag) if tag else 'no tag'}): "
+                "each pull may run a different build, and a rollback cannot name the old one",
+                "set images[].newTag to a release version (or images[].digest) in this "
+                "overlay's kustomization",
+            )

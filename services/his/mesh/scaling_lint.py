@@ -1,0 +1,163 @@
+"""Lint of the objects that decide how many pods run and how many may go: HPAs and PDBs.
+
+An HPA whose minReplicas exceeds maxReplicas is refused by nothing and scales erratically; one
+whose target does not exist scales nothing; two on one Deployment fight. A PodDisruptionBudget
+must select pods and leave at least one of them evictable at the lowest scale, or every node
+drain (cluster upgrades included) blocks on it; two budgets on one pod make the eviction API
+refuse every eviction of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from his.mesh.cluster import Cluster, finding, kind_of, name_of, namespace_of, spec_of
+from his.mesh.findings import Finding
+from his.mesh.network_lint import selects
+from his.mesh.sources import Manifest
+
+_WORKLOADS = ("Deployment", "StatefulSet")
+
+
+def _workloads(cluster: Cluster) -> list[Manifest]:
+    return [m for kind in _WORKLOADS for m in cluster.of_kind(kind)]
+
+
+def _pod_labels(workload: Manifest) -> dict[str, str]:
+    template = spec_of(workload).get("template") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+def _hpas(cluster: Cluster) -> Iterator[Finding]:
+    workloads = {(kind_of(w), namespace_of(w), name_of(w)): w for w in _workloads(cluster)}
+    scaled: dict[tuple[str, str, str], Manifest] = {}
+    for hpa in cluster.of_kind("HorizontalPodAutoscaler"):
+        spec = spec_of(hpa)
+        low, high = spec.get("minReplicas", 1), spec.get("maxReplicas")
+        if isinstance(low, int) and isinstance(high, int) and low > high:
+            yield finding(
+                cluster,
+                hpa,
+                "minReplicas",
+                f"minReplicas {low} > maxReplicas {high}: the autoscaler cannot satisfy both "
+                "(it scales to maxReplicas and reports ScalingLimited)",
+                "make minReplicas at most maxReplicas (an overlay's patch may set one of them)",
+            )
+        target = spec.get("scaleTargetRef") or {}
+        ref = (str(target.get("kind", "")), namespace_of(hpa), str(target.get("name", "")))
+        if ref not in workloads:
+            known = sorted(n for k, ns, n in workloads if k == ref[0] and ns == ref[1])
+            yield finding(
+                cluster,
+                hpa,
+                "scaleTargetRef",
+                f"{ref[0]} {ref[1]}/{ref[2]} does not exist in this overlay: the HPA scales "
+                "nothing and the workload it was meant for keeps its replica count",
+                "name the Deployment it scales"
+                + (f" (one of {', '.join(known)})" if known else ""),
+            )
+            continue
+        if ref in scaled:
+            yield finding(
+                cluster,
+                hpa,
+                "scaleTargetRef",
+                f"{ref[0]} {ref[1]}/{ref[2]} is scaled by HorizontalPodAutoscaler "
+                f"{namespace_of(scaled[ref])}/{name_of(scaled[ref])} too: the two fight over "
+                "its replica count",
+                "keep one HPA per workload",
+            )
+        scaled.setdefault(ref, hpa)
+
+
+def _lowest_scale(cluster: Cluster, workload: Manifest) -> int:
+    """The fewest pods a workload runs: its HPA's minReplicas, else its replicas (default 1)."""
+    for hpa in cluster.of_kind("HorizontalPodAutoscaler"):
+        target = spec_of(hpa).get("scaleTargetRef") or {}
+        if (
+            namespace_of(hpa) == namespace_of(workload)
+            and target.get("kind") == kind_of(workload)
+            and target.get("name") == name_of(workload)
+        ):
+            return int(spec_of(hpa).get("minReplicas", 1))
+    return int(spec_of(workload).get("replicas", 1))
+
+
+def _count(value: Any, total: int) -> int | None:
+    """An IntOrString of a PDB as a pod count of `total` (percentages round up, as Kubernetes
+    does for minAvailable; None when it is neither)."""
+    if isinstance(value, int):
+        return value
+    text = str(value)
+    if text.endswith("%") and text[:-1].isdigit():
+        return -(-int(text[:-1]) * total // 100)
+    return None
+
+
+def _pdbs(cluster: Cluster) -> Iterator[Finding]:
+    budgets: dict[tuple[str, str], Manifest] = {}
+    for pdb in cluster.of_kind("PodDisruptionBudget"):
+        spec = spec_of(pdb)
+        selector = spec.get("selector") or {}
+        selected = [
+            w
+            for w in _workloads(cluster)
+            if namespace_of(w) == namespace_of(pdb) and selects(selector, _pod_labels(w))
+        ]
+        if not selected:
+            yield finding(
+                cluster,
+                pdb,
+                "selector",
+                "selects no pods of this overlay: it protects nothing during drains",
+                "select the pods it is for (their template labels)",
+            )
+            continue
+        for workload in selected:
+            key = (namespace_of(workload), name_of(workload))
+            other = budgets.setdefault(key, pdb)
+            if other is not pdb:
+                yield finding(
+                    cluster,
+                    pdb,
+                    "selector",
+                    f"selects the pods of {kind_of(workload)} {key[0]}/{key[1]}, which "
+                    f"PodDisruptionBudget {namespace_of(other)}/{name_of(other)} selects too: "
+                    "the eviction API refuses to evict a pod with two budgets, so drains block",
+                    "keep one budget per set of pods",
+                )
+        yield from _room(cluster, pdb, spec, selected)
+
+
+def _room(
+    cluster: Cluster, pdb: Manifest, spec: Mapping[str, Any], selected: list[Manifest]
+) -> Iterator[Finding]:
+    lowest = sum(_lowest_scale(cluster, w) for w in selected)
+    names = ", ".join(name_of(w) for w in selected)
+    if "maxUnavailable" in spec:
+        allowed = _count(spec["maxUnavailable"], lowest)
+        if allowed == 0:
+            yield finding(
+                cluster,
+                pdb,
+                "maxUnavailable",
+                f"{spec['maxUnavailable']!r} lets no pod of {names} be evicted: every node "
+                "drain (and cluster upgrade) waits on it forever",
+                "set maxUnavailable: 1",
+            )
+    elif "minAvailable" in spec:
+        needed = _count(spec["minAvailable"], lowest)
+        if needed is not None and needed >= lowest:
+            yield finding(
+                cluster,
+                pdb,
+                "minAvailable",
+                f"{spec['minAvailable']!r} keeps all {lowest} pod(s) of {names} at its lowest "
+                "scale: no pod may be evicted, so node drains block",
+                "use maxUnavailable: 1 (works at every scale, one replica included)",
+            )
+
+
+SCALING_RULES = (_hpas, _pdbs)

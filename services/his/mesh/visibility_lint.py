@@ -1,0 +1,218 @@
+"""Lint of what hides a rule or a destination from the workloads that call it.
+
+Istio hands a sidecar only the configuration it may see: a VirtualService, DestinationRule or
+Service is exported to the namespaces its `exportTo` lists (`*` everyone, `.` its own, `~` no
+one; unset: everyone), and a Sidecar resource narrows what its workloads import further, to the
+`namespace/host` entries of its egress listeners. A caller that cannot see a VirtualService gets
+Istio's default route (no timeouts, no retry classes, no canary weights); one that cannot see the
+DestinationRule knows none of its subsets, so routes to them fail with no healthy upstream; one
+whose Sidecar imports no Service of the callee cannot reach it at all (passthrough is off under
+REGISTRY_ONLY, and even where it is on the call skips every rule). Callers are the declared calls
+(his.mesh.calls) and the mobile gateway's routes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from his.mesh.cluster import Cluster, finding, kind_of, name_of, namespace_of, spec_of
+from his.mesh.findings import Finding
+from his.mesh.network_lint import GATEWAY_APP, callers_of, selects
+from his.mesh.sources import Manifest
+
+NAMESPACE = "his"
+ROOT_NAMESPACE = "istio-system"  # Istio's default meshConfig.rootNamespace
+_SERVICE_EXPORT = "networking.istio.io/exportTo"
+
+
+def exported_to(exports: list[str], own: str, namespace: str) -> bool:
+    """Whether an object of namespace `own` with this exportTo is seen from `namespace`."""
+    if not exports:
+        return True  # Istio's default (meshConfig defaultExportTo unset): every namespace
+    return any(
+        entry == "*" or (entry == "." and namespace == own) or entry == namespace
+        for entry in exports
+    )
+
+
+def _app_namespaces(cluster: Cluster) -> dict[str, str]:
+    """app → the namespace its pods run in (callers with no pod here: namespace his)."""
+    found: dict[str, str] = {}
+    for namespace, labels in cluster.pods:
+        if "app" in labels:
+            found.setdefault(labels["app"], namespace)
+    return found
+
+
+def _targets(cluster: Cluster, manifest: Manifest) -> set[tuple[str, str]]:
+    """The Services (namespace, name) a VirtualService or DestinationRule applies to."""
+    spec = spec_of(manifest)
+    if kind_of(manifest) == "DestinationRule":
+        hosts = [spec.get("host", "")]
+    elif spec.get("gateways") and "mesh" not in spec["gateways"]:
+        # A gateway's routes: what matters is the services they send to.
+        hosts = [
+            (d.get("destination") or {}).get("host", "")
+            for route in spec.get("http") or []
+            for d in route.get("route") or []
+        ]
+    else:
+        hosts = list(spec.get("hosts") or [])
+    return {
+        target
+        for host in hosts
+        if (target := cluster.resolve(str(host), namespace_of(manifest))) is not None
+    }
+
+
+def _exports(cluster: Cluster) -> Iterator[Finding]:
+    callers = callers_of(cluster)
+    homes = _app_namespaces(cluster)
+    for manifest in cluster.of_kind("VirtualService") + cluster.of_kind("DestinationRule"):
+        exports = [str(e) for e in spec_of(manifest).get("exportTo") or []]
+        if not exports:
+            continue
+        gateway_only = bool(spec_of(manifest).get("gateways")) and "mesh" not in (
+            spec_of(manifest).get("gateways") or []
+        )
+        for _, service in sorted(_targets(cluster, manifest)):
+            who = {GATEWAY_APP} if gateway_only else set(callers.get(service, set()))
+            if kind_of(manifest) == "VirtualService" and not gateway_only:
+                who.discard(GATEWAY_APP)  # a gateway applies only routes bound to it
+            hidden = sorted(
+                app
+                for app in who
+                if not exported_to(exports, namespace_of(manifest), homes.get(app, NAMESPACE))
+            )
+            if hidden:
+                yield finding(
+                    cluster,
+                    manifest,
+                    "exportTo",
+                    f"{exports} hides it from {', '.join(hidden)} (namespace "
+                    f"{homes.get(hidden[0], NAMESPACE)}), which call(s) {service}: "
+                    + _consequence(kind_of(manifest)),
+                    f'export it to the callers\' namespace (exportTo: ["."] when they share '
+                    f"{namespace_of(manifest)}), or remove exportTo",
+                )
+    for (namespace, service), manifest in sorted(cluster.services.items()):
+        annotation = ((manifest.get("metadata") or {}).get("annotations") or {}).get(
+            _SERVICE_EXPORT
+        )
+        if annotation is None:
+            continue
+        exports = [e.strip() for e in str(annotation).split(",") if e.strip()]
+        hidden = sorted(
+            app
+            for app in callers.get(service, set())
+            if not exported_to(exports, namespace, homes.get(app, NAMESPACE))
+        )
+        if namespace == NAMESPACE and hidden:
+            yield finding(
+                cluster,
+                manifest,
+                f"metadata.annotations[{_SERVICE_EXPORT}]",
+                f"{annotation!r} hides the Service from {', '.join(hidden)}, which call(s) it: "
+                "their sidecars have no cluster for it, so the calls fail",
+                "export it to the callers' namespace, or remove the annotation",
+            )
+
+
+def _consequence(kind: str) -> str:
+    if kind == "VirtualService":
+        return (
+            "their sidecars route by Istio's defaults instead (no timeouts, no retry classes, "
+            "no canary weights)"
+        )
+    return (
+        "their sidecars know none of its subsets, pool limits or outlier detection, so routes "
+        "to its subsets fail with no healthy upstream (UNAVAILABLE)"
+    )
+
+
+# --- Sidecar resources: what each caller's proxy imports ----------------------------------
+
+
+def _sidecar_for(cluster: Cluster, namespace: str, labels: Mapping[str, str]) -> Manifest | None:
+    """The Sidecar that configures a pod, as Istio picks it: one of its namespace selecting it,
+    else its namespace's Sidecar without a selector, else the root namespace's one."""
+    sidecars = cluster.of_kind("Sidecar")
+    own = [s for s in sidecars if namespace_of(s) == namespace]
+    for sidecar in own:
+        selector = (spec_of(sidecar).get("workloadSelector") or {}).get("labels")
+        if selector and selects({"matchLabels": selector}, labels):
+            return sidecar
+    for candidates in (own, [s for s in sidecars if namespace_of(s) == ROOT_NAMESPACE]):
+        plain = [s for s in candidates if not spec_of(s).get("workloadSelector")]
+        if plain:
+            return plain[0]
+    return None
+
+
+def _imports(egress: list[Any], own: str, namespace: str, host: str) -> bool:
+    """Whether a Sidecar's egress hosts (`namespace/dnsName`) import `host` of `namespace`."""
+    for listener in egress:
+        for entry in (listener or {}).get("hosts") or []:
+            scope, _, name = str(entry).partition("/")
+            if scope == "~":
+                continue
+            if scope not in ("*", namespace) and not (scope == "." and namespace == own):
+                continue
+            if name == "*" or fnmatch.fnmatchcase(host, name) or host == name:
+                return True
+    return False
+
+
+def _sidecars(cluster: Cluster) -> Iterator[Finding]:
+    if not cluster.of_kind("Sidecar"):
+        return
+    callers = callers_of(cluster)
+    reported: set[tuple[str, str]] = set()
+    for namespace, labels in cluster.pods:
+        app = labels.get("app")
+        if app is None or app == GATEWAY_APP:
+            continue  # gateways ignore Sidecar resources
+        sidecar = _sidecar_for(cluster, namespace, labels)
+        if sidecar is None:
+            continue
+        egress = spec_of(sidecar).get("egress")
+        if not egress:
+            continue  # no egress listeners: everything visible is imported
+        for service, who in sorted(callers.items()):
+            if app not in who or (NAMESPACE, service) not in cluster.services:
+                continue
+            host = f"{service}.{NAMESPACE}.svc.cluster.local"
+            # The Service, and the routes and rules written for it, each from its namespace.
+            needed = [("Service", NAMESPACE)] + [
+                (kind_of(m), namespace_of(m))
+                for m in cluster.of_kind("VirtualService") + cluster.of_kind("DestinationRule")
+                if (NAMESPACE, service) in _targets(cluster, m)
+                and not (spec_of(m).get("gateways") and "mesh" not in spec_of(m)["gateways"])
+            ]
+            missing = [
+                f"{kind} {where}/{service}"
+                for kind, where in needed
+                if not _imports(egress, namespace_of(sidecar), where, host)
+            ]
+            if not missing or (app, service) in reported:
+                continue
+            reported.add((app, service))
+            consequence = (
+                "the call has no route to it and fails"
+                if missing[0].startswith("Service")
+                else _consequence(missing[0].split()[0])
+            )
+            yield finding(
+                cluster,
+                sidecar,
+                "egress.hosts",
+                f"imports no {', no '.join(missing)} into {app}'s proxy, and {app} calls "
+                f"{service}: {consequence}",
+                f'add "{NAMESPACE}/{host}" (or "./*" when it is in {namespace_of(sidecar)}) '
+                f"to egress.hosts of Sidecar {namespace_of(sidecar)}/{name_of(sidecar)}",
+            )
+
+
+VISIBILITY_RULES = (_exports, _sidecars)
