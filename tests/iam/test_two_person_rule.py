@@ -27,13 +27,14 @@ from his.runtime.server import RunningService, start
 from tests.conftest import service_config
 from tests.iam.conftest import fresh_database, iam_spec
 from tests.iam.helpers import (
-    DEV_CREDENTIAL,
     Stub,
     as_,
+    bootstrap_login,
     create_department,
     create_staff,
+    enrol,
     invalid,
-    login,
+    login_as,
     make_staff,
     verify,
 )
@@ -221,7 +222,8 @@ async def test_a_pending_role_and_membership_have_no_effect_until_a_second_admin
         metadata=as_(proposer.token),
     )
 
-    before = verify((await login(iam, proposed.username)).access_token, jwks)
+    enrolled = await enrol(iam, proposed)
+    before = verify((await login_as(iam, enrolled)).access_token, jwks)
     current = await iam.ListMemberships(
         pb.ListMembershipsRequest(parent=proposed.name, current_only=True)
     )
@@ -233,7 +235,7 @@ async def test_a_pending_role_and_membership_have_no_effect_until_a_second_admin
 
     await _approve(iam, proposed.pending_access_change, approver)
     await _approve(iam, membership.access_change, approver)
-    after = verify((await login(iam, proposed.username)).access_token, jwks)
+    after = verify((await login_as(iam, enrolled)).access_token, jwks)
 
     assert (after["roles"], after["departments"]) == (["DOCTOR"], [department.name])
     # A token is what it was when issued: the one from before approval still carries nothing.
@@ -539,9 +541,8 @@ async def new_installation(
     try:
         async with channel_as(running.address, admin_token) as channel:
             stub: Stub = pb_grpc.IamServiceStub(channel)
-            await stub.IssueToken(
-                pb.IssueTokenRequest(username="first.admin", credential=DEV_CREDENTIAL)
-            )
+            # The first login makes the bootstrap administrator.
+            await bootstrap_login(stub, "first.admin")
             yield stub
     finally:
         await running.stop(grace_s=1)

@@ -34,6 +34,15 @@ def _roles_check(roles: str) -> None:
         f"roles <@ ARRAY[{roles}]::text[]",
         schema="iam",
     )
+    # 0004's access changes name roles from the same list.
+    op.drop_constraint("access_change_roles_known", "access_changes", schema="iam", type_="check")
+    op.create_check_constraint(
+        "access_change_roles_known",
+        "access_changes",
+        f"(kind = 'roles') = (roles IS NOT NULL AND cardinality(roles) >= 1 "
+        f"AND roles <@ ARRAY[{roles}]::text[])",
+        schema="iam",
+    )
 
 
 def upgrade() -> None:
