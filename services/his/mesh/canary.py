@@ -26,7 +26,7 @@ from his.mesh.canary_plan import PLAN
 from his.mesh.canary_plan import PLAN_TEXT as _PLAN_TEXT
 from his.mesh.contracts import host
 from his.mesh.render import KubectlMissing
-from his.mesh.routes import fqdn, route_label
+from his.mesh.routes import istio_host, route_label
 from his.mesh.sources import RootNotFound, repository_root
 
 VIRTUAL_SERVICES = "mesh/istio/virtual-services"
@@ -105,7 +105,7 @@ class Change:
 
 def names_service(destination_host: str, service: str, namespace: str) -> bool:
     """Whether a destination host (short, `svc.ns`, or FQDN) is the service's own host."""
-    return fqdn(destination_host, namespace) == host(service)
+    return istio_host(destination_host, namespace) == host(service)
 
 
 def splits(documents: list[Any], service: str, file: str) -> Iterator[Split]:

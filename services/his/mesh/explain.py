@@ -19,7 +19,7 @@ from his.base.catalog import lookup
 from his.mesh import drills
 from his.mesh.cluster import namespace_of, spec_of
 from his.mesh.contracts import Rpc, host, rpcs
-from his.mesh.routes import first_match, fqdn, unsafe_retries
+from his.mesh.routes import first_match, istio_host, unsafe_retries
 from his.mesh.sources import Manifest, RootNotFound, Source, documents, repository_root
 
 MESH = "mesh/istio"
@@ -208,7 +208,7 @@ def select(sources: list[Source], service: str, *, gateway: bool) -> tuple[Sourc
                 candidates.append(source)
             continue
         hosts = {
-            fqdn(str(h), namespace_of(manifest, DEFAULT_NAMESPACE))
+            istio_host(str(h), namespace_of(manifest, DEFAULT_NAMESPACE))
             for h in spec_of(manifest).get("hosts") or []
         }
         if host(service) in hosts and _serves_gateway(manifest, "mesh"):
@@ -239,7 +239,7 @@ def subset_labels(sources: list[Source]) -> dict[str, tuple[str, dict[str, dict[
         }
         rule = f"DestinationRule {_qualified(manifest)} in {source.file}"
         found.setdefault(
-            fqdn(str(spec.get("host", "")), namespace_of(manifest, DEFAULT_NAMESPACE)),
+            istio_host(str(spec.get("host", "")), namespace_of(manifest, DEFAULT_NAMESPACE)),
             (rule, subsets),
         )
     return found
@@ -288,7 +288,7 @@ def _destinations(
     used: list[str] = []
     for entry in entries:
         target = entry.get("destination") or {}
-        name = fqdn(str(target.get("host", "")), namespace)
+        name = istio_host(str(target.get("host", "")), namespace)
         subset = target.get("subset")
         default = 100 if len(entries) == 1 else 0  # Istio: a lone destination takes everything
         weight = int(entry.get("weight", default) or 0)
