@@ -116,6 +116,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Without approval_state a membership counts by its period alone: end the ones that were
+    # never approved where they start, so a rollback puts nobody's pending access into force.
+    op.execute(
+        "UPDATE iam.memberships SET period_end = period_start "
+        "WHERE approval_state <> 'approved' "
+        "AND (period_end IS NULL OR period_end > period_start)"
+    )
     op.drop_constraint("membership_approval_known", "memberships", schema="iam")
     op.drop_column("memberships", "access_change_id", schema="iam")
     op.drop_column("memberships", "approval_state", schema="iam")

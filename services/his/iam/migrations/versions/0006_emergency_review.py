@@ -130,6 +130,15 @@ def downgrade() -> None:
         op.drop_constraint(name, _GRANTS, schema="iam", type_="check")
     for column in ("review_comment", "review_time", "reviewer_id", "review_state", "closed_time"):
         op.drop_column(_GRANTS, column, schema="iam")
+    # 0005 allows a staff member without roles (0004's pending grants), so nobody is deleted:
+    # a privacy officer just loses the role, and proposals of nothing else but it are rejected.
     op.execute("UPDATE iam.staff SET roles = array_remove(roles, 'PRIVACY_OFFICER')")
-    op.execute("DELETE FROM iam.staff WHERE cardinality(roles) = 0")
+    op.execute(
+        "UPDATE iam.access_changes SET roles = array_remove(roles, 'PRIVACY_OFFICER') "
+        "WHERE kind = 'roles' AND cardinality(array_remove(roles, 'PRIVACY_OFFICER')) >= 1"
+    )
+    op.execute(
+        "DELETE FROM iam.access_changes WHERE kind = 'roles' "
+        "AND cardinality(array_remove(roles, 'PRIVACY_OFFICER')) = 0"
+    )
     _roles_check(_OLD_ROLES)

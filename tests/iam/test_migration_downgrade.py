@@ -1,0 +1,111 @@
+"""iam's downgrades with data in the tables: a rollback loses no staff member and puts no
+access that was never approved into force."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from his.runtime.database import async_url
+from his.runtime.embedded_pg import EmbeddedPostgres
+from his.runtime.migrations import downgrade
+from tests.iam.conftest import fresh_database
+
+
+async def _execute(url: str, sql: str, **params: Any) -> list[Any]:
+    engine = create_async_engine(async_url(url), poolclass=NullPool)
+    try:
+        async with engine.begin() as connection:
+            result = await connection.execute(text(sql), params)
+            return list(result.fetchall()) if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+async def _pending_newcomer(url: str) -> uuid.UUID:
+    """An administrator and a new staff member whose DOCTOR role waits for approval."""
+    admin, newcomer = uuid.uuid4(), uuid.uuid4()
+    await _execute(
+        url,
+        "INSERT INTO iam.staff (id, username, display_name, roles) "
+        "VALUES (:a, :an, 'A', ARRAY['ADMINISTRATOR']), (:n, :nn, 'N', ARRAY[]::text[])",
+        a=admin,
+        an=f"adm-{admin.hex[:8]}",
+        n=newcomer,
+        nn=f"new-{newcomer.hex[:8]}",
+    )
+    await _execute(
+        url,
+        "INSERT INTO iam.access_changes (id, staff_id, kind, roles, state, proposer_id) "
+        "VALUES (:c, :s, 'roles', ARRAY['DOCTOR'], 'pending', :p)",
+        c=uuid.uuid4(),
+        s=newcomer,
+        p=admin,
+    )
+    return newcomer
+
+
+async def test_downgrading_0006_keeps_staff_whose_roles_wait_for_approval(
+    postgres: EmbeddedPostgres,
+) -> None:
+    url = await fresh_database(postgres, f"iam_down6_{uuid.uuid4().hex[:8]}")
+    newcomer = await _pending_newcomer(url)
+    await _execute(
+        url,
+        "INSERT INTO iam.staff (id, username, display_name, roles) "
+        "VALUES (:i, :u, 'P', ARRAY['PRIVACY_OFFICER'])",
+        i=uuid.uuid4(),
+        u=f"po-{uuid.uuid4().hex[:8]}",
+    )
+
+    await asyncio.to_thread(downgrade, "iam", url, "0005")
+
+    staff = await _execute(url, "SELECT id, roles FROM iam.staff ORDER BY username")
+    assert newcomer in {row[0] for row in staff}
+    assert all("PRIVACY_OFFICER" not in row[1] for row in staff)
+    assert len(staff) == 3
+
+
+async def test_downgrading_0004_puts_no_pending_membership_into_force(
+    postgres: EmbeddedPostgres,
+) -> None:
+    url = await fresh_database(postgres, f"iam_down4_{uuid.uuid4().hex[:8]}")
+    doctor, pending, approved = (uuid.uuid4() for _ in range(3))
+    await _execute(
+        url,
+        "INSERT INTO iam.staff (id, username, display_name, roles) "
+        "VALUES (:i, :u, 'D', ARRAY['DOCTOR'])",
+        i=doctor,
+        u=f"doc-{doctor.hex[:8]}",
+    )
+    for membership, state in ((pending, "pending"), (approved, "approved")):
+        department = uuid.uuid4()  # one each: memberships of one department may not overlap
+        await _execute(
+            url,
+            "INSERT INTO iam.departments (id, code, display_name, kind) "
+            "VALUES (:d, :c, 'Clinic', 'outpatient')",
+            d=department,
+            c=f"C{department.hex[:8].upper()}",
+        )
+        await _execute(
+            url,
+            "INSERT INTO iam.memberships "
+            "(id, staff_id, department_id, period_start, approval_state, access_change_id) "
+            "VALUES (:m, :s, :d, now(), :state, :c)",
+            m=membership,
+            s=doctor,
+            d=department,
+            state=state,
+            c=uuid.uuid4(),
+        )
+
+    await asyncio.to_thread(downgrade, "iam", url, "0003")
+
+    ends = dict(await _execute(url, "SELECT id, period_end FROM iam.memberships"))
+    assert ends[pending] is not None, "a never-approved membership is in force after the rollback"
+    assert ends[approved] is None
