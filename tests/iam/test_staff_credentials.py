@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from his.iam import credentials
 from his.iam.config import IamConfig, StaffLoginConfig
 from his.iam.v1 import iam_service_pb2 as pb
 from his.iam.v1 import iam_service_pb2_grpc as pb_grpc
@@ -472,3 +473,22 @@ async def _server(url: str, config: IamConfig) -> AsyncIterator[Stub]:
             yield pb_grpc.IamServiceStub(channel)
     finally:
         await running.stop(grace_s=1)
+
+
+async def test_a_burst_of_logins_beyond_the_argon2_queue_is_told_to_come_back(
+    iam: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # argon2id holds 64 MiB per run: a flood of public logins must queue, then be refused, and
+    # never take the pod past its memory.
+    monkeypatch.setattr(credentials, "ARGON2_QUEUE", 2)
+    member = await create_staff(iam, R.STAFF_ROLE_REGISTRAR)
+    outcomes = await asyncio.gather(
+        *(
+            fails(login(iam, member.username, "not the password", source=a_source()))
+            for _ in range(8)
+        )
+    )
+    assert {(o.code, o.reason) for o in outcomes} == {
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "STAFF_LOGIN_BUSY"),
+        (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS"),
+    }

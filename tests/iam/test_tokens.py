@@ -488,7 +488,18 @@ def test_in_the_mesh_a_development_seed_is_refused() -> None:
         IamConfig.from_env(
             {"HIS_MESH": "istio", "HIS_IAM_PATIENT_SIGN_IN": "off", "HIS_IAM_DEV_CREDENTIAL": "x"}
         )
-    assert IamConfig.from_env({"HIS_MESH": "istio", "HIS_IAM_PATIENT_SIGN_IN": "off"})
+    assert IamConfig.from_env(
+        {"HIS_MESH": "istio", "HIS_IAM_PATIENT_SIGN_IN": "off", "HIS_IAM_CREDENTIAL_KEY": "k" * 32}
+    )
+
+
+def test_in_the_mesh_the_staff_credential_key_is_required() -> None:
+    # Derived from the signing key it would change with the first rotation and void every TOTP
+    # secret: every clinician and administrator locked out, nobody left to re-enrol them.
+    mesh = {"HIS_MESH": "istio", "HIS_IAM_PATIENT_SIGN_IN": "off"}
+    with pytest.raises(ConfigError, match="HIS_IAM_CREDENTIAL_KEY is required"):
+        IamConfig.from_env(mesh)
+    assert not IamConfig.from_env({**mesh, "HIS_IAM_LOCAL_PROVIDER": "off"}).local_provider
 
 
 def test_staff_login_config_reads_the_environment_and_refuses_unusable_values() -> None:

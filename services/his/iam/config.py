@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from his.base.env import ConfigError
+from his.base.env import ConfigError, integer, switch
 
 # The longest token lifetime the contract allows (IssueTokenResponse.expire_time: at most 12 h).
 MAX_TOKEN_TTL_S = 12 * 3600
@@ -69,14 +69,14 @@ class SignInConfig:
         know, and no patient would ever get a text. Sign-in stays off there until an SMS
         gateway's sender is plugged in."""
         config = cls(
-            enabled=_switch(env, "HIS_IAM_PATIENT_SIGN_IN", default=True),
-            code_ttl_s=_int(env, "HIS_IAM_SIGN_IN_CODE_TTL_S", 300),
-            token_ttl_s=_int(env, "HIS_IAM_PATIENT_TOKEN_TTL_S", 1800),
-            window_s=_int(env, "HIS_IAM_SIGN_IN_WINDOW_S", 900),
-            starts_per_phone=_int(env, "HIS_IAM_SIGN_IN_STARTS_PER_PHONE", 5),
-            starts_per_source=_int(env, "HIS_IAM_SIGN_IN_STARTS_PER_SOURCE", 200),
-            failures_per_phone=_int(env, "HIS_IAM_SIGN_IN_FAILURES_PER_PHONE", 5),
-            failures_per_source=_int(env, "HIS_IAM_SIGN_IN_FAILURES_PER_SOURCE", 100),
+            enabled=switch(env, "HIS_IAM_PATIENT_SIGN_IN", default=True),
+            code_ttl_s=integer(env, "HIS_IAM_SIGN_IN_CODE_TTL_S", 300),
+            token_ttl_s=integer(env, "HIS_IAM_PATIENT_TOKEN_TTL_S", 1800),
+            window_s=integer(env, "HIS_IAM_SIGN_IN_WINDOW_S", 900),
+            starts_per_phone=integer(env, "HIS_IAM_SIGN_IN_STARTS_PER_PHONE", 5),
+            starts_per_source=integer(env, "HIS_IAM_SIGN_IN_STARTS_PER_SOURCE", 200),
+            failures_per_phone=integer(env, "HIS_IAM_SIGN_IN_FAILURES_PER_PHONE", 5),
+            failures_per_source=integer(env, "HIS_IAM_SIGN_IN_FAILURES_PER_SOURCE", 100),
             hash_key=(env.get("HIS_IAM_SIGN_IN_KEY") or "").encode(),
             sender=(env.get("HIS_IAM_SIGN_IN_SENDER") or "local").strip(),
         )
@@ -124,10 +124,10 @@ class StaffLoginConfig:
     def from_env(cls, env: Mapping[str, str]) -> StaffLoginConfig:
         """Read HIS_IAM_LOGIN_*, HIS_IAM_ENROLMENT_TTL_S and HIS_IAM_CREDENTIAL_KEY."""
         return cls(
-            window_s=_int(env, "HIS_IAM_LOGIN_WINDOW_S", 900),
-            failures_per_user=_int(env, "HIS_IAM_LOGIN_FAILURES_PER_USER", 5),
-            failures_per_source=_int(env, "HIS_IAM_LOGIN_FAILURES_PER_SOURCE", 50),
-            enrolment_ttl_s=_int(env, "HIS_IAM_ENROLMENT_TTL_S", 24 * 3600),
+            window_s=integer(env, "HIS_IAM_LOGIN_WINDOW_S", 900),
+            failures_per_user=integer(env, "HIS_IAM_LOGIN_FAILURES_PER_USER", 5),
+            failures_per_source=integer(env, "HIS_IAM_LOGIN_FAILURES_PER_SOURCE", 50),
+            enrolment_ttl_s=integer(env, "HIS_IAM_ENROLMENT_TTL_S", 24 * 3600),
             credential_key=(env.get("HIS_IAM_CREDENTIAL_KEY") or "").encode(),
         )
 
@@ -199,50 +199,39 @@ class IamConfig:
             if part.strip()
         )
         dev_credential = env.get("HIS_IAM_DEV_CREDENTIAL") or ""
-        if dev_credential and (env.get("HIS_MESH") or "").strip().lower() == "istio":
+        in_mesh = (env.get("HIS_MESH") or "").strip().lower() == "istio"
+        if dev_credential and in_mesh:
             raise ConfigError(
                 "HIS_IAM_DEV_CREDENTIAL gives the bootstrap administrator a known development "
                 "password: refused with HIS_MESH=istio"
+            )
+        login = StaffLoginConfig.from_env(env)
+        local_provider = switch(env, "HIS_IAM_LOCAL_PROVIDER", default=True)
+        if in_mesh and local_provider and not login.credential_key:
+            # Derived from the signing key, the TOTP secrets' key would change with the first
+            # key rotation, and every clinician and administrator would be locked out for good.
+            raise ConfigError(
+                "HIS_IAM_CREDENTIAL_KEY is required with HIS_MESH=istio while iam issues staff "
+                "tokens (HIS_IAM_LOCAL_PROVIDER on): it must outlive signing-key rotations"
             )
         return cls(
             signing_key_paths=paths,
             issuer=env.get("HIS_AUTH_ISSUER") or "https://iam.his.local",
             audience=env.get("HIS_AUTH_AUDIENCE") or "his",
-            token_ttl_s=_int(env, "HIS_IAM_TOKEN_TTL_S", 900),
+            token_ttl_s=integer(env, "HIS_IAM_TOKEN_TTL_S", 900),
             dev_credential=dev_credential,
             service_credential_key=(env.get("HIS_SERVICE_CREDENTIAL_KEY") or "").encode(),
-            local_provider=_switch(env, "HIS_IAM_LOCAL_PROVIDER", default=True),
-            emergency_default_s=_int(env, "HIS_IAM_EMERGENCY_DEFAULT_S", 3600),
-            emergency_max_s=_int(env, "HIS_IAM_EMERGENCY_MAX_S", 4 * 3600),
-            emergency_min_s=_int(env, "HIS_IAM_EMERGENCY_MIN_S", 60),
+            local_provider=local_provider,
+            emergency_default_s=integer(env, "HIS_IAM_EMERGENCY_DEFAULT_S", 3600),
+            emergency_max_s=integer(env, "HIS_IAM_EMERGENCY_MAX_S", 4 * 3600),
+            emergency_min_s=integer(env, "HIS_IAM_EMERGENCY_MIN_S", 60),
             bootstrap_admin=env.get("HIS_IAM_BOOTSTRAP_ADMIN", "admin").strip(),
             data_dir=Path(env.get("HIS_DATA_DIR") or ".his"),
             sign_in=SignInConfig.from_env(env),
-            login=StaffLoginConfig.from_env(env),
+            login=login,
         )
 
 
 def sign_in_codes_path(data_dir: Path) -> Path:
     """The local sender's file of sign-in codes under the `his up` state directory."""
     return data_dir / "sign-in-codes.log"
-
-
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
-    raw = env.get(key)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
-
-
-def _switch(env: Mapping[str, str], key: str, *, default: bool) -> bool:
-    raw = (env.get(key) or "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("on", "true", "1", "yes"):
-        return True
-    if raw in ("off", "false", "0", "no"):
-        return False
-    raise ConfigError(f"{key} must be on or off, got {raw!r}")

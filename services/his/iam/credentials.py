@@ -7,7 +7,8 @@ exactly once.
 
 Login (IssueToken): the failure limits are checked first, in one short transaction under advisory
 locks on the username's key and the source; then the password and TOTP code are checked with no
-transaction open (argon2id is deliberately slow); a failure is then counted. A burst of concurrent
+transaction open (argon2id is deliberately slow, and memory-hard: at most two run at once); a
+failure is then counted. A burst of concurrent
 wrong attempts can overshoot a limit by at most the burst, never keep going past it.
 
 Unknown usernames, staff never enrolled and inactive staff are verified against a dummy hash, so
@@ -21,15 +22,19 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,6 +46,9 @@ from his.iam.sign_in_store import Count, retry_after
 from his.iam.tokens import IssuedToken, TokenIssuer
 from his.runtime.database import Database
 from his.runtime.validation import Violations
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Roles whose logins need a second factor: those that open patient records or change who may.
 TOTP_ROLES = frozenset({"DOCTOR", "NURSE", "PHARMACIST", "LAB_TECHNICIAN", "ADMINISTRATOR"})
@@ -56,6 +64,11 @@ _ISSUER_NAME = "HIS Mesh"
 _HASHER = PasswordHasher()
 # Verified against when there is no credential to verify: same answer, same cost.
 _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+# Each hash or verification holds 64 MiB for about 0.1 s. IssueToken and CompleteStaffEnrolment
+# are public: unbounded, a burst of them (the thread pool has up to 32 workers) would take the
+# pod past its memory limit. Two at a time, a bounded queue, and the rest are told to come back.
+ARGON2_CONCURRENCY = 2
+ARGON2_QUEUE = 64
 
 
 def invalid_credentials() -> Unauthenticated:
@@ -117,6 +130,8 @@ class StaffCredentials:
         self._key = key
         self._aead = AESGCM(hmac.new(key, b"totp-secret", hashlib.sha256).digest())
         self._window = dt.timedelta(seconds=config.window_s)
+        self._argon2_slots = asyncio.Semaphore(ARGON2_CONCURRENCY)
+        self._argon2_queued = 0
 
     # --- keys ----------------------------------------------------------------------------------
 
@@ -132,8 +147,34 @@ class StaffCredentials:
         nonce = os.urandom(12)
         return nonce + self._aead.encrypt(nonce, secret.encode(), staff_id.bytes)
 
-    def _open(self, staff_id: uuid.UUID, sealed: bytes) -> str:
-        return self._aead.decrypt(sealed[:12], sealed[12:], staff_id.bytes).decode()
+    def _open(self, staff_id: uuid.UUID, sealed: bytes) -> str | None:
+        """The staff member's TOTP secret; None when it cannot be opened (another credential
+        key sealed it: the key changed), which is logged and answered as a wrong code."""
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], staff_id.bytes).decode()
+        except InvalidTag:
+            log.error(
+                "a TOTP secret does not open with this credential key (was "
+                "HIS_IAM_CREDENTIAL_KEY changed?): the staff member must be enrolled again",
+                extra={"fields": {"staff": f"staff/{staff_id}"}},
+            )
+            return None
+
+    async def _argon2(self, work: Callable[..., _T], *args: object) -> _T:
+        """Run an argon2id hash or verification in a thread, at most ARGON2_CONCURRENCY at a
+        time; RESOURCE_EXHAUSTED when ARGON2_QUEUE calls are already waiting."""
+        if self._argon2_queued >= ARGON2_QUEUE:
+            raise RateLimited(
+                "too many logins at once; try again in a moment",
+                retry_after_s=1.0,
+                reason="STAFF_LOGIN_BUSY",
+            )
+        self._argon2_queued += 1
+        try:
+            async with self._argon2_slots:
+                return await asyncio.to_thread(work, *args)
+        finally:
+            self._argon2_queued -= 1
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -191,12 +232,14 @@ class StaffCredentials:
     ) -> Enrolled:
         """Set the password and a new TOTP secret with a valid code, once."""
         user_key = self._user_key(username)
+        # Hashed before the transaction: argon2id never runs while rows are locked.
+        password_hash = await self._argon2(_HASHER.hash, password)
         async with self._db.transaction() as session:
             now = await sign_in_store.now(session)
             retry_after = await self._limited(session, user_key, source, now)
             enrolled: Enrolled | None = None
             if retry_after is None:
-                enrolled = await self._enrol(session, username, code, password, now)
+                enrolled = await self._enrol(session, username, code, password_hash, now)
                 if enrolled is None:
                     await cstore.add_failure(session, user_key, source, now, now - self._window)
         if retry_after is not None:
@@ -206,7 +249,7 @@ class StaffCredentials:
         return enrolled
 
     async def _enrol(
-        self, session: AsyncSession, username: str, code: str, password: str, now: dt.datetime
+        self, session: AsyncSession, username: str, code: str, password_hash: str, now: dt.datetime
     ) -> Enrolled | None:
         member = await store.staff_by_username(session, username)
         if member is None or not member.active:
@@ -223,7 +266,6 @@ class StaffCredentials:
         )
         if match is None or match.expire_time <= now:
             return None
-        password_hash = await asyncio.to_thread(_HASHER.hash, password)
         secret = pyotp.random_base32()
         await cstore.set_credential(
             session,
@@ -245,7 +287,7 @@ class StaffCredentials:
         self, session: AsyncSession, staff_id: uuid.UUID, password: str, secret: str
     ) -> None:
         """Give a staff member a credential directly (the development bootstrap administrator)."""
-        password_hash = await asyncio.to_thread(_HASHER.hash, password)
+        password_hash = await self._argon2(_HASHER.hash, password)
         await cstore.set_credential(
             session,
             staff_id,
@@ -272,7 +314,7 @@ class StaffCredentials:
         if retry_after is not None:
             raise self._locked(retry_after)
         # No transaction is open while argon2id works.
-        right = await asyncio.to_thread(
+        right = await self._argon2(
             _verify_password, credential.password_hash if credential else None, password
         )
         needs_totp = member is not None and bool(set(member.roles) & TOTP_ROLES)
@@ -285,7 +327,8 @@ class StaffCredentials:
         if right and needs_totp:
             assert member is not None and credential is not None
             secret = self._open(member.id, credential.totp_secret_enc)
-            right = pyotp.TOTP(secret).verify(totp_code, valid_window=1)
+            # One step either side: an authenticator's clock may be 30 s off.
+            right = secret is not None and pyotp.TOTP(secret).verify(totp_code, valid_window=1)
         async with self._db.transaction() as session:
             if right:
                 await cstore.forget_user_failures(session, user_key)
