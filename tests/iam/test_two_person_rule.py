@@ -604,3 +604,23 @@ async def test_roles_are_not_proposed_for_an_inactive_member_or_with_a_stale_eta
         pb.ListAccessChangesRequest(staff=member.name, state=S.ACCESS_CHANGE_STATE_PENDING)
     )
     assert list(listed.access_changes) == []
+
+
+async def test_an_administrator_deactivated_since_their_token_was_issued_approves_nothing(
+    iam: Stub, proposer: Admin, approver: Admin
+) -> None:
+    # The approver's token still says ADMINISTRATOR (it lives up to HIS_IAM_TOKEN_TTL_S); iam
+    # asks its own table at the moment of approval.
+    proposed = await _propose_doctor(iam, proposer)
+    await iam.DeactivateStaffMember(pb.DeactivateStaffMemberRequest(name=approver.name))
+
+    refused = await fails(_approve(iam, proposed.pending_access_change, approver))
+
+    assert (refused.code, refused.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "APPROVER_NOT_ADMINISTRATOR",
+    )
+    change = await iam.GetAccessChange(
+        pb.GetAccessChangeRequest(name=proposed.pending_access_change)
+    )
+    assert change.state == S.ACCESS_CHANGE_STATE_PENDING

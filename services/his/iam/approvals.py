@@ -319,6 +319,29 @@ def refuse_decider(change: Row[Any], decider_id: uuid.UUID | None, *, approving:
         )
 
 
+async def _require_administrator_now(session: AsyncSession, decider_id: uuid.UUID | None) -> None:
+    """PERMISSION_DENIED unless the approver is, in iam's staff table now, an active
+    administrator: the token's roles are up to HIS_IAM_TOKEN_TTL_S old, and an administrator
+    deactivated or stripped of the role in that time must not approve anything. The row is held
+    (FOR SHARE) until the approval commits, so the role cannot be taken away in between. A
+    token whose staff member iam does not keep (an external identity provider's, the tests'
+    issuer) is taken at its word: the authorisation policy has already checked its role."""
+    if decider_id is None:
+        return
+    row = (
+        await session.execute(
+            select(staff.c.active, staff.c.roles)
+            .where(staff.c.id == decider_id)
+            .with_for_update(read=True)
+        )
+    ).one_or_none()
+    if row is not None and (not row.active or ADMINISTRATOR not in row.roles):
+        raise PermissionDenied(
+            "only an active administrator approves access changes",
+            reason="APPROVER_NOT_ADMINISTRATOR",
+        )
+
+
 async def approve(
     session: AsyncSession,
     change_id: uuid.UUID,
@@ -330,6 +353,7 @@ async def approve(
     change = await get_change(session, change_id, lock=True)
     if rule == TWO_PERSON:
         refuse_decider(change, decider_id, approving=True)
+        await _require_administrator_now(session, decider_id)
     if change.state == APPROVED:
         return Decision(change, change)
     if change.state == REJECTED:

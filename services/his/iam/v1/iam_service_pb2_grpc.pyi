@@ -146,8 +146,10 @@ class IamServiceStub:
     member, or its membership counts from its period start. The approver is the caller, an
     administrator who is neither the proposer nor the staff member concerned. Approving an
     approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
-    PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
-    (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+    PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role (in the token, or now in
+    iam's staff table: reason APPROVER_NOT_ADMINISTRATOR when deactivated or stripped of it since),
+    proposed the change (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason
+    SELF_CHANGE_REFUSED);
     NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
     (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
     """
@@ -385,8 +387,10 @@ class IamServiceAsyncStub(IamServiceStub):
     member, or its membership counts from its period start. The approver is the caller, an
     administrator who is neither the proposer nor the staff member concerned. Approving an
     approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
-    PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
-    (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+    PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role (in the token, or now in
+    iam's staff table: reason APPROVER_NOT_ADMINISTRATOR when deactivated or stripped of it since),
+    proposed the change (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason
+    SELF_CHANGE_REFUSED);
     NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
     (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
     """
@@ -705,8 +709,10 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         member, or its membership counts from its period start. The approver is the caller, an
         administrator who is neither the proposer nor the staff member concerned. Approving an
         approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
-        PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
-        (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+        PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role (in the token, or now in
+        iam's staff table: reason APPROVER_NOT_ADMINISTRATOR when deactivated or stripped of it since),
+        proposed the change (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason
+        SELF_CHANGE_REFUSED);
         NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
         (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
         """

@@ -2056,8 +2056,10 @@ export const IamService: GenService<{
    * member, or its membership counts from its period start. The approver is the caller, an
    * administrator who is neither the proposer nor the staff member concerned. Approving an
    * approved change returns it unchanged. Errors: INVALID_ARGUMENT for a bad name;
-   * PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role, proposed the change
-   * (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason SELF_CHANGE_REFUSED);
+   * PERMISSION_DENIED if the caller does not have the ADMINISTRATOR role (in the token, or now in
+   * iam's staff table: reason APPROVER_NOT_ADMINISTRATOR when deactivated or stripped of it since),
+   * proposed the change (reason APPROVER_IS_PROPOSER) or is the staff member concerned (reason
+   * SELF_CHANGE_REFUSED);
    * NOT_FOUND if no such access change; FAILED_PRECONDITION if it was rejected
    * (ACCESS_CHANGE_REJECTED) or the staff member is inactive (STAFF_INACTIVE).
    *
