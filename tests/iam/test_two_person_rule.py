@@ -6,6 +6,7 @@ services, with tokens of the session's test issuer naming each administrator."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -624,3 +625,20 @@ async def test_an_administrator_deactivated_since_their_token_was_issued_approve
         pb.GetAccessChangeRequest(name=proposed.pending_access_change)
     )
     assert change.state == S.ACCESS_CHANGE_STATE_PENDING
+
+
+async def test_an_enrolment_code_is_audited_with_its_staff_member_and_expiry_never_the_code(
+    iam: Stub, proposer: Admin, auditor: audit_grpc.AuditServiceAsyncStub
+) -> None:
+    member = await create_staff(iam, R.STAFF_ROLE_REGISTRAR)
+    enrolment = await iam.CreateStaffEnrolment(
+        pb.CreateStaffEnrolmentRequest(parent=member.name), metadata=as_(proposer.token)
+    )
+
+    [event] = _about(await _events_by(auditor, proposer), enrolment.name)
+
+    assert _changes(event) == {
+        "staff": (None, member.name),
+        "expire_time": (None, enrolment.expire_time.ToDatetime(dt.UTC).isoformat()),
+    }
+    assert enrolment.enrolment_code not in str(event)

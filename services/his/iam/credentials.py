@@ -27,7 +27,7 @@ import os
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -204,8 +204,14 @@ class StaffCredentials:
 
     # --- enrolment -----------------------------------------------------------------------------
 
-    async def create_enrolment(self, staff_id: uuid.UUID, created_by: str) -> Enrolment:
-        """A new one-time code for the staff member; their open codes are retired."""
+    async def create_enrolment(
+        self,
+        staff_id: uuid.UUID,
+        created_by: str,
+        audit: Callable[[uuid.UUID, dt.datetime], Awaitable[None]],
+    ) -> Enrolment:
+        """A new one-time code for the staff member; their open codes are retired. `audit`
+        records it (enrolment id, expiry) in the same transaction."""
         code = "".join(secrets.choice(_BASE32) for _ in range(ENROLMENT_CODE_LENGTH))
         enrolment_id = uuid.uuid4()
         async with self._db.transaction() as session:
@@ -225,6 +231,7 @@ class StaffCredentials:
                 create_time=now,
                 expire_time=expire_time,
             )
+            await audit(enrolment_id, expire_time)
         return Enrolment(id=enrolment_id, code=code, expire_time=expire_time)
 
     async def complete_enrolment(

@@ -97,6 +97,7 @@ _STAFF_TYPE = "his.iam.v1.StaffMember"
 _MEMBERSHIP_TYPE = "his.iam.v1.DepartmentMembership"
 _CHANGE_TYPE = "his.iam.v1.AccessChange"
 _DEPARTMENT_TYPE = "his.iam.v1.Department"
+_ENROLMENT_TYPE = "his.iam.v1.StaffEnrolment"
 # The token type of every issued token (RFC 6750), not a secret.
 _BEARER = "Bearer"
 
@@ -759,7 +760,18 @@ class IamService(pb_grpc.IamServiceServicer):
         await self._require("update", "iam.staff")
         principal = identity.current_or_none()
         created_by = principal.subject if principal is not None else "anonymous"
-        enrolment = await credentials.create_enrolment(staff_id, created_by)
+
+        async def audit(enrolment_id: uuid.UUID, expire_time: dt.datetime) -> None:
+            # Who gave whom a way to set a password, and until when; never the code.
+            await self._audit_change(
+                "create",
+                _enrolment_name(staff_id, enrolment_id),
+                _ENROLMENT_TYPE,
+                None,
+                {"staff": f"staff/{staff_id}", "expire_time": expire_time.isoformat()},
+            )
+
+        enrolment = await credentials.create_enrolment(staff_id, created_by, audit)
         response = pb.StaffEnrolment(
             name=_enrolment_name(staff_id, enrolment.id), enrolment_code=enrolment.code
         )
