@@ -687,3 +687,22 @@ def test_without_its_istio_schema_the_check_fails_instead_of_passing(
     assert f"his mesh check: cannot run: {said}" in done.stderr
     assert str(exported_copy / ARTIFACT) in done.stderr
     assert "his mesh check: ok" not in done.stdout
+
+
+def test_an_object_of_the_wrong_shape_gives_findings_not_a_traceback(policy_copy: Path) -> None:
+    # A null server and a list where a map belongs: the schema says which object is wrong, and
+    # the rules that cannot read it say they checked nothing rather than crash the check.
+    (policy_copy / "mesh/istio/zz.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\n"
+        "metadata: {name: g2, namespace: his}\n"
+        "spec:\n  selector: [{istio: mobile-gateway}]\n  servers: [null]\n",
+        encoding="utf-8",
+    )
+    with (policy_copy / "mesh/istio/kustomization.yaml").open("a", encoding="utf-8") as listed:
+        listed.write("  - zz.yaml\n")
+
+    report = run_check(policy_copy, ["dev"])
+
+    about = [f for f in report.findings if f.file == "mesh/istio/zz.yaml"]
+    assert about, "the schema names the malformed Gateway"
+    assert any("could not read an object" in f.problem for f in report.findings)

@@ -8,7 +8,7 @@ by hand here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from his.base.catalog import implemented
@@ -67,7 +67,28 @@ def lint(cluster: Cluster) -> list[Finding]:
         *SCALING_RULES,
         *VISIBILITY_RULES,
     )
-    return sorted({finding for rule in rules for finding in rule(cluster)})
+    found: set[Finding] = set()
+    for rule in rules:
+        found.update(_guarded(rule, cluster))
+    return sorted(found)
+
+
+def _guarded(rule: Callable[[Cluster], Iterable[Finding]], cluster: Cluster) -> list[Finding]:
+    """The rule's findings; one finding instead of a traceback when an object is not of the
+    shape its schema says (a list where a map belongs, a null item): the schema findings, which
+    the check prints too, name that object."""
+    try:
+        return list(rule(cluster))
+    except (AttributeError, TypeError, KeyError, ValueError, IndexError) as error:
+        return [
+            Finding(
+                cluster.locate({}),
+                f"rule {getattr(rule, '__name__', rule)}",
+                f"could not read an object of an unexpected shape ({type(error).__name__}: "
+                f"{error}), so this rule checked nothing here",
+                "fix the objects the schema findings name, then run the check again",
+            )
+        ]
 
 
 def _mesh_virtual_services(cluster: Cluster) -> list[Manifest]:
