@@ -149,6 +149,10 @@ def _connection_per_call(root: Path) -> None:
     edit(root, f"{DR}/orders.yaml", "maxRequestsPerConnection: 0", "maxRequestsPerConnection: 1")
 
 
+def _one_connection(root: Path) -> None:
+    edit(root, f"{DR}/emr.yaml", "maxConnections: 200", "maxConnections: 1")
+
+
 def _zero_retry_budget(root: Path) -> None:
     edit(root, f"{DR}/pharmacy.yaml", "maxRetries: 20", "maxRetries: 0")
 
@@ -344,6 +348,15 @@ def _gateway_service_port_not_pod_port(root: Path) -> None:
     edit(root, f"{NETWORK}/mobile-gateway.yaml", "- port: 8443", "- port: 443")
 
 
+def _istiod_port_for_udp_only(root: Path) -> None:
+    edit(
+        root,
+        f"{NETWORK}/platform.yaml",
+        "- port: 15012\n          protocol: TCP",
+        "- port: 15012\n          protocol: UDP",
+    )
+
+
 MUTATIONS: list[tuple[Seed, str, str, str]] = [
     (_dotted_rule_host, "dev", f"{DR}/patient.yaml", "keeps 'patient.his' as written"),
     (_dotted_rule_host, "dev", f"{DR}/patient.yaml", "no DestinationRule"),
@@ -430,6 +443,8 @@ MUTATIONS: list[tuple[Seed, str, str, str]] = [
     (_not_in_mesh_mode, "dev", f"{BASE}/pharmacy/deployment.yaml", "is none, not istio"),
     (_istiod_cut_off, "dev", f"{NETWORK}/platform.yaml", "patient, pharmacy, scheduling reach"),
     (_gateway_service_port_not_pod_port, "dev", f"{NETWORK}/mobile-gateway.yaml", "port 8443"),
+    (_one_connection, "dev", f"{DR}/emr.yaml", "connection(s) to the whole service"),
+    (_istiod_port_for_udp_only, "dev", f"{NETWORK}/platform.yaml", "reach istiod"),
 ]
 
 
@@ -522,7 +537,25 @@ def _wildcard_headers_with_authorization(root: Path) -> None:
     )
 
 
+def _gateway_ports_by_name(root: Path) -> None:
+    # Kubernetes admits a port by the container port's name as well as by its number.
+    edit(root, f"{NETWORK}/mobile-gateway.yaml", "- port: 8443", "- port: https")
+    edit(
+        root,
+        "deploy/kustomize/components/istio/mobile-gateway/service.yaml",
+        "targetPort: 8443",
+        "targetPort: https",
+    )
+
+
+def _istiod_by_revision_label(root: Path) -> None:
+    # istiod's pods carry istio.io/rev too: a policy may select them by it.
+    edit(root, f"{NETWORK}/platform.yaml", "app: istiod", "istio.io/rev: default")
+
+
 CORRECT_VARIANTS: list[tuple[Seed, str]] = [
+    (_gateway_ports_by_name, "dev"),
+    (_istiod_by_revision_label, "dev"),
     (_short_name_hosts, "dev"),
     (_dialled_by_dns_short_name, "dev"),
     (_jwks_by_dns_short_name, "dev"),

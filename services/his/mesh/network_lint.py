@@ -263,7 +263,17 @@ def _egress(
 # --- the platform ports every meshed pod and the gateway need ---------------------------------
 
 ISTIOD_XDS_PORT = 15012  # xDS and certificates: a sidecar cut from it never gets config or a cert
-ISTIOD = ({"kubernetes.io/metadata.name": "istio-system"}, {"app": "istiod", "istio": "pilot"})
+# istiod's pods carry all of these labels (an install by istioctl or Helm, default revision):
+# a policy may select them by any.
+ISTIOD = (
+    {"kubernetes.io/metadata.name": "istio-system"},
+    {
+        "app": "istiod",
+        "istio": "pilot",
+        "istio.io/rev": "default",
+        "app.kubernetes.io/name": "istiod",
+    },
+)
 
 
 def _admits_port(rule: Mapping[str, Any], number: int, name: str | None = None) -> bool:
@@ -272,6 +282,8 @@ def _admits_port(rule: Mapping[str, Any], number: int, name: str | None = None) 
     if not ports:
         return True
     for port in ports:
+        if str(port.get("protocol") or "TCP").upper() != "TCP":
+            continue  # gRPC and xDS are TCP: a UDP or SCTP rule admits none of them
         given, end = port.get("port"), port.get("endPort")
         if given is None or given == number or (name is not None and given == name):
             return True
@@ -361,6 +373,22 @@ def platform_ports(cluster: Cluster) -> Iterator[Finding]:
     yield from _gateway_ports(cluster)
 
 
+def _container_ports(cluster: Cluster, selector: Mapping[str, str]) -> dict[str, int]:
+    """{port name: containerPort} of the containers of the workloads whose pods `selector`
+    selects (a NetworkPolicy or a Service may name a port instead of numbering it)."""
+    named: dict[str, int] = {}
+    for workload in (*cluster.of_kind("Deployment"), *cluster.of_kind("StatefulSet")):
+        template = spec_of(workload).get("template") or {}
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        if not selector or any(str(labels.get(k)) != v for k, v in selector.items()):
+            continue
+        for container in (template.get("spec") or {}).get("containers") or []:
+            for port in container.get("ports") or []:
+                if port.get("name") and isinstance(port.get("containerPort"), int):
+                    named[str(port["name"])] = port["containerPort"]
+    return named
+
+
 def _gateway_ports(cluster: Cluster) -> Iterator[Finding]:
     for gateway in cluster.of_kind("Gateway"):
         selector = {str(k): str(v) for k, v in (spec_of(gateway).get("selector") or {}).items()}
@@ -374,6 +402,7 @@ def _gateway_ports(cluster: Cluster) -> Iterator[Finding]:
         policies = _restricting(cluster, pods[0], "ingress")
         if not policies:
             continue
+        named = _container_ports(cluster, selector)
         wanted: set[int] = set()
         servers = {
             (server.get("port") or {}).get("number")
@@ -382,11 +411,14 @@ def _gateway_ports(cluster: Cluster) -> Iterator[Finding]:
         for service in gateway_services(cluster, gateway):
             for port in spec_of(service).get("ports") or []:
                 target = port.get("targetPort", port.get("port"))
+                if isinstance(target, str):
+                    target = named.get(target)  # a named targetPort: the container's port
                 if port.get("port") in servers and isinstance(target, int):
                     wanted.add(target)
+        names = {number: name for name, number in named.items()}
         for number in sorted(wanted):
             if not any(
-                _admits_port(rule, number)
+                _admits_port(rule, number, names.get(number))
                 for p in policies
                 for rule in spec_of(p).get("ingress") or []
             ):

@@ -109,6 +109,8 @@ def _tls_everywhere(
 # Below this many calls in flight to a whole service (every caller, every pod together) Envoy
 # answers the rest with 503 overflow: the service is served a few calls at a time.
 _MIN_IN_FLIGHT = 10
+# Fewer connections than calling pods: callers share a handful of connections.
+_MIN_CONNECTIONS = 10
 # Ejecting a pod on fewer consecutive gateway errors than this ejects healthy pods during an
 # ordinary rolling restart (each old pod refuses a connection or two while it drains).
 _MIN_GATEWAY_ERRORS = 3
@@ -163,6 +165,18 @@ def _pool_and_ejection(cluster: Cluster) -> Iterator[Finding]:
                         "raise it to the service's real concurrency (here 100 or more), "
                         "or leave it unset",
                     )
+            connections = (pool.get("tcp") or {}).get("maxConnections")
+            if isinstance(connections, int) and 0 < connections < _MIN_CONNECTIONS:
+                yield finding(
+                    cluster,
+                    rule,
+                    f"{where}.connectionPool.tcp.maxConnections",
+                    f"{connections}: every caller's sidecar together may hold {connections} "
+                    "connection(s) to the whole service, so its pods are reached through a "
+                    "few connections and the rest of the calls queue or fail with 503 overflow",
+                    "raise it well above the number of calling pods (here 100 or more), or "
+                    "leave it unset",
+                )
             if http.get("maxRequestsPerConnection") == 1:
                 yield finding(
                     cluster,
