@@ -548,6 +548,18 @@ def _gateway_ports_by_name(root: Path) -> None:
     )
 
 
+def _namespace_wide_mtls_default(root: Path) -> None:
+    # A wildcard host is a default for every Service it matches, as istiod reads it.
+    _add_to_mesh(
+        root,
+        "mtls-default.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+        "metadata:\n  name: his-default\n  namespace: his\n"
+        'spec:\n  host: "*.his.svc.cluster.local"\n'
+        "  trafficPolicy:\n    tls:\n      mode: ISTIO_MUTUAL\n",
+    )
+
+
 def _istiod_by_revision_label(root: Path) -> None:
     # istiod's pods carry istio.io/rev too: a policy may select them by it.
     edit(root, f"{NETWORK}/platform.yaml", "app: istiod", "istio.io/rev: default")
@@ -556,6 +568,7 @@ def _istiod_by_revision_label(root: Path) -> None:
 CORRECT_VARIANTS: list[tuple[Seed, str]] = [
     (_gateway_ports_by_name, "dev"),
     (_istiod_by_revision_label, "dev"),
+    (_namespace_wide_mtls_default, "dev"),
     (_short_name_hosts, "dev"),
     (_dialled_by_dns_short_name, "dev"),
     (_jwks_by_dns_short_name, "dev"),

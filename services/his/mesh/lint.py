@@ -230,6 +230,19 @@ def _destination_rules(cluster: Cluster) -> Iterator[Finding]:
     for rule in cluster.of_kind("DestinationRule"):
         spec = spec_of(rule)
         host = str(spec.get("host", ""))
+        mode = ((spec.get("trafficPolicy") or {}).get("tls") or {}).get("mode")
+        if host.startswith("*"):
+            # A default for every host it matches (`*.local`, `*.his.svc.cluster.local`), as
+            # istiod reads it: no one Service to find, but its mTLS mode applies to them all.
+            if mode is not None and mode != "ISTIO_MUTUAL":
+                yield finding(
+                    cluster,
+                    rule,
+                    "trafficPolicy.tls.mode",
+                    f"mode {mode!r} for every host {host!r} matches: the mesh is STRICT mTLS",
+                    "set trafficPolicy.tls.mode: ISTIO_MUTUAL",
+                )
+            continue
         target = cluster.resolve(host, namespace_of(rule))
         if target is None:
             yield finding(
@@ -241,7 +254,6 @@ def _destination_rules(cluster: Cluster) -> Iterator[Finding]:
                 + suggest(host, _hosts(cluster)),
             )
             continue
-        mode = ((spec.get("trafficPolicy") or {}).get("tls") or {}).get("mode")
         if mode != "ISTIO_MUTUAL":
             yield finding(
                 cluster,

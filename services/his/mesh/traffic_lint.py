@@ -21,6 +21,8 @@ _GRPC_CODES = sorted(code.name for code in grpc.StatusCode)
 
 def _destination_policy(cluster: Cluster) -> Iterator[Finding]:
     for rule in cluster.of_kind("DestinationRule"):
+        if str(spec_of(rule).get("host", "")).startswith("*"):
+            continue  # a wildcard default (e.g. mesh-wide mTLS), not one service's tuning
         policy = spec_of(rule).get("trafficPolicy") or {}
         balancer = policy.get("loadBalancer") or {}
         # LEAST_CONN is Istio's deprecated name for the same balancer.
