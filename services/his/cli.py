@@ -9,8 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from his.base.canary_plan import PLAN, PLAN_TEXT
 from his.base.catalog import CATALOG, implemented, lookup
-from his.mesh.canary_plan import PLAN, PLAN_TEXT
 
 if TYPE_CHECKING:
     from his.runtime.server import ServiceSpec

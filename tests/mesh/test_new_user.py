@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from his.base import catalog
+from his.base.canary_plan import PLAN
 from his.cli import main
-from his.mesh.canary_plan import PLAN
 from his.mesh.check import run_check
 from his.mesh.contracts import rpcs
 from his.mesh.explain import ExplainError, explain, format

@@ -21,9 +21,9 @@ from typing import Any
 import yaml
 from ruamel.yaml import YAML
 
+from his.base.canary_plan import PLAN
+from his.base.canary_plan import PLAN_TEXT as _PLAN_TEXT
 from his.base.catalog import lookup
-from his.mesh.canary_plan import PLAN
-from his.mesh.canary_plan import PLAN_TEXT as _PLAN_TEXT
 from his.mesh.contracts import host
 from his.mesh.render import KubectlMissing
 from his.mesh.routes import istio_host, route_label
