@@ -8,6 +8,7 @@ value of the demo patients (and of a patient with a street address).
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import logging
@@ -29,7 +30,7 @@ from his_client.credentials import static_token
 from tests.conftest import addresses, service_config
 from tests.identity import ISSUER, REGISTRAR, metadata
 from tests.patient.helpers import make_patient
-from tests.scheduling.helpers import future_slots
+from tests.scheduling.helpers import future_slots, tomorrow
 from tests.security.helpers import Patients, Scheduling, outcome
 
 # A patient with a street address (the demo people have a city only).
@@ -162,7 +163,9 @@ async def test_loading_searching_reading_refusing_and_booking_the_demo_patients_
 ) -> None:
     config = service_config("patient", **addresses(patient_service)).clients
     as_auditor = metadata(ISSUER.staff("AUDITOR"))
-    slots = (await future_slots(scheduling, count=4, capacity=2)).slots
+    # A month ahead: the demo's own bookings of these patients (next week) never overlap.
+    month_ahead = tomorrow() + dt.timedelta(days=30)
+    slots = (await future_slots(scheduling, count=4, capacity=2, day=month_ahead)).slots
 
     with captured_logs() as lines:
         async with HisClients(config, token=static_token(REGISTRAR)) as his:
