@@ -24,7 +24,7 @@ from his.runtime.outbox import envelope
 from his.scheduling.v1 import scheduling_service_pb2 as pb
 from tests.iam.helpers import make_staff
 from tests.identity import ISSUER, REGISTRAR, metadata
-from tests.patient.helpers import grant_request
+from tests.patient.helpers import grant_request, make_patient
 from tests.scheduling.helpers import active_patient, future_slots, make_schedule
 from tests.security.helpers import (
     Audit,
@@ -298,3 +298,36 @@ async def test_a_grant_without_substance_is_refused_naming_the_reason(
         assert refused.code == grpc.StatusCode.INVALID_ARGUMENT, refused
         assert refused.failure is not None
         assert refused.failure.fields == ["emergency_access_grant.reason"]
+
+
+async def test_a_search_pages_only_related_patients_so_its_tokens_tell_nothing_of_the_others(
+    patients: Patients, scheduling: Scheduling
+) -> None:
+    # Three patients of one family name; the doctor's ward has an appointment with the second.
+    family = f"Care{uuid.uuid4().hex[:10]}"
+    made = [
+        await patients.CreatePatient(
+            patient_pb.CreatePatientRequest(patient=make_patient(family_name=family))
+        )
+        for _ in range(3)
+    ]
+    ward = department()
+    slots = await future_slots(scheduling, schedule=make_schedule(department_name=ward))
+    await scheduling.BookAppointment(
+        pb.BookAppointmentRequest(patient=made[1].name, slot=slots.slot.name)
+    )
+    await delivered()
+    related = metadata(ISSUER.staff("DOCTOR", departments=(ward,)))
+    unrelated = metadata(ISSUER.staff("DOCTOR", departments=(department(),)))
+
+    # Filtered after paging, a page of one would come back empty with a next_page_token: "more
+    # patients of this name exist". Restricted in SQL, the unrelated doctor learns nothing.
+    nothing = await patients.ListPatients(
+        patient_pb.ListPatientsRequest(name_prefix=family, page_size=1), metadata=unrelated
+    )
+    one = await patients.ListPatients(
+        patient_pb.ListPatientsRequest(name_prefix=family, page_size=1), metadata=related
+    )
+
+    assert (list(nothing.patients), nothing.next_page_token) == ([], "")
+    assert (names(one.patients), one.next_page_token) == ([made[1].name], "")

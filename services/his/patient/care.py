@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
-from sqlalchemy import text
+from sqlalchemy import ColumnElement, exists, false, func, or_, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base import env
@@ -30,7 +30,7 @@ from his.base.identity import Principal
 from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.patient.mapping import SCOPE
-from his.patient.tables import SCHEMA
+from his.patient.tables import SCHEMA, care_relationships, patients
 from his.patient.v1 import patient_service_pb2 as pb
 from his.runtime.database import Database
 from his.runtime.inbox import Consumes, consuming
@@ -200,6 +200,32 @@ class CareRelationships:
     def __init__(self, database: Database, config: CareConfig) -> None:
         self._db = database
         self._config = config
+
+    def restriction(self, principal: Principal) -> ColumnElement[bool]:
+        """A condition on `patient.patients` rows: the caller has a care relationship with the
+        patient now (the same window as `of`). A search of a clinician is restricted by it in
+        SQL, so its pages and page tokens say nothing about patients the clinician may not see."""
+        me = _ids([principal.subject], "staff/") if principal.is_staff else []
+        departments = _ids(principal.departments, "departments/") if principal.is_staff else []
+        c = care_relationships
+        mine: list[ColumnElement[bool]] = (
+            [c.c.department_id.in_(departments)] if departments else []
+        )
+        if me:
+            mine.append(c.c.practitioner_id == me[0])
+        if not mine:
+            return false()
+        now = func.now()
+        return exists().where(
+            c.c.patient_id == patients.c.id,
+            c.c.related,
+            c.c.start_time <= now + dt.timedelta(seconds=self._config.before_s),
+            or_(
+                c.c.end_time.is_(None),
+                c.c.end_time >= now - dt.timedelta(seconds=self._config.after_s),
+            ),
+            or_(*mine),
+        )
 
     async def of(
         self, principal: Principal, patient_ids: Collection[uuid.UUID]

@@ -173,9 +173,17 @@ class PatientService(pb_grpc.PatientServiceServicer):
             limit=limit,
             after=lambda c: (c.text("f"), c.text("g"), c.uuid("i")),
         )
+        # A clinician's search is restricted to related patients in SQL: filtered after paging,
+        # an empty page with a next_page_token would tell them more patients match.
+        restriction = self._care.restriction(identity.current()) if related_only else None
         async with self._db.read() as session:
             rows = await store.list_patients(
-                session, self._cipher, where, after=keyset.after, limit=keyset.read_limit
+                session,
+                self._cipher,
+                where,
+                after=keyset.after,
+                limit=keyset.read_limit,
+                restriction=restriction,
             )
         page = keyset.page(rows, lambda r: {"f": r.family_key, "g": r.given_key, "i": str(r.id)})
         shown = [(r, permit) for r in page.rows]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Row, Text, and_, func, literal, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Row, Text, and_, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -316,9 +316,11 @@ async def list_patients(
     *,
     after: tuple[str, str, uuid.UUID] | None,
     limit: int,
+    restriction: ColumnElement[bool] | None = None,
 ) -> list[PatientRecord]:
-    """Up to `limit` patients after the keyset cursor, ordered by (family, first given name, id)."""
-    conditions = []
+    """Up to `limit` patients after the keyset cursor, ordered by (family, first given name, id);
+    only those `restriction` holds for, when given."""
+    conditions: list[ColumnElement[bool]] = [] if restriction is None else [restriction]
     if where.name_prefix:
         # Lower-case in PostgreSQL, like the stored keys: Python's str.lower() differs for some
         # letters (Greek final sigma, dotted capital I), and the exact spelling would not match.
