@@ -234,6 +234,15 @@ async def test_the_privacy_officer_lists_pending_grants_flags_one_and_the_outcom
     assert review.entity.resource_name == grant.name
     assert review.outcome_description == "emergency access review: flagged"
     assert review.agent.staff == officer.name
+    # The grant's whole story carries its fields before and after: made, then flagged.
+    changed = {c.field_path: (c.before, c.after) for c in review.entity.changes}
+    assert changed["review_state"] == ('"pending"', '"flagged"')
+    assert changed["reviewer"] == ("", f'"{officer.name}"')
+    assert changed["revoke_time"][0] == ""  # not revoked before the review (null: "")
+    [made] = [e for e in trail.audit_events if e.operation.endswith("CreateEmergencyAccessGrant")]
+    created = {c.field_path: (c.before, c.after) for c in made.entity.changes}
+    assert created["staff"] == ("", f'"{doctor.name}"')
+    assert created["patient"] == ("", f'"{patient.name}"')
 
 
 async def test_a_justified_grant_stays_in_force(

@@ -86,8 +86,15 @@ def refuse_own(caller: uuid.UUID | None, staff_id: uuid.UUID) -> None:
 # --- audit values ------------------------------------------------------------------------------
 
 
+# The audit service's limit of one value (AuditFieldChange.before/after).
+_MAX_VALUE = 2000
+
+
 def _json(value: object) -> str:
-    return "" if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    text = "" if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    # Free text (a grant's reason, a review comment) may escape past the audit limit; the
+    # stored row keeps it whole, the trail keeps its beginning.
+    return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 1] + "…"
 
 
 def field_change(path: str, before: object, after: object) -> audit_pb.AuditFieldChange:
@@ -105,6 +112,20 @@ def changed_fields(
         for path in sorted(old.keys() | new.keys())
         if old.get(path) != new.get(path) or before is None or after is None
     ]
+
+
+def grant_view(row: Any) -> dict[str, object]:
+    """The audited fields of a break-the-glass grant."""
+    return {
+        "staff": staff_name(row.staff_id),
+        "patient": f"patients/{row.patient_id}",
+        "reason": row.reason,
+        "expire_time": _instant(row.expire_time),
+        "revoke_time": _instant(row.revoke_time),
+        "review_state": row.review_state,
+        "reviewer": None if row.reviewer_id is None else staff_name(row.reviewer_id),
+        "review_comment": row.review_comment,
+    }
 
 
 def staff_view(row: Any) -> dict[str, object]:

@@ -27,6 +27,7 @@ from his.iam import approvals, dev_credentials, store
 from his.iam.approvals import (
     change_view,
     changed_fields,
+    grant_view,
     membership_view,
     refuse_own,
     staff_view,
@@ -971,6 +972,7 @@ class IamService(pb_grpc.IamServiceServicer):
                 Permit(ALLOWED, patient=patient, emergency_grant=name),
                 resource_name=name,
                 resource_type=_GRANT_TYPE,
+                changes=changed_fields(None, grant_view(row)),
             )
         return grant_to_proto(row)
 
@@ -1059,6 +1061,7 @@ class IamService(pb_grpc.IamServiceServicer):
         if self._access.enabled:
             await self._authorize_revoke(identity.current(), grant_id)
         async with self._db.transaction() as session:
+            before = await store.find_grant(session, grant_id)
             row = await store.revoke_grant(session, grant_id)
             # Ending emergency access is part of its story: audited like its start.
             await self._access.record(
@@ -1066,6 +1069,9 @@ class IamService(pb_grpc.IamServiceServicer):
                 Permit(ALLOWED, patient=patient_name(row.patient_id)),
                 resource_name=grant_name(row.id),
                 resource_type=_GRANT_TYPE,
+                changes=changed_fields(
+                    None if before is None else grant_view(before), grant_view(row)
+                ),
             )
         return grant_to_proto(row)
 
@@ -1124,6 +1130,9 @@ class IamService(pb_grpc.IamServiceServicer):
                 resource_name=grant_name(row.id),
                 resource_type=_GRANT_TYPE,
                 outcome_description=f"emergency access review: {state}",
+                changes=changed_fields(
+                    None if found is None else grant_view(found), grant_view(row)
+                ),
             )
         return grant_to_proto(row)
 
