@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 import pytest
@@ -18,7 +18,15 @@ from his.iam.grant_reason import reason_problem
 from his.iam.v1 import iam_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2 as patient_pb
 from his.runtime.server import RunningService
-from tests.iam.helpers import Stub, as_, create_staff, invalid, request_id
+from tests.iam.helpers import (
+    Stub,
+    add_membership,
+    as_,
+    create_department,
+    create_staff,
+    invalid,
+    request_id,
+)
 from tests.iam.test_emergency_access import REASON, Clinician, _clinician, _grant
 from tests.identity import Issuer, channel_as
 from tests.patient.helpers import Stub as PatientStub
@@ -345,3 +353,41 @@ async def test_an_unknown_review_state_filter_names_the_field(
 
 def test_the_reason_used_by_the_tests_has_substance() -> None:
     assert reason_problem(REASON) is None
+
+
+async def test_deactivation_ends_memberships_and_grants_and_audits_each_before_and_after(
+    iam: Stub,
+    issuer: Issuer,
+    doctor: Clinician,
+    patient: patient_pb.Patient,
+    audit_events: audit_grpc.AuditServiceAsyncStub,
+) -> None:
+    ward = await create_department(iam)
+    membership = await add_membership(iam, doctor.name, ward.name)
+    grant = await iam.CreateEmergencyAccessGrant(_grant(patient.name), metadata=as_(doctor.token))
+
+    admin = uuid.uuid4()
+    await iam.DeactivateStaffMember(
+        pb.DeactivateStaffMemberRequest(name=doctor.name),
+        metadata=as_(issuer.staff("ADMINISTRATOR", staff_id=str(admin))),
+    )
+    await delivered()
+
+    def changes_of(events: Iterable[audit_pb.AuditEvent], name: str) -> dict[str, tuple[str, str]]:
+        [event] = [
+            e
+            for e in events
+            if e.entity.resource_name == name and e.operation.endswith("DeactivateStaffMember")
+        ]
+        return {c.field_path: (c.before, c.after) for c in event.entity.changes}
+
+    disclosures = await audit_events.ListAuditEvents(
+        audit_pb.ListAuditEventsRequest(patient=patient.name, page_size=100)
+    )
+    revoked = changes_of(disclosures.audit_events, grant.name)
+    assert revoked["revoke_time"][0] == "" and revoked["revoke_time"][1]
+    everything = await audit_events.ListAuditEvents(
+        audit_pb.ListAuditEventsRequest(agent_staff=f"staff/{admin}", page_size=100)
+    )
+    ended = changes_of(everything.audit_events, membership.name)
+    assert ended["period.end"][0] == "" and ended["period.end"][1]

@@ -398,10 +398,28 @@ class IamService(pb_grpc.IamServiceServicer):
         refuse_own(self._proposer(), staff_id)
         async with self._db.transaction() as session:
             before = await store.get_staff(session, staff_id, lock="update")
-            row = await store.deactivate_staff(session, staff_id, request.etag)
+            done = await store.deactivate_staff(session, staff_id, request.etag)
+            row = done.staff
             if row.version != before.version:
                 await self._audit_change(
                     "update", staff_name(row.id), _STAFF_TYPE, staff_view(before), staff_view(row)
+                )
+            # What the deactivation ended with it is audited too, each with its own story.
+            for ended_before, ended in done.memberships:
+                await self._audit_change(
+                    "update",
+                    membership_name(ended.staff_id, ended.id),
+                    _MEMBERSHIP_TYPE,
+                    membership_view(ended_before),
+                    membership_view(ended),
+                )
+            for revoked_before, revoked in done.grants:
+                await self._access.record(
+                    "update",
+                    Permit(ALLOWED, patient=patient_name(revoked.patient_id)),
+                    resource_name=grant_name(revoked.id),
+                    resource_type=_GRANT_TYPE,
+                    changes=changed_fields(grant_view(revoked_before), grant_view(revoked)),
                 )
         return staff_to_proto(row)
 

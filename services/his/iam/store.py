@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Row, Text, and_, exists, func, literal, or_, select, tuple_, update
@@ -306,34 +306,50 @@ def _same(stored: Any, wanted: Any) -> bool:
     return bool(stored == wanted)
 
 
-async def deactivate_staff(session: AsyncSession, staff_id: uuid.UUID, etag: str) -> Row[Any]:
+@dataclass(frozen=True)
+class Deactivation:
+    """What a deactivation changed, each row before and after (for the audit trail)."""
+
+    staff: Row[Any]
+    memberships: list[tuple[Row[Any], Row[Any]]] = field(default_factory=list)
+    grants: list[tuple[Row[Any], Row[Any]]] = field(default_factory=list)
+
+
+async def deactivate_staff(session: AsyncSession, staff_id: uuid.UUID, etag: str) -> Deactivation:
     """Mark a staff member inactive, end their open memberships and revoke their grants.
 
     Already inactive is a no-op success, whatever the etag (a retry whose first attempt committed).
     """
     current = await get_staff(session, staff_id, lock="update")
     if not current.active:
-        return current
+        return Deactivation(current)
     check_etag(current, etag)
     if ADMINISTRATOR in current.roles:
         await _require_another_administrator(session, staff_id)
     now = func.now()
-    await session.execute(
-        update(memberships)
-        .where(
-            memberships.c.staff_id == staff_id,
-            or_(memberships.c.period_end.is_(None), memberships.c.period_end > now),
-        )
-        .values(period_end=func.greatest(now, memberships.c.period_start))
+    open_memberships = and_(
+        memberships.c.staff_id == staff_id,
+        or_(memberships.c.period_end.is_(None), memberships.c.period_end > now),
     )
-    await session.execute(
+    open_grants = and_(
+        emergency_access_grants.c.staff_id == staff_id,
+        emergency_access_grants.c.revoke_time.is_(None),
+        emergency_access_grants.c.expire_time > now,
+    )
+    # The staff row lock keeps both sets still between the reads and the updates.
+    ending = {r.id: r for r in await session.execute(select(*_MEMBERSHIP).where(open_memberships))}
+    ended = await session.execute(
+        update(memberships)
+        .where(open_memberships)
+        .values(period_end=func.greatest(now, memberships.c.period_start))
+        .returning(*_MEMBERSHIP)
+    )
+    revoking = {r.id: r for r in await session.execute(select(*_GRANT).where(open_grants))}
+    revoked = await session.execute(
         update(emergency_access_grants)
-        .where(
-            emergency_access_grants.c.staff_id == staff_id,
-            emergency_access_grants.c.revoke_time.is_(None),
-            emergency_access_grants.c.expire_time > now,
-        )
+        .where(open_grants)
         .values(revoke_time=now, closed_time=now)
+        .returning(*_GRANT)
     )
     statement = (
         update(staff)
@@ -341,7 +357,11 @@ async def deactivate_staff(session: AsyncSession, staff_id: uuid.UUID, etag: str
         .values(active=False, version=staff.c.version + 1, update_time=now)
         .returning(*_STAFF)
     )
-    return (await session.execute(statement)).one()
+    return Deactivation(
+        (await session.execute(statement)).one(),
+        [(ending[r.id], r) for r in ended if r.id in ending],
+        [(revoking[r.id], r) for r in revoked if r.id in revoking],
+    )
 
 
 async def bootstrap_administrator(session: AsyncSession, username: str) -> Row[Any] | None:
