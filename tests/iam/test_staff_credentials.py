@@ -132,10 +132,10 @@ async def test_enrolment_sets_a_password_and_returns_a_totp_secret(
             (
                 await connection.execute(
                     text(
-                "SELECT code_hash FROM iam.staff_enrolments WHERE staff_id = :id "
-                "UNION ALL SELECT approval_code_hash FROM iam.staff_enrolments "
-                "WHERE staff_id = :id"
-            ),
+                        "SELECT code_hash FROM iam.staff_enrolments WHERE staff_id = :id "
+                        "UNION ALL SELECT approval_code_hash FROM iam.staff_enrolments "
+                        "WHERE staff_id = :id"
+                    ),
                     {"id": staff_id(member.name)},
                 )
             )
