@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
@@ -102,7 +102,7 @@ async def _approve(iam: Stub, name: str, admin: Admin | str) -> pb.StaffEnrolmen
 
 def _complete(
     iam: Stub, member: pb.StaffMember, code: str, approval_code: str = "", password: str = PASSWORD
-) -> object:
+) -> Awaitable[pb.CompleteStaffEnrolmentResponse]:
     return iam.CompleteStaffEnrolment(
         pb.CompleteStaffEnrolmentRequest(
             username=member.username,
@@ -117,8 +117,8 @@ def _other_code(code: str) -> str:
     return ("A" if code[0] != "A" else "B") + code[1:]
 
 
-async def _refused_code(call: object) -> None:
-    failure = await fails(call)  # type: ignore[arg-type]
+async def _refused_code(call: Awaitable[object]) -> None:
+    failure = await fails(call)
     assert (failure.code, failure.reason) == (
         grpc.StatusCode.UNAUTHENTICATED,
         "ENROLMENT_CODE_INVALID",
@@ -209,7 +209,7 @@ async def test_a_doctor_enrols_with_both_halves_once_a_second_administrator_appr
     assert len(approved.enrolment_code) == 16
     assert approved.enrolment_code != enrolment.enrolment_code
     reply = await _complete(iam, doctor, enrolment.enrolment_code, approved.enrolment_code)
-    enrolled = Enrolled(doctor.username, PASSWORD, reply.totp_secret)  # type: ignore[attr-defined]
+    enrolled = Enrolled(doctor.username, PASSWORD, reply.totp_secret)
     assert (await login_as(iam, enrolled)).access_token
 
 
@@ -429,7 +429,7 @@ async def test_each_step_is_audited_by_its_actor_with_before_and_after_never_a_s
         enrolment.enrolment_code,
         approved.enrolment_code,
         PASSWORD,
-        reply.totp_secret,  # type: ignore[attr-defined]
+        reply.totp_secret,
     )
     assert not [secret for secret in secrets if secret in trail]
 
