@@ -53,8 +53,6 @@ from his.runtime.validation import Violations
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-__all__ = ["TOTP_ROLES", "Enrolled", "Enrolment", "StaffCredentials", "enrolment_view"]
-
 LOCKED = "STAFF_LOGIN_LOCKED"
 MIN_PASSWORD = 12
 MAX_PASSWORD = 256
