@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import grpc
+
 from his.base.catalog import ServiceEntry, implemented, lookup
 from his.gateway.config import GatewayConfig
 from his.iam import demo as iam_demo
@@ -29,7 +31,7 @@ from his.iam import demo_seed
 from his.iam.config import sign_in_codes_path
 from his.local_logs import PRINTED, LogFiles
 from his.local_secrets import LocalSecrets, local_secrets
-from his.login import enrol, issue_token, known_credential
+from his.login import SecondAdministratorNeeded, enrol, issue_token, known_credential
 from his.patient import demo as patient_demo
 from his.runtime.config import DatabaseConfig, TelemetryConfig
 from his.runtime.embedded_pg import EmbeddedPostgres
@@ -574,12 +576,34 @@ async def _load_demo(entries: tuple[ServiceEntry, ...], data_dir: Path, database
 
 
 async def _enrol_demo_staff(admin: HisClients, data_dir: Path) -> None:
-    """Give each demo staff member a fresh enrolment with their development password (a new TOTP
-    secret each run), kept for `his token` in the data directory's secrets."""
+    """Enrol each demo staff member who cannot log in yet with the development password kept in
+    the data directory's secrets (for `his token`). The first time the bootstrap administrator is
+    the only administrator with a credential, so one suffices (his.iam.enrolment_rule); a demo
+    staff member enrolled before is not enrolled again, since re-enrolment takes two
+    administrators and the demo has one."""
     found = await iam_demo.directory(admin)
     for person in iam_demo.STAFF:
-        if person.username in found.staff:
-            await enrol(admin, found.staff[person.username], person.username, data_dir=data_dir)
+        name = found.staff.get(person.username)
+        if name is None or await _can_log_in(person.username, data_dir):
+            continue
+        try:
+            await enrol(admin, name, person.username, data_dir=data_dir)
+        except SecondAdministratorNeeded:
+            log.warning(
+                "demo staff member not enrolled again: re-enrolment takes two administrators",
+                extra={"fields": {"username": person.username}},
+            )
+
+
+async def _can_log_in(username: str, data_dir: Path) -> bool:
+    """Whether the kept development credential of `username` logs in now."""
+    if known_credential(username, data_dir) is None:
+        return False
+    try:
+        await issue_token(username, data_dir=data_dir)
+    except grpc.aio.AioRpcError:
+        return False
+    return True
 
 
 def _demo_credentials(data_dir: Path) -> str:

@@ -114,20 +114,46 @@ async def issue_token(
     return reply.access_token
 
 
+class SecondAdministratorNeeded(RuntimeError):
+    """The enrolment needs a second administrator's approval and none was given."""
+
+
 async def enrol(
-    admin: HisClients, staff: str, username: str, *, data_dir: Path | None = None
+    admin: HisClients,
+    staff: str,
+    username: str,
+    *,
+    data_dir: Path | None = None,
+    approver: HisClients | None = None,
 ) -> KnownCredential:
     """Enrol a staff member (`staff/{id}`) through the public rpcs, as an administrator's
-    clients, with their development password; keep the credential for `issue_token`."""
+    clients, with their development password; keep the credential for `issue_token`. When the
+    enrolment needs a second administrator (a re-enrolment, or a clinical or administrator role),
+    `approver` (another administrator's clients) approves it; without one this raises
+    SecondAdministratorNeeded and nothing changes."""
     directory = _data_dir(data_dir)
     seed = local_secrets(directory).dev_credential
     enrolment = await admin.iam.CreateStaffEnrolment(
         iam_pb.CreateStaffEnrolmentRequest(parent=staff), timeout=10.0
     )
+    approval_code = ""
+    if enrolment.approval_required:
+        if approver is None:
+            raise SecondAdministratorNeeded(
+                f"enrolling {username!r} needs a second administrator (ApproveStaffEnrolment "
+                f"of {enrolment.name})"
+            )
+        approved = await approver.iam.ApproveStaffEnrolment(
+            iam_pb.ApproveStaffEnrolmentRequest(name=enrolment.name), timeout=10.0
+        )
+        approval_code = approved.enrolment_code
     password = dev_credentials.password(seed, username)
     enrolled = await admin.iam.CompleteStaffEnrolment(
         iam_pb.CompleteStaffEnrolmentRequest(
-            username=username, enrolment_code=enrolment.enrolment_code, password=password
+            username=username,
+            enrolment_code=enrolment.enrolment_code,
+            approval_code=approval_code,
+            password=password,
         ),
         timeout=10.0,
     )

@@ -22,6 +22,7 @@ from his.gateway.config import GatewayConfig
 from his.iam import demo as iam_demo
 from his.iam.v1 import iam_service_pb2 as iam_pb
 from his.local_secrets import local_secrets
+from his.login import known_credential
 from his.patient import demo as patient_demo
 from his.patient.v1 import patient_service_pb2 as pb
 from his.runtime.health import SERVING, probe
@@ -211,6 +212,27 @@ async def _serving(entry_name: str) -> int:
     entry = next(e for e in implemented() if e.name == entry_name)
     async with grpc.aio.insecure_channel(f"localhost:{entry.port}") as channel:
         return await probe(channel, entry.grpc_service)
+
+
+@pytest.mark.timeout(300)
+async def test_a_second_up_demo_keeps_the_demo_staffs_credentials(data_dir: Path) -> None:
+    # Re-enrolment takes two administrators and the demo has one: a demo staff member whose kept
+    # credential logs in is left as they are.
+    up = HisUp(data_dir, "--demo")
+    try:
+        up.wait_for(READY)
+        first = known_credential("dr.chen", data_dir)
+        assert first is not None and _token(data_dir, "dr.chen")
+    finally:
+        assert up.interrupt() == 0, "".join(up.output)
+    again = HisUp(data_dir, "--demo")
+    try:
+        again.wait_for(READY)
+        assert known_credential("dr.chen", data_dir) == first
+        assert _token(data_dir, "dr.chen")
+    finally:
+        assert again.interrupt() == 0, "".join(again.output)
+    assert "not enrolled again" not in "".join(again.output)
 
 
 @pytest.mark.timeout(240)

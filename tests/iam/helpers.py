@@ -176,14 +176,30 @@ class Enrolled:
 
 
 async def enrol(stub: Stub, member: pb.StaffMember, password: str = PASSWORD) -> Enrolled:
-    """Enrol a staff member: an administrator's code, then the member's password with it."""
+    """Enrol a staff member: an administrator's code (and, where the enrolment needs a second
+    administrator, the second administrator's half), then the member's password with it."""
     enrolment = await stub.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=member.name))
+    approval_code = ""
+    if enrolment.approval_required:
+        approval_code = (await approve_enrolment(stub, enrolment.name)).enrolment_code
     reply = await stub.CompleteStaffEnrolment(
         pb.CompleteStaffEnrolmentRequest(
-            username=member.username, enrolment_code=enrolment.enrolment_code, password=password
+            username=member.username,
+            enrolment_code=enrolment.enrolment_code,
+            approval_code=approval_code,
+            password=password,
         )
     )
     return Enrolled(member.username, password, reply.totp_secret)
+
+
+async def approve_enrolment(
+    stub: Stub, name: str, token: str = SECOND_ADMINISTRATOR
+) -> pb.StaffEnrolment:
+    """ApproveStaffEnrolment as the second administrator (or `token`'s holder): the second half."""
+    return await stub.ApproveStaffEnrolment(
+        pb.ApproveStaffEnrolmentRequest(name=name), metadata=as_(token)
+    )
 
 
 async def login_as(stub: Stub, enrolled: Enrolled) -> pb.IssueTokenResponse:

@@ -109,3 +109,53 @@ async def test_downgrading_0004_puts_no_pending_membership_into_force(
     ends = dict(await _execute(url, "SELECT id, period_end FROM iam.memberships"))
     assert ends[pending] is not None, "a never-approved membership is in force after the rollback"
     assert ends[approved] is None
+
+
+async def test_downgrading_0007_retires_half_made_enrolments_and_keeps_credentials(
+    postgres: EmbeddedPostgres,
+) -> None:
+    url = await fresh_database(postgres, f"iam_down7_{uuid.uuid4().hex[:8]}")
+    member, admin = uuid.uuid4(), uuid.uuid4()
+    await _execute(
+        url,
+        "INSERT INTO iam.staff (id, username, display_name, roles) VALUES "
+        "(:m, :mn, 'M', ARRAY['DOCTOR']), (:a, :an, 'A', ARRAY['ADMINISTRATOR'])",
+        m=member,
+        mn=f"doc-{member.hex[:8]}",
+        a=admin,
+        an=f"adm-{admin.hex[:8]}",
+    )
+    used, waiting = uuid.uuid4(), uuid.uuid4()
+    await _execute(
+        url,
+        "INSERT INTO iam.staff_enrolments (id, staff_id, code_hash, created_by, create_time, "
+        "expire_time, used_time, approval_required) VALUES "
+        "(:u, :m, sha256('u'::bytea), :by, now(), now() + interval '1 day', now(), false), "
+        "(:w, :m, sha256('w'::bytea), :by, now(), now() + interval '1 day', NULL, true)",
+        u=used,
+        w=waiting,
+        m=member,
+        by=f"staff/{admin}",
+    )
+    await _execute(
+        url,
+        "INSERT INTO iam.staff_credentials (staff_id, password_hash, totp_secret_enc, "
+        "enrol_time, enrolment_id) VALUES (:m, '$argon2id$x', 'x'::bytea, now(), :u)",
+        m=member,
+        u=used,
+    )
+
+    await asyncio.to_thread(downgrade, "iam", url, "0006")
+
+    credentials = await _execute(url, "SELECT staff_id FROM iam.staff_credentials")
+    assert [row[0] for row in credentials] == [member]
+    voided = await _execute(
+        url, "SELECT void_time IS NOT NULL FROM iam.staff_enrolments WHERE id = :w", w=waiting
+    )
+    assert voided == [(True,)]
+    # Without the trigger, 0006's rule (one administrator) holds again.
+    await _execute(
+        url,
+        "UPDATE iam.staff_credentials SET password_hash = '$argon2id$y' WHERE staff_id = :m",
+        m=member,
+    )

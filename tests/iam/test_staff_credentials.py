@@ -34,6 +34,7 @@ from tests.iam.helpers import (
     PASSWORD,
     Enrolled,
     Stub,
+    approve_enrolment,
     create_staff,
     enrol,
     invalid,
@@ -95,10 +96,16 @@ async def test_enrolment_sets_a_password_and_returns_a_totp_secret(
     enrolment = await iam.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=member.name))
     assert enrolment.name.startswith(f"{member.name}/enrolments/")
     assert len(enrolment.enrolment_code) == 16
+    # A doctor's enrolment takes a second administrator (test_enrolment_approval.py).
+    assert enrolment.approval_required
+    approved = await approve_enrolment(iam, enrolment.name)
 
     reply = await iam.CompleteStaffEnrolment(
         pb.CompleteStaffEnrolmentRequest(
-            username=member.username, enrolment_code=enrolment.enrolment_code, password=PASSWORD
+            username=member.username,
+            enrolment_code=enrolment.enrolment_code,
+            approval_code=approved.enrolment_code,
+            password=PASSWORD,
         )
     )
 
@@ -124,7 +131,11 @@ async def test_enrolment_sets_a_password_and_returns_a_totp_secret(
         stored_codes = (
             (
                 await connection.execute(
-                    text("SELECT code_hash FROM iam.staff_enrolments WHERE staff_id = :id"),
+                    text(
+                        "SELECT code_hash FROM iam.staff_enrolments WHERE staff_id = :id "
+                        "UNION ALL SELECT approval_code_hash FROM iam.staff_enrolments "
+                        "WHERE staff_id = :id"
+                    ),
                     {"id": staff_id(member.name)},
                 )
             )
@@ -136,8 +147,9 @@ async def test_enrolment_sets_a_password_and_returns_a_totp_secret(
     assert row.password_hash.startswith("$argon2id$")
     assert PASSWORD not in row.password_hash
     assert reply.totp_secret.encode() not in row.totp_secret_enc
-    assert [len(code) for code in stored_codes] == [32]
-    assert enrolment.enrolment_code.encode() not in stored_codes[0]
+    assert [len(code) for code in stored_codes] == [32, 32]
+    for code in (enrolment.enrolment_code, approved.enrolment_code):
+        assert all(code.encode() not in stored for stored in stored_codes)
 
 
 async def test_an_enrolment_code_works_once(iam: Stub) -> None:
@@ -293,6 +305,15 @@ async def test_wrong_enrolment_codes_lock_the_username(iam: Stub) -> None:
         (
             {"username": "t.someone", "enrolment_code": "a0" * 8, "password": PASSWORD},
             "enrolment_code",
+        ),
+        (
+            {
+                "username": "t.someone",
+                "enrolment_code": "A" * 16,
+                "approval_code": "short",
+                "password": PASSWORD,
+            },
+            "approval_code",
         ),
         ({"username": "t.someone", "enrolment_code": "A" * 16}, "password"),
         ({"username": "t.someone", "enrolment_code": "A" * 16, "password": "short"}, "password"),

@@ -637,8 +637,9 @@ async def test_an_enrolment_code_is_audited_with_its_staff_member_and_expiry_nev
 
     [event] = _about(await _events_by(auditor, proposer), enrolment.name)
 
-    assert _changes(event) == {
-        "staff": (None, member.name),
-        "expire_time": (None, enrolment.expire_time.ToDatetime(dt.UTC).isoformat()),
-    }
+    changes = _changes(event)
+    assert changes["staff"] == (None, member.name)
+    assert changes["creator"] == (None, proposer.name)
+    assert changes["approval_required"] == (None, False)
+    assert changes["expire_time"] == (None, enrolment.expire_time.ToDatetime(dt.UTC).isoformat())
     assert enrolment.enrolment_code not in str(event)

@@ -19,7 +19,7 @@ from his.runtime.server import RunningService
 from his.scheduling import demo as scheduling_demo
 from his_client import HisClients, static_token
 from his_client.config import ClientConfig
-from tests.identity import DEMO_ADMINISTRATOR, REGISTRAR
+from tests.identity import DEMO_ADMINISTRATOR, ISSUER, REGISTRAR, metadata
 
 
 async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
@@ -47,11 +47,19 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
             enrolment = await admin.iam.CreateStaffEnrolment(
                 iam_pb.CreateStaffEnrolmentRequest(parent=names.staff[username])
             )
+            approval_code = ""
+            if enrolment.approval_required:  # a doctor: a second administrator approves
+                approved = await admin.iam.ApproveStaffEnrolment(
+                    iam_pb.ApproveStaffEnrolmentRequest(name=enrolment.name),
+                    metadata=metadata(ISSUER.staff("ADMINISTRATOR")),
+                )
+                approval_code = approved.enrolment_code
             password = "a demo password for the test"
             enrolled = await admin.iam.CompleteStaffEnrolment(
                 iam_pb.CompleteStaffEnrolmentRequest(
                     username=username,
                     enrolment_code=enrolment.enrolment_code,
+                    approval_code=approval_code,
                     password=password,
                 )
             )

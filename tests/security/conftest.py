@@ -122,10 +122,20 @@ async def world(
     enrolment = await iam.CreateStaffEnrolment(
         iam_pb.CreateStaffEnrolmentRequest(parent=staff.name)
     )
+    approval_code = ""
+    if enrolment.approval_required:  # a doctor: a second administrator approves
+        approved = await iam.ApproveStaffEnrolment(
+            iam_pb.ApproveStaffEnrolmentRequest(name=enrolment.name),
+            metadata=metadata(ISSUER.staff("ADMINISTRATOR")),
+        )
+        approval_code = approved.enrolment_code
     password = "the world's staff password"
     enrolled = await iam.CompleteStaffEnrolment(
         iam_pb.CompleteStaffEnrolmentRequest(
-            username=staff.username, enrolment_code=enrolment.enrolment_code, password=password
+            username=staff.username,
+            enrolment_code=enrolment.enrolment_code,
+            approval_code=approval_code,
+            password=password,
         )
     )
     made.staff_credential = (staff.username, password, enrolled.totp_secret)

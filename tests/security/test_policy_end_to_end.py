@@ -1315,6 +1315,16 @@ async def _enrol(world: World, allowed: bool) -> Message:
     return iam_pb.CreateStaffEnrolmentRequest(parent=await world.fresh_staff())
 
 
+async def _approve_enrolment(world: World, allowed: bool) -> Message:
+    # A re-enrolment of the world's enrolled staff member, by the session's administrator: it
+    # waits for a second administrator (retiring the previous case's).
+    enrolment = await world.iam.CreateStaffEnrolment(
+        iam_pb.CreateStaffEnrolmentRequest(parent=world.staff)
+    )
+    assert enrolment.approval_required
+    return iam_pb.ApproveStaffEnrolmentRequest(name=enrolment.name)
+
+
 IAM_RPCS = (
     Rpc(
         "iam",
@@ -1392,6 +1402,16 @@ IAM_RPCS = (
         "iam.staff",
         _enrol,
         lambda w: iam_pb.CreateStaffEnrolmentRequest(parent=missing("staff")),
+    ),
+    Rpc(
+        "iam",
+        "ApproveStaffEnrolment",
+        "update",
+        "iam.staff",
+        _approve_enrolment,
+        lambda w: iam_pb.ApproveStaffEnrolmentRequest(
+            name=f"{missing('staff')}/enrolments/{uuid.uuid4()}"
+        ),
     ),
     Rpc(
         "iam",

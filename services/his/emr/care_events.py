@@ -24,14 +24,17 @@ from his_client import HisClients
 PATIENT = "patient"
 
 
-def encounter_changed(row: Any) -> Outgoing:
-    """The event of an encounter (row) right after a change."""
+def encounter_changed(row: Any, *, event_id: str | None = None) -> Outgoing:
+    """The event of an encounter (row) right after a change (`event_id`: a given id instead of
+    a fresh one, for the backfill of migration 0002)."""
     encounter = encounter_to_proto(row)
     event = envelope(
         pb.EncounterChanged(encounter=encounter, revision=row.version),
         source="emr",
+        event_id=event_id,
         subject=encounter.name,
         patient=encounter.patient,
+        trace_id="" if event_id else None,
     )
     return Outgoing(PATIENT, event)
 

@@ -340,7 +340,7 @@ def refuse_decider(change: Row[Any], decider_id: uuid.UUID | None, *, approving:
         )
 
 
-async def _require_administrator_now(session: AsyncSession, decider_id: uuid.UUID | None) -> None:
+async def require_administrator_now(session: AsyncSession, decider_id: uuid.UUID | None) -> None:
     """PERMISSION_DENIED unless the approver is, in iam's staff table now, an active
     administrator: the token's roles are up to HIS_IAM_TOKEN_TTL_S old, and an administrator
     deactivated or stripped of the role in that time must not approve anything. The row is held
@@ -358,7 +358,7 @@ async def _require_administrator_now(session: AsyncSession, decider_id: uuid.UUI
     ).one_or_none()
     if row is not None and (not row.active or ADMINISTRATOR not in row.roles):
         raise PermissionDenied(
-            "only an active administrator approves access changes",
+            "only an active administrator approves access changes and enrolments",
             reason="APPROVER_NOT_ADMINISTRATOR",
         )
 
@@ -374,7 +374,7 @@ async def approve(
     change = await get_change(session, change_id, lock=True)
     if rule == TWO_PERSON:
         refuse_decider(change, decider_id, approving=True)
-        await _require_administrator_now(session, decider_id)
+        await require_administrator_now(session, decider_id)
     if change.state == APPROVED:
         return Decision(change, change)
     if change.state == REJECTED:

@@ -76,29 +76,72 @@ async def set_credential(
     password_hash: str,
     totp_secret_enc: bytes,
     at: dt.datetime,
+    enrolment_id: uuid.UUID | None = None,
 ) -> None:
-    """Store (or replace) a staff member's credential."""
-    values = {"password_hash": password_hash, "totp_secret_enc": totp_secret_enc, "enrol_time": at}
+    """Store (or replace) a staff member's credential, set by `enrolment_id` (None: directly).
+    Replacing one needs an approved two-administrator enrolment (migration 0007's trigger)."""
+    values = {
+        "password_hash": password_hash,
+        "totp_secret_enc": totp_secret_enc,
+        "enrol_time": at,
+        "enrolment_id": enrolment_id,
+    }
     statement = insert(staff_credentials).values(staff_id=staff_id, **values)
     await session.execute(statement.on_conflict_do_update(index_elements=["staff_id"], set_=values))
 
 
 async def retire_open_enrolments(
     session: AsyncSession, staff_id: uuid.UUID, at: dt.datetime
-) -> None:
-    """Void a staff member's open enrolment codes: a new code retires the previous one."""
+) -> Sequence[Row[Any]]:
+    """Void a staff member's open enrolment codes (a new code retires the previous one); the
+    retired rows as they are now."""
     c = staff_enrolments.c
-    await session.execute(
+    retired = await session.execute(
         update(staff_enrolments)
         .where(c.staff_id == staff_id, c.used_time.is_(None), c.void_time.is_(None))
         .values(void_time=at)
+        .returning(*staff_enrolments.c)
     )
+    rows = retired.all()
     await session.execute(delete(staff_enrolments).where(c.expire_time < at - KEEP_ENDED))
+    return rows
 
 
-async def insert_enrolment(session: AsyncSession, **values: Any) -> None:
-    """Store one enrolment code (as its keyed hash)."""
-    await session.execute(staff_enrolments.insert().values(**values))
+async def insert_enrolment(session: AsyncSession, **values: Any) -> Row[Any]:
+    """Store one enrolment code (as its keyed hash); the row."""
+    statement = staff_enrolments.insert().values(**values).returning(*staff_enrolments.c)
+    return (await session.execute(statement)).one()
+
+
+async def enrolment_for_update(
+    session: AsyncSession, staff_id: uuid.UUID, enrolment_id: uuid.UUID
+) -> Row[Any] | None:
+    """One enrolment of the staff member, locked until the transaction ends; None if none."""
+    c = staff_enrolments.c
+    query = (
+        select(*staff_enrolments.c)
+        .where(c.id == enrolment_id, c.staff_id == staff_id)
+        .with_for_update()
+    )
+    return (await session.execute(query)).first()
+
+
+async def approve_enrolment(
+    session: AsyncSession,
+    enrolment_id: uuid.UUID,
+    *,
+    approved_by: str,
+    approval_code_hash: bytes,
+    at: dt.datetime,
+) -> Row[Any]:
+    """Record the second administrator's approval and the keyed hash of their half."""
+    statement = (
+        update(staff_enrolments)
+        .where(staff_enrolments.c.id == enrolment_id)
+        .values(approved_by=approved_by, approve_time=at, approval_code_hash=approval_code_hash)
+        .returning(*staff_enrolments.c)
+    )
+    return (await session.execute(statement)).one()
 
 
 async def open_enrolments_for_update(
@@ -117,8 +160,12 @@ async def open_enrolments_for_update(
 
 async def mark_enrolment_used(
     session: AsyncSession, enrolment_id: uuid.UUID, at: dt.datetime
-) -> None:
-    """Set an enrolment's used_time: it never works again."""
-    await session.execute(
-        update(staff_enrolments).where(staff_enrolments.c.id == enrolment_id).values(used_time=at)
+) -> Row[Any]:
+    """Set an enrolment's used_time: it never works again. The row as it is now."""
+    statement = (
+        update(staff_enrolments)
+        .where(staff_enrolments.c.id == enrolment_id)
+        .values(used_time=at)
+        .returning(*staff_enrolments.c)
     )
+    return (await session.execute(statement)).one()

@@ -3,7 +3,9 @@
 Enrolment: an administrator creates a code (CreateStaffEnrolment; stored as a keyed hash, a new
 one retires the open ones); the staff member gives it with a new password (CompleteStaffEnrolment)
 and receives a fresh TOTP secret. One transaction locks the open enrolment rows, so a code enrols
-exactly once.
+exactly once. Where his.iam.enrolment_rule asks for two administrators, the creator's code is only
+one half: the enrolment works once a second administrator approved it (ApproveStaffEnrolment) and
+received the other half, and the staff member gives both. Each half is a separate keyed hash.
 
 Login (IssueToken): the failure limits are checked first, in one short transaction under advisory
 locks on the username's key and the source; then the password and TOTP code are checked with no
@@ -29,7 +31,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pyotp
 from argon2 import PasswordHasher
@@ -38,10 +40,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from his.base.errors import FailedPrecondition, RateLimited, Unauthenticated
+from his.base.errors import FailedPrecondition, NotFound, RateLimited, Unauthenticated
+from his.iam import approvals, enrolment_rule, sign_in_store, store
 from his.iam import credential_store as cstore
-from his.iam import sign_in_store, store
 from his.iam.config import StaffLoginConfig
+from his.iam.enrolment_rule import TOTP_ROLES
 from his.iam.sign_in_store import Count, retry_after
 from his.iam.tokens import IssuedToken, TokenIssuer
 from his.runtime.database import Database
@@ -50,8 +53,6 @@ from his.runtime.validation import Violations
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# Roles whose logins need a second factor: those that open patient records or change who may.
-TOTP_ROLES = frozenset({"DOCTOR", "NURSE", "PHARMACIST", "LAB_TECHNICIAN", "ADMINISTRATOR"})
 LOCKED = "STAFF_LOGIN_LOCKED"
 MIN_PASSWORD = 12
 MAX_PASSWORD = 256
@@ -94,11 +95,11 @@ def credential_key(config: StaffLoginConfig, fallback: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Enrolment:
-    """A new enrolment code (the only time it exists in clear)."""
+    """An enrolment as created or approved, with the code (or the half) that call hands out:
+    the only time it exists in clear."""
 
-    id: uuid.UUID
+    row: Any
     code: str
-    expire_time: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,59 @@ class Enrolled:
     totp_secret: str
     totp_uri: str
     totp_required: bool
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a completed enrolment changed, for its audit: the staff member, the enrolment
+    before and after, and whether a credential was replaced (rather than set first)."""
+
+    member: Any
+    before: Any
+    after: Any
+    replaced: bool
+
+
+# Records an enrolment's change in the open transaction: (name, before or None, after).
+AuditEnrolment = Callable[[str, "dict[str, object] | None", "dict[str, object]"], Awaitable[None]]
+
+
+def enrolment_name(staff_id: uuid.UUID, enrolment_id: uuid.UUID) -> str:
+    """`staff/{staff}/enrolments/{enrolment}`."""
+    return f"staff/{staff_id}/enrolments/{enrolment_id}"
+
+
+def _instant(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def enrolment_view(row: Any) -> dict[str, object]:
+    """The audited fields of an enrolment (never a code or its hash)."""
+    return {
+        "staff": f"staff/{row.staff_id}",
+        "creator": row.created_by,
+        "expire_time": _instant(row.expire_time),
+        "approval_required": row.approval_required,
+        "approver": row.approved_by,
+        "approve_time": _instant(row.approve_time),
+        "used_time": _instant(row.used_time),
+        "void_time": _instant(row.void_time),
+    }
+
+
+def _new_code() -> str:
+    return "".join(secrets.choice(_BASE32) for _ in range(ENROLMENT_CODE_LENGTH))
+
+
+def _closed(row: Any, now: dt.datetime) -> str | None:
+    """Why an enrolment can no longer be used ("used", "retired", "expired"); None if open."""
+    if row.used_time is not None:
+        return "used"
+    if row.void_time is not None:
+        return "retired"
+    if row.expire_time <= now:
+        return "expired"
+    return None
 
 
 def _verify_password(password_hash: str | None, password: str) -> bool:
@@ -140,6 +194,11 @@ class StaffCredentials:
 
     def _code_hash(self, enrolment_id: uuid.UUID, code: str) -> bytes:
         message = b"enrolment\0" + enrolment_id.bytes + code.encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def _approval_hash(self, enrolment_id: uuid.UUID, code: str) -> bytes:
+        # Its own label: one half never passes for the other.
+        message = b"enrolment-approval\0" + enrolment_id.bytes + code.encode()
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
     def seal(self, staff_id: uuid.UUID, secret: str) -> bytes:
@@ -179,7 +238,7 @@ class StaffCredentials:
     # --- requests ------------------------------------------------------------------------------
 
     @staticmethod
-    def complete_request(username: str, code: str, password: str) -> None:
+    def complete_request(username: str, code: str, password: str, approval_code: str = "") -> None:
         """INVALID_ARGUMENT naming each bad field of a CompleteStaffEnrolment request."""
         v = Violations()
         if not username:
@@ -190,6 +249,8 @@ class StaffCredentials:
             v.add("enrolment_code", "is required")
         elif not _ENROLMENT_CODE.fullmatch(code):
             v.add("enrolment_code", f"must be {ENROLMENT_CODE_LENGTH} characters of A-Z and 2-7")
+        if approval_code and not _ENROLMENT_CODE.fullmatch(approval_code):
+            v.add("approval_code", f"must be {ENROLMENT_CODE_LENGTH} characters of A-Z and 2-7")
         if not password:
             v.add("password", "is required")
         elif not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
@@ -207,37 +268,109 @@ class StaffCredentials:
     async def create_enrolment(
         self,
         staff_id: uuid.UUID,
+        *,
+        creator: uuid.UUID | None,
         created_by: str,
-        audit: Callable[[uuid.UUID, dt.datetime], Awaitable[None]],
+        two_person: bool,
+        audit: AuditEnrolment,
     ) -> Enrolment:
-        """A new one-time code for the staff member; their open codes are retired. `audit`
-        records it (enrolment id, expiry) in the same transaction."""
-        code = "".join(secrets.choice(_BASE32) for _ in range(ENROLMENT_CODE_LENGTH))
+        """A new one-time code (or its first half, when enrolment_rule asks for a second
+        administrator and `two_person` holds: the rule is on) for the staff member; their open
+        codes are retired. `audit` records each change in the same transaction."""
+        code = _new_code()
         enrolment_id = uuid.uuid4()
         async with self._db.transaction() as session:
-            # The staff row lock orders this against deactivation and other new codes.
+            # The staff row lock orders this against deactivation, approvals and other new codes.
             member = await store.get_staff(session, staff_id, lock="update")
             if not member.active:
                 raise FailedPrecondition(f"staff/{staff_id} is inactive", reason="STAFF_INACTIVE")
+            required = two_person and await enrolment_rule.needs_second_administrator(
+                session, member, creator
+            )
             now = await sign_in_store.now(session)
-            await cstore.retire_open_enrolments(session, staff_id, now)
-            expire_time = now + dt.timedelta(seconds=self._config.enrolment_ttl_s)
-            await cstore.insert_enrolment(
+            for retired in await cstore.retire_open_enrolments(session, staff_id, now):
+                after = enrolment_view(retired)
+                await audit(
+                    enrolment_name(staff_id, retired.id), {**after, "void_time": None}, after
+                )
+            row = await cstore.insert_enrolment(
                 session,
                 id=enrolment_id,
                 staff_id=staff_id,
                 code_hash=self._code_hash(enrolment_id, code),
                 created_by=created_by,
                 create_time=now,
-                expire_time=expire_time,
+                expire_time=now + dt.timedelta(seconds=self._config.enrolment_ttl_s),
+                approval_required=required,
             )
-            await audit(enrolment_id, expire_time)
-        return Enrolment(id=enrolment_id, code=code, expire_time=expire_time)
+            await audit(enrolment_name(staff_id, enrolment_id), None, enrolment_view(row))
+        return Enrolment(row=row, code=code)
+
+    async def approve_enrolment(
+        self,
+        staff_id: uuid.UUID,
+        enrolment_id: uuid.UUID,
+        *,
+        approver: uuid.UUID | None,
+        approved_by: str,
+        audit: AuditEnrolment,
+    ) -> Enrolment:
+        """The second administrator's approval of an enrolment: the second half of its code."""
+        name = enrolment_name(staff_id, enrolment_id)
+        half = _new_code()
+        async with self._db.transaction() as session:
+            # Locked as create_enrolment locks it: a new code cannot slip in between.
+            member = await store.find_staff(session, staff_id, lock="update")
+            row = None
+            if member is not None:
+                row = await cstore.enrolment_for_update(session, staff_id, enrolment_id)
+            if member is None or row is None:
+                raise NotFound(f"{name} not found", metadata={"name": name})
+            enrolment_rule.refuse_creator(approver, row, name)
+            await approvals.require_administrator_now(session, approver)
+            now = await sign_in_store.now(session)
+            if not row.approval_required:
+                raise FailedPrecondition(
+                    f"{name} needs no second administrator: its code is whole already",
+                    reason="ENROLMENT_APPROVAL_NOT_REQUIRED",
+                )
+            if row.approve_time is not None:
+                raise FailedPrecondition(
+                    f"{name} was approved already (its second half is given only once); "
+                    "create a new enrolment if that half was lost",
+                    reason="ENROLMENT_ALREADY_APPROVED",
+                )
+            if (closed := _closed(row, now)) is not None:
+                raise FailedPrecondition(
+                    f"{name} is {closed}; create a new enrolment",
+                    reason="ENROLMENT_CLOSED",
+                    metadata={"state": closed},
+                )
+            if not member.active:
+                raise FailedPrecondition(f"staff/{staff_id} is inactive", reason="STAFF_INACTIVE")
+            after = await cstore.approve_enrolment(
+                session,
+                enrolment_id,
+                approved_by=approved_by,
+                approval_code_hash=self._approval_hash(enrolment_id, half),
+                at=now,
+            )
+            await audit(name, enrolment_view(row), enrolment_view(after))
+        return Enrolment(row=after, code=half)
 
     async def complete_enrolment(
-        self, username: str, code: str, password: str, source: str
+        self,
+        username: str,
+        code: str,
+        *,
+        approval_code: str,
+        password: str,
+        source: str,
+        audit: Callable[[Completion], Awaitable[None]],
     ) -> Enrolled:
-        """Set the password and a new TOTP secret with a valid code, once."""
+        """Set the password and a new TOTP secret with a valid code (both halves where the
+        enrolment needed a second administrator), once; `audit` records it in the same
+        transaction."""
         user_key = self._user_key(username)
         # Hashed before the transaction: argon2id never runs while rows are locked.
         password_hash = await self._argon2(_HASHER.hash, password)
@@ -246,21 +379,29 @@ class StaffCredentials:
             retry_after = await self._limited(session, user_key, source, now)
             enrolled: Enrolled | None = None
             if retry_after is None:
-                enrolled = await self._enrol(session, username, code, password_hash, now)
-                if enrolled is None:
+                done = await self._enrol(
+                    session,
+                    username,
+                    code,
+                    approval_code=approval_code,
+                    password_hash=password_hash,
+                    now=now,
+                )
+                if done is None:
                     await cstore.add_failure(session, user_key, source, now, now - self._window)
+                else:
+                    enrolled, completion = done
+                    await audit(completion)
         if retry_after is not None:
             raise self._locked(retry_after)
         if enrolled is None:
             raise invalid_enrolment()
         return enrolled
 
-    async def _enrol(
-        self, session: AsyncSession, username: str, code: str, password_hash: str, now: dt.datetime
-    ) -> Enrolled | None:
-        member = await store.staff_by_username(session, username)
-        if member is None or not member.active:
-            return None
+    async def _matching(
+        self, session: AsyncSession, member: Any, code: str, approval_code: str, now: dt.datetime
+    ) -> Any:
+        """The open enrolment of `member` these codes complete, or None."""
         # Locks the open codes: two completions of one code run one after the other.
         rows = await cstore.open_enrolments_for_update(session, member.id)
         match = next(
@@ -273,6 +414,40 @@ class StaffCredentials:
         )
         if match is None or match.expire_time <= now:
             return None
+        if match.approval_required:
+            # Not before the second administrator acted, and only with their half.
+            if match.approval_code_hash is None or not approval_code:
+                return None
+            expected = self._approval_hash(match.id, approval_code)
+            return match if hmac.compare_digest(match.approval_code_hash, expected) else None
+        if approval_code:
+            return None
+        # Made as a one-administrator enrolment: the rule may ask for two by now (a clinical role
+        # approved since, a credential set since).
+        creator = enrolment_rule.creator_id(match.created_by)
+        if await enrolment_rule.needs_second_administrator(session, member, creator):
+            return None
+        return match
+
+    async def _enrol(
+        self,
+        session: AsyncSession,
+        username: str,
+        code: str,
+        *,
+        approval_code: str,
+        password_hash: str,
+        now: dt.datetime,
+    ) -> tuple[Enrolled, Completion] | None:
+        found = await store.staff_by_username(session, username)
+        if found is None or not found.active:
+            return None
+        # Shared lock: no role is approved, and no deactivation lands, while this completes.
+        member = await store.get_staff(session, found.id, lock="share")
+        match = await self._matching(session, member, code, approval_code, now)
+        if match is None:
+            return None
+        replaced = await enrolment_rule.has_credential(session, member.id)
         secret = pyotp.random_base32()
         await cstore.set_credential(
             session,
@@ -280,15 +455,17 @@ class StaffCredentials:
             password_hash=password_hash,
             totp_secret_enc=self.seal(member.id, secret),
             at=now,
+            enrolment_id=match.id,
         )
-        await cstore.mark_enrolment_used(session, match.id, now)
+        used = await cstore.mark_enrolment_used(session, match.id, now)
         uri = pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=_ISSUER_NAME)
-        return Enrolled(
+        enrolled = Enrolled(
             staff_id=member.id,
             totp_secret=secret,
             totp_uri=uri,
             totp_required=bool(set(member.roles) & TOTP_ROLES),
         )
+        return enrolled, Completion(member=member, before=match, after=used, replaced=replaced)
 
     async def set_known(
         self, session: AsyncSession, staff_id: uuid.UUID, password: str, secret: str

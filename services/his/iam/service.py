@@ -33,7 +33,14 @@ from his.iam.approvals import (
     staff_view,
 )
 from his.iam.config import IamConfig
-from his.iam.credentials import StaffCredentials, credential_key
+from his.iam.credentials import (
+    Completion,
+    Enrolment,
+    StaffCredentials,
+    credential_key,
+    enrolment_view,
+)
+from his.iam.enrolment_rule import refuse_self
 from his.iam.grant_reason import reason_problem
 from his.iam.mapping import (
     KIND,
@@ -99,6 +106,9 @@ _MEMBERSHIP_TYPE = "his.iam.v1.DepartmentMembership"
 _CHANGE_TYPE = "his.iam.v1.AccessChange"
 _DEPARTMENT_TYPE = "his.iam.v1.Department"
 _ENROLMENT_TYPE = "his.iam.v1.StaffEnrolment"
+_COMPLETE_ENROLMENT = (
+    f"{pb.DESCRIPTOR.services_by_name['IamService'].full_name}/CompleteStaffEnrolment"
+)
 # The token type of every issued token (RFC 6750), not a secret.
 _BEARER = "Bearer"
 
@@ -110,6 +120,22 @@ def _refused() -> Unauthenticated:
 
 def _enrolment_name(staff_id: uuid.UUID, enrolment_id: uuid.UUID) -> str:
     return f"staff/{staff_id}/enrolments/{enrolment_id}"
+
+
+def _enrolment_to_proto(enrolment: Enrolment) -> pb.StaffEnrolment:
+    """An enrolment with the code (or half) the call hands out."""
+    row = enrolment.row
+    answer = pb.StaffEnrolment(
+        name=_enrolment_name(row.staff_id, row.id),
+        enrolment_code=enrolment.code,
+        approval_required=row.approval_required,
+        creator=row.created_by,
+        approver=row.approved_by or "",
+    )
+    answer.expire_time.FromDatetime(row.expire_time)
+    if row.approve_time is not None:
+        answer.approve_time.FromDatetime(row.approve_time)
+    return answer
 
 
 def _same_secret(given: str, expected: str) -> bool:
@@ -772,42 +798,78 @@ class IamService(pb_grpc.IamServiceServicer):
         credentials = self._staff_credentials()
         staff_id = required_id("parent", request.parent, collection="staff")
         # Nobody enrols themselves: a stolen session must not become a permanent credential.
-        if self._is_caller(staff_id):
-            raise PermissionDenied(
-                "nobody may create an enrolment code for themselves", reason="SELF_ENROLMENT"
-            )
+        refuse_self(identity.caller_staff_id(), staff_id, "create an enrolment code")
         await self._require("update", "iam.staff")
+        creator = self._proposer()
         principal = identity.current_or_none()
         created_by = principal.subject if principal is not None else "anonymous"
-
-        async def audit(enrolment_id: uuid.UUID, expire_time: dt.datetime) -> None:
-            # Who gave whom a way to set a password, and until when; never the code.
-            await self._audit_change(
-                "create",
-                _enrolment_name(staff_id, enrolment_id),
-                _ENROLMENT_TYPE,
-                None,
-                {"staff": f"staff/{staff_id}", "expire_time": expire_time.isoformat()},
-            )
-
-        enrolment = await credentials.create_enrolment(staff_id, created_by, audit)
-        response = pb.StaffEnrolment(
-            name=_enrolment_name(staff_id, enrolment.id), enrolment_code=enrolment.code
+        enrolment = await credentials.create_enrolment(
+            staff_id,
+            creator=creator,
+            created_by=created_by,
+            # With security off (no caller is checked) nobody could approve: one suffices.
+            two_person=creator is not None,
+            audit=self._audit_enrolment,
         )
-        response.expire_time.FromDatetime(enrolment.expire_time)
         log.info(
             "staff enrolment code created",
-            extra={"fields": {"staff": f"staff/{staff_id}", "created_by": created_by}},
+            extra={
+                "fields": {
+                    "staff": f"staff/{staff_id}",
+                    "created_by": created_by,
+                    "approval_required": enrolment.row.approval_required,
+                }
+            },
         )
-        return response
+        return _enrolment_to_proto(enrolment)
+
+    async def ApproveStaffEnrolment(
+        self, request: pb.ApproveStaffEnrolmentRequest, context: Context
+    ) -> pb.StaffEnrolment:
+        credentials = self._staff_credentials()
+        staff_id, enrolment_id = required_child_id(
+            "name", request.name, parent="staff", collection="enrolments"
+        )
+        refuse_self(identity.caller_staff_id(), staff_id, "approve an enrolment")
+        await self._require("update", "iam.staff")
+        approver = self._proposer()
+        principal = identity.current_or_none()
+        approved_by = principal.subject if principal is not None else "anonymous"
+        enrolment = await credentials.approve_enrolment(
+            staff_id,
+            enrolment_id,
+            approver=approver,
+            approved_by=approved_by,
+            audit=self._audit_enrolment,
+        )
+        log.info(
+            "staff enrolment approved",
+            extra={"fields": {"staff": f"staff/{staff_id}", "approved_by": approved_by}},
+        )
+        return _enrolment_to_proto(enrolment)
+
+    async def _audit_enrolment(
+        self, name: str, before: dict[str, object] | None, after: dict[str, object]
+    ) -> None:
+        # Who gave whom a way to set a password, who approved it, until when; never a code.
+        await self._audit_change(
+            "create" if before is None else "update", name, _ENROLMENT_TYPE, before, after
+        )
 
     async def CompleteStaffEnrolment(
         self, request: pb.CompleteStaffEnrolmentRequest, context: Context
     ) -> pb.CompleteStaffEnrolmentResponse:
         credentials = self._staff_credentials()
-        credentials.complete_request(request.username, request.enrolment_code, request.password)
+        credentials.complete_request(
+            request.username, request.enrolment_code, request.password, request.approval_code
+        )
         enrolled = await credentials.complete_enrolment(
-            request.username, request.enrolment_code, request.password, source_of(context)
+            request.username,
+            request.enrolment_code,
+            approval_code=request.approval_code,
+            password=request.password,
+            source=source_of(context),
+            audit=self._audit_completion,
         )
         log.info("staff member enrolled", extra={"fields": {"staff": f"staff/{enrolled.staff_id}"}})
         return pb.CompleteStaffEnrolmentResponse(
@@ -816,6 +878,36 @@ class IamService(pb_grpc.IamServiceServicer):
             totp_uri=enrolled.totp_uri,
             totp_required=enrolled.totp_required,
         )
+
+    async def _audit_completion(self, done: Completion) -> None:
+        """Audit a completed enrolment in its transaction. Nobody is signed in (the code is the
+        proof): the actor recorded is the staff member concerned, completing their enrolment.
+        What changed is that a password and a TOTP secret were set, never their values."""
+        member = done.member
+        actor = Principal(
+            subject=staff_name(member.id), username=member.username, roles=frozenset(member.roles)
+        )
+        # A public rpc: the authentication interceptor entered no caller, nor the method.
+        entered = identity.enter(actor, _COMPLETE_ENROLMENT)
+        try:
+            await self._audit_change(
+                "update",
+                _enrolment_name(member.id, done.after.id),
+                _ENROLMENT_TYPE,
+                enrolment_view(done.before),
+                enrolment_view(done.after),
+            )
+            before = "set" if done.replaced else None
+            after = "replaced" if done.replaced else "set"
+            await self._audit_change(
+                "update",
+                staff_name(member.id),
+                _STAFF_TYPE,
+                {"credential.password": before, "credential.totp_secret": before},
+                {"credential.password": after, "credential.totp_secret": after},
+            )
+        finally:
+            identity.leave(entered)
 
     # --- patient sign-in -------------------------------------------------------------------
 

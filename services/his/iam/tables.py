@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -355,11 +356,36 @@ staff_credentials = Table(
     Column("password_hash", Text, nullable=False),
     Column("totp_secret_enc", LargeBinary, nullable=False),
     Column("enrol_time", DateTime(timezone=True), nullable=False),
+    # The enrolment that set it; None when set directly (the development bootstrap
+    # administrator). A trigger (migration 0007) lets an existing credential be replaced only
+    # through an enrolment approved by a second administrator.
+    Column(
+        "enrolment_id",
+        UUID(as_uuid=True),
+        ForeignKey("iam.staff_enrolments.id", name="credential_enrolment", ondelete="SET NULL"),
+    ),
     CheckConstraint("password_hash LIKE '$argon2id$%'", name="staff_credential_argon2id"),
 )
 
+# What an enrolment's approval must satisfy (migration 0007 creates the same checks).
+ENROLMENT_CHECKS = {
+    "enrolment_approval_whole": "(approved_by IS NULL) = (approve_time IS NULL) "
+    "AND (approve_time IS NULL) = (approval_code_hash IS NULL)",
+    "enrolment_approval_hash_sha256": "approval_code_hash IS NULL "
+    "OR octet_length(approval_code_hash) = 32",
+    "enrolment_approved_only_if_required": "approval_required OR approved_by IS NULL",
+    "enrolment_used_once_approved": "NOT approval_required OR used_time IS NULL "
+    "OR (approve_time IS NOT NULL AND approve_time <= used_time)",
+    "enrolment_approver_not_creator": "approved_by IS NULL OR approved_by <> created_by",
+    "enrolment_approver_not_enrolled": "approved_by IS NULL "
+    "OR approved_by <> 'staff/' || staff_id::text",
+    "enrolment_not_by_self": "created_by <> 'staff/' || staff_id::text",
+}
+
 # One-time enrolment codes an administrator hands a staff member: stored as keyed hashes
-# (HMAC-SHA256 bound to the enrolment id); used once, retired by a newer one, expiring.
+# (HMAC-SHA256 bound to the enrolment id); used once, retired by a newer one, expiring. One that
+# needs a second administrator (his.iam.enrolment_rule) has two halves: the creator's
+# (`code_hash`) and the approver's (`approval_code_hash`, set by the approval).
 staff_enrolments = Table(
     "staff_enrolments",
     metadata,
@@ -372,8 +398,14 @@ staff_enrolments = Table(
     Column("expire_time", DateTime(timezone=True), nullable=False),
     Column("used_time", DateTime(timezone=True)),
     Column("void_time", DateTime(timezone=True)),
+    Column("approval_required", Boolean, nullable=False, server_default=false()),
+    # Who approved it (`staff/{id}`), when, and the keyed hash of the second half.
+    Column("approved_by", Text),
+    Column("approve_time", DateTime(timezone=True)),
+    Column("approval_code_hash", LargeBinary),
     CheckConstraint("expire_time > create_time", name="enrolment_period_ordered"),
     CheckConstraint("octet_length(code_hash) = 32", name="enrolment_code_hash_sha256"),
+    *(CheckConstraint(condition, name=name) for name, condition in ENROLMENT_CHECKS.items()),
 )
 Index(
     "enrolments_open_by_staff",

@@ -23,14 +23,17 @@ from his_client import HisClients
 PATIENT = "patient"
 
 
-def appointment_changed(row: Any) -> Outgoing:
-    """The event of an appointment (row) right after a change."""
+def appointment_changed(row: Any, *, event_id: str | None = None) -> Outgoing:
+    """The event of an appointment (row) right after a change (`event_id`: a given id instead
+    of a fresh one, for the backfill of migration 0005)."""
     appointment = appointment_to_proto(row)
     event = envelope(
         pb.AppointmentChanged(appointment=appointment, revision=row.version),
         source="scheduling",
+        event_id=event_id,
         subject=appointment.name,
         patient=appointment.patient,
+        trace_id="" if event_id else None,
     )
     return Outgoing(PATIENT, event)
 

@@ -1160,15 +1160,36 @@ class StaffEnrolment(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ENROLMENT_CODE_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    APPROVAL_REQUIRED_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
+    APPROVER_FIELD_NUMBER: _builtins.int
+    APPROVE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The enrolment, `staff/{staff}/enrolments/{enrolment}`."""
     enrolment_code: _builtins.str
-    """The code, 16 characters of the base32 alphabet; given only in the answer of
-    CreateStaffEnrolment. Hand it to the staff member over a channel only they read.
+    """The code, or one half of it, 16 characters of the base32 alphabet; given only in the answer
+    of CreateStaffEnrolment (the whole code, or its first half when `approval_required`) and of
+    ApproveStaffEnrolment (the second half). Hand it to the staff member over a channel only
+    they read.
+    """
+    approval_required: _builtins.bool
+    """Whether a second administrator must approve the enrolment (ApproveStaffEnrolment) before it
+    works: the staff member has a credential already, or holds or is proposed a role that needs
+    a TOTP code.
+    """
+    creator: _builtins.str
+    """The administrator who created the enrolment, `staff/{staff}`."""
+    approver: _builtins.str
+    """The administrator who approved it, `staff/{staff}`; empty until approved or when no approval
+    is required.
     """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the code stops working (by default 24 hours after its creation)."""
+
+    @_builtins.property
+    def approve_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was approved; unset until then."""
 
     def __init__(
         self,
@@ -1176,10 +1197,14 @@ class StaffEnrolment(_message.Message):
         name: _builtins.str = ...,
         enrolment_code: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        approval_required: _builtins.bool = ...,
+        creator: _builtins.str = ...,
+        approver: _builtins.str = ...,
+        approve_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approve_time", b"approve_time", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrolment_code", b"enrolment_code", "expire_time", b"expire_time", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_required", b"approval_required", "approve_time", b"approve_time", "approver", b"approver", "creator", b"creator", "enrolment_code", b"enrolment_code", "expire_time", b"expire_time", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1208,6 +1233,28 @@ class CreateStaffEnrolmentRequest(_message.Message):
 Global___CreateStaffEnrolmentRequest: _TypeAlias = CreateStaffEnrolmentRequest  # noqa: Y015
 
 @_typing.final
+class ApproveStaffEnrolmentRequest(_message.Message):
+    """Request of ApproveStaffEnrolment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The enrolment, `staff/{staff}/enrolments/{enrolment}`. Required."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveStaffEnrolmentRequest: _TypeAlias = ApproveStaffEnrolmentRequest  # noqa: Y015
+
+@_typing.final
 class CompleteStaffEnrolmentRequest(_message.Message):
     """Request of CompleteStaffEnrolment."""
 
@@ -1216,22 +1263,30 @@ class CompleteStaffEnrolmentRequest(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     ENROLMENT_CODE_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    APPROVAL_CODE_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     """The staff member's username. Required."""
     enrolment_code: _builtins.str
-    """The enrolment code from CreateStaffEnrolment. Required."""
+    """The enrolment code from CreateStaffEnrolment (its first half when the enrolment needed a
+    second administrator). Required.
+    """
     password: _builtins.str
     """The new password, 12 to 256 characters. Never logged; stored only as an argon2id hash."""
+    approval_code: _builtins.str
+    """The second half of the code, from the administrator who approved the enrolment
+    (ApproveStaffEnrolment); required when the enrolment needed approval, empty otherwise.
+    """
     def __init__(
         self,
         *,
         username: _builtins.str = ...,
         enrolment_code: _builtins.str = ...,
         password: _builtins.str = ...,
+        approval_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrolment_code", b"enrolment_code", "password", b"password", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_code", b"approval_code", "enrolment_code", b"enrolment_code", "password", b"password", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

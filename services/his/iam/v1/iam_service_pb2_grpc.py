@@ -132,6 +132,11 @@ class IamServiceStub:
                 request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CreateStaffEnrolmentRequest.SerializeToString,
                 response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.FromString,
                 _registered_method=True)
+        self.ApproveStaffEnrolment = channel.unary_unary(
+                '/his.iam.v1.IamService/ApproveStaffEnrolment',
+                request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ApproveStaffEnrolmentRequest.SerializeToString,
+                response_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.FromString,
+                _registered_method=True)
         self.CompleteStaffEnrolment = channel.unary_unary(
                 '/his.iam.v1.IamService/CompleteStaffEnrolment',
                 request_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CompleteStaffEnrolmentRequest.SerializeToString,
@@ -386,12 +391,43 @@ class IamServiceServicer:
     def CreateStaffEnrolment(self, request, context):
         """Creates a one-time enrolment code for a staff member (an administrator's task), with which
         the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
-        retires the member's open ones; enrolling again replaces the password and the TOTP secret.
-        The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
-        INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
-        update staff credentials, or when the caller names themselves (nobody enrols themselves);
-        NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
-        the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+        retires the member's open ones; completing an enrolment replaces the password and the TOTP
+        secret. The code is returned once, only in this answer, and stored only as a keyed hash.
+
+        Two administrators: when the staff member already has a credential (re-enrolment), or holds
+        or is proposed a role that needs a TOTP code (DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN,
+        ADMINISTRATOR), the answer has `approval_required` set and its code is only the first half:
+        the enrolment works only after a second administrator, neither this one nor the staff member,
+        approves it (ApproveStaffEnrolment) and so receives the second half, and the staff member
+        gives both halves. So no single administrator can set, and then know, another person's
+        credential. The one exception is the first enrolment of someone without a credential while no
+        other active administrator with a credential exists who could approve it (a new
+        installation's second administrator). Otherwise (a first enrolment of a staff member with no
+        credential and no such role) one administrator suffices. Errors: INVALID_ARGUMENT if parent
+        is not `staff/{staff}`; PERMISSION_DENIED unless the caller may update staff credentials, or
+        (reason SELF_ENROLMENT) when the caller names themselves (nobody enrols themselves); NOT_FOUND
+        if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if the staff
+        member is inactive; UNIMPLEMENTED when the local provider is switched off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveStaffEnrolment(self, request, context):
+        """Approves an enrolment that needs a second administrator (`approval_required`) and returns it
+        with the second half of its code in `enrolment_code`, given only in this answer: hand it to
+        the staff member over a channel only they read; they complete the enrolment with both halves.
+        The approver is an active administrator who neither created the enrolment nor is the staff
+        member. An approval cannot be repeated (the half exists only in its answer): if it is lost,
+        create a new enrolment. Errors: INVALID_ARGUMENT if `name` is not
+        `staff/{staff}/enrolments/{enrolment}`; PERMISSION_DENIED unless the caller may update staff
+        credentials, or when the caller is the staff member (reason SELF_ENROLMENT), created the
+        enrolment (reason APPROVER_IS_PROPOSER) or is not an active administrator in iam's staff
+        table now (reason APPROVER_NOT_ADMINISTRATOR); NOT_FOUND if no such enrolment;
+        FAILED_PRECONDITION if the enrolment needs no approval (ENROLMENT_APPROVAL_NOT_REQUIRED), was
+        approved already (ENROLMENT_ALREADY_APPROVED), is used, retired or expired (ENROLMENT_CLOSED),
+        or the staff member is inactive (STAFF_INACTIVE); UNIMPLEMENTED when the local provider is
+        switched off.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -400,12 +436,16 @@ class IamServiceServicer:
     def CompleteStaffEnrolment(self, request, context):
         """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
         secret. Needs no authentication (the code is the proof). A code works once and until its
-        expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
-        malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
-        (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
-        username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
-        STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
-        caller's source; UNIMPLEMENTED when the local provider is switched off.
+        expire_time; an enrolment that needs a second administrator works only once approved, with
+        both halves (`enrolment_code` and `approval_code`). Audited as the staff member completing
+        their enrolment (that the password and TOTP secret were set, never their values). Errors:
+        INVALID_ARGUMENT if the username, enrolment_code or password is missing or malformed, the
+        approval_code is malformed, or the password is shorter than 12 or longer than 256 characters;
+        UNAUTHENTICATED (reason ENROLMENT_CODE_INVALID) if a code is wrong or missing, already used,
+        retired, expired, not yet approved, or the username is unknown or inactive (one answer for
+        all); RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed
+        attempts for the username or from the caller's source; UNIMPLEMENTED when the local provider
+        is switched off.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -598,6 +638,11 @@ def add_IamServiceServicer_to_server(servicer, server):
             'CreateStaffEnrolment': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateStaffEnrolment,
                     request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.CreateStaffEnrolmentRequest.FromString,
+                    response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.SerializeToString,
+            ),
+            'ApproveStaffEnrolment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveStaffEnrolment,
+                    request_deserializer=his_dot_iam_dot_v1_dot_iam__service__pb2.ApproveStaffEnrolmentRequest.FromString,
                     response_serializer=his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.SerializeToString,
             ),
             'CompleteStaffEnrolment': grpc.unary_unary_rpc_method_handler(
@@ -1112,6 +1157,33 @@ class IamService:
             target,
             '/his.iam.v1.IamService/CreateStaffEnrolment',
             his_dot_iam_dot_v1_dot_iam__service__pb2.CreateStaffEnrolmentRequest.SerializeToString,
+            his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveStaffEnrolment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/his.iam.v1.IamService/ApproveStaffEnrolment',
+            his_dot_iam_dot_v1_dot_iam__service__pb2.ApproveStaffEnrolmentRequest.SerializeToString,
             his_dot_iam_dot_v1_dot_iam__service__pb2.StaffEnrolment.FromString,
             options,
             channel_credentials,

@@ -181,22 +181,53 @@ class IamServiceStub:
     CreateStaffEnrolment: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffEnrolmentRequest, _iam_service_pb2.StaffEnrolment]
     """Creates a one-time enrolment code for a staff member (an administrator's task), with which
     the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
-    retires the member's open ones; enrolling again replaces the password and the TOTP secret.
-    The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
-    INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
-    update staff credentials, or when the caller names themselves (nobody enrols themselves);
-    NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
-    the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+    retires the member's open ones; completing an enrolment replaces the password and the TOTP
+    secret. The code is returned once, only in this answer, and stored only as a keyed hash.
+
+    Two administrators: when the staff member already has a credential (re-enrolment), or holds
+    or is proposed a role that needs a TOTP code (DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN,
+    ADMINISTRATOR), the answer has `approval_required` set and its code is only the first half:
+    the enrolment works only after a second administrator, neither this one nor the staff member,
+    approves it (ApproveStaffEnrolment) and so receives the second half, and the staff member
+    gives both halves. So no single administrator can set, and then know, another person's
+    credential. The one exception is the first enrolment of someone without a credential while no
+    other active administrator with a credential exists who could approve it (a new
+    installation's second administrator). Otherwise (a first enrolment of a staff member with no
+    credential and no such role) one administrator suffices. Errors: INVALID_ARGUMENT if parent
+    is not `staff/{staff}`; PERMISSION_DENIED unless the caller may update staff credentials, or
+    (reason SELF_ENROLMENT) when the caller names themselves (nobody enrols themselves); NOT_FOUND
+    if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if the staff
+    member is inactive; UNIMPLEMENTED when the local provider is switched off.
+    """
+    ApproveStaffEnrolment: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.ApproveStaffEnrolmentRequest, _iam_service_pb2.StaffEnrolment]
+    """Approves an enrolment that needs a second administrator (`approval_required`) and returns it
+    with the second half of its code in `enrolment_code`, given only in this answer: hand it to
+    the staff member over a channel only they read; they complete the enrolment with both halves.
+    The approver is an active administrator who neither created the enrolment nor is the staff
+    member. An approval cannot be repeated (the half exists only in its answer): if it is lost,
+    create a new enrolment. Errors: INVALID_ARGUMENT if `name` is not
+    `staff/{staff}/enrolments/{enrolment}`; PERMISSION_DENIED unless the caller may update staff
+    credentials, or when the caller is the staff member (reason SELF_ENROLMENT), created the
+    enrolment (reason APPROVER_IS_PROPOSER) or is not an active administrator in iam's staff
+    table now (reason APPROVER_NOT_ADMINISTRATOR); NOT_FOUND if no such enrolment;
+    FAILED_PRECONDITION if the enrolment needs no approval (ENROLMENT_APPROVAL_NOT_REQUIRED), was
+    approved already (ENROLMENT_ALREADY_APPROVED), is used, retired or expired (ENROLMENT_CLOSED),
+    or the staff member is inactive (STAFF_INACTIVE); UNIMPLEMENTED when the local provider is
+    switched off.
     """
     CompleteStaffEnrolment: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.CompleteStaffEnrolmentRequest, _iam_service_pb2.CompleteStaffEnrolmentResponse]
     """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
     secret. Needs no authentication (the code is the proof). A code works once and until its
-    expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
-    malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
-    (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
-    username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
-    STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
-    caller's source; UNIMPLEMENTED when the local provider is switched off.
+    expire_time; an enrolment that needs a second administrator works only once approved, with
+    both halves (`enrolment_code` and `approval_code`). Audited as the staff member completing
+    their enrolment (that the password and TOTP secret were set, never their values). Errors:
+    INVALID_ARGUMENT if the username, enrolment_code or password is missing or malformed, the
+    approval_code is malformed, or the password is shorter than 12 or longer than 256 characters;
+    UNAUTHENTICATED (reason ENROLMENT_CODE_INVALID) if a code is wrong or missing, already used,
+    retired, expired, not yet approved, or the username is unknown or inactive (one answer for
+    all); RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed
+    attempts for the username or from the caller's source; UNIMPLEMENTED when the local provider
+    is switched off.
     """
     StartPatientSignIn: _grpc.UnaryUnaryMultiCallable[_iam_service_pb2.StartPatientSignInRequest, _iam_service_pb2.StartPatientSignInResponse]
     """Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
@@ -422,22 +453,53 @@ class IamServiceAsyncStub(IamServiceStub):
     CreateStaffEnrolment: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.CreateStaffEnrolmentRequest, _iam_service_pb2.StaffEnrolment]  # type: ignore[assignment]
     """Creates a one-time enrolment code for a staff member (an administrator's task), with which
     the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
-    retires the member's open ones; enrolling again replaces the password and the TOTP secret.
-    The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
-    INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
-    update staff credentials, or when the caller names themselves (nobody enrols themselves);
-    NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
-    the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+    retires the member's open ones; completing an enrolment replaces the password and the TOTP
+    secret. The code is returned once, only in this answer, and stored only as a keyed hash.
+
+    Two administrators: when the staff member already has a credential (re-enrolment), or holds
+    or is proposed a role that needs a TOTP code (DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN,
+    ADMINISTRATOR), the answer has `approval_required` set and its code is only the first half:
+    the enrolment works only after a second administrator, neither this one nor the staff member,
+    approves it (ApproveStaffEnrolment) and so receives the second half, and the staff member
+    gives both halves. So no single administrator can set, and then know, another person's
+    credential. The one exception is the first enrolment of someone without a credential while no
+    other active administrator with a credential exists who could approve it (a new
+    installation's second administrator). Otherwise (a first enrolment of a staff member with no
+    credential and no such role) one administrator suffices. Errors: INVALID_ARGUMENT if parent
+    is not `staff/{staff}`; PERMISSION_DENIED unless the caller may update staff credentials, or
+    (reason SELF_ENROLMENT) when the caller names themselves (nobody enrols themselves); NOT_FOUND
+    if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if the staff
+    member is inactive; UNIMPLEMENTED when the local provider is switched off.
+    """
+    ApproveStaffEnrolment: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.ApproveStaffEnrolmentRequest, _iam_service_pb2.StaffEnrolment]  # type: ignore[assignment]
+    """Approves an enrolment that needs a second administrator (`approval_required`) and returns it
+    with the second half of its code in `enrolment_code`, given only in this answer: hand it to
+    the staff member over a channel only they read; they complete the enrolment with both halves.
+    The approver is an active administrator who neither created the enrolment nor is the staff
+    member. An approval cannot be repeated (the half exists only in its answer): if it is lost,
+    create a new enrolment. Errors: INVALID_ARGUMENT if `name` is not
+    `staff/{staff}/enrolments/{enrolment}`; PERMISSION_DENIED unless the caller may update staff
+    credentials, or when the caller is the staff member (reason SELF_ENROLMENT), created the
+    enrolment (reason APPROVER_IS_PROPOSER) or is not an active administrator in iam's staff
+    table now (reason APPROVER_NOT_ADMINISTRATOR); NOT_FOUND if no such enrolment;
+    FAILED_PRECONDITION if the enrolment needs no approval (ENROLMENT_APPROVAL_NOT_REQUIRED), was
+    approved already (ENROLMENT_ALREADY_APPROVED), is used, retired or expired (ENROLMENT_CLOSED),
+    or the staff member is inactive (STAFF_INACTIVE); UNIMPLEMENTED when the local provider is
+    switched off.
     """
     CompleteStaffEnrolment: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.CompleteStaffEnrolmentRequest, _iam_service_pb2.CompleteStaffEnrolmentResponse]  # type: ignore[assignment]
     """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
     secret. Needs no authentication (the code is the proof). A code works once and until its
-    expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
-    malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
-    (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
-    username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
-    STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
-    caller's source; UNIMPLEMENTED when the local provider is switched off.
+    expire_time; an enrolment that needs a second administrator works only once approved, with
+    both halves (`enrolment_code` and `approval_code`). Audited as the staff member completing
+    their enrolment (that the password and TOTP secret were set, never their values). Errors:
+    INVALID_ARGUMENT if the username, enrolment_code or password is missing or malformed, the
+    approval_code is malformed, or the password is shorter than 12 or longer than 256 characters;
+    UNAUTHENTICATED (reason ENROLMENT_CODE_INVALID) if a code is wrong or missing, already used,
+    retired, expired, not yet approved, or the username is unknown or inactive (one answer for
+    all); RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed
+    attempts for the username or from the caller's source; UNIMPLEMENTED when the local provider
+    is switched off.
     """
     StartPatientSignIn: _aio.UnaryUnaryMultiCallable[_iam_service_pb2.StartPatientSignInRequest, _iam_service_pb2.StartPatientSignInResponse]  # type: ignore[assignment]
     """Patient sign-in, step one: asks for a one-time code for the patient registered with this phone
@@ -762,12 +824,45 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_iam_service_pb2.StaffEnrolment, _abc.Awaitable[_iam_service_pb2.StaffEnrolment]]:
         """Creates a one-time enrolment code for a staff member (an administrator's task), with which
         the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
-        retires the member's open ones; enrolling again replaces the password and the TOTP secret.
-        The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
-        INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
-        update staff credentials, or when the caller names themselves (nobody enrols themselves);
-        NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
-        the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+        retires the member's open ones; completing an enrolment replaces the password and the TOTP
+        secret. The code is returned once, only in this answer, and stored only as a keyed hash.
+
+        Two administrators: when the staff member already has a credential (re-enrolment), or holds
+        or is proposed a role that needs a TOTP code (DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN,
+        ADMINISTRATOR), the answer has `approval_required` set and its code is only the first half:
+        the enrolment works only after a second administrator, neither this one nor the staff member,
+        approves it (ApproveStaffEnrolment) and so receives the second half, and the staff member
+        gives both halves. So no single administrator can set, and then know, another person's
+        credential. The one exception is the first enrolment of someone without a credential while no
+        other active administrator with a credential exists who could approve it (a new
+        installation's second administrator). Otherwise (a first enrolment of a staff member with no
+        credential and no such role) one administrator suffices. Errors: INVALID_ARGUMENT if parent
+        is not `staff/{staff}`; PERMISSION_DENIED unless the caller may update staff credentials, or
+        (reason SELF_ENROLMENT) when the caller names themselves (nobody enrols themselves); NOT_FOUND
+        if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if the staff
+        member is inactive; UNIMPLEMENTED when the local provider is switched off.
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveStaffEnrolment(
+        self,
+        request: _iam_service_pb2.ApproveStaffEnrolmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_service_pb2.StaffEnrolment, _abc.Awaitable[_iam_service_pb2.StaffEnrolment]]:
+        """Approves an enrolment that needs a second administrator (`approval_required`) and returns it
+        with the second half of its code in `enrolment_code`, given only in this answer: hand it to
+        the staff member over a channel only they read; they complete the enrolment with both halves.
+        The approver is an active administrator who neither created the enrolment nor is the staff
+        member. An approval cannot be repeated (the half exists only in its answer): if it is lost,
+        create a new enrolment. Errors: INVALID_ARGUMENT if `name` is not
+        `staff/{staff}/enrolments/{enrolment}`; PERMISSION_DENIED unless the caller may update staff
+        credentials, or when the caller is the staff member (reason SELF_ENROLMENT), created the
+        enrolment (reason APPROVER_IS_PROPOSER) or is not an active administrator in iam's staff
+        table now (reason APPROVER_NOT_ADMINISTRATOR); NOT_FOUND if no such enrolment;
+        FAILED_PRECONDITION if the enrolment needs no approval (ENROLMENT_APPROVAL_NOT_REQUIRED), was
+        approved already (ENROLMENT_ALREADY_APPROVED), is used, retired or expired (ENROLMENT_CLOSED),
+        or the staff member is inactive (STAFF_INACTIVE); UNIMPLEMENTED when the local provider is
+        switched off.
         """
 
     @_abc_1.abstractmethod
@@ -778,12 +873,16 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_iam_service_pb2.CompleteStaffEnrolmentResponse, _abc.Awaitable[_iam_service_pb2.CompleteStaffEnrolmentResponse]]:
         """Sets a staff member's password with a one-time enrolment code and returns their new TOTP
         secret. Needs no authentication (the code is the proof). A code works once and until its
-        expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
-        malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
-        (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
-        username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
-        STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
-        caller's source; UNIMPLEMENTED when the local provider is switched off.
+        expire_time; an enrolment that needs a second administrator works only once approved, with
+        both halves (`enrolment_code` and `approval_code`). Audited as the staff member completing
+        their enrolment (that the password and TOTP secret were set, never their values). Errors:
+        INVALID_ARGUMENT if the username, enrolment_code or password is missing or malformed, the
+        approval_code is malformed, or the password is shorter than 12 or longer than 256 characters;
+        UNAUTHENTICATED (reason ENROLMENT_CODE_INVALID) if a code is wrong or missing, already used,
+        retired, expired, not yet approved, or the username is unknown or inactive (one answer for
+        all); RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed
+        attempts for the username or from the caller's source; UNIMPLEMENTED when the local provider
+        is switched off.
         """
 
     @_abc_1.abstractmethod

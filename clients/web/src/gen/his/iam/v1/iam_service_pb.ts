@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file his/iam/v1/iam_service.proto.
  */
 export const file_his_iam_v1_iam_service: GenFile = /*@__PURE__*/
-  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsQCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkSHQoVcGVuZGluZ19hY2Nlc3NfY2hhbmdlGAogASgJIu8BChREZXBhcnRtZW50TWVtYmVyc2hpcBIMCgRuYW1lGAEgASgJEhIKCmRlcGFydG1lbnQYAiABKAkSJQoGcGVyaW9kGAMgASgLMhUuaGlzLmNvbW1vbi52MS5QZXJpb2QSDwoHcHJpbWFyeRgEIAEoCBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoOYXBwcm92YWxfc3RhdGUYBiABKA4yHS5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZVN0YXRlEhUKDWFjY2Vzc19jaGFuZ2UYByABKAkimAIKDEFjY2Vzc0NoYW5nZRIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEiQKBXJvbGVzGAMgAygOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSEgoKbWVtYmVyc2hpcBgEIAEoCRIsCgVzdGF0ZRgFIAEoDjIdLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlU3RhdGUSEAoIcHJvcG9zZXIYBiABKAkSDwoHZGVjaWRlchgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGVjaWRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpADChRFbWVyZ2VuY3lBY2Nlc3NHcmFudBIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEg8KB3BhdGllbnQYAyABKAkSDgoGcmVhc29uGAQgASgJEi4KCmdyYW50X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAcgASgIEi8KC3Jldm9rZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI8CgxyZXZpZXdfc3RhdGUYCSABKA4yJi5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc1Jldmlld1N0YXRlEhAKCHJldmlld2VyGAogASgJEi8KC3Jldmlld190aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5yZXZpZXdfY29tbWVudBgMIAEoCSJZChdDcmVhdGVEZXBhcnRtZW50UmVxdWVzdBIqCgpkZXBhcnRtZW50GAEgASgLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhIKCnJlcXVlc3RfaWQYAiABKAkiJAoUR2V0RGVwYXJ0bWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJpChZMaXN0RGVwYXJ0bWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEigKBGtpbmQYAyABKA4yGi5oaXMuaWFtLnYxLkRlcGFydG1lbnRLaW5kIl8KF0xpc3REZXBhcnRtZW50c1Jlc3BvbnNlEisKC2RlcGFydG1lbnRzGAEgAygLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJdChhDcmVhdGVTdGFmZk1lbWJlclJlcXVlc3QSLQoMc3RhZmZfbWVtYmVyGAEgASgLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchISCgpyZXF1ZXN0X2lkGAIgASgJIiUKFUdldFN0YWZmTWVtYmVyUmVxdWVzdBIMCgRuYW1lGAEgASgJIq4BChdMaXN0U3RhZmZNZW1iZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIQCgh1c2VybmFtZRgDIAEoCRIbChNkaXNwbGF5X25hbWVfcHJlZml4GAQgASgJEiMKBHJvbGUYBSABKA4yFS5oaXMuaWFtLnYxLlN0YWZmUm9sZRIYChBpbmNsdWRlX2luYWN0aXZlGAYgASgIImMKGExpc3RTdGFmZk1lbWJlcnNSZXNwb25zZRIuCg1zdGFmZl9tZW1iZXJzGAEgAygLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjoKHERlYWN0aXZhdGVTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJInAKFEFkZE1lbWJlcnNoaXBSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRI0CgptZW1iZXJzaGlwGAIgASgLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBISCgpyZXF1ZXN0X2lkGAMgASgJIicKF1JlbW92ZU1lbWJlcnNoaXBSZXF1ZXN0EgwKBG5hbWUYASABKAkieQoWTGlzdE1lbWJlcnNoaXBzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSEgoKZGVwYXJ0bWVudBgEIAEoCRIUCgxjdXJyZW50X29ubHkYBSABKAgiaQoXTGlzdE1lbWJlcnNoaXBzUmVzcG9uc2USNQoLbWVtYmVyc2hpcHMYASADKAsyIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChZHZXRBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkifgoYTGlzdEFjY2Vzc0NoYW5nZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXN0YWZmGAMgASgJEiwKBXN0YXRlGAQgASgOMh0uaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2VTdGF0ZSJmChlMaXN0QWNjZXNzQ2hhbmdlc1Jlc3BvbnNlEjAKDmFjY2Vzc19jaGFuZ2VzGAEgAygLMhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKGkFwcHJvdmVBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiKQoZUmVqZWN0QWNjZXNzQ2hhbmdlUmVxdWVzdBIMCgRuYW1lGAEgASgJIkwKEUlzc3VlVG9rZW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkSEQoJdG90cF9jb2RlGAMgASgJIm8KEklzc3VlVG9rZW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZwoOU3RhZmZFbnJvbG1lbnQSDAoEbmFtZRgBIAEoCRIWCg5lbnJvbG1lbnRfY29kZRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiLQobQ3JlYXRlU3RhZmZFbnJvbG1lbnRSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCSJbCh1Db21wbGV0ZVN0YWZmRW5yb2xtZW50UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIWCg5lbnJvbG1lbnRfY29kZRgCIAEoCRIQCghwYXNzd29yZBgDIAEoCSJ0Ch5Db21wbGV0ZVN0YWZmRW5yb2xtZW50UmVzcG9uc2USFAoMc3RhZmZfbWVtYmVyGAEgASgJEhMKC3RvdHBfc2VjcmV0GAIgASgJEhAKCHRvdHBfdXJpGAMgASgJEhUKDXRvdHBfcmVxdWlyZWQYBCABKAgiKgoZU3RhcnRQYXRpZW50U2lnbkluUmVxdWVzdBINCgVwaG9uZRgBIAEoCSJzChpTdGFydFBhdGllbnRTaWduSW5SZXNwb25zZRIPCgdzaWduX2luGAEgASgJEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtjb2RlX2xlbmd0aBgDIAEoBSI9ChxDb21wbGV0ZVBhdGllbnRTaWduSW5SZXF1ZXN0Eg8KB3NpZ25faW4YASABKAkSDAoEY29kZRgCIAEoCSKLAQodQ29tcGxldGVQYXRpZW50U2lnbkluUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3BhdGllbnQYBCABKAkiEAoOR2V0Sndrc1JlcXVlc3QiNQoNSnNvbldlYktleVNldBIkCgRrZXlzGAEgAygLMhYuaGlzLmlhbS52MS5Kc29uV2ViS2V5IlYKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2tpZBgCIAEoCRILCgN1c2UYAyABKAkSCwoDYWxnGAQgASgJEgkKAW4YBSABKAkSCQoBZRgGIAEoCSKmAQohQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0EkAKFmVtZXJnZW5jeV9hY2Nlc3NfZ3JhbnQYASABKAsyIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50EisKCGR1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhIKCnJlcXVlc3RfaWQYAyABKAkivAEKIExpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXN0YWZmGAMgASgJEg8KB3BhdGllbnQYBCABKAkSEwoLYWN0aXZlX29ubHkYBSABKAgSPAoMcmV2aWV3X3N0YXRlGAYgASgOMiYuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NSZXZpZXdTdGF0ZSJ/CiFMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVzcG9uc2USQQoXZW1lcmdlbmN5X2FjY2Vzc19ncmFudHMYASADKAsyIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIxCiFSZXZva2VFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJ7CiFSZXZpZXdFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRI3CgdvdXRjb21lGAIgASgOMiYuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NSZXZpZXdTdGF0ZRIPCgdjb21tZW50GAMgASgJKv4BCg5EZXBhcnRtZW50S2luZBIfChtERVBBUlRNRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIeChpERVBBUlRNRU5UX0tJTkRfT1VUUEFUSUVOVBABEh0KGURFUEFSVE1FTlRfS0lORF9JTlBBVElFTlQQAhIdChlERVBBUlRNRU5UX0tJTkRfRU1FUkdFTkNZEAMSGwoXREVQQVJUTUVOVF9LSU5EX1NVUkdFUlkQBBIXChNERVBBUlRNRU5UX0tJTkRfTEFCEAUSHAoYREVQQVJUTUVOVF9LSU5EX1BIQVJNQUNZEAYSGQoVREVQQVJUTUVOVF9LSU5EX0FETUlOEAcqnAIKCVN0YWZmUm9sZRIaChZTVEFGRl9ST0xFX1VOU1BFQ0lGSUVEEAASGAoUU1RBRkZfUk9MRV9SRUdJU1RSQVIQARIVChFTVEFGRl9ST0xFX0RPQ1RPUhACEhQKEFNUQUZGX1JPTEVfTlVSU0UQAxIZChVTVEFGRl9ST0xFX1BIQVJNQUNJU1QQBBIdChlTVEFGRl9ST0xFX0xBQl9URUNITklDSUFOEAUSHAoYU1RBRkZfUk9MRV9CSUxMSU5HX0NMRVJLEAYSFgoSU1RBRkZfUk9MRV9BVURJVE9SEAcSHAoYU1RBRkZfUk9MRV9BRE1JTklTVFJBVE9SEAgSHgoaU1RBRkZfUk9MRV9QUklWQUNZX09GRklDRVIQCSrOAQoaRW1lcmdlbmN5QWNjZXNzUmV2aWV3U3RhdGUSLQopRU1FUkdFTkNZX0FDQ0VTU19SRVZJRVdfU1RBVEVfVU5TUEVDSUZJRUQQABIpCiVFTUVSR0VOQ1lfQUNDRVNTX1JFVklFV19TVEFURV9QRU5ESU5HEAESKwonRU1FUkdFTkNZX0FDQ0VTU19SRVZJRVdfU1RBVEVfSlVTVElGSUVEEAISKQolRU1FUkdFTkNZX0FDQ0VTU19SRVZJRVdfU1RBVEVfRkxBR0dFRBADKp0BChFBY2Nlc3NDaGFuZ2VTdGF0ZRIjCh9BQ0NFU1NfQ0hBTkdFX1NUQVRFX1VOU1BFQ0lGSUVEEAASHwobQUNDRVNTX0NIQU5HRV9TVEFURV9QRU5ESU5HEAESIAocQUNDRVNTX0NIQU5HRV9TVEFURV9BUFBST1ZFRBACEiAKHEFDQ0VTU19DSEFOR0VfU1RBVEVfUkVKRUNURUQQAzLmEgoKSWFtU2VydmljZRJPChBDcmVhdGVEZXBhcnRtZW50EiMuaGlzLmlhbS52MS5DcmVhdGVEZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudBJOCg1HZXREZXBhcnRtZW50EiAuaGlzLmlhbS52MS5HZXREZXBhcnRtZW50UmVxdWVzdBoWLmhpcy5pYW0udjEuRGVwYXJ0bWVudCIDkAIBEl8KD0xpc3REZXBhcnRtZW50cxIiLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVxdWVzdBojLmhpcy5pYW0udjEuTGlzdERlcGFydG1lbnRzUmVzcG9uc2UiA5ACARJSChFDcmVhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuQ3JlYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchJRCg5HZXRTdGFmZk1lbWJlchIhLmhpcy5pYW0udjEuR2V0U3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAIBEmIKEExpc3RTdGFmZk1lbWJlcnMSIy5oaXMuaWFtLnYxLkxpc3RTdGFmZk1lbWJlcnNSZXF1ZXN0GiQuaGlzLmlhbS52MS5MaXN0U3RhZmZNZW1iZXJzUmVzcG9uc2UiA5ACARJXChFVcGRhdGVTdGFmZk1lbWJlchIkLmhpcy5pYW0udjEuVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAICEl8KFURlYWN0aXZhdGVTdGFmZk1lbWJlchIoLmhpcy5pYW0udjEuRGVhY3RpdmF0ZVN0YWZmTWVtYmVyUmVxdWVzdBoXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXIiA5ACAhJTCg1BZGRNZW1iZXJzaGlwEiAuaGlzLmlhbS52MS5BZGRNZW1iZXJzaGlwUmVxdWVzdBogLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXASXgoQUmVtb3ZlTWVtYmVyc2hpcBIjLmhpcy5pYW0udjEuUmVtb3ZlTWVtYmVyc2hpcFJlcXVlc3QaIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwIgOQAgISXwoPTGlzdE1lbWJlcnNoaXBzEiIuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXF1ZXN0GiMuaGlzLmlhbS52MS5MaXN0TWVtYmVyc2hpcHNSZXNwb25zZSIDkAIBElQKD0dldEFjY2Vzc0NoYW5nZRIiLmhpcy5pYW0udjEuR2V0QWNjZXNzQ2hhbmdlUmVxdWVzdBoYLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlIgOQAgESZQoRTGlzdEFjY2Vzc0NoYW5nZXMSJC5oaXMuaWFtLnYxLkxpc3RBY2Nlc3NDaGFuZ2VzUmVxdWVzdBolLmhpcy5pYW0udjEuTGlzdEFjY2Vzc0NoYW5nZXNSZXNwb25zZSIDkAIBElwKE0FwcHJvdmVBY2Nlc3NDaGFuZ2USJi5oaXMuaWFtLnYxLkFwcHJvdmVBY2Nlc3NDaGFuZ2VSZXF1ZXN0GhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2UiA5ACAhJaChJSZWplY3RBY2Nlc3NDaGFuZ2USJS5oaXMuaWFtLnYxLlJlamVjdEFjY2Vzc0NoYW5nZVJlcXVlc3QaGC5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZSIDkAICEksKCklzc3VlVG9rZW4SHS5oaXMuaWFtLnYxLklzc3VlVG9rZW5SZXF1ZXN0Gh4uaGlzLmlhbS52MS5Jc3N1ZVRva2VuUmVzcG9uc2USWwoUQ3JlYXRlU3RhZmZFbnJvbG1lbnQSJy5oaXMuaWFtLnYxLkNyZWF0ZVN0YWZmRW5yb2xtZW50UmVxdWVzdBoaLmhpcy5pYW0udjEuU3RhZmZFbnJvbG1lbnQSbwoWQ29tcGxldGVTdGFmZkVucm9sbWVudBIpLmhpcy5pYW0udjEuQ29tcGxldGVTdGFmZkVucm9sbWVudFJlcXVlc3QaKi5oaXMuaWFtLnYxLkNvbXBsZXRlU3RhZmZFbnJvbG1lbnRSZXNwb25zZRJjChJTdGFydFBhdGllbnRTaWduSW4SJS5oaXMuaWFtLnYxLlN0YXJ0UGF0aWVudFNpZ25JblJlcXVlc3QaJi5oaXMuaWFtLnYxLlN0YXJ0UGF0aWVudFNpZ25JblJlc3BvbnNlEmwKFUNvbXBsZXRlUGF0aWVudFNpZ25JbhIoLmhpcy5pYW0udjEuQ29tcGxldGVQYXRpZW50U2lnbkluUmVxdWVzdBopLmhpcy5pYW0udjEuQ29tcGxldGVQYXRpZW50U2lnbkluUmVzcG9uc2USRQoHR2V0SndrcxIaLmhpcy5pYW0udjEuR2V0Sndrc1JlcXVlc3QaGS5oaXMuaWFtLnYxLkpzb25XZWJLZXlTZXQiA5ACARJtChpDcmVhdGVFbWVyZ2VuY3lBY2Nlc3NHcmFudBItLmhpcy5pYW0udjEuQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0GiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudBJ9ChlMaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzEiwuaGlzLmlhbS52MS5MaXN0RW1lcmdlbmN5QWNjZXNzR3JhbnRzUmVxdWVzdBotLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1Jlc3BvbnNlIgOQAgEScgoaUmV2b2tlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQiA5ACAhJtChpSZXZpZXdFbWVyZ2VuY3lBY2Nlc3NHcmFudBItLmhpcy5pYW0udjEuUmV2aWV3RW1lcmdlbmN5QWNjZXNzR3JhbnRSZXF1ZXN0GiAuaGlzLmlhbS52MS5FbWVyZ2VuY3lBY2Nlc3NHcmFudGIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
+  fileDesc("ChxoaXMvaWFtL3YxL2lhbV9zZXJ2aWNlLnByb3RvEgpoaXMuaWFtLnYxIpkBCgpEZXBhcnRtZW50EgwKBG5hbWUYASABKAkSDAoEY29kZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLmhpcy5pYW0udjEuRGVwYXJ0bWVudEtpbmQSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsQCCgtTdGFmZk1lbWJlchIMCgRuYW1lGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIkCgVyb2xlcxgEIAMoDjIVLmhpcy5pYW0udjEuU3RhZmZSb2xlEjoKF3ByYWN0aXRpb25lcl9pZGVudGlmaWVyGAUgASgLMhkuaGlzLmNvbW1vbi52MS5JZGVudGlmaWVyEg4KBmFjdGl2ZRgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYCSABKAkSHQoVcGVuZGluZ19hY2Nlc3NfY2hhbmdlGAogASgJIu8BChREZXBhcnRtZW50TWVtYmVyc2hpcBIMCgRuYW1lGAEgASgJEhIKCmRlcGFydG1lbnQYAiABKAkSJQoGcGVyaW9kGAMgASgLMhUuaGlzLmNvbW1vbi52MS5QZXJpb2QSDwoHcHJpbWFyeRgEIAEoCBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoOYXBwcm92YWxfc3RhdGUYBiABKA4yHS5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZVN0YXRlEhUKDWFjY2Vzc19jaGFuZ2UYByABKAkimAIKDEFjY2Vzc0NoYW5nZRIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEiQKBXJvbGVzGAMgAygOMhUuaGlzLmlhbS52MS5TdGFmZlJvbGUSEgoKbWVtYmVyc2hpcBgEIAEoCRIsCgVzdGF0ZRgFIAEoDjIdLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlU3RhdGUSEAoIcHJvcG9zZXIYBiABKAkSDwoHZGVjaWRlchgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGVjaWRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpADChRFbWVyZ2VuY3lBY2Nlc3NHcmFudBIMCgRuYW1lGAEgASgJEg0KBXN0YWZmGAIgASgJEg8KB3BhdGllbnQYAyABKAkSDgoGcmVhc29uGAQgASgJEi4KCmdyYW50X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAcgASgIEi8KC3Jldm9rZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI8CgxyZXZpZXdfc3RhdGUYCSABKA4yJi5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc1Jldmlld1N0YXRlEhAKCHJldmlld2VyGAogASgJEi8KC3Jldmlld190aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5yZXZpZXdfY29tbWVudBgMIAEoCSJZChdDcmVhdGVEZXBhcnRtZW50UmVxdWVzdBIqCgpkZXBhcnRtZW50GAEgASgLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhIKCnJlcXVlc3RfaWQYAiABKAkiJAoUR2V0RGVwYXJ0bWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJpChZMaXN0RGVwYXJ0bWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEigKBGtpbmQYAyABKA4yGi5oaXMuaWFtLnYxLkRlcGFydG1lbnRLaW5kIl8KF0xpc3REZXBhcnRtZW50c1Jlc3BvbnNlEisKC2RlcGFydG1lbnRzGAEgAygLMhYuaGlzLmlhbS52MS5EZXBhcnRtZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJdChhDcmVhdGVTdGFmZk1lbWJlclJlcXVlc3QSLQoMc3RhZmZfbWVtYmVyGAEgASgLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchISCgpyZXF1ZXN0X2lkGAIgASgJIiUKFUdldFN0YWZmTWVtYmVyUmVxdWVzdBIMCgRuYW1lGAEgASgJIq4BChdMaXN0U3RhZmZNZW1iZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIQCgh1c2VybmFtZRgDIAEoCRIbChNkaXNwbGF5X25hbWVfcHJlZml4GAQgASgJEiMKBHJvbGUYBSABKA4yFS5oaXMuaWFtLnYxLlN0YWZmUm9sZRIYChBpbmNsdWRlX2luYWN0aXZlGAYgASgIImMKGExpc3RTdGFmZk1lbWJlcnNSZXNwb25zZRIuCg1zdGFmZl9tZW1iZXJzGAEgAygLMhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlU3RhZmZNZW1iZXJSZXF1ZXN0Ei0KDHN0YWZmX21lbWJlchgBIAEoCzIXLmhpcy5pYW0udjEuU3RhZmZNZW1iZXISLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjoKHERlYWN0aXZhdGVTdGFmZk1lbWJlclJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJInAKFEFkZE1lbWJlcnNoaXBSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRI0CgptZW1iZXJzaGlwGAIgASgLMiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBISCgpyZXF1ZXN0X2lkGAMgASgJIicKF1JlbW92ZU1lbWJlcnNoaXBSZXF1ZXN0EgwKBG5hbWUYASABKAkieQoWTGlzdE1lbWJlcnNoaXBzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSEgoKZGVwYXJ0bWVudBgEIAEoCRIUCgxjdXJyZW50X29ubHkYBSABKAgiaQoXTGlzdE1lbWJlcnNoaXBzUmVzcG9uc2USNQoLbWVtYmVyc2hpcHMYASADKAsyIC5oaXMuaWFtLnYxLkRlcGFydG1lbnRNZW1iZXJzaGlwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSImChZHZXRBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkifgoYTGlzdEFjY2Vzc0NoYW5nZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXN0YWZmGAMgASgJEiwKBXN0YXRlGAQgASgOMh0uaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2VTdGF0ZSJmChlMaXN0QWNjZXNzQ2hhbmdlc1Jlc3BvbnNlEjAKDmFjY2Vzc19jaGFuZ2VzGAEgAygLMhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKGkFwcHJvdmVBY2Nlc3NDaGFuZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiKQoZUmVqZWN0QWNjZXNzQ2hhbmdlUmVxdWVzdBIMCgRuYW1lGAEgASgJIkwKEUlzc3VlVG9rZW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkSEQoJdG90cF9jb2RlGAMgASgJIm8KEklzc3VlVG9rZW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi1wEKDlN0YWZmRW5yb2xtZW50EgwKBG5hbWUYASABKAkSFgoOZW5yb2xtZW50X2NvZGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEWFwcHJvdmFsX3JlcXVpcmVkGAQgASgIEg8KB2NyZWF0b3IYBSABKAkSEAoIYXBwcm92ZXIYBiABKAkSMAoMYXBwcm92ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCItChtDcmVhdGVTdGFmZkVucm9sbWVudFJlcXVlc3QSDgoGcGFyZW50GAEgASgJIiwKHEFwcHJvdmVTdGFmZkVucm9sbWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJyCh1Db21wbGV0ZVN0YWZmRW5yb2xtZW50UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIWCg5lbnJvbG1lbnRfY29kZRgCIAEoCRIQCghwYXNzd29yZBgDIAEoCRIVCg1hcHByb3ZhbF9jb2RlGAQgASgJInQKHkNvbXBsZXRlU3RhZmZFbnJvbG1lbnRSZXNwb25zZRIUCgxzdGFmZl9tZW1iZXIYASABKAkSEwoLdG90cF9zZWNyZXQYAiABKAkSEAoIdG90cF91cmkYAyABKAkSFQoNdG90cF9yZXF1aXJlZBgEIAEoCCIqChlTdGFydFBhdGllbnRTaWduSW5SZXF1ZXN0Eg0KBXBob25lGAEgASgJInMKGlN0YXJ0UGF0aWVudFNpZ25JblJlc3BvbnNlEg8KB3NpZ25faW4YASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgFIj0KHENvbXBsZXRlUGF0aWVudFNpZ25JblJlcXVlc3QSDwoHc2lnbl9pbhgBIAEoCRIMCgRjb2RlGAIgASgJIosBCh1Db21wbGV0ZVBhdGllbnRTaWduSW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcGF0aWVudBgEIAEoCSIQCg5HZXRKd2tzUmVxdWVzdCI1Cg1Kc29uV2ViS2V5U2V0EiQKBGtleXMYASADKAsyFi5oaXMuaWFtLnYxLkpzb25XZWJLZXkiVgoKSnNvbldlYktleRILCgNrdHkYASABKAkSCwoDa2lkGAIgASgJEgsKA3VzZRgDIAEoCRILCgNhbGcYBCABKAkSCQoBbhgFIAEoCRIJCgFlGAYgASgJIqYBCiFDcmVhdGVFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QSQAoWZW1lcmdlbmN5X2FjY2Vzc19ncmFudBgBIAEoCzIgLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSKwoIZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgDIAEoCSK8AQogTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDQoFc3RhZmYYAyABKAkSDwoHcGF0aWVudBgEIAEoCRITCgthY3RpdmVfb25seRgFIAEoCBI8CgxyZXZpZXdfc3RhdGUYBiABKA4yJi5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc1Jldmlld1N0YXRlIn8KIUxpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXNwb25zZRJBChdlbWVyZ2VuY3lfYWNjZXNzX2dyYW50cxgBIAMoCzIgLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjEKIVJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBIMCgRuYW1lGAEgASgJInsKIVJldmlld0VtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEjcKB291dGNvbWUYAiABKA4yJi5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc1Jldmlld1N0YXRlEg8KB2NvbW1lbnQYAyABKAkq/gEKDkRlcGFydG1lbnRLaW5kEh8KG0RFUEFSVE1FTlRfS0lORF9VTlNQRUNJRklFRBAAEh4KGkRFUEFSVE1FTlRfS0lORF9PVVRQQVRJRU5UEAESHQoZREVQQVJUTUVOVF9LSU5EX0lOUEFUSUVOVBACEh0KGURFUEFSVE1FTlRfS0lORF9FTUVSR0VOQ1kQAxIbChdERVBBUlRNRU5UX0tJTkRfU1VSR0VSWRAEEhcKE0RFUEFSVE1FTlRfS0lORF9MQUIQBRIcChhERVBBUlRNRU5UX0tJTkRfUEhBUk1BQ1kQBhIZChVERVBBUlRNRU5UX0tJTkRfQURNSU4QByqcAgoJU3RhZmZSb2xlEhoKFlNUQUZGX1JPTEVfVU5TUEVDSUZJRUQQABIYChRTVEFGRl9ST0xFX1JFR0lTVFJBUhABEhUKEVNUQUZGX1JPTEVfRE9DVE9SEAISFAoQU1RBRkZfUk9MRV9OVVJTRRADEhkKFVNUQUZGX1JPTEVfUEhBUk1BQ0lTVBAEEh0KGVNUQUZGX1JPTEVfTEFCX1RFQ0hOSUNJQU4QBRIcChhTVEFGRl9ST0xFX0JJTExJTkdfQ0xFUksQBhIWChJTVEFGRl9ST0xFX0FVRElUT1IQBxIcChhTVEFGRl9ST0xFX0FETUlOSVNUUkFUT1IQCBIeChpTVEFGRl9ST0xFX1BSSVZBQ1lfT0ZGSUNFUhAJKs4BChpFbWVyZ2VuY3lBY2Nlc3NSZXZpZXdTdGF0ZRItCilFTUVSR0VOQ1lfQUNDRVNTX1JFVklFV19TVEFURV9VTlNQRUNJRklFRBAAEikKJUVNRVJHRU5DWV9BQ0NFU1NfUkVWSUVXX1NUQVRFX1BFTkRJTkcQARIrCidFTUVSR0VOQ1lfQUNDRVNTX1JFVklFV19TVEFURV9KVVNUSUZJRUQQAhIpCiVFTUVSR0VOQ1lfQUNDRVNTX1JFVklFV19TVEFURV9GTEFHR0VEEAMqnQEKEUFjY2Vzc0NoYW5nZVN0YXRlEiMKH0FDQ0VTU19DSEFOR0VfU1RBVEVfVU5TUEVDSUZJRUQQABIfChtBQ0NFU1NfQ0hBTkdFX1NUQVRFX1BFTkRJTkcQARIgChxBQ0NFU1NfQ0hBTkdFX1NUQVRFX0FQUFJPVkVEEAISIAocQUNDRVNTX0NIQU5HRV9TVEFURV9SRUpFQ1RFRBADMsUTCgpJYW1TZXJ2aWNlEk8KEENyZWF0ZURlcGFydG1lbnQSIy5oaXMuaWFtLnYxLkNyZWF0ZURlcGFydG1lbnRSZXF1ZXN0GhYuaGlzLmlhbS52MS5EZXBhcnRtZW50Ek4KDUdldERlcGFydG1lbnQSIC5oaXMuaWFtLnYxLkdldERlcGFydG1lbnRSZXF1ZXN0GhYuaGlzLmlhbS52MS5EZXBhcnRtZW50IgOQAgESXwoPTGlzdERlcGFydG1lbnRzEiIuaGlzLmlhbS52MS5MaXN0RGVwYXJ0bWVudHNSZXF1ZXN0GiMuaGlzLmlhbS52MS5MaXN0RGVwYXJ0bWVudHNSZXNwb25zZSIDkAIBElIKEUNyZWF0ZVN0YWZmTWVtYmVyEiQuaGlzLmlhbS52MS5DcmVhdGVTdGFmZk1lbWJlclJlcXVlc3QaFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyElEKDkdldFN0YWZmTWVtYmVyEiEuaGlzLmlhbS52MS5HZXRTdGFmZk1lbWJlclJlcXVlc3QaFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyIgOQAgESYgoQTGlzdFN0YWZmTWVtYmVycxIjLmhpcy5pYW0udjEuTGlzdFN0YWZmTWVtYmVyc1JlcXVlc3QaJC5oaXMuaWFtLnYxLkxpc3RTdGFmZk1lbWJlcnNSZXNwb25zZSIDkAIBElcKEVVwZGF0ZVN0YWZmTWVtYmVyEiQuaGlzLmlhbS52MS5VcGRhdGVTdGFmZk1lbWJlclJlcXVlc3QaFy5oaXMuaWFtLnYxLlN0YWZmTWVtYmVyIgOQAgISXwoVRGVhY3RpdmF0ZVN0YWZmTWVtYmVyEiguaGlzLmlhbS52MS5EZWFjdGl2YXRlU3RhZmZNZW1iZXJSZXF1ZXN0GhcuaGlzLmlhbS52MS5TdGFmZk1lbWJlciIDkAICElMKDUFkZE1lbWJlcnNoaXASIC5oaXMuaWFtLnYxLkFkZE1lbWJlcnNoaXBSZXF1ZXN0GiAuaGlzLmlhbS52MS5EZXBhcnRtZW50TWVtYmVyc2hpcBJeChBSZW1vdmVNZW1iZXJzaGlwEiMuaGlzLmlhbS52MS5SZW1vdmVNZW1iZXJzaGlwUmVxdWVzdBogLmhpcy5pYW0udjEuRGVwYXJ0bWVudE1lbWJlcnNoaXAiA5ACAhJfCg9MaXN0TWVtYmVyc2hpcHMSIi5oaXMuaWFtLnYxLkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QaIy5oaXMuaWFtLnYxLkxpc3RNZW1iZXJzaGlwc1Jlc3BvbnNlIgOQAgESVAoPR2V0QWNjZXNzQ2hhbmdlEiIuaGlzLmlhbS52MS5HZXRBY2Nlc3NDaGFuZ2VSZXF1ZXN0GhguaGlzLmlhbS52MS5BY2Nlc3NDaGFuZ2UiA5ACARJlChFMaXN0QWNjZXNzQ2hhbmdlcxIkLmhpcy5pYW0udjEuTGlzdEFjY2Vzc0NoYW5nZXNSZXF1ZXN0GiUuaGlzLmlhbS52MS5MaXN0QWNjZXNzQ2hhbmdlc1Jlc3BvbnNlIgOQAgESXAoTQXBwcm92ZUFjY2Vzc0NoYW5nZRImLmhpcy5pYW0udjEuQXBwcm92ZUFjY2Vzc0NoYW5nZVJlcXVlc3QaGC5oaXMuaWFtLnYxLkFjY2Vzc0NoYW5nZSIDkAICEloKElJlamVjdEFjY2Vzc0NoYW5nZRIlLmhpcy5pYW0udjEuUmVqZWN0QWNjZXNzQ2hhbmdlUmVxdWVzdBoYLmhpcy5pYW0udjEuQWNjZXNzQ2hhbmdlIgOQAgISSwoKSXNzdWVUb2tlbhIdLmhpcy5pYW0udjEuSXNzdWVUb2tlblJlcXVlc3QaHi5oaXMuaWFtLnYxLklzc3VlVG9rZW5SZXNwb25zZRJbChRDcmVhdGVTdGFmZkVucm9sbWVudBInLmhpcy5pYW0udjEuQ3JlYXRlU3RhZmZFbnJvbG1lbnRSZXF1ZXN0GhouaGlzLmlhbS52MS5TdGFmZkVucm9sbWVudBJdChVBcHByb3ZlU3RhZmZFbnJvbG1lbnQSKC5oaXMuaWFtLnYxLkFwcHJvdmVTdGFmZkVucm9sbWVudFJlcXVlc3QaGi5oaXMuaWFtLnYxLlN0YWZmRW5yb2xtZW50Em8KFkNvbXBsZXRlU3RhZmZFbnJvbG1lbnQSKS5oaXMuaWFtLnYxLkNvbXBsZXRlU3RhZmZFbnJvbG1lbnRSZXF1ZXN0GiouaGlzLmlhbS52MS5Db21wbGV0ZVN0YWZmRW5yb2xtZW50UmVzcG9uc2USYwoSU3RhcnRQYXRpZW50U2lnbkluEiUuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXF1ZXN0GiYuaGlzLmlhbS52MS5TdGFydFBhdGllbnRTaWduSW5SZXNwb25zZRJsChVDb21wbGV0ZVBhdGllbnRTaWduSW4SKC5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlcXVlc3QaKS5oaXMuaWFtLnYxLkNvbXBsZXRlUGF0aWVudFNpZ25JblJlc3BvbnNlEkUKB0dldEp3a3MSGi5oaXMuaWFtLnYxLkdldEp3a3NSZXF1ZXN0GhkuaGlzLmlhbS52MS5Kc29uV2ViS2V5U2V0IgOQAgESbQoaQ3JlYXRlRW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLkNyZWF0ZUVtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnQSfQoZTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50cxIsLmhpcy5pYW0udjEuTGlzdEVtZXJnZW5jeUFjY2Vzc0dyYW50c1JlcXVlc3QaLS5oaXMuaWFtLnYxLkxpc3RFbWVyZ2VuY3lBY2Nlc3NHcmFudHNSZXNwb25zZSIDkAIBEnIKGlJldm9rZUVtZXJnZW5jeUFjY2Vzc0dyYW50Ei0uaGlzLmlhbS52MS5SZXZva2VFbWVyZ2VuY3lBY2Nlc3NHcmFudFJlcXVlc3QaIC5oaXMuaWFtLnYxLkVtZXJnZW5jeUFjY2Vzc0dyYW50IgOQAgISbQoaUmV2aWV3RW1lcmdlbmN5QWNjZXNzR3JhbnQSLS5oaXMuaWFtLnYxLlJldmlld0VtZXJnZW5jeUFjY2Vzc0dyYW50UmVxdWVzdBogLmhpcy5pYW0udjEuRW1lcmdlbmN5QWNjZXNzR3JhbnRiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_his_common_v1_types]);
 
 /**
  * An organisational unit of the hospital (FHIR Organization of type dept).
@@ -1089,8 +1089,10 @@ export type StaffEnrolment = Message<"his.iam.v1.StaffEnrolment"> & {
   name: string;
 
   /**
-   * The code, 16 characters of the base32 alphabet; given only in the answer of
-   * CreateStaffEnrolment. Hand it to the staff member over a channel only they read.
+   * The code, or one half of it, 16 characters of the base32 alphabet; given only in the answer
+   * of CreateStaffEnrolment (the whole code, or its first half when `approval_required`) and of
+   * ApproveStaffEnrolment (the second half). Hand it to the staff member over a channel only
+   * they read.
    *
    * @generated from field: string enrolment_code = 2;
    */
@@ -1102,6 +1104,37 @@ export type StaffEnrolment = Message<"his.iam.v1.StaffEnrolment"> & {
    * @generated from field: google.protobuf.Timestamp expire_time = 3;
    */
   expireTime?: Timestamp | undefined;
+
+  /**
+   * Whether a second administrator must approve the enrolment (ApproveStaffEnrolment) before it
+   * works: the staff member has a credential already, or holds or is proposed a role that needs
+   * a TOTP code.
+   *
+   * @generated from field: bool approval_required = 4;
+   */
+  approvalRequired: boolean;
+
+  /**
+   * The administrator who created the enrolment, `staff/{staff}`.
+   *
+   * @generated from field: string creator = 5;
+   */
+  creator: string;
+
+  /**
+   * The administrator who approved it, `staff/{staff}`; empty until approved or when no approval
+   * is required.
+   *
+   * @generated from field: string approver = 6;
+   */
+  approver: string;
+
+  /**
+   * When it was approved; unset until then.
+   *
+   * @generated from field: google.protobuf.Timestamp approve_time = 7;
+   */
+  approveTime?: Timestamp | undefined;
 };
 
 /**
@@ -1133,6 +1166,27 @@ export const CreateStaffEnrolmentRequestSchema: GenMessage<CreateStaffEnrolmentR
   messageDesc(file_his_iam_v1_iam_service, 27);
 
 /**
+ * Request of ApproveStaffEnrolment.
+ *
+ * @generated from message his.iam.v1.ApproveStaffEnrolmentRequest
+ */
+export type ApproveStaffEnrolmentRequest = Message<"his.iam.v1.ApproveStaffEnrolmentRequest"> & {
+  /**
+   * The enrolment, `staff/{staff}/enrolments/{enrolment}`. Required.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message his.iam.v1.ApproveStaffEnrolmentRequest.
+ * Use `create(ApproveStaffEnrolmentRequestSchema)` to create a new message.
+ */
+export const ApproveStaffEnrolmentRequestSchema: GenMessage<ApproveStaffEnrolmentRequest> = /*@__PURE__*/
+  messageDesc(file_his_iam_v1_iam_service, 28);
+
+/**
  * Request of CompleteStaffEnrolment.
  *
  * @generated from message his.iam.v1.CompleteStaffEnrolmentRequest
@@ -1146,7 +1200,8 @@ export type CompleteStaffEnrolmentRequest = Message<"his.iam.v1.CompleteStaffEnr
   username: string;
 
   /**
-   * The enrolment code from CreateStaffEnrolment. Required.
+   * The enrolment code from CreateStaffEnrolment (its first half when the enrolment needed a
+   * second administrator). Required.
    *
    * @generated from field: string enrolment_code = 2;
    */
@@ -1158,6 +1213,14 @@ export type CompleteStaffEnrolmentRequest = Message<"his.iam.v1.CompleteStaffEnr
    * @generated from field: string password = 3;
    */
   password: string;
+
+  /**
+   * The second half of the code, from the administrator who approved the enrolment
+   * (ApproveStaffEnrolment); required when the enrolment needed approval, empty otherwise.
+   *
+   * @generated from field: string approval_code = 4;
+   */
+  approvalCode: string;
 };
 
 /**
@@ -1165,7 +1228,7 @@ export type CompleteStaffEnrolmentRequest = Message<"his.iam.v1.CompleteStaffEnr
  * Use `create(CompleteStaffEnrolmentRequestSchema)` to create a new message.
  */
 export const CompleteStaffEnrolmentRequestSchema: GenMessage<CompleteStaffEnrolmentRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 28);
+  messageDesc(file_his_iam_v1_iam_service, 29);
 
 /**
  * Response of CompleteStaffEnrolment.
@@ -1209,7 +1272,7 @@ export type CompleteStaffEnrolmentResponse = Message<"his.iam.v1.CompleteStaffEn
  * Use `create(CompleteStaffEnrolmentResponseSchema)` to create a new message.
  */
 export const CompleteStaffEnrolmentResponseSchema: GenMessage<CompleteStaffEnrolmentResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 29);
+  messageDesc(file_his_iam_v1_iam_service, 30);
 
 /**
  * Request of StartPatientSignIn.
@@ -1230,7 +1293,7 @@ export type StartPatientSignInRequest = Message<"his.iam.v1.StartPatientSignInRe
  * Use `create(StartPatientSignInRequestSchema)` to create a new message.
  */
 export const StartPatientSignInRequestSchema: GenMessage<StartPatientSignInRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 30);
+  messageDesc(file_his_iam_v1_iam_service, 31);
 
 /**
  * Response of StartPatientSignIn. The same for registered and unknown phone numbers.
@@ -1266,7 +1329,7 @@ export type StartPatientSignInResponse = Message<"his.iam.v1.StartPatientSignInR
  * Use `create(StartPatientSignInResponseSchema)` to create a new message.
  */
 export const StartPatientSignInResponseSchema: GenMessage<StartPatientSignInResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 31);
+  messageDesc(file_his_iam_v1_iam_service, 32);
 
 /**
  * Request of CompletePatientSignIn.
@@ -1295,7 +1358,7 @@ export type CompletePatientSignInRequest = Message<"his.iam.v1.CompletePatientSi
  * Use `create(CompletePatientSignInRequestSchema)` to create a new message.
  */
 export const CompletePatientSignInRequestSchema: GenMessage<CompletePatientSignInRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 32);
+  messageDesc(file_his_iam_v1_iam_service, 33);
 
 /**
  * Response of CompletePatientSignIn.
@@ -1338,7 +1401,7 @@ export type CompletePatientSignInResponse = Message<"his.iam.v1.CompletePatientS
  * Use `create(CompletePatientSignInResponseSchema)` to create a new message.
  */
 export const CompletePatientSignInResponseSchema: GenMessage<CompletePatientSignInResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 33);
+  messageDesc(file_his_iam_v1_iam_service, 34);
 
 /**
  * Request of GetJwks. It has no fields.
@@ -1353,7 +1416,7 @@ export type GetJwksRequest = Message<"his.iam.v1.GetJwksRequest"> & {
  * Use `create(GetJwksRequestSchema)` to create a new message.
  */
 export const GetJwksRequestSchema: GenMessage<GetJwksRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 34);
+  messageDesc(file_his_iam_v1_iam_service, 35);
 
 /**
  * A JSON Web Key Set (RFC 7517): the public keys that verify access tokens.
@@ -1374,7 +1437,7 @@ export type JsonWebKeySet = Message<"his.iam.v1.JsonWebKeySet"> & {
  * Use `create(JsonWebKeySetSchema)` to create a new message.
  */
 export const JsonWebKeySetSchema: GenMessage<JsonWebKeySet> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 35);
+  messageDesc(file_his_iam_v1_iam_service, 36);
 
 /**
  * One public RSA signing key (RFC 7517 and RFC 7518), with the JWK member names.
@@ -1430,7 +1493,7 @@ export type JsonWebKey = Message<"his.iam.v1.JsonWebKey"> & {
  * Use `create(JsonWebKeySchema)` to create a new message.
  */
 export const JsonWebKeySchema: GenMessage<JsonWebKey> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 36);
+  messageDesc(file_his_iam_v1_iam_service, 37);
 
 /**
  * Request of CreateEmergencyAccessGrant.
@@ -1470,7 +1533,7 @@ export type CreateEmergencyAccessGrantRequest = Message<"his.iam.v1.CreateEmerge
  * Use `create(CreateEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const CreateEmergencyAccessGrantRequestSchema: GenMessage<CreateEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 37);
+  messageDesc(file_his_iam_v1_iam_service, 38);
 
 /**
  * Request of ListEmergencyAccessGrants. All set filters must match.
@@ -1526,7 +1589,7 @@ export type ListEmergencyAccessGrantsRequest = Message<"his.iam.v1.ListEmergency
  * Use `create(ListEmergencyAccessGrantsRequestSchema)` to create a new message.
  */
 export const ListEmergencyAccessGrantsRequestSchema: GenMessage<ListEmergencyAccessGrantsRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 38);
+  messageDesc(file_his_iam_v1_iam_service, 39);
 
 /**
  * Response of ListEmergencyAccessGrants.
@@ -1554,7 +1617,7 @@ export type ListEmergencyAccessGrantsResponse = Message<"his.iam.v1.ListEmergenc
  * Use `create(ListEmergencyAccessGrantsResponseSchema)` to create a new message.
  */
 export const ListEmergencyAccessGrantsResponseSchema: GenMessage<ListEmergencyAccessGrantsResponse> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 39);
+  messageDesc(file_his_iam_v1_iam_service, 40);
 
 /**
  * Request of RevokeEmergencyAccessGrant.
@@ -1575,7 +1638,7 @@ export type RevokeEmergencyAccessGrantRequest = Message<"his.iam.v1.RevokeEmerge
  * Use `create(RevokeEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const RevokeEmergencyAccessGrantRequestSchema: GenMessage<RevokeEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 40);
+  messageDesc(file_his_iam_v1_iam_service, 41);
 
 /**
  * Request of ReviewEmergencyAccessGrant.
@@ -1611,7 +1674,7 @@ export type ReviewEmergencyAccessGrantRequest = Message<"his.iam.v1.ReviewEmerge
  * Use `create(ReviewEmergencyAccessGrantRequestSchema)` to create a new message.
  */
 export const ReviewEmergencyAccessGrantRequestSchema: GenMessage<ReviewEmergencyAccessGrantRequest> = /*@__PURE__*/
-  messageDesc(file_his_iam_v1_iam_service, 41);
+  messageDesc(file_his_iam_v1_iam_service, 42);
 
 /**
  * What kind of care or function a department provides.
@@ -2112,12 +2175,23 @@ export const IamService: GenService<{
   /**
    * Creates a one-time enrolment code for a staff member (an administrator's task), with which
    * the staff member sets their own password (CompleteStaffEnrolment). Creating a new code
-   * retires the member's open ones; enrolling again replaces the password and the TOTP secret.
-   * The code is returned once, only in this answer, and stored only as a keyed hash. Errors:
-   * INVALID_ARGUMENT if parent is not `staff/{staff}`; PERMISSION_DENIED unless the caller may
-   * update staff credentials, or when the caller names themselves (nobody enrols themselves);
-   * NOT_FOUND if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if
-   * the staff member is inactive; UNIMPLEMENTED when the local provider is switched off.
+   * retires the member's open ones; completing an enrolment replaces the password and the TOTP
+   * secret. The code is returned once, only in this answer, and stored only as a keyed hash.
+   *
+   * Two administrators: when the staff member already has a credential (re-enrolment), or holds
+   * or is proposed a role that needs a TOTP code (DOCTOR, NURSE, PHARMACIST, LAB_TECHNICIAN,
+   * ADMINISTRATOR), the answer has `approval_required` set and its code is only the first half:
+   * the enrolment works only after a second administrator, neither this one nor the staff member,
+   * approves it (ApproveStaffEnrolment) and so receives the second half, and the staff member
+   * gives both halves. So no single administrator can set, and then know, another person's
+   * credential. The one exception is the first enrolment of someone without a credential while no
+   * other active administrator with a credential exists who could approve it (a new
+   * installation's second administrator). Otherwise (a first enrolment of a staff member with no
+   * credential and no such role) one administrator suffices. Errors: INVALID_ARGUMENT if parent
+   * is not `staff/{staff}`; PERMISSION_DENIED unless the caller may update staff credentials, or
+   * (reason SELF_ENROLMENT) when the caller names themselves (nobody enrols themselves); NOT_FOUND
+   * if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if the staff
+   * member is inactive; UNIMPLEMENTED when the local provider is switched off.
    *
    * @generated from rpc his.iam.v1.IamService.CreateStaffEnrolment
    */
@@ -2127,14 +2201,41 @@ export const IamService: GenService<{
     output: typeof StaffEnrolmentSchema;
   },
   /**
+   * Approves an enrolment that needs a second administrator (`approval_required`) and returns it
+   * with the second half of its code in `enrolment_code`, given only in this answer: hand it to
+   * the staff member over a channel only they read; they complete the enrolment with both halves.
+   * The approver is an active administrator who neither created the enrolment nor is the staff
+   * member. An approval cannot be repeated (the half exists only in its answer): if it is lost,
+   * create a new enrolment. Errors: INVALID_ARGUMENT if `name` is not
+   * `staff/{staff}/enrolments/{enrolment}`; PERMISSION_DENIED unless the caller may update staff
+   * credentials, or when the caller is the staff member (reason SELF_ENROLMENT), created the
+   * enrolment (reason APPROVER_IS_PROPOSER) or is not an active administrator in iam's staff
+   * table now (reason APPROVER_NOT_ADMINISTRATOR); NOT_FOUND if no such enrolment;
+   * FAILED_PRECONDITION if the enrolment needs no approval (ENROLMENT_APPROVAL_NOT_REQUIRED), was
+   * approved already (ENROLMENT_ALREADY_APPROVED), is used, retired or expired (ENROLMENT_CLOSED),
+   * or the staff member is inactive (STAFF_INACTIVE); UNIMPLEMENTED when the local provider is
+   * switched off.
+   *
+   * @generated from rpc his.iam.v1.IamService.ApproveStaffEnrolment
+   */
+  approveStaffEnrolment: {
+    methodKind: "unary";
+    input: typeof ApproveStaffEnrolmentRequestSchema;
+    output: typeof StaffEnrolmentSchema;
+  },
+  /**
    * Sets a staff member's password with a one-time enrolment code and returns their new TOTP
    * secret. Needs no authentication (the code is the proof). A code works once and until its
-   * expire_time. Errors: INVALID_ARGUMENT if the username, enrolment_code or password is missing or
-   * malformed, or the password is shorter than 12 or longer than 256 characters; UNAUTHENTICATED
-   * (reason ENROLMENT_CODE_INVALID) if the code is wrong, already used, retired, expired, or the
-   * username is unknown or inactive (one answer for all); RESOURCE_EXHAUSTED (reason
-   * STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed attempts for the username or from the
-   * caller's source; UNIMPLEMENTED when the local provider is switched off.
+   * expire_time; an enrolment that needs a second administrator works only once approved, with
+   * both halves (`enrolment_code` and `approval_code`). Audited as the staff member completing
+   * their enrolment (that the password and TOTP secret were set, never their values). Errors:
+   * INVALID_ARGUMENT if the username, enrolment_code or password is missing or malformed, the
+   * approval_code is malformed, or the password is shorter than 12 or longer than 256 characters;
+   * UNAUTHENTICATED (reason ENROLMENT_CODE_INVALID) if a code is wrong or missing, already used,
+   * retired, expired, not yet approved, or the username is unknown or inactive (one answer for
+   * all); RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with RetryInfo) after too many failed
+   * attempts for the username or from the caller's source; UNIMPLEMENTED when the local provider
+   * is switched off.
    *
    * @generated from rpc his.iam.v1.IamService.CompleteStaffEnrolment
    */

@@ -1,0 +1,106 @@
+"""Which enrolments need a second administrator, and the refusals of an enrolment's approval.
+
+An enrolment sets a person's password and TOTP secret, and the administrator who hands out its
+code could complete it themselves: re-enrolling another administrator would let them sign in as
+that person and approve their own access changes, defeating the two-person rule. So an
+enrolment takes two administrators (two halves of the code, one each; his.iam.credentials) when:
+
+- the staff member has a credential already (a re-enrolment: the takeover case), or
+- they hold, or are proposed in a pending access change, a role that needs TOTP (clinical or
+  administrator roles: a credential that opens patient records or changes who may).
+
+One administrator suffices for the first enrolment of someone with no credential and no such
+role (their access still needs the two-person rule to grow), and for the first enrolment of
+someone with no credential while no other active administrator with a credential exists who could
+approve it: a new installation's second administrator, enrolled by the bootstrap administrator.
+Neither can replace anybody's credential, which the database holds too (migration 0007's
+trigger). Functions here run inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from his.base.errors import PermissionDenied
+from his.iam.approvals import ADMINISTRATOR, PENDING
+from his.iam.tables import access_changes, staff, staff_credentials
+
+# Roles whose logins need a second factor: those that open patient records or change who may.
+TOTP_ROLES = frozenset({"DOCTOR", "NURSE", "PHARMACIST", "LAB_TECHNICIAN", "ADMINISTRATOR"})
+
+
+async def has_credential(session: AsyncSession, staff_id: uuid.UUID) -> bool:
+    """Whether the staff member has a password and TOTP secret already."""
+    query = select(exists().where(staff_credentials.c.staff_id == staff_id))
+    return bool((await session.execute(query)).scalar())
+
+
+async def _proposed_totp_role(session: AsyncSession, staff_id: uuid.UUID) -> bool:
+    query = select(
+        exists().where(
+            access_changes.c.staff_id == staff_id,
+            access_changes.c.kind == "roles",
+            access_changes.c.state == PENDING,
+            access_changes.c.roles.overlap(sorted(TOTP_ROLES)),
+        )
+    )
+    return bool((await session.execute(query)).scalar())
+
+
+async def _another_could_approve(
+    session: AsyncSession, staff_id: uuid.UUID, creator_id: uuid.UUID | None
+) -> bool:
+    """Whether an active administrator with a credential exists who is neither the staff member
+    nor the creator (in iam's staff table)."""
+    others = [staff_id] if creator_id is None else [staff_id, creator_id]
+    query = select(
+        exists().where(
+            staff.c.active,
+            staff.c.roles.contains([ADMINISTRATOR]),
+            staff.c.id.not_in(others),
+            exists().where(staff_credentials.c.staff_id == staff.c.id),
+        )
+    )
+    return bool((await session.execute(query)).scalar())
+
+
+async def needs_second_administrator(
+    session: AsyncSession, member: Any, creator_id: uuid.UUID | None
+) -> bool:
+    """Whether enrolling `member` (a staff row) takes a second administrator (module docstring)."""
+    if await has_credential(session, member.id):
+        return True
+    if not (set(member.roles) & TOTP_ROLES or await _proposed_totp_role(session, member.id)):
+        return False
+    return await _another_could_approve(session, member.id, creator_id)
+
+
+def creator_id(created_by: str) -> uuid.UUID | None:
+    """The staff id of an enrolment's `created_by` (`staff/{id}`); None for anyone else."""
+    if not created_by.startswith("staff/"):
+        return None
+    try:
+        return uuid.UUID(created_by.removeprefix("staff/"))
+    except ValueError:
+        return None
+
+
+def refuse_self(caller: uuid.UUID | None, staff_id: uuid.UUID, what: str) -> None:
+    """PERMISSION_DENIED (SELF_ENROLMENT) when the caller is the staff member to enrol."""
+    if caller is not None and caller == staff_id:
+        raise PermissionDenied(f"nobody may {what} for themselves", reason="SELF_ENROLMENT")
+
+
+def refuse_creator(approver: uuid.UUID | None, enrolment: Any, name: str) -> None:
+    """PERMISSION_DENIED (APPROVER_IS_PROPOSER) when the approver created the enrolment."""
+    if approver is not None and enrolment.created_by == f"staff/{approver}":
+        raise PermissionDenied(
+            "the administrator who created an enrolment cannot approve it: a second "
+            "administrator must",
+            reason="APPROVER_IS_PROPOSER",
+            metadata={"enrolment": name},
+        )

@@ -1,0 +1,51 @@
+"""Events stored by a data migration: what a service would have emitted for rows made before it
+emitted anything (for example the care relationships' AppointmentChanged, issue 17).
+
+A migration runs on alembic's synchronous connection, inside the migration's transaction, so the
+events commit with the revision or not at all; the relay delivers them as any other outbox row.
+Each event's id is derived from what it reports (`backfill_event_id`), so running the migration
+again (a downgrade and an upgrade) stores nothing twice, and a receiver that saw the event
+already drops it by its id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, text
+
+from his.runtime.outbox import Outgoing, table
+
+# The namespace of backfilled events' ids (uuid5): fixed, so the same record and revision always
+# make the same id.
+_NAMESPACE = uuid.UUID("5b0c4f9e-8d0a-4f57-9a52-6c1a3e0b7d21")
+
+
+def backfill_event_id(kind: str, record: str, revision: int) -> str:
+    """The event id of a backfilled `kind` event of `record` at `revision` (a UUID)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{kind}\0{record}\0{revision}"))
+
+
+def add_in_migration(connection: Connection, schema: str, events: Iterable[Outgoing]) -> int:
+    """Store `events` in the schema's outbox on a migration's connection, skipping any already
+    stored (same id and destination); how many were stored."""
+    statement = text(
+        f"INSERT INTO {table(schema)} "  # noqa: S608 (a checked schema name, values bound)
+        "(event_id, destination, event_type, envelope) "
+        "VALUES (CAST(:event_id AS uuid), :destination, :event_type, :envelope) "
+        "ON CONFLICT (event_id, destination) DO NOTHING"
+    )
+    stored = 0
+    for event in events:
+        result = connection.execute(
+            statement,
+            {
+                "event_id": event.envelope.event_id,
+                "destination": event.destination,
+                "event_type": event.envelope.event_type,
+                "envelope": event.envelope.SerializeToString(),
+            },
+        )
+        stored += result.rowcount
+    return stored
