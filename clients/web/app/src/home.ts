@@ -12,6 +12,7 @@ import {
 import { formatWhen, type App } from "./app.js";
 import { busy, h, messageBox } from "./dom.js";
 import { callRefusal } from "./refusals.js";
+import { APPOINTMENTS_PER_PAGE, upcomingAppointments } from "./upcoming.js";
 
 const SLOTS_PER_PAGE = 12;
 
@@ -99,14 +100,13 @@ export function homeView(app: App): HTMLElement {
 
   const loadAppointments = async (): Promise<void> => {
     try {
-      const reply = await clients.scheduling.listAppointments({
-        patient: patient(),
-        statuses: [AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED],
-        pageSize: 50,
-      });
-      const now = Date.now();
-      const upcoming = reply.appointments.filter(
-        (appointment) => !appointment.endTime || timestampDate(appointment.endTime).getTime() > now,
+      const upcoming = await upcomingAppointments((pageToken) =>
+        clients.scheduling.listAppointments({
+          patient: patient(),
+          statuses: [AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED],
+          pageSize: APPOINTMENTS_PER_PAGE,
+          pageToken,
+        }),
       );
       appointmentList.replaceChildren(
         ...(upcoming.length ? upcoming.map(appointmentItem) : [h("li", {}, text.noAppointments)]),
