@@ -1,0 +1,146 @@
+"""Review rev17 of merge 8343403: reproductions of insider takeovers the two-administrator
+enrolment rule and migration 0007's trigger were meant to stop. Each test asserts the secure
+behaviour, so each FAILS at 8343403 (the failure is the reproduction)."""
+
+from __future__ import annotations
+
+import pyotp
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from his.iam.v1 import iam_service_pb2 as pb
+from tests.iam.helpers import PASSWORD, Stub, as_, create_staff, enrol, login, make_staff, staff_id
+from tests.iam.test_enrolment_approval import new_installation  # noqa: F401 (fixture)
+from tests.identity import Issuer
+
+R = pb.StaffRole
+
+
+async def test_trigger_refuses_a_direct_update_of_a_two_admin_enrolled_credential(
+    iam: Stub, iam_db: AsyncEngine
+) -> None:
+    # A doctor enrolled the normal way: two administrators (the helper's second one approves).
+    doctor = await create_staff(iam, R.STAFF_ROLE_DOCTOR)
+    await enrol(iam, doctor)
+    # Direct SQL that replaces the password and leaves enrolment_id alone: the trigger only asks
+    # that the row's enrolment_id names SOME approved enrolment of the person; it does.
+    with pytest.raises(DBAPIError, match="replaced only through an enrolment approved"):
+        async with iam_db.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE iam.staff_credentials SET password_hash = '$argon2id$forged' "
+                    "WHERE staff_id = :id"
+                ),
+                {"id": staff_id(doctor.name)},
+            )
+
+
+async def test_trigger_refuses_delete_and_insert_of_a_credential(
+    iam: Stub, iam_db: AsyncEngine
+) -> None:
+    registrar = await create_staff(iam, R.STAFF_ROLE_REGISTRAR)
+    await enrol(iam, registrar)
+    # The trigger is BEFORE UPDATE OF password_hash, totp_secret_enc only.
+    with pytest.raises(DBAPIError):
+        async with iam_db.begin() as connection:
+            old = (
+                await connection.execute(
+                    text("DELETE FROM iam.staff_credentials WHERE staff_id = :id RETURNING *"),
+                    {"id": staff_id(registrar.name)},
+                )
+            ).one()
+            await connection.execute(
+                text(
+                    "INSERT INTO iam.staff_credentials (staff_id, password_hash, "
+                    "totp_secret_enc, enrol_time) VALUES (:id, '$argon2id$forged', :t, now())"
+                ),
+                {"id": staff_id(registrar.name), "t": old.totp_secret_enc},
+            )
+
+
+async def test_lone_administrator_exception_cannot_be_reopened_by_revoking_the_others_role(
+    new_installation: tuple[Stub, str],  # noqa: F811
+    issuer: Issuer,
+) -> None:
+    """X (the first administrator) and V (the second, enrolled) both have credentials; W is a
+    third administrator, approved by V, not enrolled yet. X strips V's ADMINISTRATOR role (taking
+    access away is immediate and needs nobody), after which X alone enrols W, holds W's account,
+    and with it restores V and re-enrols V: one person, both halves."""
+    iam, x_token = new_installation
+    v = await iam.CreateStaffMember(
+        pb.CreateStaffMemberRequest(staff_member=make_staff(R.STAFF_ROLE_ADMINISTRATOR))
+    )
+    first = await iam.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=v.name))
+    await iam.CompleteStaffEnrolment(
+        pb.CompleteStaffEnrolmentRequest(
+            username=v.username, enrolment_code=first.enrolment_code, password=PASSWORD
+        )
+    )
+    v_token = issuer.staff("ADMINISTRATOR", staff_id=staff_id(v.name))
+    w = await iam.CreateStaffMember(
+        pb.CreateStaffMemberRequest(staff_member=make_staff(R.STAFF_ROLE_ADMINISTRATOR))
+    )
+    await iam.ApproveAccessChange(
+        pb.ApproveAccessChangeRequest(name=w.pending_access_change), metadata=as_(v_token)
+    )
+    # As it should be: enrolling W takes two while V can approve.
+    assert (
+        await iam.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=w.name))
+    ).approval_required
+
+    # X strips V of ADMINISTRATOR: immediate (the REGISTRAR part waits for approval).
+    v_now = await iam.GetStaffMember(pb.GetStaffMemberRequest(name=v.name))
+    await iam.UpdateStaffMember(
+        pb.UpdateStaffMemberRequest(
+            staff_member=pb.StaffMember(
+                name=v.name, roles=[R.STAFF_ROLE_REGISTRAR], etag=v_now.etag
+            ),
+            update_mask=FieldMask(paths=["roles"]),
+        )
+    )
+    alone = await iam.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=w.name))
+    takeover_w = not alone.approval_required
+    if takeover_w:
+        reply = await iam.CompleteStaffEnrolment(
+            pb.CompleteStaffEnrolmentRequest(
+                username=w.username, enrolment_code=alone.enrolment_code, password="x holds w now"
+            )
+        )
+        # X signs in as administrator W.
+        assert (
+            await login(iam, w.username, "x holds w now", pyotp.TOTP(reply.totp_secret).now())
+        ).access_token
+        w_token = issuer.staff("ADMINISTRATOR", staff_id=staff_id(w.name))
+        # X proposes V's role back, "W" approves; X re-enrols V, "W" approves: both halves.
+        v_now = await iam.GetStaffMember(pb.GetStaffMemberRequest(name=v.name))
+        back = await iam.UpdateStaffMember(
+            pb.UpdateStaffMemberRequest(
+                staff_member=pb.StaffMember(
+                    name=v.name, roles=[R.STAFF_ROLE_ADMINISTRATOR], etag=v_now.etag
+                ),
+                update_mask=FieldMask(paths=["roles"]),
+            )
+        )
+        await iam.ApproveAccessChange(
+            pb.ApproveAccessChangeRequest(name=back.pending_access_change), metadata=as_(w_token)
+        )
+        again = await iam.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=v.name))
+        half = await iam.ApproveStaffEnrolment(
+            pb.ApproveStaffEnrolmentRequest(name=again.name), metadata=as_(w_token)
+        )
+        taken = await iam.CompleteStaffEnrolment(
+            pb.CompleteStaffEnrolmentRequest(
+                username=v.username,
+                enrolment_code=again.enrolment_code,
+                approval_code=half.enrolment_code,
+                password="x holds v now",
+            )
+        )
+        signed_in = await login(
+            iam, v.username, "x holds v now", pyotp.TOTP(taken.totp_secret).now()
+        )
+        assert signed_in.access_token
+    assert not takeover_w, "X alone enrolled administrator W, then took over V"
