@@ -69,7 +69,7 @@ async def test_lone_administrator_exception_cannot_be_reopened_by_revoking_the_o
     third administrator, approved by V, not enrolled yet. X strips V's ADMINISTRATOR role (taking
     access away is immediate and needs nobody), after which X alone enrols W, holds W's account,
     and with it restores V and re-enrols V: one person, both halves."""
-    iam, x_token = new_installation
+    iam, _ = new_installation
     v = await iam.CreateStaffMember(
         pb.CreateStaffMemberRequest(staff_member=make_staff(R.STAFF_ROLE_ADMINISTRATOR))
     )
