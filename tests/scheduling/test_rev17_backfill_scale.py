@@ -53,7 +53,12 @@ async def test_backfill_memory_and_time(postgres: EmbeddedPostgres) -> None:
     )
     before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    code = "import sys; from his.runtime.migrations import upgrade; upgrade('scheduling', sys.argv[1], sys.argv[2]); print('REV17 child', sys.argv[2], [l for l in open('/proc/self/status') if l.startswith('VmHWM')])"
+    code = (
+        "import sys; from his.runtime.migrations import upgrade; "
+        "upgrade('scheduling', sys.argv[1], sys.argv[2]); "
+        "print('REV17 child', sys.argv[2], "
+        "[l for l in open('/proc/self/status') if l.startswith('VmHWM')])"
+    )
     await asyncio.to_thread(
         subprocess.run, [sys.executable, "-c", code, url, "0004"], check=True, capture_output=False
     )
