@@ -1,6 +1,7 @@
 """Review rev17 of merge 8343403: reproductions of insider takeovers the two-administrator
 enrolment rule and migration 0007's trigger were meant to stop. Each test asserts the secure
-behaviour, so each FAILS at 8343403 (the failure is the reproduction)."""
+behaviour: each FAILS at 8343403 (commit 8ffbc16 here) and passes with migration 0008 and
+enrolment_rule's monotonic "another could approve"."""
 
 from __future__ import annotations
 
