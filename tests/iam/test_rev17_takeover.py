@@ -145,3 +145,47 @@ async def test_lone_administrator_exception_cannot_be_reopened_by_revoking_the_o
         )
         assert signed_in.access_token
     assert not takeover_w, "X alone enrolled administrator W, then took over V"
+
+
+@pytest.mark.xfail(strict=True, reason="rev17: open design gap (README's 'residual')")
+async def test_a_one_administrator_credential_does_not_survive_an_administrator_grant(
+    iam: Stub, issuer: Issuer
+) -> None:
+    """The documented residual, as an attack: X creates a registrar "N", enrols N alone (no TOTP
+    role, no credential: one administrator suffices) and so holds N's password and TOTP secret;
+    X then proposes ADMINISTRATOR for N and an honest Y approves what looks like a promotion. X
+    now signs in as a second administrator of their own. FAILS at 8343403 and with rev17's fixes
+    (a design change is needed, e.g. voiding a one-administrator credential when a TOTP role is
+    approved, so that the person re-enrols with two)."""
+    x = await create_staff(iam, R.STAFF_ROLE_ADMINISTRATOR)
+    x_token = issuer.staff("ADMINISTRATOR", staff_id=staff_id(x.name))
+    n = await create_staff(iam, R.STAFF_ROLE_REGISTRAR)
+    code = await iam.CreateStaffEnrolment(
+        pb.CreateStaffEnrolmentRequest(parent=n.name), metadata=as_(x_token)
+    )
+    assert not code.approval_required
+    reply = await iam.CompleteStaffEnrolment(
+        pb.CompleteStaffEnrolmentRequest(
+            username=n.username, enrolment_code=code.enrolment_code, password="x holds n now"
+        )
+    )
+    n_now = await iam.GetStaffMember(pb.GetStaffMemberRequest(name=n.name))
+    promoted = await iam.UpdateStaffMember(
+        pb.UpdateStaffMemberRequest(
+            staff_member=pb.StaffMember(
+                name=n.name,
+                roles=[R.STAFF_ROLE_REGISTRAR, R.STAFF_ROLE_ADMINISTRATOR],
+                etag=n_now.etag,
+            ),
+            update_mask=FieldMask(paths=["roles"]),
+        ),
+        metadata=as_(x_token),
+    )
+    await iam.ApproveAccessChange(  # Y, honest
+        pb.ApproveAccessChangeRequest(name=promoted.pending_access_change)
+    )
+    try:
+        token = await login(iam, n.username, "x holds n now", pyotp.TOTP(reply.totp_secret).now())
+    except Exception:
+        return
+    assert not token.access_token, f"X signs in as administrator {n.name} with X's credential"
