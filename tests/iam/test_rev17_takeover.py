@@ -189,3 +189,42 @@ async def test_a_one_administrator_credential_does_not_survive_an_administrator_
     except Exception:
         return
     assert not token.access_token, f"X signs in as administrator {n.name} with X's credential"
+
+
+async def test_the_second_administrator_cannot_reopen_the_exception_by_stripping_the_first(
+    new_installation: tuple[Stub, str],  # noqa: F811
+    issuer: Issuer,
+) -> None:
+    """The same reopening with the roles swapped: S (the second administrator, enrolled by the
+    bootstrap administrator F) strips F, whose role never came through an access change."""
+    iam, f_token = new_installation
+    s = await iam.CreateStaffMember(
+        pb.CreateStaffMemberRequest(staff_member=make_staff(R.STAFF_ROLE_ADMINISTRATOR))
+    )
+    first = await iam.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=s.name))
+    await iam.CompleteStaffEnrolment(
+        pb.CompleteStaffEnrolmentRequest(
+            username=s.username, enrolment_code=first.enrolment_code, password=PASSWORD
+        )
+    )
+    s_token = issuer.staff("ADMINISTRATOR", staff_id=staff_id(s.name))
+    w = await iam.CreateStaffMember(
+        pb.CreateStaffMemberRequest(staff_member=make_staff(R.STAFF_ROLE_ADMINISTRATOR)),
+        metadata=as_(s_token),
+    )
+    await iam.ApproveAccessChange(
+        pb.ApproveAccessChangeRequest(name=w.pending_access_change), metadata=as_(f_token)
+    )
+    f_name = await iam.ListStaffMembers(pb.ListStaffMembersRequest(username="first.admin"))
+    f = f_name.staff_members[0]
+    await iam.UpdateStaffMember(
+        pb.UpdateStaffMemberRequest(
+            staff_member=pb.StaffMember(name=f.name, roles=[R.STAFF_ROLE_REGISTRAR], etag=f.etag),
+            update_mask=FieldMask(paths=["roles"]),
+        ),
+        metadata=as_(s_token),
+    )
+    alone = await iam.CreateStaffEnrolment(
+        pb.CreateStaffEnrolmentRequest(parent=w.name), metadata=as_(s_token)
+    )
+    assert alone.approval_required, "S alone enrols administrator W after stripping F"

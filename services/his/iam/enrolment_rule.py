@@ -69,6 +69,14 @@ async def _another_could_approve(
             access_changes.c.state == APPROVED,
             access_changes.c.roles.contains([ADMINISTRATOR]),
         ),
+        # Only administrators propose or decide access changes: this also covers the bootstrap
+        # administrator, whose role was never granted through a change.
+        exists().where(
+            or_(
+                access_changes.c.proposer_id == staff.c.id,
+                access_changes.c.decider_id == staff.c.id,
+            )
+        ),
     )
     query = select(
         exists().where(
