@@ -11,8 +11,9 @@ enrolment takes two administrators (two halves of the code, one each; his.iam.cr
 
 One administrator suffices for the first enrolment of someone with no credential and no such
 role (their access still needs the two-person rule to grow), and for the first enrolment of
-someone with no credential while no other active administrator with a credential exists who could
-approve it: a new installation's second administrator, enrolled by the bootstrap administrator.
+someone with no credential while nobody else with a credential is or ever was an administrator: a
+new installation's second administrator, enrolled by the bootstrap administrator. (Counting only
+active administrators let one administrator reopen that exception by stripping the others' role.)
 Neither can replace anybody's credential, which the database holds too (migration 0007's
 trigger). Functions here run inside the caller's transaction.
 """
@@ -22,11 +23,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base.errors import PermissionDenied
-from his.iam.approvals import ADMINISTRATOR, PENDING
+from his.iam.approvals import ADMINISTRATOR, APPROVED, PENDING
 from his.iam.tables import access_changes, staff, staff_credentials
 
 # Roles whose logins need a second factor: those that open patient records or change who may.
@@ -54,13 +55,32 @@ async def _proposed_totp_role(session: AsyncSession, staff_id: uuid.UUID) -> boo
 async def _another_could_approve(
     session: AsyncSession, staff_id: uuid.UUID, creator_id: uuid.UUID | None
 ) -> bool:
-    """Whether an active administrator with a credential exists who is neither the staff member
-    nor the creator (in iam's staff table)."""
+    """Whether a staff member with a credential who is or was an administrator exists, other
+    than the staff member and the creator (in iam's tables). Active or not, holding the role now
+    or not: taking access away is immediate and needs one administrator, so counting only active
+    administrators would let one administrator reopen the lone-administrator exception by
+    stripping or deactivating the others (review rev17)."""
     others = [staff_id] if creator_id is None else [staff_id, creator_id]
+    was_administrator = or_(
+        staff.c.roles.contains([ADMINISTRATOR]),
+        exists().where(
+            access_changes.c.staff_id == staff.c.id,
+            access_changes.c.kind == "roles",
+            access_changes.c.state == APPROVED,
+            access_changes.c.roles.contains([ADMINISTRATOR]),
+        ),
+        # Only administrators propose or decide access changes: this also covers the bootstrap
+        # administrator, whose role was never granted through a change.
+        exists().where(
+            or_(
+                access_changes.c.proposer_id == staff.c.id,
+                access_changes.c.decider_id == staff.c.id,
+            )
+        ),
+    )
     query = select(
         exists().where(
-            staff.c.active,
-            staff.c.roles.contains([ADMINISTRATOR]),
+            was_administrator,
             staff.c.id.not_in(others),
             exists().where(staff_credentials.c.staff_id == staff.c.id),
         )

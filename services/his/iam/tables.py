@@ -357,8 +357,8 @@ staff_credentials = Table(
     Column("totp_secret_enc", LargeBinary, nullable=False),
     Column("enrol_time", DateTime(timezone=True), nullable=False),
     # The enrolment that set it; None when set directly (the development bootstrap
-    # administrator). A trigger (migration 0007) lets an existing credential be replaced only
-    # through an enrolment approved by a second administrator.
+    # administrator). Triggers (migrations 0007, 0008) let an existing credential be replaced only
+    # through an open enrolment approved by a second administrator, and never deleted.
     Column(
         "enrolment_id",
         UUID(as_uuid=True),

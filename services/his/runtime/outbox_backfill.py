@@ -11,7 +11,8 @@ already drops it by its id.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from sqlalchemy import Connection, text
 
@@ -27,25 +28,37 @@ def backfill_event_id(kind: str, record: str, revision: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{kind}\0{record}\0{revision}"))
 
 
-def add_in_migration(connection: Connection, schema: str, events: Iterable[Outgoing]) -> int:
-    """Store `events` in the schema's outbox on a migration's connection, skipping any already
-    stored (same id and destination); how many were stored."""
+# Events per INSERT round trip (executemany): a migration over a large table must neither hold
+# every row in memory nor pay one round trip per row (review rev17: 20k rows took ~42 s).
+BATCH = 1000
+
+
+def _batches(events: Iterable[Outgoing], size: int) -> Iterator[list[Outgoing]]:
+    it = iter(events)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def add_in_migration(connection: Connection, schema: str, events: Iterable[Outgoing]) -> None:
+    """Store `events` in the schema's outbox on a migration's connection, in batches, skipping
+    any already stored (same id and destination). `events` may be a lazy iterable over a
+    streamed result: only one batch is held at a time."""
     statement = text(
         f"INSERT INTO {table(schema)} "  # noqa: S608 (a checked schema name, values bound)
         "(event_id, destination, event_type, envelope) "
         "VALUES (CAST(:event_id AS uuid), :destination, :event_type, :envelope) "
         "ON CONFLICT (event_id, destination) DO NOTHING"
     )
-    stored = 0
-    for event in events:
-        result = connection.execute(
+    for batch in _batches(events, BATCH):
+        connection.execute(
             statement,
-            {
-                "event_id": event.envelope.event_id,
-                "destination": event.destination,
-                "event_type": event.envelope.event_type,
-                "envelope": event.envelope.SerializeToString(),
-            },
+            [
+                {
+                    "event_id": event.envelope.event_id,
+                    "destination": event.destination,
+                    "event_type": event.envelope.event_type,
+                    "envelope": event.envelope.SerializeToString(),
+                }
+                for event in batch
+            ],
         )
-        stored += result.rowcount
-    return stored

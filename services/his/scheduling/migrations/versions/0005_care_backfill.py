@@ -41,12 +41,14 @@ SCHEMA = "scheduling"
 
 def upgrade() -> None:
     after_s = CareConfig.from_env(os.environ).after_s
+    # Streamed (a server-side cursor), so a large table is never held in memory at once.
+    # Per statement: Connection.execution_options would change alembic's connection for good.
     rows = op.get_bind().execute(
         text(
             f'SELECT * FROM "{SCHEMA}".appointments '  # noqa: S608 (a constant schema)
             "WHERE status <> 'cancelled' AND end_time >= now() - make_interval(secs => :after) "
             "ORDER BY start_time, id"
-        ),
+        ).execution_options(stream_results=True, yield_per=1000),
         {"after": after_s},
     )
     add_in_migration(
@@ -57,7 +59,7 @@ def upgrade() -> None:
                 row,
                 event_id=backfill_event_id("AppointmentChanged", str(row.id), row.version),
             )
-            for row in rows.all()
+            for row in rows
         ),
     )
 
