@@ -132,8 +132,11 @@ istio-schema: $(VENV)/.installed ## Regenerate the carried Istio schema: make is
 	@test -n "$(SRC)" -a -n "$(RELEASE)" || { echo "usage: make istio-schema SRC=<Istio CRD file> RELEASE=<its tag, e.g. 1.28.0>"; exit 2; }
 	$(PY) -m his.mesh.istio_crds "$(SRC)" --release "$(RELEASE)"
 
+# Two workers (PYTEST_WORKERS=0 for one process): each has its own PostgreSQL and servers; the
+# tests on the fixed local ports run on one worker, one after another (xdist_group in conftest).
+PYTEST_WORKERS ?= 2
 pytest: $(VENV)/.installed
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 # Every figure is printed also as a ratio to a bare grpc.aio echo server measured in the same run,
 # alternating (bench/echo.py, bench/harness.py): the figures of a shared machine move, the ratios less.

@@ -5,6 +5,7 @@ Nothing here is a mock: tests talk gRPC over TCP to the same servers `his serve`
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -488,3 +489,31 @@ def billing(
 ) -> billing_service_pb2_grpc.BillingServiceAsyncStub:
     """The billing service stub."""
     return billing_service_pb2_grpc.BillingServiceStub(billing_channel)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs two workers), the end-to-end tests all run on one
+    worker, one after another: they start `his up` on the fixed local ports."""
+    for item in items:
+        if item.path.is_relative_to(Path(__file__).parent / "e2e"):
+            item.add_marker(pytest.mark.xdist_group("fixed-local-ports"))
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+_RUN = re.compile(r"[A-Za-z0-9_-]{24,}")
+
+
+def _random_looking(run: str) -> bool:
+    return any(c.isupper() for c in run) and any(c.islower() for c in run) and any(
+        c.isdigit() for c in run
+    )
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Test ids without the random parts of a parameter (a fresh uuid, random token bytes):
+    pytest-xdist's workers each collect the suite and must find the same ids."""
+    if not isinstance(val, str):
+        return None
+    stable = _UUID.sub("uuid", val)
+    stable = _RUN.sub(lambda m: "random" if _random_looking(m.group()) else m.group(), stable)
+    return None if stable == val else stable
