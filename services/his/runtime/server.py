@@ -281,7 +281,8 @@ async def start(
         await server.start()
         if deferred is not None:
             loading = asyncio.create_task(
-                _load_rest(deferred, lambda: spec.make_servicer(resources), health), name="load"
+                _load_rest(deferred, lambda: spec.make_servicer(resources), health, migration),
+                name="load",
             )
         if spec.companion is not None:
             companion = await spec.companion(resources, servicer)
@@ -353,10 +354,17 @@ def _tracing_interceptor(tracer_provider: TracerProvider | None) -> grpc.aio.Ser
 
 
 async def _load_rest(
-    deferred: DeferredServicer, make_full: Callable[[], Any], health: Health
+    deferred: DeferredServicer,
+    make_full: Callable[[], Any],
+    health: Health,
+    migration: asyncio.Task[None] | None,
 ) -> None:
-    """The rest of a deferred servicer; a load that fails takes the process out of service for
-    good (liveness too: a broken image is restarted, not left answering half its methods)."""
+    """The rest of a deferred servicer, begun once the schema check is done (readiness open): a
+    thread importing holds the GIL, and the check's round trips would wait for it. A load that
+    fails takes the process out of service for good (liveness too: a broken image is restarted,
+    not left answering half its methods)."""
+    if migration is not None:
+        await asyncio.wait([migration])
     try:
         await deferred.load(make_full)
     except Exception:
