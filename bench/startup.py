@@ -7,7 +7,10 @@ alternating with the start of the bare echo server (bench/echo.py: Python, grpc,
 its first answer, so the figure is also a ratio to what any grpc.aio process costs here. Beside
 the wall-clock time it reads the CPU time the process had used when it answered (user + system,
 from /proc): on a machine shared with other work the wall clock moves by tens of percent, the
-CPU time much less. Then once more under `python -X importtime`, and prints the import time
+CPU time much less. For a service that answers some methods before the rest of its servicer is
+loaded (his.runtime.deferred: patient's GetPatient), it also prints when the rest was loaded (read
+from the service's log): from then on every method answers without waiting. Then once more under
+`python -X importtime`, and prints the import time
 grouped by top-level package: what start-up spends importing, and where.
 
 Our own modules are compiled to bytecode first, as `pip install` does in the image: the
