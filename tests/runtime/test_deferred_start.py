@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -27,6 +28,7 @@ from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
 from his.runtime.config import LIVENESS
 from his.runtime.database import Database
+from his.runtime.deferred import DeferredServicer
 from his.runtime.health import NOT_SERVING, SERVING, probe
 from his.runtime.migrations import upgrade
 from his.runtime.schema_version import at_head, head_revision
@@ -93,6 +95,37 @@ def _gated(database_url: str, gate: Path) -> tuple[subprocess.Popen[bytes], int]
         stderr=subprocess.DEVNULL,
     )
     return process, port
+
+
+async def test_every_method_of_the_service_is_early_or_waits_for_the_rest() -> None:
+    from his.patient.spec import SPEC  # noqa: PLC0415
+
+    assert SPEC.early is not None
+    answered: list[str] = []
+
+    class Full:
+        def __getattr__(self, name: str) -> Any:
+            async def answer(request: object, context: object) -> str:
+                answered.append(name)
+                return name
+
+            return answer
+
+    early = object()
+    deferred = DeferredServicer(SPEC.early, early)
+    methods = pb.DESCRIPTOR.services_by_name["PatientService"].methods_by_name
+    waiting = {
+        name: asyncio.ensure_future(getattr(deferred, name)(None, None))
+        for name in methods
+        if name not in SPEC.early.methods
+    }
+    assert set(SPEC.early.methods) <= set(methods)
+    await asyncio.sleep(0.05)
+    assert not any(call.done() for call in waiting.values())
+    await deferred.load(Full)
+    assert deferred.loaded
+    assert {name: await call for name, call in waiting.items()} == {n: n for n in waiting}
+    assert sorted(answered) == sorted(waiting)
 
 
 async def _stop(process: subprocess.Popen[bytes]) -> None:
