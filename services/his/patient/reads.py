@@ -8,8 +8,6 @@ commit, which runs on them too.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
 import uuid
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ from typing import Any
 import grpc
 
 from his.base import identity
-from his.base.errors import NotFound, Unavailable
+from his.base.errors import NotFound
 from his.patient import care
 from his.patient.care import CareConfig, CareRelationships, Relation
 from his.patient.label_view import for_caller
@@ -39,82 +37,29 @@ _DEMOGRAPHICS = "patient.demographics"
 
 # GetPatient's one statement, for the driver: SQLAlchemy's ORM session cost more CPU than the
 # rest of the call around this primary-key SELECT (profiled under load: ~28 % of the process).
-# By a list of ids: concurrent reads share it (SharedReads).
-_READ_MANY = (
-    "SELECT "  # noqa: S608 (column and table names from schema.py; the ids are bound)
+_READ_ONE = (
+    "SELECT "  # noqa: S608 (column and table names from schema.py; the id is bound)
     + ", ".join(f'"{column}"' for column in PATIENT_COLUMNS)
-    + f' FROM "{SCHEMA}".patients WHERE id = ANY($1::uuid[])'
+    + f' FROM "{SCHEMA}".patients WHERE id = $1'
 )
 
 
-class SharedReads:
-    """GetPatient's reads by id, outside any transaction, concurrent ones sharing a statement.
-
-    The first read starts a statement at once; reads that arrive while it runs wait for it and
-    then share the next one, as the outbox's group commit does for audit events. Each statement
-    starts after every read it answers arrived, so a read sees every commit made before it was
-    asked (a caller's own write included). Under load one round trip, one statement and one
-    checkout of a driver connection serve many calls; at one call at a time nothing waits.
-    The data keys the rows need and memory lacks are read on the same connection.
-    """
-
-    def __init__(self, database: Database, cipher: FieldCipher) -> None:
-        self._database = database
-        self._cipher = cipher
-        self._queue: dict[uuid.UUID, list[asyncio.Future[Any]]] = {}
-        self._reader: asyncio.Task[None] | None = None
-        # Statements run (a figure for tests).
-        self.statements = 0
-
-    async def read(self, patient_id: uuid.UUID) -> PatientRecord:
-        """One patient, or NOT_FOUND."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.setdefault(patient_id, []).append(future)
-        if self._reader is None:
-            # Belongs to no caller: no deadline, identity or span of the first one.
-            self._reader = asyncio.create_task(self._read_all(), context=contextvars.Context())
-        row = await future
-        if row is None:
+async def read_patient(
+    database: Database, cipher: FieldCipher, patient_id: uuid.UUID
+) -> PatientRecord:
+    """One patient, or NOT_FOUND, outside any transaction (GetPatient's hot path); the data keys
+    its values need and memory lacks are read on the same connection."""
+    async with database.driver() as connection:
+        record = await connection.fetchrow(_READ_ONE, patient_id)
+        if record is None:
             raise NotFound(
                 f"patients/{patient_id} not found", metadata={"name": f"patients/{patient_id}"}
             )
-        return decrypt_patient(self._cipher, row)
-
-    async def _read_all(self) -> None:
-        try:
-            while self._queue:
-                group, self._queue = self._queue, {}
-                await self._read(group)
-        finally:
-            self._reader = None
-
-    async def _read(self, group: dict[uuid.UUID, list[asyncio.Future[Any]]]) -> None:
-        self.statements += 1
-        try:
-            async with self._database.driver() as connection:
-                records = await connection.fetch(_READ_MANY, list(group))
-                # Read by attribute, as the mapping reads SQLAlchemy rows.
-                rows = {record["id"]: SimpleNamespace(**dict(record.items())) for record in records}
-                values = [value for row in rows.values() for value in encrypted_values(row)]
-                if self._cipher.missing_keys(values):
-                    await self._cipher.load_on(connection, values)
-        except BaseException as error:
-            failure = error if isinstance(error, Exception) else _stopped()
-            for futures in group.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(failure)
-            if not isinstance(error, Exception):
-                raise
-            return
-        for patient_id, futures in group.items():
-            for future in futures:
-                if not future.done():
-                    future.set_result(rows.get(patient_id))
-
-
-def _stopped() -> Exception:
-    return Unavailable("the service is stopping", reason="SERVICE_STOPPING")
+        # Read by attribute, as the mapping reads SQLAlchemy rows.
+        row = SimpleNamespace(**dict(record.items()))
+        if cipher.missing_keys(encrypted_values(row)):
+            await cipher.load_on(connection, encrypted_values(row))
+    return decrypt_patient(cipher, row)
 
 
 @dataclass(frozen=True)
@@ -135,7 +80,6 @@ class PatientReads:
         # Given the Database, not its engine: the engine (SQLAlchemy) is made only if a data key
         # must be created, which a read never does.
         self._cipher = FieldCipher.from_config(resources.config.crypto, SCHEMA, resources.database)
-        self._reads = SharedReads(resources.database, self._cipher)
 
     async def _audit(self, action: str, permit: Permit, patient_id: uuid.UUID, **name: str) -> None:
         """Record one access to a patient's record (or to its consents)."""
@@ -158,7 +102,7 @@ class PatientReads:
 
         async def load() -> _Found | None:
             try:
-                row = await self._reads.read(patient_id)
+                row = await read_patient(self._db, self._cipher, patient_id)
             except NotFound:
                 return None
             if alone:
