@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,13 @@ import grpc
 import pytest
 
 from his.base.catalog import lookup
+from his.base.errors import Unavailable
 from his.patient.schema import PATIENT_COLUMNS, SCHEMA
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
 from his.runtime.config import LIVENESS
 from his.runtime.database import Database
-from his.runtime.deferred import DeferredServicer
+from his.runtime.deferred import DeferredServicer, Early
 from his.runtime.health import NOT_SERVING, SERVING, probe
 from his.runtime.migrations import upgrade
 from his.runtime.schema_version import at_head, head_revision
@@ -126,6 +128,19 @@ async def test_every_method_of_the_service_is_early_or_waits_for_the_rest() -> N
     assert deferred.loaded
     assert {name: await call for name, call in waiting.items()} == {n: n for n in waiting}
     assert sorted(answered) == sorted(waiting)
+
+
+async def test_calls_waiting_when_the_service_stops_mid_load_are_refused_retryably() -> None:
+    early = Early(methods=frozenset(), make=lambda _: None, load=lambda: time.sleep(0.3))
+    deferred = DeferredServicer(early, None)
+    waiting = asyncio.ensure_future(deferred.ListPatients(None, None))
+    loading = asyncio.ensure_future(deferred.load(object))
+    await asyncio.sleep(0.05)
+    loading.cancel()
+    with pytest.raises(Unavailable) as refused:
+        await waiting
+    assert refused.value.reason == "SERVICE_STOPPING"
+    assert not deferred.loaded
 
 
 async def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -92,6 +92,12 @@ class DeferredServicer:
         try:
             await asyncio.to_thread(self._early.load)
             servicer = make_full()
+        except asyncio.CancelledError:
+            # Stopped while loading: the calls that waited are refused, retryable elsewhere.
+            self._full.set_exception(
+                Unavailable("the service is stopping", reason="SERVICE_STOPPING")
+            )
+            raise
         except BaseException as error:
             self._full.set_exception(
                 Unavailable("the service failed to load; try another replica", reason="LOAD_FAILED")
