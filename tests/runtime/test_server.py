@@ -46,7 +46,8 @@ class _ExplodingPatientService(PatientService):
 
 
 def _exploding_spec() -> ServiceSpec:
-    return dataclasses.replace(PATIENT, make_servicer=_ExplodingPatientService)
+    # Not deferred: the exploding GetPatient is the full servicer's.
+    return dataclasses.replace(PATIENT, make_servicer=_ExplodingPatientService, early=None)
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
+from his.patient.schema import SCHEMA
 from his.runtime.fieldcrypt import data_keys_table
 from his.runtime.inbox import declare as declare_inbox
 from his.runtime.outbox import declare as declare_outbox
 
-SCHEMA = "patient"
+__all__ = ["SCHEMA"]
 metadata = MetaData(schema=SCHEMA)
 
 # Medical record numbers: a sequence, never reused, shown with a Luhn check digit (see mapping.py).
