@@ -504,8 +504,10 @@ _RUN = re.compile(r"[A-Za-z0-9_-]{24,}")
 
 
 def _random_looking(run: str) -> bool:
-    return any(c.isupper() for c in run) and any(c.islower() for c in run) and any(
-        c.isdigit() for c in run
+    return (
+        any(c.isupper() for c in run)
+        and any(c.islower() for c in run)
+        and any(c.isdigit() for c in run)
     )
 
 
