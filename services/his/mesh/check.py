@@ -75,7 +75,9 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
             f"unknown overlay {', '.join(unknown)}; overlays: {', '.join(known) or 'none'}"
         )
     try:
-        schema.istio_release()  # before rendering: without its schema the check cannot pass
+        # Before rendering: without its carried schemas the check cannot pass.
+        schema.istio_release()
+        schema.cnpg_release()
     except SchemaUnavailable as error:
         raise CheckUnavailable(str(error)) from error
     report = CheckReport()
