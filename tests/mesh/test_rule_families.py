@@ -7,20 +7,18 @@ variant passes the whole check. The real policy passes (test_check.py)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from his.mesh.check import OVERLAYS, run_check
-from his.mesh.cluster import Cluster
+from his.mesh.check import OVERLAYS, overlay_cluster, run_check
 from his.mesh.findings import Finding
 from his.mesh.kustomize_lint import lint_kustomize, pinned, selector_holds
 from his.mesh.lint import lint
 from his.mesh.render import render
 from his.mesh.routes import fqdn, istio_host
-from his.mesh.sources import file_of, scan
+from his.mesh.sources import scan
 from tests.mesh.conftest import edit, needs_kubectl
 
 pytestmark = needs_kubectl
@@ -38,7 +36,7 @@ def overlay_findings(root: Path, overlay: str) -> list[Finding]:
     the seeds are valid Istio and Kubernetes, only wrong)."""
     tree = f"{OVERLAYS}/{overlay}"
     objects = render(root / tree)
-    cluster = Cluster(objects, functools.partial(file_of, scan(root).files, fallback=tree))
+    cluster = overlay_cluster(root, tree, objects, scan(root).files)
     return sorted({*lint(cluster), *lint_kustomize(root, tree, objects)})
 
 
@@ -215,6 +213,23 @@ def _drill_in_the_policy(root: Path) -> None:
         "  - gateway/routes.yaml\n",
         "  - gateway/routes.yaml\npatches:\n  - path: drills/patient/unavailable.yaml\n"
         "    target:\n      kind: VirtualService\n      name: patient\n",
+    )
+
+
+DRILL = "mesh/istio/drills/patient/unavailable.yaml"
+
+
+def _fault_patched_in_by_an_overlay(root: Path) -> None:
+    (root / OVERLAYS / "dev/slow-audit.yaml").write_text(
+        "- op: add\n  path: /spec/http/0/fault\n  value:\n    delay:\n      fixedDelay: 2s\n"
+        "      percentage: {value: 50}\n",
+        encoding="utf-8",
+    )
+    edit(
+        root,
+        f"{OVERLAYS}/dev/kustomization.yaml",
+        "patches:\n",
+        "patches:\n  - path: slow-audit.yaml\n    target: {kind: VirtualService, name: audit}\n",
     )
 
 
@@ -403,7 +418,9 @@ MUTATIONS: list[tuple[Seed, str, str, str]] = [
         "matches no object rendered",
     ),
     (_drill_in_the_policy, "dev", "mesh/istio/kustomization.yaml", "applies a drill"),
-    (_drill_in_the_policy, "dev", f"{VS}/patient.yaml", "a fault outside a drill"),
+    # The fault is blamed on the patch that brings it in, not on the VirtualService's file.
+    (_drill_in_the_policy, "dev", DRILL, "a fault outside a drill"),
+    (_fault_patched_in_by_an_overlay, "dev", f"{OVERLAYS}/dev/slow-audit.yaml", "a fault outside"),
     (_fault_left_in_routes, "dev", f"{VS}/audit.yaml", "a fault outside a drill"),
     (_latest_in_prod, "prod", f"{OVERLAYS}/prod/kustomization.yaml", "tag 'latest'"),
     (_no_audiences, "dev", f"{GATEWAY}/request-authentication.yaml", "no audiences"),
@@ -612,3 +629,17 @@ def test_a_patch_target_label_selector_reads_as_kubernetes_reads_it() -> None:
     assert not selector_holds("app notin (patient)", labels)
     assert not selector_holds("!tier", labels)
     assert not selector_holds("version", labels)
+
+
+def test_a_fault_patched_in_by_an_overlay_is_blamed_on_that_patch(policy_copy: Path) -> None:
+    _fault_patched_in_by_an_overlay(policy_copy)
+    faults = [f for f in overlay_findings(policy_copy, "dev") if "fault outside" in f.problem]
+    assert len(faults) == 1, faults
+    (fault,) = faults
+    assert fault.file == f"{OVERLAYS}/dev/slow-audit.yaml"
+    assert fault.subject.startswith("VirtualService his/audit http[0] ")
+    assert fault.subject.endswith(
+        f" fault, patched in by {OVERLAYS}/dev/kustomization.yaml patches[0] "
+        f"({OVERLAYS}/dev/slow-audit.yaml)"
+    )
+    assert fault.fix.startswith(f"remove patches[0] from {OVERLAYS}/dev/kustomization.yaml")

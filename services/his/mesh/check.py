@@ -19,7 +19,7 @@ from his.mesh import drills, schema
 from his.mesh.cluster import Cluster
 from his.mesh.findings import Finding
 from his.mesh.istio_crds import SchemaUnavailable
-from his.mesh.kustomize_lint import lint_kustomize
+from his.mesh.kustomize_lint import introduced_by, lint_kustomize, patches_of
 from his.mesh.lint import lint
 from his.mesh.render import KubectlMissing, RenderFailed, render
 from his.mesh.sources import (
@@ -118,7 +118,7 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
             mesh_objects = objects
             found.update(_unlisted(files, objects))
         else:
-            cluster = Cluster(objects, functools.partial(file_of, files, fallback=tree))
+            cluster = overlay_cluster(root, tree, objects, files)
             found.update(lint(cluster))
             found.update(lint_kustomize(root, tree, objects))
     result = schema.validate(list(sources.values()))
@@ -133,6 +133,18 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
         found.update(_drills(root, mesh_objects))
     report.findings = sorted(found)
     return report
+
+
+def overlay_cluster(
+    root: Path, tree: str, objects: list[Manifest], files: dict[tuple[str, str, str], str]
+) -> Cluster:
+    """One rendered overlay for the lint: each object located in the file it is written in,
+    and a field a kustomize patch wrote traced to that patch."""
+    return Cluster(
+        objects,
+        functools.partial(file_of, files, fallback=tree),
+        patched_by=functools.partial(introduced_by, patches_of(root, tree)),
+    )
 
 
 def _unlisted(files: dict[tuple[str, str, str], str], rendered: list[Manifest]) -> list[Finding]:
