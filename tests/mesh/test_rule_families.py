@@ -323,6 +323,29 @@ def _allow_all_from_the_root_namespace(root: Path) -> None:
     )
 
 
+def _deny_reflection_in_the_root_namespace(root: Path) -> None:
+    # Mesh-wide hardening: no workload answers gRPC reflection. A DENY only refuses.
+    _add_to_mesh(
+        root,
+        "authorization/deny-reflection.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n"
+        "  name: deny-reflection\n  namespace: istio-system\nspec:\n  action: DENY\n"
+        "  rules:\n    - to:\n        - operation:\n            paths:\n"
+        '              - "/grpc.reflection.v1alpha.ServerReflection/*"\n',
+    )
+
+
+def _custom_authorizer_in_the_root_namespace(root: Path) -> None:
+    _add_to_mesh(
+        root,
+        "authorization/ext-authz.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n"
+        "  name: ext-authz\n  namespace: istio-system\nspec:\n  action: CUSTOM\n"
+        "  provider:\n    name: opa\n  rules:\n    - to:\n        - operation:\n"
+        '            paths: ["/his.audit.v1.AuditService/*"]\n',
+    )
+
+
 def _empty_rule_for_the_database(root: Path) -> None:
     _add_to_mesh(
         root,
@@ -443,6 +466,12 @@ MUTATIONS: list[tuple[Seed, str, str, str]] = [
         "dev",
         "mesh/istio/authorization/allow-all.yaml",
         "applies to every workload of the mesh",
+    ),
+    (
+        _custom_authorizer_in_the_root_namespace,
+        "dev",
+        "mesh/istio/authorization/ext-authz.yaml",
+        "external authorizer (opa) that this repository does not define",
     ),
     (
         _empty_rule_for_the_database,
@@ -594,6 +623,7 @@ CORRECT_VARIANTS: list[tuple[Seed, str]] = [
     (_prod_image_by_digest, "prod"),
     (_budget_below_the_lowest_scale, "prod"),
     (_wildcard_headers_with_authorization, "dev"),
+    (_deny_reflection_in_the_root_namespace, "dev"),
 ]
 
 
