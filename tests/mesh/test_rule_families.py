@@ -413,13 +413,13 @@ MUTATIONS: list[tuple[Seed, str, str, str]] = [
         _narrow_sidecar,
         "dev",
         "mesh/istio/sidecar-scheduling.yaml",
-        "imports no Service his/patient, no VirtualService his/patient, no DestinationRule",
+        "scheduling → patient (no Service/VirtualService/DestinationRule his/patient)",
     ),
     (
         _narrow_sidecar,
         "dev",
         "mesh/istio/sidecar-scheduling.yaml",
-        "and scheduling calls emr: the call has no route to it",
+        "scheduling → emr (no Service/VirtualService/DestinationRule his/emr)",
     ),
     (_eject_every_pod, "dev", f"{DR}/audit.yaml", "every pod may be ejected at once"),
     (_eject_on_one_error, "dev", f"{DR}/lab.yaml", "ejected after 1 refused connection"),
@@ -636,6 +636,46 @@ def test_a_correct_variant_passes_the_check(policy_copy: Path, seed: Seed, overl
     seed(policy_copy)
     report = run_check(policy_copy, [overlay])
     assert report.ok, "\n".join(map(str, report.findings))
+
+
+# --- one mistake, one finding ---------------------------------------------------------------
+
+
+def _namespace_sidecar_importing_only_iam(root: Path) -> None:
+    _add_to_mesh(
+        root,
+        "sidecar-his.yaml",
+        _SIDECAR.format(
+            name="default",
+            selector="",
+            hosts='        - "./iam.his.svc.cluster.local"\n        - "istio-system/*"\n',
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("seed", "file", "names"),
+    [
+        (
+            _namespace_sidecar_importing_only_iam,
+            "mesh/istio/sidecar-his.yaml",
+            ["billing, emr, iam, lab, orders, patient, pharmacy, scheduling → audit", "→ emr"],
+        ),
+        (_narrow_sidecar, "mesh/istio/sidecar-scheduling.yaml", ["scheduling → audit", "→ emr"]),
+        (_grpc_message_hidden, f"{GATEWAY}/routes.yaml", ["16 places", "http[15] iam-writes"]),
+        (_any_origin_with_credentials, f"{GATEWAY}/routes.yaml", ["16 places", "http[0] patient"]),
+    ],
+    ids=["namespace-sidecar", "workload-sidecar", "cors-anchor-header", "cors-anchor-origin"],
+)
+def test_one_mistake_is_one_finding_naming_everything_it_affects(
+    policy_copy: Path, seed: Seed, file: str, names: list[str]
+) -> None:
+    seed(policy_copy)
+    report = run_check(policy_copy, ["dev"])
+    assert len(report.findings) == 1, "\n".join(map(str, report.findings))
+    (found,) = report.findings
+    assert found.file == file and found.fix
+    assert all(name in found.problem for name in names), found
 
 
 def test_pinned_means_a_release_tag_or_a_digest() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from his.mesh import drills, schema
 from his.mesh.cluster import Cluster
-from his.mesh.findings import Finding
+from his.mesh.findings import Finding, grouped
 from his.mesh.istio_crds import SchemaUnavailable
 from his.mesh.kustomize_lint import introduced_by, lint_kustomize, patches_of
 from his.mesh.lint import lint
@@ -131,7 +131,8 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
     )
     if mesh_objects is not None:
         found.update(_drills(root, mesh_objects))
-    report.findings = sorted(found)
+    # One mistake, one finding: the same problem at many places of one object is listed once.
+    report.findings = grouped(found)
     return report
 
 
