@@ -523,7 +523,8 @@ MUTATIONS: list[tuple[Seed, str, str]] = [
     (
         _token_not_forwarded,
         f"{GATEWAY}/request-authentication.yaml",
-        "forwardOriginalToken is not true",
+        "forwardOriginalToken: is False: after validating the JWT the gateway removes the "
+        "Authorization header",
     ),
 ]
 

@@ -421,15 +421,18 @@ def _jwt_rules(cluster: Cluster) -> Iterator[Finding]:
     for auth in cluster.of_kind("RequestAuthentication"):
         for number, rule in enumerate(spec_of(auth).get("jwtRules") or []):
             where = f"jwtRules[{number}]"
-            if rule.get("forwardOriginalToken") is not True:
+            forward = rule.get("forwardOriginalToken")
+            if forward is not True:
+                said = "unset (Istio's default is false)" if forward is None else repr(forward)
                 yield finding(
                     cluster,
                     auth,
-                    where,
-                    "forwardOriginalToken is not true: the "
-                    "gateway strips the token and every service refuses the call "
-                    "(UNAUTHENTICATED)",
-                    "set forwardOriginalToken: true",
+                    f"{where}.forwardOriginalToken",
+                    f"is {said}: after validating the JWT the gateway removes the "
+                    "Authorization header, so the services, which verify the token again and "
+                    "read the user from it, refuse every call it admits (UNAUTHENTICATED)",
+                    "set forwardOriginalToken: true in this jwtRule so the gateway passes the "
+                    "token on",
                 )
             given = {str(a) for a in rule.get("audiences") or []}
             if audiences and given and not given & audiences:
