@@ -50,10 +50,9 @@ def grouped(findings: Iterable[Finding]) -> list[Finding]:
         if len(unique) == 1:
             merged.append(Finding(file, f"{thing} {unique[0]}".rstrip(), problem, fix))
             continue
-        shared = _shared_tail([p.split(" ") for p in unique])
-        heads = [" ".join(p.split(" ")[: len(p.split(" ")) - len(shared)]) for p in unique]
-        listed = ", ".join(h for h in heads if h) or ", ".join(unique)
-        where = " ".join(shared)
+        where = _shared_tail(unique)
+        heads = [p[: len(p) - len(where)].rstrip(" .") if where else p for p in unique]
+        listed = ", ".join(heads)
         merged.append(
             Finding(
                 file,
@@ -71,15 +70,18 @@ def _split_subject(text: str) -> tuple[str, str]:
     return " ".join(parts[:2]), parts[2] if len(parts) > 2 else ""
 
 
-def _shared_tail(places: list[list[str]]) -> list[str]:
-    tail: list[str] = []
-    for words in zip(*(reversed(p) for p in places), strict=False):
-        if len(set(words)) != 1:
-            break
-        tail.insert(0, words[0])
-    # Never the whole place of one of them: something must be left to list.
+def _shared_tail(places: list[str]) -> str:
+    """The end all places share, from a field boundary (` ` or `.`), never a whole place:
+    `corsPolicy.exposeHeaders` of `http[0] patient-reads corsPolicy.exposeHeaders`, ...;
+    `retries.perTryTimeout` of `spec.http[0].retries.perTryTimeout`, ..."""
     shortest = min(len(p) for p in places)
-    return tail[: max(0, shortest - 1)] if len(tail) >= shortest else tail
+    size = 0
+    while size < shortest and len({p[len(p) - size - 1] for p in places}) == 1:
+        size += 1
+    # Move the start right until every place has a separator just before it.
+    while size > 0 and not all(len(p) > size and p[len(p) - size - 1] in " ." for p in places):
+        size -= 1
+    return places[0][len(places[0]) - size :] if size else ""
 
 
 def _natural(text: str) -> list[int | str]:
