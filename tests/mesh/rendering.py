@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from his.mesh.kustomize_lint import _matches
-from his.mesh.sources import Manifest, key
+from his.mesh.sources import Manifest, key, load_all
 
 Render = Callable[[Path], list[Manifest]]
 MODE = os.environ.get("HIS_MESH_TEST_RENDER", "splice")
@@ -99,7 +99,8 @@ def inputs(root: Path, tree: Path) -> Inputs:
             found.known = False
             continue
         try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            parsed = load_all(path.read_text(encoding="utf-8"))
+            document = (parsed[0] if parsed else None) or {}
         except yaml.YAMLError:
             found.known = False
             continue
@@ -145,14 +146,19 @@ def _other_references(document: Mapping[str, Any]) -> Iterator[str]:
             yield str(generator["env"])
 
 
-class _UniqueKeys(yaml.SafeLoader):
+# libyaml's parser when PyYAML has it (the constructor below is Python either way).
+_SAFE: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeys(_SAFE):  # type: ignore[valid-type,misc]
     """PyYAML keeps the last of two equal keys; kustomize refuses the file."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
         if len(keys) != len({str(k) for k in keys}):
             raise yaml.constructor.ConstructorError(None, None, "duplicate key", node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 def _objects(text: str) -> list[Manifest] | None:

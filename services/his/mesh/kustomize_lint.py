@@ -48,7 +48,8 @@ def _tree(root: Path, start: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
         if path is None:
             continue
         try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            parsed = load_all(path.read_text(encoding="utf-8"))  # libyaml: read on every check
+            document = (parsed[0] if parsed else None) or {}
         except yaml.YAMLError:
             continue  # the check names files that do not parse
         if not isinstance(document, dict):
