@@ -12,9 +12,12 @@ import pytest
 from his.mesh.check import OVERLAYS
 from his.mesh.render import render as kubectl_render
 from tests.mesh.conftest import REPOSITORY, edit, needs_kubectl
-from tests.mesh.rendering import Renderer
+from tests.mesh.rendering import MODE, Renderer
 
-pytestmark = needs_kubectl
+pytestmark = [
+    needs_kubectl,
+    pytest.mark.skipif(MODE == "kubectl", reason="HIS_MESH_TEST_RENDER=kubectl: no splicing"),
+]
 
 Seed = Callable[[Path], None]
 DEV = f"{OVERLAYS}/dev"
