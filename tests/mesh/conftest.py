@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from his.mesh import render as render_module
 from his.mesh.render import KubectlMissing, kubectl
+from tests.mesh.rendering import Renderer
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -79,3 +83,22 @@ def his_in(copy: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         check=False,
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _render_only_when_needed() -> Iterator[Renderer]:
+    """Every render of the mesh tests goes through tests/mesh/rendering.py: the repository's
+    trees are rendered by kubectl once, a copy with a plain resource edited is spliced, the rest
+    rendered by kubectl and cached by content (HIS_MESH_TEST_RENDER=kubectl turns it off)."""
+    original = render_module.render
+    renderer = Renderer(REPOSITORY, original)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, module in list(sys.modules.items()):
+            if name.startswith(("his.mesh.", "tests.mesh.")) and (
+                getattr(module, "render", None) is original
+            ):
+                patch.setattr(module, "render", renderer)
+        yield renderer
+    stats = os.environ.get("HIS_MESH_TEST_RENDER_STATS")
+    if stats:  # a file to write how each render was made (kubectl, spliced, ...)
+        Path(stats).write_text(json.dumps(renderer.counts) + "\n", encoding="utf-8")

@@ -71,6 +71,34 @@ def _key_rule_opens_an_rpc(root: Path) -> None:
     )
 
 
+def _gateway_route_to_a_port_lab_lacks(root: Path) -> None:
+    edit(
+        root,
+        f"{GATEWAY}/routes.yaml",
+        "host: lab.his.svc.cluster.local\n",
+        "host: lab.his.svc.cluster.local\n            port: {number: 50052}\n",
+    )
+
+
+def test_a_route_to_a_missing_port_says_so_and_never_prints_none(policy_copy: Path) -> None:
+    _gateway_route_to_a_port_lab_lacks(policy_copy)
+    found = [
+        f
+        for f in run_check(policy_copy, ["dev"]).findings
+        if f.file == f"{GATEWAY}/routes.yaml" and "50052" in f.problem
+    ]
+    assert found, "no finding for the route to port 50052"
+    for item in found:
+        assert "None" not in str(item), item
+    assert any(
+        "lab.his.svc.cluster.local routes to port 50052, which Service lab does not expose "
+        "(its ports: 50051 grpc-web, 9090 http-metrics): the route has no upstream"
+        in f.problem
+        and f.fix == "set destination.port.number to the Service's grpc-web port"
+        for f in found
+    ), found
+
+
 MUTATIONS: list[tuple[Seed, str, str]] = [
     (_plain_grpc_behind_the_gateway, f"{GATEWAY}/routes.yaml", "arrive untranslated"),
     (
@@ -81,7 +109,7 @@ MUTATIONS: list[tuple[Seed, str, str]] = [
     (
         _grpc_web_by_name_but_grpc_by_app_protocol,
         f"{GATEWAY}/routes.yaml",
-        "lab.his.svc.cluster.local reaches a port of protocol 'grpc'",
+        "lab.his.svc.cluster.local reaches port 50051 grpc-web of protocol grpc, not grpc-web",
     ),
     (_jwks_on_a_port_iam_does_not_have, f"{GATEWAY}/request-authentication.yaml", "no port 8443"),
     (

@@ -104,9 +104,12 @@ def test_other_protocols_are_named_for_what_istio_does() -> None:
     assert "http2" in reading({"name": "h", "appProtocol": "http2"})
     sniffed = reading({"name": "api"})
     assert "sniffs each connection" in sniffed and "HTTP/2" in sniffed
-    assert not_grpc([{"name": "api"}, {"name": "http-metrics"}]).startswith(
+    said = not_grpc([{"name": "api"}, {"name": "http-metrics", "appProtocol": "http"}])
+    assert said.startswith(
         "no port named grpc with appProtocol grpc; name 'api' declares no protocol"
     )
+    # The metrics port is HTTP on purpose: never named as the cause.
+    assert "http-metrics" not in said and said.count("; ") == 1
 
 
 @needs_kubectl
@@ -118,6 +121,13 @@ def test_the_check_says_what_istio_does_with_an_http_port(policy_copy: Path) -> 
     assert found, "no finding for the http port"
     assert {f.file for f in found} == {service}
     assert all("HTTP/1.1" in f.problem and "TCP" not in f.problem for f in found)
+    # The cause is the port that carries the calls; the metrics port is not one.
+    for item in found:
+        assert item.problem == (
+            "no port named grpc with appProtocol grpc; Istio reads port 'http' (appProtocol "
+            "http) as http, which is HTTP/1.1: the sidecars forward each call to the server as "
+            "HTTP/1.1, which a gRPC server (HTTP/2 only) refuses, so calls fail"
+        ), item
 
 
 # --- contract-only services ---------------------------------------------------------------------

@@ -7,20 +7,18 @@ variant passes the whole check. The real policy passes (test_check.py)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from his.mesh.check import OVERLAYS, run_check
-from his.mesh.cluster import Cluster
+from his.mesh.check import OVERLAYS, overlay_cluster, run_check
 from his.mesh.findings import Finding
 from his.mesh.kustomize_lint import lint_kustomize, pinned, selector_holds
 from his.mesh.lint import lint
 from his.mesh.render import render
 from his.mesh.routes import fqdn, istio_host
-from his.mesh.sources import file_of, scan
+from his.mesh.sources import scan
 from tests.mesh.conftest import edit, needs_kubectl
 
 pytestmark = needs_kubectl
@@ -38,7 +36,7 @@ def overlay_findings(root: Path, overlay: str) -> list[Finding]:
     the seeds are valid Istio and Kubernetes, only wrong)."""
     tree = f"{OVERLAYS}/{overlay}"
     objects = render(root / tree)
-    cluster = Cluster(objects, functools.partial(file_of, scan(root).files, fallback=tree))
+    cluster = overlay_cluster(root, tree, objects, scan(root).files)
     return sorted({*lint(cluster), *lint_kustomize(root, tree, objects)})
 
 
@@ -218,6 +216,23 @@ def _drill_in_the_policy(root: Path) -> None:
     )
 
 
+DRILL = "mesh/istio/drills/patient/unavailable.yaml"
+
+
+def _fault_patched_in_by_an_overlay(root: Path) -> None:
+    (root / OVERLAYS / "dev/slow-audit.yaml").write_text(
+        "- op: add\n  path: /spec/http/0/fault\n  value:\n    delay:\n      fixedDelay: 2s\n"
+        "      percentage: {value: 50}\n",
+        encoding="utf-8",
+    )
+    edit(
+        root,
+        f"{OVERLAYS}/dev/kustomization.yaml",
+        "patches:\n",
+        "patches:\n  - path: slow-audit.yaml\n    target: {kind: VirtualService, name: audit}\n",
+    )
+
+
 def _fault_left_in_routes(root: Path) -> None:
     edit(
         root,
@@ -308,6 +323,29 @@ def _allow_all_from_the_root_namespace(root: Path) -> None:
     )
 
 
+def _deny_reflection_in_the_root_namespace(root: Path) -> None:
+    # Mesh-wide hardening: no workload answers gRPC reflection. A DENY only refuses.
+    _add_to_mesh(
+        root,
+        "authorization/deny-reflection.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n"
+        "  name: deny-reflection\n  namespace: istio-system\nspec:\n  action: DENY\n"
+        "  rules:\n    - to:\n        - operation:\n            paths:\n"
+        '              - "/grpc.reflection.v1alpha.ServerReflection/*"\n',
+    )
+
+
+def _custom_authorizer_in_the_root_namespace(root: Path) -> None:
+    _add_to_mesh(
+        root,
+        "authorization/ext-authz.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n"
+        "  name: ext-authz\n  namespace: istio-system\nspec:\n  action: CUSTOM\n"
+        "  provider:\n    name: opa\n  rules:\n    - to:\n        - operation:\n"
+        '            paths: ["/his.audit.v1.AuditService/*"]\n',
+    )
+
+
 def _empty_rule_for_the_database(root: Path) -> None:
     _add_to_mesh(
         root,
@@ -375,13 +413,13 @@ MUTATIONS: list[tuple[Seed, str, str, str]] = [
         _narrow_sidecar,
         "dev",
         "mesh/istio/sidecar-scheduling.yaml",
-        "imports no Service his/patient, no VirtualService his/patient, no DestinationRule",
+        "scheduling → patient (no Service/VirtualService/DestinationRule his/patient)",
     ),
     (
         _narrow_sidecar,
         "dev",
         "mesh/istio/sidecar-scheduling.yaml",
-        "and scheduling calls emr: the call has no route to it",
+        "scheduling → emr (no Service/VirtualService/DestinationRule his/emr)",
     ),
     (_eject_every_pod, "dev", f"{DR}/audit.yaml", "every pod may be ejected at once"),
     (_eject_on_one_error, "dev", f"{DR}/lab.yaml", "ejected after 1 refused connection"),
@@ -403,7 +441,9 @@ MUTATIONS: list[tuple[Seed, str, str, str]] = [
         "matches no object rendered",
     ),
     (_drill_in_the_policy, "dev", "mesh/istio/kustomization.yaml", "applies a drill"),
-    (_drill_in_the_policy, "dev", f"{VS}/patient.yaml", "a fault outside a drill"),
+    # The fault is blamed on the patch that brings it in, not on the VirtualService's file.
+    (_drill_in_the_policy, "dev", DRILL, "a fault outside a drill"),
+    (_fault_patched_in_by_an_overlay, "dev", f"{OVERLAYS}/dev/slow-audit.yaml", "a fault outside"),
     (_fault_left_in_routes, "dev", f"{VS}/audit.yaml", "a fault outside a drill"),
     (_latest_in_prod, "prod", f"{OVERLAYS}/prod/kustomization.yaml", "tag 'latest'"),
     (_no_audiences, "dev", f"{GATEWAY}/request-authentication.yaml", "no audiences"),
@@ -426,6 +466,12 @@ MUTATIONS: list[tuple[Seed, str, str, str]] = [
         "dev",
         "mesh/istio/authorization/allow-all.yaml",
         "applies to every workload of the mesh",
+    ),
+    (
+        _custom_authorizer_in_the_root_namespace,
+        "dev",
+        "mesh/istio/authorization/ext-authz.yaml",
+        "external authorizer (opa) that this repository does not define",
     ),
     (
         _empty_rule_for_the_database,
@@ -577,6 +623,7 @@ CORRECT_VARIANTS: list[tuple[Seed, str]] = [
     (_prod_image_by_digest, "prod"),
     (_budget_below_the_lowest_scale, "prod"),
     (_wildcard_headers_with_authorization, "dev"),
+    (_deny_reflection_in_the_root_namespace, "dev"),
 ]
 
 
@@ -589,6 +636,46 @@ def test_a_correct_variant_passes_the_check(policy_copy: Path, seed: Seed, overl
     seed(policy_copy)
     report = run_check(policy_copy, [overlay])
     assert report.ok, "\n".join(map(str, report.findings))
+
+
+# --- one mistake, one finding ---------------------------------------------------------------
+
+
+def _namespace_sidecar_importing_only_iam(root: Path) -> None:
+    _add_to_mesh(
+        root,
+        "sidecar-his.yaml",
+        _SIDECAR.format(
+            name="default",
+            selector="",
+            hosts='        - "./iam.his.svc.cluster.local"\n        - "istio-system/*"\n',
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("seed", "file", "names"),
+    [
+        (
+            _namespace_sidecar_importing_only_iam,
+            "mesh/istio/sidecar-his.yaml",
+            ["billing, emr, iam, lab, orders, patient, pharmacy, scheduling → audit", "→ emr"],
+        ),
+        (_narrow_sidecar, "mesh/istio/sidecar-scheduling.yaml", ["scheduling → audit", "→ emr"]),
+        (_grpc_message_hidden, f"{GATEWAY}/routes.yaml", ["16 places", "http[15] iam-writes"]),
+        (_any_origin_with_credentials, f"{GATEWAY}/routes.yaml", ["16 places", "http[0] patient"]),
+    ],
+    ids=["namespace-sidecar", "workload-sidecar", "cors-anchor-header", "cors-anchor-origin"],
+)
+def test_one_mistake_is_one_finding_naming_everything_it_affects(
+    policy_copy: Path, seed: Seed, file: str, names: list[str]
+) -> None:
+    seed(policy_copy)
+    report = run_check(policy_copy, ["dev"])
+    assert len(report.findings) == 1, "\n".join(map(str, report.findings))
+    (found,) = report.findings
+    assert found.file == file and found.fix
+    assert all(name in found.problem for name in names), found
 
 
 def test_pinned_means_a_release_tag_or_a_digest() -> None:
@@ -612,3 +699,17 @@ def test_a_patch_target_label_selector_reads_as_kubernetes_reads_it() -> None:
     assert not selector_holds("app notin (patient)", labels)
     assert not selector_holds("!tier", labels)
     assert not selector_holds("version", labels)
+
+
+def test_a_fault_patched_in_by_an_overlay_is_blamed_on_that_patch(policy_copy: Path) -> None:
+    _fault_patched_in_by_an_overlay(policy_copy)
+    faults = [f for f in overlay_findings(policy_copy, "dev") if "fault outside" in f.problem]
+    assert len(faults) == 1, faults
+    (fault,) = faults
+    assert fault.file == f"{OVERLAYS}/dev/slow-audit.yaml"
+    assert fault.subject.startswith("VirtualService his/audit http[0] ")
+    assert fault.subject.endswith(
+        f" fault, patched in by {OVERLAYS}/dev/kustomization.yaml patches[0] "
+        f"({OVERLAYS}/dev/slow-audit.yaml)"
+    )
+    assert fault.fix.startswith(f"remove patches[0] from {OVERLAYS}/dev/kustomization.yaml")

@@ -1,17 +1,18 @@
-"""Strict schema validation: typos and wrong types in Kubernetes and Istio manifests are found,
-valid policy passes, kinds with no schema offline are listed as unchecked. The Istio schema is
-the one the package carries (tests/mesh/test_istio_crds.py checks it), so every test runs
-everywhere."""
+"""Strict schema validation: typos and wrong types in Kubernetes, Istio and CloudNativePG
+manifests are found, valid policy passes, kinds with no schema offline are listed as unchecked.
+The Istio and CloudNativePG schemas are the ones the package carries (tests/mesh/test_istio_crds.py
+checks Istio's), so every test runs everywhere."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from his.mesh.findings import Finding
-from his.mesh.schema import SchemaResult, istio_release, validate
+from his.mesh.schema import SchemaResult, cnpg_release, istio_release, validate
 from his.mesh.sources import Source
 
 FILE = "mesh/istio/policy.yaml"
@@ -288,18 +289,117 @@ def test_unserved_istio_version_and_unknown_kind_are_findings() -> None:
     assert typo.fix == "did you mean 'VirtualService'?"
 
 
-CLUSTER = """
-apiVersion: postgresql.cnpg.io/v1
-kind: Cluster
-metadata: {name: his-db, namespace: his}
-spec: {instances: 3}
+# --- the CloudNativePG Cluster, against the operator's CRD the package carries -----------------
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+CLUSTER_FILE = "deploy/kustomize/components/postgres/cluster.yaml"
+CNPG = f"CloudNativePG {cnpg_release()}"
+
+
+def cluster(**spec: Any) -> dict[str, Any]:
+    """The real Cluster of deploy/ with `spec` fields replaced (None: removed)."""
+    manifest: dict[str, Any] = yaml.safe_load((REPOSITORY / CLUSTER_FILE).read_text())
+    for name, value in spec.items():
+        if value is None:
+            manifest["spec"].pop(name, None)
+        else:
+            manifest["spec"][name] = value
+    return manifest
+
+
+def check_cluster(manifest: dict[str, Any]) -> SchemaResult:
+    return validate([Source(CLUSTER_FILE, manifest)])
+
+
+def test_the_real_cluster_is_schema_checked_and_passes() -> None:
+    result = check_cluster(cluster())
+    assert result.findings == [] and result.unchecked == []
+    assert result.checked == {CNPG: 1}
+    assert result.rules_evaluated > 0  # the CRD's CEL rules ran (imageCatalogRef vs imageName)
+
+
+def test_the_carried_cnpg_crd_names_its_source_and_licence() -> None:
+    carried = REPOSITORY / "services/his/mesh/crds"
+    header = (carried / "cnpg-clusters.yaml").read_text(encoding="utf-8")[:1200]
+    assert "github.com/cloudnative-pg/cloudnative-pg" in header
+    assert f"tag v{cnpg_release()}" in header and "commit " in header
+    assert "Apache License, Version 2.0" in header
+    assert "Apache License" in (carried / "CNPG-LICENSE").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("spec", "where", "problem", "fix"),
+    [
+        ({"instances": 0}, "spec.instances", "0 is not at least 1", "use a value of at least 1"),
+        (
+            {"instances": 3, "primaryUpdateStrategy": "automatic"},
+            "spec.primaryUpdateStrategy",
+            "'automatic' is not an allowed value",
+            "use one of: unsupervised, supervised",
+        ),
+        ({"instances": "three"}, "spec.instances", "expected integer, got 'three'", "an integer"),
+        ({"instances": "3"}, "spec.instances", "expected integer", "remove the quotes"),
+        (
+            {"storage": {"sise": "20Gi"}},
+            "spec.storage.sise",
+            "unknown field 'sise' (the API server drops it",
+            "did you mean 'size'?",
+        ),
+    ],
+    ids=["no-instances", "bad-enum", "wrong-type", "quoted-number", "misspelt-field"],
+)
+def test_a_seeded_cluster_mistake_is_found(
+    spec: dict[str, Any], where: str, problem: str, fix: str
+) -> None:
+    result = check_cluster(cluster(**spec))
+    assert len(result.findings) == 1, result.findings
+    found = result.findings[0]
+    assert found.file == CLUSTER_FILE
+    assert found.subject == f"Cluster his/his-db {where}"
+    assert problem in found.problem and fix in found.fix, found
+
+
+def test_the_cluster_crd_cel_rules_are_evaluated() -> None:
+    # The CRD's own rule: an image catalog or an image name, never both.
+    both = cluster(
+        imageCatalogRef={
+            "apiGroup": "postgresql.cnpg.io",
+            "kind": "ImageCatalog",
+            "name": "postgresql",
+            "major": 16,
+        }
+    )
+    found = only(check_cluster(both))
+    assert found.subject == "Cluster his/his-db spec"
+    assert "imageName and imageCatalogRef are mutually exclusive" in found.problem
+    assert "so the API server refuses the object" in found.problem
+    # A catalog of another group breaks the catalog's own rule, at its place.
+    other = cluster(
+        imageName=None,
+        imageCatalogRef={
+            "apiGroup": "example.com",
+            "kind": "ImageCatalog",
+            "name": "postgresql",
+            "major": 16,
+        },
+    )
+    found = only(check_cluster(other))
+    assert found.subject == "Cluster his/his-db spec.imageCatalogRef"
+    assert "Only image catalogs are supported" in found.problem
+
+
+FLAGGER_CANARY = """
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata: {name: patient, namespace: his}
+spec: {targetRef: {apiVersion: apps/v1, kind: Deployment, name: patient}}
 """
 
 
 def test_kinds_with_no_schema_are_unchecked_not_failed() -> None:
-    result = check(CLUSTER)
+    result = check(FLAGGER_CANARY)
     assert not result.findings
-    assert [str(u) for u in result.unchecked] == ["Cluster his/his-db (no schema offline)"]
+    assert [str(u) for u in result.unchecked] == ["Canary his/patient (no schema offline)"]
     assert result.unchecked[0].file == FILE
 
 

@@ -21,9 +21,15 @@ from his.mesh.sources import Manifest
 # --- AuthorizationPolicies: real rpcs, real callers ------------------------------------------
 
 
+# gRPC services every server of the repository registers beside its own (his.runtime.server):
+# a policy may name them (a mesh-wide DENY of reflection); they belong to no one service.
+SERVED_BY_EVERY_SERVER = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
+
+
 def _authorization(cluster: Cluster) -> Iterator[Finding]:
     paths = all_paths()
     services = {rpc.grpc_service: rpc.service for rpc in paths.values()}
+    services.update(dict.fromkeys(SERVED_BY_EVERY_SERVER, ""))
     for policy in cluster.of_kind("AuthorizationPolicy"):
         app = ((spec_of(policy).get("selector") or {}).get("matchLabels") or {}).get("app")
         for number, rule in enumerate(spec_of(policy).get("rules") or []):
@@ -116,7 +122,7 @@ def _path(
             fix = "use /<package>.<Service>/<Method> of a real rpc" + suggest(path, sorted(paths))
         yield finding(cluster, policy, where, f"path {path!r} is not an rpc of any service", fix)
         return
-    if isinstance(app, str) and app in {e.name for e in implemented()} and owner != app:
+    if owner and isinstance(app, str) and app in {e.name for e in implemented()} and owner != app:
         yield finding(
             cluster,
             policy,
@@ -193,15 +199,33 @@ def _shape(cluster: Cluster) -> Iterator[Finding]:
     for policy in cluster.of_kind("AuthorizationPolicy"):
         spec = spec_of(policy)
         action = spec.get("action", "ALLOW")
+        if action == "DENY" and namespace_of(policy) == ROOT_NAMESPACE:
+            # Mesh-wide hardening (refuse reflection, a namespace, a port): a DENY can only
+            # refuse what the ALLOW lists admit, never admit more.
+            continue
+        if action == "CUSTOM":
+            yield finding(
+                cluster,
+                policy,
+                "action",
+                "action CUSTOM hands the decision to an external authorizer "
+                f"({spec.get('provider', {}).get('name', 'no provider named')}) that this "
+                "repository does not define (meshConfig.extensionProviders): the calls it selects "
+                "are decided outside the policy the check reads",
+                "express it as ALLOW rules per service (or a DENY in istio-system for "
+                "mesh-wide hardening)",
+            )
+            continue
         if action != "ALLOW":
             yield finding(
                 cluster,
                 policy,
                 "action",
-                f"action {action}: this repository's model "
-                "is default deny plus ALLOW lists; a DENY or CUSTOM rule is easy to "
-                "get backwards",
-                "express it as a narrower ALLOW policy",
+                f"action {action} in namespace {namespace_of(policy)}: this repository's model "
+                "for a namespace is default deny plus ALLOW lists, and a DENY there is easy to "
+                "get backwards (notPrincipals, notPaths)",
+                "express it as a narrower ALLOW policy, or move mesh-wide hardening to a DENY "
+                f"policy in {ROOT_NAMESPACE}",
             )
             continue
         selector = _selector(policy)
@@ -397,15 +421,18 @@ def _jwt_rules(cluster: Cluster) -> Iterator[Finding]:
     for auth in cluster.of_kind("RequestAuthentication"):
         for number, rule in enumerate(spec_of(auth).get("jwtRules") or []):
             where = f"jwtRules[{number}]"
-            if rule.get("forwardOriginalToken") is not True:
+            forward = rule.get("forwardOriginalToken")
+            if forward is not True:
+                said = "unset (Istio's default is false)" if forward is None else repr(forward)
                 yield finding(
                     cluster,
                     auth,
-                    where,
-                    "forwardOriginalToken is not true: the "
-                    "gateway strips the token and every service refuses the call "
-                    "(UNAUTHENTICATED)",
-                    "set forwardOriginalToken: true",
+                    f"{where}.forwardOriginalToken",
+                    f"is {said}: after validating the JWT the gateway removes the "
+                    "Authorization header, so the services, which verify the token again and "
+                    "read the user from it, refuse every call it admits (UNAUTHENTICATED)",
+                    "set forwardOriginalToken: true in this jwtRule so the gateway passes the "
+                    "token on",
                 )
             given = {str(a) for a in rule.get("audiences") or []}
             if audiences and given and not given & audiences:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from his.mesh import drills, schema
 from his.mesh.cluster import Cluster
-from his.mesh.findings import Finding
+from his.mesh.findings import Finding, grouped
 from his.mesh.istio_crds import SchemaUnavailable
-from his.mesh.kustomize_lint import lint_kustomize
+from his.mesh.kustomize_lint import introduced_by, lint_kustomize, patches_of
 from his.mesh.lint import lint
 from his.mesh.render import KubectlMissing, RenderFailed, render
 from his.mesh.sources import (
@@ -75,7 +75,9 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
             f"unknown overlay {', '.join(unknown)}; overlays: {', '.join(known) or 'none'}"
         )
     try:
-        schema.istio_release()  # before rendering: without its schema the check cannot pass
+        # Before rendering: without its carried schemas the check cannot pass.
+        schema.istio_release()
+        schema.cnpg_release()
     except SchemaUnavailable as error:
         raise CheckUnavailable(str(error)) from error
     report = CheckReport()
@@ -116,7 +118,7 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
             mesh_objects = objects
             found.update(_unlisted(files, objects))
         else:
-            cluster = Cluster(objects, functools.partial(file_of, files, fallback=tree))
+            cluster = overlay_cluster(root, tree, objects, files)
             found.update(lint(cluster))
             found.update(lint_kustomize(root, tree, objects))
     result = schema.validate(list(sources.values()))
@@ -129,8 +131,21 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
     )
     if mesh_objects is not None:
         found.update(_drills(root, mesh_objects))
-    report.findings = sorted(found)
+    # One mistake, one finding: the same problem at many places of one object is listed once.
+    report.findings = grouped(found)
     return report
+
+
+def overlay_cluster(
+    root: Path, tree: str, objects: list[Manifest], files: dict[tuple[str, str, str], str]
+) -> Cluster:
+    """One rendered overlay for the lint: each object located in the file it is written in,
+    and a field a kustomize patch wrote traced to that patch."""
+    return Cluster(
+        objects,
+        functools.partial(file_of, files, fallback=tree),
+        patched_by=functools.partial(introduced_by, patches_of(root, tree)),
+    )
 
 
 def _unlisted(files: dict[tuple[str, str, str], str], rendered: list[Manifest]) -> list[Finding]:

@@ -5,13 +5,23 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from his.mesh.findings import Finding, subject
 from his.mesh.routes import fqdn, istio_host
 from his.mesh.sources import Manifest
 
+if TYPE_CHECKING:
+    from his.mesh.kustomize_lint import Patch
+
 Locate = Callable[[Manifest], str]
+# The kustomize patch that wrote a field (by name) into a rendered object, or None: a finding
+# about that field names the patch, not the file the object was first written in.
+PatchedBy = Callable[[Manifest, str], "Patch | None"]
+
+
+def _no_patches(manifest: Manifest, name: str) -> Patch | None:
+    return None
 
 
 @dataclass
@@ -20,6 +30,7 @@ class Cluster:
 
     objects: list[Manifest]
     locate: Locate  # the file a rendered object was written in
+    patched_by: PatchedBy = _no_patches
     services: dict[tuple[str, str], Manifest] = field(default_factory=dict)
     accounts: set[tuple[str, str]] = field(default_factory=set)
     pods: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (namespace, labels)

@@ -69,20 +69,47 @@ def _grpc_web_translated(cluster: Cluster) -> Iterator[Finding]:
                 if resolved is None:
                     continue  # lint's route rules report unknown hosts
                 service = cluster.services[resolved]
-                port = _served_port(service, (destination.get("port") or {}).get("number"))
-                protocol = None if port is None else port_protocol(port)
-                if protocol == GRPC_WEB:
+                wanted = (destination.get("port") or {}).get("number")
+                port = _served_port(service, wanted)
+                if port is not None and port_protocol(port) == GRPC_WEB:
                     continue
+                fix = (
+                    f"name the Service {resolved[1]}'s port grpc-web with appProtocol: grpc-web "
+                    "(its sidecar then translates), or serve the route from a GRPC-WEB Gateway "
+                    "server"
+                )
+                if port is None:
+                    listed = ", ".join(
+                        f"{p.get('port')} {p.get('name', '(unnamed)')}"
+                        for p in spec_of(service).get("ports") or []
+                        if isinstance(p, Mapping)
+                    )
+                    problem = (
+                        f"routes to port {wanted}, which Service {resolved[1]} does not expose "
+                        f"(its ports: {listed or 'none'}): the route has no upstream"
+                        if wanted is not None
+                        else f"names no port, and Service {resolved[1]} has no single grpc-web "
+                        f"port to pick (its ports: {listed or 'none'}): Istio cannot tell "
+                        "which one gets the gRPC-web calls"
+                    )
+                    fix = (
+                        "set destination.port.number to the Service's grpc-web port"
+                        if wanted is not None
+                        else fix
+                    )
+                else:
+                    declared = port_protocol(port) or "no protocol"
+                    problem = (
+                        f"reaches port {port.get('port')} {port.get('name', '(unnamed)')} of "
+                        f"protocol {declared}, not grpc-web: Istio inserts no grpc_web filter on "
+                        "that path, so browsers' gRPC-web calls arrive untranslated"
+                    )
                 yield finding(
                     cluster,
                     vs,
                     f"http[{number}].route[{index}]",
-                    f"gateway {', '.join(sorted(protocols))} traffic to {host} reaches a port "
-                    f"of protocol {protocol!r}: Istio inserts no grpc_web filter on that path, "
-                    "so browsers' gRPC-web calls arrive untranslated",
-                    f"name the Service {resolved[1]}'s port grpc-web with appProtocol: grpc-web "
-                    "(its sidecar then translates), or serve the route from a GRPC-WEB Gateway "
-                    "server",
+                    f"gateway {', '.join(sorted(protocols))} traffic to {host} {problem}",
+                    fix,
                 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -27,3 +29,61 @@ def subject(manifest: dict[str, object], where: str = "") -> str:
     qualified = f"{namespace}/{name}" if namespace else str(name)
     text = f"{manifest.get('kind', '?')} {qualified}"
     return f"{text} {where}" if where else text
+
+
+def grouped(findings: Iterable[Finding]) -> list[Finding]:
+    """One finding per mistake: findings that say the same problem and fix about the same
+    object in the same file, at several places (every gateway route sharing one CORS anchor,
+    every item a misspelt field was copied into), become one finding listing the places.
+
+    The subject keeps the place the findings share (`corsPolicy.exposeHeaders`); the problem
+    ends with how many places and which (`http[0] patient-reads, http[1] ...`). Sorted, so the
+    same mistake seen in two overlays is the same finding.
+    """
+    groups: dict[tuple[str, str, str, str], list[str]] = {}
+    for item in findings:
+        thing, place = _split_subject(item.subject)
+        groups.setdefault((item.file, thing, item.problem, item.fix), []).append(place)
+    merged: list[Finding] = []
+    for (file, thing, problem, fix), places in groups.items():
+        unique = sorted(set(places), key=_natural)
+        if len(unique) == 1:
+            merged.append(Finding(file, f"{thing} {unique[0]}".rstrip(), problem, fix))
+            continue
+        where = _shared_tail(unique)
+        heads = [p[: len(p) - len(where)].rstrip(" .") if where else p for p in unique]
+        listed = ", ".join(heads)
+        merged.append(
+            Finding(
+                file,
+                f"{thing} {where}".rstrip(),
+                f"{problem} (at {len(unique)} places: {listed})",
+                fix,
+            )
+        )
+    return sorted(merged)
+
+
+def _split_subject(text: str) -> tuple[str, str]:
+    """`Kind namespace/name place` → (`Kind namespace/name`, `place`)."""
+    parts = text.split(" ", 2)
+    return " ".join(parts[:2]), parts[2] if len(parts) > 2 else ""
+
+
+def _shared_tail(places: list[str]) -> str:
+    """The end all places share, from a field boundary (` ` or `.`), never a whole place:
+    `corsPolicy.exposeHeaders` of `http[0] patient-reads corsPolicy.exposeHeaders`, ...;
+    `retries.perTryTimeout` of `spec.http[0].retries.perTryTimeout`, ..."""
+    shortest = min(len(p) for p in places)
+    size = 0
+    while size < shortest and len({p[len(p) - size - 1] for p in places}) == 1:
+        size += 1
+    # Move the start right until every place has a separator just before it.
+    while size > 0 and not all(len(p) > size and p[len(p) - size - 1] in " ." for p in places):
+        size -= 1
+    return places[0][len(places[0]) - size :] if size else ""
+
+
+def _natural(text: str) -> list[int | str]:
+    """`http[2]` before `http[10]`."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]

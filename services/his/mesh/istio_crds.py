@@ -110,7 +110,7 @@ def build(source: bytes, *, name: str, release: str, origin: str) -> dict[str, A
         schemas: dict[str, Schema] = {}
         versions: list[dict[str, Any]] = []
         for version in spec.get("versions", []):
-            schema = _object_schema(version.get("schema", {}))
+            schema = object_schema(version.get("schema", {}))
             same = next((first for first, kept in schemas.items() if kept == schema), None)
             if same is None:
                 same = version["name"]
@@ -158,7 +158,7 @@ def _sorted(value: Any) -> Any:
     return value
 
 
-def _object_schema(version_schema: Schema) -> Schema:
+def object_schema(version_schema: Schema) -> Schema:
     """openAPIV3Schema without prose and without `status`."""
     root = _without_prose(version_schema.get("openAPIV3Schema", {}))
     properties = root.get("properties")

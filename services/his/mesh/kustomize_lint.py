@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from his.mesh.findings import Finding
-from his.mesh.sources import Manifest
+from his.mesh.sources import Manifest, key, load_all
 
 _NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 DRILLS = "mesh/istio/drills"
@@ -47,7 +48,8 @@ def _tree(root: Path, start: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
         if path is None:
             continue
         try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            parsed = load_all(path.read_text(encoding="utf-8"))  # libyaml: read on every check
+            document = (parsed[0] if parsed else None) or {}
         except yaml.YAMLError:
             continue  # the check names files that do not parse
         if not isinstance(document, dict):
@@ -151,6 +153,104 @@ def _patches(
             "fix the target (kind, name, labelSelector) so it selects the objects the patch "
             "is for, or remove the patch",
         )
+
+
+# --- which patch put a field into a rendered object ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One patch of a kustomization: where it is listed, the file holding it (None when it is
+    written inline), its target, and its content (strategic-merge documents or JSON 6902 ops)."""
+
+    kustomization: str  # the kustomization file listing it
+    entry: str  # `patches[0]`
+    file: str | None
+    target: Mapping[str, Any] | None
+    content: tuple[Any, ...] = ()
+
+    @property
+    def written_in(self) -> str:
+        """The file to open to see the patch: its own, or the kustomization for an inline one."""
+        return self.file or self.kustomization
+
+    def __str__(self) -> str:
+        shown = f" ({self.file})" if self.file else " (inline)"
+        return f"{self.kustomization} {self.entry}{shown}"
+
+
+def patches_of(root: Path, tree: str) -> list[Patch]:
+    """Every patch of the kustomizations the tree builds on."""
+    found: list[Patch] = []
+    for path, document in _tree(root, root / tree):
+        entries = [("patches", e) for e in document.get("patches") or []]
+        entries += [("patchesJson6902", e) for e in document.get("patchesJson6902") or []]
+        entries += [
+            ("patchesStrategicMerge", e) for e in document.get("patchesStrategicMerge") or []
+        ]
+        for index, (name, entry) in enumerate(entries):
+            text, file = "", None
+            if isinstance(entry, str):  # patchesStrategicMerge: a path or an inline document
+                candidate = path.parent / entry
+                file, text = (entry, "") if candidate.is_file() else (None, entry)
+            elif isinstance(entry, Mapping):
+                file = str(entry["path"]) if entry.get("path") else None
+                text = str(entry.get("patch") or "")
+            if file is not None:
+                resolved = path.parent / file
+                if not resolved.is_file() or not resolved.resolve().is_relative_to(root.resolve()):
+                    continue
+                text = resolved.read_text(encoding="utf-8")
+                file = _relative(root, resolved)
+            try:
+                content = tuple(d for d in load_all(text) if d is not None)
+            except yaml.YAMLError:
+                continue  # kustomize refuses it and says so
+            target = entry.get("target") if isinstance(entry, Mapping) else None
+            found.append(
+                Patch(
+                    _relative(root, path),
+                    f"{name}[{index}]",
+                    file,
+                    target if isinstance(target, Mapping) else None,
+                    content,
+                )
+            )
+    return found
+
+
+def introduced_by(patches: list[Patch], manifest: Manifest, name: str) -> Patch | None:
+    """The patch that writes field `name` into the rendered `manifest`, if one does (the last
+    one listed, as the last applied wins): a patch targeting the object whose content sets it."""
+    for patch in reversed(patches):
+        if _applies_to(patch, manifest) and _sets(patch.content, name):
+            return patch
+    return None
+
+
+def _applies_to(patch: Patch, manifest: Manifest) -> bool:
+    if patch.target is not None:
+        return _matches(patch.target, manifest)
+    # A strategic-merge patch names its object itself.
+    kind, _, name = key(manifest)
+    return any(
+        isinstance(doc, Mapping) and key(dict(doc))[0::2] == (kind, name) for doc in patch.content
+    )
+
+
+def _sets(content: Any, name: str) -> bool:
+    """Whether a patch's content writes a field `name`: a key of that name, or a JSON 6902
+    operation whose path ends in it or whose value holds it."""
+    if isinstance(content, Mapping):
+        if content.get("op") in ("add", "replace", "copy", "move") and isinstance(
+            content.get("path"), str
+        ):
+            path = str(content["path"]).split("/")
+            return name in path or _sets(content.get("value"), name)
+        return name in content or any(_sets(value, name) for value in content.values())
+    if isinstance(content, list | tuple):
+        return any(_sets(item, name) for item in content)
+    return False
 
 
 # --- drills are applied by hand, never from a kustomization -----------------------------------

@@ -26,7 +26,9 @@ def reading(port: Mapping[str, Any]) -> str:
     """What Istio makes of one port's traffic, for a gRPC server behind it."""
     protocol = port_protocol(port)
     name = str(port.get("name", "")) or "(unnamed)"
-    declared = f"appProtocol {protocol}" if port.get("appProtocol") else f"name {name!r}"
+    declared = (
+        f"port {name!r} (appProtocol {protocol})" if port.get("appProtocol") else f"name {name!r}"
+    )
     if protocol in HTTP1:
         return (
             f"Istio reads {declared} as http, which is HTTP/1.1: the sidecars forward each call "
@@ -49,8 +51,30 @@ def reading(port: Mapping[str, Any]) -> str:
     )
 
 
+GRPC_SERVER_PORT = 50051  # every service's gRPC server (his.runtime.server)
+_GRPC_TARGETS = ("grpc", GRPC_SERVER_PORT)
+
+
+def serving(ports: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The ports that carry the gRPC server's calls: those sending to the container's grpc
+    port (targetPort `grpc` or 50051, or port 50051); when none says so, every port that is not
+    a metrics port. The metrics port (http-metrics, scraped over HTTP/1.1) is right as it is."""
+    carrying = [
+        p
+        for p in ports
+        if p.get("targetPort") in _GRPC_TARGETS
+        or (p.get("targetPort") is None and p.get("port") == GRPC_SERVER_PORT)
+    ]
+    if carrying:
+        return carrying
+    return [p for p in ports if "metrics" not in str(p.get("name", ""))] or list(ports)
+
+
 def not_grpc(ports: Sequence[Mapping[str, Any]]) -> str:
-    """The problem of a Service whose ports declare no gRPC: what Istio does with them."""
+    """The problem of a Service whose ports declare no gRPC: what Istio does with the port that
+    carries the calls (never the metrics port, which is not the cause)."""
     if not ports:
         return "no ports: Istio has nothing to route"
-    return "no port named grpc with appProtocol grpc; " + "; ".join(reading(p) for p in ports)
+    return "no port named grpc with appProtocol grpc; " + "; ".join(
+        reading(p) for p in serving(ports)
+    )

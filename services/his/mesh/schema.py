@@ -1,12 +1,13 @@
-"""Strict schema validation of rendered manifests: Kubernetes kinds and Istio kinds.
+"""Strict schema validation of rendered manifests: Kubernetes, Istio and CloudNativePG kinds.
 
 Kubernetes kinds are checked against the strict JSON schemas that `kubernetes-validate` ships;
 Istio kinds against the Istio CRD schemas the package carries (`his.mesh.istio_crds`: built from
-Istio's CRD file of one release, installed with the package). Both are made strict: an unknown
-field is a finding, because the API server prunes it (Kubernetes) or Istio ignores it, and the
-policy an SRE wrote silently does not apply. Kinds with no schema offline (CloudNativePG,
-Flagger, ...) are listed as unchecked. A missing or damaged Istio schema is an error
-(`istio_crds.SchemaUnavailable`), never a pass.
+Istio's CRD file of one release, installed with the package); the CloudNativePG `Cluster`
+against the operator's CRD the package carries (`his.mesh.cnpg_crd`). All are made strict: an
+unknown field is a finding, because the API server prunes it (Kubernetes, CloudNativePG) or Istio
+ignores it, and the policy an SRE wrote silently does not apply. Kinds with no schema offline
+(Flagger, other CloudNativePG kinds, ...) are listed as unchecked. A missing or damaged carried
+schema is an error (`istio_crds.SchemaUnavailable`), never a pass.
 
 The CRDs' own CEL rules (`x-kubernetes-validations`, kept in the carried schema: a duration of at
 least 1ms, ports in range, only one of selector/targetRefs...) are evaluated too
@@ -39,7 +40,7 @@ from jsonschema.exceptions import (
 )
 from referencing import Registry, Resource
 
-from his.mesh import cel_rules, istio_crds
+from his.mesh import cel_rules, cnpg_crd, istio_crds
 from his.mesh.findings import Finding, subject
 from his.mesh.istio_crds import map_subschemas
 from his.mesh.sources import Source
@@ -49,6 +50,10 @@ _OBJECT_META = f"{_DEFINITIONS}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.Obje
 # OpenAPI annotations that are not JSON Schema assertions. CEL rules are left out of the JSON
 # schema: his.mesh.cel_rules evaluates them on the carried schema itself.
 _DROPPED = frozenset({"description", "format", "nullable", "example", "externalDocs"})
+CNPG_GROUP = "postgresql.cnpg.io"
+# What an unknown field does, said in its finding, by schema set.
+_IGNORED_BY_ISTIO = " (Istio ignores unknown fields silently)"
+_PRUNED = " (the API server drops it, or refuses the object under strict field validation)"
 _SIMPLE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _SHORT_LIST = 8  # allowed field names listed in a fix when there are at most this many
 _REPR_LIMIT = 60
@@ -73,7 +78,7 @@ class SchemaResult:
     `findings`: one per schema error, in manifest order, each manifest's sorted by field path.
     `unchecked`: manifests no schema covered (print as `not schema-checked: {item}`).
     `checked`: how many manifests each schema set checked (`Kubernetes 1.32`, `Istio 1.28.0`).
-    `rules_evaluated`: how many CEL rule evaluations the Istio manifests went through.
+    `rules_evaluated`: how many CEL rule evaluations the carried kinds' manifests went through.
     """
 
     findings: list[Finding] = field(default_factory=list)
@@ -114,8 +119,9 @@ def _strict(node: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _Istio:
-    """The carried Istio schemas, made strict: one whole-object schema per served version."""
+class _Carried:
+    """A carried schema set (Istio's, CloudNativePG's), made strict: one whole-object schema per
+    served version."""
 
     release: str
     schemas: dict[tuple[str, str, str], dict[str, Any]]  # (group, version, kind) → schema
@@ -123,36 +129,65 @@ class _Istio:
     openapi: dict[tuple[str, str, str], dict[str, Any]]
 
 
+def _whole_object(base: str, gvk: tuple[str, str, str], openapi: dict[str, Any]) -> dict[str, Any]:
+    """The strict JSON schema of a whole custom object from its CRD's OpenAPI schema: the spec
+    as the CRD says, apiVersion and kind fixed, metadata as Kubernetes' ObjectMeta."""
+    group, version, kind = gvk
+    object_spec = openapi.get("properties", {}).get("spec", {"type": "object"})
+    spec_schema = _strict(object_spec)
+    spec_schema["type"] = ["object", "null"]  # `spec:` left empty in YAML is null
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"{base}/{group}/{version}/{kind}",
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": f"{group}/{version}"},
+            "kind": {"const": kind},
+            "metadata": {"$ref": _OBJECT_META, "required": ["name"]},
+            "spec": spec_schema,
+            "status": {},  # written by the controller, never by us
+        },
+    }
+
+
 @cache
-def _istio() -> _Istio:
+def _istio() -> _Carried:
     """The carried Istio schemas, loaded once. Raises istio_crds.SchemaUnavailable."""
     carried = istio_crds.load()
     schemas: dict[tuple[str, str, str], dict[str, Any]] = {}
     openapi: dict[tuple[str, str, str], dict[str, Any]] = {}
     for crd in carried.crds:
-        group, kind = crd.group, crd.kind
         for version in crd.versions:
             if not version.served:
                 continue
-            openapi[(group, version.name, kind)] = version.schema
-            object_spec = version.schema.get("properties", {}).get("spec", {"type": "object"})
-            spec_schema = _strict(object_spec)
-            spec_schema["type"] = ["object", "null"]  # `spec:` left empty in YAML is null
-            schemas[(group, version.name, kind)] = {
-                "$schema": "https://json-schema.org/draft/2020-12/schema",
-                "$id": f"https://istio.io/crds/{group}/{version.name}/{kind}",
-                "type": "object",
-                "required": ["apiVersion", "kind", "metadata"],
-                "additionalProperties": False,
-                "properties": {
-                    "apiVersion": {"const": f"{group}/{version.name}"},
-                    "kind": {"const": kind},
-                    "metadata": {"$ref": _OBJECT_META, "required": ["name"]},
-                    "spec": spec_schema,
-                    "status": {},  # written by istiod, never by us
-                },
-            }
-    return _Istio(carried.release, schemas, openapi)
+            gvk = (crd.group, version.name, crd.kind)
+            openapi[gvk] = version.schema
+            schemas[gvk] = _whole_object("https://istio.io/crds", gvk, version.schema)
+    return _Carried(carried.release, schemas, openapi)
+
+
+@cache
+def _cnpg() -> _Carried:
+    """The carried CloudNativePG Cluster schema, loaded once (same shape as the Istio set).
+    Raises istio_crds.SchemaUnavailable."""
+    carried = cnpg_crd.load()
+    openapi = {
+        (carried.group, version, carried.kind): schema
+        for version, schema in carried.versions.items()
+    }
+    schemas = {
+        gvk: _whole_object("https://cloudnative-pg.io/crds", gvk, schema)
+        for gvk, schema in openapi.items()
+    }
+    return _Carried(carried.release, schemas, openapi)
+
+
+def cnpg_release() -> str:
+    """The CloudNativePG release of the carried Cluster CRD (`1.30.0`). Raises
+    istio_crds.SchemaUnavailable."""
+    return _cnpg().release
 
 
 def istio_release() -> str:
@@ -227,9 +262,10 @@ def _kubernetes_validator(directory: str, api_version: str, kind: str) -> Any:
 
 
 @cache
-def _istio_validator(directory: str, gvk: tuple[str, str, str]) -> Any:
+def _custom_validator(directory: str, gvk: tuple[str, str, str]) -> Any:
     registry, _ = _kubernetes(directory)  # for ObjectMeta
-    return Draft202012Validator(_istio().schemas[gvk], registry=registry)
+    carried = _cnpg() if gvk[0] == CNPG_GROUP else _istio()
+    return Draft202012Validator(carried.schemas[gvk], registry=registry)
 
 
 # --- validating -------------------------------------------------------------------------------
@@ -240,13 +276,16 @@ def validate(manifests: Sequence[Source], *, kubernetes_version: str = "1.32.0")
 
     Built-in Kubernetes kinds use kubernetes-validate's strict schemas for `kubernetes_version`
     (ValueError when the package has none for it); `*.istio.io` kinds use the carried Istio
-    schema (`istio_crds.SchemaUnavailable` when it is missing or damaged: never a silent pass).
-    Any other kind is listed as unchecked.
+    schema and the CloudNativePG Cluster the carried CloudNativePG CRD
+    (`istio_crds.SchemaUnavailable` when one is missing or damaged: never a silent pass). Any
+    other kind is listed as unchecked.
     """
     directory = _version_dir(kubernetes_version)
     registry_groups = _kubernetes(directory)[1]
-    istio = _istio()
+    istio, cnpg = _istio(), _cnpg()
     kubernetes_name, istio_name = f"Kubernetes {_dotted(directory)}", f"Istio {istio.release}"
+    cnpg_name = f"CloudNativePG {cnpg.release}"
+    cnpg_kinds = {k for _, _, k in cnpg.schemas}
     result = SchemaResult()
     evaluated = 0
     for source in manifests:
@@ -263,11 +302,22 @@ def validate(manifests: Sequence[Source], *, kubernetes_version: str = "1.32.0")
             )
             continue
         group, _, version = api_version.rpartition("/")
-        if group.endswith(".istio.io"):
-            result.checked[istio_name] = result.checked.get(istio_name, 0) + 1
-            result.findings.extend(_check_istio(source, istio, directory, (group, version, kind)))
-            if (group, version, kind) in istio.openapi:
-                evaluated += _check_rules(source, istio.openapi[(group, version, kind)], result)
+        carried = (
+            (istio, istio_name, _IGNORED_BY_ISTIO)
+            if group.endswith(".istio.io")
+            else (cnpg, cnpg_name, _PRUNED)
+            if group == CNPG_GROUP and kind in cnpg_kinds
+            else None
+        )
+        if carried is not None:
+            schemas, name, ignored = carried
+            gvk = (group, version, kind)
+            result.checked[name] = result.checked.get(name, 0) + 1
+            result.findings.extend(
+                _check_carried(source, schemas, name, directory, gvk, ignored=ignored)
+            )
+            if gvk in schemas.openapi:
+                evaluated += _check_rules(source, schemas.openapi[gvk], result)
         elif group in registry_groups:
             result.checked[kubernetes_name] = result.checked.get(kubernetes_name, 0) + 1
             validator = _kubernetes_validator(directory, api_version, kind)
@@ -281,7 +331,7 @@ def validate(manifests: Sequence[Source], *, kubernetes_version: str = "1.32.0")
                     )
                 )
                 continue
-            result.findings.extend(_errors(source, validator, istio=False))
+            result.findings.extend(_errors(source, validator))
         else:
             result.unchecked.append(Unchecked(source.file, subject(manifest), "no schema offline"))
     return replace(result, rules_evaluated=evaluated)
@@ -292,21 +342,27 @@ def _dotted(directory: str) -> str:
     return f"{major}.{minor}"
 
 
-def _check_istio(
-    source: Source, istio: _Istio, directory: str, gvk: tuple[str, str, str]
+def _check_carried(
+    source: Source,
+    carried: _Carried,
+    name: str,
+    directory: str,
+    gvk: tuple[str, str, str],
+    *,
+    ignored: str,
 ) -> list[Finding]:
-    schemas = istio.schemas
+    schemas = carried.schemas
     if gvk in schemas:
-        return _errors(source, _istio_validator(directory, gvk), istio=True)
+        return _errors(source, _custom_validator(directory, gvk), ignored=ignored)
     group, version, kind = gvk
     manifest = source.manifest
     served = sorted(v for g, v, k in schemas if (g, k) == (group, kind))
     if served:
-        problem = f"Istio {istio.release} does not serve {kind} in {group}/{version}"
+        problem = f"{name} does not serve {kind} in {group}/{version}"
         fix = f"use apiVersion {group}/{_preferred(served)}"
     else:
         kinds = sorted({k for g, _, k in schemas if g == group})
-        problem = f"Istio {istio.release} has no kind {kind} in {group}"
+        problem = f"{name} has no kind {kind} in {group}"
         fix = _suggest(kind, kinds) or f"kinds of {group}: {', '.join(kinds) or 'none'}"
     return [Finding(source.file, subject(manifest), problem, fix)]
 
@@ -368,12 +424,12 @@ def _preferred(versions: list[str]) -> str:
     return min(versions, key=lambda v: ("alpha" in v, "beta" in v, v))
 
 
-def _errors(source: Source, validator: Any, *, istio: bool) -> list[Finding]:
+def _errors(source: Source, validator: Any, *, ignored: str = "") -> list[Finding]:
     manifest = source.manifest
     kind = str(manifest.get("kind", "")).lower()
     found: dict[tuple[tuple[tuple[int, int | str], ...], str], tuple[str, str]] = {}
     for error in validator.iter_errors(manifest):
-        for parts, problem, fix in _explain(error, kind, istio=istio):
+        for parts, problem, fix in _explain(error, kind, ignored=ignored):
             found.setdefault((_sort_key(parts), problem), (_path(parts), fix))
     return [
         Finding(source.file, subject(manifest, where), problem, fix)
@@ -384,7 +440,7 @@ def _errors(source: Source, validator: Any, *, istio: bool) -> list[Finding]:
 Explained = tuple[list[int | str], str, str]  # field path, problem, fix
 
 
-def _explain(error: ValidationError, kind: str, *, istio: bool) -> Iterator[Explained]:
+def _explain(error: ValidationError, kind: str, *, ignored: str) -> Iterator[Explained]:
     """One validation error as findings (an object with two unknown fields gives two)."""
     parts: list[int | str] = list(error.absolute_path)
     # jsonschema types these as unions with its Unset marker; here they are always set.
@@ -395,7 +451,6 @@ def _explain(error: ValidationError, kind: str, *, istio: bool) -> Iterator[Expl
     if word in ("additionalProperties", "unevaluatedProperties") and isinstance(instance, dict):
         allowed = sorted(schema.get("properties", {}))
         patterns = list(schema.get("patternProperties", {}))
-        ignored = " (Istio ignores unknown fields silently)" if istio else ""
         for name in instance:
             if name in allowed or any(re.search(pattern, name) for pattern in patterns):
                 continue
@@ -422,14 +477,17 @@ def _explain(error: ValidationError, kind: str, *, istio: bool) -> Iterator[Expl
         options = [str(v) for v in value if v is not None]
         fix = _suggest(str(instance), options) or f"use one of: {', '.join(options)}"
         yield parts, f"{_short(instance)} is not an allowed value", fix
+    elif word in ("minimum", "maximum") and isinstance(instance, int | float):
+        bound = "at least" if word == "minimum" else "at most"
+        yield parts, f"{_short(instance)} is not {bound} {value}", f"use a value of {bound} {value}"
     elif word in ("oneOf", "anyOf"):
-        yield from _explain_choice(error, parts, kind, istio=istio)
+        yield from _explain_choice(error, parts, kind, ignored=ignored)
     else:
         yield parts, _shorten(error.message), f"see {explain}"
 
 
 def _explain_choice(
-    error: ValidationError, parts: list[int | str], kind: str, *, istio: bool
+    error: ValidationError, parts: list[int | str], kind: str, *, ignored: str
 ) -> Iterator[Explained]:
     """A failed oneOf/anyOf, as the most specific thing that is wrong."""
     branches: Any = error.validator_value
@@ -461,7 +519,7 @@ def _explain_choice(
         wanted = " or ".join(types)
         yield parts, f"expected {wanted}, got {_short(instance)}", f"write it as {_a(wanted)}"
         return
-    yield from _explain(best_match(error.context), kind, istio=istio)
+    yield from _explain(best_match(error.context), kind, ignored=ignored)
 
 
 def _explain_command(kind: str, parts: Sequence[int | str]) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from his.mesh.cluster import Cluster, finding, spec_of, suggest
-from his.mesh.findings import Finding
+from his.mesh.findings import Finding, subject
 from his.mesh.routes import NEVER_REACHED, regex_error, route_label, seconds
 from his.mesh.sources import Manifest
 
@@ -386,16 +386,33 @@ def _faults(cluster: Cluster) -> Iterator[Finding]:
     retries and timeout for every call on it."""
     for vs in cluster.of_kind("VirtualService"):
         for index, route in enumerate(spec_of(vs).get("http") or []):
-            if isinstance(route, dict) and route.get("fault"):
+            if not (isinstance(route, dict) and route.get("fault")):
+                continue
+            where = f"{route_label(index, route)} fault"
+            problem = (
+                "a fault outside a drill: it hits real calls whenever this is applied, and "
+                "Istio drops the route's retries and timeout while it is there"
+            )
+            patch = cluster.patched_by(vs, "fault")
+            if patch is None:
                 yield finding(
                     cluster,
                     vs,
-                    f"{route_label(index, route)} fault",
-                    "a fault outside a drill: it hits real calls whenever this is applied, and "
-                    "Istio drops the route's retries and timeout while it is there",
+                    where,
+                    problem,
                     "remove it; write a drill under mesh/istio/drills/<service>/ and apply it "
                     "by hand (never from an overlay)",
                 )
+                continue
+            # Written by a kustomize patch, not in the VirtualService's file: blame the patch.
+            yield Finding(
+                patch.written_in,
+                f"{subject(vs, where)}, patched in by {patch}",
+                problem,
+                f"remove {patch.entry} from {patch.kustomization}; apply a drill by hand for "
+                "a game day (kubectl patch --type json --patch-file ...), never from a "
+                "kustomization",
+            )
 
 
 TRAFFIC_RULES: tuple[Callable[[Cluster], Iterator[Finding]], ...] = (

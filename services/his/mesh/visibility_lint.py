@@ -166,10 +166,14 @@ def _imports(egress: list[Any], own: str, namespace: str, host: str) -> bool:
 
 
 def _sidecars(cluster: Cluster) -> Iterator[Finding]:
+    """One finding per Sidecar that hides something its workloads call: every caller and
+    callee it cuts listed inside, with the hosts to add."""
     if not cluster.of_kind("Sidecar"):
         return
     callers = callers_of(cluster)
-    reported: set[tuple[str, str]] = set()
+    # Sidecar (namespace, name) → callee → (callers, what is not imported).
+    cut: dict[tuple[str, str], dict[str, tuple[set[str], list[str]]]] = {}
+    sidecars: dict[tuple[str, str], Manifest] = {}
     for namespace, labels in cluster.pods:
         app = labels.get("app")
         if app is None or app == GATEWAY_APP:
@@ -183,36 +187,55 @@ def _sidecars(cluster: Cluster) -> Iterator[Finding]:
         for service, who in sorted(callers.items()):
             if app not in who or (NAMESPACE, service) not in cluster.services:
                 continue
-            host = f"{service}.{NAMESPACE}.svc.cluster.local"
-            # The Service, and the routes and rules written for it, each from its namespace.
-            needed = [("Service", NAMESPACE)] + [
-                (kind_of(m), namespace_of(m))
-                for m in cluster.of_kind("VirtualService") + cluster.of_kind("DestinationRule")
-                if (NAMESPACE, service) in _targets(cluster, m)
-                and not (spec_of(m).get("gateways") and "mesh" not in spec_of(m)["gateways"])
-            ]
-            missing = [
-                f"{kind} {where}/{service}"
-                for kind, where in needed
-                if not _imports(egress, namespace_of(sidecar), where, host)
-            ]
-            if not missing or (app, service) in reported:
-                continue
-            reported.add((app, service))
-            consequence = (
-                "the call has no route to it and fails"
-                if missing[0].startswith("Service")
-                else _consequence(missing[0].split()[0])
-            )
-            yield finding(
-                cluster,
-                sidecar,
-                "egress.hosts",
-                f"imports no {', no '.join(missing)} into {app}'s proxy, and {app} calls "
-                f"{service}: {consequence}",
-                f'add "{NAMESPACE}/{host}" (or "./*" when it is in {namespace_of(sidecar)}) '
-                f"to egress.hosts of Sidecar {namespace_of(sidecar)}/{name_of(sidecar)}",
-            )
+            missing = _not_imported(cluster, sidecar, egress, service)
+            if missing:
+                ref = (namespace_of(sidecar), name_of(sidecar))
+                sidecars[ref] = sidecar
+                apps, _ = cut.setdefault(ref, {}).setdefault(service, (set(), missing))
+                apps.add(app)
+    for ref, callees in sorted(cut.items()):
+        sidecar = sidecars[ref]
+        calls = "; ".join(
+            f"{', '.join(sorted(apps))} → {service} "
+            f"(no {'/'.join(m.split()[0] for m in missing)} {missing[0].split()[1]})"
+            for service, (apps, missing) in sorted(callees.items())
+        )
+        no_route = any(m[0].startswith("Service") for _, m in callees.values())
+        consequence = (
+            "those calls have no route and fail"
+            if no_route
+            else _consequence(next(iter(callees.values()))[1][0].split()[0])
+        )
+        hosts = ", ".join(
+            f'"{NAMESPACE}/{s}.{NAMESPACE}.svc.cluster.local"' for s in sorted(callees)
+        )
+        yield finding(
+            cluster,
+            sidecar,
+            "egress.hosts",
+            f"hides from its workloads what they call ({len(callees)} service(s)): {calls}: "
+            f"{consequence}",
+            f'add {hosts} (or "./*" when they are in {ref[0]}) to egress.hosts',
+        )
+
+
+def _not_imported(
+    cluster: Cluster, sidecar: Manifest, egress: list[Any], service: str
+) -> list[str]:
+    """What of a callee a Sidecar's egress does not import: its Service, and the routes and
+    rules written for it, each from its namespace (`Service his/audit`, ...)."""
+    host = f"{service}.{NAMESPACE}.svc.cluster.local"
+    needed = [("Service", NAMESPACE)] + [
+        (kind_of(m), namespace_of(m))
+        for m in cluster.of_kind("VirtualService") + cluster.of_kind("DestinationRule")
+        if (NAMESPACE, service) in _targets(cluster, m)
+        and not (spec_of(m).get("gateways") and "mesh" not in spec_of(m)["gateways"])
+    ]
+    return [
+        f"{kind} {where}/{service}"
+        for kind, where in needed
+        if not _imports(egress, namespace_of(sidecar), where, host)
+    ]
 
 
 VISIBILITY_RULES = (_exports, _sidecars)
