@@ -7,10 +7,7 @@ alternating with the start of the bare echo server (bench/echo.py: Python, grpc,
 its first answer, so the figure is also a ratio to what any grpc.aio process costs here. Beside
 the wall-clock time it reads the CPU time the process had used when it answered (user + system,
 from /proc): on a machine shared with other work the wall clock moves by tens of percent, the
-CPU time much less. For a service that answers some methods before the rest of its servicer is
-loaded (his.runtime.deferred: patient's GetPatient), it also prints when the rest was loaded (read
-from the service's log): from then on every method answers without waiting. Then once more under
-`python -X importtime`, and prints the import time
+CPU time much less. Then once more under `python -X importtime`, and prints the import time
 grouped by top-level package: what start-up spends importing, and where.
 
 Our own modules are compiled to bytecode first, as `pip install` does in the image: the
@@ -25,8 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import compileall
-import datetime as dt
-import json
 import os
 import re
 import statistics
@@ -45,7 +40,6 @@ import his_client
 from bench import echo
 from his.base.catalog import lookup
 from his.local_secrets import local_secrets
-from his.runtime.deferred import LOADED
 from his.runtime.embedded_pg import EmbeddedPostgres
 from his.runtime.health import SERVING, probe
 from his.runtime.migrations import upgrade
@@ -74,13 +68,10 @@ async def _until_serving(where: str, service: str, process: subprocess.Popen[byt
 @dataclass(frozen=True)
 class Start:
     """One start: seconds of wall clock to the first good answer, and the CPU seconds (user +
-    system, all threads) the process had used by then; for a service that answers some methods
-    early (his.runtime.deferred), also the seconds from the process start until the rest of its
-    servicer was loaded (every method answered without waiting), from its log."""
+    system, all threads) the process had used by then."""
 
     wall: float
     cpu: float
-    loaded: float | None = None
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -97,36 +88,15 @@ def time_to_serving(env: dict[str, str], service: str, port: int, *python_flags:
     (its stderr goes to `env["BENCH_STDERR"]` when set)."""
     command = [sys.executable, *python_flags, "-m", "his.cli", "serve", service]
     stderr_path = env.get("BENCH_STDERR")
-    with tempfile.NamedTemporaryFile(prefix="his-startup-log-") as log:
-        if stderr_path is None:
-            # The log, to learn when the rest of a deferred servicer was loaded.
-            env = dict(env, HIS_LOG_LEVEL="INFO", HIS_LOG_FORMAT="json")
-        with open(stderr_path or log.name, "wb") as stderr:
-            epoch, started = time.time(), time.perf_counter()
-            process = subprocess.Popen(command, env=env, stderr=stderr)  # noqa: S603
-            try:
-                asyncio.run(
-                    _until_serving(f"localhost:{port}", lookup(service).grpc_service, process)
-                )
-                wall, cpu = time.perf_counter() - started, cpu_seconds(process.pid)
-                loaded = None if stderr_path else _loaded_after(Path(log.name), epoch)
-                return Start(wall, cpu, loaded)
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
-
-
-def _loaded_after(log: Path, epoch: float, wait_s: float = 10.0) -> float | None:
-    """Seconds from `epoch` (the process start) to the log's LOADED line; None if the service
-    has no deferred part (no such line within `wait_s`)."""
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        for line in log.read_text(errors="replace").splitlines():
-            if LOADED in line:
-                stamp = json.loads(line)["ts"]
-                return dt.datetime.fromisoformat(stamp).timestamp() - epoch
-        time.sleep(0.02)
-    return None
+    with open(stderr_path or os.devnull, "wb") as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stderr=stderr)  # noqa: S603
+        try:
+            asyncio.run(_until_serving(f"localhost:{port}", lookup(service).grpc_service, process))
+            return Start(time.perf_counter() - started, cpu_seconds(process.pid))
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def time_to_echo(env: dict[str, str], port: int) -> Start:
@@ -255,13 +225,6 @@ def main() -> None:
         f"  CPU used by then: {_median(starts, 'cpu'):.2f} s (median); "
         f"echo {_median(echoes, 'cpu'):.2f} s; ratio {_ratio(starts, echoes, 'cpu'):.1f}"
     )
-    loaded = [start.loaded for start in starts if start.loaded is not None]
-    if loaded:
-        print(
-            f"  every method answered without waiting (the rest of the servicer loaded) after "
-            f"{statistics.median(loaded):.2f} s (median; min {min(loaded):.2f}, max "
-            f"{max(loaded):.2f})"
-        )
     print(
         f"  with HIS_MIGRATE=0 (no schema check, no alembic): {_median(unmigrated, 'wall'):.2f} s"
         f"; ratio to echo {_ratio(unmigrated, echoes, 'wall'):.1f}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import make_url
 
-from his.runtime.database import async_url, driver_dsn
+from his.runtime.database import async_url
 
 
 def test_pgserver_unix_socket_url_keeps_its_host_directory() -> None:
@@ -23,23 +23,3 @@ def test_network_url_keeps_credentials() -> None:
 def test_non_postgresql_urls_are_refused() -> None:
     with pytest.raises(ValueError, match="postgresql://"):
         async_url("sqlite:///tmp/x.db")
-
-
-@pytest.mark.parametrize(
-    ("url", "dsn"),
-    [
-        (
-            "postgresql://postgres:@/postgres?host=/tmp/pg",
-            "postgresql://postgres:@/postgres?host=/tmp/pg",
-        ),
-        ("postgresql+asyncpg://his:secret@db:5432/his", "postgresql://his:secret@db:5432/his"),
-        ("postgres://his@db/his", "postgresql://his@db/his"),
-    ],
-)
-def test_the_driver_gets_a_plain_postgresql_url_without_sqlalchemy(url: str, dsn: str) -> None:
-    assert driver_dsn(url) == dsn
-
-
-def test_the_driver_refuses_other_urls_too() -> None:
-    with pytest.raises(ValueError, match="postgresql://"):
-        driver_dsn("sqlite:///tmp/x.db")

@@ -46,8 +46,7 @@ class _ExplodingPatientService(PatientService):
 
 
 def _exploding_spec() -> ServiceSpec:
-    # Not deferred: the exploding GetPatient is the full servicer's.
-    return dataclasses.replace(PATIENT, make_servicer=_ExplodingPatientService, early=None)
+    return dataclasses.replace(PATIENT, make_servicer=_ExplodingPatientService)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ report names every module the process imported, from start to its exit after SIG
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import re
 import signal
@@ -111,13 +110,7 @@ async def test_a_service_loads_only_what_serving_needs(
 ) -> None:
     modules = await _modules_of_a_start(service, database_url, tmp_path / "importtime.txt")
 
-    # The report was read: the server and the service are in it, and its database layer unless
-    # the service answers early before loading it (his.runtime.deferred; the process may stop
-    # before the rest is loaded).
-    spec = importlib.import_module(f"{lookup(service).module}.spec").SPEC
-    if spec.early is None:
-        assert {"his.runtime.server", "sqlalchemy", f"his.{service}.service"} <= modules
-    else:
-        assert {"his.runtime.server", "his.runtime.deferred"} <= modules
+    # The report was read: the server, its database layer and the service itself are in it.
+    assert {"his.runtime.server", "sqlalchemy", f"his.{service}.service"} <= modules
     assert _loaded(modules, NEVER) == []
     assert _loaded(modules, UNBUILT) == []

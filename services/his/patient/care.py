@@ -20,30 +20,22 @@ import datetime as dt
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from functools import cache
-from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
+from sqlalchemy import ColumnElement, exists, false, func, or_, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base import env
 from his.base.identity import Principal
 from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.patient.mapping import SCOPE
-from his.patient.schema import SCHEMA
+from his.patient.tables import SCHEMA, care_relationships, patients
 from his.patient.v1 import patient_service_pb2 as pb
 from his.runtime.database import Database
 from his.runtime.inbox import Consumes, consuming
 from his.runtime.validation import Violations, reference
 from his.scheduling.v1 import scheduling_service_pb2 as scheduling_pb
-
-if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-# SQLAlchemy (and tables.py) are imported where a session is at hand or a search is built: the
-# relationship and consent reads of GetPatient run on the driver and need none of it, so the
-# service answers them before SQLAlchemy is loaded (his.runtime.deferred).
 
 # The services whose events feed the relationships.
 SCHEDULING = "scheduling"
@@ -89,7 +81,7 @@ NONE = Relation()
 
 _TABLE = f'"{SCHEMA}".care_relationships'
 # Newest revision wins, whatever order the events arrive in.
-_UPSERT = (
+_UPSERT = text(
     f"INSERT INTO {_TABLE} (record, patient_id, department_id, practitioner_id, "  # noqa: S608
     "start_time, end_time, related, revision) VALUES (:record, :patient_id, "
     ":department_id, :practitioner_id, :start_time, :end_time, :related, :revision) "
@@ -176,21 +168,14 @@ def _record(v: Violations, field: str, name: str, collection: str) -> str:
     return f"{collection}/{record}" if record is not None else ""
 
 
-@cache
-def _upsert_statement() -> Any:
-    from sqlalchemy import text  # noqa: PLC0415 (see the imports)
-
-    return text(_UPSERT)
-
-
 async def _apply(session: AsyncSession, _: EventEnvelope, payload: Message) -> None:
     assert isinstance(payload, scheduling_pb.AppointmentChanged)
-    await session.execute(_upsert_statement(), _values(payload))
+    await session.execute(_UPSERT, _values(payload))
 
 
 async def _apply_encounter(session: AsyncSession, _: EventEnvelope, payload: Message) -> None:
     assert isinstance(payload, emr_pb.EncounterChanged)
-    await session.execute(_upsert_statement(), _encounter_values(payload))
+    await session.execute(_UPSERT, _encounter_values(payload))
 
 
 CONSUMES = consuming(
@@ -220,10 +205,6 @@ class CareRelationships:
         """A condition on `patient.patients` rows: the caller has a care relationship with the
         patient now (the same window as `of`). A search of a clinician is restricted by it in
         SQL, so its pages and page tokens say nothing about patients the clinician may not see."""
-        from sqlalchemy import exists, false, func, or_  # noqa: PLC0415 (see the imports)
-
-        from his.patient.tables import care_relationships, patients  # noqa: PLC0415
-
         me = _ids([principal.subject], "staff/") if principal.is_staff else []
         departments = _ids(principal.departments, "departments/") if principal.is_staff else []
         c = care_relationships

@@ -7,19 +7,21 @@ audited before the data leaves, so an audit outage means no data (UNAVAILABLE).
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from sqlalchemy.exc import IntegrityError
 
 from his.base import identity
-from his.base.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from his.base.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from his.patient import care, store
-from his.patient.care import CareConfig
+from his.patient.care import CareConfig, CareRelationships, Relation
 from his.patient.events import state_changed
 from his.patient.label_view import for_caller, label_view_only
 from his.patient.mapping import consent_to_proto, patient_to_proto
-from his.patient.reads import PatientReads
 from his.patient.research import ResearchPatients
 from his.patient.tables import SCHEMA
 from his.patient.v1 import patient_service_pb2 as pb
@@ -33,7 +35,9 @@ from his.patient.validation import (
     patient_fields,
     phone,
 )
-from his.runtime.access import ALLOWED, Permit
+from his.runtime.access import ALLOWED, Facts, Permit
+from his.runtime.database import Database
+from his.runtime.fieldcrypt import FieldCipher
 from his.runtime.idempotency import RequestKey
 from his.runtime.inbox import apply_events
 from his.runtime.outbox import Outbox
@@ -53,12 +57,25 @@ _ALL_FIELDS = UPDATABLE
 _DEMOGRAPHICS = "patient.demographics"
 
 
-class PatientService(PatientReads, pb_grpc.PatientServiceServicer):
+@dataclass(frozen=True)
+class _Found:
+    """A patient read for GetPatient, with the caller's care relationship with them."""
+
+    row: Any
+    relation: Relation
+
+
+class PatientService(pb_grpc.PatientServiceServicer):
     """Master patient index and consents over the `patient` schema."""
 
     def __init__(self, resources: ServiceResources, care_config: CareConfig | None = None) -> None:
-        super().__init__(resources, care_config)
+        self._db: Database = resources.database
+        self._care = CareRelationships(resources.database, care_config or CareConfig())
         self._pages = PageTokens(resources.config.page_token_key)
+        self._access = resources.access
+        self._cipher = FieldCipher.from_config(
+            resources.config.crypto, "patient", resources.database.engine
+        )
         self._research = ResearchPatients(resources)
         assert resources.outbox is not None  # every service but audit has one
         self._outbox: Outbox = resources.outbox
@@ -67,6 +84,56 @@ class PatientService(PatientReads, pb_grpc.PatientServiceServicer):
         """Tell the services that keep a copy of patient states (events.py), in the open
         transaction."""
         await self._outbox.add([state_changed(row)])
+
+    async def _audit(self, action: str, permit: Permit, patient_id: uuid.UUID, **name: str) -> None:
+        """Record one access to a patient's record (or to its consents)."""
+        patient = f"patients/{patient_id}"
+        await self._access.record(
+            action,
+            permit,
+            patient=patient,
+            resource_name=name.get("consent", patient),
+            resource_type=_CONSENT if "consent" in name else _PATIENT,
+        )
+
+    async def GetPatient(self, request: pb.GetPatientRequest, context: Context) -> pb.Patient:
+        patient_id = required_id("name", request.name, collection="patients")
+        name = f"patients/{patient_id}"
+        # The registration desk reads anyone; a clinician needs a care relationship (care.py,
+        # from this service's own tables: no remote call per read), or else a break-the-glass
+        # grant; a signed-in patient reads their own record only (policy: patients.rego).
+        alone = self._access.allowed_alone("read", _DEMOGRAPHICS)
+
+        async def load() -> _Found | None:
+            try:
+                row = await store.read_patient(self._db, self._cipher, patient_id)
+            except NotFound:
+                return None
+            if alone:
+                return _Found(row, care.NONE)
+            relations = await self._care.of(identity.current(), [patient_id])
+            return _Found(row, relations.get(patient_id, care.NONE))
+
+        def facts(found: _Found | None) -> Facts:
+            # Asked only of a record that was found (mypy solves authorize's T as optional).
+            return self._facts(name, found.relation if found else care.NONE)
+
+        permit, found = await self._access.authorize("read", _DEMOGRAPHICS, load, facts)
+        if found is None:
+            raise NotFound(f"{name} not found", metadata={"name": name})
+        await self._audit("read", permit, found.row.id)
+        return for_caller(patient_to_proto(found.row))
+
+    def _facts(self, name: str, relation: Relation) -> Facts:
+        """What the policy looks at for one patient's demographics: the caller's relationship
+        with them and (asked only when it decides) their privacy consent."""
+        patient_id = uuid.UUID(name.removeprefix("patients/"))
+        return Facts(
+            patient=name,
+            department=relation.department,
+            under_care=relation.under_care,
+            consent=functools.partial(self._care.consent, patient_id),
+        )
 
     async def ListPatients(
         self, request: pb.ListPatientsRequest, context: Context

@@ -29,12 +29,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
-from his.patient.schema import SCHEMA
 from his.runtime.fieldcrypt import data_keys_table
 from his.runtime.inbox import declare as declare_inbox
 from his.runtime.outbox import declare as declare_outbox
 
-__all__ = ["SCHEMA"]
+SCHEMA = "patient"
 metadata = MetaData(schema=SCHEMA)
 
 # Medical record numbers: a sequence, never reused, shown with a Luhn check digit (see mapping.py).

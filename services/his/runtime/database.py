@@ -1,55 +1,39 @@
 """PostgreSQL via SQLAlchemy 2 async + asyncpg: an engine per service, a transaction per call,
-and a pool of bare asyncpg connections for the hot paths (his.runtime.driver_pool).
-
-SQLAlchemy is imported when the engine is first needed, not with this module: its import is
-~0.35 s of a service's start, and what a service answers at once (the health check, the schema
-check, the hot reads on the driver) needs none of it (his.runtime.deferred).
-"""
+and a pool of bare asyncpg connections for the hot paths (his.runtime.driver_pool)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import re
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
 
 from his.base.errors import DeadlineExceeded, HisError, ResourceExhausted, Unavailable
 from his.runtime.config import DatabaseConfig
 from his.runtime.driver_pool import DriverPool, PoolExhausted
 from his_client.guard import no_remote_calls
 
-if TYPE_CHECKING:
-    from sqlalchemy import exc as sa_exc
-    from sqlalchemy.engine import ExceptionContext
-    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
-# postgresql://, postgresql+<driver>:// (SQLAlchemy's spelling) or postgres://.
-_SCHEME = re.compile(r"^postgres(?:ql)?(?:\+[a-z0-9_]+)?://", re.IGNORECASE)
-
 
 def async_url(url: str) -> str:
     """Any `postgresql://` URL (also pgserver's unix-socket form) as an asyncpg SQLAlchemy URL."""
-    from sqlalchemy.engine import make_url  # noqa: PLC0415 (see the module's docstring)
-
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
         raise ValueError("HIS_DATABASE_URL must be a postgresql:// URL")
     return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
-
-
-def driver_dsn(url: str) -> str:
-    """Any `postgresql://` URL as the asyncpg driver takes it (no `+asyncpg` in the scheme),
-    without SQLAlchemy."""
-    if not _SCHEME.match(url):
-        raise ValueError("HIS_DATABASE_URL must be a postgresql:// URL")
-    return _SCHEME.sub("postgresql://", url, count=1)
 
 
 # The session of the transaction open in this context (Database.transaction), if any.
@@ -87,15 +71,45 @@ class Database:
 
     def __init__(self, url: str, config: DatabaseConfig, *, application_name: str) -> None:
         self.config = config
-        self._url = url
-        self._server_settings = {
+        self.engine: AsyncEngine = create_async_engine(
+            async_url(url),
+            pool_size=config.pool_size,
+            max_overflow=config.max_overflow,
+            # No pre-ping: it costs a round trip per call. A connection the server dropped fails
+            # its next use (UNAVAILABLE) and SQLAlchemy then invalidates the pool.
+            pool_pre_ping=False,
+            # Waiting for a pooled connection longer than this means the process is overloaded:
+            # RESOURCE_EXHAUSTED, instead of a call hanging until its deadline.
+            pool_timeout=config.pool_timeout_s,
+            connect_args={
+                "server_settings": {
+                    "application_name": application_name,
+                    "statement_timeout": str(config.statement_timeout_ms),
+                    "timezone": "UTC",
+                },
+                "timeout": config.health_timeout_s,
+            },
+        )
+        # Health pings get their own short-lived connection: a busy pool is not a dead database.
+        self._probe = create_async_engine(
+            async_url(url),
+            poolclass=NullPool,
+            connect_args={"timeout": config.health_timeout_s},
+        )
+        # SQLAlchemy replaces its whole pool only for the disconnects its dialect recognises;
+        # an administrator/crash shutdown (a restart, a failover) was not one of them, so every
+        # other pooled connection failed one call each. What we map to UNAVAILABLE counts.
+        event.listen(self.engine.sync_engine, "handle_error", _mark_disconnects)
+        server_settings = {
             "application_name": application_name,
             "statement_timeout": str(config.statement_timeout_ms),
             "timezone": "UTC",
         }
-        dsn = driver_dsn(url)
-        self._dsn = dsn
-        server_settings = self._server_settings
+        dsn = (
+            make_url(async_url(url))
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
 
         async def connect() -> asyncpg.Connection:
             return await asyncpg.connect(
@@ -111,51 +125,11 @@ class Database:
             lost=self._invalidate_sessions,
             clean=_clean_after,
         )
-        self._engine: AsyncEngine | None = None
-        self._sessions: async_sessionmaker[AsyncSession] | None = None
-        self._reads: async_sessionmaker[AsyncSession] | None = None
-
-    @property
-    def engine(self) -> AsyncEngine:
-        """SQLAlchemy's engine, made (and SQLAlchemy imported) on first use."""
-        if self._engine is None:
-            self._make_engine()
-        assert self._engine is not None
-        return self._engine
-
-    def _make_engine(self) -> None:
-        from sqlalchemy import event  # noqa: PLC0415 (see the module's docstring)
-        from sqlalchemy.ext.asyncio import (  # noqa: PLC0415
-            async_sessionmaker,
-            create_async_engine,
-        )
-
-        config = self.config
-        engine = create_async_engine(
-            async_url(self._url),
-            pool_size=config.pool_size,
-            max_overflow=config.max_overflow,
-            # No pre-ping: it costs a round trip per call. A connection the server dropped fails
-            # its next use (UNAVAILABLE) and SQLAlchemy then invalidates the pool.
-            pool_pre_ping=False,
-            # Waiting for a pooled connection longer than this means the process is overloaded:
-            # RESOURCE_EXHAUSTED, instead of a call hanging until its deadline.
-            pool_timeout=config.pool_timeout_s,
-            connect_args={
-                "server_settings": self._server_settings,
-                "timeout": config.health_timeout_s,
-            },
-        )
-        # SQLAlchemy replaces its whole pool only for the disconnects its dialect recognises;
-        # an administrator/crash shutdown (a restart, a failover) was not one of them, so every
-        # other pooled connection failed one call each. What we map to UNAVAILABLE counts.
-        event.listen(engine.sync_engine, "handle_error", _mark_disconnects)
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # Autocommit: no BEGIN/COMMIT round trips, for reads that need no multi-statement snapshot.
         self._reads = async_sessionmaker(
-            engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
         )
-        self._engine = engine
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -164,9 +138,6 @@ class Database:
         Inside it, calls to other services are refused (his_client.guard: nothing remote under
         a lock), and events recorded through the outbox join the transaction.
         """
-        if self._sessions is None:
-            self._make_engine()
-        assert self._sessions is not None
         async with self._sessions.begin() as session:
             token = _open.set(session)
             try:
@@ -181,9 +152,6 @@ class Database:
 
         Use `transaction()` instead whenever statements must agree with each other or write.
         """
-        if self._reads is None:
-            self._make_engine()
-        assert self._reads is not None
         async with self._reads() as session:
             yield session
 
@@ -228,8 +196,7 @@ class Database:
         """Replace every connection of SQLAlchemy's pool on its next checkout: the server
         dropped the driver's, so it dropped these too (what SQLAlchemy's pool does on a
         disconnect it sees itself, `Pool._invalidate`)."""
-        if self._engine is not None:
-            self._engine.sync_engine.pool._invalidate_time = time.time()
+        self.engine.sync_engine.pool._invalidate_time = time.time()
 
     @property
     def driver_pool(self) -> DriverPool:
@@ -237,15 +204,11 @@ class Database:
         return self._driver
 
     async def ping(self) -> bool:
-        """True when the database answers `SELECT 1` within the health timeout, on a connection
-        of its own: a busy pool is not a dead database."""
+        """True when the database answers `SELECT 1` within the health timeout."""
         try:
             async with asyncio.timeout(self.config.health_timeout_s):
-                connection = await asyncpg.connect(self._dsn, timeout=self.config.health_timeout_s)
-                try:
-                    await connection.fetchval("SELECT 1")
-                finally:
-                    connection.terminate()
+                async with self._probe.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
             return True
         except Exception:
             return False
@@ -253,8 +216,8 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self._driver.close()
-        if self._engine is not None:
-            await self._engine.dispose()
+        await self.engine.dispose()
+        await self._probe.dispose()
 
 
 def _clean_after(error: BaseException) -> bool:
@@ -268,7 +231,6 @@ def _clean_after(error: BaseException) -> bool:
 
 
 def _mark_disconnects(context: ExceptionContext) -> None:
-    # Runs only once SQLAlchemy is loaded (an engine's listener).
     error = context.sqlalchemy_exception or context.original_exception
     if not context.is_disconnect and isinstance(translate_error(error), Unavailable):
         context.is_disconnect = True
@@ -307,17 +269,15 @@ _GONE = frozenset({"57P01", "57P02", "57P03", "53300", "25006", "08000", "08003"
 def translate_error(error: BaseException) -> HisError | None:
     """Database trouble as a status: outage UNAVAILABLE (retryable), full pool RESOURCE_EXHAUSTED,
     statement timeout DEADLINE_EXCEEDED (retrying the same hot row would not help)."""
-    # SQLAlchemy's errors exist only once it is imported (see the module's docstring).
-    sa: Any = sys.modules.get("sqlalchemy.exc")
-    if isinstance(error, PoolExhausted) or (sa is not None and isinstance(error, sa.TimeoutError)):
+    if isinstance(error, (sa_exc.TimeoutError, PoolExhausted)):
         return ResourceExhausted(
             "no database connection free in time; the server is overloaded",
             reason="DATABASE_POOL_EXHAUSTED",
         )
     cause: BaseException | None = error
-    if sa is not None and isinstance(error, sa.DBAPIError):
+    if isinstance(error, sa_exc.DBAPIError):
         # InterfaceError (PEP 249): the connection, not the statement, failed.
-        if error.connection_invalidated or isinstance(error, sa.InterfaceError):
+        if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
             return Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
         cause = error.orig.__cause__ if error.orig is not None else None
         cause = cause or error.orig

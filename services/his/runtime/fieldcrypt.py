@@ -34,28 +34,37 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Identity,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    false,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from his.base.env import ConfigError
-from his.runtime.database import Database, async_url
+from his.runtime.database import async_url
 from his.runtime.secret_files import json_once
-
-if TYPE_CHECKING:
-    import asyncpg
-    from sqlalchemy import MetaData, Table
-    from sqlalchemy.engine import Connection
-    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-
-# SQLAlchemy is imported where a session, a table or a migration's connection is at hand (it is
-# loaded by then): decrypting a row read on the driver (`load_on`) needs none of it.
 
 log = logging.getLogger(__name__)
 
@@ -268,19 +277,6 @@ def _wrap_aad(schema: str, master_key_id: str) -> bytes:
 
 def data_keys_table(metadata: MetaData) -> Table:
     """The `data_keys` table in `metadata`'s schema: wrapped data keys of that schema."""
-    from sqlalchemy import (  # noqa: PLC0415 (see the imports)
-        Boolean,
-        Column,
-        DateTime,
-        Identity,
-        Integer,
-        LargeBinary,
-        Table,
-        Text,
-        false,
-        func,
-    )
-
     return Table(
         "data_keys",
         metadata,
@@ -295,15 +291,6 @@ def data_keys_table(metadata: MetaData) -> Table:
 
 
 class _KeyRow(Protocol):
-    id: int
-    master_key_id: str
-    wrapped_key: bytes
-
-
-@dataclass
-class _Key:
-    """A data key row read on the driver."""
-
     id: int
     master_key_id: str
     wrapped_key: bytes
@@ -352,13 +339,11 @@ class FieldCipher:
     name a data key made by another process, await `load(session, values)`.
     """
 
-    def __init__(
-        self, keyring: Keyring, schema: str, engine: AsyncEngine | Database | None = None
-    ) -> None:
+    def __init__(self, keyring: Keyring, schema: str, engine: AsyncEngine | None = None) -> None:
         self.keyring = keyring
         self.schema = schema
-        # A Database: its engine (and SQLAlchemy) only once a key must be created.
         self._engine = engine
+        self._table = data_keys_table(MetaData(schema=schema))
         self._keys: dict[int, _DataKey] = {}
         self._current: int | None = None
         self._checked_at = float("-inf")
@@ -369,7 +354,7 @@ class FieldCipher:
 
     @classmethod
     def from_config(
-        cls, config: CryptoConfig, schema: str, engine: AsyncEngine | Database | None = None
+        cls, config: CryptoConfig, schema: str, engine: AsyncEngine | None = None
     ) -> FieldCipher:
         """A cipher for `schema` from the service's crypto settings."""
         return cls(Keyring.from_config(config), schema, engine)
@@ -461,15 +446,7 @@ class FieldCipher:
             or time.monotonic() - self._checked_at >= self.keyring.key_refresh_s
         )
 
-    @cached_property
-    def _table(self) -> Table:
-        from sqlalchemy import MetaData  # noqa: PLC0415 (see the imports)
-
-        return data_keys_table(MetaData(schema=self.schema))
-
     def _newest(self) -> Any:
-        from sqlalchemy import select  # noqa: PLC0415 (see the imports)
-
         table = self._table
         return (
             select(table.c.id, table.c.master_key_id, table.c.wrapped_key)
@@ -479,8 +456,6 @@ class FieldCipher:
         )
 
     def _lock_statement(self) -> Any:
-        from sqlalchemy import text  # noqa: PLC0415 (see the imports)
-
         return text("SELECT pg_advisory_xact_lock(hashtext(:key))").bindparams(
             key=f"his-data-keys-{self.schema}"
         )
@@ -506,13 +481,9 @@ class FieldCipher:
     async def _create_first(self) -> Any:
         if self._engine is None:
             raise RuntimeError("FieldCipher needs an engine to create the first data key")
-        from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415 (see the imports)
-        from sqlalchemy.pool import NullPool  # noqa: PLC0415
-
-        made = self._engine.engine if isinstance(self._engine, Database) else self._engine
         # A connection of its own, outside the service's pool: callers waiting for this key may
         # hold every pooled connection.
-        engine = create_async_engine(made.url, poolclass=NullPool)
+        engine = create_async_engine(self._engine.url, poolclass=NullPool)
         try:
             return await self._insert_first(engine)
         finally:
@@ -545,27 +516,11 @@ class FieldCipher:
 
     async def load(self, session: AsyncSession, values: Iterable[bytes | None]) -> None:
         """Unwrap every data key the stored `values` need and memory does not hold yet."""
-        from sqlalchemy import select  # noqa: PLC0415 (see the imports)
-
         missing = self.key_ids(values) - self._keys.keys()
         if not missing:
             return
         query = select(*self._key_columns()).where(self._table.c.id.in_(sorted(missing)))
         self.remember((await session.execute(query)).all())
-
-    async def load_on(self, connection: asyncpg.Connection, values: Iterable[bytes | None]) -> None:
-        """`load` on a driver connection (his.runtime.database.Database.driver)."""
-        missing = self.key_ids(values) - self._keys.keys()
-        if not missing:
-            return
-        rows = await connection.fetch(
-            f'SELECT id, master_key_id, wrapped_key FROM "{self.schema}".data_keys '  # noqa: S608
-            "WHERE id = ANY($1::int[])",
-            sorted(missing),
-        )
-        self.remember(
-            _Key(row["id"], row["master_key_id"], bytes(row["wrapped_key"])) for row in rows
-        )
 
     async def rewrap(self, session: AsyncSession) -> int:
         """Re-wrap every data key under the current master key; values are untouched.
@@ -573,8 +528,6 @@ class FieldCipher:
         Returns how many data keys changed master key. Afterwards the other master keys can be
         removed from the configuration.
         """
-        from sqlalchemy import select, update  # noqa: PLC0415 (see the imports)
-
         table = self._table
         rows = (
             await session.execute(
@@ -602,8 +555,6 @@ class FieldCipher:
 
     async def rotate_data_key(self, session: AsyncSession) -> int:
         """Create a new data key for new values and retire the others (they still decrypt)."""
-        from sqlalchemy import update  # noqa: PLC0415 (see the imports)
-
         await session.execute(self._lock_statement())
         table = self._table
         await session.execute(update(table).where(table.c.retired.is_(False)).values(retired=True))
@@ -629,8 +580,6 @@ class FieldCipher:
 
     def load_sync(self, connection: Connection) -> None:
         """Every data key of the schema into memory, for a migration that decrypts."""
-        from sqlalchemy import select  # noqa: PLC0415 (see the imports)
-
         self.remember(connection.execute(select(*self._key_columns())).all())
 
 
@@ -651,9 +600,6 @@ async def rotate_data_key_all(url: str, schema: str, keyring: Keyring) -> int:
 
 @asynccontextmanager
 async def _session(url: str) -> AsyncIterator[AsyncSession]:
-    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine  # noqa: PLC0415
-    from sqlalchemy.pool import NullPool  # noqa: PLC0415
-
     engine = create_async_engine(async_url(url), poolclass=NullPool)
     try:
         async with AsyncSession(engine) as session, session.begin():

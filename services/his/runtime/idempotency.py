@@ -12,16 +12,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
+from sqlalchemy import Column
+from sqlalchemy.dialects.postgresql import Insert
 
 from his.base import identity
 from his.base.errors import InvalidArgument
-
-if TYPE_CHECKING:
-    from sqlalchemy import Column
-    from sqlalchemy.dialects.postgresql import Insert
 
 R = TypeVar("R")
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf.message import DecodeError, Message
+from sqlalchemy import Column, DateTime, MetaData, Table, Text, text
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base import identity
 from his.base.errors import FieldViolation, InvalidArgument, PermissionDenied
@@ -23,13 +26,6 @@ from his.runtime.database import Database
 from his.runtime.outbox import table as _outbox_table
 from his.runtime.relay import NO_FLUSH_WAIT, Deliver
 from his.runtime.request_guard import nul_paths
-
-if TYPE_CHECKING:
-    from sqlalchemy import MetaData, Table
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-# SQLAlchemy is imported where a session or a table is at hand (loaded by then): a relay's
-# delivery to a receiver needs none of it (his.runtime.deferred).
 
 TABLE = "inbox"
 # One delivery call of a source's relay may take this long (the receiver applies the batch).
@@ -66,9 +62,6 @@ def drop_table_sql(schema: str) -> list[str]:
 def declare(metadata: MetaData) -> Table:
     """The inbox as SQLAlchemy sees it, in a service's `tables.py` (the schema tests compare it
     with what the migration builds)."""
-    from sqlalchemy import Column, DateTime, Table, Text, text  # noqa: PLC0415 (see the imports)
-    from sqlalchemy.dialects.postgresql import UUID  # noqa: PLC0415
-
     return Table(
         TABLE,
         metadata,
@@ -84,7 +77,7 @@ def declare(metadata: MetaData) -> Table:
     )
 
 
-Handler = Callable[["AsyncSession", EventEnvelope, Message], Awaitable[None]]
+Handler = Callable[[AsyncSession, EventEnvelope, Message], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -116,8 +109,6 @@ def consuming(*kinds: Consumes) -> dict[str, Consumes]:
 
 async def first_delivery(session: AsyncSession, schema: str, event: EventEnvelope) -> bool:
     """Records `event` as applied; False if it already was (then apply nothing)."""
-    from sqlalchemy import text  # noqa: PLC0415 (see the imports)
-
     result = await session.execute(
         text(
             # The condition also turns off the wait for the disk at this transaction's commit

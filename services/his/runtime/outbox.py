@@ -20,22 +20,31 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base.errors import Unavailable
 from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.runtime.database import Database, open_driver_transaction, open_transaction
 from his.runtime.telemetry import current_trace_id
-
-if TYPE_CHECKING:
-    from sqlalchemy import MetaData, Table
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-# SQLAlchemy is imported only where a SQLAlchemy session or table is at hand (it is then loaded
-# already): the group commit and the driver's transactions need none of it (his.runtime.deferred).
 
 TABLE = "outbox"
 _SCHEMA = re.compile(r"^[a-z][a-z_]*$")
@@ -80,22 +89,6 @@ def create_table_sql(schema: str) -> list[str]:
 def declare(metadata: MetaData) -> Table:
     """The outbox as SQLAlchemy sees it, in a service's `tables.py` (what the migration builds;
     the schema tests compare the two)."""
-    from sqlalchemy import (  # noqa: PLC0415 (see the imports)
-        BigInteger,
-        Column,
-        DateTime,
-        Identity,
-        Index,
-        Integer,
-        LargeBinary,
-        Table,
-        Text,
-        UniqueConstraint,
-        text,
-    )
-    from sqlalchemy.dialects.postgresql import UUID  # noqa: PLC0415
-
-    now = text("clock_timestamp()")
     return Table(
         TABLE,
         metadata,
@@ -104,8 +97,8 @@ def declare(metadata: MetaData) -> Table:
         Column("destination", Text, nullable=False),
         Column("event_type", Text, nullable=False),
         Column("envelope", LargeBinary, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False, server_default=now),
-        Column("available_at", DateTime(timezone=True), nullable=False, server_default=now),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+        Column("available_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
         Column("attempts", Integer, nullable=False, server_default=text("0")),
         Column("dead_at", DateTime(timezone=True)),
         Column("last_error", Text),
@@ -118,6 +111,9 @@ def declare(metadata: MetaData) -> Table:
             postgresql_where=text("dead_at IS NULL"),
         ),
     )
+
+
+_NOW = text("clock_timestamp()")
 
 
 def drop_table_sql(schema: str) -> list[str]:
@@ -169,11 +165,10 @@ class Outbox:
         self._database = database
         self.schema = schema
         columns = f"{table(schema)} (event_id, destination, event_type, envelope)"
-        self._insert_text = (
+        self._insert_one = text(
             f"INSERT INTO {columns} "  # noqa: S608 (a checked schema name, values bound)
             "VALUES (CAST(:event_id AS uuid), :destination, :event_type, :envelope)"
         )
-        self._insert_one: Any = None
         self._insert_many = (
             f"INSERT INTO {columns} "  # noqa: S608 (a checked schema name, values bound)
             "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])"
@@ -216,11 +211,6 @@ class Outbox:
 
     async def add_in(self, session: AsyncSession, events: Sequence[Outgoing]) -> None:
         """Insert `events` in `session`'s transaction."""
-        from sqlalchemy import event as sqlalchemy_event  # noqa: PLC0415 (see the imports)
-        from sqlalchemy import text  # noqa: PLC0415
-
-        if self._insert_one is None:
-            self._insert_one = text(self._insert_text)
         await session.execute(self._insert_one, [_row(event) for event in events])
         # The relay may look once the transaction committed (a rollback wakes it for nothing).
         sqlalchemy_event.listen(

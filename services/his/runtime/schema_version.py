@@ -1,8 +1,7 @@
 """Whether a service's schema is at its newest migration, without importing Alembic.
 
 Start-up asks this first: when the schema is at head (every start but the first after a
-release), serving needs none of Alembic's ~0.4 s of imports, and it asks on the driver's
-connection, so not SQLAlchemy's either. The revisions are read from the
+release), serving needs none of Alembic's ~0.4 s of imports. The revisions are read from the
 migration files themselves (`revision = "…"`, `down_revision = "…"`), so there is no second list
 to keep.
 """
@@ -13,6 +12,8 @@ import importlib.util
 import re
 from functools import cache
 from pathlib import Path
+
+from sqlalchemy import text
 
 from his.runtime.database import Database
 
@@ -46,9 +47,9 @@ async def at_head(database: Database, service: str) -> bool:
     if head is None:
         return False
     try:
-        async with database.driver() as connection:
-            current = await connection.fetchval(
-                f'SELECT version_num FROM "{service}".alembic_version'  # noqa: S608
+        async with database.read() as session:
+            current = await session.scalar(
+                text(f'SELECT version_num FROM "{service}".alembic_version')  # noqa: S608
             )
     except Exception:
         return False

@@ -21,12 +21,11 @@ from his.runtime import shared_policy
 from his.runtime.access import Access
 from his.runtime.audit_trail import AUDIT, AuditTrail, audit_delivery
 from his.runtime.authn import AuthenticationInterceptor
-from his.runtime.config import LIVENESS, ServiceConfig
+from his.runtime.config import ServiceConfig
 from his.runtime.database import Database
 from his.runtime.database import translate_error as translate_database_error
-from his.runtime.deferred import DeferredServicer, Early
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.health import NOT_SERVING, DatabaseHealth, Health
+from his.runtime.health import DatabaseHealth, Health
 from his.runtime.interceptors import AdmissionInterceptor, ErrorInterceptor, ObservingInterceptor
 from his.runtime.logs import configure_logging
 from his.runtime.metrics import MetricsEndpoint, ServerMetrics
@@ -78,9 +77,6 @@ class ServiceSpec:
     # HTTP), given the servicer it serves beside; started once the gRPC server is and closed after
     # it; it may decide not to run (None).
     companion: Callable[[ServiceResources, Any], Awaitable[Companion | None]] | None = None
-    # Methods answered before the rest of the servicer is loaded (his.runtime.deferred): the
-    # service is ready sooner, the other methods' first calls wait for the rest.
-    early: Early | None = None
 
 
 class Companion(Protocol):
@@ -128,8 +124,6 @@ class RunningService:
     relay: Relay | None = None
     migration: asyncio.Task[None] | None = None
     companion: Companion | None = None
-    # The rest of a deferred servicer loading (his.runtime.deferred), while it does.
-    loading: asyncio.Task[None] | None = None
     stop_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
@@ -149,7 +143,10 @@ class RunningService:
         await self.health.enter_graceful_shutdown()
         if self.config.server.drain_delay_s:
             await asyncio.sleep(self.config.server.drain_delay_s)
-        await _cancel(self.migration, self.loading)
+        if self.migration is not None:
+            self.migration.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.migration
         started = time.monotonic()
         self.admission.close()
         if not await self.admission.drained(grace):
@@ -251,11 +248,10 @@ async def start(
     metrics_endpoint: MetricsEndpoint | None = None
     migration: asyncio.Task[None] | None = None
     companion: Companion | None = None
-    loading: asyncio.Task[None] | None = None
     stop_hooks: list[Callable[[], Awaitable[None]]] = []
     try:
         resources = ServiceResources(config, database, clients, access, outbox, stop_hooks)
-        servicer, deferred = _servicer(spec, resources)
+        servicer = spec.make_servicer(resources)
         spec.add_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
@@ -281,15 +277,13 @@ async def start(
         if config.server.metrics_port >= 0:
             metrics_endpoint = metrics.serve(config.server.metrics_port)
         await server.start()
-        if deferred is not None:
-            loading = asyncio.create_task(
-                _load_rest(deferred, lambda: spec.make_servicer(resources), health, migration),
-                name="load",
-            )
         if spec.companion is not None:
             companion = await spec.companion(resources, servicer)
     except BaseException:
-        await _cancel(migration, loading)
+        if migration is not None:
+            migration.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await migration
         await server.stop(0)
         for hook in stop_hooks:
             await hook()
@@ -315,32 +309,11 @@ async def start(
         relay=relay,
         migration=migration,
         companion=companion,
-        loading=loading,
         stop_hooks=stop_hooks,
     )
     if relay is not None:
         relay.start()
     return running
-
-
-async def _cancel(*tasks: asyncio.Task[None] | None) -> None:
-    """Cancel start-up's background tasks (the migration, the rest of a deferred servicer)."""
-    for task in tasks:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-
-def _servicer(
-    spec: ServiceSpec, resources: ServiceResources
-) -> tuple[Any, DeferredServicer | None]:
-    """The servicer to serve, and the deferred one it is when the service answers some methods
-    early (his.runtime.deferred)."""
-    if spec.early is None:
-        return spec.make_servicer(resources), None
-    deferred = DeferredServicer(spec.early, spec.early.make(resources))
-    return deferred, deferred
 
 
 def _tracing_interceptor(tracer_provider: TracerProvider | None) -> grpc.aio.ServerInterceptor:
@@ -353,25 +326,6 @@ def _tracing_interceptor(tracer_provider: TracerProvider | None) -> grpc.aio.Ser
         tracer_provider=tracer_provider
     )
     return interceptor
-
-
-async def _load_rest(
-    deferred: DeferredServicer,
-    make_full: Callable[[], Any],
-    health: Health,
-    migration: asyncio.Task[None] | None,
-) -> None:
-    """The rest of a deferred servicer, begun once the schema check is done (readiness open): a
-    thread importing holds the GIL, and the check's round trips would wait for it. A load that
-    fails takes the process out of service for good (liveness too: a broken image is restarted,
-    not left answering half its methods)."""
-    if migration is not None:
-        await asyncio.wait([migration])
-    try:
-        await deferred.load(make_full)
-    except Exception:
-        await health.set(LIVENESS, NOT_SERVING)
-        await health.enter_graceful_shutdown()
 
 
 async def _migrate_until_done(
