@@ -11,23 +11,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pybreaker
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_random_exponential,
-)
 
 from his.base import deadline
 from his_client import guard
 from his_client.config import ClientConfig
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 from his_client.errors import FAILURE_CODES, UpstreamError
 from his_client.idempotency import carries_request_id, retryable_methods
 
@@ -182,6 +177,16 @@ class ResilienceInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 
         def before_sleep(state: RetryCallState) -> None:
             self._metrics.retries.labels(self._upstream, method.rsplit("/", 1)[-1]).inc()
+
+        # Imported at the first call, not with the module: a service starts (and is ready)
+        # before it calls anyone, and tenacity is ~10 ms of that start.
+        from tenacity import (  # noqa: PLC0415
+            AsyncRetrying,
+            retry_if_exception,
+            stop_after_attempt,
+            stop_before_delay,
+            wait_random_exponential,
+        )
 
         retrying = AsyncRetrying(
             # Stop after the attempt budget, or when the next backoff would pass the deadline.
