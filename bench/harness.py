@@ -195,7 +195,7 @@ async def approve(hospital: Hospital, *changes: str) -> None:
     config = ClientConfig.from_env(hospital.env)
     admin = await issue_token("admin", data_dir=hospital.data_dir, config=config)
     async with HisClients(config, token=static_token(admin)) as his:
-        await his.iam.CreateStaffMember(
+        approver_member = await his.iam.CreateStaffMember(
             iam_pb.CreateStaffMemberRequest(
                 staff_member=iam_pb.StaffMember(
                     username=APPROVER,
@@ -206,6 +206,10 @@ async def approve(hospital: Hospital, *changes: str) -> None:
             ),
             timeout=10,
         )
+        # Their own development password and TOTP secret, kept for issue_token (once: a replay
+        # of the create returns the same member, whose enrolment is already kept).
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await enrol(his, approver_member.name, APPROVER, data_dir=hospital.data_dir)
     approver = await issue_token(APPROVER, data_dir=hospital.data_dir, config=config)
     async with HisClients(config, token=static_token(approver)) as his:
         for change in pending:
