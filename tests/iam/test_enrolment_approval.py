@@ -423,7 +423,10 @@ async def test_each_step_is_audited_by_its_actor_with_before_and_after_never_a_s
     assert _changes(credential) == {
         "credential.password": (None, "set"),
         "credential.totp_secret": (None, "set"),
+        # Two administrators stood behind it (migration 0009).
+        "credential.assurance": (None, "TWO_ADMINISTRATORS"),
     }
+    assert _changes(created)["assurance"] == (None, "TWO_ADMINISTRATORS")
     trail = str([created, approval, *completed])
     secrets = (
         enrolment.enrolment_code,
