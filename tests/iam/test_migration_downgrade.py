@@ -230,7 +230,7 @@ async def test_0009_labels_existing_credentials_and_its_downgrade_keeps_them(
             "UPDATE iam.staff_credentials SET password_hash = '$argon2id$y' WHERE staff_id = :s",
             s=two,
         )
-    except Exception as error:  # noqa: BLE001 (the driver's check_violation, whatever its class)
+    except Exception as error:  # the driver's check_violation, whatever its class
         assert "replaced only through an enrolment approved" in str(error)
     else:
         raise AssertionError("0008's trigger is gone after the downgrade")
