@@ -551,7 +551,12 @@ class StaffCredentials:
         assert credential is not None
         if not enrolment_rule.signs_in(credential.assurance, member.roles):
             # Told only to whoever knows both secrets: the person, or the administrator who
-            # enrolled them alone (module docstring of enrolment_rule).
+            # enrolled them alone (module docstring of enrolment_rule). Logged for the
+            # administrators: either a re-enrolment is due or someone tried the takeover.
+            log.warning(
+                "one-administrator credential refused for a TOTP role: re-enrolment required",
+                extra={"fields": {"staff": f"staff/{member.id}", "reason": REENROLMENT_REQUIRED}},
+            )
             raise FailedPrecondition(
                 "this credential was set through an enrolment by one administrator, and its "
                 "roles now need two: ask two administrators for a new enrolment",
