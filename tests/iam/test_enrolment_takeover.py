@@ -149,7 +149,9 @@ async def test_lone_administrator_exception_cannot_be_reopened_by_revoking_the_o
     assert not takeover_w, "X alone enrolled administrator W, then took over V"
 
 
-@pytest.mark.parametrize("role", [R.STAFF_ROLE_ADMINISTRATOR, R.STAFF_ROLE_DOCTOR])
+@pytest.mark.parametrize(
+    "role", [R.STAFF_ROLE_ADMINISTRATOR, R.STAFF_ROLE_DOCTOR], ids=["administrator", "doctor"]
+)
 async def test_a_one_administrator_credential_does_not_survive_an_administrator_grant(
     iam: Stub, issuer: Issuer, role: pb.StaffRole.ValueType
 ) -> None:
