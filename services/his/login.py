@@ -130,7 +130,10 @@ async def enrol(
     clients, with their development password; keep the credential for `issue_token`. When the
     enrolment needs a second administrator (a re-enrolment, or a clinical or administrator role),
     `approver` (another administrator's clients) approves it; without one this raises
-    SecondAdministratorNeeded and nothing changes."""
+    SecondAdministratorNeeded, and the half-made enrolment it created stays on record, unusable
+    without a second administrator's half, until it expires or a newer one retires it; it has
+    retired the staff member's earlier open codes (a new code always does), while their
+    credential, if any, stays as it was."""
     directory = _data_dir(data_dir)
     seed = local_secrets(directory).dev_credential
     enrolment = await admin.iam.CreateStaffEnrolment(

@@ -423,7 +423,10 @@ async def test_each_step_is_audited_by_its_actor_with_before_and_after_never_a_s
     assert _changes(credential) == {
         "credential.password": (None, "set"),
         "credential.totp_secret": (None, "set"),
+        # Two administrators stood behind it (migration 0009).
+        "credential.assurance": (None, "TWO_ADMINISTRATORS"),
     }
+    assert _changes(created)["assurance"] == (None, "TWO_ADMINISTRATORS")
     trail = str([created, approval, *completed])
     secrets = (
         enrolment.enrolment_code,
@@ -516,3 +519,32 @@ async def test_concurrent_approvals_give_out_one_second_half(
     lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(won) == 1 and len(lost) == 1, results
     assert dt.datetime.now(dt.UTC) >= won[0].approve_time.ToDatetime(dt.UTC)
+
+
+async def test_with_security_off_creation_and_completion_agree_that_one_administrator_suffices(
+    postgres: EmbeddedPostgres, make_iam_config: Callable[..., IamConfig]
+) -> None:
+    """HIS_SECURITY=off checks no caller, so nobody could approve: CreateStaffEnrolment says no
+    approval is needed, and completion no longer refuses a doctor's enrolment because an
+    administrator with a credential exists (the bootstrap administrator here)."""
+    url = await fresh_database(postgres, f"his_iam_off_{uuid.uuid4().hex[:8]}")
+    running: RunningService = await start(
+        iam_spec(make_iam_config(bootstrap_admin="first.admin")),
+        service_config("iam", HIS_SECURITY="off"),
+        url,
+    )
+    try:
+        async with channel_as(running.address, "") as channel:
+            iam: Stub = pb_grpc.IamServiceStub(channel)
+            await bootstrap_login(iam, "first.admin")
+            doctor = await iam.CreateStaffMember(
+                pb.CreateStaffMemberRequest(staff_member=make_staff(R.STAFF_ROLE_DOCTOR))
+            )
+            code = await iam.CreateStaffEnrolment(
+                pb.CreateStaffEnrolmentRequest(parent=doctor.name)
+            )
+            assert not code.approval_required
+            reply = await _complete(iam, doctor, code.enrolment_code)
+            assert reply.totp_required
+    finally:
+        await running.stop(grace_s=1)

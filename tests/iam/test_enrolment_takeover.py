@@ -5,6 +5,7 @@ enrolment_rule's monotonic "another could approve"."""
 
 from __future__ import annotations
 
+import grpc
 import pyotp
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -16,6 +17,7 @@ from his.iam.v1 import iam_service_pb2 as pb
 from tests.iam.helpers import PASSWORD, Stub, as_, create_staff, enrol, login, make_staff, staff_id
 from tests.iam.test_enrolment_approval import new_installation  # noqa: F401 (fixture)
 from tests.identity import Issuer
+from tests.support import fails
 
 R = pb.StaffRole
 
@@ -147,16 +149,18 @@ async def test_lone_administrator_exception_cannot_be_reopened_by_revoking_the_o
     assert not takeover_w, "X alone enrolled administrator W, then took over V"
 
 
-@pytest.mark.xfail(strict=True, reason="rev17: open design gap (README's 'residual')")
+@pytest.mark.parametrize(
+    "role", [R.STAFF_ROLE_ADMINISTRATOR, R.STAFF_ROLE_DOCTOR], ids=["administrator", "doctor"]
+)
 async def test_a_one_administrator_credential_does_not_survive_an_administrator_grant(
-    iam: Stub, issuer: Issuer
+    iam: Stub, issuer: Issuer, role: pb.StaffRole.ValueType
 ) -> None:
-    """The documented residual, as an attack: X creates a registrar "N", enrols N alone (no TOTP
-    role, no credential: one administrator suffices) and so holds N's password and TOTP secret;
-    X then proposes ADMINISTRATOR for N and an honest Y approves what looks like a promotion. X
-    now signs in as a second administrator of their own. FAILS at 8343403 and with rev17's fixes
-    (a design change is needed, e.g. voiding a one-administrator credential when a TOTP role is
-    approved, so that the person re-enrols with two)."""
+    """The rev17 residual, as an attack: X creates a registrar "N", enrols N alone (no TOTP role,
+    no credential: one administrator suffices) and so holds N's password and TOTP secret; X then
+    proposes ADMINISTRATOR (or a clinical role) for N and an honest Y approves what looks like a
+    promotion. FAILED at 8343403 and with rev17's fixes: X signed in as a second administrator of
+    their own. Now that credential signs in no more (REENROLMENT_REQUIRED); N re-enrols with two
+    administrators and signs in with secrets X never saw."""
     x = await create_staff(iam, R.STAFF_ROLE_ADMINISTRATOR)
     x_token = issuer.staff("ADMINISTRATOR", staff_id=staff_id(x.name))
     n = await create_staff(iam, R.STAFF_ROLE_REGISTRAR)
@@ -169,13 +173,13 @@ async def test_a_one_administrator_credential_does_not_survive_an_administrator_
             username=n.username, enrolment_code=code.enrolment_code, password="x holds n now"
         )
     )
+    # As a registrar N signs in with it: one administrator sufficed for that.
+    assert (await login(iam, n.username, "x holds n now")).access_token
     n_now = await iam.GetStaffMember(pb.GetStaffMemberRequest(name=n.name))
     promoted = await iam.UpdateStaffMember(
         pb.UpdateStaffMemberRequest(
             staff_member=pb.StaffMember(
-                name=n.name,
-                roles=[R.STAFF_ROLE_REGISTRAR, R.STAFF_ROLE_ADMINISTRATOR],
-                etag=n_now.etag,
+                name=n.name, roles=[R.STAFF_ROLE_REGISTRAR, role], etag=n_now.etag
             ),
             update_mask=FieldMask(paths=["roles"]),
         ),
@@ -184,11 +188,95 @@ async def test_a_one_administrator_credential_does_not_survive_an_administrator_
     await iam.ApproveAccessChange(  # Y, honest
         pb.ApproveAccessChangeRequest(name=promoted.pending_access_change)
     )
-    try:
-        token = await login(iam, n.username, "x holds n now", pyotp.TOTP(reply.totp_secret).now())
-    except Exception:
-        return
-    assert not token.access_token, f"X signs in as administrator {n.name} with X's credential"
+
+    x_as_n = await fails(
+        login(iam, n.username, "x holds n now", pyotp.TOTP(reply.totp_secret).now())
+    )
+    assert (x_as_n.code, x_as_n.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "REENROLMENT_REQUIRED",
+    )
+    # A wrong password learns nothing of it.
+    wrong = await fails(
+        login(iam, n.username, "not the password", pyotp.TOTP(reply.totp_secret).now())
+    )
+    assert wrong.code == grpc.StatusCode.UNAUTHENTICATED
+
+    # Two administrators re-enrol N (a credential exists: the rule asks for two).
+    again = await enrol(iam, await iam.GetStaffMember(pb.GetStaffMemberRequest(name=n.name)))
+    assert (await login(iam, n.username, PASSWORD, again.totp_code())).access_token
+    stale = await fails(
+        login(iam, n.username, "x holds n now", pyotp.TOTP(reply.totp_secret).now())
+    )
+    assert stale.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_bootstrap_administrator_alone_still_enrols_the_first_doctors(
+    new_installation: tuple[Stub, str],  # noqa: F811
+    issuer: Issuer,
+) -> None:
+    """The lone-administrator exception's credentials sign in with their TOTP roles: a new
+    installation's administrator enrols the first doctor and the second administrator alone,
+    who then approves the doctor's role."""
+    iam, _ = new_installation
+    doctor = await iam.CreateStaffMember(
+        pb.CreateStaffMemberRequest(staff_member=make_staff(R.STAFF_ROLE_DOCTOR))
+    )
+    assert doctor.pending_access_change
+    second = await iam.CreateStaffMember(
+        pb.CreateStaffMemberRequest(staff_member=make_staff(R.STAFF_ROLE_ADMINISTRATOR))
+    )
+    enrolled = {}
+    for member in (doctor, second):
+        code = await iam.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=member.name))
+        assert not code.approval_required
+        reply = await iam.CompleteStaffEnrolment(
+            pb.CompleteStaffEnrolmentRequest(
+                username=member.username, enrolment_code=code.enrolment_code, password=PASSWORD
+            )
+        )
+        enrolled[member.name] = pyotp.TOTP(reply.totp_secret)
+    second_token = issuer.staff("ADMINISTRATOR", staff_id=staff_id(second.name))
+    await iam.ApproveAccessChange(
+        pb.ApproveAccessChangeRequest(name=doctor.pending_access_change),
+        metadata=as_(second_token),
+    )
+
+    for member in (doctor, second):
+        token = await login(iam, member.username, PASSWORD, enrolled[member.name].now())
+        assert token.access_token
+
+
+async def test_trigger_refuses_raising_a_credentials_assurance(
+    iam: Stub, iam_db: AsyncEngine
+) -> None:
+    """A one-administrator credential cannot be relabelled as two administrators' in SQL, nor a
+    new one claim more than its enrolment gave (migration 0009)."""
+    registrar = await create_staff(iam, R.STAFF_ROLE_REGISTRAR)
+    await enrol(iam, registrar)
+    with pytest.raises(DBAPIError, match="replaced only through an enrolment approved"):
+        async with iam_db.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE iam.staff_credentials SET assurance = 'TWO_ADMINISTRATORS' "
+                    "WHERE staff_id = :id"
+                ),
+                {"id": staff_id(registrar.name)},
+            )
+    other = await create_staff(iam, R.STAFF_ROLE_REGISTRAR)
+    alone = await iam.CreateStaffEnrolment(pb.CreateStaffEnrolmentRequest(parent=other.name))
+    assert not alone.approval_required
+    with pytest.raises(DBAPIError, match="claims no more administrators"):
+        async with iam_db.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO iam.staff_credentials (staff_id, password_hash, totp_secret_enc, "
+                    "enrol_time, enrolment_id, assurance) SELECT staff_id, '$argon2id$forged', "
+                    "code_hash, now(), id, 'TWO_ADMINISTRATORS' FROM iam.staff_enrolments "
+                    "WHERE staff_id = :id"
+                ),
+                {"id": staff_id(other.name)},
+            )
 
 
 async def test_the_second_administrator_cannot_reopen_the_exception_by_stripping_the_first(

@@ -13,7 +13,7 @@ from sqlalchemy.pool import NullPool
 
 from his.runtime.database import async_url
 from his.runtime.embedded_pg import EmbeddedPostgres
-from his.runtime.migrations import downgrade
+from his.runtime.migrations import downgrade, upgrade
 from tests.iam.conftest import fresh_database
 
 
@@ -115,6 +115,8 @@ async def test_downgrading_0007_retires_half_made_enrolments_and_keeps_credentia
     postgres: EmbeddedPostgres,
 ) -> None:
     url = await fresh_database(postgres, f"iam_down7_{uuid.uuid4().hex[:8]}")
+    # Rows as 0007 and 0008 wrote them (before 0009's assurance).
+    await asyncio.to_thread(downgrade, "iam", url, "0008")
     member, admin = uuid.uuid4(), uuid.uuid4()
     await _execute(
         url,
@@ -159,3 +161,76 @@ async def test_downgrading_0007_retires_half_made_enrolments_and_keeps_credentia
         "UPDATE iam.staff_credentials SET password_hash = '$argon2id$y' WHERE staff_id = :m",
         m=member,
     )
+
+
+async def test_0009_labels_existing_credentials_and_its_downgrade_keeps_them(
+    postgres: EmbeddedPostgres,
+) -> None:
+    """Upgrading to 0009 labels what exists (an approved two-administrator enrolment's credential
+    TWO_ADMINISTRATORS, a one-administrator one ONE_ADMINISTRATOR, one set directly DIRECT);
+    downgrading to 0008 keeps every credential and 0008's trigger."""
+    url = await fresh_database(postgres, f"iam_down9_{uuid.uuid4().hex[:8]}")
+    await asyncio.to_thread(downgrade, "iam", url, "0008")
+    two, one, direct, admin, other = (uuid.uuid4() for _ in range(5))
+    await _execute(
+        url,
+        "INSERT INTO iam.staff (id, username, display_name, roles) "
+        "SELECT id, 'u-' || left(id::text, 8), 'S', ARRAY['DOCTOR'] "
+        "FROM unnest(CAST(:ids AS uuid[])) AS id",
+        ids=[two, one, direct, admin, other],
+    )
+    by_two, by_one = uuid.uuid4(), uuid.uuid4()
+    await _execute(
+        url,
+        "INSERT INTO iam.staff_enrolments (id, staff_id, code_hash, created_by, create_time, "
+        "expire_time, approval_required, approved_by, approve_time, approval_code_hash) VALUES "
+        "(:e2, :two, sha256('a'::bytea), :by, now(), now() + interval '1 day', true, :ok, now(), "
+        "sha256('b'::bytea)), "
+        "(:e1, :one, sha256('c'::bytea), :by, now(), now() + interval '1 day', false, NULL, "
+        "NULL, NULL)",
+        e2=by_two,
+        e1=by_one,
+        two=two,
+        one=one,
+        by=f"staff/{admin}",
+        ok=f"staff/{other}",
+    )
+    await _execute(
+        url,
+        "INSERT INTO iam.staff_credentials (staff_id, password_hash, totp_secret_enc, "
+        "enrol_time, enrolment_id) VALUES (:two, '$argon2id$x', 'x'::bytea, now(), :e2), "
+        "(:one, '$argon2id$x', 'x'::bytea, now(), :e1), "
+        "(:direct, '$argon2id$x', 'x'::bytea, now(), NULL)",
+        two=two,
+        one=one,
+        direct=direct,
+        e2=by_two,
+        e1=by_one,
+    )
+
+    await asyncio.to_thread(upgrade, "iam", url)
+
+    labels = dict(await _execute(url, "SELECT staff_id, assurance FROM iam.staff_credentials"))
+    assert labels == {
+        two: "TWO_ADMINISTRATORS",
+        one: "ONE_ADMINISTRATOR",
+        direct: "DIRECT",
+    }
+    enrolments = dict(await _execute(url, "SELECT id, assurance FROM iam.staff_enrolments"))
+    assert enrolments == {by_two: "TWO_ADMINISTRATORS", by_one: "ONE_ADMINISTRATOR"}
+
+    await asyncio.to_thread(downgrade, "iam", url, "0008")
+
+    kept = await _execute(url, "SELECT staff_id FROM iam.staff_credentials")
+    assert {row[0] for row in kept} == {two, one, direct}
+    # 0008's trigger still holds: no plain update of the secrets.
+    try:
+        await _execute(
+            url,
+            "UPDATE iam.staff_credentials SET password_hash = '$argon2id$y' WHERE staff_id = :s",
+            s=two,
+        )
+    except Exception as error:  # the driver's check_violation, whatever its class
+        assert "replaced only through an enrolment approved" in str(error)
+    else:
+        raise AssertionError("0008's trigger is gone after the downgrade")

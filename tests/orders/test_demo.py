@@ -5,6 +5,8 @@ the emr demo's visits)."""
 
 from __future__ import annotations
 
+import uuid
+
 import pyotp
 
 from his.emr import demo as emr_demo
@@ -19,7 +21,7 @@ from his.runtime.server import RunningService
 from his.scheduling import demo as scheduling_demo
 from his_client import HisClients, static_token
 from his_client.config import ClientConfig
-from tests.identity import DEMO_ADMINISTRATOR, ISSUER, REGISTRAR, metadata
+from tests.identity import DEMO_ADMINISTRATOR, ISSUER, REGISTRAR
 
 
 async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
@@ -40,6 +42,9 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
         await iam_demo.load(admin)
         # As `his up --demo` does: the demo staff's roles and memberships approved directly.
         await demo_seed.approve_demo_changes(database_url)
+        # Whether the doctor's enrolment needs a second administrator depends on whether tests
+        # before this one enrolled administrators: one iam knows is at hand either way.
+        second = await _second_administrator(config, admin)
 
         async def token(username: str) -> str:
             # Enrolled as `his up --demo` does, then logged in with password and TOTP.
@@ -48,11 +53,11 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
                 iam_pb.CreateStaffEnrolmentRequest(parent=names.staff[username])
             )
             approval_code = ""
-            if enrolment.approval_required:  # a doctor: a second administrator approves
-                approved = await admin.iam.ApproveStaffEnrolment(
-                    iam_pb.ApproveStaffEnrolmentRequest(name=enrolment.name),
-                    metadata=metadata(ISSUER.staff("ADMINISTRATOR")),
-                )
+            if enrolment.approval_required:  # a second administrator approves, on their channel
+                async with HisClients(config, token=static_token(second)) as approver:
+                    approved = await approver.iam.ApproveStaffEnrolment(
+                        iam_pb.ApproveStaffEnrolmentRequest(name=enrolment.name)
+                    )
                 approval_code = approved.enrolment_code
             password = "a demo password for the test"
             enrolled = await admin.iam.CompleteStaffEnrolment(
@@ -88,6 +93,29 @@ async def test_the_demo_orders_tests_for_the_visit_in_progress_once(
         )
     assert sorted(o.code.code for o in placed.service_requests) == ["10839-9", "51990-0"]
     assert {o.performer for o in placed.service_requests} == {await _laboratory(config, doctor)}
+
+
+async def _second_administrator(config: ClientConfig, admin: HisClients) -> str:
+    """A token of an administrator iam knows (active, holding the role), other than the demo
+    administrator: HisClients sends its own token on every call, so the approver calls through
+    clients of their own."""
+    proposed = await admin.iam.CreateStaffMember(
+        iam_pb.CreateStaffMemberRequest(
+            staff_member=iam_pb.StaffMember(
+                username=f"second.admin.{uuid.uuid4().hex[:12]}",
+                display_name="Second Administrator",
+                roles=[iam_pb.STAFF_ROLE_ADMINISTRATOR],
+            )
+        )
+    )
+    if proposed.pending_access_change:
+        # Approved by a third administrator (the tests' issuer's, taken at its word by iam).
+        async with HisClients(config, token=static_token(ISSUER.staff("ADMINISTRATOR"))) as third:
+            await third.iam.ApproveAccessChange(
+                iam_pb.ApproveAccessChangeRequest(name=proposed.pending_access_change)
+            )
+    staff_id = proposed.name.removeprefix("staff/")
+    return ISSUER.staff("ADMINISTRATOR", staff_id=staff_id)
 
 
 async def _laboratory(config: ClientConfig, token: str) -> str:

@@ -76,15 +76,19 @@ async def set_credential(
     password_hash: str,
     totp_secret_enc: bytes,
     at: dt.datetime,
+    assurance: str,
     enrolment_id: uuid.UUID | None = None,
 ) -> None:
-    """Store (or replace) a staff member's credential, set by `enrolment_id` (None: directly).
-    Replacing one needs an approved two-administrator enrolment (migration 0007's trigger)."""
+    """Store (or replace) a staff member's credential, set by `enrolment_id` (None: directly)
+    with the administrators behind it (`assurance`, his.iam.enrolment_rule). Replacing one needs
+    an open approved two-administrator enrolment, and a credential claims no more than its
+    enrolment gave (triggers of migrations 0008 and 0009)."""
     values = {
         "password_hash": password_hash,
         "totp_secret_enc": totp_secret_enc,
         "enrol_time": at,
         "enrolment_id": enrolment_id,
+        "assurance": assurance,
     }
     statement = insert(staff_credentials).values(staff_id=staff_id, **values)
     await session.execute(statement.on_conflict_do_update(index_elements=["staff_id"], set_=values))

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 LOCKED = "STAFF_LOGIN_LOCKED"
+# A one-administrator credential of someone who now holds a TOTP role (enrolment_rule).
+REENROLMENT_REQUIRED = "REENROLMENT_REQUIRED"
 MIN_PASSWORD = 12
 MAX_PASSWORD = 256
 ENROLMENT_CODE_LENGTH = 16
@@ -115,12 +117,14 @@ class Enrolled:
 @dataclass(frozen=True)
 class Completion:
     """What a completed enrolment changed, for its audit: the staff member, the enrolment
-    before and after, and whether a credential was replaced (rather than set first)."""
+    before and after, whether a credential was replaced (rather than set first), and the new
+    credential's assurance (enrolment_rule)."""
 
     member: Any
     before: Any
     after: Any
     replaced: bool
+    assurance: str
 
 
 # Records an enrolment's change in the open transaction: (name, before or None, after).
@@ -143,6 +147,7 @@ def enrolment_view(row: Any) -> dict[str, object]:
         "creator": row.created_by,
         "expire_time": _instant(row.expire_time),
         "approval_required": row.approval_required,
+        "assurance": row.assurance,
         "approver": row.approved_by,
         "approve_time": _instant(row.approve_time),
         "used_time": _instant(row.used_time),
@@ -284,9 +289,13 @@ class StaffCredentials:
             member = await store.get_staff(session, staff_id, lock="update")
             if not member.active:
                 raise FailedPrecondition(f"staff/{staff_id} is inactive", reason="STAFF_INACTIVE")
-            required = two_person and await enrolment_rule.needs_second_administrator(
-                session, member, creator
+            # With the rule off (security off) nothing is checked, here or at completion.
+            assurance = (
+                await enrolment_rule.assurance(session, member, creator)
+                if two_person
+                else enrolment_rule.UNCHECKED
             )
+            required = assurance == enrolment_rule.TWO_ADMINISTRATORS
             now = await sign_in_store.now(session)
             for retired in await cstore.retire_open_enrolments(session, staff_id, now):
                 after = enrolment_view(retired)
@@ -302,6 +311,7 @@ class StaffCredentials:
                 create_time=now,
                 expire_time=now + dt.timedelta(seconds=self._config.enrolment_ttl_s),
                 approval_required=required,
+                assurance=assurance,
             )
             await audit(enrolment_name(staff_id, enrolment_id), None, enrolment_view(row))
         return Enrolment(row=row, code=code)
@@ -400,8 +410,9 @@ class StaffCredentials:
 
     async def _matching(
         self, session: AsyncSession, member: Any, code: str, approval_code: str, now: dt.datetime
-    ) -> Any:
-        """The open enrolment of `member` these codes complete, or None."""
+    ) -> tuple[Any, str] | None:
+        """The open enrolment of `member` these codes complete and the assurance of the credential
+        it sets (enrolment_rule), or None."""
         # Locks the open codes: two completions of one code run one after the other.
         rows = await cstore.open_enrolments_for_update(session, member.id)
         match = next(
@@ -419,15 +430,25 @@ class StaffCredentials:
             if match.approval_code_hash is None or not approval_code:
                 return None
             expected = self._approval_hash(match.id, approval_code)
-            return match if hmac.compare_digest(match.approval_code_hash, expected) else None
+            if not hmac.compare_digest(match.approval_code_hash, expected):
+                return None
+            return match, enrolment_rule.TWO_ADMINISTRATORS
         if approval_code:
             return None
+        if match.assurance == enrolment_rule.UNCHECKED:
+            # Created with security off, which said no approval was needed: completion agrees.
+            return match, enrolment_rule.UNCHECKED
         # Made as a one-administrator enrolment: the rule may ask for two by now (a clinical role
-        # approved since, a credential set since).
+        # approved since, a credential set since), or the bootstrap exception be over.
         creator = enrolment_rule.creator_id(match.created_by)
-        if await enrolment_rule.needs_second_administrator(session, member, creator):
+        assurance = await enrolment_rule.assurance(session, member, creator)
+        if assurance == enrolment_rule.TWO_ADMINISTRATORS:
             return None
-        return match
+        if assurance == enrolment_rule.LONE_ADMINISTRATOR != match.assurance:
+            # A TOTP role proposed since the code was made for a lone administrator's registrar:
+            # the credential claims no more than its enrolment recorded (migration 0009).
+            assurance = enrolment_rule.ONE_ADMINISTRATOR
+        return match, assurance
 
     async def _enrol(
         self,
@@ -444,9 +465,10 @@ class StaffCredentials:
             return None
         # Shared lock: no role is approved, and no deactivation lands, while this completes.
         member = await store.get_staff(session, found.id, lock="share")
-        match = await self._matching(session, member, code, approval_code, now)
-        if match is None:
+        matching = await self._matching(session, member, code, approval_code, now)
+        if matching is None:
             return None
+        match, assurance = matching
         replaced = await enrolment_rule.has_credential(session, member.id)
         secret = pyotp.random_base32()
         await cstore.set_credential(
@@ -456,6 +478,7 @@ class StaffCredentials:
             totp_secret_enc=self.seal(member.id, secret),
             at=now,
             enrolment_id=match.id,
+            assurance=assurance,
         )
         used = await cstore.mark_enrolment_used(session, match.id, now)
         uri = pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=_ISSUER_NAME)
@@ -465,7 +488,10 @@ class StaffCredentials:
             totp_uri=uri,
             totp_required=bool(set(member.roles) & TOTP_ROLES),
         )
-        return enrolled, Completion(member=member, before=match, after=used, replaced=replaced)
+        completion = Completion(
+            member=member, before=match, after=used, replaced=replaced, assurance=assurance
+        )
+        return enrolled, completion
 
     async def set_known(
         self, session: AsyncSession, staff_id: uuid.UUID, password: str, secret: str
@@ -478,6 +504,7 @@ class StaffCredentials:
             password_hash=password_hash,
             totp_secret_enc=self.seal(staff_id, secret),
             at=dt.datetime.now(dt.UTC),
+            assurance=enrolment_rule.DIRECT,
         )
 
     # --- login ---------------------------------------------------------------------------------
@@ -521,6 +548,21 @@ class StaffCredentials:
                 await cstore.add_failure(session, user_key, source, now, now - self._window)
         if not right or member is None:
             raise invalid_credentials()
+        assert credential is not None
+        if not enrolment_rule.signs_in(credential.assurance, member.roles):
+            # Told only to whoever knows both secrets: the person, or the administrator who
+            # enrolled them alone (module docstring of enrolment_rule). Logged for the
+            # administrators: either a re-enrolment is due or someone tried the takeover.
+            log.warning(
+                "one-administrator credential refused for a TOTP role: re-enrolment required",
+                extra={"fields": {"staff": f"staff/{member.id}", "reason": REENROLMENT_REQUIRED}},
+            )
+            raise FailedPrecondition(
+                "this credential was set through an enrolment by one administrator, and its "
+                "roles now need two: ask two administrators for a new enrolment",
+                reason=REENROLMENT_REQUIRED,
+                metadata={"staff_member": f"staff/{member.id}"},
+            )
         return self._issuer.sign(
             f"staff/{member.id}",
             username=member.username,

@@ -16,11 +16,19 @@ new installation's second administrator, enrolled by the bootstrap administrator
 active administrators let one administrator reopen that exception by stripping the others' role.)
 Neither can replace anybody's credential, which the database holds too (migration 0007's
 trigger). Functions here run inside the caller's transaction.
+
+The administrator who enrols someone alone knows their password and TOTP secret, so such a
+credential (ONE_ADMINISTRATOR) never signs in while its person holds a TOTP role: a role approved
+later (a registrar promoted to administrator by an honest second administrator) would otherwise
+hand the first administrator a second administrator's account. The person re-enrols with two.
+The bootstrap exception's credentials (LONE_ADMINISTRATOR) do sign in: nobody else could have
+approved. Each enrolment and credential records its assurance (migration 0009).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import exists, or_, select
@@ -32,6 +40,13 @@ from his.iam.tables import access_changes, staff, staff_credentials
 
 # Roles whose logins need a second factor: those that open patient records or change who may.
 TOTP_ROLES = frozenset({"DOCTOR", "NURSE", "PHARMACIST", "LAB_TECHNICIAN", "ADMINISTRATOR"})
+
+# How many administrators stand behind an enrolment and the credential it sets (module docstring).
+TWO_ADMINISTRATORS = "TWO_ADMINISTRATORS"
+LONE_ADMINISTRATOR = "LONE_ADMINISTRATOR"  # one, under the bootstrap exception
+ONE_ADMINISTRATOR = "ONE_ADMINISTRATOR"  # one, for someone with no TOTP role
+UNCHECKED = "UNCHECKED"  # security off: no caller is checked, so no rule either
+DIRECT = "DIRECT"  # set without an enrolment: the development bootstrap administrator
 
 
 async def has_credential(session: AsyncSession, staff_id: uuid.UUID) -> bool:
@@ -88,15 +103,22 @@ async def _another_could_approve(
     return bool((await session.execute(query)).scalar())
 
 
-async def needs_second_administrator(
-    session: AsyncSession, member: Any, creator_id: uuid.UUID | None
-) -> bool:
-    """Whether enrolling `member` (a staff row) takes a second administrator (module docstring)."""
+async def assurance(session: AsyncSession, member: Any, creator_id: uuid.UUID | None) -> str:
+    """How many administrators enrolling `member` (a staff row) takes: TWO_ADMINISTRATORS, or
+    one, ONE_ADMINISTRATOR or LONE_ADMINISTRATOR (the bootstrap exception; module docstring)."""
     if await has_credential(session, member.id):
-        return True
+        return TWO_ADMINISTRATORS
     if not (set(member.roles) & TOTP_ROLES or await _proposed_totp_role(session, member.id)):
-        return False
-    return await _another_could_approve(session, member.id, creator_id)
+        return ONE_ADMINISTRATOR
+    if await _another_could_approve(session, member.id, creator_id):
+        return TWO_ADMINISTRATORS
+    return LONE_ADMINISTRATOR
+
+
+def signs_in(credential_assurance: str, roles: Iterable[str]) -> bool:
+    """Whether a credential of this assurance may sign in a person holding `roles`: not one a
+    single administrator set (who knows its secrets) once the person holds a TOTP role."""
+    return credential_assurance != ONE_ADMINISTRATOR or not set(roles) & TOTP_ROLES
 
 
 def creator_id(created_by: str) -> uuid.UUID | None:

@@ -904,7 +904,12 @@ class IamService(pb_grpc.IamServiceServicer):
                 staff_name(member.id),
                 _STAFF_TYPE,
                 {"credential.password": before, "credential.totp_secret": before},
-                {"credential.password": after, "credential.totp_secret": after},
+                {
+                    "credential.password": after,
+                    "credential.totp_secret": after,
+                    # How many administrators stood behind it (his.iam.enrolment_rule).
+                    "credential.assurance": done.assurance,
+                },
             )
         finally:
             identity.leave(entered)

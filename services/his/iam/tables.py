@@ -347,6 +347,31 @@ Index(
 )
 Index("sign_in_attempts_by_time", sign_in_attempts.c.at)
 
+# What an enrolment's approval must satisfy (migration 0007 creates the same checks).
+ENROLMENT_CHECKS = {
+    "enrolment_approval_whole": "(approved_by IS NULL) = (approve_time IS NULL) "
+    "AND (approve_time IS NULL) = (approval_code_hash IS NULL)",
+    "enrolment_approval_hash_sha256": "approval_code_hash IS NULL "
+    "OR octet_length(approval_code_hash) = 32",
+    "enrolment_approved_only_if_required": "approval_required OR approved_by IS NULL",
+    "enrolment_used_once_approved": "NOT approval_required OR used_time IS NULL "
+    "OR (approve_time IS NOT NULL AND approve_time <= used_time)",
+    "enrolment_approver_not_creator": "approved_by IS NULL OR approved_by <> created_by",
+    "enrolment_approver_not_enrolled": "approved_by IS NULL "
+    "OR approved_by <> 'staff/' || staff_id::text",
+    "enrolment_not_by_self": "created_by <> 'staff/' || staff_id::text",
+    # Migration 0009's.
+    "enrolment_assurance_known": "assurance IN ('TWO_ADMINISTRATORS', 'LONE_ADMINISTRATOR', "
+    "'ONE_ADMINISTRATOR', 'UNCHECKED')",
+    "enrolment_assurance_two_iff_required": "approval_required = "
+    "(assurance = 'TWO_ADMINISTRATORS')",
+}
+# What a credential's assurance must satisfy (migration 0009 creates the same check).
+CREDENTIAL_CHECKS = {
+    "credential_assurance_known": "assurance IN ('TWO_ADMINISTRATORS', 'LONE_ADMINISTRATOR', "
+    "'ONE_ADMINISTRATOR', 'UNCHECKED', 'DIRECT')",
+}
+
 # A staff member's own credential, set only through a one-time enrolment (his.iam.credentials):
 # the password as an argon2id hash and the TOTP secret encrypted (AES-GCM, bound to the staff id).
 staff_credentials = Table(
@@ -364,23 +389,12 @@ staff_credentials = Table(
         UUID(as_uuid=True),
         ForeignKey("iam.staff_enrolments.id", name="credential_enrolment", ondelete="SET NULL"),
     ),
+    # How many administrators stood behind it (his.iam.enrolment_rule; migration 0009): a
+    # ONE_ADMINISTRATOR credential never signs in while its person holds a TOTP role.
+    Column("assurance", Text, nullable=False),
     CheckConstraint("password_hash LIKE '$argon2id$%'", name="staff_credential_argon2id"),
+    *(CheckConstraint(condition, name=name) for name, condition in CREDENTIAL_CHECKS.items()),
 )
-
-# What an enrolment's approval must satisfy (migration 0007 creates the same checks).
-ENROLMENT_CHECKS = {
-    "enrolment_approval_whole": "(approved_by IS NULL) = (approve_time IS NULL) "
-    "AND (approve_time IS NULL) = (approval_code_hash IS NULL)",
-    "enrolment_approval_hash_sha256": "approval_code_hash IS NULL "
-    "OR octet_length(approval_code_hash) = 32",
-    "enrolment_approved_only_if_required": "approval_required OR approved_by IS NULL",
-    "enrolment_used_once_approved": "NOT approval_required OR used_time IS NULL "
-    "OR (approve_time IS NOT NULL AND approve_time <= used_time)",
-    "enrolment_approver_not_creator": "approved_by IS NULL OR approved_by <> created_by",
-    "enrolment_approver_not_enrolled": "approved_by IS NULL "
-    "OR approved_by <> 'staff/' || staff_id::text",
-    "enrolment_not_by_self": "created_by <> 'staff/' || staff_id::text",
-}
 
 # One-time enrolment codes an administrator hands a staff member: stored as keyed hashes
 # (HMAC-SHA256 bound to the enrolment id); used once, retired by a newer one, expiring. One that
@@ -403,6 +417,8 @@ staff_enrolments = Table(
     Column("approved_by", Text),
     Column("approve_time", DateTime(timezone=True)),
     Column("approval_code_hash", LargeBinary),
+    # How many administrators stand behind it (his.iam.enrolment_rule; migration 0009).
+    Column("assurance", Text, nullable=False),
     CheckConstraint("expire_time > create_time", name="enrolment_period_ordered"),
     CheckConstraint("octet_length(code_hash) = 32", name="enrolment_code_hash_sha256"),
     *(CheckConstraint(condition, name=name) for name, condition in ENROLMENT_CHECKS.items()),

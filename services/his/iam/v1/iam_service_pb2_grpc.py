@@ -382,7 +382,10 @@ class IamServiceServicer:
         role needs a TOTP code and none was sent; RESOURCE_EXHAUSTED (reason STAFF_LOGIN_LOCKED, with
         RetryInfo) after too many failed attempts for the username or from the caller's source within
         the window, even with the right password, until the oldest of them leaves the window;
-        UNIMPLEMENTED when the local provider is switched off.
+        FAILED_PRECONDITION (reason REENROLMENT_REQUIRED) when the password and TOTP code are right
+        but the credential came from an enrolment by one administrator (who knows its secrets) and
+        the staff member now holds a role that needs a TOTP code: two administrators must re-enrol
+        them (CreateStaffEnrolment); UNIMPLEMENTED when the local provider is switched off.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -400,10 +403,14 @@ class IamServiceServicer:
         the enrolment works only after a second administrator, neither this one nor the staff member,
         approves it (ApproveStaffEnrolment) and so receives the second half, and the staff member
         gives both halves. So no single administrator can set, and then know, another person's
-        credential. The one exception is the first enrolment of someone without a credential while no
-        other active administrator with a credential exists who could approve it (a new
-        installation's second administrator). Otherwise (a first enrolment of a staff member with no
-        credential and no such role) one administrator suffices. Errors: INVALID_ARGUMENT if parent
+        credential. The one exception (a new installation's bootstrap) is the first enrolment of
+        someone without a credential while nobody else with a credential (other than this
+        administrator) is or ever was an administrator, so nobody could approve: its credential signs
+        in with its roles. Otherwise (a first enrolment of a staff member with no credential and no
+        such role) one administrator suffices, but that credential never signs in while the staff
+        member holds a role that needs a TOTP code (IssueToken: REENROLMENT_REQUIRED): two
+        administrators re-enrol them. With security off (HIS_SECURITY=off: no caller is checked)
+        nothing needs approval, and completion agrees. Errors: INVALID_ARGUMENT if parent
         is not `staff/{staff}`; PERMISSION_DENIED unless the caller may update staff credentials, or
         (reason SELF_ENROLMENT) when the caller names themselves (nobody enrols themselves); NOT_FOUND
         if the staff member does not exist; FAILED_PRECONDITION (reason STAFF_INACTIVE) if the staff
