@@ -491,14 +491,6 @@ def billing(
     return billing_service_pb2_grpc.BillingServiceStub(billing_channel)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test` runs two workers), the end-to-end tests all run on one
-    worker, one after another: they start `his up` on the fixed local ports."""
-    for item in items:
-        if item.path.is_relative_to(Path(__file__).parent / "e2e"):
-            item.add_marker(pytest.mark.xdist_group("fixed-local-ports"))
-
-
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _RUN = re.compile(r"[A-Za-z0-9_-]{24,}")
 
