@@ -645,14 +645,13 @@ async def test_a_checkpoint_row_that_no_longer_fits_the_signed_layout_is_invalid
 
 
 @asynccontextmanager
-async def second_replica(hospital: Hospital, issuer: Issuer, log_file: Path) -> AsyncIterator[Stub]:
+async def second_replica(
+    hospital: Hospital, issuer: Issuer, log_file: Path, **env: str
+) -> AsyncIterator[Stub]:
     """Another audit server on the same database and key, with a checkpoint log of its own; its
     stub as an auditor calls it."""
-    replica = await start(
-        AUDIT,
-        service_config("audit", **{**hospital.env, "HIS_AUDIT_CHECKPOINT_LOG": str(log_file)}),
-        hospital.url,
-    )
+    env = {**hospital.env, "HIS_AUDIT_CHECKPOINT_LOG": str(log_file), **env}
+    replica = await start(AUDIT, service_config("audit", **env), hospital.url)
     try:
         async with channel_as(replica.address, issuer.staff("AUDITOR")) as channel:
             yield pb_grpc.AuditServiceStub(channel)
@@ -777,3 +776,21 @@ async def test_a_forged_checkpoint_row_is_not_followed(
             )
         assert (await replica_b.VerifyChain(FULL)).intact
         assert logged_numbers(log_b) == [1]
+
+
+async def test_a_replica_follows_on_its_interval_without_being_called(
+    hospital: Hospital, issuer: Issuer, tmp_path: Path
+) -> None:
+    log_b = tmp_path / "replica-b.jsonl"
+    async with second_replica(hospital, issuer, log_b, HIS_AUDIT_CHECKPOINT_INTERVAL_S="0.2"):
+        await hospital.write(10)
+        await hospital.auditor.CreateChainCheckpoint(CREATE)
+        # B's interval task follows A's checkpoint (and, the chain not having moved, signs
+        # none of its own); bounded by the test timeout.
+        followed = logged_numbers(log_b)
+        while followed != [1]:
+            await asyncio.sleep(0.05)
+            followed = logged_numbers(log_b)
+        await asyncio.sleep(0.5)
+        assert logged_numbers(log_b) == [1]
+        assert await scalar(hospital.db, "SELECT count(*) FROM audit.chain_checkpoints") == 1
