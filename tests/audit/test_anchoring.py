@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from his.audit import anchoring, offline
-from his.audit.anchor import make_private_key_file
+from his.audit.anchor import SignedCheckpoint, make_private_key_file
 from his.audit.config import AuditConfig
 from his.audit.mapping import event_from_columns
 from his.audit.spec import SPEC as AUDIT
@@ -638,3 +639,158 @@ async def test_a_checkpoint_row_that_no_longer_fits_the_signed_layout_is_invalid
     assert not reply.intact
     assert reply.first_break.reason == pb.CHAIN_BREAK_REASON_CHECKPOINT_INVALID
     assert reply.first_break.checkpoint_number == 1
+
+
+# --- replicas follow each other's checkpoints --------------------------------------------------
+
+
+@asynccontextmanager
+async def second_replica(
+    hospital: Hospital, issuer: Issuer, log_file: Path, **env: str
+) -> AsyncIterator[Stub]:
+    """Another audit server on the same database and key, with a checkpoint log of its own; its
+    stub as an auditor calls it."""
+    env = {**hospital.env, "HIS_AUDIT_CHECKPOINT_LOG": str(log_file), **env}
+    replica = await start(AUDIT, service_config("audit", **env), hospital.url)
+    try:
+        async with channel_as(replica.address, issuer.staff("AUDITOR")) as channel:
+            yield pb_grpc.AuditServiceStub(channel)
+    finally:
+        await replica.stop(grace_s=0.5)
+
+
+def logged_numbers(log_file: Path) -> list[int]:
+    """The checkpoint numbers in a checkpoint log, in file order."""
+    if not log_file.exists():
+        return []
+    lines = log_file.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["checkpoint_number"] for line in lines if line.strip()]
+
+
+async def test_a_cut_under_another_replicas_checkpoint_is_missing_on_the_replica_that_followed(
+    hospital: Hospital, issuer: Issuer, tmp_path: Path
+) -> None:
+    log_b = tmp_path / "replica-b.jsonl"
+    async with second_replica(hospital, issuer, log_b) as replica_b:
+        await hospital.write(10)
+        await replica_b.CreateChainCheckpoint(CREATE)  # B signs checkpoint 1
+        await hospital.write(10)
+        signed = await hospital.auditor.CreateChainCheckpoint(CREATE)  # A signs checkpoint 2
+        assert (signed.checkpoint_number, signed.sequence_number) == (2, 20)
+        assert logged_numbers(hospital.log_file) == [1, 2]  # A followed B's first
+        await hospital.write(5)
+        assert (await replica_b.VerifyChain(INCREMENTAL)).intact  # B follows A's checkpoint
+        assert logged_numbers(log_b) == [1, 2]
+
+        # The superuser removes A's checkpoint and the tail it covered, and winds the head back.
+        async with behind_the_service(hospital.db) as connection:
+            await connection.execute(
+                text("DELETE FROM audit.chain_checkpoints WHERE checkpoint_number = 2")
+            )
+        await cut_tail(hospital.db, 15)
+
+        def assert_missing(reply: pb.VerifyChainResponse) -> None:
+            assert not reply.intact
+            assert reply.first_break.reason == pb.CHAIN_BREAK_REASON_MISSING
+            assert reply.first_break.sequence_number == 16
+            assert reply.first_break.last_missing_sequence_number >= 20
+            assert reply.anchor.checkpoint_number == 2
+
+        for request in (FULL, INCREMENTAL):
+            assert_missing(await replica_b.VerifyChain(request))
+        # B refuses to seal the cut chain on top of the checkpoint below the removed one.
+        failure = await fails(replica_b.CreateChainCheckpoint(CREATE))
+        assert (failure.code, failure.reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "CHECKPOINT_INVALID",
+        )
+
+    # A new process of B still knows it from its own log.
+    async with second_replica(hospital, issuer, log_b) as replica_b:
+        assert_missing(await replica_b.VerifyChain(FULL))
+
+
+async def test_a_forged_checkpoint_row_is_not_followed(
+    hospital: Hospital, issuer: Issuer, tmp_path: Path
+) -> None:
+    log_b = tmp_path / "replica-b.jsonl"
+    async with second_replica(hospital, issuer, log_b) as replica_b:
+        await hospital.write(10)
+        genuine = await hospital.auditor.CreateChainCheckpoint(CREATE)
+        assert (await replica_b.VerifyChain(INCREMENTAL)).intact
+        assert logged_numbers(log_b) == [1]
+        await hospital.write(5)
+
+        # Checkpoint 2 as the superuser would make it: the right key id, linked to checkpoint
+        # 1, covering the head, signed with a key of their own.
+        previous = SignedCheckpoint(
+            checkpoint_number=genuine.checkpoint_number,
+            sequence_number=genuine.sequence_number,
+            hash=genuine.hash,
+            create_time=genuine.create_time.ToDatetime(tzinfo=dt.UTC),
+            key_id=genuine.key_id,
+            previous_digest=genuine.previous_checkpoint_digest,
+            events_digest=genuine.events_digest,
+            signature=genuine.signature,
+        )
+        head = bytes.fromhex(
+            await scalar(hospital.db, "SELECT encode(last_hash, 'hex') FROM audit.chain_head")
+        )
+        unsigned = SignedCheckpoint(
+            checkpoint_number=2,
+            sequence_number=15,
+            hash=head,
+            create_time=dt.datetime.now(dt.UTC).replace(microsecond=0),
+            key_id=genuine.key_id,
+            previous_digest=previous.digest(),
+            events_digest=bytes(32),
+        )
+        signature = Ed25519PrivateKey.generate().sign(unsigned.message())
+        async with behind_the_service(hospital.db) as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO audit.chain_checkpoints VALUES (2, 15, :h, :t, :k, :p, :e, :x, :s)"
+                ),
+                {
+                    "h": unsigned.hash,
+                    "t": unsigned.create_time,
+                    "k": unsigned.key_id,
+                    "p": unsigned.previous_digest,
+                    "e": unsigned.events_digest,
+                    "x": b"",
+                    "s": signature,
+                },
+            )
+
+        reply = await replica_b.VerifyChain(INCREMENTAL)
+        assert not reply.intact
+        assert reply.first_break.reason == pb.CHAIN_BREAK_REASON_CHECKPOINT_INVALID
+        assert reply.first_break.checkpoint_number == 2
+        assert reply.anchor.checkpoint_number == 1  # the forged one anchors nothing
+        assert logged_numbers(log_b) == [1]
+
+        # Never adopted, so its removal is no loss: B finds the chain intact again.
+        async with behind_the_service(hospital.db) as connection:
+            await connection.execute(
+                text("DELETE FROM audit.chain_checkpoints WHERE checkpoint_number = 2")
+            )
+        assert (await replica_b.VerifyChain(FULL)).intact
+        assert logged_numbers(log_b) == [1]
+
+
+async def test_a_replica_follows_on_its_interval_without_being_called(
+    hospital: Hospital, issuer: Issuer, tmp_path: Path
+) -> None:
+    log_b = tmp_path / "replica-b.jsonl"
+    async with second_replica(hospital, issuer, log_b, HIS_AUDIT_CHECKPOINT_INTERVAL_S="0.2"):
+        await hospital.write(10)
+        await hospital.auditor.CreateChainCheckpoint(CREATE)
+        # B's interval task follows A's checkpoint (and, the chain not having moved, signs
+        # none of its own); bounded by the test timeout.
+        followed = logged_numbers(log_b)
+        while followed != [1]:
+            await asyncio.sleep(0.05)
+            followed = logged_numbers(log_b)
+        await asyncio.sleep(0.5)
+        assert logged_numbers(log_b) == [1]
+        assert await scalar(hospital.db, "SELECT count(*) FROM audit.chain_checkpoints") == 1

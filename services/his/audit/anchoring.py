@@ -8,6 +8,12 @@ cut) and still have the hashes the checkpoints recorded (else ALTERED: rewritten
 later hash and the head were recomputed); the event prefixes a checkpoint keeps name the first
 changed event. All of it costs a few indexed reads and one signature check per checkpoint in
 scope, so incremental VerifyChain stays cheap.
+
+Following: audit runs as several replicas on one database, and each keeps outside the database
+(memory, its checkpoint log) not only the checkpoints it signed but every genuine one the others
+signed, read from the database on each check, each creation and each interval (`follow`). A
+checkpoint row deleted after any replica read it is therefore missed by that replica as if it
+had signed it; one deleted before any other replica read it is not (ADR 0006).
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ log = logging.getLogger(__name__)
 _LOCATE_CHUNK = 5000
 # Attempts at numbering a new checkpoint when other replicas create one at the same moment.
 _CREATE_ATTEMPTS = 3
+
+# Checkpoints read from the database at a time while following the other replicas'.
+_FOLLOW_PAGE = 256
 
 # Checkpoints checked in the service's process per check at most (the newest ones); the links
 # of older ones are checked in the verification worker, off the event loop (a year at 60 s is
@@ -86,8 +95,10 @@ class Anchors:
         self._walk = walk
         self._links = links
         self._log = checkpoint_log
-        # The newest checkpoint this process created or saw outside the database.
+        # The newest checkpoint this process created, followed, or saw outside the database.
         self._known: SignedCheckpoint | None = None
+        # Guards moving `_known` forward and appending to the log (creating and following).
+        self._holding = asyncio.Lock()
         # The log file is read once, at the first check: after that only this process appends
         # to it, and it knows what it appended (`_known`), so no VerifyChain reads a file.
         self._log_read = checkpoint_log is None
@@ -118,7 +129,9 @@ class Anchors:
         )
 
     async def create_if_moved(self) -> SignedCheckpoint | None:
-        """The interval task's checkpoint: one only when the chain moved since the newest."""
+        """The interval task's checkpoint: one only when the chain moved since the newest (and
+        the other replicas' checkpoints followed either way)."""
+        await self.follow()
         async with self._db.read() as session:
             head = await store.read_head(session)
             newest = await store.newest_checkpoint(session)
@@ -129,6 +142,8 @@ class Anchors:
         return await self.create()
 
     async def _try_create(self, request_id: str | None) -> SignedCheckpoint | None:
+        # Hold the others' checkpoints first, so the log runs without gaps up to the new one.
+        await self.follow()
         async with self._db.read() as session:
             head = await store.read_head(session)
             previous = await store.newest_checkpoint(session)
@@ -179,9 +194,7 @@ class Anchors:
                 await store.remember_request(session, request_id, made.checkpoint_number)
         # Outside the database only after it is committed: a copy of a checkpoint that does not
         # exist would accuse the database of losing it.
-        self._known = made
-        if self._log is not None:
-            await asyncio.to_thread(self._log.append, made)
+        await self._hold([made])
         log.info(
             "audit chain checkpoint signed",
             extra={
@@ -211,6 +224,72 @@ class Anchors:
             number = await store.remember_request(session, request_id, checkpoint.checkpoint_number)
             first = await store.checkpoint_by_number(session, number)
         return first or checkpoint
+
+    async def _hold(self, checkpoints: list[SignedCheckpoint]) -> None:
+        """Keep `checkpoints` (consecutive, oldest first) outside the database: in memory and in
+        the log, skipping any this process already holds (a follow and a creation can both
+        reach the same one)."""
+        async with self._holding:
+            held = self._known.checkpoint_number if self._known is not None else 0
+            fresh = [c for c in checkpoints if c.checkpoint_number > held]
+            if not fresh:
+                return
+            self._known = fresh[-1]
+            if self._log is not None:
+                await asyncio.to_thread(self._log.append_all, fresh)
+
+    async def follow(self) -> int:
+        """Hold the checkpoints other replicas signed since the newest this process holds, as
+        if it had signed them; the number adopted. Each must be genuine and link to the one
+        before it; the first that is not stops the follow (and the check reports it as
+        CHECKPOINT_INVALID). A process that holds none adopts the newest genuine one; the links
+        below it are the check's to verify."""
+        held = await self.newest_outside()
+        adopted: list[SignedCheckpoint] = []
+        while True:
+            async with self._db.read() as session:
+                if held is None:
+                    newest = await store.newest_checkpoint(session)
+                    page = [newest] if newest is not None else []
+                else:
+                    after = held.checkpoint_number
+                    page = await store.checkpoints_between(session, after + 1, after + _FOLLOW_PAGE)
+            linked = self._linked(held, page)
+            adopted.extend(linked)
+            held = linked[-1] if linked else held
+            if len(linked) < _FOLLOW_PAGE:
+                break
+        if adopted:
+            await self._hold(adopted)
+            log.info(
+                "audit chain checkpoints followed",
+                extra={
+                    "fields": {
+                        "count": len(adopted),
+                        "checkpoint_number": adopted[-1].checkpoint_number,
+                        "sequence_number": adopted[-1].sequence_number,
+                    }
+                },
+            )
+        return len(adopted)
+
+    def _linked(
+        self, held: SignedCheckpoint | None, page: list[SignedCheckpoint]
+    ) -> list[SignedCheckpoint]:
+        """The checkpoints of `page` (oldest first) that are genuine and each link to the one
+        before, starting from `held`, up to the first that is not."""
+        taken: list[SignedCheckpoint] = []
+        for checkpoint in page:
+            if held is not None and (
+                checkpoint.checkpoint_number != held.checkpoint_number + 1
+                or checkpoint.previous_digest != held.digest()
+            ):
+                break
+            if not self.verifier.genuine(checkpoint):
+                break
+            taken.append(checkpoint)
+            held = checkpoint
+        return taken
 
     # --- checking against them -----------------------------------------------------------------
 
@@ -244,6 +323,7 @@ class Anchors:
     async def check(self, from_sequence: int) -> Finding:
         """Check the checkpoints a check from event `from_sequence` relies on (the newest at or
         below it and every later one) and the events against them."""
+        await self.follow()
         outside = await self.newest_outside()
         async with self._db.read() as session:
             head = await store.read_head(session)

@@ -2,9 +2,10 @@
 
 Someone who controls only the database can delete the newest checkpoints along with the events
 they cover; the service then still knows the newest one from here (and from memory while it
-runs). The file lives on the audit pod's own volume, which the database superuser does not
-control; it is a second copy, not a ledger of its own: its lines are verified by signature like
-the rows, so editing it gains nothing.
+runs). A replica appends the checkpoints it signs and those it follows from the other replicas
+(anchoring.Anchors.follow). The file lives on the audit pod's own volume, which the database
+superuser does not control; it is a second copy, not a ledger of its own: its lines are verified
+by signature like the rows, so editing it gains nothing.
 """
 
 from __future__ import annotations
@@ -32,11 +33,22 @@ class CheckpointLog:
 
     def append(self, checkpoint: SignedCheckpoint) -> None:
         """Append one checkpoint and flush it to disk (small; called once a checkpoint)."""
+        self.append_all([checkpoint])
+
+    def append_all(self, checkpoints: list[SignedCheckpoint]) -> None:
+        """Append checkpoints in order (oldest first) with one flush to disk."""
+        if not checkpoints:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        line = json.dumps(_to_json(checkpoint), separators=(",", ":")) + "\n"
+        lines = "".join(
+            json.dumps(_to_json(checkpoint), separators=(",", ":")) + "\n"
+            for checkpoint in checkpoints
+        ).encode()
         descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(descriptor, line.encode())
+            written = 0
+            while written < len(lines):  # a large write may be partial
+                written += os.write(descriptor, lines[written:])
             os.fsync(descriptor)
         finally:
             os.close(descriptor)

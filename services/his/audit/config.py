@@ -8,8 +8,8 @@ from pathlib import Path
 
 from his.base.env import ConfigError, number
 
-# How often the service seals the chain with a signed checkpoint when it moved: the bound of the
-# anchoring guarantee (README "Security").
+# How often the service seals the chain with a signed checkpoint when it moved, and follows the
+# other replicas' checkpoints: the bounds of the anchoring guarantee (README "Security").
 DEFAULT_CHECKPOINT_INTERVAL_S = 60.0
 
 

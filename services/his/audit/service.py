@@ -82,7 +82,8 @@ class AuditService(pb_grpc.AuditServiceServicer):
         self.verifier.close()
 
     async def _checkpoint_every_interval(self) -> None:
-        """Seal the chain every interval when it moved. A failure (the database not migrated
+        """Seal the chain every interval when it moved, having followed the checkpoints the
+        other replicas signed (anchoring.Anchors.follow). A failure (the database not migrated
         yet, unreachable, or a chain found broken) is logged and tried again next time: the
         interval task never stops the service."""
         while True:
