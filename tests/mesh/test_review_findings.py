@@ -33,7 +33,6 @@ def _add_to_mesh(root: Path, file: str, text: str) -> None:
     edit(root, "mesh/istio/kustomization.yaml", "resources:\n", f"resources:\n  - {file}\n")
 
 
-@pytest.mark.xfail(strict=True, reason="a root-namespace DENY refusing every call passes")
 def test_a_mesh_wide_deny_of_every_call_is_a_finding(policy_copy: Path) -> None:
     _add_to_mesh(policy_copy, "deny-all.yaml", _DENY_ALL)
     found = run_check(policy_copy, ["dev"]).findings
