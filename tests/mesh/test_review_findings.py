@@ -74,10 +74,12 @@ def test_a_fault_in_the_file_is_not_blamed_on_a_patch_faulting_another_route(
     assert files == [f"{DEV}/patient-drill.yaml", "mesh/istio/virtual-services/patient.yaml"]
 
 
-@pytest.mark.xfail(strict=True, reason="dev runs 1 instance with CloudNativePG's PDB: no drain")
-def test_a_single_instance_cluster_keeping_its_pdb_is_a_finding() -> None:
-    found = run_check(REPOSITORY, ["dev"]).findings
-    assert any("his-db" in f.subject for f in found), found
+def test_a_single_instance_cluster_keeping_its_pdb_is_a_finding(policy_copy: Path) -> None:
+    # The repository's dev overlay sets enablePDB: false; without it the check must object.
+    edit(policy_copy, f"{DEV}/postgres.yaml", "  enablePDB: false\n", "")
+    found = run_check(policy_copy, ["dev"]).findings
+    assert any("his-db" in f.subject and "enablePDB" in f.problem for f in found), found
+    assert not [f for f in run_check(REPOSITORY, ["dev"]).findings if "his-db" in f.subject]
 
 
 @pytest.mark.xfail(strict=True, reason="the splice keeps YAML 1.1 values kustomize stringifies")
