@@ -16,6 +16,8 @@ A render is spliced only when all of this holds, else kubectl renders it:
 - each of its objects came out of the repository's render exactly as written;
 - no patch targets an edited object, no `images` transformer can reach one (no `image` field),
   no generator's hashed name can be referenced by one;
+- the edit changes no labels or annotations mapping (kustomize writes their values as strings,
+  `inject: false` as "false", where PyYAML keeps a bool or an int);
 - the lines the edit added hold none of the scalars YAML 1.1 (PyYAML) and YAML 1.2 (kustomize)
   read differently (yes/no/on/off, 0-prefixed octals, 1:30, merge keys, `=`), and no null.
 
@@ -289,12 +291,30 @@ class Renderer:
         ]
         if any(_HAZARD.search(line.split("#", 1)[0]) for line in added if line.strip()):
             return None
+        if [_label_maps(d) for d in old] != [_label_maps(d) for d in new]:
+            return None  # kustomize writes label and annotation values as strings; PyYAML does not
         for document in new:
             if _has(document, lambda _k, v: v is None):
                 return None
             if _reached(document, was.kustomizations):
                 return None
         return {_identity(d): d for d in new}
+
+
+def _label_maps(value: Any, path: str = "") -> list[tuple[str, Any]]:
+    """Every labels and annotations mapping of a document (metadata's, a pod template's, a
+    selector's), with where it is: an edit changing one is rendered by kubectl."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            where = f"{path}.{name}"
+            if name in ("labels", "annotations"):
+                found.append((where, item))
+            found.extend(_label_maps(item, where))
+    elif isinstance(value, list):
+        for number, item in enumerate(value):
+            found.extend(_label_maps(item, f"{path}[{number}]"))
+    return found
 
 
 def _reached(document: Manifest, kustomizations: list[tuple[Path, dict[str, Any]]]) -> bool:

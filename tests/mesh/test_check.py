@@ -445,7 +445,7 @@ MUTATIONS: list[tuple[Seed, str, str]] = [
         "BookAppointment (not idempotent in the proto) on unavailable",
     ),
     (_default_deny_opened, f"{AUTHZ}/default-deny.yaml", "no namespace-wide default deny"),
-    (_deny_action, f"{AUTHZ}/iam.yaml", "action DENY"),
+    (_deny_action, f"{AUTHZ}/iam.yaml", "action: DENY in namespace his"),
     (_rule_without_callers, f"{AUTHZ}/patient.yaml", "source.namespaces: callers must be named"),
     (_wildcard_path, f"{AUTHZ}/patient.yaml", "wildcard path '/his.patient.v1.PatientService/*'"),
     (

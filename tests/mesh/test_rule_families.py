@@ -335,6 +335,17 @@ def _deny_reflection_in_the_root_namespace(root: Path) -> None:
     )
 
 
+def _deny_all_but_his_in_the_root_namespace(root: Path) -> None:
+    # Only a negative matcher: it refuses every caller outside his, istiod and the gateway too.
+    _add_to_mesh(
+        root,
+        "authorization/deny-others.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n"
+        "  name: deny-others\n  namespace: istio-system\nspec:\n  action: DENY\n"
+        "  rules:\n    - from:\n        - source:\n            notNamespaces: [his]\n",
+    )
+
+
 def _custom_authorizer_in_the_root_namespace(root: Path) -> None:
     _add_to_mesh(
         root,
@@ -466,6 +477,12 @@ MUTATIONS: list[tuple[Seed, str, str, str]] = [
         "dev",
         "mesh/istio/authorization/allow-all.yaml",
         "applies to every workload of the mesh",
+    ),
+    (
+        _deny_all_but_his_in_the_root_namespace,
+        "dev",
+        "mesh/istio/authorization/deny-others.yaml",
+        "refuses nearly every call in the mesh",
     ),
     (
         _custom_authorizer_in_the_root_namespace,

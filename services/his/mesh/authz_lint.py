@@ -201,17 +201,35 @@ def _shape(cluster: Cluster) -> Iterator[Finding]:
         action = spec.get("action", "ALLOW")
         if action == "DENY" and namespace_of(policy) == ROOT_NAMESPACE:
             # Mesh-wide hardening (refuse reflection, a namespace, a port): a DENY can only
-            # refuse what the ALLOW lists admit, never admit more.
+            # refuse what the ALLOW lists admit, never admit more. Unless a rule of it names
+            # nothing positive: then it refuses nearly every call in the mesh.
+            for number, rule in enumerate(spec.get("rules") or []):
+                if _names_nothing_positive(rule or {}):
+                    yield finding(
+                        cluster,
+                        policy,
+                        f"rules[{number}]",
+                        f"a DENY in the root namespace {ROOT_NAMESPACE} whose rule names nothing "
+                        "positive (empty, or only not* matchers) refuses nearly every call in the "
+                        "mesh: health checks, istiod, the gateway",
+                        "name positively what it refuses (paths, ports, principals, namespaces)",
+                    )
             continue
         if action == "CUSTOM":
+            provider = (spec.get("provider") or {}).get("name")
             yield finding(
                 cluster,
                 policy,
                 "action",
-                "action CUSTOM hands the decision to an external authorizer "
-                f"({spec.get('provider', {}).get('name', 'no provider named')}) that this "
-                "repository does not define (meshConfig.extensionProviders): the calls it selects "
-                "are decided outside the policy the check reads",
+                (
+                    f"CUSTOM hands the decision to an external authorizer ({provider}) that this "
+                    "repository does not define: istiod refuses a CUSTOM policy whose provider "
+                    "is not in meshConfig.extensionProviders, and the calls it selects are "
+                    "decided outside the policy the check reads"
+                    if provider
+                    else "CUSTOM names no provider: istiod refuses a CUSTOM policy whose "
+                    "provider is not in meshConfig.extensionProviders"
+                ),
                 "express it as ALLOW rules per service (or a DENY in istio-system for "
                 "mesh-wide hardening)",
             )
@@ -221,7 +239,7 @@ def _shape(cluster: Cluster) -> Iterator[Finding]:
                 cluster,
                 policy,
                 "action",
-                f"action {action} in namespace {namespace_of(policy)}: this repository's model "
+                f"{action} in namespace {namespace_of(policy)}: this repository's model "
                 "for a namespace is default deny plus ALLOW lists, and a DENY there is easy to "
                 "get backwards (notPrincipals, notPaths)",
                 "express it as a narrower ALLOW policy, or move mesh-wide hardening to a DENY "
@@ -234,6 +252,25 @@ def _shape(cluster: Cluster) -> Iterator[Finding]:
             continue
         for number, rule in enumerate(spec.get("rules") or []):
             yield from _rule_shape(cluster, policy, f"rules[{number}]", rule, gateway=gateway)
+
+
+# The matchers that name what a rule matches; every other one (notPrincipals, notPaths, ...)
+# names only what it does not, so a rule of them alone matches nearly every request.
+_POSITIVE_SOURCE = {"principals", "requestPrincipals", "namespaces", "ipBlocks", "remoteIpBlocks"}
+_POSITIVE_OPERATION = {"hosts", "ports", "methods", "paths"}
+
+
+def _names_nothing_positive(rule: Mapping[str, Any]) -> bool:
+    """A rule matching nearly every request. Its from, to and when must all hold (AND); the
+    entries of from and of to are alternatives (OR), so one entry without a positive matcher
+    leaves that part open, and an absent part is open."""
+    sources = [s.get("source") or {} for s in rule.get("from") or []]
+    operations = [t.get("operation") or {} for t in rule.get("to") or []]
+    conditions = rule.get("when") or []
+    from_open = not sources or any(not _POSITIVE_SOURCE & set(s) for s in sources)
+    to_open = not operations or any(not _POSITIVE_OPERATION & set(op) for op in operations)
+    when_open = not any((c or {}).get("values") for c in conditions)
+    return from_open and to_open and when_open
 
 
 def _rule_shape(

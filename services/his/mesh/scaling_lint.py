@@ -4,7 +4,8 @@ An HPA whose minReplicas exceeds maxReplicas is refused by nothing and scales er
 whose target does not exist scales nothing; two on one Deployment fight. A PodDisruptionBudget
 must select pods and leave at least one of them evictable at the lowest scale, or every node
 drain (cluster upgrades included) blocks on it; two budgets on one pod make the eviction API
-refuse every eviction of it.
+refuse every eviction of it. A one-instance CloudNativePG Cluster keeping its operator's budget
+blocks drains the same way.
 """
 
 from __future__ import annotations
@@ -160,4 +161,24 @@ def _room(
             )
 
 
-SCALING_RULES = (_hpas, _pdbs)
+def _cnpg_single_instance_pdb(cluster: Cluster) -> Iterator[Finding]:
+    """CloudNativePG gives every Cluster a PodDisruptionBudget on its primary (enablePDB, default
+    true); with one instance there is no replica to switch over to, so that budget blocks every
+    drain of the node (CloudNativePG docs, kubernetes_upgrade.md)."""
+    for db in cluster.of_kind("Cluster"):
+        if not str(db.get("apiVersion", "")).startswith("postgresql.cnpg.io/"):
+            continue
+        spec = spec_of(db)
+        if spec.get("instances", 1) == 1 and spec.get("enablePDB", True) is not False:
+            yield finding(
+                cluster,
+                db,
+                "enablePDB",
+                "one instance with CloudNativePG's PodDisruptionBudget (enablePDB defaults to "
+                "true): the primary may never be evicted, so draining its node (and every "
+                "cluster upgrade) blocks",
+                "set enablePDB: false where one instance is meant (dev), or run instances: 3",
+            )
+
+
+SCALING_RULES = (_hpas, _pdbs, _cnpg_single_instance_pdb)
