@@ -191,7 +191,7 @@ class Outbox:
         if driver is not None:
             # Scalar parameters: array ones make the driver look their types up on every new
             # connection (three round trips), and a pool at its limit opens new ones often.
-            rows = [_row(event) for event in events]
+            rows = [row(event) for event in events]
             await driver.connection.executemany(
                 self._insert_row,
                 [(r["event_id"], r["destination"], r["event_type"], r["envelope"]) for r in rows],
@@ -211,7 +211,7 @@ class Outbox:
 
     async def add_in(self, session: AsyncSession, events: Sequence[Outgoing]) -> None:
         """Insert `events` in `session`'s transaction."""
-        await session.execute(self._insert_one, [_row(event) for event in events])
+        await session.execute(self._insert_one, [row(event) for event in events])
         # The relay may look once the transaction committed (a rollback wakes it for nothing).
         sqlalchemy_event.listen(
             session.sync_session, "after_commit", lambda _: self._wake(), once=True
@@ -230,7 +230,7 @@ class Outbox:
             self._committer = None
 
     async def _commit(self, group: list[tuple[list[Outgoing], asyncio.Future[None]]]) -> None:
-        rows = [_row(event) for events, _ in group for event in events]
+        rows = [row(event) for events, _ in group for event in events]
         self.commits += 1
         try:
             # One statement, its own transaction: one round trip for the whole group.
@@ -255,7 +255,8 @@ class Outbox:
         self._wake()
 
 
-def _row(event: Outgoing) -> dict[str, object]:
+def row(event: Outgoing) -> dict[str, object]:
+    """An event's outbox columns, as bound parameters (also for a data migration's backfill)."""
     return {
         "event_id": event.envelope.event_id,
         "destination": event.destination,

@@ -11,16 +11,21 @@ already drops it by its id.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
+from typing import Any
 
 from sqlalchemy import Connection, text
 
-from his.runtime.outbox import Outgoing, table
+from his.runtime.outbox import Outgoing, row, table
 
 # The namespace of backfilled events' ids (uuid5): fixed, so the same record and revision always
 # make the same id.
 _NAMESPACE = uuid.UUID("5b0c4f9e-8d0a-4f57-9a52-6c1a3e0b7d21")
+
+# Rows read and events inserted per round trip: a migration over a large table must neither hold
+# every row in memory nor pay one round trip per row (review rev17: 20k rows took ~42 s).
+BATCH = 1000
 
 
 def backfill_event_id(kind: str, record: str, revision: int) -> str:
@@ -28,9 +33,24 @@ def backfill_event_id(kind: str, record: str, revision: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{kind}\0{record}\0{revision}"))
 
 
-# Events per INSERT round trip (executemany): a migration over a large table must neither hold
-# every row in memory nor pay one round trip per row (review rev17: 20k rows took ~42 s).
-BATCH = 1000
+def backfill(
+    connection: Connection,
+    schema: str,
+    kind: str,
+    *,
+    query: str,
+    params: Mapping[str, object],
+    event_of: Callable[[Any, str], Outgoing],
+) -> None:
+    """Store in the schema's outbox the `kind` event `event_of(row, event_id)` of every row
+    `query` selects (rows with `id` and `version`; the id derived from both). Rows are streamed
+    (a server-side cursor, per statement: `Connection.execution_options` would change alembic's
+    connection for good) and events inserted in batches, so only one batch is held at a time."""
+    rows = connection.execute(
+        text(query).execution_options(stream_results=True, yield_per=BATCH), dict(params)
+    )
+    events = (event_of(r, backfill_event_id(kind, str(r.id), r.version)) for r in rows)
+    add_in_migration(connection, schema, events)
 
 
 def _batches(events: Iterable[Outgoing], size: int) -> Iterator[list[Outgoing]]:
@@ -41,8 +61,7 @@ def _batches(events: Iterable[Outgoing], size: int) -> Iterator[list[Outgoing]]:
 
 def add_in_migration(connection: Connection, schema: str, events: Iterable[Outgoing]) -> None:
     """Store `events` in the schema's outbox on a migration's connection, in batches, skipping
-    any already stored (same id and destination). `events` may be a lazy iterable over a
-    streamed result: only one batch is held at a time."""
+    any already stored (same id and destination)."""
     statement = text(
         f"INSERT INTO {table(schema)} "  # noqa: S608 (a checked schema name, values bound)
         "(event_id, destination, event_type, envelope) "
@@ -50,15 +69,4 @@ def add_in_migration(connection: Connection, schema: str, events: Iterable[Outgo
         "ON CONFLICT (event_id, destination) DO NOTHING"
     )
     for batch in _batches(events, BATCH):
-        connection.execute(
-            statement,
-            [
-                {
-                    "event_id": event.envelope.event_id,
-                    "destination": event.destination,
-                    "event_type": event.envelope.event_type,
-                    "envelope": event.envelope.SerializeToString(),
-                }
-                for event in batch
-            ],
-        )
+        connection.execute(statement, [row(event) for event in batch])

@@ -24,11 +24,10 @@ import os
 from collections.abc import Sequence
 
 from alembic import op
-from sqlalchemy import text
 
 from his.emr.care_events import encounter_changed
 from his.patient.care import CareConfig
-from his.runtime.outbox_backfill import add_in_migration, backfill_event_id
+from his.runtime.outbox_backfill import backfill
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -39,28 +38,16 @@ SCHEMA = "emr"
 
 
 def upgrade() -> None:
-    after_s = CareConfig.from_env(os.environ).after_s
-    # Streamed (a server-side cursor), so a large table is never held in memory at once.
-    # Per statement: Connection.execution_options would change alembic's connection for good.
-    rows = op.get_bind().execute(
-        text(
-            f'SELECT * FROM "{SCHEMA}".encounters '  # noqa: S608 (a constant schema)
-            "WHERE status NOT IN ('cancelled', 'entered_in_error') "
-            "AND (end_time IS NULL OR end_time >= now() - make_interval(secs => :after)) "
-            "ORDER BY create_time, id"
-        ).execution_options(stream_results=True, yield_per=1000),
-        {"after": after_s},
-    )
-    add_in_migration(
+    backfill(
         op.get_bind(),
         SCHEMA,
-        (
-            encounter_changed(
-                row,
-                event_id=backfill_event_id("EncounterChanged", str(row.id), row.version),
-            )
-            for row in rows
-        ),
+        "EncounterChanged",
+        query=f'SELECT * FROM "{SCHEMA}".encounters '  # noqa: S608 (a constant schema)
+        "WHERE status NOT IN ('cancelled', 'entered_in_error') "
+        "AND (end_time IS NULL OR end_time >= now() - make_interval(secs => :after)) "
+        "ORDER BY create_time, id",
+        params={"after": CareConfig.from_env(os.environ).after_s},
+        event_of=lambda row, event_id: encounter_changed(row, event_id=event_id),
     )
 
 

@@ -25,10 +25,9 @@ import os
 from collections.abc import Sequence
 
 from alembic import op
-from sqlalchemy import text
 
 from his.patient.care import CareConfig
-from his.runtime.outbox_backfill import add_in_migration, backfill_event_id
+from his.runtime.outbox_backfill import backfill
 from his.scheduling.care_events import appointment_changed
 
 revision: str = "0005"
@@ -40,27 +39,15 @@ SCHEMA = "scheduling"
 
 
 def upgrade() -> None:
-    after_s = CareConfig.from_env(os.environ).after_s
-    # Streamed (a server-side cursor), so a large table is never held in memory at once.
-    # Per statement: Connection.execution_options would change alembic's connection for good.
-    rows = op.get_bind().execute(
-        text(
-            f'SELECT * FROM "{SCHEMA}".appointments '  # noqa: S608 (a constant schema)
-            "WHERE status <> 'cancelled' AND end_time >= now() - make_interval(secs => :after) "
-            "ORDER BY start_time, id"
-        ).execution_options(stream_results=True, yield_per=1000),
-        {"after": after_s},
-    )
-    add_in_migration(
+    backfill(
         op.get_bind(),
         SCHEMA,
-        (
-            appointment_changed(
-                row,
-                event_id=backfill_event_id("AppointmentChanged", str(row.id), row.version),
-            )
-            for row in rows
-        ),
+        "AppointmentChanged",
+        query=f'SELECT * FROM "{SCHEMA}".appointments '  # noqa: S608 (a constant schema)
+        "WHERE status <> 'cancelled' AND end_time >= now() - make_interval(secs => :after) "
+        "ORDER BY start_time, id",
+        params={"after": CareConfig.from_env(os.environ).after_s},
+        event_of=lambda row, event_id: appointment_changed(row, event_id=event_id),
     )
 
 
