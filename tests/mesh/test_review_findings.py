@@ -37,7 +37,9 @@ def _add_to_mesh(root: Path, file: str, text: str) -> None:
 def test_a_mesh_wide_deny_of_every_call_is_a_finding(policy_copy: Path) -> None:
     _add_to_mesh(policy_copy, "deny-all.yaml", _DENY_ALL)
     found = run_check(policy_copy, ["dev"]).findings
-    assert any("deny-all" in f.subject for f in found), found
+    assert any("deny-all" in f.subject and "names nothing positive" in f.problem for f in found), (
+        found
+    )
 
 
 @pytest.mark.xfail(

@@ -31,10 +31,6 @@ class CheckpointLog:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def append(self, checkpoint: SignedCheckpoint) -> None:
-        """Append one checkpoint and flush it to disk (small; called once a checkpoint)."""
-        self.append_all([checkpoint])
-
     def append_all(self, checkpoints: list[SignedCheckpoint]) -> None:
         """Append checkpoints in order (oldest first) with one flush to disk."""
         if not checkpoints:

@@ -131,13 +131,20 @@ def _matches(target: Mapping[str, Any], manifest: Manifest) -> bool:
     return True
 
 
+def _entries(
+    document: Mapping[str, Any], fields: tuple[str, ...]
+) -> Iterator[tuple[str, int, Any]]:
+    """The patch entries of a kustomization, each numbered within its own field (`patches[0]`,
+    `patchesJson6902[0]`), as kustomize's users count them."""
+    for field in fields:
+        for index, entry in enumerate(document.get(field) or []):
+            yield field, index, entry
+
+
 def _patches(
     file: str, document: Mapping[str, Any], objects: list[Manifest], tree: str
 ) -> Iterator[Finding]:
-    entries = [("patches", e) for e in document.get("patches") or []] + [
-        ("patchesJson6902", e) for e in document.get("patchesJson6902") or []
-    ]
-    for index, (field, entry) in enumerate(entries):
+    for field, index, entry in _entries(document, ("patches", "patchesJson6902")):
         target = (entry or {}).get("target") if isinstance(entry, Mapping) else None
         if not isinstance(target, Mapping):
             continue  # a strategic-merge patch: kustomize itself refuses one that matches nothing
@@ -183,12 +190,8 @@ def patches_of(root: Path, tree: str) -> list[Patch]:
     """Every patch of the kustomizations the tree builds on."""
     found: list[Patch] = []
     for path, document in _tree(root, root / tree):
-        entries = [("patches", e) for e in document.get("patches") or []]
-        entries += [("patchesJson6902", e) for e in document.get("patchesJson6902") or []]
-        entries += [
-            ("patchesStrategicMerge", e) for e in document.get("patchesStrategicMerge") or []
-        ]
-        for index, (name, entry) in enumerate(entries):
+        fields = ("patches", "patchesJson6902", "patchesStrategicMerge")
+        for name, index, entry in _entries(document, fields):
             text, file = "", None
             if isinstance(entry, str):  # patchesStrategicMerge: a path or an inline document
                 candidate = path.parent / entry
