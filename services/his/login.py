@@ -124,38 +124,29 @@ async def enrol(
     username: str,
     *,
     data_dir: Path | None = None,
-    approver: HisClients | None = None,
 ) -> KnownCredential:
     """Enrol a staff member (`staff/{id}`) through the public rpcs, as an administrator's
     clients, with their development password; keep the credential for `issue_token`. When the
     enrolment needs a second administrator (a re-enrolment, or a clinical or administrator role),
-    `approver` (another administrator's clients) approves it; without one this raises
-    SecondAdministratorNeeded, and the half-made enrolment it created stays on record, unusable
-    without a second administrator's half, until it expires or a newer one retires it; it has
-    retired the staff member's earlier open codes (a new code always does), while their
-    credential, if any, stays as it was."""
+    this raises SecondAdministratorNeeded (the demo has one administrator); the half-made
+    enrolment it created stays on record, unusable without a second administrator's half, until
+    it expires or a newer one retires it; it has retired the staff member's earlier open codes
+    (a new code always does), while their credential, if any, stays as it was."""
     directory = _data_dir(data_dir)
     seed = local_secrets(directory).dev_credential
     enrolment = await admin.iam.CreateStaffEnrolment(
         iam_pb.CreateStaffEnrolmentRequest(parent=staff), timeout=10.0
     )
-    approval_code = ""
     if enrolment.approval_required:
-        if approver is None:
-            raise SecondAdministratorNeeded(
-                f"enrolling {username!r} needs a second administrator (ApproveStaffEnrolment "
-                f"of {enrolment.name})"
-            )
-        approved = await approver.iam.ApproveStaffEnrolment(
-            iam_pb.ApproveStaffEnrolmentRequest(name=enrolment.name), timeout=10.0
+        raise SecondAdministratorNeeded(
+            f"enrolling {username!r} needs a second administrator (ApproveStaffEnrolment "
+            f"of {enrolment.name})"
         )
-        approval_code = approved.enrolment_code
     password = dev_credentials.password(seed, username)
     enrolled = await admin.iam.CompleteStaffEnrolment(
         iam_pb.CompleteStaffEnrolmentRequest(
             username=username,
             enrolment_code=enrolment.enrolment_code,
-            approval_code=approval_code,
             password=password,
         ),
         timeout=10.0,

@@ -288,7 +288,7 @@ class StaffCredentials:
             # The staff row lock orders this against deactivation, approvals and other new codes.
             member = await store.get_staff(session, staff_id, lock="update")
             if not member.active:
-                raise FailedPrecondition(f"staff/{staff_id} is inactive", reason="STAFF_INACTIVE")
+                raise store.inactive(staff_id)
             # With the rule off (security off) nothing is checked, here or at completion.
             assurance = (
                 await enrolment_rule.assurance(session, member, creator)
@@ -357,7 +357,7 @@ class StaffCredentials:
                     metadata={"state": closed},
                 )
             if not member.active:
-                raise FailedPrecondition(f"staff/{staff_id} is inactive", reason="STAFF_INACTIVE")
+                raise store.inactive(staff_id)
             after = await cstore.approve_enrolment(
                 session,
                 enrolment_id,
@@ -465,6 +465,8 @@ class StaffCredentials:
             return None
         # Shared lock: no role is approved, and no deactivation lands, while this completes.
         member = await store.get_staff(session, found.id, lock="share")
+        if not member.active:  # deactivated since the unlocked read
+            return None
         matching = await self._matching(session, member, code, approval_code, now)
         if matching is None:
             return None

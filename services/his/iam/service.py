@@ -38,6 +38,7 @@ from his.iam.credentials import (
     Enrolment,
     StaffCredentials,
     credential_key,
+    enrolment_name,
     enrolment_view,
 )
 from his.iam.enrolment_rule import refuse_self
@@ -118,15 +119,11 @@ def _refused() -> Unauthenticated:
     return Unauthenticated("unknown username or wrong credential", reason="INVALID_CREDENTIALS")
 
 
-def _enrolment_name(staff_id: uuid.UUID, enrolment_id: uuid.UUID) -> str:
-    return f"staff/{staff_id}/enrolments/{enrolment_id}"
-
-
 def _enrolment_to_proto(enrolment: Enrolment) -> pb.StaffEnrolment:
     """An enrolment with the code (or half) the call hands out."""
     row = enrolment.row
     answer = pb.StaffEnrolment(
-        name=_enrolment_name(row.staff_id, row.id),
+        name=enrolment_name(row.staff_id, row.id),
         enrolment_code=enrolment.code,
         approval_required=row.approval_required,
         creator=row.created_by,
@@ -892,7 +889,7 @@ class IamService(pb_grpc.IamServiceServicer):
         try:
             await self._audit_change(
                 "update",
-                _enrolment_name(member.id, done.after.id),
+                enrolment_name(member.id, done.after.id),
                 _ENROLMENT_TYPE,
                 enrolment_view(done.before),
                 enrolment_view(done.after),

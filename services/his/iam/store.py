@@ -248,7 +248,8 @@ def check_etag(row: Row[Any], etag: str) -> None:
         )
 
 
-def _inactive(staff_id: uuid.UUID) -> FailedPrecondition:
+def inactive(staff_id: uuid.UUID) -> FailedPrecondition:
+    """FAILED_PRECONDITION STAFF_INACTIVE for a deactivated staff member."""
     return FailedPrecondition(f"{staff_name(staff_id)} is inactive", reason="STAFF_INACTIVE")
 
 
@@ -281,7 +282,7 @@ async def update_staff(
     """
     current = await get_staff(session, staff_id, lock="update")
     if not current.active:
-        raise _inactive(staff_id)
+        raise inactive(staff_id)
     if all(_same(getattr(current, column), value) for column, value in values.items()):
         return current
     check_etag(current, etag)
