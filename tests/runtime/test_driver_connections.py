@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 
 from his.base.errors import FailedPrecondition
 from his.runtime.config import DatabaseConfig
-from his.runtime.database import Database
+from his.runtime.database import Database, driver_of
 
 
 @pytest.fixture
@@ -72,3 +73,29 @@ async def test_a_cancellation_mid_statement_discards_the_connection(database: Da
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await _backend(database) != before
+
+
+@pytest.mark.parametrize("sqlalchemy_first", [False, True])
+async def test_a_statement_on_the_sessions_driver_rolls_back_with_the_session(
+    database: Database, sqlalchemy_first: bool
+) -> None:
+    """`driver_of` before any statement of the session's: SQLAlchemy has not sent BEGIN yet, and
+    a statement on the driver would otherwise commit on its own."""
+    async with database.driver() as connection:
+        await connection.execute("CREATE TABLE IF NOT EXISTS driver_of_test (n int)")
+        await connection.execute("TRUNCATE driver_of_test")
+    with pytest.raises(FailedPrecondition):
+        async with database.transaction() as session:
+            if sqlalchemy_first:
+                await session.execute(text("SELECT 1"))
+            driver = await driver_of(session)
+            await driver.execute("INSERT INTO driver_of_test VALUES (1)")
+            await session.execute(text("INSERT INTO driver_of_test VALUES (2)"))
+            raise FailedPrecondition("refused after both wrote", reason="TEST")
+    async with database.transaction() as session:
+        driver = await driver_of(session)
+        await driver.execute("INSERT INTO driver_of_test VALUES (3)")
+    async with database.driver() as connection:
+        kept = await connection.fetch("SELECT n FROM driver_of_test ORDER BY n")
+        await connection.execute("DROP TABLE driver_of_test")
+    assert [row["n"] for row in kept] == [3]

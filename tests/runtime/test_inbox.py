@@ -41,6 +41,19 @@ CONSUMES = inbox.consuming(
 )
 
 
+async def _refuse_bad(session: AsyncSession, event: EventEnvelope, payload: Message) -> None:
+    """Applies the event, then refuses it when its subject says so (after it wrote: the refusal
+    must take its writes back)."""
+    await _count_up(session, event, payload)
+    if event.subject.endswith("bad"):
+        raise InvalidArgument.field("revision", "is refused by this test")
+
+
+REFUSING = inbox.consuming(
+    inbox.Consumes("orders", orders_pb.ServiceRequestChanged, _refuse_bad),
+)
+
+
 @pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
     db = Database(database_url, DatabaseConfig(), application_name="his-inbox-test")
@@ -87,6 +100,40 @@ async def test_an_event_delivered_again_changes_nothing(database: Database) -> N
     assert (first.applied, first.duplicates) == (1, 0)
     assert (again.applied, again.duplicates) == (0, 2)
     assert await _applied(database, event.subject) == 1
+
+
+async def test_one_id_twice_in_a_batch_is_applied_once(database: Database) -> None:
+    a, b = _event("serviceRequests/a"), _event("serviceRequests/b")
+    upper = EventEnvelope()
+    upper.CopyFrom(a)
+    upper.event_id = a.event_id.upper()
+    outcome = await inbox.apply_events(database, SCHEMA, [a, b, upper], CONSUMES)
+    assert (outcome.applied, outcome.duplicates) == (2, 1)
+    assert await _applied(database, a.subject) == 1
+
+
+async def test_a_refused_event_keeps_those_before_it_and_nothing_after(
+    database: Database,
+) -> None:
+    first, second = _event("serviceRequests/1st"), _event("serviceRequests/2nd")
+    bad, after = _event("serviceRequests/bad"), _event("serviceRequests/after")
+    with pytest.raises(InvalidArgument) as refused:
+        await inbox.apply_events(database, SCHEMA, [first, second, bad, after], REFUSING)
+    assert [v.field for v in refused.value.violations] == ["events[2].payload.revision"]
+    applied = [await _applied(database, e.subject) for e in (first, second, bad, after)]
+    assert applied == [1, 1, 0, 0]
+    # The relay delivers the rest again (without the dead letter): the first two are duplicates.
+    again = await inbox.apply_events(database, SCHEMA, [first, second, after], REFUSING)
+    assert (again.applied, again.duplicates) == (1, 2)
+    assert [await _applied(database, e.subject) for e in (first, second, after)] == [1, 1, 1]
+
+
+async def test_a_refused_first_event_applies_nothing(database: Database) -> None:
+    bad, after = _event("serviceRequests/bad"), _event("serviceRequests/next")
+    with pytest.raises(InvalidArgument) as refused:
+        await inbox.apply_events(database, SCHEMA, [bad, after], REFUSING)
+    assert [v.field for v in refused.value.violations] == ["events[0].payload.revision"]
+    assert [await _applied(database, e.subject) for e in (bad, after)] == [0, 0]
 
 
 async def test_concurrent_deliveries_of_one_event_apply_it_once(database: Database) -> None:

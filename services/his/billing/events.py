@@ -1,7 +1,7 @@
 """Charges from the events of the services that render care (DeliverEvents).
 
-Each event is applied once (his.runtime.inbox) in its own transaction, and yields at most one
-charge: scheduling's check-in a consultation fee, orders' completed laboratory order the test,
+Each event is applied once (his.runtime.inbox, in the delivery's transaction) and yields at most
+one charge: scheduling's check-in a consultation fee, orders' completed laboratory order the test,
 pharmacy's handed-over dispense the drug. A per-source record keeps the highest revision applied,
 so an older event delivered late changes nothing; a reversal (an order revoked or entered in
 error, a dispense cancelled) aborts the charge or, once billed, credits it. Billing keeps only the

@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
-from sqlalchemy import ColumnElement, exists, false, func, or_, text
+from sqlalchemy import ColumnElement, exists, false, func, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base import env
@@ -32,7 +32,7 @@ from his.events.v1.event_envelope_pb2 import EventEnvelope
 from his.patient.mapping import SCOPE
 from his.patient.tables import SCHEMA, care_relationships, patients
 from his.patient.v1 import patient_service_pb2 as pb
-from his.runtime.database import Database
+from his.runtime.database import Database, driver_of
 from his.runtime.inbox import Consumes, consuming
 from his.runtime.validation import Violations, reference
 from his.scheduling.v1 import scheduling_service_pb2 as scheduling_pb
@@ -81,15 +81,24 @@ NONE = Relation()
 
 _TABLE = f'"{SCHEMA}".care_relationships'
 # Newest revision wins, whatever order the events arrive in.
-_UPSERT = text(
+_UPSERT = (
     f"INSERT INTO {_TABLE} (record, patient_id, department_id, practitioner_id, "  # noqa: S608
-    "start_time, end_time, related, revision) VALUES (:record, :patient_id, "
-    ":department_id, :practitioner_id, :start_time, :end_time, :related, :revision) "
+    "start_time, end_time, related, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
     "ON CONFLICT (record) DO UPDATE SET patient_id = excluded.patient_id, "
     "department_id = excluded.department_id, practitioner_id = excluded.practitioner_id, "
     "start_time = excluded.start_time, end_time = excluded.end_time, "
     "related = excluded.related, revision = excluded.revision, update_time = now() "
     f"WHERE {_TABLE}.revision < excluded.revision"
+)
+_COLUMNS = (
+    "record",
+    "patient_id",
+    "department_id",
+    "practitioner_id",
+    "start_time",
+    "end_time",
+    "related",
+    "revision",
 )
 # The caller's relationships with each of the given patients, now.
 _RELATIONS = (
@@ -168,14 +177,21 @@ def _record(v: Violations, field: str, name: str, collection: str) -> str:
     return f"{collection}/{record}" if record is not None else ""
 
 
+async def _upsert(session: AsyncSession, values: Mapping[str, object]) -> None:
+    # On the session's own connection, without SQLAlchemy: every booking and encounter change
+    # comes through here.
+    driver = await driver_of(session)
+    await driver.execute(_UPSERT, *(values[column] for column in _COLUMNS))
+
+
 async def _apply(session: AsyncSession, _: EventEnvelope, payload: Message) -> None:
     assert isinstance(payload, scheduling_pb.AppointmentChanged)
-    await session.execute(_UPSERT, _values(payload))
+    await _upsert(session, _values(payload))
 
 
 async def _apply_encounter(session: AsyncSession, _: EventEnvelope, payload: Message) -> None:
     assert isinstance(payload, emr_pb.EncounterChanged)
-    await session.execute(_UPSERT, _encounter_values(payload))
+    await _upsert(session, _encounter_values(payload))
 
 
 CONSUMES = consuming(

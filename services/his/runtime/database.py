@@ -66,6 +66,24 @@ def open_driver_transaction() -> DriverTransaction | None:
     return _open_driver.get()
 
 
+async def driver_of(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under `session`, in its transaction (begun if no statement has run
+    yet): for statements on a hot path inside a SQLAlchemy transaction without SQLAlchemy's
+    per-statement cost (see `Database.driver_transaction`). The session knows nothing of what
+    runs on it."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    adapted = raw.dbapi_connection
+    # SQLAlchemy's asyncpg adapter sends BEGIN only with its first statement: until then a
+    # statement on the driver would commit on its own and survive a rollback.
+    if getattr(adapted, "_transaction", None) is None:
+        await adapted._start_transaction()  # type: ignore[union-attr]
+    driver = raw.driver_connection
+    if not isinstance(driver, asyncpg.Connection) or not driver.is_in_transaction():
+        raise RuntimeError("the session's connection is not in a transaction")
+    return driver
+
+
 class Database:
     """The engine of one service and the session-per-call helper its store uses."""
 
