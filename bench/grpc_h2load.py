@@ -35,6 +35,7 @@ from bench.harness import (
     Run,
     address,
     channel,
+    cpu_line,
     cpu_seconds,
     handled_ok,
     metrics_url,
@@ -145,13 +146,6 @@ def measured(
     used = {name: after[name] - before.get(name, 0.0) for name in after}
     used["h2load"] = client_after - client_before
     return run, {name: seconds / run.calls * 1e6 for name, seconds in used.items()}
-
-
-def cpu_line(label: str, per_call: dict[str, float]) -> str:
-    """`label: total µs = patient .. + postgres .. + ...`, the largest first, the idle left out."""
-    shown = sorted(((us, name) for name, us in per_call.items() if us >= 1), reverse=True)
-    parts = " + ".join(f"{name} {us:.0f}" for us, name in shown)
-    return f"  CPU per call, {label}: {sum(per_call.values()):.0f} µs = {parts}"
 
 
 async def _prepare(hospital: Hospital, patients: int) -> tuple[str, str]:

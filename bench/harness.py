@@ -180,6 +180,13 @@ def cpu_seconds(hospital: Hospital) -> dict[str, float]:
     return used
 
 
+def cpu_line(label: str, per_call: dict[str, float]) -> str:
+    """`label: total µs = patient .. + postgres .. + ...`, the largest first, the idle left out."""
+    shown = sorted(((us, name) for name, us in per_call.items() if us >= 1), reverse=True)
+    parts = " + ".join(f"{name} {us:.0f}" for us, name in shown)
+    return f"  CPU per call, {label}: {sum(per_call.values()):.0f} µs = {parts}"
+
+
 # The bench's second administrator: in a fresh hospital, the first ADMINISTRATOR given by the
 # bootstrap administrator takes effect at once (iam's setup window, his.iam.approvals); it then
 # approves the roles and memberships `admin` gives the bench's staff (the two-person rule).

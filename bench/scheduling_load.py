@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import time
 import uuid
 
 from google.protobuf.duration_pb2 import Duration
@@ -24,6 +25,8 @@ from bench.harness import (
     address,
     channel,
     compare,
+    cpu_line,
+    cpu_seconds,
     drive,
     echo_call,
     services,
@@ -38,7 +41,7 @@ from his.scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
 
 
 async def _schedule(
-    stub: pb_grpc.SchedulingServiceAsyncStub, capacity: int, days: int
+    stub: pb_grpc.SchedulingServiceAsyncStub, capacity: int, days: int, *, first_day: int = 1
 ) -> list[str]:
     horizon = types_pb2.Period()
     horizon.start_time.FromDatetime(dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
@@ -54,7 +57,7 @@ async def _schedule(
     )
     names: list[str] = []
     # One day per request: a generation is capped at 2000 slots (a day here has 287).
-    for offset in range(1, days + 1):
+    for offset in range(first_day, first_day + days):
         day = dt.date.today() + dt.timedelta(days=offset)
         reply = await stub.GenerateSlots(
             pb.GenerateSlotsRequest(
@@ -109,6 +112,23 @@ async def _bench(
             echo_call(echo_channel, book),
             rounds=rounds,
         )
+        # CPU per booking of every process (client included): steadier than calls/s on a
+        # shared machine. New slots, on days after the compared run's (a patient's second booking).
+        days = (bookings // 287) + 1
+        more = await _schedule(stub, capacity=1, days=days, first_day=days + 1)
+        before, client_before = cpu_seconds(hospital), time.process_time()
+        measured = await drive(
+            "BookAppointment (CPU)",
+            bookings // rounds,
+            concurrency,
+            lambda i: stub.BookAppointment(
+                pb.BookAppointmentRequest(patient=names[i], slot=more[i]), timeout=10
+            ),
+        )
+        after = cpu_seconds(hospital)
+        used = {name: after[name] - before.get(name, 0.0) for name in after}
+        used["client"] = time.process_time() - client_before
+        print(cpu_line("BookAppointment", {k: v / measured.calls * 1e6 for k, v in used.items()}))
         free = pb.ListSlotsRequest(only_free=True, page_size=20)
         await compare(
             {"ListSlots/free": lambda i: stub.ListSlots(free, timeout=10)},
