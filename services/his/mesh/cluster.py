@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING, Any
 
 from his.mesh.findings import Finding, subject
 from his.mesh.routes import fqdn, istio_host
-from his.mesh.sources import Manifest
+from his.mesh.sources import FieldPath, Manifest
 
 if TYPE_CHECKING:
     from his.mesh.kustomize_lint import Patch
 
 Locate = Callable[[Manifest], str]
-# The kustomize patch that wrote a field (by name) into a rendered object, or None: a finding
-# about that field names the patch, not the file the object was first written in.
-PatchedBy = Callable[[Manifest, str], "Patch | None"]
+# The kustomize patch that wrote the field at a path (`spec.http[3].fault`) of a rendered object,
+# or None: a finding about that field names the patch, not the file the object was written in.
+PatchedBy = Callable[[Manifest, FieldPath], "Patch | None"]
 
 
-def _no_patches(manifest: Manifest, name: str) -> Patch | None:
+def _no_patches(manifest: Manifest, path: FieldPath) -> Patch | None:
     return None
 
 
