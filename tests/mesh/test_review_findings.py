@@ -91,3 +91,17 @@ def test_the_splice_equals_kubectl_for_an_unquoted_annotation(policy_copy: Path)
     assert Renderer(REPOSITORY, kubectl_render)(policy_copy / DEV) == kubectl_render(
         policy_copy / DEV
     )
+
+
+def test_a_scaling_mistake_an_overlay_patch_writes_names_the_patch(policy_copy: Path) -> None:
+    edit(
+        policy_copy,
+        f"{DEV}/hpa.yaml",
+        "  path: /spec/minReplicas\n  value: 1",
+        "  path: /spec/minReplicas\n  value: 3",
+    )
+    found = [f for f in run_check(policy_copy, ["dev"]).findings if "minReplicas 3 >" in f.problem]
+    assert found and {f.file for f in found} == {f"{DEV}/hpa.yaml"}, found
+    assert all("patched in by" in f.subject for f in found)
+    # prod does not apply the patch: its HPAs' findings (none here) would name the base files.
+    assert not [f for f in run_check(policy_copy, ["prod"]).findings if "minReplicas" in f.problem]

@@ -19,7 +19,13 @@ from his.mesh import drills, schema
 from his.mesh.cluster import Cluster
 from his.mesh.findings import Finding, grouped
 from his.mesh.istio_crds import SchemaUnavailable
-from his.mesh.kustomize_lint import Patch, lint_kustomize, patches_of, written_by
+from his.mesh.kustomize_lint import (
+    Patch,
+    kustomizations,
+    lint_kustomize,
+    patches_of,
+    written_by,
+)
 from his.mesh.lint import lint
 from his.mesh.render import KubectlMissing, RenderFailed, render
 from his.mesh.sources import (
@@ -110,7 +116,8 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
             )
             continue
         report.rendered[tree] = len(objects)
-        patches = patches_of(root, tree)
+        tree_kustomizations = kustomizations(root, tree)
+        patches = patches_of(root, tree, tree_kustomizations)
         for obj in objects:
             identity = (json.dumps(obj, sort_keys=True, default=str), key(obj))
             rendered.setdefault(identity, (obj, tree, []))[2].append(patches)
@@ -120,7 +127,7 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
         else:
             cluster = overlay_cluster(root, tree, objects, files, patches)
             found.update(lint(cluster))
-            found.update(lint_kustomize(root, tree, objects))
+            found.update(lint_kustomize(root, tree, objects, tree_kustomizations))
     sources = [
         Source(
             file_of(files, obj, first_tree),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from his.mesh.findings import Finding, subject
+from his.mesh.findings import Finding, located, subject
 from his.mesh.routes import fqdn, istio_host
 from his.mesh.sources import FieldPath, Manifest
 
@@ -108,7 +108,25 @@ def spec_of(manifest: Manifest) -> dict[str, Any]:
     return spec if isinstance(spec, dict) else {}
 
 
-def finding(cluster: Cluster, manifest: Manifest, where: str, problem: str, fix: str) -> Finding:
+def finding(
+    cluster: Cluster,
+    manifest: Manifest,
+    where: str,
+    problem: str,
+    fix: str,
+    *,
+    paths: Sequence[FieldPath] = (),
+) -> Finding:
+    """A finding about an object, in the file it is written in; or, when a kustomize patch
+    wrote the field at one of `paths` (the fields the problem is about, first the likeliest),
+    in that patch's file, naming the patch."""
+    for path in paths:
+        patch = cluster.patched_by(manifest, path)
+        if patch is not None:
+            (found,) = located(
+                cluster.locate(manifest), manifest, where, problem, fix, writers=[patch]
+            )
+            return found
     return Finding(cluster.locate(manifest), subject(manifest, where), problem, fix)
 
 

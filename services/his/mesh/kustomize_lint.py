@@ -61,14 +61,26 @@ def _tree(root: Path, start: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
                 stack.append(candidate)
 
 
+Kustomizations = list[tuple[Path, dict[str, Any]]]
+
+
+def kustomizations(root: Path, tree: str) -> Kustomizations:
+    """The kustomization files the tree builds on, parsed once: for the lint and for
+    `patches_of` alike."""
+    return list(_tree(root, root / tree))
+
+
 def _relative(root: Path, path: Path) -> str:
     return path.resolve().relative_to(root.resolve()).as_posix()
 
 
-def lint_kustomize(root: Path, tree: str, objects: list[Manifest]) -> list[Finding]:
-    """Patches matching nothing, drills in a kustomization, unpinned images in production."""
+def lint_kustomize(
+    root: Path, tree: str, objects: list[Manifest], read: Kustomizations | None = None
+) -> list[Finding]:
+    """Patches matching nothing, drills in a kustomization, unpinned images in production.
+    `read`: the tree's kustomizations when already read."""
     found: list[Finding] = []
-    for path, document in _tree(root, root / tree):
+    for path, document in kustomizations(root, tree) if read is None else read:
         file = _relative(root, path)
         found.extend(_patches(file, document, objects, tree))
         found.extend(_drills(root, path, file, document))
@@ -186,10 +198,11 @@ class Patch:
         return f"{self.kustomization} {self.entry}{shown}"
 
 
-def patches_of(root: Path, tree: str) -> list[Patch]:
-    """Every patch of the kustomizations the tree builds on."""
+def patches_of(root: Path, tree: str, read: Kustomizations | None = None) -> list[Patch]:
+    """Every patch of the kustomizations the tree builds on (`read`: them, when already read),
+    the overlay's first. A patch file that does not parse is left out (kustomize refuses it)."""
     found: list[Patch] = []
-    for path, document in _tree(root, root / tree):
+    for path, document in kustomizations(root, tree) if read is None else read:
         fields = ("patches", "patchesJson6902", "patchesStrategicMerge")
         for name, index, entry in _entries(document, fields):
             text, file = "", None
@@ -230,7 +243,7 @@ def written_by(patches: list[Patch], manifest: Manifest, path: FieldPath) -> Pat
     if not path:
         return None
     for patch in _last_applied_first(patches):
-        if _applies_to(patch, manifest) and any(
+        if applies_to(patch, manifest) and any(
             _writes(document, manifest, list(path)) for document in patch.content
         ):
             return patch
@@ -249,7 +262,9 @@ def _last_applied_first(patches: list[Patch]) -> Iterator[Patch]:
         yield from reversed(listed)
 
 
-def _applies_to(patch: Patch, manifest: Manifest) -> bool:
+def applies_to(patch: Patch, manifest: Manifest) -> bool:
+    """Whether kustomize applies the patch to the object: its target selects it, or (a
+    strategic-merge patch without one) a document of the patch names its kind and name."""
     if patch.target is not None:
         return _matches(patch.target, manifest)
     # A strategic-merge patch names its object itself.

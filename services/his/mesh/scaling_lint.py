@@ -47,7 +47,8 @@ def _hpas(cluster: Cluster) -> Iterator[Finding]:
                 "minReplicas",
                 f"minReplicas {low} > maxReplicas {high}: the autoscaler cannot satisfy both "
                 "(it scales to maxReplicas and reports ScalingLimited)",
-                "make minReplicas at most maxReplicas (an overlay's patch may set one of them)",
+                "make minReplicas at most maxReplicas",
+                paths=[("spec", "minReplicas"), ("spec", "maxReplicas")],
             )
         target = spec.get("scaleTargetRef") or {}
         ref = (str(target.get("kind", "")), namespace_of(hpa), str(target.get("name", "")))
@@ -225,6 +226,7 @@ def _room(
                 f"{spec['maxUnavailable']!r} lets no pod of {names} be evicted: every node "
                 "drain (and cluster upgrade) waits on it forever",
                 "set maxUnavailable: 1",
+                paths=[("spec", "maxUnavailable")],
             )
     elif "minAvailable" in spec:
         needed = _count(spec["minAvailable"], lowest)
@@ -236,6 +238,7 @@ def _room(
                 f"{spec['minAvailable']!r} keeps all {lowest} pod(s) of {names} at its lowest "
                 "scale: no pod may be evicted, so node drains block",
                 "use maxUnavailable: 1 (works at every scale, one replica included)",
+                paths=[("spec", "minAvailable")],
             )
 
 
@@ -254,6 +257,7 @@ def _cnpg_single_instance_pdb(cluster: Cluster) -> Iterator[Finding]:
                 "true): the primary may never be evicted, so draining its node (and every "
                 "cluster upgrade) blocks",
                 "set enablePDB: false where one instance is meant (dev), or run instances: 3",
+                paths=[("spec", "instances")],
             )
 
 
