@@ -7,6 +7,7 @@ module from cloudnative-pg's `config/crd/bases/postgresql.cnpg.io_clusters.yaml`
 and never edited by hand:
 
     python -m his.mesh.cnpg_crd postgresql.cnpg.io_clusters.yaml --release 1.30.0 --commit <sha>
+    make cnpg-schema SRC=postgresql.cnpg.io_clusters.yaml RELEASE=1.30.0 COMMIT=<sha>
 
 Trimmed only where validation does not look: `description`/`example`/`externalDocs` (prose),
 the `status` schema (the operator writes it), printer columns and subresources. Every assertion
