@@ -15,7 +15,7 @@ WEB_DEPS := $(WEB)/node_modules/.installed
 WEB_SRC  := $(shell find $(WEB)/src $(WEB)/app $(WEB)/test -path $(WEB)/app/dist -prune -o -type f -print) \
             $(WEB)/vite.config.ts $(WEB)/tsconfig.json
 
-.PHONY: help install run test lint fmt proto proto-check gen-into web-gen-into web web-test buf-lint buf-breaking mesh-check gateway-check istio-schema pytest bench profile clean
+.PHONY: help install run test lint fmt proto proto-check gen-into web-gen-into web web-test buf-lint buf-breaking mesh-check gateway-check istio-schema cnpg-schema pytest bench profile clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -131,6 +131,12 @@ mesh-check: $(VENV)/.installed ## Render every overlay, validate strictly and li
 istio-schema: $(VENV)/.installed ## Regenerate the carried Istio schema: make istio-schema SRC=<crds.gen.yaml> RELEASE=1.28.0
 	@test -n "$(SRC)" -a -n "$(RELEASE)" || { echo "usage: make istio-schema SRC=<Istio CRD file> RELEASE=<its tag, e.g. 1.28.0>"; exit 2; }
 	$(PY) -m his.mesh.istio_crds "$(SRC)" --release "$(RELEASE)"
+
+# The CloudNativePG Cluster CRD the check carries, from the operator's
+# config/crd/bases/postgresql.cnpg.io_clusters.yaml at tag v$(RELEASE), commit $(COMMIT).
+cnpg-schema: $(VENV)/.installed ## Regenerate the carried CloudNativePG CRD: make cnpg-schema SRC=<clusters.yaml> RELEASE=1.30.0 COMMIT=<sha>
+	@test -n "$(SRC)" -a -n "$(RELEASE)" -a -n "$(COMMIT)" || { echo "usage: make cnpg-schema SRC=<CNPG Cluster CRD file> RELEASE=<its tag, e.g. 1.30.0> COMMIT=<the tag's commit>"; exit 2; }
+	$(PY) -m his.mesh.cnpg_crd "$(SRC)" --release "$(RELEASE)" --commit "$(COMMIT)"
 
 # Two workers (PYTEST_WORKERS=0 for one process), each with its own PostgreSQL and servers; then
 # the end-to-end tests, which run `his up` on the fixed local ports, alone: beside a busy worker

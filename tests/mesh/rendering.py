@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from his.mesh.kustomize_lint import _matches
+from his.mesh.kustomize_lint import Patch, applies_to, patches_of
 from his.mesh.sources import Manifest, key, load_all
 
 Render = Callable[[Path], list[Manifest]]
@@ -80,6 +80,7 @@ class Inputs:
     kustomizations: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
     resources: set[Path] = field(default_factory=set)
     others: set[Path] = field(default_factory=set)
+    patches: list[Patch] = field(default_factory=list)  # every patch of the kustomizations
 
     @property
     def files(self) -> set[Path]:
@@ -124,6 +125,9 @@ def inputs(root: Path, tree: Path) -> Inputs:
                 found.others.add(target)
             else:
                 found.known = False
+    if found.known:
+        tree_name = tree.resolve().relative_to(root.resolve()).as_posix()
+        found.patches = patches_of(root, tree_name, found.kustomizations)
     return found
 
 
@@ -296,7 +300,7 @@ class Renderer:
         for document in new:
             if _has(document, lambda _k, v: v is None):
                 return None
-            if _reached(document, was.kustomizations):
+            if _reached(document, was):
                 return None
         return {_identity(d): d for d in new}
 
@@ -317,20 +321,12 @@ def _label_maps(value: Any, path: str = "") -> list[tuple[str, Any]]:
     return found
 
 
-def _reached(document: Manifest, kustomizations: list[tuple[Path, dict[str, Any]]]) -> bool:
-    """Whether a transformer of the tree may change `document`."""
-    for path, kustomization in kustomizations:
-        for entry in [
-            *(kustomization.get("patches") or []),
-            *(kustomization.get("patchesJson6902") or []),
-            *(kustomization.get("patchesStrategicMerge") or []),
-        ]:
-            target = entry.get("target") if isinstance(entry, Mapping) else None
-            if isinstance(target, Mapping):
-                if _matches(target, document):
-                    return True
-            elif _names(path.parent, entry, document):
-                return True
+def _reached(document: Manifest, was: Inputs) -> bool:
+    """Whether a transformer of the tree may change `document`: a patch the product's own
+    kustomize_lint says applies to it, an images transformer, a generated name."""
+    if any(applies_to(patch, document) for patch in was.patches):
+        return True
+    for _path, kustomization in was.kustomizations:
         if kustomization.get("images") and _has(document, lambda k, _v: k == "image"):
             return True
         generated = [
@@ -345,20 +341,3 @@ def _reached(document: Manifest, kustomizations: list[tuple[Path, dict[str, Any]
 
 def _names_one_of(names: frozenset[str], _key: Any, value: Any) -> bool:
     return isinstance(value, str) and value in names
-
-
-def _names(directory: Path, entry: Any, document: Manifest) -> bool:
-    """Whether a strategic-merge patch without a target names `document` (by kind and name,
-    as kustomize matches it); True when the patch cannot be read (do not guess)."""
-    if isinstance(entry, Mapping):
-        text = str(entry.get("patch") or "")
-        if entry.get("path"):
-            text = (directory / str(entry["path"])).read_text(encoding="utf-8")
-    else:
-        candidate = directory / str(entry)
-        text = candidate.read_text(encoding="utf-8") if candidate.is_file() else str(entry)
-    patches = _objects(text)
-    if patches is None:
-        return True
-    kind, _, name = key(document)
-    return any(key(p)[0] == kind and key(p)[2] == name for p in patches)

@@ -1,13 +1,9 @@
 """Reproductions from the review of the mesh18 merge (issue 18 leftovers). Each test states what
-an SRE would expect. The ones still marked xfail(strict=True) are known open defects: they fail
-today and pass once fixed (strict: a fix makes them XPASS, which fails the run until the mark is
-removed). The others were fixed and stay as regression tests."""
+an SRE would expect. All were fixed and stay as regression tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
 
 from his.mesh.check import run_check
 from his.mesh.render import render as kubectl_render
@@ -42,22 +38,12 @@ def test_a_mesh_wide_deny_of_every_call_is_a_finding(policy_copy: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a schema finding on a field an overlay patch wrote (prod postgres.yaml "
-    "`instance: 3`) names the base file components/postgres/cluster.yaml, not the patch",
-)
 def test_an_unknown_field_written_by_an_overlay_patch_names_the_patch(policy_copy: Path) -> None:
     edit(policy_copy, f"{PROD}/postgres.yaml", "  instances: 3", "  instance: 3")
     found = [f for f in run_check(policy_copy, ["prod"]).findings if "instance" in f.subject]
     assert [f.file for f in found] == [f"{PROD}/postgres.yaml"], found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a fault written in virtual-services/patient.yaml is blamed on the dev patch "
-    "that adds a fault to another route, and merged into that patch's one finding",
-)
 def test_a_fault_in_the_file_is_not_blamed_on_a_patch_faulting_another_route(
     policy_copy: Path,
 ) -> None:
@@ -105,3 +91,17 @@ def test_the_splice_equals_kubectl_for_an_unquoted_annotation(policy_copy: Path)
     assert Renderer(REPOSITORY, kubectl_render)(policy_copy / DEV) == kubectl_render(
         policy_copy / DEV
     )
+
+
+def test_a_scaling_mistake_an_overlay_patch_writes_names_the_patch(policy_copy: Path) -> None:
+    edit(
+        policy_copy,
+        f"{DEV}/hpa.yaml",
+        "  path: /spec/minReplicas\n  value: 1",
+        "  path: /spec/minReplicas\n  value: 3",
+    )
+    found = [f for f in run_check(policy_copy, ["dev"]).findings if "minReplicas 3 >" in f.problem]
+    assert found and {f.file for f in found} == {f"{DEV}/hpa.yaml"}, found
+    assert all("patched in by" in f.subject for f in found)
+    # prod does not apply the patch: its HPAs' findings (none here) would name the base files.
+    assert not [f for f in run_check(policy_copy, ["prod"]).findings if "minReplicas" in f.problem]

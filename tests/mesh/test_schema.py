@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from his.mesh import cnpg_crd
 from his.mesh.findings import Finding
+from his.mesh.istio_crds import SchemaUnavailable
 from his.mesh.schema import SchemaResult, cnpg_release, istio_release, validate
 from his.mesh.sources import Source
 
@@ -423,3 +425,23 @@ def test_findings_are_sorted_by_path_within_each_manifest() -> None:
         ]
         * 2
     )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        ("- supervised\n", "- supervised\n                - automatic\n", "edited by hand?"),
+        ("his-mesh.carried/content-sha256", "his-mesh.carried/checksum", "no 'his-mesh"),
+    ],
+    ids=["schema-edited", "digest-missing"],
+)
+def test_a_hand_edited_cnpg_crd_is_refused_not_used(
+    tmp_path: Path, old: str, new: str, reason: str
+) -> None:
+    text = (REPOSITORY / "services/his/mesh/crds/cnpg-clusters.yaml").read_text(encoding="utf-8")
+    assert old in text
+    altered = tmp_path / "cnpg-clusters.yaml"
+    altered.write_text(text.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(SchemaUnavailable, match="CloudNativePG schema unreadable") as raised:
+        cnpg_crd.load(altered)
+    assert reason in str(raised.value)

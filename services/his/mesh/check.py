@@ -19,10 +19,17 @@ from his.mesh import drills, schema
 from his.mesh.cluster import Cluster
 from his.mesh.findings import Finding, grouped
 from his.mesh.istio_crds import SchemaUnavailable
-from his.mesh.kustomize_lint import introduced_by, lint_kustomize, patches_of
+from his.mesh.kustomize_lint import (
+    Patch,
+    kustomizations,
+    lint_kustomize,
+    patches_of,
+    written_by,
+)
 from his.mesh.lint import lint
 from his.mesh.render import KubectlMissing, RenderFailed, render
 from his.mesh.sources import (
+    FieldPath,
     Manifest,
     RootNotFound,
     Source,
@@ -89,7 +96,9 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
         for file, error in read.unparsable.items()
     }
     trees = [MESH, *(f"{OVERLAYS}/{name}" for name in chosen)]
-    sources: dict[tuple[str, tuple[str, str, str]], Source] = {}
+    # The same object appears in every overlay: each distinct rendering is validated once, and
+    # a field of it is blamed on the patches that wrote it in any of the trees rendering it.
+    rendered: dict[tuple[str, tuple[str, str, str]], tuple[Manifest, str, list[list[Patch]]]] = {}
     mesh_objects: list[Manifest] | None = None
     for tree in trees:
         try:
@@ -107,21 +116,27 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
             )
             continue
         report.rendered[tree] = len(objects)
-        located = [Source(file_of(files, obj, tree), obj) for obj in objects]
-        for source in located:
-            # The same object appears in every overlay; validate each distinct rendering once.
-            sources.setdefault(
-                (json.dumps(source.manifest, sort_keys=True, default=str), key(source.manifest)),
-                source,
-            )
+        tree_kustomizations = kustomizations(root, tree)
+        patches = patches_of(root, tree, tree_kustomizations)
+        for obj in objects:
+            identity = (json.dumps(obj, sort_keys=True, default=str), key(obj))
+            rendered.setdefault(identity, (obj, tree, []))[2].append(patches)
         if tree == MESH:
             mesh_objects = objects
             found.update(_unlisted(files, objects))
         else:
-            cluster = overlay_cluster(root, tree, objects, files)
+            cluster = overlay_cluster(root, tree, objects, files, patches)
             found.update(lint(cluster))
-            found.update(lint_kustomize(root, tree, objects))
-    result = schema.validate(list(sources.values()))
+            found.update(lint_kustomize(root, tree, objects, tree_kustomizations))
+    sources = [
+        Source(
+            file_of(files, obj, first_tree),
+            obj,
+            functools.partial(_writers, obj, in_trees),
+        )
+        for obj, first_tree, in_trees in rendered.values()
+    ]
+    result = schema.validate(sources)
     found.update(result.findings)
     report.schema_checked = result.checked
     report.notes.extend(
@@ -137,15 +152,29 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
 
 
 def overlay_cluster(
-    root: Path, tree: str, objects: list[Manifest], files: dict[tuple[str, str, str], str]
+    root: Path,
+    tree: str,
+    objects: list[Manifest],
+    files: dict[tuple[str, str, str], str],
+    patches: list[Patch] | None = None,
 ) -> Cluster:
     """One rendered overlay for the lint: each object located in the file it is written in,
-    and a field a kustomize patch wrote traced to that patch."""
+    and a field a kustomize patch wrote traced to that patch (the tree's patches, read when
+    not given)."""
     return Cluster(
         objects,
         functools.partial(file_of, files, fallback=tree),
-        patched_by=functools.partial(introduced_by, patches_of(root, tree)),
+        patched_by=functools.partial(
+            written_by, patches_of(root, tree) if patches is None else patches
+        ),
     )
+
+
+def _writers(manifest: Manifest, in_trees: list[list[Patch]], path: FieldPath) -> list[Patch]:
+    """The patches that wrote the field at `path` of one rendering, in any tree rendering it."""
+    found = (written_by(patches, manifest, path) for patches in in_trees)
+    # Patches hold mappings (unhashable): one per place it is listed.
+    return list({str(patch): patch for patch in found if patch is not None}.values())
 
 
 def _unlisted(files: dict[tuple[str, str, str], str], rendered: list[Manifest]) -> list[Finding]:

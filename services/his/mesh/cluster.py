@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from his.mesh.findings import Finding, subject
+from his.mesh.findings import Finding, located, subject
 from his.mesh.routes import fqdn, istio_host
-from his.mesh.sources import Manifest
+from his.mesh.sources import FieldPath, Manifest
 
 if TYPE_CHECKING:
     from his.mesh.kustomize_lint import Patch
 
 Locate = Callable[[Manifest], str]
-# The kustomize patch that wrote a field (by name) into a rendered object, or None: a finding
-# about that field names the patch, not the file the object was first written in.
-PatchedBy = Callable[[Manifest, str], "Patch | None"]
+# The kustomize patch that wrote the field at a path (`spec.http[3].fault`) of a rendered object,
+# or None: a finding about that field names the patch, not the file the object was written in.
+PatchedBy = Callable[[Manifest, FieldPath], "Patch | None"]
 
 
-def _no_patches(manifest: Manifest, name: str) -> Patch | None:
+def _no_patches(manifest: Manifest, path: FieldPath) -> Patch | None:
     return None
 
 
@@ -108,7 +108,25 @@ def spec_of(manifest: Manifest) -> dict[str, Any]:
     return spec if isinstance(spec, dict) else {}
 
 
-def finding(cluster: Cluster, manifest: Manifest, where: str, problem: str, fix: str) -> Finding:
+def finding(
+    cluster: Cluster,
+    manifest: Manifest,
+    where: str,
+    problem: str,
+    fix: str,
+    *,
+    paths: Sequence[FieldPath] = (),
+) -> Finding:
+    """A finding about an object, in the file it is written in; or, when a kustomize patch
+    wrote the field at one of `paths` (the fields the problem is about, first the likeliest),
+    in that patch's file, naming the patch."""
+    for path in paths:
+        patch = cluster.patched_by(manifest, path)
+        if patch is not None:
+            (found,) = located(
+                cluster.locate(manifest), manifest, where, problem, fix, writers=[patch]
+            )
+            return found
     return Finding(cluster.locate(manifest), subject(manifest, where), problem, fix)
 
 

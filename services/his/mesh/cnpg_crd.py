@@ -7,11 +7,15 @@ module from cloudnative-pg's `config/crd/bases/postgresql.cnpg.io_clusters.yaml`
 and never edited by hand:
 
     python -m his.mesh.cnpg_crd postgresql.cnpg.io_clusters.yaml --release 1.30.0 --commit <sha>
+    make cnpg-schema SRC=postgresql.cnpg.io_clusters.yaml RELEASE=1.30.0 COMMIT=<sha>
 
 Trimmed only where validation does not look: `description`/`example`/`externalDocs` (prose),
 the `status` schema (the operator writes it), printer columns and subresources. Every assertion
 (types, enums, bounds, patterns, required) and every `x-kubernetes-*` extension, CEL rules
-included, is kept as upstream.
+included, is kept as upstream. As for the Istio schemas (`his.mesh.istio_crds`), the file records
+the sha256 of what it keeps (`his-mesh.carried/content-sha256`, over the CRD's spec as canonical
+JSON) and `load` verifies it: a hand edit is an error, not a silently different check.
+`--check` compares the carried file with what an upstream file gives.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from his.mesh.istio_crds import Schema, SchemaUnavailable, object_schema
+from his.mesh.istio_crds import Schema, SchemaUnavailable, content_digest, object_schema
 from his.mesh.sources import load_all
 
 ARTIFACT = "cnpg-clusters.yaml"
@@ -96,6 +100,9 @@ def build(source: bytes, *, release: str, commit: str) -> str:
             ],
         },
     }
+    trimmed["metadata"]["annotations"][f"{_ANNOTATION}content-sha256"] = content_digest(
+        trimmed["spec"]
+    )
     header = _HEADER.format(release=release, commit=commit, sha256=sha256)
     body = yaml.safe_dump(trimmed, sort_keys=True, width=100, allow_unicode=True)
     return header + "---\n" + body
@@ -121,8 +128,11 @@ def load(artifact: Traversable | None = None) -> CarriedCrd:
     try:
         (crd,) = [d for d in documents if isinstance(d, dict)]
         spec: dict[str, Any] = crd["spec"]
+        annotations = crd["metadata"]["annotations"]
+        if annotations[f"{_ANNOTATION}content-sha256"] != content_digest(spec):
+            raise ValueError("its schema does not match its content-sha256 (edited by hand?)")
         return CarriedCrd(
-            release=str(crd["metadata"]["annotations"][f"{_ANNOTATION}release"]),
+            release=str(annotations[f"{_ANNOTATION}release"]),
             group=str(spec["group"]),
             kind=str(spec["names"]["kind"]),
             versions={
@@ -132,8 +142,9 @@ def load(artifact: Traversable | None = None) -> CarriedCrd:
             },
         )
     except (KeyError, TypeError, ValueError) as error:
+        reason = f"no {error}" if isinstance(error, KeyError) else str(error)
         raise SchemaUnavailable(
-            f"CloudNativePG schema unreadable: {artifact}: no {error}; {fix}"
+            f"CloudNativePG schema unreadable: {artifact}: {reason}; {fix}"
         ) from error
 
 
@@ -149,12 +160,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--release", required=True, help="its release tag without the v: 1.30.0")
     parser.add_argument("--commit", required=True, help="the commit of that tag")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="%(default)s")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with --output instead of writing it"
+    )
     args = parser.parse_args(argv)
     try:
         text = build(args.source.read_bytes(), release=args.release, commit=args.commit)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, yaml.YAMLError) as error:
         print(f"cnpg_crd: cannot build from {args.source}: {error}", file=sys.stderr)
         return 2
+    if args.check:
+        current = args.output.read_text(encoding="utf-8") if args.output.is_file() else ""
+        same = current == text
+        print(f"{args.output} {'is' if same else 'differs from'} what {args.source} gives")
+        return 0 if same else 1
     args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output}: CloudNativePG {args.release}, {len(text) // 1000} kB")
     return 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, order=True)
@@ -29,6 +30,35 @@ def subject(manifest: dict[str, object], where: str = "") -> str:
     qualified = f"{namespace}/{name}" if namespace else str(name)
     text = f"{manifest.get('kind', '?')} {qualified}"
     return f"{text} {where}" if where else text
+
+
+class Writer(Protocol):
+    """What wrote a field into a rendered object other than the object's own file: a kustomize
+    patch (`his.mesh.kustomize_lint.Patch`). Printed as where it is listed."""
+
+    @property
+    def written_in(self) -> str: ...
+
+
+def located(
+    file: str,
+    manifest: dict[str, object],
+    where: str,
+    problem: str,
+    fix: str,
+    *,
+    writers: Sequence[Writer] = (),
+) -> list[Finding]:
+    """The findings about one field: in the object's own file, or, when patches wrote the
+    field, in each patch's file with the patch named (the file an SRE must edit)."""
+    if not writers:
+        return [Finding(file, subject(manifest, where), problem, fix)]
+    return [
+        Finding(
+            writer.written_in, f"{subject(manifest, where)}, patched in by {writer}", problem, fix
+        )
+        for writer in writers
+    ]
 
 
 def grouped(findings: Iterable[Finding]) -> list[Finding]:

@@ -144,7 +144,7 @@ def build(source: bytes, *, name: str, release: str, origin: str) -> dict[str, A
         "license": "Apache-2.0: Istio Authors; see ISTIO-LICENSE and NOTICE beside this file",
         "generator": "python -m his.mesh.istio_crds (descriptions, status and printer columns "
         "left out; schemas and x-kubernetes-* extensions as upstream)",
-        "content_sha256": _digest(crds),
+        "content_sha256": content_digest(crds),
         "crds": _sorted(crds),
     }
 
@@ -175,7 +175,8 @@ def _without_prose(node: Schema) -> Schema:
     }
 
 
-def _digest(crds: Any) -> str:
+def content_digest(crds: Any) -> str:
+    """sha256 of schemas as canonical JSON: what a carried file records and `load` verifies."""
     canonical = json.dumps(crds, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -212,7 +213,7 @@ def load(artifact: Traversable | None = None) -> IstioCrds:
         if document["format"] != FORMAT:
             raise ValueError(f"format {document['format']!r}, this code reads {FORMAT}")
         crds = document["crds"]
-        if document["content_sha256"] != _digest(crds):
+        if document["content_sha256"] != content_digest(crds):
             raise ValueError("its schemas do not match its content_sha256 (edited by hand?)")
         return IstioCrds(
             release=str(document["istio"]),

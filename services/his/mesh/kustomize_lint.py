@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from his.mesh.findings import Finding
-from his.mesh.sources import Manifest, key, load_all
+from his.mesh.sources import FieldPath, Manifest, key, load_all
 
 _NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 DRILLS = "mesh/istio/drills"
@@ -61,14 +61,26 @@ def _tree(root: Path, start: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
                 stack.append(candidate)
 
 
+Kustomizations = list[tuple[Path, dict[str, Any]]]
+
+
+def kustomizations(root: Path, tree: str) -> Kustomizations:
+    """The kustomization files the tree builds on, parsed once: for the lint and for
+    `patches_of` alike."""
+    return list(_tree(root, root / tree))
+
+
 def _relative(root: Path, path: Path) -> str:
     return path.resolve().relative_to(root.resolve()).as_posix()
 
 
-def lint_kustomize(root: Path, tree: str, objects: list[Manifest]) -> list[Finding]:
-    """Patches matching nothing, drills in a kustomization, unpinned images in production."""
+def lint_kustomize(
+    root: Path, tree: str, objects: list[Manifest], read: Kustomizations | None = None
+) -> list[Finding]:
+    """Patches matching nothing, drills in a kustomization, unpinned images in production.
+    `read`: the tree's kustomizations when already read."""
     found: list[Finding] = []
-    for path, document in _tree(root, root / tree):
+    for path, document in kustomizations(root, tree) if read is None else read:
         file = _relative(root, path)
         found.extend(_patches(file, document, objects, tree))
         found.extend(_drills(root, path, file, document))
@@ -186,10 +198,11 @@ class Patch:
         return f"{self.kustomization} {self.entry}{shown}"
 
 
-def patches_of(root: Path, tree: str) -> list[Patch]:
-    """Every patch of the kustomizations the tree builds on."""
+def patches_of(root: Path, tree: str, read: Kustomizations | None = None) -> list[Patch]:
+    """Every patch of the kustomizations the tree builds on (`read`: them, when already read),
+    the overlay's first. A patch file that does not parse is left out (kustomize refuses it)."""
     found: list[Patch] = []
-    for path, document in _tree(root, root / tree):
+    for path, document in kustomizations(root, tree) if read is None else read:
         fields = ("patches", "patchesJson6902", "patchesStrategicMerge")
         for name, index, entry in _entries(document, fields):
             text, file = "", None
@@ -222,16 +235,36 @@ def patches_of(root: Path, tree: str) -> list[Patch]:
     return found
 
 
-def introduced_by(patches: list[Patch], manifest: Manifest, name: str) -> Patch | None:
-    """The patch that writes field `name` into the rendered `manifest`, if one does (the last
-    one listed, as the last applied wins): a patch targeting the object whose content sets it."""
-    for patch in reversed(patches):
-        if _applies_to(patch, manifest) and _sets(patch.content, name):
+def written_by(patches: list[Patch], manifest: Manifest, path: FieldPath) -> Patch | None:
+    """The patch that wrote the field at `path` of the rendered `manifest`, if one did: of the
+    patches targeting the object whose content writes that very path (not merely the same
+    field name elsewhere in the object), the one kustomize applied last. The object itself
+    (an empty path) is never a patch's."""
+    if not path:
+        return None
+    for patch in _last_applied_first(patches):
+        if applies_to(patch, manifest) and any(
+            _writes(document, manifest, list(path)) for document in patch.content
+        ):
             return patch
     return None
 
 
-def _applies_to(patch: Patch, manifest: Manifest) -> bool:
+def _last_applied_first(patches: list[Patch]) -> Iterator[Patch]:
+    """`patches_of` lists the overlay's kustomization first, then what it builds on; kustomize
+    applies a kustomization's own patches after those of its resources and components, and
+    within one kustomization in the order listed. So: the overlay's, last listed first, then
+    the next kustomization's."""
+    by_file: dict[str, list[Patch]] = {}
+    for patch in patches:
+        by_file.setdefault(patch.kustomization, []).append(patch)
+    for listed in by_file.values():
+        yield from reversed(listed)
+
+
+def applies_to(patch: Patch, manifest: Manifest) -> bool:
+    """Whether kustomize applies the patch to the object: its target selects it, or (a
+    strategic-merge patch without one) a document of the patch names its kind and name."""
     if patch.target is not None:
         return _matches(patch.target, manifest)
     # A strategic-merge patch names its object itself.
@@ -241,19 +274,90 @@ def _applies_to(patch: Patch, manifest: Manifest) -> bool:
     )
 
 
-def _sets(content: Any, name: str) -> bool:
-    """Whether a patch's content writes a field `name`: a key of that name, or a JSON 6902
-    operation whose path ends in it or whose value holds it."""
-    if isinstance(content, Mapping):
-        if content.get("op") in ("add", "replace", "copy", "move") and isinstance(
-            content.get("path"), str
-        ):
-            path = str(content["path"]).split("/")
-            return name in path or _sets(content.get("value"), name)
-        return name in content or any(_sets(value, name) for value in content.values())
-    if isinstance(content, list | tuple):
-        return any(_sets(item, name) for item in content)
-    return False
+def _writes(document: Any, rendered: Any, path: list[int | str]) -> bool:
+    """Whether one document of a patch writes the field at `path`: a JSON 6902 operation list
+    whose add/replace/copy/move lands on the path or on an object holding it, or a
+    strategic-merge document holding the path."""
+    if isinstance(document, list):
+        return any(_operation_writes(op, rendered, path) for op in document)
+    return _merge_writes(document, rendered, path)
+
+
+def _operation_writes(operation: Any, rendered: Any, path: list[int | str]) -> bool:
+    if not isinstance(operation, Mapping) or not isinstance(operation.get("path"), str):
+        return False
+    if operation.get("op") not in ("add", "replace", "copy", "move"):
+        return False
+    target = _pointer(str(operation["path"]), rendered)
+    if target is None or path[: len(target)] != target:
+        return False
+    if operation.get("op") in ("copy", "move"):
+        return True  # the value comes from elsewhere in the object: all of it is this op's
+    return _holds(operation.get("value"), path[len(target) :])
+
+
+def _pointer(text: str, rendered: Any) -> list[int | str] | None:
+    """A JSON pointer (`/spec/http/3/fault`) as a field path of the rendered object: digits
+    index a list, `-` (append) the list's last item."""
+    if not text.startswith("/"):
+        return None
+    parts: list[int | str] = []
+    node = rendered
+    for raw in text[1:].split("/"):
+        token = raw.replace("~1", "/").replace("~0", "~")
+        part: int | str = token
+        if isinstance(node, list):
+            if token == "-":  # noqa: S105 - JSON pointer's "end of the list", not a secret
+                part = len(node) - 1
+            elif token.isdigit():
+                part = int(token)
+            else:
+                return None
+        parts.append(part)
+        node = _child(node, part)
+    return parts
+
+
+def _child(node: Any, part: int | str) -> Any:
+    if isinstance(part, int):
+        return node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+    return node.get(part) if isinstance(node, Mapping) else None
+
+
+def _holds(value: Any, path: list[int | str]) -> bool:
+    """Whether a value an operation writes holds the rest of the path."""
+    for part in path:
+        value = _child(value, part)
+        if value is None:
+            return False
+    return True
+
+
+def _merge_writes(document: Any, rendered: Any, path: list[int | str]) -> bool:
+    """Whether a strategic-merge document holds the field at `path` of the rendered object.
+    A list item is the patch's when the patch has an item of the same `name` (the merge key of
+    containers, ports, routes), or when the patch's list is as long as the rendered one
+    (a list the patch replaced whole, as kustomize does for custom resources)."""
+    node, seen = document, rendered
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(node, list) or not isinstance(seen, list) or part >= len(seen):
+                return False
+            item = seen[part]
+            name = item.get("name") if isinstance(item, Mapping) else None
+            same = [i for i in node if isinstance(i, Mapping) and name and i.get("name") == name]
+            if same:
+                node = same[0]
+            elif len(node) == len(seen):
+                node = node[part]
+            else:
+                return False
+            seen = item
+        else:
+            if not isinstance(node, Mapping) or part not in node:
+                return False
+            node, seen = node[part], _child(seen, part)
+    return True
 
 
 # --- drills are applied by hand, never from a kustomization -----------------------------------

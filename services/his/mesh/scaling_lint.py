@@ -4,13 +4,16 @@ An HPA whose minReplicas exceeds maxReplicas is refused by nothing and scales er
 whose target does not exist scales nothing; two on one Deployment fight. A PodDisruptionBudget
 must select pods and leave at least one of them evictable at the lowest scale, or every node
 drain (cluster upgrades included) blocks on it; two budgets on one pod make the eviction API
-refuse every eviction of it. A one-instance CloudNativePG Cluster keeping its operator's budget
-blocks drains the same way.
+refuse every eviction of it. A CloudNativePG Cluster's pods count as pods (labelled
+cnpg.io/cluster=<name>, one primary and instances - 1 replicas), and the operator keeps its own
+budgets on them (enablePDB): a one-instance Cluster keeping its operator's budget blocks drains,
+and a budget of ours on pods the operator's covers is a second budget on them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from his.mesh.cluster import Cluster, finding, kind_of, name_of, namespace_of, spec_of
@@ -44,7 +47,8 @@ def _hpas(cluster: Cluster) -> Iterator[Finding]:
                 "minReplicas",
                 f"minReplicas {low} > maxReplicas {high}: the autoscaler cannot satisfy both "
                 "(it scales to maxReplicas and reports ScalingLimited)",
-                "make minReplicas at most maxReplicas (an overlay's patch may set one of them)",
+                "make minReplicas at most maxReplicas",
+                paths=[("spec", "minReplicas"), ("spec", "maxReplicas")],
             )
         target = spec.get("scaleTargetRef") or {}
         ref = (str(target.get("kind", "")), namespace_of(hpa), str(target.get("name", "")))
@@ -97,15 +101,79 @@ def _count(value: Any, total: int) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Pods:
+    """Pods a budget may select: a workload's, or one role of a CloudNativePG Cluster's."""
+
+    name: str  # `Deployment his/patient`, `Cluster his/his-db primary`
+    short: str  # `patient`, `his-db primary`
+    namespace: str
+    labels: dict[str, str]
+    lowest: int  # the fewest of them running
+    operator_budget: bool = False  # the CloudNativePG operator keeps its own budget on them
+
+
+def _pod_sets(cluster: Cluster) -> list[_Pods]:
+    found = [
+        _Pods(
+            f"{kind_of(w)} {namespace_of(w)}/{name_of(w)}",
+            name_of(w),
+            namespace_of(w),
+            _pod_labels(w),
+            _lowest_scale(cluster, w),
+        )
+        for w in _workloads(cluster)
+    ]
+    for db in _cnpg_clusters(cluster):
+        found.extend(_instances(db))
+    return found
+
+
+def _cnpg_clusters(cluster: Cluster) -> list[Manifest]:
+    return [
+        db
+        for db in cluster.of_kind("Cluster")
+        if str(db.get("apiVersion", "")).startswith("postgresql.cnpg.io/")
+    ]
+
+
+def _instances(db: Manifest) -> list[_Pods]:
+    """The pods the operator runs for a Cluster, labelled as it labels them
+    (cnpg.io/cluster, cnpg.io/instanceRole and the older `role`, inheritedMetadata's labels):
+    one primary and instances - 1 replicas. With enablePDB (the default) it keeps a budget on
+    the primary, and one on the replicas from three instances on (pkg/specs/
+    poddisruptionbudget.go)."""
+    spec = spec_of(db)
+    instances = spec.get("instances", 1)
+    instances = instances if isinstance(instances, int) else 1
+    inherited = ((spec.get("inheritedMetadata") or {}).get("labels")) or {}
+    common = {str(k): str(v) for k, v in inherited.items()}
+    common |= {"cnpg.io/cluster": name_of(db), "cnpg.io/podRole": "instance"}
+    budgets = spec.get("enablePDB", True) is not False
+    name = f"Cluster {namespace_of(db)}/{name_of(db)}"
+    roles = [("primary", 1, budgets), ("replica", instances - 1, budgets and instances >= 3)]
+    return [
+        _Pods(
+            f"{name} {role}",
+            f"{name_of(db)} {role}",
+            namespace_of(db),
+            common | {"cnpg.io/instanceRole": role, "role": role},
+            count,
+            operator,
+        )
+        for role, count, operator in roles
+        if count > 0
+    ]
+
+
 def _pdbs(cluster: Cluster) -> Iterator[Finding]:
-    budgets: dict[tuple[str, str], Manifest] = {}
+    budgets: dict[str, Manifest] = {}
+    pod_sets = _pod_sets(cluster)
     for pdb in cluster.of_kind("PodDisruptionBudget"):
         spec = spec_of(pdb)
         selector = spec.get("selector") or {}
         selected = [
-            w
-            for w in _workloads(cluster)
-            if namespace_of(w) == namespace_of(pdb) and selects(selector, _pod_labels(w))
+            p for p in pod_sets if p.namespace == namespace_of(pdb) and selects(selector, p.labels)
         ]
         if not selected:
             yield finding(
@@ -116,15 +184,26 @@ def _pdbs(cluster: Cluster) -> Iterator[Finding]:
                 "select the pods it is for (their template labels)",
             )
             continue
-        for workload in selected:
-            key = (namespace_of(workload), name_of(workload))
-            other = budgets.setdefault(key, pdb)
+        covered = [p.name for p in selected if p.operator_budget]
+        if covered:
+            yield finding(
+                cluster,
+                pdb,
+                "selector",
+                f"selects the pods of {', '.join(covered)}, which CloudNativePG's own "
+                "PodDisruptionBudget (enablePDB) covers too: the eviction API refuses to "
+                "evict a pod with two budgets, so drains block",
+                "remove this budget (the operator's keeps the database available), or set "
+                "enablePDB: false on the Cluster",
+            )
+        for pods in selected:
+            other = budgets.setdefault(pods.name, pdb)
             if other is not pdb:
                 yield finding(
                     cluster,
                     pdb,
                     "selector",
-                    f"selects the pods of {kind_of(workload)} {key[0]}/{key[1]}, which "
+                    f"selects the pods of {pods.name}, which "
                     f"PodDisruptionBudget {namespace_of(other)}/{name_of(other)} selects too: "
                     "the eviction API refuses to evict a pod with two budgets, so drains block",
                     "keep one budget per set of pods",
@@ -133,10 +212,10 @@ def _pdbs(cluster: Cluster) -> Iterator[Finding]:
 
 
 def _room(
-    cluster: Cluster, pdb: Manifest, spec: Mapping[str, Any], selected: list[Manifest]
+    cluster: Cluster, pdb: Manifest, spec: Mapping[str, Any], selected: list[_Pods]
 ) -> Iterator[Finding]:
-    lowest = sum(_lowest_scale(cluster, w) for w in selected)
-    names = ", ".join(name_of(w) for w in selected)
+    lowest = sum(p.lowest for p in selected)
+    names = ", ".join(p.short for p in selected)
     if "maxUnavailable" in spec:
         allowed = _count(spec["maxUnavailable"], lowest)
         if allowed == 0:
@@ -147,6 +226,7 @@ def _room(
                 f"{spec['maxUnavailable']!r} lets no pod of {names} be evicted: every node "
                 "drain (and cluster upgrade) waits on it forever",
                 "set maxUnavailable: 1",
+                paths=[("spec", "maxUnavailable")],
             )
     elif "minAvailable" in spec:
         needed = _count(spec["minAvailable"], lowest)
@@ -158,6 +238,7 @@ def _room(
                 f"{spec['minAvailable']!r} keeps all {lowest} pod(s) of {names} at its lowest "
                 "scale: no pod may be evicted, so node drains block",
                 "use maxUnavailable: 1 (works at every scale, one replica included)",
+                paths=[("spec", "minAvailable")],
             )
 
 
@@ -165,9 +246,7 @@ def _cnpg_single_instance_pdb(cluster: Cluster) -> Iterator[Finding]:
     """CloudNativePG gives every Cluster a PodDisruptionBudget on its primary (enablePDB, default
     true); with one instance there is no replica to switch over to, so that budget blocks every
     drain of the node (CloudNativePG docs, kubernetes_upgrade.md)."""
-    for db in cluster.of_kind("Cluster"):
-        if not str(db.get("apiVersion", "")).startswith("postgresql.cnpg.io/"):
-            continue
+    for db in _cnpg_clusters(cluster):
         spec = spec_of(db)
         if spec.get("instances", 1) == 1 and spec.get("enablePDB", True) is not False:
             yield finding(
@@ -178,6 +257,7 @@ def _cnpg_single_instance_pdb(cluster: Cluster) -> Iterator[Finding]:
                 "true): the primary may never be evicted, so draining its node (and every "
                 "cluster upgrade) blocks",
                 "set enablePDB: false where one instance is meant (dev), or run instances: 3",
+                paths=[("spec", "instances")],
             )
 
 

@@ -3,7 +3,8 @@
 Kubernetes kinds are checked against the strict JSON schemas that `kubernetes-validate` ships;
 Istio kinds against the Istio CRD schemas the package carries (`his.mesh.istio_crds`: built from
 Istio's CRD file of one release, installed with the package); the CloudNativePG `Cluster`
-against the operator's CRD the package carries (`his.mesh.cnpg_crd`). All are made strict: an
+against the operator's CRD the package carries (`his.mesh.cnpg_crd`), and the rules its
+admission webhook enforces in code (`his.mesh.cnpg_webhook`). All are made strict: an
 unknown field is a finding, because the API server prunes it (Kubernetes, CloudNativePG) or Istio
 ignores it, and the policy an SRE wrote silently does not apply. Kinds with no schema offline
 (Flagger, other CloudNativePG kinds, ...) are listed as unchecked. A missing or damaged carried
@@ -40,13 +41,14 @@ from jsonschema.exceptions import (
 )
 from referencing import Registry, Resource
 
-from his.mesh import cel_rules, cnpg_crd, istio_crds
-from his.mesh.findings import Finding, subject
+from his.mesh import cel_rules, cnpg_crd, cnpg_webhook, istio_crds, quantity
+from his.mesh.findings import Finding, located, subject
 from his.mesh.istio_crds import map_subschemas
 from his.mesh.sources import Source
 
 _DEFINITIONS = "https://kubernetes.io/api/_definitions.json"
 _OBJECT_META = f"{_DEFINITIONS}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+_QUANTITY_DEFINITION = "io.k8s.apimachinery.pkg.api.resource.Quantity"
 # OpenAPI annotations that are not JSON Schema assertions. CEL rules are left out of the JSON
 # schema: his.mesh.cel_rules evaluates them on the carried schema itself.
 _DROPPED = frozenset({"description", "format", "nullable", "example", "externalDocs"})
@@ -234,6 +236,12 @@ def _read_json(directory: str, name: str) -> Any:
 def _kubernetes(directory: str) -> tuple[Registry[Any], frozenset[str]]:
     """The definitions registry of one Kubernetes version, and its built-in API groups."""
     definitions = _read_json(directory, "_definitions.json")
+    # kubernetes-validate types a quantity as any string; the API server parses it, and
+    # refuses `10GB`: check it as the CRDs spell a quantity (a pattern applies to strings only).
+    definitions["$defs"][_QUANTITY_DEFINITION] = {
+        "type": ["string", "number", "null"],
+        "pattern": quantity.PATTERN,
+    }
     groups = frozenset(
         gvk.get("group", "")
         for definition in definitions["$defs"].values()
@@ -318,6 +326,10 @@ def validate(manifests: Sequence[Source], *, kubernetes_version: str = "1.32.0")
             )
             if gvk in schemas.openapi:
                 evaluated += _check_rules(source, schemas.openapi[gvk], result)
+            if schemas is cnpg and kind == "Cluster":
+                # What the operator's admission webhook refuses beyond its CRD schema.
+                for parts, problem, fix in cnpg_webhook.check(manifest):
+                    result.findings.extend(_located(source, parts, _path(parts), problem, fix))
         elif group in registry_groups:
             result.checked[kubernetes_name] = result.checked.get(kubernetes_name, 0) + 1
             validator = _kubernetes_validator(directory, api_version, kind)
@@ -378,10 +390,11 @@ def _check_rules(source: Source, openapi: dict[str, Any], result: SchemaResult) 
         where = _path(broken.place) + broken.field_path if broken.place else broken.field_path
         got = "" if isinstance(broken.value, dict | list) else f" (got {_short(broken.value)})"
         outcome_text = f"fails: {broken.error}" if broken.error else "is false"
-        result.findings.append(
-            Finding(
-                source.file,
-                subject(manifest, where.lstrip(".")),
+        result.findings.extend(
+            _located(
+                source,
+                broken.place,
+                where.lstrip("."),
                 f"{broken.message}{got}: the CRD's rule `{broken.rule}` {outcome_text}, "
                 "so the API server refuses the object",
                 _rule_fix(broken.rule, kind, broken.place),
@@ -427,14 +440,24 @@ def _preferred(versions: list[str]) -> str:
 def _errors(source: Source, validator: Any, *, ignored: str = "") -> list[Finding]:
     manifest = source.manifest
     kind = str(manifest.get("kind", "")).lower()
-    found: dict[tuple[tuple[tuple[int, int | str], ...], str], tuple[str, str]] = {}
+    found: dict[tuple[tuple[tuple[int, int | str], ...], str], tuple[list[int | str], str]] = {}
     for error in validator.iter_errors(manifest):
         for parts, problem, fix in _explain(error, kind, ignored=ignored):
-            found.setdefault((_sort_key(parts), problem), (_path(parts), fix))
+            found.setdefault((_sort_key(parts), problem), (parts, fix))
     return [
-        Finding(source.file, subject(manifest, where), problem, fix)
-        for (_, problem), (where, fix) in sorted(found.items())
+        finding
+        for (_, problem), (parts, fix) in sorted(found.items())
+        for finding in _located(source, parts, _path(parts), problem, fix)
     ]
+
+
+def _located(
+    source: Source, parts: Sequence[int | str], where: str, problem: str, fix: str
+) -> list[Finding]:
+    """A finding about the field at `parts`: named in the patch that wrote it, if one did."""
+    return located(
+        source.file, source.manifest, where, problem, fix, writers=source.written_by(parts)
+    )
 
 
 Explained = tuple[list[int | str], str, str]  # field path, problem, fix
@@ -480,6 +503,8 @@ def _explain(error: ValidationError, kind: str, *, ignored: str) -> Iterator[Exp
     elif word in ("minimum", "maximum") and isinstance(instance, int | float):
         bound = "at least" if word == "minimum" else "at most"
         yield parts, f"{_short(instance)} is not {bound} {value}", f"use a value of {bound} {value}"
+    elif word == "pattern" and value == quantity.PATTERN:
+        yield parts, f"{_short(instance)} is {quantity.MESSAGE}", quantity.fix(str(instance))
     elif word in ("oneOf", "anyOf"):
         yield from _explain_choice(error, parts, kind, ignored=ignored)
     else:

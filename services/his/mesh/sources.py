@@ -6,25 +6,36 @@ edits, so every manifest under mesh/ and deploy/ is indexed by kind, namespace a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from his.mesh.findings import Writer
+
 # The two trees the checks cover, relative to the repository root.
 TREES = ("mesh/istio", "deploy/kustomize")
 
 Manifest = dict[str, Any]
+FieldPath = Sequence[int | str]  # `spec.http[3].fault` as ("spec", "http", 3, "fault")
+# The kustomize patches that wrote the field at a path of a rendered object (none: its file).
+WrittenBy = Callable[[FieldPath], Sequence[Writer]]
+
+
+def _no_patch(path: FieldPath) -> Sequence[Writer]:
+    return ()
 
 
 @dataclass(frozen=True)
 class Source:
-    """One YAML document and the file it is written in (relative to the repository root)."""
+    """One YAML document, the file it is written in (relative to the repository root), and
+    which patches wrote which of its fields when it is a rendered object."""
 
     file: str
     manifest: Manifest
+    written_by: WrittenBy = field(default=_no_patch, compare=False)
 
 
 def key(manifest: Manifest) -> tuple[str, str, str]:

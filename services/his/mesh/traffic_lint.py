@@ -393,7 +393,7 @@ def _faults(cluster: Cluster) -> Iterator[Finding]:
                 "a fault outside a drill: it hits real calls whenever this is applied, and "
                 "Istio drops the route's retries and timeout while it is there"
             )
-            patch = cluster.patched_by(vs, "fault")
+            patch = cluster.patched_by(vs, ("spec", "http", index, "fault"))
             if patch is None:
                 yield finding(
                     cluster,
