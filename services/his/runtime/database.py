@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from sqlalchemy import event, text
@@ -49,11 +50,15 @@ def open_transaction() -> AsyncSession | None:
 
 @dataclass
 class DriverTransaction:
-    """A `Database.driver_transaction` open around the caller: its connection, and what to run
-    once it has committed (never after a rollback)."""
+    """A `Database.driver_transaction` open around the caller: its connection, what to run
+    last inside it when its block ends without an error (rows buffered by their owners, written
+    in one round trip: the outbox), and what to run once it has committed (never after a
+    rollback)."""
 
     connection: asyncpg.Connection
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    before_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    buffers: dict[object, list[Any]] = field(default_factory=dict)
 
 
 _open_driver: contextvars.ContextVar[DriverTransaction | None] = contextvars.ContextVar(
@@ -187,6 +192,8 @@ class Database:
                 try:
                     with no_remote_calls("a database transaction is open"):
                         yield driver
+                        for flush in opened.before_commit:
+                            await flush()
                 finally:
                     _open_driver.reset(token)
         for callback in opened.after_commit:

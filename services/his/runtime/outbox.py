@@ -20,7 +20,10 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
+import asyncpg
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import (
@@ -189,14 +192,15 @@ class Outbox:
             return
         driver = open_driver_transaction()
         if driver is not None:
-            # Scalar parameters: array ones make the driver look their types up on every new
-            # connection (three round trips), and a pool at its limit opens new ones often.
-            rows = [row(event) for event in events]
-            await driver.connection.executemany(
-                self._insert_row,
-                [(r["event_id"], r["destination"], r["event_type"], r["envelope"]) for r in rows],
-            )
-            driver.after_commit.append(self._wake)
+            # Buffered, and inserted in one round trip as the transaction's last statement: a
+            # booking's audit event and its AppointmentChanged cost one.
+            buffered = driver.buffers.get(self)
+            if buffered is None:
+                buffered = driver.buffers[self] = []
+                driver.before_commit.append(partial(self._insert_rows, driver.connection, buffered))
+                driver.after_commit.append(self._wake)
+            for r in (row(event) for event in events):
+                buffered.append((r["event_id"], r["destination"], r["event_type"], r["envelope"]))
             return
         session = open_transaction()
         if session is not None:
@@ -208,6 +212,11 @@ class Outbox:
             # Belongs to no caller: no deadline, identity or span of the first one.
             self._committer = asyncio.create_task(self._commit_all(), context=contextvars.Context())
         await asyncio.shield(future)
+
+    async def _insert_rows(self, connection: asyncpg.Connection, rows: list[Any]) -> None:
+        # Scalar parameters: array ones make the driver look their types up on every new
+        # connection (three round trips), and a pool at its limit opens new ones often.
+        await connection.executemany(self._insert_row, rows)
 
     async def add_in(self, session: AsyncSession, events: Sequence[Outgoing]) -> None:
         """Insert `events` in `session`'s transaction."""
