@@ -146,6 +146,21 @@ def _instant(value: dt.datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+def enrolment_view(row: Any) -> dict[str, object]:
+    """The audited fields of an enrolment (never a code or its hash)."""
+    return {
+        "staff": f"staff/{row.staff_id}",
+        "creator": row.created_by,
+        "expire_time": _instant(row.expire_time),
+        "approval_required": row.approval_required,
+        "assurance": row.assurance,
+        "approver": row.approved_by,
+        "approve_time": _instant(row.approve_time),
+        "used_time": _instant(row.used_time),
+        "void_time": _instant(row.void_time),
+    }
+
+
 def membership_view(row: Any) -> dict[str, object]:
     """The audited fields of a membership row."""
     return {

@@ -136,25 +136,6 @@ def enrolment_name(staff_id: uuid.UUID, enrolment_id: uuid.UUID) -> str:
     return f"staff/{staff_id}/enrolments/{enrolment_id}"
 
 
-def _instant(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def enrolment_view(row: Any) -> dict[str, object]:
-    """The audited fields of an enrolment (never a code or its hash)."""
-    return {
-        "staff": f"staff/{row.staff_id}",
-        "creator": row.created_by,
-        "expire_time": _instant(row.expire_time),
-        "approval_required": row.approval_required,
-        "assurance": row.assurance,
-        "approver": row.approved_by,
-        "approve_time": _instant(row.approve_time),
-        "used_time": _instant(row.used_time),
-        "void_time": _instant(row.void_time),
-    }
-
-
 def _new_code() -> str:
     return "".join(secrets.choice(_BASE32) for _ in range(ENROLMENT_CODE_LENGTH))
 
@@ -276,12 +257,12 @@ class StaffCredentials:
         *,
         creator: uuid.UUID | None,
         created_by: str,
-        two_person: bool,
         audit: AuditEnrolment,
     ) -> Enrolment:
         """A new one-time code (or its first half, when enrolment_rule asks for a second
-        administrator and `two_person` holds: the rule is on) for the staff member; their open
-        codes are retired. `audit` records each change in the same transaction."""
+        administrator; with no `creator`, security is off and nobody could approve) for the staff
+        member; their open codes are retired. `audit` records each change in the same
+        transaction."""
         code = _new_code()
         enrolment_id = uuid.uuid4()
         async with self._db.transaction() as session:
@@ -292,13 +273,13 @@ class StaffCredentials:
             # With the rule off (security off) nothing is checked, here or at completion.
             assurance = (
                 await enrolment_rule.assurance(session, member, creator)
-                if two_person
+                if creator is not None
                 else enrolment_rule.UNCHECKED
             )
             required = assurance == enrolment_rule.TWO_ADMINISTRATORS
             now = await sign_in_store.now(session)
             for retired in await cstore.retire_open_enrolments(session, staff_id, now):
-                after = enrolment_view(retired)
+                after = approvals.enrolment_view(retired)
                 await audit(
                     enrolment_name(staff_id, retired.id), {**after, "void_time": None}, after
                 )
@@ -313,7 +294,7 @@ class StaffCredentials:
                 approval_required=required,
                 assurance=assurance,
             )
-            await audit(enrolment_name(staff_id, enrolment_id), None, enrolment_view(row))
+            await audit(enrolment_name(staff_id, enrolment_id), None, approvals.enrolment_view(row))
         return Enrolment(row=row, code=code)
 
     async def approve_enrolment(
@@ -365,7 +346,7 @@ class StaffCredentials:
                 approval_code_hash=self._approval_hash(enrolment_id, half),
                 at=now,
             )
-            await audit(name, enrolment_view(row), enrolment_view(after))
+            await audit(name, approvals.enrolment_view(row), approvals.enrolment_view(after))
         return Enrolment(row=after, code=half)
 
     async def complete_enrolment(

@@ -39,7 +39,6 @@ from his.iam.credentials import (
     StaffCredentials,
     credential_key,
     enrolment_name,
-    enrolment_view,
 )
 from his.iam.enrolment_rule import refuse_self
 from his.iam.grant_reason import reason_problem
@@ -804,8 +803,6 @@ class IamService(pb_grpc.IamServiceServicer):
             staff_id,
             creator=creator,
             created_by=created_by,
-            # With security off (no caller is checked) nobody could approve: one suffices.
-            two_person=creator is not None,
             audit=self._audit_enrolment,
         )
         log.info(
@@ -891,8 +888,8 @@ class IamService(pb_grpc.IamServiceServicer):
                 "update",
                 enrolment_name(member.id, done.after.id),
                 _ENROLMENT_TYPE,
-                enrolment_view(done.before),
-                enrolment_view(done.after),
+                approvals.enrolment_view(done.before),
+                approvals.enrolment_view(done.after),
             )
             before = "set" if done.replaced else None
             after = "replaced" if done.replaced else "set"
