@@ -127,7 +127,7 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
         else:
             cluster = overlay_cluster(root, tree, objects, files, patches)
             found.update(lint(cluster))
-            found.update(lint_kustomize(root, tree, objects, tree_kustomizations))
+            found.update(lint_kustomize(root, tree, objects, tree_kustomizations, cluster))
     sources = [
         Source(
             file_of(files, obj, first_tree),

@@ -17,6 +17,7 @@ from his.base.env import ConfigError
 from his.mesh.calls import CALLS
 from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of, suggest
 from his.mesh.findings import Finding
+from his.mesh.scaling_lint import utilization_requests
 from his.mesh.sources import Manifest
 from his.runtime.config import LIVENESS, ServerConfig
 
@@ -99,9 +100,10 @@ def _containers(
     for index, container in enumerate(_containers_of(deployment)):
         where = f"containers[{index}] {container.get('name', '')}".rstrip()
         yield from _probes(cluster, deployment, where, container)
+        yield from _startup_time(cluster, deployment, index, container)
         yield from _security(cluster, deployment, where, container, pod_security)
         yield from _secrets(cluster, deployment, where, container)
-        yield from _resources(cluster, deployment, where, container)
+        yield from _resources(cluster, deployment, index, container)
         if _grpc_port(container) is not None:  # the server container
             env = _env(container, config_maps)
             yield from _drain(cluster, deployment, where, env)
@@ -170,6 +172,41 @@ def _probes(
     if isinstance(startup, Mapping) and isinstance(startup.get("grpc"), Mapping):
         service = str(startup["grpc"].get("service") or "")
         yield from _probe_service(cluster, deployment, where, "startupProbe", service)
+
+
+# The server answers `liveness` about 1 s after the process starts on a developer's machine
+# (`his up`); a pod on a busy node, behind its sidecar (holdApplicationUntilProxyStarts), with
+# a cold page cache, takes several times that. Below this many seconds a start-up probe kills
+# pods that were about to serve, and the Deployment crash-loops.
+MIN_STARTUP_S = 10
+# Kubernetes' defaults when a probe does not say (core/v1 Probe).
+_PROBE_DEFAULTS = {"initialDelaySeconds": 0, "periodSeconds": 10, "failureThreshold": 3}
+
+
+def _startup_time(
+    cluster: Cluster, deployment: Manifest, index: int, container: Mapping[str, Any]
+) -> Iterator[Finding]:
+    probe = container.get("startupProbe")
+    if not isinstance(probe, Mapping):
+        return
+    where = f"containers[{index}] {container.get('name', '')}".rstrip()
+    values = {name: probe.get(name, default) for name, default in _PROBE_DEFAULTS.items()}
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
+        return  # the schema's finding
+    allowed = values["initialDelaySeconds"] + values["failureThreshold"] * values["periodSeconds"]
+    if allowed < MIN_STARTUP_S:
+        yield finding(
+            cluster,
+            deployment,
+            f"{where} startupProbe",
+            f"allows {allowed} s to start (initialDelaySeconds {values['initialDelaySeconds']} + "
+            f"failureThreshold {values['failureThreshold']} x periodSeconds "
+            f"{values['periodSeconds']}): the server needs about 1 s on an idle machine and "
+            "several on a busy node behind its sidecar, so the kubelet kills pods that were "
+            "about to serve and the Deployment crash-loops",
+            f"allow at least {MIN_STARTUP_S} s (here periodSeconds: 1, failureThreshold: 30)",
+            paths=[("spec", "template", "spec", "containers", index, "startupProbe")],
+        )
 
 
 def _probe_service(
@@ -266,24 +303,35 @@ def _secrets(
 
 
 def _resources(
-    cluster: Cluster, deployment: Manifest, where: str, container: Mapping[str, Any]
+    cluster: Cluster, deployment: Manifest, index: int, container: Mapping[str, Any]
 ) -> Iterator[Finding]:
+    where = f"containers[{index}] {container.get('name', '')}".rstrip()
     resources = container.get("resources") or {}
+    # A request an HPA's Utilization target needs is the HPA rule's finding (it names the HPA).
+    scaled = {
+        resource
+        for resource, only in utilization_requests(cluster, deployment)
+        if only in (None, container.get("name"))
+    }
     for part in ("requests", "limits"):
         given = resources.get(part) or {}
-        missing = [r for r in _RESOURCES if r not in given]
+        missing = [
+            r for r in _RESOURCES if r not in given and not (part == "requests" and r in scaled)
+        ]
         if missing:
             why = (
-                "the scheduler and the HPA's CPU target need requests"
+                "the scheduler places the pod by its requests"
                 if part == "requests"
                 else "one runaway pod can starve the node"
             )
+            container_path = ("spec", "template", "spec", "containers", index, "resources")
             yield finding(
                 cluster,
                 deployment,
                 f"{where} resources.{part}",
                 f"no {' or '.join(missing)} {part}: {why}",
                 f"set resources.{part}.{'/'.join(missing)}",
+                paths=[(*container_path, part), container_path],
             )
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from his.mesh.findings import Finding
+from his.mesh.cluster import Cluster, finding
+from his.mesh.findings import Finding, subject
 from his.mesh.sources import FieldPath, Manifest, key, load_all
 
 _NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
@@ -75,17 +76,23 @@ def _relative(root: Path, path: Path) -> str:
 
 
 def lint_kustomize(
-    root: Path, tree: str, objects: list[Manifest], read: Kustomizations | None = None
+    root: Path,
+    tree: str,
+    objects: list[Manifest],
+    read: Kustomizations | None = None,
+    cluster: Cluster | None = None,
 ) -> list[Finding]:
     """Patches matching nothing, drills in a kustomization, unpinned images in production.
-    `read`: the tree's kustomizations when already read."""
+    `read`: the tree's kustomizations when already read; `cluster`: the rendered overlay, to
+    blame an image written in an object (a CNPG Cluster's spec.imageName) on its file."""
     found: list[Finding] = []
-    for path, document in kustomizations(root, tree) if read is None else read:
+    read = kustomizations(root, tree) if read is None else read
+    for path, document in read:
         file = _relative(root, path)
         found.extend(_patches(file, document, objects, tree))
         found.extend(_drills(root, path, file, document))
     if Path(tree).name.startswith("prod"):
-        found.extend(_pinned(root, tree, objects))
+        found.extend(_pinned(root, tree, objects, read, cluster))
     return found
 
 
@@ -411,21 +418,87 @@ def pinned(image: str) -> bool:
     return bool(_PINNED_TAG.fullmatch(tag))
 
 
-def _pinned(root: Path, tree: str, objects: list[Manifest]) -> Iterator[Finding]:
+@dataclass(frozen=True)
+class _ImageEntry:
+    """One `images` entry of a kustomization, and the image it makes of a container's."""
+
+    file: str
+    index: int
+    name: str
+    made: str  # newName (or name) with newTag: what the containers it matches then run
+
+
+def _image_entries(root: Path, tree: str, read: Kustomizations) -> list[_ImageEntry]:
+    """The tree's `images` entries with a newTag, its own kustomization's first (the outermost
+    transformer decides what is rendered)."""
+    overlay = (root / tree).resolve()
+    ordered = sorted(read, key=lambda item: item[0].parent.resolve() != overlay)
+    found: list[_ImageEntry] = []
+    for path, document in ordered:
+        for index, entry in enumerate(document.get("images") or []):
+            if isinstance(entry, Mapping) and entry.get("newTag") is not None:
+                name = str(entry.get("name", ""))
+                made = f"{entry.get('newName') or name}:{entry['newTag']}"
+                found.append(_ImageEntry(_relative(root, path), index, name, made))
+    return found
+
+
+_UNPINNED = "each pull may run a different build, and a rollback cannot name the old one"
+
+
+def _pinned(
+    root: Path,
+    tree: str,
+    objects: list[Manifest],
+    read: Kustomizations,
+    cluster: Cluster | None,
+) -> Iterator[Finding]:
+    """One finding per mistake: an `images` entry whose newTag is no release, once with every
+    container it reaches; an image written unpinned in an object, on that object."""
     overlay = _kustomization(root / tree)
     file = _relative(root, overlay) if overlay is not None else tree
+    entries = _image_entries(root, tree, read)
+    reached: dict[_ImageEntry, list[str]] = {}
     for manifest in objects:
         for where, image in _images(manifest):
             if image == _INJECTED or pinned(image):
                 continue
-            metadata = manifest.get("metadata") or {}
             tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            state = f"image {image!r} is not pinned ({'tag ' + repr(tag) if tag else 'no tag'})"
+            if where == "spec.imageName":
+                # kustomize's `images` rewrites container images only, never spec.imageName:
+                # the tag is changed where the Cluster (or the patch writing it) says it.
+                problem = f"{state}: {_UNPINNED}; kustomize's images[] does not rewrite it"
+                fix = (
+                    "tag spec.imageName with a full PostgreSQL version "
+                    "(ghcr.io/cloudnative-pg/postgresql:16.6) or a digest"
+                )
+                if cluster is None:
+                    yield Finding(file, subject(manifest, where), problem, fix)
+                else:
+                    yield finding(
+                        cluster, manifest, where, problem, fix, paths=[("spec", "imageName")]
+                    )
+                continue
+            # Entries making the same image (his and his-canary both at `main`) each get it.
+            made_by = [e for e in entries if e.made == image]
+            for entry in made_by:
+                reached.setdefault(entry, []).append(subject(manifest))
+            if made_by:
+                continue
             yield Finding(
                 file,
-                f"{manifest.get('kind')} {metadata.get('namespace')}/{metadata.get('name')} "
-                f"{where}",
-                f"image {image!r} is not pinned ({'tag ' + repr(tag) if tag else 'no tag'}): "
-                "each pull may run a different build, and a rollback cannot name the old one",
+                subject(manifest, where),
+                f"{state}: {_UNPINNED}",
                 "set images[].newTag to a release version (or images[].digest) in this "
                 "overlay's kustomization",
             )
+    for entry, places in reached.items():
+        tag = entry.made.rpartition(":")[2]
+        yield Finding(
+            entry.file,
+            f"kustomization images[{entry.index}] {entry.name}",
+            f"image {entry.made!r} is not pinned (tag {tag!r}): {_UNPINNED}; "
+            f"it is the image of {', '.join(sorted(set(places)))}",
+            "set newTag to a release version (e.g. 1.0.0), or replace it by digest: sha256:...",
+        )

@@ -16,10 +16,12 @@ from his.mesh.authz_lint import AUTHORIZATION_RULES
 from his.mesh.cluster import (
     Cluster,
     finding,
+    name_of,
     namespace_of,
     spec_of,
     suggest,
 )
+from his.mesh.connection_budget import connection_budget
 from his.mesh.contracts import Rpc, rpcs
 from his.mesh.deploy_lint import lint_deploy
 from his.mesh.edge_lint import EDGE_RULES
@@ -65,6 +67,7 @@ def lint(cluster: Cluster) -> list[Finding]:
         lint_deploy,
         lint_identity,
         *SCALING_RULES,
+        connection_budget,
         *VISIBILITY_RULES,
     )
     found: set[Finding] = set()
@@ -122,14 +125,20 @@ def _presence(cluster: Cluster) -> Iterator[Finding]:
             cluster.resolve(str(spec_of(dr).get("host", "")), namespace_of(dr)) == ("his", name)
             for dr in rules
         ):
-            yield Finding(
-                f"mesh/istio/destination-rules/{name}.yaml",
-                place,
-                "no DestinationRule: no mTLS origination settings, pool limits, outlier "
-                "detection or stable/canary subsets",
-                f"add mesh/istio/destination-rules/{name}.yaml and list it in "
-                "mesh/istio/kustomization.yaml",
-            )
+            own = [dr for dr in rules if namespace_of(dr) == "his" and name_of(dr) == name]
+            if own:
+                # Its DestinationRule is there under another host: a host naming no Service is
+                # the host rule's finding, a wildcard this one's.
+                yield from _wildcard_host(cluster, own[0], name)
+            else:
+                yield Finding(
+                    f"mesh/istio/destination-rules/{name}.yaml",
+                    place,
+                    "no DestinationRule: no mTLS origination settings, pool limits, outlier "
+                    "detection or stable/canary subsets",
+                    f"add mesh/istio/destination-rules/{name}.yaml and list it in "
+                    "mesh/istio/kustomization.yaml",
+                )
         if not any(
             cluster.resolve(str(h), namespace_of(vs)) == ("his", name)
             for vs in meshed
@@ -223,6 +232,52 @@ def _service_ports(cluster: Cluster) -> Iterator[Finding]:
             )
 
 
+def wildcard_covers(pattern: str, host: str) -> bool:
+    """Whether a wildcard host of an Istio object (`*`, `*.his.svc.cluster.local`) matches a
+    fully qualified host."""
+    return pattern == "*" or (pattern.startswith("*.") and host.endswith(pattern[1:]))
+
+
+def _wildcard_host(cluster: Cluster, rule: Manifest, name: str) -> Iterator[Finding]:
+    host = str(spec_of(rule).get("host", ""))
+    if not host.startswith("*"):
+        return
+    exact = {
+        cluster.resolve(str(spec_of(dr).get("host", "")), namespace_of(dr))
+        for dr in cluster.of_kind("DestinationRule")
+    }
+    covered = sorted(
+        service
+        for namespace, service in cluster.services
+        if (namespace, service) not in exact
+        and wildcard_covers(host, f"{service}.{namespace}.svc.cluster.local")
+    )
+    # The Services CloudNativePG makes for a Cluster are not rendered, but the rule reaches them.
+    databases = [
+        f"{name_of(db)}-{suffix}"
+        for db in cluster.of_kind("Cluster")
+        if str(db.get("apiVersion", "")).startswith("postgresql.cnpg.io/")
+        and wildcard_covers(host, f"{name_of(db)}-rw.{namespace_of(db)}.svc.cluster.local")
+        for suffix in ("rw", "ro", "r")
+    ]
+    yield finding(
+        cluster,
+        rule,
+        "host",
+        f"host {host!r} is a wildcard: Istio applies it, as a default, to every Service it "
+        f"matches that has no DestinationRule of its own ({', '.join(covered + databases)}), "
+        f"not to {name} alone: its mTLS, limits and subsets reach them all"
+        + (
+            f" ({', '.join(databases)}: database pods without a sidecar cannot answer "
+            "ISTIO_MUTUAL, so every service loses its database)"
+            if databases
+            else ""
+        ),
+        f"name the service's host: {name}.his.svc.cluster.local",
+        paths=[("spec", "host")],
+    )
+
+
 # --- DestinationRules: host, mTLS, subsets that select pods ---------------------------------
 
 
@@ -298,13 +353,25 @@ def _hosts(cluster: Cluster) -> list[str]:
 
 def _subsets(cluster: Cluster, target: tuple[str, str]) -> dict[str, dict[str, str]] | None:
     """The subsets (name → labels) the DestinationRule of a Service defines, None without one."""
-    for rule in cluster.of_kind("DestinationRule"):
-        if cluster.resolve(str(spec_of(rule).get("host", "")), namespace_of(rule)) == target:
-            return {
-                str(s.get("name")): {str(k): str(v) for k, v in (s.get("labels") or {}).items()}
-                for s in spec_of(rule).get("subsets") or []
-            }
-    return None
+    rules = cluster.of_kind("DestinationRule")
+    exact = [
+        r
+        for r in rules
+        if cluster.resolve(str(spec_of(r).get("host", "")), namespace_of(r)) == target
+    ]
+    # Without a rule of its own, Istio applies the most specific wildcard rule matching it.
+    fqdn = f"{target[1]}.{target[0]}.svc.cluster.local"
+    wildcards = sorted(
+        (r for r in rules if wildcard_covers(str(spec_of(r).get("host", "")), fqdn)),
+        key=lambda r: -len(str(spec_of(r).get("host", ""))),
+    )
+    chosen = [*exact, *wildcards]
+    if not chosen:
+        return None
+    return {
+        str(s.get("name")): {str(k): str(v) for k, v in (s.get("labels") or {}).items()}
+        for s in spec_of(chosen[0]).get("subsets") or []
+    }
 
 
 # --- VirtualServices: hosts, gateways, destinations, weights --------------------------------
@@ -438,6 +505,24 @@ def _destination(
     selector = spec_of(cluster.services[service]).get("selector") or {}
     labels = {**selector, **subsets[str(name)]}
     if weighted and not cluster.selects_pods(service[0], labels):
+        strays = _in_no_subset(cluster, service, selector, subsets)
+        for stray in strays:
+            pod = _template_labels(stray)
+            wanted = subsets[str(name)]
+            yield finding(
+                cluster,
+                stray,
+                "spec.template.metadata.labels",
+                f"its pods ({_labels({k: pod.get(k, '-') for k in wanted})}) are in no subset "
+                f"of the DestinationRule of {host}, and subset {name!r} ({_labels(wanted)}), "
+                "which gets calls, selects no pods: those calls fail with UNAVAILABLE (no "
+                "healthy upstream)",
+                f"label its pods {_labels(wanted)} again (template labels and selector), or "
+                f"give subset {name!r} weight 0",
+                paths=[("spec", "template", "metadata", "labels")],
+            )
+        if strays:
+            return
         yield finding(
             cluster,
             vs,
@@ -445,6 +530,32 @@ def _destination(
             f"subset {name!r} gets traffic but selects no pods ({_labels(labels)})",
             "deploy that version (components/canary) or set its weight to 0",
         )
+
+
+def _template_labels(workload: Manifest) -> dict[str, str]:
+    labels = ((spec_of(workload).get("template") or {}).get("metadata") or {}).get("labels")
+    return {str(k): str(v) for k, v in (labels or {}).items()}
+
+
+def _in_no_subset(
+    cluster: Cluster,
+    service: tuple[str, str],
+    selector: Mapping[str, Any],
+    subsets: Mapping[str, Mapping[str, str]],
+) -> list[Manifest]:
+    """The workloads whose pods the Service selects but no subset does: relabelled pods, the
+    likely cause of a subset selecting nothing (the file to edit is theirs)."""
+    return [
+        workload
+        for kind in ("Deployment", "StatefulSet")
+        for workload in cluster.of_kind(kind)
+        if namespace_of(workload) == service[0]
+        and all(_template_labels(workload).get(str(k)) == str(v) for k, v in selector.items())
+        and not any(
+            all(_template_labels(workload).get(k) == v for k, v in wanted.items())
+            for wanted in subsets.values()
+        )
+    ]
 
 
 # --- retries and timeouts, route by route ----------------------------------------------------

@@ -64,6 +64,9 @@ def _hpas(cluster: Cluster) -> Iterator[Finding]:
                 + (f" (one of {', '.join(known)})" if known else ""),
             )
             continue
+        yield from _target_version(cluster, hpa, target, workloads[ref])
+        yield from _utilization_requests(cluster, hpa, workloads[ref])
+        yield from _scale_up_disabled(cluster, hpa)
         if ref in scaled:
             yield finding(
                 cluster,
@@ -75,6 +78,97 @@ def _hpas(cluster: Cluster) -> Iterator[Finding]:
                 "keep one HPA per workload",
             )
         scaled.setdefault(ref, hpa)
+
+
+def _target_version(
+    cluster: Cluster, hpa: Manifest, target: Mapping[str, Any], workload: Manifest
+) -> Iterator[Finding]:
+    """scaleTargetRef names a group/version as well as a kind and name: the controller asks the
+    API server for the scale subresource of exactly that, and a version the server does not
+    serve (apps/v1beta1, gone since Kubernetes 1.16) resolves to nothing."""
+    written, rendered = str(target.get("apiVersion") or ""), str(workload.get("apiVersion", ""))
+    if written != rendered:
+        yield finding(
+            cluster,
+            hpa,
+            "scaleTargetRef.apiVersion",
+            f"{written or 'unset'} does not resolve {kind_of(workload)} "
+            f"{namespace_of(workload)}/{name_of(workload)}, which is {rendered}: the "
+            "autoscaler cannot get its scale (FailedGetScale) and never scales it",
+            f"set scaleTargetRef.apiVersion: {rendered}",
+            paths=[("spec", "scaleTargetRef", "apiVersion")],
+        )
+
+
+def _utilization_requests(cluster: Cluster, hpa: Manifest, workload: Manifest) -> Iterator[Finding]:
+    """A Utilization target is a percentage of the pods' request: the autoscaler computes it only
+    when every container of the pod requests that resource (else FailedGetResourceMetric, and
+    it never scales). A ContainerResource metric needs it of its one container only."""
+    pod = (spec_of(workload).get("template") or {}).get("spec") or {}
+    containers = [c for c in pod.get("containers") or [] if isinstance(c, Mapping)]
+    for index, resource, only in _utilization_metrics(hpa):
+        for number, container in enumerate(containers):
+            if only is not None and container.get("name") != only:
+                continue
+            requests = (container.get("resources") or {}).get("requests") or {}
+            if resource in requests:
+                continue
+            where = f"containers[{number}] {container.get('name', '')}".rstrip()
+            yield finding(
+                cluster,
+                workload,
+                f"{where} resources.requests.{resource}",
+                f"no {resource} request, but HorizontalPodAutoscaler "
+                f"{namespace_of(hpa)}/{name_of(hpa)} metrics[{index}] targets {resource} "
+                "Utilization, a percentage of that request: the autoscaler cannot compute it "
+                "(FailedGetResourceMetric) and never scales",
+                f"set resources.requests.{resource} on this container",
+                paths=[
+                    ("spec", "template", "spec", "containers", number, "resources", "requests"),
+                    ("spec", "template", "spec", "containers", number, "resources"),
+                ],
+            )
+
+
+def _utilization_metrics(hpa: Manifest) -> Iterator[tuple[int, str, str | None]]:
+    """(index, resource, container or None for all) of each Utilization metric of an HPA."""
+    for index, metric in enumerate(spec_of(hpa).get("metrics") or []):
+        kind = (metric or {}).get("type")
+        if kind not in ("Resource", "ContainerResource"):
+            continue
+        source = metric.get("resource" if kind == "Resource" else "containerResource") or {}
+        if (source.get("target") or {}).get("type") == "Utilization":
+            only = source.get("container") if kind == "ContainerResource" else None
+            yield index, str(source.get("name", "")), None if only is None else str(only)
+
+
+def utilization_requests(cluster: Cluster, workload: Manifest) -> set[tuple[str, str | None]]:
+    """(resource, container or None for all) whose request an HPA of the workload needs: the
+    HPA rule reports a missing one, naming the HPA, so the container rules need not."""
+    return {
+        (resource, only)
+        for hpa in cluster.of_kind("HorizontalPodAutoscaler")
+        if namespace_of(hpa) == namespace_of(workload)
+        and (spec_of(hpa).get("scaleTargetRef") or {}).get("kind") == kind_of(workload)
+        and (spec_of(hpa).get("scaleTargetRef") or {}).get("name") == name_of(workload)
+        for _, resource, only in _utilization_metrics(hpa)
+    }
+
+
+def _scale_up_disabled(cluster: Cluster, hpa: Manifest) -> Iterator[Finding]:
+    """selectPolicy Disabled turns a direction off. Scaling down never may be meant (a service
+    that must keep its pods); scaling up never is the opposite of an autoscaler."""
+    up = ((spec_of(hpa).get("behavior") or {}).get("scaleUp")) or {}
+    if up.get("selectPolicy") == "Disabled":
+        yield finding(
+            cluster,
+            hpa,
+            "behavior.scaleUp.selectPolicy",
+            "Disabled: the autoscaler never adds a pod, so a peak is served by minReplicas "
+            "pods whatever maxReplicas says",
+            "remove selectPolicy (Max is the default), or tune scaleUp.policies instead",
+            paths=[("spec", "behavior", "scaleUp", "selectPolicy")],
+        )
 
 
 def _lowest_scale(cluster: Cluster, workload: Manifest) -> int:
@@ -124,12 +218,12 @@ def _pod_sets(cluster: Cluster) -> list[_Pods]:
         )
         for w in _workloads(cluster)
     ]
-    for db in _cnpg_clusters(cluster):
+    for db in cnpg_clusters(cluster):
         found.extend(_instances(db))
     return found
 
 
-def _cnpg_clusters(cluster: Cluster) -> list[Manifest]:
+def cnpg_clusters(cluster: Cluster) -> list[Manifest]:
     return [
         db
         for db in cluster.of_kind("Cluster")
@@ -246,7 +340,7 @@ def _cnpg_single_instance_pdb(cluster: Cluster) -> Iterator[Finding]:
     """CloudNativePG gives every Cluster a PodDisruptionBudget on its primary (enablePDB, default
     true); with one instance there is no replica to switch over to, so that budget blocks every
     drain of the node (CloudNativePG docs, kubernetes_upgrade.md)."""
-    for db in _cnpg_clusters(cluster):
+    for db in cnpg_clusters(cluster):
         spec = spec_of(db)
         if spec.get("instances", 1) == 1 and spec.get("enablePDB", True) is not False:
             yield finding(

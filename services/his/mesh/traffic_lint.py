@@ -116,6 +116,9 @@ _MIN_CONNECTIONS = 10
 # Ejecting a pod on fewer consecutive gateway errors than this ejects healthy pods during an
 # ordinary rolling restart (each old pod refuses a connection or two while it drains).
 _MIN_GATEWAY_ERRORS = 3
+# An HTTP idle timeout shorter than this closes connections between the calls of an ordinary
+# caller (seconds apart per caller pod and service pod), so most calls pay a new handshake.
+_MIN_IDLE_S = 1.0
 # Route retries beyond this multiply an outage's load by attempts + 1 at every hop.
 MAX_ATTEMPTS = 3
 
@@ -188,6 +191,18 @@ def _pool_and_ejection(cluster: Cluster) -> Iterator[Finding]:
                     "multiplexing is lost and latency doubles",
                     "set 0 (no limit)",
                 )
+            idle = seconds(http.get("idleTimeout"))
+            if idle is not None and 0 < idle < _MIN_IDLE_S:
+                yield finding(
+                    cluster,
+                    rule,
+                    f"{where}.connectionPool.http.idleTimeout",
+                    f"{http['idleTimeout']}: Envoy closes a connection idle that long, and one "
+                    "caller pod's calls to one service pod are mostly further apart, so most "
+                    "calls open a new connection and mTLS handshake (as "
+                    "maxRequestsPerConnection: 1 does)",
+                    "set 300s, or leave it unset (Istio: 1h)",
+                )
             yield from _ejection(cluster, rule, where, policy.get("outlierDetection"))
 
 
@@ -203,6 +218,17 @@ def _ejection(cluster: Cluster, rule: Manifest, where: str, outlier: Any) -> Ite
             f"{percent}: every pod may be ejected at once (one bad dependency makes them all "
             "fail together), and then no pod is left to serve",
             "keep it at 50 or below",
+        )
+    healthy = outlier.get("minHealthPercent")
+    if isinstance(healthy, int) and healthy >= 100:
+        yield finding(
+            cluster,
+            rule,
+            f"{where}.outlierDetection.minHealthPercent",
+            f"{healthy}: Envoy stops outlier detection while fewer than {healthy} % of the pods "
+            "are healthy, so the first ejection switches it off and calls go to every pod, "
+            "the failing one too",
+            "remove it (Istio: 0, detection always on), or keep it well below 100 (at most 50)",
         )
     errors = outlier.get("consecutiveGatewayErrors")
     if isinstance(errors, int) and 0 < errors < _MIN_GATEWAY_ERRORS:
