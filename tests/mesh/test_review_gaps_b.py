@@ -291,7 +291,8 @@ def test_newtag_main_for_both_images_is_one_finding_per_entry(policy_copy: Path)
         ("scale-down disabled may be meant", None, "dev"),
         ("max_connections at the peak", _max_connections("683"), "prod"),
         ("a start-up probe of 10 s", _startup(10), "dev"),
-        ("minHealthPercent 50", _min_health(50), "dev"),
+        ("minHealthPercent 50", _min_health(50), "prod"),
+        ("minHealthPercent 66 of 3 pods", _min_health(66), "prod"),
         ("idleTimeout 1s", _idle("1s"), "dev"),
     ],
 )
@@ -314,6 +315,14 @@ def test_a_correct_variant_passes(
     else:
         apply(policy_copy)
     assert _findings(policy_copy, overlay) == []
+
+
+def test_min_health_above_what_one_ejection_leaves_is_a_finding(policy_copy: Path) -> None:
+    # prod runs at least 3 lab pods: one ejected leaves 67 %, below 70.
+    _min_health(70)(policy_copy)
+    (finding,) = _findings(policy_copy, "prod")
+    assert finding.file == f"{DR}/lab.yaml", finding
+    assert "of the 3 pods at its lowest scale, one ejected leaves 67 %" in finding.problem
 
 
 def test_max_connections_one_below_the_peak_is_a_finding(policy_copy: Path) -> None:

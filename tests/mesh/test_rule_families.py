@@ -408,7 +408,9 @@ def _istiod_port_for_udp_only(root: Path) -> None:
 
 MUTATIONS: list[tuple[Seed, str, str, str]] = [
     (_dotted_rule_host, "dev", f"{DR}/patient.yaml", "keeps 'patient.his' as written"),
-    (_dotted_rule_host, "dev", f"{DR}/patient.yaml", "no DestinationRule"),
+    # Its file exists: the host finding above names the cause, not "add the file"; the routes
+    # to its subsets say what it breaks.
+    (_dotted_rule_host, "dev", f"{VS}/patient.yaml", "which has no DestinationRule"),
     (_dotted_route_host, "dev", f"{VS}/scheduling.yaml", "names no Service as Istio resolves"),
     (_dotted_destination, "dev", f"{VS}/emr.yaml", "keeps 'emr.his.svc' as written"),
     (_rule_exported_elsewhere, "dev", f"{DR}/patient.yaml", "['istio-system'] hides it from"),

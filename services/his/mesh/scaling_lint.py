@@ -1,7 +1,9 @@
 """Lint of the objects that decide how many pods run and how many may go: HPAs and PDBs.
 
 An HPA whose minReplicas exceeds maxReplicas is refused by nothing and scales erratically; one
-whose target does not exist scales nothing; two on one Deployment fight. A PodDisruptionBudget
+whose target does not exist (or not at the apiVersion it names) scales nothing; one whose
+Utilization metric divides by a request a container lacks never computes; scaleUp Disabled never
+adds a pod; two on one Deployment fight. A PodDisruptionBudget
 must select pods and leave at least one of them evictable at the lowest scale, or every node
 drain (cluster upgrades included) blocks on it; two budgets on one pod make the eviction API
 refuse every eviction of it. A CloudNativePG Cluster's pods count as pods (labelled
@@ -171,7 +173,7 @@ def _scale_up_disabled(cluster: Cluster, hpa: Manifest) -> Iterator[Finding]:
         )
 
 
-def _lowest_scale(cluster: Cluster, workload: Manifest) -> int:
+def lowest_scale(cluster: Cluster, workload: Manifest) -> int:
     """The fewest pods a workload runs: its HPA's minReplicas, else its replicas (default 1)."""
     for hpa in cluster.of_kind("HorizontalPodAutoscaler"):
         target = spec_of(hpa).get("scaleTargetRef") or {}
@@ -182,6 +184,18 @@ def _lowest_scale(cluster: Cluster, workload: Manifest) -> int:
         ):
             return int(spec_of(hpa).get("minReplicas", 1))
     return int(spec_of(workload).get("replicas", 1))
+
+
+def fewest_pods(cluster: Cluster, namespace: str, selector: Mapping[str, Any]) -> int:
+    """The fewest pods of the workloads whose pods a Service selector selects."""
+    wanted = {str(k): str(v) for k, v in selector.items()}
+    return sum(
+        lowest_scale(cluster, w)
+        for w in _workloads(cluster)
+        if namespace_of(w) == namespace
+        and wanted
+        and selects({"matchLabels": wanted}, _pod_labels(w))
+    )
 
 
 def _count(value: Any, total: int) -> int | None:
@@ -214,7 +228,7 @@ def _pod_sets(cluster: Cluster) -> list[_Pods]:
             name_of(w),
             namespace_of(w),
             _pod_labels(w),
-            _lowest_scale(cluster, w),
+            lowest_scale(cluster, w),
         )
         for w in _workloads(cluster)
     ]

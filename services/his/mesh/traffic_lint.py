@@ -9,9 +9,10 @@ from typing import Any
 
 import grpc
 
-from his.mesh.cluster import Cluster, finding, spec_of, suggest
+from his.mesh.cluster import Cluster, finding, namespace_of, spec_of, suggest
 from his.mesh.findings import Finding, subject
 from his.mesh.routes import NEVER_REACHED, regex_error, route_label, seconds
+from his.mesh.scaling_lint import fewest_pods
 from his.mesh.sources import Manifest
 
 # A try cut by perTryTimeout counts as a reset/5xx to Envoy: only these retry it.
@@ -220,14 +221,23 @@ def _ejection(cluster: Cluster, rule: Manifest, where: str, outlier: Any) -> Ite
             "keep it at 50 or below",
         )
     healthy = outlier.get("minHealthPercent")
-    if isinstance(healthy, int) and healthy >= 100:
+    fewest = _fewest_pods(cluster, rule)
+    # Envoy stops detection while fewer than minHealthPercent % of the pods are healthy: the
+    # first ejection does that when it is 100, or above (n - 1) / n of the fewest n pods.
+    left = 100 * (fewest - 1) / fewest if fewest >= 2 else None
+    if isinstance(healthy, int) and (healthy >= 100 or (left is not None and healthy > left)):
+        scale = (
+            ""
+            if healthy >= 100 or left is None
+            else f" (of the {fewest} pods at its lowest scale, one ejected leaves {left:.0f} %)"
+        )
         yield finding(
             cluster,
             rule,
             f"{where}.outlierDetection.minHealthPercent",
             f"{healthy}: Envoy stops outlier detection while fewer than {healthy} % of the pods "
-            "are healthy, so the first ejection switches it off and calls go to every pod, "
-            "the failing one too",
+            f"are healthy, so the first ejection{scale} switches it off and calls go to every "
+            "pod, the failing one too",
             "remove it (Istio: 0, detection always on), or keep it well below 100 (at most 50)",
         )
     errors = outlier.get("consecutiveGatewayErrors")
@@ -250,6 +260,15 @@ def _ejection(cluster: Cluster, rule: Manifest, where: str, outlier: Any) -> Ite
             "(longer each time), far past a transient fault",
             "keep it at 30s to 300s",
         )
+
+
+def _fewest_pods(cluster: Cluster, rule: Manifest) -> int:
+    """The fewest pods behind a DestinationRule's host (0 when it names no Service)."""
+    service = cluster.resolve(str(spec_of(rule).get("host", "")), namespace_of(rule))
+    if service is None:
+        return 0
+    selector = spec_of(cluster.services[service]).get("selector") or {}
+    return fewest_pods(cluster, service[0], selector)
 
 
 def _covers(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> bool:
