@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -259,6 +259,39 @@ async def test_two_relays_racing_over_one_outbox_deliver_every_event_once(
     events = await _listed(auditor, patient)
     assert len(events) == 600
     assert len({e.sequence_number for e in events}) == 600
+
+
+async def test_one_relay_drained_beside_its_own_passes_still_delivers_in_order(
+    side: Patient, auditor: Stub
+) -> None:
+    """`drain` (shutdown, tests) beside the relay's loop: one pass at a time per destination, so
+    the chain keeps the order the events were recorded in."""
+    patient = patient_name()
+    for _ in range(200):
+        await side.record(patient)
+    deliver = audit_delivery(side.clients())
+    # The first batch is slow to arrive: a second pass running beside it would overtake it.
+    delays = iter([0.3])
+
+    async def slow_first(envelopes: Sequence[EventEnvelope]) -> None:
+        await asyncio.sleep(next(delays, 0.0))
+        await deliver(envelopes)
+
+    relay = Relay(
+        side.outbox,
+        side.database,
+        {AUDIT: slow_first},
+        config=RelayConfig(batch=20),
+        registry=CollectorRegistry(),
+    )
+    side.made.append((relay, None))
+
+    await asyncio.gather(relay.drain(30), relay.drain(30), relay.pass_once())
+
+    chained = sorted(await _listed(auditor, patient), key=lambda e: e.sequence_number)
+    assert len(chained) == 200
+    times = [e.event_time.ToDatetime() for e in chained]
+    assert times == sorted(times)
 
 
 async def test_a_relay_that_died_mid_delivery_leaves_its_rows_to_another_after_the_lease(

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of
-from his.mesh.findings import Finding
+from his.base.catalog import BY_NAME, DISCOVERY_PATH, JWKS_PATH
+from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of, suggest
+from his.mesh.findings import Finding, subject
+from his.mesh.routes import istio_host
 from his.mesh.sources import Manifest
 
 GRPC_WEB = "grpc-web"
@@ -44,6 +46,28 @@ def _gateway_servers(cluster: Cluster, vs: Manifest) -> list[dict[str, Any]] | N
     return servers
 
 
+def lost_mesh(cluster: Cluster, vs: Manifest) -> list[tuple[str, str]]:
+    """The Services of this overlay that a VirtualService bound only to gateways (no `mesh`)
+    names as hosts its gateways do not serve: a mesh VirtualService whose `mesh` was replaced,
+    its routes applying nowhere. One finding says so (lint.py); the rules a gateway's routes
+    answer to (CORS, gRPC-web, binding, every rpc routed) keep quiet about it."""
+    written = [str(g) for g in spec_of(vs).get("gateways") or []]
+    if not written or "mesh" in written:
+        return []
+    named = {(g.rpartition("/")[0] or namespace_of(vs), g.rpartition("/")[2]) for g in written}
+    gateways = [g for g in cluster.of_kind("Gateway") if (namespace_of(g), name_of(g)) in named]
+    lost = []
+    for host in spec_of(vs).get("hosts") or []:
+        target = cluster.resolve(str(host), namespace_of(vs))
+        if target is not None and not any(
+            _serves(server, gateway, istio_host(str(host), namespace_of(vs)), namespace_of(vs))
+            for gateway in gateways
+            for server in spec_of(gateway).get("servers") or []
+        ):
+            lost.append(target)
+    return lost
+
+
 def _served_port(service: Manifest, number: object) -> Mapping[str, Any] | None:
     """The Service port a route's destination reaches: the one numbered, else the gRPC one."""
     ports = [p for p in spec_of(service).get("ports") or [] if isinstance(p, Mapping)]
@@ -56,7 +80,7 @@ def _served_port(service: Manifest, number: object) -> Mapping[str, Any] | None:
 def _grpc_web_translated(cluster: Cluster) -> Iterator[Finding]:
     for vs in cluster.of_kind("VirtualService"):
         servers = _gateway_servers(cluster, vs)
-        if servers is None:
+        if servers is None or lost_mesh(cluster, vs):
             continue
         protocols = {str((s.get("port") or {}).get("protocol", "")).upper() for s in servers}
         if protocols == {"GRPC-WEB"}:
@@ -152,12 +176,57 @@ def _jwks_served(cluster: Cluster) -> Iterator[Finding]:
                     f"add an appProtocol: http port {wanted} to the Service (iam: http-keys), "
                     "or point jwksUri at the port that serves the JWKS",
                 )
+                continue
+            yield from _jwks_path(cluster, auth, where, str(uri), resolved)
+
+
+def _jwks_path(
+    cluster: Cluster, auth: Manifest, where: str, uri: str, resolved: tuple[str, str]
+) -> Iterator[Finding]:
+    """A service of the catalog serving key documents (iam, his.iam.jwks_http) serves the key
+    set at JWKS_PATH only: any other path answers 404 (or, for discovery, no key set)."""
+    entry = BY_NAME.get(resolved[1])
+    path = urlsplit(uri).path or "/"
+    if entry is None or entry.http_port is None or path == JWKS_PATH:
+        return
+    what = (
+        "is the OpenID discovery document, not a key set"
+        if path == DISCOVERY_PATH
+        else f"is not a path {entry.name} serves (it serves {JWKS_PATH} and {DISCOVERY_PATH})"
+    )
+    yield finding(
+        cluster,
+        auth,
+        where,
+        f"path {path!r} {what}: istiod gets no key set from {uri}, so every token at the "
+        "gateway is refused",
+        f"use the path {JWKS_PATH} (his.base.catalog JWKS_PATH, served by his.iam.jwks_http): "
+        + urlunsplit(urlsplit(uri)._replace(path=JWKS_PATH, query="", fragment="")),
+    )
 
 
 # --- the Gateway's servers: protocol, TLS, and a port the gateway Service really exposes ------
 
 _TERMINATING = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL")
 _OLD_TLS = ("TLSV1_0", "TLSV1_1")
+# Istio's TLS versions in order; TLS_AUTO (or unset) means TLSV1_2 as the minimum of a Gateway
+# server and TLSV1_3 as its maximum.
+_TLS_ORDER = ("TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
+_TLS_DEFAULT = {"minProtocolVersion": "TLSV1_2", "maxProtocolVersion": "TLSV1_3"}
+
+
+def _tls_impossible(tls: Mapping[str, Any]) -> bool:
+    """Whether a server's minProtocolVersion is above its maxProtocolVersion (TLS_AUTO or
+    unset read as Istio's defaults): no version satisfies both."""
+    low, high = (
+        _TLS_DEFAULT[field]
+        if str(tls.get(field) or "TLS_AUTO").upper() == "TLS_AUTO"
+        else str(tls[field]).upper()
+        for field in ("minProtocolVersion", "maxProtocolVersion")
+    )
+    return (
+        low in _TLS_ORDER and high in _TLS_ORDER and _TLS_ORDER.index(low) > _TLS_ORDER.index(high)
+    )
 
 
 def gateway_services(cluster: Cluster, gateway: Manifest) -> list[Manifest]:
@@ -186,6 +255,20 @@ def _gateway_servers_checked(cluster: Cluster) -> Iterator[Finding]:
             protocol = str(port.get("protocol", "")).upper()
             tls = server.get("tls") or {}
             mode = tls.get("mode")
+            if _tls_impossible(tls):
+                low, high = (
+                    tls.get(f) or f"TLS_AUTO (= {_TLS_DEFAULT[f]})"
+                    for f in ("minProtocolVersion", "maxProtocolVersion")
+                )
+                yield finding(
+                    cluster,
+                    gateway,
+                    f"{where}.tls",
+                    f"minProtocolVersion {low} is above maxProtocolVersion {high}: no TLS "
+                    "version satisfies both, so the gateway refuses every handshake",
+                    "set maxProtocolVersion to TLSV1_3 (or remove it) and keep "
+                    "minProtocolVersion TLSV1_2 or TLSV1_3",
+                )
             if services and port.get("number") not in numbers:
                 yield finding(
                     cluster,
@@ -266,8 +349,8 @@ def _any_origin(origin: Any) -> bool:
 
 def _cors(cluster: Cluster) -> Iterator[Finding]:
     for vs in cluster.of_kind("VirtualService"):
-        if _gateway_servers(cluster, vs) is None:
-            continue
+        if _gateway_servers(cluster, vs) is None or lost_mesh(cluster, vs):
+            continue  # a mesh VirtualService that lost `mesh`: one finding says so (lint.py)
         for index, route in enumerate(spec_of(vs).get("http") or []):
             label = f"http[{index}] {route.get('name', '')}".rstrip()
             cors = route.get("corsPolicy")
@@ -364,10 +447,164 @@ def _jwt_audiences(cluster: Cluster) -> Iterator[Finding]:
                 )
 
 
+# --- the Gateway's pods and hosts: the servers are taken by an Envoy and bound to routes ------
+
+
+def _template(workload: Manifest, field: str) -> dict[str, str]:
+    """The labels or annotations of a workload's pod template."""
+    metadata = (spec_of(workload).get("template") or {}).get("metadata") or {}
+    return {str(k): str(v) for k, v in (metadata.get(field) or {}).items()}
+
+
+def _gateway_selects_pods(cluster: Cluster) -> Iterator[Finding]:
+    # The repository deploys its gateway itself (gateway injection template): the Deployments
+    # whose pods run one are what a Gateway's selector can name.
+    gateways = [
+        (workload, _template(workload, "labels"))
+        for workload in cluster.of_kind("Deployment")
+        if _template(workload, "annotations").get("inject.istio.io/templates") == "gateway"
+    ]
+    for gateway in cluster.of_kind("Gateway"):
+        selector = {str(k): str(v) for k, v in (spec_of(gateway).get("selector") or {}).items()}
+        if not selector or any(
+            all(labels.get(k) == v for k, v in selector.items()) for _, labels in cluster.pods
+        ):
+            continue
+        ours = [
+            ", ".join(f"{k}: {labels[k]}" for k in selector if k in labels)
+            + f" ({subject(workload)} in {cluster.locate(workload)})"
+            for workload, labels in gateways
+        ]
+        wanted = ", ".join(f"{k}: {v}" for k, v in sorted(selector.items()))
+        yield finding(
+            cluster,
+            gateway,
+            "selector",
+            f"{wanted} selects no pod of this overlay: no gateway Envoy takes the servers, so "
+            f"nothing serves {', '.join(_server_names(gateway)) or 'its hosts'}",
+            "select the gateway pods by their labels: " + "; ".join(ours)
+            if ours
+            else "deploy the gateway (components/istio/mobile-gateway) or select its pods",
+            paths=[("spec", "selector")],
+        )
+
+
+def _server_names(gateway: Manifest) -> list[str]:
+    return [str(h) for s in spec_of(gateway).get("servers") or [] for h in s.get("hosts") or []]
+
+
+def _covers(pattern: str, host: str) -> bool:
+    """Istio's host match: `*` covers all, `*.example.org` every name ending in .example.org
+    (a narrower wildcard too), anything else only itself."""
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return pattern == host
+
+
+def hosts_intersect(first: str, second: str) -> bool:
+    """Whether two hosts of Istio objects (wildcards included) name a common host."""
+    a, b = first.lower(), second.lower()
+    return _covers(a, b) or _covers(b, a)
+
+
+def _server_host(host: str, gateway: Manifest) -> tuple[str, str]:
+    """(namespace whose VirtualServices may bind, dnsName) of a Gateway server host written
+    `ns/name`, `./name` (the Gateway's namespace), `*/name` or `name` (any namespace)."""
+    namespace, slash, name = host.rpartition("/")
+    if not slash:
+        return "*", host
+    return (namespace_of(gateway) if namespace == "." else namespace), name
+
+
+def _serves(server: Mapping[str, Any], gateway: Manifest, host: str, namespace: str) -> bool:
+    """Whether a Gateway server takes a host of a VirtualService of `namespace`."""
+    for written in server.get("hosts") or []:
+        allowed, name = _server_host(str(written), gateway)
+        if allowed in ("*", namespace) and hosts_intersect(name, host):
+            return True
+    return False
+
+
+def _binds(vs: Manifest, server: Mapping[str, Any], gateway: Manifest) -> bool:
+    """Whether a host of the VirtualService matches a host of one Gateway server."""
+    return any(
+        _serves(server, gateway, istio_host(str(h), namespace_of(vs)), namespace_of(vs))
+        for h in spec_of(vs).get("hosts") or []
+    )
+
+
+def _bound_to(cluster: Cluster, gateway: Manifest) -> list[Manifest]:
+    """The VirtualServices naming this Gateway in gateways (`ns/name`, or `name` in its
+    namespace), except mesh ones that lost `mesh` (reported on their own)."""
+    wanted = (namespace_of(gateway), name_of(gateway))
+    bound = []
+    for vs in cluster.of_kind("VirtualService"):
+        for written in spec_of(vs).get("gateways") or []:
+            namespace, _, name = str(written).rpartition("/")
+            if (namespace or namespace_of(vs), name) == wanted and not lost_mesh(cluster, vs):
+                bound.append(vs)
+                break
+    return bound
+
+
+def _gateway_hosts_bound(cluster: Cluster) -> Iterator[Finding]:
+    """A Gateway server whose hosts no bound VirtualService routes answers 404 to everything;
+    a VirtualService sharing no host with its Gateway's servers never applies. When the one
+    routes file and the Gateway disagree, the finding is on the Gateway's server and names the
+    VirtualService, so one finding covers the one mistake."""
+    for gateway in cluster.of_kind("Gateway"):
+        bound = _bound_to(cluster, gateway)
+        servers = [s for s in spec_of(gateway).get("servers") or [] if isinstance(s, Mapping)]
+        if not bound or not servers:
+            continue
+        orphaned = [
+            (index, server)
+            for index, server in enumerate(servers)
+            if not any(_binds(vs, server, gateway) for vs in bound)
+        ]
+        routed = [str(h) for vs in bound for h in spec_of(vs).get("hosts") or []]
+        listed = "; ".join(
+            f"{subject(vs)} ({cluster.locate(vs)}): "
+            + ", ".join(str(h) for h in spec_of(vs).get("hosts") or [])
+            for vs in bound
+        )
+        for index, server in orphaned:
+            hosts = [str(h) for h in server.get("hosts") or []]
+            closest = suggest(_server_host(hosts[0], gateway)[1], routed) if hosts else ""
+            yield finding(
+                cluster,
+                gateway,
+                f"servers[{index}].hosts",
+                f"{', '.join(hosts)} match no host of the VirtualServices bound to Gateway "
+                f"{namespace_of(gateway)}/{name_of(gateway)} ({listed}): Istio binds no route "
+                "to this server, so the gateway answers 404 to every call",
+                f"serve the host the routes name here{closest}, or route this host in "
+                + ", ".join(sorted({cluster.locate(vs) for vs in bound})),
+            )
+        if orphaned:
+            continue
+        for vs in bound:
+            if not any(_binds(vs, server, gateway) for server in servers):
+                yield finding(
+                    cluster,
+                    vs,
+                    "hosts",
+                    f"none of {[str(h) for h in spec_of(vs).get('hosts') or []]} is a host of "
+                    f"Gateway {namespace_of(gateway)}/{name_of(gateway)}'s servers "
+                    f"({', '.join(_server_names(gateway))}): its routes are bound to nothing",
+                    "route a host the Gateway serves"
+                    + suggest(str((spec_of(vs).get("hosts") or [""])[0]), _server_names(gateway)),
+                )
+
+
 EDGE_RULES = (
     _grpc_web_translated,
     _jwks_served,
     _gateway_servers_checked,
     _cors,
     _jwt_audiences,
+    _gateway_selects_pods,
+    _gateway_hosts_bound,
 )

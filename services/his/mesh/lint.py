@@ -24,7 +24,7 @@ from his.mesh.cluster import (
 from his.mesh.connection_budget import connection_budget
 from his.mesh.contracts import Rpc, rpcs
 from his.mesh.deploy_lint import lint_deploy
-from his.mesh.edge_lint import EDGE_RULES
+from his.mesh.edge_lint import EDGE_RULES, lost_mesh
 from his.mesh.findings import Finding, subject
 from his.mesh.identity_lint import lint_identity
 from his.mesh.network_lint import network_calls, platform_ports
@@ -109,6 +109,8 @@ def _mesh_virtual_services(cluster: Cluster) -> list[Manifest]:
 def _presence(cluster: Cluster) -> Iterator[Finding]:
     rules = cluster.of_kind("DestinationRule")
     meshed = _mesh_virtual_services(cluster)
+    # A VirtualService of the service that lost `mesh` is reported as such (hosts rule).
+    unmeshed = {t for vs in cluster.of_kind("VirtualService") for t in lost_mesh(cluster, vs)}
     policies = cluster.of_kind("AuthorizationPolicy")
     for entry in implemented():
         name = entry.name
@@ -139,7 +141,7 @@ def _presence(cluster: Cluster) -> Iterator[Finding]:
                     f"add mesh/istio/destination-rules/{name}.yaml and list it in "
                     "mesh/istio/kustomization.yaml",
                 )
-        if not any(
+        if ("his", name) not in unmeshed and not any(
             cluster.resolve(str(h), namespace_of(vs)) == ("his", name)
             for vs in meshed
             for h in spec_of(vs).get("hosts") or []
@@ -395,6 +397,20 @@ def _virtual_service_hosts(cluster: Cluster) -> Iterator[Finding]:
                     "name an existing Gateway as <namespace>/<name>",
                 )
         if gateways and "mesh" not in gateways:
+            services = lost_mesh(cluster, vs)
+            if services:
+                names = ", ".join(f"{n}.{ns}.svc.cluster.local" for ns, n in services)
+                yield finding(
+                    cluster,
+                    vs,
+                    "gateways",
+                    f"lists {', '.join(gateways)} but not mesh, though its host {names} is a "
+                    "Service of the mesh that no gateway listed serves: the routes apply "
+                    "nowhere, so calls inside the mesh get Istio's default retries (unavailable, "
+                    "cancelled) on every rpc, writes included",
+                    "put mesh back in gateways (the apps' routes belong in "
+                    "mesh/istio/gateway/routes.yaml)",
+                )
             continue  # external host names, served by the gateway
         for host in spec.get("hosts") or []:
             target = cluster.resolve(str(host), namespace_of(vs))
@@ -698,6 +714,8 @@ def _calls(vs: Manifest) -> list[dict[str, str]]:
 
 def _method_classes(cluster: Cluster) -> Iterator[Finding]:
     for vs in cluster.of_kind("VirtualService"):
+        if lost_mesh(cluster, vs):
+            continue  # one finding says `mesh` is missing: its routes are judged once it is back
         gateway = bool(spec_of(vs).get("gateways")) and "mesh" not in spec_of(vs)["gateways"]
         own = {
             target[1]

@@ -9,13 +9,14 @@ operator); an ipBlock peer cannot be judged by labels, so it silences the "missi
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from his.base.catalog import implemented
 from his.mesh.calls import CALLS
-from his.mesh.cluster import Cluster, finding, namespace_of, spec_of
+from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of
 from his.mesh.contracts import all_paths
 from his.mesh.edge_lint import gateway_services
 from his.mesh.findings import Finding
@@ -323,6 +324,55 @@ def _names_istiod(rule: Mapping[str, Any]) -> bool:
     )
 
 
+def _selector_text(selector: Mapping[str, Any]) -> str:
+    """A LabelSelector as an SRE reads it: `k: v, key In [a, b]`."""
+    parts = [f"{k}: {v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    parts += [
+        f"{e.get('key')} {e.get('operator')}" + (f" {list(e['values'])}" if e.get("values") else "")
+        for e in selector.get("matchExpressions") or []
+    ]
+    return "{" + ", ".join(parts) + "}"
+
+
+def _istiod_rule_problem(rule: Mapping[str, Any]) -> str | None:
+    """Why an egress rule written for istiod (it names istiod's pods or namespace, or port
+    15012) does not reach istiod; None for a rule not written for istiod."""
+    namespace_labels, pod_labels = ISTIOD
+    istio_system = namespace_labels["kubernetes.io/metadata.name"]
+    aimed = any(port.get("port") == ISTIOD_XDS_PORT for port in rule.get("ports") or [])
+    reasons: list[str] = []
+    for index, peer in enumerate(rule.get("to") or []):
+        namespaces, pods = peer.get("namespaceSelector"), peer.get("podSelector")
+        pod_ok = selects(pods or {}, pod_labels)
+        namespace_ok = namespaces is not None and selects(namespaces, namespace_labels)
+        written = [str(v) for v in ((namespaces or {}).get("matchLabels") or {}).values()]
+        # A misspelt istio-system (istio-sytem), not another namespace (kube-system).
+        near = difflib.get_close_matches(istio_system, written, n=1, cutoff=0.85)
+        if not ((pods and pod_ok) or namespace_ok or near):
+            continue
+        aimed = True
+        if namespaces is None:
+            reasons.append(
+                f"to[{index}] has no namespaceSelector, so it names pods of namespace "
+                f"{NAMESPACE}, and istiod runs in {istio_system}"
+            )
+        elif not namespace_ok:
+            reasons.append(
+                f"to[{index}].namespaceSelector {_selector_text(namespaces)} does not select "
+                f"namespace {istio_system}" + (f" ({near[0]!r} is misspelt)" if near else "")
+            )
+        elif not pod_ok:
+            reasons.append(
+                f"to[{index}].podSelector {_selector_text(pods or {})} selects no istiod pod "
+                "(app: istiod)"
+            )
+    if not aimed:
+        return None
+    if not _admits_port(rule, ISTIOD_XDS_PORT):
+        reasons.append(f"its ports do not include TCP {ISTIOD_XDS_PORT}")
+    return "; ".join(reasons)
+
+
 def _meshed(pod: Mapping[str, str]) -> bool:
     return pod.get("sidecar.istio.io/inject", "true").lower() != "false"
 
@@ -342,9 +392,10 @@ def platform_ports(cluster: Cluster) -> Iterator[Finding]:
     """Every meshed pod may reach istiod's xDS port; the gateway's pods take their real port."""
     if not cluster.of_kind("NetworkPolicy") or not cluster.of_kind("AuthorizationPolicy"):
         return  # no network policies, or no mesh in this overlay
-    # The policy meant to open istiod (its egress names istiod) is the one to fix, once.
+    # The policy meant to open istiod (its egress is written for istiod) is the one to fix,
+    # once, whatever pods it fails: not each policy that would need it.
     cut: dict[str, list[str]] = {}
-    blamed: dict[str, Manifest] = {}
+    blamed: dict[str, tuple[Manifest, str | None]] = {}
     seen: set[str] = set()
     for namespace, labels in cluster.pods:
         app = labels.get("app", "?")
@@ -355,22 +406,33 @@ def platform_ports(cluster: Cluster) -> Iterator[Finding]:
         rules = [(p, rule) for p in policies for rule in spec_of(p).get("egress") or []]
         if not policies or any(_reaches_istiod(rule) for _, rule in rules):
             continue
-        meant = next((p for p, rule in rules if _names_istiod(rule)), None)
-        blame = meant if meant is not None else _where(policies, app)
-        key = f"{namespace_of(blame)}/{(blame.get('metadata') or {}).get('name')}"
-        blamed[key] = blame
+        meant = next(
+            ((p, why) for p, rule in rules if (why := _istiod_rule_problem(rule)) is not None),
+            None,
+        )
+        blame, why = meant if meant is not None else (_where(policies, app), None)
+        key = f"{namespace_of(blame)}/{name_of(blame)}"
+        blamed[key] = (blame, why)
         cut.setdefault(key, []).append(app)
     for key, apps in sorted(cut.items()):
+        blame, why = blamed[key]
+        problem = (
+            f"no policy lets the pods of {', '.join(sorted(apps))} reach istiod (istio-system, "
+            f"app: istiod) on port {ISTIOD_XDS_PORT}"
+        )
         yield finding(
             cluster,
-            blamed[key],
+            blame,
             "egress",
-            f"no policy lets the pods of {', '.join(sorted(apps))} reach istiod (istio-system, "
-            f"app: istiod) on port {ISTIOD_XDS_PORT}: their sidecars get no configuration or "
-            "certificate, so they never become ready",
-            f"allow egress to istiod on {ISTIOD_XDS_PORT} (platform.yaml's allow-istiod)",
+            problem
+            + (f" ({name_of(blame)}'s rule for istiod misses it: {why})" if why else "")
+            + ": their sidecars get no configuration or certificate, so they never become ready",
+            f"allow egress to istiod on {ISTIOD_XDS_PORT}: namespaceSelector "
+            "kubernetes.io/metadata.name: istio-system with podSelector app: istiod"
+            + ("" if why is not None else " (platform.yaml's allow-istiod)"),
         )
     yield from _gateway_ports(cluster)
+    yield from _database_sidecars(cluster)
 
 
 def _container_ports(cluster: Cluster, selector: Mapping[str, str]) -> dict[str, int]:
@@ -416,18 +478,130 @@ def _gateway_ports(cluster: Cluster) -> Iterator[Finding]:
                 if port.get("port") in servers and isinstance(target, int):
                     wanted.add(target)
         names = {number: name for name, number in named.items()}
+        # Behind a LoadBalancer or NodePort the apps connect from outside the cluster (with
+        # externalTrafficPolicy Local from their own addresses): no pod or namespace selector,
+        # nor a private range, names them.
+        outside = [
+            f"Service {namespace_of(s)}/{name_of(s)} is a {spec_of(s)['type']}"
+            for s in gateway_services(cluster, gateway)
+            if spec_of(s).get("type") in _EXTERNAL_SERVICE_TYPES
+        ]
         for number in sorted(wanted):
-            if not any(
-                _admits_port(rule, number, names.get(number))
+            admitting = [
+                (p, rule)
                 for p in policies
                 for rule in spec_of(p).get("ingress") or []
-            ):
+                if _admits_port(rule, number, names.get(number))
+            ]
+            if not admitting:
                 yield finding(
                     cluster,
                     _where(policies, GATEWAY_APP),
                     "ingress",
                     f"does not admit port {number}, where the gateway's pods serve Gateway "
-                    f"{namespace_of(gateway)}/{(gateway.get('metadata') or {}).get('name')} "
+                    f"{namespace_of(gateway)}/{name_of(gateway)} "
                     "(the gateway Service's targetPort): the apps cannot connect",
                     f"admit port {number} (the targetPort, not the Service port)",
                 )
+            elif outside and not any(_from_anywhere(rule) for _, rule in admitting):
+                policy = admitting[0][0]
+                peers = "; ".join(_peer_text(peer) for _, r in admitting for peer in r["from"])
+                yield finding(
+                    cluster,
+                    policy,
+                    "ingress",
+                    f"admits port {number} only from {peers}: the apps reach Gateway "
+                    f"{namespace_of(gateway)}/{name_of(gateway)} from outside the cluster "
+                    f"({', '.join(outside)}), so "
+                    "they are cut off",
+                    f"admit port {number} from anywhere: no `from` in that ingress rule (or "
+                    "ipBlock cidr 0.0.0.0/0)",
+                )
+
+
+_EXTERNAL_SERVICE_TYPES = ("LoadBalancer", "NodePort")
+_ANY_ADDRESS = ("0.0.0.0/0", "::/0")
+
+
+def _from_anywhere(rule: Mapping[str, Any]) -> bool:
+    """Whether an ingress rule admits any source address (no `from`, or an ipBlock of all)."""
+    peers = rule.get("from")
+    if not peers:
+        return True
+    return any(str((peer.get("ipBlock") or {}).get("cidr")) in _ANY_ADDRESS for peer in peers)
+
+
+def _peer_text(peer: Mapping[str, Any]) -> str:
+    if "ipBlock" in peer:
+        return f"ipBlock {(peer.get('ipBlock') or {}).get('cidr')}"
+    parts = [
+        f"{field} {_selector_text(peer[field] or {})}"
+        for field in ("namespaceSelector", "podSelector")
+        if field in peer
+    ]
+    return " and ".join(parts) + (
+        "" if "namespaceSelector" in peer else f" (pods of namespace {NAMESPACE})"
+    )
+
+
+# --- CloudNativePG instances stay out of the mesh ---------------------------------------------
+
+_INJECT = "sidecar.istio.io/inject"
+
+
+def _namespace_injects(cluster: Cluster) -> str | None:
+    """The label by which namespace his asks for sidecars (`istio-injection: enabled`), if any."""
+    for namespace in cluster.of_kind("Namespace"):
+        if name_of(namespace) != NAMESPACE:
+            continue
+        labels = (namespace.get("metadata") or {}).get("labels") or {}
+        if labels.get("istio-injection") == "enabled":
+            return "istio-injection: enabled"
+        if "istio.io/rev" in labels and labels.get("istio-injection") != "disabled":
+            return f"istio.io/rev: {labels['istio.io/rev']}"
+    return None
+
+
+def _database_sidecars(cluster: Cluster) -> Iterator[Finding]:
+    """The pods of a CloudNativePG Cluster in an injected namespace get sidecars unless its
+    inheritedMetadata opts them out; such a sidecar needs istiod, which the platform policies
+    (allow-istiod leaves out cnpg.io/cluster pods) may not let it reach."""
+    injects = _namespace_injects(cluster)
+    for db in cluster.of_kind("Cluster"):
+        if not str(db.get("apiVersion", "")).startswith("postgresql.cnpg.io/"):
+            continue
+        if namespace_of(db) != NAMESPACE:
+            continue
+        inherited = spec_of(db).get("inheritedMetadata") or {}
+        labels = {str(k): str(v) for k, v in (inherited.get("labels") or {}).items()}
+        asked = labels.get(_INJECT, str((inherited.get("annotations") or {}).get(_INJECT, "")))
+        if asked.lower() == "false" or (injects is None and asked.lower() != "true"):
+            continue
+        pod = labels | {"cnpg.io/cluster": name_of(db), "cnpg.io/podRole": "instance"}
+        policies = _restricting(cluster, pod, "egress")
+        rules = [rule for p in policies for rule in spec_of(p).get("egress") or []]
+        if not policies or any(_reaches_istiod(rule) for rule in rules):
+            continue
+        leaving_out = sorted(
+            name_of(p)
+            for p in cluster.of_kind("NetworkPolicy")
+            if namespace_of(p) == NAMESPACE
+            and any(_names_istiod(rule) for rule in spec_of(p).get("egress") or [])
+        )
+        why = f" ({', '.join(leaving_out)} does not select the instances)" if leaving_out else ""
+        reason = (
+            f"{_INJECT}: true"
+            if asked.lower() == "true"
+            else f"namespace {NAMESPACE} has {injects}"
+        )
+        yield finding(
+            cluster,
+            db,
+            "spec.inheritedMetadata.labels",
+            f'no {_INJECT}: "false" for the instances, and they get sidecars ({reason}): no '
+            f"NetworkPolicy lets those reach istiod on port {ISTIOD_XDS_PORT}{why}, so the "
+            "sidecars never become ready and neither does the database",
+            f'set spec.inheritedMetadata.labels {_INJECT}: "false" (the instances stay out of '
+            "the mesh; the operator reaches them from outside it)",
+            paths=[("spec", "inheritedMetadata", "labels", _INJECT), ("spec", "inheritedMetadata")],
+        )

@@ -197,7 +197,9 @@ async def apply_events(
     applied; the events before it are, in a transaction of their own (the batch's is rolled
     back and its prefix applied again), and the refusal names the event
     (`events[i].payload.<field>`), as the contract says, so the relay can tell which one to keep
-    as a dead letter. Any other error rolls the whole batch back: the relay delivers it again."""
+    as a dead letter. Any other error rolls the whole batch back: the relay delivers it again.
+    That includes a deadlock, possible when two deliveries running at once change the same rows
+    in opposite orders: PostgreSQL ends one (INTERNAL to its relay, which backs off and retries)."""
     checked = _check(events, consumes)
     end = len(checked)
     refusal: _Refused | None = None

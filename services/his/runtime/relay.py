@@ -8,10 +8,13 @@ receiver deduplicates what is then delivered twice by event id).
 
 Rows go in id order, and stay in it: a failed delivery hands its rows back at once and backs the
 destination off exponentially (the SDK's breaker per upstream fails fast meanwhile), so when it is
-tried again the same rows go first and nothing later overtakes them. A batch the receiver refuses
-for good (bad input, a conflicting event) is split, and an event refused alone becomes a dead
-letter: kept, counted, logged, never retried. Health never follows a destination: the service
-serves on while its receivers are away.
+tried again the same rows go first and nothing later overtakes them. One relay makes one pass at
+a time per destination; replicas deliver their own claims side by side, so across replicas (and
+for a row whose transaction committed after a later id's) arrival order is not id order:
+receivers keep the newest revision, and the audit chain records each event's own time. A batch
+the receiver refuses for good (bad input, a conflicting event) is split, and an event refused
+alone becomes a dead letter: kept, counted, logged, never retried. Health never follows a
+destination: the service serves on while its receivers are away.
 """
 
 from __future__ import annotations
@@ -148,6 +151,9 @@ class Relay:
         self._metrics = _Metrics(registry)
         self._wake = asyncio.Event()
         outbox.committed.append(self._wake)
+        # One pass at a time per destination: `drain` (shutdown, tests) beside the relay's own
+        # loop would otherwise deliver two claims of the same outbox concurrently, out of order.
+        self._passing = {destination: asyncio.Lock() for destination in self._deliverers}
         # The table name is a checked catalog schema; every value is bound. Every statement that
         # changes a row commits without waiting for its flush to disk (NO_FLUSH_WAIT).
         schema = table(outbox.schema)
@@ -212,11 +218,12 @@ class Relay:
         delivered."""
         total = 0
         for destination in self._deliverers if destinations is None else destinations:
-            while True:
-                count, full = await self._batch(destination)
-                total += count
-                if not full:
-                    break
+            async with self._passing[destination]:
+                while True:
+                    count, full = await self._batch(destination)
+                    total += count
+                    if not full:
+                        break
         return total
 
     async def drain(self, timeout_s: float, destinations: Collection[str] | None = None) -> None:
