@@ -138,12 +138,13 @@ cnpg-schema: $(VENV)/.installed ## Regenerate the carried CloudNativePG CRD: mak
 	@test -n "$(SRC)" -a -n "$(RELEASE)" -a -n "$(COMMIT)" || { echo "usage: make cnpg-schema SRC=<CNPG Cluster CRD file> RELEASE=<its tag, e.g. 1.30.0> COMMIT=<the tag's commit>"; exit 2; }
 	$(PY) -m his.mesh.cnpg_crd "$(SRC)" --release "$(RELEASE)" --commit "$(COMMIT)"
 
-# Two workers (PYTEST_WORKERS=0 for one process), each with its own PostgreSQL and servers; then
-# the end-to-end tests, which run `his up` on the fixed local ports, alone: beside a busy worker
-# their ports were found taken (the cause not pinned down), and alone they never were.
+# Two workers (PYTEST_WORKERS=0 for one process), each with its own PostgreSQL and servers, tests
+# handed out one by one except an xdist_group's, which one worker runs in order (the billing
+# journey); then the end-to-end tests, which run `his up` on the fixed local ports, alone: beside
+# a busy worker their ports were found taken (the cause not pinned down), and alone they never were.
 PYTEST_WORKERS ?= 2
 pytest: $(VENV)/.installed
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --ignore=tests/e2e
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup --ignore=tests/e2e
 	$(VENV)/bin/pytest tests/e2e
 
 # Every figure is printed also as a ratio to a bare grpc.aio echo server measured in the same run,

@@ -111,11 +111,30 @@ def handled(running: RunningService, code: str) -> float:
     return total
 
 
+# The ports `free_port` handed out, each held by a bound socket until this process ends.
+_RESERVED: list[socket.socket] = []
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+    """A TCP port nothing listens on, reserved for this test process until it ends.
+
+    The port stays bound by a socket that never listens, with SO_REUSEADDR: the kernel then gives
+    it to no other bind to port 0 and to no outgoing connection on this machine, while a server
+    that binds it by number with SO_REUSEADDR (gRPC, Envoy, his.runtime.documents_http) still
+    can, and again after a restart. A port that was only free when asked (its socket closed at
+    once) could be handed to anyone before the service it was reserved for started: the session
+    reserves the ports of its order loop, scheduling and iam early and starts them later, if at
+    all. A port used as "nothing listens here" stays so while reserved."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("::", 0))
-        return int(sock.getsockname()[1])
+    except OSError:
+        sock.close()
+        raise
+    _RESERVED.append(sock)
+    return int(sock.getsockname()[1])
 
 
 async def wait_for_health(

@@ -1,14 +1,21 @@
-"""Pieces of `his up` that need no running hospital: restart backoff, exit descriptions, and which
-log lines reach the terminal."""
+"""Pieces of `his up` that need no running hospital: restart backoff, exit descriptions, which
+log lines reach the terminal, `his token` with no hospital running and `his up --demo` refused in
+the mesh (neither takes the fixed local ports, so they run beside the other tests, not with the
+`his up` ones in tests/e2e)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from his.local import Backoff, describe_exit
 from his.local_logs import LogFiles
+from his.local_secrets import local_secrets
+from tests.support import free_port
 
 
 def test_restart_waits_double_up_to_the_cap_and_start_over_after_a_stable_run() -> None:
@@ -62,3 +69,53 @@ def test_text_log_files_hold_readable_lines(tmp_path: Path) -> None:
     logs.close()
     kept = (tmp_path / "logs" / "patient.log").read_text()
     assert kept == "08:00:00.000 INFO  his-patient rpc method=GetPatient\n"
+
+
+def test_his_token_with_nothing_running_says_to_start_the_hospital(tmp_path: Path) -> None:
+    def token(data_dir: Path, user: str = "admin") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "his.cli", "token", "--user", user],
+            env=dict(
+                os.environ, HIS_DATA_DIR=str(data_dir), HIS_IAM_ADDR=f"localhost:{free_port()}"
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    never_ran = token(tmp_path / "empty")
+    assert never_ran.returncode == 1
+    assert "no hospital has run here" in never_ran.stderr
+    assert "make run" in never_ran.stderr
+    assert not (tmp_path / "empty").exists()  # and makes no secrets there
+
+    local_secrets(tmp_path / "his")  # a hospital ran here once, but is not running now
+    stopped = token(tmp_path / "his")
+    assert stopped.returncode == 1
+    assert stopped.stdout == ""
+    assert stopped.stderr.startswith("his token: iam is not reachable at localhost:")
+    assert "make run" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and "AioRpcError" not in stopped.stderr
+    # A demo staff member's credential exists only once `his up --demo` enrolled them.
+    never_enrolled = token(tmp_path / "his", "reg.amina")
+    assert never_enrolled.returncode == 1
+    assert "no development credential is known for 'reg.amina'" in never_enrolled.stderr
+    assert "his up --demo" in never_enrolled.stderr
+    assert "Traceback" not in never_enrolled.stderr
+
+
+def test_up_demo_is_refused_outside_development(tmp_path: Path) -> None:
+    # The demo prints known passwords and TOTP secrets: never in the mesh.
+    refused = subprocess.run(
+        [sys.executable, "-m", "his.cli", "up", "--demo"],
+        env=dict(os.environ, HIS_DATA_DIR=str(tmp_path / "his"), HIS_MESH="istio"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "refused with HIS_MESH=istio" in refused.stderr
+    assert "TOTP secret" not in refused.stdout
+    assert not (tmp_path / "his").exists()  # nothing started, no secrets made

@@ -6,16 +6,23 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from his.iam.config import sign_in_codes_path
+
 READY = "HIS Mesh is up"
+# Sign-in codes live this long in the shared demo hospital (the least iam allows), so that the
+# web client's Node test can see one expire; every sign-in of the tests uses its code at once.
+CODE_TTL_S = 10
 
 
 class HisUp:
@@ -108,3 +115,38 @@ def left_behind(data_dir: Path, timeout_s: float = 15.0) -> list[str]:
                 mine.append(process)
     _, alive = psutil.wait_procs(mine, timeout=timeout_s)
     return [" ".join(process.cmdline()) for process in alive if process.is_running()]
+
+
+@dataclass(frozen=True)
+class DemoHospital:
+    """A running `his up --demo` (tests/e2e/conftest.py): its process, data directory and the
+    gateway's origin."""
+
+    up: HisUp
+    data_dir: Path
+    gateway: str
+
+    @property
+    def codes(self) -> Path:
+        """The local sender's file of sign-in codes."""
+        return sign_in_codes_path(self.data_dir)
+
+    def token(self, username: str) -> str:
+        """A staff token, as a newcomer gets one (`his token --user`)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "his.cli", "token", "--user", username],
+            env=dict(os.environ, HIS_DATA_DIR=str(self.data_dir)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+
+def gateway_origin(printed: str) -> str:
+    """The gateway's address as `his up` prints it."""
+    found = re.search(r"^gateway\s.*?(http://\S+)", printed, re.MULTILINE)
+    assert found, f"`his up` printed no gateway address:\n{printed}"
+    return found.group(1).rstrip("/")

@@ -1,5 +1,6 @@
 """The README's walk-through and break-the-glass snippets, exactly as written there, run twice in
-a row against `his up --demo`: a newcomer can paste them, and paste them again."""
+a row against `his up --demo` (the one the e2e tests share, tests/e2e/conftest.py): a newcomer can
+paste them, and paste them again."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from his.scheduling.demo import TIME_ZONE
-from tests.e2e.his_up import READY, HisUp, left_behind
+from tests.e2e.his_up import DemoHospital
 
 pytestmark = pytest.mark.slow
 
@@ -151,30 +152,28 @@ def _check_bill(lines: list[str]) -> None:
 
 
 @pytest.mark.timeout(420)
-def test_readme_snippets_run_cleanly_twice_against_make_run(data_dir: Path, tmp_path: Path) -> None:
+def test_readme_snippets_run_cleanly_twice_against_make_run(
+    demo_hospital: DemoHospital, tmp_path: Path
+) -> None:
     walkthrough, glass = _walkthrough(), _break_the_glass()
     workdir = tmp_path / "checkout"
     workdir.mkdir()
     (workdir / ".venv").symlink_to(sys.prefix)
-    up = HisUp(data_dir, "--demo")
-    try:
-        up.wait_for(READY)
-        first = _check_walkthrough(_paste(walkthrough, workdir, data_dir))
-        second = _check_walkthrough(_paste(walkthrough, workdir, data_dir))
-        assert second[0] == first[0]  # the patient's request_id replayed: the same patient
-        assert second[1] != first[1]  # a new booking, into the next free slot
-        for run in range(2):
-            lines = _paste(glass, workdir, data_dir)
-            if run == 0:
-                refused = _one(lines, "dr.sun without a grant: ")
-                assert "PERMISSION_DENIED DEPARTMENT_MISMATCH (scheduling.his)" in refused
-            else:  # the first run's grant (10 minutes) still opens the record, and a second
-                # one for the same patient is refused (one open grant per person and patient)
-                _one(lines, "dr.sun may read it already")
-            granted = "emergencyAccessGrants/" if run == 0 else "the grant of an earlier run"
-            assert _one(lines, f"dr.sun with {granted}").endswith("-> APPOINTMENT_STATUS_BOOKED")
-            flagged = [line for line in lines if line.startswith("audit: ")]
-            assert any("GetAppointment" in line for line in flagged), lines
-    finally:
-        assert up.interrupt() == 0, "".join(up.output)
-    assert left_behind(data_dir) == []
+    data_dir = demo_hospital.data_dir
+    first = _check_walkthrough(_paste(walkthrough, workdir, data_dir))
+    second = _check_walkthrough(_paste(walkthrough, workdir, data_dir))
+    assert second[0] == first[0]  # the patient's request_id replayed: the same patient
+    assert second[1] != first[1]  # a new booking, into the next free slot
+    for run in range(2):
+        lines = _paste(glass, workdir, data_dir)
+        if run == 0:
+            refused = _one(lines, "dr.sun without a grant: ")
+            assert "PERMISSION_DENIED DEPARTMENT_MISMATCH (scheduling.his)" in refused
+        else:  # the first run's grant (10 minutes) still opens the record, and a second
+            # one for the same patient is refused (one open grant per person and patient)
+            _one(lines, "dr.sun may read it already")
+        granted = "emergencyAccessGrants/" if run == 0 else "the grant of an earlier run"
+        assert _one(lines, f"dr.sun with {granted}").endswith("-> APPOINTMENT_STATUS_BOOKED")
+        flagged = [line for line in lines if line.startswith("audit: ")]
+        assert any("GetAppointment" in line for line in flagged), lines
+    # Ctrl-C leaving nothing behind is checked when the shared hospital stops (conftest.py).

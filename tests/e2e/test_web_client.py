@@ -2,9 +2,10 @@
 patient web app in headless Chromium, both through the real grpc-web gateway (Envoy) that
 `his up` starts in front of the real services.
 
-One `his up --demo` serves the whole module. The Node test (clients/web/test/gateway.test.ts) is
-run as a subprocess against it; the browser test drives the app the gateway serves. A failed
-browser test leaves a screenshot in `test-artifacts/web/` (or `$HIS_TEST_ARTIFACTS/web/`).
+The `his up --demo` the e2e tests share (tests/e2e/conftest.py) serves them. The Node test
+(clients/web/test/gateway.test.ts) is run as a subprocess against it; the browser test drives the
+app the gateway serves. A failed browser test leaves a screenshot in `test-artifacts/web/`
+(or `$HIS_TEST_ARTIFACTS/web/`).
 """
 
 from __future__ import annotations
@@ -12,25 +13,19 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from his.base.catalog import implemented
 from his.gateway.policy import load as load_gateway_policy
-from his.iam.config import sign_in_codes_path
 from his.iam.v1 import iam_service_pb2 as ipb
 from his.patient.v1 import patient_service_pb2 as ppb
 from his.scheduling.v1 import scheduling_service_pb2 as spb
 from his_client import HisClients, static_token
 from his_client.patient_sign_in import last_code
-from tests.e2e.his_up import READY, HisUp
+from tests.e2e.his_up import CODE_TTL_S, DemoHospital
 from tests.e2e.web import (
     CHROMIUM_ARGS,
     ROOT,
@@ -50,63 +45,16 @@ NODE_PHONES = ("+8613800000001", "+8613800000002", "+8613800000006", "+861380000
 BROWSER_PHONE = "+8613800000005"
 BLOCKER_FAMILY_NAME = "Zhang"
 CLINIC = "Cardiology Outpatient Clinic"  # one place per slot: a booking makes a slot full
-# Codes live this long in the module's hospital (the least iam allows), so that the Node test can
-# see one expire; every sign-in of the tests uses its code at once.
-CODE_TTL_S = 10
 
 
-@dataclass(frozen=True)
-class Hospital:
-    """A running `his up --demo`: its data directory and the gateway's origin."""
-
-    data_dir: Path
-    gateway: str
-
-    @property
-    def codes(self) -> Path:
-        """The local sender's file of sign-in codes."""
-        return sign_in_codes_path(self.data_dir)
-
-    def token(self, username: str) -> str:
-        """A staff token, as a newcomer gets one (`his token --user`)."""
-        done = subprocess.run(
-            [sys.executable, "-m", "his.cli", "token", "--user", username],
-            env=dict(os.environ, HIS_DATA_DIR=str(self.data_dir)),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-
-def _gateway_origin(printed: str) -> str:
-    """The gateway's address as `his up` prints it."""
-    found = re.search(r"^gateway\s.*?(http://\S+)", printed, re.MULTILINE)
-    assert found, f"`his up` printed no gateway address:\n{printed}"
-    return found.group(1).rstrip("/")
-
-
-@pytest.fixture(scope="module")
-def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
-    for entry in implemented():
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            if sock.connect_ex(("::1", entry.port)) == 0:
-                pytest.fail(f"port {entry.port} is in use: stop the other `his up` first")
-    data_dir = tmp_path_factory.mktemp("web") / "his"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("HIS_IAM_SIGN_IN_CODE_TTL_S", str(CODE_TTL_S))
-        up = HisUp(data_dir, "--demo")
-    try:
-        up.wait_for(READY, timeout_s=180)
-        yield Hospital(data_dir, _gateway_origin("".join(up.output)))
-    finally:
-        assert up.interrupt() == 0, "".join(up.output)
+@pytest.fixture
+def hospital(demo_hospital: DemoHospital) -> DemoHospital:
+    """The shared `his up --demo` (tests/e2e/conftest.py)."""
+    return demo_hospital
 
 
 @pytest.mark.timeout(300)
-def test_node_client_through_the_gateway(hospital: Hospital) -> None:
+def test_node_client_through_the_gateway(hospital: DemoHospital) -> None:
     """clients/web/test/gateway.test.ts: patient token OK, no token UNAUTHENTICATED, another
     patient's appointment PERMISSION_DENIED, audit refused at the gateway, CORS, error details."""
     node = require_node_modules()
@@ -206,14 +154,14 @@ async def _take_first_free_slot(his: HisClients, clinic: str) -> spb.Appointment
 
 @pytest.mark.timeout(300)
 async def test_patient_signs_in_books_sees_and_cancels_in_the_browser(
-    hospital: Hospital, page: Page
+    hospital: DemoHospital, page: Page
 ) -> None:
     require_built_app()
     async with screenshot_on_failure(page, "patient_books_and_cancels"):
         await _book_and_cancel(hospital, page)
 
 
-async def _book_and_cancel(hospital: Hospital, page: Page) -> None:
+async def _book_and_cancel(hospital: DemoHospital, page: Page) -> None:
     await page.goto(f"{hospital.gateway}/")
 
     # Sign in: the phone number, a wrong code (refused with a sentence), then the right one.

@@ -216,7 +216,7 @@ async def loop(
         url,
         addresses(patient_service, audit_service, iam_service, emr_service),
         # Billing's port has no listener: completed orders and hand-overs wait for it there
-        # (tests/e2e/test_billing_journey.py follows them to billing).
+        # (tests/billing/test_journey.py follows them to billing).
         {name: free_port() for name in ("orders", "lab", "pharmacy", "billing")},
         {},
     )

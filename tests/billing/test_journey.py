@@ -5,7 +5,7 @@ each exactly once: with billing up, with billing down for the whole visit, with 
 while a relay is delivering to it, and with every event delivered twice. Reconciliation then
 finds nothing missing and nothing charged twice.
 
-The tests share one world (tests/e2e/billing_world.py) and run in order; each visit is a new
+The tests share one world (tests/billing/journey_world.py) and run in order; each visit is a new
 patient's, so a test looks at its own patient's charges."""
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from his.runtime.server import RunningService
 from his.scheduling.v1 import scheduling_service_pb2 as scheduling_pb
 from his.scheduling.v1 import scheduling_service_pb2_grpc as scheduling_grpc
 from tests.billing.helpers import CLERK, MEDICATION, SERVICE_TYPES, stamp
+from tests.billing.journey_world import World, billing_world, eventually
 from tests.conftest import addresses
-from tests.e2e.billing_world import World, billing_world, eventually
 from tests.emr.helpers import ADMINISTRATOR, new_patient
 from tests.identity import REGISTRAR, channel_as
 from tests.lab.helpers import GLUCOSE, quantity, specimen
@@ -57,6 +57,10 @@ from tests.scheduling.helpers import (
     zone_near_midday,
 )
 from tests.support import blocked_on_a_lock, failure_of
+
+# One worker runs the whole journey (`make pytest` distributes with --dist loadgroup): its tests
+# share one world and follow each other.
+pytestmark = pytest.mark.xdist_group("billing_journey")
 
 # What the price list says (billing's migration 0002 seeds the first two; the drug's price is the
 # journey's own, its code being the id the pharmacy gave the medication): in CNY fen.
