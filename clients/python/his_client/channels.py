@@ -17,6 +17,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 250),
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 5_000),
+    # Connections of this channel's own: a new client does not inherit the failure and
+    # reconnect backoff of another channel to the same address in the process (a test's fresh
+    # channel to a server that a relay had tried before it listened failed at once, refused).
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 
