@@ -1,0 +1,50 @@
+"""Reproductions from the second review of issue 18 (rev18b): a mistake seeded into a copy of the
+real policy that `his mesh check` passed, blamed on the wrong file or worded wrongly. Each seed
+gives a finding naming the file to edit, the object, the problem and the fix; a correct variant
+of the same edit passes. The real policy passes (test_check.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from his.mesh.check import run_check
+from his.mesh.findings import Finding
+from tests.mesh.conftest import edit, needs_kubectl
+
+pytestmark = needs_kubectl
+
+BASE = "deploy/kustomize/base"
+PROD = "deploy/kustomize/overlays/prod"
+CANARY = "deploy/kustomize/components/canary"
+VS = "mesh/istio/virtual-services"
+
+
+def _findings(root: Path, overlay: str) -> list[Finding]:
+    return run_check(root, [overlay]).findings
+
+
+# --- F at weight 0: the x-canary header routes still reach the canary subset ------------------
+
+
+def _canary_relabelled(root: Path) -> None:
+    file = f"{CANARY}/patient.yaml"
+    edit(root, file, "      version: v2\n  strategy", "      version: canary\n  strategy")
+    edit(root, file, "        version: v2\n", "        version: canary\n")
+
+
+def test_relabelled_canary_at_weight_0_is_reached_by_the_header_routes(policy_copy: Path) -> None:
+    _canary_relabelled(policy_copy)
+    (finding,) = _findings(policy_copy, "dev")
+    assert finding.file == f"{CANARY}/patient.yaml", finding
+    assert finding.subject == "Deployment his/patient-v2 spec.template.metadata.labels", finding
+    assert "selects no pods" in finding.problem, finding
+    assert "label its pods version=v2 again" in finding.fix, finding
+    # Weight 0 is already the state: the fix must name the header routes that still send there.
+    assert "http[0] patient-canary-override-reads" in finding.fix, finding
+    assert "give subset 'canary' weight 0" not in finding.fix, finding
+
+
+def test_header_routes_to_an_undeployed_canary_pass(policy_copy: Path) -> None:
+    # orders has header routes to subset canary and no canary Deployment: the normal state.
+    edit(policy_copy, f"{CANARY}/kustomization.yaml", "  - patient.yaml\n", "")
+    assert _findings(policy_copy, "dev") == []
