@@ -48,3 +48,22 @@ def test_header_routes_to_an_undeployed_canary_pass(policy_copy: Path) -> None:
     # orders has header routes to subset canary and no canary Deployment: the normal state.
     edit(policy_copy, f"{CANARY}/kustomization.yaml", "  - patient.yaml\n", "")
     assert _findings(policy_copy, "dev") == []
+
+
+# --- N16: a Deployment's cpu limit below its request ----------------------------------------
+
+
+def test_limit_below_the_request_is_rejected_by_the_api_server(policy_copy: Path) -> None:
+    edit(policy_copy, f"{PROD}/resources.yaml", 'cpu: "1"', "cpu: 100m")
+    found = _findings(policy_copy, "prod")
+    assert found, "a cpu limit below the request passed"
+    assert all(f.file == f"{PROD}/resources.yaml" for f in found), found
+    assert all("resources.limits.cpu" in f.subject for f in found), found
+    assert all("the limit 100m is below the request 500m" in f.problem for f in found), found
+    assert all("API server rejects" in f.problem for f in found), found
+    assert all("raise limits.cpu to at least 500m" in f.fix for f in found), found
+
+
+def test_limit_equal_to_the_request_passes(policy_copy: Path) -> None:
+    edit(policy_copy, f"{PROD}/resources.yaml", 'cpu: "1"', "cpu: 500m")
+    assert _findings(policy_copy, "prod") == []

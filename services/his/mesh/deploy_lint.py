@@ -14,6 +14,7 @@ from typing import Any
 
 from his.base.catalog import implemented
 from his.base.env import ConfigError
+from his.mesh import quantity
 from his.mesh.calls import CALLS
 from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of, suggest
 from his.mesh.findings import Finding
@@ -332,6 +333,30 @@ def _resources(
                 f"no {' or '.join(missing)} {part}: {why}",
                 f"set resources.{part}.{'/'.join(missing)}",
                 paths=[(*container_path, part), container_path],
+            )
+    yield from _request_above_limit(cluster, deployment, index, container)
+
+
+def _request_above_limit(
+    cluster: Cluster, deployment: Manifest, index: int, container: Mapping[str, Any]
+) -> Iterator[Finding]:
+    """The API server rejects a pod template whose request is above its limit (Invalid
+    value: must be less than or equal to the limit): the Deployment is never applied."""
+    where = f"containers[{index}] {container.get('name', '')}".rstrip()
+    resources = container.get("resources") or {}
+    requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+    for name in (*_RESOURCES, "ephemeral-storage"):
+        asked, bound = quantity.parse(requests.get(name)), quantity.parse(limits.get(name))
+        if asked is not None and bound is not None and asked > bound:
+            path = ("spec", "template", "spec", "containers", index, "resources")
+            yield finding(
+                cluster,
+                deployment,
+                f"{where} resources.limits.{name}",
+                f"the limit {limits.get(name)} is below the request {requests.get(name)}: the "
+                "API server rejects the Deployment (requests must not exceed limits)",
+                f"raise limits.{name} to at least {requests.get(name)}, or lower the request",
+                paths=[(*path, "limits", name), (*path, "limits"), path],
             )
 
 
