@@ -67,3 +67,30 @@ def test_limit_below_the_request_is_rejected_by_the_api_server(policy_copy: Path
 def test_limit_equal_to_the_request_passes(policy_copy: Path) -> None:
     edit(policy_copy, f"{PROD}/resources.yaml", 'cpu: "1"', "cpu: 500m")
     assert _findings(policy_copy, "prod") == []
+
+
+# --- N6: runAsUser 0 with runAsNonRoot true (the container's value wins) -----------------------
+
+_CONTAINER_USER = "            runAsNonRoot: true\n            runAsUser: 10001\n"
+_POD_USER = "        runAsNonRoot: true\n        runAsUser: 10001\n"
+
+
+def test_container_run_as_root_with_run_as_non_root_is_refused(policy_copy: Path) -> None:
+    edit(
+        policy_copy,
+        f"{BASE}/lab/deployment.yaml",
+        _CONTAINER_USER,
+        _CONTAINER_USER.replace("10001", "0"),
+    )
+    (finding,) = _findings(policy_copy, "dev")
+    assert finding.file == f"{BASE}/lab/deployment.yaml", finding
+    assert finding.subject == ("Deployment his/lab containers[0] his securityContext.runAsUser"), (
+        finding
+    )
+    assert "CreateContainerConfigError" in finding.problem, finding
+    assert "runAsUser to a non-root uid" in finding.fix, finding
+
+
+def test_pod_root_user_overridden_by_the_container_passes(policy_copy: Path) -> None:
+    edit(policy_copy, f"{BASE}/lab/deployment.yaml", _POD_USER, _POD_USER.replace("10001", "0"))
+    assert _findings(policy_copy, "dev") == []

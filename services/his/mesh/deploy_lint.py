@@ -239,6 +239,33 @@ def _probe_service(
         )
 
 
+def _root_user(
+    cluster: Cluster,
+    deployment: Manifest,
+    where: str,
+    own: Mapping[str, Any],
+    pod_security: Mapping[str, Any],
+    *,
+    non_root: object,
+) -> Iterator[Finding]:
+    """runAsNonRoot true with an effective runAsUser 0: the kubelet refuses to start the
+    container (CreateContainerConfigError), on every pod of the Deployment."""
+    in_container = "runAsUser" in own
+    user = own.get("runAsUser") if in_container else pod_security.get("runAsUser")
+    if non_root is not True or user is None or int(user) != 0:
+        return
+    place = f"{where} securityContext" if in_container else "spec.template.spec.securityContext"
+    level = "the container's" if in_container else "the pod's (no container value overrides it)"
+    yield finding(
+        cluster,
+        deployment,
+        f"{place}.runAsUser",
+        f"runAsUser is 0 (root), {level}, with runAsNonRoot true: the kubelet refuses to start "
+        "the container (CreateContainerConfigError) and no pod ever runs",
+        "set securityContext.runAsUser to a non-root uid (10001, the image's user)",
+    )
+
+
 def _security(
     cluster: Cluster,
     deployment: Manifest,
@@ -247,8 +274,9 @@ def _security(
     pod_security: Mapping[str, Any],
 ) -> Iterator[Finding]:
     own = container.get("securityContext") or {}
-    # A container's setting wins over the pod's; only runAsNonRoot exists at both levels.
+    # A container's setting wins over the pod's (runAsNonRoot, runAsUser, runAsGroup, ...).
     non_root = own.get("runAsNonRoot", pod_security.get("runAsNonRoot"))
+    yield from _root_user(cluster, deployment, where, own, pod_security, non_root=non_root)
     wanted: list[tuple[str, object, object, str]] = [
         ("runAsNonRoot", non_root, True, "the kubelet then refuses to start it as root"),
         (
