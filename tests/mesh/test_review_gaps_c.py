@@ -94,3 +94,35 @@ def test_container_run_as_root_with_run_as_non_root_is_refused(policy_copy: Path
 def test_pod_root_user_overridden_by_the_container_passes(policy_copy: Path) -> None:
     edit(policy_copy, f"{BASE}/lab/deployment.yaml", _POD_USER, _POD_USER.replace("10001", "0"))
     assert _findings(policy_copy, "dev") == []
+
+
+# --- N4: iam-keys' PERMISSIVE port moved off the key documents' port --------------------------
+
+PEER = "mesh/istio/peer-authentication.yaml"
+
+
+def test_keys_opening_on_the_wrong_port_names_the_jwks_failure(policy_copy: Path) -> None:
+    edit(
+        policy_copy,
+        PEER,
+        '    "8080":\n      mode: PERMISSIVE',
+        '    "8081":\n      mode: PERMISSIVE',
+    )
+    (finding,) = _findings(policy_copy, "dev")
+    assert finding.file == PEER, finding
+    assert finding.subject == "PeerAuthentication his/iam-keys portLevelMtls 8081", finding
+    assert "cannot fetch the JWKS" in finding.problem, finding
+    assert "the port must be 8080 (http-keys)" in finding.fix, finding
+    assert "STRICT" not in finding.fix, finding
+
+
+def test_another_permissive_port_beside_the_keys_port_says_set_strict(policy_copy: Path) -> None:
+    edit(
+        policy_copy,
+        PEER,
+        '    "8080":\n      mode: PERMISSIVE',
+        '    "8080":\n      mode: PERMISSIVE\n    "8081":\n      mode: PERMISSIVE',
+    )
+    (finding,) = _findings(policy_copy, "dev")
+    assert finding.subject == "PeerAuthentication his/iam-keys portLevelMtls 8081", finding
+    assert "accepts plaintext" in finding.problem and finding.fix == "set STRICT", finding
