@@ -126,3 +126,28 @@ def test_another_permissive_port_beside_the_keys_port_says_set_strict(policy_cop
     (finding,) = _findings(policy_copy, "dev")
     assert finding.subject == "PeerAuthentication his/iam-keys portLevelMtls 8081", finding
     assert "accepts plaintext" in finding.problem and finding.fix == "set STRICT", finding
+
+
+# --- N8: callers' HIS_*_ADDR ports must be ports of the callee's Service ----------------------
+
+
+def test_service_port_no_caller_dials(policy_copy: Path) -> None:
+    edit(policy_copy, f"{BASE}/lab/service.yaml", "port: 50051", "port: 50052")
+    (finding,) = _findings(policy_copy, "dev")
+    assert finding.file == f"{BASE}/lab/service.yaml", finding
+    assert finding.subject == "Service his/lab spec.ports", finding
+    assert "orders dial lab.his.svc.cluster.local:50051" in finding.problem, finding
+    assert "serve port 50051 again" in finding.fix, finding
+
+
+def test_one_caller_dialling_a_port_the_service_does_not_serve(policy_copy: Path) -> None:
+    edit(
+        policy_copy,
+        f"{BASE}/scheduling/configmap.yaml",
+        "HIS_PATIENT_ADDR: patient.his.svc.cluster.local:50051",
+        "HIS_PATIENT_ADDR: patient.his.svc.cluster.local:5051",
+    )
+    (finding,) = _findings(policy_copy, "dev")
+    assert finding.file == f"{BASE}/scheduling/configmap.yaml", finding
+    assert finding.subject.endswith("HIS_PATIENT_ADDR"), finding
+    assert "set HIS_PATIENT_ADDR: patient.his.svc.cluster.local:50051" in finding.fix, finding

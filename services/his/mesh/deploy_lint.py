@@ -47,6 +47,7 @@ def lint_deploy(cluster: Cluster) -> Iterator[Finding]:
         if namespace == NAMESPACE and name in apps:
             yield from _target_ports(cluster, service, deployments)
     yield from _injection(cluster, deployments)
+    yield from _dialled_ports(cluster, deployments, config_maps)
 
 
 def _template(deployment: Manifest) -> dict[str, Any]:
@@ -512,6 +513,71 @@ def _wiring(
                 "elsewhere (unset: localhost)",
                 f"set {variable}: {callee}.{NAMESPACE}.svc.cluster.local:50051",
             )
+
+
+def _dialled_ports(
+    cluster: Cluster, deployments: list[Manifest], config_maps: Mapping[tuple[str, str], Any]
+) -> Iterator[Finding]:
+    """Every caller's HIS_<CALLEE>_ADDR port must be a port of the callee's Service: a port
+    the Service does not list is refused (connection refused → UNAVAILABLE). When every
+    caller dials the same port, the Service is what changed; else the odd caller's ConfigMap."""
+    apps = {entry.name for entry in implemented()}
+    dialled: dict[str, dict[str, set[str]]] = {}  # callee -> port -> callers
+    for deployment in deployments:
+        caller = _app(deployment)
+        if namespace_of(deployment) != NAMESPACE or caller not in apps:
+            continue
+        for container in _containers_of(deployment):
+            if _grpc_port(container) is None:
+                continue
+            env = _env(container, config_maps)
+            for callee in CALLS.get(str(caller), {}):
+                host, _, port = env.get(f"HIS_{callee.upper()}_ADDR", "").rpartition(":")
+                if port.isdigit() and cluster.resolve_dns(host, NAMESPACE) == (NAMESPACE, callee):
+                    dialled.setdefault(callee, {}).setdefault(port, set()).add(str(caller))
+    for callee, ports in sorted(dialled.items()):
+        service = cluster.services.get((NAMESPACE, callee))
+        if service is None:
+            continue
+        served = [str((p or {}).get("port")) for p in spec_of(service).get("ports") or []]
+        unserved = {port: callers for port, callers in ports.items() if port not in served}
+        variable = f"HIS_{callee.upper()}_ADDR"
+        if len(ports) == 1 and unserved:
+            ((port, callers),) = unserved.items()
+            yield finding(
+                cluster,
+                service,
+                "spec.ports",
+                f"serves {', '.join(served) or 'no port'}, but {', '.join(sorted(callers))} "
+                f"dial {callee}.{NAMESPACE}.svc.cluster.local:{port} ({variable} in their "
+                "ConfigMaps): their calls are refused (UNAVAILABLE)",
+                f"serve port {port} again, or change {variable} of every caller",
+            )
+            continue
+        for port, callers in sorted(unserved.items()):
+            for caller in sorted(callers):
+                holder = _config_map_setting(cluster, caller, variable)
+                yield finding(
+                    cluster,
+                    holder if holder is not None else service,
+                    variable,
+                    f"{caller} dials {callee}.{NAMESPACE}.svc.cluster.local:{port}, a port "
+                    f"Service {NAMESPACE}/{callee} does not serve ({', '.join(served)}): its "
+                    "calls are refused (UNAVAILABLE)",
+                    f"set {variable}: {callee}.{NAMESPACE}.svc.cluster.local:"
+                    f"{served[0] if served else port}",
+                )
+
+
+def _config_map_setting(cluster: Cluster, app: str, variable: str) -> Manifest | None:
+    """The ConfigMap of `app` that sets `variable` (the file to edit)."""
+    for config_map in cluster.of_kind("ConfigMap"):
+        labels = (config_map.get("metadata") or {}).get("labels") or {}
+        data = config_map.get("data") or {}
+        owner = (labels.get("app"), labels.get("app.kubernetes.io/name"))
+        if namespace_of(config_map) == NAMESPACE and variable in data and app in owner:
+            return config_map
+    return None
 
 
 # --- topology spread: a value the API server accepts -------------------------------------------
