@@ -151,3 +151,27 @@ def test_one_caller_dialling_a_port_the_service_does_not_serve(policy_copy: Path
     assert finding.file == f"{BASE}/scheduling/configmap.yaml", finding
     assert finding.subject.endswith("HIS_PATIENT_ADDR"), finding
     assert "set HIS_PATIENT_ADDR: patient.his.svc.cluster.local:50051" in finding.fix, finding
+
+
+# --- N11: an images entry whose name matches no container image -------------------------------
+
+
+def test_misspelt_images_entry_is_one_finding_on_that_entry(policy_copy: Path) -> None:
+    edit(policy_copy, f"{PROD}/kustomization.yaml", "- name: his-canary", "- name: his_canary")
+    (finding,) = _findings(policy_copy, "prod")
+    assert finding.file == f"{PROD}/kustomization.yaml", finding
+    assert finding.subject == "kustomization images[1] his_canary", finding
+    assert "matches no container image" in finding.problem, finding
+    assert "did you mean 'his-canary'" in finding.fix, finding
+
+
+def test_misspelt_images_entry_in_dev_is_found_too(policy_copy: Path) -> None:
+    # dev maps both names to his:dev, so the rendered images alone cannot show it.
+    edit(
+        policy_copy,
+        "deploy/kustomize/overlays/dev/kustomization.yaml",
+        "- name: his-canary",
+        "- name: his_canary",
+    )
+    (finding,) = _findings(policy_copy, "dev")
+    assert finding.subject == "kustomization images[1] his_canary", finding
