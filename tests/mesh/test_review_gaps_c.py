@@ -175,3 +175,34 @@ def test_misspelt_images_entry_in_dev_is_found_too(policy_copy: Path) -> None:
     )
     (finding,) = _findings(policy_copy, "dev")
     assert finding.subject == "kustomization images[1] his_canary", finding
+
+
+# --- N1: mirroring a route that carries non-idempotent writes ---------------------------------
+
+_WRITES_TIMEOUT = "      timeout: 10s\n"
+_MIRROR = (
+    "      mirror:\n        host: patient.his.svc.cluster.local\n        subset: canary\n"
+    "      mirrorPercentage:\n        value: 100\n"
+)
+
+
+def _mirror_after(root: Path, route: str, timeout: str) -> None:
+    path = root / f"{VS}/patient.yaml"
+    text = path.read_text(encoding="utf-8")
+    start = text.index(f"    - name: {route}\n")
+    at = text.index(timeout, start) + len(timeout)
+    path.write_text(text[:at] + _MIRROR + text[at:], encoding="utf-8")
+
+
+def test_mirrored_write_route_runs_every_write_twice(policy_copy: Path) -> None:
+    _mirror_after(policy_copy, "patient-writes", _WRITES_TIMEOUT)
+    (finding,) = _findings(policy_copy, "dev")
+    assert finding.file == f"{VS}/patient.yaml", finding
+    assert finding.subject.startswith("VirtualService his/patient http[3] patient-writes mirror")
+    assert "CreatePatient" in finding.problem and "runs twice" in finding.problem, finding
+    assert "remove mirror" in finding.fix, finding
+
+
+def test_mirrored_reads_route_passes(policy_copy: Path) -> None:
+    _mirror_after(policy_copy, "patient-reads", "      timeout: 5s\n")
+    assert _findings(policy_copy, "dev") == []

@@ -775,6 +775,13 @@ def _method_classes(cluster: Cluster) -> Iterator[Finding]:
                 problem = _class_problem(cluster, vs, rpc, match)
                 if problem:
                     wrong.setdefault((match.index, problem), []).append(rpc.method)
+                if match.route.get("mirror") and not rpc.repeatable:
+                    # Envoy sends a copy of each call to the mirror and drops its answer: a
+                    # write then runs twice (both versions share the database).
+                    mirror = (match.route.get("mirror") or {}).get("host", "?")
+                    subset = (match.route.get("mirror") or {}).get("subset")
+                    copied = f"{mirror} subset {subset}" if subset else str(mirror)
+                    wrong.setdefault((match.index, "mirrored:" + copied), []).append(rpc.method)
         for (index, problem), methods in sorted(wrong.items()):
             names = ", ".join(dict.fromkeys(methods))
             yield _class_finding(cluster, vs, routes.get(index), problem, names)
@@ -818,6 +825,17 @@ def _class_finding(
             label,
             f"{methods} of {detail} are routed to another service",
             f"route them to {detail}",
+        )
+    if kind == "mirrored":
+        return finding(
+            cluster,
+            vs,
+            f"{label} mirror",
+            f"mirrors write-class {methods} (not idempotent in the proto) to {detail}: every "
+            "such call runs twice, the copy's answer dropped, and both write the shared "
+            "database (duplicate records, events, charges)",
+            "remove mirror and mirrorPercentage from this route; mirror only a route of "
+            "NO_SIDE_EFFECTS/IDEMPOTENT methods (the reads route)",
         )
     if kind == "write-retried":
         return finding(
