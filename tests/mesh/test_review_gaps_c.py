@@ -206,3 +206,47 @@ def test_mirrored_write_route_runs_every_write_twice(policy_copy: Path) -> None:
 def test_mirrored_reads_route_passes(policy_copy: Path) -> None:
     _mirror_after(policy_copy, "patient-reads", "      timeout: 5s\n")
     assert _findings(policy_copy, "dev") == []
+
+
+# --- N5: a Sidecar ingress defaultEndpoint on a port the container does not serve --------------
+
+_SIDECAR = """apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: lab-ingress
+  namespace: his
+spec:
+  workloadSelector:
+    labels:
+      app: lab
+  ingress:
+    - port:
+        number: 50051
+        protocol: GRPC
+        name: grpc
+      defaultEndpoint: 127.0.0.1:{port}
+"""
+
+
+def _sidecar(root: Path, port: int) -> None:
+    (root / "mesh/istio/sidecar-lab.yaml").write_text(_SIDECAR.format(port=port), encoding="utf-8")
+    edit(
+        root,
+        "mesh/istio/kustomization.yaml",
+        "  - peer-authentication.yaml\n",
+        "  - peer-authentication.yaml\n  - sidecar-lab.yaml\n",
+    )
+
+
+def test_sidecar_default_endpoint_nothing_listens_on(policy_copy: Path) -> None:
+    _sidecar(policy_copy, 50052)
+    (finding,) = _findings(policy_copy, "dev")
+    assert finding.file == "mesh/istio/sidecar-lab.yaml", finding
+    assert finding.subject == "Sidecar his/lab-ingress ingress[0].defaultEndpoint", finding
+    assert "127.0.0.1:50052" in finding.problem and "Deployment his/lab" in finding.problem
+    assert finding.fix == "set defaultEndpoint: 127.0.0.1:50051", finding
+
+
+def test_sidecar_default_endpoint_on_the_grpc_port_passes(policy_copy: Path) -> None:
+    _sidecar(policy_copy, 50051)
+    assert _findings(policy_copy, "dev") == []
