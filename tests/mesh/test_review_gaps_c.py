@@ -250,3 +250,31 @@ def test_sidecar_default_endpoint_nothing_listens_on(policy_copy: Path) -> None:
 def test_sidecar_default_endpoint_on_the_grpc_port_passes(policy_copy: Path) -> None:
     _sidecar(policy_copy, 50051)
     assert _findings(policy_copy, "dev") == []
+
+
+# --- N10: the CloudNativePG operator's port 8000 in the database's NetworkPolicy ---------------
+
+_OPERATOR_PORTS = "        - port: 8000\n          protocol: TCP\n        - port: 5432\n"
+NETPOL_DB = "deploy/kustomize/components/network-policies/postgres.yaml"
+
+
+def test_operator_port_8000_removed_from_the_database_policy(policy_copy: Path) -> None:
+    edit(policy_copy, NETPOL_DB, _OPERATOR_PORTS, "        - port: 5432\n")
+    (finding,) = _findings(policy_copy, "dev")
+    assert finding.file == NETPOL_DB, finding
+    assert finding.subject == "NetworkPolicy his/his-db ingress[1]", finding
+    assert "port 8000" in finding.problem and "failover" in finding.problem, finding
+    assert "add `- port: 8000`" in finding.fix, finding
+
+
+def test_operator_on_every_port_passes(policy_copy: Path) -> None:
+    # A rule from cnpg-system without ports lets the operator in on all of them.
+    edit(
+        policy_copy,
+        NETPOL_DB,
+        "              kubernetes.io/metadata.name: cnpg-system\n      ports:\n"
+        + _OPERATOR_PORTS
+        + "          protocol: TCP\n",
+        "              kubernetes.io/metadata.name: cnpg-system\n",
+    )
+    assert _findings(policy_copy, "dev") == []
