@@ -278,3 +278,19 @@ def test_operator_on_every_port_passes(policy_copy: Path) -> None:
         "              kubernetes.io/metadata.name: cnpg-system\n",
     )
     assert _findings(policy_copy, "dev") == []
+
+
+# --- N3: a rule opened to a namespace does not refuse the caller it used to name ---------------
+
+
+def test_rule_opened_to_the_namespace_is_not_said_to_refuse_orders(policy_copy: Path) -> None:
+    edit(
+        policy_copy,
+        "mesh/istio/authorization/lab.yaml",
+        "            principals:\n              - cluster.local/ns/his/sa/orders\n",
+        "            namespaces: [his]\n",
+    )
+    found = _findings(policy_copy, "dev")
+    assert len(found) == 2, found
+    assert all(f.subject == "AuthorizationPolicy his/lab rules[1]" for f in found), found
+    assert not any("PERMISSION_DENIED" in f.problem for f in found), found
