@@ -294,3 +294,14 @@ def test_rule_opened_to_the_namespace_is_not_said_to_refuse_orders(policy_copy: 
     assert len(found) == 2, found
     assert all(f.subject == "AuthorizationPolicy his/lab rules[1]" for f in found), found
     assert not any("PERMISSION_DENIED" in f.problem for f in found), found
+
+
+# --- N15: minReplicas above maxReplicas is refused by the API server -----------------------------
+
+
+def test_min_above_max_replicas_says_the_api_server_rejects_it(policy_copy: Path) -> None:
+    edit(policy_copy, f"{BASE}/lab/hpa.yaml", "minReplicas: 3", "minReplicas: 7")
+    (finding,) = _findings(policy_copy, "prod")
+    assert finding.file == f"{BASE}/lab/hpa.yaml", finding
+    assert "the API server rejects the HorizontalPodAutoscaler" in finding.problem, finding
+    assert "ScalingLimited" not in finding.problem, finding
