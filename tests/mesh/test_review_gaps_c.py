@@ -305,3 +305,22 @@ def test_min_above_max_replicas_says_the_api_server_rejects_it(policy_copy: Path
     assert finding.file == f"{BASE}/lab/hpa.yaml", finding
     assert "the API server rejects the HorizontalPodAutoscaler" in finding.problem, finding
     assert "ScalingLimited" not in finding.problem, finding
+
+
+# --- 10: max_connections below the peak names the overlay whose peak it is ----------------------
+
+
+def test_max_connections_findings_name_their_overlay(policy_copy: Path) -> None:
+    edit(
+        policy_copy,
+        "deploy/kustomize/components/postgres/cluster.yaml",
+        'max_connections: "900"',
+        'max_connections: "50"',
+    )
+    found = run_check(policy_copy, ["dev", "prod"]).findings
+    assert len(found) == 2, found
+    dev, prod = sorted(found, key=lambda f: "prod" in f.problem)
+    assert "clients in deploy/kustomize/overlays/dev may open" in dev.problem, dev
+    assert "at least 223 for deploy/kustomize/overlays/dev" in dev.fix, dev
+    assert "clients in deploy/kustomize/overlays/prod may open" in prod.problem, prod
+    assert "at least 683 for deploy/kustomize/overlays/prod" in prod.fix, prod

@@ -167,6 +167,7 @@ def overlay_cluster(
         patched_by=functools.partial(
             written_by, patches_of(root, tree) if patches is None else patches
         ),
+        tree=tree,
     )
 
 
