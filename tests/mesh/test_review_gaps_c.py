@@ -324,3 +324,13 @@ def test_max_connections_findings_name_their_overlay(policy_copy: Path) -> None:
     assert "at least 223 for deploy/kustomize/overlays/dev" in dev.fix, dev
     assert "clients in deploy/kustomize/overlays/prod may open" in prod.problem, prod
     assert "at least 683 for deploy/kustomize/overlays/prod" in prod.fix, prod
+
+
+# --- 5: one patch's mistake about many Deployments is one finding listing them ------------------
+
+
+def test_limit_below_request_in_the_shared_patch_is_one_finding(policy_copy: Path) -> None:
+    edit(policy_copy, f"{PROD}/resources.yaml", 'cpu: "1"', "cpu: 100m")
+    (finding,) = _findings(policy_copy, "prod")
+    assert finding.subject.startswith("Deployment his/audit, his/billing, his/emr"), finding
+    assert "(11 objects) containers[0] his resources.limits.cpu, patched in by" in finding.subject
