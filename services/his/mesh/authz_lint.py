@@ -590,8 +590,9 @@ def _peer_authentication(cluster: Cluster) -> Iterator[Finding]:
                     cluster,
                     policy,
                     place,
-                    f"mode {mode} on port {place.split()[-1]}, but iam serves its key documents "
-                    f"on {KEYS_PORT} (http-keys), which is now STRICT: istiod (outside the mesh) "
+                    f"mode {mode} on port {place.split()[-1]} accepts plaintext calls, which "
+                    "carry no caller identity, and iam serves its key documents on "
+                    f"{KEYS_PORT} (http-keys), which is now STRICT: istiod (outside the mesh) "
                     "cannot fetch the JWKS, so the gateway refuses every token",
                     f'the port must be {KEYS_PORT} (http-keys): portLevelMtls "{KEYS_PORT}": '
                     "{mode: PERMISSIVE}",
