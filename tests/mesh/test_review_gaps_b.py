@@ -143,8 +143,8 @@ SEEDS = [
         _no_cpu_request,
         "prod",
         f"{PROD}/resources.yaml",
-        "Deployment his/lab containers[0] his resources.requests.cpu, patched in by",
-        "HorizontalPodAutoscaler his/lab metrics[0] targets cpu Utilization",
+        "his/lab, his/orders",
+        "HorizontalPodAutoscaler his/<each> metrics[0] targets cpu Utilization",
         "set resources.requests.cpu",
         alone=False,
     ),
@@ -259,13 +259,14 @@ def test_a_seeded_mistake_gives_one_finding_on_the_file_to_edit(
     assert seed.fix in finding.fix, finding
 
 
-def test_no_cpu_request_is_one_finding_per_deployment_naming_its_hpa(policy_copy: Path) -> None:
-    # The deployment rule's "no cpu requests" leaves the request an HPA needs to the HPA rule.
+def test_no_cpu_request_is_one_finding_listing_every_deployment(policy_copy: Path) -> None:
+    # The deployment rule's "no cpu requests" leaves the request an HPA needs to the HPA rule;
+    # the patch's one mistake is one finding listing every Deployment it writes (rev18b 5).
     _no_cpu_request(policy_copy)
-    found = _findings(policy_copy, "prod")
-    assert all(f.file == f"{PROD}/resources.yaml" for f in found), found
-    assert all("Utilization" in f.problem for f in found), found
-    assert len(found) == 11, found  # every Deployment prod's patch writes, canaries included
+    (finding,) = _findings(policy_copy, "prod")
+    assert finding.file == f"{PROD}/resources.yaml", finding
+    assert "Utilization" in finding.problem, finding
+    assert "(11 objects)" in finding.subject, finding  # canaries included
 
 
 def test_wildcard_host_names_the_database_it_reaches(policy_copy: Path) -> None:

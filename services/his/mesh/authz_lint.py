@@ -574,22 +574,43 @@ def _peer_authentication(cluster: Cluster) -> Iterator[Finding]:
     for policy in policies:
         spec = spec_of(policy)
         keys_only = ((spec.get("selector") or {}).get("matchLabels") or {}) == {"app": KEYS_APP}
-        modes = [(spec.get("mtls") or {}).get("mode")] + [
-            (v or {}).get("mode")
+        modes = [("mtls", (spec.get("mtls") or {}).get("mode"))] + [
+            (f"portLevelMtls {port}", (v or {}).get("mode"))
             for port, v in (spec.get("portLevelMtls") or {}).items()
             # iam's key documents port: for istiod, outside the mesh (see KEYS_PORT).
             if not (keys_only and str(port) == KEYS_PORT and (v or {}).get("mode") == "PERMISSIVE")
         ]
-        for mode in modes:
-            if mode not in (None, "STRICT", "UNSET"):
+        for place, mode in modes:
+            if mode in (None, "STRICT", "UNSET"):
+                continue
+            if keys_only and place != "mtls" and not _keys_port_open(spec):
+                # The opening for istiod moved off the key documents' port: keeping STRICT
+                # there is the failure, not the plaintext on the other port.
                 yield finding(
                     cluster,
                     policy,
-                    "mtls",
-                    f"mode {mode}: accepts plaintext calls, "
-                    "which carry no caller identity for the AuthorizationPolicies",
-                    "keep STRICT",
+                    place,
+                    f"mode {mode} on port {place.split()[-1]} accepts plaintext calls, which "
+                    "carry no caller identity, and iam serves its key documents on "
+                    f"{KEYS_PORT} (http-keys), which is now STRICT: istiod (outside the mesh) "
+                    "cannot fetch the JWKS, so the gateway refuses every token",
+                    f'the port must be {KEYS_PORT} (http-keys): portLevelMtls "{KEYS_PORT}": '
+                    "{mode: PERMISSIVE}",
                 )
+                continue
+            yield finding(
+                cluster,
+                policy,
+                place,
+                f"mode {mode}: accepts plaintext calls, "
+                "which carry no caller identity for the AuthorizationPolicies",
+                "set STRICT",
+            )
+
+
+def _keys_port_open(spec: Mapping[str, Any]) -> bool:
+    port = (spec.get("portLevelMtls") or {}).get(KEYS_PORT) or {}
+    return bool(port.get("mode") == "PERMISSIVE")
 
 
 # --- the declared calls (his.mesh.calls): exactly these are allowed, by Istio and Kubernetes ---
@@ -619,8 +640,19 @@ def _declared_calls(cluster: Cluster) -> Iterator[Finding]:
             if (account := _principal_account(str(principal))) and account != "mobile-gateway"
             for path in _paths(rule)
         }
+        # A source without principals (namespaces, ipBlocks, nothing) admits every caller: the
+        # call is not refused, the rule is too open (the principals rule says so).
+        open_paths = {
+            path
+            for policy in guards
+            for rule in spec_of(policy).get("rules") or []
+            if any(not (s.get("source") or {}).get("principals") for s in rule.get("from") or [])
+            for path in _paths(rule)
+        }
         declared = {(caller, rpc.path) for caller, rpc in calls_to(entry.name)}
         for caller, path in sorted(declared - allowed):
+            if path in open_paths:
+                continue
             yield finding(
                 cluster,
                 guards[0],

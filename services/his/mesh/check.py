@@ -17,7 +17,7 @@ from pathlib import Path
 
 from his.mesh import drills, schema
 from his.mesh.cluster import Cluster
-from his.mesh.findings import Finding, grouped
+from his.mesh.findings import Finding, grouped, one_per_patch
 from his.mesh.istio_crds import SchemaUnavailable
 from his.mesh.kustomize_lint import (
     Patch,
@@ -146,8 +146,9 @@ def run_check(root: Path, overlays_wanted: Sequence[str] | None = None) -> Check
     )
     if mesh_objects is not None:
         found.update(_drills(root, mesh_objects))
-    # One mistake, one finding: the same problem at many places of one object is listed once.
-    report.findings = grouped(found)
+    # One mistake, one finding: the same problem at many places of one object is listed once,
+    # and one patch's mistake about many objects is one finding listing them.
+    report.findings = one_per_patch(grouped(found))
     return report
 
 
@@ -167,6 +168,7 @@ def overlay_cluster(
         patched_by=functools.partial(
             written_by, patches_of(root, tree) if patches is None else patches
         ),
+        tree=tree,
     )
 
 

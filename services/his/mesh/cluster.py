@@ -35,6 +35,7 @@ class Cluster:
     accounts: set[tuple[str, str]] = field(default_factory=set)
     pods: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (namespace, labels)
     gateways: set[tuple[str, str]] = field(default_factory=set)
+    tree: str = ""  # the rendered tree (deploy/kustomize/overlays/prod); empty when not known
 
     def __post_init__(self) -> None:
         for manifest in self.objects:

@@ -49,18 +49,22 @@ def connection_budget(cluster: Cluster) -> Iterator[Finding]:
         if not clients or peak + kept <= limit:
             continue
         terms = " + ".join(f"{name} {pods}x{each}" for name, pods, each in clients)
+        # The Cluster is often shared by overlays of different scale: say whose peak this is.
+        where = f" in {cluster.tree}" if cluster.tree else ""
+        whose = f" for {cluster.tree}" if cluster.tree else ""
         slots = " + ".join(f"{n} {v}" for n, v in reserved.items() if v)
         yield finding(
             cluster,
             db,
             "postgresql.parameters.max_connections",
             f"{written if written is not None else 'unset (PostgreSQL: 100)'} is below what its "
-            f"clients may open when every HPA peaks: {terms} (pods at maxReplicas x "
+            f"clients{where} may open when every HPA peaks: {terms} (pods at maxReplicas x "
             f"connections per pod, HIS_DB_POOL_SIZE + HIS_DB_MAX_OVERFLOW + "
             f"HIS_DB_DRIVER_POOL_SIZE) = {peak}"
             + (f", plus {slots} = {peak + kept}" if slots else "")
             + "; past max_connections PostgreSQL refuses new connections and those calls fail",
-            f"raise max_connections to at least {peak + kept} with room for rollout surge, or "
+            f"raise max_connections to at least {peak + kept}{whose}"
+            " (the largest any overlay using this file needs) with room for rollout surge, or "
             "lower HPA maxReplicas or the HIS_DB_* pool sizes, or put a CloudNativePG Pooler "
             "in front",
             paths=[("spec", "postgresql", "parameters", "max_connections")],

@@ -14,6 +14,7 @@ from typing import Any
 
 from his.base.catalog import implemented
 from his.base.env import ConfigError
+from his.mesh import quantity
 from his.mesh.calls import CALLS
 from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of, suggest
 from his.mesh.findings import Finding
@@ -46,6 +47,7 @@ def lint_deploy(cluster: Cluster) -> Iterator[Finding]:
         if namespace == NAMESPACE and name in apps:
             yield from _target_ports(cluster, service, deployments)
     yield from _injection(cluster, deployments)
+    yield from _dialled_ports(cluster, deployments, config_maps)
 
 
 def _template(deployment: Manifest) -> dict[str, Any]:
@@ -238,6 +240,33 @@ def _probe_service(
         )
 
 
+def _root_user(
+    cluster: Cluster,
+    deployment: Manifest,
+    where: str,
+    own: Mapping[str, Any],
+    pod_security: Mapping[str, Any],
+    *,
+    non_root: object,
+) -> Iterator[Finding]:
+    """runAsNonRoot true with an effective runAsUser 0: the kubelet refuses to start the
+    container (CreateContainerConfigError), on every pod of the Deployment."""
+    in_container = "runAsUser" in own
+    user = own.get("runAsUser") if in_container else pod_security.get("runAsUser")
+    if non_root is not True or user is None or int(user) != 0:
+        return
+    place = f"{where} securityContext" if in_container else "spec.template.spec.securityContext"
+    level = "the container's" if in_container else "the pod's (no container value overrides it)"
+    yield finding(
+        cluster,
+        deployment,
+        f"{place}.runAsUser",
+        f"runAsUser is 0 (root), {level}, with runAsNonRoot true: the kubelet refuses to start "
+        "the container (CreateContainerConfigError) and no pod ever runs",
+        "set securityContext.runAsUser to a non-root uid (10001, the image's user)",
+    )
+
+
 def _security(
     cluster: Cluster,
     deployment: Manifest,
@@ -246,8 +275,9 @@ def _security(
     pod_security: Mapping[str, Any],
 ) -> Iterator[Finding]:
     own = container.get("securityContext") or {}
-    # A container's setting wins over the pod's; only runAsNonRoot exists at both levels.
+    # A container's setting wins over the pod's (runAsNonRoot, runAsUser, runAsGroup, ...).
     non_root = own.get("runAsNonRoot", pod_security.get("runAsNonRoot"))
+    yield from _root_user(cluster, deployment, where, own, pod_security, non_root=non_root)
     wanted: list[tuple[str, object, object, str]] = [
         ("runAsNonRoot", non_root, True, "the kubelet then refuses to start it as root"),
         (
@@ -332,6 +362,30 @@ def _resources(
                 f"no {' or '.join(missing)} {part}: {why}",
                 f"set resources.{part}.{'/'.join(missing)}",
                 paths=[(*container_path, part), container_path],
+            )
+    yield from _request_above_limit(cluster, deployment, index, container)
+
+
+def _request_above_limit(
+    cluster: Cluster, deployment: Manifest, index: int, container: Mapping[str, Any]
+) -> Iterator[Finding]:
+    """The API server rejects a pod template whose request is above its limit (Invalid
+    value: must be less than or equal to the limit): the Deployment is never applied."""
+    where = f"containers[{index}] {container.get('name', '')}".rstrip()
+    resources = container.get("resources") or {}
+    requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+    for name in (*_RESOURCES, "ephemeral-storage"):
+        asked, bound = quantity.parse(requests.get(name)), quantity.parse(limits.get(name))
+        if asked is not None and bound is not None and asked > bound:
+            path = ("spec", "template", "spec", "containers", index, "resources")
+            yield finding(
+                cluster,
+                deployment,
+                f"{where} resources.limits.{name}",
+                f"the limit {limits.get(name)} is below the request {requests.get(name)}: the "
+                "API server rejects the Deployment (requests must not exceed limits)",
+                f"raise limits.{name} to at least {requests.get(name)}, or lower the request",
+                paths=[(*path, "limits", name), (*path, "limits"), path],
             )
 
 
@@ -459,6 +513,71 @@ def _wiring(
                 "elsewhere (unset: localhost)",
                 f"set {variable}: {callee}.{NAMESPACE}.svc.cluster.local:50051",
             )
+
+
+def _dialled_ports(
+    cluster: Cluster, deployments: list[Manifest], config_maps: Mapping[tuple[str, str], Any]
+) -> Iterator[Finding]:
+    """Every caller's HIS_<CALLEE>_ADDR port must be a port of the callee's Service: a port
+    the Service does not list is refused (connection refused → UNAVAILABLE). When every
+    caller dials the same port, the Service is what changed; else the odd caller's ConfigMap."""
+    apps = {entry.name for entry in implemented()}
+    dialled: dict[str, dict[str, set[str]]] = {}  # callee -> port -> callers
+    for deployment in deployments:
+        caller = _app(deployment)
+        if namespace_of(deployment) != NAMESPACE or caller not in apps:
+            continue
+        for container in _containers_of(deployment):
+            if _grpc_port(container) is None:
+                continue
+            env = _env(container, config_maps)
+            for callee in CALLS.get(str(caller), {}):
+                host, _, port = env.get(f"HIS_{callee.upper()}_ADDR", "").rpartition(":")
+                if port.isdigit() and cluster.resolve_dns(host, NAMESPACE) == (NAMESPACE, callee):
+                    dialled.setdefault(callee, {}).setdefault(port, set()).add(str(caller))
+    for callee, ports in sorted(dialled.items()):
+        service = cluster.services.get((NAMESPACE, callee))
+        if service is None:
+            continue
+        served = [str((p or {}).get("port")) for p in spec_of(service).get("ports") or []]
+        unserved = {port: callers for port, callers in ports.items() if port not in served}
+        variable = f"HIS_{callee.upper()}_ADDR"
+        if len(ports) == 1 and unserved:
+            ((port, callers),) = unserved.items()
+            yield finding(
+                cluster,
+                service,
+                "spec.ports",
+                f"serves {', '.join(served) or 'no port'}, but {', '.join(sorted(callers))} "
+                f"dial {callee}.{NAMESPACE}.svc.cluster.local:{port} ({variable} in their "
+                "ConfigMaps): their calls are refused (UNAVAILABLE)",
+                f"serve port {port} again, or change {variable} of every caller",
+            )
+            continue
+        for port, callers in sorted(unserved.items()):
+            for caller in sorted(callers):
+                holder = _config_map_setting(cluster, caller, variable)
+                yield finding(
+                    cluster,
+                    holder if holder is not None else service,
+                    variable,
+                    f"{caller} dials {callee}.{NAMESPACE}.svc.cluster.local:{port}, a port "
+                    f"Service {NAMESPACE}/{callee} does not serve ({', '.join(served)}): its "
+                    "calls are refused (UNAVAILABLE)",
+                    f"set {variable}: {callee}.{NAMESPACE}.svc.cluster.local:"
+                    f"{served[0] if served else port}",
+                )
+
+
+def _config_map_setting(cluster: Cluster, app: str, variable: str) -> Manifest | None:
+    """The ConfigMap of `app` that sets `variable` (the file to edit)."""
+    for config_map in cluster.of_kind("ConfigMap"):
+        labels = (config_map.get("metadata") or {}).get("labels") or {}
+        data = config_map.get("data") or {}
+        owner = (labels.get("app"), labels.get("app.kubernetes.io/name"))
+        if namespace_of(config_map) == NAMESPACE and variable in data and app in owner:
+            return config_map
+    return None
 
 
 # --- topology spread: a value the API server accepts -------------------------------------------

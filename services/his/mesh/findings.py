@@ -94,6 +94,45 @@ def grouped(findings: Iterable[Finding]) -> list[Finding]:
     return sorted(merged)
 
 
+_PATCHED = ", patched in by "
+
+
+def one_per_patch(findings: Iterable[Finding]) -> list[Finding]:
+    """One finding per mistake in a patch: a patch applied to many objects (prod's resources
+    patch to every Deployment) gives the same finding about each; they become one finding
+    listing the objects. The object's own name in the problem (its HorizontalPodAutoscaler
+    of the same name) reads `<each>`."""
+    groups: dict[tuple[str, str, str, str, str, str], list[Finding]] = {}
+    kept: list[Finding] = []
+    for item in findings:
+        head, sep, writer = item.subject.partition(_PATCHED)
+        parts = head.split(" ", 2)
+        if not sep or len(parts) < 2 or "/" not in parts[1]:
+            kept.append(item)
+            continue
+        kind, qualified = parts[0], parts[1]
+        namespace = qualified.partition("/")[0]
+        place = parts[2] if len(parts) > 2 else ""
+        problem = item.problem.replace(qualified + " ", f"{namespace}/<each> ")
+        key = (item.file, kind, place, writer, problem, item.fix)
+        groups.setdefault(key, []).append(item)
+    for (file, kind, place, writer, problem, fix), items in groups.items():
+        if len(items) == 1:
+            kept.extend(items)
+            continue
+        names = sorted({i.subject.split(" ", 2)[1] for i in items}, key=_natural)
+        where = f" {place}" if place else ""
+        kept.append(
+            Finding(
+                file,
+                f"{kind} {', '.join(names)} ({len(names)} objects){where}{_PATCHED}{writer}",
+                problem,
+                fix,
+            )
+        )
+    return sorted(kept)
+
+
 def _split_subject(text: str) -> tuple[str, str]:
     """`Kind namespace/name place` → (`Kind namespace/name`, `place`)."""
     parts = text.split(" ", 2)

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from his.mesh.cluster import Cluster, finding
+from his.mesh.cluster import Cluster, finding, suggest
 from his.mesh.findings import Finding, subject
-from his.mesh.sources import FieldPath, Manifest, key, load_all
+from his.mesh.sources import FieldPath, Manifest, documents, key, load_all
 
 _NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 DRILLS = "mesh/istio/drills"
@@ -91,9 +91,59 @@ def lint_kustomize(
         file = _relative(root, path)
         found.extend(_patches(file, document, objects, tree))
         found.extend(_drills(root, path, file, document))
+    unmatched = list(_unmatched_images(root, read))
+    found.extend(unmatched)
     if Path(tree).name.startswith("prod"):
-        found.extend(_pinned(root, tree, objects, read, cluster))
+        # An entry that matches no image leaves its image unpinned: that entry's finding says it.
+        found.extend(
+            f
+            for f in _pinned(root, tree, objects, read, cluster)
+            if not (unmatched and "is not pinned (no tag)" in f.problem)
+        )
     return found
+
+
+def _source_images(read: Kustomizations) -> set[str]:
+    """The names (no tag, no digest) of the images the tree's resource files name, before any
+    `images` transformer rewrites them."""
+    names: set[str] = set()
+    for path, document in read:
+        for entry in document.get("resources") or []:
+            file = path.parent / str(entry)
+            if not file.is_file():
+                continue
+            for manifest in documents(file):
+                for _, image in _images(manifest):
+                    names.add(_image_name(image))
+    return names
+
+
+def _image_name(image: str) -> str:
+    """`registry/his:1.0@sha256:...` → `registry/his`."""
+    bare = image.partition("@")[0]
+    head, _, tail = bare.rpartition("/")
+    return f"{head}/{tail.partition(':')[0]}" if head else tail.partition(":")[0]
+
+
+def _unmatched_images(root: Path, read: Kustomizations) -> Iterator[Finding]:
+    """An `images` entry whose name matches no container image: kustomize ignores it silently,
+    so the image it was meant for keeps its unpinned (or wrong) tag."""
+    known = _source_images(read)
+    if not known:
+        return
+    for path, document in read:
+        for index, entry in enumerate(document.get("images") or []):
+            name = str((entry or {}).get("name", "")) if isinstance(entry, Mapping) else ""
+            if not name or name in known:
+                continue
+            yield Finding(
+                _relative(root, path),
+                f"kustomization images[{index}] {name}",
+                f"name {name!r} matches no container image ({', '.join(sorted(known))}): "
+                "kustomize ignores the entry, so the image it was meant for keeps the tag "
+                "its resource file gives",
+                f"set name to the image's name{suggest(name, sorted(known))}",
+            )
 
 
 # --- patches whose target selects nothing ------------------------------------------------

@@ -465,7 +465,7 @@ def _route_destinations(cluster: Cluster) -> Iterator[Finding]:
                     f"a single destination with weight {weights[0]}",
                     "drop the weight or make it 100",
                 )
-            headered = any((m or {}).get("headers") for m in route.get("match") or [])
+            headered = _headered(route)
             for number, target in enumerate(targets):
                 yield from _destination(
                     cluster,
@@ -474,11 +474,32 @@ def _route_destinations(cluster: Cluster) -> Iterator[Finding]:
                     target,
                     weighted=not headered
                     and (target.get("weight") is None or int(target["weight"]) > 0),
+                    headered=headered,
                 )
 
 
+def _headered(route: Mapping[str, Any]) -> bool:
+    return any((m or {}).get("headers") for m in route.get("match") or [])
+
+
+def _header_routes_to(cluster: Cluster, vs: Manifest, subset: str) -> list[str]:
+    """The header-matched routes of `vs` that send to `subset`: weight 0 does not stop them."""
+    return [
+        route_label(index, route)
+        for index, route in enumerate(spec_of(vs).get("http") or [])
+        if _headered(route)
+        and any((t.get("destination") or {}).get("subset") == subset for t in destinations(route))
+    ]
+
+
 def _destination(
-    cluster: Cluster, vs: Manifest, where: str, target: Mapping[str, Any], *, weighted: bool
+    cluster: Cluster,
+    vs: Manifest,
+    where: str,
+    target: Mapping[str, Any],
+    *,
+    weighted: bool,
+    headered: bool = False,
 ) -> Iterator[Finding]:
     destination = target.get("destination") or {}
     host = str(destination.get("host", ""))
@@ -520,11 +541,24 @@ def _destination(
         return
     selector = spec_of(cluster.services[service]).get("selector") or {}
     labels = {**selector, **subsets[str(name)]}
-    if weighted and not cluster.selects_pods(service[0], labels):
+    if (weighted or headered) and not cluster.selects_pods(service[0], labels):
         strays = _in_no_subset(cluster, service, selector, subsets)
+        if not weighted and not strays:
+            # A header route (`x-canary: always`) to a version that is not deployed is the
+            # policy's normal state; with pods relabelled out of every subset it is a mistake:
+            # testers and the canary analysis sending the header get UNAVAILABLE.
+            return
+        by_header = _header_routes_to(cluster, vs, str(name))
         for stray in strays:
             pod = _template_labels(stray)
             wanted = subsets[str(name)]
+            # Weight 0 is a fix only when no header-matched route still sends to the subset.
+            zero = (
+                f"remove subset {name!r} from {', '.join(by_header)} of {subject(vs)} and give "
+                "it weight 0"
+                if by_header
+                else f"give subset {name!r} weight 0"
+            )
             yield finding(
                 cluster,
                 stray,
@@ -533,8 +567,7 @@ def _destination(
                 f"of the DestinationRule of {host}, and subset {name!r} ({_labels(wanted)}), "
                 "which gets calls, selects no pods: those calls fail with UNAVAILABLE (no "
                 "healthy upstream)",
-                f"label its pods {_labels(wanted)} again (template labels and selector), or "
-                f"give subset {name!r} weight 0",
+                f"label its pods {_labels(wanted)} again (template labels and selector), or {zero}",
                 paths=[("spec", "template", "metadata", "labels")],
             )
         if strays:
@@ -544,7 +577,8 @@ def _destination(
             vs,
             where,
             f"subset {name!r} gets traffic but selects no pods ({_labels(labels)})",
-            "deploy that version (components/canary) or set its weight to 0",
+            "deploy that version (components/canary) or "
+            + (f"remove it from {', '.join(by_header)}" if by_header else "set its weight to 0"),
         )
 
 
@@ -741,6 +775,13 @@ def _method_classes(cluster: Cluster) -> Iterator[Finding]:
                 problem = _class_problem(cluster, vs, rpc, match)
                 if problem:
                     wrong.setdefault((match.index, problem), []).append(rpc.method)
+                if match.route.get("mirror") and not rpc.repeatable:
+                    # Envoy sends a copy of each call to the mirror and drops its answer: a
+                    # write then runs twice (both versions share the database).
+                    mirror = (match.route.get("mirror") or {}).get("host", "?")
+                    subset = (match.route.get("mirror") or {}).get("subset")
+                    copied = f"{mirror} subset {subset}" if subset else str(mirror)
+                    wrong.setdefault((match.index, "mirrored:" + copied), []).append(rpc.method)
         for (index, problem), methods in sorted(wrong.items()):
             names = ", ".join(dict.fromkeys(methods))
             yield _class_finding(cluster, vs, routes.get(index), problem, names)
@@ -784,6 +825,17 @@ def _class_finding(
             label,
             f"{methods} of {detail} are routed to another service",
             f"route them to {detail}",
+        )
+    if kind == "mirrored":
+        return finding(
+            cluster,
+            vs,
+            f"{label} mirror",
+            f"mirrors write-class {methods} (not idempotent in the proto) to {detail}: every "
+            "such call runs twice, the copy's answer dropped, and both write the shared "
+            "database (duplicate records, events, charges)",
+            "remove mirror and mirrorPercentage from this route; mirror only a route of "
+            "NO_SIDE_EFFECTS/IDEMPOTENT methods (the reads route)",
         )
     if kind == "write-retried":
         return finding(

@@ -16,7 +16,7 @@ from typing import Any
 
 from his.base.catalog import implemented
 from his.mesh.calls import CALLS
-from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of
+from his.mesh.cluster import Cluster, finding, kind_of, name_of, namespace_of, spec_of
 from his.mesh.contracts import all_paths
 from his.mesh.edge_lint import gateway_services
 from his.mesh.findings import Finding
@@ -433,6 +433,7 @@ def platform_ports(cluster: Cluster) -> Iterator[Finding]:
         )
     yield from _gateway_ports(cluster)
     yield from _database_sidecars(cluster)
+    yield from _operator_reach(cluster)
 
 
 def _container_ports(cluster: Cluster, selector: Mapping[str, str]) -> dict[str, int]:
@@ -605,3 +606,69 @@ def _database_sidecars(cluster: Cluster) -> Iterator[Finding]:
             "the mesh; the operator reaches them from outside it)",
             paths=[("spec", "inheritedMetadata", "labels", _INJECT), ("spec", "inheritedMetadata")],
         )
+
+
+# The CloudNativePG operator (namespace cnpg-system, its Helm chart's labels) reaches every
+# instance: 8000 is the instance manager's status endpoint (health, switchover, failover), 5432
+# the database itself.
+CNPG_OPERATOR = (
+    {"kubernetes.io/metadata.name": "cnpg-system"},
+    {"app.kubernetes.io/name": "cloudnative-pg"},
+)
+CNPG_OPERATOR_PORTS = {
+    8000: "the instance manager's status endpoint: without it the operator cannot read the "
+    "instances' status, so health checks, switchover and failover break",
+    5432: "PostgreSQL: the operator's own connections (role and database management) fail",
+}
+
+
+def _from_operator(rule: Mapping[str, Any]) -> bool:
+    peers = rule.get("from")
+    if not peers:
+        return True
+    namespace_labels, pod_labels = CNPG_OPERATOR
+    return any(
+        "ipBlock" in peer
+        or (
+            peer.get("namespaceSelector") is not None
+            and selects(peer["namespaceSelector"], namespace_labels)
+            and selects(peer.get("podSelector") or {}, pod_labels)
+        )
+        for peer in peers
+    )
+
+
+def _operator_reach(cluster: Cluster) -> Iterator[Finding]:
+    """Every port the operator needs on the instances of a CloudNativePG Cluster must be let in
+    by the NetworkPolicies restricting their ingress."""
+    for db in cluster.of_kind("Cluster"):
+        if not str(db.get("apiVersion", "")).startswith("postgresql.cnpg.io/"):
+            continue
+        pod = {"cnpg.io/cluster": name_of(db), "cnpg.io/podRole": "instance"}
+        policies = _restricting(cluster, pod, "ingress")
+        if not policies:
+            continue
+        rules = [
+            (policy, index, rule)
+            for policy in policies
+            for index, rule in enumerate(spec_of(policy).get("ingress") or [])
+        ]
+        operator_rules = [(p, i, r) for p, i, r in rules if _from_operator(r)]
+        for port, why in sorted(CNPG_OPERATOR_PORTS.items()):
+            if any(_admits_port(rule, port) for _, _, rule in operator_rules):
+                continue
+            policy, where = (
+                (operator_rules[0][0], f"ingress[{operator_rules[0][1]}]")
+                if operator_rules
+                else (policies[0], "ingress")
+            )
+            yield finding(
+                cluster,
+                policy,
+                where,
+                f"does not let the CloudNativePG operator (namespace cnpg-system) reach the "
+                f"instances of {kind_of(db)} {namespace_of(db)}/{name_of(db)} on port {port}, "
+                f"{why}",
+                f"add `- port: {port}` (protocol TCP) to the ingress rule from namespace "
+                "cnpg-system",
+            )

@@ -47,8 +47,9 @@ def _hpas(cluster: Cluster) -> Iterator[Finding]:
                 cluster,
                 hpa,
                 "minReplicas",
-                f"minReplicas {low} > maxReplicas {high}: the autoscaler cannot satisfy both "
-                "(it scales to maxReplicas and reports ScalingLimited)",
+                f"minReplicas {low} > maxReplicas {high}: the API server rejects the "
+                "HorizontalPodAutoscaler (validation: minReplicas must be less than or equal to "
+                "maxReplicas), so the apply fails and the workload keeps its old scaling",
                 "make minReplicas at most maxReplicas",
                 paths=[("spec", "minReplicas"), ("spec", "maxReplicas")],
             )

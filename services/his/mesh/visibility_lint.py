@@ -238,4 +238,59 @@ def _not_imported(
     ]
 
 
-VISIBILITY_RULES = (_exports, _sidecars)
+def _ingress_endpoints(cluster: Cluster) -> Iterator[Finding]:
+    """A Sidecar ingress listener's defaultEndpoint is where the proxy hands every inbound
+    call of that port: it must be a port a container of each selected workload listens on."""
+    for sidecar in cluster.of_kind("Sidecar"):
+        selector = (spec_of(sidecar).get("workloadSelector") or {}).get("labels") or {}
+        workloads = [
+            w
+            for w in cluster.of_kind("Deployment")
+            if namespace_of(w) == namespace_of(sidecar)
+            and selects({"matchLabels": selector}, _template_labels(w))
+        ]
+        for index, listener in enumerate(spec_of(sidecar).get("ingress") or []):
+            endpoint = str((listener or {}).get("defaultEndpoint") or "")
+            port = endpoint.rpartition(":")[2]
+            if not port.isdigit():
+                continue  # unix sockets and unset: nothing to compare with
+            for workload in workloads:
+                served = _container_ports(workload)
+                if int(port) in served.values():
+                    continue
+                inbound = ((listener or {}).get("port") or {}).get("number")
+                wanted = served.get(str(((listener or {}).get("port") or {}).get("name", "")))
+                if wanted is None and str(inbound) in {str(n) for n in served.values()}:
+                    wanted = int(str(inbound))
+                listed = ", ".join(f"{n} {name}" for name, n in served.items()) or "none"
+                yield finding(
+                    cluster,
+                    sidecar,
+                    f"ingress[{index}].defaultEndpoint",
+                    f"hands every inbound call on port {inbound} to {endpoint}, a port no "
+                    f"container of {kind_of(workload)} {namespace_of(workload)}/"
+                    f"{name_of(workload)} listens on (it serves {listed}): the calls are refused "
+                    "(UNAVAILABLE)",
+                    f"set defaultEndpoint: {endpoint.rpartition(':')[0]}:{wanted}"
+                    if wanted
+                    else "point defaultEndpoint at a containerPort of the workload",
+                )
+
+
+def _template_labels(workload: Manifest) -> dict[str, str]:
+    labels = ((spec_of(workload).get("template") or {}).get("metadata") or {}).get("labels")
+    return {str(k): str(v) for k, v in (labels or {}).items()}
+
+
+def _container_ports(workload: Manifest) -> dict[str, int]:
+    """name (or the number) → containerPort of every container of a workload's pods."""
+    pod = (spec_of(workload).get("template") or {}).get("spec") or {}
+    return {
+        str(port.get("name") or port.get("containerPort")): int(port["containerPort"])
+        for container in pod.get("containers") or []
+        for port in (container or {}).get("ports") or []
+        if isinstance(port, Mapping) and str(port.get("containerPort", "")).isdigit()
+    }
+
+
+VISIBILITY_RULES = (_exports, _sidecars, _ingress_endpoints)
