@@ -13,7 +13,9 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
+from his.base.errors import InvalidArgument
 from his.emr.v1 import emr_service_pb2 as emr_pb
+from his.patient import care
 from his.patient.spec import SPEC as PATIENT
 from his.patient.v1 import patient_service_pb2 as pb
 from his.patient.v1 import patient_service_pb2_grpc as pb_grpc
@@ -193,3 +195,34 @@ async def test_the_newest_revision_wins_whatever_the_order(
     await _deliver(isolated, "scheduling", cancelled, booked)
 
     assert not await _reads(isolated, patient, ward)
+
+
+@pytest.mark.parametrize("kind", ["appointment", "encounter"])
+def test_a_period_ending_before_it_starts_is_refused_by_field(kind: str) -> None:
+    """Not left to the table's check: that would be an internal error, redelivered for ever and
+    holding up the events behind it; INVALID_ARGUMENT makes it the relay's dead letter."""
+    start = dt.datetime(2026, 12, 6, 10, tzinfo=dt.UTC)
+    end = start - dt.timedelta(minutes=5)
+    if kind == "appointment":
+        appointment = scheduling_pb.Appointment(
+            name=f"appointments/{uuid.uuid4()}",
+            patient=f"patients/{uuid.uuid4()}",
+            department=f"departments/{uuid.uuid4()}",
+        )
+        appointment.start_time.FromDatetime(start)
+        appointment.end_time.FromDatetime(end)
+        with pytest.raises(InvalidArgument) as refused:
+            care._values(scheduling_pb.AppointmentChanged(appointment=appointment, revision=1))
+        field = "appointment.end_time"
+    else:
+        encounter = emr_pb.Encounter(
+            name=f"encounters/{uuid.uuid4()}",
+            patient=f"patients/{uuid.uuid4()}",
+            department=f"departments/{uuid.uuid4()}",
+        )
+        encounter.period.start_time.FromDatetime(start)
+        encounter.period.end_time.FromDatetime(end)
+        with pytest.raises(InvalidArgument) as refused:
+            care._encounter_values(emr_pb.EncounterChanged(encounter=encounter, revision=1))
+        field = "encounter.period.end_time"
+    assert [v.field for v in refused.value.violations] == [field]

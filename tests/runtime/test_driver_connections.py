@@ -11,9 +11,9 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
-from his.base.errors import FailedPrecondition
+from his.base.errors import FailedPrecondition, Unavailable
 from his.runtime.config import DatabaseConfig
-from his.runtime.database import Database, driver_of
+from his.runtime.database import Database, driver_of, translate_error
 
 
 @pytest.fixture
@@ -99,3 +99,24 @@ async def test_a_statement_on_the_sessions_driver_rolls_back_with_the_session(
         kept = await connection.fetch("SELECT n FROM driver_of_test ORDER BY n")
         await connection.execute("DROP TABLE driver_of_test")
     assert [row["n"] for row in kept] == [3]
+
+
+async def test_a_dropped_connection_under_driver_of_is_unavailable_and_replaced(
+    database: Database,
+) -> None:
+    """The session's pooled connection was dropped by the server (a restart, a failover):
+    `driver_of` fails as any first statement does — UNAVAILABLE, the connection invalidated —
+    and the next transaction gets a fresh one (the pool holds exactly one)."""
+    async with database.transaction() as session:
+        pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    async with database.driver() as connection:
+        await connection.execute("SELECT pg_terminate_backend($1)", pid)
+    await asyncio.sleep(0.2)
+    with pytest.raises(Exception) as failed:
+        async with database.transaction() as session:
+            driver = await driver_of(session)
+            await driver.execute("SELECT 1")
+    assert isinstance(translate_error(failed.value), Unavailable), repr(failed.value)
+    async with database.transaction() as session:
+        driver = await driver_of(session)
+        assert await driver.fetchval("SELECT pg_backend_pid()") != pid

@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, exists, false, func, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from his.base import env
+from his.base.errors import InvalidArgument
 from his.base.identity import Principal
 from his.emr.v1 import emr_service_pb2 as emr_pb
 from his.events.v1.event_envelope_pb2 import EventEnvelope
@@ -139,6 +140,7 @@ def _values(event: scheduling_pb.AppointmentChanged) -> dict[str, object]:
     v.raise_if_any()
     values["start_time"] = appointment.start_time.ToDatetime(dt.UTC)
     values["end_time"] = appointment.end_time.ToDatetime(dt.UTC)
+    _ordered(values, "appointment.end_time")
     values["related"] = appointment.status not in _UNRELATED_APPOINTMENT
     values["revision"] = event.revision
     return values
@@ -167,9 +169,18 @@ def _encounter_values(event: emr_pb.EncounterChanged) -> dict[str, object]:
     start = period.start_time if period.HasField("start_time") else encounter.create_time
     values["start_time"] = start.ToDatetime(dt.UTC)
     values["end_time"] = period.end_time.ToDatetime(dt.UTC) if period.HasField("end_time") else None
+    _ordered(values, "encounter.period.end_time")
     values["related"] = encounter.status not in _UNRELATED_ENCOUNTER
     values["revision"] = event.revision
     return values
+
+
+def _ordered(values: Mapping[str, object], field: str) -> None:
+    """INVALID_ARGUMENT (a dead letter at the source) for an end before the start: the table's
+    check would refuse it as an internal error, retried for ever, holding up the events after it."""
+    start, end = values["start_time"], values["end_time"]
+    if isinstance(start, dt.datetime) and isinstance(end, dt.datetime) and end < start:
+        raise InvalidArgument.field(field, "must not be before the start")
 
 
 def _record(v: Violations, field: str, name: str, collection: str) -> str:

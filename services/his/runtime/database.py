@@ -78,11 +78,12 @@ async def driver_of(session: AsyncSession) -> asyncpg.Connection:
     runs on it."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
-    adapted = raw.dbapi_connection
     # SQLAlchemy's asyncpg adapter sends BEGIN only with its first statement: until then a
-    # statement on the driver would commit on its own and survive a rollback.
-    if getattr(adapted, "_transaction", None) is None:
-        await adapted._start_transaction()  # type: ignore[union-attr]
+    # statement on the driver would commit on its own and survive a rollback. A first statement
+    # through SQLAlchemy begins it, and a connection the server dropped fails there as any
+    # statement's does (invalidated, UNAVAILABLE), not on the driver where the pool never hears.
+    if getattr(raw.dbapi_connection, "_transaction", None) is None:
+        await session.execute(text("SELECT 1"))
     driver = raw.driver_connection
     if not isinstance(driver, asyncpg.Connection) or not driver.is_in_transaction():
         raise RuntimeError("the session's connection is not in a transaction")

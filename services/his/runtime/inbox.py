@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from his.base import identity
 from his.base.errors import FieldViolation, InvalidArgument, PermissionDenied
 from his.events.v1.event_envelope_pb2 import EventEnvelope
-from his.runtime.database import Database, driver_of
+from his.runtime.database import Database
 from his.runtime.outbox import table as _outbox_table
 from his.runtime.relay import Deliver
 from his.runtime.request_guard import nul_paths
@@ -115,16 +115,20 @@ async def first_deliveries(
     then finds it."""
     if not events:
         return set()
-    driver = await driver_of(session)
-    rows = await driver.fetch(
-        f"INSERT INTO {table(schema)} (event_id, event_type, source) "  # noqa: S608
-        "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) "
-        "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-        [uuid.UUID(event.event_id) for event in events],
-        [event.event_type for event in events],
-        [event.source for event in events],
+    # Through SQLAlchemy: the transaction's first statement (see database.driver_of).
+    result = await session.execute(
+        text(
+            f"INSERT INTO {table(schema)} (event_id, event_type, source) "  # noqa: S608
+            "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), "
+            "CAST(:sources AS text[])) ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+        ),
+        {
+            "ids": [uuid.UUID(event.event_id) for event in events],
+            "types": [event.event_type for event in events],
+            "sources": [event.source for event in events],
+        },
     )
-    return {str(row[0]) for row in rows}
+    return {str(row[0]) for row in result}
 
 
 def _check(
@@ -211,6 +215,11 @@ async def apply_events(
             refusal, end = refused, refused.position
             continue
         break
+    if outcome.duplicates and not outcome.applied:
+        # Nothing written, so no commit record and no wait for the disk; a duplicate's first
+        # application (by a replica of the previous release, which committed without waiting
+        # and flushed once a batch) may not be on disk yet when the source deletes its rows.
+        await _flush(database)
     if refusal is not None:
         index, refused_error = refusal.index, refusal.error
         raise InvalidArgument(
@@ -254,6 +263,17 @@ async def _apply_prefix(database: Database, schema: str, checked: Sequence[_Chec
                 raise _Refused(position, index, refused) from None
             applied += 1
     return Outcome(applied=applied, duplicates=duplicates)
+
+
+# A transaction with an id writes a commit record, and a durable commit waits until the WAL is
+# flushed up to it — and so up to every earlier commit, those made without waiting included.
+_DURABLE_MARK = "SELECT txid_current()"
+
+
+async def _flush(database: Database) -> None:
+    """Wait until every commit made so far is on disk."""
+    async with database.driver() as connection, connection.transaction():
+        await connection.execute(_DURABLE_MARK)
 
 
 def delivery(stub: Callable[[], Any], request_type: type[Message]) -> Deliver:
