@@ -18,10 +18,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from his.base.env import ConfigError
-from his.mesh.cluster import Cluster, finding, kind_of, name_of, namespace_of, spec_of
+from his.mesh.cluster import Cluster, finding, name_of, namespace_of, spec_of
 from his.mesh.deploy_lint import _env as container_env
 from his.mesh.findings import Finding
-from his.mesh.scaling_lint import cnpg_clusters
+from his.mesh.scaling_lint import cnpg_clusters, hpas_of
 from his.mesh.sources import Manifest
 from his.runtime.config import DatabaseConfig
 
@@ -115,14 +115,8 @@ def _reads(container: Mapping[str, Any], secrets: set[str]) -> bool:
 
 def _most_pods(cluster: Cluster, workload: Manifest) -> int:
     """The most pods a workload runs: its HPA's maxReplicas, else its replicas (default 1)."""
-    for hpa in cluster.of_kind("HorizontalPodAutoscaler"):
-        target = spec_of(hpa).get("scaleTargetRef") or {}
-        if (
-            namespace_of(hpa) == namespace_of(workload)
-            and target.get("kind") == kind_of(workload)
-            and target.get("name") == name_of(workload)
-        ):
-            high = spec_of(hpa).get("maxReplicas")
-            return high if isinstance(high, int) else 1
+    for hpa in hpas_of(cluster, workload):
+        high = spec_of(hpa).get("maxReplicas")
+        return high if isinstance(high, int) else 1
     replicas = spec_of(workload).get("replicas", 1)
     return replicas if isinstance(replicas, int) else 1

@@ -150,12 +150,23 @@ def utilization_requests(cluster: Cluster, workload: Manifest) -> set[tuple[str,
     HPA rule reports a missing one, naming the HPA, so the container rules need not."""
     return {
         (resource, only)
-        for hpa in cluster.of_kind("HorizontalPodAutoscaler")
-        if namespace_of(hpa) == namespace_of(workload)
-        and (spec_of(hpa).get("scaleTargetRef") or {}).get("kind") == kind_of(workload)
-        and (spec_of(hpa).get("scaleTargetRef") or {}).get("name") == name_of(workload)
+        for hpa in hpas_of(cluster, workload)
         for _, resource, only in _utilization_metrics(hpa)
     }
+
+
+def hpas_of(cluster: Cluster, workload: Manifest) -> list[Manifest]:
+    """The HorizontalPodAutoscalers whose scaleTargetRef names `workload`."""
+    found = []
+    for hpa in cluster.of_kind("HorizontalPodAutoscaler"):
+        target = spec_of(hpa).get("scaleTargetRef") or {}
+        if (
+            namespace_of(hpa) == namespace_of(workload)
+            and target.get("kind") == kind_of(workload)
+            and target.get("name") == name_of(workload)
+        ):
+            found.append(hpa)
+    return found
 
 
 def _scale_up_disabled(cluster: Cluster, hpa: Manifest) -> Iterator[Finding]:
@@ -176,14 +187,8 @@ def _scale_up_disabled(cluster: Cluster, hpa: Manifest) -> Iterator[Finding]:
 
 def lowest_scale(cluster: Cluster, workload: Manifest) -> int:
     """The fewest pods a workload runs: its HPA's minReplicas, else its replicas (default 1)."""
-    for hpa in cluster.of_kind("HorizontalPodAutoscaler"):
-        target = spec_of(hpa).get("scaleTargetRef") or {}
-        if (
-            namespace_of(hpa) == namespace_of(workload)
-            and target.get("kind") == kind_of(workload)
-            and target.get("name") == name_of(workload)
-        ):
-            return int(spec_of(hpa).get("minReplicas", 1))
+    for hpa in hpas_of(cluster, workload):
+        return int(spec_of(hpa).get("minReplicas", 1))
     return int(spec_of(workload).get("replicas", 1))
 
 
